@@ -1,0 +1,161 @@
+//! The one AST both front ends produce. Every node carries the byte span of the
+//! text it came from, in the file it came from, so later stages can point at it.
+
+use crate::diag::{FileId, Span};
+
+/// A parsed spec file: one model (a `unet` template is a model whose body is one call).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub file: FileId,
+    pub model: Model,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    /// Explicit model name (`Model(..., name="U-Net")`); `None` means Keras's `model`, `model_1`, ...
+    pub name: Option<Ident>,
+    pub defaults: Vec<Defaults>,
+    pub blocks: Vec<BlockDef>,
+    pub body: Vec<Stmt>,
+    pub span: Span,
+}
+
+/// A name as written, with its span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ident {
+    pub name: String,
+    pub span: Span,
+}
+
+/// `defaults conv2d(kernel_size: 3, padding: valid)`: keyword arguments merged under every call of a kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defaults {
+    pub kind: Ident,
+    pub args: Vec<Arg>,
+    pub span: Span,
+}
+
+/// `block double(f) { conv2d(f) -> conv2d(f) }`: a parameterised sub-graph, called like a layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockDef {
+    pub name: Ident,
+    pub params: Vec<Ident>,
+    pub body: Vec<Stmt>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stmt {
+    /// `target = source -> call -> call`; the result becomes the current tensor.
+    Chain {
+        target: Option<Target>,
+        chain: Chain,
+        span: Span,
+    },
+    /// `for a, b in expr { body }`
+    For {
+        vars: Vec<Ident>,
+        iter: Expr,
+        body: Vec<Stmt>,
+        span: Span,
+    },
+    /// `include "backbones/vgg16.unet" (trainable: false)`: inline another spec's layers.
+    Include {
+        path: Expr,
+        args: Vec<Arg>,
+        span: Span,
+    },
+    /// `output a, b`: the model's outputs (default: the last statement's tensor).
+    Output { sources: Vec<Source>, span: Span },
+}
+
+/// Where a statement stores its result: a variable, or one slot of an indexed variable (`skip[f]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub name: Ident,
+    pub index: Option<Expr>,
+    pub span: Span,
+}
+
+/// `source -> call -> call`. Without a source the chain starts from the current tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chain {
+    pub source: Option<Source>,
+    pub calls: Vec<Call>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A variable, an indexed variable or a layer name.
+    Ref(Expr),
+    /// Several tensors feeding one multi-input layer: `[skip[f] -> cropping2d(4), up]`.
+    List(Vec<Chain>, Span),
+}
+
+/// A layer, block or template call: `conv2d(64, 3, activation: relu)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub callee: Ident,
+    pub args: Vec<Arg>,
+    pub span: Span,
+}
+
+/// A positional (`name == None`) or keyword argument.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arg {
+    pub name: Option<Ident>,
+    pub value: Expr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExprKind {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    None,
+    /// A string; `{expr}` parts are interpolated.
+    Str(Vec<StrPart>),
+    /// A variable or, if no variable has that name, a bare word such as `relu` or `same`.
+    Name(String),
+    Index(Box<Expr>, Box<Expr>),
+    List(Vec<Expr>),
+    Tuple(Vec<Expr>),
+    Map(Vec<(Ident, Expr)>),
+    /// `a..b` (exclusive) or `a..=b` (inclusive).
+    Range {
+        start: Box<Expr>,
+        end: Box<Expr>,
+        inclusive: bool,
+    },
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    Neg(Box<Expr>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StrPart {
+    Lit(String),
+    Expr(Expr),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    FloorDiv,
+    Mod,
+}
+
+impl Expr {
+    pub fn new(kind: ExprKind, span: Span) -> Expr {
+        Expr { kind, span }
+    }
+}

@@ -1,0 +1,575 @@
+//! The unetc DSL front end: pest grammar (grammar/unet.pest) -> AST.
+
+use crate::ast::*;
+use crate::diag::{Diagnostic, FileId, Span};
+use pest::iterators::Pair;
+use pest::Parser;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "../grammar/unet.pest"]
+struct DslParser;
+
+/// Parses a whole DSL spec.
+pub fn parse(file: FileId, text: &str) -> Result<Spec, Diagnostic> {
+    let mut pairs =
+        DslParser::parse(Rule::file, text).map_err(|e| syntax_error(file, text, e, 0))?;
+    let file_pair = pairs.next().expect("file rule always yields one pair");
+    let model = file_pair
+        .into_inner()
+        .find(|p| p.as_rule() == Rule::model)
+        .expect("file contains a model");
+    let b = Builder { file, offset: 0 };
+    Ok(Spec {
+        file,
+        model: b.model(model),
+    })
+}
+
+/// Parses one expression that sits at byte `offset` of `file` (used by the YAML front end for `$expr`).
+pub fn parse_expr(file: FileId, text: &str, offset: usize) -> Result<Expr, Diagnostic> {
+    let pair = parse_whole(Rule::expr, file, text, offset)?;
+    Ok(Builder { file, offset }.expr(pair))
+}
+
+/// Parses a chain such as `skip[f] -> cropping2d(4)` (YAML `inputs:` entries).
+pub fn parse_chain(file: FileId, text: &str, offset: usize) -> Result<Chain, Diagnostic> {
+    let pair = parse_whole(Rule::chain, file, text, offset)?;
+    Ok(Builder { file, offset }.chain(pair))
+}
+
+/// Parses a string body (no quotes) with `{expr}` interpolation.
+pub fn parse_interpolated(file: FileId, text: &str, offset: usize) -> Result<Expr, Diagnostic> {
+    if !text.contains('{') {
+        let span = Span::new(file, offset, offset + text.len());
+        return Ok(Expr::new(
+            ExprKind::Str(vec![StrPart::Lit(text.to_string())]),
+            span,
+        ));
+    }
+    let quoted = format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""));
+    // The opening quote shifts positions by one.
+    let pair = parse_whole(Rule::string, file, &quoted, offset.saturating_sub(1))?;
+    Ok(Builder {
+        file,
+        offset: offset.saturating_sub(1),
+    }
+    .string(pair))
+}
+
+fn parse_whole<'a>(
+    rule: Rule,
+    file: FileId,
+    text: &'a str,
+    offset: usize,
+) -> Result<Pair<'a, Rule>, Diagnostic> {
+    let mut pairs =
+        DslParser::parse(rule, text).map_err(|e| syntax_error(file, text, e, offset))?;
+    let pair = pairs.next().expect("rule yields one pair");
+    let trimmed_end = text.trim_end().len();
+    if pair.as_span().end() < trimmed_end {
+        let at = offset + pair.as_span().end();
+        return Err(Diagnostic::error(
+            "E-syntax",
+            format!("unexpected text after `{}`", pair.as_str()),
+        )
+        .at(Span::new(file, at, offset + trimmed_end), "not understood"));
+    }
+    Ok(pair)
+}
+
+fn syntax_error(
+    file: FileId,
+    text: &str,
+    e: pest::error::Error<Rule>,
+    offset: usize,
+) -> Diagnostic {
+    use pest::error::{ErrorVariant, InputLocation};
+    let (start, end) = match e.location {
+        InputLocation::Pos(p) => (p, p),
+        InputLocation::Span((s, e)) => (s, e),
+    };
+    // Point at the whole offending token, not just its first byte.
+    let end = if end > start {
+        end
+    } else {
+        let rest = &text[start.min(text.len())..];
+        let token_len = rest
+            .char_indices()
+            .find(|(_, c)| c.is_whitespace())
+            .map_or(rest.len(), |(i, _)| i);
+        start + token_len.max(rest.chars().next().map_or(0, char::len_utf8))
+    };
+    let expected = match &e.variant {
+        ErrorVariant::ParsingError { positives, .. } => {
+            let mut names: Vec<&str> = positives.iter().filter_map(|r| rule_name(*r)).collect();
+            names.sort();
+            names.dedup();
+            names
+        }
+        ErrorVariant::CustomError { .. } => Vec::new(),
+    };
+    let found = text[start.min(text.len())..]
+        .split_whitespace()
+        .next()
+        .unwrap_or("end of file");
+    let message = if expected.is_empty() {
+        format!("syntax error at `{found}`")
+    } else {
+        format!(
+            "syntax error: expected {}, found `{found}`",
+            expected.join(" or ")
+        )
+    };
+    Diagnostic::error("E-syntax", message)
+        .at(
+            Span::new(file, offset + start, offset + end),
+            "not understood here",
+        )
+        .help("see the DSL reference in README.md (section `The DSL`)")
+}
+
+fn rule_name(rule: Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::model => "`model { ... }`",
+        Rule::stmt | Rule::chain_stmt | Rule::body => "a statement",
+        Rule::call => "a layer call like `conv2d(64)`",
+        Rule::source | Rule::chain => "a layer call or a reference",
+        Rule::expr | Rule::atom | Rule::primary => "a value",
+        Rule::ident | Rule::reference | Rule::indexed => "a name",
+        Rule::string => "a string",
+        Rule::shape => "a shape like `572x572x1`",
+        Rule::int => "an integer",
+        Rule::args | Rule::arg => "an argument",
+        Rule::params => "a parameter name",
+        Rule::EOI => "end of file",
+        _ => return None,
+    })
+}
+
+struct Builder {
+    file: FileId,
+    offset: usize,
+}
+
+impl Builder {
+    fn span(&self, p: &Pair<Rule>) -> Span {
+        let s = p.as_span();
+        Span::new(self.file, self.offset + s.start(), self.offset + s.end())
+    }
+
+    fn ident(&self, p: Pair<Rule>) -> Ident {
+        Ident {
+            name: p.as_str().to_string(),
+            span: self.span(&p),
+        }
+    }
+
+    fn model(&self, p: Pair<Rule>) -> Model {
+        let span = self.span(&p);
+        let mut model = Model {
+            name: None,
+            defaults: Vec::new(),
+            blocks: Vec::new(),
+            body: Vec::new(),
+            span,
+        };
+        for item in p.into_inner() {
+            match item.as_rule() {
+                Rule::string => {
+                    let s = self.span(&item);
+                    model.name = Some(Ident {
+                        name: unescape(inner_text(&item)),
+                        span: s,
+                    });
+                }
+                Rule::defaults_decl => {
+                    for call in item.into_inner() {
+                        let c = self.call(call);
+                        model.defaults.push(Defaults {
+                            kind: c.callee,
+                            args: c.args,
+                            span: c.span,
+                        });
+                    }
+                }
+                Rule::block_decl => model.blocks.push(self.block(item)),
+                Rule::stmt => model.body.push(self.stmt(item)),
+                _ => {}
+            }
+        }
+        model
+    }
+
+    fn block(&self, p: Pair<Rule>) -> BlockDef {
+        let span = self.span(&p);
+        let mut inner = p.into_inner();
+        let name = self.ident(inner.next().expect("block name"));
+        let mut params = Vec::new();
+        let mut body = Vec::new();
+        for part in inner {
+            match part.as_rule() {
+                Rule::params => params = part.into_inner().map(|i| self.ident(i)).collect(),
+                Rule::body => body = self.body(part),
+                _ => {}
+            }
+        }
+        BlockDef {
+            name,
+            params,
+            body,
+            span,
+        }
+    }
+
+    fn body(&self, p: Pair<Rule>) -> Vec<Stmt> {
+        p.into_inner()
+            .filter(|s| s.as_rule() == Rule::stmt)
+            .map(|s| self.stmt(s))
+            .collect()
+    }
+
+    fn stmt(&self, p: Pair<Rule>) -> Stmt {
+        let inner = p.into_inner().next().expect("stmt has one child");
+        let span = self.span(&inner);
+        match inner.as_rule() {
+            Rule::for_stmt => {
+                let mut parts = inner.into_inner();
+                let vars = parts
+                    .next()
+                    .expect("for vars")
+                    .into_inner()
+                    .map(|i| self.ident(i))
+                    .collect();
+                let iter = self.expr(parts.next().expect("for iterable"));
+                let body = self.body(parts.next().expect("for body"));
+                Stmt::For {
+                    vars,
+                    iter,
+                    body,
+                    span,
+                }
+            }
+            Rule::input_stmt => {
+                // `input 572x572x1` is sugar for the call `input(shape: 572x572x1)`.
+                let callee = Ident {
+                    name: "input".into(),
+                    span: Span::new(self.file, span.start as usize, span.start as usize + 5),
+                };
+                let args = match inner.into_inner().next() {
+                    Some(a) if a.as_rule() == Rule::args => self.args(a),
+                    Some(shape) => vec![Arg {
+                        name: Some(Ident {
+                            name: "shape".into(),
+                            span: self.span(&shape),
+                        }),
+                        value: self.shape(shape),
+                    }],
+                    None => Vec::new(),
+                };
+                let call = Call { callee, args, span };
+                Stmt::Chain {
+                    target: None,
+                    chain: Chain {
+                        source: None,
+                        calls: vec![call],
+                        span,
+                    },
+                    span,
+                }
+            }
+            Rule::include_stmt => {
+                let mut parts = inner.into_inner();
+                let path = self.string(parts.next().expect("include path"));
+                let args = parts.next().map(|a| self.args(a)).unwrap_or_default();
+                Stmt::Include { path, args, span }
+            }
+            Rule::output_stmt => Stmt::Output {
+                sources: inner.into_inner().map(|s| self.source(s)).collect(),
+                span,
+            },
+            Rule::chain_stmt => {
+                let mut target = None;
+                let mut chain = None;
+                for part in inner.into_inner() {
+                    match part.as_rule() {
+                        Rule::target => target = Some(self.target(part)),
+                        Rule::chain => chain = Some(self.chain(part)),
+                        _ => {}
+                    }
+                }
+                Stmt::Chain {
+                    target,
+                    chain: chain.expect("chain statement has a chain"),
+                    span,
+                }
+            }
+            r => unreachable!("unexpected statement rule {r:?}"),
+        }
+    }
+
+    fn target(&self, p: Pair<Rule>) -> Target {
+        let span = self.span(&p);
+        let mut parts = p.into_inner();
+        let name = self.ident(parts.next().expect("target name"));
+        let index = parts.next().map(|e| self.expr(e));
+        Target { name, index, span }
+    }
+
+    fn chain(&self, p: Pair<Rule>) -> Chain {
+        let span = self.span(&p);
+        let mut parts = p.into_inner();
+        let first = parts.next().expect("chain source");
+        let mut calls = Vec::new();
+        let source = {
+            let inner = first.into_inner().next().expect("source child");
+            if inner.as_rule() == Rule::call {
+                calls.push(self.call(inner));
+                None
+            } else {
+                Some(self.source_inner(inner))
+            }
+        };
+        calls.extend(parts.map(|c| self.call(c)));
+        Chain {
+            source,
+            calls,
+            span,
+        }
+    }
+
+    fn source(&self, p: Pair<Rule>) -> Source {
+        let inner = p.into_inner().next().expect("source child");
+        if inner.as_rule() == Rule::call {
+            let span = self.span(&inner);
+            let call = self.call(inner);
+            return Source::List(
+                vec![Chain {
+                    source: None,
+                    calls: vec![call],
+                    span,
+                }],
+                span,
+            );
+        }
+        self.source_inner(inner)
+    }
+
+    fn source_inner(&self, p: Pair<Rule>) -> Source {
+        let span = self.span(&p);
+        match p.as_rule() {
+            Rule::list_source => {
+                Source::List(p.into_inner().map(|c| self.chain(c)).collect(), span)
+            }
+            Rule::reference => {
+                let mut parts = p.into_inner();
+                let id = parts.next().expect("reference name");
+                let base = Expr::new(ExprKind::Name(id.as_str().to_string()), self.span(&id));
+                let expr = match parts.next() {
+                    Some(index) => Expr::new(
+                        ExprKind::Index(Box::new(base), Box::new(self.expr(index))),
+                        span,
+                    ),
+                    None => base,
+                };
+                Source::Ref(expr)
+            }
+            r => unreachable!("unexpected source rule {r:?}"),
+        }
+    }
+
+    fn call(&self, p: Pair<Rule>) -> Call {
+        let span = self.span(&p);
+        let mut parts = p.into_inner();
+        let callee = self.ident(parts.next().expect("callee"));
+        let args = parts.next().map(|a| self.args(a)).unwrap_or_default();
+        Call { callee, args, span }
+    }
+
+    fn args(&self, p: Pair<Rule>) -> Vec<Arg> {
+        p.into_inner()
+            .map(|arg| {
+                let mut parts: Vec<Pair<Rule>> = arg.into_inner().collect();
+                let value = self.expr(parts.pop().expect("argument value"));
+                let name = parts.pop().map(|n| self.ident(n));
+                Arg { name, value }
+            })
+            .collect()
+    }
+
+    fn shape(&self, p: Pair<Rule>) -> Expr {
+        let span = self.span(&p);
+        let dims = p
+            .as_str()
+            .split('x')
+            .map(|d| {
+                let kind = d.parse().map_or(ExprKind::Int(i64::MAX), ExprKind::Int);
+                Expr::new(kind, span)
+            })
+            .collect();
+        Expr::new(ExprKind::Tuple(dims), span)
+    }
+
+    fn expr(&self, p: Pair<Rule>) -> Expr {
+        // Precedence: unary minus binds tightest, then * / // %, then + -.
+        let mut operands: Vec<Expr> = Vec::new();
+        let mut ops: Vec<BinOp> = Vec::new();
+        let mut negations = 0usize;
+        for part in p.into_inner() {
+            match part.as_rule() {
+                Rule::unary => negations += 1,
+                Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::floordiv | Rule::rem => ops
+                    .push(match part.as_rule() {
+                        Rule::add => BinOp::Add,
+                        Rule::sub => BinOp::Sub,
+                        Rule::mul => BinOp::Mul,
+                        Rule::div => BinOp::Div,
+                        Rule::floordiv => BinOp::FloorDiv,
+                        _ => BinOp::Mod,
+                    }),
+                _ => {
+                    let mut e = self.primary(part);
+                    for _ in 0..std::mem::take(&mut negations) {
+                        let span = e.span;
+                        e = Expr::new(ExprKind::Neg(Box::new(e)), span);
+                    }
+                    operands.push(e);
+                }
+            }
+        }
+        fold_binary(operands, ops)
+    }
+
+    fn primary(&self, p: Pair<Rule>) -> Expr {
+        let span = self.span(&p);
+        let kind = match p.as_rule() {
+            Rule::shape => return self.shape(p),
+            Rule::int => ExprKind::Int(p.as_str().parse().unwrap_or(i64::MAX)),
+            Rule::float => ExprKind::Float(p.as_str().parse().unwrap_or(f64::NAN)),
+            Rule::boolean => ExprKind::Bool(p.as_str() == "true"),
+            Rule::none => ExprKind::None,
+            Rule::string => return self.string(p),
+            Rule::list => ExprKind::List(p.into_inner().map(|e| self.expr(e)).collect()),
+            Rule::paren => {
+                let trailing_comma = p.as_str().trim_end_matches(')').trim_end().ends_with(',');
+                let mut items: Vec<Expr> = p.into_inner().map(|e| self.expr(e)).collect();
+                if items.len() == 1 && !trailing_comma {
+                    return items.pop().expect("one item");
+                }
+                ExprKind::Tuple(items)
+            }
+            Rule::map => ExprKind::Map(
+                p.into_inner()
+                    .map(|entry| {
+                        let mut kv = entry.into_inner();
+                        let k = self.ident(kv.next().expect("map key"));
+                        let v = self.expr(kv.next().expect("map value"));
+                        (k, v)
+                    })
+                    .collect(),
+            ),
+            Rule::range => {
+                let mut parts = p.into_inner();
+                let start = self.primary(parts.next().expect("range start"));
+                let inclusive = parts.next().expect("range op").as_rule() == Rule::range_incl;
+                let end = self.primary(parts.next().expect("range end"));
+                ExprKind::Range {
+                    start: Box::new(start),
+                    end: Box::new(end),
+                    inclusive,
+                }
+            }
+            Rule::indexed => {
+                let mut parts = p.into_inner();
+                let id = parts.next().expect("name");
+                let mut e = Expr::new(ExprKind::Name(id.as_str().to_string()), self.span(&id));
+                for index in parts {
+                    let end = self.span(&index).end as usize + 1;
+                    let s = Span::new(self.file, e.span.start as usize, end);
+                    e = Expr::new(ExprKind::Index(Box::new(e), Box::new(self.expr(index))), s);
+                }
+                return e;
+            }
+            Rule::expr => return self.expr(p),
+            r => unreachable!("unexpected expression rule {r:?}"),
+        };
+        Expr::new(kind, span)
+    }
+
+    fn string(&self, p: Pair<Rule>) -> Expr {
+        let span = self.span(&p);
+        let mut parts = Vec::new();
+        for part in p.into_inner() {
+            match part.as_rule() {
+                Rule::string_text => push_lit(&mut parts, part.as_str()),
+                Rule::string_escape => push_lit(&mut parts, &unescape(part.as_str())),
+                Rule::interp => {
+                    let e = part.into_inner().next().expect("interpolated expr");
+                    parts.push(StrPart::Expr(self.expr(e)));
+                }
+                _ => {}
+            }
+        }
+        Expr::new(ExprKind::Str(parts), span)
+    }
+}
+
+fn push_lit(parts: &mut Vec<StrPart>, s: &str) {
+    if let Some(StrPart::Lit(last)) = parts.last_mut() {
+        last.push_str(s);
+    } else {
+        parts.push(StrPart::Lit(s.to_string()));
+    }
+}
+
+fn inner_text<'a>(p: &Pair<'a, Rule>) -> &'a str {
+    let s = p.as_str();
+    &s[1..s.len() - 1]
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => {}
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn fold_binary(operands: Vec<Expr>, ops: Vec<BinOp>) -> Expr {
+    // Two-level precedence: first fold * / // %, then + -, both left to right.
+    let mut operands = operands.into_iter();
+    let mut terms: Vec<Expr> = vec![operands.next().expect("at least one operand")];
+    let mut additive: Vec<BinOp> = Vec::new();
+    for (op, rhs) in ops.into_iter().zip(operands) {
+        match op {
+            BinOp::Add | BinOp::Sub => {
+                additive.push(op);
+                terms.push(rhs);
+            }
+            _ => {
+                let lhs = terms.pop().expect("lhs");
+                let span = lhs.span.to(rhs.span);
+                terms.push(Expr::new(
+                    ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
+                    span,
+                ));
+            }
+        }
+    }
+    let mut terms = terms.into_iter();
+    let mut acc = terms.next().expect("first term");
+    for (op, rhs) in additive.into_iter().zip(terms) {
+        let span = acc.span.to(rhs.span);
+        acc = Expr::new(ExprKind::Binary(op, Box::new(acc), Box::new(rhs)), span);
+    }
+    acc
+}

@@ -12,5 +12,85 @@
 
 pub mod ast;
 pub mod diag;
+pub mod expand;
 pub mod front;
+pub mod infer;
+pub mod ir;
 pub mod report;
+pub mod suggest;
+
+use diag::{Diagnostic, Severity, SourceMap};
+use expand::Session;
+use std::path::Path;
+
+/// What a compile of one spec produced. `graph`/`info` are best-effort when there are errors.
+pub struct Compiled {
+    pub sources: SourceMap,
+    pub graph: ir::Graph,
+    pub info: infer::Inferred,
+    /// Every diagnostic, in source order within each stage.
+    pub diags: Vec<Diagnostic>,
+}
+
+impl Compiled {
+    pub fn has_errors(&self) -> bool {
+        self.diags.iter().any(|d| d.severity == Severity::Error)
+    }
+}
+
+/// Options of a compile.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Replaces the shape of the model's (first) input layer: `--input-shape HxWxC`.
+    pub input_shape: Option<Vec<i64>>,
+}
+
+/// Reads, parses, expands and checks a spec file. `session` carries Keras's auto-name counters,
+/// so several specs compiled with one session are named as one Keras session would name them.
+pub fn compile_file(
+    path: &Path,
+    options: &Options,
+    session: &mut Session,
+) -> std::io::Result<Compiled> {
+    let text = std::fs::read(path)?;
+    let text = String::from_utf8(text).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the spec is not UTF-8 text",
+        )
+    })?;
+    Ok(compile_source(path, text, options, session))
+}
+
+/// As [`compile_file`], for text already in memory (`path` names it and anchors includes).
+pub fn compile_source(
+    path: &Path,
+    text: String,
+    options: &Options,
+    session: &mut Session,
+) -> Compiled {
+    let mut sources = SourceMap::new();
+    let file = sources.add(path, text);
+    let text = sources.text(file).to_string();
+    let spec = match front::parse(front::Format::of_path(path), file, &text) {
+        Ok(spec) => spec,
+        Err(diags) => {
+            return Compiled {
+                sources,
+                graph: ir::Graph::default(),
+                info: infer::Inferred::default(),
+                diags,
+            }
+        }
+    };
+    let expanded = expand::expand_with(&spec, &mut sources, session, options.input_shape.clone());
+    let mut diags = expanded.diags;
+    let info = infer::infer(&expanded.graph, &expanded.broken);
+    diags.extend(info.diags.iter().cloned());
+    Compiled {
+        sources,
+        graph: expanded.graph,
+        info,
+        diags,
+    }
+}

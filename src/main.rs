@@ -1,1 +1,225 @@
-fn main() {}
+//! The `unetc` command line. Only argument handling and printing live here.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+use unetc::diag::{render_colored, render_plain};
+use unetc::expand::Session;
+use unetc::report::summary::{render, SummaryStyle};
+use unetc::{compile_file, report, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "unetc",
+    version,
+    about = "A compiler for declarative U-Net descriptions"
+)]
+struct Cli {
+    /// When to use colours in diagnostics (`NO_COLOR` is honoured by `auto`).
+    #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
+    color: Color,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Infer every shape, report mistakes, and print the model summary as Keras would.
+    #[command(
+        after_help = "Examples:\n  unetc check specs/original.unet\n  unetc check specs/bn_same.yaml --style tf-keras\n  unetc check specs/original.unet --input-shape 380x380x1 --format json"
+    )]
+    Check {
+        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
+        spec: PathBuf,
+        /// Summary layout: `legacy` is the classic TF 2.2-2.5 table, `tf-keras` today's tf_keras 2.x.
+        #[arg(long, value_enum, default_value_t = Style::Legacy)]
+        style: Style,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Override the model's input shape, e.g. 380x380x1.
+        #[arg(long, value_parser = parse_shape)]
+        input_shape: Option<Vec<i64>>,
+        /// Keras's `line_length` for the summary.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(40..=1000))]
+        line_length: Option<u16>,
+        /// Build these specs first in the same Keras session (auto-names continue from them).
+        #[arg(long, value_name = "SPEC")]
+        after: Vec<PathBuf>,
+        /// Print how long each stage took (to stderr).
+        #[arg(long)]
+        timings: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Style {
+    Legacy,
+    TfKeras,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+fn parse_shape(s: &str) -> Result<Vec<i64>, String> {
+    let dims: Result<Vec<i64>, _> = s
+        .split(['x', 'X', ','])
+        .map(|d| d.trim().parse::<i64>())
+        .collect();
+    match dims {
+        Ok(d)
+            if (1..=3).contains(&d.len())
+                && d.iter()
+                    .all(|&v| (1..=unetc::ir::value::MAX_DIM).contains(&v)) =>
+        {
+            Ok(d)
+        }
+        _ => Err(format!(
+            "expected HxWxC with sizes in 1..={}, e.g. 572x572x1",
+            unetc::ir::value::MAX_DIM
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let color = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    match cli.command {
+        Command::Check {
+            spec,
+            style,
+            format,
+            input_shape,
+            line_length,
+            after,
+            timings,
+        } => check(
+            &spec,
+            style,
+            format,
+            input_shape,
+            line_length.map(usize::from),
+            &after,
+            timings,
+            color,
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    spec: &PathBuf,
+    style: Style,
+    format: Format,
+    input_shape: Option<Vec<i64>>,
+    line_length: Option<usize>,
+    after: &[PathBuf],
+    timings: bool,
+    color: bool,
+) -> ExitCode {
+    let mut session = Session::new();
+    for earlier in after {
+        match compile_file(earlier, &Options::default(), &mut session) {
+            Ok(c) if !c.has_errors() => {}
+            Ok(c) => {
+                print_diags(&c, color);
+                return ExitCode::from(1);
+            }
+            Err(e) => {
+                eprintln!("error: cannot read `{}`: {e}", earlier.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let start = Instant::now();
+    let compiled = match compile_file(spec, &Options { input_shape }, &mut session) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot read `{}`: {e}", spec.display());
+            return ExitCode::from(2);
+        }
+    };
+    let compiled_at = start.elapsed();
+    let failed = compiled.has_errors();
+    let mut out = String::new();
+    if format == Format::Json {
+        out =
+            serde_json::to_string_pretty(&report::json::check_json(&compiled)).unwrap_or_default();
+        out.push('\n');
+    } else if !failed {
+        let style = match style {
+            Style::Legacy => SummaryStyle::Legacy,
+            Style::TfKeras => SummaryStyle::TfKeras,
+        };
+        out.push_str(&render(
+            &report::summary_model(&compiled),
+            style,
+            line_length,
+        ));
+        out.push_str(&report::extras_text(&compiled));
+    }
+    let reported_at = start.elapsed();
+    if format == Format::Text {
+        print_diags(&compiled, color);
+    }
+    let mut stdout = std::io::stdout().lock();
+    if stdout
+        .write_all(out.as_bytes())
+        .and_then(|_| stdout.flush())
+        .is_err()
+    {
+        return ExitCode::from(2);
+    }
+    if timings {
+        eprintln!(
+            "timings: parse+expand+infer {:.3} ms, report {:.3} ms, total {:.3} ms",
+            compiled_at.as_secs_f64() * 1e3,
+            (reported_at - compiled_at).as_secs_f64() * 1e3,
+            reported_at.as_secs_f64() * 1e3
+        );
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn print_diags(c: &unetc::Compiled, color: bool) {
+    if c.diags.is_empty() {
+        return;
+    }
+    if color {
+        let mut stream = codespan_reporting::term::termcolor::StandardStream::stderr(
+            codespan_reporting::term::termcolor::ColorChoice::Always,
+        );
+        render_colored(&c.sources, &c.diags, &mut stream);
+    } else {
+        eprint!("{}", render_plain(&c.sources, &c.diags));
+    }
+}

@@ -1,0 +1,250 @@
+//! Evaluation of expressions: arithmetic, ranges, strings, variables.
+
+use super::{Context, Expander};
+use crate::ast::{BinOp, Expr, ExprKind, StrPart};
+use crate::diag::Diagnostic;
+use crate::ir::value::Value;
+
+/// Ranges longer than this are refused (they would only make absurd graphs).
+const MAX_RANGE: i64 = 10_000;
+
+impl<'s> Expander<'_> {
+    pub(super) fn eval(&mut self, cx: &Context<'s>, expr: &Expr) -> Option<Value> {
+        let span = expr.span;
+        match &expr.kind {
+            ExprKind::Int(i) => Some(Value::Int(*i)),
+            ExprKind::Float(x) => Some(Value::Float(*x)),
+            ExprKind::Bool(b) => Some(Value::Bool(*b)),
+            ExprKind::None => Some(Value::None),
+            ExprKind::Str(parts) => {
+                let mut s = String::new();
+                for part in parts {
+                    match part {
+                        StrPart::Lit(l) => s.push_str(l),
+                        StrPart::Expr(e) => s.push_str(&self.eval(cx, e)?.to_string()),
+                    }
+                }
+                Some(Value::Str(s))
+            }
+            // A bare word: a variable if one has that name, else the word itself (`relu`, `same`).
+            ExprKind::Name(name) => Some(
+                cx.vars
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| Value::Str(name.clone())),
+            ),
+            ExprKind::Index(base, index) => {
+                let index_value = self.eval(cx, index)?;
+                if let ExprKind::Name(name) = &base.kind {
+                    let key = format!("{name}[{index_value}]");
+                    if let Some(v) = cx.vars.get(&key) {
+                        return Some(v.clone());
+                    }
+                    if !cx.vars.contains_key(name) {
+                        let mut set: Vec<&str> = cx
+                            .vars
+                            .keys()
+                            .filter(|k| k.starts_with(&format!("{name}[")))
+                            .map(String::as_str)
+                            .collect();
+                        set.sort();
+                        let mut d =
+                            Diagnostic::error("E-unknown-name", format!("`{key}` is not set"))
+                                .at(span, "no value stored here");
+                        d = if set.is_empty() {
+                            d.help(format!("store into it first: `{key} = ...`"))
+                        } else {
+                            d.help(format!("set so far: {}", set.join(", ")))
+                        };
+                        self.error(d);
+                        return None;
+                    }
+                }
+                let base_value = self.eval(cx, base)?;
+                match (&base_value, &index_value) {
+                    (Value::List(items), Value::Int(i)) => {
+                        let n = items.len() as i64;
+                        let j = if *i < 0 { n + i } else { *i };
+                        if (0..n).contains(&j) {
+                            Some(items[j as usize].clone())
+                        } else {
+                            self.error(
+                                Diagnostic::error(
+                                    "E-index",
+                                    format!("index {i} is out of range for a list of {n}"),
+                                )
+                                .at(span, "out of range"),
+                            );
+                            None
+                        }
+                    }
+                    (Value::Map(entries), Value::Str(k)) => {
+                        match entries.iter().find(|(key, _)| key == k) {
+                            Some((_, v)) => Some(v.clone()),
+                            None => {
+                                self.error(
+                                    Diagnostic::error("E-index", format!("no key `{k}`"))
+                                        .at(span, "missing key"),
+                                );
+                                None
+                            }
+                        }
+                    }
+                    _ => {
+                        self.error(
+                            Diagnostic::error(
+                                "E-type",
+                                format!(
+                                    "cannot index {} with {}",
+                                    base_value.type_name(),
+                                    index_value.type_name()
+                                ),
+                            )
+                            .at(span, "bad index"),
+                        );
+                        None
+                    }
+                }
+            }
+            ExprKind::List(items) | ExprKind::Tuple(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    out.push(self.eval(cx, item)?);
+                }
+                Some(Value::List(out))
+            }
+            ExprKind::Map(entries) => {
+                let mut out = Vec::with_capacity(entries.len());
+                for (k, v) in entries {
+                    out.push((k.name.clone(), self.eval(cx, v)?));
+                }
+                Some(Value::Map(out))
+            }
+            ExprKind::Range {
+                start,
+                end,
+                inclusive,
+            } => {
+                let (a, b) = (self.eval(cx, start)?, self.eval(cx, end)?);
+                let (Value::Int(a), Value::Int(b)) = (a, b) else {
+                    self.error(
+                        Diagnostic::error("E-type", "a range needs integer bounds")
+                            .at(span, "not integers"),
+                    );
+                    return None;
+                };
+                let b = if *inclusive { b.saturating_add(1) } else { b };
+                if b.saturating_sub(a) > MAX_RANGE {
+                    self.error(
+                        Diagnostic::error(
+                            "E-limit",
+                            format!("range of more than {MAX_RANGE} values"),
+                        )
+                        .at(span, "too long"),
+                    );
+                    return None;
+                }
+                Some(Value::List((a..b).map(Value::Int).collect()))
+            }
+            ExprKind::Neg(inner) => match self.eval(cx, inner)? {
+                Value::Int(i) => Some(Value::Int(i.checked_neg().unwrap_or(i64::MAX))),
+                Value::Float(x) => Some(Value::Float(-x)),
+                other => {
+                    self.error(
+                        Diagnostic::error("E-type", format!("cannot negate {}", other.type_name()))
+                            .at(span, "not a number"),
+                    );
+                    None
+                }
+            },
+            ExprKind::Binary(op, l, r) => {
+                let (a, b) = (self.eval(cx, l)?, self.eval(cx, r)?);
+                let result = binary(*op, &a, &b);
+                if result.is_none() {
+                    self.error(
+                        Diagnostic::error(
+                            "E-type",
+                            format!(
+                                "cannot compute {} {} {}",
+                                a.type_name(),
+                                op_symbol(*op),
+                                b.type_name()
+                            ),
+                        )
+                        .at(
+                            span,
+                            "invalid arithmetic (or overflow, or division by zero)",
+                        ),
+                    );
+                }
+                result
+            }
+        }
+    }
+}
+
+fn op_symbol(op: BinOp) -> &'static str {
+    match op {
+        BinOp::Add => "+",
+        BinOp::Sub => "-",
+        BinOp::Mul => "*",
+        BinOp::Div => "/",
+        BinOp::FloorDiv => "//",
+        BinOp::Mod => "%",
+    }
+}
+
+/// Python semantics: `/` gives a float, `//` and `%` floor.
+fn binary(op: BinOp, a: &Value, b: &Value) -> Option<Value> {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => {
+            let (x, y) = (*x, *y);
+            Some(match op {
+                BinOp::Add => Value::Int(x.checked_add(y)?),
+                BinOp::Sub => Value::Int(x.checked_sub(y)?),
+                BinOp::Mul => Value::Int(x.checked_mul(y)?),
+                BinOp::Div if y != 0 => Value::Float(x as f64 / y as f64),
+                BinOp::FloorDiv if y != 0 => Value::Int(floor_div(x, y)?),
+                BinOp::Mod if y != 0 => {
+                    Value::Int(x.checked_sub(floor_div(x, y)?.checked_mul(y)?)?)
+                }
+                _ => return None,
+            })
+        }
+        (Value::Str(x), Value::Str(y)) if op == BinOp::Add => Some(Value::Str(format!("{x}{y}"))),
+        (Value::List(x), Value::List(y)) if op == BinOp::Add => {
+            Some(Value::List(x.iter().chain(y).cloned().collect()))
+        }
+        _ => {
+            let x = number(a)?;
+            let y = number(b)?;
+            Some(Value::Float(match op {
+                BinOp::Add => x + y,
+                BinOp::Sub => x - y,
+                BinOp::Mul => x * y,
+                BinOp::Div if y != 0.0 => x / y,
+                BinOp::FloorDiv if y != 0.0 => (x / y).floor(),
+                BinOp::Mod if y != 0.0 => x - y * (x / y).floor(),
+                _ => return None,
+            }))
+        }
+    }
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Int(i) => Some(*i as f64),
+        Value::Float(x) => Some(*x),
+        _ => None,
+    }
+}
+
+/// Python's `//`: rounds towards negative infinity.
+fn floor_div(x: i64, y: i64) -> Option<i64> {
+    let q = x.checked_div(y)?;
+    Some(if x % y != 0 && ((x < 0) != (y < 0)) {
+        q - 1
+    } else {
+        q
+    })
+}

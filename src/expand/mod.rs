@@ -1,0 +1,922 @@
+//! Expansion: AST -> layer graph. Runs the spec like the Keras code it stands for: blocks are
+//! called, loops unrolled, includes inlined, defaults merged, the `unet` template built, and
+//! layers named in creation order as a fresh Keras session names them.
+
+mod eval;
+mod template;
+
+use crate::ast::*;
+use crate::diag::{Diagnostic, SourceMap, Span};
+use crate::front::{self, Format};
+use crate::ir::ops::{parse_call, Op, KINDS};
+use crate::ir::value::{ArgReader, ArgValue, Value};
+use crate::ir::{Graph, Node, NodeId, Shape};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Calls nested deeper than this (blocks calling blocks, includes including) are refused.
+const MAX_CALL_DEPTH: usize = 64;
+/// A spec may create at most this many layers (loops over huge ranges are refused).
+pub const MAX_LAYERS: usize = 100_000;
+
+/// Keras's name counters: one per base name, shared by every model built in one session.
+#[derive(Debug, Default, Clone)]
+pub struct Session {
+    counters: HashMap<String, usize>,
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session::default()
+    }
+
+    /// The next auto-name for `base`: `conv2d`, `conv2d_1`, ...; inputs count from one (`input_1`).
+    pub fn auto_name(&mut self, base: &str) -> String {
+        let n = self.counters.entry(base.to_string()).or_insert(0);
+        let name = match (*n, base) {
+            (_, "input") => format!("input_{}", *n + 1),
+            (0, _) => base.to_string(),
+            (k, _) => format!("{base}_{k}"),
+        };
+        *n += 1;
+        name
+    }
+}
+
+/// The layer graph and everything found wrong while building it.
+pub struct Expanded {
+    pub graph: Graph,
+    /// Nodes whose arguments or inputs were wrong: later stages skip them quietly.
+    pub broken: Vec<bool>,
+    pub diags: Vec<Diagnostic>,
+}
+
+/// Expands a parsed spec. Included files are read and added to `sources`.
+pub fn expand(spec: &Spec, sources: &mut SourceMap, session: &mut Session) -> Expanded {
+    expand_with(spec, sources, session, None)
+}
+
+/// As [`expand`], replacing the shape of the first input layer created.
+pub fn expand_with(
+    spec: &Spec,
+    sources: &mut SourceMap,
+    session: &mut Session,
+    input_shape: Option<Vec<i64>>,
+) -> Expanded {
+    let mut x = Expander {
+        input_shape,
+        sources,
+        session,
+        graph: Graph::default(),
+        broken: Vec::new(),
+        names: HashMap::new(),
+        pending: Vec::new(),
+        diags: Vec::new(),
+        include_stack: Vec::new(),
+        shapes: Vec::new(),
+    };
+    let path = x.sources.path(spec.file).to_path_buf();
+    if let Ok(canonical) = path.canonicalize() {
+        x.include_stack.push(canonical);
+    }
+    let mut cx = Context::new(&spec.model, None, false, None);
+    x.collect_defaults(&mut cx, &spec.model);
+    let last = x.run_body(&mut cx, &spec.model.body, 0);
+    x.graph.name = match &spec.model.name {
+        Some(name) => name.name.clone(),
+        None => x.session.auto_name("model"),
+    };
+    if x.graph.outputs.is_empty() {
+        x.graph.outputs = x.tensors_of(last.as_ref());
+    }
+    x.resolve_pending();
+    x.check_inputs(spec);
+    x.warn_unused();
+    Expanded {
+        graph: x.graph,
+        broken: x.broken,
+        diags: x.diags,
+    }
+}
+
+/// What a spec (the main one or an included one) sees: its blocks, defaults and variables.
+struct Context<'s> {
+    blocks: HashMap<String, &'s BlockDef>,
+    defaults: HashMap<String, Vec<ArgValue>>,
+    vars: HashMap<String, Value>,
+    /// The tensor the next statement consumes by default.
+    current: Option<Value>,
+    /// Layers created here come from an include.
+    included: bool,
+    /// `include ... (trainable: false)`
+    frozen: bool,
+    /// An include's input: replaces the included spec's input layer.
+    input_binding: Option<Value>,
+}
+
+impl<'s> Context<'s> {
+    fn new(
+        model: &'s Model,
+        input_binding: Option<Value>,
+        included: bool,
+        trainable: Option<bool>,
+    ) -> Self {
+        Context {
+            blocks: model
+                .blocks
+                .iter()
+                .map(|b| (b.name.name.clone(), b))
+                .collect(),
+            defaults: HashMap::new(),
+            vars: HashMap::new(),
+            current: None,
+            included,
+            frozen: trainable == Some(false),
+            input_binding,
+        }
+    }
+
+    /// A block call: same blocks and defaults, fresh variables.
+    fn for_block(&self, current: Option<Value>) -> Self {
+        Context {
+            blocks: self.blocks.clone(),
+            defaults: self.defaults.clone(),
+            vars: HashMap::new(),
+            current,
+            included: self.included,
+            frozen: self.frozen,
+            input_binding: self.input_binding.clone(),
+        }
+    }
+}
+
+struct Expander<'a> {
+    /// `--input-shape`: used for the first input layer.
+    input_shape: Option<Vec<i64>>,
+    sources: &'a mut SourceMap,
+    session: &'a mut Session,
+    graph: Graph,
+    broken: Vec<bool>,
+    /// Layer name -> node, for references and duplicate checks.
+    names: HashMap<String, NodeId>,
+    /// Inputs naming layers not defined yet: (node, input slot, name, span).
+    pending: Vec<(NodeId, usize, String, Span)>,
+    diags: Vec<Diagnostic>,
+    include_stack: Vec<PathBuf>,
+    /// Shapes computed on demand (the template needs them for `crop: auto`).
+    shapes: Vec<Option<Option<Shape>>>,
+}
+
+impl<'s> Expander<'_> {
+    fn error(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    fn run_body(&mut self, cx: &mut Context<'s>, body: &'s [Stmt], depth: usize) -> Option<Value> {
+        for stmt in body {
+            if self.graph.nodes.len() > MAX_LAYERS {
+                return cx.current.clone();
+            }
+            self.stmt(cx, stmt, depth);
+        }
+        cx.current.clone()
+    }
+
+    fn stmt(&mut self, cx: &mut Context<'s>, stmt: &'s Stmt, depth: usize) {
+        match stmt {
+            Stmt::Chain { target, chain, .. } => {
+                let result = self.chain(cx, chain, depth);
+                if let Some(t) = target {
+                    self.assign(cx, t, result.clone());
+                }
+                if result.is_some() {
+                    cx.current = result;
+                }
+            }
+            Stmt::For {
+                vars,
+                iter,
+                body,
+                span,
+            } => self.for_loop(cx, vars, iter, body, *span, depth),
+            Stmt::Include { path, args, span } => self.include(cx, path, args, *span, depth),
+            Stmt::Output { sources, .. } => {
+                let mut outputs = Vec::new();
+                for source in sources {
+                    let v = self.source(cx, source, depth);
+                    outputs.extend(self.tensors_of(v.as_ref()));
+                }
+                if !cx.included {
+                    self.graph.outputs = outputs;
+                } else {
+                    cx.current = Some(Value::List(
+                        outputs.into_iter().map(Value::Tensor).collect(),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn assign(&mut self, cx: &mut Context<'s>, target: &'s Target, value: Option<Value>) {
+        let Some(value) = value else { return };
+        let key = match &target.index {
+            None => target.name.name.clone(),
+            Some(index) => match self.eval(cx, index) {
+                Some(i) => format!("{}[{}]", target.name.name, i),
+                None => return,
+            },
+        };
+        cx.vars.insert(key, value);
+    }
+
+    fn for_loop(
+        &mut self,
+        cx: &mut Context<'s>,
+        vars: &'s [Ident],
+        iter: &'s Expr,
+        body: &'s [Stmt],
+        span: Span,
+        depth: usize,
+    ) {
+        let Some(items) = self.eval(cx, iter) else {
+            return;
+        };
+        let Value::List(items) = items else {
+            self.error(
+                Diagnostic::error(
+                    "E-type",
+                    format!(
+                        "`for` loops over a list or range, found {}",
+                        items.type_name()
+                    ),
+                )
+                .at(iter.span, "not a list"),
+            );
+            return;
+        };
+        for item in items {
+            if vars.len() == 1 {
+                cx.vars.insert(vars[0].name.clone(), item);
+            } else {
+                match item {
+                    Value::List(parts) if parts.len() == vars.len() => {
+                        for (var, part) in vars.iter().zip(parts) {
+                            cx.vars.insert(var.name.clone(), part);
+                        }
+                    }
+                    other => {
+                        self.error(
+                            Diagnostic::error(
+                                "E-type",
+                                format!("`for` with {} variables needs items with {} values, found `{other}`", vars.len(), vars.len()),
+                            )
+                            .at(iter.span, "items do not match the loop variables")
+                            .also(span, "in this loop"),
+                        );
+                        return;
+                    }
+                }
+            }
+            self.run_body(cx, body, depth);
+            if self.graph.nodes.len() > MAX_LAYERS {
+                self.error(
+                    Diagnostic::error(
+                        "E-limit",
+                        format!("the spec creates more than {MAX_LAYERS} layers"),
+                    )
+                    .at(span, "this loop")
+                    .help("check the loop's range"),
+                );
+                return;
+            }
+        }
+    }
+
+    /// Evaluates a chain: its source (or the incoming tensor), then each call in turn.
+    fn chain(&mut self, cx: &mut Context<'s>, chain: &'s Chain, depth: usize) -> Option<Value> {
+        let mut value = match &chain.source {
+            None => cx.current.clone(),
+            Some(source) => Some(self.source(cx, source, depth)?),
+        };
+        for call in &chain.calls {
+            value = self.call(cx, call, value, depth);
+            value.as_ref()?;
+        }
+        value
+    }
+
+    fn source(&mut self, cx: &mut Context<'s>, source: &'s Source, depth: usize) -> Option<Value> {
+        match source {
+            Source::Ref(expr) => self.reference(cx, expr),
+            Source::List(chains, _) => {
+                let mut items = Vec::new();
+                for chain in chains {
+                    items.push(self.chain(cx, chain, depth)?);
+                }
+                Some(Value::List(items))
+            }
+        }
+    }
+
+    /// A tensor reference: a variable, `var[index]`, or a layer name (maybe defined later).
+    fn reference(&mut self, cx: &mut Context<'s>, expr: &'s Expr) -> Option<Value> {
+        match &expr.kind {
+            ExprKind::Name(name) => {
+                match cx.vars.get(name) {
+                    // A string in a tensor position names a layer (`for tap in [block1_conv2, ...]`).
+                    Some(Value::Str(layer)) => {
+                        let layer = layer.clone();
+                        return Some(
+                            self.names
+                                .get(&layer)
+                                .map_or(Value::Pending(layer), |&id| Value::Tensor(id)),
+                        );
+                    }
+                    Some(v) => return Some(v.clone()),
+                    None => {}
+                }
+                if let Some(&id) = self.names.get(name) {
+                    return Some(Value::Tensor(id));
+                }
+                Some(Value::Pending(name.clone()))
+            }
+            ExprKind::Index(..) => match self.eval(cx, expr)? {
+                Value::Str(layer) => Some(
+                    self.names
+                        .get(&layer)
+                        .map_or(Value::Pending(layer), |&id| Value::Tensor(id)),
+                ),
+                v => Some(v),
+            },
+            _ => {
+                self.error(
+                    Diagnostic::error("E-type", "expected a tensor reference")
+                        .at(expr.span, "not a reference"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Flattens a value into node ids (ignoring pending references).
+    fn tensors_of(&self, value: Option<&Value>) -> Vec<NodeId> {
+        match value {
+            Some(Value::Tensor(id)) => vec![*id],
+            Some(Value::List(items)) => items
+                .iter()
+                .flat_map(|v| self.tensors_of(Some(v)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn call(
+        &mut self,
+        cx: &mut Context<'s>,
+        call: &'s Call,
+        input: Option<Value>,
+        depth: usize,
+    ) -> Option<Value> {
+        let name = call.callee.name.as_str();
+        if depth > MAX_CALL_DEPTH {
+            self.error(
+                Diagnostic::error(
+                    "E-recursion",
+                    format!("calls nested more than {MAX_CALL_DEPTH} deep"),
+                )
+                .at(call.callee.span, "here")
+                .help("a block must not call itself, directly or through other blocks"),
+            );
+            return None;
+        }
+        if let Some(block) = cx.blocks.get(name).copied() {
+            return self.call_block(cx, block, call, input, depth);
+        }
+        let args = self.eval_args(cx, &call.args)?;
+        if name == "unet" {
+            return self.template(cx, call, args, input);
+        }
+        if name == "input" {
+            if let Some(binding) = cx.input_binding.clone() {
+                return Some(binding);
+            }
+        }
+        if !KINDS.contains(&name) {
+            let candidates = KINDS
+                .iter()
+                .copied()
+                .chain(cx.blocks.keys().map(String::as_str))
+                .chain(["unet"]);
+            let mut d = Diagnostic::error(
+                "E-unknown-kind",
+                format!("unknown layer kind or block `{name}`"),
+            )
+            .at(call.callee.span, "not a layer kind or block");
+            d = match crate::suggest::closest(name, candidates) {
+                Some(s) => d.help(format!("did you mean `{s}`?")),
+                None => d.help("layer kinds are Keras's in snake_case: conv2d, max_pooling2d, conv2d_transpose, ..."),
+            };
+            self.error(d);
+            return None;
+        }
+        let mut merged = args;
+        if let Some(defaults) = cx
+            .defaults
+            .get(name)
+            .or_else(|| cx.defaults.get(canonical_kind(name)))
+        {
+            for d in defaults {
+                let given = merged
+                    .iter()
+                    .any(|a| a.name.as_deref() == d.name.as_deref());
+                let positional_covers = d.name.as_deref().is_some_and(|n| {
+                    let pos = Op::positional(name);
+                    let n_positional = merged.iter().filter(|a| a.name.is_none()).count();
+                    pos.iter().take(n_positional).any(|p| *p == n)
+                });
+                if !given && !positional_covers {
+                    merged.push(d.clone());
+                }
+            }
+        }
+        let inputs = if name == "input" {
+            Vec::new()
+        } else {
+            input.into_iter().collect()
+        };
+        self.add_layer(cx, name, merged, inputs, call.span, call.callee.span)
+            .map(Value::Tensor)
+    }
+
+    fn eval_args(&mut self, cx: &mut Context<'s>, args: &'s [Arg]) -> Option<Vec<ArgValue>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for arg in args {
+            match self.eval(cx, &arg.value) {
+                Some(value) => out.push(ArgValue {
+                    name: arg.name.as_ref().map(|n| n.name.clone()),
+                    value,
+                    span: arg.value.span,
+                    name_span: arg.name.as_ref().map(|n| n.span),
+                }),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// Creates one layer: splits off `name` and `trainable`, parses the Keras arguments,
+    /// names it, and wires its inputs. Returns `None` if it could not be created at all.
+    fn add_layer(
+        &mut self,
+        cx: &Context<'s>,
+        kind: &str,
+        mut args: Vec<ArgValue>,
+        input: Vec<Value>,
+        span: Span,
+        kind_span: Span,
+    ) -> Option<NodeId> {
+        let explicit_name = take_kwarg(&mut args, "name");
+        let trainable = take_kwarg(&mut args, "trainable");
+        let reader = ArgReader::new(kind, span, args, Op::positional(kind));
+        let (op, arg_diags) = parse_call(kind, reader);
+        let mut broken = !arg_diags.is_empty();
+        self.diags.extend(arg_diags);
+        let mut op = op?;
+        if let (Op::Input(input), true) = (&mut op, self.graph.inputs.is_empty()) {
+            if let Some(shape) = self.input_shape.take() {
+                input.shape = shape;
+            }
+        }
+        let name = match explicit_name {
+            Some(ArgValue {
+                value: Value::Str(s),
+                span,
+                ..
+            }) => {
+                if s.is_empty()
+                    || s.chars()
+                        .any(|c| c.is_whitespace() || c == '/' || c == '[' || c == ']')
+                {
+                    self.error(
+                        Diagnostic::error("E-name", format!("`{s}` is not a usable layer name"))
+                            .at(span, "bad name")
+                            .help("layer names are non-empty and have no spaces, `/` or brackets"),
+                    );
+                }
+                s
+            }
+            Some(other) => {
+                self.error(
+                    Diagnostic::error("E-arg-type", "`name` must be a string")
+                        .at(other.span, "not a string"),
+                );
+                self.session.auto_name(op.base_name())
+            }
+            None => self.session.auto_name(op.base_name()),
+        };
+        let trainable = match trainable {
+            Some(ArgValue {
+                value: Value::Bool(b),
+                ..
+            }) => b,
+            Some(other) => {
+                self.error(
+                    Diagnostic::error("E-arg-type", "`trainable` must be true or false")
+                        .at(other.span, "not a boolean"),
+                );
+                true
+            }
+            None => true,
+        } && !cx.frozen;
+
+        // Inputs: the incoming value flattened; pending names are resolved after expansion.
+        let mut inputs = Vec::new();
+        let mut pending = Vec::new();
+        for v in &input {
+            flatten(v, &mut inputs, &mut pending);
+        }
+        let id = NodeId(self.graph.nodes.len() as u32);
+        let (min, max) = op.arity();
+        let n_inputs = inputs.len();
+        if n_inputs < min || n_inputs > max {
+            let want = match (min, max) {
+                (0, 0) => "no inputs".to_string(),
+                (1, 1) => "one input".to_string(),
+                (m, usize::MAX) => format!("at least {m} inputs"),
+                (m, n) => format!("{m} to {n} inputs"),
+            };
+            let mut d = Diagnostic::error(
+                "E-arity",
+                format!("`{kind}` takes {want}, but gets {n_inputs}"),
+            )
+            .at(kind_span, format!("{n_inputs} input(s)"));
+            if min >= 2 {
+                d = d.help(format!(
+                    "give it a list: `[a, b] -> {kind}()` (YAML: `inputs: [a, b]`)"
+                ));
+            } else if n_inputs == 0 {
+                d = d.help("start the model with `input HxWxC`, or give this layer an input: `x -> layer(...)`");
+            } else {
+                d = d.help("apply it to one tensor");
+            }
+            self.error(d);
+            broken = true;
+        }
+        if let Some(&prev) = self.names.get(&name) {
+            let prev_span = self.graph.node(prev).span;
+            self.error(
+                Diagnostic::error("E-duplicate-name", format!("the name `{name}` is used 2 times in the model"))
+                    .at(span, "second layer with this name")
+                    .also(prev_span, "first layer with this name")
+                    .help("all layer names must be unique; rename one (an explicit name does not advance Keras's auto-name counter)"),
+            );
+            broken = true;
+        } else {
+            self.names.insert(name.clone(), id);
+        }
+        for (slot, (pname, pspan)) in pending {
+            self.pending.push((id, slot, pname, pspan.unwrap_or(span)));
+        }
+        if matches!(op, Op::Input(_)) && !self.graph.inputs.contains(&id) {
+            self.graph.inputs.push(id);
+        }
+        self.graph.nodes.push(Node {
+            name,
+            op,
+            inputs,
+            trainable,
+            span,
+            included: cx.included,
+        });
+        self.broken.push(broken);
+        Some(id)
+    }
+
+    fn call_block(
+        &mut self,
+        cx: &mut Context<'s>,
+        block: &'s BlockDef,
+        call: &'s Call,
+        input: Option<Value>,
+        depth: usize,
+    ) -> Option<Value> {
+        let args = self.eval_args(cx, &call.args)?;
+        let mut inner = cx.for_block(input);
+        let mut positional = block.params.iter();
+        let mut bound: Vec<&str> = Vec::new();
+        for arg in args {
+            let param = match &arg.name {
+                Some(n) => block.params.iter().find(|p| &p.name == n),
+                None => positional.next(),
+            };
+            match param {
+                Some(p) if !bound.contains(&p.name.as_str()) => {
+                    bound.push(&p.name);
+                    inner.vars.insert(p.name.clone(), arg.value);
+                }
+                Some(p) => self.error(
+                    Diagnostic::error(
+                        "E-arg-duplicate",
+                        format!(
+                            "block `{}` parameter `{}` given twice",
+                            block.name.name, p.name
+                        ),
+                    )
+                    .at(arg.span, "second value"),
+                ),
+                None => {
+                    let params: Vec<&str> = block.params.iter().map(|p| p.name.as_str()).collect();
+                    self.error(
+                        Diagnostic::error(
+                            "E-arg-unknown",
+                            match &arg.name {
+                                Some(n) => {
+                                    format!("block `{}` has no parameter `{n}`", block.name.name)
+                                }
+                                None => format!(
+                                    "block `{}` takes {} argument(s)",
+                                    block.name.name,
+                                    params.len()
+                                ),
+                            },
+                        )
+                        .at(arg.name_span.unwrap_or(arg.span), "not a parameter")
+                        .also(
+                            block.name.span,
+                            format!(
+                                "`{}({})` is defined here",
+                                block.name.name,
+                                params.join(", ")
+                            ),
+                        ),
+                    );
+                }
+            }
+        }
+        let missing: Vec<&Ident> = block
+            .params
+            .iter()
+            .filter(|p| !bound.contains(&p.name.as_str()))
+            .collect();
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|p| p.name.as_str()).collect();
+            self.error(
+                Diagnostic::error(
+                    "E-arg-missing",
+                    format!("block `{}` needs {}", block.name.name, names.join(", ")),
+                )
+                .at(call.span, "missing arguments")
+                .also(block.name.span, "defined here"),
+            );
+            return None;
+        }
+        self.run_body(&mut inner, &block.body, depth + 1)
+    }
+
+    fn include(
+        &mut self,
+        cx: &mut Context<'s>,
+        path: &'s Expr,
+        args: &'s [Arg],
+        span: Span,
+        depth: usize,
+    ) {
+        let Some(Value::Str(rel)) = self.eval(cx, path) else {
+            self.error(
+                Diagnostic::error("E-include", "`include` takes a file path string")
+                    .at(path.span, "not a path"),
+            );
+            return;
+        };
+        let Some(args) = self.eval_args(cx, args) else {
+            return;
+        };
+        let mut trainable = None;
+        let mut binding = None;
+        for arg in args {
+            match (arg.name.as_deref(), arg.value) {
+                (Some("trainable"), Value::Bool(b)) => trainable = Some(b),
+                (Some("input"), v @ (Value::Tensor(_) | Value::Pending(_))) => binding = Some(v),
+                (name, value) => self.error(
+                    Diagnostic::error(
+                        "E-arg-unknown",
+                        format!("`include` takes `trainable: true|false` and `input: <tensor>`, not `{}: {value}`", name.unwrap_or("_")),
+                    )
+                    .at(arg.name_span.unwrap_or(arg.span), "not understood"),
+                ),
+            }
+        }
+        let including = self.sources.path(span.file).to_path_buf();
+        let file_path = including.parent().unwrap_or(Path::new(".")).join(&rel);
+        let text = match std::fs::read_to_string(&file_path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.error(
+                    Diagnostic::error(
+                        "E-include",
+                        format!("cannot read included spec `{}`: {e}", file_path.display()),
+                    )
+                    .at(path.span, "missing include")
+                    .help("include paths are relative to the including file"),
+                );
+                return;
+            }
+        };
+        let canonical = file_path.canonicalize().unwrap_or(file_path.clone());
+        if self.include_stack.contains(&canonical) || depth >= MAX_CALL_DEPTH {
+            self.error(
+                Diagnostic::error(
+                    "E-include-cycle",
+                    format!(
+                        "`{rel}` includes itself (through {} file(s))",
+                        self.include_stack.len()
+                    ),
+                )
+                .at(path.span, "include cycle"),
+            );
+            return;
+        }
+        let file = self.sources.add(&file_path, text);
+        let text = self.sources.text(file).to_string();
+        let spec = match front::parse(Format::of_path(&file_path), file, &text) {
+            Ok(spec) => spec,
+            Err(diags) => {
+                self.diags.extend(diags);
+                self.error(
+                    Diagnostic::error("E-include", format!("included spec `{rel}` has errors"))
+                        .at(path.span, "included here"),
+                );
+                return;
+            }
+        };
+        self.include_stack.push(canonical);
+        let mut inner = Context::new(
+            &spec.model,
+            binding,
+            true,
+            trainable.or(if cx.frozen { Some(false) } else { None }),
+        );
+        self.collect_defaults(&mut inner, &spec.model);
+        let last = self.run_body(&mut inner, &spec.model.body, depth + 1);
+        self.include_stack.pop();
+        if let Some(v) = last {
+            cx.current = Some(v);
+        }
+    }
+
+    fn collect_defaults(&mut self, cx: &mut Context<'s>, model: &'s Model) {
+        for d in &model.defaults {
+            let Some(args) = self.eval_args(cx, &d.args) else {
+                continue;
+            };
+            let kind = d.kind.name.as_str();
+            if !KINDS.contains(&kind) {
+                self.error(
+                    Diagnostic::error(
+                        "E-unknown-kind",
+                        format!("`defaults` for unknown layer kind `{kind}`"),
+                    )
+                    .at(d.kind.span, "unknown kind"),
+                );
+                continue;
+            }
+            let known = Op::known_args(kind);
+            for a in &args {
+                match a.name.as_deref() {
+                    Some(n) if known.contains(&n) || n == "trainable" => {}
+                    Some(n) => self.error(
+                        Diagnostic::error(
+                            "E-arg-unknown",
+                            format!("`{kind}` has no argument `{n}`"),
+                        )
+                        .at(a.name_span.unwrap_or(a.span), "unknown argument"),
+                    ),
+                    None => self.error(
+                        Diagnostic::error("E-defaults", "defaults take keyword arguments only")
+                            .at(a.span, "positional argument")
+                            .help(format!(
+                                "write it as `name: value`, e.g. `{kind}({}: ...)`",
+                                Op::positional(kind).first().unwrap_or(&"arg")
+                            )),
+                    ),
+                }
+            }
+            cx.defaults
+                .entry(canonical_kind(kind).to_string())
+                .or_default()
+                .extend(args.into_iter().filter(|a| a.name.is_some()));
+        }
+    }
+
+    fn resolve_pending(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        let mut unresolved: Vec<(NodeId, usize)> = Vec::new();
+        for (node, slot, name, span) in pending {
+            match self.names.get(&name) {
+                Some(&id) => self.graph.nodes[node.index()].inputs[slot] = id,
+                None => {
+                    let mut d = Diagnostic::error(
+                        "E-unknown-name",
+                        format!("no layer or variable named `{name}`"),
+                    )
+                    .at(span, "unknown name");
+                    if let Some(s) =
+                        crate::suggest::closest(&name, self.names.keys().map(String::as_str))
+                    {
+                        d = d.help(format!("did you mean `{s}`?"));
+                    }
+                    self.error(d);
+                    unresolved.push((node, slot));
+                    self.broken[node.index()] = true;
+                }
+            }
+        }
+        // Unresolved inputs point at the node itself; drop them so the graph stays well-formed.
+        unresolved.sort_by(|a, b| b.cmp(a));
+        for (node, slot) in unresolved {
+            self.graph.nodes[node.index()].inputs.remove(slot);
+        }
+    }
+
+    fn check_inputs(&mut self, spec: &Spec) {
+        if self.graph.inputs.is_empty() && !self.graph.nodes.is_empty() {
+            self.error(
+                Diagnostic::error("E-no-input", "the model has no input layer")
+                    .at(spec.model.span, "no `input` in this model")
+                    .help("start the model with `input 572x572x1` (YAML: `input: [572, 572, 1]`)"),
+            );
+        }
+    }
+
+    fn warn_unused(&mut self) {
+        let keep = self.graph.reaches_output();
+        for id in self.graph.ids() {
+            let node = self.graph.node(id);
+            if !keep[id.index()] && !node.included && !self.broken[id.index()] {
+                let d = Diagnostic::warning(
+                    "W-unused",
+                    format!("layer `{}` does not lead to the model's output", node.name),
+                )
+                .at(node.span, "unused; Keras leaves it out of the model")
+                .help("use its result, or remove it");
+                self.diags.push(d);
+            }
+        }
+    }
+
+    /// The output shape of a node created so far, if it can be computed.
+    fn shape_of(&mut self, id: NodeId) -> Option<Shape> {
+        while self.shapes.len() < self.graph.nodes.len() {
+            let i = self.shapes.len();
+            let node = &self.graph.nodes[i];
+            let inputs: Option<Vec<Shape>> = node
+                .inputs
+                .iter()
+                .map(|&p| {
+                    if p.index() < i {
+                        self.shapes[p.index()].clone().flatten()
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let shape = inputs.and_then(|ins| node.op.infer(&ins).ok());
+            self.shapes.push(Some(shape));
+        }
+        self.shapes.get(id.index()).cloned().flatten().flatten()
+    }
+}
+
+fn flatten(
+    v: &Value,
+    inputs: &mut Vec<NodeId>,
+    pending: &mut Vec<(usize, (String, Option<Span>))>,
+) {
+    match v {
+        Value::Tensor(id) => inputs.push(*id),
+        Value::Pending(name) => {
+            pending.push((inputs.len(), (name.clone(), None)));
+            // Placeholder; replaced (or removed) by resolve_pending.
+            inputs.push(NodeId(u32::MAX));
+        }
+        Value::List(items) => items.iter().for_each(|i| flatten(i, inputs, pending)),
+        _ => {}
+    }
+}
+
+fn take_kwarg(args: &mut Vec<ArgValue>, name: &str) -> Option<ArgValue> {
+    let i = args.iter().position(|a| a.name.as_deref() == Some(name))?;
+    Some(args.remove(i))
+}
+
+/// Aliases share their canonical kind's defaults.
+fn canonical_kind(kind: &str) -> &str {
+    match kind {
+        "max_pool2d" => "max_pooling2d",
+        "upsampling2d" => "up_sampling2d",
+        "relu_layer" => "re_lu",
+        "input_layer" => "input",
+        k => k,
+    }
+}

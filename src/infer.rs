@@ -1,0 +1,253 @@
+//! Shape inference: every layer's output shape, weights, parameter counts and MACs, as a
+//! side table indexed by node. Errors point at the layer's call and at its inputs.
+
+use crate::diag::Diagnostic;
+use crate::ir::{Graph, NodeId, Shape, WeightSpec};
+use crate::report::shape_text;
+
+/// Sizes beyond this are refused: no real network has them, and products stay in range.
+const MAX_SIZE: i64 = 1 << 30;
+
+#[derive(Debug, Clone, Default)]
+pub struct LayerInfo {
+    /// `None` when it could not be computed (an error here or upstream).
+    pub shape: Option<Shape>,
+    pub weights: Vec<WeightSpec>,
+    pub trainable_params: u64,
+    pub non_trainable_params: u64,
+    pub macs: u64,
+}
+
+impl LayerInfo {
+    pub fn params(&self) -> u64 {
+        self.trainable_params
+            .saturating_add(self.non_trainable_params)
+    }
+}
+
+/// Everything inference learned about a graph.
+#[derive(Debug, Clone, Default)]
+pub struct Inferred {
+    pub layers: Vec<LayerInfo>,
+    /// Keras's `model.layers`: the layers that lead to an output, in summary order.
+    pub keras_order: Vec<NodeId>,
+    /// An execution order (inputs first) of the kept layers.
+    pub schedule: Vec<NodeId>,
+    pub diags: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub params: u64,
+    pub trainable: u64,
+    pub non_trainable: u64,
+    pub macs: u64,
+    /// Bytes of every layer output at batch 1, f32 (what Keras keeps alive).
+    pub activation_bytes: u64,
+    /// The most bytes alive at once at batch 1, f32, when each tensor is freed after its last use.
+    pub peak_activation_bytes: u64,
+}
+
+pub fn infer(graph: &Graph, broken: &[bool]) -> Inferred {
+    let mut out = Inferred {
+        layers: vec![LayerInfo::default(); graph.nodes.len()],
+        ..Inferred::default()
+    };
+    let order = match graph.topological_order() {
+        Ok(order) => order,
+        Err(cycle) => {
+            let names: Vec<&str> = cycle
+                .iter()
+                .map(|&id| graph.node(id).name.as_str())
+                .collect();
+            let first = graph.node(cycle[0]);
+            let mut d = Diagnostic::error(
+                "E-cycle",
+                format!(
+                    "the layers form a cycle: {} -> {}",
+                    names.join(" -> "),
+                    names[0]
+                ),
+            )
+            .at(first.span, "part of a cycle")
+            .help("a layer's inputs must not depend on its own output");
+            for &id in &cycle[1..] {
+                d = d.also(graph.node(id).span, format!("`{}`", graph.node(id).name));
+            }
+            out.diags.push(d);
+            return out;
+        }
+    };
+    for &id in &order {
+        let node = graph.node(id);
+        if broken.get(id.index()).copied().unwrap_or(false) {
+            continue;
+        }
+        let inputs: Option<Vec<Shape>> = node
+            .inputs
+            .iter()
+            .map(|&i| out.layers[i.index()].shape.clone())
+            .collect();
+        let Some(inputs) = inputs else { continue };
+        let names: Vec<&str> = node
+            .inputs
+            .iter()
+            .map(|&i| graph.node(i).name.as_str())
+            .collect();
+        let fill = |text: &str| fill_names(text, &names);
+        for w in node.op.warnings(&inputs) {
+            let mut d = Diagnostic::warning(
+                w.code,
+                format!(
+                    "{} `{}`: {}",
+                    node.op.class_name(),
+                    node.name,
+                    fill(&w.message)
+                ),
+            )
+            .at(node.span, fill(&w.label));
+            for h in &w.help {
+                d = d.help(fill(h));
+            }
+            out.diags.push(d);
+        }
+        match node.op.infer(&inputs) {
+            Ok(shape) => {
+                if let Some(&bad) = shape.iter().find(|&&d| d <= 0 || d > MAX_SIZE) {
+                    let what = if bad <= 0 {
+                        "reaches zero or below"
+                    } else {
+                        "is larger than unetc's limit"
+                    };
+                    out.diags.push(
+                        Diagnostic::error(
+                            "E-size",
+                            format!(
+                                "{} `{}`: output size {what}: {}",
+                                node.op.class_name(),
+                                node.name,
+                                shape_text(&shape)
+                            ),
+                        )
+                        .at(node.span, format!("output {}", shape_text(&shape))),
+                    );
+                    continue;
+                }
+                let weights = node.op.weights(&inputs);
+                let (mut trainable, mut frozen) = (0u64, 0u64);
+                for w in &weights {
+                    if w.trainable && node.trainable {
+                        trainable = trainable.saturating_add(w.count());
+                    } else {
+                        frozen = frozen.saturating_add(w.count());
+                    }
+                }
+                out.layers[id.index()] = LayerInfo {
+                    macs: node.op.macs(&inputs, &shape),
+                    shape: Some(shape),
+                    weights,
+                    trainable_params: trainable,
+                    non_trainable_params: frozen,
+                };
+            }
+            Err(e) => {
+                let mut d = Diagnostic::error(
+                    e.code,
+                    format!(
+                        "{} `{}`: {}",
+                        node.op.class_name(),
+                        node.name,
+                        fill(&e.message)
+                    ),
+                )
+                .at(node.span, fill(&e.label));
+                for (&input, shape) in node.inputs.iter().zip(&inputs) {
+                    let producer = graph.node(input);
+                    if producer.span.file == node.span.file && producer.span != node.span {
+                        d = d.also(
+                            producer.span,
+                            format!("`{}` is {}", producer.name, shape_text(shape)),
+                        );
+                    }
+                }
+                for h in &e.help {
+                    d = d.help(fill(h));
+                }
+                out.diags.push(d);
+            }
+        }
+    }
+    let keep = graph.reaches_output();
+    out.schedule = order.into_iter().filter(|id| keep[id.index()]).collect();
+    out.keras_order = graph.keras_layer_order();
+    out
+}
+
+/// Replaces `{0}`, `{1}`, ... with backquoted input names.
+fn fill_names(text: &str, names: &[&str]) -> String {
+    let mut s = text.to_string();
+    for (i, name) in names.iter().enumerate() {
+        s = s.replace(&format!("{{{i}}}"), &format!("`{name}`"));
+    }
+    s
+}
+
+impl Inferred {
+    pub fn totals(&self, graph: &Graph) -> Totals {
+        let mut t = Totals::default();
+        for &id in &self.keras_order {
+            let l = &self.layers[id.index()];
+            t.trainable = t.trainable.saturating_add(l.trainable_params);
+            t.non_trainable = t.non_trainable.saturating_add(l.non_trainable_params);
+            t.macs = t.macs.saturating_add(l.macs);
+            t.activation_bytes = t.activation_bytes.saturating_add(self.output_bytes(id));
+        }
+        t.params = t.trainable.saturating_add(t.non_trainable);
+        t.peak_activation_bytes = self.peak_live_bytes(graph);
+        t
+    }
+
+    fn output_bytes(&self, id: NodeId) -> u64 {
+        self.layers[id.index()].shape.as_ref().map_or(0, |s| {
+            s.iter()
+                .fold(4u64, |acc, &d| acc.saturating_mul(d.max(0) as u64))
+        })
+    }
+
+    /// Peak of live bytes over the schedule: a tensor lives from its producer to its last consumer
+    /// (model outputs to the end); the layer running holds its inputs and its output at once.
+    pub fn peak_live_bytes(&self, graph: &Graph) -> u64 {
+        let n = self.schedule.len();
+        let mut position = vec![usize::MAX; graph.nodes.len()];
+        for (i, &id) in self.schedule.iter().enumerate() {
+            position[id.index()] = i;
+        }
+        let mut last_use: Vec<usize> = (0..n).collect();
+        for (i, &id) in self.schedule.iter().enumerate() {
+            for &input in &graph.node(id).inputs {
+                let p = position[input.index()];
+                if p != usize::MAX {
+                    last_use[p] = last_use[p].max(i);
+                }
+            }
+        }
+        for &out in &graph.outputs {
+            if position[out.index()] != usize::MAX {
+                last_use[position[out.index()]] = n.saturating_sub(1);
+            }
+        }
+        // Difference array over schedule positions.
+        let mut delta = vec![0i128; n + 1];
+        for (i, &id) in self.schedule.iter().enumerate() {
+            let bytes = self.output_bytes(id) as i128;
+            delta[i] += bytes;
+            delta[last_use[i] + 1] -= bytes;
+        }
+        let (mut live, mut peak) = (0i128, 0i128);
+        for d in delta.iter().take(n) {
+            live += d;
+            peak = peak.max(live);
+        }
+        peak.clamp(0, u64::MAX as i128) as u64
+    }
+}

@@ -1,0 +1,162 @@
+//! Concatenate and Add: several inputs, no weights.
+
+use super::{LayerKind, Shape, ShapeError};
+use crate::ir::value::ArgReader;
+use crate::report::shape_text;
+use serde_json::{json, Value as Json};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Concatenate {
+    pub axis: i64,
+}
+
+/// The Cropping2D argument that brings an `(h, w)` map down to `(th, tw)`, centred with the
+/// odd pixel cropped at the bottom/right, as Keras users crop skips.
+pub fn crop_to(h: i64, w: i64, th: i64, tw: i64) -> String {
+    let (dh, dw) = (h - th, w - tw);
+    let (t, l) = (dh / 2, dw / 2);
+    let (b, r) = (dh - t, dw - l);
+    if t == b && l == r && t == l {
+        format!("{t}")
+    } else if t == b && l == r {
+        format!("({t}, {l})")
+    } else {
+        format!("(({t}, {b}), ({l}, {r}))")
+    }
+}
+
+impl LayerKind for Concatenate {
+    const CLASS: &'static str = "Concatenate";
+    const POSITIONAL: &'static [&'static str] = &["axis"];
+    const KNOWN: &'static [&'static str] = &["axis"];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        Concatenate {
+            axis: r.int_or("axis", -4, 3, -1),
+        }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        let first = &inputs[0];
+        let rank = first.len() as i64;
+        if inputs.iter().any(|s| s.len() != first.len()) {
+            return Err(ShapeError::new(
+                "E-concat-rank",
+                "concatenate needs inputs of the same rank",
+                "inputs differ in rank",
+            ));
+        }
+        // Keras's axis counts the batch dimension; -1 is the last.
+        let axis = if self.axis < 0 {
+            rank + 1 + self.axis
+        } else {
+            self.axis
+        };
+        if axis < 1 || axis > rank {
+            return Err(ShapeError::new(
+                "E-axis",
+                format!(
+                    "concatenate axis {} is not a feature axis of a {}-D input",
+                    self.axis,
+                    rank + 1
+                ),
+                "bad axis",
+            ));
+        }
+        let a = (axis - 1) as usize;
+        let mismatch = inputs
+            .iter()
+            .position(|s| s.iter().enumerate().any(|(i, &d)| i != a && d != first[i]));
+        if let Some(other) = mismatch {
+            let sizes: Vec<String> = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("{{{i}}} is {}", spatial(s)))
+                .collect();
+            let mut err = ShapeError::new(
+                "E-concat-shape",
+                format!(
+                    "concatenate needs inputs of the same size except along axis {}: {}",
+                    self.axis,
+                    sizes.join(", ")
+                ),
+                format!("{} vs {}", spatial(first), spatial(&inputs[other])),
+            );
+            if rank == 3 && a == 2 {
+                // Suggest cropping every larger input down to the smallest.
+                let th = inputs.iter().map(|s| s[0]).min().unwrap_or(0);
+                let tw = inputs.iter().map(|s| s[1]).min().unwrap_or(0);
+                for (i, s) in inputs.iter().enumerate() {
+                    if (s[0] > th && s[1] >= tw) || (s[1] > tw && s[0] >= th) {
+                        err = err.help(format!(
+                            "add `cropping2d({})` to {{{i}}} to crop it from {}x{} to {th}x{tw}",
+                            crop_to(s[0], s[1], th, tw),
+                            s[0],
+                            s[1]
+                        ));
+                    }
+                }
+            }
+            return Err(err);
+        }
+        let mut out = first.clone();
+        out[a] = inputs.iter().map(|s| s[a]).sum();
+        Ok(out)
+    }
+
+    fn config(&self) -> Json {
+        json!({ "axis": self.axis })
+    }
+
+    fn arity() -> (usize, usize) {
+        (2, usize::MAX)
+    }
+}
+
+fn spatial(s: &Shape) -> String {
+    match s.as_slice() {
+        [h, w, c] => format!("{h}x{w} ({c} channels)"),
+        other => shape_text(other),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Add;
+
+impl LayerKind for Add {
+    const CLASS: &'static str = "Add";
+    const POSITIONAL: &'static [&'static str] = &[];
+    const KNOWN: &'static [&'static str] = &[];
+
+    fn parse(_r: &mut ArgReader) -> Self {
+        Add
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        let first = &inputs[0];
+        if let Some(i) = inputs.iter().position(|s| s != first) {
+            return Err(ShapeError::new(
+                "E-add-shape",
+                format!(
+                    "add needs inputs of one shape: {{0}} is {} but {{{i}}} is {}",
+                    shape_text(first),
+                    shape_text(&inputs[i])
+                ),
+                "shapes differ",
+            ));
+        }
+        Ok(first.clone())
+    }
+
+    fn macs(&self, _inputs: &[Shape], _output: &Shape) -> u64 {
+        0
+    }
+
+    fn config(&self) -> Json {
+        json!({})
+    }
+
+    fn arity() -> (usize, usize) {
+        (2, usize::MAX)
+    }
+}

@@ -1,0 +1,239 @@
+//! Keras layer kinds. Each kind lives in one place: its arguments (with Keras's names and
+//! defaults), its shape rule, its weights (hence parameter counts), its MACs and its config.
+//! Adding a kind means adding a struct that implements [`LayerKind`] and a line in [`Op`].
+
+mod activation;
+mod conv;
+mod dense;
+mod input;
+pub mod merge;
+mod norm;
+mod pool;
+mod resize;
+
+pub use activation::{Activation, Dropout, ReLU, Softmax, ACTIVATIONS};
+pub use conv::{Conv2D, Conv2DTranspose};
+pub use dense::{Dense, Flatten};
+pub use input::Input;
+pub use merge::{Add, Concatenate};
+pub use norm::BatchNormalization;
+pub use pool::{GlobalAveragePooling2D, MaxPooling2D};
+pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
+
+use crate::diag::Diagnostic;
+use crate::ir::value::ArgReader;
+use serde_json::Value as Json;
+
+/// An output shape without the batch dimension: `[H, W, C]` or `[N]`.
+pub type Shape = Vec<i64>;
+
+/// Why a layer cannot be applied to its inputs. `{0}`, `{1}`, ... in the texts stand for the
+/// names of the layer's inputs; [`crate::infer`] fills them in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapeError {
+    pub code: &'static str,
+    pub message: String,
+    pub label: String,
+    pub help: Vec<String>,
+}
+
+impl ShapeError {
+    pub fn new(code: &'static str, message: impl Into<String>, label: impl Into<String>) -> Self {
+        ShapeError {
+            code,
+            message: message.into(),
+            label: label.into(),
+            help: Vec::new(),
+        }
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help.push(help.into());
+        self
+    }
+}
+
+/// One weight tensor of a layer, named as Keras names it (`kernel`, `bias`, `gamma`, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightSpec {
+    pub name: &'static str,
+    pub shape: Vec<i64>,
+    /// Whether the variable is trainable when the layer is (BN moving statistics never are).
+    pub trainable: bool,
+}
+
+impl WeightSpec {
+    pub fn count(&self) -> u64 {
+        self.shape
+            .iter()
+            .fold(1u64, |acc, &d| acc.saturating_mul(d.max(0) as u64))
+    }
+}
+
+/// What every layer kind provides.
+pub trait LayerKind {
+    /// Keras's class name, as printed in summaries.
+    const CLASS: &'static str;
+    /// Keras's positional parameter order.
+    const POSITIONAL: &'static [&'static str];
+    /// Every argument the kind accepts (besides `name` and `trainable`).
+    const KNOWN: &'static [&'static str];
+    /// Reads the arguments, leaving diagnostics in the reader.
+    fn parse(args: &mut ArgReader) -> Self;
+    /// Output shape from input shapes.
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError>;
+    /// Problems that do not stop inference (Keras accepts them).
+    fn warnings(&self, _inputs: &[Shape]) -> Vec<ShapeError> {
+        Vec::new()
+    }
+    fn weights(&self, _inputs: &[Shape]) -> Vec<WeightSpec> {
+        Vec::new()
+    }
+    /// Multiply-accumulates per image.
+    fn macs(&self, _inputs: &[Shape], _output: &Shape) -> u64 {
+        0
+    }
+    /// Keras's `get_config()` for the arguments unetc models (normalised, defaults filled in).
+    fn config(&self) -> Json;
+    /// How many inputs the layer takes: `(min, max)`.
+    fn arity() -> (usize, usize) {
+        (1, 1)
+    }
+}
+
+macro_rules! ops {
+    ($($variant:ident : $kind:literal $(| $alias:literal)*),* $(,)?) => {
+        /// A layer with its arguments.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Op { $($variant($variant)),* }
+
+        /// Spec kind names (snake_case, as Keras auto-names them) and their aliases.
+        pub const KINDS: &[&str] = &[$($kind $(, $alias)*),*];
+
+        impl Op {
+            /// Parses a call of `kind`; `None` if the kind is unknown.
+            pub fn parse(kind: &str, args: &mut ArgReader) -> Option<Op> {
+                match kind {
+                    $($kind $(| $alias)* => Some(Op::$variant($variant::parse(args))),)*
+                    _ => None,
+                }
+            }
+
+            pub fn known_args(kind: &str) -> &'static [&'static str] {
+                match kind {
+                    $($kind $(| $alias)* => $variant::KNOWN,)*
+                    _ => &[],
+                }
+            }
+
+            pub fn positional(kind: &str) -> &'static [&'static str] {
+                match kind {
+                    $($kind $(| $alias)* => $variant::POSITIONAL,)*
+                    _ => &[],
+                }
+            }
+
+            pub fn class_name(&self) -> &'static str {
+                match self { $(Op::$variant(_) => $variant::CLASS),* }
+            }
+
+            /// The base of Keras's auto-names: `conv2d`, `max_pooling2d`, `re_lu`, ...
+            pub fn base_name(&self) -> &'static str {
+                match self { $(Op::$variant(_) => $kind),* }
+            }
+
+            pub fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+                match self { $(Op::$variant(op) => op.infer(inputs)),* }
+            }
+
+            pub fn warnings(&self, inputs: &[Shape]) -> Vec<ShapeError> {
+                match self { $(Op::$variant(op) => op.warnings(inputs)),* }
+            }
+
+            pub fn weights(&self, inputs: &[Shape]) -> Vec<WeightSpec> {
+                match self { $(Op::$variant(op) => op.weights(inputs)),* }
+            }
+
+            pub fn macs(&self, inputs: &[Shape], output: &Shape) -> u64 {
+                match self { $(Op::$variant(op) => op.macs(inputs, output)),* }
+            }
+
+            pub fn config(&self) -> Json {
+                match self { $(Op::$variant(op) => op.config()),* }
+            }
+
+            pub fn arity(&self) -> (usize, usize) {
+                match self { $(Op::$variant(_) => $variant::arity()),* }
+            }
+        }
+    };
+}
+
+ops! {
+    Input: "input" | "input_layer",
+    Conv2D: "conv2d",
+    Conv2DTranspose: "conv2d_transpose",
+    MaxPooling2D: "max_pooling2d" | "max_pool2d",
+    UpSampling2D: "up_sampling2d" | "upsampling2d",
+    Cropping2D: "cropping2d",
+    ZeroPadding2D: "zero_padding2d",
+    Concatenate: "concatenate",
+    Add: "add",
+    BatchNormalization: "batch_normalization",
+    Activation: "activation",
+    ReLU: "re_lu" | "relu_layer",
+    Softmax: "softmax",
+    Dropout: "dropout",
+    Flatten: "flatten",
+    Dense: "dense",
+    GlobalAveragePooling2D: "global_average_pooling2d",
+}
+
+/// Requires a rank-3 (H, W, C) input, as every 2-D layer does.
+pub(crate) fn image(inputs: &[Shape], class: &str) -> Result<[i64; 3], ShapeError> {
+    match inputs.first().map(|s| s.as_slice()) {
+        Some(&[h, w, c]) => Ok([h, w, c]),
+        Some(other) => Err(ShapeError::new(
+            "E-rank",
+            format!(
+                "{class} expects an image input (None, H, W, C), but {{0}} has shape {}",
+                crate::report::shape_text(other)
+            ),
+            "input is not an image",
+        )),
+        None => Err(ShapeError::new(
+            "E-arity",
+            format!("{class} needs an input"),
+            "no input",
+        )),
+    }
+}
+
+/// `out = floor((n - k) / s) + 1` with Keras's error when the window does not fit.
+pub(crate) fn valid_size(n: i64, k: i64, s: i64) -> Option<i64> {
+    if n < k {
+        None
+    } else {
+        Some((n - k) / s + 1)
+    }
+}
+
+pub(crate) fn same_size(n: i64, s: i64) -> i64 {
+    (n + s - 1) / s
+}
+
+pub(crate) fn pair_json(p: [i64; 2]) -> Json {
+    serde_json::json!([p[0], p[1]])
+}
+
+pub(crate) fn product(dims: &[i64]) -> u64 {
+    dims.iter()
+        .fold(1u64, |acc, &d| acc.saturating_mul(d.max(0) as u64))
+}
+
+/// Parses one argument reader fully, returning the op and every diagnostic.
+pub fn parse_call(kind: &str, mut args: ArgReader) -> (Option<Op>, Vec<Diagnostic>) {
+    let op = Op::parse(kind, &mut args);
+    let known = Op::known_args(kind);
+    (op, args.finish(known))
+}

@@ -1,0 +1,129 @@
+//! UpSampling2D, Cropping2D and ZeroPadding2D.
+
+use super::{image, pair_json, LayerKind, Shape, ShapeError};
+use crate::ir::value::{ArgReader, MAX_DIM};
+use serde_json::{json, Value as Json};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpSampling2D {
+    pub size: [i64; 2],
+    pub interpolation: String,
+}
+
+impl LayerKind for UpSampling2D {
+    const CLASS: &'static str = "UpSampling2D";
+    const POSITIONAL: &'static [&'static str] = &["size", "data_format", "interpolation"];
+    const KNOWN: &'static [&'static str] = &["size", "data_format", "interpolation"];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        r.choice(
+            "data_format",
+            &["channels_last"],
+            "channels_last",
+            Some("channels_last"),
+        );
+        UpSampling2D {
+            size: r.pair_or("size", 1, 1 << 10, [2, 2]),
+            interpolation: r.choice("interpolation", &["nearest", "bilinear"], "nearest", None),
+        }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        let [h, w, c] = image(inputs, Self::CLASS)?;
+        let (oh, ow) = (h * self.size[0], w * self.size[1]);
+        if oh > MAX_DIM || ow > MAX_DIM {
+            return Err(ShapeError::new(
+                "E-limit",
+                format!("upsampling {{0}} gives {oh}x{ow}, larger than unetc's limit {MAX_DIM}"),
+                "too large",
+            ));
+        }
+        Ok(vec![oh, ow, c])
+    }
+
+    fn config(&self) -> Json {
+        json!({ "size": pair_json(self.size), "interpolation": self.interpolation })
+    }
+}
+
+/// `((top, bottom), (left, right))` in Keras's nested form.
+fn nested(v: [i64; 4]) -> Json {
+    json!([[v[0], v[1]], [v[2], v[3]]])
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cropping2D {
+    /// top, bottom, left, right
+    pub cropping: [i64; 4],
+}
+
+impl LayerKind for Cropping2D {
+    const CLASS: &'static str = "Cropping2D";
+    const POSITIONAL: &'static [&'static str] = &["cropping", "data_format"];
+    const KNOWN: &'static [&'static str] = &["cropping", "data_format"];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        r.choice(
+            "data_format",
+            &["channels_last"],
+            "channels_last",
+            Some("channels_last"),
+        );
+        Cropping2D {
+            cropping: r.four_or("cropping", [0; 4]),
+        }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        let [h, w, c] = image(inputs, Self::CLASS)?;
+        let [t, b, l, r] = self.cropping;
+        let (oh, ow) = (h - t - b, w - l - r);
+        if oh <= 0 || ow <= 0 {
+            return Err(ShapeError::new(
+                "E-crop",
+                format!("cropping (({t}, {b}), ({l}, {r})) removes all of {{0}}'s {h}x{w} output"),
+                format!("crops {}x{} from {h}x{w}", t + b, l + r),
+            )
+            .help(format!("crop less than {h} rows and {w} columns in total")));
+        }
+        Ok(vec![oh, ow, c])
+    }
+
+    fn config(&self) -> Json {
+        json!({ "cropping": nested(self.cropping) })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZeroPadding2D {
+    /// top, bottom, left, right
+    pub padding: [i64; 4],
+}
+
+impl LayerKind for ZeroPadding2D {
+    const CLASS: &'static str = "ZeroPadding2D";
+    const POSITIONAL: &'static [&'static str] = &["padding", "data_format"];
+    const KNOWN: &'static [&'static str] = &["padding", "data_format"];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        r.choice(
+            "data_format",
+            &["channels_last"],
+            "channels_last",
+            Some("channels_last"),
+        );
+        ZeroPadding2D {
+            padding: r.four_or("padding", [1; 4]),
+        }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        let [h, w, c] = image(inputs, Self::CLASS)?;
+        let [t, b, l, r] = self.padding;
+        Ok(vec![h + t + b, w + l + r, c])
+    }
+
+    fn config(&self) -> Json {
+        json!({ "padding": nested(self.padding) })
+    }
+}

@@ -182,6 +182,10 @@ pub fn render_plain(sources: &SourceMap, diagnostics: &[Diagnostic]) -> String {
             Ok(s) => out.push_str(&s),
             Err(_) => out.push_str(&format!("{:?}: {}\n", d.severity, d.message)),
         }
+        // One blank line between diagnostics.
+        if !out.ends_with("\n\n") {
+            out.push('\n');
+        }
     }
     out
 }

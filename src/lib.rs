@@ -10,6 +10,9 @@
 //!
 //! [`compile`] chains them.
 
+// Diagnostics are returned by value on the error path only; their size costs nothing that matters.
+#![allow(clippy::result_large_err)]
+
 pub mod ast;
 pub mod diag;
 pub mod expand;
@@ -87,6 +90,8 @@ pub fn compile_source(
     let mut diags = expanded.diags;
     let info = infer::infer(&expanded.graph, &expanded.broken);
     diags.extend(info.diags.iter().cloned());
+    // Report in reading order: file, then position.
+    diags.sort_by_key(|d| d.primary.as_ref().map(|(s, _)| (s.file.0, s.start)));
     Compiled {
         sources,
         graph: expanded.graph,

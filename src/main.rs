@@ -133,7 +133,7 @@ fn main() -> ExitCode {
 
 #[allow(clippy::too_many_arguments)]
 fn check(
-    spec: &PathBuf,
+    spec: &std::path::Path,
     style: Style,
     format: Format,
     input_shape: Option<Vec<i64>>,

@@ -870,6 +870,10 @@ impl<'s> Expander<'_> {
         while self.shapes.len() < self.graph.nodes.len() {
             let i = self.shapes.len();
             let node = &self.graph.nodes[i];
+            if self.broken[i] {
+                self.shapes.push(Some(None));
+                continue;
+            }
             let inputs: Option<Vec<Shape>> = node
                 .inputs
                 .iter()

@@ -20,6 +20,7 @@ struct Settings {
     up_kwargs: Vec<(String, Value)>,
     crop_auto: bool,
     skip_first: bool,
+    concat_axis: i64,
     head_classes: i64,
     head_activation: String,
     head_layer: bool,
@@ -185,7 +186,7 @@ impl<'s> Expander<'_> {
             x = self.layer(
                 cx,
                 "concatenate",
-                vec![kw("axis", Value::Int(3))],
+                vec![kw("axis", Value::Int(s.concat_axis))],
                 Value::List(pair),
                 span,
             )?;
@@ -289,6 +290,7 @@ impl<'s> Expander<'_> {
             up_kwargs: Vec::new(),
             crop_auto: true,
             skip_first: true,
+            concat_axis: -1,
             head_classes: 2,
             head_activation: "softmax".into(),
             head_layer: false,
@@ -396,7 +398,11 @@ impl<'s> Expander<'_> {
                             ("crop", Value::None) => s.crop_auto = false,
                             ("order", Value::Str(o)) if o == "skip_first" => s.skip_first = true,
                             ("order", Value::Str(o)) if o == "up_first" => s.skip_first = false,
-                            _ => bad(self, "`{crop: auto|none, order: skip_first|up_first}`"),
+                            ("axis", Value::Int(a)) if *a == -1 || *a == 3 => s.concat_axis = *a,
+                            _ => bad(
+                                self,
+                                "`{crop: auto|none, order: skip_first|up_first, axis: -1|3}`",
+                            ),
                         }
                     }
                 }

@@ -11,6 +11,7 @@ struct DslParser;
 
 /// Parses a whole DSL spec.
 pub fn parse(file: FileId, text: &str) -> Result<Spec, Diagnostic> {
+    check_nesting(file, text, 0)?;
     let mut pairs =
         DslParser::parse(Rule::file, text).map_err(|e| syntax_error(file, text, e, 0))?;
     let file_pair = pairs.next().expect("file rule always yields one pair");
@@ -62,6 +63,7 @@ fn parse_whole<'a>(
     text: &'a str,
     offset: usize,
 ) -> Result<Pair<'a, Rule>, Diagnostic> {
+    check_nesting(file, text, offset)?;
     let mut pairs =
         DslParser::parse(rule, text).map_err(|e| syntax_error(file, text, e, offset))?;
     let pair = pairs.next().expect("rule yields one pair");
@@ -75,6 +77,42 @@ fn parse_whole<'a>(
         .at(Span::new(file, at, offset + trimmed_end), "not understood"));
     }
     Ok(pair)
+}
+
+/// Brackets nested deeper than this are refused before parsing: the parser recurses on them.
+const MAX_NESTING: usize = 64;
+
+fn check_nesting(file: FileId, text: &str, offset: usize) -> Result<(), Diagnostic> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut in_comment = false;
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            '\n' => in_comment = false,
+            _ if in_comment => {}
+            '\\' if in_string => {
+                escaped = !escaped;
+                continue;
+            }
+            '"' if !escaped => in_string = !in_string,
+            '#' if !in_string => in_comment = true,
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Diagnostic::error(
+                        "E-limit",
+                        format!("brackets nested more than {MAX_NESTING} deep"),
+                    )
+                    .at(Span::new(file, offset + i, offset + i + 1), "too deep"));
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        escaped = false;
+    }
+    Ok(())
 }
 
 fn syntax_error(
@@ -120,12 +158,14 @@ fn syntax_error(
             expected.join(" or ")
         )
     };
-    Diagnostic::error("E-syntax", message)
-        .at(
-            Span::new(file, offset + start, offset + end),
-            "not understood here",
-        )
-        .help("see the DSL reference in README.md (section `The DSL`)")
+    let mut d = Diagnostic::error("E-syntax", message).at(
+        Span::new(file, offset + start, offset + end),
+        "not understood here",
+    );
+    if expected.iter().all(|e| *e == "an operator") {
+        d = d.help("is a `)`, `]`, `}` or `,` missing before this?");
+    }
+    d.help("see the DSL reference in README.md (section `The DSL`)")
 }
 
 fn rule_name(rule: Rule) -> Option<&'static str> {
@@ -142,6 +182,7 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::args | Rule::arg => "an argument",
         Rule::params => "a parameter name",
         Rule::EOI => "end of file",
+        Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::floordiv | Rule::rem => "an operator",
         _ => return None,
     })
 }

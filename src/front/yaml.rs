@@ -60,7 +60,7 @@ pub fn read_tree(file: FileId, text: &str) -> Result<Node, Diagnostic> {
         let (event, span) = item.map_err(|e| {
             let at = to_byte(e.marker().index());
             Diagnostic::error("E-yaml", format!("YAML syntax error: {}", e.info()))
-                .at(Span::new(file, at, at + 1), "here")
+                .at(Span::new(file, at, (at + 1).min(text.len())), "here")
         })?;
         let sp = Span::new(file, to_byte(span.start.index()), to_byte(span.end.index()));
         let finished = match event {
@@ -86,8 +86,9 @@ pub fn read_tree(file: FileId, text: &str) -> Result<Node, Diagnostic> {
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => stack.pop().map(|(mut node, _)| {
+                let end = content_end(&node, text);
                 if let Node::Seq(_, s) | Node::Map(_, s) = &mut node {
-                    *s = s.to(sp);
+                    s.end = end.max(s.start);
                 }
                 node
             }),
@@ -486,6 +487,18 @@ impl Cx<'_> {
                 quoted: false,
                 ..
             } if text.is_empty() || text == "~" || text == "null" => {}
+            // `input: [572, 572, 1]` is the shape itself, not three positional arguments.
+            Node::Seq(items, _)
+                if kind == "input" && items.iter().all(|i| matches!(i, Node::Scalar { .. })) =>
+            {
+                out.push(Arg {
+                    name: Some(Ident {
+                        name: "shape".into(),
+                        span: args.span(),
+                    }),
+                    value: self.expr(args),
+                })
+            }
             Node::Seq(items, _) => {
                 for (i, item) in items.iter().enumerate() {
                     match item {
@@ -757,4 +770,28 @@ fn is_shape(text: &str) -> bool {
         && parts
             .iter()
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Where a collection's text ends: after its last child, plus a closing `}`/`]` of flow style.
+/// (The end event of a block collection sits at the next token, often on a later line.)
+fn content_end(node: &Node, text: &str) -> u32 {
+    let (children_end, start) = match node {
+        Node::Seq(items, s) => (items.iter().map(|i| i.span().end).max(), s.start),
+        Node::Map(entries, s) => (entries.iter().map(|(_, v)| v.span().end).max(), s.start),
+        Node::Scalar { span, .. } => return span.end,
+    };
+    let end = children_end.unwrap_or(start) as usize;
+    let rest = text.get(end..).unwrap_or("");
+    let trimmed = rest.trim_start_matches([' ', '\t', '\r', '\n', ',']);
+    match trimmed.chars().next() {
+        Some(c @ ('}' | ']')) if is_flow_open(text, start as usize, c) => {
+            (text.len() - trimmed.len() + 1) as u32
+        }
+        _ => end as u32,
+    }
+}
+
+fn is_flow_open(text: &str, start: usize, close: char) -> bool {
+    let open = if close == '}' { '{' } else { '[' };
+    text.get(start..).and_then(|s| s.chars().next()) == Some(open)
 }

@@ -151,6 +151,6 @@ impl LayerKind for Dropout {
     }
 
     fn config(&self) -> Json {
-        json!({ "rate": self.rate })
+        json!({ "rate": self.rate, "noise_shape": null })
     }
 }

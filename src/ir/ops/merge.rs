@@ -75,11 +75,7 @@ impl LayerKind for Concatenate {
                 .collect();
             let mut err = ShapeError::new(
                 "E-concat-shape",
-                format!(
-                    "concatenate needs inputs of the same size except along axis {}: {}",
-                    self.axis,
-                    sizes.join(", ")
-                ),
+                format!("inputs differ in size: {}", sizes.join(" but ")),
                 format!("{} vs {}", spatial(first), spatial(&inputs[other])),
             );
             if rank == 3 && a == 2 {
@@ -87,12 +83,11 @@ impl LayerKind for Concatenate {
                 let th = inputs.iter().map(|s| s[0]).min().unwrap_or(0);
                 let tw = inputs.iter().map(|s| s[1]).min().unwrap_or(0);
                 for (i, s) in inputs.iter().enumerate() {
-                    if (s[0] > th && s[1] >= tw) || (s[1] > tw && s[0] >= th) {
+                    if s[0] > th || s[1] > tw {
+                        let crop = crop_to(s[0], s[1], th, tw);
                         err = err.help(format!(
-                            "add `cropping2d({})` to {{{i}}} to crop it from {}x{} to {th}x{tw}",
-                            crop_to(s[0], s[1], th, tw),
-                            s[0],
-                            s[1]
+                            "add `cropping2d({crop})` to {{{i}}} to crop it from {}x{} to {th}x{tw}",
+                            s[0], s[1]
                         ));
                     }
                 }
@@ -115,7 +110,7 @@ impl LayerKind for Concatenate {
 
 fn spatial(s: &Shape) -> String {
     match s.as_slice() {
-        [h, w, c] => format!("{h}x{w} ({c} channels)"),
+        [h, w, _] => format!("{h}x{w}"),
         other => shape_text(other),
     }
 }

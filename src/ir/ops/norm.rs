@@ -96,6 +96,6 @@ impl LayerKind for BatchNormalization {
 
     fn config(&self) -> Json {
         // The axis is reported the way Keras stores it after build: as the positive index.
-        json!({ "axis": if self.axis < 0 { 3 } else { self.axis }, "momentum": self.momentum, "epsilon": self.epsilon, "center": self.center, "scale": self.scale })
+        json!({ "axis": [if self.axis < 0 { 3 } else { self.axis }], "momentum": self.momentum, "epsilon": self.epsilon, "center": self.center, "scale": self.scale })
     }
 }

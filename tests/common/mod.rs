@@ -1,0 +1,68 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use unetc::diag::render_plain;
+use unetc::expand::Session;
+use unetc::report::summary::{render, SummaryStyle};
+use unetc::{compile_file, report, Compiled, Options};
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared` beside the repository (CI has it), or `None` with a SKIP line.
+pub fn shared(what: &str) -> Option<PathBuf> {
+    let dir = root().join("..").join("shared").join(what);
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        println!("SKIP: ../shared/{what} not found");
+        None
+    }
+}
+
+/// Every spec under specs/, as paths relative to the repository root, sorted.
+pub fn spec_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("readable dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("unet" | "yaml" | "yml")
+            ) {
+                out.push(path.strip_prefix(root()).expect("under root").to_path_buf());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root().join("specs"), &mut out);
+    out.sort();
+    out
+}
+
+/// Compiles a spec (path relative to the repository root) in a fresh Keras session.
+pub fn compile(rel: &Path) -> Compiled {
+    compile_after(rel, &[])
+}
+
+/// Compiles `rel` after `earlier` specs in one Keras session.
+pub fn compile_after(rel: &Path, earlier: &[&Path]) -> Compiled {
+    std::env::set_current_dir(root()).expect("cd to the repository");
+    let mut session = Session::new();
+    for e in earlier {
+        let c = compile_file(e, &Options::default(), &mut session).expect("readable spec");
+        assert!(!c.has_errors(), "{}", render_plain(&c.sources, &c.diags));
+    }
+    compile_file(rel, &Options::default(), &mut session).expect("readable spec")
+}
+
+/// What `unetc check` prints on stdout for a spec without errors.
+pub fn check_text(c: &Compiled, style: SummaryStyle) -> String {
+    assert!(!c.has_errors(), "{}", render_plain(&c.sources, &c.diags));
+    let mut s = render(&report::summary_model(c), style, None);
+    s.push_str(&report::extras_text(c));
+    s
+}

@@ -1,0 +1,422 @@
+//! One rendered diagnostic per error kind, as `unetc check` prints it (without colour).
+//! Every one names the layer and points at the spec line and column.
+
+use std::path::Path;
+use unetc::diag::render_plain;
+use unetc::expand::Session;
+use unetc::{compile_source, Options};
+
+fn check(name: &str, text: &str) -> String {
+    let c = compile_source(
+        Path::new(name),
+        text.to_string(),
+        &Options::default(),
+        &mut Session::new(),
+    );
+    render_plain(&c.sources, &c.diags)
+}
+
+#[test]
+fn concatenate_with_mismatched_sizes_suggests_the_crop() {
+    let out = check(
+        "concat.unet",
+        r#"model {
+  input 572x572x1
+  defaults conv2d(kernel_size: 3, activation: relu)
+  conv4 = conv2d(64) -> conv2d(64)
+  max_pooling2d(2) -> conv2d(128) -> conv2d(128)
+  up6 = conv2d_transpose(64, 2, strides: 2)
+  [conv4, up6] -> concatenate(axis: 3)
+}"#,
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-concat-shape]: Concatenate `concatenate`: inputs differ in size: `conv2d_1` is 568x568 but `conv2d_transpose` is 560x560
+      ┌─ concat.unet:7:19
+      │
+    4 │   conv4 = conv2d(64) -> conv2d(64)
+      │                         ---------- `conv2d_1` is (None, 568, 568, 64)
+    5 │   max_pooling2d(2) -> conv2d(128) -> conv2d(128)
+    6 │   up6 = conv2d_transpose(64, 2, strides: 2)
+      │         ----------------------------------- `conv2d_transpose` is (None, 560, 560, 64)
+    7 │   [conv4, up6] -> concatenate(axis: 3)
+      │                   ^^^^^^^^^^^^^^^^^^^^ 568x568 vs 560x560
+      │
+      = help: add `cropping2d(4)` to `conv2d_1` to crop it from 568x568 to 560x560
+    ");
+}
+
+#[test]
+fn concatenate_in_yaml_points_into_the_yaml_file() {
+    let out = check(
+        "concat.yaml",
+        r#"model:
+  input: [63, 63, 1]
+  layers:
+    - {conv2d: [8, 3], as: skip}
+    - max_pooling2d: 2
+    - {conv2d_transpose: [8, 2, {strides: 2}], as: up}
+    - {concatenate: [], inputs: [skip, up]}
+"#,
+    );
+    insta::assert_snapshot!(out, @"
+    warning[W-pool-floor]: MaxPooling2D `max_pooling2d`: pooling `conv2d`'s 61x61 output drops its last row/column (height 61, width 61); Keras floors
+      ┌─ concat.yaml:5:7
+      │
+    5 │     - max_pooling2d: 2
+      │       ^^^^^^^^^^^^^^^^ odd size pooled
+      │
+      = help: the up path will not get back to the skip's size; choose an input size from `unetc sizes`, or crop the skip
+
+    error[E-concat-shape]: Concatenate `concatenate`: inputs differ in size: `conv2d` is 61x61 but `conv2d_transpose` is 60x60
+      ┌─ concat.yaml:7:7
+      │
+    4 │     - {conv2d: [8, 3], as: skip}
+      │       -------------------------- `conv2d` is (None, 61, 61, 8)
+    5 │     - max_pooling2d: 2
+    6 │     - {conv2d_transpose: [8, 2, {strides: 2}], as: up}
+      │       ------------------------------------------------ `conv2d_transpose` is (None, 60, 60, 8)
+    7 │     - {concatenate: [], inputs: [skip, up]}
+      │       ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^ 61x61 vs 60x60
+      │
+      = help: add `cropping2d(((0, 1), (0, 1)))` to `conv2d` to crop it from 61x61 to 60x60
+    ");
+}
+
+#[test]
+fn crop_larger_than_its_input() {
+    let out = check(
+        "crop.unet",
+        "model {\n  input 30x30x1\n  conv2d(8, 3) -> cropping2d(14)\n}\n",
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-crop]: Cropping2D `cropping2d`: cropping ((14, 14), (14, 14)) removes all of `conv2d`'s 28x28 output
+      ┌─ crop.unet:3:19
+      │
+    3 │   conv2d(8, 3) -> cropping2d(14)
+      │   ------------    ^^^^^^^^^^^^^^ crops 28x28 from 28x28
+      │   │                
+      │   `conv2d` is (None, 28, 28, 8)
+      │
+      = help: crop less than 28 rows and 28 columns in total
+    ");
+}
+
+#[test]
+fn pool_larger_than_its_input() {
+    let out = check(
+        "pool.unet",
+        "model {\n  input 8x8x1\n  max_pooling2d(2) -> max_pooling2d(16)\n}\n",
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-size]: MaxPooling2D `max_pooling2d_1`: the 16x16 pool window is larger than `max_pooling2d`'s 4x4 output
+      ┌─ pool.unet:3:23
+      │
+    3 │   max_pooling2d(2) -> max_pooling2d(16)
+      │   ----------------    ^^^^^^^^^^^^^^^^^ pooling a 4x4 input
+      │   │                    
+      │   `max_pooling2d` is (None, 4, 4, 1)
+      │
+      = help: use a larger input or fewer pooling steps
+    ");
+}
+
+#[test]
+fn size_reaching_zero() {
+    let out = check(
+        "zero.unet",
+        "model {\n  input 16x16x1\n  defaults conv2d(kernel_size: 3)\n  for i in 1..=9 { conv2d(4) }\n}\n",
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-size]: Conv2D `conv2d_7`: the 3x3 kernel does not fit in `conv2d_6`'s 2x2 output (valid padding)
+      ┌─ zero.unet:4:20
+      │
+    4 │   for i in 1..=9 { conv2d(4) }
+      │                    ^^^^^^^^^ the height would be 0 or less
+      │
+      = help: use a larger input, or `padding: same`
+    ");
+}
+
+#[test]
+fn pooling_an_odd_size_is_a_warning() {
+    let out = check(
+        "odd.unet",
+        "model {\n  input 9x8x1\n  max_pooling2d(2)\n}\n",
+    );
+    insta::assert_snapshot!(out, @"
+    warning[W-pool-floor]: MaxPooling2D `max_pooling2d`: pooling `input_1`'s 9x8 output drops its last row/column (height 9); Keras floors
+      ┌─ odd.unet:3:3
+      │
+    3 │   max_pooling2d(2)
+      │   ^^^^^^^^^^^^^^^^ odd size pooled
+      │
+      = help: the up path will not get back to the skip's size; choose an input size from `unetc sizes`, or crop the skip
+    ");
+}
+
+#[test]
+fn unknown_layer_kind() {
+    let out = check(
+        "kind.unet",
+        "model {\n  input 64x64x1\n  conv2dd(16, 3)\n}\n",
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-unknown-kind]: unknown layer kind or block `conv2dd`
+      ┌─ kind.unet:3:3
+      │
+    3 │   conv2dd(16, 3)
+      │   ^^^^^^^ not a layer kind or block
+      │
+      = help: did you mean `conv2d`?
+    ");
+}
+
+#[test]
+fn unknown_argument() {
+    let out = check(
+        "arg.unet",
+        "model {\n  input 64x64x1\n  conv2d(16, 3, activaton: relu)\n}\n",
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-arg-unknown]: `conv2d` has no argument `activaton`
+      ┌─ arg.unet:3:17
+      │
+    3 │   conv2d(16, 3, activaton: relu)
+      │                 ^^^^^^^^^ unknown argument
+      │
+      = help: did you mean `activation`?
+    ");
+}
+
+#[test]
+fn mistyped_argument_in_yaml() {
+    let out = check(
+        "type.yaml",
+        "model:\n  input: [64, 64, 1]\n  layers:\n    - conv2d: {filters: sixteen, kernel_size: 3, padding: smae}\n",
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-arg-type]: `conv2d` argument `filters` must be an integer, found a string `sixteen`
+      ┌─ type.yaml:4:25
+      │
+    4 │     - conv2d: {filters: sixteen, kernel_size: 3, padding: smae}
+      │                         ^^^^^^^ expected an integer
+
+    error[E-arg-value]: `conv2d` argument `padding` cannot be `smae`
+      ┌─ type.yaml:4:59
+      │
+    4 │     - conv2d: {filters: sixteen, kernel_size: 3, padding: smae}
+      │                                                           ^^^^ expected one of: valid, same
+    ");
+}
+
+#[test]
+fn unknown_name() {
+    let out = check(
+        "name.unet",
+        "model {\n  input 64x64x1\n  x = conv2d(4, 3)\n  [x, skipp] -> add()\n}\n",
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-unknown-name]: no layer or variable named `skipp`
+      ┌─ name.unet:4:17
+      │
+    4 │   [x, skipp] -> add()
+      │                 ^^^^^ unknown name
+    ");
+}
+
+#[test]
+fn duplicate_name() {
+    let out = check(
+        "dup.unet",
+        "model {\n  input 64x64x1\n  conv2d(4, 3, name: \"conv2d\")\n  conv2d(4, 3)\n}\n",
+    );
+    insta::assert_snapshot!(out, @r#"
+    error[E-duplicate-name]: the name `conv2d` is used 2 times in the model
+      ┌─ dup.unet:4:3
+      │
+    3 │   conv2d(4, 3, name: "conv2d")
+      │   ---------------------------- first layer with this name
+    4 │   conv2d(4, 3)
+      │   ^^^^^^^^^^^^ second layer with this name
+      │
+      = help: all layer names must be unique; rename one (an explicit name does not advance Keras's auto-name counter)
+    "#);
+}
+
+#[test]
+fn cycle() {
+    let out = check(
+        "cycle.yaml",
+        "model:\n  input: [32, 32, 3]\n  layers:\n    - {conv2d: [8, 3], name: a, inputs: b}\n    - {conv2d: [8, 3], name: b, inputs: a}\n  outputs: [b]\n",
+    );
+    insta::assert_snapshot!(out, @"
+    warning[W-unused]: layer `input_1` does not lead to the model's output
+      ┌─ cycle.yaml:2:3
+      │
+    2 │   input: [32, 32, 3]
+      │   ^^^^^^^^^^^^^^^^^^ unused; Keras leaves it out of the model
+      │
+      = help: use its result, or remove it
+
+    error[E-cycle]: the layers form a cycle: a -> b -> a
+      ┌─ cycle.yaml:4:7
+      │
+    4 │     - {conv2d: [8, 3], name: a, inputs: b}
+      │       ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^ part of a cycle
+    5 │     - {conv2d: [8, 3], name: b, inputs: a}
+      │       ------------------------------------ `b`
+      │
+      = help: a layer's inputs must not depend on its own output
+    ");
+}
+
+#[test]
+fn unused_layer_is_a_warning() {
+    let out = check(
+        "unused.unet",
+        "model {\n  input 64x64x1\n  side = conv2d(4, 3)\n  input_1 -> conv2d(8, 3)\n}\n",
+    );
+    insta::assert_snapshot!(out, @"
+    warning[W-unused]: layer `conv2d` does not lead to the model's output
+      ┌─ unused.unet:3:10
+      │
+    3 │   side = conv2d(4, 3)
+      │          ^^^^^^^^^^^^ unused; Keras leaves it out of the model
+      │
+      = help: use its result, or remove it
+    ");
+}
+
+#[test]
+fn missing_include() {
+    let out = check(
+        "inc.unet",
+        "model {\n  include \"backbones/nope.unet\" (trainable: false)\n}\n",
+    );
+    insta::assert_snapshot!(out, @r#"
+    error[E-include]: cannot read included spec `backbones/nope.unet`: No such file or directory (os error 2)
+      ┌─ inc.unet:2:11
+      │
+    2 │   include "backbones/nope.unet" (trainable: false)
+      │           ^^^^^^^^^^^^^^^^^^^^^ missing include
+      │
+      = help: include paths are relative to the including file
+    "#);
+}
+
+#[test]
+fn dsl_syntax_error() {
+    let out = check(
+        "syntax.unet",
+        "model {\n  input 64x64x1\n  conv2d(16, 3 -> relu\n}\n",
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-syntax]: syntax error: expected an operator, found `->`
+      ┌─ syntax.unet:3:16
+      │
+    3 │   conv2d(16, 3 -> relu
+      │                ^^ not understood here
+      │
+      = help: is a `)`, `]`, `}` or `,` missing before this?
+      = help: see the DSL reference in README.md (section `The DSL`)
+    ");
+}
+
+#[test]
+fn yaml_syntax_error() {
+    let out = check("syntax.yaml", "model:\n  input: [64, 64, 1\n  layers: []\n");
+    insta::assert_snapshot!(out, @"
+    error[E-yaml]: YAML syntax error: illegal placement of ':' indicator
+      ┌─ syntax.yaml:3:9
+      │
+    3 │   layers: []
+      │         ^ here
+    ");
+}
+
+#[test]
+fn block_called_with_wrong_arguments() {
+    let out = check(
+        "block.unet",
+        "model {\n  input 64x64x1\n  block double(f) { conv2d(f, 3) -> conv2d(f, 3) }\n  double(8, 3)\n  double()\n}\n",
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-arg-unknown]: block `double` takes 1 argument(s)
+      ┌─ block.unet:4:13
+      │
+    3 │   block double(f) { conv2d(f, 3) -> conv2d(f, 3) }
+      │         ------ `double(f)` is defined here
+    4 │   double(8, 3)
+      │             ^ not a parameter
+
+    error[E-arg-missing]: block `double` needs f
+      ┌─ block.unet:5:3
+      │
+    3 │   block double(f) { conv2d(f, 3) -> conv2d(f, 3) }
+      │         ------ defined here
+    4 │   double(8, 3)
+    5 │   double()
+      │   ^^^^^^^^ missing arguments
+    ");
+}
+
+#[test]
+fn recursive_block() {
+    let out = check(
+        "rec.unet",
+        "model {\n  input 64x64x1\n  block forever(f) { forever(f) }\n  forever(8)\n}\n",
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-recursion]: calls nested more than 64 deep
+      ┌─ rec.unet:3:22
+      │
+    3 │   block forever(f) { forever(f) }
+      │                      ^^^^^^^ here
+      │
+      = help: a block must not call itself, directly or through other blocks
+    ");
+}
+
+/// Several independent mistakes are all reported in one run, in reading order.
+#[test]
+fn keeps_going_after_the_first_error() {
+    let out = check(
+        "many.unet",
+        "model {\n  input 64x64x3\n  conv2dd(16, 3)\n  conv2d(16, 3, activaton: relu)\n  conv2d(16, 3, padding: smae)\n  x = conv2d(8, 3, name: \"a\")\n  conv2d(8, 3, name: \"a\")\n}\n",
+    );
+    let errors = out.matches("error[").count();
+    assert_eq!(errors, 4, "{out}");
+    insta::assert_snapshot!(out, @r#"
+    error[E-unknown-kind]: unknown layer kind or block `conv2dd`
+      ┌─ many.unet:3:3
+      │
+    3 │   conv2dd(16, 3)
+      │   ^^^^^^^ not a layer kind or block
+      │
+      = help: did you mean `conv2d`?
+
+    error[E-arg-unknown]: `conv2d` has no argument `activaton`
+      ┌─ many.unet:4:17
+      │
+    4 │   conv2d(16, 3, activaton: relu)
+      │                 ^^^^^^^^^ unknown argument
+      │
+      = help: did you mean `activation`?
+
+    error[E-arg-value]: `conv2d` argument `padding` cannot be `smae`
+      ┌─ many.unet:5:26
+      │
+    5 │   conv2d(16, 3, padding: smae)
+      │                          ^^^^ expected one of: valid, same
+
+    error[E-duplicate-name]: the name `a` is used 2 times in the model
+      ┌─ many.unet:7:3
+      │
+    6 │   x = conv2d(8, 3, name: "a")
+      │       ----------------------- first layer with this name
+    7 │   conv2d(8, 3, name: "a")
+      │   ^^^^^^^^^^^^^^^^^^^^^^^ second layer with this name
+      │
+      = help: all layer names must be unique; rename one (an explicit name does not advance Keras's auto-name counter)
+    "#);
+}

@@ -56,7 +56,7 @@ fn readme_examples_build_the_original_unet() {
         assert_eq!(summary_of("readme.unet", b), reference);
     }
     for b in &yaml {
-        if b.contains("model:") {
+        if b.contains("model:") || b.contains("unet:") {
             assert_eq!(summary_of("readme.yaml", b), reference);
         }
     }

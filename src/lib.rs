@@ -99,3 +99,5 @@ pub fn compile_source(
         diags,
     }
 }
+pub mod exec;
+pub mod io;

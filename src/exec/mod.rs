@@ -1,0 +1,5 @@
+//! Execution of a checked model.
+
+pub mod tensor;
+
+pub use tensor::Tensor;

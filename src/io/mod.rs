@@ -1,0 +1,1 @@
+//! Reading and writing arrays, images and weights. Every file is untrusted input.

@@ -1,5 +1,8 @@
-//! Execution of a checked model.
+//! Execution of a checked model: the plan (schedule, lifetimes, buffer reuse) and backends.
 
+pub mod cpu;
+pub mod plan;
 pub mod tensor;
+pub mod tiling;
 
 pub use tensor::Tensor;

@@ -1,0 +1,415 @@
+//! The CPU executor: the reference every faster backend is tested against. f32, NHWC,
+//! im2col + GEMM convolutions on all cores, buffers reused as the plan says.
+
+mod gemm;
+pub mod kernels;
+
+use super::plan::{plan, Plan};
+use super::tensor::Tensor;
+use crate::infer::Inferred;
+use crate::ir::{Graph, NodeId, Op};
+use std::fmt;
+
+/// Where weights come from (a safetensors file, or anything that maps names to tensors).
+pub trait WeightSource {
+    fn get(&self, name: &str) -> Option<&Tensor>;
+}
+
+impl WeightSource for std::collections::HashMap<String, Tensor> {
+    fn get(&self, name: &str) -> Option<&Tensor> {
+        std::collections::HashMap::get(self, name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecError {
+    /// The spec has errors or unknown shapes.
+    NotCheckable,
+    /// Weights missing or misshaped (names listed).
+    Weights(Vec<String>),
+    /// The input does not fit the model.
+    Input(String),
+    /// The run would need more memory than allowed.
+    Memory { need: u64, limit: u64 },
+    /// A layer configuration the executor does not implement.
+    Unsupported(String),
+}
+
+impl fmt::Display for ExecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecError::NotCheckable => write!(f, "the spec has errors; run `unetc check` on it"),
+            ExecError::Weights(problems) => write!(f, "the weights do not fit the model:\n  {}", problems.join("\n  ")),
+            ExecError::Input(m) => write!(f, "{m}"),
+            ExecError::Memory { need, limit } => write!(
+                f,
+                "the run needs {} of activation memory, more than the limit of {}; use a smaller batch or tiles",
+                crate::report::bytes(*need),
+                crate::report::bytes(*limit)
+            ),
+            ExecError::Unsupported(m) => write!(f, "not supported by the CPU executor: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ExecError {}
+
+/// Weights of one layer, in the layout its kernel wants.
+enum Prepared {
+    None,
+    Conv {
+        kernel: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    },
+    ConvTranspose {
+        kernel_t: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    },
+    Norm {
+        gamma: Option<Vec<f32>>,
+        beta: Option<Vec<f32>>,
+        mean: Vec<f32>,
+        var: Vec<f32>,
+    },
+    Dense {
+        kernel: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    },
+}
+
+/// A model ready to run on the CPU.
+pub struct CpuModel<'g> {
+    graph: &'g Graph,
+    info: &'g Inferred,
+    plan: Plan,
+    prepared: Vec<Prepared>,
+    /// Refuse runs whose activations need more than this many bytes.
+    pub memory_limit: u64,
+}
+
+impl<'g> CpuModel<'g> {
+    /// Binds weights to the model; every missing or misshaped tensor is reported at once.
+    pub fn new(
+        graph: &'g Graph,
+        info: &'g Inferred,
+        weights: &dyn WeightSource,
+    ) -> Result<Self, ExecError> {
+        let plan = plan(graph, info).ok_or(ExecError::NotCheckable)?;
+        let mut prepared: Vec<Prepared> = (0..graph.nodes.len()).map(|_| Prepared::None).collect();
+        let mut problems = Vec::new();
+        for step in &plan.steps {
+            let node = graph.node(step.node);
+            let specs = &info.layers[step.node.index()].weights;
+            let mut fetch = |var: &str| -> Option<Vec<f32>> {
+                let spec = specs.iter().find(|w| w.name == var)?;
+                let name = format!("{}/{}", node.name, var);
+                let want: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+                match weights.get(&name) {
+                    None => {
+                        problems.push(format!("missing `{name}` (shape {want:?})"));
+                        None
+                    }
+                    Some(t) if t.shape != want => {
+                        problems.push(format!(
+                            "`{name}` has shape {:?} but the model needs {want:?}",
+                            t.shape
+                        ));
+                        None
+                    }
+                    Some(t) => Some(t.data.clone()),
+                }
+            };
+            prepared[step.node.index()] = match &node.op {
+                Op::Conv2D(op) => {
+                    let kernel = fetch("kernel");
+                    let bias = if op.args.use_bias {
+                        fetch("bias").map(Some)
+                    } else {
+                        Some(None)
+                    };
+                    match (kernel, bias) {
+                        (Some(kernel), Some(bias)) => Prepared::Conv { kernel, bias },
+                        _ => Prepared::None,
+                    }
+                }
+                Op::Conv2DTranspose(op) => {
+                    if op.args.dilation_rate != [1, 1] {
+                        return Err(ExecError::Unsupported(format!(
+                            "`{}`: dilated transposed convolution",
+                            node.name
+                        )));
+                    }
+                    let kernel = fetch("kernel");
+                    let bias = if op.args.use_bias {
+                        fetch("bias").map(Some)
+                    } else {
+                        Some(None)
+                    };
+                    match (kernel, bias) {
+                        (Some(kernel), Some(bias)) => {
+                            let c = info.layers[node.inputs[0].index()]
+                                .shape
+                                .as_ref()
+                                .and_then(|s| s.last())
+                                .copied()
+                                .unwrap_or(0) as usize;
+                            let [kh, kw] = op.args.kernel_size.map(|v| v as usize);
+                            let kernel_t = kernels::transpose_kernel(
+                                &kernel,
+                                [kh, kw, op.args.filters as usize, c],
+                            );
+                            Prepared::ConvTranspose { kernel_t, bias }
+                        }
+                        _ => Prepared::None,
+                    }
+                }
+                Op::BatchNormalization(op) => {
+                    let gamma = if op.scale {
+                        fetch("gamma").map(Some)
+                    } else {
+                        Some(None)
+                    };
+                    let beta = if op.center {
+                        fetch("beta").map(Some)
+                    } else {
+                        Some(None)
+                    };
+                    match (gamma, beta, fetch("moving_mean"), fetch("moving_variance")) {
+                        (Some(gamma), Some(beta), Some(mean), Some(var)) => Prepared::Norm {
+                            gamma,
+                            beta,
+                            mean,
+                            var,
+                        },
+                        _ => Prepared::None,
+                    }
+                }
+                Op::Dense(op) => {
+                    let kernel = fetch("kernel");
+                    let bias = if op.use_bias {
+                        fetch("bias").map(Some)
+                    } else {
+                        Some(None)
+                    };
+                    match (kernel, bias) {
+                        (Some(kernel), Some(bias)) => Prepared::Dense { kernel, bias },
+                        _ => Prepared::None,
+                    }
+                }
+                _ => Prepared::None,
+            };
+        }
+        if !problems.is_empty() {
+            return Err(ExecError::Weights(problems));
+        }
+        Ok(CpuModel {
+            graph,
+            info,
+            plan,
+            prepared,
+            memory_limit: 16 << 30,
+        })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The model's input shape (per item).
+    pub fn input_shape(&self) -> Vec<usize> {
+        let input = self.graph.inputs[0];
+        self.shape(input)
+    }
+
+    fn shape(&self, id: NodeId) -> Vec<usize> {
+        self.info.layers[id.index()]
+            .shape
+            .iter()
+            .flatten()
+            .map(|&d| d as usize)
+            .collect()
+    }
+
+    /// Runs a batch `[N, H, W, C]` through the model; returns its outputs.
+    pub fn run(&self, input: &Tensor) -> Result<Vec<Tensor>, ExecError> {
+        let want = self.input_shape();
+        if self.graph.inputs.len() != 1 {
+            return Err(ExecError::Unsupported("models with several inputs".into()));
+        }
+        if input.shape.len() != want.len() + 1 || input.shape[1..] != want[..] {
+            return Err(ExecError::Input(format!(
+                "the input has shape {:?} but the model takes (N, {})",
+                input.shape,
+                want.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let batch = input.shape[0];
+        let need = self.plan.arena_bytes(batch);
+        if need > self.memory_limit {
+            return Err(ExecError::Memory {
+                need,
+                limit: self.memory_limit,
+            });
+        }
+        let mut buffers: Vec<Vec<f32>> = self
+            .plan
+            .buffer_sizes
+            .iter()
+            .map(|&n| vec![0.0; n * batch])
+            .collect();
+        for step in &self.plan.steps {
+            let node = self.graph.node(step.node);
+            let out_shape = self.shape(step.node);
+            let out_len = out_shape.iter().product::<usize>() * batch;
+            let mut out = std::mem::take(&mut buffers[step.output]);
+            {
+                let ins: Vec<&[f32]> = step
+                    .inputs
+                    .iter()
+                    .zip(&node.inputs)
+                    .map(|(&b, &p)| &buffers[b][..self.shape(p).iter().product::<usize>() * batch])
+                    .collect();
+                let in_shapes: Vec<Vec<usize>> =
+                    node.inputs.iter().map(|&p| self.shape(p)).collect();
+                self.layer(
+                    step.node,
+                    &ins,
+                    &in_shapes,
+                    input,
+                    &mut out[..out_len],
+                    &out_shape,
+                    batch,
+                );
+            }
+            buffers[step.output] = out;
+        }
+        Ok(self
+            .plan
+            .outputs
+            .iter()
+            .zip(&self.graph.outputs)
+            .map(|(&b, &id)| {
+                let shape = self.shape(id);
+                let len = shape.iter().product::<usize>() * batch;
+                let mut full = vec![batch];
+                full.extend(shape);
+                Tensor {
+                    shape: full,
+                    data: buffers[b][..len].to_vec(),
+                }
+            })
+            .collect())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer(
+        &self,
+        id: NodeId,
+        ins: &[&[f32]],
+        in_shapes: &[Vec<usize>],
+        input: &Tensor,
+        out: &mut [f32],
+        out_shape: &[usize],
+        batch: usize,
+    ) {
+        let node = self.graph.node(id);
+        let hwc = |s: &[usize]| -> [usize; 3] {
+            [
+                s[0],
+                s.get(1).copied().unwrap_or(1),
+                s.get(2).copied().unwrap_or(1),
+            ]
+        };
+        let channels = out_shape.last().copied().unwrap_or(1);
+        match (&node.op, &self.prepared[id.index()]) {
+            (Op::Input(_), _) => out.copy_from_slice(&input.data),
+            (Op::Conv2D(op), Prepared::Conv { kernel, bias }) => kernels::conv2d(
+                op,
+                ins[0],
+                hwc(&in_shapes[0]),
+                kernel,
+                bias.as_deref(),
+                out,
+                hwc(out_shape),
+                batch,
+            ),
+            (Op::Conv2DTranspose(op), Prepared::ConvTranspose { kernel_t, bias }) => {
+                kernels::conv2d_transpose(
+                    op,
+                    ins[0],
+                    hwc(&in_shapes[0]),
+                    kernel_t,
+                    bias.as_deref(),
+                    out,
+                    hwc(out_shape),
+                    batch,
+                )
+            }
+            (
+                Op::BatchNormalization(op),
+                Prepared::Norm {
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                },
+            ) => kernels::batch_norm(
+                op,
+                ins[0],
+                out,
+                channels,
+                gamma.as_deref(),
+                beta.as_deref(),
+                mean,
+                var,
+            ),
+            (Op::Dense(op), Prepared::Dense { kernel, bias }) => {
+                let n_in = in_shapes[0].last().copied().unwrap_or(1);
+                let rows = ins[0].len() / n_in.max(1);
+                kernels::dense(
+                    ins[0],
+                    n_in,
+                    kernel,
+                    bias.as_deref(),
+                    &op.activation,
+                    out,
+                    channels,
+                    rows,
+                )
+            }
+            (Op::MaxPooling2D(op), _) => {
+                kernels::max_pool(op, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape), batch)
+            }
+            (Op::UpSampling2D(op), _) => {
+                kernels::upsample(op, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
+            }
+            (Op::Cropping2D(op), _) => {
+                kernels::crop(op, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
+            }
+            (Op::ZeroPadding2D(op), _) => {
+                kernels::zero_pad(op, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
+            }
+            (Op::Concatenate(op), _) => kernels::concatenate(op, ins, in_shapes, out, batch),
+            (Op::Add(_), _) => kernels::add(ins, out),
+            (Op::Activation(op), _) => kernels::activation_layer(op, ins[0], out, channels),
+            (Op::ReLU(op), _) => kernels::relu_layer(op, ins[0], out),
+            (Op::Softmax(op), _) => {
+                let mut full = vec![batch];
+                full.extend_from_slice(out_shape);
+                kernels::softmax_layer(op, ins[0], out, &full)
+            }
+            (Op::Dropout(_), _) | (Op::Flatten(_), _) => out.copy_from_slice(ins[0]),
+            (Op::GlobalAveragePooling2D(_), _) => {
+                kernels::global_average_pool(ins[0], hwc(&in_shapes[0]), out, batch)
+            }
+            // Weights were checked in `new`; a layer without them cannot be reached here.
+            (
+                Op::Conv2D(_) | Op::Conv2DTranspose(_) | Op::BatchNormalization(_) | Op::Dense(_),
+                _,
+            ) => out.fill(f32::NAN),
+        }
+    }
+}

@@ -101,3 +101,4 @@ pub fn compile_source(
 }
 pub mod exec;
 pub mod io;
+pub mod runner;

@@ -51,6 +51,50 @@ enum Command {
         #[arg(long)]
         timings: bool,
     },
+    /// Run a spec on images or arrays (CPU): probabilities (.npy) or masks (.png) out.
+    #[command(
+        after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc run specs/original.unet --weights original.safetensors --input cells.png --output mask.png\n  unetc run specs/bn_same.yaml --weights w.safetensors --input batch.npy --output probs.npy\n  unetc run specs/original.unet --weights w.safetensors --input images/ --output masks/\n\nImages (PNG/TIFF) are scaled to [0, 1]; .npy inputs (NHWC or HWC, f32 or u8) are used as they are.\nImages of other sizes than the spec's input are tiled (valid padding: overlap-tile) or padded\nand cropped back (same padding)."
+    )]
+    Run {
+        spec: PathBuf,
+        /// Weights (safetensors, tensors named `<layer>/<variable>`).
+        #[arg(long)]
+        weights: PathBuf,
+        /// An image (.png, .tif), an array (.npy), or a directory of them.
+        #[arg(long)]
+        input: PathBuf,
+        /// .npy for probabilities, .png for a mask; a directory when the input is one.
+        #[arg(long)]
+        output: PathBuf,
+        /// Write this class's probability as 8-bit gray instead of a mask.
+        #[arg(long)]
+        class: Option<usize>,
+        /// Threshold for one-channel (sigmoid) outputs.
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f32,
+        /// Images or tiles per forward pass.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096))]
+        batch: u16,
+        /// Only `cpu` exists so far.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Replace existing outputs.
+        #[arg(long)]
+        force: bool,
+        /// Print the plan's memory and how the input was covered.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Write seeded weights following each layer's initializers (and Keras's batch-norm defaults).
+    InitWeights {
+        spec: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -128,6 +172,90 @@ fn main() -> ExitCode {
             timings,
             color,
         ),
+        Command::Run {
+            spec,
+            weights,
+            input,
+            output,
+            class,
+            threshold,
+            batch,
+            device,
+            force,
+            verbose,
+        } => {
+            if device != "cpu" {
+                eprintln!("error: --device {device}: only the CPU backend exists so far; use --device cpu");
+                return ExitCode::from(2);
+            }
+            let opts = unetc::runner::RunOptions {
+                weights,
+                input,
+                output,
+                class,
+                threshold,
+                batch: batch as usize,
+                force,
+            };
+            run(&spec, &opts, verbose)
+        }
+        Command::InitWeights {
+            spec,
+            output,
+            seed,
+            force,
+        } => match unetc::runner::write_initial_weights(&spec, &output, seed, force) {
+            Ok(n) => {
+                eprintln!("wrote {n} tensors to {}", output.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => run_error(e),
+        },
+    }
+}
+
+fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) -> ExitCode {
+    let bar = indicatif::ProgressBar::new(0);
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let result = unetc::runner::run(spec, opts, &mut |done, total| {
+        if total > 1 {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+    });
+    bar.finish_and_clear();
+    match result {
+        Ok(report) => {
+            if verbose {
+                eprintln!(
+                    "{} file(s), {} forward pass(es), planned activation arena {}",
+                    report.files,
+                    report.forward_passes,
+                    unetc::report::bytes(report.arena_bytes)
+                );
+                for note in &report.notes {
+                    eprintln!("{note}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => run_error(e),
+    }
+}
+
+/// Spec errors exit with 1, everything else (files, usage) with 2.
+fn run_error(e: unetc::runner::RunError) -> ExitCode {
+    match e {
+        unetc::runner::RunError::Spec(diags) => {
+            eprint!("{diags}");
+            ExitCode::from(1)
+        }
+        e => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -70,14 +70,16 @@ fn is_chain(g: &Graph, kept: &[crate::ir::NodeId]) -> bool {
 /// unetc's own lines after the Keras table: compute and memory at batch 1.
 pub fn extras_text(c: &Compiled) -> String {
     let t = c.info.totals(&c.graph);
+    let arena = crate::exec::plan::plan(&c.graph, &c.info).map_or(0, |p| p.arena_bytes(1));
     format!(
-        "MACs per image: {} ({})\nFLOPs per image: {} ({})\nActivation memory (batch 1, f32): {} for all layer outputs, {} peak when freed after last use\n",
+        "MACs per image: {} ({})\nFLOPs per image: {} ({})\nActivation memory (batch 1, f32): {} for all layer outputs; {} live at most; {} planned arena\n",
         thousands(t.macs),
         si(t.macs as f64, ""),
         thousands(t.macs.saturating_mul(2)),
         si(t.macs.saturating_mul(2) as f64, ""),
         bytes(t.activation_bytes),
         bytes(t.peak_activation_bytes),
+        bytes(arena),
     )
 }
 

@@ -1,6 +1,10 @@
 //! The reference math of every layer kind, f32, NHWC. Each function takes the whole batch.
 //! Shapes are per batch item (without the batch dimension).
 
+// Kernels take data, shapes and weights as plain arguments: easier to read at the call site
+// than a bag struct.
+#![allow(clippy::too_many_arguments)]
+
 use super::gemm::matmul;
 use crate::ir::ops::{
     Activation, BatchNormalization, Concatenate, Conv2D, Conv2DTranspose, Cropping2D, MaxPooling2D,

@@ -254,51 +254,27 @@ impl<'g> CpuModel<'g> {
                 limit: self.memory_limit,
             });
         }
-        let mut buffers: Vec<Vec<f32>> = self
-            .plan
-            .buffer_sizes
-            .iter()
-            .map(|&n| vec![0.0; n * batch])
-            .collect();
+        let mut arena = vec![0.0f32; self.plan.arena_len * batch];
+        let scaled = |r: &std::ops::Range<usize>| r.start * batch..r.end * batch;
         for step in &self.plan.steps {
             let node = self.graph.node(step.node);
             let out_shape = self.shape(step.node);
-            let out_len = out_shape.iter().product::<usize>() * batch;
-            let mut out = std::mem::take(&mut buffers[step.output]);
-            {
-                let ins: Vec<&[f32]> = step
-                    .inputs
-                    .iter()
-                    .zip(&node.inputs)
-                    .map(|(&b, &p)| &buffers[b][..self.shape(p).iter().product::<usize>() * batch])
-                    .collect();
-                let in_shapes: Vec<Vec<usize>> =
-                    node.inputs.iter().map(|&p| self.shape(p)).collect();
-                self.layer(
-                    step.node,
-                    &ins,
-                    &in_shapes,
-                    input,
-                    &mut out[..out_len],
-                    &out_shape,
-                    batch,
-                );
-            }
-            buffers[step.output] = out;
+            let in_shapes: Vec<Vec<usize>> = node.inputs.iter().map(|&p| self.shape(p)).collect();
+            let in_ranges: Vec<_> = step.inputs.iter().map(scaled).collect();
+            let (out, ins) = split_arena(&mut arena, scaled(&step.output), &in_ranges);
+            self.layer(step.node, &ins, &in_shapes, input, out, &out_shape, batch);
         }
         Ok(self
             .plan
             .outputs
             .iter()
             .zip(&self.graph.outputs)
-            .map(|(&b, &id)| {
-                let shape = self.shape(id);
-                let len = shape.iter().product::<usize>() * batch;
-                let mut full = vec![batch];
-                full.extend(shape);
+            .map(|(r, &id)| {
+                let mut shape = vec![batch];
+                shape.extend(self.shape(id));
                 Tensor {
-                    shape: full,
-                    data: buffers[b][..len].to_vec(),
+                    shape,
+                    data: arena[scaled(r)].to_vec(),
                 }
             })
             .collect())
@@ -412,4 +388,31 @@ impl<'g> CpuModel<'g> {
             ) => out.fill(f32::NAN),
         }
     }
+}
+
+/// The output region mutably and the input regions shared, from one arena. The planner
+/// guarantees that a step's output does not overlap its inputs.
+fn split_arena<'a>(
+    arena: &'a mut [f32],
+    out: std::ops::Range<usize>,
+    inputs: &[std::ops::Range<usize>],
+) -> (&'a mut [f32], Vec<&'a [f32]>) {
+    let (before, rest) = arena.split_at_mut(out.start);
+    let (out_slice, after) = rest.split_at_mut(out.end - out.start);
+    let (before, after): (&'a [f32], &'a [f32]) = (before, after);
+    let ins = inputs
+        .iter()
+        .map(|r| {
+            if r.end <= out.start {
+                &before[r.clone()]
+            } else {
+                assert!(
+                    r.start >= out.end,
+                    "the plan placed an input inside its layer's output"
+                );
+                &after[r.start - out.end..r.end - out.end]
+            }
+        })
+        .collect();
+    (out_slice, ins)
 }

@@ -1,0 +1,725 @@
+#!/usr/bin/env python3
+"""Numeric truth for unetc's executor, produced by real tf.keras (Keras 2, ``tf_keras``).
+
+Run from anywhere (it writes next to itself)::
+
+    pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 safetensors numpy
+    python tests/golden/generate.py            # all models
+    python tests/golden/generate.py edge_conv  # only some
+
+Each model ``<m>`` is built in a fresh Keras session (``tf.keras.backend.clear_session()``, so
+auto-names start at ``input_1``, ``conv2d``, ``model``), its weights are set by the formula below,
+and ``model.predict`` is run on a seeded input. Written per model:
+
+* ``<m>.weights.safetensors``: the weights, through ``tools/keras_to_safetensors.py``
+  (``<layer>/<variable>``, float32, Keras layouts);
+* ``<m>.io.safetensors``: ``input`` and ``output`` (float32, NHWC, batch first);
+* ``<m>.summary.txt``: what ``model.summary()`` prints (tf_keras 2.21 layout, default width);
+* ``manifest.json``: shapes, parameter counts, output statistics, and for each model the largest
+  difference between Keras's float32 output and the same model run by Keras in float64, a
+  measure of the float32 rounding noise a reimplementation has to be compared within.
+
+``<m>.unet`` (written by hand, not by this script) is the unetc spec of the same model.
+
+``original_full`` (seed 000 at full width, 31,030,658 parameters, at its smallest valid input
+188x188x1, batch 1) is written as ``original_full.io.safetensors`` only: its weights (124 MB) are
+not stored, the test regenerates them with the formula. Its spec is ``specs/original.unet`` with
+``--input-shape 188x188x1``.
+
+The weight formula
+==================
+
+Every weight is a function of its tensor name and its position only, computed with integer
+arithmetic and IEEE float64, so that Python and Rust produce bit-identical float32 values.
+
+For a tensor named ``N`` (``"<layer>/<variable>"``, for example ``"conv2d_3/kernel"``, UTF-8
+bytes) with Keras shape ``S`` and C-order (row-major) flat index ``i`` (0 <= i < prod(S))::
+
+    h = fnv1a_32(N)      # offset 2166136261; per byte b: h = ((h XOR b) * 16777619) mod 2**32
+    k = (i * 2654435761 + h) mod 2**32          # exact integers (u64 arithmetic suffices)
+    u = k / 2**32                               # float64, exact, in [0, 1)
+    d = u - 0.5                                 # float64, exact
+
+    variable          value (float64, evaluated exactly in this order, then rounded to float32)
+    kernel            d * (2.0 / sqrt(fan_in))          # sqrt and / are IEEE float64
+    bias, beta        d * 0.2
+    gamma             1.0 + 0.5 * d
+    moving_mean       0.2 * d
+    moving_variance   0.5 + u
+
+    fan_in: Conv2D kernel [kh, kw, in, out] -> kh*kw*in;  Dense kernel [in, out] -> in
+            (the product of all dimensions but the last);
+            Conv2DTranspose kernel [kh, kw, out, in] -> kh*kw*in.
+
+The float64 -> float32 rounding is round-to-nearest-even (numpy ``astype(float32)``, Rust
+``as f32``). ``0.2 * d`` is float64 ``0.2`` times ``d`` (multiplication is commutative, so
+``d * 0.2`` is the same number).
+
+The inputs
+==========
+
+``x = numpy.random.default_rng(seed).random((batch, H, W, C), dtype=numpy.float32)``: uniform in
+[0, 1), with ``seed = fnv1a_32(model name)``; batch 2 for the small models, 1 for
+``original_full``. They are stored, so the Rust side never has to reproduce them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+# ---------------------------------------------------------------------------------------------
+# The weight formula (keep in step with the docstring above and with the Rust test)
+# ---------------------------------------------------------------------------------------------
+
+GOLDEN = 2654435761
+TWO32 = 2**32
+
+
+def fnv1a_32(data: bytes) -> int:
+    h = 2166136261
+    for b in data:
+        h = ((h ^ b) * 16777619) % TWO32
+    return h
+
+
+def fan_in(layer_class: str, shape) -> int:
+    if layer_class == "Conv2DTranspose":
+        kh, kw, _out, cin = shape
+        return kh * kw * cin
+    return int(np.prod(shape[:-1]))
+
+
+def formula_values(name: str, shape, layer_class: str) -> np.ndarray:
+    """The float32 tensor the formula gives for ``name`` (``"<layer>/<variable>"``)."""
+    shape = tuple(int(s) for s in shape)
+    n = int(np.prod(shape)) if shape else 1
+    h = fnv1a_32(name.encode("utf-8"))
+    i = np.arange(n, dtype=np.uint64)
+    # i * GOLDEN + h < 2**64 for every tensor here (n < 6.9e9); uint64 arithmetic is exact.
+    k = (i * np.uint64(GOLDEN) + np.uint64(h)) % np.uint64(TWO32)
+    u = k.astype(np.float64) / float(TWO32)
+    d = u - 0.5
+    var = name.rsplit("/", 1)[1]
+    if var == "kernel":
+        v = d * (2.0 / math.sqrt(fan_in(layer_class, shape)))
+    elif var in ("bias", "beta"):
+        v = d * 0.2
+    elif var == "gamma":
+        v = 1.0 + 0.5 * d
+    elif var == "moving_mean":
+        v = 0.2 * d
+    elif var == "moving_variance":
+        v = 0.5 + u
+    else:
+        raise ValueError(f"no formula for variable {name!r}")
+    return v.astype(np.float32).reshape(shape)
+
+
+def formula_scalar(name: str, shape, layer_class: str, i: int) -> float:
+    """One value of the formula with Python integers and floats only (float64), rounded to
+    float32 through ``struct`` (round to nearest even): the reference the vectorized
+    ``formula_values`` is checked against, and what a reimplementation mirrors step by step."""
+    import struct
+
+    h = 2166136261
+    for b in name.encode("utf-8"):
+        h = ((h ^ b) * 16777619) % TWO32
+    k = (i * GOLDEN + h) % TWO32
+    u = k / TWO32
+    d = u - 0.5
+    var = name.rsplit("/", 1)[1]
+    if var == "kernel":
+        if layer_class == "Conv2DTranspose":
+            fi = shape[0] * shape[1] * shape[3]
+        else:
+            fi = 1
+            for s in shape[:-1]:
+                fi *= s
+        v = d * (2.0 / math.sqrt(fi))
+    elif var in ("bias", "beta"):
+        v = d * 0.2
+    elif var == "gamma":
+        v = 1.0 + 0.5 * d
+    elif var == "moving_mean":
+        v = 0.2 * d
+    elif var == "moving_variance":
+        v = 0.5 + u
+    else:
+        raise ValueError(name)
+    return struct.unpack("<f", struct.pack("<f", v))[0]
+
+
+def set_formula_weights(model) -> None:
+    """Give every variable of ``model`` its formula value (names as unetc writes them)."""
+    from keras_to_safetensors import _leaf_layers
+
+    for layer in _leaf_layers(model, []):
+        if not layer.weights:
+            continue
+        values = []
+        for v in layer.weights:
+            short = v.name.split("/")[-1].split(":")[0]
+            name = f"{layer.name}/{short}"
+            values.append(formula_values(name, v.shape, type(layer).__name__))
+        layer.set_weights(values)
+
+
+# ---------------------------------------------------------------------------------------------
+# The models. Layer creation order decides Keras's auto-names; each <m>.unet creates its layers
+# in the same order.
+# ---------------------------------------------------------------------------------------------
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def original_small():
+    """Seed 000 at depth 3, 4 base filters: valid 3x3 convs, Conv2DTranspose(f, 2, strides=2),
+    Cropping2D of the skip, Concatenate(axis=3)([crop, up]) (crop created after the transposed
+    conv, listed first), linear 1x1 conv, separate Softmax layer."""
+    tf = _tf()
+    L = tf.keras.layers
+    inputs = L.Input((108, 108, 1))
+    x, skips = inputs, {}
+    for f in [4, 8, 16]:
+        x = L.Conv2D(f, 3, activation="relu")(x)
+        x = L.Conv2D(f, 3, activation="relu")(x)
+        skips[f] = x
+        x = L.MaxPooling2D(pool_size=(2, 2))(x)
+    x = L.Conv2D(32, 3, activation="relu")(x)
+    x = L.Conv2D(32, 3, activation="relu")(x)
+    for f in [16, 8, 4]:
+        up = L.Conv2DTranspose(f, 2, strides=(2, 2))(x)
+        c = (skips[f].shape[1] - up.shape[1]) // 2
+        crop = L.Cropping2D(c)(skips[f])
+        x = L.Concatenate(axis=3)([crop, up])
+        x = L.Conv2D(f, 3, activation="relu")(x)
+        x = L.Conv2D(f, 3, activation="relu")(x)
+    x = L.Conv2D(2, 1)(x)
+    x = L.Softmax(axis=-1)(x)
+    return tf.keras.Model(inputs, x)
+
+
+def second_post_small():
+    """Seed 001 at depth 3: as seed 000, but every transposed conv has the same filter count
+    (16, as 512 there), the second conv of level 1 has 10 filters (the 258 quirk: 8 + 2), he_normal
+    convs, and the softmax inside the last 1x1 Conv2D."""
+    tf = _tf()
+    L = tf.keras.layers
+    kw = dict(activation="relu", padding="valid", kernel_initializer="he_normal")
+    inputs = L.Input((108, 108, 1))
+    x, skips = inputs, {}
+    for f in [4, 8, 16]:
+        x = L.Conv2D(f, 3, **kw)(x)
+        x = L.Conv2D(f, 3, **kw)(x)
+        skips[f] = x
+        x = L.MaxPooling2D(pool_size=(2, 2))(x)
+    x = L.Conv2D(32, 3, **kw)(x)
+    x = L.Conv2D(32, 3, **kw)(x)
+    for f, f2, c in [(16, 16, 4), (8, 10, 16), (4, 4, 40)]:
+        up = L.Conv2DTranspose(16, 2, strides=(2, 2))(x)
+        crop = L.Cropping2D(c)(skips[f])
+        x = L.Concatenate(axis=3)([crop, up])
+        x = L.Conv2D(f, 3, **kw)(x)
+        x = L.Conv2D(f2, 3, **kw)(x)
+    x = L.Conv2D(2, 1, activation="softmax")(x)
+    return tf.keras.Model(inputs, x)
+
+
+def bn_same_small():
+    """Seed 002 at depth 3: same-padding Conv2D -> BatchNormalization -> Activation('relu') twice
+    per level, MaxPool2D, Conv2DTranspose(f, 2, strides=2, padding='same'), Concatenate()([up,
+    skip]), 1x1 sigmoid head, 3 input channels, model named "U-Net"."""
+    tf = _tf()
+    L = tf.keras.layers
+
+    def conv_block(x, f):
+        for _ in range(2):
+            x = L.Conv2D(f, 3, padding="same")(x)
+            x = L.BatchNormalization()(x)
+            x = L.Activation("relu")(x)
+        return x
+
+    inputs = L.Input((32, 32, 3))
+    x, skips = inputs, {}
+    for f in [4, 8, 16]:
+        skips[f] = conv_block(x, f)
+        x = L.MaxPool2D((2, 2))(skips[f])
+    x = conv_block(x, 32)
+    for f in [16, 8, 4]:
+        x = L.Conv2DTranspose(f, (2, 2), strides=2, padding="same")(x)
+        x = L.Concatenate()([x, skips[f]])
+        x = conv_block(x, f)
+    outputs = L.Conv2D(1, 1, padding="same", activation="sigmoid")(x)
+    return tf.keras.Model(inputs, outputs, name="U-Net")
+
+
+def zhixuhao_small():
+    """Seed 003 at depth 3: same-padding he_normal convs, Dropout(0.5) after the two deepest
+    levels (the dropped level-2 tensor is the skip), UpSampling2D + 2x2 conv up path (the conv
+    is constructed first, as in zhixuhao's one-liner), concatenate([skip, up], axis=3),
+    Conv2D(2, 3), then a 1x1 sigmoid conv with Keras's defaults."""
+    tf = _tf()
+    L = tf.keras.layers
+    kw = dict(activation="relu", padding="same", kernel_initializer="he_normal")
+    inputs = L.Input((32, 32, 1))
+    x, skips = inputs, {}
+    for f in [4, 8]:
+        x = L.Conv2D(f, 3, **kw)(x)
+        x = L.Conv2D(f, 3, **kw)(x)
+        skips[f] = x
+        x = L.MaxPooling2D(pool_size=(2, 2))(x)
+    x = L.Conv2D(16, 3, **kw)(x)
+    x = L.Conv2D(16, 3, **kw)(x)
+    skips[16] = L.Dropout(0.5)(x)
+    x = L.MaxPooling2D(pool_size=(2, 2))(skips[16])
+    x = L.Conv2D(32, 3, **kw)(x)
+    x = L.Conv2D(32, 3, **kw)(x)
+    x = L.Dropout(0.5)(x)
+    for f in [16, 8, 4]:
+        up = L.Conv2D(f, 2, **kw)(L.UpSampling2D(size=(2, 2))(x))
+        x = L.concatenate([skips[f], up], axis=3)
+        x = L.Conv2D(f, 3, **kw)(x)
+        x = L.Conv2D(f, 3, **kw)(x)
+    x = L.Conv2D(2, 3, **kw)(x)
+    x = L.Conv2D(1, 1, activation="sigmoid")(x)
+    return tf.keras.Model(inputs, x)
+
+
+VGG_BLOCKS = [(1, 4, 2), (2, 8, 2), (3, 16, 3), (4, 32, 3), (5, 32, 3)]
+
+
+def _vgg_small(tf):
+    L = tf.keras.layers
+    img = L.Input((64, 64, 3))
+    x = img
+    for b, f, n in VGG_BLOCKS:
+        for i in range(1, n + 1):
+            x = L.Conv2D(f, (3, 3), activation="relu", padding="same", name=f"block{b}_conv{i}")(x)
+        x = L.MaxPooling2D((2, 2), strides=(2, 2), name=f"block{b}_pool")(x)
+    x = L.Flatten(name="flatten")(x)
+    x = L.Dense(64, activation="relu", name="fc1")(x)
+    x = L.Dense(64, activation="relu", name="fc2")(x)
+    x = L.Dense(10, activation="softmax", name="predictions")(x)
+    return tf.keras.Model(img, x, name="vgg_small")
+
+
+def vgg_small():
+    """Seed 004's full VGG16 at 1/16 of the filters (4, 8, 16, 32, 32) and 64x64x3: Keras's
+    own layer names, same-padding 3x3 relu convs, MaxPooling2D((2, 2), strides=(2, 2)), Flatten
+    of a 2x2x32 map (NHWC order), Dense relu, Dense softmax."""
+    return _vgg_small(_tf())
+
+
+def vgg_small_unet():
+    """Seed 004's U-Net on a frozen VGG encoder (vgg_small, include_top as in the notebook: the
+    top layers do not lead to the output and are left out), tapped by name at block1_conv2 ..
+    block5_conv2; decoder: MaxPooling2D, two 3x3 convs (64), then per tap UpSampling2D + 2x2
+    conv, concatenate([tap, up], axis=3), two 3x3 convs, and an extra Conv2D(2, 3) after the last
+    two levels. he_normal, same padding, relu everywhere, as in the notebook."""
+    tf = _tf()
+    L = tf.keras.layers
+    vgg = _vgg_small(tf)
+    for layer in vgg.layers:
+        layer.trainable = False
+    taps = [vgg.get_layer(n).output for n in
+            ["block1_conv2", "block2_conv2", "block3_conv2", "block4_conv2", "block5_conv2"]]
+    kw = dict(activation="relu", padding="same", kernel_initializer="he_normal")
+    x = L.MaxPooling2D(pool_size=(2, 2))(taps[4])
+    x = L.Conv2D(64, 3, **kw)(x)
+    x = L.Conv2D(64, 3, **kw)(x)
+    for tap, f, extra in [(taps[4], 32, False), (taps[3], 16, False), (taps[2], 8, False),
+                          (taps[1], 4, True), (taps[0], 4, True)]:
+        up = L.Conv2D(f, 2, **kw)(L.UpSampling2D(size=(2, 2))(x))
+        x = L.concatenate([tap, up], axis=3)
+        x = L.Conv2D(f, 3, **kw)(x)
+        x = L.Conv2D(f, 3, **kw)(x)
+        if extra:
+            x = L.Conv2D(2, 3, **kw)(x)
+    return tf.keras.Model(inputs=vgg.input, outputs=x)
+
+
+def resnet_small():
+    """Seed 004's ResNet50, small: Keras's resnet.py structure and names at 64x64x3 with two
+    stages of two bottleneck blocks (4 and 8 filters, x4 at the block outputs):
+    ZeroPadding2D(3) -> Conv2D(8, 7, strides=2) -> BN -> relu -> ZeroPadding2D(1) ->
+    MaxPooling2D(3, strides=2); blocks with a strided 1x1 projection shortcut (first block of a
+    stage) or the identity, Add()([shortcut, x]); every BatchNormalization has axis=3 and
+    epsilon=1.001e-5; GlobalAveragePooling2D, Dense(10, softmax)."""
+    tf = _tf()
+    L = tf.keras.layers
+
+    def bn(name):
+        return L.BatchNormalization(axis=3, epsilon=1.001e-5, name=name)
+
+    def block1(x, filters, stride=1, conv_shortcut=True, name=None):
+        if conv_shortcut:
+            shortcut = L.Conv2D(4 * filters, 1, strides=stride, name=name + "_0_conv")(x)
+            shortcut = bn(name + "_0_bn")(shortcut)
+        else:
+            shortcut = x
+        x = L.Conv2D(filters, 1, strides=stride, name=name + "_1_conv")(x)
+        x = bn(name + "_1_bn")(x)
+        x = L.Activation("relu", name=name + "_1_relu")(x)
+        x = L.Conv2D(filters, 3, padding="SAME", name=name + "_2_conv")(x)
+        x = bn(name + "_2_bn")(x)
+        x = L.Activation("relu", name=name + "_2_relu")(x)
+        x = L.Conv2D(4 * filters, 1, name=name + "_3_conv")(x)
+        x = bn(name + "_3_bn")(x)
+        x = L.Add(name=name + "_add")([shortcut, x])
+        x = L.Activation("relu", name=name + "_out")(x)
+        return x
+
+    def stack1(x, filters, blocks, stride1=2, name=None):
+        x = block1(x, filters, stride=stride1, name=name + "_block1")
+        for i in range(2, blocks + 1):
+            x = block1(x, filters, conv_shortcut=False, name=name + "_block" + str(i))
+        return x
+
+    img = L.Input((64, 64, 3))
+    x = L.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(img)
+    x = L.Conv2D(8, 7, strides=2, use_bias=True, name="conv1_conv")(x)
+    x = bn("conv1_bn")(x)
+    x = L.Activation("relu", name="conv1_relu")(x)
+    x = L.ZeroPadding2D(padding=((1, 1), (1, 1)), name="pool1_pad")(x)
+    x = L.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    x = stack1(x, 4, 2, stride1=1, name="conv2")
+    x = stack1(x, 8, 2, name="conv3")
+    x = L.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = L.Dense(10, activation="softmax", name="predictions")(x)
+    return tf.keras.Model(img, x, name="resnet_small")
+
+
+def edge_conv():
+    """Conv2D and MaxPooling2D edge semantics on an odd, non-square 11x13 map of signed values:
+    'same' with even kernels and stride 2 (the extra pixel at the bottom/right), odd kernels
+    with stride 2 and 3 under 'same' (asymmetric padding), dilation_rate 2 (valid and same, and
+    (2, 1) with an even kernel), non-square kernels and strides, use_bias=False, conv
+    activations relu/tanh/sigmoid, MaxPooling2D 'same' (pads with -inf), floor pooling of odd
+    sizes, non-square pools with explicit strides. Each branch is flattened (NHWC order) and
+    the flat vectors are concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((11, 13, 3))
+    x = L.Conv2D(4, 1)(inp)
+    branches = [
+        L.Conv2D(4, 2, strides=2, padding="same")(x),
+        L.Conv2D(4, 4, strides=2, padding="same", use_bias=False)(x),
+        L.Conv2D(4, 3, strides=2, padding="same")(x),
+        L.Conv2D(4, 2, padding="same", activation="relu")(x),
+        L.Conv2D(4, 3, dilation_rate=2)(x),
+        L.Conv2D(4, 3, dilation_rate=2, padding="same", activation="tanh")(x),
+        L.Conv2D(4, (3, 2), strides=(2, 3))(x),
+        L.Conv2D(4, 5, strides=3, padding="same", activation="sigmoid")(x),
+        L.Conv2D(4, (2, 4), dilation_rate=(2, 1), padding="same")(x),
+        L.MaxPooling2D(3, strides=2, padding="same")(x),
+        L.MaxPooling2D(2)(x),
+        L.MaxPooling2D((2, 3), strides=(1, 2))(x),
+        L.MaxPooling2D(2, padding="same")(x),
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    y = L.Concatenate()(flat)
+    return tf.keras.Model(inp, y)
+
+
+def edge_transpose():
+    """Conv2DTranspose edge semantics on a 5x6 map of signed values: k=3 s=2 same and valid,
+    k=4 s=2 same (even kernel: which rows are cropped), k=1 s=2 valid (k < s: zero rows
+    appended), k=3 s=1 same with relu, non-square kernel and strides with tanh, output_padding
+    (same and valid), k=5 s=3 same, use_bias=False. Flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((5, 6, 3))
+    x = L.Conv2D(4, 1)(inp)
+    branches = [
+        L.Conv2DTranspose(3, 3, strides=2, padding="same")(x),
+        L.Conv2DTranspose(3, 3, strides=2, padding="valid")(x),
+        L.Conv2DTranspose(3, 4, strides=2, padding="same", use_bias=False)(x),
+        L.Conv2DTranspose(3, 1, strides=2)(x),
+        L.Conv2DTranspose(3, 3, padding="same", activation="relu")(x),
+        L.Conv2DTranspose(3, (2, 3), strides=(3, 2), activation="tanh")(x),
+        L.Conv2DTranspose(3, 3, strides=2, padding="same", output_padding=1)(x),
+        L.Conv2DTranspose(3, 3, strides=2, output_padding=1)(x),
+        L.Conv2DTranspose(3, 5, strides=3, padding="same")(x),
+        L.Conv2DTranspose(3, 2, strides=2)(x),
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    y = L.Concatenate()(flat)
+    return tf.keras.Model(inp, y)
+
+
+def edge_resize():
+    """UpSampling2D (nearest and bilinear, square and non-square factors), Cropping2D and
+    ZeroPadding2D in their three argument forms (int, (h, w), ((t, b), (l, r))) with asymmetric
+    amounts, Concatenate along height (axis=1), width (axis=2) and channels with three inputs
+    (one of them twice), GlobalAveragePooling2D (plain and keepdims=True), on a 5x4 map of signed
+    values. Flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((5, 4, 2))
+    x = L.Conv2D(3, 1)(inp)
+    z1 = L.ZeroPadding2D(((2, 0), (1, 3)))(x)
+    z2 = L.ZeroPadding2D((1, 2))(x)
+    branches = [
+        L.UpSampling2D(2, interpolation="bilinear")(x),
+        L.UpSampling2D((2, 3))(x),
+        L.UpSampling2D((3, 2), interpolation="bilinear")(x),
+        L.UpSampling2D(2)(x),
+        L.Cropping2D(((1, 2), (0, 1)))(x),
+        L.Cropping2D((1, 0))(x),
+        L.Cropping2D(1)(x),
+        z1,
+        z2,
+        L.ZeroPadding2D()(x),
+        L.Concatenate(axis=1)([z1, z2]),
+        L.Concatenate(axis=2)([z2, z1]),
+        L.Concatenate()([x, inp, x]),
+        L.GlobalAveragePooling2D()(x),
+        L.GlobalAveragePooling2D(keepdims=True)(x),
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    y = L.Concatenate()(flat)
+    return tf.keras.Model(inp, y)
+
+
+ACTIVATION_NAMES = ["relu", "sigmoid", "tanh", "softmax", "linear", "elu", "selu", "softplus",
+                    "softsign", "swish", "silu", "gelu", "exponential", "hard_sigmoid", "relu6",
+                    "mish", "leaky_relu"]
+
+
+def edge_activations():
+    """Every activation unetc accepts, as Activation layers, on 16 signed channels (8 from a 1x1
+    conv, 8 at six times that range via Add of the same tensor six times, so relu6 and
+    hard_sigmoid saturate), 6x5 map; ReLU layers
+    (plain, max_value, negative_slope, all three with a threshold), Softmax layers over channels
+    and over the height (axis=1), BatchNormalization (default epsilon 1e-3, center=False with
+    epsilon 0.1, scale=False with epsilon 1.001e-5), Dropout, Add of three tensors, Dense on a
+    rank-4 tensor (last axis, with and without bias), conv activations softmax/elu. All branches
+    keep the 6x5 size and are concatenated along channels."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(8, 1)(inp)
+    big = L.Add()([x, x, x, x, x, x])
+    v = L.Concatenate()([x, big])
+    branches = [L.Activation(a)(v) for a in ACTIVATION_NAMES]
+    branches += [
+        L.ReLU()(v),
+        L.ReLU(max_value=1.5)(v),
+        L.ReLU(negative_slope=0.1)(v),
+        L.ReLU(max_value=2.0, negative_slope=0.2, threshold=0.25)(v),
+        L.Softmax()(v),
+        L.Softmax(axis=1)(v),
+        L.BatchNormalization()(v),
+        L.BatchNormalization(epsilon=0.1, center=False)(v),
+        L.BatchNormalization(scale=False, epsilon=1.001e-5)(v),
+        L.Dropout(0.3)(v),
+        L.Add()([x, L.Activation("tanh")(x), L.ReLU()(x)]),
+        L.Dense(5)(v),
+        L.Dense(4, activation="tanh", use_bias=False)(v),
+        L.Conv2D(4, 1, activation="softmax")(v),
+        L.Conv2D(4, 3, padding="same", activation="elu")(v),
+    ]
+    y = L.Concatenate()(branches)
+    return tf.keras.Model(inp, y)
+
+
+def original_full():
+    """Seed 000 at full width (31,030,658 parameters), as in specs/original.unet, at its smallest
+    valid input 188x188x1 (crops 4/16/40/88 as at 572), output 4x4x2."""
+    return original_full_at(188)
+
+
+def original_full_at(size: int):
+    tf = _tf()
+    L = tf.keras.layers
+    inputs = L.Input((size, size, 1))
+    x, skips = inputs, {}
+    for f in [64, 128, 256, 512]:
+        x = L.Conv2D(f, 3, activation="relu")(x)
+        x = L.Conv2D(f, 3, activation="relu")(x)
+        skips[f] = x
+        x = L.MaxPooling2D(pool_size=(2, 2))(x)
+    x = L.Conv2D(1024, 3, activation="relu")(x)
+    x = L.Conv2D(1024, 3, activation="relu")(x)
+    for f, c in [(512, 4), (256, 16), (128, 40), (64, 88)]:
+        up = L.Conv2DTranspose(f, 2, strides=(2, 2))(x)
+        crop = L.Cropping2D(c)(skips[f])
+        x = L.Concatenate(axis=3)([crop, up])
+        x = L.Conv2D(f, 3, activation="relu")(x)
+        x = L.Conv2D(f, 3, activation="relu")(x)
+    x = L.Conv2D(2, 1)(x)
+    x = L.Softmax(axis=-1)(x)
+    return tf.keras.Model(inputs, x)
+
+
+SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
+         vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations]
+FULL = [original_full]
+
+# ---------------------------------------------------------------------------------------------
+# Running and writing
+# ---------------------------------------------------------------------------------------------
+
+
+def build(builder, floatx="float32"):
+    tf = _tf()
+    tf.keras.backend.clear_session()
+    tf.keras.backend.set_floatx(floatx)
+    try:
+        model = builder()
+    finally:
+        tf.keras.backend.set_floatx("float32")
+    set_formula_weights(model)
+    return model
+
+
+def seeded_input(name: str, shape, batch: int) -> np.ndarray:
+    rng = np.random.default_rng(fnv1a_32(name.encode("utf-8")))
+    return rng.random((batch, *shape), dtype=np.float32)
+
+
+def summary_text(model) -> str:
+    lines = []
+    model.summary(print_fn=lambda s, *a, **k: lines.append(s))
+    return "\n".join(lines) + "\n"
+
+
+def run_model(builder, batch: int, store_weights: bool, out_dir: Path = HERE) -> dict:
+    from safetensors.numpy import save_file
+    from keras_to_safetensors import save_unetc_weights
+
+    name = builder.__name__
+    t0 = time.time()
+    model = build(builder)
+    in_shape = tuple(int(d) for d in model.input_shape[1:])
+    x = seeded_input(name, in_shape, batch)
+    y = np.asarray(model.predict(x, verbose=0), dtype=np.float32)
+    summary = summary_text(model)
+    params = int(model.count_params())
+    if store_weights:
+        tensors = save_unetc_weights(model, out_dir / f"{name}.weights.safetensors",
+                                     metadata={"model": name, "weights": "tests/golden formula"})
+        n_tensors = len(tensors)
+    else:
+        from keras_to_safetensors import unetc_tensors
+
+        n_tensors = len(unetc_tensors(model))
+    save_file({"input": np.ascontiguousarray(x), "output": np.ascontiguousarray(y)},
+              str(out_dir / f"{name}.io.safetensors"),
+              metadata={"model": name, "seed": str(fnv1a_32(name.encode()))})
+    (out_dir / f"{name}.summary.txt").write_text(summary)
+    for suffix in ("weights.safetensors", "io.safetensors"):
+        p = out_dir / f"{name}.{suffix}"
+        if p.exists():
+            p.chmod(0o644)
+    check_weights(model, out_dir / f"{name}.weights.safetensors" if store_weights else None)
+    t_f32 = time.time() - t0
+
+    # The same model in float64 (same float32 weights and input, widened): a measure of the
+    # float32 rounding noise in Keras's own output.
+    m64 = build(builder, "float64")
+    y64 = np.asarray(m64.predict(x.astype(np.float64), verbose=0), dtype=np.float64)
+    diff = np.abs(y.astype(np.float64) - y64)
+    rel = diff / np.maximum(np.abs(y64), 1e-30)
+    info = {
+        "input_shape": [batch, *in_shape],
+        "output_shape": list(y.shape),
+        "params": params,
+        "weight_tensors": n_tensors,
+        "weights_stored": store_weights,
+        "seed": fnv1a_32(name.encode()),
+        "output_min": float(y.min()),
+        "output_max": float(y.max()),
+        "output_mean": float(y.mean()),
+        "output_std": float(y.std()),
+        "max_abs_diff_f32_vs_f64": float(diff.max()),
+        "max_rel_diff_f32_vs_f64_where_abs_gt_1e-3": float(rel[np.abs(y64) > 1e-3].max())
+        if np.any(np.abs(y64) > 1e-3) else 0.0,
+    }
+    print(f"{name}: in {info['input_shape']} out {info['output_shape']} params {params} "
+          f"max|f32-f64| {info['max_abs_diff_f32_vs_f64']:.3g} ({t_f32:.1f}s)", flush=True)
+    return info
+
+
+def check_weights(model, path) -> None:
+    """The model's variables (and the stored file) hold exactly the formula's values: every
+    element against the vectorized formula, a sample against the scalar one."""
+    from keras_to_safetensors import unetc_tensors
+
+    classes = {}
+    from keras_to_safetensors import _leaf_layers
+
+    for layer in _leaf_layers(model, []):
+        classes[layer.name] = type(layer).__name__
+    tensors = unetc_tensors(model)
+    stored = None
+    if path is not None:
+        from safetensors.numpy import load_file
+
+        stored = load_file(str(path))
+        assert set(stored) == set(tensors), (sorted(stored), sorted(tensors))
+    for name, t in tensors.items():
+        cls = classes[name.rsplit("/", 1)[0]]
+        want = formula_values(name, t.shape, cls)
+        assert t.dtype == np.float32 and np.array_equal(t.view(np.uint32), want.view(np.uint32)), name
+        if stored is not None:
+            assert stored[name].dtype == np.float32 and stored[name].shape == t.shape, name
+            assert np.array_equal(stored[name].view(np.uint32), want.view(np.uint32)), name
+        flat = want.reshape(-1)
+        for i in sorted({0, min(1, flat.size - 1), flat.size // 2, flat.size - 1}):
+            assert formula_scalar(name, t.shape, cls, i) == float(flat[i]), (name, i)
+
+
+def versions() -> dict:
+    tf = _tf()
+    import safetensors
+    import tf_keras
+
+    return {"tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
+            "numpy": np.__version__, "safetensors": safetensors.__version__,
+            "python": sys.version.split()[0]}
+
+
+def main(argv) -> int:
+    wanted = set(argv)
+    all_models = [(b, 2, True) for b in SMALL] + [(b, 1, False) for b in FULL]
+    names = {b.__name__ for b, _, _ in all_models}
+    unknown = wanted - names
+    if unknown:
+        print(f"unknown model(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}",
+              file=sys.stderr)
+        return 2
+    manifest_path = HERE / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    models = manifest.get("models", {})
+    for builder, batch, store in all_models:
+        if wanted and builder.__name__ not in wanted:
+            continue
+        models[builder.__name__] = run_model(builder, batch, store)
+    manifest = {"versions": versions(), "batch_note": "input and output are NHWC, batch first",
+                "models": {k: models[k] for k in sorted(models)}}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

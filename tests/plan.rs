@@ -41,9 +41,9 @@ fn plans_are_sound_and_tight() {
         for out in &c.graph.outputs {
             last[step_of[out]] = n - 1;
         }
-        for a in 0..n {
+        for (a, &last_a) in last.iter().enumerate() {
             for b in a + 1..n {
-                if b <= last[a] && !p.steps[a].output.is_empty() && !p.steps[b].output.is_empty() {
+                if b <= last_a && !p.steps[a].output.is_empty() && !p.steps[b].output.is_empty() {
                     assert!(
                         !overlap(&p.steps[a].output, &p.steps[b].output),
                         "{}: steps {a} and {b} share memory while both alive",

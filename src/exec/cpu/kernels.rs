@@ -105,13 +105,16 @@ pub fn conv2d_transpose(
     let (kh, kw) = (a.kernel_size[0] as usize, a.kernel_size[1] as usize);
     let (sh, sw) = (a.strides[0] as usize, a.strides[1] as usize);
     let (fh, fw) = ((h - 1) * sh + kh, (w - 1) * sw + kw);
-    // Where the output window starts inside the full result (Keras's cropping of `same`).
-    let start = |k: usize, s: usize| match (op.output_padding, a.padding.as_str()) {
-        (None, "same") => k.saturating_sub(s) / 2,
-        (Some(_), "same") => k / 2,
-        _ => 0,
+    // Where the output window starts inside the full result: TF pads the equivalent forward
+    // convolution (output -> input) the `same` way, so the crop is floor(total / 2) before.
+    let start = |n: usize, out: usize, k: usize, s: usize| {
+        if a.padding == "same" {
+            ((n - 1) * s + k).saturating_sub(out) / 2
+        } else {
+            0
+        }
     };
-    let (y0, x0) = (start(kh, sh), start(kw, sw));
+    let (y0, x0) = (start(h, oh, kh, sh), start(w, ow, kw, sw));
     let cols = kh * kw * f;
     let mut y = vec![0.0f32; h * w * cols];
     let mut full = vec![0.0f32; fh * fw * f];

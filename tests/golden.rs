@@ -1,0 +1,184 @@
+//! Numeric truth from an independent implementation: real tf.keras (tests/golden/generate.py)
+//! ran small versions of every seed architecture, edge cases of every layer kind, and the full
+//! original U-Net at its smallest input. unetc's CPU executor must reproduce its outputs.
+
+mod common;
+
+use common::*;
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::path::Path;
+use unetc::exec::cpu::CpuModel;
+use unetc::exec::Tensor;
+use unetc::io::weights::load_weights;
+use unetc::ir::Op;
+use unetc::runner::expected_weights;
+
+/// Largest |unetc - keras| relative to the largest |keras| value of the output.
+const TOLERANCE: f32 = 1e-5;
+
+fn read_io(path: &Path) -> (Tensor, Tensor) {
+    let bytes = std::fs::read(path).expect("fixture");
+    let st = SafeTensors::deserialize(&bytes).expect("safetensors fixture");
+    let get = |name: &str| {
+        let view = st.tensor(name).expect(name);
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Tensor::from_vec(view.shape(), data).expect("consistent fixture")
+    };
+    (get("input"), get("output"))
+}
+
+/// The weight formula of tests/golden/README.md, bit for bit.
+fn formula(name: &str, shape: &[usize], class: &str) -> Tensor {
+    let mut h: u32 = 2166136261;
+    for b in name.bytes() {
+        h = (h ^ b as u32).wrapping_mul(16777619);
+    }
+    let var = name.rsplit('/').next().unwrap();
+    let fan_in: usize = match (var, class) {
+        ("kernel", "Conv2DTranspose") => shape[0] * shape[1] * shape[3],
+        ("kernel", _) => shape[..shape.len() - 1].iter().product(),
+        _ => 1,
+    };
+    let n: usize = shape.iter().product();
+    let data = (0..n as u64)
+        .map(|i| {
+            let k = (i.wrapping_mul(2654435761).wrapping_add(h as u64)) % (1u64 << 32);
+            let u = k as f64 / 4294967296.0;
+            let d = u - 0.5;
+            (match var {
+                "kernel" => d * (2.0 / (fan_in as f64).sqrt()),
+                "bias" | "beta" => d * 0.2,
+                "gamma" => 1.0 + 0.5 * d,
+                "moving_mean" => 0.2 * d,
+                _ => 0.5 + u,
+            }) as f32
+        })
+        .collect();
+    Tensor::from_vec(shape, data).unwrap()
+}
+
+fn max_relative_error(got: &Tensor, want: &Tensor) -> f32 {
+    assert_eq!(got.shape, want.shape);
+    let scale = want
+        .data
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
+    got.data
+        .iter()
+        .zip(&want.data)
+        .fold(0.0f32, |m, (g, w)| m.max((g - w).abs()))
+        / scale
+}
+
+fn check_fixture(stem: &str) -> f32 {
+    let spec = Path::new("tests/golden").join(format!("{stem}.unet"));
+    let c = compile(&spec);
+    assert!(
+        !c.has_errors(),
+        "{}",
+        unetc::diag::render_plain(&c.sources, &c.diags)
+    );
+    let (input, want) = read_io(&root().join(format!("tests/golden/{stem}.io.safetensors")));
+    let weights_file = root().join(format!("tests/golden/{stem}.weights.safetensors"));
+    let got = if weights_file.exists() {
+        let weights = load_weights(&weights_file, &expected_weights(&c))
+            .expect("fixture weights fit the spec");
+        CpuModel::new(&c.graph, &c.info, &weights)
+            .expect("bind")
+            .run(&input)
+            .expect("run")
+            .remove(0)
+    } else {
+        // Too big to store: regenerate with the formula.
+        let mut weights: HashMap<String, Tensor> = HashMap::new();
+        for &id in &c.info.keras_order {
+            let node = c.graph.node(id);
+            for w in &c.info.layers[id.index()].weights {
+                let name = format!("{}/{}", node.name, w.name);
+                let shape: Vec<usize> = w.shape.iter().map(|&d| d as usize).collect();
+                let class = if matches!(node.op, Op::Conv2DTranspose(_)) {
+                    "Conv2DTranspose"
+                } else {
+                    "other"
+                };
+                weights.insert(name.clone(), formula(&name, &shape, class));
+            }
+        }
+        CpuModel::new(&c.graph, &c.info, &weights)
+            .expect("bind")
+            .run(&input)
+            .expect("run")
+            .remove(0)
+    };
+    let err = max_relative_error(&got, &want);
+    if std::env::var("GOLDEN_DEBUG").is_ok() && err > TOLERANCE {
+        let bad: Vec<usize> = (0..want.data.len())
+            .filter(|&i| (got.data[i] - want.data[i]).abs() > 1e-4)
+            .collect();
+        println!(
+            "{stem}: {} bad of {}, first {:?}",
+            bad.len(),
+            want.data.len(),
+            &bad[..bad.len().min(10)]
+        );
+    }
+    println!("{stem}: max relative error {err:.2e}");
+    err
+}
+
+#[test]
+fn cpu_executor_matches_tf_keras_on_every_fixture() {
+    let mut stems: Vec<String> = std::fs::read_dir(root().join("tests/golden"))
+        .unwrap()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".io.safetensors")
+                .map(String::from)
+        })
+        .collect();
+    stems.sort();
+    assert!(stems.len() >= 10, "fixtures missing: {stems:?}");
+    let mut failures = Vec::new();
+    for stem in &stems {
+        let err = check_fixture(stem);
+        if err.is_nan() || err > TOLERANCE {
+            failures.push(format!("{stem}: {err:.2e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "over tolerance {TOLERANCE:e}: {failures:?}"
+    );
+}
+
+/// The formula really is the generator's: the stored weights of a fixture equal it exactly.
+#[test]
+fn weight_formula_matches_the_generator() {
+    let c = compile(Path::new("tests/golden/original_small.unet"));
+    let weights = load_weights(
+        &root().join("tests/golden/original_small.weights.safetensors"),
+        &expected_weights(&c),
+    )
+    .unwrap();
+    for &id in &c.info.keras_order {
+        let node = c.graph.node(id);
+        for w in &c.info.layers[id.index()].weights {
+            let name = format!("{}/{}", node.name, w.name);
+            let class = if matches!(node.op, Op::Conv2DTranspose(_)) {
+                "Conv2DTranspose"
+            } else {
+                "other"
+            };
+            let stored = weights.get(&name).unwrap();
+            assert_eq!(stored, &formula(&name, &stored.shape, class), "{name}");
+        }
+    }
+}

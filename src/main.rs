@@ -85,6 +85,27 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Time a spec's forward pass: warm-up, then the median of several timed runs.
+    #[command(
+        after_help = "Examples:\n  unetc bench specs/original.unet --device cpu\n  unetc bench specs/bn_same.yaml --batch 2 --iterations 10 --format json\n\nbench/compare_cpu.py runs this beside PyTorch on the same network."
+    )]
+    Bench {
+        spec: PathBuf,
+        /// Only `cpu` exists so far.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096))]
+        batch: u16,
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100000))]
+        iterations: u32,
+        #[arg(long, default_value_t = 1)]
+        warmup: u32,
+        /// Weights to use (default: seeded ones; speed does not depend on the values).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Write seeded weights following each layer's initializers (and Keras's batch-norm defaults).
     InitWeights {
         spec: PathBuf,
@@ -198,6 +219,51 @@ fn main() -> ExitCode {
                 force,
             };
             run(&spec, &opts, verbose)
+        }
+        Command::Bench {
+            spec,
+            device,
+            batch,
+            iterations,
+            warmup,
+            weights,
+            format,
+        } => {
+            if device != "cpu" {
+                eprintln!("error: --device {device}: only the CPU backend exists so far; use --device cpu");
+                return ExitCode::from(2);
+            }
+            match unetc::runner::bench_cpu(
+                &spec,
+                weights.as_deref(),
+                batch as usize,
+                warmup as usize,
+                iterations as usize,
+            ) {
+                Ok(r) if format == Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Ok(r) => {
+                    println!(
+                        "{}  {}  batch {}  {} cpu ({} threads): {:.1} ms/batch (min {:.1}, max {:.1})  {:.2} img/s  {:.1} GFLOP/s  arena {}  peak RSS {}",
+                        r.model,
+                        r.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"),
+                        r.batch,
+                        r.precision,
+                        r.threads,
+                        r.median_ms,
+                        r.min_ms,
+                        r.max_ms,
+                        r.images_per_s,
+                        r.gflops_per_s,
+                        unetc::report::bytes(r.planned_arena_bytes),
+                        r.peak_rss_bytes.map_or("unknown".into(), unetc::report::bytes),
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => run_error(e),
+            }
         }
         Command::InitWeights {
             spec,

@@ -523,3 +523,97 @@ fn write_output(path: &Path, out: &Tensor, kind: OutputKind, force: bool) -> Res
         path, h, w, &pixels, force,
     )?)
 }
+
+/// Timing of a model on the CPU, with the figures `unetc bench` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub spec: String,
+    pub model: String,
+    pub input_shape: Vec<usize>,
+    pub batch: usize,
+    pub device: String,
+    pub precision: String,
+    pub threads: usize,
+    pub warmup: usize,
+    pub iterations: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub images_per_s: f64,
+    pub gflop_per_image: f64,
+    pub gflops_per_s: f64,
+    pub planned_arena_bytes: u64,
+    /// The process's peak resident memory (Linux VmHWM), when known.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Times `iterations` forward passes of a batch (after `warmup` untimed ones). Weights come from
+/// a file, or are seeded ones when none is given (speed does not depend on their values).
+pub fn bench_cpu(
+    spec: &Path,
+    weights: Option<&Path>,
+    batch: usize,
+    warmup: usize,
+    iterations: usize,
+) -> Result<BenchReport, RunError> {
+    let c = compile_checked(spec, None)?;
+    let w = match weights {
+        Some(path) => load_weights(path, &expected_weights(&c))?,
+        None => init_weights(&c, 1)?,
+    };
+    let model = CpuModel::new(&c.graph, &c.info, &w)?;
+    let shape = model.input_shape();
+    let mut full = vec![batch.max(1)];
+    full.extend(&shape);
+    let n: usize = full.iter().product();
+    let input = Tensor::from_vec(
+        &full,
+        (0..n)
+            .map(|i| ((i * 2654435761) % 1000) as f32 / 1000.0)
+            .collect(),
+    )
+    .ok_or_else(|| RunError::Usage("input size overflow".into()))?;
+    for _ in 0..warmup {
+        model.run(&input)?;
+    }
+    let mut times = Vec::with_capacity(iterations.max(1));
+    for _ in 0..iterations.max(1) {
+        let start = std::time::Instant::now();
+        model.run(&input)?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
+    };
+    let flops = c.info.totals(&c.graph).macs.saturating_mul(2) as f64;
+    Ok(BenchReport {
+        spec: spec.display().to_string(),
+        model: c.graph.name.clone(),
+        input_shape: shape,
+        batch: batch.max(1),
+        device: "cpu".into(),
+        precision: "f32".into(),
+        threads: rayon::current_num_threads(),
+        warmup,
+        iterations: times.len(),
+        median_ms: median,
+        min_ms: times[0],
+        max_ms: times[times.len() - 1],
+        images_per_s: batch.max(1) as f64 / (median / 1e3),
+        gflop_per_image: flops / 1e9,
+        gflops_per_s: flops * batch.max(1) as f64 / (median / 1e3) / 1e9,
+        planned_arena_bytes: model.plan().arena_bytes(batch.max(1)),
+        peak_rss_bytes: peak_rss(),
+    })
+}
+
+/// Peak resident set size of this process (Linux `/proc/self/status` VmHWM).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

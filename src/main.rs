@@ -40,7 +40,7 @@ enum Command {
         format: Format,
         /// Override the model's input shape, e.g. 380x380x1.
         #[arg(long, value_parser = parse_shape)]
-        input_shape: Option<Vec<i64>>,
+        input_shape: Option<ShapeArg>,
         /// Keras's `line_length` for the summary.
         #[arg(long, value_parser = clap::value_parser!(u16).range(40..=1000))]
         line_length: Option<u16>,
@@ -137,7 +137,11 @@ enum Color {
     Never,
 }
 
-fn parse_shape(s: &str) -> Result<Vec<i64>, String> {
+/// `HxWxC` from the command line (a newtype: clap would read a bare `Vec` as repeated values).
+#[derive(Clone, Debug)]
+struct ShapeArg(Vec<i64>);
+
+fn parse_shape(s: &str) -> Result<ShapeArg, String> {
     let dims: Result<Vec<i64>, _> = s
         .split(['x', 'X', ','])
         .map(|d| d.trim().parse::<i64>())
@@ -148,7 +152,7 @@ fn parse_shape(s: &str) -> Result<Vec<i64>, String> {
                 && d.iter()
                     .all(|&v| (1..=unetc::ir::value::MAX_DIM).contains(&v)) =>
         {
-            Ok(d)
+            Ok(ShapeArg(d))
         }
         _ => Err(format!(
             "expected HxWxC with sizes in 1..={}, e.g. 572x572x1",
@@ -187,7 +191,7 @@ fn main() -> ExitCode {
             &spec,
             style,
             format,
-            input_shape,
+            input_shape.map(|s| s.0),
             line_length.map(usize::from),
             &after,
             timings,

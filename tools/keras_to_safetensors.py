@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Convert the weights of a tf.keras model into a safetensors file that unetc reads.
+
+Usage (command line)::
+
+    TF_USE_LEGACY_KERAS=1 python tools/keras_to_safetensors.py model.keras -o weights.safetensors
+    TF_USE_LEGACY_KERAS=1 python tools/keras_to_safetensors.py model.h5 -o weights.safetensors --list
+
+Usage (as a module)::
+
+    import sys; sys.path.insert(0, "tools")
+    from keras_to_safetensors import save_unetc_weights
+    save_unetc_weights(model, "weights.safetensors")   # model: a built tf.keras model
+
+The model file is loaded with ``tf.keras.models.load_model(path, compile=False)``. Set
+``TF_USE_LEGACY_KERAS=1`` (this script does it for you when it is run as a program) so that
+``tf.keras`` is Keras 2 (the ``tf_keras`` package), which is what unetc follows.
+
+What is written (unetc's naming and layout):
+
+* one tensor per variable, named ``<layer name>/<variable>``, for example ``conv2d_3/kernel``,
+  ``conv2d_3/bias``, ``batch_normalization/gamma``, ``batch_normalization/beta``,
+  ``batch_normalization/moving_mean``, ``batch_normalization/moving_variance``, ``dense/kernel``.
+  The variable part is the variable's own short name (``v.name`` is ``conv2d_3/kernel:0``; the
+  last path part without ``:0``). Layers of nested models are written under their own layer
+  name, as unetc creates an included model's layers under their own names.
+* float32, in Keras's own layouts, unchanged: Conv2D kernel ``[kh, kw, in, out]``,
+  Conv2DTranspose kernel ``[kh, kw, out, in]``, Dense kernel ``[in, out]``, biases and
+  BatchNormalization vectors ``[channels]``.
+* non-trainable variables (BatchNormalization's moving statistics, frozen layers) are written
+  too: inference needs them.
+
+Layer kinds unetc does not know (and options it does not model, such as ``channels_first`` or
+grouped convolutions) are refused with a message that names the layer, so that a weights file is
+never written for a model unetc cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# Layer classes unetc knows (README "The spec language", kinds), by Keras class name.
+WEIGHTLESS = {
+    "InputLayer",
+    "MaxPooling2D",
+    "UpSampling2D",
+    "Cropping2D",
+    "ZeroPadding2D",
+    "Concatenate",
+    "Add",
+    "Activation",
+    "ReLU",
+    "Softmax",
+    "Dropout",
+    "Flatten",
+    "GlobalAveragePooling2D",
+}
+WITH_WEIGHTS = {
+    "Conv2D": ("kernel", "bias"),
+    "Conv2DTranspose": ("kernel", "bias"),
+    "Dense": ("kernel", "bias"),
+    "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
+}
+
+# Activation names unetc accepts (src/ir/ops/activation.rs).
+ACTIVATIONS = {
+    "linear", "relu", "sigmoid", "softmax", "tanh", "elu", "selu", "softplus", "softsign",
+    "swish", "silu", "gelu", "exponential", "hard_sigmoid", "relu6", "mish", "leaky_relu",
+}
+
+
+class UnsupportedModel(ValueError):
+    """The model uses something unetc cannot express; the message says what and where."""
+
+
+def _activation_name(value) -> str:
+    if isinstance(value, str):
+        return value
+    name = getattr(value, "__name__", None)
+    return name if name else repr(value)
+
+
+def _check_config(layer, cls: str) -> None:
+    cfg = layer.get_config()
+    where = f"layer `{layer.name}` ({cls})"
+    if cfg.get("data_format", "channels_last") not in (None, "channels_last"):
+        raise UnsupportedModel(f"{where} uses data_format={cfg['data_format']!r}; unetc is NHWC "
+                               "(channels_last) only")
+    if cfg.get("groups", 1) != 1:
+        raise UnsupportedModel(f"{where} has groups={cfg['groups']}; unetc has no grouped "
+                               "convolutions")
+    if "activation" in cfg:
+        act = _activation_name(cfg["activation"])
+        if act not in ACTIVATIONS:
+            raise UnsupportedModel(f"{where} uses activation {act!r}, which unetc does not know "
+                                   f"(known: {', '.join(sorted(ACTIVATIONS))})")
+    if cls == "BatchNormalization":
+        axis = cfg.get("axis")
+        if not isinstance(axis, int):
+            axis = list(axis)
+            axis = axis[0] if len(axis) == 1 else axis
+        if axis not in (-1, 3):
+            raise UnsupportedModel(f"{where} normalizes axis {axis!r}; unetc only normalizes the "
+                                   "channel axis (-1 or 3)")
+    if cls == "UpSampling2D" and cfg.get("interpolation", "nearest") not in ("nearest", "bilinear"):
+        raise UnsupportedModel(f"{where} uses interpolation={cfg['interpolation']!r}; unetc has "
+                               "'nearest' and 'bilinear'")
+
+
+def _leaf_layers(model, out: list) -> list:
+    """The layers of ``model`` in ``model.layers`` order, nested models flattened."""
+    import tensorflow as tf
+
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.Model):
+            _leaf_layers(layer, out)
+        else:
+            out.append(layer)
+    return out
+
+
+def unetc_tensors(model) -> dict:
+    """``{"<layer>/<variable>": float32 numpy array}`` for every variable of ``model``.
+
+    Raises UnsupportedModel for layer kinds or options unetc does not know.
+    """
+    import numpy as np
+
+    tensors: dict = {}
+    for layer in _leaf_layers(model, []):
+        cls = type(layer).__name__
+        if cls not in WEIGHTLESS and cls not in WITH_WEIGHTS:
+            known = ", ".join(sorted(WEIGHTLESS | set(WITH_WEIGHTS)))
+            raise UnsupportedModel(f"layer `{layer.name}` is a {type(layer).__name__}, which unetc "
+                                   f"does not know (it knows: {known})")
+        _check_config(layer, cls)
+        expected = WITH_WEIGHTS.get(cls, ())
+        for v in layer.weights:
+            short = v.name.split("/")[-1].split(":")[0]
+            if short not in expected:
+                raise UnsupportedModel(f"layer `{layer.name}` ({cls}) has a variable `{v.name}` "
+                                       f"that unetc does not expect (expected: "
+                                       f"{', '.join(expected) or 'none'})")
+            name = f"{layer.name}/{short}"
+            if name in tensors:
+                raise UnsupportedModel(f"two variables would both be written as `{name}`; layer "
+                                       "names must be unique across nested models")
+            value = np.ascontiguousarray(np.asarray(v.numpy(), dtype=np.float32))
+            tensors[name] = value
+        if cls in ("Conv2D", "Conv2DTranspose"):
+            k = tensors.get(f"{layer.name}/kernel")
+            if k is None or k.ndim != 4:
+                raise UnsupportedModel(f"layer `{layer.name}` ({cls}) has no 4-D kernel")
+    return tensors
+
+
+def save_unetc_weights(model, path, metadata: dict | None = None) -> dict:
+    """Write ``model``'s variables to ``path`` (safetensors) in unetc's naming and layout.
+
+    ``metadata`` adds string entries to the file's ``__metadata__``. Returns the tensors written (name -> float32 array).
+    """
+    import tensorflow as tf
+    from safetensors.numpy import save_file
+
+    tensors = unetc_tensors(model)
+    # One metadata entry unless the caller adds more: safetensors writes the metadata map in no
+    # fixed order, and a single entry keeps the file byte-for-byte reproducible.
+    meta = {"producer": f"tools/keras_to_safetensors.py (tensorflow {tf.__version__}, "
+                        f"{_keras_version()})"}
+    meta.update(metadata or {})
+    save_file(tensors, str(path), metadata={k: str(v) for k, v in meta.items()})
+    return tensors
+
+
+def _keras_version() -> str:
+    try:
+        import tf_keras
+
+        return "tf_keras " + tf_keras.__version__
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Write a tf.keras model's weights as a safetensors "
+                                 "file in unetc's naming and layout.")
+    ap.add_argument("model", help="a tf.keras model file (.keras or .h5)")
+    ap.add_argument("-o", "--output", required=True, help="the safetensors file to write")
+    ap.add_argument("--list", action="store_true", help="print each tensor's name and shape")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    try:
+        model = tf.keras.models.load_model(args.model, compile=False)
+    except Exception as e:  # noqa: BLE001 - report any load failure plainly
+        print(f"error: cannot load {args.model}: {e}", file=sys.stderr)
+        return 2
+    try:
+        tensors = save_unetc_weights(model, args.output)
+    except UnsupportedModel as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.list:
+        for name, t in tensors.items():
+            print(f"{name} {list(t.shape)}")
+    n = sum(t.size for t in tensors.values())
+    print(f"wrote {len(tensors)} tensors ({n} values) to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,7 @@
 parameters) in real tf.keras with the formula weights of generate.py, run on one seeded image.
 
     python tests/golden/full_size_check.py /tmp/original_572.io.safetensors
+    UNETC=target/release/unetc python tests/golden/full_size_check.py /tmp/original_572.io.safetensors
 
 Writes ``input`` (1x572x572x1) and ``output`` (1x388x388x2), float32, to the given path (about
 2.5 MB; not committed). The input is ``numpy.random.default_rng(fnv1a_32(b"original_572"))
@@ -12,6 +13,7 @@ on that input and compare with ``output``. On a 2-core CPU it takes about 15 s (
 about 6 s).
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +48,26 @@ def main(argv) -> int:
     print(f"built + formula weights {t1 - t0:.1f}s, predict {t2 - t1:.1f}s; output {y.shape} "
           f"min {y.min():.6g} max {y.max():.6g} mean {y.mean():.6g} std {y.std():.3g}; "
           f"wrote {out}")
+    unetc = os.environ.get("UNETC")
+    if unetc:
+        # Run the same weights and input through `unetc run` and compare.
+        import subprocess
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+        from keras_to_safetensors import save_unetc_weights
+        work = out.parent
+        weights, x_npy, y_npy = work / "original_572.safetensors", work / "original_572.x.npy", work / "original_572.y.npy"
+        save_unetc_weights(model, str(weights))
+        np.save(x_npy, x)
+        spec = Path(__file__).resolve().parents[2] / "specs" / "original.unet"
+        t3 = time.time()
+        subprocess.run([unetc, "run", str(spec), "--weights", str(weights), "--input", str(x_npy),
+                        "--output", str(y_npy), "--force"], check=True)
+        t4 = time.time()
+        u = np.load(y_npy)
+        err = np.abs(u - y).max()
+        print(f"unetc run {t4 - t3:.1f}s; output {u.shape}; max |unetc - keras| {err:.3g}, "
+              f"relative to max |keras| {err / np.abs(y).max():.3g}; "
+              f"argmax agreement {(u.argmax(-1) == y.argmax(-1)).mean() * 100:.4f}%")
     return 0
 
 

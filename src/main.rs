@@ -75,8 +75,8 @@ enum Command {
         /// Images or tiles per forward pass.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096))]
         batch: u16,
-        /// Only `cpu` exists so far.
-        #[arg(long, default_value = "cpu")]
+        /// `cpu`, `cuda`, or `auto` (the GPU when there is one).
+        #[arg(long, default_value = "auto")]
         device: String,
         /// Replace existing outputs.
         #[arg(long)]
@@ -91,8 +91,8 @@ enum Command {
     )]
     Bench {
         spec: PathBuf,
-        /// Only `cpu` exists so far.
-        #[arg(long, default_value = "cpu")]
+        /// `cpu`, `cuda`, or `auto` (the GPU when there is one).
+        #[arg(long, default_value = "auto")]
         device: String,
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096))]
         batch: u16,
@@ -209,11 +209,12 @@ fn main() -> ExitCode {
             force,
             verbose,
         } => {
-            if device != "cpu" {
-                eprintln!("error: --device {device}: only the CPU backend exists so far; use --device cpu");
-                return ExitCode::from(2);
-            }
+            let device = match unetc::runner::Device::parse(&device) {
+                Ok(d) => d,
+                Err(e) => return run_error(e),
+            };
             let opts = unetc::runner::RunOptions {
+                device,
                 weights,
                 input,
                 output,
@@ -233,12 +234,13 @@ fn main() -> ExitCode {
             weights,
             format,
         } => {
-            if device != "cpu" {
-                eprintln!("error: --device {device}: only the CPU backend exists so far; use --device cpu");
-                return ExitCode::from(2);
-            }
-            match unetc::runner::bench_cpu(
+            let device = match unetc::runner::Device::parse(&device) {
+                Ok(d) => d,
+                Err(e) => return run_error(e),
+            };
+            match unetc::runner::bench(
                 &spec,
+                device,
                 weights.as_deref(),
                 batch as usize,
                 warmup as usize,
@@ -250,11 +252,12 @@ fn main() -> ExitCode {
                 }
                 Ok(r) => {
                     println!(
-                        "{}  {}  batch {}  {} cpu ({} threads): {:.1} ms/batch (min {:.1}, max {:.1})  {:.2} img/s  {:.1} GFLOP/s  arena {}  peak RSS {}",
+                        "{}  {}  batch {}  {} {} ({} threads): {:.1} ms/batch (min {:.1}, max {:.1})  {:.2} img/s  {:.1} GFLOP/s  arena {}  peak RSS {}",
                         r.model,
                         r.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"),
                         r.batch,
                         r.precision,
+                        r.device,
                         r.threads,
                         r.median_ms,
                         r.min_ms,
@@ -300,8 +303,9 @@ fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) 
         Ok(report) => {
             if verbose {
                 eprintln!(
-                    "{} file(s), {} forward pass(es), planned activation arena {}",
+                    "{} file(s) on {}, {} forward pass(es), planned activation arena {}",
                     report.files,
+                    report.device,
                     report.forward_passes,
                     unetc::report::bytes(report.arena_bytes)
                 );

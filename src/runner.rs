@@ -129,8 +129,74 @@ pub enum OutputKind {
     ClassProbability { class: usize },
 }
 
+/// Where to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda,
+    /// The GPU when one is usable, else the CPU.
+    Auto,
+}
+
+impl Device {
+    pub fn parse(s: &str) -> Result<Device, RunError> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            "auto" => Ok(Device::Auto),
+            other => Err(RunError::Usage(format!(
+                "--device {other}: use cpu, cuda or auto"
+            ))),
+        }
+    }
+
+    /// Picks the concrete device; `cuda` without a usable GPU is an error naming what is missing.
+    fn resolve(self) -> Result<Device, RunError> {
+        match (self, crate::exec::cuda::cuda_available()) {
+            (Device::Cpu, _) | (Device::Auto, Err(_)) => Ok(Device::Cpu),
+            (Device::Cuda | Device::Auto, Ok(())) => Ok(Device::Cuda),
+            (Device::Cuda, Err(why)) => Err(RunError::Usage(format!(
+                "--device cuda: no usable CUDA GPU ({why}); use --device cpu"
+            ))),
+        }
+    }
+}
+
+/// A model bound to one backend.
+enum Backend<'g> {
+    Cpu(CpuModel<'g>),
+    Cuda(crate::exec::cuda::CudaModel<'g>),
+}
+
+impl<'g> Backend<'g> {
+    fn new(device: Device, c: &'g Compiled, weights: &dyn WeightSource) -> Result<Self, RunError> {
+        Ok(match device {
+            Device::Cuda => Backend::Cuda(
+                crate::exec::cuda::CudaModel::new(&c.graph, &c.info, weights)
+                    .map_err(|e| RunError::Usage(e.to_string()))?,
+            ),
+            _ => Backend::Cpu(CpuModel::new(&c.graph, &c.info, weights)?),
+        })
+    }
+
+    fn run(&self, input: &Tensor) -> Result<Vec<Tensor>, RunError> {
+        match self {
+            Backend::Cpu(m) => Ok(m.run(input)?),
+            Backend::Cuda(m) => m.run(input).map_err(|e| RunError::Usage(e.to_string())),
+        }
+    }
+
+    fn arena_bytes(&self, batch: usize) -> u64 {
+        match self {
+            Backend::Cpu(m) => m.plan().arena_bytes(batch),
+            Backend::Cuda(m) => m.arena_bytes(batch),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RunOptions {
+    pub device: Device,
     pub weights: PathBuf,
     pub input: PathBuf,
     pub output: PathBuf,
@@ -144,6 +210,8 @@ pub struct RunOptions {
 /// What a run did, for `--verbose`.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
+    /// The backend that ran: "cpu" or "cuda".
+    pub device: &'static str,
     pub files: usize,
     pub forward_passes: usize,
     pub arena_bytes: u64,
@@ -161,6 +229,7 @@ pub fn run(
     opts: &RunOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<RunReport, RunError> {
+    let device = opts.device.resolve()?;
     let base = compile_checked(spec, None)?;
     let weights = load_weights(&opts.weights, &expected_weights(&base))?;
     let files = input_files(&opts.input)?;
@@ -187,7 +256,15 @@ pub fn run(
         };
         let kind = output_kind(&out_path, opts)?;
         let input = read_input(file)?;
-        let result = predict(spec, &base, &weights, &input, opts.batch, &mut report)?;
+        let result = predict(
+            spec,
+            &base,
+            &weights,
+            &input,
+            opts.batch,
+            device,
+            &mut report,
+        )?;
         write_output(&out_path, &result, kind, opts.force)?;
         progress(i + 1, files.len());
     }
@@ -271,6 +348,7 @@ fn predict(
     weights: &Weights,
     input: &Tensor,
     batch: usize,
+    device: Device,
     report: &mut RunReport,
 ) -> Result<Tensor, RunError> {
     let model_in: Vec<usize> = base.info.layers[base.graph.inputs[0].index()]
@@ -309,7 +387,7 @@ fn predict(
         )));
     }
     if [h, w] == [model_in[0], model_in[1]] {
-        return forward(base, weights, input, batch, report);
+        return forward(base, weights, input, batch, device, report);
     }
     if model_out.len() != 3 {
         return Err(RunError::Usage(format!(
@@ -343,7 +421,7 @@ fn predict(
         report.notes.push(format!(
             "{h}x{w} padded to {ph}x{pw} (mirror) and cropped back"
         ));
-        let out = forward(&sized.compiled, weights, &padded, batch, report)?;
+        let out = forward(&sized.compiled, weights, &padded, batch, device, report)?;
         let k = out.shape[3];
         let mut cropped = Tensor::zeros(&[n, h, w, k]);
         let (oy, ox) = ((ph - h) / 2, (pw - w) / 2);
@@ -395,7 +473,7 @@ fn predict(
                 &mut tiles.data[t * th * tw * c..(t + 1) * th * tw * c],
             );
         }
-        let result = forward(base, weights, &tiles, chunk.len(), report)?;
+        let result = forward(base, weights, &tiles, chunk.len(), device, report)?;
         for (t, &(i, y, x)) in chunk.iter().enumerate() {
             for yy in 0..oh.min(h.saturating_sub(y)) {
                 let cols = ow.min(w.saturating_sub(x));
@@ -451,9 +529,10 @@ fn forward(
     weights: &Weights,
     input: &Tensor,
     batch: usize,
+    device: Device,
     report: &mut RunReport,
 ) -> Result<Tensor, RunError> {
-    let model = CpuModel::new(&c.graph, &c.info, weights)?;
+    let model = Backend::new(device, c, weights)?;
     let n = input.shape[0];
     let item = input.item_len();
     let mut outputs: Vec<Tensor> = Vec::new();
@@ -465,9 +544,12 @@ fn forward(
             shape,
             data: input.data[start * item..end * item].to_vec(),
         };
-        report.arena_bytes = report
-            .arena_bytes
-            .max(model.plan().arena_bytes(end - start));
+        report.arena_bytes = report.arena_bytes.max(model.arena_bytes(end - start));
+        report.device = if matches!(model, Backend::Cuda(_)) {
+            "cuda"
+        } else {
+            "cpu"
+        };
         report.forward_passes += 1;
         outputs.push(model.run(&part)?.remove(0));
     }
@@ -549,20 +631,27 @@ pub struct BenchReport {
 
 /// Times `iterations` forward passes of a batch (after `warmup` untimed ones). Weights come from
 /// a file, or are seeded ones when none is given (speed does not depend on their values).
-pub fn bench_cpu(
+pub fn bench(
     spec: &Path,
+    device: Device,
     weights: Option<&Path>,
     batch: usize,
     warmup: usize,
     iterations: usize,
 ) -> Result<BenchReport, RunError> {
+    let device = device.resolve()?;
     let c = compile_checked(spec, None)?;
     let w = match weights {
         Some(path) => load_weights(path, &expected_weights(&c))?,
         None => init_weights(&c, 1)?,
     };
-    let model = CpuModel::new(&c.graph, &c.info, &w)?;
-    let shape = model.input_shape();
+    let shape: Vec<usize> = c.info.layers[c.graph.inputs[0].index()]
+        .shape
+        .iter()
+        .flatten()
+        .map(|&d| d as usize)
+        .collect();
+    let model = Backend::new(device, &c, &w)?;
     let mut full = vec![batch.max(1)];
     full.extend(&shape);
     let n: usize = full.iter().product();
@@ -576,12 +665,21 @@ pub fn bench_cpu(
     for _ in 0..warmup {
         model.run(&input)?;
     }
-    let mut times = Vec::with_capacity(iterations.max(1));
-    for _ in 0..iterations.max(1) {
-        let start = std::time::Instant::now();
-        model.run(&input)?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
+    let mut times = match &model {
+        // CUDA events around the launches: no host copies in the figure.
+        Backend::Cuda(m) => m
+            .time(&input, iterations.max(1))
+            .map_err(|e| RunError::Usage(e.to_string()))?,
+        Backend::Cpu(_) => {
+            let mut times = Vec::with_capacity(iterations.max(1));
+            for _ in 0..iterations.max(1) {
+                let start = std::time::Instant::now();
+                model.run(&input)?;
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            times
+        }
+    };
     times.sort_by(f64::total_cmp);
     let median = if times.len() % 2 == 1 {
         times[times.len() / 2]
@@ -594,7 +692,10 @@ pub fn bench_cpu(
         model: c.graph.name.clone(),
         input_shape: shape,
         batch: batch.max(1),
-        device: "cpu".into(),
+        device: match &model {
+            Backend::Cuda(m) => format!("cuda ({})", m.device_name),
+            Backend::Cpu(_) => "cpu".into(),
+        },
         precision: "f32".into(),
         threads: rayon::current_num_threads(),
         warmup,
@@ -605,7 +706,7 @@ pub fn bench_cpu(
         images_per_s: batch.max(1) as f64 / (median / 1e3),
         gflop_per_image: flops / 1e9,
         gflops_per_s: flops * batch.max(1) as f64 / (median / 1e3) / 1e9,
-        planned_arena_bytes: model.plan().arena_bytes(batch.max(1)),
+        planned_arena_bytes: model.arena_bytes(batch.max(1)),
         peak_rss_bytes: peak_rss(),
     })
 }

@@ -340,6 +340,26 @@ fn bad_inputs_are_clear_errors_with_no_output_left() {
         stderr.contains("conv2d/kernel") && stderr.contains("batch_normalization"),
         "{stderr}"
     );
+    // Asking for a GPU where there is none: one clear line that suggests the CPU.
+    if unetc::exec::cuda::cuda_available().is_err() {
+        let (code, _, stderr) = unetc(&[
+            "run",
+            "tests/golden/original_small.unet",
+            "--weights",
+            s(&weights),
+            "--input",
+            s(&x),
+            "--output",
+            s(&out),
+            "--device",
+            "cuda",
+        ]);
+        assert_eq!(code, 2);
+        assert!(
+            stderr.contains("--device cpu") && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+    }
     // A truncated npy input.
     let xb = std::fs::read(&x).unwrap();
     let bad_x = dir.join("bad.npy");

@@ -1,0 +1,53 @@
+// Shared by every unetc kernel. Tensors are NHWC f32 and live in one activation arena;
+// kernels take the arena's base pointer and element offsets into it, so one launch can read
+// and write different regions of the same allocation.
+
+typedef long long i64;
+
+// NVRTC ships no headers, so no INFINITY macro: the bit pattern of -inf.
+#define NEG_INF __int_as_float(0xff800000)
+
+// Activation codes; must match `activation_code` in src/exec/cuda/mod.rs.
+#define ACT_LINEAR 0
+#define ACT_RELU 1
+#define ACT_SIGMOID 2
+#define ACT_SOFTMAX 3 // applied by softmax_lastaxis after the producing kernel
+#define ACT_TANH 4
+#define ACT_ELU 5
+#define ACT_SELU 6
+#define ACT_SOFTPLUS 7
+#define ACT_SOFTSIGN 8
+#define ACT_SWISH 9
+#define ACT_GELU 10
+#define ACT_EXPONENTIAL 11
+#define ACT_HARD_SIGMOID 12
+#define ACT_RELU6 13
+#define ACT_MISH 14
+#define ACT_LEAKY_RELU 15
+
+__device__ __forceinline__ float softplus_f(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+__device__ __forceinline__ float activate(float x, int act) {
+    switch (act) {
+    case ACT_RELU: return fmaxf(x, 0.0f);
+    case ACT_SIGMOID: return 1.0f / (1.0f + expf(-x));
+    case ACT_TANH: return tanhf(x);
+    case ACT_ELU: return x > 0.0f ? x : expm1f(x);
+    case ACT_SELU: return 1.0507009873554805f * (x > 0.0f ? x : 1.6732632423543772f * expm1f(x));
+    case ACT_SOFTPLUS: return softplus_f(x);
+    case ACT_SOFTSIGN: return x / (1.0f + fabsf(x));
+    case ACT_SWISH: return x / (1.0f + expf(-x));
+    case ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case ACT_EXPONENTIAL: return expf(x);
+    case ACT_HARD_SIGMOID: return fminf(fmaxf(0.2f * x + 0.5f, 0.0f), 1.0f);
+    case ACT_RELU6: return fminf(fmaxf(x, 0.0f), 6.0f);
+    case ACT_MISH: return x * tanhf(softplus_f(x));
+    case ACT_LEAKY_RELU: return x >= 0.0f ? x : 0.2f * x;
+    default: return x;
+    }
+}
+
+// One thread per element of a flat index space.
+#define FOR_EACH_INDEX(total)                                         \
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;             \
+    if (idx >= (total)) return;

@@ -1,0 +1,209 @@
+//! The CUDA backend. Kernels are compiled with NVRTC for sm_90 here and in CI (no GPU needed);
+//! with a GPU, every spec (at a small input) and every golden fixture runs on it and must match
+//! the CPU executor within 1e-4 relative. Without a GPU these print `SKIP: <reason>`; with
+//! `UNETC_REQUIRE_GPU=1` (or `UNETC_REQUIRE_NVRTC=1` for the compile test) they fail instead.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use unetc::exec::cpu::CpuModel;
+use unetc::exec::cuda::{self, CudaModel};
+use unetc::exec::Tensor;
+use unetc::expand::Session;
+use unetc::runner::init_weights;
+use unetc::{compile_file, Options};
+
+fn skip_or_fail(var: &str, reason: &str) {
+    if std::env::var(var).is_ok_and(|v| v == "1") {
+        panic!("{var}=1 but {reason}");
+    }
+    println!("SKIP: {reason}");
+}
+
+#[test]
+fn kernels_compile_for_sm_90() {
+    if !cuda::nvrtc_available() {
+        return skip_or_fail(
+            "UNETC_REQUIRE_NVRTC",
+            "libnvrtc.so.13 not found (CI installs it from PyPI; see .ci/run)",
+        );
+    }
+    // A private cache directory, so this really compiles.
+    let dir = std::env::temp_dir().join(format!("unetc-nvrtc-{}", std::process::id()));
+    std::env::set_var("UNETC_CACHE_DIR", &dir);
+    let ptx = cuda::compile("compute_90").unwrap_or_else(|e| panic!("{e}"));
+    for name in cuda::KERNEL_NAMES {
+        assert!(
+            ptx.contains(&format!(".entry {name}(")),
+            "kernel {name} missing from the PTX"
+        );
+    }
+    // The second compile comes from the cache, identical.
+    assert_eq!(cuda::compile("compute_90").unwrap(), ptx);
+    // Where ptxas is available (CI installs it beside NVRTC), assemble for sm_90 and refuse spills.
+    if let Some(ptxas) = std::env::var_os("UNETC_PTXAS") {
+        let file = dir.join("kernels.ptx");
+        std::fs::write(&file, &ptx).unwrap();
+        let out = std::process::Command::new(ptxas)
+            .args(["-arch=sm_90", "-v", "-o"])
+            .arg(dir.join("kernels.cubin"))
+            .arg(&file)
+            .output()
+            .expect("ptxas runs");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "ptxas failed:\n{log}");
+        println!("{log}");
+        for line in log.lines().filter(|l| l.contains("spill")) {
+            assert!(
+                line.contains("0 bytes spill stores") && line.contains("0 bytes spill loads"),
+                "register spills: {line}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn gpu() -> bool {
+    match cuda::cuda_available() {
+        Ok(()) => true,
+        Err(reason) => {
+            skip_or_fail("UNETC_REQUIRE_GPU", &reason);
+            false
+        }
+    }
+}
+
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let scale = b
+        .data
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
+    a.data
+        .iter()
+        .zip(&b.data)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+fn seeded_input(shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::from_vec(
+        shape,
+        (0..n)
+            .map(|i| ((i * 2654435761) % 997) as f32 / 997.0)
+            .collect(),
+    )
+    .unwrap()
+}
+
+/// Every spec in specs/, at a small input where it allows one, on the GPU and on the CPU.
+#[test]
+fn every_spec_matches_the_cpu_executor() {
+    if !gpu() {
+        return;
+    }
+    let small: &[(&str, Option<Vec<i64>>)] = &[
+        ("original", Some(vec![188, 188, 1])),
+        ("template_original", Some(vec![188, 188, 1])),
+        ("original_second_post", Some(vec![188, 188, 1])),
+        ("bn_same", Some(vec![64, 64, 3])),
+        ("template_bn_same", Some(vec![64, 64, 3])),
+        ("zhixuhao", Some(vec![64, 64, 1])),
+        ("template_zhixuhao", Some(vec![64, 64, 1])),
+        ("vgg16_unet", Some(vec![64, 64, 3])),
+        ("vgg16", None),
+        ("resnet50", Some(vec![64, 64, 3])),
+    ];
+    for rel in spec_files() {
+        let stem = rel.file_stem().unwrap().to_str().unwrap().to_string();
+        let shape = small
+            .iter()
+            .find(|(s, _)| *s == stem)
+            .and_then(|(_, s)| s.clone());
+        std::env::set_current_dir(root()).unwrap();
+        let c = compile_file(&rel, &Options { input_shape: shape }, &mut Session::new()).unwrap();
+        assert!(!c.has_errors(), "{}", rel.display());
+        let weights: std::collections::HashMap<String, Tensor> = init_weights(&c, 7)
+            .unwrap()
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
+        let cpu = CpuModel::new(&c.graph, &c.info, &weights).unwrap();
+        let mut shape = vec![2];
+        shape.extend(cpu.input_shape());
+        let x = seeded_input(&shape);
+        let want = cpu.run(&x).unwrap().remove(0);
+        let gpu = CudaModel::new(&c.graph, &c.info, &weights)
+            .unwrap_or_else(|e| panic!("{}: {e}", rel.display()));
+        let got = gpu.run(&x).unwrap().remove(0);
+        let err = rel_err(&got, &want);
+        println!("{}: max relative difference {err:.2e}", rel.display());
+        assert!(err <= 1e-4, "{}: {err:e}", rel.display());
+    }
+}
+
+/// Every golden fixture (real tf.keras numbers) on the GPU.
+#[test]
+fn every_golden_fixture_matches_on_the_gpu() {
+    if !gpu() {
+        return;
+    }
+    for entry in std::fs::read_dir(root().join("tests/golden")).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".io.safetensors"))
+            .map(String::from)
+        else {
+            continue;
+        };
+        let spec = Path::new("tests/golden").join(format!("{stem}.unet"));
+        let c = compile(&spec);
+        let weights_file = root().join(format!("tests/golden/{stem}.weights.safetensors"));
+        if !weights_file.exists() {
+            continue; // the full-size fixture is covered by the CPU golden test
+        }
+        let weights =
+            unetc::io::weights::load_weights(&weights_file, &unetc::runner::expected_weights(&c))
+                .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let tensor = |name: &str| {
+            let v = st.tensor(name).unwrap();
+            Tensor::from_vec(
+                v.shape(),
+                v.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            )
+            .unwrap()
+        };
+        let got = CudaModel::new(&c.graph, &c.info, &weights)
+            .unwrap()
+            .run(&tensor("input"))
+            .unwrap()
+            .remove(0);
+        let err = rel_err(&got, &tensor("output"));
+        println!("{stem}: max relative difference to tf.keras {err:.2e}");
+        assert!(err <= 1e-4, "{stem}: {err:e}");
+    }
+}
+
+/// Without a GPU, asking for CUDA is a clear error, never a panic.
+#[test]
+fn no_gpu_is_a_clear_error() {
+    if cuda::cuda_available().is_ok() {
+        println!("SKIP: a GPU is present");
+        return;
+    }
+    let c = compile(Path::new("tests/golden/edge_resize.unet"));
+    let weights: std::collections::HashMap<String, Tensor> = std::collections::HashMap::new();
+    let err = CudaModel::new(&c.graph, &c.info, &weights)
+        .err()
+        .expect("no GPU here");
+    assert!(err.to_string().contains("use --device cpu"), "{err}");
+}

@@ -106,6 +106,34 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Which input sizes the spec accepts, in closed form, and the output size each gives.
+    #[command(
+        after_help = "Examples:\n  unetc sizes specs/original.unet\n  unetc sizes specs/bn_same.yaml --near 500"
+    )]
+    Sizes {
+        spec: PathBuf,
+        /// Also show the accepted sizes nearest to N.
+        #[arg(long)]
+        near: Option<usize>,
+        /// Search sizes up to this.
+        #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=16384))]
+        max: u32,
+    },
+    /// Plan overlap tiles for an image: tile size within a memory budget, halo, tile count.
+    #[command(
+        after_help = "Examples:\n  unetc tiles specs/original.unet --image 2048x1536\n  unetc tiles specs/original.unet --image 10000x10000 --memory 2GiB"
+    )]
+    Tiles {
+        spec: PathBuf,
+        /// Image size WxH.
+        #[arg(long)]
+        image: String,
+        /// Memory budget for activations + weights, e.g. 8GiB, 512MiB.
+        #[arg(long, default_value = "8GiB")]
+        memory: String,
+        #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=16384))]
+        max: u32,
+    },
     /// Write seeded weights following each layer's initializers (and Keras's batch-norm defaults).
     InitWeights {
         spec: PathBuf,
@@ -272,6 +300,13 @@ fn main() -> ExitCode {
                 Err(e) => run_error(e),
             }
         }
+        Command::Sizes { spec, near, max } => sizes(&spec, near, max as usize),
+        Command::Tiles {
+            spec,
+            image,
+            memory,
+            max,
+        } => tiles(&spec, &image, &memory, max as usize),
         Command::InitWeights {
             spec,
             output,
@@ -388,6 +423,7 @@ fn check(
     let reported_at = start.elapsed();
     if format == Format::Text {
         print_diags(&compiled, color);
+        size_hint(spec, &compiled);
     }
     let mut stdout = std::io::stdout().lock();
     if stdout
@@ -423,5 +459,183 @@ fn print_diags(c: &unetc::Compiled, color: bool) {
         render_colored(&c.sources, &c.diags, &mut stream);
     } else {
         eprint!("{}", render_plain(&c.sources, &c.diags));
+    }
+}
+
+fn read_spec(spec: &std::path::Path) -> Result<(String, [usize; 3]), ExitCode> {
+    let text = match std::fs::read_to_string(spec) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read `{}`: {e}", spec.display());
+            return Err(ExitCode::from(2));
+        }
+    };
+    let c = unetc::compile_source(spec, text.clone(), &Options::default(), &mut Session::new());
+    if c.has_errors() {
+        eprint!("{}", render_plain(&c.sources, &c.diags));
+        return Err(ExitCode::from(1));
+    }
+    match unetc::report::sizes::spec_input(&c) {
+        Some(base) => Ok((text, base)),
+        None => {
+            eprintln!("error: the model's input is not an image (H, W, C)");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn sizes(spec: &std::path::Path, near: Option<usize>, max: usize) -> ExitCode {
+    let (text, base) = match read_spec(spec) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    print!(
+        "{}",
+        unetc::report::sizes::sizes_text(spec, &text, base, max, near)
+    );
+    ExitCode::SUCCESS
+}
+
+fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    let bytes = v * mult;
+    (bytes.is_finite() && bytes >= 1.0 && bytes < 1e18).then_some(bytes as u64)
+}
+
+fn tiles(spec: &std::path::Path, image: &str, memory: &str, max: usize) -> ExitCode {
+    let dims: Vec<usize> = image
+        .split(['x', 'X'])
+        .filter_map(|d| d.trim().parse().ok())
+        .collect();
+    let (Some(&w), Some(&h), 2) = (dims.first(), dims.get(1), dims.len()) else {
+        eprintln!("error: --image {image}: expected WxH, e.g. 2048x1536");
+        return ExitCode::from(2);
+    };
+    if w == 0 || h == 0 || w > 1 << 20 || h > 1 << 20 {
+        eprintln!("error: --image {image}: sizes must be in 1..=1048576");
+        return ExitCode::from(2);
+    }
+    let Some(budget) = parse_bytes(memory) else {
+        eprintln!("error: --memory {memory}: expected a size like 8GiB or 512MiB");
+        return ExitCode::from(2);
+    };
+    let (text, base) = match read_spec(spec) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    match unetc::report::sizes::plan_tiles(spec, &text, base, (h, w), budget, max) {
+        Ok(p) => {
+            println!(
+                "image {w}x{h}, memory budget {}",
+                unetc::report::bytes(budget)
+            );
+            println!(
+                "tile: {0}x{0} in -> {1}x{1} out (halo {2} pixels each side; receptive field {3})",
+                p.tile_in, p.tile_out, p.halo, p.receptive_field
+            );
+            println!(
+                "overlap between neighbouring input tiles: {} pixels",
+                2 * p.halo
+            );
+            println!(
+                "tiles: {} x {} = {}",
+                p.tiles.1,
+                p.tiles.0,
+                p.tiles.0 * p.tiles.1
+            );
+            println!(
+                "memory per tile (batch 1, f32): activation arena {} + weights {} = {}",
+                unetc::report::bytes(p.arena_bytes),
+                unetc::report::bytes(p.weight_bytes),
+                unetc::report::bytes(p.arena_bytes + p.weight_bytes)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// After a size problem, the input sizes near the spec's that do work.
+fn size_hint(spec: &std::path::Path, c: &unetc::Compiled) {
+    let size_problem = c.diags.iter().any(|d| {
+        matches!(
+            d.code,
+            "E-concat-shape" | "E-size" | "E-crop" | "W-pool-floor"
+        )
+    });
+    let Some(base) = c
+        .graph
+        .inputs
+        .first()
+        .and_then(|&i| match c.graph.node(i).op {
+            unetc::ir::Op::Input(ref op) if op.shape.len() == 3 => Some([
+                op.shape[0] as usize,
+                op.shape[1] as usize,
+                op.shape[2] as usize,
+            ]),
+            _ => None,
+        })
+    else {
+        return;
+    };
+    if !size_problem {
+        return;
+    }
+    let Ok(text) = std::fs::read_to_string(spec) else {
+        return;
+    };
+    let limit = (base[0].max(base[1]) * 2).clamp(64, 2048);
+    let mut parts = Vec::new();
+    for axis in if base[0] == base[1] {
+        vec![0]
+    } else {
+        vec![0, 1]
+    } {
+        let sizes = unetc::report::sizes::probe_axis(spec, &text, base, axis, limit);
+        let (below, above) = unetc::report::sizes::nearest(&sizes, base[axis]);
+        let show = |p: Option<unetc::report::sizes::SizePair>| {
+            p.map(|p| match p.output {
+                Some(o) => format!("{} (output {o})", p.input),
+                None => p.input.to_string(),
+            })
+        };
+        let found: Vec<String> = [show(below), show(above)].into_iter().flatten().collect();
+        if !found.is_empty() {
+            let what = if base[0] == base[1] {
+                "input sizes"
+            } else if axis == 0 {
+                "heights"
+            } else {
+                "widths"
+            };
+            parts.push(format!(
+                "{what} that work near {}: {}",
+                base[axis],
+                found.join(" and ")
+            ));
+        }
+    }
+    if !parts.is_empty() {
+        eprintln!(
+            "help: {}; `unetc sizes {}` lists them all",
+            parts.join("; "),
+            spec.display()
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Reports over a checked model: the Keras summary (both layouts) and JSON.
 
 pub mod json;
+pub mod sizes;
 pub mod summary;
 
 /// Python's repr of a shape with the batch dimension: `(None, 570, 570, 64)`.

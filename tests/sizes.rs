@@ -1,0 +1,63 @@
+//! `unetc sizes` and `unetc tiles` from the spec alone. The expected rules by hand, for the
+//! original U-Net: two valid 3x3 convs lose 4 pixels per level and each pool halves, so with
+//! a1 = (n − 4)/2, a2 = (a1 − 4)/2, a3 = (a2 − 4)/2, a4 = (a3 − 4)/2 every a_i − 4 must be even:
+//! n ≡ 12 (mod 16). The bottleneck is b = a4 − 4 = (n − 60)/16 − 4; each up level doubles and
+//! loses 4, so out = 16·b − 60 = n − 184 (572 → 388, as in the truth table), and out ≥ 1 needs
+//! b ≥ 4: n ≥ 188. A same-padding depth-4 U-Net needs n ≡ 0 (mod 16) and gives out = n.
+
+mod common;
+
+use common::*;
+use unetc::report::sizes::{closed_form, nearest, plan_tiles, probe_axis, ClosedForm};
+
+fn form(spec: &str, max: usize) -> ClosedForm {
+    let path = root().join(spec);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = compile(std::path::Path::new(spec));
+    let base = unetc::report::sizes::spec_input(&c).unwrap();
+    closed_form(&probe_axis(&path, &text, base, 0, max)).expect("a closed form")
+}
+
+#[test]
+fn original_unet_sizes_in_closed_form() {
+    let f = form("specs/original.unet", 700);
+    assert_eq!((f.residue, f.period, f.min), (12, 16, 188));
+    assert_eq!(f.output, Some((1.0, -184.0)));
+    // 572 -> 388 is the paper's tile; 380 -> 196 too.
+    let path = root().join("specs/original.unet");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let sizes = probe_axis(&path, &text, [572, 572, 1], 0, 700);
+    let (below, above) = nearest(&sizes, 570);
+    assert_eq!(below.map(|p| (p.input, p.output)), Some((556, Some(372))));
+    assert_eq!(above.map(|p| (p.input, p.output)), Some((572, Some(388))));
+}
+
+#[test]
+fn same_padding_unet_needs_a_multiple_of_16() {
+    let f = form("specs/bn_same.unet", 300);
+    assert_eq!((f.residue, f.period, f.min), (0, 16, 16));
+    assert_eq!(f.output, Some((1.0, 0.0)));
+    // The template with valid convs and auto crops accepts the same sizes as the hand-written one.
+    let t = form("specs/template_original.yaml", 700);
+    assert_eq!((t.residue, t.period, t.min), (12, 16, 188));
+}
+
+#[test]
+fn tiles_fit_the_memory_budget() {
+    let path = root().join("specs/original.unet");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let plan = plan_tiles(&path, &text, [572, 572, 1], (1000, 1000), 1 << 30, 800).unwrap();
+    // A valid tile (≡ 12 mod 16), its output 184 smaller, and memory within 1 GiB.
+    assert_eq!(plan.tile_in % 16, 12);
+    assert_eq!(plan.tile_out + 184, plan.tile_in);
+    assert_eq!(plan.halo, 92);
+    assert!(plan.arena_bytes + plan.weight_bytes <= 1 << 30);
+    assert_eq!(
+        plan.tiles,
+        (
+            1000usize.div_ceil(plan.tile_out),
+            1000usize.div_ceil(plan.tile_out)
+        )
+    );
+    assert!(plan.receptive_field >= 2 * plan.halo + 1);
+}

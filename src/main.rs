@@ -512,7 +512,7 @@ fn parse_bytes(s: &str) -> Option<u64> {
         _ => return None,
     };
     let bytes = v * mult;
-    (bytes.is_finite() && bytes >= 1.0 && bytes < 1e18).then_some(bytes as u64)
+    (1.0..1e18).contains(&bytes).then_some(bytes as u64)
 }
 
 fn tiles(spec: &std::path::Path, image: &str, memory: &str, max: usize) -> ExitCode {

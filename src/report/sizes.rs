@@ -152,7 +152,7 @@ fn linear_text(scale: f64, offset: f64) -> String {
         format!("{scale} × in")
     };
     match offset {
-        o if o == 0.0 => s,
+        0.0 => s,
         o if o < 0.0 => format!("{s} − {}", -o),
         o => format!("{s} + {o}"),
     }

@@ -13,7 +13,7 @@ use crate::ir::ops::{
 use rayon::prelude::*;
 
 /// im2col tiles are kept under this many floats (64 MiB).
-const TILE_FLOATS: usize = 1 << 24;
+const TILE_FLOATS: usize = 1 << 21;
 
 /// Keras's `same` padding before the first row/column: `floor(pad_total / 2)`.
 pub fn same_pad_before(n: usize, out: usize, k: usize, s: usize) -> usize {

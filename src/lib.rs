@@ -99,6 +99,7 @@ pub fn compile_source(
         diags,
     }
 }
+pub mod emit;
 pub mod exec;
 pub mod io;
 pub mod runner;

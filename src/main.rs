@@ -134,6 +134,33 @@ enum Command {
         #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=16384))]
         max: u32,
     },
+    /// Convert a spec between the DSL and YAML (same layer graph, comments kept).
+    #[command(
+        after_help = "Examples:\n  unetc convert specs/original.unet --to yaml\n  unetc convert specs/bn_same.yaml --to dsl -o bn_same.unet"
+    )]
+    Convert {
+        spec: PathBuf,
+        #[arg(long, value_enum)]
+        to: SpecFormat,
+        /// Write here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a DSL spec in canonical form (or rewrite it with --write).
+    #[command(
+        after_help = "Examples:\n  unetc fmt specs/original.unet\n  unetc fmt specs/original.unet --write\n  unetc fmt specs/original.unet --check"
+    )]
+    Fmt {
+        spec: PathBuf,
+        /// Rewrite the file in place.
+        #[arg(long)]
+        write: bool,
+        /// Exit with 1 if the file is not formatted.
+        #[arg(long)]
+        check: bool,
+    },
     /// Write seeded weights following each layer's initializers (and Keras's batch-norm defaults).
     InitWeights {
         spec: PathBuf,
@@ -156,6 +183,12 @@ enum Style {
 enum Format {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum SpecFormat {
+    Yaml,
+    Dsl,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -307,6 +340,13 @@ fn main() -> ExitCode {
             memory,
             max,
         } => tiles(&spec, &image, &memory, max as usize),
+        Command::Convert {
+            spec,
+            to,
+            output,
+            force,
+        } => convert(&spec, to, output.as_deref(), force),
+        Command::Fmt { spec, write, check } => fmt(&spec, write, check),
         Command::InitWeights {
             spec,
             output,
@@ -638,4 +678,91 @@ fn size_hint(spec: &std::path::Path, c: &unetc::Compiled) {
             spec.display()
         );
     }
+}
+
+/// Parses a spec file for printing; diagnostics on failure.
+fn parse_for_print(spec: &std::path::Path) -> Result<(String, unetc::ast::Spec), ExitCode> {
+    let text = match std::fs::read_to_string(spec) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read `{}`: {e}", spec.display());
+            return Err(ExitCode::from(2));
+        }
+    };
+    let mut sources = unetc::diag::SourceMap::new();
+    let file = sources.add(spec, text.clone());
+    match unetc::front::parse(unetc::front::Format::of_path(spec), file, &text) {
+        Ok(parsed) => Ok((text, parsed)),
+        Err(diags) => {
+            eprint!("{}", render_plain(&sources, &diags));
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+fn write_text(path: &std::path::Path, text: &str, force: bool) -> ExitCode {
+    match unetc::io::write_atomic(path, force, |w| w.write_all(text.as_bytes())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn convert(
+    spec: &std::path::Path,
+    to: SpecFormat,
+    output: Option<&std::path::Path>,
+    force: bool,
+) -> ExitCode {
+    let (text, parsed) = match parse_for_print(spec) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let printed = match to {
+        SpecFormat::Dsl => unetc::emit::dsl::print(&parsed, &text),
+        SpecFormat::Yaml => unetc::emit::yaml::print(&parsed, &text),
+    };
+    match output {
+        Some(path) => write_text(path, &printed, force),
+        None => {
+            print!("{printed}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn fmt(spec: &std::path::Path, write: bool, check: bool) -> ExitCode {
+    if unetc::front::Format::of_path(spec) != unetc::front::Format::Dsl {
+        eprintln!(
+            "error: `unetc fmt` formats DSL specs (.unet); for YAML use `unetc convert --to yaml`"
+        );
+        return ExitCode::from(2);
+    }
+    let (text, parsed) = match parse_for_print(spec) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let printed = unetc::emit::dsl::print(&parsed, &text);
+    if check {
+        if printed != text {
+            eprintln!(
+                "{} is not formatted; run `unetc fmt --write {}`",
+                spec.display(),
+                spec.display()
+            );
+            return ExitCode::from(1);
+        }
+        return ExitCode::SUCCESS;
+    }
+    if write {
+        return if printed == text {
+            ExitCode::SUCCESS
+        } else {
+            write_text(spec, &printed, true)
+        };
+    }
+    print!("{printed}");
+    ExitCode::SUCCESS
 }

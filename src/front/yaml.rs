@@ -458,6 +458,18 @@ impl Cx<'_> {
             }
         }
         let Some((kind, args)) = callee else {
+            // `- {inputs: x, as: y}`: no layer, just make `x` the current tensor.
+            if let Some(Some(source)) = source {
+                return Some(Stmt::Chain {
+                    target,
+                    chain: Chain {
+                        source: Some(source),
+                        calls: Vec::new(),
+                        span,
+                    },
+                    span,
+                });
+            }
             self.error(
                 span,
                 "this item names no layer kind (like `conv2d:`)".into(),
@@ -707,6 +719,10 @@ impl Cx<'_> {
                 }
                 self.interpolated(node)
             }
+            // `"$expr"`: quoted so that flow indicators ([ ] , { }) may appear in it.
+            Node::Scalar { text, .. } if text.starts_with('$') => self
+                .dsl_text(node, dsl::parse_expr)
+                .unwrap_or(Expr::new(ExprKind::None, span)),
             Node::Scalar { .. } => self.interpolated(node),
         }
     }

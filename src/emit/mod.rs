@@ -22,7 +22,7 @@ impl Comments {
         let mut chars = text.char_indices().peekable();
         while let Some((i, c)) = chars.next() {
             match (in_string, c) {
-                (Some(q), '\\') if q == '"' => {
+                (Some('"'), '\\') => {
                     chars.next();
                 }
                 (Some(q), c) if c == q => in_string = None,

@@ -101,5 +101,6 @@ pub fn compile_source(
 }
 pub mod emit;
 pub mod exec;
+pub mod interop;
 pub mod io;
 pub mod runner;

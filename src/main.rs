@@ -10,6 +10,20 @@ use unetc::expand::Session;
 use unetc::report::summary::{render, SummaryStyle};
 use unetc::{compile_file, report, Options};
 
+/// `println!` that does not panic when standard output is a closed pipe (`unetc ... | head`).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` without the panic, as `say!`.
+macro_rules! say_raw {
+    ($($t:tt)*) => {{
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "unetc",
@@ -161,6 +175,35 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Write the model as code for another tool (tf.keras Python).
+    #[command(
+        after_help = "Examples:\n  unetc export specs/original.unet --to keras -o original_keras.py\n  TF_USE_LEGACY_KERAS=1 python original_keras.py   # prints the same summary"
+    )]
+    Export {
+        spec: PathBuf,
+        #[arg(long, value_enum)]
+        to: ExportFormat,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Read a tf.keras functional model's `to_json()` and write a unetc spec (DSL).
+    #[command(
+        after_help = "Examples:\n  python -c 'import tensorflow as tf; print(tf.keras.models.load_model(\"m.keras\").to_json())' > m.json\n  unetc import m.json -o m.unet"
+    )]
+    Import {
+        json: PathBuf,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  unetc completions bash > /etc/bash_completion.d/unetc\n  unetc completions zsh > ~/.zfunc/_unetc"
+    )]
+    Completions { shell: clap_complete::Shell },
     /// Write seeded weights following each layer's initializers (and Keras's batch-norm defaults).
     InitWeights {
         spec: PathBuf,
@@ -183,6 +226,11 @@ enum Style {
 enum Format {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum ExportFormat {
+    Keras,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -308,11 +356,11 @@ fn main() -> ExitCode {
                 iterations as usize,
             ) {
                 Ok(r) if format == Format::Json => {
-                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
                     ExitCode::SUCCESS
                 }
                 Ok(r) => {
-                    println!(
+                    say!(
                         "{}  {}  batch {}  {} {} ({} threads): {:.1} ms/batch (min {:.1}, max {:.1})  {:.2} img/s  {:.1} GFLOP/s  arena {}  peak RSS {}",
                         r.model,
                         r.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"),
@@ -347,6 +395,23 @@ fn main() -> ExitCode {
             force,
         } => convert(&spec, to, output.as_deref(), force),
         Command::Fmt { spec, write, check } => fmt(&spec, write, check),
+        Command::Export {
+            spec,
+            to: ExportFormat::Keras,
+            output,
+            force,
+        } => export_keras(&spec, output.as_deref(), force),
+        Command::Import {
+            json,
+            output,
+            force,
+        } => import_keras(&json, output.as_deref(), force),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "unetc", &mut script);
+            emit_stdout(&String::from_utf8_lossy(&script))
+        }
         Command::InitWeights {
             spec,
             output,
@@ -529,7 +594,7 @@ fn sizes(spec: &std::path::Path, near: Option<usize>, max: usize) -> ExitCode {
         Ok(v) => v,
         Err(code) => return code,
     };
-    print!(
+    say_raw!(
         "{}",
         unetc::report::sizes::sizes_text(spec, &text, base, max, near)
     );
@@ -578,25 +643,28 @@ fn tiles(spec: &std::path::Path, image: &str, memory: &str, max: usize) -> ExitC
     };
     match unetc::report::sizes::plan_tiles(spec, &text, base, (h, w), budget, max) {
         Ok(p) => {
-            println!(
+            say!(
                 "image {w}x{h}, memory budget {}",
                 unetc::report::bytes(budget)
             );
-            println!(
+            say!(
                 "tile: {0}x{0} in -> {1}x{1} out (halo {2} pixels each side; receptive field {3})",
-                p.tile_in, p.tile_out, p.halo, p.receptive_field
+                p.tile_in,
+                p.tile_out,
+                p.halo,
+                p.receptive_field
             );
-            println!(
+            say!(
                 "overlap between neighbouring input tiles: {} pixels",
                 2 * p.halo
             );
-            println!(
+            say!(
                 "tiles: {} x {} = {}",
                 p.tiles.1,
                 p.tiles.0,
                 p.tiles.0 * p.tiles.1
             );
-            println!(
+            say!(
                 "memory per tile (batch 1, f32): activation arena {} + weights {} = {}",
                 unetc::report::bytes(p.arena_bytes),
                 unetc::report::bytes(p.weight_bytes),
@@ -726,10 +794,7 @@ fn convert(
     };
     match output {
         Some(path) => write_text(path, &printed, force),
-        None => {
-            print!("{printed}");
-            ExitCode::SUCCESS
-        }
+        None => emit_stdout(&printed),
     }
 }
 
@@ -763,6 +828,57 @@ fn fmt(spec: &std::path::Path, write: bool, check: bool) -> ExitCode {
             write_text(spec, &printed, true)
         };
     }
-    print!("{printed}");
-    ExitCode::SUCCESS
+    emit_stdout(&printed)
+}
+
+fn export_keras(spec: &std::path::Path, output: Option<&std::path::Path>, force: bool) -> ExitCode {
+    let c = match compile_file(spec, &Options::default(), &mut Session::new()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot read `{}`: {e}", spec.display());
+            return ExitCode::from(2);
+        }
+    };
+    if c.has_errors() {
+        eprint!("{}", render_plain(&c.sources, &c.diags));
+        return ExitCode::from(1);
+    }
+    let code = unetc::interop::keras::export_python(&c.graph, &c.info);
+    match output {
+        Some(path) => write_text(path, &code, force),
+        None => emit_stdout(&code),
+    }
+}
+
+fn import_keras(json: &std::path::Path, output: Option<&std::path::Path>, force: bool) -> ExitCode {
+    let text = match std::fs::read_to_string(json) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read `{}`: {e}", json.display());
+            return ExitCode::from(2);
+        }
+    };
+    match unetc::interop::keras::import_json(&text) {
+        Ok(spec) => match output {
+            Some(path) => write_text(path, &spec, force),
+            None => emit_stdout(&spec),
+        },
+        Err(e) => {
+            eprintln!("error: {}: {e}", json.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Writes to standard output; a closed pipe (`| head`) ends quietly instead of panicking.
+fn emit_stdout(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -207,6 +207,8 @@ impl<'a> ArgReader<'a> {
     pub fn int(&mut self, name: &str, lo: i64, hi: i64) -> Option<i64> {
         let arg = self.take(name)?;
         match arg.value {
+            // Keras's `None`: the default.
+            Value::None => None,
             Value::Int(i) if (lo..=hi).contains(&i) => Some(i),
             Value::Int(i) => {
                 self.range_error(name, &arg, format!("{i} is out of range {lo}..={hi}"));
@@ -243,6 +245,7 @@ impl<'a> ArgReader<'a> {
         let x = match arg.value {
             Value::Float(x) => x,
             Value::Int(i) => i as f64,
+            Value::None => return default,
             _ => {
                 self.type_error(name, &arg, "a number");
                 return default;
@@ -310,6 +313,7 @@ impl<'a> ArgReader<'a> {
     pub fn pair(&mut self, name: &str, lo: i64, hi: i64) -> Option<[i64; 2]> {
         let arg = self.take(name)?;
         let pair = match &arg.value {
+            Value::None => return None,
             Value::Int(i) => Some([*i, *i]),
             Value::List(items) if items.len() == 2 => match (&items[0], &items[1]) {
                 (Value::Int(a), Value::Int(b)) => Some([*a, *b]),

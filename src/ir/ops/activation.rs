@@ -73,9 +73,13 @@ impl LayerKind for ReLU {
     const KNOWN: &'static [&'static str] = &["max_value", "negative_slope", "threshold"];
 
     fn parse(r: &mut ArgReader) -> Self {
-        let max_value = r
-            .has("max_value")
-            .then(|| r.float_or("max_value", 0.0, f64::MAX, f64::MAX));
+        let max_value = match r.peek("max_value") {
+            Some(crate::ir::value::Value::None) | None => {
+                r.take_arg("max_value");
+                None
+            }
+            Some(_) => Some(r.float_or("max_value", 0.0, f64::MAX, f64::MAX)),
+        };
         ReLU {
             max_value,
             negative_slope: r.float_or("negative_slope", 0.0, f64::MAX, 0.0),

@@ -1,0 +1,3 @@
+//! Moving models between unetc and other tools.
+
+pub mod keras;

@@ -1,0 +1,109 @@
+//! Keras interop against real tf.keras. tools/keras_roundtrip.py built each seed spec's
+//! `unetc export --to keras` code in tf.keras 2.21, found Keras's own summary identical to
+//! `unetc check --style tf-keras` (tests/keras_json/roundtrip.txt), and saved the model's
+//! `to_json()` here. `unetc import` must turn each JSON back into the spec's very graph.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use unetc::expand::Session;
+use unetc::{compile_source, Options};
+
+fn canonical(c: &unetc::Compiled) -> String {
+    let g = &c.graph;
+    let mut rows: Vec<String> = c
+        .info
+        .keras_order
+        .iter()
+        .map(|&id| {
+            let node = g.node(id);
+            let inputs: Vec<&str> = node
+                .inputs
+                .iter()
+                .map(|&i| g.node(i).name.as_str())
+                .collect();
+            format!(
+                "{} {} {} {:?} {}",
+                node.name,
+                node.op.class_name(),
+                node.op.config(),
+                inputs,
+                node.trainable || matches!(node.op, unetc::ir::Op::Input(_))
+            )
+        })
+        .collect();
+    rows.insert(0, format!("model {}", g.name));
+    rows.join("\n")
+}
+
+#[test]
+fn import_of_keras_json_gives_the_spec_graph() {
+    let dir = root().join("tests/keras_json");
+    let mut checked = 0;
+    for (spec, json) in [
+        ("specs/original.unet", "original"),
+        ("specs/original_second_post.unet", "original_second_post"),
+        ("specs/bn_same.unet", "bn_same"),
+        ("specs/zhixuhao.unet", "zhixuhao"),
+        ("specs/vgg16_unet.unet", "vgg16_unet"),
+        ("specs/backbones/vgg16.unet", "vgg16"),
+        ("specs/backbones/resnet50.unet", "resnet50"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
+        let imported =
+            unetc::interop::keras::import_json(&text).unwrap_or_else(|e| panic!("{json}: {e}"));
+        let c = compile_source(
+            Path::new("imported.unet"),
+            imported.clone(),
+            &Options::default(),
+            &mut Session::new(),
+        );
+        assert!(
+            !c.has_errors(),
+            "{json}:\n{}\n{imported}",
+            unetc::diag::render_plain(&c.sources, &c.diags)
+        );
+        assert_eq!(
+            canonical(&c),
+            canonical(&compile(Path::new(spec))),
+            "{json}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 7);
+}
+
+#[test]
+fn export_names_every_layer_and_the_model() {
+    let c = compile(Path::new("specs/bn_same.unet"));
+    let code = unetc::interop::keras::export_python(&c.graph, &c.info);
+    assert!(
+        code.contains(
+            r#"return tf.keras.Model(inputs=t_input_1, outputs=t_conv2d_18, name="U-Net")"#
+        ),
+        "{code}"
+    );
+    assert!(code.contains(r#"layers.BatchNormalization(axis=3, center=True, epsilon=0.001, momentum=0.99, scale=True, name="batch_normalization")(t_conv2d)"#), "{code}");
+    let frozen = compile(Path::new("specs/vgg16_unet.unet"));
+    assert!(
+        unetc::interop::keras::export_python(&frozen.graph, &frozen.info)
+            .contains(r#"name="block1_conv1", trainable=False"#)
+    );
+}
+
+#[test]
+fn import_refuses_what_unetc_cannot_run() {
+    let bad = r#"{"class_name": "Functional", "config": {"name": "m", "layers": [
+        {"class_name": "InputLayer", "config": {"batch_input_shape": [null, null, null, 3], "name": "input_1"}, "inbound_nodes": []}],
+        "input_layers": [["input_1", 0, 0]], "output_layers": [["input_1", 0, 0]]}}"#;
+    let err = unetc::interop::keras::import_json(bad).unwrap_err();
+    assert!(err.to_string().contains("unknown size"), "{err}");
+    let lstm = bad.replace(r#""batch_input_shape": [null, null, null, 3]"#, r#""batch_input_shape": [null, 8, 8, 3]"#).replace(
+        r#""inbound_nodes": []}],"#,
+        r#""inbound_nodes": []}, {"class_name": "LSTM", "config": {"name": "lstm"}, "inbound_nodes": [[["input_1", 0, 0, {}]]]}],"#,
+    );
+    let err = unetc::interop::keras::import_json(&lstm).unwrap_err();
+    assert!(err.to_string().contains("LSTM"), "{err}");
+    assert!(unetc::interop::keras::import_json("not json").is_err());
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Checks `unetc export --to keras` against real tf.keras and records what Keras says.
+
+For every seed spec: exports it as Python, builds that model in tf.keras (a fresh session each),
+compares Keras's own model.summary() with `unetc check --style tf-keras`, and saves the model's
+to_json() under tests/keras_json/<spec>.json. tests/keras_interop.rs imports those JSON files
+with `unetc import` and requires the very graph of the spec back.
+
+    TF_USE_LEGACY_KERAS=1 python tools/keras_roundtrip.py target/release/unetc
+
+Needs tensorflow-cpu 2.21 and tf-keras 2.21 (pip). Prints one line per spec; exit 1 on a mismatch.
+"""
+import io
+import os
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+SPECS = [
+    "specs/original.unet",
+    "specs/original_second_post.unet",
+    "specs/bn_same.unet",
+    "specs/zhixuhao.unet",
+    "specs/vgg16_unet.unet",
+    "specs/backbones/vgg16.unet",
+    "specs/backbones/resnet50.unet",
+]
+
+
+def main(unetc: str) -> int:
+    import tensorflow as tf
+
+    root = Path(__file__).resolve().parents[1]
+    out_dir = root / "tests" / "keras_json"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for spec in SPECS:
+        code = subprocess.run([unetc, "export", spec, "--to", "keras"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout
+        tf.keras.backend.clear_session()
+        namespace: dict = {"__name__": "exported"}
+        exec(compile(code, spec + ".py", "exec"), namespace)
+        model = namespace["build_model"]()
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            model.summary()
+        keras_summary = buf.getvalue()
+        ours = subprocess.run([unetc, "check", spec, "--style", "tf-keras"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout
+        same = ours.startswith(keras_summary)
+        failures += not same
+        stem = Path(spec).stem
+        (out_dir / f"{stem}.json").write_text(model.to_json() + "\n")
+        print(f"{spec}: {model.count_params()} params, {len(model.layers)} layers; "
+              f"Keras summary of the exported code {'==' if same else '!='} unetc check --style tf-keras")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "target/release/unetc"))

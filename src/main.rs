@@ -204,6 +204,19 @@ enum Command {
         after_help = "Examples:\n  unetc completions bash > /etc/bash_completion.d/unetc\n  unetc completions zsh > ~/.zfunc/_unetc"
     )]
     Completions { shell: clap_complete::Shell },
+    /// Draw the network: an SVG in the style of the U-Net paper's Figure 1, or Graphviz DOT.
+    #[command(
+        after_help = "Examples:\n  unetc diagram specs/original.unet -o unet.svg\n  unetc diagram specs/vgg16_unet.unet --format dot | dot -Tpng > vgg16_unet.png"
+    )]
+    Diagram {
+        spec: PathBuf,
+        #[arg(long, value_enum, default_value_t = DiagramFormat::Svg)]
+        format: DiagramFormat,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+    },
     /// Write seeded weights following each layer's initializers (and Keras's batch-norm defaults).
     InitWeights {
         spec: PathBuf,
@@ -226,6 +239,12 @@ enum Style {
 enum Format {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum DiagramFormat {
+    Svg,
+    Dot,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -412,6 +431,12 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "unetc", &mut script);
             emit_stdout(&String::from_utf8_lossy(&script))
         }
+        Command::Diagram {
+            spec,
+            format,
+            output,
+            force,
+        } => diagram(&spec, format, output.as_deref(), force),
         Command::InitWeights {
             spec,
             output,
@@ -880,5 +905,32 @@ fn emit_stdout(text: &str) -> ExitCode {
             eprintln!("error: cannot write to standard output: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn diagram(
+    spec: &std::path::Path,
+    format: DiagramFormat,
+    output: Option<&std::path::Path>,
+    force: bool,
+) -> ExitCode {
+    let c = match compile_file(spec, &Options::default(), &mut Session::new()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot read `{}`: {e}", spec.display());
+            return ExitCode::from(2);
+        }
+    };
+    if c.has_errors() {
+        eprint!("{}", render_plain(&c.sources, &c.diags));
+        return ExitCode::from(1);
+    }
+    let text = match format {
+        DiagramFormat::Svg => unetc::report::diagram::svg(&c),
+        DiagramFormat::Dot => unetc::report::diagram::dot(&c),
+    };
+    match output {
+        Some(path) => write_text(path, &text, force),
+        None => emit_stdout(&text),
     }
 }

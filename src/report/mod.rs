@@ -1,5 +1,6 @@
 //! Reports over a checked model: the Keras summary (both layouts) and JSON.
 
+pub mod diagram;
 pub mod json;
 pub mod sizes;
 pub mod summary;

@@ -1,12 +1,18 @@
 //! Evaluation of expressions: arithmetic, ranges, strings, variables.
 
-use super::{Context, Expander};
+use super::{value_depth, value_weight, Context, Expander};
 use crate::ast::{BinOp, Expr, ExprKind, StrPart};
 use crate::diag::Diagnostic;
 use crate::ir::value::Value;
 
 /// Ranges longer than this are refused (they would only make absurd graphs).
 const MAX_RANGE: i64 = 10_000;
+/// The longest string a spec may compute (interpolation, `+`), in bytes.
+pub const MAX_STRING: usize = 1 << 20;
+/// The most items a list computed with `+` may have.
+pub const MAX_LIST: usize = 1 << 20;
+/// How deeply computed lists and mappings may nest.
+pub const MAX_VALUE_DEPTH: usize = 256;
 
 impl<'s> Expander<'_> {
     pub(super) fn eval(&mut self, cx: &Context<'s>, expr: &Expr) -> Option<Value> {
@@ -19,25 +25,39 @@ impl<'s> Expander<'_> {
             ExprKind::Str(parts) => {
                 let mut s = String::new();
                 for part in parts {
-                    match part {
-                        StrPart::Lit(l) => s.push_str(l),
-                        StrPart::Expr(e) => s.push_str(&self.eval(cx, e)?.to_string()),
+                    let piece = match part {
+                        StrPart::Lit(l) => l.clone(),
+                        StrPart::Expr(e) => self.eval(cx, e)?.to_string(),
+                    };
+                    if s.len() + piece.len() > MAX_STRING {
+                        self.too_long(span, "string", MAX_STRING);
+                        return None;
                     }
+                    s.push_str(&piece);
+                }
+                if !self.charge(1 + s.len() / 16, span) {
+                    return None;
                 }
                 Some(Value::Str(s))
             }
             // A bare word: a variable if one has that name, else the word itself (`relu`, `same`).
-            ExprKind::Name(name) => Some(
-                cx.vars
-                    .get(name)
-                    .cloned()
-                    .unwrap_or_else(|| Value::Str(name.clone())),
-            ),
+            ExprKind::Name(name) => match cx.vars.get(name) {
+                Some(v) => {
+                    if !self.charge(value_weight(v), span) {
+                        return None;
+                    }
+                    Some(v.clone())
+                }
+                None => Some(Value::Str(name.clone())),
+            },
             ExprKind::Index(base, index) => {
                 let index_value = self.eval(cx, index)?;
                 if let ExprKind::Name(name) = &base.kind {
                     let key = format!("{name}[{index_value}]");
                     if let Some(v) = cx.vars.get(&key) {
+                        if !self.charge(value_weight(v), span) {
+                            return None;
+                        }
                         return Some(v.clone());
                     }
                     if !cx.vars.contains_key(name) {
@@ -111,14 +131,14 @@ impl<'s> Expander<'_> {
                 for item in items {
                     out.push(self.eval(cx, item)?);
                 }
-                Some(Value::List(out))
+                self.nested(Value::List(out), span)
             }
             ExprKind::Map(entries) => {
                 let mut out = Vec::with_capacity(entries.len());
                 for (k, v) in entries {
                     out.push((k.name.clone(), self.eval(cx, v)?));
                 }
-                Some(Value::Map(out))
+                self.nested(Value::Map(out), span)
             }
             ExprKind::Range {
                 start,
@@ -144,6 +164,9 @@ impl<'s> Expander<'_> {
                     );
                     return None;
                 }
+                if !self.charge(b.saturating_sub(a).max(0) as usize, span) {
+                    return None;
+                }
                 Some(Value::List((a..b).map(Value::Int).collect()))
             }
             ExprKind::Neg(inner) => match self.eval(cx, inner)? {
@@ -159,6 +182,20 @@ impl<'s> Expander<'_> {
             },
             ExprKind::Binary(op, l, r) => {
                 let (a, b) = (self.eval(cx, l)?, self.eval(cx, r)?);
+                match (&a, &b) {
+                    (Value::Str(x), Value::Str(y)) if x.len() + y.len() > MAX_STRING => {
+                        self.too_long(span, "string", MAX_STRING);
+                        return None;
+                    }
+                    (Value::List(x), Value::List(y)) if x.len() + y.len() > MAX_LIST => {
+                        self.too_long(span, "list", MAX_LIST);
+                        return None;
+                    }
+                    _ => {}
+                }
+                if !self.charge(value_weight(&a) + value_weight(&b), span) {
+                    return None;
+                }
                 let result = binary(*op, &a, &b);
                 if result.is_none() {
                     self.error(
@@ -180,6 +217,39 @@ impl<'s> Expander<'_> {
                 result
             }
         }
+    }
+}
+
+impl Expander<'_> {
+    fn too_long(&mut self, span: crate::diag::Span, what: &str, limit: usize) {
+        self.error(
+            Diagnostic::error(
+                "E-limit",
+                format!("this {what} would be longer than unetc's limit of {limit}"),
+            )
+            .at(span, "too long"),
+        );
+    }
+
+    /// A list or mapping just built: refused if nested deeper than [`MAX_VALUE_DEPTH`].
+    fn nested(&mut self, v: Value, span: crate::diag::Span) -> Option<Value> {
+        // The items were checked when they were built, so this recursion is bounded.
+        if value_depth(&v) > MAX_VALUE_DEPTH {
+            self.error(
+                Diagnostic::error(
+                    "E-limit",
+                    format!("lists and mappings nested more than {MAX_VALUE_DEPTH} deep"),
+                )
+                .at(span, "too deep"),
+            );
+            return None;
+        }
+        let n = match &v {
+            Value::List(items) => items.len(),
+            Value::Map(entries) => entries.len(),
+            _ => 0,
+        };
+        self.charge(1 + n, span).then_some(v)
     }
 }
 

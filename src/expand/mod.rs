@@ -18,6 +18,12 @@ use std::path::{Path, PathBuf};
 const MAX_CALL_DEPTH: usize = 64;
 /// A spec may create at most this many layers (loops over huge ranges are refused).
 pub const MAX_LAYERS: usize = 100_000;
+/// The most work one expansion may do, in units of loop iterations, block calls, includes and
+/// values built or copied (see [`Expander::charge`]): nested loops or blocks that create nothing
+/// would otherwise run for ever.
+pub const MAX_WORK: u64 = 20_000_000;
+/// The largest included spec file read, in bytes.
+pub const MAX_INCLUDE_BYTES: u64 = 64 << 20;
 
 /// Keras's name counters: one per base name, shared by every model built in one session.
 #[derive(Debug, Default, Clone)]
@@ -74,6 +80,8 @@ pub fn expand_with(
         diags: Vec::new(),
         include_stack: Vec::new(),
         shapes: Vec::new(),
+        work: 0,
+        out_of_work: false,
     };
     let path = x.sources.path(spec.file).to_path_buf();
     if let Ok(canonical) = path.canonicalize() {
@@ -165,6 +173,10 @@ struct Expander<'a> {
     include_stack: Vec<PathBuf>,
     /// Shapes computed on demand (the template needs them for `crop: auto`).
     shapes: Vec<Option<Option<Shape>>>,
+    /// Work done so far, against [`MAX_WORK`].
+    work: u64,
+    /// [`MAX_WORK`] was reached (reported once); expansion stops.
+    out_of_work: bool,
 }
 
 impl<'s> Expander<'_> {
@@ -172,9 +184,33 @@ impl<'s> Expander<'_> {
         self.diags.push(d);
     }
 
+    /// Counts `units` of work done at `span`; false (with one `E-limit` for the whole expansion)
+    /// once [`MAX_WORK`] is exceeded, and the caller stops.
+    pub(super) fn charge(&mut self, units: usize, span: Span) -> bool {
+        self.work = self.work.saturating_add(units as u64);
+        if self.work <= MAX_WORK {
+            return true;
+        }
+        if !self.out_of_work {
+            self.out_of_work = true;
+            self.error(
+                Diagnostic::error(
+                    "E-limit",
+                    format!("the spec does more than {MAX_WORK} steps of work while expanding"),
+                )
+                .at(span, "stopped here")
+                .help(
+                    "loops, block calls and includes multiply: check for nested loops over long \
+                     ranges, blocks that call other blocks many times, or values that grow",
+                ),
+            );
+        }
+        false
+    }
+
     fn run_body(&mut self, cx: &mut Context<'s>, body: &'s [Stmt], depth: usize) -> Option<Value> {
         for stmt in body {
-            if self.graph.nodes.len() > MAX_LAYERS {
+            if self.graph.nodes.len() > MAX_LAYERS || self.out_of_work {
                 return cx.current.clone();
             }
             self.stmt(cx, stmt, depth);
@@ -255,6 +291,9 @@ impl<'s> Expander<'_> {
             return;
         };
         for item in items {
+            if !self.charge(1, span) {
+                return;
+            }
             if vars.len() == 1 {
                 cx.vars.insert(vars[0].name.clone(), item);
             } else {
@@ -332,7 +371,13 @@ impl<'s> Expander<'_> {
                                 .map_or(Value::Pending(layer), |&id| Value::Tensor(id)),
                         );
                     }
-                    Some(v) => return Some(v.clone()),
+                    Some(v) => {
+                        let units = value_weight(v);
+                        if !self.charge(units, expr.span) {
+                            return None;
+                        }
+                        return Some(v.clone());
+                    }
                     None => {}
                 }
                 if let Some(&id) = self.names.get(name) {
@@ -601,6 +646,9 @@ impl<'s> Expander<'_> {
         input: Option<Value>,
         depth: usize,
     ) -> Option<Value> {
+        if !self.charge(1, call.span) {
+            return None;
+        }
         let args = self.eval_args(cx, &call.args)?;
         let mut inner = cx.for_block(input);
         let mut positional = block.params.iter();
@@ -707,9 +755,26 @@ impl<'s> Expander<'_> {
                 ),
             }
         }
+        if !self.charge(1, span) {
+            return;
+        }
         let including = self.sources.path(span.file).to_path_buf();
         let file_path = including.parent().unwrap_or(Path::new(".")).join(&rel);
-        let text = match std::fs::read_to_string(&file_path) {
+        let canonical = file_path.canonicalize().unwrap_or(file_path.clone());
+        if self.include_stack.contains(&canonical) || depth >= MAX_CALL_DEPTH {
+            self.error(
+                Diagnostic::error(
+                    "E-include-cycle",
+                    format!(
+                        "`{rel}` includes itself (through {} file(s))",
+                        self.include_stack.len()
+                    ),
+                )
+                .at(path.span, "include cycle"),
+            );
+            return;
+        }
+        let text = match read_spec_file(&file_path) {
             Ok(t) => t,
             Err(e) => {
                 self.error(
@@ -723,18 +788,7 @@ impl<'s> Expander<'_> {
                 return;
             }
         };
-        let canonical = file_path.canonicalize().unwrap_or(file_path.clone());
-        if self.include_stack.contains(&canonical) || depth >= MAX_CALL_DEPTH {
-            self.error(
-                Diagnostic::error(
-                    "E-include-cycle",
-                    format!(
-                        "`{rel}` includes itself (through {} file(s))",
-                        self.include_stack.len()
-                    ),
-                )
-                .at(path.span, "include cycle"),
-            );
+        if !self.charge(text.len() / 64, span) {
             return;
         }
         let file = self.sources.add(&file_path, text);
@@ -922,5 +976,59 @@ fn canonical_kind(kind: &str) -> &str {
         "relu_layer" => "re_lu",
         "input_layer" => "input",
         k => k,
+    }
+}
+
+/// Reads an included spec: a regular file of at most [`MAX_INCLUDE_BYTES`] UTF-8 bytes (not a
+/// device or pipe, which could be endless).
+fn read_spec_file(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > MAX_INCLUDE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "{} bytes, more than the {MAX_INCLUDE_BYTES} bytes unetc reads as a spec",
+                meta.len()
+            ),
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_INCLUDE_BYTES).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// How much work copying a value is, for [`Expander::charge`]: one unit per value, plus one per
+/// 16 bytes of string.
+pub(super) fn value_weight(v: &Value) -> usize {
+    match v {
+        Value::Str(s) | Value::Pending(s) => 1 + s.len() / 16,
+        Value::List(items) => 1 + items.iter().map(value_weight).sum::<usize>(),
+        Value::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(k, v)| 1 + k.len() / 16 + value_weight(v))
+                .sum::<usize>()
+        }
+        _ => 1,
+    }
+}
+
+/// How deeply lists and mappings nest in a value.
+pub(super) fn value_depth(v: &Value) -> usize {
+    match v {
+        Value::List(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+        Value::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(_, v)| value_depth(v))
+                .max()
+                .unwrap_or(0)
+        }
+        _ => 0,
     }
 }

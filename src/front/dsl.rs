@@ -15,6 +15,7 @@ pub fn parse(file: FileId, text: &str) -> Result<Spec, Diagnostic> {
     let mut pairs =
         DslParser::parse(Rule::file, text).map_err(|e| syntax_error(file, text, e, 0))?;
     let file_pair = pairs.next().expect("file rule always yields one pair");
+    check_expr_depth(file, &file_pair, 0)?;
     let model = file_pair
         .into_inner()
         .find(|p| p.as_rule() == Rule::model)
@@ -67,6 +68,7 @@ fn parse_whole<'a>(
     let mut pairs =
         DslParser::parse(rule, text).map_err(|e| syntax_error(file, text, e, offset))?;
     let pair = pairs.next().expect("rule yields one pair");
+    check_expr_depth(file, &pair, offset)?;
     let trimmed_end = text.trim_end().len();
     if pair.as_span().end() < trimmed_end {
         let at = offset + pair.as_span().end();
@@ -79,40 +81,111 @@ fn parse_whole<'a>(
     Ok(pair)
 }
 
-/// Brackets nested deeper than this are refused before parsing: the parser recurses on them.
+/// Brackets (and strings, and `{...}` inside strings) nested deeper than this are refused before
+/// parsing: the parser recurses on them.
 const MAX_NESTING: usize = 64;
 
 fn check_nesting(file: FileId, text: &str, offset: usize) -> Result<(), Diagnostic> {
-    let mut depth = 0usize;
-    let mut in_string = false;
+    // What each open bracket or quote is; a `{` inside a string is an interpolation, code again.
+    #[derive(PartialEq)]
+    enum Open {
+        Bracket,
+        Str,
+    }
+    let mut stack: Vec<Open> = Vec::new();
     let mut in_comment = false;
     let mut escaped = false;
     for (i, c) in text.char_indices() {
-        match c {
-            '\n' => in_comment = false,
-            _ if in_comment => {}
-            '\\' if in_string => {
-                escaped = !escaped;
-                continue;
-            }
-            '"' if !escaped => in_string = !in_string,
-            '#' if !in_string => in_comment = true,
-            '(' | '[' | '{' => {
-                depth += 1;
-                if depth > MAX_NESTING {
-                    return Err(Diagnostic::error(
-                        "E-limit",
-                        format!("brackets nested more than {MAX_NESTING} deep"),
-                    )
-                    .at(Span::new(file, offset + i, offset + i + 1), "too deep"));
-                }
-            }
-            ')' | ']' | '}' => depth = depth.saturating_sub(1),
-            _ => {}
+        let in_string = stack.last() == Some(&Open::Str);
+        if in_comment {
+            in_comment = c != '\n';
+            continue;
         }
-        escaped = false;
+        if in_string && escaped {
+            escaped = false;
+            continue;
+        }
+        let open = match c {
+            '\\' if in_string => {
+                escaped = true;
+                None
+            }
+            '"' if in_string => {
+                stack.pop();
+                None
+            }
+            '{' if in_string => Some(Open::Bracket),
+            _ if in_string => None,
+            '"' => Some(Open::Str),
+            '#' => {
+                in_comment = true;
+                None
+            }
+            '(' | '[' | '{' => Some(Open::Bracket),
+            ')' | ']' | '}' => {
+                stack.pop();
+                None
+            }
+            _ => None,
+        };
+        if let Some(open) = open {
+            stack.push(open);
+            if stack.len() > MAX_NESTING {
+                return Err(Diagnostic::error(
+                    "E-limit",
+                    format!("brackets and strings nested more than {MAX_NESTING} deep"),
+                )
+                .at(Span::new(file, offset + i, offset + i + 1), "too deep"));
+            }
+        }
     }
     Ok(())
+}
+
+/// The deepest an expression tree may be (operators, negations, indices and nested values along
+/// one path): evaluating and dropping expressions recurses on it.
+const MAX_EXPR_DEPTH: usize = 256;
+
+/// Refuses parse trees whose expressions would be deeper than [`MAX_EXPR_DEPTH`]: a long chain
+/// such as `1 + 1 + ... + 1` or `a[0][0]...[0]` folds into a tree as deep as it is long. The
+/// recursion here follows the parse tree, which [`check_nesting`] bounds.
+fn check_expr_depth(file: FileId, p: &Pair<Rule>, offset: usize) -> Result<usize, Diagnostic> {
+    let mut own = match p.as_rule() {
+        Rule::list | Rule::paren | Rule::map | Rule::string | Rule::range | Rule::indexed => 1,
+        _ => 0,
+    };
+    let mut deepest = 0;
+    for child in p.clone().into_inner() {
+        match child.as_rule() {
+            Rule::add
+            | Rule::sub
+            | Rule::mul
+            | Rule::div
+            | Rule::floordiv
+            | Rule::rem
+            | Rule::unary => own += 1,
+            _ => {
+                if p.as_rule() == Rule::indexed {
+                    own += 1;
+                }
+                deepest = deepest.max(check_expr_depth(file, &child, offset)?);
+            }
+        }
+    }
+    let depth = own + deepest;
+    if depth > MAX_EXPR_DEPTH {
+        let s = p.as_span();
+        return Err(Diagnostic::error(
+            "E-limit",
+            format!("an expression nested more than {MAX_EXPR_DEPTH} operations deep"),
+        )
+        .at(
+            Span::new(file, offset + s.start(), offset + s.end()),
+            "too deep",
+        )
+        .help("split it with a `for` loop or a block"));
+    }
+    Ok(depth)
 }
 
 fn syntax_error(
@@ -511,7 +584,11 @@ impl Builder {
             Rule::range => {
                 let mut parts = p.into_inner();
                 let start = self.primary(parts.next().expect("range start"));
-                let inclusive = parts.next().expect("range op").as_rule() == Rule::range_incl;
+                // A lone atom (see `range` in the grammar).
+                let Some(op) = parts.next() else {
+                    return start;
+                };
+                let inclusive = op.as_rule() == Rule::range_incl;
                 let end = self.primary(parts.next().expect("range end"));
                 ExprKind::Range {
                     start: Box::new(start),

@@ -175,14 +175,17 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Write the model as code for another tool (tf.keras Python).
+    /// Write the model for another tool: tf.keras Python code, or ONNX (opset 17) with weights.
     #[command(
-        after_help = "Examples:\n  unetc export specs/original.unet --to keras -o original_keras.py\n  TF_USE_LEGACY_KERAS=1 python original_keras.py   # prints the same summary"
+        after_help = "Examples:\n  unetc export specs/original.unet --to keras -o original_keras.py\n  TF_USE_LEGACY_KERAS=1 python original_keras.py   # prints the same summary\n  unetc export specs/original.unet --to onnx --weights w.safetensors -o original.onnx"
     )]
     Export {
         spec: PathBuf,
         #[arg(long, value_enum)]
         to: ExportFormat,
+        /// Weights for `--to onnx` (default: seeded ones, as `init-weights --seed 0`).
+        #[arg(long)]
+        weights: Option<PathBuf>,
         #[arg(short, long)]
         output: Option<PathBuf>,
         #[arg(long)]
@@ -250,6 +253,7 @@ enum DiagramFormat {
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum ExportFormat {
     Keras,
+    Onnx,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -414,12 +418,33 @@ fn main() -> ExitCode {
             force,
         } => convert(&spec, to, output.as_deref(), force),
         Command::Fmt { spec, write, check } => fmt(&spec, write, check),
-        Command::Export {
-            spec,
-            to: ExportFormat::Keras,
-            output,
-            force,
-        } => export_keras(&spec, output.as_deref(), force),
+        Command::Export { spec, to: ExportFormat::Keras, output, force, weights } => {
+            if weights.is_some() {
+                eprintln!("error: `--to keras` writes code without weights; use tools/keras_to_safetensors.py the other way round");
+                return ExitCode::from(2);
+            }
+            export_keras(&spec, output.as_deref(), force)
+        }
+        Command::Export { spec, to: ExportFormat::Onnx, output, force, weights } => {
+            let Some(out) = output else {
+                eprintln!("error: `--to onnx` writes a binary file; give `-o model.onnx`");
+                return ExitCode::from(2);
+            };
+            match unetc::interop::onnx::write_onnx(&spec, weights.as_deref(), &out, force) {
+                Ok(s) => {
+                    eprintln!(
+                        "wrote {} ({} nodes, {} initializers, {} bytes{})",
+                        out.display(),
+                        s.nodes,
+                        s.initializers,
+                        s.bytes,
+                        if s.seeded { ", seeded weights" } else { "" }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => run_error(e),
+            }
+        }
         Command::Import {
             json,
             output,

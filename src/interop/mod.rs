@@ -1,3 +1,4 @@
 //! Moving models between unetc and other tools.
 
 pub mod keras;
+pub mod onnx;

@@ -1,0 +1,1268 @@
+//! ONNX export: `unetc export SPEC --to onnx [--weights W]` writes an ONNX model (opset 17,
+//! IR version 8) of the network with its weights, for Netron and onnxruntime.
+//!
+//! - The model takes and returns NHWC tensors, as Keras and unetc do. One `Transpose` after each
+//!   image input turns NHWC into NCHW, the body runs in NCHW with ONNX's own operators, and one
+//!   `Transpose` before each image output turns it back. Tensors that are not images (after
+//!   `Flatten`, `Dense` on vectors, `GlobalAveragePooling2D`) keep Keras's layout; a `Flatten` of
+//!   an image first transposes back to NHWC, because Keras flattens in NHWC order.
+//! - Every node that computes a layer is named after the Keras layer; helper nodes are named
+//!   `<layer>/<what>`. Initializers are named `<layer>/<variable>` in ONNX's layouts (Conv kernel
+//!   OIHW, ConvTranspose kernel IOHW, a Dense kernel `[in, out]` for MatMul/Gemm or `[out, in, 1, 1]`
+//!   when the Dense acts on an image and runs as a 1x1 Conv). Graph inputs and outputs are named
+//!   after the input and output layers; the batch dimension is the symbol `N`.
+//! - Keras's padding rules are written out as explicit `pads`: `same` convolutions and poolings put
+//!   the odd pixel at the bottom/right, and a Conv2DTranspose's cropping and appended rows become
+//!   ConvTranspose `pads` and `output_padding`.
+//!
+//! The protobuf encoding is written here (a varint/length-delimited writer for the few messages an
+//! ONNX model needs; field numbers from onnx.proto), so nothing is needed at build time.
+
+use crate::exec::cpu::WeightSource;
+use crate::infer::Inferred;
+use crate::ir::{Graph, NodeId, Op};
+use std::collections::HashSet;
+
+/// The ONNX operator set the export targets (default domain).
+pub const OPSET: i64 = 17;
+/// The ONNX IR version of the file (IR 8 goes with opsets up to 18).
+pub const IR_VERSION: i64 = 8;
+
+// ---------------------------------------------------------------------------------------------
+// Protobuf writer
+// ---------------------------------------------------------------------------------------------
+
+/// A protobuf message under construction.
+#[derive(Default)]
+struct Pb {
+    buf: Vec<u8>,
+}
+
+impl Pb {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+    }
+
+    fn key(&mut self, field: u32, wire: u32) {
+        self.varint(u64::from((field << 3) | wire));
+    }
+
+    /// An `int32`/`int64`/enum field (negative values as 10-byte varints, as protobuf does).
+    fn int(&mut self, field: u32, v: i64) {
+        self.key(field, 0);
+        self.varint(v as u64);
+    }
+
+    fn float(&mut self, field: u32, v: f32) {
+        self.key(field, 5);
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn bytes(&mut self, field: u32, b: &[u8]) {
+        self.key(field, 2);
+        self.varint(b.len() as u64);
+        self.buf.extend_from_slice(b);
+    }
+
+    fn string(&mut self, field: u32, s: &str) {
+        self.bytes(field, s.as_bytes());
+    }
+
+    fn message(&mut self, field: u32, m: &Pb) {
+        self.bytes(field, &m.buf);
+    }
+}
+
+// Field numbers (onnx.proto).
+mod field {
+    pub const MODEL_IR_VERSION: u32 = 1;
+    pub const MODEL_PRODUCER_NAME: u32 = 2;
+    pub const MODEL_PRODUCER_VERSION: u32 = 3;
+    pub const MODEL_DOC_STRING: u32 = 6;
+    pub const MODEL_GRAPH: u32 = 7;
+    pub const MODEL_OPSET_IMPORT: u32 = 8;
+    pub const OPSET_DOMAIN: u32 = 1;
+    pub const OPSET_VERSION: u32 = 2;
+    pub const GRAPH_NODE: u32 = 1;
+    pub const GRAPH_NAME: u32 = 2;
+    pub const GRAPH_INITIALIZER: u32 = 5;
+    pub const GRAPH_DOC_STRING: u32 = 10;
+    pub const GRAPH_INPUT: u32 = 11;
+    pub const GRAPH_OUTPUT: u32 = 12;
+    pub const GRAPH_VALUE_INFO: u32 = 13;
+    pub const NODE_INPUT: u32 = 1;
+    pub const NODE_OUTPUT: u32 = 2;
+    pub const NODE_NAME: u32 = 3;
+    pub const NODE_OP_TYPE: u32 = 4;
+    pub const NODE_ATTRIBUTE: u32 = 5;
+    pub const ATTR_NAME: u32 = 1;
+    pub const ATTR_F: u32 = 2;
+    pub const ATTR_I: u32 = 3;
+    pub const ATTR_S: u32 = 4;
+    pub const ATTR_INTS: u32 = 8;
+    pub const ATTR_TYPE: u32 = 20;
+    pub const TENSOR_DIMS: u32 = 1;
+    pub const TENSOR_DATA_TYPE: u32 = 2;
+    pub const TENSOR_NAME: u32 = 8;
+    pub const TENSOR_RAW_DATA: u32 = 9;
+    pub const VALUE_NAME: u32 = 1;
+    pub const VALUE_TYPE: u32 = 2;
+    pub const TYPE_TENSOR: u32 = 1;
+    pub const TYPE_TENSOR_ELEM_TYPE: u32 = 1;
+    pub const TYPE_TENSOR_SHAPE: u32 = 2;
+    pub const SHAPE_DIM: u32 = 1;
+    pub const DIM_VALUE: u32 = 1;
+    pub const DIM_PARAM: u32 = 2;
+}
+
+// AttributeProto.AttributeType and TensorProto.DataType values.
+const ATTR_FLOAT: i64 = 1;
+const ATTR_INT: i64 = 2;
+const ATTR_STRING: i64 = 3;
+const ATTR_INTS: i64 = 7;
+const DT_FLOAT: i64 = 1;
+const DT_INT64: i64 = 7;
+
+/// The symbolic batch dimension.
+const BATCH: &str = "N";
+
+// ---------------------------------------------------------------------------------------------
+// The ONNX graph as plain data
+// ---------------------------------------------------------------------------------------------
+
+enum Attr {
+    Int(i64),
+    Float(f32),
+    Ints(Vec<i64>),
+    Str(&'static str),
+}
+
+struct OnnxNode {
+    name: String,
+    op_type: &'static str,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    attrs: Vec<(&'static str, Attr)>,
+}
+
+enum Data {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+struct Initializer {
+    name: String,
+    dims: Vec<i64>,
+    data: Data,
+}
+
+/// A value's declared type: f32 with these dimensions (`None` is the batch symbol).
+struct ValueInfo {
+    name: String,
+    dims: Vec<Option<i64>>,
+}
+
+fn encode_attr(name: &str, value: &Attr) -> Pb {
+    let mut a = Pb::default();
+    a.string(field::ATTR_NAME, name);
+    match value {
+        Attr::Int(i) => {
+            a.int(field::ATTR_TYPE, ATTR_INT);
+            a.int(field::ATTR_I, *i);
+        }
+        Attr::Float(f) => {
+            a.int(field::ATTR_TYPE, ATTR_FLOAT);
+            a.float(field::ATTR_F, *f);
+        }
+        Attr::Ints(v) => {
+            a.int(field::ATTR_TYPE, ATTR_INTS);
+            for &i in v {
+                a.int(field::ATTR_INTS, i);
+            }
+        }
+        Attr::Str(s) => {
+            a.int(field::ATTR_TYPE, ATTR_STRING);
+            a.string(field::ATTR_S, s);
+        }
+    }
+    a
+}
+
+fn encode_node(n: &OnnxNode) -> Pb {
+    let mut p = Pb::default();
+    for i in &n.inputs {
+        p.string(field::NODE_INPUT, i);
+    }
+    for o in &n.outputs {
+        p.string(field::NODE_OUTPUT, o);
+    }
+    p.string(field::NODE_NAME, &n.name);
+    p.string(field::NODE_OP_TYPE, n.op_type);
+    for (name, value) in &n.attrs {
+        p.message(field::NODE_ATTRIBUTE, &encode_attr(name, value));
+    }
+    p
+}
+
+fn encode_tensor(t: &Initializer) -> Pb {
+    let mut p = Pb::default();
+    for &d in &t.dims {
+        p.int(field::TENSOR_DIMS, d);
+    }
+    let raw: Vec<u8> = match &t.data {
+        Data::F32(v) => {
+            p.int(field::TENSOR_DATA_TYPE, DT_FLOAT);
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        }
+        Data::I64(v) => {
+            p.int(field::TENSOR_DATA_TYPE, DT_INT64);
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        }
+    };
+    p.string(field::TENSOR_NAME, &t.name);
+    p.bytes(field::TENSOR_RAW_DATA, &raw);
+    p
+}
+
+fn encode_value_info(v: &ValueInfo) -> Pb {
+    let mut shape = Pb::default();
+    for d in &v.dims {
+        let mut dim = Pb::default();
+        match d {
+            Some(n) => dim.int(field::DIM_VALUE, *n),
+            None => dim.string(field::DIM_PARAM, BATCH),
+        }
+        shape.message(field::SHAPE_DIM, &dim);
+    }
+    let mut tensor = Pb::default();
+    tensor.int(field::TYPE_TENSOR_ELEM_TYPE, DT_FLOAT);
+    tensor.message(field::TYPE_TENSOR_SHAPE, &shape);
+    let mut ty = Pb::default();
+    ty.message(field::TYPE_TENSOR, &tensor);
+    let mut p = Pb::default();
+    p.string(field::VALUE_NAME, &v.name);
+    p.message(field::VALUE_TYPE, &ty);
+    p
+}
+
+// ---------------------------------------------------------------------------------------------
+// Export
+// ---------------------------------------------------------------------------------------------
+
+/// Keras's `selu` constants.
+const SELU_ALPHA: f32 = 1.673_263_2;
+const SELU_SCALE: f32 = 1.050_701;
+
+struct Exporter<'a> {
+    graph: &'a Graph,
+    info: &'a Inferred,
+    weights: &'a dyn WeightSource,
+    nodes: Vec<OnnxNode>,
+    initializers: Vec<Initializer>,
+    value_info: Vec<ValueInfo>,
+    inputs: Vec<ValueInfo>,
+    outputs: Vec<ValueInfo>,
+    /// Per layer: the ONNX value that holds its output in the body's layout.
+    values: Vec<String>,
+    /// Weight problems (missing, misshaped), reported together.
+    problems: Vec<String>,
+}
+
+/// The ONNX model (serialized `ModelProto`) of a checked graph with its weights.
+///
+/// `weights` holds `<layer>/<variable>` tensors in Keras layouts, as
+/// [`crate::io::weights::load_weights`] and [`crate::runner::init_weights`] give them. Every
+/// missing or misshaped tensor is reported in one error.
+pub fn export_onnx(
+    graph: &Graph,
+    info: &Inferred,
+    weights: &dyn WeightSource,
+) -> Result<Vec<u8>, String> {
+    if graph.inputs.is_empty() || graph.outputs.is_empty() {
+        return Err("the model has no input or no output".into());
+    }
+    let mut e = Exporter {
+        graph,
+        info,
+        weights,
+        nodes: Vec::new(),
+        initializers: Vec::new(),
+        value_info: Vec::new(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        values: graph.nodes.iter().map(|n| n.name.clone()).collect(),
+        problems: Vec::new(),
+    };
+    e.build()?;
+    if !e.problems.is_empty() {
+        return Err(format!(
+            "the weights do not fit the model:\n  {}",
+            e.problems.join("\n  ")
+        ));
+    }
+    let bytes = e.encode();
+    if bytes.len() > i32::MAX as usize {
+        return Err(format!(
+            "the model is {} bytes, more than protobuf's 2 GiB limit of one ONNX file",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Keras axis (batch is 0; negative from the end) of a tensor whose per-item shape has `rank`
+/// dimensions, as the axis of the ONNX tensor (NCHW for images).
+fn onnx_axis(axis: i64, rank: usize, image: bool) -> i64 {
+    let full = rank as i64 + 1;
+    let a = if axis < 0 { full + axis } else { axis };
+    if image {
+        match a {
+            1 => 2,
+            2 => 3,
+            _ => 1,
+        }
+    } else {
+        a
+    }
+}
+
+/// Keras's `same` padding of one axis: `(before, after)`.
+fn same_pads(n: i64, out: i64, k_eff: i64, s: i64) -> (i64, i64) {
+    let total = ((out - 1) * s + k_eff - n).max(0);
+    (total / 2, total - total / 2)
+}
+
+impl Exporter<'_> {
+    fn shape(&self, id: NodeId) -> Result<&[i64], String> {
+        self.info.layers[id.index()]
+            .shape
+            .as_deref()
+            .ok_or_else(|| {
+                format!(
+                    "the shape of `{}` is unknown: the spec has errors; run `unetc check` on it",
+                    self.graph.node(id).name
+                )
+            })
+    }
+
+    /// The ONNX dimensions of a layer's output in the body (NCHW for images).
+    fn body_dims(shape: &[i64]) -> Vec<Option<i64>> {
+        let mut dims = vec![None];
+        if shape.len() == 3 {
+            dims.extend([shape[2], shape[0], shape[1]].map(Some));
+        } else {
+            dims.extend(shape.iter().map(|&d| Some(d)));
+        }
+        dims
+    }
+
+    fn keras_dims(shape: &[i64]) -> Vec<Option<i64>> {
+        let mut dims = vec![None];
+        dims.extend(shape.iter().map(|&d| Some(d)));
+        dims
+    }
+
+    fn node(
+        &mut self,
+        name: impl Into<String>,
+        op_type: &'static str,
+        inputs: Vec<String>,
+        output: impl Into<String>,
+        attrs: Vec<(&'static str, Attr)>,
+    ) {
+        self.nodes.push(OnnxNode {
+            name: name.into(),
+            op_type,
+            inputs,
+            outputs: vec![output.into()],
+            attrs,
+        });
+    }
+
+    fn init_f32(&mut self, name: String, dims: Vec<i64>, data: Vec<f32>) -> String {
+        self.initializers.push(Initializer {
+            name: name.clone(),
+            dims,
+            data: Data::F32(data),
+        });
+        name
+    }
+
+    fn init_i64(&mut self, name: String, data: Vec<i64>) -> String {
+        self.initializers.push(Initializer {
+            name: name.clone(),
+            dims: vec![data.len() as i64],
+            data: Data::I64(data),
+        });
+        name
+    }
+
+    fn scalar(&mut self, name: String, v: f32) -> String {
+        self.init_f32(name, Vec::new(), vec![v])
+    }
+
+    /// A weight tensor of layer `id` in Keras's layout, checked against the inferred shape.
+    fn weight(&mut self, id: NodeId, var: &str) -> Option<Vec<f32>> {
+        let node = self.graph.node(id);
+        let spec = self.info.layers[id.index()]
+            .weights
+            .iter()
+            .find(|w| w.name == var)?;
+        let name = format!("{}/{}", node.name, var);
+        let want: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+        match self.weights.get(&name) {
+            None => {
+                self.problems
+                    .push(format!("missing `{name}` (shape {want:?})"));
+                None
+            }
+            Some(t) if t.shape != want => {
+                self.problems.push(format!(
+                    "`{name}` has shape {:?} but the model needs {want:?}",
+                    t.shape
+                ));
+                None
+            }
+            Some(t) => Some(t.data.clone()),
+        }
+    }
+
+    /// A weight stored unchanged (Keras's layout is ONNX's: 1-D vectors, Dense kernels).
+    fn weight_as_is(&mut self, id: NodeId, var: &str) -> String {
+        let name = format!("{}/{}", self.graph.node(id).name, var);
+        let dims: Vec<i64> = self.info.layers[id.index()]
+            .weights
+            .iter()
+            .find(|w| w.name == var)
+            .map(|w| w.shape.clone())
+            .unwrap_or_default();
+        if let Some(data) = self.weight(id, var) {
+            self.init_f32(name.clone(), dims, data);
+        }
+        name
+    }
+
+    fn build(&mut self) -> Result<(), String> {
+        let graph = self.graph;
+        // Names of the values a layer's output lives in.
+        let mut seen_outputs = HashSet::new();
+        for &out in &graph.outputs {
+            if !seen_outputs.insert(out) {
+                return Err(format!(
+                    "`{}` is an output twice; ONNX outputs need distinct names",
+                    graph.node(out).name
+                ));
+            }
+            if self.shape(out)?.len() == 3 {
+                self.values[out.index()] = format!("{}/nchw", graph.node(out).name);
+            }
+        }
+        for &input in &graph.inputs {
+            let name = graph.node(input).name.clone();
+            let shape = self.shape(input)?.to_vec();
+            self.inputs.push(ValueInfo {
+                name: name.clone(),
+                dims: Self::keras_dims(&shape),
+            });
+            if shape.len() == 3 {
+                let value = format!("{name}/nchw");
+                self.node(
+                    format!("{name}/to_nchw"),
+                    "Transpose",
+                    vec![name.clone()],
+                    value.clone(),
+                    vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))],
+                );
+                self.values[input.index()] = value;
+            } else {
+                self.values[input.index()] = name;
+            }
+        }
+        let outputs: HashSet<NodeId> = graph.outputs.iter().copied().collect();
+        for &id in &self.info.schedule {
+            if matches!(graph.node(id).op, Op::Input(_)) {
+                continue;
+            }
+            self.layer(id)?;
+            if !outputs.contains(&id) {
+                let dims = Self::body_dims(self.shape(id)?);
+                self.value_info.push(ValueInfo {
+                    name: self.values[id.index()].clone(),
+                    dims,
+                });
+            }
+        }
+        let input_names: HashSet<String> = self.inputs.iter().map(|v| v.name.clone()).collect();
+        for &out in &graph.outputs {
+            let layer = graph.node(out).name.clone();
+            let shape = self.shape(out)?.to_vec();
+            let mut name = layer.clone();
+            if input_names.contains(&name) {
+                name = format!("{layer}/output");
+            }
+            if shape.len() == 3 {
+                self.value_info.push(ValueInfo {
+                    name: self.values[out.index()].clone(),
+                    dims: Self::body_dims(&shape),
+                });
+                let value = self.values[out.index()].clone();
+                self.node(
+                    format!("{layer}/to_nhwc"),
+                    "Transpose",
+                    vec![value],
+                    name.clone(),
+                    vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+                );
+            } else if name != self.values[out.index()] {
+                let value = self.values[out.index()].clone();
+                self.node(
+                    format!("{layer}/output"),
+                    "Identity",
+                    vec![value],
+                    name.clone(),
+                    vec![],
+                );
+            }
+            self.outputs.push(ValueInfo {
+                name,
+                dims: Self::keras_dims(&shape),
+            });
+        }
+        Ok(())
+    }
+
+    /// Emits the nodes of one layer, whose output goes to `self.values[id]`.
+    fn layer(&mut self, id: NodeId) -> Result<(), String> {
+        let graph = self.graph;
+        let node = graph.node(id);
+        let name = node.name.clone();
+        let out = self.values[id.index()].clone();
+        let xs: Vec<String> = node
+            .inputs
+            .iter()
+            .map(|&i| self.values[i.index()].clone())
+            .collect();
+        let in_shapes: Vec<Vec<i64>> = node
+            .inputs
+            .iter()
+            .map(|&i| self.shape(i).map(<[i64]>::to_vec))
+            .collect::<Result<_, _>>()?;
+        let out_shape = self.shape(id)?.to_vec();
+        let image = out_shape.len() == 3;
+        let x = || xs[0].clone();
+        let need_image = |what: &str| -> Result<[i64; 3], String> {
+            match in_shapes.first().map(Vec::as_slice) {
+                Some(&[h, w, c]) => Ok([h, w, c]),
+                _ => Err(format!("`{name}` ({what}) needs an image input")),
+            }
+        };
+        match &node.op {
+            Op::Input(_) => {}
+            Op::Conv2D(op) => {
+                let a = &op.args;
+                let [h, w, c] = need_image("Conv2D")?;
+                let [kh, kw] = a.kernel_size;
+                let f = a.filters;
+                let mut pads = [0i64; 4];
+                if a.padding == "same" {
+                    for (axis, n) in [h, w].into_iter().enumerate() {
+                        let k_eff = (a.kernel_size[axis] - 1) * a.dilation_rate[axis] + 1;
+                        let (before, after) = same_pads(n, out_shape[axis], k_eff, a.strides[axis]);
+                        pads[axis] = before;
+                        pads[axis + 2] = after;
+                    }
+                }
+                let kernel_name = format!("{name}/kernel");
+                if let Some(k) = self.weight(id, "kernel") {
+                    let (kh, kw, c, f) = (kh as usize, kw as usize, c as usize, f as usize);
+                    let mut oihw = vec![0.0f32; k.len()];
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            for ci in 0..c {
+                                for o in 0..f {
+                                    oihw[((o * c + ci) * kh + ky) * kw + kx] =
+                                        k[((ky * kw + kx) * c + ci) * f + o];
+                                }
+                            }
+                        }
+                    }
+                    self.init_f32(
+                        kernel_name.clone(),
+                        vec![f as i64, c as i64, kh as i64, kw as i64],
+                        oihw,
+                    );
+                }
+                let mut inputs = vec![x(), kernel_name];
+                if a.use_bias {
+                    inputs.push(self.weight_as_is(id, "bias"));
+                }
+                let pre = self.pre_activation(&a.activation, &out);
+                self.node(
+                    name.clone(),
+                    "Conv",
+                    inputs,
+                    pre.clone(),
+                    vec![
+                        ("kernel_shape", Attr::Ints(vec![kh, kw])),
+                        ("strides", Attr::Ints(a.strides.to_vec())),
+                        ("dilations", Attr::Ints(a.dilation_rate.to_vec())),
+                        ("pads", Attr::Ints(pads.to_vec())),
+                    ],
+                );
+                self.activation_after(&name, &a.activation, pre, out, 1);
+            }
+            Op::Conv2DTranspose(op) => {
+                let a = &op.args;
+                if a.dilation_rate != [1, 1] {
+                    return Err(format!(
+                        "`{name}`: dilated transposed convolutions are not exported"
+                    ));
+                }
+                let [h, w, c] = need_image("Conv2DTranspose")?;
+                let [kh, kw] = a.kernel_size;
+                let f = a.filters;
+                // Keras: the full result is (n - 1) * s + k; `same` crops floor(extra / 2) rows
+                // first; rows past the full result (valid k < s, output_padding) are zeros + bias.
+                let mut pads = [0i64; 4];
+                let mut output_padding = [0i64; 2];
+                for (axis, n) in [h, w].into_iter().enumerate() {
+                    let (k, s, o) = (a.kernel_size[axis], a.strides[axis], out_shape[axis]);
+                    let full = (n - 1) * s + k;
+                    let start = if a.padding == "same" {
+                        (full - o).max(0) / 2
+                    } else {
+                        0
+                    };
+                    let end = full - start - o;
+                    pads[axis] = start;
+                    if end >= 0 {
+                        pads[axis + 2] = end;
+                    } else {
+                        output_padding[axis] = -end;
+                    }
+                }
+                let kernel_name = format!("{name}/kernel");
+                if let Some(k) = self.weight(id, "kernel") {
+                    let (kh, kw, c, f) = (kh as usize, kw as usize, c as usize, f as usize);
+                    let mut iohw = vec![0.0f32; k.len()];
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            for o in 0..f {
+                                for ci in 0..c {
+                                    iohw[((ci * f + o) * kh + ky) * kw + kx] =
+                                        k[((ky * kw + kx) * f + o) * c + ci];
+                                }
+                            }
+                        }
+                    }
+                    self.init_f32(
+                        kernel_name.clone(),
+                        vec![c as i64, f as i64, kh as i64, kw as i64],
+                        iohw,
+                    );
+                }
+                let mut inputs = vec![x(), kernel_name];
+                if a.use_bias {
+                    inputs.push(self.weight_as_is(id, "bias"));
+                }
+                let pre = self.pre_activation(&a.activation, &out);
+                let mut attrs = vec![
+                    ("kernel_shape", Attr::Ints(vec![kh, kw])),
+                    ("strides", Attr::Ints(a.strides.to_vec())),
+                    ("pads", Attr::Ints(pads.to_vec())),
+                ];
+                if output_padding != [0, 0] {
+                    attrs.push(("output_padding", Attr::Ints(output_padding.to_vec())));
+                }
+                self.node(name.clone(), "ConvTranspose", inputs, pre.clone(), attrs);
+                self.activation_after(&name, &a.activation, pre, out, 1);
+            }
+            Op::MaxPooling2D(op) => {
+                let [h, w, _] = need_image("MaxPooling2D")?;
+                let mut pads = [0i64; 4];
+                if op.padding == "same" {
+                    for (axis, n) in [h, w].into_iter().enumerate() {
+                        let (before, after) =
+                            same_pads(n, out_shape[axis], op.pool_size[axis], op.strides[axis]);
+                        pads[axis] = before;
+                        pads[axis + 2] = after;
+                    }
+                }
+                self.node(
+                    name,
+                    "MaxPool",
+                    vec![x()],
+                    out,
+                    vec![
+                        ("kernel_shape", Attr::Ints(op.pool_size.to_vec())),
+                        ("strides", Attr::Ints(op.strides.to_vec())),
+                        ("pads", Attr::Ints(pads.to_vec())),
+                    ],
+                );
+            }
+            Op::UpSampling2D(op) => {
+                need_image("UpSampling2D")?;
+                let scales = self.init_f32(
+                    format!("{name}/scales"),
+                    vec![4],
+                    vec![1.0, 1.0, op.size[0] as f32, op.size[1] as f32],
+                );
+                let attrs = if op.interpolation == "bilinear" {
+                    vec![
+                        ("mode", Attr::Str("linear")),
+                        ("coordinate_transformation_mode", Attr::Str("half_pixel")),
+                    ]
+                } else {
+                    vec![
+                        ("mode", Attr::Str("nearest")),
+                        ("coordinate_transformation_mode", Attr::Str("asymmetric")),
+                        ("nearest_mode", Attr::Str("floor")),
+                    ]
+                };
+                self.node(name, "Resize", vec![x(), String::new(), scales], out, attrs);
+            }
+            Op::Cropping2D(op) => {
+                let [h, w, _] = need_image("Cropping2D")?;
+                let [t, b, l, r] = op.cropping;
+                let starts = self.init_i64(format!("{name}/starts"), vec![t, l]);
+                let ends = self.init_i64(format!("{name}/ends"), vec![h - b, w - r]);
+                let axes = self.init_i64(format!("{name}/axes"), vec![2, 3]);
+                self.node(name, "Slice", vec![x(), starts, ends, axes], out, vec![]);
+            }
+            Op::ZeroPadding2D(op) => {
+                need_image("ZeroPadding2D")?;
+                let [t, b, l, r] = op.padding;
+                let pads = self.init_i64(format!("{name}/pads"), vec![0, 0, t, l, 0, 0, b, r]);
+                self.node(
+                    name,
+                    "Pad",
+                    vec![x(), pads],
+                    out,
+                    vec![("mode", Attr::Str("constant"))],
+                );
+            }
+            Op::Concatenate(op) => {
+                let axis = onnx_axis(op.axis, out_shape.len(), image);
+                self.node(name, "Concat", xs, out, vec![("axis", Attr::Int(axis))]);
+            }
+            Op::Add(_) => {
+                let op_type = if xs.len() == 2 { "Add" } else { "Sum" };
+                self.node(name, op_type, xs, out, vec![]);
+            }
+            Op::BatchNormalization(op) => {
+                let c = *out_shape.last().unwrap_or(&1);
+                let gamma = if op.scale {
+                    self.weight_as_is(id, "gamma")
+                } else if image {
+                    self.init_f32(format!("{name}/ones"), vec![c], vec![1.0; c as usize])
+                } else {
+                    String::new()
+                };
+                let beta = if op.center {
+                    self.weight_as_is(id, "beta")
+                } else if image {
+                    self.init_f32(format!("{name}/zeros"), vec![c], vec![0.0; c as usize])
+                } else {
+                    String::new()
+                };
+                let mean = self.weight_as_is(id, "moving_mean");
+                let var = self.weight_as_is(id, "moving_variance");
+                if image {
+                    self.node(
+                        name,
+                        "BatchNormalization",
+                        vec![x(), gamma, beta, mean, var],
+                        out,
+                        vec![("epsilon", Attr::Float(op.epsilon as f32))],
+                    );
+                } else {
+                    // Channels last: the formula, with broadcasting over the last axis.
+                    let eps = self.scalar(format!("{name}/epsilon"), op.epsilon as f32);
+                    self.node(
+                        format!("{name}/var_eps"),
+                        "Add",
+                        vec![var, eps],
+                        format!("{name}/var_eps"),
+                        vec![],
+                    );
+                    self.node(
+                        format!("{name}/std"),
+                        "Sqrt",
+                        vec![format!("{name}/var_eps")],
+                        format!("{name}/std"),
+                        vec![],
+                    );
+                    let mut steps: Vec<Step> = vec![
+                        ("Sub", "centered", vec![mean], vec![]),
+                        ("Div", "normalized", vec![format!("{name}/std")], vec![]),
+                    ];
+                    if op.scale {
+                        steps.push(("Mul", "scaled", vec![gamma], vec![]));
+                    }
+                    if op.center {
+                        steps.push(("Add", "shifted", vec![beta], vec![]));
+                    }
+                    self.chain(&name, x(), out, steps);
+                }
+            }
+            Op::Activation(op) => {
+                let axis = if image { 1 } else { -1 };
+                self.activation(&name, &op.activation, x(), out, axis);
+            }
+            Op::ReLU(op) => self.relu_layer(&name, op, x(), out),
+            Op::Softmax(op) => {
+                let axis = onnx_axis(op.axis, out_shape.len(), image);
+                self.node(
+                    name,
+                    "Softmax",
+                    vec![x()],
+                    out,
+                    vec![("axis", Attr::Int(axis))],
+                );
+            }
+            Op::Dropout(_) => self.node(name, "Identity", vec![x()], out, vec![]),
+            Op::Flatten(_) => {
+                let mut input = x();
+                if in_shapes[0].len() == 3 {
+                    let nhwc = format!("{name}/nhwc");
+                    self.node(
+                        nhwc.clone(),
+                        "Transpose",
+                        vec![input],
+                        nhwc.clone(),
+                        vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+                    );
+                    input = nhwc;
+                }
+                self.node(
+                    name,
+                    "Flatten",
+                    vec![input],
+                    out,
+                    vec![("axis", Attr::Int(1))],
+                );
+            }
+            Op::Dense(op) => {
+                let n_in = *in_shapes[0].last().unwrap_or(&1);
+                let units = op.units;
+                let pre = self.pre_activation(&op.activation, &out);
+                if in_shapes[0].len() == 3 {
+                    // On an image (NCHW here): a 1x1 convolution, kernel [out, in, 1, 1].
+                    let kernel_name = format!("{name}/kernel");
+                    if let Some(k) = self.weight(id, "kernel") {
+                        let (n, u) = (n_in as usize, units as usize);
+                        let mut oi = vec![0.0f32; k.len()];
+                        for i in 0..n {
+                            for o in 0..u {
+                                oi[o * n + i] = k[i * u + o];
+                            }
+                        }
+                        self.init_f32(kernel_name.clone(), vec![units, n_in, 1, 1], oi);
+                    }
+                    let mut inputs = vec![x(), kernel_name];
+                    if op.use_bias {
+                        inputs.push(self.weight_as_is(id, "bias"));
+                    }
+                    self.node(
+                        name.clone(),
+                        "Conv",
+                        inputs,
+                        pre.clone(),
+                        vec![("kernel_shape", Attr::Ints(vec![1, 1]))],
+                    );
+                    self.activation_after(&name, &op.activation, pre, out, 1);
+                } else if in_shapes[0].len() == 1 {
+                    let kernel = self.weight_as_is(id, "kernel");
+                    let mut inputs = vec![x(), kernel];
+                    if op.use_bias {
+                        inputs.push(self.weight_as_is(id, "bias"));
+                    }
+                    self.node(name.clone(), "Gemm", inputs, pre.clone(), vec![]);
+                    self.activation_after(&name, &op.activation, pre, out, -1);
+                } else {
+                    let kernel = self.weight_as_is(id, "kernel");
+                    if op.use_bias {
+                        let bias = self.weight_as_is(id, "bias");
+                        let product = format!("{name}/matmul");
+                        self.node(
+                            product.clone(),
+                            "MatMul",
+                            vec![x(), kernel],
+                            product.clone(),
+                            vec![],
+                        );
+                        self.node(
+                            name.clone(),
+                            "Add",
+                            vec![product, bias],
+                            pre.clone(),
+                            vec![],
+                        );
+                    } else {
+                        self.node(
+                            name.clone(),
+                            "MatMul",
+                            vec![x(), kernel],
+                            pre.clone(),
+                            vec![],
+                        );
+                    }
+                    self.activation_after(&name, &op.activation, pre, out, -1);
+                }
+            }
+            Op::GlobalAveragePooling2D(op) => {
+                need_image("GlobalAveragePooling2D")?;
+                self.node(
+                    name,
+                    "ReduceMean",
+                    vec![x()],
+                    out,
+                    vec![
+                        ("axes", Attr::Ints(vec![2, 3])),
+                        ("keepdims", Attr::Int(i64::from(op.keepdims))),
+                    ],
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a layer's main op writes before its built-in activation (`out` when linear).
+    fn pre_activation(&self, activation: &str, out: &str) -> String {
+        if activation == "linear" {
+            out.to_string()
+        } else {
+            format!("{out}/preact")
+        }
+    }
+
+    /// A layer's built-in activation (Conv2D, Dense): nodes named `<layer>/<activation>`.
+    fn activation_after(&mut self, layer: &str, act: &str, pre: String, out: String, axis: i64) {
+        if act != "linear" {
+            self.activation(&format!("{layer}/{act}"), act, pre, out, axis);
+        }
+    }
+
+    /// A chain of ops from `x` to `out`: each step takes the previous value as its first input,
+    /// then its extra inputs. The last node is named `name`, the others `name/<suffix>`.
+    fn chain(&mut self, name: &str, x: String, out: String, steps: Vec<Step>) {
+        let mut current = x;
+        let last = steps.len() - 1;
+        for (i, (op_type, suffix, extra, attrs)) in steps.into_iter().enumerate() {
+            let (node_name, value) = if i == last {
+                (name.to_string(), out.clone())
+            } else {
+                let v = format!("{name}/{suffix}");
+                (v.clone(), v)
+            };
+            let mut inputs = vec![current];
+            inputs.extend(extra);
+            self.node(node_name, op_type, inputs, value.clone(), attrs);
+            current = value;
+        }
+    }
+
+    /// A Keras activation from `x` to `out`; `axis` is the channel axis (for softmax).
+    fn activation(&mut self, name: &str, act: &str, x: String, out: String, axis: i64) {
+        let unary = |op: &'static str| -> Vec<Step> { vec![(op, "", vec![], vec![])] };
+        let steps: Vec<Step> = match act {
+            "relu" => unary("Relu"),
+            "sigmoid" => unary("Sigmoid"),
+            "tanh" => unary("Tanh"),
+            "softplus" => unary("Softplus"),
+            "softsign" => unary("Softsign"),
+            "exponential" => unary("Exp"),
+            "softmax" => vec![("Softmax", "", vec![], vec![("axis", Attr::Int(axis))])],
+            "elu" => vec![("Elu", "", vec![], vec![("alpha", Attr::Float(1.0))])],
+            "selu" => vec![(
+                "Selu",
+                "",
+                vec![],
+                vec![
+                    ("alpha", Attr::Float(SELU_ALPHA)),
+                    ("gamma", Attr::Float(SELU_SCALE)),
+                ],
+            )],
+            "hard_sigmoid" => vec![(
+                "HardSigmoid",
+                "",
+                vec![],
+                vec![("alpha", Attr::Float(0.2)), ("beta", Attr::Float(0.5))],
+            )],
+            "leaky_relu" => vec![("LeakyRelu", "", vec![], vec![("alpha", Attr::Float(0.2))])],
+            "relu6" => {
+                let lo = self.scalar(format!("{name}/min"), 0.0);
+                let hi = self.scalar(format!("{name}/max"), 6.0);
+                vec![("Clip", "", vec![lo, hi], vec![])]
+            }
+            "swish" | "silu" => vec![
+                ("Sigmoid", "sigmoid", vec![], vec![]),
+                ("Mul", "", vec![x.clone()], vec![]),
+            ],
+            "mish" => vec![
+                ("Softplus", "softplus", vec![], vec![]),
+                ("Tanh", "tanh", vec![], vec![]),
+                ("Mul", "", vec![x.clone()], vec![]),
+            ],
+            "gelu" => {
+                // Keras's exact gelu: 0.5 * x * (1 + erf(x / sqrt(2))) (ONNX Gelu is opset 20).
+                let sqrt2 = self.scalar(format!("{name}/sqrt2"), std::f32::consts::SQRT_2);
+                let one = self.scalar(format!("{name}/one"), 1.0);
+                let half = self.scalar(format!("{name}/half"), 0.5);
+                vec![
+                    ("Div", "div", vec![sqrt2], vec![]),
+                    ("Erf", "erf", vec![], vec![]),
+                    ("Add", "add", vec![one], vec![]),
+                    ("Mul", "mul", vec![x.clone()], vec![]),
+                    ("Mul", "", vec![half], vec![]),
+                ]
+            }
+            _ => unary("Identity"),
+        };
+        self.chain(name, x, out, steps);
+    }
+
+    /// Keras's ReLU layer: `max_value` if x >= max_value, else x if x >= threshold, else
+    /// negative_slope * (x - threshold).
+    fn relu_layer(&mut self, name: &str, op: &crate::ir::ops::ReLU, x: String, out: String) {
+        let (slope, t) = (op.negative_slope as f32, op.threshold as f32);
+        if t == 0.0 {
+            match (op.max_value, slope == 0.0) {
+                (None, true) => return self.node(name, "Relu", vec![x], out, vec![]),
+                (Some(m), true) => {
+                    let lo = self.scalar(format!("{name}/min"), 0.0);
+                    let hi = self.scalar(format!("{name}/max"), m as f32);
+                    return self.node(name, "Clip", vec![x, lo, hi], out, vec![]);
+                }
+                (None, false) => {
+                    return self.node(
+                        name,
+                        "LeakyRelu",
+                        vec![x],
+                        out,
+                        vec![("alpha", Attr::Float(slope))],
+                    )
+                }
+                (Some(_), false) => {}
+            }
+        }
+        // The general case, as Where nodes.
+        let th = self.scalar(format!("{name}/threshold"), t);
+        let sl = self.scalar(format!("{name}/negative_slope"), slope);
+        let v = |s: &str| format!("{name}/{s}");
+        self.node(
+            v("shifted"),
+            "Sub",
+            vec![x.clone(), th.clone()],
+            v("shifted"),
+            vec![],
+        );
+        self.node(v("leak"), "Mul", vec![v("shifted"), sl], v("leak"), vec![]);
+        self.node(
+            v("active"),
+            "GreaterOrEqual",
+            vec![x.clone(), th],
+            v("active"),
+            vec![],
+        );
+        match op.max_value {
+            None => self.node(name, "Where", vec![v("active"), x, v("leak")], out, vec![]),
+            Some(m) => {
+                let mx = self.scalar(format!("{name}/max_value"), m as f32);
+                self.node(
+                    v("below_max"),
+                    "Where",
+                    vec![v("active"), x.clone(), v("leak")],
+                    v("below_max"),
+                    vec![],
+                );
+                self.node(
+                    v("saturated"),
+                    "GreaterOrEqual",
+                    vec![x, mx.clone()],
+                    v("saturated"),
+                    vec![],
+                );
+                self.node(
+                    name,
+                    "Where",
+                    vec![v("saturated"), mx, v("below_max")],
+                    out,
+                    vec![],
+                );
+            }
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut g = Pb::default();
+        for n in &self.nodes {
+            g.message(field::GRAPH_NODE, &encode_node(n));
+        }
+        let model_name = if self.graph.name.is_empty() {
+            "model"
+        } else {
+            self.graph.name.as_str()
+        };
+        g.string(field::GRAPH_NAME, model_name);
+        for t in &self.initializers {
+            g.message(field::GRAPH_INITIALIZER, &encode_tensor(t));
+        }
+        g.string(
+            field::GRAPH_DOC_STRING,
+            "Exported by unetc. Inputs and outputs are NHWC (as in Keras); the body runs in NCHW.",
+        );
+        for v in &self.inputs {
+            g.message(field::GRAPH_INPUT, &encode_value_info(v));
+        }
+        for v in &self.outputs {
+            g.message(field::GRAPH_OUTPUT, &encode_value_info(v));
+        }
+        for v in &self.value_info {
+            g.message(field::GRAPH_VALUE_INFO, &encode_value_info(v));
+        }
+        let mut opset = Pb::default();
+        opset.string(field::OPSET_DOMAIN, "");
+        opset.int(field::OPSET_VERSION, OPSET);
+        let mut m = Pb::default();
+        m.int(field::MODEL_IR_VERSION, IR_VERSION);
+        m.string(field::MODEL_PRODUCER_NAME, "unetc");
+        m.string(field::MODEL_PRODUCER_VERSION, env!("CARGO_PKG_VERSION"));
+        m.string(
+            field::MODEL_DOC_STRING,
+            &format!("{model_name}: a Keras model exported by unetc (NHWC in and out)"),
+        );
+        m.message(field::MODEL_GRAPH, &g);
+        m.message(field::MODEL_OPSET_IMPORT, &opset);
+        m.buf
+    }
+}
+
+/// One op of a [`Exporter::chain`]: op type, value suffix, extra inputs, attributes.
+type Step = (
+    &'static str,
+    &'static str,
+    Vec<String>,
+    Vec<(&'static str, Attr)>,
+);
+
+/// What [`write_onnx`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnnxSummary {
+    pub nodes: usize,
+    pub initializers: usize,
+    pub bytes: usize,
+    /// Whether the weights were seeded (no `--weights` given).
+    pub seeded: bool,
+}
+
+/// `unetc export SPEC --to onnx [--weights W] -o OUT [--force]`: compiles the spec, reads the
+/// weights (or seeds them as `unetc init-weights --seed 0` does) and writes the ONNX model
+/// atomically.
+pub fn write_onnx(
+    spec: &std::path::Path,
+    weights: Option<&std::path::Path>,
+    out: &std::path::Path,
+    force: bool,
+) -> Result<OnnxSummary, crate::runner::RunError> {
+    use crate::runner::{compile_checked, expected_weights, init_weights, RunError};
+    let c = compile_checked(spec, None)?;
+    let w = match weights {
+        Some(path) => crate::io::load_weights(path, &expected_weights(&c))?,
+        None => init_weights(&c, 0)?,
+    };
+    let bytes = export_onnx(&c.graph, &c.info, &w).map_err(RunError::Usage)?;
+    crate::io::write_atomic(out, force, |f| f.write_all(&bytes))?;
+    let (nodes, initializers) = count_top_level(&bytes);
+    Ok(OnnxSummary {
+        nodes,
+        initializers,
+        bytes: bytes.len(),
+        seeded: weights.is_none(),
+    })
+}
+
+/// Node and initializer counts of a model this module wrote (for the CLI's message).
+fn count_top_level(model: &[u8]) -> (usize, usize) {
+    fn fields(buf: &[u8]) -> Vec<(u32, &[u8])> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        let varint = |i: &mut usize| -> Option<u64> {
+            let mut v = 0u64;
+            for shift in (0..64).step_by(7) {
+                let b = *buf.get(*i)?;
+                *i += 1;
+                v |= u64::from(b & 0x7f) << shift;
+                if b < 0x80 {
+                    return Some(v);
+                }
+            }
+            None
+        };
+        while i < buf.len() {
+            let Some(key) = varint(&mut i) else { break };
+            match key & 7 {
+                0 => {
+                    varint(&mut i);
+                }
+                5 => i += 4,
+                1 => i += 8,
+                2 => {
+                    let Some(len) = varint(&mut i) else { break };
+                    let end = (i + len as usize).min(buf.len());
+                    out.push(((key >> 3) as u32, &buf[i..end]));
+                    i = end;
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+    let graph = fields(model)
+        .into_iter()
+        .find(|(f, _)| *f == field::MODEL_GRAPH)
+        .map(|(_, b)| b)
+        .unwrap_or(&[]);
+    let g = fields(graph);
+    (
+        g.iter().filter(|(f, _)| *f == field::GRAPH_NODE).count(),
+        g.iter()
+            .filter(|(f, _)| *f == field::GRAPH_INITIALIZER)
+            .count(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_encode_like_protobuf() {
+        let mut p = Pb::default();
+        p.varint(300);
+        assert_eq!(p.buf, [0xac, 0x02]);
+        let mut p = Pb::default();
+        p.int(1, -1);
+        assert_eq!(p.buf.len(), 11);
+    }
+
+    #[test]
+    fn keras_axes_map_to_nchw() {
+        assert_eq!(onnx_axis(-1, 3, true), 1);
+        assert_eq!(onnx_axis(3, 3, true), 1);
+        assert_eq!(onnx_axis(1, 3, true), 2);
+        assert_eq!(onnx_axis(2, 3, true), 3);
+        assert_eq!(onnx_axis(-1, 1, false), 1);
+    }
+
+    #[test]
+    fn same_padding_puts_the_odd_pixel_last() {
+        assert_eq!(same_pads(6, 3, 3, 2), (0, 1));
+        assert_eq!(same_pads(5, 5, 2, 1), (0, 1));
+        assert_eq!(same_pads(5, 5, 3, 1), (1, 1));
+    }
+}

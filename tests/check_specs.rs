@@ -129,36 +129,10 @@ fn seed000_after_seed001_in_one_session() {
     );
 }
 
-/// The canonical form of a graph: model name, outputs, and per layer in creation order its
-/// name, class, Keras config, inputs and trainable flag.
 fn canonical(rel: &Path) -> String {
     let c = compile(rel);
     assert!(!c.has_errors(), "{}", render_plain(&c.sources, &c.diags));
-    let g = &c.graph;
-    let mut s = format!(
-        "model {} outputs {:?}\n",
-        g.name,
-        g.outputs
-            .iter()
-            .map(|&o| &g.node(o).name)
-            .collect::<Vec<_>>()
-    );
-    for node in &g.nodes {
-        let inputs: Vec<&str> = node
-            .inputs
-            .iter()
-            .map(|&i| g.node(i).name.as_str())
-            .collect();
-        s.push_str(&format!(
-            "{} {} {} {:?} {}\n",
-            node.name,
-            node.op.class_name(),
-            node.op.config(),
-            inputs,
-            node.trainable
-        ));
-    }
-    s
+    canonical_graph(&c)
 }
 
 #[test]

@@ -23,31 +23,7 @@ fn canonical(path: &Path, text: &str) -> String {
         path.display(),
         render_plain(&c.sources, &c.diags)
     );
-    let g = &c.graph;
-    let mut s = format!(
-        "model {} outputs {:?}\n",
-        g.name,
-        g.outputs
-            .iter()
-            .map(|&o| &g.node(o).name)
-            .collect::<Vec<_>>()
-    );
-    for node in &g.nodes {
-        let inputs: Vec<&str> = node
-            .inputs
-            .iter()
-            .map(|&i| g.node(i).name.as_str())
-            .collect();
-        s.push_str(&format!(
-            "{} {} {} {:?} {}\n",
-            node.name,
-            node.op.class_name(),
-            node.op.config(),
-            inputs,
-            node.trainable
-        ));
-    }
-    s
+    canonical_graph(&c)
 }
 
 fn printed(rel: &Path, to: Format) -> String {

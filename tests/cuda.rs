@@ -169,25 +169,13 @@ fn every_golden_fixture_matches_on_the_gpu() {
         let weights =
             unetc::io::weights::load_weights(&weights_file, &unetc::runner::expected_weights(&c))
                 .unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let tensor = |name: &str| {
-            let v = st.tensor(name).unwrap();
-            Tensor::from_vec(
-                v.shape(),
-                v.data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            )
-            .unwrap()
-        };
+        let (input, want) = golden_io(&stem);
         let got = CudaModel::new(&c.graph, &c.info, &weights)
             .unwrap()
-            .run(&tensor("input"))
+            .run(&input)
             .unwrap()
             .remove(0);
-        let err = rel_err(&got, &tensor("output"));
+        let err = rel_err(&got, &want);
         println!("{stem}: max relative difference to tf.keras {err:.2e}");
         assert!(err <= 1e-4, "{stem}: {err:e}");
     }

@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::Path;
 use unetc::exec::cpu::CpuModel;
@@ -16,21 +15,6 @@ use unetc::runner::expected_weights;
 
 /// Largest |unetc - keras| relative to the largest |keras| value of the output.
 const TOLERANCE: f32 = 1e-5;
-
-fn read_io(path: &Path) -> (Tensor, Tensor) {
-    let bytes = std::fs::read(path).expect("fixture");
-    let st = SafeTensors::deserialize(&bytes).expect("safetensors fixture");
-    let get = |name: &str| {
-        let view = st.tensor(name).expect(name);
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        Tensor::from_vec(view.shape(), data).expect("consistent fixture")
-    };
-    (get("input"), get("output"))
-}
 
 /// The weight formula of tests/golden/README.md, bit for bit.
 fn formula(name: &str, shape: &[usize], class: &str) -> Tensor {
@@ -84,7 +68,7 @@ fn check_fixture(stem: &str) -> f32 {
         "{}",
         unetc::diag::render_plain(&c.sources, &c.diags)
     );
-    let (input, want) = read_io(&root().join(format!("tests/golden/{stem}.io.safetensors")));
+    let (input, want) = golden_io(stem);
     let weights_file = root().join(format!("tests/golden/{stem}.weights.safetensors"));
     let got = if weights_file.exists() {
         let weights = load_weights(&weights_file, &expected_weights(&c))

@@ -8,7 +8,6 @@
 mod common;
 
 use common::*;
-use safetensors::SafeTensors;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::Command;
@@ -590,21 +589,6 @@ fn golden(stem: &str) -> (Compiled, unetc::io::Weights) {
     (c, weights)
 }
 
-fn read_io(stem: &str) -> (Tensor, Tensor) {
-    let bytes = std::fs::read(root().join(format!("tests/golden/{stem}.io.safetensors"))).unwrap();
-    let st = SafeTensors::deserialize(&bytes).expect("safetensors fixture");
-    let get = |name: &str| {
-        let view = st.tensor(name).expect(name);
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        Tensor::from_vec(view.shape(), data).expect("consistent fixture")
-    };
-    (get("input"), get("output"))
-}
-
 fn max_relative_error(got: &Tensor, want: &Tensor) -> f32 {
     assert_eq!(got.shape, want.shape);
     let scale = want
@@ -697,7 +681,7 @@ fn onnxruntime_matches_the_cpu_executor_on_every_golden_model() {
     let mut failures = Vec::new();
     for stem in golden_stems() {
         let (c, w) = golden(&stem);
-        let (input, keras) = read_io(&stem);
+        let (input, keras) = golden_io(&stem);
         let want = CpuModel::new(&c.graph, &c.info, &w)
             .expect("bind")
             .run(&input)

@@ -60,20 +60,7 @@ fn check_exit_codes() {
 #[test]
 fn run_matches_keras_through_the_command_line() {
     let dir = temp_dir("golden");
-    let bytes = std::fs::read(root().join("tests/golden/original_small.io.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let tensor = |name: &str| {
-        let v = st.tensor(name).unwrap();
-        Tensor::from_vec(
-            v.shape(),
-            v.data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        )
-        .unwrap()
-    };
-    let (input, want) = (tensor("input"), tensor("output"));
+    let (input, want) = golden_io("original_small");
     let x = dir.join("x.npy");
     write_npy(&x, &input, false).unwrap();
     let y = dir.join("y.npy");

@@ -66,3 +66,50 @@ pub fn check_text(c: &Compiled, style: SummaryStyle) -> String {
     s.push_str(&report::extras_text(c));
     s
 }
+
+/// The canonical form of a graph: model name, outputs, and per layer in creation order its
+/// name, class, Keras config, inputs and trainable flag.
+pub fn canonical_graph(c: &Compiled) -> String {
+    let g = &c.graph;
+    let mut s = format!(
+        "model {} outputs {:?}\n",
+        g.name,
+        g.outputs
+            .iter()
+            .map(|&o| &g.node(o).name)
+            .collect::<Vec<_>>()
+    );
+    for node in &g.nodes {
+        let inputs: Vec<&str> = node
+            .inputs
+            .iter()
+            .map(|&i| g.node(i).name.as_str())
+            .collect();
+        s.push_str(&format!(
+            "{} {} {} {:?} {}\n",
+            node.name,
+            node.op.class_name(),
+            node.op.config(),
+            inputs,
+            node.trainable
+        ));
+    }
+    s
+}
+
+/// The `input` and `output` tensors of a golden fixture (`tests/golden/<stem>.io.safetensors`).
+pub fn golden_io(stem: &str) -> (unetc::exec::Tensor, unetc::exec::Tensor) {
+    let bytes =
+        std::fs::read(root().join(format!("tests/golden/{stem}.io.safetensors"))).expect("fixture");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors fixture");
+    let get = |name: &str| {
+        let view = st.tensor(name).expect(name);
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        unetc::exec::Tensor::from_vec(view.shape(), data).expect("consistent fixture")
+    };
+    (get("input"), get("output"))
+}

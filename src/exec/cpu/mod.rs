@@ -10,16 +10,7 @@ use crate::infer::Inferred;
 use crate::ir::{Graph, NodeId, Op};
 use std::fmt;
 
-/// Where weights come from (a safetensors file, or anything that maps names to tensors).
-pub trait WeightSource {
-    fn get(&self, name: &str) -> Option<&Tensor>;
-}
-
-impl WeightSource for std::collections::HashMap<String, Tensor> {
-    fn get(&self, name: &str) -> Option<&Tensor> {
-        std::collections::HashMap::get(self, name)
-    }
-}
+pub use super::WeightSource;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExecError {
@@ -95,43 +86,20 @@ impl<'g> CpuModel<'g> {
         weights: &dyn WeightSource,
     ) -> Result<Self, ExecError> {
         let plan = plan(graph, info).ok_or(ExecError::NotCheckable)?;
+        let nodes: Vec<NodeId> = plan.steps.iter().map(|s| s.node).collect();
+        let mut bound =
+            super::bind_weights(graph, info, &nodes, weights).map_err(ExecError::Weights)?;
         let mut prepared: Vec<Prepared> = (0..graph.nodes.len()).map(|_| Prepared::None).collect();
-        let mut problems = Vec::new();
-        for step in &plan.steps {
-            let node = graph.node(step.node);
-            let specs = &info.layers[step.node.index()].weights;
-            let mut fetch = |var: &str| -> Option<Vec<f32>> {
-                let spec = specs.iter().find(|w| w.name == var)?;
-                let name = format!("{}/{}", node.name, var);
-                let want: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
-                match weights.get(&name) {
-                    None => {
-                        problems.push(format!("missing `{name}` (shape {want:?})"));
-                        None
-                    }
-                    Some(t) if t.shape != want => {
-                        problems.push(format!(
-                            "`{name}` has shape {:?} but the model needs {want:?}",
-                            t.shape
-                        ));
-                        None
-                    }
-                    Some(t) => Some(t.data.clone()),
-                }
+        for &id in &nodes {
+            let node = graph.node(id);
+            let Some(mut w) = bound.remove(&id) else {
+                continue;
             };
-            prepared[step.node.index()] = match &node.op {
-                Op::Conv2D(op) => {
-                    let kernel = fetch("kernel");
-                    let bias = if op.args.use_bias {
-                        fetch("bias").map(Some)
-                    } else {
-                        Some(None)
-                    };
-                    match (kernel, bias) {
-                        (Some(kernel), Some(bias)) => Prepared::Conv { kernel, bias },
-                        _ => Prepared::None,
-                    }
-                }
+            prepared[id.index()] = match &node.op {
+                Op::Conv2D(_) => Prepared::Conv {
+                    bias: Some(w.pop().unwrap_or_default()),
+                    kernel: w.pop().unwrap_or_default(),
+                },
                 Op::Conv2DTranspose(op) => {
                     if op.args.dilation_rate != [1, 1] {
                         return Err(ExecError::Unsupported(format!(
@@ -139,68 +107,35 @@ impl<'g> CpuModel<'g> {
                             node.name
                         )));
                     }
-                    let kernel = fetch("kernel");
-                    let bias = if op.args.use_bias {
-                        fetch("bias").map(Some)
-                    } else {
-                        Some(None)
-                    };
-                    match (kernel, bias) {
-                        (Some(kernel), Some(bias)) => {
-                            let c = info.layers[node.inputs[0].index()]
-                                .shape
-                                .as_ref()
-                                .and_then(|s| s.last())
-                                .copied()
-                                .unwrap_or(0) as usize;
-                            let [kh, kw] = op.args.kernel_size.map(|v| v as usize);
-                            let kernel_t = kernels::transpose_kernel(
-                                &kernel,
-                                [kh, kw, op.args.filters as usize, c],
-                            );
-                            Prepared::ConvTranspose { kernel_t, bias }
-                        }
-                        _ => Prepared::None,
+                    let c = info.layers[node.inputs[0].index()]
+                        .shape
+                        .as_ref()
+                        .and_then(|s| s.last())
+                        .copied()
+                        .unwrap_or(0) as usize;
+                    let [kh, kw] = op.args.kernel_size.map(|v| v as usize);
+                    let bias = Some(w.pop().unwrap_or_default());
+                    let kernel_t = kernels::transpose_kernel(
+                        &w.pop().unwrap_or_default(),
+                        [kh, kw, op.args.filters as usize, c],
+                    );
+                    Prepared::ConvTranspose { kernel_t, bias }
+                }
+                Op::BatchNormalization(_) => {
+                    let (var, mean, beta, gamma) = (w.pop(), w.pop(), w.pop(), w.pop());
+                    Prepared::Norm {
+                        gamma,
+                        beta,
+                        mean: mean.unwrap_or_default(),
+                        var: var.unwrap_or_default(),
                     }
                 }
-                Op::BatchNormalization(op) => {
-                    let gamma = if op.scale {
-                        fetch("gamma").map(Some)
-                    } else {
-                        Some(None)
-                    };
-                    let beta = if op.center {
-                        fetch("beta").map(Some)
-                    } else {
-                        Some(None)
-                    };
-                    match (gamma, beta, fetch("moving_mean"), fetch("moving_variance")) {
-                        (Some(gamma), Some(beta), Some(mean), Some(var)) => Prepared::Norm {
-                            gamma,
-                            beta,
-                            mean,
-                            var,
-                        },
-                        _ => Prepared::None,
-                    }
-                }
-                Op::Dense(op) => {
-                    let kernel = fetch("kernel");
-                    let bias = if op.use_bias {
-                        fetch("bias").map(Some)
-                    } else {
-                        Some(None)
-                    };
-                    match (kernel, bias) {
-                        (Some(kernel), Some(bias)) => Prepared::Dense { kernel, bias },
-                        _ => Prepared::None,
-                    }
-                }
+                Op::Dense(_) => Prepared::Dense {
+                    bias: Some(w.pop().unwrap_or_default()),
+                    kernel: w.pop().unwrap_or_default(),
+                },
                 _ => Prepared::None,
             };
-        }
-        if !problems.is_empty() {
-            return Err(ExecError::Weights(problems));
         }
         Ok(CpuModel {
             graph,

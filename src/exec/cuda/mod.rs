@@ -8,9 +8,9 @@
 
 mod cache;
 
-use super::cpu::WeightSource;
 use super::plan::{plan, Plan};
 use super::tensor::Tensor;
+use super::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
@@ -258,66 +258,17 @@ impl<'g> CudaModel<'g> {
             .collect()
     }
 
-    /// Uploads each layer's weights, checking names and shapes (all problems at once).
+    /// Uploads each layer's weights, checked by [`super::bind_weights`].
     fn upload_weights(&mut self, weights: &dyn WeightSource) -> Result<(), CudaError> {
-        let mut problems = Vec::new();
-        let mut uploads: Vec<(NodeId, Vec<Vec<f32>>)> = Vec::new();
-        for step in &self.plan.steps {
-            let node = self.graph.node(step.node);
-            let specs = &self.info.layers[step.node.index()].weights;
-            let mut fetch = |var: &str, fallback: Option<(usize, f32)>| -> Option<Vec<f32>> {
-                let Some(spec) = specs.iter().find(|w| w.name == var) else {
-                    return fallback.map(|(n, v)| vec![v; n]);
-                };
-                let name = format!("{}/{}", node.name, var);
-                let want: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
-                match weights.get(&name) {
-                    None => {
-                        problems.push(format!("missing `{name}` (shape {want:?})"));
-                        None
-                    }
-                    Some(t) if t.shape != want => {
-                        problems.push(format!(
-                            "`{name}` has shape {:?} but the model needs {want:?}",
-                            t.shape
-                        ));
-                        None
-                    }
-                    Some(t) => Some(t.data.clone()),
-                }
-            };
-            let out_channels = self.info.layers[step.node.index()]
-                .shape
-                .as_ref()
-                .and_then(|s| s.last())
-                .copied()
-                .unwrap_or(1) as usize;
-            let tensors = match &node.op {
-                Op::Conv2D(_) | Op::Conv2DTranspose(_) | Op::Dense(_) => {
-                    vec![
-                        fetch("kernel", None),
-                        fetch("bias", Some((out_channels, 0.0))),
-                    ]
-                }
-                Op::BatchNormalization(_) => vec![
-                    fetch("gamma", Some((out_channels, 1.0))),
-                    fetch("beta", Some((out_channels, 0.0))),
-                    fetch("moving_mean", None),
-                    fetch("moving_variance", None),
-                ],
-                _ => continue,
-            };
-            if let Some(all) = tensors.into_iter().collect::<Option<Vec<_>>>() {
-                uploads.push((step.node, all));
-            }
-        }
-        if !problems.is_empty() {
-            return Err(CudaError::Model(format!(
-                "the weights do not fit the model:\n  {}",
-                problems.join("\n  ")
-            )));
-        }
-        for (id, host) in uploads {
+        let nodes: Vec<NodeId> = self.plan.steps.iter().map(|s| s.node).collect();
+        let bound =
+            super::bind_weights(self.graph, self.info, &nodes, weights).map_err(|problems| {
+                CudaError::Model(format!(
+                    "the weights do not fit the model:\n  {}",
+                    problems.join("\n  ")
+                ))
+            })?;
+        for (id, host) in bound {
             let tensors = host
                 .iter()
                 .map(|h| self.stream.clone_htod(h).map_err(driver))

@@ -122,20 +122,26 @@ pub fn conv2d_transpose(
         let xin = &x[n * h * w * c..(n + 1) * h * w * c];
         matmul(h * w, cols, c, xin, wt, &mut y, false);
         full.fill(0.0);
-        for i in 0..h {
-            for j in 0..w {
-                let row = &y[(i * w + j) * cols..(i * w + j + 1) * cols];
+        // Scatter each input pixel's kh x kw x f block into the full result. Output rows are
+        // gathered per row in parallel: row fy takes input rows i with fy = i * sh + ka.
+        full.par_chunks_mut(fw * f)
+            .enumerate()
+            .for_each(|(fy, dst_row)| {
                 for ka in 0..kh {
-                    for kb in 0..kw {
-                        let dst = ((i * sh + ka) * fw + j * sw + kb) * f;
-                        let src = (ka * kw + kb) * f;
-                        for o in 0..f {
-                            full[dst + o] += row[src + o];
+                    if fy < ka || (fy - ka) % sh != 0 || (fy - ka) / sh >= h {
+                        continue;
+                    }
+                    let i = (fy - ka) / sh;
+                    for j in 0..w {
+                        let row = &y[(i * w + j) * cols..(i * w + j + 1) * cols];
+                        for kb in 0..kw {
+                            let dst = &mut dst_row[(j * sw + kb) * f..(j * sw + kb + 1) * f];
+                            let src = &row[(ka * kw + kb) * f..(ka * kw + kb + 1) * f];
+                            dst.iter_mut().zip(src).for_each(|(d, v)| *d += v);
                         }
                     }
                 }
-            }
-        }
+            });
         let yout = &mut out[n * oh * ow * f..(n + 1) * oh * ow * f];
         for oy in 0..oh {
             for ox in 0..ow {

@@ -191,13 +191,27 @@ impl<'g> CpuModel<'g> {
         }
         let mut arena = vec![0.0f32; self.plan.arena_len * batch];
         let scaled = |r: &std::ops::Range<usize>| r.start * batch..r.end * batch;
+        // UNETC_PROFILE=1 prints each layer's time to stderr (for performance work).
+        let profile = std::env::var_os("UNETC_PROFILE").is_some();
         for step in &self.plan.steps {
             let node = self.graph.node(step.node);
             let out_shape = self.shape(step.node);
             let in_shapes: Vec<Vec<usize>> = node.inputs.iter().map(|&p| self.shape(p)).collect();
             let in_ranges: Vec<_> = step.inputs.iter().map(scaled).collect();
             let (out, ins) = split_arena(&mut arena, scaled(&step.output), &in_ranges);
+            let start = std::time::Instant::now();
             self.layer(step.node, &ins, &in_shapes, input, out, &out_shape, batch);
+            if profile {
+                let ms = start.elapsed().as_secs_f64() * 1e3;
+                let macs = self.info.layers[step.node.index()].macs as f64 * batch as f64;
+                eprintln!(
+                    "{:>9.2} ms  {:>7.1} GFLOP/s  {} ({})",
+                    ms,
+                    2.0 * macs / (ms * 1e6),
+                    node.name,
+                    node.op.class_name()
+                );
+            }
         }
         Ok(self
             .plan

@@ -221,6 +221,9 @@ enum Command {
         force: bool,
     },
     /// Write seeded weights following each layer's initializers (and Keras's batch-norm defaults).
+    #[command(
+        after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc init-weights specs/bn_same.yaml -o bn.safetensors --force"
+    )]
     InitWeights {
         spec: PathBuf,
         #[arg(short, long)]
@@ -418,14 +421,26 @@ fn main() -> ExitCode {
             force,
         } => convert(&spec, to, output.as_deref(), force),
         Command::Fmt { spec, write, check } => fmt(&spec, write, check),
-        Command::Export { spec, to: ExportFormat::Keras, output, force, weights } => {
+        Command::Export {
+            spec,
+            to: ExportFormat::Keras,
+            output,
+            force,
+            weights,
+        } => {
             if weights.is_some() {
                 eprintln!("error: `--to keras` writes code without weights; use tools/keras_to_safetensors.py the other way round");
                 return ExitCode::from(2);
             }
             export_keras(&spec, output.as_deref(), force)
         }
-        Command::Export { spec, to: ExportFormat::Onnx, output, force, weights } => {
+        Command::Export {
+            spec,
+            to: ExportFormat::Onnx,
+            output,
+            force,
+            weights,
+        } => {
             let Some(out) = output else {
                 eprintln!("error: `--to onnx` writes a binary file; give `-o model.onnx`");
                 return ExitCode::from(2);

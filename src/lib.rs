@@ -41,6 +41,9 @@ impl Compiled {
     }
 }
 
+/// The largest spec file unetc reads (includes have the same limit).
+pub const MAX_SPEC_BYTES: u64 = 64 << 20;
+
 /// Options of a compile.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -55,6 +58,23 @@ pub fn compile_file(
     options: &Options,
     session: &mut Session,
 ) -> std::io::Result<Compiled> {
+    // A spec is text written by a person or a tool: refuse devices and absurd sizes up front.
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > MAX_SPEC_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the spec is {} bytes, more than the {MAX_SPEC_BYTES} unetc reads",
+                meta.len()
+            ),
+        ));
+    }
     let text = std::fs::read(path)?;
     let text = String::from_utf8(text).map_err(|_| {
         std::io::Error::new(

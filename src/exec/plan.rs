@@ -65,9 +65,11 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
     }
     for &out in &graph.outputs {
         let p = *position.get(out.index())?;
-        if p < n {
-            last_use[p] = n.saturating_sub(1);
+        // An output outside the schedule (a graph with errors): nothing to plan.
+        if p >= n {
+            return None;
         }
+        last_use[p] = n.saturating_sub(1);
     }
     let offsets = place(&sizes, &last_use);
     let range = |i: usize| offsets[i]..offsets[i] + sizes[i];

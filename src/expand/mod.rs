@@ -21,7 +21,7 @@ pub const MAX_LAYERS: usize = 100_000;
 /// The most work one expansion may do, in units of loop iterations, block calls, includes and
 /// values built or copied (see [`Expander::charge`]): nested loops or blocks that create nothing
 /// would otherwise run for ever.
-pub const MAX_WORK: u64 = 20_000_000;
+pub const MAX_WORK: u64 = 2_000_000;
 /// The largest included spec file read, in bytes.
 pub const MAX_INCLUDE_BYTES: u64 = 64 << 20;
 
@@ -646,7 +646,8 @@ impl<'s> Expander<'_> {
         input: Option<Value>,
         depth: usize,
     ) -> Option<Value> {
-        if !self.charge(1, call.span) {
+        // A call copies the blocks and defaults it sees.
+        if !self.charge(1 + cx.blocks.len() + cx.defaults.len(), call.span) {
             return None;
         }
         let args = self.eval_args(cx, &call.args)?;
@@ -755,13 +756,14 @@ impl<'s> Expander<'_> {
                 ),
             }
         }
-        if !self.charge(1, span) {
+        // Reading and parsing a file: far more than a loop iteration.
+        if !self.charge(100, span) {
             return;
         }
         let including = self.sources.path(span.file).to_path_buf();
         let file_path = including.parent().unwrap_or(Path::new(".")).join(&rel);
         let canonical = file_path.canonicalize().unwrap_or(file_path.clone());
-        if self.include_stack.contains(&canonical) || depth >= MAX_CALL_DEPTH {
+        if self.include_stack.contains(&canonical) {
             self.error(
                 Diagnostic::error(
                     "E-include-cycle",
@@ -771,6 +773,16 @@ impl<'s> Expander<'_> {
                     ),
                 )
                 .at(path.span, "include cycle"),
+            );
+            return;
+        }
+        if depth >= MAX_CALL_DEPTH {
+            self.error(
+                Diagnostic::error(
+                    "E-include-cycle",
+                    format!("includes and block calls nested more than {MAX_CALL_DEPTH} deep"),
+                )
+                .at(path.span, "too deep"),
             );
             return;
         }

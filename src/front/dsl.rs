@@ -110,7 +110,8 @@ fn check_nesting(file: FileId, text: &str, offset: usize) -> Result<(), Diagnost
                 escaped = true;
                 None
             }
-            '"' if in_string => {
+            // A string ends at its quote; the grammar allows no line break in it either.
+            '"' | '\n' if in_string => {
                 stack.pop();
                 None
             }

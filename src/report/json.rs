@@ -56,7 +56,12 @@ pub fn check_json(c: &Compiled) -> Json {
             "flops": t.macs.saturating_mul(2),
             "activation_bytes": t.activation_bytes,
             "peak_activation_bytes": t.peak_activation_bytes,
-            "planned_arena_bytes": crate::exec::plan::plan(g, &c.info).map(|p| p.arena_bytes(1)),
+            // The planner needs a complete schedule, which a spec with errors may not have.
+            "planned_arena_bytes": if c.has_errors() {
+                None
+            } else {
+                crate::exec::plan::plan(g, &c.info).map(|p| p.arena_bytes(1))
+            },
         },
         "diagnostics": diagnostics_json(&c.sources, c),
     })

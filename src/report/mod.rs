@@ -58,12 +58,16 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
 /// Keras prints pure chains (one input, every layer feeding at most one other) in 3 columns.
 fn is_chain(g: &Graph, kept: &[crate::ir::NodeId]) -> bool {
     let consumers = g.consumers();
+    let mut is_kept = vec![false; g.nodes.len()];
+    for &id in kept {
+        is_kept[id.index()] = true;
+    }
     g.inputs.len() == 1
         && kept.iter().all(|&id| g.node(id).inputs.len() <= 1)
         && kept.iter().all(|&id| {
             consumers[id.index()]
                 .iter()
-                .filter(|c| kept.contains(c))
+                .filter(|c| is_kept[c.index()])
                 .count()
                 <= 1
         })
@@ -72,7 +76,12 @@ fn is_chain(g: &Graph, kept: &[crate::ir::NodeId]) -> bool {
 /// unetc's own lines after the Keras table: compute and memory at batch 1.
 pub fn extras_text(c: &Compiled) -> String {
     let t = c.info.totals(&c.graph);
-    let arena = crate::exec::plan::plan(&c.graph, &c.info).map_or(0, |p| p.arena_bytes(1));
+    // The planner needs a complete schedule, which a spec with errors may not have.
+    let arena = if c.has_errors() {
+        0
+    } else {
+        crate::exec::plan::plan(&c.graph, &c.info).map_or(0, |p| p.arena_bytes(1))
+    };
     format!(
         "MACs per image: {} ({})\nFLOPs per image: {} ({})\nActivation memory (batch 1, f32): {} for all layer outputs; {} live at most; {} planned arena\n",
         thousands(t.macs),

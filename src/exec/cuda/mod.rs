@@ -396,33 +396,17 @@ impl<'g> CudaModel<'g> {
                     (i(batch), i(h), i(wd), i(c), i(oh), i(ow), i(fo));
                 let (khh, kww, shh, sww, dhh, dww, ptt, pll) =
                     (i(kh), i(kw), i(sh), i(sw), i(dh), i(dw), i(pt), i(pl));
-                unsafe {
-                    stream
-                        .launch_builder(f("conv2d_f32"))
-                        .arg(&mut *arena)
-                        .arg(&x_off)
-                        .arg(&y_off)
-                        .arg(&dw_.tensors[0])
-                        .arg(&dw_.tensors[1])
-                        .arg(&bn)
-                        .arg(&hh)
-                        .arg(&ww)
-                        .arg(&cc)
-                        .arg(&ohh)
-                        .arg(&oww)
-                        .arg(&ff)
-                        .arg(&khh)
-                        .arg(&kww)
-                        .arg(&shh)
-                        .arg(&sww)
-                        .arg(&dhh)
-                        .arg(&dww)
-                        .arg(&ptt)
-                        .arg(&pll)
-                        .arg(&act)
-                        .launch(grid(n_out))
-                        .map_err(driver)?;
-                }
+                self.launch_weighted(
+                    "conv2d_f32",
+                    arena,
+                    x_off,
+                    y_off,
+                    dw_,
+                    &[
+                        bn, hh, ww, cc, ohh, oww, ff, khh, kww, shh, sww, dhh, dww, ptt, pll, act,
+                    ],
+                    n_out,
+                )?;
                 if a.activation == "softmax" {
                     self.softmax_in_place(arena, y_off, (n_out / fo.max(1)) as i64, i(fo), 1)?;
                 }
@@ -447,31 +431,17 @@ impl<'g> CudaModel<'g> {
                 let (bn, hh, ww, cc, ohh, oww, ff) =
                     (i(batch), i(h), i(wd), i(c), i(oh), i(ow), i(fo));
                 let (khh, kww, shh, sww, y0_, x0_) = (i(kh), i(kw), i(sh), i(sw), i(y0), i(x0));
-                unsafe {
-                    stream
-                        .launch_builder(f("conv2d_transpose_f32"))
-                        .arg(&mut *arena)
-                        .arg(&x_off)
-                        .arg(&y_off)
-                        .arg(&dw_.tensors[0])
-                        .arg(&dw_.tensors[1])
-                        .arg(&bn)
-                        .arg(&hh)
-                        .arg(&ww)
-                        .arg(&cc)
-                        .arg(&ohh)
-                        .arg(&oww)
-                        .arg(&ff)
-                        .arg(&khh)
-                        .arg(&kww)
-                        .arg(&shh)
-                        .arg(&sww)
-                        .arg(&y0_)
-                        .arg(&x0_)
-                        .arg(&act)
-                        .launch(grid(n_out))
-                        .map_err(driver)?;
-                }
+                self.launch_weighted(
+                    "conv2d_transpose_f32",
+                    arena,
+                    x_off,
+                    y_off,
+                    dw_,
+                    &[
+                        bn, hh, ww, cc, ohh, oww, ff, khh, kww, shh, sww, y0_, x0_, act,
+                    ],
+                    n_out,
+                )?;
                 if a.activation == "softmax" {
                     self.softmax_in_place(arena, y_off, (n_out / fo.max(1)) as i64, i(fo), 1)?;
                 }
@@ -484,21 +454,15 @@ impl<'g> CudaModel<'g> {
                     w.ok_or_else(|| CudaError::Model(format!("no weights for `{}`", node.name)))?;
                 let act = activation_code(&op.activation);
                 let (r, ni, u) = (i(rows), i(n_in), i(units));
-                unsafe {
-                    stream
-                        .launch_builder(f("dense_f32"))
-                        .arg(&mut *arena)
-                        .arg(&x_off)
-                        .arg(&y_off)
-                        .arg(&dw_.tensors[0])
-                        .arg(&dw_.tensors[1])
-                        .arg(&r)
-                        .arg(&ni)
-                        .arg(&u)
-                        .arg(&act)
-                        .launch(grid(n_out))
-                        .map_err(driver)?;
-                }
+                self.launch_weighted(
+                    "dense_f32",
+                    arena,
+                    x_off,
+                    y_off,
+                    dw_,
+                    &[r, ni, u, act],
+                    n_out,
+                )?;
                 if op.activation == "softmax" {
                     self.softmax_in_place(arena, y_off, rows as i64, u, 1)?;
                 }
@@ -711,6 +675,34 @@ impl<'g> CudaModel<'g> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Launches a kernel with weights: `(arena, x_off, y_off, weights[0], weights[1], ints...)`.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_weighted(
+        &self,
+        name: &str,
+        arena: &mut CudaSlice<f32>,
+        x_off: i64,
+        y_off: i64,
+        w: &DeviceWeights,
+        ints: &[i32],
+        total: usize,
+    ) -> Result<(), CudaError> {
+        let mut b = self.stream.launch_builder(&self.functions[name]);
+        b.arg(arena)
+            .arg(&x_off)
+            .arg(&y_off)
+            .arg(&w.tensors[0])
+            .arg(&w.tensors[1]);
+        for v in ints {
+            b.arg(v);
+        }
+        // SAFETY: `name` is one of conv2d_f32, conv2d_transpose_f32, dense_f32, whose C signatures
+        // are (float*, i64, i64, const float*, const float*, int...) with the ints in this order
+        // (kernels/conv.cu); offsets and sizes come from the plan, weights were uploaded checked.
+        unsafe { b.launch(grid(total)).map_err(driver)? };
         Ok(())
     }
 

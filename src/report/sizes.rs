@@ -285,7 +285,6 @@ pub struct TilePlan {
 /// widest over a few output positions, since pooling grids make it depend on the position).
 /// Computed exactly by mapping an output interval back through every layer.
 pub fn receptive_field(c: &Compiled) -> usize {
-    use crate::exec::cpu::kernels::same_pad_before;
     use crate::ir::Op;
     let Some(&out) = c.graph.outputs.first() else {
         return 1;
@@ -318,35 +317,17 @@ pub fn receptive_field(c: &Compiled) -> usize {
                             op.args.strides[0],
                             op.args.dilation_rate[0],
                         );
-                        let pad = if op.args.padding == "same" {
-                            same_pad_before(
-                                n as usize,
-                                height(id) as usize,
-                                ((k - 1) * d + 1) as usize,
-                                s as usize,
-                            ) as i64
-                        } else {
-                            0
-                        };
+                        let pad = op.args.pad_before(0, n as usize, height(id) as usize) as i64;
                         (a * s - pad, b * s + (k - 1) * d - pad)
                     }
                     Op::MaxPooling2D(op) => {
                         let (k, s) = (op.pool_size[0], op.strides[0]);
-                        let pad = if op.padding == "same" {
-                            same_pad_before(n as usize, height(id) as usize, k as usize, s as usize)
-                                as i64
-                        } else {
-                            0
-                        };
+                        let pad = op.pad_before(0, n as usize, height(id) as usize) as i64;
                         (a * s - pad, b * s + k - 1 - pad)
                     }
                     Op::Conv2DTranspose(op) => {
                         let (k, s) = (op.args.kernel_size[0], op.args.strides[0]);
-                        let y0 = if op.args.padding == "same" {
-                            ((n - 1) * s + k - height(id)).max(0) / 2
-                        } else {
-                            0
-                        };
+                        let y0 = op.crop_before(0, n as usize, height(id) as usize) as i64;
                         (
                             (a + y0 - (k - 1)).div_euclid(s)
                                 + i64::from((a + y0 - (k - 1)).rem_euclid(s) != 0),

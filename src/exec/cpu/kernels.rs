@@ -15,11 +15,6 @@ use rayon::prelude::*;
 /// im2col tiles are kept under this many floats (64 MiB).
 const TILE_FLOATS: usize = 1 << 21;
 
-/// Keras's `same` padding before the first row/column: `floor(pad_total / 2)`.
-pub fn same_pad_before(n: usize, out: usize, k: usize, s: usize) -> usize {
-    (((out.saturating_sub(1)) * s + k).saturating_sub(n)) / 2
-}
-
 pub fn conv2d(
     op: &Conv2D,
     x: &[f32],
@@ -34,14 +29,7 @@ pub fn conv2d(
     let (kh, kw) = (a.kernel_size[0] as usize, a.kernel_size[1] as usize);
     let (sh, sw) = (a.strides[0] as usize, a.strides[1] as usize);
     let (dh, dw) = (a.dilation_rate[0] as usize, a.dilation_rate[1] as usize);
-    let (top, left) = if a.padding == "same" {
-        (
-            same_pad_before(h, oh, (kh - 1) * dh + 1, sh),
-            same_pad_before(w, ow, (kw - 1) * dw + 1, sw),
-        )
-    } else {
-        (0, 0)
-    };
+    let (top, left) = (a.pad_before(0, h, oh), a.pad_before(1, w, ow));
     let k_len = kh * kw * c;
     let pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && top == 0 && left == 0;
     for n in 0..batch {
@@ -105,16 +93,7 @@ pub fn conv2d_transpose(
     let (kh, kw) = (a.kernel_size[0] as usize, a.kernel_size[1] as usize);
     let (sh, sw) = (a.strides[0] as usize, a.strides[1] as usize);
     let (fh, fw) = ((h - 1) * sh + kh, (w - 1) * sw + kw);
-    // Where the output window starts inside the full result: TF pads the equivalent forward
-    // convolution (output -> input) the `same` way, so the crop is floor(total / 2) before.
-    let start = |n: usize, out: usize, k: usize, s: usize| {
-        if a.padding == "same" {
-            ((n - 1) * s + k).saturating_sub(out) / 2
-        } else {
-            0
-        }
-    };
-    let (y0, x0) = (start(h, oh, kh, sh), start(w, ow, kw, sw));
+    let (y0, x0) = (op.crop_before(0, h, oh), op.crop_before(1, w, ow));
     let cols = kh * kw * f;
     let mut y = vec![0.0f32; h * w * cols];
     let mut full = vec![0.0f32; fh * fw * f];
@@ -345,14 +324,7 @@ pub fn max_pool(
 ) {
     let (kh, kw) = (op.pool_size[0] as usize, op.pool_size[1] as usize);
     let (sh, sw) = (op.strides[0] as usize, op.strides[1] as usize);
-    let (top, left) = if op.padding == "same" {
-        (
-            same_pad_before(h, oh, kh, sh),
-            same_pad_before(w, ow, kw, sw),
-        )
-    } else {
-        (0, 0)
-    };
+    let (top, left) = (op.pad_before(0, h, oh), op.pad_before(1, w, ow));
     out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
         let (n, oy) = (row / oh, row % oh);
         let xin = &x[n * h * w * c..(n + 1) * h * w * c];

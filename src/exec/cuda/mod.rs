@@ -381,14 +381,7 @@ impl<'g> CudaModel<'g> {
                 let (kh, kw) = (a.kernel_size[0] as usize, a.kernel_size[1] as usize);
                 let (sh, sw) = (a.strides[0] as usize, a.strides[1] as usize);
                 let (dh, dw) = (a.dilation_rate[0] as usize, a.dilation_rate[1] as usize);
-                let (pt, pl) = if a.padding == "same" {
-                    (
-                        super::cpu::kernels::same_pad_before(h, oh, (kh - 1) * dh + 1, sh),
-                        super::cpu::kernels::same_pad_before(wd, ow, (kw - 1) * dw + 1, sw),
-                    )
-                } else {
-                    (0, 0)
-                };
+                let (pt, pl) = (a.pad_before(0, h, oh), a.pad_before(1, wd, ow));
                 let dw_ =
                     w.ok_or_else(|| CudaError::Model(format!("no weights for `{}`", node.name)))?;
                 let act = activation_code(&a.activation);
@@ -417,14 +410,7 @@ impl<'g> CudaModel<'g> {
                 let [oh, ow, fo] = hwc(&out_shape);
                 let (kh, kw) = (a.kernel_size[0] as usize, a.kernel_size[1] as usize);
                 let (sh, sw) = (a.strides[0] as usize, a.strides[1] as usize);
-                let start = |n: usize, out: usize, k: usize, s: usize| {
-                    if a.padding == "same" {
-                        ((n - 1) * s + k).saturating_sub(out) / 2
-                    } else {
-                        0
-                    }
-                };
-                let (y0, x0) = (start(h, oh, kh, sh), start(wd, ow, kw, sw));
+                let (y0, x0) = (op.crop_before(0, h, oh), op.crop_before(1, wd, ow));
                 let dw_ =
                     w.ok_or_else(|| CudaError::Model(format!("no weights for `{}`", node.name)))?;
                 let act = activation_code(&a.activation);
@@ -472,14 +458,7 @@ impl<'g> CudaModel<'g> {
                 let [oh, ow, _] = hwc(&out_shape);
                 let (kh, kw) = (op.pool_size[0] as usize, op.pool_size[1] as usize);
                 let (sh, sw) = (op.strides[0] as usize, op.strides[1] as usize);
-                let (pt, pl) = if op.padding == "same" {
-                    (
-                        super::cpu::kernels::same_pad_before(h, oh, kh, sh),
-                        super::cpu::kernels::same_pad_before(wd, ow, kw, sw),
-                    )
-                } else {
-                    (0, 0)
-                };
+                let (pt, pl) = (op.pad_before(0, h, oh), op.pad_before(1, wd, ow));
                 let args = [
                     i(batch),
                     i(h),

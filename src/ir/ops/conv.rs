@@ -106,6 +106,21 @@ impl ConvArgs {
     fn effective_kernel(&self, axis: usize) -> i64 {
         (self.kernel_size[axis] - 1) * self.dilation_rate[axis] + 1
     }
+
+    /// Rows (axis 0) or columns (axis 1) of zero padding before the input, for input size `n`
+    /// and output size `out`: Keras's `same` rule, 0 for `valid`.
+    pub fn pad_before(&self, axis: usize, n: usize, out: usize) -> usize {
+        if self.padding == "same" {
+            super::same_pad_before(
+                n,
+                out,
+                self.effective_kernel(axis) as usize,
+                self.strides[axis] as usize,
+            )
+        } else {
+            0
+        }
+    }
 }
 
 /// `Conv2D`: kernel `(kh, kw, in, out)`, bias `(out,)`.
@@ -188,6 +203,23 @@ impl LayerKind for Conv2D {
 pub struct Conv2DTranspose {
     pub args: ConvArgs,
     pub output_padding: Option<[i64; 2]>,
+}
+
+impl Conv2DTranspose {
+    /// Where the output window starts in the full transposed-convolution result `(n - 1) * s + k`
+    /// along an axis: TF pads the equivalent forward convolution (output -> input) the `same`
+    /// way, so `same` crops `floor(total / 2)` first; `valid` starts at 0.
+    pub fn crop_before(&self, axis: usize, n: usize, out: usize) -> usize {
+        if self.args.padding == "same" {
+            let (k, s) = (
+                self.args.kernel_size[axis] as usize,
+                self.args.strides[axis] as usize,
+            );
+            ((n.max(1) - 1) * s + k).saturating_sub(out) / 2
+        } else {
+            0
+        }
+    }
 }
 
 impl LayerKind for Conv2DTranspose {

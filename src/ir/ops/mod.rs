@@ -222,6 +222,12 @@ pub(crate) fn same_size(n: i64, s: i64) -> i64 {
     (n + s - 1) / s
 }
 
+/// Keras's `same` padding before the first row/column for input `n`, output `out`, (effective)
+/// kernel `k` and stride `s`: `floor(max((out - 1) * s + k - n, 0) / 2)`; the odd pixel goes after.
+pub fn same_pad_before(n: usize, out: usize, k: usize, s: usize) -> usize {
+    (out.saturating_sub(1) * s + k).saturating_sub(n) / 2
+}
+
 pub(crate) fn pair_json(p: [i64; 2]) -> Json {
     serde_json::json!([p[0], p[1]])
 }

@@ -12,6 +12,22 @@ pub struct MaxPooling2D {
     pub padding: String,
 }
 
+impl MaxPooling2D {
+    /// Window positions before the input along an axis (Keras's `same` rule; 0 for `valid`).
+    pub fn pad_before(&self, axis: usize, n: usize, out: usize) -> usize {
+        if self.padding == "same" {
+            super::same_pad_before(
+                n,
+                out,
+                self.pool_size[axis] as usize,
+                self.strides[axis] as usize,
+            )
+        } else {
+            0
+        }
+    }
+}
+
 impl LayerKind for MaxPooling2D {
     const CLASS: &'static str = "MaxPooling2D";
     const POSITIONAL: &'static [&'static str] = &["pool_size", "strides", "padding"];

@@ -68,9 +68,31 @@ def describe(spec: str | os.PathLike, unetc: str | os.PathLike = UNETC) -> dict:
 
 def load_unetc_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """`<layer>/<variable>` -> tensor in Keras's layout. build_model() consumes the dict."""
-    from safetensors.torch import load_file
-
+    try:
+        from safetensors.torch import load_file
+    except ImportError:  # e.g. a GPU machine with torch but no safetensors and no pip
+        return _read_safetensors(path)
     return load_file(str(path))
+
+
+def _read_safetensors(path) -> dict[str, torch.Tensor]:
+    """A minimal safetensors reader: u64 LE header size, JSON header, little-endian data."""
+    dtypes = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16,
+              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32}
+    raw = Path(path).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    data = bytearray(raw[8 + n:])
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = t["data_offsets"]
+        dt = dtypes[t["dtype"]]
+        x = (torch.frombuffer(data, dtype=dt, count=(b - a) // dt.itemsize, offset=a)
+             if b > a else torch.empty(0, dtype=dt))
+        out[name] = x.reshape(t["shape"]).clone()
+    return out
 
 
 def _pair(v) -> tuple[int, int]:
@@ -143,13 +165,16 @@ class Node:
 class KerasGraph(torch.nn.Module):
     """The functional model. Call with NHWC tensors (one per model input); returns NHWC."""
 
-    def __init__(self, desc: dict, weights: dict, dtype=torch.float32):
+    def __init__(self, desc: dict, weights: dict, dtype=torch.float32, device=None):
         super().__init__()
         self.inputs = list(desc["inputs"])
         self.outputs = list(desc["outputs"])
         self.params = torch.nn.ParameterDict()
         self.nodes: list[Node] = []
         self._dtype = dtype
+        # Parameters are made on the device directly: the layer closures hold them, so they must
+        # not be replaced later (Module.to keeps them today, but nothing else relies on that).
+        self._device = torch.device(device) if device is not None else None
         used: set[str] = set()
         for layer in desc["layers"]:
             self.nodes.append(self._translate(layer, weights, used))
@@ -184,7 +209,7 @@ class KerasGraph(torch.nn.Module):
             # Conv2D (kh, kw, in, out) -> (out, in, kh, kw);
             # Conv2DTranspose (kh, kw, out, in) -> (in, out, kh, kw). Same permutation for both.
             t = t.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
-        p = torch.nn.Parameter(t.to(self._dtype), requires_grad=False)
+        p = torch.nn.Parameter(t.to(device=self._device, dtype=self._dtype), requires_grad=False)
         self.params[key.replace("/", "__").replace(".", "_")] = p
         return p
 
@@ -404,12 +429,13 @@ class KerasGraph(torch.nn.Module):
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
-def build_model(desc: dict, weights: dict) -> KerasGraph:
-    """The model of `desc` with `weights` (taken out of the dict as they are converted)."""
+def build_model(desc: dict, weights: dict, dtype=torch.float32, device=None) -> KerasGraph:
+    """The model of `desc` with `weights` (taken out of the dict as they are converted), its
+    parameters in `dtype` on `device` (default: float32 on the CPU)."""
     bad = [d for d in desc.get("diagnostics", []) if d.get("severity") == "error"]
     if bad:
         raise ValueError(f"the spec has errors: {bad[0].get('message')}")
-    return KerasGraph(desc, weights).eval()
+    return KerasGraph(desc, weights, dtype=dtype, device=device).eval()
 
 
 def main(argv=None) -> int:

@@ -98,6 +98,9 @@ enum Command {
         /// Print the plan's memory and how the input was covered.
         #[arg(long)]
         verbose: bool,
+        /// `f32`, `tf32` or `bf16` (tf32/bf16: tensor-core convolutions; CUDA only).
+        #[arg(long, default_value = "f32")]
+        precision: String,
     },
     /// Time a spec's forward pass: warm-up, then the median of several timed runs.
     #[command(
@@ -119,6 +122,9 @@ enum Command {
         weights: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// `f32`, `tf32` or `bf16` (tf32/bf16: tensor-core convolutions; CUDA only).
+        #[arg(long, default_value = "f32")]
+        precision: String,
     },
     /// Which input sizes the spec accepts, in closed form, and the output size each gives.
     #[command(
@@ -343,10 +349,17 @@ fn main() -> ExitCode {
             device,
             force,
             verbose,
+            precision,
         } => {
             let device = match unetc::runner::Device::parse(&device) {
                 Ok(d) => d,
                 Err(e) => return run_error(e),
+            };
+            let precision = match precision.parse() {
+                Ok(p) => p,
+                Err(e) => {
+                    return run_error(unetc::runner::RunError::Usage(format!("--precision: {e}")))
+                }
             };
             let opts = unetc::runner::RunOptions {
                 device,
@@ -357,6 +370,7 @@ fn main() -> ExitCode {
                 threshold,
                 batch: batch as usize,
                 force,
+                precision,
             };
             run(&spec, &opts, verbose)
         }
@@ -368,10 +382,17 @@ fn main() -> ExitCode {
             warmup,
             weights,
             format,
+            precision,
         } => {
             let device = match unetc::runner::Device::parse(&device) {
                 Ok(d) => d,
                 Err(e) => return run_error(e),
+            };
+            let precision = match precision.parse() {
+                Ok(p) => p,
+                Err(e) => {
+                    return run_error(unetc::runner::RunError::Usage(format!("--precision: {e}")))
+                }
             };
             match unetc::runner::bench(
                 &spec,
@@ -380,6 +401,7 @@ fn main() -> ExitCode {
                 batch as usize,
                 warmup as usize,
                 iterations as usize,
+                precision,
             ) {
                 Ok(r) if format == Format::Json => {
                     say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
@@ -387,7 +409,7 @@ fn main() -> ExitCode {
                 }
                 Ok(r) => {
                     say!(
-                        "{}  {}  batch {}  {} {} ({} threads): {:.1} ms/batch (min {:.1}, max {:.1})  {:.2} img/s  {:.1} GFLOP/s  arena {}  peak RSS {}",
+                        "{}  {}  batch {}  {} {} ({} threads): {:.1} ms/batch (min {:.1}, max {:.1})  {:.2} img/s  {:.1} GFLOP/s  arena {}  {}",
                         r.model,
                         r.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"),
                         r.batch,
@@ -400,7 +422,13 @@ fn main() -> ExitCode {
                         r.images_per_s,
                         r.gflops_per_s,
                         unetc::report::bytes(r.planned_arena_bytes),
-                        r.peak_rss_bytes.map_or("unknown".into(), unetc::report::bytes),
+                        match r.peak_device_memory_bytes {
+                            Some(d) => format!("peak device memory {}", unetc::report::bytes(d)),
+                            None => format!(
+                                "peak RSS {}",
+                                r.peak_rss_bytes.map_or("unknown".into(), unetc::report::bytes)
+                            ),
+                        },
                     );
                     ExitCode::SUCCESS
                 }

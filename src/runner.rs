@@ -4,7 +4,7 @@
 use crate::diag::render_plain;
 use crate::exec::cpu::{CpuModel, ExecError, WeightSource};
 use crate::exec::tiling::{extract_tile, overlap_tiles};
-use crate::exec::Tensor;
+use crate::exec::{Precision, Tensor};
 use crate::expand::Session;
 use crate::io::weights::{init_tensor, load_weights, save_weights, seeded_rng, Expected, Weights};
 use crate::io::IoError;
@@ -169,14 +169,34 @@ enum Backend<'g> {
 }
 
 impl<'g> Backend<'g> {
-    fn new(device: Device, c: &'g Compiled, weights: &dyn WeightSource) -> Result<Self, RunError> {
+    fn new(
+        device: Device,
+        c: &'g Compiled,
+        weights: &dyn WeightSource,
+        precision: Precision,
+    ) -> Result<Self, RunError> {
         Ok(match device {
             Device::Cuda => Backend::Cuda(
-                crate::exec::cuda::CudaModel::new(&c.graph, &c.info, weights)
+                crate::exec::cuda::CudaModel::new(&c.graph, &c.info, weights, precision)
                     .map_err(|e| RunError::Usage(e.to_string()))?,
             ),
+            _ if precision != Precision::F32 => {
+                return Err(RunError::Usage(format!(
+                    "--precision {}: the CPU executor computes in f32 only; use --device cuda \
+                     (with a GPU) or --precision f32",
+                    precision.name()
+                )))
+            }
             _ => Backend::Cpu(CpuModel::new(&c.graph, &c.info, weights)?),
         })
+    }
+
+    /// Device memory the backend holds for a batch: activations and weights (CUDA only).
+    fn device_bytes(&self, batch: usize) -> Option<u64> {
+        match self {
+            Backend::Cpu(_) => None,
+            Backend::Cuda(m) => Some(m.arena_bytes(batch) + m.weight_bytes()),
+        }
     }
 
     fn run(&self, input: &Tensor) -> Result<Vec<Tensor>, RunError> {
@@ -205,6 +225,7 @@ pub struct RunOptions {
     /// Images (or tiles) per forward pass.
     pub batch: usize,
     pub force: bool,
+    pub precision: Precision,
 }
 
 /// What a run did, for `--verbose`.
@@ -262,7 +283,7 @@ pub fn run(
             &weights,
             &input,
             opts.batch,
-            device,
+            (device, opts.precision),
             &mut report,
         )?;
         write_output(&out_path, &result, kind, opts.force)?;
@@ -348,7 +369,7 @@ fn predict(
     weights: &Weights,
     input: &Tensor,
     batch: usize,
-    device: Device,
+    (device, precision): (Device, Precision),
     report: &mut RunReport,
 ) -> Result<Tensor, RunError> {
     let model_in: Vec<usize> = base.info.layers[base.graph.inputs[0].index()]
@@ -387,7 +408,7 @@ fn predict(
         )));
     }
     if [h, w] == [model_in[0], model_in[1]] {
-        return forward(base, weights, input, batch, device, report);
+        return forward(base, weights, input, batch, device, precision, report);
     }
     if model_out.len() != 3 {
         return Err(RunError::Usage(format!(
@@ -421,7 +442,15 @@ fn predict(
         report.notes.push(format!(
             "{h}x{w} padded to {ph}x{pw} (mirror) and cropped back"
         ));
-        let out = forward(&sized.compiled, weights, &padded, batch, device, report)?;
+        let out = forward(
+            &sized.compiled,
+            weights,
+            &padded,
+            batch,
+            device,
+            precision,
+            report,
+        )?;
         let k = out.shape[3];
         let mut cropped = Tensor::zeros(&[n, h, w, k]);
         let (oy, ox) = ((ph - h) / 2, (pw - w) / 2);
@@ -473,7 +502,15 @@ fn predict(
                 &mut tiles.data[t * th * tw * c..(t + 1) * th * tw * c],
             );
         }
-        let result = forward(base, weights, &tiles, chunk.len(), device, report)?;
+        let result = forward(
+            base,
+            weights,
+            &tiles,
+            chunk.len(),
+            device,
+            precision,
+            report,
+        )?;
         for (t, &(i, y, x)) in chunk.iter().enumerate() {
             for yy in 0..oh.min(h.saturating_sub(y)) {
                 let cols = ow.min(w.saturating_sub(x));
@@ -530,9 +567,10 @@ fn forward(
     input: &Tensor,
     batch: usize,
     device: Device,
+    precision: Precision,
     report: &mut RunReport,
 ) -> Result<Tensor, RunError> {
-    let model = Backend::new(device, c, weights)?;
+    let model = Backend::new(device, c, weights, precision)?;
     let n = input.shape[0];
     let item = input.item_len();
     let mut outputs: Vec<Tensor> = Vec::new();
@@ -625,6 +663,8 @@ pub struct BenchReport {
     pub gflop_per_image: f64,
     pub gflops_per_s: f64,
     pub planned_arena_bytes: u64,
+    /// Device memory unetc allocates for the run (arena + weights), CUDA only.
+    pub peak_device_memory_bytes: Option<u64>,
     /// The process's peak resident memory (Linux VmHWM), when known.
     pub peak_rss_bytes: Option<u64>,
 }
@@ -638,6 +678,7 @@ pub fn bench(
     batch: usize,
     warmup: usize,
     iterations: usize,
+    precision: Precision,
 ) -> Result<BenchReport, RunError> {
     let device = device.resolve()?;
     let c = compile_checked(spec, None)?;
@@ -651,7 +692,7 @@ pub fn bench(
         .flatten()
         .map(|&d| d as usize)
         .collect();
-    let model = Backend::new(device, &c, &w)?;
+    let model = Backend::new(device, &c, &w, precision)?;
     let mut full = vec![batch.max(1)];
     full.extend(&shape);
     let n: usize = full.iter().product();
@@ -696,7 +737,7 @@ pub fn bench(
             Backend::Cuda(m) => format!("cuda ({})", m.device_name),
             Backend::Cpu(_) => "cpu".into(),
         },
-        precision: "f32".into(),
+        precision: precision.name().into(),
         threads: rayon::current_num_threads(),
         warmup,
         iterations: times.len(),
@@ -707,6 +748,7 @@ pub fn bench(
         gflop_per_image: flops / 1e9,
         gflops_per_s: flops * batch.max(1) as f64 / (median / 1e3) / 1e9,
         planned_arena_bytes: model.arena_bytes(batch.max(1)),
+        peak_device_memory_bytes: model.device_bytes(batch.max(1)),
         peak_rss_bytes: peak_rss(),
     })
 }

@@ -88,3 +88,80 @@ pub fn bind_weights(
         Err(problems)
     }
 }
+
+/// [`bind_weights`] for the layers a plan runs, with each batch normalization that the plan
+/// fused into a convolution folded into that convolution's kernel and bias:
+/// `gamma (conv(x) + b - mean) / sqrt(var + eps) + beta = conv_{w s}(x) + (b - mean) s + beta`
+/// with `s = gamma / sqrt(var + eps)` per output channel.
+pub fn bind_and_fold(
+    graph: &Graph,
+    info: &Inferred,
+    plan: &plan::Plan,
+    weights: &dyn WeightSource,
+) -> Result<HashMap<NodeId, Vec<Vec<f32>>>, Vec<String>> {
+    let nodes: Vec<NodeId> = plan.steps.iter().map(|s| s.node).collect();
+    let mut bound = bind_weights(graph, info, &nodes, weights)?;
+    for &id in &nodes {
+        let Some(bn) = plan.fused[id.index()].batch_norm else {
+            continue;
+        };
+        let Op::BatchNormalization(op) = &graph.node(bn).op else {
+            continue;
+        };
+        let (Some(norm), Some(conv)) = (bound.remove(&bn), bound.get_mut(&id)) else {
+            continue;
+        };
+        let [gamma, beta, mean, var] = &norm[..] else {
+            continue;
+        };
+        let scale: Vec<f64> = gamma
+            .iter()
+            .zip(var)
+            .map(|(&g, &v)| g as f64 / (v as f64 + op.epsilon).sqrt())
+            .collect();
+        let f = scale.len().max(1);
+        for (i, w) in conv[0].iter_mut().enumerate() {
+            *w = (*w as f64 * scale[i % f]) as f32;
+        }
+        for (o, b) in conv[1].iter_mut().enumerate() {
+            *b = ((*b as f64 - mean[o] as f64) * scale[o] + beta[o] as f64) as f32;
+        }
+    }
+    Ok(bound)
+}
+
+/// Number formats a backend computes in. The CPU executor is always f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 storage and arithmetic.
+    #[default]
+    F32,
+    /// f32 storage; convolutions multiply in tf32 (10-bit mantissa) and accumulate in f32.
+    Tf32,
+    /// bf16 storage; convolutions multiply in bf16 and accumulate in f32.
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!(
+                "unknown precision `{other}`: use f32, tf32 or bf16"
+            )),
+        }
+    }
+}

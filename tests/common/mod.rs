@@ -113,3 +113,38 @@ pub fn golden_io(stem: &str) -> (unetc::exec::Tensor, unetc::exec::Tensor) {
     };
     (get("input"), get("output"))
 }
+
+/// A small input shape for a spec in specs/ (by file stem) where the spec allows one, so that
+/// whole-network tests stay fast; `None`: the spec's own size.
+pub fn small_input(stem: &str) -> Option<Vec<i64>> {
+    let small: &[(&str, Option<Vec<i64>>)] = &[
+        ("original", Some(vec![188, 188, 1])),
+        ("template_original", Some(vec![188, 188, 1])),
+        ("original_second_post", Some(vec![188, 188, 1])),
+        ("bn_same", Some(vec![64, 64, 3])),
+        ("template_bn_same", Some(vec![64, 64, 3])),
+        ("zhixuhao", Some(vec![64, 64, 1])),
+        ("template_zhixuhao", Some(vec![64, 64, 1])),
+        ("vgg16_unet", Some(vec![64, 64, 3])),
+        ("vgg16", None),
+        ("resnet50", Some(vec![64, 64, 3])),
+    ];
+    small
+        .iter()
+        .find(|(s, _)| *s == stem)
+        .and_then(|(_, s)| s.clone())
+}
+
+/// A spec compiled at its [`small_input`].
+pub fn compile_small(rel: &Path) -> unetc::Compiled {
+    let stem = rel.file_stem().unwrap().to_str().unwrap();
+    std::env::set_current_dir(root()).unwrap();
+    unetc::compile_file(
+        rel,
+        &unetc::Options {
+            input_shape: small_input(stem),
+        },
+        &mut unetc::expand::Session::new(),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e:?}", rel.display()))
+}

@@ -21,6 +21,7 @@ pub fn conv2d(
     [h, w, c]: [usize; 3],
     kernel: &[f32],
     bias: Option<&[f32]>,
+    activation: &str,
     out: &mut [f32],
     [oh, ow, f]: [usize; 3],
     batch: usize,
@@ -74,7 +75,7 @@ pub fn conv2d(
                 );
             }
         }
-        bias_activation(yout, f, bias, &a.activation);
+        bias_activation(yout, f, bias, activation);
     }
 }
 

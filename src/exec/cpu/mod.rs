@@ -4,7 +4,7 @@
 mod gemm;
 pub mod kernels;
 
-use super::plan::{plan, Plan};
+use super::plan::{hwc, plan, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use crate::infer::Inferred;
 use crate::ir::{Graph, NodeId, Op};
@@ -88,7 +88,7 @@ impl<'g> CpuModel<'g> {
         let plan = plan(graph, info).ok_or(ExecError::NotCheckable)?;
         let nodes: Vec<NodeId> = plan.steps.iter().map(|s| s.node).collect();
         let mut bound =
-            super::bind_weights(graph, info, &nodes, weights).map_err(ExecError::Weights)?;
+            super::bind_and_fold(graph, info, &plan, weights).map_err(ExecError::Weights)?;
         let mut prepared: Vec<Prepared> = (0..graph.nodes.len()).map(|_| Prepared::None).collect();
         for &id in &nodes {
             let node = graph.node(id);
@@ -190,18 +190,17 @@ impl<'g> CpuModel<'g> {
             });
         }
         let mut arena = vec![0.0f32; self.plan.arena_len * batch];
-        let scaled = |r: &std::ops::Range<usize>| r.start * batch..r.end * batch;
         // UNETC_PROFILE=1 prints each layer's time to stderr (for performance work).
         let profile = std::env::var_os("UNETC_PROFILE").is_some();
         for step in &self.plan.steps {
-            let node = self.graph.node(step.node);
-            let out_shape = self.shape(step.node);
-            let in_shapes: Vec<Vec<usize>> = node.inputs.iter().map(|&p| self.shape(p)).collect();
-            let in_ranges: Vec<_> = step.inputs.iter().map(scaled).collect();
-            let (out, ins) = split_arena(&mut arena, scaled(&step.output), &in_ranges);
             let start = std::time::Instant::now();
-            self.layer(step.node, &ins, &in_shapes, input, out, &out_shape, batch);
+            match &step.work {
+                Work::Nothing => continue,
+                Work::Concat(copies) => self.concat_copies(&mut arena, step.node, copies, batch),
+                Work::Kernel => self.kernel_step(&mut arena, step.node, input, batch),
+            }
             if profile {
+                let node = self.graph.node(step.node);
                 let ms = start.elapsed().as_secs_f64() * 1e3;
                 let macs = self.info.layers[step.node.index()].macs as f64 * batch as f64;
                 eprintln!(
@@ -214,19 +213,108 @@ impl<'g> CpuModel<'g> {
             }
         }
         Ok(self
-            .plan
+            .graph
             .outputs
             .iter()
-            .zip(&self.graph.outputs)
-            .map(|(r, &id)| {
+            .map(|&id| {
                 let mut shape = vec![batch];
                 shape.extend(self.shape(id));
-                Tensor {
-                    shape,
-                    data: arena[scaled(r)].to_vec(),
-                }
+                let data = match &self.plan.storage[id.index()] {
+                    Some(s) => gather(&arena, &self.plan, s, batch),
+                    None => Vec::new(),
+                };
+                Tensor { shape, data }
             })
             .collect())
+    }
+
+    /// Copies the inputs of a built concatenation that were not written in place.
+    fn concat_copies(&self, arena: &mut [f32], id: NodeId, copies: &[usize], batch: usize) {
+        let Some(whole) = self.plan.window(id) else {
+            return;
+        };
+        let inputs = &self.graph.node(id).inputs;
+        let mut channel_of = Vec::with_capacity(inputs.len());
+        let mut channel = 0;
+        for &p in inputs {
+            channel_of.push(channel);
+            channel += hwc(&self.shape(p))[2];
+        }
+        for &k in copies {
+            let Some(source) = self.plan.storage[inputs[k].index()].as_ref() else {
+                continue;
+            };
+            let data = gather(arena, &self.plan, source, batch);
+            let c = hwc(&self.shape(inputs[k]))[2];
+            let slice = Window {
+                offset: whole.offset + channel_of[k],
+                c,
+                ..whole
+            };
+            scatter(arena, &self.plan, &slice, batch, &data);
+        }
+    }
+
+    /// Runs one layer's kernel: dense inputs are read in place, others gathered; a dense
+    /// output is written in place, a window of a wider buffer through a scatter.
+    fn kernel_step(&self, arena: &mut [f32], id: NodeId, input: &Tensor, batch: usize) {
+        let node = self.graph.node(id);
+        let out_shape = self.shape(id);
+        let in_shapes: Vec<Vec<usize>> = node.inputs.iter().map(|&p| self.shape(p)).collect();
+        let Some(out_window) = self.plan.window(id) else {
+            return;
+        };
+        let out_range = dense_range(&self.plan, &out_window, batch);
+        let sources: Vec<Source> = node
+            .inputs
+            .iter()
+            .map(|&p| match &self.plan.storage[p.index()] {
+                Some(Storage::Window(w)) => match dense_range(&self.plan, w, batch) {
+                    Some(r) if out_range.as_ref().is_none_or(|o| disjoint(o, &r)) => {
+                        Source::Arena(r)
+                    }
+                    _ => Source::Owned(gather_window(arena, &self.plan, w, batch)),
+                },
+                Some(s) => Source::Owned(gather(arena, &self.plan, s, batch)),
+                None => Source::Owned(Vec::new()),
+            })
+            .collect();
+        match out_range {
+            Some(out_range) => {
+                let ranges: Vec<_> = sources
+                    .iter()
+                    .filter_map(|s| match s {
+                        Source::Arena(r) => Some(r.clone()),
+                        Source::Owned(_) => None,
+                    })
+                    .collect();
+                let (out, borrowed) = split_arena(arena, out_range, &ranges);
+                let mut borrowed = borrowed.into_iter();
+                let ins: Vec<&[f32]> = sources
+                    .iter()
+                    .map(|s| match s {
+                        Source::Arena(_) => borrowed.next().unwrap_or(&[]),
+                        Source::Owned(v) => v.as_slice(),
+                    })
+                    .collect();
+                self.layer(id, &ins, &in_shapes, input, out, &out_shape, batch);
+            }
+            None => {
+                let mut out = vec![0.0f32; out_window.len() * batch];
+                {
+                    let shared: &[f32] = arena;
+                    let ins: Vec<&[f32]> = sources
+                        .iter()
+                        .map(|s| match s {
+                            Source::Arena(r) => &shared[r.clone()],
+                            Source::Owned(v) => v.as_slice(),
+                        })
+                        .collect();
+                    self.layer(id, &ins, &in_shapes, input, &mut out, &out_shape, batch);
+                }
+                scatter(arena, &self.plan, &out_window, batch, &out);
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -241,24 +329,22 @@ impl<'g> CpuModel<'g> {
         batch: usize,
     ) {
         let node = self.graph.node(id);
-        let hwc = |s: &[usize]| -> [usize; 3] {
-            [
-                s[0],
-                s.get(1).copied().unwrap_or(1),
-                s.get(2).copied().unwrap_or(1),
-            ]
-        };
+        let hwc = hwc3;
         let channels = out_shape.last().copied().unwrap_or(1);
         match (&node.op, &self.prepared[id.index()]) {
             (Op::Input(_), _) => out.copy_from_slice(&input.data),
             (Op::Conv2D(op), Prepared::Conv { kernel, bias }) => kernels::conv2d(
                 op,
                 ins[0],
-                hwc(&in_shapes[0]),
+                hwc3(&in_shapes[0]),
                 kernel,
                 bias.as_deref(),
+                self.plan.fused[id.index()]
+                    .activation
+                    .as_deref()
+                    .unwrap_or(&op.args.activation),
                 out,
-                hwc(out_shape),
+                hwc3(out_shape),
                 batch,
             ),
             (Op::Conv2DTranspose(op), Prepared::ConvTranspose { kernel_t, bias }) => {
@@ -337,6 +423,93 @@ impl<'g> CpuModel<'g> {
             ) => out.fill(f32::NAN),
         }
     }
+}
+
+/// `[h, w, c]` of a 3-D shape per item (missing trailing axes count as 1).
+fn hwc3(s: &[usize]) -> [usize; 3] {
+    [
+        s.first().copied().unwrap_or(1),
+        s.get(1).copied().unwrap_or(1),
+        s.get(2).copied().unwrap_or(1),
+    ]
+}
+
+/// Where a kernel's input comes from: a dense range of the arena, or a gathered copy.
+enum Source {
+    Arena(std::ops::Range<usize>),
+    Owned(Vec<f32>),
+}
+
+fn disjoint(a: &std::ops::Range<usize>, b: &std::ops::Range<usize>) -> bool {
+    a.end <= b.start || b.end <= a.start
+}
+
+/// The arena range of a window that is a whole buffer, for a batch (items back to back).
+fn dense_range(plan: &Plan, w: &Window, batch: usize) -> Option<std::ops::Range<usize>> {
+    let buffer = &plan.buffers[w.buffer];
+    (w.offset == 0 && w.is_dense() && w.len() == buffer.len).then(|| {
+        let start = buffer.offset * batch;
+        start..start + buffer.len * batch
+    })
+}
+
+/// Arena index of each item's pixel rows of a window: calls `row(n, y, start)` where `start`
+/// is the index of element (n, y, 0, 0).
+fn for_each_row(plan: &Plan, w: &Window, batch: usize, mut row: impl FnMut(usize, usize, usize)) {
+    let base = plan.base(w, batch);
+    let item = plan.item_stride(w);
+    for n in 0..batch {
+        for y in 0..w.h {
+            row(n, y, base + n * item + y * w.row_stride);
+        }
+    }
+}
+
+/// A window's values, dense `[batch, h, w, c]`.
+fn gather_window(arena: &[f32], plan: &Plan, w: &Window, batch: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(w.len() * batch);
+    for_each_row(plan, w, batch, |_, _, start| {
+        for x in 0..w.w {
+            let p = start + x * w.pixel_stride;
+            out.extend_from_slice(&arena[p..p + w.c]);
+        }
+    });
+    out
+}
+
+/// A value's data, dense `[batch, h, w, c]` (parts of an unbuilt concatenation interleaved).
+fn gather(arena: &[f32], plan: &Plan, s: &Storage, batch: usize) -> Vec<f32> {
+    match s {
+        Storage::Window(w) => gather_window(arena, plan, w, batch),
+        Storage::Parts(parts) => {
+            let total: usize = parts.iter().map(|p| p.c).sum();
+            let first = parts[0];
+            let mut out = vec![0.0f32; first.h * first.w * total * batch];
+            let mut at = 0;
+            for p in parts {
+                let dense = gather_window(arena, plan, p, batch);
+                for (pixel, values) in dense.chunks(p.c.max(1)).enumerate() {
+                    let dst = pixel * total + at;
+                    out[dst..dst + p.c].copy_from_slice(values);
+                }
+                at += p.c;
+            }
+            out
+        }
+    }
+}
+
+/// Writes dense `[batch, h, w, c]` data into a window.
+fn scatter(arena: &mut [f32], plan: &Plan, w: &Window, batch: usize, data: &[f32]) {
+    let mut src = data.chunks(w.c.max(1));
+    for_each_row(plan, w, batch, |_, _, start| {
+        for x in 0..w.w {
+            let p = start + x * w.pixel_stride;
+            if let Some(values) = src.next() {
+                arena[p..p + w.c].copy_from_slice(values);
+            }
+        }
+    });
 }
 
 /// The output region mutably and the input regions shared, from one arena. The planner

@@ -8,13 +8,14 @@
 
 mod cache;
 
-use super::plan::{plan, Plan};
+use super::plan::{hwc, plan, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
-use super::WeightSource;
+use super::{Precision, WeightSource};
 use crate::infer::Inferred;
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -23,26 +24,50 @@ use std::sync::Arc;
 /// The kernel sources, in the order they are concatenated into one NVRTC program.
 pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("common.cuh", include_str!("kernels/common.cuh")),
+    ("elem.cuh", include_str!("kernels/elem.cuh")),
     ("conv.cu", include_str!("kernels/conv.cu")),
     ("layers.cu", include_str!("kernels/layers.cu")),
+    ("igemm.cu", include_str!("kernels/igemm.cu")),
+];
+
+/// The layer kernels, each instantiated for f32 and bf16 arenas (`<name>_f32`, `<name>_bf16`).
+pub const LAYER_KERNELS: &[&str] = &[
+    "conv2d",
+    "conv2d_transpose",
+    "dense",
+    "max_pool",
+    "upsample",
+    "shift_window",
+    "concat_part",
+    "add",
+    "batch_norm",
+    "activation",
+    "relu_layer",
+    "softmax",
+    "global_average_pool",
+];
+
+/// The tensor-core convolutions (kernels/igemm.cu): `_small` ones take any alignment.
+pub const IGEMM_KERNELS: &[&str] = &[
+    "conv_igemm_bf16",
+    "conv_igemm_bf16_small",
+    "conv_igemm_tf32",
+    "conv_igemm_tf32_small",
 ];
 
 /// Every kernel the backend launches (each must exist in the compiled module).
-pub const KERNEL_NAMES: &[&str] = &[
-    "conv2d_f32",
-    "conv2d_transpose_f32",
-    "dense_f32",
-    "max_pool_f32",
-    "upsample_f32",
-    "shift_window_f32",
-    "concat_part_f32",
-    "add_f32",
-    "batch_norm_f32",
-    "activation_f32",
-    "relu_layer_f32",
-    "softmax_f32",
-    "global_average_pool_f32",
-];
+pub fn kernel_names() -> Vec<String> {
+    LAYER_KERNELS
+        .iter()
+        .flat_map(|k| [format!("{k}_f32"), format!("{k}_bf16")])
+        .chain(IGEMM_KERNELS.iter().map(|k| k.to_string()))
+        .collect()
+}
+
+/// Dynamic shared memory of the tensor-core kernels (kernels/igemm.cu: 3 stages of 128x32 A
+/// and B tiles).
+const IGEMM_BF16_SMEM: u32 = 3 * 2 * 128 * 32 * 2;
+const IGEMM_TF32_SMEM: u32 = 3 * 2 * 128 * 32 * 4;
 
 /// NVRTC options used for every compile (part of the cache key).
 pub const COMPILE_OPTIONS: &[&str] = &["--std=c++17"];
@@ -182,9 +207,130 @@ pub fn activation_code(name: &str) -> i32 {
     }
 }
 
-/// One layer's weights on the device (absent bias/gamma/beta become zeros/ones).
+/// An NHWC window of the arena as the kernels take it (`View` in kernels/common.cuh).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct View {
+    pub offset: i64,
+    pub item_stride: i64,
+    pub row_stride: i64,
+    pub pixel_stride: i32,
+    pub h: i32,
+    pub w: i32,
+    pub c: i32,
+}
+
+// SAFETY: plain old data with the C layout of `struct View` (three i64 then four int).
+unsafe impl DeviceRepr for View {}
+
+impl View {
+    /// The window of a plan for a batch: items of a buffer lie back to back.
+    pub fn of(plan: &Plan, w: &Window, batch: usize) -> View {
+        View {
+            offset: plan.base(w, batch) as i64,
+            item_stride: plan.item_stride(w) as i64,
+            row_stride: w.row_stride as i64,
+            pixel_stride: w.pixel_stride as i32,
+            h: w.h as i32,
+            w: w.w as i32,
+            c: w.c as i32,
+        }
+    }
+
+    /// `len` dense values per item starting at `offset` as a 1x1 window of `len` channels.
+    fn flat(offset: i64, len: usize) -> View {
+        View {
+            offset,
+            item_stride: len as i64,
+            row_stride: len as i64,
+            pixel_stride: len as i32,
+            h: 1,
+            w: 1,
+            c: len as i32,
+        }
+    }
+
+    fn elements(&self, batch: usize) -> usize {
+        batch * (self.h.max(0) * self.w.max(0)) as usize * self.c.max(0) as usize
+    }
+}
+
+/// The tensor-core convolution's parameters (`ConvParams` in kernels/igemm.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConvParams {
+    pub x0: View,
+    pub x1: View,
+    pub y: View,
+    pub n: i32,
+    pub kh: i32,
+    pub kw: i32,
+    pub sh: i32,
+    pub sw: i32,
+    pub dh: i32,
+    pub dw: i32,
+    pub pt: i32,
+    pub pl: i32,
+    pub f: i32,
+    pub k: i32,
+    pub k_padded: i32,
+    pub act: i32,
+    pub mode: i32,
+}
+
+// The kernel's static_assert says 176 bytes; a mismatch here would pass garbage.
+const _: () = assert!(std::mem::size_of::<ConvParams>() == 176);
+
+// SAFETY: plain old data with the C layout of `struct ConvParams`.
+unsafe impl DeviceRepr for ConvParams {}
+
+/// Rows of the tensor-core weight matrix are padded to this many values (the kernel's K tile).
+pub const K_TILE: usize = 32;
+
+/// A Conv2D kernel (HWIO, `k = kh*kw*c` rows of `f`) as the tensor-core kernel reads it: one
+/// row of `k_padded` values per filter, zero beyond `k`.
+pub fn pack_conv_weights(hwio: &[f32], k: usize, f: usize) -> (Vec<f32>, usize) {
+    let k_padded = k.div_ceil(K_TILE) * K_TILE;
+    let mut packed = vec![0.0f32; f * k_padded];
+    for (kk, row) in hwio.chunks_exact(f.max(1)).take(k).enumerate() {
+        for (o, &v) in row.iter().enumerate() {
+            packed[o * k_padded + kk] = v;
+        }
+    }
+    (packed, k_padded)
+}
+
+/// A Keras Conv2DTranspose kernel (`[kh, kw, f, c]`: already one row of `c` per GEMM column
+/// `(a, b, o)`) with its rows padded to a multiple of [`K_TILE`].
+pub fn pack_transpose_weights(keras: &[f32], c: usize) -> (Vec<f32>, usize) {
+    let k_padded = c.div_ceil(K_TILE) * K_TILE;
+    let rows = keras.len() / c.max(1);
+    let mut packed = vec![0.0f32; rows * k_padded];
+    for (r, row) in keras.chunks_exact(c.max(1)).enumerate() {
+        packed[r * k_padded..r * k_padded + c].copy_from_slice(row);
+    }
+    (packed, k_padded)
+}
+
+/// Packed weights of a layer that runs on tensor cores.
+struct TensorCoreWeights {
+    packed: Arena,
+    k: usize,
+    k_padded: usize,
+    /// 0: convolution; 1: transposed convolution with kernel == strides.
+    mode: i32,
+}
+
+/// One layer's weights on the device, f32: `[kernel, bias]` (batch norm folded in when the plan
+/// fused one) or `[gamma, beta, moving_mean, moving_variance]`.
 struct DeviceWeights {
     tensors: Vec<CudaSlice<f32>>,
+}
+
+/// The activation arena: f32 values (f32 and tf32 precision) or bf16 bits.
+enum Arena {
+    F32(CudaSlice<f32>),
+    Bf16(CudaSlice<u16>),
 }
 
 /// A model ready to run on the GPU.
@@ -192,10 +338,13 @@ pub struct CudaModel<'g> {
     graph: &'g Graph,
     info: &'g Inferred,
     plan: Plan,
+    precision: Precision,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
-    functions: HashMap<&'static str, CudaFunction>,
+    functions: HashMap<String, CudaFunction>,
     weights: HashMap<NodeId, DeviceWeights>,
+    tensor_core: HashMap<NodeId, TensorCoreWeights>,
+    weight_bytes: u64,
     pub device_name: String,
 }
 
@@ -209,11 +358,52 @@ fn grid(total: usize) -> LaunchConfig {
     }
 }
 
+/// Round to nearest even, as the kernels store bf16 (NaN stays a quiet NaN).
+pub fn f32_to_bf16(v: f32) -> u16 {
+    let u = v.to_bits();
+    if u & 0x7fff_ffff > 0x7f80_0000 {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+pub fn bf16_to_f32(v: u16) -> f32 {
+    f32::from_bits((v as u32) << 16)
+}
+
+/// The element types an arena can hold, with their kernel-name suffix.
+trait Element: DeviceRepr + ValidAsZeroBits + Copy + Default + Unpin {
+    const SUFFIX: &'static str;
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl Element for f32 {
+    const SUFFIX: &'static str = "_f32";
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Element for u16 {
+    const SUFFIX: &'static str = "_bf16";
+    fn from_f32(v: f32) -> Self {
+        f32_to_bf16(v)
+    }
+    fn to_f32(self) -> f32 {
+        bf16_to_f32(self)
+    }
+}
+
 impl<'g> CudaModel<'g> {
     pub fn new(
         graph: &'g Graph,
         info: &'g Inferred,
         weights: &dyn WeightSource,
+        precision: Precision,
     ) -> Result<Self, CudaError> {
         cuda_available().map_err(CudaError::Unavailable)?;
         let plan = plan(graph, info).ok_or_else(|| {
@@ -227,26 +417,45 @@ impl<'g> CudaModel<'g> {
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
             .map_err(driver)?;
         let mut functions = HashMap::new();
-        for &name in KERNEL_NAMES {
-            functions.insert(name, module.load_function(name).map_err(driver)?);
+        for name in kernel_names() {
+            let f = module.load_function(&name).map_err(driver)?;
+            functions.insert(name, f);
         }
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let mut model = CudaModel {
             graph,
             info,
             plan,
+            precision,
             stream,
             ctx,
             functions,
             weights: HashMap::new(),
+            tensor_core: HashMap::new(),
+            weight_bytes: 0,
             device_name,
         };
+        if precision == Precision::Tf32 {
+            // The tf32 tiles need 96 KiB of shared memory (kernels/igemm.cu).
+            for name in ["conv_igemm_tf32", "conv_igemm_tf32_small"] {
+                model.functions[name]
+                    .set_attribute(
+                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        IGEMM_TF32_SMEM as i32,
+                    )
+                    .map_err(driver)?;
+            }
+        }
         model.upload_weights(weights)?;
         Ok(model)
     }
 
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn shape(&self, id: NodeId) -> Vec<usize> {
@@ -258,33 +467,234 @@ impl<'g> CudaModel<'g> {
             .collect()
     }
 
-    /// Uploads each layer's weights, checked by [`super::bind_weights`].
+    /// Uploads each layer's weights, checked and folded by [`super::bind_and_fold`].
     fn upload_weights(&mut self, weights: &dyn WeightSource) -> Result<(), CudaError> {
-        let nodes: Vec<NodeId> = self.plan.steps.iter().map(|s| s.node).collect();
-        let bound =
-            super::bind_weights(self.graph, self.info, &nodes, weights).map_err(|problems| {
+        let bound = super::bind_and_fold(self.graph, self.info, &self.plan, weights).map_err(
+            |problems| {
                 CudaError::Model(format!(
                     "the weights do not fit the model:\n  {}",
                     problems.join("\n  ")
                 ))
-            })?;
+            },
+        )?;
         for (id, host) in bound {
+            if self.precision != Precision::F32 {
+                if let Some(tc) = self.pack_for_tensor_cores(id, &host)? {
+                    self.tensor_core.insert(id, tc);
+                }
+            }
             let tensors = host
                 .iter()
-                .map(|h| self.stream.clone_htod(h).map_err(driver))
+                .map(|h| {
+                    self.weight_bytes += 4 * h.len() as u64;
+                    self.stream.clone_htod(h).map_err(driver)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             self.weights.insert(id, DeviceWeights { tensors });
         }
         Ok(())
     }
 
-    /// Device memory a batch needs beyond the weights (the activation arena).
-    pub fn arena_bytes(&self, batch: usize) -> u64 {
-        self.plan.arena_bytes(batch)
+    /// Packs a layer's weights for the tensor-core kernel, if the layer runs there: every
+    /// Conv2D, and Conv2DTranspose whose kernel equals its strides (each output pixel then
+    /// comes from exactly one input pixel, so the kernel's scatter covers the output).
+    fn pack_for_tensor_cores(
+        &mut self,
+        id: NodeId,
+        host: &[Vec<f32>],
+    ) -> Result<Option<TensorCoreWeights>, CudaError> {
+        let node = self.graph.node(id);
+        let in_shape = self.shape(node.inputs[0]);
+        let out_shape = self.shape(id);
+        let [h, w, c] = hwc(&in_shape);
+        let [oh, ow, f] = hwc(&out_shape);
+        let (packed, k, k_padded, mode) = match &node.op {
+            Op::Conv2D(op) => {
+                let k = op.args.kernel_size[0] as usize * op.args.kernel_size[1] as usize * c;
+                let (packed, k_padded) = pack_conv_weights(&host[0], k, f);
+                (packed, k, k_padded, 0)
+            }
+            Op::Conv2DTranspose(op) => {
+                let a = &op.args;
+                let (y0, x0) = (op.crop_before(0, h, oh), op.crop_before(1, w, ow));
+                let covered = a.kernel_size == a.strides
+                    && a.dilation_rate == [1, 1]
+                    && oh + y0 <= h * a.strides[0] as usize
+                    && ow + x0 <= w * a.strides[1] as usize;
+                if !covered {
+                    return Ok(None);
+                }
+                let (packed, k_padded) = pack_transpose_weights(&host[0], c);
+                (packed, c, k_padded, 1)
+            }
+            _ => return Ok(None),
+        };
+        let packed = match self.precision {
+            Precision::Bf16 => {
+                let bits: Vec<u16> = packed.iter().map(|&v| f32_to_bf16(v)).collect();
+                self.weight_bytes += 2 * bits.len() as u64;
+                Arena::Bf16(self.stream.clone_htod(&bits).map_err(driver)?)
+            }
+            _ => {
+                self.weight_bytes += 4 * packed.len() as u64;
+                Arena::F32(self.stream.clone_htod(&packed).map_err(driver)?)
+            }
+        };
+        Ok(Some(TensorCoreWeights {
+            packed,
+            k,
+            k_padded,
+            mode,
+        }))
     }
 
-    /// Runs a batch `[N, H, W, C]`; returns the model's outputs.
+    /// A convolution on tensor cores (kernels/igemm.cu): the fast kernel when every input
+    /// window is aligned for 16-byte copies, the element-wise one otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_tensor_core<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        tc: &TensorCoreWeights,
+        bias: &CudaSlice<f32>,
+        (x0, x1, y): (View, View, View),
+        geometry: [i32; 8],
+        act: i32,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let [kh, kw, sh, sw, dh, dw, pt, pl] = geometry;
+        let params = ConvParams {
+            x0,
+            x1,
+            y,
+            n: batch as i32,
+            kh,
+            kw,
+            sh,
+            sw,
+            dh,
+            dw,
+            pt,
+            pl,
+            f: y.c,
+            k: tc.k as i32,
+            k_padded: tc.k_padded as i32,
+            act,
+            mode: tc.mode,
+        };
+        let (bf16, smem) = match self.precision {
+            Precision::Bf16 => (true, IGEMM_BF16_SMEM),
+            _ => (false, IGEMM_TF32_SMEM),
+        };
+        let e = if bf16 { 8 } else { 4 };
+        let aligned = |v: &View| {
+            v.c == 0
+                || (v.c % e == 0
+                    && v.offset % e as i64 == 0
+                    && v.pixel_stride % e == 0
+                    && v.row_stride % e as i64 == 0
+                    && v.item_stride % e as i64 == 0)
+        };
+        let fast = aligned(&x0) && aligned(&x1);
+        let name = match (bf16, fast) {
+            (true, true) => "conv_igemm_bf16",
+            (true, false) => "conv_igemm_bf16_small",
+            (false, true) => "conv_igemm_tf32",
+            (false, false) => "conv_igemm_tf32_small",
+        };
+        let (m, n) = if tc.mode == 0 {
+            (batch * (y.h * y.w) as usize, y.c as usize)
+        } else {
+            (
+                batch * (x0.h * x0.w) as usize,
+                (kh * kw) as usize * y.c as usize,
+            )
+        };
+        let config = LaunchConfig {
+            grid_dim: (m.div_ceil(128) as u32, n.div_ceil(128) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let stream = &self.stream;
+        let (ptr, _sync) = cudarc::driver::DevicePtrMut::device_ptr_mut(arena, stream);
+        let mut b = stream.launch_builder(&self.functions[name]);
+        // The kernel reads and writes the same arena through two pointers (the plan keeps the
+        // output window apart from the inputs).
+        b.arg(&ptr).arg(&ptr);
+        match &tc.packed {
+            Arena::Bf16(w) => b.arg(w),
+            Arena::F32(w) => b.arg(w),
+        };
+        b.arg(bias).arg(&params);
+        // SAFETY: matches conv_igemm_*(x*, y*, const w*, const float* bias, ConvParams) with the
+        // launch shape kernels/igemm.cu documents; windows come from the plan; the packed
+        // weights hold n rows of k_padded values (the element type matches the kernel's).
+        unsafe { b.launch(config).map_err(driver)? };
+        Ok(())
+    }
+
+    fn element_bytes(&self) -> u64 {
+        match self.precision {
+            Precision::Bf16 => 2,
+            Precision::F32 | Precision::Tf32 => 4,
+        }
+    }
+
+    /// Device memory a batch needs for activations (the arena).
+    pub fn arena_bytes(&self, batch: usize) -> u64 {
+        self.plan.arena_bytes_of(batch, self.element_bytes())
+    }
+
+    /// Device memory the model holds: its weights as uploaded.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// Runs a batch `[N, H, W, C]`; returns the model's outputs (f32).
     pub fn run(&self, input: &Tensor) -> Result<Vec<Tensor>, CudaError> {
+        let batch = self.check_input(input)?;
+        match self.alloc(batch)? {
+            Arena::F32(mut a) => {
+                self.forward(&mut a, input, batch)?;
+                self.outputs(&a, batch)
+            }
+            Arena::Bf16(mut a) => {
+                self.forward(&mut a, input, batch)?;
+                self.outputs(&a, batch)
+            }
+        }
+    }
+
+    /// Timing helper: runs `iterations` batches and returns each one's milliseconds (CUDA
+    /// events around the launches and the input upload; no host copies of outputs).
+    pub fn time(&self, input: &Tensor, iterations: usize) -> Result<Vec<f64>, CudaError> {
+        let batch = self.check_input(input)?;
+        match self.alloc(batch)? {
+            Arena::F32(mut a) => self.time_in(&mut a, input, batch, iterations),
+            Arena::Bf16(mut a) => self.time_in(&mut a, input, batch, iterations),
+        }
+    }
+
+    fn time_in<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        input: &Tensor,
+        batch: usize,
+        iterations: usize,
+    ) -> Result<Vec<f64>, CudaError> {
+        let mut times = Vec::new();
+        for _ in 0..iterations {
+            let start = self.ctx.new_event(None).map_err(driver)?;
+            let end = self.ctx.new_event(None).map_err(driver)?;
+            start.record(&self.stream).map_err(driver)?;
+            self.forward(arena, input, batch)?;
+            end.record(&self.stream).map_err(driver)?;
+            end.synchronize().map_err(driver)?;
+            times.push(start.elapsed_ms(&end).map_err(driver)? as f64);
+        }
+        Ok(times)
+    }
+
+    fn check_input(&self, input: &Tensor) -> Result<usize, CudaError> {
         let want = self.shape(self.graph.inputs[0]);
         if input.shape.len() != want.len() + 1 || input.shape[1..] != want[..] {
             return Err(CudaError::Model(format!(
@@ -292,7 +702,11 @@ impl<'g> CudaModel<'g> {
                 input.shape, want
             )));
         }
-        let batch = input.shape[0];
+        Ok(input.shape[0])
+    }
+
+    /// The arena for a batch, after checking that it fits in free device memory.
+    fn alloc(&self, batch: usize) -> Result<Arena, CudaError> {
         let need = self.arena_bytes(batch);
         let (free, _) = self.ctx.mem_get_info().map_err(driver)?;
         if need > free as u64 {
@@ -301,223 +715,354 @@ impl<'g> CudaModel<'g> {
                 free: free as u64,
             });
         }
-        let mut arena = self
-            .stream
-            .alloc_zeros::<f32>(self.plan.arena_len * batch)
-            .map_err(driver)?;
+        let len = self.plan.arena_len * batch;
+        Ok(match self.precision {
+            Precision::Bf16 => Arena::Bf16(self.stream.alloc_zeros::<u16>(len).map_err(driver)?),
+            Precision::F32 | Precision::Tf32 => {
+                Arena::F32(self.stream.alloc_zeros::<f32>(len).map_err(driver)?)
+            }
+        })
+    }
+
+    fn forward<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        input: &Tensor,
+        batch: usize,
+    ) -> Result<(), CudaError> {
         for step in &self.plan.steps {
-            self.launch(step, &mut arena, input, batch)?;
+            match &step.work {
+                Work::Nothing => {}
+                Work::Concat(copies) => self.concat_copies(arena, step.node, copies, batch)?,
+                Work::Kernel => self.launch(step.node, arena, input, batch)?,
+            }
         }
+        Ok(())
+    }
+
+    fn outputs<T: Element>(
+        &self,
+        arena: &CudaSlice<T>,
+        batch: usize,
+    ) -> Result<Vec<Tensor>, CudaError> {
         let mut outputs = Vec::new();
-        for (range, &id) in self.plan.outputs.iter().zip(&self.graph.outputs) {
-            let view = arena.slice(range.start * batch..range.end * batch);
-            let data = self.stream.clone_dtoh(&view).map_err(driver)?;
+        for &id in &self.graph.outputs {
+            let w = self.dense_window(id)?;
+            let start = self.plan.base(&w, batch);
+            let view = arena.slice(start..start + w.len() * batch);
+            let data: Vec<T> = self.stream.clone_dtoh(&view).map_err(driver)?;
             let mut shape = vec![batch];
             shape.extend(self.shape(id));
-            outputs.push(Tensor { shape, data });
+            outputs.push(Tensor {
+                shape,
+                data: data.into_iter().map(T::to_f32).collect(),
+            });
         }
         Ok(outputs)
     }
 
-    /// Timing helper: runs `iterations` batches and returns each one's milliseconds (CUDA events).
-    pub fn time(&self, input: &Tensor, iterations: usize) -> Result<Vec<f64>, CudaError> {
-        let batch = input.shape[0];
-        let mut arena = self
-            .stream
-            .alloc_zeros::<f32>(self.plan.arena_len * batch)
-            .map_err(driver)?;
-        let mut times = Vec::new();
-        for _ in 0..iterations {
-            let start = self.ctx.new_event(None).map_err(driver)?;
-            let end = self.ctx.new_event(None).map_err(driver)?;
-            start.record(&self.stream).map_err(driver)?;
-            for step in &self.plan.steps {
-                self.launch(step, &mut arena, input, batch)?;
-            }
-            end.record(&self.stream).map_err(driver)?;
-            end.synchronize().map_err(driver)?;
-            times.push(start.elapsed_ms(&end).map_err(driver)? as f64);
+    /// The window of a value the plan keeps dense (inputs of Dense/Flatten/Softmax, outputs).
+    fn dense_window(&self, id: NodeId) -> Result<Window, CudaError> {
+        match self.plan.window(id) {
+            Some(w) if w.is_dense() => Ok(w),
+            _ => Err(CudaError::Model(format!(
+                "internal: `{}` is not stored densely (please report this)",
+                self.graph.node(id).name
+            ))),
         }
-        Ok(times)
     }
 
-    fn launch(
+    fn window(&self, id: NodeId) -> Result<Window, CudaError> {
+        self.plan.window(id).ok_or_else(|| {
+            CudaError::Model(format!(
+                "internal: `{}` has no single window (please report this)",
+                self.graph.node(id).name
+            ))
+        })
+    }
+
+    fn function<T: Element>(&self, kernel: &str) -> &CudaFunction {
+        &self.functions[&format!("{kernel}{}", T::SUFFIX)]
+    }
+
+    /// Copies the parts of a built concatenation that their producers did not write in place.
+    fn concat_copies<T: Element>(
         &self,
-        step: &super::plan::Step,
-        arena: &mut CudaSlice<f32>,
+        arena: &mut CudaSlice<T>,
+        id: NodeId,
+        copies: &[usize],
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let whole = self.window(id)?;
+        let inputs = &self.graph.node(id).inputs;
+        let mut channel = 0;
+        for (k, &p) in inputs.iter().enumerate() {
+            let c = hwc(&self.shape(p))[2];
+            if copies.contains(&k) {
+                let x = View::of(&self.plan, &self.window(p)?, batch);
+                let slice = Window {
+                    offset: whole.offset + channel,
+                    c,
+                    ..whole
+                };
+                self.shift_window(arena, x, View::of(&self.plan, &slice, batch), 0, 0, batch)?;
+            }
+            channel += c;
+        }
+        Ok(())
+    }
+
+    fn shift_window<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        x: View,
+        y: View,
+        top: i32,
+        left: i32,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let nb = batch as i32;
+        // SAFETY: matches shift_window_<T>(void*, View, View, int, int, int); both windows lie
+        // inside the arena as planned.
+        unsafe {
+            self.stream
+                .launch_builder(self.function::<T>("shift_window"))
+                .arg(arena)
+                .arg(&x)
+                .arg(&y)
+                .arg(&top)
+                .arg(&left)
+                .arg(&nb)
+                .launch(grid(y.elements(batch)))
+                .map_err(driver)?;
+        }
+        Ok(())
+    }
+
+    fn weights_of(&self, id: NodeId) -> Result<&DeviceWeights, CudaError> {
+        self.weights.get(&id).ok_or_else(|| {
+            CudaError::Model(format!("no weights for `{}`", self.graph.node(id).name))
+        })
+    }
+
+    fn launch<T: Element>(
+        &self,
+        id: NodeId,
+        arena: &mut CudaSlice<T>,
         input: &Tensor,
         batch: usize,
     ) -> Result<(), CudaError> {
-        let node = self.graph.node(step.node);
-        let out_shape = self.shape(step.node);
+        let node = self.graph.node(id);
+        let out_shape = self.shape(id);
         let in_shapes: Vec<Vec<usize>> = node.inputs.iter().map(|&p| self.shape(p)).collect();
-        let y_off = (step.output.start * batch) as i64;
-        let x_off = step.inputs.first().map_or(0, |r| (r.start * batch) as i64);
-        let n_out = out_shape.iter().product::<usize>() * batch;
+        let plan = &self.plan;
+        let nb = batch as i32;
         let i = |v: usize| v as i32;
-        let hwc = |s: &[usize]| {
-            [
-                s[0],
-                s.get(1).copied().unwrap_or(1),
-                s.get(2).copied().unwrap_or(1),
-            ]
+        let x_view = |k: usize| -> Result<View, CudaError> {
+            Ok(View::of(plan, &self.window(node.inputs[k])?, batch))
         };
-        let f = |name: &str| &self.functions[name];
-        let w = self.weights.get(&step.node);
+        let y = View::of(plan, &self.window(id)?, batch);
+        let n_out = y.elements(batch);
         let stream = &self.stream;
         // SAFETY (every launch below): the arguments match the kernel's C signature in
-        // kernels/*.cu in order and type; offsets and sizes come from the plan, which keeps each
-        // tensor inside the arena (arena_len * batch elements) and a layer's output apart from
-        // its inputs; weight buffers were uploaded with the shapes the kernels index.
+        // kernels/*.cu in order and type; windows come from the plan, which keeps each value
+        // inside the arena (arena_len * batch elements) and a layer's output apart from its
+        // inputs; weight buffers were uploaded with the shapes the kernels index.
         match &node.op {
             Op::Input(_) => {
-                let mut view = arena.slice_mut(step.output.start * batch..step.output.end * batch);
-                stream.memcpy_htod(&input.data, &mut view).map_err(driver)?;
+                let w = self.dense_window(id)?;
+                let start = plan.base(&w, batch);
+                let mut view = arena.slice_mut(start..start + w.len() * batch);
+                let host: Vec<T> = input.data.iter().map(|&v| T::from_f32(v)).collect();
+                stream.memcpy_htod(&host, &mut view).map_err(driver)?;
             }
             Op::Conv2D(op) => {
                 let a = &op.args;
-                let [h, wd, c] = hwc(&in_shapes[0]);
-                let [oh, ow, fo] = hwc(&out_shape);
-                let (kh, kw) = (a.kernel_size[0] as usize, a.kernel_size[1] as usize);
-                let (sh, sw) = (a.strides[0] as usize, a.strides[1] as usize);
-                let (dh, dw) = (a.dilation_rate[0] as usize, a.dilation_rate[1] as usize);
+                let (x0, x1) = match &plan.storage[node.inputs[0].index()] {
+                    Some(Storage::Parts(parts)) if parts.len() == 2 => (
+                        View::of(plan, &parts[0], batch),
+                        View::of(plan, &parts[1], batch),
+                    ),
+                    _ => (x_view(0)?, View::default()),
+                };
+                let [h, wd, _] = hwc(&in_shapes[0]);
+                let (oh, ow) = (y.h as usize, y.w as usize);
                 let (pt, pl) = (a.pad_before(0, h, oh), a.pad_before(1, wd, ow));
-                let dw_ =
-                    w.ok_or_else(|| CudaError::Model(format!("no weights for `{}`", node.name)))?;
-                let act = activation_code(&a.activation);
-                let (bn, hh, ww, cc, ohh, oww, ff) =
-                    (i(batch), i(h), i(wd), i(c), i(oh), i(ow), i(fo));
-                let (khh, kww, shh, sww, dhh, dww, ptt, pll) =
-                    (i(kh), i(kw), i(sh), i(sw), i(dh), i(dw), i(pt), i(pl));
-                self.launch_weighted(
-                    "conv2d_f32",
-                    arena,
-                    x_off,
-                    y_off,
-                    dw_,
-                    &[
-                        bn, hh, ww, cc, ohh, oww, ff, khh, kww, shh, sww, dhh, dww, ptt, pll, act,
-                    ],
-                    n_out,
-                )?;
-                if a.activation == "softmax" {
-                    self.softmax_in_place(arena, y_off, (n_out / fo.max(1)) as i64, i(fo), 1)?;
+                let activation = plan.fused[id.index()]
+                    .activation
+                    .as_deref()
+                    .unwrap_or(&a.activation);
+                let act = activation_code(activation);
+                let w = self.weights_of(id)?;
+                let geometry = [
+                    a.kernel_size[0] as i32,
+                    a.kernel_size[1] as i32,
+                    a.strides[0] as i32,
+                    a.strides[1] as i32,
+                    a.dilation_rate[0] as i32,
+                    a.dilation_rate[1] as i32,
+                    i(pt),
+                    i(pl),
+                ];
+                if let Some(tc) = self.tensor_core.get(&id) {
+                    let views = (x0, x1, y);
+                    self.launch_tensor_core(arena, tc, &w.tensors[1], views, geometry, act, batch)?;
+                    if activation == "softmax" {
+                        let c = y.c.max(1);
+                        self.softmax_in_place(arena, y.offset, (n_out / c as usize) as i64, c, 1)?;
+                    }
+                    return Ok(());
+                }
+                let ints: Vec<i32> = geometry.iter().copied().chain([act, nb]).collect();
+                let mut b = stream.launch_builder(self.function::<T>("conv2d"));
+                b.arg(&mut *arena)
+                    .arg(&x0)
+                    .arg(&x1)
+                    .arg(&y)
+                    .arg(&w.tensors[0])
+                    .arg(&w.tensors[1]);
+                for v in &ints {
+                    b.arg(v);
+                }
+                unsafe { b.launch(grid(n_out)).map_err(driver)? };
+                if activation == "softmax" {
+                    let c = y.c.max(1);
+                    self.softmax_in_place(arena, y.offset, (n_out / c as usize) as i64, c, 1)?;
                 }
             }
             Op::Conv2DTranspose(op) => {
                 let a = &op.args;
-                let [h, wd, c] = hwc(&in_shapes[0]);
-                let [oh, ow, fo] = hwc(&out_shape);
-                let (kh, kw) = (a.kernel_size[0] as usize, a.kernel_size[1] as usize);
-                let (sh, sw) = (a.strides[0] as usize, a.strides[1] as usize);
+                let [h, wd, _] = hwc(&in_shapes[0]);
+                let (oh, ow) = (y.h as usize, y.w as usize);
                 let (y0, x0) = (op.crop_before(0, h, oh), op.crop_before(1, wd, ow));
-                let dw_ =
-                    w.ok_or_else(|| CudaError::Model(format!("no weights for `{}`", node.name)))?;
+                let w = self.weights_of(id)?;
+                let x = x_view(0)?;
                 let act = activation_code(&a.activation);
-                let (bn, hh, ww, cc, ohh, oww, ff) =
-                    (i(batch), i(h), i(wd), i(c), i(oh), i(ow), i(fo));
-                let (khh, kww, shh, sww, y0_, x0_) = (i(kh), i(kw), i(sh), i(sw), i(y0), i(x0));
-                self.launch_weighted(
-                    "conv2d_transpose_f32",
-                    arena,
-                    x_off,
-                    y_off,
-                    dw_,
-                    &[
-                        bn, hh, ww, cc, ohh, oww, ff, khh, kww, shh, sww, y0_, x0_, act,
-                    ],
-                    n_out,
-                )?;
+                if let Some(tc) = self.tensor_core.get(&id) {
+                    let geometry = [
+                        a.kernel_size[0] as i32,
+                        a.kernel_size[1] as i32,
+                        a.strides[0] as i32,
+                        a.strides[1] as i32,
+                        1,
+                        1,
+                        i(y0),
+                        i(x0),
+                    ];
+                    let views = (x, View::default(), y);
+                    self.launch_tensor_core(arena, tc, &w.tensors[1], views, geometry, act, batch)?;
+                    if a.activation == "softmax" {
+                        let c = y.c.max(1);
+                        self.softmax_in_place(arena, y.offset, (n_out / c as usize) as i64, c, 1)?;
+                    }
+                    return Ok(());
+                }
+                let ints = [
+                    a.kernel_size[0] as i32,
+                    a.kernel_size[1] as i32,
+                    a.strides[0] as i32,
+                    a.strides[1] as i32,
+                    i(y0),
+                    i(x0),
+                    act,
+                    nb,
+                ];
+                let mut b = stream.launch_builder(self.function::<T>("conv2d_transpose"));
+                b.arg(&mut *arena)
+                    .arg(&x)
+                    .arg(&y)
+                    .arg(&w.tensors[0])
+                    .arg(&w.tensors[1]);
+                for v in &ints {
+                    b.arg(v);
+                }
+                unsafe { b.launch(grid(n_out)).map_err(driver)? };
                 if a.activation == "softmax" {
-                    self.softmax_in_place(arena, y_off, (n_out / fo.max(1)) as i64, i(fo), 1)?;
+                    let c = y.c.max(1);
+                    self.softmax_in_place(arena, y.offset, (n_out / c as usize) as i64, c, 1)?;
                 }
             }
             Op::Dense(op) => {
                 let n_in = in_shapes[0].last().copied().unwrap_or(1);
                 let units = out_shape.last().copied().unwrap_or(1);
                 let rows = n_out / units.max(1);
-                let dw_ =
-                    w.ok_or_else(|| CudaError::Model(format!("no weights for `{}`", node.name)))?;
+                let w = self.weights_of(id)?;
+                let x_off = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
+                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
                 let act = activation_code(&op.activation);
                 let (r, ni, u) = (i(rows), i(n_in), i(units));
-                self.launch_weighted(
-                    "dense_f32",
-                    arena,
-                    x_off,
-                    y_off,
-                    dw_,
-                    &[r, ni, u, act],
-                    n_out,
-                )?;
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("dense"))
+                        .arg(&mut *arena)
+                        .arg(&x_off)
+                        .arg(&y_off)
+                        .arg(&w.tensors[0])
+                        .arg(&w.tensors[1])
+                        .arg(&r)
+                        .arg(&ni)
+                        .arg(&u)
+                        .arg(&act)
+                        .launch(grid(n_out))
+                        .map_err(driver)?;
+                }
                 if op.activation == "softmax" {
                     self.softmax_in_place(arena, y_off, rows as i64, u, 1)?;
                 }
             }
             Op::MaxPooling2D(op) => {
-                let [h, wd, c] = hwc(&in_shapes[0]);
-                let [oh, ow, _] = hwc(&out_shape);
-                let (kh, kw) = (op.pool_size[0] as usize, op.pool_size[1] as usize);
-                let (sh, sw) = (op.strides[0] as usize, op.strides[1] as usize);
+                let [h, wd, _] = hwc(&in_shapes[0]);
+                let (oh, ow) = (y.h as usize, y.w as usize);
                 let (pt, pl) = (op.pad_before(0, h, oh), op.pad_before(1, wd, ow));
-                let args = [
-                    i(batch),
-                    i(h),
-                    i(wd),
-                    i(c),
-                    i(oh),
-                    i(ow),
-                    i(kh),
-                    i(kw),
-                    i(sh),
-                    i(sw),
+                let x = x_view(0)?;
+                let ints = [
+                    op.pool_size[0] as i32,
+                    op.pool_size[1] as i32,
+                    op.strides[0] as i32,
+                    op.strides[1] as i32,
                     i(pt),
                     i(pl),
+                    nb,
                 ];
-                let mut b = stream.launch_builder(f("max_pool_f32"));
-                b.arg(&mut *arena).arg(&x_off).arg(&y_off);
-                for a in &args {
-                    b.arg(a);
+                let mut b = stream.launch_builder(self.function::<T>("max_pool"));
+                b.arg(&mut *arena).arg(&x).arg(&y);
+                for v in &ints {
+                    b.arg(v);
                 }
                 unsafe { b.launch(grid(n_out)).map_err(driver)? };
             }
             Op::UpSampling2D(op) => {
-                let [h, wd, c] = hwc(&in_shapes[0]);
-                let [oh, ow, _] = hwc(&out_shape);
-                let args = [
-                    i(batch),
-                    i(h),
-                    i(wd),
-                    i(c),
-                    i(oh),
-                    i(ow),
+                let x = x_view(0)?;
+                let ints = [
                     op.size[0] as i32,
                     op.size[1] as i32,
                     i32::from(op.interpolation == "bilinear"),
+                    nb,
                 ];
-                let mut b = stream.launch_builder(f("upsample_f32"));
-                b.arg(&mut *arena).arg(&x_off).arg(&y_off);
-                for a in &args {
-                    b.arg(a);
+                let mut b = stream.launch_builder(self.function::<T>("upsample"));
+                b.arg(&mut *arena).arg(&x).arg(&y);
+                for v in &ints {
+                    b.arg(v);
                 }
                 unsafe { b.launch(grid(n_out)).map_err(driver)? };
             }
-            Op::Cropping2D(_) | Op::ZeroPadding2D(_) => {
-                let [h, wd, c] = hwc(&in_shapes[0]);
-                let [oh, ow, _] = hwc(&out_shape);
-                let (t, l) = match &node.op {
-                    Op::Cropping2D(op) => (op.cropping[0] as i32, op.cropping[2] as i32),
-                    Op::ZeroPadding2D(op) => (-(op.padding[0] as i32), -(op.padding[2] as i32)),
-                    _ => (0, 0),
-                };
-                let args = [i(batch), i(h), i(wd), i(c), i(oh), i(ow), t, l];
-                let mut b = stream.launch_builder(f("shift_window_f32"));
-                b.arg(&mut *arena).arg(&x_off).arg(&y_off);
-                for a in &args {
-                    b.arg(a);
-                }
-                unsafe { b.launch(grid(n_out)).map_err(driver)? };
+            Op::Cropping2D(op) => {
+                let (t, l) = (op.cropping[0] as i32, op.cropping[2] as i32);
+                self.shift_window(arena, x_view(0)?, y, t, l, batch)?;
+            }
+            Op::ZeroPadding2D(op) => {
+                let (t, l) = (-(op.padding[0] as i32), -(op.padding[2] as i32));
+                self.shift_window(arena, x_view(0)?, y, t, l, batch)?;
+            }
+            Op::Dropout(_) => self.shift_window(arena, x_view(0)?, y, 0, 0, batch)?,
+            Op::Flatten(_) => {
+                let len: usize = in_shapes[0].iter().product();
+                let x = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
+                let yo = plan.base(&self.dense_window(id)?, batch) as i64;
+                self.shift_window(arena, View::flat(x, len), View::flat(yo, len), 0, 0, batch)?;
             }
             Op::Concatenate(op) => {
+                // Only concatenations on another axis than the channels run a kernel.
                 let rank = in_shapes[0].len() as i64 + 1;
                 let axis = (if op.axis < 0 { rank + op.axis } else { op.axis } - 1) as usize;
                 let outer = (batch * in_shapes[0][..axis].iter().product::<usize>()) as i64;
@@ -526,13 +1071,14 @@ impl<'g> CudaModel<'g> {
                     .map(|s| s[axis..].iter().product())
                     .collect();
                 let total = i(lens.iter().sum());
+                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
                 let mut at = 0usize;
-                for (range, &len) in step.inputs.iter().zip(&lens) {
-                    let xo = (range.start * batch) as i64;
+                for (&p, &len) in node.inputs.iter().zip(&lens) {
+                    let xo = plan.base(&self.dense_window(p)?, batch) as i64;
                     let (l, a) = (i(len), i(at));
                     unsafe {
                         stream
-                            .launch_builder(f("concat_part_f32"))
+                            .launch_builder(self.function::<T>("concat_part"))
                             .arg(&mut *arena)
                             .arg(&xo)
                             .arg(&y_off)
@@ -547,81 +1093,74 @@ impl<'g> CudaModel<'g> {
                 }
             }
             Op::Add(_) => {
-                let n = n_out as i64;
-                let first = (step.inputs[0].start * batch) as i64;
-                for (k, range) in step.inputs.iter().enumerate().skip(1) {
-                    let a_off = if k == 1 { first } else { y_off };
-                    let b_off = (range.start * batch) as i64;
+                for k in 1..node.inputs.len() {
+                    let a = if k == 1 { x_view(0)? } else { y };
+                    let b_view = x_view(k)?;
                     unsafe {
                         stream
-                            .launch_builder(f("add_f32"))
+                            .launch_builder(self.function::<T>("add"))
                             .arg(&mut *arena)
-                            .arg(&a_off)
-                            .arg(&b_off)
-                            .arg(&y_off)
-                            .arg(&n)
+                            .arg(&a)
+                            .arg(&b_view)
+                            .arg(&y)
+                            .arg(&nb)
                             .launch(grid(n_out))
                             .map_err(driver)?;
                     }
                 }
             }
             Op::BatchNormalization(op) => {
-                let c = i(out_shape.last().copied().unwrap_or(1));
-                let dw_ =
-                    w.ok_or_else(|| CudaError::Model(format!("no weights for `{}`", node.name)))?;
-                let (eps, n) = (op.epsilon as f32, n_out as i64);
+                let w = self.weights_of(id)?;
+                let x = x_view(0)?;
+                let eps = op.epsilon as f32;
                 unsafe {
                     stream
-                        .launch_builder(f("batch_norm_f32"))
+                        .launch_builder(self.function::<T>("batch_norm"))
                         .arg(&mut *arena)
-                        .arg(&x_off)
-                        .arg(&y_off)
-                        .arg(&dw_.tensors[0])
-                        .arg(&dw_.tensors[1])
-                        .arg(&dw_.tensors[2])
-                        .arg(&dw_.tensors[3])
+                        .arg(&x)
+                        .arg(&y)
+                        .arg(&w.tensors[0])
+                        .arg(&w.tensors[1])
+                        .arg(&w.tensors[2])
+                        .arg(&w.tensors[3])
                         .arg(&eps)
-                        .arg(&n)
-                        .arg(&c)
+                        .arg(&nb)
                         .launch(grid(n_out))
                         .map_err(driver)?;
                 }
             }
             Op::Activation(op) => {
-                let (n, act) = (n_out as i64, activation_code(&op.activation));
-                self.elementwise(
-                    arena,
-                    x_off,
-                    y_off,
-                    n,
-                    if op.activation == "softmax" { 0 } else { act },
-                )?;
-                if op.activation == "softmax" {
-                    let c = out_shape.last().copied().unwrap_or(1);
-                    self.softmax_in_place(arena, y_off, (n_out / c.max(1)) as i64, i(c), 1)?;
+                let softmax = op.activation == "softmax";
+                let act = if softmax {
+                    0
+                } else {
+                    activation_code(&op.activation)
+                };
+                self.elementwise(arena, x_view(0)?, y, act, batch)?;
+                if softmax {
+                    let c = y.c.max(1);
+                    self.softmax_in_place(arena, y.offset, (n_out / c as usize) as i64, c, 1)?;
                 }
             }
-            Op::Dropout(_) | Op::Flatten(_) => {
-                self.elementwise(arena, x_off, y_off, n_out as i64, 0)?
-            }
             Op::ReLU(op) => {
-                let (n, has_max) = (n_out as i64, i32::from(op.max_value.is_some()));
+                let has_max = i32::from(op.max_value.is_some());
                 let (mx, slope, t) = (
                     op.max_value.unwrap_or(0.0) as f32,
                     op.negative_slope as f32,
                     op.threshold as f32,
                 );
+                let x = x_view(0)?;
                 unsafe {
                     stream
-                        .launch_builder(f("relu_layer_f32"))
+                        .launch_builder(self.function::<T>("relu_layer"))
                         .arg(&mut *arena)
-                        .arg(&x_off)
-                        .arg(&y_off)
-                        .arg(&n)
+                        .arg(&x)
+                        .arg(&y)
                         .arg(&has_max)
                         .arg(&mx)
                         .arg(&slope)
                         .arg(&t)
+                        .arg(&nb)
                         .launch(grid(n_out))
                         .map_err(driver)?;
                 }
@@ -634,22 +1173,30 @@ impl<'g> CudaModel<'g> {
                 let outer = full[..axis].iter().product::<usize>() as i64;
                 let len = i(full[axis]);
                 let inner = full[axis + 1..].iter().product::<usize>() as i64;
-                self.elementwise(arena, x_off, y_off, n_out as i64, 0)?;
-                self.softmax_in_place(arena, y_off, outer, len, inner)?;
+                let items: usize = out_shape.iter().product();
+                let x = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
+                let yo = plan.base(&self.dense_window(id)?, batch) as i64;
+                self.shift_window(
+                    arena,
+                    View::flat(x, items),
+                    View::flat(yo, items),
+                    0,
+                    0,
+                    batch,
+                )?;
+                self.softmax_in_place(arena, yo, outer, len, inner)?;
             }
             Op::GlobalAveragePooling2D(_) => {
-                let [h, wd, c] = hwc(&in_shapes[0]);
-                let (nb, hw, cc) = (i(batch), i(h * wd), i(c));
+                let x = x_view(0)?;
+                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
                 unsafe {
                     stream
-                        .launch_builder(f("global_average_pool_f32"))
+                        .launch_builder(self.function::<T>("global_average_pool"))
                         .arg(&mut *arena)
-                        .arg(&x_off)
+                        .arg(&x)
                         .arg(&y_off)
                         .arg(&nb)
-                        .arg(&hw)
-                        .arg(&cc)
-                        .launch(grid(batch * c))
+                        .launch(grid(batch * x.c.max(0) as usize))
                         .map_err(driver)?;
                 }
             }
@@ -657,72 +1204,44 @@ impl<'g> CudaModel<'g> {
         Ok(())
     }
 
-    /// Launches a kernel with weights: `(arena, x_off, y_off, weights[0], weights[1], ints...)`.
-    #[allow(clippy::too_many_arguments)]
-    fn launch_weighted(
+    fn elementwise<T: Element>(
         &self,
-        name: &str,
-        arena: &mut CudaSlice<f32>,
-        x_off: i64,
-        y_off: i64,
-        w: &DeviceWeights,
-        ints: &[i32],
-        total: usize,
-    ) -> Result<(), CudaError> {
-        let mut b = self.stream.launch_builder(&self.functions[name]);
-        b.arg(arena)
-            .arg(&x_off)
-            .arg(&y_off)
-            .arg(&w.tensors[0])
-            .arg(&w.tensors[1]);
-        for v in ints {
-            b.arg(v);
-        }
-        // SAFETY: `name` is one of conv2d_f32, conv2d_transpose_f32, dense_f32, whose C signatures
-        // are (float*, i64, i64, const float*, const float*, int...) with the ints in this order
-        // (kernels/conv.cu); offsets and sizes come from the plan, weights were uploaded checked.
-        unsafe { b.launch(grid(total)).map_err(driver)? };
-        Ok(())
-    }
-
-    fn elementwise(
-        &self,
-        arena: &mut CudaSlice<f32>,
-        x_off: i64,
-        y_off: i64,
-        n: i64,
+        arena: &mut CudaSlice<T>,
+        x: View,
+        y: View,
         act: i32,
+        batch: usize,
     ) -> Result<(), CudaError> {
-        // SAFETY: matches activation_f32(float*, i64, i64, i64, int); both ranges hold n values.
+        let nb = batch as i32;
+        // SAFETY: matches activation_<T>(void*, View, View, int, int); planned windows.
         unsafe {
             self.stream
-                .launch_builder(&self.functions["activation_f32"])
+                .launch_builder(self.function::<T>("activation"))
                 .arg(arena)
-                .arg(&x_off)
-                .arg(&y_off)
-                .arg(&n)
+                .arg(&x)
+                .arg(&y)
                 .arg(&act)
-                .launch(grid(n as usize))
+                .arg(&nb)
+                .launch(grid(y.elements(batch)))
                 .map_err(driver)?;
         }
         Ok(())
     }
 
-    fn softmax_in_place(
+    fn softmax_in_place<T: Element>(
         &self,
-        arena: &mut CudaSlice<f32>,
+        arena: &mut CudaSlice<T>,
         off: i64,
         outer: i64,
         len: i32,
         inner: i64,
     ) -> Result<(), CudaError> {
-        // SAFETY: matches softmax_f32(float*, i64, i64, i64, int, i64); outer*len*inner values
+        // SAFETY: matches softmax_<T>(void*, i64, i64, int, i64); outer*len*inner dense values
         // start at `off`, inside the arena.
         unsafe {
             self.stream
-                .launch_builder(&self.functions["softmax_f32"])
+                .launch_builder(self.function::<T>("softmax"))
                 .arg(arena)
-                .arg(&off)
                 .arg(&off)
                 .arg(&outer)
                 .arg(&len)
@@ -731,5 +1250,41 @@ impl<'g> CudaModel<'g> {
                 .map_err(driver)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv_weights_become_one_padded_row_per_filter() {
+        // HWIO with k = 3 rows of f = 2: hwio[kk * f + o] = 10 * kk + o.
+        let hwio = [0.0, 1.0, 10.0, 11.0, 20.0, 21.0];
+        let (packed, k_padded) = pack_conv_weights(&hwio, 3, 2);
+        assert_eq!(k_padded, 32);
+        assert_eq!(&packed[..3], &[0.0, 10.0, 20.0]);
+        assert!(packed[3..32].iter().all(|&v| v == 0.0));
+        assert_eq!(&packed[32..35], &[1.0, 11.0, 21.0]);
+    }
+
+    #[test]
+    fn transposed_weights_keep_their_rows() {
+        let keras: Vec<f32> = (0..2 * 33).map(|v| v as f32).collect();
+        let (packed, k_padded) = pack_transpose_weights(&keras, 33);
+        assert_eq!(k_padded, 64);
+        assert_eq!(&packed[64..97], &keras[33..66]);
+        assert!(packed[33..64].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(f32_to_bf16(1.0), 0x3f80);
+        // Exactly halfway: to the even neighbour, down then up.
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3f80_8000)), 0x3f80);
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3f81_8000)), 0x3f82);
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3f80_8001)), 0x3f81);
+        assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
+        assert_eq!(bf16_to_f32(f32_to_bf16(-2.5)), -2.5);
     }
 }

@@ -51,3 +51,20 @@ __device__ __forceinline__ float activate(float x, int act) {
 #define FOR_EACH_INDEX(total)                                         \
     i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;             \
     if (idx >= (total)) return;
+
+// An NHWC window of a tensor in the arena: element (n, y, x, c) is at
+//   offset + n * item_stride + y * row_stride + x * pixel_stride + c.
+// A concat slice is a window whose `offset` includes its first channel and whose pixel_stride
+// is the whole buffer's channel count; a crop is a window starting at a row/column offset.
+// Must match `View` in src/exec/cuda/mod.rs (#[repr(C)], 40 bytes).
+struct View {
+    i64 offset;
+    i64 item_stride;
+    i64 row_stride;
+    int pixel_stride;
+    int h, w, c;
+};
+
+__device__ __forceinline__ i64 view_at(const View& v, int n, int y, int x, int c) {
+    return v.offset + (i64)n * v.item_stride + (i64)y * v.row_stride + (i64)x * v.pixel_stride + c;
+}

@@ -1,142 +1,149 @@
-// Layers without weights (and batch normalization): pooling, resizing, merging, activations.
+// Layers without weights (and batch normalization): pooling, resizing, copying windows,
+// merging, activations. All read and write through windows (View), so crops and concat
+// slices need no copies of their own.
 
 // MaxPooling2D; windows outside the input are skipped (Keras `same` pads with -inf).
-extern "C" __global__ void max_pool_f32(float* arena, i64 x_off, i64 y_off, int N, int H, int W,
-                                        int C, int OH, int OW, int KH, int KW, int SH, int SW,
-                                        int PT, int PL) {
-    FOR_EACH_INDEX((i64)N * OH * OW * C)
-    int c = (int)(idx % C);
-    i64 p = idx / C;
-    int ox = (int)(p % OW);
-    p /= OW;
-    int oy = (int)(p % OH);
-    int n = (int)(p / OH);
-    const float* x = arena + x_off;
+template <typename T>
+__device__ void max_pool(T* arena, View x, View y, int KH, int KW, int SH, int SW, int PT, int PL,
+                         int N) {
+    FOR_EACH_IN_VIEW(y, N)
     float m = NEG_INF;
     for (int ky = 0; ky < KH; ++ky) {
         int iy = oy * SH + ky - PT;
-        if (iy < 0 || iy >= H) continue;
+        if (iy < 0 || iy >= x.h) continue;
         for (int kx = 0; kx < KW; ++kx) {
             int ix = ox * SW + kx - PL;
-            if (ix < 0 || ix >= W) continue;
-            m = fmaxf(m, x[(((i64)n * H + iy) * W + ix) * C + c]);
+            if (ix < 0 || ix >= x.w) continue;
+            m = fmaxf(m, load_elem(arena + view_at(x, n, iy, ix, c)));
         }
     }
-    arena[y_off + idx] = m;
+    store_elem(arena + view_at(y, n, oy, ox, c), m);
 }
+INSTANTIATE(max_pool, (void* arena, View x, View y, int KH, int KW, int SH, int SW, int PT, int PL,
+                       int N),
+            (, x, y, KH, KW, SH, SW, PT, PL, N))
 
 // UpSampling2D: nearest repeats pixels; bilinear follows TF's half-pixel centres.
-extern "C" __global__ void upsample_f32(float* arena, i64 x_off, i64 y_off, int N, int H, int W,
-                                        int C, int OH, int OW, int SY, int SX, int bilinear) {
-    FOR_EACH_INDEX((i64)N * OH * OW * C)
-    int c = (int)(idx % C);
-    i64 p = idx / C;
-    int ox = (int)(p % OW);
-    p /= OW;
-    int oy = (int)(p % OH);
-    int n = (int)(p / OH);
-    const float* x = arena + x_off + (i64)n * H * W * C;
+template <typename T>
+__device__ void upsample(T* arena, View x, View y, int SY, int SX, int bilinear, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    T* out = arena + view_at(y, n, oy, ox, c);
     if (!bilinear) {
-        arena[y_off + idx] = x[((i64)(oy / SY) * W + ox / SX) * C + c];
+        store_elem(out, load_elem(arena + view_at(x, n, oy / SY, ox / SX, c)));
         return;
     }
+    int H = x.h, W = x.w;
     float sy = ((float)oy + 0.5f) / SY - 0.5f, sx = ((float)ox + 0.5f) / SX - 0.5f;
     float fy = floorf(sy), fx = floorf(sx);
-    int y0 = max((int)fy, 0), x0 = max((int)fx, 0);
+    int y0 = min(max((int)fy, 0), H - 1), x0 = min(max((int)fx, 0), W - 1);
     int y1 = min(max((int)ceilf(sy), 0), H - 1), x1 = min(max((int)ceilf(sx), 0), W - 1);
-    y0 = min(y0, H - 1);
-    x0 = min(x0, W - 1);
     float dy = sy - fy, dx = sx - fx;
-    float tl = x[((i64)y0 * W + x0) * C + c], tr = x[((i64)y0 * W + x1) * C + c];
-    float bl = x[((i64)y1 * W + x0) * C + c], br = x[((i64)y1 * W + x1) * C + c];
+    float tl = load_elem(arena + view_at(x, n, y0, x0, c));
+    float tr = load_elem(arena + view_at(x, n, y0, x1, c));
+    float bl = load_elem(arena + view_at(x, n, y1, x0, c));
+    float br = load_elem(arena + view_at(x, n, y1, x1, c));
     float top = tl + (tr - tl) * dx, bottom = bl + (br - bl) * dx;
-    arena[y_off + idx] = top + (bottom - top) * dy;
+    store_elem(out, top + (bottom - top) * dy);
 }
+INSTANTIATE(upsample, (void* arena, View x, View y, int SY, int SX, int bilinear, int N),
+            (, x, y, SY, SX, bilinear, N))
 
-// Cropping2D (T, L >= 0) and ZeroPadding2D (T, L <= 0): y[oy, ox] = x[oy + T, ox + L] or 0.
-extern "C" __global__ void shift_window_f32(float* arena, i64 x_off, i64 y_off, int N, int H,
-                                            int W, int C, int OH, int OW, int T, int L) {
-    FOR_EACH_INDEX((i64)N * OH * OW * C)
-    int c = (int)(idx % C);
-    i64 p = idx / C;
-    int ox = (int)(p % OW);
-    p /= OW;
-    int oy = (int)(p % OH);
-    int n = (int)(p / OH);
-    int iy = oy + T, ix = ox + L;
+// y[oy, ox] = x[oy + T, ox + L], zero outside x: Cropping2D (T, L >= 0), ZeroPadding2D
+// (T, L <= 0), and plain copies (T = L = 0: dropout, concat parts, flatten).
+template <typename T>
+__device__ void shift_window(T* arena, View x, View y, int top, int left, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    int iy = oy + top, ix = ox + left;
     float v = 0.0f;
-    if (iy >= 0 && iy < H && ix >= 0 && ix < W) v = arena[x_off + (((i64)n * H + iy) * W + ix) * C + c];
-    arena[y_off + idx] = v;
+    if (iy >= 0 && iy < x.h && ix >= 0 && ix < x.w) v = load_elem(arena + view_at(x, n, iy, ix, c));
+    store_elem(arena + view_at(y, n, oy, ox, c), v);
 }
+INSTANTIATE(shift_window, (void* arena, View x, View y, int top, int left, int N),
+            (, x, y, top, left, N))
 
-// One input of a concatenation: `outer` chunks of `len` values go to offset `at` of chunks of
-// `total` values.
-extern "C" __global__ void concat_part_f32(float* arena, i64 x_off, i64 y_off, i64 outer, int len,
-                                           int total, int at) {
+// A concatenation on an axis other than the channels, dense: `outer` chunks of `len` values
+// go to offset `at` of chunks of `total` values.
+template <typename T>
+__device__ void concat_part(T* arena, i64 x_off, i64 y_off, i64 outer, int len, int total, int at) {
     FOR_EACH_INDEX(outer * len)
     i64 o = idx / len;
     int j = (int)(idx % len);
     arena[y_off + o * total + at + j] = arena[x_off + idx];
 }
+INSTANTIATE(concat_part, (void* arena, i64 x_off, i64 y_off, i64 outer, int len, int total, int at),
+            (, x_off, y_off, outer, len, total, at))
 
 // y = a + b (Add of more inputs runs this repeatedly, accumulating into y).
-extern "C" __global__ void add_f32(float* arena, i64 a_off, i64 b_off, i64 y_off, i64 n) {
-    FOR_EACH_INDEX(n)
-    arena[y_off + idx] = arena[a_off + idx] + arena[b_off + idx];
+template <typename T>
+__device__ void add(T* arena, View a, View b, View y, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float v = load_elem(arena + view_at(a, n, oy, ox, c)) + load_elem(arena + view_at(b, n, oy, ox, c));
+    store_elem(arena + view_at(y, n, oy, ox, c), v);
 }
+INSTANTIATE(add, (void* arena, View a, View b, View y, int N), (, a, b, y, N))
 
 // Keras BatchNormalization at inference: gamma * (x - mean) / sqrt(var + eps) + beta.
-extern "C" __global__ void batch_norm_f32(float* arena, i64 x_off, i64 y_off, const float* gamma,
-                                          const float* beta, const float* mean, const float* var,
-                                          float eps, i64 n, int C) {
-    FOR_EACH_INDEX(n)
-    int c = (int)(idx % C);
-    float v = (arena[x_off + idx] - mean[c]) / sqrtf(var[c] + eps);
-    if (gamma) v *= gamma[c];
-    if (beta) v += beta[c];
-    arena[y_off + idx] = v;
+template <typename T>
+__device__ void batch_norm(T* arena, View x, View y, const float* gamma, const float* beta,
+                           const float* mean, const float* var, float eps, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float v = (load_elem(arena + view_at(x, n, oy, ox, c)) - mean[c]) / sqrtf(var[c] + eps);
+    store_elem(arena + view_at(y, n, oy, ox, c), v * gamma[c] + beta[c]);
 }
+INSTANTIATE(batch_norm, (void* arena, View x, View y, const float* gamma, const float* beta,
+                         const float* mean, const float* var, float eps, int N),
+            (, x, y, gamma, beta, mean, var, eps, N))
 
-// Activation layer (and identity copies: act = ACT_LINEAR). In place when x_off == y_off.
-extern "C" __global__ void activation_f32(float* arena, i64 x_off, i64 y_off, i64 n, int act) {
-    FOR_EACH_INDEX(n)
-    arena[y_off + idx] = activate(arena[x_off + idx], act);
+// Activation layer (and identity copies: act = ACT_LINEAR). In place when x and y are alike.
+template <typename T>
+__device__ void activation(T* arena, View x, View y, int act, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    store_elem(arena + view_at(y, n, oy, ox, c), activate(load_elem(arena + view_at(x, n, oy, ox, c)), act));
 }
+INSTANTIATE(activation, (void* arena, View x, View y, int act, int N), (, x, y, act, N))
 
 // Keras ReLU layer: max_value (if has_max), negative_slope, threshold.
-extern "C" __global__ void relu_layer_f32(float* arena, i64 x_off, i64 y_off, i64 n, int has_max,
-                                          float max_value, float slope, float threshold) {
-    FOR_EACH_INDEX(n)
-    float v = arena[x_off + idx];
+template <typename T>
+__device__ void relu_layer(T* arena, View x, View y, int has_max, float max_value, float slope,
+                           float threshold, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float v = load_elem(arena + view_at(x, n, oy, ox, c));
     float r;
     if (has_max && v >= max_value) r = max_value;
     else if (v >= threshold) r = v;
     else r = slope * (v - threshold);
-    arena[y_off + idx] = r;
+    store_elem(arena + view_at(y, n, oy, ox, c), r);
 }
+INSTANTIATE(relu_layer, (void* arena, View x, View y, int has_max, float max_value, float slope,
+                         float threshold, int N),
+            (, x, y, has_max, max_value, slope, threshold, N))
 
-// Softmax over an axis of length `len` with `inner` values after it; one thread per lane.
-// In place when x_off == y_off.
-extern "C" __global__ void softmax_f32(float* arena, i64 x_off, i64 y_off, i64 outer, int len,
-                                       i64 inner) {
+// Softmax over an axis of length `len` with `inner` values after it, dense, in place; one
+// thread per lane.
+template <typename T>
+__device__ void softmax(T* arena, i64 off, i64 outer, int len, i64 inner) {
     FOR_EACH_INDEX(outer * inner)
     i64 o = idx / inner, i = idx % inner;
-    i64 base = o * len * inner + i;
+    T* base = arena + off + o * len * inner + i;
     float m = NEG_INF;
-    for (int l = 0; l < len; ++l) m = fmaxf(m, arena[x_off + base + (i64)l * inner]);
+    for (int l = 0; l < len; ++l) m = fmaxf(m, load_elem(base + (i64)l * inner));
     float s = 0.0f;
-    for (int l = 0; l < len; ++l) s += expf(arena[x_off + base + (i64)l * inner] - m);
+    for (int l = 0; l < len; ++l) s += expf(load_elem(base + (i64)l * inner) - m);
     for (int l = 0; l < len; ++l)
-        arena[y_off + base + (i64)l * inner] = expf(arena[x_off + base + (i64)l * inner] - m) / s;
+        store_elem(base + (i64)l * inner, expf(load_elem(base + (i64)l * inner) - m) / s);
 }
+INSTANTIATE(softmax, (void* arena, i64 off, i64 outer, int len, i64 inner),
+            (, off, outer, len, inner))
 
-// GlobalAveragePooling2D: y[n, c] = mean over H*W of x[n, :, :, c].
-extern "C" __global__ void global_average_pool_f32(float* arena, i64 x_off, i64 y_off, int N,
-                                                   int HW, int C) {
-    FOR_EACH_INDEX((i64)N * C)
-    int c = (int)(idx % C);
-    i64 n = idx / C;
+// GlobalAveragePooling2D: y[n, c] (dense) = mean over the window's pixels of x[n, :, :, c].
+template <typename T>
+__device__ void global_average_pool(T* arena, View x, i64 y_off, int N) {
+    FOR_EACH_INDEX((i64)N * x.c)
+    int c = (int)(idx % x.c);
+    int n = (int)(idx / x.c);
     float s = 0.0f;
-    for (int p = 0; p < HW; ++p) s += arena[x_off + (n * HW + p) * C + c];
-    arena[y_off + idx] = s / (float)HW;
+    for (int yy = 0; yy < x.h; ++yy)
+        for (int xx = 0; xx < x.w; ++xx) s += load_elem(arena + view_at(x, n, yy, xx, c));
+    store_elem(arena + y_off + idx, s / (float)(x.h * x.w));
 }
+INSTANTIATE(global_average_pool, (void* arena, View x, i64 y_off, int N), (, x, y_off, N))

@@ -1,0 +1,485 @@
+// Tensor-core implicit-GEMM convolutions (bf16 and tf32), sm_80+ PTX (mma.sync, ldmatrix,
+// cp.async), run on sm_90.
+//
+// GEMM view. Mode 0 (convolution): M = n*y.h*y.w output pixels, N = f, K = k. Mode 1 (transposed
+// conv with kernel == strides): M = n*x0.h*x0.w input pixels, N = kh*kw*f, K = x0.c. A rows are
+// gathered from the NHWC input on the fly (no im2col); B is the host-packed weight matrix
+// w[row * k_padded + kk] (one row per GEMM column, zero beyond k), read K-contiguous.
+//
+// Entry points, all with the same launch shape:
+//   conv_igemm_bf16(const unsigned short* x, unsigned short* y, const unsigned short* w,
+//                   const float* bias, ConvParams p)             fast path, bf16
+//   conv_igemm_bf16_small(...same...)                            any alignment, bf16
+//   conv_igemm_tf32(const float* x, float* y, const float* w, const float* bias, ConvParams p)
+//   conv_igemm_tf32_small(...same...)                            any alignment, f32 / tf32
+//   block: 256 threads (8 warps, 2 x 4 over a 128 x 128 output tile, 64 x 32 per warp).
+//   grid:  (ceil(M / 128), ceil(N / 128), 1): blockIdx.x walks M, blockIdx.y walks N.
+//   dynamic shared memory: 3 stages * (128 + 128) * 32 elements:
+//     bf16: 49152 bytes (exactly the default 48 KiB limit, no attribute needed);
+//     tf32: 98304 bytes (> 48 KiB: set CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to 98304).
+//   always: k_padded = k rounded up to a multiple of 32; x1.h == x0.h, x1.w == x0.w when
+//     x1.c > 0; the output window does not overlap the inputs.
+//   fast path (conv_igemm_bf16 / conv_igemm_tf32) also needs, with E = 8 (bf16) or 4 (f32):
+//     x0.c, x1.c multiples of E; x0.offset, x0.pixel_stride, x0.row_stride, x0.item_stride
+//     multiples of E (and the same for x1 when x1.c > 0); x and w 16-byte aligned.
+//   The output needs no alignment (stores are element-wise, consecutive threads on consecutive
+//   channels).
+//
+// Every piece of inline PTX sits in a small wrapper below, so that with UNETC_EMULATE defined
+// the same code compiles as host C++ against tests/kernel_emu/emu.h, which emulates the wrappers.
+
+// Must match the #[repr(C)] Rust struct field for field (176 bytes).
+struct ConvParams {
+    View x0;  // first input (channels 0 .. x0.c)
+    View x1;  // second input, concatenated after x0 along channels (x1.c == 0: none)
+    View y;   // output window, y.c == f; nothing outside it is written
+    int n;    // batch
+    int kh, kw, sh, sw, dh, dw, pt, pl; // kernel, strides, dilation, padding before (mode 1: crop)
+    int f;        // output channels
+    int k;        // kh * kw * (x0.c + x1.c) (mode 1: x0.c)
+    int k_padded; // weight row length: k rounded up to a multiple of 32, zero-filled
+    int act;      // ACT_* after bias (ACT_SOFTMAX: the pre-activation is written)
+    int mode;     // 0: convolution; 1: transposed convolution with kernel == strides
+};
+static_assert(sizeof(ConvParams) == 176, "ConvParams layout");
+
+#ifndef UNETC_EMULATE
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+// 16-byte global -> shared copy; bytes beyond src_bytes (0 or 16) are zero-filled.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// volatile: it reads shared memory behind the compiler's back, so it must stay between barriers.
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+// d += a * b, 16x8x16, bf16 inputs, f32 accumulators.
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// d += a * b, 16x8x8, tf32 inputs, f32 accumulators.
+__device__ __forceinline__ void mma_tf32_1688(float (&d)[4], const unsigned (&a)[4],
+                                              const unsigned (&b)[2]) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ unsigned short f32_to_bf16(float v) {
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(v));
+    return r;
+}
+__device__ __forceinline__ unsigned f32_to_tf32(float v) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
+    return r;
+}
+
+// Read-only loads for the element-wise gather (inputs never alias the output window).
+__device__ __forceinline__ unsigned short ldg(const unsigned short* p) {
+    unsigned short r;
+    asm("ld.global.nc.u16 %0, [%1];" : "=h"(r) : "l"(p));
+    return r;
+}
+__device__ __forceinline__ float ldg(const float* p) {
+    float r;
+    asm("ld.global.nc.f32 %0, [%1];" : "=f"(r) : "l"(p));
+    return r;
+}
+#endif
+
+extern __shared__ __align__(128) unsigned char igemm_smem[];
+
+namespace igemm {
+
+constexpr int BM = 128, BN = 128, BK = 32, STAGES = 3, THREADS = 256;
+
+template <typename T> struct Elem;
+template <> struct Elem<unsigned short> {
+    static constexpr int EPC = 8;    // elements per 16-byte chunk
+    static constexpr int KSTEP = 16; // mma k
+};
+template <> struct Elem<float> {
+    static constexpr int EPC = 4;
+    static constexpr int KSTEP = 8;
+};
+
+// Rows of the A and B tiles are BK elements (4 or 8 chunks of 16 bytes). ldmatrix reads one
+// chunk column from 8 consecutive rows, so the chunk index is XORed with a row hash that sends
+// those 8 rows to 8 different bank groups.
+template <int CPR> __device__ __forceinline__ int swz(int row) {
+    return CPR == 8 ? (row & 7) : ((row >> 1) & 3);
+}
+
+// The A-row geometry: which input pixel an A row and a tap read. Mode 1 is a 1x1 "convolution"
+// over the input pixels; the scatter to output pixels happens in the epilogue.
+struct Geo {
+    int gh, gw, kh, kw, sh, sw, dh, dw, pt, pl;
+    int c0, c, m, n;
+};
+
+__device__ __forceinline__ Geo make_geo(const ConvParams& p) {
+    Geo g;
+    g.c0 = p.x0.c;
+    g.c = p.x0.c + p.x1.c;
+    if (p.mode == 0) {
+        g.gh = p.y.h, g.gw = p.y.w;
+        g.kh = p.kh, g.kw = p.kw, g.sh = p.sh, g.sw = p.sw, g.dh = p.dh, g.dw = p.dw;
+        g.pt = p.pt, g.pl = p.pl;
+        g.n = p.f;
+    } else {
+        g.gh = p.x0.h, g.gw = p.x0.w;
+        g.kh = g.kw = g.sh = g.sw = g.dh = g.dw = 1;
+        g.pt = g.pl = 0;
+        g.n = p.kh * p.kw * p.f;
+    }
+    g.m = p.n * g.gh * g.gw;
+    return g;
+}
+
+// Input pixel of A row m at tap (0, 0): the item, and the top-left y/x (out of range if m >= M).
+__device__ __forceinline__ void row_origin(const Geo& g, int m, int& n, int& iy, int& ix) {
+    if (m < g.m) {
+        int hw = g.gh * g.gw;
+        n = m / hw;
+        int r = m - n * hw;
+        int oy = r / g.gw;
+        int ox = r - oy * g.gw;
+        iy = oy * g.sh - g.pt;
+        ix = ox * g.sw - g.pl;
+    } else {
+        n = 0;
+        iy = -(1 << 29); // fails every bounds check
+        ix = 0;
+    }
+}
+
+// Reduction index -> (channel within the concatenated input, kx, ky), advanced incrementally.
+struct KPos {
+    int c, kx, ky;
+    __device__ __forceinline__ void init(const Geo& g, int kk) {
+        int tap = kk / g.c;
+        c = kk - tap * g.c;
+        ky = tap / g.kw;
+        kx = tap - ky * g.kw;
+    }
+    __device__ __forceinline__ void advance(const Geo& g, int by) {
+        c += by;
+        while (c >= g.c) {
+            c -= g.c;
+            if (++kx == g.kw) {
+                kx = 0;
+                ++ky;
+            }
+        }
+    }
+};
+
+// Where tap `kp` of the input lives: base offset of (item 0, pixel (0,0), channel) and strides.
+struct Src {
+    i64 base, item, row;
+    int pix, dy, dx;
+    bool valid;
+};
+__device__ __forceinline__ Src tap_src(const ConvParams& p, const Geo& g, const KPos& kp) {
+    Src s;
+    bool use1 = kp.c >= g.c0;
+    int c = use1 ? kp.c - g.c0 : kp.c;
+    s.base = (use1 ? p.x1.offset : p.x0.offset) + c;
+    s.item = use1 ? p.x1.item_stride : p.x0.item_stride;
+    s.row = use1 ? p.x1.row_stride : p.x0.row_stride;
+    s.pix = use1 ? p.x1.pixel_stride : p.x0.pixel_stride;
+    s.dy = kp.ky * g.dh;
+    s.dx = kp.kx * g.dw;
+    s.valid = kp.ky < g.kh;
+    return s;
+}
+
+__device__ __forceinline__ void store1(unsigned short* p, float v) { *p = f32_to_bf16(v); }
+__device__ __forceinline__ void store1(float* p, float v) { *p = v; }
+
+// Epilogue: a 128 x 64 f32 half tile (row stride 72 floats: conflict-free fragment stores), then
+// per row where its output pixel lives.
+constexpr int CT_LD = 72;
+struct RowOut {
+    i64 base; // y.offset + item * y.item_stride
+    int ry, rx; // output pixel of tap (0, 0)
+};
+static_assert(BM * CT_LD * 4 + BM * sizeof(RowOut) <= STAGES * (BM + BN) * BK * 2,
+              "the epilogue fits in the bf16 kernels' shared memory");
+
+// One k-step of the warp's 64 x 32 tile: 4 A fragments (m16), 4 B fragments (n8), 16 mma.
+__device__ __forceinline__ void mma_step(float (&acc)[4][4][4], unsigned (&af)[4][4],
+                                         unsigned (&bf)[4][2], const unsigned short*) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mma_bf16_16816(acc[i][j], af[i], bf[j]);
+}
+__device__ __forceinline__ void mma_step(float (&acc)[4][4][4], unsigned (&af)[4][4],
+                                         unsigned (&bf)[4][2], const float*) {
+    // The tensor core reads only the tf32 bits; round them (ties away) rather than truncate.
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) af[i][r] = f32_to_tf32(__uint_as_float(af[i][r]));
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) bf[j][r] = f32_to_tf32(__uint_as_float(bf[j][r]));
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mma_tf32_1688(acc[i][j], af[i], bf[j]);
+}
+
+template <typename T, bool VEC>
+__device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict__ y,
+                                          const T* __restrict__ w, const float* __restrict__ bias,
+                                          const ConvParams& p) {
+    constexpr int EPC = Elem<T>::EPC;
+    constexpr int KSTEP = Elem<T>::KSTEP;
+    constexpr int CPR = BK / EPC;              // chunks per tile row
+    constexpr int STAGE = (BM + BN) * BK;      // elements per stage
+    T* smem = reinterpret_cast<T*>(igemm_smem);
+
+    const Geo g = make_geo(p);
+    const int tid = threadIdx.x;
+    const int m0 = blockIdx.x * BM;
+    const int n0 = blockIdx.y * BN;
+    const int ktiles = (p.k + BK - 1) / BK;
+    const int H = p.x0.h, W = p.x0.w;
+
+    // ---- loaders. VEC: each thread owns one chunk column and rows r0 + i * RSTEP.
+    constexpr int RSTEP = THREADS / CPR;
+    constexpr int VROWS = BM / RSTEP; // 2 (bf16) or 4 (f32)
+    // Element-wise: A by rows (consecutive threads read consecutive pixels), B by k columns.
+    constexpr int SROWS = BK * BM / THREADS; // 16 elements per thread per tile
+
+    int an[VEC ? VROWS : 1], ay[VEC ? VROWS : 1], ax[VEC ? VROWS : 1];
+    KPos kp;
+    const int vcc = tid % CPR, vr0 = tid / CPR;
+    if (VEC) {
+#pragma unroll
+        for (int i = 0; i < VROWS; ++i) row_origin(g, m0 + vr0 + i * RSTEP, an[i], ay[i], ax[i]);
+        kp.init(g, vcc * EPC);
+    } else {
+        row_origin(g, m0 + tid % BM, an[0], ay[0], ax[0]);
+    }
+    const T* wv = w + (i64)(n0 + vr0) * p.k_padded + vcc * EPC; // VEC: this thread's B chunk
+
+    auto load_tile = [&](int stage, int kt) {
+        T* As = smem + stage * STAGE;
+        T* Bs = As + BM * BK;
+        if (VEC) {
+            Src s = tap_src(p, g, kp);
+#pragma unroll
+            for (int i = 0; i < VROWS; ++i) {
+                int iy = ay[i] + s.dy, ix = ax[i] + s.dx;
+                bool ok = s.valid && (unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W;
+                const T* src = ok ? x + s.base + an[i] * s.item + iy * s.row + (i64)ix * s.pix : x;
+                int r = vr0 + i * RSTEP;
+                cp_async_16(As + r * BK + ((vcc ^ swz<CPR>(r)) * EPC), src, ok ? 16 : 0);
+            }
+            kp.advance(g, BK);
+#pragma unroll
+            for (int i = 0; i < VROWS; ++i) {
+                int r = vr0 + i * RSTEP;
+                bool ok = n0 + r < g.n;
+                const T* src = wv + (i64)i * RSTEP * p.k_padded + kt * BK;
+                cp_async_16(Bs + r * BK + ((vcc ^ swz<CPR>(r)) * EPC), ok ? src : w, ok ? 16 : 0);
+            }
+        } else {
+            const int r = tid % BM;
+            KPos q;
+            int kk = kt * BK + tid / BM;
+            q.init(g, kk);
+#pragma unroll 4
+            for (int i = 0; i < SROWS; ++i, kk += THREADS / BM) {
+                Src s = tap_src(p, g, q);
+                int iy = ay[0] + s.dy, ix = ax[0] + s.dx;
+                bool ok = kk < p.k && (unsigned)iy < (unsigned)H && (unsigned)ix < (unsigned)W;
+                T v = ok ? ldg(x + s.base + an[0] * s.item + iy * s.row + (i64)ix * s.pix) : T(0);
+                int col = kk - kt * BK;
+                As[r * BK + (((col / EPC) ^ swz<CPR>(r)) * EPC) + col % EPC] = v;
+                q.advance(g, THREADS / BM);
+            }
+            const int col = tid % BK;
+#pragma unroll 4
+            for (int i = 0; i < SROWS; ++i) {
+                int rr = tid / BK + i * (THREADS / BK);
+                int f = n0 + rr;
+                T v = f < g.n ? ldg(w + (i64)f * p.k_padded + kt * BK + col) : T(0);
+                Bs[rr * BK + (((col / EPC) ^ swz<CPR>(rr)) * EPC) + col % EPC] = v;
+            }
+        }
+    };
+
+    // ---- warp tile and fragment addresses (the swizzle depends only on lane & 7 here).
+    const int lane = tid & 31, warp = tid >> 5;
+    const int wm = warp & 1, wn = warp >> 1;
+    const int sw = swz<CPR>(lane & 7);
+    const int a_row = wm * 64 + (lane & 7) + ((lane >> 3) & 1) * 8; // + i * 16
+    const int a_hi = lane >> 4;
+    const int b_row = wn * 32 + (lane & 7) + (lane >> 4) * 8; // + j * 16
+    const int b_hi = (lane >> 3) & 1;
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+    // ---- 3-stage pipeline: tile kt + 2 is in flight while tile kt is multiplied.
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ktiles) load_tile(s, s);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads(); // tile kt visible to all; everyone is done with tile kt - 1's stage
+        int next = kt + STAGES - 1;
+        if (next < ktiles) load_tile(next % STAGES, next);
+        cp_async_commit();
+
+        const T* As = smem + (kt % STAGES) * STAGE;
+        const T* Bs = As + BM * BK;
+#pragma unroll
+        for (int ks = 0; ks < BK / KSTEP; ++ks) {
+            unsigned af[4][4], bf[4][2];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                ldmatrix_x4(af[i], As + (a_row + i * 16) * BK + (((2 * ks + a_hi) ^ sw) * EPC));
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                unsigned r[4];
+                ldmatrix_x4(r, Bs + (b_row + j * 16) * BK + (((2 * ks + b_hi) ^ sw) * EPC));
+                bf[2 * j][0] = r[0];
+                bf[2 * j][1] = r[1];
+                bf[2 * j + 1][0] = r[2];
+                bf[2 * j + 1][1] = r[3];
+            }
+            mma_step(acc, af, bf, x);
+        }
+    }
+
+    // ---- epilogue, in two passes of 64 columns through shared memory (the stages are free by
+    // now): coalesced stores, and one copy of the activation code instead of 128 inlined ones.
+    cp_async_wait<0>();
+    __syncthreads();
+    float* ct = reinterpret_cast<float*>(igemm_smem);
+    RowOut* ro = reinterpret_cast<RowOut*>(igemm_smem + BM * CT_LD * sizeof(float));
+    if (tid < BM) {
+        int m = m0 + tid;
+        RowOut r;
+        r.base = 0;
+        r.ry = -(1 << 29); // rows past M fail the bounds check
+        r.rx = 0;
+        if (m < g.m) {
+            int hw = g.gh * g.gw;
+            int n = m / hw;
+            int rem = m - n * hw;
+            r.ry = rem / g.gw;
+            r.rx = rem - r.ry * g.gw;
+            if (p.mode != 0) {
+                r.ry = r.ry * p.sh - p.pt;
+                r.rx = r.rx * p.sw - p.pl;
+            }
+            r.base = p.y.offset + n * p.y.item_stride;
+        }
+        ro[tid] = r;
+    }
+    const int gq = lane >> 2, tq = lane & 3;
+    const int ecol = tid % 64;
+#pragma unroll 1
+    for (int pass = 0; pass < 2; ++pass) {
+        if ((wn >> 1) == pass) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        float* d = ct + (wm * 64 + i * 16 + gq + h * 8) * CT_LD + (wn & 1) * 32 +
+                                   j * 8 + tq * 2;
+                        d[0] = acc[i][j][2 * h];
+                        d[1] = acc[i][j][2 * h + 1];
+                    }
+        }
+        __syncthreads();
+        const int c = n0 + pass * 64 + ecol;
+        if (c < g.n) {
+            // GEMM column -> output channel o and, in mode 1, the pixel offset (a, b).
+            int o = c, a = 0, b = 0;
+            if (p.mode != 0) {
+                int tap = c / p.f;
+                o = c - tap * p.f;
+                a = tap / p.kw;
+                b = tap - a * p.kw;
+            }
+            const float bv = bias[o];
+#pragma unroll 1
+            for (int r = tid / 64; r < BM; r += THREADS / 64) {
+                RowOut q = ro[r];
+                int oy = q.ry + a, ox = q.rx + b;
+                if ((unsigned)oy >= (unsigned)p.y.h || (unsigned)ox >= (unsigned)p.y.w) continue;
+                float v = ct[r * CT_LD + ecol] + bv;
+                v = p.act == ACT_SOFTMAX ? v : activate(v, p.act);
+                store1(y + q.base + oy * p.y.row_stride + (i64)ox * p.y.pixel_stride + o, v);
+            }
+        }
+        __syncthreads();
+    }
+}
+
+} // namespace igemm
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv_igemm_bf16(const unsigned short* x, unsigned short* y, const unsigned short* w,
+                    const float* bias, ConvParams p) {
+    igemm::conv_body<unsigned short, true>(x, y, w, bias, p);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv_igemm_bf16_small(const unsigned short* x, unsigned short* y, const unsigned short* w,
+                          const float* bias, ConvParams p) {
+    igemm::conv_body<unsigned short, false>(x, y, w, bias, p);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv_igemm_tf32(const float* x, float* y, const float* w, const float* bias, ConvParams p) {
+    igemm::conv_body<float, true>(x, y, w, bias, p);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv_igemm_tf32_small(const float* x, float* y, const float* w, const float* bias,
+                          ConvParams p) {
+    igemm::conv_body<float, false>(x, y, w, bias, p);
+}

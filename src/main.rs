@@ -125,6 +125,9 @@ enum Command {
         /// `f32`, `tf32` or `bf16` (tf32/bf16: tensor-core convolutions; CUDA only).
         #[arg(long, default_value = "f32")]
         precision: String,
+        /// Launch every kernel each time instead of replaying one CUDA graph.
+        #[arg(long)]
+        no_cuda_graph: bool,
     },
     /// Which input sizes the spec accepts, in closed form, and the output size each gives.
     #[command(
@@ -383,6 +386,7 @@ fn main() -> ExitCode {
             weights,
             format,
             precision,
+            no_cuda_graph,
         } => {
             let device = match unetc::runner::Device::parse(&device) {
                 Ok(d) => d,
@@ -396,12 +400,15 @@ fn main() -> ExitCode {
             };
             match unetc::runner::bench(
                 &spec,
-                device,
-                weights.as_deref(),
-                batch as usize,
-                warmup as usize,
-                iterations as usize,
-                precision,
+                &unetc::runner::BenchOptions {
+                    device,
+                    weights,
+                    batch: batch as usize,
+                    warmup: warmup as usize,
+                    iterations: iterations as usize,
+                    precision,
+                    cuda_graph: !no_cuda_graph,
+                },
             ) {
                 Ok(r) if format == Format::Json => {
                     say!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
@@ -409,7 +416,7 @@ fn main() -> ExitCode {
                 }
                 Ok(r) => {
                     say!(
-                        "{}  {}  batch {}  {} {} ({} threads): {:.1} ms/batch (min {:.1}, max {:.1})  {:.2} img/s  {:.1} GFLOP/s  arena {}  {}",
+                        "{}  {}  batch {}  {} {} ({} threads): {:.2} ms/batch (min {:.2}, max {:.2})  {:.2} img/s  {:.1} GFLOP/s  arena {}  {}",
                         r.model,
                         r.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"),
                         r.batch,
@@ -423,13 +430,21 @@ fn main() -> ExitCode {
                         r.gflops_per_s,
                         unetc::report::bytes(r.planned_arena_bytes),
                         match r.peak_device_memory_bytes {
-                            Some(d) => format!("peak device memory {}", unetc::report::bytes(d)),
+                            Some(d) => format!(
+                                "peak device memory {} (driver: {} in use){}",
+                                unetc::report::bytes(d),
+                                r.measured_device_memory_bytes.map_or("?".into(), unetc::report::bytes),
+                                if r.cuda_graph { "  CUDA graph" } else { "" }
+                            ),
                             None => format!(
                                 "peak RSS {}",
                                 r.peak_rss_bytes.map_or("unknown".into(), unetc::report::bytes)
                             ),
                         },
                     );
+                    for note in &r.notes {
+                        eprintln!("note: {note}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => run_error(e),
@@ -542,6 +557,12 @@ fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) 
                     report.forward_passes,
                     unetc::report::bytes(report.arena_bytes)
                 );
+                if let Some(d) = report.device_bytes {
+                    eprintln!(
+                        "peak device memory {} (activation arena + weights)",
+                        unetc::report::bytes(d)
+                    );
+                }
                 for note in &report.notes {
                     eprintln!("{note}");
                 }

@@ -236,6 +236,8 @@ pub struct RunReport {
     pub files: usize,
     pub forward_passes: usize,
     pub arena_bytes: u64,
+    /// Device memory for activations and weights (CUDA only).
+    pub device_bytes: Option<u64>,
     pub notes: Vec<String>,
 }
 
@@ -583,6 +585,9 @@ fn forward(
             data: input.data[start * item..end * item].to_vec(),
         };
         report.arena_bytes = report.arena_bytes.max(model.arena_bytes(end - start));
+        if let Some(d) = model.device_bytes(end - start) {
+            report.device_bytes = Some(report.device_bytes.unwrap_or(0).max(d));
+        }
         report.device = if matches!(model, Backend::Cuda(_)) {
             "cuda"
         } else {
@@ -665,21 +670,42 @@ pub struct BenchReport {
     pub planned_arena_bytes: u64,
     /// Device memory unetc allocates for the run (arena + weights), CUDA only.
     pub peak_device_memory_bytes: Option<u64>,
+    /// What the driver reports in use by the model during the runs (CUDA only).
+    pub measured_device_memory_bytes: Option<u64>,
+    /// Whether the kernels ran as one replayed CUDA graph.
+    pub cuda_graph: bool,
+    pub notes: Vec<String>,
     /// The process's peak resident memory (Linux VmHWM), when known.
     pub peak_rss_bytes: Option<u64>,
 }
 
+/// What `unetc bench` times.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub device: Device,
+    /// Weights to use; seeded ones when `None`.
+    pub weights: Option<PathBuf>,
+    pub batch: usize,
+    pub warmup: usize,
+    pub iterations: usize,
+    pub precision: Precision,
+    /// Replay the kernels as one CUDA graph (CUDA only).
+    pub cuda_graph: bool,
+}
+
 /// Times `iterations` forward passes of a batch (after `warmup` untimed ones). Weights come from
 /// a file, or are seeded ones when none is given (speed does not depend on their values).
-pub fn bench(
-    spec: &Path,
-    device: Device,
-    weights: Option<&Path>,
-    batch: usize,
-    warmup: usize,
-    iterations: usize,
-    precision: Precision,
-) -> Result<BenchReport, RunError> {
+pub fn bench(spec: &Path, opts: &BenchOptions) -> Result<BenchReport, RunError> {
+    let BenchOptions {
+        device,
+        ref weights,
+        batch,
+        warmup,
+        iterations,
+        precision,
+        cuda_graph,
+    } = *opts;
+    let weights = weights.as_deref();
     let device = device.resolve()?;
     let c = compile_checked(spec, None)?;
     let w = match weights {
@@ -706,11 +732,18 @@ pub fn bench(
     for _ in 0..warmup {
         model.run(&input)?;
     }
+    let (mut graph_used, mut notes, mut measured) = (false, Vec::new(), None);
     let mut times = match &model {
         // CUDA events around the launches: no host copies in the figure.
-        Backend::Cuda(m) => m
-            .time(&input, iterations.max(1))
-            .map_err(|e| RunError::Usage(e.to_string()))?,
+        Backend::Cuda(m) => {
+            let t = m
+                .time(&input, iterations.max(1), cuda_graph)
+                .map_err(|e| RunError::Usage(e.to_string()))?;
+            graph_used = t.graph;
+            notes.extend(t.graph_note);
+            measured = Some(t.measured_device_bytes);
+            t.times
+        }
         Backend::Cpu(_) => {
             let mut times = Vec::with_capacity(iterations.max(1));
             for _ in 0..iterations.max(1) {
@@ -749,6 +782,9 @@ pub fn bench(
         gflops_per_s: flops * batch.max(1) as f64 / (median / 1e3) / 1e9,
         planned_arena_bytes: model.arena_bytes(batch.max(1)),
         peak_device_memory_bytes: model.device_bytes(batch.max(1)),
+        measured_device_memory_bytes: measured,
+        cuda_graph: graph_used,
+        notes,
         peak_rss_bytes: peak_rss(),
     })
 }

@@ -345,7 +345,23 @@ pub struct CudaModel<'g> {
     weights: HashMap<NodeId, DeviceWeights>,
     tensor_core: HashMap<NodeId, TensorCoreWeights>,
     weight_bytes: u64,
+    /// Free device memory once the context and module were loaded, before any allocation.
+    free_at_start: u64,
     pub device_name: String,
+}
+
+/// What [`CudaModel::time`] measured.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Milliseconds per batch, in run order (input upload and every kernel).
+    pub times: Vec<f64>,
+    /// Whether the kernels were replayed as one CUDA graph.
+    pub graph: bool,
+    /// Why graph capture was not used, when it was asked for and failed.
+    pub graph_note: Option<String>,
+    /// Device memory in use by this model during the runs (driver's free memory before any
+    /// allocation minus during the runs; includes the allocator's rounding).
+    pub measured_device_bytes: u64,
 }
 
 const BLOCK: u32 = 256;
@@ -410,7 +426,13 @@ impl<'g> CudaModel<'g> {
             CudaError::Model("the spec has errors; run `unetc check` on it".into())
         })?;
         let ctx = CudaContext::new(0).map_err(driver)?;
-        let stream = ctx.default_stream();
+        // One stream of our own (the legacy default stream cannot be captured into a CUDA
+        // graph); everything runs on it in order, so cudarc's cross-stream event tracking is
+        // not needed.
+        // SAFETY: every allocation, copy and launch of this model uses this one stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(driver)?;
+        let free_at_start = ctx.mem_get_info().map_err(driver)?.0 as u64;
         let (major, minor) = ctx.compute_capability().map_err(driver)?;
         let ptx = compile(arch_name(major, minor))?;
         let module = ctx
@@ -433,6 +455,7 @@ impl<'g> CudaModel<'g> {
             weights: HashMap::new(),
             tensor_core: HashMap::new(),
             weight_bytes: 0,
+            free_at_start,
             device_name,
         };
         if precision == Precision::Tf32 {
@@ -664,13 +687,19 @@ impl<'g> CudaModel<'g> {
         }
     }
 
-    /// Timing helper: runs `iterations` batches and returns each one's milliseconds (CUDA
-    /// events around the launches and the input upload; no host copies of outputs).
-    pub fn time(&self, input: &Tensor, iterations: usize) -> Result<Vec<f64>, CudaError> {
+    /// Times `iterations` batches (CUDA events around the input upload and the kernels), the
+    /// kernels replayed as one CUDA graph when `graph` is asked for and capture works.
+    /// `UNETC_PROFILE=1` also prints each layer's time once, to stderr.
+    pub fn time(
+        &self,
+        input: &Tensor,
+        iterations: usize,
+        graph: bool,
+    ) -> Result<Timing, CudaError> {
         let batch = self.check_input(input)?;
         match self.alloc(batch)? {
-            Arena::F32(mut a) => self.time_in(&mut a, input, batch, iterations),
-            Arena::Bf16(mut a) => self.time_in(&mut a, input, batch, iterations),
+            Arena::F32(mut a) => self.time_in(&mut a, input, batch, iterations, graph),
+            Arena::Bf16(mut a) => self.time_in(&mut a, input, batch, iterations, graph),
         }
     }
 
@@ -680,18 +709,104 @@ impl<'g> CudaModel<'g> {
         input: &Tensor,
         batch: usize,
         iterations: usize,
-    ) -> Result<Vec<f64>, CudaError> {
+        graph: bool,
+    ) -> Result<Timing, CudaError> {
+        let measured_device_bytes = self
+            .free_at_start
+            .saturating_sub(self.ctx.mem_get_info().map_err(driver)?.0 as u64);
+        self.upload_input(arena, input, batch)?;
+        if std::env::var_os("UNETC_PROFILE").is_some() {
+            self.profile(arena, batch)?;
+        }
+        let (captured, graph_note) = if graph {
+            match self.capture(arena, batch) {
+                Ok(g) => (g, None),
+                Err(e) => (
+                    None,
+                    Some(format!("CUDA graph capture failed ({e}); launched eagerly")),
+                ),
+            }
+        } else {
+            (None, None)
+        };
         let mut times = Vec::new();
         for _ in 0..iterations {
             let start = self.ctx.new_event(None).map_err(driver)?;
             let end = self.ctx.new_event(None).map_err(driver)?;
             start.record(&self.stream).map_err(driver)?;
-            self.forward(arena, input, batch)?;
+            self.upload_input(arena, input, batch)?;
+            match &captured {
+                Some(g) => g.launch().map_err(driver)?,
+                None => self.kernels(arena, batch)?,
+            }
             end.record(&self.stream).map_err(driver)?;
             end.synchronize().map_err(driver)?;
             times.push(start.elapsed_ms(&end).map_err(driver)? as f64);
         }
-        Ok(times)
+        Ok(Timing {
+            times,
+            graph: captured.is_some(),
+            graph_note,
+            measured_device_bytes,
+        })
+    }
+
+    /// Records every kernel of a forward pass into a CUDA graph (the input is uploaded
+    /// outside it, before each replay).
+    fn capture<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        batch: usize,
+    ) -> Result<Option<cudarc::driver::CudaGraph>, CudaError> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(driver)?;
+        let launched = self.kernels(arena, batch);
+        // End the capture whatever happened, so the stream is usable again.
+        let graph = self
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(driver);
+        launched?;
+        graph
+    }
+
+    /// One eager pass with an event pair around each step; prints each layer's time.
+    fn profile<T: Element>(&self, arena: &mut CudaSlice<T>, batch: usize) -> Result<(), CudaError> {
+        let mut marks = Vec::new();
+        for step in &self.plan.steps {
+            if step.work == Work::Nothing {
+                continue;
+            }
+            let start = self.ctx.new_event(None).map_err(driver)?;
+            let end = self.ctx.new_event(None).map_err(driver)?;
+            start.record(&self.stream).map_err(driver)?;
+            self.step(step, arena, batch)?;
+            end.record(&self.stream).map_err(driver)?;
+            marks.push((step.node, start, end));
+        }
+        self.stream.synchronize().map_err(driver)?;
+        let mut total = 0.0;
+        for (id, start, end) in &marks {
+            let ms = start.elapsed_ms(end).map_err(driver)? as f64;
+            total += ms;
+            let node = self.graph.node(*id);
+            let macs = self.info.layers[id.index()].macs as f64 * batch as f64;
+            let tc = if self.tensor_core.contains_key(id) {
+                " tensor cores"
+            } else {
+                ""
+            };
+            eprintln!(
+                "{ms:>9.3} ms  {:>7.1} TFLOP/s  {} ({}{tc})",
+                2.0 * macs / (ms * 1e9),
+                node.name,
+                node.op.class_name()
+            );
+        }
+        eprintln!("{total:>9.3} ms  in all (eager, with a gap between launches)");
+        Ok(())
     }
 
     fn check_input(&self, input: &Tensor) -> Result<usize, CudaError> {
@@ -730,14 +845,43 @@ impl<'g> CudaModel<'g> {
         input: &Tensor,
         batch: usize,
     ) -> Result<(), CudaError> {
+        self.upload_input(arena, input, batch)?;
+        self.kernels(arena, batch)
+    }
+
+    /// Copies the batch into the input layer's buffer (converted to the arena's type).
+    fn upload_input<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        input: &Tensor,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let w = self.dense_window(self.graph.inputs[0])?;
+        let start = self.plan.base(&w, batch);
+        let mut view = arena.slice_mut(start..start + w.len() * batch);
+        let host: Vec<T> = input.data.iter().map(|&v| T::from_f32(v)).collect();
+        self.stream.memcpy_htod(&host, &mut view).map_err(driver)
+    }
+
+    /// Every kernel of a forward pass, in plan order (the input already uploaded).
+    fn kernels<T: Element>(&self, arena: &mut CudaSlice<T>, batch: usize) -> Result<(), CudaError> {
         for step in &self.plan.steps {
-            match &step.work {
-                Work::Nothing => {}
-                Work::Concat(copies) => self.concat_copies(arena, step.node, copies, batch)?,
-                Work::Kernel => self.launch(step.node, arena, input, batch)?,
-            }
+            self.step(step, arena, batch)?;
         }
         Ok(())
+    }
+
+    fn step<T: Element>(
+        &self,
+        step: &super::plan::Step,
+        arena: &mut CudaSlice<T>,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        match &step.work {
+            Work::Nothing => Ok(()),
+            Work::Concat(copies) => self.concat_copies(arena, step.node, copies, batch),
+            Work::Kernel => self.launch(step.node, arena, batch),
+        }
     }
 
     fn outputs<T: Element>(
@@ -849,7 +993,6 @@ impl<'g> CudaModel<'g> {
         &self,
         id: NodeId,
         arena: &mut CudaSlice<T>,
-        input: &Tensor,
         batch: usize,
     ) -> Result<(), CudaError> {
         let node = self.graph.node(id);
@@ -869,13 +1012,8 @@ impl<'g> CudaModel<'g> {
         // inside the arena (arena_len * batch elements) and a layer's output apart from its
         // inputs; weight buffers were uploaded with the shapes the kernels index.
         match &node.op {
-            Op::Input(_) => {
-                let w = self.dense_window(id)?;
-                let start = plan.base(&w, batch);
-                let mut view = arena.slice_mut(start..start + w.len() * batch);
-                let host: Vec<T> = input.data.iter().map(|&v| T::from_f32(v)).collect();
-                stream.memcpy_htod(&host, &mut view).map_err(driver)?;
-            }
+            // Uploaded by `upload_input` before the kernels.
+            Op::Input(_) => {}
             Op::Conv2D(op) => {
                 let a = &op.args;
                 let (x0, x1) = match &plan.storage[node.inputs[0].index()] {

@@ -171,11 +171,15 @@ fn every_golden_fixture_matches_on_the_gpu() {
                 .unwrap();
         let (input, want) = golden_io(&stem);
         // The tolerances issue 5 sets: f32 (direct kernels) 1e-4, tf32 and bf16 tensor cores
-        // 3e-3 and 2e-2 (bf16 also stores every activation in bf16).
+        // 3e-3 and 2e-2 (bf16 also stores every activation in bf16). One exception, measured:
+        // edge_activations chains exponential/softplus/selu layers that amplify bf16 storage
+        // error; PyTorch in bf16 lands 2.26e-2 from Keras on it (tests/golden/bf16_pytorch.txt,
+        // tools/bf16_pytorch_check.py), so it gets 5e-2.
+        let bf16_tolerance = if stem == "edge_activations" { 5e-2 } else { 2e-2 };
         for (precision, tolerance) in [
             (Precision::F32, 1e-4),
             (Precision::Tf32, 3e-3),
-            (Precision::Bf16, 2e-2),
+            (Precision::Bf16, bf16_tolerance),
         ] {
             let got = CudaModel::new(&c.graph, &c.info, &weights, precision)
                 .unwrap()

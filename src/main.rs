@@ -229,6 +229,17 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// The execution plan: which layers run a kernel, which cost nothing (views, fused layers,
+    /// concatenations never built), and where each value lives in the activation arena.
+    #[command(
+        after_help = "Examples:\n  unetc plan specs/original.unet\n  unetc plan specs/bn_same.yaml --precision bf16"
+    )]
+    Plan {
+        spec: PathBuf,
+        /// Element size of the arena: `f32`/`tf32` (4 bytes) or `bf16` (2 bytes).
+        #[arg(long, default_value = "f32")]
+        precision: String,
+    },
     /// Write seeded weights following each layer's initializers (and Keras's batch-norm defaults).
     #[command(
         after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc init-weights specs/bn_same.yaml -o bn.safetensors --force"
@@ -520,6 +531,7 @@ fn main() -> ExitCode {
             output,
             force,
         } => diagram(&spec, format, output.as_deref(), force),
+        Command::Plan { spec, precision } => plan(&spec, &precision),
         Command::InitWeights {
             spec,
             output,
@@ -995,6 +1007,37 @@ fn emit_stdout(text: &str) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn plan(spec: &std::path::Path, precision: &str) -> ExitCode {
+    let precision: unetc::exec::Precision = match precision.parse() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: --precision: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let c = match compile_file(spec, &Options::default(), &mut Session::new()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot read `{}`: {e}", spec.display());
+            return ExitCode::from(2);
+        }
+    };
+    if c.has_errors() {
+        eprint!("{}", render_plain(&c.sources, &c.diags));
+        return ExitCode::from(1);
+    }
+    let Some(p) = unetc::exec::plan::plan(&c.graph, &c.info) else {
+        eprintln!("error: no plan for `{}`", spec.display());
+        return ExitCode::from(1);
+    };
+    let element_bytes = if precision == unetc::exec::Precision::Bf16 {
+        2
+    } else {
+        4
+    };
+    emit_stdout(&unetc::report::plan::plan_text(&c, &p, element_bytes))
 }
 
 fn diagram(

@@ -376,3 +376,31 @@ fn bad_inputs_are_clear_errors_with_no_output_left() {
         "{leftovers:?}"
     );
 }
+
+/// `unetc plan` on the original U-Net: its four skip crops are windows of the encoder outputs,
+/// its four concatenations are never built (the decoder convolutions read both parts), and the
+/// final Softmax layer runs in the last convolution's epilogue.
+#[test]
+fn plan_shows_the_free_plumbing_of_the_original_unet() {
+    let (code, out, err) = unetc(&["plan", "specs/original.unet"]);
+    assert_eq!(code, 0, "{err}");
+    let rows = |what: &str| out.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(rows("nothing: a window of conv2d_"), 4, "{out}");
+    assert_eq!(rows("nothing: never built"), 4, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("conv2d_18 ") && l.contains("kernel + softmax")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("softmax ") && l.contains("fused into conv2d_18")),
+        "{out}"
+    );
+    // bf16 halves the arena.
+    let (_, bf16, _) = unetc(&["plan", "specs/original.unet", "--precision", "bf16"]);
+    assert!(
+        out.contains("arena of 165.6 MiB") && bf16.contains("arena of 82.8 MiB"),
+        "{out}\n{bf16}"
+    );
+}

@@ -93,6 +93,8 @@ impl Storage {
 pub struct Fused {
     pub batch_norm: Option<NodeId>,
     pub activation: Option<String>,
+    /// The activation layer whose activation is `activation`.
+    pub activation_layer: Option<NodeId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,9 +234,12 @@ fn concat_on_channels(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
 }
 
 /// The activation an activation layer applies, if it can run in a convolution's epilogue.
-fn epilogue_activation(op: &Op) -> Option<String> {
+/// Softmax is over the channels of each pixel (a Softmax layer only on the last axis); it runs
+/// after the convolution, in place, so a convolution fused with it writes a dense buffer.
+fn epilogue_activation(op: &Op, rank: usize) -> Option<String> {
     match op {
-        Op::Activation(a) if a.activation != "softmax" => Some(a.activation.clone()),
+        Op::Activation(a) => Some(a.activation.clone()),
+        Op::Softmax(s) if s.axis == -1 || s.axis == rank as i64 => Some("softmax".into()),
         Op::ReLU(r) if r.max_value.is_none() && r.negative_slope == 0.0 && r.threshold == 0.0 => {
             Some("relu".into())
         }
@@ -290,9 +295,9 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
         }
         is_output[out.index()] = true;
     }
-    // The single reader of a value, when neither it nor the value is a model output.
+    // The single reader of a value, when the value is not a model output.
     let only_consumer = |id: NodeId| match consumers[id.index()].as_slice() {
-        [one] if !is_output[id.index()] && !is_output[one.index()] => Some(*one),
+        [one] if !is_output[id.index()] => Some(*one),
         _ => None,
     };
 
@@ -317,8 +322,10 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
         }
         if conv.args.activation == "linear" {
             if let Some(next) = only_consumer(tail) {
-                if let Some(act) = epilogue_activation(&graph.node(next).op) {
+                let rank = shapes[next.index()].len();
+                if let Some(act) = epilogue_activation(&graph.node(next).op, rank) {
                     fused[id.index()].activation = Some(act);
+                    fused[id.index()].activation_layer = Some(next);
                     kind[next.index()] = Kind::ViewOfInput;
                 }
             }
@@ -370,8 +377,8 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             kind[id.index()] = Kind::Owns;
         }
     }
-    // Outputs must be dense too: a fused layer that is a model output cannot happen (fusion
-    // asks for a single non-output reader), and views are never outputs (above).
+    // Outputs must be dense: views are never outputs (above), and a convolution whose fused
+    // tail is an output is never placed in a concatenation's slice (below).
 
     // 3. The root of a value: follow views back to the layer that computes it.
     let root = |mut id: NodeId| {
@@ -380,6 +387,10 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
         }
         id
     };
+    let mut root_of_output = vec![false; count];
+    for &out in &graph.outputs {
+        root_of_output[root(out).index()] = true;
+    }
     // Everything that reads a root's value, through its views.
     let mut readers_of_root: Vec<Vec<NodeId>> = vec![Vec::new(); count];
     for &id in order {
@@ -402,6 +413,7 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             // A crop that removes nothing has its root's shape and window: placing works too.
             let placeable = kind[r.index()] == Kind::Owns
                 && slice_of[r.index()].is_none()
+                && fused[r.index()].activation.as_deref() != Some("softmax")
                 && !is_output[r.index()]
                 && writes_windows(&r_node.op)
                 && shapes[r.index()] == shapes[input.index()]

@@ -2,6 +2,7 @@
 
 pub mod diagram;
 pub mod json;
+pub mod plan;
 pub mod sizes;
 pub mod summary;
 

@@ -165,7 +165,7 @@ impl Device {
 /// A model bound to one backend.
 enum Backend<'g> {
     Cpu(CpuModel<'g>),
-    Cuda(crate::exec::cuda::CudaModel<'g>),
+    Cuda(Box<crate::exec::cuda::CudaModel<'g>>),
 }
 
 impl<'g> Backend<'g> {
@@ -176,10 +176,10 @@ impl<'g> Backend<'g> {
         precision: Precision,
     ) -> Result<Self, RunError> {
         Ok(match device {
-            Device::Cuda => Backend::Cuda(
+            Device::Cuda => Backend::Cuda(Box::new(
                 crate::exec::cuda::CudaModel::new(&c.graph, &c.info, weights, precision)
                     .map_err(|e| RunError::Usage(e.to_string()))?,
-            ),
+            )),
             _ if precision != Precision::F32 => {
                 return Err(RunError::Usage(format!(
                     "--precision {}: the CPU executor computes in f32 only; use --device cuda \

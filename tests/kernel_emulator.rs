@@ -1,15 +1,15 @@
-//! The tensor-core convolution kernels (src/exec/cuda/kernels/igemm.cu) run on the CPU: the
-//! harness in tests/kernel_emu/ compiles their device code as host C++ against an emulator of
-//! the CUDA built-ins, mma.sync, ldmatrix and cp.async (fragment layouts from the PTX ISA), and
-//! checks every entry point against a naive double-precision convolution. This needs a C++17
-//! compiler (`g++`, or `$CXX`); without one it prints `SKIP: <reason>`, unless
-//! `UNETC_REQUIRE_GXX=1`, which makes that a failure.
+//! The hand-written convolution kernels run on the CPU: harnesses in tests/kernel_emu/ compile
+//! their device code as host C++ against an emulator of the CUDA built-ins, mma.sync, ldmatrix
+//! and cp.async (fragment layouts from the PTX ISA), and check every entry point against a naive
+//! double-precision convolution. This needs a C++17 compiler (`g++`, or `$CXX`); without one it
+//! prints `SKIP: <reason>`, unless `UNETC_REQUIRE_GXX=1`, which makes that a failure.
 
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn igemm_kernels_match_the_reference_under_the_emulator() {
+/// Compiles tests/kernel_emu/`harness`.cpp with -DUNETC_EMULATE and runs it; it exits nonzero
+/// when a kernel run fails.
+fn build_and_run(harness: &str) {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
     if let Err(e) = Command::new(&cxx).arg("--version").output() {
         let reason = format!("no C++ compiler ({cxx}: {e})");
@@ -20,10 +20,12 @@ fn igemm_kernels_match_the_reference_under_the_emulator() {
         return;
     }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let source = manifest.join("tests/kernel_emu/conv_igemm_test.cpp");
-    let dir = std::env::temp_dir().join(format!("unetc-kernel-emu-{}", std::process::id()));
+    let source = manifest.join(format!("tests/kernel_emu/{harness}.cpp"));
+    // One directory per harness: the tests run in parallel.
+    let dir =
+        std::env::temp_dir().join(format!("unetc-kernel-emu-{}-{harness}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let exe = dir.join("conv_igemm_test");
+    let exe = dir.join(harness);
 
     let out = Command::new(&cxx)
         .args(["-std=c++17", "-O2", "-pthread", "-DUNETC_EMULATE"])
@@ -36,7 +38,7 @@ fn igemm_kernels_match_the_reference_under_the_emulator() {
         .expect("the C++ compiler runs");
     assert!(
         out.status.success(),
-        "compiling the emulator harness failed:\n{}",
+        "compiling the emulator harness {harness} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
 
@@ -49,4 +51,16 @@ fn igemm_kernels_match_the_reference_under_the_emulator() {
         run.status,
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+/// igemm.cu: the tensor-core implicit-GEMM convolutions, with and without the fused 1x1 head.
+#[test]
+fn igemm_kernels_match_the_reference_under_the_emulator() {
+    build_and_run("conv_igemm_test");
+}
+
+/// first_layer.cu: the direct convolution for few input channels.
+#[test]
+fn first_layer_kernels_match_the_reference_under_the_emulator() {
+    build_and_run("first_layer_test");
 }

@@ -262,6 +262,146 @@ template <class T> Result run_case(const Case& cs, Kernel<T> kernel, const char*
     return {ok, line};
 }
 
+// ---- the fused 1x1 head (conv_igemm_*_head): mode 0, f <= 128, one N tile.
+struct HeadCase {
+    const char* name;
+    int n, h, w, c, f; // 3x3 stride 1, `same` or `valid`, relu
+    bool same;
+    int head_f, head_act;
+    int y_extra_c, y_off_c; // head_y is channels [y_off_c, + head_f) of a wider tensor
+    int skew;
+    bool fast;
+};
+
+template <class T>
+using HeadKernel = void (*)(const T*, T*, const T*, const float*, ConvParams, const float*,
+                            const float*, View, int, int);
+
+template <class T>
+Result run_head_case(const HeadCase& cs, HeadKernel<T> kernel, const char* entry) {
+    const int oh = cs.same ? cs.h : cs.h - 2, ow = cs.same ? cs.w : cs.w - 2;
+    const int pt = cs.same ? 1 : 0, pl = pt;
+    const int K = 9 * cs.c, Kp = round_up(K, 32), M = cs.n * oh * ow, hf = cs.head_f;
+    const int yc = hf + cs.y_extra_c;
+    i64 pos = 64;
+    auto place = [&](i64 size) {
+        i64 at = round_up((int)pos, 8) + cs.skew;
+        pos = at + size;
+        return at;
+    };
+    const i64 x_at = place((i64)cs.n * cs.h * cs.w * cs.c);
+    const i64 y_at = place((i64)cs.n * oh * ow * yc);
+    const i64 total = pos + 64;
+    View xv{x_at, (i64)cs.h * cs.w * cs.c, (i64)cs.w * cs.c, cs.c, cs.h, cs.w, cs.c};
+    View none{0, 0, 0, 0, cs.h, cs.w, 0};
+    // The intermediate's window only gives the GEMM its shape: strides 0 at offset 0, so a
+    // stray write through it would clobber the canary at the arena's start.
+    View mid{0, 0, 0, 0, oh, ow, cs.f};
+    View hy{y_at + cs.y_off_c, (i64)oh * ow * yc, (i64)ow * yc, yc, oh, ow, hf};
+
+    Rng rng(0x4ead0000u + cs.n * 131 + cs.h * 17 + cs.c * 7 + cs.f + hf);
+    std::vector<T> arena(total);
+    for (auto& v : arena) v = Ty<T>::make(rng.uni());
+    const std::vector<T> before = arena;
+    std::vector<T> w((size_t)cs.f * Kp, Ty<T>::make(0.0));
+    for (int r = 0; r < cs.f; ++r)
+        for (int kk = 0; kk < K; ++kk) w[(size_t)r * Kp + kk] = Ty<T>::make(0.3 * rng.uni());
+    std::vector<float> bias(cs.f), hw((size_t)cs.f * hf), hb(hf);
+    for (auto& b : bias) b = (float)(0.5 * rng.uni());
+    for (auto& v : hw) v = (float)(0.5 * rng.uni());
+    for (auto& v : hb) v = (float)(0.5 * rng.uni());
+
+    // Reference: the conv on the kernel's (rounded) inputs, relu, then the head in double; the
+    // intermediate is not rounded (the fused kernel keeps it in f32).
+    std::vector<double> ref((size_t)M * hf);
+    std::vector<double> mid_v(cs.f);
+    for (int n = 0; n < cs.n; ++n)
+        for (int oy = 0; oy < oh; ++oy)
+            for (int ox = 0; ox < ow; ++ox) {
+                for (int o = 0; o < cs.f; ++o) {
+                    double s = bias[o];
+                    for (int ky = 0; ky < 3; ++ky)
+                        for (int kx = 0; kx < 3; ++kx) {
+                            int iy = oy + ky - pt, ix = ox + kx - pl;
+                            if (iy < 0 || iy >= cs.h || ix < 0 || ix >= cs.w) continue;
+                            for (int c = 0; c < cs.c; ++c)
+                                s += Ty<T>::mma_input(arena[view_at(xv, n, iy, ix, c)]) *
+                                     Ty<T>::mma_input(w[(size_t)o * Kp + (ky * 3 + kx) * cs.c + c]);
+                        }
+                    mid_v[o] = s > 0 ? s : 0;
+                }
+                double* z = &ref[(((size_t)n * oh + oy) * ow + ox) * hf];
+                for (int o = 0; o < hf; ++o) {
+                    z[o] = hb[o];
+                    for (int c = 0; c < cs.f; ++c) z[o] += mid_v[c] * hw[(size_t)c * hf + o];
+                }
+                if (cs.head_act == ACT_SOFTMAX) {
+                    double mx = z[0], sum = 0;
+                    for (int o = 1; o < hf; ++o) mx = std::max(mx, z[o]);
+                    for (int o = 0; o < hf; ++o) sum += std::exp(z[o] - mx);
+                    for (int o = 0; o < hf; ++o) z[o] = std::exp(z[o] - mx) / sum;
+                } else {
+                    for (int o = 0; o < hf; ++o) z[o] = act_ref(z[o], cs.head_act);
+                }
+            }
+
+    ConvParams p;
+    p.x0 = xv;
+    p.x1 = none;
+    p.y = mid;
+    p.n = cs.n;
+    p.kh = p.kw = 3, p.sh = p.sw = p.dh = p.dw = 1;
+    p.pt = pt, p.pl = pl;
+    p.f = cs.f;
+    p.k = K;
+    p.k_padded = Kp;
+    p.act = ACT_RELU;
+    p.mode = 0;
+
+    emu::globals.clear();
+    emu::register_global(arena.data(), arena.size() * sizeof(T));
+    emu::register_global(w.data(), w.size() * sizeof(T));
+    const size_t smem = (size_t)igemm::STAGES * (igemm::BM + igemm::BN) * igemm::BK * sizeof(T);
+    dim3 grid((M + 127) / 128, 1), block(256);
+    auto t0 = std::chrono::steady_clock::now();
+    T* a = arena.data();
+    emu::launch(grid, block, igemm_smem, smem, [&] {
+        kernel(a, a, w.data(), bias.data(), p, hw.data(), hb.data(), hy, hf, cs.head_act);
+    });
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+    double maxref = 0, worst = 0, max_err = 0;
+    for (double v : ref) maxref = std::max(maxref, std::fabs(v));
+    long bad = 0, clobbered = 0;
+    std::vector<char> inside(arena.size(), 0);
+    for (int n = 0; n < cs.n; ++n)
+        for (int oy = 0; oy < oh; ++oy)
+            for (int ox = 0; ox < ow; ++ox)
+                for (int o = 0; o < hf; ++o) {
+                    i64 idx = view_at(hy, n, oy, ox, o);
+                    inside[idx] = 1;
+                    double r = ref[(((size_t)n * oh + oy) * ow + ox) * hf + o];
+                    double got = Ty<T>::stored(arena[idx]);
+                    double err = std::fabs(got - r);
+                    double allowed = Ty<T>::tol * maxref + Ty<T>::out_rel * std::fabs(r) + 1e-30;
+                    if (!(err <= allowed)) ++bad;
+                    if (std::isnan(got)) err = INFINITY;
+                    max_err = std::max(max_err, err);
+                    worst = std::max(worst, err / allowed);
+                }
+    for (size_t i = 0; i < arena.size(); ++i)
+        if (!inside[i] && memcmp(&arena[i], &before[i], sizeof(T))) ++clobbered;
+    bool ok = bad == 0 && clobbered == 0;
+    char line[512];
+    snprintf(line, sizeof line,
+             "%-4s %-52s %-26s M=%-4d F=%-3d K=%-4d  max err %.2e of max|ref| %.2f (%.0f%% of "
+             "allowed)%s  %.2fs  ",
+             ok ? "ok" : "FAIL", cs.name, entry, M, cs.f, K, max_err, maxref, worst * 100,
+             clobbered ? "  CLOBBERED OUTSIDE THE WINDOW" : "", secs);
+    if (bad) snprintf(line + strlen(line), sizeof line - strlen(line), "%ld wrong", bad);
+    return {ok, line};
+}
+
 } // namespace
 
 int main() {
@@ -313,6 +453,40 @@ int main() {
         }
         rs.push_back(run_case<unsigned short>(c, conv_igemm_bf16_small, "conv_igemm_bf16_small"));
         rs.push_back(run_case<float>(c, conv_igemm_tf32_small, "conv_igemm_tf32_small"));
+        for (auto& r : rs) {
+            printf("%s\n", r.line.c_str());
+            fflush(stdout);
+            failed += !r.ok;
+            ++total;
+        }
+    }
+    // name, n, h, w, c, f, same, head_f, head_act, y_extra_c, y_off_c, skew, fast
+    const HeadCase head_cases[] = {
+        {"head: C=32 3x3 same F=64 relu -> 1 sigmoid", 1, 12, 11, 32, 64, true, 1, ACT_SIGMOID,
+         0, 0, 0, true},
+        {"head: C=32 F=64 -> 2 softmax, batch 2", 2, 9, 10, 32, 64, true, 2, ACT_SOFTMAX, 0, 0, 0,
+         true},
+        {"head: C=32 F=64 valid -> 3 linear, y slice", 1, 10, 12, 32, 64, false, 3, ACT_LINEAR, 4,
+         2, 0, true},
+        {"head: C=32 F=64 on 3x43 (M=129 tail) -> 2 sigmoid", 1, 3, 43, 32, 64, true, 2,
+         ACT_SIGMOID, 0, 0, 0, true},
+        {"head: C=16 F=100 (two passes) -> 8 softmax, batch 2", 2, 8, 9, 16, 100, true, 8,
+         ACT_SOFTMAX, 0, 0, 0, true},
+        {"head: C=8 F=128 -> 5 tanh -> y slice", 1, 7, 9, 8, 128, true, 5, ACT_TANH, 3, 1, 0, true},
+        {"head: C=3 F=48 -> 3 softmax, odd offsets (small)", 2, 9, 7, 3, 48, true, 3, ACT_SOFTMAX,
+         2, 1, 3, false},
+    };
+    for (const HeadCase& c : head_cases) {
+        std::vector<Result> rs;
+        if (c.fast) {
+            rs.push_back(
+                run_head_case<unsigned short>(c, conv_igemm_bf16_head, "conv_igemm_bf16_head"));
+            rs.push_back(run_head_case<float>(c, conv_igemm_tf32_head, "conv_igemm_tf32_head"));
+        }
+        rs.push_back(run_head_case<unsigned short>(c, conv_igemm_bf16_small_head,
+                                                   "conv_igemm_bf16_small_head"));
+        rs.push_back(
+            run_head_case<float>(c, conv_igemm_tf32_small_head, "conv_igemm_tf32_small_head"));
         for (auto& r : rs) {
             printf("%s\n", r.line.c_str());
             fflush(stdout);

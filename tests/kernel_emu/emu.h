@@ -1,5 +1,6 @@
-// A CPU emulator for the subset of CUDA that src/exec/cuda/kernels/igemm.cu uses, so its device
-// code runs as host C++ (g++ -DUNETC_EMULATE) and is tested without a GPU.
+// A CPU emulator for the subset of CUDA that src/exec/cuda/kernels/igemm.cu and first_layer.cu
+// use, so their device code runs as host C++ (g++ -DUNETC_EMULATE) and is tested without a GPU.
+// Namespace-scope __shared__ arrays become plain globals (one block runs at a time).
 //
 // Every CUDA thread of a block is a fiber on one OS thread (deterministic). A fiber runs until it
 // reaches __syncthreads() or a warp-collective wrapper (ldmatrix, mma); there it deposits its
@@ -39,6 +40,10 @@
 struct dim3 {
     unsigned x, y, z;
     dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+struct alignas(16) float4 {
+    float x, y, z, w;
 };
 
 inline float __uint_as_float(unsigned u) {

@@ -28,6 +28,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("conv.cu", include_str!("kernels/conv.cu")),
     ("layers.cu", include_str!("kernels/layers.cu")),
     ("igemm.cu", include_str!("kernels/igemm.cu")),
+    ("first_layer.cu", include_str!("kernels/first_layer.cu")),
 ];
 
 /// The layer kernels, each instantiated for f32 and bf16 arenas (`<name>_f32`, `<name>_bf16`).
@@ -45,6 +46,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "relu_layer",
     "softmax",
     "global_average_pool",
+    "conv_small_c",
 ];
 
 /// The tensor-core convolutions (kernels/igemm.cu): `_small` ones take any alignment.
@@ -53,7 +55,21 @@ pub const IGEMM_KERNELS: &[&str] = &[
     "conv_igemm_bf16_small",
     "conv_igemm_tf32",
     "conv_igemm_tf32_small",
+    "conv_igemm_bf16_head",
+    "conv_igemm_bf16_small_head",
+    "conv_igemm_tf32_head",
+    "conv_igemm_tf32_small_head",
 ];
+
+/// Whether kernels/first_layer.cu takes a convolution (few input channels: the U-Net's first
+/// layer), by the limits it documents.
+pub fn small_c_fits(c: usize, [kh, kw]: [usize; 2], stride_w: usize, [dh, dw]: [usize; 2]) -> bool {
+    c * kh * kw <= 64
+        && c * ((kh.max(1) - 1) * dh + 1) * (31 * stride_w + (kw.max(1) - 1) * dw + 1) <= 2992
+}
+
+/// The largest 1x1 head kernels/igemm.cu fuses into the convolution before it.
+const HEAD_MAX_FILTERS: usize = 8;
 
 /// Every kernel the backend launches (each must exist in the compiled module).
 pub fn kernel_names() -> Vec<String> {
@@ -344,6 +360,9 @@ pub struct CudaModel<'g> {
     functions: HashMap<String, CudaFunction>,
     weights: HashMap<NodeId, DeviceWeights>,
     tensor_core: HashMap<NodeId, TensorCoreWeights>,
+    /// Convolutions that also compute the 1x1 convolution reading them (kernels/igemm.cu
+    /// `_head`): the convolution -> the 1x1 one, whose own step is then skipped.
+    heads: HashMap<NodeId, NodeId>,
     weight_bytes: u64,
     /// Free device memory once the context and module were loaded, before any allocation.
     free_at_start: u64,
@@ -454,13 +473,19 @@ impl<'g> CudaModel<'g> {
             functions,
             weights: HashMap::new(),
             tensor_core: HashMap::new(),
+            heads: HashMap::new(),
             weight_bytes: 0,
             free_at_start,
             device_name,
         };
         if precision == Precision::Tf32 {
             // The tf32 tiles need 96 KiB of shared memory (kernels/igemm.cu).
-            for name in ["conv_igemm_tf32", "conv_igemm_tf32_small"] {
+            for name in [
+                "conv_igemm_tf32",
+                "conv_igemm_tf32_small",
+                "conv_igemm_tf32_head",
+                "conv_igemm_tf32_small_head",
+            ] {
                 model.functions[name]
                     .set_attribute(
                         cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -470,6 +495,7 @@ impl<'g> CudaModel<'g> {
             }
         }
         model.upload_weights(weights)?;
+        model.heads = model.find_heads();
         Ok(model)
     }
 
@@ -533,6 +559,9 @@ impl<'g> CudaModel<'g> {
         let [oh, ow, f] = hwc(&out_shape);
         let (packed, k, k_padded, mode) = match &node.op {
             Op::Conv2D(op) => {
+                if self.small_c(id).is_some() {
+                    return Ok(None);
+                }
                 let k = op.args.kernel_size[0] as usize * op.args.kernel_size[1] as usize * c;
                 let (packed, k_padded) = pack_conv_weights(&host[0], k, f);
                 (packed, k, k_padded, 0)
@@ -608,17 +637,7 @@ impl<'g> CudaModel<'g> {
             Precision::Bf16 => (true, IGEMM_BF16_SMEM),
             _ => (false, IGEMM_TF32_SMEM),
         };
-        let e = if bf16 { 8 } else { 4 };
-        let aligned = |v: &View| {
-            v.c == 0
-                || (v.c % e == 0
-                    && v.offset % e as i64 == 0
-                    && v.pixel_stride % e == 0
-                    && v.row_stride % e as i64 == 0
-                    && v.item_stride % e as i64 == 0)
-        };
-        let fast = aligned(&x0) && aligned(&x1);
-        let name = match (bf16, fast) {
+        let name = match (bf16, Self::aligned_for_copies(bf16, &x0, &x1)) {
             (true, true) => "conv_igemm_bf16",
             (true, false) => "conv_igemm_bf16_small",
             (false, true) => "conv_igemm_tf32",
@@ -653,6 +672,191 @@ impl<'g> CudaModel<'g> {
         // weights hold n rows of k_padded values (the element type matches the kernel's).
         unsafe { b.launch(config).map_err(driver)? };
         Ok(())
+    }
+
+    /// A convolution on tensor cores with the 1x1 convolution `head` in its epilogue: writes
+    /// the head's output, never the convolution's.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_head<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        tc: &TensorCoreWeights,
+        bias: &CudaSlice<f32>,
+        (x0, x1, y): (View, View, View),
+        geometry: [i32; 8],
+        act: i32,
+        head: NodeId,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let [kh, kw, sh, sw, dh, dw, pt, pl] = geometry;
+        let params = ConvParams {
+            x0,
+            x1,
+            y,
+            n: batch as i32,
+            kh,
+            kw,
+            sh,
+            sw,
+            dh,
+            dw,
+            pt,
+            pl,
+            f: y.c,
+            k: tc.k as i32,
+            k_padded: tc.k_padded as i32,
+            act,
+            mode: 0,
+        };
+        let Op::Conv2D(op) = &self.graph.node(head).op else {
+            return Ok(());
+        };
+        let head_act = activation_code(
+            self.plan.fused[head.index()]
+                .activation
+                .as_deref()
+                .unwrap_or(&op.args.activation),
+        );
+        let head_y = View::of(&self.plan, &self.window(head)?, batch);
+        let head_f = head_y.c;
+        let hw = self.weights_of(head)?;
+        let (bf16, smem) = match self.precision {
+            Precision::Bf16 => (true, IGEMM_BF16_SMEM),
+            _ => (false, IGEMM_TF32_SMEM),
+        };
+        let name = match (bf16, Self::aligned_for_copies(bf16, &x0, &x1)) {
+            (true, true) => "conv_igemm_bf16_head",
+            (true, false) => "conv_igemm_bf16_small_head",
+            (false, true) => "conv_igemm_tf32_head",
+            (false, false) => "conv_igemm_tf32_small_head",
+        };
+        let m = batch * (y.h * y.w) as usize;
+        let config = LaunchConfig {
+            grid_dim: (m.div_ceil(128) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let stream = &self.stream;
+        let (ptr, _sync) = cudarc::driver::DevicePtrMut::device_ptr_mut(arena, stream);
+        let mut b = stream.launch_builder(&self.functions[name]);
+        b.arg(&ptr).arg(&ptr);
+        match &tc.packed {
+            Arena::Bf16(w) => b.arg(w),
+            Arena::F32(w) => b.arg(w),
+        };
+        b.arg(bias)
+            .arg(&params)
+            .arg(&hw.tensors[0])
+            .arg(&hw.tensors[1])
+            .arg(&head_y)
+            .arg(&head_f)
+            .arg(&head_act);
+        // SAFETY: matches conv_igemm_*_head(x*, y*, const w*, const float*, ConvParams, const
+        // float* head_w [f][head_f], const float* head_bias, View, int, int) with the launch
+        // shape kernels/igemm.cu documents; find_heads checked its limits (mode 0, f <= 128,
+        // head_f <= 8, no softmax before the head); windows come from the plan.
+        unsafe { b.launch(config).map_err(driver)? };
+        Ok(())
+    }
+
+    /// Whether both inputs allow the tensor-core kernels' 16-byte copies.
+    fn aligned_for_copies(bf16: bool, x0: &View, x1: &View) -> bool {
+        let e = if bf16 { 8 } else { 4 };
+        let aligned = |v: &View| {
+            v.c == 0
+                || (v.c % e == 0
+                    && v.offset % e as i64 == 0
+                    && v.pixel_stride % e == 0
+                    && v.row_stride % e as i64 == 0
+                    && v.item_stride % e as i64 == 0)
+        };
+        aligned(x0) && aligned(x1)
+    }
+
+    /// The input window of a Conv2D that kernels/first_layer.cu takes (one input, few channels).
+    fn small_c(&self, id: NodeId) -> Option<Window> {
+        let node = self.graph.node(id);
+        let Op::Conv2D(op) = &node.op else {
+            return None;
+        };
+        let a = &op.args;
+        let x = self.plan.window(node.inputs[0])?;
+        let k = a.kernel_size.map(|v| v as usize);
+        let d = a.dilation_rate.map(|v| v as usize);
+        small_c_fits(x.c, k, a.strides[1] as usize, d).then_some(x)
+    }
+
+    /// Pairs (convolution on tensor cores, 1x1 convolution that alone reads it) whose second
+    /// can run in the first's epilogue: the U-Net's head. The first's output is then never
+    /// written (its buffer stays planned, unused).
+    fn find_heads(&self) -> HashMap<NodeId, NodeId> {
+        let plan = &self.plan;
+        // Which working steps read each buffer, and which buffers hold model outputs.
+        let mut readers: HashMap<usize, Vec<NodeId>> = HashMap::new();
+        for step in plan.steps.iter().filter(|s| s.work != Work::Nothing) {
+            for &input in &self.graph.node(step.node).inputs {
+                for w in plan.storage[input.index()].iter().flat_map(|s| s.windows()) {
+                    readers.entry(w.buffer).or_default().push(step.node);
+                }
+            }
+        }
+        let output_buffers: Vec<usize> = self
+            .graph
+            .outputs
+            .iter()
+            .filter_map(|&o| plan.window(o).map(|w| w.buffer))
+            .collect();
+        let mut heads = HashMap::new();
+        for step in plan.steps.iter().filter(|s| s.work == Work::Kernel) {
+            let b = step.node;
+            let Op::Conv2D(head) = &self.graph.node(b).op else {
+                continue;
+            };
+            let h = &head.args;
+            let f2 = h.filters.max(0) as usize;
+            if h.kernel_size != [1, 1]
+                || h.strides != [1, 1]
+                || h.dilation_rate != [1, 1]
+                || !(1..=HEAD_MAX_FILTERS).contains(&f2)
+            {
+                continue;
+            }
+            let Some(x) = plan.window(self.graph.node(b).inputs[0]) else {
+                continue;
+            };
+            // The convolution whose window the head reads, through fused layers and dropout.
+            let Some(a) = plan.steps.iter().find(|s| {
+                s.work == Work::Kernel
+                    && matches!(self.graph.node(s.node).op, Op::Conv2D(_))
+                    && plan.window(s.node) == Some(x)
+            }) else {
+                continue;
+            };
+            let a = a.node;
+            let Some(tc) = self.tensor_core.get(&a) else {
+                continue;
+            };
+            let Op::Conv2D(first) = &self.graph.node(a).op else {
+                continue;
+            };
+            let act = plan.fused[a.index()]
+                .activation
+                .as_deref()
+                .unwrap_or(&first.args.activation);
+            let alone = readers
+                .get(&x.buffer)
+                .is_some_and(|r| r.iter().all(|&n| n == b));
+            if tc.mode == 0
+                && act != "softmax"
+                && x.c <= 128
+                && x.is_dense()
+                && alone
+                && !output_buffers.contains(&x.buffer)
+            {
+                heads.insert(a, b);
+            }
+        }
+        heads
     }
 
     fn element_bytes(&self) -> u64 {
@@ -879,6 +1083,8 @@ impl<'g> CudaModel<'g> {
     ) -> Result<(), CudaError> {
         match &step.work {
             Work::Nothing => Ok(()),
+            // A 1x1 head computed in the epilogue of the convolution before it.
+            Work::Kernel if self.heads.values().any(|&h| h == step.node) => Ok(()),
             Work::Concat(copies) => self.concat_copies(arena, step.node, copies, batch),
             Work::Kernel => self.launch(step.node, arena, batch),
         }
@@ -1042,8 +1248,50 @@ impl<'g> CudaModel<'g> {
                     i(pt),
                     i(pl),
                 ];
+                if self.small_c(id).is_some() {
+                    let ints: Vec<i32> = geometry.iter().copied().chain([act, nb]).collect();
+                    let mut b = stream.launch_builder(self.function::<T>("conv_small_c"));
+                    b.arg(&mut *arena)
+                        .arg(&x0)
+                        .arg(&y)
+                        .arg(&w.tensors[0])
+                        .arg(&w.tensors[1]);
+                    for v in &ints {
+                        b.arg(v);
+                    }
+                    let config = LaunchConfig {
+                        grid_dim: (
+                            (y.w.max(1) as u32).div_ceil(32),
+                            (y.h.max(1) as u32).div_ceil(16),
+                            batch as u32,
+                        ),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    // SAFETY: matches conv_small_c_<T>(void*, View, View, const float*, const
+                    // float*, int x10) (kernels/first_layer.cu) with its launch shape; within
+                    // its limits (small_c_fits); planned windows; f32 HWIO weights.
+                    unsafe { b.launch(config).map_err(driver)? };
+                    if activation == "softmax" {
+                        let c = y.c.max(1);
+                        self.softmax_in_place(arena, y.offset, (n_out / c as usize) as i64, c, 1)?;
+                    }
+                    return Ok(());
+                }
                 if let Some(tc) = self.tensor_core.get(&id) {
                     let views = (x0, x1, y);
+                    if let Some(&head) = self.heads.get(&id) {
+                        return self.launch_head(
+                            arena,
+                            tc,
+                            &w.tensors[1],
+                            views,
+                            geometry,
+                            act,
+                            head,
+                            batch,
+                        );
+                    }
                     self.launch_tensor_core(arena, tc, &w.tensors[1], views, geometry, act, batch)?;
                     if activation == "softmax" {
                         let c = y.c.max(1);

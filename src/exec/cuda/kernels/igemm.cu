@@ -25,6 +25,28 @@
 //   The output needs no alignment (stores are element-wise, consecutive threads on consecutive
 //   channels).
 //
+// Fused 1x1 head (the U-Net's last conv, F = p.f filters + act, then a 1x1 conv to head_f
+// channels): the first convolution as above, then per output pixel
+//   z[o] = head_bias[o] + sum_c act(conv[c] + bias[c]) * head_w[c * head_f + o]
+// written as head_act(z) (ACT_SOFTMAX: softmax over the head_f channels, here) to head_y.
+//   conv_igemm_bf16_head(const unsigned short* x, unsigned short* y, const unsigned short* w,
+//                        const float* bias, ConvParams p, const float* head_w,
+//                        const float* head_bias, View head_y, int head_f, int head_act)
+//   conv_igemm_bf16_small_head(...same...)
+//   conv_igemm_tf32_head(const float* x, float* y, const float* w, const float* bias,
+//                        ConvParams p, const float* head_w, const float* head_bias,
+//                        View head_y, int head_f, int head_act)
+//   conv_igemm_tf32_small_head(...same...)
+//   head_w: f32 [p.f][head_f] (Keras 1x1 kernel [1, 1, F, F2]); head_bias: f32 [head_f];
+//   y: the arena base that head_y indexes; p.y gives only the intermediate's shape (h, w,
+//   c == p.f) and is never written; head_y.h == p.y.h, head_y.w == p.y.w, head_y.c == head_f.
+//   Same block, dynamic shared memory, alignment rules and fast/small split as above, and
+//   p.mode == 0, p.f <= 128, 1 <= head_f <= 8, p.act != ACT_SOFTMAX;
+//   grid: (ceil(M / 128), 1, 1).
+//   The intermediate activation and head_w stay f32 (unfused, bf16 stores the intermediate as
+//   bf16, about 2^-9 relative per value, and a tensor-core 1x1 rounds both operands to bf16 or
+//   tf32), so only the output is rounded; softmax runs on f32 logits (unfused: bf16 logits).
+//
 // Every piece of inline PTX sits in a small wrapper below, so that with UNETC_EMULATE defined
 // the same code compiles as host C++ against tests/kernel_emu/emu.h, which emulates the wrappers.
 
@@ -232,6 +254,97 @@ struct RowOut {
 static_assert(BM * CT_LD * 4 + BM * sizeof(RowOut) <= STAGES * (BM + BN) * BK * 2,
               "the epilogue fits in the bf16 kernels' shared memory");
 
+// ---- fused 1x1 head (the `_head` entry points).
+constexpr int HEAD_MAX = 8;
+struct Head {
+    const float* w;    // [f][head_f], Keras 1x1 kernel [1, 1, f, head_f]
+    const float* bias; // [head_f]
+    View y;            // output window, c == head_f
+    int f, act;        // head_f, ACT_* (ACT_SOFTMAX: softmax over the head_f channels)
+};
+// Shared memory of the head epilogue, after ct: the conv bias, head_w transposed to
+// [o][BN] (lanes read consecutive columns: no bank conflicts), the second half's partial sums.
+constexpr int HEAD_CB = BM * CT_LD, HEAD_W = HEAD_CB + BN, HEAD_Z = HEAD_W + HEAD_MAX * BN;
+static_assert((HEAD_Z + HEAD_MAX * BM) * 4 <= STAGES * (BM + BN) * BK * 2,
+              "the head epilogue fits in the bf16 kernels' shared memory");
+
+// z[o] = head_bias[o] + sum_c act(conv[c]) * head_w[c][o] per output pixel, in f32 (the
+// intermediate activation is never rounded to the arena type). Thread (r, half): row r, and
+// columns half * 32 .. + 32 of each 64-column pass; the two halves add up through shared memory.
+template <typename T, class Stage>
+__device__ __forceinline__ void head_epilogue(T* __restrict__ y, const float* __restrict__ bias,
+                                              const ConvParams& p, const Head& hd, const Geo& g,
+                                              int m0, float* ct, Stage stage_pass) {
+    const int tid = threadIdx.x;
+    float* cb = ct + HEAD_CB;
+    float* hw = ct + HEAD_W;
+    float* zs = ct + HEAD_Z;
+    // Columns >= f get zero bias and weights: their accumulators are 0 (B rows zero-filled), so
+    // they add act(0) * 0 = 0.
+    for (int i = tid; i < BN; i += THREADS) cb[i] = i < p.f ? bias[i] : 0.0f;
+    for (int i = tid; i < HEAD_MAX * BN; i += THREADS) {
+        int o = i / BN, c = i - o * BN;
+        hw[i] = (o < hd.f && c < p.f) ? hd.w[c * hd.f + o] : 0.0f;
+    }
+    const int r = tid % BM, half = tid / BM;
+    float z[HEAD_MAX];
+#pragma unroll
+    for (int o = 0; o < HEAD_MAX; ++o) z[o] = 0.0f;
+#pragma unroll 1
+    for (int pass = 0; pass < 2 && pass * 64 < p.f; ++pass) {
+        stage_pass(pass);
+        __syncthreads();
+        // Rotated start column: lanes (consecutive rows, CT_LD = 72) hit 32 different banks.
+#pragma unroll 1
+        for (int j = 0; j < 32; ++j) {
+            const int col = half * 32 + ((j + r) & 31), c = pass * 64 + col;
+            const float v = activate(ct[r * CT_LD + col] + cb[c], p.act);
+#pragma unroll
+            for (int o = 0; o < HEAD_MAX; ++o)
+                if (o < hd.f) z[o] += v * hw[o * BN + c];
+        }
+        __syncthreads();
+    }
+    if (half == 1) {
+#pragma unroll
+        for (int o = 0; o < HEAD_MAX; ++o)
+            if (o < hd.f) zs[o * BM + r] = z[o];
+    }
+    __syncthreads();
+    const int m = m0 + r;
+    if (half == 1 || m >= g.m) return;
+#pragma unroll
+    for (int o = 0; o < HEAD_MAX; ++o)
+        if (o < hd.f) z[o] += zs[o * BM + r] + hd.bias[o];
+    if (hd.act == ACT_SOFTMAX) {
+        float mx = z[0];
+#pragma unroll
+        for (int o = 1; o < HEAD_MAX; ++o)
+            if (o < hd.f) mx = fmaxf(mx, z[o]);
+        float s = 0.0f;
+#pragma unroll
+        for (int o = 0; o < HEAD_MAX; ++o)
+            if (o < hd.f) {
+                z[o] = expf(z[o] - mx);
+                s += z[o];
+            }
+        const float inv = 1.0f / s;
+#pragma unroll
+        for (int o = 0; o < HEAD_MAX; ++o) z[o] *= inv;
+    } else {
+#pragma unroll
+        for (int o = 0; o < HEAD_MAX; ++o)
+            if (o < hd.f) z[o] = activate(z[o], hd.act);
+    }
+    const int hw_ = g.gh * g.gw;
+    const int n = m / hw_, rem = m - n * hw_;
+    const int oy = rem / g.gw, ox = rem - oy * g.gw;
+    T* out = y + view_at(hd.y, n, oy, ox, 0);
+#pragma unroll
+    for (int o = 0; o < HEAD_MAX; ++o)
+        if (o < hd.f) store1(out + o, z[o]);
+}
+
 // One k-step of the warp's 64 x 32 tile: 4 A fragments (m16), 4 B fragments (n8), 16 mma.
 __device__ __forceinline__ void mma_step(float (&acc)[4][4][4], unsigned (&af)[4][4],
                                          unsigned (&bf)[4][2], const unsigned short*) {
@@ -257,10 +370,10 @@ __device__ __forceinline__ void mma_step(float (&acc)[4][4][4], unsigned (&af)[4
         for (int j = 0; j < 4; ++j) mma_tf32_1688(acc[i][j], af[i], bf[j]);
 }
 
-template <typename T, bool VEC>
+template <typename T, bool VEC, bool HEAD = false>
 __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict__ y,
                                           const T* __restrict__ w, const float* __restrict__ bias,
-                                          const ConvParams& p) {
+                                          const ConvParams& p, const Head& hd = Head()) {
     constexpr int EPC = Elem<T>::EPC;
     constexpr int KSTEP = Elem<T>::KSTEP;
     constexpr int CPR = BK / EPC;              // chunks per tile row
@@ -395,6 +508,27 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
     cp_async_wait<0>();
     __syncthreads();
     float* ct = reinterpret_cast<float*>(igemm_smem);
+    const int gq = lane >> 2, tq = lane & 3;
+    // The warps whose columns are in pass `pass` write their accumulators to ct.
+    auto stage_pass = [&](int pass) {
+        if ((wn >> 1) == pass) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        float* d = ct + (wm * 64 + i * 16 + gq + h * 8) * CT_LD + (wn & 1) * 32 +
+                                   j * 8 + tq * 2;
+                        d[0] = acc[i][j][2 * h];
+                        d[1] = acc[i][j][2 * h + 1];
+                    }
+        }
+    };
+    if (HEAD) {
+        head_epilogue(y, bias, p, hd, g, m0, ct, stage_pass);
+        return;
+    }
     RowOut* ro = reinterpret_cast<RowOut*>(igemm_smem + BM * CT_LD * sizeof(float));
     if (tid < BM) {
         int m = m0 + tid;
@@ -416,23 +550,10 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
         }
         ro[tid] = r;
     }
-    const int gq = lane >> 2, tq = lane & 3;
     const int ecol = tid % 64;
 #pragma unroll 1
     for (int pass = 0; pass < 2; ++pass) {
-        if ((wn >> 1) == pass) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        float* d = ct + (wm * 64 + i * 16 + gq + h * 8) * CT_LD + (wn & 1) * 32 +
-                                   j * 8 + tq * 2;
-                        d[0] = acc[i][j][2 * h];
-                        d[1] = acc[i][j][2 * h + 1];
-                    }
-        }
+        stage_pass(pass);
         __syncthreads();
         const int c = n0 + pass * 64 + ecol;
         if (c < g.n) {
@@ -483,3 +604,35 @@ extern "C" __global__ void __launch_bounds__(256, 2)
                           ConvParams p) {
     igemm::conv_body<float, false>(x, y, w, bias, p);
 }
+
+// 3x3 (any mode-0) convolution + bias + act with a 1x1 head fused into the epilogue.
+#define HEAD_PARAMS                                                                            \
+    ConvParams p, const float* head_w, const float* head_bias, View head_y, int head_f,        \
+        int head_act
+#define HEAD_ARGS p, igemm::Head{head_w, head_bias, head_y, head_f, head_act}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv_igemm_bf16_head(const unsigned short* x, unsigned short* y, const unsigned short* w,
+                         const float* bias, HEAD_PARAMS) {
+    igemm::conv_body<unsigned short, true, true>(x, y, w, bias, HEAD_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv_igemm_bf16_small_head(const unsigned short* x, unsigned short* y,
+                               const unsigned short* w, const float* bias, HEAD_PARAMS) {
+    igemm::conv_body<unsigned short, false, true>(x, y, w, bias, HEAD_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv_igemm_tf32_head(const float* x, float* y, const float* w, const float* bias,
+                         HEAD_PARAMS) {
+    igemm::conv_body<float, true, true>(x, y, w, bias, HEAD_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv_igemm_tf32_small_head(const float* x, float* y, const float* w, const float* bias,
+                               HEAD_PARAMS) {
+    igemm::conv_body<float, false, true>(x, y, w, bias, HEAD_ARGS);
+}
+#undef HEAD_PARAMS
+#undef HEAD_ARGS

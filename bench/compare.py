@@ -360,7 +360,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("spec", nargs="*", help="spec files (also --specs a,b)")
     ap.add_argument("--specs", default=None,
-                    help="comma-separated specs (default: specs/original.unet,specs/zhixuhao.unet "
+                    help="comma-separated specs (default: specs/original.unet,specs/bn_same.unet "
                          "beside this script's directory)")
     ap.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--precision", default="f32,bf16", help="f32, tf32, bf16 (comma-separated)")
@@ -395,7 +395,7 @@ def main(argv=None) -> int:
 
     specs = [resolve_spec(s) for s in [*a.spec, *csv(a.specs or "")]]
     if not specs:
-        specs = [resolve_spec(str(TOP / "specs" / n)) for n in ("original.unet", "zhixuhao.unet")]
+        specs = [resolve_spec(str(TOP / "specs" / n)) for n in ("original.unet", "bn_same.unet")]
     batches = [int(b) for b in csv(a.batch)]
     precisions = csv(a.precision)
     systems = csv(a.systems) if a.systems else (

@@ -133,7 +133,8 @@ pub fn bind_and_fold(
 /// Number formats a backend computes in. The CPU executor is always f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// f32 storage and arithmetic.
+    /// f32 storage and arithmetic (on the GPU, convolutions run as 3xTF32 on tensor cores:
+    /// each operand split into two tf32 parts, three products, f32 accumulation).
     #[default]
     F32,
     /// f32 storage; convolutions multiply in tf32 (10-bit mantissa) and accumulate in f32.

@@ -47,6 +47,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "softmax",
     "global_average_pool",
     "conv_small_c",
+    "splitk_reduce",
 ];
 
 /// The tensor-core convolutions (kernels/igemm.cu): `_small` ones take any alignment.
@@ -59,6 +60,13 @@ pub const IGEMM_KERNELS: &[&str] = &[
     "conv_igemm_bf16_small_head",
     "conv_igemm_tf32_head",
     "conv_igemm_tf32_small_head",
+    "conv_igemm_f32x3",
+    "conv_igemm_f32x3_small",
+    "conv_igemm_f32x3_head",
+    "conv_igemm_f32x3_small_head",
+    "conv_igemm_bf16_splitk",
+    "conv_igemm_tf32_splitk",
+    "conv_igemm_f32x3_splitk",
 ];
 
 /// Whether kernels/first_layer.cu takes a convolution (few input channels: the U-Net's first
@@ -366,6 +374,8 @@ pub struct CudaModel<'g> {
     weight_bytes: u64,
     /// Free device memory once the context and module were loaded, before any allocation.
     free_at_start: u64,
+    /// Streaming multiprocessors: split-K fills them when a layer has too few output tiles.
+    sm_count: usize,
     pub device_name: String,
 }
 
@@ -463,6 +473,12 @@ impl<'g> CudaModel<'g> {
             functions.insert(name, f);
         }
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(driver)?
+            .max(1) as usize;
         let mut model = CudaModel {
             graph,
             info,
@@ -476,17 +492,13 @@ impl<'g> CudaModel<'g> {
             heads: HashMap::new(),
             weight_bytes: 0,
             free_at_start,
+            sm_count,
             device_name,
         };
-        if precision == Precision::Tf32 {
-            // The tf32 tiles need 96 KiB of shared memory (kernels/igemm.cu).
-            for name in [
-                "conv_igemm_tf32",
-                "conv_igemm_tf32_small",
-                "conv_igemm_tf32_head",
-                "conv_igemm_tf32_small_head",
-            ] {
-                model.functions[name]
+        if precision != Precision::Bf16 {
+            // The f32 tiles (tf32 and 3xTF32) need 96 KiB of shared memory (kernels/igemm.cu).
+            for name in IGEMM_KERNELS.iter().filter(|n| !n.contains("bf16")) {
+                model.functions[*name]
                     .set_attribute(
                         cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                         IGEMM_TF32_SMEM as i32,
@@ -527,10 +539,8 @@ impl<'g> CudaModel<'g> {
             },
         )?;
         for (id, host) in bound {
-            if self.precision != Precision::F32 {
-                if let Some(tc) = self.pack_for_tensor_cores(id, &host)? {
-                    self.tensor_core.insert(id, tc);
-                }
+            if let Some(tc) = self.pack_for_tensor_cores(id, &host)? {
+                self.tensor_core.insert(id, tc);
             }
             let tensors = host
                 .iter()
@@ -633,16 +643,15 @@ impl<'g> CudaModel<'g> {
             act,
             mode: tc.mode,
         };
-        let (bf16, smem) = match self.precision {
-            Precision::Bf16 => (true, IGEMM_BF16_SMEM),
-            _ => (false, IGEMM_TF32_SMEM),
+        let bf16 = self.precision == Precision::Bf16;
+        let fast = Self::aligned_for_copies(bf16, &x0, &x1);
+        let splits = if fast && tc.mode == 0 {
+            self.splits(tc, y, batch)
+        } else {
+            1
         };
-        let name = match (bf16, Self::aligned_for_copies(bf16, &x0, &x1)) {
-            (true, true) => "conv_igemm_bf16",
-            (true, false) => "conv_igemm_bf16_small",
-            (false, true) => "conv_igemm_tf32",
-            (false, false) => "conv_igemm_tf32_small",
-        };
+        let name = self.igemm_name(fast, if splits > 1 { "_splitk" } else { "" });
+        let smem = self.igemm_smem();
         let (m, n) = if tc.mode == 0 {
             (batch * (y.h * y.w) as usize, y.c as usize)
         } else {
@@ -652,13 +661,17 @@ impl<'g> CudaModel<'g> {
             )
         };
         let config = LaunchConfig {
-            grid_dim: (m.div_ceil(128) as u32, n.div_ceil(128) as u32, 1),
+            grid_dim: (
+                m.div_ceil(128) as u32,
+                n.div_ceil(128) as u32,
+                splits as u32,
+            ),
             block_dim: (256, 1, 1),
             shared_mem_bytes: smem,
         };
         let stream = &self.stream;
         let (ptr, _sync) = cudarc::driver::DevicePtrMut::device_ptr_mut(arena, stream);
-        let mut b = stream.launch_builder(&self.functions[name]);
+        let mut b = stream.launch_builder(&self.functions[&name]);
         // The kernel reads and writes the same arena through two pointers (the plan keeps the
         // output window apart from the inputs).
         b.arg(&ptr).arg(&ptr);
@@ -667,11 +680,112 @@ impl<'g> CudaModel<'g> {
             Arena::F32(w) => b.arg(w),
         };
         b.arg(bias).arg(&params);
-        // SAFETY: matches conv_igemm_*(x*, y*, const w*, const float* bias, ConvParams) with the
-        // launch shape kernels/igemm.cu documents; windows come from the plan; the packed
-        // weights hold n rows of k_padded values (the element type matches the kernel's).
+        // Split-K: raw f32 sums go to the workspace after the arena's last buffer (its byte
+        // offset is a multiple of 4: `workspace_start`), then one kernel reduces them.
+        let partial = ptr + (self.workspace_start(batch) * std::mem::size_of::<T>()) as u64;
+        let splits_i = splits as i32;
+        if splits > 1 {
+            b.arg(&partial).arg(&splits_i);
+        }
+        // SAFETY: matches conv_igemm_*(x*, y*, const w*, const float* bias, ConvParams) (and
+        // `_splitk`: float* partial, int splits) with the launch shape kernels/igemm.cu
+        // documents; windows come from the plan; the packed weights hold n rows of k_padded
+        // values (the element type matches the kernel's); the workspace holds splits*m*n floats
+        // (`alloc` sized it with `workspace_floats`).
         unsafe { b.launch(config).map_err(driver)? };
+        drop(b);
+        if splits > 1 {
+            let nb = batch as i32;
+            let mut r = stream.launch_builder(self.function::<T>("splitk_reduce"));
+            r.arg(&ptr)
+                .arg(&partial)
+                .arg(bias)
+                .arg(&y)
+                .arg(&nb)
+                .arg(&splits_i)
+                .arg(&act);
+            // SAFETY: matches splitk_reduce_<T>(void*, const float*, const float*, View, int,
+            // int, int); reads the splits the kernel above wrote, writes the planned window.
+            unsafe { r.launch(grid(y.elements(batch))).map_err(driver)? };
+        }
         Ok(())
+    }
+
+    /// The tensor-core kernel for this model's precision: `conv_igemm_{bf16,tf32,f32x3}`, then
+    /// `_small` for inputs the 16-byte copies cannot read, then `suffix`.
+    fn igemm_name(&self, fast: bool, suffix: &str) -> String {
+        let base = match self.precision {
+            Precision::Bf16 => "conv_igemm_bf16",
+            Precision::Tf32 => "conv_igemm_tf32",
+            Precision::F32 => "conv_igemm_f32x3",
+        };
+        format!("{base}{}{suffix}", if fast { "" } else { "_small" })
+    }
+
+    fn igemm_smem(&self) -> u32 {
+        match self.precision {
+            Precision::Bf16 => IGEMM_BF16_SMEM,
+            Precision::Tf32 | Precision::F32 => IGEMM_TF32_SMEM,
+        }
+    }
+
+    /// How many slices of K a convolution's GEMM is split into (1: none), by the rule in
+    /// kernels/igemm.cu: enough blocks for every SM, at least 4 K tiles per slice, at most 16.
+    fn splits(&self, tc: &TensorCoreWeights, y: View, batch: usize) -> usize {
+        if tc.mode != 0 {
+            return 1;
+        }
+        let m = batch * (y.h.max(0) * y.w.max(0)) as usize;
+        let n = y.c.max(0) as usize;
+        let blocks = m.div_ceil(128) * n.div_ceil(128);
+        let per_sm = if self.precision == Precision::F32 {
+            1
+        } else {
+            2
+        };
+        let k_tiles = tc.k.div_ceil(K_TILE);
+        let splits = (per_sm * self.sm_count / blocks.max(1))
+            .min(k_tiles / 4)
+            .min(16);
+        if splits >= 2 {
+            splits
+        } else {
+            1
+        }
+    }
+
+    /// Floats of split-K workspace a batch needs (the largest split layer's).
+    fn workspace_floats(&self, batch: usize) -> usize {
+        let mut most = 0;
+        for (id, tc) in &self.tensor_core {
+            if tc.mode != 0 || self.heads.contains_key(id) {
+                continue;
+            }
+            let Some(w) = self.plan.window(*id) else {
+                continue;
+            };
+            let y = View::of(&self.plan, &w, batch);
+            let splits = self.splits(tc, y, batch);
+            if splits > 1 {
+                most = most.max(splits * batch * w.h * w.w * w.c);
+            }
+        }
+        most
+    }
+
+    /// Where the workspace starts in the arena, in arena elements (after every buffer, at a
+    /// 16-byte boundary).
+    fn workspace_start(&self, batch: usize) -> usize {
+        (self.plan.arena_len * batch).div_ceil(8) * 8
+    }
+
+    /// Arena elements for a batch: the planned buffers, then the split-K workspace.
+    fn arena_elements(&self, batch: usize) -> usize {
+        let floats = self.workspace_floats(batch);
+        if floats == 0 {
+            return self.plan.arena_len * batch;
+        }
+        self.workspace_start(batch) + floats * 4 / self.element_bytes() as usize
     }
 
     /// A convolution on tensor cores with the 1x1 convolution `head` in its epilogue: writes
@@ -720,16 +834,9 @@ impl<'g> CudaModel<'g> {
         let head_y = View::of(&self.plan, &self.window(head)?, batch);
         let head_f = head_y.c;
         let hw = self.weights_of(head)?;
-        let (bf16, smem) = match self.precision {
-            Precision::Bf16 => (true, IGEMM_BF16_SMEM),
-            _ => (false, IGEMM_TF32_SMEM),
-        };
-        let name = match (bf16, Self::aligned_for_copies(bf16, &x0, &x1)) {
-            (true, true) => "conv_igemm_bf16_head",
-            (true, false) => "conv_igemm_bf16_small_head",
-            (false, true) => "conv_igemm_tf32_head",
-            (false, false) => "conv_igemm_tf32_small_head",
-        };
+        let bf16 = self.precision == Precision::Bf16;
+        let name = self.igemm_name(Self::aligned_for_copies(bf16, &x0, &x1), "_head");
+        let smem = self.igemm_smem();
         let m = batch * (y.h * y.w) as usize;
         let config = LaunchConfig {
             grid_dim: (m.div_ceil(128) as u32, 1, 1),
@@ -738,7 +845,7 @@ impl<'g> CudaModel<'g> {
         };
         let stream = &self.stream;
         let (ptr, _sync) = cudarc::driver::DevicePtrMut::device_ptr_mut(arena, stream);
-        let mut b = stream.launch_builder(&self.functions[name]);
+        let mut b = stream.launch_builder(&self.functions[&name]);
         b.arg(&ptr).arg(&ptr);
         match &tc.packed {
             Arena::Bf16(w) => b.arg(w),
@@ -866,9 +973,9 @@ impl<'g> CudaModel<'g> {
         }
     }
 
-    /// Device memory a batch needs for activations (the arena).
+    /// Device memory a batch needs for activations (the arena, with the split-K workspace).
     pub fn arena_bytes(&self, batch: usize) -> u64 {
-        self.plan.arena_bytes_of(batch, self.element_bytes())
+        (self.arena_elements(batch) as u64).saturating_mul(self.element_bytes())
     }
 
     /// Device memory the model holds: its weights as uploaded.
@@ -935,8 +1042,14 @@ impl<'g> CudaModel<'g> {
         };
         let mut times = Vec::new();
         for _ in 0..iterations {
-            let start = self.ctx.new_event(None).map_err(driver)?;
-            let end = self.ctx.new_event(None).map_err(driver)?;
+            let start = self
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(driver)?;
+            let end = self
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(driver)?;
             start.record(&self.stream).map_err(driver)?;
             self.upload_input(arena, input, batch)?;
             match &captured {
@@ -983,8 +1096,14 @@ impl<'g> CudaModel<'g> {
             if step.work == Work::Nothing {
                 continue;
             }
-            let start = self.ctx.new_event(None).map_err(driver)?;
-            let end = self.ctx.new_event(None).map_err(driver)?;
+            let start = self
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(driver)?;
+            let end = self
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(driver)?;
             start.record(&self.stream).map_err(driver)?;
             self.step(step, arena, batch)?;
             end.record(&self.stream).map_err(driver)?;
@@ -1034,7 +1153,7 @@ impl<'g> CudaModel<'g> {
                 free: free as u64,
             });
         }
-        let len = self.plan.arena_len * batch;
+        let len = self.arena_elements(batch);
         Ok(match self.precision {
             Precision::Bf16 => Arena::Bf16(self.stream.alloc_zeros::<u16>(len).map_err(driver)?),
             Precision::F32 | Precision::Tf32 => {

@@ -1,5 +1,5 @@
-// Tensor-core implicit-GEMM convolutions (bf16 and tf32), sm_80+ PTX (mma.sync, ldmatrix,
-// cp.async), run on sm_90.
+// Tensor-core implicit-GEMM convolutions (bf16, tf32 and f32-accurate 3xTF32), sm_80+ PTX
+// (mma.sync, ldmatrix, cp.async), run on sm_90.
 //
 // GEMM view. Mode 0 (convolution): M = n*y.h*y.w output pixels, N = f, K = k. Mode 1 (transposed
 // conv with kernel == strides): M = n*x0.h*x0.w input pixels, N = kh*kw*f, K = x0.c. A rows are
@@ -24,6 +24,49 @@
 //     multiples of E (and the same for x1 when x1.c > 0); x and w 16-byte aligned.
 //   The output needs no alignment (stores are element-wise, consecutive threads on consecutive
 //   channels).
+//
+// f32 accuracy on tf32 tensor cores (3xTF32, for --precision f32): each operand v is split into
+// big = tf32(v) and small = tf32(v - big), and a * b is accumulated (f32) as
+// as * bb + ab * bs + ab * bb: about f32 accuracy (the dropped as * bs is ~2^-22 relative) for
+// 3x the mma work of tf32.
+//   conv_igemm_f32x3(const float* x, float* y, const float* w, const float* bias, ConvParams p)
+//   conv_igemm_f32x3_small(...same...)
+//   conv_igemm_f32x3_head(...as conv_igemm_tf32_head...)
+//   conv_igemm_f32x3_small_head(...as conv_igemm_tf32_small_head...)
+//   Arguments, block, grid, dynamic shared memory (98304 bytes: set the attribute), alignment
+//   rules and fast/small split exactly as their tf32 counterparts. They are compiled for one
+//   block per SM (__launch_bounds__(256, 1), ~170 registers): at 128 registers the split
+//   fragments spill.
+//
+// Split-K, for layers whose (M / 128) * (N / 128) blocks cannot fill the GPU (batch-1 deep
+// layers). Fast path only (alignment as conv_igemm_bf16 / conv_igemm_tf32), mode 0 only:
+//   conv_igemm_bf16_splitk(const unsigned short* x, unsigned short* y, const unsigned short* w,
+//                          const float* bias, ConvParams p, float* partial, int splits)
+//   conv_igemm_tf32_splitk(const float* x, float* y, const float* w, const float* bias,
+//                          ConvParams p, float* partial, int splits)
+//   conv_igemm_f32x3_splitk(...as conv_igemm_tf32_splitk...)
+//   block: 256 threads; grid: (ceil(M / 128), ceil(N / 128), splits); dynamic shared memory
+//   as the unsplit kernel of the same type (bf16 49152, tf32 and f32x3 98304 bytes); f32x3
+//   again one block per SM. y and bias are not read or written.
+//   Slice z reduces K tiles [z * T / splits, (z + 1) * T / splits) (T = ceil(k / 32), integer
+//   division) and writes its raw f32 sums (no bias, no act) to
+//   partial[z * M * N + m * N + n], m < M = n * y.h * y.w, n < N = p.f: every element of the
+//   workspace of splits * M * N floats is written (an empty slice writes zeros), nothing else.
+//   1 <= splits; splits <= T keeps every slice busy.
+// then, on the same stream:
+//   splitk_reduce_f32 / splitk_reduce_bf16(void* arena, const float* partial,
+//                                          const float* bias, View y, int N, int splits, int act)
+//   y = act(bias + sum over z of partial[z]) into the output window y (== p.y), N = batch
+//   (ACT_SOFTMAX: the pre-activation); one thread per element of y: block 256, grid
+//   ceil(N * y.h * y.w * y.c / 256), no shared memory.
+//   Choosing splits (host), with S = number of SMs, B = ceil(M / 128) * ceil(N / 128), R =
+//   resident blocks per SM (2 for bf16 and tf32, 1 for f32x3):
+//     splits = min(floor(R * S / B), floor(T / 4), 16); split-K only when splits >= 2
+//   i.e. fill about one wave, keep at least 4 K tiles (128 of K) per slice so the pipeline still
+//   amortizes, and cap the workspace traffic. Example, H100 (S = 132), 28x28 output, 512
+//   filters, K = 9 * 512, bf16: B = 7 * 4 = 28, T = 144 -> splits = 9 (252 blocks, 16 K tiles
+//   each), workspace 9 * 784 * 512 floats = 14.5 MB; f32x3: splits = 4. Once B >= R * S it
+//   gives 1. The workspace must not overlap the arena windows the reduce writes.
 //
 // Fused 1x1 head (the U-Net's last conv, F = p.f filters + act, then a 1x1 conv to head_f
 // channels): the first convolution as above, then per output pixel
@@ -370,10 +413,54 @@ __device__ __forceinline__ void mma_step(float (&acc)[4][4][4], unsigned (&af)[4
         for (int j = 0; j < 4; ++j) mma_tf32_1688(acc[i][j], af[i], bf[j]);
 }
 
-template <typename T, bool VEC, bool HEAD = false>
+// 3xTF32: v = big + small with big = tf32(v), small = tf32(v - big) (v - big is exact in f32),
+// and a * b ~ as * bb + ab * bs + ab * bb: the dropped as * bs and the rounding of the small
+// parts are ~2^-22 relative, so the products are f32-accurate. Small terms first: they are
+// accumulated before the big one swamps them. A is split one m16 fragment at a time to keep
+// the live registers (64 accumulators + 16 B + 8 A) within 128: `load_a(i, a)` fetches A
+// fragment i (ldmatrix) just before its 12 mma.
+__device__ __forceinline__ void split_tf32(unsigned v, unsigned& big, unsigned& small) {
+    const float f = __uint_as_float(v);
+    big = f32_to_tf32(f);
+    small = f32_to_tf32(f - __uint_as_float(big));
+}
+template <class LoadA>
+__device__ __forceinline__ void mma_step_x3(float (&acc)[4][4][4], const unsigned (&bf)[4][2],
+                                            LoadA load_a) {
+    unsigned bb[4][2], bs[4][2];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) split_tf32(bf[j][r], bb[j][r], bs[j][r]);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        unsigned af[4], ab[4], as[4];
+        load_a(i, af);
+#pragma unroll
+        for (int r = 0; r < 4; ++r) split_tf32(af[r], ab[r], as[r]);
+        // Three passes over j: consecutive mma never wait on each other's accumulator.
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mma_tf32_1688(acc[i][j], as, bb[j]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mma_tf32_1688(acc[i][j], ab, bs[j]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mma_tf32_1688(acc[i][j], ab, bb[j]);
+    }
+}
+
+// What the block does with its accumulators: bias + act into y, the fused head, or raw sums of
+// its K range into the split-K workspace.
+enum { EPI_STORE, EPI_HEAD, EPI_PARTIAL };
+struct SplitK {
+    float* partial; // [splits][M][N] f32
+    int splits;
+};
+
+template <typename T, bool VEC, int EPI = EPI_STORE, bool X3 = false>
 __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict__ y,
                                           const T* __restrict__ w, const float* __restrict__ bias,
-                                          const ConvParams& p, const Head& hd = Head()) {
+                                          const ConvParams& p, const Head& hd = Head(),
+                                          const SplitK& sk = SplitK()) {
     constexpr int EPC = Elem<T>::EPC;
     constexpr int KSTEP = Elem<T>::KSTEP;
     constexpr int CPR = BK / EPC;              // chunks per tile row
@@ -384,7 +471,13 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
     const int tid = threadIdx.x;
     const int m0 = blockIdx.x * BM;
     const int n0 = blockIdx.y * BN;
-    const int ktiles = (p.k + BK - 1) / BK;
+    // Split-K: slice z reduces whole K tiles [kt0, kt1), balanced to within one tile.
+    int kt0 = 0, ktiles = (p.k + BK - 1) / BK;
+    if (EPI == EPI_PARTIAL) {
+        const int all = ktiles;
+        kt0 = (int)((i64)blockIdx.z * all / sk.splits);
+        ktiles = (int)((i64)(blockIdx.z + 1) * all / sk.splits) - kt0;
+    }
     const int H = p.x0.h, W = p.x0.w;
 
     // ---- loaders. VEC: each thread owns one chunk column and rows r0 + i * RSTEP.
@@ -399,7 +492,7 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
     if (VEC) {
 #pragma unroll
         for (int i = 0; i < VROWS; ++i) row_origin(g, m0 + vr0 + i * RSTEP, an[i], ay[i], ax[i]);
-        kp.init(g, vcc * EPC);
+        kp.init(g, kt0 * BK + vcc * EPC);
     } else {
         row_origin(g, m0 + tid % BM, an[0], ay[0], ax[0]);
     }
@@ -472,14 +565,14 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
     // ---- 3-stage pipeline: tile kt + 2 is in flight while tile kt is multiplied.
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < ktiles) load_tile(s, s);
+        if (s < ktiles) load_tile(s, kt0 + s);
         cp_async_commit();
     }
     for (int kt = 0; kt < ktiles; ++kt) {
         cp_async_wait<STAGES - 2>();
         __syncthreads(); // tile kt visible to all; everyone is done with tile kt - 1's stage
         int next = kt + STAGES - 1;
-        if (next < ktiles) load_tile(next % STAGES, next);
+        if (next < ktiles) load_tile(next % STAGES, kt0 + next);
         cp_async_commit();
 
         const T* As = smem + (kt % STAGES) * STAGE;
@@ -487,9 +580,13 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
 #pragma unroll
         for (int ks = 0; ks < BK / KSTEP; ++ks) {
             unsigned af[4][4], bf[4][2];
+            auto load_a = [&](int i, unsigned(&a)[4]) {
+                ldmatrix_x4(a, As + (a_row + i * 16) * BK + (((2 * ks + a_hi) ^ sw) * EPC));
+            };
+            if constexpr (!X3) {
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
-                ldmatrix_x4(af[i], As + (a_row + i * 16) * BK + (((2 * ks + a_hi) ^ sw) * EPC));
+                for (int i = 0; i < 4; ++i) load_a(i, af[i]);
+            }
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
                 unsigned r[4];
@@ -499,7 +596,10 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
                 bf[2 * j + 1][0] = r[2];
                 bf[2 * j + 1][1] = r[3];
             }
-            mma_step(acc, af, bf, x);
+            if constexpr (X3)
+                mma_step_x3(acc, bf, load_a);
+            else
+                mma_step(acc, af, bf, x);
         }
     }
 
@@ -525,8 +625,25 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
                     }
         }
     };
-    if (HEAD) {
+    if constexpr (EPI == EPI_HEAD) {
         head_epilogue(y, bias, p, hd, g, m0, ct, stage_pass);
+        return;
+    }
+    const int ecol = tid % 64;
+    if constexpr (EPI == EPI_PARTIAL) {
+        float* out = sk.partial + (i64)blockIdx.z * g.m * g.n;
+#pragma unroll 1
+        for (int pass = 0; pass < 2; ++pass) {
+            stage_pass(pass);
+            __syncthreads();
+            const int c = n0 + pass * 64 + ecol;
+            if (c < g.n) {
+#pragma unroll 1
+                for (int r = tid / 64; r < BM && m0 + r < g.m; r += THREADS / 64)
+                    out[(i64)(m0 + r) * g.n + c] = ct[r * CT_LD + ecol];
+            }
+            __syncthreads();
+        }
         return;
     }
     RowOut* ro = reinterpret_cast<RowOut*>(igemm_smem + BM * CT_LD * sizeof(float));
@@ -550,7 +667,6 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
         }
         ro[tid] = r;
     }
-    const int ecol = tid % 64;
 #pragma unroll 1
     for (int pass = 0; pass < 2; ++pass) {
         stage_pass(pass);
@@ -614,25 +730,88 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv_igemm_bf16_head(const unsigned short* x, unsigned short* y, const unsigned short* w,
                          const float* bias, HEAD_PARAMS) {
-    igemm::conv_body<unsigned short, true, true>(x, y, w, bias, HEAD_ARGS);
+    igemm::conv_body<unsigned short, true, igemm::EPI_HEAD>(x, y, w, bias, HEAD_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv_igemm_bf16_small_head(const unsigned short* x, unsigned short* y,
                                const unsigned short* w, const float* bias, HEAD_PARAMS) {
-    igemm::conv_body<unsigned short, false, true>(x, y, w, bias, HEAD_ARGS);
+    igemm::conv_body<unsigned short, false, igemm::EPI_HEAD>(x, y, w, bias, HEAD_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv_igemm_tf32_head(const float* x, float* y, const float* w, const float* bias,
                          HEAD_PARAMS) {
-    igemm::conv_body<float, true, true>(x, y, w, bias, HEAD_ARGS);
+    igemm::conv_body<float, true, igemm::EPI_HEAD>(x, y, w, bias, HEAD_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2)
     conv_igemm_tf32_small_head(const float* x, float* y, const float* w, const float* bias,
                                HEAD_PARAMS) {
-    igemm::conv_body<float, false, true>(x, y, w, bias, HEAD_ARGS);
+    igemm::conv_body<float, false, igemm::EPI_HEAD>(x, y, w, bias, HEAD_ARGS);
+}
+
+// f32 accuracy on tf32 tensor cores (3xTF32): same arguments and launch shape as the tf32 ones.
+// One block per SM: the split fragments need ~170 registers, and at 128 (two blocks) ptxas spills.
+extern "C" __global__ void __launch_bounds__(256, 1)
+    conv_igemm_f32x3(const float* x, float* y, const float* w, const float* bias, ConvParams p) {
+    igemm::conv_body<float, true, igemm::EPI_STORE, true>(x, y, w, bias, p);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+    conv_igemm_f32x3_small(const float* x, float* y, const float* w, const float* bias,
+                           ConvParams p) {
+    igemm::conv_body<float, false, igemm::EPI_STORE, true>(x, y, w, bias, p);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+    conv_igemm_f32x3_head(const float* x, float* y, const float* w, const float* bias,
+                          HEAD_PARAMS) {
+    igemm::conv_body<float, true, igemm::EPI_HEAD, true>(x, y, w, bias, HEAD_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+    conv_igemm_f32x3_small_head(const float* x, float* y, const float* w, const float* bias,
+                                HEAD_PARAMS) {
+    igemm::conv_body<float, false, igemm::EPI_HEAD, true>(x, y, w, bias, HEAD_ARGS);
 }
 #undef HEAD_PARAMS
 #undef HEAD_ARGS
+
+// Split-K (fast path, mode 0): slice blockIdx.z writes the raw sums of its K range; y and bias
+// are unused here (splitk_reduce_* applies them).
+#define SPLIT_ARGS p, igemm::Head(), igemm::SplitK{partial, splits}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv_igemm_bf16_splitk(const unsigned short* x, unsigned short* y, const unsigned short* w,
+                           const float* bias, ConvParams p, float* partial, int splits) {
+    igemm::conv_body<unsigned short, true, igemm::EPI_PARTIAL>(x, y, w, bias, SPLIT_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+    conv_igemm_tf32_splitk(const float* x, float* y, const float* w, const float* bias,
+                           ConvParams p, float* partial, int splits) {
+    igemm::conv_body<float, true, igemm::EPI_PARTIAL>(x, y, w, bias, SPLIT_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+    conv_igemm_f32x3_splitk(const float* x, float* y, const float* w, const float* bias,
+                            ConvParams p, float* partial, int splits) {
+    igemm::conv_body<float, true, igemm::EPI_PARTIAL, true>(x, y, w, bias, SPLIT_ARGS);
+}
+#undef SPLIT_ARGS
+
+// y = act(bias + sum over the splits of partial[z]): one thread per element of y. The flat
+// index of y's element (n, oy, ox, c) is m * y.c + c, the workspace's own layout.
+template <typename T>
+__device__ void splitk_reduce(T* arena, const float* __restrict__ partial,
+                              const float* __restrict__ bias, View y, int N, int splits, int act) {
+    FOR_EACH_IN_VIEW(y, N)
+    const i64 slice = (i64)N * y.h * y.w * y.c;
+    float s = bias[c];
+    for (int z = 0; z < splits; ++z) s += partial[z * slice + idx];
+    store_elem(arena + view_at(y, n, oy, ox, c), act == ACT_SOFTMAX ? s : activate(s, act));
+}
+INSTANTIATE(splitk_reduce,
+            (void* arena, const float* partial, const float* bias, View y, int N, int splits,
+             int act),
+            (, partial, bias, y, N, splits, act))

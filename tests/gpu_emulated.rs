@@ -82,10 +82,11 @@ fn cuda_backend_runs_on_the_emulated_gpu() {
     let run = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_runs_the_cuda_backend", "--nocapture"])
         .arg("--test-threads=1")
-        .env("LD_LIBRARY_PATH", path)
+        .env("LD_LIBRARY_PATH", &path)
         .env(CHILD, "1")
         .output()
         .expect("the test executable runs again");
+    let cli = command_line_on_the_emulated_gpu(&dir, &path);
     let _ = std::fs::remove_dir_all(&dir);
     println!("{}", String::from_utf8_lossy(&run.stdout));
     eprintln!("{}", String::from_utf8_lossy(&run.stderr));
@@ -94,7 +95,107 @@ fn cuda_backend_runs_on_the_emulated_gpu() {
         "the emulated GPU run failed ({})",
         run.status
     );
+    if let Err(e) = cli {
+        panic!("the command line on the emulated GPU: {e}");
+    }
     println!("whole test {:.1?}", started.elapsed());
+}
+
+/// `unetc run` and `unetc bench` with `--device cuda` on the emulated GPU, as a user runs them:
+/// an input larger than the spec's (so the overlap-tile path runs on the GPU, in batches) gives
+/// the CPU's output; bench reports the CUDA graph and the device memory.
+fn command_line_on_the_emulated_gpu(
+    dir: &Path,
+    library_path: &std::ffi::OsStr,
+) -> Result<(), String> {
+    let unetc = |args: &[&str]| -> Result<String, String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_unetc"))
+            .args(args)
+            .current_dir(root())
+            .env("LD_LIBRARY_PATH", library_path)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "unetc {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let spec = "tests/golden/original_small.unet";
+    unetc(&[
+        "init-weights",
+        spec,
+        "-o",
+        &file("w.safetensors"),
+        "--seed",
+        "3",
+    ])?;
+    // 150x131: not the spec's 108x108, so the image is covered by overlap tiles.
+    let (h, w) = (150usize, 131usize);
+    let image: Vec<f32> = (0..h * w)
+        .map(|i| ((i * 2654435761) % 1009) as f32 / 1009.0)
+        .collect();
+    let x = Tensor::from_vec(&[1, h, w, 1], image).unwrap();
+    unetc::io::npy::write_npy(Path::new(&file("x.npy")), &x, true).map_err(|e| e.to_string())?;
+    let mut outputs = Vec::new();
+    for (device, precision) in [("cpu", "f32"), ("cuda", "f32"), ("cuda", "bf16")] {
+        let out = file(&format!("y_{device}_{precision}.npy"));
+        let args = [
+            "run",
+            spec,
+            "--weights",
+            &file("w.safetensors"),
+            "--input",
+            &file("x.npy"),
+            "--output",
+            &out,
+            "--device",
+            device,
+            "--precision",
+            precision,
+            "--batch",
+            "2",
+        ];
+        unetc(&args)?;
+        outputs.push(unetc::io::npy::read_npy(Path::new(&out)).map_err(|e| e.to_string())?);
+    }
+    for (k, (name, tolerance)) in [("f32", 1e-4), ("bf16", 2e-2)].iter().enumerate() {
+        let err = rel_err(&outputs[k + 1], &outputs[0]);
+        println!(
+            "unetc run --device cuda --precision {name} (tiled 150x131): {err:.2e} from the CPU"
+        );
+        if err > *tolerance || outputs[k + 1].shape != outputs[0].shape {
+            return Err(format!("run --precision {name}: {err:e} from the CPU"));
+        }
+    }
+    let json = unetc(&[
+        "bench",
+        spec,
+        "--device",
+        "cuda",
+        "--precision",
+        "bf16",
+        "--batch",
+        "2",
+        "--iterations",
+        "2",
+        "--warmup",
+        "1",
+        "--format",
+        "json",
+    ])?;
+    let report: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+    println!("unetc bench --device cuda: {report}");
+    let planned = report["peak_device_memory_bytes"].as_u64().unwrap_or(0);
+    let measured = report["measured_device_memory_bytes"].as_u64().unwrap_or(0);
+    if report["cuda_graph"] != true || planned == 0 || measured < planned {
+        return Err(format!("bench report: {report}"));
+    }
+    Ok(())
 }
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {

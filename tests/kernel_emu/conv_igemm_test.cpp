@@ -1,6 +1,8 @@
 // Runs the implicit-GEMM convolution kernels of igemm.cu under the CPU emulator (emu.h) and
 // checks them against a naive double-precision convolution of the same rounded inputs (3xTF32:
 // of the unrounded f32 inputs, at an f32-level tolerance that 1xTF32 is shown to miss).
+// Every case whose GEMM N is at most 64 (head cases: f <= 64) also runs through the 128 x 64
+// tile (`_n64` entry points, with their own block, grid and shared memory: `Launch`).
 // Build: g++ -std=c++17 -O2 -pthread -DUNETC_EMULATE conv_igemm_test.cpp (tests/kernel_emulator.rs
 // does). Prints one line per case and kernel; exits 1 if any fails.
 #include "emu.h"
@@ -60,6 +62,7 @@ template <> struct Ty<unsigned short> {
     static double mma_input(unsigned short v) { return stored(v); }
     static constexpr double tol = 2e-3;
     static constexpr double out_rel = 1.0 / 256; // output rounded to bf16
+    static constexpr bool x3 = false;
 };
 template <> struct Ty<float> {
     static constexpr const char* name = "tf32";
@@ -68,6 +71,7 @@ template <> struct Ty<float> {
     static double mma_input(float v) { return round_tf32(v); }
     static constexpr double tol = 2e-4;
     static constexpr double out_rel = 0.0;
+    static constexpr bool x3 = false;
 };
 // 3xTF32 (conv_igemm_f32x3*): the reference takes the f32 inputs as they are. 1e-5 of max|ref|
 // is ~100 f32 ulps of the largest output: room for the f32 accumulation over K <= 576, and far
@@ -76,6 +80,27 @@ struct F32x3 : Ty<float> {
     static constexpr const char* name = "f32x3";
     static double mma_input(float v) { return v; }
     static constexpr double tol = 1e-5;
+    static constexpr bool x3 = true;
+};
+
+// The launch shape of a block tile BN wide (128: the plain entry points, 64: `_n64`), as the
+// top of igemm.cu documents it.
+template <class T, class P, int BN> struct Launch {
+    using Tile = igemm::Tile<T, BN, P::x3>;
+    static_assert(Tile::THREADS == (BN == 128 ? 256 : 128), "block size");
+    static_assert(Tile::SMEM == (BN == 128 ? 3 * 256 * 32 * (int)sizeof(T)
+                                 : sizeof(T) == 2 ? 49152
+                                 : P::x3          ? 98304
+                                                  : 73728),
+                  "dynamic shared memory as documented");
+    static dim3 grid(int M, int N, int splits = 1) {
+        return dim3((M + igemm::BM - 1) / igemm::BM, (N + BN - 1) / BN, splits);
+    }
+    static dim3 block() { return dim3(Tile::THREADS); }
+    static size_t smem() {
+        if ((size_t)Tile::SMEM > sizeof igemm_smem) emu::fail("harness shared memory too small");
+        return Tile::SMEM;
+    }
 };
 
 struct Case {
@@ -105,8 +130,14 @@ double act_ref(double v, int act) {
 
 int round_up(int v, int m) { return (v + m - 1) / m * m; }
 
+template <class P, class T> std::vector<double> mma_inputs(const std::vector<T>& v) {
+    std::vector<double> r(v.size());
+    for (size_t i = 0; i < v.size(); ++i) r[i] = P::mma_input(v[i]);
+    return r;
+}
+
 const char* split_name(const char* entry, int splits) {
-    static char buf[8][64];
+    static char buf[8][64]; // the last 8 names stay valid
     static int next;
     char* b = buf[next++ % 8];
     snprintf(b, 64, "%s/%d", entry, splits);
@@ -128,7 +159,7 @@ using Reduce = void (*)(void*, const float*, const float*, View, int, int, int);
 
 // One kernel on one case against precision P's reference. With `splits` > 0, `split` writes
 // the workspace over a (.., .., splits) grid and `reduce` finishes into y.
-template <class T, class P = Ty<T>>
+template <class T, class P = Ty<T>, int BN = 128>
 Result run_case(const Case& cs, Kernel<T> kernel, const char* entry, int splits = 0,
                 SplitKernel<T> split = nullptr, Reduce reduce = nullptr) {
     const int C = cs.c0 + cs.c1;
@@ -180,12 +211,14 @@ Result run_case(const Case& cs, Kernel<T> kernel, const char* entry, int splits 
         for (int kk = 0; kk < K; ++kk) w[(size_t)r * Kp + kk] = P::make(rng.uni());
     std::vector<float> bias(cs.f);
     for (auto& b : bias) b = (float)(0.5 * rng.uni());
+    // What the tensor cores see of every input value (the reference's operands), rounded once.
+    const std::vector<double> arena_in = mma_inputs<P>(arena), w_in = mma_inputs<P>(w);
 
     auto xin = [&](int n, int y, int x, int c) {
         const View& v = c < cs.c0 ? x0 : x1;
-        return P::mma_input(arena[view_at(v, n, y, x, c < cs.c0 ? c : c - cs.c0)]);
+        return arena_in[view_at(v, n, y, x, c < cs.c0 ? c : c - cs.c0)];
     };
-    auto win = [&](int r, int kk) { return P::mma_input(w[(size_t)r * Kp + kk]); };
+    auto win = [&](int r, int kk) { return w_in[(size_t)r * Kp + kk]; };
 
     // Reference, NaN where nothing is written (there must be no such element).
     std::vector<double> ref((size_t)cs.n * oh * ow * cs.f, NAN);
@@ -240,9 +273,9 @@ Result run_case(const Case& cs, Kernel<T> kernel, const char* entry, int splits 
     emu::register_global(arena.data(), arena.size() * sizeof(T));
     emu::register_global(w.data(), w.size() * sizeof(T));
     emu::register_global(bias.data(), bias.size() * sizeof(float));
-    const size_t smem = (size_t)igemm::STAGES * (igemm::BM + igemm::BN) * igemm::BK * sizeof(T);
-    if (smem > sizeof igemm_smem) emu::fail("harness shared memory too small");
-    dim3 grid((M + 127) / 128, (NG + 127) / 128), block(256);
+    using L = Launch<T, P, BN>;
+    const size_t smem = L::smem();
+    dim3 grid = L::grid(M, NG), block = L::block();
     auto t0 = std::chrono::steady_clock::now();
     T* a = arena.data();
     // Split-K workspace, NaN to start with (an unwritten element poisons y), and a NaN canary
@@ -298,7 +331,7 @@ Result run_case(const Case& cs, Kernel<T> kernel, const char* entry, int splits 
     if (splits > 0) entry = split_name(entry, splits);
     char line[512];
     snprintf(line, sizeof line,
-             "%-4s %-52s %-26s M=%-4d N=%-3d K=%-4d  max err %.2e of max|ref| %.2f (%.0f%% of "
+             "%-4s %-52s %-31s M=%-4d N=%-3d K=%-4d  max err %.2e of max|ref| %.2f (%.0f%% of "
              "allowed)%s%s  %.2fs  %s",
              ok ? "ok" : "FAIL", cs.name, entry, M, NG, K, max_err, maxref, worst * 100,
              clobbered ? "  CLOBBERED OUTSIDE THE WINDOW" : "", missing ? "  REFERENCE GAP" : "",
@@ -322,7 +355,7 @@ template <class T>
 using HeadKernel = void (*)(const T*, T*, const T*, const float*, ConvParams, const float*,
                             const float*, View, int, int);
 
-template <class T, class P = Ty<T>>
+template <class T, class P = Ty<T>, int BN = 128>
 Result run_head_case(const HeadCase& cs, HeadKernel<T> kernel, const char* entry) {
     const int oh = cs.same ? cs.h : cs.h - 2, ow = cs.same ? cs.w : cs.w - 2;
     const int pt = cs.same ? 1 : 0, pl = pt;
@@ -355,6 +388,8 @@ Result run_head_case(const HeadCase& cs, HeadKernel<T> kernel, const char* entry
     for (auto& b : bias) b = (float)(0.5 * rng.uni());
     for (auto& v : hw) v = (float)(0.5 * rng.uni());
     for (auto& v : hb) v = (float)(0.5 * rng.uni());
+    // What the tensor cores see of every input value (the reference's operands), rounded once.
+    const std::vector<double> arena_in = mma_inputs<P>(arena), w_in = mma_inputs<P>(w);
 
     // Reference: the conv on the kernel's (rounded) inputs, relu, then the head in double; the
     // intermediate is not rounded (the fused kernel keeps it in f32).
@@ -370,8 +405,8 @@ Result run_head_case(const HeadCase& cs, HeadKernel<T> kernel, const char* entry
                             int iy = oy + ky - pt, ix = ox + kx - pl;
                             if (iy < 0 || iy >= cs.h || ix < 0 || ix >= cs.w) continue;
                             for (int c = 0; c < cs.c; ++c)
-                                s += P::mma_input(arena[view_at(xv, n, iy, ix, c)]) *
-                                     P::mma_input(w[(size_t)o * Kp + (ky * 3 + kx) * cs.c + c]);
+                                s += arena_in[view_at(xv, n, iy, ix, c)] *
+                                     w_in[(size_t)o * Kp + (ky * 3 + kx) * cs.c + c];
                         }
                     mid_v[o] = s > 0 ? s : 0;
                 }
@@ -406,8 +441,9 @@ Result run_head_case(const HeadCase& cs, HeadKernel<T> kernel, const char* entry
     emu::globals.clear();
     emu::register_global(arena.data(), arena.size() * sizeof(T));
     emu::register_global(w.data(), w.size() * sizeof(T));
-    const size_t smem = (size_t)igemm::STAGES * (igemm::BM + igemm::BN) * igemm::BK * sizeof(T);
-    dim3 grid((M + 127) / 128, 1), block(256);
+    using L = Launch<T, P, BN>;
+    const size_t smem = L::smem();
+    dim3 grid = L::grid(M, 1), block = L::block();
     auto t0 = std::chrono::steady_clock::now();
     T* a = arena.data();
     emu::launch(grid, block, igemm_smem, smem, [&] {
@@ -439,13 +475,16 @@ Result run_head_case(const HeadCase& cs, HeadKernel<T> kernel, const char* entry
     bool ok = bad == 0 && clobbered == 0;
     char line[512];
     snprintf(line, sizeof line,
-             "%-4s %-52s %-26s M=%-4d F=%-3d K=%-4d  max err %.2e of max|ref| %.2f (%.0f%% of "
+             "%-4s %-52s %-31s M=%-4d F=%-3d K=%-4d  max err %.2e of max|ref| %.2f (%.0f%% of "
              "allowed)%s  %.2fs  ",
              ok ? "ok" : "FAIL", cs.name, entry, M, cs.f, K, max_err, maxref, worst * 100,
              clobbered ? "  CLOBBERED OUTSIDE THE WINDOW" : "", secs);
     if (bad) snprintf(line + strlen(line), sizeof line - strlen(line), "%ld wrong", bad);
     return {ok, line};
 }
+
+// The GEMM's N: f (mode 0) or kh * kw * f (mode 1).
+int gemm_n(const Case& c) { return c.mode == 0 ? c.f : c.kh * c.kw * c.f; }
 
 } // namespace
 
@@ -487,6 +526,19 @@ int main() {
          1, false, 24, ACT_LINEAR, 0, 0, 0, 0, 0, 1, 2, 2, 1, 1, false},
         {"transposed 2x2 s2 C=5 F=6, odd offsets (small only)", 2, 5, 4, 5, 0, 2, 2, 2, 2, 1, 1,
          false, 6, ACT_LINEAR, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, false},
+        // The U-Net's top level (F = 64: the `_n64` tile exactly full), scaled down.
+        {"U-Net top: C=64 3x3 valid F=64 relu (M=144 tail)", 1, 14, 14, 64, 0, 3, 3, 1, 1, 1, 1,
+         false, 64, ACT_RELU, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, true},
+        {"U-Net dec: concat crop 64ch + 64ch F=64 -> y slice, b2", 2, 6, 7, 64, 64, 3, 3, 1, 1, 1,
+         1, false, 64, ACT_RELU, 0, 0, 0, 0, 0, 2, 8, 32, 16, 0, true},
+        {"C=32 3x3 same F=40 (N tail) sigmoid, batch 2", 2, 9, 8, 32, 0, 3, 3, 1, 1, 1, 1, true,
+         40, ACT_SIGMOID, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, true},
+        {"C=16 3x3 same F=64 -> y slice [24, 88) of 96", 1, 11, 13, 16, 0, 3, 3, 1, 1, 1, 1, true,
+         64, ACT_TANH, 0, 0, 0, 0, 0, 0, 0, 32, 24, 0, true},
+        {"C=3 3x3 same F=64, odd offsets (small only), batch 2", 2, 10, 9, 3, 0, 3, 3, 1, 1, 1, 1,
+         true, 64, ACT_RELU, 0, 0, 0, 0, 0, 0, 0, 8, 3, 1, false},
+        {"transposed 2x2 s2 C=64 F=16 (N=64) -> y slice", 1, 9, 8, 64, 0, 2, 2, 2, 2, 1, 1, false,
+         16, ACT_RELU, 1, 0, 0, 0, 0, 0, 0, 16, 8, 0, true},
     };
     int failed = 0, total = 0;
     auto t0 = std::chrono::steady_clock::now();
@@ -510,6 +562,25 @@ int main() {
         rs.push_back(run_case<float, F32x3>(c, conv_igemm_f32x3_small, "conv_igemm_f32x3_small"));
         rs.push_back(control(
             run_case<float, F32x3>(c, conv_igemm_tf32_small, "conv_igemm_tf32_small")));
+        // The 128 x 64 tile, wherever the host may pick it (N <= 64).
+        if (gemm_n(c) <= 64) {
+            if (c.fast) {
+                rs.push_back(run_case<unsigned short, Ty<unsigned short>, 64>(
+                    c, conv_igemm_bf16_n64, "conv_igemm_bf16_n64"));
+                rs.push_back(
+                    run_case<float, Ty<float>, 64>(c, conv_igemm_tf32_n64, "conv_igemm_tf32_n64"));
+                rs.push_back(
+                    run_case<float, F32x3, 64>(c, conv_igemm_f32x3_n64, "conv_igemm_f32x3_n64"));
+            }
+            rs.push_back(run_case<unsigned short, Ty<unsigned short>, 64>(
+                c, conv_igemm_bf16_small_n64, "conv_igemm_bf16_small_n64"));
+            rs.push_back(run_case<float, Ty<float>, 64>(c, conv_igemm_tf32_small_n64,
+                                                        "conv_igemm_tf32_small_n64"));
+            rs.push_back(run_case<float, F32x3, 64>(c, conv_igemm_f32x3_small_n64,
+                                                    "conv_igemm_f32x3_small_n64"));
+            rs.push_back(control(run_case<float, F32x3, 64>(c, conv_igemm_tf32_small_n64,
+                                                            "conv_igemm_tf32_small_n64")));
+        }
         for (auto& r : rs) {
             printf("%s\n", r.line.c_str());
             fflush(stdout);
@@ -532,6 +603,10 @@ int main() {
         {"head: C=8 F=128 -> 5 tanh -> y slice", 1, 7, 9, 8, 128, true, 5, ACT_TANH, 3, 1, 0, true},
         {"head: C=3 F=48 -> 3 softmax, odd offsets (small)", 2, 9, 7, 3, 48, true, 3, ACT_SOFTMAX,
          2, 1, 3, false},
+        {"head: C=64 F=64 (U-Net top) -> 2 softmax, M=144 tail", 1, 12, 12, 64, 64, true, 2,
+         ACT_SOFTMAX, 0, 0, 0, true},
+        {"head: C=16 F=40 -> 8 linear, batch 2, y slice", 2, 7, 10, 16, 40, false, 8, ACT_LINEAR,
+         3, 2, 0, true},
     };
     for (const HeadCase& c : head_cases) {
         std::vector<Result> rs;
@@ -548,6 +623,22 @@ int main() {
             run_head_case<float>(c, conv_igemm_tf32_small_head, "conv_igemm_tf32_small_head"));
         rs.push_back(run_head_case<float, F32x3>(c, conv_igemm_f32x3_small_head,
                                                  "conv_igemm_f32x3_small_head"));
+        if (c.f <= 64) {
+            if (c.fast) {
+                rs.push_back(run_head_case<unsigned short, Ty<unsigned short>, 64>(
+                    c, conv_igemm_bf16_head_n64, "conv_igemm_bf16_head_n64"));
+                rs.push_back(run_head_case<float, Ty<float>, 64>(c, conv_igemm_tf32_head_n64,
+                                                                 "conv_igemm_tf32_head_n64"));
+                rs.push_back(run_head_case<float, F32x3, 64>(c, conv_igemm_f32x3_head_n64,
+                                                             "conv_igemm_f32x3_head_n64"));
+            }
+            rs.push_back(run_head_case<unsigned short, Ty<unsigned short>, 64>(
+                c, conv_igemm_bf16_small_head_n64, "conv_igemm_bf16_small_head_n64"));
+            rs.push_back(run_head_case<float, Ty<float>, 64>(c, conv_igemm_tf32_small_head_n64,
+                                                             "conv_igemm_tf32_small_head_n64"));
+            rs.push_back(run_head_case<float, F32x3, 64>(c, conv_igemm_f32x3_small_head_n64,
+                                                         "conv_igemm_f32x3_small_head_n64"));
+        }
         for (auto& r : rs) {
             printf("%s\n", r.line.c_str());
             fflush(stdout);
@@ -572,6 +663,9 @@ int main() {
         {{"split-K: 6x6 C=8 F=16 tanh, 3 K tiles / 4 splits", 1, 6, 6, 8, 0, 3, 3, 1, 1, 1, 1,
           true, 16, ACT_TANH, 0, 0, 0, 0, 0, 0, 0, 2, 2, 0, true},
          4}, // 3 K tiles: 0, 1, 1, 1
+        {{"split-K: 5x5 C=64 F=64 relu -> y slice, batch 2", 2, 5, 5, 64, 0, 3, 3, 1, 1, 1, 1,
+          true, 64, ACT_RELU, 0, 0, 0, 0, 0, 0, 0, 8, 4, 0, true},
+         3}, // 18 K tiles: 6, 6, 6
     };
     for (const auto& [c, splits] : split_cases) {
         std::vector<Result> rs;
@@ -581,6 +675,17 @@ int main() {
                                      conv_igemm_tf32_splitk, splitk_reduce_f32));
         rs.push_back(run_case<float, F32x3>(c, nullptr, "conv_igemm_f32x3_splitk", splits,
                                             conv_igemm_f32x3_splitk, splitk_reduce_f32));
+        if (c.f <= 64) {
+            rs.push_back(run_case<unsigned short, Ty<unsigned short>, 64>(
+                c, nullptr, "conv_igemm_bf16_splitk_n64", splits, conv_igemm_bf16_splitk_n64,
+                splitk_reduce_bf16));
+            rs.push_back(run_case<float, Ty<float>, 64>(c, nullptr, "conv_igemm_tf32_splitk_n64",
+                                                        splits, conv_igemm_tf32_splitk_n64,
+                                                        splitk_reduce_f32));
+            rs.push_back(run_case<float, F32x3, 64>(c, nullptr, "conv_igemm_f32x3_splitk_n64",
+                                                    splits, conv_igemm_f32x3_splitk_n64,
+                                                    splitk_reduce_f32));
+        }
         for (auto& r : rs) {
             printf("%s\n", r.line.c_str());
             fflush(stdout);

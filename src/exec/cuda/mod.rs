@@ -79,19 +79,93 @@ pub fn small_c_fits(c: usize, [kh, kw]: [usize; 2], stride_w: usize, [dh, dw]: [
 /// The largest 1x1 head kernels/igemm.cu fuses into the convolution before it.
 const HEAD_MAX_FILTERS: usize = 8;
 
+/// Every tensor-core kernel: each of [`IGEMM_KERNELS`] in its 128x128 block tile and, with
+/// `_n64`, in the 128x64 one (for GEMMs with at most 64 columns).
+pub fn igemm_kernel_names() -> Vec<String> {
+    IGEMM_KERNELS
+        .iter()
+        .flat_map(|k| [k.to_string(), format!("{k}_n64")])
+        .collect()
+}
+
 /// Every kernel the backend launches (each must exist in the compiled module).
 pub fn kernel_names() -> Vec<String> {
     LAYER_KERNELS
         .iter()
         .flat_map(|k| [format!("{k}_f32"), format!("{k}_bf16")])
-        .chain(IGEMM_KERNELS.iter().map(|k| k.to_string()))
+        .chain(igemm_kernel_names())
         .collect()
 }
 
-/// Dynamic shared memory of the tensor-core kernels (kernels/igemm.cu: 3 stages of 128x32 A
-/// and B tiles).
-const IGEMM_BF16_SMEM: u32 = 3 * 2 * 128 * 32 * 2;
+/// The largest dynamic shared memory a tensor-core kernel asks for (f32 tiles; the attribute
+/// the f32 kernels need).
 const IGEMM_TF32_SMEM: u32 = 3 * 2 * 128 * 32 * 4;
+
+/// A tensor-core block tile, with the launch facts kernels/igemm.cu documents for it.
+#[derive(Debug, Clone, Copy)]
+struct Tile {
+    /// 64 (the `_n64` kernels) or 128 GEMM columns per block.
+    columns: usize,
+    threads: u32,
+    /// Dynamic shared memory, bytes.
+    smem: u32,
+    /// Blocks resident per SM (the split-K rule's R).
+    per_sm: usize,
+}
+
+impl Tile {
+    /// The tile for a GEMM with `columns` columns at a precision: 128x64 when 64 columns are
+    /// enough (the U-Net's top level has 64 filters), else 128x128.
+    fn for_columns(columns: usize, precision: Precision) -> Tile {
+        let narrow = columns <= 64;
+        match (precision, narrow) {
+            (Precision::Bf16, false) => Tile {
+                columns: 128,
+                threads: 256,
+                smem: 49152,
+                per_sm: 2,
+            },
+            (Precision::Tf32, false) => Tile {
+                columns: 128,
+                threads: 256,
+                smem: 98304,
+                per_sm: 2,
+            },
+            (Precision::F32, false) => Tile {
+                columns: 128,
+                threads: 256,
+                smem: 98304,
+                per_sm: 1,
+            },
+            (Precision::Bf16, true) => Tile {
+                columns: 64,
+                threads: 128,
+                smem: 49152,
+                per_sm: 4,
+            },
+            (Precision::Tf32, true) => Tile {
+                columns: 64,
+                threads: 128,
+                smem: 73728,
+                per_sm: 3,
+            },
+            (Precision::F32, true) => Tile {
+                columns: 64,
+                threads: 128,
+                smem: 98304,
+                per_sm: 2,
+            },
+        }
+    }
+
+    fn suffix(&self) -> &'static str {
+        if self.columns == 64 {
+            "_n64"
+        } else {
+            ""
+        }
+    }
+}
 
 /// NVRTC options used for every compile (part of the cache key).
 pub const COMPILE_OPTIONS: &[&str] = &["--std=c++17"];
@@ -497,8 +571,8 @@ impl<'g> CudaModel<'g> {
         };
         if precision != Precision::Bf16 {
             // The f32 tiles (tf32 and 3xTF32) need 96 KiB of shared memory (kernels/igemm.cu).
-            for name in IGEMM_KERNELS.iter().filter(|n| !n.contains("bf16")) {
-                model.functions[*name]
+            for name in igemm_kernel_names().iter().filter(|n| !n.contains("bf16")) {
+                model.functions[name]
                     .set_attribute(
                         cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                         IGEMM_TF32_SMEM as i32,
@@ -645,13 +719,6 @@ impl<'g> CudaModel<'g> {
         };
         let bf16 = self.precision == Precision::Bf16;
         let fast = Self::aligned_for_copies(bf16, &x0, &x1);
-        let splits = if fast && tc.mode == 0 {
-            self.splits(tc, y, batch)
-        } else {
-            1
-        };
-        let name = self.igemm_name(fast, if splits > 1 { "_splitk" } else { "" });
-        let smem = self.igemm_smem();
         let (m, n) = if tc.mode == 0 {
             (batch * (y.h * y.w) as usize, y.c as usize)
         } else {
@@ -660,14 +727,21 @@ impl<'g> CudaModel<'g> {
                 (kh * kw) as usize * y.c as usize,
             )
         };
+        let tile = Tile::for_columns(n, self.precision);
+        let splits = if fast && tc.mode == 0 {
+            self.splits(tc, y, batch)
+        } else {
+            1
+        };
+        let name = self.igemm_name(fast, if splits > 1 { "_splitk" } else { "" }, tile);
         let config = LaunchConfig {
             grid_dim: (
                 m.div_ceil(128) as u32,
-                n.div_ceil(128) as u32,
+                n.div_ceil(tile.columns) as u32,
                 splits as u32,
             ),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: smem,
+            block_dim: (tile.threads, 1, 1),
+            shared_mem_bytes: tile.smem,
         };
         let stream = &self.stream;
         let (ptr, _sync) = cudarc::driver::DevicePtrMut::device_ptr_mut(arena, stream);
@@ -712,21 +786,15 @@ impl<'g> CudaModel<'g> {
     }
 
     /// The tensor-core kernel for this model's precision: `conv_igemm_{bf16,tf32,f32x3}`, then
-    /// `_small` for inputs the 16-byte copies cannot read, then `suffix`.
-    fn igemm_name(&self, fast: bool, suffix: &str) -> String {
+    /// `_small` for inputs the 16-byte copies cannot read, then `suffix`, then the tile's.
+    fn igemm_name(&self, fast: bool, suffix: &str, tile: Tile) -> String {
         let base = match self.precision {
             Precision::Bf16 => "conv_igemm_bf16",
             Precision::Tf32 => "conv_igemm_tf32",
             Precision::F32 => "conv_igemm_f32x3",
         };
-        format!("{base}{}{suffix}", if fast { "" } else { "_small" })
-    }
-
-    fn igemm_smem(&self) -> u32 {
-        match self.precision {
-            Precision::Bf16 => IGEMM_BF16_SMEM,
-            Precision::Tf32 | Precision::F32 => IGEMM_TF32_SMEM,
-        }
+        let small = if fast { "" } else { "_small" };
+        format!("{base}{small}{suffix}{}", tile.suffix())
     }
 
     /// How many slices of K a convolution's GEMM is split into (1: none), by the rule in
@@ -737,14 +805,10 @@ impl<'g> CudaModel<'g> {
         }
         let m = batch * (y.h.max(0) * y.w.max(0)) as usize;
         let n = y.c.max(0) as usize;
-        let blocks = m.div_ceil(128) * n.div_ceil(128);
-        let per_sm = if self.precision == Precision::F32 {
-            1
-        } else {
-            2
-        };
+        let tile = Tile::for_columns(n, self.precision);
+        let blocks = m.div_ceil(128) * n.div_ceil(tile.columns);
         let k_tiles = tc.k.div_ceil(K_TILE);
-        let splits = (per_sm * self.sm_count / blocks.max(1))
+        let splits = (tile.per_sm * self.sm_count / blocks.max(1))
             .min(k_tiles / 4)
             .min(16);
         if splits >= 2 {
@@ -835,13 +899,13 @@ impl<'g> CudaModel<'g> {
         let head_f = head_y.c;
         let hw = self.weights_of(head)?;
         let bf16 = self.precision == Precision::Bf16;
-        let name = self.igemm_name(Self::aligned_for_copies(bf16, &x0, &x1), "_head");
-        let smem = self.igemm_smem();
+        let tile = Tile::for_columns(y.c as usize, self.precision);
+        let name = self.igemm_name(Self::aligned_for_copies(bf16, &x0, &x1), "_head", tile);
         let m = batch * (y.h * y.w) as usize;
         let config = LaunchConfig {
             grid_dim: (m.div_ceil(128) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: smem,
+            block_dim: (tile.threads, 1, 1),
+            shared_mem_bytes: tile.smem,
         };
         let stream = &self.stream;
         let (ptr, _sync) = cudarc::driver::DevicePtrMut::device_ptr_mut(arena, stream);

@@ -90,6 +90,33 @@
 //   bf16, about 2^-9 relative per value, and a tensor-core 1x1 rounds both operands to bf16 or
 //   tf32), so only the output is rounded; softmax runs on f32 logits (unfused: bf16 logits).
 //
+// The 128 x 64 block tile (`_n64`), for GEMMs with N <= 64 (the U-Net's top level: F = 64,
+// where the 128-wide tile spends half its mma on zero columns). Every entry point above has one:
+//   conv_igemm_bf16_n64          conv_igemm_tf32_n64          conv_igemm_f32x3_n64
+//   conv_igemm_bf16_small_n64    conv_igemm_tf32_small_n64    conv_igemm_f32x3_small_n64
+//   conv_igemm_bf16_head_n64     conv_igemm_tf32_head_n64     conv_igemm_f32x3_head_n64
+//   conv_igemm_bf16_small_head_n64  conv_igemm_tf32_small_head_n64  conv_igemm_f32x3_small_head_n64
+//   conv_igemm_bf16_splitk_n64   conv_igemm_tf32_splitk_n64   conv_igemm_f32x3_splitk_n64
+//   Arguments, alignment rules, fast/small split, head limits (but p.f <= 64) and split-K
+//   workspace contract exactly as the entry point of the same name without `_n64`; any N works
+//   (columns >= N are zero), it is only slower than the wide tile beyond 64.
+//   block: 128 threads (4 warps, 2 x 2 over the 128 x 64 tile, 64 x 32 per warp: the same warp
+//     tile, so the same ldmatrix : mma ratio, as the wide kernels).
+//   grid:  (ceil(M / 128), ceil(N / 64), 1) (split-K: (.., .., splits)); head: (ceil(M / 128),
+//     1, 1).
+//   dynamic shared memory: STAGES * (128 + 64) * 32 elements:
+//     bf16  (every bf16 _n64):  4 stages, 49152 bytes (the default 48 KiB limit, no attribute);
+//     tf32  (every tf32 _n64):  3 stages, 73728 bytes (set the attribute to at least 73728);
+//     f32x3 (every f32x3 _n64): 4 stages, 98304 bytes (set the attribute to 98304).
+//   Resident blocks per SM, by __launch_bounds__ and registers (H100: 64K registers, 228 KiB
+//   shared): bf16 4 (16 warps; bf16_head_n64 3, 158 registers), tf32 3 (12 warps), f32x3 2
+//   (8 warps; ~185 registers, at 168 the split fragments spill). R for the split-K rule below:
+//   4 (bf16), 3 (tf32), 2 (f32x3), with B = ceil(M / 128) * ceil(N / 64).
+//   Host rule: mode 0 with f <= 64, and mode 1 with kh * kw * f <= 64 (N <= 64): the `_n64`
+//   entry point instead of the wide one; the fused head with p.f <= 64: `_head_n64` /
+//   `_small_head_n64`; split-K with f <= 64: `_splitk_n64` (then splits by the rule with R and B
+//   as above).
+//
 // Every piece of inline PTX sits in a small wrapper below, so that with UNETC_EMULATE defined
 // the same code compiles as host C++ against tests/kernel_emu/emu.h, which emulates the wrappers.
 
@@ -181,7 +208,19 @@ extern __shared__ __align__(128) unsigned char igemm_smem[];
 
 namespace igemm {
 
-constexpr int BM = 128, BN = 128, BK = 32, STAGES = 3, THREADS = 256;
+constexpr int BM = 128, BK = 32;
+
+// The block tile: BM x BN_ outputs, 2 x (BN_ / 32) warps of 64 x 32 each (warp w: rows
+// (w & 1) * 64, columns (w >> 1) * 32), a STAGES-deep cp.async pipeline of BK-wide K tiles.
+// BN_ = 128: the wide tile (256 threads, 3 stages); BN_ = 64: the `_n64` entry points (128
+// threads; 4 stages for bf16 and 3xTF32, 3 for tf32: see the top of the file).
+template <typename T, int BN_, bool X3> struct Tile {
+    static_assert(BN_ == 128 || BN_ == 64, "block tile width");
+    static constexpr int BN = BN_;
+    static constexpr int THREADS = 2 * (BN / 32) * 32;
+    static constexpr int STAGES = BN == 128 ? 3 : (sizeof(T) == 2 || X3 ? 4 : 3);
+    static constexpr int SMEM = STAGES * (BM + BN) * BK * (int)sizeof(T); // dynamic, bytes
+};
 
 template <typename T> struct Elem;
 template <> struct Elem<unsigned short> {
@@ -294,8 +333,7 @@ struct RowOut {
     i64 base; // y.offset + item * y.item_stride
     int ry, rx; // output pixel of tap (0, 0)
 };
-static_assert(BM * CT_LD * 4 + BM * sizeof(RowOut) <= STAGES * (BM + BN) * BK * 2,
-              "the epilogue fits in the bf16 kernels' shared memory");
+constexpr int EPI_BYTES = BM * CT_LD * 4 + BM * (int)sizeof(RowOut);
 
 // ---- fused 1x1 head (the `_head` entry points).
 constexpr int HEAD_MAX = 8;
@@ -305,23 +343,28 @@ struct Head {
     View y;            // output window, c == head_f
     int f, act;        // head_f, ACT_* (ACT_SOFTMAX: softmax over the head_f channels)
 };
-// Shared memory of the head epilogue, after ct: the conv bias, head_w transposed to
+// Shared memory of the head epilogue (floats), after ct: the conv bias, head_w transposed to
 // [o][BN] (lanes read consecutive columns: no bank conflicts), the second half's partial sums.
-constexpr int HEAD_CB = BM * CT_LD, HEAD_W = HEAD_CB + BN, HEAD_Z = HEAD_W + HEAD_MAX * BN;
-static_assert((HEAD_Z + HEAD_MAX * BM) * 4 <= STAGES * (BM + BN) * BK * 2,
-              "the head epilogue fits in the bf16 kernels' shared memory");
+template <int BN> struct HeadSmem {
+    static constexpr int CB = BM * CT_LD, W = CB + BN, Z = W + HEAD_MAX * BN;
+    static constexpr int BYTES = (Z + HEAD_MAX * BM) * 4;
+};
 
 // z[o] = head_bias[o] + sum_c act(conv[c]) * head_w[c][o] per output pixel, in f32 (the
 // intermediate activation is never rounded to the arena type). Thread (r, half): row r, and
-// columns half * 32 .. + 32 of each 64-column pass; the two halves add up through shared memory.
-template <typename T, class Stage>
+// columns half * COLS .. + COLS of each 64-column pass (256 threads: two halves of 32 columns
+// that add up through shared memory; 128 threads: one thread per row, all 64 columns).
+template <typename T, int BN, int THREADS, class Stage>
 __device__ __forceinline__ void head_epilogue(T* __restrict__ y, const float* __restrict__ bias,
                                               const ConvParams& p, const Head& hd, const Geo& g,
                                               int m0, float* ct, Stage stage_pass) {
+    using HS = HeadSmem<BN>;
+    constexpr int HALVES = THREADS / BM, COLS = 64 / HALVES;
+    static_assert(HALVES * BM == THREADS && (HALVES == 1 || HALVES == 2), "head threads");
     const int tid = threadIdx.x;
-    float* cb = ct + HEAD_CB;
-    float* hw = ct + HEAD_W;
-    float* zs = ct + HEAD_Z;
+    float* cb = ct + HS::CB;
+    float* hw = ct + HS::W;
+    float* zs = ct + HS::Z;
     // Columns >= f get zero bias and weights: their accumulators are 0 (B rows zero-filled), so
     // they add act(0) * 0 = 0.
     for (int i = tid; i < BN; i += THREADS) cb[i] = i < p.f ? bias[i] : 0.0f;
@@ -334,13 +377,13 @@ __device__ __forceinline__ void head_epilogue(T* __restrict__ y, const float* __
 #pragma unroll
     for (int o = 0; o < HEAD_MAX; ++o) z[o] = 0.0f;
 #pragma unroll 1
-    for (int pass = 0; pass < 2 && pass * 64 < p.f; ++pass) {
+    for (int pass = 0; pass < BN / 64 && pass * 64 < p.f; ++pass) {
         stage_pass(pass);
         __syncthreads();
         // Rotated start column: lanes (consecutive rows, CT_LD = 72) hit 32 different banks.
 #pragma unroll 1
-        for (int j = 0; j < 32; ++j) {
-            const int col = half * 32 + ((j + r) & 31), c = pass * 64 + col;
+        for (int j = 0; j < COLS; ++j) {
+            const int col = half * COLS + ((j + r) & (COLS - 1)), c = pass * 64 + col;
             const float v = activate(ct[r * CT_LD + col] + cb[c], p.act);
 #pragma unroll
             for (int o = 0; o < HEAD_MAX; ++o)
@@ -348,17 +391,19 @@ __device__ __forceinline__ void head_epilogue(T* __restrict__ y, const float* __
         }
         __syncthreads();
     }
-    if (half == 1) {
+    if (HALVES == 2) {
+        if (half == 1) {
 #pragma unroll
-        for (int o = 0; o < HEAD_MAX; ++o)
-            if (o < hd.f) zs[o * BM + r] = z[o];
+            for (int o = 0; o < HEAD_MAX; ++o)
+                if (o < hd.f) zs[o * BM + r] = z[o];
+        }
+        __syncthreads();
     }
-    __syncthreads();
     const int m = m0 + r;
     if (half == 1 || m >= g.m) return;
 #pragma unroll
     for (int o = 0; o < HEAD_MAX; ++o)
-        if (o < hd.f) z[o] += zs[o * BM + r] + hd.bias[o];
+        if (o < hd.f) z[o] += (HALVES == 2 ? zs[o * BM + r] : 0.0f) + hd.bias[o];
     if (hd.act == ACT_SOFTMAX) {
         float mx = z[0];
 #pragma unroll
@@ -456,11 +501,16 @@ struct SplitK {
     int splits;
 };
 
-template <typename T, bool VEC, int EPI = EPI_STORE, bool X3 = false>
+template <typename T, bool VEC, int EPI = EPI_STORE, bool X3 = false, int BN_ = 128>
 __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict__ y,
                                           const T* __restrict__ w, const float* __restrict__ bias,
                                           const ConvParams& p, const Head& hd = Head(),
                                           const SplitK& sk = SplitK()) {
+    using Cfg = Tile<T, BN_, X3>;
+    constexpr int BN = Cfg::BN, THREADS = Cfg::THREADS, STAGES = Cfg::STAGES;
+    static_assert(EPI_BYTES <= Cfg::SMEM, "the epilogue fits in the pipeline's shared memory");
+    static_assert(EPI != EPI_HEAD || HeadSmem<BN>::BYTES <= Cfg::SMEM,
+                  "the head epilogue fits in the pipeline's shared memory");
     constexpr int EPC = Elem<T>::EPC;
     constexpr int KSTEP = Elem<T>::KSTEP;
     constexpr int CPR = BK / EPC;              // chunks per tile row
@@ -482,9 +532,12 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
 
     // ---- loaders. VEC: each thread owns one chunk column and rows r0 + i * RSTEP.
     constexpr int RSTEP = THREADS / CPR;
-    constexpr int VROWS = BM / RSTEP; // 2 (bf16) or 4 (f32)
+    constexpr int VROWS = BM / RSTEP;   // A rows per thread: 2 (bf16) or 4 (f32); n64: 4 or 8
+    constexpr int VROWS_B = BN / RSTEP; // B rows per thread: as A; n64: 2 or 4
     // Element-wise: A by rows (consecutive threads read consecutive pixels), B by k columns.
-    constexpr int SROWS = BK * BM / THREADS; // 16 elements per thread per tile
+    constexpr int SROWS = BK * BM / THREADS;   // A elements per thread per tile: 16; n64: 32
+    constexpr int SROWS_B = BK * BN / THREADS; // B elements per thread per tile: 16
+    static_assert(RSTEP * VROWS == BM && RSTEP * VROWS_B == BN && THREADS % BM == 0, "loaders");
 
     int an[VEC ? VROWS : 1], ay[VEC ? VROWS : 1], ax[VEC ? VROWS : 1];
     KPos kp;
@@ -513,7 +566,7 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
             }
             kp.advance(g, BK);
 #pragma unroll
-            for (int i = 0; i < VROWS; ++i) {
+            for (int i = 0; i < VROWS_B; ++i) {
                 int r = vr0 + i * RSTEP;
                 bool ok = n0 + r < g.n;
                 const T* src = wv + (i64)i * RSTEP * p.k_padded + kt * BK;
@@ -536,7 +589,7 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
             }
             const int col = tid % BK;
 #pragma unroll 4
-            for (int i = 0; i < SROWS; ++i) {
+            for (int i = 0; i < SROWS_B; ++i) {
                 int rr = tid / BK + i * (THREADS / BK);
                 int f = n0 + rr;
                 T v = f < g.n ? ldg(w + (i64)f * p.k_padded + kt * BK + col) : T(0);
@@ -562,7 +615,8 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
-    // ---- 3-stage pipeline: tile kt + 2 is in flight while tile kt is multiplied.
+    // ---- STAGES-deep pipeline: tiles kt + 1 .. kt + STAGES - 1 are in flight while tile kt is
+    // multiplied.
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < ktiles) load_tile(s, kt0 + s);
@@ -603,7 +657,7 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
         }
     }
 
-    // ---- epilogue, in two passes of 64 columns through shared memory (the stages are free by
+    // ---- epilogue, in BN / 64 passes of 64 columns through shared memory (the stages are free by
     // now): coalesced stores, and one copy of the activation code instead of 128 inlined ones.
     cp_async_wait<0>();
     __syncthreads();
@@ -626,14 +680,14 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
         }
     };
     if constexpr (EPI == EPI_HEAD) {
-        head_epilogue(y, bias, p, hd, g, m0, ct, stage_pass);
+        head_epilogue<T, BN, THREADS>(y, bias, p, hd, g, m0, ct, stage_pass);
         return;
     }
     const int ecol = tid % 64;
     if constexpr (EPI == EPI_PARTIAL) {
         float* out = sk.partial + (i64)blockIdx.z * g.m * g.n;
 #pragma unroll 1
-        for (int pass = 0; pass < 2; ++pass) {
+        for (int pass = 0; pass < BN / 64; ++pass) {
             stage_pass(pass);
             __syncthreads();
             const int c = n0 + pass * 64 + ecol;
@@ -668,7 +722,7 @@ __device__ __forceinline__ void conv_body(const T* __restrict__ x, T* __restrict
         ro[tid] = r;
     }
 #pragma unroll 1
-    for (int pass = 0; pass < 2; ++pass) {
+    for (int pass = 0; pass < BN / 64; ++pass) {
         stage_pass(pass);
         __syncthreads();
         const int c = n0 + pass * 64 + ecol;
@@ -799,6 +853,66 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     igemm::conv_body<float, true, igemm::EPI_PARTIAL, true>(x, y, w, bias, SPLIT_ARGS);
 }
 #undef SPLIT_ARGS
+
+// ---- The 128 x 64 block tile (`_n64`): the same kernels for GEMMs with N <= 64, where the
+// wide tile would spend half its mma on zero columns. 128 threads (2 x 2 warps of 64 x 32);
+// arguments as the 128-wide entry point of the same name without `_n64`.
+#define BLOCKS_4 __launch_bounds__(128, 4)
+#define BLOCKS_3 __launch_bounds__(128, 3)
+#define BLOCKS_2 __launch_bounds__(128, 2)
+#define HEAD_PARAMS                                                                            \
+    ConvParams p, const float* head_w, const float* head_bias, View head_y, int head_f,        \
+        int head_act
+#define HEAD_ARGS p, igemm::Head{head_w, head_bias, head_y, head_f, head_act}
+#define SPLIT_ARGS p, igemm::Head(), igemm::SplitK{partial, splits}
+#define N64_ENTRY(bounds, name, T, VEC, EPI, X3, PARAMS, ARGS)                                 \
+    extern "C" __global__ void bounds name(const T* x, T* y, const T* w, const float* bias,    \
+                                           PARAMS) {                                           \
+        igemm::conv_body<T, VEC, igemm::EPI, X3, 64>(x, y, w, bias, ARGS);                     \
+    }
+#define PLAIN_PARAMS ConvParams p
+#define PLAIN_ARGS p
+#define SPLIT_PARAMS ConvParams p, float* partial, int splits
+// bf16
+N64_ENTRY(BLOCKS_4, conv_igemm_bf16_n64, unsigned short, true, EPI_STORE, false, PLAIN_PARAMS,
+          PLAIN_ARGS)
+N64_ENTRY(BLOCKS_4, conv_igemm_bf16_small_n64, unsigned short, false, EPI_STORE, false,
+          PLAIN_PARAMS, PLAIN_ARGS)
+N64_ENTRY(BLOCKS_3, conv_igemm_bf16_head_n64, unsigned short, true, EPI_HEAD, false, HEAD_PARAMS,
+          HEAD_ARGS)
+N64_ENTRY(BLOCKS_4, conv_igemm_bf16_small_head_n64, unsigned short, false, EPI_HEAD, false,
+          HEAD_PARAMS, HEAD_ARGS)
+N64_ENTRY(BLOCKS_4, conv_igemm_bf16_splitk_n64, unsigned short, true, EPI_PARTIAL, false,
+          SPLIT_PARAMS, SPLIT_ARGS)
+// tf32
+N64_ENTRY(BLOCKS_3, conv_igemm_tf32_n64, float, true, EPI_STORE, false, PLAIN_PARAMS, PLAIN_ARGS)
+N64_ENTRY(BLOCKS_3, conv_igemm_tf32_small_n64, float, false, EPI_STORE, false, PLAIN_PARAMS,
+          PLAIN_ARGS)
+N64_ENTRY(BLOCKS_3, conv_igemm_tf32_head_n64, float, true, EPI_HEAD, false, HEAD_PARAMS,
+          HEAD_ARGS)
+N64_ENTRY(BLOCKS_3, conv_igemm_tf32_small_head_n64, float, false, EPI_HEAD, false, HEAD_PARAMS,
+          HEAD_ARGS)
+N64_ENTRY(BLOCKS_3, conv_igemm_tf32_splitk_n64, float, true, EPI_PARTIAL, false, SPLIT_PARAMS,
+          SPLIT_ARGS)
+// 3xTF32
+N64_ENTRY(BLOCKS_2, conv_igemm_f32x3_n64, float, true, EPI_STORE, true, PLAIN_PARAMS, PLAIN_ARGS)
+N64_ENTRY(BLOCKS_2, conv_igemm_f32x3_small_n64, float, false, EPI_STORE, true, PLAIN_PARAMS,
+          PLAIN_ARGS)
+N64_ENTRY(BLOCKS_2, conv_igemm_f32x3_head_n64, float, true, EPI_HEAD, true, HEAD_PARAMS, HEAD_ARGS)
+N64_ENTRY(BLOCKS_2, conv_igemm_f32x3_small_head_n64, float, false, EPI_HEAD, true, HEAD_PARAMS,
+          HEAD_ARGS)
+N64_ENTRY(BLOCKS_2, conv_igemm_f32x3_splitk_n64, float, true, EPI_PARTIAL, true, SPLIT_PARAMS,
+          SPLIT_ARGS)
+#undef N64_ENTRY
+#undef BLOCKS_4
+#undef BLOCKS_3
+#undef BLOCKS_2
+#undef HEAD_PARAMS
+#undef HEAD_ARGS
+#undef SPLIT_ARGS
+#undef PLAIN_PARAMS
+#undef PLAIN_ARGS
+#undef SPLIT_PARAMS
 
 // y = act(bias + sum over the splits of partial[z]): one thread per element of y. The flat
 // index of y's element (n, oy, ox, c) is m * y.c + c, the workspace's own layout.

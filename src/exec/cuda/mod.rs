@@ -76,6 +76,34 @@ pub fn small_c_fits(c: usize, [kh, kw]: [usize; 2], stride_w: usize, [dh, dw]: [
         && c * ((kh.max(1) - 1) * dh + 1) * (31 * stride_w + (kw.max(1) - 1) * dw + 1) <= 2992
 }
 
+/// Whether a batch stays within the kernels' 32-bit indexing: every value's element count for
+/// the whole batch (hence every GEMM's row count) fits an `int`, and the batch fits a grid's
+/// z dimension. `Err` names the largest value and what to do.
+pub fn index_limits(graph: &Graph, info: &Inferred, batch: usize) -> Result<(), String> {
+    const GRID_Z: usize = 65535;
+    if batch > GRID_Z {
+        return Err(format!(
+            "a batch of {batch} is more than the GPU kernels take ({GRID_Z}); use a smaller --batch"
+        ));
+    }
+    let limit = i32::MAX as u128;
+    for &id in &info.schedule {
+        let Some(shape) = info.layers[id.index()].shape.as_ref() else {
+            continue;
+        };
+        let per_item: u128 = shape.iter().map(|&d| d.max(0) as u128).product();
+        if per_item * batch as u128 > limit {
+            return Err(format!(
+                "`{}` holds {} values for a batch of {batch}, more than the GPU kernels' 32-bit \
+                 indexing allows ({limit}); use a smaller --batch, or tiles for large images",
+                graph.node(id).name,
+                per_item * batch as u128
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The largest 1x1 head kernels/igemm.cu fuses into the convolution before it.
 const HEAD_MAX_FILTERS: usize = 8;
 
@@ -1204,7 +1232,9 @@ impl<'g> CudaModel<'g> {
                 input.shape, want
             )));
         }
-        Ok(input.shape[0])
+        let batch = input.shape[0];
+        index_limits(self.graph, self.info, batch).map_err(CudaError::Model)?;
+        Ok(batch)
     }
 
     /// The arena for a batch, after checking that it fits in free device memory.
@@ -1825,6 +1855,26 @@ impl<'g> CudaModel<'g> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_beyond_32_bit_indexing_are_refused() {
+        let c = crate::compile_file(
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/specs/original.unet")),
+            &crate::Options::default(),
+            &mut crate::expand::Session::new(),
+        )
+        .unwrap();
+        assert!(index_limits(&c.graph, &c.info, 8).is_ok());
+        // The largest value, conv2d, holds 570 * 570 * 64 = 20,793,600 per image: 103 images are
+        // 2,141,740,800 <= 2^31 - 1 = 2,147,483,647; 104 images are 2,162,534,400, over it.
+        assert!(index_limits(&c.graph, &c.info, 103).is_ok());
+        let err = index_limits(&c.graph, &c.info, 104).unwrap_err();
+        assert!(
+            err.contains("`conv2d") && err.contains("smaller --batch"),
+            "{err}"
+        );
+        assert!(index_limits(&c.graph, &c.info, 70_000).is_err());
+    }
 
     #[test]
     fn conv_weights_become_one_padded_row_per_filter() {

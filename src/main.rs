@@ -958,17 +958,10 @@ fn fmt(spec: &std::path::Path, write: bool, check: bool) -> ExitCode {
 }
 
 fn export_keras(spec: &std::path::Path, output: Option<&std::path::Path>, force: bool) -> ExitCode {
-    let c = match compile_file(spec, &Options::default(), &mut Session::new()) {
+    let c = match compile_checked(spec) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: cannot read `{}`: {e}", spec.display());
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if c.has_errors() {
-        eprint!("{}", render_plain(&c.sources, &c.diags));
-        return ExitCode::from(1);
-    }
     let code = unetc::interop::keras::export_python(&c.graph, &c.info);
     match output {
         Some(path) => write_text(path, &code, force),
@@ -1009,6 +1002,19 @@ fn emit_stdout(text: &str) -> ExitCode {
     }
 }
 
+/// A spec compiled without errors, or the exit code after its diagnostics were printed.
+fn compile_checked(spec: &std::path::Path) -> Result<unetc::Compiled, ExitCode> {
+    let c = compile_file(spec, &Options::default(), &mut Session::new()).map_err(|e| {
+        eprintln!("error: cannot read `{}`: {e}", spec.display());
+        ExitCode::from(2)
+    })?;
+    if c.has_errors() {
+        eprint!("{}", render_plain(&c.sources, &c.diags));
+        return Err(ExitCode::from(1));
+    }
+    Ok(c)
+}
+
 fn plan(spec: &std::path::Path, precision: &str) -> ExitCode {
     let precision: unetc::exec::Precision = match precision.parse() {
         Ok(p) => p,
@@ -1017,17 +1023,10 @@ fn plan(spec: &std::path::Path, precision: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let c = match compile_file(spec, &Options::default(), &mut Session::new()) {
+    let c = match compile_checked(spec) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: cannot read `{}`: {e}", spec.display());
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if c.has_errors() {
-        eprint!("{}", render_plain(&c.sources, &c.diags));
-        return ExitCode::from(1);
-    }
     let Some(p) = unetc::exec::plan::plan(&c.graph, &c.info) else {
         eprintln!("error: no plan for `{}`", spec.display());
         return ExitCode::from(1);
@@ -1046,17 +1045,10 @@ fn diagram(
     output: Option<&std::path::Path>,
     force: bool,
 ) -> ExitCode {
-    let c = match compile_file(spec, &Options::default(), &mut Session::new()) {
+    let c = match compile_checked(spec) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: cannot read `{}`: {e}", spec.display());
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if c.has_errors() {
-        eprint!("{}", render_plain(&c.sources, &c.diags));
-        return ExitCode::from(1);
-    }
     let text = match format {
         DiagramFormat::Svg => unetc::report::diagram::svg(&c),
         DiagramFormat::Dot => unetc::report::diagram::dot(&c),

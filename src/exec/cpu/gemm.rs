@@ -2,7 +2,8 @@
 
 use gemm::Parallelism;
 
-/// `c[m, n] = a[m, k] x b[k, n]` (or `c += ...` when `accumulate`), all row-major.
+/// `c[m, n] = a[m, k] x b[k, n]` (or `c += ...` when `accumulate`), all row-major, on all
+/// cores when the product is large enough.
 /// Returns `false` (doing nothing) if a slice is shorter than its shape says.
 pub fn matmul(
     m: usize,
@@ -12,6 +13,35 @@ pub fn matmul(
     b: &[f32],
     c: &mut [f32],
     accumulate: bool,
+) -> bool {
+    // Small products are faster on one thread than split across the pool.
+    let parallel = (m as u64) * (n as u64) * (k as u64) >= 1 << 18;
+    product(m, n, k, a, b, c, accumulate, parallel)
+}
+
+/// [`matmul`] on the calling thread: for callers that already run one product per core.
+pub fn matmul_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    accumulate: bool,
+) -> bool {
+    product(m, n, k, a, b, c, accumulate, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    accumulate: bool,
+    parallel: bool,
 ) -> bool {
     let (Some(mk), Some(kn), Some(mn)) = (m.checked_mul(k), k.checked_mul(n), m.checked_mul(n))
     else {
@@ -29,8 +59,7 @@ pub fn matmul(
         }
         return true;
     }
-    // Small products are faster on one thread than split across the pool.
-    let parallelism = if (m as u64) * (n as u64) * (k as u64) >= 1 << 18 {
+    let parallelism = if parallel {
         Parallelism::Rayon(rayon::current_num_threads())
     } else {
         Parallelism::None

@@ -5,19 +5,67 @@
 // than a bag struct.
 #![allow(clippy::too_many_arguments)]
 
-use super::gemm::matmul;
+use super::gemm::{matmul, matmul_serial};
 use crate::ir::ops::{
     Activation, BatchNormalization, Concatenate, Conv2D, Conv2DTranspose, Cropping2D, MaxPooling2D,
     ReLU, Softmax, UpSampling2D, ZeroPadding2D,
 };
 use rayon::prelude::*;
 
-/// im2col tiles are kept under this many floats (64 MiB).
-const TILE_FLOATS: usize = 1 << 21;
+/// A convolution whose kernel (the GEMM's right-hand matrix) has at most this many floats
+/// (2 MiB, a core's L2 cache) runs one im2col tile per task, each tile of at most
+/// `TILE_FLOATS` (1 MiB: it stays in the core's cache between the gather and the product). Larger
+/// kernels would be packed again by every task: their tiles (at most `SHARED_TILE_FLOATS`) are
+/// gathered by all cores, then split across them by the GEMM.
+const LOCAL_B_FLOATS: usize = 1 << 19;
+const TILE_FLOATS: usize = 1 << 18;
+const SHARED_TILE_FLOATS: usize = 1 << 21;
 
+/// Convolutions whose patches have at most this many values (`kh * kw * c`, e.g. 9 for a 3x3
+/// first layer on a grey image) multiply them directly ([`small_k_product`]): a GEMM with so
+/// short an inner dimension spends its time packing, not multiplying.
+const DIRECT_K: usize = 32;
+
+/// One input of a convolution where it lies, e.g. a window of the activation arena (a crop, a
+/// slice of a wider buffer): element `(n, y, x, ch)` is
+/// `data[offset + n * item_stride + y * row_stride + x * pixel_stride + ch]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub item_stride: usize,
+    pub row_stride: usize,
+    pub pixel_stride: usize,
+    pub c: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// A dense `[batch, h, w, c]` tensor.
+    pub fn dense(data: &'a [f32], [h, w, c]: [usize; 3]) -> Self {
+        Strided {
+            data,
+            offset: 0,
+            item_stride: h * w * c,
+            row_stride: w * c,
+            pixel_stride: c,
+            c,
+        }
+    }
+
+    fn pixel(&self, n: usize, y: usize, x: usize) -> &'a [f32] {
+        let at = self.offset + n * self.item_stride + y * self.row_stride + x * self.pixel_stride;
+        &self.data[at..at + self.c]
+    }
+}
+
+/// `parts` are the input's channels in order: one part, or the parts of an unbuilt channel
+/// concatenation (read in place, never gathered into one tensor); `c` is their total.
+///
+/// im2col + GEMM on tiles of output pixels (see [`LOCAL_B_FLOATS`]); each tile's bias and
+/// activation are applied while it is in cache.
 pub fn conv2d(
     op: &Conv2D,
-    x: &[f32],
+    parts: &[Strided],
     [h, w, c]: [usize; 3],
     kernel: &[f32],
     bias: Option<&[f32]>,
@@ -27,59 +75,156 @@ pub fn conv2d(
     batch: usize,
 ) {
     let a = &op.args;
-    let (kh, kw) = (a.kernel_size[0] as usize, a.kernel_size[1] as usize);
-    let (sh, sw) = (a.strides[0] as usize, a.strides[1] as usize);
-    let (dh, dw) = (a.dilation_rate[0] as usize, a.dilation_rate[1] as usize);
-    let (top, left) = (a.pad_before(0, h, oh), a.pad_before(1, w, ow));
-    let k_len = kh * kw * c;
-    let pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && top == 0 && left == 0;
-    for n in 0..batch {
-        let xin = &x[n * h * w * c..(n + 1) * h * w * c];
-        let yout = &mut out[n * oh * ow * f..(n + 1) * oh * ow * f];
-        if pointwise {
-            // A 1x1 convolution is one matrix product over all pixels.
-            matmul(oh * ow, f, c, xin, kernel, yout, false);
-        } else {
-            let rows_per_tile = (TILE_FLOATS / (ow * k_len).max(1)).clamp(1, oh);
-            let mut col = vec![0.0f32; rows_per_tile * ow * k_len];
-            for r0 in (0..oh).step_by(rows_per_tile) {
-                let r1 = (r0 + rows_per_tile).min(oh);
-                let m = (r1 - r0) * ow;
-                col[..m * k_len]
-                    .par_chunks_mut(k_len)
-                    .enumerate()
-                    .for_each(|(p, patch)| {
-                        let (oy, ox) = (r0 + p / ow, p % ow);
-                        for ky in 0..kh {
-                            let iy = (oy * sh + ky * dh) as isize - top as isize;
-                            for kx in 0..kw {
-                                let ix = (ox * sw + kx * dw) as isize - left as isize;
-                                let dst = &mut patch[(ky * kw + kx) * c..(ky * kw + kx + 1) * c];
-                                if iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w {
-                                    let src = (iy as usize * w + ix as usize) * c;
-                                    dst.copy_from_slice(&xin[src..src + c]);
-                                } else {
-                                    dst.fill(0.0);
-                                }
-                            }
-                        }
-                    });
-                matmul(
-                    m,
-                    f,
-                    k_len,
-                    &col[..m * k_len],
-                    kernel,
-                    &mut yout[r0 * ow * f..r1 * ow * f],
-                    false,
-                );
-            }
+    let g = PatchGeometry {
+        kh: a.kernel_size[0] as usize,
+        kw: a.kernel_size[1] as usize,
+        sh: a.strides[0] as usize,
+        sw: a.strides[1] as usize,
+        dh: a.dilation_rate[0] as usize,
+        dw: a.dilation_rate[1] as usize,
+        top: a.pad_before(0, h, oh),
+        left: a.pad_before(1, w, ow),
+        h,
+        w,
+        c,
+    };
+    let k_len = g.kh * g.kw * c;
+    let pixels = batch * oh * ow;
+    let out = &mut out[..pixels * f];
+    if pixels == 0 || f == 0 {
+        return;
+    }
+    // A 1x1 convolution of a dense input is one matrix product over all pixels.
+    let pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.top == 0 && g.left == 0;
+    if let ([x], true) = (parts, pointwise) {
+        if x.pixel_stride == c && x.row_stride == w * c && x.item_stride == h * w * c {
+            matmul(
+                pixels,
+                f,
+                c,
+                &x.data[x.offset..x.offset + pixels * c],
+                kernel,
+                out,
+                false,
+            );
+            bias_activation(out, f, bias, activation);
+            return;
         }
-        bias_activation(yout, f, bias, activation);
+    }
+    if k_len <= DIRECT_K || k_len * f <= LOCAL_B_FLOATS {
+        // Enough tiles to keep every core busy to the end, none larger than the cache allows.
+        let tasks = 4 * rayon::current_num_threads();
+        let tile = (TILE_FLOATS / k_len.max(1))
+            .min(pixels.div_ceil(tasks))
+            .max(1);
+        out.par_chunks_mut(tile * f).enumerate().for_each_init(
+            || vec![0.0f32; tile * k_len],
+            |col, (t, y)| {
+                let m = y.len() / f;
+                let col = &mut col[..m * k_len];
+                for (i, patch) in col.chunks_mut(k_len.max(1)).enumerate() {
+                    let q = t * tile + i;
+                    g.gather(parts, q / (oh * ow), q / ow % oh, q % ow, patch);
+                }
+                if k_len <= DIRECT_K {
+                    small_k_product(f, k_len, col, kernel, y);
+                } else {
+                    matmul_serial(m, f, k_len, col, kernel, y, false);
+                }
+                bias_activation_serial(y, f, bias, activation);
+            },
+        );
+        return;
+    }
+    let tile = (SHARED_TILE_FLOATS / k_len).clamp(1, pixels);
+    let mut col = vec![0.0f32; tile * k_len];
+    for (t, y) in out.chunks_mut(tile * f).enumerate() {
+        let m = y.len() / f;
+        let col = &mut col[..m * k_len];
+        col.par_chunks_mut(k_len)
+            .enumerate()
+            .for_each(|(i, patch)| {
+                let q = t * tile + i;
+                g.gather(parts, q / (oh * ow), q / ow % oh, q % ow, patch);
+            });
+        matmul(m, f, k_len, col, kernel, y, false);
+        bias_activation(y, f, bias, activation);
     }
 }
 
-/// `wt` is the kernel rearranged to `[in, kh * kw * out]` (see [`transpose_kernel`]).
+/// Where a convolution's taps fall in its input.
+struct PatchGeometry {
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    top: usize,
+    left: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+}
+
+impl PatchGeometry {
+    /// Output pixel `(n, oy, ox)`'s patch, `[kh, kw, c]` with the parts' channels side by side
+    /// (the kernel's row order); taps in the padding are zeros.
+    fn gather(&self, parts: &[Strided], n: usize, oy: usize, ox: usize, patch: &mut [f32]) {
+        for ky in 0..self.kh {
+            let iy = (oy * self.sh + ky * self.dh).checked_sub(self.top);
+            for kx in 0..self.kw {
+                let ix = (ox * self.sw + kx * self.dw).checked_sub(self.left);
+                let tap = (ky * self.kw + kx) * self.c;
+                let dst = &mut patch[tap..tap + self.c];
+                match (iy, ix) {
+                    (Some(iy), Some(ix)) if iy < self.h && ix < self.w => {
+                        let mut at = 0;
+                        for part in parts {
+                            match part.pixel(n, iy, ix) {
+                                // One channel (a grey image): not worth a call to memcpy.
+                                [v] => dst[at] = *v,
+                                px => dst[at..at + px.len()].copy_from_slice(px),
+                            }
+                            at += part.c;
+                        }
+                    }
+                    _ => dst.fill(0.0),
+                }
+            }
+        }
+    }
+}
+
+/// `y[m, f] = col[m, k] x kernel[k, f]` for a short `k`, vectorised over the `f` outputs: each
+/// patch value scales a kernel row into accumulators that stay in registers.
+fn small_k_product(f: usize, k: usize, col: &[f32], kernel: &[f32], y: &mut [f32]) {
+    const LANES: usize = 16;
+    let blocks = f / LANES * LANES;
+    for (r, acc) in y.chunks_mut(f).enumerate() {
+        let patch = &col[r * k..(r + 1) * k];
+        for o in (0..blocks).step_by(LANES) {
+            let mut sum = [0.0f32; LANES];
+            for (t, &v) in patch.iter().enumerate() {
+                let row = &kernel[t * f + o..t * f + o + LANES];
+                for (s, &wv) in sum.iter_mut().zip(row) {
+                    *s += v * wv;
+                }
+            }
+            acc[o..o + LANES].copy_from_slice(&sum);
+        }
+        for (o, out) in acc.iter_mut().enumerate().skip(blocks) {
+            *out = patch
+                .iter()
+                .enumerate()
+                .map(|(t, &v)| v * kernel[t * f + o])
+                .sum();
+        }
+    }
+}
+
+/// `wt` is the kernel rearranged to `[kh, in, kw * out]` (see [`transpose_kernel`]): kernel row
+/// `ka` maps an input row's pixels to their `kw x out` blocks of output row `i * sh + ka`.
 pub fn conv2d_transpose(
     op: &Conv2DTranspose,
     x: &[f32],
@@ -95,58 +240,84 @@ pub fn conv2d_transpose(
     let (sh, sw) = (a.strides[0] as usize, a.strides[1] as usize);
     let (fh, fw) = ((h - 1) * sh + kh, (w - 1) * sw + kw);
     let (y0, x0) = (op.crop_before(0, h, oh), op.crop_before(1, w, ow));
-    let cols = kh * kw * f;
-    let mut y = vec![0.0f32; h * w * cols];
-    let mut full = vec![0.0f32; fh * fw * f];
-    for n in 0..batch {
-        let xin = &x[n * h * w * c..(n + 1) * h * w * c];
-        matmul(h * w, cols, c, xin, wt, &mut y, false);
-        full.fill(0.0);
-        // Scatter each input pixel's kh x kw x f block into the full result. Output rows are
-        // gathered per row in parallel: row fy takes input rows i with fy = i * sh + ka.
-        full.par_chunks_mut(fw * f)
+    let cols = kw * f;
+    let wt_row = |ka: usize| &wt[ka * c * cols..(ka + 1) * c * cols];
+    let out = &mut out[..batch * oh * ow * f];
+    let no_overlap = kh == sh && kw == sw && x0 == 0 && ow == w * sw;
+    if no_overlap && c * cols <= LOCAL_B_FLOATS {
+        // The input pixels' blocks tile the output without overlapping, so each output row is
+        // one product, written in place: input row i times kernel row ka. (Only for a kernel
+        // small enough to stay in cache: each task packs it again.)
+        out.par_chunks_mut(ow * f)
             .enumerate()
-            .for_each(|(fy, dst_row)| {
-                for ka in 0..kh {
-                    if fy < ka || (fy - ka) % sh != 0 || (fy - ka) / sh >= h {
-                        continue;
-                    }
-                    let i = (fy - ka) / sh;
-                    for j in 0..w {
-                        let row = &y[(i * w + j) * cols..(i * w + j + 1) * cols];
-                        for kb in 0..kw {
-                            let dst = &mut dst_row[(j * sw + kb) * f..(j * sw + kb + 1) * f];
-                            let src = &row[(ka * kw + kb) * f..(ka * kw + kb + 1) * f];
-                            dst.iter_mut().zip(src).for_each(|(d, v)| *d += v);
-                        }
-                    }
-                }
-            });
-        let yout = &mut out[n * oh * ow * f..(n + 1) * oh * ow * f];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let (fy, fx) = (oy + y0, ox + x0);
-                let dst = &mut yout[(oy * ow + ox) * f..(oy * ow + ox + 1) * f];
-                if fy < fh && fx < fw {
-                    dst.copy_from_slice(&full[(fy * fw + fx) * f..(fy * fw + fx + 1) * f]);
+            .for_each(|(row, dst)| {
+                let (n, fy) = (row / oh, row % oh + y0);
+                if fy < h * sh {
+                    let (i, ka) = (fy / sh, fy % sh);
+                    let src = &x[(n * h + i) * w * c..(n * h + i + 1) * w * c];
+                    matmul_serial(w, cols, c, src, wt_row(ka), dst, false);
                 } else {
                     dst.fill(0.0);
                 }
-            }
+                bias_activation_serial(dst, f, bias, &a.activation);
+            });
+        return;
+    }
+    // Per kernel row ka, every input pixel's kw x f block, summed into the full (uncropped)
+    // result: input row i into full row i * sh + ka. The output is a window of the full result,
+    // or all of it (then it is summed in place).
+    let whole = y0 == 0 && x0 == 0 && oh == fh && ow == fw;
+    let mut y = vec![0.0f32; h * w * cols];
+    let mut full_buffer = vec![0.0f32; if whole { 0 } else { fh * fw * f }];
+    for n in 0..batch {
+        let xin = &x[n * h * w * c..(n + 1) * h * w * c];
+        let yout = &mut out[n * oh * ow * f..(n + 1) * oh * ow * f];
+        let full: &mut [f32] = if whole { yout } else { &mut full_buffer };
+        full.par_chunks_mut(fw * f).for_each(|row| row.fill(0.0));
+        for ka in 0..kh {
+            matmul(h * w, cols, c, xin, wt_row(ka), &mut y, false);
+            // Distinct input rows add into distinct full rows: one task each.
+            full.par_chunks_mut(fw * f)
+                .skip(ka)
+                .step_by(sh)
+                .zip(y.par_chunks(w * cols))
+                .for_each(|(dst_row, src_row)| {
+                    for (j, block) in src_row.chunks(cols).enumerate() {
+                        let dst = &mut dst_row[j * sw * f..(j * sw + kw) * f];
+                        dst.iter_mut().zip(block).for_each(|(d, v)| *d += v);
+                    }
+                });
+        }
+        let yout = &mut out[n * oh * ow * f..(n + 1) * oh * ow * f];
+        if !whole {
+            yout.par_chunks_mut(ow * f)
+                .enumerate()
+                .for_each(|(oy, dst)| {
+                    let fy = oy + y0;
+                    for (ox, px) in dst.chunks_mut(f).enumerate() {
+                        let fx = ox + x0;
+                        if fy < fh && fx < fw {
+                            let at = (fy * fw + fx) * f;
+                            px.copy_from_slice(&full_buffer[at..at + f]);
+                        } else {
+                            px.fill(0.0);
+                        }
+                    }
+                });
         }
         bias_activation(yout, f, bias, &a.activation);
     }
 }
 
-/// Keras stores a transposed-conv kernel as `[kh, kw, out, in]`; the GEMM wants `[in, kh*kw*out]`.
+/// Keras stores a transposed-conv kernel as `[kh, kw, out, in]`; the products want
+/// `[kh, in, kw * out]`.
 pub fn transpose_kernel(kernel: &[f32], [kh, kw, f, c]: [usize; 4]) -> Vec<f32> {
     let mut wt = vec![0.0f32; kernel.len()];
     for a in 0..kh {
         for b in 0..kw {
             for o in 0..f {
                 for ci in 0..c {
-                    wt[ci * kh * kw * f + (a * kw + b) * f + o] =
-                        kernel[((a * kw + b) * f + o) * c + ci];
+                    wt[((a * c + ci) * kw + b) * f + o] = kernel[((a * kw + b) * f + o) * c + ci];
                 }
             }
         }
@@ -169,24 +340,42 @@ pub fn dense(
 }
 
 pub fn bias_activation(y: &mut [f32], channels: usize, bias: Option<&[f32]>, activation: &str) {
+    // Whole pixels per task, so that the bias and a softmax line up with each chunk.
+    let c = channels.max(1);
+    y.par_chunks_mut(c * (1usize << 14).div_ceil(c))
+        .for_each(|chunk| bias_activation_serial(chunk, c, bias, activation));
+}
+
+/// [`bias_activation`] on the calling thread, for `y` holding whole pixels.
+fn bias_activation_serial(y: &mut [f32], channels: usize, bias: Option<&[f32]>, activation: &str) {
+    let c = channels.max(1);
     if let Some(b) = bias {
-        y.par_chunks_mut(channels)
+        if activation == "relu" {
+            // The common epilogue in one pass.
+            return y.chunks_mut(c).for_each(|px| {
+                px.iter_mut()
+                    .zip(b)
+                    .for_each(|(v, bb)| *v = (*v + bb).max(0.0))
+            });
+        }
+        y.chunks_mut(c)
             .for_each(|px| px.iter_mut().zip(b).for_each(|(v, bb)| *v += bb));
     }
-    activate(y, channels, activation);
+    match activation {
+        "linear" => {}
+        // Inlined, not called through a pointer per value.
+        "relu" => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+        "softmax" => y.chunks_mut(c).for_each(softmax_in_place),
+        other => {
+            let f = elementwise(other);
+            y.iter_mut().for_each(|v| *v = f(*v));
+        }
+    }
 }
 
 /// Applies a Keras activation; `softmax` works over the last axis (`channels` values).
 pub fn activate(y: &mut [f32], channels: usize, activation: &str) {
-    match activation {
-        "linear" => {}
-        "softmax" => y.par_chunks_mut(channels.max(1)).for_each(softmax_in_place),
-        other => {
-            let f = elementwise(other);
-            y.par_chunks_mut(1 << 14)
-                .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = f(*v)));
-        }
-    }
+    bias_activation(y, channels, None, activation);
 }
 
 fn elementwise(name: &str) -> fn(f32) -> f32 {

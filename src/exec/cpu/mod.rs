@@ -74,6 +74,9 @@ pub struct CpuModel<'g> {
     info: &'g Inferred,
     plan: Plan,
     prepared: Vec<Prepared>,
+    /// The last run's activation arena, kept for the next: a fresh one is faulted in page by
+    /// page as the layers first write it, on every run (tens of ms for a 572x572 U-Net).
+    arena: std::sync::Mutex<Vec<f32>>,
     /// Refuse runs whose activations need more than this many bytes.
     pub memory_limit: u64,
 }
@@ -142,6 +145,7 @@ impl<'g> CpuModel<'g> {
             info,
             plan,
             prepared,
+            arena: Default::default(),
             memory_limit: 16 << 30,
         })
     }
@@ -189,7 +193,10 @@ impl<'g> CpuModel<'g> {
                 limit: self.memory_limit,
             });
         }
-        let mut arena = vec![0.0f32; self.plan.arena_len * batch];
+        // Runs at the same time on other threads find no kept arena and allocate their own.
+        let mut arena = std::mem::take(&mut *self.arena.lock().unwrap_or_else(|e| e.into_inner()));
+        arena.clear();
+        arena.resize(self.plan.arena_len * batch, 0.0);
         // UNETC_PROFILE=1 prints each layer's time to stderr (for performance work).
         let profile = std::env::var_os("UNETC_PROFILE").is_some();
         for step in &self.plan.steps {
@@ -212,7 +219,7 @@ impl<'g> CpuModel<'g> {
                 );
             }
         }
-        Ok(self
+        let outputs = self
             .graph
             .outputs
             .iter()
@@ -225,7 +232,9 @@ impl<'g> CpuModel<'g> {
                 };
                 Tensor { shape, data }
             })
-            .collect())
+            .collect();
+        *self.arena.lock().unwrap_or_else(|e| e.into_inner()) = arena;
+        Ok(outputs)
     }
 
     /// Copies the inputs of a built concatenation that were not written in place.
@@ -255,10 +264,14 @@ impl<'g> CpuModel<'g> {
         }
     }
 
-    /// Runs one layer's kernel: dense inputs are read in place, others gathered; a dense
-    /// output is written in place, a window of a wider buffer through a scatter.
+    /// Runs one layer's kernel: dense inputs are read in place, others gathered (but
+    /// convolutions read any window in place: [`Self::conv_step`]); a dense output is written in
+    /// place, a window of a wider buffer through a scatter.
     fn kernel_step(&self, arena: &mut [f32], id: NodeId, input: &Tensor, batch: usize) {
         let node = self.graph.node(id);
+        if matches!(node.op, Op::Conv2D(_)) {
+            return self.conv_step(arena, id, batch);
+        }
         let out_shape = self.shape(id);
         let in_shapes: Vec<Vec<usize>> = node.inputs.iter().map(|&p| self.shape(p)).collect();
         let Some(out_window) = self.plan.window(id) else {
@@ -317,6 +330,89 @@ impl<'g> CpuModel<'g> {
         }
     }
 
+    /// A convolution reads each window of its input (a crop, the parts of an unbuilt
+    /// concatenation) where it lies in the arena: the decoder's inputs are never gathered.
+    fn conv_step(&self, arena: &mut [f32], id: NodeId, batch: usize) {
+        let node = self.graph.node(id);
+        let (Some(out_window), Some(Some(storage))) = (
+            self.plan.window(id),
+            node.inputs
+                .first()
+                .map(|p| self.plan.storage[p.index()].as_ref()),
+        ) else {
+            return;
+        };
+        let windows = storage.windows();
+        // Each window is read from its buffer's region of the arena (all batch items).
+        let regions: Vec<_> = windows
+            .iter()
+            .map(|w| {
+                let b = &self.plan.buffers[w.buffer];
+                b.offset * batch..(b.offset + b.len) * batch
+            })
+            .collect();
+        let run = |regions: &[&[f32]], out: &mut [f32]| {
+            let parts: Vec<_> = windows
+                .iter()
+                .zip(regions)
+                .map(|(w, &data)| kernels::Strided {
+                    data,
+                    offset: w.offset,
+                    item_stride: self.plan.item_stride(w),
+                    row_stride: w.row_stride,
+                    pixel_stride: w.pixel_stride,
+                    c: w.c,
+                })
+                .collect();
+            self.conv(id, &parts, &self.shape(node.inputs[0]), out, batch);
+        };
+        match dense_range(&self.plan, &out_window, batch) {
+            Some(out_range) if regions.iter().all(|r| disjoint(r, &out_range)) => {
+                let (out, ins) = split_arena(arena, out_range, &regions);
+                run(&ins, out);
+            }
+            _ => {
+                let mut out = vec![0.0f32; out_window.len() * batch];
+                let shared: &[f32] = arena;
+                let ins: Vec<&[f32]> = regions.iter().map(|r| &shared[r.clone()]).collect();
+                run(&ins, &mut out);
+                scatter(arena, &self.plan, &out_window, batch, &out);
+            }
+        }
+    }
+
+    /// A convolution over `parts`, its input's channels in order.
+    fn conv(
+        &self,
+        id: NodeId,
+        parts: &[kernels::Strided],
+        in_shape: &[usize],
+        out: &mut [f32],
+        batch: usize,
+    ) {
+        let node = self.graph.node(id);
+        let (Op::Conv2D(op), Prepared::Conv { kernel, bias }) =
+            (&node.op, &self.prepared[id.index()])
+        else {
+            // Weights were checked in `new`; a layer without them cannot be reached here.
+            return out.fill(f32::NAN);
+        };
+        kernels::conv2d(
+            op,
+            parts,
+            hwc3(in_shape),
+            kernel,
+            bias.as_deref(),
+            self.plan.fused[id.index()]
+                .activation
+                .as_deref()
+                .unwrap_or(&op.args.activation),
+            out,
+            hwc3(&self.shape(id)),
+            batch,
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,
@@ -333,18 +429,12 @@ impl<'g> CpuModel<'g> {
         let channels = out_shape.last().copied().unwrap_or(1);
         match (&node.op, &self.prepared[id.index()]) {
             (Op::Input(_), _) => out.copy_from_slice(&input.data),
-            (Op::Conv2D(op), Prepared::Conv { kernel, bias }) => kernels::conv2d(
-                op,
-                ins[0],
-                hwc3(&in_shapes[0]),
-                kernel,
-                bias.as_deref(),
-                self.plan.fused[id.index()]
-                    .activation
-                    .as_deref()
-                    .unwrap_or(&op.args.activation),
+            // Convolutions normally run in `conv_step`, reading windows in place.
+            (Op::Conv2D(_), _) => self.conv(
+                id,
+                &[kernels::Strided::dense(ins[0], hwc3(&in_shapes[0]))],
+                &in_shapes[0],
                 out,
-                hwc3(out_shape),
                 batch,
             ),
             (Op::Conv2DTranspose(op), Prepared::ConvTranspose { kernel_t, bias }) => {
@@ -417,10 +507,9 @@ impl<'g> CpuModel<'g> {
                 kernels::global_average_pool(ins[0], hwc(&in_shapes[0]), out, batch)
             }
             // Weights were checked in `new`; a layer without them cannot be reached here.
-            (
-                Op::Conv2D(_) | Op::Conv2DTranspose(_) | Op::BatchNormalization(_) | Op::Dense(_),
-                _,
-            ) => out.fill(f32::NAN),
+            (Op::Conv2DTranspose(_) | Op::BatchNormalization(_) | Op::Dense(_), _) => {
+                out.fill(f32::NAN)
+            }
         }
     }
 }

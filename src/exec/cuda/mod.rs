@@ -404,6 +404,39 @@ pub struct ConvParams {
     pub mode: i32,
 }
 
+impl ConvParams {
+    /// `geometry`: kernel, strides, dilation, padding before (transposed: the crop), as
+    /// `[kh, kw, sh, sw, dh, dw, pt, pl]`.
+    fn new(
+        tc: &TensorCoreWeights,
+        (x0, x1, y): (View, View, View),
+        geometry: [i32; 8],
+        act: i32,
+        batch: usize,
+    ) -> ConvParams {
+        let [kh, kw, sh, sw, dh, dw, pt, pl] = geometry;
+        ConvParams {
+            x0,
+            x1,
+            y,
+            n: batch as i32,
+            kh,
+            kw,
+            sh,
+            sw,
+            dh,
+            dw,
+            pt,
+            pl,
+            f: y.c,
+            k: tc.k as i32,
+            k_padded: tc.k_padded as i32,
+            act,
+            mode: tc.mode,
+        }
+    }
+}
+
 // The kernel's static_assert says 176 bytes; a mismatch here would pass garbage.
 const _: () = assert!(std::mem::size_of::<ConvParams>() == 176);
 
@@ -725,26 +758,8 @@ impl<'g> CudaModel<'g> {
         act: i32,
         batch: usize,
     ) -> Result<(), CudaError> {
-        let [kh, kw, sh, sw, dh, dw, pt, pl] = geometry;
-        let params = ConvParams {
-            x0,
-            x1,
-            y,
-            n: batch as i32,
-            kh,
-            kw,
-            sh,
-            sw,
-            dh,
-            dw,
-            pt,
-            pl,
-            f: y.c,
-            k: tc.k as i32,
-            k_padded: tc.k_padded as i32,
-            act,
-            mode: tc.mode,
-        };
+        let [kh, kw, ..] = geometry;
+        let params = ConvParams::new(tc, (x0, x1, y), geometry, act, batch);
         let bf16 = self.precision == Precision::Bf16;
         let fast = Self::aligned_for_copies(bf16, &x0, &x1);
         let (m, n) = if tc.mode == 0 {
@@ -773,15 +788,7 @@ impl<'g> CudaModel<'g> {
         };
         let stream = &self.stream;
         let (ptr, _sync) = cudarc::driver::DevicePtrMut::device_ptr_mut(arena, stream);
-        let mut b = stream.launch_builder(&self.functions[&name]);
-        // The kernel reads and writes the same arena through two pointers (the plan keeps the
-        // output window apart from the inputs).
-        b.arg(&ptr).arg(&ptr);
-        match &tc.packed {
-            Arena::Bf16(w) => b.arg(w),
-            Arena::F32(w) => b.arg(w),
-        };
-        b.arg(bias).arg(&params);
+        let mut b = self.igemm_args(&name, &ptr, tc, bias, &params);
         // Split-K: raw f32 sums go to the workspace after the arena's last buffer (its byte
         // offset is a multiple of 4: `workspace_start`), then one kernel reduces them.
         let partial = ptr + (self.workspace_start(batch) * std::mem::size_of::<T>()) as u64;
@@ -811,6 +818,27 @@ impl<'g> CudaModel<'g> {
             unsafe { r.launch(grid(y.elements(batch))).map_err(driver)? };
         }
         Ok(())
+    }
+
+    /// A launch of tensor-core kernel `name` with the arguments every variant starts with:
+    /// input arena, output arena (the same allocation: the plan keeps the output window apart
+    /// from the inputs), packed weights, bias, parameters.
+    fn igemm_args<'a>(
+        &'a self,
+        name: &str,
+        arena: &'a cudarc::driver::sys::CUdeviceptr,
+        tc: &'a TensorCoreWeights,
+        bias: &'a CudaSlice<f32>,
+        params: &'a ConvParams,
+    ) -> cudarc::driver::LaunchArgs<'a> {
+        let mut b = self.stream.launch_builder(&self.functions[name]);
+        b.arg(arena).arg(arena);
+        match &tc.packed {
+            Arena::Bf16(w) => b.arg(w),
+            Arena::F32(w) => b.arg(w),
+        };
+        b.arg(bias).arg(params);
+        b
     }
 
     /// The tensor-core kernel for this model's precision: `conv_igemm_{bf16,tf32,f32x3}`, then
@@ -894,26 +922,7 @@ impl<'g> CudaModel<'g> {
         head: NodeId,
         batch: usize,
     ) -> Result<(), CudaError> {
-        let [kh, kw, sh, sw, dh, dw, pt, pl] = geometry;
-        let params = ConvParams {
-            x0,
-            x1,
-            y,
-            n: batch as i32,
-            kh,
-            kw,
-            sh,
-            sw,
-            dh,
-            dw,
-            pt,
-            pl,
-            f: y.c,
-            k: tc.k as i32,
-            k_padded: tc.k_padded as i32,
-            act,
-            mode: 0,
-        };
+        let params = ConvParams::new(tc, (x0, x1, y), geometry, act, batch);
         let Op::Conv2D(op) = &self.graph.node(head).op else {
             return Ok(());
         };
@@ -937,15 +946,8 @@ impl<'g> CudaModel<'g> {
         };
         let stream = &self.stream;
         let (ptr, _sync) = cudarc::driver::DevicePtrMut::device_ptr_mut(arena, stream);
-        let mut b = stream.launch_builder(&self.functions[&name]);
-        b.arg(&ptr).arg(&ptr);
-        match &tc.packed {
-            Arena::Bf16(w) => b.arg(w),
-            Arena::F32(w) => b.arg(w),
-        };
-        b.arg(bias)
-            .arg(&params)
-            .arg(&hw.tensors[0])
+        let mut b = self.igemm_args(&name, &ptr, tc, bias, &params);
+        b.arg(&hw.tensors[0])
             .arg(&hw.tensors[1])
             .arg(&head_y)
             .arg(&head_f)

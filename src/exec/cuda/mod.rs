@@ -1463,8 +1463,16 @@ impl<'g> CudaModel<'g> {
                     i(pt),
                     i(pl),
                 ];
+                if let Some(&head) = self.heads.get(&id) {
+                    // The fused head writes the 1x1 convolution's output (its activation
+                    // included); this convolution's own output is never written.
+                    let tc = &self.tensor_core[&id];
+                    let views = (x0, x1, y);
+                    let bias = &w.tensors[1];
+                    return self.launch_head(arena, tc, bias, views, geometry, act, head, batch);
+                }
+                let ints: Vec<i32> = geometry.iter().copied().chain([act, nb]).collect();
                 if self.small_c(id).is_some() {
-                    let ints: Vec<i32> = geometry.iter().copied().chain([act, nb]).collect();
                     let mut b = stream.launch_builder(self.function::<T>("conv_small_c"));
                     b.arg(&mut *arena)
                         .arg(&x0)
@@ -1487,48 +1495,24 @@ impl<'g> CudaModel<'g> {
                     // float*, int x10) (kernels/first_layer.cu) with its launch shape; within
                     // its limits (small_c_fits); planned windows; f32 HWIO weights.
                     unsafe { b.launch(config).map_err(driver)? };
-                    if activation == "softmax" {
-                        let c = y.c.max(1);
-                        self.softmax_in_place(arena, y.offset, (n_out / c as usize) as i64, c, 1)?;
-                    }
-                    return Ok(());
-                }
-                if let Some(tc) = self.tensor_core.get(&id) {
+                } else if let Some(tc) = self.tensor_core.get(&id) {
                     let views = (x0, x1, y);
-                    if let Some(&head) = self.heads.get(&id) {
-                        return self.launch_head(
-                            arena,
-                            tc,
-                            &w.tensors[1],
-                            views,
-                            geometry,
-                            act,
-                            head,
-                            batch,
-                        );
-                    }
                     self.launch_tensor_core(arena, tc, &w.tensors[1], views, geometry, act, batch)?;
-                    if activation == "softmax" {
-                        let c = y.c.max(1);
-                        self.softmax_in_place(arena, y.offset, (n_out / c as usize) as i64, c, 1)?;
+                } else {
+                    let mut b = stream.launch_builder(self.function::<T>("conv2d"));
+                    b.arg(&mut *arena)
+                        .arg(&x0)
+                        .arg(&x1)
+                        .arg(&y)
+                        .arg(&w.tensors[0])
+                        .arg(&w.tensors[1]);
+                    for v in &ints {
+                        b.arg(v);
                     }
-                    return Ok(());
+                    unsafe { b.launch(grid(n_out)).map_err(driver)? };
                 }
-                let ints: Vec<i32> = geometry.iter().copied().chain([act, nb]).collect();
-                let mut b = stream.launch_builder(self.function::<T>("conv2d"));
-                b.arg(&mut *arena)
-                    .arg(&x0)
-                    .arg(&x1)
-                    .arg(&y)
-                    .arg(&w.tensors[0])
-                    .arg(&w.tensors[1]);
-                for v in &ints {
-                    b.arg(v);
-                }
-                unsafe { b.launch(grid(n_out)).map_err(driver)? };
                 if activation == "softmax" {
-                    let c = y.c.max(1);
-                    self.softmax_in_place(arena, y.offset, (n_out / c as usize) as i64, c, 1)?;
+                    self.softmax_over_channels(arena, y, batch)?;
                 }
             }
             Op::Conv2DTranspose(op) => {
@@ -1552,35 +1536,30 @@ impl<'g> CudaModel<'g> {
                     ];
                     let views = (x, View::default(), y);
                     self.launch_tensor_core(arena, tc, &w.tensors[1], views, geometry, act, batch)?;
-                    if a.activation == "softmax" {
-                        let c = y.c.max(1);
-                        self.softmax_in_place(arena, y.offset, (n_out / c as usize) as i64, c, 1)?;
+                } else {
+                    let ints = [
+                        a.kernel_size[0] as i32,
+                        a.kernel_size[1] as i32,
+                        a.strides[0] as i32,
+                        a.strides[1] as i32,
+                        i(y0),
+                        i(x0),
+                        act,
+                        nb,
+                    ];
+                    let mut b = stream.launch_builder(self.function::<T>("conv2d_transpose"));
+                    b.arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y)
+                        .arg(&w.tensors[0])
+                        .arg(&w.tensors[1]);
+                    for v in &ints {
+                        b.arg(v);
                     }
-                    return Ok(());
+                    unsafe { b.launch(grid(n_out)).map_err(driver)? };
                 }
-                let ints = [
-                    a.kernel_size[0] as i32,
-                    a.kernel_size[1] as i32,
-                    a.strides[0] as i32,
-                    a.strides[1] as i32,
-                    i(y0),
-                    i(x0),
-                    act,
-                    nb,
-                ];
-                let mut b = stream.launch_builder(self.function::<T>("conv2d_transpose"));
-                b.arg(&mut *arena)
-                    .arg(&x)
-                    .arg(&y)
-                    .arg(&w.tensors[0])
-                    .arg(&w.tensors[1]);
-                for v in &ints {
-                    b.arg(v);
-                }
-                unsafe { b.launch(grid(n_out)).map_err(driver)? };
                 if a.activation == "softmax" {
-                    let c = y.c.max(1);
-                    self.softmax_in_place(arena, y.offset, (n_out / c as usize) as i64, c, 1)?;
+                    self.softmax_over_channels(arena, y, batch)?;
                 }
             }
             Op::Dense(op) => {
@@ -1739,8 +1718,7 @@ impl<'g> CudaModel<'g> {
                 };
                 self.elementwise(arena, x_view(0)?, y, act, batch)?;
                 if softmax {
-                    let c = y.c.max(1);
-                    self.softmax_in_place(arena, y.offset, (n_out / c as usize) as i64, c, 1)?;
+                    self.softmax_over_channels(arena, y, batch)?;
                 }
             }
             Op::ReLU(op) => {
@@ -1827,6 +1805,17 @@ impl<'g> CudaModel<'g> {
                 .map_err(driver)?;
         }
         Ok(())
+    }
+
+    /// Softmax over the channels of every pixel of a dense window, in place.
+    fn softmax_over_channels<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        y: View,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let pixels = batch * (y.h.max(0) * y.w.max(0)) as usize;
+        self.softmax_in_place(arena, y.offset, pixels as i64, y.c.max(1), 1)
     }
 
     fn softmax_in_place<T: Element>(

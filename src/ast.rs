@@ -69,6 +69,17 @@ pub enum Stmt {
     Output { sources: Vec<Source>, span: Span },
 }
 
+impl Stmt {
+    pub fn span(&self) -> Span {
+        match self {
+            Stmt::Chain { span, .. }
+            | Stmt::For { span, .. }
+            | Stmt::Include { span, .. }
+            | Stmt::Output { span, .. } => *span,
+        }
+    }
+}
+
 /// Where a statement stores its result: a variable, or one slot of an indexed variable (`skip[f]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {

@@ -88,7 +88,7 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
     i
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
     Warning,
     Error,
@@ -107,6 +107,8 @@ pub struct Diagnostic {
     pub secondary: Vec<(Span, String)>,
     /// `help: ...` lines: what to do about it.
     pub help: Vec<String>,
+    /// How many times the same error came up at this place (see [`merge_repeats`]); 1 normally.
+    pub repeats: usize,
 }
 
 impl Diagnostic {
@@ -118,6 +120,7 @@ impl Diagnostic {
             primary: None,
             secondary: Vec::new(),
             help: Vec::new(),
+            repeats: 1,
         }
     }
 
@@ -169,8 +172,70 @@ impl Diagnostic {
             .with_code(self.code)
             .with_message(&self.message)
             .with_labels(labels)
-            .with_notes(self.help.iter().map(|h| format!("help: {h}")).collect())
+            .with_notes(
+                self.help
+                    .iter()
+                    .map(|h| format!("help: {h}"))
+                    .chain(self.repeats_note().map(|n| format!("note: {n}")))
+                    .collect(),
+            )
     }
+
+    /// Says that this diagnostic stands for several, e.g. `reported once; affects 16 layers`.
+    pub fn repeats_note(&self) -> Option<String> {
+        match self.repeats {
+            0 | 1 => None,
+            n if self.code.starts_with("E-arg") => {
+                Some(format!("reported once; affects {n} layers"))
+            }
+            n => Some(format!(
+                "reported once; it comes up {n} times here (once per block call or loop pass)"
+            )),
+        }
+    }
+}
+
+/// `message` with every run of digits as `#` and Keras's auto-name suffixes (`_#`) dropped:
+/// `max_pooling2d_1` and `max_pooling2d` read the same.
+fn without_numbers(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_digits = false;
+    for c in message.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push('#');
+            }
+            in_digits = true;
+        } else {
+            in_digits = false;
+            out.push(c);
+        }
+    }
+    out.replace("_#", "")
+}
+
+/// One diagnostic per cause: the same error at the same place (a misspelled default read by
+/// every conv, a mistake in a loop's body or a block called many times) is kept once, the first
+/// time it comes up, with the number of repeats. "The same" means same code, same place and the
+/// same message up to its numbers (a loop's passes differ in their sizes and layer names).
+pub fn merge_repeats(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut out: Vec<Diagnostic> = Vec::with_capacity(diags.len());
+    let mut first: std::collections::HashMap<(Severity, &'static str, Span, String), usize> =
+        std::collections::HashMap::new();
+    for d in diags {
+        let Some((span, _)) = d.primary else {
+            out.push(d);
+            continue;
+        };
+        match first.entry((d.severity, d.code, span, without_numbers(&d.message))) {
+            std::collections::hash_map::Entry::Occupied(e) => out[*e.get()].repeats += d.repeats,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(d);
+            }
+        }
+    }
+    out
 }
 
 /// Renders diagnostics as plain text, the way `unetc check` prints them without colour.

@@ -112,6 +112,7 @@ pub fn compile_source(
     diags.extend(info.diags.iter().cloned());
     // Report in reading order: file, then position.
     diags.sort_by_key(|d| d.primary.as_ref().map(|(s, _)| (s.file.0, s.start)));
+    let diags = diag::merge_repeats(diags);
     Compiled {
         sources,
         graph: expanded.graph,

@@ -206,6 +206,8 @@ fn mistyped_argument_in_yaml() {
       │
     4 │     - conv2d: {filters: sixteen, kernel_size: 3, padding: smae}
       │                                                           ^^^^ expected one of: valid, same
+      │
+      = help: did you mean `same`?
     ");
 }
 
@@ -367,14 +369,138 @@ fn recursive_block() {
         "model {\n  input 64x64x1\n  block forever(f) { forever(f) }\n  forever(8)\n}\n",
     );
     insta::assert_snapshot!(out, @"
-    error[E-recursion]: calls nested more than 64 deep
+    error[E-recursion]: block `forever` calls itself
       ┌─ rec.unet:3:22
       │
     3 │   block forever(f) { forever(f) }
-      │                      ^^^^^^^ here
+      │         -------      ^^^^^^^ `forever` called again here
+      │         │             
+      │         inside the body of this block
       │
-      = help: a block must not call itself, directly or through other blocks
+      = help: a block cannot call itself: nothing would stop it. If a closing `}` is misplaced, the call belongs after the block's end
     ");
+}
+
+/// Issue 11: a block that calls itself inside a loop (a misplaced `}`) ran for minutes, printing
+/// the same `E-limit` again and again. It is one `E-recursion`, at once.
+#[test]
+fn recursion_through_a_loop_is_one_error() {
+    let spec = "model {
+  input 64x64x1
+  block conv_block(f) {
+    for g in [64, 128, 256, 512] {
+      skip[g] = conv_block(g)
+      max_pooling2d(2)
+    }
+    conv2d(f, 3)
+  }
+  conv_block(8)
+}
+";
+    let start = std::time::Instant::now();
+    let out = check("loop.unet", spec);
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    insta::assert_snapshot!(out, @"
+    error[E-recursion]: block `conv_block` calls itself
+      ┌─ loop.unet:5:17
+      │
+    3 │   block conv_block(f) {
+      │         ---------- inside the body of this block
+    4 │     for g in [64, 128, 256, 512] {
+    5 │       skip[g] = conv_block(g)
+      │                 ^^^^^^^^^^ `conv_block` called again here
+      │
+      = help: a block cannot call itself: nothing would stop it. If a closing `}` is misplaced, the call belongs after the block's end
+    ");
+}
+
+/// Issue 11: a misspelled argument in `defaults` is one error with the did-you-mean, not one per
+/// layer followed by a "needs argument" for each; a bad value there is one error with a note.
+#[test]
+fn a_typo_in_defaults_is_reported_once() {
+    let spec = "model {
+  input 64x64x1
+  defaults conv2d(kernal_size: 3, padding: smae, activation: relu)
+  block double(f) { conv2d(f) -> conv2d(f) }
+  for f in [8, 16] { skip[f] = double(f); max_pooling2d(2) }
+  double(32)
+  for f in [16, 8] {
+    up = conv2d_transpose(f, 2, strides: 2)
+    [skip[f], up] -> concatenate() -> double(f)
+  }
+  conv2d(2, 1)
+}
+";
+    let out = check("typo.unet", spec);
+    insta::assert_snapshot!(out, @"
+    error[E-arg-unknown]: `conv2d` has no argument `kernal_size`
+      ┌─ typo.unet:3:19
+      │
+    3 │   defaults conv2d(kernal_size: 3, padding: smae, activation: relu)
+      │                   ^^^^^^^^^^^ unknown argument
+      │
+      = help: did you mean `kernel_size`?
+
+    error[E-arg-value]: `conv2d` argument `padding` cannot be `smae`
+      ┌─ typo.unet:3:44
+      │
+    3 │   defaults conv2d(kernal_size: 3, padding: smae, activation: relu)
+      │                                            ^^^^ expected one of: valid, same
+      │
+      = help: did you mean `same`?
+      = note: reported once; affects 11 layers
+    ");
+    let c = compile_source(
+        Path::new("typo.unet"),
+        spec.to_string(),
+        &Options::default(),
+        &mut Session::new(),
+    );
+    let json = unetc::report::json::check_json(&c);
+    let diags = json["diagnostics"].as_array().expect("diagnostics");
+    assert_eq!(diags.len(), 2, "{json:#}");
+    assert_eq!(diags[0]["repeats"], 1);
+    assert_eq!(diags[1]["repeats"], 11);
+}
+
+/// Issue 11: an error in a loop's body is reported once, not once per pass, even where the
+/// passes' messages differ in their numbers.
+#[test]
+fn an_error_in_a_loop_is_reported_once() {
+    let spec = "model {
+  input 64x64x1
+  for f in [8, 16, 32] { conv2d(f, 3, strides: 0) }
+}
+";
+    let out = check("loop.unet", spec);
+    assert_eq!(out.matches("error[").count(), 1, "{out}");
+    insta::assert_snapshot!(out, @"
+    error[E-arg-value]: `conv2d` argument `strides`: values must be in 1..=1048576
+      ┌─ loop.unet:3:48
+      │
+    3 │   for f in [8, 16, 32] { conv2d(f, 3, strides: 0) }
+      │                                                ^ values must be in 1..=1048576
+      │
+      = note: reported once; affects 3 layers
+    ");
+    let yaml = "model:
+  input: [64, 64, 1]
+  layers:
+    - for: f
+      in: [8, 16, 32]
+      do:
+        - conv2d: [$f, 3, {strides: 0}]
+";
+    let out = check("loop.yaml", yaml);
+    assert_eq!(out.matches("error[").count(), 1, "{out}");
+    // Each pass names its own layer and sizes: still one cause.
+    let spec = "model {\n  input 64x64x1\n  for k in [70, 80] { input_1 -> max_pooling2d(k) }\n}\n";
+    let out = check("sizes.unet", spec);
+    assert_eq!(out.matches("error[").count(), 1, "{out}");
+    assert!(
+        out.contains("note: reported once; it comes up 2 times here"),
+        "{out}"
+    );
 }
 
 /// Several independent mistakes are all reported in one run, in reading order.
@@ -408,6 +534,8 @@ fn keeps_going_after_the_first_error() {
       │
     5 │   conv2d(16, 3, padding: smae)
       │                          ^^^^ expected one of: valid, same
+      │
+      = help: did you mean `same`?
 
     error[E-duplicate-name]: the name `a` is used 2 times in the model
       ┌─ many.unet:7:3

@@ -205,6 +205,38 @@ fn recursive_blocks_are_refused() {
     assert_error(&c, "E-recursion");
 }
 
+/// Issue 11: a call of the block inside a loop of its own body (a misplaced `}`) fanned out as
+/// 4^64 calls before the depth limit; it is one `E-recursion` and no other diagnostic.
+#[test]
+fn recursion_through_loops_is_one_error() {
+    let c = dsl("model {\n  input 8x8x1\n  block a(f) {\n    for g in [1, 2, 3, 4] {\n      for h in [1, 2] { s[h] = a(g) }\n    }\n    conv2d(f, 1)\n  }\n  a(4)\n}\n");
+    assert_eq!(c.diags.len(), 1, "{}", render_plain(&c.sources, &c.diags));
+    assert_error(&c, "E-recursion");
+    // Through another block, in a loop.
+    let c = dsl("model {\n  input 8x8x1\n  block a(f) { for g in [1, 2, 3] { b(g) } }\n  block b(f) { for g in [1, 2, 3] { a(g) } }\n  a(4)\n}\n");
+    assert_eq!(c.diags.len(), 1, "{}", render_plain(&c.sources, &c.diags));
+    assert!(
+        c.diags[0].message.contains("a -> b -> a"),
+        "{}",
+        c.diags[0].message
+    );
+    let c = yaml(
+        "model:\n  input: [8, 8, 1]\n  blocks:\n    a:\n      params: [f]\n      layers:\n        - for: g\n          in: [1, 2, 3, 4]\n          do:\n            - a: $g\n  layers:\n    - a: 4\n",
+    );
+    assert_eq!(c.diags.len(), 1, "{}", render_plain(&c.sources, &c.diags));
+    assert_error(&c, "E-recursion");
+}
+
+/// Going over the layer limit in nested loops is one `E-limit`, not one per loop pass.
+#[test]
+fn the_layer_limit_is_reported_once() {
+    let c = dsl(
+        "model {\n  input 8x8x1\n  for i in 0..400 { for j in 0..400 { activation(relu) } }\n}\n",
+    );
+    assert_error(&c, "E-limit");
+    assert_eq!(c.diags.len(), 1, "{}", render_plain(&c.sources, &c.diags));
+}
+
 #[test]
 fn blocks_that_fan_out_are_stopped() {
     // b40 calls b39 twice, ... : 2^40 calls that create nothing.

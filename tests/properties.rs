@@ -901,3 +901,66 @@ fn closed_form_knows_the_original() {
     assert!(!c.has_errors(), "{}", render_plain(&c.sources, &c.diags));
     assert_eq!(c.info.totals(&c.graph).params, 31_030_658);
 }
+
+// Recursion hidden in loops (issue 11: a misplaced `}` put a loop that calls the block into the
+// block's own body, and the expansion fanned out for minutes).
+
+/// A block `b` whose body reaches a call of itself inside `loops` nested loops (each over
+/// `items` values), directly or through a second block `c`; the model calls `b` from a loop or
+/// not. Layers before and after the call are real convolutions.
+fn recursive_spec(loops: usize, items: usize, through_c: bool, called_in_loop: bool) -> String {
+    let list: Vec<String> = (1..=items).map(|i| (4 * i).to_string()).collect();
+    let list = list.join(", ");
+    let call = if through_c { "c(v0)" } else { "b(v0)" };
+    let mut body = String::from("    conv2d(f, 3, padding: same)\n");
+    let mut close = String::new();
+    for depth in 0..loops {
+        let indent = "  ".repeat(depth + 2);
+        body.push_str(&format!("{indent}for v{depth} in [{list}] {{\n"));
+        close = format!("{indent}}}\n{close}");
+    }
+    let indent = "  ".repeat(loops + 2);
+    // The innermost loop's variable is `v{loops-1}`; `v0` exists in every case but the loopless.
+    let call = if loops == 0 {
+        call.replace("v0", "f")
+    } else {
+        call.to_string()
+    };
+    body.push_str(&format!(
+        "{indent}skip[f] = {call}\n{indent}max_pooling2d(2)\n"
+    ));
+    body.push_str(&close);
+    let c_block = if through_c {
+        "  block c(g) { conv2d(g, 1) -> b(g) }\n"
+    } else {
+        ""
+    };
+    let top = if called_in_loop {
+        format!("  for f in [{list}] {{ b(f) }}\n")
+    } else {
+        "  b(8)\n".to_string()
+    };
+    format!("model {{\n  input 64x64x1\n  block b(f) {{\n{body}  }}\n{c_block}{top}}}\n")
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 64, ..Config::default() })]
+
+    /// Exactly one diagnostic, `E-recursion`, quickly, however the loops multiply.
+    #[test]
+    fn recursion_through_loops_is_one_error(
+        loops in 0usize..=3,
+        items in 1usize..=6,
+        through_c in any::<bool>(),
+        called_in_loop in any::<bool>(),
+    ) {
+        let text = recursive_spec(loops, items, through_c, called_in_loop);
+        let start = std::time::Instant::now();
+        let c = compile_text(&text, false);
+        let took = start.elapsed();
+        prop_assert!(took < std::time::Duration::from_secs(2), "took {took:?}:\n{text}");
+        spans_inside(&c, &text)?;
+        prop_assert_eq!(c.diags.len(), 1, "{}\n{}", text, render_plain(&c.sources, &c.diags));
+        prop_assert_eq!(c.diags[0].code, "E-recursion");
+    }
+}

@@ -81,7 +81,9 @@ pub fn expand_with(
         include_stack: Vec::new(),
         shapes: Vec::new(),
         work: 0,
-        out_of_work: false,
+        halted: false,
+        block_stack: Vec::new(),
+        faulty_defaults: Vec::new(),
     };
     let path = x.sources.path(spec.file).to_path_buf();
     if let Ok(canonical) = path.canonicalize() {
@@ -97,9 +99,13 @@ pub fn expand_with(
     if x.graph.outputs.is_empty() {
         x.graph.outputs = x.tensors_of(last.as_ref());
     }
-    x.resolve_pending();
-    x.check_inputs(spec);
-    x.warn_unused();
+    // After a limit or a recursion the graph is a fragment: unresolved names and unused layers
+    // in it would only be follow-on errors.
+    if !x.halted {
+        x.resolve_pending();
+        x.check_inputs(spec);
+        x.warn_unused();
+    }
     Expanded {
         graph: x.graph,
         broken: x.broken,
@@ -175,8 +181,14 @@ struct Expander<'a> {
     shapes: Vec<Option<Option<Shape>>>,
     /// Work done so far, against [`MAX_WORK`].
     work: u64,
-    /// [`MAX_WORK`] was reached (reported once); expansion stops.
-    out_of_work: bool,
+    /// A limit was reached or a block called itself (reported once); expansion stops.
+    halted: bool,
+    /// The blocks being called, innermost last, by the span of their names: a block already on
+    /// it calls itself, which never ends (the DSL has no conditions).
+    block_stack: Vec<(Span, String)>,
+    /// Layer kinds whose `defaults` had an error: a missing argument of such a layer is most
+    /// likely the misspelled default, so it is not reported again.
+    faulty_defaults: Vec<String>,
 }
 
 impl<'s> Expander<'_> {
@@ -184,33 +196,56 @@ impl<'s> Expander<'_> {
         self.diags.push(d);
     }
 
+    /// Stops the expansion with `d`, the one diagnostic for it: whatever would follow from a
+    /// half-built graph is not reported.
+    fn halt(&mut self, d: Diagnostic) {
+        if !self.halted {
+            self.halted = true;
+            self.error(d);
+        }
+    }
+
     /// Counts `units` of work done at `span`; false (with one `E-limit` for the whole expansion)
     /// once [`MAX_WORK`] is exceeded, and the caller stops.
     pub(super) fn charge(&mut self, units: usize, span: Span) -> bool {
         self.work = self.work.saturating_add(units as u64);
-        if self.work <= MAX_WORK {
+        if self.work <= MAX_WORK && !self.halted {
             return true;
         }
-        if !self.out_of_work {
-            self.out_of_work = true;
-            self.error(
-                Diagnostic::error(
-                    "E-limit",
-                    format!("the spec does more than {MAX_WORK} steps of work while expanding"),
-                )
-                .at(span, "stopped here")
-                .help(
-                    "loops, block calls and includes multiply: check for nested loops over long \
-                     ranges, blocks that call other blocks many times, or values that grow",
-                ),
-            );
+        self.halt(
+            Diagnostic::error(
+                "E-limit",
+                format!("the spec does more than {MAX_WORK} steps of work while expanding"),
+            )
+            .at(span, "stopped here")
+            .help(
+                "loops, block calls and includes multiply: check for nested loops over long \
+                 ranges, blocks that call other blocks many times, or values that grow",
+            ),
+        );
+        false
+    }
+
+    /// False (with one `E-limit` for the whole expansion) once the spec has created more than
+    /// [`MAX_LAYERS`] layers; `span` is the loop or call that went over.
+    fn within_layer_limit(&mut self, span: Span) -> bool {
+        if self.graph.nodes.len() <= MAX_LAYERS && !self.halted {
+            return true;
         }
+        self.halt(
+            Diagnostic::error(
+                "E-limit",
+                format!("the spec creates more than {MAX_LAYERS} layers"),
+            )
+            .at(span, "stopped here")
+            .help("check the ranges of the loops around this place"),
+        );
         false
     }
 
     fn run_body(&mut self, cx: &mut Context<'s>, body: &'s [Stmt], depth: usize) -> Option<Value> {
         for stmt in body {
-            if self.graph.nodes.len() > MAX_LAYERS || self.out_of_work {
+            if !self.within_layer_limit(stmt.span()) {
                 return cx.current.clone();
             }
             self.stmt(cx, stmt, depth);
@@ -317,15 +352,7 @@ impl<'s> Expander<'_> {
                 }
             }
             self.run_body(cx, body, depth);
-            if self.graph.nodes.len() > MAX_LAYERS {
-                self.error(
-                    Diagnostic::error(
-                        "E-limit",
-                        format!("the spec creates more than {MAX_LAYERS} layers"),
-                    )
-                    .at(span, "this loop")
-                    .help("check the loop's range"),
-                );
+            if !self.within_layer_limit(span) {
                 return;
             }
         }
@@ -424,7 +451,7 @@ impl<'s> Expander<'_> {
     ) -> Option<Value> {
         let name = call.callee.name.as_str();
         if depth > MAX_CALL_DEPTH {
-            self.error(
+            self.halt(
                 Diagnostic::error(
                     "E-recursion",
                     format!("calls nested more than {MAX_CALL_DEPTH} deep"),
@@ -524,8 +551,16 @@ impl<'s> Expander<'_> {
         let explicit_name = take_kwarg(&mut args, "name");
         let trainable = take_kwarg(&mut args, "trainable");
         let reader = ArgReader::new(kind, span, args, Op::positional(kind));
-        let (op, arg_diags) = parse_call(kind, reader);
+        let (op, mut arg_diags) = parse_call(kind, reader);
         let mut broken = !arg_diags.is_empty();
+        if self
+            .faulty_defaults
+            .iter()
+            .any(|k| k == canonical_kind(kind))
+        {
+            // Most likely the argument the misspelled default meant: a follow-on error.
+            arg_diags.retain(|d| d.code != "E-arg-missing");
+        }
         self.diags.extend(arg_diags);
         let mut op = op?;
         if let (Op::Input(input), true) = (&mut op, self.graph.inputs.is_empty()) {
@@ -646,6 +681,14 @@ impl<'s> Expander<'_> {
         input: Option<Value>,
         depth: usize,
     ) -> Option<Value> {
+        if let Some(at) = self
+            .block_stack
+            .iter()
+            .position(|(span, _)| *span == block.name.span)
+        {
+            self.recursion(block, call, at);
+            return None;
+        }
         // A call copies the blocks and defaults it sees.
         if !self.charge(1 + cx.blocks.len() + cx.defaults.len(), call.span) {
             return None;
@@ -720,7 +763,35 @@ impl<'s> Expander<'_> {
             );
             return None;
         }
-        self.run_body(&mut inner, &block.body, depth + 1)
+        self.block_stack
+            .push((block.name.span, block.name.name.clone()));
+        let result = self.run_body(&mut inner, &block.body, depth + 1);
+        self.block_stack.pop();
+        result
+    }
+
+    /// `block` is called while `self.block_stack[at..]` runs: it would call itself for ever.
+    fn recursion(&mut self, block: &BlockDef, call: &Call, at: usize) {
+        let name = &block.name.name;
+        let mut cycle: Vec<&str> = self.block_stack[at..]
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect();
+        cycle.push(name);
+        let message = if cycle.len() == 2 {
+            format!("block `{name}` calls itself")
+        } else {
+            format!("block `{name}` calls itself through {}", cycle.join(" -> "))
+        };
+        self.halt(
+            Diagnostic::error("E-recursion", message)
+                .at(call.callee.span, format!("`{name}` called again here"))
+                .also(block.name.span, "inside the body of this block")
+                .help(
+                    "a block cannot call itself: nothing would stop it. If a closing `}` is \
+                     misplaced, the call belongs after the block's end",
+                ),
+        );
     }
 
     fn include(
@@ -848,16 +919,19 @@ impl<'s> Expander<'_> {
                 continue;
             }
             let known = Op::known_args(kind);
+            let mut faulty = false;
             for a in &args {
                 match a.name.as_deref() {
                     Some(n) if known.contains(&n) || n == "trainable" => {}
-                    Some(n) => self.error(
-                        Diagnostic::error(
-                            "E-arg-unknown",
-                            format!("`{kind}` has no argument `{n}`"),
-                        )
-                        .at(a.name_span.unwrap_or(a.span), "unknown argument"),
-                    ),
+                    Some(n) => {
+                        faulty = true;
+                        self.error(crate::ir::value::unknown_argument(
+                            kind,
+                            n,
+                            a.name_span.unwrap_or(a.span),
+                            known,
+                        ));
+                    }
                     None => self.error(
                         Diagnostic::error("E-defaults", "defaults take keyword arguments only")
                             .at(a.span, "positional argument")
@@ -868,10 +942,18 @@ impl<'s> Expander<'_> {
                     ),
                 }
             }
+            if faulty {
+                self.faulty_defaults.push(canonical_kind(kind).to_string());
+            }
+            // An unknown argument is reported here, once, not again by every layer of the kind.
             cx.defaults
                 .entry(canonical_kind(kind).to_string())
                 .or_default()
-                .extend(args.into_iter().filter(|a| a.name.is_some()));
+                .extend(args.into_iter().filter(|a| {
+                    a.name
+                        .as_deref()
+                        .is_some_and(|n| known.contains(&n) || n == "trainable")
+                }));
         }
     }
 

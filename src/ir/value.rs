@@ -380,18 +380,21 @@ impl<'a> ArgReader<'a> {
                 continue;
             }
             let span = arg.name_span.unwrap_or(arg.span);
-            let mut d = Diagnostic::error(
-                "E-arg-unknown",
-                format!("`{kind}` has no argument `{name}`"),
-            )
-            .at(span, "unknown argument");
-            if let Some(h) = crate::suggest::closest(name, known.iter().copied()) {
-                d = d.help(format!("did you mean `{h}`?"));
-            } else {
-                d = d.help(format!("`{kind}` takes: {}", known.join(", ")));
-            }
-            self.diags.push(d);
+            self.diags.push(unknown_argument(kind, name, span, known));
         }
         self.diags
+    }
+}
+
+/// `kind` has no argument `name` (written at `span`); `known` are the ones it has.
+pub fn unknown_argument(kind: &str, name: &str, span: Span, known: &[&str]) -> Diagnostic {
+    let d = Diagnostic::error(
+        "E-arg-unknown",
+        format!("`{kind}` has no argument `{name}`"),
+    )
+    .at(span, "unknown argument");
+    match crate::suggest::closest(name, known.iter().copied()) {
+        Some(h) => d.help(format!("did you mean `{h}`?")),
+        None => d.help(format!("`{kind}` takes: {}", known.join(", "))),
     }
 }

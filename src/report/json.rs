@@ -81,6 +81,7 @@ fn diagnostics_json(sources: &SourceMap, c: &Compiled) -> Vec<Json> {
                 "message": d.message,
                 "location": location,
                 "help": d.help,
+                "repeats": d.repeats,
             })
         })
         .collect()

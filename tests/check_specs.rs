@@ -175,3 +175,56 @@ fn template_specs_expand_to_the_hand_written_graphs() {
         }
     }
 }
+
+/// Issue 11: the template's up layer takes none of `conv`'s settings (the `upsample` conv used
+/// to take its activation and initializer, silently): it is exactly the README's
+/// `up_sampling2d(2) -> conv2d(f, 2, padding: same)` or `conv2d_transpose(f, 2, strides: 2)`,
+/// plus what `up: {...}` gives.
+#[test]
+fn the_template_up_layer_is_what_the_readme_says() {
+    let compile = |name: &str, text: &str| {
+        let c = unetc::compile_source(
+            Path::new(name),
+            text.to_string(),
+            &unetc::Options::default(),
+            &mut unetc::expand::Session::new(),
+        );
+        assert!(!c.has_errors(), "{}", render_plain(&c.sources, &c.diags));
+        canonical_graph(&c)
+    };
+    let conv = "kernel_size: 3, padding: same, activation: relu, kernel_initializer: he_normal, use_bias: false";
+    for (up, up_layer) in [
+        (
+            "upsample",
+            "up_sampling2d(2) -> conv2d(f, 2, padding: same)",
+        ),
+        ("transpose", "conv2d_transpose(f, 2, strides: 2)"),
+        (
+            "{mode: upsample, activation: relu}",
+            "up_sampling2d(2) -> conv2d(f, 2, padding: same, activation: relu)",
+        ),
+    ] {
+        let template = compile(
+            "t.unet",
+            &format!("model {{\n  unet(input: 32x32x1, depth: 2, filters: 8, conv: {{{conv}}}, up: {up}, skip: {{crop: none}})\n}}\n"),
+        );
+        let hand = compile(
+            "h.unet",
+            &format!(
+                "model {{
+  input 32x32x1
+  block double(f) {{ conv2d(f, {conv}) -> conv2d(f, {conv}) }}
+  for f in [8, 16] {{ skip[f] = double(f); max_pooling2d(pool_size: (2, 2)) }}
+  double(32)
+  for f in [16, 8] {{
+    up = {up_layer}
+    [skip[f], up] -> concatenate() -> double(f)
+  }}
+  conv2d(2, 1, activation: softmax)
+}}
+"
+            ),
+        );
+        assert_eq!(template, hand, "up: {up}");
+    }
+}

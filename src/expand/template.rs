@@ -138,16 +138,13 @@ impl<'s> Expander<'_> {
                     x,
                     span,
                 )?;
-                let mut args = vec![
+                // Like the transposed conv, the up conv takes none of `conv`'s settings: only
+                // what `up: {...}` gives it (README, "The unet template").
+                let args = vec![
                     pos(Value::Int(f)),
                     pos(Value::Int(2)),
                     kw("padding", Value::Str("same".into())),
                 ];
-                args.extend(
-                    conv_settings(&s.conv, &["activation", "kernel_initializer"])
-                        .into_iter()
-                        .map(|(k, v)| kw(&k, v)),
-                );
                 self.layer(cx, "conv2d", with(args, &s.up_kwargs), up, span)?
             } else {
                 let args = vec![
@@ -488,11 +485,4 @@ fn crop_arg(h: i64, w: i64, th: i64, tw: i64) -> Value {
         Value::List(vec![Value::Int(t), Value::Int(b)]),
         Value::List(vec![Value::Int(l), Value::Int(r)]),
     ])
-}
-
-fn conv_settings(conv: &[(String, Value)], keys: &[&str]) -> Vec<(String, Value)> {
-    conv.iter()
-        .filter(|(k, _)| keys.contains(&k.as_str()))
-        .cloned()
-        .collect()
 }

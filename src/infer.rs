@@ -170,8 +170,17 @@ pub fn infer(graph: &Graph, broken: &[bool]) -> Inferred {
                         );
                     }
                 }
-                for h in &e.help {
-                    d = d.help(fill(h));
+                let recrop = match e.code {
+                    "E-concat-shape" => recrop_help(graph, &out.layers, node, &inputs),
+                    _ => Vec::new(),
+                };
+                if recrop.is_empty() {
+                    for h in &e.help {
+                        d = d.help(fill(h));
+                    }
+                }
+                for h in recrop {
+                    d = d.help(h);
                 }
                 out.diags.push(d);
             }
@@ -181,6 +190,73 @@ pub fn infer(graph: &Graph, broken: &[bool]) -> Inferred {
     out.schedule = order.into_iter().filter(|id| keep[id.index()]).collect();
     out.keras_order = graph.keras_layer_order();
     out
+}
+
+/// A concatenation whose cropped inputs do not match its uncropped ones: the fix is the crop
+/// already there (`cropping2d(6)` where 4 was meant), not one more crop of the up path. Empty
+/// when no input comes from a Cropping2D, or the uncropped inputs disagree among themselves.
+fn recrop_help(
+    graph: &Graph,
+    layers: &[LayerInfo],
+    node: &crate::ir::Node,
+    inputs: &[Shape],
+) -> Vec<String> {
+    let cropping = |id: NodeId| match &graph.node(id).op {
+        crate::ir::Op::Cropping2D(c) => Some(c.cropping),
+        _ => None,
+    };
+    let uncropped: Vec<(NodeId, &Shape)> = node
+        .inputs
+        .iter()
+        .zip(inputs)
+        .filter(|(&id, s)| cropping(id).is_none() && s.len() == 3)
+        .map(|(&id, s)| (id, s))
+        .collect();
+    let Some(&(reference, target)) = uncropped.first() else {
+        return Vec::new();
+    };
+    if uncropped
+        .iter()
+        .any(|(_, s)| s[0] != target[0] || s[1] != target[1])
+    {
+        return Vec::new();
+    }
+    let (th, tw) = (target[0], target[1]);
+    let mut help = Vec::new();
+    for (&id, shape) in node.inputs.iter().zip(inputs) {
+        let (Some(old), [h, w, _]) = (cropping(id), shape.as_slice()) else {
+            continue;
+        };
+        let crop = graph.node(id);
+        let Some(&source) = crop.inputs.first() else {
+            continue;
+        };
+        let Some([sh, sw, _]) = layers[source.index()].shape.as_deref() else {
+            continue;
+        };
+        if (*h, *w) == (th, tw) {
+            continue;
+        }
+        let source_name = &graph.node(source).name;
+        let reference_name = &graph.node(reference).name;
+        if *sh >= th && *sw >= tw {
+            let new = crate::ir::ops::merge::crop_to(*sh, *sw, th, tw);
+            help.push(format!(
+                "change `{}`'s cropping from {} to `cropping2d({new})`: it crops `{source_name}` \
+                 from {sh}x{sw} to {h}x{w}, but `{reference_name}` is {th}x{tw}",
+                crop.name,
+                crate::ir::ops::merge::cropping_text(old),
+            ));
+        } else {
+            help.push(format!(
+                "`{source_name}` is {sh}x{sw}, smaller than `{reference_name}` ({th}x{tw}) before \
+                 `{}` crops it: remove that crop and crop `{reference_name}` instead, or choose \
+                 an input size from `unetc sizes`",
+                crop.name
+            ));
+        }
+    }
+    help
 }
 
 /// Replaces `{0}`, `{1}`, ... with backquoted input names.

@@ -548,3 +548,34 @@ fn keeps_going_after_the_first_error() {
       = help: all layer names must be unique; rename one (an explicit name does not advance Keras's auto-name counter)
     "#);
 }
+
+/// Issue 11: a skip cropped by 6 where 4 was meant: the help fixes the crop that is there,
+/// instead of suggesting a crop of the up path.
+#[test]
+fn a_wrong_skip_crop_is_fixed_where_it_is() {
+    let out = check(
+        "crop.unet",
+        "model {
+  input 140x140x1
+  defaults conv2d(kernel_size: 3, activation: relu)
+  skip = conv2d(8) -> conv2d(8)
+  max_pooling2d(2) -> conv2d(16) -> conv2d(16)
+  up = conv2d_transpose(8, 2, strides: 2)
+  [skip -> cropping2d(6), up] -> concatenate()
+}
+",
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-concat-shape]: Concatenate `concatenate`: inputs differ in size: `cropping2d` is 124x124 but `conv2d_transpose` is 128x128
+      ┌─ crop.unet:7:34
+      │
+    6 │   up = conv2d_transpose(8, 2, strides: 2)
+      │        ---------------------------------- `conv2d_transpose` is (None, 128, 128, 8)
+    7 │   [skip -> cropping2d(6), up] -> concatenate()
+      │            -------------         ^^^^^^^^^^^^^ 124x124 vs 128x128
+      │            │                      
+      │            `cropping2d` is (None, 124, 124, 8)
+      │
+      = help: change `cropping2d`'s cropping from 6 to `cropping2d(4)`: it crops `conv2d_1` from 136x136 to 124x124, but `conv2d_transpose` is 128x128
+    ");
+}

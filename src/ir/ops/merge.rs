@@ -15,7 +15,12 @@ pub struct Concatenate {
 pub fn crop_to(h: i64, w: i64, th: i64, tw: i64) -> String {
     let (dh, dw) = (h - th, w - tw);
     let (t, l) = (dh / 2, dw / 2);
-    let (b, r) = (dh - t, dw - l);
+    cropping_text([t, dh - t, l, dw - l])
+}
+
+/// A Cropping2D's `[top, bottom, left, right]` as a spec writes it: `4`, `(4, 5)` or
+/// `((4, 5), (4, 5))`.
+pub fn cropping_text([t, b, l, r]: [i64; 4]) -> String {
     if t == b && l == r && t == l {
         format!("{t}")
     } else if t == b && l == r {

@@ -6,7 +6,7 @@ use crate::ir::{Graph, NodeId, Shape, WeightSpec};
 use crate::report::shape_text;
 
 /// Sizes beyond this are refused: no real network has them, and products stay in range.
-const MAX_SIZE: i64 = 1 << 30;
+pub const MAX_SIZE: i64 = 1 << 30;
 
 #[derive(Debug, Clone, Default)]
 pub struct LayerInfo {

@@ -841,8 +841,7 @@ fn size_hint(spec: &std::path::Path, c: &unetc::Compiled) {
     } else {
         vec![0, 1]
     } {
-        let sizes = unetc::report::sizes::probe_axis(spec, &text, base, axis, limit);
-        let (below, above) = unetc::report::sizes::nearest(&sizes, base[axis]);
+        let (below, above) = unetc::report::sizes::nearest_to_base(spec, &text, base, axis, limit);
         let show = |p: Option<unetc::report::sizes::SizePair>| {
             p.map(|p| match p.output {
                 Some(o) => format!("{} (output {o})", p.input),

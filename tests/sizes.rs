@@ -61,3 +61,52 @@ fn tiles_fit_the_memory_budget() {
     );
     assert!(plan.receptive_field > 2 * plan.halo);
 }
+
+/// The fast probe (shape rules over the graph expanded once) agrees with compiling the spec
+/// anew at each size, for every spec, square and not, small and around the seed sizes.
+#[test]
+fn the_graph_probe_agrees_with_compiling_at_each_size() {
+    use unetc::report::sizes::Prober;
+    for rel in spec_files() {
+        let path = root().join(&rel);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut fast = Prober::new(&path, &text);
+        let mut slow = Prober::compiling(&path, &text);
+        let channels = unetc::report::sizes::spec_input(&compile(&rel)).map_or(1, |b| b[2]);
+        let sizes = (1..=40).chain(184..=196).chain(252..=258).chain(568..=576);
+        for n in sizes {
+            for shape in [[n, n, channels], [n, n + 3, channels]] {
+                assert_eq!(
+                    fast.probe(shape),
+                    slow.probe(shape),
+                    "{} at {shape:?}",
+                    rel.display()
+                );
+            }
+        }
+    }
+}
+
+/// Issue 11: the sizes `check` suggests after a size problem are found outwards from the spec's
+/// own; a non-square input whose width is invalid too still gets heights and widths that work.
+#[test]
+fn nearest_sizes_for_a_spec_that_fits_no_size() {
+    let path = root().join("specs/original.unet");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("572x572x1", "390x389x1");
+    let pair = |p: Option<unetc::report::sizes::SizePair>| p.map(|p| (p.input, p.output));
+    for (axis, n) in [(0, 390), (1, 389)] {
+        let mut base = [390, 389, 1];
+        base[axis] = n;
+        let (below, above) = unetc::report::sizes::nearest_to_base(&path, &text, base, axis, 780);
+        // n ≡ 12 (mod 16): 380 and 396, outputs n − 184 (see the top of this file).
+        assert_eq!(pair(below), Some((380, Some(196))), "axis {axis}");
+        assert_eq!(pair(above), Some((396, Some(212))), "axis {axis}");
+    }
+    let sizes = probe_axis(&path, &text, [390, 389, 1], 0, 700);
+    // The width is held at the valid size nearest to 389: 396 (7 away; 380 is 9 away).
+    assert_eq!(sizes.other_axis_held_at, Some(396));
+    let f = closed_form(&sizes).expect("a closed form");
+    assert_eq!((f.residue, f.period, f.min), (12, 16, 188));
+}

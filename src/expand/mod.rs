@@ -55,6 +55,9 @@ pub struct Expanded {
     /// Nodes whose arguments or inputs were wrong: later stages skip them quietly.
     pub broken: Vec<bool>,
     pub diags: Vec<Diagnostic>,
+    /// The expansion looked at shapes (the `unet` template's `crop: auto`): at another input
+    /// size it may build another graph.
+    pub shape_dependent: bool,
 }
 
 /// Expands a parsed spec. Included files are read and added to `sources`.
@@ -84,6 +87,7 @@ pub fn expand_with(
         halted: false,
         block_stack: Vec::new(),
         faulty_defaults: Vec::new(),
+        shape_dependent: false,
     };
     let path = x.sources.path(spec.file).to_path_buf();
     if let Ok(canonical) = path.canonicalize() {
@@ -110,6 +114,7 @@ pub fn expand_with(
         graph: x.graph,
         broken: x.broken,
         diags: x.diags,
+        shape_dependent: x.shape_dependent,
     }
 }
 
@@ -189,6 +194,8 @@ struct Expander<'a> {
     /// Layer kinds whose `defaults` had an error: a missing argument of such a layer is most
     /// likely the misspelled default, so it is not reported again.
     faulty_defaults: Vec<String>,
+    /// A shape was asked for while expanding ([`Expanded::shape_dependent`]).
+    shape_dependent: bool,
 }
 
 impl<'s> Expander<'_> {
@@ -1015,6 +1022,7 @@ impl<'s> Expander<'_> {
 
     /// The output shape of a node created so far, if it can be computed.
     fn shape_of(&mut self, id: NodeId) -> Option<Shape> {
+        self.shape_dependent = true;
         while self.shapes.len() < self.graph.nodes.len() {
             let i = self.shapes.len();
             let node = &self.graph.nodes[i];

@@ -1,6 +1,6 @@
 //! Which input sizes a spec accepts, and what output size each gives; the overlap-tile plan for
-//! an image. Answers come from the spec alone: each candidate size is checked by running shape
-//! inference at that size (a few hundred microseconds each), and the accepted sizes are then
+//! an image. Answers come from the spec alone: each candidate size is checked by running the
+//! layers' shape rules at that size ([`Prober`]: microseconds each), and the accepted sizes are then
 //! summarised in closed form (`in ≡ r mod p, in ≥ n0`, `out = a·in + b`), verified on every
 //! candidate of the searched range.
 
@@ -21,6 +21,9 @@ pub struct AxisSizes {
     pub axis: &'static str,
     pub accepted: Vec<SizePair>,
     pub max: usize,
+    /// The other axis was held at this size, not the spec's, because no size along this axis
+    /// works with the spec's (a 390x389 input: 389 is not a valid width).
+    pub other_axis_held_at: Option<usize>,
 }
 
 /// `in ≡ residue (mod period), in ≥ min` and `out = scale · in + offset`, when they hold exactly.
@@ -54,6 +57,140 @@ fn output_dims(c: &Compiled) -> Option<Vec<usize>> {
     (s.len() == 3).then(|| s.iter().map(|&d| d as usize).collect())
 }
 
+/// Answers "is this input size accepted, and what output does it give?" for one spec, many
+/// times. When the expansion did not look at shapes, the layer graph is the same at every size,
+/// so it is built once and only the layers' shape rules run per size (microseconds). The `unet`
+/// template's `crop: auto` computes crops from shapes: then the spec is compiled anew per size.
+pub struct Prober<'a> {
+    path: &'a Path,
+    text: &'a str,
+    fixed: Option<FixedGraph>,
+}
+
+/// A layer graph that does not depend on the input size.
+struct FixedGraph {
+    graph: crate::ir::Graph,
+    /// Topological order of every layer; `None` when the graph has errors at any size.
+    order: Option<Vec<crate::ir::NodeId>>,
+}
+
+impl<'a> Prober<'a> {
+    pub fn new(path: &'a Path, text: &'a str) -> Prober<'a> {
+        let mut sources = crate::diag::SourceMap::new();
+        let file = sources.add(path, text.to_string());
+        let fixed = match crate::front::parse(crate::front::Format::of_path(path), file, text) {
+            // Syntax errors: every size fails, and compiling says so just as well.
+            Err(_) => None,
+            Ok(spec) => {
+                let x = crate::expand::expand(&spec, &mut sources, &mut Session::new());
+                let clean = !x.diags.iter().any(|d| d.is_error())
+                    && !x.broken.iter().any(|&b| b)
+                    && !x.graph.inputs.is_empty();
+                (!x.shape_dependent).then(|| FixedGraph {
+                    order: clean.then(|| x.graph.topological_order().ok()).flatten(),
+                    graph: x.graph,
+                })
+            }
+        };
+        Prober { path, text, fixed }
+    }
+
+    /// A prober that compiles the spec anew for every size (what [`Prober::new`] falls back to
+    /// for shape-dependent expansions; tests compare the two).
+    pub fn compiling(path: &'a Path, text: &'a str) -> Prober<'a> {
+        Prober {
+            path,
+            text,
+            fixed: None,
+        }
+    }
+
+    /// `Some(output shape, if the output is an image)` when `shape` is accepted.
+    pub fn probe(&mut self, shape: [usize; 3]) -> Option<Option<Vec<usize>>> {
+        let Some(fixed) = &mut self.fixed else {
+            let c = compile_at(self.path, self.text, shape)?;
+            return accepted(&c).then(|| output_dims(&c));
+        };
+        let order = fixed.order.as_ref()?;
+        let g = &mut fixed.graph;
+        let first_input = *g.inputs.first()?;
+        if let crate::ir::Op::Input(input) = &mut g.nodes[first_input.index()].op {
+            input.shape = shape.iter().map(|&d| d as i64).collect();
+        }
+        // What `infer` judges an error or a `W-pool-floor`, without building diagnostics.
+        let mut shapes: Vec<Option<crate::ir::Shape>> = vec![None; g.nodes.len()];
+        for &id in order {
+            let node = g.node(id);
+            let inputs: Vec<crate::ir::Shape> = node
+                .inputs
+                .iter()
+                .map(|&i| shapes[i.index()].clone())
+                .collect::<Option<_>>()?;
+            if node
+                .op
+                .warnings(&inputs)
+                .iter()
+                .any(|w| w.code == "W-pool-floor")
+            {
+                return None;
+            }
+            let shape = node.op.infer(&inputs).ok()?;
+            if shape.iter().any(|&d| d <= 0 || d > crate::infer::MAX_SIZE) {
+                return None;
+            }
+            shapes[id.index()] = Some(shape);
+        }
+        let out = shapes[g.outputs.first()?.index()].as_ref()?;
+        Some((out.len() == 3).then(|| out.iter().map(|&d| d as usize).collect()))
+    }
+
+    /// Probes input size `n` along `axis` (0 = height, 1 = width); a square input stays square,
+    /// otherwise the other axis keeps the spec's size.
+    pub fn probe_size(&mut self, base: [usize; 3], axis: usize, n: usize) -> Option<SizePair> {
+        let mut shape = base;
+        shape[axis] = n;
+        if base[0] == base[1] {
+            shape[1 - axis] = n;
+        }
+        let output = self.probe(shape)?;
+        Some(SizePair {
+            input: n,
+            output: output.map(|d| d[axis]),
+        })
+    }
+}
+
+/// The accepted sizes along `axis` nearest to the spec's own, searching outwards from it within
+/// `1..=max`: the largest at or below it and the smallest above it.
+pub fn nearest_to_base(
+    path: &Path,
+    text: &str,
+    base: [usize; 3],
+    axis: usize,
+    max: usize,
+) -> (Option<SizePair>, Option<SizePair>) {
+    let mut prober = Prober::new(path, text);
+    let n = base[axis];
+    let search = |prober: &mut Prober, base: [usize; 3]| {
+        let below = (1..=n.min(max))
+            .rev()
+            .find_map(|k| prober.probe_size(base, axis, k));
+        let above = (n + 1..=max).find_map(|k| prober.probe_size(base, axis, k));
+        (below, above)
+    };
+    match search(&mut prober, base) {
+        (None, None) => match square_anchor(&mut prober, base, 1 - axis, max) {
+            Some(anchor) => {
+                let mut held = base;
+                held[1 - axis] = anchor;
+                search(&mut prober, held)
+            }
+            None => (None, None),
+        },
+        found => found,
+    }
+}
+
 /// The model's input shape as the spec writes it.
 pub fn spec_input(c: &Compiled) -> Option<[usize; 3]> {
     let input = *c.graph.inputs.first()?;
@@ -65,28 +202,46 @@ pub fn spec_input(c: &Compiled) -> Option<[usize; 3]> {
 
 /// Probes one axis (0 = height, 1 = width) over `1..=max`; a square input is varied as a square.
 pub fn probe_axis(path: &Path, text: &str, base: [usize; 3], axis: usize, max: usize) -> AxisSizes {
-    let mut accepted_sizes = Vec::new();
-    for n in 1..=max {
-        // A square input stays square; otherwise the other axis keeps the spec's size.
-        let mut shape = base;
-        shape[axis] = n;
-        if base[0] == base[1] {
-            shape[1 - axis] = n;
-        }
-        if let Some(c) = compile_at(path, text, shape) {
-            if accepted(&c) {
-                accepted_sizes.push(SizePair {
-                    input: n,
-                    output: output_dims(&c).map(|d| d[axis]),
-                });
-            }
+    let mut prober = Prober::new(path, text);
+    let scan = |prober: &mut Prober, base: [usize; 3]| -> Vec<SizePair> {
+        (1..=max)
+            .filter_map(|n| prober.probe_size(base, axis, n))
+            .collect()
+    };
+    let mut accepted_sizes = scan(&mut prober, base);
+    let mut other_axis_held_at = None;
+    if accepted_sizes.is_empty() {
+        if let Some(anchor) = square_anchor(&mut prober, base, 1 - axis, max) {
+            let mut held = base;
+            held[1 - axis] = anchor;
+            accepted_sizes = scan(&mut prober, held);
+            other_axis_held_at = Some(anchor);
         }
     }
     AxisSizes {
         axis: if axis == 0 { "height" } else { "width" },
         accepted: accepted_sizes,
         max,
+        other_axis_held_at,
     }
+}
+
+/// For a non-square spec whose `axis` size works with no size of the other axis: the accepted
+/// square size nearest to the spec's `axis` size, to hold that axis at instead (the rules of
+/// convolutions and poolings are the same along each axis, so it is a valid size there).
+fn square_anchor(prober: &mut Prober, base: [usize; 3], axis: usize, max: usize) -> Option<usize> {
+    if base[0] == base[1] {
+        return None;
+    }
+    let n = base[axis];
+    let square = |prober: &mut Prober, k: usize| prober.probe([k, k, base[2]]).map(|_| k);
+    (0..max).find_map(|d| {
+        let below = n.checked_sub(d).filter(|&k| k >= 1);
+        let above = (d > 0 && n + d <= max).then_some(n + d);
+        below
+            .and_then(|k| square(prober, k))
+            .or_else(|| above.and_then(|k| square(prober, k)))
+    })
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -179,7 +334,14 @@ pub fn sizes_text(
         } else {
             sizes.axis
         };
-        out.push_str(&format!("{label}, sizes 1..={max}:\n"));
+        match sizes.other_axis_held_at {
+            Some(held) => out.push_str(&format!(
+                "{label}, sizes 1..={max} (the {} held at {held}: no size works with the spec's {}):\n",
+                if axis == 0 { "width" } else { "height" },
+                base[1 - axis]
+            )),
+            None => out.push_str(&format!("{label}, sizes 1..={max}:\n")),
+        }
         if sizes.accepted.is_empty() {
             out.push_str("  no size in this range works\n");
             continue;

@@ -77,15 +77,21 @@ enum Command {
         /// An image (.png, .tif), an array (.npy), or a directory of them.
         #[arg(long)]
         input: PathBuf,
-        /// .npy for probabilities, .png for a mask; a directory when the input is one.
-        #[arg(long)]
+        /// Where to write: for one input a file, .npy (probabilities) or .png (mask); for a
+        /// directory of inputs a directory (created if missing), one .png per input.
+        #[arg(short = 'o', long)]
         output: PathBuf,
-        /// Write this class's probability as 8-bit gray instead of a mask.
+        /// Write this output channel's probability as 8-bit gray instead of a mask (.png only).
         #[arg(long)]
         class: Option<usize>,
-        /// Threshold for one-channel (sigmoid) outputs.
-        #[arg(long, default_value_t = 0.5)]
-        threshold: f32,
+        /// Mask threshold for one-channel (sigmoid) outputs, .png only [default: 0.5]; models
+        /// with several output channels take the argmax instead.
+        #[arg(long)]
+        threshold: Option<f32>,
+        /// An image's alpha channel: `keep` gives it to the model as a channel (2- or 4-channel
+        /// models; others refuse the image), `drop` removes it.
+        #[arg(long, value_enum, default_value_t = AlphaArg::Keep)]
+        alpha: AlphaArg,
         /// Images or tiles per forward pass.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096))]
         batch: u16,
@@ -95,7 +101,10 @@ enum Command {
         /// Replace existing outputs.
         #[arg(long)]
         force: bool,
-        /// Print the plan's memory and how the input was covered.
+        /// Leave inputs whose output exists alone (to finish or redo part of a directory run).
+        #[arg(long)]
+        skip_existing: bool,
+        /// Print each input's size (W x H), the plan's memory and how the input was covered.
         #[arg(long)]
         verbose: bool,
         /// `f32`, `tf32` or `bf16` (tf32/bf16: tensor-core convolutions; CUDA only).
@@ -359,9 +368,11 @@ fn main() -> ExitCode {
             output,
             class,
             threshold,
+            alpha,
             batch,
             device,
             force,
+            skip_existing,
             verbose,
             precision,
         } => {
@@ -384,6 +395,11 @@ fn main() -> ExitCode {
                 threshold,
                 batch: batch as usize,
                 force,
+                skip_existing,
+                alpha: match alpha {
+                    AlphaArg::Keep => unetc::runner::AlphaMode::Keep,
+                    AlphaArg::Drop => unetc::runner::AlphaMode::Drop,
+                },
                 precision,
             };
             run(&spec, &opts, verbose)
@@ -547,20 +563,50 @@ fn main() -> ExitCode {
     }
 }
 
+/// `run --alpha`: what to do with an image's alpha channel.
+#[derive(Clone, Copy, ValueEnum)]
+enum AlphaArg {
+    Keep,
+    Drop,
+}
+
 fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) -> ExitCode {
+    use unetc::runner::RunEvent;
     let bar = indicatif::ProgressBar::new(0);
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let result = unetc::runner::run(spec, opts, &mut |done, total| {
-        if total > 1 {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
+    let result = unetc::runner::run(spec, opts, &mut |event| match event {
+        RunEvent::Progress { done, total } => {
+            if total > 1 {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }
+        }
+        // Said at once, above the bar, so that a long run shows its failures as they happen.
+        RunEvent::Failed { error } => bar.suspend(|| eprintln!("error: {error}")),
+        RunEvent::Skipped { input, output } => {
+            if verbose {
+                bar.suspend(|| {
+                    eprintln!(
+                        "{}: skipped, `{}` exists (--skip-existing)",
+                        input.display(),
+                        output.display()
+                    )
+                });
+            }
         }
     });
     bar.finish_and_clear();
     match result {
         Ok(report) => {
+            if report.skipped > 0 {
+                eprintln!(
+                    "{} of {} input(s) skipped: their output exists (--skip-existing); {} \
+                     written",
+                    report.skipped, report.files, report.written
+                );
+            }
             if verbose {
                 eprintln!(
                     "{} file(s) on {}, {} forward pass(es), planned activation arena {}",
@@ -585,7 +631,7 @@ fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) 
     }
 }
 
-/// Spec errors exit with 1, everything else (files, usage) with 2.
+/// Spec errors exit with 1, everything else (files, usage, failed inputs) with 2.
 fn run_error(e: unetc::runner::RunError) -> ExitCode {
     match e {
         unetc::runner::RunError::Spec(diags) => {

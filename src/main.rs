@@ -67,7 +67,7 @@ enum Command {
     },
     /// Run a spec on images or arrays (CPU): probabilities (.npy) or masks (.png) out.
     #[command(
-        after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc run specs/original.unet --weights original.safetensors --input cells.png --output mask.png\n  unetc run specs/bn_same.yaml --weights w.safetensors --input batch.npy --output probs.npy\n  unetc run specs/original.unet --weights w.safetensors --input images/ --output masks/\n\nImages (PNG/TIFF) are scaled to [0, 1]; .npy inputs (NHWC or HWC, f32 or u8) are used as they are.\nImages of other sizes than the spec's input are tiled (valid padding: overlap-tile) or padded\nand cropped back (same padding)."
+        after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc run specs/original.unet --weights original.safetensors --input cells.png -o mask.png\n  unetc run specs/bn_same.yaml --weights w.safetensors --input batch.npy -o probs.npy\n  unetc run specs/original.unet --weights w.safetensors --input images/ -o masks/ --skip-existing\n\nImages (PNG/TIFF) are scaled to [0, 1] and keep every channel they store (gray 1, gray+alpha 2,\nRGB 3, RGBA 4), which must match the spec's input: nothing is converted unless --alpha drop says\nso. .npy inputs (NHWC or HWC, f32, f64 or u8) are used as they are; NaN or infinite values in\ninputs or weights are errors. Images of other sizes than the spec's input are tiled (valid\npadding: overlap-tile) or padded and cropped back (same padding); sizes are printed W x H.\nA directory run goes on past a failed input, names it, and exits 2 at the end."
     )]
     Run {
         spec: PathBuf,
@@ -78,7 +78,8 @@ enum Command {
         #[arg(long)]
         input: PathBuf,
         /// Where to write: for one input a file, .npy (probabilities) or .png (mask); for a
-        /// directory of inputs a directory (created if missing), one .png per input.
+        /// directory of inputs a directory (created if missing) of one .png per input (.npy if
+        /// the directory's name ends in .npy).
         #[arg(short = 'o', long)]
         output: PathBuf,
         /// Write this output channel's probability as 8-bit gray instead of a mask (.png only).

@@ -468,18 +468,34 @@ impl RunOptions {
     }
 }
 
-/// Each input with its output path; two inputs that would write the same output are an error.
+/// Each input with its output path; two inputs that would write the same output, or an output
+/// that is its own input, are errors.
 fn plan_jobs(opts: &RunOptions, to_dir: bool) -> Result<Vec<Job>, RunError> {
-    let inputs = input_files(&opts.input)?;
-    if !to_dir {
-        return Ok(inputs
-            .into_iter()
-            .map(|input| Job {
-                input,
-                output: opts.output.clone(),
-            })
-            .collect());
+    let jobs = if to_dir {
+        jobs_for_directory(opts)?
+    } else {
+        vec![Job {
+            input: opts.input.clone(),
+            output: opts.output.clone(),
+        }]
+    };
+    for job in &jobs {
+        let same_file = match (job.input.canonicalize(), job.output.canonicalize()) {
+            (Ok(input), Ok(output)) => input == output,
+            _ => false,
+        };
+        if same_file {
+            return Err(RunError::Usage(format!(
+                "`{}` would be written over its own input; write the output somewhere else",
+                job.output.display()
+            )));
+        }
     }
+    Ok(jobs)
+}
+
+fn jobs_for_directory(opts: &RunOptions) -> Result<Vec<Job>, RunError> {
+    let inputs = directory_inputs(&opts.input)?;
     let mut jobs: Vec<Job> = Vec::with_capacity(inputs.len());
     let mut by_output: std::collections::HashMap<PathBuf, usize> = Default::default();
     for input in inputs {
@@ -538,10 +554,8 @@ fn refuse_existing_outputs(jobs: &[Job], opts: &RunOptions, to_dir: bool) -> Res
     )))
 }
 
-fn input_files(input: &Path) -> Result<Vec<PathBuf>, RunError> {
-    if !input.is_dir() {
-        return Ok(vec![input.to_path_buf()]);
-    }
+/// The `.png`, `.tif`/`.tiff` and `.npy` files of an input directory, in name order.
+fn directory_inputs(input: &Path) -> Result<Vec<PathBuf>, RunError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(input)
         .map_err(|e| RunError::Usage(format!("cannot list `{}`: {e}", input.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -739,6 +739,15 @@ fn directory_run_names_each_failure_goes_on_and_reruns_cleanly() {
     assert_eq!(code, 2);
     assert!(stderr.contains("give one of them"), "{stderr}");
 
+    // An output that is its own input: refused even with --force.
+    let png_in = dir.join("self.png");
+    image::RgbImage::new(32, 32).save(&png_in).unwrap();
+    let before = std::fs::read(&png_in).unwrap();
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &png_in, &png_in, &["--force"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("over its own input"), "{stderr}");
+    assert_eq!(std::fs::read(&png_in).unwrap(), before);
+
     // Two inputs with one output name: refused up front.
     write_npy(
         &inputs.join("a.NPY"),
@@ -798,6 +807,26 @@ fn run_takes_dash_o_and_prints_sizes_as_width_by_height() {
             && !stderr.contains("37x40"),
         "{stderr}"
     );
+    // The README shows this very output, and names only options that exist.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for line in stderr.lines() {
+        assert!(
+            readme.contains(&format!("  {line}\n")),
+            "README.md lacks the --verbose line {line:?}"
+        );
+    }
+    let options = readme
+        .split("`run` options: ")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("README lists run's options");
+    for option in options.split('`').filter(|o| o.starts_with('-')) {
+        let name = option.split([' ', '/']).next().unwrap();
+        assert!(
+            help.contains(name),
+            "README names {name}, which run --help lacks"
+        );
+    }
     // The long form still works.
     let out2 = dir.join("mask2.png");
     let (code, _, stderr) = unetc(&[

@@ -366,6 +366,14 @@ pub fn run(
         files: jobs.len(),
         ..RunReport::default()
     };
+    let context = RunContext {
+        spec,
+        base: &base,
+        weights: &weights,
+        device,
+        model_channels,
+        kind,
+    };
     let mut failed = 0;
     for (i, job) in jobs.iter().enumerate() {
         if opts.skip_existing && job.output.symlink_metadata().is_ok() {
@@ -376,14 +384,6 @@ pub fn run(
             });
         } else {
             let notes_before = report.notes.len();
-            let context = RunContext {
-                spec,
-                base: &base,
-                weights: &weights,
-                device,
-                model_channels,
-                kind,
-            };
             match run_one(&context, job, opts, &mut report) {
                 Ok(()) => report.written += 1,
                 Err(error) => {

@@ -67,7 +67,7 @@ enum Command {
     },
     /// Run a spec on images or arrays (CPU): probabilities (.npy) or masks (.png) out.
     #[command(
-        after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc run specs/original.unet --weights original.safetensors --input cells.png --output mask.png\n  unetc run specs/bn_same.yaml --weights w.safetensors --input batch.npy --output probs.npy\n  unetc run specs/original.unet --weights w.safetensors --input images/ --output masks/\n\nImages (PNG/TIFF) are scaled to [0, 1]; .npy inputs (NHWC or HWC, f32 or u8) are used as they are.\nImages of other sizes than the spec's input are tiled (valid padding: overlap-tile) or padded\nand cropped back (same padding)."
+        after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc run specs/original.unet --weights original.safetensors --input cells.png -o mask.png\n  unetc run specs/bn_same.yaml --weights w.safetensors --input batch.npy -o probs.npy\n  unetc run specs/original.unet --weights w.safetensors --input images/ -o masks/ --skip-existing\n\nImages (PNG/TIFF) are scaled to [0, 1] and keep every channel they store (gray 1, gray+alpha 2,\nRGB 3, RGBA 4), which must match the spec's input: nothing is converted unless --alpha drop says\nso. .npy inputs (NHWC or HWC, f32, f64 or u8) are used as they are; NaN or infinite values in\ninputs or weights are errors. Images of other sizes than the spec's input are tiled (valid\npadding: overlap-tile) or padded and cropped back (same padding); sizes are printed W x H.\nA directory run goes on past a failed input, names it, and exits 2 at the end."
     )]
     Run {
         spec: PathBuf,
@@ -77,15 +77,22 @@ enum Command {
         /// An image (.png, .tif), an array (.npy), or a directory of them.
         #[arg(long)]
         input: PathBuf,
-        /// .npy for probabilities, .png for a mask; a directory when the input is one.
-        #[arg(long)]
+        /// Where to write: for one input a file, .npy (probabilities) or .png (mask); for a
+        /// directory of inputs a directory (created if missing) of one .png per input (.npy if
+        /// the directory's name ends in .npy).
+        #[arg(short = 'o', long)]
         output: PathBuf,
-        /// Write this class's probability as 8-bit gray instead of a mask.
+        /// Write this output channel's probability as 8-bit gray instead of a mask (.png only).
         #[arg(long)]
         class: Option<usize>,
-        /// Threshold for one-channel (sigmoid) outputs.
-        #[arg(long, default_value_t = 0.5)]
-        threshold: f32,
+        /// Mask threshold for one-channel (sigmoid) outputs, .png only [default: 0.5]; models
+        /// with several output channels take the argmax instead.
+        #[arg(long)]
+        threshold: Option<f32>,
+        /// An image's alpha channel: `keep` gives it to the model as a channel (2- or 4-channel
+        /// models; others refuse the image), `drop` removes it.
+        #[arg(long, value_enum, default_value_t = AlphaArg::Keep)]
+        alpha: AlphaArg,
         /// Images or tiles per forward pass.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096))]
         batch: u16,
@@ -95,7 +102,10 @@ enum Command {
         /// Replace existing outputs.
         #[arg(long)]
         force: bool,
-        /// Print the plan's memory and how the input was covered.
+        /// Leave inputs whose output exists alone (to finish or redo part of a directory run).
+        #[arg(long)]
+        skip_existing: bool,
+        /// Print each input's size (W x H), the plan's memory and how the input was covered.
         #[arg(long)]
         verbose: bool,
         /// `f32`, `tf32` or `bf16` (tf32/bf16: tensor-core convolutions; CUDA only).
@@ -359,9 +369,11 @@ fn main() -> ExitCode {
             output,
             class,
             threshold,
+            alpha,
             batch,
             device,
             force,
+            skip_existing,
             verbose,
             precision,
         } => {
@@ -384,6 +396,11 @@ fn main() -> ExitCode {
                 threshold,
                 batch: batch as usize,
                 force,
+                skip_existing,
+                alpha: match alpha {
+                    AlphaArg::Keep => unetc::runner::AlphaMode::Keep,
+                    AlphaArg::Drop => unetc::runner::AlphaMode::Drop,
+                },
                 precision,
             };
             run(&spec, &opts, verbose)
@@ -547,20 +564,50 @@ fn main() -> ExitCode {
     }
 }
 
+/// `run --alpha`: what to do with an image's alpha channel.
+#[derive(Clone, Copy, ValueEnum)]
+enum AlphaArg {
+    Keep,
+    Drop,
+}
+
 fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) -> ExitCode {
+    use unetc::runner::RunEvent;
     let bar = indicatif::ProgressBar::new(0);
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let result = unetc::runner::run(spec, opts, &mut |done, total| {
-        if total > 1 {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
+    let result = unetc::runner::run(spec, opts, &mut |event| match event {
+        RunEvent::Progress { done, total } => {
+            if total > 1 {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }
+        }
+        // Said at once, above the bar, so that a long run shows its failures as they happen.
+        RunEvent::Failed { error } => bar.suspend(|| eprintln!("error: {error}")),
+        RunEvent::Skipped { input, output } => {
+            if verbose {
+                bar.suspend(|| {
+                    eprintln!(
+                        "{}: skipped, `{}` exists (--skip-existing)",
+                        input.display(),
+                        output.display()
+                    )
+                });
+            }
         }
     });
     bar.finish_and_clear();
     match result {
         Ok(report) => {
+            if report.skipped > 0 {
+                eprintln!(
+                    "{} of {} input(s) skipped: their output exists (--skip-existing); {} \
+                     written",
+                    report.skipped, report.files, report.written
+                );
+            }
             if verbose {
                 eprintln!(
                     "{} file(s) on {}, {} forward pass(es), planned activation arena {}",
@@ -585,7 +632,7 @@ fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) 
     }
 }
 
-/// Spec errors exit with 1, everything else (files, usage) with 2.
+/// Spec errors exit with 1, everything else (files, usage, failed inputs) with 2.
 fn run_error(e: unetc::runner::RunError) -> ExitCode {
     match e {
         unetc::runner::RunError::Spec(diags) => {

@@ -7,7 +7,7 @@ use crate::exec::tiling::{extract_tile, overlap_tiles};
 use crate::exec::{Precision, Tensor};
 use crate::expand::Session;
 use crate::io::weights::{init_tensor, load_weights, save_weights, seeded_rng, Expected, Weights};
-use crate::io::IoError;
+use crate::io::{ChannelLayout, IoError};
 use crate::ir::Op;
 use crate::{compile_file, Compiled, Options};
 use std::fmt;
@@ -21,6 +21,18 @@ pub enum RunError {
     Exec(ExecError),
     /// The request cannot be done as asked (what to do instead is in the text).
     Usage(String),
+    /// Something went wrong with one input file.
+    Input {
+        input: PathBuf,
+        error: Box<RunError>,
+    },
+    /// A directory run processed every input, and some failed (each was reported as it failed).
+    SomeFailed {
+        failed: usize,
+        total: usize,
+        written: usize,
+        skipped: usize,
+    },
 }
 
 impl fmt::Display for RunError {
@@ -30,6 +42,31 @@ impl fmt::Display for RunError {
             RunError::Io(e) => write!(f, "{e}"),
             RunError::Exec(e) => write!(f, "{e}"),
             RunError::Usage(m) => write!(f, "{m}"),
+            // I/O errors name their file already; the rest get the input's name in front.
+            RunError::Input { input, error } => match error.as_ref() {
+                RunError::Io(e) if e.path().is_some() => write!(f, "{e}"),
+                other => write!(f, "{}: {other}", input.display()),
+            },
+            RunError::SomeFailed {
+                failed,
+                total,
+                written,
+                skipped,
+            } => {
+                write!(
+                    f,
+                    "{failed} of {total} inputs failed (each is named above); {written} output(s) \
+                     written"
+                )?;
+                if *skipped > 0 {
+                    write!(f, ", {skipped} skipped (output already there)")?;
+                }
+                write!(
+                    f,
+                    "\nhelp: fix or remove the failed inputs, then run again with --skip-existing \
+                     to process only the inputs that have no output yet"
+                )
+            }
         }
     }
 }
@@ -220,12 +257,40 @@ pub struct RunOptions {
     pub weights: PathBuf,
     pub input: PathBuf,
     pub output: PathBuf,
+    /// Write this output channel's probability as gray (`.png` output only).
     pub class: Option<usize>,
-    pub threshold: f32,
+    /// Mask threshold for one-channel outputs (`.png` output only); `None` means 0.5.
+    pub threshold: Option<f32>,
     /// Images (or tiles) per forward pass.
     pub batch: usize,
+    /// Replace existing outputs.
     pub force: bool,
+    /// Leave inputs whose output already exists alone.
+    pub skip_existing: bool,
+    pub alpha: AlphaMode,
     pub precision: Precision,
+}
+
+/// What to do with the alpha channel of an image that has one (gray+alpha, RGBA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlphaMode {
+    /// Alpha is a channel like the others: a model taking 2 (gray+alpha) or 4 (RGBA) channels
+    /// gets it, and any other model refuses the image, saying to use `Drop`.
+    #[default]
+    Keep,
+    /// Remove the alpha channel before the model sees the image.
+    Drop,
+}
+
+/// What [`run`] tells its caller while it works.
+#[derive(Debug)]
+pub enum RunEvent<'a> {
+    /// `done` of `total` inputs are finished (written, skipped or failed).
+    Progress { done: usize, total: usize },
+    /// An input of a directory run failed; the run goes on with the next one.
+    Failed { error: &'a RunError },
+    /// An input was not run because its output exists (`skip_existing`).
+    Skipped { input: &'a Path, output: &'a Path },
 }
 
 /// What a run did, for `--verbose`.
@@ -234,6 +299,10 @@ pub struct RunReport {
     /// The backend that ran: "cpu" or "cuda".
     pub device: &'static str,
     pub files: usize,
+    /// Outputs written.
+    pub written: usize,
+    /// Inputs left alone because their output exists (`skip_existing`).
+    pub skipped: usize,
     pub forward_passes: usize,
     pub arena_bytes: u64,
     /// Device memory for activations and weights (CUDA only).
@@ -246,17 +315,45 @@ struct Sized {
     compiled: Compiled,
 }
 
+/// One input file and the file its output goes to.
+struct Job {
+    input: PathBuf,
+    output: PathBuf,
+}
+
+/// `W x H` sizes everywhere a size is printed, labelled, as `unetc tiles --image` takes them.
+fn size_wh(h: usize, w: usize) -> String {
+    format!("{w}x{h} (W x H)")
+}
+
 /// Runs a spec over one input file or a directory of them.
+///
+/// What can be checked before the first forward pass is checked first: the options against the
+/// model, which outputs exist already, and the weights. With one input its failure is the error.
+/// In a directory run each failing input is reported through `events` as it fails, the others
+/// are still run, and the result is [`RunError::SomeFailed`].
 pub fn run(
     spec: &Path,
     opts: &RunOptions,
-    progress: &mut dyn FnMut(usize, usize),
+    events: &mut dyn FnMut(RunEvent<'_>),
 ) -> Result<RunReport, RunError> {
+    if opts.force && opts.skip_existing {
+        return Err(RunError::Usage(
+            "--force replaces existing outputs and --skip-existing leaves them alone: give one \
+             of them"
+                .into(),
+        ));
+    }
     let device = opts.device.resolve()?;
     let base = compile_checked(spec, None)?;
-    let weights = load_weights(&opts.weights, &expected_weights(&base))?;
-    let files = input_files(&opts.input)?;
     let to_dir = opts.input.is_dir();
+    let kind = output_kind(&base, opts, to_dir)?;
+    let jobs = plan_jobs(opts, to_dir)?;
+    if !opts.force && !opts.skip_existing {
+        refuse_existing_outputs(&jobs, opts, to_dir)?;
+    }
+    let model_channels = model_input_channels(&base)?;
+    let weights = load_weights(&opts.weights, &expected_weights(&base))?;
     if to_dir {
         std::fs::create_dir_all(&opts.output).map_err(|e| {
             RunError::Usage(format!(
@@ -266,35 +363,102 @@ pub fn run(
         })?;
     }
     let mut report = RunReport {
-        files: files.len(),
+        files: jobs.len(),
         ..RunReport::default()
     };
-    for (i, file) in files.iter().enumerate() {
-        let out_path = if to_dir {
-            let stem = file.file_stem().unwrap_or_default();
-            opts.output
-                .join(Path::new(stem).with_extension(opts.output_extension()))
+    let context = RunContext {
+        spec,
+        base: &base,
+        weights: &weights,
+        device,
+        model_channels,
+        kind,
+    };
+    let mut failed = 0;
+    for (i, job) in jobs.iter().enumerate() {
+        if opts.skip_existing && job.output.symlink_metadata().is_ok() {
+            report.skipped += 1;
+            events(RunEvent::Skipped {
+                input: &job.input,
+                output: &job.output,
+            });
         } else {
-            opts.output.clone()
-        };
-        let kind = output_kind(&out_path, opts)?;
-        let input = read_input(file)?;
-        let result = predict(
-            spec,
-            &base,
-            &weights,
-            &input,
-            opts.batch,
-            (device, opts.precision),
-            &mut report,
-        )?;
-        write_output(&out_path, &result, kind, opts.force)?;
-        progress(i + 1, files.len());
+            let notes_before = report.notes.len();
+            match run_one(&context, job, opts, &mut report) {
+                Ok(()) => report.written += 1,
+                Err(error) => {
+                    let error = RunError::Input {
+                        input: job.input.clone(),
+                        error: Box::new(error),
+                    };
+                    if !to_dir {
+                        return Err(error);
+                    }
+                    failed += 1;
+                    events(RunEvent::Failed { error: &error });
+                }
+            }
+            // With several inputs, each note says which one it is about.
+            if to_dir {
+                for note in &mut report.notes[notes_before..] {
+                    *note = format!("{}: {note}", job.input.display());
+                }
+            }
+        }
+        events(RunEvent::Progress {
+            done: i + 1,
+            total: jobs.len(),
+        });
+    }
+    if failed > 0 {
+        return Err(RunError::SomeFailed {
+            failed,
+            total: jobs.len(),
+            written: report.written,
+            skipped: report.skipped,
+        });
     }
     Ok(report)
 }
 
+/// What every input of a run shares.
+struct RunContext<'a> {
+    spec: &'a Path,
+    base: &'a Compiled,
+    weights: &'a Weights,
+    device: Device,
+    model_channels: usize,
+    kind: OutputKind,
+}
+
+/// Reads, runs and writes one input.
+fn run_one(
+    context: &RunContext<'_>,
+    job: &Job,
+    opts: &RunOptions,
+    report: &mut RunReport,
+) -> Result<(), RunError> {
+    let input = read_input(
+        &job.input,
+        opts.alpha,
+        context.model_channels,
+        &mut report.notes,
+    )?;
+    let result = predict(
+        context.spec,
+        context.base,
+        context.weights,
+        &input,
+        opts.batch,
+        (context.device, opts.precision),
+        report,
+    )?;
+    write_output(&job.output, &result, context.kind, opts.force)
+}
+
 impl RunOptions {
+    /// The kind of file a directory run writes: `.npy` when the output directory's name ends in
+    /// `.npy`, else `.png`.
     fn output_extension(&self) -> &'static str {
         if self.output.extension().is_some_and(|e| e == "npy") {
             "npy"
@@ -304,10 +468,94 @@ impl RunOptions {
     }
 }
 
-fn input_files(input: &Path) -> Result<Vec<PathBuf>, RunError> {
-    if !input.is_dir() {
-        return Ok(vec![input.to_path_buf()]);
+/// Each input with its output path; two inputs that would write the same output, or an output
+/// that is its own input, are errors.
+fn plan_jobs(opts: &RunOptions, to_dir: bool) -> Result<Vec<Job>, RunError> {
+    let jobs = if to_dir {
+        jobs_for_directory(opts)?
+    } else {
+        vec![Job {
+            input: opts.input.clone(),
+            output: opts.output.clone(),
+        }]
+    };
+    for job in &jobs {
+        let same_file = match (job.input.canonicalize(), job.output.canonicalize()) {
+            (Ok(input), Ok(output)) => input == output,
+            _ => false,
+        };
+        if same_file {
+            return Err(RunError::Usage(format!(
+                "`{}` would be written over its own input; write the output somewhere else",
+                job.output.display()
+            )));
+        }
     }
+    Ok(jobs)
+}
+
+fn jobs_for_directory(opts: &RunOptions) -> Result<Vec<Job>, RunError> {
+    let inputs = directory_inputs(&opts.input)?;
+    let mut jobs: Vec<Job> = Vec::with_capacity(inputs.len());
+    let mut by_output: std::collections::HashMap<PathBuf, usize> = Default::default();
+    for input in inputs {
+        // `stem.ext`, not `with_extension`, which would cut `a.1` and `a.2` both to `a`.
+        let mut name = input.file_stem().unwrap_or_default().to_os_string();
+        name.push(".");
+        name.push(opts.output_extension());
+        let output = opts.output.join(name);
+        if let Some(&earlier) = by_output.get(&output) {
+            return Err(RunError::Usage(format!(
+                "`{}` and `{}` would both be written to `{}`; rename one of them or move it to \
+                 another directory",
+                jobs[earlier].input.display(),
+                input.display(),
+                output.display()
+            )));
+        }
+        by_output.insert(output.clone(), jobs.len());
+        jobs.push(Job { input, output });
+    }
+    Ok(jobs)
+}
+
+/// Without `--force` or `--skip-existing`, outputs that exist stop the run before any work.
+fn refuse_existing_outputs(jobs: &[Job], opts: &RunOptions, to_dir: bool) -> Result<(), RunError> {
+    let existing: Vec<&Path> = jobs
+        .iter()
+        .map(|j| j.output.as_path())
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect();
+    let Some(first) = existing.first() else {
+        return Ok(());
+    };
+    if !to_dir {
+        return Err(RunError::Io(IoError::Exists {
+            path: first.to_path_buf(),
+        }));
+    }
+    let shown: Vec<String> = existing
+        .iter()
+        .take(3)
+        .map(|p| format!("`{}`", p.display()))
+        .collect();
+    let more = if existing.len() > shown.len() {
+        ", ..."
+    } else {
+        ""
+    };
+    Err(RunError::Usage(format!(
+        "{} of the {} outputs exist already in `{}` ({}{more}); use --force to replace them, \
+         or --skip-existing to run only the inputs that have no output yet",
+        existing.len(),
+        jobs.len(),
+        opts.output.display(),
+        shown.join(", ")
+    )))
+}
+
+/// The `.png`, `.tif`/`.tiff` and `.npy` files of an input directory, in name order.
+fn directory_inputs(input: &Path) -> Result<Vec<PathBuf>, RunError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(input)
         .map_err(|e| RunError::Usage(format!("cannot list `{}`: {e}", input.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -331,35 +579,201 @@ fn input_files(input: &Path) -> Result<Vec<PathBuf>, RunError> {
     Ok(files)
 }
 
-fn read_input(path: &Path) -> Result<Tensor, RunError> {
+/// The channel count of the model's input (the last axis of its `(H, W, C)` shape).
+fn model_input_channels(c: &Compiled) -> Result<usize, RunError> {
+    c.info.layers[c.graph.inputs[0].index()]
+        .shape
+        .as_ref()
+        .and_then(|s| s.last())
+        .map(|&d| d as usize)
+        .ok_or_else(|| RunError::Usage("the model's input has no shape".into()))
+}
+
+/// The model's output shape without the batch axis.
+fn model_output_shape(c: &Compiled) -> Result<Vec<usize>, RunError> {
+    let out_id = *c
+        .graph
+        .outputs
+        .first()
+        .ok_or_else(|| RunError::Usage("the model has no output".into()))?;
+    Ok(c.info.layers[out_id.index()]
+        .shape
+        .iter()
+        .flatten()
+        .map(|&d| d as usize)
+        .collect())
+}
+
+/// Reads an input. Images keep every channel they store unless `alpha` says to drop alpha, and
+/// must then have the model's channel count: nothing is converted silently.
+fn read_input(
+    path: &Path,
+    alpha: AlphaMode,
+    model_channels: usize,
+    notes: &mut Vec<String>,
+) -> Result<Tensor, RunError> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    Ok(match ext.as_deref() {
+    let tensor = match ext.as_deref() {
         Some("npy") => crate::io::npy::read_npy(path)?,
-        Some("png" | "tif" | "tiff") => crate::io::image::read_image(path)?,
-        _ => {
-            return Err(RunError::Usage(format!(
-                "`{}`: inputs are .npy, .png or .tif files",
-                path.display()
-            )))
+        Some("png" | "tif" | "tiff") => {
+            let (tensor, layout) = crate::io::image::read_image_with_layout(path)?;
+            fit_image_channels(tensor, layout, alpha, model_channels, notes)?
         }
-    })
+        _ => {
+            return Err(RunError::Usage(
+                "inputs are .npy, .png or .tif files".to_string(),
+            ))
+        }
+    };
+    if let [n, h, w, c] = tensor.shape[..] {
+        notes.push(format!(
+            "input {}, {c} channel(s){}",
+            size_wh(h, w),
+            if n > 1 {
+                format!(", {n} images")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    Ok(tensor)
 }
 
-fn output_kind(path: &Path, opts: &RunOptions) -> Result<OutputKind, RunError> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => Ok(OutputKind::Probabilities),
-        Some("png") => Ok(match opts.class {
-            Some(class) => OutputKind::ClassProbability { class },
-            None => OutputKind::Mask {
-                threshold: opts.threshold,
-            },
-        }),
+/// Applies `--alpha` and checks the image's channels against the model's, with a message that
+/// says what the image is and what to do.
+fn fit_image_channels(
+    tensor: Tensor,
+    layout: ChannelLayout,
+    alpha: AlphaMode,
+    model_channels: usize,
+    notes: &mut Vec<String>,
+) -> Result<Tensor, RunError> {
+    let (tensor, layout) = match alpha {
+        AlphaMode::Drop if layout.has_alpha() => {
+            notes.push(format!(
+                "{} image: alpha channel dropped (--alpha drop)",
+                layout.name()
+            ));
+            (drop_last_channel(&tensor), layout.without_alpha())
+        }
+        AlphaMode::Drop | AlphaMode::Keep => (tensor, layout),
+    };
+    let channels = layout.channels();
+    if channels == model_channels {
+        return Ok(tensor);
+    }
+    let what = format!(
+        "is {} image: {channels} channel(s) but the model takes {model_channels}",
+        layout.with_article()
+    );
+    let help = if layout.has_alpha() && channels - 1 == model_channels {
+        "the alpha channel is not dropped silently: pass --alpha drop to ignore it, or save the \
+         image without alpha"
+            .to_string()
+    } else {
+        let wanted = match model_channels {
+            1 => "gray".to_string(),
+            2 => "gray+alpha".to_string(),
+            3 => "RGB".to_string(),
+            4 => "RGBA".to_string(),
+            n => format!("a {n}-channel .npy array (images have at most 4 channels)"),
+        };
+        format!("unetc does not convert images silently: convert it to {wanted} first")
+    };
+    Err(RunError::Usage(format!("{what}; {help}")))
+}
+
+/// A `[N, H, W, C]` tensor without its last channel.
+fn drop_last_channel(t: &Tensor) -> Tensor {
+    let c = t.shape.last().copied().unwrap_or(1);
+    let mut shape = t.shape.clone();
+    if let Some(last) = shape.last_mut() {
+        *last = c.saturating_sub(1);
+    }
+    Tensor {
+        shape,
+        data: t
+            .data
+            .chunks_exact(c.max(1))
+            .flat_map(|px| &px[..c.saturating_sub(1)])
+            .copied()
+            .collect(),
+    }
+}
+
+/// What every output of the run is, from the output's extension and the options; options that
+/// would do nothing for that output are errors that say why.
+fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<OutputKind, RunError> {
+    let out_shape = model_output_shape(base)?;
+    let channels = out_shape.last().copied().unwrap_or(1);
+    let ext = if to_dir {
+        Some(opts.output_extension().to_string())
+    } else {
+        opts.output
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+    };
+    match ext.as_deref() {
+        Some("npy") => {
+            if let Some(class) = opts.class {
+                return Err(RunError::Usage(format!(
+                    "--class {class} picks the channel a .png output shows as gray; a .npy \
+                     output holds all {channels} channel(s), so --class would do nothing: drop \
+                     it, or write a .png"
+                )));
+            }
+            if let Some(t) = opts.threshold {
+                return Err(RunError::Usage(format!(
+                    "--threshold {t} makes a .png mask; a .npy output holds the probabilities, \
+                     unthresholded, so --threshold would do nothing: drop it, or write a .png"
+                )));
+            }
+            Ok(OutputKind::Probabilities)
+        }
+        Some("png") => {
+            if out_shape.len() != 3 {
+                return Err(RunError::Usage(format!(
+                    "the model's output has shape {out_shape:?}, not (H, W, C): it cannot be a \
+                     .png mask; write a .npy"
+                )));
+            }
+            match (opts.class, opts.threshold) {
+                (Some(class), Some(t)) => Err(RunError::Usage(format!(
+                    "--class {class} writes that channel's probability as gray, unthresholded, \
+                     so --threshold {t} would do nothing: give one of them"
+                ))),
+                (Some(class), None) if class >= channels => Err(RunError::Usage(format!(
+                    "--class {class}: the model's output has {channels} channel(s), numbered 0 \
+                     to {}",
+                    channels.saturating_sub(1)
+                ))),
+                (Some(class), None) => Ok(OutputKind::ClassProbability { class }),
+                (None, Some(t)) if channels > 1 => Err(RunError::Usage(format!(
+                    "--threshold {t} applies to one-channel (sigmoid) outputs; this model's \
+                     output has {channels} channels, so each mask pixel is its most likely channel \
+                     (argmax) and no threshold is used. Drop --threshold; for one \
+                     channel's probability as gray use --class K, for all of them a .npy output"
+                ))),
+                (None, Some(t)) if !t.is_finite() => Err(RunError::Usage(format!(
+                    "--threshold {t}: give a finite number"
+                ))),
+                (None, threshold) => Ok(OutputKind::Mask {
+                    threshold: threshold.unwrap_or(0.5),
+                }),
+            }
+        }
+        _ if opts.output.is_dir() => Err(RunError::Usage(format!(
+            "`{}` is a directory; with one input file, give the output file (.npy for \
+             probabilities, .png for a mask)",
+            opts.output.display()
+        ))),
         _ => Err(RunError::Usage(format!(
             "`{}`: outputs are .npy (probabilities) or .png (masks)",
-            path.display()
+            opts.output.display()
         ))),
     }
 }
@@ -380,17 +794,7 @@ fn predict(
         .flatten()
         .map(|&d| d as usize)
         .collect();
-    let out_id = *base
-        .graph
-        .outputs
-        .first()
-        .ok_or_else(|| RunError::Usage("the model has no output".into()))?;
-    let model_out: Vec<usize> = base.info.layers[out_id.index()]
-        .shape
-        .iter()
-        .flatten()
-        .map(|&d| d as usize)
-        .collect();
+    let model_out = model_output_shape(base)?;
     if input.shape.len() != 4 || model_in.len() != 3 {
         return Err(RunError::Usage(format!(
             "the input has shape {:?}; unetc runs image models on (N, H, W, C) inputs",
@@ -403,9 +807,16 @@ fn predict(
         input.shape[2],
         input.shape[3],
     ];
+    if n == 0 || h == 0 || w == 0 {
+        return Err(RunError::Usage(format!(
+            "the input has shape {:?}: it is empty",
+            input.shape
+        )));
+    }
     if c != model_in[2] {
         return Err(RunError::Usage(format!(
-            "the input has {c} channel(s) but the model takes {} (its input is {}x{}x{})",
+            "the input has {c} channel(s) but the model takes {} (its input shape is {}x{}x{} \
+             (H x W x C))",
             model_in[2], model_in[0], model_in[1], model_in[2]
         )));
     }
@@ -414,8 +825,10 @@ fn predict(
     }
     if model_out.len() != 3 {
         return Err(RunError::Usage(format!(
-            "the input is {h}x{w} but the model takes exactly {}x{} (its output is not an image, so it cannot be tiled)",
-            model_in[0], model_in[1]
+            "the input is {} but the model takes exactly {} (its output is not an image, so it \
+             cannot be tiled)",
+            size_wh(h, w),
+            size_wh(model_in[0], model_in[1])
         )));
     }
     let same_size = model_out[0] == model_in[0] && model_out[1] == model_in[1];
@@ -442,7 +855,9 @@ fn predict(
             );
         }
         report.notes.push(format!(
-            "{h}x{w} padded to {ph}x{pw} (mirror) and cropped back"
+            "{} mirror-padded to {} and cropped back",
+            size_wh(h, w),
+            size_wh(ph, pw)
         ));
         let out = forward(
             &sized.compiled,
@@ -471,8 +886,11 @@ fn predict(
         overlap_tiles(w, model_in[1], model_out[1]),
     ) else {
         return Err(RunError::Usage(format!(
-            "the input is {h}x{w}; the model maps {}x{} to {}x{}, which does not tile (use --input-shape sizes from `unetc check`)",
-            model_in[0], model_in[1], model_out[0], model_out[1]
+            "the input is {}; the model maps {} to {}, which does not tile (use --input-shape \
+             sizes from `unetc check`)",
+            size_wh(h, w),
+            size_wh(model_in[0], model_in[1]),
+            size_wh(model_out[0], model_out[1])
         )));
     };
     let (th, tw, k) = (model_in[0], model_in[1], model_out[2]);
@@ -487,8 +905,10 @@ fn predict(
         }
     }
     report.notes.push(format!(
-        "{h}x{w} covered by {} overlapping {th}x{tw} tiles per image",
-        ty.starts.len() * tx.starts.len()
+        "{} covered by {} overlapping tiles of {} per image",
+        size_wh(h, w),
+        ty.starts.len() * tx.starts.len(),
+        size_wh(th, tw)
     ));
     for chunk in positions.chunks(batch.max(1)) {
         let mut tiles = Tensor::zeros(&[chunk.len(), th, tw, c]);
@@ -558,7 +978,8 @@ fn accepted_size(spec: &Path, n: usize, height: bool, other: usize) -> Result<us
         }
     }
     Err(RunError::Usage(format!(
-        "no input size from {n} to {} suits this model",
+        "no input {} from {n} to {} suits this model",
+        if height { "height" } else { "width" },
         n + 4095
     )))
 }
@@ -608,7 +1029,13 @@ fn write_output(path: &Path, out: &Tensor, kind: OutputKind, force: bool) -> Res
     if kind == OutputKind::Probabilities {
         return Ok(crate::io::npy::write_npy(path, out, force)?);
     }
-    let [n, h, w, k] = [out.shape[0], out.shape[1], out.shape[2], out.shape[3]];
+    let [n, h, w, k] = out.shape[..] else {
+        return Err(RunError::Usage(format!(
+            "the model's output has shape {:?}, not (N, H, W, C): it cannot be a .png mask; \
+             write a .npy",
+            out.shape
+        )));
+    };
     if n != 1 {
         return Err(RunError::Usage(format!(
             "{n} images cannot go into one PNG; write .npy, or give a directory of images"

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use unetc::exec::Tensor;
 use unetc::io::weights::compute_fans;
 use unetc::io::{
-    init_tensor, load_weights, read_image, read_npy, save_weights, seeded_rng, write_atomic,
-    write_mask_png, write_npy, Expected, IoError, WeightProblem, Weights, MAX_PIXELS,
+    init_tensor, load_weights, read_image, read_image_with_layout, read_npy, save_weights,
+    seeded_rng, write_atomic, write_mask_png, write_npy, ChannelLayout, Expected, IoError,
+    NonFinite, NonFiniteKind, WeightProblem, Weights, MAX_PIXELS,
 };
 
 /// Records the largest single allocation of the test process, so the tests can show that a
@@ -200,6 +201,63 @@ fn npy_hand_made_u8_and_f4_nhwc() {
     bytes.extend_from_slice(&data);
     write(&path, &bytes);
     assert_eq!(read_npy(&path).unwrap().data, vec![1.0, 2.0]);
+}
+
+#[test]
+fn npy_nan_or_inf_is_an_error_with_index_and_count() {
+    let d = dir();
+    // f4: NaN at [0, 1, 0], +inf at [1, 1, 0] (HWC 2x2x1, read as NHWC).
+    let data: Vec<u8> = [1.0f32, f32::NAN, 3.0, f32::INFINITY]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let p = d.path().join("nan.npy");
+    write(
+        &p,
+        &npy_bytes(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2, 1), }",
+            &data,
+        ),
+    );
+    assert_eq!(
+        message(&read_npy(&p).unwrap_err()),
+        format!(
+            "{}: 2 of 4 values are NaN or infinite (the first, at index [0, 1, 0] of shape \
+             [2, 2, 1], is NaN); unetc refuses such inputs because the output would be \
+             meaningless: replace them (e.g. numpy.nan_to_num) or fix what wrote the file",
+            p.display()
+        )
+    );
+    // f8 beyond the f32 range becomes infinite: said so.
+    let data: Vec<u8> = [1.0f64, -1e300]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let q = d.path().join("big.npy");
+    write(
+        &q,
+        &npy_bytes(
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }",
+            &data,
+        ),
+    );
+    let m = message(&read_npy(&q).unwrap_err());
+    assert!(
+        m.contains("1 of 2 values is NaN or infinite")
+            && m.contains("index [1]")
+            && m.contains("is -inf")
+            && m.contains("<f8 values beyond"),
+        "{m}"
+    );
+    assert_eq!(
+        NonFinite::find(&[0.0, f32::NEG_INFINITY, f32::NAN]),
+        Some(NonFinite {
+            first: 1,
+            first_kind: NonFiniteKind::MinusInfinity,
+            count: 2
+        })
+    );
+    assert_eq!(NonFinite::find(&[0.0, f32::MAX, f32::MIN_POSITIVE]), None);
 }
 
 #[test]
@@ -427,14 +485,18 @@ fn images_color_and_16_bit_are_scaled() {
     use image::{ImageBuffer, Luma, LumaA, Rgb, Rgba};
     let d = dir();
 
-    // RGBA 8-bit: alpha dropped.
+    // RGBA 8-bit: alpha kept as the fourth channel (the runner decides what to do with it).
     let p = d.path().join("rgba.png");
     let img =
         ImageBuffer::<Rgba<u8>, _>::from_raw(2, 1, vec![255, 0, 51, 7, 0, 102, 255, 200]).unwrap();
     img.save(&p).unwrap();
-    let t = read_image(&p).unwrap();
-    assert_eq!(t.shape, vec![1, 1, 2, 3]);
-    assert_eq!(t.data, vec![1.0, 0.0, 0.2, 0.0, 0.4, 1.0]);
+    let (t, layout) = read_image_with_layout(&p).unwrap();
+    assert_eq!(layout, ChannelLayout::Rgba);
+    assert_eq!(t.shape, vec![1, 1, 2, 4]);
+    assert_eq!(
+        t.data,
+        vec![1.0, 0.0, 0.2, 7.0 / 255.0, 0.0, 0.4, 1.0, 200.0 / 255.0]
+    );
 
     // RGB 16-bit.
     let p = d.path().join("rgb16.png");
@@ -444,13 +506,14 @@ fn images_color_and_16_bit_are_scaled() {
     assert_eq!(t.shape, vec![1, 1, 1, 3]);
     assert_eq!(t.data, vec![1.0, 0.0, 0.2]);
 
-    // Gray+alpha 8-bit: one channel.
+    // Gray+alpha 8-bit: two channels.
     let p = d.path().join("la.png");
     let img = ImageBuffer::<LumaA<u8>, _>::from_raw(1, 2, vec![51, 255, 255, 0]).unwrap();
     img.save(&p).unwrap();
-    let t = read_image(&p).unwrap();
-    assert_eq!(t.shape, vec![1, 2, 1, 1]);
-    assert_eq!(t.data, vec![0.2, 1.0]);
+    let (t, layout) = read_image_with_layout(&p).unwrap();
+    assert_eq!(layout, ChannelLayout::GrayAlpha);
+    assert_eq!(t.shape, vec![1, 2, 1, 2]);
+    assert_eq!(t.data, vec![0.2, 1.0, 1.0, 0.0]);
 
     // TIFF, 16-bit gray and 8-bit RGB.
     let p = d.path().join("g16.tif");
@@ -515,8 +578,8 @@ fn image_over_the_pixel_limit_is_refused_from_its_header() {
     assert_eq!(
         e,
         format!(
-            "{}: is 100000×100000 = 10000000000 pixels, more than the limit of {MAX_PIXELS}; \
-             split it into tiles",
+            "{}: is 100000x100000 (W x H) = 10000000000 pixels, more than the limit of \
+             {MAX_PIXELS}; split it into tiles",
             p.display()
         )
     );
@@ -688,6 +751,57 @@ fn safetensors_every_mismatch_is_reported_at_once() {
 }
 
 #[test]
+fn safetensors_nan_or_inf_tensors_are_each_named() {
+    let d = dir();
+    let (mut w, expected) = sample_weights();
+    let mut kernel = w.get("conv2d/kernel").unwrap().clone();
+    kernel.data[5] = f32::NAN; // [0, 2, 0, 1] in [3, 3, 1, 2]
+    kernel.data[17] = f32::INFINITY;
+    w.insert("conv2d/kernel".into(), kernel);
+    let mut gamma = w.get("batch_normalization/gamma").unwrap().clone();
+    gamma.data[1] = f32::INFINITY;
+    w.insert("batch_normalization/gamma".into(), gamma);
+    let p = d.path().join("nan.safetensors");
+    save_weights(&p, &w, false).unwrap();
+    let e = load_weights(&p, &expected).unwrap_err();
+    let IoError::Weights { problems, .. } = &e else {
+        panic!("not a weights error: {e}");
+    };
+    assert_eq!(
+        problems,
+        &vec![
+            WeightProblem::NonFinite {
+                name: "batch_normalization/gamma".into(),
+                shape: vec![2],
+                found: NonFinite {
+                    first: 1,
+                    first_kind: NonFiniteKind::PlusInfinity,
+                    count: 1
+                },
+            },
+            WeightProblem::NonFinite {
+                name: "conv2d/kernel".into(),
+                shape: vec![3, 3, 1, 2],
+                found: NonFinite {
+                    first: 5,
+                    first_kind: NonFiniteKind::NaN,
+                    count: 2
+                },
+            },
+        ]
+    );
+    let m = message(&e);
+    let line = format!(
+        "{}: tensor \"conv2d/kernel\": 2 of 18 values are NaN or infinite (the first, at index \
+         [0, 2, 0, 1] of shape [3, 3, 1, 2], is NaN); the weights are damaged or come from a \
+         training run that diverged: export them again from a checkpoint whose values are all \
+         finite",
+        p.display()
+    );
+    assert!(m.lines().any(|l| l == line), "no line {line:?} in:\n{m}");
+}
+
+#[test]
 fn safetensors_corrupt_files_are_errors() {
     let d = dir();
     let (w, expected) = sample_weights();
@@ -803,7 +917,7 @@ fn failed_write_leaves_no_file() {
     assert_eq!(std::fs::read(&p).unwrap(), b"old");
     assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
 
-    // A missing directory names the file.
+    // A missing directory names the file and the directory, not the temporary file.
     let q = d.path().join("no/such/dir/x.npy");
     let m = message(
         &write_npy(
@@ -816,7 +930,40 @@ fn failed_write_leaves_no_file() {
         )
         .unwrap_err(),
     );
-    assert!(m.contains("no/such/dir/x.npy"), "{m}");
+    assert_eq!(
+        m,
+        format!(
+            "{}: cannot write: the directory `{}` does not exist; create it first (mkdir -p) or \
+             write somewhere else",
+            q.display(),
+            d.path().join("no/such/dir").display()
+        )
+    );
+    // A parent that is a file.
+    let r = p.join("x.npy");
+    let m = message(&write_atomic(&r, false, |_| Ok(())).unwrap_err());
+    assert!(
+        m.contains("is not a directory") && !m.contains(".x.npy"),
+        "{m}"
+    );
+}
+
+/// An OS error about the temporary file names the target, never the temporary file: here the
+/// target's name is legal (250 bytes) but the temporary name built from it is too long.
+#[test]
+fn os_errors_name_the_target_not_the_temporary_file() {
+    let d = dir();
+    let target = d.path().join(format!("{}.npy", "n".repeat(246)));
+    let m = message(&write_atomic(&target, false, |_| Ok(())).unwrap_err());
+    assert!(
+        m.starts_with(&format!(
+            "{}: cannot create a temporary file beside it: ",
+            target.display()
+        )) && !m.contains(".tmp\"")
+            && !m.contains("at path"),
+        "{m}"
+    );
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

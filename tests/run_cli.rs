@@ -404,3 +404,456 @@ fn plan_shows_the_free_plumbing_of_the_original_unet() {
         "{out}\n{bf16}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 11: bad values, alpha, ignored options, directory runs, missing directories, -o, sizes.
+
+/// `unetc run SPEC --weights W --input IN -o OUT EXTRA...`.
+fn run_spec(
+    spec: &str,
+    weights: &Path,
+    input: &Path,
+    output: &Path,
+    extra: &[&str],
+) -> (i32, String) {
+    let mut args = vec![
+        "run",
+        spec,
+        "--weights",
+        s(weights),
+        "--input",
+        s(input),
+        "-o",
+        s(output),
+    ];
+    args.extend_from_slice(extra);
+    let (code, _, stderr) = unetc(&args);
+    if std::env::var_os("UNETC_TEST_SHOW").is_some() {
+        eprintln!("--- {extra:?} -> {code}\n{stderr}");
+    }
+    (code, stderr)
+}
+
+fn init_weights(spec: &str, dir: &Path) -> PathBuf {
+    let weights = dir.join("w.safetensors");
+    let (code, _, stderr) = unetc(&["init-weights", spec, "-o", s(&weights), "--seed", "5"]);
+    assert_eq!(code, 0, "{stderr}");
+    weights
+}
+
+const SIGMOID_NET: &str = "tests/golden/bn_same_small.unet"; // 32x32x3 in, 32x32x1 out
+const SOFTMAX_NET: &str = "tests/golden/original_small.unet"; // 108x108x1 in, 20x20x2 out
+
+#[test]
+fn nan_or_inf_in_an_input_array_is_an_error_naming_where() {
+    let dir = temp_dir("nan-input");
+    let weights = init_weights(SIGMOID_NET, &dir);
+    let mut x = Tensor::zeros(&[1, 32, 32, 3]);
+    x.data[(3 * 32 + 5) * 3 + 1] = f32::NAN; // [0, 3, 5, 1]
+    x.data[(4 * 32 + 4) * 3] = f32::INFINITY;
+    let input = dir.join("nan.npy");
+    write_npy(&input, &x, false).unwrap();
+    let out = dir.join("out.npy");
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &input, &out, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("nan.npy")
+            && stderr.contains("2 of 3072 values are NaN or infinite")
+            && stderr.contains("index [0, 3, 5, 1]")
+            && stderr.contains("is NaN")
+            && stderr.contains("nan_to_num")
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn nan_or_inf_in_a_weight_is_an_error_naming_the_tensor() {
+    let dir = temp_dir("nan-weight");
+    let good = init_weights(SIGMOID_NET, &dir);
+    let c = unetc::runner::compile_checked(Path::new(SIGMOID_NET), None).unwrap();
+    let expected = unetc::runner::expected_weights(&c);
+    let mut w = unetc::io::load_weights(&good, &expected).unwrap();
+    let mut bias = w.get("conv2d_3/bias").unwrap().clone();
+    bias.data[2] = f32::NEG_INFINITY;
+    w.insert("conv2d_3/bias".into(), bias);
+    let bad = dir.join("bad.safetensors");
+    unetc::io::save_weights(&bad, &w, false).unwrap();
+    let input = dir.join("x.npy");
+    write_npy(&input, &Tensor::zeros(&[1, 32, 32, 3]), false).unwrap();
+    let out = dir.join("out.npy");
+    let (code, stderr) = run_spec(SIGMOID_NET, &bad, &input, &out, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("bad.safetensors")
+            && stderr.contains("\"conv2d_3/bias\"")
+            && stderr.contains("\"conv2d_3/bias\": 1 of 8 values is NaN or infinite")
+            && stderr.contains("index [2]")
+            && stderr.contains("-inf")
+            && stderr.contains("export them again"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+
+    // Weights that reach a backend from elsewhere than a file are checked there too.
+    let mut map: std::collections::HashMap<String, Tensor> =
+        w.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+    map.get_mut("conv2d/kernel").unwrap().data[0] = f32::NAN;
+    let e = unetc::exec::cpu::CpuModel::new(&c.graph, &c.info, &map)
+        .err()
+        .expect("NaN weights are refused")
+        .to_string();
+    assert!(
+        e.contains("conv2d/kernel") && e.contains("conv2d_3/bias") && e.contains("NaN"),
+        "{e}"
+    );
+}
+
+#[test]
+fn float_tiff_is_refused_not_run() {
+    let dir = temp_dir("float-tiff");
+    let weights = init_weights(SIGMOID_NET, &dir);
+    let mut pixels = vec![0.5f32; 32 * 32 * 3];
+    pixels[7] = f32::NAN;
+    let img = image::ImageBuffer::<image::Rgb<f32>, _>::from_raw(32, 32, pixels).unwrap();
+    let tif = dir.join("float.tif");
+    img.save(&tif).unwrap();
+    let out = dir.join("out.npy");
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &tif, &out, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("float.tif") && stderr.contains(".npy"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn rgba_needs_alpha_drop_for_an_rgb_model_and_reaches_a_4_channel_model() {
+    let dir = temp_dir("alpha");
+    let weights = init_weights(SIGMOID_NET, &dir);
+    let rgb = image::RgbImage::from_fn(32, 32, |x, y| {
+        image::Rgb([(x * 8) as u8, (y * 8) as u8, 77])
+    });
+    let rgba = image::RgbaImage::from_fn(32, 32, |x, y| {
+        let p = rgb.get_pixel(x, y).0;
+        image::Rgba([p[0], p[1], p[2], (x * y % 256) as u8])
+    });
+    let (rgb_png, rgba_png) = (dir.join("rgb.png"), dir.join("rgba.png"));
+    rgb.save(&rgb_png).unwrap();
+    rgba.save(&rgba_png).unwrap();
+
+    // RGBA into a 3-channel model: refused, with what to do.
+    let out = dir.join("rgba.npy");
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &rgba_png, &out, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("rgba.png")
+            && stderr.contains("is an RGBA image: 4 channel(s) but the model takes 3")
+            && stderr.contains("--alpha drop"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    // With --alpha drop: exactly the RGB image's result, and --verbose says alpha was dropped.
+    let (code, stderr) = run_spec(
+        SIGMOID_NET,
+        &weights,
+        &rgba_png,
+        &out,
+        &["--alpha", "drop", "--verbose"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("alpha channel dropped"), "{stderr}");
+    let rgb_out = dir.join("rgb.npy");
+    assert_eq!(
+        run_spec(SIGMOID_NET, &weights, &rgb_png, &rgb_out, &[]).0,
+        0
+    );
+    assert_eq!(read_npy(&out).unwrap(), read_npy(&rgb_out).unwrap());
+
+    // Gray into an RGB model: no silent conversion.
+    let gray_png = dir.join("gray.png");
+    image::GrayImage::new(32, 32).save(&gray_png).unwrap();
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &gray_png, &dir.join("g.npy"), &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("is a gray image: 1 channel(s) but the model takes 3")
+            && stderr.contains("convert it to RGB"),
+        "{stderr}"
+    );
+
+    // A 4-channel model whose one 1x1 convolution reads only channel 3: its output is alpha.
+    let spec = dir.join("four.unet");
+    std::fs::write(
+        &spec,
+        "model \"four\" {\n  input 32x32x4\n  conv2d(1, 1)\n}\n",
+    )
+    .unwrap();
+    let mut w = unetc::io::Weights::new();
+    w.insert(
+        "conv2d/kernel".into(),
+        Tensor::from_vec(&[1, 1, 4, 1], vec![0.0, 0.0, 0.0, 1.0]).unwrap(),
+    );
+    w.insert("conv2d/bias".into(), Tensor::zeros(&[1]));
+    let w4 = dir.join("four.safetensors");
+    unetc::io::save_weights(&w4, &w, false).unwrap();
+    let out4 = dir.join("four.npy");
+    let (code, stderr) = run_spec(s(&spec), &w4, &rgba_png, &out4, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let got = read_npy(&out4).unwrap();
+    let want: Vec<f32> = rgba.pixels().map(|p| f32::from(p.0[3]) / 255.0).collect();
+    assert_eq!(got.shape, vec![1, 32, 32, 1]);
+    assert!(
+        got.data
+            .iter()
+            .zip(&want)
+            .all(|(g, w)| (g - w).abs() < 1e-6),
+        "the model did not get the alpha channel"
+    );
+}
+
+#[test]
+fn options_that_would_do_nothing_are_errors() {
+    let dir = temp_dir("ignored-options");
+    let sigmoid_w = init_weights(SIGMOID_NET, &dir);
+    let x = dir.join("x.npy");
+    write_npy(&x, &Tensor::zeros(&[1, 32, 32, 3]), false).unwrap();
+    let npy = dir.join("out.npy");
+    let png = dir.join("out.png");
+    let cases: [(&Path, &[&str], &[&str]); 4] = [
+        (
+            &npy,
+            &["--class", "0"],
+            &["--class 0", ".npy", "write a .png"],
+        ),
+        (
+            &npy,
+            &["--threshold", "0.3"],
+            &["--threshold 0.3", ".npy", "write a .png"],
+        ),
+        (
+            &png,
+            &["--class", "0", "--threshold", "0.3"],
+            &["give one of them"],
+        ),
+        (&png, &["--class", "1"], &["--class 1", "1 channel(s)"]),
+    ];
+    for (out, extra, wanted) in cases {
+        let (code, stderr) = run_spec(SIGMOID_NET, &sigmoid_w, &x, out, extra);
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(
+            wanted.iter().all(|w| stderr.contains(w)),
+            "{extra:?}: {stderr}"
+        );
+        assert!(!out.exists(), "{extra:?}");
+    }
+    // --threshold on a one-channel net still works.
+    let (code, stderr) = run_spec(SIGMOID_NET, &sigmoid_w, &x, &png, &["--threshold", "0.3"]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // --threshold on a softmax net: the mask is the argmax; say so and what to use.
+    let dir2 = temp_dir("ignored-options-softmax");
+    let softmax_w = init_weights(SOFTMAX_NET, &dir2);
+    let x1 = dir2.join("x.npy");
+    write_npy(&x1, &Tensor::zeros(&[1, 108, 108, 1]), false).unwrap();
+    let (code, stderr) = run_spec(
+        SOFTMAX_NET,
+        &softmax_w,
+        &x1,
+        &dir2.join("m.png"),
+        &["--threshold", "0.7"],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--threshold 0.7")
+            && stderr.contains("2 channels")
+            && stderr.contains("argmax")
+            && stderr.contains("--class K"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn directory_run_names_each_failure_goes_on_and_reruns_cleanly() {
+    let dir = temp_dir("dir-run");
+    let weights = init_weights(SIGMOID_NET, &dir);
+    let inputs = dir.join("in");
+    let outputs = dir.join("out");
+    std::fs::create_dir_all(&inputs).unwrap();
+    for name in ["a.npy", "b.npy", "c.1.npy", "c.2.npy"] {
+        write_npy(&inputs.join(name), &Tensor::zeros(&[1, 32, 32, 3]), false).unwrap();
+    }
+    let b = inputs.join("b.npy");
+    let good_b = std::fs::read(&b).unwrap();
+    std::fs::write(&b, &good_b[..good_b.len() - 7]).unwrap();
+
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &inputs, &outputs, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("b.npy: is truncated")
+            && stderr.contains("1 of 4 inputs failed")
+            && stderr.contains("3 output(s) written")
+            && stderr.contains("--skip-existing"),
+        "{stderr}"
+    );
+    // The inputs after the bad one were run; `c.1` and `c.2` keep apart.
+    for name in ["a.png", "c.1.png", "c.2.png"] {
+        assert!(outputs.join(name).exists(), "{name}: {stderr}");
+    }
+    assert!(!outputs.join("b.png").exists());
+
+    // Rerun as it was: refused before any work, saying what to do.
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &inputs, &outputs, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("3 of the 4 outputs exist already")
+            && stderr.contains("--force")
+            && stderr.contains("--skip-existing"),
+        "{stderr}"
+    );
+
+    // Fixed, and rerun with --skip-existing: only b runs; the others are untouched.
+    std::fs::write(&b, &good_b).unwrap();
+    std::fs::write(outputs.join("a.png"), b"keep me").unwrap();
+    let (code, stderr) = run_spec(
+        SIGMOID_NET,
+        &weights,
+        &inputs,
+        &outputs,
+        &["--skip-existing"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("3 of 4 input(s) skipped"), "{stderr}");
+    assert!(outputs.join("b.png").exists());
+    assert_eq!(std::fs::read(outputs.join("a.png")).unwrap(), b"keep me");
+
+    // --force and --skip-existing together contradict each other.
+    let (code, stderr) = run_spec(
+        SIGMOID_NET,
+        &weights,
+        &inputs,
+        &outputs,
+        &["--skip-existing", "--force"],
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("give one of them"), "{stderr}");
+
+    // An output that is its own input: refused even with --force.
+    let png_in = dir.join("self.png");
+    image::RgbImage::new(32, 32).save(&png_in).unwrap();
+    let before = std::fs::read(&png_in).unwrap();
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &png_in, &png_in, &["--force"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("over its own input"), "{stderr}");
+    assert_eq!(std::fs::read(&png_in).unwrap(), before);
+
+    // Two inputs with one output name: refused up front.
+    write_npy(
+        &inputs.join("a.NPY"),
+        &Tensor::zeros(&[1, 32, 32, 3]),
+        false,
+    )
+    .unwrap();
+    image::RgbImage::new(32, 32)
+        .save(inputs.join("a.png"))
+        .unwrap();
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &inputs, &dir.join("out2"), &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("would both be written to"), "{stderr}");
+}
+
+#[test]
+fn missing_output_directory_is_named_plainly() {
+    let dir = temp_dir("missing-dir");
+    let weights = init_weights(SIGMOID_NET, &dir);
+    let x = dir.join("x.npy");
+    write_npy(&x, &Tensor::zeros(&[1, 32, 32, 3]), false).unwrap();
+    let out = dir.join("no").join("such").join("mask.png");
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &x, &out, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(s(&out))
+            && stderr.contains(&format!(
+                "the directory `{}` does not exist",
+                s(out.parent().unwrap())
+            ))
+            && !stderr.contains(".mask.png"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_takes_dash_o_and_prints_sizes_as_width_by_height() {
+    let (code, help, _) = unetc(&["run", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        help.contains("-o, --output <OUTPUT>")
+            && help.contains("--skip-existing")
+            && help.contains("--alpha <ALPHA>"),
+        "{help}"
+    );
+    // A 40-wide, 37-high image on a same-padding net: the size is printed W x H, labelled.
+    let dir = temp_dir("wxh");
+    let weights = init_weights(SIGMOID_NET, &dir);
+    let png = dir.join("wide.png");
+    image::RgbImage::new(40, 37).save(&png).unwrap();
+    let out = dir.join("mask.png");
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &png, &out, &["--verbose"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("input 40x37 (W x H)")
+            && stderr.contains("40x37 (W x H) mirror-padded to 40x40 (W x H)")
+            && !stderr.contains("37x40"),
+        "{stderr}"
+    );
+    // The README shows this very output, and names only options that exist.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for line in stderr.lines() {
+        assert!(
+            readme.contains(&format!("  {line}\n")),
+            "README.md lacks the --verbose line {line:?}"
+        );
+    }
+    let options = readme
+        .split("`run` options: ")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("README lists run's options");
+    for option in options.split('`').filter(|o| o.starts_with('-')) {
+        let name = option.split([' ', '/']).next().unwrap();
+        assert!(
+            help.contains(name),
+            "README names {name}, which run --help lacks"
+        );
+    }
+    // The long form still works.
+    let out2 = dir.join("mask2.png");
+    let (code, _, stderr) = unetc(&[
+        "run",
+        SIGMOID_NET,
+        "--weights",
+        s(&weights),
+        "--input",
+        s(&png),
+        "--output",
+        s(&out2),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&out2).unwrap());
+}
+
+/// An empty array is refused, not a panic.
+#[test]
+fn empty_input_array_is_an_error() {
+    let dir = temp_dir("empty");
+    let weights = init_weights(SIGMOID_NET, &dir);
+    let x = dir.join("empty.npy");
+    write_npy(&x, &Tensor::zeros(&[0, 32, 32, 3]), false).unwrap();
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &x, &dir.join("o.npy"), &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("empty.npy") && stderr.contains("empty"),
+        "{stderr}"
+    );
+}

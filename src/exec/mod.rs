@@ -26,7 +26,8 @@ impl WeightSource for HashMap<String, Tensor> {
 /// Each layer's weights in Keras layout and a fixed order — Conv2D, Conv2DTranspose, Dense:
 /// `[kernel, bias]`; BatchNormalization: `[gamma, beta, moving_mean, moving_variance]` — with
 /// the optional ones a layer does not have filled in (bias 0, gamma 1, beta 0), so every backend
-/// runs one code path. Every missing or misshaped tensor is reported, all at once, by name.
+/// runs one code path. Every missing, misshaped or non-finite tensor is reported, all at once, by
+/// name.
 pub fn bind_weights(
     graph: &Graph,
     info: &Inferred,
@@ -63,7 +64,15 @@ pub fn bind_weights(
                     ));
                     None
                 }
-                Some(t) => Some(t.data.clone()),
+                // Weights from a file were checked when read; other sources are checked here, so
+                // that no backend ever computes with a NaN or infinite weight.
+                Some(t) => match crate::io::NonFinite::find(&t.data) {
+                    Some(found) => {
+                        problems.push(format!("`{name}`: {}", found.describe(&t.shape)));
+                        None
+                    }
+                    None => Some(t.data.clone()),
+                },
             }
         };
         let tensors = match &node.op {
@@ -76,7 +85,20 @@ pub fn bind_weights(
                 fetch("moving_mean", None),
                 fetch("moving_variance", None),
             ],
-            _ => continue,
+            // Layers without weights.
+            Op::Input(_)
+            | Op::MaxPooling2D(_)
+            | Op::UpSampling2D(_)
+            | Op::Cropping2D(_)
+            | Op::ZeroPadding2D(_)
+            | Op::Concatenate(_)
+            | Op::Add(_)
+            | Op::Activation(_)
+            | Op::ReLU(_)
+            | Op::Softmax(_)
+            | Op::Dropout(_)
+            | Op::Flatten(_)
+            | Op::GlobalAveragePooling2D(_) => continue,
         };
         if let Some(all) = tensors.into_iter().collect::<Option<Vec<_>>>() {
             bound.insert(id, all);

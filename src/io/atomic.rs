@@ -28,6 +28,22 @@ pub fn write_atomic(
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    // Said plainly here: otherwise the OS error would be about the temporary file.
+    if !dir.is_dir() {
+        let problem = if dir.exists() {
+            format!(
+                "cannot write: `{}` is not a directory; give a path inside a directory",
+                dir.display()
+            )
+        } else {
+            format!(
+                "cannot write: the directory `{}` does not exist; create it first (mkdir -p) or \
+                 write somewhere else",
+                dir.display()
+            )
+        };
+        return Err(IoError::invalid(path, problem));
+    }
     let file_name = path
         .file_name()
         .ok_or_else(|| IoError::invalid(path, "is not a file name"))?;
@@ -43,9 +59,13 @@ pub fn write_atomic(
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(std::fs::Permissions::from_mode(0o666));
     }
-    let temp = builder
-        .tempfile_in(dir)
-        .map_err(|e| IoError::os(path, "cannot create a temporary file beside it", e))?;
+    let temp = builder.tempfile_in(dir).map_err(|e| {
+        IoError::os(
+            path,
+            "cannot create a temporary file beside it",
+            without_temp_path(e),
+        )
+    })?;
 
     {
         let mut out = BufWriter::with_capacity(1 << 20, temp.as_file());
@@ -73,7 +93,20 @@ pub fn write_atomic(
         Err(e) => Err(IoError::os(
             path,
             "cannot rename the finished file into place",
-            e.error,
+            without_temp_path(e.error),
         )),
+    }
+}
+
+/// The OS error without what `tempfile` appends to it (` at path "<temporary file>"`, a name the
+/// user never chose and that no longer exists): the message names the real target instead.
+fn without_temp_path(e: std::io::Error) -> std::io::Error {
+    if e.get_ref().is_none() {
+        return e;
+    }
+    let text = e.to_string();
+    match text.split_once(" at path ") {
+        Some((os_message, _)) => std::io::Error::new(e.kind(), os_message.to_string()),
+        None => e,
     }
 }

@@ -1,10 +1,13 @@
 //! PNG and TIFF images in, 8-bit gray PNG masks out.
 //!
-//! Read: 8- and 16-bit gray, gray+alpha, RGB and RGBA (PNG palettes and low bit depths are
-//! expanded by the decoder). The result is `[1, H, W, C]` with C = 1 for gray and 3 for colour
-//! (alpha is dropped), scaled to [0, 1]: 8-bit samples / 255, 16-bit samples / 65535. The format is
-//! taken from the file's content, not its name. Images of more than [`MAX_PIXELS`] pixels are
-//! refused from their header, before anything is decoded.
+//! Read: 8- and 16-bit gray, gray+alpha, RGB and RGBA (PNG palettes become RGB, or RGBA when
+//! they have transparency; low bit depths are expanded by the decoder). The result is
+//! `[1, H, W, C]` with every channel the file stores, alpha included (C = 1 gray, 2 gray+alpha,
+//! 3 RGB, 4 RGBA), scaled to [0, 1]: 8-bit samples / 255, 16-bit samples / 65535. Nothing is
+//! converted or dropped here; [`ChannelLayout`] tells the caller what the channels are. The format
+//! is taken from the file's content, not its name. Images of more than [`MAX_PIXELS`] pixels are
+//! refused from their header, before anything is decoded. Sizes in messages are written
+//! `WxH (W x H)`, width first, as `unetc tiles --image` takes them.
 
 use super::atomic::write_atomic;
 use super::{IoError, MAX_PIXELS};
@@ -12,8 +15,70 @@ use crate::exec::Tensor;
 use image::{ColorType, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 use std::path::Path;
 
-/// Reads a PNG or TIFF image as a `[1, H, W, C]` tensor (C = 1 or 3) with values in [0, 1].
+/// What an image's channels are, in file order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelLayout {
+    Gray,
+    GrayAlpha,
+    Rgb,
+    Rgba,
+}
+
+impl ChannelLayout {
+    pub fn channels(self) -> usize {
+        match self {
+            ChannelLayout::Gray => 1,
+            ChannelLayout::GrayAlpha => 2,
+            ChannelLayout::Rgb => 3,
+            ChannelLayout::Rgba => 4,
+        }
+    }
+
+    /// Whether the last channel is alpha.
+    pub fn has_alpha(self) -> bool {
+        match self {
+            ChannelLayout::GrayAlpha | ChannelLayout::Rgba => true,
+            ChannelLayout::Gray | ChannelLayout::Rgb => false,
+        }
+    }
+
+    /// The layout once the alpha channel is removed.
+    pub fn without_alpha(self) -> ChannelLayout {
+        match self {
+            ChannelLayout::Gray | ChannelLayout::GrayAlpha => ChannelLayout::Gray,
+            ChannelLayout::Rgb | ChannelLayout::Rgba => ChannelLayout::Rgb,
+        }
+    }
+
+    /// "a gray", "a gray+alpha", "an RGB", "an RGBA": for "is {} image".
+    pub fn with_article(self) -> &'static str {
+        match self {
+            ChannelLayout::Gray => "a gray",
+            ChannelLayout::GrayAlpha => "a gray+alpha",
+            ChannelLayout::Rgb => "an RGB",
+            ChannelLayout::Rgba => "an RGBA",
+        }
+    }
+
+    /// "gray", "gray+alpha", "RGB", "RGBA".
+    pub fn name(self) -> &'static str {
+        match self {
+            ChannelLayout::Gray => "gray",
+            ChannelLayout::GrayAlpha => "gray+alpha",
+            ChannelLayout::Rgb => "RGB",
+            ChannelLayout::Rgba => "RGBA",
+        }
+    }
+}
+
+/// Reads a PNG or TIFF image as a `[1, H, W, C]` tensor with every stored channel (alpha
+/// included), values in [0, 1].
 pub fn read_image(path: &Path) -> Result<Tensor, IoError> {
+    read_image_with_layout(path).map(|(t, _)| t)
+}
+
+/// [`read_image`], also saying what the channels are.
+pub fn read_image_with_layout(path: &Path) -> Result<(Tensor, ChannelLayout), IoError> {
     if path.is_dir() {
         return Err(IoError::invalid(path, "is a directory, not an image"));
     }
@@ -55,25 +120,28 @@ pub fn read_image(path: &Path) -> Result<Tensor, IoError> {
         return Err(IoError::invalid(
             path,
             format!(
-                "is {w}×{h} = {pixels} pixels, more than the limit of {MAX_PIXELS}; split it into \
-                 tiles"
+                "is {w}x{h} (W x H) = {pixels} pixels, more than the limit of {MAX_PIXELS}; split \
+                 it into tiles"
             ),
         ));
     }
     if pixels == 0 {
-        return Err(IoError::invalid(path, format!("is empty ({w}×{h} pixels)")));
+        return Err(IoError::invalid(
+            path,
+            format!("is empty: {w}x{h} (W x H) pixels"),
+        ));
     }
     let color = decoder.color_type();
-    // (channels stored, channels kept, bytes per sample)
-    let (stored, kept, sample) = match color {
-        ColorType::L8 => (1, 1, 1),
-        ColorType::La8 => (2, 1, 1),
-        ColorType::Rgb8 => (3, 3, 1),
-        ColorType::Rgba8 => (4, 3, 1),
-        ColorType::L16 => (1, 1, 2),
-        ColorType::La16 => (2, 1, 2),
-        ColorType::Rgb16 => (3, 3, 2),
-        ColorType::Rgba16 => (4, 3, 2),
+    // (channels, bytes per sample)
+    let (layout, sample) = match color {
+        ColorType::L8 => (ChannelLayout::Gray, 1),
+        ColorType::La8 => (ChannelLayout::GrayAlpha, 1),
+        ColorType::Rgb8 => (ChannelLayout::Rgb, 1),
+        ColorType::Rgba8 => (ChannelLayout::Rgba, 1),
+        ColorType::L16 => (ChannelLayout::Gray, 2),
+        ColorType::La16 => (ChannelLayout::GrayAlpha, 2),
+        ColorType::Rgb16 => (ChannelLayout::Rgb, 2),
+        ColorType::Rgba16 => (ChannelLayout::Rgba, 2),
         other => {
             return Err(IoError::invalid(
                 path,
@@ -84,8 +152,9 @@ pub fn read_image(path: &Path) -> Result<Tensor, IoError> {
             ))
         }
     };
+    let channels = layout.channels();
     let pixels = pixels as usize; // <= 2^28
-    let total = pixels * stored * sample;
+    let total = pixels * channels * sample;
     if decoder.total_bytes() != total as u64 {
         return Err(IoError::invalid(
             path,
@@ -97,25 +166,22 @@ pub fn read_image(path: &Path) -> Result<Tensor, IoError> {
         .read_image(&mut bytes)
         .map_err(|e| decode_error(path, e))?;
 
-    let mut data = Vec::with_capacity(pixels * kept);
-    if sample == 1 {
-        for px in bytes.chunks_exact(stored) {
-            data.extend(px[..kept].iter().map(|&v| f32::from(v) / 255.0));
-        }
+    let data: Vec<f32> = if sample == 1 {
+        bytes.iter().map(|&v| f32::from(v) / 255.0).collect()
     } else {
         // The decoder gives 16-bit samples in native byte order.
-        for px in bytes.chunks_exact(stored * 2) {
-            data.extend(
-                px[..kept * 2]
-                    .chunks_exact(2)
-                    .map(|b| f32::from(u16::from_ne_bytes([b[0], b[1]])) / 65535.0),
-            );
-        }
-    }
-    Ok(Tensor {
-        shape: vec![1, h as usize, w as usize, kept],
-        data,
-    })
+        bytes
+            .chunks_exact(2)
+            .map(|b| f32::from(u16::from_ne_bytes([b[0], b[1]])) / 65535.0)
+            .collect()
+    };
+    Ok((
+        Tensor {
+            shape: vec![1, h as usize, w as usize, channels],
+            data,
+        },
+        layout,
+    ))
 }
 
 /// Writes an 8-bit gray PNG of `h` rows and `w` columns (`values` row by row), atomically; an
@@ -130,20 +196,20 @@ pub fn write_mask_png(
     let (Ok(h32), Ok(w32)) = (u32::try_from(h), u32::try_from(w)) else {
         return Err(IoError::invalid(
             path,
-            format!("cannot write a {h}×{w} PNG: PNG dimensions must fit in 32 bits"),
+            format!("cannot write a {w}x{h} (W x H) PNG: PNG dimensions must fit in 32 bits"),
         ));
     };
     if h == 0 || w == 0 {
         return Err(IoError::invalid(
             path,
-            format!("cannot write a {h}×{w} PNG: it would be empty"),
+            format!("cannot write a {w}x{h} (W x H) PNG: it would be empty"),
         ));
     }
     if h.checked_mul(w) != Some(values.len()) {
         return Err(IoError::invalid(
             path,
             format!(
-                "cannot write a {h}×{w} mask from {} values (internal error)",
+                "cannot write a {w}x{h} (W x H) mask from {} values (internal error)",
                 values.len()
             ),
         ));

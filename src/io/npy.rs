@@ -3,12 +3,13 @@
 //!
 //! Read: little-endian `<f4`, `<f8` (converted to f32) and `|u1` (raw values 0..=255 as f32; the
 //! caller decides the scaling), C order only. A 3-D array is HWC and gets a batch of 1; a 4-D
-//! array is NHWC; other ranks are returned as they are.
+//! array is NHWC; other ranks are returned as they are. An array holding NaN or infinite values is
+//! an error naming the first one's index and the count.
 //!
 //! Write: `<f4`, C order, format version 1.0 (2.0 if the header needs it), atomically.
 
 use super::atomic::write_atomic;
-use super::{IoError, MAX_DATA_BYTES, MAX_ELEMENTS};
+use super::{IoError, NonFinite, MAX_DATA_BYTES, MAX_ELEMENTS};
 use crate::exec::Tensor;
 use std::fs::File;
 use std::io::Read;
@@ -197,6 +198,23 @@ pub fn read_npy(path: &Path) -> Result<Tensor, IoError> {
             .collect(),
         Dtype::U1 => bytes.iter().map(|&b| f32::from(b)).collect(),
     };
+    // NaN or infinity in an input spreads through every convolution it reaches and still
+    // yields a plausible-looking mask: refuse the file, saying where the first one is.
+    if let Some(found) = NonFinite::find(&data) {
+        let overflow = if dtype == Dtype::F8 && found.first_kind != super::NonFiniteKind::NaN {
+            " (as f32: <f8 values beyond ±3.4e38 become infinite)"
+        } else {
+            ""
+        };
+        return Err(IoError::invalid(
+            path,
+            format!(
+                "{}{overflow}; unetc refuses such inputs because the output would be meaningless: \
+                 replace them (e.g. numpy.nan_to_num) or fix what wrote the file",
+                found.describe(&shape)
+            ),
+        ));
+    }
     let shape = if shape.len() == 3 {
         let mut s = Vec::with_capacity(4);
         s.push(1);

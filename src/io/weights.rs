@@ -3,10 +3,10 @@
 //! Tensor names are `<layer>/<variable>` (`conv2d_3/kernel`, `conv2d_3/bias`,
 //! `batch_normalization/gamma`, `beta`, `moving_mean`, `moving_variance`, `dense/kernel`); shapes
 //! are in Keras layouts (Conv2D kernel `[kh, kw, in, out]`, Conv2DTranspose `[kh, kw, out, in]`,
-//! Dense `[in, out]`); the dtype is F32.
+//! Dense `[in, out]`); the dtype is F32, and every value must be finite (no NaN or infinity).
 
 use super::atomic::write_atomic;
-use super::{IoError, WeightProblem, MAX_DATA_BYTES, MAX_ELEMENTS};
+use super::{IoError, NonFinite, WeightProblem, MAX_DATA_BYTES, MAX_ELEMENTS};
 use crate::exec::Tensor;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal, Uniform};
@@ -67,7 +67,8 @@ impl Weights {
 const MAX_FILE_BYTES: u64 = MAX_DATA_BYTES + 8 + 100_000_000;
 
 /// Reads a safetensors file and checks it against `expected`: every missing, unexpected,
-/// misshaped or wrongly typed tensor is reported by name, all at once, in one
+/// misshaped or wrongly typed tensor, and every tensor holding NaN or infinite values (with the
+/// first bad index and the count), is reported by name, all at once, in one
 /// [`IoError::Weights`], before any work starts.
 pub fn load_weights(path: &Path, expected: &[Expected]) -> Result<Weights, IoError> {
     let file = std::fs::File::open(path).map_err(|e| IoError::os(path, "cannot open", e))?;
@@ -136,20 +137,30 @@ pub fn load_weights(path: &Path, expected: &[Expected]) -> Result<Weights, IoErr
             });
             ok = false;
         }
-        if ok && problems.is_empty() {
+        if ok {
             // The view's byte length was validated against shape and dtype by the crate.
-            let data = view
+            let data: Vec<f32> = view
                 .data()
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
-            weights.insert(
-                exp.name.clone(),
-                Tensor {
+            // A NaN or infinity in any weight spreads to every output pixel it reaches, and the
+            // mask made from it looks plausible: refuse it here, by name.
+            if let Some(found) = NonFinite::find(&data) {
+                problems.push(WeightProblem::NonFinite {
+                    name: exp.name.clone(),
                     shape: exp.shape.clone(),
-                    data,
-                },
-            );
+                    found,
+                });
+            } else if problems.is_empty() {
+                weights.insert(
+                    exp.name.clone(),
+                    Tensor {
+                        shape: exp.shape.clone(),
+                        data,
+                    },
+                );
+            }
         }
     }
     let mut extra: Vec<(&str, Vec<usize>)> = st

@@ -22,12 +22,12 @@ pub enum StepWork {
     },
     /// A concatenation never built: its readers read these parts.
     NeverBuilt { parts: Vec<String> },
-    /// A crop: a window of this layer's value.
-    WindowOf { layer: String },
-    /// A dropout at inference: this layer's value itself.
-    SameAs { layer: String },
-    /// Computed by this convolution's kernel.
-    FusedInto { layer: String },
+    /// A crop: a window of the value of layer `source`.
+    WindowOf { source: String },
+    /// A dropout at inference: the value of layer `source` itself.
+    SameAs { source: String },
+    /// Computed by the kernel of `convolution`.
+    FusedInto { convolution: String },
     /// No work and no other layer to name.
     Nothing,
     /// A built concatenation: `copied` parts copied, `in_place` written there by their producers.
@@ -67,9 +67,9 @@ impl StepWork {
                 "nothing: never built; its readers read {}",
                 parts.join(" + ")
             ),
-            StepWork::WindowOf { layer } => format!("nothing: a window of {layer}"),
-            StepWork::SameAs { layer } => format!("nothing: is {layer}"),
-            StepWork::FusedInto { layer } => format!("nothing: fused into {layer}"),
+            StepWork::WindowOf { source } => format!("nothing: a window of {source}"),
+            StepWork::SameAs { source } => format!("nothing: is {source}"),
+            StepWork::FusedInto { convolution } => format!("nothing: fused into {convolution}"),
             StepWork::Nothing => "nothing".to_string(),
             StepWork::Copy { copied, in_place } => {
                 format!("copy {copied} part(s); {in_place} written in place by their producers")
@@ -88,7 +88,8 @@ pub struct Place {
     pub window: bool,
 }
 
-/// One scheduled layer of the plan.
+/// One scheduled layer of the plan. The work's fields sit beside `layer` in the JSON, so none of
+/// them may be called `layer` or `place`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlanRow {
     pub layer: String,
@@ -155,13 +156,15 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                     parts: node.inputs.iter().map(|&i| name(i)).collect(),
                 },
                 (Work::Nothing, Op::Cropping2D(_)) => StepWork::WindowOf {
-                    layer: name(node.inputs[0]),
+                    source: name(node.inputs[0]),
                 },
                 (Work::Nothing, Op::Dropout(_)) => StepWork::SameAs {
-                    layer: name(node.inputs[0]),
+                    source: name(node.inputs[0]),
                 },
                 (Work::Nothing, _) => match absorbed_by[id.index()] {
-                    Some(conv) => StepWork::FusedInto { layer: name(conv) },
+                    Some(conv) => StepWork::FusedInto {
+                        convolution: name(conv),
+                    },
                     None => StepWork::Nothing,
                 },
                 (Work::Concat(copies), _) => StepWork::Copy {

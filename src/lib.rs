@@ -85,9 +85,21 @@ pub fn compile_file(
     Ok(compile_source(path, text, options, session))
 }
 
-/// As [`compile_file`], for text already in memory (`path` names it and anchors includes).
+/// As [`compile_file`], for text already in memory (`path` names it and anchors includes; its
+/// extension says the language).
 pub fn compile_source(
     path: &Path,
+    text: String,
+    options: &Options,
+    session: &mut Session,
+) -> Compiled {
+    compile_source_as(path, front::Format::of_path(path), text, options, session)
+}
+
+/// As [`compile_source`], in the language `format` whatever `path` is called (standard input).
+pub fn compile_source_as(
+    path: &Path,
+    format: front::Format,
     text: String,
     options: &Options,
     session: &mut Session,
@@ -95,7 +107,7 @@ pub fn compile_source(
     let mut sources = SourceMap::new();
     let file = sources.add(path, text);
     let text = sources.text(file).to_string();
-    let spec = match front::parse(front::Format::of_path(path), file, &text) {
+    let spec = match front::parse(format, file, &text) {
         Ok(spec) => spec,
         Err(diags) => {
             return Compiled {

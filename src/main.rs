@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use unetc::diag::{render_colored, render_plain};
 use unetc::expand::Session;
 use unetc::report::summary::{render, SummaryStyle};
@@ -14,13 +14,6 @@ use unetc::{compile_file, report, Options};
 macro_rules! say {
     ($($t:tt)*) => {{
         let _ = writeln!(std::io::stdout(), $($t)*);
-    }};
-}
-
-/// `print!` without the panic, as `say!`.
-macro_rules! say_raw {
-    ($($t:tt)*) => {{
-        let _ = write!(std::io::stdout(), $($t)*);
     }};
 }
 
@@ -45,11 +38,16 @@ enum Command {
         after_help = "Examples:\n  unetc check specs/original.unet\n  unetc check specs/bn_same.yaml --style tf-keras\n  unetc check specs/original.unet --input-shape 380x380x1 --format json"
     )]
     Check {
-        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
-        spec: PathBuf,
+        /// Spec files (.unet for the DSL, .yaml/.yml for YAML); `-` reads one from standard input.
+        #[arg(value_name = "SPEC", required = true, num_args = 1..)]
+        specs: Vec<PathBuf>,
+        /// The language of the spec read from standard input (`-`).
+        #[arg(long, value_enum, default_value_t = SpecFormat::Dsl)]
+        stdin_format: SpecFormat,
         /// Summary layout: `legacy` is the classic TF 2.2-2.5 table, `tf-keras` today's tf_keras 2.x.
         #[arg(long, value_enum, default_value_t = Style::Legacy)]
         style: Style,
+        /// `text`: the Keras summary; `json`: one object per spec (README: "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
         /// Override the model's input shape, e.g. 380x380x1.
@@ -70,6 +68,7 @@ enum Command {
         after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc run specs/original.unet --weights original.safetensors --input cells.png -o mask.png\n  unetc run specs/bn_same.yaml --weights w.safetensors --input batch.npy -o probs.npy\n  unetc run specs/original.unet --weights w.safetensors --input images/ -o masks/ --skip-existing\n\nImages (PNG/TIFF) are scaled to [0, 1] and keep every channel they store (gray 1, gray+alpha 2,\nRGB 3, RGBA 4), which must match the spec's input: nothing is converted unless --alpha drop says\nso. .npy inputs (NHWC or HWC, f32, f64 or u8) are used as they are; NaN or infinite values in\ninputs or weights are errors. Images of other sizes than the spec's input are tiled (valid\npadding: overlap-tile) or padded and cropped back (same padding); sizes are printed W x H.\nA directory run goes on past a failed input, names it, and exits 2 at the end."
     )]
     Run {
+        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
         spec: PathBuf,
         /// Weights (safetensors, tensors named `<layer>/<variable>`).
         #[arg(long)]
@@ -117,19 +116,24 @@ enum Command {
         after_help = "Examples:\n  unetc bench specs/original.unet --device cpu\n  unetc bench specs/bn_same.yaml --batch 2 --iterations 10 --format json\n\nbench/compare_cpu.py runs this beside PyTorch on the same network."
     )]
     Bench {
+        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
         spec: PathBuf,
         /// `cpu`, `cuda`, or `auto` (the GPU when there is one).
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Images per forward pass.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096))]
         batch: u16,
+        /// Timed forward passes; the median is reported.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100000))]
         iterations: u32,
+        /// Untimed forward passes before the timed ones.
         #[arg(long, default_value_t = 1)]
         warmup: u32,
         /// Weights to use (default: seeded ones; speed does not depend on the values).
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// `text`: one line; `json`: every measurement as one object.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
         /// `f32`, `tf32` or `bf16` (tf32/bf16: tensor-core convolutions; CUDA only).
@@ -141,43 +145,55 @@ enum Command {
     },
     /// Which input sizes the spec accepts, in closed form, and the output size each gives.
     #[command(
-        after_help = "Examples:\n  unetc sizes specs/original.unet\n  unetc sizes specs/bn_same.yaml --near 500"
+        after_help = "Examples:\n  unetc sizes specs/original.unet\n  unetc sizes specs/bn_same.yaml --near 500\n  unetc sizes specs/original.unet --format json"
     )]
     Sizes {
+        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
         spec: PathBuf,
         /// Also show the accepted sizes nearest to N.
-        #[arg(long)]
+        #[arg(long, value_name = "N")]
         near: Option<usize>,
-        /// Search sizes up to this.
+        /// Try every input size from 1 up to this.
         #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=16384))]
         max: u32,
+        /// `text` or `json` (README: "JSON output").
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Plan overlap tiles for an image: tile size within a memory budget, halo, tile count.
     #[command(
-        after_help = "Examples:\n  unetc tiles specs/original.unet --image 2048x1536\n  unetc tiles specs/original.unet --image 10000x10000 --memory 2GiB"
+        after_help = "Examples:\n  unetc tiles specs/original.unet --image 2048x1536\n  unetc tiles specs/original.unet --image 10000x10000 --memory 2GiB --format json\n\nExits with 3 when no tile up to --max fits the budget (or the model cannot be tiled)."
     )]
     Tiles {
+        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
         spec: PathBuf,
-        /// Image size WxH.
-        #[arg(long)]
+        /// Image size WxH, e.g. 2048x1536.
+        #[arg(long, value_name = "WxH")]
         image: String,
         /// Memory budget for activations + weights, e.g. 8GiB, 512MiB.
         #[arg(long, default_value = "8GiB")]
         memory: String,
+        /// The largest tile side to try.
         #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=16384))]
         max: u32,
+        /// `text` or `json` (README: "JSON output").
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Convert a spec between the DSL and YAML (same layer graph, comments kept).
     #[command(
         after_help = "Examples:\n  unetc convert specs/original.unet --to yaml\n  unetc convert specs/bn_same.yaml --to dsl -o bn_same.unet"
     )]
     Convert {
+        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
         spec: PathBuf,
+        /// The form to print: `yaml` or `dsl`.
         #[arg(long, value_enum)]
         to: SpecFormat,
-        /// Write here instead of standard output.
+        /// Write here instead of standard output (.yaml/.yml for YAML, .unet for the DSL).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Replace the output file if it exists.
         #[arg(long)]
         force: bool,
     },
@@ -186,6 +202,7 @@ enum Command {
         after_help = "Examples:\n  unetc fmt specs/original.unet\n  unetc fmt specs/original.unet --write\n  unetc fmt specs/original.unet --check"
     )]
     Fmt {
+        /// The DSL spec file (.unet).
         spec: PathBuf,
         /// Rewrite the file in place.
         #[arg(long)]
@@ -196,28 +213,44 @@ enum Command {
     },
     /// Write the model for another tool: tf.keras Python code, or ONNX (opset 17) with weights.
     #[command(
-        after_help = "Examples:\n  unetc export specs/original.unet --to keras -o original_keras.py\n  TF_USE_LEGACY_KERAS=1 python original_keras.py   # prints the same summary\n  unetc export specs/original.unet --to onnx --weights w.safetensors -o original.onnx"
+        after_help = "Examples:\n  unetc export specs/original.unet --to keras -o original_keras.py\n  TF_USE_LEGACY_KERAS=1 python original_keras.py   # prints the same summary\n  unetc export specs/original.unet --to onnx --weights w.safetensors -o original.onnx\n  unetc export specs/original.unet --to onnx --random-weights --seed 1 -o untrained.onnx"
     )]
     Export {
+        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
         spec: PathBuf,
+        /// `keras` (Python code) or `onnx` (a model file with weights).
         #[arg(long, value_enum)]
         to: ExportFormat,
-        /// Weights for `--to onnx` (default: seeded ones, as `init-weights --seed 0`).
-        #[arg(long)]
+        /// The weights for `--to onnx` (safetensors, tensors named `<layer>/<variable>`).
+        #[arg(long, conflicts_with = "random_weights")]
         weights: Option<PathBuf>,
+        /// For `--to onnx` without trained weights: seeded random ones, as `init-weights` writes.
+        #[arg(long)]
+        random_weights: bool,
+        /// The seed of `--random-weights`.
+        #[arg(long, requires = "random_weights", value_name = "N")]
+        seed: Option<u64>,
+        /// The file to write (required for onnx; keras code goes to standard output without it).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Replace the output file if it exists.
         #[arg(long)]
         force: bool,
     },
-    /// Read a tf.keras functional model's `to_json()` and write a unetc spec (DSL).
+    /// Read a tf.keras functional model's `to_json()` and write a unetc spec (DSL or YAML).
     #[command(
-        after_help = "Examples:\n  python -c 'import tensorflow as tf; print(tf.keras.models.load_model(\"m.keras\").to_json())' > m.json\n  unetc import m.json -o m.unet"
+        after_help = "Examples:\n  python -c 'import tensorflow as tf; print(tf.keras.models.load_model(\"m.keras\").to_json())' > m.json\n  unetc import m.json -o m.unet\n  unetc import m.json -o m.yaml\n  unetc import m.json --to yaml\n\nThe output file's extension picks the form: .unet for the DSL, .yaml/.yml for YAML."
     )]
     Import {
+        /// The JSON file a Keras model's `to_json()` wrote.
         json: PathBuf,
+        /// The form of the spec (default: from the output file's extension; DSL on standard output).
+        #[arg(long, value_enum)]
+        to: Option<SpecFormat>,
+        /// Write here (.unet or .yaml/.yml) instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Replace the output file if it exists.
         #[arg(long)]
         force: bool,
     },
@@ -225,41 +258,56 @@ enum Command {
     #[command(
         after_help = "Examples:\n  unetc completions bash > /etc/bash_completion.d/unetc\n  unetc completions zsh > ~/.zfunc/_unetc"
     )]
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Draw the network: an SVG in the style of the U-Net paper's Figure 1, or Graphviz DOT.
     #[command(
         after_help = "Examples:\n  unetc diagram specs/original.unet -o unet.svg\n  unetc diagram specs/vgg16_unet.unet --format dot | dot -Tpng > vgg16_unet.png"
     )]
     Diagram {
+        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
         spec: PathBuf,
+        /// `svg` (a figure) or `dot` (Graphviz, every layer).
         #[arg(long, value_enum, default_value_t = DiagramFormat::Svg)]
         format: DiagramFormat,
+        /// Write here instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Replace the output file if it exists.
         #[arg(long)]
         force: bool,
     },
     /// The execution plan: which layers run a kernel, which cost nothing (views, fused layers,
     /// concatenations never built), and where each value lives in the activation arena.
     #[command(
-        after_help = "Examples:\n  unetc plan specs/original.unet\n  unetc plan specs/bn_same.yaml --precision bf16"
+        after_help = "Examples:\n  unetc plan specs/original.unet\n  unetc plan specs/bn_same.yaml --precision bf16\n  unetc plan specs/original.unet --format json"
     )]
     Plan {
+        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
         spec: PathBuf,
         /// Element size of the arena: `f32`/`tf32` (4 bytes) or `bf16` (2 bytes).
         #[arg(long, default_value = "f32")]
         precision: String,
+        /// `text` (a table) or `json` (README: "JSON output").
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Write seeded weights following each layer's initializers (and Keras's batch-norm defaults).
     #[command(
         after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc init-weights specs/bn_same.yaml -o bn.safetensors --force"
     )]
     InitWeights {
+        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
         spec: PathBuf,
+        /// The safetensors file to write.
         #[arg(short, long)]
         output: PathBuf,
+        /// Seed of the random initializers (the same seed gives the same weights).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Replace the output file if it exists.
         #[arg(long)]
         force: bool,
     },
@@ -293,6 +341,22 @@ enum ExportFormat {
 enum SpecFormat {
     Yaml,
     Dsl,
+}
+
+impl SpecFormat {
+    fn name(self) -> &'static str {
+        match self {
+            SpecFormat::Yaml => "yaml",
+            SpecFormat::Dsl => "dsl",
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            SpecFormat::Yaml => ".yaml or .yml",
+            SpecFormat::Dsl => ".unet",
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -332,7 +396,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
-                ExitCode::from(2)
+                ExitCode::from(EXIT_USAGE)
             } else {
                 ExitCode::SUCCESS
             };
@@ -345,22 +409,26 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check {
-            spec,
+            specs,
+            stdin_format,
             style,
             format,
             input_shape,
             line_length,
             after,
             timings,
-        } => check(
-            &spec,
-            style,
-            format,
-            input_shape.map(|s| s.0),
-            line_length.map(usize::from),
-            &after,
-            timings,
-            color,
+        } => check_all(
+            &specs,
+            &CheckArgs {
+                stdin_format,
+                style,
+                format,
+                input_shape: input_shape.map(|s| s.0),
+                line_length: line_length.map(usize::from),
+                after,
+                timings,
+                color,
+            },
         ),
         Command::Run {
             spec,
@@ -478,13 +546,19 @@ fn main() -> ExitCode {
                 Err(e) => run_error(e),
             }
         }
-        Command::Sizes { spec, near, max } => sizes(&spec, near, max as usize),
+        Command::Sizes {
+            spec,
+            near,
+            max,
+            format,
+        } => sizes(&spec, near, max as usize, format),
         Command::Tiles {
             spec,
             image,
             memory,
             max,
-        } => tiles(&spec, &image, &memory, max as usize),
+            format,
+        } => tiles(&spec, &image, &memory, max as usize, format),
         Command::Convert {
             spec,
             to,
@@ -498,10 +572,12 @@ fn main() -> ExitCode {
             output,
             force,
             weights,
+            random_weights,
+            seed: _,
         } => {
-            if weights.is_some() {
+            if weights.is_some() || random_weights {
                 eprintln!("error: `--to keras` writes code without weights; use tools/keras_to_safetensors.py the other way round");
-                return ExitCode::from(2);
+                return ExitCode::from(EXIT_USAGE);
             }
             export_keras(&spec, output.as_deref(), force)
         }
@@ -511,12 +587,26 @@ fn main() -> ExitCode {
             output,
             force,
             weights,
+            random_weights,
+            seed,
         } => {
+            use unetc::interop::onnx::{write_onnx, OnnxWeights};
+            // clap already refuses --weights together with --random-weights.
+            let weights = match (&weights, random_weights) {
+                (Some(path), _) => OnnxWeights::File(path),
+                (None, true) => OnnxWeights::Random {
+                    seed: seed.unwrap_or(0),
+                },
+                (None, false) => {
+                    eprintln!("error: `--to onnx` needs the model's weights: pass `--weights w.safetensors` (or `--random-weights [--seed N]` for an untrained model)");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
             let Some(out) = output else {
                 eprintln!("error: `--to onnx` writes a binary file; give `-o model.onnx`");
-                return ExitCode::from(2);
+                return ExitCode::from(EXIT_USAGE);
             };
-            match unetc::interop::onnx::write_onnx(&spec, weights.as_deref(), &out, force) {
+            match write_onnx(&spec, weights, &out, force) {
                 Ok(s) => {
                     eprintln!(
                         "wrote {} ({} nodes, {} initializers, {} bytes{})",
@@ -524,7 +614,10 @@ fn main() -> ExitCode {
                         s.nodes,
                         s.initializers,
                         s.bytes,
-                        if s.seeded { ", seeded weights" } else { "" }
+                        match s.random_seed {
+                            Some(seed) => format!(", random weights, seed {seed}"),
+                            None => String::new(),
+                        }
                     );
                     ExitCode::SUCCESS
                 }
@@ -533,9 +626,10 @@ fn main() -> ExitCode {
         }
         Command::Import {
             json,
+            to,
             output,
             force,
-        } => import_keras(&json, output.as_deref(), force),
+        } => import_keras(&json, to, output.as_deref(), force),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut script = Vec::new();
@@ -548,7 +642,11 @@ fn main() -> ExitCode {
             output,
             force,
         } => diagram(&spec, format, output.as_deref(), force),
-        Command::Plan { spec, precision } => plan(&spec, &precision),
+        Command::Plan {
+            spec,
+            precision,
+            format,
+        } => plan(&spec, &precision, format),
         Command::InitWeights {
             spec,
             output,
@@ -637,70 +735,210 @@ fn run_error(e: unetc::runner::RunError) -> ExitCode {
     match e {
         unetc::runner::RunError::Spec(diags) => {
             eprint!("{diags}");
-            ExitCode::from(1)
+            ExitCode::from(EXIT_SPEC_ERRORS)
         }
         e => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check(
-    spec: &std::path::Path,
+/// Exit code: the spec has errors (diagnostics on stderr); also `fmt --check` on an unformatted spec.
+const EXIT_SPEC_ERRORS: u8 = 1;
+/// Exit code: a bad option, an unreadable or invalid input file, an output that cannot be written.
+const EXIT_USAGE: u8 = 2;
+/// Exit code: a valid request that has no answer (no tile fits the budget, a model that cannot be
+/// tiled or planned).
+const EXIT_NO_ANSWER: u8 = 3;
+
+/// The options of `unetc check` that apply to every spec it checks.
+struct CheckArgs {
+    stdin_format: SpecFormat,
     style: Style,
     format: Format,
     input_shape: Option<Vec<i64>>,
     line_length: Option<usize>,
-    after: &[PathBuf],
+    after: Vec<PathBuf>,
     timings: bool,
     color: bool,
-) -> ExitCode {
+}
+
+/// The spec argument that means standard input.
+fn is_stdin(spec: &std::path::Path) -> bool {
+    spec.as_os_str() == "-"
+}
+
+/// What one spec's check gave: its exit code and, with `--format json`, its object.
+struct Checked {
+    code: u8,
+    json: Option<serde_json::Value>,
+}
+
+/// `unetc check SPEC...`: each spec checked on its own (after the `--after` specs), summaries
+/// headed by the file name when there are several; the exit code is the worst of them.
+fn check_all(specs: &[PathBuf], args: &CheckArgs) -> ExitCode {
+    if specs.iter().filter(|s| is_stdin(s)).count() > 1 {
+        eprintln!("error: `-` (standard input) can be given once");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    // The --after specs are built once; each spec then starts from a copy of their session, so
+    // `check A B` says what `check A; check B` would.
     let mut session = Session::new();
-    for earlier in after {
+    for earlier in &args.after {
         match compile_file(earlier, &Options::default(), &mut session) {
             Ok(c) if !c.has_errors() => {}
             Ok(c) => {
-                print_diags(&c, color);
-                return ExitCode::from(1);
+                print_diags(&c, args.color);
+                return ExitCode::from(EXIT_SPEC_ERRORS);
             }
             Err(e) => {
                 eprintln!("error: cannot read `{}`: {e}", earlier.display());
-                return ExitCode::from(2);
+                return ExitCode::from(EXIT_USAGE);
             }
         }
     }
+    let several = specs.len() > 1;
+    let mut worst = 0;
+    let mut objects = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        if several && args.format == Format::Text {
+            let gap = if i > 0 { "\n" } else { "" };
+            say!("{gap}==> {} <==", spec_name(spec).display());
+        }
+        let checked = check_one(spec, &mut session.clone(), args);
+        worst = worst.max(checked.code);
+        if let Some(mut object) = checked.json {
+            if several {
+                // Objects in an array say which file they describe.
+                if let serde_json::Value::Object(map) = &mut object {
+                    map.insert("file".into(), spec_name(spec).display().to_string().into());
+                }
+            }
+            objects.push(object);
+        }
+    }
+    if args.format == Format::Json {
+        let value = if several {
+            serde_json::Value::Array(objects)
+        } else {
+            objects.pop().unwrap_or_default()
+        };
+        let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+        text.push('\n');
+        if emit_stdout(&text) != ExitCode::SUCCESS {
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    ExitCode::from(worst)
+}
+
+/// The name diagnostics and headings give a spec (`<stdin>` for `-`).
+fn spec_name(spec: &std::path::Path) -> &std::path::Path {
+    if is_stdin(spec) {
+        std::path::Path::new("<stdin>")
+    } else {
+        spec
+    }
+}
+
+/// Standard input as spec text, refused past the size of a spec file or when it is not UTF-8.
+fn read_stdin_spec() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(unetc::MAX_SPEC_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > unetc::MAX_SPEC_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("more than the {} bytes unetc reads", unetc::MAX_SPEC_BYTES),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the spec is not UTF-8 text",
+        )
+    })
+}
+
+/// Checks one spec in `session`. Text goes out at once; JSON is returned to [`check_all`].
+fn check_one(spec: &std::path::Path, session: &mut Session, args: &CheckArgs) -> Checked {
+    let failed_to_read = |e: std::io::Error| {
+        let what = if is_stdin(spec) {
+            "standard input".to_string()
+        } else {
+            format!("`{}`", spec.display())
+        };
+        eprintln!("error: cannot read {what}: {e}");
+        Checked {
+            code: EXIT_USAGE,
+            json: (args.format == Format::Json).then(|| {
+                serde_json::json!({
+                    "schema": report::json::SCHEMA_VERSION,
+                    "error": format!("cannot read {what}: {e}"),
+                })
+            }),
+        }
+    };
+    let options = Options {
+        input_shape: args.input_shape.clone(),
+    };
     let start = Instant::now();
-    let compiled = match compile_file(spec, &Options { input_shape }, &mut session) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: cannot read `{}`: {e}", spec.display());
-            return ExitCode::from(2);
+    let compiled = if is_stdin(spec) {
+        let text = match read_stdin_spec() {
+            Ok(t) => t,
+            Err(e) => return failed_to_read(e),
+        };
+        let format = match args.stdin_format {
+            SpecFormat::Dsl => unetc::front::Format::Dsl,
+            SpecFormat::Yaml => unetc::front::Format::Yaml,
+        };
+        unetc::compile_source_as(spec_name(spec), format, text, &options, session)
+    } else {
+        match compile_file(spec, &options, session) {
+            Ok(c) => c,
+            Err(e) => return failed_to_read(e),
         }
     };
     let compiled_at = start.elapsed();
     let failed = compiled.has_errors();
+    let code = if failed { EXIT_SPEC_ERRORS } else { 0 };
+    if args.format == Format::Json {
+        let json = report::json::check_json(&compiled);
+        report_timings(args.timings, compiled_at, start.elapsed());
+        return Checked {
+            code,
+            json: Some(json),
+        };
+    }
     let mut out = String::new();
-    if format == Format::Json {
-        out =
-            serde_json::to_string_pretty(&report::json::check_json(&compiled)).unwrap_or_default();
-        out.push('\n');
-    } else if !failed {
-        let style = match style {
+    if !failed {
+        let style = match args.style {
             Style::Legacy => SummaryStyle::Legacy,
             Style::TfKeras => SummaryStyle::TfKeras,
         };
         out.push_str(&render(
             &report::summary_model(&compiled),
             style,
-            line_length,
+            args.line_length,
         ));
         out.push_str(&report::extras_text(&compiled));
     }
     let reported_at = start.elapsed();
-    if format == Format::Text {
-        print_diags(&compiled, color);
+    print_diags(&compiled, args.color);
+    if is_stdin(spec) {
+        // The size hint probes the spec's file, which standard input does not have; a syntax
+        // error may only mean YAML read as the DSL.
+        let syntax_error = compiled.diags.iter().any(|d| d.code == "E-syntax");
+        if syntax_error && args.stdin_format == SpecFormat::Dsl {
+            eprintln!(
+                "note: standard input is read as the DSL; for YAML give `--stdin-format yaml`"
+            );
+        }
+    } else {
         size_hint(spec, &compiled);
     }
     let mut stdout = std::io::stdout().lock();
@@ -709,8 +947,16 @@ fn check(
         .and_then(|_| stdout.flush())
         .is_err()
     {
-        return ExitCode::from(2);
+        return Checked {
+            code: EXIT_USAGE,
+            json: None,
+        };
     }
+    report_timings(args.timings, compiled_at, reported_at);
+    Checked { code, json: None }
+}
+
+fn report_timings(timings: bool, compiled_at: Duration, reported_at: Duration) {
     if timings {
         eprintln!(
             "timings: parse+expand+infer {:.3} ms, report {:.3} ms, total {:.3} ms",
@@ -718,11 +964,6 @@ fn check(
             (reported_at - compiled_at).as_secs_f64() * 1e3,
             reported_at.as_secs_f64() * 1e3
         );
-    }
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
     }
 }
 
@@ -740,38 +981,43 @@ fn print_diags(c: &unetc::Compiled, color: bool) {
     }
 }
 
-fn read_spec(spec: &std::path::Path) -> Result<(String, [usize; 3]), ExitCode> {
+/// A spec's text, compiled at its own input shape, and that shape; or the exit code after the
+/// error was printed.
+fn read_spec(spec: &std::path::Path) -> Result<(String, unetc::Compiled, [usize; 3]), ExitCode> {
     let text = match std::fs::read_to_string(spec) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot read `{}`: {e}", spec.display());
-            return Err(ExitCode::from(2));
+            return Err(ExitCode::from(EXIT_USAGE));
         }
     };
     let c = unetc::compile_source(spec, text.clone(), &Options::default(), &mut Session::new());
     if c.has_errors() {
         eprint!("{}", render_plain(&c.sources, &c.diags));
-        return Err(ExitCode::from(1));
+        return Err(ExitCode::from(EXIT_SPEC_ERRORS));
     }
     match unetc::report::sizes::spec_input(&c) {
-        Some(base) => Ok((text, base)),
+        Some(base) => Ok((text, c, base)),
         None => {
-            eprintln!("error: the model's input is not an image (H, W, C)");
-            Err(ExitCode::from(2))
+            eprintln!("error: the model's input is not an image (H, W, C), so it has no input sizes to vary");
+            Err(ExitCode::from(EXIT_NO_ANSWER))
         }
     }
 }
 
-fn sizes(spec: &std::path::Path, near: Option<usize>, max: usize) -> ExitCode {
-    let (text, base) = match read_spec(spec) {
+fn sizes(spec: &std::path::Path, near: Option<usize>, max: usize, format: Format) -> ExitCode {
+    let (text, compiled, base) = match read_spec(spec) {
         Ok(v) => v,
         Err(code) => return code,
     };
-    say_raw!(
-        "{}",
-        unetc::report::sizes::sizes_text(spec, &text, base, max, near)
-    );
-    ExitCode::SUCCESS
+    match format {
+        Format::Text => emit_stdout(&unetc::report::sizes::sizes_text(
+            spec, &text, base, max, near,
+        )),
+        Format::Json => emit_json(&report::json::sizes_json(
+            spec, &text, &compiled, base, max, near,
+        )),
+    }
 }
 
 fn parse_bytes(s: &str) -> Option<u64> {
@@ -793,28 +1039,37 @@ fn parse_bytes(s: &str) -> Option<u64> {
     (1.0..1e18).contains(&bytes).then_some(bytes as u64)
 }
 
-fn tiles(spec: &std::path::Path, image: &str, memory: &str, max: usize) -> ExitCode {
+fn tiles(
+    spec: &std::path::Path,
+    image: &str,
+    memory: &str,
+    max: usize,
+    format: Format,
+) -> ExitCode {
     let dims: Vec<usize> = image
         .split(['x', 'X'])
         .filter_map(|d| d.trim().parse().ok())
         .collect();
     let (Some(&w), Some(&h), 2) = (dims.first(), dims.get(1), dims.len()) else {
         eprintln!("error: --image {image}: expected WxH, e.g. 2048x1536");
-        return ExitCode::from(2);
+        return ExitCode::from(EXIT_USAGE);
     };
     if w == 0 || h == 0 || w > 1 << 20 || h > 1 << 20 {
         eprintln!("error: --image {image}: sizes must be in 1..=1048576");
-        return ExitCode::from(2);
+        return ExitCode::from(EXIT_USAGE);
     }
     let Some(budget) = parse_bytes(memory) else {
         eprintln!("error: --memory {memory}: expected a size like 8GiB or 512MiB");
-        return ExitCode::from(2);
+        return ExitCode::from(EXIT_USAGE);
     };
-    let (text, base) = match read_spec(spec) {
+    let (text, _, base) = match read_spec(spec) {
         Ok(v) => v,
         Err(code) => return code,
     };
     match unetc::report::sizes::plan_tiles(spec, &text, base, (h, w), budget, max) {
+        Ok(p) if format == Format::Json => {
+            emit_json(&report::json::tiles_json(spec, (h, w), budget, &p))
+        }
         Ok(p) => {
             say!(
                 "image {w}x{h}, memory budget {}",
@@ -845,9 +1100,10 @@ fn tiles(spec: &std::path::Path, image: &str, memory: &str, max: usize) -> ExitC
             );
             ExitCode::SUCCESS
         }
+        // Both ways it fails (no tile fits, an output that is not an image) are answers of "none".
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(1)
+            ExitCode::from(EXIT_NO_ANSWER)
         }
     }
 }
@@ -926,7 +1182,7 @@ fn parse_for_print(spec: &std::path::Path) -> Result<(String, unetc::ast::Spec),
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot read `{}`: {e}", spec.display());
-            return Err(ExitCode::from(2));
+            return Err(ExitCode::from(EXIT_USAGE));
         }
     };
     let mut sources = unetc::diag::SourceMap::new();
@@ -935,7 +1191,7 @@ fn parse_for_print(spec: &std::path::Path) -> Result<(String, unetc::ast::Spec),
         Ok(parsed) => Ok((text, parsed)),
         Err(diags) => {
             eprint!("{}", render_plain(&sources, &diags));
-            Err(ExitCode::from(1))
+            Err(ExitCode::from(EXIT_SPEC_ERRORS))
         }
     }
 }
@@ -945,7 +1201,7 @@ fn write_text(path: &std::path::Path, text: &str, force: bool) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }
@@ -956,6 +1212,10 @@ fn convert(
     output: Option<&std::path::Path>,
     force: bool,
 ) -> ExitCode {
+    if let Err(e) = spec_output_format(Some(to), output) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let (text, parsed) = match parse_for_print(spec) {
         Ok(v) => v,
         Err(code) => return code,
@@ -975,7 +1235,7 @@ fn fmt(spec: &std::path::Path, write: bool, check: bool) -> ExitCode {
         eprintln!(
             "error: `unetc fmt` formats DSL specs (.unet); for YAML use `unetc convert --to yaml`"
         );
-        return ExitCode::from(2);
+        return ExitCode::from(EXIT_USAGE);
     }
     let (text, parsed) = match parse_for_print(spec) {
         Ok(v) => v,
@@ -989,7 +1249,7 @@ fn fmt(spec: &std::path::Path, write: bool, check: bool) -> ExitCode {
                 spec.display(),
                 spec.display()
             );
-            return ExitCode::from(1);
+            return ExitCode::from(EXIT_SPEC_ERRORS);
         }
         return ExitCode::SUCCESS;
     }
@@ -1015,24 +1275,93 @@ fn export_keras(spec: &std::path::Path, output: Option<&std::path::Path>, force:
     }
 }
 
-fn import_keras(json: &std::path::Path, output: Option<&std::path::Path>, force: bool) -> ExitCode {
+/// The form of a spec to write: `--to` if given, else the output file's extension, else (standard
+/// output) the DSL. An output file must be named .unet or .yaml/.yml, as the form written, so
+/// that `unetc check` reads it back in that form.
+fn spec_output_format(
+    to: Option<SpecFormat>,
+    output: Option<&std::path::Path>,
+) -> Result<SpecFormat, String> {
+    let Some(path) = output else {
+        return Ok(to.unwrap_or(SpecFormat::Dsl));
+    };
+    let by_extension = match path.extension().and_then(|e| e.to_str()) {
+        Some("unet") => SpecFormat::Dsl,
+        Some("yaml" | "yml") => SpecFormat::Yaml,
+        _ => {
+            return Err(format!(
+                "`{}`: a spec file is named .unet (the DSL) or .yaml/.yml (YAML)",
+                path.display()
+            ))
+        }
+    };
+    match to {
+        Some(to) if to != by_extension => Err(format!(
+            "`--to {}` but `{}` is named as a {} file; name it {}",
+            to.name(),
+            path.display(),
+            by_extension.name(),
+            to.extension()
+        )),
+        Some(_) | None => Ok(by_extension),
+    }
+}
+
+fn import_keras(
+    json: &std::path::Path,
+    to: Option<SpecFormat>,
+    output: Option<&std::path::Path>,
+    force: bool,
+) -> ExitCode {
+    let form = match spec_output_format(to, output) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let text = match std::fs::read_to_string(json) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot read `{}`: {e}", json.display());
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
-    match unetc::interop::keras::import_json(&text) {
-        Ok(spec) => match output {
-            Some(path) => write_text(path, &spec, force),
-            None => emit_stdout(&spec),
-        },
+    // A file that is not a Keras model unetc can import is an invalid input file.
+    let dsl = match unetc::interop::keras::import_json(&text) {
+        Ok(dsl) => dsl,
         Err(e) => {
             eprintln!("error: {}: {e}", json.display());
-            ExitCode::from(1)
+            return ExitCode::from(EXIT_USAGE);
         }
+    };
+    let spec = match form {
+        SpecFormat::Dsl => dsl,
+        SpecFormat::Yaml => {
+            let mut sources = unetc::diag::SourceMap::new();
+            let file = sources.add(std::path::Path::new("imported.unet"), dsl.clone());
+            match unetc::front::parse(unetc::front::Format::Dsl, file, &dsl) {
+                Ok(parsed) => unetc::emit::yaml::print(&parsed, &dsl),
+                // The importer writes DSL this parser reads; failing here is a bug in unetc.
+                Err(diags) => {
+                    eprint!("{}", render_plain(&sources, &diags));
+                    eprintln!("error: unetc could not read back the DSL it imported; please report this with `{}`", json.display());
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        }
+    };
+    match output {
+        Some(path) => write_text(path, &spec, force),
+        None => emit_stdout(&spec),
     }
+}
+
+/// Pretty JSON and a newline on standard output.
+fn emit_json(value: &serde_json::Value) -> ExitCode {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    emit_stdout(&text)
 }
 
 /// Writes to standard output; a closed pipe (`| head`) ends quietly instead of panicking.
@@ -1043,7 +1372,7 @@ fn emit_stdout(text: &str) -> ExitCode {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: cannot write to standard output: {e}");
-            ExitCode::from(2)
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }
@@ -1052,21 +1381,21 @@ fn emit_stdout(text: &str) -> ExitCode {
 fn compile_checked(spec: &std::path::Path) -> Result<unetc::Compiled, ExitCode> {
     let c = compile_file(spec, &Options::default(), &mut Session::new()).map_err(|e| {
         eprintln!("error: cannot read `{}`: {e}", spec.display());
-        ExitCode::from(2)
+        ExitCode::from(EXIT_USAGE)
     })?;
     if c.has_errors() {
         eprint!("{}", render_plain(&c.sources, &c.diags));
-        return Err(ExitCode::from(1));
+        return Err(ExitCode::from(EXIT_SPEC_ERRORS));
     }
     Ok(c)
 }
 
-fn plan(spec: &std::path::Path, precision: &str) -> ExitCode {
+fn plan(spec: &std::path::Path, precision: &str, format: Format) -> ExitCode {
     let precision: unetc::exec::Precision = match precision.parse() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: --precision: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     let c = match compile_checked(spec) {
@@ -1075,14 +1404,21 @@ fn plan(spec: &std::path::Path, precision: &str) -> ExitCode {
     };
     let Some(p) = unetc::exec::plan::plan(&c.graph, &c.info) else {
         eprintln!("error: no plan for `{}`", spec.display());
-        return ExitCode::from(1);
+        return ExitCode::from(EXIT_NO_ANSWER);
     };
     let element_bytes = if precision == unetc::exec::Precision::Bf16 {
         2
     } else {
         4
     };
-    emit_stdout(&unetc::report::plan::plan_text(&c, &p, element_bytes))
+    match format {
+        Format::Text => emit_stdout(&unetc::report::plan::plan_text(&c, &p, element_bytes)),
+        Format::Json => emit_json(&report::json::plan_json(
+            spec,
+            &c,
+            &unetc::report::plan::plan_report(&c, &p, element_bytes),
+        )),
+    }
 }
 
 fn diagram(
@@ -1102,5 +1438,54 @@ fn diagram(
     match output {
         Some(path) => write_text(path, &text, force),
         None => emit_stdout(&text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every subcommand says what it is for in `unetc <cmd> --help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(
+            cmd: &clap::Command,
+            path: &str,
+            seen: &mut Vec<String>,
+            missing: &mut Vec<String>,
+        ) {
+            for arg in cmd.get_arguments() {
+                let at = format!("{path}: {}", arg.get_id());
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(at.clone());
+                }
+                seen.push(at);
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), seen, missing);
+            }
+        }
+        Cli::command().debug_assert();
+        // Building adds `--help`, `--version` and the `help` subcommand, as the binary has them.
+        let mut cmd = Cli::command();
+        cmd.build();
+        let (mut seen, mut missing) = (Vec::new(), Vec::new());
+        walk(&cmd, "unetc", &mut seen, &mut missing);
+        for expected in [
+            "unetc export: force",
+            "unetc sizes: spec",
+            "unetc check: help",
+        ] {
+            assert!(
+                seen.iter().any(|s| s == expected),
+                "the walk missed `{expected}`"
+            );
+        }
+        assert!(
+            missing.is_empty(),
+            "arguments without help:\n{}",
+            missing.join("\n")
+        );
     }
 }

@@ -789,14 +789,14 @@ fn onnxruntime_matches_the_cpu_executor_off_the_image_layout() {
 
 #[test]
 fn write_onnx_writes_the_file_the_cli_asks_for() {
-    use unetc::interop::onnx::write_onnx;
+    use unetc::interop::onnx::{write_onnx, OnnxWeights};
     std::env::set_current_dir(root()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model.onnx");
     let spec = Path::new("tests/golden/resnet_small.unet");
     let weights = Path::new("tests/golden/resnet_small.weights.safetensors");
-    let s = write_onnx(spec, Some(weights), &out, false).expect("export");
-    assert!(!s.seeded);
+    let s = write_onnx(spec, OnnxWeights::File(weights), &out, false).expect("export");
+    assert_eq!(s.random_seed, None);
     let bytes = std::fs::read(&out).unwrap();
     assert_eq!(s.bytes, bytes.len());
     let m = parse_model(&bytes);
@@ -807,14 +807,17 @@ fn write_onnx_writes_the_file_the_cli_asks_for() {
     let keras = &w.get("predictions/kernel").unwrap().data;
     assert_eq!(&m.inits["predictions/kernel"].floats, keras);
     check_structure(&c, &m);
-    // An existing file is kept without --force; seeded weights without --weights.
-    let err = write_onnx(spec, None, &out, false).unwrap_err().to_string();
+    // An existing file is kept without --force; random weights only when asked for.
+    let random = OnnxWeights::Random { seed: 7 };
+    let err = write_onnx(spec, random, &out, false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("exists"), "{err}");
-    let s = write_onnx(spec, None, &out, true).expect("export with seeded weights");
-    assert!(s.seeded);
+    let s = write_onnx(spec, random, &out, true).expect("export with seeded weights");
+    assert_eq!(s.random_seed, Some(7));
     // Weights that do not fit are reported by name before anything is written.
     let other = dir.path().join("other.onnx");
     let wrong = Path::new("tests/golden/vgg_small.weights.safetensors");
-    assert!(write_onnx(spec, Some(wrong), &other, false).is_err());
+    assert!(write_onnx(spec, OnnxWeights::File(wrong), &other, false).is_err());
     assert!(!other.exists());
 }

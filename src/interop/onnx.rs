@@ -1,5 +1,5 @@
-//! ONNX export: `unetc export SPEC --to onnx [--weights W]` writes an ONNX model (opset 17,
-//! IR version 8) of the network with its weights, for Netron and onnxruntime.
+//! ONNX export: `unetc export SPEC --to onnx --weights W` (or `--random-weights`) writes an ONNX
+//! model (opset 17, IR version 8) of the network with its weights, for Netron and onnxruntime.
 //!
 //! - The model takes and returns NHWC tensors, as Keras and unetc do. One `Transpose` after each
 //!   image input turns NHWC into NCHW, the body runs in NCHW with ONNX's own operators, and one
@@ -1156,24 +1156,33 @@ pub struct OnnxSummary {
     pub nodes: usize,
     pub initializers: usize,
     pub bytes: usize,
-    /// Whether the weights were seeded (no `--weights` given).
-    pub seeded: bool,
+    /// The seed of the random weights, when they were not read from a file.
+    pub random_seed: Option<u64>,
 }
 
-/// `unetc export SPEC --to onnx [--weights W] -o OUT [--force]`: compiles the spec, reads the
-/// weights (or seeds them as `unetc init-weights --seed 0` does) and writes the ONNX model
-/// atomically.
+/// Where the exported model's weights come from. There is no default: an ONNX file with random
+/// weights looks like a trained one, so asking for them must be explicit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnnxWeights<'a> {
+    /// A safetensors file with tensors named `<layer>/<variable>`.
+    File(&'a std::path::Path),
+    /// Seeded random weights, as `unetc init-weights --seed N` writes them.
+    Random { seed: u64 },
+}
+
+/// `unetc export SPEC --to onnx (--weights W | --random-weights [--seed N]) -o OUT [--force]`:
+/// compiles the spec, reads (or seeds) the weights and writes the ONNX model atomically.
 pub fn write_onnx(
     spec: &std::path::Path,
-    weights: Option<&std::path::Path>,
+    weights: OnnxWeights<'_>,
     out: &std::path::Path,
     force: bool,
 ) -> Result<OnnxSummary, crate::runner::RunError> {
     use crate::runner::{compile_checked, expected_weights, init_weights, RunError};
     let c = compile_checked(spec, None)?;
-    let w = match weights {
-        Some(path) => crate::io::load_weights(path, &expected_weights(&c))?,
-        None => init_weights(&c, 0)?,
+    let (w, random_seed) = match weights {
+        OnnxWeights::File(path) => (crate::io::load_weights(path, &expected_weights(&c))?, None),
+        OnnxWeights::Random { seed } => (init_weights(&c, seed)?, Some(seed)),
     };
     let bytes = export_onnx(&c.graph, &c.info, &w).map_err(RunError::Usage)?;
     crate::io::write_atomic(out, force, |f| f.write_all(&bytes))?;
@@ -1182,7 +1191,7 @@ pub fn write_onnx(
         nodes,
         initializers,
         bytes: bytes.len(),
-        seeded: weights.is_none(),
+        random_seed,
     })
 }
 

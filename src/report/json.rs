@@ -1,8 +1,13 @@
-//! `unetc check --format json`. The schema is documented in README.md ("JSON output").
+//! `--format json` of `check`, `sizes`, `tiles` and `plan`. The schemas are documented in
+//! README.md ("JSON output").
 
 use crate::diag::{Severity, SourceMap};
+use crate::ir::Op;
+use crate::report::plan::PlanReport;
+use crate::report::sizes::{self, SizePair, TilePlan};
 use crate::Compiled;
 use serde_json::{json, Value as Json};
+use std::path::Path;
 
 /// Version of the JSON layout; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -85,4 +90,114 @@ fn diagnostics_json(sources: &SourceMap, c: &Compiled) -> Vec<Json> {
             })
         })
         .collect()
+}
+
+/// Version of `unetc sizes --format json`; bumped on incompatible changes.
+pub const SIZES_SCHEMA_VERSION: u32 = 1;
+/// Version of `unetc tiles --format json`.
+pub const TILES_SCHEMA_VERSION: u32 = 1;
+/// Version of `unetc plan --format json`.
+pub const PLAN_SCHEMA_VERSION: u32 = 1;
+
+fn size_pair_json(p: &SizePair) -> Json {
+    json!({ "input": p.input, "output": p.output })
+}
+
+/// `unetc sizes --format json`: the same probes and closed forms as the text, every accepted size
+/// listed. `c` is the spec compiled at its own input shape `base` (for its skip crops).
+pub fn sizes_json(
+    path: &Path,
+    text: &str,
+    c: &Compiled,
+    base: [usize; 3],
+    max: usize,
+    near: Option<usize>,
+) -> Json {
+    let square = base[0] == base[1];
+    // A square input is varied as a square, so one axis answers for both.
+    let axes: &[usize] = if square { &[0] } else { &[0, 1] };
+    let axes: Vec<Json> = axes
+        .iter()
+        .map(|&axis| {
+            let found = sizes::probe_axis(path, text, base, axis, max);
+            let closed = sizes::closed_form(&found).map(|cf| {
+                json!({
+                    "min": cf.min,
+                    "period": cf.period,
+                    "residue": cf.residue,
+                    "output": cf.output.map(|(scale, offset)| json!({ "scale": scale, "offset": offset })),
+                })
+            });
+            let nearest = near.map(|n| {
+                let (below, above) = sizes::nearest(&found, n);
+                json!({
+                    "to": n,
+                    "below": below.as_ref().map(size_pair_json),
+                    "above": above.as_ref().map(size_pair_json),
+                })
+            });
+            json!({
+                "axis": if square { "height_and_width" } else { found.axis },
+                "closed_form": closed,
+                "accepted": found.accepted.iter().map(size_pair_json).collect::<Vec<_>>(),
+                "nearest": nearest,
+            })
+        })
+        .collect();
+    let skip_crops: Vec<Json> = c
+        .info
+        .keras_order
+        .iter()
+        .filter_map(|&id| {
+            let node = c.graph.node(id);
+            // Only crops are listed: the skip crops a valid-padding U-Net needs.
+            let Op::Cropping2D(op) = &node.op else {
+                return None;
+            };
+            Some(json!({ "layer": node.name, "cropping": op.cropping }))
+        })
+        .collect();
+    json!({
+        "schema": SIZES_SCHEMA_VERSION,
+        "spec": path.display().to_string(),
+        "input_shape": base,
+        "max": max,
+        "axes": axes,
+        "skip_crops": skip_crops,
+    })
+}
+
+/// `unetc tiles --format json`: the numbers of the text, for an image of `image` (height, width).
+pub fn tiles_json(path: &Path, image: (usize, usize), budget: u64, p: &TilePlan) -> Json {
+    json!({
+        "schema": TILES_SCHEMA_VERSION,
+        "spec": path.display().to_string(),
+        "image": { "width": image.1, "height": image.0 },
+        "memory_budget_bytes": budget,
+        "tile": { "input": p.tile_in, "output": p.tile_out },
+        "halo": p.halo,
+        "receptive_field": p.receptive_field,
+        "overlap": 2 * p.halo,
+        "tiles": { "columns": p.tiles.1, "rows": p.tiles.0, "total": p.tiles.0 * p.tiles.1 },
+        "memory_per_tile": {
+            "batch": 1,
+            "element_bytes": 4,
+            "arena_bytes": p.arena_bytes,
+            "weight_bytes": p.weight_bytes,
+            "total_bytes": p.arena_bytes + p.weight_bytes,
+        },
+    })
+}
+
+/// `unetc plan --format json`: [`PlanReport`] with the schema, the spec and the model's name.
+pub fn plan_json(path: &Path, c: &Compiled, report: &PlanReport) -> Json {
+    let mut object = match serde_json::to_value(report) {
+        Ok(Json::Object(map)) => map,
+        // A derived Serialize of a struct is always an object.
+        Ok(_) | Err(_) => serde_json::Map::new(),
+    };
+    object.insert("schema".into(), json!(PLAN_SCHEMA_VERSION));
+    object.insert("spec".into(), json!(path.display().to_string()));
+    object.insert("model".into(), json!(c.graph.name));
+    Json::Object(object)
 }

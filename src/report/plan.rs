@@ -5,12 +5,121 @@ use crate::exec::plan::{Plan, Storage, Window, Work};
 use crate::ir::{NodeId, Op};
 use crate::report::bytes;
 use crate::Compiled;
+use serde::Serialize;
 use std::fmt::Write;
 
-/// The plan as a table, one row per scheduled layer, then the arena.
-pub fn plan_text(c: &Compiled, plan: &Plan, element_bytes: u64) -> String {
+/// What one scheduled layer costs at run time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "work", rename_all = "snake_case")]
+pub enum StepWork {
+    /// The model's input, copied into the arena.
+    Upload,
+    /// A kernel runs, possibly with a batch norm folded into its weights and an activation
+    /// layer in its epilogue.
+    Kernel {
+        folded_batch_norm: Option<String>,
+        activation: Option<String>,
+    },
+    /// A concatenation never built: its readers read these parts.
+    NeverBuilt { parts: Vec<String> },
+    /// A crop: a window of the value of layer `source`.
+    WindowOf { source: String },
+    /// A dropout at inference: the value of layer `source` itself.
+    SameAs { source: String },
+    /// Computed by the kernel of `convolution`.
+    FusedInto { convolution: String },
+    /// No work and no other layer to name.
+    Nothing,
+    /// A built concatenation: `copied` parts copied, `in_place` written there by their producers.
+    Copy { copied: usize, in_place: usize },
+}
+
+impl StepWork {
+    pub fn costs_nothing(&self) -> bool {
+        match self {
+            StepWork::NeverBuilt { .. }
+            | StepWork::WindowOf { .. }
+            | StepWork::SameAs { .. }
+            | StepWork::FusedInto { .. }
+            | StepWork::Nothing => true,
+            StepWork::Upload | StepWork::Kernel { .. } | StepWork::Copy { .. } => false,
+        }
+    }
+
+    /// The `work` column of `unetc plan`.
+    fn text(&self) -> String {
+        match self {
+            StepWork::Upload => "upload".to_string(),
+            StepWork::Kernel {
+                folded_batch_norm,
+                activation,
+            } => {
+                let mut s = "kernel".to_string();
+                if let Some(bn) = folded_batch_norm {
+                    let _ = write!(s, " + folded {bn}");
+                }
+                if let Some(act) = activation {
+                    let _ = write!(s, " + {act}");
+                }
+                s
+            }
+            StepWork::NeverBuilt { parts } => format!(
+                "nothing: never built; its readers read {}",
+                parts.join(" + ")
+            ),
+            StepWork::WindowOf { source } => format!("nothing: a window of {source}"),
+            StepWork::SameAs { source } => format!("nothing: is {source}"),
+            StepWork::FusedInto { convolution } => format!("nothing: fused into {convolution}"),
+            StepWork::Nothing => "nothing".to_string(),
+            StepWork::Copy { copied, in_place } => {
+                format!("copy {copied} part(s); {in_place} written in place by their producers")
+            }
+        }
+    }
+}
+
+/// Where a layer's value lives in the arena.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Place {
+    pub buffer: usize,
+    /// Offset of the buffer in the arena, per image.
+    pub offset_bytes: u64,
+    /// Whether the value is only part of the buffer (a crop, a slice of a concatenation).
+    pub window: bool,
+}
+
+/// One scheduled layer of the plan. The work's fields sit beside `layer` in the JSON, so none of
+/// them may be called `layer` or `place`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanRow {
+    pub layer: String,
+    #[serde(flatten)]
+    pub work: StepWork,
+    /// `None` for a concatenation never built (its parts have places).
+    pub place: Option<Place>,
+}
+
+/// `unetc plan` as data: the text and the JSON are both printed from this.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanReport {
+    pub element_bytes: u64,
+    pub steps: Vec<PlanRow>,
+    /// Steps that run work (kernels, uploads, copies).
+    pub working_steps: usize,
+    /// Layers that cost nothing.
+    pub free_layers: usize,
+    pub buffers: usize,
+    /// The arena for one image.
+    pub arena_bytes: u64,
+    pub arena_elements: usize,
+    /// The most bytes alive at once, the least any arena could have.
+    pub live_minimum_bytes: u64,
+}
+
+/// The plan, one row per scheduled layer, then the arena.
+pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport {
     let g = &c.graph;
-    let name = |id: NodeId| g.node(id).name.as_str();
+    let name = |id: NodeId| g.node(id).name.clone();
     // Who folded or fused a layer: the convolution that absorbed it.
     let mut absorbed_by: Vec<Option<NodeId>> = vec![None; g.nodes.len()];
     for step in &plan.steps {
@@ -22,72 +131,90 @@ pub fn plan_text(c: &Compiled, plan: &Plan, element_bytes: u64) -> String {
             absorbed_by[layer.index()] = Some(step.node);
         }
     }
-    let where_ = |w: &Window| -> String {
+    let place = |w: &Window| -> Place {
         let b = &plan.buffers[w.buffer];
-        let mut s = format!(
-            "buffer {} @ {}",
-            w.buffer,
-            bytes(b.offset as u64 * element_bytes)
-        );
-        if !(w.offset == 0 && w.is_dense() && w.len() == b.len) {
-            s.push_str(" (window)");
+        Place {
+            buffer: w.buffer,
+            offset_bytes: b.offset as u64 * element_bytes,
+            window: !(w.offset == 0 && w.is_dense() && w.len() == b.len),
         }
-        s
     };
-    let mut rows: Vec<[String; 3]> = Vec::new();
-    let (mut kernels, mut free) = (0, 0);
-    for step in &plan.steps {
-        let id = step.node;
-        let node = g.node(id);
-        let fused = &plan.fused[id.index()];
-        let storage = plan.storage[id.index()].as_ref();
-        let work = match (&step.work, &node.op) {
-            (Work::Kernel, Op::Input(_)) => "upload".to_string(),
-            (Work::Kernel, _) => {
-                let mut s = "kernel".to_string();
-                if let Some(bn) = fused.batch_norm {
-                    let _ = write!(s, " + folded {}", name(bn));
-                }
-                if let Some(act) = &fused.activation {
-                    let _ = write!(s, " + {act}");
-                }
-                s
+    let steps: Vec<PlanRow> = plan
+        .steps
+        .iter()
+        .map(|step| {
+            let id = step.node;
+            let node = g.node(id);
+            let fused = &plan.fused[id.index()];
+            let work = match (&step.work, &node.op) {
+                (Work::Kernel, Op::Input(_)) => StepWork::Upload,
+                (Work::Kernel, _) => StepWork::Kernel {
+                    folded_batch_norm: fused.batch_norm.map(name),
+                    activation: fused.activation.clone(),
+                },
+                (Work::Nothing, Op::Concatenate(_)) => StepWork::NeverBuilt {
+                    parts: node.inputs.iter().map(|&i| name(i)).collect(),
+                },
+                (Work::Nothing, Op::Cropping2D(_)) => StepWork::WindowOf {
+                    source: name(node.inputs[0]),
+                },
+                (Work::Nothing, Op::Dropout(_)) => StepWork::SameAs {
+                    source: name(node.inputs[0]),
+                },
+                (Work::Nothing, _) => match absorbed_by[id.index()] {
+                    Some(conv) => StepWork::FusedInto {
+                        convolution: name(conv),
+                    },
+                    None => StepWork::Nothing,
+                },
+                (Work::Concat(copies), _) => StepWork::Copy {
+                    copied: copies.len(),
+                    in_place: node.inputs.len() - copies.len(),
+                },
+            };
+            let place = match plan.storage[id.index()].as_ref() {
+                Some(Storage::Window(w)) => Some(place(w)),
+                Some(Storage::Parts(_)) | None => None,
+            };
+            PlanRow {
+                layer: node.name.clone(),
+                work,
+                place,
             }
-            (Work::Nothing, Op::Concatenate(_)) => format!(
-                "nothing: never built; its readers read {}",
-                node.inputs
-                    .iter()
-                    .map(|&i| name(i))
-                    .collect::<Vec<_>>()
-                    .join(" + ")
-            ),
-            (Work::Nothing, Op::Cropping2D(_)) => {
-                format!("nothing: a window of {}", name(node.inputs[0]))
-            }
-            (Work::Nothing, Op::Dropout(_)) => format!("nothing: is {}", name(node.inputs[0])),
-            (Work::Nothing, _) => match absorbed_by[id.index()] {
-                Some(conv) => format!("nothing: fused into {}", name(conv)),
-                None => "nothing".to_string(),
-            },
-            (Work::Concat(copies), _) => {
-                let in_place = node.inputs.len() - copies.len();
-                format!(
-                    "copy {} part(s); {in_place} written in place by their producers",
-                    copies.len()
-                )
-            }
-        };
-        if matches!(step.work, Work::Nothing) {
-            free += 1;
-        } else {
-            kernels += 1;
-        }
-        let place = match storage {
-            Some(Storage::Window(w)) => where_(w),
-            Some(Storage::Parts(_)) | None => "-".to_string(),
-        };
-        rows.push([node.name.clone(), work, place]);
+        })
+        .collect();
+    let free_layers = steps.iter().filter(|r| r.work.costs_nothing()).count();
+    PlanReport {
+        element_bytes,
+        working_steps: steps.len() - free_layers,
+        free_layers,
+        steps,
+        buffers: plan.buffers.len(),
+        arena_bytes: plan.arena_len as u64 * element_bytes,
+        arena_elements: plan.arena_len,
+        live_minimum_bytes: plan.live_minimum as u64 * element_bytes,
     }
+}
+
+/// The plan as a table, one row per scheduled layer, then the arena.
+pub fn plan_text(c: &Compiled, plan: &Plan, element_bytes: u64) -> String {
+    let report = plan_report(c, plan, element_bytes);
+    let rows: Vec<[String; 3]> = report
+        .steps
+        .iter()
+        .map(|r| {
+            let place = match &r.place {
+                Some(p) => format!(
+                    "buffer {} @ {}{}",
+                    p.buffer,
+                    bytes(p.offset_bytes),
+                    if p.window { " (window)" } else { "" }
+                ),
+                None => "-".to_string(),
+            };
+            [r.layer.clone(), r.work.text(), place]
+        })
+        .collect();
     let widths = [0, 1].map(|k| rows.iter().map(|r| r[k].len()).max().unwrap_or(0));
     let mut out = String::new();
     let _ = writeln!(
@@ -111,11 +238,14 @@ pub fn plan_text(c: &Compiled, plan: &Plan, element_bytes: u64) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{kernels} steps run work, {free} layers cost nothing; {} buffers in one arena of {} per image ({} elements of {element_bytes} bytes); the most alive at once is {}",
-        plan.buffers.len(),
-        bytes(plan.arena_len as u64 * element_bytes),
-        plan.arena_len,
-        bytes(plan.live_minimum as u64 * element_bytes),
+        "\n{} steps run work, {} layers cost nothing; {} buffers in one arena of {} per image ({} elements of {} bytes); the most alive at once is {}",
+        report.working_steps,
+        report.free_layers,
+        report.buffers,
+        bytes(report.arena_bytes),
+        report.arena_elements,
+        report.element_bytes,
+        bytes(report.live_minimum_bytes),
     );
     out
 }

@@ -3,7 +3,7 @@
 
 use crate::diag::Diagnostic;
 use crate::ir::{Graph, NodeId, Shape, WeightSpec};
-use crate::report::shape_text;
+use crate::text::shape_text;
 
 /// Sizes beyond this are refused: no real network has them, and products stay in range.
 pub const MAX_SIZE: i64 = 1 << 30;

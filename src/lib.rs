@@ -21,6 +21,7 @@ pub mod infer;
 pub mod ir;
 pub mod report;
 pub mod suggest;
+pub mod text;
 
 use diag::{Diagnostic, Severity, SourceMap};
 use expand::Session;

@@ -524,17 +524,17 @@ fn main() -> ExitCode {
                         r.max_ms,
                         r.images_per_s,
                         r.gflops_per_s,
-                        unetc::report::bytes(r.planned_arena_bytes),
+                        unetc::text::bytes(r.planned_arena_bytes),
                         match r.peak_device_memory_bytes {
                             Some(d) => format!(
                                 "peak device memory {} (driver: {} in use){}",
-                                unetc::report::bytes(d),
-                                r.measured_device_memory_bytes.map_or("?".into(), unetc::report::bytes),
+                                unetc::text::bytes(d),
+                                r.measured_device_memory_bytes.map_or("?".into(), unetc::text::bytes),
                                 if r.cuda_graph { "  CUDA graph" } else { "" }
                             ),
                             None => format!(
                                 "peak RSS {}",
-                                r.peak_rss_bytes.map_or("unknown".into(), unetc::report::bytes)
+                                r.peak_rss_bytes.map_or("unknown".into(), unetc::text::bytes)
                             ),
                         },
                     );
@@ -712,12 +712,12 @@ fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) 
                     report.files,
                     report.device,
                     report.forward_passes,
-                    unetc::report::bytes(report.arena_bytes)
+                    unetc::text::bytes(report.arena_bytes)
                 );
                 if let Some(d) = report.device_bytes {
                     eprintln!(
                         "peak device memory {} (activation arena + weights)",
-                        unetc::report::bytes(d)
+                        unetc::text::bytes(d)
                     );
                 }
                 for note in &report.notes {
@@ -1073,7 +1073,7 @@ fn tiles(
         Ok(p) => {
             say!(
                 "image {w}x{h}, memory budget {}",
-                unetc::report::bytes(budget)
+                unetc::text::bytes(budget)
             );
             say!(
                 "tile: {0}x{0} in -> {1}x{1} out (halo {2} pixels each side; receptive field {3})",
@@ -1094,9 +1094,9 @@ fn tiles(
             );
             say!(
                 "memory per tile (batch 1, f32): activation arena {} + weights {} = {}",
-                unetc::report::bytes(p.arena_bytes),
-                unetc::report::bytes(p.weight_bytes),
-                unetc::report::bytes(p.arena_bytes + p.weight_bytes)
+                unetc::text::bytes(p.arena_bytes),
+                unetc::text::bytes(p.weight_bytes),
+                unetc::text::bytes(p.arena_bytes + p.weight_bytes)
             );
             ExitCode::SUCCESS
         }
@@ -1379,15 +1379,7 @@ fn emit_stdout(text: &str) -> ExitCode {
 
 /// A spec compiled without errors, or the exit code after its diagnostics were printed.
 fn compile_checked(spec: &std::path::Path) -> Result<unetc::Compiled, ExitCode> {
-    let c = compile_file(spec, &Options::default(), &mut Session::new()).map_err(|e| {
-        eprintln!("error: cannot read `{}`: {e}", spec.display());
-        ExitCode::from(EXIT_USAGE)
-    })?;
-    if c.has_errors() {
-        eprint!("{}", render_plain(&c.sources, &c.diags));
-        return Err(ExitCode::from(EXIT_SPEC_ERRORS));
-    }
-    Ok(c)
+    unetc::runner::compile_checked(spec, None).map_err(run_error)
 }
 
 fn plan(spec: &std::path::Path, precision: &str, format: Format) -> ExitCode {

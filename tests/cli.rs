@@ -221,7 +221,7 @@ fn tiles_json_has_the_numbers_of_the_text() {
     assert!(
         text.contains(&format!(
             "weights {} =",
-            unetc::report::bytes(n(&memory["weight_bytes"]))
+            unetc::text::bytes(n(&memory["weight_bytes"]))
         )),
         "{text}"
     );
@@ -273,9 +273,9 @@ fn plan_json_has_the_rows_of_the_text() {
         n("working_steps"),
         n("free_layers"),
         n("buffers"),
-        unetc::report::bytes(n("arena_bytes")),
+        unetc::text::bytes(n("arena_bytes")),
         n("arena_elements"),
-        unetc::report::bytes(n("live_minimum_bytes")),
+        unetc::text::bytes(n("live_minimum_bytes")),
     )), "{text}");
 }
 

@@ -61,3 +61,34 @@ fn readme_examples_build_the_original_unet() {
         }
     }
 }
+
+/// The README's sample `check` output is what `check` prints: the lines before its `...` begin
+/// the output, the lines after it end it.
+#[test]
+fn readme_check_sample_is_what_check_prints() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let sample = readme
+        .split("$ unetc check specs/original.unet\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README shows `$ unetc check specs/original.unet`");
+    let (head, tail) = sample
+        .split_once("...\n")
+        .expect("the sample elides the middle with `...`");
+    // Keras pads its table rows with spaces; the README does not keep trailing spaces.
+    let printed: String = check_text(
+        &compile(Path::new("specs/original.unet")),
+        SummaryStyle::Legacy,
+    )
+    .lines()
+    .map(|l| format!("{}\n", l.trim_end()))
+    .collect();
+    assert!(
+        printed.starts_with(head),
+        "README head:\n{head}\nprinted:\n{printed}"
+    );
+    assert!(
+        printed.ends_with(tail),
+        "README tail:\n{tail}\nprinted:\n{printed}"
+    );
+}

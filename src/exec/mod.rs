@@ -66,7 +66,7 @@ pub fn bind_weights(
                 }
                 // Weights from a file were checked when read; other sources are checked here, so
                 // that no backend ever computes with a NaN or infinite weight.
-                Some(t) => match crate::io::NonFinite::find(&t.data) {
+                Some(t) => match tensor::NonFinite::find(&t.data) {
                     Some(found) => {
                         problems.push(format!("`{name}`: {}", found.describe(&t.shape)));
                         None

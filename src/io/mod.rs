@@ -16,6 +16,7 @@ pub mod image;
 pub mod npy;
 pub mod weights;
 
+pub use crate::exec::tensor::{NonFinite, NonFiniteKind};
 pub use atomic::write_atomic;
 pub use image::{read_image, read_image_with_layout, write_mask_png, ChannelLayout};
 pub use npy::{read_npy, write_npy};
@@ -158,80 +159,6 @@ impl fmt::Display for WeightProblem {
             ),
         }
     }
-}
-
-/// Where an array holds NaN or infinite values: how many, and the first one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NonFinite {
-    /// Flat (row-major) index of the first bad value.
-    pub first: usize,
-    pub first_kind: NonFiniteKind,
-    pub count: usize,
-}
-
-/// Which kind of non-finite value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NonFiniteKind {
-    NaN,
-    PlusInfinity,
-    MinusInfinity,
-}
-
-impl NonFinite {
-    /// Scans `data`; `None` when every value is finite.
-    pub fn find(data: &[f32]) -> Option<NonFinite> {
-        let first = data.iter().position(|v| !v.is_finite())?;
-        let value = data[first];
-        Some(NonFinite {
-            first,
-            first_kind: if value.is_nan() {
-                NonFiniteKind::NaN
-            } else if value > 0.0 {
-                NonFiniteKind::PlusInfinity
-            } else {
-                NonFiniteKind::MinusInfinity
-            },
-            count: data[first..].iter().filter(|v| !v.is_finite()).count(),
-        })
-    }
-
-    /// "2 of 48 values are NaN or infinite (the first, at index [0, 1, 2, 0] of shape
-    /// [1, 4, 4, 3], is NaN)".
-    pub fn describe(&self, shape: &[usize]) -> String {
-        let index = index_list(shape, self.first);
-        let total: usize = shape.iter().product();
-        let what = match self.first_kind {
-            NonFiniteKind::NaN => "NaN",
-            NonFiniteKind::PlusInfinity => "+inf",
-            NonFiniteKind::MinusInfinity => "-inf",
-        };
-        let verb = if self.count == 1 { "is" } else { "are" };
-        format!(
-            "{} of {total} values {verb} NaN or infinite (the first, at index {index} of shape \
-             {shape:?}, is {what})",
-            self.count
-        )
-    }
-}
-
-/// A flat row-major index as `[i, j, ...]` for an array of `shape`.
-fn index_list(shape: &[usize], flat: usize) -> String {
-    let mut rest = flat;
-    let mut index = vec![0usize; shape.len()];
-    for (slot, &dim) in index.iter_mut().zip(shape).rev() {
-        if dim > 0 {
-            *slot = rest % dim;
-            rest /= dim;
-        }
-    }
-    format!(
-        "[{}]",
-        index
-            .iter()
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
 }
 
 fn weights_message(path: &Path, problems: &[WeightProblem]) -> String {

@@ -729,7 +729,7 @@ pub fn dot(c: &Compiled) -> String {
         let shape = c.info.layers[id.index()]
             .shape
             .as_ref()
-            .map(|s| crate::report::shape_text(s))
+            .map(|s| crate::text::shape_text(s))
             .unwrap_or_default();
         let style = if node.trainable || matches!(node.op, Op::Input(_)) {
             ""

@@ -6,15 +6,8 @@ pub mod plan;
 pub mod sizes;
 pub mod summary;
 
-/// Python's repr of a shape with the batch dimension: `(None, 570, 570, 64)`.
-pub fn shape_text(dims: &[i64]) -> String {
-    let shape: Vec<Option<u64>> = std::iter::once(None)
-        .chain(dims.iter().map(|&d| Some(d.max(0) as u64)))
-        .collect();
-    summary::shape_repr(&shape, false)
-}
-
 use crate::ir::Graph;
+use crate::text::{bytes, si, thousands};
 use crate::Compiled;
 use summary::{SummaryModel, SummaryRow};
 
@@ -83,7 +76,7 @@ pub fn extras_text(c: &Compiled) -> String {
     } else {
         crate::exec::plan::plan(&c.graph, &c.info).map_or(0, |p| p.arena_bytes(1))
     };
-    format!(
+    let mut text = format!(
         "MACs per image: {} ({})\nFLOPs per image: {} ({})\nActivation memory (batch 1, f32): {} for all layer outputs; {} live at most; {} planned arena\n",
         thousands(t.macs),
         si(t.macs as f64, ""),
@@ -92,45 +85,15 @@ pub fn extras_text(c: &Compiled) -> String {
         bytes(t.activation_bytes),
         bytes(t.peak_activation_bytes),
         bytes(arena),
-    )
-}
-
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
+    );
+    if arena > 0 && arena < t.peak_activation_bytes {
+        // "Live at most" counts every layer output as its own tensor; the plan does not build
+        // some of them (README, "What `check` prints").
+        text.push_str(
+            "(less than live at most: the plan does not build every output; batch norm and \
+             activations run inside the convolution before them, crops and dropout are views of \
+             their input, concatenations are written in place or never built)\n",
+        );
     }
-    out
-}
-
-fn si(x: f64, unit: &str) -> String {
-    let (v, p) = if x >= 1e12 {
-        (x / 1e12, "T")
-    } else if x >= 1e9 {
-        (x / 1e9, "G")
-    } else if x >= 1e6 {
-        (x / 1e6, "M")
-    } else if x >= 1e3 {
-        (x / 1e3, "k")
-    } else {
-        (x, "")
-    };
-    format!("{v:.1} {p}{unit}").trim_end().to_string()
-}
-
-pub fn bytes(b: u64) -> String {
-    let x = b as f64;
-    if x >= (1u64 << 30) as f64 {
-        format!("{:.2} GiB", x / (1u64 << 30) as f64)
-    } else if x >= (1u64 << 20) as f64 {
-        format!("{:.1} MiB", x / (1u64 << 20) as f64)
-    } else if x >= 1024.0 {
-        format!("{:.1} KiB", x / 1024.0)
-    } else {
-        format!("{b} B")
-    }
+    text
 }

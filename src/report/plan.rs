@@ -3,7 +3,7 @@
 
 use crate::exec::plan::{Plan, Storage, Window, Work};
 use crate::ir::{NodeId, Op};
-use crate::report::bytes;
+use crate::text::bytes;
 use crate::Compiled;
 use serde::Serialize;
 use std::fmt::Write;

@@ -561,7 +561,7 @@ pub fn plan_tiles(
     best.ok_or_else(|| {
         format!(
             "no square tile up to {max} fits in {}",
-            crate::report::bytes(budget)
+            crate::text::bytes(budget)
         )
     })
 }

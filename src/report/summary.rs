@@ -10,6 +10,7 @@
 //! Both are ports of Keras's own `print_summary`, so widths other than the default behave as
 //! Keras's `line_length=n` would.
 
+use crate::text::{shape_repr, thousands};
 use std::fmt::Write as _;
 
 /// One row of the summary, in Keras's row order (the caller orders rows).
@@ -59,26 +60,6 @@ pub fn render(model: &SummaryModel, style: SummaryStyle, line_length: Option<usi
     }
     push_line(&mut out, &"_".repeat(layout.line_length));
     out
-}
-
-/// Python repr of an output shape: "(None, 570, 570, 64)", "(None, 25088)", 1-D "(None,)";
-/// inputs "[(None, 572, 572, 1)]".
-pub fn shape_repr(shape: &[Option<u64>], is_input: bool) -> String {
-    let dims: Vec<String> = shape
-        .iter()
-        .map(|d| d.map_or_else(|| "None".to_string(), |n| n.to_string()))
-        .collect();
-    // A one-element Python tuple keeps its trailing comma.
-    let tuple = match dims.as_slice() {
-        [only] => format!("({only},)"),
-        _ => format!("({})", dims.join(", ")),
-    };
-    // Keras reports an InputLayer's output_shape as a list of the input shapes.
-    if is_input {
-        format!("[{tuple}]")
-    } else {
-        tuple
-    }
 }
 
 /// Column geometry: Keras computes column ends as `int(line_length * fraction)`.
@@ -188,19 +169,6 @@ fn legacy_line<S: AsRef<str>>(fields: &[S], positions: &[usize]) -> String {
         line.resize(end, ' ');
     }
     line.into_iter().collect()
-}
-
-/// `{:,}` formatting: 31030658 -> "31,030,658".
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -35,8 +35,8 @@ impl fmt::Display for ExecError {
             ExecError::Memory { need, limit } => write!(
                 f,
                 "the run needs {} of activation memory, more than the limit of {}; use a smaller batch or tiles",
-                crate::report::bytes(*need),
-                crate::report::bytes(*limit)
+                crate::text::bytes(*need),
+                crate::text::bytes(*limit)
             ),
             ExecError::Unsupported(m) => write!(f, "not supported by the CPU executor: {m}"),
         }

@@ -3,8 +3,11 @@
 //! cudarc loads libcuda and libnvrtc dynamically, so the same binary builds and runs without
 //! CUDA; [`cuda_available`] says whether a GPU can be used.
 //!
-//! Tensors live in one device arena laid out by the same plan as the CPU executor's. This first
-//! backend is f32 and direct (one thread per output value): correct first, fast later.
+//! Tensors live in one device arena (f32, or bf16 at `--precision bf16`) laid out by the same plan
+//! as the CPU executor's. Convolutions run as implicit GEMMs on tensor cores (igemm.cu: bf16, tf32,
+//! and f32 as 3xTF32), or the first-layer kernel for few input channels; the direct kernels in
+//! conv.cu are the fallback for shapes those do not take. Other layers run one thread per output
+//! value (layers.cu).
 
 mod cache;
 
@@ -229,8 +232,8 @@ impl fmt::Display for CudaError {
             CudaError::Memory { need, free } => write!(
                 f,
                 "the run needs {} of device memory but only {} is free; use a smaller --batch or tiles",
-                crate::report::bytes(*need),
-                crate::report::bytes(*free)
+                crate::text::bytes(*need),
+                crate::text::bytes(*free)
             ),
             CudaError::Model(m) => write!(f, "{m}"),
         }

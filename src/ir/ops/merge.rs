@@ -2,7 +2,7 @@
 
 use super::{LayerKind, Shape, ShapeError};
 use crate::ir::value::ArgReader;
-use crate::report::shape_text;
+use crate::text::shape_text;
 use serde_json::{json, Value as Json};
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,6 +1,9 @@
-//! Keras layer kinds. Each kind lives in one place: its arguments (with Keras's names and
-//! defaults), its shape rule, its weights (hence parameter counts), its MACs and its config.
-//! Adding a kind means adding a struct that implements [`LayerKind`] and a line in [`Op`].
+//! Keras layer kinds. Here each kind has its arguments (with Keras's names and defaults), its
+//! shape rule, its weights (hence parameter counts), its MACs and its config. Adding a kind takes
+//! a struct that implements [`LayerKind`] and a line in [`Op`], and then its handling elsewhere:
+//! the CPU and CUDA kernels, the plan, weight binding and initializers, the receptive field, the
+//! diagram, Keras import and ONNX export. Not all of those match exhaustively on [`Op`] yet
+//! (issue 12), so search for an existing kind's variant to find them all.
 
 mod activation;
 mod conv;
@@ -197,7 +200,7 @@ pub(crate) fn image(inputs: &[Shape], class: &str) -> Result<[i64; 3], ShapeErro
             "E-rank",
             format!(
                 "{class} expects an image input (None, H, W, C), but {{0}} has shape {}",
-                crate::report::shape_text(other)
+                crate::text::shape_text(other)
             ),
             "input is not an image",
         )),

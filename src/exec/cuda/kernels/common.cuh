@@ -1,6 +1,6 @@
-// Shared by every unetc kernel. Tensors are NHWC f32 and live in one activation arena;
-// kernels take the arena's base pointer and element offsets into it, so one launch can read
-// and write different regions of the same allocation.
+// Shared by every unetc kernel. Tensors are NHWC and live in one activation arena (f32 or bf16,
+// see elem.cuh; arithmetic is f32); kernels take the arena's base pointer and element offsets
+// into it, so one launch can read and write different regions of the same allocation.
 
 typedef long long i64;
 
@@ -11,7 +11,7 @@ typedef long long i64;
 #define ACT_LINEAR 0
 #define ACT_RELU 1
 #define ACT_SIGMOID 2
-#define ACT_SOFTMAX 3 // applied by softmax_lastaxis after the producing kernel
+#define ACT_SOFTMAX 3 // over channels: the `softmax` kernel (layers.cu) after the producer, or a fused head
 #define ACT_TANH 4
 #define ACT_ELU 5
 #define ACT_SELU 6

@@ -992,9 +992,24 @@ fn read_spec(spec: &std::path::Path) -> Result<(String, unetc::Compiled, [usize;
         }
     };
     let c = unetc::compile_source(spec, text.clone(), &Options::default(), &mut Session::new());
-    if c.has_errors() {
+    // Errors that only the spec's own input size causes are what `sizes` is for: `check`
+    // sends the user here with them.
+    let size_error = |d: &unetc::diag::Diagnostic| {
+        matches!(
+            d.code,
+            "E-concat-shape" | "E-add-shape" | "E-size" | "E-crop"
+        )
+    };
+    if c.diags.iter().any(|d| d.is_error() && !size_error(d)) {
         eprint!("{}", render_plain(&c.sources, &c.diags));
         return Err(ExitCode::from(EXIT_SPEC_ERRORS));
+    }
+    if c.has_errors() {
+        eprintln!(
+            "note: `{}` does not work at its own input size (`unetc check` says why); the answer \
+             below uses sizes that do",
+            spec.display()
+        );
     }
     match unetc::report::sizes::spec_input(&c) {
         Some(base) => Ok((text, c, base)),

@@ -566,3 +566,39 @@ fn import_and_convert_write_the_form_their_output_is_named() {
         assert!(!at(name).exists(), "{name} was written");
     }
 }
+
+/// `check` on a spec that fails at its own size points to `unetc sizes SPEC`, and that command
+/// then answers (it used to refuse the spec for the very errors it was sent to fix); its
+/// suggestions are sizes `check` accepts.
+#[test]
+fn sizes_answers_for_a_spec_that_fails_at_its_own_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("odd.unet");
+    let text = std::fs::read_to_string(root().join("specs/original.unet"))
+        .unwrap()
+        .replace("572x572x1", "390x389x1");
+    std::fs::write(&spec, &text).unwrap();
+    let spec_arg = spec.to_str().unwrap();
+    let (code, _, err) = unetc(&["check", spec_arg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("help: heights that work near 390: 380 (output 196) and 396 (output 212); widths that work near 389: 380 (output 196) and 396 (output 212)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("`unetc sizes {spec_arg}` lists them all")),
+        "{err}"
+    );
+    let (code, out, err) = unetc(&["sizes", spec_arg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("does not work at its own input size"), "{err}");
+    assert!(out.contains("valid: in ≡ 12 mod 16, in ≥ 188"), "{out}");
+    for shape in ["380x380x1", "396x380x1", "380x396x1"] {
+        let (code, _, err) = unetc(&["check", spec_arg, "--input-shape", shape]);
+        assert_eq!(code, 0, "{shape}: {err}");
+    }
+    let (code, out, err) = unetc(&["tiles", spec_arg, "--image", "1000x800", "--memory", "2GiB"]);
+    assert_eq!(code, 0, "{err}");
+    // Weights of the original U-Net: 31,030,658 parameters x 4 bytes = 118.4 MiB.
+    assert!(out.contains("+ weights 118.4 MiB"), "{out}");
+}

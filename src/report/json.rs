@@ -141,6 +141,7 @@ pub fn sizes_json(
                 "closed_form": closed,
                 "accepted": found.accepted.iter().map(size_pair_json).collect::<Vec<_>>(),
                 "nearest": nearest,
+                "other_axis_held_at": found.other_axis_held_at,
             })
         })
         .collect();

@@ -529,8 +529,6 @@ pub fn plan_tiles(
     max: usize,
 ) -> Result<TilePlan, String> {
     let sizes = probe_axis(path, text, base, 0, max);
-    let weight_bytes = compile_at(path, text, base)
-        .map_or(0, |c| c.info.totals(&c.graph).params.saturating_mul(4));
     let mut best: Option<TilePlan> = None;
     for p in sizes.accepted.iter().rev() {
         let Some(out) = p.output else {
@@ -543,6 +541,8 @@ pub fn plan_tiles(
             continue;
         };
         let arena = plan.arena_bytes(1);
+        // From the tile's own compile: the spec may not compile at its own size.
+        let weight_bytes = c.info.totals(&c.graph).params.saturating_mul(4);
         if arena.saturating_add(weight_bytes) > budget {
             continue;
         }

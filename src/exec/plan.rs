@@ -15,6 +15,7 @@
 //! occupies, which keeps the arena close to the live-set minimum.
 
 use crate::infer::Inferred;
+use crate::ir::ops::ActivationFn;
 use crate::ir::{Graph, NodeId, Op};
 
 /// A window of a buffer, per batch item: element `(y, x, c)` of the value is at
@@ -92,7 +93,7 @@ impl Storage {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fused {
     pub batch_norm: Option<NodeId>,
-    pub activation: Option<String>,
+    pub activation: Option<ActivationFn>,
     /// The activation layer whose activation is `activation`.
     pub activation_layer: Option<NodeId>,
 }
@@ -206,18 +207,24 @@ fn reads_windows(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
 /// Whether a layer's kernel can write its output into a window of a wider buffer.
 fn writes_windows(op: &Op) -> bool {
     match op {
-        Op::Conv2D(a) => a.args.activation != "softmax",
-        Op::Conv2DTranspose(a) => a.args.activation != "softmax",
+        Op::Conv2D(a) => a.args.activation != ActivationFn::Softmax,
+        Op::Conv2DTranspose(a) => a.args.activation != ActivationFn::Softmax,
+        Op::Activation(a) => a.activation != ActivationFn::Softmax,
         Op::MaxPooling2D(_)
         | Op::UpSampling2D(_)
         | Op::Cropping2D(_)
         | Op::ZeroPadding2D(_)
         | Op::BatchNormalization(_)
-        | Op::Activation(_)
         | Op::ReLU(_)
         | Op::Add(_)
-        | Op::Dropout(_) => !matches!(op, Op::Activation(a) if a.activation == "softmax"),
-        _ => false,
+        | Op::Dropout(_) => true,
+        // Softmax needs its whole row; the others write dense buffers of their own.
+        Op::Input(_)
+        | Op::Concatenate(_)
+        | Op::Softmax(_)
+        | Op::Flatten(_)
+        | Op::Dense(_)
+        | Op::GlobalAveragePooling2D(_) => false,
     }
 }
 
@@ -236,14 +243,26 @@ fn concat_on_channels(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
 /// The activation an activation layer applies, if it can run in a convolution's epilogue.
 /// Softmax is over the channels of each pixel (a Softmax layer only on the last axis); it runs
 /// after the convolution, in place, so a convolution fused with it writes a dense buffer.
-fn epilogue_activation(op: &Op, rank: usize) -> Option<String> {
+fn epilogue_activation(op: &Op, rank: usize) -> Option<ActivationFn> {
     match op {
-        Op::Activation(a) => Some(a.activation.clone()),
-        Op::Softmax(s) if s.axis == -1 || s.axis == rank as i64 => Some("softmax".into()),
-        Op::ReLU(r) if r.max_value.is_none() && r.negative_slope == 0.0 && r.threshold == 0.0 => {
-            Some("relu".into())
-        }
-        _ => None,
+        Op::Activation(a) => Some(a.activation),
+        Op::Softmax(s) => (s.axis == -1 || s.axis == rank as i64).then_some(ActivationFn::Softmax),
+        Op::ReLU(r) => (r.max_value.is_none() && r.negative_slope == 0.0 && r.threshold == 0.0)
+            .then_some(ActivationFn::Relu),
+        Op::Input(_)
+        | Op::Conv2D(_)
+        | Op::Conv2DTranspose(_)
+        | Op::MaxPooling2D(_)
+        | Op::UpSampling2D(_)
+        | Op::Cropping2D(_)
+        | Op::ZeroPadding2D(_)
+        | Op::Concatenate(_)
+        | Op::Add(_)
+        | Op::BatchNormalization(_)
+        | Op::Dropout(_)
+        | Op::Flatten(_)
+        | Op::Dense(_)
+        | Op::GlobalAveragePooling2D(_) => None,
     }
 }
 
@@ -320,7 +339,7 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
                 }
             }
         }
-        if conv.args.activation == "linear" {
+        if conv.args.activation == ActivationFn::Linear {
             if let Some(next) = only_consumer(tail) {
                 let rank = shapes[next.index()].len();
                 if let Some(act) = epilogue_activation(&graph.node(next).op, rank) {
@@ -413,7 +432,7 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             // A crop that removes nothing has its root's shape and window: placing works too.
             let placeable = kind[r.index()] == Kind::Owns
                 && slice_of[r.index()].is_none()
-                && fused[r.index()].activation.as_deref() != Some("softmax")
+                && fused[r.index()].activation != Some(ActivationFn::Softmax)
                 && !is_output[r.index()]
                 && writes_windows(&r_node.op)
                 && shapes[r.index()] == shapes[input.index()]

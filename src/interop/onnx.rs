@@ -20,6 +20,7 @@
 
 use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
+use crate::ir::ops::{ActivationFn, Interpolation, Padding};
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
 
@@ -568,7 +569,7 @@ impl Exporter<'_> {
                 let [kh, kw] = a.kernel_size;
                 let f = a.filters;
                 let mut pads = [0i64; 4];
-                if a.padding == "same" {
+                if a.padding == Padding::Same {
                     for (axis, n) in [h, w].into_iter().enumerate() {
                         let k_eff = (a.kernel_size[axis] - 1) * a.dilation_rate[axis] + 1;
                         let (before, after) = same_pads(n, out_shape[axis], k_eff, a.strides[axis]);
@@ -600,7 +601,7 @@ impl Exporter<'_> {
                 if a.use_bias {
                     inputs.push(self.weight_as_is(id, "bias"));
                 }
-                let pre = self.pre_activation(&a.activation, &out);
+                let pre = self.pre_activation(a.activation, &out);
                 self.node(
                     name.clone(),
                     "Conv",
@@ -613,7 +614,7 @@ impl Exporter<'_> {
                         ("pads", Attr::Ints(pads.to_vec())),
                     ],
                 );
-                self.activation_after(&name, &a.activation, pre, out, 1);
+                self.activation_after(&name, a.activation, pre, out, 1);
             }
             Op::Conv2DTranspose(op) => {
                 let a = &op.args;
@@ -632,7 +633,7 @@ impl Exporter<'_> {
                 for (axis, n) in [h, w].into_iter().enumerate() {
                     let (k, s, o) = (a.kernel_size[axis], a.strides[axis], out_shape[axis]);
                     let full = (n - 1) * s + k;
-                    let start = if a.padding == "same" {
+                    let start = if a.padding == Padding::Same {
                         (full - o).max(0) / 2
                     } else {
                         0
@@ -669,7 +670,7 @@ impl Exporter<'_> {
                 if a.use_bias {
                     inputs.push(self.weight_as_is(id, "bias"));
                 }
-                let pre = self.pre_activation(&a.activation, &out);
+                let pre = self.pre_activation(a.activation, &out);
                 let mut attrs = vec![
                     ("kernel_shape", Attr::Ints(vec![kh, kw])),
                     ("strides", Attr::Ints(a.strides.to_vec())),
@@ -679,12 +680,12 @@ impl Exporter<'_> {
                     attrs.push(("output_padding", Attr::Ints(output_padding.to_vec())));
                 }
                 self.node(name.clone(), "ConvTranspose", inputs, pre.clone(), attrs);
-                self.activation_after(&name, &a.activation, pre, out, 1);
+                self.activation_after(&name, a.activation, pre, out, 1);
             }
             Op::MaxPooling2D(op) => {
                 let [h, w, _] = need_image("MaxPooling2D")?;
                 let mut pads = [0i64; 4];
-                if op.padding == "same" {
+                if op.padding == Padding::Same {
                     for (axis, n) in [h, w].into_iter().enumerate() {
                         let (before, after) =
                             same_pads(n, out_shape[axis], op.pool_size[axis], op.strides[axis]);
@@ -711,7 +712,7 @@ impl Exporter<'_> {
                     vec![4],
                     vec![1.0, 1.0, op.size[0] as f32, op.size[1] as f32],
                 );
-                let attrs = if op.interpolation == "bilinear" {
+                let attrs = if op.interpolation == Interpolation::Bilinear {
                     vec![
                         ("mode", Attr::Str("linear")),
                         ("coordinate_transformation_mode", Attr::Str("half_pixel")),
@@ -811,7 +812,7 @@ impl Exporter<'_> {
             }
             Op::Activation(op) => {
                 let axis = if image { 1 } else { -1 };
-                self.activation(&name, &op.activation, x(), out, axis);
+                self.activation(&name, op.activation, x(), out, axis);
             }
             Op::ReLU(op) => self.relu_layer(&name, op, x(), out),
             Op::Softmax(op) => {
@@ -849,7 +850,7 @@ impl Exporter<'_> {
             Op::Dense(op) => {
                 let n_in = *in_shapes[0].last().unwrap_or(&1);
                 let units = op.units;
-                let pre = self.pre_activation(&op.activation, &out);
+                let pre = self.pre_activation(op.activation, &out);
                 if in_shapes[0].len() == 3 {
                     // On an image (NCHW here): a 1x1 convolution, kernel [out, in, 1, 1].
                     let kernel_name = format!("{name}/kernel");
@@ -874,7 +875,7 @@ impl Exporter<'_> {
                         pre.clone(),
                         vec![("kernel_shape", Attr::Ints(vec![1, 1]))],
                     );
-                    self.activation_after(&name, &op.activation, pre, out, 1);
+                    self.activation_after(&name, op.activation, pre, out, 1);
                 } else if in_shapes[0].len() == 1 {
                     let kernel = self.weight_as_is(id, "kernel");
                     let mut inputs = vec![x(), kernel];
@@ -882,7 +883,7 @@ impl Exporter<'_> {
                         inputs.push(self.weight_as_is(id, "bias"));
                     }
                     self.node(name.clone(), "Gemm", inputs, pre.clone(), vec![]);
-                    self.activation_after(&name, &op.activation, pre, out, -1);
+                    self.activation_after(&name, op.activation, pre, out, -1);
                 } else {
                     let kernel = self.weight_as_is(id, "kernel");
                     if op.use_bias {
@@ -911,7 +912,7 @@ impl Exporter<'_> {
                             vec![],
                         );
                     }
-                    self.activation_after(&name, &op.activation, pre, out, -1);
+                    self.activation_after(&name, op.activation, pre, out, -1);
                 }
             }
             Op::GlobalAveragePooling2D(op) => {
@@ -932,8 +933,8 @@ impl Exporter<'_> {
     }
 
     /// Where a layer's main op writes before its built-in activation (`out` when linear).
-    fn pre_activation(&self, activation: &str, out: &str) -> String {
-        if activation == "linear" {
+    fn pre_activation(&self, activation: ActivationFn, out: &str) -> String {
+        if activation == ActivationFn::Linear {
             out.to_string()
         } else {
             format!("{out}/preact")
@@ -941,8 +942,15 @@ impl Exporter<'_> {
     }
 
     /// A layer's built-in activation (Conv2D, Dense): nodes named `<layer>/<activation>`.
-    fn activation_after(&mut self, layer: &str, act: &str, pre: String, out: String, axis: i64) {
-        if act != "linear" {
+    fn activation_after(
+        &mut self,
+        layer: &str,
+        act: ActivationFn,
+        pre: String,
+        out: String,
+        axis: i64,
+    ) {
+        if act != ActivationFn::Linear {
             self.activation(&format!("{layer}/{act}"), act, pre, out, axis);
         }
     }
@@ -967,18 +975,18 @@ impl Exporter<'_> {
     }
 
     /// A Keras activation from `x` to `out`; `axis` is the channel axis (for softmax).
-    fn activation(&mut self, name: &str, act: &str, x: String, out: String, axis: i64) {
+    fn activation(&mut self, name: &str, act: ActivationFn, x: String, out: String, axis: i64) {
         let unary = |op: &'static str| -> Vec<Step> { vec![(op, "", vec![], vec![])] };
         let steps: Vec<Step> = match act {
-            "relu" => unary("Relu"),
-            "sigmoid" => unary("Sigmoid"),
-            "tanh" => unary("Tanh"),
-            "softplus" => unary("Softplus"),
-            "softsign" => unary("Softsign"),
-            "exponential" => unary("Exp"),
-            "softmax" => vec![("Softmax", "", vec![], vec![("axis", Attr::Int(axis))])],
-            "elu" => vec![("Elu", "", vec![], vec![("alpha", Attr::Float(1.0))])],
-            "selu" => vec![(
+            ActivationFn::Relu => unary("Relu"),
+            ActivationFn::Sigmoid => unary("Sigmoid"),
+            ActivationFn::Tanh => unary("Tanh"),
+            ActivationFn::Softplus => unary("Softplus"),
+            ActivationFn::Softsign => unary("Softsign"),
+            ActivationFn::Exponential => unary("Exp"),
+            ActivationFn::Softmax => vec![("Softmax", "", vec![], vec![("axis", Attr::Int(axis))])],
+            ActivationFn::Elu => vec![("Elu", "", vec![], vec![("alpha", Attr::Float(1.0))])],
+            ActivationFn::Selu => vec![(
                 "Selu",
                 "",
                 vec![],
@@ -987,28 +995,28 @@ impl Exporter<'_> {
                     ("gamma", Attr::Float(SELU_SCALE)),
                 ],
             )],
-            "hard_sigmoid" => vec![(
+            ActivationFn::HardSigmoid => vec![(
                 "HardSigmoid",
                 "",
                 vec![],
                 vec![("alpha", Attr::Float(0.2)), ("beta", Attr::Float(0.5))],
             )],
-            "leaky_relu" => vec![("LeakyRelu", "", vec![], vec![("alpha", Attr::Float(0.2))])],
-            "relu6" => {
+            ActivationFn::LeakyRelu => vec![("LeakyRelu", "", vec![], vec![("alpha", Attr::Float(0.2))])],
+            ActivationFn::Relu6 => {
                 let lo = self.scalar(format!("{name}/min"), 0.0);
                 let hi = self.scalar(format!("{name}/max"), 6.0);
                 vec![("Clip", "", vec![lo, hi], vec![])]
             }
-            "swish" | "silu" => vec![
+            ActivationFn::Swish | ActivationFn::Silu => vec![
                 ("Sigmoid", "sigmoid", vec![], vec![]),
                 ("Mul", "", vec![x.clone()], vec![]),
             ],
-            "mish" => vec![
+            ActivationFn::Mish => vec![
                 ("Softplus", "softplus", vec![], vec![]),
                 ("Tanh", "tanh", vec![], vec![]),
                 ("Mul", "", vec![x.clone()], vec![]),
             ],
-            "gelu" => {
+            ActivationFn::Gelu => {
                 // Keras's exact gelu: 0.5 * x * (1 + erf(x / sqrt(2))) (ONNX Gelu is opset 20).
                 let sqrt2 = self.scalar(format!("{name}/sqrt2"), std::f32::consts::SQRT_2);
                 let one = self.scalar(format!("{name}/one"), 1.0);
@@ -1021,7 +1029,7 @@ impl Exporter<'_> {
                     ("Mul", "", vec![half], vec![]),
                 ]
             }
-            _ => unary("Identity"),
+            ActivationFn::Linear => unary("Identity"),
         };
         self.chain(name, x, out, steps);
     }

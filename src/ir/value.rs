@@ -2,6 +2,7 @@
 //! arguments into a layer's typed Keras arguments with precise diagnostics.
 
 use crate::diag::{Diagnostic, Span};
+use crate::ir::ops::keywords::Keyword;
 use crate::ir::NodeId;
 use std::fmt;
 
@@ -269,6 +270,17 @@ impl<'a> ArgReader<'a> {
                 default
             }
         }
+    }
+
+    /// One of a [`Keyword`]'s names (as [`ArgReader::choice`]); `none` counts as `none_means`.
+    pub fn keyword<K: Keyword>(&mut self, name: &str, default: K, none_means: Option<K>) -> K {
+        let chosen = self.choice(
+            name,
+            K::NAMES,
+            default.keras_name(),
+            none_means.map(K::keras_name),
+        );
+        K::from_keras_name(&chosen).unwrap_or(default)
     }
 
     /// One of `choices`; `none` counts as `none_means` when given.

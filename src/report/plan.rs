@@ -150,7 +150,7 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                 (Work::Kernel, Op::Input(_)) => StepWork::Upload,
                 (Work::Kernel, _) => StepWork::Kernel {
                     folded_batch_norm: fused.batch_norm.map(name),
-                    activation: fused.activation.clone(),
+                    activation: fused.activation.map(|a| a.keras_name().to_string()),
                 },
                 (Work::Nothing, Op::Concatenate(_)) => StepWork::NeverBuilt {
                     parts: node.inputs.iter().map(|&i| name(i)).collect(),

@@ -7,8 +7,8 @@
 
 use super::gemm::{matmul, matmul_serial};
 use crate::ir::ops::{
-    Activation, BatchNormalization, Concatenate, Conv2D, Conv2DTranspose, Cropping2D, MaxPooling2D,
-    ReLU, Softmax, UpSampling2D, ZeroPadding2D,
+    Activation, ActivationFn, BatchNormalization, Concatenate, Conv2D, Conv2DTranspose, Cropping2D, MaxPooling2D,
+    Interpolation, ReLU, Softmax, UpSampling2D, ZeroPadding2D,
 };
 use rayon::prelude::*;
 
@@ -69,7 +69,7 @@ pub fn conv2d(
     [h, w, c]: [usize; 3],
     kernel: &[f32],
     bias: Option<&[f32]>,
-    activation: &str,
+    activation: ActivationFn,
     out: &mut [f32],
     [oh, ow, f]: [usize; 3],
     batch: usize,
@@ -259,7 +259,7 @@ pub fn conv2d_transpose(
                 } else {
                     dst.fill(0.0);
                 }
-                bias_activation_serial(dst, f, bias, &a.activation);
+                bias_activation_serial(dst, f, bias, a.activation);
             });
         return;
     }
@@ -305,7 +305,7 @@ pub fn conv2d_transpose(
                     }
                 });
         }
-        bias_activation(yout, f, bias, &a.activation);
+        bias_activation(yout, f, bias, a.activation);
     }
 }
 
@@ -330,7 +330,7 @@ pub fn dense(
     n_in: usize,
     kernel: &[f32],
     bias: Option<&[f32]>,
-    activation: &str,
+    activation: ActivationFn,
     out: &mut [f32],
     units: usize,
     rows: usize,
@@ -339,7 +339,12 @@ pub fn dense(
     bias_activation(out, units, bias, activation);
 }
 
-pub fn bias_activation(y: &mut [f32], channels: usize, bias: Option<&[f32]>, activation: &str) {
+pub fn bias_activation(
+    y: &mut [f32],
+    channels: usize,
+    bias: Option<&[f32]>,
+    activation: ActivationFn,
+) {
     // Whole pixels per task, so that the bias and a softmax line up with each chunk.
     let c = channels.max(1);
     y.par_chunks_mut(c * (1usize << 14).div_ceil(c))
@@ -347,10 +352,15 @@ pub fn bias_activation(y: &mut [f32], channels: usize, bias: Option<&[f32]>, act
 }
 
 /// [`bias_activation`] on the calling thread, for `y` holding whole pixels.
-fn bias_activation_serial(y: &mut [f32], channels: usize, bias: Option<&[f32]>, activation: &str) {
+fn bias_activation_serial(
+    y: &mut [f32],
+    channels: usize,
+    bias: Option<&[f32]>,
+    activation: ActivationFn,
+) {
     let c = channels.max(1);
     if let Some(b) = bias {
-        if activation == "relu" {
+        if activation == ActivationFn::Relu {
             // The common epilogue in one pass.
             return y.chunks_mut(c).for_each(|px| {
                 px.iter_mut()
@@ -361,24 +371,22 @@ fn bias_activation_serial(y: &mut [f32], channels: usize, bias: Option<&[f32]>, 
         y.chunks_mut(c)
             .for_each(|px| px.iter_mut().zip(b).for_each(|(v, bb)| *v += bb));
     }
-    match activation {
-        "linear" => {}
+    match (activation, elementwise(activation)) {
+        (ActivationFn::Linear, _) => {}
         // Inlined, not called through a pointer per value.
-        "relu" => y.iter_mut().for_each(|v| *v = v.max(0.0)),
-        "softmax" => y.chunks_mut(c).for_each(softmax_in_place),
-        other => {
-            let f = elementwise(other);
-            y.iter_mut().for_each(|v| *v = f(*v));
-        }
+        (ActivationFn::Relu, _) => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+        (_, Some(f)) => y.iter_mut().for_each(|v| *v = f(*v)),
+        (_, None) => y.chunks_mut(c).for_each(softmax_in_place),
     }
 }
 
 /// Applies a Keras activation; `softmax` works over the last axis (`channels` values).
-pub fn activate(y: &mut [f32], channels: usize, activation: &str) {
+pub fn activate(y: &mut [f32], channels: usize, activation: ActivationFn) {
     bias_activation(y, channels, None, activation);
 }
 
-fn elementwise(name: &str) -> fn(f32) -> f32 {
+/// The activation as a function of one value; `None` for softmax, which needs the whole pixel.
+fn elementwise(activation: ActivationFn) -> Option<fn(f32) -> f32> {
     fn sigmoid(x: f32) -> f32 {
         1.0 / (1.0 + (-x).exp())
     }
@@ -390,27 +398,28 @@ fn elementwise(name: &str) -> fn(f32) -> f32 {
             x.exp().ln_1p()
         }
     }
-    match name {
-        "relu" => |x| x.max(0.0),
-        "sigmoid" => sigmoid,
-        "tanh" => f32::tanh,
-        "elu" => |x| if x > 0.0 { x } else { x.exp_m1() },
-        "selu" => |x| {
+    Some(match activation {
+        ActivationFn::Linear => |x| x,
+        ActivationFn::Relu => |x| x.max(0.0),
+        ActivationFn::Sigmoid => sigmoid,
+        ActivationFn::Softmax => return None,
+        ActivationFn::Tanh => f32::tanh,
+        ActivationFn::Elu => |x| if x > 0.0 { x } else { x.exp_m1() },
+        ActivationFn::Selu => |x| {
             const ALPHA: f32 = 1.673_263_2;
             const SCALE: f32 = 1.050_701;
             SCALE * if x > 0.0 { x } else { ALPHA * x.exp_m1() }
         },
-        "softplus" => softplus,
-        "softsign" => |x| x / (1.0 + x.abs()),
-        "swish" | "silu" => |x| x * sigmoid(x),
-        "gelu" => |x| 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
-        "exponential" => f32::exp,
-        "hard_sigmoid" => |x| (0.2 * x + 0.5).clamp(0.0, 1.0),
-        "relu6" => |x| x.clamp(0.0, 6.0),
-        "mish" => |x| x * softplus(x).tanh(),
-        "leaky_relu" => |x| if x >= 0.0 { x } else { 0.2 * x },
-        _ => |x| x,
-    }
+        ActivationFn::Softplus => softplus,
+        ActivationFn::Softsign => |x| x / (1.0 + x.abs()),
+        ActivationFn::Swish | ActivationFn::Silu => |x| x * sigmoid(x),
+        ActivationFn::Gelu => |x| 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
+        ActivationFn::Exponential => f32::exp,
+        ActivationFn::HardSigmoid => |x| (0.2 * x + 0.5).clamp(0.0, 1.0),
+        ActivationFn::Relu6 => |x| x.clamp(0.0, 6.0),
+        ActivationFn::Mish => |x| x * softplus(x).tanh(),
+        ActivationFn::LeakyRelu => |x| if x >= 0.0 { x } else { 0.2 * x },
+    })
 }
 
 fn softmax_in_place(v: &mut [f32]) {
@@ -427,7 +436,7 @@ fn softmax_in_place(v: &mut [f32]) {
 
 pub fn activation_layer(op: &Activation, x: &[f32], out: &mut [f32], channels: usize) {
     out.copy_from_slice(x);
-    activate(out, channels, &op.activation);
+    activate(out, channels, op.activation);
 }
 
 pub fn relu_layer(op: &ReLU, x: &[f32], out: &mut [f32]) {
@@ -548,7 +557,7 @@ pub fn upsample(
     [oh, ow, _]: [usize; 3],
 ) {
     let (sh, sw) = (op.size[0] as usize, op.size[1] as usize);
-    let bilinear = op.interpolation == "bilinear";
+    let bilinear = op.interpolation == Interpolation::Bilinear;
     out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
         let (n, oy) = (row / oh, row % oh);
         let xin = &x[n * h * w * c..(n + 1) * h * w * c];

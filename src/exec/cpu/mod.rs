@@ -405,8 +405,7 @@ impl<'g> CpuModel<'g> {
             bias.as_deref(),
             self.plan.fused[id.index()]
                 .activation
-                .as_deref()
-                .unwrap_or(&op.args.activation),
+                .unwrap_or(op.args.activation),
             out,
             hwc3(&self.shape(id)),
             batch,
@@ -475,7 +474,7 @@ impl<'g> CpuModel<'g> {
                     n_in,
                     kernel,
                     bias.as_deref(),
-                    &op.activation,
+                    op.activation,
                     out,
                     channels,
                     rows,

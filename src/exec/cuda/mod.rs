@@ -15,6 +15,7 @@ use super::plan::{hwc, plan, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use super::{Precision, WeightSource};
 use crate::infer::Inferred;
+use crate::ir::ops::{ActivationFn, Interpolation};
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -314,25 +315,25 @@ fn arch_name(major: i32, minor: i32) -> &'static str {
     }
 }
 
-/// Keras activation names as the kernels' codes (kernels/common.cuh).
-pub fn activation_code(name: &str) -> i32 {
-    match name {
-        "relu" => 1,
-        "sigmoid" => 2,
-        "softmax" => 3,
-        "tanh" => 4,
-        "elu" => 5,
-        "selu" => 6,
-        "softplus" => 7,
-        "softsign" => 8,
-        "swish" | "silu" => 9,
-        "gelu" => 10,
-        "exponential" => 11,
-        "hard_sigmoid" => 12,
-        "relu6" => 13,
-        "mish" => 14,
-        "leaky_relu" => 15,
-        _ => 0,
+/// Keras activations as the kernels' codes (kernels/common.cuh).
+pub fn activation_code(activation: ActivationFn) -> i32 {
+    match activation {
+        ActivationFn::Linear => 0,
+        ActivationFn::Relu => 1,
+        ActivationFn::Sigmoid => 2,
+        ActivationFn::Softmax => 3,
+        ActivationFn::Tanh => 4,
+        ActivationFn::Elu => 5,
+        ActivationFn::Selu => 6,
+        ActivationFn::Softplus => 7,
+        ActivationFn::Softsign => 8,
+        ActivationFn::Swish | ActivationFn::Silu => 9,
+        ActivationFn::Gelu => 10,
+        ActivationFn::Exponential => 11,
+        ActivationFn::HardSigmoid => 12,
+        ActivationFn::Relu6 => 13,
+        ActivationFn::Mish => 14,
+        ActivationFn::LeakyRelu => 15,
     }
 }
 
@@ -932,8 +933,7 @@ impl<'g> CudaModel<'g> {
         let head_act = activation_code(
             self.plan.fused[head.index()]
                 .activation
-                .as_deref()
-                .unwrap_or(&op.args.activation),
+                .unwrap_or(op.args.activation),
         );
         let head_y = View::of(&self.plan, &self.window(head)?, batch);
         let head_f = head_y.c;
@@ -1045,13 +1045,12 @@ impl<'g> CudaModel<'g> {
             };
             let act = plan.fused[a.index()]
                 .activation
-                .as_deref()
-                .unwrap_or(&first.args.activation);
+                .unwrap_or(first.args.activation);
             let alone = readers
                 .get(&x.buffer)
                 .is_some_and(|r| r.iter().all(|&n| n == b));
             if tc.mode == 0
-                && act != "softmax"
+                && act != ActivationFn::Softmax
                 && x.c <= 128
                 && x.is_dense()
                 && alone
@@ -1452,8 +1451,7 @@ impl<'g> CudaModel<'g> {
                 let (pt, pl) = (a.pad_before(0, h, oh), a.pad_before(1, wd, ow));
                 let activation = plan.fused[id.index()]
                     .activation
-                    .as_deref()
-                    .unwrap_or(&a.activation);
+                    .unwrap_or(a.activation);
                 let act = activation_code(activation);
                 let w = self.weights_of(id)?;
                 let geometry = [
@@ -1514,7 +1512,7 @@ impl<'g> CudaModel<'g> {
                     }
                     unsafe { b.launch(grid(n_out)).map_err(driver)? };
                 }
-                if activation == "softmax" {
+                if activation == ActivationFn::Softmax {
                     self.softmax_over_channels(arena, y, batch)?;
                 }
             }
@@ -1525,7 +1523,7 @@ impl<'g> CudaModel<'g> {
                 let (y0, x0) = (op.crop_before(0, h, oh), op.crop_before(1, wd, ow));
                 let w = self.weights_of(id)?;
                 let x = x_view(0)?;
-                let act = activation_code(&a.activation);
+                let act = activation_code(a.activation);
                 if let Some(tc) = self.tensor_core.get(&id) {
                     let geometry = [
                         a.kernel_size[0] as i32,
@@ -1561,7 +1559,7 @@ impl<'g> CudaModel<'g> {
                     }
                     unsafe { b.launch(grid(n_out)).map_err(driver)? };
                 }
-                if a.activation == "softmax" {
+                if a.activation == ActivationFn::Softmax {
                     self.softmax_over_channels(arena, y, batch)?;
                 }
             }
@@ -1572,7 +1570,7 @@ impl<'g> CudaModel<'g> {
                 let w = self.weights_of(id)?;
                 let x_off = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
                 let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
-                let act = activation_code(&op.activation);
+                let act = activation_code(op.activation);
                 let (r, ni, u) = (i(rows), i(n_in), i(units));
                 unsafe {
                     stream
@@ -1589,7 +1587,7 @@ impl<'g> CudaModel<'g> {
                         .launch(grid(n_out))
                         .map_err(driver)?;
                 }
-                if op.activation == "softmax" {
+                if op.activation == ActivationFn::Softmax {
                     self.softmax_in_place(arena, y_off, rows as i64, u, 1)?;
                 }
             }
@@ -1619,7 +1617,7 @@ impl<'g> CudaModel<'g> {
                 let ints = [
                     op.size[0] as i32,
                     op.size[1] as i32,
-                    i32::from(op.interpolation == "bilinear"),
+                    i32::from(op.interpolation == Interpolation::Bilinear),
                     nb,
                 ];
                 let mut b = stream.launch_builder(self.function::<T>("upsample"));
@@ -1713,11 +1711,11 @@ impl<'g> CudaModel<'g> {
                 }
             }
             Op::Activation(op) => {
-                let softmax = op.activation == "softmax";
+                let softmax = op.activation == ActivationFn::Softmax;
                 let act = if softmax {
                     0
                 } else {
-                    activation_code(&op.activation)
+                    activation_code(op.activation)
                 };
                 self.elementwise(arena, x_view(0)?, y, act, batch)?;
                 if softmax {

@@ -1,29 +1,8 @@
 //! Activation, ReLU, Softmax and Dropout: shape-preserving, no weights.
 
-use super::{LayerKind, Shape, ShapeError};
+use super::{ActivationFn, LayerKind, Shape, ShapeError};
 use crate::ir::value::ArgReader;
 use serde_json::{json, Value as Json};
-
-/// Activation names Keras 2 accepts by string.
-pub const ACTIVATIONS: &[&str] = &[
-    "linear",
-    "relu",
-    "sigmoid",
-    "softmax",
-    "tanh",
-    "elu",
-    "selu",
-    "softplus",
-    "softsign",
-    "swish",
-    "silu",
-    "gelu",
-    "exponential",
-    "hard_sigmoid",
-    "relu6",
-    "mish",
-    "leaky_relu",
-];
 
 fn same_shape(inputs: &[Shape]) -> Result<Shape, ShapeError> {
     inputs
@@ -34,7 +13,7 @@ fn same_shape(inputs: &[Shape]) -> Result<Shape, ShapeError> {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Activation {
-    pub activation: String,
+    pub activation: ActivationFn,
 }
 
 impl LayerKind for Activation {
@@ -47,7 +26,11 @@ impl LayerKind for Activation {
             r.missing("activation", "activation(relu)");
         }
         Activation {
-            activation: r.choice("activation", ACTIVATIONS, "linear", Some("linear")),
+            activation: r.keyword(
+                "activation",
+                ActivationFn::Linear,
+                Some(ActivationFn::Linear),
+            ),
         }
     }
 

@@ -1,8 +1,8 @@
 //! Conv2D and Conv2DTranspose.
 
 use super::{
-    image, pair_json, product, same_size, valid_size, LayerKind, Shape, ShapeError, WeightSpec,
-    ACTIVATIONS,
+    image, pair_json, product, same_size, valid_size, ActivationFn, LayerKind, Padding, Shape,
+    ShapeError, WeightSpec,
 };
 use crate::ir::value::{ArgReader, MAX_DIM};
 use serde_json::{json, Value as Json};
@@ -28,9 +28,9 @@ pub struct ConvArgs {
     pub filters: i64,
     pub kernel_size: [i64; 2],
     pub strides: [i64; 2],
-    pub padding: String,
+    pub padding: Padding,
     pub dilation_rate: [i64; 2],
-    pub activation: String,
+    pub activation: ActivationFn,
     pub use_bias: bool,
     pub kernel_initializer: String,
     pub bias_initializer: String,
@@ -78,9 +78,13 @@ fn parse_conv(r: &mut ArgReader, class: &str) -> ConvArgs {
         filters,
         kernel_size,
         strides: r.pair_or("strides", 1, MAX_DIM, [1, 1]),
-        padding: r.choice("padding", &["valid", "same"], "valid", None),
+        padding: r.keyword("padding", Padding::Valid, None),
         dilation_rate: r.pair_or("dilation_rate", 1, MAX_DIM, [1, 1]),
-        activation: r.choice("activation", ACTIVATIONS, "linear", Some("linear")),
+        activation: r.keyword(
+            "activation",
+            ActivationFn::Linear,
+            Some(ActivationFn::Linear),
+        ),
         use_bias: r.bool_or("use_bias", true),
         kernel_initializer: r.choice("kernel_initializer", INITIALIZERS, "glorot_uniform", None),
         bias_initializer: r.choice("bias_initializer", INITIALIZERS, "zeros", None),
@@ -110,7 +114,7 @@ impl ConvArgs {
     /// Rows (axis 0) or columns (axis 1) of zero padding before the input, for input size `n`
     /// and output size `out`: Keras's `same` rule, 0 for `valid`.
     pub fn pad_before(&self, axis: usize, n: usize, out: usize) -> usize {
-        if self.padding == "same" {
+        if self.padding == Padding::Same {
             super::same_pad_before(
                 n,
                 out,
@@ -147,7 +151,7 @@ impl LayerKind for Conv2D {
         for (axis, n) in [h, w].into_iter().enumerate() {
             let k = a.effective_kernel(axis);
             let s = a.strides[axis];
-            out[axis] = if a.padding == "same" {
+            out[axis] = if a.padding == Padding::Same {
                 same_size(n, s)
             } else {
                 valid_size(n, k, s).ok_or_else(|| {
@@ -210,7 +214,7 @@ impl Conv2DTranspose {
     /// along an axis: TF pads the equivalent forward convolution (output -> input) the `same`
     /// way, so `same` crops `floor(total / 2)` first; `valid` starts at 0.
     pub fn crop_before(&self, axis: usize, n: usize, out: usize) -> usize {
-        if self.args.padding == "same" {
+        if self.args.padding == Padding::Same {
             let (k, s) = (
                 self.args.kernel_size[axis] as usize,
                 self.args.strides[axis] as usize,
@@ -269,10 +273,10 @@ impl LayerKind for Conv2DTranspose {
             out[axis] = match self.output_padding {
                 // Keras's deconv_output_length with output_padding.
                 Some(op) => {
-                    let pad = if a.padding == "same" { k / 2 } else { 0 };
+                    let pad = if a.padding == Padding::Same { k / 2 } else { 0 };
                     (n - 1) * s + k - 2 * pad + op[axis]
                 }
-                None if a.padding == "same" => n * s,
+                None if a.padding == Padding::Same => n * s,
                 None => n * s + (k - s).max(0),
             };
         }

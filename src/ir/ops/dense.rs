@@ -1,6 +1,6 @@
 //! Flatten and Dense.
 
-use super::{product, LayerKind, Shape, ShapeError, WeightSpec, ACTIVATIONS};
+use super::{product, ActivationFn, LayerKind, Shape, ShapeError, WeightSpec};
 use crate::ir::value::{ArgReader, MAX_DIM};
 use serde_json::{json, Value as Json};
 
@@ -42,7 +42,7 @@ impl LayerKind for Flatten {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dense {
     pub units: i64,
-    pub activation: String,
+    pub activation: ActivationFn,
     pub use_bias: bool,
     pub kernel_initializer: String,
 }
@@ -65,7 +65,11 @@ impl LayerKind for Dense {
         r.choice("bias_initializer", &["zeros", "ones"], "zeros", None);
         Dense {
             units: units.min(MAX_DIM),
-            activation: r.choice("activation", ACTIVATIONS, "linear", Some("linear")),
+            activation: r.keyword(
+                "activation",
+                ActivationFn::Linear,
+                Some(ActivationFn::Linear),
+            ),
             use_bias: r.bool_or("use_bias", true),
             kernel_initializer: r.choice(
                 "kernel_initializer",

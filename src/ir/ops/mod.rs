@@ -9,15 +9,17 @@ mod activation;
 mod conv;
 mod dense;
 mod input;
+pub mod keywords;
 pub mod merge;
 mod norm;
 mod pool;
 mod resize;
 
-pub use activation::{Activation, Dropout, ReLU, Softmax, ACTIVATIONS};
+pub use activation::{Activation, Dropout, ReLU, Softmax};
 pub use conv::{Conv2D, Conv2DTranspose};
 pub use dense::{Dense, Flatten};
 pub use input::Input;
+pub use keywords::{ActivationFn, Interpolation, Keyword, Padding};
 pub use merge::{Add, Concatenate};
 pub use norm::BatchNormalization;
 pub use pool::{GlobalAveragePooling2D, MaxPooling2D};

@@ -1,6 +1,8 @@
 //! MaxPooling2D and GlobalAveragePooling2D.
 
-use super::{image, pair_json, product, same_size, valid_size, LayerKind, Shape, ShapeError};
+use super::{
+    image, pair_json, product, same_size, valid_size, LayerKind, Padding, Shape, ShapeError,
+};
 use crate::ir::value::{ArgReader, MAX_DIM};
 use serde_json::{json, Value as Json};
 
@@ -9,13 +11,13 @@ pub struct MaxPooling2D {
     pub pool_size: [i64; 2],
     /// Keras: `strides=None` means `pool_size`.
     pub strides: [i64; 2],
-    pub padding: String,
+    pub padding: Padding,
 }
 
 impl MaxPooling2D {
     /// Window positions before the input along an axis (Keras's `same` rule; 0 for `valid`).
     pub fn pad_before(&self, axis: usize, n: usize, out: usize) -> usize {
-        if self.padding == "same" {
+        if self.padding == Padding::Same {
             super::same_pad_before(
                 n,
                 out,
@@ -51,7 +53,7 @@ impl LayerKind for MaxPooling2D {
         MaxPooling2D {
             pool_size,
             strides,
-            padding: r.choice("padding", &["valid", "same"], "valid", None),
+            padding: r.keyword("padding", Padding::Valid, None),
         }
     }
 
@@ -60,7 +62,7 @@ impl LayerKind for MaxPooling2D {
         let mut out = [0i64; 2];
         for (axis, n) in [h, w].into_iter().enumerate() {
             let (k, s) = (self.pool_size[axis], self.strides[axis]);
-            out[axis] = if self.padding == "same" {
+            out[axis] = if self.padding == Padding::Same {
                 same_size(n, s)
             } else {
                 valid_size(n, k, s).ok_or_else(|| {
@@ -83,7 +85,7 @@ impl LayerKind for MaxPooling2D {
         let Ok([h, w, _]) = image(inputs, Self::CLASS) else {
             return Vec::new();
         };
-        if self.padding != "valid" {
+        if self.padding != Padding::Valid {
             return Vec::new();
         }
         let dropped: Vec<String> = [("height", h, 0usize), ("width", w, 1)]

@@ -1,13 +1,13 @@
 //! UpSampling2D, Cropping2D and ZeroPadding2D.
 
-use super::{image, pair_json, LayerKind, Shape, ShapeError};
+use super::{image, pair_json, Interpolation, LayerKind, Shape, ShapeError};
 use crate::ir::value::{ArgReader, MAX_DIM};
 use serde_json::{json, Value as Json};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpSampling2D {
     pub size: [i64; 2],
-    pub interpolation: String,
+    pub interpolation: Interpolation,
 }
 
 impl LayerKind for UpSampling2D {
@@ -24,7 +24,7 @@ impl LayerKind for UpSampling2D {
         );
         UpSampling2D {
             size: r.pair_or("size", 1, 1 << 10, [2, 2]),
-            interpolation: r.choice("interpolation", &["nearest", "bilinear"], "nearest", None),
+            interpolation: r.keyword("interpolation", Interpolation::Nearest, None),
         }
     }
 

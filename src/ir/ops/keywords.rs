@@ -1,0 +1,103 @@
+//! Keras arguments that name one of a fixed set of choices (`padding='same'`,
+//! `activation='relu'`, `interpolation='bilinear'`) as enums: every backend matches on them
+//! exhaustively, so a new choice is a compile error wherever it must be handled.
+
+/// An argument whose value is one of a fixed set of Keras names.
+pub trait Keyword: Copy + Sized + 'static {
+    /// Every name, in the order the variants are declared.
+    const NAMES: &'static [&'static str];
+    /// The name Keras writes in the layer's config.
+    fn keras_name(self) -> &'static str;
+    fn from_keras_name(name: &str) -> Option<Self>;
+}
+
+macro_rules! keyword_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vdoc])* $variant),* }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            /// The name Keras writes in the layer's config.
+            pub fn keras_name(self) -> &'static str {
+                match self { $($name::$variant => $text),* }
+            }
+
+            pub fn from_keras_name(name: &str) -> Option<$name> {
+                $name::ALL.iter().copied().find(|k| k.keras_name() == name)
+            }
+        }
+
+        impl Keyword for $name {
+            const NAMES: &'static [&'static str] = &[$($text),*];
+
+            fn keras_name(self) -> &'static str {
+                $name::keras_name(self)
+            }
+
+            fn from_keras_name(name: &str) -> Option<$name> {
+                $name::from_keras_name(name)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.keras_name())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.keras_name())
+            }
+        }
+    };
+}
+
+keyword_enum! {
+    /// Keras's `padding` of convolutions and poolings.
+    Padding {
+        Valid = "valid",
+        /// Output `ceil(n / stride)`; the odd pixel of padding goes after (bottom/right).
+        Same = "same",
+    }
+}
+
+keyword_enum! {
+    /// Keras's `interpolation` of UpSampling2D.
+    Interpolation {
+        Nearest = "nearest",
+        /// Half-pixel centres, as tf.image.resize.
+        Bilinear = "bilinear",
+    }
+}
+
+keyword_enum! {
+    /// The activation functions Keras 2 accepts by name (`activation='relu'`).
+    ActivationFn {
+        Linear = "linear",
+        Relu = "relu",
+        Sigmoid = "sigmoid",
+        /// Over the last axis (the channels).
+        Softmax = "softmax",
+        Tanh = "tanh",
+        Elu = "elu",
+        Selu = "selu",
+        Softplus = "softplus",
+        Softsign = "softsign",
+        Swish = "swish",
+        /// Keras's other name for swish; kept apart so the config says what the spec said.
+        Silu = "silu",
+        /// The exact (erf) form, Keras's default.
+        Gelu = "gelu",
+        Exponential = "exponential",
+        /// Keras 2: `clip(0.2 x + 0.5, 0, 1)`.
+        HardSigmoid = "hard_sigmoid",
+        Relu6 = "relu6",
+        Mish = "mish",
+        /// Keras's `leaky_relu` function: negative slope 0.2.
+        LeakyRelu = "leaky_relu",
+    }
+}

@@ -183,68 +183,6 @@ fn dsl(v: &Json) -> Option<String> {
     })
 }
 
-/// Keras class -> (spec kind, config keys unetc takes).
-fn kind_of(class: &str) -> Option<(&'static str, &'static [&'static str])> {
-    Some(match class {
-        "Conv2D" => (
-            "conv2d",
-            &[
-                "filters",
-                "kernel_size",
-                "strides",
-                "padding",
-                "dilation_rate",
-                "activation",
-                "use_bias",
-                "kernel_initializer",
-                "bias_initializer",
-            ],
-        ),
-        "Conv2DTranspose" => (
-            "conv2d_transpose",
-            &[
-                "filters",
-                "kernel_size",
-                "strides",
-                "padding",
-                "output_padding",
-                "dilation_rate",
-                "activation",
-                "use_bias",
-                "kernel_initializer",
-                "bias_initializer",
-            ],
-        ),
-        "MaxPooling2D" | "MaxPool2D" => ("max_pooling2d", &["pool_size", "strides", "padding"]),
-        "UpSampling2D" => ("up_sampling2d", &["size", "interpolation"]),
-        "Cropping2D" => ("cropping2d", &["cropping"]),
-        "ZeroPadding2D" => ("zero_padding2d", &["padding"]),
-        "Concatenate" => ("concatenate", &["axis"]),
-        "Add" => ("add", &[]),
-        "BatchNormalization" => (
-            "batch_normalization",
-            &["axis", "momentum", "epsilon", "center", "scale"],
-        ),
-        "Activation" => ("activation", &["activation"]),
-        "ReLU" => ("re_lu", &["max_value", "negative_slope", "threshold"]),
-        "Softmax" => ("softmax", &["axis"]),
-        "Dropout" => ("dropout", &["rate"]),
-        "Flatten" => ("flatten", &[]),
-        "Dense" => (
-            "dense",
-            &[
-                "units",
-                "activation",
-                "use_bias",
-                "kernel_initializer",
-                "bias_initializer",
-            ],
-        ),
-        "GlobalAveragePooling2D" => ("global_average_pooling2d", &["keepdims"]),
-        _ => return None,
-    })
-}
-
 /// A DSL spec for a tf.keras functional model's JSON (`model.to_json()`), every layer named.
 pub fn import_json(text: &str) -> Result<String, ImportError> {
     let err = |m: String| ImportError(m);
@@ -323,7 +261,7 @@ pub fn import_json(text: &str) -> Result<String, ImportError> {
         if !is_ident {
             return Err(err(format!("{at}: layer name `{lname}` cannot be referenced in the DSL; rename it in Keras (letters, digits, _)")));
         }
-        let (kind, keys) = kind_of(class).ok_or_else(|| {
+        let (kind, keys) = Op::for_keras_class(class).ok_or_else(|| {
             err(format!(
                 "{at}: layer `{lname}` is a {class}, which unetc does not know"
             ))

@@ -1001,7 +1001,9 @@ impl Exporter<'_> {
                 vec![],
                 vec![("alpha", Attr::Float(0.2)), ("beta", Attr::Float(0.5))],
             )],
-            ActivationFn::LeakyRelu => vec![("LeakyRelu", "", vec![], vec![("alpha", Attr::Float(0.2))])],
+            ActivationFn::LeakyRelu => {
+                vec![("LeakyRelu", "", vec![], vec![("alpha", Attr::Float(0.2))])]
+            }
             ActivationFn::Relu6 => {
                 let lo = self.scalar(format!("{name}/min"), 0.0);
                 let hi = self.scalar(format!("{name}/max"), 6.0);

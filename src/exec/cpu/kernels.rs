@@ -7,8 +7,8 @@
 
 use super::gemm::{matmul, matmul_serial};
 use crate::ir::ops::{
-    Activation, ActivationFn, BatchNormalization, Concatenate, Conv2D, Conv2DTranspose, Cropping2D, MaxPooling2D,
-    Interpolation, ReLU, Softmax, UpSampling2D, ZeroPadding2D,
+    Activation, ActivationFn, BatchNormalization, Concatenate, Conv2D, Conv2DTranspose, Cropping2D,
+    Interpolation, MaxPooling2D, ReLU, Softmax, UpSampling2D, ZeroPadding2D,
 };
 use rayon::prelude::*;
 

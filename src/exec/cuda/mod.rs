@@ -1449,9 +1449,7 @@ impl<'g> CudaModel<'g> {
                 let [h, wd, _] = hwc(&in_shapes[0]);
                 let (oh, ow) = (y.h as usize, y.w as usize);
                 let (pt, pl) = (a.pad_before(0, h, oh), a.pad_before(1, wd, ow));
-                let activation = plan.fused[id.index()]
-                    .activation
-                    .unwrap_or(a.activation);
+                let activation = plan.fused[id.index()].activation.unwrap_or(a.activation);
                 let act = activation_code(activation);
                 let w = self.weights_of(id)?;
                 let geometry = [

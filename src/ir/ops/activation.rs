@@ -20,6 +20,7 @@ impl LayerKind for Activation {
     const CLASS: &'static str = "Activation";
     const POSITIONAL: &'static [&'static str] = &["activation"];
     const KNOWN: &'static [&'static str] = &["activation"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["activation"];
 
     fn parse(r: &mut ArgReader) -> Self {
         if !r.has("activation") {
@@ -54,6 +55,7 @@ impl LayerKind for ReLU {
     const CLASS: &'static str = "ReLU";
     const POSITIONAL: &'static [&'static str] = &["max_value", "negative_slope", "threshold"];
     const KNOWN: &'static [&'static str] = &["max_value", "negative_slope", "threshold"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["max_value", "negative_slope", "threshold"];
 
     fn parse(r: &mut ArgReader) -> Self {
         let max_value = match r.peek("max_value") {
@@ -88,6 +90,7 @@ impl LayerKind for Softmax {
     const CLASS: &'static str = "Softmax";
     const POSITIONAL: &'static [&'static str] = &["axis"];
     const KNOWN: &'static [&'static str] = &["axis"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["axis"];
 
     fn parse(r: &mut ArgReader) -> Self {
         Softmax {
@@ -122,6 +125,7 @@ impl LayerKind for Dropout {
     const CLASS: &'static str = "Dropout";
     const POSITIONAL: &'static [&'static str] = &["rate", "noise_shape", "seed"];
     const KNOWN: &'static [&'static str] = &["rate", "seed"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["rate"];
 
     fn parse(r: &mut ArgReader) -> Self {
         if !r.has("rate") {

@@ -137,6 +137,17 @@ impl LayerKind for Conv2D {
     const CLASS: &'static str = "Conv2D";
     const POSITIONAL: &'static [&'static str] = &["filters", "kernel_size", "strides", "padding"];
     const KNOWN: &'static [&'static str] = CONV_KNOWN;
+    const IMPORTED_CONFIG: &'static [&'static str] = &[
+        "filters",
+        "kernel_size",
+        "strides",
+        "padding",
+        "dilation_rate",
+        "activation",
+        "use_bias",
+        "kernel_initializer",
+        "bias_initializer",
+    ];
 
     fn parse(r: &mut ArgReader) -> Self {
         Conv2D {
@@ -241,6 +252,18 @@ impl LayerKind for Conv2DTranspose {
         "kernel_initializer",
         "bias_initializer",
         "data_format",
+    ];
+    const IMPORTED_CONFIG: &'static [&'static str] = &[
+        "filters",
+        "kernel_size",
+        "strides",
+        "padding",
+        "output_padding",
+        "dilation_rate",
+        "activation",
+        "use_bias",
+        "kernel_initializer",
+        "bias_initializer",
     ];
 
     fn parse(r: &mut ArgReader) -> Self {

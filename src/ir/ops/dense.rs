@@ -11,6 +11,7 @@ impl LayerKind for Flatten {
     const CLASS: &'static str = "Flatten";
     const POSITIONAL: &'static [&'static str] = &["data_format"];
     const KNOWN: &'static [&'static str] = &["data_format"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &[];
 
     fn parse(r: &mut ArgReader) -> Self {
         r.choice(
@@ -51,6 +52,13 @@ impl LayerKind for Dense {
     const CLASS: &'static str = "Dense";
     const POSITIONAL: &'static [&'static str] = &["units", "activation", "use_bias"];
     const KNOWN: &'static [&'static str] = &[
+        "units",
+        "activation",
+        "use_bias",
+        "kernel_initializer",
+        "bias_initializer",
+    ];
+    const IMPORTED_CONFIG: &'static [&'static str] = &[
         "units",
         "activation",
         "use_bias",

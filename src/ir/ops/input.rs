@@ -14,6 +14,8 @@ impl LayerKind for Input {
     const CLASS: &'static str = "InputLayer";
     const POSITIONAL: &'static [&'static str] = &["shape"];
     const KNOWN: &'static [&'static str] = &["shape"];
+    // The input layer is written from `batch_input_shape` by the importer itself.
+    const IMPORTED_CONFIG: &'static [&'static str] = &[];
 
     fn parse(r: &mut ArgReader) -> Self {
         if !r.has("shape") {

@@ -34,6 +34,7 @@ impl LayerKind for Concatenate {
     const CLASS: &'static str = "Concatenate";
     const POSITIONAL: &'static [&'static str] = &["axis"];
     const KNOWN: &'static [&'static str] = &["axis"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["axis"];
 
     fn parse(r: &mut ArgReader) -> Self {
         Concatenate {
@@ -127,6 +128,7 @@ impl LayerKind for Add {
     const CLASS: &'static str = "Add";
     const POSITIONAL: &'static [&'static str] = &[];
     const KNOWN: &'static [&'static str] = &[];
+    const IMPORTED_CONFIG: &'static [&'static str] = &[];
 
     fn parse(_r: &mut ArgReader) -> Self {
         Add

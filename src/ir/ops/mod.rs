@@ -83,6 +83,11 @@ pub trait LayerKind {
     const POSITIONAL: &'static [&'static str];
     /// Every argument the kind accepts (besides `name` and `trainable`).
     const KNOWN: &'static [&'static str];
+    /// Other Keras class names of the kind (`MaxPool2D` for MaxPooling2D).
+    const KERAS_ALIASES: &'static [&'static str] = &[];
+    /// The keys of a Keras layer config that `unetc import` carries into the spec; the others
+    /// (`data_format`, `dtype`, regularizers, ...) must have values unetc follows anyway.
+    const IMPORTED_CONFIG: &'static [&'static str];
     /// Reads the arguments, leaving diagnostics in the reader.
     fn parse(args: &mut ArgReader) -> Self;
     /// Output shape from input shapes.
@@ -115,6 +120,9 @@ macro_rules! ops {
         /// Spec kind names (snake_case, as Keras auto-names them) and their aliases.
         pub const KINDS: &[&str] = &[$($kind $(, $alias)*),*];
 
+        /// Every kind once: its spec name and its Keras class.
+        pub const KIND_CLASSES: &[(&str, &str)] = &[$(($kind, $variant::CLASS)),*];
+
         impl Op {
             /// Parses a call of `kind`; `None` if the kind is unknown.
             pub fn parse(kind: &str, args: &mut ArgReader) -> Option<Op> {
@@ -136,6 +144,17 @@ macro_rules! ops {
                     $($kind $(| $alias)* => $variant::POSITIONAL,)*
                     _ => &[],
                 }
+            }
+
+            /// The spec kind of a Keras class name and the config keys `import` takes;
+            /// `None` for a class unetc does not know.
+            pub fn for_keras_class(class: &str) -> Option<(&'static str, &'static [&'static str])> {
+                $(
+                    if class == $variant::CLASS || $variant::KERAS_ALIASES.contains(&class) {
+                        return Some(($kind, $variant::IMPORTED_CONFIG));
+                    }
+                )*
+                None
             }
 
             pub fn class_name(&self) -> &'static str {

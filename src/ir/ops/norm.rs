@@ -28,6 +28,8 @@ impl LayerKind for BatchNormalization {
         "moving_mean_initializer",
         "moving_variance_initializer",
     ];
+    const IMPORTED_CONFIG: &'static [&'static str] =
+        &["axis", "momentum", "epsilon", "center", "scale"];
 
     fn parse(r: &mut ArgReader) -> Self {
         for init in [

@@ -34,6 +34,8 @@ impl LayerKind for MaxPooling2D {
     const CLASS: &'static str = "MaxPooling2D";
     const POSITIONAL: &'static [&'static str] = &["pool_size", "strides", "padding"];
     const KNOWN: &'static [&'static str] = &["pool_size", "strides", "padding", "data_format"];
+    const KERAS_ALIASES: &'static [&'static str] = &["MaxPool2D"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["pool_size", "strides", "padding"];
 
     fn parse(r: &mut ArgReader) -> Self {
         let pool_size = r.pair_or("pool_size", 1, MAX_DIM, [2, 2]);
@@ -128,6 +130,7 @@ impl LayerKind for GlobalAveragePooling2D {
     const CLASS: &'static str = "GlobalAveragePooling2D";
     const POSITIONAL: &'static [&'static str] = &["data_format", "keepdims"];
     const KNOWN: &'static [&'static str] = &["data_format", "keepdims"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["keepdims"];
 
     fn parse(r: &mut ArgReader) -> Self {
         r.choice(

@@ -14,6 +14,7 @@ impl LayerKind for UpSampling2D {
     const CLASS: &'static str = "UpSampling2D";
     const POSITIONAL: &'static [&'static str] = &["size", "data_format", "interpolation"];
     const KNOWN: &'static [&'static str] = &["size", "data_format", "interpolation"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["size", "interpolation"];
 
     fn parse(r: &mut ArgReader) -> Self {
         r.choice(
@@ -61,6 +62,7 @@ impl LayerKind for Cropping2D {
     const CLASS: &'static str = "Cropping2D";
     const POSITIONAL: &'static [&'static str] = &["cropping", "data_format"];
     const KNOWN: &'static [&'static str] = &["cropping", "data_format"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["cropping"];
 
     fn parse(r: &mut ArgReader) -> Self {
         r.choice(
@@ -104,6 +106,7 @@ impl LayerKind for ZeroPadding2D {
     const CLASS: &'static str = "ZeroPadding2D";
     const POSITIONAL: &'static [&'static str] = &["padding", "data_format"];
     const KNOWN: &'static [&'static str] = &["padding", "data_format"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["padding"];
 
     fn parse(r: &mut ArgReader) -> Self {
         r.choice(

@@ -728,7 +728,22 @@ impl<'g> CudaModel<'g> {
                 let (packed, k_padded) = pack_transpose_weights(&host[0], c);
                 (packed, c, k_padded, 1)
             }
-            _ => return Ok(None),
+            // Their own kernels (Dense, BatchNormalization) or no weights at all.
+            Op::Input(_)
+            | Op::MaxPooling2D(_)
+            | Op::UpSampling2D(_)
+            | Op::Cropping2D(_)
+            | Op::ZeroPadding2D(_)
+            | Op::Concatenate(_)
+            | Op::Add(_)
+            | Op::BatchNormalization(_)
+            | Op::Activation(_)
+            | Op::ReLU(_)
+            | Op::Softmax(_)
+            | Op::Dropout(_)
+            | Op::Flatten(_)
+            | Op::Dense(_)
+            | Op::GlobalAveragePooling2D(_) => return Ok(None),
         };
         let packed = match self.precision {
             Precision::Bf16 => {

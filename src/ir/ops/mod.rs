@@ -1,9 +1,9 @@
 //! Keras layer kinds. Here each kind has its arguments (with Keras's names and defaults), its
 //! shape rule, its weights (hence parameter counts), its MACs and its config. Adding a kind takes
-//! a struct that implements [`LayerKind`] and a line in [`Op`], and then its handling elsewhere:
-//! the CPU and CUDA kernels, the plan, weight binding and initializers, the receptive field, the
-//! diagram, Keras import and ONNX export. Not all of those match exhaustively on [`Op`] yet
-//! (issue 12), so search for an existing kind's variant to find them all.
+//! a struct that implements [`LayerKind`] (its weights name their initializers) and a line in
+//! [`Op`], and then its handling elsewhere: the CPU and CUDA kernels, the plan, weight binding,
+//! the receptive field, the diagram and ONNX export. Each of those decisions is a `match` over
+//! every variant, so the compiler lists them; Keras import goes by class name.
 
 mod activation;
 mod conv;

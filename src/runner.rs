@@ -8,7 +8,6 @@ use crate::exec::{Precision, Tensor};
 use crate::expand::Session;
 use crate::io::weights::{init_tensor, load_weights, save_weights, seeded_rng, Expected, Weights};
 use crate::io::{ChannelLayout, IoError};
-use crate::ir::Op;
 use crate::{compile_file, Compiled, Options};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -119,24 +118,15 @@ pub fn expected_weights(c: &Compiled) -> Vec<Expected> {
         .collect()
 }
 
-/// Seeded weights following each layer's initializers and Keras's batch-norm defaults.
+/// Seeded weights, each variable drawn by the initializer its layer kind declares for it.
 pub fn init_weights(c: &Compiled, seed: u64) -> Result<Weights, RunError> {
     let mut rng = seeded_rng(seed);
     let mut weights = Weights::new();
     for &id in &c.info.keras_order {
         let node = c.graph.node(id);
         for w in &c.info.layers[id.index()].weights {
-            let initializer = match (&node.op, w.name) {
-                (Op::Conv2D(op), "kernel") => op.args.kernel_initializer.as_str(),
-                (Op::Conv2DTranspose(op), "kernel") => op.args.kernel_initializer.as_str(),
-                (Op::Conv2D(op), "bias") => op.args.bias_initializer.as_str(),
-                (Op::Conv2DTranspose(op), "bias") => op.args.bias_initializer.as_str(),
-                (Op::Dense(op), "kernel") => op.kernel_initializer.as_str(),
-                (_, "gamma" | "moving_variance") => "ones",
-                _ => "zeros",
-            };
             let shape: Vec<usize> = w.shape.iter().map(|&d| d as usize).collect();
-            let t = init_tensor(initializer, &shape, &mut rng)?;
+            let t = init_tensor(&w.initializer, &shape, &mut rng)?;
             weights.insert(format!("{}/{}", node.name, w.name), t);
         }
     }

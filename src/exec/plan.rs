@@ -15,7 +15,7 @@
 //! occupies, which keeps the arena close to the live-set minimum.
 
 use crate::infer::Inferred;
-use crate::ir::ops::ActivationFn;
+use crate::ir::ops::{ActivationFn, BatchNormalization, Conv2D};
 use crate::ir::{Graph, NodeId, Op};
 
 /// A window of a buffer, per batch item: element `(y, x, c)` of the value is at
@@ -240,6 +240,77 @@ fn concat_on_channels(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
     rank == 3 && (op.axis == -1 || op.axis == rank)
 }
 
+/// Whether a layer's kernel reads an unbuilt concatenation's parts in place (both backends'
+/// convolutions take up to two parts; every other kernel needs one window).
+pub fn reads_parts(op: &Op) -> bool {
+    match op {
+        Op::Conv2D(_) => true,
+        Op::Input(_)
+        | Op::Conv2DTranspose(_)
+        | Op::MaxPooling2D(_)
+        | Op::UpSampling2D(_)
+        | Op::Cropping2D(_)
+        | Op::ZeroPadding2D(_)
+        | Op::Concatenate(_)
+        | Op::Add(_)
+        | Op::BatchNormalization(_)
+        | Op::Activation(_)
+        | Op::ReLU(_)
+        | Op::Softmax(_)
+        | Op::Dropout(_)
+        | Op::Flatten(_)
+        | Op::Dense(_)
+        | Op::GlobalAveragePooling2D(_) => false,
+    }
+}
+
+/// A layer whose kernel can take a batch normalization into its weights and an activation
+/// layer into its epilogue: Conv2D, the one kernel on both backends with a fused epilogue.
+fn fusion_head(op: &Op) -> Option<&Conv2D> {
+    match op {
+        Op::Conv2D(conv) => Some(conv),
+        Op::Input(_)
+        | Op::Conv2DTranspose(_)
+        | Op::MaxPooling2D(_)
+        | Op::UpSampling2D(_)
+        | Op::Cropping2D(_)
+        | Op::ZeroPadding2D(_)
+        | Op::Concatenate(_)
+        | Op::Add(_)
+        | Op::BatchNormalization(_)
+        | Op::Activation(_)
+        | Op::ReLU(_)
+        | Op::Softmax(_)
+        | Op::Dropout(_)
+        | Op::Flatten(_)
+        | Op::Dense(_)
+        | Op::GlobalAveragePooling2D(_) => None,
+    }
+}
+
+/// A normalization that [`super::bind_and_fold`] can fold into the convolution before it.
+fn foldable_norm(op: &Op) -> Option<&BatchNormalization> {
+    match op {
+        Op::BatchNormalization(bn) => Some(bn),
+        Op::Input(_)
+        | Op::Conv2D(_)
+        | Op::Conv2DTranspose(_)
+        | Op::MaxPooling2D(_)
+        | Op::UpSampling2D(_)
+        | Op::Cropping2D(_)
+        | Op::ZeroPadding2D(_)
+        | Op::Concatenate(_)
+        | Op::Add(_)
+        | Op::Activation(_)
+        | Op::ReLU(_)
+        | Op::Softmax(_)
+        | Op::Dropout(_)
+        | Op::Flatten(_)
+        | Op::Dense(_)
+        | Op::GlobalAveragePooling2D(_) => None,
+    }
+}
+
 /// The activation an activation layer applies, if it can run in a convolution's epilogue.
 /// Softmax is over the channels of each pixel (a Softmax layer only on the last axis); it runs
 /// after the convolution, in place, so a convolution fused with it writes a dense buffer.
@@ -270,9 +341,11 @@ fn epilogue_activation(op: &Op, rank: usize) -> Option<ActivationFn> {
 enum Kind {
     /// Runs a kernel into a buffer of its own (or a slice of a concatenation's).
     Owns,
-    /// Its value is a window of its input's value (crop) or the value itself (dropout, and
-    /// layers fused into the convolution before them).
-    ViewOfInput,
+    /// Folded or fused into the convolution before it: its value is the convolution's.
+    Fused,
+    /// Its value is the window of its input's value that starts `top` rows and `left` columns
+    /// in (a crop), or the value itself (dropout: 0, 0).
+    ViewOfInput { top: usize, left: usize },
     /// A concatenation built in a buffer of its own.
     BuiltConcat,
     /// A concatenation never built.
@@ -325,16 +398,16 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
     let mut fused = vec![Fused::default(); count];
     let mut kind = vec![Kind::Owns; count];
     for &id in order {
-        let Op::Conv2D(conv) = &graph.node(id).op else {
+        let Some(conv) = fusion_head(&graph.node(id).op) else {
             continue;
         };
         let mut tail = id;
         if let Some(next) = only_consumer(tail) {
-            if let Op::BatchNormalization(bn) = &graph.node(next).op {
+            if let Some(bn) = foldable_norm(&graph.node(next).op) {
                 let rank = shapes[next.index()].len() as i64;
                 if bn.axis == -1 || bn.axis == rank {
                     fused[id.index()].batch_norm = Some(next);
-                    kind[next.index()] = Kind::ViewOfInput;
+                    kind[next.index()] = Kind::Fused;
                     tail = next;
                 }
             }
@@ -345,7 +418,7 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
                 if let Some(act) = epilogue_activation(&graph.node(next).op, rank) {
                     fused[id.index()].activation = Some(act);
                     fused[id.index()].activation_layer = Some(next);
-                    kind[next.index()] = Kind::ViewOfInput;
+                    kind[next.index()] = Kind::Fused;
                 }
             }
         }
@@ -363,20 +436,38 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             continue;
         }
         kind[id.index()] = match &graph.node(id).op {
-            Op::Dropout(_) => Kind::ViewOfInput,
-            Op::Cropping2D(_) if readers_take_windows(id) => Kind::ViewOfInput,
+            Op::Dropout(_) => Kind::ViewOfInput { top: 0, left: 0 },
+            Op::Cropping2D(op) if readers_take_windows(id) => Kind::ViewOfInput {
+                top: op.cropping[0] as usize,
+                left: op.cropping[2] as usize,
+            },
             Op::Concatenate(_) if concat_on_channels(graph, info, id) => {
                 let parts = graph.node(id).inputs.len();
-                let convs_only = consumers[id.index()]
+                let readers_take_parts = consumers[id.index()]
                     .iter()
-                    .all(|&c| matches!(graph.node(c).op, Op::Conv2D(_)));
-                if convs_only && parts <= 2 {
+                    .all(|&c| reads_parts(&graph.node(c).op));
+                if readers_take_parts && parts <= 2 {
                     Kind::Parts
                 } else {
                     Kind::BuiltConcat
                 }
             }
-            _ => Kind::Owns,
+            Op::Cropping2D(_)
+            | Op::Concatenate(_)
+            | Op::Input(_)
+            | Op::Conv2D(_)
+            | Op::Conv2DTranspose(_)
+            | Op::MaxPooling2D(_)
+            | Op::UpSampling2D(_)
+            | Op::ZeroPadding2D(_)
+            | Op::Add(_)
+            | Op::BatchNormalization(_)
+            | Op::Activation(_)
+            | Op::ReLU(_)
+            | Op::Softmax(_)
+            | Op::Flatten(_)
+            | Op::Dense(_)
+            | Op::GlobalAveragePooling2D(_) => Kind::Owns,
         };
     }
     // A view whose value is read densely, or a part of a part list, must be built: resolve
@@ -388,8 +479,7 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
         {
             kind[id.index()] = Kind::BuiltConcat;
         }
-        if kind[id.index()] == Kind::ViewOfInput
-            && matches!(node.op, Op::Dropout(_) | Op::Cropping2D(_))
+        if matches!(kind[id.index()], Kind::ViewOfInput { .. })
             && (node.inputs.iter().any(|&p| kind[p.index()] == Kind::Parts)
                 || !readers_take_windows(id))
         {
@@ -401,7 +491,7 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
 
     // 3. The root of a value: follow views back to the layer that computes it.
     let root = |mut id: NodeId| {
-        while kind[id.index()] == Kind::ViewOfInput {
+        while matches!(kind[id.index()], Kind::Fused | Kind::ViewOfInput { .. }) {
             id = graph.node(id).inputs[0];
         }
         id
@@ -497,22 +587,18 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
                     Storage::Window(Window::whole(b, dims))
                 }
             }
-            Kind::ViewOfInput => {
-                let input = storage[node.inputs[0].index()].clone()?;
-                match (&node.op, input) {
-                    (Op::Cropping2D(op), Storage::Window(w)) => {
-                        let (top, left) = (op.cropping[0] as usize, op.cropping[2] as usize);
-                        Storage::Window(Window {
-                            offset: w.offset + top * w.row_stride + left * w.pixel_stride,
-                            h: dims[0],
-                            w: dims[1],
-                            c: dims[2],
-                            ..w
-                        })
-                    }
-                    (_, s) => s,
-                }
-            }
+            Kind::Fused => storage[node.inputs[0].index()].clone()?,
+            // A view's input is one window: a view of an unbuilt concatenation owns its value.
+            Kind::ViewOfInput { top, left } => match storage[node.inputs[0].index()].clone()? {
+                Storage::Window(w) => Storage::Window(Window {
+                    offset: w.offset + top * w.row_stride + left * w.pixel_stride,
+                    h: dims[0],
+                    w: dims[1],
+                    c: dims[2],
+                    ..w
+                }),
+                parts @ Storage::Parts(_) => parts,
+            },
             Kind::Parts => Storage::Parts(
                 node.inputs
                     .iter()
@@ -568,7 +654,7 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             node: id,
             work: match kind[id.index()] {
                 Kind::Owns => Work::Kernel,
-                Kind::ViewOfInput | Kind::Parts => Work::Nothing,
+                Kind::Fused | Kind::ViewOfInput { .. } | Kind::Parts => Work::Nothing,
                 Kind::BuiltConcat if concat_on_channels(graph, info, id) => {
                     Work::Concat(std::mem::take(&mut copies[id.index()]))
                 }

@@ -20,7 +20,7 @@
 
 use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
-use crate::ir::ops::{ActivationFn, Interpolation, Padding};
+use crate::ir::ops::{ActivationFn, Interpolation, WindowGeometry};
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
 
@@ -331,10 +331,20 @@ fn onnx_axis(axis: i64, rank: usize, image: bool) -> i64 {
     }
 }
 
-/// Keras's `same` padding of one axis: `(before, after)`.
-fn same_pads(n: i64, out: i64, k_eff: i64, s: i64) -> (i64, i64) {
-    let total = ((out - 1) * s + k_eff - n).max(0);
-    (total / 2, total - total / 2)
+/// ONNX `pads` (`[top, left, bottom, right]`) of a sliding window over an input of `[h, w]`
+/// rows and columns to an output starting `[oh, ow, ..]`, from the layer's own geometry.
+fn window_pads(
+    geometry: impl Fn(usize, usize, usize) -> WindowGeometry,
+    [h, w]: [i64; 2],
+    out_shape: &[i64],
+) -> [i64; 4] {
+    let mut pads = [0i64; 4];
+    for (axis, n) in [h, w].into_iter().enumerate() {
+        let g = geometry(axis, n as usize, out_shape[axis] as usize);
+        pads[axis] = g.pad_before as i64;
+        pads[axis + 2] = g.pad_after as i64;
+    }
+    pads
 }
 
 impl Exporter<'_> {
@@ -568,15 +578,7 @@ impl Exporter<'_> {
                 let [h, w, c] = need_image("Conv2D")?;
                 let [kh, kw] = a.kernel_size;
                 let f = a.filters;
-                let mut pads = [0i64; 4];
-                if a.padding == Padding::Same {
-                    for (axis, n) in [h, w].into_iter().enumerate() {
-                        let k_eff = (a.kernel_size[axis] - 1) * a.dilation_rate[axis] + 1;
-                        let (before, after) = same_pads(n, out_shape[axis], k_eff, a.strides[axis]);
-                        pads[axis] = before;
-                        pads[axis + 2] = after;
-                    }
-                }
+                let pads = window_pads(|axis, n, out| a.geometry(axis, n, out), [h, w], &out_shape);
                 let kernel_name = format!("{name}/kernel");
                 if let Some(k) = self.weight(id, "kernel") {
                     let (kh, kw, c, f) = (kh as usize, kw as usize, c as usize, f as usize);
@@ -626,25 +628,14 @@ impl Exporter<'_> {
                 let [h, w, c] = need_image("Conv2DTranspose")?;
                 let [kh, kw] = a.kernel_size;
                 let f = a.filters;
-                // Keras: the full result is (n - 1) * s + k; `same` crops floor(extra / 2) rows
-                // first; rows past the full result (valid k < s, output_padding) are zeros + bias.
+                // ONNX's pads crop the full result; output_padding extends it (zeros + bias).
                 let mut pads = [0i64; 4];
                 let mut output_padding = [0i64; 2];
                 for (axis, n) in [h, w].into_iter().enumerate() {
-                    let (k, s, o) = (a.kernel_size[axis], a.strides[axis], out_shape[axis]);
-                    let full = (n - 1) * s + k;
-                    let start = if a.padding == Padding::Same {
-                        (full - o).max(0) / 2
-                    } else {
-                        0
-                    };
-                    let end = full - start - o;
-                    pads[axis] = start;
-                    if end >= 0 {
-                        pads[axis + 2] = end;
-                    } else {
-                        output_padding[axis] = -end;
-                    }
+                    let g = op.geometry(axis, n as usize, out_shape[axis] as usize);
+                    pads[axis] = g.crop_before as i64;
+                    pads[axis + 2] = g.crop_after as i64;
+                    output_padding[axis] = g.extend_after as i64;
                 }
                 let kernel_name = format!("{name}/kernel");
                 if let Some(k) = self.weight(id, "kernel") {
@@ -684,15 +675,8 @@ impl Exporter<'_> {
             }
             Op::MaxPooling2D(op) => {
                 let [h, w, _] = need_image("MaxPooling2D")?;
-                let mut pads = [0i64; 4];
-                if op.padding == Padding::Same {
-                    for (axis, n) in [h, w].into_iter().enumerate() {
-                        let (before, after) =
-                            same_pads(n, out_shape[axis], op.pool_size[axis], op.strides[axis]);
-                        pads[axis] = before;
-                        pads[axis + 2] = after;
-                    }
-                }
+                let pads =
+                    window_pads(|axis, n, out| op.geometry(axis, n, out), [h, w], &out_shape);
                 self.node(
                     name,
                     "MaxPool",
@@ -1276,12 +1260,5 @@ mod tests {
         assert_eq!(onnx_axis(1, 3, true), 2);
         assert_eq!(onnx_axis(2, 3, true), 3);
         assert_eq!(onnx_axis(-1, 1, false), 1);
-    }
-
-    #[test]
-    fn same_padding_puts_the_odd_pixel_last() {
-        assert_eq!(same_pads(6, 3, 3, 2), (0, 1));
-        assert_eq!(same_pads(5, 5, 2, 1), (0, 1));
-        assert_eq!(same_pads(5, 5, 3, 1), (1, 1));
     }
 }

@@ -55,16 +55,25 @@ impl Edge {
 
 /// Layers drawn inside the box of the layer before them.
 fn folds(op: &Op) -> bool {
-    matches!(
-        op,
+    match op {
         Op::BatchNormalization(_)
-            | Op::Activation(_)
-            | Op::ReLU(_)
-            | Op::Softmax(_)
-            | Op::Dropout(_)
-            | Op::Cropping2D(_)
-            | Op::ZeroPadding2D(_)
-    )
+        | Op::Activation(_)
+        | Op::ReLU(_)
+        | Op::Softmax(_)
+        | Op::Dropout(_)
+        | Op::Cropping2D(_)
+        | Op::ZeroPadding2D(_) => true,
+        Op::Input(_)
+        | Op::Conv2D(_)
+        | Op::Conv2DTranspose(_)
+        | Op::MaxPooling2D(_)
+        | Op::UpSampling2D(_)
+        | Op::Concatenate(_)
+        | Op::Add(_)
+        | Op::Flatten(_)
+        | Op::Dense(_)
+        | Op::GlobalAveragePooling2D(_) => false,
+    }
 }
 
 struct Box_ {

@@ -161,7 +161,25 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                 (Work::Nothing, Op::Dropout(_)) => StepWork::SameAs {
                     source: name(node.inputs[0]),
                 },
-                (Work::Nothing, _) => match absorbed_by[id.index()] {
+                // The layers the plan folds or fuses into a convolution, and the kinds it never
+                // leaves without work (named, so that a new kind is placed in one of the arms).
+                (
+                    Work::Nothing,
+                    Op::BatchNormalization(_)
+                    | Op::Activation(_)
+                    | Op::ReLU(_)
+                    | Op::Softmax(_)
+                    | Op::Input(_)
+                    | Op::Conv2D(_)
+                    | Op::Conv2DTranspose(_)
+                    | Op::MaxPooling2D(_)
+                    | Op::UpSampling2D(_)
+                    | Op::ZeroPadding2D(_)
+                    | Op::Add(_)
+                    | Op::Flatten(_)
+                    | Op::Dense(_)
+                    | Op::GlobalAveragePooling2D(_),
+                ) => match absorbed_by[id.index()] {
                     Some(conv) => StepWork::FusedInto {
                         convolution: name(conv),
                     },

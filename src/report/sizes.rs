@@ -447,6 +447,7 @@ pub struct TilePlan {
 /// widest over a few output positions, since pooling grids make it depend on the position).
 /// Computed exactly by mapping an output interval back through every layer.
 pub fn receptive_field(c: &Compiled) -> usize {
+    use crate::ir::ops::WindowGeometry;
     use crate::ir::Op;
     let Some(&out) = c.graph.outputs.first() else {
         return 1;
@@ -472,24 +473,19 @@ pub fn receptive_field(c: &Compiled) -> usize {
             let node = c.graph.node(id);
             for &input in &node.inputs {
                 let n = height(input);
+                let out = height(id) as usize;
+                // Rows `[a, b]` of a sliding window's output read input rows from the first
+                // window's start to the last one's end.
+                let windows = |g: WindowGeometry| {
+                    let (s, pad) = (g.stride as i64, g.pad_before as i64);
+                    (a * s - pad, b * s + g.span() as i64 - 1 - pad)
+                };
                 let (lo, hi) = match &node.op {
-                    Op::Conv2D(op) => {
-                        let (k, s, d) = (
-                            op.args.kernel_size[0],
-                            op.args.strides[0],
-                            op.args.dilation_rate[0],
-                        );
-                        let pad = op.args.pad_before(0, n as usize, height(id) as usize) as i64;
-                        (a * s - pad, b * s + (k - 1) * d - pad)
-                    }
-                    Op::MaxPooling2D(op) => {
-                        let (k, s) = (op.pool_size[0], op.strides[0]);
-                        let pad = op.pad_before(0, n as usize, height(id) as usize) as i64;
-                        (a * s - pad, b * s + k - 1 - pad)
-                    }
+                    Op::Conv2D(op) => windows(op.args.geometry(0, n as usize, out)),
+                    Op::MaxPooling2D(op) => windows(op.geometry(0, n as usize, out)),
                     Op::Conv2DTranspose(op) => {
-                        let (k, s) = (op.args.kernel_size[0], op.args.strides[0]);
-                        let y0 = op.crop_before(0, n as usize, height(id) as usize) as i64;
+                        let g = op.geometry(0, n as usize, out);
+                        let (k, s, y0) = (g.kernel as i64, g.stride as i64, g.crop_before as i64);
                         (
                             (a + y0 - (k - 1)).div_euclid(s)
                                 + i64::from((a + y0 - (k - 1)).rem_euclid(s) != 0),
@@ -499,8 +495,18 @@ pub fn receptive_field(c: &Compiled) -> usize {
                     Op::UpSampling2D(op) => (a.div_euclid(op.size[0]), b.div_euclid(op.size[0])),
                     Op::Cropping2D(op) => (a + op.cropping[0], b + op.cropping[0]),
                     Op::ZeroPadding2D(op) => (a - op.padding[0], b - op.padding[0]),
+                    // Every output value depends on the whole input.
                     Op::Flatten(_) | Op::Dense(_) | Op::GlobalAveragePooling2D(_) => (0, n - 1),
-                    _ => (a, b),
+                    // Row for row: per-pixel layers and merges (which take the same rows of
+                    // every input). A Softmax over the height axis is counted so too.
+                    Op::Input(_)
+                    | Op::Concatenate(_)
+                    | Op::Add(_)
+                    | Op::BatchNormalization(_)
+                    | Op::Activation(_)
+                    | Op::ReLU(_)
+                    | Op::Softmax(_)
+                    | Op::Dropout(_) => (a, b),
                 };
                 let (lo, hi) = (lo.max(0), hi.min(n - 1));
                 if lo > hi {

@@ -74,16 +74,16 @@ pub fn conv2d(
     [oh, ow, f]: [usize; 3],
     batch: usize,
 ) {
-    let a = &op.args;
+    let (rows, cols) = (op.args.geometry(0, h, oh), op.args.geometry(1, w, ow));
     let g = PatchGeometry {
-        kh: a.kernel_size[0] as usize,
-        kw: a.kernel_size[1] as usize,
-        sh: a.strides[0] as usize,
-        sw: a.strides[1] as usize,
-        dh: a.dilation_rate[0] as usize,
-        dw: a.dilation_rate[1] as usize,
-        top: a.pad_before(0, h, oh),
-        left: a.pad_before(1, w, ow),
+        kh: rows.kernel,
+        kw: cols.kernel,
+        sh: rows.stride,
+        sw: cols.stride,
+        dh: rows.dilation,
+        dw: cols.dilation,
+        top: rows.pad_before,
+        left: cols.pad_before,
         h,
         w,
         c,
@@ -235,11 +235,11 @@ pub fn conv2d_transpose(
     [oh, ow, f]: [usize; 3],
     batch: usize,
 ) {
-    let a = &op.args;
-    let (kh, kw) = (a.kernel_size[0] as usize, a.kernel_size[1] as usize);
-    let (sh, sw) = (a.strides[0] as usize, a.strides[1] as usize);
+    let (rows, cols) = (op.geometry(0, h, oh), op.geometry(1, w, ow));
+    let (kh, kw) = (rows.kernel, cols.kernel);
+    let (sh, sw) = (rows.stride, cols.stride);
     let (fh, fw) = ((h - 1) * sh + kh, (w - 1) * sw + kw);
-    let (y0, x0) = (op.crop_before(0, h, oh), op.crop_before(1, w, ow));
+    let (y0, x0) = (rows.crop_before, cols.crop_before);
     let cols = kw * f;
     let wt_row = |ka: usize| &wt[ka * c * cols..(ka + 1) * c * cols];
     let out = &mut out[..batch * oh * ow * f];
@@ -259,7 +259,7 @@ pub fn conv2d_transpose(
                 } else {
                     dst.fill(0.0);
                 }
-                bias_activation_serial(dst, f, bias, a.activation);
+                bias_activation_serial(dst, f, bias, op.args.activation);
             });
         return;
     }
@@ -305,7 +305,7 @@ pub fn conv2d_transpose(
                     }
                 });
         }
-        bias_activation(yout, f, bias, a.activation);
+        bias_activation(yout, f, bias, op.args.activation);
     }
 }
 
@@ -521,9 +521,10 @@ pub fn max_pool(
     [oh, ow, _]: [usize; 3],
     batch: usize,
 ) {
-    let (kh, kw) = (op.pool_size[0] as usize, op.pool_size[1] as usize);
-    let (sh, sw) = (op.strides[0] as usize, op.strides[1] as usize);
-    let (top, left) = (op.pad_before(0, h, oh), op.pad_before(1, w, ow));
+    let (rows, cols) = (op.geometry(0, h, oh), op.geometry(1, w, ow));
+    let (kh, kw) = (rows.kernel, cols.kernel);
+    let (sh, sw) = (rows.stride, cols.stride);
+    let (top, left) = (rows.pad_before, cols.pad_before);
     out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
         let (n, oy) = (row / oh, row % oh);
         let xin = &x[n * h * w * c..(n + 1) * h * w * c];

@@ -4,7 +4,7 @@
 mod gemm;
 pub mod kernels;
 
-use super::plan::{hwc, plan, Plan, Storage, Window, Work};
+use super::plan::{hwc, plan, reads_parts, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use crate::infer::Inferred;
 use crate::ir::{Graph, NodeId, Op};
@@ -137,7 +137,20 @@ impl<'g> CpuModel<'g> {
                     bias: Some(w.pop().unwrap_or_default()),
                     kernel: w.pop().unwrap_or_default(),
                 },
-                _ => Prepared::None,
+                // Layers without weights (bind_weights binds none for them).
+                Op::Input(_)
+                | Op::MaxPooling2D(_)
+                | Op::UpSampling2D(_)
+                | Op::Cropping2D(_)
+                | Op::ZeroPadding2D(_)
+                | Op::Concatenate(_)
+                | Op::Add(_)
+                | Op::Activation(_)
+                | Op::ReLU(_)
+                | Op::Softmax(_)
+                | Op::Dropout(_)
+                | Op::Flatten(_)
+                | Op::GlobalAveragePooling2D(_) => Prepared::None,
             };
         }
         Ok(CpuModel {
@@ -269,7 +282,7 @@ impl<'g> CpuModel<'g> {
     /// place, a window of a wider buffer through a scatter.
     fn kernel_step(&self, arena: &mut [f32], id: NodeId, input: &Tensor, batch: usize) {
         let node = self.graph.node(id);
-        if matches!(node.op, Op::Conv2D(_)) {
+        if reads_parts(&node.op) {
             return self.conv_step(arena, id, batch);
         }
         let out_shape = self.shape(id);

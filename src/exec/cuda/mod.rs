@@ -716,19 +716,34 @@ impl<'g> CudaModel<'g> {
                 (packed, k, k_padded, 0)
             }
             Op::Conv2DTranspose(op) => {
-                let a = &op.args;
-                let (y0, x0) = (op.crop_before(0, h, oh), op.crop_before(1, w, ow));
-                let covered = a.kernel_size == a.strides
-                    && a.dilation_rate == [1, 1]
-                    && oh + y0 <= h * a.strides[0] as usize
-                    && ow + x0 <= w * a.strides[1] as usize;
+                let (rows, cols) = (op.geometry(0, h, oh), op.geometry(1, w, ow));
+                let covered = rows.kernel == rows.stride
+                    && cols.kernel == cols.stride
+                    && op.args.dilation_rate == [1, 1]
+                    && oh + rows.crop_before <= h * rows.stride
+                    && ow + cols.crop_before <= w * cols.stride;
                 if !covered {
                     return Ok(None);
                 }
                 let (packed, k_padded) = pack_transpose_weights(&host[0], c);
                 (packed, c, k_padded, 1)
             }
-            _ => return Ok(None),
+            // Their own kernels (Dense, BatchNormalization) or no weights at all.
+            Op::Input(_)
+            | Op::MaxPooling2D(_)
+            | Op::UpSampling2D(_)
+            | Op::Cropping2D(_)
+            | Op::ZeroPadding2D(_)
+            | Op::Concatenate(_)
+            | Op::Add(_)
+            | Op::BatchNormalization(_)
+            | Op::Activation(_)
+            | Op::ReLU(_)
+            | Op::Softmax(_)
+            | Op::Dropout(_)
+            | Op::Flatten(_)
+            | Op::Dense(_)
+            | Op::GlobalAveragePooling2D(_) => return Ok(None),
         };
         let packed = match self.precision {
             Precision::Bf16 => {
@@ -1448,19 +1463,19 @@ impl<'g> CudaModel<'g> {
                 };
                 let [h, wd, _] = hwc(&in_shapes[0]);
                 let (oh, ow) = (y.h as usize, y.w as usize);
-                let (pt, pl) = (a.pad_before(0, h, oh), a.pad_before(1, wd, ow));
+                let (rows, cols) = (a.geometry(0, h, oh), a.geometry(1, wd, ow));
                 let activation = plan.fused[id.index()].activation.unwrap_or(a.activation);
                 let act = activation_code(activation);
                 let w = self.weights_of(id)?;
                 let geometry = [
-                    a.kernel_size[0] as i32,
-                    a.kernel_size[1] as i32,
-                    a.strides[0] as i32,
-                    a.strides[1] as i32,
-                    a.dilation_rate[0] as i32,
-                    a.dilation_rate[1] as i32,
-                    i(pt),
-                    i(pl),
+                    i(rows.kernel),
+                    i(cols.kernel),
+                    i(rows.stride),
+                    i(cols.stride),
+                    i(rows.dilation),
+                    i(cols.dilation),
+                    i(rows.pad_before),
+                    i(cols.pad_before),
                 ];
                 if let Some(&head) = self.heads.get(&id) {
                     // The fused head writes the 1x1 convolution's output (its activation
@@ -1518,31 +1533,31 @@ impl<'g> CudaModel<'g> {
                 let a = &op.args;
                 let [h, wd, _] = hwc(&in_shapes[0]);
                 let (oh, ow) = (y.h as usize, y.w as usize);
-                let (y0, x0) = (op.crop_before(0, h, oh), op.crop_before(1, wd, ow));
+                let (rows, cols) = (op.geometry(0, h, oh), op.geometry(1, wd, ow));
                 let w = self.weights_of(id)?;
                 let x = x_view(0)?;
                 let act = activation_code(a.activation);
                 if let Some(tc) = self.tensor_core.get(&id) {
                     let geometry = [
-                        a.kernel_size[0] as i32,
-                        a.kernel_size[1] as i32,
-                        a.strides[0] as i32,
-                        a.strides[1] as i32,
+                        i(rows.kernel),
+                        i(cols.kernel),
+                        i(rows.stride),
+                        i(cols.stride),
                         1,
                         1,
-                        i(y0),
-                        i(x0),
+                        i(rows.crop_before),
+                        i(cols.crop_before),
                     ];
                     let views = (x, View::default(), y);
                     self.launch_tensor_core(arena, tc, &w.tensors[1], views, geometry, act, batch)?;
                 } else {
                     let ints = [
-                        a.kernel_size[0] as i32,
-                        a.kernel_size[1] as i32,
-                        a.strides[0] as i32,
-                        a.strides[1] as i32,
-                        i(y0),
-                        i(x0),
+                        i(rows.kernel),
+                        i(cols.kernel),
+                        i(rows.stride),
+                        i(cols.stride),
+                        i(rows.crop_before),
+                        i(cols.crop_before),
                         act,
                         nb,
                     ];
@@ -1592,15 +1607,15 @@ impl<'g> CudaModel<'g> {
             Op::MaxPooling2D(op) => {
                 let [h, wd, _] = hwc(&in_shapes[0]);
                 let (oh, ow) = (y.h as usize, y.w as usize);
-                let (pt, pl) = (op.pad_before(0, h, oh), op.pad_before(1, wd, ow));
+                let (rows, cols) = (op.geometry(0, h, oh), op.geometry(1, wd, ow));
                 let x = x_view(0)?;
                 let ints = [
-                    op.pool_size[0] as i32,
-                    op.pool_size[1] as i32,
-                    op.strides[0] as i32,
-                    op.strides[1] as i32,
-                    i(pt),
-                    i(pl),
+                    i(rows.kernel),
+                    i(cols.kernel),
+                    i(rows.stride),
+                    i(cols.stride),
+                    i(rows.pad_before),
+                    i(cols.pad_before),
                     nb,
                 ];
                 let mut b = stream.launch_builder(self.function::<T>("max_pool"));

@@ -111,20 +111,78 @@ impl ConvArgs {
         (self.kernel_size[axis] - 1) * self.dilation_rate[axis] + 1
     }
 
-    /// Rows (axis 0) or columns (axis 1) of zero padding before the input, for input size `n`
-    /// and output size `out`: Keras's `same` rule, 0 for `valid`.
-    pub fn pad_before(&self, axis: usize, n: usize, out: usize) -> usize {
-        if self.padding == Padding::Same {
-            super::same_pad_before(
-                n,
-                out,
-                self.effective_kernel(axis) as usize,
-                self.strides[axis] as usize,
-            )
-        } else {
-            0
+    /// The window along rows (axis 0) or columns (axis 1) for input size `n` and output `out`.
+    pub fn geometry(&self, axis: usize, n: usize, out: usize) -> WindowGeometry {
+        WindowGeometry::new(
+            self.kernel_size[axis] as usize,
+            self.strides[axis] as usize,
+            self.dilation_rate[axis] as usize,
+            self.padding,
+            n,
+            out,
+        )
+    }
+}
+
+/// One axis of a sliding window (a convolution's or a max pooling's) from `n` input pixels to
+/// `out`: the one geometry that the CPU kernels, the CUDA launches, the ONNX export and the
+/// receptive field read, so that they cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowGeometry {
+    pub kernel: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    /// Zero rows (columns) before the input.
+    pub pad_before: usize,
+    /// Zero rows (columns) after the input.
+    pub pad_after: usize,
+}
+
+impl WindowGeometry {
+    /// Keras's rule: `same` pads `max((out - 1) * s + span - n, 0)` zeros, `floor` half of them
+    /// before and the odd one after; `valid` pads none.
+    pub(crate) fn new(
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+        padding: Padding,
+        n: usize,
+        out: usize,
+    ) -> Self {
+        let span = kernel.saturating_sub(1) * dilation + 1;
+        let total = match padding {
+            Padding::Same => (out.saturating_sub(1) * stride + span).saturating_sub(n),
+            Padding::Valid => 0,
+        };
+        WindowGeometry {
+            kernel,
+            stride,
+            dilation,
+            pad_before: total / 2,
+            pad_after: total - total / 2,
         }
     }
+
+    /// Input pixels one window covers: `(kernel - 1) * dilation + 1`.
+    pub fn span(&self) -> usize {
+        self.kernel.saturating_sub(1) * self.dilation + 1
+    }
+}
+
+/// One axis of a transposed convolution from `n` input pixels to `out`: the output is the
+/// pixels `[crop_before, crop_before + out)` of the full result `(n - 1) * stride + kernel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransposeGeometry {
+    pub kernel: usize,
+    pub stride: usize,
+    /// Pixels of the full result before the output. TF pads the equivalent forward convolution
+    /// (output -> input) the `same` way, so `same` crops `floor(extra / 2)` first; `valid` none.
+    pub crop_before: usize,
+    /// Pixels of the full result after the output.
+    pub crop_after: usize,
+    /// Output pixels past the end of the full result (`valid` with kernel < stride, or
+    /// `output_padding`): nothing reaches them but the bias.
+    pub extend_after: usize,
 }
 
 /// `Conv2D`: kernel `(kh, kw, in, out)`, bias `(out,)`.
@@ -188,12 +246,14 @@ impl LayerKind for Conv2D {
             name: "kernel",
             shape: vec![a.kernel_size[0], a.kernel_size[1], c_in, a.filters],
             trainable: true,
+            initializer: a.kernel_initializer.clone(),
         }];
         if a.use_bias {
             w.push(WeightSpec {
                 name: "bias",
                 shape: vec![a.filters],
                 trainable: true,
+                initializer: a.bias_initializer.clone(),
             });
         }
         w
@@ -221,18 +281,24 @@ pub struct Conv2DTranspose {
 }
 
 impl Conv2DTranspose {
-    /// Where the output window starts in the full transposed-convolution result `(n - 1) * s + k`
-    /// along an axis: TF pads the equivalent forward convolution (output -> input) the `same`
-    /// way, so `same` crops `floor(total / 2)` first; `valid` starts at 0.
-    pub fn crop_before(&self, axis: usize, n: usize, out: usize) -> usize {
-        if self.args.padding == Padding::Same {
-            let (k, s) = (
-                self.args.kernel_size[axis] as usize,
-                self.args.strides[axis] as usize,
-            );
-            ((n.max(1) - 1) * s + k).saturating_sub(out) / 2
-        } else {
-            0
+    /// The transposed window along rows (axis 0) or columns (axis 1) for input size `n` and
+    /// output `out`.
+    pub fn geometry(&self, axis: usize, n: usize, out: usize) -> TransposeGeometry {
+        let (kernel, stride) = (
+            self.args.kernel_size[axis] as usize,
+            self.args.strides[axis] as usize,
+        );
+        let full = (n.max(1) - 1) * stride + kernel;
+        let crop_before = match self.args.padding {
+            Padding::Same => full.saturating_sub(out) / 2,
+            Padding::Valid => 0,
+        };
+        TransposeGeometry {
+            kernel,
+            stride,
+            crop_before,
+            crop_after: full.saturating_sub(crop_before + out),
+            extend_after: (crop_before + out).saturating_sub(full),
         }
     }
 }
@@ -313,12 +379,14 @@ impl LayerKind for Conv2DTranspose {
             name: "kernel",
             shape: vec![a.kernel_size[0], a.kernel_size[1], a.filters, c_in],
             trainable: true,
+            initializer: a.kernel_initializer.clone(),
         }];
         if a.use_bias {
             w.push(WeightSpec {
                 name: "bias",
                 shape: vec![a.filters],
                 trainable: true,
+                initializer: a.bias_initializer.clone(),
             });
         }
         w
@@ -340,5 +408,55 @@ impl LayerKind for Conv2DTranspose {
             None => Json::Null,
         };
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_padding_puts_the_odd_pixel_last() {
+        let pads = |n, out, k, s| {
+            let g = WindowGeometry::new(k, s, 1, Padding::Same, n, out);
+            (g.pad_before, g.pad_after)
+        };
+        assert_eq!(pads(6, 3, 3, 2), (0, 1));
+        assert_eq!(pads(5, 5, 2, 1), (0, 1));
+        assert_eq!(pads(5, 5, 3, 1), (1, 1));
+        let dilated = WindowGeometry::new(3, 1, 2, Padding::Same, 5, 5);
+        assert_eq!(
+            (dilated.span(), dilated.pad_before, dilated.pad_after),
+            (5, 2, 2)
+        );
+        let valid = WindowGeometry::new(3, 2, 1, Padding::Valid, 8, 3);
+        assert_eq!((valid.pad_before, valid.pad_after), (0, 0));
+    }
+
+    #[test]
+    fn transposed_output_is_a_window_of_the_full_result() {
+        let up = |k: i64, s: i64, padding| Conv2DTranspose {
+            args: ConvArgs {
+                filters: 1,
+                kernel_size: [k, k],
+                strides: [s, s],
+                padding,
+                dilation_rate: [1, 1],
+                activation: ActivationFn::Linear,
+                use_bias: true,
+                kernel_initializer: "glorot_uniform".into(),
+                bias_initializer: "zeros".into(),
+            },
+            output_padding: None,
+        };
+        // same, k 3, s 2: full 3 * 2 + 3 = 9 for out 8: the odd pixel is cropped after.
+        let g = up(3, 2, Padding::Same).geometry(0, 4, 8);
+        assert_eq!((g.crop_before, g.crop_after, g.extend_after), (0, 1, 0));
+        // same, k 4, s 2: full 10 for out 8: one pixel each side.
+        let g = up(4, 2, Padding::Same).geometry(0, 4, 8);
+        assert_eq!((g.crop_before, g.crop_after, g.extend_after), (1, 1, 0));
+        // valid, k 1, s 2: full 7 for out 8: the last output pixel lies past it.
+        let g = up(1, 2, Padding::Valid).geometry(0, 4, 8);
+        assert_eq!((g.crop_before, g.crop_after, g.extend_after), (0, 0, 1));
     }
 }

@@ -118,12 +118,15 @@ impl LayerKind for Dense {
             name: "kernel",
             shape: vec![n_in, self.units],
             trainable: true,
+            initializer: self.kernel_initializer.clone(),
         }];
         if self.use_bias {
             w.push(WeightSpec {
                 name: "bias",
                 shape: vec![self.units],
                 trainable: true,
+                // `bias_initializer` is read but not kept: Dense biases start at zero.
+                initializer: "zeros".into(),
             });
         }
         w

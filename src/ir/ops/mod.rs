@@ -1,9 +1,9 @@
 //! Keras layer kinds. Here each kind has its arguments (with Keras's names and defaults), its
 //! shape rule, its weights (hence parameter counts), its MACs and its config. Adding a kind takes
-//! a struct that implements [`LayerKind`] and a line in [`Op`], and then its handling elsewhere:
-//! the CPU and CUDA kernels, the plan, weight binding and initializers, the receptive field, the
-//! diagram, Keras import and ONNX export. Not all of those match exhaustively on [`Op`] yet
-//! (issue 12), so search for an existing kind's variant to find them all.
+//! a struct that implements [`LayerKind`] (its weights name their initializers) and a line in
+//! [`Op`], and then its handling elsewhere: the CPU and CUDA kernels, the plan, weight binding,
+//! the receptive field, the diagram and ONNX export. Each of those decisions is a `match` over
+//! every variant, so the compiler lists them; Keras import goes by class name.
 
 mod activation;
 mod conv;
@@ -16,7 +16,7 @@ mod pool;
 mod resize;
 
 pub use activation::{Activation, Dropout, ReLU, Softmax};
-pub use conv::{Conv2D, Conv2DTranspose};
+pub use conv::{Conv2D, Conv2DTranspose, TransposeGeometry, WindowGeometry};
 pub use dense::{Dense, Flatten};
 pub use input::Input;
 pub use keywords::{ActivationFn, Interpolation, Keyword, Padding};
@@ -65,6 +65,8 @@ pub struct WeightSpec {
     pub shape: Vec<i64>,
     /// Whether the variable is trainable when the layer is (BN moving statistics never are).
     pub trainable: bool,
+    /// The Keras initializer that seeds it (`glorot_uniform`, `zeros`, ...).
+    pub initializer: String,
 }
 
 impl WeightSpec {
@@ -244,12 +246,6 @@ pub(crate) fn valid_size(n: i64, k: i64, s: i64) -> Option<i64> {
 
 pub(crate) fn same_size(n: i64, s: i64) -> i64 {
     (n + s - 1) / s
-}
-
-/// Keras's `same` padding before the first row/column for input `n`, output `out`, (effective)
-/// kernel `k` and stride `s`: `floor(max((out - 1) * s + k - n, 0) / 2)`; the odd pixel goes after.
-pub fn same_pad_before(n: usize, out: usize, k: usize, s: usize) -> usize {
-    (out.saturating_sub(1) * s + k).saturating_sub(n) / 2
 }
 
 pub(crate) fn pair_json(p: [i64; 2]) -> Json {

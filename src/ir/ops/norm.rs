@@ -68,12 +68,14 @@ impl LayerKind for BatchNormalization {
 
     fn weights(&self, inputs: &[Shape]) -> Vec<WeightSpec> {
         let c = inputs.first().and_then(|s| s.last()).copied().unwrap_or(0);
+        // Keras's defaults: the `*_initializer` arguments are read but not kept.
         let mut w = Vec::new();
         if self.scale {
             w.push(WeightSpec {
                 name: "gamma",
                 shape: vec![c],
                 trainable: true,
+                initializer: "ones".into(),
             });
         }
         if self.center {
@@ -81,17 +83,20 @@ impl LayerKind for BatchNormalization {
                 name: "beta",
                 shape: vec![c],
                 trainable: true,
+                initializer: "zeros".into(),
             });
         }
         w.push(WeightSpec {
             name: "moving_mean",
             shape: vec![c],
             trainable: false,
+            initializer: "zeros".into(),
         });
         w.push(WeightSpec {
             name: "moving_variance",
             shape: vec![c],
             trainable: false,
+            initializer: "ones".into(),
         });
         w
     }

@@ -1,5 +1,6 @@
 //! MaxPooling2D and GlobalAveragePooling2D.
 
+use super::conv::WindowGeometry;
 use super::{
     image, pair_json, product, same_size, valid_size, LayerKind, Padding, Shape, ShapeError,
 };
@@ -15,18 +16,17 @@ pub struct MaxPooling2D {
 }
 
 impl MaxPooling2D {
-    /// Window positions before the input along an axis (Keras's `same` rule; 0 for `valid`).
-    pub fn pad_before(&self, axis: usize, n: usize, out: usize) -> usize {
-        if self.padding == Padding::Same {
-            super::same_pad_before(
-                n,
-                out,
-                self.pool_size[axis] as usize,
-                self.strides[axis] as usize,
-            )
-        } else {
-            0
-        }
+    /// The pooling window along rows (axis 0) or columns (axis 1) for input size `n` and output
+    /// `out` (padded positions never win the max).
+    pub fn geometry(&self, axis: usize, n: usize, out: usize) -> WindowGeometry {
+        WindowGeometry::new(
+            self.pool_size[axis] as usize,
+            self.strides[axis] as usize,
+            1,
+            self.padding,
+            n,
+            out,
+        )
     }
 }
 

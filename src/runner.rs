@@ -132,6 +132,7 @@ pub fn init_weights(c: &Compiled, seed: u64) -> Result<Weights, RunError> {
                 (Op::Conv2D(op), "bias") => op.args.bias_initializer.as_str(),
                 (Op::Conv2DTranspose(op), "bias") => op.args.bias_initializer.as_str(),
                 (Op::Dense(op), "kernel") => op.kernel_initializer.as_str(),
+                (Op::PReLU(op), "alpha") => op.alpha_initializer.as_str(),
                 (_, "gamma" | "moving_variance") => "ones",
                 _ => "zeros",
             };

@@ -200,7 +200,24 @@ fn reads_windows(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
         | Op::Dropout(_)
         | Op::GlobalAveragePooling2D(_) => true,
         Op::Concatenate(_) => concat_on_channels(graph, info, id),
-        Op::Input(_) | Op::Dense(_) | Op::Flatten(_) | Op::Softmax(_) => false,
+        // The newer kinds' kernels read dense inputs (a gather first where needed).
+        Op::Input(_)
+        | Op::Dense(_)
+        | Op::Flatten(_)
+        | Op::Softmax(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_) => false,
     }
 }
 
@@ -224,7 +241,20 @@ fn writes_windows(op: &Op) -> bool {
         | Op::Softmax(_)
         | Op::Flatten(_)
         | Op::Dense(_)
-        | Op::GlobalAveragePooling2D(_) => false,
+        | Op::GlobalAveragePooling2D(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_) => false,
     }
 }
 
@@ -262,7 +292,20 @@ fn epilogue_activation(op: &Op, rank: usize) -> Option<ActivationFn> {
         | Op::Dropout(_)
         | Op::Flatten(_)
         | Op::Dense(_)
-        | Op::GlobalAveragePooling2D(_) => None,
+        | Op::GlobalAveragePooling2D(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_) => None,
     }
 }
 

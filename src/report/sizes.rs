@@ -487,6 +487,11 @@ pub fn receptive_field(c: &Compiled) -> usize {
                         let pad = op.pad_before(0, n as usize, height(id) as usize) as i64;
                         (a * s - pad, b * s + k - 1 - pad)
                     }
+                    Op::AveragePooling2D(op) => {
+                        let (k, s) = (op.pool_size[0], op.strides[0]);
+                        let pad = op.pad_before(0, n as usize, height(id) as usize) as i64;
+                        (a * s - pad, b * s + k - 1 - pad)
+                    }
                     Op::Conv2DTranspose(op) => {
                         let (k, s) = (op.args.kernel_size[0], op.args.strides[0]);
                         let y0 = op.crop_before(0, n as usize, height(id) as usize) as i64;
@@ -499,7 +504,10 @@ pub fn receptive_field(c: &Compiled) -> usize {
                     Op::UpSampling2D(op) => (a.div_euclid(op.size[0]), b.div_euclid(op.size[0])),
                     Op::Cropping2D(op) => (a + op.cropping[0], b + op.cropping[0]),
                     Op::ZeroPadding2D(op) => (a - op.padding[0], b - op.padding[0]),
-                    Op::Flatten(_) | Op::Dense(_) | Op::GlobalAveragePooling2D(_) => (0, n - 1),
+                    Op::Flatten(_)
+                    | Op::Dense(_)
+                    | Op::GlobalAveragePooling2D(_)
+                    | Op::GlobalMaxPooling2D(_) => (0, n - 1),
                     _ => (a, b),
                 };
                 let (lo, hi) = (lo.max(0), hi.min(n - 1));

@@ -15,7 +15,9 @@ use super::plan::{hwc, plan, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use super::{Precision, WeightSource};
 use crate::infer::Inferred;
-use crate::ir::ops::{ActivationFn, Interpolation};
+use crate::ir::ops::{
+    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, Subtract,
+};
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -50,6 +52,11 @@ pub const LAYER_KERNELS: &[&str] = &[
     "relu_layer",
     "softmax",
     "global_average_pool",
+    "global_max_pool",
+    "average_pool",
+    "merge",
+    "elu_layer",
+    "prelu",
     "conv_small_c",
     "splitk_reduce",
 ];
@@ -312,6 +319,17 @@ fn arch_name(major: i32, minor: i32) -> &'static str {
         (12, 0) => "compute_120",
         // Newer devices run PTX for the newest architecture NVRTC 13 knows here.
         _ => "compute_90",
+    }
+}
+
+/// Merges as the `merge` kernel's codes (kernels/layers.cu).
+fn merge_code(function: MergeFn) -> i32 {
+    match function {
+        MergeFn::Add | MergeFn::Average => 0,
+        MergeFn::Multiply => 1,
+        MergeFn::Subtract => 2,
+        MergeFn::Maximum => 3,
+        MergeFn::Minimum => 4,
     }
 }
 
@@ -1592,23 +1610,16 @@ impl<'g> CudaModel<'g> {
             Op::MaxPooling2D(op) => {
                 let [h, wd, _] = hwc(&in_shapes[0]);
                 let (oh, ow) = (y.h as usize, y.w as usize);
-                let (pt, pl) = (op.pad_before(0, h, oh), op.pad_before(1, wd, ow));
-                let x = x_view(0)?;
-                let ints = [
-                    op.pool_size[0] as i32,
-                    op.pool_size[1] as i32,
-                    op.strides[0] as i32,
-                    op.strides[1] as i32,
-                    i(pt),
-                    i(pl),
-                    nb,
-                ];
-                let mut b = stream.launch_builder(self.function::<T>("max_pool"));
-                b.arg(&mut *arena).arg(&x).arg(&y);
-                for v in &ints {
-                    b.arg(v);
-                }
-                unsafe { b.launch(grid(n_out)).map_err(driver)? };
+                let pad = [op.pad_before(0, h, oh), op.pad_before(1, wd, ow)];
+                let window = (op.pool_size, op.strides, pad);
+                self.pool::<T>(arena, "max_pool", x_view(0)?, y, window, batch)?;
+            }
+            Op::AveragePooling2D(op) => {
+                let [h, wd, _] = hwc(&in_shapes[0]);
+                let (oh, ow) = (y.h as usize, y.w as usize);
+                let pad = [op.pad_before(0, h, oh), op.pad_before(1, wd, ow)];
+                let window = (op.pool_size, op.strides, pad);
+                self.pool::<T>(arena, "average_pool", x_view(0)?, y, window, batch)?;
             }
             Op::UpSampling2D(op) => {
                 let x = x_view(0)?;
@@ -1633,7 +1644,11 @@ impl<'g> CudaModel<'g> {
                 let (t, l) = (-(op.padding[0] as i32), -(op.padding[2] as i32));
                 self.shift_window(arena, x_view(0)?, y, t, l, batch)?;
             }
-            Op::Dropout(_) => self.shift_window(arena, x_view(0)?, y, 0, 0, batch)?,
+            // The identity at inference: a copy into the layer's own buffer.
+            Op::Dropout(_)
+            | Op::SpatialDropout2D(_)
+            | Op::GaussianNoise(_)
+            | Op::GaussianDropout(_) => self.shift_window(arena, x_view(0)?, y, 0, 0, batch)?,
             Op::Flatten(_) => {
                 let len: usize = in_shapes[0].iter().product();
                 let x = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
@@ -1686,6 +1701,92 @@ impl<'g> CudaModel<'g> {
                             .launch(grid(n_out))
                             .map_err(driver)?;
                     }
+                }
+            }
+            Op::Multiply(_) => {
+                let views = (0..node.inputs.len())
+                    .map(x_view)
+                    .collect::<Result<_, _>>()?;
+                self.merge::<T>(arena, Multiply::FUNCTION, views, y, batch)?;
+            }
+            Op::Subtract(_) => {
+                let views = (0..node.inputs.len())
+                    .map(x_view)
+                    .collect::<Result<_, _>>()?;
+                self.merge::<T>(arena, Subtract::FUNCTION, views, y, batch)?;
+            }
+            Op::Average(_) => {
+                let views = (0..node.inputs.len())
+                    .map(x_view)
+                    .collect::<Result<_, _>>()?;
+                self.merge::<T>(arena, Average::FUNCTION, views, y, batch)?;
+            }
+            Op::Maximum(_) => {
+                let views = (0..node.inputs.len())
+                    .map(x_view)
+                    .collect::<Result<_, _>>()?;
+                self.merge::<T>(arena, Maximum::FUNCTION, views, y, batch)?;
+            }
+            Op::Minimum(_) => {
+                let views = (0..node.inputs.len())
+                    .map(x_view)
+                    .collect::<Result<_, _>>()?;
+                self.merge::<T>(arena, Minimum::FUNCTION, views, y, batch)?;
+            }
+            Op::LeakyReLU(op) => {
+                // Keras's ReLU layer with only a negative slope is LeakyReLU.
+                let (has_max, mx, slope, t) = (0i32, 0.0f32, op.alpha as f32, 0.0f32);
+                let x = x_view(0)?;
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("relu_layer"))
+                        .arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y)
+                        .arg(&has_max)
+                        .arg(&mx)
+                        .arg(&slope)
+                        .arg(&t)
+                        .arg(&nb)
+                        .launch(grid(n_out))
+                        .map_err(driver)?;
+                }
+            }
+            Op::ELU(op) => {
+                let x = x_view(0)?;
+                let alpha = op.alpha as f32;
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("elu_layer"))
+                        .arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y)
+                        .arg(&alpha)
+                        .arg(&nb)
+                        .launch(grid(n_out))
+                        .map_err(driver)?;
+                }
+            }
+            Op::PReLU(op) => {
+                let w = self.weights_of(id)?;
+                let shape: Vec<i64> = in_shapes[0].iter().map(|&d| d as i64).collect();
+                let alpha_shape: Vec<usize> =
+                    op.alpha_shape(&shape).iter().map(|&d| d as usize).collect();
+                let [ah, aw, ac] = hwc(&alpha_shape).map(i);
+                let x = x_view(0)?;
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("prelu"))
+                        .arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y)
+                        .arg(&w.tensors[0])
+                        .arg(&ah)
+                        .arg(&aw)
+                        .arg(&ac)
+                        .arg(&nb)
+                        .launch(grid(n_out))
+                        .map_err(driver)?;
                 }
             }
             Op::BatchNormalization(op) => {
@@ -1764,6 +1865,20 @@ impl<'g> CudaModel<'g> {
                 )?;
                 self.softmax_in_place(arena, yo, outer, len, inner)?;
             }
+            Op::GlobalMaxPooling2D(_) => {
+                let x = x_view(0)?;
+                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("global_max_pool"))
+                        .arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y_off)
+                        .arg(&nb)
+                        .launch(grid(batch * x.c.max(0) as usize))
+                        .map_err(driver)?;
+                }
+            }
             Op::GlobalAveragePooling2D(_) => {
                 let x = x_view(0)?;
                 let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
@@ -1777,6 +1892,78 @@ impl<'g> CudaModel<'g> {
                         .launch(grid(batch * x.c.max(0) as usize))
                         .map_err(driver)?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A pooling kernel (`max_pool`, `average_pool`) over windows of `(size, strides, padding
+    /// before)`.
+    fn pool<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        kernel: &str,
+        x: View,
+        y: View,
+        (size, strides, pad): ([i64; 2], [i64; 2], [usize; 2]),
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let ints = [
+            size[0] as i32,
+            size[1] as i32,
+            strides[0] as i32,
+            strides[1] as i32,
+            pad[0] as i32,
+            pad[1] as i32,
+            batch as i32,
+        ];
+        let mut b = self.stream.launch_builder(self.function::<T>(kernel));
+        b.arg(&mut *arena).arg(&x).arg(&y);
+        for v in &ints {
+            b.arg(v);
+        }
+        // SAFETY: as in `layer`: the arguments match the kernel's signature in layers.cu.
+        unsafe { b.launch(grid(y.elements(batch))).map_err(driver)? };
+        Ok(())
+    }
+
+    /// An elementwise merge of `inputs` into `y`, left to right (Keras's order), broadcasting
+    /// sides of size 1; Average divides by the count at the last step.
+    fn merge<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        function: MergeFn,
+        inputs: Vec<View>,
+        y: View,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let code = merge_code(function);
+        let nb = batch as i32;
+        for k in 1..inputs.len() {
+            let a = if k == 1 { inputs[0] } else { y };
+            let last = k + 1 == inputs.len();
+            let divisor = match function {
+                MergeFn::Average if last => inputs.len() as f32,
+                MergeFn::Add
+                | MergeFn::Average
+                | MergeFn::Multiply
+                | MergeFn::Subtract
+                | MergeFn::Maximum
+                | MergeFn::Minimum => 1.0f32,
+            };
+            // SAFETY: as in `layer`: the arguments match `merge` in layers.cu.
+            unsafe {
+                self.stream
+                    .launch_builder(self.function::<T>("merge"))
+                    .arg(&mut *arena)
+                    .arg(&a)
+                    .arg(&inputs[k])
+                    .arg(&y)
+                    .arg(&code)
+                    .arg(&divisor)
+                    .arg(&nb)
+                    .launch(grid(y.elements(batch)))
+                    .map_err(driver)?;
             }
         }
         Ok(())

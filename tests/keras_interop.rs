@@ -49,6 +49,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("specs/vgg16_unet.unet", "vgg16_unet"),
         ("specs/backbones/vgg16.unet", "vgg16"),
         ("specs/backbones/resnet50.unet", "resnet50"),
+        ("tests/golden/edge_merges.unet", "edge_merges"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -71,7 +72,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 7);
+    assert_eq!(checked, 8);
 }
 
 #[test]

@@ -29,6 +29,9 @@ SPECS = [
     "specs/vgg16_unet.unet",
     "specs/backbones/vgg16.unet",
     "specs/backbones/resnet50.unet",
+    # Issue 12's first new kinds (merges, LeakyReLU/ELU/PReLU, average and global max pooling,
+    # the noise layers), from the golden fixture that tf.keras also ran.
+    "tests/golden/edge_merges.unet",
 ]
 
 

@@ -56,12 +56,25 @@ WEIGHTLESS = {
     "Dropout",
     "Flatten",
     "GlobalAveragePooling2D",
+    "Multiply",
+    "Subtract",
+    "Average",
+    "Maximum",
+    "Minimum",
+    "LeakyReLU",
+    "ELU",
+    "AveragePooling2D",
+    "GlobalMaxPooling2D",
+    "SpatialDropout2D",
+    "GaussianNoise",
+    "GaussianDropout",
 }
 WITH_WEIGHTS = {
     "Conv2D": ("kernel", "bias"),
     "Conv2DTranspose": ("kernel", "bias"),
     "Dense": ("kernel", "bias"),
     "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
+    "PReLU": ("alpha",),
 }
 
 # Activation names unetc accepts (src/ir/ops/activation.rs).

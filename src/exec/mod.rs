@@ -85,6 +85,7 @@ pub fn bind_weights(
                 fetch("moving_mean", None),
                 fetch("moving_variance", None),
             ],
+            Op::PReLU(_) => vec![fetch("alpha", None)],
             // Layers without weights.
             Op::Input(_)
             | Op::MaxPooling2D(_)
@@ -98,7 +99,19 @@ pub fn bind_weights(
             | Op::Softmax(_)
             | Op::Dropout(_)
             | Op::Flatten(_)
-            | Op::GlobalAveragePooling2D(_) => continue,
+            | Op::GlobalAveragePooling2D(_)
+            | Op::Multiply(_)
+            | Op::Subtract(_)
+            | Op::Average(_)
+            | Op::Maximum(_)
+            | Op::Minimum(_)
+            | Op::LeakyReLU(_)
+            | Op::ELU(_)
+            | Op::AveragePooling2D(_)
+            | Op::GlobalMaxPooling2D(_)
+            | Op::SpatialDropout2D(_)
+            | Op::GaussianNoise(_)
+            | Op::GaussianDropout(_) => continue,
         };
         if let Some(all) = tensors.into_iter().collect::<Option<Vec<_>>>() {
             bound.insert(id, all);

@@ -200,7 +200,24 @@ fn reads_windows(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
         | Op::Dropout(_)
         | Op::GlobalAveragePooling2D(_) => true,
         Op::Concatenate(_) => concat_on_channels(graph, info, id),
-        Op::Input(_) | Op::Dense(_) | Op::Flatten(_) | Op::Softmax(_) => false,
+        // The newer kinds' kernels read dense inputs (a gather first where needed).
+        Op::Input(_)
+        | Op::Dense(_)
+        | Op::Flatten(_)
+        | Op::Softmax(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_) => false,
     }
 }
 
@@ -224,7 +241,20 @@ fn writes_windows(op: &Op) -> bool {
         | Op::Softmax(_)
         | Op::Flatten(_)
         | Op::Dense(_)
-        | Op::GlobalAveragePooling2D(_) => false,
+        | Op::GlobalAveragePooling2D(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_) => false,
     }
 }
 
@@ -260,7 +290,20 @@ pub fn reads_parts(op: &Op) -> bool {
         | Op::Dropout(_)
         | Op::Flatten(_)
         | Op::Dense(_)
-        | Op::GlobalAveragePooling2D(_) => false,
+        | Op::GlobalAveragePooling2D(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_) => false,
     }
 }
 
@@ -284,7 +327,20 @@ fn fusion_head(op: &Op) -> Option<&Conv2D> {
         | Op::Dropout(_)
         | Op::Flatten(_)
         | Op::Dense(_)
-        | Op::GlobalAveragePooling2D(_) => None,
+        | Op::GlobalAveragePooling2D(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_) => None,
     }
 }
 
@@ -307,7 +363,20 @@ fn foldable_norm(op: &Op) -> Option<&BatchNormalization> {
         | Op::Dropout(_)
         | Op::Flatten(_)
         | Op::Dense(_)
-        | Op::GlobalAveragePooling2D(_) => None,
+        | Op::GlobalAveragePooling2D(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_) => None,
     }
 }
 
@@ -333,7 +402,20 @@ fn epilogue_activation(op: &Op, rank: usize) -> Option<ActivationFn> {
         | Op::Dropout(_)
         | Op::Flatten(_)
         | Op::Dense(_)
-        | Op::GlobalAveragePooling2D(_) => None,
+        | Op::GlobalAveragePooling2D(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_) => None,
     }
 }
 
@@ -467,7 +549,20 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             | Op::Softmax(_)
             | Op::Flatten(_)
             | Op::Dense(_)
-            | Op::GlobalAveragePooling2D(_) => Kind::Owns,
+            | Op::GlobalAveragePooling2D(_)
+            | Op::Multiply(_)
+            | Op::Subtract(_)
+            | Op::Average(_)
+            | Op::Maximum(_)
+            | Op::Minimum(_)
+            | Op::LeakyReLU(_)
+            | Op::ELU(_)
+            | Op::PReLU(_)
+            | Op::AveragePooling2D(_)
+            | Op::GlobalMaxPooling2D(_)
+            | Op::SpatialDropout2D(_)
+            | Op::GaussianNoise(_)
+            | Op::GaussianDropout(_) => Kind::Owns,
         };
     }
     // A view whose value is read densely, or a part of a part list, must be built: resolve

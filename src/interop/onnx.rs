@@ -899,6 +899,84 @@ impl Exporter<'_> {
                     self.activation_after(&name, op.activation, pre, out, -1);
                 }
             }
+            Op::GlobalMaxPooling2D(op) => {
+                need_image("GlobalMaxPooling2D")?;
+                self.node(
+                    name,
+                    "ReduceMax",
+                    vec![x()],
+                    out,
+                    vec![
+                        ("axes", Attr::Ints(vec![2, 3])),
+                        ("keepdims", Attr::Int(i64::from(op.keepdims))),
+                    ],
+                );
+            }
+            Op::AveragePooling2D(op) => {
+                let [h, w, _] = need_image("AveragePooling2D")?;
+                let mut pads = [0i64; 4];
+                for (axis, n) in [h, w].into_iter().enumerate() {
+                    let g = op.geometry(axis, n as usize, out_shape[axis] as usize);
+                    pads[axis] = g.pad_before as i64;
+                    pads[axis + 2] = g.pad_after as i64;
+                }
+                // count_include_pad 0: the mean of the cells inside the input, as Keras.
+                self.node(
+                    name,
+                    "AveragePool",
+                    vec![x()],
+                    out,
+                    vec![
+                        ("kernel_shape", Attr::Ints(op.pool_size.to_vec())),
+                        ("strides", Attr::Ints(op.strides.to_vec())),
+                        ("pads", Attr::Ints(pads.to_vec())),
+                    ],
+                );
+            }
+            Op::Multiply(_) => self.merge(&name, "Mul", false, xs, out, &in_shapes, &out_shape)?,
+            Op::Subtract(_) => self.merge(&name, "Sub", false, xs, out, &in_shapes, &out_shape)?,
+            Op::Average(_) => self.merge(&name, "Mean", true, xs, out, &in_shapes, &out_shape)?,
+            Op::Maximum(_) => self.merge(&name, "Max", true, xs, out, &in_shapes, &out_shape)?,
+            Op::Minimum(_) => self.merge(&name, "Min", true, xs, out, &in_shapes, &out_shape)?,
+            Op::LeakyReLU(op) => self.node(
+                name,
+                "LeakyRelu",
+                vec![x()],
+                out,
+                vec![("alpha", Attr::Float(op.alpha as f32))],
+            ),
+            Op::ELU(op) => self.node(
+                name,
+                "Elu",
+                vec![x()],
+                out,
+                vec![("alpha", Attr::Float(op.alpha as f32))],
+            ),
+            Op::PReLU(op) => {
+                let alpha_shape = op.alpha_shape(&in_shapes[0]);
+                let data = self.weight(id, "alpha").unwrap_or_default();
+                // The body is NCHW: alpha goes from (h, w, c) to (c, h, w).
+                let (dims, data) = match alpha_shape.as_slice() {
+                    &[ah, aw, ac] if !data.is_empty() => {
+                        let (ah, aw, ac) = (ah as usize, aw as usize, ac as usize);
+                        let mut chw = vec![0.0f32; data.len()];
+                        for y in 0..ah {
+                            for xx in 0..aw {
+                                for c in 0..ac {
+                                    chw[(c * ah + y) * aw + xx] = data[(y * aw + xx) * ac + c];
+                                }
+                            }
+                        }
+                        (vec![ac as i64, ah as i64, aw as i64], chw)
+                    }
+                    _ => (alpha_shape.clone(), data),
+                };
+                let slope = self.init_f32(format!("{name}/alpha"), dims, data);
+                self.node(name, "PRelu", vec![x(), slope], out, vec![]);
+            }
+            Op::SpatialDropout2D(_) | Op::GaussianNoise(_) | Op::GaussianDropout(_) => {
+                self.node(name, "Identity", vec![x()], out, vec![])
+            }
             Op::GlobalAveragePooling2D(op) => {
                 need_image("GlobalAveragePooling2D")?;
                 self.node(
@@ -912,6 +990,50 @@ impl Exporter<'_> {
                     ],
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// An elementwise merge: one `op_type` node over all inputs when it takes any number
+    /// (`variadic`) or two; otherwise a chain, left to right as Keras computes it.
+    #[allow(clippy::too_many_arguments)]
+    fn merge(
+        &mut self,
+        name: &str,
+        op_type: &'static str,
+        variadic: bool,
+        xs: Vec<String>,
+        out: String,
+        in_shapes: &[Vec<i64>],
+        out_shape: &[i64],
+    ) -> Result<(), String> {
+        // NCHW in the body: numpy broadcasting lines up only when the ranks agree.
+        if in_shapes.iter().any(|s| s.len() != out_shape.len()) {
+            return Err(format!(
+                "`{name}` merges inputs of different ranks; ONNX export handles merges of equal \
+                 rank (broadcasting sides of size 1) only"
+            ));
+        }
+        if variadic || xs.len() == 2 {
+            self.node(name.to_string(), op_type, xs, out, vec![]);
+            return Ok(());
+        }
+        let mut acc = xs[0].clone();
+        for (k, input) in xs.iter().enumerate().skip(1) {
+            let (node_name, value) = if k + 1 == xs.len() {
+                (name.to_string(), out.clone())
+            } else {
+                let v = format!("{name}/{k}");
+                (v.clone(), v)
+            };
+            self.node(
+                node_name,
+                op_type,
+                vec![acc, input.clone()],
+                value.clone(),
+                vec![],
+            );
+            acc = value;
         }
         Ok(())
     }

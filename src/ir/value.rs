@@ -344,6 +344,35 @@ impl<'a> ArgReader<'a> {
         Some(pair)
     }
 
+    /// A list of integers in `lo..=hi` (`None` and absence: an empty list), e.g. PReLU's
+    /// `shared_axes`; a single integer is a list of one.
+    pub fn int_list(&mut self, name: &str, lo: i64, hi: i64) -> Vec<i64> {
+        let Some(arg) = self.take(name) else {
+            return Vec::new();
+        };
+        let list: Option<Vec<i64>> = match &arg.value {
+            Value::None => Some(Vec::new()),
+            Value::Int(i) => Some(vec![*i]),
+            Value::List(items) => items
+                .iter()
+                .map(|v| match v {
+                    Value::Int(i) => Some(*i),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        };
+        let Some(list) = list else {
+            self.type_error(name, &arg, "a list of integers");
+            return Vec::new();
+        };
+        if list.iter().any(|v| !(lo..=hi).contains(v)) {
+            self.range_error(name, &arg, format!("values must be in {lo}..={hi}"));
+            return Vec::new();
+        }
+        list
+    }
+
     /// Keras's cropping/padding argument: `c`, `(h, w)` or `((top, bottom), (left, right))`.
     pub fn four_or(&mut self, name: &str, default: [i64; 4]) -> [i64; 4] {
         let Some(arg) = self.take(name) else {

@@ -19,6 +19,10 @@ enum Edge {
     Conv1x1,
     MaxPool,
     AveragePool,
+    GlobalMaxPool,
+    GlobalAveragePool,
+    /// Multiply: an attention gate or a squeeze-and-excitation scale.
+    Gate,
     Up,
     CopyCrop,
     Concat,
@@ -34,11 +38,14 @@ impl Edge {
             Edge::Conv => ("#1f77b4", "conv", "conv"),
             Edge::Conv1x1 => ("#17becf", "conv 1x1", "conv-1x1"),
             Edge::MaxPool => ("#d62728", "max pool", "max-pool"),
-            Edge::AveragePool => ("#ff7f0e", "global average pool", "average-pool"),
+            Edge::AveragePool => ("#ff9896", "average pool", "average-pool"),
+            Edge::GlobalMaxPool => ("#c5b0d5", "global max pool", "global-max-pool"),
+            Edge::GlobalAveragePool => ("#ff7f0e", "global average pool", "global-average-pool"),
+            Edge::Gate => ("#bcbd22", "multiply (gate)", "multiply"),
             Edge::Up => ("#2ca02c", "up-conv / upsample", "up"),
             Edge::CopyCrop => ("#7f7f7f", "copy (and crop)", "copy"),
             Edge::Concat => ("#7f7f7f", "concatenate", "concatenate"),
-            Edge::Merge => ("#9467bd", "add", "add"),
+            Edge::Merge => ("#9467bd", "add / merge", "merge"),
             Edge::Dense => ("#e377c2", "dense", "dense"),
             Edge::Other => ("#8c564b", "other", "other"),
         }
@@ -59,20 +66,33 @@ fn folds(op: &Op) -> bool {
         Op::BatchNormalization(_)
         | Op::Activation(_)
         | Op::ReLU(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
         | Op::Softmax(_)
         | Op::Dropout(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_)
         | Op::Cropping2D(_)
         | Op::ZeroPadding2D(_) => true,
         Op::Input(_)
         | Op::Conv2D(_)
         | Op::Conv2DTranspose(_)
         | Op::MaxPooling2D(_)
+        | Op::AveragePooling2D(_)
         | Op::UpSampling2D(_)
         | Op::Concatenate(_)
         | Op::Add(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
         | Op::Flatten(_)
         | Op::Dense(_)
-        | Op::GlobalAveragePooling2D(_) => false,
+        | Op::GlobalAveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_) => false,
     }
 }
 
@@ -107,6 +127,7 @@ fn representative(g: &Graph, order: &[NodeId]) -> HashMap<NodeId, (NodeId, bool)
 fn level_step(op: &Op) -> i64 {
     match op {
         Op::MaxPooling2D(p) => i64::from(p.strides[0] > 1),
+        Op::AveragePooling2D(p) => i64::from(p.strides[0] > 1),
         Op::Conv2D(c) => i64::from(c.args.strides[0] > 1),
         Op::Conv2DTranspose(c) => -i64::from(c.args.strides[0] > 1),
         Op::UpSampling2D(u) => -i64::from(u.size[0] > 1),
@@ -122,7 +143,19 @@ fn level_step(op: &Op) -> i64 {
         | Op::Dropout(_)
         | Op::Flatten(_)
         | Op::Dense(_)
-        | Op::GlobalAveragePooling2D(_) => 0,
+        | Op::GlobalAveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_) => 0,
     }
 }
 
@@ -137,9 +170,13 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         Op::Conv2D(_) => Edge::Conv,
         Op::Dense(_) => Edge::Dense,
         Op::MaxPooling2D(_) => Edge::MaxPool,
-        Op::GlobalAveragePooling2D(_) => Edge::AveragePool,
+        Op::GlobalMaxPooling2D(_) => Edge::GlobalMaxPool,
+        Op::AveragePooling2D(_) => Edge::AveragePool,
+        Op::GlobalAveragePooling2D(_) => Edge::GlobalAveragePool,
         Op::Conv2DTranspose(_) | Op::UpSampling2D(_) => Edge::Up,
         Op::Add(_) => Edge::Merge,
+        Op::Multiply(_) => Edge::Gate,
+        Op::Subtract(_) | Op::Average(_) | Op::Maximum(_) | Op::Minimum(_) => Edge::Merge,
         Op::Concatenate(_) => Edge::Concat,
         // One-input layers in this group fold into the box before them and get no arrow.
         Op::Input(_)
@@ -150,7 +187,13 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         | Op::Activation(_)
         | Op::ReLU(_)
         | Op::Softmax(_)
-        | Op::Dropout(_) => Edge::Other,
+        | Op::Dropout(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_) => Edge::Other,
     }
 }
 

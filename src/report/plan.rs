@@ -178,7 +178,20 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                     | Op::Add(_)
                     | Op::Flatten(_)
                     | Op::Dense(_)
-                    | Op::GlobalAveragePooling2D(_),
+                    | Op::GlobalAveragePooling2D(_)
+                    | Op::Multiply(_)
+                    | Op::Subtract(_)
+                    | Op::Average(_)
+                    | Op::Maximum(_)
+                    | Op::Minimum(_)
+                    | Op::LeakyReLU(_)
+                    | Op::ELU(_)
+                    | Op::PReLU(_)
+                    | Op::AveragePooling2D(_)
+                    | Op::GlobalMaxPooling2D(_)
+                    | Op::SpatialDropout2D(_)
+                    | Op::GaussianNoise(_)
+                    | Op::GaussianDropout(_),
                 ) => match absorbed_by[id.index()] {
                     Some(conv) => StepWork::FusedInto {
                         convolution: name(conv),

@@ -483,6 +483,7 @@ pub fn receptive_field(c: &Compiled) -> usize {
                 let (lo, hi) = match &node.op {
                     Op::Conv2D(op) => windows(op.args.geometry(0, n as usize, out)),
                     Op::MaxPooling2D(op) => windows(op.geometry(0, n as usize, out)),
+                    Op::AveragePooling2D(op) => windows(op.geometry(0, n as usize, out)),
                     Op::Conv2DTranspose(op) => {
                         let g = op.geometry(0, n as usize, out);
                         let (k, s, y0) = (g.kernel as i64, g.stride as i64, g.crop_before as i64);
@@ -496,7 +497,22 @@ pub fn receptive_field(c: &Compiled) -> usize {
                     Op::Cropping2D(op) => (a + op.cropping[0], b + op.cropping[0]),
                     Op::ZeroPadding2D(op) => (a - op.padding[0], b - op.padding[0]),
                     // Every output value depends on the whole input.
-                    Op::Flatten(_) | Op::Dense(_) | Op::GlobalAveragePooling2D(_) => (0, n - 1),
+                    Op::Flatten(_)
+                    | Op::Dense(_)
+                    | Op::GlobalAveragePooling2D(_)
+                    | Op::GlobalMaxPooling2D(_) => (0, n - 1),
+                    // Merges broadcast an input of height 1 over every row.
+                    Op::Multiply(_)
+                    | Op::Subtract(_)
+                    | Op::Average(_)
+                    | Op::Maximum(_)
+                    | Op::Minimum(_) => {
+                        if n == 1 {
+                            (0, 0)
+                        } else {
+                            (a, b)
+                        }
+                    }
                     // Row for row: per-pixel layers and merges (which take the same rows of
                     // every input). A Softmax over the height axis is counted so too.
                     Op::Input(_)
@@ -505,8 +521,14 @@ pub fn receptive_field(c: &Compiled) -> usize {
                     | Op::BatchNormalization(_)
                     | Op::Activation(_)
                     | Op::ReLU(_)
+                    | Op::LeakyReLU(_)
+                    | Op::ELU(_)
+                    | Op::PReLU(_)
                     | Op::Softmax(_)
-                    | Op::Dropout(_) => (a, b),
+                    | Op::Dropout(_)
+                    | Op::SpatialDropout2D(_)
+                    | Op::GaussianNoise(_)
+                    | Op::GaussianDropout(_) => (a, b),
                 };
                 let (lo, hi) = (lo.max(0), hi.min(n - 1));
                 if lo > hi {

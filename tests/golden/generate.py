@@ -46,6 +46,7 @@ bytes) with Keras shape ``S`` and C-order (row-major) flat index ``i`` (0 <= i <
     gamma             1.0 + 0.5 * d
     moving_mean       0.2 * d
     moving_variance   0.5 + u
+    alpha (PReLU)     0.25 + 0.5 * d
 
     fan_in: Conv2D kernel [kh, kw, in, out] -> kh*kw*in;  Dense kernel [in, out] -> in
             (the product of all dimensions but the last);
@@ -126,6 +127,8 @@ def formula_values(name: str, shape, layer_class: str) -> np.ndarray:
         v = 0.2 * d
     elif var == "moving_variance":
         v = 0.5 + u
+    elif var == "alpha":
+        v = 0.25 + 0.5 * d
     else:
         raise ValueError(f"no formula for variable {name!r}")
     return v.astype(np.float32).reshape(shape)
@@ -160,6 +163,8 @@ def formula_scalar(name: str, shape, layer_class: str, i: int) -> float:
         v = 0.2 * d
     elif var == "moving_variance":
         v = 0.5 + u
+    elif var == "alpha":
+        v = 0.25 + 0.5 * d
     else:
         raise ValueError(name)
     return struct.unpack("<f", struct.pack("<f", v))[0]
@@ -543,6 +548,53 @@ def edge_activations():
     return tf.keras.Model(inp, y)
 
 
+def edge_merges():
+    """Issue 12's first new kinds, on signed 6x5 maps: the merges Multiply, Subtract, Average,
+    Maximum, Minimum (two and three inputs, and Multiply broadcasting a one-channel gate over 8
+    channels, as attention gates do); LeakyReLU (tf.keras 2 default alpha 0.3, and 0.1); PReLU
+    (one alpha per element by default, and shared_axes=[1, 2]: one per channel); ELU layers
+    (alpha 1 and 0.5); AveragePooling2D (valid 2x2, same 3x3 stride 2 on an odd map: the average
+    over the valid cells only, and (2, 1) with strides (1, 2)); GlobalMaxPooling2D (plain and
+    keepdims); SpatialDropout2D, GaussianNoise and GaussianDropout (identity at inference); an
+    additive attention gate (Oktay et al. 2018) built from them. Flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(8, 1)(inp)
+    g = L.Conv2D(8, 1)(inp)
+    gate = L.Conv2D(1, 1, activation="sigmoid")(x)
+    attention = L.Conv2D(1, 1, activation="sigmoid")(
+        L.Activation("relu")(L.Add()([L.Conv2D(4, 1)(x), L.Conv2D(4, 1)(g)])))
+    branches = [
+        L.Multiply()([x, g]),
+        L.Multiply()([x, g, x]),
+        L.Multiply()([x, gate]),
+        L.Subtract()([x, g]),
+        L.Average()([x, g]),
+        L.Average()([x, g, x]),
+        L.Maximum()([x, g]),
+        L.Minimum()([x, g, x]),
+        L.LeakyReLU()(x),
+        L.LeakyReLU(alpha=0.1)(x),
+        L.PReLU()(x),
+        L.PReLU(shared_axes=[1, 2])(x),
+        L.ELU()(x),
+        L.ELU(alpha=0.5)(x),
+        L.AveragePooling2D()(x),
+        L.AveragePooling2D(3, strides=2, padding="same")(x),
+        L.AveragePooling2D((2, 1), strides=(1, 2))(x),
+        L.GlobalMaxPooling2D()(x),
+        L.GlobalMaxPooling2D(keepdims=True)(x),
+        L.SpatialDropout2D(0.3)(x),
+        L.GaussianNoise(0.5)(x),
+        L.GaussianDropout(0.2)(x),
+        L.Multiply()([x, attention]),
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    y = L.Concatenate()(flat)
+    return tf.keras.Model(inp, y)
+
+
 def original_full():
     """Seed 000 at full width (31,030,658 parameters), as in specs/original.unet, at its smallest
     valid input 188x188x1 (crops 4/16/40/88 as at 572), output 4x4x2."""
@@ -573,7 +625,8 @@ def original_full_at(size: int):
 
 
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
-         vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations]
+         vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
+         edge_merges]
 FULL = [original_full]
 
 # ---------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@
 
 use super::gemm::{matmul, matmul_serial};
 use crate::ir::ops::{
-    Activation, ActivationFn, BatchNormalization, Concatenate, Conv2D, Conv2DTranspose, Cropping2D,
-    Interpolation, MaxPooling2D, ReLU, Softmax, UpSampling2D, ZeroPadding2D,
+    Activation, ActivationFn, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
+    Conv2DTranspose, Cropping2D, Interpolation, MaxPooling2D, MergeFn, ReLU, Softmax, UpSampling2D,
+    WindowGeometry, ZeroPadding2D,
 };
 use rayon::prelude::*;
 
@@ -516,38 +517,111 @@ pub fn batch_norm(
 pub fn max_pool(
     op: &MaxPooling2D,
     x: &[f32],
-    [h, w, c]: [usize; 3],
+    in_shape: [usize; 3],
     out: &mut [f32],
-    [oh, ow, _]: [usize; 3],
-    batch: usize,
+    out_shape: [usize; 3],
 ) {
-    let (rows, cols) = (op.geometry(0, h, oh), op.geometry(1, w, ow));
-    let (kh, kw) = (rows.kernel, cols.kernel);
-    let (sh, sw) = (rows.stride, cols.stride);
-    let (top, left) = (rows.pad_before, cols.pad_before);
-    out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
-        let (n, oy) = (row / oh, row % oh);
-        let xin = &x[n * h * w * c..(n + 1) * h * w * c];
-        for ox in 0..ow {
-            let dst = &mut o[ox * c..(ox + 1) * c];
-            dst.fill(f32::NEG_INFINITY);
-            for ky in 0..kh {
-                let iy = (oy * sh + ky) as isize - top as isize;
-                if iy < 0 || iy as usize >= h {
-                    continue;
-                }
-                for kx in 0..kw {
-                    let ix = (ox * sw + kx) as isize - left as isize;
-                    if ix < 0 || ix as usize >= w {
+    let window = PoolWindow::of([
+        op.geometry(0, in_shape[0], out_shape[0]),
+        op.geometry(1, in_shape[1], out_shape[1]),
+    ]);
+    window.run(
+        x,
+        in_shape,
+        out,
+        out_shape,
+        f32::NEG_INFINITY,
+        f32::max,
+        |_, _| {},
+    );
+}
+
+/// Keras's AveragePooling2D: under `same`, the mean of the window's cells inside the input.
+pub fn average_pool(
+    op: &AveragePooling2D,
+    x: &[f32],
+    in_shape: [usize; 3],
+    out: &mut [f32],
+    out_shape: [usize; 3],
+) {
+    let window = PoolWindow::of([
+        op.geometry(0, in_shape[0], out_shape[0]),
+        op.geometry(1, in_shape[1], out_shape[1]),
+    ]);
+    window.run(
+        x,
+        in_shape,
+        out,
+        out_shape,
+        0.0,
+        |a, b| a + b,
+        |px, cells| {
+            let scale = 1.0 / cells.max(1) as f32;
+            px.iter_mut().for_each(|v| *v *= scale);
+        },
+    );
+}
+
+/// A pooling window's geometry: size, strides and the padding before the first row/column.
+struct PoolWindow {
+    size: [usize; 2],
+    strides: [usize; 2],
+    pad: [usize; 2],
+}
+
+impl PoolWindow {
+    /// From the op's geometry along rows and columns.
+    fn of([rows, cols]: [WindowGeometry; 2]) -> PoolWindow {
+        PoolWindow {
+            size: [rows.kernel, cols.kernel],
+            strides: [rows.stride, cols.stride],
+            pad: [rows.pad_before, cols.pad_before],
+        }
+    }
+
+    /// Every output pixel starts at `init`, combines the window's cells inside the input with
+    /// `combine`, and is finished by `finish(pixel, cells counted)`. Items of the batch follow
+    /// each other in `x` and `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        x: &[f32],
+        [h, w, c]: [usize; 3],
+        out: &mut [f32],
+        [oh, ow, _]: [usize; 3],
+        init: f32,
+        combine: impl Fn(f32, f32) -> f32 + Sync,
+        finish: impl Fn(&mut [f32], usize) + Sync,
+    ) {
+        let ([kh, kw], [sh, sw], [top, left]) = (self.size, self.strides, self.pad);
+        out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
+            let (n, oy) = (row / oh, row % oh);
+            let xin = &x[n * h * w * c..(n + 1) * h * w * c];
+            for ox in 0..ow {
+                let dst = &mut o[ox * c..(ox + 1) * c];
+                dst.fill(init);
+                let mut cells = 0;
+                for ky in 0..kh {
+                    let iy = (oy * sh + ky) as isize - top as isize;
+                    if iy < 0 || iy as usize >= h {
                         continue;
                     }
-                    let src = &xin[(iy as usize * w + ix as usize) * c..][..c];
-                    dst.iter_mut().zip(src).for_each(|(d, s)| *d = d.max(*s));
+                    for kx in 0..kw {
+                        let ix = (ox * sw + kx) as isize - left as isize;
+                        if ix < 0 || ix as usize >= w {
+                            continue;
+                        }
+                        let src = &xin[(iy as usize * w + ix as usize) * c..][..c];
+                        dst.iter_mut()
+                            .zip(src)
+                            .for_each(|(d, s)| *d = combine(*d, *s));
+                        cells += 1;
+                    }
                 }
+                finish(dst, cells);
             }
-        }
-    });
-    let _ = batch;
+        });
+    }
 }
 
 pub fn upsample(
@@ -656,6 +730,139 @@ pub fn add(inputs: &[&[f32]], out: &mut [f32]) {
         out.par_iter_mut()
             .zip(input.par_iter())
             .for_each(|(o, v)| *o += v);
+    }
+}
+
+/// Keras's elementwise merges with broadcasting: `shapes` are the inputs' shapes per item,
+/// `out_shape` the output's (Keras's rule: axes aligned at the end, 1 broadcasts), the items of
+/// the batch back to back. Inputs combine left to right, as Keras does (`Average` sums, then
+/// divides by the count).
+pub fn merge(
+    function: MergeFn,
+    inputs: &[&[f32]],
+    shapes: &[Vec<usize>],
+    out: &mut [f32],
+    out_shape: &[usize],
+    batch: usize,
+) {
+    let combine = |a: f32, b: f32| match function {
+        MergeFn::Add | MergeFn::Average => a + b,
+        MergeFn::Multiply => a * b,
+        MergeFn::Subtract => a - b,
+        MergeFn::Maximum => a.max(b),
+        MergeFn::Minimum => a.min(b),
+    };
+    let item: usize = out_shape.iter().product();
+    let rank = out_shape.len();
+    // Per input, the stride of each output axis into it (0 where it broadcasts).
+    let strides: Vec<Vec<usize>> = shapes
+        .iter()
+        .map(|shape| {
+            let mut strides = vec![0; rank];
+            let mut stride = 1;
+            for (k, &d) in shape.iter().enumerate().rev() {
+                let axis = rank - shape.len() + k;
+                if d != 1 {
+                    strides[axis] = stride;
+                }
+                stride *= d;
+            }
+            strides
+        })
+        .collect();
+    let lens: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
+    let same = shapes.iter().all(|s| s.as_slice() == out_shape);
+    out.par_chunks_mut(item.max(1))
+        .enumerate()
+        .take(batch)
+        .for_each(|(n, o)| {
+            if same {
+                o.copy_from_slice(&inputs[0][n * item..][..item]);
+                for input in &inputs[1..] {
+                    let src = &input[n * item..][..item];
+                    o.iter_mut()
+                        .zip(src)
+                        .for_each(|(a, &b)| *a = combine(*a, b));
+                }
+            } else {
+                let mut index = vec![0usize; rank];
+                for value in o.iter_mut() {
+                    let at = |i: usize| {
+                        let offset: usize = index.iter().zip(&strides[i]).map(|(x, s)| x * s).sum();
+                        inputs[i][n * lens[i] + offset]
+                    };
+                    let mut acc = at(0);
+                    for i in 1..inputs.len() {
+                        acc = combine(acc, at(i));
+                    }
+                    *value = acc;
+                    // The next output index, last axis fastest.
+                    for k in (0..rank).rev() {
+                        index[k] += 1;
+                        if index[k] < out_shape[k] {
+                            break;
+                        }
+                        index[k] = 0;
+                    }
+                }
+            }
+            if function == MergeFn::Average {
+                let count = inputs.len() as f32;
+                o.iter_mut().for_each(|v| *v /= count);
+            }
+        });
+}
+
+/// LeakyReLU: `x` if `x >= 0`, else `alpha * x`.
+pub fn leaky_relu(alpha: f32, x: &[f32], out: &mut [f32]) {
+    out.par_iter_mut()
+        .zip(x.par_iter())
+        .for_each(|(o, &v)| *o = if v >= 0.0 { v } else { alpha * v });
+}
+
+/// The ELU layer: `x` if `x > 0`, else `alpha * (exp(x) - 1)`.
+pub fn elu(alpha: f32, x: &[f32], out: &mut [f32]) {
+    out.par_iter_mut()
+        .zip(x.par_iter())
+        .for_each(|(o, &v)| *o = if v > 0.0 { v } else { alpha * v.exp_m1() });
+}
+
+/// PReLU: `x` if `x >= 0`, else `alpha * x`, with `alpha` of `alpha_shape` broadcast over each
+/// item of `shape` (its shared axes are 1).
+pub fn prelu(alpha: &[f32], alpha_shape: &[usize], x: &[f32], shape: &[usize], out: &mut [f32]) {
+    let item: usize = shape.iter().product();
+    // Stride of each axis into alpha (0 where shared).
+    let mut strides = vec![0; shape.len()];
+    let mut stride = 1;
+    for k in (0..shape.len()).rev() {
+        if alpha_shape.get(k).copied().unwrap_or(1) != 1 {
+            strides[k] = stride;
+        }
+        stride *= alpha_shape.get(k).copied().unwrap_or(1);
+    }
+    out.par_chunks_mut(item.max(1))
+        .zip(x.par_chunks(item.max(1)))
+        .for_each(|(o, xs)| {
+            for (i, (o, &v)) in o.iter_mut().zip(xs).enumerate() {
+                let mut rest = i;
+                let mut a = 0;
+                for k in (0..shape.len()).rev() {
+                    a += (rest % shape[k]) * strides[k];
+                    rest /= shape[k];
+                }
+                *o = if v >= 0.0 { v } else { alpha[a] * v };
+            }
+        });
+}
+
+pub fn global_max_pool(x: &[f32], [h, w, c]: [usize; 3], out: &mut [f32], batch: usize) {
+    for n in 0..batch {
+        let dst = &mut out[n * c..(n + 1) * c];
+        dst.fill(f32::NEG_INFINITY);
+        for p in 0..h * w {
+            let src = &x[(n * h * w + p) * c..][..c];
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d = d.max(*s));
+        }
     }
 }
 

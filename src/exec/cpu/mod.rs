@@ -7,6 +7,7 @@ pub mod kernels;
 use super::plan::{hwc, plan, reads_parts, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use crate::infer::Inferred;
+use crate::ir::ops::{Average, Maximum, Minimum, Multiply, Subtract};
 use crate::ir::{Graph, NodeId, Op};
 use std::fmt;
 
@@ -65,6 +66,9 @@ enum Prepared {
     Dense {
         kernel: Vec<f32>,
         bias: Option<Vec<f32>>,
+    },
+    PRelu {
+        alpha: Vec<f32>,
     },
 }
 
@@ -137,6 +141,9 @@ impl<'g> CpuModel<'g> {
                     bias: Some(w.pop().unwrap_or_default()),
                     kernel: w.pop().unwrap_or_default(),
                 },
+                Op::PReLU(_) => Prepared::PRelu {
+                    alpha: w.pop().unwrap_or_default(),
+                },
                 // Layers without weights (bind_weights binds none for them).
                 Op::Input(_)
                 | Op::MaxPooling2D(_)
@@ -150,7 +157,19 @@ impl<'g> CpuModel<'g> {
                 | Op::Softmax(_)
                 | Op::Dropout(_)
                 | Op::Flatten(_)
-                | Op::GlobalAveragePooling2D(_) => Prepared::None,
+                | Op::GlobalAveragePooling2D(_)
+                | Op::Multiply(_)
+                | Op::Subtract(_)
+                | Op::Average(_)
+                | Op::Maximum(_)
+                | Op::Minimum(_)
+                | Op::LeakyReLU(_)
+                | Op::ELU(_)
+                | Op::AveragePooling2D(_)
+                | Op::GlobalMaxPooling2D(_)
+                | Op::SpatialDropout2D(_)
+                | Op::GaussianNoise(_)
+                | Op::GaussianDropout(_) => Prepared::None,
             };
         }
         Ok(CpuModel {
@@ -494,7 +513,10 @@ impl<'g> CpuModel<'g> {
                 )
             }
             (Op::MaxPooling2D(op), _) => {
-                kernels::max_pool(op, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape), batch)
+                kernels::max_pool(op, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
+            }
+            (Op::AveragePooling2D(op), _) => {
+                kernels::average_pool(op, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
             }
             (Op::UpSampling2D(op), _) => {
                 kernels::upsample(op, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
@@ -507,6 +529,29 @@ impl<'g> CpuModel<'g> {
             }
             (Op::Concatenate(op), _) => kernels::concatenate(op, ins, in_shapes, out, batch),
             (Op::Add(_), _) => kernels::add(ins, out),
+            (Op::Multiply(_), _) => {
+                kernels::merge(Multiply::FUNCTION, ins, in_shapes, out, out_shape, batch)
+            }
+            (Op::Subtract(_), _) => {
+                kernels::merge(Subtract::FUNCTION, ins, in_shapes, out, out_shape, batch)
+            }
+            (Op::Average(_), _) => {
+                kernels::merge(Average::FUNCTION, ins, in_shapes, out, out_shape, batch)
+            }
+            (Op::Maximum(_), _) => {
+                kernels::merge(Maximum::FUNCTION, ins, in_shapes, out, out_shape, batch)
+            }
+            (Op::Minimum(_), _) => {
+                kernels::merge(Minimum::FUNCTION, ins, in_shapes, out, out_shape, batch)
+            }
+            (Op::LeakyReLU(op), _) => kernels::leaky_relu(op.alpha as f32, ins[0], out),
+            (Op::ELU(op), _) => kernels::elu(op.alpha as f32, ins[0], out),
+            (Op::PReLU(op), Prepared::PRelu { alpha }) => {
+                let shape: Vec<i64> = in_shapes[0].iter().map(|&d| d as i64).collect();
+                let alpha_shape: Vec<usize> =
+                    op.alpha_shape(&shape).iter().map(|&d| d as usize).collect();
+                kernels::prelu(alpha, &alpha_shape, ins[0], &in_shapes[0], out)
+            }
             (Op::Activation(op), _) => kernels::activation_layer(op, ins[0], out, channels),
             (Op::ReLU(op), _) => kernels::relu_layer(op, ins[0], out),
             (Op::Softmax(op), _) => {
@@ -514,14 +559,26 @@ impl<'g> CpuModel<'g> {
                 full.extend_from_slice(out_shape);
                 kernels::softmax_layer(op, ins[0], out, &full)
             }
-            (Op::Dropout(_), _) | (Op::Flatten(_), _) => out.copy_from_slice(ins[0]),
+            // The identity at inference.
+            (
+                Op::Dropout(_)
+                | Op::SpatialDropout2D(_)
+                | Op::GaussianNoise(_)
+                | Op::GaussianDropout(_)
+                | Op::Flatten(_),
+                _,
+            ) => out.copy_from_slice(ins[0]),
             (Op::GlobalAveragePooling2D(_), _) => {
                 kernels::global_average_pool(ins[0], hwc(&in_shapes[0]), out, batch)
             }
-            // Weights were checked in `new`; a layer without them cannot be reached here.
-            (Op::Conv2DTranspose(_) | Op::BatchNormalization(_) | Op::Dense(_), _) => {
-                out.fill(f32::NAN)
+            (Op::GlobalMaxPooling2D(_), _) => {
+                kernels::global_max_pool(ins[0], hwc(&in_shapes[0]), out, batch)
             }
+            // Weights were checked in `new`; a layer without them cannot be reached here.
+            (
+                Op::Conv2DTranspose(_) | Op::BatchNormalization(_) | Op::Dense(_) | Op::PReLU(_),
+                _,
+            ) => out.fill(f32::NAN),
         }
     }
 }

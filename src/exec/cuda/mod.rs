@@ -15,7 +15,10 @@ use super::plan::{hwc, plan, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use super::{Precision, WeightSource};
 use crate::infer::Inferred;
-use crate::ir::ops::{ActivationFn, Interpolation};
+use crate::ir::ops::{
+    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, Subtract,
+    WindowGeometry,
+};
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -50,6 +53,11 @@ pub const LAYER_KERNELS: &[&str] = &[
     "relu_layer",
     "softmax",
     "global_average_pool",
+    "global_max_pool",
+    "average_pool",
+    "merge",
+    "elu_layer",
+    "prelu",
     "conv_small_c",
     "splitk_reduce",
 ];
@@ -312,6 +320,17 @@ fn arch_name(major: i32, minor: i32) -> &'static str {
         (12, 0) => "compute_120",
         // Newer devices run PTX for the newest architecture NVRTC 13 knows here.
         _ => "compute_90",
+    }
+}
+
+/// Merges as the `merge` kernel's codes (kernels/layers.cu).
+fn merge_code(function: MergeFn) -> i32 {
+    match function {
+        MergeFn::Add | MergeFn::Average => 0,
+        MergeFn::Multiply => 1,
+        MergeFn::Subtract => 2,
+        MergeFn::Maximum => 3,
+        MergeFn::Minimum => 4,
     }
 }
 
@@ -743,7 +762,20 @@ impl<'g> CudaModel<'g> {
             | Op::Dropout(_)
             | Op::Flatten(_)
             | Op::Dense(_)
-            | Op::GlobalAveragePooling2D(_) => return Ok(None),
+            | Op::GlobalAveragePooling2D(_)
+            | Op::Multiply(_)
+            | Op::Subtract(_)
+            | Op::Average(_)
+            | Op::Maximum(_)
+            | Op::Minimum(_)
+            | Op::LeakyReLU(_)
+            | Op::ELU(_)
+            | Op::PReLU(_)
+            | Op::AveragePooling2D(_)
+            | Op::GlobalMaxPooling2D(_)
+            | Op::SpatialDropout2D(_)
+            | Op::GaussianNoise(_)
+            | Op::GaussianDropout(_) => return Ok(None),
         };
         let packed = match self.precision {
             Precision::Bf16 => {
@@ -1607,23 +1639,14 @@ impl<'g> CudaModel<'g> {
             Op::MaxPooling2D(op) => {
                 let [h, wd, _] = hwc(&in_shapes[0]);
                 let (oh, ow) = (y.h as usize, y.w as usize);
-                let (rows, cols) = (op.geometry(0, h, oh), op.geometry(1, wd, ow));
-                let x = x_view(0)?;
-                let ints = [
-                    i(rows.kernel),
-                    i(cols.kernel),
-                    i(rows.stride),
-                    i(cols.stride),
-                    i(rows.pad_before),
-                    i(cols.pad_before),
-                    nb,
-                ];
-                let mut b = stream.launch_builder(self.function::<T>("max_pool"));
-                b.arg(&mut *arena).arg(&x).arg(&y);
-                for v in &ints {
-                    b.arg(v);
-                }
-                unsafe { b.launch(grid(n_out)).map_err(driver)? };
+                let window = [op.geometry(0, h, oh), op.geometry(1, wd, ow)];
+                self.pool::<T>(arena, "max_pool", x_view(0)?, y, window, batch)?;
+            }
+            Op::AveragePooling2D(op) => {
+                let [h, wd, _] = hwc(&in_shapes[0]);
+                let (oh, ow) = (y.h as usize, y.w as usize);
+                let window = [op.geometry(0, h, oh), op.geometry(1, wd, ow)];
+                self.pool::<T>(arena, "average_pool", x_view(0)?, y, window, batch)?;
             }
             Op::UpSampling2D(op) => {
                 let x = x_view(0)?;
@@ -1648,7 +1671,11 @@ impl<'g> CudaModel<'g> {
                 let (t, l) = (-(op.padding[0] as i32), -(op.padding[2] as i32));
                 self.shift_window(arena, x_view(0)?, y, t, l, batch)?;
             }
-            Op::Dropout(_) => self.shift_window(arena, x_view(0)?, y, 0, 0, batch)?,
+            // The identity at inference: a copy into the layer's own buffer.
+            Op::Dropout(_)
+            | Op::SpatialDropout2D(_)
+            | Op::GaussianNoise(_)
+            | Op::GaussianDropout(_) => self.shift_window(arena, x_view(0)?, y, 0, 0, batch)?,
             Op::Flatten(_) => {
                 let len: usize = in_shapes[0].iter().product();
                 let x = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
@@ -1701,6 +1728,92 @@ impl<'g> CudaModel<'g> {
                             .launch(grid(n_out))
                             .map_err(driver)?;
                     }
+                }
+            }
+            Op::Multiply(_) => {
+                let views = (0..node.inputs.len())
+                    .map(x_view)
+                    .collect::<Result<_, _>>()?;
+                self.merge::<T>(arena, Multiply::FUNCTION, views, y, batch)?;
+            }
+            Op::Subtract(_) => {
+                let views = (0..node.inputs.len())
+                    .map(x_view)
+                    .collect::<Result<_, _>>()?;
+                self.merge::<T>(arena, Subtract::FUNCTION, views, y, batch)?;
+            }
+            Op::Average(_) => {
+                let views = (0..node.inputs.len())
+                    .map(x_view)
+                    .collect::<Result<_, _>>()?;
+                self.merge::<T>(arena, Average::FUNCTION, views, y, batch)?;
+            }
+            Op::Maximum(_) => {
+                let views = (0..node.inputs.len())
+                    .map(x_view)
+                    .collect::<Result<_, _>>()?;
+                self.merge::<T>(arena, Maximum::FUNCTION, views, y, batch)?;
+            }
+            Op::Minimum(_) => {
+                let views = (0..node.inputs.len())
+                    .map(x_view)
+                    .collect::<Result<_, _>>()?;
+                self.merge::<T>(arena, Minimum::FUNCTION, views, y, batch)?;
+            }
+            Op::LeakyReLU(op) => {
+                // Keras's ReLU layer with only a negative slope is LeakyReLU.
+                let (has_max, mx, slope, t) = (0i32, 0.0f32, op.alpha as f32, 0.0f32);
+                let x = x_view(0)?;
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("relu_layer"))
+                        .arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y)
+                        .arg(&has_max)
+                        .arg(&mx)
+                        .arg(&slope)
+                        .arg(&t)
+                        .arg(&nb)
+                        .launch(grid(n_out))
+                        .map_err(driver)?;
+                }
+            }
+            Op::ELU(op) => {
+                let x = x_view(0)?;
+                let alpha = op.alpha as f32;
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("elu_layer"))
+                        .arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y)
+                        .arg(&alpha)
+                        .arg(&nb)
+                        .launch(grid(n_out))
+                        .map_err(driver)?;
+                }
+            }
+            Op::PReLU(op) => {
+                let w = self.weights_of(id)?;
+                let shape: Vec<i64> = in_shapes[0].iter().map(|&d| d as i64).collect();
+                let alpha_shape: Vec<usize> =
+                    op.alpha_shape(&shape).iter().map(|&d| d as usize).collect();
+                let [ah, aw, ac] = hwc(&alpha_shape).map(i);
+                let x = x_view(0)?;
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("prelu"))
+                        .arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y)
+                        .arg(&w.tensors[0])
+                        .arg(&ah)
+                        .arg(&aw)
+                        .arg(&ac)
+                        .arg(&nb)
+                        .launch(grid(n_out))
+                        .map_err(driver)?;
                 }
             }
             Op::BatchNormalization(op) => {
@@ -1779,6 +1892,20 @@ impl<'g> CudaModel<'g> {
                 )?;
                 self.softmax_in_place(arena, yo, outer, len, inner)?;
             }
+            Op::GlobalMaxPooling2D(_) => {
+                let x = x_view(0)?;
+                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("global_max_pool"))
+                        .arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y_off)
+                        .arg(&nb)
+                        .launch(grid(batch * x.c.max(0) as usize))
+                        .map_err(driver)?;
+                }
+            }
             Op::GlobalAveragePooling2D(_) => {
                 let x = x_view(0)?;
                 let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
@@ -1792,6 +1919,78 @@ impl<'g> CudaModel<'g> {
                         .launch(grid(batch * x.c.max(0) as usize))
                         .map_err(driver)?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A pooling kernel (`max_pool`, `average_pool`) over the windows of the op's geometry
+    /// along rows and columns.
+    fn pool<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        kernel: &str,
+        x: View,
+        y: View,
+        [rows, cols]: [WindowGeometry; 2],
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let ints = [
+            rows.kernel as i32,
+            cols.kernel as i32,
+            rows.stride as i32,
+            cols.stride as i32,
+            rows.pad_before as i32,
+            cols.pad_before as i32,
+            batch as i32,
+        ];
+        let mut b = self.stream.launch_builder(self.function::<T>(kernel));
+        b.arg(&mut *arena).arg(&x).arg(&y);
+        for v in &ints {
+            b.arg(v);
+        }
+        // SAFETY: as in `layer`: the arguments match the kernel's signature in layers.cu.
+        unsafe { b.launch(grid(y.elements(batch))).map_err(driver)? };
+        Ok(())
+    }
+
+    /// An elementwise merge of `inputs` into `y`, left to right (Keras's order), broadcasting
+    /// sides of size 1; Average divides by the count at the last step.
+    fn merge<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        function: MergeFn,
+        inputs: Vec<View>,
+        y: View,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let code = merge_code(function);
+        let nb = batch as i32;
+        for k in 1..inputs.len() {
+            let a = if k == 1 { inputs[0] } else { y };
+            let last = k + 1 == inputs.len();
+            let divisor = match function {
+                MergeFn::Average if last => inputs.len() as f32,
+                MergeFn::Add
+                | MergeFn::Average
+                | MergeFn::Multiply
+                | MergeFn::Subtract
+                | MergeFn::Maximum
+                | MergeFn::Minimum => 1.0f32,
+            };
+            // SAFETY: as in `layer`: the arguments match `merge` in layers.cu.
+            unsafe {
+                self.stream
+                    .launch_builder(self.function::<T>("merge"))
+                    .arg(&mut *arena)
+                    .arg(&a)
+                    .arg(&inputs[k])
+                    .arg(&y)
+                    .arg(&code)
+                    .arg(&divisor)
+                    .arg(&nb)
+                    .launch(grid(y.elements(batch)))
+                    .map_err(driver)?;
             }
         }
         Ok(())

@@ -1,6 +1,6 @@
 //! Activation, ReLU, Softmax and Dropout: shape-preserving, no weights.
 
-use super::{ActivationFn, LayerKind, Shape, ShapeError};
+use super::{ActivationFn, LayerKind, Shape, ShapeError, WeightSpec};
 use crate::ir::value::ArgReader;
 use serde_json::{json, Value as Json};
 
@@ -144,4 +144,189 @@ impl LayerKind for Dropout {
     fn config(&self) -> Json {
         json!({ "rate": self.rate, "noise_shape": null })
     }
+}
+
+/// Keras's float arguments are float32 in the layer's config (`LeakyReLU().alpha` prints
+/// 0.30000001192092896): the config shows the value as Keras stores it.
+fn as_keras_float(x: f64) -> f64 {
+    x as f32 as f64
+}
+
+/// `x if x >= 0 else alpha * x`; tf.keras 2's default alpha is 0.3.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeakyReLU {
+    pub alpha: f64,
+}
+
+impl LayerKind for LeakyReLU {
+    const CLASS: &'static str = "LeakyReLU";
+    const POSITIONAL: &'static [&'static str] = &["alpha"];
+    const KNOWN: &'static [&'static str] = &["alpha"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["alpha"];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        LeakyReLU {
+            alpha: r.float_or("alpha", f64::MIN, f64::MAX, 0.3),
+        }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        same_shape(inputs)
+    }
+
+    fn config(&self) -> Json {
+        json!({ "alpha": as_keras_float(self.alpha) })
+    }
+}
+
+/// `x if x > 0 else alpha * (exp(x) - 1)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ELU {
+    pub alpha: f64,
+}
+
+impl LayerKind for ELU {
+    const CLASS: &'static str = "ELU";
+    const POSITIONAL: &'static [&'static str] = &["alpha"];
+    const KNOWN: &'static [&'static str] = &["alpha"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["alpha"];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        ELU {
+            alpha: r.float_or("alpha", f64::MIN, f64::MAX, 1.0),
+        }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        same_shape(inputs)
+    }
+
+    fn config(&self) -> Json {
+        json!({ "alpha": as_keras_float(self.alpha) })
+    }
+}
+
+/// `x if x >= 0 else alpha * x` with a learned `alpha` per element, shared along
+/// `shared_axes` (Keras counts the batch as axis 0: `[1, 2]` is one alpha per channel).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PReLU {
+    pub shared_axes: Vec<i64>,
+    pub alpha_initializer: String,
+}
+
+impl PReLU {
+    /// The shape of `alpha` for an input of `shape` (without the batch).
+    pub fn alpha_shape(&self, shape: &[i64]) -> Vec<i64> {
+        let mut alpha = shape.to_vec();
+        for &axis in &self.shared_axes {
+            if let Some(d) = usize::try_from(axis - 1)
+                .ok()
+                .and_then(|a| alpha.get_mut(a))
+            {
+                *d = 1;
+            }
+        }
+        alpha
+    }
+}
+
+impl LayerKind for PReLU {
+    const CLASS: &'static str = "PReLU";
+    const POSITIONAL: &'static [&'static str] = &["alpha_initializer"];
+    const KNOWN: &'static [&'static str] = &["alpha_initializer", "shared_axes"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["alpha_initializer", "shared_axes"];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        PReLU {
+            alpha_initializer: r.choice(
+                "alpha_initializer",
+                super::conv::INITIALIZERS,
+                "zeros",
+                None,
+            ),
+            shared_axes: r.int_list("shared_axes", 1, 8),
+        }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        let shape = same_shape(inputs)?;
+        if let Some(&axis) = self.shared_axes.iter().find(|&&a| a as usize > shape.len()) {
+            return Err(ShapeError::new(
+                "E-axis",
+                format!(
+                    "PReLU shared axis {axis} is not an axis of {{0}} (axes 1..={})",
+                    shape.len()
+                ),
+                "bad shared_axes",
+            ));
+        }
+        Ok(shape)
+    }
+
+    fn weights(&self, inputs: &[Shape]) -> Vec<WeightSpec> {
+        let Some(shape) = inputs.first() else {
+            return Vec::new();
+        };
+        vec![WeightSpec {
+            name: "alpha",
+            shape: self.alpha_shape(shape),
+            trainable: true,
+            initializer: self.alpha_initializer.clone(),
+        }]
+    }
+
+    fn config(&self) -> Json {
+        json!({
+            "alpha_initializer": self.alpha_initializer,
+            "alpha_regularizer": null,
+            "alpha_constraint": null,
+            "shared_axes": if self.shared_axes.is_empty() { Json::Null } else { json!(self.shared_axes) },
+        })
+    }
+}
+
+/// Keras's noise and dropout layers that are the identity at inference, as Dropout is:
+/// SpatialDropout2D (whole channels), GaussianNoise (additive), GaussianDropout (multiplicative).
+macro_rules! identity_at_inference {
+    ($($(#[$doc:meta])* $name:ident { $arg:ident in $lo:literal ..= $hi:literal }, example: $example:literal;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name {
+            pub $arg: f64,
+        }
+
+        impl LayerKind for $name {
+            const CLASS: &'static str = stringify!($name);
+            const POSITIONAL: &'static [&'static str] = &[stringify!($arg), "seed"];
+            const KNOWN: &'static [&'static str] = &[stringify!($arg), "seed"];
+            const IMPORTED_CONFIG: &'static [&'static str] = &[stringify!($arg)];
+
+            fn parse(r: &mut ArgReader) -> Self {
+                if !r.has(stringify!($arg)) {
+                    r.missing(stringify!($arg), $example);
+                }
+                r.int("seed", i64::MIN, i64::MAX);
+                $name {
+                    $arg: r.float_or(stringify!($arg), $lo, $hi, 0.0),
+                }
+            }
+
+            fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+                same_shape(inputs)
+            }
+
+            fn config(&self) -> Json {
+                json!({ stringify!($arg): self.$arg, "seed": null })
+            }
+        }
+    )*};
+}
+
+identity_at_inference! {
+    /// Drops whole channels in training.
+    SpatialDropout2D { rate in 0.0 ..= 1.0 }, example: "spatial_dropout2d(0.1)";
+    /// Adds N(0, stddev²) noise in training.
+    GaussianNoise { stddev in 0.0 ..= 1e30 }, example: "gaussian_noise(0.1)";
+    /// Multiplies by N(1, rate / (1 - rate)) noise in training.
+    GaussianDropout { rate in 0.0 ..= 1.0 }, example: "gaussian_dropout(0.1)";
 }

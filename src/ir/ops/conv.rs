@@ -7,7 +7,7 @@ use super::{
 use crate::ir::value::{ArgReader, MAX_DIM};
 use serde_json::{json, Value as Json};
 
-const INITIALIZERS: &[&str] = &[
+pub(crate) const INITIALIZERS: &[&str] = &[
     "glorot_uniform",
     "glorot_normal",
     "he_normal",

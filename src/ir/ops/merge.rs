@@ -1,4 +1,5 @@
-//! Concatenate and Add: several inputs, no weights.
+//! Concatenate and the elementwise merges (Add, Multiply, Subtract, Average, Maximum,
+//! Minimum): several inputs, no weights.
 
 use super::{LayerKind, Shape, ShapeError};
 use crate::ir::value::ArgReader;
@@ -161,4 +162,104 @@ impl LayerKind for Add {
     fn arity() -> (usize, usize) {
         (2, usize::MAX)
     }
+}
+
+/// What an elementwise merge computes from its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeFn {
+    Add,
+    Multiply,
+    /// Exactly two inputs: the first minus the second.
+    Subtract,
+    Average,
+    Maximum,
+    Minimum,
+}
+
+/// Keras's shape rule for elementwise merges (`_Merge._compute_elemwise_op_output_shape`):
+/// shapes aligned at the last axis, each axis equal or 1 in one of them (broadcast), a missing
+/// leading axis counting as 1.
+pub fn broadcast_shapes(inputs: &[Shape], class: &str) -> Result<Shape, ShapeError> {
+    let mut out: Shape = inputs.first().cloned().unwrap_or_default();
+    for (i, s) in inputs.iter().enumerate().skip(1) {
+        let rank = out.len().max(s.len());
+        let at = |v: &Shape, k: usize| {
+            let missing = rank - v.len();
+            if k < missing {
+                1
+            } else {
+                v[k - missing]
+            }
+        };
+        let mut next = Vec::with_capacity(rank);
+        for k in 0..rank {
+            let (a, b) = (at(&out, k), at(s, k));
+            next.push(if a == b || b == 1 {
+                a
+            } else if a == 1 {
+                b
+            } else {
+                return Err(ShapeError::new(
+                    "E-merge-shape",
+                    format!(
+                        "{class} needs inputs whose shapes match or broadcast (each axis equal, \
+                         or 1 in one of them): {{0}} is {} but {{{i}}} is {}",
+                        shape_text(&inputs[0]),
+                        shape_text(s)
+                    ),
+                    "shapes differ",
+                )
+                .help("give a gate one channel to scale every channel, or make the shapes equal"));
+            });
+        }
+        out = next;
+    }
+    Ok(out)
+}
+
+/// The Keras merges that apply one function elementwise, with broadcasting: one struct each, as
+/// Keras has one class each.
+macro_rules! elementwise_merge {
+    ($($(#[$doc:meta])* $name:ident = $function:ident, max_inputs: $max:expr;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name;
+
+        impl $name {
+            pub const FUNCTION: MergeFn = MergeFn::$function;
+        }
+
+        impl LayerKind for $name {
+            const CLASS: &'static str = stringify!($name);
+            const POSITIONAL: &'static [&'static str] = &[];
+            const KNOWN: &'static [&'static str] = &[];
+            const IMPORTED_CONFIG: &'static [&'static str] = &[];
+
+            fn parse(_r: &mut ArgReader) -> Self {
+                $name
+            }
+
+            fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+                broadcast_shapes(inputs, Self::CLASS)
+            }
+
+            fn config(&self) -> Json {
+                json!({})
+            }
+
+            fn arity() -> (usize, usize) {
+                (2, $max)
+            }
+        }
+    )*};
+}
+
+elementwise_merge! {
+    /// `x * g`: attention gates, squeeze-and-excitation.
+    Multiply = Multiply, max_inputs: usize::MAX;
+    /// `a - b`, exactly two inputs.
+    Subtract = Subtract, max_inputs: 2;
+    Average = Average, max_inputs: usize::MAX;
+    Maximum = Maximum, max_inputs: usize::MAX;
+    Minimum = Minimum, max_inputs: usize::MAX;
 }

@@ -15,14 +15,17 @@ mod norm;
 mod pool;
 mod resize;
 
-pub use activation::{Activation, Dropout, ReLU, Softmax};
+pub use activation::{
+    Activation, Dropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU, Softmax,
+    SpatialDropout2D, ELU,
+};
 pub use conv::{Conv2D, Conv2DTranspose, TransposeGeometry, WindowGeometry};
 pub use dense::{Dense, Flatten};
 pub use input::Input;
 pub use keywords::{ActivationFn, Interpolation, Keyword, Padding};
-pub use merge::{Add, Concatenate};
+pub use merge::{Add, Average, Concatenate, Maximum, MergeFn, Minimum, Multiply, Subtract};
 pub use norm::BatchNormalization;
-pub use pool::{GlobalAveragePooling2D, MaxPooling2D};
+pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D};
 pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
 
 use crate::diag::Diagnostic;
@@ -213,6 +216,19 @@ ops! {
     Flatten: "flatten",
     Dense: "dense",
     GlobalAveragePooling2D: "global_average_pooling2d",
+    Multiply: "multiply",
+    Subtract: "subtract",
+    Average: "average",
+    Maximum: "maximum",
+    Minimum: "minimum",
+    LeakyReLU: "leaky_re_lu" | "leaky_relu_layer",
+    ELU: "elu",
+    PReLU: "p_re_lu" | "prelu",
+    AveragePooling2D: "average_pooling2d" | "avg_pool2d",
+    GlobalMaxPooling2D: "global_max_pooling2d",
+    SpatialDropout2D: "spatial_dropout2d",
+    GaussianNoise: "gaussian_noise",
+    GaussianDropout: "gaussian_dropout",
 }
 
 /// Requires a rank-3 (H, W, C) input, as every 2-D layer does.

@@ -1,4 +1,4 @@
-//! MaxPooling2D and GlobalAveragePooling2D.
+//! The poolings: MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D.
 
 use super::conv::WindowGeometry;
 use super::{
@@ -7,17 +7,21 @@ use super::{
 use crate::ir::value::{ArgReader, MAX_DIM};
 use serde_json::{json, Value as Json};
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct MaxPooling2D {
+/// The 2-D poolings: one window rule (sizes, `same` padding, the floor warning) for both.
+macro_rules! pooling2d {
+    ($($(#[$doc:meta])* $name:ident, keras_alias: $alias:literal;)*) => {$(
+$(#[$doc])*
+        #[derive(Debug, Clone, PartialEq)]
+pub struct $name {
     pub pool_size: [i64; 2],
     /// Keras: `strides=None` means `pool_size`.
     pub strides: [i64; 2],
     pub padding: Padding,
 }
 
-impl MaxPooling2D {
+impl $name {
     /// The pooling window along rows (axis 0) or columns (axis 1) for input size `n` and output
-    /// `out` (padded positions never win the max).
+    /// `out` (padded positions never win the max, and are left out of the mean).
     pub fn geometry(&self, axis: usize, n: usize, out: usize) -> WindowGeometry {
         WindowGeometry::new(
             self.pool_size[axis] as usize,
@@ -30,11 +34,11 @@ impl MaxPooling2D {
     }
 }
 
-impl LayerKind for MaxPooling2D {
-    const CLASS: &'static str = "MaxPooling2D";
+impl LayerKind for $name {
+    const CLASS: &'static str = stringify!($name);
     const POSITIONAL: &'static [&'static str] = &["pool_size", "strides", "padding"];
     const KNOWN: &'static [&'static str] = &["pool_size", "strides", "padding", "data_format"];
-    const KERAS_ALIASES: &'static [&'static str] = &["MaxPool2D"];
+    const KERAS_ALIASES: &'static [&'static str] = &[$alias];
     const IMPORTED_CONFIG: &'static [&'static str] = &["pool_size", "strides", "padding"];
 
     fn parse(r: &mut ArgReader) -> Self {
@@ -52,7 +56,7 @@ impl LayerKind for MaxPooling2D {
             "channels_last",
             Some("channels_last"),
         );
-        MaxPooling2D {
+        $name {
             pool_size,
             strides,
             padding: r.keyword("padding", Padding::Valid, None),
@@ -110,9 +114,8 @@ impl LayerKind for MaxPooling2D {
         .help("the up path will not get back to the skip's size; choose an input size from `unetc sizes`, or crop the skip")]
     }
 
-    fn macs(&self, _inputs: &[Shape], output: &Shape) -> u64 {
-        // Comparisons, not multiply-accumulates: counted as zero MACs, like every FLOP counter.
-        let _ = output;
+    fn macs(&self, _inputs: &[Shape], _output: &Shape) -> u64 {
+        // Comparisons or sums, not multiply-accumulates: zero MACs, as FLOP counters count them.
         0
     }
 
@@ -121,13 +124,27 @@ impl LayerKind for MaxPooling2D {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct GlobalAveragePooling2D {
+    )*};
+}
+
+pooling2d! {
+    /// The maximum of each window; `same` pads with -inf.
+    MaxPooling2D, keras_alias: "MaxPool2D";
+    /// The mean of each window; under `same` the mean of the cells inside the input only.
+    AveragePooling2D, keras_alias: "AvgPool2D";
+}
+
+/// The global poolings over height and width.
+macro_rules! global_pooling2d {
+    ($($(#[$doc:meta])* $name:ident, counts_macs: $counts_macs:literal;)*) => {$(
+$(#[$doc])*
+        #[derive(Debug, Clone, PartialEq)]
+pub struct $name {
     pub keepdims: bool,
 }
 
-impl LayerKind for GlobalAveragePooling2D {
-    const CLASS: &'static str = "GlobalAveragePooling2D";
+impl LayerKind for $name {
+    const CLASS: &'static str = stringify!($name);
     const POSITIONAL: &'static [&'static str] = &["data_format", "keepdims"];
     const KNOWN: &'static [&'static str] = &["data_format", "keepdims"];
     const IMPORTED_CONFIG: &'static [&'static str] = &["keepdims"];
@@ -139,7 +156,7 @@ impl LayerKind for GlobalAveragePooling2D {
             "channels_last",
             Some("channels_last"),
         );
-        GlobalAveragePooling2D {
+        $name {
             keepdims: r.bool_or("keepdims", false),
         }
     }
@@ -154,10 +171,23 @@ impl LayerKind for GlobalAveragePooling2D {
     }
 
     fn macs(&self, inputs: &[Shape], _output: &Shape) -> u64 {
-        inputs.first().map_or(0, |s| product(s))
+        if $counts_macs {
+            inputs.first().map_or(0, |s| product(s))
+        } else {
+            0
+        }
     }
 
     fn config(&self) -> Json {
         json!({ "keepdims": self.keepdims })
     }
+}
+    )*};
+}
+
+global_pooling2d! {
+    /// The mean over height and width (one MAC per input value, as the sum).
+    GlobalAveragePooling2D, counts_macs: true;
+    /// The maximum over height and width.
+    GlobalMaxPooling2D, counts_macs: false;
 }

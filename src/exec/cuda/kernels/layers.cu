@@ -147,3 +147,95 @@ __device__ void global_average_pool(T* arena, View x, i64 y_off, int N) {
     store_elem(arena + y_off + idx, s / (float)(x.h * x.w));
 }
 INSTANTIATE(global_average_pool, (void* arena, View x, i64 y_off, int N), (, x, y_off, N))
+
+// GlobalMaxPooling2D: y[n, c] (dense) = max over the window's pixels of x[n, :, :, c].
+template <typename T>
+__device__ void global_max_pool(T* arena, View x, i64 y_off, int N) {
+    FOR_EACH_INDEX((i64)N * x.c)
+    int c = (int)(idx % x.c);
+    int n = (int)(idx / x.c);
+    float m = NEG_INF;
+    for (int yy = 0; yy < x.h; ++yy)
+        for (int xx = 0; xx < x.w; ++xx) m = fmaxf(m, load_elem(arena + view_at(x, n, yy, xx, c)));
+    store_elem(arena + y_off + idx, m);
+}
+INSTANTIATE(global_max_pool, (void* arena, View x, i64 y_off, int N), (, x, y_off, N))
+
+// AveragePooling2D: the mean of the window's cells inside the input (Keras `same` leaves the
+// padding out of the count).
+template <typename T>
+__device__ void average_pool(T* arena, View x, View y, int KH, int KW, int SH, int SW, int PT,
+                             int PL, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float s = 0.0f;
+    int cells = 0;
+    for (int ky = 0; ky < KH; ++ky) {
+        int iy = oy * SH + ky - PT;
+        if (iy < 0 || iy >= x.h) continue;
+        for (int kx = 0; kx < KW; ++kx) {
+            int ix = ox * SW + kx - PL;
+            if (ix < 0 || ix >= x.w) continue;
+            s += load_elem(arena + view_at(x, n, iy, ix, c));
+            ++cells;
+        }
+    }
+    store_elem(arena + view_at(y, n, oy, ox, c), s * (1.0f / (float)max(cells, 1)));
+}
+INSTANTIATE(average_pool, (void* arena, View x, View y, int KH, int KW, int SH, int SW, int PT,
+                           int PL, int N),
+            (, x, y, KH, KW, SH, SW, PT, PL, N))
+
+// Merge codes; must match `merge_code` in src/exec/cuda/mod.rs.
+#define MERGE_ADD 0
+#define MERGE_MULTIPLY 1
+#define MERGE_SUBTRACT 2
+#define MERGE_MAXIMUM 3
+#define MERGE_MINIMUM 4
+
+// An element of `v` for output position (n, y, x, c), where a side of size 1 broadcasts
+// (Keras's merges: a one-channel attention gate scales every channel).
+__device__ __forceinline__ i64 broadcast_at(const View& v, int n, int y, int x, int c) {
+    return view_at(v, n, v.h == 1 ? 0 : y, v.w == 1 ? 0 : x, v.c == 1 ? 0 : c);
+}
+
+// y = op(a, b) / divisor, with broadcasting. Merges of more inputs run this repeatedly,
+// accumulating into y (Average divides by the count at its last step).
+template <typename T>
+__device__ void merge(T* arena, View a, View b, View y, int op, float divisor, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float u = load_elem(arena + broadcast_at(a, n, oy, ox, c));
+    float v = load_elem(arena + broadcast_at(b, n, oy, ox, c));
+    float r;
+    switch (op) {
+    case MERGE_MULTIPLY: r = u * v; break;
+    case MERGE_SUBTRACT: r = u - v; break;
+    case MERGE_MAXIMUM: r = fmaxf(u, v); break;
+    case MERGE_MINIMUM: r = fminf(u, v); break;
+    default: r = u + v; break;
+    }
+    store_elem(arena + view_at(y, n, oy, ox, c), r / divisor);
+}
+INSTANTIATE(merge, (void* arena, View a, View b, View y, int op, float divisor, int N),
+            (, a, b, y, op, divisor, N))
+
+// Keras ELU layer: x if x > 0, else alpha * (exp(x) - 1).
+template <typename T>
+__device__ void elu_layer(T* arena, View x, View y, float alpha, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float v = load_elem(arena + view_at(x, n, oy, ox, c));
+    store_elem(arena + view_at(y, n, oy, ox, c), v > 0.0f ? v : alpha * expm1f(v));
+}
+INSTANTIATE(elu_layer, (void* arena, View x, View y, float alpha, int N), (, x, y, alpha, N))
+
+// PReLU: x if x >= 0, else alpha * x; alpha is dense [AH, AW, AC] (1 on the shared axes).
+template <typename T>
+__device__ void prelu(T* arena, View x, View y, const float* alpha, int AH, int AW, int AC,
+                      int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float v = load_elem(arena + view_at(x, n, oy, ox, c));
+    int ay = AH == 1 ? 0 : oy, ax = AW == 1 ? 0 : ox, ac = AC == 1 ? 0 : c;
+    float a = alpha[((i64)ay * AW + ax) * AC + ac];
+    store_elem(arena + view_at(y, n, oy, ox, c), v >= 0.0f ? v : a * v);
+}
+INSTANTIATE(prelu, (void* arena, View x, View y, const float* alpha, int AH, int AW, int AC, int N),
+            (, x, y, alpha, AH, AW, AC, N))

@@ -164,6 +164,32 @@ impl Printer {
                 let parts: Vec<String> = sources.iter().map(|s| quote(&source_text(s))).collect();
                 self.line(indent, &format!("- {{output: [{}]}}", parts.join(", ")));
             }
+            Stmt::Let { target, value, .. } => {
+                let item = format!(
+                    "value: {}, as: {}",
+                    self.value(value),
+                    plain_or_quoted(&target_text(target))
+                );
+                self.line(indent, &format!("- {{{item}}}"));
+            }
+            Stmt::If {
+                cond,
+                then,
+                otherwise,
+                ..
+            } => {
+                // The condition is DSL text, as `inputs:` and `as:` are.
+                self.line(
+                    indent,
+                    &format!("- if: {}", plain_or_quoted(&expr_text(cond))),
+                );
+                self.line(indent + 1, "then:");
+                self.stmts(then, indent + 2);
+                if !otherwise.is_empty() {
+                    self.line(indent + 1, "else:");
+                    self.stmts(otherwise, indent + 2);
+                }
+            }
         }
     }
 

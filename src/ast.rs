@@ -74,10 +74,10 @@ pub enum Stmt {
         value: Expr,
         span: Span,
     },
-    /// `if cond { then } else { otherwise }`; `else if` is an `otherwise` holding one `If`.
+    /// `if c1 { .. } else if c2 { .. } else { otherwise }`: the first branch whose condition
+    /// holds runs, else `otherwise`. Kept flat, so a long `else if` chain nests nothing.
     If {
-        cond: Expr,
-        then: Vec<Stmt>,
+        branches: Vec<Branch>,
         otherwise: Vec<Stmt>,
         span: Span,
     },
@@ -94,6 +94,13 @@ impl Stmt {
             | Stmt::If { span, .. } => *span,
         }
     }
+}
+
+/// One `if cond { body }` of an `if` statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Branch {
+    pub cond: Expr,
+    pub body: Vec<Stmt>,
 }
 
 /// Where a statement stores its result: a variable, or one slot of an indexed variable (`skip[f]`;

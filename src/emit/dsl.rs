@@ -134,37 +134,35 @@ impl Printer {
                     let_value_text(value)
                 ));
             }
-            Stmt::If { .. } => {
-                self.if_stmt(s, "if");
-            }
+            Stmt::If { .. } => self.if_stmt(s),
         }
     }
 
-    /// `head` is `if` or `} else if`: an `else` holding one `if` prints as `else if`.
-    fn if_stmt(&mut self, s: &Stmt, head: &str) {
+    fn if_stmt(&mut self, s: &Stmt) {
         let Stmt::If {
-            cond,
-            then,
+            branches,
             otherwise,
             span,
         } = s
         else {
             return;
         };
-        self.line(&format!("{head} {} {{", expr_text(cond)));
-        self.body(
-            then,
-            otherwise.first().map_or(span.end, |o| stmt_span(o).start),
-        );
-        match otherwise.as_slice() {
-            [] => self.line("}"),
-            [nested @ Stmt::If { .. }] => self.if_stmt(nested, "} else if"),
-            _ => {
-                self.line("} else {");
-                self.body(otherwise, span.end);
-                self.line("}");
-            }
+        for (i, branch) in branches.iter().enumerate() {
+            let head = if i == 0 { "if" } else { "} else if" };
+            self.line(&format!("{head} {} {{", expr_text(&branch.cond)));
+            // Comments up to the next branch's condition belong to this body.
+            let end = match (branches.get(i + 1), otherwise.first()) {
+                (Some(next), _) => next.cond.span.start,
+                (None, Some(first)) => stmt_span(first).start,
+                (None, None) => span.end,
+            };
+            self.body(&branch.body, end);
         }
+        if !otherwise.is_empty() {
+            self.line("} else {");
+            self.body(otherwise, span.end);
+        }
+        self.line("}");
     }
 
     /// An indented body, with the comments before `end` that sit inside it.

@@ -79,9 +79,13 @@ pub fn bound_names(model: &Model) -> Vec<String> {
                 }
                 Stmt::Let { target, .. } => out.push(target.name.name.clone()),
                 Stmt::If {
-                    then, otherwise, ..
+                    branches,
+                    otherwise,
+                    ..
                 } => {
-                    body(then, out);
+                    for b in branches {
+                        body(&b.body, out);
+                    }
                     body(otherwise, out);
                 }
                 Stmt::Chain { target: None, .. } | Stmt::Include { .. } | Stmt::Output { .. } => {}

@@ -173,23 +173,32 @@ impl Printer {
                 self.line(indent, &format!("- {{{item}}}"));
             }
             Stmt::If {
-                cond,
-                then,
+                branches,
                 otherwise,
                 ..
-            } => {
-                // The condition is DSL text, as `inputs:` and `as:` are.
-                self.line(
-                    indent,
-                    &format!("- if: {}", plain_or_quoted(&expr_text(cond))),
-                );
-                self.line(indent + 1, "then:");
-                self.stmts(then, indent + 2);
-                if !otherwise.is_empty() {
-                    self.line(indent + 1, "else:");
-                    self.stmts(otherwise, indent + 2);
-                }
+            } => self.if_item(branches, otherwise, indent),
+        }
+    }
+
+    /// `- if:` with `then:`; each `else if` is an `else:` holding the next `- if:` item.
+    fn if_item(&mut self, branches: &[Branch], otherwise: &[Stmt], indent: usize) {
+        let mut indent = indent;
+        for (i, branch) in branches.iter().enumerate() {
+            if i > 0 {
+                self.line(indent + 1, "else:");
+                indent += 2;
             }
+            // The condition is DSL text, as `inputs:` and `as:` are.
+            self.line(
+                indent,
+                &format!("- if: {}", plain_or_quoted(&expr_text(&branch.cond))),
+            );
+            self.line(indent + 1, "then:");
+            self.stmts(&branch.body, indent + 2);
+        }
+        if !otherwise.is_empty() {
+            self.line(indent + 1, "else:");
+            self.stmts(otherwise, indent + 2);
         }
     }
 

@@ -278,18 +278,26 @@ impl<'s> Expander<'_> {
                 self.assign(cx, target, result);
             }
             Stmt::If {
-                cond,
-                then,
+                branches,
                 otherwise,
                 span,
             } => {
-                // Inside a loop every test is work, even when neither branch creates anything.
-                if !self.charge(1, *span) {
-                    return;
+                for branch in branches {
+                    // Inside a loop every test is work, even when no branch creates anything.
+                    if !self.charge(1, *span) {
+                        return;
+                    }
+                    match self.condition(cx, &branch.cond) {
+                        Some(true) => {
+                            self.run_body(cx, &branch.body, depth);
+                            return;
+                        }
+                        Some(false) => {}
+                        // Reported; running another branch would only add follow-on errors.
+                        None => return,
+                    }
                 }
-                if let Some(holds) = self.condition(cx, cond) {
-                    self.run_body(cx, if holds { then } else { otherwise }, depth);
-                }
+                self.run_body(cx, otherwise, depth);
             }
             Stmt::For {
                 vars,
@@ -501,8 +509,10 @@ impl<'s> Expander<'_> {
             return self.call_block(cx, block, call, input, depth);
         }
         let mut args = self.eval_args(cx, &call.args)?;
+        // A crop whose `to` is wrong is still made (broken), so its input is not reported unused.
+        let mut crop_failed = false;
         if canonical_kind(name) == "cropping2d" {
-            args = self.crop_to(args, input.as_ref(), call)?;
+            (args, crop_failed) = self.crop_to(args, input.as_ref(), call);
         }
         if name == "unet" {
             return self.template(cx, call, args, input);
@@ -555,8 +565,11 @@ impl<'s> Expander<'_> {
         } else {
             input.into_iter().collect()
         };
-        self.add_layer(cx, name, merged, inputs, call.span, call.callee.span)
-            .map(Value::Tensor)
+        let id = self.add_layer(cx, name, merged, inputs, call.span, call.callee.span)?;
+        if crop_failed {
+            self.broken[id.index()] = true;
+        }
+        Some(Value::Tensor(id))
     }
 
     fn eval_args(&mut self, cx: &mut Context<'s>, args: &'s [Arg]) -> Option<Vec<ArgValue>> {
@@ -1198,9 +1211,9 @@ impl<'s> Expander<'_> {
         mut args: Vec<ArgValue>,
         input: Option<&Value>,
         call: &Call,
-    ) -> Option<Vec<ArgValue>> {
+    ) -> (Vec<ArgValue>, bool) {
         let Some(to) = take_kwarg(&mut args, "to") else {
-            return Some(args);
+            return (args, false);
         };
         let to_span = to.name_span.unwrap_or(to.span);
         if let Some(given) = args
@@ -1215,7 +1228,7 @@ impl<'s> Expander<'_> {
                 .at(given.span, "cropping given")
                 .also(to_span, "and computed from `to`"),
             );
-            return None;
+            return (args, true);
         }
         let target = match to.value {
             Value::Tensor(id) => id,
@@ -1230,7 +1243,7 @@ impl<'s> Expander<'_> {
                         .at(to.span, "unknown tensor")
                         .help("`to` takes a tensor whose size is known here: a variable or an earlier layer's name"),
                     );
-                    return None;
+                    return (args, true);
                 }
             },
             other => {
@@ -1245,12 +1258,12 @@ impl<'s> Expander<'_> {
                     .at(to.span, "not a tensor")
                     .help("for example `skip -> cropping2d(to: up)`"),
                 );
-                return None;
+                return (args, true);
             }
         };
         // Without one input tensor the layer's arity error says what is wrong.
         let Some(Value::Tensor(source)) = input else {
-            return Some(args);
+            return (args, false);
         };
         let source = *source;
         let (Some(have), Some(want)) = (self.shape_of(source), self.shape_of(target)) else {
@@ -1262,7 +1275,7 @@ impl<'s> Expander<'_> {
                 .at(call.span, "size unknown")
                 .help("fix the errors above this layer first"),
             );
-            return None;
+            return (args, true);
         };
         if have.len() != 3 || want.len() != 3 {
             self.error(
@@ -1276,7 +1289,7 @@ impl<'s> Expander<'_> {
                 )
                 .at(call.span, "not images"),
             );
-            return None;
+            return (args, true);
         }
         if want[0] > have[0] || want[1] > have[1] {
             self.error(
@@ -1290,7 +1303,7 @@ impl<'s> Expander<'_> {
                 .at(to.span, "larger than the input")
                 .help("crop the larger tensor to the smaller one: `big -> cropping2d(to: small)`"),
             );
-            return None;
+            return (args, true);
         }
         args.push(ArgValue {
             name: Some("cropping".into()),
@@ -1298,7 +1311,7 @@ impl<'s> Expander<'_> {
             span: to.span,
             name_span: to.name_span,
         });
-        Some(args)
+        (args, false)
     }
 
     /// The output shape of a node created so far, if it can be computed.

@@ -232,7 +232,12 @@ fn syntax_error(
         Span::new(file, offset + start, offset + end),
         "not understood here",
     );
-    if expected.iter().all(|e| *e == "an operator") {
+    if found.starts_with("->") {
+        d = d.help(
+            "a chain starts from a layer call, a variable or a list of tensors: store a computed \
+             value first (`parts = skips + [x]`, then `parts -> concatenate()`)",
+        );
+    } else if expected.iter().all(|e| *e == "an operator") {
         d = d.help("is a `)`, `]`, `}` or `,` missing before this?");
     }
     d.help("see the DSL reference in README.md (section `The DSL`)")
@@ -241,7 +246,7 @@ fn syntax_error(
 fn rule_name(rule: Rule) -> Option<&'static str> {
     Some(match rule {
         Rule::model => "`model { ... }`",
-        Rule::stmt | Rule::chain_stmt | Rule::body => "a statement",
+        Rule::stmt | Rule::chain_stmt | Rule::assign_stmt | Rule::body => "a statement",
         Rule::call => "a layer call like `conv2d(64)`",
         Rule::source | Rule::chain => "a layer call or a reference",
         Rule::expr | Rule::atom | Rule::primary => "a value",
@@ -267,7 +272,7 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         | Rule::and_op
         | Rule::or_op => "an operator",
         Rule::if_stmt => "`if`",
-        Rule::else_clause => "`else`",
+        Rule::else_clause | Rule::else_if => "`else`",
         Rule::index => "an index",
         _ => return None,
     })
@@ -377,16 +382,6 @@ impl Builder {
                 }
             }
             Rule::if_stmt => self.if_stmt(inner),
-            Rule::let_stmt => {
-                let mut parts = inner.into_inner();
-                let target = self.target(parts.next().expect("let target"));
-                let value = self.expr(parts.next().expect("let value"));
-                Stmt::Let {
-                    target,
-                    value,
-                    span,
-                }
-            }
             Rule::input_stmt => {
                 // `input 572x572x1` is sugar for the call `input(shape: 572x572x1)`.
                 let callee = Ident {
@@ -425,13 +420,20 @@ impl Builder {
                 sources: inner.into_inner().map(|s| self.source(s)).collect(),
                 span,
             },
-            Rule::chain_stmt => {
+            Rule::chain_stmt | Rule::assign_stmt => {
                 let mut target = None;
                 let mut chain = None;
                 for part in inner.into_inner() {
                     match part.as_rule() {
                         Rule::target => target = Some(self.target(part)),
                         Rule::chain => chain = Some(self.chain(part)),
+                        Rule::expr => {
+                            return Stmt::Let {
+                                target: target.expect("an assignment has a target"),
+                                value: self.expr(part),
+                                span,
+                            };
+                        }
                         _ => {}
                     }
                 }
@@ -447,22 +449,28 @@ impl Builder {
 
     fn if_stmt(&self, p: Pair<Rule>) -> Stmt {
         let span = self.span(&p);
+        let mut branches = Vec::new();
+        let mut otherwise = Vec::new();
         let mut parts = p.into_inner();
-        let cond = self.expr(parts.next().expect("if condition"));
-        let then = self.body(parts.next().expect("if body"));
-        let otherwise = match parts.next() {
-            None => Vec::new(),
-            Some(clause) => {
-                let inner = clause.into_inner().next().expect("else body");
-                match inner.as_rule() {
-                    Rule::if_stmt => vec![self.if_stmt(inner)],
-                    _ => self.body(inner),
+        while let Some(part) = parts.next() {
+            match part.as_rule() {
+                // The `if` itself: its condition, then its body.
+                Rule::expr => {
+                    let cond = self.expr(part);
+                    let body = self.body(parts.next().expect("if body"));
+                    branches.push(Branch { cond, body });
                 }
+                Rule::else_if => {
+                    let mut inner = part.into_inner();
+                    let cond = self.expr(inner.next().expect("else if condition"));
+                    let body = self.body(inner.next().expect("else if body"));
+                    branches.push(Branch { cond, body });
+                }
+                _ => otherwise = self.body(part.into_inner().next().expect("else body")),
             }
-        };
+        }
         Stmt::If {
-            cond,
-            then,
+            branches,
             otherwise,
             span,
         }

@@ -570,9 +570,21 @@ impl Cx<'_> {
             );
             return None;
         }
+        let mut branches = vec![Branch { cond, body: then }];
+        // `else:` holding only an `if:` item is `else if`: one flat chain, as the DSL's.
+        if let [Stmt::If { .. }] = otherwise.as_slice() {
+            if let Some(Stmt::If {
+                branches: more,
+                otherwise: rest,
+                ..
+            }) = otherwise.pop()
+            {
+                branches.extend(more);
+                otherwise = rest;
+            }
+        }
         Some(Stmt::If {
-            cond,
-            then,
+            branches,
             otherwise,
             span,
         })

@@ -67,6 +67,20 @@ pub enum Stmt {
     },
     /// `output a, b`: the model's outputs (default: the last statement's tensor).
     Output { sources: Vec<Source>, span: Span },
+    /// `n = 16`, `skips = skips + [x]`: stores a value; the current tensor stays as it was.
+    /// (`x = y` and `x = [a, b]` read as chains: they make the tensor current.)
+    Let {
+        target: Target,
+        value: Expr,
+        span: Span,
+    },
+    /// `if c1 { .. } else if c2 { .. } else { otherwise }`: the first branch whose condition
+    /// holds runs, else `otherwise`. Kept flat, so a long `else if` chain nests nothing.
+    If {
+        branches: Vec<Branch>,
+        otherwise: Vec<Stmt>,
+        span: Span,
+    },
 }
 
 impl Stmt {
@@ -75,12 +89,22 @@ impl Stmt {
             Stmt::Chain { span, .. }
             | Stmt::For { span, .. }
             | Stmt::Include { span, .. }
-            | Stmt::Output { span, .. } => *span,
+            | Stmt::Output { span, .. }
+            | Stmt::Let { span, .. }
+            | Stmt::If { span, .. } => *span,
         }
     }
 }
 
-/// Where a statement stores its result: a variable, or one slot of an indexed variable (`skip[f]`).
+/// One `if cond { body }` of an `if` statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Branch {
+    pub cond: Expr,
+    pub body: Vec<Stmt>,
+}
+
+/// Where a statement stores its result: a variable, or one slot of an indexed variable (`skip[f]`;
+/// two indices `x[i, j]` are the index `Tuple([i, j])`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub name: Ident,
@@ -135,6 +159,7 @@ pub enum ExprKind {
     Str(Vec<StrPart>),
     /// A variable or, if no variable has that name, a bare word such as `relu` or `same`.
     Name(String),
+    /// `a[i]`; `a[i, j]` (a two-index variable's slot) has a `Tuple` index.
     Index(Box<Expr>, Box<Expr>),
     List(Vec<Expr>),
     Tuple(Vec<Expr>),
@@ -147,6 +172,8 @@ pub enum ExprKind {
     },
     Binary(BinOp, Box<Expr>, Box<Expr>),
     Neg(Box<Expr>),
+    /// `not x`
+    Not(Box<Expr>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -163,10 +190,54 @@ pub enum BinOp {
     Div,
     FloorDiv,
     Mod,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    And,
+    Or,
 }
 
 impl Expr {
     pub fn new(kind: ExprKind, span: Span) -> Expr {
         Expr { kind, span }
+    }
+}
+
+/// How tightly `not` binds: looser than comparisons, tighter than `and` (`not a == b` is
+/// `not (a == b)`, as in Python).
+pub const NOT_PRECEDENCE: u8 = 3;
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::FloorDiv => "//",
+            BinOp::Mod => "%",
+            BinOp::Eq => "==",
+            BinOp::Ne => "!=",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::And => "and",
+            BinOp::Or => "or",
+        }
+    }
+
+    /// Binding strength, loosest first: `or`, `and`, (`not`), comparisons, `+ -`, `* / // %`.
+    pub fn precedence(self) -> u8 {
+        match self {
+            BinOp::Or => 1,
+            BinOp::And => 2,
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => 4,
+            BinOp::Add | BinOp::Sub => 5,
+            BinOp::Mul | BinOp::Div | BinOp::FloorDiv | BinOp::Mod => 6,
+        }
     }
 }

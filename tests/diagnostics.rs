@@ -319,7 +319,7 @@ fn dsl_syntax_error() {
     3 │   conv2d(16, 3 -> relu
       │                ^^ not understood here
       │
-      = help: is a `)`, `]`, `}` or `,` missing before this?
+      = help: a chain starts from a layer call, a variable or a list of tensors: store a computed value first (`parts = skips + [x]`, then `parts -> concatenate()`)
       = help: see the DSL reference in README.md (section `The DSL`)
     ");
 }
@@ -577,5 +577,292 @@ fn a_wrong_skip_crop_is_fixed_where_it_is() {
       │            `cropping2d` is (None, 124, 124, 8)
       │
       = help: change `cropping2d`'s cropping from 6 to `cropping2d(4)`: it crops `conv2d_1` from 136x136 to 124x124, but `conv2d_transpose` is 128x128
+    ");
+}
+
+#[test]
+fn a_condition_that_is_not_a_boolean_is_a_type_error_at_the_condition() {
+    let out = check(
+        "cond.unet",
+        r#"model {
+  input 64x64x1
+  depth = 4
+  if depth - 1 { dropout(0.5) }
+}"#,
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-type]: an `if` condition must be true or false, found an integer (`3`)
+      ┌─ cond.unet:4:6
+      │
+    4 │   if depth - 1 { dropout(0.5) }
+      │      ^^^^^^^^^ not a boolean
+      │
+      = help: compare it: `if level == depth - 1 { ... }`
+    ");
+}
+
+#[test]
+fn an_unknown_variable_in_a_condition_suggests_the_closest_one() {
+    let out = check(
+        "cond.unet",
+        r#"model {
+  input 64x64x1
+  depth = 4
+  for level in 0..depth {
+    conv2d(8, 3)
+    if levl == depth - 1 { dropout(0.5) }
+  }
+}"#,
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-unknown-name]: no variable named `levl` in this condition
+      ┌─ cond.unet:6:8
+      │
+    6 │     if levl == depth - 1 { dropout(0.5) }
+      │        ^^^^ unknown variable
+      │
+      = help: did you mean `level`?
+      = note: reported once; it comes up 4 times here (once per block call or loop pass)
+    ");
+}
+
+#[test]
+fn and_or_not_take_booleans() {
+    let out = check(
+        "bool.unet",
+        r#"model {
+  input 64x64x1
+  n = 2
+  if n > 1 and n { conv2d(8, 3) }
+}"#,
+    );
+    insta::assert_snapshot!(out, @r#"
+    error[E-type]: `and` takes true or false, found an integer (`2`)
+      ┌─ bool.unet:4:16
+      │
+    4 │   if n > 1 and n { conv2d(8, 3) }
+      │                ^ not a boolean
+      │
+      = help: compare it first: `n > 0`, `mode == "upsample"`
+    "#);
+}
+
+#[test]
+fn a_value_variable_used_as_a_layer_input_is_a_type_error() {
+    let out = check(
+        "value.unet",
+        r#"model {
+  input 64x64x1
+  x = conv2d(8, 3)
+  n = 16
+  n -> conv2d(8, 3)
+  [x, n] -> concatenate()
+}"#,
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-type]: `n` is a value (an integer: 16), not a tensor; a layer's input must be a tensor
+      ┌─ value.unet:5:3
+      │
+    5 │   n -> conv2d(8, 3)
+      │   ^ a value, not a tensor
+      │
+      = help: values go into a layer's arguments (`conv2d(n)`); tensors come from layers (`x = conv2d(8)`) or are lists of them (`skips = skips + [x]`)
+
+    error[E-type]: `n` is a value (an integer: 16), not a tensor; a layer's input must be a tensor
+      ┌─ value.unet:6:7
+      │
+    6 │   [x, n] -> concatenate()
+      │       ^ a value, not a tensor
+      │
+      = help: values go into a layer's arguments (`conv2d(n)`); tensors come from layers (`x = conv2d(8)`) or are lists of them (`skips = skips + [x]`)
+    ");
+}
+
+#[test]
+fn cropping_to_a_larger_tensor_is_refused() {
+    let out = check(
+        "crop.unet",
+        r#"model {
+  input 64x64x1
+  big = conv2d(8, 3)
+  small = conv2d(8, 3)
+  small -> cropping2d(to: big)
+}"#,
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-crop]: cannot crop 60x60 to 62x62: `to` is larger than the input
+      ┌─ crop.unet:5:27
+      │
+    5 │   small -> cropping2d(to: big)
+      │                           ^^^ larger than the input
+      │
+      = help: crop the larger tensor to the smaller one: `big -> cropping2d(to: small)`
+    ");
+}
+
+#[test]
+fn cropping_to_a_value_is_refused() {
+    let out = check(
+        "crop.unet",
+        r#"model {
+  input 64x64x1
+  conv2d(8, 3) -> cropping2d(to: 4)
+}"#,
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-type]: `to` takes the tensor to crop to, found an integer (`4`)
+      ┌─ crop.unet:3:34
+      │
+    3 │   conv2d(8, 3) -> cropping2d(to: 4)
+      │                                  ^ not a tensor
+      │
+      = help: for example `skip -> cropping2d(to: up)`
+    ");
+}
+
+#[test]
+fn cropping_with_both_cropping_and_to_is_refused() {
+    let out = check(
+        "crop.unet",
+        r#"model {
+  input 64x64x1
+  up = conv2d(8, 3)
+  conv2d(8, 3) -> cropping2d(2, to: up)
+}"#,
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-arg-duplicate]: `cropping2d` takes `cropping` or `to`, not both
+      ┌─ crop.unet:4:30
+      │
+    4 │   conv2d(8, 3) -> cropping2d(2, to: up)
+      │                              ^  -- and computed from `to`
+      │                              │   
+      │                              cropping given
+    ");
+}
+
+#[test]
+fn a_list_index_out_of_range_says_how_long_the_list_is() {
+    let out = check(
+        "index.unet",
+        r#"model {
+  input 64x64x1
+  skips = []
+  for f in [8, 16] { x = conv2d(f, 3); skips = skips + [x] }
+  skips[-3] -> conv2d(1, 1)
+}"#,
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-index]: index -3 is out of range for a list of 2
+      ┌─ index.unet:5:3
+      │
+    5 │   skips[-3] -> conv2d(1, 1)
+      │   ^^^^^^^^^ out of range
+    ");
+}
+
+#[test]
+fn an_unset_two_index_slot_lists_the_slots_set() {
+    let out = check(
+        "grid.unet",
+        r#"model {
+  input 64x64x1
+  for i in 0..2 { x[i, 0] = conv2d(8, 3) }
+  x[1, 1] -> conv2d(1, 1)
+}"#,
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-unknown-name]: `x[1, 1]` is not set
+      ┌─ grid.unet:4:3
+      │
+    4 │   x[1, 1] -> conv2d(1, 1)
+      │   ^^^^^^^ no value stored here
+      │
+      = help: set so far: x[0, 0], x[1, 0]
+    ");
+}
+
+#[test]
+fn a_chain_cannot_start_from_a_computed_value() {
+    let out = check(
+        "chain.unet",
+        r#"model {
+  input 64x64x1
+  x = conv2d(8, 3)
+  skips = [x]
+  y = skips + [x] -> concatenate()
+}"#,
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-syntax]: syntax error: expected a statement or an operator, found `->`
+      ┌─ chain.unet:5:19
+      │
+    5 │   y = skips + [x] -> concatenate()
+      │                   ^^ not understood here
+      │
+      = help: a chain starts from a layer call, a variable or a list of tensors: store a computed value first (`parts = skips + [x]`, then `parts -> concatenate()`)
+      = help: see the DSL reference in README.md (section `The DSL`)
+    ");
+}
+
+#[test]
+fn a_yaml_condition_points_into_the_yaml_file() {
+    let out = check(
+        "cond.yaml",
+        r#"model:
+  input: [64, 64, 1]
+  layers:
+    - {value: 3, as: depth}
+    - if: "depth + levl"
+      then:
+        - dropout: 0.5
+    - if: depth * 2
+      then:
+        - dropout: 0.5
+"#,
+    );
+    insta::assert_snapshot!(out, @r#"
+    error[E-unknown-name]: no variable named `levl` in this condition
+      ┌─ cond.yaml:5:20
+      │
+    5 │     - if: "depth + levl"
+      │                    ^^^^ unknown variable
+      │
+      = help: a bare word in a condition must be a variable; a string is quoted: "levl"
+
+    error[E-type]: an `if` condition must be true or false, found an integer (`6`)
+      ┌─ cond.yaml:8:11
+      │
+    8 │     - if: depth * 2
+      │           ^^^^^^^^^ not a boolean
+      │
+      = help: compare it: `if level == depth - 1 { ... }`
+    "#);
+}
+
+#[test]
+fn a_yaml_value_needs_a_variable() {
+    let out = check(
+        "value.yaml",
+        r#"model:
+  input: [64, 64, 1]
+  layers:
+    - {value: 4}
+    - if: true
+      else: []
+"#,
+    );
+    insta::assert_snapshot!(out, @"
+    error[E-yaml-form]: `value:` needs `as:` (the variable to store it in)
+      ┌─ value.yaml:4:8
+      │
+    4 │     - {value: 4}
+      │        ^^^^^ no `as:`
+
+    error[E-yaml-form]: `if:` needs `then:` (the items to run when the condition holds)
+      ┌─ value.yaml:5:7
+      │
+    5 │     - if: true
+      │       ^^ no `then:`
     ");
 }

@@ -113,13 +113,7 @@ impl Printer {
                     names.join(", "),
                     expr_text(iter)
                 ));
-                self.indent += 1;
-                for s in body {
-                    self.comments_before(stmt_span(s).start as usize);
-                    self.stmt(s);
-                }
-                self.comments_before(span.end as usize);
-                self.indent -= 1;
+                self.body(body, span.end);
                 self.line("}");
             }
             Stmt::Include { path, args, .. } => {
@@ -133,7 +127,72 @@ impl Printer {
                 let parts: Vec<String> = sources.iter().map(source_text).collect();
                 self.line(&format!("output {}", parts.join(", ")));
             }
+            Stmt::Let { target, value, .. } => {
+                self.line(&format!(
+                    "{} = {}",
+                    target_text(target),
+                    let_value_text(value)
+                ));
+            }
+            Stmt::If { .. } => self.if_stmt(s),
         }
+    }
+
+    fn if_stmt(&mut self, s: &Stmt) {
+        let Stmt::If {
+            branches,
+            otherwise,
+            span,
+        } = s
+        else {
+            return;
+        };
+        for (i, branch) in branches.iter().enumerate() {
+            let head = if i == 0 { "if" } else { "} else if" };
+            self.line(&format!("{head} {} {{", expr_text(&branch.cond)));
+            // Comments up to the next branch's condition belong to this body.
+            let end = match (branches.get(i + 1), otherwise.first()) {
+                (Some(next), _) => next.cond.span.start,
+                (None, Some(first)) => stmt_span(first).start,
+                (None, None) => span.end,
+            };
+            self.body(&branch.body, end);
+        }
+        if !otherwise.is_empty() {
+            self.line("} else {");
+            self.body(otherwise, span.end);
+        }
+        self.line("}");
+    }
+
+    /// An indented body, with the comments before `end` that sit inside it.
+    fn body(&mut self, body: &[Stmt], end: u32) {
+        self.indent += 1;
+        for s in body {
+            self.comments_before(stmt_span(s).start as usize);
+            self.stmt(s);
+        }
+        self.comments_before(end as usize);
+        self.indent -= 1;
+    }
+}
+
+/// A value assignment's right side. One that would read back as a chain (`y`, `a[i]`,
+/// `[a, b]`: tensors made current) is parenthesised, which keeps it a value.
+fn let_value_text(e: &Expr) -> String {
+    fn reads_as_chain(e: &Expr) -> bool {
+        match &e.kind {
+            ExprKind::Name(_) => true,
+            ExprKind::Index(base, _) => reads_as_chain(base),
+            ExprKind::List(items) => !items.is_empty() && items.iter().all(reads_as_chain),
+            _ => false,
+        }
+    }
+    let text = expr_text(e);
+    if reads_as_chain(e) {
+        format!("({text})")
+    } else {
+        text
     }
 }
 
@@ -142,7 +201,9 @@ pub fn stmt_span(s: &Stmt) -> crate::diag::Span {
         Stmt::Chain { span, .. }
         | Stmt::For { span, .. }
         | Stmt::Include { span, .. }
-        | Stmt::Output { span, .. } => *span,
+        | Stmt::Output { span, .. }
+        | Stmt::Let { span, .. }
+        | Stmt::If { span, .. } => *span,
     }
 }
 
@@ -161,8 +222,18 @@ fn chain_stmt_text(s: &Stmt) -> String {
 
 pub fn target_text(t: &Target) -> String {
     match &t.index {
-        Some(i) => format!("{}[{}]", t.name.name, expr_text(i)),
+        Some(i) => format!("{}[{}]", t.name.name, index_text(i)),
         None => t.name.name.clone(),
+    }
+}
+
+/// The inside of `[...]`: a two-index slot `x[i, j]` holds the tuple `(i, j)`.
+fn index_text(i: &Expr) -> String {
+    match &i.kind {
+        ExprKind::Tuple(items) if items.len() == 2 => {
+            format!("{}, {}", expr_text(&items[0]), expr_text(&items[1]))
+        }
+        _ => expr_text(i),
     }
 }
 
@@ -226,14 +297,17 @@ pub fn args_text(args: &[Arg]) -> String {
     parts.join(", ")
 }
 
+/// How tightly an expression binds when printed (see `BinOp::precedence`); atoms bind tightest.
 fn precedence(e: &Expr) -> u8 {
     match &e.kind {
-        ExprKind::Binary(BinOp::Add | BinOp::Sub, ..) => 1,
-        ExprKind::Binary(..) => 2,
+        ExprKind::Binary(op, ..) => op.precedence(),
+        ExprKind::Not(_) => NOT_PRECEDENCE,
         ExprKind::Range { .. } => 0,
-        _ => 3,
+        _ => ATOM,
     }
 }
+
+const ATOM: u8 = 7;
 
 pub fn expr_text(e: &Expr) -> String {
     match &e.kind {
@@ -253,7 +327,16 @@ pub fn expr_text(e: &Expr) -> String {
             s
         }
         ExprKind::Name(n) => n.clone(),
-        ExprKind::Index(base, index) => format!("{}[{}]", expr_text(base), expr_text(index)),
+        ExprKind::Index(base, index) => {
+            // Ranges and operators are not indexable without parentheses.
+            let b = expr_text(base);
+            let b = if precedence(base) < ATOM {
+                format!("({b})")
+            } else {
+                b
+            };
+            format!("{b}[{}]", index_text(index))
+        }
         ExprKind::List(items) => format!(
             "[{}]",
             items.iter().map(expr_text).collect::<Vec<_>>().join(", ")
@@ -293,19 +376,19 @@ pub fn expr_text(e: &Expr) -> String {
                     t
                 }
             };
-            let sym = match op {
-                BinOp::Add => "+",
-                BinOp::Sub => "-",
-                BinOp::Mul => "*",
-                BinOp::Div => "/",
-                BinOp::FloorDiv => "//",
-                BinOp::Mod => "%",
-            };
-            format!("{} {sym} {}", wrap(l, false), wrap(r, true))
+            format!("{} {} {}", wrap(l, false), op.symbol(), wrap(r, true))
+        }
+        ExprKind::Not(x) => {
+            let t = expr_text(x);
+            if precedence(x) < NOT_PRECEDENCE {
+                format!("not ({t})")
+            } else {
+                format!("not {t}")
+            }
         }
         ExprKind::Neg(x) => {
             let t = expr_text(x);
-            if precedence(x) < 3 {
+            if precedence(x) < ATOM {
                 format!("-({t})")
             } else {
                 format!("-{t}")

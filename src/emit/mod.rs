@@ -77,7 +77,18 @@ pub fn bound_names(model: &Model) -> Vec<String> {
                     out.extend(vars.iter().map(|v| v.name.clone()));
                     body(b, out);
                 }
-                _ => {}
+                Stmt::Let { target, .. } => out.push(target.name.name.clone()),
+                Stmt::If {
+                    branches,
+                    otherwise,
+                    ..
+                } => {
+                    for b in branches {
+                        body(&b.body, out);
+                    }
+                    body(otherwise, out);
+                }
+                Stmt::Chain { target: None, .. } | Stmt::Include { .. } | Stmt::Output { .. } => {}
             }
         }
     }

@@ -164,6 +164,41 @@ impl Printer {
                 let parts: Vec<String> = sources.iter().map(|s| quote(&source_text(s))).collect();
                 self.line(indent, &format!("- {{output: [{}]}}", parts.join(", ")));
             }
+            Stmt::Let { target, value, .. } => {
+                let item = format!(
+                    "value: {}, as: {}",
+                    self.value(value),
+                    plain_or_quoted(&target_text(target))
+                );
+                self.line(indent, &format!("- {{{item}}}"));
+            }
+            Stmt::If {
+                branches,
+                otherwise,
+                ..
+            } => self.if_item(branches, otherwise, indent),
+        }
+    }
+
+    /// `- if:` with `then:`; each `else if` is an `else:` holding the next `- if:` item.
+    fn if_item(&mut self, branches: &[Branch], otherwise: &[Stmt], indent: usize) {
+        let mut indent = indent;
+        for (i, branch) in branches.iter().enumerate() {
+            if i > 0 {
+                self.line(indent + 1, "else:");
+                indent += 2;
+            }
+            // The condition is DSL text, as `inputs:` and `as:` are.
+            self.line(
+                indent,
+                &format!("- if: {}", plain_or_quoted(&expr_text(&branch.cond))),
+            );
+            self.line(indent + 1, "then:");
+            self.stmts(&branch.body, indent + 2);
+        }
+        if !otherwise.is_empty() {
+            self.line(indent + 1, "else:");
+            self.stmts(otherwise, indent + 2);
         }
     }
 

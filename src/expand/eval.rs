@@ -1,6 +1,6 @@
 //! Evaluation of expressions: arithmetic, ranges, strings, variables.
 
-use super::{value_depth, value_weight, Context, Expander};
+use super::{slot_key, value_depth, value_weight, Context, Expander};
 use crate::ast::{BinOp, Expr, ExprKind, StrPart};
 use crate::diag::Diagnostic;
 use crate::ir::value::Value;
@@ -53,7 +53,7 @@ impl<'s> Expander<'_> {
             ExprKind::Index(base, index) => {
                 let index_value = self.eval(cx, index)?;
                 if let ExprKind::Name(name) = &base.kind {
-                    let key = format!("{name}[{index_value}]");
+                    let key = slot_key(name, &index_value);
                     if let Some(v) = cx.vars.get(&key) {
                         if !self.charge(value_weight(v), span) {
                             return None;
@@ -180,6 +180,61 @@ impl<'s> Expander<'_> {
                     None
                 }
             },
+            ExprKind::Not(inner) => match self.eval(cx, inner)? {
+                Value::Bool(b) => Some(Value::Bool(!b)),
+                other => {
+                    self.not_boolean("not", &other, inner.span);
+                    None
+                }
+            },
+            ExprKind::Binary(op @ (BinOp::And | BinOp::Or), l, r) => {
+                // Short-circuit, as Python does: `i > 0 and x[i - 1] == 2` is safe at i = 0.
+                let word = op.symbol();
+                let a = match self.eval(cx, l)? {
+                    Value::Bool(a) => a,
+                    other => {
+                        self.not_boolean(word, &other, l.span);
+                        return None;
+                    }
+                };
+                if a == (*op == BinOp::Or) {
+                    return Some(Value::Bool(a));
+                }
+                match self.eval(cx, r)? {
+                    Value::Bool(b) => Some(Value::Bool(b)),
+                    other => {
+                        self.not_boolean(word, &other, r.span);
+                        None
+                    }
+                }
+            }
+            ExprKind::Binary(
+                op @ (BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge),
+                l,
+                r,
+            ) => {
+                let (a, b) = (self.eval(cx, l)?, self.eval(cx, r)?);
+                if !self.charge(value_weight(&a) + value_weight(&b), span) {
+                    return None;
+                }
+                let result = compare(*op, &a, &b);
+                if result.is_none() {
+                    self.error(
+                        Diagnostic::error(
+                            "E-type",
+                            format!(
+                                "cannot compare {} {} {}",
+                                a.type_name(),
+                                op.symbol(),
+                                b.type_name()
+                            ),
+                        )
+                        .at(span, "not comparable")
+                        .help("`<`, `<=`, `>`, `>=` compare numbers or strings; `==` and `!=` compare anything"),
+                    );
+                }
+                result.map(Value::Bool)
+            }
             ExprKind::Binary(op, l, r) => {
                 let (a, b) = (self.eval(cx, l)?, self.eval(cx, r)?);
                 match (&a, &b) {
@@ -204,7 +259,7 @@ impl<'s> Expander<'_> {
                             format!(
                                 "cannot compute {} {} {}",
                                 a.type_name(),
-                                op_symbol(*op),
+                                op.symbol(),
                                 b.type_name()
                             ),
                         )
@@ -221,6 +276,21 @@ impl<'s> Expander<'_> {
 }
 
 impl Expander<'_> {
+    /// `and`, `or` and `not` take booleans.
+    fn not_boolean(&mut self, word: &str, found: &Value, span: crate::diag::Span) {
+        self.error(
+            Diagnostic::error(
+                "E-type",
+                format!(
+                    "`{word}` takes true or false, found {} (`{found}`)",
+                    found.type_name()
+                ),
+            )
+            .at(span, "not a boolean")
+            .help("compare it first: `n > 0`, `mode == \"upsample\"`"),
+        );
+    }
+
     fn too_long(&mut self, span: crate::diag::Span, what: &str, limit: usize) {
         self.error(
             Diagnostic::error(
@@ -253,15 +323,46 @@ impl Expander<'_> {
     }
 }
 
-fn op_symbol(op: BinOp) -> &'static str {
-    match op {
-        BinOp::Add => "+",
-        BinOp::Sub => "-",
-        BinOp::Mul => "*",
-        BinOp::Div => "/",
-        BinOp::FloorDiv => "//",
-        BinOp::Mod => "%",
-    }
+/// `==` compares numbers by value (`1 == 1.0`) and anything else structurally; the orderings
+/// take two numbers or two strings. `None`: not comparable.
+fn compare(op: BinOp, a: &Value, b: &Value) -> Option<bool> {
+    use std::cmp::Ordering;
+    let order: Option<Ordering> = match (a, b) {
+        (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
+        (Value::Str(x), Value::Str(y)) => Some(x.cmp(y)),
+        _ => match (number(a), number(b)) {
+            // NaN is unordered: every comparison but `!=` is false, as in Python.
+            (Some(x), Some(y)) => x.partial_cmp(&y),
+            _ => {
+                return match op {
+                    BinOp::Eq => Some(a == b),
+                    BinOp::Ne => Some(a != b),
+                    _ => None,
+                }
+            }
+        },
+    };
+    Some(match (op, order) {
+        (BinOp::Ne, None) => true,
+        (_, None) => false,
+        (BinOp::Eq, Some(o)) => o == Ordering::Equal,
+        (BinOp::Ne, Some(o)) => o != Ordering::Equal,
+        (BinOp::Lt, Some(o)) => o == Ordering::Less,
+        (BinOp::Le, Some(o)) => o != Ordering::Greater,
+        (BinOp::Gt, Some(o)) => o == Ordering::Greater,
+        (BinOp::Ge, Some(o)) => o != Ordering::Less,
+        (
+            BinOp::Add
+            | BinOp::Sub
+            | BinOp::Mul
+            | BinOp::Div
+            | BinOp::FloorDiv
+            | BinOp::Mod
+            | BinOp::And
+            | BinOp::Or,
+            Some(_),
+        ) => return None,
+    })
 }
 
 /// Python semantics: `/` gives a float, `//` and `%` floor.

@@ -189,7 +189,8 @@ struct Expander<'a> {
     /// A limit was reached or a block called itself (reported once); expansion stops.
     halted: bool,
     /// The blocks being called, innermost last, by the span of their names: a block already on
-    /// it calls itself, which never ends (the DSL has no conditions).
+    /// it calls itself, which never ends (conditions could stop it, but unbounded recursion is
+    /// what the limits keep out: expansion stays a bounded unrolling).
     block_stack: Vec<(Span, String)>,
     /// Layer kinds whose `defaults` had an error: a missing argument of such a layer is most
     /// likely the misspelled default, so it is not reported again.
@@ -267,9 +268,36 @@ impl<'s> Expander<'_> {
                 if let Some(t) = target {
                     self.assign(cx, t, result.clone());
                 }
-                if result.is_some() {
+                // `x = rates[0]` copies a value: only tensors become the current tensor.
+                if result.as_ref().is_some_and(is_tensor_like) {
                     cx.current = result;
                 }
+            }
+            Stmt::Let { target, value, .. } => {
+                let result = self.eval(cx, value);
+                self.assign(cx, target, result);
+            }
+            Stmt::If {
+                branches,
+                otherwise,
+                span,
+            } => {
+                for branch in branches {
+                    // Inside a loop every test is work, even when no branch creates anything.
+                    if !self.charge(1, *span) {
+                        return;
+                    }
+                    match self.condition(cx, &branch.cond) {
+                        Some(true) => {
+                            self.run_body(cx, &branch.body, depth);
+                            return;
+                        }
+                        Some(false) => {}
+                        // Reported; running another branch would only add follow-on errors.
+                        None => return,
+                    }
+                }
+                self.run_body(cx, otherwise, depth);
             }
             Stmt::For {
                 vars,
@@ -282,6 +310,9 @@ impl<'s> Expander<'_> {
                 let mut outputs = Vec::new();
                 for source in sources {
                     let v = self.source(cx, source, depth);
+                    if let Some(v) = &v {
+                        self.expect_tensor(v, source_span(source), "an output");
+                    }
                     outputs.extend(self.tensors_of(v.as_ref()));
                 }
                 if !cx.included {
@@ -300,7 +331,7 @@ impl<'s> Expander<'_> {
         let key = match &target.index {
             None => target.name.name.clone(),
             Some(index) => match self.eval(cx, index) {
-                Some(i) => format!("{}[{}]", target.name.name, i),
+                Some(i) => slot_key(&target.name.name, &i),
                 None => return,
             },
         };
@@ -369,7 +400,13 @@ impl<'s> Expander<'_> {
     fn chain(&mut self, cx: &mut Context<'s>, chain: &'s Chain, depth: usize) -> Option<Value> {
         let mut value = match &chain.source {
             None => cx.current.clone(),
-            Some(source) => Some(self.source(cx, source, depth)?),
+            Some(source) => {
+                let v = self.source(cx, source, depth)?;
+                if !chain.calls.is_empty() && !self.source_is_tensor(source, &v) {
+                    return None;
+                }
+                Some(v)
+            }
         };
         for call in &chain.calls {
             value = self.call(cx, call, value, depth);
@@ -471,7 +508,12 @@ impl<'s> Expander<'_> {
         if let Some(block) = cx.blocks.get(name).copied() {
             return self.call_block(cx, block, call, input, depth);
         }
-        let args = self.eval_args(cx, &call.args)?;
+        let mut args = self.eval_args(cx, &call.args)?;
+        // A crop whose `to` is wrong is still made (broken), so its input is not reported unused.
+        let mut crop_failed = false;
+        if canonical_kind(name) == "cropping2d" {
+            (args, crop_failed) = self.crop_to(args, input.as_ref(), call);
+        }
         if name == "unet" {
             return self.template(cx, call, args, input);
         }
@@ -523,8 +565,11 @@ impl<'s> Expander<'_> {
         } else {
             input.into_iter().collect()
         };
-        self.add_layer(cx, name, merged, inputs, call.span, call.callee.span)
-            .map(Value::Tensor)
+        let id = self.add_layer(cx, name, merged, inputs, call.span, call.callee.span)?;
+        if crop_failed {
+            self.broken[id.index()] = true;
+        }
+        Some(Value::Tensor(id))
     }
 
     fn eval_args(&mut self, cx: &mut Context<'s>, args: &'s [Arg]) -> Option<Vec<ArgValue>> {
@@ -1020,6 +1065,255 @@ impl<'s> Expander<'_> {
         }
     }
 
+    /// A layer's input must be tensors: a value variable there (`n = 16; n -> conv2d(8)`) is an
+    /// `E-type` at the entry that holds it.
+    fn source_is_tensor(&mut self, source: &Source, value: &Value) -> bool {
+        match (source, value) {
+            (Source::List(chains, _), Value::List(items)) if chains.len() == items.len() => chains
+                .iter()
+                .zip(items)
+                .all(|(c, v)| self.expect_tensor(v, c.span, "a layer's input")),
+            _ => self.expect_tensor(value, source_span(source), "a layer's input"),
+        }
+    }
+
+    /// False, with an `E-type` at `span`, when `value` is not a tensor (or a list of them).
+    fn expect_tensor(&mut self, value: &Value, span: Span, role: &str) -> bool {
+        if is_tensor_like(value) {
+            return true;
+        }
+        let text = self.sources.text(span.file);
+        let written = text
+            .get(span.start as usize..span.end as usize)
+            .unwrap_or("this");
+        let mut shown = value.to_string();
+        if shown.chars().count() > 40 {
+            shown = shown.chars().take(40).collect::<String>() + "...";
+        }
+        self.error(
+            Diagnostic::error(
+                "E-type",
+                format!(
+                    "`{written}` is a value ({}: {shown}), not a tensor; {role} must be a tensor",
+                    value.type_name()
+                ),
+            )
+            .at(span, "a value, not a tensor")
+            .help(
+                "values go into a layer's arguments (`conv2d(n)`); tensors come from layers \
+                 (`x = conv2d(8)`) or are lists of them (`skips = skips + [x]`)",
+            ),
+        );
+        false
+    }
+
+    /// Evaluates an `if` condition: it must be true or false, and every bare word in it must be
+    /// a variable (a misspelt one would otherwise be a string, and the test quietly false).
+    fn condition(&mut self, cx: &Context<'s>, cond: &Expr) -> Option<bool> {
+        if self.unknown_names_in_condition(cx, cond) > 0 {
+            return None;
+        }
+        match self.eval(cx, cond)? {
+            Value::Bool(b) => Some(b),
+            other => {
+                self.error(
+                    Diagnostic::error(
+                        "E-type",
+                        format!(
+                            "an `if` condition must be true or false, found {} (`{other}`)",
+                            other.type_name()
+                        ),
+                    )
+                    .at(cond.span, "not a boolean")
+                    .help("compare it: `if level == depth - 1 { ... }`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reports each bare word of a condition that names no variable (with the closest
+    /// variable); how many there were.
+    fn unknown_names_in_condition(&mut self, cx: &Context<'s>, e: &Expr) -> usize {
+        match &e.kind {
+            ExprKind::Name(name) => {
+                if cx.vars.contains_key(name) {
+                    return 0;
+                }
+                let prefix = format!("{name}[");
+                let mut d = if cx.vars.keys().any(|k| k.starts_with(&prefix)) {
+                    Diagnostic::error(
+                        "E-type",
+                        format!(
+                            "`{name}` is an indexed variable; a condition needs one of its slots"
+                        ),
+                    )
+                    .at(e.span, "no index")
+                    .help(format!("for example `{name}[0]`"))
+                } else {
+                    Diagnostic::error(
+                        "E-unknown-name",
+                        format!("no variable named `{name}` in this condition"),
+                    )
+                    .at(e.span, "unknown variable")
+                };
+                let variables = cx
+                    .vars
+                    .keys()
+                    .filter(|k| !k.contains('['))
+                    .map(String::as_str);
+                d = match crate::suggest::closest(name, variables) {
+                    Some(s) => d.help(format!("did you mean `{s}`?")),
+                    None => d.help(format!(
+                        "a bare word in a condition must be a variable; a string is quoted: \"{name}\""
+                    )),
+                };
+                self.error(d);
+                1
+            }
+            // The base of `skip[f]` may be a slot variable; evaluation reports unset slots.
+            ExprKind::Index(base, index) => {
+                let in_base = match base.kind {
+                    ExprKind::Name(_) => 0,
+                    _ => self.unknown_names_in_condition(cx, base),
+                };
+                in_base + self.unknown_names_in_condition(cx, index)
+            }
+            ExprKind::Binary(_, l, r)
+            | ExprKind::Range {
+                start: l, end: r, ..
+            } => self.unknown_names_in_condition(cx, l) + self.unknown_names_in_condition(cx, r),
+            ExprKind::Neg(x) | ExprKind::Not(x) => self.unknown_names_in_condition(cx, x),
+            ExprKind::List(items) | ExprKind::Tuple(items) => items
+                .iter()
+                .map(|i| self.unknown_names_in_condition(cx, i))
+                .sum(),
+            ExprKind::Map(entries) => entries
+                .iter()
+                .map(|(_, v)| self.unknown_names_in_condition(cx, v))
+                .sum(),
+            ExprKind::Str(parts) => parts
+                .iter()
+                .map(|p| match p {
+                    StrPart::Expr(x) => self.unknown_names_in_condition(cx, x),
+                    StrPart::Lit(_) => 0,
+                })
+                .sum(),
+            ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Bool(_) | ExprKind::None => 0,
+        }
+    }
+
+    /// `cropping2d(to: t)`: replaces `to` by the `cropping` that brings the input down to `t`'s
+    /// height and width, centred with the odd pixel at the bottom/right (the template's
+    /// `crop: auto`). The layer is then an ordinary Cropping2D.
+    fn crop_to(
+        &mut self,
+        mut args: Vec<ArgValue>,
+        input: Option<&Value>,
+        call: &Call,
+    ) -> (Vec<ArgValue>, bool) {
+        let Some(to) = take_kwarg(&mut args, "to") else {
+            return (args, false);
+        };
+        let to_span = to.name_span.unwrap_or(to.span);
+        if let Some(given) = args
+            .iter()
+            .find(|a| a.name.is_none() || a.name.as_deref() == Some("cropping"))
+        {
+            self.error(
+                Diagnostic::error(
+                    "E-arg-duplicate",
+                    "`cropping2d` takes `cropping` or `to`, not both",
+                )
+                .at(given.span, "cropping given")
+                .also(to_span, "and computed from `to`"),
+            );
+            return (args, true);
+        }
+        let target = match to.value {
+            Value::Tensor(id) => id,
+            Value::Str(name) | Value::Pending(name) => match self.names.get(&name) {
+                Some(&id) => id,
+                None => {
+                    self.error(
+                        Diagnostic::error(
+                            "E-crop",
+                            format!("`to: {name}` names no layer made before this crop"),
+                        )
+                        .at(to.span, "unknown tensor")
+                        .help("`to` takes a tensor whose size is known here: a variable or an earlier layer's name"),
+                    );
+                    return (args, true);
+                }
+            },
+            other => {
+                self.error(
+                    Diagnostic::error(
+                        "E-type",
+                        format!(
+                            "`to` takes the tensor to crop to, found {} (`{other}`)",
+                            other.type_name()
+                        ),
+                    )
+                    .at(to.span, "not a tensor")
+                    .help("for example `skip -> cropping2d(to: up)`"),
+                );
+                return (args, true);
+            }
+        };
+        // Without one input tensor the layer's arity error says what is wrong.
+        let Some(Value::Tensor(source)) = input else {
+            return (args, false);
+        };
+        let source = *source;
+        let (Some(have), Some(want)) = (self.shape_of(source), self.shape_of(target)) else {
+            self.error(
+                Diagnostic::error(
+                    "E-crop",
+                    "cannot compute the crop: the size of the input or of `to` is unknown",
+                )
+                .at(call.span, "size unknown")
+                .help("fix the errors above this layer first"),
+            );
+            return (args, true);
+        };
+        if have.len() != 3 || want.len() != 3 {
+            self.error(
+                Diagnostic::error(
+                    "E-rank",
+                    format!(
+                        "`cropping2d(to: ...)` crops images (height, width, channels): the input is {} and `to` is {}",
+                        crate::text::shape_text(&have),
+                        crate::text::shape_text(&want)
+                    ),
+                )
+                .at(call.span, "not images"),
+            );
+            return (args, true);
+        }
+        if want[0] > have[0] || want[1] > have[1] {
+            self.error(
+                Diagnostic::error(
+                    "E-crop",
+                    format!(
+                        "cannot crop {}x{} to {}x{}: `to` is larger than the input",
+                        have[0], have[1], want[0], want[1]
+                    ),
+                )
+                .at(to.span, "larger than the input")
+                .help("crop the larger tensor to the smaller one: `big -> cropping2d(to: small)`"),
+            );
+            return (args, true);
+        }
+        args.push(ArgValue {
+            name: Some("cropping".into()),
+            value: template::crop_arg(have[0], have[1], want[0], want[1]),
+            span: to.span,
+            name_span: to.name_span,
+        });
+        (args, false)
+    }
+
     /// The output shape of a node created so far, if it can be computed.
     fn shape_of(&mut self, id: NodeId) -> Option<Shape> {
         self.shape_dependent = true;
@@ -1062,6 +1356,39 @@ fn flatten(
         }
         Value::List(items) => items.iter().for_each(|i| flatten(i, inputs, pending)),
         _ => {}
+    }
+}
+
+/// Whether a value can feed a layer: a tensor, a layer not defined yet, or a non-empty list of
+/// them.
+fn is_tensor_like(v: &Value) -> bool {
+    match v {
+        Value::Tensor(_) | Value::Pending(_) => true,
+        Value::List(items) => !items.is_empty() && items.iter().all(is_tensor_like),
+        Value::Int(_)
+        | Value::Float(_)
+        | Value::Bool(_)
+        | Value::Str(_)
+        | Value::None
+        | Value::Map(_) => false,
+    }
+}
+
+fn source_span(source: &Source) -> Span {
+    match source {
+        Source::Ref(e) => e.span,
+        Source::List(_, span) => *span,
+    }
+}
+
+/// The variable name of one slot: `skip[64]`, `x[1, 2]` (two indices are a list).
+pub(super) fn slot_key(name: &str, index: &Value) -> String {
+    match index {
+        Value::List(items) if items.len() >= 2 => {
+            let parts: Vec<String> = items.iter().map(Value::to_string).collect();
+            format!("{name}[{}]", parts.join(", "))
+        }
+        other => format!("{name}[{other}]"),
     }
 }
 

@@ -476,7 +476,7 @@ impl<'s> Expander<'_> {
 }
 
 /// Keras's cropping argument value for a centred crop.
-fn crop_arg(h: i64, w: i64, th: i64, tw: i64) -> Value {
+pub(super) fn crop_arg(h: i64, w: i64, th: i64, tw: i64) -> Value {
     let (dh, dw) = (h - th, w - tw);
     let (t, l) = (dh / 2, dw / 2);
     let (b, r) = (dh - t, dw - l);

@@ -158,13 +158,9 @@ fn check_expr_depth(file: FileId, p: &Pair<Rule>, offset: usize) -> Result<usize
     let mut deepest = 0;
     for child in p.clone().into_inner() {
         match child.as_rule() {
-            Rule::add
-            | Rule::sub
-            | Rule::mul
-            | Rule::div
-            | Rule::floordiv
-            | Rule::rem
-            | Rule::unary => own += 1,
+            rule if binop_of(rule).is_some() || matches!(rule, Rule::unary | Rule::not_op) => {
+                own += 1
+            }
             _ => {
                 if p.as_rule() == Rule::indexed {
                     own += 1;
@@ -236,7 +232,12 @@ fn syntax_error(
         Span::new(file, offset + start, offset + end),
         "not understood here",
     );
-    if expected.iter().all(|e| *e == "an operator") {
+    if found.starts_with("->") {
+        d = d.help(
+            "a chain starts from a layer call, a variable or a list of tensors: store a computed \
+             value first (`parts = skips + [x]`, then `parts -> concatenate()`)",
+        );
+    } else if expected.iter().all(|e| *e == "an operator") {
         d = d.help("is a `)`, `]`, `}` or `,` missing before this?");
     }
     d.help("see the DSL reference in README.md (section `The DSL`)")
@@ -245,7 +246,7 @@ fn syntax_error(
 fn rule_name(rule: Rule) -> Option<&'static str> {
     Some(match rule {
         Rule::model => "`model { ... }`",
-        Rule::stmt | Rule::chain_stmt | Rule::body => "a statement",
+        Rule::stmt | Rule::chain_stmt | Rule::assign_stmt | Rule::body => "a statement",
         Rule::call => "a layer call like `conv2d(64)`",
         Rule::source | Rule::chain => "a layer call or a reference",
         Rule::expr | Rule::atom | Rule::primary => "a value",
@@ -256,7 +257,23 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::args | Rule::arg => "an argument",
         Rule::params => "a parameter name",
         Rule::EOI => "end of file",
-        Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::floordiv | Rule::rem => "an operator",
+        Rule::add
+        | Rule::sub
+        | Rule::mul
+        | Rule::div
+        | Rule::floordiv
+        | Rule::rem
+        | Rule::eq
+        | Rule::ne
+        | Rule::lt
+        | Rule::le
+        | Rule::gt
+        | Rule::ge
+        | Rule::and_op
+        | Rule::or_op => "an operator",
+        Rule::if_stmt => "`if`",
+        Rule::else_clause | Rule::else_if => "`else`",
+        Rule::index => "an index",
         _ => return None,
     })
 }
@@ -364,6 +381,7 @@ impl Builder {
                     span,
                 }
             }
+            Rule::if_stmt => self.if_stmt(inner),
             Rule::input_stmt => {
                 // `input 572x572x1` is sugar for the call `input(shape: 572x572x1)`.
                 let callee = Ident {
@@ -402,13 +420,20 @@ impl Builder {
                 sources: inner.into_inner().map(|s| self.source(s)).collect(),
                 span,
             },
-            Rule::chain_stmt => {
+            Rule::chain_stmt | Rule::assign_stmt => {
                 let mut target = None;
                 let mut chain = None;
                 for part in inner.into_inner() {
                     match part.as_rule() {
                         Rule::target => target = Some(self.target(part)),
                         Rule::chain => chain = Some(self.chain(part)),
+                        Rule::expr => {
+                            return Stmt::Let {
+                                target: target.expect("an assignment has a target"),
+                                value: self.expr(part),
+                                span,
+                            };
+                        }
                         _ => {}
                     }
                 }
@@ -422,12 +447,63 @@ impl Builder {
         }
     }
 
+    fn if_stmt(&self, p: Pair<Rule>) -> Stmt {
+        let span = self.span(&p);
+        let mut branches = Vec::new();
+        let mut otherwise = Vec::new();
+        let mut parts = p.into_inner();
+        while let Some(part) = parts.next() {
+            match part.as_rule() {
+                // The `if` itself: its condition, then its body.
+                Rule::expr => {
+                    let cond = self.expr(part);
+                    let body = self.body(parts.next().expect("if body"));
+                    branches.push(Branch { cond, body });
+                }
+                Rule::else_if => {
+                    let mut inner = part.into_inner();
+                    let cond = self.expr(inner.next().expect("else if condition"));
+                    let body = self.body(inner.next().expect("else if body"));
+                    branches.push(Branch { cond, body });
+                }
+                _ => otherwise = self.body(part.into_inner().next().expect("else body")),
+            }
+        }
+        Stmt::If {
+            branches,
+            otherwise,
+            span,
+        }
+    }
+
     fn target(&self, p: Pair<Rule>) -> Target {
         let span = self.span(&p);
         let mut parts = p.into_inner();
         let name = self.ident(parts.next().expect("target name"));
-        let index = parts.next().map(|e| self.expr(e));
+        let index = parts.next().map(|i| self.index(i));
         Target { name, index, span }
+    }
+
+    /// `name`, `name[i]`, `name[i][j]`, `name[i, j]`.
+    fn indexed(&self, p: Pair<Rule>) -> Expr {
+        let mut parts = p.into_inner();
+        let id = parts.next().expect("name");
+        let mut e = Expr::new(ExprKind::Name(id.as_str().to_string()), self.span(&id));
+        for index in parts {
+            let s = e.span.to(self.span(&index));
+            e = Expr::new(ExprKind::Index(Box::new(e), Box::new(self.index(index))), s);
+        }
+        e
+    }
+
+    /// The inside of `[i]`, or of `[i, j]` as the tuple `(i, j)`.
+    fn index(&self, p: Pair<Rule>) -> Expr {
+        let span = self.span(&p);
+        let mut items: Vec<Expr> = p.into_inner().map(|e| self.expr(e)).collect();
+        if items.len() == 1 {
+            return items.pop().expect("one index");
+        }
+        Expr::new(ExprKind::Tuple(items), span)
     }
 
     fn chain(&self, p: Pair<Rule>) -> Chain {
@@ -475,19 +551,7 @@ impl Builder {
             Rule::list_source => {
                 Source::List(p.into_inner().map(|c| self.chain(c)).collect(), span)
             }
-            Rule::reference => {
-                let mut parts = p.into_inner();
-                let id = parts.next().expect("reference name");
-                let base = Expr::new(ExprKind::Name(id.as_str().to_string()), self.span(&id));
-                let expr = match parts.next() {
-                    Some(index) => Expr::new(
-                        ExprKind::Index(Box::new(base), Box::new(self.expr(index))),
-                        span,
-                    ),
-                    None => base,
-                };
-                Source::Ref(expr)
-            }
+            Rule::reference => Source::Ref(self.indexed(p)),
             r => unreachable!("unexpected source rule {r:?}"),
         }
     }
@@ -525,33 +589,22 @@ impl Builder {
     }
 
     fn expr(&self, p: Pair<Rule>) -> Expr {
-        // Precedence: unary minus binds tightest, then * / // %, then + -.
-        let mut operands: Vec<Expr> = Vec::new();
-        let mut ops: Vec<BinOp> = Vec::new();
-        let mut negations = 0usize;
+        // The grammar gives a flat run of prefixes, operands and operators; precedence is
+        // applied here (see `BinOp::precedence`).
+        let mut tokens: Vec<Token> = Vec::new();
         for part in p.into_inner() {
-            match part.as_rule() {
-                Rule::unary => negations += 1,
-                Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::floordiv | Rule::rem => ops
-                    .push(match part.as_rule() {
-                        Rule::add => BinOp::Add,
-                        Rule::sub => BinOp::Sub,
-                        Rule::mul => BinOp::Mul,
-                        Rule::div => BinOp::Div,
-                        Rule::floordiv => BinOp::FloorDiv,
-                        _ => BinOp::Mod,
-                    }),
-                _ => {
-                    let mut e = self.primary(part);
-                    for _ in 0..std::mem::take(&mut negations) {
-                        let span = e.span;
-                        e = Expr::new(ExprKind::Neg(Box::new(e)), span);
-                    }
-                    operands.push(e);
-                }
-            }
+            let token = match part.as_rule() {
+                Rule::unary => Token::Neg,
+                Rule::not_op => Token::Not(self.span(&part)),
+                rule => match binop_of(rule) {
+                    Some(op) => Token::Op(op),
+                    None => Token::Operand(self.primary(part)),
+                },
+            };
+            tokens.push(token);
         }
-        fold_binary(operands, ops)
+        let mut tokens = tokens.into_iter().peekable();
+        climb(&mut tokens, 0)
     }
 
     fn primary(&self, p: Pair<Rule>) -> Expr {
@@ -597,17 +650,7 @@ impl Builder {
                     inclusive,
                 }
             }
-            Rule::indexed => {
-                let mut parts = p.into_inner();
-                let id = parts.next().expect("name");
-                let mut e = Expr::new(ExprKind::Name(id.as_str().to_string()), self.span(&id));
-                for index in parts {
-                    let end = self.span(&index).end as usize + 1;
-                    let s = Span::new(self.file, e.span.start as usize, end);
-                    e = Expr::new(ExprKind::Index(Box::new(e), Box::new(self.expr(index))), s);
-                }
-                return e;
-            }
+            Rule::indexed => return self.indexed(p),
             Rule::expr => return self.expr(p),
             r => unreachable!("unexpected expression rule {r:?}"),
         };
@@ -663,32 +706,67 @@ fn unescape(s: &str) -> String {
     out
 }
 
-fn fold_binary(operands: Vec<Expr>, ops: Vec<BinOp>) -> Expr {
-    // Two-level precedence: first fold * / // %, then + -, both left to right.
-    let mut operands = operands.into_iter();
-    let mut terms: Vec<Expr> = vec![operands.next().expect("at least one operand")];
-    let mut additive: Vec<BinOp> = Vec::new();
-    for (op, rhs) in ops.into_iter().zip(operands) {
-        match op {
-            BinOp::Add | BinOp::Sub => {
-                additive.push(op);
-                terms.push(rhs);
-            }
-            _ => {
-                let lhs = terms.pop().expect("lhs");
-                let span = lhs.span.to(rhs.span);
-                terms.push(Expr::new(
-                    ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
-                    span,
-                ));
-            }
+/// One piece of an expression's flat run (see `Builder::expr`).
+enum Token {
+    Operand(Expr),
+    Op(BinOp),
+    Neg,
+    Not(Span),
+}
+
+fn binop_of(rule: Rule) -> Option<BinOp> {
+    Some(match rule {
+        Rule::add => BinOp::Add,
+        Rule::sub => BinOp::Sub,
+        Rule::mul => BinOp::Mul,
+        Rule::div => BinOp::Div,
+        Rule::floordiv => BinOp::FloorDiv,
+        Rule::rem => BinOp::Mod,
+        Rule::eq => BinOp::Eq,
+        Rule::ne => BinOp::Ne,
+        Rule::lt => BinOp::Lt,
+        Rule::le => BinOp::Le,
+        Rule::gt => BinOp::Gt,
+        Rule::ge => BinOp::Ge,
+        Rule::and_op => BinOp::And,
+        Rule::or_op => BinOp::Or,
+        _ => return None,
+    })
+}
+
+/// Precedence climbing over the tokens: operators binding tighter than `min` fold first, all
+/// left-associative. The recursion is as deep as the precedence levels plus the prefixes, which
+/// `check_expr_depth` bounds.
+fn climb(tokens: &mut std::iter::Peekable<std::vec::IntoIter<Token>>, min: u8) -> Expr {
+    let mut lhs = prefixed(tokens);
+    while let Some(Token::Op(op)) = tokens.peek() {
+        let op = *op;
+        if op.precedence() <= min {
+            break;
         }
+        tokens.next();
+        let rhs = climb(tokens, op.precedence());
+        let span = lhs.span.to(rhs.span);
+        lhs = Expr::new(ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span);
     }
-    let mut terms = terms.into_iter();
-    let mut acc = terms.next().expect("first term");
-    for (op, rhs) in additive.into_iter().zip(terms) {
-        let span = acc.span.to(rhs.span);
-        acc = Expr::new(ExprKind::Binary(op, Box::new(acc), Box::new(rhs)), span);
+    lhs
+}
+
+/// An operand with its prefixes: `-` binds tightest, `not` takes a whole comparison.
+fn prefixed(tokens: &mut std::iter::Peekable<std::vec::IntoIter<Token>>) -> Expr {
+    match tokens.next() {
+        Some(Token::Neg) => {
+            let inner = prefixed(tokens);
+            let span = inner.span;
+            Expr::new(ExprKind::Neg(Box::new(inner)), span)
+        }
+        Some(Token::Not(at)) => {
+            let inner = climb(tokens, NOT_PRECEDENCE);
+            let span = at.to(inner.span);
+            Expr::new(ExprKind::Not(Box::new(inner)), span)
+        }
+        Some(Token::Operand(e)) => e,
+        // The grammar puts an operand after every prefix and operator.
+        Some(Token::Op(_)) | None => unreachable!("an expression ends in an operand"),
     }
-    acc
 }

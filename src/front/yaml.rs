@@ -417,6 +417,40 @@ impl Cx<'_> {
                 span,
             });
         }
+        if let Some((key, cond)) = get("if") {
+            return self.if_item(entries, key, cond, span);
+        }
+        if let Some((key, value)) = get("value") {
+            // `- {value: 16, as: n}`: a value variable (the DSL's `n = 16`).
+            let value = self.expr(value);
+            let mut target = None;
+            for (k, v) in entries {
+                match k.key_str() {
+                    Some("value") => {}
+                    Some("as") => target = self.target(v),
+                    other => self.error(
+                        k.span(),
+                        format!("unknown key `{}` in a `value:` item", other.unwrap_or("?")),
+                        "expected value, as",
+                    ),
+                }
+            }
+            let Some(target) = target else {
+                if !entries.iter().any(|(k, _)| k.key_str() == Some("as")) {
+                    self.error(
+                        key.span(),
+                        "`value:` needs `as:` (the variable to store it in)".into(),
+                        "no `as:`",
+                    );
+                }
+                return None;
+            };
+            return Some(Stmt::Let {
+                target,
+                value,
+                span,
+            });
+        }
         if let Some((_, path)) = get("include") {
             let path = self.expr(path);
             let args = entries
@@ -484,6 +518,76 @@ impl Cx<'_> {
             }
         }
         Some(chain_stmt(target, source.flatten(), call, span))
+    }
+
+    /// `- if: <condition>` with `then:` and `else:` item lists. The condition is DSL text (a
+    /// leading `$` is allowed, as in any YAML expression); `else:` holding one `if:` item is
+    /// the DSL's `else if`.
+    fn if_item(
+        &mut self,
+        entries: &[(Node, Node)],
+        key: &Node,
+        cond: &Node,
+        span: Span,
+    ) -> Option<Stmt> {
+        let cond = match cond {
+            Node::Scalar { .. } => self.dsl_text(cond, dsl::parse_expr)?,
+            other => {
+                self.error(
+                    other.span(),
+                    format!(
+                        "`if:` takes a condition such as `level == depth - 1`, found {}",
+                        other.describe()
+                    ),
+                    "expected a condition",
+                );
+                return None;
+            }
+        };
+        let mut then = Vec::new();
+        let mut otherwise = Vec::new();
+        let mut has_then = false;
+        for (k, v) in entries {
+            match k.key_str() {
+                Some("if") => {}
+                Some("then") => {
+                    has_then = true;
+                    then = self.stmts(v);
+                }
+                Some("else") => otherwise = self.stmts(v),
+                other => self.error(
+                    k.span(),
+                    format!("unknown key `{}` in an `if:` item", other.unwrap_or("?")),
+                    "expected if, then, else",
+                ),
+            }
+        }
+        if !has_then {
+            self.error(
+                key.span(),
+                "`if:` needs `then:` (the items to run when the condition holds)".into(),
+                "no `then:`",
+            );
+            return None;
+        }
+        let mut branches = vec![Branch { cond, body: then }];
+        // `else:` holding only an `if:` item is `else if`: one flat chain, as the DSL's.
+        if let [Stmt::If { .. }] = otherwise.as_slice() {
+            if let Some(Stmt::If {
+                branches: more,
+                otherwise: rest,
+                ..
+            }) = otherwise.pop()
+            {
+                branches.extend(more);
+                otherwise = rest;
+            }
+        }
+        Some(Stmt::If {
+            branches,
+            otherwise,
+            span,
+        })
     }
 
     /// `conv2d: 64`, `conv2d: [64, 3, {strides: 2}]`, `conv2d: {filters: 64}`, `softmax:`.

@@ -484,7 +484,11 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             continue;
         };
         let mut tail = id;
-        if let Some(next) = only_consumer(tail) {
+        // A normalization folds into the weights only after a linear convolution:
+        // BN(relu(conv(x))) is not relu of any convolution (keras-unet's custom_unet has
+        // Conv2D(activation="relu") -> BatchNormalization).
+        let linear = conv.args.activation == ActivationFn::Linear;
+        if let (true, Some(next)) = (linear, only_consumer(tail)) {
             if let Some(bn) = foldable_norm(&graph.node(next).op) {
                 let rank = shapes[next.index()].len() as i64;
                 if bn.axis == -1 || bn.axis == rank {

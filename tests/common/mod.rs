@@ -99,8 +99,12 @@ pub fn canonical_graph(c: &Compiled) -> String {
 
 /// The `input` and `output` tensors of a golden fixture (`tests/golden/<stem>.io.safetensors`).
 pub fn golden_io(stem: &str) -> (unetc::exec::Tensor, unetc::exec::Tensor) {
-    let bytes =
-        std::fs::read(root().join(format!("tests/golden/{stem}.io.safetensors"))).expect("fixture");
+    io_tensors(&root().join(format!("tests/golden/{stem}.io.safetensors")))
+}
+
+/// The `input` and `output` tensors of a recorded `.io.safetensors` file.
+pub fn io_tensors(path: &Path) -> (unetc::exec::Tensor, unetc::exec::Tensor) {
+    let bytes = std::fs::read(path).expect("fixture");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors fixture");
     let get = |name: &str| {
         let view = st.tensor(name).expect(name);

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""U-Nets as the popular Keras packages build them, recorded from real tf.keras for
+tests/real_models.rs: each model's ``to_json()``, what ``model.summary()`` prints, and for the
+small ones its weights (tools/keras_to_safetensors.py) and ``model.predict`` on a seeded input.
+
+    pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 keras-unet-collection==0.1.13 \\
+        keras-unet==0.1.2 pillow matplotlib safetensors numpy
+    python tests/real_models/generate.py
+
+unetc must import every JSON (``unetc import``), print the same summary byte for byte
+(``check --style tf-keras``), and, where weights are stored, run within 1e-5 of Keras's output.
+Models whose layers unetc does not know yet are listed in SKIPPED with the reason.
+"""
+import io
+import json
+import os
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1] / "tools"))
+
+
+def models():
+    from keras_unet_collection import models as kuc
+    from keras_unet.models import custom_unet, satellite_unet, vanilla_unet
+
+    # (name, builder, store weights and outputs?)
+    return [
+        ("kuc_att_unet", lambda: kuc.att_unet_2d(
+            (32, 32, 3), [8, 16, 32], n_labels=2, stack_num_down=2, stack_num_up=2,
+            activation="ReLU", atten_activation="ReLU", attention="add",
+            output_activation="Sigmoid", batch_norm=True, pool=False, unpool=False), True),
+        ("kuc_unet", lambda: kuc.unet_2d((32, 32, 1), [8, 16, 32], n_labels=2), True),
+        ("kuc_unet_plus", lambda: kuc.unet_plus_2d((32, 32, 3), [8, 16, 32], n_labels=2), True),
+        ("kuc_r2_unet", lambda: kuc.r2_unet_2d((32, 32, 3), [8, 16, 32], n_labels=2), True),
+        ("kuc_unet_3plus", lambda: kuc.unet_3plus_2d(
+            (32, 32, 3), n_labels=2, filter_num_down=[8, 16, 32]), True),
+        ("ku_custom_unet", lambda: custom_unet(
+            (32, 32, 3), use_batch_norm=True, num_classes=1, filters=8, num_layers=3,
+            dropout=0.2, output_activation="sigmoid"), True),
+        ("ku_custom_unet_attention", lambda: custom_unet(
+            (32, 32, 3), use_attention=True, filters=8, num_layers=3), True),
+        # Large (1.3 M, 31 M parameters): the summary and the import only.
+        ("ku_satellite_unet", lambda: satellite_unet((32, 32, 3), num_layers=3), False),
+        ("ku_vanilla_unet", lambda: vanilla_unet((572, 572, 3)), False),
+    ]
+
+
+SKIPPED = {
+    "kuc_resunet_a": "uses Lambda and TFOpLambda (tf.expand_dims) layers and DepthwiseConv2D",
+}
+
+
+def main() -> int:
+    import numpy as np
+    import tensorflow as tf
+    from safetensors.numpy import save_file
+    from keras_to_safetensors import save_unetc_weights
+
+    manifest = {}
+    for name, build, store in models():
+        tf.keras.backend.clear_session()
+        tf.keras.utils.set_random_seed(1234)
+        model = build()
+        # Moving statistics away from 0 and 1, so BatchNormalization does something.
+        for layer in model.layers:
+            if isinstance(layer, tf.keras.layers.BatchNormalization):
+                gamma, beta, mean, var = layer.get_weights()
+                rng = np.random.default_rng(len(layer.name))
+                layer.set_weights([gamma, beta, rng.normal(0, 0.2, mean.shape).astype("float32"),
+                                   rng.uniform(0.5, 1.5, var.shape).astype("float32")])
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            model.summary()
+        (HERE / f"{name}.summary.txt").write_text(buf.getvalue())
+        (HERE / f"{name}.json").write_text(model.to_json() + "\n")
+        entry = {"params": int(model.count_params()),
+                 "layers": sorted({type(l).__name__ for l in model.layers})}
+        if store:
+            save_unetc_weights(model, HERE / f"{name}.weights.safetensors")
+            shape = tuple(int(d) for d in model.input_shape[1:])
+            x = np.random.default_rng(7).random((2, *shape), dtype=np.float32)
+            y = np.asarray(model.predict(x, verbose=0), dtype=np.float32)
+            save_file({"input": x, "output": y}, str(HERE / f"{name}.io.safetensors"))
+        manifest[name] = entry
+        print(name, entry["params"], entry["layers"], flush=True)
+    import keras_unet
+    import keras_unet_collection
+    versions = {"tensorflow": tf.__version__, "tf_keras": __import__("tf_keras").__version__,
+                "keras_unet": getattr(keras_unet, "__version__", "0.1.2"),
+                "keras_unet_collection": "0.1.13"}
+    (HERE / "manifest.json").write_text(json.dumps(
+        {"versions": versions, "models": manifest, "skipped": SKIPPED}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

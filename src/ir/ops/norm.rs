@@ -407,10 +407,9 @@ impl LayerKind for LayerNormalization {
             return Err(ShapeError::new(
                 "E-axis",
                 format!(
-                    "unetc normalises a trailing run of axes after the batch (-1, [{}, {}], [1, ..., {}]), not {:?}",
+                    "unetc normalises a trailing run of axes after the batch (-1, [{}, {rank}], {:?}), not {:?}",
                     rank.saturating_sub(1),
-                    rank,
-                    rank,
+                    (1..=rank).collect::<Vec<_>>(),
                     self.axis
                 ),
                 "unsupported axis",

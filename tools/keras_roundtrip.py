@@ -32,6 +32,8 @@ SPECS = [
     # Issue 12's first new kinds (merges, LeakyReLU/ELU/PReLU, average and global max pooling,
     # the noise layers), from the golden fixture that tf.keras also ran.
     "tests/golden/edge_merges.unet",
+    # GroupNormalization and LayerNormalization, from their golden fixture.
+    "tests/golden/edge_norms.unet",
 ]
 
 

@@ -75,6 +75,8 @@ WITH_WEIGHTS = {
     "Dense": ("kernel", "bias"),
     "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
     "PReLU": ("alpha",),
+    "GroupNormalization": ("gamma", "beta"),
+    "LayerNormalization": ("gamma", "beta"),
 }
 
 # Activation names unetc accepts (src/ir/ops/activation.rs).
@@ -101,7 +103,8 @@ def _check_config(layer, cls: str) -> None:
     if cfg.get("data_format", "channels_last") not in (None, "channels_last"):
         raise UnsupportedModel(f"{where} uses data_format={cfg['data_format']!r}; unetc is NHWC "
                                "(channels_last) only")
-    if cfg.get("groups", 1) != 1:
+    # GroupNormalization's `groups` is its own argument; a convolution's means grouped weights.
+    if cls != "GroupNormalization" and cfg.get("groups", 1) != 1:
         raise UnsupportedModel(f"{where} has groups={cfg['groups']}; unetc has no grouped "
                                "convolutions")
     if "activation" in cfg:
@@ -117,6 +120,11 @@ def _check_config(layer, cls: str) -> None:
         if axis not in (-1, 3):
             raise UnsupportedModel(f"{where} normalizes axis {axis!r}; unetc only normalizes the "
                                    "channel axis (-1 or 3)")
+    if cls == "LayerNormalization":
+        axes = sorted(a % 4 for a in (cfg["axis"] if isinstance(cfg["axis"], list) else [cfg["axis"]]))
+        if axes != list(range(4 - len(axes), 4)):
+            raise UnsupportedModel(f"{where} normalizes axes {cfg['axis']!r}; unetc normalizes a "
+                                   "trailing run of axes (-1, [2, 3], [1, 2, 3])")
     if cls == "UpSampling2D" and cfg.get("interpolation", "nearest") not in ("nearest", "bilinear"):
         raise UnsupportedModel(f"{where} uses interpolation={cfg['interpolation']!r}; unetc has "
                                "'nearest' and 'bilinear'")

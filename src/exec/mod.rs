@@ -46,9 +46,10 @@ pub fn bind_weights(
             .copied()
             .unwrap_or(1)
             .max(0) as usize;
-        let mut fetch = |var: &str, fallback: Option<f32>| -> Option<Vec<f32>> {
+        // `fallback`: the value and count to use where the kind has no such variable.
+        let mut fetch = |var: &str, fallback: Option<(f32, usize)>| -> Option<Vec<f32>> {
             let Some(spec) = specs.iter().find(|w| w.name == var) else {
-                return fallback.map(|v| vec![v; channels]);
+                return fallback.map(|(v, len)| vec![v; len]);
             };
             let name = format!("{}/{}", node.name, var);
             let want: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
@@ -77,15 +78,24 @@ pub fn bind_weights(
         };
         let tensors = match &node.op {
             Op::Conv2D(_) | Op::Conv2DTranspose(_) | Op::Dense(_) => {
-                vec![fetch("kernel", None), fetch("bias", Some(0.0))]
+                vec![fetch("kernel", None), fetch("bias", Some((0.0, channels)))]
             }
             Op::BatchNormalization(_) => vec![
-                fetch("gamma", Some(1.0)),
-                fetch("beta", Some(0.0)),
+                fetch("gamma", Some((1.0, channels))),
+                fetch("beta", Some((0.0, channels))),
                 fetch("moving_mean", None),
                 fetch("moving_variance", None),
             ],
             Op::PReLU(_) => vec![fetch("alpha", None)],
+            // Always `[gamma, beta]`: ones and zeros where `scale` / `center` are off.
+            Op::GroupNormalization(_) | Op::LayerNormalization(_) => {
+                let shape = info.layers[id.index()].shape.as_deref().unwrap_or(&[]);
+                let len = node.op.norm_layout(shape).map_or(0, |l| l.affine_len());
+                vec![
+                    fetch("gamma", Some((1.0, len))),
+                    fetch("beta", Some((0.0, len))),
+                ]
+            }
             // Layers without weights.
             Op::Input(_)
             | Op::MaxPooling2D(_)

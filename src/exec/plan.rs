@@ -217,7 +217,9 @@ fn reads_windows(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => false,
+        | Op::GaussianDropout(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_) => false,
     }
 }
 
@@ -254,7 +256,9 @@ fn writes_windows(op: &Op) -> bool {
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => false,
+        | Op::GaussianDropout(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_) => false,
     }
 }
 
@@ -303,7 +307,9 @@ pub fn reads_parts(op: &Op) -> bool {
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => false,
+        | Op::GaussianDropout(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_) => false,
     }
 }
 
@@ -340,7 +346,9 @@ fn fusion_head(op: &Op) -> Option<&Conv2D> {
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => None,
+        | Op::GaussianDropout(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_) => None,
     }
 }
 
@@ -376,7 +384,9 @@ fn foldable_norm(op: &Op) -> Option<&BatchNormalization> {
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => None,
+        | Op::GaussianDropout(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_) => None,
     }
 }
 
@@ -415,7 +425,9 @@ fn epilogue_activation(op: &Op, rank: usize) -> Option<ActivationFn> {
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => None,
+        | Op::GaussianDropout(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_) => None,
     }
 }
 
@@ -566,7 +578,9 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             | Op::GlobalMaxPooling2D(_)
             | Op::SpatialDropout2D(_)
             | Op::GaussianNoise(_)
-            | Op::GaussianDropout(_) => Kind::Owns,
+            | Op::GaussianDropout(_)
+            | Op::GroupNormalization(_)
+            | Op::LayerNormalization(_) => Kind::Owns,
         };
     }
     // A view whose value is read densely, or a part of a part list, must be built: resolve

@@ -20,7 +20,7 @@
 
 use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
-use crate::ir::ops::{ActivationFn, Interpolation, WindowGeometry};
+use crate::ir::ops::{ActivationFn, Interpolation, NormLayout, WindowGeometry};
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
 
@@ -974,6 +974,13 @@ impl Exporter<'_> {
                 let slope = self.init_f32(format!("{name}/alpha"), dims, data);
                 self.node(name, "PRelu", vec![x(), slope], out, vec![]);
             }
+            Op::GroupNormalization(_) | Op::LayerNormalization(_) => {
+                let layout = node
+                    .op
+                    .norm_layout(&in_shapes[0])
+                    .ok_or_else(|| format!("`{name}`: no normalization layout"))?;
+                self.normalization(id, &name, x(), out, &in_shapes[0], layout)?;
+            }
             Op::SpatialDropout2D(_) | Op::GaussianNoise(_) | Op::GaussianDropout(_) => {
                 self.node(name, "Identity", vec![x()], out, vec![])
             }
@@ -1035,6 +1042,156 @@ impl Exporter<'_> {
             );
             acc = value;
         }
+        Ok(())
+    }
+
+    /// GroupNormalization and LayerNormalization in the NCHW body, from Reshape, ReduceMean,
+    /// Sub, Mul, Add, Sqrt and Div: two-pass moments as TF computes them (onnxruntime's
+    /// LayerNormalization takes the variance as E[x^2] - E[x]^2, which loses digits when the
+    /// mean is large; opset 17 has no GroupNormalization). The value is viewed as
+    /// `[N, groups, group_size, H, W]` (channels outermost in NCHW); the statistics reduce the
+    /// group's channels and the normalised spatial axes.
+    fn normalization(
+        &mut self,
+        id: NodeId,
+        name: &str,
+        x: String,
+        out: String,
+        shape: &[i64],
+        layout: NormLayout,
+    ) -> Result<(), String> {
+        let (h, w, c) = match *shape {
+            [h, w, c] => (h, w, c),
+            [c] => (1, 1, c),
+            _ => {
+                return Err(format!(
+                    "`{name}`: ONNX export normalises images or vectors only, not {shape:?}"
+                ))
+            }
+        };
+        let (groups, group_size) = (layout.groups as i64, layout.group_size as i64);
+        // The spatial axes inside the statistics: both when one per item, W alone when one per
+        // row (LayerNormalization over [2, 3]), none when one per pixel.
+        let (norm_h, norm_w) = (
+            layout.outer == 1,
+            layout.outer == 1 || layout.outer as i64 == h,
+        );
+        let mut axes = vec![2];
+        axes.extend(norm_h.then_some(3));
+        axes.extend(norm_w.then_some(4));
+        // gamma and beta broadcast over [1, groups, group_size, Ha, Wa].
+        let per_position = layout.affine_per_position;
+        let ha = if per_position && norm_h { h } else { 1 };
+        let wa = if per_position && norm_w { w } else { 1 };
+        let affine_dims = vec![1, groups, group_size, ha, wa];
+        let mut affine = |var: &str, absent: f32| -> String {
+            let keras = self
+                .weight(id, var)
+                .unwrap_or_else(|| vec![absent; layout.affine_len()]);
+            let mut data = Vec::with_capacity((groups * group_size * ha * wa) as usize);
+            for k in 0..(groups * group_size) as usize {
+                for p in 0..(ha * wa) as usize {
+                    let position = if per_position {
+                        p * layout.groups * layout.group_size
+                    } else {
+                        0
+                    };
+                    data.push(keras.get(position + k).copied().unwrap_or(absent));
+                }
+            }
+            self.init_f32(format!("{name}/{var}"), affine_dims.clone(), data)
+        };
+        let gamma = affine("gamma", 1.0);
+        let beta = affine("beta", 0.0);
+        let grouped_shape = self.init_i64(
+            format!("{name}/grouped_shape"),
+            vec![0, groups, group_size, h, w],
+        );
+        let body_shape = if shape.len() == 3 {
+            vec![0, c, h, w]
+        } else {
+            vec![0, c]
+        };
+        let body_shape = self.init_i64(format!("{name}/body_shape"), body_shape);
+        let eps = self.scalar(format!("{name}/epsilon"), layout.epsilon);
+        let v = |step: &str| format!("{name}/{step}");
+        let reduce = || {
+            vec![
+                ("axes", Attr::Ints(axes.clone())),
+                ("keepdims", Attr::Int(1)),
+            ]
+        };
+        self.node(
+            v("grouped"),
+            "Reshape",
+            vec![x, grouped_shape],
+            v("grouped"),
+            vec![],
+        );
+        self.node(
+            v("mean"),
+            "ReduceMean",
+            vec![v("grouped")],
+            v("mean"),
+            reduce(),
+        );
+        self.node(
+            v("centered"),
+            "Sub",
+            vec![v("grouped"), v("mean")],
+            v("centered"),
+            vec![],
+        );
+        self.node(
+            v("squared"),
+            "Mul",
+            vec![v("centered"), v("centered")],
+            v("squared"),
+            vec![],
+        );
+        self.node(
+            v("variance"),
+            "ReduceMean",
+            vec![v("squared")],
+            v("variance"),
+            reduce(),
+        );
+        self.node(
+            v("shifted"),
+            "Add",
+            vec![v("variance"), eps],
+            v("shifted"),
+            vec![],
+        );
+        self.node(v("std"), "Sqrt", vec![v("shifted")], v("std"), vec![]);
+        self.node(
+            v("normalized"),
+            "Div",
+            vec![v("centered"), v("std")],
+            v("normalized"),
+            vec![],
+        );
+        self.node(
+            v("scaled"),
+            "Mul",
+            vec![v("normalized"), gamma],
+            v("scaled"),
+            vec![],
+        );
+        self.node(
+            v("shifted_out"),
+            "Add",
+            vec![v("scaled"), beta],
+            v("shifted_out"),
+            vec![],
+        );
+        self.node(
+            name.to_string(),
+            "Reshape",
+            vec![v("shifted_out"), body_shape],
+            out,
+            vec![],
+        );
         Ok(())
     }
 

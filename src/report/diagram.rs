@@ -74,6 +74,8 @@ fn folds(op: &Op) -> bool {
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_)
         | Op::Cropping2D(_)
         | Op::ZeroPadding2D(_) => true,
         Op::Input(_)
@@ -155,7 +157,9 @@ fn level_step(op: &Op) -> i64 {
         | Op::PReLU(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => 0,
+        | Op::GaussianDropout(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_) => 0,
     }
 }
 
@@ -193,7 +197,9 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         | Op::PReLU(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => Edge::Other,
+        | Op::GaussianDropout(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_) => Edge::Other,
     }
 }
 

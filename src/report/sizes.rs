@@ -501,6 +501,12 @@ pub fn receptive_field(c: &Compiled) -> usize {
                     | Op::Dense(_)
                     | Op::GlobalAveragePooling2D(_)
                     | Op::GlobalMaxPooling2D(_) => (0, n - 1),
+                    // Statistics over the height: every row of the output depends on every
+                    // row of the input.
+                    Op::GroupNormalization(_) => (0, n - 1),
+                    Op::LayerNormalization(op) if op.positive_axes(3).contains(&1) => (0, n - 1),
+                    // Per row or per pixel otherwise.
+                    Op::LayerNormalization(_) => (a, b),
                     // Merges broadcast an input of height 1 over every row.
                     Op::Multiply(_)
                     | Op::Subtract(_)

@@ -595,6 +595,37 @@ def edge_merges():
     return tf.keras.Model(inp, y)
 
 
+def edge_norms():
+    """The normalizations nnU-Net/MONAI-style U-Nets use, on a signed 6x5 map with a non-zero
+    mean (a linear 1x1 conv of the [0, 1) input) and on the input itself (mean 0.5):
+    GroupNormalization with 1 group, 2 groups, as many groups as channels (InstanceNorm), the
+    default 32 groups (on 32 channels), without center and scale and with epsilon 0.1, without
+    center; LayerNormalization over the channels (default -1), over [1, 2, 3] (the whole item),
+    over [2, 3] without scale and with epsilon 1e-5, with epsilon 0.5 without center; a
+    conv-norm-relu block (as nnU-Net's). Flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 4))
+    x = L.Conv2D(8, 1)(inp)
+    wide = L.Conv2D(32, 1)(inp)
+    branches = [
+        L.GroupNormalization(groups=1)(x),
+        L.GroupNormalization(groups=2)(x),
+        L.GroupNormalization(groups=8)(x),
+        L.GroupNormalization()(wide),
+        L.GroupNormalization(groups=4, center=False, scale=False, epsilon=0.1)(x),
+        L.GroupNormalization(groups=2, center=False)(inp),
+        L.LayerNormalization()(x),
+        L.LayerNormalization(axis=[1, 2, 3])(x),
+        L.LayerNormalization(axis=[2, 3], scale=False, epsilon=1e-5)(x),
+        L.LayerNormalization(epsilon=0.5, center=False)(inp),
+        L.Activation("relu")(L.GroupNormalization(groups=4)(L.Conv2D(8, 3, padding="same")(x))),
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    y = L.Concatenate()(flat)
+    return tf.keras.Model(inp, y)
+
+
 def original_full():
     """Seed 000 at full width (31,030,658 parameters), as in specs/original.unet, at its smallest
     valid input 188x188x1 (crops 4/16/40/88 as at 572), output 4x4x2."""
@@ -626,7 +657,7 @@ def original_full_at(size: int):
 
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
-         edge_merges]
+         edge_merges, edge_norms]
 FULL = [original_full]
 
 # ---------------------------------------------------------------------------------------------

@@ -387,6 +387,7 @@ const Kernel kernels[] = {
     BOTH(merge),
     BOTH(elu_layer),
     BOTH(prelu),
+    BOTH(group_norm),
     BLOCKWISE(conv_igemm_bf16, 256, 0),
     BLOCKWISE(conv_igemm_bf16_small, 256, 0),
     BLOCKWISE(conv_igemm_tf32, 256, 0),

@@ -8,8 +8,8 @@
 use super::gemm::{matmul, matmul_serial};
 use crate::ir::ops::{
     Activation, ActivationFn, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
-    Conv2DTranspose, Cropping2D, Interpolation, MaxPooling2D, MergeFn, ReLU, Softmax, UpSampling2D,
-    WindowGeometry, ZeroPadding2D,
+    Conv2DTranspose, Cropping2D, Interpolation, MaxPooling2D, MergeFn, NormLayout, ReLU, Softmax,
+    UpSampling2D, WindowGeometry, ZeroPadding2D,
 };
 use rayon::prelude::*;
 
@@ -877,4 +877,48 @@ pub fn global_average_pool(x: &[f32], [h, w, c]: [usize; 3], out: &mut [f32], ba
         let scale = 1.0 / (h * w) as f32;
         dst.iter_mut().for_each(|d| *d *= scale);
     }
+}
+
+/// GroupNormalization and LayerNormalization: per statistic group of `layout` (items back to
+/// back in `x`), the mean and then the mean of squared differences, in f32 as `tf.nn.moments`
+/// computes them; then TF's `batch_normalization`: `x * inv + (beta - mean * inv)` with
+/// `inv = gamma / sqrt(var + epsilon)`.
+pub fn normalize(layout: NormLayout, gamma: &[f32], beta: &[f32], x: &[f32], out: &mut [f32]) {
+    let NormLayout {
+        span,
+        groups,
+        group_size,
+        affine_per_position,
+        epsilon,
+        ..
+    } = layout;
+    let chunk = span * groups * group_size;
+    let count = (span * group_size) as f32;
+    // Offset of value (position, group, j) in a chunk, and of its gamma/beta.
+    let at = |p: usize, g: usize, j: usize| (p * groups + g) * group_size + j;
+    let affine_at = |p: usize, g: usize, j: usize| {
+        let p = if affine_per_position { p } else { 0 };
+        at(p, g, j)
+    };
+    out.par_chunks_mut(chunk.max(1))
+        .zip(x.par_chunks(chunk.max(1)))
+        .for_each(|(o, xs)| {
+            for g in 0..groups {
+                let values = || (0..span).flat_map(move |p| (0..group_size).map(move |j| (p, j)));
+                let mean = values().map(|(p, j)| xs[at(p, g, j)]).sum::<f32>() / count;
+                let var = values()
+                    .map(|(p, j)| {
+                        let d = xs[at(p, g, j)] - mean;
+                        d * d
+                    })
+                    .sum::<f32>()
+                    / count;
+                let inv = 1.0 / (var + epsilon).sqrt();
+                for (p, j) in values() {
+                    let scale = inv * gamma[affine_at(p, g, j)];
+                    o[at(p, g, j)] =
+                        xs[at(p, g, j)] * scale + (beta[affine_at(p, g, j)] - mean * scale);
+                }
+            }
+        });
 }

@@ -70,6 +70,11 @@ enum Prepared {
     PRelu {
         alpha: Vec<f32>,
     },
+    /// GroupNormalization, LayerNormalization: gamma and beta (ones and zeros if absent).
+    Affine {
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+    },
 }
 
 /// A model ready to run on the CPU.
@@ -143,6 +148,10 @@ impl<'g> CpuModel<'g> {
                 },
                 Op::PReLU(_) => Prepared::PRelu {
                     alpha: w.pop().unwrap_or_default(),
+                },
+                Op::GroupNormalization(_) | Op::LayerNormalization(_) => Prepared::Affine {
+                    beta: w.pop().unwrap_or_default(),
+                    gamma: w.pop().unwrap_or_default(),
                 },
                 // Layers without weights (bind_weights binds none for them).
                 Op::Input(_)
@@ -552,6 +561,16 @@ impl<'g> CpuModel<'g> {
                     op.alpha_shape(&shape).iter().map(|&d| d as usize).collect();
                 kernels::prelu(alpha, &alpha_shape, ins[0], &in_shapes[0], out)
             }
+            (
+                Op::GroupNormalization(_) | Op::LayerNormalization(_),
+                Prepared::Affine { gamma, beta },
+            ) => {
+                let shape: Vec<i64> = in_shapes[0].iter().map(|&d| d as i64).collect();
+                match node.op.norm_layout(&shape) {
+                    Some(layout) => kernels::normalize(layout, gamma, beta, ins[0], out),
+                    None => out.fill(f32::NAN),
+                }
+            }
             (Op::Activation(op), _) => kernels::activation_layer(op, ins[0], out, channels),
             (Op::ReLU(op), _) => kernels::relu_layer(op, ins[0], out),
             (Op::Softmax(op), _) => {
@@ -576,7 +595,12 @@ impl<'g> CpuModel<'g> {
             }
             // Weights were checked in `new`; a layer without them cannot be reached here.
             (
-                Op::Conv2DTranspose(_) | Op::BatchNormalization(_) | Op::Dense(_) | Op::PReLU(_),
+                Op::Conv2DTranspose(_)
+                | Op::BatchNormalization(_)
+                | Op::Dense(_)
+                | Op::PReLU(_)
+                | Op::GroupNormalization(_)
+                | Op::LayerNormalization(_),
                 _,
             ) => out.fill(f32::NAN),
         }

@@ -58,6 +58,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "merge",
     "elu_layer",
     "prelu",
+    "group_norm",
     "conv_small_c",
     "splitk_reduce",
 ];
@@ -747,7 +748,7 @@ impl<'g> CudaModel<'g> {
                 let (packed, k_padded) = pack_transpose_weights(&host[0], c);
                 (packed, c, k_padded, 1)
             }
-            // Their own kernels (Dense, BatchNormalization) or no weights at all.
+            // Their own kernels (Dense, the normalizations) or no weights at all.
             Op::Input(_)
             | Op::MaxPooling2D(_)
             | Op::UpSampling2D(_)
@@ -775,7 +776,9 @@ impl<'g> CudaModel<'g> {
             | Op::GlobalMaxPooling2D(_)
             | Op::SpatialDropout2D(_)
             | Op::GaussianNoise(_)
-            | Op::GaussianDropout(_) => return Ok(None),
+            | Op::GaussianDropout(_)
+            | Op::GroupNormalization(_)
+            | Op::LayerNormalization(_) => return Ok(None),
         };
         let packed = match self.precision {
             Precision::Bf16 => {
@@ -1835,6 +1838,35 @@ impl<'g> CudaModel<'g> {
                         .launch(grid(n_out))
                         .map_err(driver)?;
                 }
+            }
+            Op::GroupNormalization(_) | Op::LayerNormalization(_) => {
+                let shape: Vec<i64> = in_shapes[0].iter().map(|&d| d as i64).collect();
+                let layout = node.op.norm_layout(&shape).ok_or_else(|| {
+                    CudaError::Model(format!("`{}`: no normalization layout", node.name))
+                })?;
+                let w = self.weights_of(id)?;
+                let x = x_view(0)?;
+                let ints = [
+                    i(layout.outer),
+                    i(layout.span),
+                    i(layout.groups),
+                    i(layout.group_size),
+                    i32::from(layout.affine_per_position),
+                ];
+                let mut b = stream.launch_builder(self.function::<T>("group_norm"));
+                b.arg(&mut *arena)
+                    .arg(&x)
+                    .arg(&y)
+                    .arg(&w.tensors[0])
+                    .arg(&w.tensors[1]);
+                for v in &ints {
+                    b.arg(v);
+                }
+                b.arg(&layout.epsilon).arg(&nb);
+                unsafe {
+                    b.launch(grid(batch * layout.outer * layout.groups))
+                        .map_err(driver)?
+                };
             }
             Op::Activation(op) => {
                 let softmax = op.activation == ActivationFn::Softmax;

@@ -24,7 +24,7 @@ pub use dense::{Dense, Flatten};
 pub use input::Input;
 pub use keywords::{ActivationFn, Interpolation, Keyword, Padding};
 pub use merge::{Add, Average, Concatenate, Maximum, MergeFn, Minimum, Multiply, Subtract};
-pub use norm::BatchNormalization;
+pub use norm::{BatchNormalization, GroupNormalization, LayerNormalization, NormLayout};
 pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D};
 pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
 
@@ -229,6 +229,50 @@ ops! {
     SpatialDropout2D: "spatial_dropout2d",
     GaussianNoise: "gaussian_noise",
     GaussianDropout: "gaussian_dropout",
+    GroupNormalization: "group_normalization",
+    LayerNormalization: "layer_normalization",
+}
+
+impl Op {
+    /// The statistics layout of a normalization computed from its input (GroupNormalization,
+    /// LayerNormalization) for an input of `shape`; `None` for every other kind, BatchNormalization
+    /// included (its statistics are weights).
+    pub fn norm_layout(&self, shape: &[i64]) -> Option<NormLayout> {
+        match self {
+            Op::GroupNormalization(op) => Some(op.layout(shape)),
+            Op::LayerNormalization(op) => Some(op.layout(shape)),
+            Op::Input(_)
+            | Op::Conv2D(_)
+            | Op::Conv2DTranspose(_)
+            | Op::MaxPooling2D(_)
+            | Op::UpSampling2D(_)
+            | Op::Cropping2D(_)
+            | Op::ZeroPadding2D(_)
+            | Op::Concatenate(_)
+            | Op::Add(_)
+            | Op::BatchNormalization(_)
+            | Op::Activation(_)
+            | Op::ReLU(_)
+            | Op::Softmax(_)
+            | Op::Dropout(_)
+            | Op::Flatten(_)
+            | Op::Dense(_)
+            | Op::GlobalAveragePooling2D(_)
+            | Op::Multiply(_)
+            | Op::Subtract(_)
+            | Op::Average(_)
+            | Op::Maximum(_)
+            | Op::Minimum(_)
+            | Op::LeakyReLU(_)
+            | Op::ELU(_)
+            | Op::PReLU(_)
+            | Op::AveragePooling2D(_)
+            | Op::GlobalMaxPooling2D(_)
+            | Op::SpatialDropout2D(_)
+            | Op::GaussianNoise(_)
+            | Op::GaussianDropout(_) => None,
+        }
+    }
 }
 
 /// Requires a rank-3 (H, W, C) input, as every 2-D layer does.

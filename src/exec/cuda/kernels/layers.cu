@@ -239,3 +239,52 @@ __device__ void prelu(T* arena, View x, View y, const float* alpha, int AH, int 
 }
 INSTANTIATE(prelu, (void* arena, View x, View y, const float* alpha, int AH, int AW, int AC, int N),
             (, x, y, alpha, AH, AW, AC, N))
+
+// Element `e` of item n of a view, counting row-major over (h, w, c).
+__device__ __forceinline__ i64 item_at(const View& v, int n, i64 e) {
+    int c = (int)(e % v.c);
+    i64 pixel = e / v.c;
+    return view_at(v, n, (int)(pixel / v.w), (int)(pixel % v.w), c);
+}
+
+// GroupNormalization and LayerNormalization. The item, row-major over (h, w, c), is
+// [outer, span, groups, group_size]; one thread per (item, outer, group) computes the mean and
+// then the mean of squared differences (tf.nn.moments, in f32) over span x group_size values,
+// and normalises them as TF's batch_normalization: x * inv + (beta - mean * inv) with
+// inv = gamma / sqrt(var + eps). gamma and beta are indexed by g * group_size + j, plus
+// p * groups * group_size where they vary along the span (per_position).
+template <typename T>
+__device__ void group_norm(T* arena, View x, View y, const float* gamma, const float* beta,
+                           int outer, int span, int groups, int group_size, int per_position,
+                           float eps, int N) {
+    FOR_EACH_INDEX((i64)N * outer * groups)
+    int g = (int)(idx % groups);
+    int a = (int)((idx / groups) % outer);
+    int n = (int)(idx / ((i64)groups * outer));
+    i64 base = (i64)a * span * groups * group_size;
+    float count = (float)span * (float)group_size;
+    float sum = 0.0f;
+    for (int p = 0; p < span; ++p)
+        for (int j = 0; j < group_size; ++j)
+            sum += load_elem(arena + item_at(x, n, base + ((i64)p * groups + g) * group_size + j));
+    float mean = sum / count;
+    float sq = 0.0f;
+    for (int p = 0; p < span; ++p)
+        for (int j = 0; j < group_size; ++j) {
+            float d = load_elem(arena + item_at(x, n, base + ((i64)p * groups + g) * group_size + j)) - mean;
+            sq += d * d;
+        }
+    float inv = 1.0f / sqrtf(sq / count + eps);
+    for (int p = 0; p < span; ++p)
+        for (int j = 0; j < group_size; ++j) {
+            i64 e = ((i64)p * groups + g) * group_size + j;
+            i64 k = (per_position ? (i64)p * groups * group_size : 0) + (i64)g * group_size + j;
+            float scale = inv * gamma[k];
+            float v = load_elem(arena + item_at(x, n, base + e));
+            store_elem(arena + item_at(y, n, base + e), v * scale + (beta[k] - mean * scale));
+        }
+}
+INSTANTIATE(group_norm, (void* arena, View x, View y, const float* gamma, const float* beta,
+                         int outer, int span, int groups, int group_size, int per_position,
+                         float eps, int N),
+            (, x, y, gamma, beta, outer, span, groups, group_size, per_position, eps, N))

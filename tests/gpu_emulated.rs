@@ -204,6 +204,41 @@ fn command_line_on_the_emulated_gpu(
     Ok(())
 }
 
+/// The real package U-Nets with stored weights (tests/real_models), compiled from the spec
+/// `unetc import` makes of their Keras JSON: (name, compiled, weights, io).
+fn real_models() -> Vec<(
+    String,
+    unetc::Compiled,
+    std::path::PathBuf,
+    std::path::PathBuf,
+)> {
+    let dir = root().join("tests/real_models");
+    let mut stems: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".weights.safetensors").map(String::from)
+        })
+        .collect();
+    stems.sort();
+    stems
+        .into_iter()
+        .map(|stem| {
+            let json = std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap();
+            let spec = unetc::interop::keras::import_json(&json).unwrap();
+            let c = unetc::compile_source(
+                Path::new(&format!("{stem}.unet")),
+                spec,
+                &unetc::Options::default(),
+                &mut unetc::expand::Session::new(),
+            );
+            let weights = dir.join(format!("{stem}.weights.safetensors"));
+            let io = dir.join(format!("{stem}.io.safetensors"));
+            (stem, c, weights, io)
+        })
+        .collect()
+}
+
 /// The golden fixtures with stored weights, sorted.
 fn fixtures() -> Vec<String> {
     let mut stems: Vec<String> = std::fs::read_dir(root().join("tests/golden"))
@@ -236,13 +271,29 @@ fn child_runs_the_cuda_backend() {
     // Every problem is collected, so that one run reports them all.
     let mut failures = Vec::new();
     let mut graph_checked = false;
-    for stem in fixtures() {
-        let c = compile(&Path::new("tests/golden").join(format!("{stem}.unet")));
-        let weights_file = root().join(format!("tests/golden/{stem}.weights.safetensors"));
+    // The golden fixtures, then the real package U-Nets of tests/real_models (imported from
+    // their Keras JSON) that have stored weights.
+    let mut models: Vec<(
+        String,
+        unetc::Compiled,
+        std::path::PathBuf,
+        std::path::PathBuf,
+    )> = fixtures()
+        .into_iter()
+        .map(|stem| {
+            let c = compile(&Path::new("tests/golden").join(format!("{stem}.unet")));
+            let dir = root().join("tests/golden");
+            let weights = dir.join(format!("{stem}.weights.safetensors"));
+            let io = dir.join(format!("{stem}.io.safetensors"));
+            (stem, c, weights, io)
+        })
+        .collect();
+    models.extend(real_models());
+    for (stem, c, weights_file, io_file) in models {
         let weights =
             unetc::io::weights::load_weights(&weights_file, &unetc::runner::expected_weights(&c))
                 .unwrap();
-        let (input, want) = golden_io(&stem);
+        let (input, want) = io_tensors(&io_file);
         let cpu = CpuModel::new(&c.graph, &c.info, &weights)
             .unwrap()
             .run(&input)

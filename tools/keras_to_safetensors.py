@@ -75,6 +75,8 @@ WITH_WEIGHTS = {
     "Dense": ("kernel", "bias"),
     "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
     "PReLU": ("alpha",),
+    "DepthwiseConv2D": ("depthwise_kernel", "bias"),
+    "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel", "bias"),
 }
 
 # Activation names unetc accepts (src/ir/ops/activation.rs).
@@ -101,9 +103,10 @@ def _check_config(layer, cls: str) -> None:
     if cfg.get("data_format", "channels_last") not in (None, "channels_last"):
         raise UnsupportedModel(f"{where} uses data_format={cfg['data_format']!r}; unetc is NHWC "
                                "(channels_last) only")
-    if cfg.get("groups", 1) != 1:
-        raise UnsupportedModel(f"{where} has groups={cfg['groups']}; unetc has no grouped "
-                               "convolutions")
+    # unetc groups Conv2D only (the depthwise kinds report groups=1 in their configs).
+    if cls != "Conv2D" and cfg.get("groups", 1) != 1:
+        raise UnsupportedModel(f"{where} has groups={cfg['groups']}; unetc groups Conv2D "
+                               "only")
     if "activation" in cfg:
         act = _activation_name(cfg["activation"])
         if act not in ACTIVATIONS:

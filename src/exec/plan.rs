@@ -187,8 +187,9 @@ pub fn hwc(shape: &[usize]) -> [usize; 3] {
 /// NHWC with strides); the others need their inputs dense.
 fn reads_windows(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
     match &graph.node(id).op {
-        Op::Conv2D(_)
-        | Op::Conv2DTranspose(_)
+        // A grouped convolution's direct kernel reads its input dense.
+        Op::Conv2D(conv) => conv.groups == 1,
+        Op::Conv2DTranspose(_)
         | Op::MaxPooling2D(_)
         | Op::UpSampling2D(_)
         | Op::Cropping2D(_)
@@ -217,14 +218,16 @@ fn reads_windows(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => false,
+        | Op::GaussianDropout(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_) => false,
     }
 }
 
 /// Whether a layer's kernel can write its output into a window of a wider buffer.
 fn writes_windows(op: &Op) -> bool {
     match op {
-        Op::Conv2D(a) => a.args.activation != ActivationFn::Softmax,
+        Op::Conv2D(a) => a.groups == 1 && a.args.activation != ActivationFn::Softmax,
         Op::Conv2DTranspose(a) => a.args.activation != ActivationFn::Softmax,
         Op::Activation(a) => a.activation != ActivationFn::Softmax,
         Op::MaxPooling2D(_)
@@ -254,7 +257,9 @@ fn writes_windows(op: &Op) -> bool {
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => false,
+        | Op::GaussianDropout(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_) => false,
     }
 }
 
@@ -274,7 +279,7 @@ fn concat_on_channels(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
 /// convolutions take up to two parts; every other kernel needs one window).
 pub fn reads_parts(op: &Op) -> bool {
     match op {
-        Op::Conv2D(_) => true,
+        Op::Conv2D(conv) => conv.groups == 1,
         Op::Input(_)
         | Op::Conv2DTranspose(_)
         | Op::MaxPooling2D(_)
@@ -303,7 +308,9 @@ pub fn reads_parts(op: &Op) -> bool {
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => false,
+        | Op::GaussianDropout(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_) => false,
     }
 }
 
@@ -311,7 +318,8 @@ pub fn reads_parts(op: &Op) -> bool {
 /// layer into its epilogue: Conv2D, the one kernel on both backends with a fused epilogue.
 fn fusion_head(op: &Op) -> Option<&Conv2D> {
     match op {
-        Op::Conv2D(conv) => Some(conv),
+        // A grouped convolution runs its own direct kernel, without the fused epilogue.
+        Op::Conv2D(conv) => (conv.groups == 1).then_some(conv),
         Op::Input(_)
         | Op::Conv2DTranspose(_)
         | Op::MaxPooling2D(_)
@@ -340,7 +348,9 @@ fn fusion_head(op: &Op) -> Option<&Conv2D> {
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => None,
+        | Op::GaussianDropout(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_) => None,
     }
 }
 
@@ -376,7 +386,9 @@ fn foldable_norm(op: &Op) -> Option<&BatchNormalization> {
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => None,
+        | Op::GaussianDropout(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_) => None,
     }
 }
 
@@ -415,7 +427,9 @@ fn epilogue_activation(op: &Op, rank: usize) -> Option<ActivationFn> {
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => None,
+        | Op::GaussianDropout(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_) => None,
     }
 }
 
@@ -562,7 +576,9 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             | Op::GlobalMaxPooling2D(_)
             | Op::SpatialDropout2D(_)
             | Op::GaussianNoise(_)
-            | Op::GaussianDropout(_) => Kind::Owns,
+            | Op::GaussianDropout(_)
+            | Op::DepthwiseConv2D(_)
+            | Op::SeparableConv2D(_) => Kind::Owns,
         };
     }
     // A view whose value is read densely, or a part of a part list, must be built: resolve

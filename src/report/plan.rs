@@ -191,7 +191,9 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                     | Op::GlobalMaxPooling2D(_)
                     | Op::SpatialDropout2D(_)
                     | Op::GaussianNoise(_)
-                    | Op::GaussianDropout(_),
+                    | Op::GaussianDropout(_)
+                    | Op::DepthwiseConv2D(_)
+                    | Op::SeparableConv2D(_),
                 ) => match absorbed_by[id.index()] {
                     Some(conv) => StepWork::FusedInto {
                         convolution: name(conv),

@@ -19,7 +19,10 @@ pub use activation::{
     Activation, Dropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU, Softmax,
     SpatialDropout2D, ELU,
 };
-pub use conv::{Conv2D, Conv2DTranspose, TransposeGeometry, WindowGeometry};
+pub use conv::{
+    Conv2D, Conv2DTranspose, Depthwise, DepthwiseConv2D, SeparableConv2D, TransposeGeometry,
+    WindowGeometry,
+};
 pub use dense::{Dense, Flatten};
 pub use input::Input;
 pub use keywords::{ActivationFn, Interpolation, Keyword, Padding};
@@ -229,6 +232,8 @@ ops! {
     SpatialDropout2D: "spatial_dropout2d",
     GaussianNoise: "gaussian_noise",
     GaussianDropout: "gaussian_dropout",
+    DepthwiseConv2D: "depthwise_conv2d",
+    SeparableConv2D: "separable_conv2d",
 }
 
 /// Requires a rank-3 (H, W, C) input, as every 2-D layer does.

@@ -50,6 +50,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("specs/backbones/vgg16.unet", "vgg16"),
         ("specs/backbones/resnet50.unet", "resnet50"),
         ("tests/golden/edge_merges.unet", "edge_merges"),
+        ("tests/golden/edge_depthwise.unet", "edge_depthwise"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -72,7 +73,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 8);
+    assert_eq!(checked, 9);
 }
 
 #[test]

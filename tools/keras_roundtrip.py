@@ -32,6 +32,8 @@ SPECS = [
     # Issue 12's first new kinds (merges, LeakyReLU/ELU/PReLU, average and global max pooling,
     # the noise layers), from the golden fixture that tf.keras also ran.
     "tests/golden/edge_merges.unet",
+    # The depthwise family (DepthwiseConv2D, SeparableConv2D, Conv2D with groups).
+    "tests/golden/edge_depthwise.unet",
 ]
 
 

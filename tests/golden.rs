@@ -24,8 +24,9 @@ fn formula(name: &str, shape: &[usize], class: &str) -> Tensor {
     }
     let var = name.rsplit('/').next().unwrap();
     let fan_in: usize = match (var, class) {
+        ("depthwise_kernel", _) => shape[0] * shape[1],
         ("kernel", "Conv2DTranspose") => shape[0] * shape[1] * shape[3],
-        ("kernel", _) => shape[..shape.len() - 1].iter().product(),
+        ("kernel" | "pointwise_kernel", _) => shape[..shape.len() - 1].iter().product(),
         _ => 1,
     };
     let n: usize = shape.iter().product();
@@ -35,7 +36,9 @@ fn formula(name: &str, shape: &[usize], class: &str) -> Tensor {
             let u = k as f64 / 4294967296.0;
             let d = u - 0.5;
             (match var {
-                "kernel" => d * (2.0 / (fan_in as f64).sqrt()),
+                "kernel" | "depthwise_kernel" | "pointwise_kernel" => {
+                    d * (2.0 / (fan_in as f64).sqrt())
+                }
                 "bias" | "beta" => d * 0.2,
                 "gamma" => 1.0 + 0.5 * d,
                 "moving_mean" => 0.2 * d,

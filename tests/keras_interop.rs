@@ -51,6 +51,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("specs/backbones/resnet50.unet", "resnet50"),
         ("tests/golden/edge_merges.unet", "edge_merges"),
         ("tests/golden/edge_norms.unet", "edge_norms"),
+        ("tests/golden/edge_depthwise.unet", "edge_depthwise"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -73,7 +74,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 9);
+    assert_eq!(checked, 10);
 }
 
 #[test]

@@ -34,6 +34,8 @@ SPECS = [
     "tests/golden/edge_merges.unet",
     # GroupNormalization and LayerNormalization, from their golden fixture.
     "tests/golden/edge_norms.unet",
+    # The depthwise family (DepthwiseConv2D, SeparableConv2D, Conv2D with groups).
+    "tests/golden/edge_depthwise.unet",
 ]
 
 

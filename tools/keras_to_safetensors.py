@@ -77,6 +77,8 @@ WITH_WEIGHTS = {
     "PReLU": ("alpha",),
     "GroupNormalization": ("gamma", "beta"),
     "LayerNormalization": ("gamma", "beta"),
+    "DepthwiseConv2D": ("depthwise_kernel", "bias"),
+    "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel", "bias"),
 }
 
 # Activation names unetc accepts (src/ir/ops/activation.rs).
@@ -103,10 +105,10 @@ def _check_config(layer, cls: str) -> None:
     if cfg.get("data_format", "channels_last") not in (None, "channels_last"):
         raise UnsupportedModel(f"{where} uses data_format={cfg['data_format']!r}; unetc is NHWC "
                                "(channels_last) only")
-    # GroupNormalization's `groups` is its own argument; a convolution's means grouped weights.
-    if cls != "GroupNormalization" and cfg.get("groups", 1) != 1:
-        raise UnsupportedModel(f"{where} has groups={cfg['groups']}; unetc has no grouped "
-                               "convolutions")
+    # `groups` of GroupNormalization is its own argument; of Conv2D, grouped weights (which
+    # unetc runs); the depthwise kinds report groups=1.
+    if cls not in ("Conv2D", "GroupNormalization") and cfg.get("groups", 1) != 1:
+        raise UnsupportedModel(f"{where} has groups={cfg['groups']}; unetc groups Conv2D only")
     if "activation" in cfg:
         act = _activation_name(cfg["activation"])
         if act not in ACTIVATIONS:

@@ -24,7 +24,8 @@ impl WeightSource for HashMap<String, Tensor> {
 }
 
 /// Each layer's weights in Keras layout and a fixed order — Conv2D, Conv2DTranspose, Dense:
-/// `[kernel, bias]`; BatchNormalization: `[gamma, beta, moving_mean, moving_variance]` — with
+/// `[kernel, bias]`; DepthwiseConv2D: `[depthwise_kernel, bias]`; SeparableConv2D:
+/// `[depthwise_kernel, pointwise_kernel, bias]`; BatchNormalization: `[gamma, beta, moving_mean, moving_variance]` — with
 /// the optional ones a layer does not have filled in (bias 0, gamma 1, beta 0), so every backend
 /// runs one code path. Every missing, misshaped or non-finite tensor is reported, all at once, by
 /// name.
@@ -96,6 +97,17 @@ pub fn bind_weights(
                     fetch("beta", Some((0.0, len))),
                 ]
             }
+            Op::DepthwiseConv2D(_) => {
+                vec![
+                    fetch("depthwise_kernel", None),
+                    fetch("bias", Some((0.0, channels))),
+                ]
+            }
+            Op::SeparableConv2D(_) => vec![
+                fetch("depthwise_kernel", None),
+                fetch("pointwise_kernel", None),
+                fetch("bias", Some((0.0, channels))),
+            ],
             // Layers without weights.
             Op::Input(_)
             | Op::MaxPooling2D(_)

@@ -187,8 +187,9 @@ pub fn hwc(shape: &[usize]) -> [usize; 3] {
 /// NHWC with strides); the others need their inputs dense.
 fn reads_windows(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
     match &graph.node(id).op {
-        Op::Conv2D(_)
-        | Op::Conv2DTranspose(_)
+        // A grouped convolution's direct kernel reads its input dense.
+        Op::Conv2D(conv) => conv.groups == 1,
+        Op::Conv2DTranspose(_)
         | Op::MaxPooling2D(_)
         | Op::UpSampling2D(_)
         | Op::Cropping2D(_)
@@ -219,14 +220,16 @@ fn reads_windows(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
         | Op::GroupNormalization(_)
-        | Op::LayerNormalization(_) => false,
+        | Op::LayerNormalization(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_) => false,
     }
 }
 
 /// Whether a layer's kernel can write its output into a window of a wider buffer.
 fn writes_windows(op: &Op) -> bool {
     match op {
-        Op::Conv2D(a) => a.args.activation != ActivationFn::Softmax,
+        Op::Conv2D(a) => a.groups == 1 && a.args.activation != ActivationFn::Softmax,
         Op::Conv2DTranspose(a) => a.args.activation != ActivationFn::Softmax,
         Op::Activation(a) => a.activation != ActivationFn::Softmax,
         Op::MaxPooling2D(_)
@@ -258,7 +261,9 @@ fn writes_windows(op: &Op) -> bool {
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
         | Op::GroupNormalization(_)
-        | Op::LayerNormalization(_) => false,
+        | Op::LayerNormalization(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_) => false,
     }
 }
 
@@ -278,7 +283,7 @@ fn concat_on_channels(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
 /// convolutions take up to two parts; every other kernel needs one window).
 pub fn reads_parts(op: &Op) -> bool {
     match op {
-        Op::Conv2D(_) => true,
+        Op::Conv2D(conv) => conv.groups == 1,
         Op::Input(_)
         | Op::Conv2DTranspose(_)
         | Op::MaxPooling2D(_)
@@ -309,7 +314,9 @@ pub fn reads_parts(op: &Op) -> bool {
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
         | Op::GroupNormalization(_)
-        | Op::LayerNormalization(_) => false,
+        | Op::LayerNormalization(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_) => false,
     }
 }
 
@@ -317,7 +324,8 @@ pub fn reads_parts(op: &Op) -> bool {
 /// layer into its epilogue: Conv2D, the one kernel on both backends with a fused epilogue.
 fn fusion_head(op: &Op) -> Option<&Conv2D> {
     match op {
-        Op::Conv2D(conv) => Some(conv),
+        // A grouped convolution runs its own direct kernel, without the fused epilogue.
+        Op::Conv2D(conv) => (conv.groups == 1).then_some(conv),
         Op::Input(_)
         | Op::Conv2DTranspose(_)
         | Op::MaxPooling2D(_)
@@ -348,7 +356,9 @@ fn fusion_head(op: &Op) -> Option<&Conv2D> {
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
         | Op::GroupNormalization(_)
-        | Op::LayerNormalization(_) => None,
+        | Op::LayerNormalization(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_) => None,
     }
 }
 
@@ -386,7 +396,9 @@ fn foldable_norm(op: &Op) -> Option<&BatchNormalization> {
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
         | Op::GroupNormalization(_)
-        | Op::LayerNormalization(_) => None,
+        | Op::LayerNormalization(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_) => None,
     }
 }
 
@@ -427,7 +439,9 @@ fn epilogue_activation(op: &Op, rank: usize) -> Option<ActivationFn> {
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
         | Op::GroupNormalization(_)
-        | Op::LayerNormalization(_) => None,
+        | Op::LayerNormalization(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_) => None,
     }
 }
 
@@ -580,7 +594,9 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             | Op::GaussianNoise(_)
             | Op::GaussianDropout(_)
             | Op::GroupNormalization(_)
-            | Op::LayerNormalization(_) => Kind::Owns,
+            | Op::LayerNormalization(_)
+            | Op::DepthwiseConv2D(_)
+            | Op::SeparableConv2D(_) => Kind::Owns,
         };
     }
     // A view whose value is read densely, or a part of a part list, must be built: resolve

@@ -347,7 +347,56 @@ fn window_pads(
     pads
 }
 
+/// A Conv node's window and groups (ONNX attributes).
+struct ConvWindow {
+    kernel_size: [i64; 2],
+    strides: [i64; 2],
+    dilation_rate: [i64; 2],
+    pads: [i64; 4],
+    groups: i64,
+}
+
 impl Exporter<'_> {
+    /// The initializer `<layer>/<var>` of a convolution kernel given in Keras's HWIO layout
+    /// `[kh, kw, c / groups, f]`, transposed to ONNX's OIHW; its name.
+    fn conv_kernel(&mut self, id: NodeId, var: &str, hwio: [i64; 4]) -> String {
+        let kernel_name = format!("{}/{var}", self.graph.node(id).name);
+        if let Some(k) = self.weight(id, var) {
+            let [kh, kw, c, f] = hwio.map(|d| d as usize);
+            let mut oihw = vec![0.0f32; k.len()];
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    for ci in 0..c {
+                        for o in 0..f {
+                            oihw[((o * c + ci) * kh + ky) * kw + kx] =
+                                k[((ky * kw + kx) * c + ci) * f + o];
+                        }
+                    }
+                }
+            }
+            self.init_f32(
+                kernel_name.clone(),
+                vec![hwio[3], hwio[2], hwio[0], hwio[1]],
+                oihw,
+            );
+        }
+        kernel_name
+    }
+
+    fn conv_node(&mut self, name: String, inputs: Vec<String>, out: String, window: ConvWindow) {
+        let mut attrs = vec![
+            ("kernel_shape", Attr::Ints(window.kernel_size.to_vec())),
+            ("strides", Attr::Ints(window.strides.to_vec())),
+            ("dilations", Attr::Ints(window.dilation_rate.to_vec())),
+            ("pads", Attr::Ints(window.pads.to_vec())),
+        ];
+        // ONNX's default is 1; ungrouped convolutions export as before.
+        if window.groups != 1 {
+            attrs.push(("group", Attr::Int(window.groups)));
+        }
+        self.node(name, "Conv", inputs, out, attrs);
+    }
+
     fn shape(&self, id: NodeId) -> Result<&[i64], String> {
         self.info.layers[id.index()]
             .shape
@@ -576,47 +625,88 @@ impl Exporter<'_> {
             Op::Conv2D(op) => {
                 let a = &op.args;
                 let [h, w, c] = need_image("Conv2D")?;
-                let [kh, kw] = a.kernel_size;
-                let f = a.filters;
                 let pads = window_pads(|axis, n, out| a.geometry(axis, n, out), [h, w], &out_shape);
-                let kernel_name = format!("{name}/kernel");
-                if let Some(k) = self.weight(id, "kernel") {
-                    let (kh, kw, c, f) = (kh as usize, kw as usize, c as usize, f as usize);
-                    let mut oihw = vec![0.0f32; k.len()];
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            for ci in 0..c {
-                                for o in 0..f {
-                                    oihw[((o * c + ci) * kh + ky) * kw + kx] =
-                                        k[((ky * kw + kx) * c + ci) * f + o];
-                                }
-                            }
-                        }
-                    }
-                    self.init_f32(
-                        kernel_name.clone(),
-                        vec![f as i64, c as i64, kh as i64, kw as i64],
-                        oihw,
-                    );
-                }
-                let mut inputs = vec![x(), kernel_name];
+                let hwio = [a.kernel_size[0], a.kernel_size[1], c / op.groups, a.filters];
+                let kernel = self.conv_kernel(id, "kernel", hwio);
+                let mut inputs = vec![x(), kernel];
                 if a.use_bias {
                     inputs.push(self.weight_as_is(id, "bias"));
                 }
                 let pre = self.pre_activation(a.activation, &out);
-                self.node(
-                    name.clone(),
-                    "Conv",
-                    inputs,
-                    pre.clone(),
-                    vec![
-                        ("kernel_shape", Attr::Ints(vec![kh, kw])),
-                        ("strides", Attr::Ints(a.strides.to_vec())),
-                        ("dilations", Attr::Ints(a.dilation_rate.to_vec())),
-                        ("pads", Attr::Ints(pads.to_vec())),
-                    ],
-                );
+                let window = ConvWindow {
+                    kernel_size: a.kernel_size,
+                    strides: a.strides,
+                    dilation_rate: a.dilation_rate,
+                    pads,
+                    groups: op.groups,
+                };
+                self.conv_node(name.clone(), inputs, pre.clone(), window);
                 self.activation_after(&name, a.activation, pre, out, 1);
+            }
+            Op::DepthwiseConv2D(op) => {
+                let d = &op.depthwise;
+                let [h, w, c] = need_image("DepthwiseConv2D")?;
+                let pads = window_pads(|axis, n, out| d.geometry(axis, n, out), [h, w], &out_shape);
+                // [kh, kw, c, dm] is, flat, the grouped kernel [kh, kw, 1, c * dm] of c groups.
+                let hwio = [
+                    d.kernel_size[0],
+                    d.kernel_size[1],
+                    1,
+                    c * d.depth_multiplier,
+                ];
+                let kernel = self.conv_kernel(id, "depthwise_kernel", hwio);
+                let mut inputs = vec![x(), kernel];
+                if op.use_bias {
+                    inputs.push(self.weight_as_is(id, "bias"));
+                }
+                let pre = self.pre_activation(op.activation, &out);
+                let window = ConvWindow {
+                    kernel_size: d.kernel_size,
+                    strides: d.strides,
+                    dilation_rate: d.dilation_rate,
+                    pads,
+                    groups: c,
+                };
+                self.conv_node(name.clone(), inputs, pre.clone(), window);
+                self.activation_after(&name, op.activation, pre, out, 1);
+            }
+            Op::SeparableConv2D(op) => {
+                let d = &op.depthwise;
+                let [h, w, c] = need_image("SeparableConv2D")?;
+                let pads = window_pads(|axis, n, out| d.geometry(axis, n, out), [h, w], &out_shape);
+                let mid = c * d.depth_multiplier;
+                let hwio = [d.kernel_size[0], d.kernel_size[1], 1, mid];
+                let depthwise_kernel = self.conv_kernel(id, "depthwise_kernel", hwio);
+                let depthwise = format!("{name}/depthwise");
+                let window = ConvWindow {
+                    kernel_size: d.kernel_size,
+                    strides: d.strides,
+                    dilation_rate: d.dilation_rate,
+                    pads,
+                    groups: c,
+                };
+                self.conv_node(
+                    depthwise.clone(),
+                    vec![x(), depthwise_kernel],
+                    depthwise.clone(),
+                    window,
+                );
+                let pointwise_kernel =
+                    self.conv_kernel(id, "pointwise_kernel", [1, 1, mid, op.filters]);
+                let mut inputs = vec![depthwise, pointwise_kernel];
+                if op.use_bias {
+                    inputs.push(self.weight_as_is(id, "bias"));
+                }
+                let pre = self.pre_activation(op.activation, &out);
+                let pointwise = ConvWindow {
+                    kernel_size: [1, 1],
+                    strides: [1, 1],
+                    dilation_rate: [1, 1],
+                    pads: [0; 4],
+                    groups: 1,
+                };
+                self.conv_node(name.clone(), inputs, pre.clone(), pointwise);
+                self.activation_after(&name, op.activation, pre, out, 1);
             }
             Op::Conv2DTranspose(op) => {
                 let a = &op.args;

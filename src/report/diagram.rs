@@ -80,6 +80,8 @@ fn folds(op: &Op) -> bool {
         | Op::ZeroPadding2D(_) => true,
         Op::Input(_)
         | Op::Conv2D(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_)
         | Op::Conv2DTranspose(_)
         | Op::MaxPooling2D(_)
         | Op::AveragePooling2D(_)
@@ -131,6 +133,8 @@ fn level_step(op: &Op) -> i64 {
         Op::MaxPooling2D(p) => i64::from(p.strides[0] > 1),
         Op::AveragePooling2D(p) => i64::from(p.strides[0] > 1),
         Op::Conv2D(c) => i64::from(c.args.strides[0] > 1),
+        Op::DepthwiseConv2D(c) => i64::from(c.depthwise.strides[0] > 1),
+        Op::SeparableConv2D(c) => i64::from(c.depthwise.strides[0] > 1),
         Op::Conv2DTranspose(c) => -i64::from(c.args.strides[0] > 1),
         Op::UpSampling2D(u) => -i64::from(u.size[0] > 1),
         Op::Input(_)
@@ -171,7 +175,7 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
     }
     match op {
         Op::Conv2D(c) if c.args.kernel_size == [1, 1] => Edge::Conv1x1,
-        Op::Conv2D(_) => Edge::Conv,
+        Op::Conv2D(_) | Op::DepthwiseConv2D(_) | Op::SeparableConv2D(_) => Edge::Conv,
         Op::Dense(_) => Edge::Dense,
         Op::MaxPooling2D(_) => Edge::MaxPool,
         Op::GlobalMaxPooling2D(_) => Edge::GlobalMaxPool,

@@ -193,7 +193,9 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                     | Op::GaussianNoise(_)
                     | Op::GaussianDropout(_)
                     | Op::GroupNormalization(_)
-                    | Op::LayerNormalization(_),
+                    | Op::LayerNormalization(_)
+                    | Op::DepthwiseConv2D(_)
+                    | Op::SeparableConv2D(_),
                 ) => match absorbed_by[id.index()] {
                     Some(conv) => StepWork::FusedInto {
                         convolution: name(conv),

@@ -484,6 +484,9 @@ pub fn receptive_field(c: &Compiled) -> usize {
                     Op::Conv2D(op) => windows(op.args.geometry(0, n as usize, out)),
                     Op::MaxPooling2D(op) => windows(op.geometry(0, n as usize, out)),
                     Op::AveragePooling2D(op) => windows(op.geometry(0, n as usize, out)),
+                    Op::DepthwiseConv2D(op) => windows(op.depthwise.geometry(0, n as usize, out)),
+                    // The pointwise stage reads one pixel: the depthwise window is the layer's.
+                    Op::SeparableConv2D(op) => windows(op.depthwise.geometry(0, n as usize, out)),
                     Op::Conv2DTranspose(op) => {
                         let g = op.geometry(0, n as usize, out);
                         let (k, s, y0) = (g.kernel as i64, g.stride as i64, g.crop_before as i64);

@@ -42,6 +42,8 @@ bytes) with Keras shape ``S`` and C-order (row-major) flat index ``i`` (0 <= i <
 
     variable          value (float64, evaluated exactly in this order, then rounded to float32)
     kernel            d * (2.0 / sqrt(fan_in))          # sqrt and / are IEEE float64
+    depthwise_kernel,
+    pointwise_kernel  (as kernel)
     bias, beta        d * 0.2
     gamma             1.0 + 0.5 * d
     moving_mean       0.2 * d
@@ -50,7 +52,10 @@ bytes) with Keras shape ``S`` and C-order (row-major) flat index ``i`` (0 <= i <
 
     fan_in: Conv2D kernel [kh, kw, in, out] -> kh*kw*in;  Dense kernel [in, out] -> in
             (the product of all dimensions but the last);
-            Conv2DTranspose kernel [kh, kw, out, in] -> kh*kw*in.
+            Conv2DTranspose kernel [kh, kw, out, in] -> kh*kw*in;
+            depthwise_kernel [kh, kw, in, dm] -> kh*kw (each output reads one channel);
+            pointwise_kernel [1, 1, in*dm, filters] -> in*dm; grouped Conv2D kernel
+            [kh, kw, in/groups, out] -> kh*kw*in/groups (the general rule).
 
 The float64 -> float32 rounding is round-to-nearest-even (numpy ``astype(float32)``, Rust
 ``as f32``). ``0.2 * d`` is float64 ``0.2`` times ``d`` (multiplication is commutative, so
@@ -99,7 +104,13 @@ def fnv1a_32(data: bytes) -> int:
     return h
 
 
-def fan_in(layer_class: str, shape) -> int:
+KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+
+def fan_in(layer_class: str, var: str, shape) -> int:
+    if var == "depthwise_kernel":
+        kh, kw, _in, _dm = shape
+        return kh * kw
     if layer_class == "Conv2DTranspose":
         kh, kw, _out, cin = shape
         return kh * kw * cin
@@ -117,8 +128,8 @@ def formula_values(name: str, shape, layer_class: str) -> np.ndarray:
     u = k.astype(np.float64) / float(TWO32)
     d = u - 0.5
     var = name.rsplit("/", 1)[1]
-    if var == "kernel":
-        v = d * (2.0 / math.sqrt(fan_in(layer_class, shape)))
+    if var in KERNELS:
+        v = d * (2.0 / math.sqrt(fan_in(layer_class, var, shape)))
     elif var in ("bias", "beta"):
         v = d * 0.2
     elif var == "gamma":
@@ -147,8 +158,10 @@ def formula_scalar(name: str, shape, layer_class: str, i: int) -> float:
     u = k / TWO32
     d = u - 0.5
     var = name.rsplit("/", 1)[1]
-    if var == "kernel":
-        if layer_class == "Conv2DTranspose":
+    if var in KERNELS:
+        if var == "depthwise_kernel":
+            fi = shape[0] * shape[1]
+        elif layer_class == "Conv2DTranspose":
             fi = shape[0] * shape[1] * shape[3]
         else:
             fi = 1
@@ -626,6 +639,44 @@ def edge_norms():
     return tf.keras.Model(inp, y)
 
 
+def edge_depthwise():
+    """Issue 12's depthwise family on a signed 9x7 map of 8 channels (a linear 1x1 conv of the
+    input): DepthwiseConv2D (valid; same; strides 2 on the odd sizes; (3, 2) kernel with strides
+    strides 2 and depth_multiplier 2 (tf.nn.depthwise_conv2d takes equal strides only); dilation 2 without bias, relu), SeparableConv2D (valid; strides
+    2 same with depth_multiplier 2, relu; dilation (2, 1) without bias, sigmoid), Conv2D with
+    groups 2 (same), 4 (strides 2, relu) and 4 (1x1 without bias, then BatchNormalization), and a
+    MobileNetV2 inverted residual block (1x1 expand, BN, ReLU6, depthwise 3x3, BN, ReLU6, 1x1
+    project, BN, add). Each branch is flattened and the flat vectors are concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((9, 7, 3))
+    x = L.Conv2D(8, 1)(inp)
+    branches = [
+        L.DepthwiseConv2D(3)(x),
+        L.DepthwiseConv2D(3, padding="same")(x),
+        L.DepthwiseConv2D(3, strides=2, padding="same")(x),
+        L.DepthwiseConv2D((3, 2), strides=2, depth_multiplier=2)(x),
+        L.DepthwiseConv2D(3, padding="same", dilation_rate=2, use_bias=False,
+                          activation="relu")(x),
+        L.SeparableConv2D(6, 3)(x),
+        L.SeparableConv2D(6, 3, strides=2, padding="same", depth_multiplier=2,
+                          activation="relu")(x),
+        L.SeparableConv2D(5, 3, padding="same", dilation_rate=(2, 1), use_bias=False,
+                          activation="sigmoid")(x),
+        L.Conv2D(8, 3, padding="same", groups=2)(x),
+        L.Conv2D(4, 3, strides=2, groups=4, activation="relu")(x),
+        L.BatchNormalization()(L.Conv2D(8, 1, groups=4, use_bias=False)(x)),
+    ]
+    y = L.Conv2D(16, 1, use_bias=False)(x)
+    y = L.ReLU(6.0)(L.BatchNormalization()(y))
+    y = L.DepthwiseConv2D(3, padding="same", use_bias=False)(y)
+    y = L.ReLU(6.0)(L.BatchNormalization()(y))
+    y = L.BatchNormalization()(L.Conv2D(8, 1, use_bias=False)(y))
+    branches.append(L.Add()([x, y]))
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def original_full():
     """Seed 000 at full width (31,030,658 parameters), as in specs/original.unet, at its smallest
     valid input 188x188x1 (crops 4/16/40/88 as at 572), output 4x4x2."""
@@ -657,7 +708,7 @@ def original_full_at(size: int):
 
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
-         edge_merges, edge_norms]
+         edge_merges, edge_norms, edge_depthwise]
 FULL = [original_full]
 
 # ---------------------------------------------------------------------------------------------

@@ -388,6 +388,8 @@ const Kernel kernels[] = {
     BOTH(elu_layer),
     BOTH(prelu),
     BOTH(group_norm),
+    BOTH(grouped_conv2d),
+    BOTH(separable_conv2d),
     BLOCKWISE(conv_igemm_bf16, 256, 0),
     BLOCKWISE(conv_igemm_bf16_small, 256, 0),
     BLOCKWISE(conv_igemm_tf32, 256, 0),

@@ -153,6 +153,103 @@ pub fn conv2d(
     }
 }
 
+/// A grouped convolution, direct: `x` dense `[batch, h, w, c]`, `kernel` `[kh, kw, c / groups, f]`
+/// (Keras's layout), output channel `o` reading the input channels of its group
+/// `o / (f / groups)`; taps in the padding are zeros. A depthwise kernel `[kh, kw, c, dm]` is
+/// this kernel with `groups = c` (output channel `ch * dm + m`).
+pub fn grouped_conv2d(
+    [rows, cols]: [WindowGeometry; 2],
+    groups: usize,
+    x: &[f32],
+    [h, w, c]: [usize; 3],
+    kernel: &[f32],
+    bias: Option<&[f32]>,
+    activation: ActivationFn,
+    out: &mut [f32],
+    [oh, ow, f]: [usize; 3],
+) {
+    let groups = groups.max(1);
+    let (c_group, f_group) = (c / groups, (f / groups).max(1));
+    out.par_chunks_mut((ow * f).max(1))
+        .enumerate()
+        .for_each(|(row, y)| {
+            let (n, oy) = (row / oh.max(1), row % oh.max(1));
+            let item = &x[n * h * w * c..][..h * w * c];
+            for ox in 0..ow {
+                let px = &mut y[ox * f..(ox + 1) * f];
+                px.fill(0.0);
+                for ky in 0..rows.kernel {
+                    let Some(iy) = (oy * rows.stride + ky * rows.dilation)
+                        .checked_sub(rows.pad_before)
+                        .filter(|&iy| iy < h)
+                    else {
+                        continue;
+                    };
+                    for kx in 0..cols.kernel {
+                        let Some(ix) = (ox * cols.stride + kx * cols.dilation)
+                            .checked_sub(cols.pad_before)
+                            .filter(|&ix| ix < w)
+                        else {
+                            continue;
+                        };
+                        let input = &item[(iy * w + ix) * c..][..c];
+                        let taps = &kernel[(ky * cols.kernel + kx) * c_group * f..][..c_group * f];
+                        for (o, acc) in px.iter_mut().enumerate() {
+                            let first = (o / f_group) * c_group;
+                            *acc += input[first..first + c_group]
+                                .iter()
+                                .zip(taps[o..].iter().step_by(f))
+                                .map(|(a, b)| a * b)
+                                .sum::<f32>();
+                        }
+                    }
+                }
+            }
+            bias_activation_serial(y, f, bias, activation);
+        });
+}
+
+/// Keras's SeparableConv2D: the depthwise stage (`[kh, kw, c, dm]`, no bias) into a buffer of
+/// `c * dm` channels, then the pointwise 1x1 convolution (`[c * dm, f]`), its bias and
+/// activation.
+pub fn separable_conv2d(
+    geometry: [WindowGeometry; 2],
+    x: &[f32],
+    [h, w, c]: [usize; 3],
+    depthwise: &[f32],
+    pointwise: &[f32],
+    bias: Option<&[f32]>,
+    activation: ActivationFn,
+    out: &mut [f32],
+    [oh, ow, f]: [usize; 3],
+    batch: usize,
+) {
+    let mid_channels = pointwise.len() / f.max(1);
+    let pixels = batch * oh * ow;
+    let mut mid = vec![0.0f32; pixels * mid_channels];
+    grouped_conv2d(
+        geometry,
+        c,
+        x,
+        [h, w, c],
+        depthwise,
+        None,
+        ActivationFn::Linear,
+        &mut mid,
+        [oh, ow, mid_channels],
+    );
+    matmul(
+        pixels,
+        f,
+        mid_channels,
+        &mid,
+        pointwise,
+        &mut out[..pixels * f],
+        false,
+    );
+    bias_activation(out, f, bias, activation);
+}
+
 /// Where a convolution's taps fall in its input.
 struct PatchGeometry {
     kh: usize,

@@ -75,6 +75,11 @@ enum Prepared {
         gamma: Vec<f32>,
         beta: Vec<f32>,
     },
+    Separable {
+        depthwise: Vec<f32>,
+        pointwise: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    },
 }
 
 /// A model ready to run on the CPU.
@@ -108,9 +113,14 @@ impl<'g> CpuModel<'g> {
                 continue;
             };
             prepared[id.index()] = match &node.op {
-                Op::Conv2D(_) => Prepared::Conv {
+                Op::Conv2D(_) | Op::DepthwiseConv2D(_) => Prepared::Conv {
                     bias: Some(w.pop().unwrap_or_default()),
                     kernel: w.pop().unwrap_or_default(),
+                },
+                Op::SeparableConv2D(_) => Prepared::Separable {
+                    bias: Some(w.pop().unwrap_or_default()),
+                    pointwise: w.pop().unwrap_or_default(),
+                    depthwise: w.pop().unwrap_or_default(),
                 },
                 Op::Conv2DTranspose(op) => {
                     if op.args.dilation_rate != [1, 1] {
@@ -469,6 +479,62 @@ impl<'g> CpuModel<'g> {
         let channels = out_shape.last().copied().unwrap_or(1);
         match (&node.op, &self.prepared[id.index()]) {
             (Op::Input(_), _) => out.copy_from_slice(&input.data),
+            // Grouped convolutions read their input dense (the plan gathers it).
+            (Op::Conv2D(op), Prepared::Conv { kernel, bias }) if op.groups != 1 => {
+                let [h, w, _] = hwc(&in_shapes[0]);
+                let [oh, ow, _] = hwc(out_shape);
+                kernels::grouped_conv2d(
+                    [op.args.geometry(0, h, oh), op.args.geometry(1, w, ow)],
+                    op.groups as usize,
+                    ins[0],
+                    hwc(&in_shapes[0]),
+                    kernel,
+                    bias.as_deref(),
+                    op.args.activation,
+                    out,
+                    hwc(out_shape),
+                )
+            }
+            (Op::DepthwiseConv2D(op), Prepared::Conv { kernel, bias }) => {
+                let [h, w, c] = hwc(&in_shapes[0]);
+                let [oh, ow, _] = hwc(out_shape);
+                let d = &op.depthwise;
+                kernels::grouped_conv2d(
+                    [d.geometry(0, h, oh), d.geometry(1, w, ow)],
+                    c,
+                    ins[0],
+                    [h, w, c],
+                    kernel,
+                    bias.as_deref(),
+                    op.activation,
+                    out,
+                    hwc(out_shape),
+                )
+            }
+            (
+                Op::SeparableConv2D(op),
+                Prepared::Separable {
+                    depthwise,
+                    pointwise,
+                    bias,
+                },
+            ) => {
+                let [h, w, _] = hwc(&in_shapes[0]);
+                let [oh, ow, _] = hwc(out_shape);
+                let d = &op.depthwise;
+                kernels::separable_conv2d(
+                    [d.geometry(0, h, oh), d.geometry(1, w, ow)],
+                    ins[0],
+                    hwc(&in_shapes[0]),
+                    depthwise,
+                    pointwise,
+                    bias.as_deref(),
+                    op.activation,
+                    out,
+                    hwc(out_shape),
+                    batch,
+                )
+            }
             // Convolutions normally run in `conv_step`, reading windows in place.
             (Op::Conv2D(_), _) => self.conv(
                 id,
@@ -600,7 +666,9 @@ impl<'g> CpuModel<'g> {
                 | Op::Dense(_)
                 | Op::PReLU(_)
                 | Op::GroupNormalization(_)
-                | Op::LayerNormalization(_),
+                | Op::LayerNormalization(_)
+                | Op::DepthwiseConv2D(_)
+                | Op::SeparableConv2D(_),
                 _,
             ) => out.fill(f32::NAN),
         }

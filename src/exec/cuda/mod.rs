@@ -59,6 +59,8 @@ pub const LAYER_KERNELS: &[&str] = &[
     "elu_layer",
     "prelu",
     "group_norm",
+    "grouped_conv2d",
+    "separable_conv2d",
     "conv_small_c",
     "splitk_reduce",
 ];
@@ -727,6 +729,8 @@ impl<'g> CudaModel<'g> {
         let [h, w, c] = hwc(&in_shape);
         let [oh, ow, f] = hwc(&out_shape);
         let (packed, k, k_padded, mode) = match &node.op {
+            // Grouped convolutions run the direct kernel.
+            Op::Conv2D(op) if op.groups != 1 => return Ok(None),
             Op::Conv2D(op) => {
                 if self.small_c(id).is_some() {
                     return Ok(None);
@@ -778,7 +782,9 @@ impl<'g> CudaModel<'g> {
             | Op::GaussianNoise(_)
             | Op::GaussianDropout(_)
             | Op::GroupNormalization(_)
-            | Op::LayerNormalization(_) => return Ok(None),
+            | Op::LayerNormalization(_)
+            | Op::DepthwiseConv2D(_)
+            | Op::SeparableConv2D(_) => return Ok(None),
         };
         let packed = match self.precision {
             Precision::Bf16 => {
@@ -1033,6 +1039,9 @@ impl<'g> CudaModel<'g> {
         let Op::Conv2D(op) = &node.op else {
             return None;
         };
+        if op.groups != 1 {
+            return None;
+        }
         let a = &op.args;
         let x = self.plan.window(node.inputs[0])?;
         let k = a.kernel_size.map(|v| v as usize);
@@ -1068,7 +1077,8 @@ impl<'g> CudaModel<'g> {
             };
             let h = &head.args;
             let f2 = h.filters.max(0) as usize;
-            if h.kernel_size != [1, 1]
+            if head.groups != 1
+                || h.kernel_size != [1, 1]
                 || h.strides != [1, 1]
                 || h.dilation_rate != [1, 1]
                 || !(1..=HEAD_MAX_FILTERS).contains(&f2)
@@ -1456,6 +1466,49 @@ impl<'g> CudaModel<'g> {
         Ok(())
     }
 
+    /// A grouped convolution (Conv2D with groups, DepthwiseConv2D: `per_group` = 1) on the
+    /// direct kernel `grouped_conv2d` (kernels/conv.cu); weights `[kernel, bias]`.
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_conv<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        (x, y): (View, View),
+        [kernel, bias]: [&CudaSlice<f32>; 2],
+        [rows, cols]: [WindowGeometry; 2],
+        per_group: usize,
+        activation: ActivationFn,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let ints = [
+            rows.kernel,
+            cols.kernel,
+            rows.stride,
+            cols.stride,
+            rows.dilation,
+            cols.dilation,
+            rows.pad_before,
+            cols.pad_before,
+            per_group,
+        ]
+        .map(|v| v as i32);
+        let mut b = self
+            .stream
+            .launch_builder(self.function::<T>("grouped_conv2d"));
+        b.arg(&mut *arena).arg(&x).arg(&y).arg(kernel).arg(bias);
+        for v in &ints {
+            b.arg(v);
+        }
+        let (act, nb) = (activation_code(activation), batch as i32);
+        b.arg(&act).arg(&nb);
+        // SAFETY: matches grouped_conv2d_<T>(void*, View, View, const float*, const float*,
+        // int x11) in kernels/conv.cu; windows from the plan; f32 weights in Keras's layout.
+        unsafe { b.launch(grid(y.elements(batch))).map_err(driver)? };
+        if activation == ActivationFn::Softmax {
+            self.softmax_over_channels(arena, y, batch)?;
+        }
+        Ok(())
+    }
+
     fn weights_of(&self, id: NodeId) -> Result<&DeviceWeights, CudaError> {
         self.weights.get(&id).ok_or_else(|| {
             CudaError::Model(format!("no weights for `{}`", self.graph.node(id).name))
@@ -1487,6 +1540,78 @@ impl<'g> CudaModel<'g> {
         match &node.op {
             // Uploaded by `upload_input` before the kernels.
             Op::Input(_) => {}
+            Op::Conv2D(op) if op.groups != 1 => {
+                let [h, wd, c] = hwc(&in_shapes[0]);
+                let (oh, ow) = (y.h as usize, y.w as usize);
+                let window = [op.args.geometry(0, h, oh), op.args.geometry(1, wd, ow)];
+                let w = self.weights_of(id)?;
+                let weights = [&w.tensors[0], &w.tensors[1]];
+                let per_group = c / op.groups as usize;
+                let views = (x_view(0)?, y);
+                self.grouped_conv::<T>(
+                    arena,
+                    views,
+                    weights,
+                    window,
+                    per_group,
+                    op.args.activation,
+                    batch,
+                )?;
+            }
+            Op::DepthwiseConv2D(op) => {
+                let [h, wd, _] = hwc(&in_shapes[0]);
+                let (oh, ow) = (y.h as usize, y.w as usize);
+                let d = &op.depthwise;
+                let window = [d.geometry(0, h, oh), d.geometry(1, wd, ow)];
+                let w = self.weights_of(id)?;
+                let weights = [&w.tensors[0], &w.tensors[1]];
+                self.grouped_conv::<T>(
+                    arena,
+                    (x_view(0)?, y),
+                    weights,
+                    window,
+                    1,
+                    op.activation,
+                    batch,
+                )?;
+            }
+            Op::SeparableConv2D(op) => {
+                let [h, wd, c] = hwc(&in_shapes[0]);
+                let (oh, ow) = (y.h as usize, y.w as usize);
+                let d = &op.depthwise;
+                let [rows, cols] = [d.geometry(0, h, oh), d.geometry(1, wd, ow)];
+                let w = self.weights_of(id)?;
+                let ints = [
+                    i(rows.kernel),
+                    i(cols.kernel),
+                    i(rows.stride),
+                    i(cols.stride),
+                    i(rows.dilation),
+                    i(cols.dilation),
+                    i(rows.pad_before),
+                    i(cols.pad_before),
+                    i(c * d.depth_multiplier as usize),
+                    activation_code(op.activation),
+                    nb,
+                ];
+                let x = x_view(0)?;
+                let mut b = stream.launch_builder(self.function::<T>("separable_conv2d"));
+                b.arg(&mut *arena)
+                    .arg(&x)
+                    .arg(&y)
+                    .arg(&w.tensors[0])
+                    .arg(&w.tensors[1])
+                    .arg(&w.tensors[2]);
+                for v in &ints {
+                    b.arg(v);
+                }
+                // SAFETY: matches separable_conv2d_<T>(void*, View, View, const float* x3,
+                // int x11) in kernels/conv.cu; weights bound as [depthwise, pointwise, bias].
+                unsafe { b.launch(grid(n_out)).map_err(driver)? };
+                if op.activation == ActivationFn::Softmax {
+                    self.softmax_over_channels(arena, y, batch)?;
+                }
+            }
             Op::Conv2D(op) => {
                 let a = &op.args;
                 let (x0, x1) = match &plan.storage[node.inputs[0].index()] {

@@ -19,7 +19,10 @@ pub use activation::{
     Activation, Dropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU, Softmax,
     SpatialDropout2D, ELU,
 };
-pub use conv::{Conv2D, Conv2DTranspose, TransposeGeometry, WindowGeometry};
+pub use conv::{
+    Conv2D, Conv2DTranspose, Depthwise, DepthwiseConv2D, SeparableConv2D, TransposeGeometry,
+    WindowGeometry,
+};
 pub use dense::{Dense, Flatten};
 pub use input::Input;
 pub use keywords::{ActivationFn, Interpolation, Keyword, Padding};
@@ -231,6 +234,8 @@ ops! {
     GaussianDropout: "gaussian_dropout",
     GroupNormalization: "group_normalization",
     LayerNormalization: "layer_normalization",
+    DepthwiseConv2D: "depthwise_conv2d",
+    SeparableConv2D: "separable_conv2d",
 }
 
 impl Op {
@@ -270,7 +275,9 @@ impl Op {
             | Op::GlobalMaxPooling2D(_)
             | Op::SpatialDropout2D(_)
             | Op::GaussianNoise(_)
-            | Op::GaussianDropout(_) => None,
+            | Op::GaussianDropout(_)
+            | Op::DepthwiseConv2D(_)
+            | Op::SeparableConv2D(_) => None,
         }
     }
 }

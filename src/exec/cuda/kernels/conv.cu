@@ -34,6 +34,69 @@ INSTANTIATE(conv2d, (void* arena, View x0, View x1, View y, const float* w, cons
                      int KH, int KW, int SH, int SW, int DH, int DW, int PT, int PL, int act, int N),
             (, x0, x1, y, w, bias, KH, KW, SH, SW, DH, DW, PT, PL, act, N))
 
+// A grouped convolution's sum at output (n, oy, ox, o) before bias and activation: kernel
+// w[ky, kx, CG, F] (Keras's layout), output channel o of group o / (F / G) reading that group's
+// CG input channels, G = x.c / CG (outside = 0). A depthwise kernel [kh, kw, C, DM] is the case
+// CG = 1, F = C * DM.
+template <typename T>
+__device__ float grouped_sum(const T* arena, View x, const float* w, int F, int CG, int n,
+                             int oy, int ox, int o, int KH, int KW, int SH, int SW, int DH,
+                             int DW, int PT, int PL) {
+    int groups = x.c / CG;
+    int first = (o / (F / groups)) * CG;
+    float acc = 0.0f;
+    for (int ky = 0; ky < KH; ++ky) {
+        int iy = oy * SH + ky * DH - PT;
+        if (iy < 0 || iy >= x.h) continue;
+        for (int kx = 0; kx < KW; ++kx) {
+            int ix = ox * SW + kx * DW - PL;
+            if (ix < 0 || ix >= x.w) continue;
+            const T* xp = arena + view_at(x, n, iy, ix, first);
+            const float* wp = w + ((i64)(ky * KW + kx) * CG) * F + o;
+            for (int ci = 0; ci < CG; ++ci) acc += load_elem(xp + ci) * wp[(i64)ci * F];
+        }
+    }
+    return acc;
+}
+
+// Conv2D with groups, and DepthwiseConv2D (CG = 1): y = act(bias + grouped_sum).
+template <typename T>
+__device__ void grouped_conv2d(T* arena, View x, View y, const float* w, const float* bias,
+                               int KH, int KW, int SH, int SW, int DH, int DW, int PT, int PL,
+                               int CG, int act, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float acc = grouped_sum(arena, x, w, y.c, CG, n, oy, ox, c, KH, KW, SH, SW, DH, DW, PT, PL);
+    acc += bias[c];
+    store_elem(arena + view_at(y, n, oy, ox, c), act == ACT_SOFTMAX ? acc : activate(acc, act));
+}
+INSTANTIATE(grouped_conv2d,
+            (void* arena, View x, View y, const float* w, const float* bias, int KH, int KW,
+             int SH, int SW, int DH, int DW, int PT, int PL, int CG, int act, int N),
+            (, x, y, w, bias, KH, KW, SH, SW, DH, DW, PT, PL, CG, act, N))
+
+// SeparableConv2D: y[f] = act(bias[f] + sum_m pw[m, f] * depthwise_m), the depthwise stage
+// (kernel dw [kh, kw, C, DM], M = C * DM values per pixel) computed in f32 for each output
+// channel: one thread per output and no intermediate tensor.
+template <typename T>
+__device__ void separable_conv2d(T* arena, View x, View y, const float* dw, const float* pw,
+                                 const float* bias, int KH, int KW, int SH, int SW, int DH,
+                                 int DW, int PT, int PL, int M, int act, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float acc = 0.0f;
+    for (int m = 0; m < M; ++m) {
+        float depthwise = grouped_sum(arena, x, dw, M, 1, n, oy, ox, m, KH, KW, SH, SW, DH, DW,
+                                      PT, PL);
+        acc += depthwise * pw[(i64)m * y.c + c];
+    }
+    acc += bias[c];
+    store_elem(arena + view_at(y, n, oy, ox, c), act == ACT_SOFTMAX ? acc : activate(acc, act));
+}
+INSTANTIATE(separable_conv2d,
+            (void* arena, View x, View y, const float* dw, const float* pw, const float* bias,
+             int KH, int KW, int SH, int SW, int DH, int DW, int PT, int PL, int M, int act,
+             int N),
+            (, x, y, dw, pw, bias, KH, KW, SH, SW, DH, DW, PT, PL, M, act, N))
+
 // Keras Conv2DTranspose: full[i*SH + a, j*SW + b, o] += x[i, j, c] * w[a, b, o, c]; the output is
 // the window of the full result starting at (Y0, X0) (zeros beyond it).
 template <typename T>

@@ -866,3 +866,74 @@ fn a_yaml_value_needs_a_variable() {
       │       ^^ no `then:`
     ");
 }
+
+/// The new kinds' argument errors (issue 12): channels that do not split into groups, a
+/// depthwise convolution with both strides and dilation (Keras refuses it), LayerNormalization
+/// over axes that are not a trailing run.
+#[test]
+fn group_and_axis_errors_of_the_new_kinds() {
+    let out = check(
+        "groups.unet",
+        "model {
+  input 16x16x6
+  conv2d(8, 3, groups: 4)
+  input_1 -> group_normalization(groups: 4)
+  input_1 -> depthwise_conv2d(3, strides: 2, dilation_rate: 2)
+  input_1 -> layer_normalization(axis: [1, 2])
+}
+",
+    );
+    insta::assert_snapshot!(out, @"
+    warning[W-unused]: layer `conv2d` does not lead to the model's output
+      ┌─ groups.unet:3:3
+      │
+    3 │   conv2d(8, 3, groups: 4)
+      │   ^^^^^^^^^^^^^^^^^^^^^^^ unused; Keras leaves it out of the model
+      │
+      = help: use its result, or remove it
+
+    error[E-groups]: Conv2D `conv2d`: `input_1` has 6 channels, which do not split into 4 groups
+      ┌─ groups.unet:3:3
+      │
+    2 │   input 16x16x6
+      │   ------------- `input_1` is (None, 16, 16, 6)
+    3 │   conv2d(8, 3, groups: 4)
+      │   ^^^^^^^^^^^^^^^^^^^^^^^ 6 channels, groups 4
+      │
+      = help: Keras needs the input channels divisible by `groups`
+
+    warning[W-unused]: layer `group_normalization` does not lead to the model's output
+      ┌─ groups.unet:4:14
+      │
+    4 │   input_1 -> group_normalization(groups: 4)
+      │              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^ unused; Keras leaves it out of the model
+      │
+      = help: use its result, or remove it
+
+    error[E-groups]: GroupNormalization `group_normalization`: Number of groups (4) must be a multiple of the number of channels (6).
+      ┌─ groups.unet:4:14
+      │
+    2 │   input 16x16x6
+      │   ------------- `input_1` is (None, 16, 16, 6)
+    3 │   conv2d(8, 3, groups: 4)
+    4 │   input_1 -> group_normalization(groups: 4)
+      │              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^ 6 channels do not split into 4 groups
+      │
+      = help: the channels must be a multiple of the groups: use a number of groups that divides 6
+
+    error[E-arg-value]: `depthwise_conv2d` cannot have `strides` > 1 with `dilation_rate` > 1
+      ┌─ groups.unet:5:14
+      │
+    5 │   input_1 -> depthwise_conv2d(3, strides: 2, dilation_rate: 2)
+      │              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^ strides and dilation_rate both > 1
+
+    error[E-axis]: LayerNormalization `layer_normalization`: unetc normalises a trailing run of axes after the batch (-1, [2, 3], [1, 2, 3]), not [1, 2]
+      ┌─ groups.unet:6:14
+      │
+    2 │   input 16x16x6
+      │   ------------- `input_1` is (None, 16, 16, 6)
+      ·
+    6 │   input_1 -> layer_normalization(axis: [1, 2])
+      │              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^ unsupported axis
+    ");
+}

@@ -3,6 +3,7 @@
 //! `unetc import model.json` reads a functional model's `to_json()` and writes a DSL spec.
 
 use crate::infer::Inferred;
+use crate::ir::ops::{LayerKind, TFOpLambda, TfFunction};
 use crate::ir::{Graph, Op};
 use serde_json::Value as Json;
 use std::fmt::Write;
@@ -183,7 +184,189 @@ fn dsl(v: &Json) -> Option<String> {
     })
 }
 
+/// Whether `name` can stand for itself in the DSL (a plain identifier, no keyword).
+fn is_dsl_identifier(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !matches!(
+            name,
+            "model"
+                | "block"
+                | "defaults"
+                | "for"
+                | "in"
+                | "if"
+                | "else"
+                | "and"
+                | "or"
+                | "not"
+                | "include"
+                | "input"
+                | "output"
+                | "true"
+                | "false"
+                | "none"
+                | "None"
+                | "null"
+        )
+}
+
+/// How the imported spec refers to each layer: by its name when that is an identifier, else
+/// through a variable (`tf.concat` -> `tf_concat = ... -> tf_op(concat, name: "tf.concat")`).
+#[derive(Default)]
+struct References {
+    by_layer: std::collections::HashMap<String, String>,
+    taken: std::collections::HashSet<String>,
+}
+
+impl References {
+    fn new(layer_names: &[&str]) -> Self {
+        References {
+            by_layer: Default::default(),
+            taken: layer_names.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    /// Declares a layer; returns the variable to assign it to, if it needs one.
+    fn declare(&mut self, layer: &str) -> Option<String> {
+        if is_dsl_identifier(layer) {
+            self.by_layer.insert(layer.to_string(), layer.to_string());
+            return None;
+        }
+        let mut base: String = layer
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        if !base.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            base.insert_str(0, "layer_");
+        }
+        let mut var = base.clone();
+        let mut k = 1;
+        while self.taken.contains(&var) || !is_dsl_identifier(&var) {
+            var = format!("{base}_v{k}");
+            k += 1;
+        }
+        self.taken.insert(var.clone());
+        self.by_layer.insert(layer.to_string(), var.clone());
+        Some(var)
+    }
+
+    fn of(&self, layer: &str, at: &str) -> Result<&str, ImportError> {
+        self.by_layer.get(layer).map(String::as_str).ok_or_else(|| {
+            ImportError(format!(
+                "{at}: input `{layer}` is not a layer defined before it"
+            ))
+        })
+    }
+}
+
+fn layer_name(layer: &Json) -> Option<&str> {
+    layer
+        .get("config")
+        .and_then(|c| c.get("name"))
+        .or_else(|| layer.get("name"))
+        .and_then(Json::as_str)
+}
+
+fn class_of(layer: &Json) -> Option<&str> {
+    layer.get("class_name").and_then(Json::as_str)
+}
+
+/// `[name, node_index, tensor_index, ...]`: the layer a call argument comes from.
+fn tensor_ref(v: &Json) -> Option<&str> {
+    let items = v.as_array()?;
+    if items.len() >= 3 && items[1].is_u64() && items[2].is_u64() {
+        items[0].as_str()
+    } else {
+        None
+    }
+}
+
+/// The refusal for a layer unetc cannot run: which layer, why, and what unetc has instead.
+fn unknown_layer(at: &str, lname: &str, class: &str, others: &[&str]) -> ImportError {
+    let more = match others {
+        [] => String::new(),
+        [one] => format!(" (so is `{one}`)"),
+        [first, rest @ ..] => format!(" (so are `{first}` and {} more)", rest.len()),
+    };
+    let why = if class == "Lambda" {
+        "a Lambda runs a Python function stored as bytecode, which unetc cannot read or run. \
+         Nearest known kind: TFOpLambda (what Keras records for TensorFlow functions applied to \
+         tensors, such as `x + y` or `tf.concat`), which unetc runs for: "
+            .to_string()
+            + &TfFunction::ALL
+                .iter()
+                .map(|f| f.keras_name())
+                .collect::<Vec<_>>()
+                .join(", ")
+            + "; write the function with those or with Keras layers"
+    } else {
+        let classes = crate::ir::ops::KIND_CLASSES.iter().map(|(_, c)| *c);
+        match crate::suggest::closest(class, classes) {
+            Some(near) => format!("nearest known kind: {near}"),
+            None => "a custom layer's call() is Python code unetc cannot run; build it from \
+                     the Keras layers unetc knows (README.md, \"The spec language\")"
+                .to_string(),
+        }
+    };
+    ImportError(format!(
+        "{at}: layer `{lname}` is a {class}, which unetc does not know{more}: {why}; nothing \
+         was imported"
+    ))
+}
+
+/// The call arguments of a TFOpLambda: its input layers and the spec arguments (`axis`).
+/// Keras records the first argument as the node (a tensor, or a list of tensors for
+/// `tf.concat`) and the others as keyword arguments (`y`, `axis`, `name`).
+fn tf_op_call<'a>(
+    at: &str,
+    lname: &str,
+    node: &'a Json,
+) -> Result<(Vec<&'a str>, Vec<String>), ImportError> {
+    let err = |m: String| ImportError(format!("{at}: TFOpLambda `{lname}` {m}"));
+    let node = node
+        .as_array()
+        .ok_or_else(|| err("has an unreadable inbound node".into()))?;
+    // One tensor: [name, 0, 0, kwargs]; a list of tensors: [[name, 0, 0, kwargs], ...].
+    let (mut inputs, kwargs) = match node.first() {
+        Some(Json::String(first)) => (vec![first.as_str()], node.get(3)),
+        _ => {
+            let inputs = node
+                .iter()
+                .map(|t| {
+                    tensor_ref(t).ok_or_else(|| err("has an unreadable inbound tensor".into()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (inputs, node.first().and_then(|t| t.get(3)))
+        }
+    };
+    let mut args = Vec::new();
+    if let Some(Json::Object(kwargs)) = kwargs {
+        for (key, value) in kwargs {
+            match (key.as_str(), value) {
+                ("name", Json::Null) => {}
+                ("y", v) => inputs.push(tensor_ref(v).ok_or_else(|| {
+                    err(format!(
+                        "takes the constant {v} as `y`; unetc runs TensorFlow functions of \
+                         tensors only (make the constant a layer's output)"
+                    ))
+                })?),
+                ("axis", Json::Number(n)) => args.push(format!("axis: {n}")),
+                (other, v) => {
+                    return Err(err(format!(
+                        "is called with `{other}={v}`, which unetc does not model"
+                    )))
+                }
+            }
+        }
+    }
+    Ok((inputs, args))
+}
+
 /// A DSL spec for a tf.keras functional model's JSON (`model.to_json()`), every layer named.
+/// A model with a layer unetc cannot run is refused whole: no spec, one error naming the layer.
 pub fn import_json(text: &str) -> Result<String, ImportError> {
     let err = |m: String| ImportError(m);
     let root: Json = serde_json::from_str(text).map_err(|e| err(format!("not JSON: {e}")))?;
@@ -199,20 +382,19 @@ pub fn import_json(text: &str) -> Result<String, ImportError> {
         "# Imported from a tf.keras model's to_json() by unetc.\nmodel {} {{\n",
         crate::emit::dsl::string_literal(name)
     );
+    let all_names: Vec<&str> = layers.iter().filter_map(layer_name).collect();
+    let mut refs = References::new(&all_names);
     for (i, layer) in layers.iter().enumerate() {
         let at = format!("config.layers[{i}]");
-        let class = layer
-            .get("class_name")
-            .and_then(Json::as_str)
-            .ok_or_else(|| err(format!("{at}: no class_name")))?;
+        let class = class_of(layer).ok_or_else(|| err(format!("{at}: no class_name")))?;
         let lc = layer
             .get("config")
             .ok_or_else(|| err(format!("{at}: no config")))?;
-        let lname = lc
-            .get("name")
-            .or_else(|| layer.get("name"))
-            .and_then(Json::as_str)
-            .ok_or_else(|| err(format!("{at}: no name")))?;
+        let lname = layer_name(layer).ok_or_else(|| err(format!("{at}: no name")))?;
+        let assign = match refs.declare(lname) {
+            Some(var) => format!("{var} = "),
+            None => String::new(),
+        };
         if class == "InputLayer" {
             let shape = lc
                 .get("batch_input_shape")
@@ -231,41 +413,20 @@ pub fn import_json(text: &str) -> Result<String, ImportError> {
             })?;
             let _ = writeln!(
                 out,
-                "  input(shape: {}, name: {})",
+                "  {assign}input(shape: {}, name: {})",
                 dims.join("x"),
                 crate::emit::dsl::string_literal(lname)
             );
             continue;
         }
-        let is_ident = lname
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && lname.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !matches!(
-                lname,
-                "model"
-                    | "block"
-                    | "defaults"
-                    | "for"
-                    | "in"
-                    | "include"
-                    | "input"
-                    | "output"
-                    | "true"
-                    | "false"
-                    | "none"
-                    | "None"
-                    | "null"
-            );
-        if !is_ident {
-            return Err(err(format!("{at}: layer name `{lname}` cannot be referenced in the DSL; rename it in Keras (letters, digits, _)")));
-        }
-        let (kind, keys) = Op::for_keras_class(class).ok_or_else(|| {
-            err(format!(
-                "{at}: layer `{lname}` is a {class}, which unetc does not know"
-            ))
-        })?;
+        let Some((kind, keys)) = Op::for_keras_class(class) else {
+            let others: Vec<&str> = layers[i + 1..]
+                .iter()
+                .filter(|l| class_of(l) == Some(class))
+                .filter_map(layer_name)
+                .collect();
+            return Err(unknown_layer(&at, lname, class, &others));
+        };
         if lc
             .get("data_format")
             .and_then(Json::as_str)
@@ -291,7 +452,6 @@ pub fn import_json(text: &str) -> Result<String, ImportError> {
         if lc.get("trainable").and_then(Json::as_bool) == Some(false) {
             args.push("trainable: false".into());
         }
-        args.push(format!("name: {}", crate::emit::dsl::string_literal(lname)));
         // inbound_nodes: [[["conv2d", 0, 0, {}], ...]] (Keras 2); one call per layer.
         let nodes = layer
             .get("inbound_nodes")
@@ -303,20 +463,45 @@ pub fn import_json(text: &str) -> Result<String, ImportError> {
                 nodes.len()
             )));
         }
-        let inbound = nodes[0]
-            .as_array()
-            .ok_or_else(|| err(format!("{at}: inbound node is not a list")))?;
-        let names: Option<Vec<&str>> = inbound
-            .iter()
-            .map(|n| n.get(0).and_then(Json::as_str))
-            .collect();
-        let names = names.ok_or_else(|| err(format!("{at}: unreadable inbound node")))?;
-        let source = if names.len() == 1 {
-            names[0].to_string()
+        let names: Vec<&str> = if class == TFOpLambda::CLASS {
+            let function = lc
+                .get("function")
+                .and_then(Json::as_str)
+                .unwrap_or_default();
+            if TfFunction::from_keras_name(function).is_none() {
+                let known = TfFunction::ALL.iter().map(|f| f.keras_name());
+                let near = crate::suggest::closest(function, known.clone())
+                    .map_or(String::new(), |n| format!("; nearest: `{n}`"));
+                return Err(err(format!(
+                    "{at}: TFOpLambda `{lname}` applies `tf.{function}`, which unetc does not run \
+                     (it runs {}){near}; nothing was imported",
+                    known.collect::<Vec<_>>().join(", ")
+                )));
+            }
+            let (inputs, call_args) = tf_op_call(&at, lname, &nodes[0])?;
+            args.extend(call_args);
+            inputs
         } else {
-            format!("[{}]", names.join(", "))
+            let inbound = nodes[0]
+                .as_array()
+                .ok_or_else(|| err(format!("{at}: inbound node is not a list")))?;
+            let names: Option<Vec<&str>> = inbound
+                .iter()
+                .map(|n| n.get(0).and_then(Json::as_str))
+                .collect();
+            names.ok_or_else(|| err(format!("{at}: unreadable inbound node")))?
         };
-        let _ = writeln!(out, "  {source} -> {kind}({})", args.join(", "));
+        args.push(format!("name: {}", crate::emit::dsl::string_literal(lname)));
+        let sources: Vec<&str> = names
+            .iter()
+            .map(|n| refs.of(n, &at))
+            .collect::<Result<_, _>>()?;
+        let source = if sources.len() == 1 {
+            sources[0].to_string()
+        } else {
+            format!("[{}]", sources.join(", "))
+        };
+        let _ = writeln!(out, "  {assign}{source} -> {kind}({})", args.join(", "));
     }
     let outputs = config
         .get("output_layers")
@@ -327,6 +512,10 @@ pub fn import_json(text: &str) -> Result<String, ImportError> {
         .map(|o| o.get(0).and_then(Json::as_str))
         .collect();
     let outs = outs.ok_or_else(|| err("unreadable config.output_layers".into()))?;
+    let outs: Vec<&str> = outs
+        .iter()
+        .map(|n| refs.of(n, "config.output_layers"))
+        .collect::<Result<_, _>>()?;
     let _ = writeln!(out, "  output {}\n}}", outs.join(", "));
     Ok(out)
 }

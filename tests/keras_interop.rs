@@ -52,6 +52,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_merges.unet", "edge_merges"),
         ("tests/golden/edge_norms.unet", "edge_norms"),
         ("tests/golden/edge_depthwise.unet", "edge_depthwise"),
+        ("tests/golden/edge_tfops.unet", "edge_tfops"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -74,7 +75,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 10);
+    assert_eq!(checked, 11);
 }
 
 #[test]
@@ -109,4 +110,32 @@ fn import_refuses_what_unetc_cannot_run() {
     let err = unetc::interop::keras::import_json(&lstm).unwrap_err();
     assert!(err.to_string().contains("LSTM"), "{err}");
     assert!(unetc::interop::keras::import_json("not json").is_err());
+}
+
+#[test]
+fn import_refuses_a_lambda_layer_once_naming_it() {
+    // A Lambda as tf.keras 2.21 writes it (the function is Python bytecode), twice.
+    let lambda = |name: &str, input: &str| {
+        format!(
+            r#"{{"class_name": "Lambda", "config": {{"name": "{name}", "function": ["4wEAAAAA", null, null], "function_type": "lambda"}}, "name": "{name}", "inbound_nodes": [[["{input}", 0, 0, {{}}]]]}}"#
+        )
+    };
+    let json = format!(
+        r#"{{"class_name": "Functional", "config": {{"name": "m", "layers": [
+        {{"class_name": "InputLayer", "config": {{"batch_input_shape": [null, 8, 8, 3], "name": "input_1"}}, "inbound_nodes": []}},
+        {}, {}],
+        "input_layers": [["input_1", 0, 0]], "output_layers": [["resize_b", 0, 0]]}}}}"#,
+        lambda("resize_a", "input_1"),
+        lambda("resize_b", "resize_a")
+    );
+    let err = unetc::interop::keras::import_json(&json)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("config.layers[1]: layer `resize_a` is a Lambda, which unetc does not know (so is `resize_b`)"),
+        "{err}"
+    );
+    assert!(err.contains("Nearest known kind: TFOpLambda"), "{err}");
+    assert_eq!(err.matches("Lambda,").count(), 1, "{err}");
+    assert!(err.ends_with("nothing was imported"), "{err}");
 }

@@ -36,6 +36,8 @@ SPECS = [
     "tests/golden/edge_norms.unet",
     # The depthwise family (DepthwiseConv2D, SeparableConv2D, Conv2D with groups).
     "tests/golden/edge_depthwise.unet",
+    # TFOpLambda layers (x + g, tf.concat, tf.nn.relu, ...), named with dots.
+    "tests/golden/edge_tfops.unet",
 ]
 
 

@@ -68,6 +68,8 @@ WEIGHTLESS = {
     "SpatialDropout2D",
     "GaussianNoise",
     "GaussianDropout",
+    # TensorFlow functions applied to tensors (`x + y`, tf.concat); unetc checks the function.
+    "TFOpLambda",
 }
 WITH_WEIGHTS = {
     "Conv2D": ("kernel", "bias"),

@@ -127,6 +127,7 @@ pub fn bind_weights(
             | Op::Average(_)
             | Op::Maximum(_)
             | Op::Minimum(_)
+            | Op::TFOpLambda(_)
             | Op::LeakyReLU(_)
             | Op::ELU(_)
             | Op::AveragePooling2D(_)

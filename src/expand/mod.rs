@@ -643,9 +643,9 @@ impl<'s> Expander<'_> {
                     Diagnostic::error("E-arg-type", "`name` must be a string")
                         .at(other.span, "not a string"),
                 );
-                self.session.auto_name(op.base_name())
+                self.session.auto_name(op.auto_name_base())
             }
-            None => self.session.auto_name(op.base_name()),
+            None => self.session.auto_name(op.auto_name_base()),
         };
         let trainable = match trainable {
             Some(ArgValue {

@@ -20,7 +20,10 @@
 
 use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
-use crate::ir::ops::{ActivationFn, Interpolation, NormLayout, WindowGeometry};
+use crate::ir::ops::{
+    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, NormLayout,
+    Subtract, TfCompute, WindowGeometry,
+};
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
 
@@ -1023,11 +1026,34 @@ impl Exporter<'_> {
                     ],
                 );
             }
-            Op::Multiply(_) => self.merge(&name, "Mul", false, xs, out, &in_shapes, &out_shape)?,
-            Op::Subtract(_) => self.merge(&name, "Sub", false, xs, out, &in_shapes, &out_shape)?,
-            Op::Average(_) => self.merge(&name, "Mean", true, xs, out, &in_shapes, &out_shape)?,
-            Op::Maximum(_) => self.merge(&name, "Max", true, xs, out, &in_shapes, &out_shape)?,
-            Op::Minimum(_) => self.merge(&name, "Min", true, xs, out, &in_shapes, &out_shape)?,
+            Op::Multiply(_) => {
+                self.merge(&name, Multiply::FUNCTION, xs, out, &in_shapes, &out_shape)?
+            }
+            Op::Subtract(_) => {
+                self.merge(&name, Subtract::FUNCTION, xs, out, &in_shapes, &out_shape)?
+            }
+            Op::Average(_) => {
+                self.merge(&name, Average::FUNCTION, xs, out, &in_shapes, &out_shape)?
+            }
+            Op::Maximum(_) => {
+                self.merge(&name, Maximum::FUNCTION, xs, out, &in_shapes, &out_shape)?
+            }
+            Op::Minimum(_) => {
+                self.merge(&name, Minimum::FUNCTION, xs, out, &in_shapes, &out_shape)?
+            }
+            Op::TFOpLambda(op) => match op.computes() {
+                TfCompute::Merge(function) => {
+                    self.merge(&name, function, xs, out, &in_shapes, &out_shape)?
+                }
+                TfCompute::Concat(axis) => {
+                    let axis = onnx_axis(axis, out_shape.len(), image);
+                    self.node(name, "Concat", xs, out, vec![("axis", Attr::Int(axis))]);
+                }
+                TfCompute::Activation(activation) => {
+                    let axis = if image { 1 } else { -1 };
+                    self.activation(&name, activation, x(), out, axis);
+                }
+            },
             Op::LeakyReLU(op) => self.node(
                 name,
                 "LeakyRelu",
@@ -1097,8 +1123,7 @@ impl Exporter<'_> {
     fn merge(
         &mut self,
         name: &str,
-        op_type: &'static str,
-        variadic: bool,
+        function: MergeFn,
         xs: Vec<String>,
         out: String,
         in_shapes: &[Vec<i64>],
@@ -1111,6 +1136,15 @@ impl Exporter<'_> {
                  rank (broadcasting sides of size 1) only"
             ));
         }
+        // The ONNX operator, and whether it takes any number of inputs (else a chain of pairs).
+        let (op_type, variadic) = match function {
+            MergeFn::Add => ("Add", false),
+            MergeFn::Multiply => ("Mul", false),
+            MergeFn::Subtract => ("Sub", false),
+            MergeFn::Average => ("Mean", true),
+            MergeFn::Maximum => ("Max", true),
+            MergeFn::Minimum => ("Min", true),
+        };
         if variadic || xs.len() == 2 {
             self.node(name.to_string(), op_type, xs, out, vec![]);
             return Ok(());

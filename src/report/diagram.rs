@@ -7,6 +7,7 @@
 //! execution order; the row is the resolution level (pooling goes one down, upsampling one up),
 //! so a U-Net comes out as a U and any other graph as a staircase of levels.
 
+use crate::ir::ops::{MergeFn, TfCompute};
 use crate::ir::{Graph, NodeId, Op};
 use crate::Compiled;
 use std::collections::HashMap;
@@ -63,6 +64,8 @@ impl Edge {
 /// Layers drawn inside the box of the layer before them.
 fn folds(op: &Op) -> bool {
     match op {
+        // An elementwise function folds as an activation layer does; merges get their own box.
+        Op::TFOpLambda(op) => matches!(op.computes(), TfCompute::Activation(_)),
         Op::BatchNormalization(_)
         | Op::Activation(_)
         | Op::ReLU(_)
@@ -156,6 +159,7 @@ fn level_step(op: &Op) -> i64 {
         | Op::Average(_)
         | Op::Maximum(_)
         | Op::Minimum(_)
+        | Op::TFOpLambda(_)
         | Op::LeakyReLU(_)
         | Op::ELU(_)
         | Op::PReLU(_)
@@ -186,6 +190,12 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         Op::Multiply(_) => Edge::Gate,
         Op::Subtract(_) | Op::Average(_) | Op::Maximum(_) | Op::Minimum(_) => Edge::Merge,
         Op::Concatenate(_) => Edge::Concat,
+        Op::TFOpLambda(op) => match op.computes() {
+            TfCompute::Merge(MergeFn::Multiply) => Edge::Gate,
+            TfCompute::Merge(_) => Edge::Merge,
+            TfCompute::Concat(_) => Edge::Concat,
+            TfCompute::Activation(_) => Edge::Other,
+        },
         // One-input layers in this group fold into the box before them and get no arrow.
         Op::Input(_)
         | Op::Flatten(_)

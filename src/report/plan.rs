@@ -184,6 +184,7 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                     | Op::Average(_)
                     | Op::Maximum(_)
                     | Op::Minimum(_)
+                    | Op::TFOpLambda(_)
                     | Op::LeakyReLU(_)
                     | Op::ELU(_)
                     | Op::PReLU(_)

@@ -510,12 +510,14 @@ pub fn receptive_field(c: &Compiled) -> usize {
                     Op::LayerNormalization(op) if op.positive_axes(3).contains(&1) => (0, n - 1),
                     // Per row or per pixel otherwise.
                     Op::LayerNormalization(_) => (a, b),
-                    // Merges broadcast an input of height 1 over every row.
+                    // Merges broadcast an input of height 1 over every row (TensorFlow's
+                    // functions too; their one-input ones are per pixel anyway).
                     Op::Multiply(_)
                     | Op::Subtract(_)
                     | Op::Average(_)
                     | Op::Maximum(_)
-                    | Op::Minimum(_) => {
+                    | Op::Minimum(_)
+                    | Op::TFOpLambda(_) => {
                         if n == 1 {
                             (0, 0)
                         } else {

@@ -677,6 +677,37 @@ def edge_depthwise():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_tfops():
+    """Issue 12's TFOpLambda layers, which Keras creates for TensorFlow functions applied to
+    tensors, on signed 6x5 maps (linear 1x1 convs of the input): `x + g`
+    (tf.__operators__.add), `x * gate` (tf.math.multiply, a one-channel gate broadcast over 8
+    channels), `x - g` (tf.math.subtract), tf.math.add, tf.math.maximum, tf.math.minimum,
+    tf.concat on the channels (two and three inputs), tf.nn.relu, tf.math.sigmoid and a
+    residual `x + conv(relu(x))` (tf.__operators__.add_1). Flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(8, 1)(inp)
+    g = L.Conv2D(8, 1)(inp)
+    gate = L.Conv2D(1, 1, activation="sigmoid")(x)
+    relu = tf.nn.relu(x)
+    branches = [
+        x + g,
+        x * gate,
+        x - g,
+        tf.math.add(x, g),
+        tf.math.maximum(x, g),
+        tf.math.minimum(x, g),
+        tf.concat([x, g], -1),
+        tf.concat([x, g, x], axis=3),
+        relu,
+        tf.math.sigmoid(x),
+        x + L.Conv2D(8, 3, padding="same")(relu),
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def original_full():
     """Seed 000 at full width (31,030,658 parameters), as in specs/original.unet, at its smallest
     valid input 188x188x1 (crops 4/16/40/88 as at 572), output 4x4x2."""
@@ -708,7 +739,7 @@ def original_full_at(size: int):
 
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
-         edge_merges, edge_norms, edge_depthwise]
+         edge_merges, edge_norms, edge_depthwise, edge_tfops]
 FULL = [original_full]
 
 # ---------------------------------------------------------------------------------------------

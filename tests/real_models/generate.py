@@ -53,7 +53,7 @@ def models():
 
 
 SKIPPED = {
-    "kuc_resunet_a": "uses Lambda and TFOpLambda (tf.expand_dims) layers and DepthwiseConv2D",
+    "kuc_resunet_a": "its ASPP pool branch resizes with two Lambda layers (tf.image.resize in Python bytecode, which unetc cannot run; `unetc import` refuses them) after TFOpLambda tf.expand_dims on (None, C) tensors, which unetc does not model",
 }
 
 

@@ -7,7 +7,9 @@ pub mod kernels;
 use super::plan::{hwc, plan, reads_parts, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use crate::infer::Inferred;
-use crate::ir::ops::{Average, Maximum, Minimum, Multiply, Subtract};
+use crate::ir::ops::{
+    Activation, Average, Concatenate, Maximum, Minimum, Multiply, Subtract, TfCompute,
+};
 use crate::ir::{Graph, NodeId, Op};
 use std::fmt;
 
@@ -182,6 +184,7 @@ impl<'g> CpuModel<'g> {
                 | Op::Average(_)
                 | Op::Maximum(_)
                 | Op::Minimum(_)
+                | Op::TFOpLambda(_)
                 | Op::LeakyReLU(_)
                 | Op::ELU(_)
                 | Op::AveragePooling2D(_)
@@ -604,6 +607,17 @@ impl<'g> CpuModel<'g> {
             }
             (Op::Concatenate(op), _) => kernels::concatenate(op, ins, in_shapes, out, batch),
             (Op::Add(_), _) => kernels::add(ins, out),
+            (Op::TFOpLambda(op), _) => match op.computes() {
+                TfCompute::Merge(function) => {
+                    kernels::merge(function, ins, in_shapes, out, out_shape, batch)
+                }
+                TfCompute::Concat(axis) => {
+                    kernels::concatenate(&Concatenate { axis }, ins, in_shapes, out, batch)
+                }
+                TfCompute::Activation(activation) => {
+                    kernels::activation_layer(&Activation { activation }, ins[0], out, channels)
+                }
+            },
             (Op::Multiply(_), _) => {
                 kernels::merge(Multiply::FUNCTION, ins, in_shapes, out, out_shape, batch)
             }

@@ -16,7 +16,7 @@ use super::tensor::Tensor;
 use super::{Precision, WeightSource};
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, Subtract,
+    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, Subtract, TfCompute,
     WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
@@ -773,6 +773,7 @@ impl<'g> CudaModel<'g> {
             | Op::Average(_)
             | Op::Maximum(_)
             | Op::Minimum(_)
+            | Op::TFOpLambda(_)
             | Op::LeakyReLU(_)
             | Op::ELU(_)
             | Op::PReLU(_)
@@ -1810,37 +1811,20 @@ impl<'g> CudaModel<'g> {
                 let yo = plan.base(&self.dense_window(id)?, batch) as i64;
                 self.shift_window(arena, View::flat(x, len), View::flat(yo, len), 0, 0, batch)?;
             }
-            Op::Concatenate(op) => {
-                // Only concatenations on another axis than the channels run a kernel.
-                let rank = in_shapes[0].len() as i64 + 1;
-                let axis = (if op.axis < 0 { rank + op.axis } else { op.axis } - 1) as usize;
-                let outer = (batch * in_shapes[0][..axis].iter().product::<usize>()) as i64;
-                let lens: Vec<usize> = in_shapes
-                    .iter()
-                    .map(|s| s[axis..].iter().product())
-                    .collect();
-                let total = i(lens.iter().sum());
-                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
-                let mut at = 0usize;
-                for (&p, &len) in node.inputs.iter().zip(&lens) {
-                    let xo = plan.base(&self.dense_window(p)?, batch) as i64;
-                    let (l, a) = (i(len), i(at));
-                    unsafe {
-                        stream
-                            .launch_builder(self.function::<T>("concat_part"))
-                            .arg(&mut *arena)
-                            .arg(&xo)
-                            .arg(&y_off)
-                            .arg(&outer)
-                            .arg(&l)
-                            .arg(&total)
-                            .arg(&a)
-                            .launch(grid(outer as usize * len))
-                            .map_err(driver)?;
-                    }
-                    at += len;
+            // Only concatenations on another axis than the channels run a kernel.
+            Op::Concatenate(op) => self.concat::<T>(arena, id, op.axis, batch)?,
+            Op::TFOpLambda(op) => match op.computes() {
+                TfCompute::Merge(function) => {
+                    let views = (0..node.inputs.len())
+                        .map(x_view)
+                        .collect::<Result<_, _>>()?;
+                    self.merge::<T>(arena, function, views, y, batch)?;
                 }
-            }
+                TfCompute::Concat(axis) => self.concat::<T>(arena, id, axis, batch)?,
+                TfCompute::Activation(act) => {
+                    self.elementwise(arena, x_view(0)?, y, activation_code(act), batch)?
+                }
+            },
             Op::Add(_) => {
                 for k in 1..node.inputs.len() {
                     let a = if k == 1 { x_view(0)? } else { y };
@@ -2113,6 +2097,53 @@ impl<'g> CudaModel<'g> {
 
     /// An elementwise merge of `inputs` into `y`, left to right (Keras's order), broadcasting
     /// sides of size 1; Average divides by the count at the last step.
+    /// Concatenates the inputs of `id` along Keras's `axis` (counting the batch axis) into its
+    /// dense output.
+    fn concat<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        id: NodeId,
+        axis: i64,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let node = self.graph.node(id);
+        let in_shapes: Vec<Vec<usize>> = node.inputs.iter().map(|&p| self.shape(p)).collect();
+        let plan = &self.plan;
+        let stream = &self.stream;
+        let i = |v: usize| v as i32;
+        let rank = in_shapes[0].len() as i64 + 1;
+        let axis = (if axis < 0 { rank + axis } else { axis } - 1) as usize;
+        let outer = (batch * in_shapes[0][..axis].iter().product::<usize>()) as i64;
+        let lens: Vec<usize> = in_shapes
+            .iter()
+            .map(|s| s[axis..].iter().product())
+            .collect();
+        let total = i(lens.iter().sum());
+        let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
+        let mut at = 0usize;
+        for (&p, &len) in node.inputs.iter().zip(&lens) {
+            let xo = plan.base(&self.dense_window(p)?, batch) as i64;
+            let (l, a) = (i(len), i(at));
+            // SAFETY: matches concat_part_<T>(void*, i64 x3, int x3) in kernels/layers.cu;
+            // dense windows from the plan, each inside the arena.
+            unsafe {
+                stream
+                    .launch_builder(self.function::<T>("concat_part"))
+                    .arg(&mut *arena)
+                    .arg(&xo)
+                    .arg(&y_off)
+                    .arg(&outer)
+                    .arg(&l)
+                    .arg(&total)
+                    .arg(&a)
+                    .launch(grid(outer as usize * len))
+                    .map_err(driver)?;
+            }
+            at += len;
+        }
+        Ok(())
+    }
+
     fn merge<T: Element>(
         &self,
         arena: &mut CudaSlice<T>,

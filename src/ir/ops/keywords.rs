@@ -101,3 +101,19 @@ keyword_enum! {
         LeakyRelu = "leaky_relu",
     }
 }
+
+keyword_enum! {
+    /// The TensorFlow functions unetc runs, by the name Keras records in the layer's config
+    /// (`function`): `+` records `__operators__.add`, `*` `math.multiply`, `-` `math.subtract`.
+    TfFunction {
+        OperatorsAdd = "__operators__.add",
+        MathAdd = "math.add",
+        MathMultiply = "math.multiply",
+        MathSubtract = "math.subtract",
+        MathMaximum = "math.maximum",
+        MathMinimum = "math.minimum",
+        Concat = "concat",
+        NnRelu = "nn.relu",
+        MathSigmoid = "math.sigmoid",
+    }
+}

@@ -14,6 +14,7 @@ pub mod merge;
 mod norm;
 mod pool;
 mod resize;
+mod tf_op;
 
 pub use activation::{
     Activation, Dropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU, Softmax,
@@ -25,11 +26,12 @@ pub use conv::{
 };
 pub use dense::{Dense, Flatten};
 pub use input::Input;
-pub use keywords::{ActivationFn, Interpolation, Keyword, Padding};
+pub use keywords::{ActivationFn, Interpolation, Keyword, Padding, TfFunction};
 pub use merge::{Add, Average, Concatenate, Maximum, MergeFn, Minimum, Multiply, Subtract};
 pub use norm::{BatchNormalization, GroupNormalization, LayerNormalization, NormLayout};
 pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D};
 pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
+pub use tf_op::{TFOpLambda, TfCompute};
 
 use crate::diag::Diagnostic;
 use crate::ir::value::ArgReader;
@@ -113,6 +115,11 @@ pub trait LayerKind {
     }
     /// Keras's `get_config()` for the arguments unetc models (normalised, defaults filled in).
     fn config(&self) -> Json;
+    /// The base of Keras's auto-names when it is not the spec kind (TFOpLambda is named after
+    /// its function: `tf.concat`, `tf.concat_1`).
+    fn auto_name_base(&self) -> Option<&'static str> {
+        None
+    }
     /// How many inputs the layer takes: `(min, max)`.
     fn arity() -> (usize, usize) {
         (1, 1)
@@ -172,6 +179,11 @@ macro_rules! ops {
             /// The base of Keras's auto-names: `conv2d`, `max_pooling2d`, `re_lu`, ...
             pub fn base_name(&self) -> &'static str {
                 match self { $(Op::$variant(_) => $kind),* }
+            }
+
+            /// The base of the layer's Keras auto-names: usually the spec kind.
+            pub fn auto_name_base(&self) -> &'static str {
+                match self { $(Op::$variant(op) => op.auto_name_base().unwrap_or($kind)),* }
             }
 
             pub fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
@@ -236,6 +248,7 @@ ops! {
     LayerNormalization: "layer_normalization",
     DepthwiseConv2D: "depthwise_conv2d",
     SeparableConv2D: "separable_conv2d",
+    TFOpLambda: "tf_op",
 }
 
 impl Op {
@@ -277,7 +290,8 @@ impl Op {
             | Op::GaussianNoise(_)
             | Op::GaussianDropout(_)
             | Op::DepthwiseConv2D(_)
-            | Op::SeparableConv2D(_) => None,
+            | Op::SeparableConv2D(_)
+            | Op::TFOpLambda(_) => None,
         }
     }
 }

@@ -377,7 +377,7 @@ fn recursive_block() {
       │         │             
       │         inside the body of this block
       │
-      = help: a block cannot call itself: nothing would stop it. If a closing `}` is misplaced, the call belongs after the block's end
+      = help: a block cannot call itself, directly or through other blocks: repeat with a `for` loop instead. If a closing `}` is misplaced, the call belongs after the block's end
     ");
 }
 
@@ -410,7 +410,7 @@ fn recursion_through_a_loop_is_one_error() {
     5 │       skip[g] = conv_block(g)
       │                 ^^^^^^^^^^ `conv_block` called again here
       │
-      = help: a block cannot call itself: nothing would stop it. If a closing `}` is misplaced, the call belongs after the block's end
+      = help: a block cannot call itself, directly or through other blocks: repeat with a `for` loop instead. If a closing `}` is misplaced, the call belongs after the block's end
     ");
 }
 

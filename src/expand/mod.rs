@@ -840,8 +840,9 @@ impl<'s> Expander<'_> {
                 .at(call.callee.span, format!("`{name}` called again here"))
                 .also(block.name.span, "inside the body of this block")
                 .help(
-                    "a block cannot call itself: nothing would stop it. If a closing `}` is \
-                     misplaced, the call belongs after the block's end",
+                    "a block cannot call itself, directly or through other blocks: repeat with \
+                     a `for` loop instead. If a closing `}` is misplaced, the call belongs after \
+                     the block's end",
                 ),
         );
     }

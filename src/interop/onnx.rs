@@ -361,7 +361,8 @@ struct ConvWindow {
 
 impl Exporter<'_> {
     /// The initializer `<layer>/<var>` of a convolution kernel given in Keras's HWIO layout
-    /// `[kh, kw, c / groups, f]`, transposed to ONNX's OIHW; its name.
+    /// `[kh, kw, c / groups, f]`, transposed to ONNX's OIHW; its name. A transposed convolution's
+    /// `[kh, kw, out, in]` comes out as ONNX's `[in, out, kh, kw]` the same way.
     fn conv_kernel(&mut self, id: NodeId, var: &str, hwio: [i64; 4]) -> String {
         let kernel_name = format!("{}/{var}", self.graph.node(id).name);
         if let Some(k) = self.weight(id, var) {
@@ -730,26 +731,9 @@ impl Exporter<'_> {
                     pads[axis + 2] = g.crop_after as i64;
                     output_padding[axis] = g.extend_after as i64;
                 }
-                let kernel_name = format!("{name}/kernel");
-                if let Some(k) = self.weight(id, "kernel") {
-                    let (kh, kw, c, f) = (kh as usize, kw as usize, c as usize, f as usize);
-                    let mut iohw = vec![0.0f32; k.len()];
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            for o in 0..f {
-                                for ci in 0..c {
-                                    iohw[((ci * f + o) * kh + ky) * kw + kx] =
-                                        k[((ky * kw + kx) * f + o) * c + ci];
-                                }
-                            }
-                        }
-                    }
-                    self.init_f32(
-                        kernel_name.clone(),
-                        vec![c as i64, f as i64, kh as i64, kw as i64],
-                        iohw,
-                    );
-                }
+                // Keras's (kh, kw, out, in) to ONNX's (in, out, kh, kw): the same move of the
+                // spatial axes last as a convolution's HWIO to OIHW.
+                let kernel_name = self.conv_kernel(id, "kernel", [kh, kw, f, c]);
                 let mut inputs = vec![x(), kernel_name];
                 if a.use_bias {
                     inputs.push(self.weight_as_is(id, "bias"));

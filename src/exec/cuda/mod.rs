@@ -1531,6 +1531,9 @@ impl<'g> CudaModel<'g> {
         let x_view = |k: usize| -> Result<View, CudaError> {
             Ok(View::of(plan, &self.window(node.inputs[k])?, batch))
         };
+        // Every input's window, for the merges.
+        let x_views =
+            || -> Result<Vec<View>, CudaError> { (0..node.inputs.len()).map(x_view).collect() };
         let y = View::of(plan, &self.window(id)?, batch);
         let n_out = y.elements(batch);
         let stream = &self.stream;
@@ -1815,10 +1818,7 @@ impl<'g> CudaModel<'g> {
             Op::Concatenate(op) => self.concat::<T>(arena, id, op.axis, batch)?,
             Op::TFOpLambda(op) => match op.computes() {
                 TfCompute::Merge(function) => {
-                    let views = (0..node.inputs.len())
-                        .map(x_view)
-                        .collect::<Result<_, _>>()?;
-                    self.merge::<T>(arena, function, views, y, batch)?;
+                    self.merge::<T>(arena, function, x_views()?, y, batch)?
                 }
                 TfCompute::Concat(axis) => self.concat::<T>(arena, id, axis, batch)?,
                 TfCompute::Activation(act) => {
@@ -1842,36 +1842,11 @@ impl<'g> CudaModel<'g> {
                     }
                 }
             }
-            Op::Multiply(_) => {
-                let views = (0..node.inputs.len())
-                    .map(x_view)
-                    .collect::<Result<_, _>>()?;
-                self.merge::<T>(arena, Multiply::FUNCTION, views, y, batch)?;
-            }
-            Op::Subtract(_) => {
-                let views = (0..node.inputs.len())
-                    .map(x_view)
-                    .collect::<Result<_, _>>()?;
-                self.merge::<T>(arena, Subtract::FUNCTION, views, y, batch)?;
-            }
-            Op::Average(_) => {
-                let views = (0..node.inputs.len())
-                    .map(x_view)
-                    .collect::<Result<_, _>>()?;
-                self.merge::<T>(arena, Average::FUNCTION, views, y, batch)?;
-            }
-            Op::Maximum(_) => {
-                let views = (0..node.inputs.len())
-                    .map(x_view)
-                    .collect::<Result<_, _>>()?;
-                self.merge::<T>(arena, Maximum::FUNCTION, views, y, batch)?;
-            }
-            Op::Minimum(_) => {
-                let views = (0..node.inputs.len())
-                    .map(x_view)
-                    .collect::<Result<_, _>>()?;
-                self.merge::<T>(arena, Minimum::FUNCTION, views, y, batch)?;
-            }
+            Op::Multiply(_) => self.merge::<T>(arena, Multiply::FUNCTION, x_views()?, y, batch)?,
+            Op::Subtract(_) => self.merge::<T>(arena, Subtract::FUNCTION, x_views()?, y, batch)?,
+            Op::Average(_) => self.merge::<T>(arena, Average::FUNCTION, x_views()?, y, batch)?,
+            Op::Maximum(_) => self.merge::<T>(arena, Maximum::FUNCTION, x_views()?, y, batch)?,
+            Op::Minimum(_) => self.merge::<T>(arena, Minimum::FUNCTION, x_views()?, y, batch)?,
             Op::LeakyReLU(op) => {
                 // Keras's ReLU layer with only a negative slope is LeakyReLU.
                 let (has_max, mx, slope, t) = (0i32, 0.0f32, op.alpha as f32, 0.0f32);

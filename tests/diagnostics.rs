@@ -937,3 +937,33 @@ fn group_and_axis_errors_of_the_new_kinds() {
       │              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^ unsupported axis
     ");
 }
+
+/// A block body sees only its parameters: a model variable used there is a bare word, so a
+/// string; the error says so instead of leaving "not integers" unexplained.
+#[test]
+fn a_model_variable_used_inside_a_block_is_explained() {
+    let out = check(
+        "block.unet",
+        r#"model {
+  input 32x32x3
+  stack = 2
+  block convs(f) { for i in 0..stack { conv2d(f, 3) } }
+  convs(8)
+}"#,
+    );
+    insta::assert_snapshot!(out, @"");
+}
+
+#[test]
+fn a_misspelt_variable_in_arithmetic_suggests_the_closest_one() {
+    let out = check(
+        "arith.unet",
+        r#"model {
+  input 32x32x3
+  depth = 4
+  n = dpeth - 1
+  conv2d(n, 3)
+}"#,
+    );
+    insta::assert_snapshot!(out, @"");
+}

@@ -951,7 +951,15 @@ fn a_model_variable_used_inside_a_block_is_explained() {
   convs(8)
 }"#,
     );
-    insta::assert_snapshot!(out, @"");
+    insta::assert_snapshot!(out, @r#"
+    error[E-type]: a range needs integer bounds
+      ┌─ block.unet:4:29
+      │
+    4 │   block convs(f) { for i in 0..stack { conv2d(f, 3) } }
+      │                             ^^^^^^^^ not integers
+      │
+      = help: `stack` is no variable here, so it is the string "stack"; inside a block only the block's parameters are variables: pass outer values in (`block b(..., stack)`)
+    "#);
 }
 
 #[test]
@@ -962,8 +970,16 @@ fn a_misspelt_variable_in_arithmetic_suggests_the_closest_one() {
   input 32x32x3
   depth = 4
   n = dpeth - 1
-  conv2d(n, 3)
+  conv2d(8, 3)
 }"#,
     );
-    insta::assert_snapshot!(out, @"");
+    insta::assert_snapshot!(out, @r#"
+    error[E-type]: cannot compute a string - an integer
+      ┌─ arith.unet:4:7
+      │
+    4 │   n = dpeth - 1
+      │       ^^^^^^^^^ invalid arithmetic (or overflow, or division by zero)
+      │
+      = help: `dpeth` is no variable here, so it is the string "dpeth": did you mean `depth`?
+    "#);
 }

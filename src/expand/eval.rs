@@ -282,19 +282,19 @@ fn with_word_note(cx: &Context<'_>, d: Diagnostic, operands: &[&Expr]) -> Diagno
         _ => None,
     });
     let Some(name) = word else { return d };
-    let d = d.help(format!(
-        "`{name}` is no variable here, so it is the string \"{name}\"; inside a block only the \
-         block's parameters are variables: pass outer values in (`block b(..., {name})`)"
-    ));
     let variables = cx
         .vars
         .keys()
         .filter(|k| !k.contains('['))
         .map(String::as_str);
-    match crate::suggest::closest(name, variables) {
-        Some(s) => d.help(format!("or did you mean `{s}`?")),
-        None => d,
-    }
+    let taken = format!("`{name}` is no variable here, so it is the string \"{name}\"");
+    d.help(match crate::suggest::closest(name, variables) {
+        Some(s) => format!("{taken}: did you mean `{s}`?"),
+        None => format!(
+            "{taken}; inside a block only the block's parameters are variables: pass outer \
+             values in (`block b(..., {name})`)"
+        ),
+    })
 }
 
 impl Expander<'_> {

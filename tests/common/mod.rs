@@ -132,12 +132,12 @@ pub fn small_input(stem: &str) -> Option<Vec<i64>> {
         ("vgg16_unet", Some(vec![64, 64, 3])),
         ("vgg16", None),
         ("resnet50", Some(vec![64, 64, 3])),
-        ("attention_unet", Some(vec![32, 32, 3])),
-        ("resunet", Some(vec![32, 32, 3])),
-        ("unet_plus_plus", Some(vec![32, 32, 1])),
-        ("r2_unet", Some(vec![32, 32, 3])),
-        ("unet_3plus", Some(vec![32, 32, 3])),
-        ("mobilenetv2_unet", Some(vec![64, 64, 3])),
+        ("attention_unet", Some(vec![16, 16, 3])),
+        ("resunet", Some(vec![16, 16, 3])),
+        ("unet_plus_plus", Some(vec![16, 16, 1])),
+        ("r2_unet", Some(vec![16, 16, 3])),
+        ("unet_3plus", Some(vec![16, 16, 3])),
+        ("mobilenetv2_unet", Some(vec![32, 32, 3])),
     ];
     small
         .iter()

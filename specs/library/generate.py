@@ -3,9 +3,12 @@
 
 Each named U-Net variant is built by the Keras implementation its spec says it matches, at the
 configuration below; what ``model.summary()`` prints is written to ``<name>.summary.txt`` and
-the model's ``to_json()`` to ``<name>.json``. tests/spec_library.rs checks that
+the model's ``to_json()`` to ``<name>.json``; the same network at a small input, with every
+weight given by the formula of tests/golden/README.md, ran on a seeded batch:
+``<name>.io.safetensors`` (input and output). tests/spec_library.rs checks that
 ``unetc check --style tf-keras`` prints exactly that summary for the spec in both formats, and
-that every layer of the spec has the Keras config, inputs and name of the imported JSON's.
+that every layer of the spec has the Keras config, inputs and name of the imported JSON's, and
+that unetc's CPU executor reproduces the small run within 1e-5.
 
     pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 keras-unet-collection==0.1.13
     pip install --no-deps segmentation-models==1.0.1 image-classifiers==1.0.0 \\
@@ -105,48 +108,73 @@ def nest_net(rows=96, cols=96, channels=1, classes=1):
     return tf.keras.Model(inputs=inputs, outputs=outputs)
 
 
+# name -> (builder of the reference at an input size, the spec's size, the small size of the
+# numeric check: the spec's layers at `unetc check --input-shape`, tests/common small_input)
 def variants():
     from keras_unet_collection import models as kuc
     import segmentation_models as sm
 
-    return [
-        ("attention_unet", lambda: kuc.att_unet_2d(
-            (128, 128, 3), [64, 128, 256, 512], n_labels=2, stack_num_down=2, stack_num_up=2,
+    return {
+        "attention_unet": (lambda n: kuc.att_unet_2d(
+            (n, n, 3), [64, 128, 256, 512], n_labels=2, stack_num_down=2, stack_num_up=2,
             activation="ReLU", atten_activation="ReLU", attention="add",
-            output_activation="Sigmoid", batch_norm=True, pool=False, unpool=False)),
-        ("resunet", resunet),
-        ("unet_plus_plus", nest_net),
-        ("r2_unet", lambda: kuc.r2_unet_2d(
-            (128, 128, 3), [64, 128, 256, 512], n_labels=2, stack_num_down=2, stack_num_up=2,
+            output_activation="Sigmoid", batch_norm=True, pool=False, unpool=False), 128, 16),
+        "resunet": (lambda n: resunet((n, n, 3)), 224, 16),
+        "unet_plus_plus": (lambda n: nest_net(n, n), 96, 16),
+        "r2_unet": (lambda n: kuc.r2_unet_2d(
+            (n, n, 3), [64, 128, 256, 512], n_labels=2, stack_num_down=2, stack_num_up=2,
             recur_num=2, activation="ReLU", output_activation="Softmax", batch_norm=True,
-            pool="max", unpool="nearest")),
-        ("unet_3plus", lambda: kuc.unet_3plus_2d(
-            (128, 128, 3), n_labels=2, filter_num_down=[64, 128, 256, 512, 1024],
+            pool="max", unpool="nearest"), 128, 16),
+        "unet_3plus": (lambda n: kuc.unet_3plus_2d(
+            (n, n, 3), n_labels=2, filter_num_down=[64, 128, 256, 512, 1024],
             filter_num_skip="auto", filter_num_aggregate="auto", stack_num_down=2,
             stack_num_up=1, activation="ReLU", output_activation="Sigmoid", batch_norm=True,
-            pool="max", unpool=False, deep_supervision=False)),
-        ("mobilenetv2_unet", lambda: sm.Unet(
-            "mobilenetv2", input_shape=(224, 224, 3), classes=2, activation="softmax",
-            encoder_weights=None)),
-    ]
+            pool="max", unpool=False, deep_supervision=False), 128, 16),
+        "mobilenetv2_unet": (lambda n: sm.Unet(
+            "mobilenetv2", input_shape=(n, n, 3), classes=2, activation="softmax",
+            encoder_weights=None), 224, 32),
+    }
+
+
+def build(builder, size):
+    import tensorflow as tf
+
+    tf.keras.backend.clear_session()
+    with redirect_stdout(io.StringIO()):  # kuc prints its "auto" choices while building
+        return builder(size)
 
 
 def main() -> int:
-    import tensorflow as tf
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    sys.path.insert(0, str(HERE.parents[1] / "tests" / "golden"))
+    sys.path.insert(0, str(HERE.parents[1] / "tools"))
+    from generate import seeded_input, set_formula_weights
 
     wanted = set(sys.argv[1:])
-    for name, build in variants():
+    for name, (builder, size, small) in variants().items():
         if wanted and name not in wanted:
             continue
-        tf.keras.backend.clear_session()
-        with redirect_stdout(io.StringIO()):  # kuc prints its "auto" choices while building
-            model = build()
+        model = build(builder, size)
         buf = io.StringIO()
         with redirect_stdout(buf):
             model.summary()
         (HERE / f"{name}.summary.txt").write_text(buf.getvalue())
         (HERE / f"{name}.json").write_text(model.to_json() + "\n")
         print(name, model.count_params(), len(model.layers), flush=True)
+        # The numeric check: the same network at the small size, every weight from the formula
+        # of tests/golden/README.md (so none is stored), on a seeded batch of two.
+        model = build(builder, small)
+        set_formula_weights(model)
+        # Inputs in [0, 100): through 20 to 60 layers of formula weights (which shrink a signal a
+        # little at each layer), the output still depends on the input, not only on the biases.
+        x = 100 * seeded_input(name, (small, small, int(model.input_shape[-1])), 2)
+        y = np.asarray(model.predict(x, verbose=0), dtype=np.float32)
+        save_file({"input": np.ascontiguousarray(x), "output": np.ascontiguousarray(y)},
+                  str(HERE / f"{name}.io.safetensors"), metadata={"model": name})
+        print(f"  at {small}x{small}: output {y.shape} in [{y.min():.3g}, {y.max():.3g}], the two "
+              f"inputs' outputs differ by up to {np.abs(y[0] - y[1]).max():.3g}", flush=True)
     return 0
 
 

@@ -121,6 +121,8 @@ pub fn bind_weights(
             | Op::Softmax(_)
             | Op::Dropout(_)
             | Op::Flatten(_)
+            | Op::Reshape(_)
+            | Op::Permute(_)
             | Op::GlobalAveragePooling2D(_)
             | Op::Multiply(_)
             | Op::Subtract(_)

@@ -377,14 +377,14 @@ fn parse_shape(s: &str) -> Result<ShapeArg, String> {
         .collect();
     match dims {
         Ok(d)
-            if (1..=3).contains(&d.len())
+            if (1..=4).contains(&d.len())
                 && d.iter()
                     .all(|&v| (1..=unetc::ir::value::MAX_DIM).contains(&v)) =>
         {
             Ok(ShapeArg(d))
         }
         _ => Err(format!(
-            "expected HxWxC with sizes in 1..={}, e.g. 572x572x1",
+            "expected HxWxC (or DxHxWxC) with sizes in 1..={}, e.g. 572x572x1",
             unetc::ir::value::MAX_DIM
         )),
     }

@@ -26,6 +26,7 @@ fn formula(name: &str, shape: &[usize], class: &str) -> Tensor {
     let fan_in: usize = match (var, class) {
         ("depthwise_kernel", _) => shape[0] * shape[1],
         ("kernel", "Conv2DTranspose") => shape[0] * shape[1] * shape[3],
+        ("kernel", "Conv3DTranspose") => shape[0] * shape[1] * shape[2] * shape[4],
         ("kernel" | "pointwise_kernel", _) => shape[..shape.len() - 1].iter().product(),
         _ => 1,
     };
@@ -89,8 +90,11 @@ fn check_fixture(stem: &str) -> f32 {
             for w in &c.info.layers[id.index()].weights {
                 let name = format!("{}/{}", node.name, w.name);
                 let shape: Vec<usize> = w.shape.iter().map(|&d| d as usize).collect();
+                // The formula's fan-in differs for the transposed kernels only.
                 let class = if matches!(node.op, Op::Conv2DTranspose(_)) {
                     "Conv2DTranspose"
+                } else if matches!(node.op, Op::Conv3DTranspose(_)) {
+                    "Conv3DTranspose"
                 } else {
                     "other"
                 };

@@ -223,7 +223,15 @@ fn reads_windows(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::DepthwiseConv2D(_)
-        | Op::SeparableConv2D(_) => false,
+        | Op::SeparableConv2D(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => false,
     }
 }
 
@@ -265,7 +273,15 @@ fn writes_windows(op: &Op) -> bool {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::DepthwiseConv2D(_)
-        | Op::SeparableConv2D(_) => false,
+        | Op::SeparableConv2D(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => false,
     }
 }
 
@@ -319,7 +335,15 @@ pub fn reads_parts(op: &Op) -> bool {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::DepthwiseConv2D(_)
-        | Op::SeparableConv2D(_) => false,
+        | Op::SeparableConv2D(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => false,
     }
 }
 
@@ -362,7 +386,15 @@ fn fusion_head(op: &Op) -> Option<&Conv2D> {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::DepthwiseConv2D(_)
-        | Op::SeparableConv2D(_) => None,
+        | Op::SeparableConv2D(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => None,
     }
 }
 
@@ -403,7 +435,15 @@ fn foldable_norm(op: &Op) -> Option<&BatchNormalization> {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::DepthwiseConv2D(_)
-        | Op::SeparableConv2D(_) => None,
+        | Op::SeparableConv2D(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => None,
     }
 }
 
@@ -447,7 +487,15 @@ fn epilogue_activation(op: &Op, rank: usize) -> Option<ActivationFn> {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::DepthwiseConv2D(_)
-        | Op::SeparableConv2D(_) => None,
+        | Op::SeparableConv2D(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => None,
     }
 }
 
@@ -603,7 +651,15 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             | Op::GroupNormalization(_)
             | Op::LayerNormalization(_)
             | Op::DepthwiseConv2D(_)
-            | Op::SeparableConv2D(_) => Kind::Owns,
+            | Op::SeparableConv2D(_)
+            | Op::Conv3D(_)
+            | Op::Conv3DTranspose(_)
+            | Op::MaxPooling3D(_)
+            | Op::AveragePooling3D(_)
+            | Op::UpSampling3D(_)
+            | Op::Cropping3D(_)
+            | Op::ZeroPadding3D(_)
+            | Op::GlobalAveragePooling3D(_) => Kind::Owns,
         };
     }
     // A view whose value is read densely, or a part of a part list, must be built: resolve

@@ -785,7 +785,15 @@ impl<'g> CudaModel<'g> {
             | Op::GroupNormalization(_)
             | Op::LayerNormalization(_)
             | Op::DepthwiseConv2D(_)
-            | Op::SeparableConv2D(_) => return Ok(None),
+            | Op::SeparableConv2D(_)
+            | Op::Conv3D(_)
+            | Op::Conv3DTranspose(_)
+            | Op::MaxPooling3D(_)
+            | Op::AveragePooling3D(_)
+            | Op::UpSampling3D(_)
+            | Op::Cropping3D(_)
+            | Op::ZeroPadding3D(_)
+            | Op::GlobalAveragePooling3D(_) => return Ok(None),
         };
         let packed = match self.precision {
             Precision::Bf16 => {
@@ -1544,6 +1552,21 @@ impl<'g> CudaModel<'g> {
         match &node.op {
             // Uploaded by `upload_input` before the kernels.
             Op::Input(_) => {}
+            // Not yet on the GPU: said plainly rather than run wrong.
+            Op::Conv3D(_)
+            | Op::Conv3DTranspose(_)
+            | Op::MaxPooling3D(_)
+            | Op::AveragePooling3D(_)
+            | Op::UpSampling3D(_)
+            | Op::Cropping3D(_)
+            | Op::ZeroPadding3D(_)
+            | Op::GlobalAveragePooling3D(_) => {
+                return Err(CudaError::Model(format!(
+                    "`{}`: {} has no CUDA kernel yet; run it with --device cpu",
+                    node.name,
+                    node.op.class_name()
+                )))
+            }
             Op::Conv2D(op) if op.groups != 1 => {
                 let [h, wd, c] = hwc(&in_shapes[0]);
                 let (oh, ow) = (y.h as usize, y.w as usize);

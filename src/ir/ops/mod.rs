@@ -15,6 +15,7 @@ mod norm;
 mod pool;
 mod resize;
 mod tf_op;
+mod volume;
 
 pub use activation::{
     Activation, Dropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU, Softmax,
@@ -32,12 +33,16 @@ pub use norm::{BatchNormalization, GroupNormalization, LayerNormalization, NormL
 pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D};
 pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
 pub use tf_op::{TFOpLambda, TfCompute};
+pub use volume::{
+    AveragePooling3D, Conv3D, Conv3DArgs, Conv3DTranspose, Cropping3D, GlobalAveragePooling3D,
+    MaxPooling3D, UpSampling3D, ZeroPadding3D,
+};
 
 use crate::diag::Diagnostic;
 use crate::ir::value::ArgReader;
 use serde_json::Value as Json;
 
-/// An output shape without the batch dimension: `[H, W, C]` or `[N]`.
+/// An output shape without the batch dimension: `[H, W, C]`, `[D, H, W, C]` or `[N]`.
 pub type Shape = Vec<i64>;
 
 /// Why a layer cannot be applied to its inputs. `{0}`, `{1}`, ... in the texts stand for the
@@ -249,6 +254,14 @@ ops! {
     DepthwiseConv2D: "depthwise_conv2d",
     SeparableConv2D: "separable_conv2d",
     TFOpLambda: "tf_op",
+    Conv3D: "conv3d",
+    Conv3DTranspose: "conv3d_transpose",
+    MaxPooling3D: "max_pooling3d" | "max_pool3d",
+    AveragePooling3D: "average_pooling3d" | "avg_pool3d",
+    UpSampling3D: "up_sampling3d" | "upsampling3d",
+    Cropping3D: "cropping3d",
+    ZeroPadding3D: "zero_padding3d",
+    GlobalAveragePooling3D: "global_average_pooling3d",
 }
 
 impl Op {
@@ -291,7 +304,15 @@ impl Op {
             | Op::GaussianDropout(_)
             | Op::DepthwiseConv2D(_)
             | Op::SeparableConv2D(_)
-            | Op::TFOpLambda(_) => None,
+            | Op::TFOpLambda(_)
+            | Op::Conv3D(_)
+            | Op::Conv3DTranspose(_)
+            | Op::MaxPooling3D(_)
+            | Op::AveragePooling3D(_)
+            | Op::UpSampling3D(_)
+            | Op::Cropping3D(_)
+            | Op::ZeroPadding3D(_)
+            | Op::GlobalAveragePooling3D(_) => None,
         }
     }
 }

@@ -41,7 +41,7 @@ impl LayerKind for BatchNormalization {
             r.choice(init, &["zeros", "ones"], "zeros", None);
         }
         BatchNormalization {
-            axis: r.int_or("axis", -4, 3, -1),
+            axis: r.int_or("axis", -5, 4, -1),
             momentum: r.float_or("momentum", 0.0, 1.0, 0.99),
             epsilon: r.float_or("epsilon", 0.0, 1.0, 1e-3),
             center: r.bool_or("center", true),

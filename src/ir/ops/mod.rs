@@ -120,6 +120,11 @@ pub trait LayerKind {
     }
     /// Keras's `get_config()` for the arguments unetc models (normalised, defaults filled in).
     fn config(&self) -> Json;
+    /// The config once Keras has built the layer on `inputs` (BatchNormalization's axis becomes
+    /// the positive index, which depends on the rank).
+    fn built_config(&self, _inputs: &[Shape]) -> Json {
+        self.config()
+    }
     /// The base of Keras's auto-names when it is not the spec kind (TFOpLambda is named after
     /// its function: `tf.concat`, `tf.concat_1`).
     fn auto_name_base(&self) -> Option<&'static str> {
@@ -209,6 +214,10 @@ macro_rules! ops {
 
             pub fn config(&self) -> Json {
                 match self { $(Op::$variant(op) => op.config()),* }
+            }
+
+            pub fn built_config(&self, inputs: &[Shape]) -> Json {
+                match self { $(Op::$variant(op) => op.built_config(inputs)),* }
             }
 
             pub fn arity(&self) -> (usize, usize) {

@@ -239,9 +239,6 @@ fn real_models() -> Vec<(
         .collect()
 }
 
-/// Golden fixtures whose kinds the CUDA backend does not run yet.
-const NO_CUDA_KERNELS_YET: &[&str] = &["edge_3d"];
-
 /// The golden fixtures with stored weights, sorted.
 fn fixtures() -> Vec<String> {
     let mut stems: Vec<String> = std::fs::read_dir(root().join("tests/golden"))
@@ -249,11 +246,6 @@ fn fixtures() -> Vec<String> {
         .filter_map(|e| {
             let name = e.unwrap().file_name().into_string().ok()?;
             let stem = name.strip_suffix(".io.safetensors")?.to_string();
-            // The 3-D kinds have no CUDA kernels yet (the CUDA backend refuses them by name).
-            if NO_CUDA_KERNELS_YET.contains(&stem.as_str()) {
-                eprintln!("SKIP {stem}: the 3-D kinds have no CUDA kernels yet");
-                return None;
-            }
             // The full-size fixture has no stored weights (the CPU golden test covers it).
             root()
                 .join(format!("tests/golden/{stem}.weights.safetensors"))

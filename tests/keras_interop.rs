@@ -60,6 +60,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_tfops.unet", "edge_tfops"),
         ("tests/golden/edge_3d.unet", "edge_3d"),
         ("tests/golden/unet3d_small.unet", "unet3d_small"),
+        ("tests/golden/unet3d_valid.unet", "unet3d_valid"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -82,7 +83,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 13);
+    assert_eq!(checked, 14);
 }
 
 #[test]

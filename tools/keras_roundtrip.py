@@ -41,6 +41,7 @@ SPECS = [
     # The 3-D kinds (issue 12 part 3) and a BraTS-style 3-D U-Net.
     "tests/golden/edge_3d.unet",
     "tests/golden/unet3d_small.unet",
+    "tests/golden/unet3d_valid.unet",
 ]
 
 

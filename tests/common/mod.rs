@@ -85,11 +85,16 @@ pub fn canonical_graph(c: &Compiled) -> String {
             .iter()
             .map(|&i| g.node(i).name.as_str())
             .collect();
+        let input_shapes: Vec<Vec<i64>> = node
+            .inputs
+            .iter()
+            .map(|&i| c.info.layers[i.index()].shape.clone().unwrap_or_default())
+            .collect();
         s.push_str(&format!(
             "{} {} {} {:?} {}\n",
             node.name,
             node.op.class_name(),
-            node.op.config(),
+            node.op.built_config(&input_shapes),
             inputs,
             node.trainable
         ));

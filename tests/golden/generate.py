@@ -797,6 +797,35 @@ def unet3d_small():
     return tf.keras.Model(inp, x)
 
 
+def unet3d_valid():
+    """A 3-D U-Net with valid convolutions, as the original U-Net but over volumes (Cicek et al.
+    2016 crop their skips likewise): two valid 3x3x3 ReLU convs per level, 4 base filters, depth
+    2, Cropping3D of each skip (centred, the odd voxel after) before the concatenation with the
+    Conv3DTranspose up path, a linear 1x1x1 conv and a Softmax layer; 44x44x44x1 -> 4x4x4x2."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((44, 44, 44, 1))
+    x = inp
+    skips = []
+    for f in (4, 8):
+        x = L.Conv3D(f, 3, activation="relu")(x)
+        x = L.Conv3D(f, 3, activation="relu")(x)
+        skips.append(x)
+        x = L.MaxPooling3D((2, 2, 2))(x)
+    x = L.Conv3D(16, 3, activation="relu")(x)
+    x = L.Conv3D(16, 3, activation="relu")(x)
+    for f in (8, 4):
+        up = L.Conv3DTranspose(f, 2, strides=2)(x)
+        skip = skips.pop()
+        crop = [((s - u) // 2, (s - u) - (s - u) // 2)
+                for s, u in zip(skip.shape[1:4], up.shape[1:4])]
+        x = L.Concatenate(axis=-1)([L.Cropping3D(crop)(skip), up])
+        x = L.Conv3D(f, 3, activation="relu")(x)
+        x = L.Conv3D(f, 3, activation="relu")(x)
+    x = L.Conv3D(2, 1)(x)
+    return tf.keras.Model(inp, L.Softmax()(x))
+
+
 def original_full():
     """Seed 000 at full width (31,030,658 parameters), as in specs/original.unet, at its smallest
     valid input 188x188x1 (crops 4/16/40/88 as at 572), output 4x4x2."""
@@ -829,7 +858,7 @@ def original_full_at(size: int):
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_3d]
-FULL = [original_full, unet3d_small]
+FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------
 # Running and writing

@@ -1,7 +1,7 @@
 //! CPU kernels of the 3-D kinds, on dense NDHWC items back to back: a convolution is, per
 //! output depth slice, one im2col product; the rest are direct loops over the voxels.
 
-use super::gemm::matmul_serial;
+use super::gemm::{matmul, matmul_serial};
 use super::kernels::bias_activation;
 use crate::ir::ops::{
     AveragePooling3D, Conv3D, Conv3DTranspose, Cropping3D, MaxPooling3D, UpSampling3D,
@@ -17,7 +17,12 @@ pub fn dhwc(s: &[usize]) -> [usize; 4] {
     }
 }
 
-/// Conv3D: kernel `[kd, kh, kw, c, f]` (a `[kd*kh*kw*c, f]` matrix), bias `[f]`.
+/// Floats of one task's im2col tile (1 MiB, as the 2-D convolution's): tiles of output voxels
+/// whose patches fit, at least one voxel (a patch is no larger than the kernel's weights).
+const TILE_FLOATS: usize = 1 << 18;
+
+/// Conv3D: kernel `[kd, kh, kw, c, f]` (a `[kd*kh*kw*c, f]` matrix), bias `[f]`; im2col + GEMM
+/// on tiles of output voxels, each task with its own bounded column buffer.
 #[allow(clippy::too_many_arguments)]
 pub fn conv3d(
     op: &Conv3D,
@@ -35,36 +40,43 @@ pub fn conv3d(
     ];
     let taps = g[0].kernel * g[1].kernel * g[2].kernel * c;
     let item_in = d * h * w * c;
-    let slice_out = oh * ow * f;
-    out.par_chunks_mut(slice_out.max(1))
-        .enumerate()
-        .for_each(|(slice, dst)| {
-            let (n, z) = (slice / od.max(1), slice % od.max(1));
-            let xin = &x[n * item_in..(n + 1) * item_in];
-            // The columns of this output slice: per output pixel, every tap's input channels.
-            let mut col = vec![0.0f32; oh * ow * taps];
-            for y in 0..oh {
-                for xo in 0..ow {
-                    let row = &mut col[(y * ow + xo) * taps..(y * ow + xo + 1) * taps];
-                    let mut at = 0;
-                    for a in 0..g[0].kernel {
-                        let iz = input_index(&g[0], z, a, d);
-                        for b in 0..g[1].kernel {
-                            let iy = input_index(&g[1], y, b, h);
-                            for e in 0..g[2].kernel {
-                                let ix = input_index(&g[2], xo, e, w);
-                                if let (Some(iz), Some(iy), Some(ix)) = (iz, iy, ix) {
-                                    let src = ((iz * h + iy) * w + ix) * c;
-                                    row[at..at + c].copy_from_slice(&xin[src..src + c]);
-                                }
-                                at += c;
+    let voxels = out.len() / f.max(1);
+    if voxels == 0 || f == 0 {
+        return;
+    }
+    let tasks = 4 * rayon::current_num_threads();
+    let tile = (TILE_FLOATS / taps.max(1))
+        .min(voxels.div_ceil(tasks))
+        .max(1);
+    out.par_chunks_mut(tile * f).enumerate().for_each_init(
+        || vec![0.0f32; tile * taps],
+        |col, (t, dst)| {
+            let m = dst.len() / f;
+            let col = &mut col[..m * taps];
+            col.fill(0.0);
+            for (i, row) in col.chunks_mut(taps.max(1)).enumerate() {
+                let q = t * tile + i;
+                let (xo, y, z, n) = (q % ow, q / ow % oh, q / (ow * oh) % od, q / (ow * oh * od));
+                let xin = &x[n * item_in..(n + 1) * item_in];
+                let mut at = 0;
+                for a in 0..g[0].kernel {
+                    let iz = input_index(&g[0], z, a, d);
+                    for b in 0..g[1].kernel {
+                        let iy = input_index(&g[1], y, b, h);
+                        for e in 0..g[2].kernel {
+                            let ix = input_index(&g[2], xo, e, w);
+                            if let (Some(iz), Some(iy), Some(ix)) = (iz, iy, ix) {
+                                let src = ((iz * h + iy) * w + ix) * c;
+                                row[at..at + c].copy_from_slice(&xin[src..src + c]);
                             }
+                            at += c;
                         }
                     }
                 }
             }
-            matmul_serial(oh * ow, f, taps, &col, kernel, dst, false);
-        });
+            matmul_serial(m, f, taps, col, kernel, dst, false);
+        },
+    );
     bias_activation(out, f, bias, op.args.activation);
 }
 
@@ -113,31 +125,35 @@ pub fn conv3d_transpose(
         (w - 1) * s[2] + k[2],
     ];
     let cols = k[0] * k[1] * k[2] * f;
-    let mut blocks = vec![0.0f32; h * w * cols];
+    // Input pixels per product: their blocks stay within about 4 MiB (at least one pixel, whose
+    // block is no larger than the kernel's weights).
+    let chunk = ((1usize << 20) / cols.max(1)).clamp(1, (h * w).max(1));
+    let mut blocks = vec![0.0f32; chunk * cols];
     let mut result = vec![0.0f32; full[0] * full[1] * full[2] * f];
     for n in 0..batch {
         let xin = &x[n * d * h * w * c..(n + 1) * d * h * w * c];
         result.fill(0.0);
         for i in 0..d {
-            let src = &xin[i * h * w * c..(i + 1) * h * w * c];
-            blocks
-                .par_chunks_mut(w * cols)
-                .zip(src.par_chunks(w * c))
-                .for_each(|(dst, row)| {
-                    matmul_serial(w, cols, c, row, wt, dst, false);
-                });
-            for (pixel, block) in blocks.chunks(cols).enumerate() {
-                let (iy, ix) = (pixel / w, pixel % w);
-                for a in 0..k[0] {
-                    for b in 0..k[1] {
-                        for e in 0..k[2] {
-                            let (z, y, xx) = (i * s[0] + a, iy * s[1] + b, ix * s[2] + e);
-                            let at = ((z * full[1] + y) * full[2] + xx) * f;
-                            let tap = ((a * k[1] + b) * k[2] + e) * f;
-                            result[at..at + f]
-                                .iter_mut()
-                                .zip(&block[tap..tap + f])
-                                .for_each(|(r, v)| *r += v);
+            let slice = &xin[i * h * w * c..(i + 1) * h * w * c];
+            for first in (0..h * w).step_by(chunk) {
+                let m = chunk.min(h * w - first);
+                let src = &slice[first * c..(first + m) * c];
+                let blocks = &mut blocks[..m * cols];
+                matmul(m, cols, c, src, wt, blocks, false);
+                for (j, block) in blocks.chunks(cols).enumerate() {
+                    let pixel = first + j;
+                    let (iy, ix) = (pixel / w, pixel % w);
+                    for a in 0..k[0] {
+                        for b in 0..k[1] {
+                            for e in 0..k[2] {
+                                let (z, y, xx) = (i * s[0] + a, iy * s[1] + b, ix * s[2] + e);
+                                let at = ((z * full[1] + y) * full[2] + xx) * f;
+                                let tap = ((a * k[1] + b) * k[2] + e) * f;
+                                result[at..at + f]
+                                    .iter_mut()
+                                    .zip(&block[tap..tap + f])
+                                    .for_each(|(r, v)| *r += v);
+                            }
                         }
                     }
                 }

@@ -589,8 +589,13 @@ impl LayerKind for Cropping3D {
             return Err(ShapeError::new(
                 "E-crop",
                 format!(
-                    "cropping {} removes all of {{0}}'s {} output",
-                    nested(k),
+                    "cropping (({}, {}), ({}, {}), ({}, {})) removes all of {{0}}'s {} output",
+                    k[0],
+                    k[1],
+                    k[2],
+                    k[3],
+                    k[4],
+                    k[5],
                     dims_text([d, h, w])
                 ),
                 format!(

@@ -1423,6 +1423,9 @@ fn canonical_kind(kind: &str) -> &str {
     match kind {
         "max_pool2d" => "max_pooling2d",
         "upsampling2d" => "up_sampling2d",
+        "max_pool3d" => "max_pooling3d",
+        "avg_pool3d" => "average_pooling3d",
+        "upsampling3d" => "up_sampling3d",
         "relu_layer" => "re_lu",
         "input_layer" => "input",
         k => k,

@@ -11,8 +11,9 @@
 //! - a BatchNormalization after a convolution is folded into the convolution's weights, and an
 //!   activation layer after it into its epilogue ([`Fused`]).
 //!
-//! Volumes (`[D, H, W, C]` values of the 3-D kinds) take none of these paths: each is a whole
-//! dense buffer, its rows the (depth, row) pairs ([`hwc`]), and the 3-D kernels read it so.
+//! Volumes (`[D, H, W, C]` values of the 3-D kinds) take none of the crop, concatenation or
+//! fusion paths: each is a whole dense buffer, its rows the (depth, row) pairs ([`hwc`]), and
+//! the 3-D kernels read it so.
 //!
 //! Buffers are placed largest first at the lowest offset that no buffer alive at the same time
 //! occupies, which keeps the arena close to the live-set minimum.

@@ -377,14 +377,14 @@ fn parse_shape(s: &str) -> Result<ShapeArg, String> {
         .collect();
     match dims {
         Ok(d)
-            if (1..=3).contains(&d.len())
+            if (1..=4).contains(&d.len())
                 && d.iter()
                     .all(|&v| (1..=unetc::ir::value::MAX_DIM).contains(&v)) =>
         {
             Ok(ShapeArg(d))
         }
         _ => Err(format!(
-            "expected HxWxC with sizes in 1..={}, e.g. 572x572x1",
+            "expected HxWxC (or DxHxWxC) with sizes in 1..={}, e.g. 572x572x1",
             unetc::ir::value::MAX_DIM
         )),
     }
@@ -1014,7 +1014,21 @@ fn read_spec(spec: &std::path::Path) -> Result<(String, unetc::Compiled, [usize;
     match unetc::report::sizes::spec_input(&c) {
         Some(base) => Ok((text, c, base)),
         None => {
-            eprintln!("error: the model's input is not an image (H, W, C), so it has no input sizes to vary");
+            let input = c
+                .graph
+                .inputs
+                .first()
+                .and_then(|&i| c.info.layers[i.index()].shape.as_ref());
+            if input.is_some_and(|s| s.len() == 4) {
+                eprintln!(
+                    "error: the model's input is a volume (D x H x W x C); `sizes` and `tiles` \
+                     answer for images only, not yet for volumes\n  = help: check one size with \
+                     `unetc check {} --input-shape DxHxWxC`",
+                    spec.display()
+                );
+            } else {
+                eprintln!("error: the model's input is not an image (H, W, C), so it has no input sizes to vary");
+            }
             Err(ExitCode::from(EXIT_NO_ANSWER))
         }
     }

@@ -362,6 +362,10 @@ pub fn run(
         weights: &weights,
         device,
         model_channels,
+        model_is_volume: base.info.layers[base.graph.inputs[0].index()]
+            .shape
+            .as_ref()
+            .is_some_and(|s| s.len() == 4),
         kind,
     };
     let mut failed = 0;
@@ -418,6 +422,8 @@ struct RunContext<'a> {
     weights: &'a Weights,
     device: Device,
     model_channels: usize,
+    /// The model takes `(D, H, W, C)` volumes.
+    model_is_volume: bool,
     kind: OutputKind,
 }
 
@@ -431,7 +437,7 @@ fn run_one(
     let input = read_input(
         &job.input,
         opts.alpha,
-        context.model_channels,
+        (context.model_channels, context.model_is_volume),
         &mut report.notes,
     )?;
     let result = predict(
@@ -599,7 +605,7 @@ fn model_output_shape(c: &Compiled) -> Result<Vec<usize>, RunError> {
 fn read_input(
     path: &Path,
     alpha: AlphaMode,
-    model_channels: usize,
+    (model_channels, model_is_volume): (usize, bool),
     notes: &mut Vec<String>,
 ) -> Result<Tensor, RunError> {
     let ext = path
@@ -618,7 +624,8 @@ fn read_input(
             ))
         }
     };
-    if let [n, h, w, c] = tensor.shape[..] {
+    // (A volume model's arrays are described by `predict_volume`.)
+    if let (&[n, h, w, c], false) = (&tensor.shape[..], model_is_volume) {
         notes.push(format!(
             "input {}, {c} channel(s){}",
             size_wh(h, w),
@@ -785,6 +792,17 @@ fn predict(
         .map(|&d| d as usize)
         .collect();
     let model_out = model_output_shape(base)?;
+    if model_in.len() == 4 {
+        return predict_volume(
+            base,
+            weights,
+            input,
+            &model_in,
+            batch,
+            (device, precision),
+            report,
+        );
+    }
     if input.shape.len() != 4 || model_in.len() != 3 {
         return Err(RunError::Usage(format!(
             "the input has shape {:?}; unetc runs image models on (N, H, W, C) inputs",
@@ -933,6 +951,50 @@ fn predict(
         }
     }
     Ok(out)
+}
+
+/// A volume model (input `(D, H, W, C)`) on an NDHWC array, or one `(D, H, W, C)` volume: run
+/// at the model's own size (volumes are not tiled or padded).
+fn predict_volume(
+    base: &Compiled,
+    weights: &Weights,
+    input: &Tensor,
+    model_in: &[usize],
+    batch: usize,
+    (device, precision): (Device, Precision),
+    report: &mut RunReport,
+) -> Result<Tensor, RunError> {
+    let batched = match input.shape.len() {
+        5 => input.clone(),
+        4 => {
+            let mut shape = vec![1];
+            shape.extend(&input.shape);
+            Tensor {
+                shape,
+                data: input.data.clone(),
+            }
+        }
+        _ => Tensor {
+            shape: input.shape.clone(),
+            data: Vec::new(),
+        },
+    };
+    let dims = |s: &[usize]| s.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
+    if batched.data.is_empty() || batched.shape[1..] != model_in[..] || batched.shape[0] == 0 {
+        return Err(RunError::Usage(format!(
+            "the input has shape {:?}; this volume model takes (N, D, H, W, C) arrays of \
+             {} volumes (D x H x W x C), or one such volume; volumes are run at the model's own \
+             size (check another size with --input-shape)",
+            input.shape,
+            dims(model_in)
+        )));
+    }
+    report.notes.push(format!(
+        "{} volume(s) of {}",
+        batched.shape[0],
+        dims(model_in)
+    ));
+    forward(base, weights, &batched, batch, device, precision, report)
 }
 
 /// The smallest size >= `n` along one axis that the spec accepts without errors or floored

@@ -170,6 +170,15 @@ fn template_specs_expand_to_the_hand_written_graphs() {
         ("specs/template_original.yaml", "specs/original.unet"),
         ("specs/template_bn_same.unet", "specs/bn_same.unet"),
         ("specs/template_zhixuhao.yaml", "specs/zhixuhao.unet"),
+        // `dims: 3`: the 3-D U-Nets that tf.keras built (tests/golden/generate.py).
+        (
+            "tests/fixtures/template_unet3d.unet",
+            "tests/golden/unet3d_small.unet",
+        ),
+        (
+            "tests/fixtures/template_unet3d_valid.yaml",
+            "tests/golden/unet3d_valid.unet",
+        ),
     ] {
         if common::root().join(template).exists() {
             assert_eq!(
@@ -232,4 +241,40 @@ fn the_template_up_layer_is_what_the_readme_says() {
         );
         assert_eq!(template, hand, "up: {up}");
     }
+}
+
+/// `dims` and the input's rank must agree: a volume input without `dims: 3` (or an image with
+/// it) is one clear error saying what to write, and `dims` takes 2 or 3 only.
+#[test]
+fn the_template_dims_must_match_the_input() {
+    let diags = |text: &str| {
+        let c = unetc::compile_source(
+            Path::new("t.unet"),
+            text.to_string(),
+            &unetc::Options::default(),
+            &mut unetc::expand::Session::new(),
+        );
+        c.diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| format!("{}: {}", d.code, d.message))
+            .collect::<Vec<_>>()
+    };
+    let volume_as_image = diags("model { unet(input: 16x16x16x1, depth: 1, filters: 2) }");
+    assert_eq!(
+        volume_as_image,
+        ["E-arg-value: `unet` input has 4 sizes (D x H x W x C, a volume) but `dims` is 2"]
+    );
+    let image_as_volume = diags("model { unet(input: 16x16x1, dims: 3, depth: 1, filters: 2) }");
+    assert_eq!(
+        image_as_volume,
+        ["E-arg-value: `unet` input has 3 sizes (H x W x C, an image) but `dims` is 3"]
+    );
+    let four = diags("model { unet(input: 16x16x16x16x1, dims: 4) }");
+    assert!(
+        four.iter()
+            .any(|d| d.contains("`dims` must be 2 (images) or 3 (volumes)")),
+        "{four:?}"
+    );
+    assert!(diags("model { unet(input: 16x16x16x1, dims: 3, depth: 1, filters: 2) }").is_empty());
 }

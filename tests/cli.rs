@@ -602,3 +602,38 @@ fn sizes_answers_for_a_spec_that_fails_at_its_own_size() {
     // Weights of the original U-Net: 31,030,658 parameters x 4 bytes = 118.4 MiB.
     assert!(out.contains("+ weights 118.4 MiB"), "{out}");
 }
+
+/// Volume (3-D U-Net) specs: `plan` and `diagram` answer (the diagram labels sizes as `44³`);
+/// `sizes` and `tiles` say plainly that they answer for images only, not yet for volumes, and
+/// how to check one size instead (exit 3, no answer).
+#[test]
+fn volumes_plan_and_draw_and_sizes_says_not_yet() {
+    let spec = "tests/golden/unet3d_valid.unet";
+    let (code, plan, stderr) = unetc(&["plan", spec]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(plan.contains("cropping3d"), "{plan}");
+    let (code, svg, stderr) = unetc(&["diagram", spec]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(svg.contains("44³") && svg.contains("4³"), "{svg}");
+    for args in [
+        vec!["sizes", spec],
+        vec!["tiles", spec, "--image", "100x100"],
+    ] {
+        let (code, out, stderr) = unetc(&args);
+        assert_eq!(code, 3, "{args:?}: {out}{stderr}");
+        assert!(
+            stderr.contains("not yet for volumes") && stderr.contains("--input-shape DxHxWxC"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let (code, out, stderr) = unetc(&[
+        "check",
+        spec,
+        "--input-shape",
+        "60x60x60x1",
+        "--style",
+        "tf-keras",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("(None, 20, 20, 20, 2)"), "{out}");
+}

@@ -58,6 +58,36 @@ fn every_spec_round_trips_through_both_forms() {
     }
 }
 
+/// The 3-D specs (volume inputs `DxHxWxC`, the 3-D kinds' triples and nested croppings, the
+/// template's `dims: 3`, `cropping3d(to:)`) print as DSL and as YAML and parse back to the same
+/// graph.
+#[test]
+fn volume_specs_round_trip_through_both_forms() {
+    for rel in [
+        "tests/golden/edge_3d.unet",
+        "tests/golden/unet3d_small.unet",
+        "tests/golden/unet3d_valid.unet",
+        "tests/fixtures/template_unet3d.unet",
+        "tests/fixtures/template_unet3d_valid.yaml",
+    ] {
+        let rel = Path::new(rel);
+        let original = canonical(
+            &root().join(rel),
+            &std::fs::read_to_string(root().join(rel)).unwrap(),
+        );
+        for (to, ext) in [(Format::Dsl, "unet"), (Format::Yaml, "yaml")] {
+            let text = printed(rel, to);
+            let path = root().join(rel.with_extension(format!("roundtrip.{ext}")));
+            assert_eq!(
+                canonical(&path, &text),
+                original,
+                "{} as {ext}:\n{text}",
+                rel.display()
+            );
+        }
+    }
+}
+
 #[test]
 fn fmt_is_idempotent_and_keeps_comments() {
     for rel in spec_files()

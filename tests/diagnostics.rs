@@ -1027,4 +1027,43 @@ fn reshape_and_permute_that_do_not_fit_their_input() {
     5 │   c = input_1 -> reshape((2, -1, -1))
       │                  ^^^^^^^^^^^^^^^^^^^^ several -1
     ");
+
+/// The 3-D kinds' misuses are one clear error each, at the layer: a 3-D layer on an image (and
+/// a 2-D one on a volume), a window larger than the volume, a crop removing a whole axis, a
+/// grouped Conv3D and a dilated Conv3DTranspose (which unetc refuses rather than run wrongly),
+/// `output_padding` not below `strides`, and a malformed 3-D cropping argument.
+#[test]
+fn errors_of_the_3d_kinds() {
+    let out = check(
+        "volume.unet",
+        "model {
+  input 8x8x8x2
+  v = input_1
+  img = input(shape: 8x8x2)
+  a = img -> conv3d(4, 3)
+  b = v -> conv2d(4, 3)
+  c = v -> max_pooling3d(16)
+  d = v -> cropping3d(((4, 4), (0, 0), (0, 0)))
+  e = v -> conv3d(4, 3, groups: 2)
+  f = v -> conv3d_transpose(4, 2, strides: 2, dilation_rate: 2)
+  g = v -> conv3d_transpose(4, 3, strides: 2, output_padding: 2)
+  h = v -> zero_padding3d(((1, 2), (3, 4)))
+  output a, b, c, d, e, f, g, h
+}
+",
+    );
+    for want in [
+        "Conv3D `conv3d`: Conv3D expects a volume input (None, D, H, W, C), but `input_2` has shape (None, 8, 8, 2)",
+        "3-D layers need `input DxHxWxC`",
+        "Conv2D `conv2d`: Conv2D expects an image input (None, H, W, C), but `input_1` has shape (None, 8, 8, 8, 2)",
+        "the 16x16x16 MaxPooling3D window does not fit in `input_1`'s 8x8x8 output",
+        "cropping ((4, 4), (0, 0), (0, 0)) removes all of `input_1`'s 8x8x8 output",
+        "`conv3d` argument `groups` is 2; unetc runs Conv3D with groups 1 only",
+        "`conv3d_transpose` with `dilation_rate` other than 1 is not run by unetc",
+        "`conv3d_transpose` argument `output_padding` must be smaller than `strides`",
+        "`zero_padding3d` argument `padding` must be `c`, `(d, h, w)` or `((front, back), (top, bottom), (left, right))`",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(!out.contains("panick"), "{out}");
 }

@@ -23,11 +23,16 @@ fn canonical(c: &unetc::Compiled) -> String {
                 .iter()
                 .map(|&i| g.node(i).name.as_str())
                 .collect();
+            let input_shapes: Vec<Vec<i64>> = node
+                .inputs
+                .iter()
+                .map(|&i| c.info.layers[i.index()].shape.clone().unwrap_or_default())
+                .collect();
             format!(
                 "{} {} {} {:?} {}",
                 node.name,
                 node.op.class_name(),
-                node.op.config(),
+                node.op.built_config(&input_shapes),
                 inputs,
                 node.trainable || matches!(node.op, unetc::ir::Op::Input(_))
             )
@@ -53,6 +58,9 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_norms.unet", "edge_norms"),
         ("tests/golden/edge_depthwise.unet", "edge_depthwise"),
         ("tests/golden/edge_tfops.unet", "edge_tfops"),
+        ("tests/golden/edge_3d.unet", "edge_3d"),
+        ("tests/golden/unet3d_small.unet", "unet3d_small"),
+        ("tests/golden/unet3d_valid.unet", "unet3d_valid"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -75,7 +83,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 11);
+    assert_eq!(checked, 14);
 }
 
 #[test]

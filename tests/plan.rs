@@ -199,3 +199,34 @@ fn summary(c: &Compiled, p: &Plan) -> String {
         p.arena_len, p.live_minimum
     )
 }
+
+/// Volumes (`[D, H, W, C]` values) are planned as whole dense buffers whose rows are the
+/// (depth, row) pairs: no crop windows, no concatenation slices or parts (those are the 2-D
+/// paths), so every 3-D kernel reads and writes dense NDHWC.
+#[test]
+fn volumes_are_planned_dense() {
+    for rel in [
+        "tests/golden/unet3d_valid.unet",
+        "tests/golden/edge_3d.unet",
+    ] {
+        let c = compile(std::path::Path::new(rel));
+        let p = plan_of(&c);
+        for step in &p.steps {
+            let rank = c.info.layers[step.node.index()]
+                .shape
+                .as_ref()
+                .map_or(0, |s| s.len());
+            if rank != 4 {
+                continue;
+            }
+            let name = &c.graph.node(step.node).name;
+            match &p.storage[step.node.index()] {
+                Some(Storage::Window(w)) => {
+                    assert!(w.is_dense() && w.offset == 0, "{rel}: {name}: {w:?}");
+                    assert_eq!(w.len(), p.buffers[w.buffer].len, "{rel}: {name}");
+                }
+                other => panic!("{rel}: {name}: {other:?}"),
+            }
+        }
+    }
+}

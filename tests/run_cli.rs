@@ -87,6 +87,83 @@ fn run_matches_keras_through_the_command_line() {
     assert!(err < 1e-5, "max abs error {err}");
 }
 
+/// A volume model runs NDHWC arrays through the CLI: tf.keras's output of the 3-D golden
+/// fixture from .npy to .npy (batch of 2, in passes of 1); one `(D, H, W, C)` volume without the
+/// batch axis runs as a batch of one; a volume of another size is refused, naming the size.
+#[test]
+fn run_takes_ndhwc_volumes() {
+    let dir = temp_dir("volume");
+    let (input, want) = golden_io("edge_3d");
+    let x = dir.join("x.npy");
+    write_npy(&x, &input, false).unwrap();
+    let spec = "tests/golden/edge_3d.unet";
+    let weights = "tests/golden/edge_3d.weights.safetensors";
+    let y = dir.join("y.npy");
+    let (code, _, stderr) = unetc(&[
+        "run",
+        spec,
+        "--weights",
+        weights,
+        "--input",
+        s(&x),
+        "--output",
+        s(&y),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let got = read_npy(&y).unwrap();
+    assert_eq!(got.shape, want.shape);
+    let scale = want.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let err = got
+        .data
+        .iter()
+        .zip(&want.data)
+        .fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+    assert!(err / scale < 1e-5, "max relative error {}", err / scale);
+
+    let item = input.item_len();
+    let one = Tensor::from_vec(&input.shape[1..], input.data[..item].to_vec()).unwrap();
+    let x1 = dir.join("x1.npy");
+    write_npy(&x1, &one, false).unwrap();
+    let y1 = dir.join("y1.npy");
+    let (code, _, stderr) = unetc(&[
+        "run",
+        spec,
+        "--weights",
+        weights,
+        "--input",
+        s(&x1),
+        "--output",
+        s(&y1),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let got1 = read_npy(&y1).unwrap();
+    assert_eq!(got1.shape, vec![1, want.shape[1]]);
+    assert_eq!(got1.data, got.data[..want.shape[1]]);
+
+    let wrong = Tensor::zeros(&[1, 6, 5, 5, 3]);
+    let xw = dir.join("xw.npy");
+    write_npy(&xw, &wrong, false).unwrap();
+    let (code, _, stderr) = unetc(&[
+        "run",
+        spec,
+        "--weights",
+        weights,
+        "--input",
+        s(&xw),
+        "--output",
+        s(&dir.join("yw.npy")),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("6x5x4x3 volumes"), "{stderr}");
+    assert!(!dir.join("yw.npy").exists());
+}
+
 /// A 50x50 image on a net that maps 108x108 to 20x20: overlap-tile covers all of it, and the
 /// top-left output block is what the net gives for the image mirror-padded by 44 (numpy's
 /// `reflect`, computed here independently).

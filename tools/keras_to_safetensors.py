@@ -72,6 +72,12 @@ WEIGHTLESS = {
     "Permute",
     # TensorFlow functions applied to tensors (`x + y`, tf.concat); unetc checks the function.
     "TFOpLambda",
+    "MaxPooling3D",
+    "AveragePooling3D",
+    "UpSampling3D",
+    "Cropping3D",
+    "ZeroPadding3D",
+    "GlobalAveragePooling3D",
 }
 WITH_WEIGHTS = {
     "Conv2D": ("kernel", "bias"),
@@ -83,6 +89,8 @@ WITH_WEIGHTS = {
     "LayerNormalization": ("gamma", "beta"),
     "DepthwiseConv2D": ("depthwise_kernel", "bias"),
     "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel", "bias"),
+    "Conv3D": ("kernel", "bias"),
+    "Conv3DTranspose": ("kernel", "bias"),
 }
 
 # Activation names unetc accepts (src/ir/ops/activation.rs).
@@ -123,9 +131,10 @@ def _check_config(layer, cls: str) -> None:
         if not isinstance(axis, int):
             axis = list(axis)
             axis = axis[0] if len(axis) == 1 else axis
-        if axis not in (-1, 3):
+        rank = len(layer.input_shape)
+        if axis not in (-1, rank - 1):
             raise UnsupportedModel(f"{where} normalizes axis {axis!r}; unetc only normalizes the "
-                                   "channel axis (-1 or 3)")
+                                   f"channel axis (-1 or {rank - 1})")
     if cls == "LayerNormalization":
         axes = sorted(a % 4 for a in (cfg["axis"] if isinstance(cfg["axis"], list) else [cfg["axis"]]))
         if axes != list(range(4 - len(axes), 4)):
@@ -176,10 +185,11 @@ def unetc_tensors(model) -> dict:
                                        "names must be unique across nested models")
             value = np.ascontiguousarray(np.asarray(v.numpy(), dtype=np.float32))
             tensors[name] = value
-        if cls in ("Conv2D", "Conv2DTranspose"):
+        if cls in ("Conv2D", "Conv2DTranspose", "Conv3D", "Conv3DTranspose"):
             k = tensors.get(f"{layer.name}/kernel")
-            if k is None or k.ndim != 4:
-                raise UnsupportedModel(f"layer `{layer.name}` ({cls}) has no 4-D kernel")
+            rank = 5 if cls.startswith("Conv3D") else 4
+            if k is None or k.ndim != rank:
+                raise UnsupportedModel(f"layer `{layer.name}` ({cls}) has no {rank}-D kernel")
     return tensors
 
 

@@ -23,7 +23,8 @@ impl WeightSource for HashMap<String, Tensor> {
     }
 }
 
-/// Each layer's weights in Keras layout and a fixed order — Conv2D, Conv2DTranspose, Dense:
+/// Each layer's weights in Keras layout and a fixed order — Conv2D, Conv2DTranspose, Conv3D,
+/// Conv3DTranspose, Dense:
 /// `[kernel, bias]`; DepthwiseConv2D: `[depthwise_kernel, bias]`; SeparableConv2D:
 /// `[depthwise_kernel, pointwise_kernel, bias]`; BatchNormalization: `[gamma, beta, moving_mean, moving_variance]` — with
 /// the optional ones a layer does not have filled in (bias 0, gamma 1, beta 0), so every backend
@@ -78,7 +79,11 @@ pub fn bind_weights(
             }
         };
         let tensors = match &node.op {
-            Op::Conv2D(_) | Op::Conv2DTranspose(_) | Op::Dense(_) => {
+            Op::Conv2D(_)
+            | Op::Conv2DTranspose(_)
+            | Op::Dense(_)
+            | Op::Conv3D(_)
+            | Op::Conv3DTranspose(_) => {
                 vec![fetch("kernel", None), fetch("bias", Some((0.0, channels)))]
             }
             Op::BatchNormalization(_) => vec![
@@ -136,7 +141,13 @@ pub fn bind_weights(
             | Op::GlobalMaxPooling2D(_)
             | Op::SpatialDropout2D(_)
             | Op::GaussianNoise(_)
-            | Op::GaussianDropout(_) => continue,
+            | Op::GaussianDropout(_)
+            | Op::MaxPooling3D(_)
+            | Op::AveragePooling3D(_)
+            | Op::UpSampling3D(_)
+            | Op::Cropping3D(_)
+            | Op::ZeroPadding3D(_)
+            | Op::GlobalAveragePooling3D(_) => continue,
         };
         if let Some(all) = tensors.into_iter().collect::<Option<Vec<_>>>() {
             bound.insert(id, all);

@@ -11,6 +11,10 @@
 //! - a BatchNormalization after a convolution is folded into the convolution's weights, and an
 //!   activation layer after it into its epilogue ([`Fused`]).
 //!
+//! Volumes (`[D, H, W, C]` values of the 3-D kinds) take none of the crop, concatenation or
+//! fusion paths: each is a whole dense buffer, its rows the (depth, row) pairs ([`hwc`]), and
+//! the 3-D kernels read it so.
+//!
 //! Buffers are placed largest first at the lowest offset that no buffer alive at the same time
 //! occupies, which keeps the arena close to the live-set minimum.
 
@@ -225,7 +229,15 @@ fn reads_windows(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::DepthwiseConv2D(_)
-        | Op::SeparableConv2D(_) => false,
+        | Op::SeparableConv2D(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => false,
     }
 }
 
@@ -269,7 +281,15 @@ fn writes_windows(op: &Op) -> bool {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::DepthwiseConv2D(_)
-        | Op::SeparableConv2D(_) => false,
+        | Op::SeparableConv2D(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => false,
     }
 }
 
@@ -325,7 +345,15 @@ pub fn reads_parts(op: &Op) -> bool {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::DepthwiseConv2D(_)
-        | Op::SeparableConv2D(_) => false,
+        | Op::SeparableConv2D(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => false,
     }
 }
 
@@ -370,7 +398,15 @@ fn fusion_head(op: &Op) -> Option<&Conv2D> {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::DepthwiseConv2D(_)
-        | Op::SeparableConv2D(_) => None,
+        | Op::SeparableConv2D(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => None,
     }
 }
 
@@ -413,7 +449,15 @@ fn foldable_norm(op: &Op) -> Option<&BatchNormalization> {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::DepthwiseConv2D(_)
-        | Op::SeparableConv2D(_) => None,
+        | Op::SeparableConv2D(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => None,
     }
 }
 
@@ -459,7 +503,15 @@ fn epilogue_activation(op: &Op, rank: usize) -> Option<ActivationFn> {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::DepthwiseConv2D(_)
-        | Op::SeparableConv2D(_) => None,
+        | Op::SeparableConv2D(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => None,
     }
 }
 
@@ -617,7 +669,15 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             | Op::GroupNormalization(_)
             | Op::LayerNormalization(_)
             | Op::DepthwiseConv2D(_)
-            | Op::SeparableConv2D(_) => Kind::Owns,
+            | Op::SeparableConv2D(_)
+            | Op::Conv3D(_)
+            | Op::Conv3DTranspose(_)
+            | Op::MaxPooling3D(_)
+            | Op::AveragePooling3D(_)
+            | Op::UpSampling3D(_)
+            | Op::Cropping3D(_)
+            | Op::ZeroPadding3D(_)
+            | Op::GlobalAveragePooling3D(_) => Kind::Owns,
         };
     }
     // A view whose value is read densely, or a part of a part list, must be built: resolve

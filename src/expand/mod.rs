@@ -511,8 +511,8 @@ impl<'s> Expander<'_> {
         let mut args = self.eval_args(cx, &call.args)?;
         // A crop whose `to` is wrong is still made (broken), so its input is not reported unused.
         let mut crop_failed = false;
-        if canonical_kind(name) == "cropping2d" {
-            (args, crop_failed) = self.crop_to(args, input.as_ref(), call);
+        if let kind @ ("cropping2d" | "cropping3d") = canonical_kind(name) {
+            (args, crop_failed) = self.crop_to(kind, args, input.as_ref(), call);
         }
         if name == "unet" {
             return self.template(cx, call, args, input);
@@ -1206,9 +1206,11 @@ impl<'s> Expander<'_> {
 
     /// `cropping2d(to: t)`: replaces `to` by the `cropping` that brings the input down to `t`'s
     /// height and width, centred with the odd pixel at the bottom/right (the template's
-    /// `crop: auto`). The layer is then an ordinary Cropping2D.
+    /// `crop: auto`). The layer is then an ordinary Cropping2D. `cropping3d(to: t)` likewise
+    /// over depth, height and width.
     fn crop_to(
         &mut self,
+        kind: &str,
         mut args: Vec<ArgValue>,
         input: Option<&Value>,
         call: &Call,
@@ -1224,7 +1226,7 @@ impl<'s> Expander<'_> {
             self.error(
                 Diagnostic::error(
                     "E-arg-duplicate",
-                    "`cropping2d` takes `cropping` or `to`, not both",
+                    format!("`{kind}` takes `cropping` or `to`, not both"),
                 )
                 .at(given.span, "cropping given")
                 .also(to_span, "and computed from `to`"),
@@ -1257,7 +1259,7 @@ impl<'s> Expander<'_> {
                         ),
                     )
                     .at(to.span, "not a tensor")
-                    .help("for example `skip -> cropping2d(to: up)`"),
+                    .help(format!("for example `skip -> {kind}(to: up)`")),
                 );
                 return (args, true);
             }
@@ -1278,37 +1280,55 @@ impl<'s> Expander<'_> {
             );
             return (args, true);
         };
-        if have.len() != 3 || want.len() != 3 {
+        let (rank, what) = if kind == "cropping3d" {
+            (4, "volumes (depth, height, width, channels)")
+        } else {
+            (3, "images (height, width, channels)")
+        };
+        if have.len() != rank || want.len() != rank {
             self.error(
                 Diagnostic::error(
                     "E-rank",
                     format!(
-                        "`cropping2d(to: ...)` crops images (height, width, channels): the input is {} and `to` is {}",
+                        "`{kind}(to: ...)` crops {what}: the input is {} and `to` is {}",
                         crate::text::shape_text(&have),
                         crate::text::shape_text(&want)
                     ),
                 )
-                .at(call.span, "not images"),
+                .at(
+                    call.span,
+                    if rank == 4 {
+                        "not volumes"
+                    } else {
+                        "not images"
+                    },
+                ),
             );
             return (args, true);
         }
-        if want[0] > have[0] || want[1] > have[1] {
+        let spatial = rank - 1;
+        let (have, want) = (&have[..spatial], &want[..spatial]);
+        if have.iter().zip(want).any(|(h, w)| w > h) {
+            let dims = |v: &[i64]| v.iter().map(i64::to_string).collect::<Vec<_>>().join("x");
             self.error(
                 Diagnostic::error(
                     "E-crop",
                     format!(
-                        "cannot crop {}x{} to {}x{}: `to` is larger than the input",
-                        have[0], have[1], want[0], want[1]
+                        "cannot crop {} to {}: `to` is larger than the input",
+                        dims(have),
+                        dims(want)
                     ),
                 )
                 .at(to.span, "larger than the input")
-                .help("crop the larger tensor to the smaller one: `big -> cropping2d(to: small)`"),
+                .help(format!(
+                    "crop the larger tensor to the smaller one: `big -> {kind}(to: small)`"
+                )),
             );
             return (args, true);
         }
         args.push(ArgValue {
             name: Some("cropping".into()),
-            value: template::crop_arg(have[0], have[1], want[0], want[1]),
+            value: template::crop_arg(have, want),
             span: to.span,
             name_span: to.name_span,
         });
@@ -1403,6 +1423,9 @@ fn canonical_kind(kind: &str) -> &str {
     match kind {
         "max_pool2d" => "max_pooling2d",
         "upsampling2d" => "up_sampling2d",
+        "max_pool3d" => "max_pooling3d",
+        "avg_pool3d" => "average_pooling3d",
+        "upsampling3d" => "up_sampling3d",
         "relu_layer" => "re_lu",
         "input_layer" => "input",
         k => k,

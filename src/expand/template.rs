@@ -10,6 +10,8 @@ use crate::ir::value::{ArgValue, Value};
 /// Template settings after validation.
 struct Settings {
     input: Option<Value>,
+    /// 2: images (`conv2d`, ...); 3: volumes (`conv3d`, ...).
+    dims: i64,
     depth: i64,
     filters: i64,
     convs: i64,
@@ -30,6 +32,7 @@ struct Settings {
 
 const KNOWN: &[&str] = &[
     "input",
+    "dims",
     "depth",
     "filters",
     "convs",
@@ -51,6 +54,9 @@ impl<'s> Expander<'_> {
     ) -> Option<Value> {
         let span = call.span;
         let s = self.template_settings(args, span)?;
+        let kinds = Kinds::of(s.dims);
+        // A size for every spatial axis: `(2, 2)` or `(2, 2, 2)`.
+        let per_axis = |v: i64| Value::List(vec![Value::Int(v); s.dims as usize]);
         let kw = |name: &str, value: Value| ArgValue {
             name: Some(name.to_string()),
             value,
@@ -118,11 +124,8 @@ impl<'s> Expander<'_> {
                 skips.push(x.clone());
                 x = self.layer(
                     cx,
-                    "max_pooling2d",
-                    vec![kw(
-                        "pool_size",
-                        Value::List(vec![Value::Int(2), Value::Int(2)]),
-                    )],
+                    kinds.max_pooling,
+                    vec![kw("pool_size", per_axis(2))],
                     x,
                     span,
                 )?;
@@ -133,8 +136,8 @@ impl<'s> Expander<'_> {
             let up = if s.upsample {
                 let up = self.layer(
                     cx,
-                    "up_sampling2d",
-                    vec![kw("size", Value::List(vec![Value::Int(2), Value::Int(2)]))],
+                    kinds.up_sampling,
+                    vec![kw("size", per_axis(2))],
                     x,
                     span,
                 )?;
@@ -145,27 +148,32 @@ impl<'s> Expander<'_> {
                     pos(Value::Int(2)),
                     kw("padding", Value::Str("same".into())),
                 ];
-                self.layer(cx, "conv2d", with(args, &s.up_kwargs), up, span)?
+                self.layer(cx, kinds.conv, with(args, &s.up_kwargs), up, span)?
             } else {
                 let args = vec![
                     pos(Value::Int(f)),
                     pos(Value::Int(2)),
                     kw("strides", Value::Int(2)),
                 ];
-                self.layer(cx, "conv2d_transpose", with(args, &s.up_kwargs), x, span)?
+                self.layer(cx, kinds.conv_transpose, with(args, &s.up_kwargs), x, span)?
             };
             let mut skip = skips[level as usize].clone();
             if s.crop_auto {
                 if let (Some(a), Some(b)) = (self.value_shape(&skip), self.value_shape(&up)) {
-                    if a[0] != b[0] || a[1] != b[1] {
-                        if a[0] >= b[0] && a[1] >= b[1] {
-                            let crop = crop_arg(a[0], a[1], b[0], b[1]);
-                            skip = self.layer(cx, "cropping2d", vec![pos(crop)], skip, span)?;
+                    let axes = (s.dims as usize).min(a.len()).min(b.len());
+                    let (a, b) = (&a[..axes], &b[..axes]);
+                    if a != b {
+                        if a.iter().zip(b).all(|(x, y)| x >= y) {
+                            let crop = crop_arg(a, b);
+                            skip = self.layer(cx, kinds.cropping, vec![pos(crop)], skip, span)?;
                         } else {
+                            let dims = |v: &[i64]| {
+                                v.iter().map(i64::to_string).collect::<Vec<_>>().join("x")
+                            };
                             self.error(
                                 Diagnostic::error(
                                     "E-concat-shape",
-                                    format!("`unet` level {level}: the skip is {}x{} but the up path is {}x{}, larger than the skip; it cannot be cropped to fit", a[0], a[1], b[0], b[1]),
+                                    format!("`unet` level {level}: the skip is {} but the up path is {}, larger than the skip; it cannot be cropped to fit", dims(a), dims(b)),
                                 )
                                 .at(span, "in this template")
                                 .help("choose an input size from `unetc sizes`"),
@@ -202,7 +210,7 @@ impl<'s> Expander<'_> {
             pos(Value::Int(1)),
             kw("activation", Value::Str(head_activation)),
         ];
-        x = self.layer(cx, "conv2d", with(args, &s.head_kwargs), x, span)?;
+        x = self.layer(cx, kinds.conv, with(args, &s.head_kwargs), x, span)?;
         if s.head_layer {
             x = match s.head_activation.as_str() {
                 "softmax" => self.layer(cx, "softmax", vec![], x, span)?,
@@ -243,7 +251,7 @@ impl<'s> Expander<'_> {
                 args.push(kw(k, v.clone()));
             }
         }
-        let x = self.layer(cx, "conv2d", args, x, span)?;
+        let x = self.layer(cx, Kinds::of(s.dims).conv, args, x, span)?;
         if !s.batch_norm {
             return Some(x);
         }
@@ -273,6 +281,7 @@ impl<'s> Expander<'_> {
     fn template_settings(&mut self, args: Vec<ArgValue>, span: Span) -> Option<Settings> {
         let mut s = Settings {
             input: None,
+            dims: 2,
             depth: 4,
             filters: 64,
             convs: 2,
@@ -321,6 +330,8 @@ impl<'s> Expander<'_> {
             };
             match (name.as_str(), &arg.value) {
                 ("input", v @ Value::List(_)) => s.input = Some(v.clone()),
+                ("dims", Value::Int(d)) if (2..=3).contains(d) => s.dims = *d,
+                ("dims", _) => bad(self, "2 (images) or 3 (volumes)"),
                 ("depth", Value::Int(d)) if (1..=12).contains(d) => s.depth = *d,
                 ("depth", _) => bad(self, "an integer in 1..=12"),
                 ("filters", Value::Int(f)) if (1..=1 << 16).contains(f) => s.filters = *f,
@@ -395,10 +406,12 @@ impl<'s> Expander<'_> {
                             ("crop", Value::None) => s.crop_auto = false,
                             ("order", Value::Str(o)) if o == "skip_first" => s.skip_first = true,
                             ("order", Value::Str(o)) if o == "up_first" => s.skip_first = false,
-                            ("axis", Value::Int(a)) if *a == -1 || *a == 3 => s.concat_axis = *a,
+                            ("axis", Value::Int(a)) if *a == -1 || *a == 3 || *a == 4 => {
+                                s.concat_axis = *a
+                            }
                             _ => bad(
                                 self,
-                                "`{crop: auto|none, order: skip_first|up_first, axis: -1|3}`",
+                                "`{crop: auto|none, order: skip_first|up_first, axis: -1|3|4}`",
                             ),
                         }
                     }
@@ -450,6 +463,48 @@ impl<'s> Expander<'_> {
                 }
             }
         }
+        // The channel axis of the skip concatenation: 3 for images, 4 for volumes.
+        if s.concat_axis > 0 && s.concat_axis != s.dims + 1 {
+            self.error(
+                Diagnostic::error(
+                    "E-arg-value",
+                    format!(
+                        "`unet` skip axis {} is not the channel axis of {}-D data ({})",
+                        s.concat_axis,
+                        s.dims,
+                        s.dims + 1
+                    ),
+                )
+                .at(span, "in this template")
+                .help(format!("use `axis: -1` or `axis: {}`", s.dims + 1)),
+            );
+            ok = false;
+        }
+        if let Some(Value::List(sizes)) = &s.input {
+            if sizes.len() as i64 != s.dims + 1 {
+                let (what, fix) = if sizes.len() == 4 {
+                    ("D x H x W x C, a volume", "write `dims: 3`")
+                } else {
+                    (
+                        "H x W x C, an image",
+                        "write `dims: 2` (the default) or a D x H x W x C input",
+                    )
+                };
+                self.error(
+                    Diagnostic::error(
+                        "E-arg-value",
+                        format!(
+                            "`unet` input has {} sizes ({what}) but `dims` is {}",
+                            sizes.len(),
+                            s.dims
+                        ),
+                    )
+                    .at(span, "in this template")
+                    .help(fix),
+                );
+                ok = false;
+            }
+        }
         if let Some((_, levels)) = &mut s.dropout {
             if levels.is_empty() {
                 // zhixuhao-style: after the two deepest levels.
@@ -475,14 +530,47 @@ impl<'s> Expander<'_> {
     }
 }
 
-/// Keras's cropping argument value for a centred crop.
-pub(super) fn crop_arg(h: i64, w: i64, th: i64, tw: i64) -> Value {
-    let (dh, dw) = (h - th, w - tw);
-    let (t, l) = (dh / 2, dw / 2);
-    let (b, r) = (dh - t, dw - l);
+/// The layer kinds of the template for 2-D (images) or 3-D (volumes) data.
+struct Kinds {
+    conv: &'static str,
+    conv_transpose: &'static str,
+    max_pooling: &'static str,
+    up_sampling: &'static str,
+    cropping: &'static str,
+}
 
-    Value::List(vec![
-        Value::List(vec![Value::Int(t), Value::Int(b)]),
-        Value::List(vec![Value::Int(l), Value::Int(r)]),
-    ])
+impl Kinds {
+    fn of(dims: i64) -> Kinds {
+        if dims == 3 {
+            Kinds {
+                conv: "conv3d",
+                conv_transpose: "conv3d_transpose",
+                max_pooling: "max_pooling3d",
+                up_sampling: "up_sampling3d",
+                cropping: "cropping3d",
+            }
+        } else {
+            Kinds {
+                conv: "conv2d",
+                conv_transpose: "conv2d_transpose",
+                max_pooling: "max_pooling2d",
+                up_sampling: "up_sampling2d",
+                cropping: "cropping2d",
+            }
+        }
+    }
+}
+
+/// Keras's cropping argument value for a centred crop of `size` to `target` per spatial axis
+/// (the odd pixel after): `((t, b), (l, r))`, or three pairs for a volume.
+pub(super) fn crop_arg(size: &[i64], target: &[i64]) -> Value {
+    Value::List(
+        size.iter()
+            .zip(target)
+            .map(|(&n, &t)| {
+                let d = n - t;
+                Value::List(vec![Value::Int(d / 2), Value::Int(d - d / 2)])
+            })
+            .collect(),
+    )
 }

@@ -68,7 +68,12 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
         if !keep[id.index()] {
             continue;
         }
-        let config = node.op.config();
+        let input_shapes: Vec<Vec<i64>> = node
+            .inputs
+            .iter()
+            .map(|&i| info.layers[i.index()].shape.clone().unwrap_or_default())
+            .collect();
+        let config = node.op.built_config(&input_shapes);
         let class = node.op.class_name();
         let mut args: Vec<String> = Vec::new();
         if let Op::Input(op) = &node.op {

@@ -324,14 +324,36 @@ fn onnx_axis(axis: i64, rank: usize, image: bool) -> i64 {
     let full = rank as i64 + 1;
     let a = if axis < 0 { full + axis } else { axis };
     if image {
-        match a {
-            1 => 2,
-            2 => 3,
-            _ => 1,
+        // The channels move to axis 1, the spatial axes one up.
+        if a == rank as i64 {
+            1
+        } else {
+            a + 1
         }
     } else {
         a
     }
+}
+
+/// Whether a value of this per-item rank runs channels first in the body: images
+/// `[H, W, C]` (NCHW) and volumes `[D, H, W, C]` (NCDHW).
+fn channels_first(rank: usize) -> bool {
+    rank == 3 || rank == 4
+}
+
+/// The Transpose `perm` from Keras's channels-last layout to the body's channels-first one.
+fn to_channels_first(rank: usize) -> Vec<i64> {
+    let mut perm = vec![0, rank as i64];
+    perm.extend(1..rank as i64);
+    perm
+}
+
+/// The Transpose `perm` from the body's channels-first layout back to channels last.
+fn to_channels_last(rank: usize) -> Vec<i64> {
+    let mut perm = vec![0];
+    perm.extend(2..=rank as i64);
+    perm.push(1);
+    perm
 }
 
 /// ONNX `pads` (`[top, left, bottom, right]`) of a sliding window over an input of `[h, w]`
@@ -387,6 +409,45 @@ impl Exporter<'_> {
         kernel_name
     }
 
+    /// [`Self::conv_kernel`] for a 3-D kernel `[kd, kh, kw, c, f]`, to ONNX's `[f, c, kd, kh, kw]`
+    /// (a Conv3DTranspose's `[kd, kh, kw, out, in]` to `[in, out, kd, kh, kw]` the same way).
+    fn conv_kernel3d(&mut self, id: NodeId, dhwio: [i64; 5]) -> String {
+        let kernel_name = format!("{}/kernel", self.graph.node(id).name);
+        if let Some(k) = self.weight(id, "kernel") {
+            let taps = (dhwio[0] * dhwio[1] * dhwio[2]) as usize;
+            let [c, f] = [dhwio[3] as usize, dhwio[4] as usize];
+            let mut oidhw = vec![0.0f32; k.len()];
+            for t in 0..taps {
+                for ci in 0..c {
+                    for o in 0..f {
+                        oidhw[(o * c + ci) * taps + t] = k[(t * c + ci) * f + o];
+                    }
+                }
+            }
+            self.init_f32(
+                kernel_name.clone(),
+                vec![dhwio[4], dhwio[3], dhwio[0], dhwio[1], dhwio[2]],
+                oidhw,
+            );
+        }
+        kernel_name
+    }
+
+    /// ONNX `pads` (`[front, top, left, back, bottom, right]`) of a 3-D sliding window.
+    fn window_pads3d(
+        geometry: impl Fn(usize, usize, usize) -> WindowGeometry,
+        input: &[i64],
+        out_shape: &[i64],
+    ) -> Vec<i64> {
+        let mut pads = vec![0i64; 6];
+        for axis in 0..3 {
+            let g = geometry(axis, input[axis] as usize, out_shape[axis] as usize);
+            pads[axis] = g.pad_before as i64;
+            pads[axis + 3] = g.pad_after as i64;
+        }
+        pads
+    }
+
     fn conv_node(&mut self, name: String, inputs: Vec<String>, out: String, window: ConvWindow) {
         let mut attrs = vec![
             ("kernel_shape", Attr::Ints(window.kernel_size.to_vec())),
@@ -416,9 +477,14 @@ impl Exporter<'_> {
     /// The ONNX dimensions of a layer's output in the body (NCHW for images).
     fn body_dims(shape: &[i64]) -> Vec<Option<i64>> {
         let mut dims = vec![None];
-        if shape.len() == 3 {
-            dims.extend([shape[2], shape[0], shape[1]].map(Some));
-        } else {
+        if let [spatial @ .., c] = shape {
+            if channels_first(shape.len()) {
+                dims.push(Some(*c));
+                dims.extend(spatial.iter().map(|&d| Some(d)));
+                return dims;
+            }
+        }
+        {
             dims.extend(shape.iter().map(|&d| Some(d)));
         }
         dims
@@ -521,7 +587,7 @@ impl Exporter<'_> {
                     graph.node(out).name
                 ));
             }
-            if self.shape(out)?.len() == 3 {
+            if channels_first(self.shape(out)?.len()) {
                 self.values[out.index()] = format!("{}/nchw", graph.node(out).name);
             }
         }
@@ -532,14 +598,14 @@ impl Exporter<'_> {
                 name: name.clone(),
                 dims: Self::keras_dims(&shape),
             });
-            if shape.len() == 3 {
+            if channels_first(shape.len()) {
                 let value = format!("{name}/nchw");
                 self.node(
                     format!("{name}/to_nchw"),
                     "Transpose",
                     vec![name.clone()],
                     value.clone(),
-                    vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))],
+                    vec![("perm", Attr::Ints(to_channels_first(shape.len())))],
                 );
                 self.values[input.index()] = value;
             } else {
@@ -568,7 +634,7 @@ impl Exporter<'_> {
             if input_names.contains(&name) {
                 name = format!("{layer}/output");
             }
-            if shape.len() == 3 {
+            if channels_first(shape.len()) {
                 self.value_info.push(ValueInfo {
                     name: self.values[out.index()].clone(),
                     dims: Self::body_dims(&shape),
@@ -579,7 +645,7 @@ impl Exporter<'_> {
                     "Transpose",
                     vec![value],
                     name.clone(),
-                    vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+                    vec![("perm", Attr::Ints(to_channels_last(shape.len())))],
                 );
             } else if name != self.values[out.index()] {
                 let value = self.values[out.index()].clone();
@@ -616,12 +682,18 @@ impl Exporter<'_> {
             .map(|&i| self.shape(i).map(<[i64]>::to_vec))
             .collect::<Result<_, _>>()?;
         let out_shape = self.shape(id)?.to_vec();
-        let image = out_shape.len() == 3;
+        let image = channels_first(out_shape.len());
         let x = || xs[0].clone();
         let need_image = |what: &str| -> Result<[i64; 3], String> {
             match in_shapes.first().map(Vec::as_slice) {
                 Some(&[h, w, c]) => Ok([h, w, c]),
                 _ => Err(format!("`{name}` ({what}) needs an image input")),
+            }
+        };
+        let need_volume = |what: &str| -> Result<[i64; 4], String> {
+            match in_shapes.first().map(Vec::as_slice) {
+                Some(&[d, h, w, c]) => Ok([d, h, w, c]),
+                _ => Err(format!("`{name}` ({what}) needs a volume input")),
             }
         };
         match &node.op {
@@ -889,14 +961,14 @@ impl Exporter<'_> {
             Op::Dropout(_) => self.node(name, "Identity", vec![x()], out, vec![]),
             Op::Flatten(_) => {
                 let mut input = x();
-                if in_shapes[0].len() == 3 {
+                if channels_first(in_shapes[0].len()) {
                     let nhwc = format!("{name}/nhwc");
                     self.node(
                         nhwc.clone(),
                         "Transpose",
                         vec![input],
                         nhwc.clone(),
-                        vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+                        vec![("perm", Attr::Ints(to_channels_last(in_shapes[0].len())))],
                     );
                     input = nhwc;
                 }
@@ -967,8 +1039,10 @@ impl Exporter<'_> {
                 let n_in = *in_shapes[0].last().unwrap_or(&1);
                 let units = op.units;
                 let pre = self.pre_activation(op.activation, &out);
-                if in_shapes[0].len() == 3 {
-                    // On an image (NCHW here): a 1x1 convolution, kernel [out, in, 1, 1].
+                if channels_first(in_shapes[0].len()) {
+                    // On an image (NCHW here): a 1x1 convolution, kernel [out, in, 1, 1] (and
+                    // [out, in, 1, 1, 1] on a volume).
+                    let ones = vec![1i64; in_shapes[0].len() - 1];
                     let kernel_name = format!("{name}/kernel");
                     if let Some(k) = self.weight(id, "kernel") {
                         let (n, u) = (n_in as usize, units as usize);
@@ -978,7 +1052,9 @@ impl Exporter<'_> {
                                 oi[o * n + i] = k[i * u + o];
                             }
                         }
-                        self.init_f32(kernel_name.clone(), vec![units, n_in, 1, 1], oi);
+                        let mut dims = vec![units, n_in];
+                        dims.extend(&ones);
+                        self.init_f32(kernel_name.clone(), dims, oi);
                     }
                     let mut inputs = vec![x(), kernel_name];
                     if op.use_bias {
@@ -989,7 +1065,7 @@ impl Exporter<'_> {
                         "Conv",
                         inputs,
                         pre.clone(),
-                        vec![("kernel_shape", Attr::Ints(vec![1, 1]))],
+                        vec![("kernel_shape", Attr::Ints(ones))],
                     );
                     self.activation_after(&name, op.activation, pre, out, 1);
                 } else if in_shapes[0].len() == 1 {
@@ -1108,6 +1184,11 @@ impl Exporter<'_> {
                 vec![("alpha", Attr::Float(op.alpha as f32))],
             ),
             Op::PReLU(op) => {
+                if in_shapes[0].len() == 4 {
+                    return Err(format!(
+                        "`{name}`: PReLU on a volume is not exported to ONNX yet"
+                    ));
+                }
                 let alpha_shape = op.alpha_shape(&in_shapes[0]);
                 let data = self.weight(id, "alpha").unwrap_or_default();
                 // The body is NCHW: alpha goes from (h, w, c) to (c, h, w).
@@ -1138,6 +1219,158 @@ impl Exporter<'_> {
             }
             Op::SpatialDropout2D(_) | Op::GaussianNoise(_) | Op::GaussianDropout(_) => {
                 self.node(name, "Identity", vec![x()], out, vec![])
+            }
+            Op::Conv3D(op) => {
+                let a = &op.args;
+                let [_, _, _, c] = need_volume("Conv3D")?;
+                let pads = Self::window_pads3d(
+                    |axis, n, out| op.geometry(axis, n, out),
+                    &in_shapes[0],
+                    &out_shape,
+                );
+                let k = a.kernel_size;
+                let kernel = self.conv_kernel3d(id, [k[0], k[1], k[2], c, a.filters]);
+                let mut inputs = vec![x(), kernel];
+                if a.use_bias {
+                    inputs.push(self.weight_as_is(id, "bias"));
+                }
+                let pre = self.pre_activation(a.activation, &out);
+                self.node(
+                    name.clone(),
+                    "Conv",
+                    inputs,
+                    pre.clone(),
+                    vec![
+                        ("kernel_shape", Attr::Ints(k.to_vec())),
+                        ("strides", Attr::Ints(a.strides.to_vec())),
+                        ("dilations", Attr::Ints(a.dilation_rate.to_vec())),
+                        ("pads", Attr::Ints(pads)),
+                    ],
+                );
+                self.activation_after(&name, a.activation, pre, out, 1);
+            }
+            Op::Conv3DTranspose(op) => {
+                let a = &op.args;
+                let [d, h, w, c] = need_volume("Conv3DTranspose")?;
+                let k = a.kernel_size;
+                // ONNX's pads crop the full result; output_padding extends it (zeros + bias).
+                let mut pads = vec![0i64; 6];
+                let mut output_padding = vec![0i64; 3];
+                for (axis, n) in [d, h, w].into_iter().enumerate() {
+                    let g = op.geometry(axis, n as usize, out_shape[axis] as usize);
+                    pads[axis] = g.crop_before as i64;
+                    pads[axis + 3] = g.crop_after as i64;
+                    output_padding[axis] = g.extend_after as i64;
+                }
+                let kernel = self.conv_kernel3d(id, [k[0], k[1], k[2], a.filters, c]);
+                let mut inputs = vec![x(), kernel];
+                if a.use_bias {
+                    inputs.push(self.weight_as_is(id, "bias"));
+                }
+                let pre = self.pre_activation(a.activation, &out);
+                let mut attrs = vec![
+                    ("kernel_shape", Attr::Ints(k.to_vec())),
+                    ("strides", Attr::Ints(a.strides.to_vec())),
+                    ("pads", Attr::Ints(pads)),
+                ];
+                if output_padding.iter().any(|&p| p != 0) {
+                    attrs.push(("output_padding", Attr::Ints(output_padding)));
+                }
+                self.node(name.clone(), "ConvTranspose", inputs, pre.clone(), attrs);
+                self.activation_after(&name, a.activation, pre, out, 1);
+            }
+            Op::MaxPooling3D(op) => {
+                need_volume("MaxPooling3D")?;
+                let pads = Self::window_pads3d(
+                    |axis, n, out| op.geometry(axis, n, out),
+                    &in_shapes[0],
+                    &out_shape,
+                );
+                self.node(
+                    name,
+                    "MaxPool",
+                    vec![x()],
+                    out,
+                    vec![
+                        ("kernel_shape", Attr::Ints(op.pool_size.to_vec())),
+                        ("strides", Attr::Ints(op.strides.to_vec())),
+                        ("pads", Attr::Ints(pads)),
+                    ],
+                );
+            }
+            Op::AveragePooling3D(op) => {
+                need_volume("AveragePooling3D")?;
+                let pads = Self::window_pads3d(
+                    |axis, n, out| op.geometry(axis, n, out),
+                    &in_shapes[0],
+                    &out_shape,
+                );
+                // count_include_pad 0: the mean of the cells inside the input, as Keras.
+                self.node(
+                    name,
+                    "AveragePool",
+                    vec![x()],
+                    out,
+                    vec![
+                        ("kernel_shape", Attr::Ints(op.pool_size.to_vec())),
+                        ("strides", Attr::Ints(op.strides.to_vec())),
+                        ("pads", Attr::Ints(pads)),
+                    ],
+                );
+            }
+            Op::UpSampling3D(op) => {
+                need_volume("UpSampling3D")?;
+                let mut factors = vec![1.0, 1.0];
+                factors.extend(op.size.map(|v| v as f32));
+                let scales = self.init_f32(format!("{name}/scales"), vec![5], factors);
+                self.node(
+                    name,
+                    "Resize",
+                    vec![x(), String::new(), scales],
+                    out,
+                    vec![
+                        ("mode", Attr::Str("nearest")),
+                        ("coordinate_transformation_mode", Attr::Str("asymmetric")),
+                        ("nearest_mode", Attr::Str("floor")),
+                    ],
+                );
+            }
+            Op::Cropping3D(op) => {
+                let [d, h, w, _] = need_volume("Cropping3D")?;
+                let k = op.cropping;
+                let starts = self.init_i64(format!("{name}/starts"), vec![k[0], k[2], k[4]]);
+                let ends =
+                    self.init_i64(format!("{name}/ends"), vec![d - k[1], h - k[3], w - k[5]]);
+                let axes = self.init_i64(format!("{name}/axes"), vec![2, 3, 4]);
+                self.node(name, "Slice", vec![x(), starts, ends, axes], out, vec![]);
+            }
+            Op::ZeroPadding3D(op) => {
+                need_volume("ZeroPadding3D")?;
+                let p = op.padding;
+                let pads = self.init_i64(
+                    format!("{name}/pads"),
+                    vec![0, 0, p[0], p[2], p[4], 0, 0, p[1], p[3], p[5]],
+                );
+                self.node(
+                    name,
+                    "Pad",
+                    vec![x(), pads],
+                    out,
+                    vec![("mode", Attr::Str("constant"))],
+                );
+            }
+            Op::GlobalAveragePooling3D(op) => {
+                need_volume("GlobalAveragePooling3D")?;
+                self.node(
+                    name,
+                    "ReduceMean",
+                    vec![x()],
+                    out,
+                    vec![
+                        ("axes", Attr::Ints(vec![2, 3, 4])),
+                        ("keepdims", Attr::Int(i64::from(op.keepdims))),
+                    ],
+                );
             }
             Op::GlobalAveragePooling2D(op) => {
                 need_image("GlobalAveragePooling2D")?;
@@ -1702,5 +1935,13 @@ mod tests {
         assert_eq!(onnx_axis(1, 3, true), 2);
         assert_eq!(onnx_axis(2, 3, true), 3);
         assert_eq!(onnx_axis(-1, 1, false), 1);
+        // Volumes: NDHWC axes 1, 2, 3, 4 to NCDHW 2, 3, 4, 1.
+        assert_eq!(onnx_axis(-1, 4, true), 1);
+        assert_eq!(onnx_axis(1, 4, true), 2);
+        assert_eq!(onnx_axis(3, 4, true), 4);
+        assert_eq!(to_channels_first(4), vec![0, 4, 1, 2, 3]);
+        assert_eq!(to_channels_last(4), vec![0, 2, 3, 4, 1]);
+        assert_eq!(to_channels_first(3), vec![0, 3, 1, 2]);
+        assert_eq!(to_channels_last(3), vec![0, 2, 3, 1]);
     }
 }

@@ -344,6 +344,81 @@ impl<'a> ArgReader<'a> {
         Some(pair)
     }
 
+    /// Keras's "int or tuple of 3 ints" of the 3-D layers (kernel_size, strides, pool_size).
+    pub fn triple_or(&mut self, name: &str, lo: i64, hi: i64, default: [i64; 3]) -> [i64; 3] {
+        self.triple(name, lo, hi).unwrap_or(default)
+    }
+
+    pub fn triple(&mut self, name: &str, lo: i64, hi: i64) -> Option<[i64; 3]> {
+        let arg = self.take(name)?;
+        let triple = match &arg.value {
+            Value::None => return None,
+            Value::Int(i) => Some([*i; 3]),
+            Value::List(items) if items.len() == 3 => match (&items[0], &items[1], &items[2]) {
+                (Value::Int(a), Value::Int(b), Value::Int(c)) => Some([*a, *b, *c]),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(triple) = triple else {
+            self.type_error(name, &arg, "an integer or a triple of integers");
+            return None;
+        };
+        if triple.iter().any(|v| !(lo..=hi).contains(v)) {
+            self.range_error(name, &arg, format!("values must be in {lo}..={hi}"));
+            return None;
+        }
+        Some(triple)
+    }
+
+    /// Keras's 3-D cropping/padding argument: `c`, `(d, h, w)` or
+    /// `((front, back), (top, bottom), (left, right))`; returned as those six.
+    pub fn six_or(&mut self, name: &str, default: [i64; 6]) -> [i64; 6] {
+        let Some(arg) = self.take(name) else {
+            return default;
+        };
+        let int = |v: &Value| match v {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        };
+        let pair = |v: &Value| match v {
+            Value::Int(i) => Some([*i, *i]),
+            Value::List(p) if p.len() == 2 => Some([int(&p[0])?, int(&p[1])?]),
+            _ => None,
+        };
+        let six = match &arg.value {
+            Value::Int(c) => Some([*c; 6]),
+            Value::List(items) if items.len() == 3 => {
+                let all_ints = items.iter().all(|v| matches!(v, Value::Int(_)));
+                let all_pairs = items.iter().all(|v| matches!(v, Value::List(_)));
+                if all_ints || all_pairs {
+                    match (pair(&items[0]), pair(&items[1]), pair(&items[2])) {
+                        (Some(d), Some(h), Some(w)) => Some([d[0], d[1], h[0], h[1], w[0], w[1]]),
+                        _ => None,
+                    }
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        match six {
+            Some(f) if f.iter().all(|v| (0..=MAX_DIM).contains(v)) => f,
+            Some(_) => {
+                self.range_error(name, &arg, format!("values must be in 0..={MAX_DIM}"));
+                default
+            }
+            None => {
+                self.type_error(
+                    name,
+                    &arg,
+                    "`c`, `(d, h, w)` or `((front, back), (top, bottom), (left, right))`",
+                );
+                default
+            }
+        }
+    }
+
     /// A list of integers in `lo..=hi` (`None` and absence: an empty list), e.g. PReLU's
     /// `shared_axes`; a single integer is a list of one.
     pub fn int_list(&mut self, name: &str, lo: i64, hi: i64) -> Vec<i64> {

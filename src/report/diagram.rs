@@ -80,8 +80,16 @@ fn folds(op: &Op) -> bool {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::Cropping2D(_)
-        | Op::ZeroPadding2D(_) => true,
+        | Op::ZeroPadding2D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_) => true,
         Op::Input(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::GlobalAveragePooling3D(_)
         | Op::Conv2D(_)
         | Op::DepthwiseConv2D(_)
         | Op::SeparableConv2D(_)
@@ -123,7 +131,10 @@ fn representative(g: &Graph, order: &[NodeId]) -> HashMap<NodeId, (NodeId, bool)
         let node = g.node(id);
         let r = if folds(&node.op) && node.inputs.len() == 1 {
             let (r, cropped) = rep.get(&node.inputs[0]).copied().unwrap_or((id, false));
-            (r, cropped || matches!(node.op, Op::Cropping2D(_)))
+            (
+                r,
+                cropped || matches!(node.op, Op::Cropping2D(_) | Op::Cropping3D(_)),
+            )
         } else {
             (id, false)
         };
@@ -142,7 +153,15 @@ fn level_step(op: &Op) -> i64 {
         Op::SeparableConv2D(c) => i64::from(c.depthwise.strides[0] > 1),
         Op::Conv2DTranspose(c) => -i64::from(c.args.strides[0] > 1),
         Op::UpSampling2D(u) => -i64::from(u.size[0] > 1),
+        Op::MaxPooling3D(p) => i64::from(p.strides[1] > 1),
+        Op::AveragePooling3D(p) => i64::from(p.strides[1] > 1),
+        Op::Conv3D(c) => i64::from(c.args.strides[1] > 1),
+        Op::Conv3DTranspose(c) => -i64::from(c.args.strides[1] > 1),
+        Op::UpSampling3D(u) => -i64::from(u.size[1] > 1),
         Op::Input(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_)
         | Op::Cropping2D(_)
         | Op::ZeroPadding2D(_)
         | Op::Concatenate(_)
@@ -183,7 +202,14 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
     }
     match op {
         Op::Conv2D(c) if c.args.kernel_size == [1, 1] => Edge::Conv1x1,
-        Op::Conv2D(_) | Op::DepthwiseConv2D(_) | Op::SeparableConv2D(_) => Edge::Conv,
+        Op::Conv3D(c) if c.args.kernel_size == [1, 1, 1] => Edge::Conv1x1,
+        Op::Conv2D(_) | Op::DepthwiseConv2D(_) | Op::SeparableConv2D(_) | Op::Conv3D(_) => {
+            Edge::Conv
+        }
+        Op::MaxPooling3D(_) => Edge::MaxPool,
+        Op::AveragePooling3D(_) => Edge::AveragePool,
+        Op::GlobalAveragePooling3D(_) => Edge::GlobalAveragePool,
+        Op::Conv3DTranspose(_) | Op::UpSampling3D(_) => Edge::Up,
         Op::Dense(_) => Edge::Dense,
         Op::MaxPooling2D(_) => Edge::MaxPool,
         Op::GlobalMaxPooling2D(_) => Edge::GlobalMaxPool,
@@ -207,6 +233,8 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         | Op::Permute(_)
         | Op::Cropping2D(_)
         | Op::ZeroPadding2D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
         | Op::BatchNormalization(_)
         | Op::Activation(_)
         | Op::ReLU(_)
@@ -258,6 +286,14 @@ fn boxes_and_edges(c: &Compiled) -> (Vec<Box_>, Vec<(usize, usize, Edge)>) {
                     format!("{h}²")
                 } else {
                     format!("{h}×{w}")
+                },
+                *ch,
+            ),
+            [d, h, w, ch] => (
+                if d == h && h == w {
+                    format!("{d}³")
+                } else {
+                    format!("{d}×{h}×{w}")
                 },
                 *ch,
             ),

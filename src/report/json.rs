@@ -36,7 +36,7 @@ pub fn check_json(c: &Compiled) -> Json {
                 "non_trainable_params": info.non_trainable_params,
                 "trainable": node.trainable,
                 "inputs": node.inputs.iter().map(|&i| g.node(i).name.clone()).collect::<Vec<_>>(),
-                "config": node.op.config(),
+                "config": node.op.built_config(&node.inputs.iter().map(|&i| c.info.layers[i.index()].shape.clone().unwrap_or_default()).collect::<Vec<_>>()),
                 "weights": info.weights.iter().map(|w| json!({
                     "name": format!("{}/{}", node.name, w.name),
                     "shape": w.shape,

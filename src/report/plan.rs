@@ -198,7 +198,15 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                     | Op::GroupNormalization(_)
                     | Op::LayerNormalization(_)
                     | Op::DepthwiseConv2D(_)
-                    | Op::SeparableConv2D(_),
+                    | Op::SeparableConv2D(_)
+                    | Op::Conv3D(_)
+                    | Op::Conv3DTranspose(_)
+                    | Op::MaxPooling3D(_)
+                    | Op::AveragePooling3D(_)
+                    | Op::UpSampling3D(_)
+                    | Op::Cropping3D(_)
+                    | Op::ZeroPadding3D(_)
+                    | Op::GlobalAveragePooling3D(_),
                 ) => match absorbed_by[id.index()] {
                     Some(conv) => StepWork::FusedInto {
                         convolution: name(conv),

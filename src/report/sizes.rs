@@ -497,6 +497,24 @@ pub fn receptive_field(c: &Compiled) -> usize {
                         )
                     }
                     Op::UpSampling2D(op) => (a.div_euclid(op.size[0]), b.div_euclid(op.size[0])),
+                    // The 3-D kinds along their first axis (the depth), which is the axis this
+                    // walks for a volume.
+                    Op::Conv3D(op) => windows(op.geometry(0, n as usize, out)),
+                    Op::MaxPooling3D(op) => windows(op.geometry(0, n as usize, out)),
+                    Op::AveragePooling3D(op) => windows(op.geometry(0, n as usize, out)),
+                    Op::Conv3DTranspose(op) => {
+                        let g = op.geometry(0, n as usize, out);
+                        let (k, s, y0) = (g.kernel as i64, g.stride as i64, g.crop_before as i64);
+                        (
+                            (a + y0 - (k - 1)).div_euclid(s)
+                                + i64::from((a + y0 - (k - 1)).rem_euclid(s) != 0),
+                            (b + y0).div_euclid(s),
+                        )
+                    }
+                    Op::UpSampling3D(op) => (a.div_euclid(op.size[0]), b.div_euclid(op.size[0])),
+                    Op::Cropping3D(op) => (a + op.cropping[0], b + op.cropping[0]),
+                    Op::ZeroPadding3D(op) => (a - op.padding[0], b - op.padding[0]),
+                    Op::GlobalAveragePooling3D(_) => (0, n - 1),
                     Op::Cropping2D(op) => (a + op.cropping[0], b + op.cropping[0]),
                     Op::ZeroPadding2D(op) => (a - op.padding[0], b - op.padding[0]),
                     // Every output value depends on the whole input.

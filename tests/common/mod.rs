@@ -85,11 +85,16 @@ pub fn canonical_graph(c: &Compiled) -> String {
             .iter()
             .map(|&i| g.node(i).name.as_str())
             .collect();
+        let input_shapes: Vec<Vec<i64>> = node
+            .inputs
+            .iter()
+            .map(|&i| c.info.layers[i.index()].shape.clone().unwrap_or_default())
+            .collect();
         s.push_str(&format!(
             "{} {} {} {:?} {}\n",
             node.name,
             node.op.class_name(),
-            node.op.config(),
+            node.op.built_config(&input_shapes),
             inputs,
             node.trainable
         ));
@@ -203,6 +208,7 @@ pub fn formula(name: &str, shape: &[usize], class: &str) -> unetc::exec::Tensor 
     let fan_in: usize = match (var, class) {
         ("depthwise_kernel", _) => shape[0] * shape[1],
         ("kernel", "Conv2DTranspose") => shape[0] * shape[1] * shape[3],
+        ("kernel", "Conv3DTranspose") => shape[0] * shape[1] * shape[2] * shape[4],
         ("kernel" | "pointwise_kernel", _) => shape[..shape.len() - 1].iter().product(),
         _ => 1,
     };
@@ -236,8 +242,11 @@ pub fn formula_weights(c: &Compiled) -> std::collections::HashMap<String, unetc:
         for w in &c.info.layers[id.index()].weights {
             let name = format!("{}/{}", node.name, w.name);
             let shape: Vec<usize> = w.shape.iter().map(|&d| d as usize).collect();
+            // The formula's fan-in differs for the transposed kernels only.
             let class = if matches!(node.op, unetc::ir::Op::Conv2DTranspose(_)) {
                 "Conv2DTranspose"
+            } else if matches!(node.op, unetc::ir::Op::Conv3DTranspose(_)) {
+                "Conv3DTranspose"
             } else {
                 "other"
             };

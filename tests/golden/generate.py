@@ -53,6 +53,8 @@ bytes) with Keras shape ``S`` and C-order (row-major) flat index ``i`` (0 <= i <
     fan_in: Conv2D kernel [kh, kw, in, out] -> kh*kw*in;  Dense kernel [in, out] -> in
             (the product of all dimensions but the last);
             Conv2DTranspose kernel [kh, kw, out, in] -> kh*kw*in;
+            Conv3D kernel [kd, kh, kw, in, out] -> kd*kh*kw*in (the general rule);
+            Conv3DTranspose kernel [kd, kh, kw, out, in] -> kd*kh*kw*in;
             depthwise_kernel [kh, kw, in, dm] -> kh*kw (each output reads one channel);
             pointwise_kernel [1, 1, in*dm, filters] -> in*dm; grouped Conv2D kernel
             [kh, kw, in/groups, out] -> kh*kw*in/groups (the general rule).
@@ -114,6 +116,9 @@ def fan_in(layer_class: str, var: str, shape) -> int:
     if layer_class == "Conv2DTranspose":
         kh, kw, _out, cin = shape
         return kh * kw * cin
+    if layer_class == "Conv3DTranspose":
+        kd, kh, kw, _out, cin = shape
+        return kd * kh * kw * cin
     return int(np.prod(shape[:-1]))
 
 
@@ -163,6 +168,8 @@ def formula_scalar(name: str, shape, layer_class: str, i: int) -> float:
             fi = shape[0] * shape[1]
         elif layer_class == "Conv2DTranspose":
             fi = shape[0] * shape[1] * shape[3]
+        elif layer_class == "Conv3DTranspose":
+            fi = shape[0] * shape[1] * shape[2] * shape[4]
         else:
             fi = 1
             for s in shape[:-1]:
@@ -735,6 +742,117 @@ def edge_reshape():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_3d():
+    """Issue 12's 3-D kinds on a signed 6x5x4 volume of 3 channels (a linear 1x1x1 Conv3D of the
+    input): Conv3D (same with relu; valid (2, 3, 1) kernel with strides (2, 1, 1); same with
+    strides 2 (the odd voxel padded after); dilation (2, 2, 1) without bias), Conv3DTranspose
+    (k 2 s 2 valid; k 3 s 2 same; (3, 2, 2) kernel, strides (1, 2, 2), sigmoid;
+    output_padding 1), MaxPooling3D (2: floors the odd height; same; (3, 2, 2) window with
+    strides 1), AveragePooling3D (same: the mean inside the input; (2, 2, 2) with strides 1),
+    UpSampling3D (2; (1, 2, 3)), Cropping3D in its three forms, ZeroPadding3D (default and
+    nested), GlobalAveragePooling3D (plain and keepdims), and over 5-D tensors
+    BatchNormalization, Activation, Dropout, Concatenate (channels and depth), Add, Multiply and
+    Maximum. Each branch is flattened and the flat vectors are concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 4, 3))
+    x = L.Conv3D(4, 1)(inp)
+    g = L.Conv3D(4, 1, activation="sigmoid")(inp)
+    branches = [
+        L.Conv3D(3, 3, padding="same", activation="relu")(x),
+        L.Conv3D(2, (2, 3, 1), strides=(2, 1, 1))(x),
+        L.Conv3D(2, 3, strides=2, padding="same")(x),
+        L.Conv3D(2, 2, dilation_rate=(2, 2, 1), use_bias=False)(x),
+        L.Conv3DTranspose(3, 2, strides=2)(x),
+        L.Conv3DTranspose(2, 3, strides=2, padding="same")(x),
+        L.Conv3DTranspose(2, (3, 2, 2), strides=(1, 2, 2), activation="sigmoid")(x),
+        L.Conv3DTranspose(2, 3, strides=2, output_padding=1)(x),
+        L.MaxPooling3D()(x),
+        L.MaxPooling3D(2, padding="same")(x),
+        L.MaxPooling3D((3, 2, 2), strides=1)(x),
+        L.AveragePooling3D(2, padding="same")(x),
+        L.AveragePooling3D((2, 2, 2), strides=1)(x),
+        L.UpSampling3D()(x),
+        L.UpSampling3D((1, 2, 3))(x),
+        L.Cropping3D()(x),
+        L.Cropping3D((2, 1, 0))(x),
+        L.Cropping3D(((1, 0), (2, 1), (0, 1)))(x),
+        L.ZeroPadding3D()(x),
+        L.ZeroPadding3D(((1, 0), (0, 2), (1, 1)))(x),
+        L.GlobalAveragePooling3D()(x),
+        L.GlobalAveragePooling3D(keepdims=True)(x),
+        L.Dropout(0.5)(L.Activation("tanh")(L.BatchNormalization()(x))),
+        L.Concatenate()([x, g, x]),
+        L.Concatenate(axis=1)([x, g]),
+        L.Add()([x, g]),
+        L.Multiply()([x, g]),
+        L.Maximum()([x, g]),
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
+def unet3d_small():
+    """A 3-D U-Net as in the BraTS / nnU-Net literature (Cicek et al. 2016; Isensee et al. 2021):
+    4 input channels (T1, T1ce, T2, FLAIR), 32 base filters doubling per level, two 3x3x3
+    same convolutions with BatchNormalization and ReLU per level, MaxPooling3D 2,
+    Conv3DTranspose 2 stride 2 up, skip concatenation, and a 1x1x1 sigmoid head for the three
+    BraTS regions; at 32x32x32 with three levels (32, 64, 128 filters)."""
+    tf = _tf()
+    L = tf.keras.layers
+
+    def block(x, f):
+        for _ in range(2):
+            x = L.Conv3D(f, 3, padding="same", use_bias=False)(x)
+            x = L.BatchNormalization()(x)
+            x = L.Activation("relu")(x)
+        return x
+
+    inp = L.Input((32, 32, 32, 4))
+    skips = []
+    x = inp
+    for f in (32, 64):
+        x = block(x, f)
+        skips.append(x)
+        x = L.MaxPooling3D(2)(x)
+    x = block(x, 128)
+    for f in (64, 32):
+        x = L.Conv3DTranspose(f, 2, strides=2)(x)
+        x = L.Concatenate()([skips.pop(), x])
+        x = block(x, f)
+    x = L.Conv3D(3, 1, activation="sigmoid")(x)
+    return tf.keras.Model(inp, x)
+
+
+def unet3d_valid():
+    """A 3-D U-Net with valid convolutions, as the original U-Net but over volumes (Cicek et al.
+    2016 crop their skips likewise): two valid 3x3x3 ReLU convs per level, 4 base filters, depth
+    2, Cropping3D of each skip (centred, the odd voxel after) before the concatenation with the
+    Conv3DTranspose up path, a linear 1x1x1 conv and a Softmax layer; 44x44x44x1 -> 4x4x4x2."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((44, 44, 44, 1))
+    x = inp
+    skips = []
+    for f in (4, 8):
+        x = L.Conv3D(f, 3, activation="relu")(x)
+        x = L.Conv3D(f, 3, activation="relu")(x)
+        skips.append(x)
+        x = L.MaxPooling3D((2, 2, 2))(x)
+    x = L.Conv3D(16, 3, activation="relu")(x)
+    x = L.Conv3D(16, 3, activation="relu")(x)
+    for f in (8, 4):
+        up = L.Conv3DTranspose(f, 2, strides=2)(x)
+        skip = skips.pop()
+        crop = [((s - u) // 2, (s - u) - (s - u) // 2)
+                for s, u in zip(skip.shape[1:4], up.shape[1:4])]
+        x = L.Concatenate(axis=-1)([L.Cropping3D(crop)(skip), up])
+        x = L.Conv3D(f, 3, activation="relu")(x)
+        x = L.Conv3D(f, 3, activation="relu")(x)
+    x = L.Conv3D(2, 1)(x)
+    return tf.keras.Model(inp, L.Softmax()(x))
+
+
 def original_full():
     """Seed 000 at full width (31,030,658 parameters), as in specs/original.unet, at its smallest
     valid input 188x188x1 (crops 4/16/40/88 as at 572), output 4x4x2."""
@@ -766,8 +884,8 @@ def original_full_at(size: int):
 
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
-         edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_reshape]
-FULL = [original_full]
+         edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_reshape, edge_3d]
+FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------
 # Running and writing
@@ -784,6 +902,31 @@ def build(builder, floatx="float32"):
         tf.keras.backend.set_floatx("float32")
     set_formula_weights(model)
     return model
+
+
+def build_f64_except_pool3d(builder):
+    """``build(builder, "float64")`` with the 3-D poolings computing in float32 (their input
+    cast down, their output cast back up by Keras's autocasting of the next layer)."""
+    tf = _tf()
+    L = tf.keras.layers
+    originals = {name: getattr(L, name) for name in ("MaxPooling3D", "AveragePooling3D")}
+
+    def float32_kind(base):
+        class Float32(base):
+            def __init__(self, *args, **kwargs):
+                kwargs["dtype"] = "float32"
+                super().__init__(*args, **kwargs)
+
+        Float32.__name__ = base.__name__
+        return Float32
+
+    for name, base in originals.items():
+        setattr(L, name, float32_kind(base))
+    try:
+        return build(builder, "float64")
+    finally:
+        for name, base in originals.items():
+            setattr(L, name, base)
 
 
 def seeded_input(name: str, shape, batch: int) -> np.ndarray:
@@ -828,9 +971,15 @@ def run_model(builder, batch: int, store_weights: bool, out_dir: Path = HERE) ->
     t_f32 = time.time() - t0
 
     # The same model in float64 (same float32 weights and input, widened): a measure of the
-    # float32 rounding noise in Keras's own output.
-    m64 = build(builder, "float64")
-    y64 = np.asarray(m64.predict(x.astype(np.float64), verbose=0), dtype=np.float64)
+    # float32 rounding noise in Keras's own output. TensorFlow's 3-D poolings have no float64
+    # CPU kernel: those models are measured with their MaxPooling3D and AveragePooling3D layers
+    # still float32, the rest of the model float64.
+    try:
+        m64 = build(builder, "float64")
+        y64 = np.asarray(m64.predict(x.astype(np.float64), verbose=0), dtype=np.float64)
+    except Exception:  # noqa: BLE001 (TypeError at build, InvalidArgumentError at predict)
+        m64 = build_f64_except_pool3d(builder)
+        y64 = np.asarray(m64.predict(x.astype(np.float64), verbose=0), dtype=np.float64)
     diff = np.abs(y.astype(np.float64) - y64)
     rel = diff / np.maximum(np.abs(y64), 1e-30)
     info = {

@@ -25,6 +25,7 @@
 #include "../../src/exec/cuda/kernels/elem.cuh"
 #include "../../src/exec/cuda/kernels/conv.cu"
 #include "../../src/exec/cuda/kernels/layers.cu"
+#include "../../src/exec/cuda/kernels/volume.cu"
 #include "../../src/exec/cuda/kernels/igemm.cu"
 #if __has_include("../../src/exec/cuda/kernels/first_layer.cu")
 #include "../../src/exec/cuda/kernels/first_layer.cu"
@@ -391,6 +392,10 @@ const Kernel kernels[] = {
     BOTH(group_norm),
     BOTH(grouped_conv2d),
     BOTH(separable_conv2d),
+    BOTH(conv3d),
+    BOTH(conv3d_transpose),
+    BOTH(pool3d),
+    BOTH(resample3d),
     BLOCKWISE(conv_igemm_bf16, 256, 0),
     BLOCKWISE(conv_igemm_bf16_small, 256, 0),
     BLOCKWISE(conv_igemm_tf32, 256, 0),

@@ -3,6 +3,7 @@
 
 mod gemm;
 pub mod kernels;
+pub mod volume;
 
 use super::plan::{hwc, plan, reads_parts, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
@@ -12,6 +13,7 @@ use crate::ir::ops::{
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::fmt;
+use volume::dhwc;
 
 pub use super::WeightSource;
 
@@ -115,7 +117,7 @@ impl<'g> CpuModel<'g> {
                 continue;
             };
             prepared[id.index()] = match &node.op {
-                Op::Conv2D(_) | Op::DepthwiseConv2D(_) => Prepared::Conv {
+                Op::Conv2D(_) | Op::DepthwiseConv2D(_) | Op::Conv3D(_) => Prepared::Conv {
                     bias: Some(w.pop().unwrap_or_default()),
                     kernel: w.pop().unwrap_or_default(),
                 },
@@ -143,6 +145,17 @@ impl<'g> CpuModel<'g> {
                         &w.pop().unwrap_or_default(),
                         [kh, kw, op.args.filters as usize, c],
                     );
+                    Prepared::ConvTranspose { kernel_t, bias }
+                }
+                Op::Conv3DTranspose(_) => {
+                    let c = info.layers[node.inputs[0].index()]
+                        .shape
+                        .as_ref()
+                        .and_then(|s| s.last())
+                        .copied()
+                        .unwrap_or(0) as usize;
+                    let bias = Some(w.pop().unwrap_or_default());
+                    let kernel_t = volume::transpose_kernel3d(&w.pop().unwrap_or_default(), c);
                     Prepared::ConvTranspose { kernel_t, bias }
                 }
                 Op::BatchNormalization(_) => {
@@ -193,7 +206,13 @@ impl<'g> CpuModel<'g> {
                 | Op::GlobalMaxPooling2D(_)
                 | Op::SpatialDropout2D(_)
                 | Op::GaussianNoise(_)
-                | Op::GaussianDropout(_) => Prepared::None,
+                | Op::GaussianDropout(_)
+                | Op::MaxPooling3D(_)
+                | Op::AveragePooling3D(_)
+                | Op::UpSampling3D(_)
+                | Op::Cropping3D(_)
+                | Op::ZeroPadding3D(_)
+                | Op::GlobalAveragePooling3D(_) => Prepared::None,
             };
         }
         Ok(CpuModel {
@@ -679,6 +698,47 @@ impl<'g> CpuModel<'g> {
             (Op::GlobalMaxPooling2D(_), _) => {
                 kernels::global_max_pool(ins[0], hwc(&in_shapes[0]), out, batch)
             }
+            (Op::Conv3D(op), Prepared::Conv { kernel, bias }) => volume::conv3d(
+                op,
+                ins[0],
+                dhwc(&in_shapes[0]),
+                kernel,
+                bias.as_deref(),
+                out,
+                dhwc(out_shape),
+            ),
+            (Op::Conv3DTranspose(op), Prepared::ConvTranspose { kernel_t, bias }) => {
+                volume::conv3d_transpose(
+                    op,
+                    ins[0],
+                    dhwc(&in_shapes[0]),
+                    kernel_t,
+                    bias.as_deref(),
+                    out,
+                    dhwc(out_shape),
+                    batch,
+                )
+            }
+            (Op::MaxPooling3D(op), _) => {
+                volume::max_pool3d(op, ins[0], dhwc(&in_shapes[0]), out, dhwc(out_shape))
+            }
+            (Op::AveragePooling3D(op), _) => {
+                volume::average_pool3d(op, ins[0], dhwc(&in_shapes[0]), out, dhwc(out_shape))
+            }
+            (Op::UpSampling3D(op), _) => {
+                volume::upsample3d(op, ins[0], dhwc(&in_shapes[0]), out, dhwc(out_shape))
+            }
+            (Op::Cropping3D(op), _) => {
+                volume::crop3d(op, ins[0], dhwc(&in_shapes[0]), out, dhwc(out_shape))
+            }
+            (Op::ZeroPadding3D(op), _) => {
+                volume::zero_pad3d(op, ins[0], dhwc(&in_shapes[0]), out, dhwc(out_shape))
+            }
+            // The mean over depth, height and width: over the volume's voxels as one axis.
+            (Op::GlobalAveragePooling3D(_), _) => {
+                let [d, h, w, c] = dhwc(&in_shapes[0]);
+                kernels::global_average_pool(ins[0], [d * h, w, c], out, batch)
+            }
             // Weights were checked in `new`; a layer without them cannot be reached here.
             (
                 Op::Conv2DTranspose(_)
@@ -688,7 +748,9 @@ impl<'g> CpuModel<'g> {
                 | Op::GroupNormalization(_)
                 | Op::LayerNormalization(_)
                 | Op::DepthwiseConv2D(_)
-                | Op::SeparableConv2D(_),
+                | Op::SeparableConv2D(_)
+                | Op::Conv3D(_)
+                | Op::Conv3DTranspose(_),
                 _,
             ) => out.fill(f32::NAN),
         }

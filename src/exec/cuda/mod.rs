@@ -34,6 +34,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("elem.cuh", include_str!("kernels/elem.cuh")),
     ("conv.cu", include_str!("kernels/conv.cu")),
     ("layers.cu", include_str!("kernels/layers.cu")),
+    ("volume.cu", include_str!("kernels/volume.cu")),
     ("igemm.cu", include_str!("kernels/igemm.cu")),
     ("first_layer.cu", include_str!("kernels/first_layer.cu")),
 ];
@@ -64,6 +65,10 @@ pub const LAYER_KERNELS: &[&str] = &[
     "separable_conv2d",
     "conv_small_c",
     "splitk_reduce",
+    "conv3d",
+    "conv3d_transpose",
+    "pool3d",
+    "resample3d",
 ];
 
 /// The tensor-core convolutions (kernels/igemm.cu): `_small` ones take any alignment.
@@ -788,7 +793,15 @@ impl<'g> CudaModel<'g> {
             | Op::GroupNormalization(_)
             | Op::LayerNormalization(_)
             | Op::DepthwiseConv2D(_)
-            | Op::SeparableConv2D(_) => return Ok(None),
+            | Op::SeparableConv2D(_)
+            | Op::Conv3D(_)
+            | Op::Conv3DTranspose(_)
+            | Op::MaxPooling3D(_)
+            | Op::AveragePooling3D(_)
+            | Op::UpSampling3D(_)
+            | Op::Cropping3D(_)
+            | Op::ZeroPadding3D(_)
+            | Op::GlobalAveragePooling3D(_) => return Ok(None),
         };
         let packed = match self.precision {
             Precision::Bf16 => {
@@ -1534,9 +1547,23 @@ impl<'g> CudaModel<'g> {
         let x_view = |k: usize| -> Result<View, CudaError> {
             Ok(View::of(plan, &self.window(node.inputs[k])?, batch))
         };
-        // Every input's window, for the merges.
-        let x_views =
-            || -> Result<Vec<View>, CudaError> { (0..node.inputs.len()).map(x_view).collect() };
+        // Every input's window, for the merges. A volume's view folds depth and height into its
+        // rows, so the kernel broadcasts them only together.
+        let x_views = || -> Result<Vec<View>, CudaError> {
+            for s in &in_shapes {
+                if let ([d, h, ..], [od, oh, ..]) = (&s[..], &out_shape[..]) {
+                    let folds = (d == od && h == oh) || (*d == 1 && *h == 1);
+                    if s.len() == 4 && !folds {
+                        return Err(CudaError::Model(format!(
+                            "`{}`: broadcasting a volume over depth or height alone is not run on \
+                             the GPU yet; run it with --device cpu",
+                            node.name
+                        )));
+                    }
+                }
+            }
+            (0..node.inputs.len()).map(x_view).collect()
+        };
         let y = View::of(plan, &self.window(id)?, batch);
         let n_out = y.elements(batch);
         let stream = &self.stream;
@@ -1547,6 +1574,121 @@ impl<'g> CudaModel<'g> {
         match &node.op {
             // Uploaded by `upload_input` before the kernels.
             Op::Input(_) => {}
+            // The 3-D kinds (kernels/volume.cu): views whose rows are (depth, row) pairs, with
+            // each view's depth passed beside it.
+            Op::Conv3D(op) => {
+                let (xd, yd) = (in_shapes[0][0], out_shape[0]);
+                let g = [0, 1, 2].map(|a| op.geometry(a, in_shapes[0][a], out_shape[a]));
+                let w = self.weights_of(id)?;
+                let ints = [
+                    i(xd),
+                    i(yd),
+                    i(g[0].kernel),
+                    i(g[1].kernel),
+                    i(g[2].kernel),
+                    i(g[0].stride),
+                    i(g[1].stride),
+                    i(g[2].stride),
+                    i(g[0].dilation),
+                    i(g[1].dilation),
+                    i(g[2].dilation),
+                    i(g[0].pad_before),
+                    i(g[1].pad_before),
+                    i(g[2].pad_before),
+                    activation_code(op.args.activation),
+                    nb,
+                ];
+                let x = x_view(0)?;
+                let mut b = stream.launch_builder(self.function::<T>("conv3d"));
+                b.arg(&mut *arena)
+                    .arg(&x)
+                    .arg(&y)
+                    .arg(&w.tensors[0])
+                    .arg(&w.tensors[1]);
+                for v in &ints {
+                    b.arg(v);
+                }
+                unsafe { b.launch(grid(n_out)).map_err(driver)? };
+                if op.args.activation == ActivationFn::Softmax {
+                    self.softmax_over_channels(arena, y, batch)?;
+                }
+            }
+            Op::Conv3DTranspose(op) => {
+                let (xd, yd) = (in_shapes[0][0], out_shape[0]);
+                let g = [0, 1, 2].map(|a| op.geometry(a, in_shapes[0][a], out_shape[a]));
+                let w = self.weights_of(id)?;
+                let ints = [
+                    i(xd),
+                    i(yd),
+                    i(g[0].kernel),
+                    i(g[1].kernel),
+                    i(g[2].kernel),
+                    i(g[0].stride),
+                    i(g[1].stride),
+                    i(g[2].stride),
+                    i(g[0].crop_before),
+                    i(g[1].crop_before),
+                    i(g[2].crop_before),
+                    activation_code(op.args.activation),
+                    nb,
+                ];
+                let x = x_view(0)?;
+                let mut b = stream.launch_builder(self.function::<T>("conv3d_transpose"));
+                b.arg(&mut *arena)
+                    .arg(&x)
+                    .arg(&y)
+                    .arg(&w.tensors[0])
+                    .arg(&w.tensors[1]);
+                for v in &ints {
+                    b.arg(v);
+                }
+                unsafe { b.launch(grid(n_out)).map_err(driver)? };
+                if op.args.activation == ActivationFn::Softmax {
+                    self.softmax_over_channels(arena, y, batch)?;
+                }
+            }
+            Op::MaxPooling3D(op) => {
+                let g = [0, 1, 2].map(|a| op.geometry(a, in_shapes[0][a], out_shape[a]));
+                let depths = (in_shapes[0][0], out_shape[0]);
+                self.pool3d::<T>(arena, (x_view(0)?, y), depths, g, false, batch)?;
+            }
+            Op::AveragePooling3D(op) => {
+                let g = [0, 1, 2].map(|a| op.geometry(a, in_shapes[0][a], out_shape[a]));
+                let depths = (in_shapes[0][0], out_shape[0]);
+                self.pool3d::<T>(arena, (x_view(0)?, y), depths, g, true, batch)?;
+            }
+            Op::UpSampling3D(op) => {
+                let repeat = op.size.map(|v| v as i32);
+                let depths = (in_shapes[0][0], out_shape[0]);
+                self.resample3d::<T>(arena, (x_view(0)?, y), depths, repeat, [0; 3], batch)?;
+            }
+            Op::Cropping3D(op) => {
+                let k = op.cropping;
+                let first = [k[0], k[2], k[4]].map(|v| v as i32);
+                let depths = (in_shapes[0][0], out_shape[0]);
+                self.resample3d::<T>(arena, (x_view(0)?, y), depths, [1; 3], first, batch)?;
+            }
+            Op::ZeroPadding3D(op) => {
+                let p = op.padding;
+                let first = [p[0], p[2], p[4]].map(|v| -(v as i32));
+                let depths = (in_shapes[0][0], out_shape[0]);
+                self.resample3d::<T>(arena, (x_view(0)?, y), depths, [1; 3], first, batch)?;
+            }
+            // The mean over the view's rows (depth x height) and columns: all the voxels.
+            Op::GlobalAveragePooling3D(_) => {
+                let x = x_view(0)?;
+                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("global_average_pool"))
+                        .arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y_off)
+                        .arg(&nb)
+                        .launch(grid(batch * x.c.max(0) as usize))
+                        .map_err(driver)?;
+                }
+            }
             Op::Conv2D(op) if op.groups != 1 => {
                 let [h, wd, c] = hwc(&in_shapes[0]);
                 let (oh, ow) = (y.h as usize, y.w as usize);
@@ -2041,6 +2183,75 @@ impl<'g> CudaModel<'g> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `pool3d` (kernels/volume.cu): the maximum or the mean over the windows of `g` along
+    /// depth, rows and columns.
+    fn pool3d<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        (x, y): (View, View),
+        (xd, yd): (usize, usize),
+        g: [WindowGeometry; 3],
+        average: bool,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let i = |v: usize| v as i32;
+        let ints = [
+            i(xd),
+            i(yd),
+            i(g[0].kernel),
+            i(g[1].kernel),
+            i(g[2].kernel),
+            i(g[0].stride),
+            i(g[1].stride),
+            i(g[2].stride),
+            i(g[0].pad_before),
+            i(g[1].pad_before),
+            i(g[2].pad_before),
+            i32::from(average),
+            batch as i32,
+        ];
+        let mut b = self.stream.launch_builder(self.function::<T>("pool3d"));
+        b.arg(&mut *arena).arg(&x).arg(&y);
+        for v in &ints {
+            b.arg(v);
+        }
+        // SAFETY: as in `layer`: the arguments match `pool3d` in volume.cu.
+        unsafe { b.launch(grid(y.elements(batch))).map_err(driver)? };
+        Ok(())
+    }
+
+    /// `resample3d` (kernels/volume.cu): output voxel (z, y, x) reads input voxel
+    /// `(z / repeat[0] + first[0], ...)`, zero outside the input.
+    fn resample3d<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        (x, y): (View, View),
+        (xd, yd): (usize, usize),
+        repeat: [i32; 3],
+        first: [i32; 3],
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let ints = [
+            xd as i32,
+            yd as i32,
+            repeat[0],
+            repeat[1],
+            repeat[2],
+            first[0],
+            first[1],
+            first[2],
+            batch as i32,
+        ];
+        let mut b = self.stream.launch_builder(self.function::<T>("resample3d"));
+        b.arg(&mut *arena).arg(&x).arg(&y);
+        for v in &ints {
+            b.arg(v);
+        }
+        // SAFETY: as in `layer`: the arguments match `resample3d` in volume.cu.
+        unsafe { b.launch(grid(y.elements(batch))).map_err(driver)? };
         Ok(())
     }
 

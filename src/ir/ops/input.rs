@@ -52,10 +52,10 @@ impl LayerKind for Input {
 }
 
 impl ArgReader<'_> {
-    /// A shape: a list of 1 to 3 positive sizes.
+    /// A shape: a list of 1 to 4 positive sizes (4: a volume, D x H x W x C).
     pub fn shape(&mut self, name: &str) -> Option<Vec<i64>> {
         let dims: Option<Vec<i64>> = match self.peek(name)? {
-            Value::List(items) if (1..=3).contains(&items.len()) => items
+            Value::List(items) if (1..=4).contains(&items.len()) => items
                 .iter()
                 .map(|v| match v {
                     Value::Int(i) if (1..=MAX_DIM).contains(i) => Some(*i),
@@ -70,7 +70,7 @@ impl ArgReader<'_> {
                 crate::diag::Diagnostic::error(
                     "E-arg-type",
                     format!(
-                        "input `{name}` must be H x W x C with sizes in 1..={MAX_DIM}, found `{}`",
+                        "input `{name}` must be H x W x C (or D x H x W x C) with sizes in 1..={MAX_DIM}, found `{}`",
                         arg.value
                     ),
                 )

@@ -39,7 +39,7 @@ impl LayerKind for Concatenate {
 
     fn parse(r: &mut ArgReader) -> Self {
         Concatenate {
-            axis: r.int_or("axis", -4, 3, -1),
+            axis: r.int_or("axis", -5, 4, -1),
         }
     }
 

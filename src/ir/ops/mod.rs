@@ -16,6 +16,7 @@ mod pool;
 mod reshape;
 mod resize;
 mod tf_op;
+mod volume;
 
 pub use activation::{
     Activation, Dropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU, Softmax,
@@ -34,12 +35,16 @@ pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, Max
 pub use reshape::{Permute, Reshape};
 pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
 pub use tf_op::{TFOpLambda, TfCompute};
+pub use volume::{
+    AveragePooling3D, Conv3D, Conv3DArgs, Conv3DTranspose, Cropping3D, GlobalAveragePooling3D,
+    MaxPooling3D, UpSampling3D, ZeroPadding3D,
+};
 
 use crate::diag::Diagnostic;
 use crate::ir::value::ArgReader;
 use serde_json::Value as Json;
 
-/// An output shape without the batch dimension: `[H, W, C]` or `[N]`.
+/// An output shape without the batch dimension: `[H, W, C]`, `[D, H, W, C]` or `[N]`.
 pub type Shape = Vec<i64>;
 
 /// Why a layer cannot be applied to its inputs. `{0}`, `{1}`, ... in the texts stand for the
@@ -117,6 +122,11 @@ pub trait LayerKind {
     }
     /// Keras's `get_config()` for the arguments unetc models (normalised, defaults filled in).
     fn config(&self) -> Json;
+    /// The config once Keras has built the layer on `inputs` (BatchNormalization's axis becomes
+    /// the positive index, which depends on the rank).
+    fn built_config(&self, _inputs: &[Shape]) -> Json {
+        self.config()
+    }
     /// The base of Keras's auto-names when it is not the spec kind (TFOpLambda is named after
     /// its function: `tf.concat`, `tf.concat_1`).
     fn auto_name_base(&self) -> Option<&'static str> {
@@ -208,6 +218,10 @@ macro_rules! ops {
                 match self { $(Op::$variant(op) => op.config()),* }
             }
 
+            pub fn built_config(&self, inputs: &[Shape]) -> Json {
+                match self { $(Op::$variant(op) => op.built_config(inputs)),* }
+            }
+
             pub fn arity(&self) -> (usize, usize) {
                 match self { $(Op::$variant(_) => $variant::arity()),* }
             }
@@ -253,6 +267,14 @@ ops! {
     TFOpLambda: "tf_op",
     Reshape: "reshape",
     Permute: "permute",
+    Conv3D: "conv3d",
+    Conv3DTranspose: "conv3d_transpose",
+    MaxPooling3D: "max_pooling3d" | "max_pool3d",
+    AveragePooling3D: "average_pooling3d" | "avg_pool3d",
+    UpSampling3D: "up_sampling3d" | "upsampling3d",
+    Cropping3D: "cropping3d",
+    ZeroPadding3D: "zero_padding3d",
+    GlobalAveragePooling3D: "global_average_pooling3d",
 }
 
 impl Op {
@@ -297,7 +319,15 @@ impl Op {
             | Op::SeparableConv2D(_)
             | Op::TFOpLambda(_)
             | Op::Reshape(_)
-            | Op::Permute(_) => None,
+            | Op::Permute(_)
+            | Op::Conv3D(_)
+            | Op::Conv3DTranspose(_)
+            | Op::MaxPooling3D(_)
+            | Op::AveragePooling3D(_)
+            | Op::UpSampling3D(_)
+            | Op::Cropping3D(_)
+            | Op::ZeroPadding3D(_)
+            | Op::GlobalAveragePooling3D(_) => None,
         }
     }
 }

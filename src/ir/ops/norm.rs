@@ -41,7 +41,7 @@ impl LayerKind for BatchNormalization {
             r.choice(init, &["zeros", "ones"], "zeros", None);
         }
         BatchNormalization {
-            axis: r.int_or("axis", -4, 3, -1),
+            axis: r.int_or("axis", -5, 4, -1),
             momentum: r.float_or("momentum", 0.0, 1.0, 0.99),
             epsilon: r.float_or("epsilon", 0.0, 1.0, 1e-3),
             center: r.bool_or("center", true),
@@ -102,8 +102,19 @@ impl LayerKind for BatchNormalization {
     }
 
     fn config(&self) -> Json {
-        // The axis is reported the way Keras stores it after build: as the positive index.
-        json!({ "axis": [if self.axis < 0 { 3 } else { self.axis }], "momentum": self.momentum, "epsilon": self.epsilon, "center": self.center, "scale": self.scale })
+        // The axis is reported the way Keras stores it after build: as the positive index (of
+        // an image when the input is unknown).
+        self.built_config(&[vec![0; 3]])
+    }
+
+    fn built_config(&self, inputs: &[Shape]) -> Json {
+        let rank = inputs.first().map_or(3, |s| s.len()) as i64 + 1;
+        let axis = if self.axis < 0 {
+            rank + self.axis
+        } else {
+            self.axis
+        };
+        json!({ "axis": [axis], "momentum": self.momentum, "epsilon": self.epsilon, "center": self.center, "scale": self.scale })
     }
 }
 

@@ -72,7 +72,7 @@ impl LayerKind for TFOpLambda {
         }
         TFOpLambda {
             function: r.keyword("function", TfFunction::OperatorsAdd, None),
-            axis: r.int_or("axis", -4, 3, -1),
+            axis: r.int_or("axis", -5, 4, -1),
         }
     }
 

@@ -56,6 +56,7 @@ fn summary_row(layer: &Value) -> SummaryRow {
             .iter()
             .map(Value::as_u64)
             .collect(),
+        extra_outputs: Vec::new(),
         is_input: class == "InputLayer",
         class,
         params: as_u64(&layer["params"], "params"),

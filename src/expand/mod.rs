@@ -10,7 +10,7 @@ use crate::diag::{Diagnostic, SourceMap, Span};
 use crate::front::{self, Format};
 use crate::ir::ops::{parse_call, Op, KINDS};
 use crate::ir::value::{ArgReader, ArgValue, Value};
-use crate::ir::{Graph, Node, NodeId, Shape};
+use crate::ir::{Graph, NestedClass, Node, NodeId, Scope, ScopeId, Shape};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -88,6 +88,7 @@ pub fn expand_with(
         block_stack: Vec::new(),
         faulty_defaults: Vec::new(),
         shape_dependent: false,
+        scope_stack: Vec::new(),
     };
     let path = x.sources.path(spec.file).to_path_buf();
     if let Ok(canonical) = path.canonicalize() {
@@ -131,6 +132,9 @@ struct Context<'s> {
     frozen: bool,
     /// An include's input: replaces the included spec's input layer.
     input_binding: Option<Value>,
+    /// Inside a nested model's body: the model, and the call's tensors its `input` layers
+    /// stand for (taken in order).
+    nested: Option<(ScopeId, Vec<Value>)>,
 }
 
 impl<'s> Context<'s> {
@@ -152,6 +156,7 @@ impl<'s> Context<'s> {
             included,
             frozen: trainable == Some(false),
             input_binding,
+            nested: None,
         }
     }
 
@@ -165,6 +170,7 @@ impl<'s> Context<'s> {
             included: self.included,
             frozen: self.frozen,
             input_binding: self.input_binding.clone(),
+            nested: None,
         }
     }
 }
@@ -197,6 +203,8 @@ struct Expander<'a> {
     faulty_defaults: Vec<String>,
     /// A shape was asked for while expanding ([`Expanded::shape_dependent`]).
     shape_dependent: bool,
+    /// The nested models being expanded, innermost last: new layers belong to the last.
+    scope_stack: Vec<ScopeId>,
 }
 
 impl<'s> Expander<'_> {
@@ -315,7 +323,13 @@ impl<'s> Expander<'_> {
                     }
                     outputs.extend(self.tensors_of(v.as_ref()));
                 }
-                if !cx.included {
+                if let Some((scope, _)) = &cx.nested {
+                    self.graph.scopes[scope.index()].outputs = outputs.clone();
+                    cx.current = Some(match outputs.as_slice() {
+                        [one] => Value::Tensor(*one),
+                        _ => Value::List(outputs.into_iter().map(Value::Tensor).collect()),
+                    });
+                } else if !cx.included {
                     self.graph.outputs = outputs;
                 } else {
                     cx.current = Some(Value::List(
@@ -518,6 +532,9 @@ impl<'s> Expander<'_> {
             return self.template(cx, call, args, input);
         }
         if name == "input" {
+            if let Some((scope, bindings)) = &mut cx.nested {
+                return self.nested_input(*scope, bindings, args, call);
+            }
             if let Some(binding) = cx.input_binding.clone() {
                 return Some(binding);
             }
@@ -720,6 +737,7 @@ impl<'s> Expander<'_> {
             trainable,
             span,
             included: cx.included,
+            scope: self.scope_stack.last().copied(),
         });
         self.broken.push(broken);
         Some(id)
@@ -745,8 +763,12 @@ impl<'s> Expander<'_> {
         if !self.charge(1 + cx.blocks.len() + cx.defaults.len(), call.span) {
             return None;
         }
-        let args = self.eval_args(cx, &call.args)?;
-        let mut inner = cx.for_block(input);
+        let mut args = self.eval_args(cx, &call.args)?;
+        // A nested model's own arguments (`name`, `trainable`) are not the block's parameters.
+        let nested_args = block
+            .nested
+            .map(|_| (take_kwarg(&mut args, "name"), take_kwarg(&mut args, "trainable")));
+        let mut inner = cx.for_block(input.clone());
         let mut positional = block.params.iter();
         let mut bound: Vec<&str> = Vec::new();
         for arg in args {
@@ -817,9 +839,151 @@ impl<'s> Expander<'_> {
         }
         self.block_stack
             .push((block.name.span, block.name.name.clone()));
-        let result = self.run_body(&mut inner, &block.body, depth + 1);
+        let result = match (block.nested, nested_args) {
+            (Some(class), Some((name, trainable))) => {
+                self.call_nested(inner, block, class, call, name, trainable, input, depth)
+            }
+            _ => self.run_body(&mut inner, &block.body, depth + 1),
+        };
         self.block_stack.pop();
         result
+    }
+
+    /// A block defined `as functional` / `as sequential`: its layers become a nested model,
+    /// named like Keras names one (`model`, `sequential_1`, ...) unless the call names it.
+    #[allow(clippy::too_many_arguments)]
+    fn call_nested(
+        &mut self,
+        mut inner: Context<'s>,
+        block: &'s BlockDef,
+        class: NestedClass,
+        call: &'s Call,
+        name: Option<ArgValue>,
+        trainable: Option<ArgValue>,
+        input: Option<Value>,
+        depth: usize,
+    ) -> Option<Value> {
+        let explicit = match name {
+            Some(ArgValue {
+                value: Value::Str(s),
+                ..
+            }) => Some(s),
+            Some(other) => {
+                self.error(
+                    Diagnostic::error("E-arg-type", "`name` must be a string")
+                        .at(other.span, "not a string"),
+                );
+                None
+            }
+            None => None,
+        };
+        match trainable {
+            Some(ArgValue {
+                value: Value::Bool(b),
+                ..
+            }) => inner.frozen |= !b,
+            Some(other) => self.error(
+                Diagnostic::error("E-arg-type", "`trainable` must be true or false")
+                    .at(other.span, "not a boolean"),
+            ),
+            None => {}
+        }
+        // Keras names a Sequential when it is created (before its layers), a Functional
+        // model after the layers it is built from.
+        let early_name = match (&explicit, class) {
+            (None, NestedClass::Sequential) => {
+                Some(self.session.auto_name(class.auto_name_base()))
+            }
+            _ => None,
+        };
+        let id = ScopeId(self.graph.scopes.len() as u32);
+        let inputs = self.tensors_of(input.as_ref());
+        self.graph.scopes.push(Scope {
+            name: String::new(),
+            class,
+            parent: self.scope_stack.last().copied(),
+            inputs,
+            input_names: Vec::new(),
+            outputs: Vec::new(),
+            span: call.span,
+        });
+        let bindings: Vec<Value> = match input {
+            Some(Value::List(items)) => items.into_iter().rev().collect(),
+            Some(v) => vec![v],
+            None => Vec::new(),
+        };
+        inner.nested = Some((id, bindings));
+        self.scope_stack.push(id);
+        let last = self.run_body(&mut inner, &block.body, depth + 1);
+        self.scope_stack.pop();
+        let name = explicit
+            .or(early_name)
+            .unwrap_or_else(|| self.session.auto_name(class.auto_name_base()));
+        let taken = self.names.contains_key(&name)
+            || self.graph.scopes.iter().any(|s| s.name == name);
+        if taken {
+            self.error(
+                Diagnostic::error(
+                    "E-duplicate-name",
+                    format!("the name `{name}` is used 2 times in the model"),
+                )
+                .at(call.span, "a second layer or nested model with this name")
+                .help("layer and nested model names must be unique; give this call another `name:`"),
+            );
+        }
+        let fallback = self.tensors_of(last.as_ref());
+        let scope = &mut self.graph.scopes[id.index()];
+        scope.name = name;
+        if scope.outputs.is_empty() {
+            scope.outputs = fallback;
+        }
+        let outputs = self.graph.scopes[id.index()].outputs.clone();
+        match outputs.as_slice() {
+            [] => {
+                self.error(
+                    Diagnostic::error(
+                        "E-no-input",
+                        format!("nested model `{}` has no output", block.name.name),
+                    )
+                    .at(call.span, "called here")
+                    .help("end its body with a layer, or with `output a, b`"),
+                );
+                None
+            }
+            [one] => Some(Value::Tensor(*one)),
+            many => Some(Value::List(many.iter().copied().map(Value::Tensor).collect())),
+        }
+    }
+
+    /// An `input` layer of a nested model: it stands for the next tensor the model is called
+    /// on, creates no node, and takes its name (Keras's `input_N` counts it).
+    fn nested_input(
+        &mut self,
+        scope: ScopeId,
+        bindings: &mut Vec<Value>,
+        mut args: Vec<ArgValue>,
+        call: &Call,
+    ) -> Option<Value> {
+        let name = match take_kwarg(&mut args, "name") {
+            Some(ArgValue {
+                value: Value::Str(s),
+                ..
+            }) => s,
+            _ => self.session.auto_name("input"),
+        };
+        self.graph.scopes[scope.index()].input_names.push(name);
+        let binding = bindings.pop();
+        if binding.is_none() {
+            self.error(
+                Diagnostic::error(
+                    "E-arity",
+                    "this nested model has more `input` layers than tensors it is called on",
+                )
+                .at(call.span, "no tensor for this input")
+                .help("call it on a list with one tensor per input: `[a, b] -> model()`"),
+            );
+        }
+        binding
     }
 
     /// `block` is called while `self.block_stack[at..]` runs: it would call itself for ever.

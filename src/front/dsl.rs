@@ -1,6 +1,7 @@
 //! The unetc DSL front end: pest grammar (grammar/unet.pest) -> AST.
 
 use crate::ast::*;
+use crate::ir::NestedClass;
 use crate::diag::{Diagnostic, FileId, Span};
 use pest::iterators::Pair;
 use pest::Parser;
@@ -338,10 +339,17 @@ impl Builder {
         let name = self.ident(inner.next().expect("block name"));
         let mut params = Vec::new();
         let mut body = Vec::new();
+        let mut nested = None;
         for part in inner {
             match part.as_rule() {
                 Rule::params => params = part.into_inner().map(|i| self.ident(i)).collect(),
                 Rule::body => body = self.body(part),
+                Rule::nested_as => {
+                    nested = part
+                        .into_inner()
+                        .next()
+                        .and_then(|c| NestedClass::from_spec_name(c.as_str()));
+                }
                 _ => {}
             }
         }
@@ -349,6 +357,7 @@ impl Builder {
             name,
             params,
             body,
+            nested,
             span,
         }
     }

@@ -396,6 +396,8 @@ fn tf_op_call<'a>(
 
 /// A DSL spec for a tf.keras functional model's JSON (`model.to_json()`), every layer named.
 /// A model with a layer unetc cannot run is refused whole: no spec, one error naming the layer.
+/// A Functional or Sequential model used as a layer becomes a block defined `as functional` /
+/// `as sequential`, called once where Keras calls the model: the spec keeps the nesting.
 pub fn import_json(text: &str) -> Result<String, ImportError> {
     let err = |m: String| ImportError(m);
     let root: Json = serde_json::from_str(text).map_err(|e| err(format!("not JSON: {e}")))?;
@@ -407,144 +409,323 @@ pub fn import_json(text: &str) -> Result<String, ImportError> {
         .and_then(Json::as_array)
         .ok_or_else(|| err("no `config.layers` list".into()))?;
     let name = config.get("name").and_then(Json::as_str).unwrap_or("model");
+    let mut importer = Importer::default();
+    let mut body = String::new();
+    let mut refs = References::new(&layer_names(layers));
+    importer.layers(layers, "config", &mut refs, &mut body, false)?;
+    importer.outputs(config, "config", &refs, &mut body)?;
     let mut out = format!(
         "# Imported from a tf.keras model's to_json() by unetc.\nmodel {} {{\n",
         crate::emit::dsl::string_literal(name)
     );
-    let all_names: Vec<&str> = layers.iter().filter_map(layer_name).collect();
-    let mut refs = References::new(&all_names);
-    for (i, layer) in layers.iter().enumerate() {
-        let at = format!("config.layers[{i}]");
-        let class = class_of(layer).ok_or_else(|| err(format!("{at}: no class_name")))?;
-        let lc = layer
-            .get("config")
-            .ok_or_else(|| err(format!("{at}: no config")))?;
-        let lname = layer_name(layer).ok_or_else(|| err(format!("{at}: no name")))?;
-        let assign = match refs.declare(lname) {
-            Some(var) => format!("{var} = "),
-            None => String::new(),
-        };
-        if class == "InputLayer" {
-            let shape = lc
-                .get("batch_input_shape")
-                .or_else(|| lc.get("batch_shape"))
-                .and_then(Json::as_array)
-                .ok_or_else(|| err(format!("{at}: input without batch_input_shape")))?;
-            let dims: Option<Vec<String>> = shape
-                .iter()
-                .skip(1)
-                .map(|d| d.as_u64().map(|v| v.to_string()))
-                .collect();
-            let dims = dims.ok_or_else(|| {
-                err(format!(
-                    "{at}: input `{lname}` has an unknown size (None); unetc needs fixed sizes"
-                ))
-            })?;
-            let _ = writeln!(
-                out,
-                "  {assign}input(shape: {}, name: {})",
-                dims.join("x"),
-                crate::emit::dsl::string_literal(lname)
-            );
-            continue;
-        }
-        let Some((kind, keys)) = Op::for_keras_class(class) else {
-            let others: Vec<&str> = layers[i + 1..]
-                .iter()
-                .filter(|l| class_of(l) == Some(class))
-                .filter_map(layer_name)
-                .collect();
-            return Err(unknown_layer(&at, lname, class, &others));
-        };
-        if lc
-            .get("data_format")
+    for block in &importer.blocks {
+        out.push_str(block);
+    }
+    out.push_str(&body);
+    out.push_str("}\n");
+    Ok(out)
+}
+
+fn layer_names(layers: &[Json]) -> Vec<&str> {
+    layers.iter().filter_map(layer_name).collect()
+}
+
+/// Keras's classes of models used as layers (`Model` in files older than tf.keras 2.4).
+fn nested_class(class: &str) -> Option<crate::ir::NestedClass> {
+    match class {
+        "Functional" | "Model" => Some(crate::ir::NestedClass::Functional),
+        "Sequential" => Some(crate::ir::NestedClass::Sequential),
+        _ => None,
+    }
+}
+
+/// Nested models deeper than this are refused (the JSON is untrusted).
+const MAX_NESTING: usize = 16;
+
+#[derive(Default)]
+struct Importer {
+    /// The block definitions of nested models, written before the model's body.
+    blocks: Vec<String>,
+    block_names: std::collections::HashSet<String>,
+    /// Layer name -> number of outputs, for nested models with several outputs.
+    multi_output: std::collections::HashMap<String, usize>,
+    depth: usize,
+}
+
+impl Importer {
+    /// How a consumer refers to `[layer, node, tensor, ..]`: the layer's reference, indexed by
+    /// the tensor for a nested model with several outputs.
+    fn reference(&self, refs: &References, t: &Json, at: &str) -> Result<String, ImportError> {
+        let name = t
+            .get(0)
             .and_then(Json::as_str)
-            .is_some_and(|f| f != "channels_last")
-        {
-            return Err(err(format!(
-                "{at}: layer `{lname}` is channels_first; unetc is NHWC only"
-            )));
-        }
-        let mut args: Vec<String> = Vec::new();
-        for &k in keys {
-            if let Some(v) = lc.get(k) {
-                // BatchNormalization stores axis as a list once built.
-                let v = match (k, v) {
-                    ("axis", Json::Array(a)) if a.len() == 1 => a[0].clone(),
-                    _ => v.clone(),
-                };
-                if let Some(text) = dsl(&v) {
-                    args.push(format!("{k}: {text}"));
+            .ok_or_else(|| ImportError(format!("{at}: unreadable inbound node")))?;
+        let base = refs.of(name, at)?.to_string();
+        match self.multi_output.get(name) {
+            Some(&n) => {
+                let k = t.get(2).and_then(Json::as_u64).unwrap_or(0);
+                if k as usize >= n {
+                    return Err(ImportError(format!(
+                        "{at}: `{name}` has {n} outputs, not an output {k}"
+                    )));
                 }
+                Ok(format!("{base}[{k}]"))
             }
+            None => Ok(base),
         }
-        if lc.get("trainable").and_then(Json::as_bool) == Some(false) {
-            args.push("trainable: false".into());
-        }
-        // inbound_nodes: [[["conv2d", 0, 0, {}], ...]] (Keras 2); one call per layer.
-        let nodes = layer
-            .get("inbound_nodes")
+    }
+
+    fn outputs(
+        &self,
+        config: &Json,
+        at: &str,
+        refs: &References,
+        out: &mut String,
+    ) -> Result<(), ImportError> {
+        let outputs = config
+            .get("output_layers")
             .and_then(Json::as_array)
-            .ok_or_else(|| err(format!("{at}: no inbound_nodes")))?;
-        if nodes.len() != 1 {
+            .ok_or_else(|| ImportError(format!("no {at}.output_layers")))?;
+        let outs: Vec<String> = outputs
+            .iter()
+            .map(|o| self.reference(refs, o, &format!("{at}.output_layers")))
+            .collect::<Result<_, _>>()?;
+        let _ = writeln!(out, "  output {}", outs.join(", "));
+        Ok(())
+    }
+
+    /// A nested model's layers as a block definition; returns the block's name.
+    fn nested_block(
+        &mut self,
+        layer: &Json,
+        class: crate::ir::NestedClass,
+        at: &str,
+    ) -> Result<String, ImportError> {
+        let err = |m: String| ImportError(format!("{at}: {m}"));
+        if self.depth >= MAX_NESTING {
             return Err(err(format!(
-                "{at}: layer `{lname}` is applied {} times; unetc applies each layer once",
-                nodes.len()
+                "models nested more than {MAX_NESTING} deep; unetc refuses deeper nesting"
             )));
         }
-        let names: Vec<&str> = if class == TFOpLambda::CLASS {
-            let function = lc
-                .get("function")
+        let lc = layer.get("config").ok_or_else(|| err("no config".into()))?;
+        let lname = layer_name(layer).ok_or_else(|| err("no name".into()))?;
+        let layers = lc
+            .get("layers")
+            .and_then(Json::as_array)
+            .ok_or_else(|| err(format!("nested model `{lname}` has no layers list")))?;
+        let mut base: String = lname
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        base.insert_str(0, "nested_");
+        let mut block = base.clone();
+        let mut k = 1;
+        while !self.block_names.insert(block.clone()) {
+            block = format!("{base}_v{k}");
+            k += 1;
+        }
+        let mut body = String::new();
+        let mut refs = References::new(&layer_names(layers));
+        self.depth += 1;
+        let sequential = class == crate::ir::NestedClass::Sequential;
+        let done = self
+            .layers(layers, &format!("{at}.config"), &mut refs, &mut body, sequential)
+            .and_then(|()| {
+                if sequential {
+                    Ok(())
+                } else {
+                    self.outputs(lc, &format!("{at}.config"), &refs, &mut body)
+                }
+            });
+        self.depth -= 1;
+        done?;
+        let body = body.replace("\n  ", "\n    ");
+        self.blocks.push(format!(
+            "  # Keras's `{lname}` ({}), a model used as a layer.\n  block {block}() as {} {{\n  {body}  }}\n",
+            class.class_name(),
+            class.spec_name()
+        ));
+        Ok(block)
+    }
+
+    /// Writes one statement per layer of `layers` (a model's `config.layers`). In a Sequential
+    /// model each layer takes the one before it (its input layer is the call's tensor).
+    fn layers(
+        &mut self,
+        layers: &[Json],
+        at_base: &str,
+        refs: &mut References,
+        out: &mut String,
+        sequential: bool,
+    ) -> Result<(), ImportError> {
+        let err = |m: String| ImportError(m);
+        let nested_model = !at_base.is_empty() && at_base != "config";
+        for (i, layer) in layers.iter().enumerate() {
+            let at = format!("{at_base}.layers[{i}]");
+            let class = class_of(layer).ok_or_else(|| err(format!("{at}: no class_name")))?;
+            let lc = layer
+                .get("config")
+                .ok_or_else(|| err(format!("{at}: no config")))?;
+            let lname = layer_name(layer).ok_or_else(|| err(format!("{at}: no name")))?;
+            if class == "InputLayer" && sequential {
+                // Keras makes it for the first call (`<first layer>_input`); the call's tensor
+                // stands for it.
+                continue;
+            }
+            let declared = refs.declare(lname);
+            let assign = match &declared {
+                Some(var) => format!("{var} = "),
+                // Inside a nested model the input is a variable: it stands for the call's
+                // tensor and is no layer of its own.
+                None if nested_model && class == "InputLayer" => format!("{lname} = "),
+                None => String::new(),
+            };
+            if class == "InputLayer" {
+                let shape = lc
+                    .get("batch_input_shape")
+                    .or_else(|| lc.get("batch_shape"))
+                    .and_then(Json::as_array)
+                    .ok_or_else(|| err(format!("{at}: input without batch_input_shape")))?;
+                let dims: Option<Vec<String>> = shape
+                    .iter()
+                    .skip(1)
+                    .map(|d| d.as_u64().map(|v| v.to_string()))
+                    .collect();
+                let dims = dims.ok_or_else(|| {
+                    err(format!(
+                        "{at}: input `{lname}` has an unknown size (None); unetc needs fixed sizes"
+                    ))
+                })?;
+                let _ = writeln!(
+                    out,
+                    "  {assign}input(shape: {}, name: {})",
+                    dims.join("x"),
+                    crate::emit::dsl::string_literal(lname)
+                );
+                continue;
+            }
+            let inbound = |layer: &Json| -> Result<Vec<Json>, ImportError> {
+                // inbound_nodes: [[["conv2d", 0, 0, {}], ...]] (Keras 2); one call per layer.
+                let nodes = layer
+                    .get("inbound_nodes")
+                    .and_then(Json::as_array)
+                    .ok_or_else(|| err(format!("{at}: no inbound_nodes")))?;
+                if nodes.len() != 1 {
+                    return Err(err(format!(
+                        "{at}: layer `{lname}` is applied {} times; unetc applies each layer once",
+                        nodes.len()
+                    )));
+                }
+                Ok(nodes.clone())
+            };
+            let source_of = |this: &Self, tensors: &[Json]| -> Result<String, ImportError> {
+                let sources: Vec<String> = tensors
+                    .iter()
+                    .map(|t| this.reference(refs, t, &at))
+                    .collect::<Result<_, _>>()?;
+                Ok(if sources.len() == 1 {
+                    format!("{} -> ", sources[0])
+                } else {
+                    format!("[{}] -> ", sources.join(", "))
+                })
+            };
+            if let Some(class) = nested_class(class) {
+                let source = if sequential {
+                    String::new()
+                } else {
+                    let nodes = inbound(layer)?;
+                    let tensors = nodes[0]
+                        .as_array()
+                        .ok_or_else(|| err(format!("{at}: inbound node is not a list")))?;
+                    source_of(self, tensors)?
+                };
+                let block = self.nested_block(layer, class, &at)?;
+                let n_outputs = match class {
+                    crate::ir::NestedClass::Functional => lc
+                        .get("output_layers")
+                        .and_then(Json::as_array)
+                        .map_or(1, Vec::len),
+                    crate::ir::NestedClass::Sequential => 1,
+                };
+                if n_outputs > 1 {
+                    self.multi_output.insert(lname.to_string(), n_outputs);
+                }
+                let var = declared.unwrap_or_else(|| lname.to_string());
+                let mut args = vec![format!("name: {}", crate::emit::dsl::string_literal(lname))];
+                if lc.get("trainable").and_then(Json::as_bool) == Some(false) {
+                    args.push("trainable: false".into());
+                }
+                let _ = writeln!(out, "  {var} = {source}{block}({})", args.join(", "));
+                continue;
+            }
+            let Some((kind, keys)) = Op::for_keras_class(class) else {
+                let others: Vec<&str> = layers[i + 1..]
+                    .iter()
+                    .filter(|l| class_of(l) == Some(class))
+                    .filter_map(layer_name)
+                    .collect();
+                return Err(unknown_layer(&at, lname, class, &others));
+            };
+            if lc
+                .get("data_format")
                 .and_then(Json::as_str)
-                .unwrap_or_default();
-            if TfFunction::from_keras_name(function).is_none() {
-                let known = TfFunction::ALL.iter().map(|f| f.keras_name());
-                let near = crate::suggest::closest(function, known.clone())
-                    .map_or(String::new(), |n| format!("; nearest: `{n}`"));
+                .is_some_and(|f| f != "channels_last")
+            {
                 return Err(err(format!(
-                    "{at}: TFOpLambda `{lname}` applies `tf.{function}`, which unetc does not run \
-                     (it runs {}){near}; nothing was imported",
-                    known.collect::<Vec<_>>().join(", ")
+                    "{at}: layer `{lname}` is channels_first; unetc is NHWC only"
                 )));
             }
-            let (inputs, call_args) = tf_op_call(&at, lname, &nodes[0])?;
-            args.extend(call_args);
-            inputs
-        } else {
-            let inbound = nodes[0]
-                .as_array()
-                .ok_or_else(|| err(format!("{at}: inbound node is not a list")))?;
-            let names: Option<Vec<&str>> = inbound
-                .iter()
-                .map(|n| n.get(0).and_then(Json::as_str))
-                .collect();
-            names.ok_or_else(|| err(format!("{at}: unreadable inbound node")))?
-        };
-        args.push(format!("name: {}", crate::emit::dsl::string_literal(lname)));
-        let sources: Vec<&str> = names
-            .iter()
-            .map(|n| refs.of(n, &at))
-            .collect::<Result<_, _>>()?;
-        let source = if sources.len() == 1 {
-            sources[0].to_string()
-        } else {
-            format!("[{}]", sources.join(", "))
-        };
-        let _ = writeln!(out, "  {assign}{source} -> {kind}({})", args.join(", "));
+            let mut args: Vec<String> = Vec::new();
+            for &k in keys {
+                if let Some(v) = lc.get(k) {
+                    // BatchNormalization stores axis as a list once built.
+                    let v = match (k, v) {
+                        ("axis", Json::Array(a)) if a.len() == 1 => a[0].clone(),
+                        _ => v.clone(),
+                    };
+                    if let Some(text) = dsl(&v) {
+                        args.push(format!("{k}: {text}"));
+                    }
+                }
+            }
+            if lc.get("trainable").and_then(Json::as_bool) == Some(false) {
+                args.push("trainable: false".into());
+            }
+            let source = if sequential {
+                String::new()
+            } else if class == TFOpLambda::CLASS {
+                let function = lc
+                    .get("function")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default();
+                if TfFunction::from_keras_name(function).is_none() {
+                    let known = TfFunction::ALL.iter().map(|f| f.keras_name());
+                    let near = crate::suggest::closest(function, known.clone())
+                        .map_or(String::new(), |n| format!("; nearest: `{n}`"));
+                    return Err(err(format!(
+                        "{at}: TFOpLambda `{lname}` applies `tf.{function}`, which unetc does not run \
+                         (it runs {}){near}; nothing was imported",
+                        known.collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                let nodes = inbound(layer)?;
+                let (inputs, call_args) = tf_op_call(&at, lname, &nodes[0])?;
+                args.extend(call_args);
+                let tensors: Vec<Json> = inputs
+                    .iter()
+                    .map(|n| Json::Array(vec![Json::String(n.to_string()), 0.into(), 0.into()]))
+                    .collect();
+                source_of(self, &tensors)?
+            } else {
+                let nodes = inbound(layer)?;
+                let tensors = nodes[0]
+                    .as_array()
+                    .ok_or_else(|| err(format!("{at}: inbound node is not a list")))?;
+                source_of(self, tensors)?
+            };
+            args.push(format!("name: {}", crate::emit::dsl::string_literal(lname)));
+            let _ = writeln!(out, "  {assign}{source}{kind}({})", args.join(", "));
+        }
+        Ok(())
     }
-    let outputs = config
-        .get("output_layers")
-        .and_then(Json::as_array)
-        .ok_or_else(|| err("no config.output_layers".into()))?;
-    let outs: Option<Vec<&str>> = outputs
-        .iter()
-        .map(|o| o.get(0).and_then(Json::as_str))
-        .collect();
-    let outs = outs.ok_or_else(|| err("unreadable config.output_layers".into()))?;
-    let outs: Vec<&str> = outs
-        .iter()
-        .map(|n| refs.of(n, "config.output_layers"))
-        .collect::<Result<_, _>>()?;
-    let _ = writeln!(out, "  output {}\n}}", outs.join(", "));
-    Ok(out)
 }

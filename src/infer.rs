@@ -134,6 +134,42 @@ pub fn infer(graph: &Graph, broken: &[bool]) -> Inferred {
                     continue;
                 }
                 let weights = node.op.weights(&inputs);
+                if let Some(owner) = node.shares {
+                    // Keras builds a layer once: a later call must fit the weights the first
+                    // call made (its parameters are counted once, on the first call).
+                    let first = &out.layers[owner.index()];
+                    let fits = first.shape.is_none()
+                        || first
+                            .weights
+                            .iter()
+                            .map(|w| &w.shape)
+                            .eq(weights.iter().map(|w| &w.shape));
+                    if !fits {
+                        out.diags.push(
+                            Diagnostic::error(
+                                "E-shared",
+                                format!(
+                                    "{} `{}`: this call's input ({}) needs other weights than the layer's first call made",
+                                    node.op.class_name(),
+                                    node.name,
+                                    inputs.iter().map(|s| shape_text(s)).collect::<Vec<_>>().join(", ")
+                                ),
+                            )
+                            .at(node.span, "inputs do not fit the shared layer")
+                            .also(graph.node(owner).span, "its first call")
+                            .help("a shared layer's every call needs inputs with the same channels"),
+                        );
+                        continue;
+                    }
+                    out.layers[id.index()] = LayerInfo {
+                        macs: node.op.macs(&inputs, &shape),
+                        shape: Some(shape),
+                        weights,
+                        trainable_params: 0,
+                        non_trainable_params: 0,
+                    };
+                    continue;
+                }
                 let (mut trainable, mut frozen) = (0u64, 0u64);
                 for w in &weights {
                     if w.trainable && node.trainable {

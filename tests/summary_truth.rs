@@ -57,6 +57,7 @@ fn summary_row(layer: &Value) -> SummaryRow {
             .map(Value::as_u64)
             .collect(),
         extra_outputs: Vec::new(),
+        multiple: false,
         is_input: class == "InputLayer",
         class,
         params: as_u64(&layer["params"], "params"),

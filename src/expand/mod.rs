@@ -539,6 +539,9 @@ impl<'s> Expander<'_> {
                 return Some(binding);
             }
         }
+        if name == "shared" {
+            return self.call_shared(cx, args, input, call);
+        }
         if !KINDS.contains(&name) {
             let candidates = KINDS
                 .iter()
@@ -738,6 +741,7 @@ impl<'s> Expander<'_> {
             span,
             included: cx.included,
             scope: self.scope_stack.last().copied(),
+            shares: None,
         });
         self.broken.push(broken);
         Some(id)
@@ -765,9 +769,12 @@ impl<'s> Expander<'_> {
         }
         let mut args = self.eval_args(cx, &call.args)?;
         // A nested model's own arguments (`name`, `trainable`) are not the block's parameters.
-        let nested_args = block
-            .nested
-            .map(|_| (take_kwarg(&mut args, "name"), take_kwarg(&mut args, "trainable")));
+        let nested_args = block.nested.map(|_| {
+            (
+                take_kwarg(&mut args, "name"),
+                take_kwarg(&mut args, "trainable"),
+            )
+        });
         let mut inner = cx.for_block(input.clone());
         let mut positional = block.params.iter();
         let mut bound: Vec<&str> = Vec::new();
@@ -891,9 +898,7 @@ impl<'s> Expander<'_> {
         // Keras names a Sequential when it is created (before its layers), a Functional
         // model after the layers it is built from.
         let early_name = match (&explicit, class) {
-            (None, NestedClass::Sequential) => {
-                Some(self.session.auto_name(class.auto_name_base()))
-            }
+            (None, NestedClass::Sequential) => Some(self.session.auto_name(class.auto_name_base())),
             _ => None,
         };
         let id = ScopeId(self.graph.scopes.len() as u32);
@@ -919,8 +924,8 @@ impl<'s> Expander<'_> {
         let name = explicit
             .or(early_name)
             .unwrap_or_else(|| self.session.auto_name(class.auto_name_base()));
-        let taken = self.names.contains_key(&name)
-            || self.graph.scopes.iter().any(|s| s.name == name);
+        let taken =
+            self.names.contains_key(&name) || self.graph.scopes.iter().any(|s| s.name == name);
         if taken {
             self.error(
                 Diagnostic::error(
@@ -928,7 +933,9 @@ impl<'s> Expander<'_> {
                     format!("the name `{name}` is used 2 times in the model"),
                 )
                 .at(call.span, "a second layer or nested model with this name")
-                .help("layer and nested model names must be unique; give this call another `name:`"),
+                .help(
+                    "layer and nested model names must be unique; give this call another `name:`",
+                ),
             );
         }
         let fallback = self.tensors_of(last.as_ref());
@@ -951,8 +958,106 @@ impl<'s> Expander<'_> {
                 None
             }
             [one] => Some(Value::Tensor(*one)),
-            many => Some(Value::List(many.iter().copied().map(Value::Tensor).collect())),
+            many => Some(Value::List(
+                many.iter().copied().map(Value::Tensor).collect(),
+            )),
         }
+    }
+
+    /// `x -> shared(layer)`: calls an existing layer again (Keras's shared layers): same kind,
+    /// arguments and weights, a new node named `layer[k]` for its call k.
+    fn call_shared(
+        &mut self,
+        cx: &Context<'s>,
+        args: Vec<ArgValue>,
+        input: Option<Value>,
+        call: &Call,
+    ) -> Option<Value> {
+        let usage = "`shared` takes one layer: `x -> shared(conv_a)` calls layer `conv_a` again";
+        let target = match args.as_slice() {
+            [ArgValue {
+                name: None,
+                value: Value::Tensor(id),
+                ..
+            }] => Some(*id),
+            [ArgValue {
+                name: None,
+                value: Value::Str(layer),
+                ..
+            }] => self.names.get(layer).copied(),
+            _ => None,
+        };
+        let Some(target) = target else {
+            let at = args.first().map_or(call.span, |a| a.span);
+            self.error(
+                Diagnostic::error("E-shared", usage)
+                    .at(at, "not a layer defined before this call")
+                    .help("name the layer (`name: \"conv_a\"`) and call it before sharing it"),
+            );
+            return None;
+        };
+        let owner = self.graph.layer_owner(target);
+        let owner_node = self.graph.node(owner);
+        let op = owner_node.op.clone();
+        if matches!(op, Op::Input(_)) || owner_node.scope != self.scope_stack.last().copied() {
+            let what = if matches!(op, Op::Input(_)) {
+                "an input layer cannot be called"
+            } else {
+                "a layer can only be shared within the model (or nested model) that created it"
+            };
+            self.error(
+                Diagnostic::error("E-shared", format!("`{}`: {what}", owner_node.name))
+                    .at(call.span, "cannot share this layer"),
+            );
+            return None;
+        }
+        let calls = 1 + self
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| n.shares == Some(owner))
+            .count();
+        let name = format!("{}[{calls}]", owner_node.name);
+        let trainable = owner_node.trainable;
+        let mut inputs = Vec::new();
+        let mut pending = Vec::new();
+        if let Some(v) = &input {
+            flatten(v, &mut inputs, &mut pending);
+        }
+        let id = NodeId(self.graph.nodes.len() as u32);
+        let (min, max) = op.arity();
+        let n_inputs = inputs.len();
+        let mut broken = self.broken[owner.index()];
+        if n_inputs < min || n_inputs > max {
+            self.error(
+                Diagnostic::error(
+                    "E-arity",
+                    format!(
+                        "shared layer `{}` gets {n_inputs} input(s) here",
+                        self.graph.node(owner).name
+                    ),
+                )
+                .at(call.span, "wrong number of inputs")
+                .also(self.graph.node(owner).span, "its first call"),
+            );
+            broken = true;
+        }
+        for (slot, (pname, pspan)) in pending {
+            self.pending
+                .push((id, slot, pname, pspan.unwrap_or(call.span)));
+        }
+        self.graph.nodes.push(Node {
+            name,
+            op,
+            inputs,
+            trainable,
+            span: call.span,
+            included: cx.included,
+            scope: self.scope_stack.last().copied(),
+            shares: Some(owner),
+        });
+        self.broken.push(broken);
+        Some(Value::Tensor(id))
     }
 
     /// An `input` layer of a nested model: it stands for the next tensor the model is called

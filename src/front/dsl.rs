@@ -1,8 +1,8 @@
 //! The unetc DSL front end: pest grammar (grammar/unet.pest) -> AST.
 
 use crate::ast::*;
-use crate::ir::NestedClass;
 use crate::diag::{Diagnostic, FileId, Span};
+use crate::ir::NestedClass;
 use pest::iterators::Pair;
 use pest::Parser;
 

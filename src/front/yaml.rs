@@ -3,9 +3,9 @@
 //! Values written as `$expr`, `inputs:` entries and `as:` targets use the DSL's syntax.
 
 use crate::ast::*;
-use crate::ir::NestedClass;
 use crate::diag::{Diagnostic, FileId, Span};
 use crate::front::dsl;
+use crate::ir::NestedClass;
 use saphyr_parser::{Event, Parser, ScalarStyle};
 
 /// Nesting deeper than this is refused instead of risking the stack.

@@ -282,6 +282,25 @@ impl References {
         Some(var)
     }
 
+    /// A new variable (for a shared layer's later call), unlike every layer name and variable.
+    fn fresh(&mut self, base: &str) -> String {
+        let mut base: String = base
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        if !base.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            base.insert_str(0, "layer_");
+        }
+        let mut var = base.clone();
+        let mut k = 1;
+        while self.taken.contains(&var) || !is_dsl_identifier(&var) {
+            var = format!("{base}_v{k}");
+            k += 1;
+        }
+        self.taken.insert(var.clone());
+        var
+    }
+
     fn of(&self, layer: &str, at: &str) -> Result<&str, ImportError> {
         self.by_layer.get(layer).map(String::as_str).ok_or_else(|| {
             ImportError(format!(
@@ -449,6 +468,10 @@ struct Importer {
     block_names: std::collections::HashSet<String>,
     /// Layer name -> number of outputs, for nested models with several outputs.
     multi_output: std::collections::HashMap<String, usize>,
+    /// (shared layer, call k > 0) -> the variable holding that call's output.
+    call_vars: std::collections::HashMap<(String, usize), String>,
+    /// Names of nested models (Keras numbers their calls from 1 in the JSON).
+    nested_names: std::collections::HashSet<String>,
     depth: usize,
 }
 
@@ -471,7 +494,14 @@ impl Importer {
                 }
                 Ok(format!("{base}[{k}]"))
             }
-            None => Ok(base),
+            None => {
+                let call = t.get(1).and_then(Json::as_u64).unwrap_or(0) as usize;
+                match self.call_vars.get(&(name.to_string(), call)) {
+                    Some(var) => Ok(var.clone()),
+                    None if call == 0 || self.nested_names.contains(name) => Ok(base),
+                    None => Err(ImportError(format!("{at}: `{name}` has no call {call}"))),
+                }
+            }
         }
     }
 
@@ -529,7 +559,13 @@ impl Importer {
         self.depth += 1;
         let sequential = class == crate::ir::NestedClass::Sequential;
         let done = self
-            .layers(layers, &format!("{at}.config"), &mut refs, &mut body, sequential)
+            .layers(
+                layers,
+                &format!("{at}.config"),
+                &mut refs,
+                &mut body,
+                sequential,
+            )
             .and_then(|()| {
                 if sequential {
                     Ok(())
@@ -558,9 +594,70 @@ impl Importer {
         out: &mut String,
         sequential: bool,
     ) -> Result<(), ImportError> {
+        if sequential {
+            for i in 0..layers.len() {
+                self.layer(layers, i, at_base, refs, out, true)?;
+            }
+            return Ok(());
+        }
+        for (i, k) in call_order(layers, at_base)? {
+            if k == 0 {
+                self.layer(layers, i, at_base, refs, out, false)?;
+            } else {
+                self.shared_call(layers, i, k, at_base, refs, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Call `k` > 0 of layer `layers[i]` (a shared layer): `var = x -> shared(layer)`.
+    fn shared_call(
+        &mut self,
+        layers: &[Json],
+        i: usize,
+        k: usize,
+        at_base: &str,
+        refs: &mut References,
+        out: &mut String,
+    ) -> Result<(), ImportError> {
+        let at = format!("{at_base}.layers[{i}].inbound_nodes[{k}]");
+        let layer = &layers[i];
+        let lname = layer_name(layer).unwrap_or_default();
+        let tensors = layer
+            .get("inbound_nodes")
+            .and_then(|n| n.get(k))
+            .and_then(Json::as_array)
+            .ok_or_else(|| ImportError(format!("{at}: inbound node is not a list")))?;
+        let sources: Vec<String> = tensors
+            .iter()
+            .map(|t| self.reference(refs, t, &at))
+            .collect::<Result<_, _>>()?;
+        let source = if sources.len() == 1 {
+            sources[0].clone()
+        } else {
+            format!("[{}]", sources.join(", "))
+        };
+        let layer_ref = refs.of(lname, &at)?.to_string();
+        let var = refs.fresh(&format!("{lname}_call{k}"));
+        self.call_vars.insert((lname.to_string(), k), var.clone());
+        let _ = writeln!(out, "  {var} = {source} -> shared({layer_ref})");
+        Ok(())
+    }
+
+    /// One layer's statement (its first call).
+    fn layer(
+        &mut self,
+        layers: &[Json],
+        i: usize,
+        at_base: &str,
+        refs: &mut References,
+        out: &mut String,
+        sequential: bool,
+    ) -> Result<(), ImportError> {
         let err = |m: String| ImportError(m);
         let nested_model = !at_base.is_empty() && at_base != "config";
-        for (i, layer) in layers.iter().enumerate() {
+        {
+            let layer = &layers[i];
             let at = format!("{at_base}.layers[{i}]");
             let class = class_of(layer).ok_or_else(|| err(format!("{at}: no class_name")))?;
             let lc = layer
@@ -570,7 +667,7 @@ impl Importer {
             if class == "InputLayer" && sequential {
                 // Keras makes it for the first call (`<first layer>_input`); the call's tensor
                 // stands for it.
-                continue;
+                return Ok(());
             }
             let declared = refs.declare(lname);
             let assign = match &declared {
@@ -602,7 +699,7 @@ impl Importer {
                     dims.join("x"),
                     crate::emit::dsl::string_literal(lname)
                 );
-                continue;
+                return Ok(());
             }
             let inbound = |layer: &Json| -> Result<Vec<Json>, ImportError> {
                 // inbound_nodes: [[["conv2d", 0, 0, {}], ...]] (Keras 2); one call per layer.
@@ -610,9 +707,11 @@ impl Importer {
                     .get("inbound_nodes")
                     .and_then(Json::as_array)
                     .ok_or_else(|| err(format!("{at}: no inbound_nodes")))?;
-                if nodes.len() != 1 {
+                let is_shareable = nested_class(class).is_none() && class != TFOpLambda::CLASS;
+                if nodes.is_empty() || (nodes.len() > 1 && !is_shareable) {
                     return Err(err(format!(
-                        "{at}: layer `{lname}` is applied {} times; unetc applies each layer once",
+                        "{at}: layer `{lname}` is applied {} times; unetc shares layers, but \
+                         not {class} ones",
                         nodes.len()
                     )));
                 }
@@ -650,13 +749,14 @@ impl Importer {
                 if n_outputs > 1 {
                     self.multi_output.insert(lname.to_string(), n_outputs);
                 }
+                self.nested_names.insert(lname.to_string());
                 let var = declared.unwrap_or_else(|| lname.to_string());
                 let mut args = vec![format!("name: {}", crate::emit::dsl::string_literal(lname))];
                 if lc.get("trainable").and_then(Json::as_bool) == Some(false) {
                     args.push("trainable: false".into());
                 }
                 let _ = writeln!(out, "  {var} = {source}{block}({})", args.join(", "));
-                continue;
+                return Ok(());
             }
             let Some((kind, keys)) = Op::for_keras_class(class) else {
                 let others: Vec<&str> = layers[i + 1..]
@@ -728,4 +828,100 @@ impl Importer {
         }
         Ok(())
     }
+}
+
+/// The order to write a model's layer calls in: `(layer, call)` pairs, each after the calls
+/// its inputs come from (a shared layer's later call may take a layer listed after it), else
+/// in Keras's list order.
+fn call_order(layers: &[Json], at_base: &str) -> Result<Vec<(usize, usize)>, ImportError> {
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, HashMap};
+    let by_name: HashMap<&str, usize> = layers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| Some((layer_name(l)?, i)))
+        .collect();
+    // calls[i]: the number of calls of layer i (nested models and TFOpLambda: one).
+    let mut calls: Vec<usize> = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let class = class_of(layer).unwrap_or_default();
+        let nodes = layer.get("inbound_nodes").and_then(Json::as_array);
+        let n = match nodes {
+            Some(n) if class != "InputLayer" && class != TFOpLambda::CLASS => n.len().max(1),
+            _ => 1,
+        };
+        calls.push(if nested_class(class).is_some() { 1 } else { n });
+    }
+    let mut first_call = Vec::with_capacity(layers.len());
+    let mut total = 0usize;
+    for &n in &calls {
+        first_call.push(total);
+        total += n;
+    }
+    let mut waiting_on = vec![0usize; total];
+    let mut unblocks: Vec<Vec<usize>> = vec![Vec::new(); total];
+    let mut pairs = Vec::with_capacity(total);
+    for (i, layer) in layers.iter().enumerate() {
+        let class = class_of(layer).unwrap_or_default();
+        for k in 0..calls[i] {
+            let me = first_call[i] + k;
+            pairs.push((i, k));
+            let mut deps: Vec<usize> = Vec::new();
+            if k > 0 {
+                deps.push(first_call[i]);
+            }
+            let node = layer.get("inbound_nodes").and_then(|n| n.get(k));
+            // A TFOpLambda's node holds its tensors in other places (tf_op_call reads them).
+            let tensors: Vec<&Json> = match (class, node) {
+                (c, Some(Json::Array(items))) if c != TFOpLambda::CLASS => items.iter().collect(),
+                _ => Vec::new(),
+            };
+            for t in tensors {
+                let (Some(name), Some(node_index)) = (
+                    t.get(0).and_then(Json::as_str),
+                    t.get(1).and_then(Json::as_u64),
+                ) else {
+                    continue;
+                };
+                let Some(&j) = by_name.get(name) else {
+                    continue; // reported where the layer is written
+                };
+                let call = if nested_class(class_of(&layers[j]).unwrap_or_default()).is_some() {
+                    0
+                } else {
+                    node_index as usize
+                };
+                if call >= calls[j] {
+                    return Err(ImportError(format!(
+                        "{at_base}.layers[{i}]: input `{name}` has no call {call}"
+                    )));
+                }
+                deps.push(first_call[j] + call);
+            }
+            waiting_on[me] = deps.len();
+            for d in deps {
+                unblocks[d].push(me);
+            }
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..total)
+        .filter(|&c| waiting_on[c] == 0)
+        .map(Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(total);
+    while let Some(Reverse(c)) = ready.pop() {
+        order.push(pairs[c]);
+        for &next in &unblocks[c] {
+            waiting_on[next] -= 1;
+            if waiting_on[next] == 0 {
+                ready.push(Reverse(next));
+            }
+        }
+    }
+    if order.len() < total {
+        return Err(ImportError(format!(
+            "{at_base}.layers: the layers' calls form a cycle; a model's graph has none"
+        )));
+    }
+    Ok(order)
 }

@@ -30,6 +30,9 @@ pub struct Node {
     pub included: bool,
     /// The innermost nested model the layer belongs to (`None`: the model itself).
     pub scope: Option<ScopeId>,
+    /// A further call of a shared layer: the node of its first call, which owns the layer's
+    /// name and weights (this node is named `layer[k]`, Keras's notation for call k).
+    pub shares: Option<NodeId>,
 }
 
 /// Index of a nested model in [`Graph::scopes`].
@@ -196,10 +199,22 @@ impl Graph {
             .map(|n| n.inputs.iter().map(|i| i.index()).collect())
             .collect();
         let outputs: Vec<usize> = self.outputs.iter().map(|o| o.index()).collect();
-        keras_order(&inputs, &outputs)
+        let units: Vec<usize> = (0..self.nodes.len()).collect();
+        keras_order(&inputs, &outputs, &units, self.nodes.len())
             .into_iter()
             .map(|i| NodeId(i as u32))
             .collect()
+    }
+
+    /// The node that owns `id`'s layer (its first call; itself unless `id` calls a shared layer).
+    pub fn layer_owner(&self, id: NodeId) -> NodeId {
+        self.node(id).shares.unwrap_or(id)
+    }
+
+    /// The weight tensor name of variable `var` of `id`'s layer (`conv2d_3/kernel`): every
+    /// call of a shared layer uses its first call's weights.
+    pub fn weight_name(&self, id: NodeId, var: &str) -> String {
+        format!("{}/{var}", self.node(self.layer_owner(id)).name)
     }
 
     /// The outermost nested model `id` belongs to (`None`: a layer of the model itself).
@@ -224,47 +239,65 @@ impl Graph {
     }
 }
 
-/// Keras's layer order over any DAG given as each unit's inputs (see
-/// [`Graph::keras_layer_order`]); nested models use it with one unit per nested model.
-pub fn keras_order(inputs_of: &[Vec<usize>], outputs: &[usize]) -> Vec<usize> {
-        // Pre-order indices of a DFS from the outputs, visiting inputs in their listed order.
-        let mut first_seen = vec![usize::MAX; inputs_of.len()];
-        let mut post_order = Vec::new();
-        let mut visited = vec![false; inputs_of.len()];
-        let mut counter = 0usize;
-        for &out in outputs {
-            let mut stack = vec![(out, 0usize)];
-            if visited[out] {
-                continue;
-            }
-            visited[out] = true;
-            first_seen[out] = counter;
-            counter += 1;
-            while let Some((id, next)) = stack.pop() {
-                let inputs = &inputs_of[id];
-                if next < inputs.len() {
-                    stack.push((id, next + 1));
-                    let input = inputs[next];
-                    if !visited[input] {
-                        visited[input] = true;
-                        first_seen[input] = counter;
-                        counter += 1;
-                        stack.push((input, 0));
-                    }
-                } else {
-                    post_order.push(id);
+/// Keras's layer order (see [`Graph::keras_layer_order`]) over any DAG of calls, given as each
+/// call's inputs, where `layer_of[call]` is the layer (of `layers`) a call calls: a shared
+/// layer has several calls, a nested model is one layer called once. As tf_keras's
+/// `_map_graph_network`: a call's depth is raised to its layer's depth so far, and a layer is
+/// ordered by its deepest call, ties by the order a walk from the outputs first meets it.
+/// Returns the layers met, in order.
+pub fn keras_order(
+    inputs_of: &[Vec<usize>],
+    outputs: &[usize],
+    layer_of: &[usize],
+    layers: usize,
+) -> Vec<usize> {
+    // Pre-order indices of a DFS from the outputs, visiting inputs in their listed order.
+    let mut first_seen = vec![usize::MAX; inputs_of.len()];
+    let mut post_order = Vec::new();
+    let mut visited = vec![false; inputs_of.len()];
+    let mut counter = 0usize;
+    for &out in outputs {
+        let mut stack = vec![(out, 0usize)];
+        if visited[out] {
+            continue;
+        }
+        visited[out] = true;
+        first_seen[out] = counter;
+        counter += 1;
+        while let Some((id, next)) = stack.pop() {
+            let inputs = &inputs_of[id];
+            if next < inputs.len() {
+                stack.push((id, next + 1));
+                let input = inputs[next];
+                if !visited[input] {
+                    visited[input] = true;
+                    first_seen[input] = counter;
+                    counter += 1;
+                    stack.push((input, 0));
                 }
+            } else {
+                post_order.push(id);
             }
         }
-        // Depth: longest path to an output, computed in reverse topological order.
-        let mut depth = vec![0usize; inputs_of.len()];
-        for &id in post_order.iter().rev() {
-            let d = depth[id];
-            for &input in &inputs_of[id] {
-                depth[input] = depth[input].max(d + 1);
-            }
+    }
+    // Depth: longest path to an output, computed in reverse topological order.
+    let mut depth = vec![0usize; inputs_of.len()];
+    let mut layer_depth = vec![0usize; layers];
+    let mut layer_seen = vec![usize::MAX; layers];
+    let mut met = Vec::new();
+    for &id in post_order.iter().rev() {
+        let layer = layer_of[id];
+        let d = depth[id].max(layer_depth[layer]);
+        layer_depth[layer] = d;
+        depth[id] = d;
+        if layer_seen[layer] == usize::MAX {
+            met.push(layer);
         }
-        let mut layers = post_order;
-        layers.sort_by_key(|&id| (std::cmp::Reverse(depth[id]), first_seen[id]));
-        layers
+        layer_seen[layer] = layer_seen[layer].min(first_seen[id]);
+        for &input in &inputs_of[id] {
+            depth[input] = depth[input].max(d + 1);
+        }
+    }
+    met.sort_by_key(|&l| (std::cmp::Reverse(layer_depth[l]), layer_seen[l]));
+    met
 }

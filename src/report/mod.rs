@@ -7,9 +7,9 @@ pub mod sizes;
 pub mod summary;
 
 use crate::ir::{Graph, NodeId, ScopeId};
-use std::collections::HashMap;
 use crate::text::{bytes, si, thousands};
 use crate::Compiled;
+use std::collections::HashMap;
 use summary::{SummaryModel, SummaryRow};
 
 /// One row of the summary: a layer of the model itself, or a whole nested model.
@@ -19,37 +19,73 @@ enum Unit {
     Nested(ScopeId),
 }
 
+/// One call Keras records (a node of a layer): a layer's call, or a nested model's call.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Call {
+    Layer(NodeId),
+    Nested(ScopeId),
+}
+
 /// The rows Keras's `model.summary()` prints, in its order. A nested model is one row (its
 /// outputs, the sum of its parameters); connections into it name its output (`model[0][3]`).
+/// A shared layer is one row listing every call's inputs; its call k is `layer[k][0]`.
 pub fn summary_model(c: &Compiled) -> SummaryModel {
     let g: &Graph = &c.graph;
     let kept = &c.info.keras_order;
-    let unit_of = |id: NodeId| g.top_scope(id).map_or(Unit::Layer(id), Unit::Nested);
-    // Units in the order their first layer appears in Keras's order of the flat graph.
+    let call_of = |id: NodeId| g.top_scope(id).map_or(Call::Layer(id), Call::Nested);
+    let unit_of = |call: Call| match call {
+        Call::Layer(id) => Unit::Layer(g.layer_owner(id)),
+        Call::Nested(s) => Unit::Nested(s),
+    };
+    // Call k of a shared layer (its first call is 0), in creation order.
+    let mut call_number: HashMap<NodeId, usize> = HashMap::new();
+    let mut calls_made: HashMap<NodeId, usize> = HashMap::new();
+    for id in g.ids() {
+        let owner = g.layer_owner(id);
+        let n = calls_made.entry(owner).or_insert(0);
+        call_number.insert(id, *n);
+        *n += 1;
+    }
+    let mut calls: Vec<Call> = Vec::new();
+    let mut call_index: HashMap<Call, usize> = HashMap::new();
     let mut units: Vec<Unit> = Vec::new();
-    let mut index: HashMap<Unit, usize> = HashMap::new();
-    for &id in kept {
-        let u = unit_of(id);
-        if !index.contains_key(&u) {
-            index.insert(u, units.len());
-            units.push(u);
+    let mut unit_index: HashMap<Unit, usize> = HashMap::new();
+    let mut ids: Vec<NodeId> = kept.clone();
+    ids.sort();
+    for id in ids {
+        let call = call_of(id);
+        if call_index.contains_key(&call) {
+            continue;
+        }
+        call_index.insert(call, calls.len());
+        calls.push(call);
+        let unit = unit_of(call);
+        if !unit_index.contains_key(&unit) {
+            unit_index.insert(unit, units.len());
+            units.push(unit);
         }
     }
-    // What a consumer outside `id`'s nested model sees: `name[0][k]`.
-    let reference = |id: NodeId| -> (Unit, String) {
-        match unit_of(id) {
-            Unit::Layer(_) => (Unit::Layer(id), format!("{}[0][0]", g.node(id).name)),
-            Unit::Nested(s) => {
+    // What a consumer outside `id`'s nested model sees: `name[call][output]`.
+    let reference = |id: NodeId| -> (Call, String) {
+        let call = call_of(id);
+        let text = match call {
+            Call::Layer(_) => format!(
+                "{}[{}][0]",
+                g.node(g.layer_owner(id)).name,
+                call_number.get(&id).copied().unwrap_or(0)
+            ),
+            Call::Nested(s) => {
                 let scope = &g.scopes[s.index()];
                 let k = scope.outputs.iter().position(|&o| o == id).unwrap_or(0);
-                (Unit::Nested(s), format!("{}[0][{k}]", scope.name))
+                format!("{}[0][{k}]", scope.name)
             }
-        }
+        };
+        (call, text)
     };
-    let unit_inputs = |u: Unit| -> Vec<NodeId> {
-        match u {
-            Unit::Layer(id) => g.node(id).inputs.clone(),
-            Unit::Nested(s) => g.scopes[s.index()].inputs.clone(),
+    let call_inputs = |call: Call| -> Vec<NodeId> {
+        match call {
+            Call::Layer(id) => g.node(id).inputs.clone(),
+            Call::Nested(s) => g.scopes[s.index()].inputs.clone(),
         }
     };
     let shape_of = |id: NodeId| -> Vec<Option<u64>> {
@@ -63,39 +99,62 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
             )
             .collect()
     };
-    let inputs_of: Vec<Vec<usize>> = units
+    let inputs_of: Vec<Vec<usize>> = calls
         .iter()
-        .map(|&u| {
-            unit_inputs(u)
+        .map(|&call| {
+            call_inputs(call)
                 .into_iter()
-                .filter_map(|i| index.get(&reference(i).0).copied())
+                .filter_map(|i| call_index.get(&reference(i).0).copied())
                 .collect()
         })
+        .collect();
+    let layer_of: Vec<usize> = calls
+        .iter()
+        .map(|&call| unit_index[&unit_of(call)])
         .collect();
     let outputs: Vec<usize> = g
         .outputs
         .iter()
-        .filter_map(|&o| index.get(&reference(o).0).copied())
+        .filter_map(|&o| call_index.get(&reference(o).0).copied())
         .collect();
-    let order = crate::ir::keras_order(&inputs_of, &outputs);
+    let order = crate::ir::keras_order(&inputs_of, &outputs, &layer_of, units.len());
     let rows: Vec<SummaryRow> = order
         .iter()
         .map(|&u| {
             let unit = units[u];
-            let connected_to = unit_inputs(unit)
-                .into_iter()
+            // The unit's calls, in call order (a shared layer's first call first).
+            let mut own: Vec<Call> = calls
+                .iter()
+                .copied()
+                .filter(|&call| unit_of(call) == unit)
+                .collect();
+            own.sort_by_key(|&call| match call {
+                Call::Layer(id) => call_number.get(&id).copied().unwrap_or(0),
+                Call::Nested(_) => 0,
+            });
+            let connected_to = own
+                .iter()
+                .flat_map(|&call| call_inputs(call))
                 .map(|i| reference(i).1)
                 .collect();
             match unit {
-                Unit::Layer(id) => {
-                    let node = g.node(id);
+                Unit::Layer(owner) => {
+                    let node = g.node(owner);
+                    let shapes: Vec<Vec<Option<u64>>> = own
+                        .iter()
+                        .map(|&call| match call {
+                            Call::Layer(id) => shape_of(id),
+                            Call::Nested(_) => Vec::new(),
+                        })
+                        .collect();
                     SummaryRow {
                         name: node.name.clone(),
                         class: node.op.class_name().to_string(),
-                        output_shape: shape_of(id),
+                        output_shape: shape_of(owner),
                         extra_outputs: Vec::new(),
+                        multiple: shapes.windows(2).any(|w| w[0] != w[1]),
                         is_input: matches!(node.op, crate::ir::Op::Input(_)),
-                        params: c.info.layers[id.index()].params(),
+                        params: c.info.layers[owner.index()].params(),
                         connected_to,
                     }
                 }
@@ -112,6 +171,7 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
                         class: scope.class.class_name().to_string(),
                         output_shape: shapes.next().unwrap_or_default(),
                         extra_outputs: shapes.collect(),
+                        multiple: false,
                         is_input: false,
                         params,
                         connected_to,
@@ -121,8 +181,12 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
         })
         .collect();
     let totals = c.info.totals(g);
-    let sequential_like = g.scopes.is_empty() && is_chain(g, kept)
-        || !g.scopes.is_empty() && units_are_chain(&inputs_of, g.inputs.len());
+    let shared = units.len() < calls.len();
+    let sequential_like = if g.scopes.is_empty() && !shared {
+        is_chain(g, kept)
+    } else {
+        !shared && units_are_chain(&inputs_of, g.inputs.len())
+    };
     SummaryModel {
         name: g.name.clone(),
         sequential_like,
@@ -141,9 +205,7 @@ fn units_are_chain(inputs_of: &[Vec<usize>], model_inputs: usize) -> bool {
             consumers[i] += 1;
         }
     }
-    model_inputs == 1
-        && inputs_of.iter().all(|i| i.len() <= 1)
-        && consumers.iter().all(|&n| n <= 1)
+    model_inputs == 1 && inputs_of.iter().all(|i| i.len() <= 1) && consumers.iter().all(|&n| n <= 1)
 }
 
 /// Keras prints pure chains (one input, every layer feeding at most one other) in 3 columns.

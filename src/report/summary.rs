@@ -23,6 +23,8 @@ pub struct SummaryRow {
     pub output_shape: Vec<Option<u64>>,
     /// A nested model's further outputs: the cell then lists every output shape.
     pub extra_outputs: Vec<Vec<Option<u64>>>,
+    /// A shared layer whose calls give different shapes: Keras prints `multiple`.
+    pub multiple: bool,
     /// InputLayer: shape printed as a list `[(None, 572, 572, 1)]`.
     pub is_input: bool,
     pub params: u64,
@@ -99,7 +101,9 @@ const FUNCTIONAL_HEADER: [&str; 4] = ["Layer (type)", "Output Shape", "Param #",
 /// The cells Keras prints for a layer's first line: name, shape and params, plus the
 /// connections cell (in the style's own form) for functional models.
 fn leading_fields(row: &SummaryRow, connections: Option<String>) -> Vec<String> {
-    let shape = if row.extra_outputs.is_empty() {
+    let shape = if row.multiple {
+        "multiple".to_string()
+    } else if row.extra_outputs.is_empty() {
         shape_repr(&row.output_shape, row.is_input)
     } else {
         // Python's str of a list of shapes, as Keras prints a multi-output model's.
@@ -357,6 +361,7 @@ mod tests {
                 .chain(shape.iter().copied().map(Some))
                 .collect(),
             extra_outputs: Vec::new(),
+            multiple: false,
             is_input: false,
             params,
             connected_to: inbound.iter().map(|s| format!("{s}[0][0]")).collect(),

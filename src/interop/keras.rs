@@ -62,6 +62,8 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
         format!("t_{v}")
     };
     let keep = graph.reaches_output();
+    let shared: std::collections::HashSet<crate::ir::NodeId> =
+        graph.nodes.iter().filter_map(|n| n.shares).collect();
     // Creation order, as the spec builds them (inputs come first in every spec).
     for id in info.schedule.iter().copied() {
         let node = graph.node(id);
@@ -118,15 +120,31 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
                 args.push(format!("{k}={}", py(&v)));
             }
         }
-        args.push(format!("name={:?}", node.name));
-        if !node.trainable {
-            args.push("trainable=False".into());
-        }
         let call = if inputs.len() == 1 {
             inputs[0].clone()
         } else {
             format!("[{}]", inputs.join(", "))
         };
+        // A shared layer: one layer object, called once per call.
+        let owner = graph.layer_owner(id);
+        let layer_var = format!("layer_{}", var(&graph.node(owner).name));
+        if owner != id {
+            let _ = writeln!(out, "    {} = {layer_var}({call})", var(&node.name));
+            continue;
+        }
+        args.push(format!("name={:?}", node.name));
+        if !node.trainable {
+            args.push("trainable=False".into());
+        }
+        if shared.contains(&id) {
+            let _ = writeln!(
+                out,
+                "    {layer_var} = layers.{class}({})\n    {} = {layer_var}({call})",
+                args.join(", "),
+                var(&node.name)
+            );
+            continue;
+        }
         let _ = writeln!(
             out,
             "    {} = layers.{class}({})({call})",

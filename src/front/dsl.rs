@@ -257,6 +257,7 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::int => "an integer",
         Rule::args | Rule::arg => "an argument",
         Rule::params => "a parameter name",
+        Rule::nested_class => "`functional` or `sequential` (a nested model's Keras class)",
         Rule::EOI => "end of file",
         Rule::add
         | Rule::sub

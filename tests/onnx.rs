@@ -862,8 +862,14 @@ fn nested_models_and_shared_layers_export_as_keras_computes_them() {
             continue;
         }
         let (input, keras) = io_tensors(&dir.join(format!("{stem}.io.safetensors")));
-        let (got, checker) = run_onnxruntime(tmp.path(), stem, &bytes, &input, &[keras.clone()])
-            .unwrap_or_else(|e| panic!("{stem}: {e}"));
+        let (got, checker) = run_onnxruntime(
+            tmp.path(),
+            stem,
+            &bytes,
+            &input,
+            std::slice::from_ref(&keras),
+        )
+        .unwrap_or_else(|e| panic!("{stem}: {e}"));
         let err = max_relative_error(&got[0], &keras);
         println!("{stem}: onnxruntime against tf.keras: max relative error {err:.2e}; {checker}");
         assert!(err <= 1e-5, "{stem}: {err:.2e}");

@@ -60,8 +60,8 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
         call_index.insert(call, calls.len());
         calls.push(call);
         let unit = unit_of(call);
-        if !unit_index.contains_key(&unit) {
-            unit_index.insert(unit, units.len());
+        if let std::collections::hash_map::Entry::Vacant(slot) = unit_index.entry(unit) {
+            slot.insert(units.len());
             units.push(unit);
         }
     }

@@ -38,7 +38,7 @@ pub fn check_json(c: &Compiled) -> Json {
                 "inputs": node.inputs.iter().map(|&i| g.node(i).name.clone()).collect::<Vec<_>>(),
                 "config": node.op.config(),
                 "weights": info.weights.iter().map(|w| json!({
-                    "name": g.weight_name(id, &w.name),
+                    "name": g.weight_name(id, w.name),
                     "shape": w.shape,
                     "trainable": w.trainable && node.trainable,
                 })).collect::<Vec<_>>(),

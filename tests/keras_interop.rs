@@ -24,16 +24,31 @@ fn canonical(c: &unetc::Compiled) -> String {
                 .map(|&i| g.node(i).name.as_str())
                 .collect();
             format!(
-                "{} {} {} {:?} {}",
+                "{} {} {} {:?} {} {:?} {:?}",
                 node.name,
                 node.op.class_name(),
                 node.op.config(),
                 inputs,
-                node.trainable || matches!(node.op, unetc::ir::Op::Input(_))
+                node.trainable || matches!(node.op, unetc::ir::Op::Input(_)),
+                // The nested model holding the layer, and the layer a shared call calls.
+                node.scope.map(|s| &g.scopes[s.index()].name),
+                node.shares.map(|o| &g.node(o).name)
             )
         })
         .collect();
     rows.insert(0, format!("model {}", g.name));
+    for scope in &g.scopes {
+        rows.push(format!(
+            "nested {} {} {:?}",
+            scope.name,
+            scope.class.class_name(),
+            scope
+                .outputs
+                .iter()
+                .map(|&o| &g.node(o).name)
+                .collect::<Vec<_>>()
+        ));
+    }
     rows.join("\n")
 }
 
@@ -53,6 +68,8 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_norms.unet", "edge_norms"),
         ("tests/golden/edge_depthwise.unet", "edge_depthwise"),
         ("tests/golden/edge_tfops.unet", "edge_tfops"),
+        ("specs/tf_tutorial_unet.unet", "tf_tutorial_unet"),
+        ("specs/shared_layers_unet.unet", "shared_layers_unet"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -75,7 +92,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 11);
+    assert_eq!(checked, 13);
 }
 
 #[test]

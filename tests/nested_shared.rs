@@ -135,24 +135,10 @@ fn import_keeps_nested_models_nested() {
     round_trips("imported.unet", &spec);
 }
 
-/// shared_layers_unet as a spec: `shared(layer)` calls a layer again.
-const SHARED: &str = r#"model {
-  input(shape: 32x32x3, name: "input_1")
-  skip = conv2d(8, 3, padding: same, activation: relu)
-  pool = skip -> max_pooling2d(2)
-  deep = conv2d(16, 3, padding: same, activation: relu)
-  refine = deep -> shared(pool) -> conv2d(16, 3, padding: same, activation: relu)
-  x = shared(refine)
-  x = [x -> up_sampling2d(2), deep] -> concatenate()
-  x = x -> conv2d(8, 3, padding: same, activation: relu) -> conv2d_transpose(8, 2, strides: 2)
-  side = skip -> conv2d(8, 3, padding: same, activation: relu)
-  [side, x -> shared(side)] -> add() -> conv2d(1, 1, activation: sigmoid)
-}
-"#;
-
 #[test]
 fn shared_layers_print_and_run_as_keras() {
-    let c = ok("shared.unet", SHARED);
+    let text = std::fs::read_to_string(root().join("specs/shared_layers_unet.unet")).unwrap();
+    let c = ok("shared.unet", &text);
     let calls: Vec<&str> = c
         .graph
         .nodes
@@ -164,7 +150,7 @@ fn shared_layers_print_and_run_as_keras() {
     // Parameters are counted once per layer, as Keras counts them (6,881).
     assert_eq!(c.info.totals(&c.graph).params, 6881);
     prints_and_runs_as_keras("shared.unet", &c, "shared_layers_unet");
-    round_trips("shared.unet", SHARED);
+    round_trips("shared.unet", &text);
     let json =
         std::fs::read_to_string(root().join("tests/real_models/shared_layers_unet.json")).unwrap();
     let spec = unetc::interop::keras::import_json(&json).expect("imports");

@@ -222,6 +222,37 @@ pub fn infer(graph: &Graph, broken: &[bool]) -> Inferred {
             }
         }
     }
+    // A nested model's input layers declare the shapes it takes, as Keras checks them.
+    for scope in &graph.scopes {
+        for (&input, (declared, span)) in scope.inputs.iter().zip(&scope.input_shapes) {
+            let Some(actual) = &out.layers[input.index()].shape else {
+                continue;
+            };
+            if actual == declared {
+                continue;
+            }
+            // Keras runs a model on other sizes (with a warning), but its layers were built
+            // for the declared rank and channels.
+            let fits = actual.len() == declared.len() && actual.last() == declared.last();
+            let message = format!(
+                "nested model `{}` takes {} but is called on `{}`, which is {}",
+                scope.name,
+                shape_text(declared),
+                graph.node(input).name,
+                shape_text(actual)
+            );
+            let d = if fits {
+                Diagnostic::warning("W-nested-input", message)
+                    .at(*span, "built for another size")
+                    .help("Keras runs it on the new size as unetc does (and warns as well); make the input layer's shape the tensor's to silence this")
+            } else {
+                Diagnostic::error("E-nested-input", message)
+                    .at(*span, "its input layer")
+                    .help("a model's layers are built for its inputs' rank and channels: make the input layer's shape the tensor's")
+            };
+            out.diags.push(d.also(scope.span, "called here"));
+        }
+    }
     let keep = graph.reaches_output();
     out.schedule = order.into_iter().filter(|id| keep[id.index()]).collect();
     out.keras_order = graph.keras_layer_order();

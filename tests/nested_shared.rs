@@ -191,6 +191,24 @@ fn nested_and_shared_misuse_is_reported() {
         "model {\n  block two() as functional {\n    a = input(shape: 8x8x3)\n    b = input(shape: 8x8x3)\n    [a, b] -> add()\n  }\n  input 8x8x3\n  two()\n}\n",
     );
     assert!(e.contains("more `input` layers than tensors"), "{e}");
+    assert_eq!(
+        e.matches("error[").count(),
+        1,
+        "one error, no follow-on: {e}"
+    );
+    // Keras builds a nested model's layers for its inputs' rank and channels; another size it
+    // runs (with a warning).
+    let nested = |shape: &str| {
+        format!("model {{\n  block m() as functional {{\n    input(shape: {shape})\n    conv2d(4, 3)\n  }}\n  input 8x8x3\n  m()\n}}\n")
+    };
+    let e = errors("h.unet", &nested("8x8x5"));
+    assert!(
+        e.contains("E-nested-input") && e.contains("takes (None, 8, 8, 5)"),
+        "{e}"
+    );
+    let c = ok("i.unet", &nested("16x16x3"));
+    let warned = render_plain(&c.sources, &c.diags);
+    assert!(warned.contains("W-nested-input"), "{warned}");
     let e = errors(
         "e.unet",
         "model {\n  block m() as functional { conv2d(4, 3) }\n  input 8x8x3\n  m(name: \"x\")\n  m(name: \"x\")\n}\n",

@@ -533,7 +533,11 @@ impl<'s> Expander<'_> {
         }
         if name == "input" {
             if let Some((scope, bindings)) = &mut cx.nested {
-                return self.nested_input(*scope, bindings, args, call);
+                // Without a tensor for it (reported), it stays an input layer of its own, so
+                // that what follows it is not reported too.
+                if let Some(bound) = self.nested_input(*scope, bindings, args.clone(), call) {
+                    return Some(bound);
+                }
             }
             if let Some(binding) = cx.input_binding.clone() {
                 return Some(binding);
@@ -909,6 +913,7 @@ impl<'s> Expander<'_> {
             parent: self.scope_stack.last().copied(),
             inputs,
             input_names: Vec::new(),
+            input_shapes: Vec::new(),
             outputs: Vec::new(),
             span: call.span,
         });
@@ -1076,7 +1081,14 @@ impl<'s> Expander<'_> {
             }) => s,
             _ => self.session.auto_name("input"),
         };
-        self.graph.scopes[scope.index()].input_names.push(name);
+        let reader = ArgReader::new("input", call.span, args, Op::positional("input"));
+        let (op, arg_diags) = parse_call("input", reader);
+        self.diags.extend(arg_diags);
+        let scope_entry = &mut self.graph.scopes[scope.index()];
+        scope_entry.input_names.push(name);
+        if let Some(Op::Input(input)) = op {
+            scope_entry.input_shapes.push((input.shape, call.span));
+        }
         let binding = bindings.pop();
         if binding.is_none() {
             self.error(

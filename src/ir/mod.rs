@@ -97,6 +97,9 @@ pub struct Scope {
     pub inputs: Vec<NodeId>,
     /// The names of its own input layers (they create no node: the call's tensors replace them).
     pub input_names: Vec<String>,
+    /// The shapes its input layers declare (checked against the tensors it is called on), and
+    /// where each is declared.
+    pub input_shapes: Vec<(Vec<i64>, Span)>,
     /// Its outputs, in order (`model[0][k]` is `outputs[k]`).
     pub outputs: Vec<NodeId>,
     pub span: Span,

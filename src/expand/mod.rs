@@ -89,6 +89,7 @@ pub fn expand_with(
         faulty_defaults: Vec::new(),
         shape_dependent: false,
         scope_stack: Vec::new(),
+        shared_calls: HashMap::new(),
     };
     let path = x.sources.path(spec.file).to_path_buf();
     if let Ok(canonical) = path.canonicalize() {
@@ -205,6 +206,8 @@ struct Expander<'a> {
     shape_dependent: bool,
     /// The nested models being expanded, innermost last: new layers belong to the last.
     scope_stack: Vec<ScopeId>,
+    /// Calls made so far of each shared layer (by its first call).
+    shared_calls: HashMap<NodeId, usize>,
 }
 
 impl<'s> Expander<'_> {
@@ -1016,12 +1019,9 @@ impl<'s> Expander<'_> {
             );
             return None;
         }
-        let calls = 1 + self
-            .graph
-            .nodes
-            .iter()
-            .filter(|n| n.shares == Some(owner))
-            .count();
+        let calls = self.shared_calls.entry(owner).or_insert(1);
+        *calls += 1;
+        let calls = *calls - 1;
         let name = format!("{}[{calls}]", owner_node.name);
         let trainable = owner_node.trainable;
         let mut inputs = Vec::new();

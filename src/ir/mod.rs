@@ -228,18 +228,6 @@ impl Graph {
         }
         Some(scope)
     }
-
-    /// Whether `id` is a layer of `scope` or of a model nested in it.
-    pub fn in_scope(&self, id: NodeId, scope: ScopeId) -> bool {
-        let mut at = self.node(id).scope;
-        while let Some(s) = at {
-            if s == scope {
-                return true;
-            }
-            at = self.scopes[s.index()].parent;
-        }
-        false
-    }
 }
 
 /// Keras's layer order (see [`Graph::keras_layer_order`]) over any DAG of calls, given as each

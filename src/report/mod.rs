@@ -32,6 +32,9 @@ enum Call {
 pub fn summary_model(c: &Compiled) -> SummaryModel {
     let g: &Graph = &c.graph;
     let kept = &c.info.keras_order;
+    if g.scopes.is_empty() && g.nodes.iter().all(|n| n.shares.is_none()) {
+        return flat_summary_model(c);
+    }
     let call_of = |id: NodeId| g.top_scope(id).map_or(Call::Layer(id), Call::Nested);
     let unit_of = |call: Call| match call {
         Call::Layer(id) => Unit::Layer(g.layer_owner(id)),
@@ -118,16 +121,24 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
         .filter_map(|&o| call_index.get(&reference(o).0).copied())
         .collect();
     let order = crate::ir::keras_order(&inputs_of, &outputs, &layer_of, units.len());
+    // A nested model's parameters: those of every layer in it (at any depth).
+    let mut nested_params = vec![0u64; g.scopes.len()];
+    for &id in kept {
+        if let Some(s) = g.top_scope(id) {
+            let sum = &mut nested_params[s.index()];
+            *sum = sum.saturating_add(c.info.layers[id.index()].params());
+        }
+    }
+    let mut calls_of: Vec<Vec<Call>> = vec![Vec::new(); units.len()];
+    for (k, &call) in calls.iter().enumerate() {
+        calls_of[layer_of[k]].push(call);
+    }
     let rows: Vec<SummaryRow> = order
         .iter()
         .map(|&u| {
             let unit = units[u];
             // The unit's calls, in call order (a shared layer's first call first).
-            let mut own: Vec<Call> = calls
-                .iter()
-                .copied()
-                .filter(|&call| unit_of(call) == unit)
-                .collect();
+            let mut own = std::mem::take(&mut calls_of[u]);
             own.sort_by_key(|&call| match call {
                 Call::Layer(id) => call_number.get(&id).copied().unwrap_or(0),
                 Call::Nested(_) => 0,
@@ -160,11 +171,7 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
                 }
                 Unit::Nested(s) => {
                     let scope = &g.scopes[s.index()];
-                    let params = kept
-                        .iter()
-                        .filter(|&&id| g.in_scope(id, s))
-                        .map(|id| c.info.layers[id.index()].params())
-                        .fold(0u64, u64::saturating_add);
+                    let params = nested_params[s.index()];
                     let mut shapes = scope.outputs.iter().map(|&o| shape_of(o));
                     SummaryRow {
                         name: scope.name.clone(),
@@ -181,15 +188,53 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
         })
         .collect();
     let totals = c.info.totals(g);
+    // Keras: a layer called twice makes a model not sequential-like.
     let shared = units.len() < calls.len();
-    let sequential_like = if g.scopes.is_empty() && !shared {
-        is_chain(g, kept)
-    } else {
-        !shared && units_are_chain(&inputs_of, g.inputs.len())
-    };
+    let sequential_like = !shared && units_are_chain(&inputs_of, g.inputs.len());
     SummaryModel {
         name: g.name.clone(),
         sequential_like,
+        rows,
+        total_params: totals.params,
+        trainable_params: totals.trainable,
+        non_trainable_params: totals.non_trainable,
+    }
+}
+
+/// The summary of a model without nested models or shared layers: one row per layer, in
+/// Keras's order of the layer graph (the common case, kept linear for very large graphs).
+fn flat_summary_model(c: &Compiled) -> SummaryModel {
+    let g: &Graph = &c.graph;
+    let rows: Vec<SummaryRow> = c
+        .info
+        .keras_order
+        .iter()
+        .map(|&id| {
+            let node = g.node(id);
+            let info = &c.info.layers[id.index()];
+            let shape = std::iter::once(None)
+                .chain(info.shape.iter().flatten().map(|&d| Some(d.max(0) as u64)))
+                .collect();
+            SummaryRow {
+                name: node.name.clone(),
+                class: node.op.class_name().to_string(),
+                output_shape: shape,
+                extra_outputs: Vec::new(),
+                multiple: false,
+                is_input: matches!(node.op, crate::ir::Op::Input(_)),
+                params: info.params(),
+                connected_to: node
+                    .inputs
+                    .iter()
+                    .map(|&i| format!("{}[0][0]", g.node(i).name))
+                    .collect(),
+            }
+        })
+        .collect();
+    let totals = c.info.totals(g);
+    SummaryModel {
+        name: g.name.clone(),
+        sequential_like: is_chain(g, &c.info.keras_order),
         rows,
         total_params: totals.params,
         trainable_params: totals.trainable,

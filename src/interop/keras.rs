@@ -893,7 +893,7 @@ impl Importer {
         sequential: bool,
     ) -> Result<(), ImportError> {
         let err = |m: String| ImportError(m);
-        let nested_model = !at_base.is_empty() && at_base != "config";
+        let nested_model = self.depth > 0;
         {
             let layer = &layers[i];
             let at = format!("{at_base}.layers[{i}]");

@@ -244,3 +244,32 @@ fn import_refuses_a_nested_model_called_twice() {
         "{e}"
     );
 }
+
+/// A nested model's call binds its tensors to the model's `input_layers` in that order, whatever
+/// order its layer list has (tests/real_models/nested_two_inputs: inputs [inner_b, inner_a]).
+#[test]
+fn import_binds_a_nested_model_s_inputs_in_keras_s_order() {
+    let json =
+        std::fs::read_to_string(root().join("tests/real_models/nested_two_inputs.json")).unwrap();
+    let want = canonical_graph(&ok(
+        "a.unet",
+        &unetc::interop::keras::import_json(&json).expect("imports"),
+    ));
+    assert!(
+        want.contains(r#"inputs ["inner_b", "inner_a"] ["conv2d_2", "conv2d_3"]"#),
+        "{want}"
+    );
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let nested = v["config"]["layers"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|l| l["class_name"] == "Functional")
+        .unwrap();
+    nested["config"]["layers"]
+        .as_array_mut()
+        .unwrap()
+        .swap(0, 1);
+    let swapped = unetc::interop::keras::import_json(&v.to_string()).expect("imports");
+    assert_eq!(canonical_graph(&ok("b.unet", &swapped)), want);
+}

@@ -606,23 +606,25 @@ fn unknown_layer(at: &str, lname: &str, class: &str, others: &[&str]) -> ImportE
 /// The call arguments of a TFOpLambda: its input layers and the spec arguments (`axis`).
 /// Keras records the first argument as the node (a tensor, or a list of tensors for
 /// `tf.concat`) and the others as keyword arguments (`y`, `axis`, `name`).
-fn tf_op_call<'a>(
-    at: &str,
-    lname: &str,
-    node: &'a Json,
-) -> Result<(Vec<&'a str>, Vec<String>), ImportError> {
+fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<String>), ImportError> {
     let err = |m: String| ImportError(format!("{at}: TFOpLambda `{lname}` {m}"));
     let node = node
         .as_array()
         .ok_or_else(|| err("has an unreadable inbound node".into()))?;
     // One tensor: [name, 0, 0, kwargs]; a list of tensors: [[name, 0, 0, kwargs], ...].
+    // Tensors are kept as `[name, node, tensor]`, so that a nested model's output k is `[k]`.
     let (mut inputs, kwargs) = match node.first() {
-        Some(Json::String(first)) => (vec![first.as_str()], node.get(3)),
+        Some(Json::String(_)) => (
+            vec![Json::Array(node[..3.min(node.len())].to_vec())],
+            node.get(3),
+        ),
         _ => {
             let inputs = node
                 .iter()
                 .map(|t| {
-                    tensor_ref(t).ok_or_else(|| err("has an unreadable inbound tensor".into()))
+                    tensor_ref(t)
+                        .map(|_| t.clone())
+                        .ok_or_else(|| err("has an unreadable inbound tensor".into()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             (inputs, node.first().and_then(|t| t.get(3)))
@@ -633,7 +635,7 @@ fn tf_op_call<'a>(
         for (key, value) in kwargs {
             match (key.as_str(), value) {
                 ("name", Json::Null) => {}
-                ("y", v) => inputs.push(tensor_ref(v).ok_or_else(|| {
+                ("y", v) => inputs.push(tensor_ref(v).map(|_| v.clone()).ok_or_else(|| {
                     err(format!(
                         "takes the constant {v} as `y`; unetc runs TensorFlow functions of \
                          tensors only (make the constant a layer's output)"
@@ -792,6 +794,29 @@ impl Importer {
             block = format!("{base}_v{k}");
             k += 1;
         }
+        // The call's tensors bind the model's inputs in `input_layers` order: its input layers
+        // are written first, in that order.
+        let input_order: Vec<&str> = lc
+            .get("input_layers")
+            .and_then(Json::as_array)
+            .map(|l| {
+                l.iter()
+                    .filter_map(|t| t.get(0).and_then(Json::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rank = |l: &Json| {
+            let name = layer_name(l).unwrap_or_default();
+            input_order
+                .iter()
+                .position(|n| *n == name)
+                .unwrap_or(input_order.len())
+        };
+        let mut ordered: Vec<Json> = layers.to_vec();
+        if class == crate::ir::NestedClass::Functional {
+            ordered.sort_by_key(|l| rank(l));
+        }
+        let layers = &ordered;
         let mut body = String::new();
         let mut refs = References::new(&layer_names(layers));
         self.depth += 1;
@@ -1047,12 +1072,8 @@ impl Importer {
                     )));
                 }
                 let nodes = inbound(layer)?;
-                let (inputs, call_args) = tf_op_call(&at, lname, &nodes[0])?;
+                let (tensors, call_args) = tf_op_call(&at, lname, &nodes[0])?;
                 args.extend(call_args);
-                let tensors: Vec<Json> = inputs
-                    .iter()
-                    .map(|n| Json::Array(vec![Json::String(n.to_string()), 0.into(), 0.into()]))
-                    .collect();
                 source_of(self, &tensors)?
             } else {
                 let nodes = inbound(layer)?;
@@ -1109,12 +1130,16 @@ fn call_order(layers: &[Json], at_base: &str) -> Result<Vec<(usize, usize)>, Imp
                 deps.push(first_call[i]);
             }
             let node = layer.get("inbound_nodes").and_then(|n| n.get(k));
-            // A TFOpLambda's node holds its tensors in other places (tf_op_call reads them).
-            let tensors: Vec<&Json> = match (class, node) {
-                (c, Some(Json::Array(items))) if c != TFOpLambda::CLASS => items.iter().collect(),
+            // A TFOpLambda's node holds its tensors in other places (tf_op_call reads them;
+            // its errors are reported where the layer is written).
+            let tensors: Vec<Json> = match (class, node) {
+                (c, Some(n)) if c == TFOpLambda::CLASS => {
+                    tf_op_call("", "", n).map(|(t, _)| t).unwrap_or_default()
+                }
+                (_, Some(Json::Array(items))) => items.clone(),
                 _ => Vec::new(),
             };
-            for t in tensors {
+            for t in &tensors {
                 let (Some(name), Some(node_index)) = (
                     t.get(0).and_then(Json::as_str),
                     t.get(1).and_then(Json::as_u64),

@@ -56,6 +56,8 @@ def models():
          False),
         # Shared layers: layers called on several tensors (`layer[1][0]` connections).
         ("shared_layers_unet", lambda: shared_layers_unet((32, 32, 3), 8), True),
+        # A nested model with two inputs, listed in another order than its layers create them.
+        ("nested_two_inputs", lambda: nested_two_inputs((16, 16, 3)), True),
         # Large (1.3 M, 31 M parameters): the summary and the import only.
         ("ku_satellite_unet", lambda: satellite_unet((32, 32, 3), num_layers=3), False),
         ("ku_vanilla_unet", lambda: vanilla_unet((572, 572, 3)), False),
@@ -116,6 +118,21 @@ def shared_layers_unet(shape, f):
     side = layers.Conv2D(f, 3, padding="same", activation="relu")
     x = layers.Add()([side(skip), side(x)])
     return tf.keras.Model(inputs, layers.Conv2D(1, 1, activation="sigmoid")(x))
+
+
+def nested_two_inputs(shape):
+    """A Functional model of two inputs used as a layer; its `inputs` are [b, a] while `a` is
+    created first, so binding the call's tensors by creation order would swap them."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    a = layers.Input(shape=(shape[0], shape[1], 4), name="inner_a")
+    b = layers.Input(shape=(shape[0], shape[1], 2), name="inner_b")
+    merged = layers.Concatenate()([a, layers.Conv2D(4, 1)(b)])
+    inner = tf.keras.Model([b, a], layers.Conv2D(3, 3, padding="same")(merged), name="merge")
+    x = layers.Input(shape=shape)
+    y = inner([layers.Conv2D(2, 1)(x), layers.Conv2D(4, 3, padding="same")(x)])
+    return tf.keras.Model(x, layers.Conv2D(1, 1, activation="sigmoid")(y))
 
 
 def leaf_layers(model):

@@ -222,6 +222,29 @@ pub fn infer(graph: &Graph, broken: &[bool]) -> Inferred {
             }
         }
     }
+    // Outside a nested model only its outputs are seen (Keras: `model[0][k]`).
+    for id in graph.ids() {
+        let node = graph.node(id);
+        for &input in &node.inputs {
+            if let Some(hidden_in) = hidden_scope(graph, input, node.scope) {
+                let scope = &graph.scopes[hidden_in.index()];
+                out.diags.push(
+                    Diagnostic::error(
+                        "E-nested-ref",
+                        format!(
+                            "`{}` takes `{}`, a layer inside nested model `{}` that is not one of its outputs",
+                            node.name,
+                            graph.node(input).name,
+                            scope.name
+                        ),
+                    )
+                    .at(node.span, "takes a hidden layer")
+                    .also(scope.span, format!("nested model `{}`", scope.name))
+                    .help("add the layer to the nested model's `output`, or take one of its outputs"),
+                );
+            }
+        }
+    }
     // A nested model's input layers declare the shapes it takes, as Keras checks them.
     for scope in &graph.scopes {
         for (&input, (declared, span)) in scope.inputs.iter().zip(&scope.input_shapes) {
@@ -257,6 +280,36 @@ pub fn infer(graph: &Graph, broken: &[bool]) -> Inferred {
     out.schedule = order.into_iter().filter(|id| keep[id.index()]).collect();
     out.keras_order = graph.keras_layer_order();
     out
+}
+
+/// The nested model that hides `input` from a layer in scope `at`: `input` must be in `at`
+/// (or a model around it), or an output of every nested model between.
+fn hidden_scope(
+    graph: &Graph,
+    input: NodeId,
+    at: Option<crate::ir::ScopeId>,
+) -> Option<crate::ir::ScopeId> {
+    let encloses = |outer: Option<crate::ir::ScopeId>| {
+        let mut s = at;
+        loop {
+            if s == outer {
+                return true;
+            }
+            match s {
+                Some(inner) => s = graph.scopes[inner.index()].parent,
+                None => return false,
+            }
+        }
+    };
+    let mut s = graph.node(input).scope;
+    while !encloses(s) {
+        let scope = s?;
+        if !graph.scopes[scope.index()].outputs.contains(&input) {
+            return Some(scope);
+        }
+        s = graph.scopes[scope.index()].parent;
+    }
+    None
 }
 
 /// A concatenation whose cropped inputs do not match its uncropped ones: the fix is the crop

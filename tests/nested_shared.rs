@@ -115,6 +115,18 @@ fn the_tutorial_unet_written_with_nested_models_is_keras_s() {
     round_trips("tf_tutorial_unet.unet", &text);
 }
 
+/// The encoder in a file of its own, included as a nested model (`include ... (nested:
+/// functional)`): the same model, summary and numbers.
+#[test]
+fn a_spec_included_as_a_nested_model_is_keras_s() {
+    let rel = "tests/fixtures/nested/tutorial_include.unet";
+    let c = compile(Path::new(rel));
+    assert!(!c.has_errors(), "{}", render_plain(&c.sources, &c.diags));
+    assert_eq!(c.graph.scopes[0].name, "model");
+    assert_eq!(c.graph.scopes[0].input_names, ["input_1"]);
+    prints_and_runs_as_keras(rel, &c, "tf_tutorial_unet");
+}
+
 #[test]
 fn import_keeps_nested_models_nested() {
     let json =
@@ -201,6 +213,14 @@ fn nested_and_shared_misuse_is_reported() {
     let nested = |shape: &str| {
         format!("model {{\n  block m() as functional {{\n    input(shape: {shape})\n    conv2d(4, 3)\n  }}\n  input 8x8x3\n  m()\n}}\n")
     };
+    let e = errors(
+        "j.unet",
+        "model {\n  block m() as functional {\n    input(shape: 8x8x3)\n    conv2d(4, 3, name: \"hidden\")\n    conv2d(4, 3)\n  }\n  input 8x8x3\n  m()\n  hidden -> conv2d(2, 1)\n}\n",
+    );
+    assert!(
+        e.contains("E-nested-ref") && e.contains("not one of its outputs"),
+        "{e}"
+    );
     let e = errors("h.unet", &nested("8x8x5"));
     assert!(
         e.contains("E-nested-input") && e.contains("takes (None, 8, 8, 5)"),

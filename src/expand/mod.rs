@@ -120,6 +120,18 @@ pub fn expand_with(
     }
 }
 
+/// One call of a nested model: a block defined `as functional`/`as sequential`, or an
+/// `include` with `nested:`.
+struct NestedCall<'a> {
+    class: NestedClass,
+    /// The block's name or the included file, for messages.
+    label: &'a str,
+    span: Span,
+    name: Option<ArgValue>,
+    trainable: Option<ArgValue>,
+    input: Option<Value>,
+}
+
 /// What a spec (the main one or an included one) sees: its blocks, defaults and variables.
 struct Context<'s> {
     blocks: HashMap<String, &'s BlockDef>,
@@ -855,7 +867,15 @@ impl<'s> Expander<'_> {
             .push((block.name.span, block.name.name.clone()));
         let result = match (block.nested, nested_args) {
             (Some(class), Some((name, trainable))) => {
-                self.call_nested(inner, block, class, call, name, trainable, input, depth)
+                let nested = NestedCall {
+                    class,
+                    label: &block.name.name,
+                    span: call.span,
+                    name,
+                    trainable,
+                    input,
+                };
+                self.call_nested(inner, &block.body, nested, depth)
             }
             _ => self.run_body(&mut inner, &block.body, depth + 1),
         };
@@ -865,18 +885,21 @@ impl<'s> Expander<'_> {
 
     /// A block defined `as functional` / `as sequential`: its layers become a nested model,
     /// named like Keras names one (`model`, `sequential_1`, ...) unless the call names it.
-    #[allow(clippy::too_many_arguments)]
     fn call_nested(
         &mut self,
         mut inner: Context<'s>,
-        block: &'s BlockDef,
-        class: NestedClass,
-        call: &'s Call,
-        name: Option<ArgValue>,
-        trainable: Option<ArgValue>,
-        input: Option<Value>,
+        body: &'s [Stmt],
+        nested: NestedCall<'_>,
         depth: usize,
     ) -> Option<Value> {
+        let NestedCall {
+            class,
+            label,
+            span,
+            name,
+            trainable,
+            input,
+        } = nested;
         let explicit = match name {
             Some(ArgValue {
                 value: Value::Str(s),
@@ -918,7 +941,7 @@ impl<'s> Expander<'_> {
             input_names: Vec::new(),
             input_shapes: Vec::new(),
             outputs: Vec::new(),
-            span: call.span,
+            span,
         });
         let bindings: Vec<Value> = match input {
             Some(Value::List(items)) => items.into_iter().rev().collect(),
@@ -927,7 +950,7 @@ impl<'s> Expander<'_> {
         };
         inner.nested = Some((id, bindings));
         self.scope_stack.push(id);
-        let last = self.run_body(&mut inner, &block.body, depth + 1);
+        let last = self.run_body(&mut inner, body, depth + 1);
         self.scope_stack.pop();
         let name = explicit
             .or(early_name)
@@ -940,7 +963,7 @@ impl<'s> Expander<'_> {
                     "E-duplicate-name",
                     format!("the name `{name}` is used 2 times in the model"),
                 )
-                .at(call.span, "a second layer or nested model with this name")
+                .at(span, "a second layer or nested model with this name")
                 .help(
                     "layer and nested model names must be unique; give this call another `name:`",
                 ),
@@ -958,9 +981,9 @@ impl<'s> Expander<'_> {
                 self.error(
                     Diagnostic::error(
                         "E-no-input",
-                        format!("nested model `{}` has no output", block.name.name),
+                        format!("nested model `{label}` has no output"),
                     )
-                    .at(call.span, "called here")
+                    .at(span, "called here")
                     .help("end its body with a layer, or with `output a, b`"),
                 );
                 None
@@ -1148,14 +1171,29 @@ impl<'s> Expander<'_> {
         };
         let mut trainable = None;
         let mut binding = None;
+        let mut nested = None;
+        let mut nested_name = None;
         for arg in args {
             match (arg.name.as_deref(), arg.value) {
                 (Some("trainable"), Value::Bool(b)) => trainable = Some(b),
-                (Some("input"), v @ (Value::Tensor(_) | Value::Pending(_))) => binding = Some(v),
+                (Some("input"), v @ (Value::Tensor(_) | Value::Pending(_) | Value::List(_))) => {
+                    binding = Some(v)
+                }
+                (Some("nested"), Value::Str(class)) if NestedClass::from_spec_name(&class).is_some() => {
+                    nested = NestedClass::from_spec_name(&class)
+                }
+                (Some("name"), value @ Value::Str(_)) => {
+                    nested_name = Some(ArgValue {
+                        name: Some("name".into()),
+                        value,
+                        span: arg.span,
+                        name_span: arg.name_span,
+                    })
+                }
                 (name, value) => self.error(
                     Diagnostic::error(
                         "E-arg-unknown",
-                        format!("`include` takes `trainable: true|false` and `input: <tensor>`, not `{}: {value}`", name.unwrap_or("_")),
+                        format!("`include` takes `trainable: true|false`, `input: <tensor>`, `nested: functional|sequential` and `name: \"...\"` (with `nested`), not `{}: {value}`", name.unwrap_or("_")),
                     )
                     .at(arg.name_span.unwrap_or(arg.span), "not understood"),
                 ),
@@ -1222,12 +1260,57 @@ impl<'s> Expander<'_> {
             }
         };
         self.include_stack.push(canonical);
-        let mut inner = Context::new(
-            &spec.model,
-            binding,
-            true,
-            trainable.or(if cx.frozen { Some(false) } else { None }),
-        );
+        let frozen = trainable.or(if cx.frozen { Some(false) } else { None });
+        if let Some(class) = nested {
+            // The included model as one layer: its input layers stand for `input:` (or the
+            // current tensor), and it keeps the name its spec gives it unless `name:` is given.
+            let mut inner = Context::new(&spec.model, None, true, frozen);
+            self.collect_defaults(&mut inner, &spec.model);
+            let name = nested_name.or_else(|| {
+                spec.model.name.as_ref().map(|n| ArgValue {
+                    name: Some("name".into()),
+                    value: Value::Str(n.name.clone()),
+                    span: n.span,
+                    name_span: None,
+                })
+            });
+            let call = NestedCall {
+                class,
+                label: &rel,
+                span,
+                name,
+                trainable: None,
+                input: binding.or_else(|| cx.current.clone()),
+            };
+            let result = self.call_nested(inner, &spec.model.body, call, depth + 1);
+            self.include_stack.pop();
+            if let Some(v) = result {
+                cx.current = Some(v);
+            }
+            return;
+        }
+        if let Some(list @ Value::List(_)) = &binding {
+            self.error(
+                Diagnostic::error(
+                    "E-arg-type",
+                    format!("`input: {list}`: a spec included flat takes one tensor"),
+                )
+                .at(span, "several tensors")
+                .help("include it `nested: functional` to call it on several tensors"),
+            );
+            self.include_stack.pop();
+            return;
+        }
+        if let Some(name) = nested_name {
+            self.error(
+                Diagnostic::error(
+                    "E-arg-unknown",
+                    "`name` names an included nested model: add `nested: functional`",
+                )
+                .at(name.span, "only with `nested:`"),
+            );
+        }
+        let mut inner = Context::new(&spec.model, binding, true, frozen);
         self.collect_defaults(&mut inner, &spec.model);
         let last = self.run_body(&mut inner, &spec.model.body, depth + 1);
         self.include_stack.pop();

@@ -111,6 +111,8 @@ pub fn expand_with(
         x.resolve_pending();
         x.check_inputs(spec);
         x.warn_unused();
+    } else {
+        x.drop_pending();
     }
     Expanded {
         graph: x.graph,
@@ -1371,6 +1373,24 @@ impl<'s> Expander<'_> {
                         .as_deref()
                         .is_some_and(|n| known.contains(&n) || n == "trainable")
                 }));
+        }
+    }
+
+    /// After a halt: the placeholders of names not resolved are taken out (unreported: they
+    /// would only be follow-on errors), so that no later stage meets one.
+    fn drop_pending(&mut self) {
+        let mut slots: Vec<(NodeId, usize)> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(node, slot, _, _)| (node, slot))
+            .collect();
+        slots.sort_by(|a, b| b.cmp(a));
+        slots.dedup();
+        for (node, slot) in slots {
+            let inputs = &mut self.graph.nodes[node.index()].inputs;
+            if slot < inputs.len() {
+                inputs.remove(slot);
+            }
+            self.broken[node.index()] = true;
         }
     }
 

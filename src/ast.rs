@@ -41,6 +41,8 @@ pub struct BlockDef {
     pub name: Ident,
     pub params: Vec<Ident>,
     pub body: Vec<Stmt>,
+    /// `block down() as functional { .. }`: each call is a nested model of this Keras class.
+    pub nested: Option<crate::ir::NestedClass>,
     pub span: Span,
 }
 

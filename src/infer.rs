@@ -134,6 +134,42 @@ pub fn infer(graph: &Graph, broken: &[bool]) -> Inferred {
                     continue;
                 }
                 let weights = node.op.weights(&inputs);
+                if let Some(owner) = node.shares {
+                    // Keras builds a layer once: a later call must fit the weights the first
+                    // call made (its parameters are counted once, on the first call).
+                    let first = &out.layers[owner.index()];
+                    let fits = first.shape.is_none()
+                        || first
+                            .weights
+                            .iter()
+                            .map(|w| &w.shape)
+                            .eq(weights.iter().map(|w| &w.shape));
+                    if !fits {
+                        out.diags.push(
+                            Diagnostic::error(
+                                "E-shared",
+                                format!(
+                                    "{} `{}`: this call's input ({}) needs other weights than the layer's first call made",
+                                    node.op.class_name(),
+                                    node.name,
+                                    inputs.iter().map(|s| shape_text(s)).collect::<Vec<_>>().join(", ")
+                                ),
+                            )
+                            .at(node.span, "inputs do not fit the shared layer")
+                            .also(graph.node(owner).span, "its first call")
+                            .help("a shared layer's every call needs inputs with the same channels"),
+                        );
+                        continue;
+                    }
+                    out.layers[id.index()] = LayerInfo {
+                        macs: node.op.macs(&inputs, &shape),
+                        shape: Some(shape),
+                        weights,
+                        trainable_params: 0,
+                        non_trainable_params: 0,
+                    };
+                    continue;
+                }
                 let (mut trainable, mut frozen) = (0u64, 0u64);
                 for w in &weights {
                     if w.trainable && node.trainable {
@@ -186,10 +222,94 @@ pub fn infer(graph: &Graph, broken: &[bool]) -> Inferred {
             }
         }
     }
+    // Outside a nested model only its outputs are seen (Keras: `model[0][k]`).
+    for id in graph.ids() {
+        let node = graph.node(id);
+        for &input in &node.inputs {
+            if let Some(hidden_in) = hidden_scope(graph, input, node.scope) {
+                let scope = &graph.scopes[hidden_in.index()];
+                out.diags.push(
+                    Diagnostic::error(
+                        "E-nested-ref",
+                        format!(
+                            "`{}` takes `{}`, a layer inside nested model `{}` that is not one of its outputs",
+                            node.name,
+                            graph.node(input).name,
+                            scope.name
+                        ),
+                    )
+                    .at(node.span, "takes a hidden layer")
+                    .also(scope.span, format!("nested model `{}`", scope.name))
+                    .help("add the layer to the nested model's `output`, or take one of its outputs"),
+                );
+            }
+        }
+    }
+    // A nested model's input layers declare the shapes it takes, as Keras checks them.
+    for scope in &graph.scopes {
+        for (&input, (declared, span)) in scope.inputs.iter().zip(&scope.input_shapes) {
+            let Some(actual) = &out.layers[input.index()].shape else {
+                continue;
+            };
+            if actual == declared {
+                continue;
+            }
+            // Keras runs a model on other sizes (with a warning), but its layers were built
+            // for the declared rank and channels.
+            let fits = actual.len() == declared.len() && actual.last() == declared.last();
+            let message = format!(
+                "nested model `{}` takes {} but is called on `{}`, which is {}",
+                scope.name,
+                shape_text(declared),
+                graph.node(input).name,
+                shape_text(actual)
+            );
+            let d = if fits {
+                Diagnostic::warning("W-nested-input", message)
+                    .at(*span, "built for another size")
+                    .help("Keras runs it on the new size as unetc does (and warns as well); make the input layer's shape the tensor's to silence this")
+            } else {
+                Diagnostic::error("E-nested-input", message)
+                    .at(*span, "its input layer")
+                    .help("a model's layers are built for its inputs' rank and channels: make the input layer's shape the tensor's")
+            };
+            out.diags.push(d.also(scope.span, "called here"));
+        }
+    }
     let keep = graph.reaches_output();
     out.schedule = order.into_iter().filter(|id| keep[id.index()]).collect();
     out.keras_order = graph.keras_layer_order();
     out
+}
+
+/// The nested model that hides `input` from a layer in scope `at`: `input` must be in `at`
+/// (or a model around it), or an output of every nested model between.
+fn hidden_scope(
+    graph: &Graph,
+    input: NodeId,
+    at: Option<crate::ir::ScopeId>,
+) -> Option<crate::ir::ScopeId> {
+    let encloses = |outer: Option<crate::ir::ScopeId>| {
+        let mut s = at;
+        loop {
+            if s == outer {
+                return true;
+            }
+            match s {
+                Some(inner) => s = graph.scopes[inner.index()].parent,
+                None => return false,
+            }
+        }
+    };
+    let mut s = graph.node(input).scope;
+    while !encloses(s) {
+        let scope = s?;
+        if !graph.scopes[scope.index()].outputs.contains(&input) {
+            return Some(scope);
+        }
+        s = graph.scopes[scope.index()].parent;
+    }
+    None
 }
 
 /// A concatenation whose cropped inputs do not match its uncropped ones: the fix is the crop

@@ -105,6 +105,8 @@ pub fn expected_weights(c: &Compiled) -> Vec<Expected> {
     c.info
         .keras_order
         .iter()
+        // A shared layer's weights are its first call's.
+        .filter(|&&id| c.graph.node(id).shares.is_none())
         .flat_map(|&id| {
             let node = c.graph.node(id);
             c.info.layers[id.index()]
@@ -124,6 +126,9 @@ pub fn init_weights(c: &Compiled, seed: u64) -> Result<Weights, RunError> {
     let mut weights = Weights::new();
     for &id in &c.info.keras_order {
         let node = c.graph.node(id);
+        if node.shares.is_some() {
+            continue;
+        }
         for w in &c.info.layers[id.index()].weights {
             let shape: Vec<usize> = w.shape.iter().map(|&d| d as usize).collect();
             let t = init_tensor(&w.initializer, &shape, &mut rng)?;

@@ -1027,6 +1027,7 @@ fn reshape_and_permute_that_do_not_fit_their_input() {
     5 │   c = input_1 -> reshape((2, -1, -1))
       │                  ^^^^^^^^^^^^^^^^^^^^ several -1
     ");
+}
 
 /// The 3-D kinds' misuses are one clear error each, at the layer: a 3-D layer on an image (and
 /// a 2-D one on a volume), a window larger than the volume, a crop removing a whole axis, a

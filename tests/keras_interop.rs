@@ -29,16 +29,31 @@ fn canonical(c: &unetc::Compiled) -> String {
                 .map(|&i| c.info.layers[i.index()].shape.clone().unwrap_or_default())
                 .collect();
             format!(
-                "{} {} {} {:?} {}",
+                "{} {} {} {:?} {} {:?} {:?}",
                 node.name,
                 node.op.class_name(),
                 node.op.built_config(&input_shapes),
                 inputs,
-                node.trainable || matches!(node.op, unetc::ir::Op::Input(_))
+                node.trainable || matches!(node.op, unetc::ir::Op::Input(_)),
+                // The nested model holding the layer, and the layer a shared call calls.
+                node.scope.map(|s| &g.scopes[s.index()].name),
+                node.shares.map(|o| &g.node(o).name)
             )
         })
         .collect();
     rows.insert(0, format!("model {}", g.name));
+    for scope in &g.scopes {
+        rows.push(format!(
+            "nested {} {} {:?}",
+            scope.name,
+            scope.class.class_name(),
+            scope
+                .outputs
+                .iter()
+                .map(|&o| &g.node(o).name)
+                .collect::<Vec<_>>()
+        ));
+    }
     rows.join("\n")
 }
 
@@ -61,6 +76,8 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_3d.unet", "edge_3d"),
         ("tests/golden/unet3d_small.unet", "unet3d_small"),
         ("tests/golden/unet3d_valid.unet", "unet3d_valid"),
+        ("specs/tf_tutorial_unet.unet", "tf_tutorial_unet"),
+        ("specs/shared_layers_unet.unet", "shared_layers_unet"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -83,7 +100,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 14);
+    assert_eq!(checked, 16);
 }
 
 #[test]

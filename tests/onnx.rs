@@ -821,3 +821,57 @@ fn write_onnx_writes_the_file_the_cli_asks_for() {
     assert!(write_onnx(spec, OnnxWeights::File(wrong), &other, false).is_err());
     assert!(!other.exists());
 }
+
+/// Nested models and shared layers (tests/real_models, imported from tf.keras's JSON): the
+/// graph runs flat in onnxruntime, a shared layer's weights are one initializer used by each
+/// call, and the outputs are tf.keras's `model.predict` within 1e-5.
+#[test]
+fn nested_models_and_shared_layers_export_as_keras_computes_them() {
+    let dir = root().join("tests/real_models");
+    let tmp = tempfile::tempdir().unwrap();
+    for (stem, shared_weights) in [("tf_tutorial_unet", 0), ("shared_layers_unet", 4)] {
+        let json = std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap();
+        let spec = unetc::interop::keras::import_json(&json).expect("imports");
+        let c = compile_text(&format!("{stem}.unet"), &spec);
+        let w = load_weights(
+            &dir.join(format!("{stem}.weights.safetensors")),
+            &expected_weights(&c),
+        )
+        .expect("tf.keras's weights fit");
+        let bytes = export_onnx(&c.graph, &c.info, &w).expect("export");
+        let m = parse_model(&bytes);
+        let names: HashSet<&String> = m.init_order.iter().collect();
+        assert_eq!(
+            names.len(),
+            m.init_order.len(),
+            "{stem}: duplicate initializers"
+        );
+        // Each weight of a shared layer is one initializer that several nodes read.
+        let readers = |name: &str| {
+            m.nodes
+                .iter()
+                .filter(|n| n.inputs.iter().any(|i| i == name))
+                .count()
+        };
+        let shared = names.iter().filter(|n| readers(n) > 1).count();
+        assert_eq!(
+            shared, shared_weights,
+            "{stem}: initializers read by several nodes"
+        );
+        if !onnxruntime_available() {
+            continue;
+        }
+        let (input, keras) = io_tensors(&dir.join(format!("{stem}.io.safetensors")));
+        let (got, checker) = run_onnxruntime(
+            tmp.path(),
+            stem,
+            &bytes,
+            &input,
+            std::slice::from_ref(&keras),
+        )
+        .unwrap_or_else(|e| panic!("{stem}: {e}"));
+        let err = max_relative_error(&got[0], &keras);
+        println!("{stem}: onnxruntime against tf.keras: max relative error {err:.2e}; {checker}");
+        assert!(err <= 1e-5, "{stem}: {err:.2e}");
+    }
+}

@@ -56,6 +56,8 @@ fn summary_row(layer: &Value) -> SummaryRow {
             .iter()
             .map(Value::as_u64)
             .collect(),
+        extra_outputs: Vec::new(),
+        multiple: false,
         is_input: class == "InputLayer",
         class,
         params: as_u64(&layer["params"], "params"),

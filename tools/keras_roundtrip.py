@@ -8,6 +8,8 @@ with `unetc import` and requires the very graph of the spec back.
 
     TF_USE_LEGACY_KERAS=1 python tools/keras_roundtrip.py target/release/unetc
 
+`python tools/keras_roundtrip.py UNETC SPEC...` redoes only the specs named.
+
 Needs tensorflow-cpu 2.21 and tf-keras 2.21 (pip). Prints one line per spec; exit 1 on a mismatch.
 """
 import io
@@ -42,10 +44,13 @@ SPECS = [
     "tests/golden/edge_3d.unet",
     "tests/golden/unet3d_small.unet",
     "tests/golden/unet3d_valid.unet",
+    # Nested models (a Functional with five outputs, four Sequentials) and shared layers.
+    "specs/tf_tutorial_unet.unet",
+    "specs/shared_layers_unet.unet",
 ]
 
 
-def main(unetc: str) -> int:
+def main(unetc: str, only: list) -> int:
     import tensorflow as tf
 
     root = Path(__file__).resolve().parents[1]
@@ -53,6 +58,8 @@ def main(unetc: str) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
     for spec in SPECS:
+        if only and spec not in only:
+            continue
         code = subprocess.run([unetc, "export", spec, "--to", "keras"], cwd=root, check=True,
                               capture_output=True, text=True).stdout
         tf.keras.backend.clear_session()
@@ -75,4 +82,5 @@ def main(unetc: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "target/release/unetc"))
+    # `keras_roundtrip.py UNETC SPEC...` redoes only those specs.
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "target/release/unetc", sys.argv[2:]))

@@ -22,8 +22,11 @@ What is written (unetc's naming and layout):
   ``conv2d_3/bias``, ``batch_normalization/gamma``, ``batch_normalization/beta``,
   ``batch_normalization/moving_mean``, ``batch_normalization/moving_variance``, ``dense/kernel``.
   The variable part is the variable's own short name (``v.name`` is ``conv2d_3/kernel:0``; the
-  last path part without ``:0``). Layers of nested models are written under their own layer
-  name, as unetc creates an included model's layers under their own names.
+  last path part without ``:0``). Layers of nested models (a Functional or Sequential model
+  used as a layer) are written under their own layer names, which Keras keeps unique across
+  the nesting; unetc names a nested model's weights the same way (its `block ... as
+  functional` / `as sequential` layers keep their names). A shared layer (one layer called
+  several times) has one set of variables, written once.
 * float32, in Keras's own layouts, unchanged: Conv2D kernel ``[kh, kw, in, out]``,
   Conv2DTranspose kernel ``[kh, kw, out, in]``, Dense kernel ``[in, out]``, biases and
   BatchNormalization vectors ``[channels]``.

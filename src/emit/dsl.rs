@@ -69,7 +69,10 @@ impl Printer {
 
     fn block(&mut self, b: &BlockDef) {
         let params: Vec<&str> = b.params.iter().map(|p| p.name.as_str()).collect();
-        let head = format!("block {}({})", b.name.name, params.join(", "));
+        let nested = b
+            .nested
+            .map_or(String::new(), |c| format!(" as {}", c.spec_name()));
+        let head = format!("block {}({}){nested}", b.name.name, params.join(", "));
         // A one-statement body without comments stays on one line.
         let inner_comment = !self.comments_peek_before(b.span.end as usize).is_empty();
         if let ([single @ Stmt::Chain { .. }], false) = (b.body.as_slice(), inner_comment) {

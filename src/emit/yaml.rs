@@ -62,6 +62,9 @@ pub fn print(spec: &Spec, source: &str) -> String {
             p.line(2, &format!("{}:", b.name.name));
             let params: Vec<&str> = b.params.iter().map(|x| x.name.as_str()).collect();
             p.line(3, &format!("params: [{}]", params.join(", ")));
+            if let Some(class) = b.nested {
+                p.line(3, &format!("as: {}", class.spec_name()));
+            }
             p.line(3, "layers:");
             p.stmts(&b.body, 4);
         }

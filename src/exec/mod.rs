@@ -53,7 +53,7 @@ pub fn bind_weights(
             let Some(spec) = specs.iter().find(|w| w.name == var) else {
                 return fallback.map(|(v, len)| vec![v; len]);
             };
-            let name = format!("{}/{}", node.name, var);
+            let name = graph.weight_name(id, var);
             let want: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
             match weights.get(&name) {
                 None => {

@@ -10,7 +10,7 @@ use crate::diag::{Diagnostic, SourceMap, Span};
 use crate::front::{self, Format};
 use crate::ir::ops::{parse_call, Op, KINDS};
 use crate::ir::value::{ArgReader, ArgValue, Value};
-use crate::ir::{Graph, Node, NodeId, Shape};
+use crate::ir::{Graph, NestedClass, Node, NodeId, Scope, ScopeId, Shape};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -88,6 +88,8 @@ pub fn expand_with(
         block_stack: Vec::new(),
         faulty_defaults: Vec::new(),
         shape_dependent: false,
+        scope_stack: Vec::new(),
+        shared_calls: HashMap::new(),
     };
     let path = x.sources.path(spec.file).to_path_buf();
     if let Ok(canonical) = path.canonicalize() {
@@ -109,6 +111,8 @@ pub fn expand_with(
         x.resolve_pending();
         x.check_inputs(spec);
         x.warn_unused();
+    } else {
+        x.drop_pending();
     }
     Expanded {
         graph: x.graph,
@@ -116,6 +120,18 @@ pub fn expand_with(
         diags: x.diags,
         shape_dependent: x.shape_dependent,
     }
+}
+
+/// One call of a nested model: a block defined `as functional`/`as sequential`, or an
+/// `include` with `nested:`.
+struct NestedCall<'a> {
+    class: NestedClass,
+    /// The block's name or the included file, for messages.
+    label: &'a str,
+    span: Span,
+    name: Option<ArgValue>,
+    trainable: Option<ArgValue>,
+    input: Option<Value>,
 }
 
 /// What a spec (the main one or an included one) sees: its blocks, defaults and variables.
@@ -131,6 +147,9 @@ struct Context<'s> {
     frozen: bool,
     /// An include's input: replaces the included spec's input layer.
     input_binding: Option<Value>,
+    /// Inside a nested model's body: the model, and the call's tensors its `input` layers
+    /// stand for (taken in order).
+    nested: Option<(ScopeId, Vec<Value>)>,
 }
 
 impl<'s> Context<'s> {
@@ -152,6 +171,7 @@ impl<'s> Context<'s> {
             included,
             frozen: trainable == Some(false),
             input_binding,
+            nested: None,
         }
     }
 
@@ -165,6 +185,7 @@ impl<'s> Context<'s> {
             included: self.included,
             frozen: self.frozen,
             input_binding: self.input_binding.clone(),
+            nested: None,
         }
     }
 }
@@ -197,6 +218,10 @@ struct Expander<'a> {
     faulty_defaults: Vec<String>,
     /// A shape was asked for while expanding ([`Expanded::shape_dependent`]).
     shape_dependent: bool,
+    /// The nested models being expanded, innermost last: new layers belong to the last.
+    scope_stack: Vec<ScopeId>,
+    /// Calls made so far of each shared layer (by its first call).
+    shared_calls: HashMap<NodeId, usize>,
 }
 
 impl<'s> Expander<'_> {
@@ -315,7 +340,13 @@ impl<'s> Expander<'_> {
                     }
                     outputs.extend(self.tensors_of(v.as_ref()));
                 }
-                if !cx.included {
+                if let Some((scope, _)) = &cx.nested {
+                    self.graph.scopes[scope.index()].outputs = outputs.clone();
+                    cx.current = Some(match outputs.as_slice() {
+                        [one] => Value::Tensor(*one),
+                        _ => Value::List(outputs.into_iter().map(Value::Tensor).collect()),
+                    });
+                } else if !cx.included {
                     self.graph.outputs = outputs;
                 } else {
                     cx.current = Some(Value::List(
@@ -518,9 +549,19 @@ impl<'s> Expander<'_> {
             return self.template(cx, call, args, input);
         }
         if name == "input" {
+            if let Some((scope, bindings)) = &mut cx.nested {
+                // Without a tensor for it (reported), it stays an input layer of its own, so
+                // that what follows it is not reported too.
+                if let Some(bound) = self.nested_input(*scope, bindings, args.clone(), call) {
+                    return Some(bound);
+                }
+            }
             if let Some(binding) = cx.input_binding.clone() {
                 return Some(binding);
             }
+        }
+        if name == "shared" {
+            return self.call_shared(cx, args, input, call);
         }
         if !KINDS.contains(&name) {
             let candidates = KINDS
@@ -720,6 +761,8 @@ impl<'s> Expander<'_> {
             trainable,
             span,
             included: cx.included,
+            scope: self.scope_stack.last().copied(),
+            shares: None,
         });
         self.broken.push(broken);
         Some(id)
@@ -745,8 +788,15 @@ impl<'s> Expander<'_> {
         if !self.charge(1 + cx.blocks.len() + cx.defaults.len(), call.span) {
             return None;
         }
-        let args = self.eval_args(cx, &call.args)?;
-        let mut inner = cx.for_block(input);
+        let mut args = self.eval_args(cx, &call.args)?;
+        // A nested model's own arguments (`name`, `trainable`) are not the block's parameters.
+        let nested_args = block.nested.map(|_| {
+            (
+                take_kwarg(&mut args, "name"),
+                take_kwarg(&mut args, "trainable"),
+            )
+        });
+        let mut inner = cx.for_block(input.clone());
         let mut positional = block.params.iter();
         let mut bound: Vec<&str> = Vec::new();
         for arg in args {
@@ -817,9 +867,265 @@ impl<'s> Expander<'_> {
         }
         self.block_stack
             .push((block.name.span, block.name.name.clone()));
-        let result = self.run_body(&mut inner, &block.body, depth + 1);
+        let result = match (block.nested, nested_args) {
+            (Some(class), Some((name, trainable))) => {
+                let nested = NestedCall {
+                    class,
+                    label: &block.name.name,
+                    span: call.span,
+                    name,
+                    trainable,
+                    input,
+                };
+                self.call_nested(inner, &block.body, nested, depth)
+            }
+            _ => self.run_body(&mut inner, &block.body, depth + 1),
+        };
         self.block_stack.pop();
         result
+    }
+
+    /// A block defined `as functional` / `as sequential`: its layers become a nested model,
+    /// named like Keras names one (`model`, `sequential_1`, ...) unless the call names it.
+    fn call_nested(
+        &mut self,
+        mut inner: Context<'s>,
+        body: &'s [Stmt],
+        nested: NestedCall<'_>,
+        depth: usize,
+    ) -> Option<Value> {
+        let NestedCall {
+            class,
+            label,
+            span,
+            name,
+            trainable,
+            input,
+        } = nested;
+        let explicit = match name {
+            Some(ArgValue {
+                value: Value::Str(s),
+                ..
+            }) => Some(s),
+            Some(other) => {
+                self.error(
+                    Diagnostic::error("E-arg-type", "`name` must be a string")
+                        .at(other.span, "not a string"),
+                );
+                None
+            }
+            None => None,
+        };
+        match trainable {
+            Some(ArgValue {
+                value: Value::Bool(b),
+                ..
+            }) => inner.frozen |= !b,
+            Some(other) => self.error(
+                Diagnostic::error("E-arg-type", "`trainable` must be true or false")
+                    .at(other.span, "not a boolean"),
+            ),
+            None => {}
+        }
+        // Keras names a Sequential when it is created (before its layers), a Functional
+        // model after the layers it is built from.
+        let early_name = match (&explicit, class) {
+            (None, NestedClass::Sequential) => Some(self.session.auto_name(class.auto_name_base())),
+            _ => None,
+        };
+        let id = ScopeId(self.graph.scopes.len() as u32);
+        let inputs = self.tensors_of(input.as_ref());
+        self.graph.scopes.push(Scope {
+            name: String::new(),
+            class,
+            parent: self.scope_stack.last().copied(),
+            inputs,
+            input_names: Vec::new(),
+            input_shapes: Vec::new(),
+            outputs: Vec::new(),
+            span,
+        });
+        let bindings: Vec<Value> = match input {
+            Some(Value::List(items)) => items.into_iter().rev().collect(),
+            Some(v) => vec![v],
+            None => Vec::new(),
+        };
+        inner.nested = Some((id, bindings));
+        self.scope_stack.push(id);
+        let last = self.run_body(&mut inner, body, depth + 1);
+        self.scope_stack.pop();
+        let name = explicit
+            .or(early_name)
+            .unwrap_or_else(|| self.session.auto_name(class.auto_name_base()));
+        let taken =
+            self.names.contains_key(&name) || self.graph.scopes.iter().any(|s| s.name == name);
+        if taken {
+            self.error(
+                Diagnostic::error(
+                    "E-duplicate-name",
+                    format!("the name `{name}` is used 2 times in the model"),
+                )
+                .at(span, "a second layer or nested model with this name")
+                .help(
+                    "layer and nested model names must be unique; give this call another `name:`",
+                ),
+            );
+        }
+        let fallback = self.tensors_of(last.as_ref());
+        let scope = &mut self.graph.scopes[id.index()];
+        scope.name = name;
+        if scope.outputs.is_empty() {
+            scope.outputs = fallback;
+        }
+        let outputs = self.graph.scopes[id.index()].outputs.clone();
+        match outputs.as_slice() {
+            [] => {
+                self.error(
+                    Diagnostic::error(
+                        "E-no-input",
+                        format!("nested model `{label}` has no output"),
+                    )
+                    .at(span, "called here")
+                    .help("end its body with a layer, or with `output a, b`"),
+                );
+                None
+            }
+            [one] => Some(Value::Tensor(*one)),
+            many => Some(Value::List(
+                many.iter().copied().map(Value::Tensor).collect(),
+            )),
+        }
+    }
+
+    /// `x -> shared(layer)`: calls an existing layer again (Keras's shared layers): same kind,
+    /// arguments and weights, a new node named `layer[k]` for its call k.
+    fn call_shared(
+        &mut self,
+        cx: &Context<'s>,
+        args: Vec<ArgValue>,
+        input: Option<Value>,
+        call: &Call,
+    ) -> Option<Value> {
+        let usage = "`shared` takes one layer: `x -> shared(conv_a)` calls layer `conv_a` again";
+        let target = match args.as_slice() {
+            [ArgValue {
+                name: None,
+                value: Value::Tensor(id),
+                ..
+            }] => Some(*id),
+            [ArgValue {
+                name: None,
+                value: Value::Str(layer),
+                ..
+            }] => self.names.get(layer).copied(),
+            _ => None,
+        };
+        let Some(target) = target else {
+            let at = args.first().map_or(call.span, |a| a.span);
+            self.error(
+                Diagnostic::error("E-shared", usage)
+                    .at(at, "not a layer defined before this call")
+                    .help("name the layer (`name: \"conv_a\"`) and call it before sharing it"),
+            );
+            return None;
+        };
+        let owner = self.graph.layer_owner(target);
+        let owner_node = self.graph.node(owner);
+        let op = owner_node.op.clone();
+        if matches!(op, Op::Input(_)) || owner_node.scope != self.scope_stack.last().copied() {
+            let what = if matches!(op, Op::Input(_)) {
+                "an input layer cannot be called"
+            } else {
+                "a layer can only be shared within the model (or nested model) that created it"
+            };
+            self.error(
+                Diagnostic::error("E-shared", format!("`{}`: {what}", owner_node.name))
+                    .at(call.span, "cannot share this layer"),
+            );
+            return None;
+        }
+        let calls = self.shared_calls.entry(owner).or_insert(1);
+        *calls += 1;
+        let calls = *calls - 1;
+        let name = format!("{}[{calls}]", owner_node.name);
+        let trainable = owner_node.trainable;
+        let mut inputs = Vec::new();
+        let mut pending = Vec::new();
+        if let Some(v) = &input {
+            flatten(v, &mut inputs, &mut pending);
+        }
+        let id = NodeId(self.graph.nodes.len() as u32);
+        let (min, max) = op.arity();
+        let n_inputs = inputs.len();
+        let mut broken = self.broken[owner.index()];
+        if n_inputs < min || n_inputs > max {
+            self.error(
+                Diagnostic::error(
+                    "E-arity",
+                    format!(
+                        "shared layer `{}` gets {n_inputs} input(s) here",
+                        self.graph.node(owner).name
+                    ),
+                )
+                .at(call.span, "wrong number of inputs")
+                .also(self.graph.node(owner).span, "its first call"),
+            );
+            broken = true;
+        }
+        for (slot, (pname, pspan)) in pending {
+            self.pending
+                .push((id, slot, pname, pspan.unwrap_or(call.span)));
+        }
+        self.graph.nodes.push(Node {
+            name,
+            op,
+            inputs,
+            trainable,
+            span: call.span,
+            included: cx.included,
+            scope: self.scope_stack.last().copied(),
+            shares: Some(owner),
+        });
+        self.broken.push(broken);
+        Some(Value::Tensor(id))
+    }
+
+    /// An `input` layer of a nested model: it stands for the next tensor the model is called
+    /// on, creates no node, and takes its name (Keras's `input_N` counts it).
+    fn nested_input(
+        &mut self,
+        scope: ScopeId,
+        bindings: &mut Vec<Value>,
+        mut args: Vec<ArgValue>,
+        call: &Call,
+    ) -> Option<Value> {
+        let name = match take_kwarg(&mut args, "name") {
+            Some(ArgValue {
+                value: Value::Str(s),
+                ..
+            }) => s,
+            _ => self.session.auto_name("input"),
+        };
+        let reader = ArgReader::new("input", call.span, args, Op::positional("input"));
+        let (op, arg_diags) = parse_call("input", reader);
+        self.diags.extend(arg_diags);
+        let scope_entry = &mut self.graph.scopes[scope.index()];
+        scope_entry.input_names.push(name);
+        if let Some(Op::Input(input)) = op {
+            scope_entry.input_shapes.push((input.shape, call.span));
+        }
+        let binding = bindings.pop();
+        if binding.is_none() {
+            self.error(
+                Diagnostic::error(
+                    "E-arity",
+                    "this nested model has more `input` layers than tensors it is called on",
+                )
+                .at(call.span, "no tensor for this input")
+                .help("call it on a list with one tensor per input: `[a, b] -> model()`"),
+            );
+        }
+        binding
     }
 
     /// `block` is called while `self.block_stack[at..]` runs: it would call itself for ever.
@@ -867,14 +1173,29 @@ impl<'s> Expander<'_> {
         };
         let mut trainable = None;
         let mut binding = None;
+        let mut nested = None;
+        let mut nested_name = None;
         for arg in args {
             match (arg.name.as_deref(), arg.value) {
                 (Some("trainable"), Value::Bool(b)) => trainable = Some(b),
-                (Some("input"), v @ (Value::Tensor(_) | Value::Pending(_))) => binding = Some(v),
+                (Some("input"), v @ (Value::Tensor(_) | Value::Pending(_) | Value::List(_))) => {
+                    binding = Some(v)
+                }
+                (Some("nested"), Value::Str(class)) if NestedClass::from_spec_name(&class).is_some() => {
+                    nested = NestedClass::from_spec_name(&class)
+                }
+                (Some("name"), value @ Value::Str(_)) => {
+                    nested_name = Some(ArgValue {
+                        name: Some("name".into()),
+                        value,
+                        span: arg.span,
+                        name_span: arg.name_span,
+                    })
+                }
                 (name, value) => self.error(
                     Diagnostic::error(
                         "E-arg-unknown",
-                        format!("`include` takes `trainable: true|false` and `input: <tensor>`, not `{}: {value}`", name.unwrap_or("_")),
+                        format!("`include` takes `trainable: true|false`, `input: <tensor>`, `nested: functional|sequential` and `name: \"...\"` (with `nested`), not `{}: {value}`", name.unwrap_or("_")),
                     )
                     .at(arg.name_span.unwrap_or(arg.span), "not understood"),
                 ),
@@ -941,12 +1262,57 @@ impl<'s> Expander<'_> {
             }
         };
         self.include_stack.push(canonical);
-        let mut inner = Context::new(
-            &spec.model,
-            binding,
-            true,
-            trainable.or(if cx.frozen { Some(false) } else { None }),
-        );
+        let frozen = trainable.or(if cx.frozen { Some(false) } else { None });
+        if let Some(class) = nested {
+            // The included model as one layer: its input layers stand for `input:` (or the
+            // current tensor), and it keeps the name its spec gives it unless `name:` is given.
+            let mut inner = Context::new(&spec.model, None, true, frozen);
+            self.collect_defaults(&mut inner, &spec.model);
+            let name = nested_name.or_else(|| {
+                spec.model.name.as_ref().map(|n| ArgValue {
+                    name: Some("name".into()),
+                    value: Value::Str(n.name.clone()),
+                    span: n.span,
+                    name_span: None,
+                })
+            });
+            let call = NestedCall {
+                class,
+                label: &rel,
+                span,
+                name,
+                trainable: None,
+                input: binding.or_else(|| cx.current.clone()),
+            };
+            let result = self.call_nested(inner, &spec.model.body, call, depth + 1);
+            self.include_stack.pop();
+            if let Some(v) = result {
+                cx.current = Some(v);
+            }
+            return;
+        }
+        if let Some(list @ Value::List(_)) = &binding {
+            self.error(
+                Diagnostic::error(
+                    "E-arg-type",
+                    format!("`input: {list}`: a spec included flat takes one tensor"),
+                )
+                .at(span, "several tensors")
+                .help("include it `nested: functional` to call it on several tensors"),
+            );
+            self.include_stack.pop();
+            return;
+        }
+        if let Some(name) = nested_name {
+            self.error(
+                Diagnostic::error(
+                    "E-arg-unknown",
+                    "`name` names an included nested model: add `nested: functional`",
+                )
+                .at(name.span, "only with `nested:`"),
+            );
+        }
+        let mut inner = Context::new(&spec.model, binding, true, frozen);
         self.collect_defaults(&mut inner, &spec.model);
         let last = self.run_body(&mut inner, &spec.model.body, depth + 1);
         self.include_stack.pop();
@@ -1007,6 +1373,24 @@ impl<'s> Expander<'_> {
                         .as_deref()
                         .is_some_and(|n| known.contains(&n) || n == "trainable")
                 }));
+        }
+    }
+
+    /// After a halt: the placeholders of names not resolved are taken out (unreported: they
+    /// would only be follow-on errors), so that no later stage meets one.
+    fn drop_pending(&mut self) {
+        let mut slots: Vec<(NodeId, usize)> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(node, slot, _, _)| (node, slot))
+            .collect();
+        slots.sort_by(|a, b| b.cmp(a));
+        slots.dedup();
+        for (node, slot) in slots {
+            let inputs = &mut self.graph.nodes[node.index()].inputs;
+            if slot < inputs.len() {
+                inputs.remove(slot);
+            }
+            self.broken[node.index()] = true;
         }
     }
 

@@ -2,6 +2,7 @@
 
 use crate::ast::*;
 use crate::diag::{Diagnostic, FileId, Span};
+use crate::ir::NestedClass;
 use pest::iterators::Pair;
 use pest::Parser;
 
@@ -256,6 +257,7 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::int => "an integer",
         Rule::args | Rule::arg => "an argument",
         Rule::params => "a parameter name",
+        Rule::nested_class => "`functional` or `sequential` (a nested model's Keras class)",
         Rule::EOI => "end of file",
         Rule::add
         | Rule::sub
@@ -338,10 +340,17 @@ impl Builder {
         let name = self.ident(inner.next().expect("block name"));
         let mut params = Vec::new();
         let mut body = Vec::new();
+        let mut nested = None;
         for part in inner {
             match part.as_rule() {
                 Rule::params => params = part.into_inner().map(|i| self.ident(i)).collect(),
                 Rule::body => body = self.body(part),
+                Rule::nested_as => {
+                    nested = part
+                        .into_inner()
+                        .next()
+                        .and_then(|c| NestedClass::from_spec_name(c.as_str()));
+                }
                 _ => {}
             }
         }
@@ -349,6 +358,7 @@ impl Builder {
             name,
             params,
             body,
+            nested,
             span,
         }
     }

@@ -5,6 +5,7 @@
 use crate::ast::*;
 use crate::diag::{Diagnostic, FileId, Span};
 use crate::front::dsl;
+use crate::ir::NestedClass;
 use saphyr_parser::{Event, Parser, ScalarStyle};
 
 /// Nesting deeper than this is refused instead of risking the stack.
@@ -300,6 +301,7 @@ impl Cx<'_> {
         };
         let mut params = Vec::new();
         let mut body = Vec::new();
+        let mut nested = None;
         for (key, value) in self.map_entries(def) {
             match key.key_str().unwrap_or("") {
                 "params" => match value {
@@ -317,10 +319,18 @@ impl Cx<'_> {
                     }
                 },
                 "layers" => body = self.stmts(value),
+                "as" => match value.key_str().and_then(NestedClass::from_spec_name) {
+                    Some(class) => nested = Some(class),
+                    None => self.error(
+                        value.span(),
+                        "`as` of a block is `functional` or `sequential`".to_string(),
+                        "each call of the block is then a nested Keras model of that class",
+                    ),
+                },
                 other => self.error(
                     key.span(),
                     format!("unknown key `{other}` in a block"),
-                    "expected `params` or `layers`",
+                    "expected `params`, `layers` or `as`",
                 ),
             }
         }
@@ -328,6 +338,7 @@ impl Cx<'_> {
             name,
             params,
             body,
+            nested,
             span: def.span(),
         }
     }

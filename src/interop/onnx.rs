@@ -386,7 +386,7 @@ impl Exporter<'_> {
     /// `[kh, kw, c / groups, f]`, transposed to ONNX's OIHW; its name. A transposed convolution's
     /// `[kh, kw, out, in]` comes out as ONNX's `[in, out, kh, kw]` the same way.
     fn conv_kernel(&mut self, id: NodeId, var: &str, hwio: [i64; 4]) -> String {
-        let kernel_name = format!("{}/{var}", self.graph.node(id).name);
+        let kernel_name = self.graph.weight_name(id, var);
         if let Some(k) = self.weight(id, var) {
             let [kh, kw, c, f] = hwio.map(|d| d as usize);
             let mut oihw = vec![0.0f32; k.len()];
@@ -514,6 +514,10 @@ impl Exporter<'_> {
     }
 
     fn init_f32(&mut self, name: String, dims: Vec<i64>, data: Vec<f32>) -> String {
+        if self.initializers.iter().any(|t| t.name == name) {
+            // A shared layer's later call: its first call made the initializer.
+            return name;
+        }
         self.initializers.push(Initializer {
             name: name.clone(),
             dims,
@@ -537,12 +541,11 @@ impl Exporter<'_> {
 
     /// A weight tensor of layer `id` in Keras's layout, checked against the inferred shape.
     fn weight(&mut self, id: NodeId, var: &str) -> Option<Vec<f32>> {
-        let node = self.graph.node(id);
         let spec = self.info.layers[id.index()]
             .weights
             .iter()
             .find(|w| w.name == var)?;
-        let name = format!("{}/{}", node.name, var);
+        let name = self.graph.weight_name(id, var);
         let want: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
         match self.weights.get(&name) {
             None => {
@@ -563,7 +566,7 @@ impl Exporter<'_> {
 
     /// A weight stored unchanged (Keras's layout is ONNX's: 1-D vectors, Dense kernels).
     fn weight_as_is(&mut self, id: NodeId, var: &str) -> String {
-        let name = format!("{}/{}", self.graph.node(id).name, var);
+        let name = self.graph.weight_name(id, var);
         let dims: Vec<i64> = self.info.layers[id.index()]
             .weights
             .iter()

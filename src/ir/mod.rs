@@ -28,6 +28,81 @@ pub struct Node {
     pub span: Span,
     /// True for layers created by an `include` (they are not reported as unused).
     pub included: bool,
+    /// The innermost nested model the layer belongs to (`None`: the model itself).
+    pub scope: Option<ScopeId>,
+    /// A further call of a shared layer: the node of its first call, which owns the layer's
+    /// name and weights (this node is named `layer[k]`, Keras's notation for call k).
+    pub shares: Option<NodeId>,
+}
+
+/// Index of a nested model in [`Graph::scopes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScopeId(pub u32);
+
+impl ScopeId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// The Keras class of a model used as a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NestedClass {
+    Functional,
+    Sequential,
+}
+
+impl NestedClass {
+    pub fn class_name(self) -> &'static str {
+        match self {
+            NestedClass::Functional => "Functional",
+            NestedClass::Sequential => "Sequential",
+        }
+    }
+
+    /// The spelling in specs (`block up(f) as sequential { .. }`).
+    pub fn spec_name(self) -> &'static str {
+        match self {
+            NestedClass::Functional => "functional",
+            NestedClass::Sequential => "sequential",
+        }
+    }
+
+    pub fn from_spec_name(name: &str) -> Option<NestedClass> {
+        match name {
+            "functional" => Some(NestedClass::Functional),
+            "sequential" => Some(NestedClass::Sequential),
+            _ => None,
+        }
+    }
+
+    /// Keras's auto-name base for an unnamed model of this class.
+    pub fn auto_name_base(self) -> &'static str {
+        match self {
+            NestedClass::Functional => "model",
+            NestedClass::Sequential => "sequential",
+        }
+    }
+}
+
+/// A model used as a layer of another (Keras prints it as one row). Its layers stay in the
+/// flat node list, marked with [`Node::scope`]; executors run the flat graph.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub name: String,
+    pub class: NestedClass,
+    /// The enclosing nested model, if this one is nested in another.
+    pub parent: Option<ScopeId>,
+    /// The tensors the nested model is called on (its input layers stand for them).
+    pub inputs: Vec<NodeId>,
+    /// The names of its own input layers (they create no node: the call's tensors replace them).
+    pub input_names: Vec<String>,
+    /// The shapes its input layers declare (checked against the tensors it is called on), and
+    /// where each is declared.
+    pub input_shapes: Vec<(Vec<i64>, Span)>,
+    /// Its outputs, in order (`model[0][k]` is `outputs[k]`).
+    pub outputs: Vec<NodeId>,
+    pub span: Span,
 }
 
 /// A model: nodes in creation order (inputs of a node may come later only in graph form,
@@ -38,6 +113,8 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     pub inputs: Vec<NodeId>,
     pub outputs: Vec<NodeId>,
+    /// Nested models, outermost before the models nested in them.
+    pub scopes: Vec<Scope>,
 }
 
 impl Graph {
@@ -119,45 +196,99 @@ impl Graph {
     /// by the order a depth-first walk from the outputs first reaches each layer.
     /// Only layers that lead to an output are listed. Requires an acyclic graph.
     pub fn keras_layer_order(&self) -> Vec<NodeId> {
-        // Pre-order indices of a DFS from the outputs, visiting inputs in their listed order.
-        let mut first_seen = vec![usize::MAX; self.nodes.len()];
-        let mut post_order = Vec::new();
-        let mut visited = vec![false; self.nodes.len()];
-        let mut counter = 0usize;
-        for &out in &self.outputs {
-            let mut stack = vec![(out, 0usize)];
-            if visited[out.index()] {
-                continue;
-            }
-            visited[out.index()] = true;
-            first_seen[out.index()] = counter;
-            counter += 1;
-            while let Some((id, next)) = stack.pop() {
-                let inputs = &self.node(id).inputs;
-                if next < inputs.len() {
-                    stack.push((id, next + 1));
-                    let input = inputs[next];
-                    if !visited[input.index()] {
-                        visited[input.index()] = true;
-                        first_seen[input.index()] = counter;
-                        counter += 1;
-                        stack.push((input, 0));
-                    }
-                } else {
-                    post_order.push(id);
-                }
-            }
-        }
-        // Depth: longest path to an output, computed in reverse topological order.
-        let mut depth = vec![0usize; self.nodes.len()];
-        for &id in post_order.iter().rev() {
-            let d = depth[id.index()];
-            for &input in &self.node(id).inputs {
-                depth[input.index()] = depth[input.index()].max(d + 1);
-            }
-        }
-        let mut layers = post_order;
-        layers.sort_by_key(|id| (std::cmp::Reverse(depth[id.index()]), first_seen[id.index()]));
-        layers
+        let inputs: Vec<Vec<usize>> = self
+            .nodes
+            .iter()
+            .map(|n| n.inputs.iter().map(|i| i.index()).collect())
+            .collect();
+        let outputs: Vec<usize> = self.outputs.iter().map(|o| o.index()).collect();
+        let units: Vec<usize> = (0..self.nodes.len()).collect();
+        keras_order(&inputs, &outputs, &units, self.nodes.len())
+            .into_iter()
+            .map(|i| NodeId(i as u32))
+            .collect()
     }
+
+    /// The node that owns `id`'s layer (its first call; itself unless `id` calls a shared layer).
+    pub fn layer_owner(&self, id: NodeId) -> NodeId {
+        self.node(id).shares.unwrap_or(id)
+    }
+
+    /// The weight tensor name of variable `var` of `id`'s layer (`conv2d_3/kernel`): every
+    /// call of a shared layer uses its first call's weights.
+    pub fn weight_name(&self, id: NodeId, var: &str) -> String {
+        format!("{}/{var}", self.node(self.layer_owner(id)).name)
+    }
+
+    /// The outermost nested model `id` belongs to (`None`: a layer of the model itself).
+    pub fn top_scope(&self, id: NodeId) -> Option<ScopeId> {
+        let mut scope = self.node(id).scope?;
+        while let Some(parent) = self.scopes[scope.index()].parent {
+            scope = parent;
+        }
+        Some(scope)
+    }
+}
+
+/// Keras's layer order (see [`Graph::keras_layer_order`]) over any DAG of calls, given as each
+/// call's inputs, where `layer_of[call]` is the layer (of `layers`) a call calls: a shared
+/// layer has several calls, a nested model is one layer called once. As tf_keras's
+/// `_map_graph_network`: a call's depth is raised to its layer's depth so far, and a layer is
+/// ordered by its deepest call, ties by the order a walk from the outputs first meets it.
+/// Returns the layers met, in order.
+pub fn keras_order(
+    inputs_of: &[Vec<usize>],
+    outputs: &[usize],
+    layer_of: &[usize],
+    layers: usize,
+) -> Vec<usize> {
+    // Pre-order indices of a DFS from the outputs, visiting inputs in their listed order.
+    let mut first_seen = vec![usize::MAX; inputs_of.len()];
+    let mut post_order = Vec::new();
+    let mut visited = vec![false; inputs_of.len()];
+    let mut counter = 0usize;
+    for &out in outputs {
+        let mut stack = vec![(out, 0usize)];
+        if visited[out] {
+            continue;
+        }
+        visited[out] = true;
+        first_seen[out] = counter;
+        counter += 1;
+        while let Some((id, next)) = stack.pop() {
+            let inputs = &inputs_of[id];
+            if next < inputs.len() {
+                stack.push((id, next + 1));
+                let input = inputs[next];
+                if !visited[input] {
+                    visited[input] = true;
+                    first_seen[input] = counter;
+                    counter += 1;
+                    stack.push((input, 0));
+                }
+            } else {
+                post_order.push(id);
+            }
+        }
+    }
+    // Depth: longest path to an output, computed in reverse topological order.
+    let mut depth = vec![0usize; inputs_of.len()];
+    let mut layer_depth = vec![0usize; layers];
+    let mut layer_seen = vec![usize::MAX; layers];
+    let mut met = Vec::new();
+    for &id in post_order.iter().rev() {
+        let layer = layer_of[id];
+        let d = depth[id].max(layer_depth[layer]);
+        layer_depth[layer] = d;
+        depth[id] = d;
+        if layer_seen[layer] == usize::MAX {
+            met.push(layer);
+        }
+        layer_seen[layer] = layer_seen[layer].min(first_seen[id]);
+        for &input in &inputs_of[id] {
+            depth[input] = depth[input].max(d + 1);
+        }
+    }
+    met.sort_by_key(|&l| (std::cmp::Reverse(layer_depth[l]), layer_seen[l]));
+    met
 }

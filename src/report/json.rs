@@ -26,7 +26,7 @@ pub fn check_json(c: &Compiled) -> Json {
                     .chain(s.iter().map(|&d| json!(d)))
                     .collect()
             });
-            json!({
+            let mut layer = json!({
                 "name": node.name,
                 "class": node.op.class_name(),
                 "kind": node.op.base_name(),
@@ -38,16 +38,41 @@ pub fn check_json(c: &Compiled) -> Json {
                 "inputs": node.inputs.iter().map(|&i| g.node(i).name.clone()).collect::<Vec<_>>(),
                 "config": node.op.built_config(&node.inputs.iter().map(|&i| c.info.layers[i.index()].shape.clone().unwrap_or_default()).collect::<Vec<_>>()),
                 "weights": info.weights.iter().map(|w| json!({
-                    "name": format!("{}/{}", node.name, w.name),
+                    "name": g.weight_name(id, w.name),
                     "shape": w.shape,
                     "trainable": w.trainable && node.trainable,
                 })).collect::<Vec<_>>(),
                 "macs": info.macs,
+            });
+            // Only for nested models' layers and shared layers' later calls.
+            if let Some(scope) = node.scope {
+                layer["nested_in"] = json!(g.scopes[scope.index()].name);
+            }
+            if let Some(owner) = node.shares {
+                layer["shares"] = json!(g.node(owner).name);
+            }
+            layer
+        })
+        .collect();
+    let nested: Vec<Json> = g
+        .scopes
+        .iter()
+        .map(|s| {
+            let names = |ids: &[crate::ir::NodeId]| -> Vec<String> {
+                ids.iter().map(|&i| g.node(i).name.clone()).collect()
+            };
+            json!({
+                "name": s.name,
+                "class": s.class.class_name(),
+                "parent": s.parent.map(|p| g.scopes[p.index()].name.clone()),
+                "input_layers": s.input_names,
+                "inputs": names(&s.inputs),
+                "outputs": names(&s.outputs),
             })
         })
         .collect();
     let t = c.info.totals(g);
-    json!({
+    let mut out = json!({
         "schema": SCHEMA_VERSION,
         "model": g.name,
         "inputs": g.inputs.iter().map(|&i| g.node(i).name.clone()).collect::<Vec<_>>(),
@@ -69,7 +94,11 @@ pub fn check_json(c: &Compiled) -> Json {
             },
         },
         "diagnostics": diagnostics_json(&c.sources, c),
-    })
+    });
+    if !nested.is_empty() {
+        out["nested_models"] = json!(nested);
+    }
+    out
 }
 
 fn diagnostics_json(sources: &SourceMap, c: &Compiled) -> Vec<Json> {

@@ -21,6 +21,10 @@ pub struct SummaryRow {
     pub class: String,
     /// Batch dim first as None, e.g. [None, Some(572), Some(572), Some(1)].
     pub output_shape: Vec<Option<u64>>,
+    /// A nested model's further outputs: the cell then lists every output shape.
+    pub extra_outputs: Vec<Vec<Option<u64>>>,
+    /// A shared layer whose calls give different shapes: Keras prints `multiple`.
+    pub multiple: bool,
     /// InputLayer: shape printed as a list `[(None, 572, 572, 1)]`.
     pub is_input: bool,
     pub params: u64,
@@ -97,9 +101,21 @@ const FUNCTIONAL_HEADER: [&str; 4] = ["Layer (type)", "Output Shape", "Param #",
 /// The cells Keras prints for a layer's first line: name, shape and params, plus the
 /// connections cell (in the style's own form) for functional models.
 fn leading_fields(row: &SummaryRow, connections: Option<String>) -> Vec<String> {
+    let shape = if row.multiple {
+        "multiple".to_string()
+    } else if row.extra_outputs.is_empty() {
+        shape_repr(&row.output_shape, row.is_input)
+    } else {
+        // Python's str of a list of shapes, as Keras prints a multi-output model's.
+        let all: Vec<String> = std::iter::once(&row.output_shape)
+            .chain(&row.extra_outputs)
+            .map(|s| shape_repr(s, false))
+            .collect();
+        format!("[{}]", all.join(", "))
+    };
     let mut fields = vec![
         format!("{} ({})", row.name, row.class),
-        shape_repr(&row.output_shape, row.is_input),
+        shape,
         row.params.to_string(),
     ];
     fields.extend(connections);
@@ -344,6 +360,8 @@ mod tests {
             output_shape: std::iter::once(None)
                 .chain(shape.iter().copied().map(Some))
                 .collect(),
+            extra_outputs: Vec::new(),
+            multiple: false,
             is_input: false,
             params,
             connected_to: inbound.iter().map(|s| format!("{s}[0][0]")).collect(),

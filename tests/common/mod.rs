@@ -91,12 +91,34 @@ pub fn canonical_graph(c: &Compiled) -> String {
             .map(|&i| c.info.layers[i.index()].shape.clone().unwrap_or_default())
             .collect();
         s.push_str(&format!(
-            "{} {} {} {:?} {}\n",
+            "{} {} {} {:?} {}",
             node.name,
             node.op.class_name(),
             node.op.built_config(&input_shapes),
             inputs,
             node.trainable
+        ));
+        // Nesting and sharing are part of the model (one summary row each).
+        if let Some(scope) = node.scope {
+            s.push_str(&format!(" in {}", g.scopes[scope.index()].name));
+        }
+        if let Some(owner) = node.shares {
+            s.push_str(&format!(" shares {}", g.node(owner).name));
+        }
+        s.push('\n');
+    }
+    for scope in &g.scopes {
+        let names = |ids: &[unetc::ir::NodeId]| -> Vec<String> {
+            ids.iter().map(|&i| g.node(i).name.clone()).collect()
+        };
+        s.push_str(&format!(
+            "nested {} {} parent {:?} inputs {:?} {:?} outputs {:?}\n",
+            scope.name,
+            scope.class.class_name(),
+            scope.parent.map(|p| g.scopes[p.index()].name.clone()),
+            scope.input_names,
+            names(&scope.inputs),
+            names(&scope.outputs)
         ));
     }
     s

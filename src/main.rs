@@ -294,6 +294,84 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Train a spec on arrays, step for step as tf.keras's `train_on_batch` (CPU, f32).
+    #[command(
+        after_help = "Examples:\n  unetc train specs/bn_same.yaml --inputs x.npy --targets y.npy --loss categorical_crossentropy --epochs 5 -o trained.safetensors\n  unetc train model.unet --weights init.safetensors --inputs x.npy --targets y.npy --optimizer sgd --learning-rate 0.01 --momentum 0.9 --nesterov --loss binary_crossentropy --batch-size 2 --steps 4 --no-shuffle -o final.safetensors --log log.json\n\nInputs: NHWC float32 .npy of the model's input size. Targets: NHWC like the output (one-hot or\nbinary, float32), or NHW integer class indices (uint8, int32, int64) for\nsparse_categorical_crossentropy. Without --weights the spec's initializers draw the initial\nweights (--seed). The output holds every weight, BatchNormalization's moving statistics included."
+    )]
+    Train {
+        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
+        spec: PathBuf,
+        /// Initial weights (safetensors); without it the spec's initializers draw them (--seed).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Training inputs: NHWC float32 .npy.
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Training targets: like the output (NHWC), or NHW class indices for the sparse loss.
+        #[arg(long)]
+        targets: PathBuf,
+        /// adam, adamw, sgd or rmsprop, with Keras's defaults.
+        #[arg(long, default_value = "adam")]
+        optimizer: String,
+        /// Keras's `learning_rate` [default: 0.001; sgd 0.01].
+        #[arg(long)]
+        learning_rate: Option<f64>,
+        /// Adam/AdamW `beta_1` [default: 0.9].
+        #[arg(long = "beta-1")]
+        beta_1: Option<f64>,
+        /// Adam/AdamW `beta_2` [default: 0.999].
+        #[arg(long = "beta-2")]
+        beta_2: Option<f64>,
+        /// Adam/AdamW/RMSprop `epsilon` [default: 1e-7].
+        #[arg(long)]
+        epsilon: Option<f64>,
+        /// SGD/RMSprop `momentum` [default: 0].
+        #[arg(long)]
+        momentum: Option<f64>,
+        /// SGD with Nesterov momentum.
+        #[arg(long)]
+        nesterov: bool,
+        /// RMSprop `rho` [default: 0.9].
+        #[arg(long)]
+        rho: Option<f64>,
+        /// Decoupled weight decay (AdamW's default 0.004; none for the others unless given).
+        #[arg(long)]
+        weight_decay: Option<f64>,
+        /// categorical_crossentropy, sparse_categorical_crossentropy, binary_crossentropy, mse,
+        /// dice, bce_dice or focal.
+        #[arg(long)]
+        loss: String,
+        /// The model's output is logits (Keras's `from_logits=True`).
+        #[arg(long)]
+        from_logits: bool,
+        /// Samples per step.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
+        batch_size: u32,
+        /// Train this many steps (batches).
+        #[arg(long, conflicts_with = "epochs")]
+        steps: Option<u64>,
+        /// Train this many passes over the data [default: 1].
+        #[arg(long)]
+        epochs: Option<u64>,
+        /// Keep the samples in order (Keras's `shuffle=False`).
+        #[arg(long)]
+        no_shuffle: bool,
+        /// No augmentation (arrays are never augmented; accepted for the folder form to come).
+        #[arg(long)]
+        no_augment: bool,
+        /// Seed of the initial weights, the shuffling and dropout.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where to write the final weights (safetensors).
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Write each step's loss as JSON: {"steps": [{"step": 1, "epoch": 1, "loss": ...}]}.
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Replace existing output files.
+        #[arg(long)]
+        force: bool,
+    },
     /// Write seeded weights following each layer's initializers (and Keras's batch-norm defaults).
     #[command(
         after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc init-weights specs/bn_same.yaml -o bn.safetensors --force"
@@ -647,6 +725,69 @@ fn main() -> ExitCode {
             precision,
             format,
         } => plan(&spec, &precision, format),
+        Command::Train {
+            spec,
+            weights,
+            inputs,
+            targets,
+            optimizer,
+            learning_rate,
+            beta_1,
+            beta_2,
+            epsilon,
+            momentum,
+            nesterov,
+            rho,
+            weight_decay,
+            loss,
+            from_logits,
+            batch_size,
+            steps,
+            epochs,
+            no_shuffle,
+            no_augment: _,
+            seed,
+            output,
+            log,
+            force,
+        } => {
+            let args = unetc::train::optimizer::OptimizerArgs {
+                beta_1,
+                beta_2,
+                epsilon,
+                momentum,
+                nesterov,
+                rho,
+                weight_decay,
+            };
+            let request = TrainRequest {
+                spec: &spec,
+                weights: weights.as_deref(),
+                optimizer: &optimizer,
+                args,
+                learning_rate,
+                loss: &loss,
+                from_logits,
+                seed,
+                fit: unetc::train::fit::FitOptions {
+                    inputs,
+                    targets,
+                    batch_size: batch_size as usize,
+                    length: match (steps, epochs) {
+                        (Some(s), _) => unetc::train::fit::Length::Steps(s),
+                        (None, e) => unetc::train::fit::Length::Epochs(e.unwrap_or(1)),
+                    },
+                    shuffle: !no_shuffle,
+                },
+                output: &output,
+                log: log.as_deref(),
+                force,
+            };
+            match train(request) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => run_error(e),
+            }
+        }
         Command::InitWeights {
             spec,
             output,
@@ -660,6 +801,97 @@ fn main() -> ExitCode {
             Err(e) => run_error(e),
         },
     }
+}
+
+/// What `unetc train` was asked.
+struct TrainRequest<'a> {
+    spec: &'a std::path::Path,
+    weights: Option<&'a std::path::Path>,
+    optimizer: &'a str,
+    args: unetc::train::optimizer::OptimizerArgs,
+    learning_rate: Option<f64>,
+    loss: &'a str,
+    from_logits: bool,
+    seed: u64,
+    fit: unetc::train::fit::FitOptions,
+    output: &'a std::path::Path,
+    log: Option<&'a std::path::Path>,
+    force: bool,
+}
+
+fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
+    use unetc::runner::RunError;
+    use unetc::train::{fit, loss::Loss, optimizer::Optimizer, TrainConfig};
+    let loss = Loss::parse(r.loss).ok_or_else(|| {
+        RunError::Usage(format!(
+            "unknown loss `{}`: use one of {}",
+            r.loss,
+            Loss::NAMES.join(", ")
+        ))
+    })?;
+    let (optimizer, weight_decay) =
+        Optimizer::new(r.optimizer, &r.args).map_err(RunError::Usage)?;
+    // Keras's defaults: SGD 0.01, the others 0.001.
+    let learning_rate = r.learning_rate.unwrap_or(match optimizer {
+        Optimizer::Sgd { .. } => 0.01,
+        Optimizer::Adam { .. } | Optimizer::AdamW { .. } | Optimizer::RmsProp { .. } => 0.001,
+    });
+    if !(learning_rate > 0.0 && learning_rate.is_finite()) {
+        return Err(RunError::Usage(
+            "--learning-rate must be a positive number".into(),
+        ));
+    }
+    // Refuse to overwrite before any work is done.
+    for path in std::iter::once(r.output).chain(r.log) {
+        if !r.force && path.exists() {
+            return Err(RunError::Usage(format!(
+                "`{}` exists; use --force to replace it",
+                path.display()
+            )));
+        }
+    }
+    let c = unetc::runner::compile_checked(r.spec, None)?;
+    let initial = match r.weights {
+        Some(p) => unetc::io::load_weights(p, &unetc::runner::expected_weights(&c))
+            .map_err(RunError::Io)?,
+        None => unetc::runner::init_weights(&c, r.seed)?,
+    };
+    let config = TrainConfig {
+        optimizer,
+        learning_rate: learning_rate as f32,
+        weight_decay,
+        loss,
+        from_logits: r.from_logits,
+        seed: r.seed,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (weights, log) = fit::fit(&c, &initial, config, &r.fit, &mut |s, total| {
+        bar.set_length(total);
+        bar.set_position(s.step);
+        bar.set_message(format!("epoch {} loss {:.6}", s.epoch, s.loss));
+    })?;
+    bar.finish_and_clear();
+    fit::write_results(&weights, r.output, &log, r.log, r.force)?;
+    if let Some(last) = log.last() {
+        eprintln!(
+            "trained {} step(s), {} epoch(s); last loss {:.6}; wrote {} tensors to {}",
+            last.step,
+            last.epoch,
+            last.loss,
+            weights.len(),
+            r.output.display()
+        );
+    }
+    Ok(())
 }
 
 /// `run --alpha`: what to do with an image's alpha channel.

@@ -1,0 +1,1686 @@
+//! Every layer kind in training: its forward pass in Keras's training mode and its backward
+//! pass. Tensors are dense, NHWC with the batch first (`[N, features]` after Flatten).
+//! One `match` over every kind in each direction: a new kind does not compile until it trains.
+
+use super::activations;
+use super::math::{add_column_sums, gemm, PatchMap};
+use crate::exec::Tensor;
+use crate::ir::ops::{
+    ActivationFn, Interpolation, MergeFn, NormLayout, Op, TfCompute, WindowGeometry,
+};
+use rand_distr::{Distribution, StandardNormal, Uniform};
+
+/// What the backward pass needs besides the layer's inputs and output.
+#[derive(Debug, Default)]
+pub struct Saved {
+    /// The pre-activation of a layer with a fused activation (conv, dense), when it is not
+    /// linear.
+    pub pre: Option<Vec<f32>>,
+    /// Per-kind extras: BatchNormalization's batch mean and 1/std; a dropout mask; the
+    /// depthwise result inside a separable convolution.
+    pub aux: Vec<Vec<f32>>,
+}
+
+/// How a layer runs this step.
+pub struct Mode<'r> {
+    /// Keras's `training=True`: batch statistics, dropout and noise.
+    pub training: bool,
+    /// The layer's own `trainable` (a frozen BatchNormalization runs in inference mode).
+    pub layer_trainable: bool,
+    pub rng: &'r mut rand::rngs::StdRng,
+}
+
+/// Where the gradient handed to [`backward`] sits.
+pub enum Grad {
+    /// `dL/d(output)`.
+    Output(Vec<f32>),
+    /// `dL/d(pre-activation)` of the layer's output activation, or of its input for a layer
+    /// that is only an activation: the loss computed it from the logits (Keras's
+    /// `_keras_logits`).
+    Logits(Vec<f32>),
+}
+
+/// Gradients of one layer: per input (in order) and per weight slot (`None` for slots that
+/// receive none: BatchNormalization's moving statistics).
+pub struct LayerGrads {
+    pub inputs: Vec<Vec<f32>>,
+    pub params: Vec<Option<Vec<f32>>>,
+}
+
+#[derive(Debug)]
+pub struct Unsupported(pub String);
+
+fn hwc(shape: &[usize]) -> Result<[usize; 4], Unsupported> {
+    match shape {
+        &[n, h, w, c] => Ok([n, h, w, c]),
+        other => Err(Unsupported(format!(
+            "training runs this layer on 4D (NHWC) tensors only, not {other:?}"
+        ))),
+    }
+}
+
+/// The output activation a layer applies last (fused into a conv or dense, or the layer itself).
+pub fn output_activation(op: &Op) -> Option<ActivationFn> {
+    match op {
+        Op::Conv2D(o) => Some(o.args.activation),
+        Op::Conv2DTranspose(o) => Some(o.args.activation),
+        Op::Dense(o) => Some(o.activation),
+        Op::DepthwiseConv2D(o) => Some(o.activation),
+        Op::SeparableConv2D(o) => Some(o.activation),
+        Op::Activation(o) => Some(o.activation),
+        Op::Softmax(o) => (o.axis == -1).then_some(ActivationFn::Softmax),
+        Op::TFOpLambda(o) => match o.computes() {
+            TfCompute::Activation(a) => Some(a),
+            TfCompute::Merge(_) | TfCompute::Concat(_) => None,
+        },
+        Op::Input(_)
+        | Op::MaxPooling2D(_)
+        | Op::UpSampling2D(_)
+        | Op::Cropping2D(_)
+        | Op::ZeroPadding2D(_)
+        | Op::Concatenate(_)
+        | Op::Add(_)
+        | Op::BatchNormalization(_)
+        | Op::ReLU(_)
+        | Op::Dropout(_)
+        | Op::Flatten(_)
+        | Op::GlobalAveragePooling2D(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_) => None,
+    }
+}
+
+/// The pre-activation a layer's output came from: its saved `pre` (fused activations) or its
+/// input (activation layers).
+pub fn logits_of<'a>(op: &Op, input: &'a Tensor, saved: &'a Saved) -> Option<&'a [f32]> {
+    match op {
+        Op::Activation(_) | Op::Softmax(_) | Op::TFOpLambda(_) => Some(&input.data),
+        Op::Conv2D(_)
+        | Op::Conv2DTranspose(_)
+        | Op::Dense(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_) => saved.pre.as_deref(),
+        Op::Input(_)
+        | Op::MaxPooling2D(_)
+        | Op::UpSampling2D(_)
+        | Op::Cropping2D(_)
+        | Op::ZeroPadding2D(_)
+        | Op::Concatenate(_)
+        | Op::Add(_)
+        | Op::BatchNormalization(_)
+        | Op::ReLU(_)
+        | Op::Dropout(_)
+        | Op::Flatten(_)
+        | Op::GlobalAveragePooling2D(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_) => None,
+    }
+}
+
+/// Forward in training. `params` are the layer's weight slots in [`crate::exec::bind_weights`]'s
+/// order; BatchNormalization updates its moving statistics in them, as Keras does during the
+/// forward pass of a training step.
+pub fn forward(
+    op: &Op,
+    inputs: &[&Tensor],
+    out_shape: &[usize],
+    params: &mut [Vec<f32>],
+    mode: &mut Mode,
+) -> Result<(Tensor, Saved), Unsupported> {
+    let mut saved = Saved::default();
+    let out_len: usize = out_shape.iter().product();
+    let x = inputs.first().copied();
+    let first = || x.map(|t| t.data.as_slice()).unwrap_or(&[]);
+    let data: Vec<f32> = match op {
+        Op::Input(_) => first().to_vec(),
+        Op::Conv2D(o) => {
+            let z = conv_forward(
+                x.map(|t| t.shape.as_slice()).unwrap_or(&[]),
+                first(),
+                out_shape,
+                conv_window(
+                    o.args.kernel_size,
+                    o.args.strides,
+                    o.args.dilation_rate,
+                    |a, n, m| o.args.geometry(a, n, m),
+                ),
+                o.groups.max(1) as usize,
+                &params[0],
+                Some(&params[1]),
+            )?;
+            finish_activation(o.args.activation, z, out_shape, &mut saved)
+        }
+        Op::DepthwiseConv2D(o) => {
+            let shape = &x.map(|t| t.shape.clone()).unwrap_or_default();
+            let c = hwc(shape)?[3];
+            let z = conv_forward(
+                shape,
+                first(),
+                out_shape,
+                conv_window(
+                    o.depthwise.kernel_size,
+                    o.depthwise.strides,
+                    o.depthwise.dilation_rate,
+                    |a, n, m| o.depthwise.geometry(a, n, m),
+                ),
+                c,
+                &params[0],
+                Some(&params[1]),
+            )?;
+            finish_activation(o.activation, z, out_shape, &mut saved)
+        }
+        Op::SeparableConv2D(o) => {
+            let shape = &x.map(|t| t.shape.clone()).unwrap_or_default();
+            let [n, _, _, c] = hwc(shape)?;
+            let [_, oh, ow, f] = hwc(out_shape)?;
+            let mid_shape = [n, oh, ow, c * o.depthwise.depth_multiplier.max(1) as usize];
+            let mid = conv_forward(
+                shape,
+                first(),
+                &mid_shape,
+                conv_window(
+                    o.depthwise.kernel_size,
+                    o.depthwise.strides,
+                    o.depthwise.dilation_rate,
+                    |a, n, m| o.depthwise.geometry(a, n, m),
+                ),
+                c,
+                &params[0],
+                None,
+            )?;
+            let k = mid_shape[3];
+            let mut z = vec![0.0f32; out_len];
+            let rows = n * oh * ow;
+            gemm(
+                (rows, f, k),
+                &mid,
+                (k, 1),
+                &params[1],
+                (f, 1),
+                &mut z,
+                (f, 1),
+                false,
+            );
+            add_bias(&mut z, &params[2]);
+            saved.aux.push(mid);
+            finish_activation(o.activation, z, out_shape, &mut saved)
+        }
+        Op::Conv2DTranspose(o) => {
+            let shape = x.map(|t| t.shape.as_slice()).unwrap_or(&[]);
+            let map = transpose_map(o, shape, out_shape)?;
+            let [n, h, w, c] = hwc(shape)?;
+            let rows = n * h * w;
+            let k = map.row_len();
+            // Patches of the output: input pixels times the kernel, `[kh, kw, out, in]` read as
+            // a `[k, in]` matrix.
+            let mut patches = vec![0.0f32; rows * k];
+            gemm(
+                (rows, k, c),
+                first(),
+                (c, 1),
+                &params[0],
+                (1, c),
+                &mut patches,
+                (k, 1),
+                false,
+            );
+            let mut z = vec![0.0f32; out_len];
+            map.scatter_add(&patches, &mut z);
+            add_bias(&mut z, &params[1]);
+            finish_activation(o.args.activation, z, out_shape, &mut saved)
+        }
+        Op::Dense(o) => {
+            let input = first();
+            let units = o.units as usize;
+            let n_in = x.and_then(|t| t.shape.last().copied()).unwrap_or(0);
+            let rows = input.len() / n_in.max(1);
+            let mut z = vec![0.0f32; out_len];
+            gemm(
+                (rows, units, n_in),
+                input,
+                (n_in, 1),
+                &params[0],
+                (units, 1),
+                &mut z,
+                (units, 1),
+                false,
+            );
+            add_bias(&mut z, &params[1]);
+            finish_activation(o.activation, z, out_shape, &mut saved)
+        }
+        Op::MaxPooling2D(o) => {
+            let (windows, shape) = pool_windows(x, out_shape, |a, n, m| o.geometry(a, n, m))?;
+            pool_forward(first(), shape, out_shape, windows, Pool::Max)
+        }
+        Op::AveragePooling2D(o) => {
+            let (windows, shape) = pool_windows(x, out_shape, |a, n, m| o.geometry(a, n, m))?;
+            pool_forward(first(), shape, out_shape, windows, Pool::Average)
+        }
+        Op::UpSampling2D(o) => {
+            let shape = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let mut y = vec![0.0f32; out_len];
+            for_each_resize_tap(o.size, o.interpolation, shape, out_shape, |src, dst, wt| {
+                y[dst] += wt * first()[src]
+            })?;
+            y
+        }
+        Op::Cropping2D(o) => {
+            let shape = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let mut y = vec![0.0f32; out_len];
+            window_copy(shape, out_shape, [o.cropping[0], o.cropping[2]], |s, d| {
+                y[d] = first()[s]
+            })?;
+            y
+        }
+        Op::ZeroPadding2D(o) => {
+            let shape = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let mut y = vec![0.0f32; out_len];
+            window_copy(shape, out_shape, [-o.padding[0], -o.padding[2]], |s, d| {
+                y[d] = first()[s]
+            })?;
+            y
+        }
+        Op::Concatenate(o) => concat_forward(inputs, out_shape, o.axis),
+        Op::Add(_) => merge_forward(inputs, out_shape, MergeFn::Add),
+        Op::Multiply(_) => merge_forward(inputs, out_shape, MergeFn::Multiply),
+        Op::Subtract(_) => merge_forward(inputs, out_shape, MergeFn::Subtract),
+        Op::Average(_) => merge_forward(inputs, out_shape, MergeFn::Average),
+        Op::Maximum(_) => merge_forward(inputs, out_shape, MergeFn::Maximum),
+        Op::Minimum(_) => merge_forward(inputs, out_shape, MergeFn::Minimum),
+        Op::TFOpLambda(o) => match o.computes() {
+            TfCompute::Merge(f) => merge_forward(inputs, out_shape, f),
+            TfCompute::Concat(axis) => concat_forward(inputs, out_shape, axis),
+            TfCompute::Activation(a) => activations::apply(a, first(), channels(out_shape)),
+        },
+        Op::Activation(o) => activations::apply(o.activation, first(), channels(out_shape)),
+        Op::Softmax(o) => softmax_axis(first(), out_shape, o.axis),
+        Op::ReLU(o) => first()
+            .iter()
+            .map(|&v| {
+                relu_layer(
+                    v,
+                    o.max_value.map(|m| m as f32),
+                    o.negative_slope as f32,
+                    o.threshold as f32,
+                )
+                .0
+            })
+            .collect(),
+        Op::LeakyReLU(o) => first()
+            .iter()
+            .map(|&v| if v > 0.0 { v } else { o.alpha as f32 * v })
+            .collect(),
+        Op::ELU(o) => first()
+            .iter()
+            .map(|&v| {
+                if v > 0.0 {
+                    v
+                } else {
+                    o.alpha as f32 * v.exp_m1()
+                }
+            })
+            .collect(),
+        Op::PReLU(_) => {
+            let alpha = &params[0];
+            first()
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    if v > 0.0 {
+                        v
+                    } else {
+                        alpha[i % alpha.len().max(1)] * v
+                    }
+                })
+                .collect()
+        }
+        Op::Flatten(_) => first().to_vec(),
+        Op::GlobalAveragePooling2D(_) => {
+            let [n, h, w, c] = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let mut y = vec![0.0f32; n * c];
+            for (i, px) in first().chunks(c.max(1)).enumerate() {
+                let item = i / (h * w).max(1);
+                for (ch, v) in px.iter().enumerate() {
+                    y[item * c + ch] += v / (h * w) as f32;
+                }
+            }
+            y
+        }
+        Op::GlobalMaxPooling2D(_) => {
+            let [n, h, w, c] = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let mut y = vec![f32::NEG_INFINITY; n * c];
+            for (i, px) in first().chunks(c.max(1)).enumerate() {
+                let item = i / (h * w).max(1);
+                for (ch, &v) in px.iter().enumerate() {
+                    y[item * c + ch] = y[item * c + ch].max(v);
+                }
+            }
+            y
+        }
+        Op::Dropout(o) => dropout(first(), o.rate, None, mode, &mut saved),
+        Op::SpatialDropout2D(o) => {
+            let [_, h, w, c] = hwc(out_shape)?;
+            dropout(first(), o.rate, Some((h * w, c)), mode, &mut saved)
+        }
+        Op::GaussianNoise(o) => {
+            if mode.training {
+                let std = o.stddev as f32;
+                first()
+                    .iter()
+                    .map(|&v| {
+                        v + std
+                            * <StandardNormal as Distribution<f32>>::sample(
+                                &StandardNormal,
+                                mode.rng,
+                            )
+                    })
+                    .collect()
+            } else {
+                first().to_vec()
+            }
+        }
+        Op::GaussianDropout(o) => {
+            if mode.training && o.rate > 0.0 {
+                let std = (o.rate / (1.0 - o.rate)).sqrt() as f32;
+                let noise: Vec<f32> = (0..first().len())
+                    .map(|_| {
+                        1.0 + std
+                            * <StandardNormal as Distribution<f32>>::sample(
+                                &StandardNormal,
+                                mode.rng,
+                            )
+                    })
+                    .collect();
+                let y = first().iter().zip(&noise).map(|(v, m)| v * m).collect();
+                saved.aux.push(noise);
+                y
+            } else {
+                first().to_vec()
+            }
+        }
+        Op::BatchNormalization(o) => {
+            let c = channels(out_shape);
+            if o.axis != -1 && o.axis != out_shape.len() as i64 - 1 {
+                return Err(Unsupported(
+                    "BatchNormalization trains over the last axis only".into(),
+                ));
+            }
+            let batch_stats = mode.training && mode.layer_trainable;
+            let eps = o.epsilon as f32;
+            let (mean, var) = if batch_stats {
+                let (mean, var) = channel_moments(first(), c);
+                // Keras updates the moving averages in the forward pass. TF's fused kernel
+                // (4D and 5D inputs) hands the moving variance the unbiased (n / (n - 1))
+                // variance; the other path the biased one.
+                let count = (first().len() / c.max(1)) as f32;
+                let fused = matches!(out_shape.len(), 4 | 5);
+                let bessel = if fused && count > 1.0 {
+                    count / (count - 1.0)
+                } else {
+                    1.0
+                };
+                let m = o.momentum as f32;
+                for ch in 0..c {
+                    params[2][ch] = params[2][ch] * m + mean[ch] * (1.0 - m);
+                    params[3][ch] = params[3][ch] * m + var[ch] * bessel * (1.0 - m);
+                }
+                (mean, var)
+            } else {
+                (params[2].clone(), params[3].clone())
+            };
+            let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+            let (gamma, beta) = (&params[0], &params[1]);
+            let y = first()
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let ch = i % c;
+                    (v - mean[ch]) * inv[ch] * gamma[ch] + beta[ch]
+                })
+                .collect();
+            saved.aux.push(mean);
+            saved.aux.push(inv);
+            y
+        }
+        Op::GroupNormalization(_) | Op::LayerNormalization(_) => {
+            let layout = norm_layout(op, out_shape)?;
+            let (y, stats) = normalize_forward(layout, &params[0], &params[1], first());
+            saved.aux.push(stats);
+            y
+        }
+    };
+    debug_assert_eq!(data.len(), out_len);
+    Ok((
+        Tensor {
+            shape: out_shape.to_vec(),
+            data,
+        },
+        saved,
+    ))
+}
+
+/// Backward: the gradients of the layer's inputs and weight slots from its output's.
+pub fn backward(
+    op: &Op,
+    inputs: &[&Tensor],
+    output: &Tensor,
+    saved: &Saved,
+    params: &[Vec<f32>],
+    grad: Grad,
+    mode: &Mode,
+) -> Result<LayerGrads, Unsupported> {
+    let x = inputs.first().copied();
+    let x_shape = x.map(|t| t.shape.clone()).unwrap_or_default();
+    let first = || x.map(|t| t.data.as_slice()).unwrap_or(&[]);
+    let none = |n: usize| vec![None; n];
+    // The gradient at the pre-activation of a layer whose last step is `activation`.
+    let pre_grad = |activation: ActivationFn, grad: Grad, pre: Option<&[f32]>| -> Vec<f32> {
+        match grad {
+            Grad::Logits(dz) => dz,
+            Grad::Output(dy) => match pre {
+                Some(z) => {
+                    activations::backward(activation, z, &output.data, &dy, channels(&output.shape))
+                }
+                None => dy,
+            },
+        }
+    };
+    let output_grad = |grad: Grad| match grad {
+        Grad::Output(dy) | Grad::Logits(dy) => dy,
+    };
+    Ok(match op {
+        Op::Input(_) => LayerGrads {
+            inputs: vec![],
+            params: vec![],
+        },
+        Op::Conv2D(o) => {
+            let dz = pre_grad(o.args.activation, grad, saved.pre.as_deref());
+            let (dx, dk, db) = conv_backward(
+                &x_shape,
+                first(),
+                &output.shape,
+                conv_window(
+                    o.args.kernel_size,
+                    o.args.strides,
+                    o.args.dilation_rate,
+                    |a, n, m| o.args.geometry(a, n, m),
+                ),
+                o.groups.max(1) as usize,
+                &params[0],
+                &dz,
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dk), Some(db)],
+            }
+        }
+        Op::DepthwiseConv2D(o) => {
+            let dz = pre_grad(o.activation, grad, saved.pre.as_deref());
+            let c = hwc(&x_shape)?[3];
+            let (dx, dk, db) = conv_backward(
+                &x_shape,
+                first(),
+                &output.shape,
+                conv_window(
+                    o.depthwise.kernel_size,
+                    o.depthwise.strides,
+                    o.depthwise.dilation_rate,
+                    |a, n, m| o.depthwise.geometry(a, n, m),
+                ),
+                c,
+                &params[0],
+                &dz,
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dk), Some(db)],
+            }
+        }
+        Op::SeparableConv2D(o) => {
+            let dz = pre_grad(o.activation, grad, saved.pre.as_deref());
+            let [n, _, _, c] = hwc(&x_shape)?;
+            let [_, oh, ow, f] = hwc(&output.shape)?;
+            let k = c * o.depthwise.depth_multiplier.max(1) as usize;
+            let mid = &saved.aux[0];
+            let rows = n * oh * ow;
+            let mut dpoint = vec![0.0f32; k * f];
+            gemm(
+                (k, f, rows),
+                mid,
+                (1, k),
+                &dz,
+                (f, 1),
+                &mut dpoint,
+                (f, 1),
+                false,
+            );
+            let mut dmid = vec![0.0f32; rows * k];
+            gemm(
+                (rows, k, f),
+                &dz,
+                (f, 1),
+                &params[1],
+                (1, f),
+                &mut dmid,
+                (k, 1),
+                false,
+            );
+            let mut db = vec![0.0f32; f];
+            add_column_sums(&dz, f, &mut db);
+            let (dx, ddepth, _) = conv_backward(
+                &x_shape,
+                first(),
+                &[n, oh, ow, k],
+                conv_window(
+                    o.depthwise.kernel_size,
+                    o.depthwise.strides,
+                    o.depthwise.dilation_rate,
+                    |a, n, m| o.depthwise.geometry(a, n, m),
+                ),
+                c,
+                &params[0],
+                &dmid,
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(ddepth), Some(dpoint), Some(db)],
+            }
+        }
+        Op::Conv2DTranspose(o) => {
+            let dz = pre_grad(o.args.activation, grad, saved.pre.as_deref());
+            let map = transpose_map(o, &x_shape, &output.shape)?;
+            let [n, h, w, c] = hwc(&x_shape)?;
+            let rows = n * h * w;
+            let k = map.row_len();
+            let dpatches = map.gather(&dz);
+            let mut dx = vec![0.0f32; rows * c];
+            gemm(
+                (rows, c, k),
+                &dpatches,
+                (k, 1),
+                &params[0],
+                (c, 1),
+                &mut dx,
+                (c, 1),
+                false,
+            );
+            // Kernel `[k, in]`: patches^T x input.
+            let mut dk = vec![0.0f32; k * c];
+            gemm(
+                (k, c, rows),
+                &dpatches,
+                (1, k),
+                first(),
+                (c, 1),
+                &mut dk,
+                (c, 1),
+                false,
+            );
+            let mut db = vec![0.0f32; channels(&output.shape)];
+            add_column_sums(&dz, db.len(), &mut db);
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dk), Some(db)],
+            }
+        }
+        Op::Dense(o) => {
+            let dz = pre_grad(o.activation, grad, saved.pre.as_deref());
+            let units = o.units as usize;
+            let n_in = x_shape.last().copied().unwrap_or(0);
+            let rows = first().len() / n_in.max(1);
+            let mut dx = vec![0.0f32; rows * n_in];
+            gemm(
+                (rows, n_in, units),
+                &dz,
+                (units, 1),
+                &params[0],
+                (1, units),
+                &mut dx,
+                (n_in, 1),
+                false,
+            );
+            let mut dk = vec![0.0f32; n_in * units];
+            gemm(
+                (n_in, units, rows),
+                first(),
+                (1, n_in),
+                &dz,
+                (units, 1),
+                &mut dk,
+                (units, 1),
+                false,
+            );
+            let mut db = vec![0.0f32; units];
+            add_column_sums(&dz, units, &mut db);
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dk), Some(db)],
+            }
+        }
+        Op::MaxPooling2D(o) => {
+            let (windows, shape) = pool_windows(x, &output.shape, |a, n, m| o.geometry(a, n, m))?;
+            LayerGrads {
+                inputs: vec![pool_backward(
+                    first(),
+                    shape,
+                    &output.shape,
+                    windows,
+                    Pool::Max,
+                    &output_grad(grad),
+                )],
+                params: vec![],
+            }
+        }
+        Op::AveragePooling2D(o) => {
+            let (windows, shape) = pool_windows(x, &output.shape, |a, n, m| o.geometry(a, n, m))?;
+            LayerGrads {
+                inputs: vec![pool_backward(
+                    first(),
+                    shape,
+                    &output.shape,
+                    windows,
+                    Pool::Average,
+                    &output_grad(grad),
+                )],
+                params: vec![],
+            }
+        }
+        Op::UpSampling2D(o) => {
+            let dy = output_grad(grad);
+            let mut dx = vec![0.0f32; first().len()];
+            for_each_resize_tap(
+                o.size,
+                o.interpolation,
+                hwc(&x_shape)?,
+                &output.shape,
+                |src, dst, wt| dx[src] += wt * dy[dst],
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::Cropping2D(o) => {
+            let dy = output_grad(grad);
+            let mut dx = vec![0.0f32; first().len()];
+            window_copy(
+                hwc(&x_shape)?,
+                &output.shape,
+                [o.cropping[0], o.cropping[2]],
+                |s, d| dx[s] = dy[d],
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::ZeroPadding2D(o) => {
+            let dy = output_grad(grad);
+            let mut dx = vec![0.0f32; first().len()];
+            window_copy(
+                hwc(&x_shape)?,
+                &output.shape,
+                [-o.padding[0], -o.padding[2]],
+                |s, d| dx[s] = dy[d],
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::Concatenate(o) => LayerGrads {
+            inputs: concat_backward(inputs, &output.shape, o.axis, &output_grad(grad)),
+            params: vec![],
+        },
+        Op::Add(_) => merge_grads(inputs, output, MergeFn::Add, grad),
+        Op::Multiply(_) => merge_grads(inputs, output, MergeFn::Multiply, grad),
+        Op::Subtract(_) => merge_grads(inputs, output, MergeFn::Subtract, grad),
+        Op::Average(_) => merge_grads(inputs, output, MergeFn::Average, grad),
+        Op::Maximum(_) => merge_grads(inputs, output, MergeFn::Maximum, grad),
+        Op::Minimum(_) => merge_grads(inputs, output, MergeFn::Minimum, grad),
+        Op::TFOpLambda(o) => match o.computes() {
+            TfCompute::Merge(f) => merge_grads(inputs, output, f, grad),
+            TfCompute::Concat(axis) => LayerGrads {
+                inputs: concat_backward(inputs, &output.shape, axis, &output_grad(grad)),
+                params: vec![],
+            },
+            TfCompute::Activation(a) => LayerGrads {
+                inputs: vec![pre_grad(a, grad, Some(first()))],
+                params: vec![],
+            },
+        },
+        Op::Activation(o) => LayerGrads {
+            inputs: vec![pre_grad(o.activation, grad, Some(first()))],
+            params: vec![],
+        },
+        Op::Softmax(o) => {
+            let dx = match grad {
+                Grad::Logits(dz) => dz,
+                Grad::Output(dy) => softmax_axis_backward(&output.data, &dy, &output.shape, o.axis),
+            };
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::ReLU(o) => {
+            let dy = output_grad(grad);
+            let dx = first()
+                .iter()
+                .zip(&dy)
+                .map(|(&v, &g)| {
+                    g * relu_layer(
+                        v,
+                        o.max_value.map(|m| m as f32),
+                        o.negative_slope as f32,
+                        o.threshold as f32,
+                    )
+                    .1
+                })
+                .collect();
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::LeakyReLU(o) => {
+            let dy = output_grad(grad);
+            let a = o.alpha as f32;
+            LayerGrads {
+                inputs: vec![first()
+                    .iter()
+                    .zip(&dy)
+                    .map(|(&v, &g)| if v > 0.0 { g } else { a * g })
+                    .collect()],
+                params: vec![],
+            }
+        }
+        Op::ELU(o) => {
+            let dy = output_grad(grad);
+            let a = o.alpha as f32;
+            LayerGrads {
+                inputs: vec![first()
+                    .iter()
+                    .zip(&dy)
+                    .map(|(&v, &g)| if v > 0.0 { g } else { a * v.exp() * g })
+                    .collect()],
+                params: vec![],
+            }
+        }
+        Op::PReLU(_) => {
+            let dy = output_grad(grad);
+            let alpha = &params[0];
+            let len = alpha.len().max(1);
+            let mut dalpha = vec![0.0f32; alpha.len()];
+            let dx = first()
+                .iter()
+                .zip(&dy)
+                .enumerate()
+                .map(|(i, (&v, &g))| {
+                    if v > 0.0 {
+                        g
+                    } else {
+                        dalpha[i % len] += v.min(0.0) * g;
+                        alpha[i % len] * g
+                    }
+                })
+                .collect();
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dalpha)],
+            }
+        }
+        Op::Flatten(_) | Op::GaussianNoise(_) => LayerGrads {
+            inputs: vec![output_grad(grad)],
+            params: vec![],
+        },
+        Op::Dropout(_) | Op::SpatialDropout2D(_) | Op::GaussianDropout(_) => {
+            let dy = output_grad(grad);
+            let dx = match saved.aux.first() {
+                Some(mask) => dy.iter().zip(mask).map(|(g, m)| g * m).collect(),
+                None => dy,
+            };
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::GlobalAveragePooling2D(_) => {
+            let [_, h, w, c] = hwc(&x_shape)?;
+            let dy = output_grad(grad);
+            let dx = (0..first().len())
+                .map(|i| dy[i / (h * w * c) * c + i % c] / (h * w) as f32)
+                .collect();
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::GlobalMaxPooling2D(_) => {
+            let [_, h, w, c] = hwc(&x_shape)?;
+            let dy = output_grad(grad);
+            let mut dx = vec![0.0f32; first().len()];
+            let mut taken = vec![false; output.data.len()];
+            for (i, &v) in first().iter().enumerate() {
+                let o = i / (h * w * c) * c + i % c;
+                if !taken[o] && v == output.data[o] {
+                    taken[o] = true;
+                    dx[i] = dy[o];
+                }
+            }
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::BatchNormalization(_) => {
+            let dy = output_grad(grad);
+            let c = channels(&output.shape);
+            let (mean, inv) = (&saved.aux[0], &saved.aux[1]);
+            let gamma = &params[0];
+            let xhat = |i: usize, v: f32| (v - mean[i % c]) * inv[i % c];
+            let mut dgamma = vec![0.0f32; c];
+            let mut dbeta = vec![0.0f32; c];
+            for (i, (&v, &g)) in first().iter().zip(&dy).enumerate() {
+                dgamma[i % c] += g * xhat(i, v);
+                dbeta[i % c] += g;
+            }
+            let batch_stats = mode.training && mode.layer_trainable;
+            let dx = if batch_stats {
+                let count = (first().len() / c.max(1)) as f32;
+                first()
+                    .iter()
+                    .zip(&dy)
+                    .enumerate()
+                    .map(|(i, (&v, &g))| {
+                        let ch = i % c;
+                        gamma[ch] * inv[ch] / count
+                            * (count * g - dbeta[ch] - xhat(i, v) * dgamma[ch])
+                    })
+                    .collect()
+            } else {
+                dy.iter()
+                    .enumerate()
+                    .map(|(i, &g)| g * gamma[i % c] * inv[i % c])
+                    .collect()
+            };
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dgamma), Some(dbeta), None, None],
+            }
+        }
+        Op::GroupNormalization(_) | Op::LayerNormalization(_) => {
+            let layout = norm_layout(op, &output.shape)?;
+            let (dx, dgamma, dbeta) = normalize_backward(
+                layout,
+                &params[0],
+                first(),
+                &saved.aux[0],
+                &output_grad(grad),
+            );
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dgamma), Some(dbeta)],
+            }
+        }
+    })
+    .map(|mut g| {
+        // Layers without weight gradients still report one entry per slot.
+        if g.params.is_empty() {
+            g.params = none(params.len());
+        }
+        g
+    })
+}
+
+fn channels(shape: &[usize]) -> usize {
+    shape.last().copied().unwrap_or(1).max(1)
+}
+
+fn add_bias(z: &mut [f32], bias: &[f32]) {
+    if bias.is_empty() {
+        return;
+    }
+    for px in z.chunks_mut(bias.len()) {
+        for (v, b) in px.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// Applies a fused activation, keeping the pre-activation for backward when it is needed.
+fn finish_activation(
+    activation: ActivationFn,
+    z: Vec<f32>,
+    out_shape: &[usize],
+    saved: &mut Saved,
+) -> Vec<f32> {
+    if activation == ActivationFn::Linear {
+        return z;
+    }
+    let y = activations::apply(activation, &z, channels(out_shape));
+    saved.pre = Some(z);
+    y
+}
+
+/// A convolution's window per axis from its geometry rule.
+type ConvWindow<'a> = Box<dyn Fn(usize, usize, usize) -> WindowGeometry + 'a>;
+
+fn conv_window<'a>(
+    _kernel: [i64; 2],
+    _strides: [i64; 2],
+    _dilation: [i64; 2],
+    geometry: impl Fn(usize, usize, usize) -> WindowGeometry + 'a,
+) -> ConvWindow<'a> {
+    Box::new(geometry)
+}
+
+fn conv_map(
+    x_shape: &[usize],
+    out_shape: &[usize],
+    window: &ConvWindow,
+    channels: [usize; 2],
+) -> Result<PatchMap, Unsupported> {
+    let [n, h, w, c] = hwc(x_shape)?;
+    let [_, oh, ow, _] = hwc(out_shape)?;
+    let (rows, cols) = (window(0, h, oh), window(1, w, ow));
+    Ok(PatchMap {
+        batch: n,
+        grid: [oh, ow],
+        kernel: [rows.kernel, cols.kernel],
+        stride: [rows.stride, cols.stride],
+        dilation: [rows.dilation, cols.dilation],
+        offset: [rows.pad_before, cols.pad_before],
+        image: [h, w, c],
+        channels,
+    })
+}
+
+/// A grouped convolution (groups = 1 is a plain one; groups = channels with kernel
+/// `[kh, kw, c, dm]` is depthwise, whose layout is the grouped `[kh, kw, 1, c * dm]`).
+fn conv_forward(
+    x_shape: &[usize],
+    x: &[f32],
+    out_shape: &[usize],
+    window: ConvWindow,
+    groups: usize,
+    kernel: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>, Unsupported> {
+    let c = hwc(x_shape)?[3];
+    let f = channels(out_shape);
+    let (cg, fg) = (c / groups, f / groups);
+    let mut z = vec![0.0f32; out_shape.iter().product()];
+    for g in 0..groups {
+        let map = conv_map(x_shape, out_shape, &window, [g * cg, cg])?;
+        let patches = map.gather(x);
+        let (m, k) = (map.rows(), map.row_len());
+        gemm(
+            (m, fg, k),
+            &patches,
+            (k, 1),
+            &kernel[g * fg..],
+            (f, 1),
+            &mut z[g * fg..],
+            (f, 1),
+            false,
+        );
+    }
+    if let Some(b) = bias {
+        add_bias(&mut z, b);
+    }
+    Ok(z)
+}
+
+/// (input gradient, kernel gradient, bias gradient) of [`conv_forward`].
+#[allow(clippy::type_complexity)]
+fn conv_backward(
+    x_shape: &[usize],
+    x: &[f32],
+    out_shape: &[usize],
+    window: ConvWindow,
+    groups: usize,
+    kernel: &[f32],
+    dz: &[f32],
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), Unsupported> {
+    let c = hwc(x_shape)?[3];
+    let f = channels(out_shape);
+    let (cg, fg) = (c / groups, f / groups);
+    let mut dx = vec![0.0f32; x.len()];
+    let mut dk = vec![0.0f32; kernel.len()];
+    for g in 0..groups {
+        let map = conv_map(x_shape, out_shape, &window, [g * cg, cg])?;
+        let patches = map.gather(x);
+        let (m, k) = (map.rows(), map.row_len());
+        gemm(
+            (k, fg, m),
+            &patches,
+            (1, k),
+            &dz[g * fg..],
+            (f, 1),
+            &mut dk[g * fg..],
+            (f, 1),
+            false,
+        );
+        let mut dpatches = vec![0.0f32; m * k];
+        gemm(
+            (m, k, fg),
+            &dz[g * fg..],
+            (f, 1),
+            &kernel[g * fg..],
+            (1, f),
+            &mut dpatches,
+            (k, 1),
+            false,
+        );
+        map.scatter_add(&dpatches, &mut dx);
+    }
+    let mut db = vec![0.0f32; f];
+    add_column_sums(dz, f, &mut db);
+    Ok((dx, dk, db))
+}
+
+fn transpose_map(
+    op: &crate::ir::ops::Conv2DTranspose,
+    x_shape: &[usize],
+    out_shape: &[usize],
+) -> Result<PatchMap, Unsupported> {
+    let [n, h, w, _] = hwc(x_shape)?;
+    let [_, oh, ow, f] = hwc(out_shape)?;
+    if op.args.dilation_rate != [1, 1] {
+        return Err(Unsupported(
+            "Conv2DTranspose with dilation_rate other than 1 does not train yet".into(),
+        ));
+    }
+    let (rows, cols) = (op.geometry(0, h, oh), op.geometry(1, w, ow));
+    Ok(PatchMap {
+        batch: n,
+        grid: [h, w],
+        kernel: [rows.kernel, cols.kernel],
+        stride: [rows.stride, cols.stride],
+        dilation: [1, 1],
+        offset: [rows.crop_before, cols.crop_before],
+        image: [oh, ow, f],
+        channels: [0, f],
+    })
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Pool {
+    Max,
+    Average,
+}
+
+fn pool_windows(
+    x: Option<&Tensor>,
+    out_shape: &[usize],
+    geometry: impl Fn(usize, usize, usize) -> WindowGeometry,
+) -> Result<([WindowGeometry; 2], [usize; 4]), Unsupported> {
+    let shape = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+    let [_, oh, ow, _] = hwc(out_shape)?;
+    Ok((
+        [geometry(0, shape[1], oh), geometry(1, shape[2], ow)],
+        shape,
+    ))
+}
+
+/// For each output value, the input indices of its window that lie inside the input (padding
+/// is skipped: max pooling ignores it and TF's average divides by the values inside).
+fn for_each_window(
+    [n, h, w, c]: [usize; 4],
+    out_shape: &[usize],
+    [rows, cols]: [WindowGeometry; 2],
+    mut visit: impl FnMut(usize, &mut dyn Iterator<Item = usize>),
+) {
+    let (oh, ow) = (out_shape[1], out_shape[2]);
+    for item in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ch in 0..c {
+                    let o = ((item * oh + oy) * ow + ox) * c + ch;
+                    let y0 = (oy * rows.stride) as isize - rows.pad_before as isize;
+                    let x0 = (ox * cols.stride) as isize - cols.pad_before as isize;
+                    let mut taps = (0..rows.kernel).flat_map(move |a| {
+                        (0..cols.kernel).filter_map(move |b| {
+                            let (y, xx) = (y0 + a as isize, x0 + b as isize);
+                            (y >= 0 && y < h as isize && xx >= 0 && xx < w as isize)
+                                .then(|| ((item * h + y as usize) * w + xx as usize) * c + ch)
+                        })
+                    });
+                    visit(o, &mut taps);
+                }
+            }
+        }
+    }
+}
+
+fn pool_forward(
+    x: &[f32],
+    shape: [usize; 4],
+    out_shape: &[usize],
+    windows: [WindowGeometry; 2],
+    pool: Pool,
+) -> Vec<f32> {
+    let mut y = vec![0.0f32; out_shape.iter().product()];
+    for_each_window(shape, out_shape, windows, |o, taps| {
+        y[o] = match pool {
+            Pool::Max => taps.map(|i| x[i]).fold(f32::NEG_INFINITY, f32::max),
+            Pool::Average => {
+                let (sum, count) = taps.fold((0.0f32, 0usize), |(s, n), i| (s + x[i], n + 1));
+                sum / count.max(1) as f32
+            }
+        }
+    });
+    y
+}
+
+fn pool_backward(
+    x: &[f32],
+    shape: [usize; 4],
+    out_shape: &[usize],
+    windows: [WindowGeometry; 2],
+    pool: Pool,
+    dy: &[f32],
+) -> Vec<f32> {
+    let mut dx = vec![0.0f32; x.len()];
+    for_each_window(shape, out_shape, windows, |o, taps| match pool {
+        // The first largest value takes the gradient, as TF's MaxPoolGrad.
+        Pool::Max => {
+            let mut best: Option<usize> = None;
+            for i in taps {
+                if best.is_none_or(|b| x[i] > x[b]) {
+                    best = Some(i);
+                }
+            }
+            if let Some(b) = best {
+                dx[b] += dy[o];
+            }
+        }
+        Pool::Average => {
+            let taps: Vec<usize> = taps.collect();
+            let share = dy[o] / taps.len().max(1) as f32;
+            for i in taps {
+                dx[i] += share;
+            }
+        }
+    });
+    dx
+}
+
+/// Each (input index, output index, weight) of an up-sampling: nearest copies, bilinear as TF's
+/// resize with half-pixel centres.
+fn for_each_resize_tap(
+    size: [i64; 2],
+    interpolation: Interpolation,
+    [n, h, w, c]: [usize; 4],
+    out_shape: &[usize],
+    mut tap: impl FnMut(usize, usize, f32),
+) -> Result<(), Unsupported> {
+    let [_, oh, ow, _] = hwc(out_shape)?;
+    let (sh, sw) = (size[0].max(1) as usize, size[1].max(1) as usize);
+    // Per output coordinate: (low, high, fraction towards high).
+    let axis = |o: usize, scale: usize, len: usize| match interpolation {
+        Interpolation::Nearest => ((o / scale).min(len - 1), (o / scale).min(len - 1), 0.0f32),
+        Interpolation::Bilinear => {
+            let src = (o as f32 + 0.5) / scale as f32 - 0.5;
+            let floor = src.floor();
+            let lo = (floor.max(0.0) as usize).min(len - 1);
+            let hi = (src.ceil().max(0.0) as usize).min(len - 1);
+            (lo, hi, src - floor)
+        }
+    };
+    if h == 0 || w == 0 {
+        return Ok(());
+    }
+    for item in 0..n {
+        for oy in 0..oh {
+            let (y0, y1, dy) = axis(oy, sh, h);
+            for ox in 0..ow {
+                let (x0, x1, dx) = axis(ox, sw, w);
+                let out = ((item * oh + oy) * ow + ox) * c;
+                let corners = [
+                    (y0, x0, (1.0 - dy) * (1.0 - dx)),
+                    (y0, x1, (1.0 - dy) * dx),
+                    (y1, x0, dy * (1.0 - dx)),
+                    (y1, x1, dy * dx),
+                ];
+                for (yy, xx, wt) in corners {
+                    if wt == 0.0 {
+                        continue;
+                    }
+                    let src = ((item * h + yy) * w + xx) * c;
+                    for ch in 0..c {
+                        tap(src + ch, out + ch, wt);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies between an input and an output window of it: output pixel `(y, x)` is input pixel
+/// `(y + shift[0], x + shift[1])` (a crop shifts forward, a padding back); pixels outside the
+/// input are skipped. `copy(input index, output index)`.
+fn window_copy(
+    [n, h, w, c]: [usize; 4],
+    out_shape: &[usize],
+    shift: [i64; 2],
+    mut copy: impl FnMut(usize, usize),
+) -> Result<(), Unsupported> {
+    let [_, oh, ow, _] = hwc(out_shape)?;
+    for item in 0..n {
+        for oy in 0..oh {
+            let y = oy as i64 + shift[0];
+            if y < 0 || y >= h as i64 {
+                continue;
+            }
+            for ox in 0..ow {
+                let xx = ox as i64 + shift[1];
+                if xx < 0 || xx >= w as i64 {
+                    continue;
+                }
+                let src = ((item * h + y as usize) * w + xx as usize) * c;
+                let dst = ((item * oh + oy) * ow + ox) * c;
+                for ch in 0..c {
+                    copy(src + ch, dst + ch);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `[outer, len, inner]` of a shape around `axis` (Keras numbering, batch = 0, -1 = last).
+fn split_axis(shape: &[usize], axis: i64) -> (usize, usize, usize) {
+    let rank = shape.len() as i64;
+    let a = if axis < 0 { rank + axis } else { axis }.clamp(0, rank - 1) as usize;
+    (
+        shape[..a].iter().product(),
+        shape[a],
+        shape[a + 1..].iter().product(),
+    )
+}
+
+fn concat_forward(inputs: &[&Tensor], out_shape: &[usize], axis: i64) -> Vec<f32> {
+    let (outer, total, inner) = split_axis(out_shape, axis);
+    let mut y = vec![0.0f32; outer * total * inner];
+    let mut at = 0;
+    for t in inputs {
+        let (_, len, _) = split_axis(&t.shape, axis);
+        for o in 0..outer {
+            let src = &t.data[o * len * inner..(o + 1) * len * inner];
+            let dst = (o * total + at) * inner;
+            y[dst..dst + len * inner].copy_from_slice(src);
+        }
+        at += len;
+    }
+    y
+}
+
+fn concat_backward(
+    inputs: &[&Tensor],
+    out_shape: &[usize],
+    axis: i64,
+    dy: &[f32],
+) -> Vec<Vec<f32>> {
+    let (outer, total, inner) = split_axis(out_shape, axis);
+    let mut at = 0;
+    inputs
+        .iter()
+        .map(|t| {
+            let (_, len, _) = split_axis(&t.shape, axis);
+            let mut dx = vec![0.0f32; t.data.len()];
+            for o in 0..outer {
+                let src = (o * total + at) * inner;
+                dx[o * len * inner..(o + 1) * len * inner]
+                    .copy_from_slice(&dy[src..src + len * inner]);
+            }
+            at += len;
+            dx
+        })
+        .collect()
+}
+
+/// The index into `input` (broadcast against `out`, aligned at the last axis) of each output
+/// element.
+fn broadcast_index(input: &[usize], out: &[usize]) -> Vec<usize> {
+    let rank = out.len();
+    let missing = rank - input.len().min(rank);
+    let dims: Vec<usize> = (0..rank)
+        .map(|k| if k < missing { 1 } else { input[k - missing] })
+        .collect();
+    let mut strides = vec![0usize; rank];
+    let mut s = 1;
+    for k in (0..rank).rev() {
+        strides[k] = if dims[k] == 1 { 0 } else { s };
+        s *= dims[k];
+    }
+    let total: usize = out.iter().product();
+    (0..total)
+        .map(|mut flat| {
+            let mut idx = 0;
+            for k in (0..rank).rev() {
+                let i = flat % out[k].max(1);
+                flat /= out[k].max(1);
+                idx += i * strides[k];
+            }
+            idx
+        })
+        .collect()
+}
+
+fn merge_forward(inputs: &[&Tensor], out_shape: &[usize], f: MergeFn) -> Vec<f32> {
+    let maps: Vec<Vec<usize>> = inputs
+        .iter()
+        .map(|t| broadcast_index(&t.shape, out_shape))
+        .collect();
+    let total: usize = out_shape.iter().product();
+    (0..total)
+        .map(|o| {
+            let value = |k: usize| inputs[k].data[maps[k][o]];
+            let mut acc = value(0);
+            for k in 1..inputs.len() {
+                let v = value(k);
+                acc = match f {
+                    MergeFn::Add | MergeFn::Average => acc + v,
+                    MergeFn::Multiply => acc * v,
+                    MergeFn::Subtract => acc - v,
+                    MergeFn::Maximum => acc.max(v),
+                    MergeFn::Minimum => acc.min(v),
+                };
+            }
+            if f == MergeFn::Average {
+                acc / inputs.len() as f32
+            } else {
+                acc
+            }
+        })
+        .collect()
+}
+
+fn merge_grads(inputs: &[&Tensor], _output: &Tensor, f: MergeFn, grad: Grad) -> LayerGrads {
+    let dy = match grad {
+        Grad::Output(dy) | Grad::Logits(dy) => dy,
+    };
+    let out_shape = &_output.shape;
+    let maps: Vec<Vec<usize>> = inputs
+        .iter()
+        .map(|t| broadcast_index(&t.shape, out_shape))
+        .collect();
+    let mut dxs: Vec<Vec<f32>> = inputs.iter().map(|t| vec![0.0f32; t.data.len()]).collect();
+    let n = inputs.len();
+    for (o, &g) in dy.iter().enumerate() {
+        let value = |k: usize| inputs[k].data[maps[k][o]];
+        match f {
+            MergeFn::Add => (0..n).for_each(|k| dxs[k][maps[k][o]] += g),
+            MergeFn::Average => (0..n).for_each(|k| dxs[k][maps[k][o]] += g / n as f32),
+            MergeFn::Subtract => {
+                dxs[0][maps[0][o]] += g;
+                dxs[1][maps[1][o]] -= g;
+            }
+            MergeFn::Multiply => {
+                for k in 0..n {
+                    let others: f32 = (0..n).filter(|&j| j != k).map(value).product();
+                    dxs[k][maps[k][o]] += g * others;
+                }
+            }
+            // Pairwise in order, as Keras folds them; TF's gradient of maximum(x, y) goes to x
+            // where x >= y (minimum: x <= y).
+            MergeFn::Maximum | MergeFn::Minimum => {
+                let mut owner = 0;
+                let mut best = value(0);
+                for k in 1..n {
+                    let v = value(k);
+                    let keep = if f == MergeFn::Maximum {
+                        best >= v
+                    } else {
+                        best <= v
+                    };
+                    if !keep {
+                        owner = k;
+                        best = v;
+                    }
+                }
+                dxs[owner][maps[owner][o]] += g;
+            }
+        }
+    }
+    LayerGrads {
+        inputs: dxs,
+        params: vec![],
+    }
+}
+
+fn softmax_axis(x: &[f32], shape: &[usize], axis: i64) -> Vec<f32> {
+    let (outer, len, inner) = split_axis(shape, axis);
+    let mut y = x.to_vec();
+    for o in 0..outer {
+        for i in 0..inner {
+            let idx = |k: usize| (o * len + k) * inner + i;
+            let max = (0..len)
+                .map(|k| x[idx(k)])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = (0..len).map(|k| (x[idx(k)] - max).exp()).sum();
+            for k in 0..len {
+                y[idx(k)] = (x[idx(k)] - max).exp() / sum;
+            }
+        }
+    }
+    y
+}
+
+fn softmax_axis_backward(y: &[f32], dy: &[f32], shape: &[usize], axis: i64) -> Vec<f32> {
+    let (outer, len, inner) = split_axis(shape, axis);
+    let mut dx = vec![0.0f32; y.len()];
+    for o in 0..outer {
+        for i in 0..inner {
+            let idx = |k: usize| (o * len + k) * inner + i;
+            let dot: f32 = (0..len).map(|k| y[idx(k)] * dy[idx(k)]).sum();
+            for k in 0..len {
+                dx[idx(k)] = y[idx(k)] * (dy[idx(k)] - dot);
+            }
+        }
+    }
+    dx
+}
+
+/// Keras's ReLU layer: (value, derivative).
+fn relu_layer(v: f32, max: Option<f32>, slope: f32, threshold: f32) -> (f32, f32) {
+    if max.is_some_and(|m| v >= m) {
+        (max.unwrap_or(v), 0.0)
+    } else if v > threshold {
+        (v, 1.0)
+    } else if v == threshold {
+        (v, 0.0)
+    } else {
+        (slope * (v - threshold), slope)
+    }
+}
+
+/// Dropout-style masks: `units` = `Some((pixels, channels))` drops whole channels per item
+/// (SpatialDropout2D). Keeps the mask (already scaled by 1 / (1 - rate)) for backward.
+fn dropout(
+    x: &[f32],
+    rate: f64,
+    units: Option<(usize, usize)>,
+    mode: &mut Mode,
+    saved: &mut Saved,
+) -> Vec<f32> {
+    if !mode.training || rate <= 0.0 {
+        return x.to_vec();
+    }
+    let keep = 1.0 - rate;
+    let uniform = Uniform::new(0.0f64, 1.0).expect("a valid range");
+    let scale = if keep > 0.0 { (1.0 / keep) as f32 } else { 0.0 };
+    let mask: Vec<f32> = match units {
+        None => (0..x.len())
+            .map(|_| {
+                if uniform.sample(mode.rng) < keep {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
+        Some((pixels, c)) => {
+            let items = x.len() / (pixels * c).max(1);
+            let per_channel: Vec<f32> = (0..items * c)
+                .map(|_| {
+                    if uniform.sample(mode.rng) < keep {
+                        scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            (0..x.len())
+                .map(|i| per_channel[i / (pixels * c) * c + i % c])
+                .collect()
+        }
+    };
+    let y = x.iter().zip(&mask).map(|(v, m)| v * m).collect();
+    saved.aux.push(mask);
+    y
+}
+
+fn channel_moments(x: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
+    let count = (x.len() / c.max(1)).max(1) as f64;
+    let mut mean = vec![0.0f64; c];
+    for (i, &v) in x.iter().enumerate() {
+        mean[i % c] += v as f64;
+    }
+    mean.iter_mut().for_each(|m| *m /= count);
+    let mut var = vec![0.0f64; c];
+    for (i, &v) in x.iter().enumerate() {
+        let d = v as f64 - mean[i % c];
+        var[i % c] += d * d;
+    }
+    (
+        mean.iter().map(|&m| m as f32).collect(),
+        var.iter().map(|&v| (v / count) as f32).collect(),
+    )
+}
+
+fn norm_layout(op: &Op, shape: &[usize]) -> Result<NormLayout, Unsupported> {
+    let item: Vec<i64> = shape.iter().skip(1).map(|&d| d as i64).collect();
+    op.norm_layout(&item)
+        .ok_or_else(|| Unsupported("not a normalization layer".into()))
+}
+
+/// Group/layer normalization forward; the statistics (mean, 1/std per group) for backward.
+fn normalize_forward(
+    layout: NormLayout,
+    gamma: &[f32],
+    beta: &[f32],
+    x: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let mut y = vec![0.0f32; x.len()];
+    let mut stats = Vec::new();
+    for_each_norm_group(layout, x.len(), |values, affine| {
+        let count = values.len() as f32;
+        let mean = values.iter().map(|&i| x[i]).sum::<f32>() / count;
+        let var = values
+            .iter()
+            .map(|&i| (x[i] - mean) * (x[i] - mean))
+            .sum::<f32>()
+            / count;
+        let inv = 1.0 / (var + layout.epsilon).sqrt();
+        for (&i, &a) in values.iter().zip(affine) {
+            y[i] = (x[i] - mean) * inv * gamma[a] + beta[a];
+        }
+        stats.push(mean);
+        stats.push(inv);
+    });
+    (y, stats)
+}
+
+fn normalize_backward(
+    layout: NormLayout,
+    gamma: &[f32],
+    x: &[f32],
+    stats: &[f32],
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0.0f32; x.len()];
+    let mut dgamma = vec![0.0f32; gamma.len()];
+    let mut dbeta = vec![0.0f32; gamma.len()];
+    let mut group = 0;
+    for_each_norm_group(layout, x.len(), |values, affine| {
+        let (mean, inv) = (stats[2 * group], stats[2 * group + 1]);
+        group += 1;
+        let count = values.len() as f32;
+        let (mut sum_d, mut sum_dx) = (0.0f32, 0.0f32);
+        for (&i, &a) in values.iter().zip(affine) {
+            let xhat = (x[i] - mean) * inv;
+            let d = dy[i] * gamma[a];
+            sum_d += d;
+            sum_dx += d * xhat;
+            dgamma[a] += dy[i] * xhat;
+            dbeta[a] += dy[i];
+        }
+        for (&i, &a) in values.iter().zip(affine) {
+            let xhat = (x[i] - mean) * inv;
+            let d = dy[i] * gamma[a];
+            dx[i] = inv / count * (count * d - sum_d - xhat * sum_dx);
+        }
+    });
+    (dx, dgamma, dbeta)
+}
+
+/// Each normalization group: the flat indices of its values and their gamma/beta indices.
+fn for_each_norm_group(layout: NormLayout, len: usize, mut visit: impl FnMut(&[usize], &[usize])) {
+    let NormLayout {
+        outer,
+        span,
+        groups,
+        group_size,
+        affine_per_position,
+        ..
+    } = layout;
+    let chunk = span * groups * group_size;
+    let mut values = Vec::with_capacity(span * group_size);
+    let mut affine = Vec::with_capacity(span * group_size);
+    for base in (0..len).step_by(chunk.max(1)) {
+        let _ = outer;
+        for g in 0..groups {
+            values.clear();
+            affine.clear();
+            for p in 0..span {
+                for j in 0..group_size {
+                    let at = (p * groups + g) * group_size + j;
+                    values.push(base + at);
+                    let ap = if affine_per_position { p } else { 0 };
+                    affine.push((ap * groups + g) * group_size + j);
+                }
+            }
+            visit(&values, &affine);
+        }
+    }
+}

@@ -167,6 +167,9 @@ def cases():
         ("valid_unet_adam_bce_dice", valid_unet, lambda: opt.Adam(1e-2),
          ["--optimizer", "adam", "--learning-rate", "0.01"],
          bce_dice_loss, ["--loss", "bce_dice"], "binary", 2, 3),
+        ("valid_unet_rmsprop_focal", valid_unet, lambda: opt.RMSprop(1e-3),
+         ["--optimizer", "rmsprop", "--learning-rate", "0.001"],
+         "binary_focal_crossentropy", ["--loss", "focal"], "binary", 2, 3),
     ]
 
 

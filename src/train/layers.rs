@@ -234,24 +234,31 @@ pub fn forward(
         Op::Conv2DTranspose(o) => {
             let shape = x.map(|t| t.shape.as_slice()).unwrap_or(&[]);
             let map = transpose_map(o, shape, out_shape)?;
-            let [n, h, w, c] = hwc(shape)?;
-            let rows = n * h * w;
-            let k = map.row_len();
-            // Patches of the output: input pixels times the kernel, `[kh, kw, out, in]` read as
-            // a `[k, in]` matrix.
-            let mut patches = vec![0.0f32; rows * k];
-            gemm(
-                (rows, k, c),
-                first(),
-                (c, 1),
-                &params[0],
-                (1, c),
-                &mut patches,
-                (k, 1),
-                false,
-            );
+            let c = hwc(shape)?[3];
+            let f = channels(out_shape);
+            let taps = map.kernel[0] * map.kernel[1];
+            // Per output pixel, the input values whose taps reach it, times the kernel
+            // `[kh, kw, out, in]` with its last two axes swapped.
+            let swapped = swap_last_axes(&params[0], taps, (f, c), (0, f), (0, c));
+            let pixels = out_len / f.max(1);
+            let row_len = taps * c;
+            let tile = tile_rows(row_len, pixels);
+            let mut rows_buf = vec![0.0f32; tile * row_len];
             let mut z = vec![0.0f32; out_len];
-            map.scatter_add(&patches, &mut z);
+            for p0 in (0..pixels).step_by(tile) {
+                let n = tile.min(pixels - p0);
+                map.gather_reverse(first(), c, [0, c], p0, &mut rows_buf[..n * row_len]);
+                gemm(
+                    (n, f, row_len),
+                    &rows_buf,
+                    (row_len, 1),
+                    &swapped,
+                    (f, 1),
+                    &mut z[p0 * f..],
+                    (f, 1),
+                    false,
+                );
+            }
             add_bias(&mut z, &params[1]);
             finish_activation(o.args.activation, z, out_shape, &mut saved)
         }
@@ -618,30 +625,35 @@ pub fn backward(
             let [n, h, w, c] = hwc(&x_shape)?;
             let rows = n * h * w;
             let k = map.row_len();
-            let dpatches = map.gather(&dz);
+            // The kernel `[kh, kw, out, in]` is the `[k, in]` matrix of output patches.
             let mut dx = vec![0.0f32; rows * c];
-            gemm(
-                (rows, c, k),
-                &dpatches,
-                (k, 1),
-                &params[0],
-                (c, 1),
-                &mut dx,
-                (c, 1),
-                false,
-            );
-            // Kernel `[k, in]`: patches^T x input.
             let mut dk = vec![0.0f32; k * c];
-            gemm(
-                (k, c, rows),
-                &dpatches,
-                (1, k),
-                first(),
-                (c, 1),
-                &mut dk,
-                (c, 1),
-                false,
-            );
+            let tile = tile_rows(k, rows);
+            let mut patches = vec![0.0f32; tile * k];
+            for r0 in (0..rows).step_by(tile) {
+                let m = tile.min(rows - r0);
+                map.gather_rows(&dz, r0, &mut patches[..m * k]);
+                gemm(
+                    (m, c, k),
+                    &patches,
+                    (k, 1),
+                    &params[0],
+                    (c, 1),
+                    &mut dx[r0 * c..],
+                    (c, 1),
+                    false,
+                );
+                gemm(
+                    (k, c, m),
+                    &patches,
+                    (1, k),
+                    &first()[r0 * c..],
+                    (c, 1),
+                    &mut dk,
+                    (c, 1),
+                    true,
+                );
+            }
             let mut db = vec![0.0f32; channels(&output.shape)];
             add_column_sums(&dz, db.len(), &mut db);
             LayerGrads {
@@ -1022,6 +1034,35 @@ fn conv_map(
     })
 }
 
+/// Patch rows per product: a tile of at most this many floats (4 MiB) stays in cache between
+/// its gather and its product, and bounds the memory of a convolution's patches.
+const TILE_FLOATS: usize = 1 << 20;
+
+fn tile_rows(row_len: usize, rows: usize) -> usize {
+    (TILE_FLOATS / row_len.max(1)).clamp(1, rows.max(1))
+}
+
+/// `[(a, b, i), o]` from a kernel stored `[kh, kw, o_total, i_total]`-style: element
+/// `(tap, i, o)` read at `kernel[(tap * rows + r(i)) * cols + c(o)]`. Used to swap a kernel's
+/// last two axes (one group's block of them).
+fn swap_last_axes(
+    kernel: &[f32],
+    taps: usize,
+    (rows, cols): (usize, usize),
+    (row0, row_n): (usize, usize),
+    (col0, col_n): (usize, usize),
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; taps * col_n * row_n];
+    for t in 0..taps {
+        for i in 0..col_n {
+            for o in 0..row_n {
+                out[(t * col_n + i) * row_n + o] = kernel[(t * rows + row0 + o) * cols + col0 + i];
+            }
+        }
+    }
+    out
+}
+
 /// A grouped convolution (groups = 1 is a plain one; groups = channels with kernel
 /// `[kh, kw, c, dm]` is depthwise, whose layout is the grouped `[kh, kw, 1, c * dm]`).
 fn conv_forward(
@@ -1039,18 +1080,23 @@ fn conv_forward(
     let mut z = vec![0.0f32; out_shape.iter().product()];
     for g in 0..groups {
         let map = conv_map(x_shape, out_shape, &window, [g * cg, cg])?;
-        let patches = map.gather(x);
         let (m, k) = (map.rows(), map.row_len());
-        gemm(
-            (m, fg, k),
-            &patches,
-            (k, 1),
-            &kernel[g * fg..],
-            (f, 1),
-            &mut z[g * fg..],
-            (f, 1),
-            false,
-        );
+        let tile = tile_rows(k, m);
+        let mut patches = vec![0.0f32; tile * k];
+        for r0 in (0..m).step_by(tile) {
+            let rows = tile.min(m - r0);
+            map.gather_rows(x, r0, &mut patches[..rows * k]);
+            gemm(
+                (rows, fg, k),
+                &patches,
+                (k, 1),
+                &kernel[g * fg..],
+                (f, 1),
+                &mut z[r0 * f + g * fg..],
+                (f, 1),
+                false,
+            );
+        }
     }
     if let Some(b) = bias {
         add_bias(&mut z, b);
@@ -1076,30 +1122,46 @@ fn conv_backward(
     let mut dk = vec![0.0f32; kernel.len()];
     for g in 0..groups {
         let map = conv_map(x_shape, out_shape, &window, [g * cg, cg])?;
-        let patches = map.gather(x);
         let (m, k) = (map.rows(), map.row_len());
-        gemm(
-            (k, fg, m),
-            &patches,
-            (1, k),
-            &dz[g * fg..],
-            (f, 1),
-            &mut dk[g * fg..],
-            (f, 1),
-            false,
-        );
-        let mut dpatches = vec![0.0f32; m * k];
-        gemm(
-            (m, k, fg),
-            &dz[g * fg..],
-            (f, 1),
-            &kernel[g * fg..],
-            (1, f),
-            &mut dpatches,
-            (k, 1),
-            false,
-        );
-        map.scatter_add(&dpatches, &mut dx);
+        let taps = map.kernel[0] * map.kernel[1];
+        // Kernel gradient: patches^T x dz, tile by tile.
+        let tile = tile_rows(k, m);
+        let mut patches = vec![0.0f32; tile * k];
+        for r0 in (0..m).step_by(tile) {
+            let rows = tile.min(m - r0);
+            map.gather_rows(x, r0, &mut patches[..rows * k]);
+            gemm(
+                (k, fg, rows),
+                &patches,
+                (1, k),
+                &dz[r0 * f + g * fg..],
+                (f, 1),
+                &mut dk[g * fg..],
+                (f, 1),
+                true,
+            );
+        }
+        // Input gradient: per input pixel, the dz values of the outputs that read it, times
+        // the kernel with its last two axes swapped.
+        let swapped = swap_last_axes(kernel, taps, (cg, f), (0, cg), (g * fg, fg));
+        let pixels = x.len() / c.max(1);
+        let row_len = taps * fg;
+        let tile = tile_rows(row_len, pixels);
+        let mut rows_buf = vec![0.0f32; tile * row_len];
+        for p0 in (0..pixels).step_by(tile) {
+            let n = tile.min(pixels - p0);
+            map.gather_reverse(dz, f, [g * fg, fg], p0, &mut rows_buf[..n * row_len]);
+            gemm(
+                (n, cg, row_len),
+                &rows_buf,
+                (row_len, 1),
+                &swapped,
+                (cg, 1),
+                &mut dx[p0 * c + g * cg..],
+                (c, 1),
+                true,
+            );
+        }
     }
     let mut db = vec![0.0f32; f];
     add_column_sums(dz, f, &mut db);

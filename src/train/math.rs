@@ -7,6 +7,8 @@
 //! kernel; its input gradient scatters the patch gradient back. A transposed convolution is the
 //! same pair the other way round, with the output as the image and the input as the row grid.
 
+use rayon::prelude::*;
+
 /// `c = a x b` (or `c += a x b`), each operand a strided view: element `(i, j)` of `a` is
 /// `a[i * a_rs + j * a_cs]`, and so on. `m x k` times `k x n`.
 #[allow(clippy::too_many_arguments)]
@@ -101,51 +103,122 @@ impl PatchMap {
         self.kernel[0] * self.kernel[1] * self.channels[1]
     }
 
-    /// For each patch entry that lies inside the image: (entry index, image index).
-    fn for_each(&self, mut visit: impl FnMut(usize, usize)) {
+    /// Rows `first_row ..` of the patch matrix of `image` into `out` (whole rows of
+    /// [`PatchMap::row_len`]; zeros outside the image), in parallel over rows.
+    pub fn gather_rows(&self, image: &[f32], first_row: usize, out: &mut [f32]) {
         let [gh, gw] = self.grid;
         let [kh, kw] = self.kernel;
         let [h, w, c] = self.image;
         let [first, count] = self.channels;
-        let row_len = self.row_len();
-        for n in 0..self.batch {
-            for gy in 0..gh {
-                for gx in 0..gw {
-                    let row = ((n * gh + gy) * gw + gx) * row_len;
-                    for a in 0..kh {
-                        let y = (gy * self.stride[0] + a * self.dilation[0]) as isize
-                            - self.offset[0] as isize;
-                        if y < 0 || y >= h as isize {
-                            continue;
-                        }
-                        for b in 0..kw {
-                            let x = (gx * self.stride[1] + b * self.dilation[1]) as isize
-                                - self.offset[1] as isize;
-                            if x < 0 || x >= w as isize {
-                                continue;
-                            }
+        let row_len = self.row_len().max(1);
+        out.par_chunks_mut(row_len)
+            .enumerate()
+            .for_each(|(i, patch)| {
+                let r = first_row + i;
+                let (n, gy, gx) = (r / (gh * gw), r / gw % gh, r % gw);
+                for a in 0..kh {
+                    let y = (gy * self.stride[0] + a * self.dilation[0]) as isize
+                        - self.offset[0] as isize;
+                    for b in 0..kw {
+                        let x = (gx * self.stride[1] + b * self.dilation[1]) as isize
+                            - self.offset[1] as isize;
+                        let entry = &mut patch[(a * kw + b) * count..(a * kw + b + 1) * count];
+                        if y < 0 || y >= h as isize || x < 0 || x >= w as isize {
+                            entry.fill(0.0);
+                        } else {
                             let pixel = ((n * h + y as usize) * w + x as usize) * c + first;
-                            let entry = row + (a * kw + b) * count;
-                            for ch in 0..count {
-                                visit(entry + ch, pixel + ch);
-                            }
+                            entry.copy_from_slice(&image[pixel..pixel + count]);
                         }
                     }
                 }
-            }
-        }
+            });
     }
 
     /// The patch matrix of `image` (`[rows, row_len]`, zeros outside the image).
     pub fn gather(&self, image: &[f32]) -> Vec<f32> {
         let mut patches = vec![0.0f32; self.rows() * self.row_len()];
-        self.for_each(|entry, pixel| patches[entry] = image[pixel]);
+        self.gather_rows(image, 0, &mut patches);
         patches
     }
 
-    /// Adds each patch entry into the image pixel it reads.
+    /// The other direction: for image pixels `first_pixel ..` (whole rows of
+    /// `kh * kw * count` in `out`), entry `(a, b, ch)` is channel `first + ch` of the grid
+    /// value (`grid`, `grid_c` channels per position) whose tap `(a, b)` reads that pixel, or 0
+    /// where none does. Multiplying these rows by the kernel with its last two axes swapped
+    /// scatters a patch gradient (or a transposed convolution) without write conflicts.
+    pub fn gather_reverse(
+        &self,
+        grid: &[f32],
+        grid_c: usize,
+        [first, count]: [usize; 2],
+        first_pixel: usize,
+        out: &mut [f32],
+    ) {
+        let [gh, gw] = self.grid;
+        let [kh, kw] = self.kernel;
+        let [h, w, _] = self.image;
+        let row_len = (kh * kw * count).max(1);
+        let source = |p, tap, axis, len| self.source(p, tap, axis, len);
+        out.par_chunks_mut(row_len)
+            .enumerate()
+            .for_each(|(i, row)| {
+                let q = first_pixel + i;
+                let (n, y, x) = (q / (h * w), q / w % h, q % w);
+                for a in 0..kh {
+                    let gy = source(y, a, 0, gh);
+                    for b in 0..kw {
+                        let entry = &mut row[(a * kw + b) * count..(a * kw + b + 1) * count];
+                        match (gy, source(x, b, 1, gw)) {
+                            (Some(gy), Some(gx)) => {
+                                let at = ((n * gh + gy) * gw + gx) * grid_c + first;
+                                entry.copy_from_slice(&grid[at..at + count]);
+                            }
+                            _ => entry.fill(0.0),
+                        }
+                    }
+                }
+            });
+    }
+
+    /// Adds each patch entry into the image pixel it reads (the transpose of
+    /// [`PatchMap::gather`]), in parallel over image pixels: each pixel sums the entries of the
+    /// grid positions whose taps read it.
     pub fn scatter_add(&self, patches: &[f32], image: &mut [f32]) {
-        self.for_each(|entry, pixel| image[pixel] += patches[entry]);
+        let [gh, gw] = self.grid;
+        let [kh, kw] = self.kernel;
+        let [h, w, c] = self.image;
+        let [first, count] = self.channels;
+        let row_len = self.row_len();
+        image
+            .par_chunks_mut(c.max(1))
+            .enumerate()
+            .for_each(|(q, pixel)| {
+                let (n, y, x) = (q / (h * w), q / w % h, q % w);
+                for a in 0..kh {
+                    let Some(gy) = self.source(y, a, 0, gh) else {
+                        continue;
+                    };
+                    for b in 0..kw {
+                        let Some(gx) = self.source(x, b, 1, gw) else {
+                            continue;
+                        };
+                        let at = ((n * gh + gy) * gw + gx) * row_len + (a * kw + b) * count;
+                        for (v, add) in pixel[first..first + count]
+                            .iter_mut()
+                            .zip(&patches[at..at + count])
+                        {
+                            *v += add;
+                        }
+                    }
+                }
+            });
+    }
+
+    /// The grid position whose tap `tap` reads image coordinate `p` along `axis`.
+    fn source(&self, p: usize, tap: usize, axis: usize, len: usize) -> Option<usize> {
+        let t = (p + self.offset[axis]) as isize - (tap * self.dilation[axis]) as isize;
+        let s = self.stride[axis] as isize;
+        (t >= 0 && t % s == 0 && ((t / s) as usize) < len).then_some((t / s) as usize)
     }
 }
 

@@ -31,6 +31,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (train's options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Infer every shape, report mistakes, and print the model summary as Keras would.
@@ -304,12 +306,53 @@ enum Command {
         /// Initial weights (safetensors); without it the spec's initializers draw them (--seed).
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// A folder of images and masks paired by file name (images/ and masks/, or image/ and
+        /// label/, ...): PNG or TIFF, masks as class indices or 0/255.
+        #[arg(long, conflicts_with_all = ["inputs", "targets"], required_unless_present = "inputs")]
+        data: Option<PathBuf>,
         /// Training inputs: NHWC float32 .npy.
-        #[arg(long)]
-        inputs: PathBuf,
+        #[arg(long, requires = "targets")]
+        inputs: Option<PathBuf>,
         /// Training targets: like the output (NHWC), or NHW class indices for the sparse loss.
+        #[arg(long, requires = "inputs")]
+        targets: Option<PathBuf>,
+        /// A validation folder (as --data); Dice, IoU and the loss are reported each epoch.
+        #[arg(long, conflicts_with = "val_split")]
+        val: Option<PathBuf>,
+        /// Hold out this fraction of the training samples for validation (seeded).
         #[arg(long)]
-        targets: PathBuf,
+        val_split: Option<f64>,
+        /// Augmentations for folder data: any of flip,rot90,shift,scale,intensity,elastic, or
+        /// all / none [default: all for --data, none for arrays].
+        #[arg(long, conflicts_with = "no_augment")]
+        augment: Option<String>,
+        /// `constant`, `step` (x --lr-gamma every --lr-step-epochs) or `cosine` (to --lr-min).
+        #[arg(long, default_value = "constant")]
+        lr_schedule: String,
+        /// Epochs between steps of the `step` schedule.
+        #[arg(long, default_value_t = 10)]
+        lr_step_epochs: u64,
+        /// Factor of the `step` schedule.
+        #[arg(long, default_value_t = 0.1)]
+        lr_gamma: f64,
+        /// Final learning rate of the `cosine` schedule.
+        #[arg(long, default_value_t = 0.0)]
+        lr_min: f64,
+        /// The validation figure for --patience and --save-best: val_loss or val_dice.
+        #[arg(long, default_value = "val_loss")]
+        monitor: String,
+        /// Stop after this many epochs without improvement of --monitor.
+        #[arg(long)]
+        patience: Option<u64>,
+        /// Write a checkpoint (weights, optimizer state, progress) here after every epoch.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Continue from a checkpoint written by --checkpoint (same spec and optimizer).
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Write the weights of the best epoch (by --monitor) here.
+        #[arg(long)]
+        save_best: Option<PathBuf>,
         /// adam, adamw, sgd or rmsprop, with Keras's defaults.
         #[arg(long, default_value = "adam")]
         optimizer: String,
@@ -338,9 +381,10 @@ enum Command {
         #[arg(long)]
         weight_decay: Option<f64>,
         /// categorical_crossentropy, sparse_categorical_crossentropy, binary_crossentropy, mse,
-        /// dice, bce_dice or focal.
+        /// dice, bce_dice or focal [default: binary_crossentropy for a one-channel output,
+        /// categorical_crossentropy otherwise].
         #[arg(long)]
-        loss: String,
+        loss: Option<String>,
         /// The model's output is logits (Keras's `from_logits=True`).
         #[arg(long)]
         from_logits: bool,
@@ -356,7 +400,7 @@ enum Command {
         /// Keep the samples in order (Keras's `shuffle=False`).
         #[arg(long)]
         no_shuffle: bool,
-        /// No augmentation (arrays are never augmented; accepted for the folder form to come).
+        /// No augmentation (the same as --augment none).
         #[arg(long)]
         no_augment: bool,
         /// Seed of the initial weights, the shuffling and dropout.
@@ -365,7 +409,8 @@ enum Command {
         /// Where to write the final weights (safetensors).
         #[arg(short = 'o', long)]
         output: PathBuf,
-        /// Write each step's loss as JSON: {"steps": [{"step": 1, "epoch": 1, "loss": ...}]}.
+        /// Write the log: JSON {"steps": [{"step": 1, "epoch": 1, "loss": ...}], "epochs": [...]},
+        /// or one CSV row per epoch if the name ends in .csv.
         #[arg(long)]
         log: Option<PathBuf>,
         /// Replace existing output files.
@@ -728,8 +773,21 @@ fn main() -> ExitCode {
         Command::Train {
             spec,
             weights,
+            data,
             inputs,
             targets,
+            val,
+            val_split,
+            augment,
+            lr_schedule,
+            lr_step_epochs,
+            lr_gamma,
+            lr_min,
+            monitor,
+            patience,
+            checkpoint,
+            resume,
+            save_best,
             optimizer,
             learning_rate,
             beta_1,
@@ -745,7 +803,7 @@ fn main() -> ExitCode {
             steps,
             epochs,
             no_shuffle,
-            no_augment: _,
+            no_augment,
             seed,
             output,
             log,
@@ -766,19 +824,42 @@ fn main() -> ExitCode {
                 optimizer: &optimizer,
                 args,
                 learning_rate,
-                loss: &loss,
+                loss: loss.as_deref(),
                 from_logits,
                 seed,
-                fit: unetc::train::fit::FitOptions {
-                    inputs,
-                    targets,
-                    batch_size: batch_size as usize,
-                    length: match (steps, epochs) {
-                        (Some(s), _) => unetc::train::fit::Length::Steps(s),
-                        (None, e) => unetc::train::fit::Length::Epochs(e.unwrap_or(1)),
-                    },
-                    shuffle: !no_shuffle,
+                source: match (data, inputs, targets) {
+                    (Some(dir), _, _) => unetc::train::fit::Source::Folder(dir),
+                    (None, Some(inputs), Some(targets)) => {
+                        unetc::train::fit::Source::Arrays { inputs, targets }
+                    }
+                    // clap requires --data or both --inputs and --targets.
+                    (None, _, _) => unreachable!("clap requires --data or --inputs/--targets"),
                 },
+                validation: match (val, val_split) {
+                    (Some(dir), _) => unetc::train::fit::Validation::Folder(dir),
+                    (None, Some(f)) => unetc::train::fit::Validation::Split(f),
+                    (None, None) => unetc::train::fit::Validation::None,
+                },
+                augment: if no_augment {
+                    Some("none".to_string())
+                } else {
+                    augment
+                },
+                lr_schedule: &lr_schedule,
+                lr_step_epochs,
+                lr_gamma,
+                lr_min,
+                monitor: &monitor,
+                patience,
+                checkpoint,
+                resume,
+                save_best,
+                batch_size: batch_size as usize,
+                length: match (steps, epochs) {
+                    (Some(s), _) => unetc::train::fit::Length::Steps(s),
+                    (None, e) => unetc::train::fit::Length::Epochs(e.unwrap_or(1)),
+                },
+                shuffle: !no_shuffle,
                 output: &output,
                 log: log.as_deref(),
                 force,
@@ -810,10 +891,24 @@ struct TrainRequest<'a> {
     optimizer: &'a str,
     args: unetc::train::optimizer::OptimizerArgs,
     learning_rate: Option<f64>,
-    loss: &'a str,
+    loss: Option<&'a str>,
     from_logits: bool,
     seed: u64,
-    fit: unetc::train::fit::FitOptions,
+    source: unetc::train::fit::Source,
+    validation: unetc::train::fit::Validation,
+    augment: Option<String>,
+    lr_schedule: &'a str,
+    lr_step_epochs: u64,
+    lr_gamma: f64,
+    lr_min: f64,
+    monitor: &'a str,
+    patience: Option<u64>,
+    checkpoint: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    save_best: Option<PathBuf>,
+    batch_size: usize,
+    length: unetc::train::fit::Length,
+    shuffle: bool,
     output: &'a std::path::Path,
     log: Option<&'a std::path::Path>,
     force: bool,
@@ -822,13 +917,15 @@ struct TrainRequest<'a> {
 fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
     use unetc::runner::RunError;
     use unetc::train::{fit, loss::Loss, optimizer::Optimizer, TrainConfig};
-    let loss = Loss::parse(r.loss).ok_or_else(|| {
-        RunError::Usage(format!(
-            "unknown loss `{}`: use one of {}",
-            r.loss,
-            Loss::NAMES.join(", ")
-        ))
-    })?;
+    let loss = match r.loss {
+        Some(name) => Some(Loss::parse(name).ok_or_else(|| {
+            RunError::Usage(format!(
+                "unknown loss `{name}`: use one of {}",
+                Loss::NAMES.join(", ")
+            ))
+        })?),
+        None => None,
+    };
     let (optimizer, weight_decay) =
         Optimizer::new(r.optimizer, &r.args).map_err(RunError::Usage)?;
     // Keras's defaults: SGD 0.01, the others 0.001.
@@ -851,6 +948,20 @@ fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
         }
     }
     let c = unetc::runner::compile_checked(r.spec, None)?;
+    // Without --loss: Keras's usual pairing for the output's channels.
+    let loss = loss.unwrap_or_else(|| {
+        let channels = c
+            .graph
+            .outputs
+            .first()
+            .and_then(|o| c.info.layers[o.index()].shape.as_ref())
+            .and_then(|s| s.last().copied());
+        if channels == Some(1) {
+            Loss::BinaryCrossentropy
+        } else {
+            Loss::CategoricalCrossentropy
+        }
+    });
     let initial = match r.weights {
         Some(p) => unetc::io::load_weights(p, &unetc::runner::expected_weights(&c))
             .map_err(RunError::Io)?,
@@ -864,8 +975,76 @@ fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
         from_logits: r.from_logits,
         seed: r.seed,
     };
+    let folder = matches!(r.source, fit::Source::Folder(_));
+    let augment = match r.augment.as_deref() {
+        Some(list) => unetc::train::augment::Augment::parse(list).map_err(RunError::Usage)?,
+        None if folder => unetc::train::augment::Augment::standard(),
+        None => unetc::train::augment::Augment::none(),
+    };
+    if !folder && !augment.is_none() {
+        return Err(RunError::Usage(
+            "--augment applies to image folders (--data); arrays are used as they are".into(),
+        ));
+    }
+    let schedule = match r.lr_schedule {
+        "constant" => fit::Schedule::Constant,
+        "step" if r.lr_step_epochs > 0 && r.lr_gamma > 0.0 => fit::Schedule::Step {
+            every: r.lr_step_epochs,
+            gamma: r.lr_gamma as f32,
+        },
+        "step" => {
+            return Err(RunError::Usage(
+                "--lr-step-epochs and --lr-gamma must be positive".into(),
+            ))
+        }
+        "cosine" if r.lr_min >= 0.0 && r.lr_min <= learning_rate => fit::Schedule::Cosine {
+            min: r.lr_min as f32,
+        },
+        "cosine" => {
+            return Err(RunError::Usage(
+                "--lr-min must be between 0 and the learning rate".into(),
+            ))
+        }
+        other => {
+            return Err(RunError::Usage(format!(
+                "unknown --lr-schedule `{other}`: use constant, step or cosine"
+            )))
+        }
+    };
+    let monitor = match r.monitor {
+        "val_loss" => fit::Monitor::ValLoss,
+        "val_dice" => fit::Monitor::ValDice,
+        other => {
+            return Err(RunError::Usage(format!(
+                "unknown --monitor `{other}`: use val_loss or val_dice"
+            )))
+        }
+    };
+    let has_validation = !matches!(r.validation, fit::Validation::None);
+    if !has_validation && (r.patience.is_some() || r.save_best.is_some()) {
+        return Err(RunError::Usage(
+            "--patience and --save-best watch a validation figure: give --val or --val-split"
+                .into(),
+        ));
+    }
+    let opts = fit::FitOptions {
+        source: r.source,
+        validation: r.validation,
+        batch_size: r.batch_size,
+        length: r.length,
+        shuffle: r.shuffle,
+        augment,
+        schedule,
+        monitor,
+        patience: r.patience,
+        checkpoint: r.checkpoint,
+        resume: r.resume,
+        best: r.save_best,
+        force: r.force,
+    };
     let bar = indicatif::ProgressBar::new(0);
-    if !std::io::stderr().is_terminal() {
+    let terminal = std::io::stderr().is_terminal();
+    if !terminal {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_style(
@@ -874,20 +1053,48 @@ fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let (weights, log) = fit::fit(&c, &initial, config, &r.fit, &mut |s, total| {
-        bar.set_length(total);
-        bar.set_position(s.step);
-        bar.set_message(format!("epoch {} loss {:.6}", s.epoch, s.loss));
+    let result = fit::fit(&c, &initial, config, &opts, &mut |event| match event {
+        fit::Event::Step { log, total } => {
+            bar.set_length(total);
+            bar.set_position(log.step);
+            bar.set_message(format!("epoch {} loss {:.6}", log.epoch, log.loss));
+        }
+        fit::Event::Epoch(e) => {
+            let mut line = format!(
+                "epoch {}: loss {:.6} lr {:.3e}",
+                e.epoch, e.loss, e.learning_rate
+            );
+            if let Some(v) = &e.val {
+                let per_class = |xs: &[f64]| {
+                    xs.iter()
+                        .map(|d| format!("{d:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                line += &format!(
+                    "; val_loss {:.6} val_dice {:.4} [{}] val_iou {:.4} [{}]",
+                    v.loss,
+                    v.mean_dice(),
+                    per_class(&v.dice),
+                    v.mean_iou(),
+                    per_class(&v.iou)
+                );
+            }
+            bar.suspend(|| eprintln!("{line}"));
+        }
+        fit::Event::Stopped { epoch, best } => bar.suspend(|| {
+            eprintln!("early stopping after epoch {epoch}: no improvement of the best {best:.6}")
+        }),
     })?;
     bar.finish_and_clear();
-    fit::write_results(&weights, r.output, &log, r.log, r.force)?;
-    if let Some(last) = log.last() {
+    fit::write_results(&result, r.output, r.log, r.force)?;
+    if let Some(last) = result.steps.last() {
         eprintln!(
             "trained {} step(s), {} epoch(s); last loss {:.6}; wrote {} tensors to {}",
             last.step,
             last.epoch,
             last.loss,
-            weights.len(),
+            result.weights.len(),
             r.output.display()
         );
     }

@@ -6,6 +6,9 @@
 //! as in tf.keras 2.
 
 pub mod activations;
+pub mod augment;
+pub mod checkpoint;
+pub mod data;
 pub mod fit;
 pub mod layers;
 pub mod loss;
@@ -70,6 +73,9 @@ pub enum TrainError {
     )]
     NotFinite { step: u64, value: f64 },
 }
+
+/// Finds saved optimizer state: (layer, variable, slot) -> values.
+pub type StateLookup<'a> = dyn Fn(&str, &str, usize) -> Option<Vec<f32>> + 'a;
 
 /// The gradients of one batch: per weight slot, and of the model's input.
 pub struct Gradients {
@@ -139,6 +145,150 @@ impl<'c> Trainer<'c> {
         })
     }
 
+    /// Every layer's output (and what its backward needs), in training or inference mode.
+    #[allow(clippy::type_complexity)]
+    fn forward(
+        &mut self,
+        x: &Tensor,
+        training: bool,
+    ) -> Result<(HashMap<NodeId, Tensor>, HashMap<NodeId, Saved>), TrainError> {
+        let batch = x.shape[0];
+        let mut outputs: HashMap<NodeId, Tensor> = HashMap::new();
+        let mut saved: HashMap<NodeId, Saved> = HashMap::new();
+        for &id in &self.c.info.schedule {
+            let node = self.c.graph.node(id);
+            let out_shape = self.shape(id, batch);
+            let result = {
+                let inputs: Vec<&Tensor> = if matches!(node.op, Op::Input(_)) {
+                    vec![x]
+                } else {
+                    node.inputs.iter().map(|i| &outputs[i]).collect()
+                };
+                let params = self.params.entry(id).or_default();
+                let mut mode = Mode {
+                    training,
+                    layer_trainable: node.trainable,
+                    rng: &mut self.rng,
+                };
+                layers::forward(&node.op, &inputs, &out_shape, params, &mut mode)
+            };
+            let (out, s) = result.map_err(|e| self.layer_error(id, e.0))?;
+            outputs.insert(id, out);
+            if training {
+                saved.insert(id, s);
+            }
+        }
+        Ok((outputs, saved))
+    }
+
+    /// The model's output in inference mode (Keras's `predict`: moving statistics, no dropout).
+    pub fn predict(&mut self, x: &Tensor) -> Result<Tensor, TrainError> {
+        let (mut outputs, _) = self.forward(x, false)?;
+        Ok(outputs
+            .remove(&self.output)
+            .unwrap_or_else(|| Tensor::zeros(&[0])))
+    }
+
+    /// The learning rate of the next updates (a schedule sets it before each step).
+    pub fn set_learning_rate(&mut self, lr: f32) {
+        self.config.learning_rate = lr;
+    }
+
+    /// A fresh stream of dropout and noise draws (each epoch starts one, so that a resumed
+    /// run draws what an uninterrupted one would).
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = crate::io::seeded_rng(seed);
+    }
+
+    /// The optimizer's state: per trainable variable, `(layer, variable, slots)`.
+    pub fn optimizer_state(&self) -> Vec<(String, &'static str, &[Vec<f32>])> {
+        self.variables
+            .iter()
+            .map(|v| {
+                let node = self.c.graph.node(v.node);
+                (
+                    node.name.clone(),
+                    weight_slots(&node.op)[v.slot],
+                    v.state.as_slice(),
+                )
+            })
+            .collect()
+    }
+
+    /// Restores optimizer state saved by [`Trainer::optimizer_state`] and the update count.
+    pub fn restore_optimizer(
+        &mut self,
+        lookup: &StateLookup,
+        iterations: u64,
+    ) -> Result<(), String> {
+        for v in &mut self.variables {
+            let node = self.c.graph.node(v.node);
+            let var = weight_slots(&node.op)[v.slot];
+            for (k, slot) in v.state.iter_mut().enumerate() {
+                let values = lookup(&node.name, var, k)
+                    .ok_or_else(|| format!("no optimizer state {k} for {}/{var}", node.name))?;
+                if values.len() != slot.len() {
+                    return Err(format!(
+                        "optimizer state {k} of {}/{var} has the wrong size",
+                        node.name
+                    ));
+                }
+                *slot = values;
+            }
+        }
+        self.iterations = iterations;
+        Ok(())
+    }
+
+    /// The loss of a batch in inference mode, and the output (validation).
+    pub fn evaluate(
+        &mut self,
+        x: &Tensor,
+        targets: &BatchTargets,
+    ) -> Result<(f64, Tensor), TrainError> {
+        let (outputs, _) = self.forward(x, false)?;
+        let out_node = self.c.graph.node(self.output);
+        let output = &outputs[&self.output];
+        let c = output.shape.last().copied().unwrap_or(1);
+        // Inference keeps no pre-activations; the logits are the output layer's input for an
+        // activation layer, or recomputed from the output for a fused softmax/sigmoid.
+        let squash = layers::output_activation(&out_node.op);
+        let takes_logits = self.config.loss.takes_logits_of().is_some()
+            && squash == self.config.loss.takes_logits_of();
+        let recovered: Option<Vec<f32>> = takes_logits.then(|| match squash {
+            Some(crate::ir::ops::ActivationFn::Sigmoid) => output
+                .data
+                .iter()
+                .map(|&p| {
+                    let p = p.clamp(1e-7, 1.0 - 1e-7);
+                    (p / (1.0 - p)).ln()
+                })
+                .collect(),
+            // Softmax logits up to a constant per pixel: log p (the loss is invariant to it).
+            _ => output.data.iter().map(|&p| p.max(1e-30).ln()).collect(),
+        });
+        let pred = match (&recovered, self.config.from_logits) {
+            (Some(z), _) => Prediction::Logits {
+                logits: z,
+                output: &output.data,
+            },
+            (None, true) => Prediction::Logits {
+                logits: &output.data,
+                output: &output.data,
+            },
+            (None, false) => Prediction::Output(&output.data),
+        };
+        let (loss, _) = match targets {
+            BatchTargets::Dense(t) => {
+                loss::loss_and_grad(self.config.loss, pred, Targets::Dense(&t.data), c)
+            }
+            BatchTargets::Classes { classes, .. } => {
+                loss::loss_and_grad(self.config.loss, pred, Targets::Classes(classes), c)
+            }
+        };
+        Ok((loss, outputs[&self.output].clone()))
+    }
+
     fn shape(&self, id: NodeId, batch: usize) -> Vec<usize> {
         let mut s = vec![batch];
         s.extend(
@@ -175,32 +325,8 @@ impl<'c> Trainer<'c> {
         x: &Tensor,
         targets: &BatchTargets,
     ) -> Result<(f64, Gradients), TrainError> {
-        let batch = x.shape[0];
         let schedule = self.c.info.schedule.clone();
-        let mut outputs: HashMap<NodeId, Tensor> = HashMap::new();
-        let mut saved: HashMap<NodeId, Saved> = HashMap::new();
-        for &id in &schedule {
-            let node = self.c.graph.node(id);
-            let out_shape = self.shape(id, batch);
-            let result = {
-                let inputs: Vec<&Tensor> = if matches!(node.op, Op::Input(_)) {
-                    vec![x]
-                } else {
-                    node.inputs.iter().map(|i| &outputs[i]).collect()
-                };
-                let params = self.params.entry(id).or_default();
-                let mut mode = Mode {
-                    training: true,
-                    layer_trainable: node.trainable,
-                    rng: &mut self.rng,
-                };
-                layers::forward(&node.op, &inputs, &out_shape, params, &mut mode)
-            };
-            let (out, s) = result.map_err(|e| self.layer_error(id, e.0))?;
-            outputs.insert(id, out);
-            saved.insert(id, s);
-        }
-
+        let (outputs, saved) = self.forward(x, true)?;
         // The loss, from the logits where Keras takes them.
         let out_node = self.c.graph.node(self.output);
         let output = &outputs[&self.output];

@@ -500,40 +500,55 @@ pub fn fit(
                 base_lr * gamma.powi(((epoch - 1) / every.max(1)) as i32)
             }
         };
-        let mut sum = 0.0f64;
-        let mut count = 0u64;
-        for chunk in order.chunks(opts.batch_size) {
-            if trainer.iterations >= total {
-                break;
-            }
-            let step_lr = match opts.schedule {
-                Schedule::Cosine { min } => {
-                    let t = (trainer.iterations as f64 / total.max(1) as f64).min(1.0);
-                    let alpha = (min / base_lr) as f64;
-                    (base_lr as f64
-                        * ((1.0 - alpha) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()) + alpha))
-                        as f32
+        // Batches are cut and augmented on a second thread while the step computes (at most
+        // two waiting); leaving the loop early drops the receiver, which stops the producer.
+        let (train_ref, order_ref, augment, batch_size) =
+            (&train, &order, &opts.augment, opts.batch_size);
+        let (sum, count) = std::thread::scope(|scope| -> Result<(f64, u64), RunError> {
+            let (sender, batches) = std::sync::mpsc::sync_channel(2);
+            scope.spawn(move || {
+                for chunk in order_ref.chunks(batch_size) {
+                    let batch = train_ref.batch(
+                        chunk,
+                        loss,
+                        super::data::Cut::Random { seed, epoch },
+                        augment,
+                    );
+                    if sender.send(batch).is_err() {
+                        break;
+                    }
                 }
-                Schedule::Constant | Schedule::Step { .. } => lr,
-            };
-            trainer.set_learning_rate(step_lr);
-            let (x, y) = train.batch(
-                chunk,
-                loss,
-                super::data::Cut::Random { seed, epoch },
-                &opts.augment,
-            );
-            let value = trainer.step(&x, &y).map_err(|e| usage(e.to_string()))?;
-            let entry = StepLog {
-                step: trainer.iterations,
-                epoch,
-                loss: value,
-            };
-            on_event(Event::Step { log: &entry, total });
-            steps.push(entry);
-            sum += value;
-            count += 1;
-        }
+            });
+            let mut sum = 0.0f64;
+            let mut count = 0u64;
+            for (x, y) in batches {
+                if trainer.iterations >= total {
+                    break;
+                }
+                let step_lr = match opts.schedule {
+                    Schedule::Cosine { min } => {
+                        let t = (trainer.iterations as f64 / total.max(1) as f64).min(1.0);
+                        let alpha = (min / base_lr) as f64;
+                        (base_lr as f64
+                            * ((1.0 - alpha) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+                                + alpha)) as f32
+                    }
+                    Schedule::Constant | Schedule::Step { .. } => lr,
+                };
+                trainer.set_learning_rate(step_lr);
+                let value = trainer.step(&x, &y).map_err(|e| usage(e.to_string()))?;
+                let entry = StepLog {
+                    step: trainer.iterations,
+                    epoch,
+                    loss: value,
+                };
+                on_event(Event::Step { log: &entry, total });
+                steps.push(entry);
+                sum += value;
+                count += 1;
+            }
+            Ok((sum, count))
+        })?;
         let val_metrics = match &val {
             Some(v) => Some(validate(&mut trainer, v, opts.batch_size, loss)?),
             None => None,

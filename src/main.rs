@@ -1436,7 +1436,7 @@ fn read_spec(spec: &std::path::Path) -> Result<(String, unetc::Compiled, [usize;
     let size_error = |d: &unetc::diag::Diagnostic| {
         matches!(
             d.code,
-            "E-concat-shape" | "E-add-shape" | "E-size" | "E-crop"
+            "E-concat-shape" | "E-add-shape" | "E-size" | "E-crop" | "E-reshape"
         )
     };
     if c.diags.iter().any(|d| d.is_error() && !size_error(d)) {
@@ -1567,7 +1567,7 @@ fn size_hint(spec: &std::path::Path, c: &unetc::Compiled) {
     let size_problem = c.diags.iter().any(|d| {
         matches!(
             d.code,
-            "E-concat-shape" | "E-size" | "E-crop" | "W-pool-floor"
+            "E-concat-shape" | "E-size" | "E-crop" | "E-reshape" | "W-pool-floor"
         )
     });
     let Some(base) = c

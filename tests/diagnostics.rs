@@ -937,3 +937,94 @@ fn group_and_axis_errors_of_the_new_kinds() {
       │              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^ unsupported axis
     ");
 }
+
+/// A block body sees only its parameters: a model variable used there is a bare word, so a
+/// string; the error says so instead of leaving "not integers" unexplained.
+#[test]
+fn a_model_variable_used_inside_a_block_is_explained() {
+    let out = check(
+        "block.unet",
+        r#"model {
+  input 32x32x3
+  stack = 2
+  block convs(f) { for i in 0..stack { conv2d(f, 3) } }
+  convs(8)
+}"#,
+    );
+    insta::assert_snapshot!(out, @r#"
+    error[E-type]: a range needs integer bounds
+      ┌─ block.unet:4:29
+      │
+    4 │   block convs(f) { for i in 0..stack { conv2d(f, 3) } }
+      │                             ^^^^^^^^ not integers
+      │
+      = help: `stack` is no variable here, so it is the string "stack"; inside a block only the block's parameters are variables: pass outer values in (`block b(..., stack)`)
+    "#);
+}
+
+#[test]
+fn a_misspelt_variable_in_arithmetic_suggests_the_closest_one() {
+    let out = check(
+        "arith.unet",
+        r#"model {
+  input 32x32x3
+  depth = 4
+  n = dpeth - 1
+  conv2d(8, 3)
+}"#,
+    );
+    insta::assert_snapshot!(out, @r#"
+    error[E-type]: cannot compute a string - an integer
+      ┌─ arith.unet:4:7
+      │
+    4 │   n = dpeth - 1
+      │       ^^^^^^^^^ invalid arithmetic (or overflow, or division by zero)
+      │
+      = help: `dpeth` is no variable here, so it is the string "dpeth": did you mean `depth`?
+    "#);
+}
+
+#[test]
+fn reshape_and_permute_that_do_not_fit_their_input() {
+    let out = check(
+        "reshape.unet",
+        r#"model {
+  input 6x5x8
+  a = reshape((7, -1))
+  b = input_1 -> permute((1, 1, 3))
+  c = input_1 -> reshape((2, -1, -1))
+  output a, b, c
+}"#,
+    );
+    insta::assert_snapshot!(out, @r"
+    error[E-reshape]: Reshape `reshape`: `input_1` has 240 values, which do not make target_shape (7, -1)
+      ┌─ reshape.unet:3:7
+      │
+    2 │   input 6x5x8
+      │   ----------- `input_1` is (None, 6, 5, 8)
+    3 │   a = reshape((7, -1))
+      │       ^^^^^^^^^^^^^^^^ sizes differ
+      │
+      = help: the product of target_shape must equal the product of the input's shape (a -1 takes what is left)
+
+    error[E-arg-value]: Permute `permute`: dims (1, 1, 3) is no permutation of the axes 1..=3 of `input_1` (None, 6, 5, 8)
+      ┌─ reshape.unet:4:18
+      │
+    2 │   input 6x5x8
+      │   ----------- `input_1` is (None, 6, 5, 8)
+    3 │   a = reshape((7, -1))
+    4 │   b = input_1 -> permute((1, 1, 3))
+      │                  ^^^^^^^^^^^^^^^^^^ not a permutation
+      │
+      = help: name every axis but the batch once, counting from 1: `permute((2, 1, 3))` swaps height and width
+
+    error[E-arg-value]: Reshape `reshape_1`: target_shape may have one -1 (the axis computed from the input's size), not several
+      ┌─ reshape.unet:5:18
+      │
+    2 │   input 6x5x8
+      │   ----------- `input_1` is (None, 6, 5, 8)
+      ·
+    5 │   c = input_1 -> reshape((2, -1, -1))
+      │                  ^^^^^^^^^^^^^^^^^^^^ several -1
+    ");
+}

@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::collections::HashMap;
 use std::path::Path;
 use unetc::exec::cpu::CpuModel;
 use unetc::exec::Tensor;
@@ -15,39 +14,6 @@ use unetc::runner::expected_weights;
 
 /// Largest |unetc - keras| relative to the largest |keras| value of the output.
 const TOLERANCE: f32 = 1e-5;
-
-/// The weight formula of tests/golden/README.md, bit for bit.
-fn formula(name: &str, shape: &[usize], class: &str) -> Tensor {
-    let mut h: u32 = 2166136261;
-    for b in name.bytes() {
-        h = (h ^ b as u32).wrapping_mul(16777619);
-    }
-    let var = name.rsplit('/').next().unwrap();
-    let fan_in: usize = match (var, class) {
-        ("depthwise_kernel", _) => shape[0] * shape[1],
-        ("kernel", "Conv2DTranspose") => shape[0] * shape[1] * shape[3],
-        ("kernel" | "pointwise_kernel", _) => shape[..shape.len() - 1].iter().product(),
-        _ => 1,
-    };
-    let n: usize = shape.iter().product();
-    let data = (0..n as u64)
-        .map(|i| {
-            let k = (i.wrapping_mul(2654435761).wrapping_add(h as u64)) % (1u64 << 32);
-            let u = k as f64 / 4294967296.0;
-            let d = u - 0.5;
-            (match var {
-                "kernel" | "depthwise_kernel" | "pointwise_kernel" => {
-                    d * (2.0 / (fan_in as f64).sqrt())
-                }
-                "bias" | "beta" => d * 0.2,
-                "gamma" => 1.0 + 0.5 * d,
-                "moving_mean" => 0.2 * d,
-                _ => 0.5 + u,
-            }) as f32
-        })
-        .collect();
-    Tensor::from_vec(shape, data).unwrap()
-}
 
 fn max_relative_error(got: &Tensor, want: &Tensor) -> f32 {
     assert_eq!(got.shape, want.shape);
@@ -83,21 +49,7 @@ fn check_fixture(stem: &str) -> f32 {
             .remove(0)
     } else {
         // Too big to store: regenerate with the formula.
-        let mut weights: HashMap<String, Tensor> = HashMap::new();
-        for &id in &c.info.keras_order {
-            let node = c.graph.node(id);
-            for w in &c.info.layers[id.index()].weights {
-                let name = format!("{}/{}", node.name, w.name);
-                let shape: Vec<usize> = w.shape.iter().map(|&d| d as usize).collect();
-                let class = if matches!(node.op, Op::Conv2DTranspose(_)) {
-                    "Conv2DTranspose"
-                } else {
-                    "other"
-                };
-                weights.insert(name.clone(), formula(&name, &shape, class));
-            }
-        }
-        CpuModel::new(&c.graph, &c.info, &weights)
+        CpuModel::new(&c.graph, &c.info, &formula_weights(&c))
             .expect("bind")
             .run(&input)
             .expect("run")

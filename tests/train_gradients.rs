@@ -43,6 +43,7 @@ const SPECS: &[(&str, &str)] = &[
     ("leaky elu prelu", "conv2d(4, 1) -> leaky_re_lu() -> conv2d(4, 1) -> elu(alpha: 0.5) -> conv2d(4, 1) -> p_re_lu(shared_axes: [1, 2], alpha_initializer: ones) -> p_re_lu()"),
     ("group and layer norm", "conv2d(4, 3) -> group_normalization(groups: 2) -> conv2d(4, 1) -> layer_normalization()"),
     ("depthwise separable", "depthwise_conv2d(3, depth_multiplier: 2, padding: same, activation: tanh) -> separable_conv2d(3, 3, depth_multiplier: 2)"),
+    ("reshape permute", "conv2d(4, 3, strides: 2, padding: same) -> reshape((9, 4)) -> permute((2, 1)) -> dense(3) -> reshape((2, 2, 3)) -> permute((2, 1, 3))"),
     ("tf ops", "x = conv2d(4, 1)\n  y = input_1 -> conv2d(4, 1)\n  [[x, y] -> tf_op(\"__operators__.add\"), [x, y] -> tf_op(\"math.multiply\"), [x, y] -> tf_op(\"math.maximum\"), x -> tf_op(\"math.sigmoid\"), [x, y] -> tf_op(concat, axis: -1)] -> concatenate()"),
 ];
 

@@ -68,6 +68,8 @@ WEIGHTLESS = {
     "SpatialDropout2D",
     "GaussianNoise",
     "GaussianDropout",
+    "Reshape",
+    "Permute",
     # TensorFlow functions applied to tensors (`x + y`, tf.concat); unetc checks the function.
     "TFOpLambda",
 }

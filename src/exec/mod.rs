@@ -144,7 +144,9 @@ pub fn weight_slots(op: &Op) -> &'static [&'static str] {
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_) => &[],
+        | Op::GaussianDropout(_)
+        | Op::Reshape(_)
+        | Op::Permute(_) => &[],
     }
 }
 

@@ -147,10 +147,9 @@ impl<'s> Expander<'_> {
             } => {
                 let (a, b) = (self.eval(cx, start)?, self.eval(cx, end)?);
                 let (Value::Int(a), Value::Int(b)) = (a, b) else {
-                    self.error(
-                        Diagnostic::error("E-type", "a range needs integer bounds")
-                            .at(span, "not integers"),
-                    );
+                    let d = Diagnostic::error("E-type", "a range needs integer bounds")
+                        .at(span, "not integers");
+                    self.error(with_word_note(cx, d, &[start, end]));
                     return None;
                 };
                 let b = if *inclusive { b.saturating_add(1) } else { b };
@@ -253,26 +252,49 @@ impl<'s> Expander<'_> {
                 }
                 let result = binary(*op, &a, &b);
                 if result.is_none() {
-                    self.error(
-                        Diagnostic::error(
-                            "E-type",
-                            format!(
-                                "cannot compute {} {} {}",
-                                a.type_name(),
-                                op.symbol(),
-                                b.type_name()
-                            ),
-                        )
-                        .at(
-                            span,
-                            "invalid arithmetic (or overflow, or division by zero)",
+                    let d = Diagnostic::error(
+                        "E-type",
+                        format!(
+                            "cannot compute {} {} {}",
+                            a.type_name(),
+                            op.symbol(),
+                            b.type_name()
                         ),
+                    )
+                    .at(
+                        span,
+                        "invalid arithmetic (or overflow, or division by zero)",
                     );
+                    self.error(with_word_note(cx, d, &[l, r]));
                 }
                 result
             }
         }
     }
+}
+
+/// Where an operand of a failed range or arithmetic is a bare word that names no variable in
+/// scope, it was taken as a string: say so. The usual causes: a misspelt variable, or a block
+/// body using a variable of the model around it (a block sees only its parameters).
+fn with_word_note(cx: &Context<'_>, d: Diagnostic, operands: &[&Expr]) -> Diagnostic {
+    let word = operands.iter().find_map(|e| match &e.kind {
+        ExprKind::Name(name) if !cx.vars.contains_key(name) => Some(name),
+        _ => None,
+    });
+    let Some(name) = word else { return d };
+    let variables = cx
+        .vars
+        .keys()
+        .filter(|k| !k.contains('['))
+        .map(String::as_str);
+    let taken = format!("`{name}` is no variable here, so it is the string \"{name}\"");
+    d.help(match crate::suggest::closest(name, variables) {
+        Some(s) => format!("{taken}: did you mean `{s}`?"),
+        None => format!(
+            "{taken}; inside a block only the block's parameters are variables: pass outer \
+             values in (`block b(..., {name})`)"
+        ),
+    })
 }
 
 impl Expander<'_> {

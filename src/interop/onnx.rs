@@ -908,6 +908,61 @@ impl Exporter<'_> {
                     vec![("axis", Attr::Int(1))],
                 );
             }
+            // Both act on Keras's NHWC order: an image goes back to NHWC first, and an image
+            // result returns to NCHW after.
+            Op::Reshape(_) | Op::Permute(_) => {
+                let mut input = x();
+                if in_shapes[0].len() == 3 {
+                    let nhwc = format!("{name}/nhwc");
+                    self.node(
+                        nhwc.clone(),
+                        "Transpose",
+                        vec![input],
+                        nhwc.clone(),
+                        vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+                    );
+                    input = nhwc;
+                }
+                let result = if image {
+                    format!("{name}/nhwc_out")
+                } else {
+                    out.clone()
+                };
+                if let Op::Permute(op) = &node.op {
+                    let perm: Vec<i64> =
+                        std::iter::once(0).chain(op.dims.iter().copied()).collect();
+                    self.node(
+                        name.clone(),
+                        "Transpose",
+                        vec![input],
+                        result.clone(),
+                        vec![("perm", Attr::Ints(perm))],
+                    );
+                } else {
+                    // 0 keeps the batch dimension (ONNX Reshape's allowzero = 0).
+                    let dims: Vec<i64> = std::iter::once(0)
+                        .chain(out_shape.iter().copied())
+                        .collect();
+                    let shape = self.init_i64(format!("{name}/shape"), dims);
+                    self.node(
+                        name.clone(),
+                        "Reshape",
+                        vec![input, shape],
+                        result.clone(),
+                        vec![],
+                    );
+                }
+                if image {
+                    let nchw = format!("{name}/nchw");
+                    self.node(
+                        nchw,
+                        "Transpose",
+                        vec![result],
+                        out,
+                        vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))],
+                    );
+                }
+            }
             Op::Dense(op) => {
                 let n_in = *in_shapes[0].last().unwrap_or(&1);
                 let units = op.units;

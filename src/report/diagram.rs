@@ -97,6 +97,8 @@ fn folds(op: &Op) -> bool {
         | Op::Maximum(_)
         | Op::Minimum(_)
         | Op::Flatten(_)
+        | Op::Reshape(_)
+        | Op::Permute(_)
         | Op::Dense(_)
         | Op::GlobalAveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_) => false,
@@ -151,6 +153,8 @@ fn level_step(op: &Op) -> i64 {
         | Op::Softmax(_)
         | Op::Dropout(_)
         | Op::Flatten(_)
+        | Op::Reshape(_)
+        | Op::Permute(_)
         | Op::Dense(_)
         | Op::GlobalAveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
@@ -199,6 +203,8 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         // One-input layers in this group fold into the box before them and get no arrow.
         Op::Input(_)
         | Op::Flatten(_)
+        | Op::Reshape(_)
+        | Op::Permute(_)
         | Op::Cropping2D(_)
         | Op::ZeroPadding2D(_)
         | Op::BatchNormalization(_)

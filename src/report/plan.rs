@@ -177,6 +177,8 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                     | Op::ZeroPadding2D(_)
                     | Op::Add(_)
                     | Op::Flatten(_)
+                    | Op::Reshape(_)
+                    | Op::Permute(_)
                     | Op::Dense(_)
                     | Op::GlobalAveragePooling2D(_)
                     | Op::Multiply(_)

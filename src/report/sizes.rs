@@ -501,6 +501,8 @@ pub fn receptive_field(c: &Compiled) -> usize {
                     Op::ZeroPadding2D(op) => (a - op.padding[0], b - op.padding[0]),
                     // Every output value depends on the whole input.
                     Op::Flatten(_)
+                    | Op::Reshape(_)
+                    | Op::Permute(_)
                     | Op::Dense(_)
                     | Op::GlobalAveragePooling2D(_)
                     | Op::GlobalMaxPooling2D(_) => (0, n - 1),

@@ -99,7 +99,9 @@ pub fn output_activation(op: &Op) -> Option<ActivationFn> {
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
         | Op::GroupNormalization(_)
-        | Op::LayerNormalization(_) => None,
+        | Op::LayerNormalization(_)
+        | Op::Reshape(_)
+        | Op::Permute(_) => None,
     }
 }
 
@@ -139,7 +141,9 @@ pub fn logits_of<'a>(op: &Op, input: &'a Tensor, saved: &'a Saved) -> Option<&'a
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
         | Op::GroupNormalization(_)
-        | Op::LayerNormalization(_) => None,
+        | Op::LayerNormalization(_)
+        | Op::Reshape(_)
+        | Op::Permute(_) => None,
     }
 }
 
@@ -367,7 +371,17 @@ pub fn forward(
                 })
                 .collect()
         }
-        Op::Flatten(_) => first().to_vec(),
+        Op::Flatten(_) | Op::Reshape(_) => first().to_vec(),
+        Op::Permute(o) => {
+            let item = permute_index(
+                &x.map(|t| t.shape[1..].to_vec()).unwrap_or_default(),
+                &o.source_axes(),
+            );
+            let per = item.len().max(1);
+            (0..out_len)
+                .map(|i| first()[i / per * per + item[i % per]])
+                .collect()
+        }
         Op::GlobalAveragePooling2D(_) => {
             let [n, h, w, c] = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
             let mut y = vec![0.0f32; n * c];
@@ -868,7 +882,20 @@ pub fn backward(
                 params: vec![Some(dalpha)],
             }
         }
-        Op::Flatten(_) | Op::GaussianNoise(_) => LayerGrads {
+        Op::Permute(o) => {
+            let dy = output_grad(grad);
+            let item = permute_index(&x_shape[1..], &o.source_axes());
+            let per = item.len().max(1);
+            let mut dx = vec![0.0f32; dy.len()];
+            for (i, g) in dy.iter().enumerate() {
+                dx[i / per * per + item[i % per]] = *g;
+            }
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::Flatten(_) | Op::Reshape(_) | Op::GaussianNoise(_) => LayerGrads {
             inputs: vec![output_grad(grad)],
             params: vec![],
         },
@@ -969,6 +996,29 @@ pub fn backward(
         }
         g
     })
+}
+
+/// For one item of shape `in_shape`, the input index of each output index of a permutation
+/// whose output axis `k` is input axis `source[k]`.
+fn permute_index(in_shape: &[usize], source: &[usize]) -> Vec<usize> {
+    let rank = in_shape.len();
+    let mut strides = vec![1usize; rank];
+    for a in (0..rank.saturating_sub(1)).rev() {
+        strides[a] = strides[a + 1] * in_shape[a + 1];
+    }
+    let out_dims: Vec<usize> = source.iter().map(|&a| in_shape[a]).collect();
+    let total: usize = in_shape.iter().product();
+    (0..total)
+        .map(|mut flat| {
+            let mut index = 0;
+            for k in (0..out_dims.len()).rev() {
+                let i = flat % out_dims[k].max(1);
+                flat /= out_dims[k].max(1);
+                index += i * strides[source[k]];
+            }
+            index
+        })
+        .collect()
 }
 
 fn channels(shape: &[usize]) -> usize {

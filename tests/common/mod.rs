@@ -132,6 +132,12 @@ pub fn small_input(stem: &str) -> Option<Vec<i64>> {
         ("vgg16_unet", Some(vec![64, 64, 3])),
         ("vgg16", None),
         ("resnet50", Some(vec![64, 64, 3])),
+        ("attention_unet", Some(vec![16, 16, 3])),
+        ("resunet", Some(vec![16, 16, 3])),
+        ("unet_plus_plus", Some(vec![16, 16, 1])),
+        ("r2_unet", Some(vec![16, 16, 3])),
+        ("unet_3plus", Some(vec![16, 16, 3])),
+        ("mobilenetv2_unet", Some(vec![32, 32, 3])),
     ];
     small
         .iter()
@@ -185,4 +191,58 @@ pub fn gpu_tolerances(stem: &str) -> [(unetc::exec::Precision, f32); 3] {
         (Precision::Tf32, 3e-3),
         (Precision::Bf16, bf16),
     ]
+}
+
+/// The weight formula of tests/golden/README.md, bit for bit.
+pub fn formula(name: &str, shape: &[usize], class: &str) -> unetc::exec::Tensor {
+    let mut h: u32 = 2166136261;
+    for b in name.bytes() {
+        h = (h ^ b as u32).wrapping_mul(16777619);
+    }
+    let var = name.rsplit('/').next().unwrap();
+    let fan_in: usize = match (var, class) {
+        ("depthwise_kernel", _) => shape[0] * shape[1],
+        ("kernel", "Conv2DTranspose") => shape[0] * shape[1] * shape[3],
+        ("kernel" | "pointwise_kernel", _) => shape[..shape.len() - 1].iter().product(),
+        _ => 1,
+    };
+    let n: usize = shape.iter().product();
+    let data = (0..n as u64)
+        .map(|i| {
+            let k = (i.wrapping_mul(2654435761).wrapping_add(h as u64)) % (1u64 << 32);
+            let u = k as f64 / 4294967296.0;
+            let d = u - 0.5;
+            (match var {
+                "kernel" | "depthwise_kernel" | "pointwise_kernel" => {
+                    d * (2.0 / (fan_in as f64).sqrt())
+                }
+                "bias" | "beta" => d * 0.2,
+                "gamma" => 1.0 + 0.5 * d,
+                "moving_mean" => 0.2 * d,
+                _ => 0.5 + u,
+            }) as f32
+        })
+        .collect();
+    unetc::exec::Tensor::from_vec(shape, data).unwrap()
+}
+
+/// Every weight of a compiled spec from the formula (tests/golden/README.md), by
+/// `<layer>/<variable>`: what tests/golden/generate.py's `set_formula_weights` gives the Keras
+/// model, so fixtures too big to store need no stored weights.
+pub fn formula_weights(c: &Compiled) -> std::collections::HashMap<String, unetc::exec::Tensor> {
+    let mut weights = std::collections::HashMap::new();
+    for &id in &c.info.keras_order {
+        let node = c.graph.node(id);
+        for w in &c.info.layers[id.index()].weights {
+            let name = format!("{}/{}", node.name, w.name);
+            let shape: Vec<usize> = w.shape.iter().map(|&d| d as usize).collect();
+            let class = if matches!(node.op, unetc::ir::Op::Conv2DTranspose(_)) {
+                "Conv2DTranspose"
+            } else {
+                "other"
+            };
+            weights.insert(name.clone(), formula(&name, &shape, class));
+        }
+    }
+    weights
 }

@@ -708,6 +708,33 @@ def edge_tfops():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_reshape():
+    """Reshape and Permute on signed 6x5 maps (linear 1x1 convs of the input): a
+    squeeze-excitation block (GlobalAveragePooling2D -> Reshape((1, 1, 8)) -> Dense(2, relu) ->
+    Dense(8, sigmoid) -> Multiply, Hu et al. 2018); Reshape with a -1 ((-1, 8): rows of pixels),
+    to a vector and back to an image ((5, 6, 8): the same values in another grid); Permute of an
+    image ((2, 1, 3): height and width swapped; (3, 1, 2): channels first) and of a matrix
+    ((2, 1)). Flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(8, 1)(inp)
+    squeeze = L.Reshape((1, 1, 8))(L.GlobalAveragePooling2D()(x))
+    excite = L.Dense(8, activation="sigmoid")(L.Dense(2, activation="relu")(squeeze))
+    rows = L.Reshape((-1, 8))(x)
+    branches = [
+        L.Multiply()([x, excite]),
+        rows,
+        L.Reshape((240,))(x),
+        L.Conv2D(4, 1)(L.Reshape((5, 6, 8))(x)),
+        L.Permute((2, 1, 3))(x),
+        L.Conv2D(4, 1)(L.Permute((3, 1, 2))(x)),
+        L.Permute((2, 1))(rows),
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def original_full():
     """Seed 000 at full width (31,030,658 parameters), as in specs/original.unet, at its smallest
     valid input 188x188x1 (crops 4/16/40/88 as at 572), output 4x4x2."""
@@ -739,7 +766,7 @@ def original_full_at(size: int):
 
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
-         edge_merges, edge_norms, edge_depthwise, edge_tfops]
+         edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_reshape]
 FULL = [original_full]
 
 # ---------------------------------------------------------------------------------------------

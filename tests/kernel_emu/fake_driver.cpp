@@ -376,6 +376,7 @@ const Kernel kernels[] = {
     BOTH(upsample),
     BOTH(shift_window),
     BOTH(concat_part),
+    BOTH(permute),
     BOTH(add),
     BOTH(batch_norm),
     BOTH(activation),

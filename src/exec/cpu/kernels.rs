@@ -1019,3 +1019,36 @@ pub fn normalize(layout: NormLayout, gamma: &[f32], beta: &[f32], x: &[f32], out
             }
         });
 }
+
+/// Permute: output axis k takes input axis `source[k]` (axes without the batch, dense, row-major;
+/// fewer than three axes are padded with leading ones).
+pub fn permute(x: &[f32], in_shape: &[usize], source: &[usize], out: &mut [f32], batch: usize) {
+    let rank = in_shape.len();
+    // Input strides (in values) of each input axis, then the stride each output axis walks.
+    let mut in_strides = vec![1usize; rank];
+    for a in (0..rank.saturating_sub(1)).rev() {
+        in_strides[a] = in_strides[a + 1] * in_shape[a + 1];
+    }
+    let pad = 3 - rank.min(3);
+    let mut dims = [1usize; 3];
+    let mut strides = [0usize; 3];
+    for (k, &a) in source.iter().enumerate().take(3) {
+        dims[pad + k] = in_shape[a];
+        strides[pad + k] = in_strides[a];
+    }
+    let per_image: usize = in_shape.iter().product();
+    for n in 0..batch {
+        let src = &x[n * per_image..][..per_image];
+        let mut dst = out[n * per_image..][..per_image].iter_mut();
+        for i in 0..dims[0] {
+            for j in 0..dims[1] {
+                let row = i * strides[0] + j * strides[1];
+                for k in 0..dims[2] {
+                    if let Some(d) = dst.next() {
+                        *d = src[row + k * strides[2]];
+                    }
+                }
+            }
+        }
+    }
+}

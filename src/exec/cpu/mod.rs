@@ -178,6 +178,8 @@ impl<'g> CpuModel<'g> {
                 | Op::Softmax(_)
                 | Op::Dropout(_)
                 | Op::Flatten(_)
+                | Op::Reshape(_)
+                | Op::Permute(_)
                 | Op::GlobalAveragePooling2D(_)
                 | Op::Multiply(_)
                 | Op::Subtract(_)
@@ -664,9 +666,13 @@ impl<'g> CpuModel<'g> {
                 | Op::SpatialDropout2D(_)
                 | Op::GaussianNoise(_)
                 | Op::GaussianDropout(_)
-                | Op::Flatten(_),
+                | Op::Flatten(_)
+                | Op::Reshape(_),
                 _,
             ) => out.copy_from_slice(ins[0]),
+            (Op::Permute(op), _) => {
+                kernels::permute(ins[0], &in_shapes[0], &op.source_axes(), out, batch)
+            }
             (Op::GlobalAveragePooling2D(_), _) => {
                 kernels::global_average_pool(ins[0], hwc(&in_shapes[0]), out, batch)
             }

@@ -47,6 +47,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "upsample",
     "shift_window",
     "concat_part",
+    "permute",
     "add",
     "batch_norm",
     "activation",
@@ -766,6 +767,8 @@ impl<'g> CudaModel<'g> {
             | Op::Softmax(_)
             | Op::Dropout(_)
             | Op::Flatten(_)
+            | Op::Reshape(_)
+            | Op::Permute(_)
             | Op::Dense(_)
             | Op::GlobalAveragePooling2D(_)
             | Op::Multiply(_)
@@ -1808,7 +1811,8 @@ impl<'g> CudaModel<'g> {
             | Op::SpatialDropout2D(_)
             | Op::GaussianNoise(_)
             | Op::GaussianDropout(_) => self.shift_window(arena, x_view(0)?, y, 0, 0, batch)?,
-            Op::Flatten(_) => {
+            Op::Permute(op) => self.permute::<T>(arena, id, &op.source_axes(), batch)?,
+            Op::Flatten(_) | Op::Reshape(_) => {
                 let len: usize = in_shapes[0].iter().product();
                 let x = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
                 let yo = plan.base(&self.dense_window(id)?, batch) as i64;
@@ -2115,6 +2119,54 @@ impl<'g> CudaModel<'g> {
                     .map_err(driver)?;
             }
             at += len;
+        }
+        Ok(())
+    }
+
+    fn permute<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        id: NodeId,
+        source: &[usize],
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let node = self.graph.node(id);
+        let in_shape = self.shape(node.inputs[0]);
+        let plan = &self.plan;
+        let rank = in_shape.len();
+        let mut in_strides = vec![1usize; rank];
+        for a in (0..rank.saturating_sub(1)).rev() {
+            in_strides[a] = in_strides[a + 1] * in_shape[a + 1];
+        }
+        // Fewer than three axes: leading axes of size 1.
+        let pad = 3 - rank.min(3);
+        let (mut dims, mut strides) = ([1usize; 3], [0i64; 3]);
+        for (k, &a) in source.iter().enumerate().take(3) {
+            dims[pad + k] = in_shape[a];
+            strides[pad + k] = in_strides[a] as i64;
+        }
+        let per_image = in_shape.iter().product::<usize>() as i64;
+        let total = per_image * batch as i64;
+        let xo = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
+        let yo = plan.base(&self.dense_window(id)?, batch) as i64;
+        let (d1, d2) = (dims[1] as i32, dims[2] as i32);
+        // SAFETY: matches permute_<T>(void*, i64 x3, int x2, i64 x4) in kernels/layers.cu; dense
+        // windows from the plan, each inside the arena.
+        unsafe {
+            self.stream
+                .launch_builder(self.function::<T>("permute"))
+                .arg(&mut *arena)
+                .arg(&xo)
+                .arg(&yo)
+                .arg(&total)
+                .arg(&d1)
+                .arg(&d2)
+                .arg(&strides[0])
+                .arg(&strides[1])
+                .arg(&strides[2])
+                .arg(&per_image)
+                .launch(grid(total as usize))
+                .map_err(driver)?;
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ pub mod keywords;
 pub mod merge;
 mod norm;
 mod pool;
+mod reshape;
 mod resize;
 mod tf_op;
 
@@ -30,6 +31,7 @@ pub use keywords::{ActivationFn, Interpolation, Keyword, Padding, TfFunction};
 pub use merge::{Add, Average, Concatenate, Maximum, MergeFn, Minimum, Multiply, Subtract};
 pub use norm::{BatchNormalization, GroupNormalization, LayerNormalization, NormLayout};
 pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D};
+pub use reshape::{Permute, Reshape};
 pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
 pub use tf_op::{TFOpLambda, TfCompute};
 
@@ -249,6 +251,8 @@ ops! {
     DepthwiseConv2D: "depthwise_conv2d",
     SeparableConv2D: "separable_conv2d",
     TFOpLambda: "tf_op",
+    Reshape: "reshape",
+    Permute: "permute",
 }
 
 impl Op {
@@ -291,7 +295,9 @@ impl Op {
             | Op::GaussianDropout(_)
             | Op::DepthwiseConv2D(_)
             | Op::SeparableConv2D(_)
-            | Op::TFOpLambda(_) => None,
+            | Op::TFOpLambda(_)
+            | Op::Reshape(_)
+            | Op::Permute(_) => None,
         }
     }
 }

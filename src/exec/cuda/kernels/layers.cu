@@ -73,6 +73,23 @@ __device__ void concat_part(T* arena, i64 x_off, i64 y_off, i64 outer, int len, 
 INSTANTIATE(concat_part, (void* arena, i64 x_off, i64 y_off, i64 outer, int len, int total, int at),
             (, x_off, y_off, outer, len, total, at))
 
+// Permute, dense: output element (n, i, j, k) of dims (d0, d1, d2) is the input element at
+// n * per_image + i * s0 + j * s1 + k * s2 (the input strides of the axes each output axis takes).
+template <typename T>
+__device__ void permute(T* arena, i64 x_off, i64 y_off, i64 total, int d1, int d2, i64 s0,
+                        i64 s1, i64 s2, i64 per_image) {
+    FOR_EACH_INDEX(total)
+    i64 n = idx / per_image;
+    i64 r = idx % per_image;
+    i64 k = r % d2;
+    i64 j = (r / d2) % d1;
+    i64 i = r / ((i64)d1 * d2);
+    arena[y_off + idx] = arena[x_off + n * per_image + i * s0 + j * s1 + k * s2];
+}
+INSTANTIATE(permute, (void* arena, i64 x_off, i64 y_off, i64 total, int d1, int d2, i64 s0,
+                      i64 s1, i64 s2, i64 per_image),
+            (, x_off, y_off, total, d1, d2, s0, s1, s2, per_image))
+
 // y = a + b (Add of more inputs runs this repeatedly, accumulating into y).
 template <typename T>
 __device__ void add(T* arena, View a, View b, View y, int N) {

@@ -168,12 +168,7 @@ pub fn forward(
                 x.map(|t| t.shape.as_slice()).unwrap_or(&[]),
                 first(),
                 out_shape,
-                conv_window(
-                    o.args.kernel_size,
-                    o.args.strides,
-                    o.args.dilation_rate,
-                    |a, n, m| o.args.geometry(a, n, m),
-                ),
+                conv_window(|a, n, m| o.args.geometry(a, n, m)),
                 o.groups.max(1) as usize,
                 &params[0],
                 Some(&params[1]),
@@ -187,12 +182,7 @@ pub fn forward(
                 shape,
                 first(),
                 out_shape,
-                conv_window(
-                    o.depthwise.kernel_size,
-                    o.depthwise.strides,
-                    o.depthwise.dilation_rate,
-                    |a, n, m| o.depthwise.geometry(a, n, m),
-                ),
+                conv_window(|a, n, m| o.depthwise.geometry(a, n, m)),
                 c,
                 &params[0],
                 Some(&params[1]),
@@ -208,12 +198,7 @@ pub fn forward(
                 shape,
                 first(),
                 &mid_shape,
-                conv_window(
-                    o.depthwise.kernel_size,
-                    o.depthwise.strides,
-                    o.depthwise.dilation_rate,
-                    |a, n, m| o.depthwise.geometry(a, n, m),
-                ),
+                conv_window(|a, n, m| o.depthwise.geometry(a, n, m)),
                 c,
                 &params[0],
                 None,
@@ -237,32 +222,13 @@ pub fn forward(
         }
         Op::Conv2DTranspose(o) => {
             let shape = x.map(|t| t.shape.as_slice()).unwrap_or(&[]);
-            let map = transpose_map(o, shape, out_shape)?;
-            let c = hwc(shape)?[3];
-            let f = channels(out_shape);
-            let taps = map.kernel[0] * map.kernel[1];
-            // Per output pixel, the input values whose taps reach it, times the kernel
-            // `[kh, kw, out, in]` with its last two axes swapped.
-            let swapped = swap_last_axes(&params[0], taps, (f, c), (0, f), (0, c));
-            let pixels = out_len / f.max(1);
-            let row_len = taps * c;
-            let tile = tile_rows(row_len, pixels);
-            let mut rows_buf = vec![0.0f32; tile * row_len];
-            let mut z = vec![0.0f32; out_len];
-            for p0 in (0..pixels).step_by(tile) {
-                let n = tile.min(pixels - p0);
-                map.gather_reverse(first(), c, [0, c], p0, &mut rows_buf[..n * row_len]);
-                gemm(
-                    (n, f, row_len),
-                    &rows_buf,
-                    (row_len, 1),
-                    &swapped,
-                    (f, 1),
-                    &mut z[p0 * f..],
-                    (f, 1),
-                    false,
-                );
-            }
+            let map = transpose_map(
+                &|a, n, m| o.geometry(a, n, m),
+                o.args.dilation_rate == [1, 1],
+                shape,
+                out_shape,
+            )?;
+            let mut z = transpose_forward(&map, first(), &params[0], spatial(shape)?.2);
             add_bias(&mut z, &params[1]);
             finish_activation(o.args.activation, z, out_shape, &mut saved)
         }
@@ -294,27 +260,34 @@ pub fn forward(
             pool_forward(first(), shape, out_shape, windows, Pool::Average)
         }
         Op::UpSampling2D(o) => {
-            let shape = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
             let mut y = vec![0.0f32; out_len];
-            for_each_resize_tap(o.size, o.interpolation, shape, out_shape, |src, dst, wt| {
+            let size = [1, o.size[0], o.size[1]];
+            for_each_resize_tap(size, o.interpolation, shape, out_shape, |src, dst, wt| {
                 y[dst] += wt * first()[src]
             })?;
             y
         }
         Op::Cropping2D(o) => {
-            let shape = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
             let mut y = vec![0.0f32; out_len];
-            window_copy(shape, out_shape, [o.cropping[0], o.cropping[2]], |s, d| {
-                y[d] = first()[s]
-            })?;
+            window_copy(
+                shape,
+                out_shape,
+                [0, o.cropping[0], o.cropping[2]],
+                |s, d| y[d] = first()[s],
+            )?;
             y
         }
         Op::ZeroPadding2D(o) => {
-            let shape = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
             let mut y = vec![0.0f32; out_len];
-            window_copy(shape, out_shape, [-o.padding[0], -o.padding[2]], |s, d| {
-                y[d] = first()[s]
-            })?;
+            window_copy(
+                shape,
+                out_shape,
+                [0, -o.padding[0], -o.padding[2]],
+                |s, d| y[d] = first()[s],
+            )?;
             y
         }
         Op::Concatenate(o) => concat_forward(inputs, out_shape, o.axis),
@@ -382,22 +355,16 @@ pub fn forward(
                 .map(|i| first()[i / per * per + item[i % per]])
                 .collect()
         }
-        Op::GlobalAveragePooling2D(_) => {
-            let [n, h, w, c] = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
-            let mut y = vec![0.0f32; n * c];
-            for (i, px) in first().chunks(c.max(1)).enumerate() {
-                let item = i / (h * w).max(1);
-                for (ch, v) in px.iter().enumerate() {
-                    y[item * c + ch] += v / (h * w) as f32;
-                }
-            }
-            y
-        }
+        Op::GlobalAveragePooling2D(_) => global_average_forward(
+            first(),
+            spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?,
+        ),
         Op::GlobalMaxPooling2D(_) => {
-            let [n, h, w, c] = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let (n, dims, c) = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let pixels = dims.iter().product::<usize>().max(1);
             let mut y = vec![f32::NEG_INFINITY; n * c];
             for (i, px) in first().chunks(c.max(1)).enumerate() {
-                let item = i / (h * w).max(1);
+                let item = i / pixels;
                 for (ch, &v) in px.iter().enumerate() {
                     y[item * c + ch] = y[item * c + ch].max(v);
                 }
@@ -546,12 +513,7 @@ pub fn backward(
                 &x_shape,
                 first(),
                 &output.shape,
-                conv_window(
-                    o.args.kernel_size,
-                    o.args.strides,
-                    o.args.dilation_rate,
-                    |a, n, m| o.args.geometry(a, n, m),
-                ),
+                conv_window(|a, n, m| o.args.geometry(a, n, m)),
                 o.groups.max(1) as usize,
                 &params[0],
                 &dz,
@@ -568,12 +530,7 @@ pub fn backward(
                 &x_shape,
                 first(),
                 &output.shape,
-                conv_window(
-                    o.depthwise.kernel_size,
-                    o.depthwise.strides,
-                    o.depthwise.dilation_rate,
-                    |a, n, m| o.depthwise.geometry(a, n, m),
-                ),
+                conv_window(|a, n, m| o.depthwise.geometry(a, n, m)),
                 c,
                 &params[0],
                 &dz,
@@ -618,12 +575,7 @@ pub fn backward(
                 &x_shape,
                 first(),
                 &[n, oh, ow, k],
-                conv_window(
-                    o.depthwise.kernel_size,
-                    o.depthwise.strides,
-                    o.depthwise.dilation_rate,
-                    |a, n, m| o.depthwise.geometry(a, n, m),
-                ),
+                conv_window(|a, n, m| o.depthwise.geometry(a, n, m)),
                 c,
                 &params[0],
                 &dmid,
@@ -635,41 +587,14 @@ pub fn backward(
         }
         Op::Conv2DTranspose(o) => {
             let dz = pre_grad(o.args.activation, grad, saved.pre.as_deref());
-            let map = transpose_map(o, &x_shape, &output.shape)?;
-            let [n, h, w, c] = hwc(&x_shape)?;
-            let rows = n * h * w;
-            let k = map.row_len();
-            // The kernel `[kh, kw, out, in]` is the `[k, in]` matrix of output patches.
-            let mut dx = vec![0.0f32; rows * c];
-            let mut dk = vec![0.0f32; k * c];
-            let tile = tile_rows(k, rows);
-            let mut patches = vec![0.0f32; tile * k];
-            for r0 in (0..rows).step_by(tile) {
-                let m = tile.min(rows - r0);
-                map.gather_rows(&dz, r0, &mut patches[..m * k]);
-                gemm(
-                    (m, c, k),
-                    &patches,
-                    (k, 1),
-                    &params[0],
-                    (c, 1),
-                    &mut dx[r0 * c..],
-                    (c, 1),
-                    false,
-                );
-                gemm(
-                    (k, c, m),
-                    &patches,
-                    (1, k),
-                    &first()[r0 * c..],
-                    (c, 1),
-                    &mut dk,
-                    (c, 1),
-                    true,
-                );
-            }
-            let mut db = vec![0.0f32; channels(&output.shape)];
-            add_column_sums(&dz, db.len(), &mut db);
+            let map = transpose_map(
+                &|a, n, m| o.geometry(a, n, m),
+                o.args.dilation_rate == [1, 1],
+                &x_shape,
+                &output.shape,
+            )?;
+            let (dx, dk, db) =
+                transpose_backward(&map, first(), &params[0], spatial(&x_shape)?.2, &dz);
             LayerGrads {
                 inputs: vec![dx],
                 params: vec![Some(dk), Some(db)],
@@ -741,9 +666,9 @@ pub fn backward(
             let dy = output_grad(grad);
             let mut dx = vec![0.0f32; first().len()];
             for_each_resize_tap(
-                o.size,
+                [1, o.size[0], o.size[1]],
                 o.interpolation,
-                hwc(&x_shape)?,
+                spatial(&x_shape)?,
                 &output.shape,
                 |src, dst, wt| dx[src] += wt * dy[dst],
             )?;
@@ -756,9 +681,9 @@ pub fn backward(
             let dy = output_grad(grad);
             let mut dx = vec![0.0f32; first().len()];
             window_copy(
-                hwc(&x_shape)?,
+                spatial(&x_shape)?,
                 &output.shape,
-                [o.cropping[0], o.cropping[2]],
+                [0, o.cropping[0], o.cropping[2]],
                 |s, d| dx[s] = dy[d],
             )?;
             LayerGrads {
@@ -770,9 +695,9 @@ pub fn backward(
             let dy = output_grad(grad);
             let mut dx = vec![0.0f32; first().len()];
             window_copy(
-                hwc(&x_shape)?,
+                spatial(&x_shape)?,
                 &output.shape,
-                [-o.padding[0], -o.padding[2]],
+                [0, -o.padding[0], -o.padding[2]],
                 |s, d| dx[s] = dy[d],
             )?;
             LayerGrads {
@@ -910,24 +835,21 @@ pub fn backward(
                 params: vec![],
             }
         }
-        Op::GlobalAveragePooling2D(_) => {
-            let [_, h, w, c] = hwc(&x_shape)?;
-            let dy = output_grad(grad);
-            let dx = (0..first().len())
-                .map(|i| dy[i / (h * w * c) * c + i % c] / (h * w) as f32)
-                .collect();
-            LayerGrads {
-                inputs: vec![dx],
-                params: vec![],
-            }
-        }
+        Op::GlobalAveragePooling2D(_) => LayerGrads {
+            inputs: vec![global_average_backward(
+                &output_grad(grad),
+                spatial(&x_shape)?,
+            )],
+            params: vec![],
+        },
         Op::GlobalMaxPooling2D(_) => {
-            let [_, h, w, c] = hwc(&x_shape)?;
+            let (_, dims, c) = spatial(&x_shape)?;
+            let per_item = dims.iter().product::<usize>() * c;
             let dy = output_grad(grad);
             let mut dx = vec![0.0f32; first().len()];
             let mut taken = vec![false; output.data.len()];
             for (i, &v) in first().iter().enumerate() {
-                let o = i / (h * w * c) * c + i % c;
+                let o = i / per_item.max(1) * c + i % c;
                 if !taken[o] && v == output.data[o] {
                     taken[o] = true;
                     dx[i] = dy[o];
@@ -1021,6 +943,26 @@ fn permute_index(in_shape: &[usize], source: &[usize]) -> Vec<usize> {
         .collect()
 }
 
+/// The mean over every pixel (or voxel) per item and channel.
+fn global_average_forward(x: &[f32], (n, dims, c): (usize, [usize; 3], usize)) -> Vec<f32> {
+    let pixels = dims.iter().product::<usize>().max(1);
+    let mut y = vec![0.0f32; n * c];
+    for (i, px) in x.chunks(c.max(1)).enumerate() {
+        let item = i / pixels;
+        for (ch, v) in px.iter().enumerate() {
+            y[item * c + ch] += v / pixels as f32;
+        }
+    }
+    y
+}
+
+fn global_average_backward(dy: &[f32], (n, dims, c): (usize, [usize; 3], usize)) -> Vec<f32> {
+    let pixels = dims.iter().product::<usize>().max(1);
+    (0..n * pixels * c)
+        .map(|i| dy[i / (pixels * c) * c + i % c] / pixels as f32)
+        .collect()
+}
+
 fn channels(shape: &[usize]) -> usize {
     shape.last().copied().unwrap_or(1).max(1)
 }
@@ -1055,12 +997,48 @@ fn finish_activation(
 type ConvWindow<'a> = Box<dyn Fn(usize, usize, usize) -> WindowGeometry + 'a>;
 
 fn conv_window<'a>(
-    _kernel: [i64; 2],
-    _strides: [i64; 2],
-    _dilation: [i64; 2],
     geometry: impl Fn(usize, usize, usize) -> WindowGeometry + 'a,
 ) -> ConvWindow<'a> {
     Box::new(geometry)
+}
+
+/// A tensor's batch, spatial extent `[depth, height, width]` (depth 1 for an image) and
+/// channels.
+fn spatial(shape: &[usize]) -> Result<(usize, [usize; 3], usize), Unsupported> {
+    match shape {
+        &[n, h, w, c] => Ok((n, [1, h, w], c)),
+        &[n, d, h, w, c] => Ok((n, [d, h, w], c)),
+        other => Err(Unsupported(format!(
+            "training runs this layer on images (N, H, W, C) or volumes (N, D, H, W, C), not \
+             {other:?}"
+        ))),
+    }
+}
+
+/// The window along each spatial axis `[depth, height, width]`: the op's own axes for a volume;
+/// for an image a depth of one tap and the op's axes 0 and 1.
+fn axes_geometry(
+    x_dims: [usize; 3],
+    out_dims: [usize; 3],
+    volume: bool,
+    window: &ConvWindow,
+) -> [WindowGeometry; 3] {
+    if volume {
+        [0, 1, 2].map(|k| window(k, x_dims[k], out_dims[k]))
+    } else {
+        let one = WindowGeometry {
+            kernel: 1,
+            stride: 1,
+            dilation: 1,
+            pad_before: 0,
+            pad_after: 0,
+        };
+        [
+            one,
+            window(0, x_dims[1], out_dims[1]),
+            window(1, x_dims[2], out_dims[2]),
+        ]
+    }
 }
 
 fn conv_map(
@@ -1069,17 +1047,17 @@ fn conv_map(
     window: &ConvWindow,
     channels: [usize; 2],
 ) -> Result<PatchMap, Unsupported> {
-    let [n, h, w, c] = hwc(x_shape)?;
-    let [_, oh, ow, _] = hwc(out_shape)?;
-    let (rows, cols) = (window(0, h, oh), window(1, w, ow));
+    let (n, dims, c) = spatial(x_shape)?;
+    let (_, out_dims, _) = spatial(out_shape)?;
+    let g = axes_geometry(dims, out_dims, x_shape.len() == 5, window);
     Ok(PatchMap {
         batch: n,
-        grid: [oh, ow],
-        kernel: [rows.kernel, cols.kernel],
-        stride: [rows.stride, cols.stride],
-        dilation: [rows.dilation, cols.dilation],
-        offset: [rows.pad_before, cols.pad_before],
-        image: [h, w, c],
+        grid: out_dims,
+        kernel: g.map(|a| a.kernel),
+        stride: g.map(|a| a.stride),
+        dilation: g.map(|a| a.dilation),
+        offset: g.map(|a| a.pad_before),
+        image: [dims[0], dims[1], dims[2], c],
         channels,
     })
 }
@@ -1124,7 +1102,7 @@ fn conv_forward(
     kernel: &[f32],
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>, Unsupported> {
-    let c = hwc(x_shape)?[3];
+    let c = spatial(x_shape)?.2;
     let f = channels(out_shape);
     let (cg, fg) = (c / groups, f / groups);
     let mut z = vec![0.0f32; out_shape.iter().product()];
@@ -1165,7 +1143,7 @@ fn conv_backward(
     kernel: &[f32],
     dz: &[f32],
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), Unsupported> {
-    let c = hwc(x_shape)?[3];
+    let c = spatial(x_shape)?.2;
     let f = channels(out_shape);
     let (cg, fg) = (c / groups, f / groups);
     let mut dx = vec![0.0f32; x.len()];
@@ -1173,7 +1151,7 @@ fn conv_backward(
     for g in 0..groups {
         let map = conv_map(x_shape, out_shape, &window, [g * cg, cg])?;
         let (m, k) = (map.rows(), map.row_len());
-        let taps = map.kernel[0] * map.kernel[1];
+        let taps = map.taps();
         // Kernel gradient: patches^T x dz, tile by tile.
         let tile = tile_rows(k, m);
         let mut patches = vec![0.0f32; tile * k];
@@ -1218,29 +1196,115 @@ fn conv_backward(
     Ok((dx, dk, db))
 }
 
+/// A transposed convolution's patch map: the output is the image, the input the row grid.
+/// `geometry(axis, in, out)` is the op's own rule; images get a depth of one tap.
 fn transpose_map(
-    op: &crate::ir::ops::Conv2DTranspose,
+    geometry: &dyn Fn(usize, usize, usize) -> crate::ir::ops::TransposeGeometry,
+    dilation_is_one: bool,
     x_shape: &[usize],
     out_shape: &[usize],
 ) -> Result<PatchMap, Unsupported> {
-    let [n, h, w, _] = hwc(x_shape)?;
-    let [_, oh, ow, f] = hwc(out_shape)?;
-    if op.args.dilation_rate != [1, 1] {
+    let (n, dims, _) = spatial(x_shape)?;
+    let (_, out_dims, f) = spatial(out_shape)?;
+    if !dilation_is_one {
         return Err(Unsupported(
-            "Conv2DTranspose with dilation_rate other than 1 does not train yet".into(),
+            "transposed convolutions with dilation_rate other than 1 do not train yet".into(),
         ));
     }
-    let (rows, cols) = (op.geometry(0, h, oh), op.geometry(1, w, ow));
+    let volume = x_shape.len() == 5;
+    let axis = |k: usize| {
+        if volume {
+            Some(geometry(k, dims[k], out_dims[k]))
+        } else if k == 0 {
+            None
+        } else {
+            Some(geometry(k - 1, dims[k], out_dims[k]))
+        }
+    };
+    let g = [axis(0), axis(1), axis(2)];
     Ok(PatchMap {
         batch: n,
-        grid: [h, w],
-        kernel: [rows.kernel, cols.kernel],
-        stride: [rows.stride, cols.stride],
-        dilation: [1, 1],
-        offset: [rows.crop_before, cols.crop_before],
-        image: [oh, ow, f],
+        grid: dims,
+        kernel: g.map(|a| a.map_or(1, |a| a.kernel)),
+        stride: g.map(|a| a.map_or(1, |a| a.stride)),
+        dilation: [1, 1, 1],
+        offset: g.map(|a| a.map_or(0, |a| a.crop_before)),
+        image: [out_dims[0], out_dims[1], out_dims[2], f],
         channels: [0, f],
     })
+}
+
+/// A transposed convolution: per output pixel, the input values whose taps reach it, times the
+/// kernel `[taps, out, in]` with its last two axes swapped.
+fn transpose_forward(map: &PatchMap, x: &[f32], kernel: &[f32], c: usize) -> Vec<f32> {
+    let f = map.image[3];
+    let taps = map.taps();
+    let swapped = swap_last_axes(kernel, taps, (f, c), (0, f), (0, c));
+    let pixels = map.batch * map.image[..3].iter().product::<usize>();
+    let row_len = taps * c;
+    let tile = tile_rows(row_len, pixels);
+    let mut rows_buf = vec![0.0f32; tile * row_len];
+    let mut z = vec![0.0f32; pixels * f];
+    for p0 in (0..pixels).step_by(tile) {
+        let n = tile.min(pixels - p0);
+        map.gather_reverse(x, c, [0, c], p0, &mut rows_buf[..n * row_len]);
+        gemm(
+            (n, f, row_len),
+            &rows_buf,
+            (row_len, 1),
+            &swapped,
+            (f, 1),
+            &mut z[p0 * f..],
+            (f, 1),
+            false,
+        );
+    }
+    z
+}
+
+/// (input gradient, kernel gradient, bias gradient) of [`transpose_forward`]: the kernel
+/// `[taps, out, in]` is the `[k, in]` matrix of output patches.
+#[allow(clippy::type_complexity)]
+fn transpose_backward(
+    map: &PatchMap,
+    x: &[f32],
+    kernel: &[f32],
+    c: usize,
+    dz: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let rows = map.rows();
+    let k = map.row_len();
+    let mut dx = vec![0.0f32; rows * c];
+    let mut dk = vec![0.0f32; k * c];
+    let tile = tile_rows(k, rows);
+    let mut patches = vec![0.0f32; tile * k];
+    for r0 in (0..rows).step_by(tile) {
+        let m = tile.min(rows - r0);
+        map.gather_rows(dz, r0, &mut patches[..m * k]);
+        gemm(
+            (m, c, k),
+            &patches,
+            (k, 1),
+            kernel,
+            (c, 1),
+            &mut dx[r0 * c..],
+            (c, 1),
+            false,
+        );
+        gemm(
+            (k, c, m),
+            &patches,
+            (1, k),
+            &x[r0 * c..],
+            (c, 1),
+            &mut dk,
+            (c, 1),
+            true,
+        );
+    }
+    let mut db = vec![0.0f32; map.image[3]];
+    add_column_sums(dz, db.len(), &mut db);
+    (dx, dk, db)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -1249,43 +1313,63 @@ enum Pool {
     Average,
 }
 
+/// A pooling's window per spatial axis (images: one tap of depth) and the input's layout.
+#[allow(clippy::type_complexity)]
 fn pool_windows(
     x: Option<&Tensor>,
     out_shape: &[usize],
     geometry: impl Fn(usize, usize, usize) -> WindowGeometry,
-) -> Result<([WindowGeometry; 2], [usize; 4]), Unsupported> {
-    let shape = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
-    let [_, oh, ow, _] = hwc(out_shape)?;
+) -> Result<([WindowGeometry; 3], (usize, [usize; 3], usize)), Unsupported> {
+    let shape = x.map(|t| t.shape.clone()).unwrap_or_default();
+    let (n, dims, c) = spatial(&shape)?;
+    let (_, out_dims, _) = spatial(out_shape)?;
+    let window: ConvWindow = Box::new(geometry);
     Ok((
-        [geometry(0, shape[1], oh), geometry(1, shape[2], ow)],
-        shape,
+        axes_geometry(dims, out_dims, shape.len() == 5, &window),
+        (n, dims, c),
     ))
 }
 
 /// For each output value, the input indices of its window that lie inside the input (padding
 /// is skipped: max pooling ignores it and TF's average divides by the values inside).
 fn for_each_window(
-    [n, h, w, c]: [usize; 4],
+    (n, [d, h, w], c): (usize, [usize; 3], usize),
     out_shape: &[usize],
-    [rows, cols]: [WindowGeometry; 2],
+    windows: [WindowGeometry; 3],
     mut visit: impl FnMut(usize, &mut dyn Iterator<Item = usize>),
 ) {
-    let (oh, ow) = (out_shape[1], out_shape[2]);
+    let Ok((_, [od, oh, ow], _)) = spatial(out_shape) else {
+        return;
+    };
+    let dims = [d, h, w];
     for item in 0..n {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                for ch in 0..c {
-                    let o = ((item * oh + oy) * ow + ox) * c + ch;
-                    let y0 = (oy * rows.stride) as isize - rows.pad_before as isize;
-                    let x0 = (ox * cols.stride) as isize - cols.pad_before as isize;
-                    let mut taps = (0..rows.kernel).flat_map(move |a| {
-                        (0..cols.kernel).filter_map(move |b| {
-                            let (y, xx) = (y0 + a as isize, x0 + b as isize);
-                            (y >= 0 && y < h as isize && xx >= 0 && xx < w as isize)
-                                .then(|| ((item * h + y as usize) * w + xx as usize) * c + ch)
-                        })
-                    });
-                    visit(o, &mut taps);
+        for oz in 0..od {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let start = [oz, oy, ox]
+                        .iter()
+                        .zip(&windows)
+                        .map(|(&o, g)| (o * g.stride) as isize - g.pad_before as isize)
+                        .collect::<Vec<_>>();
+                    for ch in 0..c {
+                        let o = (((item * od + oz) * oh + oy) * ow + ox) * c + ch;
+                        let (k0, k1, k2) =
+                            (windows[0].kernel, windows[1].kernel, windows[2].kernel);
+                        let start = &start;
+                        let mut taps = (0..k0 * k1 * k2).filter_map(move |t| {
+                            let tap = [t / (k1 * k2), t / k2 % k1, t % k2];
+                            let mut at = [0usize; 3];
+                            for a in 0..3 {
+                                let p = start[a] + tap[a] as isize;
+                                if p < 0 || p >= dims[a] as isize {
+                                    return None;
+                                }
+                                at[a] = p as usize;
+                            }
+                            Some((((item * d + at[0]) * h + at[1]) * w + at[2]) * c + ch)
+                        });
+                        visit(o, &mut taps);
+                    }
                 }
             }
         }
@@ -1294,9 +1378,9 @@ fn for_each_window(
 
 fn pool_forward(
     x: &[f32],
-    shape: [usize; 4],
+    shape: (usize, [usize; 3], usize),
     out_shape: &[usize],
-    windows: [WindowGeometry; 2],
+    windows: [WindowGeometry; 3],
     pool: Pool,
 ) -> Vec<f32> {
     let mut y = vec![0.0f32; out_shape.iter().product()];
@@ -1314,9 +1398,9 @@ fn pool_forward(
 
 fn pool_backward(
     x: &[f32],
-    shape: [usize; 4],
+    shape: (usize, [usize; 3], usize),
     out_shape: &[usize],
-    windows: [WindowGeometry; 2],
+    windows: [WindowGeometry; 3],
     pool: Pool,
     dy: &[f32],
 ) -> Vec<f32> {
@@ -1345,50 +1429,56 @@ fn pool_backward(
     dx
 }
 
-/// Each (input index, output index, weight) of an up-sampling: nearest copies, bilinear as TF's
-/// resize with half-pixel centres.
+/// Each (input index, output index, weight) of an up-sampling by `size` per spatial axis
+/// `[depth, height, width]`: nearest copies, bilinear (images) as TF's resize with half-pixel
+/// centres.
 fn for_each_resize_tap(
-    size: [i64; 2],
+    size: [i64; 3],
     interpolation: Interpolation,
-    [n, h, w, c]: [usize; 4],
+    (n, [d, h, w], c): (usize, [usize; 3], usize),
     out_shape: &[usize],
     mut tap: impl FnMut(usize, usize, f32),
 ) -> Result<(), Unsupported> {
-    let [_, oh, ow, _] = hwc(out_shape)?;
-    let (sh, sw) = (size[0].max(1) as usize, size[1].max(1) as usize);
+    let (_, [od, oh, ow], _) = spatial(out_shape)?;
+    let scale = size.map(|s| s.max(1) as usize);
     // Per output coordinate: (low, high, fraction towards high).
-    let axis = |o: usize, scale: usize, len: usize| match interpolation {
-        Interpolation::Nearest => ((o / scale).min(len - 1), (o / scale).min(len - 1), 0.0f32),
-        Interpolation::Bilinear => {
+    let axis = |o: usize, scale: usize, len: usize, bilinear: bool| {
+        if bilinear {
             let src = (o as f32 + 0.5) / scale as f32 - 0.5;
             let floor = src.floor();
             let lo = (floor.max(0.0) as usize).min(len - 1);
             let hi = (src.ceil().max(0.0) as usize).min(len - 1);
             (lo, hi, src - floor)
+        } else {
+            ((o / scale).min(len - 1), (o / scale).min(len - 1), 0.0f32)
         }
     };
-    if h == 0 || w == 0 {
+    if d == 0 || h == 0 || w == 0 {
         return Ok(());
     }
+    let bilinear = interpolation == Interpolation::Bilinear;
     for item in 0..n {
-        for oy in 0..oh {
-            let (y0, y1, dy) = axis(oy, sh, h);
-            for ox in 0..ow {
-                let (x0, x1, dx) = axis(ox, sw, w);
-                let out = ((item * oh + oy) * ow + ox) * c;
-                let corners = [
-                    (y0, x0, (1.0 - dy) * (1.0 - dx)),
-                    (y0, x1, (1.0 - dy) * dx),
-                    (y1, x0, dy * (1.0 - dx)),
-                    (y1, x1, dy * dx),
-                ];
-                for (yy, xx, wt) in corners {
-                    if wt == 0.0 {
-                        continue;
-                    }
-                    let src = ((item * h + yy) * w + xx) * c;
-                    for ch in 0..c {
-                        tap(src + ch, out + ch, wt);
+        for oz in 0..od {
+            let z = axis(oz, scale[0], d, false).0;
+            for oy in 0..oh {
+                let (y0, y1, dy) = axis(oy, scale[1], h, bilinear);
+                for ox in 0..ow {
+                    let (x0, x1, dx) = axis(ox, scale[2], w, bilinear);
+                    let out = (((item * od + oz) * oh + oy) * ow + ox) * c;
+                    let corners = [
+                        (y0, x0, (1.0 - dy) * (1.0 - dx)),
+                        (y0, x1, (1.0 - dy) * dx),
+                        (y1, x0, dy * (1.0 - dx)),
+                        (y1, x1, dy * dx),
+                    ];
+                    for (yy, xx, wt) in corners {
+                        if wt == 0.0 {
+                            continue;
+                        }
+                        let src = (((item * d + z) * h + yy) * w + xx) * c;
+                        for ch in 0..c {
+                            tap(src + ch, out + ch, wt);
+                        }
                     }
                 }
             }
@@ -1397,31 +1487,35 @@ fn for_each_resize_tap(
     Ok(())
 }
 
-/// Copies between an input and an output window of it: output pixel `(y, x)` is input pixel
-/// `(y + shift[0], x + shift[1])` (a crop shifts forward, a padding back); pixels outside the
-/// input are skipped. `copy(input index, output index)`.
+/// Copies between an input and an output window of it: output pixel `p` is input pixel
+/// `p + shift` per spatial axis `[depth, height, width]` (a crop shifts forward, a padding
+/// back); pixels outside the input are skipped. `copy(input index, output index)`.
 fn window_copy(
-    [n, h, w, c]: [usize; 4],
+    (n, [d, h, w], c): (usize, [usize; 3], usize),
     out_shape: &[usize],
-    shift: [i64; 2],
+    shift: [i64; 3],
     mut copy: impl FnMut(usize, usize),
 ) -> Result<(), Unsupported> {
-    let [_, oh, ow, _] = hwc(out_shape)?;
+    let (_, [od, oh, ow], _) = spatial(out_shape)?;
+    let inside = |p: i64, len: usize| (p >= 0 && p < len as i64).then_some(p as usize);
     for item in 0..n {
-        for oy in 0..oh {
-            let y = oy as i64 + shift[0];
-            if y < 0 || y >= h as i64 {
+        for oz in 0..od {
+            let Some(z) = inside(oz as i64 + shift[0], d) else {
                 continue;
-            }
-            for ox in 0..ow {
-                let xx = ox as i64 + shift[1];
-                if xx < 0 || xx >= w as i64 {
+            };
+            for oy in 0..oh {
+                let Some(y) = inside(oy as i64 + shift[1], h) else {
                     continue;
-                }
-                let src = ((item * h + y as usize) * w + xx as usize) * c;
-                let dst = ((item * oh + oy) * ow + ox) * c;
-                for ch in 0..c {
-                    copy(src + ch, dst + ch);
+                };
+                for ox in 0..ow {
+                    let Some(x) = inside(ox as i64 + shift[2], w) else {
+                        continue;
+                    };
+                    let src = (((item * d + z) * h + y) * w + x) * c;
+                    let dst = (((item * od + oz) * oh + oy) * ow + ox) * c;
+                    for ch in 0..c {
+                        copy(src + ch, dst + ch);
+                    }
                 }
             }
         }

@@ -76,19 +76,19 @@ pub fn gemm(
 }
 
 /// How a patch matrix lies over an image (see the module comment), per spatial axis
-/// `[rows, columns]`.
+/// `[depth, rows, columns]` (an image is a volume of depth 1, with a kernel of depth 1).
 #[derive(Debug, Clone, Copy)]
 pub struct PatchMap {
     pub batch: usize,
     /// The row grid (output pixels of a convolution, input pixels of a transposed one).
-    pub grid: [usize; 2],
-    pub kernel: [usize; 2],
-    pub stride: [usize; 2],
-    pub dilation: [usize; 2],
+    pub grid: [usize; 3],
+    pub kernel: [usize; 3],
+    pub stride: [usize; 3],
+    pub dilation: [usize; 3],
     /// Image pixels before the first tap of grid position 0.
-    pub offset: [usize; 2],
-    /// Image height, width and channels.
-    pub image: [usize; 3],
+    pub offset: [usize; 3],
+    /// Image depth, height, width and channels.
+    pub image: [usize; 4],
     /// The channels of the image a patch reads: `[first, count]` (one group of a grouped
     /// convolution, or all).
     pub channels: [usize; 2],
@@ -96,39 +96,64 @@ pub struct PatchMap {
 
 impl PatchMap {
     pub fn rows(&self) -> usize {
-        self.batch * self.grid[0] * self.grid[1]
+        self.batch * self.grid.iter().product::<usize>()
+    }
+
+    pub fn taps(&self) -> usize {
+        self.kernel.iter().product()
     }
 
     pub fn row_len(&self) -> usize {
-        self.kernel[0] * self.kernel[1] * self.channels[1]
+        self.taps() * self.channels[1]
+    }
+
+    /// The image coordinate tap `tap` of grid position `g` reads along `axis`, if inside.
+    fn target(&self, g: usize, tap: usize, axis: usize) -> Option<usize> {
+        let p = (g * self.stride[axis] + tap * self.dilation[axis]) as isize
+            - self.offset[axis] as isize;
+        (p >= 0 && (p as usize) < self.image[axis]).then_some(p as usize)
+    }
+
+    /// The grid position whose tap `tap` reads image coordinate `p` along `axis`.
+    fn source(&self, p: usize, tap: usize, axis: usize) -> Option<usize> {
+        let t = (p + self.offset[axis]) as isize - (tap * self.dilation[axis]) as isize;
+        let s = self.stride[axis] as isize;
+        (t >= 0 && t % s == 0 && ((t / s) as usize) < self.grid[axis]).then_some((t / s) as usize)
+    }
+
+    /// Every tap `(flat tap index, [ta, tb, tc])` in row-major order.
+    fn taps_iter(&self) -> impl Iterator<Item = (usize, [usize; 3])> + '_ {
+        let [kd, kh, kw] = self.kernel;
+        (0..kd * kh * kw).map(move |t| (t, [t / (kh * kw), t / kw % kh, t % kw]))
     }
 
     /// Rows `first_row ..` of the patch matrix of `image` into `out` (whole rows of
     /// [`PatchMap::row_len`]; zeros outside the image), in parallel over rows.
     pub fn gather_rows(&self, image: &[f32], first_row: usize, out: &mut [f32]) {
-        let [gh, gw] = self.grid;
-        let [kh, kw] = self.kernel;
-        let [h, w, c] = self.image;
+        let [gd, gh, gw] = self.grid;
+        let [d, h, w, c] = self.image;
         let [first, count] = self.channels;
         let row_len = self.row_len().max(1);
         out.par_chunks_mut(row_len)
             .enumerate()
             .for_each(|(i, patch)| {
                 let r = first_row + i;
-                let (n, gy, gx) = (r / (gh * gw), r / gw % gh, r % gw);
-                for a in 0..kh {
-                    let y = (gy * self.stride[0] + a * self.dilation[0]) as isize
-                        - self.offset[0] as isize;
-                    for b in 0..kw {
-                        let x = (gx * self.stride[1] + b * self.dilation[1]) as isize
-                            - self.offset[1] as isize;
-                        let entry = &mut patch[(a * kw + b) * count..(a * kw + b + 1) * count];
-                        if y < 0 || y >= h as isize || x < 0 || x >= w as isize {
-                            entry.fill(0.0);
-                        } else {
-                            let pixel = ((n * h + y as usize) * w + x as usize) * c + first;
+                let (n, g) = (
+                    r / (gd * gh * gw),
+                    [r / (gh * gw) % gd, r / gw % gh, r % gw],
+                );
+                for (t, tap) in self.taps_iter() {
+                    let entry = &mut patch[t * count..(t + 1) * count];
+                    match (
+                        self.target(g[0], tap[0], 0),
+                        self.target(g[1], tap[1], 1),
+                        self.target(g[2], tap[2], 2),
+                    ) {
+                        (Some(z), Some(y), Some(x)) => {
+                            let pixel = (((n * d + z) * h + y) * w + x) * c + first;
                             entry.copy_from_slice(&image[pixel..pixel + count]);
                         }
+                        _ => entry.fill(0.0),
                     }
                 }
             });
@@ -142,10 +167,10 @@ impl PatchMap {
     }
 
     /// The other direction: for image pixels `first_pixel ..` (whole rows of
-    /// `kh * kw * count` in `out`), entry `(a, b, ch)` is channel `first + ch` of the grid
-    /// value (`grid`, `grid_c` channels per position) whose tap `(a, b)` reads that pixel, or 0
-    /// where none does. Multiplying these rows by the kernel with its last two axes swapped
-    /// scatters a patch gradient (or a transposed convolution) without write conflicts.
+    /// `taps * count` in `out`), entry `(tap, ch)` is channel `first + ch` of the grid value
+    /// (`grid`, `grid_c` channels per position) whose tap reads that pixel, or 0 where none
+    /// does. Multiplying these rows by the kernel with its last two axes swapped scatters a
+    /// patch gradient (or a transposed convolution) without write conflicts.
     pub fn gather_reverse(
         &self,
         grid: &[f32],
@@ -154,27 +179,26 @@ impl PatchMap {
         first_pixel: usize,
         out: &mut [f32],
     ) {
-        let [gh, gw] = self.grid;
-        let [kh, kw] = self.kernel;
-        let [h, w, _] = self.image;
-        let row_len = (kh * kw * count).max(1);
-        let source = |p, tap, axis, len| self.source(p, tap, axis, len);
+        let [gd, gh, gw] = self.grid;
+        let [d, h, w, _] = self.image;
+        let row_len = (self.taps() * count).max(1);
         out.par_chunks_mut(row_len)
             .enumerate()
             .for_each(|(i, row)| {
                 let q = first_pixel + i;
-                let (n, y, x) = (q / (h * w), q / w % h, q % w);
-                for a in 0..kh {
-                    let gy = source(y, a, 0, gh);
-                    for b in 0..kw {
-                        let entry = &mut row[(a * kw + b) * count..(a * kw + b + 1) * count];
-                        match (gy, source(x, b, 1, gw)) {
-                            (Some(gy), Some(gx)) => {
-                                let at = ((n * gh + gy) * gw + gx) * grid_c + first;
-                                entry.copy_from_slice(&grid[at..at + count]);
-                            }
-                            _ => entry.fill(0.0),
+                let (n, p) = (q / (d * h * w), [q / (h * w) % d, q / w % h, q % w]);
+                for (t, tap) in self.taps_iter() {
+                    let entry = &mut row[t * count..(t + 1) * count];
+                    match (
+                        self.source(p[0], tap[0], 0),
+                        self.source(p[1], tap[1], 1),
+                        self.source(p[2], tap[2], 2),
+                    ) {
+                        (Some(gz), Some(gy), Some(gx)) => {
+                            let at = (((n * gd + gz) * gh + gy) * gw + gx) * grid_c + first;
+                            entry.copy_from_slice(&grid[at..at + count]);
                         }
+                        _ => entry.fill(0.0),
                     }
                 }
             });
@@ -184,25 +208,22 @@ impl PatchMap {
     /// [`PatchMap::gather`]), in parallel over image pixels: each pixel sums the entries of the
     /// grid positions whose taps read it.
     pub fn scatter_add(&self, patches: &[f32], image: &mut [f32]) {
-        let [gh, gw] = self.grid;
-        let [kh, kw] = self.kernel;
-        let [h, w, c] = self.image;
+        let [gd, gh, gw] = self.grid;
+        let [d, h, w, c] = self.image;
         let [first, count] = self.channels;
         let row_len = self.row_len();
         image
             .par_chunks_mut(c.max(1))
             .enumerate()
             .for_each(|(q, pixel)| {
-                let (n, y, x) = (q / (h * w), q / w % h, q % w);
-                for a in 0..kh {
-                    let Some(gy) = self.source(y, a, 0, gh) else {
-                        continue;
-                    };
-                    for b in 0..kw {
-                        let Some(gx) = self.source(x, b, 1, gw) else {
-                            continue;
-                        };
-                        let at = ((n * gh + gy) * gw + gx) * row_len + (a * kw + b) * count;
+                let (n, p) = (q / (d * h * w), [q / (h * w) % d, q / w % h, q % w]);
+                for (t, tap) in self.taps_iter() {
+                    if let (Some(gz), Some(gy), Some(gx)) = (
+                        self.source(p[0], tap[0], 0),
+                        self.source(p[1], tap[1], 1),
+                        self.source(p[2], tap[2], 2),
+                    ) {
+                        let at = (((n * gd + gz) * gh + gy) * gw + gx) * row_len + t * count;
                         for (v, add) in pixel[first..first + count]
                             .iter_mut()
                             .zip(&patches[at..at + count])
@@ -212,13 +233,6 @@ impl PatchMap {
                     }
                 }
             });
-    }
-
-    /// The grid position whose tap `tap` reads image coordinate `p` along `axis`.
-    fn source(&self, p: usize, tap: usize, axis: usize, len: usize) -> Option<usize> {
-        let t = (p + self.offset[axis]) as isize - (tap * self.dilation[axis]) as isize;
-        let s = self.stride[axis] as isize;
-        (t >= 0 && t % s == 0 && ((t / s) as usize) < len).then_some((t / s) as usize)
     }
 }
 
@@ -255,12 +269,12 @@ mod tests {
         // nine output pixels, a corner by four.
         let map = PatchMap {
             batch: 1,
-            grid: [3, 3],
-            kernel: [3, 3],
-            stride: [1, 1],
-            dilation: [1, 1],
-            offset: [1, 1],
-            image: [3, 3, 1],
+            grid: [1, 3, 3],
+            kernel: [1, 3, 3],
+            stride: [1, 1, 1],
+            dilation: [1, 1, 1],
+            offset: [0, 1, 1],
+            image: [1, 3, 3, 1],
             channels: [0, 1],
         };
         let ones = map.gather(&[1.0; 9]);

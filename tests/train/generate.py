@@ -117,6 +117,29 @@ def layer_mix(k):
     return k.Model(x0, out)
 
 
+def heads(k):
+    """Activation and Softmax layers as heads, BatchNormalization without center/scale,
+    convolutions without bias, a 5x5 kernel, a Dense layer over pixels."""
+    L = k.layers
+    x0 = L.Input((10, 10, 3))
+    x = L.Conv2D(6, 5, padding="same", use_bias=False)(x0)
+    x = L.BatchNormalization(center=False)(x)
+    x = L.Activation("relu")(x)
+    x = L.Conv2D(6, 3, padding="same", use_bias=False)(x)
+    x = L.BatchNormalization(scale=False, momentum=0.8)(x)
+    x = L.Dense(4)(x)
+    return k.Model(x0, L.Softmax()(x))
+
+
+def sigmoid_head(k):
+    """An Activation('sigmoid') layer as the head (Keras takes its logits for the crossentropy)."""
+    L = k.layers
+    x0 = L.Input((10, 10, 2))
+    x = L.Conv2D(4, 3, padding="same", activation="relu")(x0)
+    x = L.Conv2D(2, 1)(x)
+    return k.Model(x0, L.Activation("sigmoid")(x))
+
+
 def dice_loss(y, p):
     import tensorflow as tf
 
@@ -170,6 +193,15 @@ def cases():
         ("valid_unet_rmsprop_focal", valid_unet, lambda: opt.RMSprop(1e-3),
          ["--optimizer", "rmsprop", "--learning-rate", "0.001"],
          "binary_focal_crossentropy", ["--loss", "focal"], "binary", 2, 3),
+        ("heads_adam_decay_sparse", heads, lambda: opt.Adam(3e-3, weight_decay=0.1),
+         ["--optimizer", "adam", "--learning-rate", "0.003", "--weight-decay", "0.1"],
+         "sparse_categorical_crossentropy", ["--loss", "sparse_categorical_crossentropy"],
+         "sparse", 2, 4),
+        ("sigmoid_head_sgd_decay_bce", sigmoid_head, lambda: opt.SGD(0.1, momentum=0.5,
+                                                                      weight_decay=0.01),
+         ["--optimizer", "sgd", "--learning-rate", "0.1", "--momentum", "0.5",
+          "--weight-decay", "0.01"],
+         "binary_crossentropy", ["--loss", "binary_crossentropy"], "binary", 3, 3),
     ]
 
 

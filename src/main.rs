@@ -300,123 +300,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  unetc train specs/bn_same.yaml --inputs x.npy --targets y.npy --loss categorical_crossentropy --epochs 5 -o trained.safetensors\n  unetc train model.unet --weights init.safetensors --inputs x.npy --targets y.npy --optimizer sgd --learning-rate 0.01 --momentum 0.9 --nesterov --loss binary_crossentropy --batch-size 2 --steps 4 --no-shuffle -o final.safetensors --log log.json\n\nInputs: NHWC float32 .npy of the model's input size. Targets: NHWC like the output (one-hot or\nbinary, float32), or NHW integer class indices (uint8, int32, int64) for\nsparse_categorical_crossentropy. Without --weights the spec's initializers draw the initial\nweights (--seed). The output holds every weight, BatchNormalization's moving statistics included."
     )]
-    Train {
-        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
-        spec: PathBuf,
-        /// Initial weights (safetensors); without it the spec's initializers draw them (--seed).
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// A folder of images and masks paired by file name (images/ and masks/, or image/ and
-        /// label/, ...): PNG or TIFF, masks as class indices or 0/255.
-        #[arg(long, conflicts_with_all = ["inputs", "targets"], required_unless_present = "inputs")]
-        data: Option<PathBuf>,
-        /// Training inputs: NHWC float32 .npy.
-        #[arg(long, requires = "targets")]
-        inputs: Option<PathBuf>,
-        /// Training targets: like the output (NHWC), or NHW class indices for the sparse loss.
-        #[arg(long, requires = "inputs")]
-        targets: Option<PathBuf>,
-        /// A validation folder (as --data); Dice, IoU and the loss are reported each epoch.
-        #[arg(long, conflicts_with = "val_split")]
-        val: Option<PathBuf>,
-        /// Hold out this fraction of the training samples for validation (seeded).
-        #[arg(long)]
-        val_split: Option<f64>,
-        /// Augmentations for folder data: any of flip,rot90,shift,scale,intensity,elastic, or
-        /// all / none [default: all for --data, none for arrays].
-        #[arg(long, conflicts_with = "no_augment")]
-        augment: Option<String>,
-        /// `constant`, `step` (x --lr-gamma every --lr-step-epochs) or `cosine` (to --lr-min).
-        #[arg(long, default_value = "constant")]
-        lr_schedule: String,
-        /// Epochs between steps of the `step` schedule.
-        #[arg(long, default_value_t = 10)]
-        lr_step_epochs: u64,
-        /// Factor of the `step` schedule.
-        #[arg(long, default_value_t = 0.1)]
-        lr_gamma: f64,
-        /// Final learning rate of the `cosine` schedule.
-        #[arg(long, default_value_t = 0.0)]
-        lr_min: f64,
-        /// The validation figure for --patience and --save-best: val_loss or val_dice.
-        #[arg(long, default_value = "val_loss")]
-        monitor: String,
-        /// Stop after this many epochs without improvement of --monitor.
-        #[arg(long)]
-        patience: Option<u64>,
-        /// Write a checkpoint (weights, optimizer state, progress) here after every epoch.
-        #[arg(long)]
-        checkpoint: Option<PathBuf>,
-        /// Continue from a checkpoint written by --checkpoint (same spec and optimizer).
-        #[arg(long)]
-        resume: Option<PathBuf>,
-        /// Write the weights of the best epoch (by --monitor) here.
-        #[arg(long)]
-        save_best: Option<PathBuf>,
-        /// adam, adamw, sgd or rmsprop, with Keras's defaults.
-        #[arg(long, default_value = "adam")]
-        optimizer: String,
-        /// Keras's `learning_rate` [default: 0.001; sgd 0.01].
-        #[arg(long)]
-        learning_rate: Option<f64>,
-        /// Adam/AdamW `beta_1` [default: 0.9].
-        #[arg(long = "beta-1")]
-        beta_1: Option<f64>,
-        /// Adam/AdamW `beta_2` [default: 0.999].
-        #[arg(long = "beta-2")]
-        beta_2: Option<f64>,
-        /// Adam/AdamW/RMSprop `epsilon` [default: 1e-7].
-        #[arg(long)]
-        epsilon: Option<f64>,
-        /// SGD/RMSprop `momentum` [default: 0].
-        #[arg(long)]
-        momentum: Option<f64>,
-        /// SGD with Nesterov momentum.
-        #[arg(long)]
-        nesterov: bool,
-        /// RMSprop `rho` [default: 0.9].
-        #[arg(long)]
-        rho: Option<f64>,
-        /// Decoupled weight decay (AdamW's default 0.004; none for the others unless given).
-        #[arg(long)]
-        weight_decay: Option<f64>,
-        /// categorical_crossentropy, sparse_categorical_crossentropy, binary_crossentropy, mse,
-        /// dice, bce_dice or focal [default: binary_crossentropy for a one-channel output,
-        /// categorical_crossentropy otherwise].
-        #[arg(long)]
-        loss: Option<String>,
-        /// The model's output is logits (Keras's `from_logits=True`).
-        #[arg(long)]
-        from_logits: bool,
-        /// Samples per step.
-        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
-        batch_size: u32,
-        /// Train this many steps (batches).
-        #[arg(long, conflicts_with = "epochs")]
-        steps: Option<u64>,
-        /// Train this many passes over the data [default: 1].
-        #[arg(long)]
-        epochs: Option<u64>,
-        /// Keep the samples in order (Keras's `shuffle=False`).
-        #[arg(long)]
-        no_shuffle: bool,
-        /// No augmentation (the same as --augment none).
-        #[arg(long)]
-        no_augment: bool,
-        /// Seed of the initial weights, the shuffling and dropout.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Where to write the final weights (safetensors).
-        #[arg(short = 'o', long)]
-        output: PathBuf,
-        /// Write the log: JSON {"steps": [{"step": 1, "epoch": 1, "loss": ...}], "epochs": [...]},
-        /// or one CSV row per epoch if the name ends in .csv.
-        #[arg(long)]
-        log: Option<PathBuf>,
-        /// Replace existing output files.
-        #[arg(long)]
-        force: bool,
-    },
+    Train(TrainArgs),
     /// Write seeded weights following each layer's initializers (and Keras's batch-norm defaults).
     #[command(
         after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc init-weights specs/bn_same.yaml -o bn.safetensors --force"
@@ -434,6 +318,126 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `unetc train`'s options.
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
+    pub spec: PathBuf,
+    /// Initial weights (safetensors); without it the spec's initializers draw them (--seed).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// A folder of images and masks paired by file name (images/ and masks/, or image/ and
+    /// label/, ...): PNG or TIFF, masks as class indices or 0/255.
+    #[arg(long, conflicts_with_all = ["inputs", "targets"], required_unless_present = "inputs")]
+    pub data: Option<PathBuf>,
+    /// Training inputs: NHWC float32 .npy.
+    #[arg(long, requires = "targets")]
+    pub inputs: Option<PathBuf>,
+    /// Training targets: like the output (NHWC), or NHW class indices for the sparse loss.
+    #[arg(long, requires = "inputs")]
+    pub targets: Option<PathBuf>,
+    /// A validation folder (as --data); Dice, IoU and the loss are reported each epoch.
+    #[arg(long, conflicts_with = "val_split")]
+    pub val: Option<PathBuf>,
+    /// Hold out this fraction of the training samples for validation (seeded).
+    #[arg(long)]
+    pub val_split: Option<f64>,
+    /// Augmentations for folder data: any of flip,rot90,shift,scale,intensity,elastic, or
+    /// all / none [default: all for --data, none for arrays].
+    #[arg(long, conflicts_with = "no_augment")]
+    pub augment: Option<String>,
+    /// `constant`, `step` (x --lr-gamma every --lr-step-epochs) or `cosine` (to --lr-min).
+    #[arg(long, default_value = "constant")]
+    pub lr_schedule: String,
+    /// Epochs between steps of the `step` schedule.
+    #[arg(long, default_value_t = 10)]
+    pub lr_step_epochs: u64,
+    /// Factor of the `step` schedule.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr_gamma: f64,
+    /// Final learning rate of the `cosine` schedule.
+    #[arg(long, default_value_t = 0.0)]
+    pub lr_min: f64,
+    /// The validation figure for --patience and --save-best: val_loss or val_dice.
+    #[arg(long, default_value = "val_loss")]
+    pub monitor: String,
+    /// Stop after this many epochs without improvement of --monitor.
+    #[arg(long)]
+    pub patience: Option<u64>,
+    /// Write a checkpoint (weights, optimizer state, progress) here after every epoch.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue from a checkpoint written by --checkpoint (same spec and optimizer).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Write the weights of the best epoch (by --monitor) here.
+    #[arg(long)]
+    pub save_best: Option<PathBuf>,
+    /// adam, adamw, sgd or rmsprop, with Keras's defaults.
+    #[arg(long, default_value = "adam")]
+    pub optimizer: String,
+    /// Keras's `learning_rate` [default: 0.001; sgd 0.01].
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Adam/AdamW `beta_1` [default: 0.9].
+    #[arg(long = "beta-1")]
+    pub beta_1: Option<f64>,
+    /// Adam/AdamW `beta_2` [default: 0.999].
+    #[arg(long = "beta-2")]
+    pub beta_2: Option<f64>,
+    /// Adam/AdamW/RMSprop `epsilon` [default: 1e-7].
+    #[arg(long)]
+    pub epsilon: Option<f64>,
+    /// SGD/RMSprop `momentum` [default: 0].
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// SGD with Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// RMSprop `rho` [default: 0.9].
+    #[arg(long)]
+    pub rho: Option<f64>,
+    /// Decoupled weight decay (AdamW's default 0.004; none for the others unless given).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// categorical_crossentropy, sparse_categorical_crossentropy, binary_crossentropy, mse,
+    /// dice, bce_dice or focal [default: binary_crossentropy for a one-channel output,
+    /// categorical_crossentropy otherwise].
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// The model's output is logits (Keras's `from_logits=True`).
+    #[arg(long)]
+    pub from_logits: bool,
+    /// Samples per step.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch_size: u32,
+    /// Train this many steps (batches).
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<u64>,
+    /// Train this many passes over the data [default: 1].
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Keep the samples in order (Keras's `shuffle=False`).
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// No augmentation (the same as --augment none).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Seed of the initial weights, the shuffling and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the final weights (safetensors).
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// Write the log: JSON {"steps": [{"step": 1, "epoch": 1, "loss": ...}], "epochs": [...]},
+    /// or one CSV row per epoch if the name ends in .csv.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// Replace existing output files.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -770,105 +774,10 @@ fn main() -> ExitCode {
             precision,
             format,
         } => plan(&spec, &precision, format),
-        Command::Train {
-            spec,
-            weights,
-            data,
-            inputs,
-            targets,
-            val,
-            val_split,
-            augment,
-            lr_schedule,
-            lr_step_epochs,
-            lr_gamma,
-            lr_min,
-            monitor,
-            patience,
-            checkpoint,
-            resume,
-            save_best,
-            optimizer,
-            learning_rate,
-            beta_1,
-            beta_2,
-            epsilon,
-            momentum,
-            nesterov,
-            rho,
-            weight_decay,
-            loss,
-            from_logits,
-            batch_size,
-            steps,
-            epochs,
-            no_shuffle,
-            no_augment,
-            seed,
-            output,
-            log,
-            force,
-        } => {
-            let args = unetc::train::optimizer::OptimizerArgs {
-                beta_1,
-                beta_2,
-                epsilon,
-                momentum,
-                nesterov,
-                rho,
-                weight_decay,
-            };
-            let request = TrainRequest {
-                spec: &spec,
-                weights: weights.as_deref(),
-                optimizer: &optimizer,
-                args,
-                learning_rate,
-                loss: loss.as_deref(),
-                from_logits,
-                seed,
-                source: match (data, inputs, targets) {
-                    (Some(dir), _, _) => unetc::train::fit::Source::Folder(dir),
-                    (None, Some(inputs), Some(targets)) => {
-                        unetc::train::fit::Source::Arrays { inputs, targets }
-                    }
-                    // clap requires --data or both --inputs and --targets.
-                    (None, _, _) => unreachable!("clap requires --data or --inputs/--targets"),
-                },
-                validation: match (val, val_split) {
-                    (Some(dir), _) => unetc::train::fit::Validation::Folder(dir),
-                    (None, Some(f)) => unetc::train::fit::Validation::Split(f),
-                    (None, None) => unetc::train::fit::Validation::None,
-                },
-                augment: if no_augment {
-                    Some("none".to_string())
-                } else {
-                    augment
-                },
-                lr_schedule: &lr_schedule,
-                lr_step_epochs,
-                lr_gamma,
-                lr_min,
-                monitor: &monitor,
-                patience,
-                checkpoint,
-                resume,
-                save_best,
-                batch_size: batch_size as usize,
-                length: match (steps, epochs) {
-                    (Some(s), _) => unetc::train::fit::Length::Steps(s),
-                    (None, e) => unetc::train::fit::Length::Epochs(e.unwrap_or(1)),
-                },
-                shuffle: !no_shuffle,
-                output: &output,
-                log: log.as_deref(),
-                force,
-            };
-            match train(request) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => run_error(e),
-            }
-        }
+        Command::Train(args) => match train(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => run_error(e),
+        },
         Command::InitWeights {
             spec,
             output,
@@ -884,40 +793,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// What `unetc train` was asked.
-struct TrainRequest<'a> {
-    spec: &'a std::path::Path,
-    weights: Option<&'a std::path::Path>,
-    optimizer: &'a str,
-    args: unetc::train::optimizer::OptimizerArgs,
-    learning_rate: Option<f64>,
-    loss: Option<&'a str>,
-    from_logits: bool,
-    seed: u64,
-    source: unetc::train::fit::Source,
-    validation: unetc::train::fit::Validation,
-    augment: Option<String>,
-    lr_schedule: &'a str,
-    lr_step_epochs: u64,
-    lr_gamma: f64,
-    lr_min: f64,
-    monitor: &'a str,
-    patience: Option<u64>,
-    checkpoint: Option<PathBuf>,
-    resume: Option<PathBuf>,
-    save_best: Option<PathBuf>,
-    batch_size: usize,
-    length: unetc::train::fit::Length,
-    shuffle: bool,
-    output: &'a std::path::Path,
-    log: Option<&'a std::path::Path>,
-    force: bool,
-}
-
-fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
+fn train(r: TrainArgs) -> Result<(), unetc::runner::RunError> {
     use unetc::runner::RunError;
     use unetc::train::{fit, loss::Loss, optimizer::Optimizer, TrainConfig};
-    let loss = match r.loss {
+    let args = unetc::train::optimizer::OptimizerArgs {
+        beta_1: r.beta_1,
+        beta_2: r.beta_2,
+        epsilon: r.epsilon,
+        momentum: r.momentum,
+        nesterov: r.nesterov,
+        rho: r.rho,
+        weight_decay: r.weight_decay,
+    };
+    let loss = match r.loss.as_deref() {
         Some(name) => Some(Loss::parse(name).ok_or_else(|| {
             RunError::Usage(format!(
                 "unknown loss `{name}`: use one of {}",
@@ -926,8 +814,7 @@ fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
         })?),
         None => None,
     };
-    let (optimizer, weight_decay) =
-        Optimizer::new(r.optimizer, &r.args).map_err(RunError::Usage)?;
+    let (optimizer, weight_decay) = Optimizer::new(&r.optimizer, &args).map_err(RunError::Usage)?;
     // Keras's defaults: SGD 0.01, the others 0.001.
     let learning_rate = r.learning_rate.unwrap_or(match optimizer {
         Optimizer::Sgd { .. } => 0.01,
@@ -939,7 +826,7 @@ fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
         ));
     }
     // Refuse to overwrite before any work is done.
-    for path in std::iter::once(r.output).chain(r.log) {
+    for path in std::iter::once(&r.output).chain(&r.log) {
         if !r.force && path.exists() {
             return Err(RunError::Usage(format!(
                 "`{}` exists; use --force to replace it",
@@ -947,7 +834,7 @@ fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
             )));
         }
     }
-    let c = unetc::runner::compile_checked(r.spec, None)?;
+    let c = unetc::runner::compile_checked(&r.spec, None)?;
     // Without --loss: Keras's usual pairing for the output's channels.
     let loss = loss.unwrap_or_else(|| {
         let channels = c
@@ -962,7 +849,7 @@ fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
             Loss::CategoricalCrossentropy
         }
     });
-    let initial = match r.weights {
+    let initial = match &r.weights {
         Some(p) => unetc::io::load_weights(p, &unetc::runner::expected_weights(&c))
             .map_err(RunError::Io)?,
         None => unetc::runner::init_weights(&c, r.seed)?,
@@ -975,8 +862,27 @@ fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
         from_logits: r.from_logits,
         seed: r.seed,
     };
-    let folder = matches!(r.source, fit::Source::Folder(_));
-    let augment = match r.augment.as_deref() {
+    let source = match (r.data, r.inputs, r.targets) {
+        (Some(dir), _, _) => fit::Source::Folder(dir),
+        (None, Some(inputs), Some(targets)) => fit::Source::Arrays { inputs, targets },
+        (None, _, _) => {
+            return Err(RunError::Usage(
+                "give --data DIR, or --inputs and --targets".into(),
+            ))
+        }
+    };
+    let validation = match (r.val, r.val_split) {
+        (Some(dir), _) => fit::Validation::Folder(dir),
+        (None, Some(f)) => fit::Validation::Split(f),
+        (None, None) => fit::Validation::None,
+    };
+    let folder = matches!(source, fit::Source::Folder(_));
+    let augment_list = if r.no_augment {
+        Some("none")
+    } else {
+        r.augment.as_deref()
+    };
+    let augment = match augment_list {
         Some(list) => unetc::train::augment::Augment::parse(list).map_err(RunError::Usage)?,
         None if folder => unetc::train::augment::Augment::standard(),
         None => unetc::train::augment::Augment::none(),
@@ -986,7 +892,7 @@ fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
             "--augment applies to image folders (--data); arrays are used as they are".into(),
         ));
     }
-    let schedule = match r.lr_schedule {
+    let schedule = match r.lr_schedule.as_str() {
         "constant" => fit::Schedule::Constant,
         "step" if r.lr_step_epochs > 0 && r.lr_gamma > 0.0 => fit::Schedule::Step {
             every: r.lr_step_epochs,
@@ -1011,7 +917,7 @@ fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
             )))
         }
     };
-    let monitor = match r.monitor {
+    let monitor = match r.monitor.as_str() {
         "val_loss" => fit::Monitor::ValLoss,
         "val_dice" => fit::Monitor::ValDice,
         other => {
@@ -1020,7 +926,7 @@ fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
             )))
         }
     };
-    let has_validation = !matches!(r.validation, fit::Validation::None);
+    let has_validation = !matches!(validation, fit::Validation::None);
     if !has_validation && (r.patience.is_some() || r.save_best.is_some()) {
         return Err(RunError::Usage(
             "--patience and --save-best watch a validation figure: give --val or --val-split"
@@ -1028,11 +934,14 @@ fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
         ));
     }
     let opts = fit::FitOptions {
-        source: r.source,
-        validation: r.validation,
-        batch_size: r.batch_size,
-        length: r.length,
-        shuffle: r.shuffle,
+        source,
+        validation,
+        batch_size: r.batch_size as usize,
+        length: match (r.steps, r.epochs) {
+            (Some(s), _) => fit::Length::Steps(s),
+            (None, e) => fit::Length::Epochs(e.unwrap_or(1)),
+        },
+        shuffle: !r.no_shuffle,
         augment,
         schedule,
         monitor,
@@ -1087,7 +996,7 @@ fn train(r: TrainRequest) -> Result<(), unetc::runner::RunError> {
         }),
     })?;
     bar.finish_and_clear();
-    fit::write_results(&result, r.output, r.log, r.force)?;
+    fit::write_results(&result, &r.output, r.log.as_deref(), r.force)?;
     if let Some(last) = result.steps.last() {
         eprintln!(
             "trained {} step(s), {} epoch(s); last loss {:.6}; wrote {} tensors to {}",

@@ -8,48 +8,16 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 fn softplus(x: f32) -> f32 {
-    if x > 20.0 {
-        x
-    } else {
-        x.exp().ln_1p()
-    }
+    value(ActivationFn::Softplus, x).unwrap_or(x)
 }
 
 const SELU_ALPHA: f32 = 1.673_263_2;
 const SELU_SCALE: f32 = 1.050_701;
 
-/// `f(x)` for the elementwise activations; `None` for softmax (it needs the whole pixel).
+/// `f(x)` for the elementwise activations (the inference kernels' own functions); `None` for
+/// softmax (it needs the whole pixel).
 pub fn value(activation: ActivationFn, x: f32) -> Option<f32> {
-    Some(match activation {
-        ActivationFn::Linear => x,
-        ActivationFn::Relu => x.max(0.0),
-        ActivationFn::Sigmoid => sigmoid(x),
-        ActivationFn::Softmax => return None,
-        ActivationFn::Tanh => x.tanh(),
-        ActivationFn::Elu => {
-            if x > 0.0 {
-                x
-            } else {
-                x.exp_m1()
-            }
-        }
-        ActivationFn::Selu => SELU_SCALE * if x > 0.0 { x } else { SELU_ALPHA * x.exp_m1() },
-        ActivationFn::Softplus => softplus(x),
-        ActivationFn::Softsign => x / (1.0 + x.abs()),
-        ActivationFn::Swish | ActivationFn::Silu => x * sigmoid(x),
-        ActivationFn::Gelu => 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
-        ActivationFn::Exponential => x.exp(),
-        ActivationFn::HardSigmoid => (0.2 * x + 0.5).clamp(0.0, 1.0),
-        ActivationFn::Relu6 => x.clamp(0.0, 6.0),
-        ActivationFn::Mish => x * softplus(x).tanh(),
-        ActivationFn::LeakyRelu => {
-            if x >= 0.0 {
-                x
-            } else {
-                0.2 * x
-            }
-        }
-    })
+    crate::exec::cpu::kernels::elementwise(activation).map(|f| f(x))
 }
 
 /// `f'(x)`; `None` for softmax.

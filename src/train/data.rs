@@ -45,14 +45,7 @@ pub struct Geometry {
 
 impl Geometry {
     pub fn of(c: &Compiled) -> Result<Geometry, RunError> {
-        let dims = |id: crate::ir::NodeId| -> Vec<usize> {
-            c.info.layers[id.index()]
-                .shape
-                .iter()
-                .flatten()
-                .map(|&d| d.max(0) as usize)
-                .collect()
-        };
+        let dims = |id| super::item_shape(c, id);
         match (&dims(c.graph.inputs[0])[..], &dims(c.graph.outputs[0])[..]) {
             (&[ih, iw, ic], &[oh, ow, oc]) if ih >= oh && iw >= ow => Ok(Geometry {
                 input: [ih, iw],

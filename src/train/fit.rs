@@ -107,13 +107,7 @@ fn usage(text: String) -> RunError {
 }
 
 fn shape_text(s: &[usize]) -> String {
-    format!(
-        "({})",
-        s.iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+    format!("({})", super::dims_text(s))
 }
 
 /// Reads and checks the arrays: the inputs fit the model's input, the targets its output (class
@@ -126,14 +120,7 @@ pub fn load_dataset(
 ) -> Result<Dataset, RunError> {
     let inputs = read_npy_as_stored(inputs_path).map_err(RunError::Io)?;
     let raw_targets = read_npy_as_stored(targets_path).map_err(RunError::Io)?;
-    let model_shape = |id: crate::ir::NodeId| -> Vec<usize> {
-        c.info.layers[id.index()]
-            .shape
-            .iter()
-            .flatten()
-            .map(|&d| d.max(0) as usize)
-            .collect()
-    };
+    let model_shape = |id| super::item_shape(c, id);
     let input_shape = model_shape(c.graph.inputs[0]);
     let output_shape = model_shape(c.graph.outputs[0]);
     let x_item = inputs.shape.get(1..).unwrap_or(&[]);
@@ -143,11 +130,7 @@ pub fn load_dataset(
              [samples, height, width, channels] float32 of the model's input size",
             inputs_path.display(),
             shape_text(&inputs.shape),
-            input_shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            super::dims_text(&input_shape)
         )));
     }
     let n = inputs.shape[0];
@@ -178,16 +161,8 @@ pub fn load_dataset(
                  class index per output pixel, (N, {})",
                 targets_path.display(),
                 shape_text(&raw_targets.shape),
-                output_shape
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                pixels
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                super::dims_text(&output_shape),
+                super::dims_text(pixels)
             )));
         }
         let mut classes = Vec::with_capacity(raw_targets.data.len());
@@ -212,11 +187,7 @@ pub fn load_dataset(
                 "{}: the targets have shape {} but the model's output is (N, {}){}",
                 targets_path.display(),
                 shape_text(&raw_targets.shape),
-                output_shape
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                super::dims_text(&output_shape),
                 if t_item.len() + 1 == output_shape.len() {
                     "; class indices need --loss sparse_categorical_crossentropy"
                 } else {

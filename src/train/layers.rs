@@ -59,18 +59,28 @@ fn hwc(shape: &[usize]) -> Result<[usize; 4], Unsupported> {
     }
 }
 
+/// Where a layer's output activation finds its pre-activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreActivation {
+    /// The layer is only the activation: its input.
+    Input,
+    /// Fused into a conv or dense: kept in [`Saved::pre`].
+    Saved,
+}
+
 /// The output activation a layer applies last (fused into a conv or dense, or the layer itself).
-pub fn output_activation(op: &Op) -> Option<ActivationFn> {
+pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
+    let saved = |a: ActivationFn| Some((a, PreActivation::Saved));
     match op {
-        Op::Conv2D(o) => Some(o.args.activation),
-        Op::Conv2DTranspose(o) => Some(o.args.activation),
-        Op::Dense(o) => Some(o.activation),
-        Op::DepthwiseConv2D(o) => Some(o.activation),
-        Op::SeparableConv2D(o) => Some(o.activation),
-        Op::Activation(o) => Some(o.activation),
-        Op::Softmax(o) => (o.axis == -1).then_some(ActivationFn::Softmax),
+        Op::Conv2D(o) => saved(o.args.activation),
+        Op::Conv2DTranspose(o) => saved(o.args.activation),
+        Op::Dense(o) => saved(o.activation),
+        Op::DepthwiseConv2D(o) => saved(o.activation),
+        Op::SeparableConv2D(o) => saved(o.activation),
+        Op::Activation(o) => Some((o.activation, PreActivation::Input)),
+        Op::Softmax(o) => (o.axis == -1).then_some((ActivationFn::Softmax, PreActivation::Input)),
         Op::TFOpLambda(o) => match o.computes() {
-            TfCompute::Activation(a) => Some(a),
+            TfCompute::Activation(a) => Some((a, PreActivation::Input)),
             TfCompute::Merge(_) | TfCompute::Concat(_) => None,
         },
         Op::Input(_)
@@ -105,45 +115,11 @@ pub fn output_activation(op: &Op) -> Option<ActivationFn> {
     }
 }
 
-/// The pre-activation a layer's output came from: its saved `pre` (fused activations) or its
-/// input (activation layers).
+/// The pre-activation a layer's output came from (see [`output_activation`]).
 pub fn logits_of<'a>(op: &Op, input: &'a Tensor, saved: &'a Saved) -> Option<&'a [f32]> {
-    match op {
-        Op::Activation(_) | Op::Softmax(_) | Op::TFOpLambda(_) => Some(&input.data),
-        Op::Conv2D(_)
-        | Op::Conv2DTranspose(_)
-        | Op::Dense(_)
-        | Op::DepthwiseConv2D(_)
-        | Op::SeparableConv2D(_) => saved.pre.as_deref(),
-        Op::Input(_)
-        | Op::MaxPooling2D(_)
-        | Op::UpSampling2D(_)
-        | Op::Cropping2D(_)
-        | Op::ZeroPadding2D(_)
-        | Op::Concatenate(_)
-        | Op::Add(_)
-        | Op::BatchNormalization(_)
-        | Op::ReLU(_)
-        | Op::Dropout(_)
-        | Op::Flatten(_)
-        | Op::GlobalAveragePooling2D(_)
-        | Op::Multiply(_)
-        | Op::Subtract(_)
-        | Op::Average(_)
-        | Op::Maximum(_)
-        | Op::Minimum(_)
-        | Op::LeakyReLU(_)
-        | Op::ELU(_)
-        | Op::PReLU(_)
-        | Op::AveragePooling2D(_)
-        | Op::GlobalMaxPooling2D(_)
-        | Op::SpatialDropout2D(_)
-        | Op::GaussianNoise(_)
-        | Op::GaussianDropout(_)
-        | Op::GroupNormalization(_)
-        | Op::LayerNormalization(_)
-        | Op::Reshape(_)
-        | Op::Permute(_) => None,
+    match output_activation(op)?.1 {
+        PreActivation::Input => Some(&input.data),
+        PreActivation::Saved => saved.pre.as_deref(),
     }
 }
 

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 /// `c = a x b` (or `c += a x b`), each operand a strided view: element `(i, j)` of `a` is
-/// `a[i * a_rs + j * a_cs]`, and so on. `m x k` times `k x n`.
+/// `a[i * a_rs + j * a_cs]`, and so on. `m x k` times `k x n`; on all cores when large.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     (m, n, k): (usize, usize, usize),
@@ -22,57 +22,15 @@ pub fn gemm(
     (c_rs, c_cs): (usize, usize),
     accumulate: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    c[i * c_rs + j * c_cs] = 0.0;
-                }
-            }
-        }
-        return;
-    }
-    // Every element the views reach must be inside its slice: gemm reads raw pointers.
-    assert!(
-        last(m, k, a_rs, a_cs) < a.len()
-            && last(k, n, b_rs, b_cs) < b.len()
-            && last(m, n, c_rs, c_cs) < c.len(),
-        "training product out of bounds"
+    let parallel = (m as u64) * (n as u64) * (k as u64) >= 1 << 18;
+    crate::exec::cpu::gemm::strided_product(
+        (m, n, k),
+        (a, a_rs, a_cs),
+        (b, b_rs, b_cs),
+        (c, c_rs, c_cs),
+        accumulate,
+        parallel,
     );
-    let parallelism = if (m as u64) * (n as u64) * (k as u64) >= 1 << 18 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: every index the strides reach is inside its slice (asserted above), and `c` is a
-    // distinct `&mut`, so it aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            c_cs as isize,
-            c_rs as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
 }
 
 /// How a patch matrix lies over an image (see the module comment), per spatial axis

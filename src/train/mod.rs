@@ -24,6 +24,24 @@ use loss::{Loss, Prediction, Targets};
 use optimizer::Optimizer;
 use std::collections::HashMap;
 
+/// A layer's output shape without the batch, as sizes.
+pub(crate) fn item_shape(c: &Compiled, id: NodeId) -> Vec<usize> {
+    c.info.layers[id.index()]
+        .shape
+        .iter()
+        .flatten()
+        .map(|&d| d.max(0) as usize)
+        .collect()
+}
+
+/// `256, 256, 1`: sizes as a tuple's inside.
+pub(crate) fn dims_text(dims: &[usize]) -> String {
+    dims.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How to train.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -249,36 +267,63 @@ impl<'c> Trainer<'c> {
         let (outputs, _) = self.forward(x, false)?;
         let out_node = self.c.graph.node(self.output);
         let output = &outputs[&self.output];
-        let c = output.shape.last().copied().unwrap_or(1);
-        // Inference keeps no pre-activations; the logits are the output layer's input for an
-        // activation layer, or recomputed from the output for a fused softmax/sigmoid.
-        let squash = layers::output_activation(&out_node.op);
-        let takes_logits = self.config.loss.takes_logits_of().is_some()
-            && squash == self.config.loss.takes_logits_of();
-        let recovered: Option<Vec<f32>> = takes_logits.then(|| match squash {
-            Some(crate::ir::ops::ActivationFn::Sigmoid) => output
-                .data
-                .iter()
-                .map(|&p| {
-                    let p = p.clamp(1e-7, 1.0 - 1e-7);
-                    (p / (1.0 - p)).ln()
-                })
-                .collect(),
-            // Softmax logits up to a constant per pixel: log p (the loss is invariant to it).
-            _ => output.data.iter().map(|&p| p.max(1e-30).ln()).collect(),
+        // Inference keeps no pre-activations; the logits are recovered from the output (exact
+        // up to f32 away from saturation): log-odds of a sigmoid, log of a softmax (the loss is
+        // the same for logits shifted by a constant per pixel).
+        let recovered: Option<Vec<f32>> = self.takes_logits().then(|| {
+            match layers::output_activation(&out_node.op).map(|(a, _)| a) {
+                Some(crate::ir::ops::ActivationFn::Sigmoid) => output
+                    .data
+                    .iter()
+                    .map(|&p| {
+                        let p = p.clamp(1e-7, 1.0 - 1e-7);
+                        (p / (1.0 - p)).ln()
+                    })
+                    .collect(),
+                _ => output.data.iter().map(|&p| p.max(1e-30).ln()).collect(),
+            }
         });
-        let pred = match (&recovered, self.config.from_logits) {
-            (Some(z), _) => Prediction::Logits {
-                logits: z,
-                output: &output.data,
-            },
-            (None, true) => Prediction::Logits {
-                logits: &output.data,
-                output: &output.data,
-            },
-            (None, false) => Prediction::Output(&output.data),
+        let (loss, _, _) = self.loss(output, recovered.as_deref(), targets);
+        Ok((loss, outputs[&self.output].clone()))
+    }
+
+    /// Whether the loss takes the logits of the model's output activation (Keras's
+    /// `_keras_logits`: a softmax output for the categorical crossentropies, a sigmoid for the
+    /// binary ones).
+    fn takes_logits(&self) -> bool {
+        let squash = layers::output_activation(&self.c.graph.node(self.output).op).map(|(a, _)| a);
+        squash.is_some() && squash == self.config.loss.takes_logits_of()
+    }
+
+    /// The loss of `output` against `targets`, its gradient, and whether that gradient is with
+    /// respect to `logits` (the output activation's input) rather than the output.
+    fn loss(
+        &self,
+        output: &Tensor,
+        logits: Option<&[f32]>,
+        targets: &BatchTargets,
+    ) -> (f64, Vec<f32>, bool) {
+        let c = output.shape.last().copied().unwrap_or(1);
+        // Keras hands a softmax/sigmoid output's logits to the crossentropies even with
+        // `from_logits` (it warns); otherwise `from_logits` means the output is the logits.
+        let (pred, grad_is_logits) = match (logits, self.config.from_logits) {
+            (Some(z), _) => (
+                Prediction::Logits {
+                    logits: z,
+                    output: &output.data,
+                },
+                true,
+            ),
+            (None, true) => (
+                Prediction::Logits {
+                    logits: &output.data,
+                    output: &output.data,
+                },
+                false,
+            ),
+            (None, false) => (Prediction::Output(&output.data), false),
         };
-        let (loss, _) = match targets {
+        let (loss, grad) = match targets {
             BatchTargets::Dense(t) => {
                 loss::loss_and_grad(self.config.loss, pred, Targets::Dense(&t.data), c)
             }
@@ -286,18 +331,12 @@ impl<'c> Trainer<'c> {
                 loss::loss_and_grad(self.config.loss, pred, Targets::Classes(classes), c)
             }
         };
-        Ok((loss, outputs[&self.output].clone()))
+        (loss, grad, grad_is_logits)
     }
 
     fn shape(&self, id: NodeId, batch: usize) -> Vec<usize> {
         let mut s = vec![batch];
-        s.extend(
-            self.c.info.layers[id.index()]
-                .shape
-                .iter()
-                .flatten()
-                .map(|&d| d.max(0) as usize),
-        );
+        s.extend(item_shape(self.c, id));
         s
     }
 
@@ -330,45 +369,13 @@ impl<'c> Trainer<'c> {
         // The loss, from the logits where Keras takes them.
         let out_node = self.c.graph.node(self.output);
         let output = &outputs[&self.output];
-        let c = output.shape.last().copied().unwrap_or(1);
-        let squash = layers::output_activation(&out_node.op);
-        let takes_logits = self.config.loss.takes_logits_of().is_some()
-            && squash == self.config.loss.takes_logits_of();
-        let input_of_output = out_node.inputs.first().map(|i| &outputs[i]);
-        let logits = if takes_logits {
-            input_of_output
-                .or(Some(output))
-                .and_then(|input| layers::logits_of(&out_node.op, input, &saved[&self.output]))
+        let logits = if self.takes_logits() {
+            let input = out_node.inputs.first().map_or(output, |i| &outputs[i]);
+            layers::logits_of(&out_node.op, input, &saved[&self.output])
         } else {
             None
         };
-        // Keras hands a softmax/sigmoid output's logits to the crossentropies even with
-        // `from_logits` (it warns); otherwise `from_logits` means the output is the logits.
-        let (pred, grad_is_logits) = match (logits, self.config.from_logits) {
-            (Some(z), _) => (
-                Prediction::Logits {
-                    logits: z,
-                    output: &output.data,
-                },
-                true,
-            ),
-            (None, true) => (
-                Prediction::Logits {
-                    logits: &output.data,
-                    output: &output.data,
-                },
-                false,
-            ),
-            (None, false) => (Prediction::Output(&output.data), false),
-        };
-        let (loss, dout) = match targets {
-            BatchTargets::Dense(t) => {
-                loss::loss_and_grad(self.config.loss, pred, Targets::Dense(&t.data), c)
-            }
-            BatchTargets::Classes { classes, .. } => {
-                loss::loss_and_grad(self.config.loss, pred, Targets::Classes(classes), c)
-            }
-        };
+        let (loss, dout, grad_is_logits) = self.loss(output, logits, targets);
         if !loss.is_finite() {
             return Err(TrainError::NotFinite {
                 step: self.iterations + 1,

@@ -375,9 +375,9 @@ struct TrainArgs {
     /// Write the weights of the best epoch (by --monitor) here.
     #[arg(long)]
     pub save_best: Option<PathBuf>,
-    /// adam, adamw, sgd or rmsprop, with Keras's defaults.
-    #[arg(long, default_value = "adam")]
-    pub optimizer: String,
+    /// adam, adamw, sgd or rmsprop, with Keras's defaults [default: adam].
+    #[arg(long)]
+    pub optimizer: Option<String>,
     /// Keras's `learning_rate` [default: 0.001; sgd 0.01].
     #[arg(long)]
     pub learning_rate: Option<f64>,
@@ -410,9 +410,9 @@ struct TrainArgs {
     /// The model's output is logits (Keras's `from_logits=True`).
     #[arg(long)]
     pub from_logits: bool,
-    /// Samples per step.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub batch_size: u32,
+    /// Samples per step [default: 32].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch_size: Option<u32>,
     /// Train this many steps (batches).
     #[arg(long, conflicts_with = "epochs")]
     pub steps: Option<u64>,
@@ -796,35 +796,6 @@ fn main() -> ExitCode {
 fn train(r: TrainArgs) -> Result<(), unetc::runner::RunError> {
     use unetc::runner::RunError;
     use unetc::train::{fit, loss::Loss, optimizer::Optimizer, TrainConfig};
-    let args = unetc::train::optimizer::OptimizerArgs {
-        beta_1: r.beta_1,
-        beta_2: r.beta_2,
-        epsilon: r.epsilon,
-        momentum: r.momentum,
-        nesterov: r.nesterov,
-        rho: r.rho,
-        weight_decay: r.weight_decay,
-    };
-    let loss = match r.loss.as_deref() {
-        Some(name) => Some(Loss::parse(name).ok_or_else(|| {
-            RunError::Usage(format!(
-                "unknown loss `{name}`: use one of {}",
-                Loss::NAMES.join(", ")
-            ))
-        })?),
-        None => None,
-    };
-    let (optimizer, weight_decay) = Optimizer::new(&r.optimizer, &args).map_err(RunError::Usage)?;
-    // Keras's defaults: SGD 0.01, the others 0.001.
-    let learning_rate = r.learning_rate.unwrap_or(match optimizer {
-        Optimizer::Sgd { .. } => 0.01,
-        Optimizer::Adam { .. } | Optimizer::AdamW { .. } | Optimizer::RmsProp { .. } => 0.001,
-    });
-    if !(learning_rate > 0.0 && learning_rate.is_finite()) {
-        return Err(RunError::Usage(
-            "--learning-rate must be a positive number".into(),
-        ));
-    }
     // Refuse to overwrite before any work is done.
     for path in std::iter::once(&r.output).chain(&r.log) {
         if !r.force && path.exists() {
@@ -835,6 +806,55 @@ fn train(r: TrainArgs) -> Result<(), unetc::runner::RunError> {
         }
     }
     let c = unetc::runner::compile_checked(&r.spec, None)?;
+    // The spec's train(...) settings, each overridden by its command-line flag.
+    let spec = unetc::train::spec_settings(&c)
+        .map_err(|diags| RunError::Spec(unetc::diag::render_plain(&c.sources, &diags)))?;
+    let args = unetc::train::optimizer::OptimizerArgs {
+        beta_1: r.beta_1.or(spec.beta_1),
+        beta_2: r.beta_2.or(spec.beta_2),
+        epsilon: r.epsilon.or(spec.epsilon),
+        momentum: r.momentum.or(spec.momentum),
+        nesterov: r.nesterov || spec.nesterov == Some(true),
+        rho: r.rho.or(spec.rho),
+        weight_decay: r.weight_decay.or(spec.weight_decay),
+    };
+    let loss_name = r.loss.clone().or(spec.loss);
+    let loss = match loss_name.as_deref() {
+        Some(name) => Some(Loss::parse(name).ok_or_else(|| {
+            RunError::Usage(format!(
+                "unknown loss `{name}`: use one of {}",
+                Loss::NAMES.join(", ")
+            ))
+        })?),
+        None => None,
+    };
+    let optimizer_name = r
+        .optimizer
+        .clone()
+        .or(spec.optimizer)
+        .unwrap_or_else(|| "adam".into());
+    let (optimizer, weight_decay) =
+        Optimizer::new(&optimizer_name, &args).map_err(RunError::Usage)?;
+    // Keras's defaults: SGD 0.01, the others 0.001.
+    let learning_rate = r
+        .learning_rate
+        .or(spec.learning_rate)
+        .unwrap_or(match optimizer {
+            Optimizer::Sgd { .. } => 0.01,
+            Optimizer::Adam { .. } | Optimizer::AdamW { .. } | Optimizer::RmsProp { .. } => 0.001,
+        });
+    if !(learning_rate > 0.0 && learning_rate.is_finite()) {
+        return Err(RunError::Usage(
+            "--learning-rate must be a positive number".into(),
+        ));
+    }
+    let from_logits = r.from_logits || spec.from_logits == Some(true);
+    let batch_size = r
+        .batch_size
+        .map(u64::from)
+        .or(spec.batch_size)
+        .unwrap_or(32) as usize;
+    let epochs = r.epochs.or(spec.epochs);
     // Without --loss: Keras's usual pairing for the output's channels.
     let loss = loss.unwrap_or_else(|| {
         let channels = c
@@ -859,7 +879,7 @@ fn train(r: TrainArgs) -> Result<(), unetc::runner::RunError> {
         learning_rate: learning_rate as f32,
         weight_decay,
         loss,
-        from_logits: r.from_logits,
+        from_logits,
         seed: r.seed,
     };
     let source = match (r.data, r.inputs, r.targets) {
@@ -936,8 +956,8 @@ fn train(r: TrainArgs) -> Result<(), unetc::runner::RunError> {
     let opts = fit::FitOptions {
         source,
         validation,
-        batch_size: r.batch_size as usize,
-        length: match (r.steps, r.epochs) {
+        batch_size,
+        length: match (r.steps, epochs) {
             (Some(s), _) => fit::Length::Steps(s),
             (None, e) => fit::Length::Epochs(e.unwrap_or(1)),
         },

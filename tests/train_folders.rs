@@ -202,3 +202,87 @@ fn bad_folders_are_named_before_training() {
         "{err}"
     );
 }
+
+#[test]
+fn the_specs_train_settings_apply_and_flags_override_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    disks(&d.join("train"), 8, 7);
+    let with_train = SPEC.replacen(
+        "input 32x32x1\n",
+        "input 32x32x1\n  train(optimizer: sgd, learning_rate: 0.05, momentum: 0.5, loss: dice, batch_size: 4, epochs: 2)\n",
+        1,
+    );
+    std::fs::write(d.join("t.unet"), &with_train).unwrap();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_string();
+    let epochs_of = |log: &str| -> Vec<serde_json::Value> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(log).unwrap()).unwrap();
+        v["epochs"].as_array().unwrap().clone()
+    };
+    let (ok, err) = train(&[
+        &p("t.unet"),
+        "--data",
+        &p("train"),
+        "-o",
+        &p("a.safetensors"),
+        "--log",
+        &p("a.json"),
+    ]);
+    assert!(ok, "{err}");
+    let epochs = epochs_of(&p("a.json"));
+    assert_eq!(epochs.len(), 2, "epochs: 2 from the spec");
+    assert!((epochs[0]["learning_rate"].as_f64().unwrap() - 0.05).abs() < 1e-9);
+    // Dice loss (from the spec) is at most 1; the default binary crossentropy is not bounded so.
+    assert!(epochs.iter().all(|e| e["loss"].as_f64().unwrap() <= 1.0));
+    let (ok, err) = train(&[
+        &p("t.unet"),
+        "--data",
+        &p("train"),
+        "--learning-rate",
+        "0.01",
+        "--epochs",
+        "1",
+        "-o",
+        &p("b.safetensors"),
+        "--log",
+        &p("b.json"),
+    ]);
+    assert!(ok, "{err}");
+    let epochs = epochs_of(&p("b.json"));
+    assert_eq!(epochs.len(), 1, "--epochs overrides the spec");
+    assert!((epochs[0]["learning_rate"].as_f64().unwrap() - 0.01).abs() < 1e-9);
+    // A misspelt setting is the spec's error, at its place, with the nearest name.
+    std::fs::write(
+        d.join("typo.unet"),
+        with_train.replace("learning_rate", "learning_rat"),
+    )
+    .unwrap();
+    let (ok, err) = train(&[
+        &p("typo.unet"),
+        "--data",
+        &p("train"),
+        "-o",
+        &p("c.safetensors"),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("`train` has no argument `learning_rat`") && err.contains("learning_rate"),
+        "{err}"
+    );
+    // A value of the wrong kind.
+    std::fs::write(
+        d.join("bad.unet"),
+        with_train.replace("batch_size: 4", "batch_size: 0"),
+    )
+    .unwrap();
+    let (ok, err) = train(&[
+        &p("bad.unet"),
+        "--data",
+        &p("train"),
+        "-o",
+        &p("c.safetensors"),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("batch_size"), "{err}");
+}

@@ -537,3 +537,77 @@ impl<'c> Trainer<'c> {
         out
     }
 }
+
+/// What a spec's `train(...)` sets (README "Training"); the command line overrides each.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpecSettings {
+    pub optimizer: Option<String>,
+    pub learning_rate: Option<f64>,
+    pub beta_1: Option<f64>,
+    pub beta_2: Option<f64>,
+    pub epsilon: Option<f64>,
+    pub momentum: Option<f64>,
+    pub nesterov: Option<bool>,
+    pub rho: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub loss: Option<String>,
+    pub from_logits: Option<bool>,
+    pub batch_size: Option<u64>,
+    pub epochs: Option<u64>,
+}
+
+/// Reads the spec's `train(...)` settings, checking types and ranges; the diagnostics point at
+/// the spec.
+pub fn spec_settings(c: &Compiled) -> Result<SpecSettings, Vec<crate::diag::Diagnostic>> {
+    let Some(section) = &c.graph.train else {
+        return Ok(SpecSettings::default());
+    };
+    let mut r = crate::ir::value::ArgReader::new("train", section.span, section.args.clone(), &[]);
+    let float = |r: &mut crate::ir::value::ArgReader, name: &str, lo: f64, hi: f64| {
+        r.has(name).then(|| r.float_or(name, lo, hi, f64::NAN))
+    };
+    let s = SpecSettings {
+        optimizer: r
+            .has("optimizer")
+            .then(|| r.choice("optimizer", optimizer::OPTIMIZERS, "adam", None)),
+        learning_rate: float(&mut r, "learning_rate", 1e-12, 1e6),
+        beta_1: float(&mut r, "beta_1", 0.0, 0.999_999),
+        beta_2: float(&mut r, "beta_2", 0.0, 0.999_999),
+        epsilon: float(&mut r, "epsilon", 1e-20, 1.0),
+        momentum: float(&mut r, "momentum", 0.0, 0.999_999),
+        nesterov: r.has("nesterov").then(|| r.bool_or("nesterov", false)),
+        rho: float(&mut r, "rho", 0.0, 0.999_999),
+        weight_decay: float(&mut r, "weight_decay", 0.0, 1e3),
+        loss: r
+            .has("loss")
+            .then(|| r.choice("loss", Loss::NAMES, "binary_crossentropy", None)),
+        from_logits: r
+            .has("from_logits")
+            .then(|| r.bool_or("from_logits", false)),
+        batch_size: r
+            .has("batch_size")
+            .then(|| r.int("batch_size", 1, 65_536).map(|v| v as u64))
+            .flatten(),
+        epochs: r
+            .has("epochs")
+            .then(|| r.int("epochs", 1, 1_000_000).map(|v| v as u64))
+            .flatten(),
+    };
+    let diags = r.finish(crate::ir::TRAIN_SETTINGS);
+    let bad_float = [
+        s.learning_rate,
+        s.beta_1,
+        s.beta_2,
+        s.epsilon,
+        s.momentum,
+        s.rho,
+        s.weight_decay,
+    ]
+    .iter()
+    .any(|v| v.is_some_and(f64::is_nan));
+    if diags.is_empty() && !bad_float {
+        Ok(s)
+    } else {
+        Err(diags)
+    }
+}

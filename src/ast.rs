@@ -15,6 +15,8 @@ pub struct Model {
     /// Explicit model name (`Model(..., name="U-Net")`); `None` means Keras's `model`, `model_1`, ...
     pub name: Option<Ident>,
     pub defaults: Vec<Defaults>,
+    /// `train(...)` / `train:`: how `unetc train` trains the model (README "Training").
+    pub train: Option<Call>,
     pub blocks: Vec<BlockDef>,
     pub body: Vec<Stmt>,
     pub span: Span,

@@ -138,3 +138,4 @@ pub mod exec;
 pub mod interop;
 pub mod io;
 pub mod runner;
+pub mod train;

@@ -31,6 +31,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (train's options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Infer every shape, report mistakes, and print the model summary as Keras would.
@@ -294,6 +296,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Train a spec on arrays, step for step as tf.keras's `train_on_batch` (CPU, f32).
+    #[command(
+        after_help = "Examples:\n  unetc train specs/bn_same.yaml --inputs x.npy --targets y.npy --loss categorical_crossentropy --epochs 5 -o trained.safetensors\n  unetc train model.unet --weights init.safetensors --inputs x.npy --targets y.npy --optimizer sgd --learning-rate 0.01 --momentum 0.9 --nesterov --loss binary_crossentropy --batch-size 2 --steps 4 --no-shuffle -o final.safetensors --log log.json\n\nInputs: NHWC float32 .npy of the model's input size. Targets: NHWC like the output (one-hot or\nbinary, float32), or NHW integer class indices (uint8, int32, int64) for\nsparse_categorical_crossentropy. Without --weights the spec's initializers draw the initial\nweights (--seed). The output holds every weight, BatchNormalization's moving statistics included."
+    )]
+    Train(TrainArgs),
     /// Write seeded weights following each layer's initializers (and Keras's batch-norm defaults).
     #[command(
         after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc init-weights specs/bn_same.yaml -o bn.safetensors --force"
@@ -311,6 +318,126 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `unetc train`'s options.
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
+    pub spec: PathBuf,
+    /// Initial weights (safetensors); without it the spec's initializers draw them (--seed).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// A folder of images and masks paired by file name (images/ and masks/, or image/ and
+    /// label/, ...): PNG or TIFF, masks as class indices or 0/255.
+    #[arg(long, conflicts_with_all = ["inputs", "targets"], required_unless_present = "inputs")]
+    pub data: Option<PathBuf>,
+    /// Training inputs: NHWC float32 .npy.
+    #[arg(long, requires = "targets")]
+    pub inputs: Option<PathBuf>,
+    /// Training targets: like the output (NHWC), or NHW class indices for the sparse loss.
+    #[arg(long, requires = "inputs")]
+    pub targets: Option<PathBuf>,
+    /// A validation folder (as --data); Dice, IoU and the loss are reported each epoch.
+    #[arg(long, conflicts_with = "val_split")]
+    pub val: Option<PathBuf>,
+    /// Hold out this fraction of the training samples for validation (seeded).
+    #[arg(long)]
+    pub val_split: Option<f64>,
+    /// Augmentations for folder data: any of flip,rot90,shift,scale,intensity,elastic, or
+    /// all / none [default: all for --data, none for arrays].
+    #[arg(long, conflicts_with = "no_augment")]
+    pub augment: Option<String>,
+    /// `constant`, `step` (x --lr-gamma every --lr-step-epochs) or `cosine` (to --lr-min).
+    #[arg(long, default_value = "constant")]
+    pub lr_schedule: String,
+    /// Epochs between steps of the `step` schedule.
+    #[arg(long, default_value_t = 10)]
+    pub lr_step_epochs: u64,
+    /// Factor of the `step` schedule.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr_gamma: f64,
+    /// Final learning rate of the `cosine` schedule.
+    #[arg(long, default_value_t = 0.0)]
+    pub lr_min: f64,
+    /// The validation figure for --patience and --save-best: val_loss or val_dice.
+    #[arg(long, default_value = "val_loss")]
+    pub monitor: String,
+    /// Stop after this many epochs without improvement of --monitor.
+    #[arg(long)]
+    pub patience: Option<u64>,
+    /// Write a checkpoint (weights, optimizer state, progress) here after every epoch.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue from a checkpoint written by --checkpoint (same spec and optimizer).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Write the weights of the best epoch (by --monitor) here.
+    #[arg(long)]
+    pub save_best: Option<PathBuf>,
+    /// adam, adamw, sgd or rmsprop, with Keras's defaults [default: adam].
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Keras's `learning_rate` [default: 0.001; sgd 0.01].
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Adam/AdamW `beta_1` [default: 0.9].
+    #[arg(long = "beta-1")]
+    pub beta_1: Option<f64>,
+    /// Adam/AdamW `beta_2` [default: 0.999].
+    #[arg(long = "beta-2")]
+    pub beta_2: Option<f64>,
+    /// Adam/AdamW/RMSprop `epsilon` [default: 1e-7].
+    #[arg(long)]
+    pub epsilon: Option<f64>,
+    /// SGD/RMSprop `momentum` [default: 0].
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// SGD with Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// RMSprop `rho` [default: 0.9].
+    #[arg(long)]
+    pub rho: Option<f64>,
+    /// Decoupled weight decay (AdamW's default 0.004; none for the others unless given).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// categorical_crossentropy, sparse_categorical_crossentropy, binary_crossentropy, mse,
+    /// dice, bce_dice or focal [default: binary_crossentropy for a one-channel output,
+    /// categorical_crossentropy otherwise].
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// The model's output is logits (Keras's `from_logits=True`).
+    #[arg(long)]
+    pub from_logits: bool,
+    /// Samples per step [default: 32].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch_size: Option<u32>,
+    /// Train this many steps (batches).
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<u64>,
+    /// Train this many passes over the data [default: 1].
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Keep the samples in order (Keras's `shuffle=False`).
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// No augmentation (the same as --augment none).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Seed of the initial weights, the shuffling and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the final weights (safetensors).
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// Write the log: JSON {"steps": [{"step": 1, "epoch": 1, "loss": ...}], "epochs": [...]},
+    /// or one CSV row per epoch if the name ends in .csv.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// Replace existing output files.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -647,6 +774,10 @@ fn main() -> ExitCode {
             precision,
             format,
         } => plan(&spec, &precision, format),
+        Command::Train(args) => match train(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => run_error(e),
+        },
         Command::InitWeights {
             spec,
             output,
@@ -660,6 +791,243 @@ fn main() -> ExitCode {
             Err(e) => run_error(e),
         },
     }
+}
+
+fn train(r: TrainArgs) -> Result<(), unetc::runner::RunError> {
+    use unetc::runner::RunError;
+    use unetc::train::{fit, loss::Loss, optimizer::Optimizer, TrainConfig};
+    // Refuse to overwrite before any work is done.
+    for path in std::iter::once(&r.output).chain(&r.log) {
+        if !r.force && path.exists() {
+            return Err(RunError::Usage(format!(
+                "`{}` exists; use --force to replace it",
+                path.display()
+            )));
+        }
+    }
+    let c = unetc::runner::compile_checked(&r.spec, None)?;
+    // The spec's train(...) settings, each overridden by its command-line flag.
+    let spec = unetc::train::spec_settings(&c)
+        .map_err(|diags| RunError::Spec(unetc::diag::render_plain(&c.sources, &diags)))?;
+    let args = unetc::train::optimizer::OptimizerArgs {
+        beta_1: r.beta_1.or(spec.beta_1),
+        beta_2: r.beta_2.or(spec.beta_2),
+        epsilon: r.epsilon.or(spec.epsilon),
+        momentum: r.momentum.or(spec.momentum),
+        nesterov: r.nesterov || spec.nesterov == Some(true),
+        rho: r.rho.or(spec.rho),
+        weight_decay: r.weight_decay.or(spec.weight_decay),
+    };
+    let loss_name = r.loss.clone().or(spec.loss);
+    let loss = match loss_name.as_deref() {
+        Some(name) => Some(Loss::parse(name).ok_or_else(|| {
+            RunError::Usage(format!(
+                "unknown loss `{name}`: use one of {}",
+                Loss::NAMES.join(", ")
+            ))
+        })?),
+        None => None,
+    };
+    let optimizer_name = r
+        .optimizer
+        .clone()
+        .or(spec.optimizer)
+        .unwrap_or_else(|| "adam".into());
+    let (optimizer, weight_decay) =
+        Optimizer::new(&optimizer_name, &args).map_err(RunError::Usage)?;
+    // Keras's defaults: SGD 0.01, the others 0.001.
+    let learning_rate = r
+        .learning_rate
+        .or(spec.learning_rate)
+        .unwrap_or(match optimizer {
+            Optimizer::Sgd { .. } => 0.01,
+            Optimizer::Adam { .. } | Optimizer::AdamW { .. } | Optimizer::RmsProp { .. } => 0.001,
+        });
+    if !(learning_rate > 0.0 && learning_rate.is_finite()) {
+        return Err(RunError::Usage(
+            "--learning-rate must be a positive number".into(),
+        ));
+    }
+    let from_logits = r.from_logits || spec.from_logits == Some(true);
+    let batch_size = r
+        .batch_size
+        .map(u64::from)
+        .or(spec.batch_size)
+        .unwrap_or(32) as usize;
+    let epochs = r.epochs.or(spec.epochs);
+    // Without --loss: Keras's usual pairing for the output's channels.
+    let loss = loss.unwrap_or_else(|| {
+        let channels = c
+            .graph
+            .outputs
+            .first()
+            .and_then(|o| c.info.layers[o.index()].shape.as_ref())
+            .and_then(|s| s.last().copied());
+        if channels == Some(1) {
+            Loss::BinaryCrossentropy
+        } else {
+            Loss::CategoricalCrossentropy
+        }
+    });
+    let initial = match &r.weights {
+        Some(p) => unetc::io::load_weights(p, &unetc::runner::expected_weights(&c))
+            .map_err(RunError::Io)?,
+        None => unetc::runner::init_weights(&c, r.seed)?,
+    };
+    let config = TrainConfig {
+        optimizer,
+        learning_rate: learning_rate as f32,
+        weight_decay,
+        loss,
+        from_logits,
+        seed: r.seed,
+    };
+    let source = match (r.data, r.inputs, r.targets) {
+        (Some(dir), _, _) => fit::Source::Folder(dir),
+        (None, Some(inputs), Some(targets)) => fit::Source::Arrays { inputs, targets },
+        (None, _, _) => {
+            return Err(RunError::Usage(
+                "give --data DIR, or --inputs and --targets".into(),
+            ))
+        }
+    };
+    let validation = match (r.val, r.val_split) {
+        (Some(dir), _) => fit::Validation::Folder(dir),
+        (None, Some(f)) => fit::Validation::Split(f),
+        (None, None) => fit::Validation::None,
+    };
+    let folder = matches!(source, fit::Source::Folder(_));
+    let augment_list = if r.no_augment {
+        Some("none")
+    } else {
+        r.augment.as_deref()
+    };
+    let augment = match augment_list {
+        Some(list) => unetc::train::augment::Augment::parse(list).map_err(RunError::Usage)?,
+        None if folder => unetc::train::augment::Augment::standard(),
+        None => unetc::train::augment::Augment::none(),
+    };
+    if !folder && !augment.is_none() {
+        return Err(RunError::Usage(
+            "--augment applies to image folders (--data); arrays are used as they are".into(),
+        ));
+    }
+    let schedule = match r.lr_schedule.as_str() {
+        "constant" => fit::Schedule::Constant,
+        "step" if r.lr_step_epochs > 0 && r.lr_gamma > 0.0 => fit::Schedule::Step {
+            every: r.lr_step_epochs,
+            gamma: r.lr_gamma as f32,
+        },
+        "step" => {
+            return Err(RunError::Usage(
+                "--lr-step-epochs and --lr-gamma must be positive".into(),
+            ))
+        }
+        "cosine" if r.lr_min >= 0.0 && r.lr_min <= learning_rate => fit::Schedule::Cosine {
+            min: r.lr_min as f32,
+        },
+        "cosine" => {
+            return Err(RunError::Usage(
+                "--lr-min must be between 0 and the learning rate".into(),
+            ))
+        }
+        other => {
+            return Err(RunError::Usage(format!(
+                "unknown --lr-schedule `{other}`: use constant, step or cosine"
+            )))
+        }
+    };
+    let monitor = match r.monitor.as_str() {
+        "val_loss" => fit::Monitor::ValLoss,
+        "val_dice" => fit::Monitor::ValDice,
+        other => {
+            return Err(RunError::Usage(format!(
+                "unknown --monitor `{other}`: use val_loss or val_dice"
+            )))
+        }
+    };
+    let has_validation = !matches!(validation, fit::Validation::None);
+    if !has_validation && (r.patience.is_some() || r.save_best.is_some()) {
+        return Err(RunError::Usage(
+            "--patience and --save-best watch a validation figure: give --val or --val-split"
+                .into(),
+        ));
+    }
+    let opts = fit::FitOptions {
+        source,
+        validation,
+        batch_size,
+        length: match (r.steps, epochs) {
+            (Some(s), _) => fit::Length::Steps(s),
+            (None, e) => fit::Length::Epochs(e.unwrap_or(1)),
+        },
+        shuffle: !r.no_shuffle,
+        augment,
+        schedule,
+        monitor,
+        patience: r.patience,
+        checkpoint: r.checkpoint,
+        resume: r.resume,
+        best: r.save_best,
+        force: r.force,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    let terminal = std::io::stderr().is_terminal();
+    if !terminal {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let result = fit::fit(&c, &initial, config, &opts, &mut |event| match event {
+        fit::Event::Step { log, total } => {
+            bar.set_length(total);
+            bar.set_position(log.step);
+            bar.set_message(format!("epoch {} loss {:.6}", log.epoch, log.loss));
+        }
+        fit::Event::Epoch(e) => {
+            let mut line = format!(
+                "epoch {}: loss {:.6} lr {:.3e}",
+                e.epoch, e.loss, e.learning_rate
+            );
+            if let Some(v) = &e.val {
+                let per_class = |xs: &[f64]| {
+                    xs.iter()
+                        .map(|d| format!("{d:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                line += &format!(
+                    "; val_loss {:.6} val_dice {:.4} [{}] val_iou {:.4} [{}]",
+                    v.loss,
+                    v.mean_dice(),
+                    per_class(&v.dice),
+                    v.mean_iou(),
+                    per_class(&v.iou)
+                );
+            }
+            bar.suspend(|| eprintln!("{line}"));
+        }
+        fit::Event::Stopped { epoch, best } => bar.suspend(|| {
+            eprintln!("early stopping after epoch {epoch}: no improvement of the best {best:.6}")
+        }),
+    })?;
+    bar.finish_and_clear();
+    fit::write_results(&result, &r.output, r.log.as_deref(), r.force)?;
+    if let Some(last) = result.steps.last() {
+        eprintln!(
+            "trained {} step(s), {} epoch(s); last loss {:.6}; wrote {} tensors to {}",
+            last.step,
+            last.epoch,
+            last.loss,
+            result.weights.len(),
+            r.output.display()
+        );
+    }
+    Ok(())
 }
 
 /// `run --alpha`: what to do with an image's alpha channel.

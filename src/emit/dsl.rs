@@ -20,6 +20,7 @@ pub fn print(spec: &Spec, source: &str) -> String {
     p.indent += 1;
     let mut items: Vec<(u32, Item)> = Vec::new();
     items.extend(m.defaults.iter().map(|d| (d.span.start, Item::Defaults(d))));
+    items.extend(m.train.iter().map(|t| (t.span.start, Item::Train(t))));
     items.extend(m.blocks.iter().map(|b| (b.span.start, Item::Block(b))));
     items.extend(m.body.iter().map(|s| (stmt_span(s).start, Item::Stmt(s))));
     items.sort_by_key(|(start, _)| *start);
@@ -27,6 +28,7 @@ pub fn print(spec: &Spec, source: &str) -> String {
         p.comments_before(start as usize);
         match item {
             Item::Defaults(d) => p.line(&format!("defaults {}", call_text(&d.kind.name, &d.args))),
+            Item::Train(t) => p.line(&call_text("train", &t.args)),
             Item::Block(b) => p.block(b),
             Item::Stmt(s) => p.stmt(s),
         }
@@ -42,6 +44,7 @@ pub fn print(spec: &Spec, source: &str) -> String {
 
 enum Item<'a> {
     Defaults(&'a Defaults),
+    Train(&'a crate::ast::Call),
     Block(&'a BlockDef),
     Stmt(&'a Stmt),
 }

@@ -24,7 +24,7 @@ pub fn print(spec: &Spec, source: &str) -> String {
             ..
         }],
     ) = (
-        m.defaults.is_empty(),
+        m.defaults.is_empty() && m.train.is_none(),
         m.blocks.is_empty(),
         m.body.as_slice(),
     ) {
@@ -54,6 +54,10 @@ pub fn print(spec: &Spec, source: &str) -> String {
             p.comments_at(d.span.start as usize, 2);
             p.line(2, &format!("{}: {}", d.kind.name, p.args(&d.args)));
         }
+    }
+    if let Some(t) = &m.train {
+        p.comments_at(t.span.start as usize, 1);
+        p.line(1, &format!("train: {}", p.args(&t.args)));
     }
     if !m.blocks.is_empty() {
         p.line(1, "blocks:");

@@ -78,77 +78,26 @@ pub fn bind_weights(
                 },
             }
         };
-        let tensors = match &node.op {
-            Op::Conv2D(_)
-            | Op::Conv2DTranspose(_)
-            | Op::Dense(_)
-            | Op::Conv3D(_)
-            | Op::Conv3DTranspose(_) => {
-                vec![fetch("kernel", None), fetch("bias", Some((0.0, channels)))]
-            }
-            Op::BatchNormalization(_) => vec![
-                fetch("gamma", Some((1.0, channels))),
-                fetch("beta", Some((0.0, channels))),
-                fetch("moving_mean", None),
-                fetch("moving_variance", None),
-            ],
-            Op::PReLU(_) => vec![fetch("alpha", None)],
-            // Always `[gamma, beta]`: ones and zeros where `scale` / `center` are off.
-            Op::GroupNormalization(_) | Op::LayerNormalization(_) => {
-                let shape = info.layers[id.index()].shape.as_deref().unwrap_or(&[]);
-                let len = node.op.norm_layout(shape).map_or(0, |l| l.affine_len());
-                vec![
-                    fetch("gamma", Some((1.0, len))),
-                    fetch("beta", Some((0.0, len))),
-                ]
-            }
-            Op::DepthwiseConv2D(_) => {
-                vec![
-                    fetch("depthwise_kernel", None),
-                    fetch("bias", Some((0.0, channels))),
-                ]
-            }
-            Op::SeparableConv2D(_) => vec![
-                fetch("depthwise_kernel", None),
-                fetch("pointwise_kernel", None),
-                fetch("bias", Some((0.0, channels))),
-            ],
-            // Layers without weights.
-            Op::Input(_)
-            | Op::MaxPooling2D(_)
-            | Op::UpSampling2D(_)
-            | Op::Cropping2D(_)
-            | Op::ZeroPadding2D(_)
-            | Op::Concatenate(_)
-            | Op::Add(_)
-            | Op::Activation(_)
-            | Op::ReLU(_)
-            | Op::Softmax(_)
-            | Op::Dropout(_)
-            | Op::Flatten(_)
-            | Op::Reshape(_)
-            | Op::Permute(_)
-            | Op::GlobalAveragePooling2D(_)
-            | Op::Multiply(_)
-            | Op::Subtract(_)
-            | Op::Average(_)
-            | Op::Maximum(_)
-            | Op::Minimum(_)
-            | Op::TFOpLambda(_)
-            | Op::LeakyReLU(_)
-            | Op::ELU(_)
-            | Op::AveragePooling2D(_)
-            | Op::GlobalMaxPooling2D(_)
-            | Op::SpatialDropout2D(_)
-            | Op::GaussianNoise(_)
-            | Op::GaussianDropout(_)
-            | Op::MaxPooling3D(_)
-            | Op::AveragePooling3D(_)
-            | Op::UpSampling3D(_)
-            | Op::Cropping3D(_)
-            | Op::ZeroPadding3D(_)
-            | Op::GlobalAveragePooling3D(_) => continue,
+        let affine_len = {
+            let shape = info.layers[id.index()].shape.as_deref().unwrap_or(&[]);
+            node.op.norm_layout(shape).map(|l| l.affine_len())
         };
+        let tensors: Vec<Option<Vec<f32>>> = weight_slots(&node.op)
+            .iter()
+            .map(|&slot| {
+                // A kind without the optional variable computes as if it were neutral.
+                let len = affine_len.unwrap_or(channels);
+                let fallback = match slot {
+                    "bias" | "beta" => Some((0.0, len)),
+                    "gamma" => Some((1.0, len)),
+                    _ => None,
+                };
+                fetch(slot, fallback)
+            })
+            .collect();
+        if tensors.is_empty() {
+            continue;
+        }
         if let Some(all) = tensors.into_iter().collect::<Option<Vec<_>>>() {
             bound.insert(id, all);
         }
@@ -157,6 +106,58 @@ pub fn bind_weights(
         Ok(bound)
     } else {
         Err(problems)
+    }
+}
+
+/// The weight slots [`bind_weights`] gives each kind, in order (Keras's variable names).
+pub fn weight_slots(op: &Op) -> &'static [&'static str] {
+    match op {
+        Op::Conv2D(_)
+        | Op::Conv2DTranspose(_)
+        | Op::Dense(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_) => &["kernel", "bias"],
+        Op::BatchNormalization(_) => &["gamma", "beta", "moving_mean", "moving_variance"],
+        Op::PReLU(_) => &["alpha"],
+        // Always `[gamma, beta]`: ones and zeros where `scale` / `center` are off.
+        Op::GroupNormalization(_) | Op::LayerNormalization(_) => &["gamma", "beta"],
+        Op::DepthwiseConv2D(_) => &["depthwise_kernel", "bias"],
+        Op::SeparableConv2D(_) => &["depthwise_kernel", "pointwise_kernel", "bias"],
+        // Layers without weights.
+        Op::Input(_)
+        | Op::MaxPooling2D(_)
+        | Op::UpSampling2D(_)
+        | Op::Cropping2D(_)
+        | Op::ZeroPadding2D(_)
+        | Op::Concatenate(_)
+        | Op::Add(_)
+        | Op::Activation(_)
+        | Op::ReLU(_)
+        | Op::Softmax(_)
+        | Op::Dropout(_)
+        | Op::Flatten(_)
+        | Op::GlobalAveragePooling2D(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::TFOpLambda(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::AveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_)
+        | Op::Reshape(_)
+        | Op::Permute(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => &[],
     }
 }
 

@@ -97,6 +97,9 @@ pub fn expand_with(
     }
     let mut cx = Context::new(&spec.model, None, false, None);
     x.collect_defaults(&mut cx, &spec.model);
+    if let Some(call) = &spec.model.train {
+        x.collect_train(&mut cx, call);
+    }
     let last = x.run_body(&mut cx, &spec.model.body, 0);
     x.graph.name = match &spec.model.name {
         Some(name) => name.name.clone(),
@@ -1319,6 +1322,35 @@ impl<'s> Expander<'_> {
         if let Some(v) = last {
             cx.current = Some(v);
         }
+    }
+
+    /// The spec's `train(...)`: keyword arguments that `unetc train` reads.
+    fn collect_train(&mut self, cx: &mut Context<'s>, call: &'s crate::ast::Call) {
+        let Some(args) = self.eval_args(cx, &call.args) else {
+            return;
+        };
+        let known = crate::ir::TRAIN_SETTINGS;
+        let mut kept = Vec::new();
+        for a in args {
+            match a.name.as_deref() {
+                Some(n) if known.contains(&n) => kept.push(a),
+                Some(n) => self.error(crate::ir::value::unknown_argument(
+                    "train",
+                    n,
+                    a.name_span.unwrap_or(a.span),
+                    known,
+                )),
+                None => self.error(
+                    Diagnostic::error("E-train", "`train` takes keyword arguments only")
+                        .at(a.span, "positional argument")
+                        .help("name it: train(optimizer: adam, learning_rate: 0.0001, loss: binary_crossentropy)"),
+                ),
+            }
+        }
+        self.graph.train = Some(crate::ir::TrainSection {
+            args: kept,
+            span: call.span,
+        });
     }
 
     fn collect_defaults(&mut self, cx: &mut Context<'s>, model: &'s Model) {

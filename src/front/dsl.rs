@@ -303,6 +303,7 @@ impl Builder {
         let mut model = Model {
             name: None,
             defaults: Vec::new(),
+            train: None,
             blocks: Vec::new(),
             body: Vec::new(),
             span,
@@ -324,6 +325,11 @@ impl Builder {
                             args: c.args,
                             span: c.span,
                         });
+                    }
+                }
+                Rule::train_decl => {
+                    if let Some(call) = item.into_inner().next() {
+                        model.train = Some(self.call(call));
                     }
                 }
                 Rule::block_decl => model.blocks.push(self.block(item)),

@@ -154,6 +154,7 @@ impl Cx<'_> {
         let mut model = Model {
             name: None,
             defaults: Vec::new(),
+            train: None,
             blocks: Vec::new(),
             body: Vec::new(),
             span,
@@ -253,6 +254,10 @@ impl Cx<'_> {
                         });
                     }
                 }
+                "train" => {
+                    let span = key.span().to(value.span());
+                    model.train = Some(self.call_from("train", key.span(), value, span));
+                }
                 "blocks" => {
                     for (name, def) in self.map_entries(value) {
                         model.blocks.push(self.block(name, def));
@@ -269,7 +274,7 @@ impl Cx<'_> {
                 other => self.error(
                     key.span(),
                     format!("unknown key `{other}` in `model:`"),
-                    "expected name, input, defaults, blocks, layers or outputs",
+                    "expected name, input, defaults, train, blocks, layers or outputs",
                 ),
             }
         }

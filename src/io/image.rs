@@ -79,6 +79,51 @@ pub fn read_image(path: &Path) -> Result<Tensor, IoError> {
 
 /// [`read_image`], also saying what the channels are.
 pub fn read_image_with_layout(path: &Path) -> Result<(Tensor, ChannelLayout), IoError> {
+    let decoded = decode(path)?;
+    let data: Vec<f32> = decoded
+        .samples
+        .iter()
+        .map(|&v| f32::from(v) / decoded.full_scale)
+        .collect();
+    Ok((
+        Tensor {
+            shape: vec![1, decoded.h, decoded.w, decoded.layout.channels()],
+            data,
+        },
+        decoded.layout,
+    ))
+}
+
+/// A segmentation mask as stored: one integer per pixel (8- or 16-bit gray, or RGB whose three
+/// channels are equal), `(h, w, values)`. Masks are class indices or 0/255; the caller decides.
+pub fn read_mask(path: &Path) -> Result<(usize, usize, Vec<u16>), IoError> {
+    let d = decode(path)?;
+    let c = d.layout.channels();
+    match d.layout {
+        ChannelLayout::Gray => Ok((d.h, d.w, d.samples)),
+        ChannelLayout::Rgb if d.samples.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]) => {
+            Ok((d.h, d.w, d.samples.iter().step_by(3).copied().collect()))
+        }
+        other => Err(IoError::invalid(
+            path,
+            format!(
+                "is a {} image with {c} channel(s); a mask is one gray channel of class indices                  (or 0/255): save it as 8- or 16-bit gray",
+                other.name()
+            ),
+        )),
+    }
+}
+
+/// An image's samples as stored, and the value of full intensity (255 or 65535).
+struct Decoded {
+    h: usize,
+    w: usize,
+    layout: ChannelLayout,
+    samples: Vec<u16>,
+    full_scale: f32,
+}
+
+fn decode(path: &Path) -> Result<Decoded, IoError> {
     if path.is_dir() {
         return Err(IoError::invalid(path, "is a directory, not an image"));
     }
@@ -166,22 +211,22 @@ pub fn read_image_with_layout(path: &Path) -> Result<(Tensor, ChannelLayout), Io
         .read_image(&mut bytes)
         .map_err(|e| decode_error(path, e))?;
 
-    let data: Vec<f32> = if sample == 1 {
-        bytes.iter().map(|&v| f32::from(v) / 255.0).collect()
+    let samples: Vec<u16> = if sample == 1 {
+        bytes.iter().map(|&v| u16::from(v)).collect()
     } else {
         // The decoder gives 16-bit samples in native byte order.
         bytes
             .chunks_exact(2)
-            .map(|b| f32::from(u16::from_ne_bytes([b[0], b[1]])) / 65535.0)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
             .collect()
     };
-    Ok((
-        Tensor {
-            shape: vec![1, h as usize, w as usize, channels],
-            data,
-        },
+    Ok(Decoded {
+        h: h as usize,
+        w: w as usize,
         layout,
-    ))
+        samples,
+        full_scale: if sample == 1 { 255.0 } else { 65535.0 },
+    })
 }
 
 /// Writes an 8-bit gray PNG of `h` rows and `w` columns (`values` row by row), atomically; an

@@ -26,6 +26,9 @@ enum Dtype {
     F4,
     F8,
     U1,
+    /// Integer class indices (sparse training targets).
+    I4,
+    I8,
 }
 
 impl Dtype {
@@ -34,6 +37,8 @@ impl Dtype {
             Dtype::F4 => 4,
             Dtype::F8 => 8,
             Dtype::U1 => 1,
+            Dtype::I4 => 4,
+            Dtype::I8 => 8,
         }
     }
 }
@@ -47,6 +52,24 @@ struct Header {
 
 /// Reads a `.npy` file (see the module documentation for what is accepted).
 pub fn read_npy(path: &Path) -> Result<Tensor, IoError> {
+    let t = read_npy_as_stored(path)?;
+    // An HWC array is one image.
+    let shape = if t.shape.len() == 3 {
+        let mut s = Vec::with_capacity(4);
+        s.push(1);
+        s.extend_from_slice(&t.shape);
+        s
+    } else {
+        t.shape
+    };
+    Ok(Tensor {
+        shape,
+        data: t.data,
+    })
+}
+
+/// A `.npy` array with the shape it was saved with (training targets: NHW class indices).
+pub fn read_npy_as_stored(path: &Path) -> Result<Tensor, IoError> {
     let mut file = File::open(path).map_err(|e| IoError::os(path, "cannot open", e))?;
     let meta = file
         .metadata()
@@ -197,6 +220,15 @@ pub fn read_npy(path: &Path) -> Result<Tensor, IoError> {
             .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
             .collect(),
         Dtype::U1 => bytes.iter().map(|&b| f32::from(b)).collect(),
+        // Class indices: exact in f32 below 2^24; larger ones are refused where they are used.
+        Dtype::I4 => bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
+        Dtype::I8 => bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
     };
     // NaN or infinity in an input spreads through every convolution it reaches and still
     // yields a plausible-looking mask: refuse the file, saying where the first one is.
@@ -215,14 +247,6 @@ pub fn read_npy(path: &Path) -> Result<Tensor, IoError> {
             ),
         ));
     }
-    let shape = if shape.len() == 3 {
-        let mut s = Vec::with_capacity(4);
-        s.push(1);
-        s.extend_from_slice(&shape);
-        s
-    } else {
-        shape
-    };
     Ok(Tensor { shape, data })
 }
 
@@ -368,6 +392,8 @@ fn parse_header(text: &str) -> Result<Header, String> {
         "<f4" => Dtype::F4,
         "<f8" => Dtype::F8,
         "|u1" | "<u1" | ">u1" | "=u1" | "u1" => Dtype::U1,
+        "<i4" => Dtype::I4,
+        "<i8" => Dtype::I8,
         ">f4" | ">f8" => {
             return Err(format!(
                 "has big-endian data ('{descr}'); unetc reads little-endian: save \
@@ -376,8 +402,9 @@ fn parse_header(text: &str) -> Result<Header, String> {
         }
         other => {
             return Err(format!(
-                "has dtype '{other}'; unetc reads float32 ('<f4'), float64 ('<f8') and uint8 \
-                 ('|u1'): save a.astype('float32') instead"
+                "has dtype '{other}'; unetc reads float32 ('<f4'), float64 ('<f8'), uint8 \
+                 ('|u1') and, for class indices, int32 ('<i4') and int64 ('<i8'): save \
+                 a.astype('float32') instead"
             ))
         }
     };

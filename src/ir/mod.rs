@@ -105,6 +105,30 @@ pub struct Scope {
     pub span: Span,
 }
 
+/// The spec's `train(...)` settings, evaluated: keyword arguments named in [`TRAIN_SETTINGS`].
+#[derive(Debug, Clone)]
+pub struct TrainSection {
+    pub args: Vec<value::ArgValue>,
+    pub span: Span,
+}
+
+/// What a spec's `train(...)` may set (Keras's compile and fit arguments `unetc train` takes).
+pub const TRAIN_SETTINGS: &[&str] = &[
+    "optimizer",
+    "learning_rate",
+    "beta_1",
+    "beta_2",
+    "epsilon",
+    "momentum",
+    "nesterov",
+    "rho",
+    "weight_decay",
+    "loss",
+    "from_logits",
+    "batch_size",
+    "epochs",
+];
+
 /// A model: nodes in creation order (inputs of a node may come later only in graph form,
 /// where the order is fixed up by [`Graph::topological_order`]).
 #[derive(Debug, Clone, Default)]
@@ -115,6 +139,8 @@ pub struct Graph {
     pub outputs: Vec<NodeId>,
     /// Nested models, outermost before the models nested in them.
     pub scopes: Vec<Scope>,
+    /// The main spec's `train(...)` settings, if it has them.
+    pub train: Option<TrainSection>,
 }
 
 impl Graph {

@@ -59,29 +59,71 @@ fn product(
         }
         return true;
     }
+    strided_product(
+        (m, n, k),
+        (a, k, 1),
+        (b, n, 1),
+        (c, n, 1),
+        accumulate,
+        parallel,
+    );
+    true
+}
+
+/// `c = a x b` (or `c += a x b`) on strided views: element `(i, j)` of `a` is
+/// `a[i * rs + j * cs]` for `(a, rs, cs)`, and so on; `m x k` times `k x n`. Panics if a view
+/// reaches past its slice (gemm reads raw pointers).
+#[allow(clippy::type_complexity)]
+pub fn strided_product(
+    (m, n, k): (usize, usize, usize),
+    (a, a_rs, a_cs): (&[f32], usize, usize),
+    (b, b_rs, b_cs): (&[f32], usize, usize),
+    (c, c_rs, c_cs): (&mut [f32], usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    c[i * c_rs + j * c_cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    assert!(
+        last(m, k, a_rs, a_cs) < a.len()
+            && last(k, n, b_rs, b_cs) < b.len()
+            && last(m, n, c_rs, c_cs) < c.len(),
+        "matrix product out of bounds"
+    );
     let parallelism = if parallel {
         Parallelism::Rayon(rayon::current_num_threads())
     } else {
         Parallelism::None
     };
-    // SAFETY: the slices hold at least m*k, k*n and m*n elements (checked above); the strides
-    // describe dense row-major matrices inside them; `c` does not alias `a` or `b` (it is a
-    // distinct `&mut`).
+    // SAFETY: every index the strides reach is inside its slice (asserted above), and `c` is a
+    // distinct `&mut`, so it aliases neither operand.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             c.as_mut_ptr(),
-            1,
-            n as isize,
+            c_cs as isize,
+            c_rs as isize,
             accumulate,
             a.as_ptr(),
-            1,
-            k as isize,
+            a_cs as isize,
+            a_rs as isize,
             b.as_ptr(),
-            1,
-            n as isize,
+            b_cs as isize,
+            b_rs as isize,
             1.0,
             1.0,
             false,
@@ -90,7 +132,6 @@ fn product(
             parallelism,
         );
     }
-    true
 }
 
 #[cfg(test)]

@@ -484,7 +484,7 @@ pub fn activate(y: &mut [f32], channels: usize, activation: ActivationFn) {
 }
 
 /// The activation as a function of one value; `None` for softmax, which needs the whole pixel.
-fn elementwise(activation: ActivationFn) -> Option<fn(f32) -> f32> {
+pub fn elementwise(activation: ActivationFn) -> Option<fn(f32) -> f32> {
     fn sigmoid(x: f32) -> f32 {
         1.0 / (1.0 + (-x).exp())
     }

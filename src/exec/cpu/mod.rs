@@ -1,7 +1,7 @@
 //! The CPU executor: the reference every faster backend is tested against. f32, NHWC,
 //! im2col + GEMM convolutions on all cores, buffers reused as the plan says.
 
-mod gemm;
+pub mod gemm;
 pub mod kernels;
 pub mod volume;
 

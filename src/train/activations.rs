@@ -1,0 +1,205 @@
+//! Activation functions in training: the value and its derivative, as TensorFlow differentiates
+//! them (ReLU's gradient is 0 at 0, as TF's ReluGrad takes `x > 0`).
+
+use crate::ir::ops::ActivationFn;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn softplus(x: f32) -> f32 {
+    value(ActivationFn::Softplus, x).unwrap_or(x)
+}
+
+const SELU_ALPHA: f32 = 1.673_263_2;
+const SELU_SCALE: f32 = 1.050_701;
+
+/// `f(x)` for the elementwise activations (the inference kernels' own functions); `None` for
+/// softmax (it needs the whole pixel).
+pub fn value(activation: ActivationFn, x: f32) -> Option<f32> {
+    crate::exec::cpu::kernels::elementwise(activation).map(|f| f(x))
+}
+
+/// `f'(x)`; `None` for softmax.
+pub fn derivative(activation: ActivationFn, x: f32) -> Option<f32> {
+    let step = |inside: bool| if inside { 1.0 } else { 0.0 };
+    Some(match activation {
+        ActivationFn::Linear => 1.0,
+        ActivationFn::Relu => step(x > 0.0),
+        ActivationFn::Sigmoid => {
+            let s = sigmoid(x);
+            s * (1.0 - s)
+        }
+        ActivationFn::Softmax => return None,
+        ActivationFn::Tanh => {
+            let t = x.tanh();
+            1.0 - t * t
+        }
+        ActivationFn::Elu => {
+            if x > 0.0 {
+                1.0
+            } else {
+                x.exp()
+            }
+        }
+        ActivationFn::Selu => SELU_SCALE * if x > 0.0 { 1.0 } else { SELU_ALPHA * x.exp() },
+        ActivationFn::Softplus => sigmoid(x),
+        ActivationFn::Softsign => {
+            let d = 1.0 + x.abs();
+            1.0 / (d * d)
+        }
+        ActivationFn::Swish | ActivationFn::Silu => {
+            let s = sigmoid(x);
+            s + x * s * (1.0 - s)
+        }
+        ActivationFn::Gelu => {
+            let cdf = 0.5 * (1.0 + libm::erff(x / std::f32::consts::SQRT_2));
+            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
+            cdf + x * pdf
+        }
+        ActivationFn::Exponential => x.exp(),
+        // TF's clip_by_value passes the gradient where the value is not clipped.
+        ActivationFn::HardSigmoid => {
+            let v = 0.2 * x + 0.5;
+            if (0.0..=1.0).contains(&v) {
+                0.2
+            } else {
+                0.0
+            }
+        }
+        ActivationFn::Relu6 => step(x > 0.0 && x < 6.0),
+        ActivationFn::Mish => {
+            let sp = softplus(x);
+            let t = sp.tanh();
+            t + x * (1.0 - t * t) * sigmoid(x)
+        }
+        ActivationFn::LeakyRelu => {
+            if x > 0.0 {
+                1.0
+            } else {
+                0.2
+            }
+        }
+    })
+}
+
+/// Applies `activation` to `z` (`channels` values per pixel) into a new vector.
+pub fn apply(activation: ActivationFn, z: &[f32], channels: usize) -> Vec<f32> {
+    match activation {
+        ActivationFn::Softmax => {
+            let mut y = z.to_vec();
+            for pixel in y.chunks_mut(channels.max(1)) {
+                softmax_in_place(pixel);
+            }
+            y
+        }
+        other => z.iter().map(|&v| value(other, v).unwrap_or(v)).collect(),
+    }
+}
+
+/// `dL/dz` from `dL/dy`, with `z` the pre-activation and `y = f(z)`.
+pub fn backward(
+    activation: ActivationFn,
+    z: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    channels: usize,
+) -> Vec<f32> {
+    match activation {
+        ActivationFn::Softmax => {
+            let c = channels.max(1);
+            let mut dz = vec![0.0f32; dy.len()];
+            for ((d, yy), g) in dz.chunks_mut(c).zip(y.chunks(c)).zip(dy.chunks(c)) {
+                let dot: f32 = yy.iter().zip(g).map(|(a, b)| a * b).sum();
+                for ((o, &p), &gi) in d.iter_mut().zip(yy).zip(g) {
+                    *o = p * (gi - dot);
+                }
+            }
+            dz
+        }
+        other => z
+            .iter()
+            .zip(dy)
+            .map(|(&v, &g)| g * derivative(other, v).unwrap_or(1.0))
+            .collect(),
+    }
+}
+
+pub fn softmax_in_place(v: &mut [f32]) {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for x in v.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    for x in v.iter_mut() {
+        *x /= sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [ActivationFn; 17] = [
+        ActivationFn::Linear,
+        ActivationFn::Relu,
+        ActivationFn::Sigmoid,
+        ActivationFn::Tanh,
+        ActivationFn::Elu,
+        ActivationFn::Selu,
+        ActivationFn::Softplus,
+        ActivationFn::Softsign,
+        ActivationFn::Swish,
+        ActivationFn::Silu,
+        ActivationFn::Gelu,
+        ActivationFn::Exponential,
+        ActivationFn::HardSigmoid,
+        ActivationFn::Relu6,
+        ActivationFn::Mish,
+        ActivationFn::LeakyRelu,
+        ActivationFn::Softmax,
+    ];
+
+    #[test]
+    fn derivatives_match_central_differences() {
+        for activation in ALL {
+            if activation == ActivationFn::Softmax {
+                continue;
+            }
+            // Points away from the kinks (0, 6, ±2.5 for hard_sigmoid).
+            for x in [-3.1f64, -1.3, -0.4, 0.35, 1.7, 4.2, 7.3] {
+                let h = 1e-3;
+                let f = |v: f64| value(activation, v as f32).unwrap() as f64;
+                let numeric = (f(x + h) - f(x - h)) / (2.0 * h);
+                let analytic = derivative(activation, x as f32).unwrap() as f64;
+                assert!(
+                    (numeric - analytic).abs() <= 2e-3 * (1.0 + numeric.abs()),
+                    "{activation:?} at {x}: numeric {numeric}, analytic {analytic}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_backward_matches_central_differences() {
+        let z = [0.3f32, -1.2, 2.0, 0.1];
+        let dy = [0.5f32, -0.25, 1.0, 0.75];
+        let y = apply(ActivationFn::Softmax, &z, 4);
+        let dz = backward(ActivationFn::Softmax, &z, &y, &dy, 4);
+        for i in 0..4 {
+            let loss = |shift: f32| {
+                let mut zz = z;
+                zz[i] += shift;
+                let yy = apply(ActivationFn::Softmax, &zz, 4);
+                yy.iter().zip(&dy).map(|(a, b)| (a * b) as f64).sum::<f64>()
+            };
+            let numeric = (loss(1e-3) - loss(-1e-3)) / 2e-3;
+            assert!(
+                (numeric - dz[i] as f64).abs() < 1e-3,
+                "{i}: {numeric} vs {}",
+                dz[i]
+            );
+        }
+    }
+}

@@ -1,0 +1,2071 @@
+//! Every layer kind in training: its forward pass in Keras's training mode and its backward
+//! pass. Tensors are dense, NHWC with the batch first (`[N, features]` after Flatten).
+//! One `match` over every kind in each direction: a new kind does not compile until it trains.
+
+use super::activations;
+use super::math::{add_column_sums, gemm, PatchMap};
+use crate::exec::Tensor;
+use crate::ir::ops::{
+    ActivationFn, Interpolation, MergeFn, NormLayout, Op, TfCompute, WindowGeometry,
+};
+use rand_distr::{Distribution, StandardNormal, Uniform};
+
+/// What the backward pass needs besides the layer's inputs and output.
+#[derive(Debug, Default)]
+pub struct Saved {
+    /// The pre-activation of a layer with a fused activation (conv, dense), when it is not
+    /// linear.
+    pub pre: Option<Vec<f32>>,
+    /// Per-kind extras: BatchNormalization's batch mean and 1/std; a dropout mask; the
+    /// depthwise result inside a separable convolution.
+    pub aux: Vec<Vec<f32>>,
+}
+
+/// How a layer runs this step.
+pub struct Mode<'r> {
+    /// Keras's `training=True`: batch statistics, dropout and noise.
+    pub training: bool,
+    /// The layer's own `trainable` (a frozen BatchNormalization runs in inference mode).
+    pub layer_trainable: bool,
+    pub rng: &'r mut rand::rngs::StdRng,
+}
+
+/// Where the gradient handed to [`backward`] sits.
+pub enum Grad {
+    /// `dL/d(output)`.
+    Output(Vec<f32>),
+    /// `dL/d(pre-activation)` of the layer's output activation, or of its input for a layer
+    /// that is only an activation: the loss computed it from the logits (Keras's
+    /// `_keras_logits`).
+    Logits(Vec<f32>),
+}
+
+/// Gradients of one layer: per input (in order) and per weight slot (`None` for slots that
+/// receive none: BatchNormalization's moving statistics).
+pub struct LayerGrads {
+    pub inputs: Vec<Vec<f32>>,
+    pub params: Vec<Option<Vec<f32>>>,
+}
+
+#[derive(Debug)]
+pub struct Unsupported(pub String);
+
+fn hwc(shape: &[usize]) -> Result<[usize; 4], Unsupported> {
+    match shape {
+        &[n, h, w, c] => Ok([n, h, w, c]),
+        other => Err(Unsupported(format!(
+            "training runs this layer on 4D (NHWC) tensors only, not {other:?}"
+        ))),
+    }
+}
+
+/// Where a layer's output activation finds its pre-activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreActivation {
+    /// The layer is only the activation: its input.
+    Input,
+    /// Fused into a conv or dense: kept in [`Saved::pre`].
+    Saved,
+}
+
+/// The output activation a layer applies last (fused into a conv or dense, or the layer itself).
+pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
+    let saved = |a: ActivationFn| Some((a, PreActivation::Saved));
+    match op {
+        Op::Conv2D(o) => saved(o.args.activation),
+        Op::Conv2DTranspose(o) => saved(o.args.activation),
+        Op::Conv3D(o) => saved(o.args.activation),
+        Op::Conv3DTranspose(o) => saved(o.args.activation),
+        Op::Dense(o) => saved(o.activation),
+        Op::DepthwiseConv2D(o) => saved(o.activation),
+        Op::SeparableConv2D(o) => saved(o.activation),
+        Op::Activation(o) => Some((o.activation, PreActivation::Input)),
+        Op::Softmax(o) => (o.axis == -1).then_some((ActivationFn::Softmax, PreActivation::Input)),
+        Op::TFOpLambda(o) => match o.computes() {
+            TfCompute::Activation(a) => Some((a, PreActivation::Input)),
+            TfCompute::Merge(_) | TfCompute::Concat(_) => None,
+        },
+        Op::Input(_)
+        | Op::MaxPooling2D(_)
+        | Op::UpSampling2D(_)
+        | Op::Cropping2D(_)
+        | Op::ZeroPadding2D(_)
+        | Op::Concatenate(_)
+        | Op::Add(_)
+        | Op::BatchNormalization(_)
+        | Op::ReLU(_)
+        | Op::Dropout(_)
+        | Op::Flatten(_)
+        | Op::GlobalAveragePooling2D(_)
+        | Op::Multiply(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_)
+        | Op::Reshape(_)
+        | Op::Permute(_)
+        | Op::MaxPooling3D(_)
+        | Op::AveragePooling3D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::GlobalAveragePooling3D(_) => None,
+    }
+}
+
+/// The pre-activation a layer's output came from (see [`output_activation`]).
+pub fn logits_of<'a>(op: &Op, input: &'a Tensor, saved: &'a Saved) -> Option<&'a [f32]> {
+    match output_activation(op)?.1 {
+        PreActivation::Input => Some(&input.data),
+        PreActivation::Saved => saved.pre.as_deref(),
+    }
+}
+
+/// Forward in training. `params` are the layer's weight slots in [`crate::exec::bind_weights`]'s
+/// order; BatchNormalization updates its moving statistics in them, as Keras does during the
+/// forward pass of a training step.
+pub fn forward(
+    op: &Op,
+    inputs: &[&Tensor],
+    out_shape: &[usize],
+    params: &mut [Vec<f32>],
+    mode: &mut Mode,
+) -> Result<(Tensor, Saved), Unsupported> {
+    let mut saved = Saved::default();
+    let out_len: usize = out_shape.iter().product();
+    let x = inputs.first().copied();
+    let first = || x.map(|t| t.data.as_slice()).unwrap_or(&[]);
+    let data: Vec<f32> = match op {
+        Op::Input(_) => first().to_vec(),
+        Op::Conv2D(o) => {
+            let z = conv_forward(
+                x.map(|t| t.shape.as_slice()).unwrap_or(&[]),
+                first(),
+                out_shape,
+                conv_window(|a, n, m| o.args.geometry(a, n, m)),
+                o.groups.max(1) as usize,
+                &params[0],
+                Some(&params[1]),
+            )?;
+            finish_activation(o.args.activation, z, out_shape, &mut saved)
+        }
+        Op::DepthwiseConv2D(o) => {
+            let shape = &x.map(|t| t.shape.clone()).unwrap_or_default();
+            let c = hwc(shape)?[3];
+            let z = conv_forward(
+                shape,
+                first(),
+                out_shape,
+                conv_window(|a, n, m| o.depthwise.geometry(a, n, m)),
+                c,
+                &params[0],
+                Some(&params[1]),
+            )?;
+            finish_activation(o.activation, z, out_shape, &mut saved)
+        }
+        Op::SeparableConv2D(o) => {
+            let shape = &x.map(|t| t.shape.clone()).unwrap_or_default();
+            let [n, _, _, c] = hwc(shape)?;
+            let [_, oh, ow, f] = hwc(out_shape)?;
+            let mid_shape = [n, oh, ow, c * o.depthwise.depth_multiplier.max(1) as usize];
+            let mid = conv_forward(
+                shape,
+                first(),
+                &mid_shape,
+                conv_window(|a, n, m| o.depthwise.geometry(a, n, m)),
+                c,
+                &params[0],
+                None,
+            )?;
+            let k = mid_shape[3];
+            let mut z = vec![0.0f32; out_len];
+            let rows = n * oh * ow;
+            gemm(
+                (rows, f, k),
+                &mid,
+                (k, 1),
+                &params[1],
+                (f, 1),
+                &mut z,
+                (f, 1),
+                false,
+            );
+            add_bias(&mut z, &params[2]);
+            saved.aux.push(mid);
+            finish_activation(o.activation, z, out_shape, &mut saved)
+        }
+        Op::Conv2DTranspose(o) => {
+            let shape = x.map(|t| t.shape.as_slice()).unwrap_or(&[]);
+            let map = transpose_map(
+                &|a, n, m| o.geometry(a, n, m),
+                o.args.dilation_rate == [1, 1],
+                shape,
+                out_shape,
+            )?;
+            let mut z = transpose_forward(&map, first(), &params[0], spatial(shape)?.2);
+            add_bias(&mut z, &params[1]);
+            finish_activation(o.args.activation, z, out_shape, &mut saved)
+        }
+        Op::Conv3D(o) => {
+            let z = conv_forward(
+                x.map(|t| t.shape.as_slice()).unwrap_or(&[]),
+                first(),
+                out_shape,
+                conv_window(|a, n, m| o.geometry(a, n, m)),
+                1,
+                &params[0],
+                Some(&params[1]),
+            )?;
+            finish_activation(o.args.activation, z, out_shape, &mut saved)
+        }
+        Op::Conv3DTranspose(o) => {
+            let shape = x.map(|t| t.shape.as_slice()).unwrap_or(&[]);
+            let map = transpose_map(
+                &|a, n, m| o.geometry(a, n, m),
+                o.args.dilation_rate == [1, 1, 1],
+                shape,
+                out_shape,
+            )?;
+            let mut z = transpose_forward(&map, first(), &params[0], spatial(shape)?.2);
+            add_bias(&mut z, &params[1]);
+            finish_activation(o.args.activation, z, out_shape, &mut saved)
+        }
+        Op::MaxPooling3D(o) => {
+            let (windows, shape) = pool_windows(x, out_shape, |a, n, m| o.geometry(a, n, m))?;
+            pool_forward(first(), shape, out_shape, windows, Pool::Max)
+        }
+        Op::AveragePooling3D(o) => {
+            let (windows, shape) = pool_windows(x, out_shape, |a, n, m| o.geometry(a, n, m))?;
+            pool_forward(first(), shape, out_shape, windows, Pool::Average)
+        }
+        Op::UpSampling3D(o) => {
+            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let mut y = vec![0.0f32; out_len];
+            for_each_resize_tap(
+                o.size,
+                Interpolation::Nearest,
+                shape,
+                out_shape,
+                |src, dst, wt| y[dst] += wt * first()[src],
+            )?;
+            y
+        }
+        Op::Cropping3D(o) => {
+            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let mut y = vec![0.0f32; out_len];
+            let c = o.cropping;
+            window_copy(shape, out_shape, [c[0], c[2], c[4]], |s, d| {
+                y[d] = first()[s]
+            })?;
+            y
+        }
+        Op::ZeroPadding3D(o) => {
+            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let mut y = vec![0.0f32; out_len];
+            let p = o.padding;
+            window_copy(shape, out_shape, [-p[0], -p[2], -p[4]], |s, d| {
+                y[d] = first()[s]
+            })?;
+            y
+        }
+        Op::GlobalAveragePooling3D(_) => global_average_forward(
+            first(),
+            spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?,
+        ),
+        Op::Dense(o) => {
+            let input = first();
+            let units = o.units as usize;
+            let n_in = x.and_then(|t| t.shape.last().copied()).unwrap_or(0);
+            let rows = input.len() / n_in.max(1);
+            let mut z = vec![0.0f32; out_len];
+            gemm(
+                (rows, units, n_in),
+                input,
+                (n_in, 1),
+                &params[0],
+                (units, 1),
+                &mut z,
+                (units, 1),
+                false,
+            );
+            add_bias(&mut z, &params[1]);
+            finish_activation(o.activation, z, out_shape, &mut saved)
+        }
+        Op::MaxPooling2D(o) => {
+            let (windows, shape) = pool_windows(x, out_shape, |a, n, m| o.geometry(a, n, m))?;
+            pool_forward(first(), shape, out_shape, windows, Pool::Max)
+        }
+        Op::AveragePooling2D(o) => {
+            let (windows, shape) = pool_windows(x, out_shape, |a, n, m| o.geometry(a, n, m))?;
+            pool_forward(first(), shape, out_shape, windows, Pool::Average)
+        }
+        Op::UpSampling2D(o) => {
+            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let mut y = vec![0.0f32; out_len];
+            let size = [1, o.size[0], o.size[1]];
+            for_each_resize_tap(size, o.interpolation, shape, out_shape, |src, dst, wt| {
+                y[dst] += wt * first()[src]
+            })?;
+            y
+        }
+        Op::Cropping2D(o) => {
+            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let mut y = vec![0.0f32; out_len];
+            window_copy(
+                shape,
+                out_shape,
+                [0, o.cropping[0], o.cropping[2]],
+                |s, d| y[d] = first()[s],
+            )?;
+            y
+        }
+        Op::ZeroPadding2D(o) => {
+            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let mut y = vec![0.0f32; out_len];
+            window_copy(
+                shape,
+                out_shape,
+                [0, -o.padding[0], -o.padding[2]],
+                |s, d| y[d] = first()[s],
+            )?;
+            y
+        }
+        Op::Concatenate(o) => concat_forward(inputs, out_shape, o.axis),
+        Op::Add(_) => merge_forward(inputs, out_shape, MergeFn::Add),
+        Op::Multiply(_) => merge_forward(inputs, out_shape, MergeFn::Multiply),
+        Op::Subtract(_) => merge_forward(inputs, out_shape, MergeFn::Subtract),
+        Op::Average(_) => merge_forward(inputs, out_shape, MergeFn::Average),
+        Op::Maximum(_) => merge_forward(inputs, out_shape, MergeFn::Maximum),
+        Op::Minimum(_) => merge_forward(inputs, out_shape, MergeFn::Minimum),
+        Op::TFOpLambda(o) => match o.computes() {
+            TfCompute::Merge(f) => merge_forward(inputs, out_shape, f),
+            TfCompute::Concat(axis) => concat_forward(inputs, out_shape, axis),
+            TfCompute::Activation(a) => activations::apply(a, first(), channels(out_shape)),
+        },
+        Op::Activation(o) => activations::apply(o.activation, first(), channels(out_shape)),
+        Op::Softmax(o) => softmax_axis(first(), out_shape, o.axis),
+        Op::ReLU(o) => first()
+            .iter()
+            .map(|&v| {
+                relu_layer(
+                    v,
+                    o.max_value.map(|m| m as f32),
+                    o.negative_slope as f32,
+                    o.threshold as f32,
+                )
+                .0
+            })
+            .collect(),
+        Op::LeakyReLU(o) => first()
+            .iter()
+            .map(|&v| if v > 0.0 { v } else { o.alpha as f32 * v })
+            .collect(),
+        Op::ELU(o) => first()
+            .iter()
+            .map(|&v| {
+                if v > 0.0 {
+                    v
+                } else {
+                    o.alpha as f32 * v.exp_m1()
+                }
+            })
+            .collect(),
+        Op::PReLU(_) => {
+            let alpha = &params[0];
+            first()
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    if v > 0.0 {
+                        v
+                    } else {
+                        alpha[i % alpha.len().max(1)] * v
+                    }
+                })
+                .collect()
+        }
+        Op::Flatten(_) | Op::Reshape(_) => first().to_vec(),
+        Op::Permute(o) => {
+            let item = permute_index(
+                &x.map(|t| t.shape[1..].to_vec()).unwrap_or_default(),
+                &o.source_axes(),
+            );
+            let per = item.len().max(1);
+            (0..out_len)
+                .map(|i| first()[i / per * per + item[i % per]])
+                .collect()
+        }
+        Op::GlobalAveragePooling2D(_) => global_average_forward(
+            first(),
+            spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?,
+        ),
+        Op::GlobalMaxPooling2D(_) => {
+            let (n, dims, c) = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let pixels = dims.iter().product::<usize>().max(1);
+            let mut y = vec![f32::NEG_INFINITY; n * c];
+            for (i, px) in first().chunks(c.max(1)).enumerate() {
+                let item = i / pixels;
+                for (ch, &v) in px.iter().enumerate() {
+                    y[item * c + ch] = y[item * c + ch].max(v);
+                }
+            }
+            y
+        }
+        Op::Dropout(o) => dropout(first(), o.rate, None, mode, &mut saved),
+        Op::SpatialDropout2D(o) => {
+            let [_, h, w, c] = hwc(out_shape)?;
+            dropout(first(), o.rate, Some((h * w, c)), mode, &mut saved)
+        }
+        Op::GaussianNoise(o) => {
+            if mode.training {
+                let std = o.stddev as f32;
+                first()
+                    .iter()
+                    .map(|&v| {
+                        v + std
+                            * <StandardNormal as Distribution<f32>>::sample(
+                                &StandardNormal,
+                                mode.rng,
+                            )
+                    })
+                    .collect()
+            } else {
+                first().to_vec()
+            }
+        }
+        Op::GaussianDropout(o) => {
+            if mode.training && o.rate > 0.0 {
+                let std = (o.rate / (1.0 - o.rate)).sqrt() as f32;
+                let noise: Vec<f32> = (0..first().len())
+                    .map(|_| {
+                        1.0 + std
+                            * <StandardNormal as Distribution<f32>>::sample(
+                                &StandardNormal,
+                                mode.rng,
+                            )
+                    })
+                    .collect();
+                let y = first().iter().zip(&noise).map(|(v, m)| v * m).collect();
+                saved.aux.push(noise);
+                y
+            } else {
+                first().to_vec()
+            }
+        }
+        Op::BatchNormalization(o) => {
+            let c = channels(out_shape);
+            if o.axis != -1 && o.axis != out_shape.len() as i64 - 1 {
+                return Err(Unsupported(
+                    "BatchNormalization trains over the last axis only".into(),
+                ));
+            }
+            let batch_stats = mode.training && mode.layer_trainable;
+            let eps = o.epsilon as f32;
+            let (mean, var) = if batch_stats {
+                let (mean, var) = channel_moments(first(), c);
+                // Keras updates the moving averages in the forward pass. TF's fused kernel
+                // (4D and 5D inputs) hands the moving variance the unbiased (n / (n - 1))
+                // variance; the other path the biased one.
+                let count = (first().len() / c.max(1)) as f32;
+                let fused = matches!(out_shape.len(), 4 | 5);
+                let bessel = if fused && count > 1.0 {
+                    count / (count - 1.0)
+                } else {
+                    1.0
+                };
+                let m = o.momentum as f32;
+                for ch in 0..c {
+                    params[2][ch] = params[2][ch] * m + mean[ch] * (1.0 - m);
+                    params[3][ch] = params[3][ch] * m + var[ch] * bessel * (1.0 - m);
+                }
+                (mean, var)
+            } else {
+                (params[2].clone(), params[3].clone())
+            };
+            let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+            let (gamma, beta) = (&params[0], &params[1]);
+            let y = first()
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let ch = i % c;
+                    (v - mean[ch]) * inv[ch] * gamma[ch] + beta[ch]
+                })
+                .collect();
+            saved.aux.push(mean);
+            saved.aux.push(inv);
+            y
+        }
+        Op::GroupNormalization(_) | Op::LayerNormalization(_) => {
+            let layout = norm_layout(op, out_shape)?;
+            let (y, stats) = normalize_forward(layout, &params[0], &params[1], first());
+            saved.aux.push(stats);
+            y
+        }
+    };
+    debug_assert_eq!(data.len(), out_len);
+    Ok((
+        Tensor {
+            shape: out_shape.to_vec(),
+            data,
+        },
+        saved,
+    ))
+}
+
+/// Backward: the gradients of the layer's inputs and weight slots from its output's.
+pub fn backward(
+    op: &Op,
+    inputs: &[&Tensor],
+    output: &Tensor,
+    saved: &Saved,
+    params: &[Vec<f32>],
+    grad: Grad,
+    mode: &Mode,
+) -> Result<LayerGrads, Unsupported> {
+    let x = inputs.first().copied();
+    let x_shape = x.map(|t| t.shape.clone()).unwrap_or_default();
+    let first = || x.map(|t| t.data.as_slice()).unwrap_or(&[]);
+    let none = |n: usize| vec![None; n];
+    // The gradient at the pre-activation of a layer whose last step is `activation`.
+    let pre_grad = |activation: ActivationFn, grad: Grad, pre: Option<&[f32]>| -> Vec<f32> {
+        match grad {
+            Grad::Logits(dz) => dz,
+            Grad::Output(dy) => match pre {
+                Some(z) => {
+                    activations::backward(activation, z, &output.data, &dy, channels(&output.shape))
+                }
+                None => dy,
+            },
+        }
+    };
+    let output_grad = |grad: Grad| match grad {
+        Grad::Output(dy) | Grad::Logits(dy) => dy,
+    };
+    Ok(match op {
+        Op::Input(_) => LayerGrads {
+            inputs: vec![],
+            params: vec![],
+        },
+        Op::Conv2D(o) => {
+            let dz = pre_grad(o.args.activation, grad, saved.pre.as_deref());
+            let (dx, dk, db) = conv_backward(
+                &x_shape,
+                first(),
+                &output.shape,
+                conv_window(|a, n, m| o.args.geometry(a, n, m)),
+                o.groups.max(1) as usize,
+                &params[0],
+                &dz,
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dk), Some(db)],
+            }
+        }
+        Op::DepthwiseConv2D(o) => {
+            let dz = pre_grad(o.activation, grad, saved.pre.as_deref());
+            let c = hwc(&x_shape)?[3];
+            let (dx, dk, db) = conv_backward(
+                &x_shape,
+                first(),
+                &output.shape,
+                conv_window(|a, n, m| o.depthwise.geometry(a, n, m)),
+                c,
+                &params[0],
+                &dz,
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dk), Some(db)],
+            }
+        }
+        Op::SeparableConv2D(o) => {
+            let dz = pre_grad(o.activation, grad, saved.pre.as_deref());
+            let [n, _, _, c] = hwc(&x_shape)?;
+            let [_, oh, ow, f] = hwc(&output.shape)?;
+            let k = c * o.depthwise.depth_multiplier.max(1) as usize;
+            let mid = &saved.aux[0];
+            let rows = n * oh * ow;
+            let mut dpoint = vec![0.0f32; k * f];
+            gemm(
+                (k, f, rows),
+                mid,
+                (1, k),
+                &dz,
+                (f, 1),
+                &mut dpoint,
+                (f, 1),
+                false,
+            );
+            let mut dmid = vec![0.0f32; rows * k];
+            gemm(
+                (rows, k, f),
+                &dz,
+                (f, 1),
+                &params[1],
+                (1, f),
+                &mut dmid,
+                (k, 1),
+                false,
+            );
+            let mut db = vec![0.0f32; f];
+            add_column_sums(&dz, f, &mut db);
+            let (dx, ddepth, _) = conv_backward(
+                &x_shape,
+                first(),
+                &[n, oh, ow, k],
+                conv_window(|a, n, m| o.depthwise.geometry(a, n, m)),
+                c,
+                &params[0],
+                &dmid,
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(ddepth), Some(dpoint), Some(db)],
+            }
+        }
+        Op::Conv2DTranspose(o) => {
+            let dz = pre_grad(o.args.activation, grad, saved.pre.as_deref());
+            let map = transpose_map(
+                &|a, n, m| o.geometry(a, n, m),
+                o.args.dilation_rate == [1, 1],
+                &x_shape,
+                &output.shape,
+            )?;
+            let (dx, dk, db) =
+                transpose_backward(&map, first(), &params[0], spatial(&x_shape)?.2, &dz);
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dk), Some(db)],
+            }
+        }
+        Op::Conv3D(o) => {
+            let dz = pre_grad(o.args.activation, grad, saved.pre.as_deref());
+            let (dx, dk, db) = conv_backward(
+                &x_shape,
+                first(),
+                &output.shape,
+                conv_window(|a, n, m| o.geometry(a, n, m)),
+                1,
+                &params[0],
+                &dz,
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dk), Some(db)],
+            }
+        }
+        Op::Conv3DTranspose(o) => {
+            let dz = pre_grad(o.args.activation, grad, saved.pre.as_deref());
+            let map = transpose_map(
+                &|a, n, m| o.geometry(a, n, m),
+                o.args.dilation_rate == [1, 1, 1],
+                &x_shape,
+                &output.shape,
+            )?;
+            let (dx, dk, db) =
+                transpose_backward(&map, first(), &params[0], spatial(&x_shape)?.2, &dz);
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dk), Some(db)],
+            }
+        }
+        Op::MaxPooling3D(o) => {
+            let (windows, shape) = pool_windows(x, &output.shape, |a, n, m| o.geometry(a, n, m))?;
+            LayerGrads {
+                inputs: vec![pool_backward(
+                    first(),
+                    shape,
+                    &output.shape,
+                    windows,
+                    Pool::MaxEveryTie,
+                    &output_grad(grad),
+                )],
+                params: vec![],
+            }
+        }
+        Op::AveragePooling3D(o) => {
+            let (windows, shape) = pool_windows(x, &output.shape, |a, n, m| o.geometry(a, n, m))?;
+            LayerGrads {
+                inputs: vec![pool_backward(
+                    first(),
+                    shape,
+                    &output.shape,
+                    windows,
+                    Pool::Average,
+                    &output_grad(grad),
+                )],
+                params: vec![],
+            }
+        }
+        Op::UpSampling3D(o) => {
+            let dy = output_grad(grad);
+            let mut dx = vec![0.0f32; first().len()];
+            for_each_resize_tap(
+                o.size,
+                Interpolation::Nearest,
+                spatial(&x_shape)?,
+                &output.shape,
+                |src, dst, wt| dx[src] += wt * dy[dst],
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::Cropping3D(o) => {
+            let dy = output_grad(grad);
+            let mut dx = vec![0.0f32; first().len()];
+            let c = o.cropping;
+            window_copy(
+                spatial(&x_shape)?,
+                &output.shape,
+                [c[0], c[2], c[4]],
+                |s, d| dx[s] = dy[d],
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::ZeroPadding3D(o) => {
+            let dy = output_grad(grad);
+            let mut dx = vec![0.0f32; first().len()];
+            let p = o.padding;
+            window_copy(
+                spatial(&x_shape)?,
+                &output.shape,
+                [-p[0], -p[2], -p[4]],
+                |s, d| dx[s] = dy[d],
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::GlobalAveragePooling3D(_) => LayerGrads {
+            inputs: vec![global_average_backward(
+                &output_grad(grad),
+                spatial(&x_shape)?,
+            )],
+            params: vec![],
+        },
+        Op::Dense(o) => {
+            let dz = pre_grad(o.activation, grad, saved.pre.as_deref());
+            let units = o.units as usize;
+            let n_in = x_shape.last().copied().unwrap_or(0);
+            let rows = first().len() / n_in.max(1);
+            let mut dx = vec![0.0f32; rows * n_in];
+            gemm(
+                (rows, n_in, units),
+                &dz,
+                (units, 1),
+                &params[0],
+                (1, units),
+                &mut dx,
+                (n_in, 1),
+                false,
+            );
+            let mut dk = vec![0.0f32; n_in * units];
+            gemm(
+                (n_in, units, rows),
+                first(),
+                (1, n_in),
+                &dz,
+                (units, 1),
+                &mut dk,
+                (units, 1),
+                false,
+            );
+            let mut db = vec![0.0f32; units];
+            add_column_sums(&dz, units, &mut db);
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dk), Some(db)],
+            }
+        }
+        Op::MaxPooling2D(o) => {
+            let (windows, shape) = pool_windows(x, &output.shape, |a, n, m| o.geometry(a, n, m))?;
+            LayerGrads {
+                inputs: vec![pool_backward(
+                    first(),
+                    shape,
+                    &output.shape,
+                    windows,
+                    Pool::Max,
+                    &output_grad(grad),
+                )],
+                params: vec![],
+            }
+        }
+        Op::AveragePooling2D(o) => {
+            let (windows, shape) = pool_windows(x, &output.shape, |a, n, m| o.geometry(a, n, m))?;
+            LayerGrads {
+                inputs: vec![pool_backward(
+                    first(),
+                    shape,
+                    &output.shape,
+                    windows,
+                    Pool::Average,
+                    &output_grad(grad),
+                )],
+                params: vec![],
+            }
+        }
+        Op::UpSampling2D(o) => {
+            let dy = output_grad(grad);
+            let mut dx = vec![0.0f32; first().len()];
+            for_each_resize_tap(
+                [1, o.size[0], o.size[1]],
+                o.interpolation,
+                spatial(&x_shape)?,
+                &output.shape,
+                |src, dst, wt| dx[src] += wt * dy[dst],
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::Cropping2D(o) => {
+            let dy = output_grad(grad);
+            let mut dx = vec![0.0f32; first().len()];
+            window_copy(
+                spatial(&x_shape)?,
+                &output.shape,
+                [0, o.cropping[0], o.cropping[2]],
+                |s, d| dx[s] = dy[d],
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::ZeroPadding2D(o) => {
+            let dy = output_grad(grad);
+            let mut dx = vec![0.0f32; first().len()];
+            window_copy(
+                spatial(&x_shape)?,
+                &output.shape,
+                [0, -o.padding[0], -o.padding[2]],
+                |s, d| dx[s] = dy[d],
+            )?;
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::Concatenate(o) => LayerGrads {
+            inputs: concat_backward(inputs, &output.shape, o.axis, &output_grad(grad)),
+            params: vec![],
+        },
+        Op::Add(_) => merge_grads(inputs, output, MergeFn::Add, grad),
+        Op::Multiply(_) => merge_grads(inputs, output, MergeFn::Multiply, grad),
+        Op::Subtract(_) => merge_grads(inputs, output, MergeFn::Subtract, grad),
+        Op::Average(_) => merge_grads(inputs, output, MergeFn::Average, grad),
+        Op::Maximum(_) => merge_grads(inputs, output, MergeFn::Maximum, grad),
+        Op::Minimum(_) => merge_grads(inputs, output, MergeFn::Minimum, grad),
+        Op::TFOpLambda(o) => match o.computes() {
+            TfCompute::Merge(f) => merge_grads(inputs, output, f, grad),
+            TfCompute::Concat(axis) => LayerGrads {
+                inputs: concat_backward(inputs, &output.shape, axis, &output_grad(grad)),
+                params: vec![],
+            },
+            TfCompute::Activation(a) => LayerGrads {
+                inputs: vec![pre_grad(a, grad, Some(first()))],
+                params: vec![],
+            },
+        },
+        Op::Activation(o) => LayerGrads {
+            inputs: vec![pre_grad(o.activation, grad, Some(first()))],
+            params: vec![],
+        },
+        Op::Softmax(o) => {
+            let dx = match grad {
+                Grad::Logits(dz) => dz,
+                Grad::Output(dy) => softmax_axis_backward(&output.data, &dy, &output.shape, o.axis),
+            };
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::ReLU(o) => {
+            let dy = output_grad(grad);
+            let dx = first()
+                .iter()
+                .zip(&dy)
+                .map(|(&v, &g)| {
+                    g * relu_layer(
+                        v,
+                        o.max_value.map(|m| m as f32),
+                        o.negative_slope as f32,
+                        o.threshold as f32,
+                    )
+                    .1
+                })
+                .collect();
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::LeakyReLU(o) => {
+            let dy = output_grad(grad);
+            let a = o.alpha as f32;
+            LayerGrads {
+                inputs: vec![first()
+                    .iter()
+                    .zip(&dy)
+                    .map(|(&v, &g)| if v > 0.0 { g } else { a * g })
+                    .collect()],
+                params: vec![],
+            }
+        }
+        Op::ELU(o) => {
+            let dy = output_grad(grad);
+            let a = o.alpha as f32;
+            LayerGrads {
+                inputs: vec![first()
+                    .iter()
+                    .zip(&dy)
+                    .map(|(&v, &g)| if v > 0.0 { g } else { a * v.exp() * g })
+                    .collect()],
+                params: vec![],
+            }
+        }
+        Op::PReLU(_) => {
+            let dy = output_grad(grad);
+            let alpha = &params[0];
+            let len = alpha.len().max(1);
+            let mut dalpha = vec![0.0f32; alpha.len()];
+            let dx = first()
+                .iter()
+                .zip(&dy)
+                .enumerate()
+                .map(|(i, (&v, &g))| {
+                    if v > 0.0 {
+                        g
+                    } else {
+                        dalpha[i % len] += v.min(0.0) * g;
+                        alpha[i % len] * g
+                    }
+                })
+                .collect();
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dalpha)],
+            }
+        }
+        Op::Permute(o) => {
+            let dy = output_grad(grad);
+            let item = permute_index(&x_shape[1..], &o.source_axes());
+            let per = item.len().max(1);
+            let mut dx = vec![0.0f32; dy.len()];
+            for (i, g) in dy.iter().enumerate() {
+                dx[i / per * per + item[i % per]] = *g;
+            }
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::Flatten(_) | Op::Reshape(_) | Op::GaussianNoise(_) => LayerGrads {
+            inputs: vec![output_grad(grad)],
+            params: vec![],
+        },
+        Op::Dropout(_) | Op::SpatialDropout2D(_) | Op::GaussianDropout(_) => {
+            let dy = output_grad(grad);
+            let dx = match saved.aux.first() {
+                Some(mask) => dy.iter().zip(mask).map(|(g, m)| g * m).collect(),
+                None => dy,
+            };
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::GlobalAveragePooling2D(_) => LayerGrads {
+            inputs: vec![global_average_backward(
+                &output_grad(grad),
+                spatial(&x_shape)?,
+            )],
+            params: vec![],
+        },
+        Op::GlobalMaxPooling2D(_) => {
+            let (_, dims, c) = spatial(&x_shape)?;
+            let per_item = dims.iter().product::<usize>() * c;
+            let dy = output_grad(grad);
+            let mut dx = vec![0.0f32; first().len()];
+            // tf.reduce_max's gradient: shared equally by every value equal to the maximum.
+            let mut ties = vec![0usize; output.data.len()];
+            for (i, &v) in first().iter().enumerate() {
+                let o = i / per_item.max(1) * c + i % c;
+                if v == output.data[o] {
+                    ties[o] += 1;
+                }
+            }
+            for (i, &v) in first().iter().enumerate() {
+                let o = i / per_item.max(1) * c + i % c;
+                if v == output.data[o] {
+                    dx[i] = dy[o] / ties[o] as f32;
+                }
+            }
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![],
+            }
+        }
+        Op::BatchNormalization(_) => {
+            let dy = output_grad(grad);
+            let c = channels(&output.shape);
+            let (mean, inv) = (&saved.aux[0], &saved.aux[1]);
+            let gamma = &params[0];
+            let xhat = |i: usize, v: f32| (v - mean[i % c]) * inv[i % c];
+            let mut dgamma = vec![0.0f32; c];
+            let mut dbeta = vec![0.0f32; c];
+            for (i, (&v, &g)) in first().iter().zip(&dy).enumerate() {
+                dgamma[i % c] += g * xhat(i, v);
+                dbeta[i % c] += g;
+            }
+            let batch_stats = mode.training && mode.layer_trainable;
+            let dx = if batch_stats {
+                let count = (first().len() / c.max(1)) as f32;
+                first()
+                    .iter()
+                    .zip(&dy)
+                    .enumerate()
+                    .map(|(i, (&v, &g))| {
+                        let ch = i % c;
+                        gamma[ch] * inv[ch] / count
+                            * (count * g - dbeta[ch] - xhat(i, v) * dgamma[ch])
+                    })
+                    .collect()
+            } else {
+                dy.iter()
+                    .enumerate()
+                    .map(|(i, &g)| g * gamma[i % c] * inv[i % c])
+                    .collect()
+            };
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dgamma), Some(dbeta), None, None],
+            }
+        }
+        Op::GroupNormalization(_) | Op::LayerNormalization(_) => {
+            let layout = norm_layout(op, &output.shape)?;
+            let (dx, dgamma, dbeta) = normalize_backward(
+                layout,
+                &params[0],
+                first(),
+                &saved.aux[0],
+                &output_grad(grad),
+            );
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dgamma), Some(dbeta)],
+            }
+        }
+    })
+    .map(|mut g| {
+        // Layers without weight gradients still report one entry per slot.
+        if g.params.is_empty() {
+            g.params = none(params.len());
+        }
+        g
+    })
+}
+
+/// For one item of shape `in_shape`, the input index of each output index of a permutation
+/// whose output axis `k` is input axis `source[k]`.
+fn permute_index(in_shape: &[usize], source: &[usize]) -> Vec<usize> {
+    let rank = in_shape.len();
+    let mut strides = vec![1usize; rank];
+    for a in (0..rank.saturating_sub(1)).rev() {
+        strides[a] = strides[a + 1] * in_shape[a + 1];
+    }
+    let out_dims: Vec<usize> = source.iter().map(|&a| in_shape[a]).collect();
+    let total: usize = in_shape.iter().product();
+    (0..total)
+        .map(|mut flat| {
+            let mut index = 0;
+            for k in (0..out_dims.len()).rev() {
+                let i = flat % out_dims[k].max(1);
+                flat /= out_dims[k].max(1);
+                index += i * strides[source[k]];
+            }
+            index
+        })
+        .collect()
+}
+
+/// The mean over every pixel (or voxel) per item and channel.
+fn global_average_forward(x: &[f32], (n, dims, c): (usize, [usize; 3], usize)) -> Vec<f32> {
+    let pixels = dims.iter().product::<usize>().max(1);
+    let mut y = vec![0.0f32; n * c];
+    for (i, px) in x.chunks(c.max(1)).enumerate() {
+        let item = i / pixels;
+        for (ch, v) in px.iter().enumerate() {
+            y[item * c + ch] += v / pixels as f32;
+        }
+    }
+    y
+}
+
+fn global_average_backward(dy: &[f32], (n, dims, c): (usize, [usize; 3], usize)) -> Vec<f32> {
+    let pixels = dims.iter().product::<usize>().max(1);
+    (0..n * pixels * c)
+        .map(|i| dy[i / (pixels * c) * c + i % c] / pixels as f32)
+        .collect()
+}
+
+fn channels(shape: &[usize]) -> usize {
+    shape.last().copied().unwrap_or(1).max(1)
+}
+
+fn add_bias(z: &mut [f32], bias: &[f32]) {
+    if bias.is_empty() {
+        return;
+    }
+    for px in z.chunks_mut(bias.len()) {
+        for (v, b) in px.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// Applies a fused activation, keeping the pre-activation for backward when it is needed.
+fn finish_activation(
+    activation: ActivationFn,
+    z: Vec<f32>,
+    out_shape: &[usize],
+    saved: &mut Saved,
+) -> Vec<f32> {
+    if activation == ActivationFn::Linear {
+        return z;
+    }
+    let y = activations::apply(activation, &z, channels(out_shape));
+    saved.pre = Some(z);
+    y
+}
+
+/// A convolution's window per axis from its geometry rule.
+type ConvWindow<'a> = Box<dyn Fn(usize, usize, usize) -> WindowGeometry + 'a>;
+
+fn conv_window<'a>(
+    geometry: impl Fn(usize, usize, usize) -> WindowGeometry + 'a,
+) -> ConvWindow<'a> {
+    Box::new(geometry)
+}
+
+/// A tensor's batch, spatial extent `[depth, height, width]` (depth 1 for an image) and
+/// channels.
+fn spatial(shape: &[usize]) -> Result<(usize, [usize; 3], usize), Unsupported> {
+    match shape {
+        &[n, h, w, c] => Ok((n, [1, h, w], c)),
+        &[n, d, h, w, c] => Ok((n, [d, h, w], c)),
+        other => Err(Unsupported(format!(
+            "training runs this layer on images (N, H, W, C) or volumes (N, D, H, W, C), not \
+             {other:?}"
+        ))),
+    }
+}
+
+/// The window along each spatial axis `[depth, height, width]`: the op's own axes for a volume;
+/// for an image a depth of one tap and the op's axes 0 and 1.
+fn axes_geometry(
+    x_dims: [usize; 3],
+    out_dims: [usize; 3],
+    volume: bool,
+    window: &ConvWindow,
+) -> [WindowGeometry; 3] {
+    if volume {
+        [0, 1, 2].map(|k| window(k, x_dims[k], out_dims[k]))
+    } else {
+        let one = WindowGeometry {
+            kernel: 1,
+            stride: 1,
+            dilation: 1,
+            pad_before: 0,
+            pad_after: 0,
+        };
+        [
+            one,
+            window(0, x_dims[1], out_dims[1]),
+            window(1, x_dims[2], out_dims[2]),
+        ]
+    }
+}
+
+fn conv_map(
+    x_shape: &[usize],
+    out_shape: &[usize],
+    window: &ConvWindow,
+    channels: [usize; 2],
+) -> Result<PatchMap, Unsupported> {
+    let (n, dims, c) = spatial(x_shape)?;
+    let (_, out_dims, _) = spatial(out_shape)?;
+    let g = axes_geometry(dims, out_dims, x_shape.len() == 5, window);
+    Ok(PatchMap {
+        batch: n,
+        grid: out_dims,
+        kernel: g.map(|a| a.kernel),
+        stride: g.map(|a| a.stride),
+        dilation: g.map(|a| a.dilation),
+        offset: g.map(|a| a.pad_before),
+        image: [dims[0], dims[1], dims[2], c],
+        channels,
+    })
+}
+
+/// Patch rows per product: a tile of at most this many floats (4 MiB) stays in cache between
+/// its gather and its product, and bounds the memory of a convolution's patches.
+const TILE_FLOATS: usize = 1 << 20;
+
+fn tile_rows(row_len: usize, rows: usize) -> usize {
+    (TILE_FLOATS / row_len.max(1)).clamp(1, rows.max(1))
+}
+
+/// `[(a, b, i), o]` from a kernel stored `[kh, kw, o_total, i_total]`-style: element
+/// `(tap, i, o)` read at `kernel[(tap * rows + r(i)) * cols + c(o)]`. Used to swap a kernel's
+/// last two axes (one group's block of them).
+fn swap_last_axes(
+    kernel: &[f32],
+    taps: usize,
+    (rows, cols): (usize, usize),
+    (row0, row_n): (usize, usize),
+    (col0, col_n): (usize, usize),
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; taps * col_n * row_n];
+    for t in 0..taps {
+        for i in 0..col_n {
+            for o in 0..row_n {
+                out[(t * col_n + i) * row_n + o] = kernel[(t * rows + row0 + o) * cols + col0 + i];
+            }
+        }
+    }
+    out
+}
+
+/// A grouped convolution (groups = 1 is a plain one; groups = channels with kernel
+/// `[kh, kw, c, dm]` is depthwise, whose layout is the grouped `[kh, kw, 1, c * dm]`).
+fn conv_forward(
+    x_shape: &[usize],
+    x: &[f32],
+    out_shape: &[usize],
+    window: ConvWindow,
+    groups: usize,
+    kernel: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>, Unsupported> {
+    let c = spatial(x_shape)?.2;
+    let f = channels(out_shape);
+    let (cg, fg) = (c / groups, f / groups);
+    let mut z = vec![0.0f32; out_shape.iter().product()];
+    for g in 0..groups {
+        let map = conv_map(x_shape, out_shape, &window, [g * cg, cg])?;
+        let (m, k) = (map.rows(), map.row_len());
+        let tile = tile_rows(k, m);
+        let mut patches = vec![0.0f32; tile * k];
+        for r0 in (0..m).step_by(tile) {
+            let rows = tile.min(m - r0);
+            map.gather_rows(x, r0, &mut patches[..rows * k]);
+            gemm(
+                (rows, fg, k),
+                &patches,
+                (k, 1),
+                &kernel[g * fg..],
+                (f, 1),
+                &mut z[r0 * f + g * fg..],
+                (f, 1),
+                false,
+            );
+        }
+    }
+    if let Some(b) = bias {
+        add_bias(&mut z, b);
+    }
+    Ok(z)
+}
+
+/// (input gradient, kernel gradient, bias gradient) of [`conv_forward`].
+#[allow(clippy::type_complexity)]
+fn conv_backward(
+    x_shape: &[usize],
+    x: &[f32],
+    out_shape: &[usize],
+    window: ConvWindow,
+    groups: usize,
+    kernel: &[f32],
+    dz: &[f32],
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), Unsupported> {
+    let c = spatial(x_shape)?.2;
+    let f = channels(out_shape);
+    let (cg, fg) = (c / groups, f / groups);
+    let mut dx = vec![0.0f32; x.len()];
+    let mut dk = vec![0.0f32; kernel.len()];
+    for g in 0..groups {
+        let map = conv_map(x_shape, out_shape, &window, [g * cg, cg])?;
+        let (m, k) = (map.rows(), map.row_len());
+        let taps = map.taps();
+        // Kernel gradient: patches^T x dz, tile by tile.
+        let tile = tile_rows(k, m);
+        let mut patches = vec![0.0f32; tile * k];
+        for r0 in (0..m).step_by(tile) {
+            let rows = tile.min(m - r0);
+            map.gather_rows(x, r0, &mut patches[..rows * k]);
+            gemm(
+                (k, fg, rows),
+                &patches,
+                (1, k),
+                &dz[r0 * f + g * fg..],
+                (f, 1),
+                &mut dk[g * fg..],
+                (f, 1),
+                true,
+            );
+        }
+        // Input gradient: per input pixel, the dz values of the outputs that read it, times
+        // the kernel with its last two axes swapped.
+        let swapped = swap_last_axes(kernel, taps, (cg, f), (0, cg), (g * fg, fg));
+        let pixels = x.len() / c.max(1);
+        let row_len = taps * fg;
+        let tile = tile_rows(row_len, pixels);
+        let mut rows_buf = vec![0.0f32; tile * row_len];
+        for p0 in (0..pixels).step_by(tile) {
+            let n = tile.min(pixels - p0);
+            map.gather_reverse(dz, f, [g * fg, fg], p0, &mut rows_buf[..n * row_len]);
+            gemm(
+                (n, cg, row_len),
+                &rows_buf,
+                (row_len, 1),
+                &swapped,
+                (cg, 1),
+                &mut dx[p0 * c + g * cg..],
+                (c, 1),
+                true,
+            );
+        }
+    }
+    let mut db = vec![0.0f32; f];
+    add_column_sums(dz, f, &mut db);
+    Ok((dx, dk, db))
+}
+
+/// A transposed convolution's patch map: the output is the image, the input the row grid.
+/// `geometry(axis, in, out)` is the op's own rule; images get a depth of one tap.
+fn transpose_map(
+    geometry: &dyn Fn(usize, usize, usize) -> crate::ir::ops::TransposeGeometry,
+    dilation_is_one: bool,
+    x_shape: &[usize],
+    out_shape: &[usize],
+) -> Result<PatchMap, Unsupported> {
+    let (n, dims, _) = spatial(x_shape)?;
+    let (_, out_dims, f) = spatial(out_shape)?;
+    if !dilation_is_one {
+        return Err(Unsupported(
+            "transposed convolutions with dilation_rate other than 1 do not train yet".into(),
+        ));
+    }
+    let volume = x_shape.len() == 5;
+    let axis = |k: usize| {
+        if volume {
+            Some(geometry(k, dims[k], out_dims[k]))
+        } else if k == 0 {
+            None
+        } else {
+            Some(geometry(k - 1, dims[k], out_dims[k]))
+        }
+    };
+    let g = [axis(0), axis(1), axis(2)];
+    Ok(PatchMap {
+        batch: n,
+        grid: dims,
+        kernel: g.map(|a| a.map_or(1, |a| a.kernel)),
+        stride: g.map(|a| a.map_or(1, |a| a.stride)),
+        dilation: [1, 1, 1],
+        offset: g.map(|a| a.map_or(0, |a| a.crop_before)),
+        image: [out_dims[0], out_dims[1], out_dims[2], f],
+        channels: [0, f],
+    })
+}
+
+/// A transposed convolution: per output pixel, the input values whose taps reach it, times the
+/// kernel `[taps, out, in]` with its last two axes swapped.
+fn transpose_forward(map: &PatchMap, x: &[f32], kernel: &[f32], c: usize) -> Vec<f32> {
+    let f = map.image[3];
+    let taps = map.taps();
+    let swapped = swap_last_axes(kernel, taps, (f, c), (0, f), (0, c));
+    let pixels = map.batch * map.image[..3].iter().product::<usize>();
+    let row_len = taps * c;
+    let tile = tile_rows(row_len, pixels);
+    let mut rows_buf = vec![0.0f32; tile * row_len];
+    let mut z = vec![0.0f32; pixels * f];
+    for p0 in (0..pixels).step_by(tile) {
+        let n = tile.min(pixels - p0);
+        map.gather_reverse(x, c, [0, c], p0, &mut rows_buf[..n * row_len]);
+        gemm(
+            (n, f, row_len),
+            &rows_buf,
+            (row_len, 1),
+            &swapped,
+            (f, 1),
+            &mut z[p0 * f..],
+            (f, 1),
+            false,
+        );
+    }
+    z
+}
+
+/// (input gradient, kernel gradient, bias gradient) of [`transpose_forward`]: the kernel
+/// `[taps, out, in]` is the `[k, in]` matrix of output patches.
+#[allow(clippy::type_complexity)]
+fn transpose_backward(
+    map: &PatchMap,
+    x: &[f32],
+    kernel: &[f32],
+    c: usize,
+    dz: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let rows = map.rows();
+    let k = map.row_len();
+    let mut dx = vec![0.0f32; rows * c];
+    let mut dk = vec![0.0f32; k * c];
+    let tile = tile_rows(k, rows);
+    let mut patches = vec![0.0f32; tile * k];
+    for r0 in (0..rows).step_by(tile) {
+        let m = tile.min(rows - r0);
+        map.gather_rows(dz, r0, &mut patches[..m * k]);
+        gemm(
+            (m, c, k),
+            &patches,
+            (k, 1),
+            kernel,
+            (c, 1),
+            &mut dx[r0 * c..],
+            (c, 1),
+            false,
+        );
+        gemm(
+            (k, c, m),
+            &patches,
+            (1, k),
+            &x[r0 * c..],
+            (c, 1),
+            &mut dk,
+            (c, 1),
+            true,
+        );
+    }
+    let mut db = vec![0.0f32; map.image[3]];
+    add_column_sums(dz, db.len(), &mut db);
+    (dx, dk, db)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Pool {
+    /// The gradient goes to the first largest value of a window, as TF's MaxPoolGrad (2-D).
+    Max,
+    /// The gradient goes to every largest value of a window, as TF's MaxPool3DGrad.
+    MaxEveryTie,
+    Average,
+}
+
+/// A pooling's window per spatial axis (images: one tap of depth) and the input's layout.
+#[allow(clippy::type_complexity)]
+fn pool_windows(
+    x: Option<&Tensor>,
+    out_shape: &[usize],
+    geometry: impl Fn(usize, usize, usize) -> WindowGeometry,
+) -> Result<([WindowGeometry; 3], (usize, [usize; 3], usize)), Unsupported> {
+    let shape = x.map(|t| t.shape.clone()).unwrap_or_default();
+    let (n, dims, c) = spatial(&shape)?;
+    let (_, out_dims, _) = spatial(out_shape)?;
+    let window: ConvWindow = Box::new(geometry);
+    Ok((
+        axes_geometry(dims, out_dims, shape.len() == 5, &window),
+        (n, dims, c),
+    ))
+}
+
+/// For each output value, the input indices of its window that lie inside the input (padding
+/// is skipped: max pooling ignores it and TF's average divides by the values inside).
+fn for_each_window(
+    (n, [d, h, w], c): (usize, [usize; 3], usize),
+    out_shape: &[usize],
+    windows: [WindowGeometry; 3],
+    mut visit: impl FnMut(usize, &mut dyn Iterator<Item = usize>),
+) {
+    let Ok((_, [od, oh, ow], _)) = spatial(out_shape) else {
+        return;
+    };
+    let dims = [d, h, w];
+    for item in 0..n {
+        for oz in 0..od {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let start = [oz, oy, ox]
+                        .iter()
+                        .zip(&windows)
+                        .map(|(&o, g)| (o * g.stride) as isize - g.pad_before as isize)
+                        .collect::<Vec<_>>();
+                    for ch in 0..c {
+                        let o = (((item * od + oz) * oh + oy) * ow + ox) * c + ch;
+                        let (k0, k1, k2) =
+                            (windows[0].kernel, windows[1].kernel, windows[2].kernel);
+                        let start = &start;
+                        let mut taps = (0..k0 * k1 * k2).filter_map(move |t| {
+                            let tap = [t / (k1 * k2), t / k2 % k1, t % k2];
+                            let mut at = [0usize; 3];
+                            for a in 0..3 {
+                                let p = start[a] + tap[a] as isize;
+                                if p < 0 || p >= dims[a] as isize {
+                                    return None;
+                                }
+                                at[a] = p as usize;
+                            }
+                            Some((((item * d + at[0]) * h + at[1]) * w + at[2]) * c + ch)
+                        });
+                        visit(o, &mut taps);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pool_forward(
+    x: &[f32],
+    shape: (usize, [usize; 3], usize),
+    out_shape: &[usize],
+    windows: [WindowGeometry; 3],
+    pool: Pool,
+) -> Vec<f32> {
+    let mut y = vec![0.0f32; out_shape.iter().product()];
+    for_each_window(shape, out_shape, windows, |o, taps| {
+        y[o] = match pool {
+            Pool::Max | Pool::MaxEveryTie => taps.map(|i| x[i]).fold(f32::NEG_INFINITY, f32::max),
+            Pool::Average => {
+                let (sum, count) = taps.fold((0.0f32, 0usize), |(s, n), i| (s + x[i], n + 1));
+                sum / count.max(1) as f32
+            }
+        }
+    });
+    y
+}
+
+fn pool_backward(
+    x: &[f32],
+    shape: (usize, [usize; 3], usize),
+    out_shape: &[usize],
+    windows: [WindowGeometry; 3],
+    pool: Pool,
+    dy: &[f32],
+) -> Vec<f32> {
+    let mut dx = vec![0.0f32; x.len()];
+    for_each_window(shape, out_shape, windows, |o, taps| match pool {
+        // The first largest value takes the gradient, as TF's MaxPoolGrad.
+        Pool::Max => {
+            let mut best: Option<usize> = None;
+            for i in taps {
+                if best.is_none_or(|b| x[i] > x[b]) {
+                    best = Some(i);
+                }
+            }
+            if let Some(b) = best {
+                dx[b] += dy[o];
+            }
+        }
+        Pool::MaxEveryTie => {
+            let taps: Vec<usize> = taps.collect();
+            let best = taps.iter().map(|&i| x[i]).fold(f32::NEG_INFINITY, f32::max);
+            for i in taps {
+                if x[i] == best {
+                    dx[i] += dy[o];
+                }
+            }
+        }
+        Pool::Average => {
+            let taps: Vec<usize> = taps.collect();
+            let share = dy[o] / taps.len().max(1) as f32;
+            for i in taps {
+                dx[i] += share;
+            }
+        }
+    });
+    dx
+}
+
+/// Each (input index, output index, weight) of an up-sampling by `size` per spatial axis
+/// `[depth, height, width]`: nearest copies, bilinear (images) as TF's resize with half-pixel
+/// centres.
+fn for_each_resize_tap(
+    size: [i64; 3],
+    interpolation: Interpolation,
+    (n, [d, h, w], c): (usize, [usize; 3], usize),
+    out_shape: &[usize],
+    mut tap: impl FnMut(usize, usize, f32),
+) -> Result<(), Unsupported> {
+    let (_, [od, oh, ow], _) = spatial(out_shape)?;
+    let scale = size.map(|s| s.max(1) as usize);
+    // Per output coordinate: (low, high, fraction towards high).
+    let axis = |o: usize, scale: usize, len: usize, bilinear: bool| {
+        if bilinear {
+            let src = (o as f32 + 0.5) / scale as f32 - 0.5;
+            let floor = src.floor();
+            let lo = (floor.max(0.0) as usize).min(len - 1);
+            let hi = (src.ceil().max(0.0) as usize).min(len - 1);
+            (lo, hi, src - floor)
+        } else {
+            ((o / scale).min(len - 1), (o / scale).min(len - 1), 0.0f32)
+        }
+    };
+    if d == 0 || h == 0 || w == 0 {
+        return Ok(());
+    }
+    let bilinear = interpolation == Interpolation::Bilinear;
+    for item in 0..n {
+        for oz in 0..od {
+            let z = axis(oz, scale[0], d, false).0;
+            for oy in 0..oh {
+                let (y0, y1, dy) = axis(oy, scale[1], h, bilinear);
+                for ox in 0..ow {
+                    let (x0, x1, dx) = axis(ox, scale[2], w, bilinear);
+                    let out = (((item * od + oz) * oh + oy) * ow + ox) * c;
+                    let corners = [
+                        (y0, x0, (1.0 - dy) * (1.0 - dx)),
+                        (y0, x1, (1.0 - dy) * dx),
+                        (y1, x0, dy * (1.0 - dx)),
+                        (y1, x1, dy * dx),
+                    ];
+                    for (yy, xx, wt) in corners {
+                        if wt == 0.0 {
+                            continue;
+                        }
+                        let src = (((item * d + z) * h + yy) * w + xx) * c;
+                        for ch in 0..c {
+                            tap(src + ch, out + ch, wt);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies between an input and an output window of it: output pixel `p` is input pixel
+/// `p + shift` per spatial axis `[depth, height, width]` (a crop shifts forward, a padding
+/// back); pixels outside the input are skipped. `copy(input index, output index)`.
+fn window_copy(
+    (n, [d, h, w], c): (usize, [usize; 3], usize),
+    out_shape: &[usize],
+    shift: [i64; 3],
+    mut copy: impl FnMut(usize, usize),
+) -> Result<(), Unsupported> {
+    let (_, [od, oh, ow], _) = spatial(out_shape)?;
+    let inside = |p: i64, len: usize| (p >= 0 && p < len as i64).then_some(p as usize);
+    for item in 0..n {
+        for oz in 0..od {
+            let Some(z) = inside(oz as i64 + shift[0], d) else {
+                continue;
+            };
+            for oy in 0..oh {
+                let Some(y) = inside(oy as i64 + shift[1], h) else {
+                    continue;
+                };
+                for ox in 0..ow {
+                    let Some(x) = inside(ox as i64 + shift[2], w) else {
+                        continue;
+                    };
+                    let src = (((item * d + z) * h + y) * w + x) * c;
+                    let dst = (((item * od + oz) * oh + oy) * ow + ox) * c;
+                    for ch in 0..c {
+                        copy(src + ch, dst + ch);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `[outer, len, inner]` of a shape around `axis` (Keras numbering, batch = 0, -1 = last).
+fn split_axis(shape: &[usize], axis: i64) -> (usize, usize, usize) {
+    let rank = shape.len() as i64;
+    let a = if axis < 0 { rank + axis } else { axis }.clamp(0, rank - 1) as usize;
+    (
+        shape[..a].iter().product(),
+        shape[a],
+        shape[a + 1..].iter().product(),
+    )
+}
+
+fn concat_forward(inputs: &[&Tensor], out_shape: &[usize], axis: i64) -> Vec<f32> {
+    let (outer, total, inner) = split_axis(out_shape, axis);
+    let mut y = vec![0.0f32; outer * total * inner];
+    let mut at = 0;
+    for t in inputs {
+        let (_, len, _) = split_axis(&t.shape, axis);
+        for o in 0..outer {
+            let src = &t.data[o * len * inner..(o + 1) * len * inner];
+            let dst = (o * total + at) * inner;
+            y[dst..dst + len * inner].copy_from_slice(src);
+        }
+        at += len;
+    }
+    y
+}
+
+fn concat_backward(
+    inputs: &[&Tensor],
+    out_shape: &[usize],
+    axis: i64,
+    dy: &[f32],
+) -> Vec<Vec<f32>> {
+    let (outer, total, inner) = split_axis(out_shape, axis);
+    let mut at = 0;
+    inputs
+        .iter()
+        .map(|t| {
+            let (_, len, _) = split_axis(&t.shape, axis);
+            let mut dx = vec![0.0f32; t.data.len()];
+            for o in 0..outer {
+                let src = (o * total + at) * inner;
+                dx[o * len * inner..(o + 1) * len * inner]
+                    .copy_from_slice(&dy[src..src + len * inner]);
+            }
+            at += len;
+            dx
+        })
+        .collect()
+}
+
+/// The index into `input` (broadcast against `out`, aligned at the last axis) of each output
+/// element.
+fn broadcast_index(input: &[usize], out: &[usize]) -> Vec<usize> {
+    let rank = out.len();
+    let missing = rank - input.len().min(rank);
+    let dims: Vec<usize> = (0..rank)
+        .map(|k| if k < missing { 1 } else { input[k - missing] })
+        .collect();
+    let mut strides = vec![0usize; rank];
+    let mut s = 1;
+    for k in (0..rank).rev() {
+        strides[k] = if dims[k] == 1 { 0 } else { s };
+        s *= dims[k];
+    }
+    let total: usize = out.iter().product();
+    (0..total)
+        .map(|mut flat| {
+            let mut idx = 0;
+            for k in (0..rank).rev() {
+                let i = flat % out[k].max(1);
+                flat /= out[k].max(1);
+                idx += i * strides[k];
+            }
+            idx
+        })
+        .collect()
+}
+
+fn merge_forward(inputs: &[&Tensor], out_shape: &[usize], f: MergeFn) -> Vec<f32> {
+    let maps: Vec<Vec<usize>> = inputs
+        .iter()
+        .map(|t| broadcast_index(&t.shape, out_shape))
+        .collect();
+    let total: usize = out_shape.iter().product();
+    (0..total)
+        .map(|o| {
+            let value = |k: usize| inputs[k].data[maps[k][o]];
+            let mut acc = value(0);
+            for k in 1..inputs.len() {
+                let v = value(k);
+                acc = match f {
+                    MergeFn::Add | MergeFn::Average => acc + v,
+                    MergeFn::Multiply => acc * v,
+                    MergeFn::Subtract => acc - v,
+                    MergeFn::Maximum => acc.max(v),
+                    MergeFn::Minimum => acc.min(v),
+                };
+            }
+            if f == MergeFn::Average {
+                acc / inputs.len() as f32
+            } else {
+                acc
+            }
+        })
+        .collect()
+}
+
+fn merge_grads(inputs: &[&Tensor], _output: &Tensor, f: MergeFn, grad: Grad) -> LayerGrads {
+    let dy = match grad {
+        Grad::Output(dy) | Grad::Logits(dy) => dy,
+    };
+    let out_shape = &_output.shape;
+    let maps: Vec<Vec<usize>> = inputs
+        .iter()
+        .map(|t| broadcast_index(&t.shape, out_shape))
+        .collect();
+    let mut dxs: Vec<Vec<f32>> = inputs.iter().map(|t| vec![0.0f32; t.data.len()]).collect();
+    let n = inputs.len();
+    for (o, &g) in dy.iter().enumerate() {
+        let value = |k: usize| inputs[k].data[maps[k][o]];
+        match f {
+            MergeFn::Add => (0..n).for_each(|k| dxs[k][maps[k][o]] += g),
+            MergeFn::Average => (0..n).for_each(|k| dxs[k][maps[k][o]] += g / n as f32),
+            MergeFn::Subtract => {
+                dxs[0][maps[0][o]] += g;
+                dxs[1][maps[1][o]] -= g;
+            }
+            MergeFn::Multiply => {
+                for k in 0..n {
+                    let others: f32 = (0..n).filter(|&j| j != k).map(value).product();
+                    dxs[k][maps[k][o]] += g * others;
+                }
+            }
+            // Pairwise in order, as Keras folds them; TF's gradient of maximum(x, y) goes to x
+            // where x >= y (minimum: x <= y).
+            MergeFn::Maximum | MergeFn::Minimum => {
+                let mut owner = 0;
+                let mut best = value(0);
+                for k in 1..n {
+                    let v = value(k);
+                    let keep = if f == MergeFn::Maximum {
+                        best >= v
+                    } else {
+                        best <= v
+                    };
+                    if !keep {
+                        owner = k;
+                        best = v;
+                    }
+                }
+                dxs[owner][maps[owner][o]] += g;
+            }
+        }
+    }
+    LayerGrads {
+        inputs: dxs,
+        params: vec![],
+    }
+}
+
+fn softmax_axis(x: &[f32], shape: &[usize], axis: i64) -> Vec<f32> {
+    let (outer, len, inner) = split_axis(shape, axis);
+    let mut y = x.to_vec();
+    for o in 0..outer {
+        for i in 0..inner {
+            let idx = |k: usize| (o * len + k) * inner + i;
+            let max = (0..len)
+                .map(|k| x[idx(k)])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = (0..len).map(|k| (x[idx(k)] - max).exp()).sum();
+            for k in 0..len {
+                y[idx(k)] = (x[idx(k)] - max).exp() / sum;
+            }
+        }
+    }
+    y
+}
+
+fn softmax_axis_backward(y: &[f32], dy: &[f32], shape: &[usize], axis: i64) -> Vec<f32> {
+    let (outer, len, inner) = split_axis(shape, axis);
+    let mut dx = vec![0.0f32; y.len()];
+    for o in 0..outer {
+        for i in 0..inner {
+            let idx = |k: usize| (o * len + k) * inner + i;
+            let dot: f32 = (0..len).map(|k| y[idx(k)] * dy[idx(k)]).sum();
+            for k in 0..len {
+                dx[idx(k)] = y[idx(k)] * (dy[idx(k)] - dot);
+            }
+        }
+    }
+    dx
+}
+
+/// Keras's ReLU layer: (value, derivative).
+fn relu_layer(v: f32, max: Option<f32>, slope: f32, threshold: f32) -> (f32, f32) {
+    if max.is_some_and(|m| v >= m) {
+        (max.unwrap_or(v), 0.0)
+    } else if v > threshold {
+        (v, 1.0)
+    } else if v == threshold {
+        (v, 0.0)
+    } else {
+        (slope * (v - threshold), slope)
+    }
+}
+
+/// Dropout-style masks: `units` = `Some((pixels, channels))` drops whole channels per item
+/// (SpatialDropout2D). Keeps the mask (already scaled by 1 / (1 - rate)) for backward.
+fn dropout(
+    x: &[f32],
+    rate: f64,
+    units: Option<(usize, usize)>,
+    mode: &mut Mode,
+    saved: &mut Saved,
+) -> Vec<f32> {
+    if !mode.training || rate <= 0.0 {
+        return x.to_vec();
+    }
+    let keep = 1.0 - rate;
+    let uniform = Uniform::new(0.0f64, 1.0).expect("a valid range");
+    let scale = if keep > 0.0 { (1.0 / keep) as f32 } else { 0.0 };
+    let mask: Vec<f32> = match units {
+        None => (0..x.len())
+            .map(|_| {
+                if uniform.sample(mode.rng) < keep {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
+        Some((pixels, c)) => {
+            let items = x.len() / (pixels * c).max(1);
+            let per_channel: Vec<f32> = (0..items * c)
+                .map(|_| {
+                    if uniform.sample(mode.rng) < keep {
+                        scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            (0..x.len())
+                .map(|i| per_channel[i / (pixels * c) * c + i % c])
+                .collect()
+        }
+    };
+    let y = x.iter().zip(&mask).map(|(v, m)| v * m).collect();
+    saved.aux.push(mask);
+    y
+}
+
+fn channel_moments(x: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
+    let count = (x.len() / c.max(1)).max(1) as f64;
+    let mut mean = vec![0.0f64; c];
+    for (i, &v) in x.iter().enumerate() {
+        mean[i % c] += v as f64;
+    }
+    mean.iter_mut().for_each(|m| *m /= count);
+    let mut var = vec![0.0f64; c];
+    for (i, &v) in x.iter().enumerate() {
+        let d = v as f64 - mean[i % c];
+        var[i % c] += d * d;
+    }
+    (
+        mean.iter().map(|&m| m as f32).collect(),
+        var.iter().map(|&v| (v / count) as f32).collect(),
+    )
+}
+
+fn norm_layout(op: &Op, shape: &[usize]) -> Result<NormLayout, Unsupported> {
+    let item: Vec<i64> = shape.iter().skip(1).map(|&d| d as i64).collect();
+    op.norm_layout(&item)
+        .ok_or_else(|| Unsupported("not a normalization layer".into()))
+}
+
+/// Group/layer normalization forward; the statistics (mean, 1/std per group) for backward.
+fn normalize_forward(
+    layout: NormLayout,
+    gamma: &[f32],
+    beta: &[f32],
+    x: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let mut y = vec![0.0f32; x.len()];
+    let mut stats = Vec::new();
+    for_each_norm_group(layout, x.len(), |values, affine| {
+        let count = values.len() as f32;
+        let mean = values.iter().map(|&i| x[i]).sum::<f32>() / count;
+        let var = values
+            .iter()
+            .map(|&i| (x[i] - mean) * (x[i] - mean))
+            .sum::<f32>()
+            / count;
+        let inv = 1.0 / (var + layout.epsilon).sqrt();
+        for (&i, &a) in values.iter().zip(affine) {
+            y[i] = (x[i] - mean) * inv * gamma[a] + beta[a];
+        }
+        stats.push(mean);
+        stats.push(inv);
+    });
+    (y, stats)
+}
+
+fn normalize_backward(
+    layout: NormLayout,
+    gamma: &[f32],
+    x: &[f32],
+    stats: &[f32],
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0.0f32; x.len()];
+    let mut dgamma = vec![0.0f32; gamma.len()];
+    let mut dbeta = vec![0.0f32; gamma.len()];
+    let mut group = 0;
+    for_each_norm_group(layout, x.len(), |values, affine| {
+        let (mean, inv) = (stats[2 * group], stats[2 * group + 1]);
+        group += 1;
+        let count = values.len() as f32;
+        let (mut sum_d, mut sum_dx) = (0.0f32, 0.0f32);
+        for (&i, &a) in values.iter().zip(affine) {
+            let xhat = (x[i] - mean) * inv;
+            let d = dy[i] * gamma[a];
+            sum_d += d;
+            sum_dx += d * xhat;
+            dgamma[a] += dy[i] * xhat;
+            dbeta[a] += dy[i];
+        }
+        for (&i, &a) in values.iter().zip(affine) {
+            let xhat = (x[i] - mean) * inv;
+            let d = dy[i] * gamma[a];
+            dx[i] = inv / count * (count * d - sum_d - xhat * sum_dx);
+        }
+    });
+    (dx, dgamma, dbeta)
+}
+
+/// Each normalization group: the flat indices of its values and their gamma/beta indices.
+fn for_each_norm_group(layout: NormLayout, len: usize, mut visit: impl FnMut(&[usize], &[usize])) {
+    let NormLayout {
+        outer,
+        span,
+        groups,
+        group_size,
+        affine_per_position,
+        ..
+    } = layout;
+    let chunk = span * groups * group_size;
+    let mut values = Vec::with_capacity(span * group_size);
+    let mut affine = Vec::with_capacity(span * group_size);
+    for base in (0..len).step_by(chunk.max(1)) {
+        let _ = outer;
+        for g in 0..groups {
+            values.clear();
+            affine.clear();
+            for p in 0..span {
+                for j in 0..group_size {
+                    let at = (p * groups + g) * group_size + j;
+                    values.push(base + at);
+                    let ap = if affine_per_position { p } else { 0 };
+                    affine.push((ap * groups + g) * group_size + j);
+                }
+            }
+            visit(&values, &affine);
+        }
+    }
+}

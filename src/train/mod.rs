@@ -1,0 +1,627 @@
+//! `unetc train`: Keras's training step on the CPU, f32. A step is what `train_on_batch` does:
+//! the forward pass in training mode (batch statistics, dropout; BatchNormalization's moving
+//! averages updated), the loss as Keras reduces it, the backward pass through every layer, and
+//! the optimizer's update of every trainable variable. Frozen layers (`trainable: false`) get
+//! neither updates nor optimizer state, and a frozen BatchNormalization runs in inference mode,
+//! as in tf.keras 2.
+
+pub mod activations;
+pub mod augment;
+pub mod checkpoint;
+pub mod data;
+pub mod fit;
+pub mod layers;
+pub mod loss;
+pub mod math;
+pub mod optimizer;
+
+use crate::exec::{bind_weights, weight_slots, Tensor};
+use crate::io::Weights;
+use crate::ir::{NodeId, Op};
+use crate::Compiled;
+use layers::{Grad, Mode, Saved};
+use loss::{Loss, Prediction, Targets};
+use optimizer::Optimizer;
+use std::collections::HashMap;
+
+/// A layer's output shape without the batch, as sizes.
+pub(crate) fn item_shape(c: &Compiled, id: NodeId) -> Vec<usize> {
+    c.info.layers[id.index()]
+        .shape
+        .iter()
+        .flatten()
+        .map(|&d| d.max(0) as usize)
+        .collect()
+}
+
+/// `256, 256, 1`: sizes as a tuple's inside.
+pub(crate) fn dims_text(dims: &[usize]) -> String {
+    dims.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How to train.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub optimizer: Optimizer,
+    pub learning_rate: f32,
+    /// Keras's decoupled weight decay (AdamW's, or any optimizer's `weight_decay`).
+    pub weight_decay: Option<f32>,
+    pub loss: Loss,
+    /// The model's output is logits (`from_logits=True`).
+    pub from_logits: bool,
+    pub seed: u64,
+}
+
+/// One trainable variable: where it lives and its optimizer state.
+struct Variable {
+    node: NodeId,
+    slot: usize,
+    state: Vec<Vec<f32>>,
+}
+
+/// A model being trained: its weights (every slot [`bind_weights`] gives, filled in where the
+/// layer has no such variable) and the optimizer's state.
+pub struct Trainer<'c> {
+    c: &'c Compiled,
+    config: TrainConfig,
+    params: HashMap<NodeId, Vec<Vec<f32>>>,
+    variables: Vec<Variable>,
+    /// Updates applied so far (Keras's `optimizer.iterations`).
+    pub iterations: u64,
+    rng: rand::rngs::StdRng,
+    output: NodeId,
+}
+
+/// Why a step cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("layer `{layer}` ({class}): {why}")]
+    Layer {
+        layer: String,
+        class: &'static str,
+        why: String,
+    },
+    #[error(
+        "the loss is {value} at step {step}: training diverged (try a smaller --learning-rate)"
+    )]
+    NotFinite { step: u64, value: f64 },
+}
+
+/// Finds saved optimizer state: (layer, variable, slot) -> values.
+pub type StateLookup<'a> = dyn Fn(&str, &str, usize) -> Option<Vec<f32>> + 'a;
+
+/// The gradients of one batch: per weight slot, and of the model's input.
+pub struct Gradients {
+    weights: HashMap<(NodeId, usize), Vec<f32>>,
+    pub input: Option<Vec<f32>>,
+}
+
+/// The batch's targets: like the output, or class indices (sparse losses).
+pub enum BatchTargets {
+    Dense(Tensor),
+    Classes {
+        shape: Vec<usize>,
+        classes: Vec<i64>,
+    },
+}
+
+impl<'c> Trainer<'c> {
+    pub fn new(
+        c: &'c Compiled,
+        weights: &Weights,
+        config: TrainConfig,
+    ) -> Result<Self, TrainError> {
+        let [output] = c.graph.outputs[..] else {
+            return Err(TrainError::Setup(format!(
+                "training needs a model with one output; this one has {}",
+                c.graph.outputs.len()
+            )));
+        };
+        if c.graph.inputs.len() != 1 {
+            return Err(TrainError::Setup(format!(
+                "training needs a model with one input; this one has {}",
+                c.graph.inputs.len()
+            )));
+        }
+        let params =
+            bind_weights(&c.graph, &c.info, &c.info.schedule, weights).map_err(|problems| {
+                TrainError::Setup(format!(
+                    "the weights do not fit the model: {}",
+                    problems.join("; ")
+                ))
+            })?;
+        let mut variables = Vec::new();
+        for &id in &c.info.schedule {
+            let node = c.graph.node(id);
+            // A shared layer's later calls use (and train) its first call's variables.
+            if node.shares.is_some() {
+                continue;
+            }
+            let specs = &c.info.layers[id.index()].weights;
+            for (slot, name) in weight_slots(&node.op).iter().enumerate() {
+                let trainable =
+                    node.trainable && specs.iter().any(|w| w.name == *name && w.trainable);
+                if trainable {
+                    let len = params[&id][slot].len();
+                    variables.push(Variable {
+                        node: id,
+                        slot,
+                        state: vec![vec![0.0; len]; config.optimizer.slots()],
+                    });
+                }
+            }
+        }
+        Ok(Trainer {
+            c,
+            rng: crate::io::seeded_rng(config.seed),
+            config,
+            params,
+            variables,
+            iterations: 0,
+            output,
+        })
+    }
+
+    /// Every layer's output (and what its backward needs), in training or inference mode.
+    #[allow(clippy::type_complexity)]
+    fn forward(
+        &mut self,
+        x: &Tensor,
+        training: bool,
+    ) -> Result<(HashMap<NodeId, Tensor>, HashMap<NodeId, Saved>), TrainError> {
+        let batch = x.shape[0];
+        let mut outputs: HashMap<NodeId, Tensor> = HashMap::new();
+        let mut saved: HashMap<NodeId, Saved> = HashMap::new();
+        for &id in &self.c.info.schedule {
+            let node = self.c.graph.node(id);
+            let out_shape = self.shape(id, batch);
+            let result = {
+                let inputs: Vec<&Tensor> = if matches!(node.op, Op::Input(_)) {
+                    vec![x]
+                } else {
+                    node.inputs.iter().map(|i| &outputs[i]).collect()
+                };
+                let params = self.params.entry(self.c.graph.layer_owner(id)).or_default();
+                let mut mode = Mode {
+                    training,
+                    layer_trainable: node.trainable,
+                    rng: &mut self.rng,
+                };
+                layers::forward(&node.op, &inputs, &out_shape, params, &mut mode)
+            };
+            let (out, s) = result.map_err(|e| self.layer_error(id, e.0))?;
+            outputs.insert(id, out);
+            if training {
+                saved.insert(id, s);
+            }
+        }
+        Ok((outputs, saved))
+    }
+
+    /// The model's output in inference mode (Keras's `predict`: moving statistics, no dropout).
+    pub fn predict(&mut self, x: &Tensor) -> Result<Tensor, TrainError> {
+        let (mut outputs, _) = self.forward(x, false)?;
+        Ok(outputs
+            .remove(&self.output)
+            .unwrap_or_else(|| Tensor::zeros(&[0])))
+    }
+
+    /// The learning rate of the next updates (a schedule sets it before each step).
+    pub fn set_learning_rate(&mut self, lr: f32) {
+        self.config.learning_rate = lr;
+    }
+
+    /// A fresh stream of dropout and noise draws (each epoch starts one, so that a resumed
+    /// run draws what an uninterrupted one would).
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = crate::io::seeded_rng(seed);
+    }
+
+    /// The optimizer's state: per trainable variable, `(layer, variable, slots)`.
+    pub fn optimizer_state(&self) -> Vec<(String, &'static str, &[Vec<f32>])> {
+        self.variables
+            .iter()
+            .map(|v| {
+                let node = self.c.graph.node(v.node);
+                (
+                    node.name.clone(),
+                    weight_slots(&node.op)[v.slot],
+                    v.state.as_slice(),
+                )
+            })
+            .collect()
+    }
+
+    /// Restores optimizer state saved by [`Trainer::optimizer_state`] and the update count.
+    pub fn restore_optimizer(
+        &mut self,
+        lookup: &StateLookup,
+        iterations: u64,
+    ) -> Result<(), String> {
+        for v in &mut self.variables {
+            let node = self.c.graph.node(v.node);
+            let var = weight_slots(&node.op)[v.slot];
+            for (k, slot) in v.state.iter_mut().enumerate() {
+                let values = lookup(&node.name, var, k)
+                    .ok_or_else(|| format!("no optimizer state {k} for {}/{var}", node.name))?;
+                if values.len() != slot.len() {
+                    return Err(format!(
+                        "optimizer state {k} of {}/{var} has the wrong size",
+                        node.name
+                    ));
+                }
+                *slot = values;
+            }
+        }
+        self.iterations = iterations;
+        Ok(())
+    }
+
+    /// The loss of a batch in inference mode, and the output (validation).
+    pub fn evaluate(
+        &mut self,
+        x: &Tensor,
+        targets: &BatchTargets,
+    ) -> Result<(f64, Tensor), TrainError> {
+        let (outputs, _) = self.forward(x, false)?;
+        let out_node = self.c.graph.node(self.output);
+        let output = &outputs[&self.output];
+        // Inference keeps no pre-activations; the logits are recovered from the output (exact
+        // up to f32 away from saturation): log-odds of a sigmoid, log of a softmax (the loss is
+        // the same for logits shifted by a constant per pixel).
+        let recovered: Option<Vec<f32>> = self.takes_logits().then(|| {
+            match layers::output_activation(&out_node.op).map(|(a, _)| a) {
+                Some(crate::ir::ops::ActivationFn::Sigmoid) => output
+                    .data
+                    .iter()
+                    .map(|&p| {
+                        let p = p.clamp(1e-7, 1.0 - 1e-7);
+                        (p / (1.0 - p)).ln()
+                    })
+                    .collect(),
+                _ => output.data.iter().map(|&p| p.max(1e-30).ln()).collect(),
+            }
+        });
+        let (loss, _, _) = self.loss(output, recovered.as_deref(), targets);
+        Ok((loss, outputs[&self.output].clone()))
+    }
+
+    /// Whether the loss takes the logits of the model's output activation (Keras's
+    /// `_keras_logits`: a softmax output for the categorical crossentropies, a sigmoid for the
+    /// binary ones).
+    fn takes_logits(&self) -> bool {
+        let squash = layers::output_activation(&self.c.graph.node(self.output).op).map(|(a, _)| a);
+        squash.is_some() && squash == self.config.loss.takes_logits_of()
+    }
+
+    /// The loss of `output` against `targets`, its gradient, and whether that gradient is with
+    /// respect to `logits` (the output activation's input) rather than the output.
+    fn loss(
+        &self,
+        output: &Tensor,
+        logits: Option<&[f32]>,
+        targets: &BatchTargets,
+    ) -> (f64, Vec<f32>, bool) {
+        let c = output.shape.last().copied().unwrap_or(1);
+        // Keras hands a softmax/sigmoid output's logits to the crossentropies even with
+        // `from_logits` (it warns); otherwise `from_logits` means the output is the logits.
+        let (pred, grad_is_logits) = match (logits, self.config.from_logits) {
+            (Some(z), _) => (
+                Prediction::Logits {
+                    logits: z,
+                    output: &output.data,
+                },
+                true,
+            ),
+            (None, true) => (
+                Prediction::Logits {
+                    logits: &output.data,
+                    output: &output.data,
+                },
+                false,
+            ),
+            (None, false) => (Prediction::Output(&output.data), false),
+        };
+        let (loss, grad) = match targets {
+            BatchTargets::Dense(t) => {
+                loss::loss_and_grad(self.config.loss, pred, Targets::Dense(&t.data), c)
+            }
+            BatchTargets::Classes { classes, .. } => {
+                loss::loss_and_grad(self.config.loss, pred, Targets::Classes(classes), c)
+            }
+        };
+        (loss, grad, grad_is_logits)
+    }
+
+    fn shape(&self, id: NodeId, batch: usize) -> Vec<usize> {
+        let mut s = vec![batch];
+        s.extend(item_shape(self.c, id));
+        s
+    }
+
+    fn layer_error(&self, id: NodeId, why: String) -> TrainError {
+        let node = self.c.graph.node(id);
+        TrainError::Layer {
+            layer: node.name.clone(),
+            class: node.op.class_name(),
+            why,
+        }
+    }
+
+    /// One training step on a batch; returns the loss computed before the update.
+    pub fn step(&mut self, x: &Tensor, targets: &BatchTargets) -> Result<f64, TrainError> {
+        let (loss, grads) = self.gradients(x, targets)?;
+        self.apply(&grads);
+        Ok(loss)
+    }
+
+    /// The forward pass in training mode (BatchNormalization's moving averages move), the loss
+    /// and the gradient of every weight slot that gets one, by `(layer name, variable)`. No
+    /// update.
+    pub fn gradients(
+        &mut self,
+        x: &Tensor,
+        targets: &BatchTargets,
+    ) -> Result<(f64, Gradients), TrainError> {
+        let schedule = self.c.info.schedule.clone();
+        let (outputs, saved) = self.forward(x, true)?;
+        // The loss, from the logits where Keras takes them.
+        let out_node = self.c.graph.node(self.output);
+        let output = &outputs[&self.output];
+        let logits = if self.takes_logits() {
+            let input = out_node.inputs.first().map_or(output, |i| &outputs[i]);
+            layers::logits_of(&out_node.op, input, &saved[&self.output])
+        } else {
+            None
+        };
+        let (loss, dout, grad_is_logits) = self.loss(output, logits, targets);
+        if !loss.is_finite() {
+            return Err(TrainError::NotFinite {
+                step: self.iterations + 1,
+                value: loss,
+            });
+        }
+
+        // Backward, in reverse schedule order.
+        let mut grads: HashMap<NodeId, Vec<f32>> = HashMap::new();
+        let mut weight_grads: HashMap<(NodeId, usize), Vec<f32>> = HashMap::new();
+        for &id in schedule.iter().rev() {
+            let node = self.c.graph.node(id);
+            // The input's gradient stays in `grads` (gradient checks read it).
+            if matches!(node.op, Op::Input(_)) {
+                continue;
+            }
+            let grad = if id == self.output {
+                if grad_is_logits {
+                    Grad::Logits(dout.clone())
+                } else {
+                    Grad::Output(dout.clone())
+                }
+            } else {
+                match grads.remove(&id) {
+                    Some(g) => Grad::Output(g),
+                    None => continue,
+                }
+            };
+            let inputs: Vec<&Tensor> = node.inputs.iter().map(|i| &outputs[i]).collect();
+            let mode = Mode {
+                training: true,
+                layer_trainable: node.trainable,
+                rng: &mut self.rng,
+            };
+            let owner = self.c.graph.layer_owner(id);
+            let params = &self.params[&owner];
+            let g = layers::backward(
+                &node.op,
+                &inputs,
+                &outputs[&id],
+                &saved[&id],
+                params,
+                grad,
+                &mode,
+            )
+            .map_err(|e| self.layer_error(id, e.0))?;
+            for (input, dx) in node.inputs.iter().zip(g.inputs) {
+                match grads.get_mut(input) {
+                    Some(acc) => acc.iter_mut().zip(&dx).for_each(|(a, d)| *a += d),
+                    None => {
+                        grads.insert(*input, dx);
+                    }
+                }
+            }
+            // Every call of a shared layer adds to its one gradient.
+            for (slot, dw) in g.params.into_iter().enumerate() {
+                if let Some(dw) = dw {
+                    match weight_grads.get_mut(&(owner, slot)) {
+                        Some(acc) => acc.iter_mut().zip(&dw).for_each(|(a, d)| *a += d),
+                        None => {
+                            weight_grads.insert((owner, slot), dw);
+                        }
+                    }
+                }
+            }
+        }
+
+        let input_grad = self.c.graph.inputs.first().and_then(|i| grads.remove(i));
+        Ok((
+            loss,
+            Gradients {
+                weights: weight_grads,
+                input: input_grad,
+            },
+        ))
+    }
+
+    /// One optimizer update of every trainable variable from `grads`.
+    pub fn apply(&mut self, grads: &Gradients) {
+        let weight_grads = &grads.weights;
+        self.iterations += 1;
+        let (lr, step, decay) = (
+            self.config.learning_rate,
+            self.iterations,
+            self.config.weight_decay,
+        );
+        for v in &mut self.variables {
+            let Some(g) = weight_grads.get(&(v.node, v.slot)) else {
+                continue;
+            };
+            let Some(w) = self.params.get_mut(&v.node).and_then(|p| p.get_mut(v.slot)) else {
+                continue;
+            };
+            self.config
+                .optimizer
+                .update(w, g, &mut v.state, lr, step, decay);
+        }
+    }
+
+    /// The gradient of `(layer, variable)` in `grads`, if that variable got one.
+    pub fn weight_gradient<'g>(
+        &self,
+        grads: &'g Gradients,
+        layer: &str,
+        variable: &str,
+    ) -> Option<&'g [f32]> {
+        let id = self
+            .c
+            .graph
+            .ids()
+            .find(|&id| self.c.graph.node(id).name == layer)?;
+        let slot = weight_slots(&self.c.graph.node(id).op)
+            .iter()
+            .position(|v| *v == variable)?;
+        grads.weights.get(&(id, slot)).map(|g| g.as_slice())
+    }
+
+    /// Replaces one variable's values (for gradient checks and tools); false if there is none
+    /// of that name and size.
+    pub fn set_weight(&mut self, layer: &str, variable: &str, values: &[f32]) -> bool {
+        let Some(id) = self
+            .c
+            .graph
+            .ids()
+            .find(|&id| self.c.graph.node(id).name == layer)
+        else {
+            return false;
+        };
+        let Some(slot) = weight_slots(&self.c.graph.node(id).op)
+            .iter()
+            .position(|v| *v == variable)
+        else {
+            return false;
+        };
+        match self.params.get_mut(&id).and_then(|p| p.get_mut(slot)) {
+            Some(w) if w.len() == values.len() => {
+                w.copy_from_slice(values);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every variable of the model (trainable or not), named as unetc names weights.
+    pub fn weights(&self) -> Weights {
+        let mut out = Weights::new();
+        for &id in &self.c.info.keras_order {
+            let node = self.c.graph.node(id);
+            if node.shares.is_some() {
+                continue;
+            }
+            let Some(params) = self.params.get(&id) else {
+                continue;
+            };
+            for (slot, name) in weight_slots(&node.op).iter().enumerate() {
+                let Some(spec) = self.c.info.layers[id.index()]
+                    .weights
+                    .iter()
+                    .find(|w| w.name == *name)
+                else {
+                    continue;
+                };
+                let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+                if let Some(t) = Tensor::from_vec(&shape, params[slot].clone()) {
+                    out.insert(format!("{}/{}", node.name, name), t);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What a spec's `train(...)` sets (README "Training"); the command line overrides each.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpecSettings {
+    pub optimizer: Option<String>,
+    pub learning_rate: Option<f64>,
+    pub beta_1: Option<f64>,
+    pub beta_2: Option<f64>,
+    pub epsilon: Option<f64>,
+    pub momentum: Option<f64>,
+    pub nesterov: Option<bool>,
+    pub rho: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub loss: Option<String>,
+    pub from_logits: Option<bool>,
+    pub batch_size: Option<u64>,
+    pub epochs: Option<u64>,
+}
+
+/// Reads the spec's `train(...)` settings, checking types and ranges; the diagnostics point at
+/// the spec.
+pub fn spec_settings(c: &Compiled) -> Result<SpecSettings, Vec<crate::diag::Diagnostic>> {
+    let Some(section) = &c.graph.train else {
+        return Ok(SpecSettings::default());
+    };
+    let mut r = crate::ir::value::ArgReader::new("train", section.span, section.args.clone(), &[]);
+    let float = |r: &mut crate::ir::value::ArgReader, name: &str, lo: f64, hi: f64| {
+        r.has(name).then(|| r.float_or(name, lo, hi, f64::NAN))
+    };
+    let s = SpecSettings {
+        optimizer: r
+            .has("optimizer")
+            .then(|| r.choice("optimizer", optimizer::OPTIMIZERS, "adam", None)),
+        learning_rate: float(&mut r, "learning_rate", 1e-12, 1e6),
+        beta_1: float(&mut r, "beta_1", 0.0, 0.999_999),
+        beta_2: float(&mut r, "beta_2", 0.0, 0.999_999),
+        epsilon: float(&mut r, "epsilon", 1e-20, 1.0),
+        momentum: float(&mut r, "momentum", 0.0, 0.999_999),
+        nesterov: r.has("nesterov").then(|| r.bool_or("nesterov", false)),
+        rho: float(&mut r, "rho", 0.0, 0.999_999),
+        weight_decay: float(&mut r, "weight_decay", 0.0, 1e3),
+        loss: r
+            .has("loss")
+            .then(|| r.choice("loss", Loss::NAMES, "binary_crossentropy", None)),
+        from_logits: r
+            .has("from_logits")
+            .then(|| r.bool_or("from_logits", false)),
+        batch_size: r
+            .has("batch_size")
+            .then(|| r.int("batch_size", 1, 65_536).map(|v| v as u64))
+            .flatten(),
+        epochs: r
+            .has("epochs")
+            .then(|| r.int("epochs", 1, 1_000_000).map(|v| v as u64))
+            .flatten(),
+    };
+    let diags = r.finish(crate::ir::TRAIN_SETTINGS);
+    let bad_float = [
+        s.learning_rate,
+        s.beta_1,
+        s.beta_2,
+        s.epsilon,
+        s.momentum,
+        s.rho,
+        s.weight_decay,
+    ]
+    .iter()
+    .any(|v| v.is_some_and(f64::is_nan));
+    if diags.is_empty() && !bad_float {
+        Ok(s)
+    } else {
+        Err(diags)
+    }
+}

@@ -1,0 +1,257 @@
+//! Finite-difference gradient checks of training's backward pass, for every layer kind: the
+//! analytic gradient of a mean-squared-error loss with respect to sampled weights and inputs
+//! against central differences of the loss (each evaluation a fresh trainer with the same seed,
+//! so that dropout masks and noise are the same draws). Specs below use every kind `Op` has;
+//! the test fails naming a kind that none uses.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use unetc::exec::Tensor;
+use unetc::io::Weights;
+use unetc::ir::ops::KIND_CLASSES;
+use unetc::train::loss::Loss;
+use unetc::train::optimizer::{Optimizer, OptimizerArgs};
+use unetc::train::{BatchTargets, TrainConfig, Trainer};
+
+/// (what it checks, DSL model body after `input 6x6x4`).
+const SPECS: &[(&str, &str)] = &[
+    ("conv strides same tanh", "conv2d(3, 3, strides: 2, padding: same, activation: tanh)"),
+    ("conv dilation groups", "conv2d(4, 3, dilation_rate: 2, groups: 2, padding: same, activation: gelu)"),
+    ("conv valid softmax head", "conv2d(3, 3) -> conv2d(3, 1, activation: softmax)"),
+    ("transposed same", "conv2d_transpose(3, 3, strides: 2, padding: same, activation: sigmoid)"),
+    ("transposed valid", "conv2d_transpose(2, 2, strides: 2, activation: elu)"),
+    ("max pool", "conv2d(3, 1) -> max_pooling2d(3, strides: 2, padding: same)"),
+    ("average pool", "average_pooling2d(3, strides: 2, padding: same) -> conv2d(2, 1)"),
+    ("nearest up", "up_sampling2d((2, 3)) -> conv2d(2, 3)"),
+    ("bilinear up", "up_sampling2d(2, interpolation: bilinear) -> conv2d(2, 3)"),
+    ("crop and pad", "cropping2d(((1, 0), (2, 1))) -> zero_padding2d(((0, 2), (1, 0))) -> conv2d(2, 3)"),
+    ("concatenate", "x = conv2d(3, 1)\n  [x, input_1] -> concatenate() -> conv2d(2, 1, activation: swish)"),
+    ("add subtract", "x = conv2d(4, 1)\n  y = input_1 -> conv2d(4, 3, padding: same)\n  [[x, y] -> add(), [x, y] -> subtract()] -> concatenate()"),
+    ("multiply gate", "x = conv2d(4, 1)\n  g = x -> conv2d(1, 1, activation: sigmoid)\n  [[x, g] -> multiply(), [x, input_1, x] -> multiply()] -> concatenate()"),
+    ("average max min", "x = conv2d(4, 1)\n  y = input_1 -> conv2d(4, 1)\n  [[x, y, input_1] -> average(), [x, y] -> maximum(), [x, y, input_1] -> minimum()] -> concatenate()"),
+    ("activations", "conv2d(4, 1) -> activation(selu) -> activation(softplus) -> activation(softsign) -> activation(mish)"),
+    // Keras's ReLU jumps at a non-zero threshold (from ~0 to the threshold): no derivative there
+    // for differences to check, so the threshold is 0 here.
+    ("relu layer", "conv2d(4, 1) -> re_lu(max_value: 0.8, negative_slope: 0.1)"),
+    ("softmax axes", "conv2d(3, 1) -> softmax() -> conv2d(3, 1) -> softmax(axis: 1)"),
+    ("dropouts", "conv2d(4, 1) -> dropout(0.4) -> spatial_dropout2d(0.5) -> gaussian_dropout(0.3) -> gaussian_noise(0.2)"),
+    ("flatten dense", "conv2d(2, 3, strides: 2) -> flatten() -> dense(5, activation: tanh)"),
+    ("dense on pixels", "dense(3, activation: relu) -> dense(2)"),
+    ("global pools", "x = conv2d(3, 1)\n  [x -> global_average_pooling2d(), x -> global_max_pooling2d()] -> concatenate()"),
+    ("batch norm", "conv2d(4, 3) -> batch_normalization() -> activation(relu) -> conv2d(2, 1)"),
+    ("frozen batch norm", "conv2d(4, 3) -> batch_normalization(trainable: false) -> conv2d(2, 1)"),
+    ("leaky elu prelu", "conv2d(4, 1) -> leaky_re_lu() -> conv2d(4, 1) -> elu(alpha: 0.5) -> conv2d(4, 1) -> p_re_lu(shared_axes: [1, 2], alpha_initializer: ones) -> p_re_lu()"),
+    ("group and layer norm", "conv2d(4, 3) -> group_normalization(groups: 2) -> conv2d(4, 1) -> layer_normalization()"),
+    ("depthwise separable", "depthwise_conv2d(3, depth_multiplier: 2, padding: same, activation: tanh) -> separable_conv2d(3, 3, depth_multiplier: 2)"),
+    ("reshape permute", "conv2d(4, 3, strides: 2, padding: same) -> reshape((9, 4)) -> permute((2, 1)) -> dense(3) -> reshape((2, 2, 3)) -> permute((2, 1, 3))"),
+    ("3d conv pool", "input 4x4x4x2\n  conv3d(3, 3, padding: same, activation: tanh) -> max_pooling3d(2) -> conv3d(2, 3, padding: same)"),
+    ("3d transpose up crop pad", "input 4x4x4x2\n  conv3d_transpose(2, 2, strides: 2) -> cropping3d(((2, 2), (1, 3), (2, 2))) -> up_sampling3d(2) -> zero_padding3d(1) -> average_pooling3d(2) -> conv3d(2, 1)"),
+    ("3d global pool bn", "input 4x4x4x2\n  conv3d(3, 3, padding: same) -> batch_normalization() -> activation(relu) -> global_average_pooling3d()"),
+    ("shared layer", "x = conv2d(4, 3, padding: same, name: \"c\")\n  y = x -> shared(c)\n  [x, y] -> concatenate()"),
+    ("tf ops", "x = conv2d(4, 1)\n  y = input_1 -> conv2d(4, 1)\n  [[x, y] -> tf_op(\"__operators__.add\"), [x, y] -> tf_op(\"math.multiply\"), [x, y] -> tf_op(\"math.maximum\"), x -> tf_op(\"math.sigmoid\"), [x, y] -> tf_op(concat, axis: -1)] -> concatenate()"),
+];
+
+struct Case {
+    c: unetc::Compiled,
+    weights: Weights,
+    x: Tensor,
+    targets: Tensor,
+}
+
+fn config() -> TrainConfig {
+    let (optimizer, weight_decay) = Optimizer::new("sgd", &OptimizerArgs::default()).unwrap();
+    TrainConfig {
+        optimizer,
+        learning_rate: 0.01,
+        weight_decay,
+        loss: Loss::MeanSquaredError,
+        from_logits: false,
+        seed: 7,
+    }
+}
+
+fn loss_of(case: &Case, weights: &Weights, x: &Tensor) -> f64 {
+    let mut t = Trainer::new(&case.c, weights, config()).unwrap();
+    t.gradients(x, &BatchTargets::Dense(case.targets.clone()))
+        .unwrap()
+        .0
+}
+
+fn pseudo_random(seed: u64, n: usize) -> Vec<f32> {
+    // A small LCG: values in [-1, 1), reproducible without a crate.
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+#[test]
+fn every_kind_has_a_gradient_check() {
+    let mut used = BTreeSet::new();
+    for (what, body) in SPECS {
+        let c = compile(what, body);
+        for n in &c.graph.nodes {
+            used.insert(n.op.class_name());
+        }
+    }
+    let missing: Vec<&str> = KIND_CLASSES
+        .iter()
+        .map(|&(_, class)| class)
+        .filter(|class| !used.contains(class))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "kinds without a gradient check: {missing:?}"
+    );
+}
+
+fn compile(what: &str, body: &str) -> unetc::Compiled {
+    let text = if body.starts_with("input") {
+        format!("model {{\n  {body}\n}}\n")
+    } else {
+        format!("model {{\n  input 6x6x4\n  {body}\n}}\n")
+    };
+    let c = unetc::compile_source(
+        Path::new("grad.unet"),
+        text,
+        &unetc::Options::default(),
+        &mut unetc::expand::Session::new(),
+    );
+    assert!(!c.has_errors(), "{what}: {:?}", c.diags);
+    c
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let mut failures = Vec::new();
+    for (k, (what, body)) in SPECS.iter().enumerate() {
+        let c = compile(what, body);
+        let mut weights = unetc::runner::init_weights(&c, 11 + k as u64).unwrap();
+        // Moving statistics away from 0 and 1, so that a frozen BatchNormalization is tested
+        // with statistics of its own.
+        let names: Vec<String> = weights.names().map(str::to_string).collect();
+        for name in &names {
+            if name.ends_with("moving_variance")
+                || name.ends_with("moving_mean")
+                || name.ends_with("gamma")
+            {
+                let t = weights.get(name).unwrap().clone();
+                let data = pseudo_random(k as u64 + 99, t.data.len())
+                    .iter()
+                    .map(|v| {
+                        if name.ends_with("mean") {
+                            *v * 0.3
+                        } else {
+                            1.0 + 0.4 * v
+                        }
+                    })
+                    .collect();
+                weights.insert(
+                    name.clone(),
+                    Tensor {
+                        shape: t.shape,
+                        data,
+                    },
+                );
+            }
+        }
+        let mut in_shape: Vec<usize> = vec![2];
+        in_shape.extend(
+            c.info.layers[c.graph.inputs[0].index()]
+                .shape
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|&d| d as usize),
+        );
+        let n_in: usize = in_shape.iter().product();
+        let x = Tensor::from_vec(&in_shape, pseudo_random(k as u64, n_in)).unwrap();
+        let out = c.graph.outputs[0];
+        let mut out_shape = vec![2usize];
+        out_shape.extend(
+            c.info.layers[out.index()]
+                .shape
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|&d| d as usize),
+        );
+        let n_out: usize = out_shape.iter().product();
+        let targets = Tensor::from_vec(&out_shape, pseudo_random(k as u64 + 1000, n_out)).unwrap();
+        let case = Case {
+            c,
+            weights,
+            x,
+            targets,
+        };
+
+        let mut trainer = Trainer::new(&case.c, &case.weights, config()).unwrap();
+        let (_, grads) = trainer
+            .gradients(&case.x, &BatchTargets::Dense(case.targets.clone()))
+            .unwrap();
+        let h = 2e-3f32;
+        let mut check = |label: String, analytic: &[f32], perturb: &dyn Fn(usize, f32) -> f64| {
+            let scale = analytic.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+            let len = analytic.len();
+            for &i in &[0, len / 3, len / 2, 2 * len / 3, len - 1] {
+                let numeric = (perturb(i, h) - perturb(i, -h)) / (2.0 * h as f64);
+                let a = analytic[i] as f64;
+                // 5e-5: the f32 loss's rounding (~1e-7) over the step 2h.
+                if (numeric - a).abs() > 0.02 * a.abs() + 0.01 * scale + 5e-5 {
+                    failures.push(format!(
+                        "{what}: {label}[{i}]: analytic {a:e}, numeric {numeric:e}"
+                    ));
+                }
+            }
+        };
+        // Every trainable weight.
+        for node in case.c.graph.nodes.iter().filter(|n| n.shares.is_none()) {
+            for spec in &case.c.info.layers[case
+                .c
+                .graph
+                .nodes
+                .iter()
+                .position(|n| n.name == node.name)
+                .unwrap()]
+            .weights
+            {
+                let Some(g) = trainer.weight_gradient(&grads, &node.name, spec.name) else {
+                    assert!(
+                        !(node.trainable && spec.trainable),
+                        "{what}: no gradient for trainable {}/{}",
+                        node.name,
+                        spec.name
+                    );
+                    continue;
+                };
+                let key = format!("{}/{}", node.name, spec.name);
+                check(key.clone(), g, &|i, d| {
+                    let mut w = case.weights.clone();
+                    let mut t = w.get(&key).unwrap().clone();
+                    t.data[i] += d;
+                    w.insert(key.clone(), t);
+                    loss_of(&case, &w, &case.x)
+                });
+            }
+        }
+        // The input.
+        let dx = grads.input.clone().expect("the input gets a gradient");
+        check("input".into(), &dx, &|i, d| {
+            let mut x = case.x.clone();
+            x.data[i] += d;
+            loss_of(&case, &case.weights, &x)
+        });
+    }
+    assert!(
+        failures.is_empty(),
+        "gradient mismatches:\n{}",
+        failures.join("\n")
+    );
+}

@@ -84,6 +84,11 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
         one_or_list(outs),
         graph.name
     );
+    // Weights that `unetc train` (or tools/keras_to_safetensors.py) wrote load by name.
+    let _ = writeln!(
+        out,
+        "def load_unetc_weights(model, path):\n    \"\"\"Sets every variable of `model` from a unetc weights file (safetensors, tensors\n    named `<layer>/<variable>`, as `unetc train` writes them).\"\"\"\n    from safetensors.numpy import load_file\n\n    tensors = load_file(path)\n\n    def leaves(m):\n        for layer in m.layers:\n            if isinstance(layer, tf.keras.Model):\n                yield from leaves(layer)\n            else:\n                yield layer\n\n    for layer in leaves(model):\n        for v in layer.weights:\n            v.assign(tensors[layer.name + \"/\" + v.name.split(\"/\")[-1].split(\":\")[0]])\n\n"
+    );
     let _ = writeln!(
         out,
         "if __name__ == \"__main__\":\n    build_model().summary()"

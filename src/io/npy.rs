@@ -68,8 +68,18 @@ pub fn read_npy(path: &Path) -> Result<Tensor, IoError> {
     })
 }
 
-/// A `.npy` array with the shape it was saved with (training targets: NHW class indices).
+/// A `.npy` array with the shape it was saved with (f32, f64 or u8).
 pub fn read_npy_as_stored(path: &Path) -> Result<Tensor, IoError> {
+    read_npy_raw(path, false)
+}
+
+/// Training targets: as [`read_npy_as_stored`], and also int32/int64 class indices (exact in
+/// f32 below 2^24; the caller checks them against the classes).
+pub fn read_npy_targets(path: &Path) -> Result<Tensor, IoError> {
+    read_npy_raw(path, true)
+}
+
+fn read_npy_raw(path: &Path, class_indices: bool) -> Result<Tensor, IoError> {
     let mut file = File::open(path).map_err(|e| IoError::os(path, "cannot open", e))?;
     let meta = file
         .metadata()
@@ -141,6 +151,17 @@ pub fn read_npy_as_stored(path: &Path) -> Result<Tensor, IoError> {
     }
     .ok_or_else(|| IoError::invalid(path, "the .npy header is not text"))?;
     let Header { dtype, shape } = parse_header(&text).map_err(|p| IoError::invalid(path, p))?;
+    if matches!(dtype, Dtype::I4 | Dtype::I8) && !class_indices {
+        return Err(IoError::invalid(
+            path,
+            format!(
+                "has dtype '{}'; unetc reads float32 ('<f4'), float64 ('<f8') and uint8 ('|u1') \
+                 inputs (integer arrays only as training class indices): save \
+                 a.astype('float32') instead",
+                if dtype == Dtype::I4 { "<i4" } else { "<i8" }
+            ),
+        ));
+    }
 
     // Bound the data before allocating.
     let count = shape

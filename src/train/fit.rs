@@ -119,7 +119,7 @@ pub fn load_dataset(
     loss: Loss,
 ) -> Result<Dataset, RunError> {
     let inputs = read_npy_as_stored(inputs_path).map_err(RunError::Io)?;
-    let raw_targets = read_npy_as_stored(targets_path).map_err(RunError::Io)?;
+    let raw_targets = crate::io::read_npy_targets(targets_path).map_err(RunError::Io)?;
     let model_shape = |id| super::item_shape(c, id);
     let input_shape = model_shape(c.graph.inputs[0]);
     let output_shape = model_shape(c.graph.outputs[0]);

@@ -448,6 +448,17 @@ pub fn fit(
         Length::Steps(s) => s,
         Length::Epochs(e) => e.saturating_mul(per_epoch),
     };
+    let need = super::training_memory(c, opts.batch_size.min(n.max(1)), config.optimizer.slots());
+    let have = super::available_memory();
+    if need > have {
+        return Err(usage(format!(
+            "training at batch size {} needs about {} of memory (every layer's output is kept for \
+             the backward pass), more than the {} available: use a smaller --batch-size",
+            opts.batch_size.min(n.max(1)),
+            crate::text::bytes(need),
+            crate::text::bytes(have)
+        )));
+    }
     let mut trainer = Trainer::new(c, initial, config).map_err(|e| usage(e.to_string()))?;
     let mut epoch = 0u64;
     if let Some(path) = &opts.resume {

@@ -552,6 +552,48 @@ impl<'c> Trainer<'c> {
     }
 }
 
+/// About how many bytes a training step at `batch` holds at its peak: every layer's output and
+/// pre-activation (kept for the backward pass) and its gradient, plus the weights with their
+/// gradients and optimizer state. An estimate from the shapes, to refuse a batch that cannot
+/// fit before anything is allocated.
+pub fn training_memory(c: &Compiled, batch: usize, optimizer_slots: usize) -> u64 {
+    let activations: u64 = c
+        .info
+        .schedule
+        .iter()
+        .map(|&id| {
+            item_shape(c, id)
+                .iter()
+                .fold(1u64, |a, &d| a.saturating_mul(d as u64))
+        })
+        .fold(0u64, u64::saturating_add);
+    let params: u64 = c
+        .info
+        .layers
+        .iter()
+        .map(|l| l.params())
+        .fold(0u64, u64::saturating_add);
+    // Output, pre-activation and gradient per value; weights, gradient and slots per weight.
+    let values = activations
+        .saturating_mul(batch as u64)
+        .saturating_mul(3)
+        .saturating_add(params.saturating_mul(2 + optimizer_slots as u64));
+    values.saturating_mul(4)
+}
+
+/// Memory this process may use: what the system reports available (Linux), else 16 GiB.
+pub fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or(16 << 30, |kib| kib.saturating_mul(1024))
+}
+
 /// What a spec's `train(...)` sets (README "Training"); the command line overrides each.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SpecSettings {

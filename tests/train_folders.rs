@@ -324,3 +324,59 @@ fn a_batch_that_cannot_fit_in_memory_is_refused_before_training() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_killed_run_leaves_its_last_checkpoint_whole() {
+    // Killed (SIGKILL, harsher than Ctrl-C) while it trains and rewrites its checkpoint every
+    // epoch: the checkpoint on disk is the last complete one, and a run resumes from it.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    disks(&d.join("train"), 8, 9);
+    std::fs::write(d.join("m.unet"), SPEC).unwrap();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_unetc"))
+        .args([
+            "train",
+            &p("m.unet"),
+            "--data",
+            &p("train"),
+            "--batch-size",
+            "4",
+            "--epochs",
+            "100000",
+        ])
+        .args([
+            "-o",
+            &p("never.safetensors"),
+            "--checkpoint",
+            &p("run.ckpt"),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !d.join("run.ckpt").exists() && started.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A few more epochs, so that the kill may land inside a rewrite.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!d.join("never.safetensors").exists());
+    // `--epochs 1` is behind the checkpoint: the run loads it and writes its weights.
+    let (ok, err) = train(&[
+        &p("m.unet"),
+        "--data",
+        &p("train"),
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--resume",
+        &p("run.ckpt"),
+        "-o",
+        &p("resumed.safetensors"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(d.join("resumed.safetensors").exists());
+}

@@ -19,6 +19,8 @@ const LIBRARY: &[&str] = &[
     "r2_unet",
     "unet_3plus",
     "mobilenetv2_unet",
+    "unet3d",
+    "vnet",
 ];
 
 fn library_dir() -> PathBuf {

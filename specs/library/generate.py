@@ -108,6 +108,39 @@ def nest_net(rows=96, cols=96, channels=1, classes=1):
     return tf.keras.Model(inputs=inputs, outputs=outputs)
 
 
+def unet3d(input_shape=(64, 64, 64, 4), filters=(32, 64, 128, 256), classes=3):
+    """3D U-Net (Cicek et al. 2016, "3D U-Net: Learning Dense Volumetric Segmentation from Sparse
+    Annotation") as the BraTS / nnU-Net literature (Isensee et al. 2021) uses it: 4 input channels
+    (T1, T1ce, T2, FLAIR), 32 base filters doubling per level, two 3x3x3 same convolutions
+    (without bias) each followed by BatchNormalization and ReLU per level, 2x2x2 max pooling
+    down, 2x2x2 stride-2 transposed convolutions up, the skip concatenated before the up path's
+    convolutions, and a 1x1x1 sigmoid head for the three BraTS regions (WT, TC, ET). Written here
+    in tf.keras (no installed package builds a 3-D U-Net)."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    def double(x, f):
+        for _ in range(2):
+            x = layers.Conv3D(f, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.Activation("relu")(x)
+        return x
+
+    inputs = layers.Input(input_shape)
+    x = inputs
+    skips = []
+    for f in filters[:-1]:
+        x = double(x, f)
+        skips.append(x)
+        x = layers.MaxPooling3D(2)(x)
+    x = double(x, filters[-1])
+    for f, skip in zip(filters[-2::-1], skips[::-1]):
+        up = layers.Conv3DTranspose(f, 2, strides=2)(x)
+        x = double(layers.Concatenate()([skip, up]), f)
+    outputs = layers.Conv3D(classes, 1, activation="sigmoid")(x)
+    return tf.keras.Model(inputs, outputs, name="unet3d")
+
+
 # name -> (builder of the reference at an input size, the spec's size, the small size of the
 # numeric check: the spec's layers at `unetc check --input-shape`, tests/common small_input)
 def variants():
@@ -133,6 +166,11 @@ def variants():
         "mobilenetv2_unet": (lambda n: sm.Unet(
             "mobilenetv2", input_shape=(n, n, 3), classes=2, activation="softmax",
             encoder_weights=None), 224, 32),
+        "unet3d": (lambda n: unet3d((n, n, n, 4)), 64, 16),
+        "vnet": (lambda n: kuc.vnet_2d(
+            (n, n, 1), [16, 32, 64, 128, 256], n_labels=2, res_num_ini=1, res_num_max=3,
+            activation="PReLU", output_activation="Softmax", batch_norm=True, pool=False,
+            unpool=False), 128, 16),
     }
 
 
@@ -169,11 +207,12 @@ def main() -> int:
         set_formula_weights(model)
         # Inputs in [0, 100): through 20 to 60 layers of formula weights (which shrink a signal a
         # little at each layer), the output still depends on the input, not only on the biases.
-        x = 100 * seeded_input(name, (small, small, int(model.input_shape[-1])), 2)
+        spatial = (small,) * (len(model.input_shape) - 2)  # 2-D or 3-D (D x H x W)
+        x = 100 * seeded_input(name, (*spatial, int(model.input_shape[-1])), 2)
         y = np.asarray(model.predict(x, verbose=0), dtype=np.float32)
         save_file({"input": np.ascontiguousarray(x), "output": np.ascontiguousarray(y)},
                   str(HERE / f"{name}.io.safetensors"), metadata={"model": name})
-        print(f"  at {small}x{small}: output {y.shape} in [{y.min():.3g}, {y.max():.3g}], the two "
+        print(f"  at {'x'.join(map(str, spatial))}: output {y.shape} in [{y.min():.3g}, {y.max():.3g}], the two "
               f"inputs' outputs differ by up to {np.abs(y[0] - y[1]).max():.3g}", flush=True)
     return 0
 

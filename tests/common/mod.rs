@@ -165,6 +165,8 @@ pub fn small_input(stem: &str) -> Option<Vec<i64>> {
         ("r2_unet", Some(vec![16, 16, 3])),
         ("unet_3plus", Some(vec![16, 16, 3])),
         ("mobilenetv2_unet", Some(vec![32, 32, 3])),
+        ("unet3d", Some(vec![16, 16, 16, 4])),
+        ("vnet", Some(vec![16, 16, 1])),
     ];
     small
         .iter()
@@ -247,6 +249,7 @@ pub fn formula(name: &str, shape: &[usize], class: &str) -> unetc::exec::Tensor 
                 "bias" | "beta" => d * 0.2,
                 "gamma" => 1.0 + 0.5 * d,
                 "moving_mean" => 0.2 * d,
+                "alpha" => 0.25 + 0.5 * d,
                 _ => 0.5 + u,
             }) as f32
         })

@@ -73,6 +73,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_norms.unet", "edge_norms"),
         ("tests/golden/edge_depthwise.unet", "edge_depthwise"),
         ("tests/golden/edge_tfops.unet", "edge_tfops"),
+        ("tests/golden/edge_tfconst.unet", "edge_tfconst"),
         ("tests/golden/edge_3d.unet", "edge_3d"),
         ("tests/golden/unet3d_small.unet", "unet3d_small"),
         ("tests/golden/unet3d_valid.unet", "unet3d_valid"),
@@ -100,7 +101,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 16);
+    assert_eq!(checked, 17);
 }
 
 #[test]

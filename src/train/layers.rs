@@ -83,7 +83,7 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         Op::Softmax(o) => (o.axis == -1).then_some((ActivationFn::Softmax, PreActivation::Input)),
         Op::TFOpLambda(o) => match o.computes() {
             TfCompute::Activation(a) => Some((a, PreActivation::Input)),
-            TfCompute::Merge(_) | TfCompute::Concat(_) => None,
+            TfCompute::Merge(_) | TfCompute::Concat(_) | TfCompute::Scalar(_) => None,
         },
         Op::Input(_)
         | Op::MaxPooling2D(_)
@@ -351,6 +351,7 @@ pub fn forward(
             TfCompute::Merge(f) => merge_forward(inputs, out_shape, f),
             TfCompute::Concat(axis) => concat_forward(inputs, out_shape, axis),
             TfCompute::Activation(a) => activations::apply(a, first(), channels(out_shape)),
+            TfCompute::Scalar(op) => first().iter().map(|&x| op.apply(x)).collect(),
         },
         Op::Activation(o) => activations::apply(o.activation, first(), channels(out_shape)),
         Op::Softmax(o) => softmax_axis(first(), out_shape, o.axis),
@@ -884,6 +885,14 @@ pub fn backward(
             },
             TfCompute::Activation(a) => LayerGrads {
                 inputs: vec![pre_grad(a, grad, Some(first()))],
+                params: vec![],
+            },
+            TfCompute::Scalar(op) => LayerGrads {
+                inputs: vec![output_grad(grad)
+                    .iter()
+                    .zip(first().iter())
+                    .map(|(&g, &x)| g * op.derivative(x))
+                    .collect()],
                 params: vec![],
             },
         },
@@ -1799,6 +1808,7 @@ fn merge_forward(inputs: &[&Tensor], out_shape: &[usize], f: MergeFn) -> Vec<f32
                     MergeFn::Subtract => acc - v,
                     MergeFn::Maximum => acc.max(v),
                     MergeFn::Minimum => acc.min(v),
+                    MergeFn::Divide => acc / v,
                 };
             }
             if f == MergeFn::Average {
@@ -1829,6 +1839,12 @@ fn merge_grads(inputs: &[&Tensor], _output: &Tensor, f: MergeFn, grad: Grad) -> 
             MergeFn::Subtract => {
                 dxs[0][maps[0][o]] += g;
                 dxs[1][maps[1][o]] -= g;
+            }
+            // d(a / b) = da / b - a db / b^2.
+            MergeFn::Divide => {
+                let (a, b) = (value(0), value(1));
+                dxs[0][maps[0][o]] += g / b;
+                dxs[1][maps[1][o]] -= g * a / (b * b);
             }
             MergeFn::Multiply => {
                 for k in 0..n {

@@ -715,6 +715,34 @@ def edge_tfops():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_tfconst():
+    """TFOpLambda arithmetic with a Python number, on signed 6x5 maps (linear 1x1 convs of the
+    input): `x + 1.0` (tf.__operators__.add, the number as `y`), `1 - gate` and `2.5 - x`
+    (tf.math.subtract, the number first: Keras records it as `_CONSTANT_VALUE`), `x - 3.0`,
+    `x * 0.5` and `-1.5 * x` (tf.math.multiply, either side), `x / 4.0` and `2.0 / gate`
+    (tf.math.truediv, either side), `x / gate` (truediv of two tensors, the one-channel gate
+    broadcast) and a CBAM-like `x * (1 - gate) + 0.25` chain. Flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(8, 1)(inp)
+    gate = L.Conv2D(1, 1, activation="sigmoid")(x)
+    branches = [
+        x + 1.0,
+        1 - gate,
+        2.5 - x,
+        x - 3.0,
+        x * 0.5,
+        -1.5 * x,
+        x / 4.0,
+        2.0 / gate,
+        x / gate,
+        x * (1 - gate) + 0.25,
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_reshape():
     """Reshape and Permute on signed 6x5 maps (linear 1x1 convs of the input): a
     squeeze-excitation block (GlobalAveragePooling2D -> Reshape((1, 1, 8)) -> Dense(2, relu) ->
@@ -884,7 +912,7 @@ def original_full_at(size: int):
 
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
-         edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_reshape, edge_3d]
+         edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_reshape, edge_3d]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

@@ -638,6 +638,11 @@ impl<'g> CpuModel<'g> {
                 TfCompute::Activation(activation) => {
                     kernels::activation_layer(&Activation { activation }, ins[0], out, channels)
                 }
+                TfCompute::Scalar(op) => {
+                    for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
+                        *o = op.apply(x);
+                    }
+                }
             },
             (Op::Multiply(_), _) => {
                 kernels::merge(Multiply::FUNCTION, ins, in_shapes, out, out_shape, batch)

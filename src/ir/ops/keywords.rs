@@ -110,6 +110,8 @@ keyword_enum! {
         MathAdd = "math.add",
         MathMultiply = "math.multiply",
         MathSubtract = "math.subtract",
+        /// `x / y` (`/` records it); with a constant operand only.
+        MathTruediv = "math.truediv",
         MathMaximum = "math.maximum",
         MathMinimum = "math.minimum",
         Concat = "concat",

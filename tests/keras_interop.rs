@@ -74,6 +74,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_depthwise.unet", "edge_depthwise"),
         ("tests/golden/edge_tfops.unet", "edge_tfops"),
         ("tests/golden/edge_tfconst.unet", "edge_tfconst"),
+        ("tests/golden/edge_tfreduce.unet", "edge_tfreduce"),
         ("tests/golden/edge_3d.unet", "edge_3d"),
         ("tests/golden/unet3d_small.unet", "unet3d_small"),
         ("tests/golden/unet3d_valid.unet", "unet3d_valid"),
@@ -101,7 +102,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 17);
+    assert_eq!(checked, 18);
 }
 
 #[test]

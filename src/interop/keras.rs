@@ -397,6 +397,9 @@ impl PythonExporter<'_> {
                     format!("{:?}, y={}", s.constant, inputs[0])
                 }
                 TfCompute::Scalar(s) => format!("{}, y={:?}", inputs[0], s.constant),
+                TfCompute::ReduceChannels(_) => {
+                    format!("{}, axis={}, keepdims=True", inputs[0], op.axis)
+                }
             };
             let _ = writeln!(
                 out,
@@ -677,6 +680,11 @@ fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<Stri
                     ))
                 })?),
                 ("axis", Json::Number(n)) => args.push(format!("axis: {n}")),
+                // `axis=[-1]`: one axis in a list, as the same one axis.
+                ("axis", Json::Array(a)) if a.len() == 1 && a[0].is_i64() => {
+                    args.push(format!("axis: {}", a[0]))
+                }
+                ("keepdims", Json::Bool(b)) => args.push(format!("keepdims: {b}")),
                 (other, v) => {
                     return Err(err(format!(
                         "is called with `{other}={v}`, which unetc does not model"

@@ -22,7 +22,7 @@ use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::ops::{
     ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, NormLayout,
-    ScalarFn, Subtract, TfCompute, WindowGeometry,
+    ReduceFn, ScalarFn, Subtract, TfCompute, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
@@ -1185,6 +1185,20 @@ impl Exporter<'_> {
                         ScalarFn::Divide => "Div",
                     };
                     self.node(name, op_type, inputs, out, vec![]);
+                }
+                TfCompute::ReduceChannels(f) => {
+                    let axis = if image { 1 } else { -1 };
+                    let op_type = match f {
+                        ReduceFn::Mean => "ReduceMean",
+                        ReduceFn::Max => "ReduceMax",
+                    };
+                    self.node(
+                        name,
+                        op_type,
+                        vec![x()],
+                        out,
+                        vec![("axes", Attr::Ints(vec![axis])), ("keepdims", Attr::Int(1))],
+                    );
                 }
             },
             Op::LeakyReLU(op) => self.node(

@@ -6,7 +6,7 @@ use super::activations;
 use super::math::{add_column_sums, gemm, PatchMap};
 use crate::exec::Tensor;
 use crate::ir::ops::{
-    ActivationFn, Interpolation, MergeFn, NormLayout, Op, TfCompute, WindowGeometry,
+    ActivationFn, Interpolation, MergeFn, NormLayout, Op, ReduceFn, TfCompute, WindowGeometry,
 };
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
@@ -83,7 +83,10 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         Op::Softmax(o) => (o.axis == -1).then_some((ActivationFn::Softmax, PreActivation::Input)),
         Op::TFOpLambda(o) => match o.computes() {
             TfCompute::Activation(a) => Some((a, PreActivation::Input)),
-            TfCompute::Merge(_) | TfCompute::Concat(_) | TfCompute::Scalar(_) => None,
+            TfCompute::Merge(_)
+            | TfCompute::Concat(_)
+            | TfCompute::Scalar(_)
+            | TfCompute::ReduceChannels(_) => None,
         },
         Op::Input(_)
         | Op::MaxPooling2D(_)
@@ -352,6 +355,10 @@ pub fn forward(
             TfCompute::Concat(axis) => concat_forward(inputs, out_shape, axis),
             TfCompute::Activation(a) => activations::apply(a, first(), channels(out_shape)),
             TfCompute::Scalar(op) => first().iter().map(|&x| op.apply(x)).collect(),
+            TfCompute::ReduceChannels(f) => {
+                let c = inputs[0].shape.last().copied().unwrap_or(1).max(1);
+                first().chunks(c).map(|p| f.apply(p)).collect()
+            }
         },
         Op::Activation(o) => activations::apply(o.activation, first(), channels(out_shape)),
         Op::Softmax(o) => softmax_axis(first(), out_shape, o.axis),
@@ -895,6 +902,30 @@ pub fn backward(
                     .collect()],
                 params: vec![],
             },
+            TfCompute::ReduceChannels(f) => {
+                let c = x_shape.last().copied().unwrap_or(1).max(1);
+                let dy = output_grad(grad);
+                let mut dx = vec![0.0f32; first().len()];
+                for ((pixel, d), &g) in first().chunks(c).zip(dx.chunks_mut(c)).zip(dy.iter()) {
+                    match f {
+                        ReduceFn::Mean => d.iter_mut().for_each(|v| *v = g / c as f32),
+                        // TensorFlow's reduce_max gradient: shared equally among tied maxima.
+                        ReduceFn::Max => {
+                            let m = f.apply(pixel);
+                            let ties = pixel.iter().filter(|&&v| v == m).count() as f32;
+                            for (v, &p) in d.iter_mut().zip(pixel) {
+                                if p == m {
+                                    *v = g / ties;
+                                }
+                            }
+                        }
+                    }
+                }
+                LayerGrads {
+                    inputs: vec![dx],
+                    params: vec![],
+                }
+            }
         },
         Op::Activation(o) => LayerGrads {
             inputs: vec![pre_grad(o.activation, grad, Some(first()))],

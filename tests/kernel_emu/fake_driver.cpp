@@ -383,6 +383,7 @@ const Kernel kernels[] = {
     BOTH(activation),
     BOTH(relu_layer),
     BOTH(scalar_op),
+    BOTH(reduce_channels),
     BOTH(softmax),
     BOTH(global_average_pool),
     BOTH(global_max_pool),

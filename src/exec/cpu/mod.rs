@@ -643,6 +643,12 @@ impl<'g> CpuModel<'g> {
                         *o = op.apply(x);
                     }
                 }
+                TfCompute::ReduceChannels(f) => {
+                    let c = in_shapes[0].last().copied().unwrap_or(1).max(1);
+                    for (o, pixel) in out.iter_mut().zip(ins[0].chunks(c)) {
+                        *o = f.apply(pixel);
+                    }
+                }
             },
             (Op::Multiply(_), _) => {
                 kernels::merge(Multiply::FUNCTION, ins, in_shapes, out, out_shape, batch)

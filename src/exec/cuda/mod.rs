@@ -16,8 +16,8 @@ use super::tensor::Tensor;
 use super::{Precision, WeightSource};
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, ScalarFn, Subtract,
-    TfCompute, WindowGeometry,
+    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, ReduceFn, ScalarFn,
+    Subtract, TfCompute, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
@@ -54,6 +54,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "activation",
     "relu_layer",
     "scalar_op",
+    "reduce_channels",
     "softmax",
     "global_average_pool",
     "global_max_pool",
@@ -1990,6 +1991,25 @@ impl<'g> CudaModel<'g> {
                             .arg(&code)
                             .arg(&k)
                             .arg(&first)
+                            .arg(&nb)
+                            .launch(grid(n_out))
+                            .map_err(driver)?;
+                    }
+                }
+                TfCompute::ReduceChannels(f) => {
+                    let code: i32 = match f {
+                        ReduceFn::Mean => 0,
+                        ReduceFn::Max => 1,
+                    };
+                    let x = x_view(0)?;
+                    // SAFETY: matches reduce_channels_<T>(void*, View, View, int, int).
+                    unsafe {
+                        stream
+                            .launch_builder(self.function::<T>("reduce_channels"))
+                            .arg(&mut *arena)
+                            .arg(&x)
+                            .arg(&y)
+                            .arg(&code)
                             .arg(&nb)
                             .launch(grid(n_out))
                             .map_err(driver)?;

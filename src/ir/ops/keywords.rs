@@ -113,6 +113,10 @@ keyword_enum! {
         /// `x / y` (`/` records it); with a constant operand only.
         MathTruediv = "math.truediv",
         MathMaximum = "math.maximum",
+        /// Over the channel axis with `keepdims=True` only (CBAM's channel pooling).
+        MathReduceMean = "math.reduce_mean",
+        /// Over the channel axis with `keepdims=True` only.
+        MathReduceMax = "math.reduce_max",
         MathMinimum = "math.minimum",
         Concat = "concat",
         NnRelu = "nn.relu",

@@ -20,6 +20,26 @@ pub enum TfCompute {
     Activation(ActivationFn),
     /// One tensor and a Python number (`x + 1.0`, `1 - g`, `x * 0.5`, `x / 2.0`).
     Scalar(ScalarOp),
+    /// `tf.reduce_mean(x, axis=-1, keepdims=True)` / `reduce_max`: one value per pixel.
+    ReduceChannels(ReduceFn),
+}
+
+/// A reduction over the channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceFn {
+    Mean,
+    Max,
+}
+
+impl ReduceFn {
+    /// The mean or the maximum of one pixel's channels (the mean as TensorFlow sums: in order,
+    /// then divided by the count).
+    pub fn apply(self, channels: &[f32]) -> f32 {
+        match self {
+            ReduceFn::Mean => channels.iter().sum::<f32>() / channels.len() as f32,
+            ReduceFn::Max => channels.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        }
+    }
 }
 
 /// Arithmetic of one tensor with a constant.
@@ -88,6 +108,8 @@ impl TfFunction {
             TfFunction::MathSubtract => "tf.math.subtract",
             TfFunction::MathTruediv => "tf.math.truediv",
             TfFunction::MathMaximum => "tf.math.maximum",
+            TfFunction::MathReduceMean => "tf.math.reduce_mean",
+            TfFunction::MathReduceMax => "tf.math.reduce_max",
             TfFunction::MathMinimum => "tf.math.minimum",
             TfFunction::Concat => "tf.concat",
             TfFunction::NnRelu => "tf.nn.relu",
@@ -103,6 +125,10 @@ pub struct TFOpLambda {
     pub axis: i64,
     /// The constant operand of `+`, `-`, `*`, `/` (`y: 0.5`, or `x: 1.0` to put it first).
     pub constant: Option<TfConstant>,
+    /// Whether the spec (or Keras's call) gave `axis` (the reductions need it).
+    pub axis_given: bool,
+    /// The reductions' `keepdims`.
+    pub keepdims: Option<bool>,
 }
 
 impl TFOpLambda {
@@ -127,6 +153,8 @@ impl TFOpLambda {
                 // Refused by infer (no constant operand); computed as without it.
                 TfFunction::MathMaximum
                 | TfFunction::MathMinimum
+                | TfFunction::MathReduceMean
+                | TfFunction::MathReduceMax
                 | TfFunction::Concat
                 | TfFunction::NnRelu
                 | TfFunction::MathSigmoid => {}
@@ -140,6 +168,8 @@ impl TFOpLambda {
             TfFunction::MathMaximum => TfCompute::Merge(MergeFn::Maximum),
             TfFunction::MathMinimum => TfCompute::Merge(MergeFn::Minimum),
             TfFunction::Concat => TfCompute::Concat(self.axis),
+            TfFunction::MathReduceMean => TfCompute::ReduceChannels(ReduceFn::Mean),
+            TfFunction::MathReduceMax => TfCompute::ReduceChannels(ReduceFn::Max),
             TfFunction::NnRelu => TfCompute::Activation(ActivationFn::Relu),
             TfFunction::MathSigmoid => TfCompute::Activation(ActivationFn::Sigmoid),
         }
@@ -149,7 +179,7 @@ impl TFOpLambda {
 impl LayerKind for TFOpLambda {
     const CLASS: &'static str = "TFOpLambda";
     const POSITIONAL: &'static [&'static str] = &["function", "axis"];
-    const KNOWN: &'static [&'static str] = &["function", "axis", "x", "y"];
+    const KNOWN: &'static [&'static str] = &["function", "axis", "x", "y", "keepdims"];
     /// `import` reads the function and the call's arguments itself (they are not in the config).
     const IMPORTED_CONFIG: &'static [&'static str] = &["function"];
 
@@ -158,7 +188,9 @@ impl LayerKind for TFOpLambda {
             r.missing("function", "tf_op(\"__operators__.add\")");
         }
         let function = r.keyword("function", TfFunction::OperatorsAdd, None);
+        let axis_given = r.has("axis");
         let axis = r.int_or("axis", -5, 4, -1);
+        let keepdims = r.has("keepdims").then(|| r.bool_or("keepdims", false));
         let lim = f64::MAX;
         let constant = match (r.has("x"), r.has("y")) {
             (true, true) => {
@@ -184,6 +216,8 @@ impl LayerKind for TFOpLambda {
             function,
             axis,
             constant,
+            axis_given,
+            keepdims,
         }
     }
 
@@ -230,6 +264,47 @@ impl LayerKind for TFOpLambda {
                 takes(2)?;
                 broadcast_shapes(inputs, name)
             }
+            (None, TfCompute::ReduceChannels(_)) => {
+                takes(1)?;
+                let shape = &inputs[0];
+                // Keras's axes count the batch axis: the channels are -1 or the rank minus 1.
+                let last = shape.len() as i64;
+                if !self.axis_given || (self.axis != -1 && self.axis != last) {
+                    return Err(ShapeError::new(
+                        "E-arg-value",
+                        format!(
+                            "{name} runs over the channel axis only: `axis: -1` (or {last}), \
+                             not {}",
+                            if self.axis_given {
+                                self.axis.to_string()
+                            } else {
+                                "every axis (no `axis`)".into()
+                            }
+                        ),
+                        "reduces the channels only",
+                    ));
+                }
+                if self.keepdims != Some(true) {
+                    return Err(ShapeError::new(
+                        "E-arg-value",
+                        format!(
+                            "{name} runs with `keepdims: true` only (the channel axis kept, of \
+                             size 1)"
+                        ),
+                        "keepdims: true needed",
+                    ));
+                }
+                let mut out = shape.clone();
+                if let Some(c) = out.last_mut() {
+                    *c = 1;
+                }
+                Ok(out)
+            }
+            (None, _) if self.keepdims.is_some() => Err(ShapeError::new(
+                "E-arg-value",
+                format!("{name} takes no `keepdims` (math.reduce_mean and math.reduce_max do)"),
+                "keepdims given",
+            )),
             (None, TfCompute::Concat(axis)) => Concatenate { axis }.infer(inputs),
             (None, TfCompute::Activation(_)) => {
                 takes(1)?;
@@ -241,6 +316,9 @@ impl LayerKind for TFOpLambda {
     fn config(&self) -> Json {
         match self.computes() {
             TfCompute::Concat(axis) => json!({ "function": self.function, "axis": axis }),
+            TfCompute::ReduceChannels(_) => json!({
+                "function": self.function, "axis": self.axis, "keepdims": self.keepdims
+            }),
             TfCompute::Scalar(s) => {
                 let place = if s.constant_first { "x" } else { "y" };
                 json!({ "function": self.function, place: s.constant })

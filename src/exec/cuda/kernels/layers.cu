@@ -133,6 +133,20 @@ __device__ void scalar_op(T* arena, View x, View y, int op, float k, int first, 
 INSTANTIATE(scalar_op, (void* arena, View x, View y, int op, float k, int first, int N),
             (, x, y, op, k, first, N))
 
+// tf.reduce_mean / tf.reduce_max over the channels with keepdims: y has one channel. op 0 is
+// the mean (summed in channel order, then divided by the count), 1 the maximum.
+template <typename T>
+__device__ void reduce_channels(T* arena, View x, View y, int op, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float acc = op == 0 ? 0.0f : NEG_INF;
+    for (int k = 0; k < x.c; ++k) {
+        float v = load_elem(arena + view_at(x, n, oy, ox, k));
+        acc = op == 0 ? acc + v : fmaxf(acc, v);
+    }
+    store_elem(arena + view_at(y, n, oy, ox, c), op == 0 ? acc / (float)x.c : acc);
+}
+INSTANTIATE(reduce_channels, (void* arena, View x, View y, int op, int N), (, x, y, op, N))
+
 // Keras ReLU layer: max_value (if has_max), negative_slope, threshold.
 template <typename T>
 __device__ void relu_layer(T* arena, View x, View y, int has_max, float max_value, float slope,

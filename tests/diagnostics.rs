@@ -1068,3 +1068,52 @@ fn errors_of_the_3d_kinds() {
     }
     assert!(!out.contains("panick"), "{out}");
 }
+
+#[test]
+fn tf_op_constants_and_reductions_are_refused_where_tensorflow_differs() {
+    let cases = [
+        (
+            "x -> tf_op(\"math.subtract\", x: 1.0, y: 2.0)",
+            "takes one constant: `y: c` (the tensor first, `g - c`) or `x: c`",
+        ),
+        (
+            "x -> tf_op(\"math.maximum\", y: 0.0)",
+            "tf.math.maximum takes no constant operand",
+        ),
+        (
+            "[x, x] -> tf_op(\"math.add\", y: 1.0)",
+            "with a constant operand (`x:` or `y:`) takes 1 tensor, not 2",
+        ),
+        (
+            "x -> tf_op(\"math.multiply\", y: \"a\")",
+            "argument `y` must be a number",
+        ),
+        (
+            "x -> tf_op(\"math.reduce_mean\", keepdims: true)",
+            "runs over the channel axis only: `axis: -1` (or 3), not every axis (no `axis`)",
+        ),
+        (
+            "x -> tf_op(\"math.reduce_max\", axis: 1, keepdims: true)",
+            "runs over the channel axis only: `axis: -1` (or 3), not 1",
+        ),
+        (
+            "x -> tf_op(\"math.reduce_max\", axis: -1)",
+            "runs with `keepdims: true` only",
+        ),
+        (
+            "x -> tf_op(concat, axis: -1, keepdims: true)",
+            "tf.concat takes no `keepdims`",
+        ),
+    ];
+    for (line, want) in cases {
+        let out = check(
+            "tf_op.unet",
+            &format!("model {{\n  input 4x4x2\n  x = conv2d(2, 1)\n  {line}\n}}\n"),
+        );
+        assert!(out.contains(want), "{line}: missing {want:?} in:\n{out}");
+        assert!(
+            out.contains("tf_op.unet:4:"),
+            "{line}: not pointed at:\n{out}"
+        );
+    }
+}

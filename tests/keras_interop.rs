@@ -73,6 +73,8 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_norms.unet", "edge_norms"),
         ("tests/golden/edge_depthwise.unet", "edge_depthwise"),
         ("tests/golden/edge_tfops.unet", "edge_tfops"),
+        ("tests/golden/edge_tfconst.unet", "edge_tfconst"),
+        ("tests/golden/edge_tfreduce.unet", "edge_tfreduce"),
         ("tests/golden/edge_3d.unet", "edge_3d"),
         ("tests/golden/unet3d_small.unet", "unet3d_small"),
         ("tests/golden/unet3d_valid.unet", "unet3d_valid"),
@@ -100,7 +102,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 16);
+    assert_eq!(checked, 18);
 }
 
 #[test]
@@ -163,4 +165,38 @@ fn import_refuses_a_lambda_layer_once_naming_it() {
     assert!(err.contains("Nearest known kind: TFOpLambda"), "{err}");
     assert_eq!(err.matches("Lambda,").count(), 1, "{err}");
     assert!(err.ends_with("nothing was imported"), "{err}");
+}
+
+#[test]
+fn import_reads_numbers_either_side_and_refuses_other_constants() {
+    let text = std::fs::read_to_string(root().join("tests/keras_json/edge_tfconst.json")).unwrap();
+    let spec = unetc::interop::keras::import_json(&text).unwrap();
+    // `1 - gate`: Keras records the number first as `_CONSTANT_VALUE`.
+    assert!(
+        spec.contains("tf_op(function: \"math.subtract\", x: 1.0, name: \"tf.math.subtract\")"),
+        "{spec}"
+    );
+    assert!(
+        spec.contains("tf_op(function: \"math.truediv\", y: 4.0, name: \"tf.math.truediv\")"),
+        "{spec}"
+    );
+    let first = text.replacen(
+        "\"_CONSTANT_VALUE\", -1, 1.0",
+        "\"_CONSTANT_VALUE\", -1, \"a\"",
+        1,
+    );
+    assert_ne!(first, text);
+    let err = unetc::interop::keras::import_json(&first)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("takes the constant \"a\" first; unetc runs numbers only"),
+        "{err}"
+    );
+    let second = text.replacen("\"y\": 4.0", "\"y\": [1.0, 2.0]", 1);
+    assert_ne!(second, text);
+    let err = unetc::interop::keras::import_json(&second)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("takes the constant [1.0,2.0] as `y`"), "{err}");
 }

@@ -392,6 +392,14 @@ impl PythonExporter<'_> {
                 TfCompute::Merge(_) => format!("{}, y={}", inputs[0], inputs[1..].join(", ")),
                 TfCompute::Concat(axis) => format!("[{}], axis={axis}", inputs.join(", ")),
                 TfCompute::Activation(_) => inputs[0].clone(),
+                // The number as Keras records it: the function's `x` or its `y`.
+                TfCompute::Scalar(s) if s.constant_first => {
+                    format!("{:?}, y={}", s.constant, inputs[0])
+                }
+                TfCompute::Scalar(s) => format!("{}, y={:?}", inputs[0], s.constant),
+                TfCompute::ReduceChannels(_) => {
+                    format!("{}, axis={}, keepdims=True", inputs[0], op.axis)
+                }
             };
             let _ = writeln!(
                 out,
@@ -627,9 +635,23 @@ fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<Stri
     let node = node
         .as_array()
         .ok_or_else(|| err("has an unreadable inbound node".into()))?;
-    // One tensor: [name, 0, 0, kwargs]; a list of tensors: [[name, 0, 0, kwargs], ...].
+    // One tensor: [name, 0, 0, kwargs]; a list of tensors: [[name, 0, 0, kwargs], ...];
+    // a number first (`1 - g`): ["_CONSTANT_VALUE", -1, 1.0, {"y": [name, 0, 0], ...}].
     // Tensors are kept as `[name, node, tensor]`, so that a nested model's output k is `[k]`.
+    let mut args = Vec::new();
     let (mut inputs, kwargs) = match node.first() {
+        Some(Json::String(s)) if s == "_CONSTANT_VALUE" => {
+            match node.get(2) {
+                Some(Json::Number(n)) => args.push(format!("x: {n}")),
+                other => {
+                    return Err(err(format!(
+                        "takes the constant {} first; unetc runs numbers only",
+                        other.unwrap_or(&Json::Null)
+                    )))
+                }
+            }
+            (Vec::new(), node.get(3))
+        }
         Some(Json::String(_)) => (
             vec![Json::Array(node[..3.min(node.len())].to_vec())],
             node.get(3),
@@ -646,18 +668,23 @@ fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<Stri
             (inputs, node.first().and_then(|t| t.get(3)))
         }
     };
-    let mut args = Vec::new();
     if let Some(Json::Object(kwargs)) = kwargs {
         for (key, value) in kwargs {
             match (key.as_str(), value) {
                 ("name", Json::Null) => {}
+                ("y", Json::Number(n)) => args.push(format!("y: {n}")),
                 ("y", v) => inputs.push(tensor_ref(v).map(|_| v.clone()).ok_or_else(|| {
                     err(format!(
-                        "takes the constant {v} as `y`; unetc runs TensorFlow functions of \
-                         tensors only (make the constant a layer's output)"
+                        "takes the constant {v} as `y`; unetc runs a number or a tensor there \
+                         (make the constant a layer's output)"
                     ))
                 })?),
                 ("axis", Json::Number(n)) => args.push(format!("axis: {n}")),
+                // `axis=[-1]`: one axis in a list, as the same one axis.
+                ("axis", Json::Array(a)) if a.len() == 1 && a[0].is_i64() => {
+                    args.push(format!("axis: {}", a[0]))
+                }
+                ("keepdims", Json::Bool(b)) => args.push(format!("keepdims: {b}")),
                 (other, v) => {
                     return Err(err(format!(
                         "is called with `{other}={v}`, which unetc does not model"

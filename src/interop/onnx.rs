@@ -22,7 +22,7 @@ use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::ops::{
     ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, NormLayout,
-    Subtract, TfCompute, WindowGeometry,
+    ReduceFn, ScalarFn, Subtract, TfCompute, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
@@ -1171,6 +1171,35 @@ impl Exporter<'_> {
                     let axis = if image { 1 } else { -1 };
                     self.activation(&name, activation, x(), out, axis);
                 }
+                TfCompute::Scalar(op) => {
+                    let c = self.scalar(format!("{name}/constant"), op.c());
+                    let inputs = if op.constant_first {
+                        vec![c, x()]
+                    } else {
+                        vec![x(), c]
+                    };
+                    let op_type = match op.function {
+                        ScalarFn::Add => "Add",
+                        ScalarFn::Subtract => "Sub",
+                        ScalarFn::Multiply => "Mul",
+                        ScalarFn::Divide => "Div",
+                    };
+                    self.node(name, op_type, inputs, out, vec![]);
+                }
+                TfCompute::ReduceChannels(f) => {
+                    let axis = if image { 1 } else { -1 };
+                    let op_type = match f {
+                        ReduceFn::Mean => "ReduceMean",
+                        ReduceFn::Max => "ReduceMax",
+                    };
+                    self.node(
+                        name,
+                        op_type,
+                        vec![x()],
+                        out,
+                        vec![("axes", Attr::Ints(vec![axis])), ("keepdims", Attr::Int(1))],
+                    );
+                }
             },
             Op::LeakyReLU(op) => self.node(
                 name,
@@ -1419,6 +1448,7 @@ impl Exporter<'_> {
             MergeFn::Average => ("Mean", true),
             MergeFn::Maximum => ("Max", true),
             MergeFn::Minimum => ("Min", true),
+            MergeFn::Divide => ("Div", false),
         };
         if variadic || xs.len() == 2 {
             self.node(name.to_string(), op_type, xs, out, vec![]);

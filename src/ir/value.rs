@@ -194,6 +194,13 @@ impl<'a> ArgReader<'a> {
         );
     }
 
+    /// Refuses an argument given (when another excludes it): `what` says why.
+    pub fn reject(&mut self, name: &str, what: &str) {
+        if let Some(arg) = self.take(name) {
+            self.range_error(name, &arg, what.to_string());
+        }
+    }
+
     /// A required argument is missing.
     pub fn missing(&mut self, name: &str, example: &str) {
         let kind = self.kind;

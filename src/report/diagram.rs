@@ -65,7 +65,10 @@ impl Edge {
 fn folds(op: &Op) -> bool {
     match op {
         // An elementwise function folds as an activation layer does; merges get their own box.
-        Op::TFOpLambda(op) => matches!(op.computes(), TfCompute::Activation(_)),
+        Op::TFOpLambda(op) => matches!(
+            op.computes(),
+            TfCompute::Activation(_) | TfCompute::Scalar(_)
+        ),
         Op::BatchNormalization(_)
         | Op::Activation(_)
         | Op::ReLU(_)
@@ -224,7 +227,9 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
             TfCompute::Merge(MergeFn::Multiply) => Edge::Gate,
             TfCompute::Merge(_) => Edge::Merge,
             TfCompute::Concat(_) => Edge::Concat,
-            TfCompute::Activation(_) => Edge::Other,
+            TfCompute::Activation(_) | TfCompute::Scalar(_) | TfCompute::ReduceChannels(_) => {
+                Edge::Other
+            }
         },
         // One-input layers in this group fold into the box before them and get no arrow.
         Op::Input(_)

@@ -6,7 +6,7 @@ use super::activations;
 use super::math::{add_column_sums, gemm, PatchMap};
 use crate::exec::Tensor;
 use crate::ir::ops::{
-    ActivationFn, Interpolation, MergeFn, NormLayout, Op, TfCompute, WindowGeometry,
+    ActivationFn, Interpolation, MergeFn, NormLayout, Op, ReduceFn, TfCompute, WindowGeometry,
 };
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
@@ -83,7 +83,10 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         Op::Softmax(o) => (o.axis == -1).then_some((ActivationFn::Softmax, PreActivation::Input)),
         Op::TFOpLambda(o) => match o.computes() {
             TfCompute::Activation(a) => Some((a, PreActivation::Input)),
-            TfCompute::Merge(_) | TfCompute::Concat(_) => None,
+            TfCompute::Merge(_)
+            | TfCompute::Concat(_)
+            | TfCompute::Scalar(_)
+            | TfCompute::ReduceChannels(_) => None,
         },
         Op::Input(_)
         | Op::MaxPooling2D(_)
@@ -351,6 +354,11 @@ pub fn forward(
             TfCompute::Merge(f) => merge_forward(inputs, out_shape, f),
             TfCompute::Concat(axis) => concat_forward(inputs, out_shape, axis),
             TfCompute::Activation(a) => activations::apply(a, first(), channels(out_shape)),
+            TfCompute::Scalar(op) => first().iter().map(|&x| op.apply(x)).collect(),
+            TfCompute::ReduceChannels(f) => {
+                let c = inputs[0].shape.last().copied().unwrap_or(1).max(1);
+                first().chunks(c).map(|p| f.apply(p)).collect()
+            }
         },
         Op::Activation(o) => activations::apply(o.activation, first(), channels(out_shape)),
         Op::Softmax(o) => softmax_axis(first(), out_shape, o.axis),
@@ -886,6 +894,38 @@ pub fn backward(
                 inputs: vec![pre_grad(a, grad, Some(first()))],
                 params: vec![],
             },
+            TfCompute::Scalar(op) => LayerGrads {
+                inputs: vec![output_grad(grad)
+                    .iter()
+                    .zip(first().iter())
+                    .map(|(&g, &x)| g * op.derivative(x))
+                    .collect()],
+                params: vec![],
+            },
+            TfCompute::ReduceChannels(f) => {
+                let c = x_shape.last().copied().unwrap_or(1).max(1);
+                let dy = output_grad(grad);
+                let mut dx = vec![0.0f32; first().len()];
+                for ((pixel, d), &g) in first().chunks(c).zip(dx.chunks_mut(c)).zip(dy.iter()) {
+                    match f {
+                        ReduceFn::Mean => d.iter_mut().for_each(|v| *v = g / c as f32),
+                        // TensorFlow's reduce_max gradient: shared equally among tied maxima.
+                        ReduceFn::Max => {
+                            let m = f.apply(pixel);
+                            let ties = pixel.iter().filter(|&&v| v == m).count() as f32;
+                            for (v, &p) in d.iter_mut().zip(pixel) {
+                                if p == m {
+                                    *v = g / ties;
+                                }
+                            }
+                        }
+                    }
+                }
+                LayerGrads {
+                    inputs: vec![dx],
+                    params: vec![],
+                }
+            }
         },
         Op::Activation(o) => LayerGrads {
             inputs: vec![pre_grad(o.activation, grad, Some(first()))],
@@ -1799,6 +1839,7 @@ fn merge_forward(inputs: &[&Tensor], out_shape: &[usize], f: MergeFn) -> Vec<f32
                     MergeFn::Subtract => acc - v,
                     MergeFn::Maximum => acc.max(v),
                     MergeFn::Minimum => acc.min(v),
+                    MergeFn::Divide => acc / v,
                 };
             }
             if f == MergeFn::Average {
@@ -1829,6 +1870,12 @@ fn merge_grads(inputs: &[&Tensor], _output: &Tensor, f: MergeFn, grad: Grad) -> 
             MergeFn::Subtract => {
                 dxs[0][maps[0][o]] += g;
                 dxs[1][maps[1][o]] -= g;
+            }
+            // d(a / b) = da / b - a db / b^2.
+            MergeFn::Divide => {
+                let (a, b) = (value(0), value(1));
+                dxs[0][maps[0][o]] += g / b;
+                dxs[1][maps[1][o]] -= g * a / (b * b);
             }
             MergeFn::Multiply => {
                 for k in 0..n {

@@ -715,6 +715,59 @@ def edge_tfops():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_tfconst():
+    """TFOpLambda arithmetic with a Python number, on signed 6x5 maps (linear 1x1 convs of the
+    input): `x + 1.0` (tf.__operators__.add, the number as `y`), `1 - gate` and `2.5 - x`
+    (tf.math.subtract, the number first: Keras records it as `_CONSTANT_VALUE`), `x - 3.0`,
+    `x * 0.5` and `-1.5 * x` (tf.math.multiply, either side), `x / 4.0` and `2.0 / gate`
+    (tf.math.truediv, either side), `x / gate` (truediv of two tensors, the one-channel gate
+    broadcast) and a CBAM-like `x * (1 - gate) + 0.25` chain. Flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(8, 1)(inp)
+    gate = L.Conv2D(1, 1, activation="sigmoid")(x)
+    branches = [
+        x + 1.0,
+        1 - gate,
+        2.5 - x,
+        x - 3.0,
+        x * 0.5,
+        -1.5 * x,
+        x / 4.0,
+        2.0 / gate,
+        x / gate,
+        x * (1 - gate) + 0.25,
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
+def edge_tfreduce():
+    """CBAM's spatial attention (Woo et al. 2018) from TensorFlow functions, on signed 6x5 maps
+    (a linear 1x1 conv of the input): `tf.reduce_mean(x, axis=-1, keepdims=True)` and
+    `tf.reduce_max(x, axis=-1, keepdims=True)` (recorded as tf.math.reduce_mean /
+    tf.math.reduce_max), tf.concat of the two, a 7x7 same conv with sigmoid, `x * attention`;
+    besides, reduce_mean with `axis=3` and reduce_max with `axis=[-1]`. Flattened and
+    concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(8, 1)(inp)
+    avg = tf.reduce_mean(x, axis=-1, keepdims=True)
+    mx = tf.reduce_max(x, axis=-1, keepdims=True)
+    att = L.Conv2D(1, 7, padding="same", activation="sigmoid")(tf.concat([avg, mx], axis=-1))
+    branches = [
+        x * att,
+        avg,
+        mx,
+        tf.math.reduce_mean(x, axis=3, keepdims=True),
+        tf.math.reduce_max(x, axis=[-1], keepdims=True),
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_reshape():
     """Reshape and Permute on signed 6x5 maps (linear 1x1 convs of the input): a
     squeeze-excitation block (GlobalAveragePooling2D -> Reshape((1, 1, 8)) -> Dense(2, relu) ->
@@ -884,7 +937,7 @@ def original_full_at(size: int):
 
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
-         edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_reshape, edge_3d]
+         edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

@@ -382,6 +382,8 @@ const Kernel kernels[] = {
     BOTH(batch_norm),
     BOTH(activation),
     BOTH(relu_layer),
+    BOTH(scalar_op),
+    BOTH(reduce_channels),
     BOTH(softmax),
     BOTH(global_average_pool),
     BOTH(global_max_pool),

@@ -848,6 +848,7 @@ pub fn merge(
         MergeFn::Subtract => a - b,
         MergeFn::Maximum => a.max(b),
         MergeFn::Minimum => a.min(b),
+        MergeFn::Divide => a / b,
     };
     let item: usize = out_shape.iter().product();
     let rank = out_shape.len();

@@ -638,6 +638,17 @@ impl<'g> CpuModel<'g> {
                 TfCompute::Activation(activation) => {
                     kernels::activation_layer(&Activation { activation }, ins[0], out, channels)
                 }
+                TfCompute::Scalar(op) => {
+                    for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
+                        *o = op.apply(x);
+                    }
+                }
+                TfCompute::ReduceChannels(f) => {
+                    let c = in_shapes[0].last().copied().unwrap_or(1).max(1);
+                    for (o, pixel) in out.iter_mut().zip(ins[0].chunks(c)) {
+                        *o = f.apply(pixel);
+                    }
+                }
             },
             (Op::Multiply(_), _) => {
                 kernels::merge(Multiply::FUNCTION, ins, in_shapes, out, out_shape, batch)

@@ -16,8 +16,8 @@ use super::tensor::Tensor;
 use super::{Precision, WeightSource};
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, Subtract, TfCompute,
-    WindowGeometry,
+    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, ReduceFn, ScalarFn,
+    Subtract, TfCompute, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
@@ -53,6 +53,8 @@ pub const LAYER_KERNELS: &[&str] = &[
     "batch_norm",
     "activation",
     "relu_layer",
+    "scalar_op",
+    "reduce_channels",
     "softmax",
     "global_average_pool",
     "global_max_pool",
@@ -340,6 +342,7 @@ fn merge_code(function: MergeFn) -> i32 {
         MergeFn::Subtract => 2,
         MergeFn::Maximum => 3,
         MergeFn::Minimum => 4,
+        MergeFn::Divide => 5,
     }
 }
 
@@ -1970,6 +1973,48 @@ impl<'g> CudaModel<'g> {
                 TfCompute::Activation(act) => {
                     self.elementwise(arena, x_view(0)?, y, activation_code(act), batch)?
                 }
+                TfCompute::Scalar(op) => {
+                    let code: i32 = match op.function {
+                        ScalarFn::Add => 0,
+                        ScalarFn::Subtract => 1,
+                        ScalarFn::Multiply => 2,
+                        ScalarFn::Divide => 3,
+                    };
+                    let (k, first, x) = (op.c(), i32::from(op.constant_first), x_view(0)?);
+                    // SAFETY: matches scalar_op_<T>(void*, View, View, int, float, int, int).
+                    unsafe {
+                        stream
+                            .launch_builder(self.function::<T>("scalar_op"))
+                            .arg(&mut *arena)
+                            .arg(&x)
+                            .arg(&y)
+                            .arg(&code)
+                            .arg(&k)
+                            .arg(&first)
+                            .arg(&nb)
+                            .launch(grid(n_out))
+                            .map_err(driver)?;
+                    }
+                }
+                TfCompute::ReduceChannels(f) => {
+                    let code: i32 = match f {
+                        ReduceFn::Mean => 0,
+                        ReduceFn::Max => 1,
+                    };
+                    let x = x_view(0)?;
+                    // SAFETY: matches reduce_channels_<T>(void*, View, View, int, int).
+                    unsafe {
+                        stream
+                            .launch_builder(self.function::<T>("reduce_channels"))
+                            .arg(&mut *arena)
+                            .arg(&x)
+                            .arg(&y)
+                            .arg(&code)
+                            .arg(&nb)
+                            .launch(grid(n_out))
+                            .map_err(driver)?;
+                    }
+                }
             },
             Op::Add(_) => {
                 for k in 1..node.inputs.len() {
@@ -2402,7 +2447,8 @@ impl<'g> CudaModel<'g> {
                 | MergeFn::Multiply
                 | MergeFn::Subtract
                 | MergeFn::Maximum
-                | MergeFn::Minimum => 1.0f32,
+                | MergeFn::Minimum
+                | MergeFn::Divide => 1.0f32,
             };
             // SAFETY: as in `layer`: the arguments match `merge` in layers.cu.
             unsafe {

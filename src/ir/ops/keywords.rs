@@ -110,7 +110,13 @@ keyword_enum! {
         MathAdd = "math.add",
         MathMultiply = "math.multiply",
         MathSubtract = "math.subtract",
+        /// `x / y` (`/` records it); with a constant operand only.
+        MathTruediv = "math.truediv",
         MathMaximum = "math.maximum",
+        /// Over the channel axis with `keepdims=True` only (CBAM's channel pooling).
+        MathReduceMean = "math.reduce_mean",
+        /// Over the channel axis with `keepdims=True` only.
+        MathReduceMax = "math.reduce_max",
         MathMinimum = "math.minimum",
         Concat = "concat",
         NnRelu = "nn.relu",

@@ -174,6 +174,9 @@ pub enum MergeFn {
     Average,
     Maximum,
     Minimum,
+    /// Exactly two inputs: the first divided by the second (tf.math.truediv only; Keras has no
+    /// such merge layer).
+    Divide,
 }
 
 /// Keras's shape rule for elementwise merges (`_Merge._compute_elemwise_op_output_shape`):

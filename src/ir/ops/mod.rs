@@ -34,7 +34,7 @@ pub use norm::{BatchNormalization, GroupNormalization, LayerNormalization, NormL
 pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D};
 pub use reshape::{Permute, Reshape};
 pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
-pub use tf_op::{TFOpLambda, TfCompute};
+pub use tf_op::{ReduceFn, ScalarFn, ScalarOp, TFOpLambda, TfCompute, TfConstant};
 pub use volume::{
     AveragePooling3D, Conv3D, Conv3DArgs, Conv3DTranspose, Cropping3D, GlobalAveragePooling3D,
     MaxPooling3D, UpSampling3D, ZeroPadding3D,

@@ -119,6 +119,34 @@ __device__ void activation(T* arena, View x, View y, int act, int N) {
 }
 INSTANTIATE(activation, (void* arena, View x, View y, int act, int N), (, x, y, act, N))
 
+// TFOpLambda arithmetic with a constant: op 0 add, 1 subtract, 2 multiply, 3 divide; the
+// constant is the first operand when first != 0 (`1 - g`), else the second (`g - 1`).
+template <typename T>
+__device__ void scalar_op(T* arena, View x, View y, int op, float k, int first, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float v = load_elem(arena + view_at(x, n, oy, ox, c));
+    float a = first ? k : v;
+    float b = first ? v : k;
+    float r = op == 0 ? a + b : op == 1 ? a - b : op == 2 ? a * b : a / b;
+    store_elem(arena + view_at(y, n, oy, ox, c), r);
+}
+INSTANTIATE(scalar_op, (void* arena, View x, View y, int op, float k, int first, int N),
+            (, x, y, op, k, first, N))
+
+// tf.reduce_mean / tf.reduce_max over the channels with keepdims: y has one channel. op 0 is
+// the mean (summed in channel order, then divided by the count), 1 the maximum.
+template <typename T>
+__device__ void reduce_channels(T* arena, View x, View y, int op, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float acc = op == 0 ? 0.0f : NEG_INF;
+    for (int k = 0; k < x.c; ++k) {
+        float v = load_elem(arena + view_at(x, n, oy, ox, k));
+        acc = op == 0 ? acc + v : fmaxf(acc, v);
+    }
+    store_elem(arena + view_at(y, n, oy, ox, c), op == 0 ? acc / (float)x.c : acc);
+}
+INSTANTIATE(reduce_channels, (void* arena, View x, View y, int op, int N), (, x, y, op, N))
+
 // Keras ReLU layer: max_value (if has_max), negative_slope, threshold.
 template <typename T>
 __device__ void relu_layer(T* arena, View x, View y, int has_max, float max_value, float slope,
@@ -208,6 +236,7 @@ INSTANTIATE(average_pool, (void* arena, View x, View y, int KH, int KW, int SH, 
 #define MERGE_SUBTRACT 2
 #define MERGE_MAXIMUM 3
 #define MERGE_MINIMUM 4
+#define MERGE_DIVIDE 5
 
 // An element of `v` for output position (n, y, x, c), where a side of size 1 broadcasts
 // (Keras's merges: a one-channel attention gate scales every channel).
@@ -228,6 +257,7 @@ __device__ void merge(T* arena, View a, View b, View y, int op, float divisor, i
     case MERGE_SUBTRACT: r = u - v; break;
     case MERGE_MAXIMUM: r = fmaxf(u, v); break;
     case MERGE_MINIMUM: r = fminf(u, v); break;
+    case MERGE_DIVIDE: r = u / v; break;
     default: r = u + v; break;
     }
     store_elem(arena + view_at(y, n, oy, ox, c), r / divisor);

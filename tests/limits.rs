@@ -13,8 +13,11 @@ use unetc::diag::render_plain;
 use unetc::expand::Session;
 use unetc::{compile_source, Compiled, Options};
 
-/// The time any one compile here may take, in a debug build on a slow machine.
-const BOUND: Duration = Duration::from_secs(10);
+/// The time any one compile here may take, in a debug build on a slow machine. The largest
+/// (100,000 layers) takes about 5 s alone on the 2-core CI machine, and this binary's other
+/// tests run beside it; 10 s was exceeded (10.5 s) when another build shared the cores. The
+/// bound is there to catch quadratic work, which takes minutes at these sizes.
+const BOUND: Duration = Duration::from_secs(20);
 
 fn compile_at(path: &Path, text: String) -> Compiled {
     let start = Instant::now();

@@ -243,43 +243,18 @@ pub fn forward(
             add_bias(&mut z, &params[1]);
             finish_activation(o.args.activation, z, out_shape, &mut saved)
         }
-        Op::MaxPooling3D(o) => {
-            let (windows, shape) = pool_windows(x, out_shape, |a, n, m| o.geometry(a, n, m))?;
-            pool_forward(first(), shape, out_shape, windows, Pool::Max)
-        }
+        Op::MaxPooling3D(o) => pool_output(x, out_shape, |a, n, m| o.geometry(a, n, m), Pool::Max)?,
         Op::AveragePooling3D(o) => {
-            let (windows, shape) = pool_windows(x, out_shape, |a, n, m| o.geometry(a, n, m))?;
-            pool_forward(first(), shape, out_shape, windows, Pool::Average)
+            pool_output(x, out_shape, |a, n, m| o.geometry(a, n, m), Pool::Average)?
         }
-        Op::UpSampling3D(o) => {
-            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
-            let mut y = vec![0.0f32; out_len];
-            for_each_resize_tap(
-                o.size,
-                Interpolation::Nearest,
-                shape,
-                out_shape,
-                |src, dst, wt| y[dst] += wt * first()[src],
-            )?;
-            y
-        }
+        Op::UpSampling3D(o) => resize_output(x, o.size, Interpolation::Nearest, out_shape)?,
         Op::Cropping3D(o) => {
-            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
-            let mut y = vec![0.0f32; out_len];
             let c = o.cropping;
-            window_copy(shape, out_shape, [c[0], c[2], c[4]], |s, d| {
-                y[d] = first()[s]
-            })?;
-            y
+            window_output(x, [c[0], c[2], c[4]], out_shape)?
         }
         Op::ZeroPadding3D(o) => {
-            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
-            let mut y = vec![0.0f32; out_len];
             let p = o.padding;
-            window_copy(shape, out_shape, [-p[0], -p[2], -p[4]], |s, d| {
-                y[d] = first()[s]
-            })?;
-            y
+            window_output(x, [-p[0], -p[2], -p[4]], out_shape)?
         }
         Op::GlobalAveragePooling3D(_) => global_average_forward(
             first(),
@@ -304,45 +279,15 @@ pub fn forward(
             add_bias(&mut z, &params[1]);
             finish_activation(o.activation, z, out_shape, &mut saved)
         }
-        Op::MaxPooling2D(o) => {
-            let (windows, shape) = pool_windows(x, out_shape, |a, n, m| o.geometry(a, n, m))?;
-            pool_forward(first(), shape, out_shape, windows, Pool::Max)
-        }
+        Op::MaxPooling2D(o) => pool_output(x, out_shape, |a, n, m| o.geometry(a, n, m), Pool::Max)?,
         Op::AveragePooling2D(o) => {
-            let (windows, shape) = pool_windows(x, out_shape, |a, n, m| o.geometry(a, n, m))?;
-            pool_forward(first(), shape, out_shape, windows, Pool::Average)
+            pool_output(x, out_shape, |a, n, m| o.geometry(a, n, m), Pool::Average)?
         }
         Op::UpSampling2D(o) => {
-            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
-            let mut y = vec![0.0f32; out_len];
-            let size = [1, o.size[0], o.size[1]];
-            for_each_resize_tap(size, o.interpolation, shape, out_shape, |src, dst, wt| {
-                y[dst] += wt * first()[src]
-            })?;
-            y
+            resize_output(x, [1, o.size[0], o.size[1]], o.interpolation, out_shape)?
         }
-        Op::Cropping2D(o) => {
-            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
-            let mut y = vec![0.0f32; out_len];
-            window_copy(
-                shape,
-                out_shape,
-                [0, o.cropping[0], o.cropping[2]],
-                |s, d| y[d] = first()[s],
-            )?;
-            y
-        }
-        Op::ZeroPadding2D(o) => {
-            let shape = spatial(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
-            let mut y = vec![0.0f32; out_len];
-            window_copy(
-                shape,
-                out_shape,
-                [0, -o.padding[0], -o.padding[2]],
-                |s, d| y[d] = first()[s],
-            )?;
-            y
-        }
+        Op::Cropping2D(o) => window_output(x, [0, o.cropping[0], o.cropping[2]], out_shape)?,
+        Op::ZeroPadding2D(o) => window_output(x, [0, -o.padding[0], -o.padding[2]], out_shape)?,
         Op::Concatenate(o) => concat_forward(inputs, out_shape, o.axis),
         Op::Add(_) => merge_forward(inputs, out_shape, MergeFn::Add),
         Op::Multiply(_) => merge_forward(inputs, out_shape, MergeFn::Multiply),
@@ -689,78 +634,44 @@ pub fn backward(
                 params: vec![Some(dk), Some(db)],
             }
         }
-        Op::MaxPooling3D(o) => {
-            let (windows, shape) = pool_windows(x, &output.shape, |a, n, m| o.geometry(a, n, m))?;
-            LayerGrads {
-                inputs: vec![pool_backward(
-                    first(),
-                    shape,
-                    &output.shape,
-                    windows,
-                    Pool::MaxEveryTie,
-                    &output_grad(grad),
-                )],
-                params: vec![],
-            }
-        }
-        Op::AveragePooling3D(o) => {
-            let (windows, shape) = pool_windows(x, &output.shape, |a, n, m| o.geometry(a, n, m))?;
-            LayerGrads {
-                inputs: vec![pool_backward(
-                    first(),
-                    shape,
-                    &output.shape,
-                    windows,
-                    Pool::Average,
-                    &output_grad(grad),
-                )],
-                params: vec![],
-            }
-        }
-        Op::UpSampling3D(o) => {
-            let dy = output_grad(grad);
-            let mut dx = vec![0.0f32; first().len()];
-            for_each_resize_tap(
-                o.size,
-                Interpolation::Nearest,
-                spatial(&x_shape)?,
-                &output.shape,
-                |src, dst, wt| dx[src] += wt * dy[dst],
-            )?;
-            LayerGrads {
-                inputs: vec![dx],
-                params: vec![],
-            }
-        }
+        Op::MaxPooling3D(o) => input_grads(pool_grads(
+            x,
+            output,
+            |a, n, m| o.geometry(a, n, m),
+            Pool::MaxEveryTie,
+            &output_grad(grad),
+        )?),
+        Op::AveragePooling3D(o) => input_grads(pool_grads(
+            x,
+            output,
+            |a, n, m| o.geometry(a, n, m),
+            Pool::Average,
+            &output_grad(grad),
+        )?),
+        Op::UpSampling3D(o) => input_grads(resize_grads(
+            &x_shape,
+            o.size,
+            Interpolation::Nearest,
+            output,
+            &output_grad(grad),
+        )?),
         Op::Cropping3D(o) => {
-            let dy = output_grad(grad);
-            let mut dx = vec![0.0f32; first().len()];
             let c = o.cropping;
-            window_copy(
-                spatial(&x_shape)?,
-                &output.shape,
+            input_grads(window_grads(
+                &x_shape,
                 [c[0], c[2], c[4]],
-                |s, d| dx[s] = dy[d],
-            )?;
-            LayerGrads {
-                inputs: vec![dx],
-                params: vec![],
-            }
+                output,
+                &output_grad(grad),
+            )?)
         }
         Op::ZeroPadding3D(o) => {
-            let dy = output_grad(grad);
-            let mut dx = vec![0.0f32; first().len()];
             let p = o.padding;
-            window_copy(
-                spatial(&x_shape)?,
-                &output.shape,
+            input_grads(window_grads(
+                &x_shape,
                 [-p[0], -p[2], -p[4]],
-                |s, d| dx[s] = dy[d],
-            )?;
-            LayerGrads {
-                inputs: vec![dx],
-                params: vec![],
-            }
+                output,
+                &output_grad(grad),
+            )?)
         }
         Op::GlobalAveragePooling3D(_) => LayerGrads {
             inputs: vec![global_average_backward(
@@ -803,77 +714,39 @@ pub fn backward(
                 params: vec![Some(dk), Some(db)],
             }
         }
-        Op::MaxPooling2D(o) => {
-            let (windows, shape) = pool_windows(x, &output.shape, |a, n, m| o.geometry(a, n, m))?;
-            LayerGrads {
-                inputs: vec![pool_backward(
-                    first(),
-                    shape,
-                    &output.shape,
-                    windows,
-                    Pool::Max,
-                    &output_grad(grad),
-                )],
-                params: vec![],
-            }
-        }
-        Op::AveragePooling2D(o) => {
-            let (windows, shape) = pool_windows(x, &output.shape, |a, n, m| o.geometry(a, n, m))?;
-            LayerGrads {
-                inputs: vec![pool_backward(
-                    first(),
-                    shape,
-                    &output.shape,
-                    windows,
-                    Pool::Average,
-                    &output_grad(grad),
-                )],
-                params: vec![],
-            }
-        }
-        Op::UpSampling2D(o) => {
-            let dy = output_grad(grad);
-            let mut dx = vec![0.0f32; first().len()];
-            for_each_resize_tap(
-                [1, o.size[0], o.size[1]],
-                o.interpolation,
-                spatial(&x_shape)?,
-                &output.shape,
-                |src, dst, wt| dx[src] += wt * dy[dst],
-            )?;
-            LayerGrads {
-                inputs: vec![dx],
-                params: vec![],
-            }
-        }
-        Op::Cropping2D(o) => {
-            let dy = output_grad(grad);
-            let mut dx = vec![0.0f32; first().len()];
-            window_copy(
-                spatial(&x_shape)?,
-                &output.shape,
-                [0, o.cropping[0], o.cropping[2]],
-                |s, d| dx[s] = dy[d],
-            )?;
-            LayerGrads {
-                inputs: vec![dx],
-                params: vec![],
-            }
-        }
-        Op::ZeroPadding2D(o) => {
-            let dy = output_grad(grad);
-            let mut dx = vec![0.0f32; first().len()];
-            window_copy(
-                spatial(&x_shape)?,
-                &output.shape,
-                [0, -o.padding[0], -o.padding[2]],
-                |s, d| dx[s] = dy[d],
-            )?;
-            LayerGrads {
-                inputs: vec![dx],
-                params: vec![],
-            }
-        }
+        Op::MaxPooling2D(o) => input_grads(pool_grads(
+            x,
+            output,
+            |a, n, m| o.geometry(a, n, m),
+            Pool::Max,
+            &output_grad(grad),
+        )?),
+        Op::AveragePooling2D(o) => input_grads(pool_grads(
+            x,
+            output,
+            |a, n, m| o.geometry(a, n, m),
+            Pool::Average,
+            &output_grad(grad),
+        )?),
+        Op::UpSampling2D(o) => input_grads(resize_grads(
+            &x_shape,
+            [1, o.size[0], o.size[1]],
+            o.interpolation,
+            output,
+            &output_grad(grad),
+        )?),
+        Op::Cropping2D(o) => input_grads(window_grads(
+            &x_shape,
+            [0, o.cropping[0], o.cropping[2]],
+            output,
+            &output_grad(grad),
+        )?),
+        Op::ZeroPadding2D(o) => input_grads(window_grads(
+            &x_shape,
+            [0, -o.padding[0], -o.padding[2]],
+            output,
+            &output_grad(grad),
+        )?),
         Op::Concatenate(o) => LayerGrads {
             inputs: concat_backward(inputs, &output.shape, o.axis, &output_grad(grad)),
             params: vec![],
@@ -890,10 +763,7 @@ pub fn backward(
                 inputs: concat_backward(inputs, &output.shape, axis, &output_grad(grad)),
                 params: vec![],
             },
-            TfCompute::Activation(a) => LayerGrads {
-                inputs: vec![pre_grad(a, grad, Some(first()))],
-                params: vec![],
-            },
+            TfCompute::Activation(a) => input_grads(pre_grad(a, grad, Some(first()))),
             TfCompute::Scalar(op) => LayerGrads {
                 inputs: vec![output_grad(grad)
                     .iter()
@@ -921,25 +791,16 @@ pub fn backward(
                         }
                     }
                 }
-                LayerGrads {
-                    inputs: vec![dx],
-                    params: vec![],
-                }
+                input_grads(dx)
             }
         },
-        Op::Activation(o) => LayerGrads {
-            inputs: vec![pre_grad(o.activation, grad, Some(first()))],
-            params: vec![],
-        },
+        Op::Activation(o) => input_grads(pre_grad(o.activation, grad, Some(first()))),
         Op::Softmax(o) => {
             let dx = match grad {
                 Grad::Logits(dz) => dz,
                 Grad::Output(dy) => softmax_axis_backward(&output.data, &dy, &output.shape, o.axis),
             };
-            LayerGrads {
-                inputs: vec![dx],
-                params: vec![],
-            }
+            input_grads(dx)
         }
         Op::ReLU(o) => {
             let dy = output_grad(grad);
@@ -956,10 +817,7 @@ pub fn backward(
                     .1
                 })
                 .collect();
-            LayerGrads {
-                inputs: vec![dx],
-                params: vec![],
-            }
+            input_grads(dx)
         }
         Op::LeakyReLU(o) => {
             let dy = output_grad(grad);
@@ -1016,25 +874,16 @@ pub fn backward(
             for (i, g) in dy.iter().enumerate() {
                 dx[i / per * per + item[i % per]] = *g;
             }
-            LayerGrads {
-                inputs: vec![dx],
-                params: vec![],
-            }
+            input_grads(dx)
         }
-        Op::Flatten(_) | Op::Reshape(_) | Op::GaussianNoise(_) => LayerGrads {
-            inputs: vec![output_grad(grad)],
-            params: vec![],
-        },
+        Op::Flatten(_) | Op::Reshape(_) | Op::GaussianNoise(_) => input_grads(output_grad(grad)),
         Op::Dropout(_) | Op::SpatialDropout2D(_) | Op::GaussianDropout(_) => {
             let dy = output_grad(grad);
             let dx = match saved.aux.first() {
                 Some(mask) => dy.iter().zip(mask).map(|(g, m)| g * m).collect(),
                 None => dy,
             };
-            LayerGrads {
-                inputs: vec![dx],
-                params: vec![],
-            }
+            input_grads(dx)
         }
         Op::GlobalAveragePooling2D(_) => LayerGrads {
             inputs: vec![global_average_backward(
@@ -1062,10 +911,7 @@ pub fn backward(
                     dx[i] = dy[o] / ties[o] as f32;
                 }
             }
-            LayerGrads {
-                inputs: vec![dx],
-                params: vec![],
-            }
+            input_grads(dx)
         }
         Op::BatchNormalization(_) => {
             let dy = output_grad(grad);
@@ -1512,6 +1358,114 @@ fn transpose_backward(
     let mut db = vec![0.0f32; map.image[3]];
     add_column_sums(dz, db.len(), &mut db);
     (dx, dk, db)
+}
+
+/// A layer that has only an input gradient.
+fn input_grads(dx: Vec<f32>) -> LayerGrads {
+    LayerGrads {
+        inputs: vec![dx],
+        params: vec![],
+    }
+}
+
+/// Max or average pooling of `x` with the op's window rule `geometry`.
+fn pool_output(
+    x: Option<&Tensor>,
+    out_shape: &[usize],
+    geometry: impl Fn(usize, usize, usize) -> WindowGeometry,
+    pool: Pool,
+) -> Result<Vec<f32>, Unsupported> {
+    let (windows, shape) = pool_windows(x, out_shape, geometry)?;
+    Ok(pool_forward(
+        x.map_or(&[][..], |t| &t.data),
+        shape,
+        out_shape,
+        windows,
+        pool,
+    ))
+}
+
+/// The input gradient of [`pool_output`].
+fn pool_grads(
+    x: Option<&Tensor>,
+    output: &Tensor,
+    geometry: impl Fn(usize, usize, usize) -> WindowGeometry,
+    pool: Pool,
+    dy: &[f32],
+) -> Result<Vec<f32>, Unsupported> {
+    let (windows, shape) = pool_windows(x, &output.shape, geometry)?;
+    Ok(pool_backward(
+        x.map_or(&[][..], |t| &t.data),
+        shape,
+        &output.shape,
+        windows,
+        pool,
+        dy,
+    ))
+}
+
+/// Up-sampling of `x` by `size` per spatial axis.
+fn resize_output(
+    x: Option<&Tensor>,
+    size: [i64; 3],
+    interpolation: Interpolation,
+    out_shape: &[usize],
+) -> Result<Vec<f32>, Unsupported> {
+    let (data, shape) = x.map_or((&[][..], &[][..]), |t| (&t.data[..], &t.shape[..]));
+    let mut y = vec![0.0f32; out_shape.iter().product()];
+    for_each_resize_tap(
+        size,
+        interpolation,
+        spatial(shape)?,
+        out_shape,
+        |src, dst, wt| y[dst] += wt * data[src],
+    )?;
+    Ok(y)
+}
+
+/// The input gradient of [`resize_output`].
+fn resize_grads(
+    x_shape: &[usize],
+    size: [i64; 3],
+    interpolation: Interpolation,
+    output: &Tensor,
+    dy: &[f32],
+) -> Result<Vec<f32>, Unsupported> {
+    let mut dx = vec![0.0f32; x_shape.iter().product()];
+    for_each_resize_tap(
+        size,
+        interpolation,
+        spatial(x_shape)?,
+        &output.shape,
+        |src, dst, wt| dx[src] += wt * dy[dst],
+    )?;
+    Ok(dx)
+}
+
+/// A crop (`shift` forward) or zero padding (`shift` back) of `x`, per spatial axis.
+fn window_output(
+    x: Option<&Tensor>,
+    shift: [i64; 3],
+    out_shape: &[usize],
+) -> Result<Vec<f32>, Unsupported> {
+    let (data, shape) = x.map_or((&[][..], &[][..]), |t| (&t.data[..], &t.shape[..]));
+    let mut y = vec![0.0f32; out_shape.iter().product()];
+    window_copy(spatial(shape)?, out_shape, shift, |s, d| y[d] = data[s])?;
+    Ok(y)
+}
+
+/// The input gradient of [`window_output`].
+fn window_grads(
+    x_shape: &[usize],
+    shift: [i64; 3],
+    output: &Tensor,
+    dy: &[f32],
+) -> Result<Vec<f32>, Unsupported> {
+    let mut dx = vec![0.0f32; x_shape.iter().product()];
+    window_copy(spatial(x_shape)?, &output.shape, shift, |s, d| {
+        dx[s] = dy[d]
+    })?;
+    Ok(dx)
 }
 
 #[derive(Clone, Copy, PartialEq)]

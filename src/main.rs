@@ -665,6 +665,14 @@ fn main() -> ExitCode {
                             ),
                         },
                     );
+                    if let (Some(e2e), Some(kernels), Some(load)) =
+                        (r.end_to_end_median_ms, &r.kernels, r.kernel_load_ms)
+                    {
+                        say!(
+                            "  network only (input on the device): {:.3} ms/batch; with the upload from pinned memory: {e2e:.3} ms/batch; kernels: {kernels}, ready in {load:.0} ms",
+                            r.median_ms
+                        );
+                    }
                     for note in &r.notes {
                         eprintln!("note: {note}");
                     }

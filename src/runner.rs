@@ -1145,6 +1145,7 @@ pub struct BenchReport {
     pub threads: usize,
     pub warmup: usize,
     pub iterations: usize,
+    /// Milliseconds per batch, median: on CUDA the network alone, its input already on the device.
     pub median_ms: f64,
     pub min_ms: f64,
     pub max_ms: f64,
@@ -1158,6 +1159,12 @@ pub struct BenchReport {
     pub measured_device_memory_bytes: Option<u64>,
     /// Whether the kernels ran as one replayed CUDA graph.
     pub cuda_graph: bool,
+    /// CUDA: median milliseconds per batch with the input's upload from pinned host memory.
+    pub end_to_end_median_ms: Option<f64>,
+    /// CUDA: how the kernels reached the device (`sm_90 cubin`, or PTX for the driver's JIT).
+    pub kernels: Option<String>,
+    /// CUDA: milliseconds to compile (or read from the cache) and load the kernels.
+    pub kernel_load_ms: Option<f64>,
     pub notes: Vec<String>,
     /// The process's peak resident memory (Linux VmHWM), when known.
     pub peak_rss_bytes: Option<u64>,
@@ -1217,6 +1224,7 @@ pub fn bench(spec: &Path, opts: &BenchOptions) -> Result<BenchReport, RunError> 
         model.run(&input)?;
     }
     let (mut graph_used, mut notes, mut measured) = (false, Vec::new(), None);
+    let mut end_to_end = None;
     let mut times = match &model {
         // CUDA events around the launches: no host copies in the figure.
         Backend::Cuda(m) => {
@@ -1226,6 +1234,7 @@ pub fn bench(spec: &Path, opts: &BenchOptions) -> Result<BenchReport, RunError> 
             graph_used = t.graph;
             notes.extend(t.graph_note);
             measured = Some(t.measured_device_bytes);
+            end_to_end = Some(median(t.end_to_end_times));
             t.times
         }
         Backend::Cpu(_) => {
@@ -1239,11 +1248,7 @@ pub fn bench(spec: &Path, opts: &BenchOptions) -> Result<BenchReport, RunError> 
         }
     };
     times.sort_by(f64::total_cmp);
-    let median = if times.len() % 2 == 1 {
-        times[times.len() / 2]
-    } else {
-        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
-    };
+    let median = median(times.clone());
     let flops = c.info.totals(&c.graph).macs.saturating_mul(2) as f64;
     Ok(BenchReport {
         spec: spec.display().to_string(),
@@ -1268,9 +1273,28 @@ pub fn bench(spec: &Path, opts: &BenchOptions) -> Result<BenchReport, RunError> 
         peak_device_memory_bytes: model.device_bytes(batch.max(1)),
         measured_device_memory_bytes: measured,
         cuda_graph: graph_used,
+        end_to_end_median_ms: end_to_end,
+        kernels: match &model {
+            Backend::Cuda(m) => Some(m.kernel_image.to_string()),
+            Backend::Cpu(_) => None,
+        },
+        kernel_load_ms: match &model {
+            Backend::Cuda(m) => Some(m.kernel_load.as_secs_f64() * 1e3),
+            Backend::Cpu(_) => None,
+        },
         notes,
         peak_rss_bytes: peak_rss(),
     })
+}
+
+/// The median of some timings (at least one).
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    match times.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => times[n / 2],
+        n => (times[n / 2 - 1] + times[n / 2]) / 2.0,
+    }
 }
 
 /// Peak resident set size of this process (Linux `/proc/self/status` VmHWM).

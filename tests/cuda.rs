@@ -30,7 +30,9 @@ fn kernels_compile_for_sm_90() {
     // A private cache directory, so this really compiles.
     let dir = std::env::temp_dir().join(format!("unetc-nvrtc-{}", std::process::id()));
     std::env::set_var("UNETC_CACHE_DIR", &dir);
+    let started = std::time::Instant::now();
     let ptx = cuda::compile("compute_90").unwrap_or_else(|e| panic!("{e}"));
+    println!("PTX for compute_90 compiled in {:.1?}", started.elapsed());
     for name in cuda::kernel_names() {
         assert!(
             ptx.contains(&format!(".entry {name}(")),
@@ -59,6 +61,28 @@ fn kernels_compile_for_sm_90() {
             );
         }
     }
+    // The cubin the GPU loads without JIT: an ELF holding every kernel, then read from the cache.
+    let started = std::time::Instant::now();
+    let cubin = cuda::compile_cubin("sm_90").unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "sm_90 cubin compiled in {:.1?} ({} bytes)",
+        started.elapsed(),
+        cubin.len()
+    );
+    assert!(cubin.starts_with(b"\x7fELF"), "not an ELF image");
+    for name in cuda::kernel_names() {
+        let symbol = format!("\0{name}\0");
+        assert!(
+            cubin.windows(symbol.len()).any(|w| w == symbol.as_bytes()),
+            "kernel {name} missing from the cubin"
+        );
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(cuda::compile_cubin("sm_90").unwrap(), cubin);
+    println!(
+        "sm_90 cubin read from the cache in {:.1?}",
+        started.elapsed()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

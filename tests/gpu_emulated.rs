@@ -201,6 +201,13 @@ fn command_line_on_the_emulated_gpu(
     if report["cuda_graph"] != true || planned == 0 || measured < planned {
         return Err(format!("bench report: {report}"));
     }
+    // The emulated device is sm_90: the kernels arrive as a cubin, and the end-to-end figure
+    // (with the upload) is reported beside the network-only one.
+    let network = report["median_ms"].as_f64().unwrap_or(f64::NAN);
+    let end_to_end = report["end_to_end_median_ms"].as_f64().unwrap_or(f64::NAN);
+    if report["kernels"] != "sm_90 cubin" || !(network > 0.0 && end_to_end > 0.0) {
+        return Err(format!("bench report (kernels, timings): {report}"));
+    }
     Ok(())
 }
 
@@ -348,6 +355,9 @@ fn child_runs_the_cuda_backend() {
         failures.push(e);
     }
     large_shared_memory_needs_the_attribute();
+    if let Err(e) = shared_memory_limit_is_checked() {
+        failures.push(e);
+    }
     assert!(
         failures.is_empty(),
         "the CUDA backend failed on the emulated GPU:\n  {}",
@@ -466,6 +476,36 @@ fn fused_heads_match_the_cpu_executor() -> Vec<String> {
 /// A batch whose arena does not fit in the free device memory is a `CudaError::Memory`: the
 /// fake driver's free memory is its total minus the live allocations, so most of it is taken
 /// first.
+/// On a device that allows only 64 KiB of shared memory per block, a precision whose tiles need
+/// 96 KiB is refused when the model is made, by name, not at a failed launch; bf16 (48 KiB) runs.
+fn shared_memory_limit_is_checked() -> Result<(), String> {
+    let stem = "zhixuhao_small";
+    let c = compile(&Path::new("tests/golden").join(format!("{stem}.unet")));
+    let weights = unetc::io::weights::load_weights(
+        &root().join(format!("tests/golden/{stem}.weights.safetensors")),
+        &unetc::runner::expected_weights(&c),
+    )
+    .unwrap();
+    let (input, _) = golden_io(stem);
+    std::env::set_var("UNETC_FAKE_SMEM_OPTIN", "65536");
+    let f32_model = CudaModel::new(&c.graph, &c.info, &weights, Precision::F32).map(|_| ());
+    let bf16_run = CudaModel::new(&c.graph, &c.info, &weights, Precision::Bf16)
+        .and_then(|m| m.run(&input))
+        .map(|_| ());
+    std::env::remove_var("UNETC_FAKE_SMEM_OPTIN");
+    match f32_model {
+        Err(cuda::CudaError::Unavailable(why)) if why.contains("64.0 KiB of shared memory") => {
+            println!("shared memory limit: {why}")
+        }
+        other => {
+            return Err(format!(
+                "shared memory limit: expected a refusal naming 64 KiB, got {other:?}"
+            ))
+        }
+    }
+    bf16_run.map_err(|e| format!("shared memory limit: bf16 (48 KiB tiles) refused: {e}"))
+}
+
 fn memory_is_checked_before_allocating() -> Result<(), String> {
     let stem = "zhixuhao_small";
     let c = compile(&Path::new("tests/golden").join(format!("{stem}.unet")));

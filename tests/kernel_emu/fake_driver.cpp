@@ -47,6 +47,13 @@
 // The dynamic shared memory of every block (the most an sm_90 block may opt in to).
 constexpr unsigned MAX_SMEM_OPTIN = 232448;
 alignas(128) unsigned char igemm_smem[MAX_SMEM_OPTIN];
+// The opt-in limit the device reports: an sm_90's, or a smaller device's where
+// UNETC_FAKE_SMEM_OPTIN says so (tests of the limit check).
+static unsigned smem_optin() {
+    const char* v = getenv("UNETC_FAKE_SMEM_OPTIN");
+    unsigned n = v ? (unsigned)strtoul(v, nullptr, 10) : MAX_SMEM_OPTIN;
+    return n < MAX_SMEM_OPTIN ? n : MAX_SMEM_OPTIN;
+}
 
 namespace fake {
 
@@ -680,7 +687,7 @@ API CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice d) {
     case 76: *v = 0; break;         // COMPUTE_CAPABILITY_MINOR
     case 81: *v = 233472; break;    // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
     case 82: *v = 65536; break;     // MAX_REGISTERS_PER_MULTIPROCESSOR
-    case 97: *v = (int)MAX_SMEM_OPTIN; break; // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+    case 97: *v = (int)smem_optin(); break; // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
     case 115: *v = 1; break;        // MEMORY_POOLS_SUPPORTED (cudarc then allocates async)
     default:
         fprintf(stderr, "emulated GPU: device attribute %d is not emulated\n", attr);
@@ -873,6 +880,23 @@ API CUresult cuMemFree_v2(CUdeviceptr p) {
 }
 
 // Allocation and free nodes in a captured graph are not emulated: refused during capture.
+// Page-locked host memory: ordinary host memory here.
+API CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned flags) {
+    LOCK;
+    NEED_INIT;
+    (void)flags;
+    if (!p) return INVALID_VALUE;
+    *p = malloc(bytes ? bytes : 1);
+    return *p ? SUCCESS : OUT_OF_MEMORY;
+}
+
+API CUresult cuMemFreeHost(void* p) {
+    LOCK;
+    NEED_INIT;
+    free(p);
+    return SUCCESS;
+}
+
 API CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, Stream* s) {
     LOCK;
     NEED_INIT;
@@ -957,22 +981,56 @@ API CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, St
 
 // ---- modules and functions
 
-// The image is NVRTC's PTX for the same sources; its .entry names say which kernels exist.
+// The names of the global functions in a cubin (ELF64): the symbol table's STT_FUNC entries.
+// Returns false for an image that is not a well-formed ELF64 of this shape.
+static bool cubin_entries(const unsigned char* elf, std::set<std::string>& out) {
+    auto u16 = [&](size_t o) { uint16_t v; memcpy(&v, elf + o, 2); return (size_t)v; };
+    auto u32 = [&](size_t o) { uint32_t v; memcpy(&v, elf + o, 4); return (size_t)v; };
+    auto u64 = [&](size_t o) { uint64_t v; memcpy(&v, elf + o, 8); return (size_t)v; };
+    if (elf[4] != 2) return false; // ELFCLASS64
+    size_t shoff = u64(0x28), shentsize = u16(0x3A), shnum = u16(0x3C);
+    if (shentsize < 64 || shnum == 0 || shnum > 65535) return false;
+    for (size_t i = 0; i < shnum; ++i) {
+        size_t sh = shoff + i * shentsize;
+        if (u32(sh + 4) != 2) continue; // SHT_SYMTAB
+        size_t symoff = u64(sh + 0x18), symsize = u64(sh + 0x20), link = u32(sh + 0x28);
+        size_t entsize = u64(sh + 0x38);
+        if (entsize < 24 || link >= shnum) return false;
+        size_t strsh = shoff + link * shentsize;
+        size_t stroff = u64(strsh + 0x18);
+        for (size_t s = 0; s + entsize <= symsize; s += entsize) {
+            size_t sym = symoff + s;
+            unsigned char info = elf[sym + 4];
+            if ((info & 0xf) == 2 && (info >> 4) == 1) // STT_FUNC, STB_GLOBAL
+                out.insert(std::string((const char*)elf + stroff + u32(sym)));
+        }
+        return true;
+    }
+    return false;
+}
+
+// The image is NVRTC's PTX or cubin for the same sources; its .entry names (PTX) or global
+// function symbols (cubin) say which kernels exist.
 API CUresult cuModuleLoadData(Module** m, const void* image) {
     LOCK;
     NEED_INIT;
     if (!m || !image) return INVALID_VALUE;
-    const char* ptx = (const char*)image;
-    if (!strstr(ptx, ".version") || !strstr(ptx, ".target")) return INVALID_IMAGE;
-    auto mod = new Module;
-    for (const char* p = strstr(ptx, ".entry "); p; p = strstr(p + 1, ".entry ")) {
-        const char* b = p + 7;
-        const char* e = b;
-        while (*e && *e != '(' && *e != ' ' && *e != '\n') ++e;
-        mod->entries.insert(std::string(b, e));
+    const unsigned char* bytes = (const unsigned char*)image;
+    auto mod = std::make_unique<Module>();
+    if (!memcmp(bytes, "\x7f" "ELF", 4)) {
+        if (!cubin_entries(bytes, mod->entries) || mod->entries.empty()) return INVALID_IMAGE;
+    } else {
+        const char* ptx = (const char*)image;
+        if (!strstr(ptx, ".version") || !strstr(ptx, ".target")) return INVALID_IMAGE;
+        for (const char* p = strstr(ptx, ".entry "); p; p = strstr(p + 1, ".entry ")) {
+            const char* b = p + 7;
+            const char* e = b;
+            while (*e && *e != '(' && *e != ' ' && *e != '\n') ++e;
+            mod->entries.insert(std::string(b, e));
+        }
     }
-    modules.insert(mod);
-    *m = mod;
+    modules.insert(mod.get());
+    *m = mod.release();
     return SUCCESS;
 }
 
@@ -1020,7 +1078,7 @@ API CUresult cuFuncSetAttribute(Function* f, int attr, int value) {
     if (!functions.count(f)) return INVALID_HANDLE;
     switch (attr) {
     case FUNC_MAX_DYNAMIC_SHARED_SIZE_BYTES:
-        if (value < 0 || (unsigned)value + f->kernel->static_smem > MAX_SMEM_OPTIN)
+        if (value < 0 || (unsigned)value + f->kernel->static_smem > smem_optin())
             return INVALID_VALUE;
         f->max_dynamic_smem = (unsigned)value;
         return SUCCESS;

@@ -1,5 +1,6 @@
-//! The on-disk cache of compiled kernels: one file per (source, options, architecture), with a
-//! header that carries the key and a checksum, so a corrupt or foreign entry is rebuilt, not used.
+//! The on-disk cache of compiled kernels: one file per (source, options, target, NVRTC version),
+//! with a header line that carries the key and a checksum, so a corrupt, foreign or stale entry is
+//! rebuilt, not used. Bodies are PTX text or a cubin (ELF), stored as bytes.
 
 use std::path::PathBuf;
 
@@ -13,14 +14,21 @@ fn fnv64(data: &[u8]) -> u64 {
     h
 }
 
-pub fn key(source: &str, options: &[&str], arch: &str) -> String {
-    let mut material = format!("{arch}\n");
+/// The key of one compile: `target` is `compute_XY` (PTX) or `sm_XY` (cubin); `nvrtc` is the
+/// library's version, since a newer NVRTC may write PTX that an older driver rejects.
+pub fn key(source: &str, options: &[&str], target: &str, nvrtc: (i32, i32)) -> String {
+    let mut material = format!("{target}\nnvrtc {}.{}\n", nvrtc.0, nvrtc.1);
     for o in options {
         material.push_str(o);
         material.push('\n');
     }
     material.push_str(source);
-    format!("{arch}-{:016x}", fnv64(material.as_bytes()))
+    format!(
+        "{target}-nvrtc{}.{}-{:016x}",
+        nvrtc.0,
+        nvrtc.1,
+        fnv64(material.as_bytes())
+    )
 }
 
 /// `$UNETC_CACHE_DIR`, else `$XDG_CACHE_HOME/unetc`, else `~/.cache/unetc`.
@@ -34,32 +42,35 @@ fn dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("unetc"))
 }
 
-fn header(key: &str, body: &str) -> String {
+fn header(key: &str, body: &[u8]) -> String {
     format!(
-        "// unetc-ptx {key} {:016x} {}\n",
-        fnv64(body.as_bytes()),
+        "// unetc-kernels {key} {:016x} {}\n",
+        fnv64(body),
         body.len()
     )
 }
 
-/// The cached PTX for `key`, if present and intact.
-pub fn load(key: &str) -> Option<String> {
-    let path = dir()?.join(format!("{key}.ptx"));
-    let text = std::fs::read_to_string(path).ok()?;
-    let (first, body) = text.split_once('\n')?;
-    (format!("{first}\n") == header(key, body)).then(|| body.to_string())
+/// The cached body for `key` (`ext`: `ptx` or `cubin`), if present and intact.
+pub fn load(key: &str, ext: &str) -> Option<Vec<u8>> {
+    let path = dir()?.join(format!("{key}.{ext}"));
+    let bytes = std::fs::read(path).ok()?;
+    let split = bytes.iter().position(|&b| b == b'\n')? + 1;
+    let (first, body) = bytes.split_at(split);
+    (first == header(key, body).as_bytes()).then(|| body.to_vec())
 }
 
-/// Stores PTX for `key`; failures only cost a recompile next time.
-pub fn store(key: &str, ptx: &str) {
+/// Stores a body for `key`; failures only cost a recompile next time. Written to a temporary
+/// file and renamed, so a concurrent reader sees the old entry or the whole new one.
+pub fn store(key: &str, ext: &str, body: &[u8]) {
     let Some(dir) = dir() else { return };
     if std::fs::create_dir_all(&dir).is_err() {
         return;
     }
-    let tmp = dir.join(format!("{key}.ptx.{}.tmp", std::process::id()));
-    let content = format!("{}{ptx}", header(key, ptx));
+    let tmp = dir.join(format!("{key}.{ext}.{}.tmp", std::process::id()));
+    let mut content = header(key, body).into_bytes();
+    content.extend_from_slice(body);
     if std::fs::write(&tmp, content).is_ok() {
-        let _ = std::fs::rename(&tmp, dir.join(format!("{key}.ptx")));
+        let _ = std::fs::rename(&tmp, dir.join(format!("{key}.{ext}")));
     }
 }
 
@@ -71,20 +82,26 @@ mod tests {
     fn corrupt_entries_are_not_used() {
         let dir = std::env::temp_dir().join(format!("unetc-cache-test-{}", std::process::id()));
         std::env::set_var("UNETC_CACHE_DIR", &dir);
-        let k = key("src", &["-O3"], "compute_90");
-        store(&k, ".version 9.0\n.target sm_90\n");
-        assert_eq!(load(&k).as_deref(), Some(".version 9.0\n.target sm_90\n"));
+        let k = key("src", &["-O3"], "compute_90", (13, 0));
+        store(&k, "ptx", b".version 9.0\n.target sm_90\n");
+        assert_eq!(
+            load(&k, "ptx").as_deref(),
+            Some(&b".version 9.0\n.target sm_90\n"[..])
+        );
+        // A binary body (a cubin starts with the ELF magic and holds NULs and newlines).
+        let cubin = b"\x7fELF\x02\x01\x01\0\n\0\xff";
+        store(&k, "cubin", cubin);
+        assert_eq!(load(&k, "cubin").as_deref(), Some(&cubin[..]));
         // Flip one byte of the body: the checksum no longer matches.
         let path = dir.join(format!("{k}.ptx"));
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 2;
         bytes[last] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        assert_eq!(load(&k), None);
-        assert_ne!(
-            key("src", &["-O3"], "compute_90"),
-            key("src", &["-O3"], "compute_80")
-        );
+        assert_eq!(load(&k, "ptx"), None);
+        // Target and NVRTC version are part of the key.
+        assert_ne!(k, key("src", &["-O3"], "compute_80", (13, 0)));
+        assert_ne!(k, key("src", &["-O3"], "compute_90", (13, 1)));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

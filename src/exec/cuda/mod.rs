@@ -148,10 +148,6 @@ pub fn kernel_names() -> Vec<String> {
         .collect()
 }
 
-/// The largest dynamic shared memory a tensor-core kernel asks for (f32 tiles; the attribute
-/// the f32 kernels need).
-const IGEMM_TF32_SMEM: u32 = 3 * 2 * 128 * 32 * 4;
-
 /// A tensor-core block tile, with the launch facts kernels/igemm.cu documents for it.
 #[derive(Debug, Clone, Copy)]
 struct Tile {
@@ -216,6 +212,19 @@ impl Tile {
             ""
         }
     }
+}
+
+/// The dynamic shared memory a tensor-core kernel is launched with at `precision` (its tile's,
+/// by the `_n64` suffix), or `None` for a kernel of another precision.
+fn igemm_dynamic_smem(name: &str, precision: Precision) -> Option<u32> {
+    let base = match precision {
+        Precision::Bf16 => "conv_igemm_bf16",
+        Precision::Tf32 => "conv_igemm_tf32",
+        Precision::F32 => "conv_igemm_f32x3",
+    };
+    let columns = if name.ends_with("_n64") { 64 } else { 128 };
+    name.starts_with(base)
+        .then(|| Tile::for_columns(columns, precision).smem)
 }
 
 /// NVRTC options used for every compile (part of the cache key).
@@ -289,33 +298,141 @@ pub fn cuda_available() -> Result<(), String> {
     Ok(())
 }
 
-/// Compiles the kernels to PTX for `arch` (e.g. `compute_90`), using the on-disk cache.
-pub fn compile(arch: &'static str) -> Result<String, CudaError> {
+/// The NVRTC library's version (part of every cache key: a newer NVRTC writes PTX that an older
+/// driver may reject, so its output must not be mistaken for another's).
+pub fn nvrtc_version() -> Result<(i32, i32), CudaError> {
     if !nvrtc_available() {
         return Err(CudaError::Unavailable(
             "libnvrtc.so.13 (NVRTC, CUDA 13) is not installed".into(),
         ));
     }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: two out-pointers to live integers; the library was found above.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| CudaError::Compile(format!("nvrtcVersion: {e:?}")))?;
+    Ok((major, minor))
+}
+
+/// Compiles the kernels to PTX for `arch` (e.g. `compute_90`), using the on-disk cache. The
+/// driver JIT-compiles PTX at every load: the fallback where no cubin can be made or loaded.
+pub fn compile(arch: &str) -> Result<String, CudaError> {
+    let ptx = compile_cached(arch, "ptx")?;
+    String::from_utf8(ptx)
+        .map_err(|_| CudaError::Compile("NVRTC wrote PTX that is not UTF-8".into()))
+}
+
+/// Compiles the kernels to a cubin for a real architecture (`sm_90`), using the on-disk cache:
+/// the driver loads it as it is, with no JIT at start-up.
+pub fn compile_cubin(sm: &str) -> Result<Vec<u8>, CudaError> {
+    compile_cached(sm, "cubin")
+}
+
+fn compile_cached(target: &str, ext: &str) -> Result<Vec<u8>, CudaError> {
+    let version = nvrtc_version()?;
     let source = program_source();
-    let key = cache::key(&source, COMPILE_OPTIONS, arch);
-    if let Some(ptx) = cache::load(&key) {
-        return Ok(ptx);
+    let key = cache::key(&source, COMPILE_OPTIONS, target, version);
+    if let Some(body) = cache::load(&key, ext) {
+        return Ok(body);
     }
-    let opts = cudarc::nvrtc::CompileOptions {
-        arch: Some(arch),
-        options: COMPILE_OPTIONS.iter().map(|s| s.to_string()).collect(),
-        name: Some("unetc_kernels.cu".into()),
-        ..Default::default()
-    };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&source, opts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
-            CudaError::Compile(log.to_string_lossy().into_owned())
+    let body = nvrtc_compile(&source, target, ext == "cubin")?;
+    cache::store(&key, ext, &body);
+    Ok(body)
+}
+
+/// One NVRTC compile of `source` for `target`, returning the cubin or the PTX (without its NUL).
+fn nvrtc_compile(source: &str, target: &str, cubin: bool) -> Result<Vec<u8>, CudaError> {
+    use cudarc::nvrtc::{result, sys};
+    let failed = |what: &str, e: result::NvrtcError| CudaError::Compile(format!("{what}: {e:?}"));
+    let src = std::ffi::CString::new(source)
+        .map_err(|_| CudaError::Compile("kernel source holds a NUL byte".into()))?;
+    let prog = result::create_program(&src, Some(c"unetc_kernels.cu"))
+        .map_err(|e| failed("nvrtcCreateProgram", e))?;
+    let mut options: Vec<String> = COMPILE_OPTIONS.iter().map(|o| o.to_string()).collect();
+    options.push(format!("--gpu-architecture={target}"));
+    // SAFETY: `prog` was created above and is destroyed once, below, after its last use; the
+    // buffers handed to NVRTC are sized by the size NVRTC reported.
+    let out = unsafe {
+        match result::compile_program(prog, &options) {
+            Err(e) => Err(match result::get_program_log(prog) {
+                Ok(log) => CudaError::Compile(
+                    std::ffi::CStr::from_ptr(log.as_ptr())
+                        .to_string_lossy()
+                        .into_owned(),
+                ),
+                Err(_) => failed("nvrtcCompileProgram", e),
+            }),
+            Ok(()) if cubin => {
+                let mut size = 0usize;
+                sys::nvrtcGetCUBINSize(prog, &mut size)
+                    .result()
+                    .map_err(|e| failed("nvrtcGetCUBINSize", e))
+                    .and_then(|()| {
+                        let mut bytes = vec![0u8; size];
+                        sys::nvrtcGetCUBIN(prog, bytes.as_mut_ptr().cast())
+                            .result()
+                            .map(|()| bytes)
+                            .map_err(|e| failed("nvrtcGetCUBIN", e))
+                    })
+            }
+            Ok(()) => result::get_ptx(prog)
+                .map(|text| {
+                    text.iter()
+                        .take_while(|&&c| c != 0)
+                        .map(|&c| c as u8)
+                        .collect()
+                })
+                .map_err(|e| failed("nvrtcGetPTX", e)),
         }
-        other => CudaError::Compile(format!("{other:?}")),
-    })?;
-    let text = ptx.to_src();
-    cache::store(&key, &text);
-    Ok(text)
+    };
+    // SAFETY: created above, not destroyed before.
+    let _ = unsafe { result::destroy_program(prog) };
+    out
+}
+
+/// How the kernels reached the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelImage {
+    /// A cubin for the device's exact architecture (`sm_90`): no JIT at load.
+    Cubin(String),
+    /// PTX the driver JIT-compiled, and why no cubin was used.
+    Ptx { arch: &'static str, why: String },
+}
+
+impl fmt::Display for KernelImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelImage::Cubin(sm) => write!(f, "{sm} cubin"),
+            KernelImage::Ptx { arch, why } => {
+                write!(f, "{arch} PTX, JIT-compiled by the driver ({why})")
+            }
+        }
+    }
+}
+
+/// The kernels as a module: a cubin for `sm_{major}{minor}` (compiled once, cached), or PTX
+/// for the driver to JIT where NVRTC cannot target the device or the driver refuses the cubin.
+fn load_kernels(
+    ctx: &Arc<CudaContext>,
+    (major, minor): (i32, i32),
+) -> Result<(Arc<cudarc::driver::CudaModule>, KernelImage), CudaError> {
+    let sm = format!("sm_{major}{minor}");
+    let why = match compile_cubin(&sm) {
+        Ok(cubin) => match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)) {
+            Ok(module) => return Ok((module, KernelImage::Cubin(sm))),
+            Err(e) => format!("the driver refused the {sm} cubin: {e:?}"),
+        },
+        Err(CudaError::Compile(log)) => format!(
+            "NVRTC made no {sm} cubin: {}",
+            log.lines().next().unwrap_or("")
+        ),
+        Err(e) => return Err(e),
+    };
+    let arch = arch_name(major, minor);
+    let module = ctx
+        .load_module(cudarc::nvrtc::Ptx::from_src(compile(arch)?))
+        .map_err(driver)?;
+    Ok((module, KernelImage::Ptx { arch, why }))
 }
 
 /// `compute_XY` for a compute capability (NVRTC takes a `&'static str`).
@@ -547,13 +664,21 @@ pub struct CudaModel<'g> {
     /// Streaming multiprocessors: split-K fills them when a layer has too few output tiles.
     sm_count: usize,
     pub device_name: String,
+    /// How the kernels were loaded (a cubin, or PTX for the driver's JIT) and how long compiling
+    /// or reading them from the cache and loading them took.
+    pub kernel_image: KernelImage,
+    pub kernel_load: std::time::Duration,
 }
 
 /// What [`CudaModel::time`] measured.
 #[derive(Debug, Clone)]
 pub struct Timing {
-    /// Milliseconds per batch, in run order (input upload and every kernel).
+    /// Milliseconds per batch, in run order: the network only, its input already on the device
+    /// (as PyTorch's side of bench/compare.py is timed).
     pub times: Vec<f64>,
+    /// Milliseconds per batch, in run order, end to end: the input's upload from pinned host
+    /// memory (already converted to the arena's type), then the network.
+    pub end_to_end_times: Vec<f64>,
     /// Whether the kernels were replayed as one CUDA graph.
     pub graph: bool,
     /// Why graph capture was not used, when it was asked for and failed.
@@ -633,10 +758,8 @@ impl<'g> CudaModel<'g> {
         let stream = ctx.new_stream().map_err(driver)?;
         let free_at_start = ctx.mem_get_info().map_err(driver)?.0 as u64;
         let (major, minor) = ctx.compute_capability().map_err(driver)?;
-        let ptx = compile(arch_name(major, minor))?;
-        let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-            .map_err(driver)?;
+        let loading = std::time::Instant::now();
+        let (module, kernel_image) = load_kernels(&ctx, (major, minor))?;
         let mut functions = HashMap::new();
         for name in kernel_names() {
             let f = module.load_function(&name).map_err(driver)?;
@@ -664,18 +787,11 @@ impl<'g> CudaModel<'g> {
             free_at_start,
             sm_count,
             device_name,
+            kernel_image,
+            kernel_load: std::time::Duration::ZERO,
         };
-        if precision != Precision::Bf16 {
-            // The f32 tiles (tf32 and 3xTF32) need 96 KiB of shared memory (kernels/igemm.cu).
-            for name in igemm_kernel_names().iter().filter(|n| !n.contains("bf16")) {
-                model.functions[name]
-                    .set_attribute(
-                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        IGEMM_TF32_SMEM as i32,
-                    )
-                    .map_err(driver)?;
-            }
-        }
+        model.allow_dynamic_shared_memory()?;
+        model.kernel_load = loading.elapsed();
         model.upload_weights(weights)?;
         model.heads = model.find_heads();
         Ok(model)
@@ -683,6 +799,46 @@ impl<'g> CudaModel<'g> {
 
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// Raises the dynamic shared memory limit of every tensor-core kernel this precision
+    /// launches to what its largest tile asks for (above 48 KiB the driver refuses a launch
+    /// unless the function allows it), after checking the device's opt-in limit, so a device
+    /// with less shared memory gets this error instead of a failed launch.
+    fn allow_dynamic_shared_memory(&self) -> Result<(), CudaError> {
+        use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+        let optin = self
+            .ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(driver)?
+            .max(0) as u32;
+        for name in igemm_kernel_names() {
+            let Some(needed) = igemm_dynamic_smem(&name, self.precision) else {
+                continue;
+            };
+            let function = &self.functions[&name];
+            let fixed = function
+                .get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+                .map_err(driver)?
+                .max(0) as u32;
+            if fixed + needed > optin {
+                return Err(CudaError::Unavailable(format!(
+                    "{} allows {} of shared memory per block, but unetc's {} tensor-core kernel \
+                     `{name}` needs {}; try another --precision",
+                    self.device_name,
+                    crate::text::bytes(optin as u64),
+                    self.precision.name(),
+                    crate::text::bytes((fixed + needed) as u64),
+                )));
+            }
+            function
+                .set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    needed as i32,
+                )
+                .map_err(driver)?;
+        }
+        Ok(())
     }
 
     pub fn precision(&self) -> Precision {
@@ -1174,8 +1330,8 @@ impl<'g> CudaModel<'g> {
         }
     }
 
-    /// Times `iterations` batches (CUDA events around the input upload and the kernels), the
-    /// kernels replayed as one CUDA graph when `graph` is asked for and capture works.
+    /// Times `iterations` batches twice with CUDA events: the kernels alone, then the input's
+    /// upload from pinned memory and the kernels. The kernels are replayed as one CUDA graph when `graph` is asked for and capture works.
     /// `UNETC_PROFILE=1` also prints each layer's time once, to stderr.
     pub fn time(
         &self,
@@ -1216,28 +1372,59 @@ impl<'g> CudaModel<'g> {
         } else {
             (None, None)
         };
-        let mut times = Vec::new();
-        for _ in 0..iterations {
-            let start = self
-                .ctx
-                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(driver)?;
-            let end = self
-                .ctx
-                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(driver)?;
-            start.record(&self.stream).map_err(driver)?;
-            self.upload_input(arena, input, batch)?;
-            match &captured {
-                Some(g) => g.launch().map_err(driver)?,
-                None => self.kernels(arena, batch)?,
+        // The input once more, staged in page-locked host memory in the arena's type, for the
+        // end-to-end figure (an upload as fast as the bus allows, with no conversion in it).
+        let w = self.dense_window(self.graph.inputs[0])?;
+        let input_start = self.plan.base(&w, batch);
+        let input_len = w.len() * batch;
+        // SAFETY: every element is written below before the buffer is read.
+        let mut pinned = unsafe { self.ctx.alloc_pinned::<T>(input_len) }.map_err(driver)?;
+        for (to, &from) in pinned
+            .as_mut_slice()
+            .map_err(driver)?
+            .iter_mut()
+            .zip(&input.data)
+        {
+            *to = T::from_f32(from);
+        }
+        let mut times = Vec::with_capacity(iterations);
+        let mut end_to_end_times = Vec::with_capacity(iterations);
+        for upload in [false, true] {
+            for _ in 0..iterations {
+                let start = self
+                    .ctx
+                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                    .map_err(driver)?;
+                let end = self
+                    .ctx
+                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                    .map_err(driver)?;
+                start.record(&self.stream).map_err(driver)?;
+                if upload {
+                    let mut view = arena.slice_mut(input_start..input_start + input_len);
+                    self.stream
+                        .memcpy_htod(&pinned, &mut view)
+                        .map_err(driver)?;
+                }
+                // Without the upload, later layers may have reused the input's memory: the
+                // kernels then read other values, which does not change their speed.
+                match &captured {
+                    Some(g) => g.launch().map_err(driver)?,
+                    None => self.kernels(arena, batch)?,
+                }
+                end.record(&self.stream).map_err(driver)?;
+                end.synchronize().map_err(driver)?;
+                let ms = start.elapsed_ms(&end).map_err(driver)? as f64;
+                if upload {
+                    end_to_end_times.push(ms);
+                } else {
+                    times.push(ms);
+                }
             }
-            end.record(&self.stream).map_err(driver)?;
-            end.synchronize().map_err(driver)?;
-            times.push(start.elapsed_ms(&end).map_err(driver)? as f64);
         }
         Ok(Timing {
             times,
+            end_to_end_times,
             graph: captured.is_some(),
             graph_note,
             measured_device_bytes,

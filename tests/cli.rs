@@ -172,13 +172,21 @@ fn tiles_json_has_the_numbers_of_the_text() {
     assert_eq!(code, 0, "{err}");
     let json = json_of(&[&args[..], &["--format", "json"]].concat());
     let n = |v: &Json| v.as_u64().unwrap();
-    assert_eq!(json["schema"], 1);
+    assert_eq!(json["schema"], 2);
     assert_eq!(
         (n(&json["image"]["width"]), n(&json["image"]["height"])),
         (2048, 1536)
     );
+    assert_eq!(json["mode"], "overlap-tile");
+    assert_eq!(json["exact"], true);
     assert_eq!(n(&json["memory_budget_bytes"]), 2 << 30);
-    let (tile_in, tile_out) = (n(&json["tile"]["input"]), n(&json["tile"]["output"]));
+    // Square here: 2048 - 184 would allow more, --max 1800 caps it.
+    let side = |v: &Json| {
+        assert_eq!(v["width"], v["height"]);
+        n(&v["width"])
+    };
+    let (tile_in, tile_out) = (side(&json["tile"]["input"]), side(&json["tile"]["output"]));
+    assert!(tile_in <= 1800);
     assert_eq!(
         tile_in - tile_out,
         184,
@@ -198,8 +206,11 @@ fn tiles_json_has_the_numbers_of_the_text() {
         "{text}"
     );
     let tiles = &json["tiles"];
-    assert_eq!(n(&tiles["columns"]), 2048u64.div_ceil(tile_out));
-    assert_eq!(n(&tiles["rows"]), 1536u64.div_ceil(tile_out));
+    // Tiles step by the output tile rounded down to the 16-pixel grid.
+    let step = tile_out / 16 * 16;
+    assert_eq!(n(&tiles["columns"]), (2048 - tile_out).div_ceil(step) + 1);
+    assert_eq!(n(&tiles["rows"]), (1536 - tile_out).div_ceil(step) + 1);
+    assert_eq!(n(&tiles["total"]), n(&tiles["rows"]) * n(&tiles["columns"]));
     assert!(
         text.contains(&format!(
             "tiles: {} x {} = {}",
@@ -425,7 +436,7 @@ fn exit_codes_say_what_went_wrong() {
                 "400",
             ],
             3,
-            "no square tile up to 400 fits in 1.0 MiB",
+            "the memory budget 1.0 MiB is too small for this net",
         ),
         (
             &["tiles", s(&vector), "--image", "64x64", "--max", "16"],

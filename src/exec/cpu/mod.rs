@@ -39,7 +39,8 @@ impl fmt::Display for ExecError {
             ExecError::Input(m) => write!(f, "{m}"),
             ExecError::Memory { need, limit } => write!(
                 f,
-                "the run needs {} of activation memory, more than the limit of {}; use a smaller batch or tiles",
+                "the run needs {} of activation memory, more than the memory budget of {}; use a smaller --batch, \
+                 --tile HxW, or a larger --memory (default: half of the available memory)",
                 crate::text::bytes(*need),
                 crate::text::bytes(*limit)
             ),

@@ -289,6 +289,13 @@ pub fn cuda_available() -> Result<(), String> {
     Ok(())
 }
 
+/// Free memory on GPU 0 as the driver reports it; `None` without a usable GPU.
+pub fn free_device_memory() -> Option<u64> {
+    cuda_available().ok()?;
+    let ctx = CudaContext::new(0).ok()?;
+    ctx.mem_get_info().ok().map(|(free, _)| free as u64)
+}
+
 /// Compiles the kernels to PTX for `arch` (e.g. `compute_90`), using the on-disk cache.
 pub fn compile(arch: &'static str) -> Result<String, CudaError> {
     if !nvrtc_available() {

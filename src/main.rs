@@ -75,7 +75,8 @@ enum Command {
         /// Weights (safetensors, tensors named `<layer>/<variable>`).
         #[arg(long)]
         weights: PathBuf,
-        /// An image (.png, .tif), an array (.npy), or a directory of them.
+        /// An image (.png, .tif), an array (.npy), a directory of them, or a list file of them
+        /// (`@list` or a `.txt` file: one path a line, `#` comments).
         #[arg(long)]
         input: PathBuf,
         /// Where to write: for one input a file, .npy (probabilities) or .png (mask); for a
@@ -114,6 +115,13 @@ enum Command {
         precision: String,
         #[command(flatten)]
         tiling: TileArgs,
+        /// Split the sorted inputs of a directory or list into N parts (for N processes or
+        /// machines); with --part-id K this run takes inputs K, K+N, K+2N, ... (nnU-Net's rule).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        num_parts: u32,
+        /// Which part this run takes, 0 .. N-1 (see --num-parts).
+        #[arg(long, value_name = "K", default_value_t = 0)]
+        part_id: u32,
     },
     /// Time a spec's forward pass: warm-up, then the median of several timed runs.
     #[command(
@@ -669,6 +677,8 @@ fn main() -> ExitCode {
             verbose,
             precision,
             tiling,
+            num_parts,
+            part_id,
         } => {
             let device = match unetc::runner::Device::parse(&device) {
                 Ok(d) => d,
@@ -696,6 +706,8 @@ fn main() -> ExitCode {
                 },
                 precision,
                 tiling: None,
+                num_parts: num_parts as usize,
+                part_id: part_id as usize,
             };
             let request = tiling.request(|| unetc::runner::default_memory_budget(device));
             let opts = match request {
@@ -1216,6 +1228,12 @@ fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) 
     }
     match result {
         Ok(report) => {
+            if report.files == 0 {
+                eprintln!(
+                    "no inputs in this part (--part-id {} of --num-parts {}): nothing to do",
+                    opts.part_id, opts.num_parts
+                );
+            }
             if report.skipped > 0 {
                 eprintln!(
                     "{} of {} input(s) skipped: their output exists (--skip-existing); {} \

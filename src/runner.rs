@@ -279,6 +279,43 @@ pub struct RunOptions {
     pub precision: Precision,
     /// Tiles and the memory budget; `None`: exact tiles within [`default_memory_budget`].
     pub tiling: Option<TileRequest>,
+    /// Run only the inputs `K, K + N, K + 2N, ...` (`part_id` K of `num_parts` N) of the
+    /// sorted inputs of a directory or list (nnU-Net's `files[K::N]`).
+    pub num_parts: usize,
+    pub part_id: usize,
+}
+
+/// The list file `input` names: `@list.txt` (any name after the `@`) or a path ending in
+/// `.txt`.
+fn list_file(input: &Path) -> Option<PathBuf> {
+    let text = input.to_str()?;
+    match text.strip_prefix('@') {
+        Some(rest) => Some(PathBuf::from(rest)),
+        None => input
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+            .then(|| input.to_path_buf()),
+    }
+}
+
+/// The inputs a list file names, one path a line (blank lines and `#` comments skipped),
+/// relative to the current directory as a shell would take them.
+fn list_inputs(list: &Path) -> Result<Vec<PathBuf>, RunError> {
+    let text = std::fs::read_to_string(list)
+        .map_err(|e| RunError::Usage(format!("cannot read the list `{}`: {e}", list.display())))?;
+    let files: Vec<PathBuf> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(PathBuf::from)
+        .collect();
+    if files.is_empty() {
+        return Err(RunError::Usage(format!(
+            "the list `{}` names no input (one path a line)",
+            list.display()
+        )));
+    }
+    Ok(files)
 }
 
 /// The memory budget when none is given: 90% of the GPU's free memory when the run goes to
@@ -370,7 +407,23 @@ pub fn run(
     }
     let device = opts.device.resolve()?;
     let base = compile_checked(spec, None)?;
-    let to_dir = opts.input.is_dir();
+    // A directory or a list file: many inputs, one output directory.
+    let to_dir = opts.input.is_dir() || list_file(&opts.input).is_some();
+    if (opts.num_parts, opts.part_id) != (1, 0) && !to_dir {
+        return Err(RunError::Usage(
+            "--num-parts and --part-id split the inputs of a directory or a list file; with one \
+             input file they would do nothing"
+                .into(),
+        ));
+    }
+    if opts.num_parts == 0 || opts.part_id >= opts.num_parts {
+        return Err(RunError::Usage(format!(
+            "--part-id {} of --num-parts {}: give N >= 1 and K in 0..N (K = 0 .. {})",
+            opts.part_id,
+            opts.num_parts,
+            opts.num_parts.saturating_sub(1)
+        )));
+    }
     let kind = output_kind(&base, opts, to_dir)?;
     let jobs = plan_jobs(opts, to_dir)?;
     if !opts.force && !opts.skip_existing {
@@ -537,7 +590,17 @@ fn plan_jobs(opts: &RunOptions, to_dir: bool) -> Result<Vec<Job>, RunError> {
 }
 
 fn jobs_for_directory(opts: &RunOptions) -> Result<Vec<Job>, RunError> {
-    let inputs = directory_inputs(&opts.input)?;
+    let mut inputs = match list_file(&opts.input) {
+        Some(list) => list_inputs(&list)?,
+        None => directory_inputs(&opts.input)?,
+    };
+    inputs.sort();
+    // nnU-Net's split: files[K::N] of the sorted names.
+    let inputs: Vec<PathBuf> = inputs
+        .into_iter()
+        .skip(opts.part_id)
+        .step_by(opts.num_parts.max(1))
+        .collect();
     let mut jobs: Vec<Job> = Vec::with_capacity(inputs.len());
     let mut by_output: std::collections::HashMap<PathBuf, usize> = Default::default();
     for input in inputs {
@@ -888,9 +951,8 @@ fn predict(
     // A valid net on an input of its own size gives its own (smaller) output; so does a model
     // whose output is not an image.
     if [h, w] == [model_in[0], model_in[1]] && (!same_size || p.tiling.tile.is_none()) {
-        let fits = Backend::new(device, base, p.weights, precision, budget)
-            .map(|m| m.arena_bytes(batch.min(n)) <= budget)
-            .unwrap_or(true);
+        let fits = crate::exec::plan::plan(&base.graph, &base.info)
+            .is_none_or(|plan| plan.arena_bytes(batch.clamp(1, n)) <= budget);
         if !same_size || fits {
             return forward(
                 base,

@@ -1118,3 +1118,72 @@ fn tile_option_on_a_valid_net_and_bad_tile_options() {
         assert!(!out.exists());
     }
 }
+
+/// A list file of inputs, split over two runs with --num-parts/--part-id (files[K::N] of the
+/// sorted names): each input is written by exactly one part, a failed one is named, the rest
+/// go on, and the exit status and message say how many failed.
+#[test]
+fn list_inputs_split_into_parts_and_failures_are_counted() {
+    let dir = temp_dir("parts");
+    let weights = init_weights(SIGMOID_NET, &dir);
+    let names = ["a", "b", "c", "d", "e"];
+    for (i, name) in names.iter().enumerate() {
+        random_image(&dir.join(format!("{name}.npy")), [32, 32, 3], 20 + i as u64);
+    }
+    // `c` is broken: a truncated file.
+    std::fs::write(dir.join("c.npy"), b"\x93NUMPY").unwrap();
+    // Listed out of order, with a comment and a blank line: the split sorts them.
+    let list = dir.join("inputs.txt");
+    let lines: Vec<String> = ["e", "c", "a", "d", "b"]
+        .iter()
+        .map(|n| dir.join(format!("{n}.npy")).display().to_string())
+        .collect();
+    std::fs::write(&list, format!("# five inputs\n{}\n\n", lines.join("\n"))).unwrap();
+    let out = dir.join("out.npy");
+    // Sorted a b c d e: part 0 takes a, c, e; part 1 takes b, d.
+    let (code, stderr) = run_spec(
+        SIGMOID_NET,
+        &weights,
+        &list,
+        &out,
+        &["--num-parts", "2", "--part-id", "0"],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("c.npy") && stderr.contains("1 of 3 inputs failed"),
+        "{stderr}"
+    );
+    let at = format!("@{}", list.display());
+    let (code, stderr) = run_spec(
+        SIGMOID_NET,
+        &weights,
+        Path::new(&at),
+        &out,
+        &["--num-parts", "2", "--part-id", "1"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let mut written: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written, ["a.npy", "b.npy", "d.npy", "e.npy"]);
+    for (extra, want) in [
+        (&["--num-parts", "2", "--part-id", "2"][..], "K in 0..N"),
+        (&["--num-parts", "0"][..], "--num-parts"),
+    ] {
+        let (code, stderr) = run_spec(SIGMOID_NET, &weights, &list, &dir.join("o2.npy"), extra);
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(stderr.contains(want), "{extra:?}: {stderr}");
+    }
+    // One input file has nothing to split.
+    let (code, stderr) = run_spec(
+        SIGMOID_NET,
+        &weights,
+        &dir.join("a.npy"),
+        &dir.join("one.npy"),
+        &["--num-parts", "2"],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("would do nothing"), "{stderr}");
+}

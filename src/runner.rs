@@ -1295,7 +1295,7 @@ pub fn bench(spec: &Path, opts: &BenchOptions) -> Result<BenchReport, RunError> 
         .flatten()
         .map(|&d| d as usize)
         .collect();
-    let model = Backend::new(device, &c, &w, precision, u64::MAX)?;
+    let model = Backend::new(device, &c, &w, precision, default_memory_budget(device))?;
     let mut full = vec![batch.max(1)];
     full.extend(&shape);
     let n: usize = full.iter().product();

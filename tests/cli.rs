@@ -648,3 +648,25 @@ fn volumes_plan_and_draw_and_sizes_says_not_yet() {
     assert_eq!(code, 0, "{stderr}");
     assert!(out.contains("(None, 20, 20, 20, 2)"), "{out}");
 }
+
+/// README "Tiles" shows `tiles` on seed 002's net for an 8000x8000 image: every line is what the
+/// program prints.
+#[test]
+fn readme_tiles_example_is_what_tiles_prints() {
+    let (code, text, err) = unetc(&[
+        "tiles",
+        "specs/bn_same.yaml",
+        "--image",
+        "8000x8000",
+        "--memory",
+        "4GiB",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let block = readme
+        .split("$ unetc tiles specs/bn_same.yaml --image 8000x8000 --memory 4GiB\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README shows the example");
+    assert_eq!(block, text);
+}

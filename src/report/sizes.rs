@@ -480,8 +480,9 @@ fn height_of(c: &Compiled, id: Option<crate::ir::NodeId>) -> usize {
 
 /// How far one output pixel's inputs reach along `axis` (0 = height, 1 = width; for a volume
 /// 0 = depth), computed exactly by mapping output intervals back through every layer at the
-/// compiled size (windows, strides, pooling grids, up-sampling, crops and paddings), over 64
-/// neighbouring output positions in the middle of the output. Errors name the first layer
+/// compiled size (windows, strides, pooling grids, up-sampling, crops and paddings), over 256
+/// neighbouring output positions in the middle of the output (every phase of a total stride up
+/// to 256). Errors name the first layer
 /// (from the output back) whose outputs depend on the whole input along the axis.
 pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
     use crate::ir::ops::WindowGeometry;
@@ -501,7 +502,7 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
     };
     let out_n = size(out);
     let (mut field, mut radius) = (1usize, 0usize);
-    for p in (out_n / 2..out_n).take(64) {
+    for p in (out_n / 2..out_n).take(256) {
         // Needed positions of each tensor: [lo, hi] (not clipped to the tensor), or None.
         let mut need: Vec<Option<(i64, i64)>> = vec![None; c.graph.nodes.len()];
         need[out.index()] = Some((p, p));

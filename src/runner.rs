@@ -1001,6 +1001,11 @@ fn predict(
             size_wh(h, w),
             size_wh(plan.padded.0, plan.padded.1)
         ),
+        Stitch::OverlapTile if rows * cols == 1 => format!(
+            "{} mirror-padded by the margin into one tile of {}",
+            size_wh(h, w),
+            size_wh(th, tw)
+        ),
         Stitch::OverlapTile => format!(
             "{} covered by {} overlapping tiles of {} per image",
             size_wh(h, w),
@@ -1008,9 +1013,16 @@ fn predict(
             size_wh(th, tw)
         ),
         Stitch::Exact | Stitch::Blend(_) => format!(
-            "{} mirror-padded to {}, covered by {cols} x {rows} tiles of {} per image; {}",
+            "{}{}, covered by {cols} x {rows} tiles of {} per image; {}",
             size_wh(h, w),
-            size_wh(plan.padded.0, plan.padded.1),
+            if plan.padded == (h, w) {
+                String::new()
+            } else {
+                format!(
+                    " mirror-padded to {}",
+                    size_wh(plan.padded.0, plan.padded.1)
+                )
+            },
             size_wh(th, tw),
             plan.mode_text()
         ),

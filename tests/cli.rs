@@ -670,3 +670,34 @@ fn readme_tiles_example_is_what_tiles_prints() {
         .expect("README shows the example");
     assert_eq!(block, text);
 }
+
+/// `tiles --format json` for a same-padding net: the exact mode with its halo and reach, and the
+/// blend mode marked not exact.
+#[test]
+fn tiles_json_for_a_same_padding_net_says_the_mode() {
+    let base = [
+        "tiles",
+        "specs/bn_same.yaml",
+        "--image",
+        "8000x8000",
+        "--memory",
+        "4GiB",
+        "--format",
+        "json",
+    ];
+    let json = json_of(&base);
+    assert_eq!(json["mode"], "exact");
+    assert_eq!(json["exact"], true);
+    // By hand as in tests/sizes.rs for depth 4 (stride 16): two 3x3 convs per level at strides
+    // 1, 2, 4, 8, 16 (bottom), 8, 4, 2, 1: 2·46 = 92; the four 2x2 pools 1 + 2 + 4 + 8 = 15:
+    // reach 107, rounded up to the grid of 16: halo 112.
+    assert_eq!(
+        (json["reach"].as_u64(), json["halo"].as_u64()),
+        (Some(107), Some(112))
+    );
+    assert_eq!(json["not_tileable_exactly"], Json::Null);
+    let blend = json_of(&[&base[..], &["--tile-mode", "blend", "--blend", "constant"]].concat());
+    assert_eq!(blend["mode"], "blend");
+    assert_eq!(blend["exact"], false);
+    assert_eq!(blend["blend_weights"], "constant");
+}

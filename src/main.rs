@@ -67,7 +67,7 @@ enum Command {
     },
     /// Run a spec on images or arrays (CPU): probabilities (.npy) or masks (.png) out.
     #[command(
-        after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc run specs/original.unet --weights original.safetensors --input cells.png -o mask.png\n  unetc run specs/bn_same.yaml --weights w.safetensors --input batch.npy -o probs.npy\n  unetc run specs/original.unet --weights w.safetensors --input images/ -o masks/ --skip-existing\n\nImages (PNG/TIFF) are scaled to [0, 1] and keep every channel they store (gray 1, gray+alpha 2,\nRGB 3, RGBA 4), which must match the spec's input: nothing is converted unless --alpha drop says\nso. .npy inputs (NHWC or HWC, f32, f64 or u8) are used as they are; NaN or infinite values in\ninputs or weights are errors. Images of other sizes than the spec's input are tiled (valid\npadding: overlap-tile) or padded and cropped back (same padding); sizes are printed W x H.\nA directory run goes on past a failed input, names it, and exits 2 at the end."
+        after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc run specs/original.unet --weights original.safetensors --input cells.png -o mask.png\n  unetc run specs/bn_same.yaml --weights w.safetensors --input batch.npy -o probs.npy\n  unetc run specs/original.unet --weights w.safetensors --input images/ -o masks/ --skip-existing\n  unetc run specs/bn_same.yaml --weights w.safetensors --input big.png -o mask.png --memory 4GiB\n  unetc run specs/bn_same.yaml --weights w.safetensors --input @list.txt -o masks/ --num-parts 2 --part-id 0\n\nImages (PNG/TIFF) are scaled to [0, 1] and keep every channel they store (gray 1, gray+alpha 2,\nRGB 3, RGBA 4), which must match the spec's input: nothing is converted unless --alpha drop says\nso. .npy inputs (NHWC or HWC, f32, f64 or u8) are used as they are; NaN or infinite values in\ninputs or weights are errors. Images of other sizes than the spec's input are tiled (valid\npadding: overlap-tile) or padded and cropped back (same padding); sizes are printed W x H.\nA same-padding net's image that does not fit --memory (default: half of the available memory)\nruns in exact tiles, equal to the whole-image run; `unetc tiles` shows the plan for a size.\nA directory or list run goes on past a failed input, names it, and exits 2 at the end, saying\nhow many failed."
     )]
     Run {
         /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
@@ -75,7 +75,8 @@ enum Command {
         /// Weights (safetensors, tensors named `<layer>/<variable>`).
         #[arg(long)]
         weights: PathBuf,
-        /// An image (.png, .tif), an array (.npy), or a directory of them.
+        /// An image (.png, .tif), an array (.npy), a directory of them, or a list file of them
+        /// (`@list` or a `.txt` file: one path a line, `#` comments).
         #[arg(long)]
         input: PathBuf,
         /// Where to write: for one input a file, .npy (probabilities) or .png (mask); for a
@@ -112,6 +113,15 @@ enum Command {
         /// `f32`, `tf32` or `bf16` (tf32/bf16: tensor-core convolutions; CUDA only).
         #[arg(long, default_value = "f32")]
         precision: String,
+        #[command(flatten)]
+        tiling: TileArgs,
+        /// Split the sorted inputs of a directory or list into N parts (for N processes or
+        /// machines); with --part-id K this run takes inputs K, K+N, K+2N, ... (nnU-Net's rule).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        num_parts: u32,
+        /// Which part this run takes, 0 .. N-1 (see --num-parts).
+        #[arg(long, value_name = "K", default_value_t = 0)]
+        part_id: u32,
     },
     /// Time a spec's forward pass: warm-up, then the median of several timed runs.
     #[command(
@@ -162,9 +172,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// Plan overlap tiles for an image: tile size within a memory budget, halo, tile count.
+    /// Plan tiles for an image: tile size within a memory budget, mode, halo, tile count.
     #[command(
-        after_help = "Examples:\n  unetc tiles specs/original.unet --image 2048x1536\n  unetc tiles specs/original.unet --image 10000x10000 --memory 2GiB --format json\n\nExits with 3 when no tile up to --max fits the budget (or the model cannot be tiled)."
+        after_help = "Examples:\n  unetc tiles specs/original.unet --image 2048x1536\n  unetc tiles specs/original.unet --image 10000x10000 --memory 2GiB --format json\n  unetc tiles specs/bn_same.yaml --image 8000x8000 --memory 4GiB\n  unetc tiles specs/bn_same.yaml --image 8000x8000 --tile 2048 --tile-mode blend --overlap 0.25\n\nA same-padding net runs whole (mirror-padded to a size it accepts) when that fits the budget,\nelse in exact tiles (halo >= the reach of an output pixel, tiles on the net's stride grid:\nthe whole-image result) or, with --tile-mode blend, in blended tiles (approximate). A net with\na layer that sees the whole image (global pooling, Flatten, Reshape, ...) is named and refused\nexact tiles. Valid-padding nets use the paper's overlap-tile (exact). No tile is larger than\nthe image needs.\n\nExits with 3 when no tile fits the budget (or the model cannot be tiled as asked)."
     )]
     Tiles {
         /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
@@ -172,9 +182,8 @@ enum Command {
         /// Image size WxH, e.g. 2048x1536.
         #[arg(long, value_name = "WxH")]
         image: String,
-        /// Memory budget for activations + weights, e.g. 8GiB, 512MiB.
-        #[arg(long, default_value = "8GiB")]
-        memory: String,
+        #[command(flatten)]
+        tiling: TileArgs,
         /// The largest tile side to try.
         #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=16384))]
         max: u32,
@@ -446,6 +455,102 @@ enum Style {
     TfKeras,
 }
 
+/// How images larger than the memory allows are tiled (`run` and `tiles`).
+#[derive(clap::Args, Clone)]
+struct TileArgs {
+    /// Input tile size HxW (height first, as --input-shape) or N for NxN; each side a size the
+    /// net accepts (`unetc sizes`), clipped to the (padded) image. Default: from --memory.
+    #[arg(long, value_name = "HxW|N")]
+    tile: Option<String>,
+    /// Memory budget for activations + weights, e.g. 4GiB, 512MiB [default: half of the
+    /// available memory (MemAvailable), or 90% of the GPU's free memory with --device cuda].
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Same-padding nets: `exact` tiles reproduce the whole-image result (halo ≥ the reach of
+    /// an output pixel); `blend` averages overlapping tiles (approximate, fewer tiles).
+    /// Valid-padding nets always use the exact overlap-tile.
+    #[arg(long, value_enum, default_value_t = TileModeArg::Exact)]
+    tile_mode: TileModeArg,
+    /// Blend mode: the fraction of a tile shared with its neighbour, in [0, 1) [default: 0.25].
+    #[arg(long, value_name = "F")]
+    overlap: Option<f64>,
+    /// Blend mode: `gaussian` weights tile centres most (σ = tile/8), `constant` averages.
+    #[arg(long, value_enum)]
+    blend: Option<BlendArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum TileModeArg {
+    Exact,
+    Blend,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum BlendArg {
+    Gaussian,
+    Constant,
+}
+
+impl TileArgs {
+    /// The request, with `budget` when --memory is not given; errors are usage errors' text.
+    fn request(
+        &self,
+        default_budget: impl FnOnce() -> u64,
+    ) -> Result<unetc::report::sizes::TileRequest, String> {
+        use unetc::report::sizes::{TileMode, TileRequest};
+        let budget = match &self.memory {
+            Some(m) => parse_bytes(m)
+                .ok_or_else(|| format!("--memory {m}: expected a size like 4GiB or 512MiB"))?,
+            None => default_budget(),
+        };
+        let mut req = TileRequest::new(budget);
+        req.tile = match &self.tile {
+            Some(t) => Some(parse_tile(t)?),
+            None => None,
+        };
+        req.mode = match self.tile_mode {
+            TileModeArg::Exact => TileMode::Exact,
+            TileModeArg::Blend => TileMode::Blend,
+        };
+        if req.mode == TileMode::Exact && (self.overlap.is_some() || self.blend.is_some()) {
+            return Err(
+                "--overlap and --blend shape blended tiles; exact tiles overlap by their halo: \
+                 add --tile-mode blend, or drop them"
+                    .into(),
+            );
+        }
+        if let Some(o) = self.overlap {
+            if !(0.0..1.0).contains(&o) {
+                return Err(format!(
+                    "--overlap {o}: give a fraction of the tile in [0, 1), e.g. 0.25"
+                ));
+            }
+            req.overlap = o;
+        }
+        if let Some(b) = self.blend {
+            req.weights = match b {
+                BlendArg::Gaussian => unetc::exec::tiling::BlendWeights::Gaussian,
+                BlendArg::Constant => unetc::exec::tiling::BlendWeights::Constant,
+            };
+        }
+        Ok(req)
+    }
+}
+
+/// `--tile HxW` or `--tile N`.
+fn parse_tile(t: &str) -> Result<(usize, usize), String> {
+    let dims: Vec<Option<usize>> = t.split(['x', 'X']).map(|d| d.trim().parse().ok()).collect();
+    let ok = |n: usize| (1..=1 << 20).contains(&n);
+    match dims[..] {
+        [Some(n)] if ok(n) => Ok((n, n)),
+        [Some(h), Some(w)] if ok(h) && ok(w) => Ok((h, w)),
+        _ => Err(format!(
+            "--tile {t}: expected HxW (height first) or N, sides in 1..=1048576, e.g. 1024x2048 \
+             or 1024"
+        )),
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum Format {
     Text,
@@ -571,6 +676,9 @@ fn main() -> ExitCode {
             skip_existing,
             verbose,
             precision,
+            tiling,
+            num_parts,
+            part_id,
         } => {
             let device = match unetc::runner::Device::parse(&device) {
                 Ok(d) => d,
@@ -597,6 +705,17 @@ fn main() -> ExitCode {
                     AlphaArg::Drop => unetc::runner::AlphaMode::Drop,
                 },
                 precision,
+                tiling: None,
+                num_parts: num_parts as usize,
+                part_id: part_id as usize,
+            };
+            let request = tiling.request(|| unetc::runner::default_memory_budget(device));
+            let opts = match request {
+                Ok(r) => unetc::runner::RunOptions {
+                    tiling: Some(r),
+                    ..opts
+                },
+                Err(e) => return run_error(unetc::runner::RunError::Usage(e)),
             };
             run(&spec, &opts, verbose)
         }
@@ -690,10 +809,10 @@ fn main() -> ExitCode {
         Command::Tiles {
             spec,
             image,
-            memory,
+            tiling,
             max,
             format,
-        } => tiles(&spec, &image, &memory, max as usize, format),
+        } => tiles(&spec, &image, &tiling, max as usize, format),
         Command::Convert {
             spec,
             to,
@@ -1047,22 +1166,62 @@ enum AlphaArg {
 
 fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) -> ExitCode {
     use unetc::runner::RunEvent;
-    let bar = indicatif::ProgressBar::new(0);
-    if !std::io::stderr().is_terminal() {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    // On a terminal: a bar over the files of a directory run (images/s, ETA) and one over the
+    // current input's tiles. Otherwise one line per file of a directory run.
+    let terminal = std::io::stderr().is_terminal();
+    let bars = indicatif::MultiProgress::new();
+    if !terminal {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    let style = |template: &str| {
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    };
+    let mut files: Option<indicatif::ProgressBar> = None;
+    let mut tiles: Option<indicatif::ProgressBar> = None;
+    let started = Instant::now();
     let result = unetc::runner::run(spec, opts, &mut |event| match event {
-        RunEvent::Progress { done, total } => {
+        RunEvent::Progress { input, done, total } => {
             if total > 1 {
-                bar.set_length(total as u64);
+                let bar = files.get_or_insert_with(|| {
+                    let bar = bars.add(indicatif::ProgressBar::new(total as u64));
+                    bar.set_style(style(
+                        "{bar:30} {pos}/{len} files, {per_sec} [{elapsed} < {eta}] {msg}",
+                    ));
+                    bar
+                });
+                bar.set_position(done as u64);
+                bar.set_message(input.display().to_string());
+                if !terminal {
+                    let secs = started.elapsed().as_secs_f64();
+                    eprintln!(
+                        "[{done}/{total}] {} ({:.2} images/s)",
+                        input.display(),
+                        done as f64 / secs.max(1e-9)
+                    );
+                }
+            }
+        }
+        RunEvent::Tiles { done, total } => {
+            if total > 1 {
+                let bar = tiles.get_or_insert_with(|| {
+                    let bar = bars.add(indicatif::ProgressBar::new(total as u64));
+                    bar.set_style(style("{bar:30} {pos}/{len} tiles [{elapsed} < {eta}]"));
+                    bar
+                });
+                // A new input starts its tiles from the beginning.
+                if bar.length() != Some(total as u64) || done < bar.position() as usize {
+                    bar.reset();
+                    bar.set_length(total as u64);
+                }
                 bar.set_position(done as u64);
             }
         }
         // Said at once, above the bar, so that a long run shows its failures as they happen.
-        RunEvent::Failed { error } => bar.suspend(|| eprintln!("error: {error}")),
+        RunEvent::Failed { error } => bars.suspend(|| eprintln!("error: {error}")),
         RunEvent::Skipped { input, output } => {
             if verbose {
-                bar.suspend(|| {
+                bars.suspend(|| {
                     eprintln!(
                         "{}: skipped, `{}` exists (--skip-existing)",
                         input.display(),
@@ -1072,9 +1231,17 @@ fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) 
             }
         }
     });
-    bar.finish_and_clear();
+    for bar in tiles.iter().chain(files.iter()) {
+        bar.finish_and_clear();
+    }
     match result {
         Ok(report) => {
+            if report.files == 0 {
+                eprintln!(
+                    "no inputs in this part (--part-id {} of --num-parts {}): nothing to do",
+                    opts.part_id, opts.num_parts
+                );
+            }
             if report.skipped > 0 {
                 eprintln!(
                     "{} of {} input(s) skipped: their output exists (--skip-existing); {} \
@@ -1447,7 +1614,7 @@ fn parse_bytes(s: &str) -> Option<u64> {
 fn tiles(
     spec: &std::path::Path,
     image: &str,
-    memory: &str,
+    tiling: &TileArgs,
     max: usize,
     format: Format,
 ) -> ExitCode {
@@ -1463,49 +1630,72 @@ fn tiles(
         eprintln!("error: --image {image}: sizes must be in 1..=1048576");
         return ExitCode::from(EXIT_USAGE);
     }
-    let Some(budget) = parse_bytes(memory) else {
-        eprintln!("error: --memory {memory}: expected a size like 8GiB or 512MiB");
-        return ExitCode::from(EXIT_USAGE);
-    };
+    let mut req =
+        match tiling.request(|| unetc::runner::default_memory_budget(unetc::runner::Device::Cpu)) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+    req.max_side = max;
+    let budget = req.budget;
     let (text, _, base) = match read_spec(spec) {
         Ok(v) => v,
         Err(code) => return code,
     };
-    match unetc::report::sizes::plan_tiles(spec, &text, base, (h, w), budget, max) {
+    match unetc::report::sizes::plan_image(spec, &text, base, (h, w), &req) {
         Ok(p) if format == Format::Json => {
             emit_json(&report::json::tiles_json(spec, (h, w), budget, &p))
         }
         Ok(p) => {
             say!(
-                "image {w}x{h}, memory budget {}",
-                unetc::text::bytes(budget)
+                "image {w}x{h}, memory budget {}{}",
+                unetc::text::bytes(budget),
+                if tiling.memory.is_none() {
+                    " (half of the available memory; --memory to change)"
+                } else {
+                    ""
+                }
             );
+            if p.padded != p.image {
+                say!(
+                    "mirror-padded to {}x{} (W x H){}",
+                    p.padded.1,
+                    p.padded.0,
+                    if p.tile_out == p.tile_in {
+                        ", a size the net accepts"
+                    } else {
+                        ": the margin around it, and the last tiles' outputs"
+                    }
+                );
+            }
             say!(
-                "tile: {0}x{0} in -> {1}x{1} out (halo {2} pixels each side; receptive field {3})",
-                p.tile_in,
-                p.tile_out,
+                "tile: {}x{} in -> {}x{} out (halo {} pixels each side; receptive field {})",
+                p.tile_in.1,
+                p.tile_in.0,
+                p.tile_out.1,
+                p.tile_out.0,
                 p.halo,
                 p.receptive_field
             );
+            say!("mode: {}", p.mode_text());
             say!(
                 "overlap between neighbouring input tiles: {} pixels",
-                2 * p.halo
+                p.overlap()
             );
-            say!(
-                "tiles: {} x {} = {}",
-                p.tiles.1,
-                p.tiles.0,
-                p.tiles.0 * p.tiles.1
-            );
+            let (rows, cols) = p.tiles();
+            say!("tiles: {} x {} = {}", cols, rows, rows * cols);
             say!(
                 "memory per tile (batch 1, f32): activation arena {} + weights {} = {}",
                 unetc::text::bytes(p.arena_bytes),
                 unetc::text::bytes(p.weight_bytes),
-                unetc::text::bytes(p.arena_bytes + p.weight_bytes)
+                unetc::text::bytes(p.arena_bytes.saturating_add(p.weight_bytes))
             );
             ExitCode::SUCCESS
         }
-        // Both ways it fails (no tile fits, an output that is not an image) are answers of "none".
+        // Every way it fails (no tile fits, an output that is not an image, a net that cannot be
+        // tiled exactly) is an answer of "none".
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_NO_ANSWER)

@@ -3,11 +3,12 @@
 
 use crate::diag::render_plain;
 use crate::exec::cpu::{CpuModel, ExecError, WeightSource};
-use crate::exec::tiling::{extract_tile, overlap_tiles};
+use crate::exec::tiling::{blend_weights, extract_tile, Span};
 use crate::exec::{Precision, Tensor};
 use crate::expand::Session;
 use crate::io::weights::{init_tensor, load_weights, save_weights, seeded_rng, Expected, Weights};
 use crate::io::{ChannelLayout, IoError};
+use crate::report::sizes::{plan_image, Stitch, TileRequest};
 use crate::{compile_file, Compiled, Options};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -206,6 +207,7 @@ impl<'g> Backend<'g> {
         c: &'g Compiled,
         weights: &dyn WeightSource,
         precision: Precision,
+        budget: u64,
     ) -> Result<Self, RunError> {
         Ok(match device {
             Device::Cuda => Backend::Cuda(Box::new(
@@ -219,8 +221,19 @@ impl<'g> Backend<'g> {
                     precision.name()
                 )))
             }
-            _ => Backend::Cpu(CpuModel::new(&c.graph, &c.info, weights)?),
+            _ => {
+                let mut model = CpuModel::new(&c.graph, &c.info, weights)?;
+                model.memory_limit = budget;
+                Backend::Cpu(model)
+            }
         })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Cpu(_) => "cpu",
+            Backend::Cuda(_) => "cuda",
+        }
     }
 
     /// Device memory the backend holds for a batch: activations and weights (CUDA only).
@@ -264,6 +277,58 @@ pub struct RunOptions {
     pub skip_existing: bool,
     pub alpha: AlphaMode,
     pub precision: Precision,
+    /// Tiles and the memory budget; `None`: exact tiles within [`default_memory_budget`].
+    pub tiling: Option<TileRequest>,
+    /// Run only the inputs `K, K + N, K + 2N, ...` (`part_id` K of `num_parts` N) of the
+    /// sorted inputs of a directory or list (nnU-Net's `files[K::N]`).
+    pub num_parts: usize,
+    pub part_id: usize,
+}
+
+/// The list file `input` names: `@list.txt` (any name after the `@`) or a path ending in
+/// `.txt`.
+fn list_file(input: &Path) -> Option<PathBuf> {
+    let text = input.to_str()?;
+    match text.strip_prefix('@') {
+        Some(rest) => Some(PathBuf::from(rest)),
+        None => input
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+            .then(|| input.to_path_buf()),
+    }
+}
+
+/// The inputs a list file names, one path a line (blank lines and `#` comments skipped),
+/// relative to the current directory as a shell would take them.
+fn list_inputs(list: &Path) -> Result<Vec<PathBuf>, RunError> {
+    let text = std::fs::read_to_string(list)
+        .map_err(|e| RunError::Usage(format!("cannot read the list `{}`: {e}", list.display())))?;
+    let files: Vec<PathBuf> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(PathBuf::from)
+        .collect();
+    if files.is_empty() {
+        return Err(RunError::Usage(format!(
+            "the list `{}` names no input (one path a line)",
+            list.display()
+        )));
+    }
+    Ok(files)
+}
+
+/// The memory budget when none is given: 90% of the GPU's free memory when the run goes to
+/// a GPU, else half of the memory Linux reports available (MemAvailable).
+pub fn default_memory_budget(device: Device) -> u64 {
+    let gpu = match device.resolve() {
+        Ok(Device::Cuda) => crate::exec::cuda::free_device_memory(),
+        Ok(Device::Cpu | Device::Auto) | Err(_) => None,
+    };
+    match gpu {
+        Some(free) => free / 10 * 9,
+        None => crate::train::available_memory() / 2,
+    }
 }
 
 /// What to do with the alpha channel of an image that has one (gray+alpha, RGBA).
@@ -280,8 +345,14 @@ pub enum AlphaMode {
 /// What [`run`] tells its caller while it works.
 #[derive(Debug)]
 pub enum RunEvent<'a> {
-    /// `done` of `total` inputs are finished (written, skipped or failed).
-    Progress { done: usize, total: usize },
+    /// `done` of `total` inputs are finished (written, skipped or failed); `input` last.
+    Progress {
+        input: &'a Path,
+        done: usize,
+        total: usize,
+    },
+    /// `done` of the `total` tiles of the current input have been run.
+    Tiles { done: usize, total: usize },
     /// An input of a directory run failed; the run goes on with the next one.
     Failed { error: &'a RunError },
     /// An input was not run because its output exists (`skip_existing`).
@@ -303,11 +374,6 @@ pub struct RunReport {
     /// Device memory for activations and weights (CUDA only).
     pub device_bytes: Option<u64>,
     pub notes: Vec<String>,
-}
-
-/// The model for one input size, with its weights bound.
-struct Sized {
-    compiled: Compiled,
 }
 
 /// One input file and the file its output goes to.
@@ -341,7 +407,23 @@ pub fn run(
     }
     let device = opts.device.resolve()?;
     let base = compile_checked(spec, None)?;
-    let to_dir = opts.input.is_dir();
+    // A directory or a list file: many inputs, one output directory.
+    let to_dir = opts.input.is_dir() || list_file(&opts.input).is_some();
+    if (opts.num_parts, opts.part_id) != (1, 0) && !to_dir {
+        return Err(RunError::Usage(
+            "--num-parts and --part-id split the inputs of a directory or a list file; with one \
+             input file they would do nothing"
+                .into(),
+        ));
+    }
+    if opts.num_parts == 0 || opts.part_id >= opts.num_parts {
+        return Err(RunError::Usage(format!(
+            "--part-id {} of --num-parts {}: give N >= 1 and K in 0..N (K = 0 .. {})",
+            opts.part_id,
+            opts.num_parts,
+            opts.num_parts.saturating_sub(1)
+        )));
+    }
     let kind = output_kind(&base, opts, to_dir)?;
     let jobs = plan_jobs(opts, to_dir)?;
     if !opts.force && !opts.skip_existing {
@@ -373,6 +455,10 @@ pub fn run(
             .is_some_and(|s| s.len() == 4),
         kind,
     };
+    let tiling = opts
+        .tiling
+        .clone()
+        .unwrap_or_else(|| TileRequest::new(default_memory_budget(device)));
     let mut failed = 0;
     for (i, job) in jobs.iter().enumerate() {
         if opts.skip_existing && job.output.symlink_metadata().is_ok() {
@@ -383,7 +469,7 @@ pub fn run(
             });
         } else {
             let notes_before = report.notes.len();
-            match run_one(&context, job, opts, &mut report) {
+            match run_one(&context, job, opts, &tiling, &mut report, events) {
                 Ok(()) => report.written += 1,
                 Err(error) => {
                     let error = RunError::Input {
@@ -405,6 +491,7 @@ pub fn run(
             }
         }
         events(RunEvent::Progress {
+            input: &job.input,
             done: i + 1,
             total: jobs.len(),
         });
@@ -437,7 +524,9 @@ fn run_one(
     context: &RunContext<'_>,
     job: &Job,
     opts: &RunOptions,
+    tiling: &TileRequest,
     report: &mut RunReport,
+    events: &mut dyn FnMut(RunEvent<'_>),
 ) -> Result<(), RunError> {
     let input = read_input(
         &job.input,
@@ -446,13 +535,18 @@ fn run_one(
         &mut report.notes,
     )?;
     let result = predict(
-        context.spec,
-        context.base,
-        context.weights,
+        &Predict {
+            spec: context.spec,
+            base: context.base,
+            weights: context.weights,
+            batch: opts.batch,
+            device: context.device,
+            precision: opts.precision,
+            tiling,
+        },
         &input,
-        opts.batch,
-        (context.device, opts.precision),
         report,
+        &mut |done, total| events(RunEvent::Tiles { done, total }),
     )?;
     write_output(&job.output, &result, context.kind, opts.force)
 }
@@ -496,7 +590,17 @@ fn plan_jobs(opts: &RunOptions, to_dir: bool) -> Result<Vec<Job>, RunError> {
 }
 
 fn jobs_for_directory(opts: &RunOptions) -> Result<Vec<Job>, RunError> {
-    let inputs = directory_inputs(&opts.input)?;
+    let mut inputs = match list_file(&opts.input) {
+        Some(list) => list_inputs(&list)?,
+        None => directory_inputs(&opts.input)?,
+    };
+    inputs.sort();
+    // nnU-Net's split: files[K::N] of the sorted names.
+    let inputs: Vec<PathBuf> = inputs
+        .into_iter()
+        .skip(opts.part_id)
+        .step_by(opts.num_parts.max(1))
+        .collect();
     let mut jobs: Vec<Job> = Vec::with_capacity(inputs.len());
     let mut by_output: std::collections::HashMap<PathBuf, usize> = Default::default();
     for input in inputs {
@@ -780,16 +884,26 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
     }
 }
 
+/// What `predict` needs besides the input.
+struct Predict<'a> {
+    spec: &'a Path,
+    base: &'a Compiled,
+    weights: &'a Weights,
+    batch: usize,
+    device: Device,
+    precision: Precision,
+    tiling: &'a TileRequest,
+}
+
 /// The model's output for a batch of images of any size.
 fn predict(
-    spec: &Path,
-    base: &Compiled,
-    weights: &Weights,
+    p: &Predict<'_>,
     input: &Tensor,
-    batch: usize,
-    (device, precision): (Device, Precision),
     report: &mut RunReport,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor, RunError> {
+    let (base, batch, device, precision) = (p.base, p.batch, p.device, p.precision);
+    let budget = p.tiling.budget;
     let model_in: Vec<usize> = base.info.layers[base.graph.inputs[0].index()]
         .shape
         .iter()
@@ -800,11 +914,11 @@ fn predict(
     if model_in.len() == 4 {
         return predict_volume(
             base,
-            weights,
+            p.weights,
             input,
             &model_in,
             batch,
-            (device, precision),
+            (device, precision, budget),
             report,
         );
     }
@@ -833,8 +947,22 @@ fn predict(
             model_in[2], model_in[0], model_in[1], model_in[2]
         )));
     }
-    if [h, w] == [model_in[0], model_in[1]] {
-        return forward(base, weights, input, batch, device, precision, report);
+    let same_size = model_out.len() == 3 && model_out[..2] == model_in[..2];
+    // A valid net on an input of its own size gives its own (smaller) output; so does a model
+    // whose output is not an image.
+    if [h, w] == [model_in[0], model_in[1]] && (!same_size || p.tiling.tile.is_none()) {
+        let fits = crate::exec::plan::plan(&base.graph, &base.info)
+            .is_none_or(|plan| plan.arena_bytes(batch.clamp(1, n)) <= budget);
+        if !same_size || fits {
+            return forward(
+                base,
+                p.weights,
+                input,
+                batch,
+                (device, precision, budget),
+                report,
+            );
+        }
     }
     if model_out.len() != 3 {
         return Err(RunError::Usage(format!(
@@ -844,114 +972,135 @@ fn predict(
             size_wh(model_in[0], model_in[1])
         )));
     }
-    let same_size = model_out[0] == model_in[0] && model_out[1] == model_in[1];
-    if same_size {
-        // Same-padding net: mirror-pad up to the next size it accepts, run, crop back.
-        let (ph, pw) = (
-            accepted_size(spec, h, true, model_in[1])?,
-            accepted_size(spec, w, false, model_in[0])?,
-        );
-        let sized = Sized {
-            compiled: compile_checked(spec, Some(vec![ph as i64, pw as i64, c as i64]))?,
-        };
-        let mut padded = Tensor::zeros(&[n, ph, pw, c]);
-        for i in 0..n {
-            let item = &input.data[i * h * w * c..(i + 1) * h * w * c];
-            let dst = &mut padded.data[i * ph * pw * c..(i + 1) * ph * pw * c];
-            extract_tile(
-                item,
-                [h, w, c],
-                ((ph - h) / 2, (pw - w) / 2),
-                (0, 0),
-                (ph, pw),
-                dst,
-            );
-        }
-        report.notes.push(format!(
+    let text = std::fs::read_to_string(p.spec)
+        .map_err(|e| RunError::Usage(format!("cannot read `{}`: {e}", p.spec.display())))?;
+    let mut request = p.tiling.clone();
+    request.batch = batch.max(1);
+    request.spec_tile_first = true;
+    let plan = plan_image(
+        p.spec,
+        &text,
+        [model_in[0], model_in[1], model_in[2]],
+        (h, w),
+        &request,
+    )
+    .map_err(|e| RunError::Usage(format!("the input is {}: {e}", size_wh(h, w))))?;
+    let sized = compile_checked(
+        p.spec,
+        Some(vec![plan.tile_in.0 as i64, plan.tile_in.1 as i64, c as i64]),
+    )?;
+    let model = Backend::new(device, &sized, p.weights, precision, budget)?;
+    let (th, tw) = plan.tile_in;
+    let (oh, ow) = plan.tile_out;
+    let k = model_output_shape(&sized)?.last().copied().unwrap_or(1);
+    let (rows, cols) = plan.tiles();
+    report.notes.push(match plan.stitch {
+        Stitch::Whole if plan.padded == (h, w) => format!("{} in one pass", size_wh(h, w)),
+        Stitch::Whole => format!(
             "{} mirror-padded to {} and cropped back",
             size_wh(h, w),
-            size_wh(ph, pw)
-        ));
-        let out = forward(
-            &sized.compiled,
-            weights,
-            &padded,
-            batch,
-            device,
-            precision,
-            report,
-        )?;
-        let k = out.shape[3];
-        let mut cropped = Tensor::zeros(&[n, h, w, k]);
-        let (oy, ox) = ((ph - h) / 2, (pw - w) / 2);
-        for i in 0..n {
-            for y in 0..h {
-                let src = ((i * ph + y + oy) * pw + ox) * k;
-                let dst = ((i * h + y) * w) * k;
-                cropped.data[dst..dst + w * k].copy_from_slice(&out.data[src..src + w * k]);
-            }
-        }
-        return Ok(cropped);
-    }
-    // Valid-padding net: overlap-tile.
-    let (Some(ty), Some(tx)) = (
-        overlap_tiles(h, model_in[0], model_out[0]),
-        overlap_tiles(w, model_in[1], model_out[1]),
-    ) else {
-        return Err(RunError::Usage(format!(
-            "the input is {}; the model maps {} to {}, which does not tile (use --input-shape \
-             sizes from `unetc check`)",
+            size_wh(plan.padded.0, plan.padded.1)
+        ),
+        Stitch::OverlapTile if rows * cols == 1 => format!(
+            "{} mirror-padded by the margin into one tile of {}",
             size_wh(h, w),
-            size_wh(model_in[0], model_in[1]),
-            size_wh(model_out[0], model_out[1])
-        )));
+            size_wh(th, tw)
+        ),
+        Stitch::OverlapTile => format!(
+            "{} covered by {} overlapping tiles of {} per image",
+            size_wh(h, w),
+            rows * cols,
+            size_wh(th, tw)
+        ),
+        Stitch::Exact | Stitch::Blend(_) => format!(
+            "{}{}, covered by {cols} x {rows} tiles of {} per image; {}",
+            size_wh(h, w),
+            if plan.padded == (h, w) {
+                String::new()
+            } else {
+                format!(
+                    " mirror-padded to {}",
+                    size_wh(plan.padded.0, plan.padded.1)
+                )
+            },
+            size_wh(th, tw),
+            plan.mode_text()
+        ),
+    });
+    let blend = match plan.stitch {
+        Stitch::Blend(kind) => Some((blend_weights(oh, kind), blend_weights(ow, kind))),
+        Stitch::Whole | Stitch::OverlapTile | Stitch::Exact => None,
     };
-    let (th, tw, k) = (model_in[0], model_in[1], model_out[2]);
-    let (oh, ow) = (model_out[0], model_out[1]);
     let mut out = Tensor::zeros(&[n, h, w, k]);
-    let mut positions: Vec<(usize, usize, usize)> = Vec::new();
+    let mut weight_sum = vec![0.0f32; if blend.is_some() { n * h * w } else { 0 }];
+    let mut positions: Vec<(usize, Span, Span)> = Vec::with_capacity(n * rows * cols);
     for i in 0..n {
-        for &y in &ty.starts {
-            for &x in &tx.starts {
-                positions.push((i, y, x));
+        for &row in &plan.rows {
+            for &col in &plan.cols {
+                positions.push((i, row, col));
             }
         }
     }
-    report.notes.push(format!(
-        "{} covered by {} overlapping tiles of {} per image",
-        size_wh(h, w),
-        ty.starts.len() * tx.starts.len(),
-        size_wh(th, tw)
-    ));
+    let total = positions.len();
+    let mut done = 0;
     for chunk in positions.chunks(batch.max(1)) {
         let mut tiles = Tensor::zeros(&[chunk.len(), th, tw, c]);
-        for (t, &(i, y, x)) in chunk.iter().enumerate() {
-            let item = &input.data[i * h * w * c..(i + 1) * h * w * c];
-            // Tile input rows [y, y + th) of the image padded by the margin on each side.
+        for (t, &(i, row, col)) in chunk.iter().enumerate() {
             extract_tile(
-                item,
+                &input.data[i * h * w * c..(i + 1) * h * w * c],
                 [h, w, c],
-                (ty.pad_before, tx.pad_before),
-                (y, x),
+                plan.pad_before,
+                (row.start, col.start),
                 (th, tw),
                 &mut tiles.data[t * th * tw * c..(t + 1) * th * tw * c],
             );
         }
-        let result = forward(
-            base,
-            weights,
-            &tiles,
-            chunk.len(),
-            device,
-            precision,
-            report,
-        )?;
-        for (t, &(i, y, x)) in chunk.iter().enumerate() {
-            for yy in 0..oh.min(h.saturating_sub(y)) {
-                let cols = ow.min(w.saturating_sub(x));
-                let src = ((t * oh + yy) * ow) * k;
-                let dst = ((i * h + y + yy) * w + x) * k;
-                out.data[dst..dst + cols * k].copy_from_slice(&result.data[src..src + cols * k]);
+        report.arena_bytes = report.arena_bytes.max(model.arena_bytes(chunk.len()));
+        if let Some(d) = model.device_bytes(chunk.len()) {
+            report.device_bytes = Some(report.device_bytes.unwrap_or(0).max(d));
+        }
+        report.device = model.name();
+        report.forward_passes += 1;
+        let result = model.run(&tiles)?.remove(0);
+        for (t, &(i, row, col)) in chunk.iter().enumerate() {
+            // Kept tile outputs that land inside the image.
+            let clip = |s: Span, len: usize| {
+                let lo = (s.keep.0 as isize).max(-s.offset);
+                let hi = (s.keep.1 as isize).min(len as isize - s.offset);
+                (lo.max(0) as usize, hi.max(0) as usize)
+            };
+            let ((y0, y1), (x0, x1)) = (clip(row, h), clip(col, w));
+            if x0 >= x1 {
+                continue;
+            }
+            for oy in y0..y1 {
+                let y = (row.offset + oy as isize) as usize;
+                let x = (col.offset + x0 as isize) as usize;
+                let src = ((t * oh + oy) * ow + x0) * k;
+                let dst = ((i * h + y) * w + x) * k;
+                let len = (x1 - x0) * k;
+                match &blend {
+                    None => out.data[dst..dst + len].copy_from_slice(&result.data[src..src + len]),
+                    Some((wy, wx)) => {
+                        for (j, ox) in (x0..x1).enumerate() {
+                            let weight = wy[oy] * wx[ox];
+                            weight_sum[(i * h + y) * w + x + j] += weight;
+                            for ch in 0..k {
+                                out.data[dst + j * k + ch] +=
+                                    weight * result.data[src + j * k + ch];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        done += chunk.len();
+        progress(done, total);
+    }
+    if blend.is_some() {
+        for (px, &s) in out.data.chunks_mut(k).zip(&weight_sum) {
+            for v in px {
+                *v /= s;
             }
         }
     }
@@ -966,7 +1115,7 @@ fn predict_volume(
     input: &Tensor,
     model_in: &[usize],
     batch: usize,
-    (device, precision): (Device, Precision),
+    target: (Device, Precision, u64),
     report: &mut RunReport,
 ) -> Result<Tensor, RunError> {
     let batched = match input.shape.len() {
@@ -999,46 +1148,7 @@ fn predict_volume(
         batched.shape[0],
         dims(model_in)
     ));
-    forward(base, weights, &batched, batch, device, precision, report)
-}
-
-/// The smallest size >= `n` along one axis that the spec accepts without errors or floored
-/// pooling, with the same output size as input size.
-fn accepted_size(spec: &Path, n: usize, height: bool, other: usize) -> Result<usize, RunError> {
-    for candidate in n..n + 4096 {
-        let shape = if height {
-            vec![candidate as i64, other as i64, 1]
-        } else {
-            vec![other as i64, candidate as i64, 1]
-        };
-        let Ok(c) = compile_file(
-            spec,
-            &Options {
-                input_shape: Some(shape),
-            },
-            &mut Session::new(),
-        ) else {
-            continue;
-        };
-        let clean = !c
-            .diags
-            .iter()
-            .any(|d| d.is_error() || d.code == "W-pool-floor");
-        let out_ok = c
-            .graph
-            .outputs
-            .first()
-            .and_then(|&o| c.info.layers[o.index()].shape.clone())
-            .is_some_and(|s| s.len() == 3 && s[if height { 0 } else { 1 }] as usize == candidate);
-        if clean && out_ok {
-            return Ok(candidate);
-        }
-    }
-    Err(RunError::Usage(format!(
-        "no input {} from {n} to {} suits this model",
-        if height { "height" } else { "width" },
-        n + 4095
-    )))
+    forward(base, weights, &batched, batch, target, report)
 }
 
 fn forward(
@@ -1046,11 +1156,10 @@ fn forward(
     weights: &Weights,
     input: &Tensor,
     batch: usize,
-    device: Device,
-    precision: Precision,
+    (device, precision, budget): (Device, Precision, u64),
     report: &mut RunReport,
 ) -> Result<Tensor, RunError> {
-    let model = Backend::new(device, c, weights, precision)?;
+    let model = Backend::new(device, c, weights, precision, budget)?;
     let n = input.shape[0];
     let item = input.item_len();
     let mut outputs: Vec<Tensor> = Vec::new();
@@ -1066,11 +1175,7 @@ fn forward(
         if let Some(d) = model.device_bytes(end - start) {
             report.device_bytes = Some(report.device_bytes.unwrap_or(0).max(d));
         }
-        report.device = if matches!(model, Backend::Cuda(_)) {
-            "cuda"
-        } else {
-            "cpu"
-        };
+        report.device = model.name();
         report.forward_passes += 1;
         outputs.push(model.run(&part)?.remove(0));
     }
@@ -1209,7 +1314,7 @@ pub fn bench(spec: &Path, opts: &BenchOptions) -> Result<BenchReport, RunError> 
         .flatten()
         .map(|&d| d as usize)
         .collect();
-    let model = Backend::new(device, &c, &w, precision)?;
+    let model = Backend::new(device, &c, &w, precision, default_memory_budget(device))?;
     let mut full = vec![batch.max(1)];
     full.extend(&shape);
     let n: usize = full.iter().product();

@@ -172,13 +172,21 @@ fn tiles_json_has_the_numbers_of_the_text() {
     assert_eq!(code, 0, "{err}");
     let json = json_of(&[&args[..], &["--format", "json"]].concat());
     let n = |v: &Json| v.as_u64().unwrap();
-    assert_eq!(json["schema"], 1);
+    assert_eq!(json["schema"], 2);
     assert_eq!(
         (n(&json["image"]["width"]), n(&json["image"]["height"])),
         (2048, 1536)
     );
+    assert_eq!(json["mode"], "overlap-tile");
+    assert_eq!(json["exact"], true);
     assert_eq!(n(&json["memory_budget_bytes"]), 2 << 30);
-    let (tile_in, tile_out) = (n(&json["tile"]["input"]), n(&json["tile"]["output"]));
+    // Square here: 2048 - 184 would allow more, --max 1800 caps it.
+    let side = |v: &Json| {
+        assert_eq!(v["width"], v["height"]);
+        n(&v["width"])
+    };
+    let (tile_in, tile_out) = (side(&json["tile"]["input"]), side(&json["tile"]["output"]));
+    assert!(tile_in <= 1800);
     assert_eq!(
         tile_in - tile_out,
         184,
@@ -198,8 +206,11 @@ fn tiles_json_has_the_numbers_of_the_text() {
         "{text}"
     );
     let tiles = &json["tiles"];
-    assert_eq!(n(&tiles["columns"]), 2048u64.div_ceil(tile_out));
-    assert_eq!(n(&tiles["rows"]), 1536u64.div_ceil(tile_out));
+    // Tiles step by the output tile rounded down to the 16-pixel grid.
+    let step = tile_out / 16 * 16;
+    assert_eq!(n(&tiles["columns"]), (2048 - tile_out).div_ceil(step) + 1);
+    assert_eq!(n(&tiles["rows"]), (1536 - tile_out).div_ceil(step) + 1);
+    assert_eq!(n(&tiles["total"]), n(&tiles["rows"]) * n(&tiles["columns"]));
     assert!(
         text.contains(&format!(
             "tiles: {} x {} = {}",
@@ -425,7 +436,7 @@ fn exit_codes_say_what_went_wrong() {
                 "400",
             ],
             3,
-            "no square tile up to 400 fits in 1.0 MiB",
+            "the memory budget 1.0 MiB is too small for this net",
         ),
         (
             &["tiles", s(&vector), "--image", "64x64", "--max", "16"],
@@ -636,4 +647,57 @@ fn volumes_plan_and_draw_and_sizes_says_not_yet() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(out.contains("(None, 20, 20, 20, 2)"), "{out}");
+}
+
+/// README "Tiles" shows `tiles` on seed 002's net for an 8000x8000 image: every line is what the
+/// program prints.
+#[test]
+fn readme_tiles_example_is_what_tiles_prints() {
+    let (code, text, err) = unetc(&[
+        "tiles",
+        "specs/bn_same.yaml",
+        "--image",
+        "8000x8000",
+        "--memory",
+        "4GiB",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let block = readme
+        .split("$ unetc tiles specs/bn_same.yaml --image 8000x8000 --memory 4GiB\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README shows the example");
+    assert_eq!(block, text);
+}
+
+/// `tiles --format json` for a same-padding net: the exact mode with its halo and reach, and the
+/// blend mode marked not exact.
+#[test]
+fn tiles_json_for_a_same_padding_net_says_the_mode() {
+    let base = [
+        "tiles",
+        "specs/bn_same.yaml",
+        "--image",
+        "8000x8000",
+        "--memory",
+        "4GiB",
+        "--format",
+        "json",
+    ];
+    let json = json_of(&base);
+    assert_eq!(json["mode"], "exact");
+    assert_eq!(json["exact"], true);
+    // By hand as in tests/sizes.rs for depth 4 (stride 16): two 3x3 convs per level at strides
+    // 1, 2, 4, 8, 16 (bottom), 8, 4, 2, 1: 2·46 = 92; the four 2x2 pools 1 + 2 + 4 + 8 = 15:
+    // reach 107, rounded up to the grid of 16: halo 112.
+    assert_eq!(
+        (json["reach"].as_u64(), json["halo"].as_u64()),
+        (Some(107), Some(112))
+    );
+    assert_eq!(json["not_tileable_exactly"], Json::Null);
+    let blend = json_of(&[&base[..], &["--tile-mode", "blend", "--blend", "constant"]].concat());
+    assert_eq!(blend["mode"], "blend");
+    assert_eq!(blend["exact"], false);
+    assert_eq!(blend["blend_weights"], "constant");
 }

@@ -934,3 +934,256 @@ fn empty_input_array_is_an_error() {
         "{stderr}"
     );
 }
+
+/// A random `[1, h, w, c]` array in [0, 1), written to `path`.
+fn random_image(path: &Path, [h, w, c]: [usize; 3], seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let data: Vec<f32> = (0..h * w * c)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect();
+    write_npy(
+        path,
+        &Tensor::from_vec(&[1, h, w, c], data.clone()).unwrap(),
+        false,
+    )
+    .unwrap();
+    data
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Exact tiles of a same-padding net with batch norm give the whole-image result: the image is
+/// run whole (it fits the default budget) and in tiles (asked with --tile, and chosen from a
+/// small --memory), and the outputs agree within 1e-6. The expected values are unetc's own
+/// whole-image run, which tests/golden checks against tf.keras; what this checks is that tiling
+/// changes nothing.
+#[test]
+fn exact_tiles_of_a_same_padding_net_equal_the_whole_image() {
+    let dir = temp_dir("exact-tiles");
+    let weights = init_weights(SIGMOID_NET, &dir);
+    // 230 wide, 250 high: padded to 232x256 (multiples of 8, the net's stride).
+    let x = dir.join("x.npy");
+    random_image(&x, [250, 230, 3], 11);
+    let whole = dir.join("whole.npy");
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &x, &whole, &["--verbose"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("1 forward pass(es)"), "{stderr}");
+    let whole = read_npy(&whole).unwrap();
+    assert_eq!(whole.shape, vec![1, 250, 230, 1]);
+    let cases: [&[&str]; 3] = [
+        &["--tile", "160"],
+        &["--tile", "128x160", "--batch", "3"],
+        // 1 MiB holds the weights and a ~136-pixel tile's arena, not the whole image's 2.7 MiB.
+        &["--memory", "1MiB"],
+    ];
+    for (i, extra) in cases.iter().enumerate() {
+        let out = dir.join(format!("tiled{i}.npy"));
+        let mut args = extra.to_vec();
+        args.push("--verbose");
+        let (code, stderr) = run_spec(SIGMOID_NET, &weights, &x, &out, &args);
+        assert_eq!(code, 0, "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("exact: halo 56 ≥ reach 51") && !stderr.contains("1 forward pass(es)"),
+            "{extra:?}: {stderr}"
+        );
+        let tiled = read_npy(&out).unwrap();
+        assert_eq!(tiled.shape, whole.shape);
+        let err = max_abs_diff(&tiled.data, &whole.data);
+        assert!(err <= 1e-6, "{extra:?}: tiled differs from whole by {err}");
+    }
+}
+
+/// The same check can fail: two halves of a 256x232 image run separately (a halo of 0, what
+/// `tiles` used to advise for same-padding nets) differ from the whole image near the cut, and
+/// blended tiles are close but not equal (their error is stated as approximate).
+#[test]
+fn tiles_without_a_halo_or_blended_differ_from_the_whole_image() {
+    let dir = temp_dir("halo0");
+    let weights = init_weights(SIGMOID_NET, &dir);
+    let (h, w, c) = (256, 232, 3);
+    let x = dir.join("x.npy");
+    let data = random_image(&x, [h, w, c], 12);
+    let whole = dir.join("whole.npy");
+    assert_eq!(run_spec(SIGMOID_NET, &weights, &x, &whole, &[]).0, 0);
+    let whole = read_npy(&whole).unwrap();
+    let mut stitched = Vec::new();
+    for half in 0..2 {
+        let rows = &data[half * (h / 2) * w * c..(half + 1) * (h / 2) * w * c];
+        let part = dir.join(format!("half{half}.npy"));
+        write_npy(
+            &part,
+            &Tensor::from_vec(&[1, h / 2, w, c], rows.to_vec()).unwrap(),
+            false,
+        )
+        .unwrap();
+        let out = dir.join(format!("half{half}_out.npy"));
+        assert_eq!(run_spec(SIGMOID_NET, &weights, &part, &out, &[]).0, 0);
+        stitched.extend(read_npy(&out).unwrap().data);
+    }
+    let err = max_abs_diff(&stitched, &whole.data);
+    assert!(err > 1e-3, "halves without halo differ by only {err}");
+    let blended = dir.join("blend.npy");
+    let (code, stderr) = run_spec(
+        SIGMOID_NET,
+        &weights,
+        &x,
+        &blended,
+        &["--tile", "128", "--tile-mode", "blend", "--verbose"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("approximate"), "{stderr}");
+    let err = max_abs_diff(&read_npy(&blended).unwrap().data, &whole.data);
+    assert!(err > 1e-6 && err < 0.1, "blend error {err}");
+}
+
+/// A net with a layer that sees the whole image (a squeeze-excitation gate) runs whole when it
+/// fits, and is refused exact tiles by the layer's name when it does not.
+#[test]
+fn a_net_that_sees_the_whole_image_is_not_tiled_silently() {
+    let spec = "tests/fixtures/se_same.unet";
+    let dir = temp_dir("nonlocal");
+    let weights = init_weights(spec, &dir);
+    let x = dir.join("x.npy");
+    random_image(&x, [100, 90, 3], 13);
+    let out = dir.join("o.npy");
+    let (code, stderr) = run_spec(spec, &weights, &x, &out, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    for extra in [&["--tile", "32"][..], &["--memory", "100KiB"]] {
+        let out = dir.join("o2.npy");
+        let (code, stderr) = run_spec(spec, &weights, &x, &out, extra);
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("tiling is not exact for this net: layer `reshape` (Reshape)")
+                && stderr.contains("--tile-mode blend"),
+            "{extra:?}: {stderr}"
+        );
+        assert!(!out.exists());
+    }
+    let (code, stdout, stderr) = unetc(&["tiles", spec, "--image", "500x500", "--memory", "1MiB"]);
+    assert_eq!(code, 3, "{stdout}");
+    assert!(stderr.contains("not exact"), "{stderr}");
+}
+
+/// `--tile` works for a valid-padding net (overlap-tile, exact) and its sizes are checked.
+#[test]
+fn tile_option_on_a_valid_net_and_bad_tile_options() {
+    let dir = temp_dir("valid-tile");
+    let weights = init_weights(SOFTMAX_NET, &dir);
+    let x = dir.join("x.npy");
+    random_image(&x, [70, 60, 1], 14);
+    let spec_tile = dir.join("a.npy");
+    let (code, stderr) = run_spec(SOFTMAX_NET, &weights, &x, &spec_tile, &["--verbose"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("tiles of 108x108 (W x H)"), "{stderr}");
+    let bigger = dir.join("b.npy");
+    let (code, stderr) = run_spec(
+        SOFTMAX_NET,
+        &weights,
+        &x,
+        &bigger,
+        &["--tile", "124", "--verbose"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("tiles of 124x124 (W x H)"), "{stderr}");
+    let err = max_abs_diff(
+        &read_npy(&spec_tile).unwrap().data,
+        &read_npy(&bigger).unwrap().data,
+    );
+    assert!(err <= 1e-5, "valid tiles of two sizes differ by {err}");
+    let bad: [(&[&str], &str); 5] = [
+        (&["--tile", "102"], "102 is not one (nearest: 100 and 108)"),
+        (&["--tile", "0"], "--tile 0: expected HxW"),
+        (&["--tile-mode", "blend"], "exact already"),
+        (&["--overlap", "0.5"], "add --tile-mode blend"),
+        (&["--memory", "lots"], "--memory lots: expected a size"),
+    ];
+    for (extra, want) in bad {
+        let out = dir.join("bad.npy");
+        let (code, stderr) = run_spec(SOFTMAX_NET, &weights, &x, &out, extra);
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(stderr.contains(want), "{extra:?}: {stderr}");
+        assert!(!out.exists());
+    }
+}
+
+/// A list file of inputs, split over two runs with --num-parts/--part-id (files[K::N] of the
+/// sorted names): each input is written by exactly one part, a failed one is named, the rest
+/// go on, and the exit status and message say how many failed.
+#[test]
+fn list_inputs_split_into_parts_and_failures_are_counted() {
+    let dir = temp_dir("parts");
+    let weights = init_weights(SIGMOID_NET, &dir);
+    let names = ["a", "b", "c", "d", "e"];
+    for (i, name) in names.iter().enumerate() {
+        random_image(&dir.join(format!("{name}.npy")), [32, 32, 3], 20 + i as u64);
+    }
+    // `c` is broken: a truncated file.
+    std::fs::write(dir.join("c.npy"), b"\x93NUMPY").unwrap();
+    // Listed out of order, with a comment and a blank line: the split sorts them.
+    let list = dir.join("inputs.txt");
+    let lines: Vec<String> = ["e", "c", "a", "d", "b"]
+        .iter()
+        .map(|n| dir.join(format!("{n}.npy")).display().to_string())
+        .collect();
+    std::fs::write(&list, format!("# five inputs\n{}\n\n", lines.join("\n"))).unwrap();
+    let out = dir.join("out.npy");
+    // Sorted a b c d e: part 0 takes a, c, e; part 1 takes b, d.
+    let (code, stderr) = run_spec(
+        SIGMOID_NET,
+        &weights,
+        &list,
+        &out,
+        &["--num-parts", "2", "--part-id", "0"],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("c.npy") && stderr.contains("1 of 3 inputs failed"),
+        "{stderr}"
+    );
+    let at = format!("@{}", list.display());
+    let (code, stderr) = run_spec(
+        SIGMOID_NET,
+        &weights,
+        Path::new(&at),
+        &out,
+        &["--num-parts", "2", "--part-id", "1"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let mut written: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written, ["a.npy", "b.npy", "d.npy", "e.npy"]);
+    for (extra, want) in [
+        (&["--num-parts", "2", "--part-id", "2"][..], "K in 0..N"),
+        (&["--num-parts", "0"][..], "--num-parts"),
+    ] {
+        let (code, stderr) = run_spec(SIGMOID_NET, &weights, &list, &dir.join("o2.npy"), extra);
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(stderr.contains(want), "{extra:?}: {stderr}");
+    }
+    // One input file has nothing to split.
+    let (code, stderr) = run_spec(
+        SIGMOID_NET,
+        &weights,
+        &dir.join("a.npy"),
+        &dir.join("one.npy"),
+        &["--num-parts", "2"],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("would do nothing"), "{stderr}");
+}

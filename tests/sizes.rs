@@ -46,20 +46,57 @@ fn same_padding_unet_needs_a_multiple_of_16() {
 fn tiles_fit_the_memory_budget() {
     let path = root().join("specs/original.unet");
     let text = std::fs::read_to_string(&path).unwrap();
-    let plan = plan_tiles(&path, &text, [572, 572, 1], (1000, 1000), 1 << 30, 800).unwrap();
+    let plan = plan_tiles(&path, &text, [572, 572, 1], (1000, 1000), 1 << 30).unwrap();
     // A valid tile (≡ 12 mod 16), its output 184 smaller, and memory within 1 GiB.
-    assert_eq!(plan.tile_in % 16, 12);
-    assert_eq!(plan.tile_out + 184, plan.tile_in);
+    let (tile_in, tile_out) = (plan.tile_in.0, plan.tile_out.0);
+    assert_eq!(plan.tile_in.0, plan.tile_in.1);
+    assert_eq!(tile_in % 16, 12);
+    assert_eq!(tile_out + 184, tile_in);
     assert_eq!(plan.halo, 92);
     assert!(plan.arena_bytes + plan.weight_bytes <= 1 << 30);
-    assert_eq!(
-        plan.tiles,
-        (
-            1000usize.div_ceil(plan.tile_out),
-            1000usize.div_ceil(plan.tile_out)
-        )
-    );
+    // 1000 + 184 = 1184 ≡ 0 mod 16: padded to 1196, the next accepted size; tiles step by the
+    // output rounded down to 16, the last ending at 1196.
+    assert_eq!(plan.padded, (1196, 1196));
+    let step = tile_out / 16 * 16;
+    let rows = (1196 - tile_in).div_ceil(step) + 1;
+    assert_eq!(plan.tiles(), (rows, rows));
     assert!(plan.receptive_field > 2 * plan.halo);
+}
+
+/// No tile is larger than the image needs: a 600x400 image (W x H) gets one tile whose output
+/// just covers it, for a valid net (400 + 184 = 584 → 588, 600 + 184 = 784 → 796, the next
+/// sizes ≡ 12 mod 16) and for a same-padding one (400 → 400, 600 → 608, multiples of 16).
+#[test]
+fn a_small_image_gets_no_tile_larger_than_it_needs() {
+    for (spec, base, want) in [
+        ("specs/original.unet", [572, 572, 1], (588, 796)),
+        ("specs/bn_same.yaml", [512, 512, 3], (400, 608)),
+    ] {
+        let path = root().join(spec);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let plan = plan_tiles(&path, &text, base, (400, 600), 8 << 30).unwrap();
+        assert_eq!(plan.tile_in, want, "{spec}");
+        assert_eq!(plan.tiles(), (1, 1), "{spec}");
+    }
+}
+
+/// Same-padding nets get a halo: the reach of an output pixel, from the layers. By hand for
+/// tests/golden/bn_same_small.unet (3x3 same convs, 2x2 pools, 2x2 stride-2 transposed convs):
+/// a 3x3 conv at a level of stride s reaches s more pixels each side; two per block, levels
+/// 1, 2, 4 down, 8 at the bottom, 4, 2, 1 up: 2·(1+2+4+8+4+2+1) = 44; each 2x2 pool at stride
+/// s can need s more on one side (1 + 2 + 4 = 7): 51, rounded up to the grid of 8: 56.
+#[test]
+fn same_padding_halo_is_the_reach_rounded_to_the_stride() {
+    use unetc::report::sizes::{plan_image, Stitch, TileRequest};
+    let path = root().join("tests/golden/bn_same_small.unet");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut req = TileRequest::new(1 << 30);
+    req.tile = Some((160, 160));
+    let plan = plan_image(&path, &text, [32, 32, 3], (250, 230), &req).unwrap();
+    assert_eq!(plan.stitch, Stitch::Exact);
+    assert_eq!((plan.reach, plan.halo, plan.align), (Some(51), 56, 8));
+    assert_eq!(plan.padded, (256, 232));
+    assert!(plan.overlap() >= 2 * plan.halo);
 }
 
 /// The fast probe (shape rules over the graph expanded once) agrees with compiling the spec

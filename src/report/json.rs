@@ -124,7 +124,7 @@ fn diagnostics_json(sources: &SourceMap, c: &Compiled) -> Vec<Json> {
 /// Version of `unetc sizes --format json`; bumped on incompatible changes.
 pub const SIZES_SCHEMA_VERSION: u32 = 1;
 /// Version of `unetc tiles --format json`.
-pub const TILES_SCHEMA_VERSION: u32 = 1;
+pub const TILES_SCHEMA_VERSION: u32 = 2;
 /// Version of `unetc plan --format json`.
 pub const PLAN_SCHEMA_VERSION: u32 = 1;
 
@@ -199,22 +199,37 @@ pub fn sizes_json(
 
 /// `unetc tiles --format json`: the numbers of the text, for an image of `image` (height, width).
 pub fn tiles_json(path: &Path, image: (usize, usize), budget: u64, p: &TilePlan) -> Json {
+    use crate::report::sizes::Stitch;
+    let wh = |(h, w): (usize, usize)| json!({ "width": w, "height": h });
+    let (mode, weights) = match p.stitch {
+        Stitch::Whole => ("whole", None),
+        Stitch::OverlapTile => ("overlap-tile", None),
+        Stitch::Exact => ("exact", None),
+        Stitch::Blend(w) => ("blend", Some(w.name())),
+    };
+    let (rows, cols) = p.tiles();
     json!({
         "schema": TILES_SCHEMA_VERSION,
         "spec": path.display().to_string(),
         "image": { "width": image.1, "height": image.0 },
         "memory_budget_bytes": budget,
-        "tile": { "input": p.tile_in, "output": p.tile_out },
+        "mode": mode,
+        "exact": !matches!(p.stitch, Stitch::Blend(_)),
+        "blend_weights": weights,
+        "padded": wh(p.padded),
+        "tile": { "input": wh(p.tile_in), "output": wh(p.tile_out) },
         "halo": p.halo,
+        "reach": p.reach,
+        "not_tileable_exactly": p.non_local.as_ref().map(|n| json!({ "layer": n.layer, "class": n.class })),
         "receptive_field": p.receptive_field,
-        "overlap": 2 * p.halo,
-        "tiles": { "columns": p.tiles.1, "rows": p.tiles.0, "total": p.tiles.0 * p.tiles.1 },
+        "overlap": p.overlap(),
+        "tiles": { "columns": cols, "rows": rows, "total": rows * cols },
         "memory_per_tile": {
             "batch": 1,
             "element_bytes": 4,
             "arena_bytes": p.arena_bytes,
             "weight_bytes": p.weight_bytes,
-            "total_bytes": p.arena_bytes + p.weight_bytes,
+            "total_bytes": p.arena_bytes.saturating_add(p.weight_bytes),
         },
     })
 }

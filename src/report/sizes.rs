@@ -4,6 +4,7 @@
 //! summarised in closed form (`in ≡ r mod p, in ≥ n0`, `out = a·in + b`), verified on every
 //! candidate of the searched range.
 
+use crate::exec::tiling::{blend_spans, exact_spans, overlap_spans, BlendWeights, Span};
 use crate::expand::Session;
 use crate::{compile_source, Compiled, Options};
 use std::path::Path;
@@ -430,40 +431,79 @@ pub fn sizes_text(
     out
 }
 
-/// The overlap-tile plan for an image (valid-padding nets) or the padded size (same-padding).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TilePlan {
-    pub tile_in: usize,
-    pub tile_out: usize,
-    /// Context each tile needs around its output: `(tile_in - tile_out) / 2`.
-    pub halo: usize,
-    pub receptive_field: usize,
-    pub tiles: (usize, usize),
-    pub arena_bytes: u64,
-    pub weight_bytes: u64,
+/// A layer that makes an output pixel depend on the whole input along an axis, so that tiles
+/// cannot reproduce the whole-image result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonLocal {
+    /// The layer's name in the spec.
+    pub layer: String,
+    /// Its Keras class.
+    pub class: &'static str,
 }
 
-/// Receptive field along the height: how many input rows one output pixel depends on (the
-/// widest over a few output positions, since pooling grids make it depend on the position).
-/// Computed exactly by mapping an output interval back through every layer.
+impl std::fmt::Display for NonLocal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "layer `{}` ({}) makes each output pixel depend on the whole image, so tiles \
+             cannot reproduce the whole-image result",
+            self.layer, self.class
+        )
+    }
+}
+
+/// How far the inputs of one output pixel reach along an axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    /// The receptive field: input pixels one output pixel depends on (the widest over many
+    /// output positions, since pooling grids make it depend on the position).
+    pub field: usize,
+    /// The most input pixels it reaches on one side of the output pixel's own position: a tile
+    /// whose kept centre is this far from its cut edges gives exactly the whole-image values.
+    pub radius: usize,
+}
+
+/// Receptive field along the height (see [`reach`]); the whole input for a net with a layer
+/// that depends on all of it.
 pub fn receptive_field(c: &Compiled) -> usize {
+    match reach(c, 0) {
+        Ok(r) => r.field,
+        Err(_) => height_of(c, c.graph.inputs.first().copied()),
+    }
+}
+
+fn height_of(c: &Compiled, id: Option<crate::ir::NodeId>) -> usize {
+    id.and_then(|id| c.info.layers[id.index()].shape.as_ref())
+        .and_then(|s| s.first())
+        .map_or(1, |&d| d.max(1) as usize)
+}
+
+/// How far one output pixel's inputs reach along `axis` (0 = height, 1 = width; for a volume
+/// 0 = depth), computed exactly by mapping output intervals back through every layer at the
+/// compiled size (windows, strides, pooling grids, up-sampling, crops and paddings), over 256
+/// neighbouring output positions in the middle of the output (every phase of a total stride up
+/// to 256). Errors name the first layer
+/// (from the output back) whose outputs depend on the whole input along the axis.
+pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
     use crate::ir::ops::WindowGeometry;
     use crate::ir::Op;
     let Some(&out) = c.graph.outputs.first() else {
-        return 1;
+        return Ok(Reach {
+            field: 1,
+            radius: 0,
+        });
     };
-    let height = |id: crate::ir::NodeId| {
+    let size = |id: crate::ir::NodeId| {
         c.info.layers[id.index()]
             .shape
             .as_ref()
-            .and_then(|s| s.first())
-            .copied()
-            .unwrap_or(1)
+            .and_then(|s| s.get(axis).or(s.first()))
+            .map_or(1, |&d| d.max(1))
     };
-    let out_h = height(out);
-    let mut widest = 1;
-    for p in (out_h / 2..out_h).take(16) {
-        // Needed rows of each tensor: [lo, hi], or None.
+    let out_n = size(out);
+    let (mut field, mut radius) = (1usize, 0usize);
+    for p in (out_n / 2..out_n).take(256) {
+        // Needed positions of each tensor: [lo, hi] (not clipped to the tensor), or None.
         let mut need: Vec<Option<(i64, i64)>> = vec![None; c.graph.nodes.len()];
         need[out.index()] = Some((p, p));
         for &id in c.info.schedule.iter().rev() {
@@ -471,66 +511,84 @@ pub fn receptive_field(c: &Compiled) -> usize {
                 continue;
             };
             let node = c.graph.node(id);
+            let non_local = || NonLocal {
+                layer: node.name.clone(),
+                class: node.op.class_name(),
+            };
             for &input in &node.inputs {
-                let n = height(input);
-                let out = height(id) as usize;
-                // Rows `[a, b]` of a sliding window's output read input rows from the first
-                // window's start to the last one's end.
+                let n = size(input);
+                let out = size(id) as usize;
+                // Positions `[a, b]` of a sliding window's output read input positions from
+                // the first window's start to the last one's end.
                 let windows = |g: WindowGeometry| {
                     let (s, pad) = (g.stride as i64, g.pad_before as i64);
                     (a * s - pad, b * s + g.span() as i64 - 1 - pad)
                 };
+                let transposed = |kernel: usize, stride: usize, crop_before: usize| {
+                    let (k, s, y0) = (kernel as i64, stride as i64, crop_before as i64);
+                    (
+                        (a + y0 - (k - 1)).div_euclid(s)
+                            + i64::from((a + y0 - (k - 1)).rem_euclid(s) != 0),
+                        (b + y0).div_euclid(s),
+                    )
+                };
+                let nu = n as usize;
                 let (lo, hi) = match &node.op {
-                    Op::Conv2D(op) => windows(op.args.geometry(0, n as usize, out)),
-                    Op::MaxPooling2D(op) => windows(op.geometry(0, n as usize, out)),
-                    Op::AveragePooling2D(op) => windows(op.geometry(0, n as usize, out)),
-                    Op::DepthwiseConv2D(op) => windows(op.depthwise.geometry(0, n as usize, out)),
+                    Op::Conv2D(op) => windows(op.args.geometry(axis, nu, out)),
+                    Op::MaxPooling2D(op) => windows(op.geometry(axis, nu, out)),
+                    Op::AveragePooling2D(op) => windows(op.geometry(axis, nu, out)),
+                    Op::DepthwiseConv2D(op) => windows(op.depthwise.geometry(axis, nu, out)),
                     // The pointwise stage reads one pixel: the depthwise window is the layer's.
-                    Op::SeparableConv2D(op) => windows(op.depthwise.geometry(0, n as usize, out)),
+                    Op::SeparableConv2D(op) => windows(op.depthwise.geometry(axis, nu, out)),
                     Op::Conv2DTranspose(op) => {
-                        let g = op.geometry(0, n as usize, out);
-                        let (k, s, y0) = (g.kernel as i64, g.stride as i64, g.crop_before as i64);
-                        (
-                            (a + y0 - (k - 1)).div_euclid(s)
-                                + i64::from((a + y0 - (k - 1)).rem_euclid(s) != 0),
-                            (b + y0).div_euclid(s),
-                        )
+                        let g = op.geometry(axis, nu, out);
+                        transposed(g.kernel, g.stride, g.crop_before)
                     }
-                    Op::UpSampling2D(op) => (a.div_euclid(op.size[0]), b.div_euclid(op.size[0])),
-                    // The 3-D kinds along their first axis (the depth), which is the axis this
-                    // walks for a volume.
-                    Op::Conv3D(op) => windows(op.geometry(0, n as usize, out)),
-                    Op::MaxPooling3D(op) => windows(op.geometry(0, n as usize, out)),
-                    Op::AveragePooling3D(op) => windows(op.geometry(0, n as usize, out)),
+                    Op::UpSampling2D(op) => {
+                        let s = op.size[axis.min(1)].max(1);
+                        (a.div_euclid(s), b.div_euclid(s))
+                    }
+                    Op::Cropping2D(op) => (a + op.cropping[2 * axis.min(1)], b + op.cropping[2 * axis.min(1)]),
+                    Op::ZeroPadding2D(op) => (a - op.padding[2 * axis.min(1)], b - op.padding[2 * axis.min(1)]),
+                    // The 3-D kinds along their axis `axis` (depth, height, width).
+                    Op::Conv3D(op) => windows(op.geometry(axis, nu, out)),
+                    Op::MaxPooling3D(op) => windows(op.geometry(axis, nu, out)),
+                    Op::AveragePooling3D(op) => windows(op.geometry(axis, nu, out)),
                     Op::Conv3DTranspose(op) => {
-                        let g = op.geometry(0, n as usize, out);
-                        let (k, s, y0) = (g.kernel as i64, g.stride as i64, g.crop_before as i64);
-                        (
-                            (a + y0 - (k - 1)).div_euclid(s)
-                                + i64::from((a + y0 - (k - 1)).rem_euclid(s) != 0),
-                            (b + y0).div_euclid(s),
-                        )
+                        let g = op.geometry(axis, nu, out);
+                        transposed(g.kernel, g.stride, g.crop_before)
                     }
-                    Op::UpSampling3D(op) => (a.div_euclid(op.size[0]), b.div_euclid(op.size[0])),
-                    Op::Cropping3D(op) => (a + op.cropping[0], b + op.cropping[0]),
-                    Op::ZeroPadding3D(op) => (a - op.padding[0], b - op.padding[0]),
-                    Op::GlobalAveragePooling3D(_) => (0, n - 1),
-                    Op::Cropping2D(op) => (a + op.cropping[0], b + op.cropping[0]),
-                    Op::ZeroPadding2D(op) => (a - op.padding[0], b - op.padding[0]),
+                    Op::UpSampling3D(op) => {
+                        let s = op.size[axis.min(2)].max(1);
+                        (a.div_euclid(s), b.div_euclid(s))
+                    }
+                    Op::Cropping3D(op) => (a + op.cropping[2 * axis.min(2)], b + op.cropping[2 * axis.min(2)]),
+                    Op::ZeroPadding3D(op) => (a - op.padding[2 * axis.min(2)], b - op.padding[2 * axis.min(2)]),
                     // Every output value depends on the whole input.
                     Op::Flatten(_)
                     | Op::Reshape(_)
                     | Op::Permute(_)
-                    | Op::Dense(_)
                     | Op::GlobalAveragePooling2D(_)
-                    | Op::GlobalMaxPooling2D(_) => (0, n - 1),
-                    // Statistics over the height: every row of the output depends on every
-                    // row of the input.
-                    Op::GroupNormalization(_) => (0, n - 1),
-                    Op::LayerNormalization(op) if op.positive_axes(3).contains(&1) => (0, n - 1),
-                    // Per row or per pixel otherwise.
+                    | Op::GlobalMaxPooling2D(_)
+                    | Op::GlobalAveragePooling3D(_)
+                    // Statistics over the whole height and width.
+                    | Op::GroupNormalization(_) => return Err(non_local()),
+                    // Per pixel on an image (Keras applies it to the last axis); after a
+                    // Flatten it is the whole input, which the Flatten said already.
+                    Op::Dense(_) => (a, b),
+                    Op::LayerNormalization(op)
+                        if op.positive_axes(3).iter().any(|&x| x == 1 || x == 2) =>
+                    {
+                        return Err(non_local())
+                    }
+                    // Per pixel otherwise.
                     Op::LayerNormalization(_) => (a, b),
-                    // Merges broadcast an input of height 1 over every row (TensorFlow's
+                    // A softmax across rows or columns mixes the whole image.
+                    Op::Softmax(op) if matches!(op.axis, 1 | 2 | -3 | -2) => {
+                        return Err(non_local())
+                    }
+                    Op::Softmax(_) => (a, b),
+                    // Merges broadcast an input of size 1 over every position (TensorFlow's
                     // functions too; their one-input ones are per pixel anyway).
                     Op::Multiply(_)
                     | Op::Subtract(_)
@@ -544,8 +602,8 @@ pub fn receptive_field(c: &Compiled) -> usize {
                             (a, b)
                         }
                     }
-                    // Row for row: per-pixel layers and merges (which take the same rows of
-                    // every input). A Softmax over the height axis is counted so too.
+                    // Position for position: per-pixel layers and merges (which take the same
+                    // positions of every input).
                     Op::Input(_)
                     | Op::Concatenate(_)
                     | Op::Add(_)
@@ -555,13 +613,11 @@ pub fn receptive_field(c: &Compiled) -> usize {
                     | Op::LeakyReLU(_)
                     | Op::ELU(_)
                     | Op::PReLU(_)
-                    | Op::Softmax(_)
                     | Op::Dropout(_)
                     | Op::SpatialDropout2D(_)
                     | Op::GaussianNoise(_)
                     | Op::GaussianDropout(_) => (a, b),
                 };
-                let (lo, hi) = (lo.max(0), hi.min(n - 1));
                 if lo > hi {
                     continue;
                 }
@@ -572,55 +628,574 @@ pub fn receptive_field(c: &Compiled) -> usize {
             }
         }
         if let Some((lo, hi)) = c.graph.inputs.first().and_then(|i| need[i.index()]) {
-            widest = widest.max((hi - lo + 1) as usize);
+            field = field.max((hi - lo + 1) as usize);
+            radius = radius.max((p - lo).max(hi - p).max(0) as usize);
         }
     }
-    widest
+    Ok(Reach { field, radius })
 }
 
-/// Plans tiles for an image of `image` (height, width) within `budget` bytes (arena + weights).
+/// How tiles are put together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stitch {
+    /// The (padded) image in one pass: nothing to stitch.
+    Whole,
+    /// Valid padding: the U-Net paper's overlap-tile, exact.
+    OverlapTile,
+    /// Same padding: each tile keeps its outputs at least the halo from a cut edge, exact.
+    Exact,
+    /// Same padding: overlapping tiles averaged with weights, approximate.
+    Blend(BlendWeights),
+}
+
+/// `--tile-mode`: what tiles of a same-padding net must give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TileMode {
+    /// The whole-image result (halo ≥ the reach of every output pixel).
+    #[default]
+    Exact,
+    /// Overlapping tiles averaged: fewer, larger steps, not the whole-image result.
+    Blend,
+}
+
+/// What the user asked of the tiles.
+#[derive(Debug, Clone)]
+pub struct TileRequest {
+    /// `--tile`: the input tile as (height, width).
+    pub tile: Option<(usize, usize)>,
+    /// Bytes for the activation arena of a batch plus the weights.
+    pub budget: u64,
+    pub batch: usize,
+    pub mode: TileMode,
+    /// Blend mode: the fraction of a tile shared with its neighbour, in `[0, 1)`.
+    pub overlap: f64,
+    pub weights: BlendWeights,
+    /// A valid-padding net runs at the spec's own tile when that fits (what `run` does), not
+    /// at the largest that fits (what `tiles` proposes).
+    pub spec_tile_first: bool,
+    /// The largest tile side to choose from the budget (`tiles --max`).
+    pub max_side: usize,
+}
+
+impl TileRequest {
+    pub fn new(budget: u64) -> TileRequest {
+        TileRequest {
+            tile: None,
+            budget,
+            batch: 1,
+            mode: TileMode::Exact,
+            overlap: 0.25,
+            weights: BlendWeights::Gaussian,
+            spec_tile_first: false,
+            max_side: usize::MAX,
+        }
+    }
+}
+
+/// How an image is covered: where the tiles are, what each needs, and how exact it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TilePlan {
+    pub stitch: Stitch,
+    /// The image (height, width).
+    pub image: (usize, usize),
+    /// The mirror-padded image the tiles are cut from (height, width).
+    pub padded: (usize, usize),
+    /// Mirror padding in front of the image (rows, columns).
+    pub pad_before: (usize, usize),
+    /// Input and output tile (height, width).
+    pub tile_in: (usize, usize),
+    pub tile_out: (usize, usize),
+    /// Context each tile has around the outputs it keeps, per side.
+    pub halo: usize,
+    /// How far an output pixel's inputs reach on one side (same padding), when bounded.
+    pub reach: Option<usize>,
+    /// The layer that makes every output depend on the whole image, if any.
+    pub non_local: Option<NonLocal>,
+    pub receptive_field: usize,
+    /// Tile starts are multiples of this (the sizes' period: the net's total stride).
+    pub align: usize,
+    pub rows: Vec<Span>,
+    pub cols: Vec<Span>,
+    /// Activation arena for one tile, f32.
+    pub arena_bytes: u64,
+    pub weight_bytes: u64,
+}
+
+impl TilePlan {
+    /// Tiles down and across.
+    pub fn tiles(&self) -> (usize, usize) {
+        (self.rows.len(), self.cols.len())
+    }
+
+    /// Pixels shared by neighbouring input tiles: the least along either axis (the last tile,
+    /// ending at the image's edge, may share more with its neighbour).
+    pub fn overlap(&self) -> usize {
+        let along = |spans: &[Span], len: usize| {
+            spans
+                .windows(2)
+                .map(|w| (w[0].start + len).saturating_sub(w[1].start))
+                .min()
+        };
+        match (
+            along(&self.rows, self.tile_in.0),
+            along(&self.cols, self.tile_in.1),
+        ) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => 0,
+        }
+    }
+
+    /// The mode in words, with its error bound.
+    pub fn mode_text(&self) -> String {
+        match self.stitch {
+            Stitch::Whole => "whole image, one pass: nothing stitched (error 0)".into(),
+            Stitch::OverlapTile => format!(
+                "overlap-tile (valid padding): margin {} each side, tile starts on the \
+                 {}-pixel grid: equal to one run on the padded image (error 0 up to float \
+                 rounding)",
+                self.halo, self.align
+            ),
+            Stitch::Exact => format!(
+                "exact: halo {} ≥ reach {} of an output pixel, tile starts on the {}-pixel grid, \
+                 border tiles at the padded image's edges: equal to the whole-image result \
+                 (error 0 up to float rounding)",
+                self.halo,
+                self.reach.unwrap_or(0),
+                self.align
+            ),
+            Stitch::Blend(w) => {
+                let why = match (&self.non_local, self.reach) {
+                    (Some(n), _) => {
+                        return format!(
+                            "blend ({} weights, overlap {} pixels): approximate, not bounded: \
+                             {n}; only the whole image in one pass (more --memory) gives its \
+                             result",
+                            w.name(),
+                            self.overlap()
+                        )
+                    }
+                    (None, Some(r)) => format!(
+                        "outputs within {r} pixels of a cut edge see zero padding instead of \
+                         the image"
+                    ),
+                    (None, None) => "tile edges see zero padding".into(),
+                };
+                format!(
+                    "blend ({} weights, overlap {} pixels): approximate, not bounded: {why}; \
+                     --tile-mode exact gives the whole-image result",
+                    w.name(),
+                    self.overlap()
+                )
+            }
+        }
+    }
+}
+
+fn weight_bytes_of(c: &Compiled) -> u64 {
+    c.info.totals(&c.graph).params.saturating_mul(4)
+}
+
+fn arena_of(c: &Compiled, batch: usize) -> Option<u64> {
+    crate::exec::plan::plan(&c.graph, &c.info).map(|p| p.arena_bytes(batch.max(1)))
+}
+
+/// Sizes `≡ residue (mod period), ≥ min`: the smallest at or above `n` and the largest at or
+/// below it.
+fn up_to_accepted(cf: &ClosedForm, n: usize) -> usize {
+    if n <= cf.min {
+        return cf.min;
+    }
+    let p = cf.period.max(1);
+    n + (cf.residue % p + p - n % p) % p
+}
+
+fn down_to_accepted(cf: &ClosedForm, n: usize) -> Option<usize> {
+    if n < cf.min {
+        return None;
+    }
+    let p = cf.period.max(1);
+    Some(n - (n % p + p - cf.residue % p) % p)
+}
+
+fn is_accepted(cf: &ClosedForm, n: usize) -> bool {
+    n >= cf.min && n % cf.period.max(1) == cf.residue % cf.period.max(1)
+}
+
+/// The text of the sizes a closed form accepts.
+fn rule_text(cf: &ClosedForm) -> String {
+    if cf.period == 1 {
+        format!("in ≥ {}", cf.min)
+    } else {
+        format!("in ≡ {} mod {}, in ≥ {}", cf.residue, cf.period, cf.min)
+    }
+}
+
+/// Plans how to cover an image of `image` (height, width): the whole padded image in one pass
+/// when it fits the budget and no tile is asked for, else tiles (overlap-tile for valid nets,
+/// exact or blended for same-padding nets).
+pub fn plan_image(
+    path: &Path,
+    text: &str,
+    base: [usize; 3],
+    image: (usize, usize),
+    req: &TileRequest,
+) -> Result<TilePlan, String> {
+    let sizes = probe_axis(path, text, base, 0, 1024.max(base[0]));
+    let Some(cf) = closed_form(&sizes) else {
+        return Err(
+            "the accepted input sizes follow no simple rule up to 1024 (see `unetc sizes`), so \
+             unetc cannot tile this net"
+                .into(),
+        );
+    };
+    match cf.output {
+        Some((scale, offset)) if scale == 1.0 && offset == 0.0 => {
+            plan_same(path, text, base, image, req, &cf)
+        }
+        Some((scale, offset)) if scale == 1.0 && offset < 0.0 && (-offset) as usize % 2 == 0 => {
+            plan_valid(path, text, base, image, req, &cf, (-offset) as usize / 2)
+        }
+        Some((scale, offset)) => Err(format!(
+            "the model's output size is {} for input size in: tiles need out = in (same \
+             padding) or out = in − 2·margin (valid padding)",
+            linear_text(scale, offset)
+        )),
+        None => Err("the model's output is not an image; it cannot be tiled".into()),
+    }
+}
+
+/// The largest tile (height, width) from the budget, each side at most `limit` and accepted,
+/// using an arena-per-pixel estimate from `probe` and then checking it by compiling.
+#[allow(clippy::too_many_arguments)]
+fn largest_fitting(
+    path: &Path,
+    text: &str,
+    channels: usize,
+    cf: &ClosedForm,
+    limit: (usize, usize),
+    probe: &Compiled,
+    req: &TileRequest,
+    smallest: usize,
+) -> Result<((usize, usize), Compiled, u64), String> {
+    let limit = (limit.0.min(req.max_side), limit.1.min(req.max_side));
+    let shape = probe_shape(probe);
+    let weights = weight_bytes_of(probe);
+    let per_pixel = arena_of(probe, req.batch).unwrap_or(u64::MAX) as f64
+        / (shape.0.max(1) * shape.1.max(1)) as f64;
+    let room = req.budget.saturating_sub(weights) as f64;
+    let too_small = || {
+        format!(
+            "the memory budget {} is too small for this net: its smallest usable tile, {}x{} \
+             (W x H), needs about {} of activations (batch {}) + {} of weights; give more \
+             --memory{}",
+            crate::text::bytes(req.budget),
+            smallest,
+            smallest,
+            crate::text::bytes((per_pixel * (smallest * smallest) as f64) as u64),
+            req.batch,
+            crate::text::bytes(weights),
+            if req.batch > 1 {
+                " or a smaller --batch"
+            } else {
+                ""
+            }
+        )
+    };
+    let pixels = room / per_pixel.max(1e-9);
+    let side = pixels.sqrt().min(1e7) as usize;
+    let fit = |n: usize, limit: usize| down_to_accepted(cf, n.min(limit)).map(|t| t.min(limit));
+    let mut th = fit(side, limit.0).ok_or_else(too_small)?;
+    let mut tw = fit(side, limit.1).ok_or_else(too_small)?;
+    // A side clipped to the image leaves room for the other.
+    if th == limit.0 && tw < limit.1 {
+        tw = fit((pixels / th as f64).min(1e7) as usize, limit.1).unwrap_or(tw);
+    } else if tw == limit.1 && th < limit.0 {
+        th = fit((pixels / tw as f64).min(1e7) as usize, limit.0).unwrap_or(th);
+    }
+    loop {
+        if th < smallest.min(limit.0) || tw < smallest.min(limit.1) {
+            return Err(too_small());
+        }
+        let c = compile_at(path, text, [th, tw, channels])
+            .ok_or_else(|| format!("the net does not compile at {tw}x{th} (W x H)"))?;
+        let arena = arena_of(&c, req.batch).unwrap_or(u64::MAX);
+        if arena.saturating_add(weights) <= req.budget {
+            return Ok(((th, tw), c, arena));
+        }
+        // Shrink the longer side by one step.
+        let shrink = |n: usize| n.checked_sub(1).and_then(|m| down_to_accepted(cf, m));
+        let next = if th >= tw {
+            shrink(th).map(|t| (t, tw))
+        } else {
+            shrink(tw).map(|t| (th, t))
+        };
+        (th, tw) = next.ok_or_else(too_small)?;
+    }
+}
+
+fn probe_shape(c: &Compiled) -> (usize, usize) {
+    spec_input(c).map_or((1, 1), |s| (s[0], s[1]))
+}
+
+/// `--tile` checked against the accepted sizes; each side clipped to `limit`.
+fn asked_tile(
+    cf: &ClosedForm,
+    (th, tw): (usize, usize),
+    limit: (usize, usize),
+) -> Result<(usize, usize), String> {
+    let side = |n: usize, limit: usize| -> Result<usize, String> {
+        if n >= limit {
+            return Ok(limit);
+        }
+        if is_accepted(cf, n) {
+            return Ok(n);
+        }
+        let below = down_to_accepted(cf, n);
+        Err(format!(
+            "--tile: this net takes tile sides with {}; {n} is not one (nearest: {}{})",
+            rule_text(cf),
+            below.map_or(String::new(), |b| format!("{b} and ")),
+            up_to_accepted(cf, n + 1)
+        ))
+    };
+    Ok((side(th, limit.0)?, side(tw, limit.1)?))
+}
+
+fn plan_same(
+    path: &Path,
+    text: &str,
+    base: [usize; 3],
+    (h, w): (usize, usize),
+    req: &TileRequest,
+    cf: &ClosedForm,
+) -> Result<TilePlan, String> {
+    let padded = (up_to_accepted(cf, h), up_to_accepted(cf, w));
+    let pad_before = ((padded.0 - h) / 2, (padded.1 - w) / 2);
+    let whole = compile_at(path, text, [padded.0, padded.1, base[2]]).ok_or_else(|| {
+        format!(
+            "the net does not compile at the padded size {}x{} (W x H)",
+            padded.1, padded.0
+        )
+    })?;
+    let weight_bytes = weight_bytes_of(&whole);
+    let whole_arena = arena_of(&whole, req.batch).unwrap_or(u64::MAX);
+    let (reach_px, non_local) = match (reach(&whole, 0), reach(&whole, 1)) {
+        (Ok(a), Ok(b)) => (Some(a.radius.max(b.radius)), None),
+        (Err(e), _) | (_, Err(e)) => (None, Some(e)),
+    };
+    let field = match (reach(&whole, 0), reach(&whole, 1)) {
+        (Ok(a), Ok(b)) => a.field.max(b.field),
+        _ => padded.0.max(padded.1),
+    };
+    let align = cf.period.max(1);
+    let halo = reach_px.map_or(0, |r| r.div_ceil(align) * align);
+    let one = |n: usize, before: usize| {
+        vec![Span {
+            start: 0,
+            offset: -(before as isize),
+            keep: (0, n),
+        }]
+    };
+    let mut plan = TilePlan {
+        stitch: Stitch::Whole,
+        image: (h, w),
+        padded,
+        pad_before,
+        tile_in: padded,
+        tile_out: padded,
+        halo: 0,
+        reach: reach_px,
+        non_local: non_local.clone(),
+        receptive_field: field,
+        align,
+        rows: one(padded.0, pad_before.0),
+        cols: one(padded.1, pad_before.1),
+        arena_bytes: arena_of(&whole, 1).unwrap_or(u64::MAX),
+        weight_bytes,
+    };
+    let fits_whole = whole_arena.saturating_add(weight_bytes) <= req.budget;
+    if req.tile.is_none() && fits_whole {
+        return Ok(plan);
+    }
+    if let (Some(n), TileMode::Exact) = (&non_local, req.mode) {
+        return Err(format!(
+            "tiling is not exact for this net: {n}. The padded image {}x{} (W x H) needs {} of \
+             activations (batch {}) + {} of weights{}; give --memory more to run it whole, or \
+             --tile-mode blend for an approximate result",
+            padded.1,
+            padded.0,
+            crate::text::bytes(whole_arena),
+            req.batch,
+            crate::text::bytes(weight_bytes),
+            if fits_whole {
+                String::new()
+            } else {
+                format!(", more than the budget {}", crate::text::bytes(req.budget))
+            }
+        ));
+    }
+    // Exact tiles need a kept centre: more than twice the halo.
+    let smallest = match req.mode {
+        TileMode::Exact => up_to_accepted(cf, 2 * halo + 1),
+        TileMode::Blend => cf.min,
+    };
+    let (tile, compiled, arena) = match req.tile {
+        Some(t) => {
+            let (th, tw) = asked_tile(cf, t, padded)?;
+            let c = compile_at(path, text, [th, tw, base[2]])
+                .ok_or_else(|| format!("the net does not compile at {tw}x{th} (W x H)"))?;
+            let arena = arena_of(&c, req.batch).unwrap_or(u64::MAX);
+            ((th, tw), c, arena)
+        }
+        None => largest_fitting(path, text, base[2], cf, padded, &whole, req, smallest)?,
+    };
+    if arena.saturating_add(weight_bytes) > req.budget {
+        return Err(format!(
+            "a {}x{} (W x H) tile needs {} of activations (batch {}) + {} of weights, more than              the memory budget {}; give a smaller --tile or more --memory",
+            tile.1,
+            tile.0,
+            crate::text::bytes(arena),
+            req.batch,
+            crate::text::bytes(weight_bytes),
+            crate::text::bytes(req.budget)
+        ));
+    }
+    plan.tile_in = tile;
+    plan.tile_out = tile;
+    plan.arena_bytes = arena_of(&compiled, 1).unwrap_or(u64::MAX);
+    match req.mode {
+        TileMode::Exact => {
+            let spans = |n: usize, t: usize, before: usize| {
+                exact_spans(n, t, halo, align, before).ok_or_else(|| {
+                    format!(
+                        "a {t}-pixel tile is too small for exact tiling: each tile needs a \
+                         halo of {halo} pixels on both sides (the reach of an output pixel, {}, \
+                         rounded up to the {align}-pixel grid); use a tile of at least {} or \
+                         --tile-mode blend",
+                        reach_px.unwrap_or(0),
+                        up_to_accepted(cf, 2 * halo + 1)
+                    )
+                })
+            };
+            plan.rows = spans(padded.0, tile.0, pad_before.0)?;
+            plan.cols = spans(padded.1, tile.1, pad_before.1)?;
+            plan.halo = halo;
+            plan.stitch = if plan.tiles() == (1, 1) {
+                Stitch::Whole
+            } else {
+                Stitch::Exact
+            };
+        }
+        TileMode::Blend => {
+            if !(0.0..1.0).contains(&req.overlap) {
+                return Err(format!(
+                    "--overlap {}: give a fraction of the tile in [0, 1), e.g. 0.25",
+                    req.overlap
+                ));
+            }
+            let step = |t: usize| {
+                let s = (t as f64 * (1.0 - req.overlap)).floor() as usize;
+                (s / align * align).max(align)
+            };
+            plan.rows = blend_spans(padded.0, tile.0, step(tile.0), pad_before.0);
+            plan.cols = blend_spans(padded.1, tile.1, step(tile.1), pad_before.1);
+            plan.stitch = if plan.tiles() == (1, 1) {
+                Stitch::Whole
+            } else {
+                Stitch::Blend(req.weights)
+            };
+        }
+    }
+    Ok(plan)
+}
+
+fn plan_valid(
+    path: &Path,
+    text: &str,
+    base: [usize; 3],
+    (h, w): (usize, usize),
+    req: &TileRequest,
+    cf: &ClosedForm,
+    margin: usize,
+) -> Result<TilePlan, String> {
+    if req.mode == TileMode::Blend {
+        return Err(
+            "--tile-mode blend is for same-padding nets; this valid-padding net's overlap-tile is \
+             exact already: drop --tile-mode blend"
+                .into(),
+        );
+    }
+    // The image mirror-padded by the margin, and after it up to an accepted size: the smallest
+    // tile whose output covers the image, and the size a whole run would take.
+    let needed = (
+        up_to_accepted(cf, h + 2 * margin),
+        up_to_accepted(cf, w + 2 * margin),
+    );
+    let spec_tile = (base[0], base[1]);
+    let fits = |c: &Compiled| {
+        arena_of(c, req.batch)
+            .unwrap_or(u64::MAX)
+            .saturating_add(weight_bytes_of(c))
+            <= req.budget
+    };
+    let tile = match req.tile {
+        Some(t) => asked_tile(cf, t, needed)?,
+        None => {
+            let spec_tile = (spec_tile.0.min(needed.0), spec_tile.1.min(needed.1));
+            let spec_fits = compile_at(path, text, [spec_tile.0, spec_tile.1, base[2]])
+                .is_some_and(|c| fits(&c));
+            if req.spec_tile_first && spec_fits {
+                spec_tile
+            } else {
+                let probe = compile_at(path, text, [needed.0, needed.1, base[2]])
+                    .ok_or_else(|| "the net does not compile at the image's size".to_string())?;
+                let smallest = up_to_accepted(cf, 2 * margin + cf.period);
+                largest_fitting(path, text, base[2], cf, needed, &probe, req, smallest)?.0
+            }
+        }
+    };
+    let c = compile_at(path, text, [tile.0, tile.1, base[2]])
+        .ok_or_else(|| format!("the net does not compile at {}x{} (W x H)", tile.1, tile.0))?;
+    let out = (tile.0 - 2 * margin, tile.1 - 2 * margin);
+    let spans = |n: usize, t: usize, o: usize| {
+        overlap_spans(n, t, o, cf.period).ok_or_else(|| {
+            format!(
+                "a {t}-pixel tile gives {o} output pixels, fewer than the net's stride {}: its \
+                 tiles cannot step on the pooling grid; use a tile of at least {}",
+                cf.period,
+                up_to_accepted(cf, 2 * margin + cf.period)
+            )
+        })
+    };
+    let rows = spans(needed.0, tile.0, out.0)?;
+    let cols = spans(needed.1, tile.1, out.1)?;
+    Ok(TilePlan {
+        stitch: Stitch::OverlapTile,
+        image: (h, w),
+        padded: needed,
+        pad_before: (margin, margin),
+        tile_in: tile,
+        tile_out: out,
+        halo: margin,
+        reach: reach(&c, 0).ok().map(|r| r.radius),
+        non_local: None,
+        receptive_field: receptive_field(&c),
+        align: cf.period,
+        rows,
+        cols,
+        arena_bytes: arena_of(&c, 1).unwrap_or(u64::MAX),
+        weight_bytes: weight_bytes_of(&c),
+    })
+}
+
+/// [`plan_image`] for `unetc tiles`'s defaults: exact, batch 1, the largest tile in `budget`.
 pub fn plan_tiles(
     path: &Path,
     text: &str,
     base: [usize; 3],
     image: (usize, usize),
     budget: u64,
-    max: usize,
 ) -> Result<TilePlan, String> {
-    let sizes = probe_axis(path, text, base, 0, max);
-    let mut best: Option<TilePlan> = None;
-    for p in sizes.accepted.iter().rev() {
-        let Some(out) = p.output else {
-            return Err("the model's output is not an image; it cannot be tiled".into());
-        };
-        let Some(c) = compile_at(path, text, [p.input, p.input, base[2]]) else {
-            continue;
-        };
-        let Some(plan) = crate::exec::plan::plan(&c.graph, &c.info) else {
-            continue;
-        };
-        let arena = plan.arena_bytes(1);
-        // From the tile's own compile: the spec may not compile at its own size.
-        let weight_bytes = c.info.totals(&c.graph).params.saturating_mul(4);
-        if arena.saturating_add(weight_bytes) > budget {
-            continue;
-        }
-        let halo = (p.input.saturating_sub(out)) / 2;
-        best = Some(TilePlan {
-            tile_in: p.input,
-            tile_out: out,
-            halo,
-            receptive_field: receptive_field(&c),
-            tiles: (image.0.div_ceil(out.max(1)), image.1.div_ceil(out.max(1))),
-            arena_bytes: arena,
-            weight_bytes,
-        });
-        break;
-    }
-    best.ok_or_else(|| {
-        format!(
-            "no square tile up to {max} fits in {}",
-            crate::text::bytes(budget)
-        )
-    })
+    plan_image(path, text, base, image, &TileRequest::new(budget))
 }

@@ -39,7 +39,8 @@ impl fmt::Display for ExecError {
             ExecError::Input(m) => write!(f, "{m}"),
             ExecError::Memory { need, limit } => write!(
                 f,
-                "the run needs {} of activation memory, more than the limit of {}; use a smaller batch or tiles",
+                "the run needs {} of activation memory, more than the memory budget of {}; use a smaller --batch, \
+                 --tile HxW, or a larger --memory (default: half of the available memory)",
                 crate::text::bytes(*need),
                 crate::text::bytes(*limit)
             ),
@@ -95,7 +96,8 @@ pub struct CpuModel<'g> {
     /// The last run's activation arena, kept for the next: a fresh one is faulted in page by
     /// page as the layers first write it, on every run (tens of ms for a 572x572 U-Net).
     arena: std::sync::Mutex<Vec<f32>>,
-    /// Refuse runs whose activations need more than this many bytes.
+    /// Refuse runs whose activations need more than this many bytes (default: half of the
+    /// memory the system reports available; `run` sets its `--memory`).
     pub memory_limit: u64,
 }
 
@@ -221,7 +223,7 @@ impl<'g> CpuModel<'g> {
             plan,
             prepared,
             arena: Default::default(),
-            memory_limit: 16 << 30,
+            memory_limit: crate::train::available_memory() / 2,
         })
     }
 

@@ -298,6 +298,13 @@ pub fn cuda_available() -> Result<(), String> {
     Ok(())
 }
 
+/// Free memory on GPU 0 as the driver reports it; `None` without a usable GPU.
+pub fn free_device_memory() -> Option<u64> {
+    cuda_available().ok()?;
+    let ctx = CudaContext::new(0).ok()?;
+    ctx.mem_get_info().ok().map(|(free, _)| free as u64)
+}
+
 /// The NVRTC library's version (part of every cache key: a newer NVRTC writes PTX that an older
 /// driver may reject, so its output must not be mistaken for another's).
 pub fn nvrtc_version() -> Result<(i32, i32), CudaError> {

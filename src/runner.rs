@@ -183,7 +183,7 @@ impl Device {
     }
 
     /// Picks the concrete device; `cuda` without a usable GPU is an error naming what is missing.
-    fn resolve(self) -> Result<Device, RunError> {
+    pub fn resolve(self) -> Result<Device, RunError> {
         match (self, crate::exec::cuda::cuda_available()) {
             (Device::Cpu, _) | (Device::Auto, Err(_)) => Ok(Device::Cpu),
             (Device::Cuda | Device::Auto, Ok(())) => Ok(Device::Cuda),
@@ -448,6 +448,7 @@ fn run_one(
     let result = predict(
         context.spec,
         context.base,
+        None,
         context.weights,
         &input,
         opts.batch,
@@ -780,10 +781,13 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
     }
 }
 
-/// The model's output for a batch of images of any size.
+/// The model's output for a batch of images of any size. `bound` is `base` with `weights`
+/// already bound, when the caller keeps one (else each forward pass binds them).
+#[allow(clippy::too_many_arguments)]
 fn predict(
     spec: &Path,
     base: &Compiled,
+    bound: Option<&Backend<'_>>,
     weights: &Weights,
     input: &Tensor,
     batch: usize,
@@ -800,6 +804,7 @@ fn predict(
     if model_in.len() == 4 {
         return predict_volume(
             base,
+            bound,
             weights,
             input,
             &model_in,
@@ -834,7 +839,9 @@ fn predict(
         )));
     }
     if [h, w] == [model_in[0], model_in[1]] {
-        return forward(base, weights, input, batch, device, precision, report);
+        return forward(
+            base, bound, weights, input, batch, device, precision, report,
+        );
     }
     if model_out.len() != 3 {
         return Err(RunError::Usage(format!(
@@ -874,6 +881,7 @@ fn predict(
         ));
         let out = forward(
             &sized.compiled,
+            None,
             weights,
             &padded,
             batch,
@@ -939,6 +947,7 @@ fn predict(
         }
         let result = forward(
             base,
+            bound,
             weights,
             &tiles,
             chunk.len(),
@@ -960,8 +969,10 @@ fn predict(
 
 /// A volume model (input `(D, H, W, C)`) on an NDHWC array, or one `(D, H, W, C)` volume: run
 /// at the model's own size (volumes are not tiled or padded).
+#[allow(clippy::too_many_arguments)]
 fn predict_volume(
     base: &Compiled,
+    bound: Option<&Backend<'_>>,
     weights: &Weights,
     input: &Tensor,
     model_in: &[usize],
@@ -999,7 +1010,9 @@ fn predict_volume(
         batched.shape[0],
         dims(model_in)
     ));
-    forward(base, weights, &batched, batch, device, precision, report)
+    forward(
+        base, bound, weights, &batched, batch, device, precision, report,
+    )
 }
 
 /// The smallest size >= `n` along one axis that the spec accepts without errors or floored
@@ -1041,8 +1054,11 @@ fn accepted_size(spec: &Path, n: usize, height: bool, other: usize) -> Result<us
     )))
 }
 
+/// `input` through `c` in batches of `batch`, on `bound` when given (`c` with its weights bound).
+#[allow(clippy::too_many_arguments)]
 fn forward(
     c: &Compiled,
+    bound: Option<&Backend<'_>>,
     weights: &Weights,
     input: &Tensor,
     batch: usize,
@@ -1050,7 +1066,14 @@ fn forward(
     precision: Precision,
     report: &mut RunReport,
 ) -> Result<Tensor, RunError> {
-    let model = Backend::new(device, c, weights, precision)?;
+    let owned;
+    let model = match bound {
+        Some(m) => m,
+        None => {
+            owned = Backend::new(device, c, weights, precision)?;
+            &owned
+        }
+    };
     let n = input.shape[0];
     let item = input.item_len();
     let mut outputs: Vec<Tensor> = Vec::new();
@@ -1279,4 +1302,116 @@ pub fn peak_rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+self_cell::self_cell!(
+    /// A compiled model with its weights bound to a backend (which borrows the graph).
+    struct BoundModel {
+        owner: Compiled,
+        #[covariant]
+        dependent: Backend,
+    }
+);
+
+/// A spec compiled and its weights bound once, for many inputs in one process (the Python
+/// package's `Model`): what `unetc run` does per file, without the start-up per call.
+pub struct Loaded {
+    spec: PathBuf,
+    weights: Weights,
+    device: Device,
+    precision: Precision,
+    bound: BoundModel,
+}
+
+impl Loaded {
+    /// Compiles `spec`, loads `weights` (checked against the model) and binds them on `device`.
+    pub fn load(
+        spec: &Path,
+        weights: &Path,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Loaded, RunError> {
+        let device = device.resolve()?;
+        let base = compile_checked(spec, None)?;
+        let weights = load_weights(weights, &expected_weights(&base))?;
+        let bound = BoundModel::try_new(base, |c| Backend::new(device, c, &weights, precision))?;
+        Ok(Loaded {
+            spec: spec.to_path_buf(),
+            weights,
+            device,
+            precision,
+            bound,
+        })
+    }
+
+    /// The model's input shape without the batch axis (`[H, W, C]`, or `[D, H, W, C]`).
+    pub fn input_shape(&self) -> Vec<usize> {
+        let c = self.bound.borrow_owner();
+        c.info.layers[c.graph.inputs[0].index()]
+            .shape
+            .iter()
+            .flatten()
+            .map(|&d| d as usize)
+            .collect()
+    }
+
+    /// The model's output shape without the batch axis.
+    pub fn output_shape(&self) -> Result<Vec<usize>, RunError> {
+        model_output_shape(self.bound.borrow_owner())
+    }
+
+    /// "cpu" or "cuda": where the model runs.
+    pub fn device(&self) -> &'static str {
+        match self.device {
+            Device::Cuda => "cuda",
+            Device::Cpu | Device::Auto => "cpu",
+        }
+    }
+
+    /// The output for `input`, `[N, ...]` with the model's own input shape after `N`, in
+    /// forward passes of `batch` items.
+    pub fn predict(&self, input: &Tensor, batch: usize) -> Result<Tensor, RunError> {
+        let want = self.input_shape();
+        if input.shape.len() != want.len() + 1 || input.shape[1..] != want[..] {
+            return Err(RunError::Usage(format!(
+                "the input has shape {:?} but the model takes (N, {}); for images of other \
+                 sizes use predict_large",
+                input.shape,
+                want.iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        self.predict_large(input, batch).map(|(out, _)| out)
+    }
+
+    /// As `unetc run` on an array: images of other sizes than the model's are overlap-tiled
+    /// (valid padding) or mirror-padded and cropped back (same padding). The report's notes say
+    /// which.
+    pub fn predict_large(
+        &self,
+        input: &Tensor,
+        batch: usize,
+    ) -> Result<(Tensor, RunReport), RunError> {
+        if let Some(found) = crate::io::NonFinite::find(&input.data) {
+            return Err(RunError::Usage(format!(
+                "{}; unetc refuses such inputs because the output would be meaningless: replace \
+                 them (e.g. numpy.nan_to_num)",
+                found.describe(&input.shape)
+            )));
+        }
+        let mut report = RunReport::default();
+        let out = predict(
+            &self.spec,
+            self.bound.borrow_owner(),
+            Some(self.bound.borrow_dependent()),
+            &self.weights,
+            input,
+            batch,
+            (self.device, self.precision),
+            &mut report,
+        )?;
+        Ok((out, report))
+    }
 }

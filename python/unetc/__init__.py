@@ -33,6 +33,7 @@ __all__ = [
 
 InternalError = _unetc.InternalError
 PathOrText = Union[str, "os.PathLike[str]"]
+SpecPath = Union[str, "os.PathLike[str]"]
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def _spec_error(path: str, failure: Exception) -> SpecError:
     return SpecError(str(failure.args[0]) if failure.args else str(failure), diagnostics)
 
 
-def sizes(spec: "Union[str, os.PathLike[str]]", *, near: Optional[int] = None, max: int = 2048) -> Dict[str, Any]:
+def sizes(spec: SpecPath, *, near: Optional[int] = None, max: int = 2048) -> Dict[str, Any]:
     """`unetc sizes SPEC --format json`: the input sizes the spec accepts (each axis tried from 1
     to `max`), in closed form, and the output size each gives."""
     path = os.fspath(spec)
@@ -163,7 +164,7 @@ def sizes(spec: "Union[str, os.PathLike[str]]", *, near: Optional[int] = None, m
 
 
 def tiles(
-    spec: "Union[str, os.PathLike[str]]",
+    spec: SpecPath,
     *,
     image: Tuple[int, int],
     memory: Union[int, str] = "8GiB",
@@ -187,8 +188,8 @@ class Model:
 
     def __init__(
         self,
-        spec: "Union[str, os.PathLike[str]]",
-        weights: "Union[str, os.PathLike[str]]",
+        spec: SpecPath,
+        weights: SpecPath,
         device: str = "cpu",
         precision: str = "f32",
     ) -> None:

@@ -6,6 +6,16 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+__all__ = [
+    "Diagnostic",
+    "InternalError",
+    "Model",
+    "Report",
+    "SpecError",
+    "check",
+    "sizes",
+    "tiles",
+]
 PathOrText = Union[str, os.PathLike[str]]
 SpecPath = Union[str, os.PathLike[str]]
 

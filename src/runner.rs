@@ -100,6 +100,40 @@ pub fn compile_checked(spec: &Path, input_shape: Option<Vec<i64>>) -> Result<Com
     Ok(c)
 }
 
+/// A spec file, or its text read once (so that later compiles at other input sizes see the same
+/// spec even if the file changes; includes are still read from their files).
+#[derive(Clone, Copy)]
+struct SpecSource<'a> {
+    path: &'a Path,
+    text: Option<&'a str>,
+}
+
+impl SpecSource<'_> {
+    fn compile(&self, input_shape: Option<Vec<i64>>) -> std::io::Result<Compiled> {
+        let options = Options { input_shape };
+        match self.text {
+            Some(text) => Ok(crate::compile_source(
+                self.path,
+                text.to_string(),
+                &options,
+                &mut Session::new(),
+            )),
+            None => compile_file(self.path, &options, &mut Session::new()),
+        }
+    }
+
+    /// As [`compile_checked`].
+    fn compile_checked(&self, input_shape: Option<Vec<i64>>) -> Result<Compiled, RunError> {
+        let c = self
+            .compile(input_shape)
+            .map_err(|e| RunError::Usage(format!("cannot read `{}`: {e}", self.path.display())))?;
+        if c.has_errors() {
+            return Err(RunError::Spec(render_plain(&c.sources, &c.diags)));
+        }
+        Ok(c)
+    }
+}
+
 /// Every weight tensor the model needs, with its Keras shape.
 pub fn expected_weights(c: &Compiled) -> Vec<Expected> {
     c.info
@@ -446,7 +480,10 @@ fn run_one(
         &mut report.notes,
     )?;
     let result = predict(
-        context.spec,
+        SpecSource {
+            path: context.spec,
+            text: None,
+        },
         context.base,
         None,
         context.weights,
@@ -785,7 +822,7 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
 /// already bound, when the caller keeps one (else each forward pass binds them).
 #[allow(clippy::too_many_arguments)]
 fn predict(
-    spec: &Path,
+    spec: SpecSource<'_>,
     base: &Compiled,
     bound: Option<&Backend<'_>>,
     weights: &Weights,
@@ -859,7 +896,7 @@ fn predict(
             accepted_size(spec, w, false, model_in[0])?,
         );
         let sized = Sized {
-            compiled: compile_checked(spec, Some(vec![ph as i64, pw as i64, c as i64]))?,
+            compiled: spec.compile_checked(Some(vec![ph as i64, pw as i64, c as i64]))?,
         };
         let mut padded = Tensor::zeros(&[n, ph, pw, c]);
         for i in 0..n {
@@ -1017,20 +1054,19 @@ fn predict_volume(
 
 /// The smallest size >= `n` along one axis that the spec accepts without errors or floored
 /// pooling, with the same output size as input size.
-fn accepted_size(spec: &Path, n: usize, height: bool, other: usize) -> Result<usize, RunError> {
+fn accepted_size(
+    spec: SpecSource<'_>,
+    n: usize,
+    height: bool,
+    other: usize,
+) -> Result<usize, RunError> {
     for candidate in n..n + 4096 {
         let shape = if height {
             vec![candidate as i64, other as i64, 1]
         } else {
             vec![other as i64, candidate as i64, 1]
         };
-        let Ok(c) = compile_file(
-            spec,
-            &Options {
-                input_shape: Some(shape),
-            },
-            &mut Session::new(),
-        ) else {
+        let Ok(c) = spec.compile(Some(shape)) else {
             continue;
         };
         let clean = !c
@@ -1317,6 +1353,8 @@ self_cell::self_cell!(
 /// package's `Model`): what `unetc run` does per file, without the start-up per call.
 pub struct Loaded {
     spec: PathBuf,
+    /// The spec's text as compiled at load time.
+    text: String,
     weights: Weights,
     device: Device,
     precision: Precision,
@@ -1333,10 +1371,17 @@ impl Loaded {
     ) -> Result<Loaded, RunError> {
         let device = device.resolve()?;
         let base = compile_checked(spec, None)?;
+        let text = base
+            .sources
+            .file_ids()
+            .next()
+            .map(|f| base.sources.text(f).to_string())
+            .unwrap_or_default();
         let weights = load_weights(weights, &expected_weights(&base))?;
         let bound = BoundModel::try_new(base, |c| Backend::new(device, c, &weights, precision))?;
         Ok(Loaded {
             spec: spec.to_path_buf(),
+            text,
             weights,
             device,
             precision,
@@ -1402,8 +1447,12 @@ impl Loaded {
             )));
         }
         let mut report = RunReport::default();
+        let spec = SpecSource {
+            path: &self.spec,
+            text: Some(&self.text),
+        };
         let out = predict(
-            &self.spec,
+            spec,
             self.bound.borrow_owner(),
             Some(self.bound.borrow_dependent()),
             &self.weights,

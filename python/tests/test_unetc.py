@@ -219,3 +219,19 @@ def test_cuda_without_gpu_is_a_runtime_error(weights):
         assert "no usable CUDA GPU" in str(e) and 'device="cpu"' in str(e)
     else:
         assert model.device == "cuda"
+
+
+def test_model_keeps_the_spec_it_loaded(weights, tmp_path):
+    # predict_large compiles the spec again at a padded size; it must be the text loaded, not
+    # whatever the file holds by then.
+    spec = tmp_path / "same.unet"
+    text = (SPECS / "small_same.unet").read_text()
+    spec.write_text(text)
+    model = unetc.Model(spec, weights["small_same"])
+    x = np.random.default_rng(6).random((37, 50, 3), dtype=np.float32)
+    before = model.predict_large(x)
+    assert "activation: sigmoid" in text
+    spec.write_text(text.replace("activation: sigmoid", "activation: linear"))
+    np.testing.assert_array_equal(model.predict_large(x), before)
+    # A model loaded from the changed file does differ (so the check above can fail).
+    assert not np.array_equal(unetc.Model(spec, weights["small_same"]).predict_large(x), before)

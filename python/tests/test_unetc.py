@@ -235,3 +235,21 @@ def test_model_keeps_the_spec_it_loaded(weights, tmp_path):
     np.testing.assert_array_equal(model.predict_large(x), before)
     # A model loaded from the changed file does differ (so the check above can fail).
     assert not np.array_equal(unetc.Model(spec, weights["small_same"]).predict_large(x), before)
+
+
+def test_warnings_are_in_the_report_not_raised(cli, tmp_path):
+    text = (
+        "model:\n  input: [8, 8, 1]\n  layers:\n    - {conv2d: [2, 3], name: side}\n"
+        "    - {conv2d: [1, 1], name: out, inputs: input_1}\n  outputs: [out]\n"
+    )
+    report = unetc.check(text, format="yaml")
+    [d] = report.diagnostics
+    assert (d.severity, d.code) == ("warning", "W-unused")
+    assert (d.line, d.column) == (4, text.splitlines()[3].index("{") + 1)
+    # Only `out` is in the model: a 1x1 kernel over 1 channel, 1 filter, and its bias.
+    assert report.total_params == 1 * 1 * 1 * 1 + 1
+    f = tmp_path / "warn.yaml"
+    f.write_text(text)
+    p = cli("check", f)
+    assert report.summary == p.stdout
+    assert report.diagnostics_text == p.stderr.replace(str(f), "<string>")

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use unetc::diag::{render_colored, render_plain};
 use unetc::expand::Session;
-use unetc::report::summary::{render, SummaryStyle};
+use unetc::report::summary::SummaryStyle;
 use unetc::{compile_file, report, Options};
 
 /// `println!` that does not panic when standard output is a closed pipe (`unetc ... | head`).
@@ -499,7 +499,7 @@ impl TileArgs {
     ) -> Result<unetc::report::sizes::TileRequest, String> {
         use unetc::report::sizes::{TileMode, TileRequest};
         let budget = match &self.memory {
-            Some(m) => parse_bytes(m)
+            Some(m) => unetc::text::parse_bytes(m)
                 .ok_or_else(|| format!("--memory {m}: expected a size like 4GiB or 512MiB"))?,
             None => default_budget(),
         };
@@ -1457,19 +1457,11 @@ fn check_one(spec: &std::path::Path, session: &mut Session, args: &CheckArgs) ->
             json: Some(json),
         };
     }
-    let mut out = String::new();
-    if !failed {
-        let style = match args.style {
-            Style::Legacy => SummaryStyle::Legacy,
-            Style::TfKeras => SummaryStyle::TfKeras,
-        };
-        out.push_str(&render(
-            &report::summary_model(&compiled),
-            style,
-            args.line_length,
-        ));
-        out.push_str(&report::extras_text(&compiled));
-    }
+    let style = match args.style {
+        Style::Legacy => SummaryStyle::Legacy,
+        Style::TfKeras => SummaryStyle::TfKeras,
+    };
+    let out = report::check_text(&compiled, style, args.line_length);
     let reported_at = start.elapsed();
     print_diags(&compiled, args.color);
     if is_stdin(spec) {
@@ -1527,51 +1519,24 @@ fn print_diags(c: &unetc::Compiled, color: bool) {
 /// A spec's text, compiled at its own input shape, and that shape; or the exit code after the
 /// error was printed.
 fn read_spec(spec: &std::path::Path) -> Result<(String, unetc::Compiled, [usize; 3]), ExitCode> {
-    let text = match std::fs::read_to_string(spec) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: cannot read `{}`: {e}", spec.display());
-            return Err(ExitCode::from(EXIT_USAGE));
-        }
-    };
-    let c = unetc::compile_source(spec, text.clone(), &Options::default(), &mut Session::new());
-    // Errors that only the spec's own input size causes are what `sizes` is for: `check`
-    // sends the user here with them.
-    let size_error = |d: &unetc::diag::Diagnostic| {
-        matches!(
-            d.code,
-            "E-concat-shape" | "E-add-shape" | "E-size" | "E-crop" | "E-reshape"
-        )
-    };
-    if c.diags.iter().any(|d| d.is_error() && !size_error(d)) {
-        eprint!("{}", render_plain(&c.sources, &c.diags));
-        return Err(ExitCode::from(EXIT_SPEC_ERRORS));
-    }
-    if c.has_errors() {
-        eprintln!(
-            "note: `{}` does not work at its own input size (`unetc check` says why); the answer \
-             below uses sizes that do",
-            spec.display()
-        );
-    }
-    match unetc::report::sizes::spec_input(&c) {
-        Some(base) => Ok((text, c, base)),
-        None => {
-            let input = c
-                .graph
-                .inputs
-                .first()
-                .and_then(|&i| c.info.layers[i.index()].shape.as_ref());
-            if input.is_some_and(|s| s.len() == 4) {
-                eprintln!(
-                    "error: the model's input is a volume (D x H x W x C); `sizes` and `tiles` \
-                     answer for images only, not yet for volumes\n  = help: check one size with \
-                     `unetc check {} --input-shape DxHxWxC`",
-                    spec.display()
-                );
-            } else {
-                eprintln!("error: the model's input is not an image (H, W, C), so it has no input sizes to vary");
+    use unetc::report::sizes::SizesSpecError;
+    match unetc::report::sizes::read_sizes_spec(spec) {
+        Ok(s) => {
+            if let Some(note) = s.note {
+                eprintln!("note: {note}");
             }
+            Ok((s.text, s.compiled, s.base))
+        }
+        Err(SizesSpecError::Read(e)) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+        Err(SizesSpecError::Spec(d)) => {
+            eprint!("{d}");
+            Err(ExitCode::from(EXIT_SPEC_ERRORS))
+        }
+        Err(SizesSpecError::NoAnswer(e)) => {
+            eprintln!("error: {e}");
             Err(ExitCode::from(EXIT_NO_ANSWER))
         }
     }
@@ -1590,25 +1555,6 @@ fn sizes(spec: &std::path::Path, near: Option<usize>, max: usize, format: Format
             spec, &text, &compiled, base, max, near,
         )),
     }
-}
-
-fn parse_bytes(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num.parse().ok()?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" | "kib" => 1024.0,
-        "m" | "mb" | "mib" => 1024.0 * 1024.0,
-        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "tb" | "tib" => 1024.0f64.powi(4),
-        _ => return None,
-    };
-    let bytes = v * mult;
-    (1.0..1e18).contains(&bytes).then_some(bytes as u64)
 }
 
 fn tiles(

@@ -101,6 +101,40 @@ pub fn compile_checked(spec: &Path, input_shape: Option<Vec<i64>>) -> Result<Com
     Ok(c)
 }
 
+/// A spec file, or its text read once (so that later compiles at other input sizes see the same
+/// spec even if the file changes; includes are still read from their files).
+#[derive(Clone, Copy)]
+struct SpecSource<'a> {
+    path: &'a Path,
+    text: Option<&'a str>,
+}
+
+impl SpecSource<'_> {
+    fn compile(&self, input_shape: Option<Vec<i64>>) -> std::io::Result<Compiled> {
+        let options = Options { input_shape };
+        match self.text {
+            Some(text) => Ok(crate::compile_source(
+                self.path,
+                text.to_string(),
+                &options,
+                &mut Session::new(),
+            )),
+            None => compile_file(self.path, &options, &mut Session::new()),
+        }
+    }
+
+    /// As [`compile_checked`].
+    fn compile_checked(&self, input_shape: Option<Vec<i64>>) -> Result<Compiled, RunError> {
+        let c = self
+            .compile(input_shape)
+            .map_err(|e| RunError::Usage(format!("cannot read `{}`: {e}", self.path.display())))?;
+        if c.has_errors() {
+            return Err(RunError::Spec(render_plain(&c.sources, &c.diags)));
+        }
+        Ok(c)
+    }
+}
+
 /// Every weight tensor the model needs, with its Keras shape.
 pub fn expected_weights(c: &Compiled) -> Vec<Expected> {
     c.info
@@ -184,7 +218,7 @@ impl Device {
     }
 
     /// Picks the concrete device; `cuda` without a usable GPU is an error naming what is missing.
-    fn resolve(self) -> Result<Device, RunError> {
+    pub fn resolve(self) -> Result<Device, RunError> {
         match (self, crate::exec::cuda::cuda_available()) {
             (Device::Cpu, _) | (Device::Auto, Err(_)) => Ok(Device::Cpu),
             (Device::Cuda | Device::Auto, Ok(())) => Ok(Device::Cuda),
@@ -536,8 +570,12 @@ fn run_one(
     )?;
     let result = predict(
         &Predict {
-            spec: context.spec,
+            spec: SpecSource {
+                path: context.spec,
+                text: None,
+            },
             base: context.base,
+            bound: None,
             weights: context.weights,
             batch: opts.batch,
             device: context.device,
@@ -886,8 +924,10 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
 
 /// What `predict` needs besides the input.
 struct Predict<'a> {
-    spec: &'a Path,
+    spec: SpecSource<'a>,
     base: &'a Compiled,
+    /// `base` with `weights` already bound, when the caller keeps one (else each pass binds them).
+    bound: Option<&'a Backend<'a>>,
     weights: &'a Weights,
     batch: usize,
     device: Device,
@@ -914,6 +954,7 @@ fn predict(
     if model_in.len() == 4 {
         return predict_volume(
             base,
+            p.bound,
             p.weights,
             input,
             &model_in,
@@ -956,6 +997,7 @@ fn predict(
         if !same_size || fits {
             return forward(
                 base,
+                p.bound,
                 p.weights,
                 input,
                 batch,
@@ -972,23 +1014,28 @@ fn predict(
             size_wh(model_in[0], model_in[1])
         )));
     }
-    let text = std::fs::read_to_string(p.spec)
-        .map_err(|e| RunError::Usage(format!("cannot read `{}`: {e}", p.spec.display())))?;
+    let text = match p.spec.text {
+        Some(text) => text.to_string(),
+        None => std::fs::read_to_string(p.spec.path).map_err(|e| {
+            RunError::Usage(format!("cannot read `{}`: {e}", p.spec.path.display()))
+        })?,
+    };
     let mut request = p.tiling.clone();
     request.batch = batch.max(1);
     request.spec_tile_first = true;
     let plan = plan_image(
-        p.spec,
+        p.spec.path,
         &text,
         [model_in[0], model_in[1], model_in[2]],
         (h, w),
         &request,
     )
     .map_err(|e| RunError::Usage(format!("the input is {}: {e}", size_wh(h, w))))?;
-    let sized = compile_checked(
-        p.spec,
-        Some(vec![plan.tile_in.0 as i64, plan.tile_in.1 as i64, c as i64]),
-    )?;
+    let sized = p.spec.compile_checked(Some(vec![
+        plan.tile_in.0 as i64,
+        plan.tile_in.1 as i64,
+        c as i64,
+    ]))?;
     let model = Backend::new(device, &sized, p.weights, precision, budget)?;
     let (th, tw) = plan.tile_in;
     let (oh, ow) = plan.tile_out;
@@ -1109,8 +1156,10 @@ fn predict(
 
 /// A volume model (input `(D, H, W, C)`) on an NDHWC array, or one `(D, H, W, C)` volume: run
 /// at the model's own size (volumes are not tiled or padded).
+#[allow(clippy::too_many_arguments)]
 fn predict_volume(
     base: &Compiled,
+    bound: Option<&Backend<'_>>,
     weights: &Weights,
     input: &Tensor,
     model_in: &[usize],
@@ -1148,18 +1197,28 @@ fn predict_volume(
         batched.shape[0],
         dims(model_in)
     ));
-    forward(base, weights, &batched, batch, target, report)
+    forward(base, bound, weights, &batched, batch, target, report)
 }
 
+/// `input` through `c` in batches of `batch`, on `bound` when given (`c` with its weights bound).
+#[allow(clippy::too_many_arguments)]
 fn forward(
     c: &Compiled,
+    bound: Option<&Backend<'_>>,
     weights: &Weights,
     input: &Tensor,
     batch: usize,
     (device, precision, budget): (Device, Precision, u64),
     report: &mut RunReport,
 ) -> Result<Tensor, RunError> {
-    let model = Backend::new(device, c, weights, precision, budget)?;
+    let owned;
+    let model = match bound {
+        Some(m) => m,
+        None => {
+            owned = Backend::new(device, c, weights, precision, budget)?;
+            &owned
+        }
+    };
     let n = input.shape[0];
     let item = input.item_len();
     let mut outputs: Vec<Tensor> = Vec::new();
@@ -1408,4 +1467,141 @@ pub fn peak_rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+self_cell::self_cell!(
+    /// A compiled model with its weights bound to a backend (which borrows the graph).
+    struct BoundModel {
+        owner: Compiled,
+        #[covariant]
+        dependent: Backend,
+    }
+);
+
+/// A spec compiled and its weights bound once, for many inputs in one process (the Python
+/// package's `Model`): what `unetc run` does per file, without the start-up per call.
+pub struct Loaded {
+    spec: PathBuf,
+    /// The spec's text as compiled at load time.
+    text: String,
+    weights: Weights,
+    device: Device,
+    precision: Precision,
+    /// Memory the model may use (the machine's default, as `unetc run` without --memory).
+    budget: u64,
+    bound: BoundModel,
+}
+
+impl Loaded {
+    /// Compiles `spec`, loads `weights` (checked against the model) and binds them on `device`.
+    pub fn load(
+        spec: &Path,
+        weights: &Path,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Loaded, RunError> {
+        let device = device.resolve()?;
+        let base = compile_checked(spec, None)?;
+        let text = base
+            .sources
+            .file_ids()
+            .next()
+            .map(|f| base.sources.text(f).to_string())
+            .unwrap_or_default();
+        let weights = load_weights(weights, &expected_weights(&base))?;
+        let budget = default_memory_budget(device);
+        let bound = BoundModel::try_new(base, |c| {
+            Backend::new(device, c, &weights, precision, budget)
+        })?;
+        Ok(Loaded {
+            spec: spec.to_path_buf(),
+            text,
+            weights,
+            device,
+            precision,
+            budget,
+            bound,
+        })
+    }
+
+    /// The model's input shape without the batch axis (`[H, W, C]`, or `[D, H, W, C]`).
+    pub fn input_shape(&self) -> Vec<usize> {
+        let c = self.bound.borrow_owner();
+        c.info.layers[c.graph.inputs[0].index()]
+            .shape
+            .iter()
+            .flatten()
+            .map(|&d| d as usize)
+            .collect()
+    }
+
+    /// The model's output shape without the batch axis.
+    pub fn output_shape(&self) -> Result<Vec<usize>, RunError> {
+        model_output_shape(self.bound.borrow_owner())
+    }
+
+    /// "cpu" or "cuda": where the model runs.
+    pub fn device(&self) -> &'static str {
+        match self.device {
+            Device::Cuda => "cuda",
+            Device::Cpu | Device::Auto => "cpu",
+        }
+    }
+
+    /// The output for `input`, `[N, ...]` with the model's own input shape after `N`, in
+    /// forward passes of `batch` items.
+    pub fn predict(&self, input: &Tensor, batch: usize) -> Result<Tensor, RunError> {
+        let want = self.input_shape();
+        if input.shape.len() != want.len() + 1 || input.shape[1..] != want[..] {
+            return Err(RunError::Usage(format!(
+                "the input has shape {:?} but the model takes (N, {}); for images of other \
+                 sizes use predict_large",
+                input.shape,
+                want.iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        self.predict_large(input, batch).map(|(out, _)| out)
+    }
+
+    /// As `unetc run` on an array: images of other sizes than the model's are overlap-tiled
+    /// (valid padding) or mirror-padded and cropped back (same padding). The report's notes say
+    /// which.
+    pub fn predict_large(
+        &self,
+        input: &Tensor,
+        batch: usize,
+    ) -> Result<(Tensor, RunReport), RunError> {
+        if let Some(found) = crate::io::NonFinite::find(&input.data) {
+            return Err(RunError::Usage(format!(
+                "{}; unetc refuses such inputs because the output would be meaningless: replace \
+                 them (e.g. numpy.nan_to_num)",
+                found.describe(&input.shape)
+            )));
+        }
+        let mut report = RunReport::default();
+        let spec = SpecSource {
+            path: &self.spec,
+            text: Some(&self.text),
+        };
+        let tiling = TileRequest::new(self.budget);
+        let out = predict(
+            &Predict {
+                spec,
+                base: self.bound.borrow_owner(),
+                bound: Some(self.bound.borrow_dependent()),
+                weights: &self.weights,
+                batch,
+                device: self.device,
+                precision: self.precision,
+                tiling: &tiling,
+            },
+            input,
+            &mut report,
+            &mut |_, _| {},
+        )?;
+        Ok((out, report))
+    }
 }

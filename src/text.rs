@@ -71,3 +71,24 @@ pub fn bytes(b: u64) -> String {
         format!("{b} B")
     }
 }
+
+/// A byte size as `--memory` takes it: `8GiB`, `512MiB`, `1.5g`, `4096` (binary units; `kb`, `mb`,
+/// ... mean the same). `None` for anything else, or outside 1 byte ..= 10^18.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    let bytes = v * mult;
+    (1.0..1e18).contains(&bytes).then_some(bytes as u64)
+}

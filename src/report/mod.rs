@@ -271,6 +271,21 @@ fn is_chain(g: &Graph, kept: &[crate::ir::NodeId]) -> bool {
         })
 }
 
+/// What `unetc check` prints on standard output for a spec without errors: the Keras summary in
+/// `style`, then [`extras_text`]. Empty when the spec has errors.
+pub fn check_text(
+    c: &Compiled,
+    style: summary::SummaryStyle,
+    line_length: Option<usize>,
+) -> String {
+    if c.has_errors() {
+        return String::new();
+    }
+    let mut out = summary::render(&summary_model(c), style, line_length);
+    out.push_str(&extras_text(c));
+    out
+}
+
 /// unetc's own lines after the Keras table: compute and memory at batch 1.
 pub fn extras_text(c: &Compiled) -> String {
     let t = c.info.totals(&c.graph);

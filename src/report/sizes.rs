@@ -1189,6 +1189,80 @@ fn plan_valid(
     })
 }
 
+/// A spec read for `sizes` and `tiles`: its text, compiled at its own input shape, and that shape.
+pub struct SizesSpec {
+    pub text: String,
+    pub compiled: Compiled,
+    pub base: [usize; 3],
+    /// Said before the answer: the spec does not work at its own input size.
+    pub note: Option<String>,
+}
+
+/// Why a spec has no `sizes`/`tiles` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SizesSpecError {
+    /// The file cannot be read.
+    Read(String),
+    /// The spec has errors other than size errors (rendered diagnostics).
+    Spec(String),
+    /// The model's input is not an image.
+    NoAnswer(String),
+}
+
+/// Reads and compiles `spec` for `sizes`/`tiles`. Errors that only the spec's own input size
+/// causes are what `sizes` is for, so they only add a note.
+pub fn read_sizes_spec(spec: &Path) -> Result<SizesSpec, SizesSpecError> {
+    let text = std::fs::read_to_string(spec)
+        .map_err(|e| SizesSpecError::Read(format!("cannot read `{}`: {e}", spec.display())))?;
+    let c = compile_source(spec, text.clone(), &Options::default(), &mut Session::new());
+    let size_error = |d: &crate::diag::Diagnostic| {
+        matches!(
+            d.code,
+            "E-concat-shape" | "E-add-shape" | "E-size" | "E-crop" | "E-reshape"
+        )
+    };
+    if c.diags.iter().any(|d| d.is_error() && !size_error(d)) {
+        return Err(SizesSpecError::Spec(crate::diag::render_plain(
+            &c.sources, &c.diags,
+        )));
+    }
+    let note = c.has_errors().then(|| {
+        format!(
+            "`{}` does not work at its own input size (`unetc check` says why); the answer \
+             below uses sizes that do",
+            spec.display()
+        )
+    });
+    match spec_input(&c) {
+        Some(base) => Ok(SizesSpec {
+            text,
+            compiled: c,
+            base,
+            note,
+        }),
+        None => {
+            let input = c
+                .graph
+                .inputs
+                .first()
+                .and_then(|&i| c.info.layers[i.index()].shape.as_ref());
+            Err(SizesSpecError::NoAnswer(
+                if input.is_some_and(|s| s.len() == 4) {
+                    format!(
+                    "the model's input is a volume (D x H x W x C); `sizes` and `tiles` answer \
+                     for images only, not yet for volumes\n  = help: check one size with `unetc \
+                     check {} --input-shape DxHxWxC`",
+                    spec.display()
+                )
+                } else {
+                    "the model's input is not an image (H, W, C), so it has no input sizes to vary"
+                        .to_string()
+                },
+            ))
+        }
+    }
+}
+
 /// [`plan_image`] for `unetc tiles`'s defaults: exact, batch 1, the largest tile in `budget`.
 pub fn plan_tiles(
     path: &Path,

@@ -52,13 +52,14 @@ def sm_models():
     backbones = ["vgg16", "resnet18", "resnet34", "resnet50", "seresnet18", "resnext50",
                  "mobilenet", "mobilenetv2", "efficientnetb0", "densenet121", "inceptionv3"]
     for b in backbones:
-        out.append((f"sm_unet_{b}", lambda b=b: sm.Unet(
-            b, input_shape=(64, 64, 3), classes=2, activation="softmax", encoder_weights=None,
+        n = 96 if b == "inceptionv3" else 64  # InceptionV3 takes 75x75 at least
+        out.append((f"sm_unet_{b}", lambda b=b, n=n: sm.Unet(
+            b, input_shape=(n, n, 3), classes=2, activation="softmax", encoder_weights=None,
             decoder_filters=(32, 16, 8, 8, 4))))
-        out.append((f"sm_linknet_{b}", lambda b=b: sm.Linknet(
-            b, input_shape=(64, 64, 3), classes=1, encoder_weights=None)))
-        out.append((f"sm_fpn_{b}", lambda b=b: sm.FPN(
-            b, input_shape=(64, 64, 3), classes=3, activation="softmax", encoder_weights=None,
+        out.append((f"sm_linknet_{b}", lambda b=b, n=n: sm.Linknet(
+            b, input_shape=(n, n, 3), classes=1, encoder_weights=None)))
+        out.append((f"sm_fpn_{b}", lambda b=b, n=n: sm.FPN(
+            b, input_shape=(n, n, 3), classes=3, activation="softmax", encoder_weights=None,
             pyramid_block_filters=32)))
         out.append((f"sm_pspnet_{b}", lambda b=b: sm.PSPNet(
             b, input_shape=(96, 96, 3), classes=2, activation="softmax", encoder_weights=None,

@@ -150,6 +150,7 @@ pub fn weight_slots(op: &Op) -> &'static [&'static str] {
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
+        | Op::FixedDropout(_)
         | Op::Reshape(_)
         | Op::Permute(_)
         | Op::MaxPooling3D(_)

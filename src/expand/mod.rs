@@ -670,11 +670,7 @@ impl<'s> Expander<'_> {
                 span,
                 ..
             }) => {
-                if s.is_empty()
-                    || s
-                        .chars()
-                        .any(|c| c.is_whitespace() || c == '[' || c == ']')
-                {
+                if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '[' || c == ']') {
                     self.error(
                         Diagnostic::error("E-name", format!("`{s}` is not a usable layer name"))
                             .at(span, "bad name")

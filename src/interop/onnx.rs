@@ -1249,9 +1249,10 @@ impl Exporter<'_> {
                     .ok_or_else(|| format!("`{name}`: no normalization layout"))?;
                 self.normalization(id, &name, x(), out, &in_shapes[0], layout)?;
             }
-            Op::SpatialDropout2D(_) | Op::GaussianNoise(_) | Op::GaussianDropout(_) => {
-                self.node(name, "Identity", vec![x()], out, vec![])
-            }
+            Op::SpatialDropout2D(_)
+            | Op::GaussianNoise(_)
+            | Op::GaussianDropout(_)
+            | Op::FixedDropout(_) => self.node(name, "Identity", vec![x()], out, vec![]),
             Op::Conv3D(op) => {
                 let a = &op.args;
                 let [_, _, _, c] = need_volume("Conv3D")?;

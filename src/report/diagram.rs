@@ -80,6 +80,7 @@ fn folds(op: &Op) -> bool {
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
+        | Op::FixedDropout(_)
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::Cropping2D(_)
@@ -192,6 +193,7 @@ fn level_step(op: &Op) -> i64 {
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
+        | Op::FixedDropout(_)
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_) => 0,
     }
@@ -251,6 +253,7 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
+        | Op::FixedDropout(_)
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_) => Edge::Other,
     }

@@ -195,6 +195,7 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                     | Op::SpatialDropout2D(_)
                     | Op::GaussianNoise(_)
                     | Op::GaussianDropout(_)
+                    | Op::FixedDropout(_)
                     | Op::GroupNormalization(_)
                     | Op::LayerNormalization(_)
                     | Op::DepthwiseConv2D(_)

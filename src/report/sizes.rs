@@ -559,7 +559,8 @@ pub fn receptive_field(c: &Compiled) -> usize {
                     | Op::Dropout(_)
                     | Op::SpatialDropout2D(_)
                     | Op::GaussianNoise(_)
-                    | Op::GaussianDropout(_) => (a, b),
+                    | Op::GaussianDropout(_)
+                    | Op::FixedDropout(_) => (a, b),
                 };
                 let (lo, hi) = (lo.max(0), hi.min(n - 1));
                 if lo > hi {

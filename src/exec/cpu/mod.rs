@@ -207,6 +207,7 @@ impl<'g> CpuModel<'g> {
                 | Op::SpatialDropout2D(_)
                 | Op::GaussianNoise(_)
                 | Op::GaussianDropout(_)
+                | Op::FixedDropout(_)
                 | Op::MaxPooling3D(_)
                 | Op::AveragePooling3D(_)
                 | Op::UpSampling3D(_)
@@ -696,6 +697,7 @@ impl<'g> CpuModel<'g> {
                 | Op::SpatialDropout2D(_)
                 | Op::GaussianNoise(_)
                 | Op::GaussianDropout(_)
+                | Op::FixedDropout(_)
                 | Op::Flatten(_)
                 | Op::Reshape(_),
                 _,

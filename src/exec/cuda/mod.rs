@@ -793,6 +793,7 @@ impl<'g> CudaModel<'g> {
             | Op::SpatialDropout2D(_)
             | Op::GaussianNoise(_)
             | Op::GaussianDropout(_)
+            | Op::FixedDropout(_)
             | Op::GroupNormalization(_)
             | Op::LayerNormalization(_)
             | Op::DepthwiseConv2D(_)
@@ -1955,7 +1956,8 @@ impl<'g> CudaModel<'g> {
             Op::Dropout(_)
             | Op::SpatialDropout2D(_)
             | Op::GaussianNoise(_)
-            | Op::GaussianDropout(_) => self.shift_window(arena, x_view(0)?, y, 0, 0, batch)?,
+            | Op::GaussianDropout(_)
+            | Op::FixedDropout(_) => self.shift_window(arena, x_view(0)?, y, 0, 0, batch)?,
             Op::Permute(op) => self.permute::<T>(arena, id, &op.source_axes(), batch)?,
             Op::Flatten(_) | Op::Reshape(_) => {
                 let len: usize = in_shapes[0].iter().product();

@@ -19,8 +19,8 @@ mod tf_op;
 mod volume;
 
 pub use activation::{
-    Activation, Dropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU, Softmax,
-    SpatialDropout2D, ELU,
+    Activation, Dropout, FixedDropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU,
+    Softmax, SpatialDropout2D, ELU,
 };
 pub use conv::{
     Conv2D, Conv2DTranspose, Depthwise, DepthwiseConv2D, SeparableConv2D, TransposeGeometry,
@@ -275,6 +275,7 @@ ops! {
     Cropping3D: "cropping3d",
     ZeroPadding3D: "zero_padding3d",
     GlobalAveragePooling3D: "global_average_pooling3d",
+    FixedDropout: "fixed_dropout",
 }
 
 impl Op {
@@ -315,6 +316,7 @@ impl Op {
             | Op::SpatialDropout2D(_)
             | Op::GaussianNoise(_)
             | Op::GaussianDropout(_)
+            | Op::FixedDropout(_)
             | Op::DepthwiseConv2D(_)
             | Op::SeparableConv2D(_)
             | Op::TFOpLambda(_)

@@ -81,6 +81,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("specs/tf_tutorial_unet.unet", "tf_tutorial_unet"),
         ("specs/shared_layers_unet.unet", "shared_layers_unet"),
         ("tests/golden/edge_fixed_dropout.unet", "edge_fixed_dropout"),
+        ("tests/golden/edge_rescaling.unet", "edge_rescaling"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -103,7 +104,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 19);
+    assert_eq!(checked, 20);
 }
 
 #[test]
@@ -201,14 +202,14 @@ fn import_tells_custom_classes_from_keras_layers_it_lacks() {
             .to_string();
     assert!(snake.contains("whose call() is Python code"), "{snake}");
     assert!(!snake.contains("nearest"), "{snake}");
-    let rescaling = unetc::interop::keras::import_json(&model("Rescaling", "keras.layers"))
+    let normalization = unetc::interop::keras::import_json(&model("Normalization", "keras.layers"))
         .unwrap_err()
         .to_string();
     assert!(
-        rescaling.contains("layer `act` is a Rescaling, which unetc does not know"),
-        "{rescaling}"
+        normalization.contains("layer `act` is a Normalization, which unetc does not know"),
+        "{normalization}"
     );
-    assert!(!rescaling.contains("custom"), "{rescaling}");
+    assert!(!normalization.contains("custom"), "{normalization}");
 }
 
 #[test]

@@ -53,6 +53,8 @@ SPECS = [
     "specs/shared_layers_unet.unet",
     # The efficientnet package's FixedDropout (segmentation_models' EfficientNet encoders).
     "tests/golden/edge_fixed_dropout.unet",
+    # Rescaling (`Rescaling(1. / 255)` on the input).
+    "tests/golden/edge_rescaling.unet",
 ]
 
 

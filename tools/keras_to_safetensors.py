@@ -73,6 +73,7 @@ WEIGHTLESS = {
     "GaussianDropout",
     # The efficientnet package's Dropout (segmentation_models' EfficientNet encoders).
     "FixedDropout",
+    "Rescaling",
     "Reshape",
     "Permute",
     # TensorFlow functions applied to tensors (`x + y`, tf.concat); unetc checks the function.

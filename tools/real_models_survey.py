@@ -395,6 +395,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("/tmp/unetc_survey"))
     p.add_argument("--unetc", default=str(ROOT / "target" / "release" / "unetc"))
     p.add_argument("--keras-only", action="store_true", help="build and record, run no unetc")
+    p.add_argument("--markdown", type=Path, help="also write the outcomes as a Markdown table")
     p.add_argument("names", nargs="*")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -416,7 +417,38 @@ def main() -> int:
         print(f"{name:36} {entry.get('outcome', 'recorded'):28} "
               f"{entry.get('rel_err', '') if 'rel_err' in entry else (why[0] if why else '')}",
               flush=True)
+    if a.markdown:
+        write_markdown(a.markdown, results, a.unetc, a.out)
     return 0
+
+
+def write_markdown(path: Path, results: dict, unetc: str, out: Path) -> None:
+    import datetime
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    lines = [
+        "# Real Keras U-Nets tried on unetc",
+        "",
+        f"Written by `python tools/real_models_survey.py --markdown ...` on "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, unetc {commit} "
+        f"(`{Path(unetc).relative_to(ROOT) if Path(unetc).is_relative_to(ROOT) else unetc}`), "
+        "tf 2.21 / tf_keras 2.21 on the CPU. Works: `unetc import` of `to_json()`, "
+        "`check --style tf-keras` identical to `model.summary()`, `unetc run` within 1e-5 "
+        "(relative to the largest output) of `model.predict` with the formula's weights.",
+        "",
+        "| model | params | outcome | max rel. error / why |",
+        "| --- | ---: | --- | --- |",
+    ]
+    for name, e in results.items():
+        why = e.get("why", "").splitlines()
+        detail = f"{e['rel_err']:.2e}" if "rel_err" in e else (why[0] if why else "")
+        detail = detail.replace("|", "\\|").replace(f"{out}/", "")
+        if len(detail) > 400:
+            detail = detail[:400] + " ..."
+        params = f"{e['params']:,}" if e.get("params") else ""
+        lines.append(f"| {name} | {params} | {e.get('outcome', '')} | {detail} |")
+    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

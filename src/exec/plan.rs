@@ -220,6 +220,7 @@ fn reads_windows(graph: &Graph, info: &Inferred, id: NodeId) -> bool {
         | Op::TFOpLambda(_)
         | Op::LeakyReLU(_)
         | Op::ELU(_)
+        | Op::Rescaling(_)
         | Op::PReLU(_)
         | Op::AveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
@@ -273,6 +274,7 @@ fn writes_windows(op: &Op) -> bool {
         | Op::TFOpLambda(_)
         | Op::LeakyReLU(_)
         | Op::ELU(_)
+        | Op::Rescaling(_)
         | Op::PReLU(_)
         | Op::AveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
@@ -338,6 +340,7 @@ pub fn reads_parts(op: &Op) -> bool {
         | Op::TFOpLambda(_)
         | Op::LeakyReLU(_)
         | Op::ELU(_)
+        | Op::Rescaling(_)
         | Op::PReLU(_)
         | Op::AveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
@@ -392,6 +395,7 @@ fn fusion_head(op: &Op) -> Option<&Conv2D> {
         | Op::TFOpLambda(_)
         | Op::LeakyReLU(_)
         | Op::ELU(_)
+        | Op::Rescaling(_)
         | Op::PReLU(_)
         | Op::AveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
@@ -444,6 +448,7 @@ fn foldable_norm(op: &Op) -> Option<&BatchNormalization> {
         | Op::TFOpLambda(_)
         | Op::LeakyReLU(_)
         | Op::ELU(_)
+        | Op::Rescaling(_)
         | Op::PReLU(_)
         | Op::AveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
@@ -499,6 +504,7 @@ fn epilogue_activation(op: &Op, rank: usize) -> Option<ActivationFn> {
         | Op::TFOpLambda(_)
         | Op::LeakyReLU(_)
         | Op::ELU(_)
+        | Op::Rescaling(_)
         | Op::PReLU(_)
         | Op::AveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
@@ -666,6 +672,7 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             | Op::TFOpLambda(_)
             | Op::LeakyReLU(_)
             | Op::ELU(_)
+            | Op::Rescaling(_)
             | Op::PReLU(_)
             | Op::AveragePooling2D(_)
             | Op::GlobalMaxPooling2D(_)
@@ -740,7 +747,7 @@ pub fn plan(graph: &Graph, info: &Inferred) -> Option<Plan> {
             let placeable = kind[r.index()] == Kind::Owns
                 && slice_of[r.index()].is_none()
                 && fused[r.index()].activation != Some(ActivationFn::Softmax)
-                && !is_output[r.index()]
+                && !root_of_output[r.index()]
                 && writes_windows(&r_node.op)
                 && shapes[r.index()] == shapes[input.index()]
                 && readers_of_root[r.index()]

@@ -1215,6 +1215,19 @@ impl Exporter<'_> {
                 out,
                 vec![("alpha", Attr::Float(op.alpha as f32))],
             ),
+            Op::Rescaling(op) => {
+                let scale = self.scalar(format!("{name}/scale"), op.scale as f32);
+                let offset = self.scalar(format!("{name}/offset"), op.offset as f32);
+                let scaled = format!("{name}/scaled");
+                self.node(
+                    format!("{name}/mul"),
+                    "Mul",
+                    vec![x(), scale],
+                    scaled.clone(),
+                    vec![],
+                );
+                self.node(name, "Add", vec![scaled, offset], out, vec![]);
+            }
             Op::PReLU(op) => {
                 if in_shapes[0].len() == 4 {
                     return Err(format!(

@@ -554,6 +554,7 @@ pub fn receptive_field(c: &Compiled) -> usize {
                     | Op::ReLU(_)
                     | Op::LeakyReLU(_)
                     | Op::ELU(_)
+                    | Op::Rescaling(_)
                     | Op::PReLU(_)
                     | Op::Softmax(_)
                     | Op::Dropout(_)

@@ -107,6 +107,7 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         | Op::Minimum(_)
         | Op::LeakyReLU(_)
         | Op::ELU(_)
+        | Op::Rescaling(_)
         | Op::PReLU(_)
         | Op::AveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
@@ -324,6 +325,7 @@ pub fn forward(
             .iter()
             .map(|&v| if v > 0.0 { v } else { o.alpha as f32 * v })
             .collect(),
+        Op::Rescaling(o) => first().iter().map(|&v| o.apply(v)).collect(),
         Op::ELU(o) => first()
             .iter()
             .map(|&v| {
@@ -842,6 +844,10 @@ pub fn backward(
                     .collect()],
                 params: vec![],
             }
+        }
+        Op::Rescaling(o) => {
+            let scale = o.scale as f32;
+            input_grads(output_grad(grad).iter().map(|g| g * scale).collect())
         }
         Op::ELU(o) => {
             let dy = output_grad(grad);

@@ -790,6 +790,20 @@ def edge_fixed_dropout():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_rescaling():
+    """Rescaling as U-Nets put it on their input: `Rescaling(1. / 255)` before the first conv,
+    `Rescaling(1. / 127.5, offset=-1)` (to [-1, 1]), and `Rescaling(-2.5, offset=0.75)` on a
+    signed map (a linear 1x1 conv of the input). Flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    a = L.Conv2D(4, 3, padding="same", activation="relu")(L.Rescaling(1.0 / 255)(inp))
+    b = L.Rescaling(1.0 / 127.5, offset=-1)(inp)
+    c = L.Rescaling(-2.5, offset=0.75)(L.Conv2D(8, 1)(inp))
+    flat = [L.Flatten()(t) for t in (a, b, c)]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_reshape():
     """Reshape and Permute on signed 6x5 maps (linear 1x1 convs of the input): a
     squeeze-excitation block (GlobalAveragePooling2D -> Reshape((1, 1, 8)) -> Dense(2, relu) ->
@@ -960,7 +974,7 @@ def original_full_at(size: int):
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
-         edge_fixed_dropout]
+         edge_fixed_dropout, edge_rescaling]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

@@ -202,6 +202,7 @@ impl<'g> CpuModel<'g> {
                 | Op::TFOpLambda(_)
                 | Op::LeakyReLU(_)
                 | Op::ELU(_)
+                | Op::Rescaling(_)
                 | Op::AveragePooling2D(_)
                 | Op::GlobalMaxPooling2D(_)
                 | Op::SpatialDropout2D(_)
@@ -668,6 +669,11 @@ impl<'g> CpuModel<'g> {
             }
             (Op::LeakyReLU(op), _) => kernels::leaky_relu(op.alpha as f32, ins[0], out),
             (Op::ELU(op), _) => kernels::elu(op.alpha as f32, ins[0], out),
+            (Op::Rescaling(op), _) => {
+                for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
+                    *o = op.apply(x);
+                }
+            }
             (Op::PReLU(op), Prepared::PRelu { alpha }) => {
                 let shape: Vec<i64> = in_shapes[0].iter().map(|&d| d as i64).collect();
                 let alpha_shape: Vec<usize> =

@@ -787,6 +787,7 @@ impl<'g> CudaModel<'g> {
             | Op::TFOpLambda(_)
             | Op::LeakyReLU(_)
             | Op::ELU(_)
+            | Op::Rescaling(_)
             | Op::PReLU(_)
             | Op::AveragePooling2D(_)
             | Op::GlobalMaxPooling2D(_)
@@ -2072,6 +2073,28 @@ impl<'g> CudaModel<'g> {
                         .arg(&nb)
                         .launch(grid(n_out))
                         .map_err(driver)?;
+                }
+            }
+            Op::Rescaling(op) => {
+                // As Keras: the product (scalar_op multiply), rounded, then the sum (scalar_op
+                // add, in place).
+                let x = x_view(0)?;
+                let first = 0i32;
+                for (code, k, from) in [(2i32, op.scale as f32, x), (0, op.offset as f32, y)] {
+                    // SAFETY: matches scalar_op_<T>(void*, View, View, int, float, int, int).
+                    unsafe {
+                        stream
+                            .launch_builder(self.function::<T>("scalar_op"))
+                            .arg(&mut *arena)
+                            .arg(&from)
+                            .arg(&y)
+                            .arg(&code)
+                            .arg(&k)
+                            .arg(&first)
+                            .arg(&nb)
+                            .launch(grid(n_out))
+                            .map_err(driver)?;
+                    }
                 }
             }
             Op::PReLU(op) => {

@@ -224,6 +224,48 @@ impl LayerKind for FixedDropout {
     }
 }
 
+/// Keras's Rescaling, `x * scale + offset` (`Rescaling(1. / 255)` on a U-Net's input): both
+/// numbers converted to the tensor's float32, the product rounded before the sum, as Keras
+/// computes it. A number each (Keras also takes one per channel; unetc does not).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rescaling {
+    pub scale: f64,
+    pub offset: f64,
+}
+
+impl Rescaling {
+    pub fn apply(&self, x: f32) -> f32 {
+        let scaled = x * self.scale as f32;
+        scaled + self.offset as f32
+    }
+}
+
+impl LayerKind for Rescaling {
+    const CLASS: &'static str = "Rescaling";
+    const POSITIONAL: &'static [&'static str] = &["scale", "offset"];
+    const KNOWN: &'static [&'static str] = &["scale", "offset"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["scale", "offset"];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        if !r.has("scale") {
+            r.missing("scale", "rescaling(0.00392156862745098)");
+        }
+        let finite = f32::MAX as f64;
+        Rescaling {
+            scale: r.float_or("scale", -finite, finite, 1.0),
+            offset: r.float_or("offset", -finite, finite, 0.0),
+        }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        same_shape(inputs)
+    }
+
+    fn config(&self) -> Json {
+        json!({ "scale": self.scale, "offset": self.offset })
+    }
+}
+
 /// Keras's float arguments are float32 in the layer's config (`LeakyReLU().alpha` prints
 /// 0.30000001192092896): the config shows the value as Keras stores it.
 fn as_keras_float(x: f64) -> f64 {

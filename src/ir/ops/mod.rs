@@ -20,7 +20,7 @@ mod volume;
 
 pub use activation::{
     Activation, Dropout, FixedDropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU,
-    Softmax, SpatialDropout2D, ELU,
+    Rescaling, Softmax, SpatialDropout2D, ELU,
 };
 pub use conv::{
     Conv2D, Conv2DTranspose, Depthwise, DepthwiseConv2D, SeparableConv2D, TransposeGeometry,
@@ -276,6 +276,7 @@ ops! {
     ZeroPadding3D: "zero_padding3d",
     GlobalAveragePooling3D: "global_average_pooling3d",
     FixedDropout: "fixed_dropout",
+    Rescaling: "rescaling",
 }
 
 impl Op {
@@ -310,6 +311,7 @@ impl Op {
             | Op::Minimum(_)
             | Op::LeakyReLU(_)
             | Op::ELU(_)
+            | Op::Rescaling(_)
             | Op::PReLU(_)
             | Op::AveragePooling2D(_)
             | Op::GlobalMaxPooling2D(_)

@@ -289,6 +289,20 @@ def tf_functions_unet(shape=(32, 32, 3), f=8):
     return tf.keras.Model(inputs, tf.sigmoid(x))
 
 
+def rescaled_unet(shape=(32, 32, 3), f=8):
+    """A U-Net as keras.io's examples start one: ``Rescaling(1. / 255)`` on the raw pixels."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    inputs = layers.Input(shape)
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    skip = layers.Conv2D(f, 3, padding="same", activation="relu")(x)
+    x = layers.Conv2D(2 * f, 3, padding="same", activation="relu")(layers.MaxPooling2D()(skip))
+    x = layers.Conv2DTranspose(f, 2, strides=2)(x)
+    x = layers.concatenate([x, skip])
+    return tf.keras.Model(inputs, layers.Conv2D(1, 1, activation="sigmoid")(x))
+
+
 def other_models():
     return [
         ("tf_pix2pix_generator", lambda: pix2pix_generator()),
@@ -297,6 +311,7 @@ def other_models():
         ("kerasio_oxford_pets_small", lambda: keras_io_oxford_pets((64, 64), 3, (8, 16, 32))),
         ("github_lambda_attention_unet", lambda_attention_unet),
         ("github_tf_functions_unet", tf_functions_unet),
+        ("rescaled_unet", rescaled_unet),
     ]
 
 

@@ -4,6 +4,7 @@
 Run from anywhere (it writes next to itself)::
 
     pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 safetensors numpy
+    pip install --no-deps efficientnet==1.0.0   # edge_fixed_dropout: its FixedDropout class
     python tests/golden/generate.py            # all models
     python tests/golden/generate.py edge_conv  # only some
 

@@ -229,7 +229,7 @@ SKIPPED = {
     "kuc_resunet_a": "its ASPP pool branch resizes with two Lambda layers (tf.image.resize in Python bytecode, which unetc cannot run; `unetc import` refuses them) after TFOpLambda tf.expand_dims on (None, C) tensors, which unetc does not model",
     "kuc GELU / Snake activations, transunet_2d, swin_unet_2d": "custom layer classes of keras-unet-collection (GELU, Snake, patch_extract, ...): their call() is Python code; `unetc import` names the layer and refuses the model",
     "sm seresnet*, resnext*": "the classification_models encoders slice and reshape with Lambda layers (Python bytecode); `unetc import` refuses them",
-    "kuc backbone EfficientNetB*": "tf.keras.applications' EfficientNet starts with Rescaling and Normalization layers, kinds unetc does not have yet",
+    "kuc backbone EfficientNetB*": "tf.keras.applications' EfficientNet starts with Rescaling (which unetc runs) and Normalization, a kind unetc does not have yet; `unetc import` names the layer",
 }
 
 

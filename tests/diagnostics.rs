@@ -1117,3 +1117,36 @@ fn tf_op_constants_and_reductions_are_refused_where_tensorflow_differs() {
         );
     }
 }
+
+#[test]
+fn fixed_dropout_noise_shape_that_does_not_fit() {
+    let out = check(
+        "fixed_dropout.unet",
+        r#"model {
+  input 6x5x8
+  a = fixed_dropout(0.2, noise_shape: (none, 1, 1))
+  b = input_1 -> fixed_dropout(0.2, noise_shape: (none, 1, 1, 4))
+  c = input_1 -> fixed_dropout(0.2, noise_shape: (none, 0, 1, 1))
+  output a, b, c
+}"#,
+    );
+    // Too few axes, a channel count that is neither 1 nor the input's, a size below 1.
+    assert_eq!(
+        out.matches("noise_shape (none, 1, 1) does not fit `input_1`'s shape (batch, 6, 5, 8)")
+            .count(),
+        1,
+        "{out}"
+    );
+    assert!(
+        out.contains("noise_shape (none, 1, 1, 4) does not fit `input_1`'s shape (batch, 6, 5, 8)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("give one entry per axis, batch first: none, 1 or the axis's size"),
+        "{out}"
+    );
+    assert!(
+        out.contains("none or a list of sizes (>= 1) and nones"),
+        "{out}"
+    );
+}

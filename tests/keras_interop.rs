@@ -80,6 +80,8 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/unet3d_valid.unet", "unet3d_valid"),
         ("specs/tf_tutorial_unet.unet", "tf_tutorial_unet"),
         ("specs/shared_layers_unet.unet", "shared_layers_unet"),
+        ("tests/golden/edge_fixed_dropout.unet", "edge_fixed_dropout"),
+        ("tests/golden/edge_rescaling.unet", "edge_rescaling"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -102,7 +104,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 18);
+    assert_eq!(checked, 20);
 }
 
 #[test]
@@ -165,6 +167,49 @@ fn import_refuses_a_lambda_layer_once_naming_it() {
     assert!(err.contains("Nearest known kind: TFOpLambda"), "{err}");
     assert_eq!(err.matches("Lambda,").count(), 1, "{err}");
     assert!(err.ends_with("nothing was imported"), "{err}");
+}
+
+#[test]
+fn import_tells_custom_classes_from_keras_layers_it_lacks() {
+    // keras-unet-collection's GELU as tf.keras 2.21 writes it (module of the package), and a
+    // Keras layer unetc has no kind for (module keras.layers).
+    let model = |class: &str, module: &str| {
+        format!(
+            r#"{{"class_name": "Functional", "config": {{"name": "m", "layers": [
+            {{"class_name": "InputLayer", "config": {{"batch_input_shape": [null, 8, 8, 3], "name": "input_1"}}, "inbound_nodes": []}},
+            {{"module": "{module}", "class_name": "{class}", "config": {{"name": "act", "trainable": false}}, "name": "act", "inbound_nodes": [[["input_1", 0, 0, {{}}]]]}}],
+            "input_layers": [["input_1", 0, 0]], "output_layers": [["act", 0, 0]]}}}}"#
+        )
+    };
+    let gelu =
+        unetc::interop::keras::import_json(&model("GELU", "keras_unet_collection.activations"))
+            .unwrap_err()
+            .to_string();
+    assert!(
+        gelu.contains("custom layer class from `keras_unet_collection.activations`"),
+        "{gelu}"
+    );
+    // Not ELU, whose name is nearest: what it computes is Keras's gelu.
+    assert!(
+        gelu.contains("nearest known kind is `activation(gelu)`"),
+        "{gelu}"
+    );
+    assert!(!gelu.contains("kind: ELU"), "{gelu}");
+    assert!(gelu.ends_with("nothing was imported"), "{gelu}");
+    let snake =
+        unetc::interop::keras::import_json(&model("Snake", "keras_unet_collection.activations"))
+            .unwrap_err()
+            .to_string();
+    assert!(snake.contains("whose call() is Python code"), "{snake}");
+    assert!(!snake.contains("nearest"), "{snake}");
+    let normalization = unetc::interop::keras::import_json(&model("Normalization", "keras.layers"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        normalization.contains("layer `act` is a Normalization, which unetc does not know"),
+        "{normalization}"
+    );
+    assert!(!normalization.contains("custom"), "{normalization}");
 }
 
 #[test]

@@ -230,3 +230,33 @@ fn volumes_are_planned_dense() {
         }
     }
 }
+
+/// Deep supervision as keras-unet-collection's u2net_2d writes it: each side output is a conv
+/// with its activation layer (fused into the conv), an output of the model and a part of a
+/// concatenation. The conv must not be placed in the concatenation's slice, which would leave
+/// the output strided (the CUDA backend reads outputs densely: it failed on kuc_u2net_2d_ds).
+#[test]
+fn outputs_behind_a_fused_activation_stay_dense() {
+    let text = r#"model {
+  input 8x8x3
+  x = conv2d(4, 3, padding: same)
+  a = x -> conv2d(2, 3, padding: same) -> activation(sigmoid, name: "sup0")
+  b = x -> conv2d(2, 3, padding: same) -> activation(sigmoid, name: "sup1")
+  d = x -> conv2d(2, 3, padding: same) -> activation(sigmoid, name: "sup2")
+  f = [a, b, d] -> concatenate() -> conv2d(2, 1) -> activation(sigmoid, name: "final")
+  output a, b, d, f
+}"#;
+    let c = unetc::compile_source(
+        std::path::Path::new("deep_supervision.unet"),
+        text.to_string(),
+        &unetc::Options::default(),
+        &mut unetc::expand::Session::new(),
+    );
+    assert!(!c.has_errors());
+    let p = plan_of(&c);
+    for &out in &c.graph.outputs {
+        let w = p.window(out).expect("stored");
+        assert!(w.is_dense(), "{} is not dense", c.graph.node(out).name);
+    }
+    replay(&c, &p, "deep_supervision");
+}

@@ -51,6 +51,9 @@ const SPECS: &[(&str, &str)] = &[
     ("tf ops", "x = conv2d(4, 1)\n  y = input_1 -> conv2d(4, 1)\n  [[x, y] -> tf_op(\"__operators__.add\"), [x, y] -> tf_op(\"math.multiply\"), [x, y] -> tf_op(\"math.maximum\"), x -> tf_op(\"math.sigmoid\"), [x, y] -> tf_op(concat, axis: -1)] -> concatenate()"),
     ("tf reductions", "x = conv2d(4, 1)\n  [x -> tf_op(\"math.reduce_mean\", axis: -1, keepdims: true), x -> tf_op(\"math.reduce_max\", axis: 3, keepdims: true)] -> tf_op(concat, axis: -1) -> conv2d(2, 3, padding: same)"),
     ("tf ops with constants", "x = conv2d(4, 1)\n  y = input_1 -> conv2d(4, 1, activation: sigmoid)\n  [x -> tf_op(\"__operators__.add\", y: 1.0), y -> tf_op(\"math.subtract\", x: 1.0), x -> tf_op(\"math.subtract\", y: 0.5), x -> tf_op(\"math.multiply\", x: -1.5), x -> tf_op(\"math.truediv\", y: 4.0), y -> tf_op(\"math.truediv\", x: 2.0), [x, y] -> tf_op(\"math.truediv\")] -> concatenate()"),
+    // Appended: each spec's weights and inputs are seeded by its position.
+    ("fixed dropout", "conv2d(4, 1) -> fixed_dropout(0.4, noise_shape: (none, 1, 1, 1)) -> fixed_dropout(0.3, noise_shape: (none, 6, 1, 4)) -> fixed_dropout(0.2)"),
+    ("rescaling", "rescaling(0.5, offset: -1) -> conv2d(4, 1) -> rescaling(-2.5, offset: 0.75) -> conv2d(2, 1)"),
 ];
 
 struct Case {

@@ -71,6 +71,9 @@ WEIGHTLESS = {
     "SpatialDropout2D",
     "GaussianNoise",
     "GaussianDropout",
+    # The efficientnet package's Dropout (segmentation_models' EfficientNet encoders).
+    "FixedDropout",
+    "Rescaling",
     "Reshape",
     "Permute",
     # TensorFlow functions applied to tensors (`x + y`, tf.concat); unetc checks the function.

@@ -670,14 +670,11 @@ impl<'s> Expander<'_> {
                 span,
                 ..
             }) => {
-                if s.is_empty()
-                    || s.chars()
-                        .any(|c| c.is_whitespace() || c == '/' || c == '[' || c == ']')
-                {
+                if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '[' || c == ']') {
                     self.error(
                         Diagnostic::error("E-name", format!("`{s}` is not a usable layer name"))
                             .at(span, "bad name")
-                            .help("layer names are non-empty and have no spaces, `/` or brackets"),
+                            .help("layer names are non-empty and have no spaces or brackets"),
                     );
                 }
                 s

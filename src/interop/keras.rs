@@ -3,7 +3,7 @@
 //! `unetc import model.json` reads a functional model's `to_json()` and writes a DSL spec.
 
 use crate::infer::Inferred;
-use crate::ir::ops::{LayerKind, TFOpLambda, TfCompute, TfFunction};
+use crate::ir::ops::{FixedDropout, LayerKind, TFOpLambda, TfCompute, TfFunction};
 use crate::ir::{Graph, Op};
 use serde_json::Value as Json;
 use std::fmt::Write;
@@ -44,6 +44,18 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
         let _ = writeln!(
             out,
             "from tf_keras.src.layers.core.tf_op_layer import TFOpLambda"
+        );
+    }
+    if graph
+        .nodes
+        .iter()
+        .any(|n| n.op.class_name() == FixedDropout::CLASS)
+    {
+        // The efficientnet package's class (segmentation_models' EfficientNet encoders): a
+        // Dropout whose noise_shape may leave the batch size None.
+        let _ = writeln!(
+            out,
+            "\n\nclass FixedDropout(layers.Dropout):\n    def _get_noise_shape(self, inputs):\n        if self.noise_shape is None:\n            return None\n        dynamic = tf.shape(inputs)\n        return tuple(dynamic[i] if d is None else d for i, d in enumerate(self.noise_shape))"
         );
     }
     let _ = writeln!(out, "\n");
@@ -358,7 +370,13 @@ impl PythonExporter<'_> {
         if !node.trainable {
             args.push("trainable=False".into());
         }
-        format!("layers.{}({})", node.op.class_name(), args.join(", "))
+        // Classes from outside Keras are defined in the generated code itself.
+        let module = if node.op.class_name() == FixedDropout::CLASS {
+            ""
+        } else {
+            "layers."
+        };
+        format!("{module}{}({})", node.op.class_name(), args.join(", "))
     }
 
     fn layer_call(
@@ -595,7 +613,13 @@ fn tensor_ref(v: &Json) -> Option<&str> {
 }
 
 /// The refusal for a layer unetc cannot run: which layer, why, and what unetc has instead.
-fn unknown_layer(at: &str, lname: &str, class: &str, others: &[&str]) -> ImportError {
+fn unknown_layer(
+    at: &str,
+    lname: &str,
+    class: &str,
+    module: Option<&str>,
+    others: &[&str],
+) -> ImportError {
     let more = match others {
         [] => String::new(),
         [one] => format!(" (so is `{one}`)"),
@@ -612,14 +636,31 @@ fn unknown_layer(at: &str, lname: &str, class: &str, others: &[&str]) -> ImportE
                 .collect::<Vec<_>>()
                 .join(", ")
             + "; write the function with those or with Keras layers"
-    } else {
+    } else if module.is_none_or(|m| m.starts_with("keras.") || m.starts_with("tf_keras.")) {
+        // One of Keras's own layers (to_json() writes `"module": "keras.layers"`).
         let classes = crate::ir::ops::KIND_CLASSES.iter().map(|(_, c)| *c);
         match crate::suggest::closest(class, classes) {
             Some(near) => format!("nearest known kind: {near}"),
-            None => "a custom layer's call() is Python code unetc cannot run; build it from \
-                     the Keras layers unetc knows (README.md, \"The spec language\")"
+            None => "unetc has no kind for this Keras layer yet; build the model from the \
+                     Keras layers unetc knows (README.md, \"The spec language\")"
                 .to_string(),
         }
+    } else {
+        // A class of another package: its call() is Python code; a name's likeness to a
+        // Keras kind says nothing of what it computes (GELU is no ELU).
+        let module = module.unwrap_or_default();
+        let nearest = match class {
+            "GELU" | "Gelu" => {
+                "; the nearest known kind is `activation(gelu)` (Keras's exact erf form; \
+                 keras-unet-collection's GELU is the tanh approximation, up to 5e-4 apart)"
+            }
+            _ => "",
+        };
+        format!(
+            "it is a custom layer class from `{module}`, whose call() is Python code unetc \
+             cannot run; build it from the Keras layers unetc knows (README.md, \"The spec \
+             language\"){nearest}"
+        )
     };
     ImportError(format!(
         "{at}: layer `{lname}` is a {class}, which unetc does not know{more}: {why}; nothing \
@@ -1070,7 +1111,8 @@ impl Importer {
                     .filter(|l| class_of(l) == Some(class))
                     .filter_map(layer_name)
                     .collect();
-                return Err(unknown_layer(&at, lname, class, &others));
+                let module = layer.get("module").and_then(Json::as_str);
+                return Err(unknown_layer(&at, lname, class, module, &others));
             };
             if lc
                 .get("data_format")

@@ -1215,6 +1215,19 @@ impl Exporter<'_> {
                 out,
                 vec![("alpha", Attr::Float(op.alpha as f32))],
             ),
+            Op::Rescaling(op) => {
+                let scale = self.scalar(format!("{name}/scale"), op.scale as f32);
+                let offset = self.scalar(format!("{name}/offset"), op.offset as f32);
+                let scaled = format!("{name}/scaled");
+                self.node(
+                    format!("{name}/mul"),
+                    "Mul",
+                    vec![x(), scale],
+                    scaled.clone(),
+                    vec![],
+                );
+                self.node(name, "Add", vec![scaled, offset], out, vec![]);
+            }
             Op::PReLU(op) => {
                 if in_shapes[0].len() == 4 {
                     return Err(format!(
@@ -1249,9 +1262,10 @@ impl Exporter<'_> {
                     .ok_or_else(|| format!("`{name}`: no normalization layout"))?;
                 self.normalization(id, &name, x(), out, &in_shapes[0], layout)?;
             }
-            Op::SpatialDropout2D(_) | Op::GaussianNoise(_) | Op::GaussianDropout(_) => {
-                self.node(name, "Identity", vec![x()], out, vec![])
-            }
+            Op::SpatialDropout2D(_)
+            | Op::GaussianNoise(_)
+            | Op::GaussianDropout(_)
+            | Op::FixedDropout(_) => self.node(name, "Identity", vec![x()], out, vec![]),
             Op::Conv3D(op) => {
                 let a = &op.args;
                 let [_, _, _, c] = need_volume("Conv3D")?;

@@ -285,7 +285,8 @@ enum Init {
 /// The Keras initializers by name, snake_case (`he_normal`) or class name (`HeNormal`), with
 /// Keras's default arguments: he_normal, he_uniform, glorot_normal, glorot_uniform, lecun_normal,
 /// lecun_uniform, zeros, ones, random_normal (stddev 0.05), random_uniform (±0.05),
-/// truncated_normal (stddev 0.05). Fans are Keras's `_compute_fans` of the stored shape.
+/// truncated_normal (stddev 0.05), variance_scaling (scale 1, fan_in, truncated normal: the
+/// arguments of an imported VarianceScaling are not kept). Fans are Keras's `_compute_fans` of the stored shape.
 pub fn init_tensor(
     initializer: &str,
     shape: &[usize],
@@ -327,11 +328,12 @@ pub fn init_tensor(
         "randomnormal" | "normal" => Init::Normal(0.05),
         "randomuniform" | "uniform" => Init::Uniform(0.05),
         "truncatednormal" => Init::Truncated(0.05),
+        "variancescaling" => Init::Truncated(var(1.0, fan_in).sqrt() / TRUNCATION_CORRECTION),
         _ => {
             return Err(err(
                 "is not an initializer unetc knows; use he_normal, he_uniform, glorot_normal, \
                  glorot_uniform, lecun_normal, lecun_uniform, zeros, ones, random_normal, \
-                 random_uniform or truncated_normal"
+                 random_uniform, truncated_normal or variance_scaling"
                     .to_string(),
             ))
         }

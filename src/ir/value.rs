@@ -455,6 +455,28 @@ impl<'a> ArgReader<'a> {
         list
     }
 
+    /// Dropout's `noise_shape`: `none`, or one entry per axis (batch first), each `none` (the
+    /// input's size) or a size of at least 1.
+    pub fn noise_shape(&mut self, name: &str) -> Option<Vec<Option<i64>>> {
+        let arg = self.take(name)?;
+        let list: Option<Vec<Option<i64>>> = match &arg.value {
+            Value::None => return None,
+            Value::List(items) => items
+                .iter()
+                .map(|v| match v {
+                    Value::None => Some(None),
+                    Value::Int(i) if *i >= 1 => Some(Some(*i)),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        };
+        if list.is_none() {
+            self.type_error(name, &arg, "none or a list of sizes (>= 1) and nones");
+        }
+        list
+    }
+
     /// Keras's cropping/padding argument: `c`, `(h, w)` or `((top, bottom), (left, right))`.
     pub fn four_or(&mut self, name: &str, default: [i64; 4]) -> [i64; 4] {
         let Some(arg) = self.take(name) else {

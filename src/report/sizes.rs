@@ -612,11 +612,13 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     | Op::ReLU(_)
                     | Op::LeakyReLU(_)
                     | Op::ELU(_)
+                    | Op::Rescaling(_)
                     | Op::PReLU(_)
                     | Op::Dropout(_)
                     | Op::SpatialDropout2D(_)
                     | Op::GaussianNoise(_)
-                    | Op::GaussianDropout(_) => (a, b),
+                    | Op::GaussianDropout(_)
+                    | Op::FixedDropout(_) => (a, b),
                 };
                 if lo > hi {
                     continue;

@@ -107,12 +107,14 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         | Op::Minimum(_)
         | Op::LeakyReLU(_)
         | Op::ELU(_)
+        | Op::Rescaling(_)
         | Op::PReLU(_)
         | Op::AveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
         | Op::GaussianDropout(_)
+        | Op::FixedDropout(_)
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::Reshape(_)
@@ -323,6 +325,7 @@ pub fn forward(
             .iter()
             .map(|&v| if v > 0.0 { v } else { o.alpha as f32 * v })
             .collect(),
+        Op::Rescaling(o) => first().iter().map(|&v| o.apply(v)).collect(),
         Op::ELU(o) => first()
             .iter()
             .map(|&v| {
@@ -375,6 +378,17 @@ pub fn forward(
             y
         }
         Op::Dropout(o) => dropout(first(), o.rate, None, mode, &mut saved),
+        Op::FixedDropout(o) => {
+            let shape = x.map(|t| t.shape.clone()).unwrap_or_default();
+            shared_dropout(
+                first(),
+                o.rate,
+                &shape,
+                &o.mask_dims(&shape),
+                mode,
+                &mut saved,
+            )
+        }
         Op::SpatialDropout2D(o) => {
             let [_, h, w, c] = hwc(out_shape)?;
             dropout(first(), o.rate, Some((h * w, c)), mode, &mut saved)
@@ -831,6 +845,10 @@ pub fn backward(
                 params: vec![],
             }
         }
+        Op::Rescaling(o) => {
+            let scale = o.scale as f32;
+            input_grads(output_grad(grad).iter().map(|g| g * scale).collect())
+        }
         Op::ELU(o) => {
             let dy = output_grad(grad);
             let a = o.alpha as f32;
@@ -877,7 +895,7 @@ pub fn backward(
             input_grads(dx)
         }
         Op::Flatten(_) | Op::Reshape(_) | Op::GaussianNoise(_) => input_grads(output_grad(grad)),
-        Op::Dropout(_) | Op::SpatialDropout2D(_) | Op::GaussianDropout(_) => {
+        Op::Dropout(_) | Op::SpatialDropout2D(_) | Op::GaussianDropout(_) | Op::FixedDropout(_) => {
             let dy = output_grad(grad);
             let dx = match saved.aux.first() {
                 Some(mask) => dy.iter().zip(mask).map(|(g, m)| g * m).collect(),
@@ -1951,6 +1969,51 @@ fn dropout(
                 .collect()
         }
     };
+    let y = x.iter().zip(&mask).map(|(v, m)| v * m).collect();
+    saved.aux.push(mask);
+    y
+}
+
+/// Dropout with one mask entry per element of `mask_dims` (an input of `shape`, batch first),
+/// shared along the axes where it is 1 (FixedDropout's `noise_shape`). Keeps the mask (scaled
+/// by 1 / (1 - rate)) for backward.
+fn shared_dropout(
+    x: &[f32],
+    rate: f64,
+    shape: &[usize],
+    mask_dims: &[usize],
+    mode: &mut Mode,
+    saved: &mut Saved,
+) -> Vec<f32> {
+    if !mode.training || rate <= 0.0 {
+        return x.to_vec();
+    }
+    let keep = 1.0 - rate;
+    let uniform = Uniform::new(0.0f64, 1.0).expect("a valid range");
+    let scale = if keep > 0.0 { (1.0 / keep) as f32 } else { 0.0 };
+    let draws: Vec<f32> = (0..mask_dims.iter().product::<usize>())
+        .map(|_| {
+            if uniform.sample(mode.rng) < keep {
+                scale
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask: Vec<f32> = (0..x.len())
+        .map(|i| {
+            let (mut rest, mut at, mut stride) = (i, 0, 1);
+            for (&d, &m) in shape.iter().zip(mask_dims).rev() {
+                let coord = rest % d.max(1);
+                rest /= d.max(1);
+                if m != 1 {
+                    at += coord * stride;
+                    stride *= m;
+                }
+            }
+            draws[at]
+        })
+        .collect();
     let y = x.iter().zip(&mask).map(|(v, m)| v * m).collect();
     saved.aux.push(mask);
     y

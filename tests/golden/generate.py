@@ -4,6 +4,7 @@
 Run from anywhere (it writes next to itself)::
 
     pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 safetensors numpy
+    pip install --no-deps efficientnet==1.0.0   # edge_fixed_dropout: its FixedDropout class
     python tests/golden/generate.py            # all models
     python tests/golden/generate.py edge_conv  # only some
 
@@ -768,6 +769,42 @@ def edge_tfreduce():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_fixed_dropout():
+    """segmentation_models' EfficientNet encoders drop with the efficientnet package's
+    FixedDropout (a Dropout whose noise_shape may leave the batch None; the identity at
+    inference): noise_shape (None, 1, 1, 1) as in its drop-connect before the residual Add,
+    (None, 1, 1, 8) and none, on signed 6x5 maps (a linear 1x1 conv of the input). Flattened and
+    concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    from efficientnet.model import get_dropout
+
+    FixedDropout = get_dropout(backend=tf.keras.backend, layers=L, models=tf.keras.models,
+                               utils=tf.keras.utils)
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(8, 1)(inp)
+    a = FixedDropout(0.2, noise_shape=(None, 1, 1, 1), name="block1b_drop")(x)
+    b = FixedDropout(0.5, noise_shape=(None, 1, 1, 8))(x)
+    c = FixedDropout(0.1)(x)
+    branches = [L.Add()([a, x]), L.Conv2D(2, 1)(b), c]
+    flat = [L.Flatten()(t) for t in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
+def edge_rescaling():
+    """Rescaling as U-Nets put it on their input: `Rescaling(1. / 255)` before the first conv,
+    `Rescaling(1. / 127.5, offset=-1)` (to [-1, 1]), and `Rescaling(-2.5, offset=0.75)` on a
+    signed map (a linear 1x1 conv of the input). Flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    a = L.Conv2D(4, 3, padding="same", activation="relu")(L.Rescaling(1.0 / 255)(inp))
+    b = L.Rescaling(1.0 / 127.5, offset=-1)(inp)
+    c = L.Rescaling(-2.5, offset=0.75)(L.Conv2D(8, 1)(inp))
+    flat = [L.Flatten()(t) for t in (a, b, c)]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_reshape():
     """Reshape and Permute on signed 6x5 maps (linear 1x1 convs of the input): a
     squeeze-excitation block (GlobalAveragePooling2D -> Reshape((1, 1, 8)) -> Dense(2, relu) ->
@@ -937,7 +974,8 @@ def original_full_at(size: int):
 
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
-         edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d]
+         edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
+         edge_fixed_dropout, edge_rescaling]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """U-Nets as the popular Keras packages build them, recorded from real tf.keras for
-tests/real_models.rs: each model's ``to_json()``, what ``model.summary()`` prints, and for the
-small ones its weights (tools/keras_to_safetensors.py) and ``model.predict`` on a seeded input.
+tests/real_models.rs: each model's ``to_json()``, what ``model.summary()`` prints, and
+``model.predict`` on a seeded input with the small ones' own weights (stored with
+tools/keras_to_safetensors.py) or, for large encoders, the formula weights of
+tests/golden/README.md (not stored: the test regenerates them).
 
     pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 keras-unet-collection==0.1.13 \\
-        keras-unet==0.1.2 pillow matplotlib safetensors numpy
+        keras-unet==0.1.2 segmentation-models==1.0.1 pillow matplotlib safetensors numpy
+    pip install --no-deps image-classifiers==1.0.0 efficientnet==1.0.0
     python tests/real_models/generate.py
 
 unetc must import every JSON (``unetc import``), print the same summary byte for byte
@@ -21,6 +24,7 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "tools"))
@@ -30,7 +34,9 @@ def models():
     from keras_unet_collection import models as kuc
     from keras_unet.models import custom_unet, satellite_unet, vanilla_unet
 
-    # (name, builder, store weights and outputs?)
+    # (name, builder, what to store): True: weights and outputs; "formula": outputs of the model
+    # with every weight from the formula of tests/golden/README.md (tests/common regenerates
+    # them, so large encoders need no stored weights); False: the summary and the import only.
     return [
         ("kuc_att_unet", lambda: kuc.att_unet_2d(
             (32, 32, 3), [8, 16, 32], n_labels=2, stack_num_down=2, stack_num_up=2,
@@ -61,6 +67,75 @@ def models():
         # Large (1.3 M, 31 M parameters): the summary and the import only.
         ("ku_satellite_unet", lambda: satellite_unet((32, 32, 3), num_layers=3), False),
         ("ku_vanilla_unet", lambda: vanilla_unet((572, 572, 3)), False),
+    ] + more_models()
+
+
+def more_models():
+    """Found by tools/real_models_survey.py (its builders) to import, print and run as Keras:
+    keras-unet-collection's options, keras-unet's simple upsampling, the TensorFlow pix2pix
+    generator, keras.io's Xception-style U-Net, and segmentation_models with several encoders
+    (formula weights: their encoders hold millions of parameters)."""
+    import segmentation_models as sm
+    from keras_unet_collection import models as kuc
+    from keras_unet.models import custom_unet
+    from real_models_survey import keras_io_oxford_pets, pix2pix_generator
+
+    f3 = [4, 8, 16]
+    return [
+        # Sequential blocks called as layers, LeakyReLU, Dropout, tanh head; 1/32 of the widths,
+        # 64x64 (six levels); the tutorial's own 256x256 generator: the summary only.
+        ("tf_pix2pix_generator_small", lambda: pix2pix_generator(64, 32, 6), True),
+        ("tf_pix2pix_generator", lambda: pix2pix_generator(), False),
+        # SeparableConv2D, strided 1x1 residual projections, UpSampling2D residuals.
+        ("kerasio_oxford_pets_small", lambda: keras_io_oxford_pets((64, 64), 3, (8, 16, 32)),
+         True),
+        ("ku_custom_unet_simple", lambda: custom_unet(
+            (32, 32, 3), filters=4, num_layers=3, upsample_mode="simple",
+            dropout_type="standard", use_dropout_on_upsampling=True), True),
+        ("kuc_unet_2d_ave_nearest", lambda: kuc.unet_2d(
+            (32, 32, 3), f3, n_labels=2, batch_norm=True, pool="ave", unpool="nearest"), True),
+        ("kuc_unet_2d_prelu", lambda: kuc.unet_2d(
+            (32, 32, 3), f3, n_labels=2, activation="PReLU", batch_norm=True), True),
+        ("kuc_unet_2d_leakyrelu_bilinear", lambda: kuc.unet_2d(
+            (32, 32, 3), f3, n_labels=1, activation="LeakyReLU", unpool="bilinear",
+            output_activation="Sigmoid"), True),
+        ("kuc_vnet_2d_prelu", lambda: kuc.vnet_2d(
+            (32, 32, 1), f3, n_labels=2, res_num_ini=1, res_num_max=3, activation="PReLU",
+            batch_norm=True, pool=False, unpool=False), True),
+        ("kuc_unet_plus_2d_ds", lambda: kuc.unet_plus_2d(
+            (32, 32, 3), f3, n_labels=2, batch_norm=True, deep_supervision=True,
+            activation="LeakyReLU"), True),
+        ("kuc_r2_unet_2d_elu", lambda: kuc.r2_unet_2d(
+            (32, 32, 3), f3, n_labels=2, recur_num=2, batch_norm=True, pool="ave", unpool=False,
+            activation="ELU"), True),
+        ("kuc_att_unet_2d_multiply", lambda: kuc.att_unet_2d(
+            (32, 32, 3), f3, n_labels=2, attention="multiply", batch_norm=True), True),
+        ("kuc_u2net_2d_ds", lambda: kuc.u2net_2d(
+            (32, 32, 3), n_labels=2, filter_num_down=[8, 16], deep_supervision=True), True),
+        ("kuc_unet_3plus_2d_ds", lambda: kuc.unet_3plus_2d(
+            (32, 32, 3), n_labels=2, filter_num_down=f3, deep_supervision=True,
+            batch_norm=True), True),
+        # A Keras application as a nested backbone: DenseNet121, whose layers are named with a
+        # slash (conv1/conv).
+        ("kuc_unet_2d_densenet121", lambda: kuc.unet_2d(
+            (64, 64, 3), [16, 32, 64, 128, 256], n_labels=2, backbone="DenseNet121",
+            weights=None, freeze_backbone=False, freeze_batch_norm=False), "formula"),
+        # segmentation_models (SM_FRAMEWORK=tf.keras, encoder_weights=None).
+        ("sm_unet_efficientnetb0", lambda: sm.Unet(
+            "efficientnetb0", input_shape=(64, 64, 3), classes=2, activation="softmax",
+            encoder_weights=None, decoder_filters=(32, 16, 8, 8, 4)), "formula"),
+        ("sm_linknet_resnet18", lambda: sm.Linknet(
+            "resnet18", input_shape=(64, 64, 3), classes=1, encoder_weights=None), "formula"),
+        ("sm_fpn_mobilenet", lambda: sm.FPN(
+            "mobilenet", input_shape=(64, 64, 3), classes=3, activation="softmax",
+            encoder_weights=None, pyramid_block_filters=32), "formula"),
+        ("sm_pspnet_inceptionv3", lambda: sm.PSPNet(
+            "inceptionv3", input_shape=(96, 96, 3), classes=2, activation="softmax",
+            encoder_weights=None, psp_conv_filters=64, downsample_factor=8), "formula"),
+        ("sm_unet_vgg16_transpose", lambda: sm.Unet(
+            "vgg16", input_shape=(64, 64, 1), classes=1, encoder_weights=None,
+            decoder_block_type="transpose", decoder_use_batchnorm=False,
+            decoder_filters=(32, 16, 8, 8, 4)), "formula"),
     ]
 
 
@@ -146,8 +221,15 @@ def leaf_layers(model):
             yield layer
 
 
+# PSPNet's output varies little with its input under formula weights (7e-5 at 100, 8e-4 at
+# 1000; the test's tolerance is 1e-5 of the output's largest value, 0.53).
+FORMULA_INPUT_SCALE = {"sm_pspnet_inceptionv3": 1000}
+
 SKIPPED = {
     "kuc_resunet_a": "its ASPP pool branch resizes with two Lambda layers (tf.image.resize in Python bytecode, which unetc cannot run; `unetc import` refuses them) after TFOpLambda tf.expand_dims on (None, C) tensors, which unetc does not model",
+    "kuc GELU / Snake activations, transunet_2d, swin_unet_2d": "custom layer classes of keras-unet-collection (GELU, Snake, patch_extract, ...): their call() is Python code; `unetc import` names the layer and refuses the model",
+    "sm seresnet*, resnext*": "the classification_models encoders slice and reshape with Lambda layers (Python bytecode); `unetc import` refuses them",
+    "kuc backbone EfficientNetB*": "tf.keras.applications' EfficientNet starts with Rescaling (which unetc runs) and Normalization, a kind unetc does not have yet; `unetc import` names the layer",
 }
 
 
@@ -156,6 +238,14 @@ def main() -> int:
     import tensorflow as tf
     from safetensors.numpy import save_file
     from keras_to_safetensors import save_unetc_weights
+
+    sys.path.insert(0, str(HERE.parents[1] / "tests" / "golden"))
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("golden_generate",
+                                                  HERE.parents[1] / "tests/golden/generate.py")
+    golden = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(golden)
+    seeded_input, set_formula_weights = golden.seeded_input, golden.set_formula_weights
 
     # `generate.py NAME ...` regenerates only those models (the others' files stay as they are).
     only = set(sys.argv[1:])
@@ -167,13 +257,19 @@ def main() -> int:
         tf.keras.backend.clear_session()
         tf.keras.utils.set_random_seed(1234)
         model = build()
-        # Moving statistics away from 0 and 1, so BatchNormalization does something.
-        for layer in leaf_layers(model):
+        # Moving statistics away from 0 and 1, so BatchNormalization does something (the
+        # formula's models get theirs from the formula).
+        for layer in leaf_layers(model) if store is True else []:
             if isinstance(layer, tf.keras.layers.BatchNormalization):
                 gamma, beta, mean, var = layer.get_weights()
                 rng = np.random.default_rng(len(layer.name))
                 layer.set_weights([gamma, beta, rng.normal(0, 0.2, mean.shape).astype("float32"),
                                    rng.uniform(0.5, 1.5, var.shape).astype("float32")])
+            # PReLU starts as ReLU (alpha 0): give it slopes of its own.
+            if isinstance(layer, tf.keras.layers.PReLU):
+                (alpha,) = layer.get_weights()
+                rng = np.random.default_rng(len(layer.name))
+                layer.set_weights([rng.uniform(0.05, 0.4, alpha.shape).astype("float32")])
         buf = io.StringIO()
         with redirect_stdout(buf):
             model.summary()
@@ -182,10 +278,21 @@ def main() -> int:
         entry = {"params": int(model.count_params()),
                  "layers": sorted({type(l).__name__ for l in model.layers})}
         if store:
-            save_unetc_weights(model, HERE / f"{name}.weights.safetensors")
             shape = tuple(int(d) for d in model.input_shape[1:])
-            x = np.random.default_rng(7).random((2, *shape), dtype=np.float32)
-            y = np.asarray(model.predict(x, verbose=0), dtype=np.float32)
+            if store == "formula":
+                set_formula_weights(model)
+                # Inputs in [0, 100): through dozens of layers of formula weights (which shrink
+                # a signal a little at each layer) the output still depends on the input.
+                x = FORMULA_INPUT_SCALE.get(name, 100) * seeded_input(name, shape, 2)
+            else:
+                save_unetc_weights(model, HERE / f"{name}.weights.safetensors")
+                x = np.random.default_rng(7).random((2, *shape), dtype=np.float32)
+            y = model.predict(x, verbose=0)
+            if isinstance(y, list):  # deep supervision: the first output is compared
+                entry["outputs"] = len(y)
+                y = y[0]
+            y = np.asarray(y, dtype=np.float32)
+            entry["output_spread"] = float(np.abs(y[0] - y[1]).max())
             save_file({"input": x, "output": y}, str(HERE / f"{name}.io.safetensors"))
         manifest[name] = entry
         print(name, entry["params"], entry["layers"], flush=True)
@@ -193,7 +300,8 @@ def main() -> int:
     import keras_unet_collection
     versions = {"tensorflow": tf.__version__, "tf_keras": __import__("tf_keras").__version__,
                 "keras_unet": getattr(keras_unet, "__version__", "0.1.2"),
-                "keras_unet_collection": "0.1.13"}
+                "keras_unet_collection": "0.1.13", "segmentation_models": "1.0.1",
+                "efficientnet": "1.0.0", "image_classifiers": "1.0.0"}
     manifest = {k: manifest[k] for k in [m[0] for m in models()] if k in manifest}
     (HERE / "manifest.json").write_text(json.dumps(
         {"versions": versions, "models": manifest, "skipped": SKIPPED}, indent=2) + "\n")

@@ -204,11 +204,13 @@ impl<'g> CpuModel<'g> {
                 | Op::TFOpLambda(_)
                 | Op::LeakyReLU(_)
                 | Op::ELU(_)
+                | Op::Rescaling(_)
                 | Op::AveragePooling2D(_)
                 | Op::GlobalMaxPooling2D(_)
                 | Op::SpatialDropout2D(_)
                 | Op::GaussianNoise(_)
                 | Op::GaussianDropout(_)
+                | Op::FixedDropout(_)
                 | Op::MaxPooling3D(_)
                 | Op::AveragePooling3D(_)
                 | Op::UpSampling3D(_)
@@ -669,6 +671,11 @@ impl<'g> CpuModel<'g> {
             }
             (Op::LeakyReLU(op), _) => kernels::leaky_relu(op.alpha as f32, ins[0], out),
             (Op::ELU(op), _) => kernels::elu(op.alpha as f32, ins[0], out),
+            (Op::Rescaling(op), _) => {
+                for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
+                    *o = op.apply(x);
+                }
+            }
             (Op::PReLU(op), Prepared::PRelu { alpha }) => {
                 let shape: Vec<i64> = in_shapes[0].iter().map(|&d| d as i64).collect();
                 let alpha_shape: Vec<usize> =
@@ -698,6 +705,7 @@ impl<'g> CpuModel<'g> {
                 | Op::SpatialDropout2D(_)
                 | Op::GaussianNoise(_)
                 | Op::GaussianDropout(_)
+                | Op::FixedDropout(_)
                 | Op::Flatten(_)
                 | Op::Reshape(_),
                 _,

@@ -950,12 +950,14 @@ impl<'g> CudaModel<'g> {
             | Op::TFOpLambda(_)
             | Op::LeakyReLU(_)
             | Op::ELU(_)
+            | Op::Rescaling(_)
             | Op::PReLU(_)
             | Op::AveragePooling2D(_)
             | Op::GlobalMaxPooling2D(_)
             | Op::SpatialDropout2D(_)
             | Op::GaussianNoise(_)
             | Op::GaussianDropout(_)
+            | Op::FixedDropout(_)
             | Op::GroupNormalization(_)
             | Op::LayerNormalization(_)
             | Op::DepthwiseConv2D(_)
@@ -2149,7 +2151,8 @@ impl<'g> CudaModel<'g> {
             Op::Dropout(_)
             | Op::SpatialDropout2D(_)
             | Op::GaussianNoise(_)
-            | Op::GaussianDropout(_) => self.shift_window(arena, x_view(0)?, y, 0, 0, batch)?,
+            | Op::GaussianDropout(_)
+            | Op::FixedDropout(_) => self.shift_window(arena, x_view(0)?, y, 0, 0, batch)?,
             Op::Permute(op) => self.permute::<T>(arena, id, &op.source_axes(), batch)?,
             Op::Flatten(_) | Op::Reshape(_) => {
                 let len: usize = in_shapes[0].iter().product();
@@ -2264,6 +2267,28 @@ impl<'g> CudaModel<'g> {
                         .arg(&nb)
                         .launch(grid(n_out))
                         .map_err(driver)?;
+                }
+            }
+            Op::Rescaling(op) => {
+                // As Keras: the product (scalar_op multiply), rounded, then the sum (scalar_op
+                // add, in place).
+                let x = x_view(0)?;
+                let first = 0i32;
+                for (code, k, from) in [(2i32, op.scale as f32, x), (0, op.offset as f32, y)] {
+                    // SAFETY: matches scalar_op_<T>(void*, View, View, int, float, int, int).
+                    unsafe {
+                        stream
+                            .launch_builder(self.function::<T>("scalar_op"))
+                            .arg(&mut *arena)
+                            .arg(&from)
+                            .arg(&y)
+                            .arg(&code)
+                            .arg(&k)
+                            .arg(&first)
+                            .arg(&nb)
+                            .launch(grid(n_out))
+                            .map_err(driver)?;
+                    }
                 }
             }
             Op::PReLU(op) => {

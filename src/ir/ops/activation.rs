@@ -1,4 +1,4 @@
-//! Activation, ReLU, Softmax and Dropout: shape-preserving, no weights.
+//! Activation, ReLU, Softmax and the Dropout kinds: shape-preserving, no weights.
 
 use super::{ActivationFn, LayerKind, Shape, ShapeError, WeightSpec};
 use crate::ir::value::ArgReader;
@@ -143,6 +143,126 @@ impl LayerKind for Dropout {
 
     fn config(&self) -> Json {
         json!({ "rate": self.rate, "noise_shape": null })
+    }
+}
+
+/// The `efficientnet` package's `FixedDropout` (segmentation_models' EfficientNet encoders):
+/// a Dropout whose `noise_shape` may leave the batch size `None`. The identity at inference;
+/// in training one mask entry covers every axis where `noise_shape` is 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FixedDropout {
+    pub rate: f64,
+    pub noise_shape: Option<Vec<Option<i64>>>,
+}
+
+impl FixedDropout {
+    /// The mask's extent per axis of an input of `shape` (batch first): the axis's size, or 1
+    /// where the mask is shared along it.
+    pub fn mask_dims(&self, shape: &[usize]) -> Vec<usize> {
+        match &self.noise_shape {
+            None => shape.to_vec(),
+            Some(ns) => shape
+                .iter()
+                .zip(ns)
+                .map(|(&d, n)| if *n == Some(1) { 1 } else { d })
+                .collect(),
+        }
+    }
+}
+
+impl LayerKind for FixedDropout {
+    const CLASS: &'static str = "FixedDropout";
+    const POSITIONAL: &'static [&'static str] = &["rate", "noise_shape", "seed"];
+    const KNOWN: &'static [&'static str] = &["rate", "noise_shape", "seed"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["rate", "noise_shape"];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        if !r.has("rate") {
+            r.missing("rate", "fixed_dropout(0.2, noise_shape: (none, 1, 1, 1))");
+        }
+        r.int("seed", i64::MIN, i64::MAX);
+        FixedDropout {
+            rate: r.float_or("rate", 0.0, 1.0, 0.0),
+            noise_shape: r.noise_shape("noise_shape"),
+        }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        let shape = same_shape(inputs)?;
+        if let Some(ns) = &self.noise_shape {
+            let fits = ns.len() == shape.len() + 1
+                && ns[1..]
+                    .iter()
+                    .zip(&shape)
+                    .all(|(n, &d)| matches!(n, None | Some(1)) || *n == Some(d));
+            if !fits {
+                let text: Vec<String> = ns
+                    .iter()
+                    .map(|n| n.map_or("none".into(), |v| v.to_string()))
+                    .collect();
+                return Err(ShapeError::new(
+                    "E-shape",
+                    format!(
+                        "noise_shape ({}) does not fit {{0}}'s shape (batch, {})",
+                        text.join(", "),
+                        shape
+                            .iter()
+                            .map(i64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    "noise_shape does not fit",
+                )
+                .help("give one entry per axis, batch first: none, 1 or the axis's size"));
+            }
+        }
+        Ok(shape)
+    }
+
+    fn config(&self) -> Json {
+        json!({ "rate": self.rate, "noise_shape": self.noise_shape, "seed": null })
+    }
+}
+
+/// Keras's Rescaling, `x * scale + offset` (`Rescaling(1. / 255)` on a U-Net's input): both
+/// numbers converted to the tensor's float32, the product rounded before the sum, as Keras
+/// computes it. A number each (Keras also takes one per channel; unetc does not).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rescaling {
+    pub scale: f64,
+    pub offset: f64,
+}
+
+impl Rescaling {
+    pub fn apply(&self, x: f32) -> f32 {
+        let scaled = x * self.scale as f32;
+        scaled + self.offset as f32
+    }
+}
+
+impl LayerKind for Rescaling {
+    const CLASS: &'static str = "Rescaling";
+    const POSITIONAL: &'static [&'static str] = &["scale", "offset"];
+    const KNOWN: &'static [&'static str] = &["scale", "offset"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["scale", "offset"];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        if !r.has("scale") {
+            r.missing("scale", "rescaling(0.00392156862745098)");
+        }
+        let finite = f32::MAX as f64;
+        Rescaling {
+            scale: r.float_or("scale", -finite, finite, 1.0),
+            offset: r.float_or("offset", -finite, finite, 0.0),
+        }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        same_shape(inputs)
+    }
+
+    fn config(&self) -> Json {
+        json!({ "scale": self.scale, "offset": self.offset })
     }
 }
 

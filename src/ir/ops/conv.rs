@@ -20,6 +20,7 @@ pub(crate) const INITIALIZERS: &[&str] = &[
     "random_uniform",
     "truncated_normal",
     "orthogonal",
+    "variance_scaling",
 ];
 
 /// Arguments shared by both convolutions.

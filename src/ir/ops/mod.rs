@@ -19,8 +19,8 @@ mod tf_op;
 mod volume;
 
 pub use activation::{
-    Activation, Dropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU, Softmax,
-    SpatialDropout2D, ELU,
+    Activation, Dropout, FixedDropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU,
+    Rescaling, Softmax, SpatialDropout2D, ELU,
 };
 pub use conv::{
     Conv2D, Conv2DTranspose, Depthwise, DepthwiseConv2D, SeparableConv2D, TransposeGeometry,
@@ -275,6 +275,8 @@ ops! {
     Cropping3D: "cropping3d",
     ZeroPadding3D: "zero_padding3d",
     GlobalAveragePooling3D: "global_average_pooling3d",
+    FixedDropout: "fixed_dropout",
+    Rescaling: "rescaling",
 }
 
 impl Op {
@@ -309,12 +311,14 @@ impl Op {
             | Op::Minimum(_)
             | Op::LeakyReLU(_)
             | Op::ELU(_)
+            | Op::Rescaling(_)
             | Op::PReLU(_)
             | Op::AveragePooling2D(_)
             | Op::GlobalMaxPooling2D(_)
             | Op::SpatialDropout2D(_)
             | Op::GaussianNoise(_)
             | Op::GaussianDropout(_)
+            | Op::FixedDropout(_)
             | Op::DepthwiseConv2D(_)
             | Op::SeparableConv2D(_)
             | Op::TFOpLambda(_)

@@ -1,0 +1,126 @@
+"""Builds small PyTorch U-Nets (random weights), exports each with torch.onnx.export and records
+an input and onnxruntime's output: tests/onnx_import.rs imports the .onnx with `unetc import`
+and compares unetc's CPU executor with onnxruntime.
+
+Run: PYTHONPATH=<dir with torch, segmentation_models_pytorch, monai> python3 generate.py
+Writes NAME.onnx and NAME.io.safetensors (input NCHW, output NCHW, float32) beside this file.
+"""
+import os
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.numpy import save_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+torch.manual_seed(0)
+
+
+def block(cin, cout):
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class PlainUNet(nn.Module):
+    """The usual PyTorch U-Net: max-pool down, bilinear (align_corners=False) or transposed up."""
+
+    def __init__(self, up="bilinear", cin=3, ncls=2, w=4):
+        super().__init__()
+        self.up = up
+        self.d1, self.d2, self.d3 = block(cin, w), block(w, 2 * w), block(2 * w, 4 * w)
+        if up == "transpose":
+            self.u2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
+            self.u1 = nn.ConvTranspose2d(2 * w, w, 3, stride=2, padding=1, output_padding=1)
+            self.c2, self.c1 = block(4 * w, 2 * w), block(2 * w, w)
+        else:
+            self.c2, self.c1 = block(6 * w, 2 * w), block(3 * w, w)
+        self.head = nn.Conv2d(w, ncls, 1)
+
+    def upsample(self, x, k):
+        if self.up == "transpose":
+            return (self.u2 if k == 2 else self.u1)(x)
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+    def forward(self, x):
+        x1 = self.d1(x)
+        x2 = self.d2(F.max_pool2d(x1, 2))
+        x3 = self.d3(F.max_pool2d(x2, 2))
+        y = self.c2(torch.cat([self.upsample(x3, 2), x2], dim=1))
+        y = self.c1(torch.cat([self.upsample(y, 1), x1], dim=1))
+        return torch.sigmoid(self.head(y))
+
+
+def randomize_bn(model):
+    """Non-trivial running statistics so that BatchNorm matters."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+def models():
+    yield "plain_bilinear", lambda: PlainUNet("bilinear"), (1, 3, 64, 64)
+    yield "plain_transpose", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
+    yield "plain_align_corners", lambda: AlignCorners(), (1, 3, 16, 16)
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError as e:
+        print("SKIP smp:", e)
+    else:
+        kw = dict(encoder_name="resnet18", encoder_weights=None, in_channels=3, classes=2)
+        yield "smp_unet", lambda: smp.Unet(decoder_channels=(32, 16, 8, 8, 4), **kw), (1, 3, 64, 64)
+        yield "smp_unetplusplus", lambda: smp.UnetPlusPlus(decoder_channels=(32, 16, 8, 8, 4), **kw), (1, 3, 64, 64)
+        yield "smp_linknet", lambda: smp.Linknet(**kw), (1, 3, 64, 64)
+    try:
+        from monai.networks import nets
+    except ImportError as e:
+        print("SKIP monai:", e)
+    else:
+        yield "monai_unet", lambda: nets.UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1), (1, 1, 32, 32)
+        yield "monai_basicunet", lambda: nets.BasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4)), (1, 1, 32, 32)
+        yield "monai_attentionunet", lambda: nets.AttentionUnet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2)), (1, 1, 32, 32)
+        yield "monai_unet3d", lambda: nets.UNet(3, 1, 2, channels=(2, 4), strides=(2,), num_res_units=1), (1, 1, 8, 8, 8)
+
+
+class AlignCorners(nn.Module):
+    """Bilinear up-sampling with align_corners=True: unetc refuses it by name (not yet supported)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x):
+        return F.interpolate(self.conv(x), scale_factor=2, mode="bilinear", align_corners=True)
+
+
+def main():
+    only = set(sys.argv[1:])
+    for name, make, shape in models():
+        if only and name not in only:
+            continue
+        torch.manual_seed(0)
+        model = make()
+        randomize_bn(model)
+        model.eval()
+        x = torch.randn(*shape)
+        path = os.path.join(HERE, name + ".onnx")
+        torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["output"])
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        y = sess.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            ref = model(x).numpy()
+        print(f"{name}: {os.path.getsize(path)} bytes, onnxruntime vs torch {np.abs(y - ref).max():.2e}")
+        save_file({"input": x.numpy(), "output": y.astype(np.float32)},
+                  os.path.join(HERE, name + ".io.safetensors"))
+
+
+if __name__ == "__main__":
+    main()

@@ -69,6 +69,10 @@ fn pytorch_unets_import_and_match_onnxruntime() {
         "plain_transpose",
         "monai_unet",
         "monai_unet3d",
+        "monai_basicunet",
+        "smp_unet",
+        "smp_unetplusplus",
+        "smp_linknet",
     ];
     for stem in expected_to_run {
         let e = import_and_run(stem).unwrap_or_else(|e| panic!("{stem}: {e}"));

@@ -1526,57 +1526,94 @@ impl Importer<'_> {
                 })
             }
             "Slice" => {
-                if c0.dims.len() > 1 {
-                    return err("folding Slice on a tensor of rank > 1 is not supported");
-                }
                 let starts = ints_of(1)?;
                 let ends = ints_of(2)?;
+                let rank = c0.dims.len();
+                let axes = match self.opt_input(3)? {
+                    Some(_) => ints_of(3)?,
+                    None => (0..starts.len() as i64).collect(),
+                };
                 let steps = match self.opt_input(4)? {
                     Some(_) => ints_of(4)?,
-                    None => vec![1],
+                    None => vec![1; starts.len()],
                 };
-                let (Some(&st), Some(&en), Some(&sp)) =
-                    (starts.first(), ends.first(), steps.first())
-                else {
-                    return err("empty slice bounds");
-                };
-                if sp == 0 {
-                    return err("slice step 0");
+                if ends.len() != starts.len()
+                    || axes.len() != starts.len()
+                    || steps.len() != starts.len()
+                {
+                    return err("slice bounds of different lengths");
                 }
-                let len = c0.len() as i64;
-                let clampi = |v: i64, lo: i64, hi: i64| v.clamp(lo, hi);
-                let norm = |v: i64| if v < 0 { v + len } else { v };
-                let mut idx = Vec::new();
-                if sp > 0 {
-                    let (mut i, e) = (clampi(norm(st), 0, len), clampi(norm(en), 0, len));
-                    while i < e {
-                        idx.push(i as usize);
-                        i += sp;
+                // The kept indices along each axis.
+                let mut keep: Vec<Vec<usize>> = c0.dims.iter().map(|&d| (0..d).collect()).collect();
+                for k in 0..starts.len() {
+                    let a = if axes[k] < 0 {
+                        axes[k] + rank as i64
+                    } else {
+                        axes[k]
+                    };
+                    if !(0..rank as i64).contains(&a) {
+                        return err(format!("slice axis {}", axes[k]));
                     }
-                } else {
-                    let (mut i, e) = (clampi(norm(st), -1, len - 1), clampi(norm(en), -1, len - 1));
-                    while i > e {
-                        idx.push(i as usize);
-                        i += sp;
+                    let len = c0.dims[a as usize] as i64;
+                    let sp = steps[k];
+                    if sp == 0 {
+                        return err("slice step 0");
                     }
+                    let norm = |v: i64| if v < 0 { v.saturating_add(len) } else { v };
+                    let mut idx = Vec::new();
+                    if sp > 0 {
+                        let (mut i, e) =
+                            (norm(starts[k]).clamp(0, len), norm(ends[k]).clamp(0, len));
+                        while i < e {
+                            idx.push(i as usize);
+                            i += sp;
+                        }
+                    } else {
+                        let (mut i, e) = (
+                            norm(starts[k]).clamp(-1, len - 1),
+                            norm(ends[k]).clamp(-1, len - 1),
+                        );
+                        while i > e {
+                            idx.push(i as usize);
+                            i += sp;
+                        }
+                    }
+                    keep[a as usize] = idx;
                 }
-                let n = idx.len();
+                let dims: Vec<usize> = keep.iter().map(Vec::len).collect();
+                let n: usize = dims.iter().product();
+                // Row-major strides of the source.
+                let mut stride = vec![1usize; rank];
+                for i in (0..rank.saturating_sub(1)).rev() {
+                    stride[i] = stride[i + 1] * c0.dims[i + 1];
+                }
+                let mut src = Vec::with_capacity(n);
+                for flat in 0..n {
+                    let (mut rest, mut at) = (flat, 0);
+                    for i in (0..rank).rev() {
+                        at += keep[i][rest % dims[i]] * stride[i];
+                        rest /= dims[i];
+                    }
+                    src.push(at);
+                }
                 Ok(match c0.data {
                     Data::I(v) => Const {
-                        dims: vec![n],
-                        data: Data::I(idx.iter().map(|&i| v[i]).collect()),
+                        dims,
+                        data: Data::I(src.iter().map(|&i| v[i]).collect()),
                     },
                     Data::F(v) => Const {
-                        dims: vec![n],
-                        data: Data::F(idx.iter().map(|&i| v[i]).collect()),
+                        dims,
+                        data: Data::F(src.iter().map(|&i| v[i]).collect()),
                     },
                 })
             }
             "Transpose" => {
                 // Only 2-D tensors arise in PyTorch's pad arithmetic.
+                let perm = self.ints("perm");
                 match c0.dims.len() {
                     0 | 1 => Ok(c0),
-                    2 => {
+                    2 if perm.as_deref() == Some(&[0, 1]) => Ok(c0),
+                    2 if perm.as_deref().is_none_or(|p| p == [1, 0]) => {
                         let (r, c) = (c0.dims[0], c0.dims[1]);
                         let pick = |i: usize| (i % r) * c + i / r;
                         Ok(match &c0.data {

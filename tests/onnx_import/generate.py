@@ -74,10 +74,13 @@ def models():
     except ImportError as e:
         print("SKIP smp:", e)
     else:
+        # ResNet-18 has fixed widths (11M parameters at full depth); encoder_depth keeps the
+        # fixtures small: depth 3 (stem, max-pool, layer1, layer2 with its strided
+        # down-sampling block) is 0.7M parameters, depth 2 0.16M.
         kw = dict(encoder_name="resnet18", encoder_weights=None, in_channels=3, classes=2)
-        yield "smp_unet", lambda: smp.Unet(decoder_channels=(32, 16, 8, 8, 4), **kw), (1, 3, 64, 64)
-        yield "smp_unetplusplus", lambda: smp.UnetPlusPlus(decoder_channels=(32, 16, 8, 8, 4), **kw), (1, 3, 64, 64)
-        yield "smp_linknet", lambda: smp.Linknet(**kw), (1, 3, 64, 64)
+        yield "smp_unet", lambda: smp.Unet(encoder_depth=3, decoder_channels=(16, 8, 4), **kw), (1, 3, 64, 64)
+        yield "smp_unetplusplus", lambda: smp.UnetPlusPlus(encoder_depth=2, decoder_channels=(8, 4), **kw), (1, 3, 64, 64)
+        yield "smp_linknet", lambda: smp.Linknet(encoder_depth=2, **kw), (1, 3, 64, 64)
     try:
         from monai.networks import nets
     except ImportError as e:
@@ -100,6 +103,9 @@ class AlignCorners(nn.Module):
         return F.interpolate(self.conv(x), scale_factor=2, mode="bilinear", align_corners=True)
 
 
+KEEP_BN = {"plain_bilinear", "smp_unet", "monai_attentionunet"}
+
+
 def main():
     only = set(sys.argv[1:])
     for name, make, shape in models():
@@ -111,7 +117,10 @@ def main():
         model.eval()
         x = torch.randn(*shape)
         path = os.path.join(HERE, name + ".onnx")
-        torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17,
+        # TrainingMode.PRESERVE on an eval() model keeps BatchNormalization nodes (the default
+        # folds them into the convolutions) so that the importer's BN mapping is tested too.
+        mode = torch.onnx.TrainingMode.PRESERVE if name in KEEP_BN else torch.onnx.TrainingMode.EVAL
+        torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, training=mode,
                           input_names=["input"], output_names=["output"])
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         y = sess.run(None, {"input": x.numpy()})[0]

@@ -35,6 +35,10 @@ fn fixture(stem: &str) -> Vec<u8> {
 
 /// Imports, binds the weights through the same file path `unetc run` uses, runs on the CPU.
 fn import_and_run(stem: &str) -> Result<f32, String> {
+    import_and_run_spec(stem).map(|(e, _)| e)
+}
+
+fn import_and_run_spec(stem: &str) -> Result<(f32, String), String> {
     let m = unetc::interop::onnx_import::import_onnx(&fixture(stem)).map_err(|e| e.to_string())?;
     let c = unetc::compile_source(
         Path::new(&format!("{stem}.unet")),
@@ -59,7 +63,7 @@ fn import_and_run(stem: &str) -> Result<f32, String> {
         .run(&channels_last(&input))
         .expect("run")
         .remove(0);
-    Ok(rel_err(&got, &channels_last(&want)))
+    Ok((rel_err(&got, &channels_last(&want)), m.spec))
 }
 
 #[test]
@@ -67,6 +71,7 @@ fn pytorch_unets_import_and_match_onnxruntime() {
     let expected_to_run = [
         "plain_bilinear",
         "plain_transpose",
+        "plain_transpose_dynamo",
         "monai_unet",
         "monai_unet3d",
         "monai_basicunet",
@@ -75,9 +80,40 @@ fn pytorch_unets_import_and_match_onnxruntime() {
         "smp_linknet",
     ];
     for stem in expected_to_run {
-        let e = import_and_run(stem).unwrap_or_else(|e| panic!("{stem}: {e}"));
+        let (e, spec) = import_and_run_spec(stem).unwrap_or_else(|e| panic!("{stem}: {e}"));
         println!("{stem}: max relative error vs onnxruntime {e:.2e}");
         assert!(e <= 1e-5, "{stem}: {e:.3e}");
+        // The layer kinds each model is there to exercise (see generate.py).
+        let uses: &[&str] = match stem {
+            "plain_bilinear" => &[
+                "batch_normalization(",
+                "interpolation: \"bilinear\"",
+                "max_pooling2d(",
+            ],
+            "plain_transpose" => &["conv2d_transpose(", "cropping2d("],
+            "monai_unet" => &[
+                "group_normalization(groups: 4",
+                "p_re_lu(",
+                "add(",
+                "zero_padding2d(",
+            ],
+            "monai_unet3d" => &[
+                "conv3d(",
+                "conv3d_transpose(",
+                "cropping3d(",
+                "group_normalization(",
+            ],
+            "monai_basicunet" => &["leaky_re_lu(alpha: 0.1"],
+            "smp_unet" => &[
+                "batch_normalization(",
+                "interpolation: \"nearest\"",
+                "max_pooling2d(pool_size: (3, 3)",
+            ],
+            _ => &[],
+        };
+        for u in uses {
+            assert!(spec.contains(u), "{stem}: no `{u}` in\n{spec}");
+        }
     }
 }
 

@@ -149,6 +149,9 @@ pub struct Dimension {
 
 // --- Values during import ---
 
+/// The largest dimension of a tensor the spec computes, and the largest pad.
+const MAX_DIM: usize = 1 << 24;
+
 /// Constants (weights, shape arithmetic) are kept to this many elements.
 const MAX_CONST_ELEMENTS: usize = 1 << 28;
 
@@ -225,7 +228,7 @@ pub struct Imported {
 fn tensor_const(t: &TensorProto) -> Result<Const, OnnxImportError> {
     if t.data_location == 1 || !t.external_data.is_empty() {
         return err(format!(
-            "tensor `{}` keeps its data in an external file; unetc reads self-contained models only (save with torch.onnx.export's default, or onnx.load + onnx.save with save_as_external_data=False)",
+            "tensor `{}` keeps its data in an external file; unetc reads self-contained models only (export with torch.onnx.export(..., external_data=False), or re-save with onnx.save(onnx.load(path), path2, save_as_external_data=False))",
             t.name
         ));
     }
@@ -370,6 +373,8 @@ struct Importer<'a> {
     body: String,
     weights: Weights,
     node: &'a NodeProto,
+    /// The ai.onnx opset the model is written in.
+    opset: i64,
 }
 
 /// Reads an ONNX model (the serialized ModelProto) into a spec and weights.
@@ -383,10 +388,10 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, OnnxImportError> {
     if let Some(o) = model
         .opset_import
         .iter()
-        .find(|o| (o.domain.is_empty() || o.domain == "ai.onnx") && !(7..=22).contains(&o.version))
+        .find(|o| (o.domain.is_empty() || o.domain == "ai.onnx") && !(11..=22).contains(&o.version))
     {
         return err(format!(
-            "ONNX opset {} is outside the opsets unetc imports (7 to 22); export with opset_version=17",
+            "ONNX opset {} is outside the opsets unetc imports (11 to 22); export with opset_version=17",
             o.version
         ));
     }
@@ -453,6 +458,11 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, OnnxImportError> {
             nonneg: false,
         }),
     );
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(0, |o| o.version);
     let empty = NodeProto::default();
     let mut im = Importer {
         vals,
@@ -460,6 +470,7 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, OnnxImportError> {
         body,
         weights: Weights::new(),
         node: &empty,
+        opset,
     };
     for node in &graph.node {
         im.node = node;
@@ -621,6 +632,10 @@ impl Importer<'_> {
         Ok(())
     }
     fn out_act(&mut self, var: String, shape: Vec<usize>, nonneg: bool) -> R<()> {
+        // Bounded sizes keep every later shape computation far from overflow.
+        if shape.iter().any(|&d| d > MAX_DIM) {
+            return err(format!("the output shape {shape:?} is too large"));
+        }
         self.set(Val::Act(Act { var, shape, nonneg }))
     }
     /// One activation in, same shape out.
@@ -683,6 +698,9 @@ impl Importer<'_> {
             "PRelu" => self.prelu(),
             "Softmax" => {
                 let x = self.act(0)?;
+                if self.opset < 13 {
+                    return err("Softmax before opset 13 normalizes over all axes from `axis` on, not over the channels; export with opset_version >= 13");
+                }
                 let axis = self.int("axis", -1);
                 let rank = x.shape.len() as i64;
                 if axis != 1 && axis != 1 - rank {
@@ -732,8 +750,11 @@ impl Importer<'_> {
         match auto.as_str() {
             "NOTSET" => {
                 let p = self.ints("pads").unwrap_or_else(|| vec![0; 2 * n]);
-                if p.len() != 2 * n || p.iter().any(|&x| x < 0) {
-                    return err(format!("pads {p:?} are not {} non-negative numbers", 2 * n));
+                if p.len() != 2 * n || p.iter().any(|&x| !(0..=MAX_DIM as i64).contains(&x)) {
+                    return err(format!(
+                        "pads {p:?} are not {} non-negative numbers (at most {MAX_DIM})",
+                        2 * n
+                    ));
                 }
                 for i in 0..n {
                     out.push((p[i], p[n + i]));
@@ -829,7 +850,11 @@ impl Importer<'_> {
         let d = self.geometry(n, "dilations", 1)?;
         let g = self.int("group", 1);
         let c = x.shape[1];
-        if g < 1 || c % g as usize != 0 || ig * g as usize != c || o % g as usize != 0 {
+        if g < 1
+            || c % g as usize != 0
+            || ig.checked_mul(g as usize) != Some(c)
+            || o % g as usize != 0
+        {
             return err(format!(
                 "group {g} does not fit {c} input channels and a weight of shape {:?}",
                 w.dims
@@ -937,8 +962,10 @@ impl Importer<'_> {
         }
         let pads = self.spatial_pads(n, &x.shape[2..], &k, &s, &d)?;
         let op = self.ints("output_padding").unwrap_or_else(|| vec![0; n]);
-        if op.len() != n {
-            return err(format!("output_padding {op:?} is not {n} numbers"));
+        if op.len() != n || op.iter().any(|&p| !(0..=MAX_DIM as i64).contains(&p)) {
+            return err(format!(
+                "output_padding {op:?} is not {n} non-negative numbers"
+            ));
         }
         // PyTorch: out = (n-1)s + k - begin - end + output_padding, cropped from the full
         // (n-1)s + k at `begin`. Keras 'same' (no output_padding): n*s, cropped at
@@ -1459,7 +1486,7 @@ impl Importer<'_> {
                     }
                     _ => vec![c0.len()],
                 };
-                if dims.iter().product::<usize>() != c0.len() {
+                if dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(c0.len()) {
                     return err(format!("reshape of {} values to {dims:?}", c0.len()));
                 }
                 Ok(Const {
@@ -1661,6 +1688,9 @@ impl Importer<'_> {
                 let c1 = self.konst(1)?;
                 let (a, b) = (c0, c1);
                 let n = a.len().max(b.len());
+                if a.len() == 0 || b.len() == 0 {
+                    return err("folding arithmetic on an empty constant is not supported");
+                }
                 if !(a.len() == b.len() || a.len() == 1 || b.len() == 1) {
                     return err(
                         "folding a broadcast of constants of different shapes is not supported",

@@ -69,6 +69,8 @@ def models():
     yield "plain_bilinear", lambda: PlainUNet("bilinear"), (1, 3, 64, 64)
     yield "plain_transpose", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
     yield "plain_align_corners", lambda: AlignCorners(), (1, 3, 16, 16)
+    # The newer exporter (torch.export + onnxscript, opset 18+), weights kept in the file.
+    yield "plain_transpose_dynamo", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
     try:
         import segmentation_models_pytorch as smp
     except ImportError as e:
@@ -120,8 +122,16 @@ def main():
         # TrainingMode.PRESERVE on an eval() model keeps BatchNormalization nodes (the default
         # folds them into the convolutions) so that the importer's BN mapping is tested too.
         mode = torch.onnx.TrainingMode.PRESERVE if name in KEEP_BN else torch.onnx.TrainingMode.EVAL
-        torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, training=mode,
-                          input_names=["input"], output_names=["output"])
+        if name.endswith("_dynamo"):
+            try:
+                torch.onnx.export(model, (x,), path, dynamo=True, external_data=False,
+                                  input_names=["input"], output_names=["output"])
+            except ImportError as e:
+                print(f"SKIP {name}: {e}")
+                continue
+        else:
+            torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, training=mode,
+                              input_names=["input"], output_names=["output"])
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         y = sess.run(None, {"input": x.numpy()})[0]
         with torch.no_grad():

@@ -1678,6 +1678,14 @@ fn export_keras(spec: &std::path::Path, output: Option<&std::path::Path>, force:
         Ok(c) => c,
         Err(code) => return code,
     };
+    let beyond = unetc::interop::keras::keras_cannot_express(&c.graph);
+    if !beyond.is_empty() {
+        eprintln!(
+            "error: tf.keras cannot express these layers, so no Keras code is written:\n  {}",
+            beyond.join("\n  ")
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     let code = unetc::interop::keras::export_python(&c.graph, &c.info);
     match output {
         Some(path) => write_text(path, &code, force),

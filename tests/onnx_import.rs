@@ -72,6 +72,7 @@ fn pytorch_unets_import_and_match_onnxruntime() {
         "plain_bilinear",
         "plain_transpose",
         "plain_transpose_dynamo",
+        "plain_align_corners",
         "monai_unet",
         "monai_unet3d",
         "monai_basicunet",
@@ -91,6 +92,7 @@ fn pytorch_unets_import_and_match_onnxruntime() {
                 "max_pooling2d(",
             ],
             "plain_transpose" => &["conv2d_transpose(", "cropping2d("],
+            "plain_align_corners" => &["interpolation: \"bilinear\", align_corners: true"],
             "monai_unet" => &[
                 "group_normalization(groups: 4",
                 "p_re_lu(",
@@ -120,7 +122,7 @@ fn pytorch_unets_import_and_match_onnxruntime() {
 #[test]
 fn unsupported_nodes_are_named() {
     let cases = [
-        ("plain_align_corners", "node `/Resize` (Resize): bilinear resizing with align_corners=True is not supported yet"),
+        ("plain_reflect_pad", "node `/conv/Pad` (Pad): reflect padding is not supported yet"),
         ("monai_attentionunet", "node `/model/model.1/submodule/submodule.1/attention/Mul` (Mul): Mul of shapes [1, 8, 16, 16] and [1, 1, 16, 16] broadcasts"),
     ];
     for (stem, want) in cases {
@@ -180,7 +182,7 @@ fn cli_writes_spec_and_weights_and_names_the_node_on_failure() {
     let w2 = dir.path().join("n.safetensors");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_unetc"))
         .arg("import")
-        .arg(root().join("tests/onnx_import/plain_align_corners.onnx"))
+        .arg(root().join("tests/onnx_import/plain_reflect_pad.onnx"))
         .arg("-o")
         .arg(&spec2)
         .arg("--weights-out")
@@ -189,6 +191,84 @@ fn cli_writes_spec_and_weights_and_names_the_node_on_failure() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("node `/Resize`"), "{err}");
+    assert!(err.contains("node `/conv/Pad`"), "{err}");
     assert!(!spec2.exists() && !w2.exists());
+}
+
+/// `align_corners: true` (unetc's extension for PyTorch's bilinear) round-trips through
+/// `export --to onnx` into onnxruntime, and `export --to keras` refuses it by name.
+#[test]
+fn align_corners_exports_to_onnx_and_is_refused_for_keras() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("ac.unet");
+    let w = dir.path().join("ac.safetensors");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_unetc"))
+        .arg("import")
+        .arg(root().join("tests/onnx_import/plain_align_corners.onnx"))
+        .arg("-o")
+        .arg(&spec)
+        .arg("--weights-out")
+        .arg(&w)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keras = std::process::Command::new(env!("CARGO_BIN_EXE_unetc"))
+        .args(["export", "--to", "keras"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(keras.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&keras.stderr);
+    assert!(
+        err.contains("tf.keras cannot express")
+            && err.contains("`Resize`: bilinear up-sampling with align_corners"),
+        "{err}"
+    );
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import onnxruntime, numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        println!("SKIP: onnxruntime not installed");
+        return;
+    }
+    let model = dir.path().join("ac.onnx");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_unetc"))
+        .args(["export", "--to", "onnx", "--weights"])
+        .arg(&w)
+        .arg(&spec)
+        .arg("-o")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (input, want) =
+        io_tensors(&root().join("tests/onnx_import/plain_align_corners.io.safetensors"));
+    let x = dir.path().join("in.npy");
+    let y = dir.path().join("out.npy");
+    unetc::io::write_npy(&x, &channels_last(&input), true).unwrap();
+    let run = std::process::Command::new("python3")
+        .arg(root().join("tools/onnx_check.py"))
+        .args([&model, &x, &y])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let got = unetc::io::read_npy(&y).unwrap();
+    let e = rel_err(&got, &channels_last(&want));
+    println!(
+        "align_corners: unetc's ONNX export in onnxruntime vs PyTorch's in onnxruntime {e:.2e}"
+    );
+    assert!(e <= 1e-5, "{e:.3e}");
 }

@@ -51,6 +51,7 @@ const SPECS: &[(&str, &str)] = &[
     ("tf ops", "x = conv2d(4, 1)\n  y = input_1 -> conv2d(4, 1)\n  [[x, y] -> tf_op(\"__operators__.add\"), [x, y] -> tf_op(\"math.multiply\"), [x, y] -> tf_op(\"math.maximum\"), x -> tf_op(\"math.sigmoid\"), [x, y] -> tf_op(concat, axis: -1)] -> concatenate()"),
     ("tf reductions", "x = conv2d(4, 1)\n  [x -> tf_op(\"math.reduce_mean\", axis: -1, keepdims: true), x -> tf_op(\"math.reduce_max\", axis: 3, keepdims: true)] -> tf_op(concat, axis: -1) -> conv2d(2, 3, padding: same)"),
     ("tf ops with constants", "x = conv2d(4, 1)\n  y = input_1 -> conv2d(4, 1, activation: sigmoid)\n  [x -> tf_op(\"__operators__.add\", y: 1.0), y -> tf_op(\"math.subtract\", x: 1.0), x -> tf_op(\"math.subtract\", y: 0.5), x -> tf_op(\"math.multiply\", x: -1.5), x -> tf_op(\"math.truediv\", y: 4.0), y -> tf_op(\"math.truediv\", x: 2.0), [x, y] -> tf_op(\"math.truediv\")] -> concatenate()"),
+    ("bilinear up, aligned corners", "up_sampling2d((2, 3), interpolation: bilinear, align_corners: true) -> conv2d(2, 3)"),
 ];
 
 struct Case {

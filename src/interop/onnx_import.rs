@@ -1300,6 +1300,7 @@ impl Importer<'_> {
             }
             size.push(f as i64);
         }
+        let mut align_corners = false;
         let interpolation = match mode.as_str() {
             // Nearest with a whole factor repeats each pixel for every transform but one
             // that shifts (tf_crop_and_resize is refused below); half_pixel with
@@ -1329,7 +1330,8 @@ impl Importer<'_> {
                 match ctm.as_str() {
                     "half_pixel" | "pytorch_half_pixel" => "bilinear",
                     "align_corners" => {
-                        return err("bilinear resizing with align_corners=True is not supported yet (Keras's bilinear is align_corners=False); re-export with align_corners=False")
+                        align_corners = true;
+                        "bilinear"
                     }
                     other => {
                         return err(format!("bilinear resizing with coordinate transformation `{other}` has no unetc layer"))
@@ -1350,7 +1352,15 @@ impl Importer<'_> {
         } else {
             (
                 "up_sampling2d",
-                format!("size: {}, interpolation: \"{interpolation}\"", tuple(&size)),
+                format!(
+                    "size: {}, interpolation: \"{interpolation}\"{}",
+                    tuple(&size),
+                    if align_corners {
+                        ", align_corners: true"
+                    } else {
+                        ""
+                    }
+                ),
             )
         };
         self.emit(&[&x.var], call, &args, &name);

@@ -69,6 +69,7 @@ def models():
     yield "plain_bilinear", lambda: PlainUNet("bilinear"), (1, 3, 64, 64)
     yield "plain_transpose", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
     yield "plain_align_corners", lambda: AlignCorners(), (1, 3, 16, 16)
+    yield "plain_reflect_pad", lambda: ReflectPad(), (1, 3, 16, 16)
     # The newer exporter (torch.export + onnxscript, opset 18+), weights kept in the file.
     yield "plain_transpose_dynamo", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
     try:
@@ -95,7 +96,7 @@ def models():
 
 
 class AlignCorners(nn.Module):
-    """Bilinear up-sampling with align_corners=True: unetc refuses it by name (not yet supported)."""
+    """Bilinear up-sampling with align_corners=True (unetc's `align_corners: true`)."""
 
     def __init__(self):
         super().__init__()
@@ -106,6 +107,17 @@ class AlignCorners(nn.Module):
 
 
 KEEP_BN = {"plain_bilinear", "smp_unet", "monai_attentionunet"}
+
+
+class ReflectPad(nn.Module):
+    """Reflection padding: unetc refuses it by name (not supported yet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, x):
+        return self.conv(x)
 
 
 def main():

@@ -76,6 +76,7 @@ fn pytorch_unets_import_and_match_onnxruntime() {
         "monai_unet",
         "monai_unet3d",
         "monai_basicunet",
+        "monai_attentionunet",
         "smp_unet",
         "smp_unetplusplus",
         "smp_linknet",
@@ -106,6 +107,7 @@ fn pytorch_unets_import_and_match_onnxruntime() {
                 "group_normalization(",
             ],
             "monai_basicunet" => &["leaky_re_lu(alpha: 0.1"],
+            "monai_attentionunet" => &["tf_op(\"math.multiply\"", "batch_normalization("],
             "smp_unet" => &[
                 "batch_normalization(",
                 "interpolation: \"nearest\"",
@@ -123,7 +125,7 @@ fn pytorch_unets_import_and_match_onnxruntime() {
 fn unsupported_nodes_are_named() {
     let cases = [
         ("plain_reflect_pad", "node `/conv/Pad` (Pad): reflect padding is not supported yet"),
-        ("monai_attentionunet", "node `/model/model.1/submodule/submodule.1/attention/Mul` (Mul): Mul of shapes [1, 8, 16, 16] and [1, 1, 16, 16] broadcasts"),
+        ("plain_hardswish", "node `/1/HardSwish` (HardSwish): operator HardSwish on the image tensor has no unetc layer"),
     ];
     for (stem, want) in cases {
         let e = import_and_run(stem).expect_err(stem);

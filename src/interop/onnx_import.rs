@@ -1242,10 +1242,39 @@ impl Importer<'_> {
             OnnxImportError(format!("{op} with a constant operand is not supported yet"))
         })?;
         if a.shape != b.shape {
-            return err(format!(
-                "{op} of shapes {:?} and {:?} broadcasts; unetc's merge layers take tensors of one shape",
-                a.shape, b.shape
-            ));
+            // Broadcasting (an attention gate's [N,1,H,W] * [N,C,H,W]): a TFOpLambda, which
+            // broadcasts as TensorFlow does. Same rank, each axis equal or 1 on one side.
+            let fits = a.shape.len() == b.shape.len()
+                && a.shape
+                    .iter()
+                    .zip(&b.shape)
+                    .all(|(&p, &q)| p == q || p == 1 || q == 1)
+                && a.shape[0] == b.shape[0];
+            if !fits {
+                return err(format!(
+                    "{op} of shapes {:?} and {:?}: unetc maps equal shapes, or broadcasting over axes of size 1",
+                    a.shape, b.shape
+                ));
+            }
+            let function = match op {
+                "Add" => "math.add",
+                "Mul" => "math.multiply",
+                _ => "math.subtract",
+            };
+            let shape: Vec<usize> = a
+                .shape
+                .iter()
+                .zip(&b.shape)
+                .map(|(&p, &q)| p.max(q))
+                .collect();
+            let name = self.layer_name();
+            self.emit(
+                &[&a.var, &b.var],
+                "tf_op",
+                &format!("\"{function}\""),
+                &name,
+            );
+            return self.out_act(name, shape, false);
         }
         let call = match op {
             "Add" => "add",

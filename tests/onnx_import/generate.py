@@ -70,6 +70,7 @@ def models():
     yield "plain_transpose", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
     yield "plain_align_corners", lambda: AlignCorners(), (1, 3, 16, 16)
     yield "plain_reflect_pad", lambda: ReflectPad(), (1, 3, 16, 16)
+    yield "plain_hardswish", lambda: nn.Sequential(nn.Conv2d(3, 2, 1), nn.Hardswish()), (1, 3, 8, 8)
     # The newer exporter (torch.export + onnxscript, opset 18+), weights kept in the file.
     yield "plain_transpose_dynamo", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
     try:

@@ -77,6 +77,8 @@ fn pytorch_unets_import_and_match_onnxruntime() {
         "monai_unet3d",
         "monai_basicunet",
         "monai_attentionunet",
+        "monai_basicunet_interp",
+        "monai_dynunet",
         "smp_unet",
         "smp_unetplusplus",
         "smp_linknet",
@@ -107,6 +109,8 @@ fn pytorch_unets_import_and_match_onnxruntime() {
                 "group_normalization(",
             ],
             "monai_basicunet" => &["leaky_re_lu(alpha: 0.1"],
+            "monai_basicunet_interp" => &["align_corners: true"],
+            "monai_dynunet" => &["conv2d_transpose(", "group_normalization("],
             "monai_attentionunet" => &["tf_op(\"math.multiply\"", "batch_normalization("],
             "smp_unet" => &[
                 "batch_normalization(",

@@ -92,6 +92,8 @@ def models():
     else:
         yield "monai_unet", lambda: nets.UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1), (1, 1, 32, 32)
         yield "monai_basicunet", lambda: nets.BasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4)), (1, 1, 32, 32)
+        yield "monai_basicunet_interp", lambda: nets.BasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4), upsample="nontrainable"), (1, 1, 32, 32)
+        yield "monai_dynunet", lambda: nets.DynUNet(2, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2], filters=[4, 8, 16]), (1, 1, 32, 32)
         yield "monai_attentionunet", lambda: nets.AttentionUnet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2)), (1, 1, 32, 32)
         yield "monai_unet3d", lambda: nets.UNet(3, 1, 2, channels=(2, 4), strides=(2,), num_res_units=1), (1, 1, 8, 8, 8)
 

@@ -444,12 +444,11 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, OnnxImportError> {
     let mut nhwc: Vec<String> = shape[2..].iter().map(|d| d.to_string()).collect();
     nhwc.push(shape[1].to_string());
     let in_name = ident(&input.name);
-    let mut body = format!(
+    let body = format!(
         "  input(shape: {}, name: {})\n",
         nhwc.join("x"),
         crate::emit::dsl::string_literal(&in_name)
     );
-    let _ = &mut body;
     vals.insert(
         input.name.clone(),
         Val::Act(Act {
@@ -608,7 +607,7 @@ impl Importer<'_> {
         };
         self.fresh(&base)
     }
-    /// Writes `src -> call(args, name: "name")` and returns the name.
+    /// Writes `src -> call(args, name: "name")`.
     fn emit(&mut self, srcs: &[&str], call: &str, args: &str, name: &str) {
         let src = if srcs.len() == 1 {
             srcs[0].to_string()

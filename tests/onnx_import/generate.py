@@ -70,6 +70,8 @@ def models():
     yield "plain_transpose", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
     yield "plain_align_corners", lambda: AlignCorners(), (1, 3, 16, 16)
     yield "plain_reflect_pad", lambda: ReflectPad(), (1, 3, 16, 16)
+    yield "plain_kinds", lambda: Kinds(), (1, 3, 15, 17)
+    yield "plain_kinds3d", lambda: Kinds3D(), (1, 2, 8, 8, 8)
     yield "plain_hardswish", lambda: nn.Sequential(nn.Conv2d(3, 2, 1), nn.Hardswish()), (1, 3, 8, 8)
     # The newer exporter (torch.export + onnxscript, opset 18+), weights kept in the file.
     yield "plain_transpose_dynamo", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
@@ -110,6 +112,47 @@ class AlignCorners(nn.Module):
 
 
 KEEP_BN = {"plain_bilinear", "smp_unet", "monai_attentionunet"}
+
+
+class Kinds(nn.Module):
+    """Odd sizes and the layer kinds the U-Nets above do not use: zero Pad, shared PReLU,
+    depthwise, grouped and dilated convs, ELU, LeakyReLU, average pools (counting the padding),
+    nearest up-sampling, a global pool gate broadcast over the image, Sub, Tanh, Softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.prelu = nn.PReLU()
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.gc = nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2)
+        self.elu = nn.ELU(0.7)
+        self.sq = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        x = F.pad(x, (1, 2, 0, 1))
+        y = self.prelu(self.c1(x))
+        y = F.leaky_relu(self.dw(y), 0.2)
+        y = self.elu(self.gc(y))
+        a = F.avg_pool2d(y, 3, stride=1, padding=1)
+        b = F.interpolate(F.avg_pool2d(y, 2), scale_factor=2, mode="nearest")
+        g = torch.sigmoid(self.sq(F.adaptive_avg_pool2d(y, 1)))
+        z = torch.tanh(a + b) * g - a
+        return torch.softmax(z, dim=1)
+
+
+class Kinds3D(nn.Module):
+    """3-D: conv, instance norm, max-pool, nearest up-sampling, transposed conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv3d(2, 3, 3, padding=1)
+        self.n = nn.InstanceNorm3d(3, affine=True)
+        self.b = nn.ConvTranspose3d(3, 2, 2, stride=2)
+
+    def forward(self, x):
+        y = F.relu(self.n(self.a(x)))
+        y = F.interpolate(F.max_pool3d(y, 2), scale_factor=2, mode="nearest")
+        return self.b(y)
 
 
 class ReflectPad(nn.Module):

@@ -253,8 +253,12 @@ enum Command {
         after_help = "Examples:\n  python -c 'import tensorflow as tf; print(tf.keras.models.load_model(\"m.keras\").to_json())' > m.json\n  unetc import m.json -o m.unet\n  unetc import m.json -o m.yaml\n  unetc import m.json --to yaml\n\nThe output file's extension picks the form: .unet for the DSL, .yaml/.yml for YAML."
     )]
     Import {
-        /// The JSON file a Keras model's `to_json()` wrote.
+        /// The JSON file a Keras model's `to_json()` wrote, or an ONNX model (`.onnx`, e.g. from
+        /// PyTorch's torch.onnx.export).
         json: PathBuf,
+        /// ONNX import: write the model's weights here (safetensors, unetc's naming and layouts).
+        #[arg(long)]
+        weights_out: Option<PathBuf>,
         /// The form of the spec (default: from the output file's extension; DSL on standard output).
         #[arg(long, value_enum)]
         to: Option<SpecFormat>,
@@ -880,10 +884,11 @@ fn main() -> ExitCode {
         }
         Command::Import {
             json,
+            weights_out,
             to,
             output,
             force,
-        } => import_keras(&json, to, output.as_deref(), force),
+        } => import_model(&json, weights_out.as_deref(), to, output.as_deref(), force),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut script = Vec::new();
@@ -1809,6 +1814,14 @@ fn export_keras(spec: &std::path::Path, output: Option<&std::path::Path>, force:
         Ok(c) => c,
         Err(code) => return code,
     };
+    let beyond = unetc::interop::keras::keras_cannot_express(&c.graph);
+    if !beyond.is_empty() {
+        eprintln!(
+            "error: tf.keras cannot express these layers, so no Keras code is written:\n  {}",
+            beyond.join("\n  ")
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     let code = unetc::interop::keras::export_python(&c.graph, &c.info);
     match output {
         Some(path) => write_text(path, &code, force),
@@ -1848,8 +1861,9 @@ fn spec_output_format(
     }
 }
 
-fn import_keras(
+fn import_model(
     json: &std::path::Path,
+    weights_out: Option<&std::path::Path>,
     to: Option<SpecFormat>,
     output: Option<&std::path::Path>,
     force: bool,
@@ -1861,21 +1875,69 @@ fn import_keras(
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let text = match std::fs::read_to_string(json) {
+    let bytes = match std::fs::read(json) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot read `{}`: {e}", json.display());
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    // A file that is not a Keras model unetc can import is an invalid input file.
-    let dsl = match unetc::interop::keras::import_json(&text) {
-        Ok(dsl) => dsl,
-        Err(e) => {
-            eprintln!("error: {}: {e}", json.display());
+    let is_onnx = json
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+    let (dsl, weights) = if is_onnx {
+        let Some(weights_out) = weights_out else {
+            eprintln!("error: importing ONNX needs --weights-out FILE.safetensors for the model's weights");
+            return ExitCode::from(EXIT_USAGE);
+        };
+        match unetc::interop::onnx_import::import_onnx(&bytes) {
+            Ok(m) => (m.spec, Some((weights_out, m.weights))),
+            Err(e) => {
+                eprintln!("error: {}: {e}", json.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    } else {
+        if weights_out.is_some() {
+            eprintln!("error: --weights-out is for ONNX models (`.onnx`); a Keras JSON file holds no weights");
             return ExitCode::from(EXIT_USAGE);
         }
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(_) => {
+                eprintln!(
+                    "error: {}: not UTF-8 text (an ONNX model must be named `.onnx`)",
+                    json.display()
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        // A file that is not a Keras model unetc can import is an invalid input file.
+        match unetc::interop::keras::import_json(&text) {
+            Ok(dsl) => (dsl, None),
+            Err(e) => {
+                eprintln!("error: {}: {e}", json.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
     };
+    // Nothing is written unless both files can be: refuse existing outputs first.
+    if let (Some((w, _)), false) = (&weights, force) {
+        if w.exists() || output.is_some_and(|o| o.exists()) {
+            let which = if w.exists() { *w } else { output.unwrap_or(w) };
+            eprintln!(
+                "error: `{}` exists; use --force to replace it",
+                which.display()
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    if let Some((path, w)) = &weights {
+        if let Err(e) = unetc::io::save_weights(path, w, force) {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     let spec = match form {
         SpecFormat::Dsl => dsl,
         SpecFormat::Yaml => {

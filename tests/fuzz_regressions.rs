@@ -85,6 +85,11 @@ fn image() {
     run("image");
 }
 
+#[test]
+fn onnx() {
+    run("onnx");
+}
+
 /// The corpus stays small: it is in the repository.
 #[test]
 fn corpus_is_small() {

@@ -414,6 +414,12 @@ fn fused_heads_match_the_cpu_executor() -> Vec<String> {
             "head_sigmoid",
             "input 17x9x2\n  conv2d(10, 3) -> conv2d(8, 3) -> conv2d(1, 1, activation: sigmoid)",
         ),
+        // Not a head: the up-sampling kernel's align_corners mode (no golden fixture has it,
+        // tf.keras cannot build it; tests/onnx_import.rs checks the CPU against onnxruntime).
+        (
+            "upsample_align_corners",
+            "input 7x5x3\n  conv2d(4, 3) -> up_sampling2d((2, 3), interpolation: bilinear, align_corners: true) -> conv2d(2, 1, activation: sigmoid)",
+        ),
     ];
     let dir = std::env::temp_dir().join(format!("unetc-emulated-heads-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -54,6 +54,7 @@ const SPECS: &[(&str, &str)] = &[
     // Appended: each spec's weights and inputs are seeded by its position.
     ("fixed dropout", "conv2d(4, 1) -> fixed_dropout(0.4, noise_shape: (none, 1, 1, 1)) -> fixed_dropout(0.3, noise_shape: (none, 6, 1, 4)) -> fixed_dropout(0.2)"),
     ("rescaling", "rescaling(0.5, offset: -1) -> conv2d(4, 1) -> rescaling(-2.5, offset: 0.75) -> conv2d(2, 1)"),
+    ("bilinear up, aligned corners", "up_sampling2d((2, 3), interpolation: bilinear, align_corners: true) -> conv2d(2, 3)"),
 ];
 
 struct Case {

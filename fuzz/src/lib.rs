@@ -23,6 +23,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("safetensors", safetensors),
     ("npy", npy),
     ("image", image),
+    ("onnx", onnx),
 ];
 
 /// The DSL front end alone.
@@ -105,6 +106,18 @@ pub fn npy(data: &[u8]) {
     with_file(data, "array.npy", |path| {
         let _ = unetc::io::read_npy(path).map_err(|e| e.to_string());
     });
+}
+
+/// The ONNX importer (`unetc import model.onnx`); an imported spec is compiled too.
+pub fn onnx(data: &[u8]) {
+    if let Ok(m) = unetc::interop::onnx_import::import_onnx(data) {
+        let _ = unetc::compile_source(
+            std::path::Path::new("imported.unet"),
+            m.spec,
+            &unetc::Options::default(),
+            &mut unetc::expand::Session::new(),
+        );
+    }
 }
 
 /// The PNG/TIFF reader.

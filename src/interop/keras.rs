@@ -8,6 +8,19 @@ use crate::ir::{Graph, Op};
 use serde_json::Value as Json;
 use std::fmt::Write;
 
+/// Layers whose semantics go beyond what tf.keras can express (unetc's extensions), as
+/// `layer: why` lines; `export --to keras` refuses a graph with any.
+pub fn keras_cannot_express(graph: &Graph) -> Vec<String> {
+    graph
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            n.op.beyond_keras()
+                .map(|why| format!("`{}`: {why}", n.name))
+        })
+        .collect()
+}
+
 /// Python literal of a JSON value (for Keras arguments).
 fn py(v: &Json) -> String {
     match v {

@@ -849,9 +849,14 @@ impl Exporter<'_> {
                     vec![1.0, 1.0, op.size[0] as f32, op.size[1] as f32],
                 );
                 let attrs = if op.interpolation == Interpolation::Bilinear {
+                    let transform = if op.align_corners {
+                        "align_corners"
+                    } else {
+                        "half_pixel"
+                    };
                     vec![
                         ("mode", Attr::Str("linear")),
-                        ("coordinate_transformation_mode", Attr::Str("half_pixel")),
+                        ("coordinate_transformation_mode", Attr::Str(transform)),
                     ]
                 } else {
                     vec![

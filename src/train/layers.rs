@@ -249,7 +249,9 @@ pub fn forward(
         Op::AveragePooling3D(o) => {
             pool_output(x, out_shape, |a, n, m| o.geometry(a, n, m), Pool::Average)?
         }
-        Op::UpSampling3D(o) => resize_output(x, o.size, Interpolation::Nearest, out_shape)?,
+        Op::UpSampling3D(o) => {
+            resize_output(x, o.size, (Interpolation::Nearest, false), out_shape)?
+        }
         Op::Cropping3D(o) => {
             let c = o.cropping;
             window_output(x, [c[0], c[2], c[4]], out_shape)?
@@ -285,9 +287,12 @@ pub fn forward(
         Op::AveragePooling2D(o) => {
             pool_output(x, out_shape, |a, n, m| o.geometry(a, n, m), Pool::Average)?
         }
-        Op::UpSampling2D(o) => {
-            resize_output(x, [1, o.size[0], o.size[1]], o.interpolation, out_shape)?
-        }
+        Op::UpSampling2D(o) => resize_output(
+            x,
+            [1, o.size[0], o.size[1]],
+            (o.interpolation, o.align_corners),
+            out_shape,
+        )?,
         Op::Cropping2D(o) => window_output(x, [0, o.cropping[0], o.cropping[2]], out_shape)?,
         Op::ZeroPadding2D(o) => window_output(x, [0, -o.padding[0], -o.padding[2]], out_shape)?,
         Op::Concatenate(o) => concat_forward(inputs, out_shape, o.axis),
@@ -665,7 +670,7 @@ pub fn backward(
         Op::UpSampling3D(o) => input_grads(resize_grads(
             &x_shape,
             o.size,
-            Interpolation::Nearest,
+            (Interpolation::Nearest, false),
             output,
             &output_grad(grad),
         )?),
@@ -745,7 +750,7 @@ pub fn backward(
         Op::UpSampling2D(o) => input_grads(resize_grads(
             &x_shape,
             [1, o.size[0], o.size[1]],
-            o.interpolation,
+            (o.interpolation, o.align_corners),
             output,
             &output_grad(grad),
         )?),
@@ -1426,7 +1431,7 @@ fn pool_grads(
 fn resize_output(
     x: Option<&Tensor>,
     size: [i64; 3],
-    interpolation: Interpolation,
+    interpolation: (Interpolation, bool),
     out_shape: &[usize],
 ) -> Result<Vec<f32>, Unsupported> {
     let (data, shape) = x.map_or((&[][..], &[][..]), |t| (&t.data[..], &t.shape[..]));
@@ -1445,7 +1450,7 @@ fn resize_output(
 fn resize_grads(
     x_shape: &[usize],
     size: [i64; 3],
-    interpolation: Interpolation,
+    interpolation: (Interpolation, bool),
     output: &Tensor,
     dy: &[f32],
 ) -> Result<Vec<f32>, Unsupported> {
@@ -1622,10 +1627,10 @@ fn pool_backward(
 
 /// Each (input index, output index, weight) of an up-sampling by `size` per spatial axis
 /// `[depth, height, width]`: nearest copies, bilinear (images) as TF's resize with half-pixel
-/// centres.
+/// centres, or with aligned corners where `interpolation.1` says so.
 fn for_each_resize_tap(
     size: [i64; 3],
-    interpolation: Interpolation,
+    (interpolation, align_corners): (Interpolation, bool),
     (n, [d, h, w], c): (usize, [usize; 3], usize),
     out_shape: &[usize],
     mut tap: impl FnMut(usize, usize, f32),
@@ -1635,7 +1640,11 @@ fn for_each_resize_tap(
     // Per output coordinate: (low, high, fraction towards high).
     let axis = |o: usize, scale: usize, len: usize, bilinear: bool| {
         if bilinear {
-            let src = (o as f32 + 0.5) / scale as f32 - 0.5;
+            let src = if align_corners {
+                crate::exec::cpu::kernels::align_corners_source(o, scale, len)
+            } else {
+                (o as f32 + 0.5) / scale as f32 - 0.5
+            };
             let floor = src.floor();
             let lo = (floor.max(0.0) as usize).min(len - 1);
             let hi = (src.ceil().max(0.0) as usize).min(len - 1);

@@ -741,10 +741,10 @@ pub fn upsample(
             }
             return;
         }
-        // TF's resize_bilinear with half-pixel centres.
-        let (y_lo, y_hi, dy) = lerp_coords(oy, sh, h);
+        // TF's resize_bilinear with half-pixel centres, or PyTorch's align_corners=True.
+        let (y_lo, y_hi, dy) = lerp_coords(oy, sh, h, op.align_corners);
         for ox in 0..ow {
-            let (x_lo, x_hi, dx) = lerp_coords(ox, sw, w);
+            let (x_lo, x_hi, dx) = lerp_coords(ox, sw, w, op.align_corners);
             for ch in 0..c {
                 let at = |yy: usize, xx: usize| xin[(yy * w + xx) * c + ch];
                 let top = at(y_lo, x_lo) + (at(y_lo, x_hi) - at(y_lo, x_lo)) * dx;
@@ -755,8 +755,17 @@ pub fn upsample(
     });
 }
 
-fn lerp_coords(out_index: usize, scale: usize, n: usize) -> (usize, usize, f32) {
-    let src = (out_index as f32 + 0.5) / scale as f32 - 0.5;
+fn lerp_coords(
+    out_index: usize,
+    scale: usize,
+    n: usize,
+    align_corners: bool,
+) -> (usize, usize, f32) {
+    let src = if align_corners {
+        align_corners_source(out_index, scale, n)
+    } else {
+        (out_index as f32 + 0.5) / scale as f32 - 0.5
+    };
     let floor = src.floor();
     let lo = floor.max(0.0) as usize;
     let hi = (src.ceil().max(0.0) as usize).min(n - 1);
@@ -1051,5 +1060,16 @@ pub fn permute(x: &[f32], in_shape: &[usize], source: &[usize], out: &mut [f32],
                 }
             }
         }
+    }
+}
+
+/// The source coordinate of output pixel `o` with aligned corners: o * (n - 1) / (n * scale - 1)
+/// (0 where the output has one pixel), as PyTorch and ONNX's `align_corners` compute it.
+pub fn align_corners_source(o: usize, scale: usize, n: usize) -> f32 {
+    let out = n * scale;
+    if out <= 1 {
+        0.0
+    } else {
+        o as f32 * (n - 1) as f32 / (out - 1) as f32
     }
 }

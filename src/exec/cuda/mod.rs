@@ -2129,7 +2129,11 @@ impl<'g> CudaModel<'g> {
                 let ints = [
                     op.size[0] as i32,
                     op.size[1] as i32,
-                    i32::from(op.interpolation == Interpolation::Bilinear),
+                    // 0 nearest, 1 bilinear (half-pixel), 2 bilinear with aligned corners
+                    match op.interpolation {
+                        Interpolation::Nearest => 0,
+                        Interpolation::Bilinear => 1 + i32::from(op.align_corners),
+                    },
                     nb,
                 ];
                 let mut b = stream.launch_builder(self.function::<T>("upsample"));

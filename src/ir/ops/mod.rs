@@ -132,6 +132,11 @@ pub trait LayerKind {
     fn auto_name_base(&self) -> Option<&'static str> {
         None
     }
+    /// Why tf.keras cannot express this layer's arguments (unetc's extensions beyond Keras,
+    /// such as PyTorch's `align_corners`); `None` for a layer Keras builds as it is.
+    fn beyond_keras(&self) -> Option<&'static str> {
+        None
+    }
     /// How many inputs the layer takes: `(min, max)`.
     fn arity() -> (usize, usize) {
         (1, 1)
@@ -224,6 +229,10 @@ macro_rules! ops {
 
             pub fn arity(&self) -> (usize, usize) {
                 match self { $(Op::$variant(_) => $variant::arity()),* }
+            }
+
+            pub fn beyond_keras(&self) -> Option<&'static str> {
+                match self { $(Op::$variant(op) => op.beyond_keras()),* }
             }
         }
     };

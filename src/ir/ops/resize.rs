@@ -8,12 +8,16 @@ use serde_json::{json, Value as Json};
 pub struct UpSampling2D {
     pub size: [i64; 2],
     pub interpolation: Interpolation,
+    /// unetc's extension (PyTorch's `align_corners=True`, not Keras): bilinear sampling that
+    /// maps the corner pixels of input and output onto each other, source = out * (n-1)/(N-1).
+    pub align_corners: bool,
 }
 
 impl LayerKind for UpSampling2D {
     const CLASS: &'static str = "UpSampling2D";
     const POSITIONAL: &'static [&'static str] = &["size", "data_format", "interpolation"];
-    const KNOWN: &'static [&'static str] = &["size", "data_format", "interpolation"];
+    const KNOWN: &'static [&'static str] =
+        &["size", "data_format", "interpolation", "align_corners"];
     const IMPORTED_CONFIG: &'static [&'static str] = &["size", "interpolation"];
 
     fn parse(r: &mut ArgReader) -> Self {
@@ -26,11 +30,20 @@ impl LayerKind for UpSampling2D {
         UpSampling2D {
             size: r.pair_or("size", 1, 1 << 10, [2, 2]),
             interpolation: r.keyword("interpolation", Interpolation::Nearest, None),
+            align_corners: r.bool_or("align_corners", false),
         }
     }
 
     fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
         let [h, w, c] = image(inputs, Self::CLASS)?;
+        if self.align_corners && self.interpolation != Interpolation::Bilinear {
+            return Err(ShapeError::new(
+                "E-align-corners",
+                "align_corners applies to bilinear up-sampling only",
+                "nearest repeats pixels",
+            )
+            .help("write `interpolation: \"bilinear\"`, or drop `align_corners`"));
+        }
         let (oh, ow) = (h * self.size[0], w * self.size[1]);
         if oh > MAX_DIM || ow > MAX_DIM {
             return Err(ShapeError::new(
@@ -43,7 +56,19 @@ impl LayerKind for UpSampling2D {
     }
 
     fn config(&self) -> Json {
-        json!({ "size": pair_json(self.size), "interpolation": self.interpolation })
+        let mut config =
+            json!({ "size": pair_json(self.size), "interpolation": self.interpolation });
+        // Only where set: Keras's config has no such key.
+        if self.align_corners {
+            config["align_corners"] = json!(true);
+        }
+        config
+    }
+
+    fn beyond_keras(&self) -> Option<&'static str> {
+        self.align_corners.then_some(
+            "bilinear up-sampling with align_corners (PyTorch's); Keras's UpSampling2D samples at half-pixel centres only",
+        )
     }
 }
 

@@ -23,7 +23,8 @@ INSTANTIATE(max_pool, (void* arena, View x, View y, int KH, int KW, int SH, int 
                        int N),
             (, x, y, KH, KW, SH, SW, PT, PL, N))
 
-// UpSampling2D: nearest repeats pixels; bilinear follows TF's half-pixel centres.
+// UpSampling2D: nearest repeats pixels (bilinear 0); bilinear 1 follows TF's half-pixel
+// centres, 2 PyTorch's align_corners=True (source = out * (n-1)/(N-1)).
 template <typename T>
 __device__ void upsample(T* arena, View x, View y, int SY, int SX, int bilinear, int N) {
     FOR_EACH_IN_VIEW(y, N)
@@ -34,6 +35,11 @@ __device__ void upsample(T* arena, View x, View y, int SY, int SX, int bilinear,
     }
     int H = x.h, W = x.w;
     float sy = ((float)oy + 0.5f) / SY - 0.5f, sx = ((float)ox + 0.5f) / SX - 0.5f;
+    if (bilinear == 2) {
+        int OH = H * SY, OW = W * SX;
+        sy = OH > 1 ? (float)oy * (float)(H - 1) / (float)(OH - 1) : 0.0f;
+        sx = OW > 1 ? (float)ox * (float)(W - 1) / (float)(OW - 1) : 0.0f;
+    }
     float fy = floorf(sy), fx = floorf(sx);
     int y0 = min(max((int)fy, 0), H - 1), x0 = min(max((int)fx, 0), W - 1);
     int y1 = min(max((int)ceilf(sy), 0), H - 1), x1 = min(max((int)ceilf(sx), 0), W - 1);

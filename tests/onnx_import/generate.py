@@ -1,0 +1,203 @@
+"""Builds small PyTorch U-Nets (random weights), exports each with torch.onnx.export and records
+an input and onnxruntime's output: tests/onnx_import.rs imports the .onnx with `unetc import`
+and compares unetc's CPU executor with onnxruntime.
+
+Run: PYTHONPATH=<dir with torch, segmentation_models_pytorch, monai> python3 generate.py
+Writes NAME.onnx and NAME.io.safetensors (input NCHW, output NCHW, float32) beside this file.
+"""
+import os
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.numpy import save_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+torch.manual_seed(0)
+
+
+def block(cin, cout):
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class PlainUNet(nn.Module):
+    """The usual PyTorch U-Net: max-pool down, bilinear (align_corners=False) or transposed up."""
+
+    def __init__(self, up="bilinear", cin=3, ncls=2, w=4):
+        super().__init__()
+        self.up = up
+        self.d1, self.d2, self.d3 = block(cin, w), block(w, 2 * w), block(2 * w, 4 * w)
+        if up == "transpose":
+            self.u2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
+            self.u1 = nn.ConvTranspose2d(2 * w, w, 3, stride=2, padding=1, output_padding=1)
+            self.c2, self.c1 = block(4 * w, 2 * w), block(2 * w, w)
+        else:
+            self.c2, self.c1 = block(6 * w, 2 * w), block(3 * w, w)
+        self.head = nn.Conv2d(w, ncls, 1)
+
+    def upsample(self, x, k):
+        if self.up == "transpose":
+            return (self.u2 if k == 2 else self.u1)(x)
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+    def forward(self, x):
+        x1 = self.d1(x)
+        x2 = self.d2(F.max_pool2d(x1, 2))
+        x3 = self.d3(F.max_pool2d(x2, 2))
+        y = self.c2(torch.cat([self.upsample(x3, 2), x2], dim=1))
+        y = self.c1(torch.cat([self.upsample(y, 1), x1], dim=1))
+        return torch.sigmoid(self.head(y))
+
+
+def randomize_bn(model):
+    """Non-trivial running statistics so that BatchNorm matters."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+def models():
+    yield "plain_bilinear", lambda: PlainUNet("bilinear"), (1, 3, 64, 64)
+    yield "plain_transpose", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
+    yield "plain_align_corners", lambda: AlignCorners(), (1, 3, 16, 16)
+    yield "plain_reflect_pad", lambda: ReflectPad(), (1, 3, 16, 16)
+    yield "plain_kinds", lambda: Kinds(), (1, 3, 15, 17)
+    yield "plain_kinds3d", lambda: Kinds3D(), (1, 2, 8, 8, 8)
+    yield "plain_hardswish", lambda: nn.Sequential(nn.Conv2d(3, 2, 1), nn.Hardswish()), (1, 3, 8, 8)
+    # The newer exporter (torch.export + onnxscript, opset 18+), weights kept in the file.
+    yield "plain_transpose_dynamo", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError as e:
+        print("SKIP smp:", e)
+    else:
+        # ResNet-18 has fixed widths (11M parameters at full depth); encoder_depth keeps the
+        # fixtures small: depth 3 (stem, max-pool, layer1, layer2 with its strided
+        # down-sampling block) is 0.7M parameters, depth 2 0.16M.
+        kw = dict(encoder_name="resnet18", encoder_weights=None, in_channels=3, classes=2)
+        yield "smp_unet", lambda: smp.Unet(encoder_depth=3, decoder_channels=(16, 8, 4), **kw), (1, 3, 64, 64)
+        yield "smp_unetplusplus", lambda: smp.UnetPlusPlus(encoder_depth=2, decoder_channels=(8, 4), **kw), (1, 3, 64, 64)
+        yield "smp_linknet", lambda: smp.Linknet(encoder_depth=2, **kw), (1, 3, 64, 64)
+    try:
+        from monai.networks import nets
+    except ImportError as e:
+        print("SKIP monai:", e)
+    else:
+        yield "monai_unet", lambda: nets.UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1), (1, 1, 32, 32)
+        yield "monai_basicunet", lambda: nets.BasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4)), (1, 1, 32, 32)
+        yield "monai_basicunet_interp", lambda: nets.BasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4), upsample="nontrainable"), (1, 1, 32, 32)
+        yield "monai_dynunet", lambda: nets.DynUNet(2, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2], filters=[4, 8, 16]), (1, 1, 32, 32)
+        yield "monai_attentionunet", lambda: nets.AttentionUnet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2)), (1, 1, 32, 32)
+        yield "monai_unet3d", lambda: nets.UNet(3, 1, 2, channels=(2, 4), strides=(2,), num_res_units=1), (1, 1, 8, 8, 8)
+
+
+class AlignCorners(nn.Module):
+    """Bilinear up-sampling with align_corners=True (unetc's `align_corners: true`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x):
+        return F.interpolate(self.conv(x), scale_factor=2, mode="bilinear", align_corners=True)
+
+
+KEEP_BN = {"plain_bilinear", "smp_unet", "monai_attentionunet"}
+
+
+class Kinds(nn.Module):
+    """Odd sizes and the layer kinds the U-Nets above do not use: zero Pad, shared PReLU,
+    depthwise, grouped and dilated convs, ELU, LeakyReLU, average pools (counting the padding),
+    nearest up-sampling, a global pool gate broadcast over the image, Sub, Tanh, Softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.prelu = nn.PReLU()
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.gc = nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2)
+        self.elu = nn.ELU(0.7)
+        self.sq = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        x = F.pad(x, (1, 2, 0, 1))
+        y = self.prelu(self.c1(x))
+        y = F.leaky_relu(self.dw(y), 0.2)
+        y = self.elu(self.gc(y))
+        a = F.avg_pool2d(y, 3, stride=1, padding=1)
+        b = F.interpolate(F.avg_pool2d(y, 2), scale_factor=2, mode="nearest")
+        g = torch.sigmoid(self.sq(F.adaptive_avg_pool2d(y, 1)))
+        z = torch.tanh(a + b) * g - a
+        return torch.softmax(z, dim=1)
+
+
+class Kinds3D(nn.Module):
+    """3-D: conv, instance norm, max-pool, nearest up-sampling, transposed conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv3d(2, 3, 3, padding=1)
+        self.n = nn.InstanceNorm3d(3, affine=True)
+        self.b = nn.ConvTranspose3d(3, 2, 2, stride=2)
+
+    def forward(self, x):
+        y = F.relu(self.n(self.a(x)))
+        y = F.interpolate(F.max_pool3d(y, 2), scale_factor=2, mode="nearest")
+        return self.b(y)
+
+
+class ReflectPad(nn.Module):
+    """Reflection padding: unetc refuses it by name (not supported yet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def main():
+    only = set(sys.argv[1:])
+    for name, make, shape in models():
+        if only and name not in only:
+            continue
+        torch.manual_seed(0)
+        model = make()
+        randomize_bn(model)
+        model.eval()
+        x = torch.randn(*shape)
+        path = os.path.join(HERE, name + ".onnx")
+        # TrainingMode.PRESERVE on an eval() model keeps BatchNormalization nodes (the default
+        # folds them into the convolutions) so that the importer's BN mapping is tested too.
+        mode = torch.onnx.TrainingMode.PRESERVE if name in KEEP_BN else torch.onnx.TrainingMode.EVAL
+        if name.endswith("_dynamo"):
+            try:
+                torch.onnx.export(model, (x,), path, dynamo=True, external_data=False,
+                                  input_names=["input"], output_names=["output"])
+            except ImportError as e:
+                print(f"SKIP {name}: {e}")
+                continue
+        else:
+            torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, training=mode,
+                              input_names=["input"], output_names=["output"])
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        y = sess.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            ref = model(x).numpy()
+        print(f"{name}: {os.path.getsize(path)} bytes, onnxruntime vs torch {np.abs(y - ref).max():.2e}")
+        save_file({"input": x.numpy(), "output": y.astype(np.float32)},
+                  os.path.join(HERE, name + ".io.safetensors"))
+
+
+if __name__ == "__main__":
+    main()

@@ -630,6 +630,38 @@ impl Importer<'_> {
         self.weights.insert(format!("{layer}/{var}"), t);
         Ok(())
     }
+    /// A (transposed) convolution's weight `[a, b, k...]` as Keras's `[k..., b, a]` and its bias
+    /// of `filters` values, if there is one.
+    fn kernel_and_bias(
+        &mut self,
+        layer: &str,
+        w: &Const,
+        (a, b): (usize, usize),
+        bias: Option<Val>,
+        filters: usize,
+    ) -> R<()> {
+        let wv = w.floats();
+        let ksz: usize = w.dims[2..].iter().product();
+        let mut kernel = vec![0f32; wv.len()];
+        for i in 0..a {
+            for j in 0..b {
+                for p in 0..ksz {
+                    kernel[(p * b + j) * a + i] = wv[(i * b + j) * ksz + p];
+                }
+            }
+        }
+        let mut kd: Vec<usize> = w.dims[2..].to_vec();
+        kd.extend([b, a]);
+        self.weight(layer, "kernel", kd, kernel)?;
+        if let Some(bias) = bias {
+            let values = match bias {
+                Val::Const(c) if c.len() == filters => c.floats(),
+                _ => return err(format!("bias is not a constant of {filters} values")),
+            };
+            self.weight(layer, "bias", vec![filters], values)?;
+        }
+        Ok(())
+    }
     fn out_act(&mut self, var: String, shape: Vec<usize>, nonneg: bool) -> R<()> {
         // Bounded sizes keep every later shape computation far from overflow.
         if shape.iter().any(|&d| d > MAX_DIM) {
@@ -889,26 +921,7 @@ impl Importer<'_> {
             &name,
         );
         // [O, I/g, k...] -> [k..., I/g, O]
-        let wv = w.floats();
-        let ksz: usize = w.dims[2..].iter().product();
-        let mut kernel = vec![0f32; wv.len()];
-        for oo in 0..o {
-            for ii in 0..ig {
-                for p in 0..ksz {
-                    kernel[(p * ig + ii) * o + oo] = wv[(oo * ig + ii) * ksz + p];
-                }
-            }
-        }
-        let mut kd: Vec<usize> = w.dims[2..].to_vec();
-        kd.extend([ig, o]);
-        self.weight(&name, "kernel", kd, kernel)?;
-        if let Some(b) = b {
-            let b = match b {
-                Val::Const(c) if c.len() == o => c.floats(),
-                _ => return err(format!("bias is not a constant of {o} values")),
-            };
-            self.weight(&name, "bias", vec![o], b)?;
-        }
+        self.kernel_and_bias(&name, &w, (o, ig), b, o)?;
         let mut shape = vec![x.shape[0], o];
         for i in 0..n {
             let span = (k[i] - 1) * d[i] + 1;
@@ -1009,26 +1022,7 @@ impl Importer<'_> {
             &name,
         );
         // [I, O, k...] -> [k..., O, I]
-        let wv = w.floats();
-        let ksz: usize = w.dims[2..].iter().product();
-        let mut kernel = vec![0f32; wv.len()];
-        for ii in 0..ci {
-            for oo in 0..o {
-                for p in 0..ksz {
-                    kernel[(p * o + oo) * ci + ii] = wv[(ii * o + oo) * ksz + p];
-                }
-            }
-        }
-        let mut kd: Vec<usize> = w.dims[2..].to_vec();
-        kd.extend([o, ci]);
-        self.weight(&name, "kernel", kd, kernel)?;
-        if let Some(b) = b {
-            let b = match b {
-                Val::Const(c) if c.len() == o => c.floats(),
-                _ => return err(format!("bias is not a constant of {o} values")),
-            };
-            self.weight(&name, "bias", vec![o], b)?;
-        }
+        self.kernel_and_bias(&name, &w, (ci, o), b, o)?;
         let mut shape = vec![x.shape[0], o];
         shape.extend(&outs);
         let mut var = name;

@@ -864,17 +864,21 @@ impl Importer<'_> {
         (name, "valid")
     }
 
-    fn conv(&mut self) -> R<()> {
+    /// A (transposed) convolution's input, weight and optional bias, and its spatial rank,
+    /// after checking the weight has one axis per spatial axis plus two.
+    fn conv_operands(&self, what: &str) -> R<(Act, Const, Option<Val>, usize)> {
         let x = self.act(0)?;
         let w = self.konst(1)?;
         let b = self.opt_input(2)?.cloned();
         let n = x.shape.len() - 2;
         if w.dims.len() != n + 2 {
-            return err(format!(
-                "weight of shape {:?} for a {n}-D convolution",
-                w.dims
-            ));
+            return err(format!("weight of shape {:?} for a {n}-D {what}", w.dims));
         }
+        Ok((x, w, b, n))
+    }
+
+    fn conv(&mut self) -> R<()> {
+        let (x, w, b, n) = self.conv_operands("convolution")?;
         let (o, ig) = (w.dims[0], w.dims[1]);
         let k: Vec<i64> = w.dims[2..].iter().map(|&d| d as i64).collect();
         let s = self.geometry(n, "strides", 1)?;
@@ -943,16 +947,7 @@ impl Importer<'_> {
     }
 
     fn conv_transpose(&mut self) -> R<()> {
-        let x = self.act(0)?;
-        let w = self.konst(1)?;
-        let b = self.opt_input(2)?.cloned();
-        let n = x.shape.len() - 2;
-        if w.dims.len() != n + 2 {
-            return err(format!(
-                "weight of shape {:?} for a {n}-D transposed convolution",
-                w.dims
-            ));
-        }
+        let (x, w, b, n) = self.conv_operands("transposed convolution")?;
         let (ci, o) = (w.dims[0], w.dims[1]);
         if ci != x.shape[1] {
             return err(format!(

@@ -53,7 +53,7 @@ impl<'a> Strided<'a> {
         }
     }
 
-    fn pixel(&self, n: usize, y: usize, x: usize) -> &'a [f32] {
+    pub(super) fn pixel(&self, n: usize, y: usize, x: usize) -> &'a [f32] {
         let at = self.offset + n * self.item_stride + y * self.row_stride + x * self.pixel_stride;
         &self.data[at..at + self.c]
     }
@@ -450,7 +450,7 @@ pub fn bias_activation(
 }
 
 /// [`bias_activation`] on the calling thread, for `y` holding whole pixels.
-fn bias_activation_serial(
+pub(super) fn bias_activation_serial(
     y: &mut [f32],
     channels: usize,
     bias: Option<&[f32]>,

@@ -4,6 +4,7 @@
 pub mod gemm;
 pub mod kernels;
 pub mod volume;
+pub mod winograd;
 
 use super::plan::{hwc, plan, reads_parts, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
@@ -58,6 +59,12 @@ enum Prepared {
         kernel: Vec<f32>,
         bias: Option<Vec<f32>>,
     },
+    /// A 3x3 stride-1 Conv2D's kernel in Winograd's domain ([`winograd::transform_kernel`]);
+    /// the Keras kernel itself is not kept.
+    Winograd {
+        u: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    },
     ConvTranspose {
         kernel_t: Vec<f32>,
         bias: Option<Vec<f32>>,
@@ -96,6 +103,8 @@ pub struct CpuModel<'g> {
     /// The last run's activation arena, kept for the next: a fresh one is faulted in page by
     /// page as the layers first write it, on every run (tens of ms for a 572x572 U-Net).
     arena: std::sync::Mutex<Vec<f32>>,
+    /// The instructions the CPU offers the hand-written kernels (detected once).
+    isa: winograd::Isa,
     /// Refuse runs whose activations need more than this many bytes (default: half of the
     /// memory the system reports available; `run` sets its `--memory`).
     pub memory_limit: u64,
@@ -113,12 +122,32 @@ impl<'g> CpuModel<'g> {
         let mut bound =
             super::bind_and_fold(graph, info, &plan, weights).map_err(ExecError::Weights)?;
         let mut prepared: Vec<Prepared> = (0..graph.nodes.len()).map(|_| Prepared::None).collect();
+        // UNETC_WINOGRAD=0 keeps every convolution on im2col + GEMM (to compare the two).
+        let winograd_enabled = std::env::var_os("UNETC_WINOGRAD").is_none_or(|v| v != "0");
+        let in_channels = |id: NodeId| {
+            graph
+                .node(id)
+                .inputs
+                .first()
+                .and_then(|p| info.layers[p.index()].shape.as_ref())
+                .and_then(|s| s.last())
+                .map_or(0, |&c| c.max(0) as usize)
+        };
         for &id in &nodes {
             let node = graph.node(id);
             let Some(mut w) = bound.remove(&id) else {
                 continue;
             };
             prepared[id.index()] = match &node.op {
+                Op::Conv2D(op) if winograd_enabled && winograd::applies(op, in_channels(id)) => {
+                    let bias = Some(w.pop().unwrap_or_default());
+                    let kernel = w.pop().unwrap_or_default();
+                    let (c, f) = (in_channels(id), op.args.filters as usize);
+                    match winograd::transform_kernel(&kernel, c, f) {
+                        Some(u) => Prepared::Winograd { u, bias },
+                        None => Prepared::Conv { kernel, bias },
+                    }
+                }
                 Op::Conv2D(_) | Op::DepthwiseConv2D(_) | Op::Conv3D(_) => Prepared::Conv {
                     bias: Some(w.pop().unwrap_or_default()),
                     kernel: w.pop().unwrap_or_default(),
@@ -225,6 +254,7 @@ impl<'g> CpuModel<'g> {
             plan,
             prepared,
             arena: Default::default(),
+            isa: winograd::Isa::detect(),
             memory_limit: crate::train::available_memory() / 2,
         })
     }
@@ -470,25 +500,54 @@ impl<'g> CpuModel<'g> {
         batch: usize,
     ) {
         let node = self.graph.node(id);
-        let (Op::Conv2D(op), Prepared::Conv { kernel, bias }) =
-            (&node.op, &self.prepared[id.index()])
-        else {
-            // Weights were checked in `new`; a layer without them cannot be reached here.
+        let Op::Conv2D(op) = &node.op else {
             return out.fill(f32::NAN);
         };
-        kernels::conv2d(
-            op,
-            parts,
-            hwc3(in_shape),
-            kernel,
-            bias.as_deref(),
-            self.plan.fused[id.index()]
-                .activation
-                .unwrap_or(op.args.activation),
-            out,
-            hwc3(&self.shape(id)),
-            batch,
-        )
+        let activation = self.plan.fused[id.index()]
+            .activation
+            .unwrap_or(op.args.activation);
+        let ([h, w, c], [oh, ow, f]) = (hwc3(in_shape), hwc3(&self.shape(id)));
+        match &self.prepared[id.index()] {
+            Prepared::Conv { kernel, bias } => kernels::conv2d(
+                op,
+                parts,
+                [h, w, c],
+                kernel,
+                bias.as_deref(),
+                activation,
+                out,
+                [oh, ow, f],
+                batch,
+            ),
+            Prepared::Winograd { u, bias } => {
+                let (rows, cols) = (op.args.geometry(0, h, oh), op.args.geometry(1, w, ow));
+                let geometry = winograd::Geometry {
+                    h,
+                    w,
+                    c,
+                    oh,
+                    ow,
+                    f,
+                    top: rows.pad_before,
+                    left: cols.pad_before,
+                };
+                let ops = winograd::Ops {
+                    u,
+                    bias: bias.as_deref(),
+                    activation,
+                    isa: self.isa,
+                };
+                winograd::conv2d(parts, geometry, ops, out, batch)
+            }
+            // Weights were checked in `new`; a layer without them cannot be reached here.
+            Prepared::None
+            | Prepared::ConvTranspose { .. }
+            | Prepared::Norm { .. }
+            | Prepared::Dense { .. }
+            | Prepared::PRelu { .. }
+            | Prepared::Affine { .. }
+            | Prepared::Separable { .. } => out.fill(f32::NAN),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -6,6 +6,7 @@
 #![allow(clippy::too_many_arguments)]
 
 use super::gemm::{matmul, matmul_serial};
+use super::isa::Isa;
 use crate::ir::ops::{
     Activation, ActivationFn, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
     Conv2DTranspose, Cropping2D, Interpolation, MaxPooling2D, MergeFn, NormLayout, ReLU, Softmax,
@@ -128,7 +129,7 @@ pub fn conv2d(
                     g.gather(parts, q / (oh * ow), q / ow % oh, q % ow, patch);
                 }
                 if k_len <= DIRECT_K {
-                    small_k_product(f, k_len, col, kernel, y);
+                    small_k_product(f, k_len, col, kernel, y, Isa::current());
                 } else {
                     matmul_serial(m, f, k_len, col, kernel, y, false);
                 }
@@ -296,7 +297,23 @@ impl PatchGeometry {
 
 /// `y[m, f] = col[m, k] x kernel[k, f]` for a short `k`, vectorised over the `f` outputs: each
 /// patch value scales a kernel row into accumulators that stay in registers.
-fn small_k_product(f: usize, k: usize, col: &[f32], kernel: &[f32], y: &mut [f32]) {
+fn small_k_product(f: usize, k: usize, col: &[f32], kernel: &[f32], y: &mut [f32], isa: Isa) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only detected on CPUs with AVX2 and FMA.
+        Isa::Avx2 => unsafe { small_k_product_avx2(f, k, col, kernel, y) },
+        _ => small_k_product_portable(f, k, col, kernel, y),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn small_k_product_avx2(f: usize, k: usize, col: &[f32], kernel: &[f32], y: &mut [f32]) {
+    small_k_product_portable(f, k, col, kernel, y)
+}
+
+#[inline(always)]
+fn small_k_product_portable(f: usize, k: usize, col: &[f32], kernel: &[f32], y: &mut [f32]) {
     const LANES: usize = 16;
     let blocks = f / LANES * LANES;
     for (r, acc) in y.chunks_mut(f).enumerate() {
@@ -1071,5 +1088,34 @@ pub fn align_corners_source(o: usize, scale: usize, n: usize) -> f32 {
         0.0
     } else {
         o as f32 * (n - 1) as f32 / (out - 1) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_k_product_is_the_same_sum_on_every_isa() {
+        // f = 37: two 16-wide blocks and a tail of 5; k = 9 (a 3x3 kernel on one channel).
+        let (m, k, f) = (5, 9, 37);
+        let value = |i: usize| ((i * 7919) % 113) as f32 / 56.5 - 1.0;
+        let col: Vec<f32> = (0..m * k).map(value).collect();
+        let kernel: Vec<f32> = (0..k * f).map(|i| value(i + 1000)).collect();
+        let want: Vec<f32> = (0..m * f)
+            .map(|i| {
+                let (r, o) = (i / f, i % f);
+                (0..k)
+                    .map(|t| col[r * k + t] as f64 * kernel[t * f + o] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        for isa in [Isa::Portable, Isa::detect()] {
+            let mut y = vec![f32::NAN; m * f];
+            small_k_product(f, k, &col, &kernel, &mut y, isa);
+            for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 1e-6, "{isa:?}: y[{i}] = {a}, want {b}");
+            }
+        }
     }
 }

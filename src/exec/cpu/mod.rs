@@ -2,6 +2,7 @@
 //! im2col + GEMM convolutions on all cores, buffers reused as the plan says.
 
 pub mod gemm;
+pub mod isa;
 pub mod kernels;
 pub mod volume;
 pub mod winograd;
@@ -104,7 +105,7 @@ pub struct CpuModel<'g> {
     /// page as the layers first write it, on every run (tens of ms for a 572x572 U-Net).
     arena: std::sync::Mutex<Vec<f32>>,
     /// The instructions the CPU offers the hand-written kernels (detected once).
-    isa: winograd::Isa,
+    isa: isa::Isa,
     /// Refuse runs whose activations need more than this many bytes (default: half of the
     /// memory the system reports available; `run` sets its `--memory`).
     pub memory_limit: u64,
@@ -254,7 +255,7 @@ impl<'g> CpuModel<'g> {
             plan,
             prepared,
             arena: Default::default(),
-            isa: winograd::Isa::detect(),
+            isa: isa::Isa::current(),
             memory_limit: crate::train::available_memory() / 2,
         })
     }

@@ -11,6 +11,7 @@
 //! unetc's 1e-5 budget in one layer (bench/winograd_error.py).
 
 use super::gemm::strided_product;
+use super::isa::Isa;
 use super::kernels::{bias_activation_serial, Strided};
 use crate::ir::ops::{ActivationFn, Conv2D};
 use rayon::prelude::*;
@@ -50,30 +51,6 @@ impl Blocking {
 /// Below this many input channels the im2col path is as fast (the transforms are not repaid):
 /// a first layer on an RGB image stays direct.
 const MIN_CHANNELS: usize = 8;
-
-/// Which instructions the transforms are compiled for, chosen at run time: the same binary
-/// runs on any x86-64 (or other) CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// Whatever the build targets (SSE2 on a default x86-64 build).
-    Portable,
-    /// AVX2 and FMA (x86-64 since Haswell / Zen).
-    Avx2,
-}
-
-impl Isa {
-    /// The best the CPU offers; `UNETC_CPU_ISA=portable` forces the portable code.
-    pub fn detect() -> Isa {
-        if std::env::var_os("UNETC_CPU_ISA").is_some_and(|v| v == "portable") {
-            return Isa::Portable;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Isa::Avx2;
-        }
-        Isa::Portable
-    }
-}
 
 /// Whether [`conv2d`] computes this convolution: a 3x3 kernel, stride 1, no dilation, one group,
 /// and enough channels to repay the transforms.

@@ -310,6 +310,9 @@ def build_unetc(unetc: Path, wait_s: float, skip_build: bool) -> None:
             h = subprocess.run([unetc, "bench", "--help"], capture_output=True, text=True)
             if h.returncode == 0:
                 return
+            if skip_build:
+                raise SystemExit(f"`{unetc} bench --help` failed ({h.returncode}): "
+                                 f"{first_line(h.stderr)}")
             print(f"{unetc} has no `bench` yet; waiting", file=sys.stderr)
         elif skip_build and not unetc.exists():
             raise SystemExit(f"{unetc} does not exist (build it, or name another with --unetc)")
@@ -433,13 +436,15 @@ def peak_gflops(m: dict, clock_mhz: float) -> dict:
     }
 
 
-def git_info() -> dict:
+def git_info(where: Path) -> dict:
+    """HEAD of the git work tree holding `where` (None outside one), and whether it is dirty."""
     def g(*a):
-        p = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
+        p = subprocess.run(["git", "-C", str(where), *a], capture_output=True, text=True)
         return p.stdout.strip() if p.returncode == 0 else None
 
     status = g("status", "--porcelain", "--untracked-files=no")
-    return {"commit": g("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+    return {"top": g("rev-parse", "--show-toplevel"), "commit": g("rev-parse", "HEAD"),
+            "dirty": bool(status) if status is not None else None}
 
 
 def ms(v) -> str:
@@ -540,7 +545,10 @@ def main(argv=None) -> int:
 
     unetc_src = Path(a.unetc)
     build_unetc(unetc_src, a.wait, a.no_build)
-    git = git_info()
+    # The binary's commit is taken as HEAD of the work tree it sits in (it may predate HEAD:
+    # the sha256 identifies it exactly); the scripts' commit is this repository's.
+    git = git_info(unetc_src.resolve().parent)
+    git_bench = git_info(HERE)
     # Others may rebuild the binary while this runs: every step uses one copy of it.
     unetc = work / "unetc"
     shutil.copy2(unetc_src, unetc)
@@ -559,7 +567,9 @@ def main(argv=None) -> int:
     log(f"# {command}")
     log(f"# {now.isoformat(timespec='seconds')}  {m['cpu_model']}, nproc {m['nproc']}, "
         f"SIMD {' '.join(m['simd_flags']) or '-'}; {unetc_version} @ "
-        f"{(git['commit'] or '?')[:12]}{' (dirty tree)' if git['dirty'] else ''}")
+        f"{(git['commit'] or '?')[:12]}{' (dirty tree)' if git['dirty'] else ''} "
+        f"(HEAD of {git['top'] or '?'}); bench scripts @ {(git_bench['commit'] or '?')[:12]}"
+        f"{' (dirty tree)' if git_bench['dirty'] else ''}")
     log(f"# unetc binary: {unetc}, a copy of {unetc_src} (sha256 {unetc_sha256[:16]})")
     log(f"# {spec}: input {'x'.join(map(str, input_shape))}, batch {a.batch}, "
         f"{desc['totals']['params']:,} parameters, {flops / 1e9:.3f} GFLOP per image")
@@ -698,7 +708,8 @@ def main(argv=None) -> int:
         st = state[s]
         runs = st["runs"]
         row = {"system": s, "label": SYSTEMS[s], "precision": precision_of(s), "batch": a.batch,
-               "error": st["error"], "max_rel_diff": st["max_rel_diff"], "runs": runs}
+               "error": st["error"], "not_supported": st["unsupported"],
+               "max_rel_diff": st["max_rel_diff"], "runs": runs}
         if runs:
             if have_all:
                 times = [t for run_ in runs for t in run_["times_ms"]]
@@ -807,6 +818,9 @@ def main(argv=None) -> int:
                 row["other_processes_cores"] > a.max_other_cores:
             notes.append(f"other processes were busy (up to {row['other_processes_cores']:.2f} "
                          f"cores) during a {row['label']} process: its figures are not clean")
+        if row["error"] and row.get("median_ms") is not None:
+            notes.append(f"{row['label']}: {row['error']}; its figures are from the processes "
+                         "before that")
         if row.get("threads") is not None and row["threads"] != threads:
             notes.append(f"{row['label']} ran {row['threads']} threads, not {threads}")
     for f in foot:
@@ -816,6 +830,8 @@ def main(argv=None) -> int:
 
     versions = {
         "unetc": unetc_version, "unetc_git_commit": git["commit"], "unetc_git_dirty": git["dirty"],
+        "unetc_git_work_tree": git["top"], "bench_git_commit": git_bench["commit"],
+        "bench_git_dirty": git_bench["dirty"],
         "unetc_binary": str(unetc_src), "unetc_binary_sha256": unetc_sha256,
         "numpy": np.__version__, "python": platform.python_version(),
     }
@@ -848,7 +864,8 @@ def main(argv=None) -> int:
         base.parent.mkdir(parents=True, exist_ok=True)
         md = [f"# {spec}, batch {a.batch}, CPU", "", f"`{command}`", "",
               f"{now.isoformat(timespec='seconds')}; {m['cpu_model']}, nproc {m['nproc']}; "
-              f"{unetc_version} @ {(git['commit'] or '?')[:12]}; "
+              f"{unetc_version} @ {(git['commit'] or '?')[:12]} (HEAD of {git['top']}); "
+              f"bench scripts @ {(git_bench['commit'] or '?')[:12]}; "
               + ", ".join(f"{k} {v}" for k, v in versions.items()
                           if k in ("torch", "onnxruntime")), "", table, ""]
         md += [f"- {f}" for f in foot] + [f"- note: {n}" for n in notes]

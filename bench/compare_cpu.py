@@ -477,11 +477,13 @@ def rel_diff(y: np.ndarray, ref: np.ndarray) -> float:
 
 def results_base(out_dir: Path, date: str, stem: str, batch: int) -> Path:
     """bench/results/<date>-cpu-compare-<stem>-b<B>, then -2, -3 ... for later runs that day."""
-    base = out_dir / f"{date}-cpu-compare-{stem}-b{batch}"
+    base = f"{date}-cpu-compare-{stem}-b{batch}"
     k = 1
-    while any(Path(f"{base}{'' if k == 1 else f'-{k}'}.{e}").exists() for e in ("md", "json", "txt")):
+    while True:
+        name = base if k == 1 else f"{base}-{k}"
+        if not any((out_dir / f"{name}.{e}").exists() for e in ("md", "json", "txt")):
+            return out_dir / name
         k += 1
-    return Path(f"{base}{'' if k == 1 else f'-{k}'}")
 
 
 def main(argv=None) -> int:

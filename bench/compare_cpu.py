@@ -507,6 +507,9 @@ def main(argv=None) -> int:
                     help="comma-separated, of " + ", ".join(SYSTEMS) + " (default: "
                          + ", ".join(F32_DEFAULT) + ", plus the bf16 ones with --bf16)")
     ap.add_argument("--seed", type=int, default=1, help="weights and agreement input")
+    ap.add_argument("--perturb", action="store_true",
+                    help="self-test: PyTorch and ONNX Runtime get the first Conv2D kernel x 1.5, "
+                         "so every row but unetc's must be flagged HIGH")
     ap.add_argument("--unetc", default=str(DEFAULT_UNETC),
                     help="the unetc binary (default: this repository's target/release/unetc)")
     ap.add_argument("--work-dir", default=None,
@@ -579,10 +582,24 @@ def main(argv=None) -> int:
     # Weights, the ONNX model and the agreement input.
     weights = work / f"{stem}.seed{a.seed}.safetensors"
     run([unetc, "init-weights", spec, "-o", weights, "--seed", a.seed, "--force"], log)
-    onnx_file = work / f"{stem}.seed{a.seed}.onnx"
+    other_weights, perturbed = weights, None  # what PyTorch and ONNX Runtime get
+    if a.perturb:
+        from safetensors.numpy import load_file, save_file
+
+        tensors = load_file(str(weights))
+        perturbed = next((f"{l['name']}/kernel" for l in desc["layers"]
+                          if l["class"] == "Conv2D" and f"{l['name']}/kernel" in tensors), None)
+        if perturbed is None:
+            raise SystemExit("--perturb: the spec has no Conv2D kernel to perturb")
+        tensors[perturbed] = tensors[perturbed] * np.float32(1.5)
+        other_weights = work / f"{stem}.seed{a.seed}.perturbed.safetensors"
+        save_file(tensors, str(other_weights))
+        log(f"# --perturb: PyTorch and ONNX Runtime get {perturbed} x 1.5 ({other_weights}); "
+            "their rows must be flagged HIGH")
+    onnx_file = work / f"{stem}.seed{a.seed}{'.perturbed' if a.perturb else ''}.onnx"
     onnx_error = None
     if "ort" in systems:
-        p = run([unetc, "export", spec, "--to", "onnx", "--weights", weights, "-o", onnx_file,
+        p = run([unetc, "export", spec, "--to", "onnx", "--weights", other_weights, "-o", onnx_file,
                  "--force"], log, check=False)
         if p.returncode != 0:
             onnx_error = f"unetc export --to onnx failed: {first_line(p.stderr)}"
@@ -652,7 +669,7 @@ def main(argv=None) -> int:
                     "--iterations", a.iterations, "--warmup", a.warmup, "--weights", weights,
                     "--precision", precision_of(system), "--format", "json"]
         child = {
-            "system": system, "desc": str(desc_file), "weights": str(weights),
+            "system": system, "desc": str(desc_file), "weights": str(other_weights),
             "onnx": str(onnx_file), "batch": a.batch, "input_shape": input_shape,
             "warmup": a.warmup, "iterations": a.iterations, "threads": threads,
         }
@@ -825,6 +842,9 @@ def main(argv=None) -> int:
                          "before that")
         if row.get("threads") is not None and row["threads"] != threads:
             notes.append(f"{row['label']} ran {row['threads']} threads, not {threads}")
+    if perturbed:
+        foot.insert(0, f"SELF-TEST (--perturb): PyTorch and ONNX Runtime ran with {perturbed} "
+                       "x 1.5; their figures are not a comparison.")
     for f in foot:
         log(f)
     for n in notes:
@@ -847,6 +867,7 @@ def main(argv=None) -> int:
         "input_shape": input_shape,
         "batch": a.batch,
         "rounds": a.rounds,
+        "perturbed": perturbed,
         "warmup": a.warmup,
         "iterations": a.iterations,
         "threads": threads,

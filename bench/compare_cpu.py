@@ -340,6 +340,24 @@ def cpuinfo() -> dict:
     return out
 
 
+def physical_cores() -> int | None:
+    """Distinct (physical id, core id) pairs among the CPUs this process may run on: SMT
+    siblings share a core's FMA units. None when /proc/cpuinfo does not say."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        allowed = os.sched_getaffinity(0)
+    except (OSError, AttributeError):
+        return None
+    cores = set()
+    for block in text.strip().split("\n\n"):
+        f = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in block.splitlines())}
+        if "core id" not in f or "processor" not in f:
+            return None
+        if int(f["processor"]) in allowed:
+            cores.add((f.get("physical id", "0"), f["core id"]))
+    return len(cores) or None
+
+
 def machine() -> dict:
     info = cpuinfo()
     mem = None
@@ -352,6 +370,7 @@ def machine() -> dict:
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     return {
         "nproc": int(nproc) if nproc.isdigit() else os.cpu_count(),
+        "physical_cores": physical_cores(),
         "cpu_model": info["model"],
         "cpuinfo_mhz": info["mhz"],
         "simd_flags": sorted(f for f in info["flags"] if f.startswith(("avx", "fma", "amx"))),
@@ -428,7 +447,7 @@ def peak_gflops(m: dict, clock_mhz: float) -> dict:
     else:
         lanes, isa = 4, "sse (no FMA flag: counted as if it had one)"
     fma_units = 2
-    cores = m["nproc"]
+    cores = m.get("physical_cores") or m["nproc"]
     return {
         "cores": cores, "fma_units": fma_units, "lanes": lanes, "isa": isa,
         "clock_mhz": clock_mhz,
@@ -617,7 +636,7 @@ def main(argv=None) -> int:
         # Adds per second of the loop's own CPU time: other processes that take the core away
         # lengthen the wall-clock time, not this (a hypervisor's steal time is not seen).
         clock_mhz = statistics.median(c for c, _ in clocks)
-        clock_src = (f"measured: a dependent-add loop on all {m['nproc']} cores at once, "
+        clock_src = (f"measured: a dependent-add loop on all {m['nproc']} CPUs at once, "
                      f"{', '.join(f'{c:.0f}' for c, _ in clocks)} MHz over its CPU time "
                      f"(median taken; over wall-clock time "
                      f"{', '.join(f'{w:.0f}' for _, w in clocks)}); "

@@ -1313,6 +1313,8 @@ pub struct BenchReport {
     pub median_ms: f64,
     pub min_ms: f64,
     pub max_ms: f64,
+    /// Every timed pass's milliseconds, in the order they ran.
+    pub times_ms: Vec<f64>,
     pub images_per_s: f64,
     pub gflop_per_image: f64,
     pub gflops_per_s: f64,
@@ -1411,6 +1413,7 @@ pub fn bench(spec: &Path, opts: &BenchOptions) -> Result<BenchReport, RunError> 
             times
         }
     };
+    let times_ms = times.clone();
     times.sort_by(f64::total_cmp);
     let median = median(times.clone());
     let flops = c.info.totals(&c.graph).macs.saturating_mul(2) as f64;
@@ -1430,6 +1433,7 @@ pub fn bench(spec: &Path, opts: &BenchOptions) -> Result<BenchReport, RunError> 
         median_ms: median,
         min_ms: times[0],
         max_ms: times[times.len() - 1],
+        times_ms,
         images_per_s: batch.max(1) as f64 / (median / 1e3),
         gflop_per_image: flops / 1e9,
         gflops_per_s: flops * batch.max(1) as f64 / (median / 1e3) / 1e9,

@@ -4,6 +4,10 @@ and compares unetc's CPU executor with onnxruntime.
 
 Run: PYTHONPATH=<dir with torch, segmentation_models_pytorch, monai> python3 generate.py
 Writes NAME.onnx and NAME.io.safetensors (input NCHW, output NCHW, float32) beside this file.
+For the models in STATE_DICT it also writes NAME.state_dict.safetensors
+(`safetensors.torch.save_file(model.state_dict(), ...)`, what a PyTorch user saves) and records
+PyTorch's own output as `torch_output` in the io file: tests/onnx_import.rs converts the state_dict
+with `unetc convert-weights --from pytorch` and compares with it.
 """
 import os
 import sys
@@ -14,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.numpy import save_file
+from safetensors.torch import save_file as save_torch_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 torch.manual_seed(0)
@@ -65,6 +70,24 @@ def randomize_bn(model):
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
+def randomize_affine(model):
+    """Distinct affine norm weights and PReLU slopes (their defaults are all ones, zeros or 0.25,
+    which would not show a module bound to the wrong layer)."""
+    g = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        if isinstance(m, (nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.PReLU)):
+            for p in m.parameters():
+                p.data.copy_(torch.rand(p.shape, generator=g) + 0.1)
+
+
+def unused_stages_dropped(model):
+    """smp keeps ResNet's deeper stages at any encoder_depth (11M parameters, 45 MB in a
+    state_dict); depth 2 never runs layer2..layer4, so the fixture replaces them by Identity."""
+    for name in ("layer2", "layer3", "layer4"):
+        setattr(model.encoder, name, nn.Identity())
+    return model
+
+
 def models():
     yield "plain_bilinear", lambda: PlainUNet("bilinear"), (1, 3, 64, 64)
     yield "plain_transpose", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
@@ -75,6 +98,7 @@ def models():
     yield "plain_hardswish", lambda: nn.Sequential(nn.Conv2d(3, 2, 1), nn.Hardswish()), (1, 3, 8, 8)
     # The newer exporter (torch.export + onnxscript, opset 18+), weights kept in the file.
     yield "plain_transpose_dynamo", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
+    yield "plain_sequential", sequential, (1, 3, 16, 16)
     try:
         import segmentation_models_pytorch as smp
     except ImportError as e:
@@ -87,6 +111,7 @@ def models():
         yield "smp_unet", lambda: smp.Unet(encoder_depth=3, decoder_channels=(16, 8, 4), **kw), (1, 3, 64, 64)
         yield "smp_unetplusplus", lambda: smp.UnetPlusPlus(encoder_depth=2, decoder_channels=(8, 4), **kw), (1, 3, 64, 64)
         yield "smp_linknet", lambda: smp.Linknet(encoder_depth=2, **kw), (1, 3, 64, 64)
+        yield "smp_unet_small", lambda: unused_stages_dropped(smp.Unet(encoder_depth=2, decoder_channels=(8, 4), **kw)), (1, 3, 32, 32)
     try:
         from monai.networks import nets
     except ImportError as e:
@@ -111,7 +136,21 @@ class AlignCorners(nn.Module):
         return F.interpolate(self.conv(x), scale_factor=2, mode="bilinear", align_corners=True)
 
 
-KEEP_BN = {"plain_bilinear", "smp_unet", "monai_attentionunet"}
+KEEP_BN = {"plain_bilinear", "plain_transpose", "plain_sequential", "smp_unet", "smp_unet_small",
+           "monai_attentionunet"}
+# The state_dict fixtures: their ONNX keeps BatchNormalization (KEEP_BN), so the imported spec has
+# one layer per PyTorch module with parameters.
+STATE_DICT = {"plain_transpose", "plain_sequential", "smp_unet_small", "monai_basicunet"}
+
+
+def sequential():
+    """Twelve modules: keys 10 and 11 sort after 9 only in numeric-aware order; the three 4->4
+    convolutions have the same shapes, so only the order tells them apart."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1), nn.PReLU(4), nn.Conv2d(4, 2, 1))
 
 
 class Kinds(nn.Module):
@@ -174,6 +213,8 @@ def main():
         torch.manual_seed(0)
         model = make()
         randomize_bn(model)
+        if name in STATE_DICT:
+            randomize_affine(model)
         model.eval()
         x = torch.randn(*shape)
         path = os.path.join(HERE, name + ".onnx")
@@ -195,8 +236,11 @@ def main():
         with torch.no_grad():
             ref = model(x).numpy()
         print(f"{name}: {os.path.getsize(path)} bytes, onnxruntime vs torch {np.abs(y - ref).max():.2e}")
-        save_file({"input": x.numpy(), "output": y.astype(np.float32)},
-                  os.path.join(HERE, name + ".io.safetensors"))
+        io = {"input": x.numpy(), "output": y.astype(np.float32)}
+        if name in STATE_DICT:
+            io["torch_output"] = ref.astype(np.float32)
+            save_torch_file(model.state_dict(), os.path.join(HERE, name + ".state_dict.safetensors"))
+        save_file(io, os.path.join(HERE, name + ".io.safetensors"))
 
 
 if __name__ == "__main__":

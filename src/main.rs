@@ -1033,6 +1033,12 @@ fn convert_weights(
                 conv.modules - conv.ignored.len(),
                 conv.binding.describe()
             );
+            if conv.order_only > 0 {
+                eprintln!(
+                    "note: {} of the layers have shapes other modules have too, so only the module order placed them; if the model's modules are not declared in the order they run, pass a map (--map)",
+                    conv.order_only
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

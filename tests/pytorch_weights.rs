@@ -129,6 +129,13 @@ fn state_dicts_convert_and_match_pytorch() {
         let msg = stderr(&out);
         assert!(out.status.success(), "{stem}: {msg}");
         assert!(msg.contains(how), "{stem}: {msg}");
+        if stem == "plain_sequential" {
+            // Three 4->4 convolutions and three BatchNorms of 4: only the order tells them apart.
+            assert!(
+                msg.contains("note: 6 of the layers have shapes other modules have too"),
+                "{msg}"
+            );
+        }
         let e = error_vs_pytorch(stem, &spec, &conv);
         println!("{stem}: state_dict converted by unetc vs PyTorch {e:.2e}");
         assert!(e <= 1e-5, "{stem}: {e:.3e}");
@@ -232,9 +239,13 @@ const SPEC: &str = r#"model "m" {
 "#;
 
 fn compiled() -> unetc::Compiled {
+    compile(SPEC)
+}
+
+fn compile(spec: &str) -> unetc::Compiled {
     let c = unetc::compile_source(
         Path::new("m.unet"),
-        SPEC.to_string(),
+        spec.to_string(),
         &unetc::Options::default(),
         &mut unetc::expand::Session::new(),
     );
@@ -421,4 +432,26 @@ fn every_module_must_be_used_or_left_out_by_name() {
         let e = convert_state_dict(&c, &sd, Some(&map)).unwrap_err();
         assert!(e.message.starts_with(want), "{}", e.message);
     }
+}
+
+/// Module order (blocks, head, norm, stem) is not spec order, but every layer's shapes fit one
+/// module only: bound by shape, each tensor where it belongs.
+#[test]
+fn shapes_that_allow_one_pairing_bind_without_a_map() {
+    let one_block = SPEC.replace(
+        "  c1 -> conv2d(filters: 4, kernel_size: 3, padding: \"same\", use_bias: false, name: \"c2\")\n  c2 -> conv2d",
+        "  c1 -> conv2d",
+    );
+    assert_ne!(one_block, SPEC);
+    let c = compile(&one_block);
+    let t: Vec<_> = good()
+        .into_iter()
+        .filter(|(n, _, _)| *n != "blocks.1.weight")
+        .collect();
+    let w = convert_state_dict(&c, &state_dict(&t), None).unwrap();
+    assert_eq!(w.binding, Binding::Shapes);
+    // head.bias is tensor 9 of this file (blocks.1 left out): 9.00, 9.01.
+    assert_eq!(w.weights.get("head/bias").unwrap().data, vec![9.0, 9.01]);
+    // stem.weight[o=0][i=1][0][0] (index 9: 0.09) is Keras stem/kernel[0][0][1][0], index 4.
+    assert!((w.weights.get("stem/kernel").unwrap().data[4] - 0.09).abs() < 1e-6);
 }

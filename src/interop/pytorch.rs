@@ -212,66 +212,80 @@ fn kernel_to_keras(t: &Tensor) -> Tensor {
     Tensor { shape, data }
 }
 
-/// One variable of `target` from the module's tensor, or why it does not fit.
-fn convert_var(rule: Rule, want: &[usize], t: &Tensor) -> Result<Tensor, String> {
+/// The PyTorch shape of a weight whose Keras shape is `want`.
+fn torch_shape(rule: Rule, want: &[usize]) -> Vec<usize> {
     let r = want.len();
-    let misfit = |torch_shape: Vec<usize>| -> Result<Tensor, String> {
-        Err(format!("is {:?}, the layer needs {torch_shape:?}", t.shape))
-    };
     match rule {
-        Rule::Conv if r >= 3 => {
-            let mut s = vec![want[r - 1], want[r - 2]];
-            s.extend(&want[..r - 2]);
-            if t.shape != s {
-                return misfit(s);
-            }
-            Ok(kernel_to_keras(t))
-        }
-        Rule::Depthwise if r >= 3 => {
-            let (c, m) = (want[r - 2], want[r - 1]);
-            let mut s = vec![c * m, 1];
-            s.extend(&want[..r - 2]);
-            if t.shape != s {
-                return misfit(s);
-            }
-            // PyTorch's output channel c*m + j is Keras's [.., c, j].
+        Rule::Conv if r >= 3 => [want[r - 1], want[r - 2]]
+            .into_iter()
+            .chain(want[..r - 2].iter().copied())
+            .collect(),
+        Rule::Depthwise if r >= 3 => [want[r - 2] * want[r - 1], 1]
+            .into_iter()
+            .chain(want[..r - 2].iter().copied())
+            .collect(),
+        Rule::Linear if r == 2 => vec![want[1], want[0]],
+        Rule::PRelu => vec![*want.last().unwrap_or(&1)],
+        Rule::Conv
+        | Rule::Depthwise
+        | Rule::Linear
+        | Rule::BatchNorm
+        | Rule::Affine
+        | Rule::Unsupported(_)
+        | Rule::NoWeights => want.to_vec(),
+    }
+}
+
+/// Whether a PyTorch tensor of `shape` fits a weight whose Keras shape is `want`.
+fn fits_var(rule: Rule, want: &[usize], shape: &[usize]) -> Result<(), String> {
+    let torch = torch_shape(rule, want);
+    // nn.PReLU() shares one slope across the channels.
+    let shared_slope = rule == Rule::PRelu && shape == [1];
+    let per_channel_slope =
+        rule == Rule::PRelu && torch.iter().product::<usize>() == want.iter().product::<usize>();
+    if (shape == torch.as_slice() && (rule != Rule::PRelu || per_channel_slope)) || shared_slope {
+        Ok(())
+    } else if rule == Rule::PRelu && !per_channel_slope {
+        Err(format!(
+            "is {shape:?}, but the layer's alpha {want:?} is not one slope per channel (give p_re_lu shared_axes over the spatial axes)"
+        ))
+    } else {
+        Err(format!("is {shape:?}, the layer needs {torch:?}"))
+    }
+}
+
+/// A PyTorch tensor that fits (`fits_var`) in the Keras layout `want`.
+fn to_keras(rule: Rule, want: &[usize], t: &Tensor) -> Tensor {
+    match rule {
+        // Depthwise: PyTorch's output channel c*m + j is Keras's [.., c, j], so the same move.
+        Rule::Conv | Rule::Depthwise if want.len() >= 3 => {
             let mut k = kernel_to_keras(t);
             k.shape = want.to_vec();
-            Ok(k)
+            k
         }
-        Rule::Linear if r == 2 => {
-            let s = vec![want[1], want[0]];
-            if t.shape != s {
-                return misfit(s);
-            }
-            let (o, i) = (want[1], want[0]);
+        Rule::Linear if want.len() == 2 => {
+            let (i, o) = (want[0], want[1]);
             let mut data = vec![0f32; t.data.len()];
             for a in 0..o {
                 for b in 0..i {
                     data[b * o + a] = t.data[a * i + b];
                 }
             }
-            Ok(Tensor {
+            Tensor {
                 shape: want.to_vec(),
                 data,
-            })
+            }
         }
         Rule::PRelu => {
             let n: usize = want.iter().product();
-            let c = *want.last().unwrap_or(&1);
-            if t.shape == [n] && n == c {
-                Ok(Tensor {
-                    shape: want.to_vec(),
-                    data: t.data.clone(),
-                })
-            } else if t.shape == [1] {
-                // nn.PReLU() shares one slope across the channels.
-                Ok(Tensor {
-                    shape: want.to_vec(),
-                    data: vec![t.data[0]; n],
-                })
+            let data = if t.data.len() == n {
+                t.data.clone()
             } else {
-                misfit(vec![c])
+                vec![t.data[0]; n]
+            };
+            Tensor {
+                shape: want.to_vec(),
+                data,
             }
         }
         Rule::Conv
@@ -280,22 +294,17 @@ fn convert_var(rule: Rule, want: &[usize], t: &Tensor) -> Result<Tensor, String>
         | Rule::BatchNorm
         | Rule::Affine
         | Rule::Unsupported(_)
-        | Rule::NoWeights => {
-            if t.shape != want {
-                return misfit(want.to_vec());
-            }
-            Ok(t.clone())
-        }
+        | Rule::NoWeights => t.clone(),
     }
 }
 
-/// The module's tensors as the target's weights, or why they do not fit.
-fn convert(target: &Target, m: &Module) -> Result<Vec<(String, Tensor)>, String> {
+/// Whether the module's tensors fit the target's weights (names and shapes; nothing copied),
+/// or why not.
+fn fit(target: &Target, m: &Module) -> Result<(), String> {
     if let Rule::Unsupported(why) = target.rule {
         return Err(why.to_string());
     }
     let mut needed = BTreeSet::new();
-    let mut out = Vec::new();
     for (var, want) in &target.vars {
         let Some(p) = torch_param(target.rule, var) else {
             return Err(format!(
@@ -310,14 +319,28 @@ fn convert(target: &Target, m: &Module) -> Result<Vec<(String, Tensor)>, String>
                 m.describe()
             ));
         };
-        let w = convert_var(target.rule, want, t).map_err(|e| format!("its `{p}` {e}"))?;
-        out.push((format!("{}/{var}", target.layer), w));
+        fits_var(target.rule, want, &t.shape).map_err(|e| format!("its `{p}` {e}"))?;
     }
     if let Some(extra) = m.params.keys().find(|k| !needed.contains(k.as_str())) {
         return Err(format!(
             "it has `{extra}` {:?}, which the layer has no place for",
             m.params[extra].shape
         ));
+    }
+    Ok(())
+}
+
+/// The module's tensors as the target's weights, or why they do not fit.
+fn convert(target: &Target, m: &Module) -> Result<Vec<(String, Tensor)>, String> {
+    fit(target, m)?;
+    let mut out = Vec::new();
+    for (var, want) in &target.vars {
+        if let Some(t) = torch_param(target.rule, var).and_then(|p| m.params.get(p)) {
+            out.push((
+                format!("{}/{var}", target.layer),
+                to_keras(target.rule, want, t),
+            ));
+        }
     }
     Ok(out)
 }
@@ -428,6 +451,9 @@ pub struct Converted {
     pub modules: usize,
     /// The modules a `-` line of the map left unused.
     pub ignored: Vec<String>,
+    /// With [`Binding::Order`]: the layers whose shapes fit other modules too, so that only the
+    /// module order placed them.
+    pub order_only: usize,
 }
 
 /// The longest map text unetc reads.
@@ -562,7 +588,7 @@ fn by_map(targets: &[Target], modules: &[Module], text: &str) -> Result<Converte
                 "map line {line}: layer `{layer}` already takes a module on line {first}"
             ));
         }
-        if let Err(why) = convert(&targets[t], &modules[m]) {
+        if let Err(why) = fit(&targets[t], &modules[m]) {
             return fail(format!(
                 "map line {line}: module `{prefix}` does not fit layer {}: {why}",
                 targets[t].describe()
@@ -595,7 +621,7 @@ fn by_map(targets: &[Target], modules: &[Module], text: &str) -> Result<Converte
         // The user's lines, then guesses for the rest, marked `?`.
         let fits: Vec<Vec<bool>> = targets
             .iter()
-            .map(|t| modules.iter().map(|m| convert(t, m).is_ok()).collect())
+            .map(|t| modules.iter().map(|m| fit(t, m).is_ok()).collect())
             .collect();
         let mut forced: Vec<Option<usize>> = vec![None; targets.len()];
         let mut skip: Vec<bool> = vec![false; modules.len()];
@@ -624,6 +650,7 @@ fn by_map(targets: &[Target], modules: &[Module], text: &str) -> Result<Converte
         binding: Binding::Map,
         modules: modules.len(),
         ignored,
+        order_only: 0,
     })
 }
 
@@ -639,44 +666,11 @@ fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
 
 fn infer(targets: &[Target], modules: &[Module]) -> Result<Converted, ConvertError> {
     let n = targets.len();
-    // 1. Module order.
-    let mut order_problem = None;
-    if modules.len() == n {
-        for i in 0..n {
-            if let Err(why) = convert(&targets[i], &modules[i]) {
-                order_problem = Some(format!(
-                    "in module order, layer {} of {n}, {}, meets module `{}`: {why}",
-                    i + 1,
-                    targets[i].describe(),
-                    modules[i].prefix
-                ));
-                break;
-            }
-        }
-        if order_problem.is_none() {
-            let pairs: Vec<(usize, usize)> = (0..n).map(|i| (i, i)).collect();
-            let weights = collect(&pairs, targets, modules).map_err(|e| ConvertError {
-                message: e,
-                proposal: None,
-            })?;
-            return Ok(Converted {
-                weights,
-                binding: Binding::Order,
-                modules: modules.len(),
-                ignored: Vec::new(),
-            });
-        }
-    } else {
-        order_problem = Some(format!(
-            "the state_dict has {} modules with tensors, the spec {n} layers with weights",
-            modules.len()
-        ));
-    }
-    // 2. The pairs the shapes force: a layer only one free module fits, or a module that fits
+    // The pairs the shapes force: a layer only one free module fits, or a module that fits
     // only one free layer, until nothing changes.
     let fits: Vec<Vec<bool>> = targets
         .iter()
-        .map(|t| modules.iter().map(|m| convert(t, m).is_ok()).collect())
+        .map(|t| modules.iter().map(|m| fit(t, m).is_ok()).collect())
         .collect();
     let mut of_target: Vec<Option<usize>> = vec![None; n];
     let mut of_module: Vec<Option<usize>> = vec![None; modules.len()];
@@ -712,6 +706,41 @@ fn infer(targets: &[Target], modules: &[Module]) -> Result<Converted, ConvertErr
             break;
         }
     }
+    // 1. Module order (it agrees with every forced pair: those hold in any pairing that fits).
+    let mut order_problem = None;
+    if modules.len() == n {
+        for i in 0..n {
+            if let Err(why) = fit(&targets[i], &modules[i]) {
+                order_problem = Some(format!(
+                    "in module order, layer {} of {n}, {}, meets module `{}`: {why}",
+                    i + 1,
+                    targets[i].describe(),
+                    modules[i].prefix
+                ));
+                break;
+            }
+        }
+        if order_problem.is_none() {
+            let pairs: Vec<(usize, usize)> = (0..n).map(|i| (i, i)).collect();
+            let weights = collect(&pairs, targets, modules).map_err(|e| ConvertError {
+                message: e,
+                proposal: None,
+            })?;
+            return Ok(Converted {
+                weights,
+                binding: Binding::Order,
+                modules: modules.len(),
+                ignored: Vec::new(),
+                order_only: of_target.iter().filter(|m| m.is_none()).count(),
+            });
+        }
+    } else {
+        order_problem = Some(format!(
+            "the state_dict has {} modules with tensors, the spec {n} layers with weights",
+            modules.len()
+        ));
+    }
+    // 2. The only pairing the shapes allow.
     if of_target.iter().all(Option::is_some) && of_module.iter().all(Option::is_some) {
         let pairs: Vec<(usize, usize)> = of_target
             .iter()
@@ -727,6 +756,7 @@ fn infer(targets: &[Target], modules: &[Module]) -> Result<Converted, ConvertErr
             binding: Binding::Shapes,
             modules: modules.len(),
             ignored: Vec::new(),
+            order_only: 0,
         });
     }
     // 3. Refuse, naming the first problem, with a proposed map.
@@ -783,27 +813,7 @@ fn torch_needs(t: &Target) -> String {
         .iter()
         .map(|(v, want)| {
             let p = torch_param(t.rule, v).unwrap_or("?");
-            let r = want.len();
-            let shape: Vec<usize> = match t.rule {
-                Rule::Conv if r >= 3 => [want[r - 1], want[r - 2]]
-                    .into_iter()
-                    .chain(want[..r - 2].iter().copied())
-                    .collect(),
-                Rule::Depthwise if r >= 3 => [want[r - 2] * want[r - 1], 1]
-                    .into_iter()
-                    .chain(want[..r - 2].iter().copied())
-                    .collect(),
-                Rule::Linear if r == 2 => vec![want[1], want[0]],
-                Rule::PRelu => vec![*want.last().unwrap_or(&1)],
-                Rule::Conv
-                | Rule::Depthwise
-                | Rule::Linear
-                | Rule::BatchNorm
-                | Rule::Affine
-                | Rule::Unsupported(_)
-                | Rule::NoWeights => want.clone(),
-            };
-            format!("{p} {shape:?}")
+            format!("{p} {:?}", torch_shape(t.rule, want))
         })
         .collect();
     parts.join(", ")

@@ -1474,7 +1474,8 @@ impl Importer<'_> {
                 "negative pads {pads:?} (cropping) are not supported yet"
             ));
         }
-        match mode.as_str() {
+        let n = r - 2;
+        let pad_mode = match mode.as_str() {
             "constant" => {
                 let value = match self.opt_input(2)? {
                     Some(Val::Const(c)) if c.len() == 1 => c.floats()[0],
@@ -1486,16 +1487,27 @@ impl Importer<'_> {
                         "constant padding with {value}; unetc pads with zeros only"
                     ));
                 }
+                ""
             }
-            "reflect" | "edge" => {
+            "reflect" | "edge" if n == 3 => {
                 return err(format!(
-                    "{mode} padding is not supported yet (unetc pads with zeros only)"
+                    "{mode} padding of a 3-D volume is not supported yet (zero_padding3d pads with zeros only)"
                 ))
             }
+            "reflect" => ", mode: \"reflect\"",
+            "edge" => ", mode: \"replicate\"",
             other => return err(format!("pad mode `{other}` is not ONNX's")),
-        }
-        let n = r - 2;
+        };
         let sp: Vec<(i64, i64)> = (0..n).map(|i| (pads[2 + i], pads[r + 2 + i])).collect();
+        if mode == "reflect" {
+            if let Some(i) = (0..n).find(|&i| sp[i].0.max(sp[i].1) >= x.shape[2 + i] as i64) {
+                return err(format!(
+                    "reflect padding by {:?} of an axis of {} pixels; it needs more pixels than the padding",
+                    sp[i],
+                    x.shape[2 + i]
+                ));
+            }
+        }
         let name = self.layer_name();
         let parts: Vec<String> = sp.iter().map(|(a, b)| format!("({a}, {b})")).collect();
         let call = if n == 3 {
@@ -1506,7 +1518,7 @@ impl Importer<'_> {
         self.emit(
             &[&x.var],
             call,
-            &format!("padding: ({})", parts.join(", ")),
+            &format!("padding: ({}){pad_mode}", parts.join(", ")),
             &name,
         );
         let mut shape = x.shape.clone();

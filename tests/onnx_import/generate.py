@@ -195,14 +195,18 @@ class Kinds3D(nn.Module):
 
 
 class ReflectPad(nn.Module):
-    """Reflection padding: unetc refuses it by name (not supported yet)."""
+    """PyTorch's padding modes beyond zeros: a conv with padding_mode="reflect", asymmetric
+    replicate padding (ONNX `edge`), nn.ReflectionPad2d, a conv with padding_mode="replicate"."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 2, 3, padding=1, padding_mode="reflect")
+        self.refl = nn.ReflectionPad2d((3, 0, 1, 2))
+        self.conv2 = nn.Conv2d(2, 2, 3, padding=2, dilation=2, padding_mode="replicate")
 
     def forward(self, x):
-        return self.conv(x)
+        y = F.pad(self.conv(x), (2, 1, 0, 3), mode="replicate")
+        return self.conv2(self.refl(y))
 
 
 def main():

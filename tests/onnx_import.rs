@@ -85,6 +85,9 @@ fn pytorch_unets_import_and_match_onnxruntime() {
         "smp_unet",
         "smp_unetplusplus",
         "smp_linknet",
+        "nnunet_plain",
+        "nnunet_plain3d",
+        "nnunet_resenc",
     ];
     for stem in expected_to_run {
         let (e, spec) = import_and_run_spec(stem).unwrap_or_else(|e| panic!("{stem}: {e}"));
@@ -117,6 +120,14 @@ fn pytorch_unets_import_and_match_onnxruntime() {
                 "group_normalization(groups: 3",
             ],
             "plain_align_corners" => &["interpolation: \"bilinear\", align_corners: true"],
+            "nnunet_plain" => &[
+                "conv2d_transpose(",
+                "group_normalization(groups: 4",
+                "leaky_re_lu(alpha: 0.01",
+            ],
+            "nnunet_plain3d" => &["conv3d(", "conv3d_transpose(", "group_normalization("],
+            // The residual encoder's strided shortcut: an average pool and a 1x1 conv.
+            "nnunet_resenc" => &["add(", "average_pooling2d(", "conv2d_transpose("],
             "plain_reflect_pad" => &[
                 "zero_padding2d(padding: ((1, 1), (1, 1)), mode: \"reflect\"",
                 "zero_padding2d(padding: ((0, 3), (2, 1)), mode: \"replicate\"",

@@ -2,7 +2,8 @@
 an input and onnxruntime's output: tests/onnx_import.rs imports the .onnx with `unetc import`
 and compares unetc's CPU executor with onnxruntime.
 
-Run: PYTHONPATH=<dir with torch, segmentation_models_pytorch, monai> python3 generate.py
+Run: PYTHONPATH=<dir with torch, segmentation_models_pytorch, monai, dynamic_network_architectures>
+python3 generate.py [NAME...]
 Writes NAME.onnx and NAME.io.safetensors (input NCHW, output NCHW, float32) beside this file.
 For the models in STATE_DICT it also writes NAME.state_dict.safetensors
 (`safetensors.torch.save_file(model.state_dict(), ...)`, what a PyTorch user saves) and records
@@ -123,6 +124,27 @@ def models():
         yield "monai_dynunet", lambda: nets.DynUNet(2, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2], filters=[4, 8, 16]), (1, 1, 32, 32)
         yield "monai_attentionunet", lambda: nets.AttentionUnet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2)), (1, 1, 32, 32)
         yield "monai_unet3d", lambda: nets.UNet(3, 1, 2, channels=(2, 4), strides=(2,), num_res_units=1), (1, 1, 8, 8, 8)
+    try:
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+    except ImportError as e:
+        print("SKIP dynamic_network_architectures (nnU-Net):", e)
+    else:
+        # nnU-Net's networks as its plans build them: InstanceNorm (affine), LeakyReLU, strided
+        # convs down, transposed convs up; no deep supervision (one output). Not in STATE_DICT:
+        # their state_dicts hold each tensor under several names (`conv` and `all_modules.0`,
+        # `decoder.encoder.` and `encoder.`), which safetensors.torch.save_file refuses and
+        # save_model keeps under one name that need not be the one the ONNX export uses.
+        norm = {"eps": 1e-5, "affine": True}
+        act = (nn.LeakyReLU, {"inplace": True})
+        yield "nnunet_plain", lambda: PlainConvUNet(
+            1, 3, (4, 8, 16), nn.Conv2d, 3, (1, 2, 2), (2, 2, 2), 2, (2, 2), True,
+            nn.InstanceNorm2d, norm, None, None, *act, deep_supervision=False), (1, 1, 32, 32)
+        yield "nnunet_plain3d", lambda: PlainConvUNet(
+            1, 2, (2, 4), nn.Conv3d, 3, (1, 2), (1, 1), 2, (1,), True,
+            nn.InstanceNorm3d, norm, None, None, *act, deep_supervision=False), (1, 1, 8, 8, 8)
+        yield "nnunet_resenc", lambda: ResidualEncoderUNet(
+            1, 3, (4, 8, 16), nn.Conv2d, 3, (1, 2, 2), (1, 2, 2), 2, (1, 1), True,
+            nn.InstanceNorm2d, norm, None, None, *act, deep_supervision=False), (1, 1, 32, 32)
 
 
 class AlignCorners(nn.Module):
@@ -217,7 +239,7 @@ def main():
         torch.manual_seed(0)
         model = make()
         randomize_bn(model)
-        if name in STATE_DICT:
+        if name in STATE_DICT or name.startswith("nnunet"):
             randomize_affine(model)
         model.eval()
         x = torch.randn(*shape)

@@ -457,7 +457,7 @@ pub struct Converted {
 }
 
 /// The longest map text unetc reads.
-const MAX_MAP_BYTES: usize = 4 << 20;
+pub const MAX_MAP_BYTES: usize = 4 << 20;
 
 /// Reads a map: `prefix -> layer` lines, `prefix -> -` for a module to leave unused, `#`
 /// comments. Returns `(line, prefix, layer or None)`.

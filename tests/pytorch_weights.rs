@@ -455,3 +455,43 @@ fn shapes_that_allow_one_pairing_bind_without_a_map() {
     // stem.weight[o=0][i=1][0][0] (index 9: 0.09) is Keras stem/kernel[0][0][1][0], index 4.
     assert!((w.weights.get("stem/kernel").unwrap().data[4] - 0.09).abs() < 1e-6);
 }
+
+/// A layer whose weights the ONNX export folded (nn.PReLU's slopes, reshaped) gets a `?` line
+/// in the imported map; with it filled in, the map binds the model.
+#[test]
+fn an_imported_map_names_the_layers_it_could_not_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let stem = "plain_sequential";
+    let (spec, _, _, out) = import_and_convert(dir.path(), stem, true);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("map line 10 is marked `?`"),
+        "{}",
+        stderr(&out)
+    );
+    let map = dir.path().join(format!("{stem}.map"));
+    let text = std::fs::read_to_string(&map).unwrap();
+    let unknown = "? MODULE -> n_10_PRelu   # its weights were not named after a module in the ONNX file: name the PyTorch module";
+    assert!(text.contains(unknown), "{text}");
+    std::fs::write(&map, text.replace(unknown, "10 -> n_10_PRelu")).unwrap();
+    let conv = dir.path().join("filled.safetensors");
+    let sd = fixture(&format!("{stem}.state_dict.safetensors"));
+    let out = unetc(&[
+        "convert-weights".as_ref(),
+        spec.as_os_str(),
+        sd.as_os_str(),
+        "--from".as_ref(),
+        "pytorch".as_ref(),
+        "--map".as_ref(),
+        map.as_os_str(),
+        "-o".as_ref(),
+        conv.as_os_str(),
+    ]);
+    assert!(
+        stderr(&out).contains("bound by the map"),
+        "{}",
+        stderr(&out)
+    );
+    let e = error_vs_pytorch(stem, &spec, &conv);
+    assert!(e <= 1e-5, "{e:.3e}");
+}

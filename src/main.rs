@@ -259,6 +259,10 @@ enum Command {
         /// ONNX import: write the model's weights here (safetensors, unetc's naming and layouts).
         #[arg(long)]
         weights_out: Option<PathBuf>,
+        /// ONNX import: write which PyTorch module feeds which layer (from the initializer names),
+        /// the map `unetc convert-weights --from pytorch --map` reads.
+        #[arg(long, requires = "weights_out")]
+        map_out: Option<PathBuf>,
         /// The form of the spec (default: from the output file's extension; DSL on standard output).
         #[arg(long, value_enum)]
         to: Option<SpecFormat>,
@@ -331,6 +335,35 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Convert another framework's weights (a PyTorch state_dict saved as safetensors) to
+    /// unetc's naming and layouts for a spec whose layers match the model's modules.
+    #[command(
+        after_help = "Examples:\n  unetc convert-weights model.unet state_dict.safetensors --from pytorch -o model.safetensors\n  unetc convert-weights model.unet state_dict.safetensors --from pytorch --map model.map -o model.safetensors\n\nWithout --map, the modules in numeric-aware key order are paired with the spec's layers in\norder, or else by the only pairing their shapes allow; when neither works, nothing is converted\nand a proposed map is written (OUTPUT with the extension .proposed.map) for you to check.\n`unetc import model.onnx --map-out model.map` writes the map from an ONNX export."
+    )]
+    ConvertWeights {
+        /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
+        spec: PathBuf,
+        /// The weights to convert: `safetensors.torch.save_file(model.state_dict(), PATH)`.
+        weights: PathBuf,
+        /// The framework the weights come from.
+        #[arg(long, value_enum)]
+        from: WeightsFrom,
+        /// `pytorch.module -> unetc_layer` lines (`module -> -` leaves a module unused).
+        #[arg(long)]
+        map: Option<PathBuf>,
+        /// The safetensors file to write (unetc's naming and layouts).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace the output file (and a proposed map) if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum WeightsFrom {
+    /// A PyTorch state_dict saved with safetensors.torch.save_file.
+    Pytorch,
 }
 
 /// `unetc train`'s options.
@@ -885,10 +918,18 @@ fn main() -> ExitCode {
         Command::Import {
             json,
             weights_out,
+            map_out,
             to,
             output,
             force,
-        } => import_model(&json, weights_out.as_deref(), to, output.as_deref(), force),
+        } => import_model(
+            &json,
+            weights_out.as_deref(),
+            map_out.as_deref(),
+            to,
+            output.as_deref(),
+            force,
+        ),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut script = Vec::new();
@@ -922,6 +963,107 @@ fn main() -> ExitCode {
             }
             Err(e) => run_error(e),
         },
+        Command::ConvertWeights {
+            spec,
+            weights,
+            from,
+            map,
+            output,
+            force,
+        } => convert_weights(&spec, &weights, from, map.as_deref(), &output, force),
+    }
+}
+
+fn convert_weights(
+    spec: &std::path::Path,
+    weights: &std::path::Path,
+    from: WeightsFrom,
+    map: Option<&std::path::Path>,
+    output: &std::path::Path,
+    force: bool,
+) -> ExitCode {
+    let c = match unetc::runner::compile_checked(spec, None) {
+        Ok(c) => c,
+        Err(e) => return run_error(e),
+    };
+    if output.exists() && !force {
+        eprintln!(
+            "error: `{}` exists; use --force to replace it",
+            output.display()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let bytes = match unetc::io::read_weights_file(weights) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // Read at most one byte past the longest map unetc takes, so that the parser reports it.
+    let read_map = |path: &std::path::Path| -> std::io::Result<String> {
+        use std::io::Read;
+        let mut text = String::new();
+        std::fs::File::open(path)?
+            .take(unetc::interop::pytorch::MAX_MAP_BYTES as u64 + 1)
+            .read_to_string(&mut text)?;
+        Ok(text)
+    };
+    let map_text = match map.map(read_map).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "error: cannot read the map `{}`: {e}",
+                map.map_or(String::new(), |m| m.display().to_string())
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = match from {
+        WeightsFrom::Pytorch => {
+            unetc::interop::pytorch::convert_state_dict(&c, &bytes, map_text.as_deref())
+        }
+    };
+    match result {
+        Ok(conv) => {
+            if let Err(e) = unetc::io::save_weights(output, &conv.weights, force) {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            let ignored = if conv.ignored.is_empty() {
+                String::new()
+            } else {
+                format!(", {} left unused by the map", conv.ignored.len())
+            };
+            eprintln!(
+                "wrote {} tensors to {} ({} modules bound {}{ignored})",
+                conv.weights.len(),
+                output.display(),
+                conv.modules - conv.ignored.len(),
+                conv.binding.describe()
+            );
+            if conv.order_only > 0 {
+                eprintln!(
+                    "note: {} of the layers have shapes other modules have too, so only the module order placed them; if the model's modules are not declared in the order they run, pass a map (--map)",
+                    conv.order_only
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", weights.display());
+            if let Some(p) = e.proposal {
+                let path = output.with_extension("proposed.map");
+                match unetc::io::write_atomic(&path, force, |w| w.write_all(p.as_bytes())) {
+                    Ok(()) => eprintln!(
+                        "wrote a proposed map to `{}`: check the lines marked `?` and pass it with --map",
+                        path.display()
+                    ),
+                    Err(e) => eprintln!("(the proposed map was not written: {e})"),
+                }
+            }
+            ExitCode::from(EXIT_USAGE)
+        }
     }
 }
 
@@ -1864,6 +2006,7 @@ fn spec_output_format(
 fn import_model(
     json: &std::path::Path,
     weights_out: Option<&std::path::Path>,
+    map_out: Option<&std::path::Path>,
     to: Option<SpecFormat>,
     output: Option<&std::path::Path>,
     force: bool,
@@ -1885,13 +2028,16 @@ fn import_model(
     let is_onnx = json
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
-    let (dsl, weights) = if is_onnx {
+    let (dsl, weights, map) = if is_onnx {
         let Some(weights_out) = weights_out else {
             eprintln!("error: importing ONNX needs --weights-out FILE.safetensors for the model's weights");
             return ExitCode::from(EXIT_USAGE);
         };
         match unetc::interop::onnx_import::import_onnx(&bytes) {
-            Ok(m) => (m.spec, Some((weights_out, m.weights))),
+            Ok(m) => {
+                let map = map_out.map(|p| (p, m.torch_map_text()));
+                (m.spec, Some((weights_out, m.weights)), map)
+            }
             Err(e) => {
                 eprintln!("error: {}: {e}", json.display());
                 return ExitCode::from(EXIT_USAGE);
@@ -1914,7 +2060,7 @@ fn import_model(
         };
         // A file that is not a Keras model unetc can import is an invalid input file.
         match unetc::interop::keras::import_json(&text) {
-            Ok(dsl) => (dsl, None),
+            Ok(dsl) => (dsl, None, None),
             Err(e) => {
                 eprintln!("error: {}: {e}", json.display());
                 return ExitCode::from(EXIT_USAGE);
@@ -1923,8 +2069,11 @@ fn import_model(
     };
     // Nothing is written unless both files can be: refuse existing outputs first.
     if let (Some((w, _)), false) = (&weights, force) {
-        if w.exists() || output.is_some_and(|o| o.exists()) {
-            let which = if w.exists() { *w } else { output.unwrap_or(w) };
+        let existing = [Some(*w), output, map.as_ref().map(|m| m.0)]
+            .into_iter()
+            .flatten()
+            .find(|p| p.exists());
+        if let Some(which) = existing {
             eprintln!(
                 "error: `{}` exists; use --force to replace it",
                 which.display()
@@ -1935,6 +2084,11 @@ fn import_model(
     if let Some((path, w)) = &weights {
         if let Err(e) = unetc::io::save_weights(path, w, force) {
             eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    if let Some((path, text)) = &map {
+        if write_text(path, text, force) != ExitCode::SUCCESS {
             return ExitCode::from(EXIT_USAGE);
         }
     }

@@ -420,6 +420,11 @@ fn fused_heads_match_the_cpu_executor() -> Vec<String> {
             "upsample_align_corners",
             "input 7x5x3\n  conv2d(4, 3) -> up_sampling2d((2, 3), interpolation: bilinear, align_corners: true) -> conv2d(2, 1, activation: sigmoid)",
         ),
+        // Nor this: the window kernel's reflect and replicate padding (PyTorch's padding_mode).
+        (
+            "pad_reflect_replicate",
+            "input 7x5x3\n  conv2d(4, 3) -> zero_padding2d(((1, 3), (4, 2)), mode: reflect) -> zero_padding2d(((2, 0), (1, 3)), mode: replicate) -> conv2d(2, 3, activation: sigmoid)",
+        ),
     ];
     let dir = std::env::temp_dir().join(format!("unetc-emulated-heads-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -75,6 +75,7 @@ fn pytorch_unets_import_and_match_onnxruntime() {
         "plain_align_corners",
         "plain_kinds",
         "plain_kinds3d",
+        "plain_reflect_pad",
         "monai_unet",
         "monai_unet3d",
         "monai_basicunet",
@@ -84,6 +85,9 @@ fn pytorch_unets_import_and_match_onnxruntime() {
         "smp_unet",
         "smp_unetplusplus",
         "smp_linknet",
+        "nnunet_plain",
+        "nnunet_plain3d",
+        "nnunet_resenc",
     ];
     for stem in expected_to_run {
         let (e, spec) = import_and_run_spec(stem).unwrap_or_else(|e| panic!("{stem}: {e}"));
@@ -116,6 +120,20 @@ fn pytorch_unets_import_and_match_onnxruntime() {
                 "group_normalization(groups: 3",
             ],
             "plain_align_corners" => &["interpolation: \"bilinear\", align_corners: true"],
+            "nnunet_plain" => &[
+                "conv2d_transpose(",
+                "group_normalization(groups: 4",
+                "leaky_re_lu(alpha: 0.01",
+            ],
+            "nnunet_plain3d" => &["conv3d(", "conv3d_transpose(", "group_normalization("],
+            // The residual encoder's strided shortcut: an average pool and a 1x1 conv.
+            "nnunet_resenc" => &["add(", "average_pooling2d(", "conv2d_transpose("],
+            "plain_reflect_pad" => &[
+                "zero_padding2d(padding: ((1, 1), (1, 1)), mode: \"reflect\"",
+                "zero_padding2d(padding: ((0, 3), (2, 1)), mode: \"replicate\"",
+                "zero_padding2d(padding: ((1, 2), (3, 0)), mode: \"reflect\"",
+                "zero_padding2d(padding: ((2, 2), (2, 2)), mode: \"replicate\"",
+            ],
             "monai_unet" => &[
                 "group_normalization(groups: 4",
                 "p_re_lu(",
@@ -148,7 +166,6 @@ fn pytorch_unets_import_and_match_onnxruntime() {
 #[test]
 fn unsupported_nodes_are_named() {
     let cases = [
-        ("plain_reflect_pad", "node `/conv/Pad` (Pad): reflect padding is not supported yet"),
         ("plain_hardswish", "node `/1/HardSwish` (HardSwish): operator HardSwish on the image tensor has no unetc layer"),
     ];
     for (stem, want) in cases {
@@ -208,7 +225,7 @@ fn cli_writes_spec_and_weights_and_names_the_node_on_failure() {
     let w2 = dir.path().join("n.safetensors");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_unetc"))
         .arg("import")
-        .arg(root().join("tests/onnx_import/plain_reflect_pad.onnx"))
+        .arg(root().join("tests/onnx_import/plain_hardswish.onnx"))
         .arg("-o")
         .arg(&spec2)
         .arg("--weights-out")
@@ -217,7 +234,7 @@ fn cli_writes_spec_and_weights_and_names_the_node_on_failure() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("node `/conv/Pad`"), "{err}");
+    assert!(err.contains("node `/1/HardSwish`"), "{err}");
     assert!(!spec2.exists() && !w2.exists());
 }
 
@@ -225,12 +242,29 @@ fn cli_writes_spec_and_weights_and_names_the_node_on_failure() {
 /// `export --to onnx` into onnxruntime, and `export --to keras` refuses it by name.
 #[test]
 fn align_corners_exports_to_onnx_and_is_refused_for_keras() {
+    beyond_keras_round_trip(
+        "plain_align_corners",
+        "`Resize`: bilinear up-sampling with align_corners",
+    );
+}
+
+/// So do `mode: reflect` and `mode: replicate` on zero_padding2d (PyTorch's padding modes).
+#[test]
+fn padding_modes_export_to_onnx_and_are_refused_for_keras() {
+    beyond_keras_round_trip(
+        "plain_reflect_pad",
+        "`conv_Pad`: reflect or replicate padding (PyTorch's padding_mode)",
+    );
+}
+
+fn beyond_keras_round_trip(stem: &str, refusal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("ac.unet");
     let w = dir.path().join("ac.safetensors");
+    let fixture_path = root().join(format!("tests/onnx_import/{stem}.onnx"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_unetc"))
         .arg("import")
-        .arg(root().join("tests/onnx_import/plain_align_corners.onnx"))
+        .arg(&fixture_path)
         .arg("-o")
         .arg(&spec)
         .arg("--weights-out")
@@ -250,8 +284,7 @@ fn align_corners_exports_to_onnx_and_is_refused_for_keras() {
     assert_eq!(keras.status.code(), Some(2));
     let err = String::from_utf8_lossy(&keras.stderr);
     assert!(
-        err.contains("tf.keras cannot express")
-            && err.contains("`Resize`: bilinear up-sampling with align_corners"),
+        err.contains("tf.keras cannot express") && err.contains(refusal),
         "{err}"
     );
     let available = std::process::Command::new("python3")
@@ -277,7 +310,7 @@ fn align_corners_exports_to_onnx_and_is_refused_for_keras() {
         String::from_utf8_lossy(&out.stderr)
     );
     let (input, want) =
-        io_tensors(&root().join("tests/onnx_import/plain_align_corners.io.safetensors"));
+        io_tensors(&root().join(format!("tests/onnx_import/{stem}.io.safetensors")));
     let x = dir.path().join("in.npy");
     let y = dir.path().join("out.npy");
     unetc::io::write_npy(&x, &channels_last(&input), true).unwrap();
@@ -293,8 +326,6 @@ fn align_corners_exports_to_onnx_and_is_refused_for_keras() {
     );
     let got = unetc::io::read_npy(&y).unwrap();
     let e = rel_err(&got, &channels_last(&want));
-    println!(
-        "align_corners: unetc's ONNX export in onnxruntime vs PyTorch's in onnxruntime {e:.2e}"
-    );
+    println!("{stem}: unetc's ONNX export in onnxruntime vs PyTorch's in onnxruntime {e:.2e}");
     assert!(e <= 1e-5, "{e:.3e}");
 }

@@ -1077,6 +1077,26 @@ fn a_net_that_sees_the_whole_image_is_not_tiled_silently() {
     assert!(stderr.contains("not exact"), "{stderr}");
 }
 
+/// Reflect padding inside a net mirrors at the image's edge; a tile's edge is not the image's, so
+/// exact tiles are refused by the layer's name.
+#[test]
+fn reflect_padding_is_not_tiled_exactly() {
+    let dir = temp_dir("reflect-tiles");
+    let spec = dir.join("r.unet");
+    std::fs::write(
+        &spec,
+        "model {\n  input 64x64x3\n  zero_padding2d(1, mode: reflect, name: \"pad\") -> conv2d(2, 3)\n}\n",
+    )
+    .unwrap();
+    let s = spec.to_str().unwrap();
+    let (code, stdout, stderr) = unetc(&["tiles", s, "--image", "500x500", "--memory", "1MiB"]);
+    assert_eq!(code, 3, "{stdout}");
+    assert!(
+        stderr.contains("layer `pad` (ZeroPadding2D) mirrors or repeats the image's edge pixels"),
+        "{stderr}"
+    );
+}
+
 /// `--tile` works for a valid-padding net (overlap-tile, exact) and its sizes are checked.
 #[test]
 fn tile_option_on_a_valid_net_and_bad_tile_options() {

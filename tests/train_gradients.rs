@@ -55,6 +55,7 @@ const SPECS: &[(&str, &str)] = &[
     ("fixed dropout", "conv2d(4, 1) -> fixed_dropout(0.4, noise_shape: (none, 1, 1, 1)) -> fixed_dropout(0.3, noise_shape: (none, 6, 1, 4)) -> fixed_dropout(0.2)"),
     ("rescaling", "rescaling(0.5, offset: -1) -> conv2d(4, 1) -> rescaling(-2.5, offset: 0.75) -> conv2d(2, 1)"),
     ("bilinear up, aligned corners", "up_sampling2d((2, 3), interpolation: bilinear, align_corners: true) -> conv2d(2, 3)"),
+    ("reflect and replicate padding", "conv2d(3, 1) -> zero_padding2d(((1, 2), (2, 0)), mode: reflect) -> zero_padding2d(((0, 2), (1, 1)), mode: replicate) -> conv2d(2, 3)"),
 ];
 
 struct Case {

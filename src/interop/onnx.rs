@@ -21,7 +21,7 @@
 use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, NormLayout,
+    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, NormLayout, PadMode,
     ReduceFn, ScalarFn, Subtract, TfCompute, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
@@ -884,7 +884,14 @@ impl Exporter<'_> {
                     "Pad",
                     vec![x(), pads],
                     out,
-                    vec![("mode", Attr::Str("constant"))],
+                    vec![(
+                        "mode",
+                        Attr::Str(match op.mode {
+                            PadMode::Zeros => "constant",
+                            PadMode::Reflect => "reflect",
+                            PadMode::Replicate => "edge",
+                        }),
+                    )],
                 );
             }
             Op::Concatenate(op) => {

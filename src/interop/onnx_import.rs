@@ -8,7 +8,7 @@
 use crate::exec::Tensor;
 use crate::io::Weights;
 use prost::Message;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
 // --- The subset of onnx.proto (field numbers as in onnx/onnx.proto) ---
@@ -223,6 +223,36 @@ fn err<T>(m: impl Into<String>) -> Result<T, OnnxImportError> {
 pub struct Imported {
     pub spec: String,
     pub weights: Weights,
+    /// `(PyTorch module, layer)` for each layer with weights, in order: the module when all its
+    /// weights come from initializers of one module (`enc.0.weight`, `enc.0.bias` -> `enc.0`), as
+    /// torch.onnx.export names them when it does not fold them; `None` otherwise. The map
+    /// `unetc convert-weights --from pytorch --map` reads.
+    pub torch_map: Vec<(Option<String>, String)>,
+}
+
+impl Imported {
+    /// The text of the map file (`unetc import --map-out`).
+    pub fn torch_map_text(&self) -> String {
+        let mut s = String::from(
+            "# PyTorch module -> unetc layer, from the ONNX initializer names (unetc import).
+# For `unetc convert-weights SPEC STATE_DICT --from pytorch --map THIS_FILE`.
+",
+        );
+        for (m, l) in &self.torch_map {
+            match m {
+                Some(m) => {
+                    let _ = writeln!(s, "{m} -> {l}");
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "? MODULE -> {l}   # its weights were not named after a module in the ONNX file: name the PyTorch module"
+                    );
+                }
+            }
+        }
+        s
+    }
 }
 
 fn tensor_const(t: &TensorProto) -> Result<Const, OnnxImportError> {
@@ -375,6 +405,10 @@ struct Importer<'a> {
     node: &'a NodeProto,
     /// The ai.onnx opset the model is written in.
     opset: i64,
+    /// The graph's initializer names.
+    inits: HashSet<String>,
+    /// Per layer with weights, in order: the module prefixes of its initializers.
+    origins: Vec<(String, BTreeSet<String>)>,
 }
 
 /// Reads an ONNX model (the serialized ModelProto) into a spec and weights.
@@ -470,6 +504,8 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, OnnxImportError> {
         weights: Weights::new(),
         node: &empty,
         opset,
+        inits: graph.initializer.iter().map(|t| t.name.clone()).collect(),
+        origins: Vec::new(),
     };
     for node in &graph.node {
         im.node = node;
@@ -509,9 +545,18 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Imported, OnnxImportError> {
     out.push_str(&im.body);
     let _ = writeln!(out, "  output {}", outs.join(", "));
     out.push_str("}\n");
+    let torch_map = im
+        .origins
+        .into_iter()
+        .map(|(layer, p)| {
+            let one = (p.len() == 1).then(|| p.into_iter().next()).flatten();
+            (one.filter(|p| !p.is_empty()), layer)
+        })
+        .collect();
     Ok(Imported {
         spec: out,
         weights: im.weights,
+        torch_map,
     })
 }
 
@@ -628,6 +673,20 @@ impl Importer<'_> {
             ))
         })?;
         self.weights.insert(format!("{layer}/{var}"), t);
+        // Initializers that are not `module.param` (folded constants) leave the set empty.
+        let mut from = BTreeSet::new();
+        for i in &self.node.input {
+            if self.inits.contains(i) {
+                match i.rsplit_once('.') {
+                    Some((m, _)) => from.insert(m.to_string()),
+                    None => from.insert(String::new()),
+                };
+            }
+        }
+        match self.origins.last_mut() {
+            Some((l, set)) if l == layer => set.extend(from),
+            _ => self.origins.push((layer.to_string(), from)),
+        }
         Ok(())
     }
     /// A (transposed) convolution's weight `[a, b, k...]` as Keras's `[k..., b, a]` and its bias
@@ -1415,7 +1474,8 @@ impl Importer<'_> {
                 "negative pads {pads:?} (cropping) are not supported yet"
             ));
         }
-        match mode.as_str() {
+        let n = r - 2;
+        let pad_mode = match mode.as_str() {
             "constant" => {
                 let value = match self.opt_input(2)? {
                     Some(Val::Const(c)) if c.len() == 1 => c.floats()[0],
@@ -1427,16 +1487,27 @@ impl Importer<'_> {
                         "constant padding with {value}; unetc pads with zeros only"
                     ));
                 }
+                ""
             }
-            "reflect" | "edge" => {
+            "reflect" | "edge" if n == 3 => {
                 return err(format!(
-                    "{mode} padding is not supported yet (unetc pads with zeros only)"
+                    "{mode} padding of a 3-D volume is not supported yet (zero_padding3d pads with zeros only)"
                 ))
             }
+            "reflect" => ", mode: \"reflect\"",
+            "edge" => ", mode: \"replicate\"",
             other => return err(format!("pad mode `{other}` is not ONNX's")),
-        }
-        let n = r - 2;
+        };
         let sp: Vec<(i64, i64)> = (0..n).map(|i| (pads[2 + i], pads[r + 2 + i])).collect();
+        if mode == "reflect" {
+            if let Some(i) = (0..n).find(|&i| sp[i].0.max(sp[i].1) >= x.shape[2 + i] as i64) {
+                return err(format!(
+                    "reflect padding by {:?} of an axis of {} pixels; it needs more pixels than the padding",
+                    sp[i],
+                    x.shape[2 + i]
+                ));
+            }
+        }
         let name = self.layer_name();
         let parts: Vec<String> = sp.iter().map(|(a, b)| format!("({a}, {b})")).collect();
         let call = if n == 3 {
@@ -1447,7 +1518,7 @@ impl Importer<'_> {
         self.emit(
             &[&x.var],
             call,
-            &format!("padding: ({})", parts.join(", ")),
+            &format!("padding: ({}){pad_mode}", parts.join(", ")),
             &name,
         );
         let mut shape = x.shape.clone();

@@ -20,7 +20,9 @@ pub use crate::exec::tensor::{NonFinite, NonFiniteKind};
 pub use atomic::write_atomic;
 pub use image::{read_image, read_image_with_layout, read_mask, write_mask_png, ChannelLayout};
 pub use npy::{read_npy, read_npy_as_stored, read_npy_targets, write_npy};
-pub use weights::{init_tensor, load_weights, save_weights, seeded_rng, Expected, Weights};
+pub use weights::{
+    init_tensor, load_weights, read_weights_file, save_weights, seeded_rng, Expected, Weights,
+};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -71,40 +71,7 @@ const MAX_FILE_BYTES: u64 = MAX_DATA_BYTES + 8 + 100_000_000;
 /// first bad index and the count), is reported by name, all at once, in one
 /// [`IoError::Weights`], before any work starts.
 pub fn load_weights(path: &Path, expected: &[Expected]) -> Result<Weights, IoError> {
-    let file = std::fs::File::open(path).map_err(|e| IoError::os(path, "cannot open", e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| IoError::os(path, "cannot read", e))?;
-    if meta.is_dir() {
-        return Err(IoError::invalid(
-            path,
-            "is a directory, not a safetensors file",
-        ));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(IoError::invalid(
-            path,
-            format!(
-                "is {} bytes, more than the {MAX_FILE_BYTES} bytes unetc reads as weights",
-                meta.len()
-            ),
-        ));
-    }
-    // The length is checked; `take` bounds the read even if the file grows meanwhile.
-    let mut buf = Vec::with_capacity(if meta.is_file() {
-        meta.len() as usize
-    } else {
-        0
-    });
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| IoError::os(path, "cannot read", e))?;
-    if buf.len() as u64 > MAX_FILE_BYTES {
-        return Err(IoError::invalid(
-            path,
-            format!("is more than the {MAX_FILE_BYTES} bytes unetc reads as weights"),
-        ));
-    }
+    let buf = read_weights_file(path)?;
     let st = SafeTensors::deserialize(&buf).map_err(|e| format_error(path, buf.len(), e))?;
 
     let mut problems = Vec::new();
@@ -182,6 +149,45 @@ pub fn load_weights(path: &Path, expected: &[Expected]) -> Result<Weights, IoErr
         });
     }
     Ok(weights)
+}
+
+/// The bytes of a weights file (safetensors), its size bounded before it is read.
+pub fn read_weights_file(path: &Path) -> Result<Vec<u8>, IoError> {
+    let file = std::fs::File::open(path).map_err(|e| IoError::os(path, "cannot open", e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| IoError::os(path, "cannot read", e))?;
+    if meta.is_dir() {
+        return Err(IoError::invalid(
+            path,
+            "is a directory, not a safetensors file",
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(IoError::invalid(
+            path,
+            format!(
+                "is {} bytes, more than the {MAX_FILE_BYTES} bytes unetc reads as weights",
+                meta.len()
+            ),
+        ));
+    }
+    // The length is checked; `take` bounds the read even if the file grows meanwhile.
+    let mut buf = Vec::with_capacity(if meta.is_file() {
+        meta.len() as usize
+    } else {
+        0
+    });
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| IoError::os(path, "cannot read", e))?;
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        return Err(IoError::invalid(
+            path,
+            format!("is more than the {MAX_FILE_BYTES} bytes unetc reads as weights"),
+        ));
+    }
+    Ok(buf)
 }
 
 /// Writes `weights` as an F32 safetensors file, atomically, tensors in name order (the same

@@ -439,15 +439,16 @@ pub struct NonLocal {
     pub layer: String,
     /// Its Keras class.
     pub class: &'static str,
+    /// Why: "makes each output pixel depend on the whole image", ...
+    pub why: &'static str,
 }
 
 impl std::fmt::Display for NonLocal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "layer `{}` ({}) makes each output pixel depend on the whole image, so tiles \
-             cannot reproduce the whole-image result",
-            self.layer, self.class
+            "layer `{}` ({}) {}, so tiles cannot reproduce the whole-image result",
+            self.layer, self.class, self.why
         )
     }
 }
@@ -485,7 +486,7 @@ fn height_of(c: &Compiled, id: Option<crate::ir::NodeId>) -> usize {
 /// to 256). Errors name the first layer
 /// (from the output back) whose outputs depend on the whole input along the axis.
 pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
-    use crate::ir::ops::WindowGeometry;
+    use crate::ir::ops::{PadMode, WindowGeometry};
     use crate::ir::Op;
     let Some(&out) = c.graph.outputs.first() else {
         return Ok(Reach {
@@ -514,6 +515,7 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
             let non_local = || NonLocal {
                 layer: node.name.clone(),
                 class: node.op.class_name(),
+                why: "makes each output pixel depend on the whole image",
             };
             for &input in &node.inputs {
                 let n = size(input);
@@ -549,6 +551,12 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                         (a.div_euclid(s), b.div_euclid(s))
                     }
                     Op::Cropping2D(op) => (a + op.cropping[2 * axis.min(1)], b + op.cropping[2 * axis.min(1)]),
+                    Op::ZeroPadding2D(op) if op.mode != PadMode::Zeros => {
+                        return Err(NonLocal {
+                            why: "mirrors or repeats the image's edge pixels, which a tile's edges are not",
+                            ..non_local()
+                        })
+                    }
                     Op::ZeroPadding2D(op) => (a - op.padding[2 * axis.min(1)], b - op.padding[2 * axis.min(1)]),
                     // The 3-D kinds along their axis `axis` (depth, height, width).
                     Op::Conv3D(op) => windows(op.geometry(axis, nu, out)),

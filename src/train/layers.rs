@@ -6,7 +6,8 @@ use super::activations;
 use super::math::{add_column_sums, gemm, PatchMap};
 use crate::exec::Tensor;
 use crate::ir::ops::{
-    ActivationFn, Interpolation, MergeFn, NormLayout, Op, ReduceFn, TfCompute, WindowGeometry,
+    ActivationFn, Interpolation, MergeFn, NormLayout, Op, PadMode, ReduceFn, TfCompute,
+    WindowGeometry,
 };
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
@@ -254,11 +255,11 @@ pub fn forward(
         }
         Op::Cropping3D(o) => {
             let c = o.cropping;
-            window_output(x, [c[0], c[2], c[4]], out_shape)?
+            window_output(x, [c[0], c[2], c[4]], PadMode::Zeros, out_shape)?
         }
         Op::ZeroPadding3D(o) => {
             let p = o.padding;
-            window_output(x, [-p[0], -p[2], -p[4]], out_shape)?
+            window_output(x, [-p[0], -p[2], -p[4]], PadMode::Zeros, out_shape)?
         }
         Op::GlobalAveragePooling3D(_) => global_average_forward(
             first(),
@@ -293,8 +294,15 @@ pub fn forward(
             (o.interpolation, o.align_corners),
             out_shape,
         )?,
-        Op::Cropping2D(o) => window_output(x, [0, o.cropping[0], o.cropping[2]], out_shape)?,
-        Op::ZeroPadding2D(o) => window_output(x, [0, -o.padding[0], -o.padding[2]], out_shape)?,
+        Op::Cropping2D(o) => window_output(
+            x,
+            [0, o.cropping[0], o.cropping[2]],
+            PadMode::Zeros,
+            out_shape,
+        )?,
+        Op::ZeroPadding2D(o) => {
+            window_output(x, [0, -o.padding[0], -o.padding[2]], o.mode, out_shape)?
+        }
         Op::Concatenate(o) => concat_forward(inputs, out_shape, o.axis),
         Op::Add(_) => merge_forward(inputs, out_shape, MergeFn::Add),
         Op::Multiply(_) => merge_forward(inputs, out_shape, MergeFn::Multiply),
@@ -679,6 +687,7 @@ pub fn backward(
             input_grads(window_grads(
                 &x_shape,
                 [c[0], c[2], c[4]],
+                PadMode::Zeros,
                 output,
                 &output_grad(grad),
             )?)
@@ -688,6 +697,7 @@ pub fn backward(
             input_grads(window_grads(
                 &x_shape,
                 [-p[0], -p[2], -p[4]],
+                PadMode::Zeros,
                 output,
                 &output_grad(grad),
             )?)
@@ -757,12 +767,14 @@ pub fn backward(
         Op::Cropping2D(o) => input_grads(window_grads(
             &x_shape,
             [0, o.cropping[0], o.cropping[2]],
+            PadMode::Zeros,
             output,
             &output_grad(grad),
         )?),
         Op::ZeroPadding2D(o) => input_grads(window_grads(
             &x_shape,
             [0, -o.padding[0], -o.padding[2]],
+            o.mode,
             output,
             &output_grad(grad),
         )?),
@@ -1469,11 +1481,14 @@ fn resize_grads(
 fn window_output(
     x: Option<&Tensor>,
     shift: [i64; 3],
+    mode: PadMode,
     out_shape: &[usize],
 ) -> Result<Vec<f32>, Unsupported> {
     let (data, shape) = x.map_or((&[][..], &[][..]), |t| (&t.data[..], &t.shape[..]));
     let mut y = vec![0.0f32; out_shape.iter().product()];
-    window_copy(spatial(shape)?, out_shape, shift, |s, d| y[d] = data[s])?;
+    window_copy(spatial(shape)?, out_shape, shift, mode, |s, d| {
+        y[d] = data[s]
+    })?;
     Ok(y)
 }
 
@@ -1481,12 +1496,14 @@ fn window_output(
 fn window_grads(
     x_shape: &[usize],
     shift: [i64; 3],
+    mode: PadMode,
     output: &Tensor,
     dy: &[f32],
 ) -> Result<Vec<f32>, Unsupported> {
     let mut dx = vec![0.0f32; x_shape.iter().product()];
-    window_copy(spatial(x_shape)?, &output.shape, shift, |s, d| {
-        dx[s] = dy[d]
+    // Reflect and replicate padding read an input pixel more than once: its gradients add up.
+    window_copy(spatial(x_shape)?, &output.shape, shift, mode, |s, d| {
+        dx[s] += dy[d]
     })?;
     Ok(dx)
 }
@@ -1694,10 +1711,11 @@ fn window_copy(
     (n, [d, h, w], c): (usize, [usize; 3], usize),
     out_shape: &[usize],
     shift: [i64; 3],
+    mode: PadMode,
     mut copy: impl FnMut(usize, usize),
 ) -> Result<(), Unsupported> {
     let (_, [od, oh, ow], _) = spatial(out_shape)?;
-    let inside = |p: i64, len: usize| (p >= 0 && p < len as i64).then_some(p as usize);
+    let inside = |p: i64, len: usize| mode.source(p, len);
     for item in 0..n {
         for oz in 0..od {
             let Some(z) = inside(oz as i64 + shift[0], d) else {

@@ -2,8 +2,13 @@
 an input and onnxruntime's output: tests/onnx_import.rs imports the .onnx with `unetc import`
 and compares unetc's CPU executor with onnxruntime.
 
-Run: PYTHONPATH=<dir with torch, segmentation_models_pytorch, monai> python3 generate.py
+Run: PYTHONPATH=<dir with torch, segmentation_models_pytorch, monai, dynamic_network_architectures>
+python3 generate.py [NAME...]
 Writes NAME.onnx and NAME.io.safetensors (input NCHW, output NCHW, float32) beside this file.
+For the models in STATE_DICT it also writes NAME.state_dict.safetensors
+(`safetensors.torch.save_file(model.state_dict(), ...)`, what a PyTorch user saves) and records
+PyTorch's own output as `torch_output` in the io file: tests/onnx_import.rs converts the state_dict
+with `unetc convert-weights --from pytorch` and compares with it.
 """
 import os
 import sys
@@ -14,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.numpy import save_file
+from safetensors.torch import save_file as save_torch_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 torch.manual_seed(0)
@@ -65,6 +71,24 @@ def randomize_bn(model):
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
+def randomize_affine(model):
+    """Distinct affine norm weights and PReLU slopes (their defaults are all ones, zeros or 0.25,
+    which would not show a module bound to the wrong layer)."""
+    g = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        if isinstance(m, (nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.PReLU)):
+            for p in m.parameters():
+                p.data.copy_(torch.rand(p.shape, generator=g) + 0.1)
+
+
+def unused_stages_dropped(model):
+    """smp keeps ResNet's deeper stages at any encoder_depth (11M parameters, 45 MB in a
+    state_dict); depth 2 never runs layer2..layer4, so the fixture replaces them by Identity."""
+    for name in ("layer2", "layer3", "layer4"):
+        setattr(model.encoder, name, nn.Identity())
+    return model
+
+
 def models():
     yield "plain_bilinear", lambda: PlainUNet("bilinear"), (1, 3, 64, 64)
     yield "plain_transpose", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
@@ -75,6 +99,7 @@ def models():
     yield "plain_hardswish", lambda: nn.Sequential(nn.Conv2d(3, 2, 1), nn.Hardswish()), (1, 3, 8, 8)
     # The newer exporter (torch.export + onnxscript, opset 18+), weights kept in the file.
     yield "plain_transpose_dynamo", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
+    yield "plain_sequential", sequential, (1, 3, 16, 16)
     try:
         import segmentation_models_pytorch as smp
     except ImportError as e:
@@ -87,6 +112,7 @@ def models():
         yield "smp_unet", lambda: smp.Unet(encoder_depth=3, decoder_channels=(16, 8, 4), **kw), (1, 3, 64, 64)
         yield "smp_unetplusplus", lambda: smp.UnetPlusPlus(encoder_depth=2, decoder_channels=(8, 4), **kw), (1, 3, 64, 64)
         yield "smp_linknet", lambda: smp.Linknet(encoder_depth=2, **kw), (1, 3, 64, 64)
+        yield "smp_unet_small", lambda: unused_stages_dropped(smp.Unet(encoder_depth=2, decoder_channels=(8, 4), **kw)), (1, 3, 32, 32)
     try:
         from monai.networks import nets
     except ImportError as e:
@@ -98,6 +124,27 @@ def models():
         yield "monai_dynunet", lambda: nets.DynUNet(2, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2], filters=[4, 8, 16]), (1, 1, 32, 32)
         yield "monai_attentionunet", lambda: nets.AttentionUnet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2)), (1, 1, 32, 32)
         yield "monai_unet3d", lambda: nets.UNet(3, 1, 2, channels=(2, 4), strides=(2,), num_res_units=1), (1, 1, 8, 8, 8)
+    try:
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+    except ImportError as e:
+        print("SKIP dynamic_network_architectures (nnU-Net):", e)
+    else:
+        # nnU-Net's networks as its plans build them: InstanceNorm (affine), LeakyReLU, strided
+        # convs down, transposed convs up; no deep supervision (one output). Not in STATE_DICT:
+        # their state_dicts hold each tensor under several names (`conv` and `all_modules.0`,
+        # `decoder.encoder.` and `encoder.`), which safetensors.torch.save_file refuses and
+        # save_model keeps under one name that need not be the one the ONNX export uses.
+        norm = {"eps": 1e-5, "affine": True}
+        act = (nn.LeakyReLU, {"inplace": True})
+        yield "nnunet_plain", lambda: PlainConvUNet(
+            1, 3, (4, 8, 16), nn.Conv2d, 3, (1, 2, 2), (2, 2, 2), 2, (2, 2), True,
+            nn.InstanceNorm2d, norm, None, None, *act, deep_supervision=False), (1, 1, 32, 32)
+        yield "nnunet_plain3d", lambda: PlainConvUNet(
+            1, 2, (2, 4), nn.Conv3d, 3, (1, 2), (1, 1), 2, (1,), True,
+            nn.InstanceNorm3d, norm, None, None, *act, deep_supervision=False), (1, 1, 8, 8, 8)
+        yield "nnunet_resenc", lambda: ResidualEncoderUNet(
+            1, 3, (4, 8, 16), nn.Conv2d, 3, (1, 2, 2), (1, 2, 2), 2, (1, 1), True,
+            nn.InstanceNorm2d, norm, None, None, *act, deep_supervision=False), (1, 1, 32, 32)
 
 
 class AlignCorners(nn.Module):
@@ -111,7 +158,21 @@ class AlignCorners(nn.Module):
         return F.interpolate(self.conv(x), scale_factor=2, mode="bilinear", align_corners=True)
 
 
-KEEP_BN = {"plain_bilinear", "smp_unet", "monai_attentionunet"}
+KEEP_BN = {"plain_bilinear", "plain_transpose", "plain_sequential", "smp_unet", "smp_unet_small",
+           "monai_attentionunet"}
+# The state_dict fixtures: their ONNX keeps BatchNormalization (KEEP_BN), so the imported spec has
+# one layer per PyTorch module with parameters.
+STATE_DICT = {"plain_transpose", "plain_sequential", "smp_unet_small", "monai_basicunet"}
+
+
+def sequential():
+    """Twelve modules: keys 10 and 11 sort after 9 only in numeric-aware order; the three 4->4
+    convolutions have the same shapes, so only the order tells them apart."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1), nn.PReLU(4), nn.Conv2d(4, 2, 1))
 
 
 class Kinds(nn.Module):
@@ -156,14 +217,18 @@ class Kinds3D(nn.Module):
 
 
 class ReflectPad(nn.Module):
-    """Reflection padding: unetc refuses it by name (not supported yet)."""
+    """PyTorch's padding modes beyond zeros: a conv with padding_mode="reflect", asymmetric
+    replicate padding (ONNX `edge`), nn.ReflectionPad2d, a conv with padding_mode="replicate"."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 2, 3, padding=1, padding_mode="reflect")
+        self.refl = nn.ReflectionPad2d((3, 0, 1, 2))
+        self.conv2 = nn.Conv2d(2, 2, 3, padding=2, dilation=2, padding_mode="replicate")
 
     def forward(self, x):
-        return self.conv(x)
+        y = F.pad(self.conv(x), (2, 1, 0, 3), mode="replicate")
+        return self.conv2(self.refl(y))
 
 
 def main():
@@ -174,6 +239,8 @@ def main():
         torch.manual_seed(0)
         model = make()
         randomize_bn(model)
+        if name in STATE_DICT or name.startswith("nnunet"):
+            randomize_affine(model)
         model.eval()
         x = torch.randn(*shape)
         path = os.path.join(HERE, name + ".onnx")
@@ -195,8 +262,11 @@ def main():
         with torch.no_grad():
             ref = model(x).numpy()
         print(f"{name}: {os.path.getsize(path)} bytes, onnxruntime vs torch {np.abs(y - ref).max():.2e}")
-        save_file({"input": x.numpy(), "output": y.astype(np.float32)},
-                  os.path.join(HERE, name + ".io.safetensors"))
+        io = {"input": x.numpy(), "output": y.astype(np.float32)}
+        if name in STATE_DICT:
+            io["torch_output"] = ref.astype(np.float32)
+            save_torch_file(model.state_dict(), os.path.join(HERE, name + ".state_dict.safetensors"))
+        save_file(io, os.path.join(HERE, name + ".io.safetensors"))
 
 
 if __name__ == "__main__":

@@ -815,9 +815,16 @@ pub fn zero_pad(
     out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
         let (n, oy) = (row / oh, row % oh);
         o.fill(0.0);
-        if oy >= t && oy - t < h {
-            let src = ((n * h + oy - t) * w) * c;
-            o[l * c..(l + w) * c].copy_from_slice(&x[src..src + w * c]);
+        let Some(sy) = op.mode.source(oy as i64 - t as i64, h) else {
+            return;
+        };
+        let src = ((n * h + sy) * w) * c;
+        o[l * c..(l + w) * c].copy_from_slice(&x[src..src + w * c]);
+        // Reflect / replicate: the columns outside the input, from its row.
+        for ox in (0..l).chain(l + w..ow) {
+            if let Some(sx) = op.mode.source(ox as i64 - l as i64, w) {
+                o.copy_within(((l + sx) * c)..((l + sx + 1) * c), ox * c);
+            }
         }
     });
 }

@@ -16,8 +16,8 @@ use super::tensor::Tensor;
 use super::{Precision, WeightSource};
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, ReduceFn, ScalarFn,
-    Subtract, TfCompute, WindowGeometry,
+    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, PadMode, ReduceFn,
+    ScalarFn, Subtract, TfCompute, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
@@ -1648,7 +1648,14 @@ impl<'g> CudaModel<'g> {
                     c,
                     ..whole
                 };
-                self.shift_window(arena, x, View::of(&self.plan, &slice, batch), 0, 0, batch)?;
+                self.shift_window(
+                    arena,
+                    x,
+                    View::of(&self.plan, &slice, batch),
+                    (0, 0),
+                    PadMode::Zeros,
+                    batch,
+                )?;
             }
             channel += c;
         }
@@ -1660,13 +1667,19 @@ impl<'g> CudaModel<'g> {
         arena: &mut CudaSlice<T>,
         x: View,
         y: View,
-        top: i32,
-        left: i32,
+        (top, left): (i32, i32),
+        mode: PadMode,
         batch: usize,
     ) -> Result<(), CudaError> {
         let nb = batch as i32;
-        // SAFETY: matches shift_window_<T>(void*, View, View, int, int, int); both windows lie
-        // inside the arena as planned.
+        // layers.cu's pad_source
+        let mode: i32 = match mode {
+            PadMode::Zeros => 0,
+            PadMode::Reflect => 1,
+            PadMode::Replicate => 2,
+        };
+        // SAFETY: matches shift_window_<T>(void*, View, View, int, int, int, int); both windows
+        // lie inside the arena as planned.
         unsafe {
             self.stream
                 .launch_builder(self.function::<T>("shift_window"))
@@ -1675,6 +1688,7 @@ impl<'g> CudaModel<'g> {
                 .arg(&y)
                 .arg(&top)
                 .arg(&left)
+                .arg(&mode)
                 .arg(&nb)
                 .launch(grid(y.elements(batch)))
                 .map_err(driver)?;
@@ -2145,24 +2159,33 @@ impl<'g> CudaModel<'g> {
             }
             Op::Cropping2D(op) => {
                 let (t, l) = (op.cropping[0] as i32, op.cropping[2] as i32);
-                self.shift_window(arena, x_view(0)?, y, t, l, batch)?;
+                self.shift_window(arena, x_view(0)?, y, (t, l), PadMode::Zeros, batch)?;
             }
             Op::ZeroPadding2D(op) => {
                 let (t, l) = (-(op.padding[0] as i32), -(op.padding[2] as i32));
-                self.shift_window(arena, x_view(0)?, y, t, l, batch)?;
+                self.shift_window(arena, x_view(0)?, y, (t, l), op.mode, batch)?;
             }
             // The identity at inference: a copy into the layer's own buffer.
             Op::Dropout(_)
             | Op::SpatialDropout2D(_)
             | Op::GaussianNoise(_)
             | Op::GaussianDropout(_)
-            | Op::FixedDropout(_) => self.shift_window(arena, x_view(0)?, y, 0, 0, batch)?,
+            | Op::FixedDropout(_) => {
+                self.shift_window(arena, x_view(0)?, y, (0, 0), PadMode::Zeros, batch)?
+            }
             Op::Permute(op) => self.permute::<T>(arena, id, &op.source_axes(), batch)?,
             Op::Flatten(_) | Op::Reshape(_) => {
                 let len: usize = in_shapes[0].iter().product();
                 let x = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
                 let yo = plan.base(&self.dense_window(id)?, batch) as i64;
-                self.shift_window(arena, View::flat(x, len), View::flat(yo, len), 0, 0, batch)?;
+                self.shift_window(
+                    arena,
+                    View::flat(x, len),
+                    View::flat(yo, len),
+                    (0, 0),
+                    PadMode::Zeros,
+                    batch,
+                )?;
             }
             // Only concatenations on another axis than the channels run a kernel.
             Op::Concatenate(op) => self.concat::<T>(arena, id, op.axis, batch)?,
@@ -2416,8 +2439,8 @@ impl<'g> CudaModel<'g> {
                     arena,
                     View::flat(x, items),
                     View::flat(yo, items),
-                    0,
-                    0,
+                    (0, 0),
+                    PadMode::Zeros,
                     batch,
                 )?;
                 self.softmax_in_place(arena, yo, outer, len, inner)?;

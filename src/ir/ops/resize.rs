@@ -121,16 +121,55 @@ impl LayerKind for Cropping2D {
     }
 }
 
+/// What ZeroPadding2D writes outside its input: zeros (Keras), or unetc's extensions for
+/// PyTorch's `padding_mode`: the input mirrored without repeating its edge (`reflect`, ONNX
+/// `reflect`) or its edge repeated (`replicate`, ONNX `edge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PadMode {
+    Zeros,
+    Reflect,
+    Replicate,
+}
+
+impl PadMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PadMode::Zeros => "constant",
+            PadMode::Reflect => "reflect",
+            PadMode::Replicate => "replicate",
+        }
+    }
+
+    /// The input index an output index `i` (relative to the input's start, so negative in the
+    /// leading padding) reads along an axis of `n` pixels; `None` where it reads a zero.
+    /// Reflect needs `n > padding` (checked by the shape rule).
+    pub fn source(self, i: i64, n: usize) -> Option<usize> {
+        let n = n as i64;
+        if (0..n).contains(&i) {
+            return Some(i as usize);
+        }
+        match self {
+            PadMode::Zeros => None,
+            PadMode::Reflect => {
+                let j = if i < 0 { -i } else { 2 * (n - 1) - i };
+                (0..n).contains(&j).then_some(j as usize)
+            }
+            PadMode::Replicate => Some(i.clamp(0, n - 1) as usize),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZeroPadding2D {
     /// top, bottom, left, right
     pub padding: [i64; 4],
+    pub mode: PadMode,
 }
 
 impl LayerKind for ZeroPadding2D {
     const CLASS: &'static str = "ZeroPadding2D";
     const POSITIONAL: &'static [&'static str] = &["padding", "data_format"];
-    const KNOWN: &'static [&'static str] = &["padding", "data_format"];
+    const KNOWN: &'static [&'static str] = &["padding", "data_format", "mode"];
     const IMPORTED_CONFIG: &'static [&'static str] = &["padding"];
 
     fn parse(r: &mut ArgReader) -> Self {
@@ -140,18 +179,57 @@ impl LayerKind for ZeroPadding2D {
             "channels_last",
             Some("channels_last"),
         );
+        let mode = match r
+            .choice(
+                "mode",
+                &["constant", "reflect", "replicate"],
+                "constant",
+                None,
+            )
+            .as_str()
+        {
+            "reflect" => PadMode::Reflect,
+            "replicate" => PadMode::Replicate,
+            _ => PadMode::Zeros,
+        };
         ZeroPadding2D {
             padding: r.four_or("padding", [1; 4]),
+            mode,
         }
     }
 
     fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
         let [h, w, c] = image(inputs, Self::CLASS)?;
         let [t, b, l, r] = self.padding;
+        if self.mode == PadMode::Reflect && (t.max(b) >= h || l.max(r) >= w) {
+            return Err(ShapeError::new(
+                "E-shape",
+                format!(
+                    "reflect padding by (top, bottom, left, right) {:?} needs an input larger than the padding on each side, but {{0}} is {h}x{w}",
+                    self.padding
+                ),
+                "too small to reflect",
+            )
+            .help("pad less, or use `mode: \"replicate\"`"));
+        }
         Ok(vec![h + t + b, w + l + r, c])
     }
 
     fn config(&self) -> Json {
-        json!({ "padding": nested(self.padding) })
+        let mut config = json!({ "padding": nested(self.padding) });
+        // Only where set: Keras's config has no such key.
+        if self.mode != PadMode::Zeros {
+            config["mode"] = json!(self.mode.name());
+        }
+        config
+    }
+
+    fn beyond_keras(&self) -> Option<&'static str> {
+        match self.mode {
+            PadMode::Zeros => None,
+            PadMode::Reflect | PadMode::Replicate => Some(
+                "reflect or replicate padding (PyTorch's padding_mode); Keras's ZeroPadding2D pads with zeros only",
+            ),
+        }
     }
 }

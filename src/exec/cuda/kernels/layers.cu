@@ -54,18 +54,28 @@ __device__ void upsample(T* arena, View x, View y, int SY, int SX, int bilinear,
 INSTANTIATE(upsample, (void* arena, View x, View y, int SY, int SX, int bilinear, int N),
             (, x, y, SY, SX, bilinear, N))
 
+// One axis of a padding outside x: mode 1 reflects without repeating the edge (needs n > pad),
+// mode 2 repeats the edge; mode 0 leaves it outside (a zero).
+__device__ int pad_source(int i, int n, int mode) {
+    if (i >= 0 && i < n) return i;
+    if (mode == 1) return i < 0 ? -i : 2 * (n - 1) - i;
+    if (mode == 2) return i < 0 ? 0 : n - 1;
+    return i;
+}
+
 // y[oy, ox] = x[oy + T, ox + L], zero outside x: Cropping2D (T, L >= 0), ZeroPadding2D
-// (T, L <= 0), and plain copies (T = L = 0: dropout, concat parts, flatten).
+// (T, L <= 0; `mode` as pad_source), and plain copies (T = L = 0: dropout, concat parts,
+// flatten).
 template <typename T>
-__device__ void shift_window(T* arena, View x, View y, int top, int left, int N) {
+__device__ void shift_window(T* arena, View x, View y, int top, int left, int mode, int N) {
     FOR_EACH_IN_VIEW(y, N)
-    int iy = oy + top, ix = ox + left;
+    int iy = pad_source(oy + top, x.h, mode), ix = pad_source(ox + left, x.w, mode);
     float v = 0.0f;
     if (iy >= 0 && iy < x.h && ix >= 0 && ix < x.w) v = load_elem(arena + view_at(x, n, iy, ix, c));
     store_elem(arena + view_at(y, n, oy, ox, c), v);
 }
-INSTANTIATE(shift_window, (void* arena, View x, View y, int top, int left, int N),
-            (, x, y, top, left, N))
+INSTANTIATE(shift_window, (void* arena, View x, View y, int top, int left, int mode, int N),
+            (, x, y, top, left, mode, N))
 
 // A concatenation on an axis other than the channels, dense: `outer` chunks of `len` values
 // go to offset `at` of chunks of `total` values.

@@ -82,6 +82,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("specs/shared_layers_unet.unet", "shared_layers_unet"),
         ("tests/golden/edge_fixed_dropout.unet", "edge_fixed_dropout"),
         ("tests/golden/edge_rescaling.unet", "edge_rescaling"),
+        ("tests/golden/edge_normalization.unet", "edge_normalization"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -104,7 +105,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 20);
+    assert_eq!(checked, 21);
 }
 
 #[test]
@@ -202,14 +203,14 @@ fn import_tells_custom_classes_from_keras_layers_it_lacks() {
             .to_string();
     assert!(snake.contains("whose call() is Python code"), "{snake}");
     assert!(!snake.contains("nearest"), "{snake}");
-    let normalization = unetc::interop::keras::import_json(&model("Normalization", "keras.layers"))
+    let unit = unetc::interop::keras::import_json(&model("UnitNormalization", "keras.layers"))
         .unwrap_err()
         .to_string();
     assert!(
-        normalization.contains("layer `act` is a Normalization, which unetc does not know"),
-        "{normalization}"
+        unit.contains("layer `act` is a UnitNormalization, which unetc does not know"),
+        "{unit}"
     );
-    assert!(!normalization.contains("custom"), "{normalization}");
+    assert!(!unit.contains("custom"), "{unit}");
 }
 
 #[test]

@@ -55,6 +55,7 @@ const SPECS: &[(&str, &str)] = &[
     ("fixed dropout", "conv2d(4, 1) -> fixed_dropout(0.4, noise_shape: (none, 1, 1, 1)) -> fixed_dropout(0.3, noise_shape: (none, 6, 1, 4)) -> fixed_dropout(0.2)"),
     ("rescaling", "rescaling(0.5, offset: -1) -> conv2d(4, 1) -> rescaling(-2.5, offset: 0.75) -> conv2d(2, 1)"),
     ("bilinear up, aligned corners", "up_sampling2d((2, 3), interpolation: bilinear, align_corners: true) -> conv2d(2, 3)"),
+    ("normalization", "normalization(axis: 3) -> conv2d(4, 1) -> normalization() -> conv2d(2, 1)"),
 ];
 
 struct Case {
@@ -146,6 +147,8 @@ fn gradients_match_finite_differences() {
         for name in &names {
             if name.ends_with("moving_variance")
                 || name.ends_with("moving_mean")
+                || name.ends_with("/variance")
+                || name.ends_with("/mean")
                 || name.ends_with("gamma")
             {
                 let t = weights.get(name).unwrap().clone();

@@ -55,6 +55,8 @@ SPECS = [
     "tests/golden/edge_fixed_dropout.unet",
     # Rescaling (`Rescaling(1. / 255)` on the input).
     "tests/golden/edge_rescaling.unet",
+    # Normalization (keras.applications' EfficientNet input: mean/variance weights).
+    "tests/golden/edge_normalization.unet",
 ]
 
 

@@ -22,7 +22,7 @@ use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::ops::{
     ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, NormLayout,
-    ReduceFn, ScalarFn, Subtract, TfCompute, WindowGeometry,
+    Normalization, ReduceFn, ScalarFn, Subtract, TfCompute, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
@@ -1259,6 +1259,38 @@ impl Exporter<'_> {
                 };
                 let slope = self.init_f32(format!("{name}/alpha"), dims, data);
                 self.node(name, "PRelu", vec![x(), slope], out, vec![]);
+            }
+            Op::Normalization(_) => {
+                // Keras's formula, (x - mean) / max(sqrt(variance), 1e-7), on the weights as
+                // they are, shaped [c, 1, ...] to broadcast in the NCHW body.
+                let c = *out_shape.last().unwrap_or(&1);
+                let mut dims = vec![c];
+                if image {
+                    dims.resize(out_shape.len(), 1);
+                }
+                let [mean, var] = ["mean", "variance"].map(|v| {
+                    let data = self.weight(id, v).unwrap_or_default();
+                    self.init_f32(self.graph.weight_name(id, v), dims.clone(), data)
+                });
+                let eps = self.scalar(format!("{name}/epsilon"), Normalization::EPSILON);
+                let [centred, std, denominator] =
+                    ["centred", "std", "denominator"].map(|v| format!("{name}/{v}"));
+                self.node(
+                    centred.clone(),
+                    "Sub",
+                    vec![x(), mean],
+                    centred.clone(),
+                    vec![],
+                );
+                self.node(std.clone(), "Sqrt", vec![var], std.clone(), vec![]);
+                self.node(
+                    denominator.clone(),
+                    "Max",
+                    vec![std, eps],
+                    denominator.clone(),
+                    vec![],
+                );
+                self.node(name, "Div", vec![centred, denominator], out, vec![]);
             }
             Op::GroupNormalization(_) | Op::LayerNormalization(_) => {
                 let layout = node

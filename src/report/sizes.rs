@@ -613,6 +613,7 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     | Op::LeakyReLU(_)
                     | Op::ELU(_)
                     | Op::Rescaling(_)
+                    | Op::Normalization(_)
                     | Op::PReLU(_)
                     | Op::Dropout(_)
                     | Op::SpatialDropout2D(_)

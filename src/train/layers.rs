@@ -6,7 +6,8 @@ use super::activations;
 use super::math::{add_column_sums, gemm, PatchMap};
 use crate::exec::Tensor;
 use crate::ir::ops::{
-    ActivationFn, Interpolation, MergeFn, NormLayout, Op, ReduceFn, TfCompute, WindowGeometry,
+    ActivationFn, Interpolation, MergeFn, NormLayout, Normalization, Op, ReduceFn, TfCompute,
+    WindowGeometry,
 };
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
@@ -108,6 +109,7 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         | Op::LeakyReLU(_)
         | Op::ELU(_)
         | Op::Rescaling(_)
+        | Op::Normalization(_)
         | Op::PReLU(_)
         | Op::AveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
@@ -331,6 +333,15 @@ pub fn forward(
             .map(|&v| if v > 0.0 { v } else { o.alpha as f32 * v })
             .collect(),
         Op::Rescaling(o) => first().iter().map(|&v| o.apply(v)).collect(),
+        Op::Normalization(_) => {
+            let (mean, var) = (&params[0], &params[1]);
+            let c = mean.len().max(1);
+            first()
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (v - mean[i % c]) / Normalization::denominator(var[i % c]))
+                .collect()
+        }
         Op::ELU(o) => first()
             .iter()
             .map(|&v| {
@@ -853,6 +864,20 @@ pub fn backward(
         Op::Rescaling(o) => {
             let scale = o.scale as f32;
             input_grads(output_grad(grad).iter().map(|g| g * scale).collect())
+        }
+        // The statistics are not trainable: no gradient for them.
+        Op::Normalization(_) => {
+            let var = &params[1];
+            let c = var.len().max(1);
+            let dx = output_grad(grad)
+                .iter()
+                .enumerate()
+                .map(|(i, &g)| g / Normalization::denominator(var[i % c]))
+                .collect();
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![None, None],
+            }
         }
         Op::ELU(o) => {
             let dy = output_grad(grad);

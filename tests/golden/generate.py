@@ -47,8 +47,10 @@ bytes) with Keras shape ``S`` and C-order (row-major) flat index ``i`` (0 <= i <
     pointwise_kernel  (as kernel)
     bias, beta        d * 0.2
     gamma             1.0 + 0.5 * d
-    moving_mean       0.2 * d
-    moving_variance   0.5 + u
+    moving_mean, mean 0.2 * d
+    moving_variance,
+    variance          0.5 + u
+    count             0.0 (Normalization's int64 sample count; unused at inference)
     alpha (PReLU)     0.25 + 0.5 * d
 
     fan_in: Conv2D kernel [kh, kw, in, out] -> kh*kw*in;  Dense kernel [in, out] -> in
@@ -140,10 +142,12 @@ def formula_values(name: str, shape, layer_class: str) -> np.ndarray:
         v = d * 0.2
     elif var == "gamma":
         v = 1.0 + 0.5 * d
-    elif var == "moving_mean":
+    elif var in ("moving_mean", "mean"):
         v = 0.2 * d
-    elif var == "moving_variance":
+    elif var in ("moving_variance", "variance"):
         v = 0.5 + u
+    elif var == "count":
+        v = 0.0 * u
     elif var == "alpha":
         v = 0.25 + 0.5 * d
     else:
@@ -180,10 +184,12 @@ def formula_scalar(name: str, shape, layer_class: str, i: int) -> float:
         v = d * 0.2
     elif var == "gamma":
         v = 1.0 + 0.5 * d
-    elif var == "moving_mean":
+    elif var in ("moving_mean", "mean"):
         v = 0.2 * d
-    elif var == "moving_variance":
+    elif var in ("moving_variance", "variance"):
         v = 0.5 + u
+    elif var == "count":
+        v = 0.0 * u
     elif var == "alpha":
         v = 0.25 + 0.5 * d
     else:
@@ -805,6 +811,21 @@ def edge_rescaling():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_normalization():
+    """Normalization as keras.applications' EfficientNets open: `Rescaling(1. / 255)` then
+    `Normalization(axis=3)` (weights mean/variance/count, non-trainable) before a same 3x3 conv;
+    `Normalization()` (axis -1) of a signed map (a linear 1x1 conv of the input). Flattened and
+    concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    a = L.Conv2D(4, 3, padding="same", activation="relu")(
+        L.Normalization(axis=3)(L.Rescaling(1.0 / 255)(inp)))
+    b = L.Normalization()(L.Conv2D(8, 1)(inp))
+    flat = [L.Flatten()(t) for t in (a, b)]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_reshape():
     """Reshape and Permute on signed 6x5 maps (linear 1x1 convs of the input): a
     squeeze-excitation block (GlobalAveragePooling2D -> Reshape((1, 1, 8)) -> Dense(2, relu) ->
@@ -975,7 +996,7 @@ def original_full_at(size: int):
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
-         edge_fixed_dropout, edge_rescaling]
+         edge_fixed_dropout, edge_rescaling, edge_normalization]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ use super::plan::{hwc, plan, reads_parts, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    Activation, Average, Concatenate, Maximum, Minimum, Multiply, Subtract, TfCompute,
+    Activation, Average, Concatenate, Maximum, Minimum, Multiply, Normalization, Subtract,
+    TfCompute,
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::fmt;
@@ -61,6 +62,11 @@ enum Prepared {
     ConvTranspose {
         kernel_t: Vec<f32>,
         bias: Option<Vec<f32>>,
+    },
+    /// Normalization: the mean and the denominator of each channel.
+    Standardize {
+        mean: Vec<f32>,
+        denominator: Vec<f32>,
     },
     Norm {
         gamma: Option<Vec<f32>>,
@@ -167,6 +173,13 @@ impl<'g> CpuModel<'g> {
                         beta,
                         mean: mean.unwrap_or_default(),
                         var: var.unwrap_or_default(),
+                    }
+                }
+                Op::Normalization(_) => {
+                    let var = w.pop().unwrap_or_default();
+                    Prepared::Standardize {
+                        mean: w.pop().unwrap_or_default(),
+                        denominator: var.into_iter().map(Normalization::denominator).collect(),
                     }
                 }
                 Op::Dense(_) => Prepared::Dense {
@@ -601,6 +614,9 @@ impl<'g> CpuModel<'g> {
                 mean,
                 var,
             ),
+            (Op::Normalization(_), Prepared::Standardize { mean, denominator }) => {
+                kernels::standardize(ins[0], out, mean, denominator)
+            }
             (Op::Dense(op), Prepared::Dense { kernel, bias }) => {
                 let n_in = in_shapes[0].last().copied().unwrap_or(1);
                 let rows = ins[0].len() / n_in.max(1);
@@ -764,6 +780,7 @@ impl<'g> CpuModel<'g> {
             (
                 Op::Conv2DTranspose(_)
                 | Op::BatchNormalization(_)
+                | Op::Normalization(_)
                 | Op::Dense(_)
                 | Op::PReLU(_)
                 | Op::GroupNormalization(_)

@@ -51,6 +51,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "permute",
     "add",
     "batch_norm",
+    "standardize",
     "activation",
     "relu_layer",
     "scalar_op",
@@ -951,6 +952,7 @@ impl<'g> CudaModel<'g> {
             | Op::LeakyReLU(_)
             | Op::ELU(_)
             | Op::Rescaling(_)
+            | Op::Normalization(_)
             | Op::PReLU(_)
             | Op::AveragePooling2D(_)
             | Op::GlobalMaxPooling2D(_)
@@ -2332,6 +2334,22 @@ impl<'g> CudaModel<'g> {
                         .arg(&w.tensors[2])
                         .arg(&w.tensors[3])
                         .arg(&eps)
+                        .arg(&nb)
+                        .launch(grid(n_out))
+                        .map_err(driver)?;
+                }
+            }
+            Op::Normalization(_) => {
+                let w = self.weights_of(id)?;
+                let x = x_view(0)?;
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("standardize"))
+                        .arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y)
+                        .arg(&w.tensors[0])
+                        .arg(&w.tensors[1])
                         .arg(&nb)
                         .launch(grid(n_out))
                         .map_err(driver)?;

@@ -30,7 +30,9 @@ pub use dense::{Dense, Flatten};
 pub use input::Input;
 pub use keywords::{ActivationFn, Interpolation, Keyword, Padding, TfFunction};
 pub use merge::{Add, Average, Concatenate, Maximum, MergeFn, Minimum, Multiply, Subtract};
-pub use norm::{BatchNormalization, GroupNormalization, LayerNormalization, NormLayout};
+pub use norm::{
+    BatchNormalization, GroupNormalization, LayerNormalization, NormLayout, Normalization,
+};
 pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D};
 pub use reshape::{Permute, Reshape};
 pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
@@ -137,6 +139,11 @@ pub trait LayerKind {
     fn beyond_keras(&self) -> Option<&'static str> {
         None
     }
+    /// Bytes of one value of the weight `weight` (Keras keeps every weight in float32 but
+    /// Normalization's int64 `count`); the summary's byte totals add them up.
+    fn value_bytes(&self, _weight: &str) -> u64 {
+        4
+    }
     /// How many inputs the layer takes: `(min, max)`.
     fn arity() -> (usize, usize) {
         (1, 1)
@@ -227,6 +234,10 @@ macro_rules! ops {
                 match self { $(Op::$variant(op) => op.built_config(inputs)),* }
             }
 
+            pub fn value_bytes(&self, weight: &str) -> u64 {
+                match self { $(Op::$variant(op) => op.value_bytes(weight)),* }
+            }
+
             pub fn arity(&self) -> (usize, usize) {
                 match self { $(Op::$variant(_) => $variant::arity()),* }
             }
@@ -286,6 +297,7 @@ ops! {
     GlobalAveragePooling3D: "global_average_pooling3d",
     FixedDropout: "fixed_dropout",
     Rescaling: "rescaling",
+    Normalization: "normalization",
 }
 
 impl Op {
@@ -321,6 +333,7 @@ impl Op {
             | Op::LeakyReLU(_)
             | Op::ELU(_)
             | Op::Rescaling(_)
+            | Op::Normalization(_)
             | Op::PReLU(_)
             | Op::AveragePooling2D(_)
             | Op::GlobalMaxPooling2D(_)

@@ -83,6 +83,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_fixed_dropout.unet", "edge_fixed_dropout"),
         ("tests/golden/edge_rescaling.unet", "edge_rescaling"),
         ("tests/golden/edge_normalization.unet", "edge_normalization"),
+        ("tests/golden/edge_tfreshape.unet", "edge_tfreshape"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -105,7 +106,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 21);
+    assert_eq!(checked, 22);
 }
 
 #[test]

@@ -57,6 +57,8 @@ SPECS = [
     "tests/golden/edge_rescaling.unet",
     # Normalization (keras.applications' EfficientNet input: mean/variance weights).
     "tests/golden/edge_normalization.unet",
+    # tf.image.resize, tf.expand_dims, tf.squeeze, tf.reshape.
+    "tests/golden/edge_tfreshape.unet",
 ]
 
 

@@ -431,6 +431,19 @@ impl PythonExporter<'_> {
                 TfCompute::ReduceChannels(_) => {
                     format!("{}, axis={}, keepdims=True", inputs[0], op.axis)
                 }
+                TfCompute::Reshape if op.function == TfFunction::Reshape => {
+                    let dims: Vec<String> = op.shape.iter().map(i64::to_string).collect();
+                    format!("{}, shape=[{}]", inputs[0], dims.join(", "))
+                }
+                TfCompute::Reshape => format!("{}, axis={}", inputs[0], op.axis),
+                TfCompute::Resize(method) => {
+                    let [h, w] = op.size.unwrap_or([0, 0]);
+                    format!(
+                        "{}, size=[{h}, {w}], method={:?}",
+                        inputs[0],
+                        method.keras_name()
+                    )
+                }
             };
             let _ = writeln!(
                 out,
@@ -739,6 +752,18 @@ fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<Stri
                     args.push(format!("axis: {}", a[0]))
                 }
                 ("keepdims", Json::Bool(b)) => args.push(format!("keepdims: {b}")),
+                // tf.reshape's shape and tf.image.resize's size: lists of whole numbers.
+                ("shape" | "size", Json::Array(a)) if a.iter().all(Json::is_i64) => {
+                    let dims: Vec<String> = a.iter().map(Json::to_string).collect();
+                    args.push(format!("{key}: ({})", dims.join(", ")))
+                }
+                ("method", Json::String(m)) => {
+                    args.push(format!("method: {}", crate::emit::dsl::string_literal(m)))
+                }
+                // TensorFlow's defaults of tf.image.resize, which unetc computes.
+                ("antialias" | "preserve_aspect_ratio", Json::Bool(false)) => {}
+                // The name of the TensorFlow op inside the layer (not the layer's name).
+                ("name", Json::String(_)) => {}
                 (other, v) => {
                     return Err(err(format!(
                         "is called with `{other}={v}`, which unetc does not model"

@@ -233,9 +233,11 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
             TfCompute::Merge(MergeFn::Multiply) => Edge::Gate,
             TfCompute::Merge(_) => Edge::Merge,
             TfCompute::Concat(_) => Edge::Concat,
-            TfCompute::Activation(_) | TfCompute::Scalar(_) | TfCompute::ReduceChannels(_) => {
-                Edge::Other
-            }
+            TfCompute::Resize(_) => Edge::Up,
+            TfCompute::Activation(_)
+            | TfCompute::Scalar(_)
+            | TfCompute::ReduceChannels(_)
+            | TfCompute::Reshape => Edge::Other,
         },
         // One-input layers in this group fold into the box before them and get no arrow.
         Op::Input(_)

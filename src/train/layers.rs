@@ -87,7 +87,9 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
             TfCompute::Merge(_)
             | TfCompute::Concat(_)
             | TfCompute::Scalar(_)
-            | TfCompute::ReduceChannels(_) => None,
+            | TfCompute::ReduceChannels(_)
+            | TfCompute::Reshape
+            | TfCompute::Resize(_) => None,
         },
         Op::Input(_)
         | Op::MaxPooling2D(_)
@@ -312,6 +314,18 @@ pub fn forward(
             TfCompute::ReduceChannels(f) => {
                 let c = inputs[0].shape.last().copied().unwrap_or(1).max(1);
                 first().chunks(c).map(|p| f.apply(p)).collect()
+            }
+            TfCompute::Reshape => first().to_vec(),
+            TfCompute::Resize(_) => {
+                let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
+                let x_shape = shape(&inputs[0].shape[1..]);
+                let up = o.as_up_sampling(&x_shape, &shape(&out_shape[1..]));
+                resize_output(
+                    x,
+                    [1, up.size[0], up.size[1]],
+                    (up.interpolation, up.align_corners),
+                    out_shape,
+                )?
             }
         },
         Op::Activation(o) => activations::apply(o.activation, first(), channels(out_shape)),
@@ -822,6 +836,18 @@ pub fn backward(
                     }
                 }
                 input_grads(dx)
+            }
+            TfCompute::Reshape => input_grads(output_grad(grad)),
+            TfCompute::Resize(_) => {
+                let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
+                let up = o.as_up_sampling(&shape(&x_shape[1..]), &shape(&output.shape[1..]));
+                input_grads(resize_grads(
+                    &x_shape,
+                    [1, up.size[0], up.size[1]],
+                    (up.interpolation, up.align_corners),
+                    output,
+                    &output_grad(grad),
+                )?)
             }
         },
         Op::Activation(o) => input_grads(pre_grad(o.activation, grad, Some(first()))),

@@ -826,6 +826,30 @@ def edge_normalization():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_tfreshape():
+    """TensorFlow functions that reshape and resize, on signed 6x5 maps (linear 1x1 convs of
+    the input): tf.image.resize to whole multiples (bilinear 12x10, nearest 18x5; half-pixel
+    centres, no antialias), tf.squeeze of the channel then tf.expand_dims and tf.reshape back
+    (a hand-written U-Net's head), and keras-unet-collection's ResUNet-a ASPP pooling branch
+    (GlobalAveragePooling2D then tf.expand_dims twice: (C,) to (1, 1, C)). Flattened and
+    concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(4, 1)(inp)
+    head = L.Conv2D(1, 1)(inp)
+    pooled = L.GlobalAveragePooling2D()(x)
+    branches = [
+        tf.image.resize(x, (12, 10), method="bilinear"),
+        tf.image.resize(x, (18, 5), method="nearest"),
+        tf.reshape(tf.expand_dims(tf.squeeze(head, axis=-1), axis=-1), (-1, 6, 5, 1)),
+        tf.expand_dims(tf.expand_dims(pooled, axis=1), axis=1),
+        tf.expand_dims(tf.squeeze(head, axis=3), axis=1),
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_reshape():
     """Reshape and Permute on signed 6x5 maps (linear 1x1 convs of the input): a
     squeeze-excitation block (GlobalAveragePooling2D -> Reshape((1, 1, 8)) -> Dense(2, relu) ->
@@ -996,7 +1020,8 @@ def original_full_at(size: int):
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
-         edge_fixed_dropout, edge_rescaling, edge_normalization]
+         edge_fixed_dropout, edge_rescaling, edge_normalization,
+         edge_tfreshape]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

@@ -669,6 +669,12 @@ impl<'g> CpuModel<'g> {
                         *o = f.apply(pixel);
                     }
                 }
+                TfCompute::Reshape => out.copy_from_slice(ins[0]),
+                TfCompute::Resize(_) => {
+                    let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
+                    let up = op.as_up_sampling(&shape(&in_shapes[0]), &shape(out_shape));
+                    kernels::upsample(&up, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
+                }
             },
             (Op::Multiply(_), _) => {
                 kernels::merge(Multiply::FUNCTION, ins, in_shapes, out, out_shape, batch)

@@ -17,7 +17,7 @@ use super::{Precision, WeightSource};
 use crate::infer::Inferred;
 use crate::ir::ops::{
     ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, ReduceFn, ScalarFn,
-    Subtract, TfCompute, WindowGeometry,
+    Subtract, TfCompute, UpSampling2D, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
@@ -1657,6 +1657,55 @@ impl<'g> CudaModel<'g> {
         Ok(())
     }
 
+    /// The same values in another shape (Flatten, Reshape, tf.reshape and kin): a flat copy
+    /// between dense windows.
+    fn flat_copy<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        id: NodeId,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let input = self.graph.node(id).inputs[0];
+        let len: usize = self.shape(input).iter().product();
+        let x = self.plan.base(&self.dense_window(input)?, batch) as i64;
+        let y = self.plan.base(&self.dense_window(id)?, batch) as i64;
+        self.shift_window(arena, View::flat(x, len), View::flat(y, len), 0, 0, batch)
+    }
+
+    fn shape_i64(&self, id: NodeId) -> Vec<i64> {
+        self.shape(id).iter().map(|&d| d as i64).collect()
+    }
+
+    /// UpSampling2D by whole factors (and tf.image.resize to whole multiples).
+    fn upsample<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        x: View,
+        y: View,
+        op: &UpSampling2D,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let ints = [
+            op.size[0] as i32,
+            op.size[1] as i32,
+            // 0 nearest, 1 bilinear (half-pixel), 2 bilinear with aligned corners
+            match op.interpolation {
+                Interpolation::Nearest => 0,
+                Interpolation::Bilinear => 1 + i32::from(op.align_corners),
+            },
+            batch as i32,
+        ];
+        let mut b = self.stream.launch_builder(self.function::<T>("upsample"));
+        b.arg(arena).arg(&x).arg(&y);
+        for v in &ints {
+            b.arg(v);
+        }
+        // SAFETY: matches upsample_<T>(void*, View, View, int, int, int, int); both windows
+        // lie inside the arena as planned.
+        unsafe { b.launch(grid(y.elements(batch))).map_err(driver)? };
+        Ok(())
+    }
+
     fn shift_window<T: Element>(
         &self,
         arena: &mut CudaSlice<T>,
@@ -2126,25 +2175,7 @@ impl<'g> CudaModel<'g> {
                 let window = [op.geometry(0, h, oh), op.geometry(1, wd, ow)];
                 self.pool::<T>(arena, "average_pool", x_view(0)?, y, window, batch)?;
             }
-            Op::UpSampling2D(op) => {
-                let x = x_view(0)?;
-                let ints = [
-                    op.size[0] as i32,
-                    op.size[1] as i32,
-                    // 0 nearest, 1 bilinear (half-pixel), 2 bilinear with aligned corners
-                    match op.interpolation {
-                        Interpolation::Nearest => 0,
-                        Interpolation::Bilinear => 1 + i32::from(op.align_corners),
-                    },
-                    nb,
-                ];
-                let mut b = stream.launch_builder(self.function::<T>("upsample"));
-                b.arg(&mut *arena).arg(&x).arg(&y);
-                for v in &ints {
-                    b.arg(v);
-                }
-                unsafe { b.launch(grid(n_out)).map_err(driver)? };
-            }
+            Op::UpSampling2D(op) => self.upsample::<T>(arena, x_view(0)?, y, op, batch)?,
             Op::Cropping2D(op) => {
                 let (t, l) = (op.cropping[0] as i32, op.cropping[2] as i32);
                 self.shift_window(arena, x_view(0)?, y, t, l, batch)?;
@@ -2160,12 +2191,7 @@ impl<'g> CudaModel<'g> {
             | Op::GaussianDropout(_)
             | Op::FixedDropout(_) => self.shift_window(arena, x_view(0)?, y, 0, 0, batch)?,
             Op::Permute(op) => self.permute::<T>(arena, id, &op.source_axes(), batch)?,
-            Op::Flatten(_) | Op::Reshape(_) => {
-                let len: usize = in_shapes[0].iter().product();
-                let x = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
-                let yo = plan.base(&self.dense_window(id)?, batch) as i64;
-                self.shift_window(arena, View::flat(x, len), View::flat(yo, len), 0, 0, batch)?;
-            }
+            Op::Flatten(_) | Op::Reshape(_) => self.flat_copy(arena, id, batch)?,
             // Only concatenations on another axis than the channels run a kernel.
             Op::Concatenate(op) => self.concat::<T>(arena, id, op.axis, batch)?,
             Op::TFOpLambda(op) => match op.computes() {
@@ -2217,6 +2243,12 @@ impl<'g> CudaModel<'g> {
                             .launch(grid(n_out))
                             .map_err(driver)?;
                     }
+                }
+                TfCompute::Reshape => self.flat_copy(arena, id, batch)?,
+                TfCompute::Resize(_) => {
+                    let up =
+                        op.as_up_sampling(&self.shape_i64(node.inputs[0]), &self.shape_i64(id));
+                    self.upsample::<T>(arena, x_view(0)?, y, &up, batch)?
                 }
             },
             Op::Add(_) => {

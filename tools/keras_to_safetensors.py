@@ -74,6 +74,8 @@ WEIGHTLESS = {
     # The efficientnet package's Dropout (segmentation_models' EfficientNet encoders).
     "FixedDropout",
     "Rescaling",
+    # keras-unet-collection's GELU layer (its module is checked).
+    "GELU",
     "Reshape",
     "Permute",
     # TensorFlow functions applied to tensors (`x + y`, tf.concat); unetc checks the function.
@@ -147,6 +149,9 @@ def _check_config(layer, cls: str) -> None:
         if axes != list(range(4 - len(axes), 4)):
             raise UnsupportedModel(f"{where} normalizes axes {cfg['axis']!r}; unetc normalizes a "
                                    "trailing run of axes (-1, [2, 3], [1, 2, 3])")
+    if cls == "GELU" and type(layer).__module__ != "keras_unet_collection.activations":
+        raise UnsupportedModel(f"{where} comes from {type(layer).__module__}; unetc knows "
+                               "keras-unet-collection's GELU (keras_unet_collection.activations)")
     if cls == "Normalization":
         rank = len(layer.input_shape)
         axis = tuple(cfg.get("axis") or ())

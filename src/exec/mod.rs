@@ -148,6 +148,7 @@ pub fn weight_slots(op: &Op) -> &'static [&'static str] {
         | Op::LeakyReLU(_)
         | Op::ELU(_)
         | Op::Rescaling(_)
+        | Op::GELU(_)
         | Op::AveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)

@@ -3,7 +3,7 @@
 //! `unetc import model.json` reads a functional model's `to_json()` and writes a DSL spec.
 
 use crate::infer::Inferred;
-use crate::ir::ops::{FixedDropout, LayerKind, TFOpLambda, TfCompute, TfFunction};
+use crate::ir::ops::{FixedDropout, LayerKind, TFOpLambda, TfCompute, TfFunction, GELU};
 use crate::ir::{Graph, Op};
 use serde_json::Value as Json;
 use std::fmt::Write;
@@ -70,6 +70,11 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
             out,
             "\n\nclass FixedDropout(layers.Dropout):\n    def _get_noise_shape(self, inputs):\n        if self.noise_shape is None:\n            return None\n        dynamic = tf.shape(inputs)\n        return tuple(dynamic[i] if d is None else d for i, d in enumerate(self.noise_shape))"
         );
+    }
+    if graph.nodes.iter().any(|n| n.op.class_name() == GELU::CLASS) {
+        // keras-unet-collection's own class (`pip install keras-unet-collection`): its
+        // to_json() names the module that `unetc import` reads it by.
+        let _ = writeln!(out, "from keras_unet_collection.activations import GELU");
     }
     let _ = writeln!(out, "\n");
     let exporter = PythonExporter {
@@ -384,7 +389,7 @@ impl PythonExporter<'_> {
             args.push("trainable=False".into());
         }
         // Classes from outside Keras are defined in the generated code itself.
-        let module = if node.op.class_name() == FixedDropout::CLASS {
+        let module = if [FixedDropout::CLASS, GELU::CLASS].contains(&node.op.class_name()) {
             ""
         } else {
             "layers."
@@ -677,8 +682,9 @@ fn unknown_layer(
         let module = module.unwrap_or_default();
         let nearest = match class {
             "GELU" | "Gelu" => {
-                "; the nearest known kind is `activation(gelu)` (Keras's exact erf form; \
-                 keras-unet-collection's GELU is the tanh approximation, up to 5e-4 apart)"
+                "; the nearest known kinds are `activation(gelu)` (Keras's exact erf form) and \
+                 `gelu()` (keras-unet-collection's GELU layer, the tanh approximation; up to \
+                 5e-4 apart): check which one the class computes"
             }
             _ => "",
         };
@@ -1143,13 +1149,13 @@ impl Importer {
                 let _ = writeln!(out, "  {var} = {source}{block}({})", args.join(", "));
                 return Ok(());
             }
-            let Some((kind, keys)) = Op::for_keras_class(class) else {
+            let module = layer.get("module").and_then(Json::as_str);
+            let Some((kind, keys)) = Op::for_keras_class(class, module) else {
                 let others: Vec<&str> = layers[i + 1..]
                     .iter()
                     .filter(|l| class_of(l) == Some(class))
                     .filter_map(layer_name)
                     .collect();
-                let module = layer.get("module").and_then(Json::as_str);
                 return Err(unknown_layer(&at, lname, class, module, &others));
             };
             if lc

@@ -1288,6 +1288,44 @@ impl Exporter<'_> {
                 let slope = self.init_f32(format!("{name}/alpha"), dims, data);
                 self.node(name, "PRelu", vec![x(), slope], out, vec![]);
             }
+            Op::GELU(_) => {
+                // 0.5 x (1 + tanh(c (x + a x^3))), as keras-unet-collection computes it.
+                let [a, c, one, half] = [
+                    ("a", 0.044715f32),
+                    ("c", 0.797_884_6),
+                    ("one", 1.0),
+                    ("half", 0.5),
+                ]
+                .map(|(k, v)| self.scalar(format!("{name}/{k}"), v));
+                let steps: [(&str, &str, Vec<String>); 7] = [
+                    ("x2", "Mul", vec![x(), x()]),
+                    ("x3", "Mul", vec![format!("{name}/x2"), x()]),
+                    ("ax3", "Mul", vec![format!("{name}/x3"), a]),
+                    ("inner", "Add", vec![x(), format!("{name}/ax3")]),
+                    ("u", "Mul", vec![format!("{name}/inner"), c]),
+                    ("t", "Tanh", vec![format!("{name}/u")]),
+                    ("one_plus", "Add", vec![format!("{name}/t"), one]),
+                ];
+                for (value, op_type, inputs) in steps {
+                    let v = format!("{name}/{value}");
+                    self.node(v.clone(), op_type, inputs, v, vec![]);
+                }
+                let half_x = format!("{name}/half_x");
+                self.node(
+                    half_x.clone(),
+                    "Mul",
+                    vec![x(), half],
+                    half_x.clone(),
+                    vec![],
+                );
+                self.node(
+                    name.clone(),
+                    "Mul",
+                    vec![half_x, format!("{name}/one_plus")],
+                    out,
+                    vec![],
+                );
+            }
             Op::Normalization(_) => {
                 // Keras's formula, (x - mean) / max(sqrt(variance), 1e-7), on the weights as
                 // they are, shaped [c, 1, ...] to broadcast in the NCHW body.

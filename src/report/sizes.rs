@@ -633,6 +633,7 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     | Op::LeakyReLU(_)
                     | Op::ELU(_)
                     | Op::Rescaling(_)
+                    | Op::GELU(_)
                     | Op::Normalization(_)
                     | Op::PReLU(_)
                     | Op::Dropout(_)

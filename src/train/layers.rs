@@ -7,7 +7,7 @@ use super::math::{add_column_sums, gemm, PatchMap};
 use crate::exec::Tensor;
 use crate::ir::ops::{
     ActivationFn, Interpolation, MergeFn, NormLayout, Normalization, Op, ReduceFn, TfCompute,
-    WindowGeometry,
+    WindowGeometry, GELU,
 };
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
@@ -111,6 +111,7 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         | Op::LeakyReLU(_)
         | Op::ELU(_)
         | Op::Rescaling(_)
+        | Op::GELU(_)
         | Op::Normalization(_)
         | Op::PReLU(_)
         | Op::AveragePooling2D(_)
@@ -347,6 +348,7 @@ pub fn forward(
             .map(|&v| if v > 0.0 { v } else { o.alpha as f32 * v })
             .collect(),
         Op::Rescaling(o) => first().iter().map(|&v| o.apply(v)).collect(),
+        Op::GELU(_) => first().iter().map(|&v| GELU::apply(v)).collect(),
         Op::Normalization(_) => {
             let (mean, var) = (&params[0], &params[1]);
             let c = mean.len().max(1);
@@ -891,6 +893,13 @@ pub fn backward(
             let scale = o.scale as f32;
             input_grads(output_grad(grad).iter().map(|g| g * scale).collect())
         }
+        Op::GELU(_) => input_grads(
+            output_grad(grad)
+                .iter()
+                .zip(first())
+                .map(|(&g, &x)| g * GELU::derivative(x))
+                .collect(),
+        ),
         // The statistics are not trainable: no gradient for them.
         Op::Normalization(_) => {
             let var = &params[1];

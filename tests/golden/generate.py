@@ -5,6 +5,7 @@ Run from anywhere (it writes next to itself)::
 
     pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 safetensors numpy
     pip install --no-deps efficientnet==1.0.0   # edge_fixed_dropout: its FixedDropout class
+    pip install keras-unet-collection==0.1.13      # edge_gelu: its GELU class
     python tests/golden/generate.py            # all models
     python tests/golden/generate.py edge_conv  # only some
 
@@ -850,6 +851,23 @@ def edge_tfreshape():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_gelu():
+    """keras-unet-collection's GELU layer (the tanh approximation, its own class; needs the
+    keras-unet-collection package) on signed maps (linear 1x1 convs of the input, one scaled
+    up so that tanh saturates), and after a same 3x3 conv as its U-Nets use it. Flattened and
+    concatenated."""
+    tf = _tf()
+    from keras_unet_collection.activations import GELU
+
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    a = GELU()(L.Conv2D(8, 1)(inp))
+    b = GELU()(L.Rescaling(4.0)(L.Conv2D(4, 1)(inp)))
+    c = GELU()(L.Conv2D(4, 3, padding="same")(inp))
+    flat = [L.Flatten()(t) for t in (a, b, c)]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_reshape():
     """Reshape and Permute on signed 6x5 maps (linear 1x1 convs of the input): a
     squeeze-excitation block (GlobalAveragePooling2D -> Reshape((1, 1, 8)) -> Dense(2, relu) ->
@@ -1021,7 +1039,7 @@ SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_s
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
          edge_fixed_dropout, edge_rescaling, edge_normalization,
-         edge_tfreshape]
+         edge_tfreshape, edge_gelu]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

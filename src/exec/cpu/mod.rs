@@ -10,7 +10,7 @@ use super::tensor::Tensor;
 use crate::infer::Inferred;
 use crate::ir::ops::{
     Activation, Average, Concatenate, Maximum, Minimum, Multiply, Normalization, Subtract,
-    TfCompute,
+    TfCompute, GELU,
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::fmt;
@@ -218,6 +218,7 @@ impl<'g> CpuModel<'g> {
                 | Op::LeakyReLU(_)
                 | Op::ELU(_)
                 | Op::Rescaling(_)
+                | Op::GELU(_)
                 | Op::AveragePooling2D(_)
                 | Op::GlobalMaxPooling2D(_)
                 | Op::SpatialDropout2D(_)
@@ -693,6 +694,11 @@ impl<'g> CpuModel<'g> {
             }
             (Op::LeakyReLU(op), _) => kernels::leaky_relu(op.alpha as f32, ins[0], out),
             (Op::ELU(op), _) => kernels::elu(op.alpha as f32, ins[0], out),
+            (Op::GELU(_), _) => {
+                for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
+                    *o = GELU::apply(x);
+                }
+            }
             (Op::Rescaling(op), _) => {
                 for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
                     *o = op.apply(x);

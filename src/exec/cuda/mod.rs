@@ -471,6 +471,9 @@ fn merge_code(function: MergeFn) -> i32 {
     }
 }
 
+/// keras-unet-collection's GELU layer in the kernels' `activate` (ACT_GELU_TANH).
+const GELU_TANH_CODE: i32 = 16;
+
 /// Keras activations as the kernels' codes (kernels/common.cuh).
 pub fn activation_code(activation: ActivationFn) -> i32 {
     match activation {
@@ -952,6 +955,7 @@ impl<'g> CudaModel<'g> {
             | Op::LeakyReLU(_)
             | Op::ELU(_)
             | Op::Rescaling(_)
+            | Op::GELU(_)
             | Op::Normalization(_)
             | Op::PReLU(_)
             | Op::AveragePooling2D(_)
@@ -2307,6 +2311,7 @@ impl<'g> CudaModel<'g> {
                         .map_err(driver)?;
                 }
             }
+            Op::GELU(_) => self.elementwise(arena, x_view(0)?, y, GELU_TANH_CODE, batch)?,
             Op::Rescaling(op) => {
                 // As Keras: the product (scalar_op multiply), rounded, then the sum (scalar_op
                 // add, in place).

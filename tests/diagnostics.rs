@@ -1119,6 +1119,35 @@ fn tf_op_constants_and_reductions_are_refused_where_tensorflow_differs() {
 }
 
 #[test]
+fn normalization_forms_unetc_does_not_run_are_refused() {
+    let cases = [
+        (
+            "x -> normalization(mean: 0.5, variance: 2.0)",
+            "argument `mean`: unetc reads the statistics from the layer's weights",
+        ),
+        (
+            "x -> normalization(invert: true)",
+            "argument `invert`: unetc runs the normalization, not its inverse",
+        ),
+        (
+            "x -> normalization(axis: 1)",
+            "unetc normalises the channel axis only (axis -1 or 3), not 1",
+        ),
+    ];
+    for (line, want) in cases {
+        let out = check(
+            "norm.unet",
+            &format!("model {{\n  input 4x4x2\n  x = conv2d(2, 1)\n  {line}\n}}\n"),
+        );
+        assert!(out.contains(want), "{line}: missing {want:?} in:\n{out}");
+        assert!(
+            out.contains("norm.unet:4:"),
+            "{line}: not pointed at:\n{out}"
+        );
+    }
+}
+
+#[test]
 fn tf_op_reshapes_and_resize_are_refused_where_they_cannot_run() {
     let cases = [
         (

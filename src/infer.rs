@@ -15,6 +15,9 @@ pub struct LayerInfo {
     pub weights: Vec<WeightSpec>,
     pub trainable_params: u64,
     pub non_trainable_params: u64,
+    /// The bytes of those parameters, as Keras sums them (float32 but for int64 counters).
+    pub trainable_bytes: u64,
+    pub non_trainable_bytes: u64,
     pub macs: u64,
 }
 
@@ -41,6 +44,9 @@ pub struct Totals {
     pub params: u64,
     pub trainable: u64,
     pub non_trainable: u64,
+    /// The parameters' bytes (Keras's summary totals).
+    pub trainable_bytes: u64,
+    pub non_trainable_bytes: u64,
     pub macs: u64,
     /// Bytes of every layer output at batch 1, f32 (what Keras keeps alive).
     pub activation_bytes: u64,
@@ -167,15 +173,21 @@ pub fn infer(graph: &Graph, broken: &[bool]) -> Inferred {
                         weights,
                         trainable_params: 0,
                         non_trainable_params: 0,
+                        trainable_bytes: 0,
+                        non_trainable_bytes: 0,
                     };
                     continue;
                 }
                 let (mut trainable, mut frozen) = (0u64, 0u64);
+                let (mut trainable_bytes, mut frozen_bytes) = (0u64, 0u64);
                 for w in &weights {
+                    let bytes = w.count().saturating_mul(node.op.value_bytes(w.name));
                     if w.trainable && node.trainable {
                         trainable = trainable.saturating_add(w.count());
+                        trainable_bytes = trainable_bytes.saturating_add(bytes);
                     } else {
                         frozen = frozen.saturating_add(w.count());
+                        frozen_bytes = frozen_bytes.saturating_add(bytes);
                     }
                 }
                 out.layers[id.index()] = LayerInfo {
@@ -184,6 +196,8 @@ pub fn infer(graph: &Graph, broken: &[bool]) -> Inferred {
                     weights,
                     trainable_params: trainable,
                     non_trainable_params: frozen,
+                    trainable_bytes,
+                    non_trainable_bytes: frozen_bytes,
                 };
             }
             Err(e) => {
@@ -395,6 +409,8 @@ impl Inferred {
             let l = &self.layers[id.index()];
             t.trainable = t.trainable.saturating_add(l.trainable_params);
             t.non_trainable = t.non_trainable.saturating_add(l.non_trainable_params);
+            t.trainable_bytes = t.trainable_bytes.saturating_add(l.trainable_bytes);
+            t.non_trainable_bytes = t.non_trainable_bytes.saturating_add(l.non_trainable_bytes);
             t.macs = t.macs.saturating_add(l.macs);
             t.activation_bytes = t.activation_bytes.saturating_add(self.output_bytes(id));
         }

@@ -1119,6 +1119,96 @@ fn tf_op_constants_and_reductions_are_refused_where_tensorflow_differs() {
 }
 
 #[test]
+fn normalization_forms_unetc_does_not_run_are_refused() {
+    let cases = [
+        (
+            "x -> normalization(mean: 0.5, variance: 2.0)",
+            "argument `mean`: unetc reads the statistics from the layer's weights",
+        ),
+        (
+            "x -> normalization(invert: true)",
+            "argument `invert`: unetc runs the normalization, not its inverse",
+        ),
+        (
+            "x -> normalization(axis: 1)",
+            "unetc normalises the channel axis only (axis -1 or 3), not 1",
+        ),
+    ];
+    for (line, want) in cases {
+        let out = check(
+            "norm.unet",
+            &format!("model {{\n  input 4x4x2\n  x = conv2d(2, 1)\n  {line}\n}}\n"),
+        );
+        assert!(out.contains(want), "{line}: missing {want:?} in:\n{out}");
+        assert!(
+            out.contains("norm.unet:4:"),
+            "{line}: not pointed at:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn tf_op_reshapes_and_resize_are_refused_where_they_cannot_run() {
+    let cases = [
+        (
+            "x -> tf_op(\"compat.v1.squeeze\", axis: -1)",
+            "Can not squeeze dim[3], expected a dimension of 1, got 2",
+        ),
+        (
+            "x -> tf_op(\"compat.v1.squeeze\")",
+            "tf.compat.v1.squeeze needs an `axis` in 1..=3 or -3..=-1",
+        ),
+        (
+            "x -> tf_op(expand_dims, axis: 0)",
+            "tf.expand_dims needs an `axis` in 1..=4 or -4..=-1 that is not the batch axis (0), not 0",
+        ),
+        (
+            "x -> tf_op(expand_dims, axis: 1)",
+            "tf.expand_dims would give 4 axes besides the batch",
+        ),
+        (
+            "x -> tf_op(reshape, shape: (2, 4, 4))",
+            "tf.reshape runs with `shape` starting with -1 (the batch)",
+        ),
+        (
+            "x -> tf_op(reshape, shape: (-1, 4, -1))",
+            "`shape` may have one -1 (the batch's), not several",
+        ),
+        (
+            "x -> tf_op(reshape, shape: (-1, 5, 4))",
+            "has 32 values, which do not make target_shape (5, 4)",
+        ),
+        (
+            "x -> tf_op(\"image.resize\", size: (6, 8))",
+            "tf.image.resize to 6x8 from 4x4: unetc resizes to whole multiples",
+        ),
+        (
+            "x -> tf_op(\"image.resize\")",
+            "tf.image.resize needs `size`",
+        ),
+        (
+            "x -> tf_op(\"image.resize\", size: (8, 8), method: bicubic)",
+            "method",
+        ),
+        (
+            "x -> tf_op(expand_dims, axis: -1, size: (8, 8))",
+            "tf.expand_dims takes no `size` (image.resize does)",
+        ),
+    ];
+    for (line, want) in cases {
+        let out = check(
+            "tf_op.unet",
+            &format!("model {{\n  input 4x4x2\n  x = conv2d(2, 1)\n  {line}\n}}\n"),
+        );
+        assert!(out.contains(want), "{line}: missing {want:?} in:\n{out}");
+        assert!(
+            out.contains("tf_op.unet:4:"),
+            "{line}: not pointed at:\n{out}"
+        );
+    }
+}
+
+#[test]
 fn fixed_dropout_noise_shape_that_does_not_fit() {
     let out = check(
         "fixed_dropout.unet",

@@ -352,6 +352,10 @@ fn check_structure(c: &Compiled, m: &Model) {
     // Every Keras weight is an initializer of the same size (ONNX layouts may permute it).
     for &id in &c.info.keras_order {
         for w in &c.info.layers[id.index()].weights {
+            // Integer counters (Normalization's `count`) are not needed to run.
+            if c.graph.node(id).op.value_bytes(w.name) != 4 {
+                continue;
+            }
             let name = format!("{}/{}", c.graph.node(id).name, w.name);
             let init = m
                 .inits

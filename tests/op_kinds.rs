@@ -35,7 +35,7 @@ fn every_kind_has_a_fixture_a_keras_mapping_and_an_onnx_mapping() {
     assert!(fixtures.len() >= 10, "fixtures missing");
     let mut missing = Vec::new();
     for &(kind, class) in KIND_CLASSES {
-        match Op::for_keras_class(class) {
+        match Op::for_keras_class(class, Op::keras_modules(kind).first().copied()) {
             Some((imported, _)) if imported == kind => {}
             other => missing.push(format!("{kind}: Keras class {class} imports as {other:?}")),
         }

@@ -85,6 +85,9 @@ fn summary_model(json: &Value) -> SummaryModel {
         total_params: as_u64(&totals["total"], "total"),
         trainable_params: as_u64(&totals["trainable"], "trainable"),
         non_trainable_params: as_u64(&totals["non_trainable"], "non_trainable"),
+        // Every weight of these models is float32.
+        trainable_bytes: as_u64(&totals["trainable"], "trainable") * 4,
+        non_trainable_bytes: as_u64(&totals["non_trainable"], "non_trainable") * 4,
     }
 }
 

@@ -56,6 +56,9 @@ const SPECS: &[(&str, &str)] = &[
     ("rescaling", "rescaling(0.5, offset: -1) -> conv2d(4, 1) -> rescaling(-2.5, offset: 0.75) -> conv2d(2, 1)"),
     ("bilinear up, aligned corners", "up_sampling2d((2, 3), interpolation: bilinear, align_corners: true) -> conv2d(2, 3)"),
     ("reflect and replicate padding", "conv2d(3, 1) -> zero_padding2d(((1, 2), (2, 0)), mode: reflect) -> zero_padding2d(((0, 2), (1, 1)), mode: replicate) -> conv2d(2, 3)"),
+    ("normalization", "normalization(axis: 3) -> conv2d(4, 1) -> normalization() -> conv2d(2, 1)"),
+    ("keras-unet-collection gelu", "conv2d(4, 3, padding: same) -> gelu() -> conv2d(4, 1) -> rescaling(3.0) -> gelu()"),
+    ("tf resize and reshapes", "x = conv2d(3, 1)\n  h = input_1 -> conv2d(1, 3, padding: same)\n  [x -> tf_op(\"image.resize\", size: (12, 6), method: bilinear) -> flatten(), x -> tf_op(\"image.resize\", size: (6, 12), method: nearest) -> flatten(), h -> tf_op(\"compat.v1.squeeze\", axis: -1) -> tf_op(expand_dims, axis: 1) -> tf_op(reshape, shape: (-1, 6, 6, 1)) -> flatten()] -> concatenate()"),
 ];
 
 struct Case {
@@ -147,6 +150,8 @@ fn gradients_match_finite_differences() {
         for name in &names {
             if name.ends_with("moving_variance")
                 || name.ends_with("moving_mean")
+                || name.ends_with("/variance")
+                || name.ends_with("/mean")
                 || name.ends_with("gamma")
             {
                 let t = weights.get(name).unwrap().clone();

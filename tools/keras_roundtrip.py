@@ -55,6 +55,12 @@ SPECS = [
     "tests/golden/edge_fixed_dropout.unet",
     # Rescaling (`Rescaling(1. / 255)` on the input).
     "tests/golden/edge_rescaling.unet",
+    # Normalization (keras.applications' EfficientNet input: mean/variance weights).
+    "tests/golden/edge_normalization.unet",
+    # tf.image.resize, tf.expand_dims, tf.squeeze, tf.reshape.
+    "tests/golden/edge_tfreshape.unet",
+    # keras-unet-collection's GELU layer (the exported code defines the class).
+    "tests/golden/edge_gelu.unet",
 ]
 
 

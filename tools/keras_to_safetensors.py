@@ -74,6 +74,8 @@ WEIGHTLESS = {
     # The efficientnet package's Dropout (segmentation_models' EfficientNet encoders).
     "FixedDropout",
     "Rescaling",
+    # keras-unet-collection's GELU layer (its module is checked).
+    "GELU",
     "Reshape",
     "Permute",
     # TensorFlow functions applied to tensors (`x + y`, tf.concat); unetc checks the function.
@@ -97,6 +99,7 @@ WITH_WEIGHTS = {
     "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel", "bias"),
     "Conv3D": ("kernel", "bias"),
     "Conv3DTranspose": ("kernel", "bias"),
+    "Normalization": ("mean", "variance", "count"),
 }
 
 # Activation names unetc accepts (src/ir/ops/activation.rs).
@@ -146,6 +149,18 @@ def _check_config(layer, cls: str) -> None:
         if axes != list(range(4 - len(axes), 4)):
             raise UnsupportedModel(f"{where} normalizes axes {cfg['axis']!r}; unetc normalizes a "
                                    "trailing run of axes (-1, [2, 3], [1, 2, 3])")
+    if cls == "GELU" and type(layer).__module__ != "keras_unet_collection.activations":
+        raise UnsupportedModel(f"{where} comes from {type(layer).__module__}; unetc knows "
+                               "keras-unet-collection's GELU (keras_unet_collection.activations)")
+    if cls == "Normalization":
+        rank = len(layer.input_shape)
+        axis = tuple(cfg.get("axis") or ())
+        if axis not in ((-1,), (rank - 1,)):
+            raise UnsupportedModel(f"{where} normalizes axes {cfg.get('axis')!r}; unetc only "
+                                   f"normalizes the channel axis (-1 or {rank - 1})")
+        if cfg.get("mean") is not None or cfg.get("invert"):
+            raise UnsupportedModel(f"{where} has constant mean/variance or invert=True; unetc "
+                                   "reads the statistics from the weights and does not invert")
     if cls == "UpSampling2D" and cfg.get("interpolation", "nearest") not in ("nearest", "bilinear"):
         raise UnsupportedModel(f"{where} uses interpolation={cfg['interpolation']!r}; unetc has "
                                "'nearest' and 'bilinear'")
@@ -189,7 +204,8 @@ def unetc_tensors(model) -> dict:
             if name in tensors:
                 raise UnsupportedModel(f"two variables would both be written as `{name}`; layer "
                                        "names must be unique across nested models")
-            value = np.ascontiguousarray(np.asarray(v.numpy(), dtype=np.float32))
+            # np.array keeps a scalar 0-d (ascontiguousarray would make it [1]).
+            value = np.array(v.numpy(), dtype=np.float32, order="C")
             tensors[name] = value
         if cls in ("Conv2D", "Conv2DTranspose", "Conv3D", "Conv3DTranspose"):
             k = tensors.get(f"{layer.name}/kernel")

@@ -119,6 +119,8 @@ pub fn weight_slots(op: &Op) -> &'static [&'static str] {
         | Op::Conv3DTranspose(_) => &["kernel", "bias"],
         Op::BatchNormalization(_) => &["gamma", "beta", "moving_mean", "moving_variance"],
         Op::PReLU(_) => &["alpha"],
+        // Keras's `count` is not needed to normalise.
+        Op::Normalization(_) => &["mean", "variance"],
         // Always `[gamma, beta]`: ones and zeros where `scale` / `center` are off.
         Op::GroupNormalization(_) | Op::LayerNormalization(_) => &["gamma", "beta"],
         Op::DepthwiseConv2D(_) => &["depthwise_kernel", "bias"],
@@ -146,6 +148,7 @@ pub fn weight_slots(op: &Op) -> &'static [&'static str] {
         | Op::LeakyReLU(_)
         | Op::ELU(_)
         | Op::Rescaling(_)
+        | Op::GELU(_)
         | Op::AveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
         | Op::SpatialDropout2D(_)

@@ -3,7 +3,7 @@
 //! `unetc import model.json` reads a functional model's `to_json()` and writes a DSL spec.
 
 use crate::infer::Inferred;
-use crate::ir::ops::{FixedDropout, LayerKind, TFOpLambda, TfCompute, TfFunction};
+use crate::ir::ops::{FixedDropout, LayerKind, TFOpLambda, TfCompute, TfFunction, GELU};
 use crate::ir::{Graph, Op};
 use serde_json::Value as Json;
 use std::fmt::Write;
@@ -70,6 +70,11 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
             out,
             "\n\nclass FixedDropout(layers.Dropout):\n    def _get_noise_shape(self, inputs):\n        if self.noise_shape is None:\n            return None\n        dynamic = tf.shape(inputs)\n        return tuple(dynamic[i] if d is None else d for i, d in enumerate(self.noise_shape))"
         );
+    }
+    if graph.nodes.iter().any(|n| n.op.class_name() == GELU::CLASS) {
+        // keras-unet-collection's own class (`pip install keras-unet-collection`): its
+        // to_json() names the module that `unetc import` reads it by.
+        let _ = writeln!(out, "from keras_unet_collection.activations import GELU");
     }
     let _ = writeln!(out, "\n");
     let exporter = PythonExporter {
@@ -384,7 +389,7 @@ impl PythonExporter<'_> {
             args.push("trainable=False".into());
         }
         // Classes from outside Keras are defined in the generated code itself.
-        let module = if node.op.class_name() == FixedDropout::CLASS {
+        let module = if [FixedDropout::CLASS, GELU::CLASS].contains(&node.op.class_name()) {
             ""
         } else {
             "layers."
@@ -430,6 +435,19 @@ impl PythonExporter<'_> {
                 TfCompute::Scalar(s) => format!("{}, y={:?}", inputs[0], s.constant),
                 TfCompute::ReduceChannels(_) => {
                     format!("{}, axis={}, keepdims=True", inputs[0], op.axis)
+                }
+                TfCompute::Reshape if op.function == TfFunction::Reshape => {
+                    let dims: Vec<String> = op.shape.iter().map(i64::to_string).collect();
+                    format!("{}, shape=[{}]", inputs[0], dims.join(", "))
+                }
+                TfCompute::Reshape => format!("{}, axis={}", inputs[0], op.axis),
+                TfCompute::Resize(method) => {
+                    let [h, w] = op.size.unwrap_or([0, 0]);
+                    format!(
+                        "{}, size=[{h}, {w}], method={:?}",
+                        inputs[0],
+                        method.keras_name()
+                    )
                 }
             };
             let _ = writeln!(
@@ -664,8 +682,9 @@ fn unknown_layer(
         let module = module.unwrap_or_default();
         let nearest = match class {
             "GELU" | "Gelu" => {
-                "; the nearest known kind is `activation(gelu)` (Keras's exact erf form; \
-                 keras-unet-collection's GELU is the tanh approximation, up to 5e-4 apart)"
+                "; the nearest known kinds are `activation(gelu)` (Keras's exact erf form) and \
+                 `gelu()` (keras-unet-collection's GELU layer, the tanh approximation; up to \
+                 5e-4 apart): check which one the class computes"
             }
             _ => "",
         };
@@ -739,6 +758,18 @@ fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<Stri
                     args.push(format!("axis: {}", a[0]))
                 }
                 ("keepdims", Json::Bool(b)) => args.push(format!("keepdims: {b}")),
+                // tf.reshape's shape and tf.image.resize's size: lists of whole numbers.
+                ("shape" | "size", Json::Array(a)) if a.iter().all(Json::is_i64) => {
+                    let dims: Vec<String> = a.iter().map(Json::to_string).collect();
+                    args.push(format!("{key}: ({})", dims.join(", ")))
+                }
+                ("method", Json::String(m)) => {
+                    args.push(format!("method: {}", crate::emit::dsl::string_literal(m)))
+                }
+                // TensorFlow's defaults of tf.image.resize, which unetc computes.
+                ("antialias" | "preserve_aspect_ratio", Json::Bool(false)) => {}
+                // The name of the TensorFlow op inside the layer (not the layer's name).
+                ("name", Json::String(_)) => {}
                 (other, v) => {
                     return Err(err(format!(
                         "is called with `{other}={v}`, which unetc does not model"
@@ -1118,13 +1149,13 @@ impl Importer {
                 let _ = writeln!(out, "  {var} = {source}{block}({})", args.join(", "));
                 return Ok(());
             }
-            let Some((kind, keys)) = Op::for_keras_class(class) else {
+            let module = layer.get("module").and_then(Json::as_str);
+            let Some((kind, keys)) = Op::for_keras_class(class, module) else {
                 let others: Vec<&str> = layers[i + 1..]
                     .iter()
                     .filter(|l| class_of(l) == Some(class))
                     .filter_map(layer_name)
                     .collect();
-                let module = layer.get("module").and_then(Json::as_str);
                 return Err(unknown_layer(&at, lname, class, module, &others));
             };
             if lc

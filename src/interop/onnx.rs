@@ -21,8 +21,8 @@
 use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, NormLayout, PadMode,
-    ReduceFn, ScalarFn, Subtract, TfCompute, WindowGeometry,
+    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, NormLayout,
+    Normalization, PadMode, ReduceFn, ScalarFn, Subtract, TfCompute, UpSampling2D, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
@@ -535,6 +535,97 @@ impl Exporter<'_> {
         name
     }
 
+    /// An NCHW Resize by UpSampling2D's whole factors.
+    fn up_sampling(&mut self, name: String, x: String, out: String, op: &UpSampling2D) {
+        let scales = self.init_f32(
+            format!("{name}/scales"),
+            vec![4],
+            vec![1.0, 1.0, op.size[0] as f32, op.size[1] as f32],
+        );
+        let attrs = if op.interpolation == Interpolation::Bilinear {
+            let transform = if op.align_corners {
+                "align_corners"
+            } else {
+                "half_pixel"
+            };
+            vec![
+                ("mode", Attr::Str("linear")),
+                ("coordinate_transformation_mode", Attr::Str(transform)),
+            ]
+        } else {
+            vec![
+                ("mode", Attr::Str("nearest")),
+                ("coordinate_transformation_mode", Attr::Str("asymmetric")),
+                ("nearest_mode", Attr::Str("floor")),
+            ]
+        };
+        self.node(name, "Resize", vec![x, String::new(), scales], out, attrs);
+    }
+
+    /// Reshape (or, with `permute`'s Keras dims, Transpose) in Keras's NHWC order: an image
+    /// goes back to NHWC first, and an image result returns to NCHW after.
+    fn in_keras_order(
+        &mut self,
+        name: String,
+        x: String,
+        out: String,
+        in_shape: &[i64],
+        out_shape: &[i64],
+        permute: Option<&[i64]>,
+    ) {
+        let image = channels_first(out_shape.len());
+        let mut input = x;
+        if in_shape.len() == 3 {
+            let nhwc = format!("{name}/nhwc");
+            self.node(
+                nhwc.clone(),
+                "Transpose",
+                vec![input],
+                nhwc.clone(),
+                vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+            );
+            input = nhwc;
+        }
+        let result = if image {
+            format!("{name}/nhwc_out")
+        } else {
+            out.clone()
+        };
+        if let Some(dims) = permute {
+            let perm: Vec<i64> = std::iter::once(0).chain(dims.iter().copied()).collect();
+            self.node(
+                name.clone(),
+                "Transpose",
+                vec![input],
+                result.clone(),
+                vec![("perm", Attr::Ints(perm))],
+            );
+        } else {
+            // 0 keeps the batch dimension (ONNX Reshape's allowzero = 0).
+            let dims: Vec<i64> = std::iter::once(0)
+                .chain(out_shape.iter().copied())
+                .collect();
+            let shape = self.init_i64(format!("{name}/shape"), dims);
+            self.node(
+                name.clone(),
+                "Reshape",
+                vec![input, shape],
+                result.clone(),
+                vec![],
+            );
+        }
+        if image {
+            let nchw = format!("{name}/nchw");
+            self.node(
+                nchw,
+                "Transpose",
+                vec![result],
+                out,
+                vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))],
+            );
+        }
+    }
+
     fn scalar(&mut self, name: String, v: f32) -> String {
         self.init_f32(name, Vec::new(), vec![v])
     }
@@ -843,29 +934,7 @@ impl Exporter<'_> {
             }
             Op::UpSampling2D(op) => {
                 need_image("UpSampling2D")?;
-                let scales = self.init_f32(
-                    format!("{name}/scales"),
-                    vec![4],
-                    vec![1.0, 1.0, op.size[0] as f32, op.size[1] as f32],
-                );
-                let attrs = if op.interpolation == Interpolation::Bilinear {
-                    let transform = if op.align_corners {
-                        "align_corners"
-                    } else {
-                        "half_pixel"
-                    };
-                    vec![
-                        ("mode", Attr::Str("linear")),
-                        ("coordinate_transformation_mode", Attr::Str(transform)),
-                    ]
-                } else {
-                    vec![
-                        ("mode", Attr::Str("nearest")),
-                        ("coordinate_transformation_mode", Attr::Str("asymmetric")),
-                        ("nearest_mode", Attr::Str("floor")),
-                    ]
-                };
-                self.node(name, "Resize", vec![x(), String::new(), scales], out, attrs);
+                self.up_sampling(name, x(), out, op);
             }
             Op::Cropping2D(op) => {
                 let [h, w, _] = need_image("Cropping2D")?;
@@ -997,58 +1066,9 @@ impl Exporter<'_> {
             }
             // Both act on Keras's NHWC order: an image goes back to NHWC first, and an image
             // result returns to NCHW after.
-            Op::Reshape(_) | Op::Permute(_) => {
-                let mut input = x();
-                if in_shapes[0].len() == 3 {
-                    let nhwc = format!("{name}/nhwc");
-                    self.node(
-                        nhwc.clone(),
-                        "Transpose",
-                        vec![input],
-                        nhwc.clone(),
-                        vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))],
-                    );
-                    input = nhwc;
-                }
-                let result = if image {
-                    format!("{name}/nhwc_out")
-                } else {
-                    out.clone()
-                };
-                if let Op::Permute(op) = &node.op {
-                    let perm: Vec<i64> =
-                        std::iter::once(0).chain(op.dims.iter().copied()).collect();
-                    self.node(
-                        name.clone(),
-                        "Transpose",
-                        vec![input],
-                        result.clone(),
-                        vec![("perm", Attr::Ints(perm))],
-                    );
-                } else {
-                    // 0 keeps the batch dimension (ONNX Reshape's allowzero = 0).
-                    let dims: Vec<i64> = std::iter::once(0)
-                        .chain(out_shape.iter().copied())
-                        .collect();
-                    let shape = self.init_i64(format!("{name}/shape"), dims);
-                    self.node(
-                        name.clone(),
-                        "Reshape",
-                        vec![input, shape],
-                        result.clone(),
-                        vec![],
-                    );
-                }
-                if image {
-                    let nchw = format!("{name}/nchw");
-                    self.node(
-                        nchw,
-                        "Transpose",
-                        vec![result],
-                        out,
-                        vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))],
-                    );
-                }
+            Op::Reshape(_) => self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, None),
+            Op::Permute(op) => {
+                self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, Some(&op.dims))
             }
             Op::Dense(op) => {
                 let n_in = *in_shapes[0].last().unwrap_or(&1);
@@ -1212,6 +1232,14 @@ impl Exporter<'_> {
                         vec![("axes", Attr::Ints(vec![axis])), ("keepdims", Attr::Int(1))],
                     );
                 }
+                TfCompute::Reshape => {
+                    self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, None)
+                }
+                TfCompute::Resize(_) => {
+                    need_image("tf.image.resize")?;
+                    let up = op.as_up_sampling(&in_shapes[0], &out_shape);
+                    self.up_sampling(name, x(), out, &up);
+                }
             },
             Op::LeakyReLU(op) => self.node(
                 name,
@@ -1266,6 +1294,76 @@ impl Exporter<'_> {
                 };
                 let slope = self.init_f32(format!("{name}/alpha"), dims, data);
                 self.node(name, "PRelu", vec![x(), slope], out, vec![]);
+            }
+            Op::GELU(_) => {
+                // 0.5 x (1 + tanh(c (x + a x^3))), as keras-unet-collection computes it.
+                let [a, c, one, half] = [
+                    ("a", 0.044715f32),
+                    ("c", 0.797_884_6),
+                    ("one", 1.0),
+                    ("half", 0.5),
+                ]
+                .map(|(k, v)| self.scalar(format!("{name}/{k}"), v));
+                let steps: [(&str, &str, Vec<String>); 7] = [
+                    ("x2", "Mul", vec![x(), x()]),
+                    ("x3", "Mul", vec![format!("{name}/x2"), x()]),
+                    ("ax3", "Mul", vec![format!("{name}/x3"), a]),
+                    ("inner", "Add", vec![x(), format!("{name}/ax3")]),
+                    ("u", "Mul", vec![format!("{name}/inner"), c]),
+                    ("t", "Tanh", vec![format!("{name}/u")]),
+                    ("one_plus", "Add", vec![format!("{name}/t"), one]),
+                ];
+                for (value, op_type, inputs) in steps {
+                    let v = format!("{name}/{value}");
+                    self.node(v.clone(), op_type, inputs, v, vec![]);
+                }
+                let half_x = format!("{name}/half_x");
+                self.node(
+                    half_x.clone(),
+                    "Mul",
+                    vec![x(), half],
+                    half_x.clone(),
+                    vec![],
+                );
+                self.node(
+                    name.clone(),
+                    "Mul",
+                    vec![half_x, format!("{name}/one_plus")],
+                    out,
+                    vec![],
+                );
+            }
+            Op::Normalization(_) => {
+                // Keras's formula, (x - mean) / max(sqrt(variance), 1e-7), on the weights as
+                // they are, shaped [c, 1, ...] to broadcast in the NCHW body.
+                let c = *out_shape.last().unwrap_or(&1);
+                let mut dims = vec![c];
+                if image {
+                    dims.resize(out_shape.len(), 1);
+                }
+                let [mean, var] = ["mean", "variance"].map(|v| {
+                    let data = self.weight(id, v).unwrap_or_default();
+                    self.init_f32(self.graph.weight_name(id, v), dims.clone(), data)
+                });
+                let eps = self.scalar(format!("{name}/epsilon"), Normalization::EPSILON);
+                let [centred, std, denominator] =
+                    ["centred", "std", "denominator"].map(|v| format!("{name}/{v}"));
+                self.node(
+                    centred.clone(),
+                    "Sub",
+                    vec![x(), mean],
+                    centred.clone(),
+                    vec![],
+                );
+                self.node(std.clone(), "Sqrt", vec![var], std.clone(), vec![]);
+                self.node(
+                    denominator.clone(),
+                    "Max",
+                    vec![std, eps],
+                    denominator.clone(),
+                    vec![],
+                );
+                self.node(name, "Div", vec![centred, denominator], out, vec![]);
             }
             Op::GroupNormalization(_) | Op::LayerNormalization(_) => {
                 let layout = node

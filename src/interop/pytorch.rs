@@ -90,6 +90,9 @@ fn rule(op: &Op) -> Rule {
         Op::BatchNormalization(_) => Rule::BatchNorm,
         Op::GroupNormalization(_) | Op::LayerNormalization(_) => Rule::Affine,
         Op::PReLU(_) => Rule::PRelu,
+        Op::Normalization(_) => Rule::Unsupported(
+            "Keras's Normalization (mean, variance, count) has no PyTorch module; write the scaling as rescaling(scale, offset:) or give its weights in unetc's naming",
+        ),
         Op::SeparableConv2D(_) => Rule::Unsupported(
             "a separable conv's two kernels are two PyTorch modules; write the layer as a depthwise conv2d (groups) followed by a 1x1 conv2d",
         ),
@@ -128,6 +131,7 @@ fn rule(op: &Op) -> Rule {
         | Op::ZeroPadding3D(_)
         | Op::GlobalAveragePooling3D(_)
         | Op::FixedDropout(_)
+        | Op::GELU(_)
         | Op::Rescaling(_) => Rule::NoWeights,
     }
 }

@@ -75,6 +75,8 @@ fn folds(op: &Op) -> bool {
         | Op::LeakyReLU(_)
         | Op::ELU(_)
         | Op::Rescaling(_)
+        | Op::GELU(_)
+        | Op::Normalization(_)
         | Op::PReLU(_)
         | Op::Softmax(_)
         | Op::Dropout(_)
@@ -191,6 +193,8 @@ fn level_step(op: &Op) -> i64 {
         | Op::LeakyReLU(_)
         | Op::ELU(_)
         | Op::Rescaling(_)
+        | Op::GELU(_)
+        | Op::Normalization(_)
         | Op::PReLU(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)
@@ -231,9 +235,11 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
             TfCompute::Merge(MergeFn::Multiply) => Edge::Gate,
             TfCompute::Merge(_) => Edge::Merge,
             TfCompute::Concat(_) => Edge::Concat,
-            TfCompute::Activation(_) | TfCompute::Scalar(_) | TfCompute::ReduceChannels(_) => {
-                Edge::Other
-            }
+            TfCompute::Resize(_) => Edge::Up,
+            TfCompute::Activation(_)
+            | TfCompute::Scalar(_)
+            | TfCompute::ReduceChannels(_)
+            | TfCompute::Reshape => Edge::Other,
         },
         // One-input layers in this group fold into the box before them and get no arrow.
         Op::Input(_)
@@ -252,6 +258,8 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         | Op::LeakyReLU(_)
         | Op::ELU(_)
         | Op::Rescaling(_)
+        | Op::GELU(_)
+        | Op::Normalization(_)
         | Op::PReLU(_)
         | Op::SpatialDropout2D(_)
         | Op::GaussianNoise(_)

@@ -198,6 +198,8 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
         total_params: totals.params,
         trainable_params: totals.trainable,
         non_trainable_params: totals.non_trainable,
+        trainable_bytes: totals.trainable_bytes,
+        non_trainable_bytes: totals.non_trainable_bytes,
     }
 }
 
@@ -239,6 +241,8 @@ fn flat_summary_model(c: &Compiled) -> SummaryModel {
         total_params: totals.params,
         trainable_params: totals.trainable,
         non_trainable_params: totals.non_trainable,
+        trainable_bytes: totals.trainable_bytes,
+        non_trainable_bytes: totals.non_trainable_bytes,
     }
 }
 

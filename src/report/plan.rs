@@ -190,6 +190,8 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                     | Op::LeakyReLU(_)
                     | Op::ELU(_)
                     | Op::Rescaling(_)
+                    | Op::GELU(_)
+                    | Op::Normalization(_)
                     | Op::PReLU(_)
                     | Op::AveragePooling2D(_)
                     | Op::GlobalMaxPooling2D(_)

@@ -486,7 +486,7 @@ fn height_of(c: &Compiled, id: Option<crate::ir::NodeId>) -> usize {
 /// to 256). Errors name the first layer
 /// (from the output back) whose outputs depend on the whole input along the axis.
 pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
-    use crate::ir::ops::{PadMode, WindowGeometry};
+    use crate::ir::ops::{PadMode, TfCompute, WindowGeometry};
     use crate::ir::Op;
     let Some(&out) = c.graph.outputs.first() else {
         return Ok(Reach {
@@ -598,12 +598,32 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     Op::Softmax(_) => (a, b),
                     // Merges broadcast an input of size 1 over every position (TensorFlow's
                     // functions too; their one-input ones are per pixel anyway).
+                    // TensorFlow functions: a reshape mixes positions as Reshape does; a resize
+                    // reads as the UpSampling2D it equals; the others as the merges below.
+                    Op::TFOpLambda(op) => match op.computes() {
+                        TfCompute::Reshape => return Err(non_local()),
+                        TfCompute::Resize(_) => {
+                            let (i, o) = (size(input).max(1), (out as i64).max(1));
+                            let s = (o / i).max(1);
+                            (a.div_euclid(s), b.div_euclid(s))
+                        }
+                        TfCompute::Merge(_)
+                        | TfCompute::Concat(_)
+                        | TfCompute::Activation(_)
+                        | TfCompute::Scalar(_)
+                        | TfCompute::ReduceChannels(_) => {
+                            if n == 1 {
+                                (0, 0)
+                            } else {
+                                (a, b)
+                            }
+                        }
+                    },
                     Op::Multiply(_)
                     | Op::Subtract(_)
                     | Op::Average(_)
                     | Op::Maximum(_)
-                    | Op::Minimum(_)
-                    | Op::TFOpLambda(_) => {
+                    | Op::Minimum(_) => {
                         if n == 1 {
                             (0, 0)
                         } else {
@@ -621,6 +641,8 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     | Op::LeakyReLU(_)
                     | Op::ELU(_)
                     | Op::Rescaling(_)
+                    | Op::GELU(_)
+                    | Op::Normalization(_)
                     | Op::PReLU(_)
                     | Op::Dropout(_)
                     | Op::SpatialDropout2D(_)

@@ -41,6 +41,9 @@ pub struct SummaryModel {
     pub total_params: u64,
     pub trainable_params: u64,
     pub non_trainable_params: u64,
+    /// Bytes of the parameters, as Keras's tf_keras layout prints them.
+    pub trainable_bytes: u64,
+    pub non_trainable_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,16 +206,21 @@ fn render_tf_keras(out: &mut String, model: &SummaryModel, layout: &Layout) {
         push_line(out, &blank);
     }
     push_line(out, &"=".repeat(layout.line_length));
-    // Keras sums the weights' byte sizes; every weight here is float32.
+    // Keras sums the weights' byte sizes.
+    let (trainable, frozen) = (model.trainable_bytes, model.non_trainable_bytes);
     let totals = [
-        ("Total params", model.total_params),
-        ("Trainable params", model.trainable_params),
-        ("Non-trainable params", model.non_trainable_params),
+        (
+            "Total params",
+            model.total_params,
+            trainable.saturating_add(frozen),
+        ),
+        ("Trainable params", model.trainable_params, trainable),
+        ("Non-trainable params", model.non_trainable_params, frozen),
     ];
-    for (label, count) in totals {
+    for (label, count, bytes) in totals {
         push_line(
             out,
-            &format!("{label}: {count} ({})", readable_memory_size(count * 4)),
+            &format!("{label}: {count} ({})", readable_memory_size(bytes)),
         );
     }
 }

@@ -6,8 +6,8 @@ use super::activations;
 use super::math::{add_column_sums, gemm, PatchMap};
 use crate::exec::Tensor;
 use crate::ir::ops::{
-    ActivationFn, Interpolation, MergeFn, NormLayout, Op, PadMode, ReduceFn, TfCompute,
-    WindowGeometry,
+    ActivationFn, Interpolation, MergeFn, NormLayout, Normalization, Op, PadMode, ReduceFn,
+    TfCompute, WindowGeometry, GELU,
 };
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
@@ -87,7 +87,9 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
             TfCompute::Merge(_)
             | TfCompute::Concat(_)
             | TfCompute::Scalar(_)
-            | TfCompute::ReduceChannels(_) => None,
+            | TfCompute::ReduceChannels(_)
+            | TfCompute::Reshape
+            | TfCompute::Resize(_) => None,
         },
         Op::Input(_)
         | Op::MaxPooling2D(_)
@@ -109,6 +111,8 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         | Op::LeakyReLU(_)
         | Op::ELU(_)
         | Op::Rescaling(_)
+        | Op::GELU(_)
+        | Op::Normalization(_)
         | Op::PReLU(_)
         | Op::AveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
@@ -319,6 +323,18 @@ pub fn forward(
                 let c = inputs[0].shape.last().copied().unwrap_or(1).max(1);
                 first().chunks(c).map(|p| f.apply(p)).collect()
             }
+            TfCompute::Reshape => first().to_vec(),
+            TfCompute::Resize(_) => {
+                let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
+                let x_shape = shape(&inputs[0].shape[1..]);
+                let up = o.as_up_sampling(&x_shape, &shape(&out_shape[1..]));
+                resize_output(
+                    x,
+                    [1, up.size[0], up.size[1]],
+                    (up.interpolation, up.align_corners),
+                    out_shape,
+                )?
+            }
         },
         Op::Activation(o) => activations::apply(o.activation, first(), channels(out_shape)),
         Op::Softmax(o) => softmax_axis(first(), out_shape, o.axis),
@@ -339,6 +355,16 @@ pub fn forward(
             .map(|&v| if v > 0.0 { v } else { o.alpha as f32 * v })
             .collect(),
         Op::Rescaling(o) => first().iter().map(|&v| o.apply(v)).collect(),
+        Op::GELU(_) => first().iter().map(|&v| GELU::apply(v)).collect(),
+        Op::Normalization(_) => {
+            let (mean, var) = (&params[0], &params[1]);
+            let c = mean.len().max(1);
+            first()
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (v - mean[i % c]) / Normalization::denominator(var[i % c]))
+                .collect()
+        }
         Op::ELU(o) => first()
             .iter()
             .map(|&v| {
@@ -824,6 +850,18 @@ pub fn backward(
                 }
                 input_grads(dx)
             }
+            TfCompute::Reshape => input_grads(output_grad(grad)),
+            TfCompute::Resize(_) => {
+                let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
+                let up = o.as_up_sampling(&shape(&x_shape[1..]), &shape(&output.shape[1..]));
+                input_grads(resize_grads(
+                    &x_shape,
+                    [1, up.size[0], up.size[1]],
+                    (up.interpolation, up.align_corners),
+                    output,
+                    &output_grad(grad),
+                )?)
+            }
         },
         Op::Activation(o) => input_grads(pre_grad(o.activation, grad, Some(first()))),
         Op::Softmax(o) => {
@@ -865,6 +903,27 @@ pub fn backward(
         Op::Rescaling(o) => {
             let scale = o.scale as f32;
             input_grads(output_grad(grad).iter().map(|g| g * scale).collect())
+        }
+        Op::GELU(_) => input_grads(
+            output_grad(grad)
+                .iter()
+                .zip(first())
+                .map(|(&g, &x)| g * GELU::derivative(x))
+                .collect(),
+        ),
+        // The statistics are not trainable: no gradient for them.
+        Op::Normalization(_) => {
+            let var = &params[1];
+            let c = var.len().max(1);
+            let dx = output_grad(grad)
+                .iter()
+                .enumerate()
+                .map(|(i, &g)| g / Normalization::denominator(var[i % c]))
+                .collect();
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![None, None],
+            }
         }
         Op::ELU(o) => {
             let dy = output_grad(grad);

@@ -248,7 +248,8 @@ pub fn formula(name: &str, shape: &[usize], class: &str) -> unetc::exec::Tensor 
                 }
                 "bias" | "beta" => d * 0.2,
                 "gamma" => 1.0 + 0.5 * d,
-                "moving_mean" => 0.2 * d,
+                "moving_mean" | "mean" => 0.2 * d,
+                "count" => 0.0,
                 "alpha" => 0.25 + 0.5 * d,
                 _ => 0.5 + u,
             }) as f32

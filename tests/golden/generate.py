@@ -5,6 +5,7 @@ Run from anywhere (it writes next to itself)::
 
     pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 safetensors numpy
     pip install --no-deps efficientnet==1.0.0   # edge_fixed_dropout: its FixedDropout class
+    pip install keras-unet-collection==0.1.13      # edge_gelu: its GELU class
     python tests/golden/generate.py            # all models
     python tests/golden/generate.py edge_conv  # only some
 
@@ -47,8 +48,10 @@ bytes) with Keras shape ``S`` and C-order (row-major) flat index ``i`` (0 <= i <
     pointwise_kernel  (as kernel)
     bias, beta        d * 0.2
     gamma             1.0 + 0.5 * d
-    moving_mean       0.2 * d
-    moving_variance   0.5 + u
+    moving_mean, mean 0.2 * d
+    moving_variance,
+    variance          0.5 + u
+    count             0.0 (Normalization's int64 sample count; unused at inference)
     alpha (PReLU)     0.25 + 0.5 * d
 
     fan_in: Conv2D kernel [kh, kw, in, out] -> kh*kw*in;  Dense kernel [in, out] -> in
@@ -140,10 +143,12 @@ def formula_values(name: str, shape, layer_class: str) -> np.ndarray:
         v = d * 0.2
     elif var == "gamma":
         v = 1.0 + 0.5 * d
-    elif var == "moving_mean":
+    elif var in ("moving_mean", "mean"):
         v = 0.2 * d
-    elif var == "moving_variance":
+    elif var in ("moving_variance", "variance"):
         v = 0.5 + u
+    elif var == "count":
+        v = 0.0 * u
     elif var == "alpha":
         v = 0.25 + 0.5 * d
     else:
@@ -180,10 +185,12 @@ def formula_scalar(name: str, shape, layer_class: str, i: int) -> float:
         v = d * 0.2
     elif var == "gamma":
         v = 1.0 + 0.5 * d
-    elif var == "moving_mean":
+    elif var in ("moving_mean", "mean"):
         v = 0.2 * d
-    elif var == "moving_variance":
+    elif var in ("moving_variance", "variance"):
         v = 0.5 + u
+    elif var == "count":
+        v = 0.0 * u
     elif var == "alpha":
         v = 0.25 + 0.5 * d
     else:
@@ -805,6 +812,62 @@ def edge_rescaling():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_normalization():
+    """Normalization as keras.applications' EfficientNets open: `Rescaling(1. / 255)` then
+    `Normalization(axis=3)` (weights mean/variance/count, non-trainable) before a same 3x3 conv;
+    `Normalization()` (axis -1) of a signed map (a linear 1x1 conv of the input). Flattened and
+    concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    a = L.Conv2D(4, 3, padding="same", activation="relu")(
+        L.Normalization(axis=3)(L.Rescaling(1.0 / 255)(inp)))
+    b = L.Normalization()(L.Conv2D(8, 1)(inp))
+    flat = [L.Flatten()(t) for t in (a, b)]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
+def edge_tfreshape():
+    """TensorFlow functions that reshape and resize, on signed 6x5 maps (linear 1x1 convs of
+    the input): tf.image.resize to whole multiples (bilinear 12x10, nearest 18x5; half-pixel
+    centres, no antialias), tf.squeeze of the channel then tf.expand_dims and tf.reshape back
+    (a hand-written U-Net's head), and keras-unet-collection's ResUNet-a ASPP pooling branch
+    (GlobalAveragePooling2D then tf.expand_dims twice: (C,) to (1, 1, C)). Flattened and
+    concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(4, 1)(inp)
+    head = L.Conv2D(1, 1)(inp)
+    pooled = L.GlobalAveragePooling2D()(x)
+    branches = [
+        tf.image.resize(x, (12, 10), method="bilinear"),
+        tf.image.resize(x, (18, 5), method="nearest"),
+        tf.reshape(tf.expand_dims(tf.squeeze(head, axis=-1), axis=-1), (-1, 6, 5, 1)),
+        tf.expand_dims(tf.expand_dims(pooled, axis=1), axis=1),
+        tf.expand_dims(tf.squeeze(head, axis=3), axis=1),
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
+def edge_gelu():
+    """keras-unet-collection's GELU layer (the tanh approximation, its own class; needs the
+    keras-unet-collection package) on signed maps (linear 1x1 convs of the input, one scaled
+    up so that tanh saturates), and after a same 3x3 conv as its U-Nets use it. Flattened and
+    concatenated."""
+    tf = _tf()
+    from keras_unet_collection.activations import GELU
+
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    a = GELU()(L.Conv2D(8, 1)(inp))
+    b = GELU()(L.Rescaling(4.0)(L.Conv2D(4, 1)(inp)))
+    c = GELU()(L.Conv2D(4, 3, padding="same")(inp))
+    flat = [L.Flatten()(t) for t in (a, b, c)]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_reshape():
     """Reshape and Permute on signed 6x5 maps (linear 1x1 convs of the input): a
     squeeze-excitation block (GlobalAveragePooling2D -> Reshape((1, 1, 8)) -> Dense(2, relu) ->
@@ -975,7 +1038,8 @@ def original_full_at(size: int):
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
-         edge_fixed_dropout, edge_rescaling]
+         edge_fixed_dropout, edge_rescaling, edge_normalization,
+         edge_tfreshape, edge_gelu]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

@@ -387,6 +387,7 @@ const Kernel kernels[] = {
     BOTH(permute),
     BOTH(add),
     BOTH(batch_norm),
+    BOTH(standardize),
     BOTH(activation),
     BOTH(relu_layer),
     BOTH(scalar_op),

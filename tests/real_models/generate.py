@@ -78,7 +78,7 @@ def more_models():
     import segmentation_models as sm
     from keras_unet_collection import models as kuc
     from keras_unet.models import custom_unet
-    from real_models_survey import keras_io_oxford_pets, pix2pix_generator
+    from real_models_survey import keras_io_oxford_pets, pix2pix_generator, tf_functions_unet
 
     f3 = [4, 8, 16]
     return [
@@ -120,6 +120,16 @@ def more_models():
         ("kuc_unet_2d_densenet121", lambda: kuc.unet_2d(
             (64, 64, 3), [16, 32, 64, 128, 256], n_labels=2, backbone="DenseNet121",
             weights=None, freeze_backbone=False, freeze_batch_norm=False), "formula"),
+        # keras.applications' EfficientNetB0 as the backbone: Rescaling then Normalization
+        # (mean/variance weights) open it.
+        ("kuc_unet_2d_efficientnetb0", lambda: kuc.unet_2d(
+            (64, 64, 3), [16, 32, 64, 128, 256], n_labels=2, backbone="EfficientNetB0",
+            weights=None, freeze_backbone=False, freeze_batch_norm=False), "formula"),
+        # keras-unet-collection's own GELU layer class (tanh approximation) as the activation.
+        ("kuc_unet_2d_gelu", lambda: kuc.unet_2d(
+            (32, 32, 3), f3, n_labels=2, activation="GELU", batch_norm=True), True),
+        # tf.image.resize, tf.concat, tf.nn.relu, tf.squeeze / tf.expand_dims / tf.reshape.
+        ("github_tf_functions_unet", tf_functions_unet, True),
         # segmentation_models (SM_FRAMEWORK=tf.keras, encoder_weights=None).
         ("sm_unet_efficientnetb0", lambda: sm.Unet(
             "efficientnetb0", input_shape=(64, 64, 3), classes=2, activation="softmax",
@@ -222,14 +232,14 @@ def leaf_layers(model):
 
 
 # PSPNet's output varies little with its input under formula weights (7e-5 at 100, 8e-4 at
-# 1000; the test's tolerance is 1e-5 of the output's largest value, 0.53).
-FORMULA_INPUT_SCALE = {"sm_pspnet_inceptionv3": 1000}
+# 1000; the test's tolerance is 1e-5 of the output's largest value, 0.53); so does the
+# EfficientNetB0 U-Net's (1.2e-6 at 100, 2.5e-3 at 100000).
+FORMULA_INPUT_SCALE = {"sm_pspnet_inceptionv3": 1000, "kuc_unet_2d_efficientnetb0": 100000}
 
 SKIPPED = {
-    "kuc_resunet_a": "its ASPP pool branch resizes with two Lambda layers (tf.image.resize in Python bytecode, which unetc cannot run; `unetc import` refuses them) after TFOpLambda tf.expand_dims on (None, C) tensors, which unetc does not model",
-    "kuc GELU / Snake activations, transunet_2d, swin_unet_2d": "custom layer classes of keras-unet-collection (GELU, Snake, patch_extract, ...): their call() is Python code; `unetc import` names the layer and refuses the model",
+    "kuc_resunet_a": "its ASPP pool branch resizes with two Lambda layers (tf.image.resize in Python bytecode, which unetc cannot run; `unetc import` refuses them); the TFOpLambda tf.expand_dims before them unetc runs",
+    "kuc Snake activation, transunet_2d, swin_unet_2d": "custom layer classes of keras-unet-collection (Snake, patch_extract, ...): their call() is Python code; `unetc import` names the layer and refuses the model (its GELU class unetc knows)",
     "sm seresnet*, resnext*": "the classification_models encoders slice and reshape with Lambda layers (Python bytecode); `unetc import` refuses them",
-    "kuc backbone EfficientNetB*": "tf.keras.applications' EfficientNet starts with Rescaling (which unetc runs) and Normalization, a kind unetc does not have yet; `unetc import` names the layer",
 }
 
 

@@ -628,6 +628,18 @@ pub fn batch_norm(
         });
 }
 
+/// Keras's Normalization: `(x - mean) / denominator` per channel (the last axis).
+pub fn standardize(x: &[f32], out: &mut [f32], mean: &[f32], denominator: &[f32]) {
+    let c = mean.len().max(1);
+    out.par_chunks_mut(c)
+        .zip(x.par_chunks(c))
+        .for_each(|(o, xi)| {
+            for ((o, &x), (&m, &d)) in o.iter_mut().zip(xi).zip(mean.iter().zip(denominator)) {
+                *o = (x - m) / d;
+            }
+        });
+}
+
 pub fn max_pool(
     op: &MaxPooling2D,
     x: &[f32],

@@ -11,7 +11,8 @@ use super::plan::{hwc, plan, reads_parts, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    Activation, Average, Concatenate, Maximum, Minimum, Multiply, Subtract, TfCompute,
+    Activation, Average, Concatenate, Maximum, Minimum, Multiply, Normalization, Subtract,
+    TfCompute, GELU,
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::fmt;
@@ -69,6 +70,11 @@ enum Prepared {
     ConvTranspose {
         kernel_t: Vec<f32>,
         bias: Option<Vec<f32>>,
+    },
+    /// Normalization: the mean and the denominator of each channel.
+    Standardize {
+        mean: Vec<f32>,
+        denominator: Vec<f32>,
     },
     Norm {
         gamma: Option<Vec<f32>>,
@@ -199,6 +205,13 @@ impl<'g> CpuModel<'g> {
                         var: var.unwrap_or_default(),
                     }
                 }
+                Op::Normalization(_) => {
+                    let var = w.pop().unwrap_or_default();
+                    Prepared::Standardize {
+                        mean: w.pop().unwrap_or_default(),
+                        denominator: var.into_iter().map(Normalization::denominator).collect(),
+                    }
+                }
                 Op::Dense(_) => Prepared::Dense {
                     bias: Some(w.pop().unwrap_or_default()),
                     kernel: w.pop().unwrap_or_default(),
@@ -235,6 +248,7 @@ impl<'g> CpuModel<'g> {
                 | Op::LeakyReLU(_)
                 | Op::ELU(_)
                 | Op::Rescaling(_)
+                | Op::GELU(_)
                 | Op::AveragePooling2D(_)
                 | Op::GlobalMaxPooling2D(_)
                 | Op::SpatialDropout2D(_)
@@ -547,7 +561,8 @@ impl<'g> CpuModel<'g> {
             | Prepared::Dense { .. }
             | Prepared::PRelu { .. }
             | Prepared::Affine { .. }
-            | Prepared::Separable { .. } => out.fill(f32::NAN),
+            | Prepared::Separable { .. }
+            | Prepared::Standardize { .. } => out.fill(f32::NAN),
         }
     }
 
@@ -661,6 +676,9 @@ impl<'g> CpuModel<'g> {
                 mean,
                 var,
             ),
+            (Op::Normalization(_), Prepared::Standardize { mean, denominator }) => {
+                kernels::standardize(ins[0], out, mean, denominator)
+            }
             (Op::Dense(op), Prepared::Dense { kernel, bias }) => {
                 let n_in = in_shapes[0].last().copied().unwrap_or(1);
                 let rows = ins[0].len() / n_in.max(1);
@@ -713,6 +731,12 @@ impl<'g> CpuModel<'g> {
                         *o = f.apply(pixel);
                     }
                 }
+                TfCompute::Reshape => out.copy_from_slice(ins[0]),
+                TfCompute::Resize(_) => {
+                    let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
+                    let up = op.as_up_sampling(&shape(&in_shapes[0]), &shape(out_shape));
+                    kernels::upsample(&up, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
+                }
             },
             (Op::Multiply(_), _) => {
                 kernels::merge(Multiply::FUNCTION, ins, in_shapes, out, out_shape, batch)
@@ -731,6 +755,11 @@ impl<'g> CpuModel<'g> {
             }
             (Op::LeakyReLU(op), _) => kernels::leaky_relu(op.alpha as f32, ins[0], out),
             (Op::ELU(op), _) => kernels::elu(op.alpha as f32, ins[0], out),
+            (Op::GELU(_), _) => {
+                for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
+                    *o = GELU::apply(x);
+                }
+            }
             (Op::Rescaling(op), _) => {
                 for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
                     *o = op.apply(x);
@@ -824,6 +853,7 @@ impl<'g> CpuModel<'g> {
             (
                 Op::Conv2DTranspose(_)
                 | Op::BatchNormalization(_)
+                | Op::Normalization(_)
                 | Op::Dense(_)
                 | Op::PReLU(_)
                 | Op::GroupNormalization(_)

@@ -17,7 +17,7 @@ use super::{Precision, WeightSource};
 use crate::infer::Inferred;
 use crate::ir::ops::{
     ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, PadMode, ReduceFn,
-    ScalarFn, Subtract, TfCompute, WindowGeometry,
+    ScalarFn, Subtract, TfCompute, UpSampling2D, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
@@ -51,6 +51,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "permute",
     "add",
     "batch_norm",
+    "standardize",
     "activation",
     "relu_layer",
     "scalar_op",
@@ -469,6 +470,9 @@ fn merge_code(function: MergeFn) -> i32 {
         MergeFn::Divide => 5,
     }
 }
+
+/// keras-unet-collection's GELU layer in the kernels' `activate` (ACT_GELU_TANH).
+const GELU_TANH_CODE: i32 = 16;
 
 /// Keras activations as the kernels' codes (kernels/common.cuh).
 pub fn activation_code(activation: ActivationFn) -> i32 {
@@ -951,6 +955,8 @@ impl<'g> CudaModel<'g> {
             | Op::LeakyReLU(_)
             | Op::ELU(_)
             | Op::Rescaling(_)
+            | Op::GELU(_)
+            | Op::Normalization(_)
             | Op::PReLU(_)
             | Op::AveragePooling2D(_)
             | Op::GlobalMaxPooling2D(_)
@@ -1662,6 +1668,62 @@ impl<'g> CudaModel<'g> {
         Ok(())
     }
 
+    /// The same values in another shape (Flatten, Reshape, tf.reshape and kin): a flat copy
+    /// between dense windows.
+    fn flat_copy<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        id: NodeId,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let input = self.graph.node(id).inputs[0];
+        let len: usize = self.shape(input).iter().product();
+        let x = self.plan.base(&self.dense_window(input)?, batch) as i64;
+        let y = self.plan.base(&self.dense_window(id)?, batch) as i64;
+        self.shift_window(
+            arena,
+            View::flat(x, len),
+            View::flat(y, len),
+            (0, 0),
+            PadMode::Zeros,
+            batch,
+        )
+    }
+
+    fn shape_i64(&self, id: NodeId) -> Vec<i64> {
+        self.shape(id).iter().map(|&d| d as i64).collect()
+    }
+
+    /// UpSampling2D by whole factors (and tf.image.resize to whole multiples).
+    fn upsample<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        x: View,
+        y: View,
+        op: &UpSampling2D,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let ints = [
+            op.size[0] as i32,
+            op.size[1] as i32,
+            // 0 nearest, 1 bilinear (half-pixel), 2 bilinear with aligned corners
+            match op.interpolation {
+                Interpolation::Nearest => 0,
+                Interpolation::Bilinear => 1 + i32::from(op.align_corners),
+            },
+            batch as i32,
+        ];
+        let mut b = self.stream.launch_builder(self.function::<T>("upsample"));
+        b.arg(arena).arg(&x).arg(&y);
+        for v in &ints {
+            b.arg(v);
+        }
+        // SAFETY: matches upsample_<T>(void*, View, View, int, int, int, int); both windows
+        // lie inside the arena as planned.
+        unsafe { b.launch(grid(y.elements(batch))).map_err(driver)? };
+        Ok(())
+    }
+
     fn shift_window<T: Element>(
         &self,
         arena: &mut CudaSlice<T>,
@@ -2138,25 +2200,7 @@ impl<'g> CudaModel<'g> {
                 let window = [op.geometry(0, h, oh), op.geometry(1, wd, ow)];
                 self.pool::<T>(arena, "average_pool", x_view(0)?, y, window, batch)?;
             }
-            Op::UpSampling2D(op) => {
-                let x = x_view(0)?;
-                let ints = [
-                    op.size[0] as i32,
-                    op.size[1] as i32,
-                    // 0 nearest, 1 bilinear (half-pixel), 2 bilinear with aligned corners
-                    match op.interpolation {
-                        Interpolation::Nearest => 0,
-                        Interpolation::Bilinear => 1 + i32::from(op.align_corners),
-                    },
-                    nb,
-                ];
-                let mut b = stream.launch_builder(self.function::<T>("upsample"));
-                b.arg(&mut *arena).arg(&x).arg(&y);
-                for v in &ints {
-                    b.arg(v);
-                }
-                unsafe { b.launch(grid(n_out)).map_err(driver)? };
-            }
+            Op::UpSampling2D(op) => self.upsample::<T>(arena, x_view(0)?, y, op, batch)?,
             Op::Cropping2D(op) => {
                 let (t, l) = (op.cropping[0] as i32, op.cropping[2] as i32);
                 self.shift_window(arena, x_view(0)?, y, (t, l), PadMode::Zeros, batch)?;
@@ -2174,19 +2218,7 @@ impl<'g> CudaModel<'g> {
                 self.shift_window(arena, x_view(0)?, y, (0, 0), PadMode::Zeros, batch)?
             }
             Op::Permute(op) => self.permute::<T>(arena, id, &op.source_axes(), batch)?,
-            Op::Flatten(_) | Op::Reshape(_) => {
-                let len: usize = in_shapes[0].iter().product();
-                let x = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
-                let yo = plan.base(&self.dense_window(id)?, batch) as i64;
-                self.shift_window(
-                    arena,
-                    View::flat(x, len),
-                    View::flat(yo, len),
-                    (0, 0),
-                    PadMode::Zeros,
-                    batch,
-                )?;
-            }
+            Op::Flatten(_) | Op::Reshape(_) => self.flat_copy(arena, id, batch)?,
             // Only concatenations on another axis than the channels run a kernel.
             Op::Concatenate(op) => self.concat::<T>(arena, id, op.axis, batch)?,
             Op::TFOpLambda(op) => match op.computes() {
@@ -2238,6 +2270,12 @@ impl<'g> CudaModel<'g> {
                             .launch(grid(n_out))
                             .map_err(driver)?;
                     }
+                }
+                TfCompute::Reshape => self.flat_copy(arena, id, batch)?,
+                TfCompute::Resize(_) => {
+                    let up =
+                        op.as_up_sampling(&self.shape_i64(node.inputs[0]), &self.shape_i64(id));
+                    self.upsample::<T>(arena, x_view(0)?, y, &up, batch)?
                 }
             },
             Op::Add(_) => {
@@ -2296,6 +2334,7 @@ impl<'g> CudaModel<'g> {
                         .map_err(driver)?;
                 }
             }
+            Op::GELU(_) => self.elementwise(arena, x_view(0)?, y, GELU_TANH_CODE, batch)?,
             Op::Rescaling(op) => {
                 // As Keras: the product (scalar_op multiply), rounded, then the sum (scalar_op
                 // add, in place).
@@ -2355,6 +2394,22 @@ impl<'g> CudaModel<'g> {
                         .arg(&w.tensors[2])
                         .arg(&w.tensors[3])
                         .arg(&eps)
+                        .arg(&nb)
+                        .launch(grid(n_out))
+                        .map_err(driver)?;
+                }
+            }
+            Op::Normalization(_) => {
+                let w = self.weights_of(id)?;
+                let x = x_view(0)?;
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("standardize"))
+                        .arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y)
+                        .arg(&w.tensors[0])
+                        .arg(&w.tensors[1])
                         .arg(&nb)
                         .launch(grid(n_out))
                         .map_err(driver)?;

@@ -266,6 +266,46 @@ impl LayerKind for Rescaling {
     }
 }
 
+/// keras-unet-collection's `GELU` layer (`keras_unet_collection.activations`): the tanh
+/// approximation `0.5 x (1 + tanh(0.7978845608028654 (x + 0.044715 x^3)))`, in float32 and in
+/// that order, as its call() computes it (Keras's `gelu` activation is the exact erf form).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GELU {}
+
+impl GELU {
+    const C: f32 = 0.797_884_6;
+    const A: f32 = 0.044715;
+
+    pub fn apply(x: f32) -> f32 {
+        0.5 * x * (1.0 + (Self::C * (x + Self::A * x.powi(3))).tanh())
+    }
+
+    pub fn derivative(x: f32) -> f32 {
+        let t = (Self::C * (x + Self::A * x.powi(3))).tanh();
+        0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * Self::C * (1.0 + 3.0 * Self::A * x * x)
+    }
+}
+
+impl LayerKind for GELU {
+    const CLASS: &'static str = "GELU";
+    const POSITIONAL: &'static [&'static str] = &[];
+    const KNOWN: &'static [&'static str] = &[];
+    const IMPORTED_CONFIG: &'static [&'static str] = &[];
+    const KERAS_MODULES: &'static [&'static str] = &["keras_unet_collection.activations"];
+
+    fn parse(_: &mut ArgReader) -> Self {
+        GELU {}
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        same_shape(inputs)
+    }
+
+    fn config(&self) -> Json {
+        json!({})
+    }
+}
+
 /// Keras's float arguments are float32 in the layer's config (`LeakyReLU().alpha` prints
 /// 0.30000001192092896): the config shows the value as Keras stores it.
 fn as_keras_float(x: f64) -> f64 {

@@ -121,5 +121,13 @@ keyword_enum! {
         Concat = "concat",
         NnRelu = "nn.relu",
         MathSigmoid = "math.sigmoid",
+        /// `tf.expand_dims(x, axis)`: an axis of size 1 (not before the batch).
+        ExpandDims = "expand_dims",
+        /// What `tf.squeeze(x, axis)` records: the axis of size 1 removed.
+        CompatV1Squeeze = "compat.v1.squeeze",
+        /// `tf.reshape(x, (-1, ...))`: the batch first, the other sizes fixed.
+        Reshape = "reshape",
+        /// `tf.image.resize(x, size, method)` to a whole multiple of the input's size.
+        ImageResize = "image.resize",
     }
 }

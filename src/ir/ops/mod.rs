@@ -20,7 +20,7 @@ mod volume;
 
 pub use activation::{
     Activation, Dropout, FixedDropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU,
-    Rescaling, Softmax, SpatialDropout2D, ELU,
+    Rescaling, Softmax, SpatialDropout2D, ELU, GELU,
 };
 pub use conv::{
     Conv2D, Conv2DTranspose, Depthwise, DepthwiseConv2D, SeparableConv2D, TransposeGeometry,
@@ -30,7 +30,9 @@ pub use dense::{Dense, Flatten};
 pub use input::Input;
 pub use keywords::{ActivationFn, Interpolation, Keyword, Padding, TfFunction};
 pub use merge::{Add, Average, Concatenate, Maximum, MergeFn, Minimum, Multiply, Subtract};
-pub use norm::{BatchNormalization, GroupNormalization, LayerNormalization, NormLayout};
+pub use norm::{
+    BatchNormalization, GroupNormalization, LayerNormalization, NormLayout, Normalization,
+};
 pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D};
 pub use reshape::{Permute, Reshape};
 pub use resize::{Cropping2D, PadMode, UpSampling2D, ZeroPadding2D};
@@ -102,6 +104,9 @@ pub trait LayerKind {
     const KNOWN: &'static [&'static str];
     /// Other Keras class names of the kind (`MaxPool2D` for MaxPooling2D).
     const KERAS_ALIASES: &'static [&'static str] = &[];
+    /// The Python modules a to_json() `module` must name for a class from outside Keras (none:
+    /// Keras's own class, whatever the module says).
+    const KERAS_MODULES: &'static [&'static str] = &[];
     /// The keys of a Keras layer config that `unetc import` carries into the spec; the others
     /// (`data_format`, `dtype`, regularizers, ...) must have values unetc follows anyway.
     const IMPORTED_CONFIG: &'static [&'static str];
@@ -136,6 +141,11 @@ pub trait LayerKind {
     /// such as PyTorch's `align_corners`); `None` for a layer Keras builds as it is.
     fn beyond_keras(&self) -> Option<&'static str> {
         None
+    }
+    /// Bytes of one value of the weight `weight` (Keras keeps every weight in float32 but
+    /// Normalization's int64 `count`); the summary's byte totals add them up.
+    fn value_bytes(&self, _weight: &str) -> u64 {
+        4
     }
     /// How many inputs the layer takes: `(min, max)`.
     fn arity() -> (usize, usize) {
@@ -180,13 +190,27 @@ macro_rules! ops {
 
             /// The spec kind of a Keras class name and the config keys `import` takes;
             /// `None` for a class unetc does not know.
-            pub fn for_keras_class(class: &str) -> Option<(&'static str, &'static [&'static str])> {
+            pub fn for_keras_class(
+                class: &str,
+                module: Option<&str>,
+            ) -> Option<(&'static str, &'static [&'static str])> {
                 $(
-                    if class == $variant::CLASS || $variant::KERAS_ALIASES.contains(&class) {
+                    if (class == $variant::CLASS || $variant::KERAS_ALIASES.contains(&class))
+                        && ($variant::KERAS_MODULES.is_empty()
+                            || module.is_some_and(|m| $variant::KERAS_MODULES.contains(&m)))
+                    {
                         return Some(($kind, $variant::IMPORTED_CONFIG));
                     }
                 )*
                 None
+            }
+
+            /// The modules a class from outside Keras comes from (empty for Keras's own).
+            pub fn keras_modules(kind: &str) -> &'static [&'static str] {
+                match kind {
+                    $($kind $(| $alias)* => $variant::KERAS_MODULES,)*
+                    _ => &[],
+                }
             }
 
             pub fn class_name(&self) -> &'static str {
@@ -225,6 +249,10 @@ macro_rules! ops {
 
             pub fn built_config(&self, inputs: &[Shape]) -> Json {
                 match self { $(Op::$variant(op) => op.built_config(inputs)),* }
+            }
+
+            pub fn value_bytes(&self, weight: &str) -> u64 {
+                match self { $(Op::$variant(op) => op.value_bytes(weight)),* }
             }
 
             pub fn arity(&self) -> (usize, usize) {
@@ -286,6 +314,8 @@ ops! {
     GlobalAveragePooling3D: "global_average_pooling3d",
     FixedDropout: "fixed_dropout",
     Rescaling: "rescaling",
+    Normalization: "normalization",
+    GELU: "gelu",
 }
 
 impl Op {
@@ -321,6 +351,8 @@ impl Op {
             | Op::LeakyReLU(_)
             | Op::ELU(_)
             | Op::Rescaling(_)
+            | Op::GELU(_)
+            | Op::Normalization(_)
             | Op::PReLU(_)
             | Op::AveragePooling2D(_)
             | Op::GlobalMaxPooling2D(_)

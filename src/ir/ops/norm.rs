@@ -461,3 +461,101 @@ impl LayerKind for LayerNormalization {
         })
     }
 }
+
+/// Keras's Normalization (the first layer of keras.applications' EfficientNets):
+/// `(x - mean) / max(sqrt(variance), 1e-7)` per channel, `mean` and `variance` non-trainable
+/// weights (with Keras's `count`, unused at inference). Only the channel axis, and only the
+/// form whose statistics are weights (Keras's `mean=`/`variance=` constants and `invert=True`
+/// are refused).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalization {
+    pub axis: i64,
+}
+
+impl Normalization {
+    /// Keras's `backend.epsilon()`: the least denominator.
+    pub const EPSILON: f32 = 1e-7;
+
+    /// The denominator of a channel whose variance is `var`, as Keras computes it in float32.
+    pub fn denominator(var: f32) -> f32 {
+        var.sqrt().max(Self::EPSILON)
+    }
+}
+
+impl LayerKind for Normalization {
+    const CLASS: &'static str = "Normalization";
+    const POSITIONAL: &'static [&'static str] = &["axis", "mean", "variance", "invert"];
+    const KNOWN: &'static [&'static str] = &["axis", "mean", "variance", "invert"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["axis", "mean", "variance", "invert"];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        use crate::ir::value::Value;
+        for constant in ["mean", "variance"] {
+            match r.peek(constant) {
+                None | Some(Value::None) => {
+                    r.take_arg(constant);
+                }
+                Some(_) => r.reject(
+                    constant,
+                    "unetc reads the statistics from the layer's weights (`mean`, `variance`); \
+                     leave it none and put the values in the weights file",
+                ),
+            }
+        }
+        if matches!(r.peek("invert"), Some(Value::Bool(true))) {
+            r.reject(
+                "invert",
+                "unetc runs the normalization, not its inverse; leave invert false",
+            );
+        }
+        r.bool_or("invert", false);
+        Normalization {
+            axis: r.int_or("axis", -5, 4, -1),
+        }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        let shape = inputs[0].clone();
+        let rank = shape.len() as i64 + 1;
+        if !(self.axis == -1 || self.axis == rank - 1) {
+            return Err(ShapeError::new(
+                "E-axis",
+                format!(
+                    "unetc normalises the channel axis only (axis -1 or {}), not {}",
+                    rank - 1,
+                    self.axis
+                ),
+                "unsupported axis",
+            ));
+        }
+        Ok(shape)
+    }
+
+    fn weights(&self, inputs: &[Shape]) -> Vec<WeightSpec> {
+        let c = inputs.first().and_then(|s| s.last()).copied().unwrap_or(0);
+        let stat = |name, initializer: &str, shape| WeightSpec {
+            name,
+            shape,
+            trainable: false,
+            initializer: initializer.into(),
+        };
+        vec![
+            stat("mean", "zeros", vec![c]),
+            stat("variance", "ones", vec![c]),
+            // Keras's int64 count of the samples adapt() saw.
+            stat("count", "zeros", vec![]),
+        ]
+    }
+
+    fn value_bytes(&self, weight: &str) -> u64 {
+        if weight == "count" {
+            8
+        } else {
+            4
+        }
+    }
+
+    fn config(&self) -> Json {
+        json!({ "axis": [self.axis], "invert": false, "mean": null, "variance": null })
+    }
+}

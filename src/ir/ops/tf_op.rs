@@ -5,8 +5,9 @@
 
 use super::keywords::TfFunction;
 use super::merge::{broadcast_shapes, Concatenate, MergeFn};
-use super::{ActivationFn, LayerKind, Shape, ShapeError};
-use crate::ir::value::ArgReader;
+use super::reshape::Reshape;
+use super::{ActivationFn, Interpolation, LayerKind, Shape, ShapeError};
+use crate::ir::value::{ArgReader, MAX_DIM};
 use serde_json::{json, Value as Json};
 
 /// What a TensorFlow function computes, as the Keras layer that computes the same.
@@ -22,6 +23,12 @@ pub enum TfCompute {
     Scalar(ScalarOp),
     /// `tf.reduce_mean(x, axis=-1, keepdims=True)` / `reduce_max`: one value per pixel.
     ReduceChannels(ReduceFn),
+    /// The same values in another shape (`tf.expand_dims`, `tf.squeeze`, `tf.reshape`), as
+    /// Keras's Reshape.
+    Reshape,
+    /// `tf.image.resize` to a whole multiple of the input's height and width: Keras's
+    /// UpSampling2D by that factor (tf.image.resize with half-pixel centres, no antialias).
+    Resize(Interpolation),
 }
 
 /// A reduction over the channels.
@@ -114,6 +121,10 @@ impl TfFunction {
             TfFunction::Concat => "tf.concat",
             TfFunction::NnRelu => "tf.nn.relu",
             TfFunction::MathSigmoid => "tf.math.sigmoid",
+            TfFunction::ExpandDims => "tf.expand_dims",
+            TfFunction::CompatV1Squeeze => "tf.compat.v1.squeeze",
+            TfFunction::Reshape => "tf.reshape",
+            TfFunction::ImageResize => "tf.image.resize",
         }
     }
 }
@@ -129,6 +140,12 @@ pub struct TFOpLambda {
     pub axis_given: bool,
     /// The reductions' `keepdims`.
     pub keepdims: Option<bool>,
+    /// tf.reshape's `shape`, the batch's `-1` first (empty when not given).
+    pub shape: Vec<i64>,
+    /// tf.image.resize's `size` (height, width).
+    pub size: Option<[i64; 2]>,
+    /// tf.image.resize's `method`.
+    pub method: Interpolation,
 }
 
 impl TFOpLambda {
@@ -157,7 +174,11 @@ impl TFOpLambda {
                 | TfFunction::MathReduceMax
                 | TfFunction::Concat
                 | TfFunction::NnRelu
-                | TfFunction::MathSigmoid => {}
+                | TfFunction::MathSigmoid
+                | TfFunction::ExpandDims
+                | TfFunction::CompatV1Squeeze
+                | TfFunction::Reshape
+                | TfFunction::ImageResize => {}
             }
         }
         match self.function {
@@ -172,6 +193,168 @@ impl TFOpLambda {
             TfFunction::MathReduceMax => TfCompute::ReduceChannels(ReduceFn::Max),
             TfFunction::NnRelu => TfCompute::Activation(ActivationFn::Relu),
             TfFunction::MathSigmoid => TfCompute::Activation(ActivationFn::Sigmoid),
+            TfFunction::ExpandDims | TfFunction::CompatV1Squeeze | TfFunction::Reshape => {
+                TfCompute::Reshape
+            }
+            TfFunction::ImageResize => TfCompute::Resize(self.method),
+        }
+    }
+}
+
+impl TFOpLambda {
+    /// The shape after tf.expand_dims, tf.squeeze or tf.reshape of a tensor of `shape`. Axes
+    /// count the batch as Keras's do; the batch axis itself stays.
+    fn reshaped(&self, shape: &Shape) -> Result<Shape, ShapeError> {
+        let name = self.function.layer_name_base();
+        let rank = shape.len() as i64 + 1;
+        let axis_error = |range: String| {
+            ShapeError::new(
+                "E-arg-value",
+                format!(
+                    "{name} needs an `axis` in {range} that is not the batch axis (0), not {}",
+                    if self.axis_given {
+                        self.axis.to_string()
+                    } else {
+                        "none".into()
+                    }
+                ),
+                "axis",
+            )
+        };
+        let mut out = shape.clone();
+        match self.function {
+            TfFunction::ExpandDims => {
+                // The new axis's place in the result (rank + 1 axes).
+                let at = if self.axis < 0 {
+                    self.axis + rank + 1
+                } else {
+                    self.axis
+                };
+                if !self.axis_given || !(1..=rank).contains(&at) {
+                    return Err(axis_error(format!("1..={rank} or -{rank}..=-1")));
+                }
+                out.insert(at as usize - 1, 1);
+            }
+            TfFunction::CompatV1Squeeze => {
+                let at = if self.axis < 0 {
+                    self.axis + rank
+                } else {
+                    self.axis
+                };
+                if !self.axis_given || !(1..rank).contains(&at) {
+                    return Err(axis_error(format!(
+                        "1..={} or -{}..=-1",
+                        rank - 1,
+                        rank - 1
+                    )));
+                }
+                let size = out.remove(at as usize - 1);
+                if size != 1 {
+                    // TensorFlow's own message.
+                    return Err(ShapeError::new(
+                        "E-shape",
+                        format!(
+                            "Can not squeeze dim[{at}], expected a dimension of 1, got {size}                              ({{0}} has shape {})",
+                            crate::text::shape_text(shape)
+                        ),
+                        "axis is not of size 1",
+                    ));
+                }
+            }
+            TfFunction::OperatorsAdd
+            | TfFunction::MathAdd
+            | TfFunction::MathMultiply
+            | TfFunction::MathSubtract
+            | TfFunction::MathTruediv
+            | TfFunction::MathMaximum
+            | TfFunction::MathReduceMean
+            | TfFunction::MathReduceMax
+            | TfFunction::MathMinimum
+            | TfFunction::Concat
+            | TfFunction::NnRelu
+            | TfFunction::MathSigmoid
+            | TfFunction::ImageResize => {
+                return Err(ShapeError::new(
+                    "E-arg-value",
+                    format!("{name} does not reshape"),
+                    "not a reshape",
+                ))
+            }
+            TfFunction::Reshape => {
+                // tf.reshape: `-1` for the batch, then fixed sizes (Keras's Reshape's rules).
+                let Some((&-1, rest)) = self.shape.split_first() else {
+                    return Err(ShapeError::new(
+                        "E-arg-value",
+                        format!(
+                            "{name} runs with `shape` starting with -1 (the batch), then the                              sizes of each item: `shape: (-1, 32, 32, 1)`"
+                        ),
+                        "shape must start with -1",
+                    ));
+                };
+                if rest.contains(&-1) {
+                    return Err(ShapeError::new(
+                        "E-arg-value",
+                        format!("{name}: `shape` may have one -1 (the batch's), not several"),
+                        "several -1",
+                    ));
+                }
+                return Reshape {
+                    target_shape: rest.to_vec(),
+                }
+                .infer(std::slice::from_ref(shape));
+            }
+        }
+        if out.is_empty() || out.len() > 3 {
+            return Err(ShapeError::new(
+                "E-rank",
+                format!(
+                    "{name} would give {} axes besides the batch; unetc's tensors have 1 to 3",
+                    out.len()
+                ),
+                "unsupported rank",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The shape after tf.image.resize: `size` must be a whole multiple of the input's height
+    /// and width (an up-sampling, what U-Nets do).
+    fn resized(&self, shape: &Shape) -> Result<Shape, ShapeError> {
+        let name = self.function.layer_name_base();
+        let [h, w, c] = super::image(std::slice::from_ref(shape), name)?;
+        let Some([oh, ow]) = self.size else {
+            return Err(ShapeError::new(
+                "E-arg-missing",
+                format!("{name} needs `size`: `tf_op(\"image.resize\", size: (64, 64))`"),
+                "no size",
+            ));
+        };
+        if oh % h != 0 || ow % w != 0 {
+            return Err(ShapeError::new(
+                "E-arg-value",
+                format!(
+                    "{name} to {oh}x{ow} from {h}x{w}: unetc resizes to whole multiples of the                      input's height and width only (an up-sampling by whole factors)"
+                ),
+                "not a whole multiple",
+            )
+            .help("use up_sampling2d(size: (fy, fx), interpolation: bilinear) for whole factors"));
+        }
+        Ok(vec![oh, ow, c])
+    }
+
+    /// tf.image.resize as the UpSampling2D it equals, from its input and output shapes.
+    pub fn as_up_sampling(&self, input: &[i64], output: &[i64]) -> super::UpSampling2D {
+        let factor = |a: usize| {
+            let (i, o) = (input.get(a).copied(), output.get(a).copied());
+            match (i, o) {
+                (Some(i), Some(o)) if i > 0 => o / i,
+                _ => 1,
+            }
+        };
+        super::UpSampling2D {
+            size: [factor(0), factor(1)],
+            interpolation: self.method,
+            align_corners: false,
         }
     }
 }
@@ -179,7 +362,9 @@ impl TFOpLambda {
 impl LayerKind for TFOpLambda {
     const CLASS: &'static str = "TFOpLambda";
     const POSITIONAL: &'static [&'static str] = &["function", "axis"];
-    const KNOWN: &'static [&'static str] = &["function", "axis", "x", "y", "keepdims"];
+    const KNOWN: &'static [&'static str] = &[
+        "function", "axis", "x", "y", "keepdims", "shape", "size", "method",
+    ];
     /// `import` reads the function and the call's arguments itself (they are not in the config).
     const IMPORTED_CONFIG: &'static [&'static str] = &["function"];
 
@@ -191,6 +376,9 @@ impl LayerKind for TFOpLambda {
         let axis_given = r.has("axis");
         let axis = r.int_or("axis", -5, 4, -1);
         let keepdims = r.has("keepdims").then(|| r.bool_or("keepdims", false));
+        let shape = r.int_list("shape", -1, MAX_DIM);
+        let size = r.pair("size", 1, MAX_DIM);
+        let method = r.keyword("method", Interpolation::Bilinear, None);
         let lim = f64::MAX;
         let constant = match (r.has("x"), r.has("y")) {
             (true, true) => {
@@ -218,6 +406,9 @@ impl LayerKind for TFOpLambda {
             constant,
             axis_given,
             keepdims,
+            shape,
+            size,
+            method,
         }
     }
 
@@ -234,6 +425,19 @@ impl LayerKind for TFOpLambda {
                 ))
             }
         };
+        let misplaced = [
+            ("shape", !self.shape.is_empty(), TfFunction::Reshape),
+            ("size", self.size.is_some(), TfFunction::ImageResize),
+        ];
+        for (arg, given, owner) in misplaced {
+            if given && self.function != owner {
+                return Err(ShapeError::new(
+                    "E-arg-value",
+                    format!("{name} takes no `{arg}` ({} does)", owner.keras_name()),
+                    format!("{arg} given"),
+                ));
+            }
+        }
         match (self.constant, self.computes()) {
             (Some(_), TfCompute::Scalar(_)) if inputs.len() != 1 => Err(ShapeError::new(
                 "E-arity",
@@ -310,6 +514,14 @@ impl LayerKind for TFOpLambda {
                 takes(1)?;
                 Ok(inputs[0].clone())
             }
+            (None, TfCompute::Reshape) => {
+                takes(1)?;
+                self.reshaped(&inputs[0])
+            }
+            (None, TfCompute::Resize(_)) => {
+                takes(1)?;
+                self.resized(&inputs[0])
+            }
         }
     }
 
@@ -324,6 +536,13 @@ impl LayerKind for TFOpLambda {
                 json!({ "function": self.function, place: s.constant })
             }
             TfCompute::Merge(_) | TfCompute::Activation(_) => json!({ "function": self.function }),
+            TfCompute::Reshape if self.function == TfFunction::Reshape => {
+                json!({ "function": self.function, "shape": self.shape })
+            }
+            TfCompute::Reshape => json!({ "function": self.function, "axis": self.axis }),
+            TfCompute::Resize(method) => json!({
+                "function": self.function, "size": self.size.map(|s| s.to_vec()), "method": method
+            }),
         }
     }
 

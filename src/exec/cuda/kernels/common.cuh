@@ -24,6 +24,7 @@ typedef long long i64;
 #define ACT_RELU6 13
 #define ACT_MISH 14
 #define ACT_LEAKY_RELU 15
+#define ACT_GELU_TANH 16
 
 __device__ __forceinline__ float softplus_f(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
@@ -43,6 +44,8 @@ __device__ __forceinline__ float activate(float x, int act) {
     case ACT_RELU6: return fminf(fmaxf(x, 0.0f), 6.0f);
     case ACT_MISH: return x * tanhf(softplus_f(x));
     case ACT_LEAKY_RELU: return x >= 0.0f ? x : 0.2f * x;
+    // keras-unet-collection's GELU layer (the tanh approximation), not a Keras activation.
+    case ACT_GELU_TANH: return 0.5f * x * (1.0f + tanhf(0.7978846f * (x + 0.044715f * (x * x * x))));
     default: return x;
     }
 }

@@ -127,6 +127,16 @@ INSTANTIATE(batch_norm, (void* arena, View x, View y, const float* gamma, const 
                          const float* mean, const float* var, float eps, int N),
             (, x, y, gamma, beta, mean, var, eps, N))
 
+// Keras's Normalization: (x - mean) / max(sqrt(var), 1e-7) per channel.
+template <typename T>
+__device__ void standardize(T* arena, View x, View y, const float* mean, const float* var, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float v = (load_elem(arena + view_at(x, n, oy, ox, c)) - mean[c]) / fmaxf(sqrtf(var[c]), 1e-7f);
+    store_elem(arena + view_at(y, n, oy, ox, c), v);
+}
+INSTANTIATE(standardize, (void* arena, View x, View y, const float* mean, const float* var, int N),
+            (, x, y, mean, var, N))
+
 // Activation layer (and identity copies: act = ACT_LINEAR). In place when x and y are alike.
 template <typename T>
 __device__ void activation(T* arena, View x, View y, int act, int N) {

@@ -14,6 +14,7 @@
 pub mod atomic;
 pub mod image;
 pub mod npy;
+pub mod stream;
 pub mod weights;
 
 pub use crate::exec::tensor::{NonFinite, NonFiniteKind};

@@ -1274,6 +1274,9 @@ fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) 
                 for note in &report.notes {
                     eprintln!("{note}");
                 }
+                if let Some(peak) = unetc::runner::peak_rss() {
+                    eprintln!("peak RSS {peak} bytes (VmHWM)");
+                }
             }
             ExitCode::SUCCESS
         }

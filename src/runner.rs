@@ -11,7 +11,7 @@ use crate::io::stream::{
 };
 use crate::io::weights::{init_tensor, load_weights, save_weights, seeded_rng, Expected, Weights};
 use crate::io::{ChannelLayout, IoError};
-use crate::report::sizes::{plan_image, Stitch, TilePlan, TileRequest};
+use crate::report::sizes::{plan_image, Stitch, TileMode, TilePlan, TileRequest};
 use crate::{compile_file, Compiled, Options};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -578,7 +578,12 @@ fn run_one(
         precision: opts.precision,
         tiling,
     };
-    if context.kind == OutputKind::Probabilities && !context.model_is_volume {
+    // Blended tiles are summed into the whole output, so a blend run is not streamed.
+    let blend = match tiling.mode {
+        TileMode::Blend => true,
+        TileMode::Exact => false,
+    };
+    if context.kind == OutputKind::Probabilities && !context.model_is_volume && !blend {
         if let Some(mut source) = open_streamed(&job.input, opts.alpha, context, tiling, report)? {
             let [n, h, w, _] = source.shape();
             let model_in = model_input_shape(context.base);
@@ -751,9 +756,8 @@ fn predict_streamed(
     match plan.stitch {
         Stitch::Blend(_) => {
             return Err(RunError::Usage(
-                "--tile-mode blend averages overlapping tiles, which needs the whole output in \
-                 memory; streamed inputs (.npy float32, TIFF) to .npy/.tif outputs use exact \
-                 tiles (the default --tile-mode exact)"
+                "blended tiles are averaged into the whole output, which a streamed run does \
+                 not hold; use exact tiles (the default --tile-mode exact)"
                     .into(),
             ))
         }

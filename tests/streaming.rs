@@ -417,21 +417,42 @@ fn refusals_are_clear_and_leave_no_file() {
         args.extend_from_slice(extra);
         unetc(&args)
     };
-    // Blended tiles need the whole output in memory.
-    let (code, _, err) = run(&good, &["--tile", "40", "--tile-mode", "blend"]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--tile-mode exact"), "{err}");
-    // A NaN deep inside: found when its tile is read; the partial output is removed.
+    // NaN in a .npy: counted before any work, as the in-memory reader does.
     let nan = dir.join("nan.npy");
     write_npy(
         &nan,
         "<f4",
         &[h, w, 1],
-        (0..h * w).map(|i| if i == 50 * w + 70 { f64::NAN } else { 0.5 }),
+        (0..h * w).map(|i| {
+            if i == 50 * w + 70 || i == 60 * w {
+                f64::NAN
+            } else {
+                0.5
+            }
+        }),
     );
     let (code, _, err) = run(&nan, &["--tile", "40"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("NaN at index [0, 50, 70, 0]"), "{err}");
+    assert!(
+        err.contains("2 of 5120 values are NaN or infinite (the first, at index [0, 50, 70, 0]"),
+        "{err}"
+    );
+    // NaN deep inside a float TIFF: found when its tile is read, after earlier tiles were
+    // written; the partial output is removed.
+    let nan_tif = dir.join("nan.tif");
+    {
+        use tiff::encoder::{colortype, TiffEncoder};
+        let mut px = vec![0.5f32; h * w];
+        px[50 * w + 70] = f32::NAN;
+        let f = std::fs::File::create(&nan_tif).unwrap();
+        TiffEncoder::new(f)
+            .unwrap()
+            .write_image::<colortype::Gray32Float>(w as u32, h as u32, &px)
+            .unwrap();
+    }
+    let (code, _, err) = run(&nan_tif, &["--tile", "40", "--verbose"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("holds NaN at index [0, 50, 70, 0]"), "{err}");
     // A truncated array: refused from its header before anything is mapped.
     let bytes = std::fs::read(&good).unwrap();
     let short = dir.join("short.npy");
@@ -456,7 +477,10 @@ fn refusals_are_clear_and_leave_no_file() {
     let (code, _, err) = run(&f64_tif, &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("64-bit floating-point samples"), "{err}");
-    only(&dir, &[&spec, &weights, &good, &nan, &short, &f64_tif]);
+    only(
+        &dir,
+        &[&spec, &weights, &good, &nan, &nan_tif, &short, &f64_tif],
+    );
     // An existing output is kept without --force.
     std::fs::write(&out, b"keep").unwrap();
     let (code, _, err) = run(&good, &[]);
@@ -464,30 +488,20 @@ fn refusals_are_clear_and_leave_no_file() {
     assert_eq!(std::fs::read(&out).unwrap(), b"keep");
 }
 
-/// Runs unetc with `args`, returning its exit code and peak resident set (KiB) as the kernel
-/// reports it to the parent (wait4's ru_maxrss), not as the child says.
-#[cfg(target_os = "linux")]
-// Reaped by wait4 below, which also gives the child's resource usage.
-#[allow(clippy::zombie_processes)]
+/// Runs unetc with `args` and `--verbose`, returning its exit code and peak resident set in
+/// KiB as it reports it (VmHWM of its own address space: wait4's ru_maxrss would also count the
+/// test process's memory, which a spawned child inherits until exec).
 fn run_measured(args: &[&str]) -> (i32, u64) {
-    let child = Command::new(env!("CARGO_BIN_EXE_unetc"))
-        .args(args)
-        .current_dir(root())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("unetc runs");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: plain system call; `usage` is a zeroed rusage the kernel fills.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(rc, pid, "wait4 failed");
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    (code, usage.ru_maxrss as u64)
+    let mut args = args.to_vec();
+    args.push("--verbose");
+    let (code, _, err) = unetc(&args);
+    let peak = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak RSS "))
+        .and_then(|l| l.strip_suffix(" bytes (VmHWM)"))
+        .and_then(|b| b.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in:\n{err}"));
+    (code, peak / 1024)
 }
 
 /// A 4096x4096 float32 image (64 MiB in, 64 MiB out) with a 4 MiB budget: the peak RSS stays
@@ -687,4 +701,86 @@ fn ctrl_c_leaves_no_file() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{status:?}");
     only(&dir, &[&spec, &weights, &input]);
+}
+
+/// Damaged TIFFs (seeded byte mutations of the fixtures and of a strip TIFF) and `.npy` files
+/// end in an error or a decoded region, never a panic.
+#[test]
+fn damaged_files_never_panic() {
+    use unetc::io::stream::{NpySource, RegionSource, TiffSource};
+    let dir = temp_dir("damaged");
+    let mut originals: Vec<Vec<u8>> = [
+        "tiled_u16_zlib.tif",
+        "tiled_rgba_u8.tif",
+        "planar_rgb_u8.tif",
+    ]
+    .iter()
+    .map(|f| std::fs::read(root().join("tests/fixtures/stream").join(f)).unwrap())
+    .collect();
+    let strips = dir.join("strips.tif");
+    {
+        use tiff::encoder::{colortype, TiffEncoder};
+        let f = std::fs::File::create(&strips).unwrap();
+        TiffEncoder::new(f)
+            .unwrap()
+            .write_image::<colortype::RGB8>(20, 30, &[7; 20 * 30 * 3])
+            .unwrap();
+    }
+    originals.push(std::fs::read(&strips).unwrap());
+    let npy = dir.join("a.npy");
+    write_npy(&npy, "<f4", &[6, 5, 2], (0..60).map(|i| i as f64));
+    let npy_bytes = std::fs::read(&npy).unwrap();
+    // xorshift: reproducible without a crate.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let path = dir.join("damaged.tif");
+    let mut decoded = 0;
+    for round in 0..1200 {
+        let mut bytes = originals[round % originals.len()].clone();
+        // Headers and directories are where sizes live: mutate there most.
+        for _ in 0..1 + next() % 4 {
+            let span = if next() % 4 == 0 {
+                bytes.len()
+            } else {
+                bytes.len().min(400)
+            };
+            let at = (next() as usize) % span;
+            bytes[at] = next() as u8;
+        }
+        if next() % 8 == 0 {
+            bytes.truncate((next() as usize) % bytes.len());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        if let Ok(mut source) = TiffSource::open(&path, 1 << 20) {
+            let [_, h, w, c] = source.shape();
+            let mut out = vec![0.0; h * w * c];
+            if h * w <= 1 << 16 && source.read_region(0, 0..h, 0..w, &mut out).is_ok() {
+                decoded += 1;
+            }
+        }
+    }
+    // Some mutations only touch pixel data, which still decodes.
+    assert!(decoded > 0);
+    let path = dir.join("damaged.npy");
+    for _ in 0..300 {
+        let mut bytes = npy_bytes.clone();
+        let at = (next() as usize) % bytes.len().min(128);
+        bytes[at] = next() as u8;
+        if next() % 4 == 0 {
+            bytes.truncate((next() as usize) % bytes.len());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        if let Ok(Some(mut source)) = NpySource::open(&path) {
+            let [n, h, w, c] = source.shape();
+            let mut out = vec![0.0; h * w * c];
+            if n > 0 && h * w * c <= 1 << 16 {
+                let _ = source.read_region(0, 0..h, 0..w, &mut out);
+            }
+        }
+    }
 }

@@ -140,13 +140,69 @@ impl NpySource {
         if Some(map.len() as u64) != f32_bytes(shape).and_then(|b| b.checked_add(offset as u64)) {
             return Err(IoError::invalid(path, "changed while it was being opened"));
         }
-        Ok(Some(NpySource {
+        let mut source = NpySource {
             path: path.to_path_buf(),
             map,
             offset,
             shape,
             touched: None,
-        }))
+        };
+        source.refuse_non_finite()?;
+        Ok(Some(source))
+    }
+}
+
+impl NpySource {
+    /// Scans the whole array once, a block at a time (each block's pages let go after it), so
+    /// that NaN or infinite values are refused before any work, with their count and the first
+    /// one's index, as the in-memory reader does.
+    fn refuse_non_finite(&mut self) -> Result<(), IoError> {
+        const BLOCK: usize = 4 << 20;
+        let data = &self.map[self.offset..];
+        let mut found: Option<super::NonFinite> = None;
+        for (b, block) in data.chunks(BLOCK).enumerate() {
+            for (j, v) in block.chunks_exact(4).enumerate() {
+                let v = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+                if v.is_finite() {
+                    continue;
+                }
+                match &mut found {
+                    Some(f) => f.count += 1,
+                    None => {
+                        found = Some(super::NonFinite {
+                            first: b * BLOCK / 4 + j,
+                            first_kind: if v.is_nan() {
+                                super::NonFiniteKind::NaN
+                            } else if v > 0.0 {
+                                super::NonFiniteKind::PlusInfinity
+                            } else {
+                                super::NonFiniteKind::MinusInfinity
+                            },
+                            count: 1,
+                        })
+                    }
+                }
+            }
+            // SAFETY: as in `release`: a read-only shared file mapping.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.offset + b * BLOCK,
+                    block.len(),
+                )
+            };
+        }
+        match found {
+            None => Ok(()),
+            Some(f) => Err(IoError::invalid(
+                &self.path,
+                format!(
+                    "{}; unetc refuses such inputs because the output would be meaningless: \
+                     replace them (e.g. numpy.nan_to_num) or fix what wrote the file",
+                    f.describe(&self.shape)
+                ),
+            )),
+        }
     }
 }
 

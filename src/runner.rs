@@ -632,12 +632,12 @@ fn open_streamed(
     context: &RunContext<'_>,
     tiling: &TileRequest,
     report: &mut RunReport,
-) -> Result<Option<Box<dyn RegionSource>>, RunError> {
+) -> Result<Option<Box<dyn RegionSource + Send>>, RunError> {
     let ext = input
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    let source: Box<dyn RegionSource> = match ext.as_deref() {
+    let source: Box<dyn RegionSource + Send> = match ext.as_deref() {
         Some("npy") => match NpySource::open(input)? {
             Some(s) => {
                 let [n, h, w, c] = s.shape();
@@ -692,7 +692,7 @@ fn create_sink(
     output: &Path,
     shape: [usize; 4],
     force: bool,
-) -> Result<Box<dyn RegionSink>, RunError> {
+) -> Result<Box<dyn RegionSink + Send>, RunError> {
     let ext = output
         .extension()
         .and_then(|e| e.to_str())
@@ -721,7 +721,7 @@ fn model_input_shape(c: &Compiled) -> Vec<usize> {
 /// output is ever held whole, only a batch of tiles and what the source caches.
 fn predict_streamed(
     p: &Predict<'_>,
-    source: &mut dyn RegionSource,
+    source: &mut (dyn RegionSource + Send),
     output: &Path,
     force: bool,
     report: &mut RunReport,
@@ -767,46 +767,100 @@ fn predict_streamed(
     let (th, tw) = plan.tile_in;
     let (oh, ow) = plan.tile_out;
     let k = model_output_shape(&sized)?.last().copied().unwrap_or(1);
-    let mut sink = create_sink(output, [n, h, w, k], force)?;
+    let sink = create_sink(output, [n, h, w, k], force)?;
     let (rows, cols) = plan.tiles();
     let total = n * rows * cols;
-    let mut positions = tile_positions(&plan, n);
-    let mut chunk = Vec::with_capacity(batch);
-    let mut scratch = Vec::new();
-    let mut done = 0;
-    loop {
-        chunk.clear();
-        chunk.extend(positions.by_ref().take(batch));
-        if chunk.is_empty() {
-            break;
-        }
-        let mut tiles = Tensor::zeros(&[chunk.len(), th, tw, c]);
-        fill_tiles(source, &plan, &chunk, &mut tiles, &mut scratch)?;
-        report.arena_bytes = report.arena_bytes.max(model.arena_bytes(chunk.len()));
-        if let Some(d) = model.device_bytes(chunk.len()) {
-            report.device_bytes = Some(report.device_bytes.unwrap_or(0).max(d));
-        }
-        report.device = model.name();
-        report.forward_passes += 1;
-        let result = model.run(&tiles)?.remove(0);
-        for (t, &(i, row, col)) in chunk.iter().enumerate() {
-            let ((y0, y1), (x0, x1)) = (kept(row, h), kept(col, w));
-            if x0 >= x1 {
-                continue;
+    type Chunk = Vec<(usize, Span, Span)>;
+    // Three stages overlap: a reader thread cuts the next batch of tiles from the source while
+    // this thread runs the model on the current one and a writer thread writes the previous
+    // one's kept outputs. Rendezvous channels (capacity 0): at most two batches of tiles and
+    // two of outputs exist at once.
+    let plan = &plan;
+    let (written, outcome) = std::thread::scope(|scope| {
+        let (tiles_tx, tiles_rx) =
+            std::sync::mpsc::sync_channel::<Result<(Chunk, Tensor), RunError>>(0);
+        let (out_tx, out_rx) = std::sync::mpsc::sync_channel::<(Chunk, Tensor)>(0);
+        let reader = scope.spawn(move || {
+            let mut positions = tile_positions(plan, n);
+            let mut scratch = Vec::new();
+            loop {
+                let chunk: Chunk = positions.by_ref().take(batch).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let mut tiles = Tensor::zeros(&[chunk.len(), th, tw, c]);
+                let item = fill_tiles(source, plan, &chunk, &mut tiles, &mut scratch)
+                    .map(|()| (chunk, tiles));
+                let failed = item.is_err();
+                // A send fails when the compute stage has stopped: stop too.
+                if tiles_tx.send(item).is_err() || failed {
+                    break;
+                }
             }
-            for oy in y0..y1 {
-                let y = (row.offset + oy as isize) as usize;
-                let x = (col.offset + x0 as isize) as usize;
-                let src = ((t * oh + oy) * ow + x0) * k;
-                sink.write_run(i, y, x, &result.data[src..src + (x1 - x0) * k])?;
+        });
+        let writer = scope.spawn(move || -> Result<Box<dyn RegionSink + Send>, RunError> {
+            let mut sink = sink;
+            for (chunk, result) in out_rx {
+                for (t, &(i, row, col)) in chunk.iter().enumerate() {
+                    let ((y0, y1), (x0, x1)) = (kept(row, h), kept(col, w));
+                    if x0 >= x1 {
+                        continue;
+                    }
+                    for oy in y0..y1 {
+                        let y = (row.offset + oy as isize) as usize;
+                        let x = (col.offset + x0 as isize) as usize;
+                        let src = ((t * oh + oy) * ow + x0) * k;
+                        sink.write_run(i, y, x, &result.data[src..src + (x1 - x0) * k])?;
+                    }
+                }
+                sink.release();
             }
+            Ok(sink)
+        });
+        let mut outcome: Result<(), RunError> = Ok(());
+        let mut done = 0;
+        for item in tiles_rx.iter() {
+            let (chunk, tiles) = match item {
+                Ok(x) => x,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            report.arena_bytes = report.arena_bytes.max(model.arena_bytes(chunk.len()));
+            if let Some(d) = model.device_bytes(chunk.len()) {
+                report.device_bytes = Some(report.device_bytes.unwrap_or(0).max(d));
+            }
+            report.device = model.name();
+            report.forward_passes += 1;
+            let result = match model.run(&tiles) {
+                Ok(mut r) => r.remove(0),
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            done += chunk.len();
+            // A send fails when the writer has stopped on an error, which `join` gives.
+            if out_tx.send((chunk, result)).is_err() {
+                break;
+            }
+            progress(done, total);
         }
-        source.release();
-        sink.release();
-        done += chunk.len();
-        progress(done, total);
-    }
-    Ok(sink.finish()?)
+        // Unblock the other stages, then collect them.
+        drop(tiles_rx);
+        drop(out_tx);
+        let stage_failed =
+            |what: &str| RunError::Usage(format!("internal error: the {what} thread panicked"));
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(stage_failed("writer")));
+        let read = reader.join().map_err(|_| stage_failed("reader"));
+        (written, outcome.and(read))
+    });
+    // The first error in pipeline order: reading or computing, then writing.
+    outcome?;
+    Ok(written?.finish()?)
 }
 
 impl RunOptions {

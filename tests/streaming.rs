@@ -511,6 +511,14 @@ fn run_measured(args: &[&str]) -> (i32, u64) {
 #[cfg(target_os = "linux")]
 fn peak_memory_is_bounded_by_the_tile_plan() {
     let dir = temp_dir("rss");
+    // 128 MiB of files: removed however the test ends.
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Remove(dir.clone());
     let (spec, weights) = model(&dir, "one", ONE);
     let n = 4096;
     let big = dir.join("big.npy");

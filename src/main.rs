@@ -79,9 +79,10 @@ enum Command {
         /// (`@list` or a `.txt` file: one path a line, `#` comments).
         #[arg(long)]
         input: PathBuf,
-        /// Where to write: for one input a file, .npy (probabilities) or .png (mask); for a
-        /// directory of inputs a directory (created if missing) of one .png per input (.npy if
-        /// the directory's name ends in .npy).
+        /// Where to write: for one input a file, .npy or .tif (probabilities; a tiled float32
+        /// BigTIFF) or .png (mask); for a directory of inputs a directory (created if missing)
+        /// of one .png per input (.npy if the directory's name ends in .npy). A float32 .npy or
+        /// a TIFF input to a .npy/.tif output is streamed tile by tile, never held whole.
         #[arg(short = 'o', long)]
         output: PathBuf,
         /// Write this output channel's probability as 8-bit gray instead of a mask (.png only).
@@ -1327,6 +1328,8 @@ fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) 
     let mut files: Option<indicatif::ProgressBar> = None;
     let mut tiles: Option<indicatif::ProgressBar> = None;
     let started = Instant::now();
+    // Ctrl-C removes the temporary file of an output being written, then exits 130.
+    unetc::io::atomic::remove_on_interrupt();
     let result = unetc::runner::run(spec, opts, &mut |event| match event {
         RunEvent::Progress { input, done, total } => {
             if total > 1 {
@@ -1412,6 +1415,9 @@ fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) 
                 }
                 for note in &report.notes {
                     eprintln!("{note}");
+                }
+                if let Some(peak) = unetc::runner::peak_rss() {
+                    eprintln!("peak RSS {peak} bytes (VmHWM)");
                 }
             }
             ExitCode::SUCCESS

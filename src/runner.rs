@@ -3,12 +3,15 @@
 
 use crate::diag::render_plain;
 use crate::exec::cpu::{CpuModel, ExecError, WeightSource};
-use crate::exec::tiling::{blend_weights, extract_tile, Span};
+use crate::exec::tiling::{blend_weights, mirror_index, Span};
 use crate::exec::{Precision, Tensor};
 use crate::expand::Session;
+use crate::io::stream::{
+    NpySink, NpySource, RegionSink, RegionSource, TensorSource, TiffSink, TiffSource,
+};
 use crate::io::weights::{init_tensor, load_weights, save_weights, seeded_rng, Expected, Weights};
 use crate::io::{ChannelLayout, IoError};
-use crate::report::sizes::{plan_image, Stitch, TileRequest};
+use crate::report::sizes::{plan_image, Stitch, TileMode, TilePlan, TileRequest};
 use crate::{compile_file, Compiled, Options};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -562,31 +565,302 @@ fn run_one(
     report: &mut RunReport,
     events: &mut dyn FnMut(RunEvent<'_>),
 ) -> Result<(), RunError> {
+    let predict_with = Predict {
+        spec: SpecSource {
+            path: context.spec,
+            text: None,
+        },
+        base: context.base,
+        bound: None,
+        weights: context.weights,
+        batch: opts.batch,
+        device: context.device,
+        precision: opts.precision,
+        tiling,
+    };
+    // Blended tiles are summed into the whole output, so a blend run is not streamed.
+    let blend = match tiling.mode {
+        TileMode::Blend => true,
+        TileMode::Exact => false,
+    };
+    if context.kind == OutputKind::Probabilities && !context.model_is_volume && !blend {
+        if let Some(mut source) = open_streamed(&job.input, opts.alpha, context, tiling, report)? {
+            let [n, h, w, _] = source.shape();
+            let model_in = model_input_shape(context.base);
+            if model_in.len() != 3 || model_in[..2] != [h, w] {
+                return predict_streamed(
+                    &predict_with,
+                    source.as_mut(),
+                    &job.output,
+                    opts.force,
+                    report,
+                    &mut |done, total| events(RunEvent::Tiles { done, total }),
+                );
+            }
+            // The model's own size: small; run as a whole (a valid net then gives its own,
+            // smaller output, as for any input of that size).
+            let mut input = Tensor::zeros(&source.shape());
+            for i in 0..n {
+                let item = input.item_len();
+                source.read_region(i, 0..h, 0..w, &mut input.data[i * item..(i + 1) * item])?;
+            }
+            let result = predict(&predict_with, &input, report, &mut |done, total| {
+                events(RunEvent::Tiles { done, total })
+            })?;
+            return write_output(&job.output, &result, context.kind, opts.force);
+        }
+    }
     let input = read_input(
         &job.input,
         opts.alpha,
         (context.model_channels, context.model_is_volume),
         &mut report.notes,
     )?;
-    let result = predict(
-        &Predict {
-            spec: SpecSource {
-                path: context.spec,
-                text: None,
-            },
-            base: context.base,
-            bound: None,
-            weights: context.weights,
-            batch: opts.batch,
-            device: context.device,
-            precision: opts.precision,
-            tiling,
-        },
-        &input,
-        report,
-        &mut |done, total| events(RunEvent::Tiles { done, total }),
-    )?;
+    let result = predict(&predict_with, &input, report, &mut |done, total| {
+        events(RunEvent::Tiles { done, total })
+    })?;
     write_output(&job.output, &result, context.kind, opts.force)
+}
+
+/// A source that streams `input` (an f32 `.npy` through a memory map, or a TIFF a chunk at a
+/// time), with its channels checked against the model; `None` when the input is read whole
+/// instead (other `.npy` dtypes, PNG; a TIFF the streaming reader does not handle but the
+/// whole-image reader may, said in a note).
+fn open_streamed(
+    input: &Path,
+    alpha: AlphaMode,
+    context: &RunContext<'_>,
+    tiling: &TileRequest,
+    report: &mut RunReport,
+) -> Result<Option<Box<dyn RegionSource + Send>>, RunError> {
+    let ext = input
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let source: Box<dyn RegionSource + Send> = match ext.as_deref() {
+        Some("npy") => match NpySource::open(input)? {
+            Some(s) => {
+                let [n, h, w, c] = s.shape();
+                report.notes.push(format!(
+                    "input {}, {c} channel(s){}, memory-mapped",
+                    size_wh(h, w),
+                    if n > 1 {
+                        format!(", {n} images")
+                    } else {
+                        String::new()
+                    }
+                ));
+                Box::new(s)
+            }
+            None => return Ok(None),
+        },
+        Some("tif" | "tiff") => {
+            // Decoded chunks kept for neighbouring tiles: an eighth of the budget, 4-256 MiB.
+            let cache = (tiling.budget / 8).clamp(4 << 20, 256 << 20) as usize;
+            let mut s = match TiffSource::open(input, cache) {
+                Ok(s) => s,
+                Err(why) => {
+                    // Read whole if the whole-image reader can; else its refusal stands.
+                    let whole = crate::io::image::read_image_with_layout(input);
+                    return match whole {
+                        Ok(_) => {
+                            report.notes.push(format!("not streamed: {why}"));
+                            Ok(None)
+                        }
+                        Err(_) => Err(RunError::Io(why)),
+                    };
+                }
+            };
+            if image_channels(s.layout(), alpha, context.model_channels, &mut report.notes)? {
+                s.drop_alpha();
+            }
+            let [_, h, w, c] = s.shape();
+            report.notes.push(format!(
+                "input {}, {c} channel(s), read from the TIFF a chunk at a time",
+                size_wh(h, w)
+            ));
+            Box::new(s)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(source))
+}
+
+/// The output file for `[n, h, w, k]` probabilities, written as tiles finish: `.npy` through a
+/// memory map, `.tif`/`.tiff` as a tiled float32 BigTIFF.
+fn create_sink(
+    output: &Path,
+    shape: [usize; 4],
+    force: bool,
+) -> Result<Box<dyn RegionSink + Send>, RunError> {
+    let ext = output
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("tif" | "tiff") => Ok(Box::new(TiffSink::create(output, shape, force)?)),
+        Some("npy") => Ok(Box::new(NpySink::create(output, shape, force)?)),
+        _ => Err(RunError::Usage(format!(
+            "`{}`: streamed outputs are .npy or .tif",
+            output.display()
+        ))),
+    }
+}
+
+/// The model's input shape without the batch axis.
+fn model_input_shape(c: &Compiled) -> Vec<usize> {
+    c.info.layers[c.graph.inputs[0].index()]
+        .shape
+        .iter()
+        .flatten()
+        .map(|&d| d as usize)
+        .collect()
+}
+
+/// [`predict`] from a streamed source into `output`, tile by tile: neither the input nor the
+/// output is ever held whole, only a batch of tiles and what the source caches.
+fn predict_streamed(
+    p: &Predict<'_>,
+    source: &mut (dyn RegionSource + Send),
+    output: &Path,
+    force: bool,
+    report: &mut RunReport,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), RunError> {
+    let model_in = model_input_shape(p.base);
+    let model_out = model_output_shape(p.base)?;
+    let [n, h, w, c] = source.shape();
+    if n == 0 || h == 0 || w == 0 {
+        return Err(RunError::Usage(format!(
+            "the input has shape {:?}: it is empty",
+            [n, h, w, c]
+        )));
+    }
+    if model_in.len() != 3 || model_out.len() != 3 {
+        return Err(RunError::Usage(format!(
+            "the input is {} but the model takes exactly {:?} (its output is not an image, so it \
+             cannot be tiled)",
+            size_wh(h, w),
+            model_in
+        )));
+    }
+    if c != model_in[2] {
+        return Err(RunError::Usage(format!(
+            "the input has {c} channel(s) but the model takes {} (its input shape is {}x{}x{} \
+             (H x W x C))",
+            model_in[2], model_in[0], model_in[1], model_in[2]
+        )));
+    }
+    let batch = p.batch.max(1);
+    let (plan, sized) = plan_tiles(p, &model_in, [n, h, w, c], batch, report)?;
+    match plan.stitch {
+        Stitch::Blend(_) => {
+            return Err(RunError::Usage(
+                "blended tiles are averaged into the whole output, which a streamed run does \
+                 not hold; use exact tiles (the default --tile-mode exact)"
+                    .into(),
+            ))
+        }
+        Stitch::Whole | Stitch::OverlapTile | Stitch::Exact => {}
+    }
+    let model = Backend::new(p.device, &sized, p.weights, p.precision, p.tiling.budget)?;
+    let (th, tw) = plan.tile_in;
+    let (oh, ow) = plan.tile_out;
+    let k = model_output_shape(&sized)?.last().copied().unwrap_or(1);
+    let sink = create_sink(output, [n, h, w, k], force)?;
+    let (rows, cols) = plan.tiles();
+    let total = n * rows * cols;
+    type Chunk = Vec<(usize, Span, Span)>;
+    // Three stages overlap: a reader thread cuts the next batch of tiles from the source while
+    // this thread runs the model on the current one and a writer thread writes the previous
+    // one's kept outputs. Rendezvous channels (capacity 0): at most two batches of tiles and
+    // two of outputs exist at once.
+    let plan = &plan;
+    let (written, outcome) = std::thread::scope(|scope| {
+        let (tiles_tx, tiles_rx) =
+            std::sync::mpsc::sync_channel::<Result<(Chunk, Tensor), RunError>>(0);
+        let (out_tx, out_rx) = std::sync::mpsc::sync_channel::<(Chunk, Tensor)>(0);
+        let reader = scope.spawn(move || {
+            let mut positions = tile_positions(plan, n);
+            let mut scratch = Vec::new();
+            loop {
+                let chunk: Chunk = positions.by_ref().take(batch).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let mut tiles = Tensor::zeros(&[chunk.len(), th, tw, c]);
+                let item = fill_tiles(source, plan, &chunk, &mut tiles, &mut scratch)
+                    .map(|()| (chunk, tiles));
+                let failed = item.is_err();
+                // A send fails when the compute stage has stopped: stop too.
+                if tiles_tx.send(item).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let writer = scope.spawn(move || -> Result<Box<dyn RegionSink + Send>, RunError> {
+            let mut sink = sink;
+            for (chunk, result) in out_rx {
+                for (t, &(i, row, col)) in chunk.iter().enumerate() {
+                    let ((y0, y1), (x0, x1)) = (kept(row, h), kept(col, w));
+                    if x0 >= x1 {
+                        continue;
+                    }
+                    for oy in y0..y1 {
+                        let y = (row.offset + oy as isize) as usize;
+                        let x = (col.offset + x0 as isize) as usize;
+                        let src = ((t * oh + oy) * ow + x0) * k;
+                        sink.write_run(i, y, x, &result.data[src..src + (x1 - x0) * k])?;
+                    }
+                }
+                sink.release();
+            }
+            Ok(sink)
+        });
+        let mut outcome: Result<(), RunError> = Ok(());
+        let mut done = 0;
+        for item in tiles_rx.iter() {
+            let (chunk, tiles) = match item {
+                Ok(x) => x,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            report.arena_bytes = report.arena_bytes.max(model.arena_bytes(chunk.len()));
+            if let Some(d) = model.device_bytes(chunk.len()) {
+                report.device_bytes = Some(report.device_bytes.unwrap_or(0).max(d));
+            }
+            report.device = model.name();
+            report.forward_passes += 1;
+            let result = match model.run(&tiles) {
+                Ok(mut r) => r.remove(0),
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            done += chunk.len();
+            // A send fails when the writer has stopped on an error, which `join` gives.
+            if out_tx.send((chunk, result)).is_err() {
+                break;
+            }
+            progress(done, total);
+        }
+        // Unblock the other stages, then collect them.
+        drop(tiles_rx);
+        drop(out_tx);
+        let stage_failed =
+            |what: &str| RunError::Usage(format!("internal error: the {what} thread panicked"));
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(stage_failed("writer")));
+        let read = reader.join().map_err(|_| stage_failed("reader"));
+        (written, outcome.and(read))
+    });
+    // The first error in pipeline order: reading or computing, then writing.
+    outcome?;
+    Ok(written?.finish()?)
 }
 
 impl RunOptions {
@@ -795,19 +1069,34 @@ fn fit_image_channels(
     model_channels: usize,
     notes: &mut Vec<String>,
 ) -> Result<Tensor, RunError> {
-    let (tensor, layout) = match alpha {
+    if image_channels(layout, alpha, model_channels, notes)? {
+        Ok(drop_last_channel(&tensor))
+    } else {
+        Ok(tensor)
+    }
+}
+
+/// Whether to drop an image's alpha channel (`--alpha drop`), after checking that its channels
+/// then are the model's; the error says what the image is and what to do.
+fn image_channels(
+    layout: ChannelLayout,
+    alpha: AlphaMode,
+    model_channels: usize,
+    notes: &mut Vec<String>,
+) -> Result<bool, RunError> {
+    let (drop, layout) = match alpha {
         AlphaMode::Drop if layout.has_alpha() => {
             notes.push(format!(
                 "{} image: alpha channel dropped (--alpha drop)",
                 layout.name()
             ));
-            (drop_last_channel(&tensor), layout.without_alpha())
+            (true, layout.without_alpha())
         }
-        AlphaMode::Drop | AlphaMode::Keep => (tensor, layout),
+        AlphaMode::Drop | AlphaMode::Keep => (false, layout),
     };
     let channels = layout.channels();
     if channels == model_channels {
-        return Ok(tensor);
+        return Ok(drop);
     }
     let what = format!(
         "is {} image: {channels} channel(s) but the model takes {model_channels}",
@@ -862,18 +1151,19 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
             .map(str::to_ascii_lowercase)
     };
     match ext.as_deref() {
-        Some("npy") => {
+        Some(ext @ ("npy" | "tif" | "tiff")) => {
             if let Some(class) = opts.class {
                 return Err(RunError::Usage(format!(
-                    "--class {class} picks the channel a .png output shows as gray; a .npy \
+                    "--class {class} picks the channel a .png output shows as gray; a .{ext} \
                      output holds all {channels} channel(s), so --class would do nothing: drop \
                      it, or write a .png"
                 )));
             }
             if let Some(t) = opts.threshold {
                 return Err(RunError::Usage(format!(
-                    "--threshold {t} makes a .png mask; a .npy output holds the probabilities, \
-                     unthresholded, so --threshold would do nothing: drop it, or write a .png"
+                    "--threshold {t} makes a .png mask; a .{ext} output holds the \
+                     probabilities, unthresholded, so --threshold would do nothing: drop it, or \
+                     write a .png"
                 )));
             }
             Ok(OutputKind::Probabilities)
@@ -916,7 +1206,7 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
             opts.output.display()
         ))),
         _ => Err(RunError::Usage(format!(
-            "`{}`: outputs are .npy (probabilities) or .png (masks)",
+            "`{}`: outputs are .npy or .tif (probabilities) or .png (masks)",
             opts.output.display()
         ))),
     }
@@ -1014,94 +1304,26 @@ fn predict(
             size_wh(model_in[0], model_in[1])
         )));
     }
-    let text = match p.spec.text {
-        Some(text) => text.to_string(),
-        None => std::fs::read_to_string(p.spec.path).map_err(|e| {
-            RunError::Usage(format!("cannot read `{}`: {e}", p.spec.path.display()))
-        })?,
-    };
-    let mut request = p.tiling.clone();
-    request.batch = batch.max(1);
-    request.spec_tile_first = true;
-    let plan = plan_image(
-        p.spec.path,
-        &text,
-        [model_in[0], model_in[1], model_in[2]],
-        (h, w),
-        &request,
-    )
-    .map_err(|e| RunError::Usage(format!("the input is {}: {e}", size_wh(h, w))))?;
-    let sized = p.spec.compile_checked(Some(vec![
-        plan.tile_in.0 as i64,
-        plan.tile_in.1 as i64,
-        c as i64,
-    ]))?;
+    let (plan, sized) = plan_tiles(p, &model_in, [n, h, w, c], batch, report)?;
     let model = Backend::new(device, &sized, p.weights, precision, budget)?;
     let (th, tw) = plan.tile_in;
     let (oh, ow) = plan.tile_out;
     let k = model_output_shape(&sized)?.last().copied().unwrap_or(1);
     let (rows, cols) = plan.tiles();
-    report.notes.push(match plan.stitch {
-        Stitch::Whole if plan.padded == (h, w) => format!("{} in one pass", size_wh(h, w)),
-        Stitch::Whole => format!(
-            "{} mirror-padded to {} and cropped back",
-            size_wh(h, w),
-            size_wh(plan.padded.0, plan.padded.1)
-        ),
-        Stitch::OverlapTile if rows * cols == 1 => format!(
-            "{} mirror-padded by the margin into one tile of {}",
-            size_wh(h, w),
-            size_wh(th, tw)
-        ),
-        Stitch::OverlapTile => format!(
-            "{} covered by {} overlapping tiles of {} per image",
-            size_wh(h, w),
-            rows * cols,
-            size_wh(th, tw)
-        ),
-        Stitch::Exact | Stitch::Blend(_) => format!(
-            "{}{}, covered by {cols} x {rows} tiles of {} per image; {}",
-            size_wh(h, w),
-            if plan.padded == (h, w) {
-                String::new()
-            } else {
-                format!(
-                    " mirror-padded to {}",
-                    size_wh(plan.padded.0, plan.padded.1)
-                )
-            },
-            size_wh(th, tw),
-            plan.mode_text()
-        ),
-    });
     let blend = match plan.stitch {
         Stitch::Blend(kind) => Some((blend_weights(oh, kind), blend_weights(ow, kind))),
         Stitch::Whole | Stitch::OverlapTile | Stitch::Exact => None,
     };
     let mut out = Tensor::zeros(&[n, h, w, k]);
     let mut weight_sum = vec![0.0f32; if blend.is_some() { n * h * w } else { 0 }];
-    let mut positions: Vec<(usize, Span, Span)> = Vec::with_capacity(n * rows * cols);
-    for i in 0..n {
-        for &row in &plan.rows {
-            for &col in &plan.cols {
-                positions.push((i, row, col));
-            }
-        }
-    }
-    let total = positions.len();
+    let positions: Vec<(usize, Span, Span)> = tile_positions(&plan, n).collect();
+    let total = n * rows * cols;
     let mut done = 0;
+    let mut source = TensorSource { tensor: input };
+    let mut scratch = Vec::new();
     for chunk in positions.chunks(batch.max(1)) {
         let mut tiles = Tensor::zeros(&[chunk.len(), th, tw, c]);
-        for (t, &(i, row, col)) in chunk.iter().enumerate() {
-            extract_tile(
-                &input.data[i * h * w * c..(i + 1) * h * w * c],
-                [h, w, c],
-                plan.pad_before,
-                (row.start, col.start),
-                (th, tw),
-                &mut tiles.data[t * th * tw * c..(t + 1) * th * tw * c],
-            );
-        }
+        fill_tiles(&mut source, &plan, chunk, &mut tiles, &mut scratch)?;
         report.arena_bytes = report.arena_bytes.max(model.arena_bytes(chunk.len()));
         if let Some(d) = model.device_bytes(chunk.len()) {
             report.device_bytes = Some(report.device_bytes.unwrap_or(0).max(d));
@@ -1111,12 +1333,7 @@ fn predict(
         let result = model.run(&tiles)?.remove(0);
         for (t, &(i, row, col)) in chunk.iter().enumerate() {
             // Kept tile outputs that land inside the image.
-            let clip = |s: Span, len: usize| {
-                let lo = (s.keep.0 as isize).max(-s.offset);
-                let hi = (s.keep.1 as isize).min(len as isize - s.offset);
-                (lo.max(0) as usize, hi.max(0) as usize)
-            };
-            let ((y0, y1), (x0, x1)) = (clip(row, h), clip(col, w));
+            let ((y0, y1), (x0, x1)) = (kept(row, h), kept(col, w));
             if x0 >= x1 {
                 continue;
             }
@@ -1152,6 +1369,141 @@ fn predict(
         }
     }
     Ok(out)
+}
+
+/// The tile plan for `[n, h, w, c]` images on `p`'s model, the model compiled at the tile's
+/// size, and a note saying how the image is covered.
+fn plan_tiles(
+    p: &Predict<'_>,
+    model_in: &[usize],
+    [_, h, w, c]: [usize; 4],
+    batch: usize,
+    report: &mut RunReport,
+) -> Result<(TilePlan, Compiled), RunError> {
+    let text = match p.spec.text {
+        Some(text) => text.to_string(),
+        None => std::fs::read_to_string(p.spec.path).map_err(|e| {
+            RunError::Usage(format!("cannot read `{}`: {e}", p.spec.path.display()))
+        })?,
+    };
+    let mut request = p.tiling.clone();
+    request.batch = batch.max(1);
+    request.spec_tile_first = true;
+    let plan = plan_image(
+        p.spec.path,
+        &text,
+        [model_in[0], model_in[1], model_in[2]],
+        (h, w),
+        &request,
+    )
+    .map_err(|e| RunError::Usage(format!("the input is {}: {e}", size_wh(h, w))))?;
+    let sized = p.spec.compile_checked(Some(vec![
+        plan.tile_in.0 as i64,
+        plan.tile_in.1 as i64,
+        c as i64,
+    ]))?;
+    let (th, tw) = plan.tile_in;
+    let (rows, cols) = plan.tiles();
+    report.notes.push(match plan.stitch {
+        Stitch::Whole if plan.padded == (h, w) => format!("{} in one pass", size_wh(h, w)),
+        Stitch::Whole => format!(
+            "{} mirror-padded to {} and cropped back",
+            size_wh(h, w),
+            size_wh(plan.padded.0, plan.padded.1)
+        ),
+        Stitch::OverlapTile if rows * cols == 1 => format!(
+            "{} mirror-padded by the margin into one tile of {}",
+            size_wh(h, w),
+            size_wh(th, tw)
+        ),
+        Stitch::OverlapTile => format!(
+            "{} covered by {} overlapping tiles of {} per image",
+            size_wh(h, w),
+            rows * cols,
+            size_wh(th, tw)
+        ),
+        Stitch::Exact | Stitch::Blend(_) => format!(
+            "{}{}, covered by {cols} x {rows} tiles of {} per image; {}",
+            size_wh(h, w),
+            if plan.padded == (h, w) {
+                String::new()
+            } else {
+                format!(
+                    " mirror-padded to {}",
+                    size_wh(plan.padded.0, plan.padded.1)
+                )
+            },
+            size_wh(th, tw),
+            plan.mode_text()
+        ),
+    });
+    Ok((plan, sized))
+}
+
+/// Fills `tiles` (`[chunk.len(), th, tw, c]`) with the mirror-padded input tiles at `chunk`'s
+/// positions, reading from `source` only the rectangle each tile needs.
+fn fill_tiles(
+    source: &mut dyn RegionSource,
+    plan: &TilePlan,
+    chunk: &[(usize, Span, Span)],
+    tiles: &mut Tensor,
+    scratch: &mut Vec<f32>,
+) -> Result<(), RunError> {
+    let [_, h, w, c] = source.shape();
+    let (th, tw) = plan.tile_in;
+    let (py, px) = plan.pad_before;
+    // The image rows (columns) a tile reads, mirrored, and the range holding them.
+    let mirrored = |start: usize, len: usize, pad: usize, n: usize| {
+        let idx: Vec<usize> = (0..len)
+            .map(|t| mirror_index((start + t) as isize - pad as isize, n))
+            .collect();
+        let lo = idx.iter().copied().min().unwrap_or(0);
+        let hi = idx.iter().copied().max().map_or(0, |m| m + 1);
+        (idx, lo..hi)
+    };
+    for (t, &(i, row, col)) in chunk.iter().enumerate() {
+        let (ys, rows) = mirrored(row.start, th, py, h);
+        let (xs, cols) = mirrored(col.start, tw, px, w);
+        let region_w = cols.len();
+        scratch.clear();
+        scratch.resize(rows.len() * region_w * c, 0.0);
+        source.read_region(i, rows.clone(), cols.clone(), scratch)?;
+        // Mapped pages of this tile's rectangle go back now, not after the batch.
+        source.release();
+        // Runs of consecutive source columns (the tile's interior) are copied whole.
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // (tile x, source x, length)
+        for (tx, &sx) in xs.iter().enumerate() {
+            match runs.last_mut() {
+                Some((x0, s0, len)) if *x0 + *len == tx && *s0 + *len == sx => *len += 1,
+                _ => runs.push((tx, sx, 1)),
+            }
+        }
+        let out = &mut tiles.data[t * th * tw * c..(t + 1) * th * tw * c];
+        for (ty, &sy) in ys.iter().enumerate() {
+            for &(tx, sx, len) in &runs {
+                let src = ((sy - rows.start) * region_w + (sx - cols.start)) * c;
+                let dst = (ty * tw + tx) * c;
+                out[dst..dst + len * c].copy_from_slice(&scratch[src..src + len * c]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The tile output indices a span keeps that land inside an axis of length `len`.
+fn kept(s: Span, len: usize) -> (usize, usize) {
+    let lo = (s.keep.0 as isize).max(-s.offset);
+    let hi = (s.keep.1 as isize).min(len as isize - s.offset);
+    (lo.max(0) as usize, hi.max(0) as usize)
+}
+
+/// Every tile position `(image, row span, column span)` of `n` images, row by row.
+fn tile_positions(plan: &TilePlan, n: usize) -> impl Iterator<Item = (usize, Span, Span)> + '_ {
+    (0..n).flat_map(move |i| {
+        plan.rows
+            .iter()
+            .flat_map(move |&row| plan.cols.iter().map(move |&col| (i, row, col)))
+    })
 }
 
 /// A volume model (input `(D, H, W, C)`) on an NDHWC array, or one `(D, H, W, C)` volume: run
@@ -1247,6 +1599,24 @@ fn forward(
 }
 
 fn write_output(path: &Path, out: &Tensor, kind: OutputKind, force: bool) -> Result<(), RunError> {
+    let tiff = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("tif") || e.eq_ignore_ascii_case("tiff"));
+    if kind == OutputKind::Probabilities && tiff {
+        let [n, h, w, k] = out.shape[..] else {
+            return Err(RunError::Usage(format!(
+                "the model's output has shape {:?}, not (N, H, W, C): it cannot be a TIFF; \
+                 write a .npy",
+                out.shape
+            )));
+        };
+        let mut sink = create_sink(path, [n, h, w, k], force)?;
+        for (row, values) in out.data.chunks(w * k).enumerate() {
+            sink.write_run(row / h, row % h, 0, values)?;
+        }
+        return Ok(sink.finish()?);
+    }
     if kind == OutputKind::Probabilities {
         return Ok(crate::io::npy::write_npy(path, out, force)?);
     }

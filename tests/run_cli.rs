@@ -587,8 +587,10 @@ fn nan_or_inf_in_a_weight_is_an_error_naming_the_tensor() {
     );
 }
 
+/// A float32 TIFF is read by the streaming reader (towards .npy/.tif outputs), which refuses
+/// its NaN by index; towards a .png the whole-image reader refuses float TIFFs.
 #[test]
-fn float_tiff_is_refused_not_run() {
+fn float_tiff_with_nan_is_refused_not_run() {
     let dir = temp_dir("float-tiff");
     let weights = init_weights(SIGMOID_NET, &dir);
     let mut pixels = vec![0.5f32; 32 * 32 * 3];
@@ -600,10 +602,18 @@ fn float_tiff_is_refused_not_run() {
     let (code, stderr) = run_spec(SIGMOID_NET, &weights, &tif, &out, &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains("float.tif") && stderr.contains(".npy"),
+        stderr.contains("float.tif") && stderr.contains("NaN at index [0, 0, 2, 1]"),
         "{stderr}"
     );
     assert!(!out.exists());
+    let png = dir.join("out.png");
+    let (code, stderr) = run_spec(SIGMOID_NET, &weights, &tif, &png, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("float.tif") && stderr.contains(".npy"),
+        "{stderr}"
+    );
+    assert!(!png.exists());
 }
 
 #[test]
@@ -884,9 +894,11 @@ fn run_takes_dash_o_and_prints_sizes_as_width_by_height() {
             && !stderr.contains("37x40"),
         "{stderr}"
     );
-    // The README shows this very output, and names only options that exist.
+    // The README shows this very output (the peak RSS is this machine's: a line of the same
+    // form), and names only options that exist.
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    for line in stderr.lines() {
+    assert!(stderr.contains("\npeak RSS ") && readme.contains("\n  peak RSS "));
+    for line in stderr.lines().filter(|l| !l.starts_with("peak RSS ")) {
         assert!(
             readme.contains(&format!("  {line}\n")),
             "README.md lacks the --verbose line {line:?}"

@@ -13,6 +13,20 @@ pub fn write_atomic(
     force: bool,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), IoError> {
+    let temp = begin(path, force)?;
+    {
+        let mut out = BufWriter::with_capacity(1 << 20, temp.as_file());
+        write(&mut out).map_err(|e| IoError::os(path, "cannot write", e))?;
+        out.flush()
+            .map_err(|e| IoError::os(path, "cannot write", e))?;
+    }
+    commit(temp, path, force)
+}
+
+/// The temporary file for `path`, beside it (hidden: `.<name>.XXXXXX.tmp`); checks first that
+/// `path` may be written (not a directory, in a directory that exists, absent unless `force`).
+/// Until [`commit`] the file is removed when dropped, and on Ctrl-C (see [`remove_on_interrupt`]).
+pub fn begin(path: &Path, force: bool) -> Result<tempfile::NamedTempFile, IoError> {
     if path.is_dir() {
         return Err(IoError::invalid(
             path,
@@ -66,17 +80,23 @@ pub fn write_atomic(
             without_temp_path(e),
         )
     })?;
+    pending().insert(temp.path().to_path_buf());
+    Ok(temp)
+}
 
-    {
-        let mut out = BufWriter::with_capacity(1 << 20, temp.as_file());
-        write(&mut out).map_err(|e| IoError::os(path, "cannot write", e))?;
-        out.flush()
-            .map_err(|e| IoError::os(path, "cannot write", e))?;
-    }
+/// Syncs the finished temporary file and renames it to `path` (over an existing file only with
+/// `force`). On failure the temporary file is removed.
+pub fn commit(temp: tempfile::NamedTempFile, path: &Path, force: bool) -> Result<(), IoError> {
+    let temp_path = temp.path().to_path_buf();
+    let result = commit_inner(temp, path, force);
+    pending().remove(&temp_path);
+    result
+}
+
+fn commit_inner(temp: tempfile::NamedTempFile, path: &Path, force: bool) -> Result<(), IoError> {
     temp.as_file()
         .sync_all()
         .map_err(|e| IoError::os(path, "cannot write", e))?;
-
     let persisted = if force {
         temp.persist(path)
     } else {
@@ -96,6 +116,33 @@ pub fn write_atomic(
             without_temp_path(e.error),
         )),
     }
+}
+
+/// Temporary files not yet committed (a dropped one is removed by `tempfile`; the entry left
+/// here then names nothing, which [`remove_pending`] tolerates).
+fn pending() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<std::path::PathBuf>> {
+    static PENDING: std::sync::Mutex<std::collections::BTreeSet<std::path::PathBuf>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    PENDING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Removes every temporary file not yet committed; for an interrupt handler, just before exit.
+pub fn remove_pending() {
+    for path in std::mem::take(&mut *pending()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Installs a Ctrl-C (SIGINT/SIGTERM) handler that removes uncommitted temporary files and exits
+/// with status 130, so an interrupted run leaves neither a partial output nor its temporary file.
+pub fn remove_on_interrupt() {
+    // A second installation (tests, library use) fails; the first handler stays and suffices.
+    let _ = ctrlc::set_handler(|| {
+        remove_pending();
+        std::process::exit(130);
+    });
 }
 
 /// The OS error without what `tempfile` appends to it (` at path "<temporary file>"`, a name the

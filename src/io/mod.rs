@@ -4,8 +4,11 @@
 //! - [`image`]: PNG/TIFF images in (8/16-bit gray or colour, scaled to [0, 1]), PNG masks out.
 //! - [`weights`]: safetensors weights in unetc's `<layer>/<variable>` naming, Keras layouts, and the
 //!   Keras initializers.
-//! - [`atomic`]: every writer goes through [`atomic::write_atomic`]: a temporary file beside the
-//!   target, renamed over it, so no partial file is ever left.
+//! - [`stream`]: images larger than memory, a region at a time: float32 `.npy` memory-mapped and
+//!   TIFF/BigTIFF a chunk at a time in, `.npy` (mapped) and tiled float32 BigTIFF out.
+//! - [`atomic`]: every writer goes through [`atomic::begin`] and [`atomic::commit`] (or
+//!   [`atomic::write_atomic`]): a temporary file beside the target, renamed over it, so no
+//!   partial file is ever left (on Ctrl-C too, with [`atomic::remove_on_interrupt`]).
 //!
 //! Every declared size (array shapes, image dimensions, tensor shapes) is checked against the
 //! file's real length and against the limits below before anything is allocated for it. Errors
@@ -14,6 +17,7 @@
 pub mod atomic;
 pub mod image;
 pub mod npy;
+pub mod stream;
 pub mod weights;
 
 pub use crate::exec::tensor::{NonFinite, NonFiniteKind};

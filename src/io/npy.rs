@@ -79,7 +79,9 @@ pub fn read_npy_targets(path: &Path) -> Result<Tensor, IoError> {
     read_npy_raw(path, true)
 }
 
-fn read_npy_raw(path: &Path, class_indices: bool) -> Result<Tensor, IoError> {
+/// Opens a `.npy` file and reads its preamble and header: the file positioned at the data, the
+/// header, the data's offset, and the file's length (regular files only).
+fn open_header(path: &Path) -> Result<(File, Header, u64, Option<u64>), IoError> {
     let mut file = File::open(path).map_err(|e| IoError::os(path, "cannot open", e))?;
     let meta = file
         .metadata()
@@ -150,7 +152,56 @@ fn read_npy_raw(path: &Path, class_indices: bool) -> Result<Tensor, IoError> {
             .flatten(),
     }
     .ok_or_else(|| IoError::invalid(path, "the .npy header is not text"))?;
-    let Header { dtype, shape } = parse_header(&text).map_err(|p| IoError::invalid(path, p))?;
+    let header = parse_header(&text).map_err(|p| IoError::invalid(path, p))?;
+    Ok((file, header, (prefix_len + header_len) as u64, file_len))
+}
+
+/// A `<f4` C-order array in a regular file, checked against the file's length: its shape (a
+/// 3-D HWC array gets a batch of 1) and where its data starts, for a memory map. `None` for
+/// other dtypes (read those with [`read_npy`]). No element limit applies: nothing is allocated
+/// for the data, and every index into it is checked against the length found here.
+pub fn f32_layout(path: &Path) -> Result<Option<([usize; 4], u64)>, IoError> {
+    let (_, Header { dtype, shape }, offset, file_len) = open_header(path)?;
+    let Some(file_len) = file_len else {
+        return Ok(None);
+    };
+    if dtype != Dtype::F4 {
+        return Ok(None);
+    }
+    let nhwc = match shape[..] {
+        [h, w, c] => [1, h, w, c],
+        [n, h, w, c] => [n, h, w, c],
+        _ => return Ok(None),
+    };
+    let data_len = nhwc
+        .iter()
+        .try_fold(4u64, |a, &d| a.checked_mul(d as u64))
+        .ok_or_else(|| {
+            IoError::invalid(
+                path,
+                format!("declares shape {shape:?}, too large to exist"),
+            )
+        })?;
+    let have = file_len - offset;
+    if have != data_len {
+        return Err(IoError::invalid(
+            path,
+            format!(
+                "shape {shape:?} needs {data_len} bytes of data but the file has {have}{}",
+                if have < data_len {
+                    " (it is truncated)"
+                } else {
+                    "; a .npy file holds one array (is it several arrays appended, or a damaged \
+                     file?)"
+                }
+            ),
+        ));
+    }
+    Ok(Some((nhwc, offset)))
+}
+
+fn read_npy_raw(path: &Path, class_indices: bool) -> Result<Tensor, IoError> {
+    let (mut file, Header { dtype, shape }, offset, file_len) = open_header(path)?;
     if matches!(dtype, Dtype::I4 | Dtype::I8) && !class_indices {
         return Err(IoError::invalid(
             path,
@@ -187,7 +238,6 @@ fn read_npy_raw(path: &Path, class_indices: bool) -> Result<Tensor, IoError> {
             ),
         ));
     }
-    let offset = (prefix_len + header_len) as u64;
     if let Some(len) = file_len {
         let have = len - offset;
         if have < data_len as u64 {
@@ -301,7 +351,7 @@ pub fn write_npy(path: &Path, t: &Tensor, force: bool) -> Result<(), IoError> {
 }
 
 /// Preamble and header of a `<f4` C-order array, padded so the data starts at a multiple of 64.
-fn header_bytes(shape: &[usize]) -> Vec<u8> {
+pub(crate) fn header_bytes(shape: &[usize]) -> Vec<u8> {
     let dims = match shape {
         [d] => format!("({d},)"),
         _ => format!(

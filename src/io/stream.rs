@@ -1,0 +1,956 @@
+//! Streamed images: read a region at a time, write pixels as tiles finish, so an image larger
+//! than memory never has to be held whole.
+//!
+//! Sources ([`RegionSource`]):
+//! - [`NpySource`]: a `<f4` NHWC/HWC `.npy` array through a read-only memory map;
+//! - [`TiffSource`]: a TIFF or BigTIFF (strips or tiles, chunky, 8/16-bit unsigned or 32-bit
+//!   float samples, gray, gray+alpha, RGB or RGBA, any compression the `tiff` crate decodes),
+//!   decoded one chunk at a time by the `tiff` crate, a few chunks cached;
+//! - [`TensorSource`]: a tensor already in memory.
+//!
+//! Sinks ([`RegionSink`]), both temporary files beside the target, created at their final size
+//! (disk space reserved first), renamed into place by [`RegionSink::finish`]:
+//! - [`NpySink`]: a `<f4` `.npy` written through a memory map;
+//! - [`TiffSink`]: an uncompressed tiled float32 BigTIFF, written by hand with positional writes
+//!   (the `tiff` crate 0.10 writes strips only, not tiles).
+//!
+//! Pages of a mapping are handed back to the kernel after each batch of tiles
+//! ([`RegionSource::release`], [`RegionSink::release`]), so the resident set stays bounded by
+//! the tiles, not the file.
+
+use super::atomic::{begin, commit};
+use super::{ChannelLayout, IoError};
+use crate::exec::Tensor;
+use std::fs::File;
+use std::io::BufReader;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// The most pixels (width × height) of a streamed image: 2^36 (e.g. 262,144 x 262,144).
+pub const MAX_STREAM_PIXELS: u64 = 1 << 36;
+
+/// Where an image's pixels come from, a rectangle at a time.
+pub trait RegionSource {
+    /// `[n, h, w, c]`.
+    fn shape(&self) -> [usize; 4];
+    /// Rows `rows` and columns `cols` of image `image` into `out` (`[rows, cols, c]`, f32).
+    fn read_region(
+        &mut self,
+        image: usize,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), IoError>;
+    /// Lets go of memory held for regions read so far (mapped pages, cached chunks).
+    fn release(&mut self) {}
+}
+
+/// Where an output's pixels go, a run of pixels at a time.
+pub trait RegionSink {
+    /// Writes `values` (`len / k` pixels of `k` channels) at row `y`, columns from `x`, of
+    /// image `image`.
+    fn write_run(
+        &mut self,
+        image: usize,
+        y: usize,
+        x: usize,
+        values: &[f32],
+    ) -> Result<(), IoError>;
+    /// Lets go of memory held for pixels written so far (their pages stay in the file).
+    fn release(&mut self) {}
+    /// Flushes, syncs and renames the finished file into place.
+    fn finish(self: Box<Self>) -> Result<(), IoError>;
+}
+
+/// The pixel count of `[n, h, w, c]` as f32 bytes, checked.
+fn f32_bytes(shape: [usize; 4]) -> Option<u64> {
+    shape.iter().try_fold(4u64, |a, &d| a.checked_mul(d as u64))
+}
+
+fn check_region(
+    path: &Path,
+    shape: [usize; 4],
+    image: usize,
+    rows: &Range<usize>,
+    cols: &Range<usize>,
+    out: &[f32],
+) -> Result<(), IoError> {
+    let [n, h, w, c] = shape;
+    let ok = image < n
+        && rows.start <= rows.end
+        && rows.end <= h
+        && cols.start <= cols.end
+        && cols.end <= w
+        && out.len() == rows.len() * cols.len() * c;
+    if ok {
+        Ok(())
+    } else {
+        Err(IoError::invalid(
+            path,
+            format!(
+                "internal error: region {rows:?} x {cols:?} of image {image} does not fit shape \
+                 {shape:?} or a buffer of {} values",
+                out.len()
+            ),
+        ))
+    }
+}
+
+/// The error for a NaN or infinite input value at `[image, y, x, channel]`.
+fn non_finite(path: &Path, v: f32, at: [usize; 4]) -> IoError {
+    IoError::invalid(
+        path,
+        format!(
+            "holds {} at index {at:?} (N, H, W, C); unetc refuses such inputs because the output \
+             would be meaningless: replace them (e.g. numpy.nan_to_num) or fix what wrote the file",
+            if v.is_nan() {
+                "NaN"
+            } else {
+                "an infinite value"
+            }
+        ),
+    )
+}
+
+/// A `<f4` `.npy` array read through a memory map.
+pub struct NpySource {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    offset: usize,
+    shape: [usize; 4],
+    /// Byte range of the map read since the last release.
+    touched: Option<(usize, usize)>,
+}
+
+impl NpySource {
+    /// Maps `path` when it is a regular-file `<f4` array of rank 3 (HWC) or 4 (NHWC); `None`
+    /// for anything else (read in memory instead).
+    pub fn open(path: &Path) -> Result<Option<NpySource>, IoError> {
+        let Some((shape, offset)) = super::npy::f32_layout(path)? else {
+            return Ok(None);
+        };
+        let file = File::open(path).map_err(|e| IoError::os(path, "cannot open", e))?;
+        // SAFETY: the map is read only. If another process truncates the file while it is
+        // mapped, reading past the new end raises SIGBUS (a crash, not a wrong result); unetc
+        // never writes its inputs.
+        let map =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| IoError::os(path, "cannot map", e))?;
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        // `f32_layout` checked offset + data == file length; the map has that length.
+        if Some(map.len() as u64) != f32_bytes(shape).and_then(|b| b.checked_add(offset as u64)) {
+            return Err(IoError::invalid(path, "changed while it was being opened"));
+        }
+        let mut source = NpySource {
+            path: path.to_path_buf(),
+            map,
+            offset,
+            shape,
+            touched: None,
+        };
+        source.refuse_non_finite()?;
+        Ok(Some(source))
+    }
+}
+
+impl NpySource {
+    /// Scans the whole array once, a block at a time (each block's pages let go after it), so
+    /// that NaN or infinite values are refused before any work, with their count and the first
+    /// one's index, as the in-memory reader does.
+    fn refuse_non_finite(&mut self) -> Result<(), IoError> {
+        const BLOCK: usize = 4 << 20;
+        let data = &self.map[self.offset..];
+        let mut found: Option<super::NonFinite> = None;
+        for (b, block) in data.chunks(BLOCK).enumerate() {
+            for (j, v) in block.chunks_exact(4).enumerate() {
+                let v = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+                if v.is_finite() {
+                    continue;
+                }
+                match &mut found {
+                    Some(f) => f.count += 1,
+                    None => {
+                        found = Some(super::NonFinite {
+                            first: b * BLOCK / 4 + j,
+                            first_kind: if v.is_nan() {
+                                super::NonFiniteKind::NaN
+                            } else if v > 0.0 {
+                                super::NonFiniteKind::PlusInfinity
+                            } else {
+                                super::NonFiniteKind::MinusInfinity
+                            },
+                            count: 1,
+                        })
+                    }
+                }
+            }
+            // SAFETY: as in `release`: a read-only shared file mapping.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.offset + b * BLOCK,
+                    block.len(),
+                )
+            };
+        }
+        match found {
+            None => Ok(()),
+            Some(f) => Err(IoError::invalid(
+                &self.path,
+                format!(
+                    "{}; unetc refuses such inputs because the output would be meaningless: \
+                     replace them (e.g. numpy.nan_to_num) or fix what wrote the file",
+                    f.describe(&self.shape)
+                ),
+            )),
+        }
+    }
+}
+
+impl RegionSource for NpySource {
+    fn shape(&self) -> [usize; 4] {
+        self.shape
+    }
+
+    fn read_region(
+        &mut self,
+        image: usize,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), IoError> {
+        check_region(&self.path, self.shape, image, &rows, &cols, out)?;
+        let [_, h, w, c] = self.shape;
+        let run = cols.len() * c;
+        for (r, y) in rows.clone().enumerate() {
+            // In bounds: the map holds n*h*w*c f32 after `offset` (checked at open).
+            let start = self.offset + (((image * h + y) * w + cols.start) * c) * 4;
+            let bytes = &self.map[start..start + run * 4];
+            let dst = &mut out[r * run..(r + 1) * run];
+            for (j, (d, b)) in dst.iter_mut().zip(bytes.chunks_exact(4)).enumerate() {
+                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                if !v.is_finite() {
+                    return Err(non_finite(
+                        &self.path,
+                        v,
+                        [image, y, cols.start + j / c, j % c],
+                    ));
+                }
+                *d = v;
+            }
+            let (lo, hi) = self.touched.unwrap_or((start, start));
+            self.touched = Some((lo.min(start), hi.max(start + run * 4)));
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        if let Some((lo, hi)) = self.touched.take() {
+            // SAFETY: a read-only shared file mapping: dropped pages are read again from the
+            // file on the next access, with the same contents.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
+            };
+        }
+    }
+}
+
+/// A tensor `[n, h, w, c]` already in memory.
+pub struct TensorSource<'a> {
+    pub tensor: &'a Tensor,
+}
+
+impl RegionSource for TensorSource<'_> {
+    fn shape(&self) -> [usize; 4] {
+        match self.tensor.shape[..] {
+            [n, h, w, c] => [n, h, w, c],
+            _ => [0, 0, 0, 0],
+        }
+    }
+
+    fn read_region(
+        &mut self,
+        image: usize,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), IoError> {
+        let shape = self.shape();
+        check_region(Path::new("<input>"), shape, image, &rows, &cols, out)?;
+        let [_, h, w, c] = shape;
+        let run = cols.len() * c;
+        for (r, y) in rows.enumerate() {
+            let start = ((image * h + y) * w + cols.start) * c;
+            out[r * run..(r + 1) * run].copy_from_slice(&self.tensor.data[start..start + run]);
+        }
+        Ok(())
+    }
+}
+
+/// How a TIFF stores one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sample {
+    U8,
+    U16,
+    F32,
+}
+
+/// A TIFF or BigTIFF read one chunk (strip or tile) at a time.
+pub struct TiffSource {
+    path: PathBuf,
+    decoder: tiff::decoder::Decoder<BufReader<File>>,
+    h: usize,
+    w: usize,
+    /// Channels stored, and channels given (one less when alpha is dropped).
+    stored: usize,
+    given: usize,
+    layout: ChannelLayout,
+    sample: Sample,
+    /// Chunk size (a strip is the image's width wide) and chunks per row of chunks.
+    chunk: (usize, usize),
+    across: usize,
+    chunks: usize,
+    /// Decoded chunks as f32, oldest first, at most `cache_cap` bytes.
+    cache: std::collections::VecDeque<(usize, Vec<f32>)>,
+    cache_bytes: usize,
+    cache_cap: usize,
+}
+
+impl TiffSource {
+    /// Opens a TIFF for streaming: its first image, checked to be a layout this reader handles
+    /// and no chunk of which decodes to more than `cache_cap` bytes of f32. The error says why
+    /// not otherwise.
+    pub fn open(path: &Path, cache_cap: usize) -> Result<TiffSource, IoError> {
+        use tiff::decoder::{ChunkType, Decoder};
+        use tiff::tags::Tag;
+        use tiff::ColorType;
+        let file = File::open(path).map_err(|e| IoError::os(path, "cannot open", e))?;
+        let bad = |e: tiff::TiffError| {
+            IoError::invalid(path, format!("is not a TIFF unetc can read: {e}"))
+        };
+        let mut decoder = Decoder::new(BufReader::new(file)).map_err(bad)?;
+        let (w, h) = decoder.dimensions().map_err(bad)?;
+        let (w, h) = (w as usize, h as usize);
+        let pixels = w as u64 * h as u64;
+        if pixels == 0 || pixels > MAX_STREAM_PIXELS {
+            return Err(IoError::invalid(
+                path,
+                format!(
+                    "is {w}x{h} (W x H) = {pixels} pixels; unetc streams images of 1 to \
+                     {MAX_STREAM_PIXELS} pixels"
+                ),
+            ));
+        }
+        let color = decoder.colortype().map_err(bad)?;
+        let (layout, bits) = match color {
+            ColorType::Gray(b) => (ChannelLayout::Gray, b),
+            ColorType::GrayA(b) => (ChannelLayout::GrayAlpha, b),
+            ColorType::RGB(b) => (ChannelLayout::Rgb, b),
+            ColorType::RGBA(b) => (ChannelLayout::Rgba, b),
+            // `ColorType` is non-exhaustive: palette, CMYK, YCbCr, multiband and later kinds.
+            other => {
+                return Err(IoError::invalid(
+                    path,
+                    format!(
+                        "stores pixels as {other:?}; unetc streams gray, gray+alpha, RGB and RGBA \
+                         TIFFs: convert it"
+                    ),
+                ))
+            }
+        };
+        let format = decoder
+            .find_tag_unsigned_vec::<u16>(Tag::SampleFormat)
+            .map_err(bad)?
+            .and_then(|v| v.first().copied())
+            .unwrap_or(1);
+        let sample = match (bits, format) {
+            (8, 1) => Sample::U8,
+            (16, 1) => Sample::U16,
+            (32, 3) => Sample::F32,
+            _ => {
+                let kind = match format {
+                    1 => "unsigned integer",
+                    2 => "signed integer",
+                    3 => "floating-point",
+                    _ => "unknown-format",
+                };
+                return Err(IoError::invalid(
+                    path,
+                    format!(
+                        "has {bits}-bit {kind} samples; unetc streams 8- and 16-bit unsigned and \
+                         32-bit float TIFFs: convert it"
+                    ),
+                ));
+            }
+        };
+        let photometric = decoder
+            .find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)
+            .map_err(bad)?;
+        if photometric == Some(0) {
+            return Err(IoError::invalid(
+                path,
+                "stores gray as min-is-white (0 = white); unetc does not invert images silently: \
+                 save it min-is-black",
+            ));
+        }
+        let planar = decoder
+            .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
+            .map_err(bad)?;
+        if planar == Some(2) {
+            return Err(IoError::invalid(
+                path,
+                "stores each channel in its own plane (planar configuration 2); unetc streams \
+                 chunky (interleaved) TIFFs: save it contiguous",
+            ));
+        }
+        let (cw, ch) = decoder.chunk_dimensions();
+        let (cw, ch) = (cw as usize, ch as usize);
+        let (across, count) = match decoder.get_chunk_type() {
+            ChunkType::Strip => (1, decoder.strip_count().map_err(bad)? as usize),
+            ChunkType::Tile => (
+                w.div_ceil(cw.max(1)),
+                decoder.tile_count().map_err(bad)? as usize,
+            ),
+        };
+        let down = h.div_ceil(ch.max(1));
+        if cw == 0 || ch == 0 || count != across.saturating_mul(down) {
+            return Err(IoError::invalid(
+                path,
+                format!(
+                    "declares chunks of {cw}x{ch} (W x H) but {count} of them for an image of \
+                     {w}x{h}; the file is damaged"
+                ),
+            ));
+        }
+        let stored = layout.channels();
+        let chunk_bytes = (cw as u64) * (ch as u64) * stored as u64 * 4;
+        if chunk_bytes > cache_cap as u64 {
+            return Err(IoError::invalid(
+                path,
+                format!(
+                    "stores its pixels in chunks of {cw}x{ch} (W x H), {} each as f32, more than \
+                     the {} set aside for reading it; save it as a tiled TIFF (e.g. tiles of \
+                     256x256: `tiffcp -t -w 256 -l 256`, or tifffile's tile=(256, 256)) or with \
+                     fewer rows per strip",
+                    crate::text::bytes(chunk_bytes),
+                    crate::text::bytes(cache_cap as u64)
+                ),
+            ));
+        }
+        Ok(TiffSource {
+            path: path.to_path_buf(),
+            decoder,
+            h,
+            w,
+            stored,
+            given: stored,
+            layout,
+            sample,
+            chunk: (cw, ch),
+            across,
+            chunks: count,
+            cache: Default::default(),
+            cache_bytes: 0,
+            cache_cap,
+        })
+    }
+
+    /// What the stored channels are.
+    pub fn layout(&self) -> ChannelLayout {
+        self.layout
+    }
+
+    /// Gives every channel but the last (alpha).
+    pub fn drop_alpha(&mut self) {
+        self.given = self.stored.saturating_sub(1).max(1);
+    }
+
+    /// Chunk `index` decoded to f32 (scaled to [0, 1] for integer samples).
+    fn chunk(&mut self, index: usize) -> Result<usize, IoError> {
+        if let Some(at) = self.cache.iter().position(|(i, _)| *i == index) {
+            return Ok(at);
+        }
+        let bad = |e: tiff::TiffError| {
+            IoError::invalid(&self.path, format!("cannot decode chunk {index}: {e}"))
+        };
+        if index >= self.chunks {
+            return Err(IoError::invalid(
+                &self.path,
+                format!("internal error: chunk {index} of {}", self.chunks),
+            ));
+        }
+        use tiff::decoder::DecodingResult;
+        let data: Vec<f32> = match self.decoder.read_chunk(index as u32).map_err(bad)? {
+            DecodingResult::U8(v) if self.sample == Sample::U8 => {
+                v.iter().map(|&b| f32::from(b) / 255.0).collect()
+            }
+            DecodingResult::U16(v) if self.sample == Sample::U16 => {
+                v.iter().map(|&b| f32::from(b) / 65535.0).collect()
+            }
+            DecodingResult::F32(v) if self.sample == Sample::F32 => v,
+            other => {
+                return Err(IoError::invalid(
+                    &self.path,
+                    format!(
+                        "chunk {index} decodes to {} samples, not the {:?} its tags declare; the \
+                         file is damaged",
+                        decoded_kind(&other),
+                        self.sample
+                    ),
+                ))
+            }
+        };
+        let bytes = data.len() * 4;
+        while self.cache_bytes + bytes > self.cache_cap {
+            match self.cache.pop_front() {
+                Some((_, old)) => self.cache_bytes -= old.len() * 4,
+                None => break,
+            }
+        }
+        self.cache_bytes += bytes;
+        self.cache.push_back((index, data));
+        Ok(self.cache.len() - 1)
+    }
+}
+
+fn decoded_kind(d: &tiff::decoder::DecodingResult) -> &'static str {
+    use tiff::decoder::DecodingResult as D;
+    match d {
+        D::U8(_) => "u8",
+        D::U16(_) => "u16",
+        D::U32(_) => "u32",
+        D::U64(_) => "u64",
+        D::F16(_) => "f16",
+        D::F32(_) => "f32",
+        D::F64(_) => "f64",
+        D::I8(_) => "i8",
+        D::I16(_) => "i16",
+        D::I32(_) => "i32",
+        D::I64(_) => "i64",
+    }
+}
+
+impl RegionSource for TiffSource {
+    fn shape(&self) -> [usize; 4] {
+        [1, self.h, self.w, self.given]
+    }
+
+    fn read_region(
+        &mut self,
+        image: usize,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), IoError> {
+        check_region(&self.path, self.shape(), image, &rows, &cols, out)?;
+        if rows.is_empty() || cols.is_empty() {
+            return Ok(());
+        }
+        let (cw, ch) = self.chunk;
+        let (stored, given) = (self.stored, self.given);
+        let region_w = cols.len();
+        for cy in rows.start / ch..=(rows.end - 1) / ch {
+            let (cx0, cx1) = if self.across == 1 {
+                (0, 0)
+            } else {
+                (cols.start / cw, (cols.end - 1) / cw)
+            };
+            for cx in cx0..=cx1 {
+                let index = cy * self.across + cx;
+                // The chunk's own extent in the image (edge chunks hold only the image's part).
+                let (x0, y0) = (cx * cw, cy * ch);
+                let data_w = if self.across == 1 {
+                    self.w
+                } else {
+                    cw.min(self.w - x0)
+                };
+                let data_h = ch.min(self.h - y0);
+                let at = self.chunk(index)?;
+                let data = &self.cache[at].1;
+                if data.len() != data_w * data_h * stored {
+                    return Err(IoError::invalid(
+                        &self.path,
+                        format!(
+                            "chunk {index} holds {} samples, not {data_w}x{data_h}x{stored}; the \
+                             file is damaged",
+                            data.len()
+                        ),
+                    ));
+                }
+                let ys = rows.start.max(y0)..rows.end.min(y0 + data_h);
+                let xs = cols.start.max(x0)..cols.end.min(x0 + data_w);
+                for y in ys {
+                    for x in xs.clone() {
+                        let src = ((y - y0) * data_w + (x - x0)) * stored;
+                        let dst = ((y - rows.start) * region_w + (x - cols.start)) * given;
+                        for k in 0..given {
+                            let v = data[src + k];
+                            if !v.is_finite() {
+                                return Err(non_finite(&self.path, v, [0, y, x, k]));
+                            }
+                            out[dst + k] = v;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) {}
+}
+
+/// Reserves `len` bytes of disk for `file`, so that writing through a map never meets a full
+/// disk (which would be SIGBUS, not an error).
+fn reserve(file: &File, len: u64, path: &Path) -> Result<(), IoError> {
+    file.set_len(len)
+        .map_err(|e| IoError::os(path, "cannot write", e))?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        let len = libc::off_t::try_from(len).unwrap_or(libc::off_t::MAX);
+        // SAFETY: a plain system call on an open file descriptor.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+        // EINVAL/EOPNOTSUPP: the file system cannot reserve; the write checks then.
+        if rc != 0 && rc != libc::EINVAL && rc != libc::EOPNOTSUPP {
+            return Err(IoError::os(
+                path,
+                "cannot reserve disk space for the output",
+                std::io::Error::from_raw_os_error(rc),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A `<f4` `.npy` output written through a memory map.
+pub struct NpySink {
+    path: PathBuf,
+    force: bool,
+    temp: tempfile::NamedTempFile,
+    map: memmap2::MmapMut,
+    offset: usize,
+    shape: [usize; 4],
+    touched: Option<(usize, usize)>,
+}
+
+impl NpySink {
+    /// A temporary file beside `path`, created at the final size of a `shape` (`[n, h, w, k]`)
+    /// array (NHWC, as the in-memory writer writes it).
+    pub fn create(path: &Path, shape: [usize; 4], force: bool) -> Result<NpySink, IoError> {
+        let [n, h, w, k] = shape;
+        let header = super::npy::header_bytes(&[n, h, w, k]);
+        let total = f32_bytes(shape)
+            .and_then(|b| b.checked_add(header.len() as u64))
+            .filter(|&t| usize::try_from(t).is_ok())
+            .ok_or_else(|| {
+                IoError::invalid(path, format!("an output of shape {shape:?} is too large"))
+            })?;
+        let temp = begin(path, force)?;
+        reserve(temp.as_file(), total, path)?;
+        // SAFETY: the temporary file is ours alone (created exclusively, hidden name) and has
+        // its disk space reserved; nothing else maps or truncates it.
+        let mut map = unsafe { memmap2::MmapMut::map_mut(temp.as_file()) }
+            .map_err(|e| IoError::os(path, "cannot map", e))?;
+        if map.len() as u64 != total {
+            return Err(IoError::invalid(path, "internal error: map size"));
+        }
+        map[..header.len()].copy_from_slice(&header);
+        Ok(NpySink {
+            path: path.to_path_buf(),
+            force,
+            temp,
+            map,
+            offset: header.len(),
+            shape,
+            touched: None,
+        })
+    }
+}
+
+fn check_run(
+    path: &Path,
+    shape: [usize; 4],
+    image: usize,
+    y: usize,
+    x: usize,
+    values: &[f32],
+) -> Result<(), IoError> {
+    let [n, h, w, k] = shape;
+    if image < n && y < h && k > 0 && values.len() % k == 0 && x + values.len() / k <= w {
+        Ok(())
+    } else {
+        Err(IoError::invalid(
+            path,
+            format!(
+                "internal error: {} values at image {image}, row {y}, column {x} do not fit \
+                 shape {shape:?}",
+                values.len()
+            ),
+        ))
+    }
+}
+
+impl RegionSink for NpySink {
+    fn write_run(
+        &mut self,
+        image: usize,
+        y: usize,
+        x: usize,
+        values: &[f32],
+    ) -> Result<(), IoError> {
+        check_run(&self.path, self.shape, image, y, x, values)?;
+        let [_, h, w, k] = self.shape;
+        let start = self.offset + ((image * h + y) * w + x) * k * 4;
+        let end = start + values.len() * 4;
+        for (d, v) in self.map[start..end].chunks_exact_mut(4).zip(values) {
+            d.copy_from_slice(&v.to_le_bytes());
+        }
+        let (lo, hi) = self.touched.unwrap_or((start, end));
+        self.touched = Some((lo.min(start), hi.max(end)));
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        if let Some((lo, hi)) = self.touched.take() {
+            // Written pages go to the file first; then they leave the resident set.
+            if self.map.flush_async_range(lo, hi - lo).is_ok() {
+                // SAFETY: a shared file mapping: dropping its pages keeps their contents in the
+                // file (dirty pages are written back), and later reads see them.
+                let _ = unsafe {
+                    self.map
+                        .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
+                };
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), IoError> {
+        let NpySink {
+            path,
+            force,
+            temp,
+            map,
+            ..
+        } = *self;
+        map.flush()
+            .map_err(|e| IoError::os(&path, "cannot write", e))?;
+        drop(map);
+        commit(temp, &path, force)
+    }
+}
+
+/// The side of a tile in a written TIFF.
+pub const TIFF_TILE: usize = 256;
+
+/// An uncompressed tiled float32 BigTIFF (one image, `k` channels, min-is-black with `k - 1`
+/// unspecified extra samples), written with positional writes into a file created at its final
+/// size: any pixel can be written in any order.
+pub struct TiffSink {
+    path: PathBuf,
+    force: bool,
+    temp: tempfile::NamedTempFile,
+    h: usize,
+    w: usize,
+    k: usize,
+    data_start: u64,
+    scratch: Vec<u8>,
+}
+
+/// BigTIFF field types.
+const SHORT: u16 = 3;
+const LONG: u16 = 4;
+const LONG8: u16 = 16;
+
+impl TiffSink {
+    pub fn create(path: &Path, shape: [usize; 4], force: bool) -> Result<TiffSink, IoError> {
+        let [n, h, w, k] = shape;
+        if n != 1 {
+            return Err(IoError::invalid(
+                path,
+                format!("{n} images cannot go into one TIFF; write .npy, or give one image"),
+            ));
+        }
+        let too_large = || {
+            IoError::invalid(
+                path,
+                format!("an output of {w}x{h} (W x H) x {k} is too large for a TIFF"),
+            )
+        };
+        if h == 0
+            || w == 0
+            || k == 0
+            || k > u16::MAX as usize
+            || w > u32::MAX as usize
+            || h > u32::MAX as usize
+        {
+            return Err(too_large());
+        }
+        let t = TIFF_TILE as u64;
+        let tiles = (w as u64).div_ceil(t) * (h as u64).div_ceil(t);
+        let tile_bytes = t * t * k as u64 * 4;
+        // Header 16, IFD: count 8 + 20 per entry + next 8; arrays after it.
+        let entries: u64 = if k > 1 { 13 } else { 12 };
+        let shorts = |count: u64| if count * 2 > 8 { count * 2 } else { 0 };
+        let longs8 = |count: u64| if count * 8 > 8 { count * 8 } else { 0 };
+        let arrays = 2 * shorts(k as u64) + shorts(k as u64 - 1) + 2 * longs8(tiles);
+        let data_start = (16 + 8 + 20 * entries + 8 + arrays).next_multiple_of(4096);
+        let total = tiles
+            .checked_mul(tile_bytes)
+            .and_then(|d| d.checked_add(data_start))
+            .ok_or_else(too_large)?;
+        let temp = begin(path, force)?;
+        reserve(temp.as_file(), total, path)?;
+        let mut sink = TiffSink {
+            path: path.to_path_buf(),
+            force,
+            temp,
+            h,
+            w,
+            k,
+            data_start,
+            scratch: Vec::new(),
+        };
+        sink.write_header(entries, tiles, tile_bytes)?;
+        Ok(sink)
+    }
+
+    fn write_at(&self, bytes: &[u8], offset: u64) -> Result<(), IoError> {
+        use std::os::unix::fs::FileExt;
+        self.temp
+            .as_file()
+            .write_all_at(bytes, offset)
+            .map_err(|e| IoError::os(&self.path, "cannot write", e))
+    }
+
+    fn write_header(&mut self, entries: u64, tiles: u64, tile_bytes: u64) -> Result<(), IoError> {
+        let k = self.k as u64;
+        let mut head: Vec<u8> = Vec::new();
+        head.extend_from_slice(b"II");
+        head.extend_from_slice(&43u16.to_le_bytes());
+        head.extend_from_slice(&8u16.to_le_bytes());
+        head.extend_from_slice(&0u16.to_le_bytes());
+        head.extend_from_slice(&16u64.to_le_bytes());
+        head.extend_from_slice(&entries.to_le_bytes());
+        // Out-of-line arrays start after the IFD.
+        let mut next_array = 16 + 8 + 20 * entries + 8;
+        let mut arrays: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut entry = |head: &mut Vec<u8>, tag: u16, kind: u16, values: &[u64]| {
+            let size = match kind {
+                SHORT => 2,
+                LONG => 4,
+                _ => 8,
+            };
+            let mut bytes = Vec::with_capacity(values.len() * size);
+            for &v in values {
+                bytes.extend_from_slice(&v.to_le_bytes()[..size]);
+            }
+            head.extend_from_slice(&tag.to_le_bytes());
+            head.extend_from_slice(&kind.to_le_bytes());
+            head.extend_from_slice(&(values.len() as u64).to_le_bytes());
+            if bytes.len() <= 8 {
+                bytes.resize(8, 0);
+                head.extend_from_slice(&bytes);
+            } else {
+                head.extend_from_slice(&next_array.to_le_bytes());
+                let len = bytes.len() as u64;
+                arrays.push((next_array, bytes));
+                next_array += len;
+            }
+        };
+        let t = TIFF_TILE as u64;
+        let per = |v: u64| vec![v; k as usize];
+        entry(&mut head, 256, LONG, &[self.w as u64]);
+        entry(&mut head, 257, LONG, &[self.h as u64]);
+        entry(&mut head, 258, SHORT, &per(32));
+        entry(&mut head, 259, SHORT, &[1]); // no compression
+        entry(&mut head, 262, SHORT, &[1]); // min-is-black
+        entry(&mut head, 277, SHORT, &[k]);
+        entry(&mut head, 284, SHORT, &[1]); // chunky
+        entry(&mut head, 322, LONG, &[t]);
+        entry(&mut head, 323, LONG, &[t]);
+        // Tile offsets and byte counts are written below, a block at a time.
+        // After the IFD and the three SHORT arrays (bits, extra samples, sample format).
+        let shorts = |count: u64| if count * 2 > 8 { count * 2 } else { 0 };
+        let offsets_at = 16 + 8 + 20 * entries + 8 + 2 * shorts(k) + shorts(k - 1);
+        let (offsets_at, counts_at) = if tiles > 1 {
+            (offsets_at, offsets_at + tiles * 8)
+        } else {
+            (0, 0)
+        };
+        let tile_entry = |head: &mut Vec<u8>, tag: u16, at: u64, single: u64| {
+            head.extend_from_slice(&tag.to_le_bytes());
+            head.extend_from_slice(&LONG8.to_le_bytes());
+            head.extend_from_slice(&tiles.to_le_bytes());
+            head.extend_from_slice(&(if tiles > 1 { at } else { single }).to_le_bytes());
+        };
+        tile_entry(&mut head, 324, offsets_at, self.data_start);
+        tile_entry(&mut head, 325, counts_at, tile_bytes);
+        if k > 1 {
+            entry(&mut head, 338, SHORT, &vec![0; k as usize - 1]); // unspecified extra samples
+        }
+        entry(&mut head, 339, SHORT, &per(3)); // IEEE float
+        head.extend_from_slice(&0u64.to_le_bytes()); // no next IFD
+        self.write_at(&head, 0)?;
+        for (at, bytes) in &arrays {
+            self.write_at(bytes, *at)?;
+        }
+        if tiles > 1 {
+            let mut block = Vec::with_capacity(8 << 13);
+            for (at, value) in [(offsets_at, None), (counts_at, Some(tile_bytes))] {
+                let mut i = 0u64;
+                while i < tiles {
+                    block.clear();
+                    let end = (i + (1 << 13)).min(tiles);
+                    for j in i..end {
+                        let v = value.unwrap_or(self.data_start + j * tile_bytes);
+                        block.extend_from_slice(&v.to_le_bytes());
+                    }
+                    self.write_at(&block, at + i * 8)?;
+                    i = end;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RegionSink for TiffSink {
+    fn write_run(
+        &mut self,
+        image: usize,
+        y: usize,
+        x: usize,
+        values: &[f32],
+    ) -> Result<(), IoError> {
+        check_run(&self.path, [1, self.h, self.w, self.k], image, y, x, values)?;
+        let (t, k) = (TIFF_TILE, self.k);
+        let across = self.w.div_ceil(t);
+        let tile_bytes = (t * t * k * 4) as u64;
+        let mut done = 0;
+        let pixels = values.len() / k;
+        while done < pixels {
+            let xx = x + done;
+            let n = (t - xx % t).min(pixels - done);
+            let tile = (y / t * across + xx / t) as u64;
+            let at = self.data_start + tile * tile_bytes + (((y % t) * t + xx % t) * k * 4) as u64;
+            let mut scratch = std::mem::take(&mut self.scratch);
+            scratch.clear();
+            for v in &values[done * k..(done + n) * k] {
+                scratch.extend_from_slice(&v.to_le_bytes());
+            }
+            let written = self.write_at(&scratch, at);
+            self.scratch = scratch;
+            written?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), IoError> {
+        let TiffSink {
+            path, force, temp, ..
+        } = *self;
+        commit(temp, &path, force)
+    }
+}

@@ -21,8 +21,8 @@ use crate::ir::ops::{
 };
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -1406,14 +1406,8 @@ impl<'g> CudaModel<'g> {
         let mut end_to_end_times = Vec::with_capacity(iterations);
         for upload in [false, true] {
             for _ in 0..iterations {
-                let start = self
-                    .ctx
-                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                    .map_err(driver)?;
-                let end = self
-                    .ctx
-                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                    .map_err(driver)?;
+                let start = self.timing_event()?;
+                let end = self.timing_event()?;
                 start.record(&self.stream).map_err(driver)?;
                 if upload {
                     let mut view = arena.slice_mut(input_start..input_start + input_len);
@@ -1467,6 +1461,13 @@ impl<'g> CudaModel<'g> {
         graph
     }
 
+    /// An event for timing work on the stream.
+    fn timing_event(&self) -> Result<CudaEvent, CudaError> {
+        self.ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(driver)
+    }
+
     /// One eager pass with an event pair around each step; prints each layer's time.
     fn profile<T: Element>(&self, arena: &mut CudaSlice<T>, batch: usize) -> Result<(), CudaError> {
         let mut marks = Vec::new();
@@ -1474,14 +1475,8 @@ impl<'g> CudaModel<'g> {
             if step.work == Work::Nothing {
                 continue;
             }
-            let start = self
-                .ctx
-                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(driver)?;
-            let end = self
-                .ctx
-                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(driver)?;
+            let start = self.timing_event()?;
+            let end = self.timing_event()?;
             start.record(&self.stream).map_err(driver)?;
             self.step(step, arena, batch)?;
             end.record(&self.stream).map_err(driver)?;

@@ -221,6 +221,14 @@ impl Device {
     }
 
     /// Picks the concrete device; `cuda` without a usable GPU is an error naming what is missing.
+    /// Where a run on this (resolved) device holds its weights.
+    pub fn weight_home(self) -> crate::exec::WeightHome {
+        match self {
+            Device::Cpu | Device::Auto => crate::exec::WeightHome::Cpu,
+            Device::Cuda => crate::exec::WeightHome::Cuda,
+        }
+    }
+
     pub fn resolve(self) -> Result<Device, RunError> {
         match (self, crate::exec::cuda::cuda_available()) {
             (Device::Cpu, _) | (Device::Auto, Err(_)) => Ok(Device::Cpu),
@@ -492,10 +500,11 @@ pub fn run(
             .is_some_and(|s| s.len() == 4),
         kind,
     };
-    let tiling = opts
+    let mut tiling = opts
         .tiling
         .clone()
         .unwrap_or_else(|| TileRequest::new(default_memory_budget(device)));
+    tiling.weights_on = device.weight_home();
     let mut failed = 0;
     for (i, job) in jobs.iter().enumerate() {
         if opts.skip_existing && job.output.symlink_metadata().is_ok() {
@@ -1282,8 +1291,12 @@ fn predict(
     // A valid net on an input of its own size gives its own (smaller) output; so does a model
     // whose output is not an image.
     if [h, w] == [model_in[0], model_in[1]] && (!same_size || p.tiling.tile.is_none()) {
-        let fits = crate::exec::plan::plan(&base.graph, &base.info)
-            .is_none_or(|plan| plan.arena_bytes(batch.clamp(1, n)) <= budget);
+        let weight_bytes = p.tiling.weights_on.resident_bytes(base);
+        let fits = crate::exec::plan::plan(&base.graph, &base.info).is_none_or(|plan| {
+            plan.arena_bytes(batch.clamp(1, n))
+                .saturating_add(weight_bytes)
+                <= budget
+        });
         if !same_size || fits {
             return forward(
                 base,
@@ -1960,7 +1973,8 @@ impl Loaded {
             path: &self.spec,
             text: Some(&self.text),
         };
-        let tiling = TileRequest::new(self.budget);
+        let mut tiling = TileRequest::new(self.budget);
+        tiling.weights_on = self.device.weight_home();
         let out = predict(
             &Predict {
                 spec,

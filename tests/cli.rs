@@ -60,6 +60,16 @@ const BAD_SPEC: &str = "model {\n  input 8x8x1\n  conv2dd(4)\n}\n";
 const VECTOR_OUTPUT_SPEC: &str =
     "model {\n  input 8x8x1\n  conv2d(2, 3)\n  flatten()\n  dense(2)\n}\n";
 
+/// What a CPU run of specs/original.unet holds for weights (floats x 4 bytes):
+/// the 31,030,658 parameters as read, and prepared again: 2 x 31,030,658 = 62,061,316;
+/// Winograd keeps 16 taps for 9 of every 3x3 conv with >= 8 input channels, 7 x sum(c x f) =
+/// 7 x 3,137,536 = 21,962,752 (encoder 64x64 + 64x128 + 128x128 + 128x256 + 256x256 + 256x512 +
+/// 512x512 + 512x1024 + 1024x1024 = 2,093,056; decoder 1024x512 + 512x512 + 512x256 + 256x256 +
+/// 256x128 + 128x128 + 128x64 + 64x64 = 1,044,480; the 1->64 conv stays direct); and two
+/// defaults per output channel of a layer with weights, 2 x 6,850 = 13,700 (convs 3,968 +
+/// 1,920, transposed 960, head 2). 84,037,768 floats.
+const ORIGINAL_CPU_WEIGHT_BYTES: u64 = 84_037_768 * 4;
+
 #[test]
 fn help_names_what_each_argument_is_for() {
     for (command, wanted) in [
@@ -227,8 +237,7 @@ fn tiles_json_has_the_numbers_of_the_text() {
         n(&memory["arena_bytes"]) + n(&memory["weight_bytes"])
     );
     assert!(total <= 2 << 30);
-    // 31,030,658 parameters of 4 bytes.
-    assert_eq!(n(&memory["weight_bytes"]), 31_030_658 * 4);
+    assert_eq!(n(&memory["weight_bytes"]), ORIGINAL_CPU_WEIGHT_BYTES);
     assert!(
         text.contains(&format!(
             "weights {} =",
@@ -610,8 +619,8 @@ fn sizes_answers_for_a_spec_that_fails_at_its_own_size() {
     }
     let (code, out, err) = unetc(&["tiles", spec_arg, "--image", "1000x800", "--memory", "2GiB"]);
     assert_eq!(code, 0, "{err}");
-    // Weights of the original U-Net: 31,030,658 parameters x 4 bytes = 118.4 MiB.
-    assert!(out.contains("+ weights 118.4 MiB"), "{out}");
+    // ORIGINAL_CPU_WEIGHT_BYTES = 336,151,072 bytes = 320.6 MiB.
+    assert!(out.contains("+ weights 320.6 MiB"), "{out}");
 }
 
 /// Volume (3-D U-Net) specs: `plan` and `diagram` answer (the diagram labels sizes as `44³`);

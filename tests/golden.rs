@@ -121,3 +121,48 @@ fn weight_formula_matches_the_generator() {
         }
     }
 }
+
+/// The memory budget counts a CPU run's weights as the estimate says (`tiles`/`run --memory`):
+/// never less than what the model holds (the tensors as read + its prepared copies), and within
+/// 2% of it on the small U-Nets (the estimate must count Winograd's 16 taps for 9).
+#[test]
+fn cpu_weight_estimate_covers_what_the_model_holds() {
+    let mut stems: Vec<String> = std::fs::read_dir(root().join("tests/golden"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            Some(name.strip_suffix(".weights.safetensors")?.to_string())
+        })
+        .collect();
+    stems.sort();
+    assert!(stems.len() > 20, "{stems:?}");
+    for stem in &stems {
+        let spec = Path::new("tests/golden").join(format!("{stem}.unet"));
+        let c = compile(&spec);
+        let weights = load_weights(
+            &root().join(format!("tests/golden/{stem}.weights.safetensors")),
+            &expected_weights(&c),
+        )
+        .expect("fixture weights fit the spec");
+        let model = CpuModel::new(&c.graph, &c.info, &weights).expect("bind");
+        let read: u64 = weights.iter().map(|(_, t)| 4 * t.data.len() as u64).sum();
+        let held = read + model.prepared_bytes();
+        let estimate = unetc::exec::cpu::resident_weight_bytes(&c.graph, &c.info);
+        println!("{stem}: read {read}, held {held}, estimate {estimate}");
+        assert!(
+            held <= estimate,
+            "{stem}: holds {held} bytes, estimate {estimate}"
+        );
+        // The tiny edge nets' default-bias allowance is a larger share; the U-Nets are close.
+        if ["original_small", "bn_same_small", "zhixuhao_small"].contains(&stem.as_str()) {
+            assert!(
+                estimate - held <= estimate / 50,
+                "{stem}: holds {held}, estimate {estimate}"
+            );
+            assert!(
+                model.prepared_bytes() > read,
+                "{stem}: Winograd's taps are held"
+            );
+        }
+    }
+}

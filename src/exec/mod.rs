@@ -12,6 +12,24 @@ use crate::infer::Inferred;
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashMap;
 
+/// Which executor a run's weights are held by, for the memory budget: the CPU holds the weights
+/// as read plus their prepared copies; a GPU's budget (device memory) holds one copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightHome {
+    Cpu,
+    Cuda,
+}
+
+impl WeightHome {
+    /// Bytes of weights a run of `c` holds where the budget is counted.
+    pub fn resident_bytes(self, c: &crate::Compiled) -> u64 {
+        match self {
+            WeightHome::Cpu => cpu::resident_weight_bytes(&c.graph, &c.info),
+            WeightHome::Cuda => c.info.totals(&c.graph).params.saturating_mul(4),
+        }
+    }
+}
+
 /// Where weights come from (a safetensors file, or anything that maps names to tensors).
 pub trait WeightSource {
     fn get(&self, name: &str) -> Option<&Tensor>;

@@ -5,6 +5,7 @@
 //! candidate of the searched range.
 
 use crate::exec::tiling::{blend_spans, exact_spans, overlap_spans, BlendWeights, Span};
+use crate::exec::WeightHome;
 use crate::expand::Session;
 use crate::{compile_source, Compiled, Options};
 use std::path::Path;
@@ -695,8 +696,9 @@ pub enum TileMode {
 pub struct TileRequest {
     /// `--tile`: the input tile as (height, width).
     pub tile: Option<(usize, usize)>,
-    /// Bytes for the activation arena of a batch plus the weights.
+    /// Bytes for the activation arena of a batch plus the weights as `weights_on` holds them.
     pub budget: u64,
+    pub weights_on: WeightHome,
     pub batch: usize,
     pub mode: TileMode,
     /// Blend mode: the fraction of a tile shared with its neighbour, in `[0, 1)`.
@@ -714,6 +716,7 @@ impl TileRequest {
         TileRequest {
             tile: None,
             budget,
+            weights_on: WeightHome::Cpu,
             batch: 1,
             mode: TileMode::Exact,
             overlap: 0.25,
@@ -824,10 +827,6 @@ impl TilePlan {
     }
 }
 
-fn weight_bytes_of(c: &Compiled) -> u64 {
-    c.info.totals(&c.graph).params.saturating_mul(4)
-}
-
 fn arena_of(c: &Compiled, batch: usize) -> Option<u64> {
     crate::exec::plan::plan(&c.graph, &c.info).map(|p| p.arena_bytes(batch.max(1)))
 }
@@ -912,7 +911,7 @@ fn largest_fitting(
 ) -> Result<((usize, usize), Compiled, u64), String> {
     let limit = (limit.0.min(req.max_side), limit.1.min(req.max_side));
     let shape = probe_shape(probe);
-    let weights = weight_bytes_of(probe);
+    let weights = req.weights_on.resident_bytes(probe);
     let per_pixel = arena_of(probe, req.batch).unwrap_or(u64::MAX) as f64
         / (shape.0.max(1) * shape.1.max(1)) as f64;
     let room = req.budget.saturating_sub(weights) as f64;
@@ -1010,7 +1009,7 @@ fn plan_same(
             padded.1, padded.0
         )
     })?;
-    let weight_bytes = weight_bytes_of(&whole);
+    let weight_bytes = req.weights_on.resident_bytes(&whole);
     let whole_arena = arena_of(&whole, req.batch).unwrap_or(u64::MAX);
     let (reach_px, non_local) = match (reach(&whole, 0), reach(&whole, 1)) {
         (Ok(a), Ok(b)) => (Some(a.radius.max(b.radius)), None),
@@ -1168,7 +1167,7 @@ fn plan_valid(
     let fits = |c: &Compiled| {
         arena_of(c, req.batch)
             .unwrap_or(u64::MAX)
-            .saturating_add(weight_bytes_of(c))
+            .saturating_add(req.weights_on.resident_bytes(c))
             <= req.budget
     };
     let tile = match req.tile {
@@ -1217,7 +1216,7 @@ fn plan_valid(
         rows,
         cols,
         arena_bytes: arena_of(&c, 1).unwrap_or(u64::MAX),
-        weight_bytes: weight_bytes_of(&c),
+        weight_bytes: req.weights_on.resident_bytes(&c),
     })
 }
 

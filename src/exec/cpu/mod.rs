@@ -101,6 +101,63 @@ enum Prepared {
     },
 }
 
+/// UNETC_WINOGRAD=0 keeps every convolution on im2col + GEMM (to compare the two).
+fn winograd_enabled() -> bool {
+    std::env::var_os("UNETC_WINOGRAD").is_none_or(|v| v != "0")
+}
+
+fn in_channels(graph: &Graph, info: &Inferred, id: NodeId) -> usize {
+    graph
+        .node(id)
+        .inputs
+        .first()
+        .and_then(|p| info.layers[p.index()].shape.as_ref())
+        .and_then(|s| s.last())
+        .map_or(0, |&c| c.max(0) as usize)
+}
+
+/// The bytes a CPU run holds for weights, for the memory budget: the weights as read (kept to
+/// bind each tile size) plus at most [`CpuModel::prepared_bytes`] — every parameter once more,
+/// Winograd's 16 taps in place of 9 for the convolutions it computes, and the defaults bound for
+/// absent ones (a zero bias, a unit gamma and zero beta: two per output channel at most).
+pub fn resident_weight_bytes(graph: &Graph, info: &Inferred) -> u64 {
+    let params = info.totals(graph).params;
+    let defaults: u64 = graph
+        .ids()
+        .filter(|id| !info.layers[id.index()].weights.is_empty())
+        .map(|id| {
+            let channels = info.layers[id.index()]
+                .shape
+                .as_ref()
+                .and_then(|s| s.last());
+            2 * channels.map_or(0, |&c| c.max(0) as u64)
+        })
+        .fold(0u64, u64::saturating_add);
+    let winograd_extra: u64 = if winograd_enabled() {
+        graph
+            .ids()
+            .filter_map(|id| {
+                let Op::Conv2D(op) = &graph.node(id).op else {
+                    return None;
+                };
+                let c = in_channels(graph, info, id);
+                winograd::applies(op, c).then(|| {
+                    (winograd::TAPS as u64 - 9)
+                        .saturating_mul(c as u64)
+                        .saturating_mul(op.args.filters.max(0) as u64)
+                })
+            })
+            .fold(0u64, u64::saturating_add)
+    } else {
+        0
+    };
+    params
+        .saturating_mul(2)
+        .saturating_add(winograd_extra)
+        .saturating_add(defaults)
+        .saturating_mul(4)
+}
+
 /// A model ready to run on the CPU.
 pub struct CpuModel<'g> {
     graph: &'g Graph,
@@ -129,17 +186,8 @@ impl<'g> CpuModel<'g> {
         let mut bound =
             super::bind_and_fold(graph, info, &plan, weights).map_err(ExecError::Weights)?;
         let mut prepared: Vec<Prepared> = (0..graph.nodes.len()).map(|_| Prepared::None).collect();
-        // UNETC_WINOGRAD=0 keeps every convolution on im2col + GEMM (to compare the two).
-        let winograd_enabled = std::env::var_os("UNETC_WINOGRAD").is_none_or(|v| v != "0");
-        let in_channels = |id: NodeId| {
-            graph
-                .node(id)
-                .inputs
-                .first()
-                .and_then(|p| info.layers[p.index()].shape.as_ref())
-                .and_then(|s| s.last())
-                .map_or(0, |&c| c.max(0) as usize)
-        };
+        let winograd_enabled = winograd_enabled();
+        let in_channels = |id: NodeId| in_channels(graph, info, id);
         for &id in &nodes {
             let node = graph.node(id);
             let Some(mut w) = bound.remove(&id) else {
@@ -276,6 +324,44 @@ impl<'g> CpuModel<'g> {
 
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// Bytes of the weights as this model holds them (packed, transformed, folded).
+    pub fn prepared_bytes(&self) -> u64 {
+        let floats: usize = self
+            .prepared
+            .iter()
+            .map(|p| match p {
+                Prepared::None => 0,
+                Prepared::Conv { kernel, bias } | Prepared::Dense { kernel, bias } => {
+                    kernel.len() + bias.as_ref().map_or(0, Vec::len)
+                }
+                Prepared::Winograd { u, bias } => u.len() + bias.as_ref().map_or(0, Vec::len),
+                Prepared::ConvTranspose { kernel_t, bias } => {
+                    kernel_t.len() + bias.as_ref().map_or(0, Vec::len)
+                }
+                Prepared::Standardize { mean, denominator } => mean.len() + denominator.len(),
+                Prepared::Norm {
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                } => {
+                    gamma.as_ref().map_or(0, Vec::len)
+                        + beta.as_ref().map_or(0, Vec::len)
+                        + mean.len()
+                        + var.len()
+                }
+                Prepared::Separable {
+                    depthwise,
+                    pointwise,
+                    bias,
+                } => depthwise.len() + pointwise.len() + bias.as_ref().map_or(0, Vec::len),
+                Prepared::PRelu { alpha } => alpha.len(),
+                Prepared::Affine { gamma, beta } => gamma.len() + beta.len(),
+            })
+            .sum();
+        4 * floats as u64
     }
 
     /// The model's input shape (per item).

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 /// Taps of the transformed tile (4x4).
-const TAPS: usize = 16;
+pub const TAPS: usize = 16;
 
 /// How a convolution is cut into pieces of work (sizes in floats and tiles); tests use small ones.
 #[derive(Debug, Clone, Copy)]

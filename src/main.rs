@@ -1001,16 +1001,7 @@ fn convert_weights(
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    // Read at most one byte past the longest map unetc takes, so that the parser reports it.
-    let read_map = |path: &std::path::Path| -> std::io::Result<String> {
-        use std::io::Read;
-        let mut text = String::new();
-        std::fs::File::open(path)?
-            .take(unetc::interop::pytorch::MAX_MAP_BYTES as u64 + 1)
-            .read_to_string(&mut text)?;
-        Ok(text)
-    };
-    let map_text = match map.map(read_map).transpose() {
+    let map_text = match map.map(unetc::interop::pytorch::read_map_file).transpose() {
         Ok(t) => t,
         Err(e) => {
             eprintln!(

@@ -24,6 +24,12 @@ create_exception!(
 );
 create_exception!(
     _unetc,
+    ConversionFailure,
+    PyValueError,
+    "The weights could not be converted; args: (message, proposed map text or None)."
+);
+create_exception!(
+    _unetc,
     InternalError,
     PyRuntimeError,
     "A bug in unetc (a panic); please report it with the input that caused it."
@@ -393,14 +399,64 @@ impl Model {
     }
 }
 
+/// `unetc convert-weights SPEC STATE_DICT --from pytorch [--map MAP] -o OUTPUT [--force]`:
+/// writes `output` and returns JSON (tensors, modules bound, how they were bound, modules the
+/// map left unused, layers only the module order placed).
+#[pyfunction]
+#[pyo3(signature = (spec, state_dict, output, map, force))]
+fn convert_weights(
+    spec: PathBuf,
+    state_dict: PathBuf,
+    output: PathBuf,
+    map: Option<PathBuf>,
+    force: bool,
+) -> PyResult<String> {
+    guarded(|| {
+        let c = unetc::runner::compile_checked(&spec, None).map_err(run_error)?;
+        if output.exists() && !force {
+            return Err(PyValueError::new_err(format!(
+                "`{}` exists; pass force=True to replace it",
+                output.display()
+            )));
+        }
+        let bytes =
+            unetc::io::read_weights_file(&state_dict).map_err(|e| run_error(RunError::Io(e)))?;
+        let map_text = match &map {
+            Some(m) => Some(
+                unetc::interop::pytorch::read_map_file(m)
+                    .map_err(|e| io_error(e, format!("cannot read the map `{}`", m.display())))?,
+            ),
+            None => None,
+        };
+        let conv = unetc::interop::pytorch::convert_state_dict(&c, &bytes, map_text.as_deref())
+            .map_err(|e| {
+                ConversionFailure::new_err((
+                    format!("{}: {}", state_dict.display(), e.message),
+                    e.proposal,
+                ))
+            })?;
+        unetc::io::save_weights(&output, &conv.weights, force)
+            .map_err(|e| run_error(RunError::Io(e)))?;
+        Ok(json_text(&serde_json::json!({
+            "tensors": conv.weights.len(),
+            "modules_bound": conv.modules - conv.ignored.len(),
+            "binding": conv.binding.key(),
+            "ignored": conv.ignored,
+            "order_only": conv.order_only,
+        })))
+    })
+}
+
 #[pymodule]
 fn _unetc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check, m)?)?;
     m.add_function(wrap_pyfunction!(sizes, m)?)?;
     m.add_function(wrap_pyfunction!(tiles, m)?)?;
+    m.add_function(wrap_pyfunction!(convert_weights, m)?)?;
     m.add_class::<Model>()?;
     m.add("SpecFailure", m.py().get_type::<SpecFailure>())?;
     m.add("InternalError", m.py().get_type::<InternalError>())?;
+    m.add("ConversionFailure", m.py().get_type::<ConversionFailure>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -253,3 +253,48 @@ def test_warnings_are_in_the_report_not_raised(cli, tmp_path):
     p = cli("check", f)
     assert report.summary == p.stdout
     assert report.diagnostics_text == p.stderr.replace(str(f), "<string>")
+
+
+def _fixture_io(stem):
+    """tests/onnx_import/STEM.io.safetensors: the input and PyTorch's own output (NCHW), made by
+    tests/onnx_import/generate.py with real PyTorch."""
+    from safetensors.numpy import load_file
+
+    io = load_file(str(ROOT / "tests" / "onnx_import" / f"{stem}.io.safetensors"))
+    return io["input"].transpose(0, 2, 3, 1), io["torch_output"].transpose(0, 2, 3, 1)
+
+
+def test_convert_weights_runs_like_pytorch(cli, tmp_path):
+    stem = "plain_sequential"
+    fixtures = ROOT / "tests" / "onnx_import"
+    spec = tmp_path / f"{stem}.unet"
+    cli("import", fixtures / f"{stem}.onnx", "-o", spec,
+        "--weights-out", tmp_path / "onnx.safetensors")
+    out = tmp_path / "converted.safetensors"
+    conv = unetc.convert_weights(spec, fixtures / f"{stem}.state_dict.safetensors", out)
+    assert conv.binding == "order" and conv.ignored == []
+    assert conv.tensors > 0 and conv.modules_bound > 0
+    x, want = _fixture_io(stem)
+    got = unetc.Model(spec, out).predict(np.ascontiguousarray(x))
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    # The CLI writes the same file.
+    cli_out = tmp_path / "cli.safetensors"
+    cli("convert-weights", spec, fixtures / f"{stem}.state_dict.safetensors",
+        "--from", "pytorch", "-o", cli_out)
+    assert cli_out.read_bytes() == out.read_bytes()
+    with pytest.raises(ValueError, match="exists; pass force=True"):
+        unetc.convert_weights(spec, fixtures / f"{stem}.state_dict.safetensors", out)
+
+
+def test_convert_weights_refusal_carries_the_proposed_map(cli, tmp_path):
+    stem = "plain_transpose"
+    fixtures = ROOT / "tests" / "onnx_import"
+    spec = tmp_path / f"{stem}.unet"
+    cli("import", fixtures / f"{stem}.onnx", "-o", spec,
+        "--weights-out", tmp_path / "onnx.safetensors")
+    out = tmp_path / "converted.safetensors"
+    with pytest.raises(unetc.ConversionError) as e:
+        unetc.convert_weights(spec, fixtures / f"{stem}.state_dict.safetensors", out)
+    assert "nothing tells them apart" in str(e.value)
+    assert "? c1.1 -> d1_d1_1_BatchNormalization" in e.value.proposal
+    assert not out.exists()

@@ -21,12 +21,15 @@ from . import _unetc
 
 __version__: str = _unetc.__version__
 __all__ = [
+    "ConversionError",
+    "Conversion",
     "Diagnostic",
     "InternalError",
     "Model",
     "Report",
     "SpecError",
     "check",
+    "convert_weights",
     "sizes",
     "tiles",
 ]
@@ -178,6 +181,65 @@ def tiles(
         return json.loads(_unetc.tiles(path, int(height), int(width), str(memory), max))
     except _unetc.SpecFailure as e:
         raise _spec_error(path, e) from None
+
+
+class ConversionError(ValueError):
+    """PyTorch weights that could not be bound to the spec's layers. `str(e)` says which and why;
+    `e.proposal` is the text of a proposed map (lines marked `?` to check) when unetc could
+    guess one, else None."""
+
+    def __init__(self, message: str, proposal: Optional[str]) -> None:
+        super().__init__(message)
+        self.proposal = proposal
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What `convert_weights` wrote. `binding`: how modules met layers, "map" (the map file),
+    "order" (module order, every shape fitting) or "shapes" (the only pairing shapes allow)."""
+
+    tensors: int
+    modules_bound: int
+    binding: str
+    ignored: List[str]
+    order_only: int
+
+
+def convert_weights(
+    spec: SpecPath,
+    state_dict: SpecPath,
+    output: SpecPath,
+    *,
+    map: Optional[SpecPath] = None,
+    force: bool = False,
+) -> Conversion:
+    """`unetc convert-weights SPEC STATE_DICT --from pytorch [--map MAP] -o OUTPUT`: a PyTorch
+    state_dict saved with `safetensors.torch.save_file(model.state_dict(), STATE_DICT)` written
+    as `output` in unetc's naming and layouts, for `Model(spec, output)`. `order_only` counts
+    layers whose shapes other modules share, so that only the module order placed them: pass a
+    `map` if the PyTorch modules are not declared in the order they run."""
+    path = os.fspath(spec)
+    try:
+        text = _unetc.convert_weights(
+            path,
+            os.fspath(state_dict),
+            os.fspath(output),
+            None if map is None else os.fspath(map),
+            force,
+        )
+    except _unetc.SpecFailure as e:
+        raise _spec_error(path, e) from None
+    except _unetc.ConversionFailure as e:
+        message, proposal = e.args
+        raise ConversionError(message, proposal) from None
+    r = json.loads(text)
+    return Conversion(
+        tensors=r["tensors"],
+        modules_bound=r["modules_bound"],
+        binding=r["binding"],
+        ignored=list(r["ignored"]),
+        order_only=r["order_only"],
+    )
 
 
 class Model:

@@ -7,12 +7,15 @@ import numpy.typing as npt
 
 __version__: str
 __all__ = [
+    "ConversionError",
+    "Conversion",
     "Diagnostic",
     "InternalError",
     "Model",
     "Report",
     "SpecError",
     "check",
+    "convert_weights",
     "sizes",
     "tiles",
 ]
@@ -64,6 +67,27 @@ def tiles(
     memory: Union[int, str] = ...,
     max: int = ...,
 ) -> Dict[str, Any]: ...
+
+class ConversionError(ValueError):
+    proposal: Optional[str]
+    def __init__(self, message: str, proposal: Optional[str]) -> None: ...
+
+@dataclass(frozen=True)
+class Conversion:
+    tensors: int
+    modules_bound: int
+    binding: str
+    ignored: List[str]
+    order_only: int
+
+def convert_weights(
+    spec: SpecPath,
+    state_dict: SpecPath,
+    output: SpecPath,
+    *,
+    map: Optional[SpecPath] = ...,
+    force: bool = ...,
+) -> Conversion: ...
 
 class Model:
     def __init__(

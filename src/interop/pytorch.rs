@@ -445,6 +445,15 @@ impl Binding {
             Binding::Shapes => "by shape (the only pairing the shapes allow)",
         }
     }
+
+    /// A stable one-word name (`map`, `order`, `shapes`) for programs.
+    pub fn key(self) -> &'static str {
+        match self {
+            Binding::Map => "map",
+            Binding::Order => "order",
+            Binding::Shapes => "shapes",
+        }
+    }
 }
 
 /// The result of a conversion.
@@ -462,6 +471,17 @@ pub struct Converted {
 
 /// The longest map text unetc reads.
 pub const MAX_MAP_BYTES: usize = 4 << 20;
+
+/// Reads a map file: at most one byte past [`MAX_MAP_BYTES`], so that the parser reports a longer
+/// one instead of unetc reading it whole.
+pub fn read_map_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_MAP_BYTES as u64 + 1)
+        .read_to_string(&mut text)?;
+    Ok(text)
+}
 
 /// Reads a map: `prefix -> layer` lines, `prefix -> -` for a module to leave unused, `#`
 /// comments. Returns `(line, prefix, layer or None)`.

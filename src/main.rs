@@ -88,10 +88,14 @@ enum Command {
         /// Write this output channel's probability as 8-bit gray instead of a mask (.png only).
         #[arg(long)]
         class: Option<usize>,
-        /// Mask threshold for one-channel (sigmoid) outputs, .png only [default: 0.5]; models
-        /// with several output channels take the argmax instead.
+        /// Mask threshold for one-channel (sigmoid) outputs, .png or --labels [default: 0.5];
+        /// models with several output channels take the argmax instead.
         #[arg(long)]
         threshold: Option<f32>,
+        /// A .npy or .tif output holds one uint8 label per pixel instead of the probabilities:
+        /// the most likely channel's index, or 1/0 above/below --threshold for one channel.
+        #[arg(long)]
+        labels: bool,
         /// An image's alpha channel: `keep` gives it to the model as a channel (2- or 4-channel
         /// models; others refuse the image), `drop` removes it.
         #[arg(long, value_enum, default_value_t = AlphaArg::Keep)]
@@ -707,6 +711,7 @@ fn main() -> ExitCode {
             output,
             class,
             threshold,
+            labels,
             alpha,
             batch,
             device,
@@ -735,6 +740,7 @@ fn main() -> ExitCode {
                 output,
                 class,
                 threshold,
+                labels,
                 batch: batch as usize,
                 force,
                 skip_existing,

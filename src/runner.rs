@@ -7,7 +7,7 @@ use crate::exec::tiling::{blend_weights, mirror_index, Span};
 use crate::exec::{Precision, Tensor};
 use crate::expand::Session;
 use crate::io::stream::{
-    NpySink, NpySource, RegionSink, RegionSource, TensorSource, TiffSink, TiffSource,
+    NpySink, NpySource, RegionSink, RegionSource, Samples, TensorSource, TiffSink, TiffSource,
 };
 use crate::io::weights::{init_tensor, load_weights, save_weights, seeded_rng, Expected, Weights};
 use crate::io::{ChannelLayout, IoError};
@@ -197,6 +197,19 @@ pub enum OutputKind {
     Mask { threshold: f32 },
     /// `.png`: one channel's probability as 8-bit gray.
     ClassProbability { class: usize },
+    /// `.npy`/`.tif` with `--labels`: one uint8 label per pixel ([`Samples::Label`]).
+    Labels { threshold: f32 },
+}
+
+impl OutputKind {
+    /// What a streamed `.npy`/`.tif` output stores; `None`: not a streamed kind.
+    fn samples(self) -> Option<Samples> {
+        match self {
+            OutputKind::Probabilities => Some(Samples::Float32),
+            OutputKind::Labels { threshold } => Some(Samples::Label { threshold }),
+            OutputKind::Mask { .. } | OutputKind::ClassProbability { .. } => None,
+        }
+    }
 }
 
 /// Where to run.
@@ -312,8 +325,10 @@ pub struct RunOptions {
     pub output: PathBuf,
     /// Write this output channel's probability as gray (`.png` output only).
     pub class: Option<usize>,
-    /// Mask threshold for one-channel outputs (`.png` output only); `None` means 0.5.
+    /// Mask threshold for one-channel outputs (`.png` or `labels`); `None` means 0.5.
     pub threshold: Option<f32>,
+    /// A `.npy`/`.tif` output holds uint8 labels instead of probabilities.
+    pub labels: bool,
     /// Images (or tiles) per forward pass.
     pub batch: usize,
     /// Replace existing outputs.
@@ -592,7 +607,8 @@ fn run_one(
         TileMode::Blend => true,
         TileMode::Exact => false,
     };
-    if context.kind == OutputKind::Probabilities && !context.model_is_volume && !blend {
+    let streamed_kind = context.kind.samples().is_some();
+    if streamed_kind && !context.model_is_volume && !blend {
         if let Some(mut source) = open_streamed(&job.input, opts.alpha, context, tiling, report)? {
             let [n, h, w, _] = source.shape();
             let model_in = model_input_shape(context.base);
@@ -600,7 +616,7 @@ fn run_one(
                 return predict_streamed(
                     &predict_with,
                     source.as_mut(),
-                    &job.output,
+                    (&job.output, context.kind),
                     opts.force,
                     report,
                     &mut |done, total| events(RunEvent::Tiles { done, total }),
@@ -700,15 +716,22 @@ fn open_streamed(
 fn create_sink(
     output: &Path,
     shape: [usize; 4],
+    kind: OutputKind,
     force: bool,
 ) -> Result<Box<dyn RegionSink + Send>, RunError> {
     let ext = output
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
+    let samples = kind.samples().ok_or_else(|| {
+        RunError::Usage(format!(
+            "`{}`: internal error: a .png output is not streamed",
+            output.display()
+        ))
+    })?;
     match ext.as_deref() {
-        Some("tif" | "tiff") => Ok(Box::new(TiffSink::create(output, shape, force)?)),
-        Some("npy") => Ok(Box::new(NpySink::create(output, shape, force)?)),
+        Some("tif" | "tiff") => Ok(Box::new(TiffSink::create(output, shape, samples, force)?)),
+        Some("npy") => Ok(Box::new(NpySink::create(output, shape, samples, force)?)),
         _ => Err(RunError::Usage(format!(
             "`{}`: streamed outputs are .npy or .tif",
             output.display()
@@ -731,7 +754,7 @@ fn model_input_shape(c: &Compiled) -> Vec<usize> {
 fn predict_streamed(
     p: &Predict<'_>,
     source: &mut (dyn RegionSource + Send),
-    output: &Path,
+    (output, kind): (&Path, OutputKind),
     force: bool,
     report: &mut RunReport,
     progress: &mut dyn FnMut(usize, usize),
@@ -776,7 +799,7 @@ fn predict_streamed(
     let (th, tw) = plan.tile_in;
     let (oh, ow) = plan.tile_out;
     let k = model_output_shape(&sized)?.last().copied().unwrap_or(1);
-    let sink = create_sink(output, [n, h, w, k], force)?;
+    let sink = create_sink(output, [n, h, w, k], kind, force)?;
     let (rows, cols) = plan.tiles();
     let total = n * rows * cols;
     type Chunk = Vec<(usize, Span, Span)>;
@@ -1160,6 +1183,34 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
             .map(str::to_ascii_lowercase)
     };
     match ext.as_deref() {
+        Some("npy" | "tif" | "tiff") if opts.labels => {
+            if let Some(class) = opts.class {
+                return Err(RunError::Usage(format!(
+                    "--class {class} shows one channel's probability in a .png; --labels writes                      each pixel's label, so give one of them"
+                )));
+            }
+            if out_shape.len() != 3 {
+                return Err(RunError::Usage(format!(
+                    "--labels: the model's output has shape {out_shape:?}, not (H, W, C);                      write its probabilities (drop --labels)"
+                )));
+            }
+            if channels > 256 {
+                return Err(RunError::Usage(format!(
+                    "--labels: the model has {channels} output channels, more than a uint8                      label holds (256); write the probabilities (drop --labels)"
+                )));
+            }
+            match opts.threshold {
+                Some(t) if channels > 1 => Err(RunError::Usage(format!(
+                    "--threshold {t} applies to one-channel (sigmoid) outputs; this model's                      output has {channels} channels, so each label is the most likely channel                      (argmax): drop --threshold"
+                ))),
+                Some(t) if !t.is_finite() => Err(RunError::Usage(format!(
+                    "--threshold {t}: give a finite number"
+                ))),
+                threshold => Ok(OutputKind::Labels {
+                    threshold: threshold.unwrap_or(0.5),
+                }),
+            }
+        }
         Some(ext @ ("npy" | "tif" | "tiff")) => {
             if let Some(class) = opts.class {
                 return Err(RunError::Usage(format!(
@@ -1177,6 +1228,10 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
             }
             Ok(OutputKind::Probabilities)
         }
+        Some("png") if opts.labels => Err(RunError::Usage(
+            "--labels makes a .npy or .tif output hold labels; a .png output is a mask already              (labels spread over 0-255): drop --labels, or write a .tif"
+                .into(),
+        )),
         Some("png") => {
             if out_shape.len() != 3 {
                 return Err(RunError::Usage(format!(
@@ -1616,15 +1671,17 @@ fn write_output(path: &Path, out: &Tensor, kind: OutputKind, force: bool) -> Res
         .extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("tif") || e.eq_ignore_ascii_case("tiff"));
-    if kind == OutputKind::Probabilities && tiff {
+    let labels = matches!(kind, OutputKind::Labels { .. });
+    if (kind == OutputKind::Probabilities && tiff) || labels {
         let [n, h, w, k] = out.shape[..] else {
             return Err(RunError::Usage(format!(
-                "the model's output has shape {:?}, not (N, H, W, C): it cannot be a TIFF; \
-                 write a .npy",
-                out.shape
+                "the model's output has shape {:?}, not (N, H, W, C): it cannot be a {}; \
+                 write the probabilities to a .npy",
+                out.shape,
+                if labels { "label image" } else { "TIFF" }
             )));
         };
-        let mut sink = create_sink(path, [n, h, w, k], force)?;
+        let mut sink = create_sink(path, [n, h, w, k], kind, force)?;
         for (row, values) in out.data.chunks(w * k).enumerate() {
             sink.write_run(row / h, row % h, 0, values)?;
         }

@@ -795,3 +795,134 @@ fn damaged_files_never_panic() {
         }
     }
 }
+
+/// A `|u1` `.npy` read by hand: (header text, values).
+fn read_npy_u8(path: &Path) -> (String, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = String::from_utf8(bytes[10..10 + len].to_vec()).unwrap();
+    (header, bytes[10 + len..].to_vec())
+}
+
+/// `--labels`: a .tif or .npy output holds one uint8 per pixel, the argmax of the
+/// probabilities (the first of equals) or, for one channel, 1 above --threshold. Checked against
+/// the probability outputs of the same runs, streamed and whole; and the refusals.
+#[test]
+fn labels_are_the_argmax_or_threshold_of_the_probabilities() {
+    let dir = temp_dir("labels");
+    let (h, w) = (300, 517);
+    let values = || (0..h * w).map(|i| pattern(i / w, i % w));
+    let f4 = dir.join("a.npy");
+    write_npy(&f4, "<f4", &[h, w, 1], values());
+    let f8 = dir.join("a_f8.npy");
+    write_npy(&f8, "<f8", &[h, w, 1], values());
+    let run = |spec: &Path, weights: &Path, input: &Path, out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            s(spec),
+            "--weights",
+            s(weights),
+            "--input",
+            s(input),
+            "--output",
+            s(out),
+            "--memory",
+            "1MiB",
+            "--verbose",
+        ];
+        args.extend(extra);
+        let (code, _, err) = unetc(&args);
+        assert_eq!(code, 0, "{err}");
+        err
+    };
+    let read_labels = |out: &Path| -> Vec<u8> {
+        if out.extension().unwrap() == "npy" {
+            let (header, v) = read_npy_u8(out);
+            assert!(
+                header.contains("'descr': '|u1'")
+                    && header.contains(&format!("'shape': (1, {h}, {w}, 1)")),
+                "{header}"
+            );
+            v
+        } else {
+            let mut d = tiff::decoder::Decoder::new(std::fs::File::open(out).unwrap()).unwrap();
+            assert_eq!(d.dimensions().unwrap(), (w as u32, h as u32));
+            match d.read_image().unwrap() {
+                tiff::decoder::DecodingResult::U8(v) => v,
+                _ => panic!("{} is not uint8", out.display()),
+            }
+        }
+    };
+
+    // Two softmax channels: argmax.
+    let (spec, weights) = model(&dir, "tiny", TINY);
+    let probs = dir.join("p.npy");
+    run(&spec, &weights, &f4, &probs, &[]);
+    let probs = read_npy(&probs).unwrap().data;
+    let want: Vec<u8> = probs
+        .chunks(2)
+        .map(|p| if p[1] > p[0] { 1 } else { 0 })
+        .collect();
+    assert!(want.contains(&0) && want.contains(&1));
+    for (input, out) in [(&f4, "l.tif"), (&f4, "l.npy"), (&f8, "whole.tif")] {
+        let out = dir.join(out);
+        let err = run(&spec, &weights, input, &out, &["--labels"]);
+        assert_eq!(err.contains("memory-mapped"), input == &f4, "{err}");
+        assert_eq!(read_labels(&out), want, "{}", out.display());
+    }
+
+    // One sigmoid channel: 1 above the threshold.
+    let (spec, weights) = model(&dir, "one", ONE);
+    let probs = dir.join("p1.npy");
+    run(&spec, &weights, &f4, &probs, &[]);
+    let probs = read_npy(&probs).unwrap().data;
+    let median = {
+        let mut v = probs.clone();
+        v.sort_by(f32::total_cmp);
+        v[v.len() / 2]
+    };
+    let out = dir.join("t.tif");
+    let t = median.to_string();
+    run(&spec, &weights, &f4, &out, &["--labels", "--threshold", &t]);
+    let want: Vec<u8> = probs.iter().map(|&p| u8::from(p > median)).collect();
+    assert_eq!(read_labels(&out), want);
+
+    // Refusals: nothing written.
+    let (spec, weights) = model(&dir, "tiny2", TINY);
+    for (out, extra, says) in [
+        (
+            "r.png",
+            &["--labels"][..],
+            "a .png output is a mask already",
+        ),
+        (
+            "r.tif",
+            &["--labels", "--class", "1"][..],
+            "give one of them",
+        ),
+        (
+            "r.tif",
+            &["--labels", "--threshold", "0.3"][..],
+            "drop --threshold",
+        ),
+    ] {
+        let out = dir.join(out);
+        let mut args = vec![
+            "run",
+            s(&spec),
+            "--weights",
+            s(&weights),
+            "--input",
+            s(&f4),
+            "--output",
+            s(&out),
+        ];
+        args.extend(extra);
+        let (code, _, err) = unetc(&args);
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(err.contains(says), "{extra:?}: {err}");
+        assert!(!out.exists());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -352,6 +352,11 @@ pub fn write_npy(path: &Path, t: &Tensor, force: bool) -> Result<(), IoError> {
 
 /// Preamble and header of a `<f4` C-order array, padded so the data starts at a multiple of 64.
 pub(crate) fn header_bytes(shape: &[usize]) -> Vec<u8> {
+    header_bytes_of("<f4", shape)
+}
+
+/// The same for any dtype `descr` (`<f4`, `|u1`).
+pub(crate) fn header_bytes_of(descr: &str, shape: &[usize]) -> Vec<u8> {
     let dims = match shape {
         [d] => format!("({d},)"),
         _ => format!(
@@ -363,7 +368,7 @@ pub(crate) fn header_bytes(shape: &[usize]) -> Vec<u8> {
                 .join(", ")
         ),
     };
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}");
     // Version 1.0 holds a header of up to 65535 bytes; longer ones need 2.0.
     let v1 = (10 + dict.len() + 1).next_multiple_of(64) - 10 <= usize::from(u16::MAX);
     let prefix = if v1 { 10 } else { 12 };

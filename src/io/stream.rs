@@ -623,7 +623,65 @@ fn reserve(file: &File, len: u64, path: &Path) -> Result<(), IoError> {
     Ok(())
 }
 
-/// A `<f4` `.npy` output written through a memory map.
+/// What an output stores for each pixel of the model's `k` output channels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Samples {
+    /// The `k` channels as float32 (probabilities).
+    Float32,
+    /// One uint8 label: the most likely channel's index (the first of equals), or for one
+    /// channel 1 where it exceeds `threshold`, else 0.
+    Label { threshold: f32 },
+}
+
+impl Samples {
+    /// Samples per pixel for a model output of `k` channels.
+    pub fn per_pixel(self, k: usize) -> usize {
+        match self {
+            Samples::Float32 => k,
+            Samples::Label { .. } => 1,
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            Samples::Float32 => 4,
+            Samples::Label { .. } => 1,
+        }
+    }
+
+    /// Appends the stored bytes of `values` (whole pixels of `k` channels) to `out`.
+    fn encode(self, values: &[f32], k: usize, out: &mut Vec<u8>) {
+        match self {
+            Samples::Float32 => {
+                for v in values {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            Samples::Label { threshold } => {
+                out.extend(values.chunks_exact(k).map(|p| label(p, threshold)));
+            }
+        }
+    }
+}
+
+/// A pixel's label (see [`Samples::Label`]); the model has at most 256 channels here.
+pub fn label(p: &[f32], threshold: f32) -> u8 {
+    if let [v] = p {
+        return u8::from(*v > threshold);
+    }
+    p.iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > p[best] { i } else { best })
+        .min(255) as u8
+}
+
+/// The shape a sink stores for a model output of `shape` (`[n, h, w, k]`).
+fn stored(shape: [usize; 4], samples: Samples) -> [usize; 4] {
+    let [n, h, w, k] = shape;
+    [n, h, w, samples.per_pixel(k)]
+}
+
+/// A `.npy` output (`<f4`, or `|u1` for labels) written through a memory map.
 pub struct NpySink {
     path: PathBuf,
     force: bool,
@@ -631,16 +689,28 @@ pub struct NpySink {
     map: memmap2::MmapMut,
     offset: usize,
     shape: [usize; 4],
+    samples: Samples,
+    scratch: Vec<u8>,
     touched: Option<(usize, usize)>,
 }
 
 impl NpySink {
-    /// A temporary file beside `path`, created at the final size of a `shape` (`[n, h, w, k]`)
-    /// array (NHWC, as the in-memory writer writes it).
-    pub fn create(path: &Path, shape: [usize; 4], force: bool) -> Result<NpySink, IoError> {
-        let [n, h, w, k] = shape;
-        let header = super::npy::header_bytes(&[n, h, w, k]);
-        let total = f32_bytes(shape)
+    /// A temporary file beside `path`, created at the final size of the array stored for a
+    /// model output of `shape` (`[n, h, w, k]`; NHWC, as the in-memory writer writes it).
+    pub fn create(
+        path: &Path,
+        shape: [usize; 4],
+        samples: Samples,
+        force: bool,
+    ) -> Result<NpySink, IoError> {
+        let descr = match samples {
+            Samples::Float32 => "<f4",
+            Samples::Label { .. } => "|u1",
+        };
+        let header = super::npy::header_bytes_of(descr, &stored(shape, samples));
+        let total = stored(shape, samples)
+            .iter()
+            .try_fold(samples.bytes() as u64, |a, &d| a.checked_mul(d as u64))
             .and_then(|b| b.checked_add(header.len() as u64))
             .filter(|&t| usize::try_from(t).is_ok())
             .ok_or_else(|| {
@@ -663,6 +733,8 @@ impl NpySink {
             map,
             offset: header.len(),
             shape,
+            samples,
+            scratch: Vec::new(),
             touched: None,
         })
     }
@@ -701,11 +773,12 @@ impl RegionSink for NpySink {
     ) -> Result<(), IoError> {
         check_run(&self.path, self.shape, image, y, x, values)?;
         let [_, h, w, k] = self.shape;
-        let start = self.offset + ((image * h + y) * w + x) * k * 4;
-        let end = start + values.len() * 4;
-        for (d, v) in self.map[start..end].chunks_exact_mut(4).zip(values) {
-            d.copy_from_slice(&v.to_le_bytes());
-        }
+        let per_pixel = self.samples.per_pixel(k) * self.samples.bytes();
+        self.scratch.clear();
+        self.samples.encode(values, k, &mut self.scratch);
+        let start = self.offset + ((image * h + y) * w + x) * per_pixel;
+        let end = start + self.scratch.len();
+        self.map[start..end].copy_from_slice(&self.scratch);
         let (lo, hi) = self.touched.unwrap_or((start, end));
         self.touched = Some((lo.min(start), hi.max(end)));
         Ok(())
@@ -743,16 +816,18 @@ impl RegionSink for NpySink {
 /// The side of a tile in a written TIFF.
 pub const TIFF_TILE: usize = 256;
 
-/// An uncompressed tiled float32 BigTIFF (one image, `k` channels, min-is-black with `k - 1`
-/// unspecified extra samples), written with positional writes into a file created at its final
-/// size: any pixel can be written in any order.
+/// An uncompressed tiled BigTIFF (one image: `k` float32 channels, min-is-black with `k - 1`
+/// unspecified extra samples; or one uint8 label per pixel), written with positional writes
+/// into a file created at its final size: any pixel can be written in any order.
 pub struct TiffSink {
     path: PathBuf,
     force: bool,
     temp: tempfile::NamedTempFile,
     h: usize,
     w: usize,
+    /// The model's channels per pixel (what `write_run` takes).
     k: usize,
+    samples: Samples,
     data_start: u64,
     scratch: Vec<u8>,
 }
@@ -763,8 +838,14 @@ const LONG: u16 = 4;
 const LONG8: u16 = 16;
 
 impl TiffSink {
-    pub fn create(path: &Path, shape: [usize; 4], force: bool) -> Result<TiffSink, IoError> {
+    pub fn create(
+        path: &Path,
+        shape: [usize; 4],
+        samples: Samples,
+        force: bool,
+    ) -> Result<TiffSink, IoError> {
         let [n, h, w, k] = shape;
+        let stored = samples.per_pixel(k);
         if n != 1 {
             return Err(IoError::invalid(
                 path,
@@ -788,12 +869,12 @@ impl TiffSink {
         }
         let t = TIFF_TILE as u64;
         let tiles = (w as u64).div_ceil(t) * (h as u64).div_ceil(t);
-        let tile_bytes = t * t * k as u64 * 4;
+        let tile_bytes = t * t * (stored * samples.bytes()) as u64;
         // Header 16, IFD: count 8 + 20 per entry + next 8; arrays after it.
-        let entries: u64 = if k > 1 { 13 } else { 12 };
+        let entries: u64 = if stored > 1 { 13 } else { 12 };
         let shorts = |count: u64| if count * 2 > 8 { count * 2 } else { 0 };
         let longs8 = |count: u64| if count * 8 > 8 { count * 8 } else { 0 };
-        let arrays = 2 * shorts(k as u64) + shorts(k as u64 - 1) + 2 * longs8(tiles);
+        let arrays = 2 * shorts(stored as u64) + shorts(stored as u64 - 1) + 2 * longs8(tiles);
         let data_start = (16 + 8 + 20 * entries + 8 + arrays).next_multiple_of(4096);
         let total = tiles
             .checked_mul(tile_bytes)
@@ -808,6 +889,7 @@ impl TiffSink {
             h,
             w,
             k,
+            samples,
             data_start,
             scratch: Vec::new(),
         };
@@ -824,7 +906,12 @@ impl TiffSink {
     }
 
     fn write_header(&mut self, entries: u64, tiles: u64, tile_bytes: u64) -> Result<(), IoError> {
-        let k = self.k as u64;
+        let k = self.samples.per_pixel(self.k) as u64;
+        // Bits and SampleFormat (1: unsigned integer, 3: IEEE float) of each sample.
+        let (bits, format) = match self.samples {
+            Samples::Float32 => (32, 3),
+            Samples::Label { .. } => (8, 1),
+        };
         let mut head: Vec<u8> = Vec::new();
         head.extend_from_slice(b"II");
         head.extend_from_slice(&43u16.to_le_bytes());
@@ -862,7 +949,7 @@ impl TiffSink {
         let per = |v: u64| vec![v; k as usize];
         entry(&mut head, 256, LONG, &[self.w as u64]);
         entry(&mut head, 257, LONG, &[self.h as u64]);
-        entry(&mut head, 258, SHORT, &per(32));
+        entry(&mut head, 258, SHORT, &per(bits));
         entry(&mut head, 259, SHORT, &[1]); // no compression
         entry(&mut head, 262, SHORT, &[1]); // min-is-black
         entry(&mut head, 277, SHORT, &[k]);
@@ -889,7 +976,7 @@ impl TiffSink {
         if k > 1 {
             entry(&mut head, 338, SHORT, &vec![0; k as usize - 1]); // unspecified extra samples
         }
-        entry(&mut head, 339, SHORT, &per(3)); // IEEE float
+        entry(&mut head, 339, SHORT, &per(format));
         head.extend_from_slice(&0u64.to_le_bytes()); // no next IFD
         self.write_at(&head, 0)?;
         for (at, bytes) in &arrays {
@@ -925,20 +1012,21 @@ impl RegionSink for TiffSink {
     ) -> Result<(), IoError> {
         check_run(&self.path, [1, self.h, self.w, self.k], image, y, x, values)?;
         let (t, k) = (TIFF_TILE, self.k);
+        let pixel_bytes = self.samples.per_pixel(k) * self.samples.bytes();
         let across = self.w.div_ceil(t);
-        let tile_bytes = (t * t * k * 4) as u64;
+        let tile_bytes = (t * t * pixel_bytes) as u64;
         let mut done = 0;
         let pixels = values.len() / k;
         while done < pixels {
             let xx = x + done;
             let n = (t - xx % t).min(pixels - done);
             let tile = (y / t * across + xx / t) as u64;
-            let at = self.data_start + tile * tile_bytes + (((y % t) * t + xx % t) * k * 4) as u64;
+            let at =
+                self.data_start + tile * tile_bytes + (((y % t) * t + xx % t) * pixel_bytes) as u64;
             let mut scratch = std::mem::take(&mut self.scratch);
             scratch.clear();
-            for v in &values[done * k..(done + n) * k] {
-                scratch.extend_from_slice(&v.to_le_bytes());
-            }
+            self.samples
+                .encode(&values[done * k..(done + n) * k], k, &mut scratch);
             let written = self.write_at(&scratch, at);
             self.scratch = scratch;
             written?;

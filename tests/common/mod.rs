@@ -145,6 +145,32 @@ pub fn io_tensors(path: &Path) -> (unetc::exec::Tensor, unetc::exec::Tensor) {
     (get("input"), get("output"))
 }
 
+/// A recorded model's inputs and output: `input`, or for a model of several inputs
+/// `input_0`, `input_1`, ... (tests/real_models/generate.py), in the model's input order.
+pub fn io_inputs(path: &Path) -> (Vec<unetc::exec::Tensor>, unetc::exec::Tensor) {
+    let bytes = std::fs::read(path).expect("fixture");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors fixture");
+    let get = |name: &str| {
+        let view = st.tensor(name).expect(name);
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        unetc::exec::Tensor::from_vec(view.shape(), data).expect("consistent fixture")
+    };
+    let inputs = if st.names().contains(&"input") {
+        vec![get("input")]
+    } else {
+        (0..)
+            .map(|k| format!("input_{k}"))
+            .take_while(|n| st.names().iter().any(|m| m == n))
+            .map(|n| get(&n))
+            .collect()
+    };
+    (inputs, get("output"))
+}
+
 /// A small input shape for a spec in specs/ (by file stem) where the spec allows one, so that
 /// whole-network tests stay fast; `None`: the spec's own size.
 pub fn small_input(stem: &str) -> Option<Vec<i64>> {

@@ -80,6 +80,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/unet3d_valid.unet", "unet3d_valid"),
         ("specs/tf_tutorial_unet.unet", "tf_tutorial_unet"),
         ("specs/shared_layers_unet.unet", "shared_layers_unet"),
+        ("specs/siamese_unet.unet", "siamese_unet"),
         ("tests/golden/edge_fixed_dropout.unet", "edge_fixed_dropout"),
         ("tests/golden/edge_rescaling.unet", "edge_rescaling"),
         ("tests/golden/edge_normalization.unet", "edge_normalization"),
@@ -107,7 +108,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 23);
+    assert_eq!(checked, 24);
 }
 
 #[test]

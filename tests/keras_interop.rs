@@ -81,6 +81,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("specs/tf_tutorial_unet.unet", "tf_tutorial_unet"),
         ("specs/shared_layers_unet.unet", "shared_layers_unet"),
         ("specs/siamese_unet.unet", "siamese_unet"),
+        ("tests/golden/edge_snake.unet", "edge_snake"),
         ("tests/golden/edge_fixed_dropout.unet", "edge_fixed_dropout"),
         ("tests/golden/edge_rescaling.unet", "edge_rescaling"),
         ("tests/golden/edge_normalization.unet", "edge_normalization"),
@@ -108,7 +109,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 24);
+    assert_eq!(checked, 25);
 }
 
 #[test]
@@ -206,10 +207,14 @@ fn import_tells_custom_classes_from_keras_layers_it_lacks() {
     );
     assert!(!gelu.contains("kind: ELU"), "{gelu}");
     assert!(gelu.ends_with("nothing was imported"), "{gelu}");
+    // keras-unet-collection's Snake is known from its own module only.
     let snake =
         unetc::interop::keras::import_json(&model("Snake", "keras_unet_collection.activations"))
-            .unwrap_err()
-            .to_string();
+            .unwrap();
+    assert!(snake.contains("snake(name: \"act\")"), "{snake}");
+    let snake = unetc::interop::keras::import_json(&model("Snake", "my_package.layers"))
+        .unwrap_err()
+        .to_string();
     assert!(snake.contains("whose call() is Python code"), "{snake}");
     assert!(!snake.contains("nearest"), "{snake}");
     let unit = unetc::interop::keras::import_json(&model("UnitNormalization", "keras.layers"))

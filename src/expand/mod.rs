@@ -700,7 +700,7 @@ impl<'s> Expander<'_> {
                 );
                 true
             }
-            None => true,
+            None => op.trainable_by_default(),
         } && !cx.frozen;
 
         // Inputs: the incoming value flattened; pending names are resolved after expansion.

@@ -3,7 +3,7 @@
 //! `unetc import model.json` reads a functional model's `to_json()` and writes a DSL spec.
 
 use crate::infer::Inferred;
-use crate::ir::ops::{FixedDropout, LayerKind, TFOpLambda, TfCompute, TfFunction, GELU};
+use crate::ir::ops::{FixedDropout, LayerKind, Snake, TFOpLambda, TfCompute, TfFunction, GELU};
 use crate::ir::{Graph, Op};
 use serde_json::Value as Json;
 use std::fmt::Write;
@@ -71,10 +71,12 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
             "\n\nclass FixedDropout(layers.Dropout):\n    def _get_noise_shape(self, inputs):\n        if self.noise_shape is None:\n            return None\n        dynamic = tf.shape(inputs)\n        return tuple(dynamic[i] if d is None else d for i, d in enumerate(self.noise_shape))"
         );
     }
-    if graph.nodes.iter().any(|n| n.op.class_name() == GELU::CLASS) {
-        // keras-unet-collection's own class (`pip install keras-unet-collection`): its
-        // to_json() names the module that `unetc import` reads it by.
-        let _ = writeln!(out, "from keras_unet_collection.activations import GELU");
+    // keras-unet-collection's own classes (`pip install keras-unet-collection`): their
+    // to_json() names the module that `unetc import` reads them by.
+    for class in [GELU::CLASS, Snake::CLASS] {
+        if graph.nodes.iter().any(|n| n.op.class_name() == class) {
+            let _ = writeln!(out, "from keras_unet_collection.activations import {class}");
+        }
     }
     let _ = writeln!(out, "\n");
     let exporter = PythonExporter {
@@ -423,15 +425,17 @@ impl PythonExporter<'_> {
             }
         }
         args.push(format!("name={:?}", node.name));
-        if !node.trainable {
-            args.push("trainable=False".into());
+        if node.trainable != node.op.trainable_by_default() {
+            let flag = if node.trainable { "True" } else { "False" };
+            args.push(format!("trainable={flag}"));
         }
         // Classes from outside Keras are defined in the generated code itself.
-        let module = if [FixedDropout::CLASS, GELU::CLASS].contains(&node.op.class_name()) {
-            ""
-        } else {
-            "layers."
-        };
+        let module =
+            if [FixedDropout::CLASS, GELU::CLASS, Snake::CLASS].contains(&node.op.class_name()) {
+                ""
+            } else {
+                "layers."
+            };
         format!("{module}{}({})", node.op.class_name(), args.join(", "))
     }
 
@@ -1239,8 +1243,13 @@ impl Importer {
                     }
                 }
             }
-            if lc.get("trainable").and_then(Json::as_bool) == Some(false) {
-                args.push("trainable: false".into());
+            // `trainable` where it is not the kind's default (keras-unet-collection's Snake
+            // defaults to false).
+            let default = Op::kind_trainable_by_default(kind);
+            match lc.get("trainable").and_then(Json::as_bool) {
+                Some(false) if default => args.push("trainable: false".into()),
+                Some(true) if !default => args.push("trainable: true".into()),
+                Some(_) | None => {}
             }
             let source = if sequential {
                 String::new()

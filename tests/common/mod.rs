@@ -236,14 +236,17 @@ pub fn rel_err(a: &unetc::exec::Tensor, b: &unetc::exec::Tensor) -> f32 {
 /// tools/bf16_pytorch_check.py), so it gets 5e-2.
 pub fn gpu_tolerances(stem: &str) -> [(unetc::exec::Precision, f32); 3] {
     use unetc::exec::Precision;
-    let bf16 = if stem == "edge_activations" {
-        5e-2
-    } else {
-        2e-2
+    // kuc_unet_2d_snake: 12 Snake layers, whose slope 1 + sin(2 beta x) reaches 2, grow the
+    // rounding of tf32/bf16 convolutions layer by layer (measured: tf32 5.0e-3, bf16 2.7e-2 from
+    // tf.keras and the same from the CPU executor; f32 holds at 3e-6).
+    let (tf32, bf16) = match stem {
+        "edge_activations" => (3e-3, 5e-2),
+        "kuc_unet_2d_snake" => (1e-2, 5e-2),
+        _ => (3e-3, 2e-2),
     };
     [
         (Precision::F32, 1e-4),
-        (Precision::Tf32, 3e-3),
+        (Precision::Tf32, tf32),
         (Precision::Bf16, bf16),
     ]
 }

@@ -133,6 +133,9 @@ def more_models():
         # keras-unet-collection's own GELU layer class (tanh approximation) as the activation.
         ("kuc_unet_2d_gelu", lambda: kuc.unet_2d(
             (32, 32, 3), f3, n_labels=2, activation="GELU", batch_norm=True), True),
+        # keras-unet-collection's own Snake layer class (one scalar weight per layer).
+        ("kuc_unet_2d_snake", lambda: kuc.unet_2d(
+            (32, 32, 3), f3, n_labels=2, activation="Snake", batch_norm=True), True),
         # tf.image.resize, tf.concat, tf.nn.relu, tf.squeeze / tf.expand_dims / tf.reshape.
         ("github_tf_functions_unet", tf_functions_unet, True),
         # segmentation_models (SM_FRAMEWORK=tf.keras, encoder_weights=None).
@@ -293,7 +296,7 @@ FORMULA_INPUT_SCALE = {"sm_pspnet_inceptionv3": 1000, "kuc_unet_2d_efficientnetb
 
 SKIPPED = {
     "kuc_resunet_a": "its ASPP pool branch resizes with two Lambda layers (tf.image.resize in Python bytecode, which unetc cannot run; `unetc import` refuses them); the TFOpLambda tf.expand_dims before them unetc runs",
-    "kuc Snake activation, transunet_2d, swin_unet_2d": "custom layer classes of keras-unet-collection (Snake, patch_extract, ...): their call() is Python code; `unetc import` names the layer and refuses the model (its GELU class unetc knows)",
+    "kuc transunet_2d, swin_unet_2d": "custom layer classes of keras-unet-collection (patch_extract, ...): their call() is Python code; `unetc import` names the layer and refuses the model (its GELU and Snake classes unetc knows)",
     "sm seresnet*, resnext*": "the classification_models encoders slice and reshape with Lambda layers (Python bytecode); `unetc import` refuses them",
 }
 

@@ -11,7 +11,7 @@ use super::plan::{hwc, plan, reads_parts, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    Activation, Average, Concatenate, Maximum, Minimum, Multiply, Normalization, Subtract,
+    Activation, Average, Concatenate, Maximum, Minimum, Multiply, Normalization, Snake, Subtract,
     TfCompute, GELU,
 };
 use crate::ir::{Graph, NodeId, Op};
@@ -88,6 +88,10 @@ enum Prepared {
     },
     PRelu {
         alpha: Vec<f32>,
+    },
+    /// Snake: its one weight, beta.
+    Snake {
+        beta: f32,
     },
     /// GroupNormalization, LayerNormalization: gamma and beta (ones and zeros if absent).
     Affine {
@@ -218,6 +222,14 @@ impl<'g> CpuModel<'g> {
                 },
                 Op::PReLU(_) => Prepared::PRelu {
                     alpha: w.pop().unwrap_or_default(),
+                },
+                Op::Snake(_) => Prepared::Snake {
+                    beta: w
+                        .pop()
+                        .unwrap_or_default()
+                        .first()
+                        .copied()
+                        .unwrap_or(f32::NAN),
                 },
                 Op::GroupNormalization(_) | Op::LayerNormalization(_) => Prepared::Affine {
                     beta: w.pop().unwrap_or_default(),
@@ -578,6 +590,7 @@ impl<'g> CpuModel<'g> {
             | Prepared::Norm { .. }
             | Prepared::Dense { .. }
             | Prepared::PRelu { .. }
+            | Prepared::Snake { .. }
             | Prepared::Affine { .. }
             | Prepared::Separable { .. }
             | Prepared::Standardize { .. } => out.fill(f32::NAN),
@@ -784,6 +797,11 @@ impl<'g> CpuModel<'g> {
                     *o = GELU::apply(x);
                 }
             }
+            (Op::Snake(_), Prepared::Snake { beta }) => {
+                for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
+                    *o = Snake::apply(x, *beta);
+                }
+            }
             (Op::Rescaling(op), _) => {
                 for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
                     *o = op.apply(x);
@@ -880,6 +898,7 @@ impl<'g> CpuModel<'g> {
                 | Op::Normalization(_)
                 | Op::Dense(_)
                 | Op::PReLU(_)
+                | Op::Snake(_)
                 | Op::GroupNormalization(_)
                 | Op::LayerNormalization(_)
                 | Op::DepthwiseConv2D(_)

@@ -63,6 +63,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "merge",
     "elu_layer",
     "prelu",
+    "snake",
     "group_norm",
     "grouped_conv2d",
     "separable_conv2d",
@@ -956,6 +957,7 @@ impl<'g> CudaModel<'g> {
             | Op::ELU(_)
             | Op::Rescaling(_)
             | Op::GELU(_)
+            | Op::Snake(_)
             | Op::Normalization(_)
             | Op::PReLU(_)
             | Op::AveragePooling2D(_)
@@ -2372,6 +2374,22 @@ impl<'g> CudaModel<'g> {
                             .launch(grid(n_out))
                             .map_err(driver)?;
                     }
+                }
+            }
+            Op::Snake(_) => {
+                let w = self.weights_of(id)?;
+                let x = x_view(0)?;
+                // SAFETY: matches snake_<T>(void*, View, View, const float*, int).
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("snake"))
+                        .arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y)
+                        .arg(&w.tensors[0])
+                        .arg(&nb)
+                        .launch(grid(n_out))
+                        .map_err(driver)?;
                 }
             }
             Op::PReLU(op) => {

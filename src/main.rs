@@ -2031,6 +2031,7 @@ fn import_model(
     let is_onnx = json
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+    let mut keras_layers = None;
     let (dsl, weights, map) = if is_onnx {
         let Some(weights_out) = weights_out else {
             eprintln!("error: importing ONNX needs --weights-out FILE.safetensors for the model's weights");
@@ -2062,12 +2063,26 @@ fn import_model(
             }
         };
         // A file that is not a Keras model unetc can import is an invalid input file.
+        keras_layers = Some(unetc::interop::verify::keras_layers(&text));
         match unetc::interop::keras::import_json(&text) {
             Ok(dsl) => (dsl, None, None),
             Err(e) => {
                 eprintln!("error: {}: {e}", json.display());
                 return ExitCode::from(EXIT_USAGE);
             }
+        }
+    };
+    // The spec is compiled again (in the form written) before anything is written.
+    let spec = match unetc::interop::verify::checked_spec(
+        &dsl,
+        form == SpecFormat::Yaml,
+        keras_layers.as_deref(),
+        weights.as_ref().map(|(_, w)| w),
+    ) {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("error: {}: {e}", json.display());
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     // Nothing is written unless both files can be: refuse existing outputs first.
@@ -2095,22 +2110,6 @@ fn import_model(
             return ExitCode::from(EXIT_USAGE);
         }
     }
-    let spec = match form {
-        SpecFormat::Dsl => dsl,
-        SpecFormat::Yaml => {
-            let mut sources = unetc::diag::SourceMap::new();
-            let file = sources.add(std::path::Path::new("imported.unet"), dsl.clone());
-            match unetc::front::parse(unetc::front::Format::Dsl, file, &dsl) {
-                Ok(parsed) => unetc::emit::yaml::print(&parsed, &dsl),
-                // The importer writes DSL this parser reads; failing here is a bug in unetc.
-                Err(diags) => {
-                    eprint!("{}", render_plain(&sources, &diags));
-                    eprintln!("error: unetc could not read back the DSL it imported; please report this with `{}`", json.display());
-                    return ExitCode::from(EXIT_USAGE);
-                }
-            }
-        }
-    };
     match output {
         Some(path) => write_text(path, &spec, force),
         None => emit_stdout(&spec),

@@ -300,10 +300,10 @@ fn child_runs_the_cuda_backend() {
         let weights =
             unetc::io::weights::load_weights(&weights_file, &unetc::runner::expected_weights(&c))
                 .unwrap();
-        let (input, want) = io_tensors(&io_file);
+        let (inputs, want) = io_inputs(&io_file);
         let cpu = CpuModel::new(&c.graph, &c.info, &weights)
             .unwrap()
-            .run(&input)
+            .run_inputs(&inputs)
             .unwrap()
             .remove(0);
         for (precision, tolerance) in gpu_tolerances(&stem) {
@@ -321,7 +321,7 @@ fn child_runs_the_cuda_backend() {
                 "{}",
                 model.device_name
             );
-            let got = match model.run(&input) {
+            let got = match model.run_inputs(&inputs) {
                 Ok(mut out) => out.remove(0),
                 Err(e) => {
                     failures.push(format!("{what}: run: {e}"));
@@ -343,7 +343,7 @@ fn child_runs_the_cuda_backend() {
             // arena) must give the same outputs.
             if stem == "bn_same_small" {
                 graph_checked = true;
-                if let Err(e) = timed_run_with_graph(&model, &input, &got) {
+                if let Err(e) = timed_run_with_graph(&model, &inputs[0], &got) {
                     failures.push(format!("{what}: {e}"));
                 }
             }

@@ -80,6 +80,8 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/unet3d_valid.unet", "unet3d_valid"),
         ("specs/tf_tutorial_unet.unet", "tf_tutorial_unet"),
         ("specs/shared_layers_unet.unet", "shared_layers_unet"),
+        ("specs/siamese_unet.unet", "siamese_unet"),
+        ("tests/golden/edge_snake.unet", "edge_snake"),
         ("tests/golden/edge_fixed_dropout.unet", "edge_fixed_dropout"),
         ("tests/golden/edge_rescaling.unet", "edge_rescaling"),
         ("tests/golden/edge_normalization.unet", "edge_normalization"),
@@ -107,7 +109,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 23);
+    assert_eq!(checked, 25);
 }
 
 #[test]
@@ -205,10 +207,14 @@ fn import_tells_custom_classes_from_keras_layers_it_lacks() {
     );
     assert!(!gelu.contains("kind: ELU"), "{gelu}");
     assert!(gelu.ends_with("nothing was imported"), "{gelu}");
+    // keras-unet-collection's Snake is known from its own module only.
     let snake =
         unetc::interop::keras::import_json(&model("Snake", "keras_unet_collection.activations"))
-            .unwrap_err()
-            .to_string();
+            .unwrap();
+    assert!(snake.contains("snake(name: \"act\")"), "{snake}");
+    let snake = unetc::interop::keras::import_json(&model("Snake", "my_package.layers"))
+        .unwrap_err()
+        .to_string();
     assert!(snake.contains("whose call() is Python code"), "{snake}");
     assert!(!snake.contains("nearest"), "{snake}");
     let unit = unetc::interop::keras::import_json(&model("UnitNormalization", "keras.layers"))
@@ -253,4 +259,142 @@ fn import_reads_numbers_either_side_and_refuses_other_constants() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("takes the constant [1.0,2.0] as `y`"), "{err}");
+}
+
+/// `unetc import` compiles what it is about to write (both forms) and refuses on a mismatch.
+/// Every recorded Keras model passes the check as DSL and as YAML (no false refusal).
+#[test]
+fn import_checks_the_spec_it_writes() {
+    use unetc::interop::verify::{checked_spec, keras_layers};
+    let mut checked = 0;
+    for dir in ["tests/real_models", "tests/keras_json"] {
+        let mut files: Vec<_> = std::fs::read_dir(root().join(dir))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "json")
+                    && p.file_stem().is_some_and(|s| s != "manifest")
+            })
+            .collect();
+        files.sort();
+        for path in files {
+            let json = std::fs::read_to_string(&path).unwrap();
+            let layers = keras_layers(&json);
+            assert!(!layers.is_empty(), "{}", path.display());
+            let dsl = unetc::interop::keras::import_json(&json).unwrap();
+            for yaml in [false, true] {
+                if let Err(e) = checked_spec(&dsl, yaml, Some(&layers), None) {
+                    panic!("{} (yaml: {yaml}): {e}", path.display());
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 50, "{checked}");
+}
+
+/// The check can fail: texts altered after the import are refused, naming what differs.
+#[test]
+fn the_import_check_refuses_altered_specs() {
+    use unetc::interop::verify::{check_same, checked_spec, keras_layers};
+    let json =
+        std::fs::read_to_string(root().join("tests/real_models/siamese_sequential.json")).unwrap();
+    let layers = keras_layers(&json);
+    let dsl = unetc::interop::keras::import_json(&json).unwrap();
+    assert!(checked_spec(&dsl, false, Some(&layers), None).is_ok());
+    // A layer renamed: the summary no longer lists Keras's layers.
+    let renamed = dsl.replace("subtract_1", "subtract_9");
+    assert_ne!(renamed, dsl);
+    let e = checked_spec(&renamed, false, Some(&layers), None).unwrap_err();
+    assert!(
+        e.contains("internal error")
+            && e.contains(
+                "row 5 is subtract_9 (Subtract), Keras's layer 5 is subtract_1 (Subtract)"
+            ),
+        "{e}"
+    );
+    // A text that does not compile.
+    let broken = dsl.replace("-> subtract(", "-> subtrakt(");
+    let e = checked_spec(&broken, false, Some(&layers), None).unwrap_err();
+    assert!(
+        e.contains("does not compile") && e.contains("subtrakt"),
+        "{e}"
+    );
+    // The YAML form compared with the DSL's model: another filter count is another summary.
+    let reference = compile_source(
+        Path::new("imported.unet"),
+        dsl.clone(),
+        &Options::default(),
+        &mut Session::new(),
+    );
+    let want = {
+        use unetc::report::summary::SummaryStyle;
+        let mut s = unetc::report::check_text(&reference, SummaryStyle::TfKeras, None);
+        s.push_str(&unetc::report::check_text(
+            &reference,
+            SummaryStyle::Legacy,
+            None,
+        ));
+        s
+    };
+    let yaml = checked_spec(&dsl, true, Some(&layers), None).unwrap();
+    assert!(check_same(&reference, &want, &yaml, "a.yaml").is_ok());
+    let altered = yaml.replacen("filters: 8", "filters: 9", 1);
+    assert_ne!(altered, yaml);
+    let e = check_same(&reference, &want, &altered, "a.yaml").unwrap_err();
+    assert!(e.contains("another summary"), "{e}");
+    // Weights brought by an ONNX import must be the ones the spec needs.
+    let mut weights = unetc::io::Weights::new();
+    for e in unetc::runner::expected_weights(&reference) {
+        let n: usize = e.shape.iter().product();
+        weights.insert(
+            e.name.clone(),
+            unetc::exec::Tensor::from_vec(&e.shape, vec![0.0; n]).unwrap(),
+        );
+    }
+    assert!(checked_spec(&dsl, false, None, Some(&weights)).is_ok());
+    weights.insert(
+        "conv2d_1/bias".into(),
+        unetc::exec::Tensor::from_vec(&[3], vec![0.0; 3]).unwrap(),
+    );
+    let e = checked_spec(&dsl, false, None, Some(&weights)).unwrap_err();
+    assert!(e.contains("`conv2d_1/bias` of shape [8]"), "{e}");
+}
+
+/// A model whose imported spec does not compile (a Keras Normalization with constant
+/// statistics, which unetc reads from weights only): `unetc import` says so and writes nothing.
+#[test]
+fn import_writes_nothing_when_its_spec_does_not_compile() {
+    let json =
+        std::fs::read_to_string(root().join("tests/keras_json/edge_normalization.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let layer = v["config"]["layers"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|l| l["class_name"] == "Normalization")
+        .unwrap();
+    layer["config"]["mean"] = serde_json::json!(0.5);
+    layer["config"]["variance"] = serde_json::json!(2.0);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("m.json");
+    std::fs::write(&input, v.to_string()).unwrap();
+    for out in ["m.unet", "m.yaml"] {
+        let out = dir.path().join(out);
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_unetc"))
+            .arg("import")
+            .arg(&input)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("internal error: the spec unetc made for this model does not compile")
+                && stderr.contains("nothing was written"),
+            "{stderr}"
+        );
+        assert!(!out.exists());
+    }
 }

@@ -56,10 +56,10 @@ fn prints_and_runs_as_keras(what: &str, c: &Compiled, stem: &str) {
         &expected_weights(c),
     )
     .expect("tf.keras's weights fit");
-    let (input, want) = io_tensors(&dir.join(format!("{stem}.io.safetensors")));
+    let (inputs, want) = io_inputs(&dir.join(format!("{stem}.io.safetensors")));
     let got = CpuModel::new(&c.graph, &c.info, &weights)
         .expect("bind")
-        .run(&input)
+        .run_inputs(&inputs)
         .expect("run")
         .remove(0);
     let err = rel_err(&got, &want);
@@ -246,23 +246,124 @@ fn nested_and_shared_misuse_is_reported() {
     assert!(e.contains("`functional` or `sequential`"), "{e}");
 }
 
+/// A nested model called on two images (siamese change-detection U-Nets): tf.keras's JSON
+/// imports with the second call as `shared(model)`, prints Keras's one row connected to both
+/// calls (`encoder[1][k]` downstream), holds one set of weights and runs as `model.predict`.
+/// specs/siamese_unet.unet writes the same model by hand.
 #[test]
-fn import_refuses_a_nested_model_called_twice() {
-    let json =
-        std::fs::read_to_string(root().join("tests/real_models/tf_tutorial_unet.json")).unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let layers = v["config"]["layers"].as_array_mut().unwrap();
-    let seq = layers
-        .iter_mut()
-        .find(|l| l["config"]["name"] == "sequential")
-        .unwrap();
-    let node = seq["inbound_nodes"][0].clone();
-    seq["inbound_nodes"].as_array_mut().unwrap().push(node);
-    let e = unetc::interop::keras::import_json(&v.to_string()).unwrap_err();
+fn a_nested_model_called_twice_is_keras_s() {
+    for (stem, model, layers_per_call) in [
+        ("siamese_unet", "encoder", 11),
+        ("siamese_sequential", "stem", 3),
+    ] {
+        let json =
+            std::fs::read_to_string(root().join(format!("tests/real_models/{stem}.json"))).unwrap();
+        let spec = unetc::interop::keras::import_json(&json).expect("imports");
+        assert_eq!(spec.matches("-> shared(").count(), 1, "{spec}");
+        let c = ok("imported.unet", &spec);
+        // Two calls of one model: the second's scope and layers point at the first's.
+        let calls: Vec<(&str, Option<u32>)> = c
+            .graph
+            .scopes
+            .iter()
+            .map(|s| (s.name.as_str(), s.shares.map(|o| o.0)))
+            .collect();
+        assert_eq!(calls, [(model, None), (model, Some(0))], "{stem}");
+        let copies = c.graph.nodes.iter().filter(|n| n.shares.is_some()).count();
+        assert_eq!(
+            copies, layers_per_call,
+            "{stem}: one copy per layer of the model"
+        );
+        // One set of weights: every weight name belongs to a first call (no `[k]` names).
+        let names = expected_weights(&c);
+        assert!(
+            names.iter().all(|e| !e.name.contains('[')),
+            "{stem}: {:?}",
+            names.iter().map(|e| &e.name).collect::<Vec<_>>()
+        );
+        prints_and_runs_as_keras(stem, &c, stem);
+        round_trips("imported.unet", &spec);
+    }
+    for ext in ["unet", "yaml"] {
+        let rel = format!("specs/siamese_unet.{ext}");
+        let c = compile(Path::new(&rel));
+        assert!(!c.has_errors(), "{}", render_plain(&c.sources, &c.diags));
+        prints_and_runs_as_keras(&rel, &c, "siamese_unet");
+    }
+    let text = std::fs::read_to_string(root().join("specs/siamese_unet.unet")).unwrap();
+    round_trips("siamese_unet.unet", &text);
+}
+
+/// The weights are shared, not copied: changing the encoder's first kernel changes what both
+/// calls compute (the two images' features stay equal for equal images).
+#[test]
+fn a_shared_nested_model_uses_one_set_of_weights() {
+    let text = "model {\n  block enc() as functional {\n    input(shape: 8x8x2)\n    conv2d(3, 3, padding: same, name: \"c\")\n  }\n  a = input(shape: 8x8x2, name: \"a\")\n  b = input(shape: 8x8x2, name: \"b\")\n  x = a -> enc(name: \"e\")\n  y = b -> shared(e)\n  [x, y] -> subtract()\n}\n";
+    let c = ok("w.unet", text);
+    let names: Vec<String> = expected_weights(&c).into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["c/kernel", "c/bias"]);
+    let mut w = unetc::io::Weights::new();
+    for (name, t) in formula_weights(&c) {
+        w.insert(name, t);
+    }
+    let image = unetc::exec::Tensor::from_vec(
+        &[1, 8, 8, 2],
+        (0..128).map(|i| (i % 7) as f32 * 0.25 - 0.5).collect(),
+    )
+    .unwrap();
+    let other = unetc::exec::Tensor::from_vec(&[1, 8, 8, 2], vec![0.5; 128]).unwrap();
+    let run = |a: &unetc::exec::Tensor, b: &unetc::exec::Tensor| {
+        CpuModel::new(&c.graph, &c.info, &w)
+            .unwrap()
+            .run_inputs(&[a.clone(), b.clone()])
+            .unwrap()
+            .remove(0)
+    };
+    // Same image on both sides: the same weights give a difference of exactly zero.
+    assert!(run(&image, &image).data.iter().all(|&v| v == 0.0));
+    // Different images: not zero (the test can fail).
+    assert!(run(&image, &other).data.iter().any(|&v| v != 0.0));
+}
+
+#[test]
+fn calling_a_nested_model_again_wrongly_is_reported() {
+    let model = |call: &str| {
+        format!("model {{\n  block enc() as functional {{\n    input(shape: 8x8x2)\n    conv2d(3, 3, padding: same)\n  }}\n  a = input(shape: 8x8x2, name: \"a\")\n  b = input(shape: 8x8x2, name: \"b\")\n  w = input(shape: 8x8x5, name: \"w\")\n  x = a -> enc(name: \"e\")\n  {call}\n}}\n")
+    };
+    let e = errors("a.unet", &model("[a, b] -> shared(e)"));
     assert!(
-        e.0.contains("`sequential` is applied 2 times") && e.0.contains("not Sequential ones"),
+        e.contains("E-arity") && e.contains("takes 1 tensor(s); this call gives 2"),
         "{e}"
     );
+    let e = errors("b.unet", &model("w -> shared(e)"));
+    assert!(
+        e.contains("E-nested-input") && e.contains("(None, 8, 8, 5)"),
+        "{e}"
+    );
+    // A name that is neither a layer nor a nested model.
+    let e = errors("c.unet", &model("b -> shared(\"nope\")"));
+    assert!(e.contains("E-shared"), "{e}");
+}
+
+/// Keras's JSON refers to a nested model's calls from 1 (its own first node is left out);
+/// a reference to a call the model does not have is refused by name.
+#[test]
+fn import_refuses_a_call_a_nested_model_does_not_have() {
+    let json =
+        std::fs::read_to_string(root().join("tests/real_models/siamese_sequential.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let layers = v["config"]["layers"].as_array_mut().unwrap();
+    let sub = layers
+        .iter_mut()
+        .find(|l| l["config"]["name"] == "subtract")
+        .unwrap();
+    assert_eq!(
+        sub["inbound_nodes"][0][1][1], 2,
+        "Keras numbers the second call 2"
+    );
+    sub["inbound_nodes"][0][1][1] = serde_json::json!(3);
+    let e = unetc::interop::keras::import_json(&v.to_string()).unwrap_err();
+    assert!(e.0.contains("`stem` has no call"), "{e}");
 }
 
 /// A nested model's call binds its tensors to the model's `input_layers` in that order, whatever

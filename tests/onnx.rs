@@ -632,14 +632,31 @@ fn run_onnxruntime(
     input: &Tensor,
     want: &[Tensor],
 ) -> Result<(Vec<Tensor>, String), String> {
+    run_onnxruntime_inputs(dir, stem, bytes, std::slice::from_ref(input), want)
+}
+
+/// [`run_onnxruntime`] for a model of one or more inputs (in the model's input order).
+fn run_onnxruntime_inputs(
+    dir: &Path,
+    stem: &str,
+    bytes: &[u8],
+    inputs: &[Tensor],
+    want: &[Tensor],
+) -> Result<(Vec<Tensor>, String), String> {
     let model = dir.join(format!("{stem}.onnx"));
-    let x = dir.join(format!("{stem}.in.npy"));
     let y = dir.join(format!("{stem}.out.npy"));
     std::fs::write(&model, bytes).unwrap();
-    unetc::io::npy::write_npy(&x, input, true).unwrap();
+    let mut files = Vec::new();
+    for (k, input) in inputs.iter().enumerate() {
+        let x = dir.join(format!("{stem}.in{k}.npy"));
+        unetc::io::npy::write_npy(&x, input, true).unwrap();
+        files.push(x.to_string_lossy().into_owned());
+    }
     let run = Command::new("python3")
         .arg(root().join("tools/onnx_check.py"))
-        .args([&model, &x, &y])
+        .arg(&model)
+        .arg(files.join(","))
+        .arg(&y)
         .output()
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&run.stdout).to_string();
@@ -833,7 +850,15 @@ fn write_onnx_writes_the_file_the_cli_asks_for() {
 fn nested_models_and_shared_layers_export_as_keras_computes_them() {
     let dir = root().join("tests/real_models");
     let tmp = tempfile::tempdir().unwrap();
-    for (stem, shared_weights) in [("tf_tutorial_unet", 0), ("shared_layers_unet", 4)] {
+    // Weights read by several nodes: shared_layers_unet's two shared convolutions' kernels
+    // and biases (its shared pooling has none); the siamese encoder's 3 convolutions (kernel, bias)
+    // and 3 batch normalizations (4 each); the siamese stem's convolution and normalization.
+    for (stem, shared_weights) in [
+        ("tf_tutorial_unet", 0),
+        ("shared_layers_unet", 2 * 2),
+        ("siamese_unet", 3 * 2 + 3 * 4),
+        ("siamese_sequential", 2 + 4),
+    ] {
         let json = std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap();
         let spec = unetc::interop::keras::import_json(&json).expect("imports");
         let c = compile_text(&format!("{stem}.unet"), &spec);
@@ -865,12 +890,12 @@ fn nested_models_and_shared_layers_export_as_keras_computes_them() {
         if !onnxruntime_available() {
             continue;
         }
-        let (input, keras) = io_tensors(&dir.join(format!("{stem}.io.safetensors")));
-        let (got, checker) = run_onnxruntime(
+        let (inputs, keras) = io_inputs(&dir.join(format!("{stem}.io.safetensors")));
+        let (got, checker) = run_onnxruntime_inputs(
             tmp.path(),
             stem,
             &bytes,
-            &input,
+            &inputs,
             std::slice::from_ref(&keras),
         )
         .unwrap_or_else(|e| panic!("{stem}: {e}"));

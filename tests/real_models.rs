@@ -66,10 +66,10 @@ fn real_package_unets_import_print_and_run_as_keras() {
             println!("{stem}: summary identical (not run)");
             continue;
         };
-        let (input, want) = io_tensors(&io_file);
+        let (inputs, want) = io_inputs(&io_file);
         let got = CpuModel::new(&c.graph, &c.info, &weights)
             .expect("bind")
-            .run(&input)
+            .run_inputs(&inputs)
             .expect("run")
             .remove(0);
         let err = rel_err(&got, &want);

@@ -59,6 +59,8 @@ const SPECS: &[(&str, &str)] = &[
     ("normalization", "normalization(axis: 3) -> conv2d(4, 1) -> normalization() -> conv2d(2, 1)"),
     ("keras-unet-collection gelu", "conv2d(4, 3, padding: same) -> gelu() -> conv2d(4, 1) -> rescaling(3.0) -> gelu()"),
     ("tf resize and reshapes", "x = conv2d(3, 1)\n  h = input_1 -> conv2d(1, 3, padding: same)\n  [x -> tf_op(\"image.resize\", size: (12, 6), method: bilinear) -> flatten(), x -> tf_op(\"image.resize\", size: (6, 12), method: nearest) -> flatten(), h -> tf_op(\"compat.v1.squeeze\", axis: -1) -> tf_op(expand_dims, axis: 1) -> tf_op(reshape, shape: (-1, 6, 6, 1)) -> flatten()] -> concatenate()"),
+    ("nested model called twice", "block enc() as functional {\n    input(shape: 6x6x4)\n    conv2d(3, 3, padding: same) -> batch_normalization() -> activation(tanh)\n  }\n  x = input_1 -> enc(name: \"e\")\n  y = input_1 -> conv2d(4, 1) -> shared(e)\n  [x, y] -> concatenate()"),
+    ("keras-unet-collection snake", "conv2d(4, 3, padding: same) -> snake(0.7, trainable: true) -> conv2d(4, 1) -> snake() -> rescaling(3.0) -> snake(-1.5, trainable: true)"),
 ];
 
 struct Case {

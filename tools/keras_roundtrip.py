@@ -51,6 +51,10 @@ SPECS = [
     # Nested models (a Functional with five outputs, four Sequentials) and shared layers.
     "specs/tf_tutorial_unet.unet",
     "specs/shared_layers_unet.unet",
+    # A nested model called twice (a siamese encoder over two images).
+    "specs/siamese_unet.unet",
+    # keras-unet-collection's Snake (one scalar weight; trainable=False by default).
+    "tests/golden/edge_snake.unet",
     # The efficientnet package's FixedDropout (segmentation_models' EfficientNet encoders).
     "tests/golden/edge_fixed_dropout.unet",
     # Rescaling (`Rescaling(1. / 255)` on the input).

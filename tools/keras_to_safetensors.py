@@ -100,6 +100,8 @@ WITH_WEIGHTS = {
     "Conv3D": ("kernel", "bias"),
     "Conv3DTranspose": ("kernel", "bias"),
     "Normalization": ("mean", "variance", "count"),
+    # keras-unet-collection's Snake (its module is checked): one scalar weight.
+    "Snake": ("beta_factor",),
 }
 
 # Activation names unetc accepts (src/ir/ops/activation.rs).
@@ -149,9 +151,9 @@ def _check_config(layer, cls: str) -> None:
         if axes != list(range(4 - len(axes), 4)):
             raise UnsupportedModel(f"{where} normalizes axes {cfg['axis']!r}; unetc normalizes a "
                                    "trailing run of axes (-1, [2, 3], [1, 2, 3])")
-    if cls == "GELU" and type(layer).__module__ != "keras_unet_collection.activations":
+    if cls in ("GELU", "Snake") and type(layer).__module__ != "keras_unet_collection.activations":
         raise UnsupportedModel(f"{where} comes from {type(layer).__module__}; unetc knows "
-                               "keras-unet-collection's GELU (keras_unet_collection.activations)")
+                               f"keras-unet-collection's {cls} (keras_unet_collection.activations)")
     if cls == "Normalization":
         rank = len(layer.input_shape)
         axis = tuple(cfg.get("axis") or ())

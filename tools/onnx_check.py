@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Run an ONNX model exported by `unetc export SPEC --to onnx` in onnxruntime.
 
-usage: python3 tools/onnx_check.py MODEL.onnx INPUT.npy OUTPUT.npy [--require-checker]
+usage: python3 tools/onnx_check.py MODEL.onnx INPUT.npy[,INPUT2.npy,...] OUTPUT.npy [--require-checker]
 
-Reads INPUT.npy (NHWC float32, batch first, as `unetc run` takes it), runs the model on
+Reads INPUT.npy (NHWC float32, batch first, as `unetc run` takes it; for a model of several
+inputs one file each, comma-separated, in the model's input order), runs the model on
 onnxruntime's CPU provider and writes its first output to OUTPUT.npy (float32); further outputs
 go to OUTPUT.1.npy, OUTPUT.2.npy, ... If the `onnx` package is installed, the model is first
 validated with `onnx.checker.check_model(full_check=True)` (which includes ONNX shape
@@ -50,18 +51,18 @@ def main(argv):
     else:
         print("onnx.checker: skipped (pip install onnx to run it)")
 
-    x = np.load(input_path).astype(np.float32)
+    xs = [np.load(p).astype(np.float32) for p in input_path.split(",")]
     try:
         sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
     except Exception as e:
         print(f"error: onnxruntime cannot load {model_path}: {e}", file=sys.stderr)
         return 1
     inputs = sess.get_inputs()
-    if len(inputs) != 1:
-        print(f"error: the model has {len(inputs)} inputs; this tool feeds one", file=sys.stderr)
+    if len(inputs) != len(xs):
+        print(f"error: the model has {len(inputs)} inputs; {len(xs)} given", file=sys.stderr)
         return 1
     try:
-        outputs = sess.run(None, {inputs[0].name: x})
+        outputs = sess.run(None, {i.name: x for i, x in zip(inputs, xs)})
     except Exception as e:
         print(f"error: onnxruntime failed to run {model_path}: {e}", file=sys.stderr)
         return 1
@@ -70,7 +71,8 @@ def main(argv):
         path = output_path if i == 0 else f"{stem}.{i}.npy"
         np.save(path, np.ascontiguousarray(y, dtype=np.float32))
         print(f"{meta.name}: {list(y.shape)} -> {path}")
-    print(f"onnxruntime {ort.__version__}: ran {inputs[0].name} {list(x.shape)}")
+    fed = ", ".join(f"{i.name} {list(x.shape)}" for i, x in zip(inputs, xs))
+    print(f"onnxruntime {ort.__version__}: ran {fed}")
     return 0
 
 

@@ -137,6 +137,7 @@ pub fn weight_slots(op: &Op) -> &'static [&'static str] {
         | Op::Conv3DTranspose(_) => &["kernel", "bias"],
         Op::BatchNormalization(_) => &["gamma", "beta", "moving_mean", "moving_variance"],
         Op::PReLU(_) => &["alpha"],
+        Op::Snake(_) => &["beta_factor"],
         // Keras's `count` is not needed to normalise.
         Op::Normalization(_) => &["mean", "variance"],
         // Always `[gamma, beta]`: ones and zeros where `scale` / `center` are off.

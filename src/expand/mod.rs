@@ -700,7 +700,7 @@ impl<'s> Expander<'_> {
                 );
                 true
             }
-            None => true,
+            None => op.trainable_by_default(),
         } && !cx.frozen;
 
         // Inputs: the incoming value flattened; pending names are resolved after expansion.
@@ -944,6 +944,7 @@ impl<'s> Expander<'_> {
             input_shapes: Vec::new(),
             outputs: Vec::new(),
             span,
+            shares: None,
         });
         let bindings: Vec<Value> = match input {
             Some(Value::List(items)) => items.into_iter().rev().collect(),
@@ -1007,6 +1008,9 @@ impl<'s> Expander<'_> {
         call: &Call,
     ) -> Option<Value> {
         let usage = "`shared` takes one layer: `x -> shared(conv_a)` calls layer `conv_a` again";
+        if let Some(scope) = self.shared_model(&args) {
+            return self.call_shared_model(cx, scope, input, call);
+        }
         let target = match args.as_slice() {
             [ArgValue {
                 name: None,
@@ -1088,6 +1092,202 @@ impl<'s> Expander<'_> {
         });
         self.broken.push(broken);
         Some(Value::Tensor(id))
+    }
+
+    /// The nested model `shared(...)` names, if it names one: by its name (`shared("encoder")`),
+    /// or by the variable holding its output(s) (`shared(enc)`), called in this (nested) model.
+    fn shared_model(&self, args: &[ArgValue]) -> Option<ScopeId> {
+        let here = self.scope_stack.last().copied();
+        let of_tensor = |id: NodeId| -> Option<ScopeId> {
+            let mut s = self.graph.node(id).scope?;
+            loop {
+                let scope = &self.graph.scopes[s.index()];
+                if scope.parent == here {
+                    return scope.outputs.contains(&id).then_some(s);
+                }
+                s = scope.parent?;
+            }
+        };
+        let scope = match args {
+            [ArgValue {
+                name: None,
+                value: Value::Str(name),
+                ..
+            }] if !self.names.contains_key(name) => self
+                .graph
+                .scopes
+                .iter()
+                .position(|s| &s.name == name && s.shares.is_none())
+                .map(|k| ScopeId(k as u32)),
+            [ArgValue {
+                name: None,
+                value: Value::Tensor(id),
+                ..
+            }] => of_tensor(*id),
+            [ArgValue {
+                name: None,
+                value: Value::List(items),
+                ..
+            }] => {
+                let scopes: Option<Vec<ScopeId>> = items
+                    .iter()
+                    .map(|v| match v {
+                        Value::Tensor(id) => of_tensor(*id),
+                        _ => None,
+                    })
+                    .collect();
+                match scopes?.as_slice() {
+                    [first, rest @ ..] if rest.iter().all(|s| s == first) => Some(*first),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }?;
+        Some(self.graph.scope_owner(scope))
+    }
+
+    /// `x -> shared(model)`: nested model `owner` called again (as siamese U-Nets call one
+    /// encoder on two images). Its layers (and the models nested in it) are copied for this
+    /// call; each copy shares its layer's weights, as a shared layer's later call does.
+    fn call_shared_model(
+        &mut self,
+        cx: &Context<'s>,
+        owner: ScopeId,
+        input: Option<Value>,
+        call: &Call,
+    ) -> Option<Value> {
+        let first = self.graph.scopes[owner.index()].clone();
+        let tensors = self.tensors_of(input.as_ref());
+        if tensors.len() != first.inputs.len() {
+            self.error(
+                Diagnostic::error(
+                    "E-arity",
+                    format!(
+                        "nested model `{}` takes {} tensor(s); this call gives {}",
+                        first.name,
+                        first.inputs.len(),
+                        tensors.len()
+                    ),
+                )
+                .at(call.span, "wrong number of inputs")
+                .also(first.span, "its first call"),
+            );
+            return None;
+        }
+        // The scopes to copy: `owner` and those nested in it (outermost first, as stored).
+        let inside = |graph: &Graph, mut s: ScopeId| loop {
+            if s == owner {
+                return true;
+            }
+            match graph.scopes[s.index()].parent {
+                Some(p) => s = p,
+                None => return false,
+            }
+        };
+        let copied: Vec<ScopeId> = (0..self.graph.scopes.len() as u32)
+            .map(ScopeId)
+            .filter(|&s| inside(&self.graph, s))
+            .collect();
+        let nodes: Vec<NodeId> = self
+            .graph
+            .ids()
+            .filter(|&id| {
+                self.graph
+                    .node(id)
+                    .scope
+                    .is_some_and(|s| inside(&self.graph, s))
+            })
+            .collect();
+        if self
+            .pending
+            .iter()
+            .any(|(id, ..)| nodes.binary_search(id).is_ok())
+        {
+            self.error(
+                Diagnostic::error(
+                    "E-shared",
+                    format!(
+                        "nested model `{}` refers to a layer by a name defined after it, so it \
+                         cannot be called again",
+                        first.name
+                    ),
+                )
+                .at(call.span, "called again here")
+                .also(first.span, "its first call")
+                .help("define the layers a nested model takes before the model"),
+            );
+            return None;
+        }
+        let mut node_map: HashMap<NodeId, NodeId> = first
+            .inputs
+            .iter()
+            .copied()
+            .zip(tensors.iter().copied())
+            .collect();
+        let mut scope_map: HashMap<ScopeId, ScopeId> = HashMap::new();
+        for &s in &copied {
+            let old = self.graph.scopes[s.index()].clone();
+            let new = ScopeId(self.graph.scopes.len() as u32);
+            scope_map.insert(s, new);
+            self.graph.scopes.push(Scope {
+                parent: if s == owner {
+                    self.scope_stack.last().copied()
+                } else {
+                    old.parent.and_then(|p| scope_map.get(&p).copied())
+                },
+                // Filled in below, once the layers are copied.
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+                span: call.span,
+                shares: Some(self.graph.scope_owner(s)),
+                ..old
+            });
+        }
+        for &id in &nodes {
+            let old = self.graph.node(id).clone();
+            let layer = self.graph.layer_owner(id);
+            let calls = self.shared_calls.entry(layer).or_insert(1);
+            *calls += 1;
+            let name = format!("{}[{}]", self.graph.node(layer).name, *calls - 1);
+            let new = NodeId(self.graph.nodes.len() as u32);
+            node_map.insert(id, new);
+            let inputs = old
+                .inputs
+                .iter()
+                .map(|i| node_map.get(i).copied().unwrap_or(*i))
+                .collect();
+            self.graph.nodes.push(Node {
+                name,
+                inputs,
+                span: call.span,
+                included: cx.included,
+                scope: old.scope.and_then(|s| scope_map.get(&s).copied()),
+                shares: Some(layer),
+                ..old
+            });
+            self.broken.push(self.broken[id.index()]);
+        }
+        let remap = |ids: &[NodeId]| -> Vec<NodeId> {
+            ids.iter()
+                .map(|i| node_map.get(i).copied().unwrap_or(*i))
+                .collect()
+        };
+        for (&s, &new) in &scope_map {
+            let (inputs, outputs) = {
+                let old = &self.graph.scopes[s.index()];
+                (remap(&old.inputs), remap(&old.outputs))
+            };
+            let scope = &mut self.graph.scopes[new.index()];
+            scope.inputs = inputs;
+            scope.outputs = outputs;
+        }
+        let outputs = self.graph.scopes[scope_map[&owner].index()].outputs.clone();
+        match outputs.as_slice() {
+            [one] => Some(Value::Tensor(*one)),
+            many => Some(Value::List(
+                many.iter().copied().map(Value::Tensor).collect(),
+            )),
+        }
     }
 
     /// An `input` layer of a nested model: it stands for the next tensor the model is called

@@ -3,7 +3,7 @@
 //! `unetc import model.json` reads a functional model's `to_json()` and writes a DSL spec.
 
 use crate::infer::Inferred;
-use crate::ir::ops::{FixedDropout, LayerKind, TFOpLambda, TfCompute, TfFunction, GELU};
+use crate::ir::ops::{FixedDropout, LayerKind, Snake, TFOpLambda, TfCompute, TfFunction, GELU};
 use crate::ir::{Graph, Op};
 use serde_json::Value as Json;
 use std::fmt::Write;
@@ -71,10 +71,12 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
             "\n\nclass FixedDropout(layers.Dropout):\n    def _get_noise_shape(self, inputs):\n        if self.noise_shape is None:\n            return None\n        dynamic = tf.shape(inputs)\n        return tuple(dynamic[i] if d is None else d for i, d in enumerate(self.noise_shape))"
         );
     }
-    if graph.nodes.iter().any(|n| n.op.class_name() == GELU::CLASS) {
-        // keras-unet-collection's own class (`pip install keras-unet-collection`): its
-        // to_json() names the module that `unetc import` reads it by.
-        let _ = writeln!(out, "from keras_unet_collection.activations import GELU");
+    // keras-unet-collection's own classes (`pip install keras-unet-collection`): their
+    // to_json() names the module that `unetc import` reads them by.
+    for class in [GELU::CLASS, Snake::CLASS] {
+        if graph.nodes.iter().any(|n| n.op.class_name() == class) {
+            let _ = writeln!(out, "from keras_unet_collection.activations import {class}");
+        }
     }
     let _ = writeln!(out, "\n");
     let exporter = PythonExporter {
@@ -91,8 +93,11 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
         },
     };
     // Innermost nested models first: each builder calls the builders of the models in it.
+    // A later call of a nested model (and the models inside it) calls the first call's object.
     for s in (0..graph.scopes.len()).rev() {
-        exporter.scope_builder(&mut out, crate::ir::ScopeId(s as u32));
+        if !exporter.in_later_call(crate::ir::ScopeId(s as u32)) {
+            exporter.scope_builder(&mut out, crate::ir::ScopeId(s as u32));
+        }
     }
     let _ = writeln!(out, "def build_model():");
     let body = exporter.level(None);
@@ -171,6 +176,23 @@ enum Part {
 }
 
 impl PythonExporter<'_> {
+    /// Whether scope `s` is, or is inside, a later call of a nested model.
+    fn in_later_call(&self, s: crate::ir::ScopeId) -> bool {
+        let mut at = Some(s);
+        while let Some(scope) = at {
+            if self.graph.scopes[scope.index()].shares.is_some() {
+                return true;
+            }
+            at = self.graph.scopes[scope.index()].parent;
+        }
+        false
+    }
+
+    /// Whether nested model `s` (a first call) is called again.
+    fn called_again(&self, s: crate::ir::ScopeId) -> bool {
+        self.graph.scopes.iter().any(|t| t.shares == Some(s))
+    }
+
     /// The part of `level` that node `id` belongs to, if it is inside `level`.
     fn part_of(&self, id: crate::ir::NodeId, level: Option<crate::ir::ScopeId>) -> Option<Part> {
         let mut scope = self.graph.node(id).scope;
@@ -220,10 +242,17 @@ impl PythonExporter<'_> {
                 .filter_map(|&i| self.part_of(i, level))
                 .filter_map(|p| index.get(&p).copied())
                 .collect();
-            // A shared layer's object is made by its first call.
-            if let Part::Layer(id) = part {
-                if let Some(owner) = self.graph.node(id).shares {
-                    deps.extend(index.get(&Part::Layer(owner)).copied());
+            // A shared layer's (or nested model's) object is made by its first call.
+            match part {
+                Part::Layer(id) => {
+                    if let Some(owner) = self.graph.node(id).shares {
+                        deps.extend(index.get(&Part::Layer(owner)).copied());
+                    }
+                }
+                Part::Nested(s) => {
+                    if let Some(owner) = self.graph.scopes[s.index()].shares {
+                        deps.extend(index.get(&Part::Nested(owner)).copied());
+                    }
                 }
             }
             deps.sort_unstable();
@@ -346,12 +375,23 @@ impl PythonExporter<'_> {
                     } else {
                         format!("{},", outs.join(", "))
                     };
-                    let _ = writeln!(
-                        out,
-                        "    {targets} = build_nested_{}()({})",
-                        &var_of(&scope.name)[2..],
-                        one_or_list(ins)
-                    );
+                    let builder = &var_of(&scope.name)[2..];
+                    let model_var = format!("model_{builder}");
+                    if scope.shares.is_some() {
+                        let _ = writeln!(out, "    {targets} = {model_var}({})", one_or_list(ins));
+                    } else if self.called_again(s) {
+                        let _ = writeln!(
+                            out,
+                            "    {model_var} = build_nested_{builder}()\n    {targets} = {model_var}({})",
+                            one_or_list(ins)
+                        );
+                    } else {
+                        let _ = writeln!(
+                            out,
+                            "    {targets} = build_nested_{builder}()({})",
+                            one_or_list(ins)
+                        );
+                    }
                 }
                 Part::Layer(id) => self.layer_call(&mut out, id, level),
             }
@@ -385,15 +425,17 @@ impl PythonExporter<'_> {
             }
         }
         args.push(format!("name={:?}", node.name));
-        if !node.trainable {
-            args.push("trainable=False".into());
+        if node.trainable != node.op.trainable_by_default() {
+            let flag = if node.trainable { "True" } else { "False" };
+            args.push(format!("trainable={flag}"));
         }
         // Classes from outside Keras are defined in the generated code itself.
-        let module = if [FixedDropout::CLASS, GELU::CLASS].contains(&node.op.class_name()) {
-            ""
-        } else {
-            "layers."
-        };
+        let module =
+            if [FixedDropout::CLASS, GELU::CLASS, Snake::CLASS].contains(&node.op.class_name()) {
+                ""
+            } else {
+                "layers."
+            };
         format!("{module}{}({})", node.op.class_name(), args.join(", "))
     }
 
@@ -826,6 +868,25 @@ fn nested_class(class: &str) -> Option<crate::ir::NestedClass> {
     }
 }
 
+/// The node index a model's JSON gives the first call of `layer`: a nested model built on an
+/// input layer keeps its own first node (input to output) out of the JSON, so its calls are
+/// numbered from 1 (tf_keras `_should_skip_first_node`); other layers' from 0.
+fn json_call_offset(layer: &Json) -> usize {
+    let first_is_input = || {
+        layer
+            .get("config")
+            .and_then(|c| c.get("layers"))
+            .and_then(|l| l.get(0))
+            .and_then(class_of)
+            == Some("InputLayer")
+    };
+    match class_of(layer).and_then(nested_class) {
+        Some(crate::ir::NestedClass::Functional) => 1,
+        Some(crate::ir::NestedClass::Sequential) => usize::from(first_is_input()),
+        None => 0,
+    }
+}
+
 /// Nested models deeper than this are refused (the JSON is untrusted).
 const MAX_NESTING: usize = 16;
 
@@ -838,8 +899,8 @@ struct Importer {
     multi_output: std::collections::HashMap<String, usize>,
     /// (shared layer, call k > 0) -> the variable holding that call's output.
     call_vars: std::collections::HashMap<(String, usize), String>,
-    /// Names of nested models (Keras numbers their calls from 1 in the JSON).
-    nested_names: std::collections::HashSet<String>,
+    /// Nested models -> the JSON's node index of their first call ([`json_call_offset`]).
+    call_offset: std::collections::HashMap<String, usize>,
     depth: usize,
 }
 
@@ -851,7 +912,15 @@ impl Importer {
             .get(0)
             .and_then(Json::as_str)
             .ok_or_else(|| ImportError(format!("{at}: unreadable inbound node")))?;
-        let base = refs.of(name, at)?.to_string();
+        let node = t.get(1).and_then(Json::as_u64).unwrap_or(0) as usize;
+        let offset = self.call_offset.get(name).copied().unwrap_or(0);
+        let no_call = || ImportError(format!("{at}: `{name}` has no call (node {node})"));
+        let call = node.checked_sub(offset).ok_or_else(no_call)?;
+        let base = match self.call_vars.get(&(name.to_string(), call)) {
+            Some(var) => var.clone(),
+            None if call == 0 => refs.of(name, at)?.to_string(),
+            None => return Err(no_call()),
+        };
         match self.multi_output.get(name) {
             Some(&n) => {
                 let k = t.get(2).and_then(Json::as_u64).unwrap_or(0);
@@ -862,14 +931,7 @@ impl Importer {
                 }
                 Ok(format!("{base}[{k}]"))
             }
-            None => {
-                let call = t.get(1).and_then(Json::as_u64).unwrap_or(0) as usize;
-                match self.call_vars.get(&(name.to_string(), call)) {
-                    Some(var) => Ok(var.clone()),
-                    None if call == 0 || self.nested_names.contains(name) => Ok(base),
-                    None => Err(ImportError(format!("{at}: `{name}` has no call {call}"))),
-                }
-            }
+            None => Ok(base),
         }
     }
 
@@ -1098,7 +1160,7 @@ impl Importer {
                     .get("inbound_nodes")
                     .and_then(Json::as_array)
                     .ok_or_else(|| err(format!("{at}: no inbound_nodes")))?;
-                let is_shareable = nested_class(class).is_none() && class != TFOpLambda::CLASS;
+                let is_shareable = class != TFOpLambda::CLASS;
                 if nodes.is_empty() || (nodes.len() > 1 && !is_shareable) {
                     return Err(err(format!(
                         "{at}: layer `{lname}` is applied {} times; unetc shares layers, but \
@@ -1140,7 +1202,8 @@ impl Importer {
                 if n_outputs > 1 {
                     self.multi_output.insert(lname.to_string(), n_outputs);
                 }
-                self.nested_names.insert(lname.to_string());
+                self.call_offset
+                    .insert(lname.to_string(), json_call_offset(layer));
                 let var = declared.unwrap_or_else(|| lname.to_string());
                 let mut args = vec![format!("name: {}", crate::emit::dsl::string_literal(lname))];
                 if lc.get("trainable").and_then(Json::as_bool) == Some(false) {
@@ -1180,8 +1243,13 @@ impl Importer {
                     }
                 }
             }
-            if lc.get("trainable").and_then(Json::as_bool) == Some(false) {
-                args.push("trainable: false".into());
+            // `trainable` where it is not the kind's default (keras-unet-collection's Snake
+            // defaults to false).
+            let default = Op::kind_trainable_by_default(kind);
+            match lc.get("trainable").and_then(Json::as_bool) {
+                Some(false) if default => args.push("trainable: false".into()),
+                Some(true) if !default => args.push("trainable: true".into()),
+                Some(_) | None => {}
             }
             let source = if sequential {
                 String::new()
@@ -1229,7 +1297,7 @@ fn call_order(layers: &[Json], at_base: &str) -> Result<Vec<(usize, usize)>, Imp
         .enumerate()
         .filter_map(|(i, l)| Some((layer_name(l)?, i)))
         .collect();
-    // calls[i]: the number of calls of layer i (nested models and TFOpLambda: one).
+    // calls[i]: the number of calls of layer i (TFOpLambda: one).
     let mut calls: Vec<usize> = Vec::with_capacity(layers.len());
     for layer in layers {
         let class = class_of(layer).unwrap_or_default();
@@ -1238,7 +1306,7 @@ fn call_order(layers: &[Json], at_base: &str) -> Result<Vec<(usize, usize)>, Imp
             Some(n) if class != "InputLayer" && class != TFOpLambda::CLASS => n.len().max(1),
             _ => 1,
         };
-        calls.push(if nested_class(class).is_some() { 1 } else { n });
+        calls.push(n);
     }
     let mut first_call = Vec::with_capacity(layers.len());
     let mut total = 0usize;
@@ -1278,11 +1346,9 @@ fn call_order(layers: &[Json], at_base: &str) -> Result<Vec<(usize, usize)>, Imp
                 let Some(&j) = by_name.get(name) else {
                     continue; // reported where the layer is written
                 };
-                let call = if nested_class(class_of(&layers[j]).unwrap_or_default()).is_some() {
-                    0
-                } else {
-                    node_index as usize
-                };
+                let call = (node_index as usize)
+                    .checked_sub(json_call_offset(&layers[j]))
+                    .unwrap_or(usize::MAX);
                 if call >= calls[j] {
                     return Err(ImportError(format!(
                         "{at_base}.layers[{i}]: input `{name}` has no call {call}"

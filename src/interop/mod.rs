@@ -4,3 +4,4 @@ pub mod keras;
 pub mod onnx;
 pub mod onnx_import;
 pub mod pytorch;
+pub mod verify;

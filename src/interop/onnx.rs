@@ -1295,6 +1295,37 @@ impl Exporter<'_> {
                 let slope = self.init_f32(format!("{name}/alpha"), dims, data);
                 self.node(name, "PRelu", vec![x(), slope], out, vec![]);
             }
+            Op::Snake(_) => {
+                // x + (1 / beta) * sin(beta x)^2, as keras-unet-collection computes it.
+                let beta = self.weight(id, "beta_factor").unwrap_or_default();
+                let beta = self.init_f32(format!("{name}/beta_factor"), Vec::new(), beta);
+                let steps: [(&str, &str, Vec<String>); 5] = [
+                    ("bx", "Mul", vec![beta.clone(), x()]),
+                    ("sin", "Sin", vec![format!("{name}/bx")]),
+                    (
+                        "sq",
+                        "Mul",
+                        vec![format!("{name}/sin"), format!("{name}/sin")],
+                    ),
+                    ("inv", "Reciprocal", vec![beta]),
+                    (
+                        "term",
+                        "Mul",
+                        vec![format!("{name}/inv"), format!("{name}/sq")],
+                    ),
+                ];
+                for (value, op_type, inputs) in steps {
+                    let v = format!("{name}/{value}");
+                    self.node(v.clone(), op_type, inputs, v, vec![]);
+                }
+                self.node(
+                    name.clone(),
+                    "Add",
+                    vec![x(), format!("{name}/term")],
+                    out,
+                    vec![],
+                );
+            }
             Op::GELU(_) => {
                 // 0.5 x (1 + tanh(c (x + a x^3))), as keras-unet-collection computes it.
                 let [a, c, one, half] = [

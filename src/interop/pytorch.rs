@@ -90,6 +90,9 @@ fn rule(op: &Op) -> Rule {
         Op::BatchNormalization(_) => Rule::BatchNorm,
         Op::GroupNormalization(_) | Op::LayerNormalization(_) => Rule::Affine,
         Op::PReLU(_) => Rule::PRelu,
+        Op::Snake(_) => Rule::Unsupported(
+            "keras-unet-collection's Snake has no torch.nn module to take its weight from",
+        ),
         Op::Normalization(_) => Rule::Unsupported(
             "Keras's Normalization (mean, variance, count) has no PyTorch module; write the scaling as rescaling(scale, offset:) or give its weights in unetc's naming",
         ),

@@ -320,29 +320,38 @@ pub fn init_tensor(
     let fan_avg = (fan_in + fan_out) / 2.0;
     // VarianceScaling: scale / max(1, fan).
     let var = |scale: f64, fan: f64| scale / fan.max(1.0);
-    let init = match key.as_str() {
-        "zeros" | "zero" => Init::Constant(0.0),
-        "ones" | "one" => Init::Constant(1.0),
-        "henormal" => Init::Truncated(var(2.0, fan_in).sqrt() / TRUNCATION_CORRECTION),
-        "heuniform" => Init::Uniform((3.0 * var(2.0, fan_in)).sqrt()),
-        "glorotnormal" | "xaviernormal" => {
-            Init::Truncated(var(1.0, fan_avg).sqrt() / TRUNCATION_CORRECTION)
-        }
-        "glorotuniform" | "xavieruniform" => Init::Uniform((3.0 * var(1.0, fan_avg)).sqrt()),
-        "lecunnormal" => Init::Truncated(var(1.0, fan_in).sqrt() / TRUNCATION_CORRECTION),
-        "lecununiform" => Init::Uniform((3.0 * var(1.0, fan_in)).sqrt()),
-        "randomnormal" | "normal" => Init::Normal(0.05),
-        "randomuniform" | "uniform" => Init::Uniform(0.05),
-        "truncatednormal" => Init::Truncated(0.05),
-        "variancescaling" => Init::Truncated(var(1.0, fan_in).sqrt() / TRUNCATION_CORRECTION),
-        _ => {
-            return Err(err(
-                "is not an initializer unetc knows; use he_normal, he_uniform, glorot_normal, \
+    // `constant(v)`: every element v (Snake's beta_factor starts at its `beta`).
+    let constant = key
+        .strip_prefix("constant(")
+        .and_then(|v| v.strip_suffix(')'))
+        .and_then(|v| v.parse::<f32>().ok())
+        .filter(|v| v.is_finite());
+    let init = match (key.as_str(), constant) {
+        (_, Some(v)) => Init::Constant(v),
+        (key, None) => match key {
+            "zeros" | "zero" => Init::Constant(0.0),
+            "ones" | "one" => Init::Constant(1.0),
+            "henormal" => Init::Truncated(var(2.0, fan_in).sqrt() / TRUNCATION_CORRECTION),
+            "heuniform" => Init::Uniform((3.0 * var(2.0, fan_in)).sqrt()),
+            "glorotnormal" | "xaviernormal" => {
+                Init::Truncated(var(1.0, fan_avg).sqrt() / TRUNCATION_CORRECTION)
+            }
+            "glorotuniform" | "xavieruniform" => Init::Uniform((3.0 * var(1.0, fan_avg)).sqrt()),
+            "lecunnormal" => Init::Truncated(var(1.0, fan_in).sqrt() / TRUNCATION_CORRECTION),
+            "lecununiform" => Init::Uniform((3.0 * var(1.0, fan_in)).sqrt()),
+            "randomnormal" | "normal" => Init::Normal(0.05),
+            "randomuniform" | "uniform" => Init::Uniform(0.05),
+            "truncatednormal" => Init::Truncated(0.05),
+            "variancescaling" => Init::Truncated(var(1.0, fan_in).sqrt() / TRUNCATION_CORRECTION),
+            _ => {
+                return Err(err(
+                    "is not an initializer unetc knows; use he_normal, he_uniform, glorot_normal, \
                  glorot_uniform, lecun_normal, lecun_uniform, zeros, ones, random_normal, \
                  random_uniform, truncated_normal or variance_scaling"
-                    .to_string(),
-            ))
-        }
+                        .to_string(),
+                ))
+            }
+        },
     };
     let data: Vec<f32> = match init {
         Init::Constant(c) => vec![c; count],

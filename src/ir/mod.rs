@@ -103,6 +103,10 @@ pub struct Scope {
     /// Its outputs, in order (`model[0][k]` is `outputs[k]`).
     pub outputs: Vec<NodeId>,
     pub span: Span,
+    /// A further call of a nested model (`x -> shared(model)`): the scope of its first call,
+    /// which owns the name and weights. Its layers are copies whose nodes share the first
+    /// call's layers (Keras prints one row; this call's outputs are `model[k][i]`).
+    pub shares: Option<ScopeId>,
 }
 
 /// The spec's `train(...)` settings, evaluated: keyword arguments named in [`TRAIN_SETTINGS`].
@@ -244,6 +248,11 @@ impl Graph {
     /// call of a shared layer uses its first call's weights.
     pub fn weight_name(&self, id: NodeId, var: &str) -> String {
         format!("{}/{var}", self.node(self.layer_owner(id)).name)
+    }
+
+    /// The scope of the first call of nested model `s` (itself unless `s` is a later call).
+    pub fn scope_owner(&self, s: ScopeId) -> ScopeId {
+        self.scopes[s.index()].shares.unwrap_or(s)
     }
 
     /// The outermost nested model `id` belongs to (`None`: a layer of the model itself).

@@ -54,10 +54,16 @@ pub fn check_json(c: &Compiled) -> Json {
             layer
         })
         .collect();
+    // Call k of each nested model (0: its first call; later calls come from `shared(model)`).
+    let mut calls_made = vec![0usize; g.scopes.len()];
     let nested: Vec<Json> = g
         .scopes
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(k, s)| {
+            let owner = g.scope_owner(crate::ir::ScopeId(k as u32)).index();
+            let call = calls_made[owner];
+            calls_made[owner] += 1;
             let names = |ids: &[crate::ir::NodeId]| -> Vec<String> {
                 ids.iter().map(|&i| g.node(i).name.clone()).collect()
             };
@@ -68,6 +74,7 @@ pub fn check_json(c: &Compiled) -> Json {
                 "input_layers": s.input_names,
                 "inputs": names(&s.inputs),
                 "outputs": names(&s.outputs),
+                "call": call,
             })
         })
         .collect();

@@ -38,8 +38,16 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
     let call_of = |id: NodeId| g.top_scope(id).map_or(Call::Layer(id), Call::Nested);
     let unit_of = |call: Call| match call {
         Call::Layer(id) => Unit::Layer(g.layer_owner(id)),
-        Call::Nested(s) => Unit::Nested(s),
+        Call::Nested(s) => Unit::Nested(g.scope_owner(s)),
     };
+    // Call k of a nested model called more than once (`shared(model)`), in creation order.
+    let mut scope_call = vec![0usize; g.scopes.len()];
+    let mut scope_calls_made = vec![0usize; g.scopes.len()];
+    for (k, slot) in scope_call.iter_mut().enumerate() {
+        let owner = g.scope_owner(ScopeId(k as u32)).index();
+        *slot = scope_calls_made[owner];
+        scope_calls_made[owner] += 1;
+    }
     // Call k of a shared layer (its first call is 0), in creation order.
     let mut call_number: HashMap<NodeId, usize> = HashMap::new();
     let mut calls_made: HashMap<NodeId, usize> = HashMap::new();
@@ -80,7 +88,7 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
             Call::Nested(s) => {
                 let scope = &g.scopes[s.index()];
                 let k = scope.outputs.iter().position(|&o| o == id).unwrap_or(0);
-                format!("{}[0][{k}]", scope.name)
+                format!("{}[{}][{k}]", scope.name, scope_call[s.index()])
             }
         };
         (call, text)
@@ -125,7 +133,7 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
     let mut nested_params = vec![0u64; g.scopes.len()];
     for &id in kept {
         if let Some(s) = g.top_scope(id) {
-            let sum = &mut nested_params[s.index()];
+            let sum = &mut nested_params[g.scope_owner(s).index()];
             *sum = sum.saturating_add(c.info.layers[id.index()].params());
         }
     }
@@ -141,7 +149,7 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
             let mut own = std::mem::take(&mut calls_of[u]);
             own.sort_by_key(|&call| match call {
                 Call::Layer(id) => call_number.get(&id).copied().unwrap_or(0),
-                Call::Nested(_) => 0,
+                Call::Nested(s) => scope_call[s.index()],
             });
             let connected_to = own
                 .iter()
@@ -173,12 +181,24 @@ pub fn summary_model(c: &Compiled) -> SummaryModel {
                     let scope = &g.scopes[s.index()];
                     let params = nested_params[s.index()];
                     let mut shapes = scope.outputs.iter().map(|&o| shape_of(o));
+                    // Calls giving other shapes print as "multiple", as for a shared layer.
+                    let per_call: Vec<Vec<Vec<Option<u64>>>> = own
+                        .iter()
+                        .map(|&call| match call {
+                            Call::Nested(c) => g.scopes[c.index()]
+                                .outputs
+                                .iter()
+                                .map(|&o| shape_of(o))
+                                .collect(),
+                            Call::Layer(_) => Vec::new(),
+                        })
+                        .collect();
                     SummaryRow {
                         name: scope.name.clone(),
                         class: scope.class.class_name().to_string(),
                         output_shape: shapes.next().unwrap_or_default(),
                         extra_outputs: shapes.collect(),
-                        multiple: false,
+                        multiple: per_call.windows(2).any(|w| w[0] != w[1]),
                         is_input: false,
                         params,
                         connected_to,

@@ -191,6 +191,7 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                     | Op::ELU(_)
                     | Op::Rescaling(_)
                     | Op::GELU(_)
+                    | Op::Snake(_)
                     | Op::Normalization(_)
                     | Op::PReLU(_)
                     | Op::AveragePooling2D(_)

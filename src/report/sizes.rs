@@ -643,6 +643,7 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     | Op::ELU(_)
                     | Op::Rescaling(_)
                     | Op::GELU(_)
+                    | Op::Snake(_)
                     | Op::Normalization(_)
                     | Op::PReLU(_)
                     | Op::Dropout(_)

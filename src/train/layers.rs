@@ -6,7 +6,7 @@ use super::activations;
 use super::math::{add_column_sums, gemm, PatchMap};
 use crate::exec::Tensor;
 use crate::ir::ops::{
-    ActivationFn, Interpolation, MergeFn, NormLayout, Normalization, Op, PadMode, ReduceFn,
+    ActivationFn, Interpolation, MergeFn, NormLayout, Normalization, Op, PadMode, ReduceFn, Snake,
     TfCompute, WindowGeometry, GELU,
 };
 use rand_distr::{Distribution, StandardNormal, Uniform};
@@ -112,6 +112,7 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         | Op::ELU(_)
         | Op::Rescaling(_)
         | Op::GELU(_)
+        | Op::Snake(_)
         | Op::Normalization(_)
         | Op::PReLU(_)
         | Op::AveragePooling2D(_)
@@ -375,6 +376,10 @@ pub fn forward(
                 }
             })
             .collect(),
+        Op::Snake(_) => {
+            let beta = params[0].first().copied().unwrap_or(f32::NAN);
+            first().iter().map(|&v| Snake::apply(v, beta)).collect()
+        }
         Op::PReLU(_) => {
             let alpha = &params[0];
             first()
@@ -935,6 +940,23 @@ pub fn backward(
                     .map(|(&v, &g)| if v > 0.0 { g } else { a * v.exp() * g })
                     .collect()],
                 params: vec![],
+            }
+        }
+        Op::Snake(_) => {
+            let dy = output_grad(grad);
+            let beta = params[0].first().copied().unwrap_or(f32::NAN);
+            let mut dbeta = 0.0f64;
+            let dx = first()
+                .iter()
+                .zip(&dy)
+                .map(|(&v, &g)| {
+                    dbeta += (Snake::beta_derivative(v, beta) * g) as f64;
+                    Snake::derivative(v, beta) * g
+                })
+                .collect();
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(vec![dbeta as f32])],
             }
         }
         Op::PReLU(_) => {

@@ -145,6 +145,32 @@ pub fn io_tensors(path: &Path) -> (unetc::exec::Tensor, unetc::exec::Tensor) {
     (get("input"), get("output"))
 }
 
+/// A recorded model's inputs and output: `input`, or for a model of several inputs
+/// `input_0`, `input_1`, ... (tests/real_models/generate.py), in the model's input order.
+pub fn io_inputs(path: &Path) -> (Vec<unetc::exec::Tensor>, unetc::exec::Tensor) {
+    let bytes = std::fs::read(path).expect("fixture");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors fixture");
+    let get = |name: &str| {
+        let view = st.tensor(name).expect(name);
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        unetc::exec::Tensor::from_vec(view.shape(), data).expect("consistent fixture")
+    };
+    let inputs = if st.names().contains(&"input") {
+        vec![get("input")]
+    } else {
+        (0..)
+            .map(|k| format!("input_{k}"))
+            .take_while(|n| st.names().iter().any(|m| m == n))
+            .map(|n| get(&n))
+            .collect()
+    };
+    (inputs, get("output"))
+}
+
 /// A small input shape for a spec in specs/ (by file stem) where the spec allows one, so that
 /// whole-network tests stay fast; `None`: the spec's own size.
 pub fn small_input(stem: &str) -> Option<Vec<i64>> {
@@ -210,14 +236,17 @@ pub fn rel_err(a: &unetc::exec::Tensor, b: &unetc::exec::Tensor) -> f32 {
 /// tools/bf16_pytorch_check.py), so it gets 5e-2.
 pub fn gpu_tolerances(stem: &str) -> [(unetc::exec::Precision, f32); 3] {
     use unetc::exec::Precision;
-    let bf16 = if stem == "edge_activations" {
-        5e-2
-    } else {
-        2e-2
+    // kuc_unet_2d_snake: 12 Snake layers, whose slope 1 + sin(2 beta x) reaches 2, grow the
+    // rounding of tf32/bf16 convolutions layer by layer (measured: tf32 5.0e-3, bf16 2.7e-2 from
+    // tf.keras and the same from the CPU executor; f32 holds at 3e-6).
+    let (tf32, bf16) = match stem {
+        "edge_activations" => (3e-3, 5e-2),
+        "kuc_unet_2d_snake" => (1e-2, 5e-2),
+        _ => (3e-3, 2e-2),
     };
     [
         (Precision::F32, 1e-4),
-        (Precision::Tf32, 3e-3),
+        (Precision::Tf32, tf32),
         (Precision::Bf16, bf16),
     ]
 }

@@ -5,7 +5,7 @@ Run from anywhere (it writes next to itself)::
 
     pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 safetensors numpy
     pip install --no-deps efficientnet==1.0.0   # edge_fixed_dropout: its FixedDropout class
-    pip install keras-unet-collection==0.1.13      # edge_gelu: its GELU class
+    pip install keras-unet-collection==0.1.13      # edge_gelu, edge_snake: its GELU, Snake
     python tests/golden/generate.py            # all models
     python tests/golden/generate.py edge_conv  # only some
 
@@ -53,6 +53,7 @@ bytes) with Keras shape ``S`` and C-order (row-major) flat index ``i`` (0 <= i <
     variance          0.5 + u
     count             0.0 (Normalization's int64 sample count; unused at inference)
     alpha (PReLU)     0.25 + 0.5 * d
+    beta_factor       0.5 + u   (keras-unet-collection's Snake: its scalar beta)
 
     fan_in: Conv2D kernel [kh, kw, in, out] -> kh*kw*in;  Dense kernel [in, out] -> in
             (the product of all dimensions but the last);
@@ -151,6 +152,8 @@ def formula_values(name: str, shape, layer_class: str) -> np.ndarray:
         v = 0.0 * u
     elif var == "alpha":
         v = 0.25 + 0.5 * d
+    elif var == "beta_factor":
+        v = 0.5 + u
     else:
         raise ValueError(f"no formula for variable {name!r}")
     return v.astype(np.float32).reshape(shape)
@@ -193,6 +196,8 @@ def formula_scalar(name: str, shape, layer_class: str, i: int) -> float:
         v = 0.0 * u
     elif var == "alpha":
         v = 0.25 + 0.5 * d
+    elif var == "beta_factor":
+        v = 0.5 + u
     else:
         raise ValueError(name)
     return struct.unpack("<f", struct.pack("<f", v))[0]
@@ -868,6 +873,24 @@ def edge_gelu():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_snake():
+    """keras-unet-collection's Snake layer (x + sin(beta x)^2 / beta, beta a scalar weight;
+    needs the keras-unet-collection package), as its class defaults (trainable=False) and
+    trainable, with the formula's beta_factor, on signed maps (linear 1x1 convs of the input,
+    one scaled up so that sin wraps several times) and after a same 3x3 conv. Flattened and
+    concatenated."""
+    tf = _tf()
+    from keras_unet_collection.activations import Snake
+
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    a = Snake()(L.Conv2D(8, 1)(inp))
+    b = Snake(beta=2.0, trainable=True)(L.Rescaling(4.0)(L.Conv2D(4, 1)(inp)))
+    c = Snake(beta=0.25)(L.Conv2D(4, 3, padding="same")(inp))
+    flat = [L.Flatten()(t) for t in (a, b, c)]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_reshape():
     """Reshape and Permute on signed 6x5 maps (linear 1x1 convs of the input): a
     squeeze-excitation block (GlobalAveragePooling2D -> Reshape((1, 1, 8)) -> Dense(2, relu) ->
@@ -1039,7 +1062,7 @@ SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_s
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
          edge_fixed_dropout, edge_rescaling, edge_normalization,
-         edge_tfreshape, edge_gelu]
+         edge_tfreshape, edge_gelu, edge_snake]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

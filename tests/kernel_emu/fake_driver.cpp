@@ -399,6 +399,7 @@ const Kernel kernels[] = {
     BOTH(merge),
     BOTH(elu_layer),
     BOTH(prelu),
+    BOTH(snake),
     BOTH(group_norm),
     BOTH(grouped_conv2d),
     BOTH(separable_conv2d),

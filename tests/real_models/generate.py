@@ -64,6 +64,11 @@ def models():
         ("shared_layers_unet", lambda: shared_layers_unet((32, 32, 3), 8), True),
         # A nested model with two inputs, listed in another order than its layers create them.
         ("nested_two_inputs", lambda: nested_two_inputs((16, 16, 3)), True),
+        # A nested model called on two inputs (siamese change-detection U-Nets share one
+        # encoder over two images): a Functional encoder with three outputs, and a Sequential
+        # stem, each one layer with one set of weights called twice (`model[1][k]`).
+        ("siamese_unet", lambda: siamese_unet((32, 32, 3), 4), True),
+        ("siamese_sequential", lambda: siamese_sequential((16, 16, 2), 4), True),
         # Large (1.3 M, 31 M parameters): the summary and the import only.
         ("ku_satellite_unet", lambda: satellite_unet((32, 32, 3), num_layers=3), False),
         ("ku_vanilla_unet", lambda: vanilla_unet((572, 572, 3)), False),
@@ -128,6 +133,9 @@ def more_models():
         # keras-unet-collection's own GELU layer class (tanh approximation) as the activation.
         ("kuc_unet_2d_gelu", lambda: kuc.unet_2d(
             (32, 32, 3), f3, n_labels=2, activation="GELU", batch_norm=True), True),
+        # keras-unet-collection's own Snake layer class (one scalar weight per layer).
+        ("kuc_unet_2d_snake", lambda: kuc.unet_2d(
+            (32, 32, 3), f3, n_labels=2, activation="Snake", batch_norm=True), True),
         # tf.image.resize, tf.concat, tf.nn.relu, tf.squeeze / tf.expand_dims / tf.reshape.
         ("github_tf_functions_unet", tf_functions_unet, True),
         # segmentation_models (SM_FRAMEWORK=tf.keras, encoder_weights=None).
@@ -220,6 +228,56 @@ def nested_two_inputs(shape):
     return tf.keras.Model(x, layers.Conv2D(1, 1, activation="sigmoid")(y))
 
 
+def siamese_unet(shape, f):
+    """FC-Siam-conc (Daudt et al., "Fully convolutional siamese networks for change
+    detection", 2018), small: one encoder (a Functional model with its two skips and its
+    bottleneck as outputs) applied to both images; the decoder concatenates both images'
+    skips at each level."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    def conv(x, n):
+        x = layers.Conv2D(n, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        return layers.Activation("relu")(x)
+
+    i = layers.Input(shape=shape, name="image")
+    s1 = conv(i, f)
+    s2 = conv(layers.MaxPooling2D()(s1), 2 * f)
+    b = conv(layers.MaxPooling2D()(s2), 4 * f)
+    encoder = tf.keras.Model(i, [s1, s2, b], name="encoder")
+    before = layers.Input(shape=shape, name="before")
+    after = layers.Input(shape=shape, name="after")
+    a1, a2, ab = encoder(before)
+    c1, c2, cb = encoder(after)
+    x = layers.Conv2DTranspose(2 * f, 2, strides=2)(layers.Concatenate()([ab, cb]))
+    x = conv(layers.Concatenate()([x, a2, c2]), 2 * f)
+    x = layers.Conv2DTranspose(f, 2, strides=2)(x)
+    x = conv(layers.Concatenate()([x, a1, c1]), f)
+    return tf.keras.Model([before, after], layers.Conv2D(1, 1, activation="sigmoid")(x))
+
+
+def siamese_sequential(shape, f):
+    """A Sequential stem (conv, batch norm, ReLU) applied to two images, FC-Siam-diff style:
+    the absolute difference of the two feature maps (as `Subtract` and its negation's
+    `Maximum`) feeds a one-level U-Net."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    stem = tf.keras.Sequential([
+        layers.Conv2D(f, 3, padding="same"),
+        layers.BatchNormalization(),
+        layers.ReLU(),
+    ], name="stem")
+    before = layers.Input(shape=shape, name="before")
+    after = layers.Input(shape=shape, name="after")
+    a, b = stem(before), stem(after)
+    d = layers.Maximum()([layers.Subtract()([a, b]), layers.Subtract()([b, a])])
+    x = layers.Conv2D(2 * f, 3, padding="same", activation="relu")(layers.MaxPooling2D()(d))
+    x = layers.Concatenate()([layers.UpSampling2D()(x), d])
+    return tf.keras.Model([before, after], layers.Conv2D(1, 1, activation="sigmoid")(x))
+
+
 def leaf_layers(model):
     """Every layer, nested models' layers included."""
     import tensorflow as tf
@@ -238,7 +296,7 @@ FORMULA_INPUT_SCALE = {"sm_pspnet_inceptionv3": 1000, "kuc_unet_2d_efficientnetb
 
 SKIPPED = {
     "kuc_resunet_a": "its ASPP pool branch resizes with two Lambda layers (tf.image.resize in Python bytecode, which unetc cannot run; `unetc import` refuses them); the TFOpLambda tf.expand_dims before them unetc runs",
-    "kuc Snake activation, transunet_2d, swin_unet_2d": "custom layer classes of keras-unet-collection (Snake, patch_extract, ...): their call() is Python code; `unetc import` names the layer and refuses the model (its GELU class unetc knows)",
+    "kuc transunet_2d, swin_unet_2d": "custom layer classes of keras-unet-collection (patch_extract, ...): their call() is Python code; `unetc import` names the layer and refuses the model (its GELU and Snake classes unetc knows)",
     "sm seresnet*, resnext*": "the classification_models encoders slice and reshape with Lambda layers (Python bytecode); `unetc import` refuses them",
 }
 
@@ -287,7 +345,17 @@ def main() -> int:
         (HERE / f"{name}.json").write_text(model.to_json() + "\n")
         entry = {"params": int(model.count_params()),
                  "layers": sorted({type(l).__name__ for l in model.layers})}
-        if store:
+        if store and len(model.inputs) > 1:
+            # Several inputs: `input_0`, `input_1`, ... in the model's input order.
+            save_unetc_weights(model, HERE / f"{name}.weights.safetensors")
+            rng = np.random.default_rng(7)
+            xs = [rng.random((2, *(int(d) for d in t.shape[1:])), dtype=np.float32)
+                  for t in model.inputs]
+            y = np.asarray(model.predict(xs, verbose=0), dtype=np.float32)
+            entry["output_spread"] = float(np.abs(y[0] - y[1]).max())
+            save_file({**{f"input_{k}": x for k, x in enumerate(xs)}, "output": y},
+                      str(HERE / f"{name}.io.safetensors"))
+        elif store:
             shape = tuple(int(d) for d in model.input_shape[1:])
             if store == "formula":
                 set_formula_weights(model)

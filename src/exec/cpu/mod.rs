@@ -11,7 +11,7 @@ use super::plan::{hwc, plan, reads_parts, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    Activation, Average, Concatenate, Maximum, Minimum, Multiply, Normalization, Subtract,
+    Activation, Average, Concatenate, Maximum, Minimum, Multiply, Normalization, Snake, Subtract,
     TfCompute, GELU,
 };
 use crate::ir::{Graph, NodeId, Op};
@@ -88,6 +88,10 @@ enum Prepared {
     },
     PRelu {
         alpha: Vec<f32>,
+    },
+    /// Snake: its one weight, beta.
+    Snake {
+        beta: f32,
     },
     /// GroupNormalization, LayerNormalization: gamma and beta (ones and zeros if absent).
     Affine {
@@ -267,6 +271,14 @@ impl<'g> CpuModel<'g> {
                 Op::PReLU(_) => Prepared::PRelu {
                     alpha: w.pop().unwrap_or_default(),
                 },
+                Op::Snake(_) => Prepared::Snake {
+                    beta: w
+                        .pop()
+                        .unwrap_or_default()
+                        .first()
+                        .copied()
+                        .unwrap_or(f32::NAN),
+                },
                 Op::GroupNormalization(_) | Op::LayerNormalization(_) => Prepared::Affine {
                     beta: w.pop().unwrap_or_default(),
                     gamma: w.pop().unwrap_or_default(),
@@ -381,21 +393,39 @@ impl<'g> CpuModel<'g> {
 
     /// Runs a batch `[N, H, W, C]` through the model; returns its outputs.
     pub fn run(&self, input: &Tensor) -> Result<Vec<Tensor>, ExecError> {
-        let want = self.input_shape();
         if self.graph.inputs.len() != 1 {
             return Err(ExecError::Unsupported("models with several inputs".into()));
         }
-        if input.shape.len() != want.len() + 1 || input.shape[1..] != want[..] {
+        self.run_inputs(std::slice::from_ref(input))
+    }
+
+    /// Runs a batch through a model with one or more inputs (as a siamese U-Net takes two
+    /// images): `inputs[k]` for the model's input `k`, every one with the same batch size.
+    pub fn run_inputs(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ExecError> {
+        if inputs.len() != self.graph.inputs.len() {
             return Err(ExecError::Input(format!(
-                "the input has shape {:?} but the model takes (N, {})",
-                input.shape,
-                want.iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "the model takes {} input(s), but {} were given",
+                self.graph.inputs.len(),
+                inputs.len()
             )));
         }
-        let batch = input.shape[0];
+        for (k, (input, &id)) in inputs.iter().zip(&self.graph.inputs).enumerate() {
+            let want = self.shape(id);
+            if input.shape.len() != want.len() + 1
+                || input.shape[1..] != want[..]
+                || input.shape[0] != inputs[0].shape[0]
+            {
+                return Err(ExecError::Input(format!(
+                    "input {k} has shape {:?} but the model takes (N, {}) there, N the same for every input",
+                    input.shape,
+                    want.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        let batch = inputs[0].shape[0];
         let need = self.plan.arena_bytes(batch);
         if need > self.memory_limit {
             return Err(ExecError::Memory {
@@ -414,7 +444,7 @@ impl<'g> CpuModel<'g> {
             match &step.work {
                 Work::Nothing => continue,
                 Work::Concat(copies) => self.concat_copies(&mut arena, step.node, copies, batch),
-                Work::Kernel => self.kernel_step(&mut arena, step.node, input, batch),
+                Work::Kernel => self.kernel_step(&mut arena, step.node, inputs, batch),
             }
             if profile {
                 let node = self.graph.node(step.node);
@@ -477,7 +507,7 @@ impl<'g> CpuModel<'g> {
     /// Runs one layer's kernel: dense inputs are read in place, others gathered (but
     /// convolutions read any window in place: [`Self::conv_step`]); a dense output is written in
     /// place, a window of a wider buffer through a scatter.
-    fn kernel_step(&self, arena: &mut [f32], id: NodeId, input: &Tensor, batch: usize) {
+    fn kernel_step(&self, arena: &mut [f32], id: NodeId, inputs: &[Tensor], batch: usize) {
         let node = self.graph.node(id);
         if reads_parts(&node.op) {
             return self.conv_step(arena, id, batch);
@@ -520,7 +550,7 @@ impl<'g> CpuModel<'g> {
                         Source::Owned(v) => v.as_slice(),
                     })
                     .collect();
-                self.layer(id, &ins, &in_shapes, input, out, &out_shape, batch);
+                self.layer(id, &ins, &in_shapes, inputs, out, &out_shape, batch);
             }
             None => {
                 let mut out = vec![0.0f32; out_window.len() * batch];
@@ -533,7 +563,7 @@ impl<'g> CpuModel<'g> {
                             Source::Owned(v) => v.as_slice(),
                         })
                         .collect();
-                    self.layer(id, &ins, &in_shapes, input, &mut out, &out_shape, batch);
+                    self.layer(id, &ins, &in_shapes, inputs, &mut out, &out_shape, batch);
                 }
                 scatter(arena, &self.plan, &out_window, batch, &out);
             }
@@ -646,6 +676,7 @@ impl<'g> CpuModel<'g> {
             | Prepared::Norm { .. }
             | Prepared::Dense { .. }
             | Prepared::PRelu { .. }
+            | Prepared::Snake { .. }
             | Prepared::Affine { .. }
             | Prepared::Separable { .. }
             | Prepared::Standardize { .. } => out.fill(f32::NAN),
@@ -658,7 +689,7 @@ impl<'g> CpuModel<'g> {
         id: NodeId,
         ins: &[&[f32]],
         in_shapes: &[Vec<usize>],
-        input: &Tensor,
+        inputs: &[Tensor],
         out: &mut [f32],
         out_shape: &[usize],
         batch: usize,
@@ -667,7 +698,13 @@ impl<'g> CpuModel<'g> {
         let hwc = hwc3;
         let channels = out_shape.last().copied().unwrap_or(1);
         match (&node.op, &self.prepared[id.index()]) {
-            (Op::Input(_), _) => out.copy_from_slice(&input.data),
+            (Op::Input(_), _) => {
+                // Checked by run_inputs: one tensor of this input's shape per model input.
+                let k = self.graph.inputs.iter().position(|&i| i == id);
+                if let Some(input) = k.and_then(|k| inputs.get(k)) {
+                    out.copy_from_slice(&input.data);
+                }
+            }
             // Grouped convolutions read their input dense (the plan gathers it).
             (Op::Conv2D(op), Prepared::Conv { kernel, bias }) if op.groups != 1 => {
                 let [h, w, _] = hwc(&in_shapes[0]);
@@ -846,6 +883,11 @@ impl<'g> CpuModel<'g> {
                     *o = GELU::apply(x);
                 }
             }
+            (Op::Snake(_), Prepared::Snake { beta }) => {
+                for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
+                    *o = Snake::apply(x, *beta);
+                }
+            }
             (Op::Rescaling(op), _) => {
                 for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
                     *o = op.apply(x);
@@ -942,6 +984,7 @@ impl<'g> CpuModel<'g> {
                 | Op::Normalization(_)
                 | Op::Dense(_)
                 | Op::PReLU(_)
+                | Op::Snake(_)
                 | Op::GroupNormalization(_)
                 | Op::LayerNormalization(_)
                 | Op::DepthwiseConv2D(_)

@@ -63,6 +63,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "merge",
     "elu_layer",
     "prelu",
+    "snake",
     "group_norm",
     "grouped_conv2d",
     "separable_conv2d",
@@ -956,6 +957,7 @@ impl<'g> CudaModel<'g> {
             | Op::ELU(_)
             | Op::Rescaling(_)
             | Op::GELU(_)
+            | Op::Snake(_)
             | Op::Normalization(_)
             | Op::PReLU(_)
             | Op::AveragePooling2D(_)
@@ -1332,14 +1334,20 @@ impl<'g> CudaModel<'g> {
 
     /// Runs a batch `[N, H, W, C]`; returns the model's outputs (f32).
     pub fn run(&self, input: &Tensor) -> Result<Vec<Tensor>, CudaError> {
-        let batch = self.check_input(input)?;
+        self.run_inputs(std::slice::from_ref(input))
+    }
+
+    /// Runs a batch through a model with one or more inputs: `inputs[k]` for the model's
+    /// input `k`, every one with the same batch size.
+    pub fn run_inputs(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CudaError> {
+        let batch = self.check_inputs(inputs)?;
         match self.alloc(batch)? {
             Arena::F32(mut a) => {
-                self.forward(&mut a, input, batch)?;
+                self.forward(&mut a, inputs, batch)?;
                 self.outputs(&a, batch)
             }
             Arena::Bf16(mut a) => {
-                self.forward(&mut a, input, batch)?;
+                self.forward(&mut a, inputs, batch)?;
                 self.outputs(&a, batch)
             }
         }
@@ -1354,7 +1362,7 @@ impl<'g> CudaModel<'g> {
         iterations: usize,
         graph: bool,
     ) -> Result<Timing, CudaError> {
-        let batch = self.check_input(input)?;
+        let batch = self.check_inputs(std::slice::from_ref(input))?;
         match self.alloc(batch)? {
             Arena::F32(mut a) => self.time_in(&mut a, input, batch, iterations, graph),
             Arena::Bf16(mut a) => self.time_in(&mut a, input, batch, iterations, graph),
@@ -1372,7 +1380,7 @@ impl<'g> CudaModel<'g> {
         let measured_device_bytes = self
             .free_at_start
             .saturating_sub(self.ctx.mem_get_info().map_err(driver)?.0 as u64);
-        self.upload_input(arena, input, batch)?;
+        self.upload_input(arena, self.graph.inputs[0], input, batch)?;
         if std::env::var_os("UNETC_PROFILE").is_some() {
             self.profile(arena, batch)?;
         }
@@ -1505,15 +1513,28 @@ impl<'g> CudaModel<'g> {
         Ok(())
     }
 
-    fn check_input(&self, input: &Tensor) -> Result<usize, CudaError> {
-        let want = self.shape(self.graph.inputs[0]);
-        if input.shape.len() != want.len() + 1 || input.shape[1..] != want[..] {
+    /// The batch size of `inputs`, one tensor per model input, each of its input's shape.
+    fn check_inputs(&self, inputs: &[Tensor]) -> Result<usize, CudaError> {
+        if inputs.len() != self.graph.inputs.len() {
             return Err(CudaError::Model(format!(
-                "the input has shape {:?} but the model takes (N, {:?})",
-                input.shape, want
+                "the model takes {} input(s), but {} were given",
+                self.graph.inputs.len(),
+                inputs.len()
             )));
         }
-        let batch = input.shape[0];
+        for (k, (input, &id)) in inputs.iter().zip(&self.graph.inputs).enumerate() {
+            let want = self.shape(id);
+            if input.shape.len() != want.len() + 1
+                || input.shape[1..] != want[..]
+                || input.shape[0] != inputs[0].shape[0]
+            {
+                return Err(CudaError::Model(format!(
+                    "input {k} has shape {:?} but the model takes (N, {:?}) there, N the same for every input",
+                    input.shape, want
+                )));
+            }
+        }
+        let batch = inputs[0].shape[0];
         index_limits(self.graph, self.info, batch).map_err(CudaError::Model)?;
         Ok(batch)
     }
@@ -1540,21 +1561,24 @@ impl<'g> CudaModel<'g> {
     fn forward<T: Element>(
         &self,
         arena: &mut CudaSlice<T>,
-        input: &Tensor,
+        inputs: &[Tensor],
         batch: usize,
     ) -> Result<(), CudaError> {
-        self.upload_input(arena, input, batch)?;
+        for (&id, input) in self.graph.inputs.iter().zip(inputs) {
+            self.upload_input(arena, id, input, batch)?;
+        }
         self.kernels(arena, batch)
     }
 
-    /// Copies the batch into the input layer's buffer (converted to the arena's type).
+    /// Copies the batch into input layer `id`'s buffer (converted to the arena's type).
     fn upload_input<T: Element>(
         &self,
         arena: &mut CudaSlice<T>,
+        id: NodeId,
         input: &Tensor,
         batch: usize,
     ) -> Result<(), CudaError> {
-        let w = self.dense_window(self.graph.inputs[0])?;
+        let w = self.dense_window(id)?;
         let start = self.plan.base(&w, batch);
         let mut view = arena.slice_mut(start..start + w.len() * batch);
         let host: Vec<T> = input.data.iter().map(|&v| T::from_f32(v)).collect();
@@ -2350,6 +2374,22 @@ impl<'g> CudaModel<'g> {
                             .launch(grid(n_out))
                             .map_err(driver)?;
                     }
+                }
+            }
+            Op::Snake(_) => {
+                let w = self.weights_of(id)?;
+                let x = x_view(0)?;
+                // SAFETY: matches snake_<T>(void*, View, View, const float*, int).
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("snake"))
+                        .arg(&mut *arena)
+                        .arg(&x)
+                        .arg(&y)
+                        .arg(&w.tensors[0])
+                        .arg(&nb)
+                        .launch(grid(n_out))
+                        .map_err(driver)?;
                 }
             }
             Op::PReLU(op) => {

@@ -306,6 +306,71 @@ impl LayerKind for GELU {
     }
 }
 
+/// keras-unet-collection's `Snake` layer (`keras_unet_collection.activations`; Ziyin et al.
+/// 2020): `x + (1 / beta) * sin(beta * x)^2` in float32, with `beta` the layer's one scalar
+/// weight `beta_factor` (starting at the `beta` argument). As in that class the layer is not
+/// trainable unless `trainable: true` is given; then `beta_factor` trains too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snake {
+    pub beta: f64,
+}
+
+impl Snake {
+    /// As its call() computes it: `x + (1 / beta) * square(sin(beta * x))`.
+    pub fn apply(x: f32, beta: f32) -> f32 {
+        let s = (beta * x).sin();
+        x + (1.0 / beta) * (s * s)
+    }
+
+    /// d/dx: `1 + sin(2 beta x)`.
+    pub fn derivative(x: f32, beta: f32) -> f32 {
+        1.0 + (2.0 * beta * x).sin()
+    }
+
+    /// d/d beta: `x sin(2 beta x) / beta - sin(beta x)^2 / beta^2`.
+    pub fn beta_derivative(x: f32, beta: f32) -> f32 {
+        let s = (beta * x).sin();
+        x * (2.0 * beta * x).sin() / beta - s * s / (beta * beta)
+    }
+}
+
+impl LayerKind for Snake {
+    const CLASS: &'static str = "Snake";
+    const POSITIONAL: &'static [&'static str] = &["beta"];
+    const KNOWN: &'static [&'static str] = &["beta"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["beta"];
+    const KERAS_MODULES: &'static [&'static str] = &["keras_unet_collection.activations"];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        let beta = r.float_or("beta", -1e6, 1e6, 0.5);
+        if beta == 0.0 {
+            r.reject("beta", "Snake divides by beta: give a non-zero beta");
+        }
+        Snake { beta }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        same_shape(inputs)
+    }
+
+    fn weights(&self, _inputs: &[Shape]) -> Vec<WeightSpec> {
+        vec![WeightSpec {
+            name: "beta_factor",
+            shape: Vec::new(),
+            trainable: true,
+            initializer: format!("constant({})", as_keras_float(self.beta)),
+        }]
+    }
+
+    fn config(&self) -> Json {
+        json!({ "beta": as_keras_float(self.beta) })
+    }
+
+    fn trainable_by_default() -> bool {
+        false
+    }
+}
+
 /// Keras's float arguments are float32 in the layer's config (`LeakyReLU().alpha` prints
 /// 0.30000001192092896): the config shows the value as Keras stores it.
 fn as_keras_float(x: f64) -> f64 {

@@ -20,7 +20,7 @@ mod volume;
 
 pub use activation::{
     Activation, Dropout, FixedDropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU,
-    Rescaling, Softmax, SpatialDropout2D, ELU, GELU,
+    Rescaling, Snake, Softmax, SpatialDropout2D, ELU, GELU,
 };
 pub use conv::{
     Conv2D, Conv2DTranspose, Depthwise, DepthwiseConv2D, SeparableConv2D, TransposeGeometry,
@@ -151,6 +151,11 @@ pub trait LayerKind {
     fn arity() -> (usize, usize) {
         (1, 1)
     }
+    /// Whether a layer is trainable when the spec does not say (keras-unet-collection's Snake
+    /// is not, as its class defaults to `trainable=False`).
+    fn trainable_by_default() -> bool {
+        true
+    }
 }
 
 macro_rules! ops {
@@ -255,6 +260,18 @@ macro_rules! ops {
                 match self { $(Op::$variant(op) => op.value_bytes(weight)),* }
             }
 
+            pub fn trainable_by_default(&self) -> bool {
+                match self { $(Op::$variant(_) => $variant::trainable_by_default()),* }
+            }
+
+            /// [`Op::trainable_by_default`] of the kind spelled `kind` (true if unknown).
+            pub fn kind_trainable_by_default(kind: &str) -> bool {
+                match kind {
+                    $($kind $(| $alias)* => $variant::trainable_by_default(),)*
+                    _ => true,
+                }
+            }
+
             pub fn arity(&self) -> (usize, usize) {
                 match self { $(Op::$variant(_) => $variant::arity()),* }
             }
@@ -316,6 +333,7 @@ ops! {
     Rescaling: "rescaling",
     Normalization: "normalization",
     GELU: "gelu",
+    Snake: "snake",
 }
 
 impl Op {
@@ -352,6 +370,7 @@ impl Op {
             | Op::ELU(_)
             | Op::Rescaling(_)
             | Op::GELU(_)
+            | Op::Snake(_)
             | Op::Normalization(_)
             | Op::PReLU(_)
             | Op::AveragePooling2D(_)

@@ -313,6 +313,17 @@ __device__ void prelu(T* arena, View x, View y, const float* alpha, int AH, int 
 INSTANTIATE(prelu, (void* arena, View x, View y, const float* alpha, int AH, int AW, int AC, int N),
             (, x, y, alpha, AH, AW, AC, N))
 
+// keras-unet-collection's Snake: x + (1 / beta) * sin(beta x)^2, beta the layer's one weight.
+template <typename T>
+__device__ void snake(T* arena, View x, View y, const float* beta, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float v = load_elem(arena + view_at(x, n, oy, ox, c));
+    float b = beta[0];
+    float s = sinf(b * v);
+    store_elem(arena + view_at(y, n, oy, ox, c), v + (1.0f / b) * (s * s));
+}
+INSTANTIATE(snake, (void* arena, View x, View y, const float* beta, int N), (, x, y, beta, N))
+
 // Element `e` of item n of a view, counting row-major over (h, w, c).
 __device__ __forceinline__ i64 item_at(const View& v, int n, i64 e) {
     int c = (int)(e % v.c);

@@ -370,6 +370,7 @@ impl<'g> CpuModel<'g> {
                     bias,
                 } => depthwise.len() + pointwise.len() + bias.as_ref().map_or(0, Vec::len),
                 Prepared::PRelu { alpha } => alpha.len(),
+                Prepared::Snake { .. } => 1,
                 Prepared::Affine { gamma, beta } => gamma.len() + beta.len(),
             })
             .sum();

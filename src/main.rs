@@ -180,8 +180,9 @@ enum Command {
     Tiles {
         /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
         spec: PathBuf,
-        /// Image size WxH, e.g. 2048x1536.
-        #[arg(long, value_name = "WxH")]
+        /// Image size WxH, e.g. 2048x1536; for a volume model DxHxW (depth first, as the
+        /// array's axes), e.g. 160x192x160.
+        #[arg(long, value_name = "WxH|DxHxW")]
         image: String,
         #[command(flatten)]
         tiling: TileArgs,
@@ -496,9 +497,10 @@ enum Style {
 /// How images larger than the memory allows are tiled (`run` and `tiles`).
 #[derive(clap::Args, Clone)]
 struct TileArgs {
-    /// Input tile size HxW (height first, as --input-shape) or N for NxN; each side a size the
-    /// net accepts (`unetc sizes`), clipped to the (padded) image. Default: from --memory.
-    #[arg(long, value_name = "HxW|N")]
+    /// Input tile size HxW (height first, as --input-shape), DxHxW for a volume model (depth
+    /// first), or N for every side; each side a size the net accepts (`unetc sizes`), clipped to
+    /// the (padded) image. Default: from --memory.
+    #[arg(long, value_name = "HxW|DxHxW|N")]
     tile: Option<String>,
     /// Memory budget for activations + weights, e.g. 4GiB, 512MiB [default: half of the
     /// available memory (MemAvailable), or 90% of the GPU's free memory with --device cuda].
@@ -542,10 +544,14 @@ impl TileArgs {
             None => default_budget(),
         };
         let mut req = TileRequest::new(budget);
-        req.tile = match &self.tile {
-            Some(t) => Some(parse_tile(t)?),
-            None => None,
-        };
+        if let Some(t) = &self.tile {
+            match parse_tile(t)?[..] {
+                [n] => (req.tile, req.tile_3d) = (Some((n, n)), Some([n, n, n])),
+                [h, w] => req.tile = Some((h, w)),
+                [d, h, w] => req.tile_3d = Some([d, h, w]),
+                _ => return Err(format!("--tile {t}: expected HxW, DxHxW or N")),
+            }
+        }
         req.mode = match self.tile_mode {
             TileModeArg::Exact => TileMode::Exact,
             TileModeArg::Blend => TileMode::Blend,
@@ -575,18 +581,17 @@ impl TileArgs {
     }
 }
 
-/// `--tile HxW` or `--tile N`.
-fn parse_tile(t: &str) -> Result<(usize, usize), String> {
+/// `--tile HxW` (images), `--tile DxHxW` (volumes) or `--tile N`: the sides, in array order.
+fn parse_tile(t: &str) -> Result<Vec<usize>, String> {
     let dims: Vec<Option<usize>> = t.split(['x', 'X']).map(|d| d.trim().parse().ok()).collect();
-    let ok = |n: usize| (1..=1 << 20).contains(&n);
-    match dims[..] {
-        [Some(n)] if ok(n) => Ok((n, n)),
-        [Some(h), Some(w)] if ok(h) && ok(w) => Ok((h, w)),
-        _ => Err(format!(
-            "--tile {t}: expected HxW (height first) or N, sides in 1..=1048576, e.g. 1024x2048 \
-             or 1024"
-        )),
+    let ok = |n: &Option<usize>| n.is_some_and(|n| (1..=1 << 20).contains(&n));
+    if (1..=3).contains(&dims.len()) && dims.iter().all(ok) {
+        return Ok(dims.into_iter().flatten().collect());
     }
+    Err(format!(
+        "--tile {t}: expected HxW (height first), DxHxW for a volume (depth first) or N, sides \
+         in 1..=1048576, e.g. 1024x2048, 32x96x96 or 1024"
+    ))
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -1696,6 +1701,22 @@ fn read_spec(spec: &std::path::Path) -> Result<(String, unetc::Compiled, [usize;
 }
 
 fn sizes(spec: &std::path::Path, near: Option<usize>, max: usize, format: Format) -> ExitCode {
+    match read_volume(spec) {
+        Ok(Some(_)) if format == Format::Json => {
+            eprintln!(
+                "error: `sizes --format json` answers for images; for a volume model use the text \
+                 form"
+            );
+            return ExitCode::from(EXIT_NO_ANSWER);
+        }
+        Ok(Some(v)) => {
+            return emit_stdout(&unetc::report::volume::volume_sizes_text(
+                spec, &v.text, v.base, max, near,
+            ))
+        }
+        Ok(None) => {}
+        Err(code) => return code,
+    }
     let (text, compiled, base) = match read_spec(spec) {
         Ok(v) => v,
         Err(code) => return code,
@@ -1717,6 +1738,11 @@ fn tiles(
     max: usize,
     format: Format,
 ) -> ExitCode {
+    match read_volume(spec) {
+        Ok(Some(v)) => return volume_tiles(spec, &v, image, tiling, max, format),
+        Ok(None) => {}
+        Err(code) => return code,
+    }
     let dims: Vec<usize> = image
         .split(['x', 'X'])
         .filter_map(|d| d.trim().parse().ok())
@@ -1795,6 +1821,131 @@ fn tiles(
         }
         // Every way it fails (no tile fits, an output that is not an image, a net that cannot be
         // tiled exactly) is an answer of "none".
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_NO_ANSWER)
+        }
+    }
+}
+
+/// The spec when its model takes volumes (after printing its note), `None` for other models, or
+/// the exit code after the error was printed.
+fn read_volume(
+    spec: &std::path::Path,
+) -> Result<Option<unetc::report::volume::VolumeSpec>, ExitCode> {
+    use unetc::report::sizes::SizesSpecError;
+    match unetc::report::volume::read_volume_spec(spec) {
+        Ok(Some(v)) => {
+            if let Some(note) = &v.note {
+                eprintln!("note: {note}");
+            }
+            Ok(Some(v))
+        }
+        Ok(None) => Ok(None),
+        Err(SizesSpecError::Read(e)) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+        Err(SizesSpecError::Spec(d)) => {
+            eprint!("{d}");
+            Err(ExitCode::from(EXIT_SPEC_ERRORS))
+        }
+        Err(SizesSpecError::NoAnswer(e)) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(EXIT_NO_ANSWER))
+        }
+    }
+}
+
+/// `unetc tiles` for a volume model: `--image DxHxW`.
+fn volume_tiles(
+    spec: &std::path::Path,
+    v: &unetc::report::volume::VolumeSpec,
+    image: &str,
+    tiling: &TileArgs,
+    max: usize,
+    format: Format,
+) -> ExitCode {
+    use unetc::report::volume::dhw;
+    let dims: Vec<Option<usize>> = image
+        .split(['x', 'X'])
+        .map(|d| d.trim().parse().ok())
+        .collect();
+    let volume = match dims[..] {
+        [Some(d), Some(h), Some(w)] if [d, h, w].iter().all(|n| (1..=1 << 20).contains(n)) => {
+            [d, h, w]
+        }
+        _ => {
+            eprintln!(
+                "error: --image {image}: this is a volume model (input {} x {} channels, D x H x \
+                 W); expected DxHxW (depth first), sizes in 1..=1048576, e.g. 160x192x160",
+                dhw([v.base[0], v.base[1], v.base[2]]),
+                v.base[3]
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if format == Format::Json {
+        eprintln!(
+            "error: `tiles --format json` answers for images; for a volume use the text form"
+        );
+        return ExitCode::from(EXIT_NO_ANSWER);
+    }
+    let mut req =
+        match tiling.request(|| unetc::runner::default_memory_budget(unetc::runner::Device::Cpu)) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+    req.max_side = max;
+    let budget = req.budget;
+    match unetc::report::volume::plan_volume(spec, &v.text, v.base, volume, &req) {
+        Ok(p) => {
+            say!(
+                "volume {} (D x H x W), memory budget {}{}",
+                dhw(volume),
+                unetc::text::bytes(budget),
+                if tiling.memory.is_none() {
+                    " (half of the available memory; --memory to change)"
+                } else {
+                    ""
+                }
+            );
+            if p.padded != p.volume {
+                say!(
+                    "mirror-padded to {} (D x H x W){}",
+                    dhw(p.padded),
+                    if p.tile_out == p.tile_in {
+                        ", a size the net accepts"
+                    } else {
+                        ": the margin around it, and the last tiles' outputs"
+                    }
+                );
+            }
+            say!(
+                "tile: {} in -> {} out (D x H x W; halo {} voxels each side; receptive field {})",
+                dhw(p.tile_in),
+                dhw(p.tile_out),
+                dhw(p.halo),
+                dhw(p.receptive_field)
+            );
+            say!("mode: {}", p.mode_text());
+            say!(
+                "overlap between neighbouring input tiles: {} voxels (D x H x W)",
+                dhw(p.overlap())
+            );
+            let t = p.tiles();
+            say!("tiles: {} = {}", dhw(t), t[0] * t[1] * t[2]);
+            say!(
+                "memory per tile (batch 1, f32): activation arena {} + weights {} = {}",
+                unetc::text::bytes(p.arena_bytes),
+                unetc::text::bytes(p.weight_bytes),
+                unetc::text::bytes(p.arena_bytes.saturating_add(p.weight_bytes))
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_NO_ANSWER)

@@ -610,16 +610,73 @@ fn run_one(
             return write_output(&job.output, &result, context.kind, opts.force);
         }
     }
-    let input = read_input(
-        &job.input,
-        opts.alpha,
-        (context.model_channels, context.model_is_volume),
-        &mut report.notes,
-    )?;
+    let (input, header) = if crate::io::nifti::is_nifti(&job.input) {
+        if !context.model_is_volume {
+            return Err(RunError::Usage(format!(
+                "`{}` is a NIfTI volume, but this model takes images (H, W, C)",
+                job.input.display()
+            )));
+        }
+        let (tensor, header) = crate::io::nifti::read_nifti(&job.input)?;
+        report.notes.push(format!(
+            "NIfTI volume {}x{}x{} (D x H x W = k, j, i), {} channel(s)",
+            tensor.shape[1], tensor.shape[2], tensor.shape[3], tensor.shape[4]
+        ));
+        (tensor, Some(header))
+    } else {
+        let input = read_input(
+            &job.input,
+            opts.alpha,
+            (context.model_channels, context.model_is_volume),
+            &mut report.notes,
+        )?;
+        (input, None)
+    };
     let result = predict(&predict_with, &input, report, &mut |done, total| {
         events(RunEvent::Tiles { done, total })
     })?;
+    if crate::io::nifti::is_nifti(&job.output) {
+        return write_nifti_output(&job.output, &input, &result, header, opts.force, report);
+    }
     write_output(&job.output, &result, context.kind, opts.force)
+}
+
+/// Writes a volume model's output as NIfTI with the input's affine and spacing (a blank header
+/// for a non-NIfTI input, said in a note). The output must cover the input's voxels one to one,
+/// or the affine would not hold.
+fn write_nifti_output(
+    path: &Path,
+    input: &Tensor,
+    result: &Tensor,
+    header: Option<crate::io::nifti::NiftiHeader>,
+    force: bool,
+    report: &mut RunReport,
+) -> Result<(), RunError> {
+    let spatial = |t: &Tensor| -> Option<Vec<usize>> {
+        match t.shape.len() {
+            5 => Some(t.shape[1..4].to_vec()),
+            4 => Some(t.shape[..3].to_vec()),
+            _ => None,
+        }
+    };
+    let (si, so) = (spatial(input), spatial(result));
+    if si.is_none() || si != so {
+        return Err(RunError::Usage(format!(
+            "the output has shape {:?}, not the input's voxels {:?} (D x H x W): a NIfTI output \
+             keeps the input's affine, which would not hold; write a .npy",
+            result.shape,
+            si.unwrap_or_default()
+        )));
+    }
+    let header = header.unwrap_or_else(|| {
+        report.notes.push(
+            "the input is not NIfTI: the output has unit spacing and no affine (qform/sform \
+             codes 0)"
+                .into(),
+        );
+        crate::io::nifti::NiftiHeader::blank()
+    });
+    Ok(crate::io::nifti::write_nifti(path, result, &header, force)?)
 }
 
 /// A source that streams `input` (an f32 `.npy` through a memory map, or a TIFF a chunk at a
@@ -1041,7 +1098,7 @@ fn read_input(
         }
         _ => {
             return Err(RunError::Usage(
-                "inputs are .npy, .png or .tif files".to_string(),
+                "inputs are .npy, .png, .tif or .nii/.nii.gz files".to_string(),
             ))
         }
     };
@@ -1144,6 +1201,8 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
     let channels = out_shape.last().copied().unwrap_or(1);
     let ext = if to_dir {
         Some(opts.output_extension().to_string())
+    } else if crate::io::nifti::is_nifti(&opts.output) {
+        Some("nii".to_string())
     } else {
         opts.output
             .extension()
@@ -1151,7 +1210,7 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
             .map(str::to_ascii_lowercase)
     };
     match ext.as_deref() {
-        Some(ext @ ("npy" | "tif" | "tiff")) => {
+        Some(ext @ ("npy" | "tif" | "tiff" | "nii")) => {
             if let Some(class) = opts.class {
                 return Err(RunError::Usage(format!(
                     "--class {class} picks the channel a .png output shows as gray; a .{ext} \
@@ -1206,7 +1265,8 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
             opts.output.display()
         ))),
         _ => Err(RunError::Usage(format!(
-            "`{}`: outputs are .npy or .tif (probabilities) or .png (masks)",
+            "`{}`: outputs are .npy or .tif (probabilities), .nii/.nii.gz (a volume's \
+             probabilities) or .png (masks)",
             opts.output.display()
         ))),
     }

@@ -310,3 +310,25 @@ fn volume_tiling_refusals_are_clear() {
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("is a volume's tile"), "{stderr}");
 }
+
+/// The README's volume `tiles` example is what `tiles` prints.
+#[test]
+fn readme_volume_tiles_example_is_what_tiles_prints() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let cmd = "$ unetc tiles specs/library/unet3d.unet --image 155x240x240 --memory 4GiB\n";
+    let at = readme
+        .find(cmd)
+        .expect("README shows the volume tiles example")
+        + cmd.len();
+    let shown = &readme[at..at + readme[at..].find("```").unwrap()];
+    let (code, out, stderr) = unetc(&[
+        "tiles",
+        "specs/library/unet3d.unet",
+        "--image",
+        "155x240x240",
+        "--memory",
+        "4GiB",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(shown, out);
+}

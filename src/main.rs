@@ -1677,7 +1677,6 @@ fn print_diags(c: &unetc::Compiled, color: bool) {
 /// A spec's text, compiled at its own input shape, and that shape; or the exit code after the
 /// error was printed.
 fn read_spec(spec: &std::path::Path) -> Result<(String, unetc::Compiled, [usize; 3]), ExitCode> {
-    use unetc::report::sizes::SizesSpecError;
     match unetc::report::sizes::read_sizes_spec(spec) {
         Ok(s) => {
             if let Some(note) = s.note {
@@ -1685,18 +1684,7 @@ fn read_spec(spec: &std::path::Path) -> Result<(String, unetc::Compiled, [usize;
             }
             Ok((s.text, s.compiled, s.base))
         }
-        Err(SizesSpecError::Read(e)) => {
-            eprintln!("error: {e}");
-            Err(ExitCode::from(EXIT_USAGE))
-        }
-        Err(SizesSpecError::Spec(d)) => {
-            eprint!("{d}");
-            Err(ExitCode::from(EXIT_SPEC_ERRORS))
-        }
-        Err(SizesSpecError::NoAnswer(e)) => {
-            eprintln!("error: {e}");
-            Err(ExitCode::from(EXIT_NO_ANSWER))
-        }
+        Err(e) => Err(sizes_spec_error(e)),
     }
 }
 
@@ -1755,15 +1743,10 @@ fn tiles(
         eprintln!("error: --image {image}: sizes must be in 1..=1048576");
         return ExitCode::from(EXIT_USAGE);
     }
-    let mut req =
-        match tiling.request(|| unetc::runner::default_memory_budget(unetc::runner::Device::Cpu)) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        };
-    req.max_side = max;
+    let req = match tiles_request(tiling, max) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
     let budget = req.budget;
     let (text, _, base) = match read_spec(spec) {
         Ok(v) => v,
@@ -1828,12 +1811,46 @@ fn tiles(
     }
 }
 
+/// `tiles`'s request: the options, the CPU's default budget, tiles up to `max`; or the exit code
+/// after the usage error was printed.
+fn tiles_request(
+    tiling: &TileArgs,
+    max: usize,
+) -> Result<unetc::report::sizes::TileRequest, ExitCode> {
+    let mut req = tiling
+        .request(|| unetc::runner::default_memory_budget(unetc::runner::Device::Cpu))
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        })?;
+    req.max_side = max;
+    Ok(req)
+}
+
+/// Prints why a spec has no `sizes`/`tiles` answer; the exit code.
+fn sizes_spec_error(e: unetc::report::sizes::SizesSpecError) -> ExitCode {
+    use unetc::report::sizes::SizesSpecError;
+    match e {
+        SizesSpecError::Read(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        SizesSpecError::Spec(d) => {
+            eprint!("{d}");
+            ExitCode::from(EXIT_SPEC_ERRORS)
+        }
+        SizesSpecError::NoAnswer(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_NO_ANSWER)
+        }
+    }
+}
+
 /// The spec when its model takes volumes (after printing its note), `None` for other models, or
 /// the exit code after the error was printed.
 fn read_volume(
     spec: &std::path::Path,
 ) -> Result<Option<unetc::report::volume::VolumeSpec>, ExitCode> {
-    use unetc::report::sizes::SizesSpecError;
     match unetc::report::volume::read_volume_spec(spec) {
         Ok(Some(v)) => {
             if let Some(note) = &v.note {
@@ -1842,18 +1859,7 @@ fn read_volume(
             Ok(Some(v))
         }
         Ok(None) => Ok(None),
-        Err(SizesSpecError::Read(e)) => {
-            eprintln!("error: {e}");
-            Err(ExitCode::from(EXIT_USAGE))
-        }
-        Err(SizesSpecError::Spec(d)) => {
-            eprint!("{d}");
-            Err(ExitCode::from(EXIT_SPEC_ERRORS))
-        }
-        Err(SizesSpecError::NoAnswer(e)) => {
-            eprintln!("error: {e}");
-            Err(ExitCode::from(EXIT_NO_ANSWER))
-        }
+        Err(e) => Err(sizes_spec_error(e)),
     }
 }
 
@@ -1891,15 +1897,10 @@ fn volume_tiles(
         );
         return ExitCode::from(EXIT_NO_ANSWER);
     }
-    let mut req =
-        match tiling.request(|| unetc::runner::default_memory_budget(unetc::runner::Device::Cpu)) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        };
-    req.max_side = max;
+    let req = match tiles_request(tiling, max) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
     let budget = req.budget;
     match unetc::report::volume::plan_volume(spec, &v.text, v.base, volume, &req) {
         Ok(p) => {

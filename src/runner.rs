@@ -126,6 +126,16 @@ impl SpecSource<'_> {
         }
     }
 
+    /// The spec's text: the one held, else the file's.
+    fn text(&self) -> Result<String, RunError> {
+        match self.text {
+            Some(text) => Ok(text.to_string()),
+            None => std::fs::read_to_string(self.path).map_err(|e| {
+                RunError::Usage(format!("cannot read `{}`: {e}", self.path.display()))
+            }),
+        }
+    }
+
     /// As [`compile_checked`].
     fn compile_checked(&self, input_shape: Option<Vec<i64>>) -> Result<Compiled, RunError> {
         let c = self
@@ -1431,12 +1441,7 @@ fn plan_tiles(
     batch: usize,
     report: &mut RunReport,
 ) -> Result<(TilePlan, Compiled), RunError> {
-    let text = match p.spec.text {
-        Some(text) => text.to_string(),
-        None => std::fs::read_to_string(p.spec.path).map_err(|e| {
-            RunError::Usage(format!("cannot read `{}`: {e}", p.spec.path.display()))
-        })?,
-    };
+    let text = p.spec.text()?;
     let mut request = p.tiling.clone();
     request.batch = batch.max(1);
     request.spec_tile_first = true;
@@ -1628,12 +1633,7 @@ fn predict_volume(
             dhw(model_dhw)
         )));
     }
-    let text = match p.spec.text {
-        Some(text) => text.to_string(),
-        None => std::fs::read_to_string(p.spec.path).map_err(|e| {
-            RunError::Usage(format!("cannot read `{}`: {e}", p.spec.path.display()))
-        })?,
-    };
+    let text = p.spec.text()?;
     let mut request = p.tiling.clone();
     request.batch = batch.max(1);
     request.spec_tile_first = true;

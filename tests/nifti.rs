@@ -5,34 +5,11 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use unetc::io::nifti::read_nifti;
 use unetc::io::npy::read_npy;
 
-fn unetc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_unetc"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("unetc runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("unetc-nifti-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{fresh_temp_dir as temp_dir, path_str as s, unetc_cli as unetc};
 
 const SAME: &str = "tests/fixtures/volume_same.unet";
 

@@ -973,14 +973,6 @@ fn random_image(path: &Path, [h, w, c]: [usize; 3], seed: u64) -> Vec<f32> {
     data
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// Exact tiles of a same-padding net with batch norm give the whole-image result: the image is
 /// run whole (it fits the default budget) and in tiles (asked with --tile, and chosen from a
 /// small --memory), and the outputs agree within 1e-6. The expected values are unetc's own

@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use unetc::exec::Tensor;
 use unetc::io::npy::{read_npy, write_npy};
 use unetc::report::sizes::{Stitch, TileRequest};
@@ -26,29 +25,7 @@ const SAME: &str = "tests/fixtures/volume_same.unet";
 /// n ≥ 44 (44 → 4): margin 20 per side, stride 4.
 const VALID: &str = "tests/golden/unet3d_valid.unet";
 
-fn unetc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_unetc"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("unetc runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("unetc-vol-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{fresh_temp_dir as temp_dir, path_str as s, unetc_cli as unetc};
 
 fn init_weights(spec: &str, dir: &Path) -> PathBuf {
     let stem = Path::new(spec).file_stem().unwrap().to_str().unwrap();
@@ -91,14 +68,6 @@ fn run(spec: &str, weights: &Path, input: &Path, output: &Path, extra: &[&str]) 
     let (code, _, stderr) = unetc(&args);
     assert_eq!(code, 0, "{extra:?}: {stderr}");
     stderr
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

@@ -190,21 +190,19 @@ fn forms(
     text: &str,
     base: [usize; 4],
 ) -> Result<([ClosedForm; 3], Option<[usize; 3]>), String> {
-    let mut forms = Vec::new();
-    for axis in 0..3 {
+    let forms = per_axis(|axis| {
         // A range a few times the spec's size shows the rule (each probe of a spec whose
         // expansion reads shapes is a compile).
         let max = (4 * base[axis]).clamp(64, 512);
         let sizes = probe_volume_axis(path, text, base, axis, max);
-        forms.push(closed_form(&sizes).ok_or_else(|| {
+        closed_form(&sizes).ok_or_else(|| {
             format!(
-                "the accepted {} sizes follow no simple rule up to {} (see `unetc sizes`), so \
+                "the accepted {} sizes follow no simple rule up to {max} (see `unetc sizes`), so \
                  unetc cannot tile this net",
-                AXES[axis], max
+                AXES[axis]
             )
-        })?);
-    }
-    let forms: [ClosedForm; 3] = [forms[0].clone(), forms[1].clone(), forms[2].clone()];
+        })
+    })?;
     let mut margins = [0usize; 3];
     let mut same = [false; 3];
     for (axis, cf) in forms.iter().enumerate() {
@@ -264,6 +262,11 @@ pub fn plan_volume(
         None => plan_same(path, text, base, volume, req, &forms),
         Some(m) => plan_valid(path, text, base, volume, req, &forms, m),
     }
+}
+
+/// `f` for each axis, the first error ending it.
+fn per_axis<T>(mut f: impl FnMut(usize) -> Result<T, String>) -> Result<[T; 3], String> {
+    Ok([f(0)?, f(1)?, f(2)?])
 }
 
 fn compile_tile(path: &Path, text: &str, t: [usize; 3], c: usize) -> Result<Compiled, String> {
@@ -467,25 +470,21 @@ fn plan_same(
             crate::text::bytes(req.budget)
         ));
     }
-    let mut spans = Vec::new();
-    for a in 0..3 {
-        spans.push(
-            exact_spans(padded[a], tile[a], halo[a], align[a], pad_before[a]).ok_or_else(|| {
-                format!(
-                    "a {} {}-voxel tile is too small for exact tiling: each tile needs a halo of \
-                     {} voxels on both sides (the reach of an output voxel, {}, rounded up to \
-                     the {}-voxel grid); use a tile of at least {}",
-                    AXES[a],
-                    tile[a],
-                    halo[a],
-                    reach_vox.map_or(0, |r| r[a]),
-                    align[a],
-                    smallest[a]
-                )
-            })?,
-        );
-    }
-    plan.spans = [spans[0].clone(), spans[1].clone(), spans[2].clone()];
+    plan.spans = per_axis(|a| {
+        exact_spans(padded[a], tile[a], halo[a], align[a], pad_before[a]).ok_or_else(|| {
+            format!(
+                "a {} {}-voxel tile is too small for exact tiling: each tile needs a halo of {} \
+                 voxels on both sides (the reach of an output voxel, {}, rounded up to the \
+                 {}-voxel grid); use a tile of at least {}",
+                AXES[a],
+                tile[a],
+                halo[a],
+                reach_vox.map_or(0, |r| r[a]),
+                align[a],
+                smallest[a]
+            )
+        })
+    })?;
     plan.tile_in = tile;
     plan.tile_out = tile;
     plan.halo = halo;
@@ -534,22 +533,19 @@ fn plan_valid(
     };
     let c = compile_tile(path, text, tile, base[3])?;
     let out: [usize; 3] = std::array::from_fn(|a| tile[a] - 2 * margin[a]);
-    let mut spans = Vec::new();
-    for a in 0..3 {
-        spans.push(
-            overlap_spans(needed[a], tile[a], out[a], forms[a].period).ok_or_else(|| {
-                format!(
-                    "a {} {}-voxel tile gives {} output voxels, fewer than the net's stride {}: \
-                     its tiles cannot step on the pooling grid; use a tile of at least {}",
-                    AXES[a],
-                    tile[a],
-                    out[a],
-                    forms[a].period,
-                    up_to_accepted(&forms[a], 2 * margin[a] + forms[a].period)
-                )
-            })?,
-        );
-    }
+    let spans = per_axis(|a| {
+        overlap_spans(needed[a], tile[a], out[a], forms[a].period).ok_or_else(|| {
+            format!(
+                "a {} {}-voxel tile gives {} output voxels, fewer than the net's stride {}: its \
+                 tiles cannot step on the pooling grid; use a tile of at least {}",
+                AXES[a],
+                tile[a],
+                out[a],
+                forms[a].period,
+                up_to_accepted(&forms[a], 2 * margin[a] + forms[a].period)
+            )
+        })
+    })?;
     let field: [usize; 3] = std::array::from_fn(|a| reach(&c, a).map_or(tile[a], |r| r.field));
     Ok(VolumePlan {
         stitch: Stitch::OverlapTile,
@@ -562,7 +558,7 @@ fn plan_valid(
         reach: None,
         receptive_field: field,
         align: std::array::from_fn(|a| forms[a].period.max(1)),
-        spans: [spans[0].clone(), spans[1].clone(), spans[2].clone()],
+        spans,
         arena_bytes: arena_of(&c, 1).unwrap_or(u64::MAX),
         weight_bytes: weight_bytes_of(&c),
     })

@@ -1690,12 +1690,10 @@ fn read_spec(spec: &std::path::Path) -> Result<(String, unetc::Compiled, [usize;
 
 fn sizes(spec: &std::path::Path, near: Option<usize>, max: usize, format: Format) -> ExitCode {
     match read_volume(spec) {
-        Ok(Some(_)) if format == Format::Json => {
-            eprintln!(
-                "error: `sizes --format json` answers for images; for a volume model use the text \
-                 form"
-            );
-            return ExitCode::from(EXIT_NO_ANSWER);
+        Ok(Some(v)) if format == Format::Json => {
+            return emit_json(&report::json::volume_sizes_json(
+                spec, &v.text, v.base, max, near,
+            ))
         }
         Ok(Some(v)) => {
             return emit_stdout(&unetc::report::volume::volume_sizes_text(
@@ -1891,18 +1889,15 @@ fn volume_tiles(
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if format == Format::Json {
-        eprintln!(
-            "error: `tiles --format json` answers for images; for a volume use the text form"
-        );
-        return ExitCode::from(EXIT_NO_ANSWER);
-    }
     let req = match tiles_request(tiling, max) {
         Ok(r) => r,
         Err(code) => return code,
     };
     let budget = req.budget;
     match unetc::report::volume::plan_volume(spec, &v.text, v.base, volume, &req) {
+        Ok(p) if format == Format::Json => {
+            emit_json(&report::json::volume_tiles_json(spec, volume, budget, &p))
+        }
         Ok(p) => {
             say!(
                 "volume {} (D x H x W), memory budget {}{}",

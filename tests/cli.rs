@@ -616,7 +616,7 @@ fn sizes_answers_for_a_spec_that_fails_at_its_own_size() {
 
 /// Volume (3-D U-Net) specs: `plan` and `diagram` answer (the diagram labels sizes as `44³`);
 /// `sizes` answers per axis (tests/volumes.rs checks its numbers), `tiles` takes `--image
-/// DxHxW` and refuses WxH, `sizes --format json` says it answers for images (exit 3).
+/// DxHxW` and refuses WxH, `sizes --format json` lists the three axes.
 #[test]
 fn volumes_plan_draw_sizes_and_tiles() {
     let spec = "tests/golden/unet3d_valid.unet";
@@ -632,9 +632,17 @@ fn volumes_plan_draw_sizes_and_tiles() {
     let (code, _, stderr) = unetc(&["tiles", spec, "--image", "100x100"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("expected DxHxW"), "{stderr}");
-    let (code, _, stderr) = unetc(&["sizes", spec, "--format", "json"]);
-    assert_eq!(code, 3, "{stderr}");
-    assert!(stderr.contains("answers for images"), "{stderr}");
+    // JSON: three axes, each `in ≡ 0 mod 4, in ≥ 44` (derived in tests/volumes.rs).
+    let (code, out, stderr) = unetc(&["sizes", spec, "--format", "json", "--max", "50"]);
+    assert_eq!(code, 0, "{stderr}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let axes = j["axes"].as_array().unwrap();
+    assert_eq!(axes.len(), 3, "{out}");
+    for (a, name) in axes.iter().zip(["depth", "height", "width"]) {
+        assert_eq!(a["axis"], name);
+        assert_eq!(a["closed_form"]["min"], 44);
+        assert_eq!(a["closed_form"]["period"], 4);
+    }
     let (code, out, stderr) = unetc(&[
         "check",
         spec,

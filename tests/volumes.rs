@@ -143,6 +143,18 @@ fn tile_plans_for_volumes_by_hand() {
     assert_eq!(code, 0, "{stderr}");
     assert!(out.contains("tiles: 2x3x4 = 24"), "{out}");
     assert!(out.contains("halo 6x6x6 ≥ reach 5x5x5"), "{out}");
+    // And as JSON.
+    let (code, out, stderr) = unetc(&[
+        "tiles", SAME, "--image", "17x22x25", "--tile", "16", "--memory", "1GiB", "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["mode"], "exact");
+    assert_eq!(j["padded"]["width"], 26);
+    assert_eq!(j["halo"]["depth"], 6);
+    assert_eq!(j["reach"]["height"], 5);
+    assert_eq!(j["tiles"]["total"], 24);
 }
 
 /// Tiled == whole within 1e-6 on volumes larger than one tile, for a same-padding net (asked

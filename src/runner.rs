@@ -1600,10 +1600,6 @@ fn predict_volume(
             model_in[3]
         )));
     }
-    let batched = Tensor {
-        shape: vec![n, d, h, w, c],
-        data: input.data.clone(),
-    };
     let model_out = model_output_shape(base)?;
     let same_size = model_out.len() == 4 && model_out[..3] == model_in[..3];
     let volume = [d, h, w];
@@ -1618,7 +1614,10 @@ fn predict_volume(
                 base,
                 p.bound,
                 p.weights,
-                &batched,
+                &Tensor {
+                    shape: vec![n, d, h, w, c],
+                    data: input.data.clone(),
+                },
                 batch,
                 (device, precision, budget),
                 report,
@@ -1693,7 +1692,8 @@ fn predict_volume(
             let zs = index(sd, t[0], plan.pad_before[0], d);
             let ys = index(sh, t[1], plan.pad_before[1], h);
             let xs = index(sw, t[2], plan.pad_before[2], w);
-            let src = &batched.data[i * item..(i + 1) * item];
+            // One volume of the input (NDHWC, or DHWC as a batch of one: the same layout).
+            let src = &input.data[i * item..(i + 1) * item];
             let dst = &mut tiles.data[j * tile_len..(j + 1) * tile_len];
             for (tz, &z) in zs.iter().enumerate() {
                 for (ty, &y) in ys.iter().enumerate() {

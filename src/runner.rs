@@ -1339,6 +1339,12 @@ fn predict(
             model_in[2], model_in[0], model_in[1], model_in[2]
         )));
     }
+    if let (None, Some(t)) = (p.tiling.tile, p.tiling.tile_3d) {
+        return Err(RunError::Usage(format!(
+            "--tile {}x{}x{} is a volume's tile (DxHxW); this model takes images: give HxW or N",
+            t[0], t[1], t[2]
+        )));
+    }
     let same_size = model_out.len() == 3 && model_out[..2] == model_in[..2];
     // A valid net on an input of its own size gives its own (smaller) output; so does a model
     // whose output is not an image.
@@ -1582,6 +1588,12 @@ fn predict_volume(
         _ => None,
     };
     let model_dhw = [model_in[0], model_in[1], model_in[2]];
+    if let (Some((th, tw)), None) = (p.tiling.tile, p.tiling.tile_3d) {
+        return Err(RunError::Usage(format!(
+            "--tile {th}x{tw} is an image's tile (HxW); this model takes volumes: give DxHxW \
+             (depth first) or N"
+        )));
+    }
     let Some([n, d, h, w, c]) = shape.filter(|s| s.iter().all(|&x| x > 0)) else {
         return Err(RunError::Usage(format!(
             "the input has shape {:?}; this volume model takes (N, D, H, W, C) arrays of \

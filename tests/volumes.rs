@@ -258,7 +258,7 @@ fn volume_tiling_refusals_are_clear() {
         // Exact tiles need more than 2 x halo 6: at least 14.
         (&["--tile", "8"][..], "use a tile of at least 14"),
         (&["--tile", "15"], "15 is not one (nearest: 14 and 16)"),
-        (&["--tile", "16x16"], "give a volume's tile as DxHxW"),
+        (&["--tile", "16x16"], "this model takes volumes: give DxHxW"),
         (&["--tile-mode", "blend"], "volumes are tiled exactly"),
     ] {
         let mut args = vec![
@@ -277,6 +277,24 @@ fn volume_tiling_refusals_are_clear() {
         assert!(stderr.contains(want), "{extra:?}: {stderr}");
         assert!(!y.exists());
     }
+    // At the model's own size too, a 2-D tile is refused rather than ignored.
+    let own = dir.join("own.npy");
+    random_array(&own, &[1, 16, 16, 16, 1], 7);
+    let (code, _, stderr) = unetc(&[
+        "run",
+        SAME,
+        "--weights",
+        s(&weights),
+        "--input",
+        s(&own),
+        "-o",
+        s(&y),
+        "--tile",
+        "8x8",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("an image's tile"), "{stderr}");
+    assert!(!y.exists());
     let (code, _, stderr) = unetc(&["tiles", SAME, "--image", "17x22"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("expected DxHxW"), "{stderr}");

@@ -67,7 +67,7 @@ enum Command {
     },
     /// Run a spec on images or arrays (CPU): probabilities (.npy) or masks (.png) out.
     #[command(
-        after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc run specs/original.unet --weights original.safetensors --input cells.png -o mask.png\n  unetc run specs/bn_same.yaml --weights w.safetensors --input batch.npy -o probs.npy\n  unetc run specs/original.unet --weights w.safetensors --input images/ -o masks/ --skip-existing\n  unetc run specs/bn_same.yaml --weights w.safetensors --input big.png -o mask.png --memory 4GiB\n  unetc run specs/bn_same.yaml --weights w.safetensors --input @list.txt -o masks/ --num-parts 2 --part-id 0\n\nImages (PNG/TIFF) are scaled to [0, 1] and keep every channel they store (gray 1, gray+alpha 2,\nRGB 3, RGBA 4), which must match the spec's input: nothing is converted unless --alpha drop says\nso. .npy inputs (NHWC or HWC, f32, f64 or u8) are used as they are; NaN or infinite values in\ninputs or weights are errors. Images of other sizes than the spec's input are tiled (valid\npadding: overlap-tile) or padded and cropped back (same padding); sizes are printed W x H.\nA same-padding net's image that does not fit --memory (default: half of the available memory)\nruns in exact tiles, equal to the whole-image run; `unetc tiles` shows the plan for a size.\nA directory or list run goes on past a failed input, names it, and exits 2 at the end, saying\nhow many failed."
+        after_help = "Examples:\n  unetc init-weights specs/original.unet -o original.safetensors --seed 1\n  unetc run specs/original.unet --weights original.safetensors --input cells.png -o mask.png\n  unetc run specs/bn_same.yaml --weights w.safetensors --input batch.npy -o probs.npy\n  unetc run specs/original.unet --weights w.safetensors --input images/ -o masks/ --skip-existing\n  unetc run specs/bn_same.yaml --weights w.safetensors --input big.png -o mask.png --memory 4GiB\n  unetc run specs/bn_same.yaml --weights w.safetensors --input @list.txt -o masks/ --num-parts 2 --part-id 0\n\nImages (PNG/TIFF) are scaled to [0, 1] and keep every channel they store (gray 1, gray+alpha 2,\nRGB 3, RGBA 4), which must match the spec's input: nothing is converted unless --alpha drop says\nso. .npy inputs (NHWC or HWC, f32, f64 or u8) are used as they are; NaN or infinite values in\ninputs or weights are errors. Images of other sizes than the spec's input are tiled (valid\npadding: overlap-tile) or padded and cropped back (same padding); sizes are printed W x H.\nA same-padding net's image that does not fit --memory (default: half of the available memory)\nruns in exact tiles, equal to the whole-image run; `unetc tiles` shows the plan for a size.\nA volume model (D x H x W x C) takes NDHWC .npy or NIfTI .nii/.nii.gz (output .nii/.nii.gz\nkeeps the input's affine) and is tiled in 3-D the same way (`unetc tiles SPEC --image DxHxW`).\nA directory or list run goes on past a failed input, names it, and exits 2 at the end, saying\nhow many failed."
     )]
     Run {
         /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
@@ -179,13 +179,14 @@ enum Command {
     },
     /// Plan tiles for an image: tile size within a memory budget, mode, halo, tile count.
     #[command(
-        after_help = "Examples:\n  unetc tiles specs/original.unet --image 2048x1536\n  unetc tiles specs/original.unet --image 10000x10000 --memory 2GiB --format json\n  unetc tiles specs/bn_same.yaml --image 8000x8000 --memory 4GiB\n  unetc tiles specs/bn_same.yaml --image 8000x8000 --tile 2048 --tile-mode blend --overlap 0.25\n\nA same-padding net runs whole (mirror-padded to a size it accepts) when that fits the budget,\nelse in exact tiles (halo >= the reach of an output pixel, tiles on the net's stride grid:\nthe whole-image result) or, with --tile-mode blend, in blended tiles (approximate). A net with\na layer that sees the whole image (global pooling, Flatten, Reshape, ...) is named and refused\nexact tiles. Valid-padding nets use the paper's overlap-tile (exact). No tile is larger than\nthe image needs.\n\nExits with 3 when no tile fits the budget (or the model cannot be tiled as asked)."
+        after_help = "Examples:\n  unetc tiles specs/original.unet --image 2048x1536\n  unetc tiles specs/original.unet --image 10000x10000 --memory 2GiB --format json\n  unetc tiles specs/bn_same.yaml --image 8000x8000 --memory 4GiB\n  unetc tiles specs/bn_same.yaml --image 8000x8000 --tile 2048 --tile-mode blend --overlap 0.25\n  unetc tiles specs/library/unet3d.unet --image 155x240x240 --memory 4GiB   (a volume: DxHxW)\n\nA same-padding net runs whole (mirror-padded to a size it accepts) when that fits the budget,\nelse in exact tiles (halo >= the reach of an output pixel, tiles on the net's stride grid:\nthe whole-image result) or, with --tile-mode blend, in blended tiles (approximate). A net with\na layer that sees the whole image (global pooling, Flatten, Reshape, ...) is named and refused\nexact tiles. Valid-padding nets use the paper's overlap-tile (exact). No tile is larger than\nthe image needs.\n\nExits with 3 when no tile fits the budget (or the model cannot be tiled as asked)."
     )]
     Tiles {
         /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
         spec: PathBuf,
-        /// Image size WxH, e.g. 2048x1536.
-        #[arg(long, value_name = "WxH")]
+        /// Image size WxH, e.g. 2048x1536; for a volume model DxHxW (depth first, as the
+        /// array's axes), e.g. 160x192x160.
+        #[arg(long, value_name = "WxH|DxHxW")]
         image: String,
         #[command(flatten)]
         tiling: TileArgs,
@@ -500,9 +501,10 @@ enum Style {
 /// How images larger than the memory allows are tiled (`run` and `tiles`).
 #[derive(clap::Args, Clone)]
 struct TileArgs {
-    /// Input tile size HxW (height first, as --input-shape) or N for NxN; each side a size the
-    /// net accepts (`unetc sizes`), clipped to the (padded) image. Default: from --memory.
-    #[arg(long, value_name = "HxW|N")]
+    /// Input tile size HxW (height first, as --input-shape), DxHxW for a volume model (depth
+    /// first), or N for every side; each side a size the net accepts (`unetc sizes`), clipped to
+    /// the (padded) image. Default: from --memory.
+    #[arg(long, value_name = "HxW|DxHxW|N")]
     tile: Option<String>,
     /// Memory budget for activations + weights, e.g. 4GiB, 512MiB [default: half of the
     /// available memory (MemAvailable), or 90% of the GPU's free memory with --device cuda].
@@ -546,10 +548,14 @@ impl TileArgs {
             None => default_budget(),
         };
         let mut req = TileRequest::new(budget);
-        req.tile = match &self.tile {
-            Some(t) => Some(parse_tile(t)?),
-            None => None,
-        };
+        if let Some(t) = &self.tile {
+            match parse_tile(t)?[..] {
+                [n] => (req.tile, req.tile_3d) = (Some((n, n)), Some([n, n, n])),
+                [h, w] => req.tile = Some((h, w)),
+                [d, h, w] => req.tile_3d = Some([d, h, w]),
+                _ => return Err(format!("--tile {t}: expected HxW, DxHxW or N")),
+            }
+        }
         req.mode = match self.tile_mode {
             TileModeArg::Exact => TileMode::Exact,
             TileModeArg::Blend => TileMode::Blend,
@@ -579,18 +585,17 @@ impl TileArgs {
     }
 }
 
-/// `--tile HxW` or `--tile N`.
-fn parse_tile(t: &str) -> Result<(usize, usize), String> {
+/// `--tile HxW` (images), `--tile DxHxW` (volumes) or `--tile N`: the sides, in array order.
+fn parse_tile(t: &str) -> Result<Vec<usize>, String> {
     let dims: Vec<Option<usize>> = t.split(['x', 'X']).map(|d| d.trim().parse().ok()).collect();
-    let ok = |n: usize| (1..=1 << 20).contains(&n);
-    match dims[..] {
-        [Some(n)] if ok(n) => Ok((n, n)),
-        [Some(h), Some(w)] if ok(h) && ok(w) => Ok((h, w)),
-        _ => Err(format!(
-            "--tile {t}: expected HxW (height first) or N, sides in 1..=1048576, e.g. 1024x2048 \
-             or 1024"
-        )),
+    let ok = |n: &Option<usize>| n.is_some_and(|n| (1..=1 << 20).contains(&n));
+    if (1..=3).contains(&dims.len()) && dims.iter().all(ok) {
+        return Ok(dims.into_iter().flatten().collect());
     }
+    Err(format!(
+        "--tile {t}: expected HxW (height first), DxHxW for a volume (depth first) or N, sides \
+         in 1..=1048576, e.g. 1024x2048, 32x96x96 or 1024"
+    ))
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -1669,7 +1674,6 @@ fn print_diags(c: &unetc::Compiled, color: bool) {
 /// A spec's text, compiled at its own input shape, and that shape; or the exit code after the
 /// error was printed.
 fn read_spec(spec: &std::path::Path) -> Result<(String, unetc::Compiled, [usize; 3]), ExitCode> {
-    use unetc::report::sizes::SizesSpecError;
     match unetc::report::sizes::read_sizes_spec(spec) {
         Ok(s) => {
             if let Some(note) = s.note {
@@ -1677,22 +1681,25 @@ fn read_spec(spec: &std::path::Path) -> Result<(String, unetc::Compiled, [usize;
             }
             Ok((s.text, s.compiled, s.base))
         }
-        Err(SizesSpecError::Read(e)) => {
-            eprintln!("error: {e}");
-            Err(ExitCode::from(EXIT_USAGE))
-        }
-        Err(SizesSpecError::Spec(d)) => {
-            eprint!("{d}");
-            Err(ExitCode::from(EXIT_SPEC_ERRORS))
-        }
-        Err(SizesSpecError::NoAnswer(e)) => {
-            eprintln!("error: {e}");
-            Err(ExitCode::from(EXIT_NO_ANSWER))
-        }
+        Err(e) => Err(sizes_spec_error(e)),
     }
 }
 
 fn sizes(spec: &std::path::Path, near: Option<usize>, max: usize, format: Format) -> ExitCode {
+    match read_volume(spec) {
+        Ok(Some(v)) if format == Format::Json => {
+            return emit_json(&report::json::volume_sizes_json(
+                spec, &v.text, v.base, max, near,
+            ))
+        }
+        Ok(Some(v)) => {
+            return emit_stdout(&unetc::report::volume::volume_sizes_text(
+                spec, &v.text, v.base, max, near,
+            ))
+        }
+        Ok(None) => {}
+        Err(code) => return code,
+    }
     let (text, compiled, base) = match read_spec(spec) {
         Ok(v) => v,
         Err(code) => return code,
@@ -1714,6 +1721,11 @@ fn tiles(
     max: usize,
     format: Format,
 ) -> ExitCode {
+    match read_volume(spec) {
+        Ok(Some(v)) => return volume_tiles(spec, &v, image, tiling, max, format),
+        Ok(None) => {}
+        Err(code) => return code,
+    }
     let dims: Vec<usize> = image
         .split(['x', 'X'])
         .filter_map(|d| d.trim().parse().ok())
@@ -1726,15 +1738,10 @@ fn tiles(
         eprintln!("error: --image {image}: sizes must be in 1..=1048576");
         return ExitCode::from(EXIT_USAGE);
     }
-    let mut req =
-        match tiling.request(|| unetc::runner::default_memory_budget(unetc::runner::Device::Cpu)) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        };
-    req.max_side = max;
+    let req = match tiles_request(tiling, max) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
     let budget = req.budget;
     let (text, _, base) = match read_spec(spec) {
         Ok(v) => v,
@@ -1792,6 +1799,146 @@ fn tiles(
         }
         // Every way it fails (no tile fits, an output that is not an image, a net that cannot be
         // tiled exactly) is an answer of "none".
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_NO_ANSWER)
+        }
+    }
+}
+
+/// `tiles`'s request: the options, the CPU's default budget, tiles up to `max`; or the exit code
+/// after the usage error was printed.
+fn tiles_request(
+    tiling: &TileArgs,
+    max: usize,
+) -> Result<unetc::report::sizes::TileRequest, ExitCode> {
+    let mut req = tiling
+        .request(|| unetc::runner::default_memory_budget(unetc::runner::Device::Cpu))
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        })?;
+    req.max_side = max;
+    Ok(req)
+}
+
+/// Prints why a spec has no `sizes`/`tiles` answer; the exit code.
+fn sizes_spec_error(e: unetc::report::sizes::SizesSpecError) -> ExitCode {
+    use unetc::report::sizes::SizesSpecError;
+    match e {
+        SizesSpecError::Read(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        SizesSpecError::Spec(d) => {
+            eprint!("{d}");
+            ExitCode::from(EXIT_SPEC_ERRORS)
+        }
+        SizesSpecError::NoAnswer(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_NO_ANSWER)
+        }
+    }
+}
+
+/// The spec when its model takes volumes (after printing its note), `None` for other models, or
+/// the exit code after the error was printed.
+fn read_volume(
+    spec: &std::path::Path,
+) -> Result<Option<unetc::report::volume::VolumeSpec>, ExitCode> {
+    match unetc::report::volume::read_volume_spec(spec) {
+        Ok(Some(v)) => {
+            if let Some(note) = &v.note {
+                eprintln!("note: {note}");
+            }
+            Ok(Some(v))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(sizes_spec_error(e)),
+    }
+}
+
+/// `unetc tiles` for a volume model: `--image DxHxW`.
+fn volume_tiles(
+    spec: &std::path::Path,
+    v: &unetc::report::volume::VolumeSpec,
+    image: &str,
+    tiling: &TileArgs,
+    max: usize,
+    format: Format,
+) -> ExitCode {
+    use unetc::report::volume::dhw;
+    let dims: Vec<Option<usize>> = image
+        .split(['x', 'X'])
+        .map(|d| d.trim().parse().ok())
+        .collect();
+    let volume = match dims[..] {
+        [Some(d), Some(h), Some(w)] if [d, h, w].iter().all(|n| (1..=1 << 20).contains(n)) => {
+            [d, h, w]
+        }
+        _ => {
+            eprintln!(
+                "error: --image {image}: this is a volume model (input {} x {} channels, D x H x \
+                 W); expected DxHxW (depth first), sizes in 1..=1048576, e.g. 160x192x160",
+                dhw([v.base[0], v.base[1], v.base[2]]),
+                v.base[3]
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let req = match tiles_request(tiling, max) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let budget = req.budget;
+    match unetc::report::volume::plan_volume(spec, &v.text, v.base, volume, &req) {
+        Ok(p) if format == Format::Json => {
+            emit_json(&report::json::volume_tiles_json(spec, volume, budget, &p))
+        }
+        Ok(p) => {
+            say!(
+                "volume {} (D x H x W), memory budget {}{}",
+                dhw(volume),
+                unetc::text::bytes(budget),
+                if tiling.memory.is_none() {
+                    " (half of the available memory; --memory to change)"
+                } else {
+                    ""
+                }
+            );
+            if p.padded != p.volume {
+                say!(
+                    "mirror-padded to {} (D x H x W){}",
+                    dhw(p.padded),
+                    if p.tile_out == p.tile_in {
+                        ", a size the net accepts"
+                    } else {
+                        ": the margin around it, and the last tiles' outputs"
+                    }
+                );
+            }
+            say!(
+                "tile: {} in -> {} out (D x H x W; halo {} voxels each side; receptive field {})",
+                dhw(p.tile_in),
+                dhw(p.tile_out),
+                dhw(p.halo),
+                dhw(p.receptive_field)
+            );
+            say!("mode: {}", p.mode_text());
+            say!(
+                "overlap between neighbouring input tiles: {} voxels (D x H x W)",
+                dhw(p.overlap())
+            );
+            let t = p.tiles();
+            say!("tiles: {} = {}", dhw(t), t[0] * t[1] * t[2]);
+            say!(
+                "memory per tile (batch 1, f32): activation arena {} + weights {} = {}",
+                unetc::text::bytes(p.arena_bytes),
+                unetc::text::bytes(p.weight_bytes),
+                unetc::text::bytes(p.arena_bytes.saturating_add(p.weight_bytes))
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_NO_ANSWER)

@@ -126,6 +126,16 @@ impl SpecSource<'_> {
         }
     }
 
+    /// The spec's text: the one held, else the file's.
+    fn text(&self) -> Result<String, RunError> {
+        match self.text {
+            Some(text) => Ok(text.to_string()),
+            None => std::fs::read_to_string(self.path).map_err(|e| {
+                RunError::Usage(format!("cannot read `{}`: {e}", self.path.display()))
+            }),
+        }
+    }
+
     /// As [`compile_checked`].
     fn compile_checked(&self, input_shape: Option<Vec<i64>>) -> Result<Compiled, RunError> {
         let c = self
@@ -635,16 +645,73 @@ fn run_one(
             return write_output(&job.output, &result, context.kind, opts.force);
         }
     }
-    let input = read_input(
-        &job.input,
-        opts.alpha,
-        (context.model_channels, context.model_is_volume),
-        &mut report.notes,
-    )?;
+    let (input, header) = if crate::io::nifti::is_nifti(&job.input) {
+        if !context.model_is_volume {
+            return Err(RunError::Usage(format!(
+                "`{}` is a NIfTI volume, but this model takes images (H, W, C)",
+                job.input.display()
+            )));
+        }
+        let (tensor, header) = crate::io::nifti::read_nifti(&job.input)?;
+        report.notes.push(format!(
+            "NIfTI volume {}x{}x{} (D x H x W = k, j, i), {} channel(s)",
+            tensor.shape[1], tensor.shape[2], tensor.shape[3], tensor.shape[4]
+        ));
+        (tensor, Some(header))
+    } else {
+        let input = read_input(
+            &job.input,
+            opts.alpha,
+            (context.model_channels, context.model_is_volume),
+            &mut report.notes,
+        )?;
+        (input, None)
+    };
     let result = predict(&predict_with, &input, report, &mut |done, total| {
         events(RunEvent::Tiles { done, total })
     })?;
+    if crate::io::nifti::is_nifti(&job.output) {
+        return write_nifti_output(&job.output, &input, &result, header, opts.force, report);
+    }
     write_output(&job.output, &result, context.kind, opts.force)
+}
+
+/// Writes a volume model's output as NIfTI with the input's affine and spacing (a blank header
+/// for a non-NIfTI input, said in a note). The output must cover the input's voxels one to one,
+/// or the affine would not hold.
+fn write_nifti_output(
+    path: &Path,
+    input: &Tensor,
+    result: &Tensor,
+    header: Option<crate::io::nifti::NiftiHeader>,
+    force: bool,
+    report: &mut RunReport,
+) -> Result<(), RunError> {
+    let spatial = |t: &Tensor| -> Option<Vec<usize>> {
+        match t.shape.len() {
+            5 => Some(t.shape[1..4].to_vec()),
+            4 => Some(t.shape[..3].to_vec()),
+            _ => None,
+        }
+    };
+    let (si, so) = (spatial(input), spatial(result));
+    if si.is_none() || si != so {
+        return Err(RunError::Usage(format!(
+            "the output has shape {:?}, not the input's voxels {:?} (D x H x W): a NIfTI output \
+             keeps the input's affine, which would not hold; write a .npy",
+            result.shape,
+            si.unwrap_or_default()
+        )));
+    }
+    let header = header.unwrap_or_else(|| {
+        report.notes.push(
+            "the input is not NIfTI: the output has unit spacing and no affine (qform/sform \
+             codes 0)"
+                .into(),
+        );
+        crate::io::nifti::NiftiHeader::blank()
+    });
+    Ok(crate::io::nifti::write_nifti(path, result, &header, force)?)
 }
 
 /// A source that streams `input` (an f32 `.npy` through a memory map, or a TIFF a chunk at a
@@ -1073,7 +1140,7 @@ fn read_input(
         }
         _ => {
             return Err(RunError::Usage(
-                "inputs are .npy, .png or .tif files".to_string(),
+                "inputs are .npy, .png, .tif or .nii/.nii.gz files".to_string(),
             ))
         }
     };
@@ -1176,6 +1243,8 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
     let channels = out_shape.last().copied().unwrap_or(1);
     let ext = if to_dir {
         Some(opts.output_extension().to_string())
+    } else if crate::io::nifti::is_nifti(&opts.output) {
+        Some("nii".to_string())
     } else {
         opts.output
             .extension()
@@ -1186,22 +1255,27 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
         Some("npy" | "tif" | "tiff") if opts.labels => {
             if let Some(class) = opts.class {
                 return Err(RunError::Usage(format!(
-                    "--class {class} shows one channel's probability in a .png; --labels writes                      each pixel's label, so give one of them"
+                    "--class {class} shows one channel's probability in a .png; --labels writes \
+                     each pixel's label, so give one of them"
                 )));
             }
             if out_shape.len() != 3 {
                 return Err(RunError::Usage(format!(
-                    "--labels: the model's output has shape {out_shape:?}, not (H, W, C);                      write its probabilities (drop --labels)"
+                    "--labels: the model's output has shape {out_shape:?}, not (H, W, C); \
+                     write its probabilities (drop --labels)"
                 )));
             }
             if channels > 256 {
                 return Err(RunError::Usage(format!(
-                    "--labels: the model has {channels} output channels, more than a uint8                      label holds (256); write the probabilities (drop --labels)"
+                    "--labels: the model has {channels} output channels, more than a uint8 \
+                     label holds (256); write the probabilities (drop --labels)"
                 )));
             }
             match opts.threshold {
                 Some(t) if channels > 1 => Err(RunError::Usage(format!(
-                    "--threshold {t} applies to one-channel (sigmoid) outputs; this model's                      output has {channels} channels, so each label is the most likely channel                      (argmax): drop --threshold"
+                    "--threshold {t} applies to one-channel (sigmoid) outputs; this model's \
+                     output has {channels} channels, so each label is the most likely channel \
+                     (argmax): drop --threshold"
                 ))),
                 Some(t) if !t.is_finite() => Err(RunError::Usage(format!(
                     "--threshold {t}: give a finite number"
@@ -1211,7 +1285,13 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
                 }),
             }
         }
-        Some(ext @ ("npy" | "tif" | "tiff")) => {
+        Some(ext @ ("npy" | "tif" | "tiff" | "nii")) => {
+            if opts.labels {
+                return Err(RunError::Usage(format!(
+                    "--labels: a .{ext} output holds the probabilities (float32); labels go to \
+                     a .npy or .tif output"
+                )));
+            }
             if let Some(class) = opts.class {
                 return Err(RunError::Usage(format!(
                     "--class {class} picks the channel a .png output shows as gray; a .{ext} \
@@ -1229,7 +1309,8 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
             Ok(OutputKind::Probabilities)
         }
         Some("png") if opts.labels => Err(RunError::Usage(
-            "--labels makes a .npy or .tif output hold labels; a .png output is a mask already              (labels spread over 0-255): drop --labels, or write a .tif"
+            "--labels makes a .npy or .tif output hold labels; a .png output is a mask already \
+             (labels spread over 0-255): drop --labels, or write a .tif"
                 .into(),
         )),
         Some("png") => {
@@ -1270,7 +1351,8 @@ fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<Outpu
             opts.output.display()
         ))),
         _ => Err(RunError::Usage(format!(
-            "`{}`: outputs are .npy or .tif (probabilities) or .png (masks)",
+            "`{}`: outputs are .npy or .tif (probabilities), .nii/.nii.gz (a volume's \
+             probabilities) or .png (masks)",
             opts.output.display()
         ))),
     }
@@ -1306,16 +1388,7 @@ fn predict(
         .collect();
     let model_out = model_output_shape(base)?;
     if model_in.len() == 4 {
-        return predict_volume(
-            base,
-            p.bound,
-            p.weights,
-            input,
-            &model_in,
-            batch,
-            (device, precision, budget),
-            report,
-        );
+        return predict_volume(p, input, &model_in, report, progress);
     }
     if input.shape.len() != 4 || model_in.len() != 3 {
         return Err(RunError::Usage(format!(
@@ -1340,6 +1413,12 @@ fn predict(
             "the input has {c} channel(s) but the model takes {} (its input shape is {}x{}x{} \
              (H x W x C))",
             model_in[2], model_in[0], model_in[1], model_in[2]
+        )));
+    }
+    if let (None, Some(t)) = (p.tiling.tile, p.tiling.tile_3d) {
+        return Err(RunError::Usage(format!(
+            "--tile {}x{}x{} is a volume's tile (DxHxW); this model takes images: give HxW or N",
+            t[0], t[1], t[2]
         )));
     }
     let same_size = model_out.len() == 3 && model_out[..2] == model_in[..2];
@@ -1448,12 +1527,7 @@ fn plan_tiles(
     batch: usize,
     report: &mut RunReport,
 ) -> Result<(TilePlan, Compiled), RunError> {
-    let text = match p.spec.text {
-        Some(text) => text.to_string(),
-        None => std::fs::read_to_string(p.spec.path).map_err(|e| {
-            RunError::Usage(format!("cannot read `{}`: {e}", p.spec.path.display()))
-        })?,
-    };
+    let text = p.spec.text()?;
     let mut request = p.tiling.clone();
     request.batch = batch.max(1);
     request.spec_tile_first = true;
@@ -1574,50 +1648,184 @@ fn tile_positions(plan: &TilePlan, n: usize) -> impl Iterator<Item = (usize, Spa
     })
 }
 
-/// A volume model (input `(D, H, W, C)`) on an NDHWC array, or one `(D, H, W, C)` volume: run
-/// at the model's own size (volumes are not tiled or padded).
-#[allow(clippy::too_many_arguments)]
+/// A volume model (input `(D, H, W, C)`) on an NDHWC array, or one `(D, H, W, C)` volume. At
+/// the model's own size it runs as it is; other sizes (or volumes over the memory budget) are
+/// tiled along depth, height and width as [`crate::report::volume::plan_volume`] says: exact
+/// tiles for same-padding nets, the overlap-tile for valid ones, each mirror-padded as images are.
 fn predict_volume(
-    base: &Compiled,
-    bound: Option<&Backend<'_>>,
-    weights: &Weights,
+    p: &Predict<'_>,
     input: &Tensor,
     model_in: &[usize],
-    batch: usize,
-    target: (Device, Precision, u64),
     report: &mut RunReport,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor, RunError> {
-    let batched = match input.shape.len() {
-        5 => input.clone(),
-        4 => {
-            let mut shape = vec![1];
-            shape.extend(&input.shape);
-            Tensor {
-                shape,
-                data: input.data.clone(),
-            }
-        }
-        _ => Tensor {
-            shape: input.shape.clone(),
-            data: Vec::new(),
-        },
+    use crate::report::volume::{dhw, plan_volume};
+    let (base, batch, device, precision) = (p.base, p.batch, p.device, p.precision);
+    let budget = p.tiling.budget;
+    let shape: Option<[usize; 5]> = match input.shape[..] {
+        [n, d, h, w, c] => Some([n, d, h, w, c]),
+        [d, h, w, c] => Some([1, d, h, w, c]),
+        _ => None,
     };
-    let dims = |s: &[usize]| s.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
-    if batched.data.is_empty() || batched.shape[1..] != model_in[..] || batched.shape[0] == 0 {
+    let model_dhw = [model_in[0], model_in[1], model_in[2]];
+    if let (Some((th, tw)), None) = (p.tiling.tile, p.tiling.tile_3d) {
         return Err(RunError::Usage(format!(
-            "the input has shape {:?}; this volume model takes (N, D, H, W, C) arrays of \
-             {} volumes (D x H x W x C), or one such volume; volumes are run at the model's own \
-             size (check another size with --input-shape)",
-            input.shape,
-            dims(model_in)
+            "--tile {th}x{tw} is an image's tile (HxW); this model takes volumes: give DxHxW \
+             (depth first) or N"
         )));
     }
+    let Some([n, d, h, w, c]) = shape.filter(|s| s.iter().all(|&x| x > 0)) else {
+        return Err(RunError::Usage(format!(
+            "the input has shape {:?}; this volume model takes (N, D, H, W, C) arrays of \
+             {}x{} volumes (D x H x W x C channels; any D, H, W), or one (D, H, W, C) volume",
+            input.shape,
+            dhw(model_dhw),
+            model_in[3]
+        )));
+    };
+    if c != model_in[3] {
+        return Err(RunError::Usage(format!(
+            "the input has {c} channel(s) but the model takes {} (its input shape is {}x{} \
+             (D x H x W x C))",
+            model_in[3],
+            dhw(model_dhw),
+            model_in[3]
+        )));
+    }
+    let model_out = model_output_shape(base)?;
+    let same_size = model_out.len() == 4 && model_out[..3] == model_in[..3];
+    let volume = [d, h, w];
+    if volume == model_dhw && (!same_size || p.tiling.tile_3d.is_none()) {
+        let fits = crate::exec::plan::plan(&base.graph, &base.info)
+            .is_none_or(|plan| plan.arena_bytes(batch.clamp(1, n)) <= budget);
+        if !same_size || fits {
+            report
+                .notes
+                .push(format!("{n} volume(s) of {}x{c}", dhw(model_dhw)));
+            return forward(
+                base,
+                p.bound,
+                p.weights,
+                &Tensor {
+                    shape: vec![n, d, h, w, c],
+                    data: input.data.clone(),
+                },
+                batch,
+                (device, precision, budget),
+                report,
+            );
+        }
+    }
+    if model_out.len() != 4 {
+        return Err(RunError::Usage(format!(
+            "the input is {} (D x H x W) but the model takes exactly {} (its output is not a \
+             volume, so it cannot be tiled)",
+            dhw(volume),
+            dhw(model_dhw)
+        )));
+    }
+    let text = p.spec.text()?;
+    let mut request = p.tiling.clone();
+    request.batch = batch.max(1);
+    request.spec_tile_first = true;
+    let plan = plan_volume(
+        p.spec.path,
+        &text,
+        [model_in[0], model_in[1], model_in[2], model_in[3]],
+        volume,
+        &request,
+    )
+    .map_err(|e| RunError::Usage(format!("the input is {} (D x H x W): {e}", dhw(volume))))?;
+    let t = plan.tile_in;
+    let sized =
+        p.spec
+            .compile_checked(Some(vec![t[0] as i64, t[1] as i64, t[2] as i64, c as i64]))?;
+    let counts = plan.tiles();
     report.notes.push(format!(
-        "{} volume(s) of {}",
-        batched.shape[0],
-        dims(model_in)
+        "{} (D x H x W){}, covered by {} tiles of {} per volume; {}",
+        dhw(volume),
+        if plan.padded == volume {
+            String::new()
+        } else {
+            format!(" mirror-padded to {}", dhw(plan.padded))
+        },
+        dhw(counts),
+        dhw(t),
+        plan.mode_text()
     ));
-    forward(base, bound, weights, &batched, batch, target, report)
+    let model = Backend::new(device, &sized, p.weights, precision, budget)?;
+    let o = plan.tile_out;
+    let k = model_output_shape(&sized)?.last().copied().unwrap_or(1);
+    let mut out = Tensor::zeros(&[n, d, h, w, k]);
+    // Every tile: (volume, depth span, height span, width span).
+    let mut positions: Vec<(usize, Span, Span, Span)> = Vec::new();
+    for i in 0..n {
+        for &sd in &plan.spans[0] {
+            for &sh in &plan.spans[1] {
+                for &sw in &plan.spans[2] {
+                    positions.push((i, sd, sh, sw));
+                }
+            }
+        }
+    }
+    let total = positions.len();
+    let mut done = 0;
+    let item = d * h * w * c;
+    for chunk in positions.chunks(batch.max(1)) {
+        let mut tiles = Tensor::zeros(&[chunk.len(), t[0], t[1], t[2], c]);
+        let tile_len = t[0] * t[1] * t[2] * c;
+        for (j, &(i, sd, sh, sw)) in chunk.iter().enumerate() {
+            // Mirror-padded source indices along each axis.
+            let index = |span: Span, len: usize, pad: usize, n: usize| -> Vec<usize> {
+                (0..len)
+                    .map(|x| mirror_index((span.start + x) as isize - pad as isize, n))
+                    .collect()
+            };
+            let zs = index(sd, t[0], plan.pad_before[0], d);
+            let ys = index(sh, t[1], plan.pad_before[1], h);
+            let xs = index(sw, t[2], plan.pad_before[2], w);
+            // One volume of the input (NDHWC, or DHWC as a batch of one: the same layout).
+            let src = &input.data[i * item..(i + 1) * item];
+            let dst = &mut tiles.data[j * tile_len..(j + 1) * tile_len];
+            for (tz, &z) in zs.iter().enumerate() {
+                for (ty, &y) in ys.iter().enumerate() {
+                    for (tx, &x) in xs.iter().enumerate() {
+                        let s0 = ((z * h + y) * w + x) * c;
+                        let d0 = ((tz * t[1] + ty) * t[2] + tx) * c;
+                        dst[d0..d0 + c].copy_from_slice(&src[s0..s0 + c]);
+                    }
+                }
+            }
+        }
+        report.arena_bytes = report.arena_bytes.max(model.arena_bytes(chunk.len()));
+        if let Some(b) = model.device_bytes(chunk.len()) {
+            report.device_bytes = Some(report.device_bytes.unwrap_or(0).max(b));
+        }
+        report.device = model.name();
+        report.forward_passes += 1;
+        let result = model.run(&tiles)?.remove(0);
+        for (j, &(i, sd, sh, sw)) in chunk.iter().enumerate() {
+            // Kept tile outputs that land inside the volume.
+            let ((z0, z1), (y0, y1), (x0, x1)) = (kept(sd, d), kept(sh, h), kept(sw, w));
+            if x0 >= x1 {
+                continue;
+            }
+            for oz in z0..z1 {
+                let z = (sd.offset + oz as isize) as usize;
+                for oy in y0..y1 {
+                    let y = (sh.offset + oy as isize) as usize;
+                    let x = (sw.offset + x0 as isize) as usize;
+                    let src = (((j * o[0] + oz) * o[1] + oy) * o[2] + x0) * k;
+                    let dst = (((i * d + z) * h + y) * w + x) * k;
+                    let len = (x1 - x0) * k;
+                    out.data[dst..dst + len].copy_from_slice(&result.data[src..src + len]);
+                }
+            }
+        }
+        done += chunk.len();
+        progress(done, total);
+    }
+    Ok(out)
 }
 
 /// `input` through `c` in batches of `batch`, on `bound` when given (`c` with its weights bound).

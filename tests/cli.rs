@@ -624,10 +624,10 @@ fn sizes_answers_for_a_spec_that_fails_at_its_own_size() {
 }
 
 /// Volume (3-D U-Net) specs: `plan` and `diagram` answer (the diagram labels sizes as `44³`);
-/// `sizes` and `tiles` say plainly that they answer for images only, not yet for volumes, and
-/// how to check one size instead (exit 3, no answer).
+/// `sizes` answers per axis (tests/volumes.rs checks its numbers), `tiles` takes `--image
+/// DxHxW` and refuses WxH, `sizes --format json` lists the three axes.
 #[test]
-fn volumes_plan_and_draw_and_sizes_says_not_yet() {
+fn volumes_plan_draw_sizes_and_tiles() {
     let spec = "tests/golden/unet3d_valid.unet";
     let (code, plan, stderr) = unetc(&["plan", spec]);
     assert_eq!(code, 0, "{stderr}");
@@ -635,16 +635,22 @@ fn volumes_plan_and_draw_and_sizes_says_not_yet() {
     let (code, svg, stderr) = unetc(&["diagram", spec]);
     assert_eq!(code, 0, "{stderr}");
     assert!(svg.contains("44³") && svg.contains("4³"), "{svg}");
-    for args in [
-        vec!["sizes", spec],
-        vec!["tiles", spec, "--image", "100x100"],
-    ] {
-        let (code, out, stderr) = unetc(&args);
-        assert_eq!(code, 3, "{args:?}: {out}{stderr}");
-        assert!(
-            stderr.contains("not yet for volumes") && stderr.contains("--input-shape DxHxWxC"),
-            "{args:?}: {stderr}"
-        );
+    let (code, out, stderr) = unetc(&["sizes", spec, "--max", "50"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("depth, sizes 1..=50:"), "{out}");
+    let (code, _, stderr) = unetc(&["tiles", spec, "--image", "100x100"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("expected DxHxW"), "{stderr}");
+    // JSON: three axes, each `in ≡ 0 mod 4, in ≥ 44` (derived in tests/volumes.rs).
+    let (code, out, stderr) = unetc(&["sizes", spec, "--format", "json", "--max", "50"]);
+    assert_eq!(code, 0, "{stderr}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let axes = j["axes"].as_array().unwrap();
+    assert_eq!(axes.len(), 3, "{out}");
+    for (a, name) in axes.iter().zip(["depth", "height", "width"]) {
+        assert_eq!(a["axis"], name);
+        assert_eq!(a["closed_form"]["min"], 44);
+        assert_eq!(a["closed_form"]["period"], 4);
     }
     let (code, out, stderr) = unetc(&[
         "check",

@@ -114,8 +114,8 @@ fn the_graph_probe_agrees_with_compiling_at_each_size() {
         for n in sizes {
             for shape in [[n, n, channels], [n, n + 3, channels]] {
                 assert_eq!(
-                    fast.probe(shape),
-                    slow.probe(shape),
+                    fast.probe(&shape),
+                    slow.probe(&shape),
                     "{} at {shape:?}",
                     rel.display()
                 );

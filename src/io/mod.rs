@@ -16,6 +16,7 @@
 
 pub mod atomic;
 pub mod image;
+pub mod nifti;
 pub mod npy;
 pub mod stream;
 pub mod weights;

@@ -139,6 +139,106 @@ fn size_pair_json(p: &SizePair) -> Json {
     json!({ "input": p.input, "output": p.output })
 }
 
+/// One axis of `sizes --format json`: its closed form, every accepted size, the nearest to `near`.
+fn axis_json(found: &sizes::AxisSizes, label: &str, near: Option<usize>) -> Json {
+    let closed = sizes::closed_form(found).map(|cf| {
+        json!({
+            "min": cf.min,
+            "period": cf.period,
+            "residue": cf.residue,
+            "output": cf.output.map(|(scale, offset)| json!({ "scale": scale, "offset": offset })),
+        })
+    });
+    let nearest = near.map(|n| {
+        let (below, above) = sizes::nearest(found, n);
+        json!({
+            "to": n,
+            "below": below.as_ref().map(size_pair_json),
+            "above": above.as_ref().map(size_pair_json),
+        })
+    });
+    json!({
+        "axis": label,
+        "closed_form": closed,
+        "accepted": found.accepted.iter().map(size_pair_json).collect::<Vec<_>>(),
+        "nearest": nearest,
+    })
+}
+
+/// `unetc sizes --format json` for a volume model: the axes `depth`, `height`, `width`, each with
+/// the other two at the spec's sizes (`varied_as_cube` when none worked so and the spec's cube
+/// was varied whole).
+pub fn volume_sizes_json(
+    path: &Path,
+    text: &str,
+    base: [usize; 4],
+    max: usize,
+    near: Option<usize>,
+) -> Json {
+    let axes: Vec<Json> = (0..3)
+        .map(|axis| {
+            let found = crate::report::volume::probe_volume_axis(path, text, base, axis, max);
+            let mut j = axis_json(&found, found.axis, near);
+            j["varied_as_cube"] = json!(found.other_axis_held_at.is_some());
+            j
+        })
+        .collect();
+    json!({
+        "schema": SIZES_SCHEMA_VERSION,
+        "spec": path.display().to_string(),
+        "input_shape": base,
+        "max": max,
+        "axes": axes,
+        "skip_crops": [],
+    })
+}
+
+/// `memory_per_tile` of `tiles --format json`.
+fn memory_json(arena_bytes: u64, weight_bytes: u64) -> Json {
+    json!({
+        "batch": 1,
+        "element_bytes": 4,
+        "arena_bytes": arena_bytes,
+        "weight_bytes": weight_bytes,
+        "total_bytes": arena_bytes.saturating_add(weight_bytes),
+    })
+}
+
+/// `unetc tiles --format json` for a volume of `volume` (depth, height, width); every per-axis
+/// number is `{"depth", "height", "width"}`.
+pub fn volume_tiles_json(
+    path: &Path,
+    volume: [usize; 3],
+    budget: u64,
+    p: &crate::report::volume::VolumePlan,
+) -> Json {
+    use crate::report::sizes::Stitch;
+    let dhw = |v: [usize; 3]| json!({ "depth": v[0], "height": v[1], "width": v[2] });
+    let mode = match p.stitch {
+        Stitch::Whole => "whole",
+        Stitch::OverlapTile => "overlap-tile",
+        Stitch::Exact => "exact",
+        Stitch::Blend(_) => "blend",
+    };
+    let t = p.tiles();
+    json!({
+        "schema": TILES_SCHEMA_VERSION,
+        "spec": path.display().to_string(),
+        "volume": dhw(volume),
+        "memory_budget_bytes": budget,
+        "mode": mode,
+        "exact": !matches!(p.stitch, Stitch::Blend(_)),
+        "padded": dhw(p.padded),
+        "tile": { "input": dhw(p.tile_in), "output": dhw(p.tile_out) },
+        "halo": dhw(p.halo),
+        "reach": p.reach.map(dhw),
+        "receptive_field": dhw(p.receptive_field),
+        "overlap": dhw(p.overlap()),
+        "tiles": { "depth": t[0], "height": t[1], "width": t[2], "total": t[0] * t[1] * t[2] },
+        "memory_per_tile": memory_json(p.arena_bytes, p.weight_bytes),
+    })
+}
+
 /// `unetc sizes --format json`: the same probes and closed forms as the text, every accepted size
 /// listed. `c` is the spec compiled at its own input shape `base` (for its skip crops).
 pub fn sizes_json(
@@ -156,29 +256,14 @@ pub fn sizes_json(
         .iter()
         .map(|&axis| {
             let found = sizes::probe_axis(path, text, base, axis, max);
-            let closed = sizes::closed_form(&found).map(|cf| {
-                json!({
-                    "min": cf.min,
-                    "period": cf.period,
-                    "residue": cf.residue,
-                    "output": cf.output.map(|(scale, offset)| json!({ "scale": scale, "offset": offset })),
-                })
-            });
-            let nearest = near.map(|n| {
-                let (below, above) = sizes::nearest(&found, n);
-                json!({
-                    "to": n,
-                    "below": below.as_ref().map(size_pair_json),
-                    "above": above.as_ref().map(size_pair_json),
-                })
-            });
-            json!({
-                "axis": if square { "height_and_width" } else { found.axis },
-                "closed_form": closed,
-                "accepted": found.accepted.iter().map(size_pair_json).collect::<Vec<_>>(),
-                "nearest": nearest,
-                "other_axis_held_at": found.other_axis_held_at,
-            })
+            let label = if square {
+                "height_and_width"
+            } else {
+                found.axis
+            };
+            let mut j = axis_json(&found, label, near);
+            j["other_axis_held_at"] = json!(found.other_axis_held_at);
+            j
         })
         .collect();
     let skip_crops: Vec<Json> = c
@@ -231,13 +316,7 @@ pub fn tiles_json(path: &Path, image: (usize, usize), budget: u64, p: &TilePlan)
         "receptive_field": p.receptive_field,
         "overlap": p.overlap(),
         "tiles": { "columns": cols, "rows": rows, "total": rows * cols },
-        "memory_per_tile": {
-            "batch": 1,
-            "element_bytes": 4,
-            "arena_bytes": p.arena_bytes,
-            "weight_bytes": p.weight_bytes,
-            "total_bytes": p.arena_bytes.saturating_add(p.weight_bytes),
-        },
+        "memory_per_tile": memory_json(p.arena_bytes, p.weight_bytes),
     })
 }
 

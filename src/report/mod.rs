@@ -5,6 +5,7 @@ pub mod json;
 pub mod plan;
 pub mod sizes;
 pub mod summary;
+pub mod volume;
 
 use crate::ir::{Graph, NodeId, ScopeId};
 use crate::text::{bytes, si, thousands};

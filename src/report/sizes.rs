@@ -39,7 +39,7 @@ pub struct ClosedForm {
 }
 
 /// Compiles `text` (the spec at `path`) at an input shape; `None` if it has errors.
-fn compile_at(path: &Path, text: &str, shape: [usize; 3]) -> Option<Compiled> {
+pub(crate) fn compile_at(path: &Path, text: &str, shape: &[usize]) -> Option<Compiled> {
     let options = Options {
         input_shape: Some(shape.iter().map(|&d| d as i64).collect()),
     };
@@ -49,14 +49,15 @@ fn compile_at(path: &Path, text: &str, shape: [usize; 3]) -> Option<Compiled> {
 
 /// Accepted means: no errors, and no pooling that drops rows or columns (`W-pool-floor`), since
 /// then the up path cannot come back to the skip's size exactly.
-fn accepted(c: &Compiled) -> bool {
+pub(crate) fn accepted(c: &Compiled) -> bool {
     !c.diags.iter().any(|d| d.code == "W-pool-floor")
 }
 
-fn output_dims(c: &Compiled) -> Option<Vec<usize>> {
+/// The output's shape when it is an image (a volume) as the input is: the same rank.
+fn output_dims(c: &Compiled, rank: usize) -> Option<Vec<usize>> {
     let out = *c.graph.outputs.first()?;
     let s = c.info.layers[out.index()].shape.as_ref()?;
-    (s.len() == 3).then(|| s.iter().map(|&d| d as usize).collect())
+    (s.len() == rank).then(|| s.iter().map(|&d| d as usize).collect())
 }
 
 /// Answers "is this input size accepted, and what output does it give?" for one spec, many
@@ -107,11 +108,12 @@ impl<'a> Prober<'a> {
         }
     }
 
-    /// `Some(output shape, if the output is an image)` when `shape` is accepted.
-    pub fn probe(&mut self, shape: [usize; 3]) -> Option<Option<Vec<usize>>> {
+    /// `Some(output shape, if the output is an image)` when `shape` is accepted; `shape` is
+    /// `[H, W, C]` for an image model, `[D, H, W, C]` for a volume model.
+    pub fn probe(&mut self, shape: &[usize]) -> Option<Option<Vec<usize>>> {
         let Some(fixed) = &mut self.fixed else {
             let c = compile_at(self.path, self.text, shape)?;
-            return accepted(&c).then(|| output_dims(&c));
+            return accepted(&c).then(|| output_dims(&c, shape.len()));
         };
         let order = fixed.order.as_ref()?;
         let g = &mut fixed.graph;
@@ -143,7 +145,7 @@ impl<'a> Prober<'a> {
             shapes[id.index()] = Some(shape);
         }
         let out = shapes[g.outputs.first()?.index()].as_ref()?;
-        Some((out.len() == 3).then(|| out.iter().map(|&d| d as usize).collect()))
+        Some((out.len() == shape.len()).then(|| out.iter().map(|&d| d as usize).collect()))
     }
 
     /// Probes input size `n` along `axis` (0 = height, 1 = width); a square input stays square,
@@ -154,7 +156,7 @@ impl<'a> Prober<'a> {
         if base[0] == base[1] {
             shape[1 - axis] = n;
         }
-        let output = self.probe(shape)?;
+        let output = self.probe(&shape)?;
         Some(SizePair {
             input: n,
             output: output.map(|d| d[axis]),
@@ -236,7 +238,7 @@ fn square_anchor(prober: &mut Prober, base: [usize; 3], axis: usize, max: usize)
         return None;
     }
     let n = base[axis];
-    let square = |prober: &mut Prober, k: usize| prober.probe([k, k, base[2]]).map(|_| k);
+    let square = |prober: &mut Prober, k: usize| prober.probe(&[k, k, base[2]]).map(|_| k);
     (0..max).find_map(|d| {
         let below = n.checked_sub(d).filter(|&k| k >= 1);
         let above = (d > 0 && n + d <= max).then_some(n + d);
@@ -302,7 +304,7 @@ pub fn nearest(sizes: &AxisSizes, n: usize) -> (Option<SizePair>, Option<SizePai
     (below, above)
 }
 
-fn linear_text(scale: f64, offset: f64) -> String {
+pub(crate) fn linear_text(scale: f64, offset: f64) -> String {
     let s = if scale == 1.0 {
         "in".to_string()
     } else {
@@ -344,71 +346,9 @@ pub fn sizes_text(
             )),
             None => out.push_str(&format!("{label}, sizes 1..={max}:\n")),
         }
-        if sizes.accepted.is_empty() {
-            out.push_str("  no size in this range works\n");
-            continue;
-        }
-        match closed_form(&sizes) {
-            Some(cf) => {
-                let rule = if cf.period == 1 {
-                    format!("in ≥ {}", cf.min)
-                } else {
-                    format!("in ≡ {} mod {}, in ≥ {}", cf.residue, cf.period, cf.min)
-                };
-                out.push_str(&format!("  valid: {rule}\n"));
-                if let Some((scale, offset)) = cf.output {
-                    out.push_str(&format!("  output: out = {}\n", linear_text(scale, offset)));
-                }
-            }
-            None => {
-                let list: Vec<String> = sizes
-                    .accepted
-                    .iter()
-                    .take(24)
-                    .map(|p| p.input.to_string())
-                    .collect();
-                out.push_str(&format!(
-                    "  valid: {}{}\n",
-                    list.join(", "),
-                    if sizes.accepted.len() > 24 {
-                        ", ..."
-                    } else {
-                        ""
-                    }
-                ));
-            }
-        }
-        let examples: Vec<String> = sizes
-            .accepted
-            .iter()
-            .take(6)
-            .map(|p| match p.output {
-                Some(o) => format!("{} → {}", p.input, o),
-                None => p.input.to_string(),
-            })
-            .collect();
-        out.push_str(&format!("  smallest: {}\n", examples.join(", ")));
-        if let Some(n) = near {
-            let (below, above) = nearest(&sizes, n);
-            let show = |p: Option<SizePair>| match p {
-                Some(SizePair {
-                    input,
-                    output: Some(o),
-                }) => format!("{input} (output {o})"),
-                Some(SizePair {
-                    input,
-                    output: None,
-                }) => input.to_string(),
-                None => "none".into(),
-            };
-            out.push_str(&format!(
-                "  nearest to {n}: {} and {}\n",
-                show(below),
-                show(above)
-            ));
-        }
+        axis_text(&mut out, &sizes, near);
     }
-    if let Some(c) = compile_at(path, text, base) {
+    if let Some(c) = compile_at(path, text, &base) {
         let crops: Vec<String> = c
             .info
             .keras_order
@@ -430,6 +370,73 @@ pub fn sizes_text(
         }
     }
     out
+}
+
+/// One axis's lines of `unetc sizes`: the rule, the output, the smallest and nearest sizes.
+pub(crate) fn axis_text(out: &mut String, sizes: &AxisSizes, near: Option<usize>) {
+    if sizes.accepted.is_empty() {
+        out.push_str("  no size in this range works\n");
+        return;
+    }
+    match closed_form(sizes) {
+        Some(cf) => {
+            let rule = if cf.period == 1 {
+                format!("in ≥ {}", cf.min)
+            } else {
+                format!("in ≡ {} mod {}, in ≥ {}", cf.residue, cf.period, cf.min)
+            };
+            out.push_str(&format!("  valid: {rule}\n"));
+            if let Some((scale, offset)) = cf.output {
+                out.push_str(&format!("  output: out = {}\n", linear_text(scale, offset)));
+            }
+        }
+        None => {
+            let list: Vec<String> = sizes
+                .accepted
+                .iter()
+                .take(24)
+                .map(|p| p.input.to_string())
+                .collect();
+            out.push_str(&format!(
+                "  valid: {}{}\n",
+                list.join(", "),
+                if sizes.accepted.len() > 24 {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    let examples: Vec<String> = sizes
+        .accepted
+        .iter()
+        .take(6)
+        .map(|p| match p.output {
+            Some(o) => format!("{} → {}", p.input, o),
+            None => p.input.to_string(),
+        })
+        .collect();
+    out.push_str(&format!("  smallest: {}\n", examples.join(", ")));
+    if let Some(n) = near {
+        let (below, above) = nearest(sizes, n);
+        let show = |p: Option<SizePair>| match p {
+            Some(SizePair {
+                input,
+                output: Some(o),
+            }) => format!("{input} (output {o})"),
+            Some(SizePair {
+                input,
+                output: None,
+            }) => input.to_string(),
+            None => "none".into(),
+        };
+        out.push_str(&format!(
+            "  nearest to {n}: {} and {}\n",
+            show(below),
+            show(above)
+        ));
+    }
 }
 
 /// A layer that makes an output pixel depend on the whole input along an axis, so that tiles
@@ -695,8 +702,10 @@ pub enum TileMode {
 /// What the user asked of the tiles.
 #[derive(Debug, Clone)]
 pub struct TileRequest {
-    /// `--tile`: the input tile as (height, width).
+    /// `--tile`: the input tile as (height, width), for images.
     pub tile: Option<(usize, usize)>,
+    /// `--tile`: the input tile as `[depth, height, width]`, for volumes.
+    pub tile_3d: Option<[usize; 3]>,
     /// Bytes for the activation arena of a batch plus the weights as `weights_on` holds them.
     pub budget: u64,
     pub weights_on: WeightHome,
@@ -716,6 +725,7 @@ impl TileRequest {
     pub fn new(budget: u64) -> TileRequest {
         TileRequest {
             tile: None,
+            tile_3d: None,
             budget,
             weights_on: WeightHome::Cpu,
             batch: 1,
@@ -828,13 +838,13 @@ impl TilePlan {
     }
 }
 
-fn arena_of(c: &Compiled, batch: usize) -> Option<u64> {
+pub(crate) fn arena_of(c: &Compiled, batch: usize) -> Option<u64> {
     crate::exec::plan::plan(&c.graph, &c.info).map(|p| p.arena_bytes(batch.max(1)))
 }
 
 /// Sizes `≡ residue (mod period), ≥ min`: the smallest at or above `n` and the largest at or
 /// below it.
-fn up_to_accepted(cf: &ClosedForm, n: usize) -> usize {
+pub(crate) fn up_to_accepted(cf: &ClosedForm, n: usize) -> usize {
     if n <= cf.min {
         return cf.min;
     }
@@ -842,7 +852,7 @@ fn up_to_accepted(cf: &ClosedForm, n: usize) -> usize {
     n + (cf.residue % p + p - n % p) % p
 }
 
-fn down_to_accepted(cf: &ClosedForm, n: usize) -> Option<usize> {
+pub(crate) fn down_to_accepted(cf: &ClosedForm, n: usize) -> Option<usize> {
     if n < cf.min {
         return None;
     }
@@ -850,12 +860,12 @@ fn down_to_accepted(cf: &ClosedForm, n: usize) -> Option<usize> {
     Some(n - (n % p + p - cf.residue % p) % p)
 }
 
-fn is_accepted(cf: &ClosedForm, n: usize) -> bool {
+pub(crate) fn is_accepted(cf: &ClosedForm, n: usize) -> bool {
     n >= cf.min && n % cf.period.max(1) == cf.residue % cf.period.max(1)
 }
 
 /// The text of the sizes a closed form accepts.
-fn rule_text(cf: &ClosedForm) -> String {
+pub(crate) fn rule_text(cf: &ClosedForm) -> String {
     if cf.period == 1 {
         format!("in ≥ {}", cf.min)
     } else {
@@ -873,6 +883,12 @@ pub fn plan_image(
     image: (usize, usize),
     req: &TileRequest,
 ) -> Result<TilePlan, String> {
+    if let (None, Some(t)) = (req.tile, req.tile_3d) {
+        return Err(format!(
+            "--tile {}x{}x{} is a volume's tile (DxHxW); give an image's tile as HxW or N",
+            t[0], t[1], t[2]
+        ));
+    }
     let sizes = probe_axis(path, text, base, 0, 1024.max(base[0]));
     let Some(cf) = closed_form(&sizes) else {
         return Err(
@@ -949,7 +965,7 @@ fn largest_fitting(
         if th < smallest.min(limit.0) || tw < smallest.min(limit.1) {
             return Err(too_small());
         }
-        let c = compile_at(path, text, [th, tw, channels])
+        let c = compile_at(path, text, &[th, tw, channels])
             .ok_or_else(|| format!("the net does not compile at {tw}x{th} (W x H)"))?;
         let arena = arena_of(&c, req.batch).unwrap_or(u64::MAX);
         if arena.saturating_add(weights) <= req.budget {
@@ -1004,7 +1020,7 @@ fn plan_same(
 ) -> Result<TilePlan, String> {
     let padded = (up_to_accepted(cf, h), up_to_accepted(cf, w));
     let pad_before = ((padded.0 - h) / 2, (padded.1 - w) / 2);
-    let whole = compile_at(path, text, [padded.0, padded.1, base[2]]).ok_or_else(|| {
+    let whole = compile_at(path, text, &[padded.0, padded.1, base[2]]).ok_or_else(|| {
         format!(
             "the net does not compile at the padded size {}x{} (W x H)",
             padded.1, padded.0
@@ -1075,7 +1091,7 @@ fn plan_same(
     let (tile, compiled, arena) = match req.tile {
         Some(t) => {
             let (th, tw) = asked_tile(cf, t, padded)?;
-            let c = compile_at(path, text, [th, tw, base[2]])
+            let c = compile_at(path, text, &[th, tw, base[2]])
                 .ok_or_else(|| format!("the net does not compile at {tw}x{th} (W x H)"))?;
             let arena = arena_of(&c, req.batch).unwrap_or(u64::MAX);
             ((th, tw), c, arena)
@@ -1175,19 +1191,19 @@ fn plan_valid(
         Some(t) => asked_tile(cf, t, needed)?,
         None => {
             let spec_tile = (spec_tile.0.min(needed.0), spec_tile.1.min(needed.1));
-            let spec_fits = compile_at(path, text, [spec_tile.0, spec_tile.1, base[2]])
+            let spec_fits = compile_at(path, text, &[spec_tile.0, spec_tile.1, base[2]])
                 .is_some_and(|c| fits(&c));
             if req.spec_tile_first && spec_fits {
                 spec_tile
             } else {
-                let probe = compile_at(path, text, [needed.0, needed.1, base[2]])
+                let probe = compile_at(path, text, &[needed.0, needed.1, base[2]])
                     .ok_or_else(|| "the net does not compile at the image's size".to_string())?;
                 let smallest = up_to_accepted(cf, 2 * margin + cf.period);
                 largest_fitting(path, text, base[2], cf, needed, &probe, req, smallest)?.0
             }
         }
     };
-    let c = compile_at(path, text, [tile.0, tile.1, base[2]])
+    let c = compile_at(path, text, &[tile.0, tile.1, base[2]])
         .ok_or_else(|| format!("the net does not compile at {}x{} (W x H)", tile.1, tile.0))?;
     let out = (tile.0 - 2 * margin, tile.1 - 2 * margin);
     let spans = |n: usize, t: usize, o: usize| {
@@ -1241,9 +1257,11 @@ pub enum SizesSpecError {
     NoAnswer(String),
 }
 
-/// Reads and compiles `spec` for `sizes`/`tiles`. Errors that only the spec's own input size
-/// causes are what `sizes` is for, so they only add a note.
-pub fn read_sizes_spec(spec: &Path) -> Result<SizesSpec, SizesSpecError> {
+/// Reads and compiles `spec` for `sizes`/`tiles`: its text, the compiled spec, and a note when
+/// only errors that the spec's own input size causes were found (those are what `sizes` is for).
+pub(crate) fn read_spec_text(
+    spec: &Path,
+) -> Result<(String, Compiled, Option<String>), SizesSpecError> {
     let text = std::fs::read_to_string(spec)
         .map_err(|e| SizesSpecError::Read(format!("cannot read `{}`: {e}", spec.display())))?;
     let c = compile_source(spec, text.clone(), &Options::default(), &mut Session::new());
@@ -1265,6 +1283,24 @@ pub fn read_sizes_spec(spec: &Path) -> Result<SizesSpec, SizesSpecError> {
             spec.display()
         )
     });
+    Ok((text, c, note))
+}
+
+/// The compiled input's sizes (`[H, W, C]` or `[D, H, W, C]`), 1 where unknown.
+pub(crate) fn input_dims(c: &Compiled) -> Vec<usize> {
+    c.graph
+        .inputs
+        .first()
+        .and_then(|&i| c.info.layers[i.index()].shape.as_ref())
+        .map_or(vec![1; 4], |s| {
+            s.iter().map(|&d| d.max(1) as usize).collect()
+        })
+}
+
+/// Reads and compiles `spec` for `sizes`/`tiles` of an image model. Errors that only the spec's
+/// own input size causes are what `sizes` is for, so they only add a note.
+pub fn read_sizes_spec(spec: &Path) -> Result<SizesSpec, SizesSpecError> {
+    let (text, c, note) = read_spec_text(spec)?;
     match spec_input(&c) {
         Some(base) => Ok(SizesSpec {
             text,
@@ -1281,11 +1317,11 @@ pub fn read_sizes_spec(spec: &Path) -> Result<SizesSpec, SizesSpecError> {
             Err(SizesSpecError::NoAnswer(
                 if input.is_some_and(|s| s.len() == 4) {
                     format!(
-                    "the model's input is a volume (D x H x W x C); `sizes` and `tiles` answer \
-                     for images only, not yet for volumes\n  = help: check one size with `unetc \
-                     check {} --input-shape DxHxWxC`",
-                    spec.display()
-                )
+                        "the model's input is a volume (D x H x W x C); this answers for images \
+                     only\n  = help: `unetc sizes {0}` and `unetc tiles {0} --image DxHxW` answer \
+                     for volumes",
+                        spec.display()
+                    )
                 } else {
                     "the model's input is not an image (H, W, C), so it has no input sizes to vary"
                         .to_string()

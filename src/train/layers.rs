@@ -1466,7 +1466,7 @@ fn conv_backward_by(
             Ok(dx)
         },
     )?;
-    let weights_geo = geo.filter(|geo| winograd::repays(geo.c) && winograd::repays(geo.f));
+    let weights_geo = geo.filter(|geo| winograd::kernel_gradient_repays(geo, batch));
     let dk = profile::time(
         || format!("· kernel gradient {}", shapes()),
         || -> Result<Vec<f32>, Unsupported> {
@@ -2417,7 +2417,8 @@ mod tests {
             (12, 3, false, 1),
             (8, 8, true, 2),
         ] {
-            let (n, h, w) = (2, 9, 7);
+            // 2 x 17 x 16 tiles: enough for the kernel gradient's Winograd path too.
+            let (n, h, w) = (2, 33, 31);
             let window = |s: usize| {
                 conv_window(move |_, size, _| WindowGeometry {
                     kernel: 3,
@@ -2474,6 +2475,8 @@ mod tests {
             let geometry =
                 winograd_geometry(ConvPath::Winograd, &x_shape, &out_shape, &window(stride), 1);
             assert_eq!(geometry.is_some(), stride == 1, "{label}");
+            let both = geometry.is_some_and(|g| winograd::kernel_gradient_repays(&g, n));
+            assert_eq!(both, stride == 1 && c >= 8 && f >= 8, "{label}");
         }
     }
 }

@@ -526,6 +526,16 @@ pub fn kernel_gradient(x: &[f32], dy: &[f32], geo: Geometry, batch: usize, isa: 
 /// Floats of partial sums the small-kernel path of [`kernel_gradient`] may hold (16 MiB).
 const PARTIALS_FLOATS: usize = 1 << 22;
 
+/// Below this many tiles (over the batch), [`kernel_gradient`]'s 16 products are too short to
+/// repay reading and writing `dU` (16 `[c, f]` matrices): deep layers of a small image.
+const MIN_GRADIENT_TILES: usize = 256;
+
+/// Whether [`kernel_gradient`] is worth its transforms for `geo` at `batch`.
+pub fn kernel_gradient_repays(geo: &Geometry, batch: usize) -> bool {
+    let (tw, th) = geo.tiles();
+    repays(geo.c) && repays(geo.f) && batch * tw * th >= MIN_GRADIENT_TILES
+}
+
 fn kernel_gradient_blocked(
     x: &[f32],
     dy: &[f32],

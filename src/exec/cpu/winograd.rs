@@ -76,31 +76,54 @@ pub fn transform_kernel(kernel: &[f32], c: usize, f: usize) -> Option<Vec<f32>> 
     if kernel.len() != cf.checked_mul(9)? {
         return None;
     }
-    let mut u = vec![0.0f32; TAPS * cf];
-    for (at, _) in kernel[..cf].iter().enumerate() {
-        let g = |ky: usize, kx: usize| kernel[(ky * 3 + kx) * cf + at];
-        // Rows first: t[i][kx] = (G g)[i][kx], G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
-        let mut t = [[0.0f32; 3]; 4];
-        for (kx, col) in (0..3).map(|kx| (kx, [g(0, kx), g(1, kx), g(2, kx)])) {
-            t[0][kx] = col[0];
-            t[1][kx] = 0.5 * (col[0] + col[1] + col[2]);
-            t[2][kx] = 0.5 * (col[0] - col[1] + col[2]);
-            t[3][kx] = col[2];
-        }
-        for (i, row) in t.iter().enumerate() {
-            let v = [
-                row[0],
-                0.5 * (row[0] + row[1] + row[2]),
-                0.5 * (row[0] - row[1] + row[2]),
-                row[2],
-            ];
-            for (j, value) in v.into_iter().enumerate() {
-                u[(i * 4 + j) * cf + at] = value;
+    // Blocks of channel pairs on all cores, each into its own `[16, block]`, then copied into
+    // place: the same arithmetic for every pair, only spread over the cores.
+    let blocks: Vec<Vec<f32>> = (0..cf)
+        .step_by(KERNEL_BLOCK)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|first| {
+            let len = KERNEL_BLOCK.min(cf - first);
+            let mut out = vec![0.0f32; TAPS * len];
+            for k in 0..len {
+                let at = first + k;
+                let g = |ky: usize, kx: usize| kernel[(ky * 3 + kx) * cf + at];
+                // Rows first: t[i][kx] = (G g)[i][kx], G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
+                let mut t = [[0.0f32; 3]; 4];
+                for (kx, col) in (0..3).map(|kx| (kx, [g(0, kx), g(1, kx), g(2, kx)])) {
+                    t[0][kx] = col[0];
+                    t[1][kx] = 0.5 * (col[0] + col[1] + col[2]);
+                    t[2][kx] = 0.5 * (col[0] - col[1] + col[2]);
+                    t[3][kx] = col[2];
+                }
+                for (i, row) in t.iter().enumerate() {
+                    let v = [
+                        row[0],
+                        0.5 * (row[0] + row[1] + row[2]),
+                        0.5 * (row[0] - row[1] + row[2]),
+                        row[2],
+                    ];
+                    for (j, value) in v.into_iter().enumerate() {
+                        out[(i * 4 + j) * len + k] = value;
+                    }
+                }
             }
+            out
+        })
+        .collect();
+    let mut u = vec![0.0f32; TAPS * cf];
+    for (b, block) in blocks.iter().enumerate() {
+        let (first, len) = (b * KERNEL_BLOCK, block.len() / TAPS);
+        for tap in 0..TAPS {
+            u[tap * cf + first..tap * cf + first + len]
+                .copy_from_slice(&block[tap * len..(tap + 1) * len]);
         }
     }
     Some(u)
 }
+
+/// Channel pairs per task of [`transform_kernel`].
+const KERNEL_BLOCK: usize = 1 << 14;
 
 /// The transformed kernel ([`transform_kernel`], `[16, f, c]`) of the convolution that gives a
 /// convolution's input gradient from its output gradient: the Keras kernel `[3, 3, c, f]` turned
@@ -111,15 +134,17 @@ pub fn transform_kernel_for_input_gradient(kernel: &[f32], c: usize, f: usize) -
         return None;
     }
     let mut turned = vec![0.0f32; 9 * cf];
-    for tap in 0..9 {
-        let from = &kernel[(8 - tap) * cf..(9 - tap) * cf];
-        let to = &mut turned[tap * cf..(tap + 1) * cf];
-        for i in 0..c {
-            for o in 0..f {
-                to[o * c + i] = from[i * f + o];
+    turned
+        .par_chunks_mut(cf.max(1))
+        .enumerate()
+        .for_each(|(tap, to)| {
+            let from = &kernel[(8 - tap) * cf..(9 - tap) * cf];
+            for i in 0..c {
+                for o in 0..f {
+                    to[o * c + i] = from[i * f + o];
+                }
             }
-        }
-    }
+        });
     transform_kernel(&turned, f, c)
 }
 

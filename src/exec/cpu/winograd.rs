@@ -76,49 +76,43 @@ pub fn transform_kernel(kernel: &[f32], c: usize, f: usize) -> Option<Vec<f32>> 
     if kernel.len() != cf.checked_mul(9)? {
         return None;
     }
-    // Blocks of channel pairs on all cores, each into its own `[16, block]`, then copied into
-    // place: the same arithmetic for every pair, only spread over the cores.
-    let blocks: Vec<Vec<f32>> = (0..cf)
-        .step_by(KERNEL_BLOCK)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|first| {
-            let len = KERNEL_BLOCK.min(cf - first);
-            let mut out = vec![0.0f32; TAPS * len];
-            for k in 0..len {
-                let at = first + k;
-                let g = |ky: usize, kx: usize| kernel[(ky * 3 + kx) * cf + at];
-                // Rows first: t[i][kx] = (G g)[i][kx], G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
-                let mut t = [[0.0f32; 3]; 4];
-                for (kx, col) in (0..3).map(|kx| (kx, [g(0, kx), g(1, kx), g(2, kx)])) {
-                    t[0][kx] = col[0];
-                    t[1][kx] = 0.5 * (col[0] + col[1] + col[2]);
-                    t[2][kx] = 0.5 * (col[0] - col[1] + col[2]);
-                    t[3][kx] = col[2];
-                }
-                for (i, row) in t.iter().enumerate() {
-                    let v = [
-                        row[0],
-                        0.5 * (row[0] + row[1] + row[2]),
-                        0.5 * (row[0] - row[1] + row[2]),
-                        row[2],
-                    ];
-                    for (j, value) in v.into_iter().enumerate() {
-                        out[(i * 4 + j) * len + k] = value;
-                    }
-                }
-            }
-            out
-        })
-        .collect();
+    // Blocks of channel pairs on all cores, each writing its part of the 16 taps' rows: the
+    // same arithmetic for every pair, only spread over the cores.
     let mut u = vec![0.0f32; TAPS * cf];
-    for (b, block) in blocks.iter().enumerate() {
-        let (first, len) = (b * KERNEL_BLOCK, block.len() / TAPS);
-        for tap in 0..TAPS {
-            u[tap * cf + first..tap * cf + first + len]
-                .copy_from_slice(&block[tap * len..(tap + 1) * len]);
+    let mut blocks: Vec<Vec<&mut [f32]>> = (0..cf.div_ceil(KERNEL_BLOCK))
+        .map(|_| Vec::with_capacity(TAPS))
+        .collect();
+    for tap_row in u.chunks_mut(cf.max(1)) {
+        for (b, part) in tap_row.chunks_mut(KERNEL_BLOCK).enumerate() {
+            blocks[b].push(part);
         }
     }
+    blocks.into_par_iter().enumerate().for_each(|(b, mut out)| {
+        let first = b * KERNEL_BLOCK;
+        for k in 0..out[0].len() {
+            let at = first + k;
+            let g = |ky: usize, kx: usize| kernel[(ky * 3 + kx) * cf + at];
+            // Rows first: t[i][kx] = (G g)[i][kx], G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
+            let mut t = [[0.0f32; 3]; 4];
+            for (kx, col) in (0..3).map(|kx| (kx, [g(0, kx), g(1, kx), g(2, kx)])) {
+                t[0][kx] = col[0];
+                t[1][kx] = 0.5 * (col[0] + col[1] + col[2]);
+                t[2][kx] = 0.5 * (col[0] - col[1] + col[2]);
+                t[3][kx] = col[2];
+            }
+            for (i, row) in t.iter().enumerate() {
+                let v = [
+                    row[0],
+                    0.5 * (row[0] + row[1] + row[2]),
+                    0.5 * (row[0] - row[1] + row[2]),
+                    row[2],
+                ];
+                for (j, value) in v.into_iter().enumerate() {
+                    out[i * 4 + j][k] = value;
+                }
+            }
+        }
+    });
     Some(u)
 }
 

@@ -1082,6 +1082,7 @@ fn train(r: TrainArgs) -> Result<(), unetc::runner::RunError> {
             )));
         }
     }
+    unetc::train::keep_freed_memory();
     let c = unetc::runner::compile_checked(&r.spec, None)?;
     // The spec's train(...) settings, each overridden by its command-line flag.
     let spec = unetc::train::spec_settings(&c)

@@ -2,6 +2,7 @@
 //! them (ReLU's gradient is 0 at 0, as TF's ReluGrad takes `x > 0`).
 
 use crate::ir::ops::ActivationFn;
+use rayon::prelude::*;
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -88,12 +89,14 @@ pub fn apply(activation: ActivationFn, z: &[f32], channels: usize) -> Vec<f32> {
     match activation {
         ActivationFn::Softmax => {
             let mut y = z.to_vec();
-            for pixel in y.chunks_mut(channels.max(1)) {
-                softmax_in_place(pixel);
-            }
+            y.par_chunks_mut(channels.max(1)).for_each(softmax_in_place);
             y
         }
-        other => z.iter().map(|&v| value(other, v).unwrap_or(v)).collect(),
+        // Value by value, on all cores (the order of the values does not matter).
+        other => z
+            .par_iter()
+            .map(|&v| value(other, v).unwrap_or(v))
+            .collect(),
     }
 }
 
@@ -109,16 +112,19 @@ pub fn backward(
         ActivationFn::Softmax => {
             let c = channels.max(1);
             let mut dz = vec![0.0f32; dy.len()];
-            for ((d, yy), g) in dz.chunks_mut(c).zip(y.chunks(c)).zip(dy.chunks(c)) {
-                let dot: f32 = yy.iter().zip(g).map(|(a, b)| a * b).sum();
-                for ((o, &p), &gi) in d.iter_mut().zip(yy).zip(g) {
-                    *o = p * (gi - dot);
-                }
-            }
+            dz.par_chunks_mut(c)
+                .zip(y.par_chunks(c))
+                .zip(dy.par_chunks(c))
+                .for_each(|((d, yy), g)| {
+                    let dot: f32 = yy.iter().zip(g).map(|(a, b)| a * b).sum();
+                    for ((o, &p), &gi) in d.iter_mut().zip(yy).zip(g) {
+                        *o = p * (gi - dot);
+                    }
+                });
             dz
         }
         other => z
-            .iter()
+            .par_iter()
             .zip(dy)
             .map(|(&v, &g)| g * derivative(other, v).unwrap_or(1.0))
             .collect(),

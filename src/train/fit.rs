@@ -503,7 +503,10 @@ pub fn fit(
             });
             let mut sum = 0.0f64;
             let mut count = 0u64;
-            for (x, y) in batches {
+            let mut batches = batches.into_iter();
+            while let Some((x, y)) =
+                super::profile::time(|| "waiting for the batch".into(), || batches.next())
+            {
                 if trainer.iterations >= total {
                     break;
                 }

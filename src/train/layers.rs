@@ -4,6 +4,10 @@
 
 use super::activations;
 use super::math::{add_column_sums, gemm, PatchMap};
+use super::profile;
+use crate::exec::cpu::isa::Isa;
+use crate::exec::cpu::kernels::Strided;
+use crate::exec::cpu::winograd;
 use crate::exec::Tensor;
 use crate::ir::ops::{
     ActivationFn, Interpolation, MergeFn, NormLayout, Normalization, Op, PadMode, ReduceFn, Snake,
@@ -1260,6 +1264,57 @@ fn swap_last_axes(
     out
 }
 
+/// How training computes a convolution's products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvPath {
+    /// Patch matrices and GEMMs: any convolution.
+    Im2col,
+    /// Winograd's F(2x2, 3x3) ([`winograd`]) where the layer qualifies, else [`ConvPath::Im2col`].
+    Winograd,
+}
+
+impl ConvPath {
+    /// Winograd unless `UNETC_WINOGRAD=0` (as for inference; to compare the two).
+    fn chosen() -> ConvPath {
+        static PATH: std::sync::OnceLock<ConvPath> = std::sync::OnceLock::new();
+        *PATH.get_or_init(|| {
+            if std::env::var_os("UNETC_WINOGRAD").is_some_and(|v| v == "0") {
+                ConvPath::Im2col
+            } else {
+                ConvPath::Winograd
+            }
+        })
+    }
+}
+
+/// The convolution as Winograd's F(2x2, 3x3) sees it, if it is one that code computes: an
+/// image, one group, a 3x3 window of stride 1 without dilation on both axes.
+fn winograd_geometry(
+    path: ConvPath,
+    x_shape: &[usize],
+    out_shape: &[usize],
+    window: &ConvWindow,
+    groups: usize,
+) -> Option<winograd::Geometry> {
+    let (&[_, h, w, c], &[_, oh, ow, f], 1, ConvPath::Winograd) =
+        (x_shape, out_shape, groups, path)
+    else {
+        return None;
+    };
+    let (rows, cols) = (window(0, h, oh), window(1, w, ow));
+    let fits = |a: &WindowGeometry| a.kernel == 3 && a.stride == 1 && a.dilation == 1;
+    (fits(&rows) && fits(&cols)).then_some(winograd::Geometry {
+        h,
+        w,
+        c,
+        oh,
+        ow,
+        f,
+        top: rows.pad_before,
+        left: cols.pad_before,
+    })
+}
+
 /// A grouped convolution (groups = 1 is a plain one; groups = channels with kernel
 /// `[kh, kw, c, dm]` is depthwise, whose layout is the grouped `[kh, kw, 1, c * dm]`).
 fn conv_forward(
@@ -1271,10 +1326,52 @@ fn conv_forward(
     kernel: &[f32],
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>, Unsupported> {
+    profile::time(
+        || format!("· convolution {x_shape:?} -> {out_shape:?}"),
+        || {
+            conv_forward_by(
+                ConvPath::chosen(),
+                x_shape,
+                x,
+                out_shape,
+                window,
+                groups,
+                kernel,
+                bias,
+            )
+        },
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_forward_by(
+    path: ConvPath,
+    x_shape: &[usize],
+    x: &[f32],
+    out_shape: &[usize],
+    window: ConvWindow,
+    groups: usize,
+    kernel: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>, Unsupported> {
+    let mut z = vec![0.0f32; out_shape.iter().product()];
+    let geo = winograd_geometry(path, x_shape, out_shape, &window, groups)
+        .filter(|geo| winograd::repays(geo.c));
+    let u = geo.and_then(|geo| winograd::transform_kernel(kernel, geo.c, geo.f));
+    if let (Some(geo), Some(u)) = (geo, u) {
+        let ops = winograd::Ops {
+            u: &u,
+            bias,
+            activation: ActivationFn::Linear,
+            isa: Isa::current(),
+        };
+        let parts = [Strided::dense(x, [geo.h, geo.w, geo.c])];
+        winograd::conv2d(&parts, geo, ops, &mut z, x_shape[0]);
+        return Ok(z);
+    }
     let c = spatial(x_shape)?.2;
     let f = channels(out_shape);
     let (cg, fg) = (c / groups, f / groups);
-    let mut z = vec![0.0f32; out_shape.iter().product()];
     for g in 0..groups {
         let map = conv_map(x_shape, out_shape, &window, [g * cg, cg])?;
         let (m, k) = (map.rows(), map.row_len());
@@ -1312,54 +1409,117 @@ fn conv_backward(
     kernel: &[f32],
     dz: &[f32],
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), Unsupported> {
+    conv_backward_by(
+        ConvPath::chosen(),
+        x_shape,
+        x,
+        out_shape,
+        window,
+        groups,
+        kernel,
+        dz,
+    )
+}
+
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn conv_backward_by(
+    path: ConvPath,
+    x_shape: &[usize],
+    x: &[f32],
+    out_shape: &[usize],
+    window: ConvWindow,
+    groups: usize,
+    kernel: &[f32],
+    dz: &[f32],
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), Unsupported> {
     let c = spatial(x_shape)?.2;
     let f = channels(out_shape);
     let (cg, fg) = (c / groups, f / groups);
-    let mut dx = vec![0.0f32; x.len()];
-    let mut dk = vec![0.0f32; kernel.len()];
-    for g in 0..groups {
-        let map = conv_map(x_shape, out_shape, &window, [g * cg, cg])?;
-        let (m, k) = (map.rows(), map.row_len());
-        let taps = map.taps();
-        // Kernel gradient: patches^T x dz, tile by tile.
-        let tile = tile_rows(k, m);
-        let mut patches = vec![0.0f32; tile * k];
-        for r0 in (0..m).step_by(tile) {
-            let rows = tile.min(m - r0);
-            map.gather_rows(x, r0, &mut patches[..rows * k]);
-            gemm(
-                (k, fg, rows),
-                &patches,
-                (1, k),
-                &dz[r0 * f + g * fg..],
-                (f, 1),
-                &mut dk[g * fg..],
-                (f, 1),
-                true,
-            );
-        }
-        // Input gradient: per input pixel, the dz values of the outputs that read it, times
-        // the kernel with its last two axes swapped.
-        let swapped = swap_last_axes(kernel, taps, (cg, f), (0, cg), (g * fg, fg));
-        let pixels = x.len() / c.max(1);
-        let row_len = taps * fg;
-        let tile = tile_rows(row_len, pixels);
-        let mut rows_buf = vec![0.0f32; tile * row_len];
-        for p0 in (0..pixels).step_by(tile) {
-            let n = tile.min(pixels - p0);
-            map.gather_reverse(dz, f, [g * fg, fg], p0, &mut rows_buf[..n * row_len]);
-            gemm(
-                (n, cg, row_len),
-                &rows_buf,
-                (row_len, 1),
-                &swapped,
-                (cg, 1),
-                &mut dx[p0 * c + g * cg..],
-                (c, 1),
-                true,
-            );
-        }
-    }
+    let batch = x_shape.first().copied().unwrap_or(0);
+    let geo = winograd_geometry(path, x_shape, out_shape, &window, groups);
+    let shapes = || format!("{x_shape:?} -> {out_shape:?}");
+    // Input gradient: a convolution of dz with the kernel turned by 180°, channels swapped.
+    let data_geo = geo.filter(|geo| winograd::repays(geo.f));
+    let data = data_geo.and_then(|geo| {
+        let back = geo.input_gradient()?;
+        let u = winograd::transform_kernel_for_input_gradient(kernel, geo.c, geo.f)?;
+        Some((back, u))
+    });
+    let dx = profile::time(
+        || format!("· input gradient {}", shapes()),
+        || -> Result<Vec<f32>, Unsupported> {
+            let mut dx = vec![0.0f32; x.len()];
+            if let Some((back, u)) = data {
+                let ops = winograd::Ops {
+                    u: &u,
+                    bias: None,
+                    activation: ActivationFn::Linear,
+                    isa: Isa::current(),
+                };
+                let parts = [Strided::dense(dz, [back.h, back.w, back.c])];
+                winograd::conv2d(&parts, back, ops, &mut dx, batch);
+                return Ok(dx);
+            }
+            for g in 0..groups {
+                let map = conv_map(x_shape, out_shape, &window, [g * cg, cg])?;
+                let taps = map.taps();
+                // Per input pixel, the dz values of the outputs that read it, times the kernel
+                // with its last two axes swapped.
+                let swapped = swap_last_axes(kernel, taps, (cg, f), (0, cg), (g * fg, fg));
+                let pixels = x.len() / c.max(1);
+                let row_len = taps * fg;
+                let tile = tile_rows(row_len, pixels);
+                let mut rows_buf = vec![0.0f32; tile * row_len];
+                for p0 in (0..pixels).step_by(tile) {
+                    let n = tile.min(pixels - p0);
+                    map.gather_reverse(dz, f, [g * fg, fg], p0, &mut rows_buf[..n * row_len]);
+                    gemm(
+                        (n, cg, row_len),
+                        &rows_buf,
+                        (row_len, 1),
+                        &swapped,
+                        (cg, 1),
+                        &mut dx[p0 * c + g * cg..],
+                        (c, 1),
+                        true,
+                    );
+                }
+            }
+            Ok(dx)
+        },
+    )?;
+    let weights_geo = geo.filter(|geo| winograd::kernel_gradient_repays(geo, batch));
+    let dk = profile::time(
+        || format!("· kernel gradient {}", shapes()),
+        || -> Result<Vec<f32>, Unsupported> {
+            if let Some(geo) = weights_geo {
+                return Ok(winograd::kernel_gradient(x, dz, geo, batch, Isa::current()));
+            }
+            let mut dk = vec![0.0f32; kernel.len()];
+            for g in 0..groups {
+                let map = conv_map(x_shape, out_shape, &window, [g * cg, cg])?;
+                let (m, k) = (map.rows(), map.row_len());
+                // patches^T x dz, tile by tile.
+                let tile = tile_rows(k, m);
+                let mut patches = vec![0.0f32; tile * k];
+                for r0 in (0..m).step_by(tile) {
+                    let rows = tile.min(m - r0);
+                    map.gather_rows(x, r0, &mut patches[..rows * k]);
+                    gemm(
+                        (k, fg, rows),
+                        &patches,
+                        (1, k),
+                        &dz[r0 * f + g * fg..],
+                        (f, 1),
+                        &mut dk[g * fg..],
+                        (f, 1),
+                        true,
+                    );
+                }
+            }
+            Ok(dk)
+        },
+    )?;
     let mut db = vec![0.0f32; f];
     add_column_sums(dz, f, &mut db);
     Ok((dx, dk, db))
@@ -2238,6 +2398,107 @@ fn for_each_norm_group(layout: NormLayout, len: usize, mut visit: impl FnMut(&[u
                 }
             }
             visit(&values, &affine);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * scale, "{what}: [{i}] {a} vs {b}");
+        }
+    }
+
+    /// The Winograd path gives what patch matrices give, forward and backward, for 3x3
+    /// stride-1 convolutions (same and valid; channel counts on both sides of the threshold),
+    /// and a 3x3 with stride 2 is left to patch matrices.
+    #[test]
+    fn winograd_and_patch_matrices_agree() {
+        for (c, f, same, stride) in [
+            (8, 8, true, 1),
+            (16, 9, false, 1),
+            (3, 12, true, 1),
+            (12, 3, false, 1),
+            (8, 8, true, 2),
+        ] {
+            // 2 x 17 x 16 tiles: enough for the kernel gradient's Winograd path too.
+            let (n, h, w) = (2, 33, 31);
+            let window = |s: usize| {
+                conv_window(move |_, size, _| WindowGeometry {
+                    kernel: 3,
+                    stride: s,
+                    dilation: 1,
+                    pad_before: usize::from(same),
+                    pad_after: usize::from(same) + size % s,
+                })
+            };
+            let out = |size: usize| {
+                if same {
+                    size.div_ceil(stride)
+                } else {
+                    (size - 3) / stride + 1
+                }
+            };
+            let (x_shape, out_shape) = ([n, h, w, c], [n, out(h), out(w), f]);
+            let x = values(n * h * w * c, c as u64);
+            let kernel = values(9 * c * f, 7 + f as u64);
+            let bias = values(f, 3);
+            let dz = values(out_shape.iter().product(), 11);
+            let label = format!("c {c} f {f} same {same} stride {stride}");
+            let run = |path| {
+                let z = conv_forward_by(
+                    path,
+                    &x_shape,
+                    &x,
+                    &out_shape,
+                    window(stride),
+                    1,
+                    &kernel,
+                    Some(&bias),
+                )
+                .expect("forward");
+                let (dx, dk, db) = conv_backward_by(
+                    path,
+                    &x_shape,
+                    &x,
+                    &out_shape,
+                    window(stride),
+                    1,
+                    &kernel,
+                    &dz,
+                )
+                .expect("backward");
+                (z, dx, dk, db)
+            };
+            let (z, dx, dk, db) = run(ConvPath::Winograd);
+            let (z0, dx0, dk0, db0) = run(ConvPath::Im2col);
+            assert_close(&format!("z {label}"), &z, &z0);
+            assert_close(&format!("dx {label}"), &dx, &dx0);
+            assert_close(&format!("dk {label}"), &dk, &dk0);
+            assert_eq!(db, db0);
+            let geometry =
+                winograd_geometry(ConvPath::Winograd, &x_shape, &out_shape, &window(stride), 1);
+            assert_eq!(geometry.is_some(), stride == 1, "{label}");
+            let both = geometry.is_some_and(|g| winograd::kernel_gradient_repays(&g, n));
+            assert_eq!(both, stride == 1 && c >= 8 && f >= 8, "{label}");
         }
     }
 }

@@ -194,10 +194,28 @@ impl PatchMap {
     }
 }
 
-/// Sum over rows of a `[rows, n]` row-major matrix, added into `out` (`n` long).
+/// Rows per partial sum of [`add_column_sums`]: a fixed cut, so that the order of the additions
+/// (and the result) does not depend on the number of threads.
+const SUM_ROWS: usize = 4096;
+
+/// Sum over rows of a `[rows, n]` row-major matrix, added into `out` (`n` long): blocks of
+/// [`SUM_ROWS`] rows summed on all cores, then the blocks' sums added in order.
 pub fn add_column_sums(matrix: &[f32], n: usize, out: &mut [f32]) {
-    for row in matrix.chunks(n.max(1)) {
-        for (o, v) in out.iter_mut().zip(row) {
+    let n = n.max(1);
+    let partials: Vec<Vec<f32>> = matrix
+        .par_chunks(SUM_ROWS * n)
+        .map(|block| {
+            let mut sum = vec![0.0f32; n];
+            for row in block.chunks(n) {
+                for (s, v) in sum.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+            sum
+        })
+        .collect();
+    for sum in partials {
+        for (o, v) in out.iter_mut().zip(sum) {
             *o += v;
         }
     }

@@ -14,6 +14,7 @@ pub mod layers;
 pub mod loss;
 pub mod math;
 pub mod optimizer;
+pub mod profile;
 
 use crate::exec::{bind_weights, weight_slots, Tensor};
 use crate::io::Weights;
@@ -192,7 +193,10 @@ impl<'c> Trainer<'c> {
                     layer_trainable: node.trainable,
                     rng: &mut self.rng,
                 };
-                layers::forward(&node.op, &inputs, &out_shape, params, &mut mode)
+                profile::time(
+                    || format!("forward {}", node.op.class_name()),
+                    || layers::forward(&node.op, &inputs, &out_shape, params, &mut mode),
+                )
             };
             let (out, s) = result.map_err(|e| self.layer_error(id, e.0))?;
             outputs.insert(id, out);
@@ -356,7 +360,8 @@ impl<'c> Trainer<'c> {
     /// One training step on a batch; returns the loss computed before the update.
     pub fn step(&mut self, x: &Tensor, targets: &BatchTargets) -> Result<f64, TrainError> {
         let (loss, grads) = self.gradients(x, targets)?;
-        self.apply(&grads);
+        profile::time(|| "optimizer".into(), || self.apply(&grads));
+        profile::report(self.iterations);
         Ok(loss)
     }
 
@@ -379,7 +384,8 @@ impl<'c> Trainer<'c> {
         } else {
             None
         };
-        let (loss, dout, grad_is_logits) = self.loss(output, logits, targets);
+        let (loss, dout, grad_is_logits) =
+            profile::time(|| "loss".into(), || self.loss(output, logits, targets));
         if !loss.is_finite() {
             return Err(TrainError::NotFinite {
                 step: self.iterations + 1,
@@ -416,14 +422,19 @@ impl<'c> Trainer<'c> {
             };
             let owner = self.c.graph.layer_owner(id);
             let params = &self.params[&owner];
-            let g = layers::backward(
-                &node.op,
-                &inputs,
-                &outputs[&id],
-                &saved[&id],
-                params,
-                grad,
-                &mode,
+            let g = profile::time(
+                || format!("backward {}", node.op.class_name()),
+                || {
+                    layers::backward(
+                        &node.op,
+                        &inputs,
+                        &outputs[&id],
+                        &saved[&id],
+                        params,
+                        grad,
+                        &mode,
+                    )
+                },
             )
             .map_err(|e| self.layer_error(id, e.0))?;
             for (input, dx) in node.inputs.iter().zip(g.inputs) {
@@ -579,6 +590,20 @@ pub fn training_memory(c: &Compiled, batch: usize, optimizer_slots: usize) -> u6
         .saturating_mul(3)
         .saturating_add(params.saturating_mul(2 + optimizer_slots as u64));
     values.saturating_mul(4)
+}
+
+/// Asks the C allocator to keep freed memory for reuse instead of handing it back to the system
+/// (glibc: no `mmap` for large blocks, no trimming). A training step frees and allocates the
+/// same large activations and gradients every step; returned to the system, each comes back as
+/// fresh pages that the kernel must fault in and zero again. For a process that trains.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning parameters; it is called before the
+    // training threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
 }
 
 /// Memory this process may use: what the system reports available (Linux), else 16 GiB.

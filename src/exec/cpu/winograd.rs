@@ -60,8 +60,13 @@ pub fn applies(op: &Conv2D, c: usize) -> bool {
         && a.strides == [1, 1]
         && a.dilation_rate == [1, 1]
         && op.groups == 1
-        && c >= MIN_CHANNELS
+        && repays(c)
         && a.filters > 0
+}
+
+/// Whether a 3x3 stride-1 convolution over `c` input channels is worth the transforms.
+pub fn repays(c: usize) -> bool {
+    c >= MIN_CHANNELS
 }
 
 /// `U = G g Gᵀ` for every `(c, f)` of a Keras kernel `[3, 3, c, f]`, laid out `[16, c, f]`.
@@ -71,30 +76,70 @@ pub fn transform_kernel(kernel: &[f32], c: usize, f: usize) -> Option<Vec<f32>> 
     if kernel.len() != cf.checked_mul(9)? {
         return None;
     }
+    // Blocks of channel pairs on all cores, each writing its part of the 16 taps' rows: the
+    // same arithmetic for every pair, only spread over the cores.
     let mut u = vec![0.0f32; TAPS * cf];
-    for (at, _) in kernel[..cf].iter().enumerate() {
-        let g = |ky: usize, kx: usize| kernel[(ky * 3 + kx) * cf + at];
-        // Rows first: t[i][kx] = (G g)[i][kx], G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
-        let mut t = [[0.0f32; 3]; 4];
-        for (kx, col) in (0..3).map(|kx| (kx, [g(0, kx), g(1, kx), g(2, kx)])) {
-            t[0][kx] = col[0];
-            t[1][kx] = 0.5 * (col[0] + col[1] + col[2]);
-            t[2][kx] = 0.5 * (col[0] - col[1] + col[2]);
-            t[3][kx] = col[2];
-        }
-        for (i, row) in t.iter().enumerate() {
-            let v = [
-                row[0],
-                0.5 * (row[0] + row[1] + row[2]),
-                0.5 * (row[0] - row[1] + row[2]),
-                row[2],
-            ];
-            for (j, value) in v.into_iter().enumerate() {
-                u[(i * 4 + j) * cf + at] = value;
-            }
+    let mut blocks: Vec<Vec<&mut [f32]>> = (0..cf.div_ceil(KERNEL_BLOCK))
+        .map(|_| Vec::with_capacity(TAPS))
+        .collect();
+    for tap_row in u.chunks_mut(cf.max(1)) {
+        for (b, part) in tap_row.chunks_mut(KERNEL_BLOCK).enumerate() {
+            blocks[b].push(part);
         }
     }
+    blocks.into_par_iter().enumerate().for_each(|(b, mut out)| {
+        let first = b * KERNEL_BLOCK;
+        for k in 0..out[0].len() {
+            let at = first + k;
+            let g = |ky: usize, kx: usize| kernel[(ky * 3 + kx) * cf + at];
+            // Rows first: t[i][kx] = (G g)[i][kx], G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
+            let mut t = [[0.0f32; 3]; 4];
+            for (kx, col) in (0..3).map(|kx| (kx, [g(0, kx), g(1, kx), g(2, kx)])) {
+                t[0][kx] = col[0];
+                t[1][kx] = 0.5 * (col[0] + col[1] + col[2]);
+                t[2][kx] = 0.5 * (col[0] - col[1] + col[2]);
+                t[3][kx] = col[2];
+            }
+            for (i, row) in t.iter().enumerate() {
+                let v = [
+                    row[0],
+                    0.5 * (row[0] + row[1] + row[2]),
+                    0.5 * (row[0] - row[1] + row[2]),
+                    row[2],
+                ];
+                for (j, value) in v.into_iter().enumerate() {
+                    out[i * 4 + j][k] = value;
+                }
+            }
+        }
+    });
     Some(u)
+}
+
+/// Channel pairs per task of [`transform_kernel`].
+const KERNEL_BLOCK: usize = 1 << 14;
+
+/// The transformed kernel ([`transform_kernel`], `[16, f, c]`) of the convolution that gives a
+/// convolution's input gradient from its output gradient: the Keras kernel `[3, 3, c, f]` turned
+/// by 180° with its channel axes swapped, `g'[ky, kx, o, i] = g[2 - ky, 2 - kx, i, o]`.
+pub fn transform_kernel_for_input_gradient(kernel: &[f32], c: usize, f: usize) -> Option<Vec<f32>> {
+    let cf = c.checked_mul(f)?;
+    if kernel.len() != cf.checked_mul(9)? {
+        return None;
+    }
+    let mut turned = vec![0.0f32; 9 * cf];
+    turned
+        .par_chunks_mut(cf.max(1))
+        .enumerate()
+        .for_each(|(tap, to)| {
+            let from = &kernel[(8 - tap) * cf..(9 - tap) * cf];
+            for i in 0..c {
+                for o in 0..f {
+                    to[o * c + i] = from[i * f + o];
+                }
+            }
+        });
+    transform_kernel(&turned, f, c)
 }
 
 /// The convolution's shape: input `[h, w, c]` (in `parts`, as for the im2col path), output
@@ -112,6 +157,23 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of the convolution that gives this one's input gradient (its output
+    /// gradient in, `[h, w, c]` out, kernel from [`transform_kernel_for_input_gradient`]): input
+    /// pixel `i` takes output gradients `i + pad - 2 ..= i + pad`. `None` if a padding before
+    /// exceeds 2 (no output reads that input pixel's neighbourhood the usual way).
+    pub fn input_gradient(&self) -> Option<Geometry> {
+        Some(Geometry {
+            h: self.oh,
+            w: self.ow,
+            c: self.f,
+            oh: self.h,
+            ow: self.w,
+            f: self.c,
+            top: 2usize.checked_sub(self.top)?,
+            left: 2usize.checked_sub(self.left)?,
+        })
+    }
+
     /// Tiles across an output row, and down one batch item.
     fn tiles(&self) -> (usize, usize) {
         (self.ow.div_ceil(2), self.oh.div_ceil(2))
@@ -466,6 +528,221 @@ fn output_lanes<const L: usize>(
     }
 }
 
+/// The kernel gradient (`[3, 3, c, f]`, Keras's layout) of the convolution `geo` from its input
+/// `x` (dense `[batch, h, w, c]`) and its output gradient `dy` (dense `[batch, oh, ow, f]`).
+///
+/// The output is `Y = Aᵀ [Σ_c U ⊙ V] A` per tile with `U = G g Gᵀ`, so the gradient is
+/// `dg = Gᵀ dU G` with `dU = Σ_tiles V ⊙ N`, `N = A dY Aᵀ`: 16 products `Vᵀ N` over the tiles
+/// (`[c, tiles] x [tiles, f]`) instead of 9 over the pixels. Small kernels: tile rows are cut
+/// into a number of chunks fixed by the shapes, each summed into its own partial `dU` on one
+/// core, the partials added in chunk order; large kernels: blocks of tile rows one after
+/// another, each product on all cores. Either way the sum's order does not depend on the
+/// number of threads, so the result is the same run to run.
+pub fn kernel_gradient(x: &[f32], dy: &[f32], geo: Geometry, batch: usize, isa: Isa) -> Vec<f32> {
+    kernel_gradient_blocked(x, dy, geo, batch, isa, Blocking::DEFAULT)
+}
+
+/// Floats of partial sums the small-kernel path of [`kernel_gradient`] may hold (16 MiB).
+const PARTIALS_FLOATS: usize = 1 << 22;
+
+/// Below this many tiles (over the batch), [`kernel_gradient`]'s 16 products are too short to
+/// repay reading and writing `dU` (16 `[c, f]` matrices): deep layers of a small image.
+const MIN_GRADIENT_TILES: usize = 256;
+
+/// Whether [`kernel_gradient`] is worth its transforms for `geo` at `batch`.
+pub fn kernel_gradient_repays(geo: &Geometry, batch: usize) -> bool {
+    let (tw, th) = geo.tiles();
+    repays(geo.c) && repays(geo.f) && batch * tw * th >= MIN_GRADIENT_TILES
+}
+
+fn kernel_gradient_blocked(
+    x: &[f32],
+    dy: &[f32],
+    geo: Geometry,
+    batch: usize,
+    isa: Isa,
+    cut: Blocking,
+) -> Vec<f32> {
+    let Geometry { h, w, c, f, .. } = geo;
+    let cf = c * f;
+    let (tw, th) = geo.tiles();
+    let tile_rows = batch * th;
+    let mut du = vec![0.0f32; TAPS * cf];
+    if tile_rows > 0 && tw > 0 && cf > 0 {
+        let parts = [Strided::dense(x, [h, w, c])];
+        let parts = &parts[..];
+        // du[tap] += Vᵀ N over `tiles` tiles of `v` (`[tiles, 16, c]`) and `n` (`[tiles, 16, f]`).
+        let multiply = |tiles: usize, v: &[f32], n: &[f32], du: &mut [f32], parallel: bool| {
+            for tap in 0..TAPS {
+                strided_product(
+                    (c, f, tiles),
+                    (&v[tap * c..], 1, TAPS * c),
+                    (&n[tap * f..], TAPS * f, 1),
+                    (&mut du[tap * cf..], f, 1),
+                    true,
+                    parallel,
+                );
+            }
+        };
+        if tile_rows >= 2 && cf <= cut.small_kernel {
+            let chunks = (PARTIALS_FLOATS / (TAPS * cf)).clamp(1, 32).min(tile_rows);
+            let rows_per_chunk = tile_rows.div_ceil(chunks);
+            let segment = (cut.segment / (TAPS * (c + f)))
+                .max(cut.min_segment_tiles)
+                .min(tw);
+            let partials: Vec<Vec<f32>> = (0..tile_rows)
+                .step_by(rows_per_chunk)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|first_row| {
+                    let mut partial = vec![0.0f32; TAPS * cf];
+                    let mut v = vec![0.0f32; segment * TAPS * c];
+                    let mut n = vec![0.0f32; segment * TAPS * f];
+                    for g in first_row..(first_row + rows_per_chunk).min(tile_rows) {
+                        for first in (0..tw).step_by(segment) {
+                            let txs = first..(first + segment).min(tw);
+                            let (v, n) = (
+                                &mut v[..txs.len() * TAPS * c],
+                                &mut n[..txs.len() * TAPS * f],
+                            );
+                            transform_input(parts, geo, g, txs.clone(), v, isa);
+                            transform_output_gradient(dy, geo, g, txs.clone(), n, isa);
+                            multiply(txs.len(), v, n, &mut partial, false);
+                        }
+                    }
+                    partial
+                })
+                .collect();
+            du.par_chunks_mut(1 << 12).enumerate().for_each(|(i, out)| {
+                let at = i << 12;
+                for partial in &partials {
+                    for (o, p) in out.iter_mut().zip(&partial[at..]) {
+                        *o += p;
+                    }
+                }
+            });
+        } else {
+            let target = (cut.block / (TAPS * (c + f))).max(cut.min_block_tiles);
+            let rows_per_block = (target / tw).clamp(1, tile_rows);
+            let mut v = vec![0.0f32; rows_per_block * tw * TAPS * c];
+            let mut n = vec![0.0f32; rows_per_block * tw * TAPS * f];
+            for first in (0..tile_rows).step_by(rows_per_block) {
+                let rows = rows_per_block.min(tile_rows - first);
+                let tiles = rows * tw;
+                let (v, n) = (&mut v[..tiles * TAPS * c], &mut n[..tiles * TAPS * f]);
+                v.par_chunks_mut(tw * TAPS * c)
+                    .zip(n.par_chunks_mut(tw * TAPS * f))
+                    .enumerate()
+                    .for_each(|(i, (v, n))| {
+                        transform_input(parts, geo, first + i, 0..tw, v, isa);
+                        transform_output_gradient(dy, geo, first + i, 0..tw, n, isa);
+                    });
+                multiply(tiles, v, n, &mut du, true);
+            }
+        }
+    }
+    // dg = Gᵀ dU G, Gᵀ = [1 ½ ½ 0; 0 ½ -½ 0; 0 ½ ½ 1], for every channel pair.
+    let mut dg = vec![0.0f32; 9 * cf];
+    let gt = |a: f32, b: f32, c: f32, d: f32| [a + 0.5 * (b + c), 0.5 * (b - c), 0.5 * (b + c) + d];
+    for at in 0..cf {
+        let m = |i: usize, j: usize| du[(i * 4 + j) * cf + at];
+        // Columns first: t[j] = Gᵀ (column j of dU).
+        let t: [[f32; 3]; 4] = std::array::from_fn(|j| gt(m(0, j), m(1, j), m(2, j), m(3, j)));
+        for ky in 0..3 {
+            let row = gt(t[0][ky], t[1][ky], t[2][ky], t[3][ky]);
+            for (kx, value) in row.into_iter().enumerate() {
+                dg[(ky * 3 + kx) * cf + at] = value;
+            }
+        }
+    }
+    dg
+}
+
+/// `N = A dY Aᵀ` (A = [1 0; 1 1; 1 -1; 0 -1]) for tiles `txs` of tile row `g` of the output
+/// gradient `dy` (dense `[batch, oh, ow, f]`; zeros past its edge) into `n` (`[tiles, 16, f]`).
+fn transform_output_gradient(
+    dy: &[f32],
+    geo: Geometry,
+    g: usize,
+    txs: Range<usize>,
+    n: &mut [f32],
+    isa: Isa,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only detected on CPUs with AVX2 and FMA.
+        Isa::Avx2 => unsafe { transform_output_gradient_avx2(dy, geo, g, txs, n) },
+        _ => transform_output_gradient_portable(dy, geo, g, txs, n),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_output_gradient_avx2(
+    dy: &[f32],
+    geo: Geometry,
+    g: usize,
+    txs: Range<usize>,
+    n: &mut [f32],
+) {
+    transform_output_gradient_portable(dy, geo, g, txs, n)
+}
+
+#[inline(always)]
+fn transform_output_gradient_portable(
+    dy: &[f32],
+    geo: Geometry,
+    g: usize,
+    txs: Range<usize>,
+    n: &mut [f32],
+) {
+    let Geometry { oh, ow, f, .. } = geo;
+    let (_, th) = geo.tiles();
+    let (item, ty) = (g / th, g % th);
+    let zeros = vec![0.0f32; f];
+    for (tx, nt) in txs.zip(n.chunks_exact_mut(TAPS * f)) {
+        // The tile's 2x2 output gradients where they lie, zeros past the edge.
+        let d: [&[f32]; 4] = std::array::from_fn(|k| {
+            let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
+            if oy < oh && ox < ow {
+                let at = ((item * oh + oy) * ow + ox) * f;
+                &dy[at..at + f]
+            } else {
+                &zeros[..]
+            }
+        });
+        let mut o = 0;
+        while o + LANES <= f {
+            output_gradient_lanes::<LANES>(&d, nt, f, o);
+            o += LANES;
+        }
+        while o < f {
+            output_gradient_lanes::<1>(&d, nt, f, o);
+            o += 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn output_gradient_lanes<const L: usize>(d: &[&[f32]; 4], nt: &mut [f32], f: usize, o: usize) {
+    let y: [[f32; L]; 4] = std::array::from_fn(|k| lanes::<L>(&d[k][o..]));
+    let zero = [0.0f32; L];
+    // Rows of A dY: y0, y0 + y1, y0 - y1, -y1 (each a pair of columns).
+    let rows = [
+        [y[0], y[1]],
+        [add(&y[0], &y[2]), add(&y[1], &y[3])],
+        [sub(&y[0], &y[2]), sub(&y[1], &y[3])],
+        [sub(&zero, &y[2]), sub(&zero, &y[3])],
+    ];
+    for (i, [a, b]) in rows.iter().enumerate() {
+        let out = [*a, add(a, b), sub(a, b), sub(&zero, b)];
+        for (j, value) in out.iter().enumerate() {
+            let k = 4 * i + j;
+            nt[k * f + o..k * f + o + L].copy_from_slice(value);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,9 +938,140 @@ mod tests {
         check(10, 300, &[64], 64, false, 1);
     }
 
+    /// The kernel and input gradients of the convolution `geo` in f64 by their definitions:
+    /// `dk[ky, kx, ch, o] = Σ x[n, oy + ky - top, ox + kx - left, ch] dy[n, oy, ox, o]`, and
+    /// `dx` scatters `dy[n, oy, ox, o] k[ky, kx, ch, o]` to the pixel each tap reads.
+    fn direct_gradients(
+        x: &[f32],
+        dy: &[f32],
+        kernel: &[f32],
+        geo: Geometry,
+        batch: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let Geometry {
+            h,
+            w,
+            c,
+            oh,
+            ow,
+            f,
+            top,
+            left,
+        } = geo;
+        let mut dk = vec![0.0f64; 9 * c * f];
+        let mut dx = vec![0.0f64; batch * h * w * c];
+        for n in 0..batch {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (Some(iy), Some(ix)) =
+                                ((oy + ky).checked_sub(top), (ox + kx).checked_sub(left))
+                            else {
+                                continue;
+                            };
+                            if iy >= h || ix >= w {
+                                continue;
+                            }
+                            for ch in 0..c {
+                                let xi = ((n * h + iy) * w + ix) * c + ch;
+                                for o in 0..f {
+                                    let g = dy[((n * oh + oy) * ow + ox) * f + o] as f64;
+                                    let ki = ((ky * 3 + kx) * c + ch) * f + o;
+                                    dk[ki] += x[xi] as f64 * g;
+                                    dx[xi] += kernel[ki] as f64 * g;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let narrow = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+        (narrow(dk), narrow(dx))
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * scale,
+                "{what}: [{i}] = {a}, direct {b} (scale {scale})"
+            );
+        }
+    }
+
+    /// Both gradients through Winograd's transforms against [`direct_gradients`].
+    fn check_gradients(h: usize, w: usize, c: usize, f: usize, same: bool, batch: usize) {
+        let (oh, ow, top) = if same { (h, w, 1) } else { (h - 2, w - 2, 0) };
+        let geo = Geometry {
+            h,
+            w,
+            c,
+            oh,
+            ow,
+            f,
+            top,
+            left: top,
+        };
+        let x = values(batch * h * w * c, 11 + h as u64);
+        let dy = values(batch * oh * ow * f, 5 + w as u64);
+        let kernel = values(9 * c * f, 17 + c as u64);
+        let (want_dk, want_dx) = direct_gradients(&x, &dy, &kernel, geo, batch);
+        let small = Blocking {
+            small_kernel: 1 << 16,
+            segment: 1,
+            min_segment_tiles: 3,
+            block: 1,
+            min_block_tiles: 1,
+        };
+        let large = Blocking {
+            small_kernel: 0,
+            min_block_tiles: 2 * ow.div_ceil(2),
+            ..small
+        };
+        let label = format!("{h}x{w}, c {c}, f {f}, same {same}, batch {batch}");
+        for isa in [Isa::Portable, Isa::detect()] {
+            for cut in [Blocking::DEFAULT, small, large] {
+                let dk = kernel_gradient_blocked(&x, &dy, geo, batch, isa, cut);
+                assert_close(&format!("dk {label} {isa:?} {cut:?}"), &dk, &want_dk);
+            }
+            let back = geo.input_gradient().expect("3x3 padding");
+            let u = transform_kernel_for_input_gradient(&kernel, c, f).expect("kernel size");
+            let ops = Ops {
+                u: &u,
+                bias: None,
+                activation: ActivationFn::Linear,
+                isa,
+            };
+            let mut dx = vec![f32::NAN; batch * h * w * c];
+            conv2d(
+                &[Strided::dense(&dy, [oh, ow, f])],
+                back,
+                ops,
+                &mut dx,
+                batch,
+            );
+            assert_close(&format!("dx {label} {isa:?}"), &dx, &want_dx);
+        }
+    }
+
+    #[test]
+    fn gradients_equal_their_definitions() {
+        check_gradients(3, 3, 8, 1, true, 1);
+        check_gradients(3, 3, 8, 2, false, 1);
+        check_gradients(7, 6, 9, 13, true, 2);
+        check_gradients(7, 6, 9, 13, false, 2);
+        check_gradients(12, 17, 16, 8, true, 1);
+        check_gradients(5, 9, 3, 33, false, 3);
+        check_gradients(1, 1, 8, 8, true, 2);
+    }
+
     #[test]
     fn refuses_a_kernel_of_the_wrong_size() {
         assert!(transform_kernel(&[0.0; 10], 1, 1).is_none());
         assert!(transform_kernel(&[0.0; 18], 2, 1).is_some());
+        assert!(transform_kernel_for_input_gradient(&[0.0; 17], 2, 1).is_none());
     }
 }

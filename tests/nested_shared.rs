@@ -323,6 +323,23 @@ fn a_shared_nested_model_uses_one_set_of_weights() {
     assert!(run(&image, &image).data.iter().all(|&v| v == 0.0));
     // Different images: not zero (the test can fail).
     assert!(run(&image, &other).data.iter().any(|&v| v != 0.0));
+    // Wrong inputs are named: a missing one, another shape, batches that differ.
+    let model = CpuModel::new(&c.graph, &c.info, &w).unwrap();
+    let wrong = |inputs: &[unetc::exec::Tensor]| model.run_inputs(inputs).unwrap_err().to_string();
+    let e = wrong(&[image.clone()]);
+    assert!(
+        e.contains("the model takes 2 input(s), but 1 were given"),
+        "{e}"
+    );
+    let small = unetc::exec::Tensor::from_vec(&[1, 4, 8, 2], vec![0.5; 64]).unwrap();
+    let e = wrong(&[image.clone(), small]);
+    assert!(
+        e.contains("input 1 has shape [1, 4, 8, 2] but the model takes (N, 8, 8, 2)"),
+        "{e}"
+    );
+    let two = unetc::exec::Tensor::from_vec(&[2, 8, 8, 2], vec![0.5; 256]).unwrap();
+    let e = wrong(&[image.clone(), two]);
+    assert!(e.contains("N the same for every input"), "{e}");
 }
 
 #[test]

@@ -30,6 +30,38 @@ impl WeightHome {
     }
 }
 
+/// The batch size of `inputs` (one tensor per model input, each `(N, ...)` of its input's shape
+/// with the same N), or what is wrong with them.
+pub fn batch_of_inputs(graph: &Graph, info: &Inferred, inputs: &[Tensor]) -> Result<usize, String> {
+    if inputs.len() != graph.inputs.len() {
+        return Err(format!(
+            "the model takes {} input(s), but {} were given",
+            graph.inputs.len(),
+            inputs.len()
+        ));
+    }
+    for (k, (input, &id)) in inputs.iter().zip(&graph.inputs).enumerate() {
+        let want: Vec<String> = info.layers[id.index()]
+            .shape
+            .iter()
+            .flatten()
+            .map(|d| d.to_string())
+            .collect();
+        let got: Vec<String> = input.shape.iter().skip(1).map(|d| d.to_string()).collect();
+        if got != want || input.shape.first() != inputs[0].shape.first() {
+            return Err(format!(
+                "input {k} has shape {:?} but the model takes (N, {}) there, N the same for every \
+                 input",
+                input.shape,
+                want.join(", ")
+            ));
+        }
+    }
+    Ok(inputs
+        .first()
+        .map_or(0, |t| t.shape.first().copied().unwrap_or(0)))
+}
+
 /// Where weights come from (a safetensors file, or anything that maps names to tensors).
 pub trait WeightSource {
     fn get(&self, name: &str) -> Option<&Tensor>;

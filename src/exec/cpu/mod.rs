@@ -403,30 +403,8 @@ impl<'g> CpuModel<'g> {
     /// Runs a batch through a model with one or more inputs (as a siamese U-Net takes two
     /// images): `inputs[k]` for the model's input `k`, every one with the same batch size.
     pub fn run_inputs(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ExecError> {
-        if inputs.len() != self.graph.inputs.len() {
-            return Err(ExecError::Input(format!(
-                "the model takes {} input(s), but {} were given",
-                self.graph.inputs.len(),
-                inputs.len()
-            )));
-        }
-        for (k, (input, &id)) in inputs.iter().zip(&self.graph.inputs).enumerate() {
-            let want = self.shape(id);
-            if input.shape.len() != want.len() + 1
-                || input.shape[1..] != want[..]
-                || input.shape[0] != inputs[0].shape[0]
-            {
-                return Err(ExecError::Input(format!(
-                    "input {k} has shape {:?} but the model takes (N, {}) there, N the same for every input",
-                    input.shape,
-                    want.iter()
-                        .map(|d| d.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-        }
-        let batch = inputs[0].shape[0];
+        let batch =
+            super::batch_of_inputs(self.graph, self.info, inputs).map_err(ExecError::Input)?;
         let need = self.plan.arena_bytes(batch);
         if need > self.memory_limit {
             return Err(ExecError::Memory {

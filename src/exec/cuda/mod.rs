@@ -1515,26 +1515,8 @@ impl<'g> CudaModel<'g> {
 
     /// The batch size of `inputs`, one tensor per model input, each of its input's shape.
     fn check_inputs(&self, inputs: &[Tensor]) -> Result<usize, CudaError> {
-        if inputs.len() != self.graph.inputs.len() {
-            return Err(CudaError::Model(format!(
-                "the model takes {} input(s), but {} were given",
-                self.graph.inputs.len(),
-                inputs.len()
-            )));
-        }
-        for (k, (input, &id)) in inputs.iter().zip(&self.graph.inputs).enumerate() {
-            let want = self.shape(id);
-            if input.shape.len() != want.len() + 1
-                || input.shape[1..] != want[..]
-                || input.shape[0] != inputs[0].shape[0]
-            {
-                return Err(CudaError::Model(format!(
-                    "input {k} has shape {:?} but the model takes (N, {:?}) there, N the same for every input",
-                    input.shape, want
-                )));
-            }
-        }
-        let batch = inputs[0].shape[0];
+        let batch =
+            super::batch_of_inputs(self.graph, self.info, inputs).map_err(CudaError::Model)?;
         index_limits(self.graph, self.info, batch).map_err(CudaError::Model)?;
         Ok(batch)
     }

@@ -326,7 +326,7 @@ fn a_shared_nested_model_uses_one_set_of_weights() {
     // Wrong inputs are named: a missing one, another shape, batches that differ.
     let model = CpuModel::new(&c.graph, &c.info, &w).unwrap();
     let wrong = |inputs: &[unetc::exec::Tensor]| model.run_inputs(inputs).unwrap_err().to_string();
-    let e = wrong(&[image.clone()]);
+    let e = wrong(std::slice::from_ref(&image));
     assert!(
         e.contains("the model takes 2 input(s), but 1 were given"),
         "{e}"

@@ -1924,13 +1924,7 @@ fn write_output(path: &Path, out: &Tensor, kind: OutputKind, force: bool) -> Res
                     0
                 }
             }
-            _ => {
-                let arg = p
-                    .iter()
-                    .enumerate()
-                    .fold(0, |best, (i, &v)| if v > p[best] { i } else { best });
-                (arg * 255 / (k - 1).max(1)) as u8
-            }
+            _ => (crate::io::stream::argmax(p) * 255 / (k - 1).max(1)) as u8,
         })
         .collect();
     if let OutputKind::ClassProbability { class } = kind {

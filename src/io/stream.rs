@@ -669,10 +669,14 @@ pub fn label(p: &[f32], threshold: f32) -> u8 {
     if let [v] = p {
         return u8::from(*v > threshold);
     }
+    argmax(p).min(255) as u8
+}
+
+/// The index of a pixel's largest channel value, the first of equal ones.
+pub fn argmax(p: &[f32]) -> usize {
     p.iter()
         .enumerate()
         .fold(0, |best, (i, &v)| if v > p[best] { i } else { best })
-        .min(255) as u8
 }
 
 /// The shape a sink stores for a model output of `shape` (`[n, h, w, k]`).

@@ -307,7 +307,7 @@ enum Command {
     /// The execution plan: which layers run a kernel, which cost nothing (views, fused layers,
     /// concatenations never built), and where each value lives in the activation arena.
     #[command(
-        after_help = "Examples:\n  unetc plan specs/original.unet\n  unetc plan specs/bn_same.yaml --precision bf16\n  unetc plan specs/original.unet --format json"
+        after_help = "Examples:\n  unetc plan specs/original.unet\n  unetc plan specs/bn_same.yaml --precision bf16\n  unetc plan specs/original.unet --format json\n  unetc plan specs/zhixuhao.unet --train --batch-size 2"
     )]
     Plan {
         /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
@@ -318,6 +318,16 @@ enum Command {
         /// `text` (a table) or `json` (README: "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Plan a training step instead: which values are kept for the backward pass, which are
+        /// freed early, and the step's peak memory.
+        #[arg(long)]
+        train: bool,
+        /// With --train: samples per step [default: the spec's train(batch_size:), else 32].
+        #[arg(long, requires = "train", value_parser = clap::value_parser!(u32).range(1..=65536))]
+        batch_size: Option<u32>,
+        /// With --train: adam, adamw, sgd or rmsprop [default: the spec's, else adam].
+        #[arg(long, requires = "train")]
+        optimizer: Option<String>,
     },
     /// Train a spec on arrays, step for step as tf.keras's `train_on_batch` (CPU, f32).
     #[command(
@@ -958,6 +968,16 @@ fn main() -> ExitCode {
             spec,
             precision,
             format,
+            train: true,
+            batch_size,
+            optimizer,
+        } => plan_train(&spec, &precision, format, batch_size, optimizer),
+        Command::Plan {
+            spec,
+            precision,
+            format,
+            train: false,
+            ..
         } => plan(&spec, &precision, format),
         Command::Train(args) => match train(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -2317,6 +2337,65 @@ fn plan(spec: &std::path::Path, precision: &str, format: Format) -> ExitCode {
             &c,
             &unetc::report::plan::plan_report(&c, &p, element_bytes),
         )),
+    }
+}
+
+/// `unetc plan --train`: the memory of a training step (the trainer frees by the same plan).
+fn plan_train(
+    spec: &std::path::Path,
+    precision: &str,
+    format: Format,
+    batch_size: Option<u32>,
+    optimizer: Option<String>,
+) -> ExitCode {
+    if precision != "f32" {
+        eprintln!("error: --precision: training runs in f32 only");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let c = match compile_checked(spec) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let settings = match unetc::train::spec_settings(&c) {
+        Ok(s) => s,
+        Err(diags) => {
+            eprint!("{}", unetc::diag::render_plain(&c.sources, &diags));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let args = unetc::train::optimizer::OptimizerArgs {
+        beta_1: settings.beta_1,
+        beta_2: settings.beta_2,
+        epsilon: settings.epsilon,
+        momentum: settings.momentum,
+        nesterov: settings.nesterov == Some(true),
+        rho: settings.rho,
+        weight_decay: settings.weight_decay,
+    };
+    let name = optimizer
+        .or(settings.optimizer)
+        .unwrap_or_else(|| "adam".into());
+    let slots = match unetc::train::optimizer::Optimizer::new(&name, &args) {
+        Ok((o, _)) => o.slots(),
+        Err(e) => {
+            eprintln!("error: --optimizer: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let batch = batch_size
+        .map(u64::from)
+        .or(settings.batch_size)
+        .unwrap_or(32) as usize;
+    let p = match unetc::train::memory::MemoryPlan::new(&c, batch, slots) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match format {
+        Format::Text => emit_stdout(&unetc::report::plan::train_text(&p, &name)),
+        Format::Json => emit_json(&report::json::train_plan_json(spec, &c, &p)),
     }
 }
 

@@ -260,3 +260,69 @@ fn outputs_behind_a_fused_activation_stay_dense() {
     }
     replay(&c, &p, "deep_supervision");
 }
+
+/// `unetc plan --train` on a model small enough to count by hand (batch 1, values per layer:
+/// input 8·8·1 = 64, conv2d 8·8·2 = 128, max_pooling2d 4·4·2 = 32, up_sampling2d 128,
+/// concatenate 8·8·4 = 256, conv2d_1 8·8·1 = 64).
+#[test]
+fn plan_train_keeps_what_backward_reads() {
+    let dir = fresh_temp_dir("plan-train");
+    let spec = dir.join("small.unet");
+    std::fs::write(
+        &spec,
+        "model \"small\" {\n  input 8x8x1\n  c = conv2d(2, 3, padding: same, activation: relu)\n  \
+         u = c -> max_pooling2d(2) -> up_sampling2d(2)\n  \
+         [c, u] -> concatenate() -> conv2d(1, 1, activation: sigmoid)\n}\n",
+    )
+    .unwrap();
+    let (code, out, err) = unetc_cli(&[
+        "plan",
+        path_str(&spec),
+        "--train",
+        "--batch-size",
+        "1",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let kept: Vec<(String, Vec<String>, bool)> = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let by = l["kept_for"].as_array().unwrap();
+            (
+                l["name"].as_str().unwrap().to_string(),
+                by.iter().map(|b| b.as_str().unwrap().to_string()).collect(),
+                l["recomputed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // conv2d reads its input; its ReLU's derivative reads its own output (no pre-activation
+    // kept), as does max pooling's backward; up-sampling and concatenation read no values, so
+    // the pooled value and the up-sampled one go in the forward pass (the up-sampling is not
+    // rebuilt: its input is not kept); conv2d_1 reads the concatenation; the loss reads the
+    // sigmoid head, which keeps its logits (64 saved values).
+    assert_eq!(
+        kept,
+        vec![
+            ("input_1".into(), s(&["conv2d"]), false),
+            ("conv2d".into(), s(&["conv2d", "max_pooling2d"]), false),
+            ("max_pooling2d".into(), vec![], false),
+            ("up_sampling2d".into(), vec![], false),
+            ("concatenate".into(), s(&["conv2d_1"]), false),
+            ("conv2d_1".into(), s(&["loss"]), false),
+        ]
+    );
+    // Kept at the end of the forward pass: 64 + 128 + 256 + 64 + 64 (logits) = 576 of 672.
+    assert_eq!(v["kept_elements"], 576);
+    assert_eq!(v["all_outputs_elements"], 672);
+    // The peak is the concatenation's backward: values still held 64 + 128 + 256 = 448, the
+    // loss's gradient 64, the incoming gradient 256 and the two input gradients 128 + 128.
+    assert_eq!(v["peak_elements"], 448 + 64 + 256 + 256);
+    // Weights: 3·3·1·2 + 2 and 1·1·4·1 + 1 = 25, Adam's two slots.
+    assert_eq!(v["weight_elements"], 25);
+    assert_eq!(v["total_bytes"], (1024 + 2 * 25 + 2 * 25) * 4);
+}

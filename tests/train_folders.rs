@@ -289,9 +289,10 @@ fn the_specs_train_settings_apply_and_flags_override_them() {
 
 #[test]
 fn a_batch_that_cannot_fit_in_memory_is_refused_before_training() {
-    // One 2048x2048 image and sixteen 64-channel convolutions at full size: about 3.2 GB per
-    // layer for outputs, pre-activations and gradients, 51 GB in all, more than a test machine
-    // has. The estimate refuses it before allocating anything.
+    // One 2048x2048 image and sixty-four 64-channel convolutions at full size: each keeps its
+    // 1 GiB output for the backward pass (its ReLU's derivative reads it), 64 GiB in all, more
+    // than a test machine has (`unetc plan --train` shows the plan). The estimate refuses it
+    // before allocating anything.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir_all(d.join("big/images")).unwrap();
@@ -302,7 +303,7 @@ fn a_batch_that_cannot_fit_in_memory_is_refused_before_training() {
     GrayImage::new(2048, 2048)
         .save(d.join("big/masks/a.png"))
         .unwrap();
-    let spec = "model {\n  input 2048x2048x1\n  for i in 0..16 { conv2d(64, 3, padding: same, activation: relu) }\n  conv2d(1, 1, activation: sigmoid)\n}\n";
+    let spec = "model {\n  input 2048x2048x1\n  for i in 0..64 { conv2d(64, 3, padding: same, activation: relu) }\n  conv2d(1, 1, activation: sigmoid)\n}\n";
     std::fs::write(d.join("big.unet"), spec).unwrap();
     let p = |name: &str| d.join(name).to_str().unwrap().to_string();
     let started = std::time::Instant::now();

@@ -10,6 +10,7 @@ use unetc::exec::Tensor;
 use unetc::io::Weights;
 use unetc::ir::ops::KIND_CLASSES;
 use unetc::train::loss::Loss;
+use unetc::train::memory::MemoryPlan;
 use unetc::train::optimizer::{Optimizer, OptimizerArgs};
 use unetc::train::{BatchTargets, TrainConfig, Trainer};
 
@@ -61,6 +62,11 @@ const SPECS: &[(&str, &str)] = &[
     ("tf resize and reshapes", "x = conv2d(3, 1)\n  h = input_1 -> conv2d(1, 3, padding: same)\n  [x -> tf_op(\"image.resize\", size: (12, 6), method: bilinear) -> flatten(), x -> tf_op(\"image.resize\", size: (6, 12), method: nearest) -> flatten(), h -> tf_op(\"compat.v1.squeeze\", axis: -1) -> tf_op(expand_dims, axis: 1) -> tf_op(reshape, shape: (-1, 6, 6, 1)) -> flatten()] -> concatenate()"),
     ("nested model called twice", "block enc() as functional {\n    input(shape: 6x6x4)\n    conv2d(3, 3, padding: same) -> batch_normalization() -> activation(tanh)\n  }\n  x = input_1 -> enc(name: \"e\")\n  y = input_1 -> conv2d(4, 1) -> shared(e)\n  [x, y] -> concatenate()"),
     ("keras-unet-collection snake", "conv2d(4, 3, padding: same) -> snake(0.7, trainable: true) -> conv2d(4, 1) -> snake() -> rescaling(3.0) -> snake(-1.5, trainable: true)"),
+    // The up-sampling and the concatenation are freed in the forward pass and rebuilt from
+    // their kept inputs for the convolutions' backward (`unetc plan --train`); the softmax keeps
+    // conv2d_1's output for its own backward (a ReLU there puts a kink within the differences'
+    // step: the bias check fails with or without rebuilding).
+    ("rebuilt copies", "x = conv2d(3, 3, padding: same, activation: relu)\n  y = x -> up_sampling2d(2) -> conv2d(3, 2, strides: 2, padding: same, activation: softmax)\n  [x, y] -> concatenate() -> conv2d(2, 3)"),
 ];
 
 struct Case {
@@ -210,6 +216,16 @@ fn gradients_match_finite_differences() {
         let (_, grads) = trainer
             .gradients(&case.x, &BatchTargets::Dense(case.targets.clone()))
             .unwrap();
+        // The memory plan (`unetc plan --train`) predicts what the step held: which values were
+        // kept, freed, rebuilt, and what each layer saved.
+        let plan = MemoryPlan::new(&case.c, 2, config().optimizer.slots()).unwrap();
+        if plan.peak_elements != trainer.peak_held_elements() {
+            failures.push(format!(
+                "{what}: the memory plan's peak is {} values, the step held {}",
+                plan.peak_elements,
+                trainer.peak_held_elements()
+            ));
+        }
         let h = 2e-3f32;
         let mut check = |label: String, analytic: &[f32], perturb: &dyn Fn(usize, f32) -> f64| {
             let scale = analytic.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;

@@ -332,3 +332,18 @@ pub fn plan_json(path: &Path, c: &Compiled, report: &PlanReport) -> Json {
     object.insert("model".into(), json!(c.graph.name));
     Json::Object(object)
 }
+
+/// `unetc plan --train --format json`: the training step's memory plan, sizes in f32 values
+/// and the whole step's estimate in bytes.
+pub fn train_plan_json(path: &Path, c: &Compiled, plan: &crate::train::memory::MemoryPlan) -> Json {
+    let mut object = match serde_json::to_value(plan) {
+        Ok(Json::Object(map)) => map,
+        // A derived Serialize of a struct is always an object.
+        Ok(_) | Err(_) => serde_json::Map::new(),
+    };
+    object.insert("schema".into(), json!(PLAN_SCHEMA_VERSION));
+    object.insert("spec".into(), json!(path.display().to_string()));
+    object.insert("model".into(), json!(c.graph.name));
+    object.insert("total_bytes".into(), json!(plan.total_bytes()));
+    Json::Object(object)
+}

@@ -300,3 +300,65 @@ pub fn plan_text(c: &Compiled, plan: &Plan, element_bytes: u64) -> String {
     );
     out
 }
+
+/// `unetc plan --train`: what a training step keeps for the backward pass, layer by layer, and
+/// its peak ([`crate::train::memory::MemoryPlan`]).
+pub fn train_text(p: &crate::train::memory::MemoryPlan, optimizer: &str) -> String {
+    let b = |elements: usize| bytes(elements as u64 * 4);
+    let name_w = p
+        .layers
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<name_w$}  {:>10}  {:>10}  kept for",
+        "layer", "output", "saved"
+    );
+    for l in &p.layers {
+        let kept = if l.kept_for.is_empty() {
+            "- (freed in the forward pass)".to_string()
+        } else if l.recomputed {
+            format!("- (rebuilt from its inputs for {})", l.kept_for.join(", "))
+        } else {
+            l.kept_for.join(", ")
+        };
+        let saved = if l.saved_elements == 0 {
+            "-".to_string()
+        } else {
+            b(l.saved_elements)
+        };
+        let _ = writeln!(
+            s,
+            "{:<name_w$}  {:>10}  {:>10}  {kept}",
+            l.name,
+            b(l.output_elements),
+            saved
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "batch {}, f32: the forward pass ends holding {} for the backward pass (all outputs \
+         together: {}); between layers the step peaks at {} (values, saved extras, gradients; a \
+         layer's scratch space is not counted)",
+        p.batch,
+        b(p.kept_elements),
+        b(p.all_outputs_elements),
+        b(p.peak_elements)
+    );
+    let _ = writeln!(
+        s,
+        "weights {}, their gradients {}, {optimizer} state {} ({} slot(s) per trainable value); \
+         a step needs about {} in all",
+        b(p.weight_elements),
+        b(p.weight_elements),
+        b(p.optimizer_slots * p.trainable_elements),
+        p.optimizer_slots,
+        bytes(p.total_bytes())
+    );
+    s
+}

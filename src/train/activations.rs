@@ -100,15 +100,60 @@ pub fn apply(activation: ActivationFn, z: &[f32], channels: usize) -> Vec<f32> {
     }
 }
 
-/// `dL/dz` from `dL/dy`, with `z` the pre-activation and `y = f(z)`.
+/// What an activation's backward pass reads to turn `dL/dy` into `dL/dz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DerivativeReads {
+    /// Nothing: `f'` is 1.
+    Nothing,
+    /// The pre-activation `z`.
+    Input,
+    /// The output `y` alone (ReLU's `y > 0` is TF's `z > 0`; softmax's Jacobian is in `y`), so
+    /// `z` need not be kept for backward.
+    Output,
+}
+
+pub fn derivative_reads(activation: ActivationFn) -> DerivativeReads {
+    match activation {
+        ActivationFn::Linear => DerivativeReads::Nothing,
+        ActivationFn::Relu | ActivationFn::Relu6 | ActivationFn::Softmax => DerivativeReads::Output,
+        ActivationFn::Sigmoid
+        | ActivationFn::Tanh
+        | ActivationFn::Elu
+        | ActivationFn::Selu
+        | ActivationFn::Softplus
+        | ActivationFn::Softsign
+        | ActivationFn::Swish
+        | ActivationFn::Silu
+        | ActivationFn::Gelu
+        | ActivationFn::Exponential
+        | ActivationFn::HardSigmoid
+        | ActivationFn::Mish
+        | ActivationFn::LeakyRelu => DerivativeReads::Input,
+    }
+}
+
+/// Whether a layer with `activation` fused in keeps its pre-activation for the backward pass
+/// or the loss: where the derivative reads it, and for softmax, whose logits a crossentropy
+/// loss takes (sigmoid's are kept for its derivative already).
+pub fn keeps_pre_activation(activation: ActivationFn) -> bool {
+    match derivative_reads(activation) {
+        DerivativeReads::Input => true,
+        DerivativeReads::Output => activation == ActivationFn::Softmax,
+        DerivativeReads::Nothing => false,
+    }
+}
+
+/// `dL/dz` from `dL/dy` (`dy`), with `z` the pre-activation and `y = f(z)`; each is read only
+/// where [`derivative_reads`] says so (the other may be empty).
 pub fn backward(
     activation: ActivationFn,
     z: &[f32],
     y: &[f32],
-    dy: &[f32],
+    dy: Vec<f32>,
     channels: usize,
 ) -> Vec<f32> {
     match activation {
+        ActivationFn::Linear => dy,
         ActivationFn::Softmax => {
             let c = channels.max(1);
             let mut dz = vec![0.0f32; dy.len()];
@@ -123,10 +168,32 @@ pub fn backward(
                 });
             dz
         }
-        other => z
+        ActivationFn::Relu => y
             .par_iter()
-            .zip(dy)
-            .map(|(&v, &g)| g * derivative(other, v).unwrap_or(1.0))
+            .zip(&dy)
+            .map(|(&v, &g)| if v > 0.0 { g } else { 0.0 })
+            .collect(),
+        ActivationFn::Relu6 => y
+            .par_iter()
+            .zip(&dy)
+            .map(|(&v, &g)| if v > 0.0 && v < 6.0 { g } else { 0.0 })
+            .collect(),
+        ActivationFn::Sigmoid
+        | ActivationFn::Tanh
+        | ActivationFn::Elu
+        | ActivationFn::Selu
+        | ActivationFn::Softplus
+        | ActivationFn::Softsign
+        | ActivationFn::Swish
+        | ActivationFn::Silu
+        | ActivationFn::Gelu
+        | ActivationFn::Exponential
+        | ActivationFn::HardSigmoid
+        | ActivationFn::Mish
+        | ActivationFn::LeakyRelu => z
+            .par_iter()
+            .zip(&dy)
+            .map(|(&v, &g)| g * derivative(activation, v).unwrap_or(1.0))
             .collect(),
     }
 }
@@ -188,11 +255,28 @@ mod tests {
     }
 
     #[test]
+    fn activations_read_from_the_output_give_the_derivative_at_the_input() {
+        let z: Vec<f32> = (-40..=40).map(|i| i as f32 * 0.25).collect();
+        let dy: Vec<f32> = (0..z.len()).map(|i| 1.0 + i as f32 * 0.01).collect();
+        for a in [ActivationFn::Relu, ActivationFn::Relu6] {
+            assert_eq!(derivative_reads(a), DerivativeReads::Output);
+            let y = apply(a, &z, 1);
+            let from_output = backward(a, &[], &y, dy.clone(), 1);
+            let from_input: Vec<f32> = z
+                .iter()
+                .zip(&dy)
+                .map(|(&v, &g)| g * derivative(a, v).unwrap())
+                .collect();
+            assert_eq!(from_output, from_input, "{a:?}");
+        }
+    }
+
+    #[test]
     fn softmax_backward_matches_central_differences() {
         let z = [0.3f32, -1.2, 2.0, 0.1];
         let dy = [0.5f32, -0.25, 1.0, 0.75];
         let y = apply(ActivationFn::Softmax, &z, 4);
-        let dz = backward(ActivationFn::Softmax, &z, &y, &dy, 4);
+        let dz = backward(ActivationFn::Softmax, &z, &y, dy.to_vec(), 4);
         for i in 0..4 {
             let loss = |shift: f32| {
                 let mut zz = z;

@@ -452,8 +452,8 @@ pub fn fit(
     let have = super::available_memory();
     if need > have {
         return Err(usage(format!(
-            "training at batch size {} needs about {} of memory (every layer's output is kept for \
-             the backward pass), more than the {} available: use a smaller --batch-size",
+            "training at batch size {} needs about {} of memory (`unetc plan --train` shows what is \
+             kept for the backward pass), more than the {} available: use a smaller --batch-size",
             opts.batch_size.min(n.max(1)),
             crate::text::bytes(need),
             crate::text::bytes(have)

@@ -18,8 +18,8 @@ use rand_distr::{Distribution, StandardNormal, Uniform};
 /// What the backward pass needs besides the layer's inputs and output.
 #[derive(Debug, Default)]
 pub struct Saved {
-    /// The pre-activation of a layer with a fused activation (conv, dense), when it is not
-    /// linear.
+    /// The pre-activation of a layer with a fused activation (conv, dense), where
+    /// [`activations::keeps_pre_activation`] says so.
     pub pre: Option<Vec<f32>>,
     /// Per-kind extras: BatchNormalization's batch mean and 1/std; a dropout mask; the
     /// depthwise result inside a separable convolution.
@@ -135,6 +135,235 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         | Op::Cropping3D(_)
         | Op::ZeroPadding3D(_)
         | Op::GlobalAveragePooling3D(_) => None,
+    }
+}
+
+/// Which of a layer's forward values its backward pass reads (beyond their shapes, its
+/// [`Saved`] and the gradient). The trainer frees every other value as soon as the forward
+/// pass is done with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackwardReads {
+    pub inputs: bool,
+    pub output: bool,
+}
+
+pub fn backward_reads(op: &Op) -> BackwardReads {
+    let reads = |inputs: bool, output: bool| BackwardReads { inputs, output };
+    let nothing = reads(false, false);
+    // A layer that is only its activation reads `z` (its input) or `y` (its output).
+    let activation = |a: ActivationFn| match activations::derivative_reads(a) {
+        activations::DerivativeReads::Nothing => nothing,
+        activations::DerivativeReads::Input => reads(true, false),
+        activations::DerivativeReads::Output => reads(false, true),
+    };
+    // A weighted layer reads its input for the kernel's gradient; its fused activation reads
+    // the kept pre-activation or the output.
+    let weighted = |a: ActivationFn| {
+        reads(
+            true,
+            activations::derivative_reads(a) == activations::DerivativeReads::Output,
+        )
+    };
+    let merge = |f: MergeFn| match f {
+        MergeFn::Add | MergeFn::Subtract | MergeFn::Average => nothing,
+        MergeFn::Multiply | MergeFn::Divide | MergeFn::Maximum | MergeFn::Minimum => {
+            reads(true, false)
+        }
+    };
+    match op {
+        Op::Conv2D(o) => weighted(o.args.activation),
+        Op::Conv2DTranspose(o) => weighted(o.args.activation),
+        Op::Conv3D(o) => weighted(o.args.activation),
+        Op::Conv3DTranspose(o) => weighted(o.args.activation),
+        Op::Dense(o) => weighted(o.activation),
+        Op::DepthwiseConv2D(o) => weighted(o.activation),
+        Op::SeparableConv2D(o) => weighted(o.activation),
+        Op::Activation(o) => activation(o.activation),
+        Op::Softmax(_) => reads(false, true),
+        Op::TFOpLambda(o) => match o.computes() {
+            TfCompute::Activation(a) => activation(a),
+            TfCompute::Merge(f) => merge(f),
+            TfCompute::Scalar(_) | TfCompute::ReduceChannels(_) => reads(true, false),
+            TfCompute::Concat(_) | TfCompute::Reshape | TfCompute::Resize(_) => nothing,
+        },
+        Op::Add(_) => merge(MergeFn::Add),
+        Op::Subtract(_) => merge(MergeFn::Subtract),
+        Op::Average(_) => merge(MergeFn::Average),
+        Op::Multiply(_) => merge(MergeFn::Multiply),
+        Op::Maximum(_) => merge(MergeFn::Maximum),
+        Op::Minimum(_) => merge(MergeFn::Minimum),
+        Op::GlobalMaxPooling2D(_) => reads(true, true),
+        Op::MaxPooling2D(_)
+        | Op::MaxPooling3D(_)
+        | Op::BatchNormalization(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_)
+        | Op::ReLU(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::GELU(_)
+        | Op::Snake(_)
+        | Op::PReLU(_) => reads(true, false),
+        Op::Input(_)
+        | Op::AveragePooling2D(_)
+        | Op::AveragePooling3D(_)
+        | Op::GlobalAveragePooling2D(_)
+        | Op::GlobalAveragePooling3D(_)
+        | Op::UpSampling2D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping2D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding2D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::Concatenate(_)
+        | Op::Flatten(_)
+        | Op::Reshape(_)
+        | Op::Permute(_)
+        | Op::Rescaling(_)
+        | Op::Normalization(_)
+        | Op::Dropout(_)
+        | Op::SpatialDropout2D(_)
+        | Op::GaussianNoise(_)
+        | Op::GaussianDropout(_)
+        | Op::FixedDropout(_) => nothing,
+    }
+}
+
+/// Whether the trainer may rebuild this layer's value from its inputs in the backward pass
+/// instead of keeping it: pure copies (no weights, no randomness, no arithmetic), cheap next
+/// to the convolution that reads them.
+pub fn recomputable(op: &Op) -> bool {
+    match op {
+        Op::Concatenate(_)
+        | Op::UpSampling2D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping2D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding2D(_)
+        | Op::ZeroPadding3D(_) => true,
+        Op::Input(_)
+        | Op::Conv2D(_)
+        | Op::Conv2DTranspose(_)
+        | Op::Conv3D(_)
+        | Op::Conv3DTranspose(_)
+        | Op::Dense(_)
+        | Op::DepthwiseConv2D(_)
+        | Op::SeparableConv2D(_)
+        | Op::Dropout(_)
+        | Op::SpatialDropout2D(_)
+        | Op::FixedDropout(_)
+        | Op::GaussianDropout(_)
+        | Op::GaussianNoise(_)
+        | Op::BatchNormalization(_)
+        | Op::GroupNormalization(_)
+        | Op::LayerNormalization(_)
+        | Op::Activation(_)
+        | Op::Softmax(_)
+        | Op::TFOpLambda(_)
+        | Op::Add(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Multiply(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::MaxPooling2D(_)
+        | Op::MaxPooling3D(_)
+        | Op::ReLU(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::GELU(_)
+        | Op::Snake(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::AveragePooling3D(_)
+        | Op::GlobalAveragePooling2D(_)
+        | Op::GlobalAveragePooling3D(_)
+        | Op::Flatten(_)
+        | Op::Reshape(_)
+        | Op::Permute(_)
+        | Op::Rescaling(_)
+        | Op::Normalization(_) => false,
+    }
+}
+
+/// How many values a layer's forward pass in training keeps for its backward pass besides
+/// its output (what [`forward`] puts in [`Saved`]), for an input of `in_shape` and an output
+/// of `out_shape`, batch first.
+pub fn saved_elements(op: &Op, in_shape: &[usize], out_shape: &[usize]) -> usize {
+    let out: usize = out_shape.iter().product();
+    let pre = |a: ActivationFn| {
+        if a != ActivationFn::Linear && activations::keeps_pre_activation(a) {
+            out
+        } else {
+            0
+        }
+    };
+    let mask = |rate: f64| if rate > 0.0 { out } else { 0 };
+    match op {
+        Op::Conv2D(o) => pre(o.args.activation),
+        Op::Conv2DTranspose(o) => pre(o.args.activation),
+        Op::Conv3D(o) => pre(o.args.activation),
+        Op::Conv3DTranspose(o) => pre(o.args.activation),
+        Op::Dense(o) => pre(o.activation),
+        Op::DepthwiseConv2D(o) => pre(o.activation),
+        // The depthwise result between the two kernels.
+        Op::SeparableConv2D(o) => {
+            let c = in_shape.last().copied().unwrap_or(0);
+            let pixels: usize = out_shape[..out_shape.len().saturating_sub(1)]
+                .iter()
+                .product();
+            pre(o.activation) + pixels * c * o.depthwise.depth_multiplier.max(1) as usize
+        }
+        Op::Dropout(o) => mask(o.rate),
+        Op::SpatialDropout2D(o) => mask(o.rate),
+        Op::FixedDropout(o) => mask(o.rate),
+        Op::GaussianDropout(o) => mask(o.rate),
+        // The batch mean and 1/std per channel.
+        Op::BatchNormalization(_) => 2 * out_shape.last().copied().unwrap_or(0),
+        // The mean and 1/std per group.
+        Op::GroupNormalization(_) | Op::LayerNormalization(_) => {
+            let item: Vec<i64> = out_shape.iter().skip(1).map(|&d| d as i64).collect();
+            op.norm_layout(&item).map_or(0, |l| {
+                2 * l.groups * l.outer * out_shape.first().copied().unwrap_or(0)
+            })
+        }
+        Op::Input(_)
+        | Op::Activation(_)
+        | Op::Softmax(_)
+        | Op::TFOpLambda(_)
+        | Op::Add(_)
+        | Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Multiply(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::GlobalMaxPooling2D(_)
+        | Op::MaxPooling2D(_)
+        | Op::MaxPooling3D(_)
+        | Op::ReLU(_)
+        | Op::LeakyReLU(_)
+        | Op::ELU(_)
+        | Op::GELU(_)
+        | Op::Snake(_)
+        | Op::PReLU(_)
+        | Op::AveragePooling2D(_)
+        | Op::AveragePooling3D(_)
+        | Op::GlobalAveragePooling2D(_)
+        | Op::GlobalAveragePooling3D(_)
+        | Op::UpSampling2D(_)
+        | Op::UpSampling3D(_)
+        | Op::Cropping2D(_)
+        | Op::Cropping3D(_)
+        | Op::ZeroPadding2D(_)
+        | Op::ZeroPadding3D(_)
+        | Op::Concatenate(_)
+        | Op::Flatten(_)
+        | Op::Reshape(_)
+        | Op::Permute(_)
+        | Op::Rescaling(_)
+        | Op::Normalization(_)
+        | Op::GaussianNoise(_) => 0,
     }
 }
 
@@ -556,12 +785,13 @@ pub fn backward(
     let pre_grad = |activation: ActivationFn, grad: Grad, pre: Option<&[f32]>| -> Vec<f32> {
         match grad {
             Grad::Logits(dz) => dz,
-            Grad::Output(dy) => match pre {
-                Some(z) => {
-                    activations::backward(activation, z, &output.data, &dy, channels(&output.shape))
-                }
-                None => dy,
-            },
+            Grad::Output(dy) => activations::backward(
+                activation,
+                pre.unwrap_or(&[]),
+                &output.data,
+                dy,
+                channels(&output.shape),
+            ),
         }
     };
     let output_grad = |grad: Grad| match grad {
@@ -1162,7 +1392,9 @@ fn finish_activation(
         return z;
     }
     let y = activations::apply(activation, &z, channels(out_shape));
-    saved.pre = Some(z);
+    if activations::keeps_pre_activation(activation) {
+        saved.pre = Some(z);
+    }
     y
 }
 
@@ -1849,7 +2081,9 @@ fn pool_backward(
     pool: Pool,
     dy: &[f32],
 ) -> Vec<f32> {
-    let mut dx = vec![0.0f32; x.len()];
+    // Sized by the shape: average pooling's input values are freed before backward.
+    let (n, dims, c) = shape;
+    let mut dx = vec![0.0f32; n * dims.iter().product::<usize>() * c];
     for_each_window(shape, out_shape, windows, |o, taps| match pool {
         // The first largest value takes the gradient, as TF's MaxPoolGrad.
         Pool::Max => {
@@ -2021,7 +2255,7 @@ fn concat_backward(
         .iter()
         .map(|t| {
             let (_, len, _) = split_axis(&t.shape, axis);
-            let mut dx = vec![0.0f32; t.data.len()];
+            let mut dx = vec![0.0f32; t.shape.iter().product()];
             for o in 0..outer {
                 let src = (o * total + at) * inner;
                 dx[o * len * inner..(o + 1) * len * inner]
@@ -2100,7 +2334,10 @@ fn merge_grads(inputs: &[&Tensor], _output: &Tensor, f: MergeFn, grad: Grad) -> 
         .iter()
         .map(|t| broadcast_index(&t.shape, out_shape))
         .collect();
-    let mut dxs: Vec<Vec<f32>> = inputs.iter().map(|t| vec![0.0f32; t.data.len()]).collect();
+    let mut dxs: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|t| vec![0.0f32; t.shape.iter().product()])
+        .collect();
     let n = inputs.len();
     for (o, &g) in dy.iter().enumerate() {
         let value = |k: usize| inputs[k].data[maps[k][o]];

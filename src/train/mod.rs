@@ -13,6 +13,7 @@ pub mod fit;
 pub mod layers;
 pub mod loss;
 pub mod math;
+pub mod memory;
 pub mod optimizer;
 pub mod profile;
 
@@ -74,6 +75,11 @@ pub struct Trainer<'c> {
     pub iterations: u64,
     rng: rand::rngs::StdRng,
     output: NodeId,
+    /// Which forward values the backward pass reads; the rest are freed early.
+    liveness: memory::Liveness,
+    /// The most f32 values held between layers in any step so far (what
+    /// [`memory::MemoryPlan::peak_elements`] predicts).
+    peak_held: usize,
 }
 
 /// Why a step cannot run.
@@ -164,7 +170,9 @@ impl<'c> Trainer<'c> {
             params,
             variables,
             iterations: 0,
+            liveness: memory::Liveness::new(c, output),
             output,
+            peak_held: 0,
         })
     }
 
@@ -178,7 +186,7 @@ impl<'c> Trainer<'c> {
         let batch = x.shape[0];
         let mut outputs: HashMap<NodeId, Tensor> = HashMap::new();
         let mut saved: HashMap<NodeId, Saved> = HashMap::new();
-        for &id in &self.c.info.schedule {
+        for (at, &id) in self.c.info.schedule.iter().enumerate() {
             let node = self.c.graph.node(id);
             let out_shape = self.shape(id, batch);
             let result = {
@@ -202,9 +210,48 @@ impl<'c> Trainer<'c> {
             outputs.insert(id, out);
             if training {
                 saved.insert(id, s);
+                self.peak_held = self.peak_held.max(held(&outputs) + held_saved(&saved));
+                // Values no backward reads go as soon as the forward pass is done with them
+                // (their shapes stay: backward sizes gradients by them).
+                for freed in &self.liveness.free_after[at] {
+                    if let Some(t) = outputs.get_mut(freed) {
+                        t.data = Vec::new();
+                    }
+                }
             }
         }
         Ok((outputs, saved))
+    }
+
+    /// The most f32 values held between layers in any step so far: outputs, saved values and
+    /// gradients of values (what [`memory::MemoryPlan::peak_elements`] predicts).
+    pub fn peak_held_elements(&self) -> usize {
+        self.peak_held
+    }
+
+    /// The value of a copy layer freed in the forward pass ([`memory::Liveness::recomputed`]),
+    /// rebuilt from its inputs for a reader's backward.
+    fn rebuild(
+        &mut self,
+        id: NodeId,
+        outputs: &HashMap<NodeId, Tensor>,
+    ) -> Result<Tensor, TrainError> {
+        let node = self.c.graph.node(id);
+        let inputs: Vec<&Tensor> = node.inputs.iter().map(|i| &outputs[i]).collect();
+        let batch = inputs
+            .first()
+            .and_then(|t| t.shape.first().copied())
+            .unwrap_or(0);
+        let out_shape = self.shape(id, batch);
+        let mut mode = Mode {
+            training: true,
+            layer_trainable: node.trainable,
+            rng: &mut self.rng,
+        };
+        let params = self.params.entry(self.c.graph.layer_owner(id)).or_default();
+        layers::forward(&node.op, &inputs, &out_shape, params, &mut mode)
+            .map(|(t, _)| t)
+            .map_err(|e| self.layer_error(id, e.0))
     }
 
     /// The model's output in inference mode (Keras's `predict`: moving statistics, no dropout).
@@ -374,7 +421,7 @@ impl<'c> Trainer<'c> {
         targets: &BatchTargets,
     ) -> Result<(f64, Gradients), TrainError> {
         let schedule = self.c.info.schedule.clone();
-        let (outputs, saved) = self.forward(x, true)?;
+        let (mut outputs, mut saved) = self.forward(x, true)?;
         // The loss, from the logits where Keras takes them.
         let out_node = self.c.graph.node(self.output);
         let output = &outputs[&self.output];
@@ -411,9 +458,20 @@ impl<'c> Trainer<'c> {
             } else {
                 match grads.remove(&id) {
                     Some(g) => Grad::Output(g),
-                    None => continue,
+                    None => {
+                        free(&mut outputs, &mut saved, id);
+                        continue;
+                    }
                 }
             };
+            let dy_len = match &grad {
+                Grad::Output(g) | Grad::Logits(g) => g.len(),
+            };
+            let rebuilt = self.liveness.rebuilt_for(self.c, id);
+            for &copy in &rebuilt {
+                let value = self.rebuild(copy, &outputs)?;
+                outputs.insert(copy, value);
+            }
             let inputs: Vec<&Tensor> = node.inputs.iter().map(|i| &outputs[i]).collect();
             let mode = Mode {
                 training: true,
@@ -437,6 +495,35 @@ impl<'c> Trainer<'c> {
                 },
             )
             .map_err(|e| self.layer_error(id, e.0))?;
+            let dx_len: usize = g.inputs.iter().map(Vec::len).sum();
+            self.peak_held = self.peak_held.max(
+                held(&outputs)
+                    + held_saved(&saved)
+                    + grads.values().map(Vec::len).sum::<usize>()
+                    + dout.len()
+                    + dy_len
+                    + dx_len,
+            );
+            // A gradient of the wrong length would add up silently short: say so instead.
+            for (input, dx) in node.inputs.iter().zip(&g.inputs) {
+                let want = outputs[input].shape.iter().product::<usize>();
+                if dx.len() != want {
+                    return Err(self.layer_error(
+                        id,
+                        format!(
+                            "internal error: the gradient of input `{}` has {} values, not {want}",
+                            self.c.graph.node(*input).name,
+                            dx.len()
+                        ),
+                    ));
+                }
+            }
+            free(&mut outputs, &mut saved, id);
+            for copy in rebuilt {
+                if let Some(t) = outputs.get_mut(&copy) {
+                    t.data = Vec::new();
+                }
+            }
             for (input, dx) in node.inputs.iter().zip(g.inputs) {
                 match grads.get_mut(input) {
                     Some(acc) => acc.iter_mut().zip(&dx).for_each(|(a, d)| *a += d),
@@ -563,33 +650,12 @@ impl<'c> Trainer<'c> {
     }
 }
 
-/// About how many bytes a training step at `batch` holds at its peak: every layer's output and
-/// pre-activation (kept for the backward pass) and its gradient, plus the weights with their
-/// gradients and optimizer state. An estimate from the shapes, to refuse a batch that cannot
-/// fit before anything is allocated.
+/// About how many bytes a training step at `batch` holds at its peak ([`memory::MemoryPlan`]:
+/// the values kept for the backward pass and the gradients in flight, plus the weights, their
+/// gradients and the optimizer's state), to refuse a batch that cannot fit before anything is
+/// allocated. `u64::MAX` where the sizes overflow.
 pub fn training_memory(c: &Compiled, batch: usize, optimizer_slots: usize) -> u64 {
-    let activations: u64 = c
-        .info
-        .schedule
-        .iter()
-        .map(|&id| {
-            item_shape(c, id)
-                .iter()
-                .fold(1u64, |a, &d| a.saturating_mul(d as u64))
-        })
-        .fold(0u64, u64::saturating_add);
-    let params: u64 = c
-        .info
-        .layers
-        .iter()
-        .map(|l| l.params())
-        .fold(0u64, u64::saturating_add);
-    // Output, pre-activation and gradient per value; weights, gradient and slots per weight.
-    let values = activations
-        .saturating_mul(batch as u64)
-        .saturating_mul(3)
-        .saturating_add(params.saturating_mul(2 + optimizer_slots as u64));
-    values.saturating_mul(4)
+    memory::MemoryPlan::new(c, batch, optimizer_slots).map_or(u64::MAX, |p| p.total_bytes())
 }
 
 /// Asks the C allocator to keep freed memory for reuse instead of handing it back to the system
@@ -691,4 +757,25 @@ pub fn spec_settings(c: &Compiled) -> Result<SpecSettings, Vec<crate::diag::Diag
     } else {
         Err(diags)
     }
+}
+
+/// f32 values held in `outputs`.
+fn held(outputs: &HashMap<NodeId, Tensor>) -> usize {
+    outputs.values().map(|t| t.data.len()).sum()
+}
+
+/// f32 values held in `saved`.
+fn held_saved(saved: &HashMap<NodeId, Saved>) -> usize {
+    saved
+        .values()
+        .map(|s| s.pre.as_ref().map_or(0, Vec::len) + s.aux.iter().map(Vec::len).sum::<usize>())
+        .sum()
+}
+
+/// Frees a layer's value and saved extras once its backward is done (its readers ran first).
+fn free(outputs: &mut HashMap<NodeId, Tensor>, saved: &mut HashMap<NodeId, Saved>, id: NodeId) {
+    if let Some(t) = outputs.get_mut(&id) {
+        t.data = Vec::new();
+    }
+    saved.remove(&id);
 }

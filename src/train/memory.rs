@@ -24,6 +24,9 @@ pub enum Reader {
 pub struct Liveness {
     /// Per schedule position: the values the forward pass frees once that layer is done.
     pub free_after: Vec<Vec<NodeId>>,
+    /// The same in inference mode (validation, `predict`): every value but the output goes
+    /// after its last reader.
+    pub free_after_inference: Vec<Vec<NodeId>>,
     /// Per node index: who reads its value after the forward pass (empty: freed early).
     pub readers: Vec<Vec<Reader>>,
     /// Per node index: freed in the forward pass and rebuilt from its (kept) inputs for each
@@ -75,6 +78,13 @@ impl Liveness {
                     .iter()
                     .all(|i| kept(&readers[i.index()]) && !recomputed[i.index()]);
         }
+        let mut free_after_inference = vec![Vec::new(); schedule.len()];
+        for (at, &id) in schedule.iter().enumerate() {
+            if id != output {
+                let last = last_forward_read[id.index()].unwrap_or(at).max(at);
+                free_after_inference[last].push(id);
+            }
+        }
         let mut free_after = vec![Vec::new(); schedule.len()];
         for (at, &id) in schedule.iter().enumerate() {
             if readers[id.index()].is_empty() || recomputed[id.index()] {
@@ -85,6 +95,7 @@ impl Liveness {
         }
         Liveness {
             free_after,
+            free_after_inference,
             readers,
             recomputed,
         }

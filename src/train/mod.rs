@@ -208,15 +208,18 @@ impl<'c> Trainer<'c> {
             };
             let (out, s) = result.map_err(|e| self.layer_error(id, e.0))?;
             outputs.insert(id, out);
-            if training {
+            let free_now = if training {
                 saved.insert(id, s);
                 self.peak_held = self.peak_held.max(held(&outputs) + held_saved(&saved));
-                // Values no backward reads go as soon as the forward pass is done with them
-                // (their shapes stay: backward sizes gradients by them).
-                for freed in &self.liveness.free_after[at] {
-                    if let Some(t) = outputs.get_mut(freed) {
-                        t.data = Vec::new();
-                    }
+                &self.liveness.free_after[at]
+            } else {
+                &self.liveness.free_after_inference[at]
+            };
+            // Values no backward reads go as soon as the forward pass is done with them (their
+            // shapes stay: backward sizes gradients by them).
+            for freed in free_now {
+                if let Some(t) = outputs.get_mut(freed) {
+                    t.data = Vec::new();
                 }
             }
         }

@@ -322,21 +322,24 @@ pub fn tiles_json(path: &Path, image: (usize, usize), budget: u64, p: &TilePlan)
 
 /// `unetc plan --format json`: [`PlanReport`] with the schema, the spec and the model's name.
 pub fn plan_json(path: &Path, c: &Compiled, report: &PlanReport) -> Json {
-    let mut object = match serde_json::to_value(report) {
-        Ok(Json::Object(map)) => map,
-        // A derived Serialize of a struct is always an object.
-        Ok(_) | Err(_) => serde_json::Map::new(),
-    };
-    object.insert("schema".into(), json!(PLAN_SCHEMA_VERSION));
-    object.insert("spec".into(), json!(path.display().to_string()));
-    object.insert("model".into(), json!(c.graph.name));
+    Json::Object(plan_object(serde_json::to_value(report), path, c))
+}
+
+/// `unetc plan --train --format json`: the training step's memory plan (sizes in f32 values)
+/// and the whole step's estimate in bytes, with the same header.
+pub fn train_plan_json(path: &Path, c: &Compiled, plan: &crate::train::memory::MemoryPlan) -> Json {
+    let mut object = plan_object(serde_json::to_value(plan), path, c);
+    object.insert("total_bytes".into(), json!(plan.total_bytes()));
     Json::Object(object)
 }
 
-/// `unetc plan --train --format json`: the training step's memory plan, sizes in f32 values
-/// and the whole step's estimate in bytes.
-pub fn train_plan_json(path: &Path, c: &Compiled, plan: &crate::train::memory::MemoryPlan) -> Json {
-    let mut object = match serde_json::to_value(plan) {
+/// A plan's fields with the schema, the spec and the model's name.
+fn plan_object(
+    value: serde_json::Result<Json>,
+    path: &Path,
+    c: &Compiled,
+) -> serde_json::Map<String, Json> {
+    let mut object = match value {
         Ok(Json::Object(map)) => map,
         // A derived Serialize of a struct is always an object.
         Ok(_) | Err(_) => serde_json::Map::new(),
@@ -344,6 +347,5 @@ pub fn train_plan_json(path: &Path, c: &Compiled, plan: &crate::train::memory::M
     object.insert("schema".into(), json!(PLAN_SCHEMA_VERSION));
     object.insert("spec".into(), json!(path.display().to_string()));
     object.insert("model".into(), json!(c.graph.name));
-    object.insert("total_bytes".into(), json!(plan.total_bytes()));
-    Json::Object(object)
+    object
 }

@@ -494,7 +494,7 @@ fn height_of(c: &Compiled, id: Option<crate::ir::NodeId>) -> usize {
 /// to 256). Errors name the first layer
 /// (from the output back) whose outputs depend on the whole input along the axis.
 pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
-    use crate::ir::ops::{PadMode, TfCompute, WindowGeometry};
+    use crate::ir::ops::{Interpolation, PadMode, TfCompute, VolumeInterpolation, WindowGeometry};
     use crate::ir::Op;
     let Some(&out) = c.graph.outputs.first() else {
         return Ok(Reach {
@@ -542,6 +542,22 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                         (b + y0).div_euclid(s),
                     )
                 };
+                // Linear up-sampling by `s` with half-pixel centres: output `o` reads the input
+                // positions around (o + 0.5) / s - 0.5 = (2o + 1 - s) / 2s, floor and ceiling.
+                let linear = |s: i64| {
+                    let s = s.max(1);
+                    (
+                        (2 * a + 1 - s).div_euclid(2 * s),
+                        -(-(2 * b + 1 - s)).div_euclid(2 * s),
+                    )
+                };
+                // Aligned corners scale by (n - 1) / (N - 1), which a tile's size changes.
+                let aligned = || {
+                    NonLocal {
+                    why: "samples with aligned corners, whose scale (n-1)/(N-1) depends on the whole size",
+                    ..non_local()
+                }
+                };
                 let nu = n as usize;
                 let (lo, hi) = match &node.op {
                     Op::Conv2D(op) => windows(op.args.geometry(axis, nu, out)),
@@ -554,10 +570,14 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                         let g = op.geometry(axis, nu, out);
                         transposed(g.kernel, g.stride, g.crop_before)
                     }
-                    Op::UpSampling2D(op) => {
-                        let s = op.size[axis.min(1)].max(1);
-                        (a.div_euclid(s), b.div_euclid(s))
-                    }
+                    Op::UpSampling2D(op) => match (op.interpolation, op.align_corners) {
+                        (Interpolation::Nearest, _) => {
+                            let s = op.size[axis.min(1)].max(1);
+                            (a.div_euclid(s), b.div_euclid(s))
+                        }
+                        (Interpolation::Bilinear, false) => linear(op.size[axis.min(1)]),
+                        (Interpolation::Bilinear, true) => return Err(aligned()),
+                    },
                     Op::Cropping2D(op) => (a + op.cropping[2 * axis.min(1)], b + op.cropping[2 * axis.min(1)]),
                     Op::ZeroPadding2D(op) if op.mode != PadMode::Zeros => {
                         return Err(NonLocal {
@@ -574,11 +594,21 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                         let g = op.geometry(axis, nu, out);
                         transposed(g.kernel, g.stride, g.crop_before)
                     }
-                    Op::UpSampling3D(op) => {
-                        let s = op.size[axis.min(2)].max(1);
-                        (a.div_euclid(s), b.div_euclid(s))
-                    }
+                    Op::UpSampling3D(op) => match (op.interpolation, op.align_corners) {
+                        (VolumeInterpolation::Nearest, _) => {
+                            let s = op.size[axis.min(2)].max(1);
+                            (a.div_euclid(s), b.div_euclid(s))
+                        }
+                        (VolumeInterpolation::Trilinear, false) => linear(op.size[axis.min(2)]),
+                        (VolumeInterpolation::Trilinear, true) => return Err(aligned()),
+                    },
                     Op::Cropping3D(op) => (a + op.cropping[2 * axis.min(2)], b + op.cropping[2 * axis.min(2)]),
+                    Op::ZeroPadding3D(op) if op.mode != PadMode::Zeros => {
+                        return Err(NonLocal {
+                            why: "mirrors or repeats the volume's edge voxels, which a tile's edges are not",
+                            ..non_local()
+                        })
+                    }
                     Op::ZeroPadding3D(op) => (a - op.padding[2 * axis.min(2)], b - op.padding[2 * axis.min(2)]),
                     // Every output value depends on the whole input.
                     Op::Flatten(_)
@@ -610,10 +640,13 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     // reads as the UpSampling2D it equals; the others as the merges below.
                     Op::TFOpLambda(op) => match op.computes() {
                         TfCompute::Reshape => return Err(non_local()),
-                        TfCompute::Resize(_) => {
+                        TfCompute::Resize(method) => {
                             let (i, o) = (size(input).max(1), (out as i64).max(1));
                             let s = (o / i).max(1);
-                            (a.div_euclid(s), b.div_euclid(s))
+                            match method {
+                                Interpolation::Nearest => (a.div_euclid(s), b.div_euclid(s)),
+                                Interpolation::Bilinear => linear(s),
+                            }
                         }
                         TfCompute::Merge(_)
                         | TfCompute::Concat(_)

@@ -75,6 +75,27 @@ keyword_enum! {
 }
 
 keyword_enum! {
+    /// unetc's `interpolation` of UpSampling3D (Keras's has none: it repeats voxels).
+    VolumeInterpolation {
+        Nearest = "nearest",
+        /// PyTorch's `mode='trilinear'`: half-pixel centres (or aligned corners) on all three
+        /// axes, the 3-D form of Keras's bilinear.
+        Trilinear = "trilinear",
+    }
+}
+
+keyword_enum! {
+    /// What ZeroPadding2D/3D write outside their input: zeros (Keras), or unetc's extensions
+    /// for PyTorch's `padding_mode`: the input mirrored without repeating its edge (`reflect`,
+    /// ONNX `reflect`) or its edge repeated (`replicate`, ONNX `edge`).
+    PadMode {
+        Zeros = "constant",
+        Reflect = "reflect",
+        Replicate = "replicate",
+    }
+}
+
+keyword_enum! {
     /// The activation functions Keras 2 accepts by name (`activation='relu'`).
     ActivationFn {
         Linear = "linear",

@@ -487,6 +487,10 @@ fn height_of(c: &Compiled, id: Option<crate::ir::NodeId>) -> usize {
         .map_or(1, |&d| d.max(1) as usize)
 }
 
+/// Why up-sampling with aligned corners is not tiled: its sampling depends on the whole size.
+const ALIGNED_CORNERS: &str =
+    "samples with aligned corners, whose scale (n-1)/(N-1) depends on the whole size";
+
 /// How far one output pixel's inputs reach along `axis` (0 = height, 1 = width; for a volume
 /// 0 = depth), computed exactly by mapping output intervals back through every layer at the
 /// compiled size (windows, strides, pooling grids, up-sampling, crops and paddings), over 256
@@ -543,20 +547,19 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     )
                 };
                 // Linear up-sampling by `s` with half-pixel centres: output `o` reads the input
-                // positions around (o + 0.5) / s - 0.5 = (2o + 1 - s) / 2s, floor and ceiling.
+                // positions around (o + 0.5) / s - 0.5 = (2o + 1 - s) / 2s, its floor for `a`
+                // and its ceiling for `b` (⌈p / q⌉ = ⌊(p + q - 1) / q⌋).
                 let linear = |s: i64| {
                     let s = s.max(1);
                     (
                         (2 * a + 1 - s).div_euclid(2 * s),
-                        -(-(2 * b + 1 - s)).div_euclid(2 * s),
+                        (2 * b + s).div_euclid(2 * s),
                     )
                 };
                 // Aligned corners scale by (n - 1) / (N - 1), which a tile's size changes.
-                let aligned = || {
-                    NonLocal {
-                    why: "samples with aligned corners, whose scale (n-1)/(N-1) depends on the whole size",
+                let aligned = || NonLocal {
+                    why: ALIGNED_CORNERS,
                     ..non_local()
-                }
                 };
                 let nu = n as usize;
                 let (lo, hi) = match &node.op {

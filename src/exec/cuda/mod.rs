@@ -73,6 +73,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "conv3d_transpose",
     "pool3d",
     "resample3d",
+    "upsample3d_linear",
 ];
 
 /// The tensor-core convolutions (kernels/igemm.cu): `_small` ones take any alignment.

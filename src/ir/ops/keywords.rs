@@ -1,6 +1,7 @@
-//! Keras arguments that name one of a fixed set of choices (`padding='same'`,
-//! `activation='relu'`, `interpolation='bilinear'`) as enums: every backend matches on them
-//! exhaustively, so a new choice is a compile error wherever it must be handled.
+//! Keras arguments, and unetc's extensions for PyTorch nets, that name one of a fixed set of
+//! choices (`padding='same'`, `activation='relu'`, `interpolation='bilinear'`, `mode: reflect`)
+//! as enums: every backend matches on them exhaustively, so a new choice is a compile error
+//! wherever it must be handled.
 
 /// An argument whose value is one of a fixed set of Keras names.
 pub trait Keyword: Copy + Sized + 'static {
@@ -92,6 +93,26 @@ keyword_enum! {
         Zeros = "constant",
         Reflect = "reflect",
         Replicate = "replicate",
+    }
+}
+
+impl PadMode {
+    /// The input index an output index `i` (relative to the input's start, so negative in the
+    /// leading padding) reads along an axis of `n` pixels; `None` where it reads a zero.
+    /// Reflect needs `n > padding` (checked by the shape rule).
+    pub fn source(self, i: i64, n: usize) -> Option<usize> {
+        let n = n as i64;
+        if (0..n).contains(&i) {
+            return Some(i as usize);
+        }
+        match self {
+            PadMode::Zeros => None,
+            PadMode::Reflect => {
+                let j = if i < 0 { -i } else { 2 * (n - 1) - i };
+                (0..n).contains(&j).then_some(j as usize)
+            }
+            PadMode::Replicate => Some(i.clamp(0, n - 1) as usize),
+        }
     }
 }
 

@@ -121,26 +121,6 @@ impl LayerKind for Cropping2D {
     }
 }
 
-impl PadMode {
-    /// The input index an output index `i` (relative to the input's start, so negative in the
-    /// leading padding) reads along an axis of `n` pixels; `None` where it reads a zero.
-    /// Reflect needs `n > padding` (checked by the shape rule).
-    pub fn source(self, i: i64, n: usize) -> Option<usize> {
-        let n = n as i64;
-        if (0..n).contains(&i) {
-            return Some(i as usize);
-        }
-        match self {
-            PadMode::Zeros => None,
-            PadMode::Reflect => {
-                let j = if i < 0 { -i } else { 2 * (n - 1) - i };
-                (0..n).contains(&j).then_some(j as usize)
-            }
-            PadMode::Replicate => Some(i.clamp(0, n - 1) as usize),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZeroPadding2D {
     /// top, bottom, left, right

@@ -1154,6 +1154,42 @@ fn bilinear_reach_by_hand_and_aligned_corners_are_not_tiled() {
     );
 }
 
+/// A valid-padding net with aligned corners: its overlap tiles would each sample on a grid of
+/// their own (they differ by about 1e-2 here), so it runs as one tile over the mirror-padded
+/// image, the same as `--tile` of that size, and a smaller `--tile` or budget is refused.
+#[test]
+fn valid_net_with_aligned_corners_runs_as_one_tile() {
+    let dir = temp_dir("valid-aligned");
+    let spec = dir.join("v.unet");
+    std::fs::write(
+        &spec,
+        "model {\n  input 44x44x1\n  defaults conv2d(padding: valid, activation: relu)\n  conv2d(4, 3) -> max_pooling2d(2) -> conv2d(4, 3) -> up_sampling2d(2, interpolation: bilinear, align_corners: true, name: \"up\") -> conv2d(2, 3)\n}\n",
+    )
+    .unwrap();
+    let weights = init_weights(s(&spec), &dir);
+    let x = dir.join("x.npy");
+    random_image(&x, [60, 60, 1], 16);
+    // out = in − 8: the margin is 4, 60 + 8 = 68 is accepted (even, ≥ 10).
+    let (a, b) = (dir.join("a.npy"), dir.join("b.npy"));
+    let (code, stderr) = run_spec(s(&spec), &weights, &x, &a, &["--verbose"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("into one tile of 68x68"), "{stderr}");
+    let (code, stderr) = run_spec(s(&spec), &weights, &x, &b, &["--tile", "68"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(read_npy(&a).unwrap().data, read_npy(&b).unwrap().data);
+    for extra in [&["--tile", "44"][..], &["--memory", "64KiB"]] {
+        let out = dir.join("c.npy");
+        let (code, stderr) = run_spec(s(&spec), &weights, &x, &out, extra);
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("layer `up` (UpSampling2D) samples with aligned corners")
+                && stderr.contains("68x68 (W x H), runs as one tile"),
+            "{extra:?}: {stderr}"
+        );
+        assert!(!out.exists());
+    }
+}
+
 /// `--tile` works for a valid-padding net (overlap-tile, exact) and its sizes are checked.
 #[test]
 fn tile_option_on_a_valid_net_and_bad_tile_options() {

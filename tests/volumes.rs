@@ -283,6 +283,21 @@ fn aligned_corners_and_edge_padding_are_not_tiled_exactly() {
         assert_eq!(code, 3, "{body}: {stdout}");
         assert!(stderr.contains(want), "{body}: {stderr}");
     }
+    // A valid-padding net too (its overlap tiles would each mirror their own edges): one tile
+    // over the volume mirror-padded by the margin 1, 42³, or nothing.
+    let spec = dir.join("valid.unet");
+    let body = "zero_padding3d(1, mode: replicate, name: \"pad\") -> conv3d(2, 3) -> conv3d(2, 3)";
+    std::fs::write(&spec, format!("model {{\n  input 8x8x8x1\n  {body}\n}}\n")).unwrap();
+    let (code, stdout, stderr) = unetc(&["tiles", s(&spec), "--image", "40x40x40"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("42x42x42"), "{stdout}");
+    let (code, stdout, stderr) = unetc(&["tiles", s(&spec), "--image", "40x40x40", "--tile", "16"]);
+    assert_eq!(code, 3, "{stdout}");
+    assert!(
+        stderr.contains("layer `pad` (ZeroPadding3D) mirrors or repeats")
+            && stderr.contains("42x42x42 (D x H x W), runs as one tile"),
+        "{stderr}"
+    );
 }
 
 /// The check above can fail: two halves of the volume run separately (no halo) differ from the

@@ -1223,22 +1223,41 @@ fn plan_valid(
             .saturating_add(req.weights_on.resident_bytes(c))
             <= req.budget
     };
-    let tile = match req.tile {
-        Some(t) => asked_tile(cf, t, needed)?,
-        None => {
+    let whole = compile_at(path, text, &[needed.0, needed.1, base[2]])
+        .ok_or_else(|| "the net does not compile at the image's size".to_string())?;
+    // A layer that sees the whole image (aligned corners, edge padding) gives each overlap tile
+    // a result of its own: only one tile over the whole mirror-padded image is exact.
+    let non_local = reach(&whole, 0).and(reach(&whole, 1)).err();
+    let tile = match (req.tile, &non_local) {
+        (Some(t), _) => asked_tile(cf, t, needed)?,
+        (None, Some(_)) => needed,
+        (None, None) => {
             let spec_tile = (spec_tile.0.min(needed.0), spec_tile.1.min(needed.1));
             let spec_fits = compile_at(path, text, &[spec_tile.0, spec_tile.1, base[2]])
                 .is_some_and(|c| fits(&c));
             if req.spec_tile_first && spec_fits {
                 spec_tile
             } else {
-                let probe = compile_at(path, text, &[needed.0, needed.1, base[2]])
-                    .ok_or_else(|| "the net does not compile at the image's size".to_string())?;
                 let smallest = up_to_accepted(cf, 2 * margin + cf.period);
-                largest_fitting(path, text, base[2], cf, needed, &probe, req, smallest)?.0
+                largest_fitting(path, text, base[2], cf, needed, &whole, req, smallest)?.0
             }
         }
     };
+    if let Some(n) = &non_local {
+        if tile != needed || !fits(&whole) {
+            return Err(format!(
+                "tiling is not exact for this net: {n}. The image mirror-padded by the margin, \
+                 {}x{} (W x H), runs as one tile: it needs {} of activations (batch {}) + {} of \
+                 weights (budget {}); drop --tile, or give --memory more",
+                needed.1,
+                needed.0,
+                crate::text::bytes(arena_of(&whole, req.batch).unwrap_or(u64::MAX)),
+                req.batch,
+                crate::text::bytes(req.weights_on.resident_bytes(&whole)),
+                crate::text::bytes(req.budget)
+            ));
+        }
+    }
     let c = compile_at(path, text, &[tile.0, tile.1, base[2]])
         .ok_or_else(|| format!("the net does not compile at {}x{} (W x H)", tile.1, tile.0))?;
     let out = (tile.0 - 2 * margin, tile.1 - 2 * margin);

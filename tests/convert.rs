@@ -69,6 +69,8 @@ fn volume_specs_round_trip_through_both_forms() {
         "tests/golden/unet3d_valid.unet",
         "tests/fixtures/template_unet3d.unet",
         "tests/fixtures/template_unet3d_valid.yaml",
+        "tests/fixtures/volume_pytorch_modes.yaml",
+        "tests/fixtures/volume_trilinear.unet",
     ] {
         let rel = Path::new(rel);
         let original = canonical(

@@ -1240,3 +1240,35 @@ fn fixed_dropout_noise_shape_that_does_not_fit() {
         "{out}"
     );
 }
+
+/// unetc's 3-D extensions for PyTorch nets: aligned corners need trilinear sampling, reflect
+/// padding needs more voxels than it pads, and an unknown mode or interpolation lists the
+/// choices.
+#[test]
+fn volume_interpolation_and_padding_mode_misuse() {
+    for (body, want) in [
+        (
+            "up_sampling3d(2, align_corners: true)",
+            "error[E-align-corners]: UpSampling3D `up_sampling3d`: align_corners applies to trilinear up-sampling only",
+        ),
+        (
+            "zero_padding3d(((0, 0), (5, 1), (0, 0)), mode: reflect)",
+            "needs an input larger than the padding on each side, but `input_1` is 4x5x6",
+        ),
+        (
+            "zero_padding3d(1, mode: edge)",
+            "expected one of: constant, reflect, replicate",
+        ),
+        (
+            "up_sampling3d(2, interpolation: bilinear)",
+            "expected one of: nearest, trilinear",
+        ),
+    ] {
+        let out = check(
+            "v.unet",
+            &format!("model {{\n  input 4x5x6x2\n  {body}\n}}\n"),
+        );
+        assert!(out.contains(want), "{body}:\n{out}");
+        assert!(out.contains("┌─ v.unet:3:"), "{body}:\n{out}");
+    }
+}

@@ -425,6 +425,16 @@ fn fused_heads_match_the_cpu_executor() -> Vec<String> {
             "pad_reflect_replicate",
             "input 7x5x3\n  conv2d(4, 3) -> zero_padding2d(((1, 3), (4, 2)), mode: reflect) -> zero_padding2d(((2, 0), (1, 3)), mode: replicate) -> conv2d(2, 3, activation: sigmoid)",
         ),
+        // Their 3-D forms: trilinear up-sampling (half-pixel and aligned corners, a different
+        // factor per axis) and reflect / replicate padding of a volume.
+        (
+            "upsample3d_trilinear",
+            "input 3x5x4x2\n  conv3d(3, 1) -> up_sampling3d((2, 3, 2), interpolation: trilinear) -> up_sampling3d((1, 2, 3), interpolation: trilinear, align_corners: true) -> conv3d(2, 1, activation: sigmoid)",
+        ),
+        (
+            "pad3d_reflect_replicate",
+            "input 3x5x4x2\n  conv3d(3, 1) -> zero_padding3d(((1, 2), (4, 0), (2, 3)), mode: reflect) -> zero_padding3d(((2, 0), (1, 3), (0, 2)), mode: replicate) -> conv3d(2, 3, activation: sigmoid)",
+        ),
     ];
     let dir = std::env::temp_dir().join(format!("unetc-emulated-heads-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -76,11 +76,14 @@ fn pytorch_unets_import_and_match_onnxruntime() {
         "plain_kinds",
         "plain_kinds3d",
         "plain_reflect_pad",
+        "plain_unet3d_trilinear",
+        "plain_trilinear_aligned",
         "monai_unet",
         "monai_unet3d",
         "monai_basicunet",
         "monai_attentionunet",
         "monai_basicunet_interp",
+        "monai_basicunet3d_interp",
         "monai_dynunet",
         "smp_unet",
         "smp_unetplusplus",
@@ -134,6 +137,20 @@ fn pytorch_unets_import_and_match_onnxruntime() {
                 "zero_padding2d(padding: ((1, 2), (3, 0)), mode: \"reflect\"",
                 "zero_padding2d(padding: ((2, 2), (2, 2)), mode: \"replicate\"",
             ],
+            // ReplicationPad3d, ReflectionPad3d, F.pad modes, padding_mode="replicate".
+            "plain_unet3d_trilinear" => &[
+                "up_sampling3d(size: (2, 2, 2), interpolation: \"trilinear\", name",
+                "zero_padding3d(padding: ((1, 1), (1, 1), (1, 1)), mode: \"replicate\"",
+                "zero_padding3d(padding: ((1, 1), (1, 1), (1, 1)), mode: \"reflect\"",
+                "zero_padding3d(padding: ((0, 2), (2, 0), (1, 1)), mode: \"replicate\"",
+                "zero_padding3d(padding: ((1, 0), (2, 1), (0, 1)), mode: \"replicate\"",
+                "zero_padding3d(padding: ((1, 2), (0, 1), (2, 1)), mode: \"reflect\"",
+            ],
+            "plain_trilinear_aligned" => &[
+                "up_sampling3d(size: (2, 3, 2), interpolation: \"trilinear\", align_corners: true, name",
+                "up_sampling3d(size: (1, 2, 3), interpolation: \"trilinear\", name",
+            ],
+            "monai_basicunet3d_interp" => &["interpolation: \"trilinear\", align_corners: true"],
             "monai_unet" => &[
                 "group_normalization(groups: 4",
                 "p_re_lu(",
@@ -254,6 +271,20 @@ fn padding_modes_export_to_onnx_and_are_refused_for_keras() {
     beyond_keras_round_trip(
         "plain_reflect_pad",
         "`conv_Pad`: reflect or replicate padding (PyTorch's padding_mode)",
+    );
+}
+
+/// The 3-D forms: trilinear up-sampling (with and without aligned corners) and reflect /
+/// replicate padding of volumes.
+#[test]
+fn trilinear_and_volume_padding_modes_export_to_onnx_and_are_refused_for_keras() {
+    beyond_keras_round_trip(
+        "plain_trilinear_aligned",
+        "trilinear up-sampling (PyTorch's); Keras's UpSampling3D repeats voxels only",
+    );
+    beyond_keras_round_trip(
+        "plain_unet3d_trilinear",
+        "reflect or replicate padding (PyTorch's padding_mode); Keras's ZeroPadding3D pads with zeros only",
     );
 }
 

@@ -1105,6 +1105,91 @@ fn reflect_padding_is_not_tiled_exactly() {
     );
 }
 
+/// Bilinear up-sampling (half-pixel centres) reads the two pixels around its source point, one
+/// more than repetition does. By hand for `conv2d(3) -> up_sampling2d(2, bilinear) ->
+/// max_pooling2d(2) -> conv2d(3)` (same padding): output p reads pooled [p − 1, p + 1], the pool
+/// up-sampled [2p − 2, 2p + 3]; up-sampled q reads around (q + 0.5)/2 − 0.5, so q = 2p − 2 reads
+/// from ⌊p − 1.25⌋ = p − 2 and q = 2p + 3 up to ⌈p + 1.25⌉ = p + 2; the first conv ±1: [p − 3,
+/// p + 3], reach 3 (nearest: [p − 1, p + 1] up there, reach 2), receptive field 7. The stride
+/// is 1, so the halo is the reach: with a halo of 2 the tiles would differ. With aligned corners
+/// the scale (n − 1)/(N − 1) depends on the whole image's size: exact tiles are refused.
+#[test]
+fn bilinear_reach_by_hand_and_aligned_corners_are_not_tiled() {
+    let dir = temp_dir("bilinear-tiles");
+    let spec = dir.join("b.unet");
+    let net = |up: &str| {
+        format!(
+            "model {{\n  input 32x32x2\n  defaults conv2d(padding: same, activation: relu)\n  conv2d(3, 3) -> up_sampling2d(2, {up}, name: \"up\") -> max_pooling2d(2) -> conv2d(2, 3)\n}}\n"
+        )
+    };
+    std::fs::write(&spec, net("interpolation: bilinear")).unwrap();
+    let weights = init_weights(s(&spec), &dir);
+    let x = dir.join("x.npy");
+    random_image(&x, [70, 90, 2], 15);
+    let whole = dir.join("whole.npy");
+    let (code, stderr) = run_spec(s(&spec), &weights, &x, &whole, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let tiled = dir.join("tiled.npy");
+    let (code, stderr) = run_spec(
+        s(&spec),
+        &weights,
+        &x,
+        &tiled,
+        &["--tile", "24", "--verbose"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("exact: halo 3 ≥ reach 3"), "{stderr}");
+    let err = max_abs_diff(
+        &read_npy(&tiled).unwrap().data,
+        &read_npy(&whole).unwrap().data,
+    );
+    assert!(err <= 1e-6, "tiled differs from whole by {err}");
+
+    std::fs::write(&spec, net("interpolation: bilinear, align_corners: true")).unwrap();
+    let (code, stdout, stderr) = unetc(&["tiles", s(&spec), "--image", "90x70", "--tile", "24"]);
+    assert_eq!(code, 3, "{stdout}");
+    assert!(
+        stderr.contains("layer `up` (UpSampling2D) samples with aligned corners"),
+        "{stderr}"
+    );
+}
+
+/// A valid-padding net with aligned corners: its overlap tiles would each sample on a grid of
+/// their own (they differ by about 1e-2 here), so it runs as one tile over the mirror-padded
+/// image, the same as `--tile` of that size, and a smaller `--tile` or budget is refused.
+#[test]
+fn valid_net_with_aligned_corners_runs_as_one_tile() {
+    let dir = temp_dir("valid-aligned");
+    let spec = dir.join("v.unet");
+    std::fs::write(
+        &spec,
+        "model {\n  input 44x44x1\n  defaults conv2d(padding: valid, activation: relu)\n  conv2d(4, 3) -> max_pooling2d(2) -> conv2d(4, 3) -> up_sampling2d(2, interpolation: bilinear, align_corners: true, name: \"up\") -> conv2d(2, 3)\n}\n",
+    )
+    .unwrap();
+    let weights = init_weights(s(&spec), &dir);
+    let x = dir.join("x.npy");
+    random_image(&x, [60, 60, 1], 16);
+    // out = in − 8: the margin is 4, 60 + 8 = 68 is accepted (even, ≥ 10).
+    let (a, b) = (dir.join("a.npy"), dir.join("b.npy"));
+    let (code, stderr) = run_spec(s(&spec), &weights, &x, &a, &["--verbose"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("into one tile of 68x68"), "{stderr}");
+    let (code, stderr) = run_spec(s(&spec), &weights, &x, &b, &["--tile", "68"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(read_npy(&a).unwrap().data, read_npy(&b).unwrap().data);
+    for extra in [&["--tile", "44"][..], &["--memory", "64KiB"]] {
+        let out = dir.join("c.npy");
+        let (code, stderr) = run_spec(s(&spec), &weights, &x, &out, extra);
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("layer `up` (UpSampling2D) samples with aligned corners")
+                && stderr.contains("68x68 (W x H), runs as one tile"),
+            "{extra:?}: {stderr}"
+        );
+        assert!(!out.exists());
+    }
+}
+
 /// `--tile` works for a valid-padding net (overlap-tile, exact) and its sizes are checked.
 #[test]
 fn tile_option_on_a_valid_net_and_bad_tile_options() {

@@ -62,6 +62,7 @@ const SPECS: &[(&str, &str)] = &[
     ("tf resize and reshapes", "x = conv2d(3, 1)\n  h = input_1 -> conv2d(1, 3, padding: same)\n  [x -> tf_op(\"image.resize\", size: (12, 6), method: bilinear) -> flatten(), x -> tf_op(\"image.resize\", size: (6, 12), method: nearest) -> flatten(), h -> tf_op(\"compat.v1.squeeze\", axis: -1) -> tf_op(expand_dims, axis: 1) -> tf_op(reshape, shape: (-1, 6, 6, 1)) -> flatten()] -> concatenate()"),
     ("nested model called twice", "block enc() as functional {\n    input(shape: 6x6x4)\n    conv2d(3, 3, padding: same) -> batch_normalization() -> activation(tanh)\n  }\n  x = input_1 -> enc(name: \"e\")\n  y = input_1 -> conv2d(4, 1) -> shared(e)\n  [x, y] -> concatenate()"),
     ("keras-unet-collection snake", "conv2d(4, 3, padding: same) -> snake(0.7, trainable: true) -> conv2d(4, 1) -> snake() -> rescaling(3.0) -> snake(-1.5, trainable: true)"),
+    ("3d trilinear up and edge padding", "input 2x3x2x2\n  conv3d(3, 1) -> up_sampling3d((2, 1, 2), interpolation: trilinear) -> zero_padding3d(((1, 2), (2, 0), (1, 1)), mode: reflect) -> up_sampling3d(2, interpolation: trilinear, align_corners: true) -> zero_padding3d(((0, 2), (1, 1), (2, 0)), mode: replicate) -> conv3d(2, 1)"),
     // The up-sampling and the concatenation are freed in the forward pass and rebuilt from
     // their kept inputs for the convolutions' backward (`unetc plan --train`); the softmax keeps
     // conv2d_1's output for its own backward (a ReLU there puts a kink within the differences'

@@ -209,6 +209,97 @@ fn tiled_volumes_equal_the_whole_volume() {
     assert!(err <= 1e-6, "valid tiles differ from one tile by {err}");
 }
 
+/// tests/fixtures/volume_trilinear.unet: SAME with trilinear up-sampling for the transposed
+/// conv. Along each axis an output voxel p reads [p − 1, p + 1] of the concatenation; the skip
+/// half [p − 2, p + 2]. Up-sampled voxel q reads the pooled voxels around (q + 0.5)/2 − 0.5 =
+/// (2q − 1)/4, floor and ceiling: q in [p − 1, p + 1] reads [⌊(2p − 3)/4⌋, ⌈(2p + 1)/4⌉]; then
+/// conv3d(8) ±1, the pool 2j..2j+1 and the first conv ±1: [2⌊(2p − 3)/4⌋ − 3,
+/// 2⌈(2p + 1)/4⌉ + 4]. For p = 4k, 4k+1, 4k+2, 4k+3 that is [p − 5, p + 6], [p − 6, p + 5],
+/// [p − 5, p + 6], [p − 6, p + 5]: reach 6 (nearest repetition would reach 5), receptive field
+/// 12, halo 6 (already on the 2-voxel grid). Tiles of it equal the whole volume.
+#[test]
+fn trilinear_reach_by_hand_and_tiles_equal_the_whole_volume() {
+    const TRILINEAR: &str = "tests/fixtures/volume_trilinear.unet";
+    let text = std::fs::read_to_string(root().join(TRILINEAR)).unwrap();
+    let mut req = TileRequest::new(1 << 30);
+    req.tile_3d = Some([16, 16, 16]);
+    let p = plan_volume(
+        Path::new(TRILINEAR),
+        &text,
+        [16, 16, 16, 1],
+        [17, 22, 25],
+        &req,
+    )
+    .unwrap();
+    assert_eq!(p.stitch, Stitch::Exact);
+    assert_eq!(p.reach, Some([6, 6, 6]));
+    assert_eq!(p.receptive_field, [12, 12, 12]);
+    assert_eq!(p.halo, [6, 6, 6]);
+
+    let dir = temp_dir("trilinear");
+    let weights = init_weights(TRILINEAR, &dir);
+    let x = dir.join("x.npy");
+    random_array(&x, &[1, 17, 22, 25, 1], 8);
+    let whole = dir.join("whole.npy");
+    let stderr = run(TRILINEAR, &weights, &x, &whole, &[]);
+    assert!(stderr.contains("whole volume, one pass"), "{stderr}");
+    let whole = read_npy(&whole).unwrap();
+    for (i, extra) in [&["--tile", "16"][..], &["--tile", "18x14x16"]]
+        .iter()
+        .enumerate()
+    {
+        let out = dir.join(format!("t{i}.npy"));
+        let stderr = run(TRILINEAR, &weights, &x, &out, extra);
+        assert!(stderr.contains("exact: halo 6x6x6"), "{extra:?}: {stderr}");
+        let err = max_abs_diff(&read_npy(&out).unwrap().data, &whole.data);
+        assert!(err <= 1e-6, "{extra:?}: tiled differs from whole by {err}");
+    }
+}
+
+/// Trilinear up-sampling with aligned corners scales by (n − 1)/(N − 1) of the whole volume, and
+/// reflect / replicate padding mirrors the volume's edges: tiles cannot reproduce either, so
+/// exact tiling is refused by the layer's name.
+#[test]
+fn aligned_corners_and_edge_padding_are_not_tiled_exactly() {
+    let dir = temp_dir("not-tiled");
+    for (body, want) in [
+        (
+            "conv3d(2, 3, padding: same) -> max_pooling3d(2) -> up_sampling3d(2, interpolation: trilinear, align_corners: true, name: \"up\") -> conv3d(1, 1)",
+            "layer `up` (UpSampling3D) samples with aligned corners",
+        ),
+        (
+            "zero_padding3d(1, mode: replicate, name: \"pad\") -> conv3d(2, 3)",
+            "layer `pad` (ZeroPadding3D) mirrors or repeats the volume's edge voxels",
+        ),
+        (
+            "zero_padding3d(((1, 1), (0, 2), (1, 1)), mode: reflect, name: \"pad\") -> conv3d(2, 3)",
+            "layer `pad` (ZeroPadding3D) mirrors or repeats the volume's edge voxels",
+        ),
+    ] {
+        let spec = dir.join("v.unet");
+        std::fs::write(&spec, format!("model {{\n  input 8x8x8x1\n  {body}\n}}\n")).unwrap();
+        let (code, stdout, stderr) =
+            unetc(&["tiles", s(&spec), "--image", "40x40x40", "--tile", "16"]);
+        assert_eq!(code, 3, "{body}: {stdout}");
+        assert!(stderr.contains(want), "{body}: {stderr}");
+    }
+    // A valid-padding net too (its overlap tiles would each mirror their own edges): one tile
+    // over the volume mirror-padded by the margin 1, 42³, or nothing.
+    let spec = dir.join("valid.unet");
+    let body = "zero_padding3d(1, mode: replicate, name: \"pad\") -> conv3d(2, 3) -> conv3d(2, 3)";
+    std::fs::write(&spec, format!("model {{\n  input 8x8x8x1\n  {body}\n}}\n")).unwrap();
+    let (code, stdout, stderr) = unetc(&["tiles", s(&spec), "--image", "40x40x40"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("42x42x42"), "{stdout}");
+    let (code, stdout, stderr) = unetc(&["tiles", s(&spec), "--image", "40x40x40", "--tile", "16"]);
+    assert_eq!(code, 3, "{stdout}");
+    assert!(
+        stderr.contains("layer `pad` (ZeroPadding3D) mirrors or repeats")
+            && stderr.contains("42x42x42 (D x H x W), runs as one tile"),
+        "{stderr}"
+    );
+}
+
 /// The check above can fail: two halves of the volume run separately (no halo) differ from the
 /// whole near the cut.
 #[test]

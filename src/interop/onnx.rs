@@ -22,7 +22,8 @@ use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::ops::{
     ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, NormLayout,
-    Normalization, PadMode, ReduceFn, ScalarFn, Subtract, TfCompute, UpSampling2D, WindowGeometry,
+    Normalization, PadMode, ReduceFn, ScalarFn, Subtract, TfCompute, UpSampling2D,
+    VolumeInterpolation, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
@@ -953,14 +954,7 @@ impl Exporter<'_> {
                     "Pad",
                     vec![x(), pads],
                     out,
-                    vec![(
-                        "mode",
-                        Attr::Str(match op.mode {
-                            PadMode::Zeros => "constant",
-                            PadMode::Reflect => "reflect",
-                            PadMode::Replicate => "edge",
-                        }),
-                    )],
+                    vec![("mode", Attr::Str(onnx_pad_mode(op.mode)))],
                 );
             }
             Op::Concatenate(op) => {
@@ -1510,17 +1504,25 @@ impl Exporter<'_> {
                 let mut factors = vec![1.0, 1.0];
                 factors.extend(op.size.map(|v| v as f32));
                 let scales = self.init_f32(format!("{name}/scales"), vec![5], factors);
-                self.node(
-                    name,
-                    "Resize",
-                    vec![x(), String::new(), scales],
-                    out,
-                    vec![
+                let attrs = match op.interpolation {
+                    VolumeInterpolation::Nearest => vec![
                         ("mode", Attr::Str("nearest")),
                         ("coordinate_transformation_mode", Attr::Str("asymmetric")),
                         ("nearest_mode", Attr::Str("floor")),
                     ],
-                );
+                    VolumeInterpolation::Trilinear => vec![
+                        ("mode", Attr::Str("linear")),
+                        (
+                            "coordinate_transformation_mode",
+                            Attr::Str(if op.align_corners {
+                                "align_corners"
+                            } else {
+                                "half_pixel"
+                            }),
+                        ),
+                    ],
+                };
+                self.node(name, "Resize", vec![x(), String::new(), scales], out, attrs);
             }
             Op::Cropping3D(op) => {
                 let [d, h, w, _] = need_volume("Cropping3D")?;
@@ -1538,12 +1540,13 @@ impl Exporter<'_> {
                     format!("{name}/pads"),
                     vec![0, 0, p[0], p[2], p[4], 0, 0, p[1], p[3], p[5]],
                 );
+                let mode = onnx_pad_mode(op.mode);
                 self.node(
                     name,
                     "Pad",
                     vec![x(), pads],
                     out,
-                    vec![("mode", Attr::Str("constant"))],
+                    vec![("mode", Attr::Str(mode))],
                 );
             }
             Op::GlobalAveragePooling3D(op) => {
@@ -2100,6 +2103,15 @@ fn count_top_level(model: &[u8]) -> (usize, usize) {
             .filter(|(f, _)| *f == field::GRAPH_INITIALIZER)
             .count(),
     )
+}
+
+/// ONNX Pad's `mode` for a padding's mode.
+fn onnx_pad_mode(mode: PadMode) -> &'static str {
+    match mode {
+        PadMode::Zeros => "constant",
+        PadMode::Reflect => "reflect",
+        PadMode::Replicate => "edge",
+    }
 }
 
 #[cfg(test)]

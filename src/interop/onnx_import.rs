@@ -1397,20 +1397,24 @@ impl Importer<'_> {
                 }
                 "nearest"
             }
-            "linear" | "bilinear" => {
-                if n != 2 {
-                    return err(
-                        "trilinear up-sampling has no unetc layer (UpSampling3D repeats pixels)",
-                    );
-                }
+            "linear" | "bilinear" | "trilinear" => {
+                let linear = match n {
+                    2 => "bilinear",
+                    3 => "trilinear",
+                    _ => {
+                        return err(format!(
+                            "linear resizing of a {n}-D tensor has no unetc layer"
+                        ))
+                    }
+                };
                 match ctm.as_str() {
-                    "half_pixel" | "pytorch_half_pixel" => "bilinear",
+                    "half_pixel" | "pytorch_half_pixel" => linear,
                     "align_corners" => {
                         align_corners = true;
-                        "bilinear"
+                        linear
                     }
                     other => {
-                        return err(format!("bilinear resizing with coordinate transformation `{other}` has no unetc layer"))
+                        return err(format!("{linear} resizing with coordinate transformation `{other}` has no unetc layer"))
                     }
                 }
             }
@@ -1423,21 +1427,27 @@ impl Importer<'_> {
             );
         }
         let name = self.layer_name();
-        let (call, args) = if n == 3 {
-            ("up_sampling3d", format!("size: {}", tuple(&size)))
+        let aligned = if align_corners {
+            ", align_corners: true"
         } else {
-            (
+            ""
+        };
+        let (call, args) = match (n, interpolation) {
+            (3, "nearest") => ("up_sampling3d", format!("size: {}", tuple(&size))),
+            (3, _) => (
+                "up_sampling3d",
+                format!(
+                    "size: {}, interpolation: \"{interpolation}\"{aligned}",
+                    tuple(&size)
+                ),
+            ),
+            _ => (
                 "up_sampling2d",
                 format!(
-                    "size: {}, interpolation: \"{interpolation}\"{}",
-                    tuple(&size),
-                    if align_corners {
-                        ", align_corners: true"
-                    } else {
-                        ""
-                    }
+                    "size: {}, interpolation: \"{interpolation}\"{aligned}",
+                    tuple(&size)
                 ),
-            )
+            ),
         };
         self.emit(&[&x.var], call, &args, &name);
         let mut shape = x.shape.clone();
@@ -1488,11 +1498,6 @@ impl Importer<'_> {
                     ));
                 }
                 ""
-            }
-            "reflect" | "edge" if n == 3 => {
-                return err(format!(
-                    "{mode} padding of a 3-D volume is not supported yet (zero_padding3d pads with zeros only)"
-                ))
             }
             "reflect" => ", mode: \"reflect\"",
             "edge" => ", mode: \"replicate\"",

@@ -487,6 +487,10 @@ fn height_of(c: &Compiled, id: Option<crate::ir::NodeId>) -> usize {
         .map_or(1, |&d| d.max(1) as usize)
 }
 
+/// Why up-sampling with aligned corners is not tiled: its sampling depends on the whole size.
+const ALIGNED_CORNERS: &str =
+    "samples with aligned corners, whose scale (n-1)/(N-1) depends on the whole size";
+
 /// How far one output pixel's inputs reach along `axis` (0 = height, 1 = width; for a volume
 /// 0 = depth), computed exactly by mapping output intervals back through every layer at the
 /// compiled size (windows, strides, pooling grids, up-sampling, crops and paddings), over 256
@@ -494,7 +498,7 @@ fn height_of(c: &Compiled, id: Option<crate::ir::NodeId>) -> usize {
 /// to 256). Errors name the first layer
 /// (from the output back) whose outputs depend on the whole input along the axis.
 pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
-    use crate::ir::ops::{PadMode, TfCompute, WindowGeometry};
+    use crate::ir::ops::{Interpolation, PadMode, TfCompute, VolumeInterpolation, WindowGeometry};
     use crate::ir::Op;
     let Some(&out) = c.graph.outputs.first() else {
         return Ok(Reach {
@@ -542,6 +546,21 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                         (b + y0).div_euclid(s),
                     )
                 };
+                // Linear up-sampling by `s` with half-pixel centres: output `o` reads the input
+                // positions around (o + 0.5) / s - 0.5 = (2o + 1 - s) / 2s, its floor for `a`
+                // and its ceiling for `b` (⌈p / q⌉ = ⌊(p + q - 1) / q⌋).
+                let linear = |s: i64| {
+                    let s = s.max(1);
+                    (
+                        (2 * a + 1 - s).div_euclid(2 * s),
+                        (2 * b + s).div_euclid(2 * s),
+                    )
+                };
+                // Aligned corners scale by (n - 1) / (N - 1), which a tile's size changes.
+                let aligned = || NonLocal {
+                    why: ALIGNED_CORNERS,
+                    ..non_local()
+                };
                 let nu = n as usize;
                 let (lo, hi) = match &node.op {
                     Op::Conv2D(op) => windows(op.args.geometry(axis, nu, out)),
@@ -554,10 +573,14 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                         let g = op.geometry(axis, nu, out);
                         transposed(g.kernel, g.stride, g.crop_before)
                     }
-                    Op::UpSampling2D(op) => {
-                        let s = op.size[axis.min(1)].max(1);
-                        (a.div_euclid(s), b.div_euclid(s))
-                    }
+                    Op::UpSampling2D(op) => match (op.interpolation, op.align_corners) {
+                        (Interpolation::Nearest, _) => {
+                            let s = op.size[axis.min(1)].max(1);
+                            (a.div_euclid(s), b.div_euclid(s))
+                        }
+                        (Interpolation::Bilinear, false) => linear(op.size[axis.min(1)]),
+                        (Interpolation::Bilinear, true) => return Err(aligned()),
+                    },
                     Op::Cropping2D(op) => (a + op.cropping[2 * axis.min(1)], b + op.cropping[2 * axis.min(1)]),
                     Op::ZeroPadding2D(op) if op.mode != PadMode::Zeros => {
                         return Err(NonLocal {
@@ -574,11 +597,21 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                         let g = op.geometry(axis, nu, out);
                         transposed(g.kernel, g.stride, g.crop_before)
                     }
-                    Op::UpSampling3D(op) => {
-                        let s = op.size[axis.min(2)].max(1);
-                        (a.div_euclid(s), b.div_euclid(s))
-                    }
+                    Op::UpSampling3D(op) => match (op.interpolation, op.align_corners) {
+                        (VolumeInterpolation::Nearest, _) => {
+                            let s = op.size[axis.min(2)].max(1);
+                            (a.div_euclid(s), b.div_euclid(s))
+                        }
+                        (VolumeInterpolation::Trilinear, false) => linear(op.size[axis.min(2)]),
+                        (VolumeInterpolation::Trilinear, true) => return Err(aligned()),
+                    },
                     Op::Cropping3D(op) => (a + op.cropping[2 * axis.min(2)], b + op.cropping[2 * axis.min(2)]),
+                    Op::ZeroPadding3D(op) if op.mode != PadMode::Zeros => {
+                        return Err(NonLocal {
+                            why: "mirrors or repeats the volume's edge voxels, which a tile's edges are not",
+                            ..non_local()
+                        })
+                    }
                     Op::ZeroPadding3D(op) => (a - op.padding[2 * axis.min(2)], b - op.padding[2 * axis.min(2)]),
                     // Every output value depends on the whole input.
                     Op::Flatten(_)
@@ -610,10 +643,13 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     // reads as the UpSampling2D it equals; the others as the merges below.
                     Op::TFOpLambda(op) => match op.computes() {
                         TfCompute::Reshape => return Err(non_local()),
-                        TfCompute::Resize(_) => {
+                        TfCompute::Resize(method) => {
                             let (i, o) = (size(input).max(1), (out as i64).max(1));
                             let s = (o / i).max(1);
-                            (a.div_euclid(s), b.div_euclid(s))
+                            match method {
+                                Interpolation::Nearest => (a.div_euclid(s), b.div_euclid(s)),
+                                Interpolation::Bilinear => linear(s),
+                            }
                         }
                         TfCompute::Merge(_)
                         | TfCompute::Concat(_)
@@ -1187,22 +1223,41 @@ fn plan_valid(
             .saturating_add(req.weights_on.resident_bytes(c))
             <= req.budget
     };
-    let tile = match req.tile {
-        Some(t) => asked_tile(cf, t, needed)?,
-        None => {
+    let whole = compile_at(path, text, &[needed.0, needed.1, base[2]])
+        .ok_or_else(|| "the net does not compile at the image's size".to_string())?;
+    // A layer that sees the whole image (aligned corners, edge padding) gives each overlap tile
+    // a result of its own: only one tile over the whole mirror-padded image is exact.
+    let non_local = reach(&whole, 0).and(reach(&whole, 1)).err();
+    let tile = match (req.tile, &non_local) {
+        (Some(t), _) => asked_tile(cf, t, needed)?,
+        (None, Some(_)) => needed,
+        (None, None) => {
             let spec_tile = (spec_tile.0.min(needed.0), spec_tile.1.min(needed.1));
             let spec_fits = compile_at(path, text, &[spec_tile.0, spec_tile.1, base[2]])
                 .is_some_and(|c| fits(&c));
             if req.spec_tile_first && spec_fits {
                 spec_tile
             } else {
-                let probe = compile_at(path, text, &[needed.0, needed.1, base[2]])
-                    .ok_or_else(|| "the net does not compile at the image's size".to_string())?;
                 let smallest = up_to_accepted(cf, 2 * margin + cf.period);
-                largest_fitting(path, text, base[2], cf, needed, &probe, req, smallest)?.0
+                largest_fitting(path, text, base[2], cf, needed, &whole, req, smallest)?.0
             }
         }
     };
+    if let Some(n) = &non_local {
+        if tile != needed || !fits(&whole) {
+            return Err(format!(
+                "tiling is not exact for this net: {n}. The image mirror-padded by the margin, \
+                 {}x{} (W x H), runs as one tile: it needs {} of activations (batch {}) + {} of \
+                 weights (budget {}); drop --tile, or give --memory more",
+                needed.1,
+                needed.0,
+                crate::text::bytes(arena_of(&whole, req.batch).unwrap_or(u64::MAX)),
+                req.batch,
+                crate::text::bytes(req.weights_on.resident_bytes(&whole)),
+                crate::text::bytes(req.budget)
+            ));
+        }
+    }
     let c = compile_at(path, text, &[tile.0, tile.1, base[2]])
         .ok_or_else(|| format!("the net does not compile at {}x{} (W x H)", tile.1, tile.0))?;
     let out = (tile.0 - 2 * margin, tile.1 - 2 * margin);

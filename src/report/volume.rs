@@ -515,22 +515,40 @@ fn plan_valid(
             .saturating_add(req.weights_on.resident_bytes(c))
             <= req.budget
     };
-    let tile = match req.tile_3d {
-        Some(t) => asked_tile(forms, t, needed)?,
-        None => {
+    let whole = compile_tile(path, text, needed, base[3])?;
+    // A layer that sees the whole volume (aligned corners, edge padding) gives each overlap tile
+    // a result of its own: only one tile over the whole mirror-padded volume is exact.
+    let non_local = (0..3).find_map(|a| reach(&whole, a).err());
+    let tile = match (req.tile_3d, &non_local) {
+        (Some(t), _) => asked_tile(forms, t, needed)?,
+        (None, Some(_)) => needed,
+        (None, None) => {
             let spec_tile: [usize; 3] = std::array::from_fn(|a| base[a].min(needed[a]));
             let spec_fits = compile_tile(path, text, spec_tile, base[3]).is_ok_and(|c| fits(&c));
             if req.spec_tile_first && spec_fits {
                 spec_tile
             } else {
-                let probe = compile_tile(path, text, needed, base[3])?;
                 let smallest: [usize; 3] = std::array::from_fn(|a| {
                     up_to_accepted(&forms[a], 2 * margin[a] + forms[a].period)
                 });
-                largest_fitting(path, text, base[3], forms, needed, &probe, req, smallest)?.0
+                largest_fitting(path, text, base[3], forms, needed, &whole, req, smallest)?.0
             }
         }
     };
+    if let Some(n) = &non_local {
+        if tile != needed || !fits(&whole) {
+            return Err(format!(
+                "tiling is not exact for this net: {n}. The volume mirror-padded by the margin, \
+                 {} (D x H x W), runs as one tile: it needs {} of activations (batch {}) + {} of \
+                 weights (budget {}); drop --tile, or give --memory more",
+                dhw(needed),
+                crate::text::bytes(arena_of(&whole, req.batch).unwrap_or(u64::MAX)),
+                req.batch,
+                crate::text::bytes(req.weights_on.resident_bytes(&whole)),
+                crate::text::bytes(req.budget)
+            ));
+        }
+    }
     let c = compile_tile(path, text, tile, base[3])?;
     let out: [usize; 3] = std::array::from_fn(|a| tile[a] - 2 * margin[a]);
     let spans = per_axis(|a| {

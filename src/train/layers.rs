@@ -11,7 +11,7 @@ use crate::exec::cpu::winograd;
 use crate::exec::Tensor;
 use crate::ir::ops::{
     ActivationFn, Interpolation, MergeFn, NormLayout, Normalization, Op, PadMode, ReduceFn, Snake,
-    TfCompute, WindowGeometry, GELU,
+    TfCompute, UpSampling3D, VolumeInterpolation, WindowGeometry, GELU,
 };
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
@@ -488,16 +488,14 @@ pub fn forward(
         Op::AveragePooling3D(o) => {
             pool_output(x, out_shape, |a, n, m| o.geometry(a, n, m), Pool::Average)?
         }
-        Op::UpSampling3D(o) => {
-            resize_output(x, o.size, (Interpolation::Nearest, false), out_shape)?
-        }
+        Op::UpSampling3D(o) => resize_output(x, o.size, volume_resample(o), out_shape)?,
         Op::Cropping3D(o) => {
             let c = o.cropping;
             window_output(x, [c[0], c[2], c[4]], PadMode::Zeros, out_shape)?
         }
         Op::ZeroPadding3D(o) => {
             let p = o.padding;
-            window_output(x, [-p[0], -p[2], -p[4]], PadMode::Zeros, out_shape)?
+            window_output(x, [-p[0], -p[2], -p[4]], o.mode, out_shape)?
         }
         Op::GlobalAveragePooling3D(_) => global_average_forward(
             first(),
@@ -529,7 +527,7 @@ pub fn forward(
         Op::UpSampling2D(o) => resize_output(
             x,
             [1, o.size[0], o.size[1]],
-            (o.interpolation, o.align_corners),
+            image_resample(o.interpolation, o.align_corners),
             out_shape,
         )?,
         Op::Cropping2D(o) => window_output(
@@ -565,7 +563,7 @@ pub fn forward(
                 resize_output(
                     x,
                     [1, up.size[0], up.size[1]],
-                    (up.interpolation, up.align_corners),
+                    image_resample(up.interpolation, up.align_corners),
                     out_shape,
                 )?
             }
@@ -943,7 +941,7 @@ pub fn backward(
         Op::UpSampling3D(o) => input_grads(resize_grads(
             &x_shape,
             o.size,
-            (Interpolation::Nearest, false),
+            volume_resample(o),
             output,
             &output_grad(grad),
         )?),
@@ -962,7 +960,7 @@ pub fn backward(
             input_grads(window_grads(
                 &x_shape,
                 [-p[0], -p[2], -p[4]],
-                PadMode::Zeros,
+                o.mode,
                 output,
                 &output_grad(grad),
             )?)
@@ -1025,7 +1023,7 @@ pub fn backward(
         Op::UpSampling2D(o) => input_grads(resize_grads(
             &x_shape,
             [1, o.size[0], o.size[1]],
-            (o.interpolation, o.align_corners),
+            image_resample(o.interpolation, o.align_corners),
             output,
             &output_grad(grad),
         )?),
@@ -1096,7 +1094,7 @@ pub fn backward(
                 input_grads(resize_grads(
                     &x_shape,
                     [1, up.size[0], up.size[1]],
-                    (up.interpolation, up.align_corners),
+                    image_resample(up.interpolation, up.align_corners),
                     output,
                     &output_grad(grad),
                 )?)
@@ -1916,7 +1914,7 @@ fn pool_grads(
 fn resize_output(
     x: Option<&Tensor>,
     size: [i64; 3],
-    interpolation: (Interpolation, bool),
+    interpolation: Resample,
     out_shape: &[usize],
 ) -> Result<Vec<f32>, Unsupported> {
     let (data, shape) = x.map_or((&[][..], &[][..]), |t| (&t.data[..], &t.shape[..]));
@@ -1935,7 +1933,7 @@ fn resize_output(
 fn resize_grads(
     x_shape: &[usize],
     size: [i64; 3],
-    interpolation: (Interpolation, bool),
+    interpolation: Resample,
     output: &Tensor,
     dy: &[f32],
 ) -> Result<Vec<f32>, Unsupported> {
@@ -2117,57 +2115,85 @@ fn pool_backward(
     dx
 }
 
+/// How an up-sampling reads its input: linear (else nearest) per spatial axis `[depth,
+/// height, width]`, and whether the linear axes align corners (else half-pixel centres).
+#[derive(Clone, Copy)]
+struct Resample {
+    linear: [bool; 3],
+    align_corners: bool,
+}
+
+fn image_resample(interpolation: Interpolation, align_corners: bool) -> Resample {
+    let linear = match interpolation {
+        Interpolation::Nearest => false,
+        Interpolation::Bilinear => true,
+    };
+    Resample {
+        linear: [false, linear, linear],
+        align_corners,
+    }
+}
+
+fn volume_resample(op: &UpSampling3D) -> Resample {
+    let linear = match op.interpolation {
+        VolumeInterpolation::Nearest => false,
+        VolumeInterpolation::Trilinear => true,
+    };
+    Resample {
+        linear: [linear; 3],
+        align_corners: op.align_corners,
+    }
+}
+
 /// Each (input index, output index, weight) of an up-sampling by `size` per spatial axis
-/// `[depth, height, width]`: nearest copies, bilinear (images) as TF's resize with half-pixel
-/// centres, or with aligned corners where `interpolation.1` says so.
+/// `[depth, height, width]`: nearest copies, linear axes as TF's resize with half-pixel
+/// centres, or with aligned corners where `resample` says so.
 fn for_each_resize_tap(
     size: [i64; 3],
-    (interpolation, align_corners): (Interpolation, bool),
+    resample: Resample,
     (n, [d, h, w], c): (usize, [usize; 3], usize),
     out_shape: &[usize],
     mut tap: impl FnMut(usize, usize, f32),
 ) -> Result<(), Unsupported> {
     let (_, [od, oh, ow], _) = spatial(out_shape)?;
     let scale = size.map(|s| s.max(1) as usize);
-    // Per output coordinate: (low, high, fraction towards high).
-    let axis = |o: usize, scale: usize, len: usize, bilinear: bool| {
-        if bilinear {
-            let src = if align_corners {
-                crate::exec::cpu::kernels::align_corners_source(o, scale, len)
+    // Per output coordinate along axis `a`: (low, high, fraction towards high).
+    let axis = |o: usize, a: usize, len: usize| {
+        if resample.linear[a] {
+            let src = if resample.align_corners {
+                crate::exec::cpu::kernels::align_corners_source(o, scale[a], len)
             } else {
-                (o as f32 + 0.5) / scale as f32 - 0.5
+                (o as f32 + 0.5) / scale[a] as f32 - 0.5
             };
             let floor = src.floor();
             let lo = (floor.max(0.0) as usize).min(len - 1);
             let hi = (src.ceil().max(0.0) as usize).min(len - 1);
             (lo, hi, src - floor)
         } else {
-            ((o / scale).min(len - 1), (o / scale).min(len - 1), 0.0f32)
+            let i = (o / scale[a]).min(len - 1);
+            (i, i, 0.0f32)
         }
     };
     if d == 0 || h == 0 || w == 0 {
         return Ok(());
     }
-    let bilinear = interpolation == Interpolation::Bilinear;
     for item in 0..n {
         for oz in 0..od {
-            let z = axis(oz, scale[0], d, false).0;
+            let (z0, z1, dz) = axis(oz, 0, d);
             for oy in 0..oh {
-                let (y0, y1, dy) = axis(oy, scale[1], h, bilinear);
+                let (y0, y1, dy) = axis(oy, 1, h);
                 for ox in 0..ow {
-                    let (x0, x1, dx) = axis(ox, scale[2], w, bilinear);
+                    let (x0, x1, dx) = axis(ox, 2, w);
                     let out = (((item * od + oz) * oh + oy) * ow + ox) * c;
-                    let corners = [
-                        (y0, x0, (1.0 - dy) * (1.0 - dx)),
-                        (y0, x1, (1.0 - dy) * dx),
-                        (y1, x0, dy * (1.0 - dx)),
-                        (y1, x1, dy * dx),
-                    ];
-                    for (yy, xx, wt) in corners {
+                    for k in 0..8 {
+                        let (zz, wz) = if k & 4 == 0 { (z0, 1.0 - dz) } else { (z1, dz) };
+                        let (yy, wy) = if k & 2 == 0 { (y0, 1.0 - dy) } else { (y1, dy) };
+                        let (xx, wx) = if k & 1 == 0 { (x0, 1.0 - dx) } else { (x1, dx) };
+                        let wt = wz * wy * wx;
                         if wt == 0.0 {
                             continue;
                         }
-                        let src = (((item * d + z) * h + yy) * w + xx) * c;
+                        let src = (((item * d + zz) * h + yy) * w + xx) * c;
                         for ch in 0..c {
                             tap(src + ch, out + ch, wt);
                         }

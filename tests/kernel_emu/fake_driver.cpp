@@ -407,6 +407,7 @@ const Kernel kernels[] = {
     BOTH(conv3d_transpose),
     BOTH(pool3d),
     BOTH(resample3d),
+    BOTH(upsample3d_linear),
     BLOCKWISE(conv_igemm_bf16, 256, 0),
     BLOCKWISE(conv_igemm_bf16_small, 256, 0),
     BLOCKWISE(conv_igemm_tf32, 256, 0),

@@ -96,6 +96,8 @@ def models():
     yield "plain_reflect_pad", lambda: ReflectPad(), (1, 3, 16, 16)
     yield "plain_kinds", lambda: Kinds(), (1, 3, 15, 17)
     yield "plain_kinds3d", lambda: Kinds3D(), (1, 2, 8, 8, 8)
+    yield "plain_unet3d_trilinear", lambda: UNet3DTrilinear(), (1, 2, 8, 12, 10)
+    yield "plain_trilinear_aligned", lambda: TrilinearAligned(), (1, 2, 3, 5, 4)
     yield "plain_hardswish", lambda: nn.Sequential(nn.Conv2d(3, 2, 1), nn.Hardswish()), (1, 3, 8, 8)
     # The newer exporter (torch.export + onnxscript, opset 18+), weights kept in the file.
     yield "plain_transpose_dynamo", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
@@ -123,6 +125,9 @@ def models():
         yield "monai_basicunet_interp", lambda: nets.BasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4), upsample="nontrainable"), (1, 1, 32, 32)
         yield "monai_dynunet", lambda: nets.DynUNet(2, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2], filters=[4, 8, 16]), (1, 1, 32, 32)
         yield "monai_attentionunet", lambda: nets.AttentionUnet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2)), (1, 1, 32, 32)
+        # 3-D with nontrainable up-sampling: MONAI's UpSample "linear" becomes trilinear with
+        # align_corners=True (as in the 2-D `monai_basicunet_interp`).
+        yield "monai_basicunet3d_interp", lambda: nets.BasicUNet(3, 1, 2, features=(2, 2, 4, 4, 4, 2), upsample="nontrainable"), (1, 1, 16, 16, 32)
         yield "monai_unet3d", lambda: nets.UNet(3, 1, 2, channels=(2, 4), strides=(2,), num_res_units=1), (1, 1, 8, 8, 8)
     try:
         from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
@@ -229,6 +234,41 @@ class ReflectPad(nn.Module):
     def forward(self, x):
         y = F.pad(self.conv(x), (2, 1, 0, 3), mode="replicate")
         return self.conv2(self.refl(y))
+
+
+class UNet3DTrilinear(nn.Module):
+    """A plain two-level 3-D U-Net as PyTorch users write it: nn.Upsample(scale_factor=2,
+    mode='trilinear') up, a conv with padding_mode='replicate', nn.ReflectionPad3d,
+    nn.ReplicationPad3d and F.pad(mode='replicate') with asymmetric widths, odd sizes."""
+
+    def __init__(self, w=3):
+        super().__init__()
+        self.d1 = nn.Conv3d(2, w, 3, padding=1, padding_mode="replicate")
+        self.d2 = nn.Sequential(nn.ReflectionPad3d(1), nn.Conv3d(w, 2 * w, 3), nn.ReLU())
+        self.up = nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False)
+        self.c1 = nn.Sequential(nn.ReplicationPad3d((1, 1, 2, 0, 0, 2)), nn.Conv3d(3 * w, w, 3), nn.ReLU())
+        self.head = nn.Conv3d(w, 2, 1)
+
+    def forward(self, x):
+        x1 = F.relu(self.d1(x))
+        x2 = self.d2(F.max_pool3d(x1, 2))
+        y = self.c1(torch.cat([self.up(x2), x1], dim=1))
+        y = F.pad(y, (0, 1, 2, 1, 1, 0), mode="replicate")
+        y = F.pad(y, (2, 1, 0, 1, 1, 2), mode="reflect")
+        return torch.sigmoid(self.head(y))
+
+
+class TrilinearAligned(nn.Module):
+    """Trilinear up-sampling with align_corners=True by different factors per axis, and
+    half-pixel trilinear by (1, 2, 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(2, 3, 1)
+
+    def forward(self, x):
+        y = F.interpolate(self.conv(x), scale_factor=(2, 3, 2), mode="trilinear", align_corners=True)
+        return F.interpolate(y, scale_factor=(1, 2, 3), mode="trilinear", align_corners=False)
 
 
 def main():

@@ -784,7 +784,9 @@ pub fn upsample(
     });
 }
 
-fn lerp_coords(
+/// The two input positions around output `out_index`'s source coordinate along an axis of
+/// `n` (clamped to the axis) and the fraction towards the second.
+pub(crate) fn lerp_coords(
     out_index: usize,
     scale: usize,
     n: usize,

@@ -2,10 +2,10 @@
 //! output depth slice, one im2col product; the rest are direct loops over the voxels.
 
 use super::gemm::{matmul, matmul_serial};
-use super::kernels::bias_activation;
+use super::kernels::{bias_activation, lerp_coords};
 use crate::ir::ops::{
     AveragePooling3D, Conv3D, Conv3DTranspose, Cropping3D, MaxPooling3D, UpSampling3D,
-    WindowGeometry, ZeroPadding3D,
+    VolumeInterpolation, WindowGeometry, ZeroPadding3D,
 };
 use rayon::prelude::*;
 
@@ -275,7 +275,9 @@ pub fn average_pool3d(
     );
 }
 
-/// Each output voxel copies the input voxel it lies in: `in[z / sd, y / sh, x / sw]`.
+/// Nearest: each output voxel copies the input voxel it lies in, `in[z / sd, y / sh, x / sw]`.
+/// Trilinear: per axis the two input voxels around the output's source coordinate (half-pixel
+/// centres, or aligned corners), blended along width, then height, then depth.
 pub fn upsample3d(
     op: &UpSampling3D,
     x: &[f32],
@@ -284,9 +286,49 @@ pub fn upsample3d(
     [od, oh, ow, _]: [usize; 4],
 ) {
     let size = op.size.map(|v| v.max(1) as usize);
-    copy_voxels(x, [d, h, w, c], out, [od, oh, ow], |[z, y, xx]| {
-        Some([z / size[0], y / size[1], xx / size[2]])
-    });
+    match op.interpolation {
+        VolumeInterpolation::Nearest => {
+            copy_voxels(x, [d, h, w, c], out, [od, oh, ow], |[z, y, xx]| {
+                Some([z / size[0], y / size[1], xx / size[2]])
+            });
+        }
+        VolumeInterpolation::Trilinear => {
+            if d == 0 || h == 0 || w == 0 {
+                return;
+            }
+            let item_in = d * h * w * c;
+            out.par_chunks_mut(c.max(1))
+                .enumerate()
+                .for_each(|(voxel, dst)| {
+                    let xo = voxel % ow;
+                    let y = voxel / ow % oh;
+                    let z = voxel / (ow * oh) % od;
+                    let n = voxel / (ow * oh * od);
+                    let xin = &x[n * item_in..(n + 1) * item_in];
+                    let (z0, z1, dz) = lerp_coords(z, size[0], d, op.align_corners);
+                    let (y0, y1, dy) = lerp_coords(y, size[1], h, op.align_corners);
+                    let (x0, x1, dx) = lerp_coords(xo, size[2], w, op.align_corners);
+                    let at = |iz: usize, iy: usize, ix: usize| ((iz * h + iy) * w + ix) * c;
+                    let corners = [
+                        at(z0, y0, x0),
+                        at(z0, y0, x1),
+                        at(z0, y1, x0),
+                        at(z0, y1, x1),
+                        at(z1, y0, x0),
+                        at(z1, y0, x1),
+                        at(z1, y1, x0),
+                        at(z1, y1, x1),
+                    ];
+                    for (ch, o) in dst.iter_mut().enumerate() {
+                        let v = corners.map(|k| xin[k + ch]);
+                        let lerp = |a: f32, b: f32, t: f32| a + (b - a) * t;
+                        let front = lerp(lerp(v[0], v[1], dx), lerp(v[2], v[3], dx), dy);
+                        let back = lerp(lerp(v[4], v[5], dx), lerp(v[6], v[7], dx), dy);
+                        *o = lerp(front, back, dz);
+                    }
+                });
+        }
+    }
 }
 
 pub fn crop3d(
@@ -302,6 +344,7 @@ pub fn crop3d(
     });
 }
 
+/// Zeros outside the input, or (`mode`) the input mirrored or its edge repeated.
 pub fn zero_pad3d(
     op: &ZeroPadding3D,
     x: &[f32],
@@ -309,14 +352,13 @@ pub fn zero_pad3d(
     out: &mut [f32],
     [od, oh, ow, _]: [usize; 4],
 ) {
-    let p = op.padding.map(|v| v.max(0) as usize);
+    let p = op.padding;
     copy_voxels(x, [d, h, w, c], out, [od, oh, ow], |[z, y, xx]| {
-        let (z, y, xx) = (
-            z.checked_sub(p[0])?,
-            y.checked_sub(p[2])?,
-            xx.checked_sub(p[4])?,
-        );
-        (z < d && y < h && xx < w).then_some([z, y, xx])
+        Some([
+            op.mode.source(z as i64 - p[0], d)?,
+            op.mode.source(y as i64 - p[2], h)?,
+            op.mode.source(xx as i64 - p[4], w)?,
+        ])
     });
 }
 

@@ -17,7 +17,7 @@ use super::{Precision, WeightSource};
 use crate::infer::Inferred;
 use crate::ir::ops::{
     ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, PadMode, ReduceFn,
-    ScalarFn, Subtract, TfCompute, UpSampling2D, WindowGeometry,
+    ScalarFn, Subtract, TfCompute, UpSampling2D, VolumeInterpolation, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
@@ -73,6 +73,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "conv3d_transpose",
     "pool3d",
     "resample3d",
+    "upsample3d_linear",
 ];
 
 /// The tensor-core convolutions (kernels/igemm.cu): `_small` ones take any alignment.
@@ -457,6 +458,15 @@ fn arch_name(major: i32, minor: i32) -> &'static str {
         (12, 0) => "compute_120",
         // Newer devices run PTX for the newest architecture NVRTC 13 knows here.
         _ => "compute_90",
+    }
+}
+
+/// A padding's mode as layers.cu's `pad_source` reads it.
+fn pad_mode_code(mode: PadMode) -> i32 {
+    match mode {
+        PadMode::Zeros => 0,
+        PadMode::Reflect => 1,
+        PadMode::Replicate => 2,
     }
 }
 
@@ -1735,12 +1745,7 @@ impl<'g> CudaModel<'g> {
         batch: usize,
     ) -> Result<(), CudaError> {
         let nb = batch as i32;
-        // layers.cu's pad_source
-        let mode: i32 = match mode {
-            PadMode::Zeros => 0,
-            PadMode::Reflect => 1,
-            PadMode::Replicate => 2,
-        };
+        let mode = pad_mode_code(mode);
         // SAFETY: matches shift_window_<T>(void*, View, View, int, int, int, int); both windows
         // lie inside the arena as planned.
         unsafe {
@@ -1936,19 +1941,46 @@ impl<'g> CudaModel<'g> {
             Op::UpSampling3D(op) => {
                 let repeat = op.size.map(|v| v as i32);
                 let depths = (in_shapes[0][0], out_shape[0]);
-                self.resample3d::<T>(arena, (x_view(0)?, y), depths, repeat, [0; 3], batch)?;
+                match op.interpolation {
+                    VolumeInterpolation::Nearest => {
+                        let copy = ([0; 3], PadMode::Zeros);
+                        self.resample3d::<T>(arena, (x_view(0)?, y), depths, repeat, copy, batch)?
+                    }
+                    VolumeInterpolation::Trilinear => {
+                        let ints = [
+                            i(depths.0),
+                            i(depths.1),
+                            repeat[0],
+                            repeat[1],
+                            repeat[2],
+                            i32::from(op.align_corners),
+                            nb,
+                        ];
+                        let x = x_view(0)?;
+                        let mut b = stream.launch_builder(self.function::<T>("upsample3d_linear"));
+                        b.arg(&mut *arena).arg(&x).arg(&y);
+                        for v in &ints {
+                            b.arg(v);
+                        }
+                        // SAFETY: matches upsample3d_linear_<T>(void*, View, View, int x 7)
+                        // in volume.cu; both windows lie inside the arena as planned.
+                        unsafe { b.launch(grid(n_out)).map_err(driver)? };
+                    }
+                }
             }
             Op::Cropping3D(op) => {
                 let k = op.cropping;
                 let first = [k[0], k[2], k[4]].map(|v| v as i32);
                 let depths = (in_shapes[0][0], out_shape[0]);
-                self.resample3d::<T>(arena, (x_view(0)?, y), depths, [1; 3], first, batch)?;
+                let window = (first, PadMode::Zeros);
+                self.resample3d::<T>(arena, (x_view(0)?, y), depths, [1; 3], window, batch)?;
             }
             Op::ZeroPadding3D(op) => {
                 let p = op.padding;
                 let first = [p[0], p[2], p[4]].map(|v| -(v as i32));
                 let depths = (in_shapes[0][0], out_shape[0]);
-                self.resample3d::<T>(arena, (x_view(0)?, y), depths, [1; 3], first, batch)?;
+                let window = (first, op.mode);
+                self.resample3d::<T>(arena, (x_view(0)?, y), depths, [1; 3], window, batch)?;
             }
             // The mean over the view's rows (depth x height) and columns: all the voxels.
             Op::GlobalAveragePooling3D(_) => {
@@ -2594,7 +2626,7 @@ impl<'g> CudaModel<'g> {
         (x, y): (View, View),
         (xd, yd): (usize, usize),
         repeat: [i32; 3],
-        first: [i32; 3],
+        (first, mode): ([i32; 3], PadMode),
         batch: usize,
     ) -> Result<(), CudaError> {
         let ints = [
@@ -2606,6 +2638,7 @@ impl<'g> CudaModel<'g> {
             first[0],
             first[1],
             first[2],
+            pad_mode_code(mode),
             batch as i32,
         ];
         let mut b = self.stream.launch_builder(self.function::<T>("resample3d"));

@@ -1,6 +1,7 @@
-//! Keras arguments that name one of a fixed set of choices (`padding='same'`,
-//! `activation='relu'`, `interpolation='bilinear'`) as enums: every backend matches on them
-//! exhaustively, so a new choice is a compile error wherever it must be handled.
+//! Keras arguments, and unetc's extensions for PyTorch nets, that name one of a fixed set of
+//! choices (`padding='same'`, `activation='relu'`, `interpolation='bilinear'`, `mode: reflect`)
+//! as enums: every backend matches on them exhaustively, so a new choice is a compile error
+//! wherever it must be handled.
 
 /// An argument whose value is one of a fixed set of Keras names.
 pub trait Keyword: Copy + Sized + 'static {
@@ -71,6 +72,47 @@ keyword_enum! {
         Nearest = "nearest",
         /// Half-pixel centres, as tf.image.resize.
         Bilinear = "bilinear",
+    }
+}
+
+keyword_enum! {
+    /// unetc's `interpolation` of UpSampling3D (Keras's has none: it repeats voxels).
+    VolumeInterpolation {
+        Nearest = "nearest",
+        /// PyTorch's `mode='trilinear'`: half-pixel centres (or aligned corners) on all three
+        /// axes, the 3-D form of Keras's bilinear.
+        Trilinear = "trilinear",
+    }
+}
+
+keyword_enum! {
+    /// What ZeroPadding2D/3D write outside their input: zeros (Keras), or unetc's extensions
+    /// for PyTorch's `padding_mode`: the input mirrored without repeating its edge (`reflect`,
+    /// ONNX `reflect`) or its edge repeated (`replicate`, ONNX `edge`).
+    PadMode {
+        Zeros = "constant",
+        Reflect = "reflect",
+        Replicate = "replicate",
+    }
+}
+
+impl PadMode {
+    /// The input index an output index `i` (relative to the input's start, so negative in the
+    /// leading padding) reads along an axis of `n` pixels; `None` where it reads a zero.
+    /// Reflect needs `n > padding` (checked by the shape rule).
+    pub fn source(self, i: i64, n: usize) -> Option<usize> {
+        let n = n as i64;
+        if (0..n).contains(&i) {
+            return Some(i as usize);
+        }
+        match self {
+            PadMode::Zeros => None,
+            PadMode::Reflect => {
+                let j = if i < 0 { -i } else { 2 * (n - 1) - i };
+                (0..n).contains(&j).then_some(j as usize)
+            }
+            PadMode::Replicate => Some(i.clamp(0, n - 1) as usize),
+        }
     }
 }
 

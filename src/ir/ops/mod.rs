@@ -28,14 +28,16 @@ pub use conv::{
 };
 pub use dense::{Dense, Flatten};
 pub use input::Input;
-pub use keywords::{ActivationFn, Interpolation, Keyword, Padding, TfFunction};
+pub use keywords::{
+    ActivationFn, Interpolation, Keyword, PadMode, Padding, TfFunction, VolumeInterpolation,
+};
 pub use merge::{Add, Average, Concatenate, Maximum, MergeFn, Minimum, Multiply, Subtract};
 pub use norm::{
     BatchNormalization, GroupNormalization, LayerNormalization, NormLayout, Normalization,
 };
 pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D};
 pub use reshape::{Permute, Reshape};
-pub use resize::{Cropping2D, PadMode, UpSampling2D, ZeroPadding2D};
+pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
 pub use tf_op::{ReduceFn, ScalarFn, ScalarOp, TFOpLambda, TfCompute, TfConstant};
 pub use volume::{
     AveragePooling3D, Conv3D, Conv3DArgs, Conv3DTranspose, Cropping3D, GlobalAveragePooling3D,

@@ -1,6 +1,6 @@
 //! UpSampling2D, Cropping2D and ZeroPadding2D.
 
-use super::{image, pair_json, Interpolation, LayerKind, Shape, ShapeError};
+use super::{image, pair_json, Interpolation, LayerKind, PadMode, Shape, ShapeError};
 use crate::ir::value::{ArgReader, MAX_DIM};
 use serde_json::{json, Value as Json};
 
@@ -121,44 +121,6 @@ impl LayerKind for Cropping2D {
     }
 }
 
-/// What ZeroPadding2D writes outside its input: zeros (Keras), or unetc's extensions for
-/// PyTorch's `padding_mode`: the input mirrored without repeating its edge (`reflect`, ONNX
-/// `reflect`) or its edge repeated (`replicate`, ONNX `edge`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PadMode {
-    Zeros,
-    Reflect,
-    Replicate,
-}
-
-impl PadMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            PadMode::Zeros => "constant",
-            PadMode::Reflect => "reflect",
-            PadMode::Replicate => "replicate",
-        }
-    }
-
-    /// The input index an output index `i` (relative to the input's start, so negative in the
-    /// leading padding) reads along an axis of `n` pixels; `None` where it reads a zero.
-    /// Reflect needs `n > padding` (checked by the shape rule).
-    pub fn source(self, i: i64, n: usize) -> Option<usize> {
-        let n = n as i64;
-        if (0..n).contains(&i) {
-            return Some(i as usize);
-        }
-        match self {
-            PadMode::Zeros => None,
-            PadMode::Reflect => {
-                let j = if i < 0 { -i } else { 2 * (n - 1) - i };
-                (0..n).contains(&j).then_some(j as usize)
-            }
-            PadMode::Replicate => Some(i.clamp(0, n - 1) as usize),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZeroPadding2D {
     /// top, bottom, left, right
@@ -179,22 +141,9 @@ impl LayerKind for ZeroPadding2D {
             "channels_last",
             Some("channels_last"),
         );
-        let mode = match r
-            .choice(
-                "mode",
-                &["constant", "reflect", "replicate"],
-                "constant",
-                None,
-            )
-            .as_str()
-        {
-            "reflect" => PadMode::Reflect,
-            "replicate" => PadMode::Replicate,
-            _ => PadMode::Zeros,
-        };
         ZeroPadding2D {
             padding: r.four_or("padding", [1; 4]),
-            mode,
+            mode: r.keyword("mode", PadMode::Zeros, None),
         }
     }
 
@@ -219,7 +168,7 @@ impl LayerKind for ZeroPadding2D {
         let mut config = json!({ "padding": nested(self.padding) });
         // Only where set: Keras's config has no such key.
         if self.mode != PadMode::Zeros {
-            config["mode"] = json!(self.mode.name());
+            config["mode"] = json!(self.mode);
         }
         config
     }

@@ -4,7 +4,8 @@
 
 use super::conv::{TransposeGeometry, WindowGeometry, INITIALIZERS};
 use super::{
-    product, same_size, valid_size, ActivationFn, LayerKind, Padding, Shape, ShapeError, WeightSpec,
+    product, same_size, valid_size, ActivationFn, LayerKind, PadMode, Padding, Shape, ShapeError,
+    VolumeInterpolation, WeightSpec,
 };
 use crate::ir::value::{ArgReader, Value, MAX_DIM};
 use serde_json::{json, Value as Json};
@@ -517,27 +518,43 @@ pooling3d! {
 }
 
 /// `UpSampling3D`: each voxel repeated `size` times along each axis (Keras has no
-/// interpolation for 3-D).
+/// interpolation for 3-D), or unetc's `interpolation: trilinear` (PyTorch's).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpSampling3D {
     pub size: [i64; 3],
+    /// unetc's extension: Keras's UpSampling3D repeats voxels only.
+    pub interpolation: VolumeInterpolation,
+    /// unetc's extension (PyTorch's `align_corners=True`): trilinear sampling that maps the
+    /// corner voxels of input and output onto each other, source = out * (n-1)/(N-1).
+    pub align_corners: bool,
 }
 
 impl LayerKind for UpSampling3D {
     const CLASS: &'static str = "UpSampling3D";
     const POSITIONAL: &'static [&'static str] = &["size", "data_format"];
-    const KNOWN: &'static [&'static str] = &["size", "data_format"];
+    const KNOWN: &'static [&'static str] =
+        &["size", "data_format", "interpolation", "align_corners"];
     const IMPORTED_CONFIG: &'static [&'static str] = &["size"];
 
     fn parse(r: &mut ArgReader) -> Self {
         channels_last(r);
         UpSampling3D {
             size: r.triple_or("size", 1, 1 << 10, [2, 2, 2]),
+            interpolation: r.keyword("interpolation", VolumeInterpolation::Nearest, None),
+            align_corners: r.bool_or("align_corners", false),
         }
     }
 
     fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
         let [d, h, w, c] = volume(inputs, Self::CLASS)?;
+        if self.align_corners && self.interpolation != VolumeInterpolation::Trilinear {
+            return Err(ShapeError::new(
+                "E-align-corners",
+                "align_corners applies to trilinear up-sampling only",
+                "nearest repeats voxels",
+            )
+            .help("write `interpolation: \"trilinear\"`, or drop `align_corners`"));
+        }
         let out = [d * self.size[0], h * self.size[1], w * self.size[2]];
         if out.iter().any(|&n| n > MAX_DIM) {
             return Err(ShapeError::new(
@@ -553,7 +570,24 @@ impl LayerKind for UpSampling3D {
     }
 
     fn config(&self) -> Json {
-        json!({ "size": triple_json(self.size) })
+        let mut config = json!({ "size": triple_json(self.size) });
+        // Only where set: Keras's config has no such keys.
+        if self.interpolation != VolumeInterpolation::Nearest {
+            config["interpolation"] = json!(self.interpolation);
+        }
+        if self.align_corners {
+            config["align_corners"] = json!(true);
+        }
+        config
+    }
+
+    fn beyond_keras(&self) -> Option<&'static str> {
+        match self.interpolation {
+            VolumeInterpolation::Nearest => None,
+            VolumeInterpolation::Trilinear => {
+                Some("trilinear up-sampling (PyTorch's); Keras's UpSampling3D repeats voxels only")
+            }
+        }
     }
 }
 
@@ -618,29 +652,61 @@ impl LayerKind for Cropping3D {
 pub struct ZeroPadding3D {
     /// front, back, top, bottom, left, right
     pub padding: [i64; 6],
+    /// unetc's extension (PyTorch's ReflectionPad3d / ReplicationPad3d); Keras pads zeros.
+    pub mode: PadMode,
 }
 
 impl LayerKind for ZeroPadding3D {
     const CLASS: &'static str = "ZeroPadding3D";
     const POSITIONAL: &'static [&'static str] = &["padding", "data_format"];
-    const KNOWN: &'static [&'static str] = &["padding", "data_format"];
+    const KNOWN: &'static [&'static str] = &["padding", "data_format", "mode"];
     const IMPORTED_CONFIG: &'static [&'static str] = &["padding"];
 
     fn parse(r: &mut ArgReader) -> Self {
         channels_last(r);
         ZeroPadding3D {
             padding: r.six_or("padding", [1; 6]),
+            mode: r.keyword("mode", PadMode::Zeros, None),
         }
     }
 
     fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
         let [d, h, w, c] = volume(inputs, Self::CLASS)?;
         let p = self.padding;
+        let too_small = [d, h, w]
+            .iter()
+            .enumerate()
+            .any(|(axis, &n)| p[2 * axis].max(p[2 * axis + 1]) >= n);
+        if self.mode == PadMode::Reflect && too_small {
+            return Err(ShapeError::new(
+                "E-shape",
+                format!(
+                    "reflect padding by (front, back, top, bottom, left, right) {p:?} needs an input larger than the padding on each side, but {{0}} is {}",
+                    dims_text([d, h, w])
+                ),
+                "too small to reflect",
+            )
+            .help("pad less, or use `mode: \"replicate\"`"));
+        }
         Ok(vec![d + p[0] + p[1], h + p[2] + p[3], w + p[4] + p[5], c])
     }
 
     fn config(&self) -> Json {
-        json!({ "padding": nested(self.padding) })
+        let mut config = json!({ "padding": nested(self.padding) });
+        // Only where set: Keras's config has no such key.
+        if self.mode != PadMode::Zeros {
+            config["mode"] = json!(self.mode);
+        }
+        config
+    }
+
+    fn beyond_keras(&self) -> Option<&'static str> {
+        match self.mode {
+            PadMode::Zeros => None,
+            PadMode::Reflect | PadMode::Replicate => Some(
+                "reflect or replicate padding (PyTorch's padding_mode); Keras's ZeroPadding3D pads with zeros only",
+            ),
+        }
     }
 }
 

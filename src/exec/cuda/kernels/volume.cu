@@ -113,20 +113,62 @@ INSTANTIATE(pool3d, (void* arena, View x, View y, int XD, int YD, int KD, int KH
                      int SH, int SW, int PD, int PH, int PW, int average, int N),
             (, x, y, XD, YD, KD, KH, KW, SD, SH, SW, PD, PH, PW, average, N))
 
-// y[oz, oy, ox] = x[oz / RD + FZ, oy / RH + FY, ox / RW + FX], zero outside x: UpSampling3D
-// (R = size, F = 0), Cropping3D (R = 1, F = the front/top/left crops) and ZeroPadding3D
-// (R = 1, F = minus the front/top/left padding).
+// y[oz, oy, ox] = x[oz / RD + FZ, oy / RH + FY, ox / RW + FX]: UpSampling3D (R = size, F = 0),
+// Cropping3D (R = 1, F = the front/top/left crops) and ZeroPadding3D (R = 1, F = minus the
+// front/top/left padding); outside x per `mode` as layers.cu's pad_source (0: zero).
 template <typename T>
 __device__ void resample3d(T* arena, View x, View y, int XD, int YD, int RD, int RH, int RW,
-                           int FZ, int FY, int FX, int N) {
+                           int FZ, int FY, int FX, int mode, int N) {
     FOR_EACH_IN_VOLUME(y, YD, N)
     int XH = x.h / XD;
-    int iz = oz / RD + FZ, iy = orow / RH + FY, ix = ox / RW + FX;
+    int iz = pad_source(oz / RD + FZ, XD, mode), iy = pad_source(orow / RH + FY, XH, mode),
+        ix = pad_source(ox / RW + FX, x.w, mode);
     float v = 0.0f;
     if (iz >= 0 && iz < XD && iy >= 0 && iy < XH && ix >= 0 && ix < x.w)
         v = load_elem(arena + volume_at(x, XD, n, iz, iy, ix, c));
     store_elem(arena + view_at(y, n, oy, ox, c), v);
 }
 INSTANTIATE(resample3d, (void* arena, View x, View y, int XD, int YD, int RD, int RH, int RW,
-                         int FZ, int FY, int FX, int N),
-            (, x, y, XD, YD, RD, RH, RW, FZ, FY, FX, N))
+                         int FZ, int FY, int FX, int mode, int N),
+            (, x, y, XD, YD, RD, RH, RW, FZ, FY, FX, mode, N))
+
+// One axis of trilinear up-sampling by S from n input positions: the two positions around
+// output o's source coordinate (half-pixel centres, or with `align` the corners aligned:
+// o * (n-1)/(n*S-1)), clamped to the axis, and the fraction towards the second.
+__device__ __forceinline__ void lerp_axis(int o, int S, int n, int align, int& lo, int& hi,
+                                          float& t) {
+    float s = ((float)o + 0.5f) / S - 0.5f;
+    if (align) {
+        int out = n * S;
+        s = out > 1 ? (float)o * (float)(n - 1) / (float)(out - 1) : 0.0f;
+    }
+    float f = floorf(s);
+    lo = min(max((int)f, 0), n - 1);
+    hi = min(max((int)ceilf(s), 0), n - 1);
+    t = s - f;
+}
+
+// UpSampling3D with interpolation trilinear: the eight voxels around the source point,
+// blended along width, then height, then depth (as the CPU executor).
+template <typename T>
+__device__ void upsample3d_linear(T* arena, View x, View y, int XD, int YD, int SD, int SH,
+                                  int SW, int align, int N) {
+    FOR_EACH_IN_VOLUME(y, YD, N)
+    int XH = x.h / XD;
+    int z0, z1, y0, y1, x0, x1;
+    float dz, dy, dx;
+    lerp_axis(oz, SD, XD, align, z0, z1, dz);
+    lerp_axis(orow, SH, XH, align, y0, y1, dy);
+    lerp_axis(ox, SW, x.w, align, x0, x1, dx);
+    float v[8];
+    for (int k = 0; k < 8; ++k)
+        v[k] = load_elem(arena + volume_at(x, XD, n, k & 4 ? z1 : z0, k & 2 ? y1 : y0,
+                                           k & 1 ? x1 : x0, c));
+    float f0 = v[0] + (v[1] - v[0]) * dx, f1 = v[2] + (v[3] - v[2]) * dx;
+    float b0 = v[4] + (v[5] - v[4]) * dx, b1 = v[6] + (v[7] - v[6]) * dx;
+    float front = f0 + (f1 - f0) * dy, back = b0 + (b1 - b0) * dy;
+    store_elem(arena + view_at(y, n, oy, ox, c), front + (back - front) * dz);
+}
+INSTANTIATE(upsample3d_linear, (void* arena, View x, View y, int XD, int YD, int SD, int SH,
+                                int SW, int align, int N),
+            (, x, y, XD, YD, SD, SH, SW, align, N))

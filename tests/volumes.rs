@@ -720,3 +720,38 @@ fn directory_runs_take_nifti_volumes() {
     assert!(out2.join("i.npy").exists(), "{stderr}");
     assert!(!out2.join("a.nii").exists());
 }
+
+/// `tiles --image` also takes labelled sizes, in any order, the same form for images and
+/// volumes: the plan equals the one for the unlabelled order (W x H, D x H x W); a missing,
+/// repeated or foreign axis is an error naming it.
+#[test]
+fn tiles_image_takes_labelled_sizes() {
+    let json = |spec: &str, image: &str| {
+        let (code, out, stderr) = unetc(&[
+            "tiles", spec, "--image", image, "--memory", "2GiB", "--format", "json",
+        ]);
+        assert_eq!(code, 0, "{image}: {stderr}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let image = "specs/original.unet";
+    let plain = json(image, "2048x1536");
+    assert_eq!(plain["image"]["height"], 1536);
+    for labelled in ["H=1536,W=2048", "w=2048,h=1536"] {
+        assert_eq!(json(image, labelled), plain, "{labelled}");
+    }
+    let plain = json(SAME, "17x22x25");
+    assert_eq!(plain["volume"]["depth"], 17);
+    for labelled in ["D=17,H=22,W=25", "W=25,d=17,H=22"] {
+        assert_eq!(json(SAME, labelled), plain, "{labelled}");
+    }
+    for (spec, arg, want) in [
+        (SAME, "H=22,W=25", "no size for D"),
+        (image, "D=3,H=22,W=25", "axis `D`"),
+        (image, "H=2,H=3,W=4", "axis H given twice"),
+        (image, "H=2,W=x", "W=x: not a whole number"),
+    ] {
+        let (code, _, stderr) = unetc(&["tiles", spec, "--image", arg]);
+        assert_eq!(code, 2, "{arg}: {stderr}");
+        assert!(stderr.contains(want), "{arg}: {stderr}");
+    }
+}

@@ -593,6 +593,12 @@ fn output_header(
     [d, h, w, k]: [usize; 4],
     like: &NiftiHeader,
 ) -> Result<NiftiHeader, IoError> {
+    if [d, h, w, k].contains(&0) {
+        return Err(IoError::Invalid {
+            path: path.to_path_buf(),
+            problem: format!("an output of {d}x{h}x{w}x{k} voxels x channels is empty"),
+        });
+    }
     let too_big = [d, h, w, k].iter().any(|&x| x > i16::MAX as usize);
     if too_big {
         return Err(IoError::Invalid {

@@ -185,8 +185,9 @@ enum Command {
         /// The spec file (.unet for the DSL, .yaml/.yml for YAML).
         spec: PathBuf,
         /// Image size WxH, e.g. 2048x1536; for a volume model DxHxW (depth first, as the
-        /// array's axes), e.g. 160x192x160.
-        #[arg(long, value_name = "WxH|DxHxW")]
+        /// array's axes), e.g. 160x192x160. Or labelled, any order, the same for both:
+        /// H=1536,W=2048 or D=160,H=192,W=160.
+        #[arg(long, value_name = "WxH|DxHxW|H=..,W=..[,D=..]")]
         image: String,
         #[command(flatten)]
         tiling: TileArgs,
@@ -1747,10 +1748,22 @@ fn tiles(
         Ok(None) => {}
         Err(code) => return code,
     }
-    let dims: Vec<usize> = image
-        .split(['x', 'X'])
-        .filter_map(|d| d.trim().parse().ok())
-        .collect();
+    let labelled = match labelled_sizes(image, &["H", "W"]) {
+        Some(Ok(hw)) => Some(hw),
+        Some(Err(e)) => {
+            eprintln!("error: --image {image}: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        None => None,
+    };
+    let dims: Vec<usize> = match labelled {
+        // Array order (H, W) to the WxH order below.
+        Some(hw) => vec![hw[1], hw[0]],
+        None => image
+            .split(['x', 'X'])
+            .filter_map(|d| d.trim().parse().ok())
+            .collect(),
+    };
     let (Some(&w), Some(&h), 2) = (dims.first(), dims.get(1), dims.len()) else {
         eprintln!("error: --image {image}: expected WxH, e.g. 2048x1536");
         return ExitCode::from(EXIT_USAGE);
@@ -1879,6 +1892,53 @@ fn read_volume(
     }
 }
 
+/// A labelled `--image` (`H=1536,W=2048`, `D=160,H=192,W=160`; any order, any case): the sizes
+/// in the order of `axes` (array order). `None` when `text` is not labelled (`WxH`, `DxHxW`).
+fn labelled_sizes(text: &str, axes: &[&str]) -> Option<Result<Vec<usize>, String>> {
+    if !text.contains('=') {
+        return None;
+    }
+    let want = axes.join(",");
+    let mut sizes: Vec<Option<usize>> = vec![None; axes.len()];
+    for part in text.split(',') {
+        let Some((axis, n)) = part.split_once('=') else {
+            return Some(Err(format!(
+                "`{part}` is not AXIS=SIZE; give {want} sizes, e.g. {}",
+                axes.iter()
+                    .map(|a| format!("{a}=64"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )));
+        };
+        let axis = axis.trim();
+        let Some(i) = axes.iter().position(|a| a.eq_ignore_ascii_case(axis)) else {
+            return Some(Err(format!(
+                "axis `{axis}`: this model's sizes are {want} (an image's are H,W; a volume's \
+                 D,H,W)"
+            )));
+        };
+        let Ok(n) = n.trim().parse::<usize>() else {
+            return Some(Err(format!("{axis}={n}: not a whole number")));
+        };
+        if sizes[i].replace(n).is_some() {
+            return Some(Err(format!("axis {} given twice", axes[i])));
+        }
+    }
+    let missing: Vec<&str> = axes
+        .iter()
+        .zip(&sizes)
+        .filter(|(_, n)| n.is_none())
+        .map(|(a, _)| *a)
+        .collect();
+    if !missing.is_empty() {
+        return Some(Err(format!(
+            "no size for {}; give {want}",
+            missing.join(", ")
+        )));
+    }
+    Some(Ok(sizes.into_iter().flatten().collect()))
+}
+
 /// `unetc tiles` for a volume model: `--image DxHxW`.
 fn volume_tiles(
     spec: &std::path::Path,
@@ -1889,10 +1949,17 @@ fn volume_tiles(
     format: Format,
 ) -> ExitCode {
     use unetc::report::volume::dhw;
-    let dims: Vec<Option<usize>> = image
-        .split(['x', 'X'])
-        .map(|d| d.trim().parse().ok())
-        .collect();
+    let dims: Vec<Option<usize>> = match labelled_sizes(image, &["D", "H", "W"]) {
+        Some(Ok(dhw)) => dhw.into_iter().map(Some).collect(),
+        Some(Err(e)) => {
+            eprintln!("error: --image {image}: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        None => image
+            .split(['x', 'X'])
+            .map(|d| d.trim().parse().ok())
+            .collect(),
+    };
     let volume = match dims[..] {
         [Some(d), Some(h), Some(w)] if [d, h, w].iter().all(|n| (1..=1 << 20).contains(n)) => {
             [d, h, w]

@@ -7,7 +7,8 @@ use crate::exec::tiling::{blend_weights, mirror_index, Span};
 use crate::exec::{Precision, Tensor};
 use crate::expand::Session;
 use crate::io::stream::{
-    NpySink, NpySource, RegionSink, RegionSource, Samples, TensorSource, TiffSink, TiffSource,
+    NpySink, NpySource, RegionSink, RegionSource, Samples, TensorSink, TensorSource, TiffSink,
+    TiffSource,
 };
 use crate::io::weights::{init_tensor, load_weights, save_weights, seeded_rng, Expected, Weights};
 use crate::io::{ChannelLayout, IoError};
@@ -494,8 +495,12 @@ pub fn run(
             opts.num_parts.saturating_sub(1)
         )));
     }
-    let kind = output_kind(&base, opts, to_dir)?;
-    let jobs = plan_jobs(opts, to_dir)?;
+    let model_is_volume = base.info.layers[base.graph.inputs[0].index()]
+        .shape
+        .as_ref()
+        .is_some_and(|s| s.len() == 4);
+    let kind = output_kind(&base, opts, to_dir.then_some(model_is_volume))?;
+    let jobs = plan_jobs(opts, to_dir.then_some(model_is_volume))?;
     if !opts.force && !opts.skip_existing {
         refuse_existing_outputs(&jobs, opts, to_dir)?;
     }
@@ -519,10 +524,7 @@ pub fn run(
         weights: &weights,
         device,
         model_channels,
-        model_is_volume: base.info.layers[base.graph.inputs[0].index()]
-            .shape
-            .as_ref()
-            .is_some_and(|s| s.len() == 4),
+        model_is_volume,
         kind,
     };
     let mut tiling = opts
@@ -645,6 +647,51 @@ fn run_one(
             return write_output(&job.output, &result, context.kind, opts.force);
         }
     }
+    if context.model_is_volume {
+        if let Some((mut source, shape, header)) = open_volume(&job.input, report)? {
+            let [n, d, h, w, c] = shape;
+            let model_in = model_input_shape(context.base);
+            match plan_volume_run(&predict_with, shape, &model_in, report)? {
+                VolumeRun::Whole => {
+                    // The model's own size: read whole and run as it is.
+                    let mut input = Tensor::zeros(&[n, d, h, w, c]);
+                    for (plane, values) in input.data.chunks_mut(h * w * c).enumerate() {
+                        source.read_region(plane, 0..h, 0..w, values)?;
+                    }
+                    let result = forward(
+                        context.base,
+                        None,
+                        context.weights,
+                        &input,
+                        opts.batch,
+                        (context.device, opts.precision, tiling.budget),
+                        report,
+                    )?;
+                    return write_result(job, &input, &result, header, context.kind, opts, report);
+                }
+                VolumeRun::Tiled(tiled) => {
+                    let (plan, sized) = &*tiled;
+                    let k = model_output_shape(sized)?.last().copied().unwrap_or(1);
+                    let mut sink = create_volume_sink(
+                        &job.output,
+                        [n, d, h, w, k],
+                        header,
+                        opts.force,
+                        report,
+                    )?;
+                    run_volume_tiles(
+                        &predict_with,
+                        (plan, sized),
+                        shape,
+                        (source.as_mut(), sink.as_mut()),
+                        report,
+                        &mut |done, total| events(RunEvent::Tiles { done, total }),
+                    )?;
+                    return Ok(sink.finish()?);
+                }
+            }
+        }
+    }
     let (input, header) = if crate::io::nifti::is_nifti(&job.input) {
         if !context.model_is_volume {
             return Err(RunError::Usage(format!(
@@ -670,10 +717,120 @@ fn run_one(
     let result = predict(&predict_with, &input, report, &mut |done, total| {
         events(RunEvent::Tiles { done, total })
     })?;
+    write_result(job, &input, &result, header, context.kind, opts, report)
+}
+
+/// Writes the output of a run held in memory: NIfTI (with `header`'s affine), or as `kind` says.
+fn write_result(
+    job: &Job,
+    input: &Tensor,
+    result: &Tensor,
+    header: Option<crate::io::nifti::NiftiHeader>,
+    kind: OutputKind,
+    opts: &RunOptions,
+    report: &mut RunReport,
+) -> Result<(), RunError> {
     if crate::io::nifti::is_nifti(&job.output) {
-        return write_nifti_output(&job.output, &input, &result, header, opts.force, report);
+        return write_nifti_output(&job.output, input, result, header, opts.force, report);
     }
-    write_output(&job.output, &result, context.kind, opts.force)
+    write_output(&job.output, result, kind, opts.force)
+}
+
+/// A volume input streamed from its file: an f32 `.npy` of rank 4 (DHWC) or 5 (NDHWC) through a
+/// memory map, or a NIfTI volume (a `.nii` mapped; a `.nii.gz` decompressed into a temporary
+/// file, then mapped). With its `(N, D, H, W, C)` shape and, for NIfTI, its header. `None` when
+/// the input is read whole instead (other `.npy` dtypes).
+#[allow(clippy::type_complexity)]
+fn open_volume(
+    input: &Path,
+    report: &mut RunReport,
+) -> Result<
+    Option<(
+        Box<dyn RegionSource + Send>,
+        [usize; 5],
+        Option<crate::io::nifti::NiftiHeader>,
+    )>,
+    RunError,
+> {
+    use crate::report::volume::dhw;
+    if crate::io::nifti::is_nifti(input) {
+        let source = crate::io::nifti::NiftiSource::open(input)?;
+        let [d, h, w, c] = source.volume_shape();
+        report.notes.push(format!(
+            "NIfTI volume {} (D x H x W = k, j, i), {c} channel(s), {}",
+            dhw([d, h, w]),
+            if crate::io::nifti::is_gz(input) {
+                "decompressed to a temporary file and memory-mapped"
+            } else {
+                "memory-mapped"
+            }
+        ));
+        let header = source.header().clone();
+        return Ok(Some((Box::new(source), [1, d, h, w, c], Some(header))));
+    }
+    let npy = input
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+    if !npy {
+        return Ok(None);
+    }
+    let Some(source) = NpySource::open_volume(input)? else {
+        return Ok(None);
+    };
+    let Some(shape @ [n, d, h, w, c]) = source.volume_shape() else {
+        return Ok(None);
+    };
+    report.notes.push(format!(
+        "input {} (D x H x W), {c} channel(s){}, memory-mapped",
+        dhw([d, h, w]),
+        if n > 1 {
+            format!(", {n} volumes")
+        } else {
+            String::new()
+        }
+    ));
+    Ok(Some((Box::new(source), shape, None)))
+}
+
+/// The file a tiled volume run writes as tiles finish: `.npy` (NDHWC float32) or `.nii`/
+/// `.nii.gz` (one volume, with `header`'s affine; a blank one for a non-NIfTI input, said in a
+/// note), both through a memory map.
+fn create_volume_sink(
+    output: &Path,
+    [n, d, h, w, k]: [usize; 5],
+    header: Option<crate::io::nifti::NiftiHeader>,
+    force: bool,
+    report: &mut RunReport,
+) -> Result<Box<dyn RegionSink + Send>, RunError> {
+    if crate::io::nifti::is_nifti(output) {
+        if n != 1 {
+            return Err(RunError::Usage(format!(
+                "`{}`: {n} volumes cannot go into one NIfTI file; write a .npy",
+                output.display()
+            )));
+        }
+        let header = header.unwrap_or_else(|| {
+            report.notes.push(
+                "the input is not NIfTI: the output has unit spacing and no affine (qform/sform \
+                 codes 0)"
+                    .into(),
+            );
+            crate::io::nifti::NiftiHeader::blank()
+        });
+        let sink = crate::io::nifti::NiftiSink::create(output, [d, h, w, k], &header, force)?;
+        return Ok(Box::new(sink));
+    }
+    let npy = output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+    if !npy {
+        return Err(RunError::Usage(format!(
+            "`{}`: a volume model's output is a .npy (N, D, H, W, C) or a .nii/.nii.gz",
+            output.display()
+        )));
+    }
+    let sink = NpySink::create(output, &[n, d, h, w, k], Samples::Float32, force)?;
+    Ok(Box::new(sink))
 }
 
 /// Writes a volume model's output as NIfTI with the input's affine and spacing (a blank header
@@ -798,7 +955,7 @@ fn create_sink(
     })?;
     match ext.as_deref() {
         Some("tif" | "tiff") => Ok(Box::new(TiffSink::create(output, shape, samples, force)?)),
-        Some("npy") => Ok(Box::new(NpySink::create(output, shape, samples, force)?)),
+        Some("npy") => Ok(Box::new(NpySink::create(output, &shape, samples, force)?)),
         _ => Err(RunError::Usage(format!(
             "`{}`: streamed outputs are .npy or .tif",
             output.display()
@@ -866,30 +1023,82 @@ fn predict_streamed(
     let (th, tw) = plan.tile_in;
     let (oh, ow) = plan.tile_out;
     let k = model_output_shape(&sized)?.last().copied().unwrap_or(1);
-    let sink = create_sink(output, [n, h, w, k], kind, force)?;
-    let (rows, cols) = plan.tiles();
-    let total = n * rows * cols;
-    type Chunk = Vec<(usize, Span, Span)>;
-    // Three stages overlap: a reader thread cuts the next batch of tiles from the source while
-    // this thread runs the model on the current one and a writer thread writes the previous
-    // one's kept outputs. Rendezvous channels (capacity 0): at most two batches of tiles and
-    // two of outputs exist at once.
+    let mut sink = create_sink(output, [n, h, w, k], kind, force)?;
     let plan = &plan;
+    pipeline(
+        &model,
+        tile_positions(plan, n),
+        batch,
+        &[th, tw, c],
+        (source, sink.as_mut()),
+        &|source, chunk, tiles, scratch| fill_tiles(source, plan, chunk, tiles, scratch),
+        &|sink, chunk, result| {
+            for (t, &(i, row, col)) in chunk.iter().enumerate() {
+                let ((y0, y1), (x0, x1)) = (kept(row, h), kept(col, w));
+                if x0 >= x1 {
+                    continue;
+                }
+                for oy in y0..y1 {
+                    let y = (row.offset + oy as isize) as usize;
+                    let x = (col.offset + x0 as isize) as usize;
+                    let src = ((t * oh + oy) * ow + x0) * k;
+                    sink.write_run(i, y, x, &result.data[src..src + (x1 - x0) * k])?;
+                }
+            }
+            Ok(())
+        },
+        report,
+        progress,
+    )?;
+    Ok(sink.finish()?)
+}
+
+/// Cuts tiles into a batch's input tensor: `(source, tile positions, tiles, scratch)`.
+type FillTiles<'f, P> = dyn Fn(&mut dyn RegionSource, &[P], &mut Tensor, &mut Vec<f32>) -> Result<(), RunError>
+    + Sync
+    + 'f;
+/// Writes the kept outputs of a batch's tiles: `(sink, tile positions, model output)`.
+type WriteTiles<'f, P> =
+    dyn Fn(&mut dyn RegionSink, &[P], &Tensor) -> Result<(), IoError> + Sync + 'f;
+
+/// Runs `model` on every tile at `positions`, in batches of `batch` tiles of `tile` (the shape
+/// of one tile without the batch axis), from `source` into `sink`; images and volumes alike.
+/// Three stages overlap: a reader thread cuts the next batch of tiles from the source while
+/// this thread runs the model on the current one and a writer thread writes the previous one's
+/// kept outputs. Rendezvous channels (capacity 0): at most two batches of tiles and two of
+/// outputs exist at once. The first error in pipeline order (reading, computing, writing) is
+/// the result.
+#[allow(clippy::too_many_arguments)]
+fn pipeline<P: Copy + Send + Sync>(
+    model: &Backend<'_>,
+    positions: impl Iterator<Item = P>,
+    batch: usize,
+    tile: &[usize],
+    (source, sink): (&mut (dyn RegionSource + Send), &mut (dyn RegionSink + Send)),
+    fill: &FillTiles<'_, P>,
+    write: &WriteTiles<'_, P>,
+    report: &mut RunReport,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), RunError> {
+    let batch = batch.max(1);
+    let (positions, total) = {
+        let all: Vec<P> = positions.collect();
+        let total = all.len();
+        (all, total)
+    };
     let (written, outcome) = std::thread::scope(|scope| {
         let (tiles_tx, tiles_rx) =
-            std::sync::mpsc::sync_channel::<Result<(Chunk, Tensor), RunError>>(0);
-        let (out_tx, out_rx) = std::sync::mpsc::sync_channel::<(Chunk, Tensor)>(0);
+            std::sync::mpsc::sync_channel::<Result<(Vec<P>, Tensor), RunError>>(0);
+        let (out_tx, out_rx) = std::sync::mpsc::sync_channel::<(Vec<P>, Tensor)>(0);
+        let positions = &positions;
         let reader = scope.spawn(move || {
-            let mut positions = tile_positions(plan, n);
             let mut scratch = Vec::new();
-            loop {
-                let chunk: Chunk = positions.by_ref().take(batch).collect();
-                if chunk.is_empty() {
-                    break;
-                }
-                let mut tiles = Tensor::zeros(&[chunk.len(), th, tw, c]);
-                let item = fill_tiles(source, plan, &chunk, &mut tiles, &mut scratch)
-                    .map(|()| (chunk, tiles));
+            for chunk in positions.chunks(batch) {
+                let mut shape = vec![chunk.len()];
+                shape.extend_from_slice(tile);
+                let mut tiles = Tensor::zeros(&shape);
+                let item =
+                    fill(source, chunk, &mut tiles, &mut scratch).map(|()| (chunk.to_vec(), tiles));
                 let failed = item.is_err();
                 // A send fails when the compute stage has stopped: stop too.
                 if tiles_tx.send(item).is_err() || failed {
@@ -897,24 +1106,12 @@ fn predict_streamed(
                 }
             }
         });
-        let writer = scope.spawn(move || -> Result<Box<dyn RegionSink + Send>, RunError> {
-            let mut sink = sink;
+        let writer = scope.spawn(move || -> Result<(), RunError> {
             for (chunk, result) in out_rx {
-                for (t, &(i, row, col)) in chunk.iter().enumerate() {
-                    let ((y0, y1), (x0, x1)) = (kept(row, h), kept(col, w));
-                    if x0 >= x1 {
-                        continue;
-                    }
-                    for oy in y0..y1 {
-                        let y = (row.offset + oy as isize) as usize;
-                        let x = (col.offset + x0 as isize) as usize;
-                        let src = ((t * oh + oy) * ow + x0) * k;
-                        sink.write_run(i, y, x, &result.data[src..src + (x1 - x0) * k])?;
-                    }
-                }
+                write(sink, &chunk, &result)?;
                 sink.release();
             }
-            Ok(sink)
+            Ok(())
         });
         let mut outcome: Result<(), RunError> = Ok(());
         let mut done = 0;
@@ -957,16 +1154,16 @@ fn predict_streamed(
         let read = reader.join().map_err(|_| stage_failed("reader"));
         (written, outcome.and(read))
     });
-    // The first error in pipeline order: reading or computing, then writing.
     outcome?;
-    Ok(written?.finish()?)
+    written
 }
 
 impl RunOptions {
-    /// The kind of file a directory run writes: `.npy` when the output directory's name ends in
-    /// `.npy`, else `.png`.
-    fn output_extension(&self) -> &'static str {
-        if self.output.extension().is_some_and(|e| e == "npy") {
+    /// The kind of file a directory run writes for an image or `.npy` input: `.npy` when the
+    /// output directory's name ends in `.npy` or the model takes volumes, else `.png`. (NIfTI
+    /// inputs give NIfTI outputs: [`output_name`].)
+    fn output_extension(&self, volume_model: bool) -> &'static str {
+        if volume_model || self.output.extension().is_some_and(|e| e == "npy") {
             "npy"
         } else {
             "png"
@@ -974,11 +1171,26 @@ impl RunOptions {
     }
 }
 
+/// The file name a directory run writes for `input`: a NIfTI volume's name as it is (`.nii` or
+/// `.nii.gz`: the output keeps its affine), else the input's stem with `extension`.
+fn output_name(input: &Path, extension: &str) -> std::ffi::OsString {
+    if crate::io::nifti::is_nifti(input) {
+        if let Some(name) = input.file_name() {
+            return name.to_os_string();
+        }
+    }
+    // `stem.ext`, not `with_extension`, which would cut `a.1` and `a.2` both to `a`.
+    let mut name = input.file_stem().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(extension);
+    name
+}
+
 /// Each input with its output path; two inputs that would write the same output, or an output
-/// that is its own input, are errors.
-fn plan_jobs(opts: &RunOptions, to_dir: bool) -> Result<Vec<Job>, RunError> {
-    let jobs = if to_dir {
-        jobs_for_directory(opts)?
+/// that is its own input, are errors. `to_dir`: a directory run, for a volume model or not.
+fn plan_jobs(opts: &RunOptions, to_dir: Option<bool>) -> Result<Vec<Job>, RunError> {
+    let jobs = if let Some(volume_model) = to_dir {
+        jobs_for_directory(opts, volume_model)?
     } else {
         vec![Job {
             input: opts.input.clone(),
@@ -1000,7 +1212,7 @@ fn plan_jobs(opts: &RunOptions, to_dir: bool) -> Result<Vec<Job>, RunError> {
     Ok(jobs)
 }
 
-fn jobs_for_directory(opts: &RunOptions) -> Result<Vec<Job>, RunError> {
+fn jobs_for_directory(opts: &RunOptions, volume_model: bool) -> Result<Vec<Job>, RunError> {
     let mut inputs = match list_file(&opts.input) {
         Some(list) => list_inputs(&list)?,
         None => directory_inputs(&opts.input)?,
@@ -1015,11 +1227,9 @@ fn jobs_for_directory(opts: &RunOptions) -> Result<Vec<Job>, RunError> {
     let mut jobs: Vec<Job> = Vec::with_capacity(inputs.len());
     let mut by_output: std::collections::HashMap<PathBuf, usize> = Default::default();
     for input in inputs {
-        // `stem.ext`, not `with_extension`, which would cut `a.1` and `a.2` both to `a`.
-        let mut name = input.file_stem().unwrap_or_default().to_os_string();
-        name.push(".");
-        name.push(opts.output_extension());
-        let output = opts.output.join(name);
+        let output = opts
+            .output
+            .join(output_name(&input, opts.output_extension(volume_model)));
         if let Some(&earlier) = by_output.get(&output) {
             return Err(RunError::Usage(format!(
                 "`{}` and `{}` would both be written to `{}`; rename one of them or move it to \
@@ -1070,25 +1280,27 @@ fn refuse_existing_outputs(jobs: &[Job], opts: &RunOptions, to_dir: bool) -> Res
     )))
 }
 
-/// The `.png`, `.tif`/`.tiff` and `.npy` files of an input directory, in name order.
+/// The `.png`, `.tif`/`.tiff`, `.npy` and `.nii`/`.nii.gz` files of an input directory, in
+/// name order.
 fn directory_inputs(input: &Path) -> Result<Vec<PathBuf>, RunError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(input)
         .map_err(|e| RunError::Usage(format!("cannot list `{}`: {e}", input.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            matches!(
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .map(str::to_ascii_lowercase)
-                    .as_deref(),
-                Some("png" | "tif" | "tiff" | "npy")
-            )
+            crate::io::nifti::is_nifti(p)
+                || matches!(
+                    p.extension()
+                        .and_then(|e| e.to_str())
+                        .map(str::to_ascii_lowercase)
+                        .as_deref(),
+                    Some("png" | "tif" | "tiff" | "npy")
+                )
         })
         .collect();
     files.sort();
     if files.is_empty() {
         return Err(RunError::Usage(format!(
-            "`{}` holds no .png, .tif or .npy files",
+            "`{}` holds no .png, .tif, .npy or .nii/.nii.gz files",
             input.display()
         )));
     }
@@ -1238,11 +1450,16 @@ fn drop_last_channel(t: &Tensor) -> Tensor {
 
 /// What every output of the run is, from the output's extension and the options; options that
 /// would do nothing for that output are errors that say why.
-fn output_kind(base: &Compiled, opts: &RunOptions, to_dir: bool) -> Result<OutputKind, RunError> {
+/// `to_dir`: a directory run, for a volume model or not.
+fn output_kind(
+    base: &Compiled,
+    opts: &RunOptions,
+    to_dir: Option<bool>,
+) -> Result<OutputKind, RunError> {
     let out_shape = model_output_shape(base)?;
     let channels = out_shape.last().copied().unwrap_or(1);
-    let ext = if to_dir {
-        Some(opts.output_extension().to_string())
+    let ext = if let Some(volume_model) = to_dir {
+        Some(opts.output_extension(volume_model).to_string())
     } else if crate::io::nifti::is_nifti(&opts.output) {
         Some("nii".to_string())
     } else {
@@ -1582,6 +1799,57 @@ fn plan_tiles(
     Ok((plan, sized))
 }
 
+/// The source indices `start - pad .. start - pad + len` of an axis of length `n`, mirrored
+/// at its ends, and the range that holds them.
+fn mirrored(
+    start: usize,
+    len: usize,
+    pad: usize,
+    n: usize,
+) -> (Vec<usize>, std::ops::Range<usize>) {
+    let idx: Vec<usize> = (0..len)
+        .map(|t| mirror_index((start + t) as isize - pad as isize, n))
+        .collect();
+    let lo = idx.iter().copied().min().unwrap_or(0);
+    let hi = idx.iter().copied().max().map_or(0, |m| m + 1);
+    (idx, lo..hi)
+}
+
+/// Fills `out` (`[ys.len(), xs.len(), c]`) with rows `ys` and columns `xs` (each with the range
+/// holding it, from [`mirrored`]) of plane `plane` of `source`, reading only that rectangle.
+fn fill_plane(
+    source: &mut dyn RegionSource,
+    plane: usize,
+    (ys, rows): (&[usize], &std::ops::Range<usize>),
+    (xs, cols): (&[usize], &std::ops::Range<usize>),
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) -> Result<(), RunError> {
+    let c = source.shape()[3];
+    let (region_w, tw) = (cols.len(), xs.len());
+    scratch.clear();
+    scratch.resize(rows.len() * region_w * c, 0.0);
+    source.read_region(plane, rows.clone(), cols.clone(), scratch)?;
+    // Mapped pages of this rectangle go back now, not after the batch.
+    source.release();
+    // Runs of consecutive source columns (the tile's interior) are copied whole.
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // (tile x, source x, length)
+    for (tx, &sx) in xs.iter().enumerate() {
+        match runs.last_mut() {
+            Some((x0, s0, len)) if *x0 + *len == tx && *s0 + *len == sx => *len += 1,
+            _ => runs.push((tx, sx, 1)),
+        }
+    }
+    for (ty, &sy) in ys.iter().enumerate() {
+        for &(tx, sx, len) in &runs {
+            let src = ((sy - rows.start) * region_w + (sx - cols.start)) * c;
+            let dst = (ty * tw + tx) * c;
+            out[dst..dst + len * c].copy_from_slice(&scratch[src..src + len * c]);
+        }
+    }
+    Ok(())
+}
+
 /// Fills `tiles` (`[chunk.len(), th, tw, c]`) with the mirror-padded input tiles at `chunk`'s
 /// positions, reading from `source` only the rectangle each tile needs.
 fn fill_tiles(
@@ -1594,40 +1862,11 @@ fn fill_tiles(
     let [_, h, w, c] = source.shape();
     let (th, tw) = plan.tile_in;
     let (py, px) = plan.pad_before;
-    // The image rows (columns) a tile reads, mirrored, and the range holding them.
-    let mirrored = |start: usize, len: usize, pad: usize, n: usize| {
-        let idx: Vec<usize> = (0..len)
-            .map(|t| mirror_index((start + t) as isize - pad as isize, n))
-            .collect();
-        let lo = idx.iter().copied().min().unwrap_or(0);
-        let hi = idx.iter().copied().max().map_or(0, |m| m + 1);
-        (idx, lo..hi)
-    };
     for (t, &(i, row, col)) in chunk.iter().enumerate() {
         let (ys, rows) = mirrored(row.start, th, py, h);
         let (xs, cols) = mirrored(col.start, tw, px, w);
-        let region_w = cols.len();
-        scratch.clear();
-        scratch.resize(rows.len() * region_w * c, 0.0);
-        source.read_region(i, rows.clone(), cols.clone(), scratch)?;
-        // Mapped pages of this tile's rectangle go back now, not after the batch.
-        source.release();
-        // Runs of consecutive source columns (the tile's interior) are copied whole.
-        let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // (tile x, source x, length)
-        for (tx, &sx) in xs.iter().enumerate() {
-            match runs.last_mut() {
-                Some((x0, s0, len)) if *x0 + *len == tx && *s0 + *len == sx => *len += 1,
-                _ => runs.push((tx, sx, 1)),
-            }
-        }
         let out = &mut tiles.data[t * th * tw * c..(t + 1) * th * tw * c];
-        for (ty, &sy) in ys.iter().enumerate() {
-            for &(tx, sx, len) in &runs {
-                let src = ((sy - rows.start) * region_w + (sx - cols.start)) * c;
-                let dst = (ty * tw + tx) * c;
-                out[dst..dst + len * c].copy_from_slice(&scratch[src..src + len * c]);
-            }
-        }
+        fill_plane(source, i, (&ys, &rows), (&xs, &cols), out, scratch)?;
     }
     Ok(())
 }
@@ -1648,10 +1887,9 @@ fn tile_positions(plan: &TilePlan, n: usize) -> impl Iterator<Item = (usize, Spa
     })
 }
 
-/// A volume model (input `(D, H, W, C)`) on an NDHWC array, or one `(D, H, W, C)` volume. At
-/// the model's own size it runs as it is; other sizes (or volumes over the memory budget) are
-/// tiled along depth, height and width as [`crate::report::volume::plan_volume`] says: exact
-/// tiles for same-padding nets, the overlap-tile for valid ones, each mirror-padded as images are.
+/// A volume model (input `(D, H, W, C)`) on an NDHWC array, or one `(D, H, W, C)` volume, in
+/// memory. At the model's own size it runs as it is; other sizes (or volumes over the memory
+/// budget) are tiled as [`plan_volume_run`] says.
 fn predict_volume(
     p: &Predict<'_>,
     input: &Tensor,
@@ -1659,14 +1897,75 @@ fn predict_volume(
     report: &mut RunReport,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor, RunError> {
-    use crate::report::volume::{dhw, plan_volume};
-    let (base, batch, device, precision) = (p.base, p.batch, p.device, p.precision);
-    let budget = p.tiling.budget;
+    use crate::report::volume::dhw;
     let shape: Option<[usize; 5]> = match input.shape[..] {
         [n, d, h, w, c] => Some([n, d, h, w, c]),
         [d, h, w, c] => Some([1, d, h, w, c]),
         _ => None,
     };
+    let Some(shape @ [n, d, h, w, c]) = shape else {
+        return Err(RunError::Usage(format!(
+            "the input has shape {:?}; this volume model takes (N, D, H, W, C) arrays of \
+             {}x{} volumes (D x H x W x C channels; any D, H, W), or one (D, H, W, C) volume",
+            input.shape,
+            dhw([model_in[0], model_in[1], model_in[2]]),
+            model_in[3]
+        )));
+    };
+    match plan_volume_run(p, shape, model_in, report)? {
+        VolumeRun::Whole => forward(
+            p.base,
+            p.bound,
+            p.weights,
+            &Tensor {
+                shape: vec![n, d, h, w, c],
+                data: input.data.clone(),
+            },
+            p.batch,
+            (p.device, p.precision, p.tiling.budget),
+            report,
+        ),
+        VolumeRun::Tiled(tiled) => {
+            let (plan, sized) = &*tiled;
+            let k = model_output_shape(sized)?.last().copied().unwrap_or(1);
+            let mut out = Tensor::zeros(&[n, d, h, w, k]);
+            let mut source = TensorSource { tensor: input };
+            let mut sink = TensorSink { tensor: &mut out };
+            run_volume_tiles(
+                p,
+                (plan, sized),
+                shape,
+                (&mut source, &mut sink),
+                report,
+                progress,
+            )?;
+            Ok(out)
+        }
+    }
+}
+
+/// How a volume run covers its input.
+enum VolumeRun {
+    /// The model as it is, on the whole input (the model's own size).
+    Whole,
+    /// Tiles, and the model compiled at the tile's size.
+    Tiled(Box<(crate::report::volume::VolumePlan, Compiled)>),
+}
+
+/// Checks `[n, d, h, w, c]` volumes against `p`'s volume model (input `model_in`, `(D, H, W,
+/// C)`) and plans their run: at the model's own size the model as it is; other sizes (or
+/// volumes over the memory budget) tiled along depth, height and width as
+/// [`crate::report::volume::plan_volume`] says: exact tiles for same-padding nets, the
+/// overlap-tile for valid ones, each mirror-padded as images are. A note says which.
+fn plan_volume_run(
+    p: &Predict<'_>,
+    [n, d, h, w, c]: [usize; 5],
+    model_in: &[usize],
+    report: &mut RunReport,
+) -> Result<VolumeRun, RunError> {
+    use crate::report::volume::{dhw, plan_volume};
+    let (base, batch) = (p.base, p.batch);
+    let budget = p.tiling.budget;
     let model_dhw = [model_in[0], model_in[1], model_in[2]];
     if let (Some((th, tw)), None) = (p.tiling.tile, p.tiling.tile_3d) {
         return Err(RunError::Usage(format!(
@@ -1674,15 +1973,12 @@ fn predict_volume(
              (depth first) or N"
         )));
     }
-    let Some([n, d, h, w, c]) = shape.filter(|s| s.iter().all(|&x| x > 0)) else {
+    if [n, d, h, w, c].contains(&0) {
         return Err(RunError::Usage(format!(
-            "the input has shape {:?}; this volume model takes (N, D, H, W, C) arrays of \
-             {}x{} volumes (D x H x W x C channels; any D, H, W), or one (D, H, W, C) volume",
-            input.shape,
-            dhw(model_dhw),
-            model_in[3]
+            "the input has shape {:?} (N, D, H, W, C): it is empty",
+            [n, d, h, w, c]
         )));
-    };
+    }
     if c != model_in[3] {
         return Err(RunError::Usage(format!(
             "the input has {c} channel(s) but the model takes {} (its input shape is {}x{} \
@@ -1702,18 +1998,7 @@ fn predict_volume(
             report
                 .notes
                 .push(format!("{n} volume(s) of {}x{c}", dhw(model_dhw)));
-            return forward(
-                base,
-                p.bound,
-                p.weights,
-                &Tensor {
-                    shape: vec![n, d, h, w, c],
-                    data: input.data.clone(),
-                },
-                batch,
-                (device, precision, budget),
-                report,
-            );
+            return Ok(VolumeRun::Whole);
         }
     }
     if model_out.len() != 4 {
@@ -1740,7 +2025,6 @@ fn predict_volume(
     let sized =
         p.spec
             .compile_checked(Some(vec![t[0] as i64, t[1] as i64, t[2] as i64, c as i64]))?;
-    let counts = plan.tiles();
     report.notes.push(format!(
         "{} (D x H x W){}, covered by {} tiles of {} per volume; {}",
         dhw(volume),
@@ -1749,83 +2033,85 @@ fn predict_volume(
         } else {
             format!(" mirror-padded to {}", dhw(plan.padded))
         },
-        dhw(counts),
+        dhw(plan.tiles()),
         dhw(t),
         plan.mode_text()
     ));
-    let model = Backend::new(device, &sized, p.weights, precision, budget)?;
-    let o = plan.tile_out;
-    let k = model_output_shape(&sized)?.last().copied().unwrap_or(1);
-    let mut out = Tensor::zeros(&[n, d, h, w, k]);
+    Ok(VolumeRun::Tiled(Box::new((plan, sized))))
+}
+
+/// Runs the tiles of `plan` (on `sized`, the model at the tile's size) over `[n, d, h, w, c]`
+/// volumes from `source` (planes `[n·d, h, w, c]`) into `sink` (planes `[n·d, h, w, k]`),
+/// through [`pipeline`]: only the planes' rectangles a batch of tiles needs are read.
+fn run_volume_tiles(
+    p: &Predict<'_>,
+    (plan, sized): (&crate::report::volume::VolumePlan, &Compiled),
+    [n, d, h, w, c]: [usize; 5],
+    (source, sink): (&mut (dyn RegionSource + Send), &mut (dyn RegionSink + Send)),
+    report: &mut RunReport,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), RunError> {
+    if source.shape() != [n * d, h, w, c] {
+        return Err(RunError::Usage(format!(
+            "internal error: a source of planes {:?} for volumes {:?}",
+            source.shape(),
+            [n, d, h, w, c]
+        )));
+    }
+    let model = Backend::new(p.device, sized, p.weights, p.precision, p.tiling.budget)?;
+    let (t, o) = (plan.tile_in, plan.tile_out);
+    let k = model_output_shape(sized)?.last().copied().unwrap_or(1);
     // Every tile: (volume, depth span, height span, width span).
-    let mut positions: Vec<(usize, Span, Span, Span)> = Vec::new();
-    for i in 0..n {
-        for &sd in &plan.spans[0] {
-            for &sh in &plan.spans[1] {
-                for &sw in &plan.spans[2] {
-                    positions.push((i, sd, sh, sw));
+    let positions = (0..n).flat_map(|i| {
+        plan.spans[0].iter().flat_map(move |&sd| {
+            plan.spans[1]
+                .iter()
+                .flat_map(move |&sh| plan.spans[2].iter().map(move |&sw| (i, sd, sh, sw)))
+        })
+    });
+    let tile_len = t[0] * t[1] * t[2] * c;
+    let plane_len = t[1] * t[2] * c;
+    pipeline(
+        &model,
+        positions,
+        p.batch,
+        &[t[0], t[1], t[2], c],
+        (source, sink),
+        &|source, chunk, tiles, scratch| {
+            for (j, &(i, sd, sh, sw)) in chunk.iter().enumerate() {
+                let (zs, _) = mirrored(sd.start, t[0], plan.pad_before[0], d);
+                let (ys, rows) = mirrored(sh.start, t[1], plan.pad_before[1], h);
+                let (xs, cols) = mirrored(sw.start, t[2], plan.pad_before[2], w);
+                let tile = &mut tiles.data[j * tile_len..(j + 1) * tile_len];
+                for (tz, &z) in zs.iter().enumerate() {
+                    let out = &mut tile[tz * plane_len..(tz + 1) * plane_len];
+                    fill_plane(source, i * d + z, (&ys, &rows), (&xs, &cols), out, scratch)?;
                 }
             }
-        }
-    }
-    let total = positions.len();
-    let mut done = 0;
-    let item = d * h * w * c;
-    for chunk in positions.chunks(batch.max(1)) {
-        let mut tiles = Tensor::zeros(&[chunk.len(), t[0], t[1], t[2], c]);
-        let tile_len = t[0] * t[1] * t[2] * c;
-        for (j, &(i, sd, sh, sw)) in chunk.iter().enumerate() {
-            // Mirror-padded source indices along each axis.
-            let index = |span: Span, len: usize, pad: usize, n: usize| -> Vec<usize> {
-                (0..len)
-                    .map(|x| mirror_index((span.start + x) as isize - pad as isize, n))
-                    .collect()
-            };
-            let zs = index(sd, t[0], plan.pad_before[0], d);
-            let ys = index(sh, t[1], plan.pad_before[1], h);
-            let xs = index(sw, t[2], plan.pad_before[2], w);
-            // One volume of the input (NDHWC, or DHWC as a batch of one: the same layout).
-            let src = &input.data[i * item..(i + 1) * item];
-            let dst = &mut tiles.data[j * tile_len..(j + 1) * tile_len];
-            for (tz, &z) in zs.iter().enumerate() {
-                for (ty, &y) in ys.iter().enumerate() {
-                    for (tx, &x) in xs.iter().enumerate() {
-                        let s0 = ((z * h + y) * w + x) * c;
-                        let d0 = ((tz * t[1] + ty) * t[2] + tx) * c;
-                        dst[d0..d0 + c].copy_from_slice(&src[s0..s0 + c]);
+            Ok(())
+        },
+        &|sink, chunk, result| {
+            for (j, &(i, sd, sh, sw)) in chunk.iter().enumerate() {
+                // Kept tile outputs that land inside the volume.
+                let ((z0, z1), (y0, y1), (x0, x1)) = (kept(sd, d), kept(sh, h), kept(sw, w));
+                if x0 >= x1 {
+                    continue;
+                }
+                for oz in z0..z1 {
+                    let z = (sd.offset + oz as isize) as usize;
+                    for oy in y0..y1 {
+                        let y = (sh.offset + oy as isize) as usize;
+                        let x = (sw.offset + x0 as isize) as usize;
+                        let src = (((j * o[0] + oz) * o[1] + oy) * o[2] + x0) * k;
+                        sink.write_run(i * d + z, y, x, &result.data[src..src + (x1 - x0) * k])?;
                     }
                 }
             }
-        }
-        report.arena_bytes = report.arena_bytes.max(model.arena_bytes(chunk.len()));
-        if let Some(b) = model.device_bytes(chunk.len()) {
-            report.device_bytes = Some(report.device_bytes.unwrap_or(0).max(b));
-        }
-        report.device = model.name();
-        report.forward_passes += 1;
-        let result = model.run(&tiles)?.remove(0);
-        for (j, &(i, sd, sh, sw)) in chunk.iter().enumerate() {
-            // Kept tile outputs that land inside the volume.
-            let ((z0, z1), (y0, y1), (x0, x1)) = (kept(sd, d), kept(sh, h), kept(sw, w));
-            if x0 >= x1 {
-                continue;
-            }
-            for oz in z0..z1 {
-                let z = (sd.offset + oz as isize) as usize;
-                for oy in y0..y1 {
-                    let y = (sh.offset + oy as isize) as usize;
-                    let x = (sw.offset + x0 as isize) as usize;
-                    let src = (((j * o[0] + oz) * o[1] + oy) * o[2] + x0) * k;
-                    let dst = (((i * d + z) * h + y) * w + x) * k;
-                    let len = (x1 - x0) * k;
-                    out.data[dst..dst + len].copy_from_slice(&result.data[src..src + len]);
-                }
-            }
-        }
-        done += chunk.len();
-        progress(done, total);
-    }
-    Ok(out)
+            Ok(())
+        },
+        report,
+        progress,
+    )
 }
 
 /// `input` through `c` in batches of `batch`, on `bound` when given (`c` with its weights bound).

@@ -422,3 +422,427 @@ fn readme_volume_tiles_example_is_what_tiles_prints() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(shown, out);
 }
+
+/// One 3x3x3 convolution: cheap enough for a volume larger than the budget in a debug build.
+const ONE3: &str = r#"model "one3" {
+  input 16x16x16x1
+  conv3d(1, 3, padding: same, activation: sigmoid)
+}
+"#;
+
+/// A test volume's value at (z, y, x): smooth plus a little detail, in [0, 1], exactly
+/// representable in f32.
+fn pattern3(z: usize, y: usize, x: usize) -> f32 {
+    let v = 0.5
+        + 0.3 * ((y as f64) * 0.07 + (z as f64) * 0.11).sin() * ((x as f64) * 0.05).cos()
+        + 0.15 * (((z * 5 + y * 7 + x * 3) % 11) as f64 / 11.0);
+    v as f32
+}
+
+/// Runs unetc with `args` and `--verbose` on one thread: exit code, stderr and its peak
+/// resident set in KiB as it reports it (VmHWM of its own address space). One thread, because
+/// the executor's per-task scratch (up to 1 MiB of im2col columns per task, 4 tasks per
+/// thread, on each thread's own malloc arena) grows with the core count, not with the volume.
+fn run_measured(args: &[String]) -> (i32, String, u64) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_unetc"))
+        .args(args)
+        .arg("--verbose")
+        .env("RAYON_NUM_THREADS", "1")
+        .current_dir(root())
+        .output()
+        .expect("unetc runs");
+    let code = out.status.code().unwrap_or(-1);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let peak = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak RSS "))
+        .and_then(|l| l.strip_suffix(" bytes (VmHWM)"))
+        .and_then(|b| b.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in:\n{err}"));
+    (code, err, peak / 1024)
+}
+
+/// A 192x256x256 float32 volume (48 MiB in, 48 MiB out) with a 2 MiB budget, read and written
+/// tile by tile: the peak RSS stays within a bound computed from the tile plan, below the
+/// volume's size, and sampled output voxels (at tile seams too) equal the convolution computed
+/// here from the weights.
+#[test]
+#[cfg(target_os = "linux")]
+fn streamed_volume_memory_is_bounded_by_the_tile_plan() {
+    let dir = temp_dir("rss");
+    // 96 MiB of files: removed however the test ends.
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Remove(dir.clone());
+    let spec = dir.join("one3.unet");
+    std::fs::write(&spec, ONE3).unwrap();
+    let weights = init_weights(s(&spec), &dir);
+    let (d, h, w) = (192, 256, 256);
+    let volume = |dims: [usize; 3]| {
+        let [d, h, w] = dims;
+        let data: Vec<f32> = (0..d * h * w)
+            .map(|i| pattern3(i / (h * w), i / w % h, i % w))
+            .collect();
+        Tensor::from_vec(&[1, d, h, w, 1], data).unwrap()
+    };
+    let big = dir.join("big.npy");
+    write_npy(&big, &volume([d, h, w]), false).unwrap();
+    let small = dir.join("small.npy");
+    write_npy(&small, &volume([16, 16, 16]), false).unwrap();
+    let args = |input: &Path, output: &Path| {
+        vec![
+            "run".to_string(),
+            s(&spec).to_string(),
+            "--weights".into(),
+            s(&weights).to_string(),
+            "--input".into(),
+            s(input).to_string(),
+            "-o".into(),
+            s(output).to_string(),
+            "--device".into(),
+            "cpu".into(),
+            "--memory".into(),
+            "2MiB".into(),
+            "--tile".into(),
+            "48".into(),
+        ]
+    };
+    // The process alone: the same command on a 16³ volume.
+    let small_out = dir.join("small_out.npy");
+    let a = args(&small, &small_out);
+    let (code, err, baseline) = run_measured(&a);
+    assert_eq!(code, 0, "{err}");
+    let out = dir.join("big_out.npy");
+    let a = args(&big, &out);
+    let (code, err, peak) = run_measured(&a);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("memory-mapped"), "{err}");
+    // 48³ tiles (halo 1: 46 kept per axis): 5 x 6 x 6.
+    assert!(
+        err.contains("covered by 5x6x6 tiles of 48x48x48 per volume"),
+        "{err}"
+    );
+    let (t, kib) = (48u64, 1024u64);
+    let tile_buffer = t * t * t * 4 / kib;
+    // Bound: the process alone + the arena (the 2 MiB budget) + the convolution's scratch on
+    // one thread (4 tasks of at most 1 MiB) + 9 tile buffers (as for images:
+    // two batches of input tiles and two of outputs in the pipeline, the rectangle being read,
+    // 4 more the reader's and writer's malloc arenas may keep) + the mapped input of one
+    // plane's rectangle (48 rows of 1 KiB, + the 2 MiB-aligned window around them the kernel
+    // may map: fault-around, or a whole large page-cache folio) + the
+    // output pages one tile writes (48 planes x 48 rows of 1 KiB, + 2 pages per plane) + 8 MiB
+    // for the allocator's other slack.
+    let row = w as u64 * 4 / kib;
+    let bound = baseline
+        + 2 * kib
+        + 4 * kib
+        + 9 * tile_buffer
+        + (t * row + 4 * kib)
+        + t * (t * row + 8)
+        + 8 * kib;
+    let size = (d * h * w * 4) as u64 / kib;
+    eprintln!(
+        "peak RSS {peak} KiB (baseline {baseline} KiB, bound {bound} KiB, volume {size} KiB in \
+         and out)"
+    );
+    assert!(peak <= bound, "peak RSS {peak} KiB > bound {bound} KiB");
+    assert!(
+        bound < size,
+        "the bound {bound} KiB is not below the volume's {size} KiB"
+    );
+
+    // Sampled outputs against sigmoid(b + Σ k[dz][dy][dx] · x[z+dz−1][y+dy−1][x+dx−1]), zero
+    // padding, with the kernel and bias read from the weights file by the safetensors crate.
+    let bytes = std::fs::read(&weights).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let floats = |name: &str| -> Vec<f64> {
+        let view = st
+            .tensors()
+            .into_iter()
+            .find(|(n, _)| n.ends_with(name))
+            .unwrap_or_else(|| panic!("no {name}"))
+            .1;
+        view.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+            .collect()
+    };
+    let (kernel, bias) = (floats("/kernel"), floats("/bias"));
+    assert_eq!((kernel.len(), bias.len()), (27, 1));
+    let got = read_npy(&out).unwrap();
+    assert_eq!(got.shape, vec![1, d, h, w, 1]);
+    let at = |z: isize, y: isize, x: isize| {
+        if z < 0 || y < 0 || x < 0 || z >= d as isize || y >= h as isize || x >= w as isize {
+            0.0
+        } else {
+            pattern3(z as usize, y as usize, x as usize) as f64
+        }
+    };
+    // Each tile keeps 46 voxels per axis: seams at multiples of 46, and the borders.
+    let seams = |len: usize| -> Vec<usize> {
+        (0..len)
+            .step_by(46)
+            .flat_map(|s| [s.saturating_sub(1), s, s + 1])
+            .chain([len - 1])
+            .filter(|&v| v < len)
+            .collect()
+    };
+    let mut worst = 0.0f64;
+    for &z in &seams(d) {
+        for &y in &seams(h) {
+            for &x in &seams(w) {
+                let mut v = bias[0];
+                for dz in 0..3 {
+                    for dy in 0..3 {
+                        for dx in 0..3 {
+                            v += kernel[(dz * 3 + dy) * 3 + dx]
+                                * at(
+                                    z as isize + dz as isize - 1,
+                                    y as isize + dy as isize - 1,
+                                    x as isize + dx as isize - 1,
+                                );
+                        }
+                    }
+                }
+                let want = 1.0 / (1.0 + (-v).exp());
+                worst = worst.max((got.data[(z * h + y) * w + x] as f64 - want).abs());
+            }
+        }
+    }
+    assert!(
+        worst < 1e-6,
+        "sampled outputs differ from the hand convolution by {worst}"
+    );
+}
+
+/// Streamed volume runs (a `<f4` .npy memory-mapped, a .nii mapped, a .nii.gz decompressed to a
+/// temporary file; outputs written tile by tile) equal the whole-volume run held in memory (a
+/// `<f8` .npy is read whole and runs in one pass) within 1e-6, with many tiles of a small
+/// budget; NIfTI outputs keep the input's affine.
+#[test]
+fn streamed_volumes_equal_the_whole_volume_run() {
+    use unetc::io::nifti::{read_nifti, write_nifti, NiftiHeader};
+    let dir = temp_dir("streamed");
+    let weights = init_weights(SAME, &dir);
+    let shape = [1, 20, 30, 34, 1];
+    let x = dir.join("x.npy");
+    let data = random_array(&x, &shape, 9);
+    let x64 = dir.join("x64.npy");
+    let as_f64: Vec<f64> = data.iter().map(|&v| v as f64).collect();
+    {
+        // A `<f8` copy, written by hand (unetc writes float32 only).
+        use std::io::Write;
+        let dict = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 20, 30, 34, 1), }";
+        let total = (10 + dict.len() + 1).next_multiple_of(64);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&x64).unwrap());
+        f.write_all(b"\x93NUMPY\x01\x00").unwrap();
+        f.write_all(&((total - 10) as u16).to_le_bytes()).unwrap();
+        f.write_all(dict.as_bytes()).unwrap();
+        f.write_all(&vec![b' '; total - 11 - dict.len()]).unwrap();
+        f.write_all(b"\n").unwrap();
+        for v in as_f64 {
+            f.write_all(&v.to_le_bytes()).unwrap();
+        }
+    }
+    let whole = dir.join("whole.npy");
+    let stderr = run(SAME, &weights, &x64, &whole, &[]);
+    assert!(stderr.contains("whole volume, one pass"), "{stderr}");
+    assert!(!stderr.contains("memory-mapped"), "{stderr}");
+    let whole = read_npy(&whole).unwrap();
+    assert_eq!(whole.shape, vec![1, 20, 30, 34, 2]);
+
+    // NIfTI inputs with an affine (unetc's writer; its reader is checked against nibabel's
+    // files in tests/nifti.rs).
+    let tensor = Tensor::from_vec(&shape, data.clone()).unwrap();
+    let (_, like) = read_nifti(&root().join("tests/nifti/f32.nii.gz")).unwrap();
+    assert_ne!(like.xform_codes(), (0, 0));
+    for name in ["x.nii", "x.nii.gz"] {
+        write_nifti(&dir.join(name), &tensor, &like, false).unwrap();
+    }
+    assert_ne!(like, NiftiHeader::blank());
+    for (input, output) in [
+        ("x.npy", "y.npy"),
+        ("x.nii", "y.nii"),
+        ("x.nii.gz", "y.nii.gz"),
+        ("x.nii", "y2.npy"),
+    ] {
+        let out = dir.join(output);
+        let stderr = run(
+            SAME,
+            &weights,
+            &dir.join(input),
+            &out,
+            &["--memory", "400KiB"],
+        );
+        assert!(stderr.contains("memory-mapped"), "{input}: {stderr}");
+        assert!(stderr.contains("exact: halo 6x6x6"), "{input}: {stderr}");
+        let got = if output.ends_with(".npy") {
+            read_npy(&out).unwrap()
+        } else {
+            let (got, header) = read_nifti(&out).unwrap();
+            assert_eq!(header.srow(), like.srow(), "{output}");
+            assert_eq!(header.xform_codes(), like.xform_codes(), "{output}");
+            got
+        };
+        assert_eq!(got.shape, whole.shape, "{input} -> {output}");
+        let err = max_abs_diff(&got.data, &whole.data);
+        assert!(
+            err <= 1e-6,
+            "{input} -> {output}: differs from whole by {err}"
+        );
+    }
+    // Two volumes cannot go into one NIfTI: refused before any work, nothing left behind.
+    let two = dir.join("two.npy");
+    random_array(&two, &[2, 20, 30, 34, 1], 10);
+    let y = dir.join("two.nii");
+    let (code, _, stderr) = unetc(&[
+        "run",
+        SAME,
+        "--weights",
+        s(&weights),
+        "--input",
+        s(&two),
+        "-o",
+        s(&y),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("2 volumes cannot go into one NIfTI"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') || n.starts_with("two.nii"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A directory of volumes: `.nii`/`.nii.gz` files run like images, their outputs named as the
+/// inputs (NIfTI, the affine kept), a `.npy` volume written as `.npy`; a damaged file is named
+/// and the rest still run; each output equals the same file's single run. An image model
+/// refuses the NIfTI files by name and still runs its images.
+#[test]
+fn directory_runs_take_nifti_volumes() {
+    use unetc::io::nifti::{read_nifti, write_nifti};
+    let dir = temp_dir("dir");
+    let weights = init_weights(SAME, &dir);
+    let inputs = dir.join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let (_, like) = read_nifti(&root().join("tests/nifti/f32.nii.gz")).unwrap();
+    let a = random_array(&dir.join("a.npy"), &[1, 12, 14, 16, 1], 11);
+    let a = Tensor::from_vec(&[1, 12, 14, 16, 1], a).unwrap();
+    write_nifti(&inputs.join("a.nii"), &a, &like, false).unwrap();
+    write_nifti(&inputs.join("b.nii.gz"), &a, &like, false).unwrap();
+    random_array(&inputs.join("c.npy"), &[1, 12, 14, 16, 1], 12);
+    std::fs::write(inputs.join("bad.nii"), b"not a nifti file").unwrap();
+    let out = dir.join("out");
+    let (code, _, stderr) = unetc(&[
+        "run",
+        SAME,
+        "--weights",
+        s(&weights),
+        "--input",
+        s(&inputs),
+        "-o",
+        s(&out),
+        "--device",
+        "cpu",
+    ]);
+    // README: a failed input gives exit code 2, the others are written.
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("bad.nii"), "{stderr}");
+    assert!(stderr.contains("1 of 4 inputs failed"), "{stderr}");
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.nii", "b.nii.gz", "c.npy"]);
+    // Each equals its single run (a .npy output of the same input).
+    let single = |input: &Path, name: &str| {
+        let y = dir.join(name);
+        run(SAME, &weights, input, &y, &[]);
+        read_npy(&y).unwrap()
+    };
+    for name in ["a.nii", "b.nii.gz"] {
+        let (got, header) = read_nifti(&out.join(name)).unwrap();
+        assert_eq!(header.srow(), like.srow(), "{name}");
+        assert_eq!(header.xform_codes(), like.xform_codes(), "{name}");
+        let want = single(&inputs.join(name), &format!("{name}.single.npy"));
+        assert_eq!(got.shape, want.shape, "{name}");
+        assert_eq!(max_abs_diff(&got.data, &want.data), 0.0, "{name}");
+    }
+    let got = read_npy(&out.join("c.npy")).unwrap();
+    let want = single(&inputs.join("c.npy"), "c.single.npy");
+    assert_eq!(max_abs_diff(&got.data, &want.data), 0.0);
+
+    // An image model: the NIfTI files are refused by name, its image still runs.
+    let image_net = "tests/golden/bn_same_small.unet";
+    let w2 = init_weights(image_net, &dir);
+    let mixed = dir.join("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    std::fs::copy(inputs.join("a.nii"), mixed.join("a.nii")).unwrap();
+    // Its input is 32x32x3 (the spec's first line says so).
+    random_array(&mixed.join("i.npy"), &[32, 32, 3], 13);
+    let out2 = dir.join("out2.npy");
+    let (code, _, stderr) = unetc(&[
+        "run",
+        image_net,
+        "--weights",
+        s(&w2),
+        "--input",
+        s(&mixed),
+        "-o",
+        s(&out2),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("a.nii") && stderr.contains("this model takes images"),
+        "{stderr}"
+    );
+    assert!(out2.join("i.npy").exists(), "{stderr}");
+    assert!(!out2.join("a.nii").exists());
+}
+
+/// `tiles --image` also takes labelled sizes, in any order, the same form for images and
+/// volumes: the plan equals the one for the unlabelled order (W x H, D x H x W); a missing,
+/// repeated or foreign axis is an error naming it.
+#[test]
+fn tiles_image_takes_labelled_sizes() {
+    let json = |spec: &str, image: &str| {
+        let (code, out, stderr) = unetc(&[
+            "tiles", spec, "--image", image, "--memory", "2GiB", "--format", "json",
+        ]);
+        assert_eq!(code, 0, "{image}: {stderr}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let image = "specs/original.unet";
+    let plain = json(image, "2048x1536");
+    assert_eq!(plain["image"]["height"], 1536);
+    for labelled in ["H=1536,W=2048", "w=2048,h=1536"] {
+        assert_eq!(json(image, labelled), plain, "{labelled}");
+    }
+    let plain = json(SAME, "17x22x25");
+    assert_eq!(plain["volume"]["depth"], 17);
+    for labelled in ["D=17,H=22,W=25", "W=25,d=17,H=22"] {
+        assert_eq!(json(SAME, labelled), plain, "{labelled}");
+    }
+    for (spec, arg, want) in [
+        (SAME, "H=22,W=25", "no size for D"),
+        (image, "D=3,H=22,W=25", "axis `D`"),
+        (image, "H=2,H=3,W=4", "axis H given twice"),
+        (image, "H=2,W=x", "W=x: not a whole number"),
+    ] {
+        let (code, _, stderr) = unetc(&["tiles", spec, "--image", arg]);
+        assert_eq!(code, 2, "{arg}: {stderr}");
+        assert!(stderr.contains(want), "{arg}: {stderr}");
+    }
+}

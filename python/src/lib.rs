@@ -165,6 +165,11 @@ fn sizes(path: PathBuf, near: Option<usize>, max: usize) -> PyResult<String> {
         if !(1..=16384).contains(&max) {
             return Err(PyValueError::new_err(format!("max={max}: use 1 to 16384")));
         }
+        if let Some(v) = unetc::report::volume::read_volume_spec(&path).map_err(sizes_error)? {
+            return Ok(json_text(&unetc::report::json::volume_sizes_json(
+                &path, &v.text, v.base, max, near,
+            )));
+        }
         let s = unetc::report::sizes::read_sizes_spec(&path).map_err(sizes_error)?;
         Ok(json_text(&unetc::report::json::sizes_json(
             &path,
@@ -177,12 +182,23 @@ fn sizes(path: PathBuf, near: Option<usize>, max: usize) -> PyResult<String> {
     })
 }
 
-/// `unetc tiles SPEC --image WxH --memory M --format json`, the image given as (height, width).
+/// `unetc tiles SPEC --image WxH --memory M --format json`, the image given in array order:
+/// (height, width), or (depth, height, width) for a volume model (`--image DxHxW`).
 #[pyfunction]
-#[pyo3(signature = (path, height, width, memory, max))]
-fn tiles(path: PathBuf, height: usize, width: usize, memory: &str, max: usize) -> PyResult<String> {
+#[pyo3(signature = (path, image, memory, max))]
+fn tiles(path: PathBuf, image: Vec<usize>, memory: &str, max: usize) -> PyResult<String> {
     guarded(|| {
-        for (name, n) in [("height", height), ("width", width)] {
+        let names: &[&str] = match image.len() {
+            2 => &["height", "width"],
+            3 => &["depth", "height", "width"],
+            n => {
+                return Err(PyValueError::new_err(format!(
+                    "image has {n} sizes: give (height, width), or (depth, height, width) for a \
+                     volume model"
+                )))
+            }
+        };
+        for (name, &n) in names.iter().zip(&image) {
             if n == 0 || n > 1 << 20 {
                 return Err(PyValueError::new_err(format!(
                     "image {name} {n}: sizes must be in 1..=1048576"
@@ -197,9 +213,36 @@ fn tiles(path: PathBuf, height: usize, width: usize, memory: &str, max: usize) -
                 "memory={memory:?}: expected a byte count or a size like \"8GiB\" or \"512MiB\""
             ))
         })?;
-        let s = unetc::report::sizes::read_sizes_spec(&path).map_err(sizes_error)?;
         let mut request = unetc::report::sizes::TileRequest::new(budget);
         request.max_side = max;
+        let volume = unetc::report::volume::read_volume_spec(&path).map_err(sizes_error)?;
+        let (height, width) = match (volume, &image[..]) {
+            (Some(v), &[d, h, w]) => {
+                let plan =
+                    unetc::report::volume::plan_volume(&path, &v.text, v.base, [d, h, w], &request)
+                        .map_err(PyValueError::new_err)?;
+                return Ok(json_text(&unetc::report::json::volume_tiles_json(
+                    &path,
+                    [d, h, w],
+                    budget,
+                    &plan,
+                )));
+            }
+            (Some(v), _) => {
+                return Err(PyValueError::new_err(format!(
+                    "image={image:?}: this is a volume model (input {}x{}x{} x {} channels, D x \
+                     H x W); give image=(depth, height, width)",
+                    v.base[0], v.base[1], v.base[2], v.base[3]
+                )))
+            }
+            (None, &[h, w]) => (h, w),
+            (None, _) => {
+                return Err(PyValueError::new_err(format!(
+                    "image={image:?}: this model takes images; give image=(height, width)"
+                )))
+            }
+        };
+        let s = unetc::report::sizes::read_sizes_spec(&path).map_err(sizes_error)?;
         let plan =
             unetc::report::sizes::plan_image(&path, &s.text, s.base, (height, width), &request)
                 .map_err(PyValueError::new_err)?;

@@ -92,6 +92,27 @@ def test_sizes_and_tiles_equal_cli_json(cli):
     assert unetc.tiles(ORIGINAL, image=(1536, 2048), memory=2 << 30) == got
 
 
+VOLUME = ROOT / "specs" / "library" / "unet3d.unet"
+
+
+def test_volume_sizes_and_tiles_equal_cli_json(cli):
+    """A volume model: per-axis sizes, and tiles for (depth, height, width), as the CLI's JSON."""
+    got = unetc.sizes(VOLUME, near=150, max=256)
+    assert got == json.loads(
+        cli("sizes", VOLUME, "--near", "150", "--max", "256", "--format", "json").stdout
+    )
+    # `--image` for a volume is D x H x W, the same array order as the Python `image`.
+    got = unetc.tiles(VOLUME, image=(155, 240, 240), memory="4GiB")
+    assert got == json.loads(
+        cli("tiles", VOLUME, "--image", "155x240x240", "--memory", "4GiB", "--format", "json").stdout
+    )
+    assert got["volume"] == {"depth": 155, "height": 240, "width": 240}
+    with pytest.raises(ValueError, match=r"volume model.*\(depth, height, width\)"):
+        unetc.tiles(VOLUME, image=(240, 240))
+    with pytest.raises(ValueError, match=r"takes images.*\(height, width\)"):
+        unetc.tiles(ORIGINAL, image=(10, 240, 240))
+
+
 def test_sizes_and_tiles_refusals(tmp_path):
     f = tmp_path / "broken.unet"
     f.write_text(BROKEN)

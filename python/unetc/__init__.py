@@ -169,16 +169,16 @@ def sizes(spec: SpecPath, *, near: Optional[int] = None, max: int = 2048) -> Dic
 def tiles(
     spec: SpecPath,
     *,
-    image: Tuple[int, int],
+    image: Union[Tuple[int, int], Tuple[int, int, int]],
     memory: Union[int, str] = "8GiB",
     max: int = 2048,
 ) -> Dict[str, Any]:
-    """`unetc tiles SPEC --image WxH --memory M --format json`, with `image` as (height, width)
-    like a numpy array's shape; `memory` in bytes or as "2GiB", "512MiB"."""
+    """`unetc tiles SPEC --image WxH --memory M --format json`, with `image` in array order like
+    a numpy array's shape: (height, width), or (depth, height, width) for a volume model (the
+    CLI's `--image DxHxW`); `memory` in bytes or as "2GiB", "512MiB"."""
     path = os.fspath(spec)
-    height, width = image
     try:
-        return json.loads(_unetc.tiles(path, int(height), int(width), str(memory), max))
+        return json.loads(_unetc.tiles(path, [int(n) for n in image], str(memory), max))
     except _unetc.SpecFailure as e:
         raise _spec_error(path, e) from None
 

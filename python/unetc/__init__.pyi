@@ -63,7 +63,7 @@ def sizes(spec: SpecPath, *, near: Optional[int] = ..., max: int = ...) -> Dict[
 def tiles(
     spec: SpecPath,
     *,
-    image: Tuple[int, int],
+    image: Union[Tuple[int, int], Tuple[int, int, int]],
     memory: Union[int, str] = ...,
     max: int = ...,
 ) -> Dict[str, Any]: ...

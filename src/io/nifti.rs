@@ -231,6 +231,125 @@ impl NiftiHeader {
     }
 }
 
+/// What a checked header says about the data: where it starts, how it is stored, its scaling.
+struct Layout {
+    header: NiftiHeader,
+    big_endian: bool,
+    /// (D, H, W, C).
+    shape: [usize; 4],
+    dtype: DataType,
+    offset: u64,
+    data_bytes: u64,
+    slope: f64,
+    inter: f64,
+}
+
+impl Layout {
+    /// Checks `raw` (the first 348 bytes of `path`): every field the data depends on.
+    fn of(raw: &[u8; HEADER], path: &Path) -> Result<Layout, IoError> {
+        let bad = |problem: String| IoError::Invalid {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let (header, big_endian) = NiftiHeader::parse(raw, path)?;
+        let [d, h, w, c] = header.shape(path)?;
+        let code = header.i16_at(70);
+        let dtype = DataType::of_code(code).ok_or_else(|| {
+            bad(format!(
+                "datatype {code}: unetc reads uint8 (2), int8 (256), int16 (4), uint16 (512), \
+                 int32 (8), float32 (16) and float64 (64)"
+            ))
+        })?;
+        let bitpix = header.i16_at(72);
+        if bitpix as usize != 8 * dtype.bytes() {
+            return Err(bad(format!(
+                "bitpix {bitpix} does not match datatype {code} ({} bits)",
+                8 * dtype.bytes()
+            )));
+        }
+        let offset = header.f32_at(108);
+        if !offset.is_finite() || offset < MIN_OFFSET as f32 || offset.fract() != 0.0 {
+            return Err(bad(format!(
+                "vox_offset {offset}: a single-file NIfTI's data starts at a whole byte ≥ 352"
+            )));
+        }
+        let offset = offset as u64;
+        let values = [d, h, w, c]
+            .iter()
+            .try_fold(1u64, |p, &x| p.checked_mul(x as u64))
+            .filter(|&v| v <= MAX_VALUES)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{d}x{h}x{w} voxels x {c} channel(s) is more than unetc reads from one file \
+                     ({MAX_VALUES} values)"
+                ))
+            })?;
+        let (slope, inter) = (header.f32_at(112), header.f32_at(116));
+        // NIfTI: a slope of 0 (or not a number) means the values are stored unscaled.
+        let (slope, inter) = if slope == 0.0 || !slope.is_finite() {
+            (1.0, 0.0)
+        } else if !inter.is_finite() {
+            return Err(bad(format!("scl_inter {inter} is not a finite number")));
+        } else {
+            (f64::from(slope), f64::from(inter))
+        };
+        Ok(Layout {
+            header,
+            big_endian,
+            shape: [d, h, w, c],
+            dtype,
+            offset,
+            data_bytes: values * dtype.bytes() as u64,
+            slope,
+            inter,
+        })
+    }
+
+    /// The error for a file of `file_len` bytes that ends before the data does.
+    fn check_length(&self, file_len: u64, path: &Path) -> Result<(), IoError> {
+        let end = self.offset.saturating_add(self.data_bytes);
+        if file_len >= end {
+            return Ok(());
+        }
+        let [d, h, w, c] = self.shape;
+        Err(IoError::Invalid {
+            path: path.to_path_buf(),
+            problem: format!(
+                "the file has {file_len} bytes, but its header says the data ends at byte {end} \
+                 (vox_offset {} + {d}x{h}x{w}x{c} values of {} bytes): it is truncated",
+                self.offset,
+                self.dtype.bytes()
+            ),
+        })
+    }
+
+    /// Stored element `b` (in the file's byte order) scaled, or why it cannot be a float32
+    /// input; `element` is its index in NIfTI order (for the message).
+    fn value(&self, b: &[u8], element: usize, path: &Path) -> Result<f32, IoError> {
+        let mut le = [0u8; 8];
+        let size = self.dtype.bytes();
+        le[..size].copy_from_slice(&b[..size]);
+        if self.big_endian {
+            le[..size].reverse();
+        }
+        let v = self.dtype.value(&le) * self.slope + self.inter;
+        if v.is_finite() && v.abs() <= f64::from(f32::MAX) {
+            return Ok(v as f32);
+        }
+        let [d, h, w, _] = self.shape;
+        let spatial = d * h * w;
+        let (ch, voxel) = (element / spatial, element % spatial);
+        let (k, j, i) = (voxel / (h * w), voxel / w % h, voxel % w);
+        Err(IoError::Invalid {
+            path: path.to_path_buf(),
+            problem: format!(
+                "voxel (i {i}, j {j}, k {k}) of channel {ch} is {v}: unetc runs finite float32 \
+                 values only"
+            ),
+        })
+    }
+}
+
 /// Reads a `.nii` or `.nii.gz` volume as a `[1, D, H, W, C]` float32 tensor (scl_slope and
 /// scl_inter applied), with its header for writing the output.
 pub fn read_nifti(path: &Path) -> Result<(Tensor, NiftiHeader), IoError> {
@@ -257,49 +376,11 @@ pub fn read_nifti(path: &Path) -> Result<(Tensor, NiftiHeader), IoError> {
             if gz { " from the gzip stream" } else { "" }
         ))
     })?;
-    let (header, big_endian) = NiftiHeader::parse(&raw, path)?;
-    let [d, h, w, c] = header.shape(path)?;
-    let code = header.i16_at(70);
-    let dtype = DataType::of_code(code).ok_or_else(|| {
-        bad(format!(
-            "datatype {code}: unetc reads uint8 (2), int8 (256), int16 (4), uint16 (512), int32 \
-             (8), float32 (16) and float64 (64)"
-        ))
-    })?;
-    let bitpix = header.i16_at(72);
-    if bitpix as usize != 8 * dtype.bytes() {
-        return Err(bad(format!(
-            "bitpix {bitpix} does not match datatype {code} ({} bits)",
-            8 * dtype.bytes()
-        )));
+    let layout = Layout::of(&raw, path)?;
+    if !gz {
+        layout.check_length(file_len, path)?;
     }
-    let offset = header.f32_at(108);
-    if !offset.is_finite() || offset < MIN_OFFSET as f32 || offset.fract() != 0.0 {
-        return Err(bad(format!(
-            "vox_offset {offset}: a single-file NIfTI's data starts at a whole byte ≥ 352"
-        )));
-    }
-    let offset = offset as u64;
-    let values = [d, h, w, c]
-        .iter()
-        .try_fold(1u64, |p, &x| p.checked_mul(x as u64))
-        .filter(|&v| v <= MAX_VALUES)
-        .ok_or_else(|| {
-            bad(format!(
-                "{d}x{h}x{w} voxels x {c} channel(s) is more than unetc reads from one file \
-                 ({MAX_VALUES} values)"
-            ))
-        })?;
-    let data_bytes = values * dtype.bytes() as u64;
-    let end = offset.saturating_add(data_bytes);
-    if !gz && file_len < end {
-        return Err(bad(format!(
-            "the file has {file_len} bytes, but its header says the data ends at byte {} \
-             (vox_offset {offset} + {d}x{h}x{w}x{c} values of {} bytes): it is truncated",
-            end,
-            dtype.bytes()
-        )));
-    }
+    let (offset, data_bytes) = (layout.offset, layout.data_bytes);
     // Skip the extensions, then read the data: a gzip stream that ends early is an error after
     // reading at most the header's size.
     std::io::copy(
@@ -318,39 +399,175 @@ pub fn read_nifti(path: &Path) -> Result<(Tensor, NiftiHeader), IoError> {
             data.len()
         )));
     }
-    let (slope, inter) = (header.f32_at(112), header.f32_at(116));
-    // NIfTI: a slope of 0 (or not a number) means the values are stored unscaled.
-    let (slope, inter) = if slope == 0.0 || !slope.is_finite() {
-        (1.0, 0.0)
-    } else if !inter.is_finite() {
-        return Err(bad(format!("scl_inter {inter} is not a finite number")));
-    } else {
-        (f64::from(slope), f64::from(inter))
-    };
     // NIfTI order (channel slowest, then k, j, i) to (D, H, W, C).
+    let [d, h, w, c] = layout.shape;
     let spatial = d * h * w;
     let mut out = vec![0f32; spatial * c];
-    let size = dtype.bytes();
-    if big_endian {
-        for element in data.chunks_exact_mut(size) {
-            element.reverse();
-        }
-    }
-    for (n, chunk) in data.chunks_exact(size).enumerate() {
+    for (n, chunk) in data.chunks_exact(layout.dtype.bytes()).enumerate() {
         let (ch, voxel) = (n / spatial, n % spatial);
-        let v = dtype.value(chunk) * slope + inter;
-        if !v.is_finite() || v.abs() > f64::from(f32::MAX) {
-            let (k, j, i) = (voxel / (h * w), voxel / w % h, voxel % w);
-            return Err(bad(format!(
-                "voxel (i {i}, j {j}, k {k}) of channel {ch} is {v}: unetc runs finite float32 \
-                 values only"
-            )));
-        }
-        out[voxel * c + ch] = v as f32;
+        out[voxel * c + ch] = layout.value(chunk, n, path)?;
     }
     let tensor = Tensor::from_vec(&[1, d, h, w, c], out)
         .ok_or_else(|| bad("voxel count mismatch".into()))?;
-    Ok((tensor, header))
+    Ok((tensor, layout.header))
+}
+
+/// A NIfTI-1 volume read a region at a time through a read-only memory map, as planes
+/// `[D, H, W, C]` (plane = k): a `.nii` maps the file itself; a `.nii.gz` is first decompressed
+/// into an anonymous temporary file (in `TMPDIR`; as large as the voxel data, removed when
+/// closed), which is then mapped, so neither needs the volume in memory.
+pub struct NiftiSource {
+    path: std::path::PathBuf,
+    layout: Layout,
+    map: memmap2::Mmap,
+    /// Where the voxel data starts in the map.
+    start: usize,
+    /// Per channel, the byte range of the map read since the last release.
+    touched: Vec<Option<(usize, usize)>>,
+}
+
+impl NiftiSource {
+    pub fn open(path: &Path) -> Result<NiftiSource, IoError> {
+        let os = |what: &'static str| {
+            let path = path.to_path_buf();
+            move |source| IoError::Os { path, what, source }
+        };
+        let bad = |problem: String| IoError::Invalid {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let mut file = std::fs::File::open(path).map_err(os("cannot read"))?;
+        let file_len = file.metadata().map_err(os("cannot read"))?.len();
+        let mut raw = [0u8; HEADER];
+        let (layout, mapped, start) = if is_gz(path) {
+            let mut reader = flate2::read::GzDecoder::new(std::io::BufReader::new(file));
+            reader.read_exact(&mut raw).map_err(|e| {
+                bad(format!(
+                    "cannot read the 348-byte NIfTI header from the gzip stream: {e}"
+                ))
+            })?;
+            let layout = Layout::of(&raw, path)?;
+            let offset = layout.offset;
+            std::io::copy(
+                &mut reader.by_ref().take(offset - HEADER as u64),
+                &mut std::io::sink(),
+            )
+            .map_err(|e| bad(format!("cannot read up to vox_offset {offset}: {e}")))?;
+            let mut temp = tempfile::tempfile().map_err(os(
+                "cannot create a temporary file (in TMPDIR) to decompress into",
+            ))?;
+            let copied = std::io::copy(&mut reader.take(layout.data_bytes), &mut temp)
+                .map_err(|e| bad(format!("cannot read the voxel data: {e}")))?;
+            if copied < layout.data_bytes {
+                return Err(bad(format!(
+                    "the voxel data ends after {copied} of {} bytes: the file is truncated",
+                    layout.data_bytes
+                )));
+            }
+            (layout, temp, 0)
+        } else {
+            file.read_exact(&mut raw)
+                .map_err(|e| bad(format!("cannot read the 348-byte NIfTI header: {e}")))?;
+            let layout = Layout::of(&raw, path)?;
+            layout.check_length(file_len, path)?;
+            let start = layout.offset;
+            (layout, file, start)
+        };
+        // SAFETY: a read-only map. The temporary file is ours alone (anonymous); for a `.nii`,
+        // another process truncating it while mapped would raise SIGBUS (a crash, not a wrong
+        // result); unetc never writes its inputs.
+        let map = unsafe { memmap2::Mmap::map(&mapped) }.map_err(os("cannot map"))?;
+        let start = usize::try_from(start).unwrap_or(usize::MAX);
+        let end = u64::try_from(start)
+            .ok()
+            .and_then(|s| s.checked_add(layout.data_bytes));
+        if end.is_none_or(|e| e > map.len() as u64) {
+            return Err(bad("changed while it was being opened".into()));
+        }
+        let channels = layout.shape[3];
+        let mut source = NiftiSource {
+            path: path.to_path_buf(),
+            layout,
+            map,
+            start,
+            touched: vec![None; channels],
+        };
+        source.refuse_non_finite()?;
+        Ok(source)
+    }
+
+    /// `(D, H, W, C)`.
+    pub fn volume_shape(&self) -> [usize; 4] {
+        self.layout.shape
+    }
+
+    /// The header, for an output that keeps the affine.
+    pub fn header(&self) -> &NiftiHeader {
+        &self.layout.header
+    }
+
+    /// Checks every value once, a block at a time (each block's pages let go after it), so a
+    /// value that is not a finite float32 is refused before any work, as [`read_nifti`] does.
+    fn refuse_non_finite(&mut self) -> Result<(), IoError> {
+        let size = self.layout.dtype.bytes();
+        let block = (4usize << 20) / size * size;
+        let end = self.start + self.layout.data_bytes as usize;
+        let data = &self.map[self.start..end];
+        for (b, chunk) in data.chunks(block).enumerate() {
+            for (j, e) in chunk.chunks_exact(size).enumerate() {
+                self.layout.value(e, b * block / size + j, &self.path)?;
+            }
+            // SAFETY: a read-only file mapping: dropped pages are read again from the file.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.start + b * block,
+                    chunk.len(),
+                )
+            };
+        }
+        Ok(())
+    }
+}
+
+impl super::stream::RegionSource for NiftiSource {
+    fn shape(&self) -> [usize; 4] {
+        self.layout.shape
+    }
+
+    fn read_region(
+        &mut self,
+        plane: usize,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), IoError> {
+        let [d, h, w, c] = self.layout.shape;
+        super::stream::check_region(&self.path, [d, h, w, c], plane, &rows, &cols, out)?;
+        let size = self.layout.dtype.bytes();
+        let width = cols.len();
+        for ch in 0..c {
+            for (r, y) in rows.clone().enumerate() {
+                // NIfTI order: i fastest, then j, k, channel; in bounds (checked at open).
+                let element = ((ch * d + plane) * h + y) * w + cols.start;
+                let at = self.start + element * size;
+                let bytes = &self.map[at..at + width * size];
+                for (j, e) in bytes.chunks_exact(size).enumerate() {
+                    out[(r * width + j) * c + ch] =
+                        self.layout.value(e, element + j, &self.path)?;
+                }
+                let (lo, hi) = self.touched[ch].unwrap_or((at, at));
+                self.touched[ch] = Some((lo.min(at), hi.max(at + width * size)));
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        for (lo, hi) in self.touched.iter_mut().filter_map(Option::take) {
+            super::stream::drop_read_pages(&self.map, lo, hi);
+        }
+    }
 }
 
 /// Whether `path` names a gzip-compressed NIfTI (`.nii.gz`).
@@ -369,27 +586,19 @@ pub fn is_nifti(path: &Path) -> bool {
             .is_some_and(|e| e.eq_ignore_ascii_case("nii"))
 }
 
-/// Writes one `(D, H, W, K)` volume (`[1, D, H, W, K]` or `[D, H, W, K]`) as float32 NIfTI-1,
-/// with `like`'s affine (qform, sform), spacing and units; 4-D with K in dim[4] when K > 1.
-/// Atomic as every output: a temporary file renamed into place.
-pub fn write_nifti(
+/// The header of a float32 output of `(D, H, W, K)` voxels with `like`'s affine (qform,
+/// sform), spacing and units; 4-D with K in dim[4] when K > 1.
+fn output_header(
     path: &Path,
-    t: &Tensor,
+    [d, h, w, k]: [usize; 4],
     like: &NiftiHeader,
-    force: bool,
-) -> Result<(), IoError> {
-    let [d, h, w, k] = match t.shape[..] {
-        [1, d, h, w, k] | [d, h, w, k] => [d, h, w, k],
-        _ => {
-            return Err(IoError::Invalid {
-                path: path.to_path_buf(),
-                problem: format!(
-                    "an output of shape {:?} is not one (D, H, W, C) volume: write a .npy",
-                    t.shape
-                ),
-            })
-        }
-    };
+) -> Result<NiftiHeader, IoError> {
+    if [d, h, w, k].contains(&0) {
+        return Err(IoError::Invalid {
+            path: path.to_path_buf(),
+            problem: format!("an output of {d}x{h}x{w}x{k} voxels x channels is empty"),
+        });
+    }
     let too_big = [d, h, w, k].iter().any(|&x| x > i16::MAX as usize);
     if too_big {
         return Err(IoError::Invalid {
@@ -420,27 +629,183 @@ pub fn write_nifti(
     hdr.bytes[148..228].fill(0);
     hdr.bytes[148..148 + 5].copy_from_slice(b"unetc");
     hdr.bytes[344..348].copy_from_slice(b"n+1\0");
-    let mut bytes = Vec::with_capacity(MIN_OFFSET + t.data.len() * 4);
-    bytes.extend_from_slice(&hdr.bytes);
-    bytes.extend_from_slice(&[0; 4]); // no extensions
-    let spatial = d * h * w;
-    for ch in 0..k {
-        for v in 0..spatial {
-            bytes.extend_from_slice(&t.data[v * k + ch].to_le_bytes());
+    Ok(hdr)
+}
+
+/// A float32 NIfTI-1 output of one `(D, H, W, K)` volume written a run of voxels at a time
+/// through a memory map, as planes `[D, H, W, K]`. A `.nii` is a temporary file beside the
+/// target, created at its final size and renamed into place by `finish`; a `.nii.gz` is first
+/// written uncompressed into an anonymous temporary file (in `TMPDIR`) and compressed into its
+/// own temporary file beside the target by `finish`, a block at a time.
+pub struct NiftiSink {
+    path: std::path::PathBuf,
+    force: bool,
+    /// The output's temporary file beside it.
+    temp: tempfile::NamedTempFile,
+    map: memmap2::MmapMut,
+    shape: [usize; 4],
+    /// Per channel, the byte range of the map written since the last release.
+    touched: Vec<Option<(usize, usize)>>,
+    gz: bool,
+}
+
+impl NiftiSink {
+    pub fn create(
+        path: &Path,
+        shape: [usize; 4],
+        like: &NiftiHeader,
+        force: bool,
+    ) -> Result<NiftiSink, IoError> {
+        let header = output_header(path, shape, like)?;
+        let os = |what: &'static str| {
+            let path = path.to_path_buf();
+            move |source| IoError::Os { path, what, source }
+        };
+        let total = shape
+            .iter()
+            .try_fold(4u64, |a, &x| a.checked_mul(x as u64))
+            .and_then(|b| b.checked_add(MIN_OFFSET as u64))
+            .filter(|&t| usize::try_from(t).is_ok())
+            .ok_or_else(|| IoError::Invalid {
+                path: path.to_path_buf(),
+                problem: format!("an output of {shape:?} voxels x channels is too large"),
+            })?;
+        let temp = super::atomic::begin(path, force)?;
+        let gz = is_gz(path);
+        let raw = if gz {
+            tempfile::tempfile().map_err(os(
+                "cannot create a temporary file (in TMPDIR) to write the uncompressed data into",
+            ))?
+        } else {
+            temp.as_file().try_clone().map_err(os("cannot write"))?
+        };
+        super::stream::reserve(&raw, total, path)?;
+        // SAFETY: both files are ours alone (an exclusively created hidden name, or an anonymous
+        // file) with their disk space reserved; nothing else maps or truncates them.
+        let mut map = unsafe { memmap2::MmapMut::map_mut(&raw) }.map_err(os("cannot map"))?;
+        if map.len() as u64 != total {
+            return Err(IoError::invalid(path, "internal error: map size"));
+        }
+        map[..HEADER].copy_from_slice(&header.bytes);
+        map[HEADER..MIN_OFFSET].fill(0); // no extensions
+        Ok(NiftiSink {
+            path: path.to_path_buf(),
+            force,
+            temp,
+            map,
+            shape,
+            touched: vec![None; shape[3]],
+            gz,
+        })
+    }
+}
+
+impl super::stream::RegionSink for NiftiSink {
+    fn write_run(
+        &mut self,
+        plane: usize,
+        y: usize,
+        x: usize,
+        values: &[f32],
+    ) -> Result<(), IoError> {
+        super::stream::check_run(&self.path, self.shape, plane, y, x, values)?;
+        let [d, h, w, k] = self.shape;
+        let len = values.len() / k;
+        for ch in 0..k {
+            let at = MIN_OFFSET + (((ch * d + plane) * h + y) * w + x) * 4;
+            let run = &mut self.map[at..at + len * 4];
+            for (dst, v) in run
+                .chunks_exact_mut(4)
+                .zip(values.iter().skip(ch).step_by(k))
+            {
+                dst.copy_from_slice(&v.to_le_bytes());
+            }
+            let (lo, hi) = self.touched[ch].unwrap_or((at, at));
+            self.touched[ch] = Some((lo.min(at), hi.max(at + len * 4)));
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        for (lo, hi) in self.touched.iter_mut().filter_map(Option::take) {
+            // Written pages go to the file first; then they leave the resident set.
+            if self.map.flush_async_range(lo, hi - lo).is_ok() {
+                // With the pages a fault may have mapped around them.
+                let (lo, hi) = super::stream::mapped_around(lo, hi, self.map.len());
+                // SAFETY: a shared file mapping: dropping its pages keeps their contents in the
+                // file (dirty pages are written back), and later reads see them.
+                let _ = unsafe {
+                    self.map
+                        .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
+                };
+            }
         }
     }
-    let mut temp = super::atomic::begin(path, force)?;
-    let os = |source| IoError::Os {
-        path: path.to_path_buf(),
-        what: "cannot write",
-        source,
-    };
-    if is_gz(path) {
-        let mut enc = flate2::write::GzEncoder::new(&mut temp, flate2::Compression::default());
-        std::io::Write::write_all(&mut enc, &bytes).map_err(os)?;
-        enc.finish().map_err(os)?;
-    } else {
-        std::io::Write::write_all(&mut temp, &bytes).map_err(os)?;
+
+    fn finish(self: Box<Self>) -> Result<(), IoError> {
+        let NiftiSink {
+            path,
+            force,
+            mut temp,
+            map,
+            gz,
+            ..
+        } = *self;
+        let os = |source| IoError::Os {
+            path: path.clone(),
+            what: "cannot write",
+            source,
+        };
+        map.flush().map_err(os)?;
+        if gz {
+            let mut enc = flate2::write::GzEncoder::new(
+                std::io::BufWriter::new(&mut temp),
+                flate2::Compression::default(),
+            );
+            const BLOCK: usize = 4 << 20;
+            for (b, block) in map.chunks(BLOCK).enumerate() {
+                std::io::Write::write_all(&mut enc, block).map_err(os)?;
+                // SAFETY: as in `release`: the pages' contents stay in the (anonymous) file.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        b * BLOCK,
+                        block.len(),
+                    )
+                };
+            }
+            let mut buffered = enc.finish().map_err(os)?;
+            std::io::Write::flush(&mut buffered).map_err(os)?;
+        }
+        drop(map);
+        super::atomic::commit(temp, &path, force)
     }
-    super::atomic::commit(temp, path, force)
+}
+
+/// Writes one `(D, H, W, K)` volume (`[1, D, H, W, K]` or `[D, H, W, K]`) as float32 NIfTI-1,
+/// with `like`'s affine (qform, sform), spacing and units; 4-D with K in dim[4] when K > 1.
+/// Atomic as every output: a temporary file renamed into place.
+pub fn write_nifti(
+    path: &Path,
+    t: &Tensor,
+    like: &NiftiHeader,
+    force: bool,
+) -> Result<(), IoError> {
+    let [d, h, w, k] = match t.shape[..] {
+        [1, d, h, w, k] | [d, h, w, k] => [d, h, w, k],
+        _ => {
+            return Err(IoError::Invalid {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "an output of shape {:?} is not one (D, H, W, C) volume: write a .npy",
+                    t.shape
+                ),
+            })
+        }
+    };
+    let mut sink = Box::new(NiftiSink::create(path, [d, h, w, k], like, force)?);
+    for (row, values) in t.data.chunks(w * k).enumerate() {
+        super::stream::RegionSink::write_run(sink.as_mut(), row / h, row % h, 0, values)?;
+    }
+    super::stream::RegionSink::finish(sink)
 }

@@ -156,11 +156,11 @@ fn open_header(path: &Path) -> Result<(File, Header, u64, Option<u64>), IoError>
     Ok((file, header, (prefix_len + header_len) as u64, file_len))
 }
 
-/// A `<f4` C-order array in a regular file, checked against the file's length: its shape (a
-/// 3-D HWC array gets a batch of 1) and where its data starts, for a memory map. `None` for
+/// A `<f4` C-order array in a regular file, checked against the file's length: its shape as
+/// stored and where its data starts, for a memory map. `None` for
 /// other dtypes (read those with [`read_npy`]). No element limit applies: nothing is allocated
 /// for the data, and every index into it is checked against the length found here.
-pub fn f32_layout(path: &Path) -> Result<Option<([usize; 4], u64)>, IoError> {
+pub fn f32_layout(path: &Path) -> Result<Option<(Vec<usize>, u64)>, IoError> {
     let (_, Header { dtype, shape }, offset, file_len) = open_header(path)?;
     let Some(file_len) = file_len else {
         return Ok(None);
@@ -168,12 +168,7 @@ pub fn f32_layout(path: &Path) -> Result<Option<([usize; 4], u64)>, IoError> {
     if dtype != Dtype::F4 {
         return Ok(None);
     }
-    let nhwc = match shape[..] {
-        [h, w, c] => [1, h, w, c],
-        [n, h, w, c] => [n, h, w, c],
-        _ => return Ok(None),
-    };
-    let data_len = nhwc
+    let data_len = shape
         .iter()
         .try_fold(4u64, |a, &d| a.checked_mul(d as u64))
         .ok_or_else(|| {
@@ -197,7 +192,7 @@ pub fn f32_layout(path: &Path) -> Result<Option<([usize; 4], u64)>, IoError> {
             ),
         ));
     }
-    Ok(Some((nhwc, offset)))
+    Ok(Some((shape, offset)))
 }
 
 fn read_npy_raw(path: &Path, class_indices: bool) -> Result<Tensor, IoError> {

@@ -1,16 +1,24 @@
 //! Streamed images: read a region at a time, write pixels as tiles finish, so an image larger
 //! than memory never has to be held whole.
 //!
+//! A volume `(N, D, H, W, C)` is the same to them: a stack of `N·D` planes of `H x W` pixels
+//! (`[N·D, H, W, C]`, the same bytes in C order), so one source and sink serve both ranks.
+//!
 //! Sources ([`RegionSource`]):
-//! - [`NpySource`]: a `<f4` NHWC/HWC `.npy` array through a read-only memory map;
+//! - [`NpySource`]: a `<f4` NHWC/HWC (or NDHWC/DHWC volume) `.npy` array through a read-only
+//!   memory map;
+//! - [`super::nifti::NiftiSource`]: a NIfTI-1 volume through a memory map;
 //! - [`TiffSource`]: a TIFF or BigTIFF (strips or tiles, chunky, 8/16-bit unsigned or 32-bit
 //!   float samples, gray, gray+alpha, RGB or RGBA, any compression the `tiff` crate decodes),
 //!   decoded one chunk at a time by the `tiff` crate, a few chunks cached;
 //! - [`TensorSource`]: a tensor already in memory.
 //!
+//! [`TensorSink`] collects an output in memory.
+//!
 //! Sinks ([`RegionSink`]), both temporary files beside the target, created at their final size
 //! (disk space reserved first), renamed into place by [`RegionSink::finish`]:
 //! - [`NpySink`]: a `<f4` `.npy` written through a memory map;
+//! - [`super::nifti::NiftiSink`]: a float32 NIfTI-1 through a memory map;
 //! - [`TiffSink`]: an uncompressed tiled float32 BigTIFF, written by hand with positional writes
 //!   (the `tiff` crate 0.10 writes strips only, not tiles).
 //!
@@ -67,7 +75,7 @@ fn f32_bytes(shape: [usize; 4]) -> Option<u64> {
     shape.iter().try_fold(4u64, |a, &d| a.checked_mul(d as u64))
 }
 
-fn check_region(
+pub(super) fn check_region(
     path: &Path,
     shape: [usize; 4],
     image: usize,
@@ -96,12 +104,12 @@ fn check_region(
     }
 }
 
-/// The error for a NaN or infinite input value at `[image, y, x, channel]`.
-fn non_finite(path: &Path, v: f32, at: [usize; 4]) -> IoError {
+/// The error for a NaN or infinite input value at index `at` (axes named by `axes`).
+fn non_finite(path: &Path, v: f32, at: &[usize], axes: &str) -> IoError {
     IoError::invalid(
         path,
         format!(
-            "holds {} at index {at:?} (N, H, W, C); unetc refuses such inputs because the output \
+            "holds {} at index {at:?} ({axes}); unetc refuses such inputs because the output \
              would be meaningless: replace them (e.g. numpy.nan_to_num) or fix what wrote the file",
             if v.is_nan() {
                 "NaN"
@@ -117,7 +125,10 @@ pub struct NpySource {
     path: PathBuf,
     map: memmap2::Mmap,
     offset: usize,
+    /// `[n, h, w, c]`; for a volume `[n·d, h, w, c]`.
     shape: [usize; 4],
+    /// A volume's depth `d`.
+    depth: Option<usize>,
     /// Byte range of the map read since the last release.
     touched: Option<(usize, usize)>,
 }
@@ -126,8 +137,41 @@ impl NpySource {
     /// Maps `path` when it is a regular-file `<f4` array of rank 3 (HWC) or 4 (NHWC); `None`
     /// for anything else (read in memory instead).
     pub fn open(path: &Path) -> Result<Option<NpySource>, IoError> {
-        let Some((shape, offset)) = super::npy::f32_layout(path)? else {
+        Self::open_as(path, false)
+    }
+
+    /// Maps `path` when it is a regular-file `<f4` volume array of rank 4 (DHWC) or 5 (NDHWC);
+    /// `None` for anything else. Its [`RegionSource::shape`] is `[n·d, h, w, c]`; the
+    /// `(n, d, h, w, c)` shape is [`NpySource::volume_shape`].
+    pub fn open_volume(path: &Path) -> Result<Option<NpySource>, IoError> {
+        Self::open_as(path, true)
+    }
+
+    /// `(n, d, h, w, c)` of a volume opened by [`NpySource::open_volume`].
+    pub fn volume_shape(&self) -> Option<[usize; 5]> {
+        let [nd, h, w, c] = self.shape;
+        self.depth.filter(|&d| d > 0).map(|d| [nd / d, d, h, w, c])
+    }
+
+    /// The shape messages name: `[n, h, w, c]`, or a volume's `[n, d, h, w, c]`.
+    fn described_shape(&self) -> Vec<usize> {
+        match self.volume_shape() {
+            Some(v) => v.to_vec(),
+            None => self.shape.to_vec(),
+        }
+    }
+
+    fn open_as(path: &Path, volume: bool) -> Result<Option<NpySource>, IoError> {
+        let Some((dims, offset)) = super::npy::f32_layout(path)? else {
             return Ok(None);
+        };
+        let (shape, depth) = match (volume, &dims[..]) {
+            (false, &[h, w, c]) => ([1, h, w, c], None),
+            (false, &[n, h, w, c]) => ([n, h, w, c], None),
+            (true, &[d, h, w, c]) => ([d, h, w, c], Some(d)),
+            // `n·d` cannot overflow: the byte length n·d·h·w·c·4 was checked.
+            (true, &[n, d, h, w, c]) => ([n * d, h, w, c], Some(d)),
+            _ => return Ok(None),
         };
         let file = File::open(path).map_err(|e| IoError::os(path, "cannot open", e))?;
         // SAFETY: the map is read only. If another process truncates the file while it is
@@ -145,6 +189,7 @@ impl NpySource {
             map,
             offset,
             shape,
+            depth,
             touched: None,
         };
         source.refuse_non_finite()?;
@@ -199,7 +244,7 @@ impl NpySource {
                 format!(
                     "{}; unetc refuses such inputs because the output would be meaningless: \
                      replace them (e.g. numpy.nan_to_num) or fix what wrote the file",
-                    f.describe(&self.shape)
+                    f.describe(&self.described_shape())
                 ),
             )),
         }
@@ -229,11 +274,16 @@ impl RegionSource for NpySource {
             for (j, (d, b)) in dst.iter_mut().zip(bytes.chunks_exact(4)).enumerate() {
                 let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 if !v.is_finite() {
-                    return Err(non_finite(
-                        &self.path,
-                        v,
-                        [image, y, cols.start + j / c, j % c],
-                    ));
+                    let (x, ch) = (cols.start + j / c, j % c);
+                    return Err(match self.depth {
+                        Some(d) => non_finite(
+                            &self.path,
+                            v,
+                            &[image / d, image % d, y, x, ch],
+                            "N, D, H, W, C",
+                        ),
+                        None => non_finite(&self.path, v, &[image, y, x, ch], "N, H, W, C"),
+                    });
                 }
                 *d = v;
             }
@@ -245,27 +295,56 @@ impl RegionSource for NpySource {
 
     fn release(&mut self) {
         if let Some((lo, hi)) = self.touched.take() {
-            // SAFETY: a read-only shared file mapping: dropped pages are read again from the
-            // file on the next access, with the same contents.
-            let _ = unsafe {
-                self.map
-                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
-            };
+            drop_read_pages(&self.map, lo, hi);
         }
     }
 }
 
-/// A tensor `[n, h, w, c]` already in memory.
+/// How far around a read fault the kernel may map pages of a file mapping that are already
+/// cached: Linux's fault-around (64 KiB by default) and, for large page-cache folios, the whole
+/// folio (up to a 2 MiB huge page); both aligned in the file, which the maps start at.
+const MAPPED_AROUND: usize = 2 << 20;
+
+/// The [`MAPPED_AROUND`]-aligned window holding `lo..hi`, within a map of `len` bytes.
+pub(super) fn mapped_around(lo: usize, hi: usize, len: usize) -> (usize, usize) {
+    let lo = lo / MAPPED_AROUND * MAPPED_AROUND;
+    let hi = hi
+        .div_ceil(MAPPED_AROUND)
+        .saturating_mul(MAPPED_AROUND)
+        .min(len);
+    (lo, hi)
+}
+
+/// Hands back the pages of `map` read in `lo..hi`, and those a read fault there may have mapped
+/// around them (the [`MAPPED_AROUND`]-aligned window holding them), so that they do not pile up.
+pub(super) fn drop_read_pages(map: &memmap2::Mmap, lo: usize, hi: usize) {
+    let (lo, hi) = mapped_around(lo, hi, map.len());
+    if lo < hi {
+        // SAFETY: a read-only shared file mapping: dropped pages are read again from the file
+        // on the next access, with the same contents.
+        let _ =
+            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo) };
+    }
+}
+
+/// The `[planes, h, w, c]` view of a tensor: `[n, h, w, c]` images or `[d, h, w, c]` one volume
+/// as they are, `[n, d, h, w, c]` volumes as `[n·d, h, w, c]`; empty for other ranks.
+fn planes_of(shape: &[usize]) -> [usize; 4] {
+    match shape[..] {
+        [n, h, w, c] => [n, h, w, c],
+        [n, d, h, w, c] => [n * d, h, w, c],
+        _ => [0, 0, 0, 0],
+    }
+}
+
+/// A tensor already in memory: images `[n, h, w, c]`, volumes `[n, d, h, w, c]` as planes.
 pub struct TensorSource<'a> {
     pub tensor: &'a Tensor,
 }
 
 impl RegionSource for TensorSource<'_> {
     fn shape(&self) -> [usize; 4] {
-        match self.tensor.shape[..] {
-            [n, h, w, c] => [n, h, w, c],
-            _ => [0, 0, 0, 0],
-        }
+        planes_of(&self.tensor.shape)
     }
 
     fn read_region(
@@ -283,6 +362,33 @@ impl RegionSource for TensorSource<'_> {
             let start = ((image * h + y) * w + cols.start) * c;
             out[r * run..(r + 1) * run].copy_from_slice(&self.tensor.data[start..start + run]);
         }
+        Ok(())
+    }
+}
+
+/// An output collected in memory (float32): `[n, h, w, k]` images or `[n, d, h, w, k]` volumes
+/// as planes.
+pub struct TensorSink<'a> {
+    pub tensor: &'a mut Tensor,
+}
+
+impl RegionSink for TensorSink<'_> {
+    fn write_run(
+        &mut self,
+        image: usize,
+        y: usize,
+        x: usize,
+        values: &[f32],
+    ) -> Result<(), IoError> {
+        let shape = planes_of(&self.tensor.shape);
+        check_run(Path::new("<output>"), shape, image, y, x, values)?;
+        let [_, h, w, k] = shape;
+        let start = ((image * h + y) * w + x) * k;
+        self.tensor.data[start..start + values.len()].copy_from_slice(values);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), IoError> {
         Ok(())
     }
 }
@@ -586,7 +692,7 @@ impl RegionSource for TiffSource {
                         for k in 0..given {
                             let v = data[src + k];
                             if !v.is_finite() {
-                                return Err(non_finite(&self.path, v, [0, y, x, k]));
+                                return Err(non_finite(&self.path, v, &[0, y, x, k], "N, H, W, C"));
                             }
                             out[dst + k] = v;
                         }
@@ -602,7 +708,7 @@ impl RegionSource for TiffSource {
 
 /// Reserves `len` bytes of disk for `file`, so that writing through a map never meets a full
 /// disk (which would be SIGBUS, not an error).
-fn reserve(file: &File, len: u64, path: &Path) -> Result<(), IoError> {
+pub(super) fn reserve(file: &File, len: u64, path: &Path) -> Result<(), IoError> {
     file.set_len(len)
         .map_err(|e| IoError::os(path, "cannot write", e))?;
     #[cfg(target_os = "linux")]
@@ -685,6 +791,19 @@ fn stored(shape: [usize; 4], samples: Samples) -> [usize; 4] {
     [n, h, w, samples.per_pixel(k)]
 }
 
+/// `[planes, h, w, k]` of an output of `dims` (`[n, h, w, k]` or `[n, d, h, w, k]`), checked.
+fn planes_checked(path: &Path, dims: &[usize]) -> Result<[usize; 4], IoError> {
+    let too_large = || IoError::invalid(path, format!("an output of shape {dims:?} is too large"));
+    match dims[..] {
+        [n, h, w, k] => Ok([n, h, w, k]),
+        [n, d, h, w, k] => Ok([n.checked_mul(d).ok_or_else(too_large)?, h, w, k]),
+        _ => Err(IoError::invalid(
+            path,
+            format!("internal error: an output of shape {dims:?} is not (N, H, W, C) or (N, D, H, W, C)"),
+        )),
+    }
+}
+
 /// A `.npy` output (`<f4`, or `|u1` for labels) written through a memory map.
 pub struct NpySink {
     path: PathBuf,
@@ -700,25 +819,31 @@ pub struct NpySink {
 
 impl NpySink {
     /// A temporary file beside `path`, created at the final size of the array stored for a
-    /// model output of `shape` (`[n, h, w, k]`; NHWC, as the in-memory writer writes it).
+    /// model output of `dims` (`[n, h, w, k]` NHWC or `[n, d, h, w, k]` NDHWC, as the in-memory
+    /// writer writes them).
     pub fn create(
         path: &Path,
-        shape: [usize; 4],
+        dims: &[usize],
         samples: Samples,
         force: bool,
     ) -> Result<NpySink, IoError> {
+        let shape = planes_checked(path, dims)?;
         let descr = match samples {
             Samples::Float32 => "<f4",
             Samples::Label { .. } => "|u1",
         };
-        let header = super::npy::header_bytes_of(descr, &stored(shape, samples));
+        let mut header_dims = dims.to_vec();
+        if let Some(k) = header_dims.last_mut() {
+            *k = samples.per_pixel(*k);
+        }
+        let header = super::npy::header_bytes_of(descr, &header_dims);
         let total = stored(shape, samples)
             .iter()
             .try_fold(samples.bytes() as u64, |a, &d| a.checked_mul(d as u64))
             .and_then(|b| b.checked_add(header.len() as u64))
             .filter(|&t| usize::try_from(t).is_ok())
             .ok_or_else(|| {
-                IoError::invalid(path, format!("an output of shape {shape:?} is too large"))
+                IoError::invalid(path, format!("an output of shape {dims:?} is too large"))
             })?;
         let temp = begin(path, force)?;
         reserve(temp.as_file(), total, path)?;
@@ -744,7 +869,7 @@ impl NpySink {
     }
 }
 
-fn check_run(
+pub(super) fn check_run(
     path: &Path,
     shape: [usize; 4],
     image: usize,
@@ -792,6 +917,8 @@ impl RegionSink for NpySink {
         if let Some((lo, hi)) = self.touched.take() {
             // Written pages go to the file first; then they leave the resident set.
             if self.map.flush_async_range(lo, hi - lo).is_ok() {
+                // With the pages a fault may have mapped around them.
+                let (lo, hi) = mapped_around(lo, hi, self.map.len());
                 // SAFETY: a shared file mapping: dropping its pages keeps their contents in the
                 // file (dirty pages are written back), and later reads see them.
                 let _ = unsafe {

@@ -278,3 +278,52 @@ fn mutated_files_never_panic() {
     }
     assert!(read > 0 && refused > 0, "read {read}, refused {refused}");
 }
+
+#[test]
+fn a_gzip_bomb_is_refused_before_it_is_decompressed() {
+    // A few hundred bytes of .nii.gz declaring 2048 x 2048 x 4096 float64 voxels (2^34 values,
+    // the most unetc reads from one file: 128 GiB), decompressed into TMPDIR by a streamed run.
+    use std::io::Write;
+    let dir = temp_dir("bomb");
+    let mut raw = std::fs::read(root().join("tests/nifti/u8.nii")).unwrap();
+    let set_i16 =
+        |b: &mut Vec<u8>, at: usize, v: i16| b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    set_i16(&mut raw, 40, 3);
+    for (i, d) in [2048i16, 2048, 4096].into_iter().enumerate() {
+        set_i16(&mut raw, 42 + 2 * i, d);
+    }
+    set_i16(&mut raw, 70, 64); // float64
+    set_i16(&mut raw, 72, 64);
+    let bomb = dir.join("bomb.nii.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&raw).unwrap();
+    gz.write_all(&vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&bomb, gz.finish().unwrap()).unwrap();
+    let weights = dir.join("w.safetensors");
+    let (code, _, stderr) = unetc(&["init-weights", SAME, "-o", s(&weights), "--seed", "2"]);
+    assert_eq!(code, 0, "{stderr}");
+    let out = dir.join("y.nii.gz");
+    let (code, _, stderr) = unetc(&[
+        "run",
+        SAME,
+        "--weights",
+        s(&weights),
+        "--input",
+        s(&bomb),
+        "-o",
+        s(&out),
+        "--tile",
+        "16",
+    ]);
+    assert_ne!(code, 0);
+    assert!(!out.exists());
+    let declared = 8u64 << 34;
+    let free = unetc::io::free_space(&std::env::temp_dir());
+    if free.is_some_and(|f| f < declared) {
+        // Refused before one byte is decompressed.
+        assert!(stderr.contains("free; set TMPDIR"), "{stderr}");
+    } else {
+        // A disk with 128 GiB free takes the 1 MiB that is there, then finds it short.
+        assert!(stderr.contains("truncated"), "{stderr}");
+    }
+}

@@ -190,3 +190,28 @@ fn weights_message(path: &Path, problems: &[WeightProblem]) -> String {
     );
     out
 }
+
+/// Bytes free for an unprivileged user on the file system holding `dir`, where the system
+/// says (Unix); `None` elsewhere or when it cannot tell.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `c_path` is a NUL-terminated path and `stat` a buffer of the right type;
+        // statvfs fills it only when it returns 0.
+        let stat = unsafe {
+            if libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) != 0 {
+                return None;
+            }
+            stat.assume_init()
+        };
+        Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}

@@ -453,6 +453,21 @@ impl NiftiSource {
                 &mut std::io::sink(),
             )
             .map_err(|e| bad(format!("cannot read up to vox_offset {offset}: {e}")))?;
+            // A small .nii.gz may declare a huge volume (a gzip bomb): refuse what the
+            // temporary directory cannot hold before writing any of it.
+            let temp_dir = std::env::temp_dir();
+            if let Some(free) = super::free_space(&temp_dir) {
+                if layout.data_bytes > free {
+                    return Err(bad(format!(
+                        "its voxel data ({}) is decompressed into a temporary file, and {} has \
+                         only {} free; set TMPDIR to a directory with more space, or give the \
+                         volume uncompressed (.nii)",
+                        crate::text::bytes(layout.data_bytes),
+                        temp_dir.display(),
+                        crate::text::bytes(free)
+                    )));
+                }
+            }
             let mut temp = tempfile::tempfile().map_err(os(
                 "cannot create a temporary file (in TMPDIR) to decompress into",
             ))?;

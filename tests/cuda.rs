@@ -33,7 +33,8 @@ fn kernels_compile_for_sm_90() {
     let started = std::time::Instant::now();
     let ptx = cuda::compile("compute_90").unwrap_or_else(|e| panic!("{e}"));
     println!("PTX for compute_90 compiled in {:.1?}", started.elapsed());
-    for name in cuda::kernel_names() {
+    let train = cuda::TRAIN_KERNELS.iter().map(|s| s.to_string());
+    for name in cuda::kernel_names().into_iter().chain(train.clone()) {
         assert!(
             ptx.contains(&format!(".entry {name}(")),
             "kernel {name} missing from the PTX"
@@ -70,7 +71,7 @@ fn kernels_compile_for_sm_90() {
         cubin.len()
     );
     assert!(cubin.starts_with(b"\x7fELF"), "not an ELF image");
-    for name in cuda::kernel_names() {
+    for name in cuda::kernel_names().into_iter().chain(train) {
         let symbol = format!("\0{name}\0");
         assert!(
             cubin.windows(symbol.len()).any(|w| w == symbol.as_bytes()),

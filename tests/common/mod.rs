@@ -346,3 +346,34 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Builds tests/kernel_emu/fake_driver.cpp (the emulated GPU) as `dir/libcuda.so` with the C++
+/// compiler `cxx`; the error holds the compiler's messages.
+pub fn build_fake_driver(cxx: &str, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(cxx)
+        .args([
+            "-std=c++17",
+            "-O2",
+            "-fPIC",
+            "-shared",
+            "-pthread",
+            "-DUNETC_EMULATE",
+        ])
+        // The kernels type-pun memory as CUDA allows; only the driver API is exported.
+        .args([
+            "-fno-strict-aliasing",
+            "-Wno-unknown-pragmas",
+            "-fvisibility=hidden",
+        ])
+        .arg("-o")
+        .arg(dir.join("libcuda.so"))
+        .arg(root().join("tests/kernel_emu/fake_driver.cpp"))
+        .output()
+        .map_err(|e| format!("{cxx}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}

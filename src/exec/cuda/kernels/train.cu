@@ -299,21 +299,22 @@ extern "C" __global__ void train_bn_dx_f32(float* a, View x, View dy, View dx, c
 }
 
 // ---- losses (src/train/loss.rs): per-pixel values in double into `values`, the gradient
-// (already divided by the number of pixels) into the arena at g_off. Targets are dense f32
+// (already divided by the number of values or pixels) into the arena `a` at g_off. Targets are dense f32
 // like the output, or one int class per pixel.
 
 #define LOSS_EPS 1e-7
 
 // Categorical crossentropy per pixel of `c` values: from logits (softmax output), or from the
-// output normalised to sum 1 and clipped to [eps, 1 - eps] as Keras does.
-extern "C" __global__ void train_loss_categorical(const float* a, i64 p_off, int logits,
+// output normalised to sum 1 and clipped to [eps, 1 - eps] as Keras does. Targets are `dense`,
+// or `classes` where `sparse` is set.
+extern "C" __global__ void train_loss_categorical(float* a, i64 p_off, int logits,
                                                   const float* dense, const int* classes,
-                                                  double* values, float* g, i64 g_off,
+                                                  int sparse, double* values, i64 g_off,
                                                   i64 pixels, int c) {
     FOR_EACH_INDEX(pixels)
     const float* z = a + p_off + idx * c;
-    float* grad = g + g_off + idx * c;
-#define TARGET(k) (classes ? (classes[idx] == (k) ? 1.0 : 0.0) : (double)dense[idx * c + (k)])
+    float* grad = a + g_off + idx * c;
+#define TARGET(k) (sparse ? (classes[idx] == (k) ? 1.0 : 0.0) : (double)dense[idx * c + (k)])
     double total = 0.0;
     if (logits) {
         float mx = NEG_INF;
@@ -354,8 +355,8 @@ extern "C" __global__ void train_loss_categorical(const float* a, i64 p_off, int
 // Binary crossentropy per value (focal: Keras's binary_focal_crossentropy, gamma 2), from the
 // logits at p_off (sigmoid output or from_logits) or the clipped output; `out_off` is the
 // output (probabilities) for focal's factor. kind 0 bce, 1 focal.
-extern "C" __global__ void train_loss_binary(const float* a, i64 p_off, i64 out_off, int logits,
-                                             const float* y, double* values, float* g, i64 g_off,
+extern "C" __global__ void train_loss_binary(float* a, i64 p_off, i64 out_off, int logits,
+                                             const float* y, double* values, i64 g_off,
                                              i64 total, int kind) {
     FOR_EACH_INDEX(total)
     double v = a[p_off + idx], t = y[idx], n = (double)total, bce, dbce;
@@ -372,7 +373,7 @@ extern "C" __global__ void train_loss_binary(const float* a, i64 p_off, i64 out_
     }
     if (kind == 0) {
         values[idx] = bce;
-        g[g_off + idx] = (float)(dbce / n);
+        a[g_off + idx] = (float)(dbce / n);
         return;
     }
     double p = a[out_off + idx];
@@ -381,16 +382,16 @@ extern "C" __global__ void train_loss_binary(const float* a, i64 p_off, i64 out_
     double dfactor = -2.0 * (1.0 - pt) * (2.0 * t - 1.0);
     if (logits) dfactor *= p * (1.0 - p);
     values[idx] = factor * bce;
-    g[g_off + idx] = (float)((dfactor * bce + factor * dbce) / n);
+    a[g_off + idx] = (float)((dfactor * bce + factor * dbce) / n);
 }
 
 // Mean squared error per value.
-extern "C" __global__ void train_loss_mse(const float* a, i64 p_off, const float* y,
-                                          double* values, float* g, i64 g_off, i64 total) {
+extern "C" __global__ void train_loss_mse(float* a, i64 p_off, const float* y, double* values,
+                                          i64 g_off, i64 total) {
     FOR_EACH_INDEX(total)
     double d = (double)a[p_off + idx] - (double)y[idx];
     values[idx] = d * d;
-    g[g_off + idx] = (float)(2.0 * d / (double)total);
+    a[g_off + idx] = (float)(2.0 * d / (double)total);
 }
 
 // Sums `width` interleaved series of `total` values each in chunks: thread t adds values
@@ -429,19 +430,18 @@ extern "C" __global__ void train_sum_partials(const double* partial, i64 chunks,
 
 // Dice's gradient with respect to the output from the sums (Σ p y, Σ y, Σ p): mode 0 stores
 // it, 1 adds it, 2 adds it through the sigmoid (p (1 - p), for bce_dice on logits).
-extern "C" __global__ void train_dice_grad(const float* a, i64 out_off, const float* y,
-                                           const double* sums, float* g, i64 g_off, i64 total,
-                                           int mode) {
+extern "C" __global__ void train_dice_grad(float* a, i64 out_off, const float* y,
+                                           const double* sums, i64 g_off, i64 total, int mode) {
     FOR_EACH_INDEX(total)
     double num = 2.0 * sums[0] + 1.0, den = sums[1] + sums[2] + 1.0;
     float d = (float)(-(2.0 * (double)y[idx] * den - num) / (den * den));
     if (mode == 0) {
-        g[g_off + idx] = d;
+        a[g_off + idx] = d;
     } else if (mode == 1) {
-        g[g_off + idx] += d;
+        a[g_off + idx] += d;
     } else {
         float s = a[out_off + idx];
-        g[g_off + idx] += d * s * (1.0f - s);
+        a[g_off + idx] += d * s * (1.0f - s);
     }
 }
 
@@ -462,14 +462,14 @@ extern "C" __global__ void train_adam(float* w, const float* g, float* m, float*
     w[idx] = x - mi * alpha / (sqrtf(vi) + epsilon);
 }
 
-// SGD; `m` is null without momentum.
-extern "C" __global__ void train_sgd(float* w, const float* g, float* m, i64 total, float lr,
-                                     float momentum, int nesterov, float wd) {
+// SGD; `m` is read only with `use_m` (momentum > 0).
+extern "C" __global__ void train_sgd(float* w, const float* g, float* m, int use_m, i64 total,
+                                     float lr, float momentum, int nesterov, float wd) {
     FOR_EACH_INDEX(total)
     float x = w[idx];
     if (wd > 0.0f) x -= x * wd * lr;
     float gi = g[idx];
-    if (m) {
+    if (use_m) {
         float mi = -gi * lr + m[idx] * momentum;
         m[idx] = mi;
         x += nesterov ? -gi * lr + mi * momentum : mi;
@@ -479,10 +479,10 @@ extern "C" __global__ void train_sgd(float* w, const float* g, float* m, i64 tot
     w[idx] = x;
 }
 
-// RMSprop; `mom` is null without momentum.
+// RMSprop; `mom` is read only with `use_mom` (momentum > 0).
 extern "C" __global__ void train_rmsprop(float* w, const float* g, float* velocity, float* mom,
-                                         i64 total, float lr, float rho, float momentum,
-                                         float epsilon, float wd) {
+                                         int use_mom, i64 total, float lr, float rho,
+                                         float momentum, float epsilon, float wd) {
     FOR_EACH_INDEX(total)
     float x = w[idx];
     if (wd > 0.0f) x -= x * wd * lr;
@@ -490,7 +490,7 @@ extern "C" __global__ void train_rmsprop(float* w, const float* g, float* veloci
     float vel = rho * velocity[idx] + (1.0f - rho) * gi * gi;
     velocity[idx] = vel;
     float increment = lr * gi / sqrtf(vel + epsilon);
-    if (mom) {
+    if (use_mom) {
         float mi = momentum * mom[idx] + increment;
         mom[idx] = mi;
         x -= mi;

@@ -448,10 +448,36 @@ fn kinds_without_a_gpu_backward_are_refused_by_name() {
     assert!(err.contains("--device cpu"), "{err}");
 }
 
-/// Placeholder until the command line runs on the GPU (see below).
+/// The tf.keras training fixtures (tests/train/) through `unetc train --device cuda` on the
+/// emulated GPU, compared with Keras as tests/train.rs compares the CPU's run. Fixtures with a
+/// kind the GPU does not train must be refused by name before training; at least the two
+/// U-Nets must run.
 fn keras_fixture_on_the_emulated_gpu(
-    _dir: &Path,
-    _library_path: &std::ffi::OsStr,
+    dir: &Path,
+    library_path: &std::ffi::OsStr,
 ) -> Result<(), String> {
+    let (mut ran, mut refused) = (Vec::new(), Vec::new());
+    for name in train_fixtures() {
+        match run_train_fixture(&name, dir, &["--device", "cuda"], Some(library_path)) {
+            Ok(line) => ran.push(line),
+            Err(e)
+                if e.starts_with("unetc train:")
+                    && e.contains("train this model with --device cpu") =>
+            {
+                let why = e.lines().find(|l| l.contains("--device cpu")).unwrap_or("");
+                refused.push(format!("{name} ({})", why.trim()))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    println!("Keras fixtures on the emulated GPU:\n{}", ran.join("\n"));
+    println!("refused by kind:\n{}", refused.join("\n"));
+    for must in ["same_unet_adam_cce", "valid_unet_adam_bce_dice"] {
+        if !ran.iter().any(|l| l.starts_with(must)) {
+            return Err(format!(
+                "{must} did not run on the GPU (refused: {refused:?})"
+            ));
+        }
+    }
     Ok(())
 }

@@ -969,10 +969,12 @@ impl<'c> CudaTrainer<'c> {
                         }
                     }
                 }
-                Kind::Dropout { .. } => {
+                Kind::Dropout { rate, .. } => {
                     let xs = xs()?;
+                    // A rate of 0 drew no mask: the gradient passes as it is.
+                    let mask = if rate > 0.0 { s.mask } else { None };
                     if first_wants {
-                        self.add_into(s.grad, s.mask, xs.grad, total)?;
+                        self.add_into(s.grad, mask, xs.grad, total)?;
                     }
                 }
                 Kind::Add => {

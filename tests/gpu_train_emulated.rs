@@ -293,6 +293,12 @@ const FROZEN: &str = "model {
 }
 ";
 
+const POOLS: &str = "model {
+  input 10x10x2
+  conv2d(3, 3, padding: same, activation: relu) -> max_pooling2d(3, strides: 2, padding: same) -> conv2d(4, 1, activation: tanh) -> average_pooling2d(3, strides: 2, padding: same) -> zero_padding2d(((1, 0), (2, 1))) -> conv2d(2, 3, activation: softmax)
+}
+";
+
 fn cases() -> Vec<Case> {
     let args = |f: &dyn Fn(&mut OptimizerArgs)| {
         let mut a = OptimizerArgs::default();
@@ -387,6 +393,15 @@ fn cases() -> Vec<Case> {
         Case {
             what: "frozen conv and BN, BN momentum 0.9, Adam, categorical crossentropy",
             spec: FROZEN,
+            optimizer: "adam",
+            args: OptimizerArgs::default(),
+            learning_rate: 0.01,
+            loss: Loss::CategoricalCrossentropy,
+            from_logits: false,
+        },
+        Case {
+            what: "overlapping max and average pools (same), zero padding, Adam",
+            spec: POOLS,
             optimizer: "adam",
             args: OptimizerArgs::default(),
             learning_rate: 0.01,

@@ -18,8 +18,8 @@ use crate::exec::cuda::{self, activation_code, driver, grid, CudaError, OpenDevi
 use crate::exec::{bind_weights, Tensor};
 use crate::io::Weights;
 use crate::ir::ops::{
-    ActivationFn, BatchNormalization, Conv2D, Conv2DTranspose, Cropping2D, Interpolation,
-    MaxPooling2D, UpSampling2D,
+    ActivationFn, AveragePooling2D, BatchNormalization, Conv2D, Conv2DTranspose, Cropping2D,
+    Interpolation, MaxPooling2D, PadMode, UpSampling2D, ZeroPadding2D,
 };
 use crate::ir::{NodeId, Op};
 use crate::Compiled;
@@ -36,6 +36,9 @@ pub enum Kind<'a> {
     /// An activation layer (Activation, Softmax, plain ReLU).
     Activation(ActivationFn),
     MaxPool(&'a MaxPooling2D),
+    AveragePool(&'a AveragePooling2D),
+    /// ZeroPadding2D with zeros (not reflect/replicate).
+    Pad(&'a ZeroPadding2D),
     UpSample(&'a UpSampling2D),
     Crop(&'a Cropping2D),
     /// Over the channels.
@@ -58,6 +61,8 @@ impl Kind<'_> {
             | Kind::BatchNorm(_)
             | Kind::Activation(_)
             | Kind::MaxPool(_)
+            | Kind::AveragePool(_)
+            | Kind::Pad(_)
             | Kind::UpSample(_)
             | Kind::Crop(_)
             | Kind::Concat
@@ -73,6 +78,11 @@ pub fn gpu_kind(op: &Op) -> Result<Kind<'_>, String> {
     match op {
         Op::Input(_) => Ok(Kind::Input),
         Op::MaxPooling2D(o) => Ok(Kind::MaxPool(o)),
+        Op::AveragePooling2D(o) => Ok(Kind::AveragePool(o)),
+        Op::ZeroPadding2D(o) if o.mode != PadMode::Zeros => {
+            no("reflect and replicate padding have no GPU backward yet")
+        }
+        Op::ZeroPadding2D(o) => Ok(Kind::Pad(o)),
         Op::Cropping2D(o) => Ok(Kind::Crop(o)),
         Op::Activation(o) => Ok(Kind::Activation(o.activation)),
         Op::Dropout(o) => Ok(Kind::Dropout {
@@ -110,14 +120,12 @@ pub fn gpu_kind(op: &Op) -> Result<Kind<'_>, String> {
             no("Concatenate trains on the GPU over the channels only")
         }
         Op::Concatenate(_) => Ok(Kind::Concat),
-        Op::ZeroPadding2D(_)
-        | Op::Dense(_)
+        Op::Dense(_)
         | Op::DepthwiseConv2D(_)
         | Op::SeparableConv2D(_)
         | Op::Flatten(_)
         | Op::GlobalAveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
-        | Op::AveragePooling2D(_)
         | Op::Multiply(_)
         | Op::Subtract(_)
         | Op::Average(_)
@@ -559,6 +567,23 @@ impl<'c> CudaTrainer<'c> {
                         &i(cols.kernel), &i(rows.stride), &i(cols.stride),
                         &i(rows.pad_before), &i(cols.pad_before), &n)?;
                 }
+                Kind::AveragePool(o) => {
+                    let xs = xs()?;
+                    let (rows, cols) = (
+                        o.geometry(0, xs.shape[0], s.shape[0]),
+                        o.geometry(1, xs.shape[1], s.shape[1]),
+                    );
+                    launch!(self.dev, "average_pool_f32", total;
+                        &mut self.arena, &xs.view(xs.out), &y, &i(rows.kernel),
+                        &i(cols.kernel), &i(rows.stride), &i(cols.stride),
+                        &i(rows.pad_before), &i(cols.pad_before), &n)?;
+                }
+                Kind::Pad(o) => {
+                    let xs = xs()?;
+                    launch!(self.dev, "shift_window_f32", total;
+                        &mut self.arena, &xs.view(xs.out), &y, &-(o.padding[0] as i32),
+                        &-(o.padding[2] as i32), &0i32, &n)?;
+                }
                 Kind::UpSample(o) => {
                     let xs = xs()?;
                     launch!(self.dev, "upsample_f32", total;
@@ -941,6 +966,27 @@ impl<'c> CudaTrainer<'c> {
                             &i(cols.stride), &i(rows.pad_before), &i(cols.pad_before), &n)?;
                     }
                 }
+                Kind::AveragePool(o) => {
+                    let xs = xs()?;
+                    let (rows, cols) = (
+                        o.geometry(0, xs.shape[0], s.shape[0]),
+                        o.geometry(1, xs.shape[1], s.shape[1]),
+                    );
+                    if first_wants {
+                        launch!(self.dev, "train_average_pool_dx_f32", batch * xs.item();
+                            &mut self.arena, &dy, &xs.view(xs.grad), &i(rows.kernel),
+                            &i(cols.kernel), &i(rows.stride), &i(cols.stride),
+                            &i(rows.pad_before), &i(cols.pad_before), &n)?;
+                    }
+                }
+                Kind::Pad(o) => {
+                    let xs = xs()?;
+                    let (t, l) = (o.padding[0] as i32, o.padding[2] as i32);
+                    if first_wants {
+                        launch!(self.dev, "train_window_add_f32", batch * xs.item();
+                            &mut self.arena, &dy, &xs.view(xs.grad), &t, &l, &n)?;
+                    }
+                }
                 Kind::UpSample(o) => {
                     let xs = xs()?;
                     if first_wants {
@@ -1094,6 +1140,7 @@ impl<'c> CudaTrainer<'c> {
 
 /// The inference kernels the forward pass runs.
 const FORWARD_KERNELS: &[&str] = &[
+    "average_pool_f32",
     "conv2d_f32",
     "conv2d_transpose_f32",
     "activation_f32",

@@ -450,6 +450,7 @@ const Kernel kernels[] = {
     DIRECT(train_conv2d_transpose_dx_f32),
     DIRECT(train_conv2d_transpose_dw_f32),
     DIRECT(train_max_pool_dx_f32),
+    DIRECT(train_average_pool_dx_f32),
     DIRECT(train_upsample_dx_f32),
     DIRECT(train_bn_moments_f32),
     DIRECT(train_bn_moving),

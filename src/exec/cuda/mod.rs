@@ -89,6 +89,7 @@ pub const TRAIN_KERNELS: &[&str] = &[
     "train_conv2d_transpose_dx_f32",
     "train_conv2d_transpose_dw_f32",
     "train_max_pool_dx_f32",
+    "train_average_pool_dx_f32",
     "train_upsample_dx_f32",
     "train_bn_moments_f32",
     "train_bn_moving",

@@ -211,6 +211,26 @@ extern "C" __global__ void train_max_pool_dx_f32(float* a, View x, View dy, View
     a[view_at(dx, n, oy, ox, c)] += acc;
 }
 
+// AveragePooling2D's input gradient: each window's gradient shared among its cells inside the
+// input (Keras `same` leaves the padding out of the count); one thread per input element.
+extern "C" __global__ void train_average_pool_dx_f32(float* a, View dy, View dx, int KH, int KW,
+                                                     int SH, int SW, int PT, int PL, int N) {
+    FOR_EACH_IN_VIEW(dx, N)
+    float acc = 0.0f;
+    for (int py = 0; py < dy.h; ++py) {
+        int y0 = py * SH - PT;
+        if (oy < y0 || oy >= y0 + KH) continue;
+        int rows = min(y0 + KH, dx.h) - max(y0, 0);
+        for (int px = 0; px < dy.w; ++px) {
+            int x0 = px * SW - PL;
+            if (ox < x0 || ox >= x0 + KW) continue;
+            int cols = min(x0 + KW, dx.w) - max(x0, 0);
+            acc += a[view_at(dy, n, py, px, c)] / (float)(rows * cols);
+        }
+    }
+    a[view_at(dx, n, oy, ox, c)] += acc;
+}
+
 // UpSampling2D (nearest): dx[n, i, j, c] += the sum of its SY x SX copies' gradients.
 extern "C" __global__ void train_upsample_dx_f32(float* a, View dy, View dx, int SY, int SX,
                                                  int N) {

@@ -299,6 +299,12 @@ const POOLS: &str = "model {
 }
 ";
 
+const DENSE: &str = "model {
+  input 6x6x2
+  dense(5, activation: gelu) -> conv2d(4, 3, padding: same) -> dense(3, activation: softmax)
+}
+";
+
 fn cases() -> Vec<Case> {
     let args = |f: &dyn Fn(&mut OptimizerArgs)| {
         let mut a = OptimizerArgs::default();
@@ -408,6 +414,15 @@ fn cases() -> Vec<Case> {
             loss: Loss::CategoricalCrossentropy,
             from_logits: false,
         },
+        Case {
+            what: "Dense on pixels (gelu, softmax head), RMSprop, sparse categorical",
+            spec: DENSE,
+            optimizer: "rmsprop",
+            args: OptimizerArgs::default(),
+            learning_rate: 0.01,
+            loss: Loss::SparseCategoricalCrossentropy,
+            from_logits: false,
+        },
     ]
 }
 
@@ -450,9 +465,7 @@ fn child_trains_on_the_emulated_gpu() {
 /// naming the layer and its kind.
 #[test]
 fn kinds_without_a_gpu_backward_are_refused_by_name() {
-    let c = compile(
-        "model {\n  input 6x6x2\n  conv2d(4, 3) -> flatten() -> dense(3, name: \"head\")\n}\n",
-    );
+    let c = compile("model {\n  input 6x6x2\n  conv2d(4, 3) -> flatten() -> dense(3)\n}\n");
     let initial = unetc::runner::init_weights(&c, 1).unwrap();
     let case = &cases()[0];
     let err = match CudaTrainer::new(&c, &initial, config(case), 2) {

@@ -18,7 +18,7 @@ use crate::exec::cuda::{self, activation_code, driver, grid, CudaError, OpenDevi
 use crate::exec::{bind_weights, Tensor};
 use crate::io::Weights;
 use crate::ir::ops::{
-    ActivationFn, AveragePooling2D, BatchNormalization, Conv2D, Conv2DTranspose, Cropping2D,
+    ActivationFn, AveragePooling2D, BatchNormalization, Conv2D, Conv2DTranspose, Cropping2D, Dense,
     Interpolation, MaxPooling2D, PadMode, UpSampling2D, ZeroPadding2D,
 };
 use crate::ir::{NodeId, Op};
@@ -31,6 +31,8 @@ use std::collections::{HashMap, HashSet};
 pub enum Kind<'a> {
     Input,
     Conv(&'a Conv2D),
+    /// Dense on pixels (a 1x1 convolution: its kernel `[C, units]` is HWIO with H = W = 1).
+    Dense(&'a Dense),
     ConvTranspose(&'a Conv2DTranspose),
     BatchNorm(&'a BatchNormalization),
     /// An activation layer (Activation, Softmax, plain ReLU).
@@ -56,6 +58,7 @@ impl Kind<'_> {
     fn fused(&self) -> Option<ActivationFn> {
         match self {
             Kind::Conv(o) => Some(o.args.activation),
+            Kind::Dense(o) => Some(o.activation),
             Kind::ConvTranspose(o) => Some(o.args.activation),
             Kind::Input
             | Kind::BatchNorm(_)
@@ -120,8 +123,8 @@ pub fn gpu_kind(op: &Op) -> Result<Kind<'_>, String> {
             no("Concatenate trains on the GPU over the channels only")
         }
         Op::Concatenate(_) => Ok(Kind::Concat),
-        Op::Dense(_)
-        | Op::DepthwiseConv2D(_)
+        Op::Dense(o) => Ok(Kind::Dense(o)),
+        Op::DepthwiseConv2D(_)
         | Op::SeparableConv2D(_)
         | Op::Flatten(_)
         | Op::GlobalAveragePooling2D(_)
@@ -346,7 +349,7 @@ impl<'c> CudaTrainer<'c> {
             let kind = gpu_kind(&c.graph.node(id).op).map_err(TrainError::Setup)?;
             let graded = matches!(
                 kind,
-                Kind::Conv(_) | Kind::ConvTranspose(_) | Kind::BatchNorm(_)
+                Kind::Conv(_) | Kind::Dense(_) | Kind::ConvTranspose(_) | Kind::BatchNorm(_)
             );
             if graded && values.len() >= 2 {
                 let pair = vec![
@@ -493,18 +496,12 @@ impl<'c> CudaTrainer<'c> {
                 }
                 Kind::Conv(o) => {
                     let xs = xs()?;
-                    let (rows, cols) = (
-                        o.args.geometry(0, xs.shape[0], s.shape[0]),
-                        o.args.geometry(1, xs.shape[1], s.shape[1]),
-                    );
-                    let target = s.view(s.pre.unwrap_or(s.out));
-                    let w = &self.params[&id];
-                    launch!(self.dev, "conv2d_f32", total;
-                        &mut self.arena, &xs.view(xs.out), &View::default(), &target,
-                        &w[0], &w[1], &i(rows.kernel), &i(cols.kernel), &i(rows.stride),
-                        &i(cols.stride), &i(rows.dilation), &i(cols.dilation),
-                        &i(rows.pad_before), &i(cols.pad_before), &0i32, &n)?;
-                    self.activate(o.args.activation, s, s.pre, batch)?;
+                    let g = conv_geometry(o, &xs, &s);
+                    self.conv_forward(id, xs, s, g, o.args.activation, batch)?;
+                }
+                Kind::Dense(o) => {
+                    let xs = xs()?;
+                    self.conv_forward(id, xs, s, DENSE_GEOMETRY, o.activation, batch)?;
                 }
                 Kind::ConvTranspose(o) => {
                     let xs = xs()?;
@@ -867,34 +864,13 @@ impl<'c> CudaTrainer<'c> {
                 Kind::Conv(o) => {
                     let xs = xs()?;
                     let dz = self.pre_gradient(o.args.activation, s, s.pre, at_logits, batch)?;
-                    let (rows, cols) = (
-                        o.args.geometry(0, xs.shape[0], s.shape[0]),
-                        o.args.geometry(1, xs.shape[1], s.shape[1]),
-                    );
-                    let g = [
-                        i(rows.kernel),
-                        i(cols.kernel),
-                        i(rows.stride),
-                        i(cols.stride),
-                        i(rows.dilation),
-                        i(cols.dilation),
-                        i(rows.pad_before),
-                        i(cols.pad_before),
-                    ];
-                    let dz = s.view(dz);
-                    let pair = self.weight_grads.get_mut(&id).ok_or_else(missing)?;
-                    let (dw, db) = pair.split_at_mut(1);
-                    let w = &self.params[&id];
-                    launch!(self.dev, "train_conv2d_dw_f32", w[0].len();
-                        &mut self.arena, &xs.view(xs.out), &dz, &mut dw[0], &g[0], &g[1],
-                        &g[2], &g[3], &g[4], &g[5], &g[6], &g[7], &n)?;
-                    launch!(self.dev, "train_bias_grad_f32", s.shape[2];
-                        &mut self.arena, &dz, &mut db[0], &n)?;
-                    if first_wants {
-                        launch!(self.dev, "train_conv2d_dx_f32", batch * xs.item();
-                            &mut self.arena, &dz, &xs.view(xs.grad), &w[0], &g[0], &g[1],
-                            &g[2], &g[3], &g[4], &g[5], &g[6], &g[7], &n)?;
-                    }
+                    let g = conv_geometry(o, &xs, &s);
+                    self.conv_backward(id, xs, s, dz, g, first_wants, batch)?;
+                }
+                Kind::Dense(o) => {
+                    let xs = xs()?;
+                    let dz = self.pre_gradient(o.activation, s, s.pre, at_logits, batch)?;
+                    self.conv_backward(id, xs, s, dz, DENSE_GEOMETRY, first_wants, batch)?;
                 }
                 Kind::ConvTranspose(o) => {
                     let xs = xs()?;
@@ -1036,6 +1012,57 @@ impl<'c> CudaTrainer<'c> {
         Ok(())
     }
 
+    /// A convolution (kernel HWIO, `g` = kernel, stride, dilation, padding before, rows then
+    /// columns) into the layer's pre-activation or output, then its activation.
+    fn conv_forward(
+        &mut self,
+        id: NodeId,
+        xs: Slots,
+        s: Slots,
+        g: [i32; 8],
+        activation: ActivationFn,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let n = i(batch);
+        let target = s.view(s.pre.unwrap_or(s.out));
+        let w = &self.params[&id];
+        launch!(self.dev, "conv2d_f32", batch * s.item();
+            &mut self.arena, &xs.view(xs.out), &View::default(), &target, &w[0], &w[1], &g[0],
+            &g[1], &g[2], &g[3], &g[4], &g[5], &g[6], &g[7], &0i32, &n)?;
+        self.activate(activation, s, s.pre, batch)
+    }
+
+    /// A convolution's kernel and bias gradients from `dz` (at the activation's input), and
+    /// its input's where `input_grad`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_backward(
+        &mut self,
+        id: NodeId,
+        xs: Slots,
+        s: Slots,
+        dz: usize,
+        g: [i32; 8],
+        input_grad: bool,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let n = i(batch);
+        let dz = s.view(dz);
+        let pair = self.weight_grads.get_mut(&id).ok_or_else(missing)?;
+        let (dw, db) = pair.split_at_mut(1);
+        let w = &self.params[&id];
+        launch!(self.dev, "train_conv2d_dw_f32", w[0].len();
+            &mut self.arena, &xs.view(xs.out), &dz, &mut dw[0], &g[0], &g[1], &g[2], &g[3],
+            &g[4], &g[5], &g[6], &g[7], &n)?;
+        launch!(self.dev, "train_bias_grad_f32", s.shape[2];
+            &mut self.arena, &dz, &mut db[0], &n)?;
+        if input_grad {
+            launch!(self.dev, "train_conv2d_dx_f32", batch * xs.item();
+                &mut self.arena, &dz, &xs.view(xs.grad), &w[0], &g[0], &g[1], &g[2], &g[3],
+                &g[4], &g[5], &g[6], &g[7], &n)?;
+        }
+        Ok(())
+    }
+
     /// `dst += src * mask` (dense; no mask: `dst += src`).
     fn add_into(
         &mut self,
@@ -1149,6 +1176,27 @@ const FORWARD_KERNELS: &[&str] = &[
     "upsample_f32",
     "shift_window_f32",
 ];
+
+/// Dense on pixels as a convolution: 1x1, stride 1, no padding.
+const DENSE_GEOMETRY: [i32; 8] = [1, 1, 1, 1, 1, 1, 0, 0];
+
+/// A Conv2D's kernel, strides, dilation and padding before, rows then columns.
+fn conv_geometry(o: &Conv2D, xs: &Slots, s: &Slots) -> [i32; 8] {
+    let (rows, cols) = (
+        o.args.geometry(0, xs.shape[0], s.shape[0]),
+        o.args.geometry(1, xs.shape[1], s.shape[1]),
+    );
+    [
+        i(rows.kernel),
+        i(cols.kernel),
+        i(rows.stride),
+        i(cols.stride),
+        i(rows.dilation),
+        i(cols.dilation),
+        i(rows.pad_before),
+        i(cols.pad_before),
+    ]
+}
 
 fn missing() -> CudaError {
     CudaError::Model("internal error: a GPU training buffer is missing (please report this)".into())

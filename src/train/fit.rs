@@ -84,7 +84,7 @@ pub struct FitOptions {
 
 /// The trainer a run steps: the CPU's or the GPU's.
 enum Engine<'c> {
-    Cpu(Trainer<'c>),
+    Cpu(Box<Trainer<'c>>),
     Cuda(Box<super::cuda::CudaTrainer<'c>>),
 }
 
@@ -523,7 +523,9 @@ pub fn fit(
             .map_err(|e| usage(e.to_string()))?;
         Engine::Cuda(Box::new(t))
     } else {
-        Engine::Cpu(Trainer::new(c, initial, config).map_err(|e| usage(e.to_string()))?)
+        Engine::Cpu(Box::new(
+            Trainer::new(c, initial, config).map_err(|e| usage(e.to_string()))?,
+        ))
     };
     let mut epoch = 0u64;
     if let (Some(path), Engine::Cpu(t)) = (&opts.resume, &mut trainer) {

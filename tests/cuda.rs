@@ -192,3 +192,40 @@ fn no_gpu_is_a_clear_error() {
         .expect("no GPU here");
     assert!(err.to_string().contains("use --device cpu"), "{err}");
 }
+
+/// Without a GPU, `unetc train --device cuda` is one clear error before any work, and writes
+/// nothing.
+#[test]
+fn training_without_a_gpu_is_a_clear_error() {
+    if cuda::cuda_available().is_ok() {
+        println!("SKIP: a GPU is present");
+        return;
+    }
+    let base = common::root().join("tests/train/same_unet_adam_cce");
+    let dir = tempfile::tempdir().unwrap();
+    let json = std::fs::read_to_string(base.with_extension("json")).unwrap();
+    let spec = dir.path().join("m.unet");
+    std::fs::write(&spec, unetc::interop::keras::import_json(&json).unwrap()).unwrap();
+    let out = dir.path().join("final.safetensors");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_unetc"))
+        .arg("train")
+        .arg(&spec)
+        .arg("--weights")
+        .arg(base.with_extension("init.safetensors"))
+        .arg("--inputs")
+        .arg(base.with_extension("x.npy"))
+        .arg("--targets")
+        .arg(base.with_extension("y.npy"))
+        .args(["--steps", "1", "--device", "cuda", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("--device cuda: no usable CUDA GPU") && stderr.contains("use --device cpu"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!out.exists());
+}

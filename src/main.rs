@@ -491,7 +491,7 @@ struct TrainArgs {
     #[arg(long)]
     pub force: bool,
     /// Where the steps run: cpu, or cuda (the GPU: f32 with f32 master weights; verified on
-    /// an emulated GPU only; --checkpoint/--resume not yet).
+    /// an emulated GPU only; the kinds it trains: README "Training").
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

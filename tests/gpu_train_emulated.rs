@@ -76,7 +76,8 @@ fn training_on_the_emulated_gpu_matches_the_cpu_trainer() {
         .env(CHILD, "1")
         .output()
         .expect("the test executable runs again");
-    let cli = keras_fixture_on_the_emulated_gpu(&dir, &path);
+    let cli = keras_fixture_on_the_emulated_gpu(&dir, &path)
+        .and_then(|()| resume_on_the_emulated_gpu(&dir, &path));
     let _ = std::fs::remove_dir_all(&dir);
     println!("{}", String::from_utf8_lossy(&run.stdout));
     eprintln!("{}", String::from_utf8_lossy(&run.stderr));
@@ -506,6 +507,68 @@ fn keras_fixture_on_the_emulated_gpu(
                 "{must} did not run on the GPU (refused: {refused:?})"
             ));
         }
+    }
+    Ok(())
+}
+
+/// `unetc train --device cuda` with validation and a checkpoint: two epochs in one run end
+/// where one epoch, a checkpoint and `--resume` to two end, byte for byte (weights and Adam's
+/// state pass through the checkpoint); the validation figures are logged.
+fn resume_on_the_emulated_gpu(dir: &Path, library_path: &std::ffi::OsStr) -> Result<(), String> {
+    let base = root().join("tests/train/same_unet_adam_cce");
+    let json = std::fs::read_to_string(base.with_extension("json")).map_err(|e| e.to_string())?;
+    let spec = dir.join("resume.unet");
+    let text = unetc::interop::keras::import_json(&json).map_err(|e| format!("{e:?}"))?;
+    std::fs::write(&spec, text).map_err(|e| e.to_string())?;
+    let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let train = |extra: &[&str]| -> Result<(), String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_unetc"))
+            .arg("train")
+            .arg(&spec)
+            .arg("--weights")
+            .arg(base.with_extension("init.safetensors"))
+            .arg("--inputs")
+            .arg(base.with_extension("x.npy"))
+            .arg("--targets")
+            .arg(base.with_extension("y.npy"))
+            .args(["--batch-size", "2", "--val-split", "0.25", "--seed", "3"])
+            .args(["--device", "cuda", "--force"])
+            .args(extra)
+            .env("LD_LIBRARY_PATH", library_path)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "unetc train {}: {}",
+                extra.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    let (full, log) = (file("full.safetensors"), file("full.json"));
+    train(&["--epochs", "2", "-o", &full, "--log", &log])?;
+    let (half, ckpt, resumed) = (
+        file("half.safetensors"),
+        file("half.ckpt"),
+        file("resumed.safetensors"),
+    );
+    train(&["--epochs", "1", "-o", &half, "--checkpoint", &ckpt])?;
+    train(&["--epochs", "2", "-o", &resumed, "--resume", &ckpt])?;
+    let read = |p: &str| std::fs::read(p).map_err(|e| e.to_string());
+    if read(&full)? != read(&resumed)? {
+        return Err("a resumed GPU run does not end where an uninterrupted one does".into());
+    }
+    if read(&full)? == read(&half)? {
+        return Err("the second epoch changed nothing".into());
+    }
+    let log: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&log).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let epochs = log["epochs"].as_array().ok_or("no epochs in the log")?;
+    if epochs.len() != 2 || epochs.iter().any(|e| e["val_loss"].as_f64().is_none()) {
+        return Err(format!("validation missing from the log: {log}"));
     }
     Ok(())
 }

@@ -13,9 +13,11 @@
 use super::layers::{self, PreActivation};
 use super::loss::Loss;
 use super::optimizer::Optimizer;
-use super::{item_shape, named_weights, trainable_slots, BatchTargets, TrainConfig, TrainError};
+use super::{
+    item_shape, named_weights, trainable_slots, BatchTargets, StateLookup, TrainConfig, TrainError,
+};
 use crate::exec::cuda::{self, activation_code, driver, grid, CudaError, OpenDevice, View};
-use crate::exec::{bind_weights, Tensor};
+use crate::exec::{bind_weights, weight_slots, Tensor};
 use crate::io::Weights;
 use crate::ir::ops::{
     ActivationFn, AveragePooling2D, BatchNormalization, Conv2D, Conv2DTranspose, Cropping2D, Dense,
@@ -444,6 +446,55 @@ impl<'c> CudaTrainer<'c> {
             host.insert(id, values);
         }
         Ok(named_weights(self.c, &host))
+    }
+
+    /// The optimizer's state copied back from the device: per trainable variable `(layer,
+    /// variable, slots)`, as [`super::Trainer::optimizer_state`] lists it.
+    #[allow(clippy::type_complexity)]
+    pub fn optimizer_state(
+        &self,
+    ) -> Result<Vec<(String, &'static str, Vec<Vec<f32>>)>, TrainError> {
+        self.variables
+            .iter()
+            .map(|v| {
+                let node = self.c.graph.node(v.node);
+                let slots = v
+                    .state
+                    .iter()
+                    .map(|s| self.dev.stream.clone_dtoh(s).map_err(driver))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(device)?;
+                Ok((node.name.clone(), weight_slots(&node.op)[v.slot], slots))
+            })
+            .collect()
+    }
+
+    /// Restores optimizer state (as [`super::Trainer::restore_optimizer`]) and the update count.
+    pub fn restore_optimizer(
+        &mut self,
+        lookup: &StateLookup,
+        iterations: u64,
+    ) -> Result<(), String> {
+        for v in &mut self.variables {
+            let node = self.c.graph.node(v.node);
+            let var = weight_slots(&node.op)[v.slot];
+            for (k, slot) in v.state.iter_mut().enumerate() {
+                let values = lookup(&node.name, var, k)
+                    .ok_or_else(|| format!("no optimizer state {k} for {}/{var}", node.name))?;
+                if values.len() != slot.len() {
+                    return Err(format!(
+                        "optimizer state {k} of {}/{var} has the wrong size",
+                        node.name
+                    ));
+                }
+                self.dev
+                    .stream
+                    .memcpy_htod(&values, slot)
+                    .map_err(|e| driver(e).to_string())?;
+            }
+        }
+        self.iterations = iterations;
+        Ok(())
     }
 
     /// One training step on a batch; returns the loss computed before the update.

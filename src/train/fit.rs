@@ -78,7 +78,8 @@ pub struct FitOptions {
     pub best: Option<PathBuf>,
     pub force: bool,
     /// Where the steps run: [`Device::Cuda`] trains on the GPU (src/train/cuda.rs); validation
-    /// then runs on the CPU from the GPU's weights.
+    /// then runs on the CPU from the GPU's weights, and checkpoints pass through a CPU
+    /// trainer holding the GPU's state.
     pub device: Device,
 }
 
@@ -501,13 +502,6 @@ pub fn fit(
         Device::Cuda => true,
         Device::Cpu | Device::Auto => false,
     };
-    if on_gpu && (opts.checkpoint.is_some() || opts.resume.is_some()) {
-        return Err(usage(
-            "--checkpoint and --resume are not available with --device cuda yet (the GPU's \
-             optimizer state is not saved); train with --device cpu for them"
-                .into(),
-        ));
-    }
     if !on_gpu && need > have {
         return Err(usage(format!(
             "training at batch size {} needs about {} of memory (every layer's output is kept for \
@@ -518,16 +512,38 @@ pub fn fit(
         )));
     }
     let cpu_config = config.clone();
+    let mut epoch = 0u64;
     let mut trainer = if on_gpu {
-        let t = super::cuda::CudaTrainer::new(c, initial, config, opts.batch_size.min(n.max(1)))
-            .map_err(|e| usage(e.to_string()))?;
+        // A checkpoint is read (and written) through a CPU trainer holding the same state.
+        let mut resumed = None;
+        if let Some(path) = &opts.resume {
+            let mut cpu =
+                Trainer::new(c, initial, config.clone()).map_err(|e| usage(e.to_string()))?;
+            epoch = super::checkpoint::restore(c, &mut cpu, path)?;
+            resumed = Some(cpu);
+        }
+        let start = resumed.as_ref().map(|t| t.weights());
+        let max_batch = opts.batch_size.min(n.max(1));
+        let mut t =
+            super::cuda::CudaTrainer::new(c, start.as_ref().unwrap_or(initial), config, max_batch)
+                .map_err(|e| usage(e.to_string()))?;
+        if let Some(cpu) = &resumed {
+            let state = cpu.optimizer_state();
+            let lookup = |layer: &str, var: &str, k: usize| {
+                state
+                    .iter()
+                    .find(|(l, v, _)| l == layer && *v == var)
+                    .and_then(|(_, _, slots)| slots.get(k).cloned())
+            };
+            t.restore_optimizer(&lookup, cpu.iterations)
+                .map_err(usage)?;
+        }
         Engine::Cuda(Box::new(t))
     } else {
         Engine::Cpu(Box::new(
             Trainer::new(c, initial, config).map_err(|e| usage(e.to_string()))?,
         ))
     };
-    let mut epoch = 0u64;
     if let (Some(path), Engine::Cpu(t)) = (&opts.resume, &mut trainer) {
         epoch = super::checkpoint::restore(c, t, path)?;
     }
@@ -618,8 +634,24 @@ pub fn fit(
             val: val_metrics,
         };
         on_event(Event::Epoch(&entry));
-        if let (Some(path), Engine::Cpu(t)) = (&opts.checkpoint, &trainer) {
-            super::checkpoint::save(t, epoch, path)?;
+        match (&opts.checkpoint, &trainer) {
+            (Some(path), Engine::Cpu(t)) => super::checkpoint::save(t, epoch, path)?,
+            (Some(path), Engine::Cuda(t)) => {
+                let weights = t.weights().map_err(|e| usage(e.to_string()))?;
+                let state = t.optimizer_state().map_err(|e| usage(e.to_string()))?;
+                let mut cpu = Trainer::new(c, &weights, cpu_config.clone())
+                    .map_err(|e| usage(e.to_string()))?;
+                let lookup = |layer: &str, var: &str, k: usize| {
+                    state
+                        .iter()
+                        .find(|(l, v, _)| l == layer && *v == var)
+                        .and_then(|(_, _, slots)| slots.get(k).cloned())
+                };
+                cpu.restore_optimizer(&lookup, t.iterations)
+                    .map_err(usage)?;
+                super::checkpoint::save(&cpu, epoch, path)?;
+            }
+            (None, _) => {}
         }
         // The monitored figure: lower is better for the loss, higher for Dice.
         let figure = match (&entry.val, opts.monitor) {

@@ -229,3 +229,33 @@ fn training_without_a_gpu_is_a_clear_error() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(!out.exists());
 }
+
+/// The tf.keras training fixtures through `unetc train --device cuda` on a real GPU, compared
+/// with Keras as on the CPU (tests/train.rs). Fixtures with a kind the GPU does not train are
+/// refused by name; the two U-Nets must run. (Checked on the emulated GPU by
+/// tests/gpu_train_emulated.rs; on a real GPU this is the first check.)
+#[test]
+fn training_fixtures_match_keras_on_the_gpu() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut ran = Vec::new();
+    for name in train_fixtures() {
+        let started = std::time::Instant::now();
+        match run_train_fixture(&name, dir.path(), &["--device", "cuda"], None) {
+            Ok(line) => ran.push(format!("{line}; {:.2?} in all", started.elapsed())),
+            Err(e) if e.contains("train this model with --device cpu") => {
+                println!("refused: {e}")
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    println!("{}", ran.join("\n"));
+    for must in ["same_unet_adam_cce", "valid_unet_adam_bce_dice"] {
+        assert!(
+            ran.iter().any(|l| l.starts_with(must)),
+            "{must} did not run"
+        );
+    }
+}

@@ -306,6 +306,12 @@ const DENSE: &str = "model {
 }
 ";
 
+const BILINEAR: &str = "model {
+  input 5x4x2
+  conv2d(3, 3, padding: same, activation: tanh) -> up_sampling2d((2, 3), interpolation: bilinear) -> conv2d(3, 3, padding: same) -> up_sampling2d(2, interpolation: bilinear, align_corners: true) -> conv2d(2, 1, activation: sigmoid)
+}
+";
+
 fn cases() -> Vec<Case> {
     let args = |f: &dyn Fn(&mut OptimizerArgs)| {
         let mut a = OptimizerArgs::default();
@@ -422,6 +428,15 @@ fn cases() -> Vec<Case> {
             args: OptimizerArgs::default(),
             learning_rate: 0.01,
             loss: Loss::SparseCategoricalCrossentropy,
+            from_logits: false,
+        },
+        Case {
+            what: "bilinear up-sampling (half-pixel, (2, 3); aligned corners), SGD, bce",
+            spec: BILINEAR,
+            optimizer: "sgd",
+            args: OptimizerArgs::default(),
+            learning_rate: 0.5,
+            loss: Loss::BinaryCrossentropy,
             from_logits: false,
         },
     ]

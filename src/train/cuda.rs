@@ -117,9 +117,6 @@ pub fn gpu_kind(op: &Op) -> Result<Kind<'_>, String> {
             no("a ReLU with max_value, negative_slope or threshold has no GPU backward yet")
         }
         Op::ReLU(_) => Ok(Kind::Activation(ActivationFn::Relu)),
-        Op::UpSampling2D(o) if o.interpolation != Interpolation::Nearest => {
-            no("bilinear UpSampling2D has no GPU backward yet (nearest has)")
-        }
         Op::UpSampling2D(o) => Ok(Kind::UpSample(o)),
         Op::Concatenate(o) if o.axis != -1 && o.axis != 3 => {
             no("Concatenate trains on the GPU over the channels only")
@@ -636,7 +633,7 @@ impl<'c> CudaTrainer<'c> {
                     let xs = xs()?;
                     launch!(self.dev, "upsample_f32", total;
                         &mut self.arena, &xs.view(xs.out), &y, &(o.size[0] as i32),
-                        &(o.size[1] as i32), &0i32, &n)?;
+                        &(o.size[1] as i32), &resize_mode(o), &n)?;
                 }
                 Kind::Crop(o) => {
                     let xs = xs()?;
@@ -1016,10 +1013,15 @@ impl<'c> CudaTrainer<'c> {
                 }
                 Kind::UpSample(o) => {
                     let xs = xs()?;
+                    let (sy, sx) = (o.size[0] as i32, o.size[1] as i32);
+                    let total = batch * xs.item();
                     if first_wants {
-                        launch!(self.dev, "train_upsample_dx_f32", batch * xs.item();
-                            &mut self.arena, &dy, &xs.view(xs.grad), &(o.size[0] as i32),
-                            &(o.size[1] as i32), &n)?;
+                        match resize_mode(o) {
+                            0 => launch!(self.dev, "train_upsample_dx_f32", total;
+                                &mut self.arena, &dy, &xs.view(xs.grad), &sy, &sx, &n)?,
+                            mode => launch!(self.dev, "train_upsample_bilinear_dx_f32", total;
+                                &mut self.arena, &dy, &xs.view(xs.grad), &sy, &sx, &mode, &n)?,
+                        }
                     }
                 }
                 Kind::Crop(o) => {
@@ -1227,6 +1229,14 @@ const FORWARD_KERNELS: &[&str] = &[
     "upsample_f32",
     "shift_window_f32",
 ];
+
+/// The upsample kernel's mode: 0 nearest, 1 bilinear (half-pixel), 2 aligned corners.
+fn resize_mode(o: &UpSampling2D) -> i32 {
+    match o.interpolation {
+        Interpolation::Nearest => 0,
+        Interpolation::Bilinear => 1 + i32::from(o.align_corners),
+    }
+}
 
 /// Dense on pixels as a convolution: 1x1, stride 1, no padding.
 const DENSE_GEOMETRY: [i32; 8] = [1, 1, 1, 1, 1, 1, 0, 0];

@@ -452,6 +452,7 @@ const Kernel kernels[] = {
     DIRECT(train_max_pool_dx_f32),
     DIRECT(train_average_pool_dx_f32),
     DIRECT(train_upsample_dx_f32),
+    DIRECT(train_upsample_bilinear_dx_f32),
     DIRECT(train_bn_moments_f32),
     DIRECT(train_bn_moving),
     DIRECT(train_bn_forward_f32),

@@ -91,6 +91,7 @@ pub const TRAIN_KERNELS: &[&str] = &[
     "train_max_pool_dx_f32",
     "train_average_pool_dx_f32",
     "train_upsample_dx_f32",
+    "train_upsample_bilinear_dx_f32",
     "train_bn_moments_f32",
     "train_bn_moving",
     "train_bn_forward_f32",

@@ -241,6 +241,37 @@ extern "C" __global__ void train_upsample_dx_f32(float* a, View dy, View dx, int
     a[view_at(dx, n, oy, ox, c)] += acc;
 }
 
+// The weight of input row (or column) `i` in bilinear output `o` (scale S, input length len,
+// output length out): mode 1 half-pixel centres, 2 aligned corners, as the upsample kernel.
+__device__ float bilinear_weight(int o, int i, int S, int len, int out, int mode) {
+    float src = mode == 2 ? (out > 1 ? (float)o * (float)(len - 1) / (float)(out - 1) : 0.0f)
+                          : ((float)o + 0.5f) / S - 0.5f;
+    float f = floorf(src);
+    int lo = min(max((int)f, 0), len - 1), hi = min(max((int)ceilf(src), 0), len - 1);
+    float d = src - f;
+    return (lo == i ? 1.0f - d : 0.0f) + (hi == i ? d : 0.0f);
+}
+
+// Bilinear UpSampling2D's input gradient: each input pixel gathers the outputs whose corners
+// it is (the weights factor into rows and columns); outputs farther than 3 input pixels away
+// never read it.
+extern "C" __global__ void train_upsample_bilinear_dx_f32(float* a, View dy, View dx, int SY,
+                                                          int SX, int mode, int N) {
+    FOR_EACH_IN_VIEW(dx, N)
+    int y_lo = max(0, (oy - 3) * SY - 2), y_hi = min(dy.h, (oy + 4) * SY + 2);
+    int x_lo = max(0, (ox - 3) * SX - 2), x_hi = min(dy.w, (ox + 4) * SX + 2);
+    float acc = 0.0f;
+    for (int py = y_lo; py < y_hi; ++py) {
+        float wy = bilinear_weight(py, oy, SY, dx.h, dy.h, mode);
+        if (wy == 0.0f) continue;
+        for (int px = x_lo; px < x_hi; ++px) {
+            float wx = bilinear_weight(px, ox, SX, dx.w, dy.w, mode);
+            if (wx != 0.0f) acc += a[view_at(dy, n, py, px, c)] * (wy * wx);
+        }
+    }
+    a[view_at(dx, n, oy, ox, c)] += acc;
+}
+
 // BatchNormalization's batch statistics per channel: mean and biased variance, summed in
 // double in (n, y, x) order (as channel_moments in src/train/layers.rs).
 extern "C" __global__ void train_bn_moments_f32(float* a, View x, float* mean, float* var, int N) {

@@ -237,6 +237,8 @@ pub struct CudaTrainer<'c> {
     /// BatchNormalization's batch mean and variance.
     batch_stats: HashMap<NodeId, (CudaSlice<f32>, CudaSlice<f32>)>,
     variables: Vec<Variable>,
+    /// The layers (owners of shared ones) whose weights got gradients this step.
+    graded: HashSet<NodeId>,
     loss_buffers: LossBuffers,
     /// Updates applied so far (Keras's `optimizer.iterations`).
     pub iterations: u64,
@@ -297,8 +299,11 @@ impl<'c> CudaTrainer<'c> {
                 why: format!("{why}; train this model with --device cpu"),
             };
             gpu_kind(&node.op).map_err(refuse)?;
-            if node.shares.is_some() {
-                return Err(refuse("shared layers have no GPU training yet".into()));
+            let bn = matches!(node.op, Op::BatchNormalization(_));
+            if node.shares.is_some() && bn {
+                return Err(refuse(
+                    "a shared BatchNormalization has no GPU training yet".into(),
+                ));
             }
             if item_shape(c, id).len() != 3 {
                 return Err(refuse(
@@ -339,6 +344,10 @@ impl<'c> CudaTrainer<'c> {
         let mut weight_grads = HashMap::new();
         let mut batch_stats = HashMap::new();
         for (&id, values) in &params {
+            // A shared layer's later calls use its first call's weights.
+            if c.graph.node(id).shares.is_some() {
+                continue;
+            }
             let slots_of = values
                 .iter()
                 .map(|v| upload(v))
@@ -408,6 +417,7 @@ impl<'c> CudaTrainer<'c> {
             weight_grads,
             batch_stats,
             variables,
+            graded: HashSet::new(),
             loss_buffers,
             iterations: 0,
             output: *output,
@@ -558,7 +568,7 @@ impl<'c> CudaTrainer<'c> {
                         o.geometry(1, xs.shape[1], s.shape[1]),
                     );
                     let target = s.view(s.pre.unwrap_or(s.out));
-                    let w = &self.params[&id];
+                    let w = &self.params[&c.graph.layer_owner(id)];
                     launch!(self.dev, "conv2d_transpose_f32", total;
                         &mut self.arena, &xs.view(xs.out), &target, &w[0], &w[1],
                         &i(rows.kernel), &i(cols.kernel), &i(rows.stride), &i(cols.stride),
@@ -891,6 +901,7 @@ impl<'c> CudaTrainer<'c> {
         let n = i(batch);
         let c = self.c;
         let mut reached: HashSet<NodeId> = HashSet::from([self.output]);
+        self.graded.clear();
         for &id in c.info.schedule.iter().rev() {
             let node = c.graph.node(id);
             // As the CPU trainer: a layer whose output the loss does not reach gets nothing.
@@ -936,14 +947,16 @@ impl<'c> CudaTrainer<'c> {
                         i(cols.crop_before),
                     ];
                     let dz = s.view(dz);
-                    let pair = self.weight_grads.get_mut(&id).ok_or_else(missing)?;
+                    let owner = c.graph.layer_owner(id);
+                    let add = i32::from(!self.graded.insert(owner));
+                    let pair = self.weight_grads.get_mut(&owner).ok_or_else(missing)?;
                     let (dw, db) = pair.split_at_mut(1);
-                    let w = &self.params[&id];
+                    let w = &self.params[&owner];
                     launch!(self.dev, "train_conv2d_transpose_dw_f32", w[0].len();
                         &mut self.arena, &xs.view(xs.out), &dz, &mut dw[0], &g[0], &g[1],
-                        &g[2], &g[3], &g[4], &g[5], &n)?;
+                        &g[2], &g[3], &g[4], &g[5], &add, &n)?;
                     launch!(self.dev, "train_bias_grad_f32", s.shape[2];
-                        &mut self.arena, &dz, &mut db[0], &n)?;
+                        &mut self.arena, &dz, &mut db[0], &add, &n)?;
                     if first_wants {
                         launch!(self.dev, "train_conv2d_transpose_dx_f32", batch * xs.item();
                             &mut self.arena, &dz, &xs.view(xs.grad), &w[0], &g[0], &g[1],
@@ -958,6 +971,8 @@ impl<'c> CudaTrainer<'c> {
                         Some((m, v)) if node.trainable => (m, v),
                         _ => (&p[2], &p[3]),
                     };
+                    // Not shared (refused above): its own gradient.
+                    self.graded.insert(id);
                     let pair = self.weight_grads.get_mut(&id).ok_or_else(missing)?;
                     let (dgamma, dbeta) = pair.split_at_mut(1);
                     launch!(self.dev, "train_bn_param_grads_f32", s.shape[2];
@@ -1078,7 +1093,7 @@ impl<'c> CudaTrainer<'c> {
     ) -> Result<(), CudaError> {
         let n = i(batch);
         let target = s.view(s.pre.unwrap_or(s.out));
-        let w = &self.params[&id];
+        let w = &self.params[&self.c.graph.layer_owner(id)];
         launch!(self.dev, "conv2d_f32", batch * s.item();
             &mut self.arena, &xs.view(xs.out), &View::default(), &target, &w[0], &w[1], &g[0],
             &g[1], &g[2], &g[3], &g[4], &g[5], &g[6], &g[7], &0i32, &n)?;
@@ -1100,14 +1115,17 @@ impl<'c> CudaTrainer<'c> {
     ) -> Result<(), CudaError> {
         let n = i(batch);
         let dz = s.view(dz);
-        let pair = self.weight_grads.get_mut(&id).ok_or_else(missing)?;
+        let owner = self.c.graph.layer_owner(id);
+        // A shared layer's calls add to one gradient.
+        let add = i32::from(!self.graded.insert(owner));
+        let pair = self.weight_grads.get_mut(&owner).ok_or_else(missing)?;
         let (dw, db) = pair.split_at_mut(1);
-        let w = &self.params[&id];
+        let w = &self.params[&owner];
         launch!(self.dev, "train_conv2d_dw_f32", w[0].len();
             &mut self.arena, &xs.view(xs.out), &dz, &mut dw[0], &g[0], &g[1], &g[2], &g[3],
-            &g[4], &g[5], &g[6], &g[7], &n)?;
+            &g[4], &g[5], &g[6], &g[7], &add, &n)?;
         launch!(self.dev, "train_bias_grad_f32", s.shape[2];
-            &mut self.arena, &dz, &mut db[0], &n)?;
+            &mut self.arena, &dz, &mut db[0], &add, &n)?;
         if input_grad {
             launch!(self.dev, "train_conv2d_dx_f32", batch * xs.item();
                 &mut self.arena, &dz, &xs.view(xs.grad), &w[0], &g[0], &g[1], &g[2], &g[3],
@@ -1164,6 +1182,10 @@ impl<'c> CudaTrainer<'c> {
         let wd = self.config.weight_decay.unwrap_or(0.0);
         let t = self.iterations as f32;
         for v in &mut self.variables {
+            // As the CPU trainer: a variable without a gradient this step is left alone.
+            if !self.graded.contains(&v.node) {
+                continue;
+            }
             let g = self
                 .weight_grads
                 .get(&v.node)

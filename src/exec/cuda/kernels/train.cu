@@ -93,10 +93,11 @@ extern "C" __global__ void train_conv2d_dx_f32(float* a, View dz, View dx, const
 }
 
 // Conv2D's kernel gradient: one thread per weight (ky, kx, c, f), summing
-// x[n, oy*SH + ky*DH - PT, ox*SW + kx*DW - PL, c] * dz[n, oy, ox, f] over (n, oy, ox).
+// x[n, oy*SH + ky*DH - PT, ox*SW + kx*DW - PL, c] * dz[n, oy, ox, f] over (n, oy, ox). With
+// `add` the sum is added to dw (a shared layer's later call), else stored.
 extern "C" __global__ void train_conv2d_dw_f32(float* a, View x, View dz, float* dw, int KH,
                                                int KW, int SH, int SW, int DH, int DW, int PT,
-                                               int PL, int N) {
+                                               int PL, int add, int N) {
     int F = dz.c, C = x.c;
     FOR_EACH_INDEX((i64)KH * KW * C * F)
     int f = (int)(idx % F);
@@ -115,18 +116,18 @@ extern "C" __global__ void train_conv2d_dw_f32(float* a, View x, View dz, float*
                 acc += a[view_at(x, n, iy, ix, c)] * a[view_at(dz, n, oy, ox, f)];
             }
         }
-    dw[idx] = acc;
+    dw[idx] = add ? dw[idx] + acc : acc;
 }
 
-// A bias's gradient: db[c] = sum of dz[.., c] over (n, y, x).
-extern "C" __global__ void train_bias_grad_f32(float* a, View dz, float* db, int N) {
+// A bias's gradient: db[c] = sum of dz[.., c] over (n, y, x) (`add`: db[c] += it).
+extern "C" __global__ void train_bias_grad_f32(float* a, View dz, float* db, int add, int N) {
     FOR_EACH_INDEX(dz.c)
     int c = (int)idx;
     float acc = 0.0f;
     for (int n = 0; n < N; ++n)
         for (int y = 0; y < dz.h; ++y)
             for (int x = 0; x < dz.w; ++x) acc += a[view_at(dz, n, y, x, c)];
-    db[c] = acc;
+    db[c] = add ? db[c] + acc : acc;
 }
 
 // Conv2DTranspose (kernel [KH, KW, F, C], output window from (Y0, X0) of the full result):
@@ -151,10 +152,10 @@ extern "C" __global__ void train_conv2d_transpose_dx_f32(float* a, View dz, View
     a[view_at(dx, n, oy, ox, c)] += acc;
 }
 
-// Conv2DTranspose's kernel gradient, one thread per weight (p, q, o, c).
+// Conv2DTranspose's kernel gradient, one thread per weight (p, q, o, c) (`add` as above).
 extern "C" __global__ void train_conv2d_transpose_dw_f32(float* a, View x, View dz, float* dw,
                                                          int KH, int KW, int SH, int SW, int Y0,
-                                                         int X0, int N) {
+                                                         int X0, int add, int N) {
     int F = dz.c, C = x.c;
     FOR_EACH_INDEX((i64)KH * KW * F * C)
     int c = (int)(idx % C);
@@ -173,7 +174,7 @@ extern "C" __global__ void train_conv2d_transpose_dw_f32(float* a, View x, View 
                 acc += a[view_at(x, n, i, j, c)] * a[view_at(dz, n, ty, tx, o)];
             }
         }
-    dw[idx] = acc;
+    dw[idx] = add ? dw[idx] + acc : acc;
 }
 
 // MaxPooling2D's input gradient: each output's gradient goes to the first largest input of

@@ -251,6 +251,8 @@ fn device(e: CudaError) -> TrainError {
     TrainError::Setup(e.to_string())
 }
 
+/// A size as the kernels take it: every tensor is checked to hold at most `i32::MAX` values
+/// (`layout`), so its dimensions, and the kernel sizes bounded by the spec's limits, fit.
 fn i(v: usize) -> i32 {
     v as i32
 }
@@ -298,7 +300,19 @@ impl<'c> CudaTrainer<'c> {
                 class: node.op.class_name(),
                 why: format!("{why}; train this model with --device cpu"),
             };
-            gpu_kind(&node.op).map_err(refuse)?;
+            let kind = gpu_kind(&node.op).map_err(refuse)?;
+            // The GPU's Add sums whole tensors. The compiler refuses Adds of different shapes
+            // (E-add-shape); this guard keeps a later change there from summing out of bounds.
+            if matches!(kind, Kind::Add)
+                && node
+                    .inputs
+                    .iter()
+                    .any(|&k| item_shape(c, k) != item_shape(c, id))
+            {
+                return Err(refuse(
+                    "an Add that broadcasts has no GPU training yet".into(),
+                ));
+            }
             let bn = matches!(node.op, Op::BatchNormalization(_));
             if node.shares.is_some() && bn {
                 return Err(refuse(

@@ -529,13 +529,7 @@ pub fn fit(
                 .map_err(|e| usage(e.to_string()))?;
         if let Some(cpu) = &resumed {
             let state = cpu.optimizer_state();
-            let lookup = |layer: &str, var: &str, k: usize| {
-                state
-                    .iter()
-                    .find(|(l, v, _)| l == layer && *v == var)
-                    .and_then(|(_, _, slots)| slots.get(k).cloned())
-            };
-            t.restore_optimizer(&lookup, cpu.iterations)
+            t.restore_optimizer(&state_lookup(&state), cpu.iterations)
                 .map_err(usage)?;
         }
         Engine::Cuda(Box::new(t))
@@ -641,13 +635,7 @@ pub fn fit(
                 let state = t.optimizer_state().map_err(|e| usage(e.to_string()))?;
                 let mut cpu = Trainer::new(c, &weights, cpu_config.clone())
                     .map_err(|e| usage(e.to_string()))?;
-                let lookup = |layer: &str, var: &str, k: usize| {
-                    state
-                        .iter()
-                        .find(|(l, v, _)| l == layer && *v == var)
-                        .and_then(|(_, _, slots)| slots.get(k).cloned())
-                };
-                cpu.restore_optimizer(&lookup, t.iterations)
+                cpu.restore_optimizer(&state_lookup(&state), t.iterations)
                     .map_err(usage)?;
                 super::checkpoint::save(&cpu, epoch, path)?;
             }
@@ -690,6 +678,19 @@ pub fn fit(
         steps,
         epochs,
     })
+}
+
+/// Finds a trainer's optimizer state `(layer, variable, slots)` by layer, variable and slot
+/// (moving it between the CPU's and the GPU's trainers).
+fn state_lookup<'s, S: AsRef<[Vec<f32>]>>(
+    state: &'s [(String, &'static str, S)],
+) -> impl Fn(&str, &str, usize) -> Option<Vec<f32>> + 's {
+    move |layer, var, k| {
+        state
+            .iter()
+            .find(|(l, v, _)| l == layer && *v == var)
+            .and_then(|(_, _, slots)| slots.as_ref().get(k).cloned())
+    }
 }
 
 /// Loss, Dice and IoU over a validation set, in inference mode.

@@ -3,7 +3,8 @@
 //! averages updated), the loss as Keras reduces it, the backward pass through every layer, and
 //! the optimizer's update of every trainable variable. Frozen layers (`trainable: false`) get
 //! neither updates nor optimizer state, and a frozen BatchNormalization runs in inference mode,
-//! as in tf.keras 2.
+//! as in tf.keras 2. [`cuda::CudaTrainer`] runs the same step on the GPU for the kinds it
+//! covers (`unetc train --device cuda`).
 
 pub mod activations;
 pub mod augment;

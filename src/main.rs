@@ -501,6 +501,10 @@ struct TrainArgs {
     /// Replace existing output files.
     #[arg(long)]
     pub force: bool,
+    /// Where the steps run: cpu, or cuda (the GPU: f32 with f32 master weights; verified on
+    /// an emulated GPU only; the kinds it trains: README "Training").
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -1104,6 +1108,7 @@ fn train(r: TrainArgs) -> Result<(), unetc::runner::RunError> {
         }
     }
     unetc::train::keep_freed_memory();
+    let device = unetc::runner::Device::parse(&r.device)?.resolve()?;
     let c = unetc::runner::compile_checked(&r.spec, None)?;
     // The spec's train(...) settings, each overridden by its command-line flag.
     let spec = unetc::train::spec_settings(&c)
@@ -1269,6 +1274,7 @@ fn train(r: TrainArgs) -> Result<(), unetc::runner::RunError> {
         resume: r.resume,
         best: r.save_best,
         force: r.force,
+        device,
     };
     let bar = indicatif::ProgressBar::new(0);
     let terminal = std::io::stderr().is_terminal();

@@ -33,7 +33,8 @@ fn kernels_compile_for_sm_90() {
     let started = std::time::Instant::now();
     let ptx = cuda::compile("compute_90").unwrap_or_else(|e| panic!("{e}"));
     println!("PTX for compute_90 compiled in {:.1?}", started.elapsed());
-    for name in cuda::kernel_names() {
+    let train = cuda::TRAIN_KERNELS.iter().map(|s| s.to_string());
+    for name in cuda::kernel_names().into_iter().chain(train.clone()) {
         assert!(
             ptx.contains(&format!(".entry {name}(")),
             "kernel {name} missing from the PTX"
@@ -70,7 +71,7 @@ fn kernels_compile_for_sm_90() {
         cubin.len()
     );
     assert!(cubin.starts_with(b"\x7fELF"), "not an ELF image");
-    for name in cuda::kernel_names() {
+    for name in cuda::kernel_names().into_iter().chain(train) {
         let symbol = format!("\0{name}\0");
         assert!(
             cubin.windows(symbol.len()).any(|w| w == symbol.as_bytes()),
@@ -190,4 +191,71 @@ fn no_gpu_is_a_clear_error() {
         .err()
         .expect("no GPU here");
     assert!(err.to_string().contains("use --device cpu"), "{err}");
+}
+
+/// Without a GPU, `unetc train --device cuda` is one clear error before any work, and writes
+/// nothing.
+#[test]
+fn training_without_a_gpu_is_a_clear_error() {
+    if cuda::cuda_available().is_ok() {
+        println!("SKIP: a GPU is present");
+        return;
+    }
+    let base = common::root().join("tests/train/same_unet_adam_cce");
+    let dir = tempfile::tempdir().unwrap();
+    let json = std::fs::read_to_string(base.with_extension("json")).unwrap();
+    let spec = dir.path().join("m.unet");
+    std::fs::write(&spec, unetc::interop::keras::import_json(&json).unwrap()).unwrap();
+    let out = dir.path().join("final.safetensors");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_unetc"))
+        .arg("train")
+        .arg(&spec)
+        .arg("--weights")
+        .arg(base.with_extension("init.safetensors"))
+        .arg("--inputs")
+        .arg(base.with_extension("x.npy"))
+        .arg("--targets")
+        .arg(base.with_extension("y.npy"))
+        .args(["--steps", "1", "--device", "cuda", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("--device cuda: no usable CUDA GPU") && stderr.contains("use --device cpu"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!out.exists());
+}
+
+/// The tf.keras training fixtures through `unetc train --device cuda` on a real GPU, compared
+/// with Keras as on the CPU (tests/train.rs). Fixtures with a kind the GPU does not train are
+/// refused by name; the two U-Nets must run. (Checked on the emulated GPU by
+/// tests/gpu_train_emulated.rs; on a real GPU this is the first check.)
+#[test]
+fn training_fixtures_match_keras_on_the_gpu() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut ran = Vec::new();
+    for name in train_fixtures() {
+        let started = std::time::Instant::now();
+        match run_train_fixture(&name, dir.path(), &["--device", "cuda"], None) {
+            Ok(line) => ran.push(format!("{line}; {:.2?} in all", started.elapsed())),
+            Err(e) if e.contains("train this model with --device cpu") => {
+                println!("refused: {e}")
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    println!("{}", ran.join("\n"));
+    for must in ["same_unet_adam_cce", "valid_unet_adam_bce_dice"] {
+        assert!(
+            ran.iter().any(|l| l.starts_with(must)),
+            "{must} did not run"
+        );
+    }
 }

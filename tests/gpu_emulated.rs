@@ -51,32 +51,9 @@ fn cuda_backend_runs_on_the_emulated_gpu() {
     }
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("unetc-fake-cuda-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(&cxx)
-        .args([
-            "-std=c++17",
-            "-O2",
-            "-fPIC",
-            "-shared",
-            "-pthread",
-            "-DUNETC_EMULATE",
-        ])
-        // The kernels type-pun memory as CUDA allows; only the driver API is exported.
-        .args([
-            "-fno-strict-aliasing",
-            "-Wno-unknown-pragmas",
-            "-fvisibility=hidden",
-        ])
-        .arg("-o")
-        .arg(dir.join("libcuda.so"))
-        .arg(root().join("tests/kernel_emu/fake_driver.cpp"))
-        .output()
-        .expect("the C++ compiler runs");
-    assert!(
-        out.status.success(),
-        "compiling the fake driver failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(log) = build_fake_driver(&cxx, &dir) {
+        panic!("compiling the fake driver failed:\n{log}");
+    }
     println!("fake libcuda.so built in {:.1?}", started.elapsed());
 
     // glibc reads LD_LIBRARY_PATH at process start, so the fake needs a fresh process.

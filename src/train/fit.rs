@@ -5,7 +5,7 @@ use super::loss::Loss;
 use super::{BatchTargets, TrainConfig, Trainer};
 use crate::exec::Tensor;
 use crate::io::{read_npy_as_stored, save_weights, Weights};
-use crate::runner::RunError;
+use crate::runner::{Device, RunError};
 use crate::Compiled;
 use rand::seq::SliceRandom;
 use std::path::{Path, PathBuf};
@@ -77,6 +77,54 @@ pub struct FitOptions {
     /// Written whenever the monitored figure improves.
     pub best: Option<PathBuf>,
     pub force: bool,
+    /// Where the steps run: [`Device::Cuda`] trains on the GPU (src/train/cuda.rs); validation
+    /// then runs on the CPU from the GPU's weights, and checkpoints pass through a CPU
+    /// trainer holding the GPU's state.
+    pub device: Device,
+}
+
+/// The trainer a run steps: the CPU's or the GPU's.
+enum Engine<'c> {
+    Cpu(Box<Trainer<'c>>),
+    Cuda(Box<super::cuda::CudaTrainer<'c>>),
+}
+
+impl Engine<'_> {
+    fn iterations(&self) -> u64 {
+        match self {
+            Engine::Cpu(t) => t.iterations,
+            Engine::Cuda(t) => t.iterations,
+        }
+    }
+
+    fn reseed(&mut self, seed: u64) {
+        match self {
+            Engine::Cpu(t) => t.reseed(seed),
+            Engine::Cuda(t) => t.reseed(seed),
+        }
+    }
+
+    fn set_learning_rate(&mut self, lr: f32) {
+        match self {
+            Engine::Cpu(t) => t.set_learning_rate(lr),
+            Engine::Cuda(t) => t.set_learning_rate(lr),
+        }
+    }
+
+    fn step(&mut self, x: &Tensor, y: &BatchTargets) -> Result<f64, RunError> {
+        match self {
+            Engine::Cpu(t) => t.step(x, y),
+            Engine::Cuda(t) => t.step(x, y),
+        }
+        .map_err(|e| usage(e.to_string()))
+    }
+
+    fn weights(&self) -> Result<Weights, RunError> {
+        match self {
+            Engine::Cpu(t) => Ok(t.weights()),
+            Engine::Cuda(t) => t.weights().map_err(|e| usage(e.to_string())),
+        }
+    }
 }
 
 /// One logged step.
@@ -450,7 +498,11 @@ pub fn fit(
     };
     let need = super::training_memory(c, opts.batch_size.min(n.max(1)), config.optimizer.slots());
     let have = super::available_memory();
-    if need > have {
+    let on_gpu = match opts.device {
+        Device::Cuda => true,
+        Device::Cpu | Device::Auto => false,
+    };
+    if !on_gpu && need > have {
         return Err(usage(format!(
             "training at batch size {} needs about {} of memory (`unetc plan --train` shows what is \
              kept for the backward pass), more than the {} available: use a smaller --batch-size",
@@ -459,17 +511,42 @@ pub fn fit(
             crate::text::bytes(have)
         )));
     }
-    let mut trainer = Trainer::new(c, initial, config).map_err(|e| usage(e.to_string()))?;
+    let cpu_config = config.clone();
     let mut epoch = 0u64;
-    if let Some(path) = &opts.resume {
-        epoch = super::checkpoint::restore(c, &mut trainer, path)?;
+    let mut trainer = if on_gpu {
+        // A checkpoint is read (and written) through a CPU trainer holding the same state.
+        let mut resumed = None;
+        if let Some(path) = &opts.resume {
+            let mut cpu =
+                Trainer::new(c, initial, config.clone()).map_err(|e| usage(e.to_string()))?;
+            epoch = super::checkpoint::restore(c, &mut cpu, path)?;
+            resumed = Some(cpu);
+        }
+        let start = resumed.as_ref().map(|t| t.weights());
+        let max_batch = opts.batch_size.min(n.max(1));
+        let mut t =
+            super::cuda::CudaTrainer::new(c, start.as_ref().unwrap_or(initial), config, max_batch)
+                .map_err(|e| usage(e.to_string()))?;
+        if let Some(cpu) = &resumed {
+            let state = cpu.optimizer_state();
+            t.restore_optimizer(&state_lookup(&state), cpu.iterations)
+                .map_err(usage)?;
+        }
+        Engine::Cuda(Box::new(t))
+    } else {
+        Engine::Cpu(Box::new(
+            Trainer::new(c, initial, config).map_err(|e| usage(e.to_string()))?,
+        ))
+    };
+    if let (Some(path), Engine::Cpu(t)) = (&opts.resume, &mut trainer) {
+        epoch = super::checkpoint::restore(c, t, path)?;
     }
     let mut steps = Vec::new();
     let mut epochs = Vec::new();
     let mut best: Option<f64> = None;
     let mut since_best = 0u64;
     let mut order: Vec<usize> = (0..n).collect();
-    while trainer.iterations < total {
+    while trainer.iterations() < total {
         epoch += 1;
         trainer.reseed(epoch_seed(seed, epoch, 1));
         order.sort_unstable();
@@ -507,12 +584,12 @@ pub fn fit(
             while let Some((x, y)) =
                 super::profile::time(|| "waiting for the batch".into(), || batches.next())
             {
-                if trainer.iterations >= total {
+                if trainer.iterations() >= total {
                     break;
                 }
                 let step_lr = match opts.schedule {
                     Schedule::Cosine { min } => {
-                        let t = (trainer.iterations as f64 / total.max(1) as f64).min(1.0);
+                        let t = (trainer.iterations() as f64 / total.max(1) as f64).min(1.0);
                         let alpha = (min / base_lr) as f64;
                         (base_lr as f64
                             * ((1.0 - alpha) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
@@ -521,9 +598,9 @@ pub fn fit(
                     Schedule::Constant | Schedule::Step { .. } => lr,
                 };
                 trainer.set_learning_rate(step_lr);
-                let value = trainer.step(&x, &y).map_err(|e| usage(e.to_string()))?;
+                let value = trainer.step(&x, &y)?;
                 let entry = StepLog {
-                    step: trainer.iterations,
+                    step: trainer.iterations(),
                     epoch,
                     loss: value,
                 };
@@ -534,9 +611,15 @@ pub fn fit(
             }
             Ok((sum, count))
         })?;
-        let val_metrics = match &val {
-            Some(v) => Some(validate(&mut trainer, v, opts.batch_size, loss)?),
-            None => None,
+        let val_metrics = match (&val, &mut trainer) {
+            (Some(v), Engine::Cpu(t)) => Some(validate(t, v, opts.batch_size, loss)?),
+            (Some(v), Engine::Cuda(t)) => {
+                let weights = t.weights().map_err(|e| usage(e.to_string()))?;
+                let mut cpu = Trainer::new(c, &weights, cpu_config.clone())
+                    .map_err(|e| usage(e.to_string()))?;
+                Some(validate(&mut cpu, v, opts.batch_size, loss)?)
+            }
+            (None, _) => None,
         };
         let entry = EpochLog {
             epoch,
@@ -545,8 +628,18 @@ pub fn fit(
             val: val_metrics,
         };
         on_event(Event::Epoch(&entry));
-        if let Some(path) = &opts.checkpoint {
-            super::checkpoint::save(&trainer, epoch, path)?;
+        match (&opts.checkpoint, &trainer) {
+            (Some(path), Engine::Cpu(t)) => super::checkpoint::save(t, epoch, path)?,
+            (Some(path), Engine::Cuda(t)) => {
+                let weights = t.weights().map_err(|e| usage(e.to_string()))?;
+                let state = t.optimizer_state().map_err(|e| usage(e.to_string()))?;
+                let mut cpu = Trainer::new(c, &weights, cpu_config.clone())
+                    .map_err(|e| usage(e.to_string()))?;
+                cpu.restore_optimizer(&state_lookup(&state), t.iterations)
+                    .map_err(usage)?;
+                super::checkpoint::save(&cpu, epoch, path)?;
+            }
+            (None, _) => {}
         }
         // The monitored figure: lower is better for the loss, higher for Dice.
         let figure = match (&entry.val, opts.monitor) {
@@ -560,7 +653,7 @@ pub fn fit(
                 best = Some(f);
                 since_best = 0;
                 if let Some(path) = &opts.best {
-                    save_weights(path, &trainer.weights(), true).map_err(RunError::Io)?;
+                    save_weights(path, &trainer.weights()?, true).map_err(RunError::Io)?;
                 }
             } else {
                 since_best += 1;
@@ -581,10 +674,23 @@ pub fn fit(
         }
     }
     Ok(FitResult {
-        weights: trainer.weights(),
+        weights: trainer.weights()?,
         steps,
         epochs,
     })
+}
+
+/// Finds a trainer's optimizer state `(layer, variable, slots)` by layer, variable and slot
+/// (moving it between the CPU's and the GPU's trainers).
+fn state_lookup<'s, S: AsRef<[Vec<f32>]>>(
+    state: &'s [(String, &'static str, S)],
+) -> impl Fn(&str, &str, usize) -> Option<Vec<f32>> + 's {
+    move |layer, var, k| {
+        state
+            .iter()
+            .find(|(l, v, _)| l == layer && *v == var)
+            .and_then(|(_, _, slots)| slots.as_ref().get(k).cloned())
+    }
 }
 
 /// Loss, Dice and IoU over a validation set, in inference mode.

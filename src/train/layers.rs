@@ -2471,38 +2471,41 @@ fn dropout(
     if !mode.training || rate <= 0.0 {
         return x.to_vec();
     }
-    let keep = 1.0 - rate;
-    let uniform = Uniform::new(0.0f64, 1.0).expect("a valid range");
-    let scale = if keep > 0.0 { (1.0 / keep) as f32 } else { 0.0 };
-    let mask: Vec<f32> = match units {
-        None => (0..x.len())
-            .map(|_| {
-                if uniform.sample(mode.rng) < keep {
-                    scale
-                } else {
-                    0.0
-                }
-            })
-            .collect(),
-        Some((pixels, c)) => {
-            let items = x.len() / (pixels * c).max(1);
-            let per_channel: Vec<f32> = (0..items * c)
-                .map(|_| {
-                    if uniform.sample(mode.rng) < keep {
-                        scale
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            (0..x.len())
-                .map(|i| per_channel[i / (pixels * c) * c + i % c])
-                .collect()
-        }
-    };
+    let mask = dropout_mask(x.len(), rate, units, mode.rng);
     let y = x.iter().zip(&mask).map(|(v, m)| v * m).collect();
     saved.aux.push(mask);
     y
+}
+
+/// Dropout's mask for `len` values (`rate` > 0): 0 or `1 / (1 - rate)` per value, or per
+/// (item, channel) where `units` gives (pixels, channels) (SpatialDropout2D), expanded to every
+/// value. The draws are the CPU and GPU trainers' common sequence.
+pub(crate) fn dropout_mask(
+    len: usize,
+    rate: f64,
+    units: Option<(usize, usize)>,
+    rng: &mut rand::rngs::StdRng,
+) -> Vec<f32> {
+    let keep = 1.0 - rate;
+    let uniform = Uniform::new(0.0f64, 1.0).expect("a valid range");
+    let scale = if keep > 0.0 { (1.0 / keep) as f32 } else { 0.0 };
+    let mut draw = || {
+        if uniform.sample(rng) < keep {
+            scale
+        } else {
+            0.0
+        }
+    };
+    match units {
+        None => (0..len).map(|_| draw()).collect(),
+        Some((pixels, c)) => {
+            let items = len / (pixels * c).max(1);
+            let per_channel: Vec<f32> = (0..items * c).map(|_| draw()).collect();
+            (0..len)
+                .map(|i| per_channel[i / (pixels * c).max(1) * c + i % c.max(1)])
+                .collect()
+        }
+    }
 }
 
 /// Dropout with one mask entry per element of `mask_dims` (an input of `shape`, batch first),

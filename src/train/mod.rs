@@ -3,11 +3,13 @@
 //! averages updated), the loss as Keras reduces it, the backward pass through every layer, and
 //! the optimizer's update of every trainable variable. Frozen layers (`trainable: false`) get
 //! neither updates nor optimizer state, and a frozen BatchNormalization runs in inference mode,
-//! as in tf.keras 2.
+//! as in tf.keras 2. [`cuda::CudaTrainer`] runs the same step on the GPU for the kinds it
+//! covers (`unetc train --device cuda`).
 
 pub mod activations;
 pub mod augment;
 pub mod checkpoint;
+pub mod cuda;
 pub mod data;
 pub mod fit;
 pub mod layers;
@@ -142,27 +144,14 @@ impl<'c> Trainer<'c> {
                     problems.join("; ")
                 ))
             })?;
-        let mut variables = Vec::new();
-        for &id in &c.info.schedule {
-            let node = c.graph.node(id);
-            // A shared layer's later calls use (and train) its first call's variables.
-            if node.shares.is_some() {
-                continue;
-            }
-            let specs = &c.info.layers[id.index()].weights;
-            for (slot, name) in weight_slots(&node.op).iter().enumerate() {
-                let trainable =
-                    node.trainable && specs.iter().any(|w| w.name == *name && w.trainable);
-                if trainable {
-                    let len = params[&id][slot].len();
-                    variables.push(Variable {
-                        node: id,
-                        slot,
-                        state: vec![vec![0.0; len]; config.optimizer.slots()],
-                    });
-                }
-            }
-        }
+        let variables = trainable_slots(c)
+            .into_iter()
+            .map(|(node, slot)| Variable {
+                node,
+                slot,
+                state: vec![vec![0.0; params[&node][slot].len()]; config.optimizer.slots()],
+            })
+            .collect();
         Ok(Trainer {
             c,
             rng: crate::io::seeded_rng(config.seed),
@@ -626,31 +615,55 @@ impl<'c> Trainer<'c> {
 
     /// Every variable of the model (trainable or not), named as unetc names weights.
     pub fn weights(&self) -> Weights {
-        let mut out = Weights::new();
-        for &id in &self.c.info.keras_order {
-            let node = self.c.graph.node(id);
-            if node.shares.is_some() {
-                continue;
-            }
-            let Some(params) = self.params.get(&id) else {
-                continue;
-            };
-            for (slot, name) in weight_slots(&node.op).iter().enumerate() {
-                let Some(spec) = self.c.info.layers[id.index()]
-                    .weights
-                    .iter()
-                    .find(|w| w.name == *name)
-                else {
-                    continue;
-                };
-                let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
-                if let Some(t) = Tensor::from_vec(&shape, params[slot].clone()) {
-                    out.insert(format!("{}/{}", node.name, name), t);
-                }
+        named_weights(self.c, &self.params)
+    }
+}
+
+/// The trainable variables, `(layer, weight slot)` in schedule order: a shared layer's later
+/// calls use (and train) its first call's variables; frozen layers have none.
+pub(crate) fn trainable_slots(c: &Compiled) -> Vec<(NodeId, usize)> {
+    let mut out = Vec::new();
+    for &id in &c.info.schedule {
+        let node = c.graph.node(id);
+        if node.shares.is_some() {
+            continue;
+        }
+        let specs = &c.info.layers[id.index()].weights;
+        for (slot, name) in weight_slots(&node.op).iter().enumerate() {
+            if node.trainable && specs.iter().any(|w| w.name == *name && w.trainable) {
+                out.push((id, slot));
             }
         }
-        out
     }
+    out
+}
+
+/// `params` (every layer's weight slots) as weights named the way unetc names them.
+pub(crate) fn named_weights(c: &Compiled, params: &HashMap<NodeId, Vec<Vec<f32>>>) -> Weights {
+    let mut out = Weights::new();
+    for &id in &c.info.keras_order {
+        let node = c.graph.node(id);
+        if node.shares.is_some() {
+            continue;
+        }
+        let Some(params) = params.get(&id) else {
+            continue;
+        };
+        for (slot, name) in weight_slots(&node.op).iter().enumerate() {
+            let Some(spec) = c.info.layers[id.index()]
+                .weights
+                .iter()
+                .find(|w| w.name == *name)
+            else {
+                continue;
+            };
+            let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+            if let Some(t) = Tensor::from_vec(&shape, params[slot].clone()) {
+                out.insert(format!("{}/{}", node.name, name), t);
+            }
+        }
+    }
+    out
 }
 
 /// About how many bytes a training step at `batch` holds at its peak ([`memory::MemoryPlan`]:

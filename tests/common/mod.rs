@@ -346,3 +346,181 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Builds tests/kernel_emu/fake_driver.cpp (the emulated GPU) as `dir/libcuda.so` with the C++
+/// compiler `cxx`; the error holds the compiler's messages.
+pub fn build_fake_driver(cxx: &str, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(cxx)
+        .args([
+            "-std=c++17",
+            "-O2",
+            "-fPIC",
+            "-shared",
+            "-pthread",
+            "-DUNETC_EMULATE",
+        ])
+        // The kernels type-pun memory as CUDA allows; only the driver API is exported.
+        .args([
+            "-fno-strict-aliasing",
+            "-Wno-unknown-pragmas",
+            "-fvisibility=hidden",
+        ])
+        .arg("-o")
+        .arg(dir.join("libcuda.so"))
+        .arg(root().join("tests/kernel_emu/fake_driver.cpp"))
+        .output()
+        .map_err(|e| format!("{cxx}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The tf.keras training fixtures in tests/train/ (tests/train/generate.py), by stem.
+pub fn train_fixtures() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root().join("tests/train"))
+        .expect("tests/train")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            Some(name.strip_suffix(".expected.json")?.to_string())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every tensor of a safetensors file (f32), sorted by name.
+pub fn all_weights(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).expect("a weights file");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut out: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, view.shape().to_vec(), data)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Runs the tf.keras training fixture `name` through the command line as a user does
+/// (`unetc import` of the Keras JSON, then `unetc train ... --log` with the fixture's flags and
+/// `extra` ones, `library_path` as LD_LIBRARY_PATH where given) and compares every step's loss
+/// and every final weight with Keras's. `Ok`: a line with the worst differences. The run's
+/// own failure is `Err("unetc train: ...")`.
+pub fn run_train_fixture(
+    name: &str,
+    dir: &Path,
+    extra: &[&str],
+    library_path: Option<&std::ffi::OsStr>,
+) -> Result<String, String> {
+    let base = root().join("tests/train").join(name);
+    let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| format!("{p:?}: {e}"));
+    let expected: serde_json::Value =
+        serde_json::from_str(&read(base.with_extension("expected.json"))?)
+            .map_err(|e| e.to_string())?;
+    let json = read(base.with_extension("json"))?;
+    let spec = dir.join(format!("{name}.unet"));
+    let text = unetc::interop::keras::import_json(&json).map_err(|e| format!("{e:?}"))?;
+    std::fs::write(&spec, text).map_err(|e| e.to_string())?;
+    let out = dir.join(format!("{name}.final.safetensors"));
+    let log = dir.join(format!("{name}.log.json"));
+    let flags: Vec<String> = expected["flags"]
+        .as_array()
+        .ok_or("no flags")?
+        .iter()
+        .filter_map(|f| f.as_str().map(str::to_string))
+        .collect();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_unetc"));
+    cmd.arg("train")
+        .arg(&spec)
+        .arg("--weights")
+        .arg(base.with_extension("init.safetensors"))
+        .arg("--inputs")
+        .arg(base.with_extension("x.npy"))
+        .arg("--targets")
+        .arg(base.with_extension("y.npy"))
+        .args(&flags)
+        .args(extra)
+        .args(["--no-shuffle", "--no-augment", "--force", "-o"])
+        .arg(&out)
+        .arg("--log")
+        .arg(&log);
+    if let Some(p) = library_path {
+        cmd.env("LD_LIBRARY_PATH", p);
+    }
+    let status = cmd.output().map_err(|e| e.to_string())?;
+    if !status.status.success() {
+        return Err(format!(
+            "unetc train: {name}: {}",
+            String::from_utf8_lossy(&status.stderr)
+        ));
+    }
+    // Losses: within 1e-5 relative at every step.
+    let got: serde_json::Value =
+        serde_json::from_str(&read(log.clone())?).map_err(|e| e.to_string())?;
+    let want = expected["steps"].as_array().ok_or("no steps")?;
+    let have = got["steps"].as_array().ok_or("no steps in the log")?;
+    if want.len() != have.len() {
+        return Err(format!(
+            "{name}: {} steps, Keras {}",
+            have.len(),
+            want.len()
+        ));
+    }
+    let mut worst_loss = 0.0f64;
+    for (w, h) in want.iter().zip(have) {
+        let (a, b) = (
+            w["loss"].as_f64().unwrap_or(f64::NAN),
+            h["loss"].as_f64().unwrap_or(f64::NAN),
+        );
+        let rel = (a - b).abs() / a.abs();
+        if rel.is_nan() || rel > worst_loss {
+            worst_loss = rel;
+        }
+    }
+    if worst_loss.is_nan() || worst_loss > 1e-5 {
+        return Err(format!("{name}: loss differs by {worst_loss:e} relative"));
+    }
+    // Weights: every tensor, named alike. Adam and RMSprop divide by sqrt(v) + epsilon, so
+    // a gradient that is near zero (a sum that cancels to ~1e-6 of its terms) turns float
+    // rounding differences into visible update differences; measured worst 1.8e-5 absolute
+    // (valid_unet_adam_bce_dice, one of 288 kernel values; TF's own gradient there is
+    // -2.2e-6 against a largest 0.059). Hence 1e-5 relative plus 3e-5 absolute.
+    let (want_w, have_w) = (
+        all_weights(&base.with_extension("final.safetensors")),
+        all_weights(&out),
+    );
+    let names_of =
+        |v: &[(String, Vec<usize>, Vec<f32>)]| v.iter().map(|t| t.0.clone()).collect::<Vec<_>>();
+    if names_of(&want_w) != names_of(&have_w) {
+        return Err(format!("{name}: tensor names differ"));
+    }
+    let mut worst = (0.0f32, String::new());
+    for ((n, ws, w), (_, hs, h)) in want_w.iter().zip(&have_w) {
+        if ws != hs {
+            return Err(format!("{name}: {n} shape {hs:?}, Keras {ws:?}"));
+        }
+        for (a, b) in w.iter().zip(h) {
+            let d = (a - b).abs();
+            if d.is_nan() || d > 1e-5 * a.abs() + 3e-5 {
+                return Err(format!("{name}: {n}: Keras {a}, unetc {b}"));
+            }
+            if d > worst.0 {
+                worst = (d, n.clone());
+            }
+        }
+    }
+    Ok(format!(
+        "{name}: loss {worst_loss:.1e} rel, weights {:.1e} abs ({})",
+        worst.0, worst.1
+    ))
+}

@@ -27,6 +27,7 @@
 #include "../../src/exec/cuda/kernels/layers.cu"
 #include "../../src/exec/cuda/kernels/volume.cu"
 #include "../../src/exec/cuda/kernels/igemm.cu"
+#include "../../src/exec/cuda/kernels/train.cu"
 #if __has_include("../../src/exec/cuda/kernels/first_layer.cu")
 #include "../../src/exec/cuda/kernels/first_layer.cu"
 #define UNETC_FAKE_HAS_FIRST_LAYER 1
@@ -439,6 +440,34 @@ const Kernel kernels[] = {
     BLOCKWISE(conv_igemm_f32x3_small_head_n64, 128, 0),
     BLOCKWISE(conv_igemm_f32x3_splitk_n64, 128, 0),
     BOTH(splitk_reduce),
+    // Training (train.cu).
+    DIRECT(train_activation_backward),
+    DIRECT(train_softmax_backward),
+    DIRECT(train_scale_add),
+    DIRECT(train_window_add_f32),
+    DIRECT(train_conv2d_dx_f32),
+    DIRECT(train_conv2d_dw_f32),
+    DIRECT(train_bias_grad_f32),
+    DIRECT(train_conv2d_transpose_dx_f32),
+    DIRECT(train_conv2d_transpose_dw_f32),
+    DIRECT(train_max_pool_dx_f32),
+    DIRECT(train_average_pool_dx_f32),
+    DIRECT(train_upsample_dx_f32),
+    DIRECT(train_upsample_bilinear_dx_f32),
+    DIRECT(train_bn_moments_f32),
+    DIRECT(train_bn_moving),
+    DIRECT(train_bn_forward_f32),
+    DIRECT(train_bn_param_grads_f32),
+    DIRECT(train_bn_dx_f32),
+    DIRECT(train_loss_categorical),
+    DIRECT(train_loss_binary),
+    DIRECT(train_loss_mse),
+    DIRECT(train_sum_chunks),
+    DIRECT(train_sum_partials),
+    DIRECT(train_dice_grad),
+    DIRECT(train_adam),
+    DIRECT(train_sgd),
+    DIRECT(train_rmsprop),
 #ifdef UNETC_FAKE_HAS_FIRST_LAYER
     BLOCKWISE(conv_small_c_f32, 1024, small_c::SMEM_BYTES),
     BLOCKWISE(conv_small_c_bf16, 1024, small_c::SMEM_BYTES),

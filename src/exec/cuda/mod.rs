@@ -37,6 +37,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("volume.cu", include_str!("kernels/volume.cu")),
     ("igemm.cu", include_str!("kernels/igemm.cu")),
     ("first_layer.cu", include_str!("kernels/first_layer.cu")),
+    ("train.cu", include_str!("kernels/train.cu")),
 ];
 
 /// The layer kernels, each instantiated for f32 and bf16 arenas (`<name>_f32`, `<name>_bf16`).
@@ -74,6 +75,38 @@ pub const LAYER_KERNELS: &[&str] = &[
     "pool3d",
     "resample3d",
     "upsample3d_linear",
+];
+
+/// The training kernels (kernels/train.cu, f32 only), loaded by `unetc train --device cuda`
+/// (src/train/cuda.rs), not by inference.
+pub const TRAIN_KERNELS: &[&str] = &[
+    "train_activation_backward",
+    "train_softmax_backward",
+    "train_scale_add",
+    "train_window_add_f32",
+    "train_conv2d_dx_f32",
+    "train_conv2d_dw_f32",
+    "train_bias_grad_f32",
+    "train_conv2d_transpose_dx_f32",
+    "train_conv2d_transpose_dw_f32",
+    "train_max_pool_dx_f32",
+    "train_average_pool_dx_f32",
+    "train_upsample_dx_f32",
+    "train_upsample_bilinear_dx_f32",
+    "train_bn_moments_f32",
+    "train_bn_moving",
+    "train_bn_forward_f32",
+    "train_bn_param_grads_f32",
+    "train_bn_dx_f32",
+    "train_loss_categorical",
+    "train_loss_binary",
+    "train_loss_mse",
+    "train_sum_chunks",
+    "train_sum_partials",
+    "train_dice_grad",
+    "train_adam",
+    "train_sgd",
+    "train_rmsprop",
 ];
 
 /// The tensor-core convolutions (kernels/igemm.cu): `_small` ones take any alignment.
@@ -274,7 +307,7 @@ impl fmt::Display for CudaError {
 
 impl std::error::Error for CudaError {}
 
-fn driver(e: impl fmt::Debug) -> CudaError {
+pub(crate) fn driver(e: impl fmt::Debug) -> CudaError {
     CudaError::Driver(format!("{e:?}"))
 }
 
@@ -712,7 +745,8 @@ pub struct Timing {
 
 const BLOCK: u32 = 256;
 
-fn grid(total: usize) -> LaunchConfig {
+/// One thread per value of a flat index space, in blocks of 256.
+pub(crate) fn grid(total: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (total.div_ceil(BLOCK as usize).max(1) as u32, 1, 1),
         block_dim: (BLOCK, 1, 1),
@@ -758,6 +792,36 @@ impl Element for u16 {
     fn to_f32(self) -> f32 {
         bf16_to_f32(self)
     }
+}
+
+/// GPU 0 opened for a trainer: its context, one stream, and the named kernels of the program.
+pub struct OpenDevice {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub functions: HashMap<String, CudaFunction>,
+    pub kernel_image: KernelImage,
+}
+
+/// Opens GPU 0 and loads `names` from unetc's kernels (compiled by NVRTC, cached).
+pub fn open_device(names: &[&str]) -> Result<OpenDevice, CudaError> {
+    cuda_available().map_err(CudaError::Unavailable)?;
+    let ctx = CudaContext::new(0).map_err(driver)?;
+    // SAFETY: the trainer runs every allocation, copy and launch on this one stream.
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx.new_stream().map_err(driver)?;
+    let capability = ctx.compute_capability().map_err(driver)?;
+    let (module, kernel_image) = load_kernels(&ctx, capability)?;
+    let mut functions = HashMap::new();
+    for name in names {
+        let f = module.load_function(name).map_err(driver)?;
+        functions.insert(name.to_string(), f);
+    }
+    Ok(OpenDevice {
+        ctx,
+        stream,
+        functions,
+        kernel_image,
+    })
 }
 
 impl<'g> CudaModel<'g> {

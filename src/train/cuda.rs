@@ -500,14 +500,7 @@ impl<'c> CudaTrainer<'c> {
             let node = self.c.graph.node(v.node);
             let var = weight_slots(&node.op)[v.slot];
             for (k, slot) in v.state.iter_mut().enumerate() {
-                let values = lookup(&node.name, var, k)
-                    .ok_or_else(|| format!("no optimizer state {k} for {}/{var}", node.name))?;
-                if values.len() != slot.len() {
-                    return Err(format!(
-                        "optimizer state {k} of {}/{var} has the wrong size",
-                        node.name
-                    ));
-                }
+                let values = super::restored_slot(lookup, &node.name, var, k, slot.len())?;
                 self.dev
                     .stream
                     .memcpy_htod(&values, slot)

@@ -104,6 +104,24 @@ pub enum TrainError {
 /// Finds saved optimizer state: (layer, variable, slot) -> values.
 pub type StateLookup<'a> = dyn Fn(&str, &str, usize) -> Option<Vec<f32>> + 'a;
 
+/// Slot `k` of the optimizer state of `layer/var` from `lookup`, `len` values long.
+pub(crate) fn restored_slot(
+    lookup: &StateLookup,
+    layer: &str,
+    var: &str,
+    k: usize,
+    len: usize,
+) -> Result<Vec<f32>, String> {
+    let values =
+        lookup(layer, var, k).ok_or_else(|| format!("no optimizer state {k} for {layer}/{var}"))?;
+    if values.len() != len {
+        return Err(format!(
+            "optimizer state {k} of {layer}/{var} has the wrong size"
+        ));
+    }
+    Ok(values)
+}
+
 /// The gradients of one batch: per weight slot, and of the model's input.
 pub struct Gradients {
     weights: HashMap<(NodeId, usize), Vec<f32>>,
@@ -290,15 +308,7 @@ impl<'c> Trainer<'c> {
             let node = self.c.graph.node(v.node);
             let var = weight_slots(&node.op)[v.slot];
             for (k, slot) in v.state.iter_mut().enumerate() {
-                let values = lookup(&node.name, var, k)
-                    .ok_or_else(|| format!("no optimizer state {k} for {}/{var}", node.name))?;
-                if values.len() != slot.len() {
-                    return Err(format!(
-                        "optimizer state {k} of {}/{var} has the wrong size",
-                        node.name
-                    ));
-                }
-                *slot = values;
+                *slot = restored_slot(lookup, &node.name, var, k, slot.len())?;
             }
         }
         self.iterations = iterations;

@@ -92,3 +92,23 @@ fn readme_check_sample_is_what_check_prints() {
         "README tail:\n{tail}\nprinted:\n{printed}"
     );
 }
+
+#[test]
+fn readme_plan_train_figures_are_what_plan_train_prints() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let (code, out, err) = unetc_cli(&[
+        "plan",
+        "specs/zhixuhao.unet",
+        "--train",
+        "--batch-size",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let summary: Vec<&str> = out.lines().rev().take(2).collect();
+    for line in summary {
+        assert!(
+            readme.contains(&format!("  {line}\n")),
+            "README (Training, Memory) does not show `unetc plan --train`'s line:\n{line}"
+        );
+    }
+}

@@ -1119,6 +1119,54 @@ fn tf_op_constants_and_reductions_are_refused_where_tensorflow_differs() {
 }
 
 #[test]
+fn lambda_functions_are_refused_where_unetc_would_run_them_wrongly() {
+    let cases = [
+        (
+            "x -> lambda(slice_tensor, start: 0, stop: 4, axis: 1)",
+            "slice_tensor with axis 1: unetc runs the channels-last form (axis 3) only",
+        ),
+        (
+            "x -> lambda(slice_tensor, start: 2, stop: 6, axis: 3)",
+            "slice_tensor takes channels `start` to `stop` with start < stop <= the input's 4 \
+             channels, not 2..6",
+        ),
+        (
+            "x -> lambda(slice_tensor, start: 2, stop: 2, axis: 3)",
+            "not 2..2",
+        ),
+        (
+            "x -> lambda(slice_tensor, start: 0, axis: 3)",
+            "`lambda` needs argument `stop`",
+        ),
+        (
+            "x -> lambda(slice_tensor, start: 0, stop: 2, axis: 3, channels_axis: 3)",
+            "argument `channels_axis`: is not an argument of slice_tensor",
+        ),
+        (
+            "x -> lambda(expand_dims, channels_axis: 3)",
+            "expand_dims takes a vector (None, C) (a pooled feature map), but `conv2d` has shape \
+             (None, 4, 4, 4)",
+        ),
+        (
+            "x -> lambda(slice_tensor, start: -1, stop: 2, axis: 3)",
+            "-1 is out of range",
+        ),
+        ("x -> lambda(reverse)", "argument `function`"),
+    ];
+    for (line, want) in cases {
+        let out = check(
+            "lambda.unet",
+            &format!("model {{\n  input 4x4x2\n  x = conv2d(4, 1)\n  {line}\n}}\n"),
+        );
+        assert!(out.contains(want), "{line}: missing {want:?} in:\n{out}");
+        assert!(
+            out.contains("lambda.unet:4:"),
+            "{line}: not pointed at:\n{out}"
+        );
+    }
+}
+
+#[test]
 fn normalization_forms_unetc_does_not_run_are_refused() {
     let cases = [
         (

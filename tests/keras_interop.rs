@@ -87,6 +87,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_normalization.unet", "edge_normalization"),
         ("tests/golden/edge_tfreshape.unet", "edge_tfreshape"),
         ("tests/golden/edge_gelu.unet", "edge_gelu"),
+        ("tests/golden/edge_lambda.unet", "edge_lambda"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -109,7 +110,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 25);
+    assert_eq!(checked, 26);
 }
 
 #[test]
@@ -172,6 +173,56 @@ fn import_refuses_a_lambda_layer_once_naming_it() {
     assert!(err.contains("Nearest known kind: TFOpLambda"), "{err}");
     assert_eq!(err.matches("Lambda,").count(), 1, "{err}");
     assert!(err.ends_with("nothing was imported"), "{err}");
+}
+
+#[test]
+fn import_runs_only_the_lambda_functions_it_knows() {
+    // segmentation_models' Linknet on ResNeXt50 as real tf.keras wrote it: its Lambda layers run
+    // classification_models' slice_tensor (module, marshalled bytecode and arguments as Keras
+    // recorded them).
+    let json = std::fs::read_to_string(root().join("tests/real_models/sm_linknet_resnext50.json"))
+        .unwrap();
+    let spec = unetc::interop::keras::import_json(&json).unwrap();
+    assert!(
+        spec.contains("lambda(slice_tensor, start: 0, stop: 4, axis: 3, name: \"lambda\")"),
+        "{}",
+        &spec[..2000.min(spec.len())]
+    );
+    // The same layer from another module, without the function's bytecode, or with other
+    // arguments is other Python code: refused, naming that layer alone (the others are known).
+    let module = "\"module\": \"classification_models.models._common_blocks\"";
+    let first = json.find(module).unwrap();
+    let code = json[..first].rfind("\"function\": [").unwrap();
+    let arguments = json[first..].find("\"arguments\": {").unwrap() + first;
+    let altered = [
+        json.replacen(module, "\"module\": \"my_blocks\"", 1),
+        // Its bytecode removed.
+        format!("{}\"function\": [\"\", null, null{}", &json[..code], {
+            let rest = &json[code..];
+            &rest[rest.find(", null, null").unwrap() + ", null, null".len()..]
+        }),
+        format!(
+            "{}\"arguments\": {{\"start\": 0, \"stop\": 4}}{}",
+            &json[..arguments],
+            {
+                let rest = &json[arguments..];
+                &rest[rest.find('}').unwrap() + 1..]
+            }
+        ),
+    ];
+    for json in altered {
+        let err = unetc::interop::keras::import_json(&json)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("layer `lambda` is a Lambda, which unetc does not know:"),
+            "{err}"
+        );
+        assert!(
+            err.contains("classification_models.models._common_blocks.slice_tensor"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

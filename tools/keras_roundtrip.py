@@ -65,6 +65,8 @@ SPECS = [
     "tests/golden/edge_tfreshape.unet",
     # keras-unet-collection's GELU layer (the exported code defines the class).
     "tests/golden/edge_gelu.unet",
+    # Lambda layers running classification_models' functions (needs image-classifiers).
+    "tests/golden/edge_lambda.unet",
 ]
 
 

@@ -207,6 +207,7 @@ pub fn weight_slots(op: &Op) -> &'static [&'static str] {
         | Op::GaussianDropout(_)
         | Op::FixedDropout(_)
         | Op::Reshape(_)
+        | Op::Lambda(_)
         | Op::Permute(_)
         | Op::MaxPooling3D(_)
         | Op::AveragePooling3D(_)

@@ -3,7 +3,9 @@
 //! `unetc import model.json` reads a functional model's `to_json()` and writes a DSL spec.
 
 use crate::infer::Inferred;
-use crate::ir::ops::{FixedDropout, LayerKind, Snake, TFOpLambda, TfCompute, TfFunction, GELU};
+use crate::ir::ops::{
+    FixedDropout, Lambda, LambdaFunction, LayerKind, Snake, TFOpLambda, TfCompute, TfFunction, GELU,
+};
 use crate::ir::{Graph, Op};
 use serde_json::Value as Json;
 use std::fmt::Write;
@@ -36,7 +38,10 @@ fn py(v: &Json) -> String {
                 format!("({})", parts.join(", "))
             }
         }
-        Json::Object(_) => "None".into(),
+        Json::Object(map) => {
+            let items: Vec<String> = map.iter().map(|(k, v)| format!("{k:?}: {}", py(v))).collect();
+            format!("{{{}}}", items.join(", "))
+        }
     }
 }
 
@@ -76,6 +81,17 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
     for class in [GELU::CLASS, Snake::CLASS] {
         if graph.nodes.iter().any(|n| n.op.class_name() == class) {
             let _ = writeln!(out, "from keras_unet_collection.activations import {class}");
+        }
+    }
+    // The functions of Lambda layers, from the package that defines them (`pip install
+    // image-classifiers`): its to_json() names the module that `unetc import` reads them by.
+    for function in LambdaFunction::ALL {
+        let used = graph
+            .nodes
+            .iter()
+            .any(|n| matches!(&n.op, Op::Lambda(op) if op.function == *function));
+        if used {
+            let _ = writeln!(out, "from {} import {function}", function.module());
         }
     }
     let _ = writeln!(out, "\n");
@@ -414,7 +430,10 @@ impl PythonExporter<'_> {
                     .unwrap_or_default()
             })
             .collect();
-        if let Json::Object(map) = &node.op.built_config(&input_shapes) {
+        if let Op::Lambda(op) = &node.op {
+            args.push(op.function.keras_name().to_string());
+            args.push(format!("arguments={}", py(&op.arguments())));
+        } else if let Json::Object(map) = &node.op.built_config(&input_shapes) {
             for (k, v) in map {
                 // Keras spells BN's axis as an int; unetc's config reports the built list form.
                 let v = match (node.op.class_name(), k.as_str(), v) {
@@ -685,6 +704,59 @@ fn tensor_ref(v: &Json) -> Option<&str> {
     }
 }
 
+/// The spec arguments of a Lambda layer whose function unetc knows ([`LambdaFunction`]): the
+/// function and its `arguments`. A Lambda stores its function as marshalled Python bytecode with
+/// the defining module beside it; the function is the one named `name` in `module` when the
+/// module matches, the bytecode holds the name as a marshalled string, the function has no
+/// defaults or closure, and the arguments are the function's, whole numbers. `None` otherwise.
+fn known_lambda(config: &Json) -> Option<Vec<String>> {
+    use base64::Engine;
+    let module = config.get("module").and_then(Json::as_str)?;
+    if config.get("function_type").and_then(Json::as_str) != Some("lambda") {
+        return None;
+    }
+    let [code, defaults, closure] = config.get("function")?.as_array()?.as_slice() else {
+        return None;
+    };
+    if !defaults.is_null() || !closure.is_null() {
+        return None;
+    }
+    let code: String = code.as_str()?.split_whitespace().collect();
+    let code = base64::engine::general_purpose::STANDARD
+        .decode(code)
+        .ok()?;
+    let arguments = config.get("arguments").and_then(Json::as_object)?;
+    let function = LambdaFunction::ALL.iter().copied().find(|f| {
+        f.module() == module
+            && marshal_holds_name(&code, f.keras_name())
+            && arguments.len() == f.arguments().len()
+            && f.arguments().iter().all(|a| arguments.contains_key(*a))
+    })?;
+    let mut args = vec![function.keras_name().to_string()];
+    for &name in function.arguments() {
+        args.push(format!("{name}: {}", arguments.get(name)?.as_u64()?));
+    }
+    Some(args)
+}
+
+/// Whether marshalled Python code holds the string `name` (a code object's name): a short
+/// ASCII string (type `z`/`Z`, one length byte) or a string with a 4-byte length (`a`, `A`, `u`,
+/// `t`), either with or without the reference flag (0x80).
+fn marshal_holds_name(code: &[u8], name: &str) -> bool {
+    let name = name.as_bytes();
+    let Ok(len) = u8::try_from(name.len()) else {
+        return false;
+    };
+    let short = code
+        .windows(name.len() + 2)
+        .any(|w| matches!(w[0] & 0x7f, b'z' | b'Z') && w[1] == len && &w[2..] == name);
+    let long_len = (name.len() as u32).to_le_bytes();
+    let long = code.windows(name.len() + 5).any(|w| {
+        matches!(w[0] & 0x7f, b'a' | b'A' | b'u' | b't') && w[1..5] == long_len && &w[5..] == name
+    });
+    short || long
+}
+
 /// The refusal for a layer unetc cannot run: which layer, why, and what unetc has instead.
 fn unknown_layer(
     at: &str,
@@ -699,16 +771,19 @@ fn unknown_layer(
         [first, rest @ ..] => format!(" (so are `{first}` and {} more)", rest.len()),
     };
     let why = if class == "Lambda" {
-        "a Lambda runs a Python function stored as bytecode, which unetc cannot read or run. \
-         Nearest known kind: TFOpLambda (what Keras records for TensorFlow functions applied to \
-         tensors, such as `x + y` or `tf.concat`), which unetc runs for: "
-            .to_string()
-            + &TfFunction::ALL
-                .iter()
-                .map(|f| f.keras_name())
-                .collect::<Vec<_>>()
-                .join(", ")
-            + "; write the function with those or with Keras layers"
+        let known: Vec<String> = LambdaFunction::ALL
+            .iter()
+            .map(|f| format!("{}.{f}", f.module()))
+            .collect();
+        let tf_functions: Vec<&str> = TfFunction::ALL.iter().map(|f| f.keras_name()).collect();
+        format!(
+            "a Lambda runs a Python function stored as bytecode, which unetc cannot read or run \
+             (it knows {} only). Nearest known kind: TFOpLambda (what Keras records for \
+             TensorFlow functions applied to tensors, such as `x + y` or `tf.concat`), which \
+             unetc runs for: {}; write the function with those or with Keras layers",
+            known.join(" and "),
+            tf_functions.join(", ")
+        )
     } else if module.is_none_or(|m| m.starts_with("keras.") || m.starts_with("tf_keras.")) {
         // One of Keras's own layers (to_json() writes `"module": "keras.layers"`).
         let classes = crate::ir::ops::KIND_CLASSES.iter().map(|(_, c)| *c);
@@ -1213,10 +1288,19 @@ impl Importer {
                 return Ok(());
             }
             let module = layer.get("module").and_then(Json::as_str);
-            let Some((kind, keys)) = Op::for_keras_class(class, module) else {
+            // A Lambda runs only where its function is one unetc knows.
+            let unknown_lambda = |l: &Json| {
+                class_of(l) == Some(Lambda::CLASS)
+                    && l.get("config").and_then(known_lambda).is_none()
+            };
+            let lambda_args = (class == Lambda::CLASS).then(|| known_lambda(lc)).flatten();
+            let known = Op::for_keras_class(class, module)
+                .filter(|_| class != Lambda::CLASS || lambda_args.is_some());
+            let Some((kind, keys)) = known else {
                 let others: Vec<&str> = layers[i + 1..]
                     .iter()
                     .filter(|l| class_of(l) == Some(class))
+                    .filter(|l| class != Lambda::CLASS || unknown_lambda(l))
                     .filter_map(layer_name)
                     .collect();
                 return Err(unknown_layer(&at, lname, class, module, &others));
@@ -1230,7 +1314,7 @@ impl Importer {
                     "{at}: layer `{lname}` is channels_first; unetc is NHWC only"
                 )));
             }
-            let mut args: Vec<String> = Vec::new();
+            let mut args: Vec<String> = lambda_args.unwrap_or_default();
             for &k in keys {
                 if let Some(v) = lc.get(k) {
                     // BatchNormalization stores axis as a list once built.

@@ -21,8 +21,8 @@
 use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, NormLayout,
-    Normalization, PadMode, ReduceFn, ScalarFn, Subtract, TfCompute, UpSampling2D,
+    ActivationFn, Average, Interpolation, LambdaFunction, Maximum, MergeFn, Minimum, Multiply,
+    NormLayout, Normalization, PadMode, ReduceFn, ScalarFn, Subtract, TfCompute, UpSampling2D,
     VolumeInterpolation, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
@@ -1061,6 +1061,20 @@ impl Exporter<'_> {
             // Both act on Keras's NHWC order: an image goes back to NHWC first, and an image
             // result returns to NCHW after.
             Op::Reshape(_) => self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, None),
+            Op::Lambda(op) => match op.function {
+                // Channels are axis 1 of an NCHW image.
+                LambdaFunction::SliceTensor => {
+                    need_image("slice_tensor")?;
+                    let range = op.channels();
+                    let starts = self.init_i64(format!("{name}/starts"), vec![range.start as i64]);
+                    let ends = self.init_i64(format!("{name}/ends"), vec![range.end as i64]);
+                    let axes = self.init_i64(format!("{name}/axes"), vec![1]);
+                    self.node(name, "Slice", vec![x(), starts, ends, axes], out, vec![]);
+                }
+                LambdaFunction::ExpandDims => {
+                    self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, None)
+                }
+            },
             Op::Permute(op) => {
                 self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, Some(&op.dims))
             }

@@ -126,6 +126,7 @@ fn rule(op: &Op) -> Rule {
         | Op::GaussianDropout(_)
         | Op::TFOpLambda(_)
         | Op::Reshape(_)
+        | Op::Lambda(_)
         | Op::Permute(_)
         | Op::MaxPooling3D(_)
         | Op::AveragePooling3D(_)

@@ -178,6 +178,7 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                     | Op::Add(_)
                     | Op::Flatten(_)
                     | Op::Reshape(_)
+                    | Op::Lambda(_)
                     | Op::Permute(_)
                     | Op::Dense(_)
                     | Op::GlobalAveragePooling2D(_)

@@ -498,7 +498,9 @@ const ALIGNED_CORNERS: &str =
 /// to 256). Errors name the first layer
 /// (from the output back) whose outputs depend on the whole input along the axis.
 pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
-    use crate::ir::ops::{Interpolation, PadMode, TfCompute, VolumeInterpolation, WindowGeometry};
+    use crate::ir::ops::{
+        Interpolation, LambdaFunction, PadMode, TfCompute, VolumeInterpolation, WindowGeometry,
+    };
     use crate::ir::Op;
     let Some(&out) = c.graph.outputs.first() else {
         return Ok(Reach {
@@ -662,6 +664,12 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                                 (a, b)
                             }
                         }
+                    },
+                    // classification_models' functions: a channel slice is per pixel;
+                    // expand_dims reshapes a pooled vector.
+                    Op::Lambda(op) => match op.function {
+                        LambdaFunction::SliceTensor => (a, b),
+                        LambdaFunction::ExpandDims => return Err(non_local()),
                     },
                     Op::Multiply(_)
                     | Op::Subtract(_)

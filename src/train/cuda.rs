@@ -146,6 +146,7 @@ pub fn gpu_kind(op: &Op) -> Result<Kind<'_>, String> {
         | Op::GaussianDropout(_)
         | Op::FixedDropout(_)
         | Op::Reshape(_)
+        | Op::Lambda(_)
         | Op::Permute(_)
         | Op::TFOpLambda(_)
         | Op::Conv3D(_)

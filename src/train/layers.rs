@@ -10,8 +10,8 @@ use crate::exec::cpu::kernels::Strided;
 use crate::exec::cpu::winograd;
 use crate::exec::Tensor;
 use crate::ir::ops::{
-    ActivationFn, Interpolation, MergeFn, NormLayout, Normalization, Op, PadMode, ReduceFn, Snake,
-    TfCompute, UpSampling3D, VolumeInterpolation, WindowGeometry, GELU,
+    ActivationFn, Interpolation, LambdaFunction, MergeFn, NormLayout, Normalization, Op, PadMode,
+    ReduceFn, Snake, TfCompute, UpSampling3D, VolumeInterpolation, WindowGeometry, GELU,
 };
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
@@ -128,6 +128,7 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         | Op::GroupNormalization(_)
         | Op::LayerNormalization(_)
         | Op::Reshape(_)
+        | Op::Lambda(_)
         | Op::Permute(_)
         | Op::MaxPooling3D(_)
         | Op::AveragePooling3D(_)
@@ -218,6 +219,7 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
         | Op::Concatenate(_)
         | Op::Flatten(_)
         | Op::Reshape(_)
+        | Op::Lambda(_)
         | Op::Permute(_)
         | Op::Rescaling(_)
         | Op::Normalization(_)
@@ -281,6 +283,7 @@ pub fn recomputable(op: &Op) -> bool {
         | Op::GlobalAveragePooling3D(_)
         | Op::Flatten(_)
         | Op::Reshape(_)
+        | Op::Lambda(_)
         | Op::Permute(_)
         | Op::Rescaling(_)
         | Op::Normalization(_) => false,
@@ -360,6 +363,7 @@ pub fn saved_elements(op: &Op, in_shape: &[usize], out_shape: &[usize]) -> usize
         | Op::Concatenate(_)
         | Op::Flatten(_)
         | Op::Reshape(_)
+        | Op::Lambda(_)
         | Op::Permute(_)
         | Op::Rescaling(_)
         | Op::Normalization(_)
@@ -626,6 +630,15 @@ pub fn forward(
                 .collect()
         }
         Op::Flatten(_) | Op::Reshape(_) => first().to_vec(),
+        Op::Lambda(o) => match o.function {
+            LambdaFunction::SliceTensor => {
+                let c = x.and_then(|t| t.shape.last().copied()).unwrap_or(1);
+                let mut out = vec![0.0f32; out_len];
+                crate::exec::cpu::kernels::slice_channels(first(), c, o.channels(), &mut out);
+                out
+            }
+            LambdaFunction::ExpandDims => first().to_vec(),
+        },
         Op::Permute(o) => {
             let item = permute_index(
                 &x.map(|t| t.shape[1..].to_vec()).unwrap_or_default(),
@@ -1225,6 +1238,20 @@ pub fn backward(
             input_grads(dx)
         }
         Op::Flatten(_) | Op::Reshape(_) | Op::GaussianNoise(_) => input_grads(output_grad(grad)),
+        Op::Lambda(o) => match o.function {
+            // The slice's gradient goes back to its channels; the others get none.
+            LambdaFunction::SliceTensor => {
+                let dy = output_grad(grad);
+                let c = x_shape.last().copied().unwrap_or(1).max(1);
+                let channels = o.channels();
+                let mut dx = vec![0.0f32; x_shape.iter().product()];
+                for (pixel, g) in dx.chunks_mut(c).zip(dy.chunks(channels.len().max(1))) {
+                    pixel[channels.clone()].copy_from_slice(g);
+                }
+                input_grads(dx)
+            }
+            LambdaFunction::ExpandDims => input_grads(output_grad(grad)),
+        },
         Op::Dropout(_) | Op::SpatialDropout2D(_) | Op::GaussianDropout(_) | Op::FixedDropout(_) => {
             let dy = output_grad(grad);
             let dx = match saved.aux.first() {

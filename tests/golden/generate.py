@@ -6,6 +6,7 @@ Run from anywhere (it writes next to itself)::
     pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 safetensors numpy
     pip install --no-deps efficientnet==1.0.0   # edge_fixed_dropout: its FixedDropout class
     pip install keras-unet-collection==0.1.13      # edge_gelu, edge_snake: its GELU, Snake
+    pip install --no-deps image-classifiers==1.0.0  # edge_lambda: classification_models' functions
     python tests/golden/generate.py            # all models
     python tests/golden/generate.py edge_conv  # only some
 
@@ -918,6 +919,35 @@ def edge_reshape():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_lambda():
+    """Lambda layers running classification_models' functions (segmentation_models' SE-ResNet and
+    ResNeXt encoders; needs the image-classifiers package), on signed 6x5 maps (a linear 1x1 conv
+    of the input): a ResNeXt grouped 3x3 convolution as that package builds it (slice_tensor of
+    the channel groups 0:4 and 4:8, a conv each, Concatenate), slices 3:7 and 7:8, and its
+    squeeze-excitation block (GlobalAveragePooling2D -> expand_dims -> Conv2D 1x1 relu -> Conv2D
+    1x1 sigmoid -> Multiply). Flattened and concatenated."""
+    tf = _tf()
+    from classification_models.models._common_blocks import expand_dims, slice_tensor
+
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(8, 1)(inp)
+    parts = []
+    for g in range(2):
+        group = L.Lambda(slice_tensor, arguments={"start": 4 * g, "stop": 4 * g + 4, "axis": 3})(x)
+        parts.append(L.Conv2D(2, 3, padding="same")(group))
+    grouped = L.Concatenate()(parts)
+    middle = L.Lambda(slice_tensor, arguments={"start": 3, "stop": 7, "axis": 3})(x)
+    last = L.Lambda(slice_tensor, arguments={"start": 7, "stop": 8, "axis": 3})(x)
+    se = L.GlobalAveragePooling2D()(x)
+    se = L.Lambda(expand_dims, arguments={"channels_axis": 3})(se)
+    se = L.Conv2D(2, 1, activation="relu")(se)
+    se = L.Conv2D(8, 1, activation="sigmoid")(se)
+    gated = L.Multiply()([x, se])
+    flat = [L.Flatten()(t) for t in (grouped, middle, last, gated)]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_3d():
     """Issue 12's 3-D kinds on a signed 6x5x4 volume of 3 channels (a linear 1x1x1 Conv3D of the
     input): Conv3D (same with relu; valid (2, 3, 1) kernel with strides (2, 1, 1); same with
@@ -1062,7 +1092,7 @@ SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_s
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
          edge_fixed_dropout, edge_rescaling, edge_normalization,
-         edge_tfreshape, edge_gelu, edge_snake]
+         edge_tfreshape, edge_gelu, edge_snake, edge_lambda]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

@@ -154,6 +154,13 @@ def more_models():
             "vgg16", input_shape=(64, 64, 1), classes=1, encoder_weights=None,
             decoder_block_type="transpose", decoder_use_batchnorm=False,
             decoder_filters=(32, 16, 8, 8, 4)), "formula"),
+        # Encoders with Lambda layers running classification_models' functions: expand_dims
+        # in SE-ResNet's squeeze-excitation blocks, slice_tensor in ResNeXt's grouped convs.
+        ("sm_unet_seresnet18", lambda: sm.Unet(
+            "seresnet18", input_shape=(64, 64, 3), classes=2, activation="softmax",
+            encoder_weights=None, decoder_filters=(32, 16, 8, 8, 4)), "formula"),
+        ("sm_linknet_resnext50", lambda: sm.Linknet(
+            "resnext50", input_shape=(64, 64, 3), classes=1, encoder_weights=None), False),
     ]
 
 

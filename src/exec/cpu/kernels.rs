@@ -818,6 +818,19 @@ pub fn crop(
     });
 }
 
+/// Channels `channels` of every pixel of `x` (`c` channels a pixel): classification_models'
+/// `slice_tensor` (a Lambda).
+pub fn slice_channels(x: &[f32], c: usize, channels: std::ops::Range<usize>, out: &mut [f32]) {
+    let k = channels.len();
+    if k == 0 || c == 0 {
+        return;
+    }
+    out.par_chunks_mut(k)
+        .zip(x.par_chunks(c))
+        .with_min_len(1024)
+        .for_each(|(o, pixel)| o.copy_from_slice(&pixel[channels.clone()]));
+}
+
 pub fn zero_pad(
     op: &ZeroPadding2D,
     x: &[f32],

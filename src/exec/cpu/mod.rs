@@ -10,6 +10,7 @@ pub mod winograd;
 use super::plan::{hwc, plan, reads_parts, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use crate::infer::Inferred;
+use crate::ir::ops::LambdaFunction;
 use crate::ir::ops::{
     Activation, Average, Concatenate, Maximum, Minimum, Multiply, Normalization, Snake, Subtract,
     TfCompute, GELU,
@@ -297,6 +298,7 @@ impl<'g> CpuModel<'g> {
                 | Op::Dropout(_)
                 | Op::Flatten(_)
                 | Op::Reshape(_)
+                | Op::Lambda(_)
                 | Op::Permute(_)
                 | Op::GlobalAveragePooling2D(_)
                 | Op::Multiply(_)
@@ -906,6 +908,13 @@ impl<'g> CpuModel<'g> {
                 | Op::Reshape(_),
                 _,
             ) => out.copy_from_slice(ins[0]),
+            (Op::Lambda(op), _) => match op.function {
+                LambdaFunction::SliceTensor => {
+                    let c = in_shapes[0].last().copied().unwrap_or(1);
+                    kernels::slice_channels(ins[0], c, op.channels(), out)
+                }
+                LambdaFunction::ExpandDims => out.copy_from_slice(ins[0]),
+            },
             (Op::Permute(op), _) => {
                 kernels::permute(ins[0], &in_shapes[0], &op.source_axes(), out, batch)
             }

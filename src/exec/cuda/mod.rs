@@ -16,8 +16,9 @@ use super::tensor::Tensor;
 use super::{Precision, WeightSource};
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, Interpolation, Maximum, MergeFn, Minimum, Multiply, PadMode, ReduceFn,
-    ScalarFn, Subtract, TfCompute, UpSampling2D, VolumeInterpolation, WindowGeometry,
+    ActivationFn, Average, Interpolation, LambdaFunction, Maximum, MergeFn, Minimum, Multiply,
+    PadMode, ReduceFn, ScalarFn, Subtract, TfCompute, UpSampling2D, VolumeInterpolation,
+    WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
@@ -1018,6 +1019,7 @@ impl<'g> CudaModel<'g> {
             | Op::Dropout(_)
             | Op::Flatten(_)
             | Op::Reshape(_)
+            | Op::Lambda(_)
             | Op::Permute(_)
             | Op::Dense(_)
             | Op::GlobalAveragePooling2D(_)
@@ -2316,6 +2318,16 @@ impl<'g> CudaModel<'g> {
             }
             Op::Permute(op) => self.permute::<T>(arena, id, &op.source_axes(), batch)?,
             Op::Flatten(_) | Op::Reshape(_) => self.flat_copy(arena, id, batch)?,
+            Op::Lambda(op) => match op.function {
+                // The input's window of channels `start..stop`, copied.
+                LambdaFunction::SliceTensor => {
+                    let mut x = x_view(0)?;
+                    x.offset += op.channels().start as i64;
+                    x.c = op.channels().len() as i32;
+                    self.shift_window(arena, x, y, (0, 0), PadMode::Zeros, batch)?
+                }
+                LambdaFunction::ExpandDims => self.flat_copy(arena, id, batch)?,
+            },
             // Only concatenations on another axis than the channels run a kernel.
             Op::Concatenate(op) => self.concat::<T>(arena, id, op.axis, batch)?,
             Op::TFOpLambda(op) => match op.computes() {

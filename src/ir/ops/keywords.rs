@@ -173,3 +173,35 @@ keyword_enum! {
         ImageResize = "image.resize",
     }
 }
+
+keyword_enum! {
+    /// The Python functions of a Keras `Lambda` layer that unetc runs: functions of published
+    /// packages, known by their module and name (the layer's config names both).
+    LambdaFunction {
+        /// classification_models' `slice_tensor(x, start, stop, axis)`: `x[:, :, :, start:stop]`
+        /// (the channel groups of ResNeXt's grouped convolutions in segmentation_models).
+        SliceTensor = "slice_tensor",
+        /// classification_models' `expand_dims(x, channels_axis)`: `x[:, None, None, :]` (the
+        /// pooled vector of a squeeze-excitation block as a 1x1 image).
+        ExpandDims = "expand_dims",
+    }
+}
+
+impl LambdaFunction {
+    /// The Python module that defines the function (a Lambda's config names it as `module`).
+    pub fn module(self) -> &'static str {
+        match self {
+            LambdaFunction::SliceTensor | LambdaFunction::ExpandDims => {
+                "classification_models.models._common_blocks"
+            }
+        }
+    }
+
+    /// The names of the function's `arguments` besides the tensor, as Keras records them.
+    pub fn arguments(self) -> &'static [&'static str] {
+        match self {
+            LambdaFunction::SliceTensor => &["start", "stop", "axis"],
+            LambdaFunction::ExpandDims => &["channels_axis"],
+        }
+    }
+}

@@ -10,6 +10,7 @@ mod conv;
 mod dense;
 mod input;
 pub mod keywords;
+mod lambda;
 pub mod merge;
 mod norm;
 mod pool;
@@ -29,8 +30,10 @@ pub use conv::{
 pub use dense::{Dense, Flatten};
 pub use input::Input;
 pub use keywords::{
-    ActivationFn, Interpolation, Keyword, PadMode, Padding, TfFunction, VolumeInterpolation,
+    ActivationFn, Interpolation, Keyword, LambdaFunction, PadMode, Padding, TfFunction,
+    VolumeInterpolation,
 };
+pub use lambda::Lambda;
 pub use merge::{Add, Average, Concatenate, Maximum, MergeFn, Minimum, Multiply, Subtract};
 pub use norm::{
     BatchNormalization, GroupNormalization, LayerNormalization, NormLayout, Normalization,
@@ -321,6 +324,7 @@ ops! {
     DepthwiseConv2D: "depthwise_conv2d",
     SeparableConv2D: "separable_conv2d",
     TFOpLambda: "tf_op",
+    Lambda: "lambda",
     Reshape: "reshape",
     Permute: "permute",
     Conv3D: "conv3d",
@@ -384,6 +388,7 @@ impl Op {
             | Op::DepthwiseConv2D(_)
             | Op::SeparableConv2D(_)
             | Op::TFOpLambda(_)
+            | Op::Lambda(_)
             | Op::Reshape(_)
             | Op::Permute(_)
             | Op::Conv3D(_)

@@ -1167,6 +1167,50 @@ fn lambda_functions_are_refused_where_unetc_would_run_them_wrongly() {
 }
 
 #[test]
+fn regularizers_are_checked_where_they_are_written() {
+    let cases = [
+        (
+            "x -> conv2d(2, 1, kernel_regularizer: l3)",
+            "`conv2d` argument `kernel_regularizer`: `l3` is no regularizer unetc knows",
+        ),
+        (
+            "x -> conv2d(2, 1, bias_regularizer: {l2: -0.1})",
+            "`l2` must be a finite number of at least 0, not -0.1",
+        ),
+        (
+            "x -> conv2d(2, 1, kernel_regularizer: {l3: 0.1})",
+            "a regularizer has `l1` and `l2`, not `l3`",
+        ),
+        (
+            "x -> batch_normalization(kernel_regularizer: {l2: 0.1})",
+            "`batch_normalization` has no argument `kernel_regularizer`",
+        ),
+        (
+            "x -> max_pooling2d(activity_regularizer: 0.1)",
+            "a regularizer is `{l2: 0.0001}`, `{l1: ..}`, `{l1: .., l2: ..}` or a name (`l2`), \
+             not a number",
+        ),
+    ];
+    for (line, want) in cases {
+        let out = check(
+            "reg.unet",
+            &format!("model {{\n  input 4x4x2\n  x = conv2d(4, 1)\n  {line}\n}}\n"),
+        );
+        assert!(out.contains(want), "{line}: missing {want:?} in:\n{out}");
+        assert!(
+            out.contains("reg.unet:4:"),
+            "{line}: not pointed at:\n{out}"
+        );
+    }
+    // In `defaults`, for every layer of the kind.
+    let out = check(
+        "reg.unet",
+        "model {\n  input 4x4x2\n  defaults conv2d(kernel_regularizer: {l2: 0.001})\n  conv2d(4, 1)\n}\n",
+    );
+    assert!(!out.contains("error"), "{out}");
+}
+
+#[test]
 fn normalization_forms_unetc_does_not_run_are_refused() {
     let cases = [
         (

@@ -226,6 +226,77 @@ fn import_runs_only_the_lambda_functions_it_knows() {
 }
 
 #[test]
+fn import_keeps_regularizers_and_names_what_it_drops() {
+    // tests/train/regularized_adam_cce.json: real tf.keras's to_json() of a model with L1, L2
+    // and L1L2 regularizers (tests/train.rs trains it against Keras's own steps).
+    let json =
+        std::fs::read_to_string(root().join("tests/train/regularized_adam_cce.json")).unwrap();
+    let spec = unetc::interop::keras::import_json(&json).unwrap();
+    for want in [
+        "kernel_regularizer: {l2: 0.01}, trainable: false, name: \"frozen_conv\"",
+        "kernel_regularizer: {l2: 0.01}, bias_regularizer: {l1: 0.01}",
+        "beta_regularizer: {l2: 0.01}, gamma_regularizer: {l1: 0.001, l2: 0.01}",
+        "depthwise_regularizer: {l1: 0.001}",
+        "kernel_regularizer: {l1: 0.0001, l2: 0.0001}",
+    ] {
+        assert!(spec.contains(want), "missing {want:?} in:\n{spec}");
+    }
+    // A constraint (training only; unetc applies none) is named in a comment where the layer
+    // is; an activity regularizer is kept (and `train` refuses it); a regularizer class unetc
+    // does not know stops the import.
+    // The first layer with these keys is frozen_conv (the input layer has none).
+    let constrained = json
+        .replacen(
+            r#""kernel_constraint": null"#,
+            r#""kernel_constraint": {"module": "keras.constraints", "class_name": "MaxNorm", "config": {"max_value": 2, "axis": 0}}"#,
+            1,
+        )
+        .replacen(
+            r#""activity_regularizer": null"#,
+            r#""activity_regularizer": {"module": "keras.regularizers", "class_name": "L1", "config": {"l1": 0.5}}"#,
+            1,
+        );
+    let spec = unetc::interop::keras::import_json(&constrained).unwrap();
+    assert!(
+        spec.contains("# Keras's kernel_constraint MaxNorm of `frozen_conv` is not imported"),
+        "{spec}"
+    );
+    assert!(spec.contains("activity_regularizer: {l1: 0.5}"), "{spec}");
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("m.unet");
+    std::fs::write(&spec_path, &spec).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_unetc"))
+        .args(["train", spec_path.to_str().unwrap(), "--inputs"])
+        .arg(root().join("tests/train/regularized_adam_cce.x.npy"))
+        .arg("--targets")
+        .arg(root().join("tests/train/regularized_adam_cce.y.npy"))
+        .args(["--steps", "1", "-o"])
+        .arg(dir.path().join("w.safetensors"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "layer `frozen_conv` has an activity_regularizer, which unetc train does not apply yet"
+        ),
+        "{stderr}"
+    );
+    let unknown = json.replacen(
+        r#""bias_regularizer": null"#,
+        r#""bias_regularizer": {"module": "keras.regularizers", "class_name": "OrthogonalRegularizer", "config": {"factor": 0.01}}"#,
+        1,
+    );
+    let err = unetc::interop::keras::import_json(&unknown)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("layer `frozen_conv`'s bias_regularizer: the regularizer OrthogonalRegularizer is not one unetc knows"),
+        "{err}"
+    );
+}
+
+#[test]
 fn import_tells_custom_classes_from_keras_layers_it_lacks() {
     // A GELU class of another package than keras-unet-collection (whose GELU unetc knows),
     // and a Keras layer unetc has no kind for (module keras.layers).

@@ -9,6 +9,7 @@ use crate::ast::*;
 use crate::diag::{Diagnostic, SourceMap, Span};
 use crate::front::{self, Format};
 use crate::ir::ops::{parse_call, Op, KINDS};
+use crate::ir::regularizer::Regularizers;
 use crate::ir::value::{ArgReader, ArgValue, Value};
 use crate::ir::{Graph, NestedClass, Node, NodeId, Scope, ScopeId, Shape};
 use std::collections::HashMap;
@@ -646,6 +647,20 @@ impl<'s> Expander<'_> {
     ) -> Option<NodeId> {
         let explicit_name = take_kwarg(&mut args, "name");
         let trainable = take_kwarg(&mut args, "trainable");
+        let (regularizers, bad_regularizers) = Regularizers::take(&mut args, Op::regularized(kind));
+        for (arg, why) in &bad_regularizers {
+            let at = arg.name_span.unwrap_or(arg.span);
+            self.error(
+                Diagnostic::error(
+                    "E-arg-value",
+                    format!(
+                        "`{kind}` argument `{}`: {why}",
+                        arg.name.as_deref().unwrap_or_default()
+                    ),
+                )
+                .at(at, "not a regularizer"),
+            );
+        }
         let reader = ArgReader::new(kind, span, args, Op::positional(kind));
         let (op, mut arg_diags) = parse_call(kind, reader);
         let mut broken = !arg_diags.is_empty();
@@ -759,6 +774,7 @@ impl<'s> Expander<'_> {
             op,
             inputs,
             trainable,
+            regularizers,
             span,
             included: cx.included,
             scope: self.scope_stack.last().copied(),
@@ -1085,6 +1101,12 @@ impl<'s> Expander<'_> {
             op,
             inputs,
             trainable,
+            // The weights' penalties count once, at the layer's first call; its output's count
+            // at every call, as Keras adds an activity regularizer's loss per call.
+            regularizers: Regularizers {
+                weights: Vec::new(),
+                activity: self.graph.node(owner).regularizers.activity,
+            },
             span: call.span,
             included: cx.included,
             scope: self.scope_stack.last().copied(),
@@ -1570,7 +1592,7 @@ impl<'s> Expander<'_> {
             let mut faulty = false;
             for a in &args {
                 match a.name.as_deref() {
-                    Some(n) if known.contains(&n) || n == "trainable" => {}
+                    Some(n) if known.contains(&n) || is_layer_kwarg(kind, n) => {}
                     Some(n) => {
                         faulty = true;
                         self.error(crate::ir::value::unknown_argument(
@@ -1600,7 +1622,7 @@ impl<'s> Expander<'_> {
                 .extend(args.into_iter().filter(|a| {
                     a.name
                         .as_deref()
-                        .is_some_and(|n| known.contains(&n) || n == "trainable")
+                        .is_some_and(|n| known.contains(&n) || is_layer_kwarg(kind, n))
                 }));
         }
     }
@@ -2024,6 +2046,14 @@ pub(super) fn slot_key(name: &str, index: &Value) -> String {
         }
         other => format!("{name}[{other}]"),
     }
+}
+
+/// An argument every layer of `kind` takes besides its kind's own: `trainable` and the
+/// regularizers.
+fn is_layer_kwarg(kind: &str, name: &str) -> bool {
+    name == "trainable"
+        || name == "activity_regularizer"
+        || Op::regularized(kind).iter().any(|(arg, _)| *arg == name)
 }
 
 fn take_kwarg(args: &mut Vec<ArgValue>, name: &str) -> Option<ArgValue> {

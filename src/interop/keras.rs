@@ -39,7 +39,10 @@ fn py(v: &Json) -> String {
             }
         }
         Json::Object(map) => {
-            let items: Vec<String> = map.iter().map(|(k, v)| format!("{k:?}: {}", py(v))).collect();
+            let items: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{k:?}: {}", py(v)))
+                .collect();
             format!("{{{}}}", items.join(", "))
         }
     }
@@ -443,6 +446,12 @@ impl PythonExporter<'_> {
                 args.push(format!("{k}={}", py(&v)));
             }
         }
+        for (arg, _, r) in &node.regularizers.weights {
+            args.push(format!("{arg}={}", r.python()));
+        }
+        if let Some(r) = node.regularizers.activity {
+            args.push(format!("activity_regularizer={}", r.python()));
+        }
         args.push(format!("name={:?}", node.name));
         if node.trainable != node.op.trainable_by_default() {
             let flag = if node.trainable { "True" } else { "False" };
@@ -756,6 +765,17 @@ fn marshal_holds_name(code: &[u8], name: &str) -> bool {
     });
     short || long
 }
+
+/// Keras's weight constraint arguments (applied after each optimizer update).
+const CONSTRAINTS: &[&str] = &[
+    "kernel_constraint",
+    "bias_constraint",
+    "depthwise_constraint",
+    "pointwise_constraint",
+    "beta_constraint",
+    "gamma_constraint",
+    "alpha_constraint",
+];
 
 /// The refusal for a layer unetc cannot run: which layer, why, and what unetc has instead.
 fn unknown_layer(
@@ -1327,6 +1347,23 @@ impl Importer {
                     }
                 }
             }
+            // Regularizers: penalties `unetc train` adds, as Keras's fit does.
+            let regularizer_args = Op::regularized(kind)
+                .iter()
+                .map(|&(arg, _)| arg)
+                .chain(["activity_regularizer"]);
+            for arg in regularizer_args {
+                let Some(v) = lc.get(arg) else { continue };
+                match crate::ir::regularizer::Regularizer::from_keras(v) {
+                    Ok(Some(r)) => args.push(format!("{arg}: {}", r.spec_text())),
+                    Ok(None) => {}
+                    Err(why) => {
+                        return Err(err(format!(
+                            "{at}: layer `{lname}`'s {arg}: {why}; nothing was imported"
+                        )))
+                    }
+                }
+            }
             // `trainable` where it is not the kind's default (keras-unet-collection's Snake
             // defaults to false).
             let default = Op::kind_trainable_by_default(kind);
@@ -1364,6 +1401,19 @@ impl Importer {
                 source_of(self, tensors)?
             };
             args.push(format!("name: {}", crate::emit::dsl::string_literal(lname)));
+            // Constraints act in training only, and unetc train applies none: say so where the
+            // layer is, instead of dropping them unseen.
+            for key in CONSTRAINTS {
+                let class = match lc.get(*key) {
+                    None | Some(Json::Null) => continue,
+                    Some(c) => c.get("class_name").and_then(Json::as_str).unwrap_or("?"),
+                };
+                let _ = writeln!(
+                    out,
+                    "  # Keras's {key} {class} of `{lname}` is not imported: unetc train applies no \
+                     constraints"
+                );
+            }
             let _ = writeln!(out, "  {assign}{source}{kind}({})", args.join(", "));
         }
         Ok(())

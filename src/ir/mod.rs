@@ -2,6 +2,7 @@
 //! templates are expanded. Nodes are Keras layers in creation order; edges are by index.
 
 pub mod ops;
+pub mod regularizer;
 pub mod value;
 
 use crate::diag::Span;
@@ -24,6 +25,8 @@ pub struct Node {
     pub op: Op,
     pub inputs: Vec<NodeId>,
     pub trainable: bool,
+    /// Penalties training adds to the loss (`kernel_regularizer`, ...); none at inference.
+    pub regularizers: regularizer::Regularizers,
     /// Where the layer was called.
     pub span: Span,
     /// True for layers created by an `include` (they are not reported as unused).

@@ -301,6 +301,13 @@ impl<'c> CudaTrainer<'c> {
                 class: node.op.class_name(),
                 why: format!("{why}; train this model with --device cpu"),
             };
+            if !node.regularizers.is_empty() {
+                return Err(refuse(
+                    "its regularizers (kernel_regularizer, ...) are applied by the CPU trainer \
+                     only"
+                        .into(),
+                ));
+            }
             let kind = gpu_kind(&node.op).map_err(refuse)?;
             // The GPU's Add sums whole tensors. The compiler refuses Adds of different shapes
             // (E-add-shape); this guard keeps a later change there from summing out of bounds.

@@ -155,6 +155,18 @@ impl<'c> Trainer<'c> {
                 c.graph.inputs.len()
             )));
         }
+        if let Some(node) = c
+            .graph
+            .nodes
+            .iter()
+            .find(|n| n.regularizers.activity.is_some())
+        {
+            return Err(TrainError::Setup(format!(
+                "layer `{}` has an activity_regularizer, which unetc train does not apply yet; \
+                 remove it from the spec to train without it",
+                node.name
+            )));
+        }
         let params =
             bind_weights(&c.graph, &c.info, &c.info.schedule, weights).map_err(|problems| {
                 TrainError::Setup(format!(
@@ -341,7 +353,7 @@ impl<'c> Trainer<'c> {
             }
         });
         let (loss, _, _) = self.loss(output, recovered.as_deref(), targets);
-        Ok((loss, outputs[&self.output].clone()))
+        Ok((loss + self.weight_penalty(), outputs[&self.output].clone()))
     }
 
     /// Whether the loss takes the logits of the model's output activation (Keras's
@@ -406,6 +418,25 @@ impl<'c> Trainer<'c> {
         }
     }
 
+    /// The regularizers' penalty on the current weights: tf.keras adds every regularized
+    /// weight's (frozen layers' too) to the loss it minimizes and reports, in layer order.
+    fn weight_penalty(&self) -> f64 {
+        let mut total = 0.0f32;
+        for &id in &self.c.info.keras_order {
+            let node = self.c.graph.node(id);
+            if node.regularizers.weights.is_empty() || node.shares.is_some() {
+                continue;
+            }
+            for (slot, var) in weight_slots(&node.op).iter().enumerate() {
+                let w = self.params.get(&id).and_then(|p| p.get(slot));
+                if let (Some(r), Some(w)) = (node.regularizers.of(var), w) {
+                    total += r.penalty(w) as f32;
+                }
+            }
+        }
+        f64::from(total)
+    }
+
     /// One training step on a batch; returns the loss computed before the update.
     pub fn step(&mut self, x: &Tensor, targets: &BatchTargets) -> Result<f64, TrainError> {
         let (loss, grads) = self.gradients(x, targets)?;
@@ -435,6 +466,7 @@ impl<'c> Trainer<'c> {
         };
         let (loss, dout, grad_is_logits) =
             profile::time(|| "loss".into(), || self.loss(output, logits, targets));
+        let loss = loss + self.weight_penalty();
         if !loss.is_finite() {
             return Err(TrainError::NotFinite {
                 step: self.iterations + 1,
@@ -547,6 +579,21 @@ impl<'c> Trainer<'c> {
             }
         }
 
+        // The regularizers' gradients, for the variables the optimizer updates.
+        for v in &self.variables {
+            let node = self.c.graph.node(v.node);
+            let Some(r) = weight_slots(&node.op)
+                .get(v.slot)
+                .and_then(|var| node.regularizers.of(var))
+            else {
+                continue;
+            };
+            let w = &self.params[&v.node][v.slot];
+            let g = weight_grads
+                .entry((v.node, v.slot))
+                .or_insert_with(|| vec![0.0; w.len()]);
+            r.add_gradient(w, g);
+        }
         let input_grad = self.c.graph.inputs.first().and_then(|i| grads.remove(i));
         Ok((
             loss,

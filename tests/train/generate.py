@@ -5,7 +5,7 @@
 weight after the last step (BatchNormalization's moving statistics included).
 
     pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 safetensors numpy
-    python tests/train/generate.py
+    python tests/train/generate.py [NAME ...]
 
 Files per case ``<c>``: ``<c>.json`` (``model.to_json()``; the test imports it with
 ``unetc import``), ``<c>.init.safetensors``, ``<c>.x.npy``, ``<c>.y.npy``,
@@ -82,6 +82,30 @@ def frozen(k):
     b = L.UpSampling2D(interpolation="bilinear")(b)
     x = L.Add()([a, b])
     out = L.Conv2D(4, 1, activation="softmax")(x)
+    return k.Model(x0, out)
+
+
+def regularized(k):
+    """Weight regularizers as hand-written Keras U-Nets use them (the penalties enter the loss
+    and the gradients): L2 on conv kernels, L1 on a bias, L1L2 on BatchNormalization's gamma and
+    L2 on its beta, L1 on a depthwise kernel, Keras's name "l2" (factor 0.01) on a transposed
+    conv, and a frozen regularized conv (its penalty counts in the loss; its weights stay)."""
+    L = k.layers
+    R = k.regularizers
+    x0 = L.Input((12, 12, 3))
+    a = L.Conv2D(6, 3, padding="same", kernel_regularizer=R.L2(1e-2), name="frozen_conv",
+                 trainable=False)(x0)
+    x = L.Conv2D(8, 3, padding="same", activation="relu", kernel_regularizer=R.L2(1e-2),
+                 bias_regularizer=R.L1(1e-2), bias_initializer="ones")(a)
+    x = L.BatchNormalization(gamma_regularizer=R.L1L2(l1=1e-3, l2=1e-2),
+                             beta_regularizer=R.L2(1e-2))(x)
+    s = x
+    x = L.MaxPooling2D()(x)
+    x = L.DepthwiseConv2D(3, padding="same", activation="relu",
+                          depthwise_regularizer=R.L1(1e-3))(x)
+    x = L.Conv2DTranspose(8, 2, strides=2, kernel_regularizer="l2")(x)
+    x = L.Concatenate()([s, x])
+    out = L.Conv2D(3, 1, activation="softmax", kernel_regularizer=R.L1L2(l1=1e-4, l2=1e-4))(x)
     return k.Model(x0, out)
 
 
@@ -234,6 +258,9 @@ def cases():
         ("shared_layer_sgd_bce", shared, lambda: opt.SGD(0.1),
          ["--optimizer", "sgd", "--learning-rate", "0.1"],
          "binary_crossentropy", ["--loss", "binary_crossentropy"], "binary", 2, 3),
+        ("regularized_adam_cce", regularized, lambda: opt.Adam(1e-2),
+         ["--optimizer", "adam", "--learning-rate", "0.01"],
+         "categorical_crossentropy", ["--loss", "categorical_crossentropy"], "onehot", 2, 3),
     ]
 
 
@@ -249,8 +276,11 @@ def main() -> int:
     from keras_to_safetensors import save_unetc_weights
 
     k = keras()
+    only = set(sys.argv[1:])  # `generate.py NAME ...`: only those cases (seeds stay by position)
     for i, (name, build, make_opt, opt_flags, loss, loss_flags, target, batch, steps) in \
             enumerate(cases()):
+        if only and name not in only:
+            continue
         k.backend.clear_session()
         tf.keras.utils.set_random_seed(1000 + i)
         model = build(k)

@@ -457,6 +457,7 @@ impl PReLU {
 
 impl LayerKind for PReLU {
     const CLASS: &'static str = "PReLU";
+    const REGULARIZED: &'static [(&'static str, &'static str)] = &[("alpha_regularizer", "alpha")];
     const POSITIONAL: &'static [&'static str] = &["alpha_initializer"];
     const KNOWN: &'static [&'static str] = &["alpha_initializer", "shared_axes"];
     const IMPORTED_CONFIG: &'static [&'static str] = &["alpha_initializer", "shared_axes"];

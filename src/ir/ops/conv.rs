@@ -239,6 +239,10 @@ pub struct Conv2D {
 
 impl LayerKind for Conv2D {
     const CLASS: &'static str = "Conv2D";
+    const REGULARIZED: &'static [(&'static str, &'static str)] = &[
+        ("kernel_regularizer", "kernel"),
+        ("bias_regularizer", "bias"),
+    ];
     const POSITIONAL: &'static [&'static str] = &["filters", "kernel_size", "strides", "padding"];
     const KNOWN: &'static [&'static str] = CONV_KNOWN;
     const IMPORTED_CONFIG: &'static [&'static str] = &[
@@ -367,6 +371,10 @@ impl Conv2DTranspose {
 
 impl LayerKind for Conv2DTranspose {
     const CLASS: &'static str = "Conv2DTranspose";
+    const REGULARIZED: &'static [(&'static str, &'static str)] = &[
+        ("kernel_regularizer", "kernel"),
+        ("bias_regularizer", "bias"),
+    ];
     const POSITIONAL: &'static [&'static str] = &["filters", "kernel_size", "strides", "padding"];
     const KNOWN: &'static [&'static str] = &[
         "filters",
@@ -601,6 +609,10 @@ pub struct DepthwiseConv2D {
 
 impl LayerKind for DepthwiseConv2D {
     const CLASS: &'static str = "DepthwiseConv2D";
+    const REGULARIZED: &'static [(&'static str, &'static str)] = &[
+        ("depthwise_regularizer", "depthwise_kernel"),
+        ("bias_regularizer", "bias"),
+    ];
     const POSITIONAL: &'static [&'static str] =
         &["kernel_size", "strides", "padding", "depth_multiplier"];
     const KNOWN: &'static [&'static str] = &[
@@ -682,6 +694,11 @@ pub struct SeparableConv2D {
 
 impl LayerKind for SeparableConv2D {
     const CLASS: &'static str = "SeparableConv2D";
+    const REGULARIZED: &'static [(&'static str, &'static str)] = &[
+        ("depthwise_regularizer", "depthwise_kernel"),
+        ("pointwise_regularizer", "pointwise_kernel"),
+        ("bias_regularizer", "bias"),
+    ];
     const POSITIONAL: &'static [&'static str] = &["filters", "kernel_size", "strides", "padding"];
     const KERAS_ALIASES: &'static [&'static str] = &["SeparableConvolution2D"];
     const KNOWN: &'static [&'static str] = &[

@@ -50,6 +50,10 @@ pub struct Dense {
 
 impl LayerKind for Dense {
     const CLASS: &'static str = "Dense";
+    const REGULARIZED: &'static [(&'static str, &'static str)] = &[
+        ("kernel_regularizer", "kernel"),
+        ("bias_regularizer", "bias"),
+    ];
     const POSITIONAL: &'static [&'static str] = &["units", "activation", "use_bias"];
     const KNOWN: &'static [&'static str] = &[
         "units",

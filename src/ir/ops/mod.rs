@@ -115,6 +115,9 @@ pub trait LayerKind {
     /// The keys of a Keras layer config that `unetc import` carries into the spec; the others
     /// (`data_format`, `dtype`, regularizers, ...) must have values unetc follows anyway.
     const IMPORTED_CONFIG: &'static [&'static str];
+    /// The kind's weight regularizer arguments and the variables they regularize
+    /// (`kernel_regularizer` -> `kernel`); every kind also takes `activity_regularizer`.
+    const REGULARIZED: &'static [(&'static str, &'static str)] = &[];
     /// Reads the arguments, leaving diagnostics in the reader.
     fn parse(args: &mut ArgReader) -> Self;
     /// Output shape from input shapes.
@@ -213,6 +216,14 @@ macro_rules! ops {
                     }
                 )*
                 None
+            }
+
+            /// The weight regularizer arguments of the kind spelled `kind`.
+            pub fn regularized(kind: &str) -> &'static [(&'static str, &'static str)] {
+                match kind {
+                    $($kind $(| $alias)* => $variant::REGULARIZED,)*
+                    _ => &[],
+                }
             }
 
             /// The modules a class from outside Keras comes from (empty for Keras's own).

@@ -16,6 +16,8 @@ pub struct BatchNormalization {
 
 impl LayerKind for BatchNormalization {
     const CLASS: &'static str = "BatchNormalization";
+    const REGULARIZED: &'static [(&'static str, &'static str)] =
+        &[("beta_regularizer", "beta"), ("gamma_regularizer", "gamma")];
     const POSITIONAL: &'static [&'static str] = &["axis", "momentum", "epsilon", "center", "scale"];
     const KNOWN: &'static [&'static str] = &[
         "axis",
@@ -218,6 +220,8 @@ impl GroupNormalization {
 
 impl LayerKind for GroupNormalization {
     const CLASS: &'static str = "GroupNormalization";
+    const REGULARIZED: &'static [(&'static str, &'static str)] =
+        &[("beta_regularizer", "beta"), ("gamma_regularizer", "gamma")];
     const POSITIONAL: &'static [&'static str] = &["groups", "axis", "epsilon", "center", "scale"];
     const KNOWN: &'static [&'static str] = &[
         "groups",
@@ -355,6 +359,8 @@ impl LayerNormalization {
 
 impl LayerKind for LayerNormalization {
     const CLASS: &'static str = "LayerNormalization";
+    const REGULARIZED: &'static [(&'static str, &'static str)] =
+        &[("beta_regularizer", "beta"), ("gamma_regularizer", "gamma")];
     const POSITIONAL: &'static [&'static str] = &["axis", "epsilon", "center", "scale"];
     const KNOWN: &'static [&'static str] = &[
         "axis",

@@ -193,6 +193,10 @@ impl Conv3D {
 
 impl LayerKind for Conv3D {
     const CLASS: &'static str = "Conv3D";
+    const REGULARIZED: &'static [(&'static str, &'static str)] = &[
+        ("kernel_regularizer", "kernel"),
+        ("bias_regularizer", "bias"),
+    ];
     const POSITIONAL: &'static [&'static str] = &["filters", "kernel_size", "strides", "padding"];
     const KNOWN: &'static [&'static str] = CONV3D_KNOWN;
     const KERAS_ALIASES: &'static [&'static str] = &["Convolution3D"];
@@ -297,6 +301,10 @@ impl Conv3DTranspose {
 
 impl LayerKind for Conv3DTranspose {
     const CLASS: &'static str = "Conv3DTranspose";
+    const REGULARIZED: &'static [(&'static str, &'static str)] = &[
+        ("kernel_regularizer", "kernel"),
+        ("bias_regularizer", "bias"),
+    ];
     const POSITIONAL: &'static [&'static str] = &["filters", "kernel_size", "strides", "padding"];
     const KNOWN: &'static [&'static str] = &[
         "filters",

@@ -1151,7 +1151,23 @@ fn lambda_functions_are_refused_where_unetc_would_run_them_wrongly() {
             "x -> lambda(slice_tensor, start: -1, stop: 2, axis: 3)",
             "-1 is out of range",
         ),
-        ("x -> lambda(reverse)", "argument `function`"),
+        (
+            "x -> lambda(reverse)",
+            "not a function unetc knows (slice_tensor, expand_dims) nor arithmetic in `x` \
+             (`\"x / 255\"`): `r` is not arithmetic unetc runs",
+        ),
+        (
+            "x -> lambda(\"x * x\")",
+            "an expression with `x` exactly once, not 2 times",
+        ),
+        (
+            "x -> lambda(\"x ** 2\")",
+            "`**` is not arithmetic unetc runs",
+        ),
+        (
+            "x -> lambda(\"x / 255\", start: 1)",
+            "argument `start`: is not an argument of an arithmetic lambda",
+        ),
     ];
     for (line, want) in cases {
         let out = check(

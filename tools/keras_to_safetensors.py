@@ -80,7 +80,7 @@ WEIGHTLESS = {
     "Permute",
     # TensorFlow functions applied to tensors (`x + y`, tf.concat); unetc checks the function.
     "TFOpLambda",
-    # A Python function: unetc checks that it is one it knows (classification_models').
+    # A Python function (no weights): `unetc import` checks that it can read it.
     "Lambda",
     "MaxPooling3D",
     "AveragePooling3D",
@@ -156,11 +156,6 @@ def _check_config(layer, cls: str) -> None:
     if cls in ("GELU", "Snake") and type(layer).__module__ != "keras_unet_collection.activations":
         raise UnsupportedModel(f"{where} comes from {type(layer).__module__}; unetc knows "
                                f"keras-unet-collection's {cls} (keras_unet_collection.activations)")
-    if cls == "Lambda" and getattr(layer.function, "__module__", None) != \
-            "classification_models.models._common_blocks":
-        raise UnsupportedModel(f"{where} runs a Python function of "
-                               f"{getattr(layer.function, '__module__', None)}; unetc knows "
-                               "classification_models' slice_tensor and expand_dims only")
     if cls == "Normalization":
         rank = len(layer.input_shape)
         axis = tuple(cfg.get("axis") or ())

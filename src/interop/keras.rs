@@ -2,6 +2,7 @@
 //! (every layer named explicitly, so names match whatever the Keras session), and
 //! `unetc import model.json` reads a functional model's `to_json()` and writes a DSL spec.
 
+use super::pycode;
 use crate::infer::Inferred;
 use crate::ir::ops::{
     FixedDropout, Lambda, LambdaFunction, LayerKind, Snake, TFOpLambda, TfCompute, TfFunction, GELU,
@@ -89,10 +90,9 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
     // The functions of Lambda layers, from the package that defines them (`pip install
     // image-classifiers`): its to_json() names the module that `unetc import` reads them by.
     for function in LambdaFunction::ALL {
-        let used = graph
-            .nodes
-            .iter()
-            .any(|n| matches!(&n.op, Op::Lambda(op) if op.function == *function));
+        let used = graph.nodes.iter().any(
+            |n| matches!(&n.op, Op::Lambda(op) if op.python_function() == function.keras_name()),
+        );
         if used {
             let _ = writeln!(out, "from {} import {function}", function.module());
         }
@@ -434,8 +434,10 @@ impl PythonExporter<'_> {
             })
             .collect();
         if let Op::Lambda(op) = &node.op {
-            args.push(op.function.keras_name().to_string());
-            args.push(format!("arguments={}", py(&op.arguments())));
+            args.push(op.python_function());
+            if !op.arguments().is_null() {
+                args.push(format!("arguments={}", py(&op.arguments())));
+            }
         } else if let Json::Object(map) = &node.op.built_config(&input_shapes) {
             for (k, v) in map {
                 // Keras spells BN's axis as an int; unetc's config reports the built list form.
@@ -713,11 +715,12 @@ fn tensor_ref(v: &Json) -> Option<&str> {
     }
 }
 
-/// The spec arguments of a Lambda layer whose function unetc knows ([`LambdaFunction`]): the
-/// function and its `arguments`. A Lambda stores its function as marshalled Python bytecode with
-/// the defining module beside it; the function is the one named `name` in `module` when the
-/// module matches, the bytecode holds the name as a marshalled string, the function has no
-/// defaults or closure, and the arguments are the function's, whole numbers. `None` otherwise.
+/// The spec arguments of a Lambda layer whose function unetc reads (src/ir/ops/lambda.rs): a
+/// known package function, or a lambda of scalar arithmetic in its one argument. A Lambda
+/// stores its function as marshalled Python bytecode, with the defining module beside it; a
+/// known function is the one of that name in that module (the bytecode holds the name), with
+/// no defaults or closure and the function's own arguments, whole numbers; an arithmetic
+/// lambda is read from its bytecode (src/interop/pycode.rs). `None` otherwise.
 fn known_lambda(config: &Json) -> Option<Vec<String>> {
     use base64::Engine;
     let module = config.get("module").and_then(Json::as_str)?;
@@ -734,36 +737,30 @@ fn known_lambda(config: &Json) -> Option<Vec<String>> {
     let code = base64::engine::general_purpose::STANDARD
         .decode(code)
         .ok()?;
-    let arguments = config.get("arguments").and_then(Json::as_object)?;
-    let function = LambdaFunction::ALL.iter().copied().find(|f| {
+    let no_arguments = serde_json::Map::new();
+    let arguments = match config.get("arguments") {
+        None | Some(Json::Null) => &no_arguments,
+        Some(a) => a.as_object()?,
+    };
+    let known = LambdaFunction::ALL.iter().copied().find(|f| {
         f.module() == module
-            && marshal_holds_name(&code, f.keras_name())
+            && pycode::holds_name(&code, f.keras_name())
             && arguments.len() == f.arguments().len()
             && f.arguments().iter().all(|a| arguments.contains_key(*a))
-    })?;
-    let mut args = vec![function.keras_name().to_string()];
-    for &name in function.arguments() {
-        args.push(format!("{name}: {}", arguments.get(name)?.as_u64()?));
-    }
-    Some(args)
-}
-
-/// Whether marshalled Python code holds the string `name` (a code object's name): a short
-/// ASCII string (type `z`/`Z`, one length byte) or a string with a 4-byte length (`a`, `A`, `u`,
-/// `t`), either with or without the reference flag (0x80).
-fn marshal_holds_name(code: &[u8], name: &str) -> bool {
-    let name = name.as_bytes();
-    let Ok(len) = u8::try_from(name.len()) else {
-        return false;
-    };
-    let short = code
-        .windows(name.len() + 2)
-        .any(|w| matches!(w[0] & 0x7f, b'z' | b'Z') && w[1] == len && &w[2..] == name);
-    let long_len = (name.len() as u32).to_le_bytes();
-    let long = code.windows(name.len() + 5).any(|w| {
-        matches!(w[0] & 0x7f, b'a' | b'A' | b'u' | b't') && w[1..5] == long_len && &w[5..] == name
     });
-    short || long
+    if let Some(function) = known {
+        let mut args = vec![function.keras_name().to_string()];
+        for &name in function.arguments() {
+            args.push(format!("{name}: {}", arguments.get(name)?.as_u64()?));
+        }
+        return Some(args);
+    }
+    if !arguments.is_empty() {
+        return None;
+    }
+    let expr = pycode::arithmetic_lambda(&pycode::read_code(&code)?)?;
+    let arithmetic = crate::ir::ops::Arithmetic::from_expr(&expr).ok()?;
+    Some(vec![crate::emit::dsl::string_literal(&arithmetic.text)])
 }
 
 /// Keras's weight constraint arguments (applied after each optimizer update).
@@ -791,17 +788,18 @@ fn unknown_layer(
         [first, rest @ ..] => format!(" (so are `{first}` and {} more)", rest.len()),
     };
     let why = if class == "Lambda" {
-        let known: Vec<String> = LambdaFunction::ALL
+        let mut known: Vec<String> = LambdaFunction::ALL
             .iter()
             .map(|f| format!("{}.{f}", f.module()))
             .collect();
+        known.push("lambdas of scalar arithmetic such as `lambda x: x / 255`".into());
         let tf_functions: Vec<&str> = TfFunction::ALL.iter().map(|f| f.keras_name()).collect();
         format!(
             "a Lambda runs a Python function stored as bytecode, which unetc cannot read or run \
              (it knows {} only). Nearest known kind: TFOpLambda (what Keras records for \
              TensorFlow functions applied to tensors, such as `x + y` or `tf.concat`), which \
              unetc runs for: {}; write the function with those or with Keras layers",
-            known.join(" and "),
+            known.join(", "),
             tf_functions.join(", ")
         )
     } else if module.is_none_or(|m| m.starts_with("keras.") || m.starts_with("tf_keras.")) {

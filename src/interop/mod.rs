@@ -3,5 +3,6 @@
 pub mod keras;
 pub mod onnx;
 pub mod onnx_import;
+pub mod pycode;
 pub mod pytorch;
 pub mod verify;

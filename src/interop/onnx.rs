@@ -21,7 +21,7 @@
 use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, Interpolation, LambdaFunction, Maximum, MergeFn, Minimum, Multiply,
+    ActivationFn, Average, Interpolation, LambdaBody, Maximum, MergeFn, Minimum, Multiply,
     NormLayout, Normalization, PadMode, ReduceFn, ScalarFn, Subtract, TfCompute, UpSampling2D,
     VolumeInterpolation, WindowGeometry,
 };
@@ -1061,18 +1061,52 @@ impl Exporter<'_> {
             // Both act on Keras's NHWC order: an image goes back to NHWC first, and an image
             // result returns to NCHW after.
             Op::Reshape(_) => self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, None),
-            Op::Lambda(op) => match op.function {
+            Op::Lambda(op) => match &op.body {
                 // Channels are axis 1 of an NCHW image.
-                LambdaFunction::SliceTensor => {
+                LambdaBody::SliceTensor { start, stop, .. } => {
                     need_image("slice_tensor")?;
-                    let range = op.channels();
-                    let starts = self.init_i64(format!("{name}/starts"), vec![range.start as i64]);
-                    let ends = self.init_i64(format!("{name}/ends"), vec![range.end as i64]);
+                    let starts = self.init_i64(format!("{name}/starts"), vec![*start]);
+                    let ends = self.init_i64(format!("{name}/ends"), vec![*stop]);
                     let axes = self.init_i64(format!("{name}/axes"), vec![1]);
                     self.node(name, "Slice", vec![x(), starts, ends, axes], out, vec![]);
                 }
-                LambdaFunction::ExpandDims => {
+                LambdaBody::ExpandDims { .. } => {
                     self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, None)
+                }
+                // One node per operation; the last one is named after the layer.
+                LambdaBody::Arithmetic(a) => {
+                    let mut from = x();
+                    let n = a.ops.len();
+                    if n == 0 {
+                        self.node(
+                            name.clone(),
+                            "Identity",
+                            vec![from.clone()],
+                            out.clone(),
+                            vec![],
+                        );
+                    }
+                    for (k, op) in a.ops.iter().enumerate() {
+                        let c = self.scalar(format!("{name}/constant_{k}"), op.c());
+                        let inputs = if op.constant_first {
+                            vec![c, from.clone()]
+                        } else {
+                            vec![from.clone(), c]
+                        };
+                        let op_type = match op.function {
+                            ScalarFn::Add => "Add",
+                            ScalarFn::Subtract => "Sub",
+                            ScalarFn::Multiply => "Mul",
+                            ScalarFn::Divide => "Div",
+                        };
+                        let (node_name, to) = if k + 1 == n {
+                            (name.clone(), out.clone())
+                        } else {
+                            (format!("{name}/{k}"), format!("{name}/{k}:0"))
+                        };
+                        self.node(node_name, op_type, inputs, to.clone(), vec![]);
+                        from = to;
+                    }
                 }
             },
             Op::Permute(op) => {

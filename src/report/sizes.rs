@@ -499,7 +499,7 @@ const ALIGNED_CORNERS: &str =
 /// (from the output back) whose outputs depend on the whole input along the axis.
 pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
     use crate::ir::ops::{
-        Interpolation, LambdaFunction, PadMode, TfCompute, VolumeInterpolation, WindowGeometry,
+        Interpolation, LambdaBody, PadMode, TfCompute, VolumeInterpolation, WindowGeometry,
     };
     use crate::ir::Op;
     let Some(&out) = c.graph.outputs.first() else {
@@ -665,11 +665,11 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                             }
                         }
                     },
-                    // classification_models' functions: a channel slice is per pixel;
-                    // expand_dims reshapes a pooled vector.
-                    Op::Lambda(op) => match op.function {
-                        LambdaFunction::SliceTensor => (a, b),
-                        LambdaFunction::ExpandDims => return Err(non_local()),
+                    // Lambdas: a channel slice and arithmetic are per pixel; expand_dims
+                    // reshapes a pooled vector.
+                    Op::Lambda(op) => match &op.body {
+                        LambdaBody::SliceTensor { .. } | LambdaBody::Arithmetic(_) => (a, b),
+                        LambdaBody::ExpandDims { .. } => return Err(non_local()),
                     },
                     Op::Multiply(_)
                     | Op::Subtract(_)

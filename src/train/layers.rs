@@ -10,7 +10,7 @@ use crate::exec::cpu::kernels::Strided;
 use crate::exec::cpu::winograd;
 use crate::exec::Tensor;
 use crate::ir::ops::{
-    ActivationFn, Interpolation, LambdaFunction, MergeFn, NormLayout, Normalization, Op, PadMode,
+    ActivationFn, Interpolation, LambdaBody, MergeFn, NormLayout, Normalization, Op, PadMode,
     ReduceFn, Snake, TfCompute, UpSampling3D, VolumeInterpolation, WindowGeometry, GELU,
 };
 use rand_distr::{Distribution, StandardNormal, Uniform};
@@ -187,6 +187,10 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
             TfCompute::Scalar(_) | TfCompute::ReduceChannels(_) => reads(true, false),
             TfCompute::Concat(_) | TfCompute::Reshape | TfCompute::Resize(_) => nothing,
         },
+        Op::Lambda(o) => match &o.body {
+            LambdaBody::SliceTensor { .. } | LambdaBody::ExpandDims { .. } => nothing,
+            LambdaBody::Arithmetic(_) => reads(true, false),
+        },
         Op::Add(_) => merge(MergeFn::Add),
         Op::Subtract(_) => merge(MergeFn::Subtract),
         Op::Average(_) => merge(MergeFn::Average),
@@ -219,7 +223,6 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
         | Op::Concatenate(_)
         | Op::Flatten(_)
         | Op::Reshape(_)
-        | Op::Lambda(_)
         | Op::Permute(_)
         | Op::Rescaling(_)
         | Op::Normalization(_)
@@ -630,14 +633,16 @@ pub fn forward(
                 .collect()
         }
         Op::Flatten(_) | Op::Reshape(_) => first().to_vec(),
-        Op::Lambda(o) => match o.function {
-            LambdaFunction::SliceTensor => {
+        Op::Lambda(o) => match &o.body {
+            LambdaBody::SliceTensor { start, stop, .. } => {
                 let c = x.and_then(|t| t.shape.last().copied()).unwrap_or(1);
                 let mut out = vec![0.0f32; out_len];
-                crate::exec::cpu::kernels::slice_channels(first(), c, o.channels(), &mut out);
+                let channels = *start as usize..*stop as usize;
+                crate::exec::cpu::kernels::slice_channels(first(), c, channels, &mut out);
                 out
             }
-            LambdaFunction::ExpandDims => first().to_vec(),
+            LambdaBody::ExpandDims { .. } => first().to_vec(),
+            LambdaBody::Arithmetic(a) => first().iter().map(|&v| a.apply(v)).collect(),
         },
         Op::Permute(o) => {
             let item = permute_index(
@@ -1238,19 +1243,26 @@ pub fn backward(
             input_grads(dx)
         }
         Op::Flatten(_) | Op::Reshape(_) | Op::GaussianNoise(_) => input_grads(output_grad(grad)),
-        Op::Lambda(o) => match o.function {
+        Op::Lambda(o) => match &o.body {
             // The slice's gradient goes back to its channels; the others get none.
-            LambdaFunction::SliceTensor => {
+            LambdaBody::SliceTensor { start, stop, .. } => {
                 let dy = output_grad(grad);
                 let c = x_shape.last().copied().unwrap_or(1).max(1);
-                let channels = o.channels();
+                let channels = *start as usize..*stop as usize;
                 let mut dx = vec![0.0f32; x_shape.iter().product()];
                 for (pixel, g) in dx.chunks_mut(c).zip(dy.chunks(channels.len().max(1))) {
                     pixel[channels.clone()].copy_from_slice(g);
                 }
                 input_grads(dx)
             }
-            LambdaFunction::ExpandDims => input_grads(output_grad(grad)),
+            LambdaBody::ExpandDims { .. } => input_grads(output_grad(grad)),
+            LambdaBody::Arithmetic(a) => input_grads(
+                output_grad(grad)
+                    .iter()
+                    .zip(first().iter())
+                    .map(|(&g, &v)| g * a.derivative(v))
+                    .collect(),
+            ),
         },
         Op::Dropout(_) | Op::SpatialDropout2D(_) | Op::GaussianDropout(_) | Op::FixedDropout(_) => {
             let dy = output_grad(grad);

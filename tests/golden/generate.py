@@ -920,12 +920,14 @@ def edge_reshape():
 
 
 def edge_lambda():
-    """Lambda layers running classification_models' functions (segmentation_models' SE-ResNet and
-    ResNeXt encoders; needs the image-classifiers package), on signed 6x5 maps (a linear 1x1 conv
+    """Lambda layers: classification_models' functions (segmentation_models' SE-ResNet and
+    ResNeXt encoders; needs the image-classifiers package) on signed 6x5 maps (a linear 1x1 conv
     of the input): a ResNeXt grouped 3x3 convolution as that package builds it (slice_tensor of
     the channel groups 0:4 and 4:8, a conv each, Concatenate), slices 3:7 and 7:8, and its
     squeeze-excitation block (GlobalAveragePooling2D -> expand_dims -> Conv2D 1x1 relu -> Conv2D
-    1x1 sigmoid -> Multiply). Flattened and concatenated."""
+    1x1 sigmoid -> Multiply); and lambdas of scalar arithmetic as Kaggle-style U-Nets write them:
+    `x / 255` of the input (then a 1x1 conv), `(x - 0.5) * 2.0`, `1 - x / 4.0`, `-x`,
+    `2 / (x + 3)` on the signed map. Flattened and concatenated."""
     tf = _tf()
     from classification_models.models._common_blocks import expand_dims, slice_tensor
 
@@ -944,7 +946,10 @@ def edge_lambda():
     se = L.Conv2D(2, 1, activation="relu")(se)
     se = L.Conv2D(8, 1, activation="sigmoid")(se)
     gated = L.Multiply()([x, se])
-    flat = [L.Flatten()(t) for t in (grouped, middle, last, gated)]
+    scaled = L.Conv2D(2, 1)(L.Lambda(lambda v: v / 255)(inp))
+    arithmetic = [L.Lambda(f)(x) for f in (lambda v: (v - 0.5) * 2.0, lambda v: 1 - v / 4.0,
+                                           lambda v: -v, lambda v: 2 / (v + 3))]
+    flat = [L.Flatten()(t) for t in (grouped, middle, last, gated, scaled, *arithmetic)]
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 

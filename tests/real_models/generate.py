@@ -161,7 +161,43 @@ def more_models():
             encoder_weights=None, decoder_filters=(32, 16, 8, 8, 4)), "formula"),
         ("sm_linknet_resnext50", lambda: sm.Linknet(
             "resnext50", input_shape=(64, 64, 3), classes=1, encoder_weights=None), False),
+        # Kaggle's Data Science Bowl 2018 "Keras U-Net starter" (the most copied Keras U-Net
+        # notebook): `Lambda(lambda x: x / 255)` first, ELU convs, Dropout, transposed convs.
+        ("kaggle_dsb2018_unet", kaggle_dsb2018_unet, "formula"),
     ]
+
+
+def kaggle_dsb2018_unet():
+    """The Data Science Bowl 2018 starter kernel's U-Net as written there (128x128x3)."""
+    import tensorflow as tf
+    from tensorflow.keras.layers import (Conv2D, Conv2DTranspose, Dropout, Input, Lambda,
+                                         MaxPooling2D, concatenate)
+
+    def block(x, filters, rate):
+        c = Conv2D(filters, (3, 3), activation="elu", kernel_initializer="he_normal",
+                   padding="same")(x)
+        c = Dropout(rate)(c)
+        return Conv2D(filters, (3, 3), activation="elu", kernel_initializer="he_normal",
+                      padding="same")(c)
+
+    inputs = Input((128, 128, 3))
+    s = Lambda(lambda x: x / 255)(inputs)
+    c1 = block(s, 16, 0.1)
+    c2 = block(MaxPooling2D((2, 2))(c1), 32, 0.1)
+    c3 = block(MaxPooling2D((2, 2))(c2), 64, 0.2)
+    c4 = block(MaxPooling2D((2, 2))(c3), 128, 0.2)
+    c5 = block(MaxPooling2D(pool_size=(2, 2))(c4), 256, 0.3)
+    u6 = concatenate([Conv2DTranspose(128, (2, 2), strides=(2, 2), padding="same")(c5), c4])
+    c6 = block(u6, 128, 0.2)
+    u7 = concatenate([Conv2DTranspose(64, (2, 2), strides=(2, 2), padding="same")(c6), c3])
+    c7 = block(u7, 64, 0.2)
+    u8 = concatenate([Conv2DTranspose(32, (2, 2), strides=(2, 2), padding="same")(c7), c2])
+    c8 = block(u8, 32, 0.1)
+    u9 = concatenate([Conv2DTranspose(16, (2, 2), strides=(2, 2), padding="same")(c8), c1],
+                     axis=3)
+    c9 = block(u9, 16, 0.1)
+    outputs = Conv2D(1, (1, 1), activation="sigmoid")(c9)
+    return tf.keras.Model(inputs=[inputs], outputs=[outputs])
 
 
 def tf_tutorial_unet(shape, alpha, up_filters, output_channels=3):

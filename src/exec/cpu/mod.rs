@@ -10,7 +10,7 @@ pub mod winograd;
 use super::plan::{hwc, plan, reads_parts, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use crate::infer::Inferred;
-use crate::ir::ops::LambdaFunction;
+use crate::ir::ops::LambdaBody;
 use crate::ir::ops::{
     Activation, Average, Concatenate, Maximum, Minimum, Multiply, Normalization, Snake, Subtract,
     TfCompute, GELU,
@@ -908,12 +908,17 @@ impl<'g> CpuModel<'g> {
                 | Op::Reshape(_),
                 _,
             ) => out.copy_from_slice(ins[0]),
-            (Op::Lambda(op), _) => match op.function {
-                LambdaFunction::SliceTensor => {
+            (Op::Lambda(op), _) => match &op.body {
+                LambdaBody::SliceTensor { start, stop, .. } => {
                     let c = in_shapes[0].last().copied().unwrap_or(1);
-                    kernels::slice_channels(ins[0], c, op.channels(), out)
+                    kernels::slice_channels(ins[0], c, *start as usize..*stop as usize, out)
                 }
-                LambdaFunction::ExpandDims => out.copy_from_slice(ins[0]),
+                LambdaBody::ExpandDims { .. } => out.copy_from_slice(ins[0]),
+                LambdaBody::Arithmetic(a) => {
+                    for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
+                        *o = a.apply(x);
+                    }
+                }
             },
             (Op::Permute(op), _) => {
                 kernels::permute(ins[0], &in_shapes[0], &op.source_axes(), out, batch)

@@ -16,8 +16,8 @@ use super::tensor::Tensor;
 use super::{Precision, WeightSource};
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, Interpolation, LambdaFunction, Maximum, MergeFn, Minimum, Multiply,
-    PadMode, ReduceFn, ScalarFn, Subtract, TfCompute, UpSampling2D, VolumeInterpolation,
+    ActivationFn, Average, Interpolation, LambdaBody, Maximum, MergeFn, Minimum, Multiply, PadMode,
+    ReduceFn, ScalarFn, ScalarOp, Subtract, TfCompute, UpSampling2D, VolumeInterpolation,
     WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
@@ -1830,6 +1830,40 @@ impl<'g> CudaModel<'g> {
         Ok(())
     }
 
+    /// `y = f(x, c)` elementwise (`scalar_op`, kernels/layers.cu); `x` may be `y` itself.
+    fn scalar_op<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        op: &ScalarOp,
+        x: View,
+        y: View,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let code: i32 = match op.function {
+            ScalarFn::Add => 0,
+            ScalarFn::Subtract => 1,
+            ScalarFn::Multiply => 2,
+            ScalarFn::Divide => 3,
+        };
+        let (k, first, nb) = (op.c(), i32::from(op.constant_first), batch as i32);
+        // SAFETY: matches scalar_op_<T>(void*, View, View, int, float, int, int); both views
+        // lie inside the arena as planned.
+        unsafe {
+            self.stream
+                .launch_builder(self.function::<T>("scalar_op"))
+                .arg(arena)
+                .arg(&x)
+                .arg(&y)
+                .arg(&code)
+                .arg(&k)
+                .arg(&first)
+                .arg(&nb)
+                .launch(grid(y.elements(batch)))
+                .map_err(driver)?;
+        }
+        Ok(())
+    }
+
     /// A grouped convolution (Conv2D with groups, DepthwiseConv2D: `per_group` = 1) on the
     /// direct kernel `grouped_conv2d` (kernels/conv.cu); weights `[kernel, bias]`.
     #[allow(clippy::too_many_arguments)]
@@ -2318,15 +2352,26 @@ impl<'g> CudaModel<'g> {
             }
             Op::Permute(op) => self.permute::<T>(arena, id, &op.source_axes(), batch)?,
             Op::Flatten(_) | Op::Reshape(_) => self.flat_copy(arena, id, batch)?,
-            Op::Lambda(op) => match op.function {
+            Op::Lambda(op) => match &op.body {
                 // The input's window of channels `start..stop`, copied.
-                LambdaFunction::SliceTensor => {
+                LambdaBody::SliceTensor { start, stop, .. } => {
                     let mut x = x_view(0)?;
-                    x.offset += op.channels().start as i64;
-                    x.c = op.channels().len() as i32;
+                    x.offset += start;
+                    x.c = (stop - start) as i32;
                     self.shift_window(arena, x, y, (0, 0), PadMode::Zeros, batch)?
                 }
-                LambdaFunction::ExpandDims => self.flat_copy(arena, id, batch)?,
+                LambdaBody::ExpandDims { .. } => self.flat_copy(arena, id, batch)?,
+                // One scalar_op per operation: the first from the input, the others in place.
+                LambdaBody::Arithmetic(a) => {
+                    let mut from = x_view(0)?;
+                    if a.ops.is_empty() {
+                        self.shift_window(arena, from, y, (0, 0), PadMode::Zeros, batch)?;
+                    }
+                    for op in &a.ops {
+                        self.scalar_op::<T>(arena, op, from, y, batch)?;
+                        from = y;
+                    }
+                }
             },
             // Only concatenations on another axis than the channels run a kernel.
             Op::Concatenate(op) => self.concat::<T>(arena, id, op.axis, batch)?,
@@ -2338,29 +2383,7 @@ impl<'g> CudaModel<'g> {
                 TfCompute::Activation(act) => {
                     self.elementwise(arena, x_view(0)?, y, activation_code(act), batch)?
                 }
-                TfCompute::Scalar(op) => {
-                    let code: i32 = match op.function {
-                        ScalarFn::Add => 0,
-                        ScalarFn::Subtract => 1,
-                        ScalarFn::Multiply => 2,
-                        ScalarFn::Divide => 3,
-                    };
-                    let (k, first, x) = (op.c(), i32::from(op.constant_first), x_view(0)?);
-                    // SAFETY: matches scalar_op_<T>(void*, View, View, int, float, int, int).
-                    unsafe {
-                        stream
-                            .launch_builder(self.function::<T>("scalar_op"))
-                            .arg(&mut *arena)
-                            .arg(&x)
-                            .arg(&y)
-                            .arg(&code)
-                            .arg(&k)
-                            .arg(&first)
-                            .arg(&nb)
-                            .launch(grid(n_out))
-                            .map_err(driver)?;
-                    }
-                }
+                TfCompute::Scalar(op) => self.scalar_op::<T>(arena, &op, x_view(0)?, y, batch)?,
                 TfCompute::ReduceChannels(f) => {
                     let code: i32 = match f {
                         ReduceFn::Mean => 0,

@@ -1,40 +1,320 @@
-//! Lambda: a Keras layer that runs a Python function. unetc cannot run Python code; it runs the
-//! functions of published packages that U-Net encoders are built with, known by their module and
-//! name ([`LambdaFunction`]), and computes what their source computes. Import recognises them
-//! from the layer's config (src/interop/keras.rs); any other Lambda is refused there by name.
+//! Lambda: a Keras layer that runs a Python function. unetc cannot run Python code; it runs
+//! what it can read exactly: the functions of published packages that U-Net encoders are built
+//! with, known by their module and name ([`LambdaFunction`]), and lambdas of scalar arithmetic
+//! on the tensor (`lambda x: x / 255`, `lambda x: x * 2 - 1`), which Kaggle-style U-Nets put
+//! first. Import reads either from the layer's config and bytecode (src/interop/keras.rs,
+//! src/interop/pycode.rs); any other Lambda is refused there by name.
 
 use super::keywords::LambdaFunction;
+use super::tf_op::{ScalarFn, ScalarOp};
 use super::{image, LayerKind, Shape, ShapeError};
-use crate::ir::value::{ArgReader, MAX_DIM};
+use crate::ir::value::{ArgReader, Value, MAX_DIM};
 use serde_json::{json, Value as Json};
 
 /// classification_models' channel axis for channels-last tensors (its functions take 3 or 1).
 const CHANNELS_LAST: i64 = 3;
 
+/// What a Lambda computes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LambdaBody {
+    /// classification_models' `slice_tensor(x, start, stop, axis)`.
+    SliceTensor { start: i64, stop: i64, axis: i64 },
+    /// classification_models' `expand_dims(x, channels_axis)`.
+    ExpandDims { channels_axis: i64 },
+    /// `lambda x: <expression>`: scalar arithmetic applied to every value, in order (`x / 255`
+    /// is one division; `(x - 0.5) / 0.5` a subtraction, then a division).
+    Arithmetic(Arithmetic),
+}
+
+/// A Python expression in `x` with `x` once and numbers: a chain of [`ScalarOp`]s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arithmetic {
+    pub ops: Vec<ScalarOp>,
+    /// The expression as Python writes it (`x / 255`), for the spec and `export --to keras`.
+    pub text: String,
+}
+
+impl Arithmetic {
+    pub fn apply(&self, x: f32) -> f32 {
+        self.ops.iter().fold(x, |v, op| op.apply(v))
+    }
+
+    /// The derivative of the chain at `x`.
+    pub fn derivative(&self, x: f32) -> f32 {
+        let mut v = x;
+        let mut d = 1.0f32;
+        for op in &self.ops {
+            d *= op.derivative(v);
+            v = op.apply(v);
+        }
+        d
+    }
+
+    /// Parses `x / 255`, `(x - 0.5) / 0.5`, `1 - x`, `-x`, ... (numbers, `x` once, `+ - * /`,
+    /// parentheses, unary minus).
+    pub fn parse(text: &str) -> Result<Arithmetic, String> {
+        let mut p = ExprParser {
+            s: text.as_bytes(),
+            at: 0,
+        };
+        let e = p.sum()?;
+        p.skip_space();
+        if p.at != p.s.len() {
+            return Err(format!("unexpected `{}`", &text[p.at..]));
+        }
+        Arithmetic::from_expr(&e)
+    }
+
+    /// The chain of an expression tree with `x` exactly once; its text is the tree's.
+    pub fn from_expr(e: &Expr) -> Result<Arithmetic, String> {
+        if e.x_count() != 1 {
+            return Err(format!(
+                "an expression with `x` exactly once, not {} times",
+                e.x_count()
+            ));
+        }
+        let mut ops = Vec::new();
+        e.chain(&mut ops);
+        Ok(Arithmetic {
+            ops,
+            text: e.text(0),
+        })
+    }
+}
+
+/// An arithmetic expression in `x`: from the spec's text or from Python bytecode.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    X,
+    Int(i64),
+    Float(f64),
+    Neg(Box<Expr>),
+    Bin(ScalarFn, Box<Expr>, Box<Expr>),
+}
+
+impl Expr {
+    fn x_count(&self) -> usize {
+        match self {
+            Expr::X => 1,
+            Expr::Int(_) | Expr::Float(_) => 0,
+            Expr::Neg(e) => e.x_count(),
+            Expr::Bin(_, a, b) => a.x_count() + b.x_count(),
+        }
+    }
+
+    /// The value of an expression without `x` (Python's arithmetic, in f64).
+    fn constant(&self) -> f64 {
+        match self {
+            Expr::X => f64::NAN,
+            Expr::Int(i) => *i as f64,
+            Expr::Float(f) => *f,
+            Expr::Neg(e) => -e.constant(),
+            Expr::Bin(f, a, b) => {
+                let (a, b) = (a.constant(), b.constant());
+                match f {
+                    ScalarFn::Add => a + b,
+                    ScalarFn::Subtract => a - b,
+                    ScalarFn::Multiply => a * b,
+                    ScalarFn::Divide => a / b,
+                }
+            }
+        }
+    }
+
+    /// The operations from `x` outwards (the innermost first).
+    fn chain(&self, ops: &mut Vec<ScalarOp>) {
+        match self {
+            Expr::X | Expr::Int(_) | Expr::Float(_) => {}
+            Expr::Neg(e) => {
+                e.chain(ops);
+                ops.push(ScalarOp {
+                    function: ScalarFn::Multiply,
+                    constant: -1.0,
+                    constant_first: false,
+                });
+            }
+            Expr::Bin(f, a, b) => {
+                let (inner, constant, constant_first) = if a.x_count() == 1 {
+                    (a, b.constant(), false)
+                } else {
+                    (b, a.constant(), true)
+                };
+                inner.chain(ops);
+                ops.push(ScalarOp {
+                    function: *f,
+                    constant,
+                    constant_first,
+                });
+            }
+        }
+    }
+
+    /// Python's text, with the parentheses its precedence needs (`prec`: of the context).
+    fn text(&self, prec: u8) -> String {
+        match self {
+            Expr::X => "x".into(),
+            Expr::Int(i) => i.to_string(),
+            Expr::Float(f) => format!("{f:?}"),
+            Expr::Neg(e) => {
+                let t = format!("-{}", e.text(3));
+                if prec > 2 {
+                    format!("({t})")
+                } else {
+                    t
+                }
+            }
+            Expr::Bin(f, a, b) => {
+                let (sym, own) = match f {
+                    ScalarFn::Add => ("+", 1),
+                    ScalarFn::Subtract => ("-", 1),
+                    ScalarFn::Multiply => ("*", 2),
+                    ScalarFn::Divide => ("/", 2),
+                };
+                // Left-associative: the right operand needs parentheses at equal precedence.
+                let t = format!("{} {sym} {}", a.text(own), b.text(own + 1));
+                if own < prec {
+                    format!("({t})")
+                } else {
+                    t
+                }
+            }
+        }
+    }
+}
+
+struct ExprParser<'a> {
+    s: &'a [u8],
+    at: usize,
+}
+
+impl ExprParser<'_> {
+    fn skip_space(&mut self) {
+        while self.s.get(self.at).is_some_and(u8::is_ascii_whitespace) {
+            self.at += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_space();
+        self.s.get(self.at).copied()
+    }
+
+    fn sum(&mut self) -> Result<Expr, String> {
+        let mut e = self.product()?;
+        while let Some(c @ (b'+' | b'-')) = self.peek() {
+            self.at += 1;
+            let f = if c == b'+' {
+                ScalarFn::Add
+            } else {
+                ScalarFn::Subtract
+            };
+            e = Expr::Bin(f, Box::new(e), Box::new(self.product()?));
+        }
+        Ok(e)
+    }
+
+    fn product(&mut self) -> Result<Expr, String> {
+        let mut e = self.factor()?;
+        while let Some(c @ (b'*' | b'/')) = self.peek() {
+            self.at += 1;
+            if self.s.get(self.at) == Some(&c) {
+                return Err(format!("`{0}{0}` is not arithmetic unetc runs", c as char));
+            }
+            let f = if c == b'*' {
+                ScalarFn::Multiply
+            } else {
+                ScalarFn::Divide
+            };
+            e = Expr::Bin(f, Box::new(e), Box::new(self.factor()?));
+        }
+        Ok(e)
+    }
+
+    fn factor(&mut self) -> Result<Expr, String> {
+        match self.peek() {
+            Some(b'-') => {
+                self.at += 1;
+                Ok(Expr::Neg(Box::new(self.factor()?)))
+            }
+            Some(b'(') => {
+                self.at += 1;
+                let e = self.sum()?;
+                if self.peek() != Some(b')') {
+                    return Err("a `(` without its `)`".into());
+                }
+                self.at += 1;
+                Ok(e)
+            }
+            Some(b'x') => {
+                self.at += 1;
+                if self
+                    .s
+                    .get(self.at)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                {
+                    return Err("names other than `x`".into());
+                }
+                Ok(Expr::X)
+            }
+            Some(c) if c.is_ascii_digit() || c == b'.' => {
+                let start = self.at;
+                while self.s.get(self.at).is_some_and(|c| {
+                    c.is_ascii_digit()
+                        || matches!(c, b'.' | b'e' | b'E')
+                        || (matches!(c, b'+' | b'-')
+                            && matches!(self.s.get(self.at - 1), Some(b'e' | b'E')))
+                }) {
+                    self.at += 1;
+                }
+                let t = std::str::from_utf8(&self.s[start..self.at]).unwrap_or("");
+                if let Ok(i) = t.parse::<i64>() {
+                    Ok(Expr::Int(i))
+                } else {
+                    t.parse::<f64>()
+                        .ok()
+                        .filter(|f| f.is_finite())
+                        .map(Expr::Float)
+                        .ok_or_else(|| format!("`{t}` is not a number"))
+                }
+            }
+            Some(c) => Err(format!("`{}` is not arithmetic unetc runs", c as char)),
+            None => Err("the expression ends too early".into()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lambda {
-    pub function: LambdaFunction,
-    /// slice_tensor's `start` and `stop`: channels `start..stop`.
-    pub start: i64,
-    pub stop: i64,
-    /// slice_tensor's `axis`, expand_dims's `channels_axis`: 3 (channels last) is what unetc
-    /// runs; 1 is PyTorch's channels-first layout.
-    pub axis: i64,
+    pub body: LambdaBody,
 }
 
 impl Lambda {
-    /// slice_tensor's channels `start..stop` (checked by `infer`).
-    pub fn channels(&self) -> std::ops::Range<usize> {
-        self.start.max(0) as usize..self.stop.max(0) as usize
+    /// The Lambda's `arguments`, as Keras records them (none for an arithmetic lambda).
+    pub fn arguments(&self) -> Json {
+        match &self.body {
+            LambdaBody::SliceTensor { start, stop, axis } => {
+                json!({ "start": start, "stop": stop, "axis": axis })
+            }
+            LambdaBody::ExpandDims { channels_axis } => json!({ "channels_axis": channels_axis }),
+            LambdaBody::Arithmetic(_) => Json::Null,
+        }
     }
 
-    /// The Lambda's `arguments`, as Keras records them.
-    pub fn arguments(&self) -> Json {
-        match self.function {
-            LambdaFunction::SliceTensor => {
-                json!({ "start": self.start, "stop": self.stop, "axis": self.axis })
-            }
-            LambdaFunction::ExpandDims => json!({ "channels_axis": self.axis }),
+    /// The Python function, as `export --to keras` writes it.
+    pub fn python_function(&self) -> String {
+        match &self.body {
+            LambdaBody::SliceTensor { .. } => LambdaFunction::SliceTensor.to_string(),
+            LambdaBody::ExpandDims { .. } => LambdaFunction::ExpandDims.to_string(),
+            LambdaBody::Arithmetic(a) => format!("lambda x: {}", a.text),
+        }
+    }
+
+    /// The function as the spec writes it: a known function's name or the expression.
+    pub fn spec_function(&self) -> String {
+        match &self.body {
+            LambdaBody::SliceTensor { .. } => LambdaFunction::SliceTensor.to_string(),
+            LambdaBody::ExpandDims { .. } => LambdaFunction::ExpandDims.to_string(),
+            LambdaBody::Arithmetic(a) => format!("{:?}", a.text),
         }
     }
 }
@@ -48,103 +328,162 @@ impl LayerKind for Lambda {
 
     fn parse(r: &mut ArgReader) -> Self {
         if !r.has("function") {
-            r.missing(
-                "function",
-                "lambda(slice_tensor, start: 0, stop: 4, axis: 3)",
-            );
+            r.missing("function", "lambda(\"x / 255\")");
         }
-        let function = r.keyword("function", LambdaFunction::SliceTensor, None);
-        let example = match function {
-            LambdaFunction::SliceTensor => "lambda(slice_tensor, start: 0, stop: 4, axis: 3)",
-            LambdaFunction::ExpandDims => "lambda(expand_dims, channels_axis: 3)",
+        // A string that is no known function's name is an expression in `x`.
+        let arithmetic = match r.peek("function") {
+            Some(Value::Str(s)) if LambdaFunction::from_keras_name(s).is_none() => {
+                Some(Arithmetic::parse(s))
+            }
+            _ => None,
         };
+        let function = match &arithmetic {
+            Some(Ok(_)) => {
+                let _ = r.take_arg("function");
+                None
+            }
+            Some(Err(why)) => {
+                r.reject(
+                    "function",
+                    &format!(
+                        "not a function unetc knows ({}) nor arithmetic in `x` (`\"x / 255\"`): \
+                         {why}",
+                        <LambdaFunction as super::Keyword>::NAMES.join(", ")
+                    ),
+                );
+                None
+            }
+            None => Some(r.keyword("function", LambdaFunction::SliceTensor, None)),
+        };
+        let takes: &[&str] = function.map_or(&[], |f| f.arguments());
+        let example = match function {
+            Some(LambdaFunction::SliceTensor) => "lambda(slice_tensor, start: 0, stop: 4, axis: 3)",
+            Some(LambdaFunction::ExpandDims) => "lambda(expand_dims, channels_axis: 3)",
+            None => "lambda(\"x / 255\")",
+        };
+        let what = function.map_or("an arithmetic lambda".to_string(), |f| f.to_string());
         let value = |r: &mut ArgReader, name: &str| -> i64 {
-            if function.arguments().contains(&name) {
+            if takes.contains(&name) {
                 if !r.has(name) {
                     r.missing(name, example);
                 }
                 r.int_or(name, 0, MAX_DIM, 0)
             } else {
-                r.reject(name, &format!("is not an argument of {function}"));
+                r.reject(name, &format!("is not an argument of {what}"));
                 0
             }
         };
-        let start = value(r, "start");
-        let stop = value(r, "stop");
-        let axis = match function {
-            LambdaFunction::SliceTensor => {
-                let axis = value(r, "axis");
-                value(r, "channels_axis");
-                axis
-            }
-            LambdaFunction::ExpandDims => {
-                value(r, "axis");
-                value(r, "channels_axis")
-            }
+        let (start, stop, axis, channels_axis) = (
+            value(r, "start"),
+            value(r, "stop"),
+            value(r, "axis"),
+            value(r, "channels_axis"),
+        );
+        let body = match (function, arithmetic) {
+            (Some(LambdaFunction::SliceTensor), _) => LambdaBody::SliceTensor { start, stop, axis },
+            (Some(LambdaFunction::ExpandDims), _) => LambdaBody::ExpandDims { channels_axis },
+            (None, Some(Ok(a))) => LambdaBody::Arithmetic(a),
+            // Reported above; an identity stands in.
+            (None, Some(Err(_)) | None) => LambdaBody::Arithmetic(Arithmetic {
+                ops: Vec::new(),
+                text: "x".into(),
+            }),
         };
-        Lambda {
-            function,
-            start,
-            stop,
-            axis,
-        }
+        Lambda { body }
     }
 
     fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
-        if self.axis != CHANNELS_LAST {
-            return Err(ShapeError::new(
-                "E-arg-value",
-                format!(
-                    "{} with {} {}: unetc runs the channels-last form ({} 3) only",
-                    self.function,
-                    self.function.arguments().last().copied().unwrap_or("axis"),
-                    self.axis,
-                    self.function.arguments().last().copied().unwrap_or("axis"),
-                ),
-                "channels last only",
-            ));
-        }
-        match self.function {
-            LambdaFunction::SliceTensor => {
+        let channels_last = |name: &str, arg: &str, axis: i64| {
+            if axis == CHANNELS_LAST {
+                Ok(())
+            } else {
+                Err(ShapeError::new(
+                    "E-arg-value",
+                    format!(
+                        "{name} with {arg} {axis}: unetc runs the channels-last form ({arg} 3) \
+                         only"
+                    ),
+                    "channels last only",
+                ))
+            }
+        };
+        match &self.body {
+            LambdaBody::SliceTensor { start, stop, axis } => {
+                channels_last("slice_tensor", "axis", *axis)?;
                 let [h, w, c] = image(inputs, "slice_tensor")?;
-                if !(self.start < self.stop && self.stop <= c) {
+                if !(start < stop && *stop <= c) {
                     return Err(ShapeError::new(
                         "E-arg-value",
                         format!(
                             "slice_tensor takes channels `start` to `stop` with start < stop <= \
-                             the input's {c} channels, not {}..{}",
-                            self.start, self.stop
+                             the input's {c} channels, not {start}..{stop}"
                         ),
                         "channels out of range",
                     ));
                 }
-                Ok(vec![h, w, self.stop - self.start])
+                Ok(vec![h, w, stop - start])
             }
-            LambdaFunction::ExpandDims => match inputs.first().map(Vec::as_slice) {
-                Some(&[c]) => Ok(vec![1, 1, c]),
-                Some(other) => Err(ShapeError::new(
-                    "E-rank",
-                    format!(
-                        "expand_dims takes a vector (None, C) (a pooled feature map), but {{0}} \
-                         has shape {}",
-                        crate::text::shape_text(other)
-                    ),
-                    "input is not a vector",
-                )),
-                None => Err(ShapeError::new(
-                    "E-arity",
-                    "expand_dims needs an input",
-                    "no input",
-                )),
-            },
+            LambdaBody::ExpandDims { channels_axis } => {
+                channels_last("expand_dims", "channels_axis", *channels_axis)?;
+                match inputs.first().map(Vec::as_slice) {
+                    Some(&[c]) => Ok(vec![1, 1, c]),
+                    Some(other) => Err(ShapeError::new(
+                        "E-rank",
+                        format!(
+                            "expand_dims takes a vector (None, C) (a pooled feature map), but \
+                             {{0}} has shape {}",
+                            crate::text::shape_text(other)
+                        ),
+                        "input is not a vector",
+                    )),
+                    None => Err(ShapeError::new(
+                        "E-arity",
+                        "expand_dims needs an input",
+                        "no input",
+                    )),
+                }
+            }
+            LambdaBody::Arithmetic(_) => inputs
+                .first()
+                .cloned()
+                .ok_or_else(|| ShapeError::new("E-arity", "a Lambda needs an input", "no input")),
         }
     }
 
     fn config(&self) -> Json {
-        json!({
-            "function": self.function,
-            "module": self.function.module(),
-            "arguments": self.arguments(),
-        })
+        let known = |f: LambdaFunction| json!({ "function": f, "module": f.module(), "arguments": self.arguments() });
+        match &self.body {
+            LambdaBody::SliceTensor { .. } => known(LambdaFunction::SliceTensor),
+            LambdaBody::ExpandDims { .. } => known(LambdaFunction::ExpandDims),
+            LambdaBody::Arithmetic(a) => json!({ "function": format!("lambda x: {}", a.text) }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arithmetic_reads_as_python_and_prints_back() {
+        for (text, x, want) in [
+            ("x / 255", 51.0f32, 0.2f32),
+            ("(x - 0.5) / 0.5", 1.0, 1.0),
+            ("1 - x", 0.25, 0.75),
+            ("x * 2.5 - 1", 2.0, 4.0),
+            ("-x", 3.0, -3.0),
+            ("2 * (x + 1)", 1.0, 4.0),
+            ("x / 127.5 - 1.0", 255.0, 1.0),
+        ] {
+            let a = Arithmetic::parse(text).unwrap();
+            assert_eq!(a.text, text);
+            assert_eq!(a.apply(x), want, "{text}");
+        }
+        // Derivative of 1 / (x + 1) at 1: -1 / 4.
+        let a = Arithmetic::parse("1 / (x + 1)").unwrap();
+        assert_eq!(a.derivative(1.0), -0.25);
+        for bad in ["x * x", "2", "y + 1", "x ** 2", "x +", "(x", "abs(x)"] {
+            assert!(Arithmetic::parse(bad).is_err(), "{bad}");
+        }
     }
 }

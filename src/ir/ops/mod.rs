@@ -33,7 +33,7 @@ pub use keywords::{
     ActivationFn, Interpolation, Keyword, LambdaFunction, PadMode, Padding, TfFunction,
     VolumeInterpolation,
 };
-pub use lambda::Lambda;
+pub use lambda::{Arithmetic, Expr, Lambda, LambdaBody};
 pub use merge::{Add, Average, Concatenate, Maximum, MergeFn, Minimum, Multiply, Subtract};
 pub use norm::{
     BatchNormalization, GroupNormalization, LayerNormalization, NormLayout, Normalization,

@@ -2,9 +2,9 @@
 //! a base64 `marshal` dump of its code object. unetc reads two things from it: the function's
 //! name (to recognise a known package function) and, for a one-argument lambda of scalar
 //! arithmetic (`lambda x: x / 255`), its expression, by following its bytecode on a stack.
-//! CPython 3.8 to 3.12 (the versions TensorFlow 2.x runs on) are understood; anything else,
-//! or any instruction beyond loads of `x` and numbers, `+ - * /`, negation and return, is
-//! not read (the caller refuses the layer).
+//! CPython 3.6 to 3.13 bytecode is understood (tests/fixtures/lambda_bytecode holds lambdas
+//! from 3.8 to 3.13); any instruction beyond loads of `x` and numbers, `+ - * /`, negation and
+//! return is not read (the caller refuses the layer).
 
 use crate::ir::ops::{Expr, ScalarFn};
 
@@ -14,8 +14,6 @@ pub struct Code {
     pub argcount: u32,
     pub bytecode: Vec<u8>,
     pub consts: Vec<Const>,
-    /// Whether the bytecode is CPython 3.11/3.12's (RESUME first, BINARY_OP) or 3.8–3.10's.
-    pub modern: bool,
 }
 
 /// A constant of the code object, as far as unetc needs it.
@@ -128,15 +126,14 @@ impl Reader<'_> {
         Some(out)
     }
 
-    /// A code object after its type byte: 3.11+ has five ints before the bytecode, 3.8–3.10
-    /// six (`nlocals` besides).
+    /// A code object after its type byte: 3.11+ (and 3.6/3.7) have five ints before the
+    /// bytecode, 3.8–3.10 six (`posonlyargcount` and `nlocals` both).
     fn code(&mut self, depth: usize) -> Option<Code> {
         let argcount = self.u32()?;
         for _ in 0..4 {
             self.u32()?;
         }
-        let modern = self.b.get(self.at)? & !FLAG_REF == b's';
-        if !modern {
+        if self.b.get(self.at)? & !FLAG_REF != b's' {
             self.u32()?;
         }
         if self.byte()? & !FLAG_REF != b's' {
@@ -160,7 +157,6 @@ impl Reader<'_> {
             argcount,
             bytecode,
             consts,
-            modern,
         })
     }
 }
@@ -177,64 +173,139 @@ pub fn read_code(marshalled: &[u8]) -> Option<Code> {
     r.code(0)
 }
 
+/// The opcodes unetc follows, per CPython bytecode generation (`dis.opmap`).
+struct Opcodes {
+    /// RESUME, which opens the code from 3.11 on.
+    resume: Option<u8>,
+    load_fast: u8,
+    load_const: u8,
+    unary_negative: u8,
+    return_value: u8,
+    binary: Binary,
+}
+
+enum Binary {
+    /// 3.11+: BINARY_OP with the operator as its argument (NB_ADD 0, NB_MULTIPLY 5,
+    /// NB_SUBTRACT 10, NB_TRUE_DIVIDE 11) and one CACHE entry (opcode 0) after it.
+    Op(u8),
+    /// 3.6–3.10: BINARY_ADD, BINARY_SUBTRACT, BINARY_MULTIPLY, BINARY_TRUE_DIVIDE.
+    Separate {
+        add: u8,
+        subtract: u8,
+        multiply: u8,
+        divide: u8,
+    },
+}
+
+/// The opcode table of a code object's bytecode, told by its first instruction: RESUME is 151
+/// in 3.11 and 3.12, 149 in 3.13; older bytecode has no RESUME.
+fn opcodes(bytecode: &[u8]) -> Opcodes {
+    match bytecode.first() {
+        Some(151) => Opcodes {
+            resume: Some(151),
+            load_fast: 124,
+            load_const: 100,
+            unary_negative: 11,
+            return_value: 83,
+            binary: Binary::Op(122),
+        },
+        Some(149) => Opcodes {
+            resume: Some(149),
+            load_fast: 85,
+            load_const: 83,
+            unary_negative: 42,
+            return_value: 36,
+            binary: Binary::Op(45),
+        },
+        _ => Opcodes {
+            resume: None,
+            load_fast: 124,
+            load_const: 100,
+            unary_negative: 11,
+            return_value: 83,
+            binary: Binary::Separate {
+                add: 23,
+                subtract: 24,
+                multiply: 20,
+                divide: 27,
+            },
+        },
+    }
+}
+
 /// The expression of `lambda x: <arithmetic>`, from its bytecode; `None` for anything else.
 pub fn arithmetic_lambda(code: &Code) -> Option<Expr> {
     if code.argcount != 1 {
         return None;
     }
-    let mut stack: Vec<Expr> = Vec::new();
     let ops = code.bytecode.chunks_exact(2);
     if !ops.remainder().is_empty() {
         return None;
     }
+    let table = opcodes(&code.bytecode);
     let constant = |i: u8| match code.consts.get(i as usize)? {
         Const::Int(v) => Some(Expr::Int(*v)),
         Const::Float(v) if v.is_finite() => Some(Expr::Float(*v)),
         Const::Float(_) | Const::None | Const::Other => None,
     };
-    let binary = |stack: &mut Vec<Expr>, f: ScalarFn| -> Option<()> {
-        let b = stack.pop()?;
-        let a = stack.pop()?;
-        stack.push(Expr::Bin(f, Box::new(a), Box::new(b)));
-        Some(())
-    };
+    let n = ops.len();
+    let mut stack: Vec<Expr> = Vec::new();
+    let mut cache_after_binary = false;
     for (k, op) in ops.enumerate() {
         let (opcode, arg) = (op[0], op[1]);
-        match (code.modern, opcode) {
-            // RESUME 0 opens 3.11+ code; CACHE entries follow BINARY_OP.
-            (true, 151) if k == 0 => {}
-            (true, 0) => {}
-            (_, 124) if arg == 0 => stack.push(Expr::X), // LOAD_FAST x
-            (_, 100) => stack.push(constant(arg)?),      // LOAD_CONST
-            (_, 11) => {
-                // UNARY_NEGATIVE
-                let e = stack.pop()?;
-                stack.push(Expr::Neg(Box::new(e)));
+        if std::mem::take(&mut cache_after_binary) {
+            if opcode != 0 {
+                return None;
             }
-            // BINARY_OP (3.11+): NB_ADD 0, NB_MULTIPLY 5, NB_SUBTRACT 10, NB_TRUE_DIVIDE 11.
-            (true, 122) => binary(
-                &mut stack,
-                match arg {
+            continue;
+        }
+        let binary = match &table.binary {
+            Binary::Op(code) if opcode == *code => {
+                cache_after_binary = true;
+                Some(match arg {
                     0 => ScalarFn::Add,
                     5 => ScalarFn::Multiply,
                     10 => ScalarFn::Subtract,
                     11 => ScalarFn::Divide,
                     _ => return None,
-                },
-            )?,
-            // BINARY_ADD, BINARY_MULTIPLY, BINARY_SUBTRACT, BINARY_TRUE_DIVIDE (3.8–3.10).
-            (false, 23) => binary(&mut stack, ScalarFn::Add)?,
-            (false, 20) => binary(&mut stack, ScalarFn::Multiply)?,
-            (false, 24) => binary(&mut stack, ScalarFn::Subtract)?,
-            (false, 27) => binary(&mut stack, ScalarFn::Divide)?,
-            // RETURN_VALUE: the one value left is the result.
-            (_, 83) => {
-                return match (stack.pop(), stack.is_empty()) {
-                    (Some(e), true) if k + 1 == code.bytecode.len() / 2 => Some(e),
-                    _ => None,
-                };
+                })
             }
-            _ => return None,
+            Binary::Op(_) => None,
+            Binary::Separate {
+                add,
+                subtract,
+                multiply,
+                divide,
+            } => [
+                (*add, ScalarFn::Add),
+                (*subtract, ScalarFn::Subtract),
+                (*multiply, ScalarFn::Multiply),
+                (*divide, ScalarFn::Divide),
+            ]
+            .iter()
+            .find(|(c, _)| *c == opcode)
+            .map(|&(_, f)| f),
+        };
+        if let Some(f) = binary {
+            let b = stack.pop()?;
+            let a = stack.pop()?;
+            stack.push(Expr::Bin(f, Box::new(a), Box::new(b)));
+        } else if k == 0 && table.resume == Some(opcode) {
+        } else if opcode == table.load_fast && arg == 0 {
+            stack.push(Expr::X);
+        } else if opcode == table.load_const {
+            stack.push(constant(arg)?);
+        } else if opcode == table.unary_negative {
+            let e = stack.pop()?;
+            stack.push(Expr::Neg(Box::new(e)));
+        } else if opcode == table.return_value {
+            // The one value left is the result, and nothing follows.
+            return match (stack.pop(), stack.is_empty(), k + 1 == n) {
+                (Some(e), true, true) => Some(e),
+                _ => None,
+            };
+        } else {
+            return None;
         }
     }
     None
@@ -296,7 +367,6 @@ mod tests {
         ];
         for (b64, want) in cases {
             let c = code(b64);
-            assert!(c.modern);
             let e = arithmetic_lambda(&c).unwrap();
             assert_eq!(
                 crate::ir::ops::Arithmetic::from_expr(&e).unwrap().text,
@@ -331,5 +401,13 @@ mod tests {
         }
         assert!(read_code(&[b'c', 0xff, 0xff, 0xff, 0xff]).is_none());
         assert!(read_code(&[]).is_none());
+        // Every single-byte change of a valid dump: read or refused, never a panic.
+        for i in 0..bytes.len() {
+            for v in [0u8, 0x29, 0x63, 0x7f, 0x80, 0xe3, 0xff] {
+                let mut b = bytes.clone();
+                b[i] = v;
+                let _ = read_code(&b).map(|c| arithmetic_lambda(&c));
+            }
+        }
     }
 }

@@ -1,0 +1,54 @@
+//! Reading Keras Lambda functions from their marshalled bytecode (src/interop/pycode.rs), for
+//! every CPython that wrote tests/fixtures/lambda_bytecode (generate.py there: 3.8 to 3.13):
+//! each arithmetic lambda reads as the same chain of operations as its source text, and every
+//! other function is refused.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use unetc::interop::pycode::{arithmetic_lambda, read_code};
+use unetc::ir::ops::Arithmetic;
+
+#[test]
+fn arithmetic_lambdas_read_alike_from_every_python() {
+    let dir = root().join("tests/fixtures/lambda_bytecode");
+    let mut versions = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let fixture: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let python = fixture["python"].as_str().unwrap().to_string();
+        let decode = |b64: &serde_json::Value| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.as_str().unwrap())
+                .unwrap()
+        };
+        for (source, b64) in fixture["read"].as_object().unwrap() {
+            let code = read_code(&decode(b64))
+                .unwrap_or_else(|| panic!("{python}: `{source}`: code object not read"));
+            let expr = arithmetic_lambda(&code)
+                .unwrap_or_else(|| panic!("{python}: `{source}`: bytecode not read"));
+            let got = Arithmetic::from_expr(&expr).unwrap();
+            let want = Arithmetic::parse(source).unwrap();
+            // Python folds constant subexpressions (`2 - 0.5` is 1.5 in the bytecode).
+            assert_eq!(
+                got.ops, want.ops,
+                "{python}: `{source}` read as `{}`",
+                got.text
+            );
+        }
+        for (source, b64) in fixture["refused"].as_object().unwrap() {
+            let read = read_code(&decode(b64))
+                .and_then(|c| arithmetic_lambda(&c))
+                .and_then(|e| Arithmetic::from_expr(&e).ok());
+            assert!(read.is_none(), "{python}: `{source}` read as {read:?}");
+        }
+        versions.push(python);
+    }
+    versions.sort();
+    assert!(versions.len() >= 6, "fixtures missing: {versions:?}");
+}

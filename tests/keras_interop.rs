@@ -297,6 +297,48 @@ fn import_keeps_regularizers_and_names_what_it_drops() {
 }
 
 #[test]
+fn import_says_what_an_unread_lambda_likely_does() {
+    // Lambdas as CPython marshals them (tests/fixtures/lambda_bytecode/generate.py), in a Lambda
+    // layer as tf.keras writes one.
+    for version in ["3.8", "3.11", "3.13"] {
+        let fixture: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                root().join(format!("tests/fixtures/lambda_bytecode/{version}.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        for (source, hint) in [
+            (
+                "K.repeat_elements(x, 2, axis=3)",
+                "Its function calls repeat_elements, as attention U-Nets do to repeat a \
+                 one-channel gate over the channels: `multiply` broadcasts such a gate by itself",
+            ),
+            (
+                "image.resize(x, (8, 8), method='bilinear')",
+                "Its function resizes: `up_sampling2d(size: (2, 2), interpolation: bilinear)`",
+            ),
+        ] {
+            let code = fixture["refused"][source].as_str().unwrap();
+            let json = format!(
+                r#"{{"class_name": "Functional", "config": {{"name": "m", "layers": [
+                {{"class_name": "InputLayer", "config": {{"batch_input_shape": [null, 8, 8, 1], "name": "input_1"}}, "inbound_nodes": []}},
+                {{"class_name": "Lambda", "config": {{"name": "lambda", "function": ["{code}", null, null], "function_type": "lambda", "module": "__main__", "arguments": {{}}}}, "inbound_nodes": [[["input_1", 0, 0, {{}}]]]}}],
+                "input_layers": [["input_1", 0, 0]], "output_layers": [["lambda", 0, 0]]}}}}"#
+            );
+            let err = unetc::interop::keras::import_json(&json)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("layer `lambda` is a Lambda"),
+                "{version} {source}: {err}"
+            );
+            assert!(err.contains(hint), "{version} {source}: {err}");
+        }
+    }
+}
+
+#[test]
 fn import_tells_custom_classes_from_keras_layers_it_lacks() {
     // A GELU class of another package than keras-unet-collection (whose GELU unetc knows),
     // and a Keras layer unetc has no kind for (module keras.layers).

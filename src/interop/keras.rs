@@ -722,7 +722,6 @@ fn tensor_ref(v: &Json) -> Option<&str> {
 /// no defaults or closure and the function's own arguments, whole numbers; an arithmetic
 /// lambda is read from its bytecode (src/interop/pycode.rs). `None` otherwise.
 fn known_lambda(config: &Json) -> Option<Vec<String>> {
-    use base64::Engine;
     let module = config.get("module").and_then(Json::as_str)?;
     if config.get("function_type").and_then(Json::as_str) != Some("lambda") {
         return None;
@@ -733,10 +732,7 @@ fn known_lambda(config: &Json) -> Option<Vec<String>> {
     if !defaults.is_null() || !closure.is_null() {
         return None;
     }
-    let code: String = code.as_str()?.split_whitespace().collect();
-    let code = base64::engine::general_purpose::STANDARD
-        .decode(code)
-        .ok()?;
+    let code = lambda_code(code)?;
     let no_arguments = serde_json::Map::new();
     let arguments = match config.get("arguments") {
         None | Some(Json::Null) => &no_arguments,
@@ -763,6 +759,33 @@ fn known_lambda(config: &Json) -> Option<Vec<String>> {
     Some(vec![crate::emit::dsl::string_literal(&arithmetic.text)])
 }
 
+/// A Lambda's marshalled function from its base64 text.
+fn lambda_code(b64: &Json) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let text: String = b64.as_str()?.split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+/// What a Lambda unetc cannot read most likely computes, told by the names its bytecode holds,
+/// and the layers that compute it.
+fn lambda_hint(config: &Json) -> Option<&'static str> {
+    let code = lambda_code(config.get("function")?.as_array()?.first()?)?;
+    if pycode::holds_name(&code, "repeat_elements") {
+        Some(
+            "Its function calls repeat_elements, as attention U-Nets do to repeat a one-channel \
+             gate over the channels: `multiply` broadcasts such a gate by itself \
+             (`[x, gate] -> multiply()`)",
+        )
+    } else if pycode::holds_name(&code, "resize") || pycode::holds_name(&code, "resize_images") {
+        Some(
+            "Its function resizes: `up_sampling2d(size: (2, 2), interpolation: bilinear)` (or \
+             `tf_op(\"image.resize\", size: (h, w), method: bilinear)`) does for whole factors",
+        )
+    } else {
+        None
+    }
+}
+
 /// Keras's weight constraint arguments (applied after each optimizer update).
 const CONSTRAINTS: &[&str] = &[
     "kernel_constraint",
@@ -781,6 +804,7 @@ fn unknown_layer(
     class: &str,
     module: Option<&str>,
     others: &[&str],
+    hint: Option<&str>,
 ) -> ImportError {
     let more = match others {
         [] => String::new(),
@@ -796,10 +820,11 @@ fn unknown_layer(
         let tf_functions: Vec<&str> = TfFunction::ALL.iter().map(|f| f.keras_name()).collect();
         format!(
             "a Lambda runs a Python function stored as bytecode, which unetc cannot read or run \
-             (it knows {} only). Nearest known kind: TFOpLambda (what Keras records for \
+             (it knows {} only). {}Nearest known kind: TFOpLambda (what Keras records for \
              TensorFlow functions applied to tensors, such as `x + y` or `tf.concat`), which \
              unetc runs for: {}; write the function with those or with Keras layers",
             known.join(", "),
+            hint.map_or(String::new(), |h| format!("{h}. ")),
             tf_functions.join(", ")
         )
     } else if module.is_none_or(|m| m.starts_with("keras.") || m.starts_with("tf_keras.")) {
@@ -1321,7 +1346,8 @@ impl Importer {
                     .filter(|l| class != Lambda::CLASS || unknown_lambda(l))
                     .filter_map(layer_name)
                     .collect();
-                return Err(unknown_layer(&at, lname, class, module, &others));
+                let hint = (class == Lambda::CLASS).then(|| lambda_hint(lc)).flatten();
+                return Err(unknown_layer(&at, lname, class, module, &others, hint));
             };
             if lc
                 .get("data_format")

@@ -30,6 +30,8 @@ pub enum Const {
 const FLAG_REF: u8 = 0x80;
 /// Nesting beyond this is refused (a code object's constants are shallow).
 const MAX_DEPTH: usize = 16;
+/// The longest arithmetic lambda read, in instructions (CACHE entries included).
+const MAX_INSTRUCTIONS: usize = 256;
 
 struct Reader<'a> {
     b: &'a [u8],
@@ -239,7 +241,9 @@ pub fn arithmetic_lambda(code: &Code) -> Option<Expr> {
         return None;
     }
     let ops = code.bytecode.chunks_exact(2);
-    if !ops.remainder().is_empty() {
+    // A normalisation lambda is a handful of instructions; a long one (an expression tree deep
+    // enough to exhaust the stack when walked) is not read.
+    if !ops.remainder().is_empty() || ops.len() > MAX_INSTRUCTIONS {
         return None;
     }
     let table = opcodes(&code.bytecode);
@@ -401,6 +405,18 @@ mod tests {
         }
         assert!(read_code(&[b'c', 0xff, 0xff, 0xff, 0xff]).is_none());
         assert!(read_code(&[]).is_none());
+        // A chain of a million operations (an expression tree too deep to walk) is refused.
+        let mut long = vec![124u8, 0];
+        for _ in 0..1_000_000 {
+            long.extend([100, 1, 23, 0]);
+        }
+        long.extend([83, 0]);
+        let code = Code {
+            argcount: 1,
+            bytecode: long,
+            consts: vec![Const::None, Const::Int(2)],
+        };
+        assert!(arithmetic_lambda(&code).is_none());
         // Every single-byte change of a valid dump: read or refused, never a panic.
         for i in 0..bytes.len() {
             for v in [0u8, 0x29, 0x63, 0x7f, 0x80, 0xe3, 0xff] {

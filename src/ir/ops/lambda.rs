@@ -56,6 +56,7 @@ impl Arithmetic {
         let mut p = ExprParser {
             s: text.as_bytes(),
             at: 0,
+            depth: 0,
         };
         let e = p.sum()?;
         p.skip_space();
@@ -185,7 +186,12 @@ impl Expr {
 struct ExprParser<'a> {
     s: &'a [u8],
     at: usize,
+    /// Parentheses and unary minuses open at this point (bounded: the parser recurses).
+    depth: usize,
 }
+
+/// The deepest nesting of parentheses and unary minuses an expression may have.
+const MAX_NESTING: usize = 32;
 
 impl ExprParser<'_> {
     fn skip_space(&mut self) {
@@ -231,20 +237,35 @@ impl ExprParser<'_> {
     }
 
     fn factor(&mut self) -> Result<Expr, String> {
+        if matches!(self.peek(), Some(b'-' | b'(')) {
+            if self.depth == MAX_NESTING {
+                return Err(format!("nesting deeper than {MAX_NESTING} levels"));
+            }
+            self.depth += 1;
+            let e = self.nested();
+            self.depth -= 1;
+            return e;
+        }
+        self.atom()
+    }
+
+    /// `-factor` or `(sum)`.
+    fn nested(&mut self) -> Result<Expr, String> {
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+            return Ok(Expr::Neg(Box::new(self.factor()?)));
+        }
+        self.at += 1;
+        let e = self.sum()?;
+        if self.peek() != Some(b')') {
+            return Err("a `(` without its `)`".into());
+        }
+        self.at += 1;
+        Ok(e)
+    }
+
+    fn atom(&mut self) -> Result<Expr, String> {
         match self.peek() {
-            Some(b'-') => {
-                self.at += 1;
-                Ok(Expr::Neg(Box::new(self.factor()?)))
-            }
-            Some(b'(') => {
-                self.at += 1;
-                let e = self.sum()?;
-                if self.peek() != Some(b')') {
-                    return Err("a `(` without its `)`".into());
-                }
-                self.at += 1;
-                Ok(e)
-            }
             Some(b'x') => {
                 self.at += 1;
                 if self
@@ -485,5 +506,13 @@ mod tests {
         for bad in ["x * x", "2", "y + 1", "x ** 2", "x +", "(x", "abs(x)"] {
             assert!(Arithmetic::parse(bad).is_err(), "{bad}");
         }
+        // Deep nesting is refused, not recursed into.
+        let deep = format!("{}x{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(Arithmetic::parse(&deep)
+            .unwrap_err()
+            .contains("nesting deeper than 32"));
+        assert!(Arithmetic::parse(&"-".repeat(100_000)).is_err());
+        let nested = format!("{}x{}", "(".repeat(32), ")".repeat(32));
+        assert_eq!(Arithmetic::parse(&nested).unwrap().ops, vec![]);
     }
 }

@@ -242,26 +242,29 @@ fn import_keeps_regularizers_and_names_what_it_drops() {
         assert!(spec.contains(want), "missing {want:?} in:\n{spec}");
     }
     // A constraint (training only; unetc applies none) is named in a comment where the layer
-    // is; an activity regularizer is kept (and `train` refuses it); a regularizer class unetc
-    // does not know stops the import.
-    // The first layer with these keys is frozen_conv (the input layer has none).
-    let constrained = json
-        .replacen(
-            r#""kernel_constraint": null"#,
-            r#""kernel_constraint": {"module": "keras.constraints", "class_name": "MaxNorm", "config": {"max_value": 2, "axis": 0}}"#,
-            1,
-        )
-        .replacen(
-            r#""activity_regularizer": null"#,
-            r#""activity_regularizer": {"module": "keras.regularizers", "class_name": "L1", "config": {"l1": 0.5}}"#,
-            1,
-        );
+    // is; activity regularizers are kept (tests/train.rs trains two against Keras), and
+    // `train` refuses one on the output layer; a regularizer class unetc does not know stops
+    // the import. The first layer with these keys is frozen_conv, the last the output conv2d_1.
+    let constrained = json.replacen(
+        r#""kernel_constraint": null"#,
+        r#""kernel_constraint": {"module": "keras.constraints", "class_name": "MaxNorm", "config": {"max_value": 2, "axis": 0}}"#,
+        1,
+    );
     let spec = unetc::interop::keras::import_json(&constrained).unwrap();
     assert!(
         spec.contains("# Keras's kernel_constraint MaxNorm of `frozen_conv` is not imported"),
         "{spec}"
     );
-    assert!(spec.contains("activity_regularizer: {l1: 0.5}"), "{spec}");
+    assert!(spec.contains("activity_regularizer: {l1: 0.001}"), "{spec}");
+    assert!(spec.contains("activity_regularizer: {l2: 0.01}"), "{spec}");
+    let last = json.rfind(r#""activity_regularizer": null"#).unwrap();
+    let on_output = format!(
+        "{}{}{}",
+        &json[..last],
+        r#""activity_regularizer": {"module": "keras.regularizers", "class_name": "L1", "config": {"l1": 0.5}}"#,
+        &json[last + r#""activity_regularizer": null"#.len()..]
+    );
+    let spec = unetc::interop::keras::import_json(&on_output).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let spec_path = dir.path().join("m.unet");
     std::fs::write(&spec_path, &spec).unwrap();
@@ -278,7 +281,8 @@ fn import_keeps_regularizers_and_names_what_it_drops() {
     assert!(!out.status.success());
     assert!(
         stderr.contains(
-            "layer `frozen_conv` has an activity_regularizer, which unetc train does not apply yet"
+            "the output layer `conv2d_1` has an activity_regularizer, which unetc train applies \
+             to the other layers only"
         ),
         "{stderr}"
     );

@@ -17,14 +17,17 @@ pub struct Regularizer {
 const DEFAULT_FACTOR: f64 = 0.01;
 
 impl Regularizer {
-    /// The penalty of `w`, summed in float32 as TensorFlow does (`l2 * reduce_sum(square(w))`).
+    /// The penalty of `w`: TensorFlow's `l2 * reduce_sum(square(w))` in float32, whose sum is a
+    /// tree reduction; summed here in f64 (closer to that than a running float32 sum).
     pub fn penalty(&self, w: &[f32]) -> f64 {
         let mut total = 0.0f32;
         if self.l1 != 0.0 {
-            total += self.l1 as f32 * w.iter().map(|v| v.abs()).sum::<f32>();
+            let sum: f64 = w.iter().map(|v| f64::from(v.abs())).sum();
+            total += self.l1 as f32 * sum as f32;
         }
         if self.l2 != 0.0 {
-            total += self.l2 as f32 * w.iter().map(|v| v * v).sum::<f32>();
+            let sum: f64 = w.iter().map(|&v| f64::from(v * v)).sum();
+            total += self.l2 as f32 * sum as f32;
         }
         f64::from(total)
     }

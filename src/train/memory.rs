@@ -43,7 +43,8 @@ impl Liveness {
         for (at, &id) in schedule.iter().enumerate() {
             let node = c.graph.node(id);
             let reads = layers::backward_reads(&node.op);
-            if reads.output {
+            // An activity regularizer's gradient is taken from the layer's output.
+            if reads.output || node.regularizers.activity.is_some() {
                 readers[id.index()].push(Reader::Backward(id));
             }
             for input in &node.inputs {

@@ -82,6 +82,9 @@ pub struct Trainer<'c> {
     /// The most f32 values held between layers in any step so far (what
     /// [`memory::MemoryPlan::peak_elements`] predicts).
     peak_held: usize,
+    /// The activity regularizers' penalty of the last forward pass (Keras adds each to the
+    /// loss divided by the batch size).
+    activity_penalty: f64,
 }
 
 /// Why a step cannot run.
@@ -155,16 +158,14 @@ impl<'c> Trainer<'c> {
                 c.graph.inputs.len()
             )));
         }
-        if let Some(node) = c
-            .graph
-            .nodes
-            .iter()
-            .find(|n| n.regularizers.activity.is_some())
-        {
+        // The loss's gradient at the output may be the logits': an output-space penalty
+        // gradient would not add to it.
+        let out_node = c.graph.node(output);
+        if out_node.regularizers.activity.is_some() {
             return Err(TrainError::Setup(format!(
-                "layer `{}` has an activity_regularizer, which unetc train does not apply yet; \
-                 remove it from the spec to train without it",
-                node.name
+                "the output layer `{}` has an activity_regularizer, which unetc train applies \
+                 to the other layers only; remove it from the spec to train without it",
+                out_node.name
             )));
         }
         let params =
@@ -192,6 +193,7 @@ impl<'c> Trainer<'c> {
             liveness: memory::Liveness::new(c, output),
             output,
             peak_held: 0,
+            activity_penalty: 0.0,
         })
     }
 
@@ -205,6 +207,7 @@ impl<'c> Trainer<'c> {
         let batch = x.shape[0];
         let mut outputs: HashMap<NodeId, Tensor> = HashMap::new();
         let mut saved: HashMap<NodeId, Saved> = HashMap::new();
+        self.activity_penalty = 0.0;
         for (at, &id) in self.c.info.schedule.iter().enumerate() {
             let node = self.c.graph.node(id);
             let out_shape = self.shape(id, batch);
@@ -226,6 +229,9 @@ impl<'c> Trainer<'c> {
                 )
             };
             let (out, s) = result.map_err(|e| self.layer_error(id, e.0))?;
+            if let Some(r) = node.regularizers.activity {
+                self.activity_penalty += r.penalty(&out.data) / batch.max(1) as f64;
+            }
             outputs.insert(id, out);
             let free_now = if training {
                 saved.insert(id, s);
@@ -353,7 +359,8 @@ impl<'c> Trainer<'c> {
             }
         });
         let (loss, _, _) = self.loss(output, recovered.as_deref(), targets);
-        Ok((loss + self.weight_penalty(), outputs[&self.output].clone()))
+        let penalty = self.weight_penalty() + self.activity_penalty;
+        Ok((loss + penalty, outputs[&self.output].clone()))
     }
 
     /// Whether the loss takes the logits of the model's output activation (Keras's
@@ -466,7 +473,7 @@ impl<'c> Trainer<'c> {
         };
         let (loss, dout, grad_is_logits) =
             profile::time(|| "loss".into(), || self.loss(output, logits, targets));
-        let loss = loss + self.weight_penalty();
+        let loss = loss + self.weight_penalty() + self.activity_penalty;
         if !loss.is_finite() {
             return Err(TrainError::NotFinite {
                 step: self.iterations + 1,
@@ -490,9 +497,22 @@ impl<'c> Trainer<'c> {
                     Grad::Output(dout.clone())
                 }
             } else {
-                match grads.remove(&id) {
-                    Some(g) => Grad::Output(g),
-                    None => {
+                // An activity regularizer's gradient joins the one from the layers after.
+                let activity = node.regularizers.activity.map(|r| {
+                    let y = &outputs[&id].data;
+                    let mut g = vec![0.0f32; y.len()];
+                    r.add_gradient(y, &mut g);
+                    let per_item = 1.0 / x.shape[0].max(1) as f32;
+                    g.iter_mut().for_each(|v| *v *= per_item);
+                    g
+                });
+                match (grads.remove(&id), activity) {
+                    (Some(mut g), Some(a)) => {
+                        g.iter_mut().zip(&a).for_each(|(g, a)| *g += a);
+                        Grad::Output(g)
+                    }
+                    (Some(g), None) | (None, Some(g)) => Grad::Output(g),
+                    (None, None) => {
                         free(&mut outputs, &mut saved, id);
                         continue;
                     }

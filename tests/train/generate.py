@@ -89,20 +89,22 @@ def regularized(k):
     """Weight regularizers as hand-written Keras U-Nets use them (the penalties enter the loss
     and the gradients): L2 on conv kernels, L1 on a bias, L1L2 on BatchNormalization's gamma and
     L2 on its beta, L1 on a depthwise kernel, Keras's name "l2" (factor 0.01) on a transposed
-    conv, and a frozen regularized conv (its penalty counts in the loss; its weights stay)."""
+    conv, a frozen regularized conv (its penalty counts in the loss; its weights stay), and
+    activity regularizers (on the outputs, divided by the batch size) on two layers."""
     L = k.layers
     R = k.regularizers
     x0 = L.Input((12, 12, 3))
     a = L.Conv2D(6, 3, padding="same", kernel_regularizer=R.L2(1e-2), name="frozen_conv",
                  trainable=False)(x0)
     x = L.Conv2D(8, 3, padding="same", activation="relu", kernel_regularizer=R.L2(1e-2),
-                 bias_regularizer=R.L1(1e-2), bias_initializer="ones")(a)
+                 bias_regularizer=R.L1(1e-2), bias_initializer="ones",
+                 activity_regularizer=R.L1(1e-3))(a)
     x = L.BatchNormalization(gamma_regularizer=R.L1L2(l1=1e-3, l2=1e-2),
                              beta_regularizer=R.L2(1e-2))(x)
     s = x
     x = L.MaxPooling2D()(x)
     x = L.DepthwiseConv2D(3, padding="same", activation="relu",
-                          depthwise_regularizer=R.L1(1e-3))(x)
+                          depthwise_regularizer=R.L1(1e-3), activity_regularizer=R.L2(1e-2))(x)
     x = L.Conv2DTranspose(8, 2, strides=2, kernel_regularizer="l2")(x)
     x = L.Concatenate()([s, x])
     out = L.Conv2D(3, 1, activation="softmax", kernel_regularizer=R.L1L2(l1=1e-4, l2=1e-4))(x)

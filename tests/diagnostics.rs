@@ -16,6 +16,22 @@ fn check(name: &str, text: &str) -> String {
     render_plain(&c.sources, &c.diags)
 }
 
+/// Each `(line, message)`: the line as the fourth of a small model (after a conv of `filters`
+/// channels on a 4x4x2 input) gives the message, pointed at that line.
+fn refused_at_line_4(file: &str, filters: u32, cases: &[(&str, &str)]) {
+    for (line, want) in cases {
+        let out = check(
+            file,
+            &format!("model {{\n  input 4x4x2\n  x = conv2d({filters}, 1)\n  {line}\n}}\n"),
+        );
+        assert!(out.contains(want), "{line}: missing {want:?} in:\n{out}");
+        assert!(
+            out.contains(&format!("{file}:4:")),
+            "{line}: not pointed at:\n{out}"
+        );
+    }
+}
+
 #[test]
 fn concatenate_with_mismatched_sizes_suggests_the_crop() {
     let out = check(
@@ -1105,17 +1121,7 @@ fn tf_op_constants_and_reductions_are_refused_where_tensorflow_differs() {
             "tf.concat takes no `keepdims`",
         ),
     ];
-    for (line, want) in cases {
-        let out = check(
-            "tf_op.unet",
-            &format!("model {{\n  input 4x4x2\n  x = conv2d(2, 1)\n  {line}\n}}\n"),
-        );
-        assert!(out.contains(want), "{line}: missing {want:?} in:\n{out}");
-        assert!(
-            out.contains("tf_op.unet:4:"),
-            "{line}: not pointed at:\n{out}"
-        );
-    }
+    refused_at_line_4("tf_op.unet", 2, &cases);
 }
 
 #[test]
@@ -1169,17 +1175,7 @@ fn lambda_functions_are_refused_where_unetc_would_run_them_wrongly() {
             "argument `start`: is not an argument of an arithmetic lambda",
         ),
     ];
-    for (line, want) in cases {
-        let out = check(
-            "lambda.unet",
-            &format!("model {{\n  input 4x4x2\n  x = conv2d(4, 1)\n  {line}\n}}\n"),
-        );
-        assert!(out.contains(want), "{line}: missing {want:?} in:\n{out}");
-        assert!(
-            out.contains("lambda.unet:4:"),
-            "{line}: not pointed at:\n{out}"
-        );
-    }
+    refused_at_line_4("lambda.unet", 4, &cases);
 }
 
 #[test]
@@ -1207,17 +1203,7 @@ fn regularizers_are_checked_where_they_are_written() {
              not a number",
         ),
     ];
-    for (line, want) in cases {
-        let out = check(
-            "reg.unet",
-            &format!("model {{\n  input 4x4x2\n  x = conv2d(4, 1)\n  {line}\n}}\n"),
-        );
-        assert!(out.contains(want), "{line}: missing {want:?} in:\n{out}");
-        assert!(
-            out.contains("reg.unet:4:"),
-            "{line}: not pointed at:\n{out}"
-        );
-    }
+    refused_at_line_4("reg.unet", 4, &cases);
     // In `defaults`, for every layer of the kind.
     let out = check(
         "reg.unet",
@@ -1242,17 +1228,7 @@ fn normalization_forms_unetc_does_not_run_are_refused() {
             "unetc normalises the channel axis only (axis -1 or 3), not 1",
         ),
     ];
-    for (line, want) in cases {
-        let out = check(
-            "norm.unet",
-            &format!("model {{\n  input 4x4x2\n  x = conv2d(2, 1)\n  {line}\n}}\n"),
-        );
-        assert!(out.contains(want), "{line}: missing {want:?} in:\n{out}");
-        assert!(
-            out.contains("norm.unet:4:"),
-            "{line}: not pointed at:\n{out}"
-        );
-    }
+    refused_at_line_4("norm.unet", 2, &cases);
 }
 
 #[test]
@@ -1303,17 +1279,7 @@ fn tf_op_reshapes_and_resize_are_refused_where_they_cannot_run() {
             "tf.expand_dims takes no `size` (image.resize does)",
         ),
     ];
-    for (line, want) in cases {
-        let out = check(
-            "tf_op.unet",
-            &format!("model {{\n  input 4x4x2\n  x = conv2d(2, 1)\n  {line}\n}}\n"),
-        );
-        assert!(out.contains(want), "{line}: missing {want:?} in:\n{out}");
-        assert!(
-            out.contains("tf_op.unet:4:"),
-            "{line}: not pointed at:\n{out}"
-        );
-    }
+    refused_at_line_4("tf_op.unet", 2, &cases);
 }
 
 #[test]

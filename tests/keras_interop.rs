@@ -343,6 +343,47 @@ fn import_says_what_an_unread_lambda_likely_does() {
 }
 
 #[test]
+fn layer_names_that_start_with_a_keyword_import() {
+    // A DeepLabV3+ tutorial names its head `output_layer`: the spec's `output_layer -> ...`
+    // once read as `output` of `_layer`. Names that are keywords get a variable of their own.
+    let names = [
+        "output_layer",
+        "output",
+        "input_image",
+        "format",
+        "iffy",
+        "else_branch",
+        "include_top",
+    ];
+    let mut layers = vec![r#"{"class_name": "InputLayer", "config": {"batch_input_shape": [null, 8, 8, 1], "name": "input_1"}, "inbound_nodes": []}"#.to_string()];
+    let mut previous = "input_1";
+    for name in names {
+        layers.push(format!(
+            r#"{{"class_name": "Activation", "config": {{"name": "{name}", "activation": "relu"}}, "inbound_nodes": [[["{previous}", 0, 0, {{}}]]]}}"#
+        ));
+        previous = name;
+    }
+    let json = format!(
+        r#"{{"class_name": "Functional", "config": {{"name": "m", "layers": [{}], "input_layers": [["input_1", 0, 0]], "output_layers": [["{previous}", 0, 0]]}}}}"#,
+        layers.join(", ")
+    );
+    let spec = unetc::interop::keras::import_json(&json).unwrap();
+    let c = compile_source(
+        Path::new("imported.unet"),
+        spec.clone(),
+        &Options::default(),
+        &mut Session::new(),
+    );
+    assert!(
+        !c.has_errors(),
+        "{}\n{spec}",
+        unetc::diag::render_plain(&c.sources, &c.diags)
+    );
+    let got: Vec<&str> = c.graph.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(got[1..], names, "{spec}");
+}
+
+#[test]
 fn import_tells_custom_classes_from_keras_layers_it_lacks() {
     // A GELU class of another package than keras-unet-collection (whose GELU unetc knows),
     // and a Keras layer unetc has no kind for (module keras.layers).

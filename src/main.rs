@@ -1399,6 +1399,7 @@ fn run(spec: &std::path::Path, opts: &unetc::runner::RunOptions, verbose: bool) 
         }
         // Said at once, above the bar, so that a long run shows its failures as they happen.
         RunEvent::Failed { error } => bars.suspend(|| eprintln!("error: {error}")),
+        RunEvent::Note { text } => bars.suspend(|| eprintln!("note: {text}")),
         RunEvent::Skipped { input, output } => {
             if verbose {
                 bars.suspend(|| {

@@ -428,6 +428,8 @@ pub enum RunEvent<'a> {
     Failed { error: &'a RunError },
     /// An input was not run because its output exists (`skip_existing`).
     Skipped { input: &'a Path, output: &'a Path },
+    /// Something the user should know about the whole run, said once before it starts.
+    Note { text: &'a str },
 }
 
 /// What a run did, for `--verbose`.
@@ -478,6 +480,22 @@ pub fn run(
     }
     let device = opts.device.resolve()?;
     let base = compile_checked(spec, None)?;
+    // `run` writes one output per input: the model's first. Say so where there are more.
+    if let [first, rest @ ..] = &base.graph.outputs[..] {
+        if !rest.is_empty() {
+            let names: Vec<&str> = rest
+                .iter()
+                .map(|&id| base.graph.node(id).name.as_str())
+                .collect();
+            let text = format!(
+                "the model has {} outputs; `run` writes the first, `{}`, and not {}",
+                rest.len() + 1,
+                base.graph.node(*first).name,
+                names.join(", ")
+            );
+            events(RunEvent::Note { text: &text });
+        }
+    }
     // A directory or a list file: many inputs, one output directory.
     let to_dir = opts.input.is_dir() || list_file(&opts.input).is_some();
     if (opts.num_parts, opts.part_id) != (1, 0) && !to_dir {

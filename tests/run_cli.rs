@@ -1300,3 +1300,43 @@ fn list_inputs_split_into_parts_and_failures_are_counted() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("would do nothing"), "{stderr}");
 }
+
+/// A model with several outputs: `run` writes the first and says so, naming the others.
+#[test]
+fn run_names_the_outputs_it_does_not_write() {
+    let dir = temp_dir("multi-output");
+    let spec = dir.join("two.unet");
+    std::fs::write(
+        &spec,
+        "model {\n  input 8x8x1\n  a = conv2d(2, 1, name: \"main\")\n  b = a -> conv2d(1, 1, name: \"aux\")\n  output a, b\n}\n",
+    )
+    .unwrap();
+    let weights = dir.join("w.safetensors");
+    let (code, _, stderr) = unetc(&["init-weights", s(&spec), "-o", s(&weights)]);
+    assert_eq!(code, 0, "{stderr}");
+    let x = dir.join("x.npy");
+    write_npy(
+        &x,
+        &Tensor::from_vec(&[1, 8, 8, 1], vec![0.5; 64]).unwrap(),
+        false,
+    )
+    .unwrap();
+    let y = dir.join("y.npy");
+    let (code, _, stderr) = unetc(&[
+        "run",
+        s(&spec),
+        "--weights",
+        s(&weights),
+        "--input",
+        s(&x),
+        "--output",
+        s(&y),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr
+            .contains("note: the model has 2 outputs; `run` writes the first, `main`, and not aux"),
+        "{stderr}"
+    );
+    assert_eq!(read_npy(&y).unwrap().shape, vec![1, 8, 8, 2]);
+}

@@ -88,6 +88,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_tfreshape.unet", "edge_tfreshape"),
         ("tests/golden/edge_gelu.unet", "edge_gelu"),
         ("tests/golden/edge_lambda.unet", "edge_lambda"),
+        ("tests/golden/edge_custom_scale.unet", "edge_custom_scale"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -110,7 +111,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 26);
+    assert_eq!(checked, 27);
 }
 
 #[test]

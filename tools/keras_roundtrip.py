@@ -67,6 +67,8 @@ SPECS = [
     "tests/golden/edge_gelu.unet",
     # Lambda layers running classification_models' functions (needs image-classifiers).
     "tests/golden/edge_lambda.unet",
+    # tf.keras's InceptionResNetV2 residual layer.
+    "tests/golden/edge_custom_scale.unet",
 ]
 
 

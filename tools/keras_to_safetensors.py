@@ -82,6 +82,8 @@ WEIGHTLESS = {
     "TFOpLambda",
     # A Python function (no weights): `unetc import` checks that it can read it.
     "Lambda",
+    # tf.keras's InceptionResNetV2 residual (a + b * scale).
+    "CustomScaleLayer",
     "MaxPooling3D",
     "AveragePooling3D",
     "UpSampling3D",

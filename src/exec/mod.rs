@@ -192,6 +192,7 @@ pub fn weight_slots(op: &Op) -> &'static [&'static str] {
         | Op::GlobalAveragePooling2D(_)
         | Op::Multiply(_)
         | Op::Subtract(_)
+        | Op::CustomScaleLayer(_)
         | Op::Average(_)
         | Op::Maximum(_)
         | Op::Minimum(_)

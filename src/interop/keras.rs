@@ -5,7 +5,8 @@
 use super::pycode;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    FixedDropout, Lambda, LambdaFunction, LayerKind, Snake, TFOpLambda, TfCompute, TfFunction, GELU,
+    CustomScaleLayer, FixedDropout, Lambda, LambdaFunction, LayerKind, Snake, TFOpLambda,
+    TfCompute, TfFunction, GELU,
 };
 use crate::ir::{Graph, Op};
 use serde_json::Value as Json;
@@ -86,6 +87,17 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
         if graph.nodes.iter().any(|n| n.op.class_name() == class) {
             let _ = writeln!(out, "from keras_unet_collection.activations import {class}");
         }
+    }
+    // tf.keras's InceptionResNetV2 residual layer, from the module that defines it.
+    if graph
+        .nodes
+        .iter()
+        .any(|n| n.op.class_name() == CustomScaleLayer::CLASS)
+    {
+        let _ = writeln!(
+            out,
+            "from tf_keras.src.applications.inception_resnet_v2 import CustomScaleLayer"
+        );
     }
     // The functions of Lambda layers, from the package that defines them (`pip install
     // image-classifiers`): its to_json() names the module that `unetc import` reads them by.
@@ -460,12 +472,18 @@ impl PythonExporter<'_> {
             args.push(format!("trainable={flag}"));
         }
         // Classes from outside Keras are defined in the generated code itself.
-        let module =
-            if [FixedDropout::CLASS, GELU::CLASS, Snake::CLASS].contains(&node.op.class_name()) {
-                ""
-            } else {
-                "layers."
-            };
+        let module = if [
+            FixedDropout::CLASS,
+            GELU::CLASS,
+            Snake::CLASS,
+            CustomScaleLayer::CLASS,
+        ]
+        .contains(&node.op.class_name())
+        {
+            ""
+        } else {
+            "layers."
+        };
         format!("{module}{}({})", node.op.class_name(), args.join(", "))
     }
 

@@ -1224,6 +1224,19 @@ impl Exporter<'_> {
             Op::Subtract(_) => {
                 self.merge(&name, Subtract::FUNCTION, xs, out, &in_shapes, &out_shape)?
             }
+            // a + b * scale: the product first, as TensorFlow computes it.
+            Op::CustomScaleLayer(op) => {
+                let scale = self.scalar(format!("{name}/scale"), op.scale as f32);
+                let scaled = format!("{name}/scaled");
+                self.node(
+                    format!("{name}/mul"),
+                    "Mul",
+                    vec![xs[1].clone(), scale],
+                    scaled.clone(),
+                    vec![],
+                );
+                self.node(name, "Add", vec![xs[0].clone(), scaled], out, vec![]);
+            }
             Op::Average(_) => {
                 self.merge(&name, Average::FUNCTION, xs, out, &in_shapes, &out_shape)?
             }

@@ -114,6 +114,7 @@ fn rule(op: &Op) -> Rule {
         | Op::GlobalAveragePooling2D(_)
         | Op::Multiply(_)
         | Op::Subtract(_)
+        | Op::CustomScaleLayer(_)
         | Op::Average(_)
         | Op::Maximum(_)
         | Op::Minimum(_)

@@ -109,6 +109,7 @@ fn folds(op: &Op) -> bool {
         | Op::Add(_)
         | Op::Multiply(_)
         | Op::Subtract(_)
+        | Op::CustomScaleLayer(_)
         | Op::Average(_)
         | Op::Maximum(_)
         | Op::Minimum(_)
@@ -189,6 +190,7 @@ fn level_step(op: &Op) -> i64 {
         | Op::GlobalMaxPooling2D(_)
         | Op::Multiply(_)
         | Op::Subtract(_)
+        | Op::CustomScaleLayer(_)
         | Op::Average(_)
         | Op::Maximum(_)
         | Op::Minimum(_)
@@ -233,7 +235,11 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         Op::Conv2DTranspose(_) | Op::UpSampling2D(_) => Edge::Up,
         Op::Add(_) => Edge::Merge,
         Op::Multiply(_) => Edge::Gate,
-        Op::Subtract(_) | Op::Average(_) | Op::Maximum(_) | Op::Minimum(_) => Edge::Merge,
+        Op::Subtract(_)
+        | Op::Average(_)
+        | Op::Maximum(_)
+        | Op::Minimum(_)
+        | Op::CustomScaleLayer(_) => Edge::Merge,
         Op::Concatenate(_) => Edge::Concat,
         Op::TFOpLambda(op) => match op.computes() {
             TfCompute::Merge(MergeFn::Multiply) => Edge::Gate,

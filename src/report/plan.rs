@@ -184,6 +184,7 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                     | Op::GlobalAveragePooling2D(_)
                     | Op::Multiply(_)
                     | Op::Subtract(_)
+                    | Op::CustomScaleLayer(_)
                     | Op::Average(_)
                     | Op::Maximum(_)
                     | Op::Minimum(_)

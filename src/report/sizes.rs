@@ -673,6 +673,7 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     },
                     Op::Multiply(_)
                     | Op::Subtract(_)
+                    | Op::CustomScaleLayer(_)
                     | Op::Average(_)
                     | Op::Maximum(_)
                     | Op::Minimum(_) => {

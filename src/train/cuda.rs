@@ -130,6 +130,7 @@ pub fn gpu_kind(op: &Op) -> Result<Kind<'_>, String> {
         | Op::GlobalMaxPooling2D(_)
         | Op::Multiply(_)
         | Op::Subtract(_)
+        | Op::CustomScaleLayer(_)
         | Op::Average(_)
         | Op::Maximum(_)
         | Op::Minimum(_)

@@ -109,6 +109,7 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         | Op::GlobalAveragePooling2D(_)
         | Op::Multiply(_)
         | Op::Subtract(_)
+        | Op::CustomScaleLayer(_)
         | Op::Average(_)
         | Op::Maximum(_)
         | Op::Minimum(_)
@@ -193,6 +194,7 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
         },
         Op::Add(_) => merge(MergeFn::Add),
         Op::Subtract(_) => merge(MergeFn::Subtract),
+        Op::CustomScaleLayer(_) => nothing,
         Op::Average(_) => merge(MergeFn::Average),
         Op::Multiply(_) => merge(MergeFn::Multiply),
         Op::Maximum(_) => merge(MergeFn::Maximum),
@@ -267,6 +269,7 @@ pub fn recomputable(op: &Op) -> bool {
         | Op::TFOpLambda(_)
         | Op::Add(_)
         | Op::Subtract(_)
+        | Op::CustomScaleLayer(_)
         | Op::Average(_)
         | Op::Multiply(_)
         | Op::Maximum(_)
@@ -340,6 +343,7 @@ pub fn saved_elements(op: &Op, in_shape: &[usize], out_shape: &[usize]) -> usize
         | Op::TFOpLambda(_)
         | Op::Add(_)
         | Op::Subtract(_)
+        | Op::CustomScaleLayer(_)
         | Op::Average(_)
         | Op::Multiply(_)
         | Op::Maximum(_)
@@ -550,6 +554,13 @@ pub fn forward(
         Op::Add(_) => merge_forward(inputs, out_shape, MergeFn::Add),
         Op::Multiply(_) => merge_forward(inputs, out_shape, MergeFn::Multiply),
         Op::Subtract(_) => merge_forward(inputs, out_shape, MergeFn::Subtract),
+        Op::CustomScaleLayer(o) => {
+            let (a, b) = (
+                first(),
+                inputs.get(1).map(|t| t.data.as_slice()).unwrap_or(&[]),
+            );
+            a.iter().zip(b).map(|(&a, &b)| o.apply(a, b)).collect()
+        }
         Op::Average(_) => merge_forward(inputs, out_shape, MergeFn::Average),
         Op::Maximum(_) => merge_forward(inputs, out_shape, MergeFn::Maximum),
         Op::Minimum(_) => merge_forward(inputs, out_shape, MergeFn::Minimum),
@@ -1066,6 +1077,16 @@ pub fn backward(
         Op::Add(_) => merge_grads(inputs, output, MergeFn::Add, grad),
         Op::Multiply(_) => merge_grads(inputs, output, MergeFn::Multiply, grad),
         Op::Subtract(_) => merge_grads(inputs, output, MergeFn::Subtract, grad),
+        // d/da = 1, d/db = scale.
+        Op::CustomScaleLayer(o) => {
+            let dy = output_grad(grad);
+            let scale = o.scale as f32;
+            let db = dy.iter().map(|g| g * scale).collect();
+            LayerGrads {
+                inputs: vec![dy, db],
+                params: vec![],
+            }
+        }
         Op::Average(_) => merge_grads(inputs, output, MergeFn::Average, grad),
         Op::Maximum(_) => merge_grads(inputs, output, MergeFn::Maximum, grad),
         Op::Minimum(_) => merge_grads(inputs, output, MergeFn::Minimum, grad),

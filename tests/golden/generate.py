@@ -953,6 +953,25 @@ def edge_lambda():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_custom_scale():
+    """tf.keras's InceptionResNetV2 residual layer, CustomScaleLayer (`inputs[0] + inputs[1] *
+    scale`; the real class from tf_keras.src.applications.inception_resnet_v2), with the scales
+    its blocks use (0.17, 0.1, 0.2) and 1.0, on signed 6x5 maps (linear 1x1 convs of the input),
+    each followed by relu as in those blocks. Flattened and concatenated."""
+    tf = _tf()
+    from tf_keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(4, 1)(inp)
+    branches = []
+    for scale in (0.17, 0.1, 0.2, 1.0):
+        up = L.Conv2D(4, 1)(inp)
+        branches.append(L.Activation("relu")(CustomScaleLayer(scale)([x, up])))
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_3d():
     """Issue 12's 3-D kinds on a signed 6x5x4 volume of 3 channels (a linear 1x1x1 Conv3D of the
     input): Conv3D (same with relu; valid (2, 3, 1) kernel with strides (2, 1, 1); same with
@@ -1097,7 +1116,8 @@ SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_s
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
          edge_fixed_dropout, edge_rescaling, edge_normalization,
-         edge_tfreshape, edge_gelu, edge_snake, edge_lambda]
+         edge_tfreshape, edge_gelu, edge_snake, edge_lambda,
+         edge_custom_scale]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

@@ -387,6 +387,7 @@ const Kernel kernels[] = {
     BOTH(concat_part),
     BOTH(permute),
     BOTH(add),
+    BOTH(scaled_add),
     BOTH(batch_norm),
     BOTH(standardize),
     BOTH(activation),

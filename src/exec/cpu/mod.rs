@@ -303,6 +303,7 @@ impl<'g> CpuModel<'g> {
                 | Op::GlobalAveragePooling2D(_)
                 | Op::Multiply(_)
                 | Op::Subtract(_)
+                | Op::CustomScaleLayer(_)
                 | Op::Average(_)
                 | Op::Maximum(_)
                 | Op::Minimum(_)
@@ -847,6 +848,11 @@ impl<'g> CpuModel<'g> {
             }
             (Op::Subtract(_), _) => {
                 kernels::merge(Subtract::FUNCTION, ins, in_shapes, out, out_shape, batch)
+            }
+            (Op::CustomScaleLayer(op), _) => {
+                for ((o, &a), &b) in out.iter_mut().zip(ins[0]).zip(ins[1]) {
+                    *o = op.apply(a, b);
+                }
             }
             (Op::Average(_), _) => {
                 kernels::merge(Average::FUNCTION, ins, in_shapes, out, out_shape, batch)

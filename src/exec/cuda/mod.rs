@@ -52,6 +52,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "concat_part",
     "permute",
     "add",
+    "scaled_add",
     "batch_norm",
     "standardize",
     "activation",
@@ -1025,6 +1026,7 @@ impl<'g> CudaModel<'g> {
             | Op::GlobalAveragePooling2D(_)
             | Op::Multiply(_)
             | Op::Subtract(_)
+            | Op::CustomScaleLayer(_)
             | Op::Average(_)
             | Op::Maximum(_)
             | Op::Minimum(_)
@@ -2429,6 +2431,23 @@ impl<'g> CudaModel<'g> {
             }
             Op::Multiply(_) => self.merge::<T>(arena, Multiply::FUNCTION, x_views()?, y, batch)?,
             Op::Subtract(_) => self.merge::<T>(arena, Subtract::FUNCTION, x_views()?, y, batch)?,
+            Op::CustomScaleLayer(op) => {
+                let (a, b, scale) = (x_view(0)?, x_view(1)?, op.scale as f32);
+                // SAFETY: matches scaled_add_<T>(void*, View, View, View, float, int); the
+                // views lie inside the arena as planned.
+                unsafe {
+                    stream
+                        .launch_builder(self.function::<T>("scaled_add"))
+                        .arg(&mut *arena)
+                        .arg(&a)
+                        .arg(&b)
+                        .arg(&y)
+                        .arg(&scale)
+                        .arg(&nb)
+                        .launch(grid(n_out))
+                        .map_err(driver)?;
+                }
+            }
             Op::Average(_) => self.merge::<T>(arena, Average::FUNCTION, x_views()?, y, batch)?,
             Op::Maximum(_) => self.merge::<T>(arena, Maximum::FUNCTION, x_views()?, y, batch)?,
             Op::Minimum(_) => self.merge::<T>(arena, Minimum::FUNCTION, x_views()?, y, batch)?,

@@ -164,6 +164,72 @@ impl LayerKind for Add {
     }
 }
 
+/// tf.keras's InceptionResNetV2 residual: `inputs[0] + inputs[1] * scale` (its own layer class,
+/// `tf_keras.applications.inception_resnet_v2.CustomScaleLayer`; U-Nets on that encoder have 40).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomScaleLayer {
+    pub scale: f64,
+}
+
+impl CustomScaleLayer {
+    /// `a + b * scale` in float32, in TensorFlow's order (the product first).
+    pub fn apply(&self, a: f32, b: f32) -> f32 {
+        a + b * self.scale as f32
+    }
+}
+
+impl LayerKind for CustomScaleLayer {
+    const CLASS: &'static str = "CustomScaleLayer";
+    const POSITIONAL: &'static [&'static str] = &["scale"];
+    const KNOWN: &'static [&'static str] = &["scale"];
+    const IMPORTED_CONFIG: &'static [&'static str] = &["scale"];
+    /// Where tf.keras (and Keras 2 before it) define the class.
+    const KERAS_MODULES: &'static [&'static str] = &[
+        "tf_keras.src.applications.inception_resnet_v2",
+        "keras.src.applications.inception_resnet_v2",
+        "keras.applications.inception_resnet_v2",
+    ];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        if !r.has("scale") {
+            r.missing("scale", "[x, up] -> custom_scale_layer(0.17)");
+        }
+        CustomScaleLayer {
+            scale: r.float_or("scale", -f64::MAX, f64::MAX, 1.0),
+        }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        let [a, b] = inputs else {
+            return Err(ShapeError::new(
+                "E-arity",
+                format!("CustomScaleLayer takes 2 inputs, not {}", inputs.len()),
+                "wrong number of inputs",
+            ));
+        };
+        if a != b {
+            return Err(ShapeError::new(
+                "E-merge-shape",
+                format!(
+                    "CustomScaleLayer needs inputs of one shape: {{0}} is {} but {{1}} is {}",
+                    shape_text(a),
+                    shape_text(b)
+                ),
+                "shapes differ",
+            ));
+        }
+        Ok(a.clone())
+    }
+
+    fn config(&self) -> Json {
+        json!({ "scale": self.scale })
+    }
+
+    fn arity() -> (usize, usize) {
+        (2, 2)
+    }
+}
+
 /// What an elementwise merge computes from its inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MergeFn {

@@ -34,7 +34,9 @@ pub use keywords::{
     VolumeInterpolation,
 };
 pub use lambda::{Arithmetic, Expr, Lambda, LambdaBody};
-pub use merge::{Add, Average, Concatenate, Maximum, MergeFn, Minimum, Multiply, Subtract};
+pub use merge::{
+    Add, Average, Concatenate, CustomScaleLayer, Maximum, MergeFn, Minimum, Multiply, Subtract,
+};
 pub use norm::{
     BatchNormalization, GroupNormalization, LayerNormalization, NormLayout, Normalization,
 };
@@ -336,6 +338,7 @@ ops! {
     SeparableConv2D: "separable_conv2d",
     TFOpLambda: "tf_op",
     Lambda: "lambda",
+    CustomScaleLayer: "custom_scale_layer",
     Reshape: "reshape",
     Permute: "permute",
     Conv3D: "conv3d",
@@ -380,6 +383,7 @@ impl Op {
             | Op::GlobalAveragePooling2D(_)
             | Op::Multiply(_)
             | Op::Subtract(_)
+            | Op::CustomScaleLayer(_)
             | Op::Average(_)
             | Op::Maximum(_)
             | Op::Minimum(_)

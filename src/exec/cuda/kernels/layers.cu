@@ -115,6 +115,15 @@ __device__ void add(T* arena, View a, View b, View y, int N) {
 }
 INSTANTIATE(add, (void* arena, View a, View b, View y, int N), (, a, b, y, N))
 
+// CustomScaleLayer (tf.keras's InceptionResNetV2 residual): a + b * scale, the product first.
+template <typename T>
+__device__ void scaled_add(T* arena, View a, View b, View y, float scale, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float v = load_elem(arena + view_at(a, n, oy, ox, c)) + load_elem(arena + view_at(b, n, oy, ox, c)) * scale;
+    store_elem(arena + view_at(y, n, oy, ox, c), v);
+}
+INSTANTIATE(scaled_add, (void* arena, View a, View b, View y, float scale, int N), (, a, b, y, scale, N))
+
 // Keras BatchNormalization at inference: gamma * (x - mean) / sqrt(var + eps) + beta.
 template <typename T>
 __device__ void batch_norm(T* arena, View x, View y, const float* gamma, const float* beta,

@@ -1171,6 +1171,14 @@ fn lambda_functions_are_refused_where_unetc_would_run_them_wrongly() {
             "`**` is not arithmetic unetc runs",
         ),
         (
+            "[x, x] -> lambda(\"x[0] * x[1]\")",
+            "of two inputs unetc runs `x[0] + x[1] * c` (a scaled residual) only",
+        ),
+        (
+            "x -> lambda(\"x[0] + x[1] * 0.5\")",
+            "`x[0] + x[1] * c` takes 2 inputs, not 1",
+        ),
+        (
             "x -> lambda(\"x / 255\", start: 1)",
             "argument `start`: is not an argument of an arithmetic lambda",
         ),

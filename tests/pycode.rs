@@ -8,7 +8,7 @@ mod common;
 use base64::Engine;
 use common::*;
 use unetc::interop::pycode::{arithmetic_lambda, read_code};
-use unetc::ir::ops::Arithmetic;
+use unetc::ir::ops::{Arithmetic, LambdaBody};
 
 #[test]
 fn arithmetic_lambdas_read_alike_from_every_python() {
@@ -30,7 +30,7 @@ fn arithmetic_lambdas_read_alike_from_every_python() {
         for (source, b64) in fixture["read"].as_object().unwrap() {
             let code = read_code(&decode(b64))
                 .unwrap_or_else(|| panic!("{python}: `{source}`: code object not read"));
-            let expr = arithmetic_lambda(&code)
+            let expr = arithmetic_lambda(&code, None)
                 .unwrap_or_else(|| panic!("{python}: `{source}`: bytecode not read"));
             let got = Arithmetic::from_expr(&expr).unwrap();
             let want = Arithmetic::parse(source).unwrap();
@@ -43,9 +43,31 @@ fn arithmetic_lambdas_read_alike_from_every_python() {
         }
         for (source, b64) in fixture["refused"].as_object().unwrap() {
             let read = read_code(&decode(b64))
-                .and_then(|c| arithmetic_lambda(&c))
+                .and_then(|c| arithmetic_lambda(&c, None))
                 .and_then(|e| Arithmetic::from_expr(&e).ok());
             assert!(read.is_none(), "{python}: `{source}` read as {read:?}");
+        }
+        // `lambda inputs, scale: ...` with `scale` bound by Keras's `arguments`.
+        for (source, case) in fixture["two_inputs"].as_object().unwrap() {
+            let code = read_code(&decode(&case["code"])).unwrap();
+            assert!(
+                arithmetic_lambda(&code, None).is_none(),
+                "{python}: unbound `{source}`"
+            );
+            let expr = arithmetic_lambda(&code, Some(0.17))
+                .unwrap_or_else(|| panic!("{python}: `{source}`: bytecode not read"));
+            let want = case["as"].as_str().unwrap().replace('c', "0.17");
+            match LambdaBody::from_expr(&expr) {
+                Ok(LambdaBody::ScaledAdd {
+                    first: 0,
+                    second: 1,
+                    scale,
+                    text,
+                }) => {
+                    assert_eq!((scale, text.as_str()), (0.17, want.as_str()), "{python}");
+                }
+                other => panic!("{python}: `{source}` read as {other:?}"),
+            }
         }
         versions.push(python);
     }

@@ -50,9 +50,10 @@ def sm_models():
 
     out = []
     backbones = ["vgg16", "resnet18", "resnet34", "resnet50", "seresnet18", "resnext50",
-                 "mobilenet", "mobilenetv2", "efficientnetb0", "densenet121", "inceptionv3"]
+                 "mobilenet", "mobilenetv2", "efficientnetb0", "densenet121", "inceptionv3",
+                 "inceptionresnetv2"]
     for b in backbones:
-        n = 96 if b == "inceptionv3" else 64  # InceptionV3 takes 75x75 at least
+        n = 96 if b.startswith("inception") else 64  # the Inceptions take 75x75 at least
         out.append((f"sm_unet_{b}", lambda b=b, n=n: sm.Unet(
             b, input_shape=(n, n, 3), classes=2, activation="softmax", encoder_weights=None,
             decoder_filters=(32, 16, 8, 8, 4))))

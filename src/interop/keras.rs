@@ -769,12 +769,16 @@ fn known_lambda(config: &Json) -> Option<Vec<String>> {
         }
         return Some(args);
     }
-    if !arguments.is_empty() {
-        return None;
-    }
-    let expr = pycode::arithmetic_lambda(&pycode::read_code(&code)?)?;
-    let arithmetic = crate::ir::ops::Arithmetic::from_expr(&expr).ok()?;
-    Some(vec![crate::emit::dsl::string_literal(&arithmetic.text)])
+    // A lambda of scalar arithmetic; a second parameter takes the one number in `arguments`.
+    let bound = match arguments.values().collect::<Vec<_>>()[..] {
+        [] => None,
+        [v] => Some(v.as_f64()?),
+        _ => return None,
+    };
+    let expr = pycode::arithmetic_lambda(&pycode::read_code(&code)?, bound)?;
+    let body = crate::ir::ops::LambdaBody::from_expr(&expr).ok()?;
+    let lambda = crate::ir::ops::Lambda { body };
+    Some(vec![lambda.spec_function()])
 }
 
 /// A Lambda's marshalled function from its base64 text.

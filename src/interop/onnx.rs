@@ -627,6 +627,21 @@ impl Exporter<'_> {
         }
     }
 
+    /// `a + b * scale`, the product first as TensorFlow computes it (CustomScaleLayer and its
+    /// Lambda form): a Mul node and the Add named `name`.
+    fn scaled_add(&mut self, name: String, [a, b]: [String; 2], out: String, scale: f64) {
+        let c = self.scalar(format!("{name}/scale"), scale as f32);
+        let scaled = format!("{name}/scaled");
+        self.node(
+            format!("{name}/mul"),
+            "Mul",
+            vec![b, c],
+            scaled.clone(),
+            vec![],
+        );
+        self.node(name, "Add", vec![a, scaled], out, vec![]);
+    }
+
     fn scalar(&mut self, name: String, v: f32) -> String {
         self.init_f32(name, Vec::new(), vec![v])
     }
@@ -1073,6 +1088,15 @@ impl Exporter<'_> {
                 LambdaBody::ExpandDims { .. } => {
                     self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, None)
                 }
+                LambdaBody::ScaledAdd {
+                    first,
+                    second,
+                    scale,
+                    ..
+                } => {
+                    let inputs = [xs[*first].clone(), xs[*second].clone()];
+                    self.scaled_add(name, inputs, out, *scale)
+                }
                 // One node per operation; the last one is named after the layer.
                 LambdaBody::Arithmetic(a) => {
                     let mut from = x();
@@ -1224,18 +1248,8 @@ impl Exporter<'_> {
             Op::Subtract(_) => {
                 self.merge(&name, Subtract::FUNCTION, xs, out, &in_shapes, &out_shape)?
             }
-            // a + b * scale: the product first, as TensorFlow computes it.
             Op::CustomScaleLayer(op) => {
-                let scale = self.scalar(format!("{name}/scale"), op.scale as f32);
-                let scaled = format!("{name}/scaled");
-                self.node(
-                    format!("{name}/mul"),
-                    "Mul",
-                    vec![xs[1].clone(), scale],
-                    scaled.clone(),
-                    vec![],
-                );
-                self.node(name, "Add", vec![xs[0].clone(), scaled], out, vec![]);
+                self.scaled_add(name, [xs[0].clone(), xs[1].clone()], out, op.scale)
             }
             Op::Average(_) => {
                 self.merge(&name, Average::FUNCTION, xs, out, &in_shapes, &out_shape)?

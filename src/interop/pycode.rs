@@ -177,18 +177,20 @@ pub fn read_code(marshalled: &[u8]) -> Option<Code> {
 
 /// The opcodes unetc follows, per CPython bytecode generation (`dis.opmap`).
 struct Opcodes {
-    /// RESUME, which opens the code from 3.11 on.
+    /// RESUME, which opens the code from 3.11 on; CACHE entries (opcode 0) follow some
+    /// instructions there and are skipped.
     resume: Option<u8>,
     load_fast: u8,
     load_const: u8,
     unary_negative: u8,
+    binary_subscr: u8,
     return_value: u8,
     binary: Binary,
 }
 
 enum Binary {
     /// 3.11+: BINARY_OP with the operator as its argument (NB_ADD 0, NB_MULTIPLY 5,
-    /// NB_SUBTRACT 10, NB_TRUE_DIVIDE 11) and one CACHE entry (opcode 0) after it.
+    /// NB_SUBTRACT 10, NB_TRUE_DIVIDE 11).
     Op(u8),
     /// 3.6–3.10: BINARY_ADD, BINARY_SUBTRACT, BINARY_MULTIPLY, BINARY_TRUE_DIVIDE.
     Separate {
@@ -208,6 +210,7 @@ fn opcodes(bytecode: &[u8]) -> Opcodes {
             load_fast: 124,
             load_const: 100,
             unary_negative: 11,
+            binary_subscr: 25,
             return_value: 83,
             binary: Binary::Op(122),
         },
@@ -216,6 +219,7 @@ fn opcodes(bytecode: &[u8]) -> Opcodes {
             load_fast: 85,
             load_const: 83,
             unary_negative: 42,
+            binary_subscr: 5,
             return_value: 36,
             binary: Binary::Op(45),
         },
@@ -224,6 +228,7 @@ fn opcodes(bytecode: &[u8]) -> Opcodes {
             load_fast: 124,
             load_const: 100,
             unary_negative: 11,
+            binary_subscr: 25,
             return_value: 83,
             binary: Binary::Separate {
                 add: 23,
@@ -235,10 +240,14 @@ fn opcodes(bytecode: &[u8]) -> Opcodes {
     }
 }
 
-/// The expression of `lambda x: <arithmetic>`, from its bytecode; `None` for anything else.
-pub fn arithmetic_lambda(code: &Code) -> Option<Expr> {
-    if code.argcount != 1 {
-        return None;
+/// The expression of a lambda of scalar arithmetic, from its bytecode: `lambda x: x / 255`, or
+/// with a second parameter bound to the number `bound` (Keras calls `f(inputs, **arguments)`:
+/// `lambda inputs, scale: inputs[0] + inputs[1] * scale` with `arguments={"scale": 0.17}`),
+/// where `x[k]` is the k-th input. `None` for anything else.
+pub fn arithmetic_lambda(code: &Code, bound: Option<f64>) -> Option<Expr> {
+    match (code.argcount, bound) {
+        (1, None) | (2, Some(_)) => {}
+        _ => return None,
     }
     let ops = code.bytecode.chunks_exact(2);
     // A normalisation lambda is a handful of instructions; a long one (an expression tree deep
@@ -254,26 +263,16 @@ pub fn arithmetic_lambda(code: &Code) -> Option<Expr> {
     };
     let n = ops.len();
     let mut stack: Vec<Expr> = Vec::new();
-    let mut cache_after_binary = false;
     for (k, op) in ops.enumerate() {
         let (opcode, arg) = (op[0], op[1]);
-        if std::mem::take(&mut cache_after_binary) {
-            if opcode != 0 {
-                return None;
-            }
-            continue;
-        }
         let binary = match &table.binary {
-            Binary::Op(code) if opcode == *code => {
-                cache_after_binary = true;
-                Some(match arg {
-                    0 => ScalarFn::Add,
-                    5 => ScalarFn::Multiply,
-                    10 => ScalarFn::Subtract,
-                    11 => ScalarFn::Divide,
-                    _ => return None,
-                })
-            }
+            Binary::Op(code) if opcode == *code => Some(match arg {
+                0 => ScalarFn::Add,
+                5 => ScalarFn::Multiply,
+                10 => ScalarFn::Subtract,
+                11 => ScalarFn::Divide,
+                _ => return None,
+            }),
             Binary::Op(_) => None,
             Binary::Separate {
                 add,
@@ -294,11 +293,22 @@ pub fn arithmetic_lambda(code: &Code) -> Option<Expr> {
             let b = stack.pop()?;
             let a = stack.pop()?;
             stack.push(Expr::Bin(f, Box::new(a), Box::new(b)));
-        } else if k == 0 && table.resume == Some(opcode) {
+        } else if table.resume.is_some()
+            && (opcode == 0 || (k == 0 && table.resume == Some(opcode)))
+        {
+            // RESUME first, CACHE entries after some instructions: no effect.
         } else if opcode == table.load_fast && arg == 0 {
             stack.push(Expr::X);
+        } else if opcode == table.load_fast && arg == 1 {
+            stack.push(Expr::Float(bound?));
         } else if opcode == table.load_const {
             stack.push(constant(arg)?);
+        } else if opcode == table.binary_subscr {
+            // `x[k]`: the k-th input, k a whole-number constant.
+            let (Expr::Int(index), Expr::X) = (stack.pop()?, stack.pop()?) else {
+                return None;
+            };
+            stack.push(Expr::Item(usize::try_from(index).ok()?));
         } else if opcode == table.unary_negative {
             let e = stack.pop()?;
             stack.push(Expr::Neg(Box::new(e)));
@@ -371,7 +381,7 @@ mod tests {
         ];
         for (b64, want) in cases {
             let c = code(b64);
-            let e = arithmetic_lambda(&c).unwrap();
+            let e = arithmetic_lambda(&c, None).unwrap();
             assert_eq!(
                 crate::ir::ops::Arithmetic::from_expr(&e).unwrap().text,
                 want
@@ -395,13 +405,13 @@ mod tests {
              SqABoAGgAaAxoDGgMdARJNQPJdAIJeUOGNAZQtcZSdIZScgk0RlP1BlP0Q5Q1A5Q0AhQ8wAAAAA=",
         );
         assert_eq!(c.argcount, 4);
-        assert!(arithmetic_lambda(&c).is_none());
+        assert!(arithmetic_lambda(&c, None).is_none());
         // Truncated or garbled data is refused without a panic.
         let bytes = base64::engine::general_purpose::STANDARD
             .decode("4wEAAAAAAAAAAAAAAAIAAAADAAAA8wwAAACXAHwAZAF6CwAAUwApAk7p/wAAAKkAqQHaAXhzAQAA")
             .unwrap();
         for n in 0..bytes.len() {
-            let _ = read_code(&bytes[..n]).map(|c| arithmetic_lambda(&c));
+            let _ = read_code(&bytes[..n]).map(|c| arithmetic_lambda(&c, None));
         }
         assert!(read_code(&[b'c', 0xff, 0xff, 0xff, 0xff]).is_none());
         assert!(read_code(&[]).is_none());
@@ -416,13 +426,13 @@ mod tests {
             bytecode: long,
             consts: vec![Const::None, Const::Int(2)],
         };
-        assert!(arithmetic_lambda(&code).is_none());
+        assert!(arithmetic_lambda(&code, None).is_none());
         // Every single-byte change of a valid dump: read or refused, never a panic.
         for i in 0..bytes.len() {
             for v in [0u8, 0x29, 0x63, 0x7f, 0x80, 0xe3, 0xff] {
                 let mut b = bytes.clone();
                 b[i] = v;
-                let _ = read_code(&b).map(|c| arithmetic_lambda(&c));
+                let _ = read_code(&b).map(|c| arithmetic_lambda(&c, None));
             }
         }
     }

@@ -668,7 +668,9 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     // Lambdas: a channel slice and arithmetic are per pixel; expand_dims
                     // reshapes a pooled vector.
                     Op::Lambda(op) => match &op.body {
-                        LambdaBody::SliceTensor { .. } | LambdaBody::Arithmetic(_) => (a, b),
+                        LambdaBody::SliceTensor { .. }
+                        | LambdaBody::Arithmetic(_)
+                        | LambdaBody::ScaledAdd { .. } => (a, b),
                         LambdaBody::ExpandDims { .. } => return Err(non_local()),
                     },
                     Op::Multiply(_)

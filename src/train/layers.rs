@@ -10,8 +10,9 @@ use crate::exec::cpu::kernels::Strided;
 use crate::exec::cpu::winograd;
 use crate::exec::Tensor;
 use crate::ir::ops::{
-    ActivationFn, Interpolation, LambdaBody, MergeFn, NormLayout, Normalization, Op, PadMode,
-    ReduceFn, Snake, TfCompute, UpSampling3D, VolumeInterpolation, WindowGeometry, GELU,
+    ActivationFn, CustomScaleLayer, Interpolation, LambdaBody, MergeFn, NormLayout, Normalization,
+    Op, PadMode, ReduceFn, Snake, TfCompute, UpSampling3D, VolumeInterpolation, WindowGeometry,
+    GELU,
 };
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
@@ -191,6 +192,7 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
         Op::Lambda(o) => match &o.body {
             LambdaBody::SliceTensor { .. } | LambdaBody::ExpandDims { .. } => nothing,
             LambdaBody::Arithmetic(_) => reads(true, false),
+            LambdaBody::ScaledAdd { .. } => nothing,
         },
         Op::Add(_) => merge(MergeFn::Add),
         Op::Subtract(_) => merge(MergeFn::Subtract),
@@ -654,6 +656,20 @@ pub fn forward(
             }
             LambdaBody::ExpandDims { .. } => first().to_vec(),
             LambdaBody::Arithmetic(a) => first().iter().map(|&v| a.apply(v)).collect(),
+            LambdaBody::ScaledAdd {
+                first: i,
+                second: j,
+                scale,
+                ..
+            } => {
+                let input = |k: usize| inputs.get(k).map(|t| t.data.as_slice()).unwrap_or(&[]);
+                let residual = CustomScaleLayer { scale: *scale };
+                input(*i)
+                    .iter()
+                    .zip(input(*j))
+                    .map(|(&a, &b)| residual.apply(a, b))
+                    .collect()
+            }
         },
         Op::Permute(o) => {
             let item = permute_index(
@@ -1284,6 +1300,18 @@ pub fn backward(
                     .map(|(&g, &v)| g * a.derivative(v))
                     .collect(),
             ),
+            // d/dx[first] = 1, d/dx[second] = scale.
+            LambdaBody::ScaledAdd {
+                first: i, scale, ..
+            } => {
+                let dy = output_grad(grad);
+                let db: Vec<f32> = dy.iter().map(|g| g * *scale as f32).collect();
+                let (da, db) = (dy, db);
+                LayerGrads {
+                    inputs: if *i == 0 { vec![da, db] } else { vec![db, da] },
+                    params: vec![],
+                }
+            }
         },
         Op::Dropout(_) | Op::SpatialDropout2D(_) | Op::GaussianDropout(_) | Op::FixedDropout(_) => {
             let dy = output_grad(grad);

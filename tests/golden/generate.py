@@ -927,7 +927,9 @@ def edge_lambda():
     squeeze-excitation block (GlobalAveragePooling2D -> expand_dims -> Conv2D 1x1 relu -> Conv2D
     1x1 sigmoid -> Multiply); and lambdas of scalar arithmetic as Kaggle-style U-Nets write them:
     `x / 255` of the input (then a 1x1 conv), `(x - 0.5) * 2.0`, `1 - x / 4.0`, `-x`,
-    `2 / (x + 3)` on the signed map. Flattened and concatenated."""
+    `2 / (x + 3)` on the signed map; and keras_applications' InceptionResNetV2 residual,
+    `Lambda(lambda inputs, scale: inputs[0] + inputs[1] * scale, arguments={"scale": 0.17})`
+    of two maps. Flattened and concatenated."""
     tf = _tf()
     from classification_models.models._common_blocks import expand_dims, slice_tensor
 
@@ -949,7 +951,9 @@ def edge_lambda():
     scaled = L.Conv2D(2, 1)(L.Lambda(lambda v: v / 255)(inp))
     arithmetic = [L.Lambda(f)(x) for f in (lambda v: (v - 0.5) * 2.0, lambda v: 1 - v / 4.0,
                                            lambda v: -v, lambda v: 2 / (v + 3))]
-    flat = [L.Flatten()(t) for t in (grouped, middle, last, gated, scaled, *arithmetic)]
+    residual = L.Lambda(lambda inputs, scale: inputs[0] + inputs[1] * scale,
+                        arguments={"scale": 0.17})([x, gated])
+    flat = [L.Flatten()(t) for t in (grouped, middle, last, gated, scaled, *arithmetic, residual)]
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 

@@ -164,6 +164,11 @@ def more_models():
         # Kaggle's Data Science Bowl 2018 "Keras U-Net starter" (the most copied Keras U-Net
         # notebook): `Lambda(lambda x: x / 255)` first, ELU convs, Dropout, transposed convs.
         ("kaggle_dsb2018_unet", kaggle_dsb2018_unet, "formula"),
+        # keras_applications' InceptionResNetV2 (segmentation_models' copy): its 40 residuals
+        # are `Lambda(lambda inputs, scale: inputs[0] + inputs[1] * scale, arguments=...)`.
+        ("sm_unet_inceptionresnetv2", lambda: sm.Unet(
+            "inceptionresnetv2", input_shape=(96, 96, 3), classes=1, encoder_weights=None,
+            decoder_filters=(32, 16, 8, 8, 4)), False),
     ]
 
 

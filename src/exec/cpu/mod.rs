@@ -10,11 +10,11 @@ pub mod winograd;
 use super::plan::{hwc, plan, reads_parts, Plan, Storage, Window, Work};
 use super::tensor::Tensor;
 use crate::infer::Inferred;
-use crate::ir::ops::LambdaBody;
 use crate::ir::ops::{
     Activation, Average, Concatenate, Maximum, Minimum, Multiply, Normalization, Snake, Subtract,
     TfCompute, GELU,
 };
+use crate::ir::ops::{CustomScaleLayer, LambdaBody};
 use crate::ir::{Graph, NodeId, Op};
 use std::fmt;
 use volume::dhwc;
@@ -923,6 +923,17 @@ impl<'g> CpuModel<'g> {
                 LambdaBody::Arithmetic(a) => {
                     for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
                         *o = a.apply(x);
+                    }
+                }
+                LambdaBody::ScaledAdd {
+                    first,
+                    second,
+                    scale,
+                    ..
+                } => {
+                    let residual = CustomScaleLayer { scale: *scale };
+                    for ((o, &a), &b) in out.iter_mut().zip(ins[*first]).zip(ins[*second]) {
+                        *o = residual.apply(a, b);
                     }
                 }
             },

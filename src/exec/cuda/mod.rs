@@ -1832,6 +1832,33 @@ impl<'g> CudaModel<'g> {
         Ok(())
     }
 
+    /// `y = a + b * scale` elementwise (`scaled_add`, kernels/layers.cu).
+    fn scaled_add<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        [a, b]: [View; 2],
+        y: View,
+        scale: f64,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let (scale, nb) = (scale as f32, batch as i32);
+        // SAFETY: matches scaled_add_<T>(void*, View, View, View, float, int); the views lie
+        // inside the arena as planned.
+        unsafe {
+            self.stream
+                .launch_builder(self.function::<T>("scaled_add"))
+                .arg(arena)
+                .arg(&a)
+                .arg(&b)
+                .arg(&y)
+                .arg(&scale)
+                .arg(&nb)
+                .launch(grid(y.elements(batch)))
+                .map_err(driver)?;
+        }
+        Ok(())
+    }
+
     /// `y = f(x, c)` elementwise (`scalar_op`, kernels/layers.cu); `x` may be `y` itself.
     fn scalar_op<T: Element>(
         &self,
@@ -2363,6 +2390,15 @@ impl<'g> CudaModel<'g> {
                     self.shift_window(arena, x, y, (0, 0), PadMode::Zeros, batch)?
                 }
                 LambdaBody::ExpandDims { .. } => self.flat_copy(arena, id, batch)?,
+                LambdaBody::ScaledAdd {
+                    first,
+                    second,
+                    scale,
+                    ..
+                } => {
+                    let inputs = [x_view(*first)?, x_view(*second)?];
+                    self.scaled_add::<T>(arena, inputs, y, *scale, batch)?
+                }
                 // One scalar_op per operation: the first from the input, the others in place.
                 LambdaBody::Arithmetic(a) => {
                     let mut from = x_view(0)?;
@@ -2432,21 +2468,7 @@ impl<'g> CudaModel<'g> {
             Op::Multiply(_) => self.merge::<T>(arena, Multiply::FUNCTION, x_views()?, y, batch)?,
             Op::Subtract(_) => self.merge::<T>(arena, Subtract::FUNCTION, x_views()?, y, batch)?,
             Op::CustomScaleLayer(op) => {
-                let (a, b, scale) = (x_view(0)?, x_view(1)?, op.scale as f32);
-                // SAFETY: matches scaled_add_<T>(void*, View, View, View, float, int); the
-                // views lie inside the arena as planned.
-                unsafe {
-                    stream
-                        .launch_builder(self.function::<T>("scaled_add"))
-                        .arg(&mut *arena)
-                        .arg(&a)
-                        .arg(&b)
-                        .arg(&y)
-                        .arg(&scale)
-                        .arg(&nb)
-                        .launch(grid(n_out))
-                        .map_err(driver)?;
-                }
+                self.scaled_add::<T>(arena, [x_view(0)?, x_view(1)?], y, op.scale, batch)?
             }
             Op::Average(_) => self.merge::<T>(arena, Average::FUNCTION, x_views()?, y, batch)?,
             Op::Maximum(_) => self.merge::<T>(arena, Maximum::FUNCTION, x_views()?, y, batch)?,

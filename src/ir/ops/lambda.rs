@@ -24,6 +24,68 @@ pub enum LambdaBody {
     /// `lambda x: <expression>`: scalar arithmetic applied to every value, in order (`x / 255`
     /// is one division; `(x - 0.5) / 0.5` a subtraction, then a division).
     Arithmetic(Arithmetic),
+    /// `x[first] + x[second] * scale` of two inputs (keras_applications' and
+    /// segmentation_models' InceptionResNetV2 residual, `lambda inputs, scale: inputs[0] +
+    /// inputs[1] * scale`): what tf.keras's CustomScaleLayer computes.
+    ScaledAdd {
+        first: usize,
+        second: usize,
+        scale: f64,
+        /// The expression as Python writes it (`x[0] + x[1] * 0.17`).
+        text: String,
+    },
+}
+
+impl LambdaBody {
+    /// The body of a lambda expression: arithmetic of one tensor, or `x[a] + x[b] * c`.
+    pub fn from_expr(e: &Expr) -> Result<LambdaBody, String> {
+        if e.item_count() == 0 {
+            return Arithmetic::from_expr(e).map(LambdaBody::Arithmetic);
+        }
+        let item = |e: &Expr| match e {
+            Expr::Item(k) => Some(*k),
+            _ => None,
+        };
+        let constant = |e: &Expr| (e.x_count() + e.item_count() == 0).then(|| e.constant());
+        let scaled = |e: &Expr| match e {
+            Expr::Bin(ScalarFn::Multiply, a, b) => match (item(a), item(b)) {
+                (Some(k), None) => constant(b).map(|c| (k, c)),
+                (None, Some(k)) => constant(a).map(|c| (k, c)),
+                (Some(_), Some(_)) | (None, None) => None,
+            },
+            _ => None,
+        };
+        let found = match e {
+            Expr::Bin(ScalarFn::Add, a, b) if e.x_count() == 0 => match (item(a), item(b)) {
+                (Some(first), None) => scaled(b).map(|(second, c)| (first, second, c)),
+                (None, Some(first)) => scaled(a).map(|(second, c)| (first, second, c)),
+                (Some(_), Some(_)) | (None, None) => None,
+            },
+            _ => None,
+        };
+        match found {
+            Some((first, second, scale))
+                if first != second && first.max(second) == 1 && scale.is_finite() =>
+            {
+                Ok(LambdaBody::ScaledAdd {
+                    first,
+                    second,
+                    scale,
+                    text: e.text(0),
+                })
+            }
+            _ => Err(
+                "of two inputs unetc runs `x[0] + x[1] * c` (a scaled residual) only; of one, \
+                 arithmetic in `x`"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Parses a spec's expression (`"x / 255"`, `"x[0] + x[1] * 0.17"`).
+    pub fn parse(text: &str) -> Result<LambdaBody, String> {
+        LambdaBody::from_expr(&parse_expr(text)?)
+    }
 }
 
 /// A Python expression in `x` with `x` once and numbers: a chain of [`ScalarOp`]s.
@@ -53,21 +115,14 @@ impl Arithmetic {
     /// Parses `x / 255`, `(x - 0.5) / 0.5`, `1 - x`, `-x`, ... (numbers, `x` once, `+ - * /`,
     /// parentheses, unary minus).
     pub fn parse(text: &str) -> Result<Arithmetic, String> {
-        let mut p = ExprParser {
-            s: text.as_bytes(),
-            at: 0,
-            depth: 0,
-        };
-        let e = p.sum()?;
-        p.skip_space();
-        if p.at != p.s.len() {
-            return Err(format!("unexpected `{}`", &text[p.at..]));
-        }
-        Arithmetic::from_expr(&e)
+        Arithmetic::from_expr(&parse_expr(text)?)
     }
 
     /// The chain of an expression tree with `x` exactly once; its text is the tree's.
     pub fn from_expr(e: &Expr) -> Result<Arithmetic, String> {
+        if e.item_count() != 0 {
+            return Err("`x[k]` (an input of several) in a one-input expression".into());
+        }
         if e.x_count() != 1 {
             return Err(format!(
                 "an expression with `x` exactly once, not {} times",
@@ -83,10 +138,28 @@ impl Arithmetic {
     }
 }
 
+/// An expression's tree from its text: numbers, `x`, `x[k]`, `+ - * /`, parentheses, unary
+/// minus.
+fn parse_expr(text: &str) -> Result<Expr, String> {
+    let mut p = ExprParser {
+        s: text.as_bytes(),
+        at: 0,
+        depth: 0,
+    };
+    let e = p.sum()?;
+    p.skip_space();
+    if p.at != p.s.len() {
+        return Err(format!("unexpected `{}`", &text[p.at..]));
+    }
+    Ok(e)
+}
+
 /// An arithmetic expression in `x`: from the spec's text or from Python bytecode.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
     X,
+    /// `x[k]`: input k of a lambda of several inputs.
+    Item(usize),
     Int(i64),
     Float(f64),
     Neg(Box<Expr>),
@@ -97,16 +170,25 @@ impl Expr {
     fn x_count(&self) -> usize {
         match self {
             Expr::X => 1,
-            Expr::Int(_) | Expr::Float(_) => 0,
+            Expr::Item(_) | Expr::Int(_) | Expr::Float(_) => 0,
             Expr::Neg(e) => e.x_count(),
             Expr::Bin(_, a, b) => a.x_count() + b.x_count(),
+        }
+    }
+
+    fn item_count(&self) -> usize {
+        match self {
+            Expr::Item(_) => 1,
+            Expr::X | Expr::Int(_) | Expr::Float(_) => 0,
+            Expr::Neg(e) => e.item_count(),
+            Expr::Bin(_, a, b) => a.item_count() + b.item_count(),
         }
     }
 
     /// The value of an expression without `x` (Python's arithmetic, in f64).
     fn constant(&self) -> f64 {
         match self {
-            Expr::X => f64::NAN,
+            Expr::X | Expr::Item(_) => f64::NAN,
             Expr::Int(i) => *i as f64,
             Expr::Float(f) => *f,
             Expr::Neg(e) => -e.constant(),
@@ -125,7 +207,7 @@ impl Expr {
     /// The operations from `x` outwards (the innermost first).
     fn chain(&self, ops: &mut Vec<ScalarOp>) {
         match self {
-            Expr::X | Expr::Int(_) | Expr::Float(_) => {}
+            Expr::X | Expr::Item(_) | Expr::Int(_) | Expr::Float(_) => {}
             Expr::Neg(e) => {
                 e.chain(ops);
                 ops.push(ScalarOp {
@@ -154,6 +236,7 @@ impl Expr {
     fn text(&self, prec: u8) -> String {
         match self {
             Expr::X => "x".into(),
+            Expr::Item(k) => format!("x[{k}]"),
             Expr::Int(i) => i.to_string(),
             Expr::Float(f) => format!("{f:?}"),
             Expr::Neg(e) => {
@@ -275,7 +358,25 @@ impl ExprParser<'_> {
                 {
                     return Err("names other than `x`".into());
                 }
-                Ok(Expr::X)
+                if self.peek() != Some(b'[') {
+                    return Ok(Expr::X);
+                }
+                // `x[k]`: input k.
+                self.at += 1;
+                let start = self.at;
+                while self.s.get(self.at).is_some_and(u8::is_ascii_digit) {
+                    self.at += 1;
+                }
+                let index = std::str::from_utf8(&self.s[start..self.at])
+                    .ok()
+                    .and_then(|t| t.parse::<usize>().ok());
+                match (index, self.peek()) {
+                    (Some(k), Some(b']')) => {
+                        self.at += 1;
+                        Ok(Expr::Item(k))
+                    }
+                    _ => Err("`x[k]` with a whole number k".into()),
+                }
             }
             Some(c) if c.is_ascii_digit() || c == b'.' => {
                 let start = self.at;
@@ -317,7 +418,7 @@ impl Lambda {
                 json!({ "start": start, "stop": stop, "axis": axis })
             }
             LambdaBody::ExpandDims { channels_axis } => json!({ "channels_axis": channels_axis }),
-            LambdaBody::Arithmetic(_) => Json::Null,
+            LambdaBody::Arithmetic(_) | LambdaBody::ScaledAdd { .. } => Json::Null,
         }
     }
 
@@ -326,7 +427,10 @@ impl Lambda {
         match &self.body {
             LambdaBody::SliceTensor { .. } => LambdaFunction::SliceTensor.to_string(),
             LambdaBody::ExpandDims { .. } => LambdaFunction::ExpandDims.to_string(),
-            LambdaBody::Arithmetic(a) => format!("lambda x: {}", a.text),
+            LambdaBody::Arithmetic(Arithmetic { text, .. })
+            | LambdaBody::ScaledAdd { text, .. } => {
+                format!("lambda x: {text}")
+            }
         }
     }
 
@@ -335,7 +439,10 @@ impl Lambda {
         match &self.body {
             LambdaBody::SliceTensor { .. } => LambdaFunction::SliceTensor.to_string(),
             LambdaBody::ExpandDims { .. } => LambdaFunction::ExpandDims.to_string(),
-            LambdaBody::Arithmetic(a) => format!("{:?}", a.text),
+            LambdaBody::Arithmetic(Arithmetic { text, .. })
+            | LambdaBody::ScaledAdd { text, .. } => {
+                format!("{text:?}")
+            }
         }
     }
 }
@@ -354,7 +461,7 @@ impl LayerKind for Lambda {
         // A string that is no known function's name is an expression in `x`.
         let arithmetic = match r.peek("function") {
             Some(Value::Str(s)) if LambdaFunction::from_keras_name(s).is_none() => {
-                Some(Arithmetic::parse(s))
+                Some(LambdaBody::parse(s))
             }
             _ => None,
         };
@@ -403,7 +510,7 @@ impl LayerKind for Lambda {
         let body = match (function, arithmetic) {
             (Some(LambdaFunction::SliceTensor), _) => LambdaBody::SliceTensor { start, stop, axis },
             (Some(LambdaFunction::ExpandDims), _) => LambdaBody::ExpandDims { channels_axis },
-            (None, Some(Ok(a))) => LambdaBody::Arithmetic(a),
+            (None, Some(Ok(body))) => body,
             // Reported above; an identity stands in.
             (None, Some(Err(_)) | None) => LambdaBody::Arithmetic(Arithmetic {
                 ops: Vec::new(),
@@ -428,8 +535,17 @@ impl LayerKind for Lambda {
                 ))
             }
         };
+        let one_input = || match inputs.len() {
+            1 => Ok(()),
+            n => Err(ShapeError::new(
+                "E-arity",
+                format!("this Lambda takes 1 input, not {n}"),
+                "wrong number of inputs",
+            )),
+        };
         match &self.body {
             LambdaBody::SliceTensor { start, stop, axis } => {
+                one_input()?;
                 channels_last("slice_tensor", "axis", *axis)?;
                 let [h, w, c] = image(inputs, "slice_tensor")?;
                 if !(start < stop && *stop <= c) {
@@ -445,6 +561,7 @@ impl LayerKind for Lambda {
                 Ok(vec![h, w, stop - start])
             }
             LambdaBody::ExpandDims { channels_axis } => {
+                one_input()?;
                 channels_last("expand_dims", "channels_axis", *channels_axis)?;
                 match inputs.first().map(Vec::as_slice) {
                     Some(&[c]) => Ok(vec![1, 1, c]),
@@ -464,10 +581,34 @@ impl LayerKind for Lambda {
                     )),
                 }
             }
-            LambdaBody::Arithmetic(_) => inputs
-                .first()
-                .cloned()
-                .ok_or_else(|| ShapeError::new("E-arity", "a Lambda needs an input", "no input")),
+            LambdaBody::Arithmetic(_) => match inputs {
+                [x] => Ok(x.clone()),
+                _ => Err(ShapeError::new(
+                    "E-arity",
+                    format!(
+                        "a one-input arithmetic Lambda takes 1 input, not {}",
+                        inputs.len()
+                    ),
+                    "wrong number of inputs",
+                )),
+            },
+            LambdaBody::ScaledAdd { .. } => match inputs {
+                [a, b] if a == b => Ok(a.clone()),
+                [a, b] => Err(ShapeError::new(
+                    "E-merge-shape",
+                    format!(
+                        "x[0] + x[1] * c needs inputs of one shape: {{0}} is {} but {{1}} is {}",
+                        crate::text::shape_text(a),
+                        crate::text::shape_text(b)
+                    ),
+                    "shapes differ",
+                )),
+                _ => Err(ShapeError::new(
+                    "E-arity",
+                    format!("`x[0] + x[1] * c` takes 2 inputs, not {}", inputs.len()),
+                    "wrong number of inputs",
+                )),
+            },
         }
     }
 
@@ -476,8 +617,14 @@ impl LayerKind for Lambda {
         match &self.body {
             LambdaBody::SliceTensor { .. } => known(LambdaFunction::SliceTensor),
             LambdaBody::ExpandDims { .. } => known(LambdaFunction::ExpandDims),
-            LambdaBody::Arithmetic(a) => json!({ "function": format!("lambda x: {}", a.text) }),
+            LambdaBody::Arithmetic(_) | LambdaBody::ScaledAdd { .. } => {
+                json!({ "function": self.python_function() })
+            }
         }
+    }
+
+    fn arity() -> (usize, usize) {
+        (1, 2)
     }
 }
 

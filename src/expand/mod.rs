@@ -2052,8 +2052,7 @@ pub(super) fn slot_key(name: &str, index: &Value) -> String {
 /// regularizers.
 fn is_layer_kwarg(kind: &str, name: &str) -> bool {
     name == "trainable"
-        || name == "activity_regularizer"
-        || Op::regularized(kind).iter().any(|(arg, _)| *arg == name)
+        || crate::ir::regularizer::arguments(Op::regularized(kind)).any(|a| a == name)
 }
 
 fn take_kwarg(args: &mut Vec<ArgValue>, name: &str) -> Option<ArgValue> {

@@ -464,7 +464,11 @@ impl PythonExporter<'_> {
             args.push(format!("{arg}={}", r.python()));
         }
         if let Some(r) = node.regularizers.activity {
-            args.push(format!("activity_regularizer={}", r.python()));
+            args.push(format!(
+                "{}={}",
+                crate::ir::regularizer::ACTIVITY,
+                r.python()
+            ));
         }
         args.push(format!("name={:?}", node.name));
         if node.trainable != node.op.trainable_by_default() {
@@ -1394,10 +1398,7 @@ impl Importer {
                 }
             }
             // Regularizers: penalties `unetc train` adds, as Keras's fit does.
-            let regularizer_args = Op::regularized(kind)
-                .iter()
-                .map(|&(arg, _)| arg)
-                .chain(["activity_regularizer"]);
+            let regularizer_args = crate::ir::regularizer::arguments(Op::regularized(kind));
             for arg in regularizer_args {
                 let Some(v) = lc.get(arg) else { continue };
                 match crate::ir::regularizer::Regularizer::from_keras(v) {

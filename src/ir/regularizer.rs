@@ -177,6 +177,17 @@ impl Regularizer {
     }
 }
 
+/// The argument of a layer's output regularizer, which every kind takes.
+pub const ACTIVITY: &str = "activity_regularizer";
+
+/// Every regularizer argument of a kind whose weight regularizers are `regularized`
+/// ([`crate::ir::ops::LayerKind::REGULARIZED`]): those and [`ACTIVITY`].
+pub fn arguments(
+    regularized: &'static [(&'static str, &'static str)],
+) -> impl Iterator<Item = &'static str> {
+    regularized.iter().map(|&(arg, _)| arg).chain([ACTIVITY])
+}
+
 /// A layer's regularizers: of its weights, by Keras variable name, and of its output.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Regularizers {
@@ -208,7 +219,7 @@ impl Regularizers {
             .map(|(arg, _, r)| format!("{arg}: {}", r.spec_text()))
             .collect();
         if let Some(r) = self.activity {
-            out.push(format!("activity_regularizer: {}", r.spec_text()));
+            out.push(format!("{ACTIVITY}: {}", r.spec_text()));
         }
         out
     }
@@ -225,11 +236,11 @@ impl Regularizers {
         let mut i = 0;
         while i < args.len() {
             let name = args[i].name.clone().unwrap_or_default();
-            let slot = regularized.iter().find(|(arg, _)| *arg == name);
-            if slot.is_none() && name != "activity_regularizer" {
+            if !arguments(regularized).any(|arg| arg == name) {
                 i += 1;
                 continue;
             }
+            let slot = regularized.iter().find(|(arg, _)| *arg == name);
             let arg = args.remove(i);
             match (Regularizer::from_value(&arg.value), slot) {
                 (Ok(None), _) => {}

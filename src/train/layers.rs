@@ -556,13 +556,7 @@ pub fn forward(
         Op::Add(_) => merge_forward(inputs, out_shape, MergeFn::Add),
         Op::Multiply(_) => merge_forward(inputs, out_shape, MergeFn::Multiply),
         Op::Subtract(_) => merge_forward(inputs, out_shape, MergeFn::Subtract),
-        Op::CustomScaleLayer(o) => {
-            let (a, b) = (
-                first(),
-                inputs.get(1).map(|t| t.data.as_slice()).unwrap_or(&[]),
-            );
-            a.iter().zip(b).map(|(&a, &b)| o.apply(a, b)).collect()
-        }
+        Op::CustomScaleLayer(o) => scaled_add_forward(o, inputs, [0, 1], out_len),
         Op::Average(_) => merge_forward(inputs, out_shape, MergeFn::Average),
         Op::Maximum(_) => merge_forward(inputs, out_shape, MergeFn::Maximum),
         Op::Minimum(_) => merge_forward(inputs, out_shape, MergeFn::Minimum),
@@ -661,15 +655,12 @@ pub fn forward(
                 second: j,
                 scale,
                 ..
-            } => {
-                let input = |k: usize| inputs.get(k).map(|t| t.data.as_slice()).unwrap_or(&[]);
-                let residual = CustomScaleLayer { scale: *scale };
-                input(*i)
-                    .iter()
-                    .zip(input(*j))
-                    .map(|(&a, &b)| residual.apply(a, b))
-                    .collect()
-            }
+            } => scaled_add_forward(
+                &CustomScaleLayer { scale: *scale },
+                inputs,
+                [*i, *j],
+                out_len,
+            ),
         },
         Op::Permute(o) => {
             let item = permute_index(
@@ -1094,15 +1085,7 @@ pub fn backward(
         Op::Multiply(_) => merge_grads(inputs, output, MergeFn::Multiply, grad),
         Op::Subtract(_) => merge_grads(inputs, output, MergeFn::Subtract, grad),
         // d/da = 1, d/db = scale.
-        Op::CustomScaleLayer(o) => {
-            let dy = output_grad(grad);
-            let scale = o.scale as f32;
-            let db = dy.iter().map(|g| g * scale).collect();
-            LayerGrads {
-                inputs: vec![dy, db],
-                params: vec![],
-            }
-        }
+        Op::CustomScaleLayer(o) => input_grads_of(o.gradients(output_grad(grad)).to_vec()),
         Op::Average(_) => merge_grads(inputs, output, MergeFn::Average, grad),
         Op::Maximum(_) => merge_grads(inputs, output, MergeFn::Maximum, grad),
         Op::Minimum(_) => merge_grads(inputs, output, MergeFn::Minimum, grad),
@@ -1304,13 +1287,8 @@ pub fn backward(
             LambdaBody::ScaledAdd {
                 first: i, scale, ..
             } => {
-                let dy = output_grad(grad);
-                let db: Vec<f32> = dy.iter().map(|g| g * *scale as f32).collect();
-                let (da, db) = (dy, db);
-                LayerGrads {
-                    inputs: if *i == 0 { vec![da, db] } else { vec![db, da] },
-                    params: vec![],
-                }
+                let [da, db] = CustomScaleLayer { scale: *scale }.gradients(output_grad(grad));
+                input_grads_of(if *i == 0 { vec![da, db] } else { vec![db, da] })
             }
         },
         Op::Dropout(_) | Op::SpatialDropout2D(_) | Op::GaussianDropout(_) | Op::FixedDropout(_) => {
@@ -1956,10 +1934,28 @@ fn transpose_backward(
 
 /// A layer that has only an input gradient.
 fn input_grads(dx: Vec<f32>) -> LayerGrads {
+    input_grads_of(vec![dx])
+}
+
+/// The gradients of several inputs, in input order; no parameters.
+fn input_grads_of(inputs: Vec<Vec<f32>>) -> LayerGrads {
     LayerGrads {
-        inputs: vec![dx],
+        inputs,
         params: vec![],
     }
+}
+
+/// CustomScaleLayer's forward, and its Lambda form's: `inputs[a] + inputs[b] * scale`.
+fn scaled_add_forward(
+    op: &CustomScaleLayer,
+    inputs: &[&Tensor],
+    [a, b]: [usize; 2],
+    len: usize,
+) -> Vec<f32> {
+    let data = |k: usize| inputs.get(k).map(|t| t.data.as_slice()).unwrap_or(&[]);
+    let mut out = vec![0.0; len];
+    op.apply_all(data(a), data(b), &mut out);
+    out
 }
 
 /// Max or average pooling of `x` with the op's window rule `geometry`.

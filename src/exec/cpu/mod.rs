@@ -849,11 +849,7 @@ impl<'g> CpuModel<'g> {
             (Op::Subtract(_), _) => {
                 kernels::merge(Subtract::FUNCTION, ins, in_shapes, out, out_shape, batch)
             }
-            (Op::CustomScaleLayer(op), _) => {
-                for ((o, &a), &b) in out.iter_mut().zip(ins[0]).zip(ins[1]) {
-                    *o = op.apply(a, b);
-                }
-            }
+            (Op::CustomScaleLayer(op), _) => op.apply_all(ins[0], ins[1], out),
             (Op::Average(_), _) => {
                 kernels::merge(Average::FUNCTION, ins, in_shapes, out, out_shape, batch)
             }
@@ -930,12 +926,7 @@ impl<'g> CpuModel<'g> {
                     second,
                     scale,
                     ..
-                } => {
-                    let residual = CustomScaleLayer { scale: *scale };
-                    for ((o, &a), &b) in out.iter_mut().zip(ins[*first]).zip(ins[*second]) {
-                        *o = residual.apply(a, b);
-                    }
-                }
+                } => CustomScaleLayer { scale: *scale }.apply_all(ins[*first], ins[*second], out),
             },
             (Op::Permute(op), _) => {
                 kernels::permute(ins[0], &in_shapes[0], &op.source_axes(), out, batch)

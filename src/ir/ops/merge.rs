@@ -176,6 +176,20 @@ impl CustomScaleLayer {
     pub fn apply(&self, a: f32, b: f32) -> f32 {
         a + b * self.scale as f32
     }
+
+    /// [`Self::apply`] over whole tensors, into `out`.
+    pub fn apply_all(&self, a: &[f32], b: &[f32], out: &mut [f32]) {
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            *o = self.apply(a, b);
+        }
+    }
+
+    /// The gradients of `a` and `b` from the output's: `dy` and `dy * scale`.
+    pub fn gradients(&self, dy: Vec<f32>) -> [Vec<f32>; 2] {
+        let scale = self.scale as f32;
+        let db = dy.iter().map(|g| g * scale).collect();
+        [dy, db]
+    }
 }
 
 impl LayerKind for CustomScaleLayer {

@@ -50,6 +50,9 @@ pub const MAX_SPEC_BYTES: u64 = 64 << 20;
 pub struct Options {
     /// Replaces the shape of the model's (first) input layer: `--input-shape HxWxC`.
     pub input_shape: Option<Vec<i64>>,
+    /// Makes this layer (of the model itself, not of a nested model) the model's only output:
+    /// `run --output-layer NAME` (a deep-supervision head, or features).
+    pub output_layer: Option<String>,
 }
 
 /// Reads, parses, expands and checks a spec file. `session` carries Keras's auto-name counters,
@@ -119,7 +122,13 @@ pub fn compile_source_as(
             }
         }
     };
-    let expanded = expand::expand_with(&spec, &mut sources, session, options.input_shape.clone());
+    let mut expanded =
+        expand::expand_with(&spec, &mut sources, session, options.input_shape.clone());
+    if let Some(name) = &options.output_layer {
+        if let Err(d) = expanded.graph.select_output(name) {
+            expanded.diags.push(d);
+        }
+    }
     let mut diags = expanded.diags;
     let info = infer::infer(&expanded.graph, &expanded.broken);
     diags.extend(info.diags.iter().cloned());

@@ -127,6 +127,10 @@ enum Command {
         /// Which part this run takes, 0 .. N-1 (see --num-parts).
         #[arg(long, value_name = "K", default_value_t = 0)]
         part_id: u32,
+        /// Write this layer's output instead of the model's first output (another output of a
+        /// deep-supervision model, or a layer's features); later layers are not run.
+        #[arg(long, value_name = "NAME")]
+        output_layer: Option<String>,
     },
     /// Time a spec's forward pass: warm-up, then the median of several timed runs.
     #[command(
@@ -742,6 +746,7 @@ fn main() -> ExitCode {
             tiling,
             num_parts,
             part_id,
+            output_layer,
         } => {
             let device = match unetc::runner::Device::parse(&device) {
                 Ok(d) => d,
@@ -772,6 +777,7 @@ fn main() -> ExitCode {
                 tiling: None,
                 num_parts: num_parts as usize,
                 part_id: part_id as usize,
+                output_layer,
             };
             let request = tiling.request(|| unetc::runner::default_memory_budget(device));
             let opts = match request {
@@ -1612,6 +1618,7 @@ fn check_one(spec: &std::path::Path, session: &mut Session, args: &CheckArgs) ->
     };
     let options = Options {
         input_shape: args.input_shape.clone(),
+        output_layer: None,
     };
     let start = Instant::now();
     let compiled = if is_stdin(spec) {

@@ -97,7 +97,16 @@ impl WeightSource for Weights {
 
 /// Compiles a spec, failing with its rendered diagnostics if it has errors.
 pub fn compile_checked(spec: &Path, input_shape: Option<Vec<i64>>) -> Result<Compiled, RunError> {
-    let c = compile_file(spec, &Options { input_shape }, &mut Session::new())
+    let options = Options {
+        input_shape,
+        output_layer: None,
+    };
+    compile_checked_with(spec, &options)
+}
+
+/// As [`compile_checked`], with all the compile's options.
+pub fn compile_checked_with(spec: &Path, options: &Options) -> Result<Compiled, RunError> {
+    let c = compile_file(spec, options, &mut Session::new())
         .map_err(|e| RunError::Usage(format!("cannot read `{}`: {e}", spec.display())))?;
     if c.has_errors() {
         return Err(RunError::Spec(render_plain(&c.sources, &c.diags)));
@@ -111,11 +120,16 @@ pub fn compile_checked(spec: &Path, input_shape: Option<Vec<i64>>) -> Result<Com
 struct SpecSource<'a> {
     path: &'a Path,
     text: Option<&'a str>,
+    /// The layer run as the model's only output (`run --output-layer`).
+    output_layer: Option<&'a str>,
 }
 
 impl SpecSource<'_> {
     fn compile(&self, input_shape: Option<Vec<i64>>) -> std::io::Result<Compiled> {
-        let options = Options { input_shape };
+        let options = Options {
+            input_shape,
+            output_layer: self.output_layer.map(str::to_string),
+        };
         match self.text {
             Some(text) => Ok(crate::compile_source(
                 self.path,
@@ -354,6 +368,8 @@ pub struct RunOptions {
     /// sorted inputs of a directory or list (nnU-Net's `files[K::N]`).
     pub num_parts: usize,
     pub part_id: usize,
+    /// Write this layer's output instead of the model's (first) output.
+    pub output_layer: Option<String>,
 }
 
 /// The list file `input` names: `@list.txt` (any name after the `@`) or a path ending in
@@ -479,7 +495,13 @@ pub fn run(
         ));
     }
     let device = opts.device.resolve()?;
-    let base = compile_checked(spec, None)?;
+    let base = compile_checked_with(
+        spec,
+        &Options {
+            input_shape: None,
+            output_layer: opts.output_layer.clone(),
+        },
+    )?;
     // `run` writes one output per input: the model's first. Say so where there are more.
     if let [first, rest @ ..] = &base.graph.outputs[..] {
         if !rest.is_empty() {
@@ -488,7 +510,8 @@ pub fn run(
                 .map(|&id| base.graph.node(id).name.as_str())
                 .collect();
             let text = format!(
-                "the model has {} outputs; `run` writes the first, `{}`, and not {}",
+                "the model has {} outputs; `run` writes the first, `{}`, and not {} (choose \
+                 one with --output-layer NAME)",
                 rest.len() + 1,
                 base.graph.node(*first).name,
                 names.join(", ")
@@ -523,7 +546,14 @@ pub fn run(
         refuse_existing_outputs(&jobs, opts, to_dir)?;
     }
     let model_channels = model_input_channels(&base)?;
-    let weights = load_weights(&opts.weights, &expected_weights(&base))?;
+    // The weights file is the whole model's: layers past a chosen output keep theirs.
+    let weights = match &opts.output_layer {
+        Some(_) => load_weights(
+            &opts.weights,
+            &expected_weights(&compile_checked(spec, None)?),
+        )?,
+        None => load_weights(&opts.weights, &expected_weights(&base))?,
+    };
     if to_dir {
         std::fs::create_dir_all(&opts.output).map_err(|e| {
             RunError::Usage(format!(
@@ -550,6 +580,7 @@ pub fn run(
         .clone()
         .unwrap_or_else(|| TileRequest::new(default_memory_budget(device)));
     tiling.weights_on = device.weight_home();
+    tiling.output_layer = opts.output_layer.clone();
     let mut failed = 0;
     for (i, job) in jobs.iter().enumerate() {
         if opts.skip_existing && job.output.symlink_metadata().is_ok() {
@@ -623,6 +654,7 @@ fn run_one(
         spec: SpecSource {
             path: context.spec,
             text: None,
+            output_layer: opts.output_layer.as_deref(),
         },
         base: context.base,
         bound: None,
@@ -2439,26 +2471,47 @@ pub struct Loaded {
     precision: Precision,
     /// Memory the model may use (the machine's default, as `unetc run` without --memory).
     budget: u64,
+    /// The layer run as the model's output (`output_layer=`), else the model's first output.
+    output_layer: Option<String>,
+    /// The names of the spec's outputs (before `output_layer` chose one).
+    spec_outputs: Vec<String>,
     bound: BoundModel,
 }
 
 impl Loaded {
-    /// Compiles `spec`, loads `weights` (checked against the model) and binds them on `device`.
+    /// Compiles `spec`, loads `weights` (checked against the model) and binds them on `device`;
+    /// `output_layer` names the layer whose output `predict` returns (else the model's first).
     pub fn load(
         spec: &Path,
         weights: &Path,
         device: Device,
         precision: Precision,
+        output_layer: Option<&str>,
     ) -> Result<Loaded, RunError> {
         let device = device.resolve()?;
-        let base = compile_checked(spec, None)?;
+        let whole = compile_checked(spec, None)?;
+        let spec_outputs = whole.graph.outputs.iter();
+        let spec_outputs = spec_outputs
+            .map(|&id| whole.graph.node(id).name.clone())
+            .collect();
+        // The weights file is the whole model's: layers past a chosen output keep theirs.
+        let weights = load_weights(weights, &expected_weights(&whole))?;
+        let base = match output_layer {
+            Some(name) => {
+                let options = Options {
+                    input_shape: None,
+                    output_layer: Some(name.to_string()),
+                };
+                compile_checked_with(spec, &options)?
+            }
+            None => whole,
+        };
         let text = base
             .sources
             .file_ids()
             .next()
             .map(|f| base.sources.text(f).to_string())
             .unwrap_or_default();
-        let weights = load_weights(weights, &expected_weights(&base))?;
         let budget = default_memory_budget(device);
         let bound = BoundModel::try_new(base, |c| {
             Backend::new(device, c, &weights, precision, budget)
@@ -2470,8 +2523,16 @@ impl Loaded {
             device,
             precision,
             budget,
+            output_layer: output_layer.map(str::to_string),
+            spec_outputs,
             bound,
         })
+    }
+
+    /// The names of the spec's outputs, in its order (the first is `predict`'s unless
+    /// `output_layer` chose another layer).
+    pub fn spec_outputs(&self) -> &[String] {
+        &self.spec_outputs
     }
 
     /// The model's input shape without the batch axis (`[H, W, C]`, or `[D, H, W, C]`).
@@ -2535,8 +2596,10 @@ impl Loaded {
         let spec = SpecSource {
             path: &self.spec,
             text: Some(&self.text),
+            output_layer: self.output_layer.as_deref(),
         };
         let mut tiling = TileRequest::new(self.budget);
+        tiling.output_layer = self.output_layer.clone();
         tiling.weights_on = self.device.weight_home();
         let out = predict(
             &Predict {

@@ -1159,8 +1159,17 @@ fn lambda_functions_are_refused_where_unetc_would_run_them_wrongly() {
         ),
         (
             "x -> lambda(reverse)",
-            "not a function unetc knows (slice_tensor, expand_dims) nor arithmetic in `x` \
-             (`\"x / 255\"`): `r` is not arithmetic unetc runs",
+            "not a function unetc knows (slice_tensor, expand_dims), arithmetic in `x` \
+             (`\"x / 255\"`) nor `\"K.repeat_elements(x, 8, axis=3)\"`: `r` is not \
+             arithmetic unetc runs",
+        ),
+        (
+            "x -> lambda(\"K.repeat_elements(x, 2)\")",
+            "`axis` is missing: write `K.repeat_elements(x, 8, axis=3)`",
+        ),
+        (
+            "x -> lambda(\"K.repeat_elements(x, 2, axis=2)\")",
+            "repeat_elements on axis 2: unetc repeats the channels (axis 3 or -1) only",
         ),
         (
             "x -> lambda(\"x * x\")",

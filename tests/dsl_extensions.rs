@@ -15,7 +15,10 @@ fn compiled(name: &str, text: &str, input_shape: Option<Vec<i64>>) -> Compiled {
     compile_source(
         Path::new(name),
         text.to_string(),
-        &Options { input_shape },
+        &Options {
+            input_shape,
+            output_layer: None,
+        },
         &mut Session::new(),
     )
 }

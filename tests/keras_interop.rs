@@ -89,6 +89,10 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_gelu.unet", "edge_gelu"),
         ("tests/golden/edge_lambda.unet", "edge_lambda"),
         ("tests/golden/edge_custom_scale.unet", "edge_custom_scale"),
+        (
+            "tests/golden/edge_repeat_elements.unet",
+            "edge_repeat_elements",
+        ),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -111,7 +115,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 27);
+    assert_eq!(checked, 28);
 }
 
 #[test]
@@ -315,7 +319,7 @@ fn import_says_what_an_unread_lambda_likely_does() {
         .unwrap();
         for (source, hint) in [
             (
-                "K.repeat_elements(x, 2, axis=3)",
+                "K.repeat_elements(x, 2, axis=3) * x",
                 "Its function calls repeat_elements, as attention U-Nets do to repeat a \
                  one-channel gate over the channels: `multiply` broadcasts such a gate by itself",
             ),
@@ -341,6 +345,74 @@ fn import_says_what_an_unread_lambda_likely_does() {
             assert!(err.contains(hint), "{version} {source}: {err}");
         }
     }
+}
+
+#[test]
+fn repeat_elements_lambdas_import_from_every_python() {
+    // `K.repeat_elements` lambdas as CPython marshals them (tests/fixtures/lambda_bytecode),
+    // with `K` a global, a closure variable holding Keras backend (its config as tf.keras
+    // writes it), or through `tf.keras.backend`, the repeats bound by `arguments` or not.
+    let backend = r#"[{"module": "builtins", "class_name": "module", "config": "tensorflow.keras.backend", "registered_name": "module"}]"#;
+    let mut imported = 0;
+    for version in ["3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13"] {
+        let fixture: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                root().join(format!("tests/fixtures/lambda_bytecode/{version}.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        for case in fixture["calls"].as_array().unwrap() {
+            let source = case["source"].as_str().unwrap();
+            let closure = if case["closure"] == true {
+                backend
+            } else {
+                "null"
+            };
+            let arguments = match case.get("bound") {
+                Some(n) => format!(r#"{{"repnum": {n}}}"#),
+                None => "{}".into(),
+            };
+            let json = format!(
+                r#"{{"class_name": "Functional", "config": {{"name": "m", "layers": [
+                {{"class_name": "InputLayer", "config": {{"batch_input_shape": [null, 8, 8, 2], "name": "input_1"}}, "inbound_nodes": []}},
+                {{"class_name": "Lambda", "config": {{"name": "gate", "function": ["{}", null, {closure}], "function_type": "lambda", "module": "__main__", "arguments": {arguments}}}, "inbound_nodes": [[["input_1", 0, 0, {{}}]]]}}],
+                "input_layers": [["input_1", 0, 0]], "output_layers": [["gate", 0, 0]]}}}}"#,
+                case["code"].as_str().unwrap()
+            );
+            let got = unetc::interop::keras::import_json(&json);
+            let want = &case["want"];
+            let is_repeat = want["attributes"]
+                .as_array()
+                .is_some_and(|a| a.last() == Some(&serde_json::json!("repeat_elements")));
+            if !is_repeat {
+                assert!(got.is_err(), "{version} `{source}` imported:\n{got:?}");
+                continue;
+            }
+            let spec = got.unwrap_or_else(|e| panic!("{version} `{source}`: {e}"));
+            let args = want["args"].as_array().unwrap();
+            let keywords = want["keywords"].as_array().unwrap();
+            let value = |k: &str, at: usize| {
+                keywords
+                    .iter()
+                    .find(|kv| kv[0] == k)
+                    .map(|kv| kv[1].clone())
+                    .or_else(|| args.get(at).cloned())
+                    .unwrap()
+            };
+            let line = format!(
+                r#"lambda("K.repeat_elements(x, {}, axis={})", name: "gate")"#,
+                value("rep", 1),
+                value("axis", 2)
+            );
+            assert!(
+                spec.contains(&line),
+                "{version} `{source}`: {line} not in\n{spec}"
+            );
+            imported += 1;
+        }
+    }
+    assert_eq!(imported, 8 * 5);
 }
 
 #[test]

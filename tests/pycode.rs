@@ -1,13 +1,14 @@
 //! Reading Keras Lambda functions from their marshalled bytecode (src/interop/pycode.rs), for
-//! every CPython that wrote tests/fixtures/lambda_bytecode (generate.py there: 3.8 to 3.13):
-//! each arithmetic lambda reads as the same chain of operations as its source text, and every
-//! other function is refused.
+//! every CPython that wrote tests/fixtures/lambda_bytecode (generate.py there: 3.6 to 3.13):
+//! each arithmetic lambda reads as the same chain of operations as its source text, each lambda
+//! returning one call (`K.repeat_elements(x, n, axis=3)`) as the call its source makes, and
+//! every other function is refused.
 
 mod common;
 
 use base64::Engine;
 use common::*;
-use unetc::interop::pycode::{arithmetic_lambda, read_code};
+use unetc::interop::pycode::{arithmetic_lambda, call_lambda, read_code, Arg, Bound, Root};
 use unetc::ir::ops::{Arithmetic, LambdaBody};
 
 #[test]
@@ -69,8 +70,40 @@ fn arithmetic_lambdas_read_alike_from_every_python() {
                 other => panic!("{python}: `{source}` read as {other:?}"),
             }
         }
+        // Lambdas returning one call: read as the source says, or refused.
+        for case in fixture["calls"].as_array().unwrap() {
+            let source = case["source"].as_str().unwrap();
+            let code = read_code(&decode(&case["code"]))
+                .unwrap_or_else(|| panic!("{python}: `{source}`: code object not read"));
+            let bound = case.get("bound").and_then(|b| b.as_i64()).map(Bound::Int);
+            let got = call_lambda(&code, bound);
+            let want = &case["want"];
+            if want.is_null() {
+                assert!(got.is_none(), "{python}: `{source}` read as {got:?}");
+                continue;
+            }
+            let got = got.unwrap_or_else(|| panic!("{python}: `{source}`: not read"));
+            let arg = |a: &Arg| match a {
+                Arg::Value(e) if *e == unetc::ir::ops::Expr::X => serde_json::json!("x"),
+                Arg::Value(e) => serde_json::json!(e.as_int()),
+                Arg::Str(s) => serde_json::json!({ "str": s }),
+            };
+            let root = match &got.root {
+                Root::Global(name) => serde_json::json!(name),
+                Root::Closure => serde_json::Value::Null,
+            };
+            let read = serde_json::json!({
+                "root": root,
+                "attributes": got.attributes,
+                "args": got.args.iter().map(arg).collect::<Vec<_>>(),
+                "keywords": got.keywords.iter().map(|(k, v)| serde_json::json!([k, arg(v)])).collect::<Vec<_>>(),
+            });
+            assert_eq!(&read, want, "{python}: `{source}`");
+            // A call is not arithmetic.
+            assert!(arithmetic_lambda(&code, bound.map(|_| 2.0)).is_none());
+        }
         versions.push(python);
     }
     versions.sort();
-    assert!(versions.len() >= 6, "fixtures missing: {versions:?}");
+    assert!(versions.len() >= 8, "fixtures missing: {versions:?}");
 }

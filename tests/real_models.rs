@@ -4,7 +4,8 @@
 //! `check --style tf-keras` prints Keras's own summary byte for byte, and where Keras's output
 //! is stored the CPU executor reproduces `model.predict` within 1e-5, with the stored weights
 //! or, for large encoders, the formula's (tests/golden/README.md). Models with several outputs
-//! (deep supervision) are compared on the first.
+//! (deep supervision) are compared on the first, and where generate.py stored the others
+//! (`output_<layer>`), on every one, through the executor and `run --output-layer`.
 
 mod common;
 
@@ -78,4 +79,84 @@ fn real_package_unets_import_print_and_run_as_keras() {
         ran += 1;
     }
     assert!(ran >= 27, "only {ran} models ran");
+}
+
+#[test]
+fn every_output_of_a_deep_supervision_model_matches_keras() {
+    // generate.py stores each further output of a multi-output model as
+    // `output_<layer name>` and lists the output layers in the manifest: every head of the
+    // executor matches Keras's, and `unetc run --output-layer NAME` writes that head.
+    let dir = root().join("tests/real_models");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let tmp = fresh_temp_dir("real_models_output_layer");
+    let mut heads = 0;
+    for (stem, entry) in manifest["models"].as_object().unwrap() {
+        let Some(names) = entry.get("output_layers").and_then(|n| n.as_array()) else {
+            continue;
+        };
+        let names: Vec<&str> = names.iter().map(|n| n.as_str().unwrap()).collect();
+        let json = std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap();
+        let spec = unetc::interop::keras::import_json(&json).unwrap();
+        let spec_path = tmp.join(format!("{stem}.unet"));
+        std::fs::write(&spec_path, &spec).unwrap();
+        let c = compile(&spec_path);
+        let weights_file = dir.join(format!("{stem}.weights.safetensors"));
+        let weights = load_weights(&weights_file, &expected_weights(&c)).expect("weights fit");
+        let io_file = dir.join(format!("{stem}.io.safetensors"));
+        let (inputs, _) = io_inputs(&io_file);
+        let got = CpuModel::new(&c.graph, &c.info, &weights)
+            .expect("bind")
+            .run_inputs(&inputs)
+            .expect("run");
+        assert_eq!(got.len(), names.len(), "{stem}");
+        let input_npy = tmp.join(format!("{stem}.x.npy"));
+        unetc::io::write_npy(&input_npy, &inputs[0], true).unwrap();
+        let run_to = |out: &Path, extra: &[&str]| {
+            let mut args = vec![
+                "run",
+                path_str(&spec_path),
+                "--weights",
+                path_str(&weights_file),
+                "--input",
+                path_str(&input_npy),
+                "-o",
+                path_str(out),
+                "--device",
+                "cpu",
+            ];
+            args.extend_from_slice(extra);
+            let (code, stdout, stderr) = unetc_cli(&args);
+            (code, format!("{stdout}{stderr}"))
+        };
+        for (k, (name, head)) in names.iter().zip(&got).enumerate().skip(1) {
+            let want = io_tensor(&io_file, &format!("output_{name}"));
+            let err = rel_err(head, &want);
+            assert!(err <= 1e-5, "{stem} output {k} `{name}`: {err:.3e}");
+            let out = tmp.join(format!("{stem}.{k}.npy"));
+            let (code, stderr) = run_to(&out, &["--output-layer", name]);
+            assert_eq!(code, 0, "{stem} --output-layer {name}: {stderr}");
+            let written = unetc::io::read_npy(&out).unwrap();
+            let err = rel_err(&written, &want);
+            assert!(err <= 1e-5, "{stem} run --output-layer {name}: {err:.3e}");
+            heads += 1;
+        }
+        // Without --output-layer `run` writes the first output and says how to choose.
+        let (code, stderr) = run_to(&tmp.join(format!("{stem}.first.npy")), &[]);
+        assert_eq!(code, 0, "{stem}: {stderr}");
+        assert!(
+            stderr.contains("choose one with --output-layer NAME"),
+            "{stderr}"
+        );
+        // A name that is no layer: one error naming the outputs.
+        let none = tmp.join("none.npy");
+        let (code, stderr) = run_to(&none, &["--output-layer", "no_such_layer"]);
+        assert_ne!(code, 0);
+        assert!(
+            stderr.contains("--output-layer `no_such_layer`: the model has no layer of that name")
+                && stderr.contains(names[0]),
+            "{stderr}"
+        );
+    }
+    assert!(heads >= 4, "only {heads} further outputs checked");
 }

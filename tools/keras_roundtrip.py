@@ -69,6 +69,7 @@ SPECS = [
     "tests/golden/edge_lambda.unet",
     # tf.keras's InceptionResNetV2 residual layer.
     "tests/golden/edge_custom_scale.unet",
+    "tests/golden/edge_repeat_elements.unet",
 ]
 
 

@@ -246,7 +246,8 @@ def keras_io_oxford_pets(img_size=(160, 160), num_classes=3, widths=(32, 64, 128
 def lambda_attention_unet(shape=(32, 32, 3), f=8):
     """The attention gate as many GitHub attention U-Nets write it (e.g. the focal-Tversky
     attention U-Net): the gate is repeated over the channels with a Python Lambda,
-    ``Lambda(lambda x, repnum: K.repeat_elements(x, repnum, axis=3))``. unetc must refuse it."""
+    ``Lambda(lambda x, repnum: K.repeat_elements(x, repnum, axis=3))``, here with ``K`` a
+    variable of this function (the lambda's closure). unetc reads it from the bytecode."""
     import tensorflow as tf
     from tensorflow.keras import backend as K
     from tensorflow.keras import layers

@@ -125,7 +125,10 @@ fn check(
                 )));
             }
         }
-        let options = unetc::Options { input_shape };
+        let options = unetc::Options {
+            input_shape,
+            output_layer: None,
+        };
         let mut session = Session::new();
         let compiled = match (path, text) {
             (Some(path), None) => {
@@ -369,13 +372,14 @@ impl Model {
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (spec, weights, device = "cpu", precision = "f32"))]
+    #[pyo3(signature = (spec, weights, device = "cpu", precision = "f32", output_layer = None))]
     fn new(
         py: Python<'_>,
         spec: PathBuf,
         weights: PathBuf,
         device: &str,
         precision: &str,
+        output_layer: Option<String>,
     ) -> PyResult<Model> {
         let device = match device {
             "cpu" => Device::Cpu,
@@ -398,9 +402,18 @@ impl Model {
             .parse()
             .map_err(|e| PyValueError::new_err(format!("precision={precision:?}: {e}")))?;
         let loaded = py.allow_threads(|| {
-            guarded(|| Loaded::load(&spec, &weights, device, precision).map_err(run_error))
+            guarded(|| {
+                Loaded::load(&spec, &weights, device, precision, output_layer.as_deref())
+                    .map_err(run_error)
+            })
         })?;
         Ok(Model { loaded })
+    }
+
+    /// The names of the spec's outputs, in its order.
+    #[getter]
+    fn outputs(&self) -> Vec<String> {
+        self.loaded.spec_outputs().to_vec()
     }
 
     /// The input shape of one item (no batch axis).

@@ -2,6 +2,7 @@
 
 import json
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -319,3 +320,27 @@ def test_convert_weights_refusal_carries_the_proposed_map(cli, tmp_path):
     assert "nothing tells them apart" in str(e.value)
     assert "? c1.1 -> d1_d1_1_BatchNormalization" in e.value.proposal
     assert not out.exists()
+
+
+def test_multi_output_models_say_which_output_predict_returns(cli, tmp_path):
+    spec = SPECS / "two_heads.unet"
+    w = tmp_path / "two_heads.safetensors"
+    cli("init-weights", spec, "-o", w, "--seed", "3")
+    x = np.random.default_rng(5).random((2, 16, 16, 1), dtype=np.float32)
+    with pytest.warns(UserWarning, match="predict returns the first, 'coarse_head'"):
+        first = unetc.Model(spec, w)
+    assert first.outputs == ("coarse_head", "final_head")
+    np.testing.assert_array_equal(first.predict(x), _run_cli(cli, tmp_path, spec, w, x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        final = unetc.Model(spec, w, output_layer="final_head")
+    assert final.outputs == ("coarse_head", "final_head")
+    want = _run_cli(cli, tmp_path, spec, w, x, "--output-layer", "final_head")
+    np.testing.assert_array_equal(final.predict(x), want)
+    assert np.abs(final.predict(x) - first.predict(x)).max() > 1e-3
+    # Images of other sizes are mirror-padded as for the model's own output.
+    big = np.random.default_rng(6).random((1, 40, 24, 1), dtype=np.float32)
+    want = _run_cli(cli, tmp_path, spec, w, big, "--output-layer", "final_head")
+    np.testing.assert_array_equal(final.predict_large(big), want)
+    with pytest.raises(unetc.SpecError, match="--output-layer `nope`: the model has no layer"):
+        unetc.Model(spec, w, output_layer="nope")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -246,7 +247,9 @@ class Model:
     """A spec compiled and its weights (safetensors, as `unetc run --weights`) bound once.
 
     `device`: "cpu", "cuda" (RuntimeError without a usable GPU) or "auto". `precision`: "f32",
-    or "tf32"/"bf16" on CUDA."""
+    or "tf32"/"bf16" on CUDA. `output_layer`: the layer whose output `predict` returns (another
+    output of a deep-supervision model, or a layer's features); by default the model's first
+    output, with a UserWarning when the spec has several (`outputs` lists them)."""
 
     def __init__(
         self,
@@ -254,12 +257,26 @@ class Model:
         weights: SpecPath,
         device: str = "cpu",
         precision: str = "f32",
+        output_layer: Optional[str] = None,
     ) -> None:
         path = os.fspath(spec)
         try:
-            self._model = _unetc.Model(path, os.fspath(weights), device, precision)
+            self._model = _unetc.Model(path, os.fspath(weights), device, precision, output_layer)
         except _unetc.SpecFailure as e:
             raise _spec_error(path, e) from None
+        outputs = self.outputs
+        if output_layer is None and len(outputs) > 1:
+            warnings.warn(
+                f"the model has {len(outputs)} outputs ({', '.join(outputs)}); predict returns "
+                f"the first, {outputs[0]!r}: pass output_layer= to choose another",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    @property
+    def outputs(self) -> Tuple[str, ...]:
+        """The names of the spec's outputs, in its order."""
+        return tuple(self._model.outputs)
 
     @property
     def input_shape(self) -> Tuple[int, ...]:

@@ -96,7 +96,10 @@ class Model:
         weights: SpecPath,
         device: str = ...,
         precision: str = ...,
+        output_layer: Optional[str] = ...,
     ) -> None: ...
+    @property
+    def outputs(self) -> Tuple[str, ...]: ...
     @property
     def input_shape(self) -> Tuple[int, ...]: ...
     @property

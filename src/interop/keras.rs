@@ -5,8 +5,8 @@
 use super::pycode;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    CustomScaleLayer, FixedDropout, Lambda, LambdaFunction, LayerKind, Snake, TFOpLambda,
-    TfCompute, TfFunction, GELU,
+    CustomScaleLayer, FixedDropout, Lambda, LambdaBody, LambdaFunction, LayerKind, Snake,
+    TFOpLambda, TfCompute, TfFunction, GELU,
 };
 use crate::ir::{Graph, Op};
 use serde_json::Value as Json;
@@ -98,6 +98,13 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
             out,
             "from tf_keras.src.applications.inception_resnet_v2 import CustomScaleLayer"
         );
+    }
+    // Keras backend, for lambdas that call its repeat_elements.
+    let calls_backend = graph.nodes.iter().any(
+        |n| matches!(&n.op, Op::Lambda(op) if matches!(op.body, LambdaBody::RepeatElements { .. })),
+    );
+    if calls_backend {
+        let _ = writeln!(out, "from tensorflow.keras import backend as K");
     }
     // The functions of Lambda layers, from the package that defines them (`pip install
     // image-classifiers`): its to_json() names the module that `unetc import` reads them by.
@@ -738,11 +745,12 @@ fn tensor_ref(v: &Json) -> Option<&str> {
 }
 
 /// The spec arguments of a Lambda layer whose function unetc reads (src/ir/ops/lambda.rs): a
-/// known package function, or a lambda of scalar arithmetic in its one argument. A Lambda
-/// stores its function as marshalled Python bytecode, with the defining module beside it; a
-/// known function is the one of that name in that module (the bytecode holds the name), with
-/// no defaults or closure and the function's own arguments, whole numbers; an arithmetic
-/// lambda is read from its bytecode (src/interop/pycode.rs). `None` otherwise.
+/// known package function, a lambda of scalar arithmetic in its one argument, or a lambda
+/// returning Keras backend's `repeat_elements` of it. A Lambda stores its function as
+/// marshalled Python bytecode, with the defining module beside it; a known function is the
+/// one of that name in that module (the bytecode holds the name), with no defaults or closure
+/// and the function's own arguments, whole numbers; the lambdas are read from their bytecode
+/// (src/interop/pycode.rs). `None` otherwise.
 fn known_lambda(config: &Json) -> Option<Vec<String>> {
     let module = config.get("module").and_then(Json::as_str)?;
     if config.get("function_type").and_then(Json::as_str) != Some("lambda") {
@@ -751,7 +759,7 @@ fn known_lambda(config: &Json) -> Option<Vec<String>> {
     let [code, defaults, closure] = config.get("function")?.as_array()?.as_slice() else {
         return None;
     };
-    if !defaults.is_null() || !closure.is_null() {
+    if !defaults.is_null() {
         return None;
     }
     let code = lambda_code(code)?;
@@ -762,6 +770,7 @@ fn known_lambda(config: &Json) -> Option<Vec<String>> {
     };
     let known = LambdaFunction::ALL.iter().copied().find(|f| {
         f.module() == module
+            && closure.is_null()
             && pycode::holds_name(&code, f.keras_name())
             && arguments.len() == f.arguments().len()
             && f.arguments().iter().all(|a| arguments.contains_key(*a))
@@ -773,16 +782,77 @@ fn known_lambda(config: &Json) -> Option<Vec<String>> {
         }
         return Some(args);
     }
-    // A lambda of scalar arithmetic; a second parameter takes the one number in `arguments`.
+    // A second parameter takes the one number in `arguments`.
     let bound = match arguments.values().collect::<Vec<_>>()[..] {
         [] => None,
-        [v] => Some(v.as_f64()?),
+        [v] => Some(match v.as_i64() {
+            Some(i) => pycode::Bound::Int(i),
+            None => pycode::Bound::Float(v.as_f64()?),
+        }),
         _ => return None,
     };
-    let expr = pycode::arithmetic_lambda(&pycode::read_code(&code)?, bound)?;
+    let code = pycode::read_code(&code)?;
+    if let Some(call) = pycode::call_lambda(&code, bound) {
+        let body = crate::ir::ops::LambdaBody::parse(&backend_call(&call, closure)?).ok()?;
+        return Some(vec![crate::ir::ops::Lambda { body }.spec_function()]);
+    }
+    // A lambda of scalar arithmetic.
+    if !closure.is_null() {
+        return None;
+    }
+    let bound = bound.map(|b| match b {
+        pycode::Bound::Int(i) => i as f64,
+        pycode::Bound::Float(f) => f,
+    });
+    let expr = pycode::arithmetic_lambda(&code, bound)?;
     let body = crate::ir::ops::LambdaBody::from_expr(&expr).ok()?;
     let lambda = crate::ir::ops::Lambda { body };
     Some(vec![lambda.spec_function()])
+}
+
+/// The Python text of a lambda's call of Keras backend's `repeat_elements`, its arguments the
+/// tensor and whole numbers (`K.repeat_elements(x, 8, axis=3)`), for [`LambdaBody::parse`]
+/// to check. The function is named through a module alias (`K.repeat_elements`), a path
+/// ending in `backend` (`tf.keras.backend.repeat_elements`), its own name (imported from the
+/// backend), or a closure variable holding a module named `...backend` (a builder that
+/// imports the backend inside itself). `None` for any other call.
+///
+/// [`LambdaBody::parse`]: crate::ir::ops::LambdaBody::parse
+fn backend_call(call: &pycode::Call, closure: &Json) -> Option<String> {
+    let mut path: Vec<&str> = call.attributes.iter().map(String::as_str).collect();
+    match &call.root {
+        pycode::Root::Global(name) => path.insert(0, name),
+        pycode::Root::Closure => {
+            // The closure's one value, a module: `{"class_name": "module", "config": name}`.
+            let [module] = closure.as_array()?.as_slice() else {
+                return None;
+            };
+            let name = module.get("config").and_then(Json::as_str)?;
+            let is_module = module.get("class_name").and_then(Json::as_str) == Some("module");
+            if !is_module || !name.ends_with("backend") {
+                return None;
+            }
+            path.insert(0, name);
+        }
+    }
+    let (&function, module) = path.split_last()?;
+    let module_ok = match module {
+        [] | [_] => true,
+        [.., last] => *last == "backend",
+    };
+    if function != "repeat_elements" || !module_ok {
+        return None;
+    }
+    let text = |a: &pycode::Arg| match a {
+        pycode::Arg::Value(crate::ir::ops::Expr::X) => Some("x".to_string()),
+        pycode::Arg::Value(e) => e.as_int().map(|i| i.to_string()),
+        pycode::Arg::Str(_) => None,
+    };
+    let mut parts = call.args.iter().map(text).collect::<Option<Vec<_>>>()?;
+    for (key, value) in &call.keywords {
+        parts.push(format!("{key}={}", text(value)?));
+    }
+    Some(format!("K.repeat_elements({})", parts.join(", ")))
 }
 
 /// A Lambda's marshalled function from its base64 text.

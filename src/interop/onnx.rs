@@ -1088,6 +1088,15 @@ impl Exporter<'_> {
                 LambdaBody::ExpandDims { .. } => {
                     self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, None)
                 }
+                // Output channel k is input channel k / repeats: a Gather on axis 1.
+                LambdaBody::RepeatElements { repeats, .. } => {
+                    need_image("repeat_elements")?;
+                    let c = in_shapes[0].last().copied().unwrap_or(1);
+                    let indices = (0..c * repeats).map(|k| k / repeats).collect();
+                    let indices = self.init_i64(format!("{name}/indices"), indices);
+                    let axis = vec![("axis", Attr::Int(1))];
+                    self.node(name, "Gather", vec![x(), indices], out, axis);
+                }
                 LambdaBody::ScaledAdd {
                     first,
                     second,

@@ -1,10 +1,12 @@
 //! Reading (never running) the Python function of a Keras `Lambda` layer: Keras stores it as
-//! a base64 `marshal` dump of its code object. unetc reads two things from it: the function's
-//! name (to recognise a known package function) and, for a one-argument lambda of scalar
-//! arithmetic (`lambda x: x / 255`), its expression, by following its bytecode on a stack.
-//! CPython 3.6 to 3.13 bytecode is understood (tests/fixtures/lambda_bytecode holds lambdas
-//! from 3.8 to 3.13); any instruction beyond loads of `x` and numbers, `+ - * /`, negation and
-//! return is not read (the caller refuses the layer).
+//! a base64 `marshal` dump of its code object. unetc reads three things from it: the function's
+//! name (to recognise a known package function), the expression of a lambda of scalar
+//! arithmetic (`lambda x: x / 255`), and a lambda that returns one call of a module function
+//! (`lambda x, repnum: K.repeat_elements(x, repnum, axis=3)`), by following its bytecode on a
+//! stack of symbols. CPython 3.6 to 3.13 bytecode is understood (tests/fixtures/lambda_bytecode
+//! holds lambdas from 3.6 to 3.13); any instruction beyond loads of parameters, numbers,
+//! globals, closure variables and attributes, `+ - * /`, negation, one call and return is not
+//! read (the caller refuses the layer).
 
 use crate::ir::ops::{Expr, ScalarFn};
 
@@ -14,6 +16,8 @@ pub struct Code {
     pub argcount: u32,
     pub bytecode: Vec<u8>,
     pub consts: Vec<Const>,
+    /// `co_names`: the globals and attributes the bytecode names.
+    pub names: Vec<String>,
 }
 
 /// A constant of the code object, as far as unetc needs it.
@@ -22,7 +26,9 @@ pub enum Const {
     None,
     Int(i64),
     Float(f64),
-    /// Anything else (strings, tuples, nested code, ...).
+    Str(String),
+    Tuple(Vec<Const>),
+    /// Anything else (bytes, big integers, nested code, ...).
     Other,
 }
 
@@ -30,12 +36,17 @@ pub enum Const {
 const FLAG_REF: u8 = 0x80;
 /// Nesting beyond this is refused (a code object's constants are shallow).
 const MAX_DEPTH: usize = 16;
-/// The longest arithmetic lambda read, in instructions (CACHE entries included).
+/// The longest lambda read, in instructions (CACHE entries included).
 const MAX_INSTRUCTIONS: usize = 256;
+/// Strings longer than this are not kept for references (names are short): a reference to a
+/// long string would otherwise copy it once per reference.
+const MAX_KEPT_STRING: usize = 256;
 
 struct Reader<'a> {
     b: &'a [u8],
     at: usize,
+    /// Objects written with the reference flag, in order: `r` names them by index.
+    refs: Vec<Const>,
 }
 
 impl Reader<'_> {
@@ -57,13 +68,27 @@ impl Reader<'_> {
         Some(s)
     }
 
-    /// One object; `code` gets the first code object met (the function's).
+    fn string(&mut self, n: usize) -> Option<Const> {
+        let s = self.bytes(n)?;
+        Some(
+            std::str::from_utf8(s)
+                .map(|t| Const::Str(t.to_string()))
+                .unwrap_or(Const::Other),
+        )
+    }
+
+    /// One object; `code` gets the first code object met (the function's). A flagged object
+    /// takes its reference index before its contents are read, as marshal numbers them.
     fn object(&mut self, depth: usize, code: &mut Option<Code>) -> Option<Const> {
         if depth > MAX_DEPTH {
             return None;
         }
-        let t = self.byte()? & !FLAG_REF;
-        Some(match t {
+        let byte = self.byte()?;
+        let slot = (byte & FLAG_REF != 0).then(|| {
+            self.refs.push(Const::Other);
+            self.refs.len() - 1
+        });
+        let value = match byte & !FLAG_REF {
             b'N' => Const::None,
             b'T' | b'F' | b'.' | b'S' => Const::Other,
             b'i' => Const::Int(i64::from(self.u32()? as i32)),
@@ -79,31 +104,35 @@ impl Reader<'_> {
                 self.bytes(n.unsigned_abs() as usize * 2)?;
                 Const::Other
             }
-            b's' | b't' | b'u' | b'a' | b'A' => {
+            b's' => {
                 let n = self.u32()? as usize;
                 self.bytes(n)?;
                 Const::Other
+            }
+            b't' | b'u' | b'a' | b'A' => {
+                let n = self.u32()? as usize;
+                self.string(n)?
             }
             b'z' | b'Z' => {
                 let n = self.byte()? as usize;
-                self.bytes(n)?;
-                Const::Other
+                self.string(n)?
             }
-            b'(' | b'[' | b'<' | b'>' => {
+            b'(' => {
+                let n = self.u32()? as usize;
+                Const::Tuple(self.items(n, depth, code)?)
+            }
+            b')' => {
+                let n = self.byte()? as usize;
+                Const::Tuple(self.items(n, depth, code)?)
+            }
+            b'[' | b'<' | b'>' => {
                 let n = self.u32()? as usize;
                 self.items(n, depth, code)?;
                 Const::Other
             }
-            b')' => {
-                let n = self.byte()? as usize;
-                self.items(n, depth, code)?;
-                Const::Other
-            }
-            // A reference to an earlier object: its value is not kept (constants of interest
-            // are numbers, which CPython does not share by reference in a lambda's tuple).
             b'r' => {
-                self.u32()?;
-                Const::Other
+                let index = self.u32()? as usize;
+                self.refs.get(index).cloned().unwrap_or(Const::Other)
             }
             b'c' => {
                 let c = self.code(depth)?;
@@ -113,7 +142,16 @@ impl Reader<'_> {
                 Const::Other
             }
             _ => return None,
-        })
+        };
+        if let Some(slot) = slot {
+            self.refs[slot] = match &value {
+                Const::Str(s) if s.len() > MAX_KEPT_STRING => Const::Other,
+                // Tuples are not kept: a reference to one would copy all it holds.
+                Const::Tuple(_) => Const::Other,
+                v => v.clone(),
+            };
+        }
+        Some(value)
     }
 
     fn items(&mut self, n: usize, depth: usize, code: &mut Option<Code>) -> Option<Vec<Const>> {
@@ -129,7 +167,8 @@ impl Reader<'_> {
     }
 
     /// A code object after its type byte: 3.11+ (and 3.6/3.7) have five ints before the
-    /// bytecode, 3.8–3.10 six (`posonlyargcount` and `nlocals` both).
+    /// bytecode, 3.8–3.10 six (`posonlyargcount` and `nlocals` both). Its constants and names
+    /// follow the bytecode; the rest (local names, file name, line table) is not read.
     fn code(&mut self, depth: usize) -> Option<Code> {
         let argcount = self.u32()?;
         for _ in 0..4 {
@@ -138,50 +177,80 @@ impl Reader<'_> {
         if self.b.get(self.at)? & !FLAG_REF != b's' {
             self.u32()?;
         }
-        if self.byte()? & !FLAG_REF != b's' {
+        let kind = self.byte()?;
+        if kind & !FLAG_REF != b's' {
             return None;
+        }
+        if kind & FLAG_REF != 0 {
+            self.refs.push(Const::Other);
         }
         let n = self.u32()? as usize;
         let bytecode = self.bytes(n)?.to_vec();
         let mut nested = None;
-        let consts = match self.byte()? & !FLAG_REF {
-            b'(' => {
-                let n = self.u32()? as usize;
-                self.items(n, depth, &mut nested)?
-            }
-            b')' => {
-                let n = self.byte()? as usize;
-                self.items(n, depth, &mut nested)?
-            }
-            _ => return None,
+        let Const::Tuple(consts) = self.object(depth + 1, &mut nested)? else {
+            return None;
         };
+        let Const::Tuple(names) = self.object(depth + 1, &mut nested)? else {
+            return None;
+        };
+        let names = names
+            .into_iter()
+            .map(|n| match n {
+                Const::Str(s) => s,
+                Const::None | Const::Int(_) | Const::Float(_) | Const::Tuple(_) | Const::Other => {
+                    String::new()
+                }
+            })
+            .collect();
         Some(Code {
             argcount,
             bytecode,
             consts,
+            names,
         })
     }
 }
 
 /// The function's code object from its marshal dump; `None` if it cannot be read.
 pub fn read_code(marshalled: &[u8]) -> Option<Code> {
+    if marshalled.first()? & !FLAG_REF != b'c' {
+        return None;
+    }
     let mut r = Reader {
         b: marshalled,
         at: 0,
+        refs: Vec::new(),
     };
-    if r.byte()? & !FLAG_REF != b'c' {
-        return None;
-    }
-    r.code(0)
+    let mut code = None;
+    r.object(0, &mut code)?;
+    code
 }
 
 /// The opcodes unetc follows, per CPython bytecode generation (`dis.opmap`).
 struct Opcodes {
-    /// RESUME, which opens the code from 3.11 on; CACHE entries (opcode 0) follow some
-    /// instructions there and are skipped.
-    resume: Option<u8>,
+    /// Instructions without an effect on what is read: RESUME and COPY_FREE_VARS, which open
+    /// the code from 3.11 on, PUSH_NULL, PRECALL and NOP. CACHE entries (opcode 0) follow some
+    /// instructions from 3.11 on and are skipped too.
+    no_effect: &'static [u8],
+    skips_caches: bool,
     load_fast: u8,
+    /// 3.13's LOAD_FAST_LOAD_FAST: two parameters, `arg >> 4` then `arg & 15`.
+    load_fast_pair: Option<u8>,
     load_const: u8,
+    /// LOAD_GLOBAL; from 3.11 its name is `arg >> 1` (the low bit asks for a NULL).
+    load_global: u8,
+    global_shift: u8,
+    load_deref: u8,
+    /// LOAD_ATTR; from 3.12 its name is `arg >> 1` (the low bit asks for a method).
+    load_attr: u8,
+    attr_shift: u8,
+    load_method: Option<u8>,
+    /// Calls with `arg` positional and keyword arguments, the callable under them.
+    call: &'static [u8],
+    /// Calls whose keyword names are a tuple on top of the stack (CALL_FUNCTION_KW, CALL_KW).
+    call_kw: Option<u8>,
+    /// 3.11/3.12's KW_NAMES: the next call's keyword names are constant `arg`.
+    kw_names: Option<u8>,
     unary_negative: u8,
     binary_subscr: u8,
     return_value: u8,
@@ -201,32 +270,74 @@ enum Binary {
     },
 }
 
-/// The opcode table of a code object's bytecode, told by its first instruction: RESUME is 151
-/// in 3.11 and 3.12, 149 in 3.13; older bytecode has no RESUME.
+/// The opcode table of a code object's bytecode, told by its first instructions: RESUME is
+/// 151 in 3.11 and 3.12 (after COPY_FREE_VARS 149 in a closure), 149 in 3.13 (after
+/// COPY_FREE_VARS 62); older bytecode has no RESUME. 3.11 calls go through PRECALL (166),
+/// which 3.12 does not have.
 fn opcodes(bytecode: &[u8]) -> Opcodes {
-    match bytecode.first() {
-        Some(151) => Opcodes {
-            resume: Some(151),
+    let opcode_at = |k: usize| bytecode.get(2 * k).copied();
+    let has_precall = bytecode.chunks_exact(2).any(|op| op[0] == 166);
+    match (opcode_at(0), opcode_at(1)) {
+        (Some(151), _) | (Some(149), Some(151)) => Opcodes {
+            no_effect: if has_precall {
+                &[151, 149, 2, 166, 9]
+            } else {
+                &[151, 149, 2, 9]
+            },
+            skips_caches: true,
             load_fast: 124,
+            load_fast_pair: None,
             load_const: 100,
+            load_global: 116,
+            global_shift: 1,
+            load_deref: 137,
+            load_attr: 106,
+            attr_shift: if has_precall { 0 } else { 1 },
+            load_method: has_precall.then_some(160),
+            call: &[171],
+            call_kw: None,
+            kw_names: Some(172),
             unary_negative: 11,
             binary_subscr: 25,
             return_value: 83,
             binary: Binary::Op(122),
         },
-        Some(149) => Opcodes {
-            resume: Some(149),
+        (Some(149), _) | (Some(62), Some(149)) => Opcodes {
+            no_effect: &[149, 62, 34, 30],
+            skips_caches: true,
             load_fast: 85,
+            load_fast_pair: Some(88),
             load_const: 83,
+            load_global: 91,
+            global_shift: 1,
+            load_deref: 84,
+            load_attr: 82,
+            attr_shift: 1,
+            load_method: None,
+            call: &[53],
+            call_kw: Some(57),
+            kw_names: None,
             unary_negative: 42,
             binary_subscr: 5,
             return_value: 36,
             binary: Binary::Op(45),
         },
         _ => Opcodes {
-            resume: None,
+            no_effect: &[9],
+            skips_caches: false,
             load_fast: 124,
+            load_fast_pair: None,
             load_const: 100,
+            load_global: 116,
+            global_shift: 0,
+            load_deref: 136,
+            load_attr: 106,
+            attr_shift: 0,
+            load_method: Some(160),
+            // CALL_FUNCTION, and CALL_METHOD (3.7–3.10) after LOAD_METHOD.
+            call: &[131, 161],
+            call_kw: Some(141),
+            kw_names: None,
             unary_negative: 11,
             binary_subscr: 25,
             return_value: 83,
@@ -240,29 +351,121 @@ fn opcodes(bytecode: &[u8]) -> Opcodes {
     }
 }
 
+/// A number bound to a lambda's second parameter by the layer's `arguments` (Keras calls
+/// `f(inputs, **arguments)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    Int(i64),
+    Float(f64),
+}
+
+/// Where a called function comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Root {
+    /// A global of the defining module (`K` of `from keras import backend as K`).
+    Global(String),
+    /// A variable of the enclosing function (the layer config's closure holds its value).
+    Closure,
+}
+
+/// An argument of a call a lambda returns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    /// The tensor (`x`), a number, or arithmetic of them.
+    Value(Expr),
+    Str(String),
+}
+
+/// A lambda that returns one call: `K.repeat_elements(x, 2, axis=3)` is the global `K`, the
+/// attributes `["repeat_elements"]`, the arguments `[x, 2]` and the keyword `axis=3`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub root: Root,
+    pub attributes: Vec<String>,
+    pub args: Vec<Arg>,
+    pub keywords: Vec<(String, Arg)>,
+}
+
+/// What a lambda returns, as far as unetc reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Returned {
+    Expr(Expr),
+    Call(Call),
+}
+
+/// A value on the stack of the bytecode being followed.
+enum Sym {
+    Value(Expr),
+    Str(String),
+    /// A function or module: a root and the attributes taken from it.
+    Path(Root, Vec<String>),
+    KwNames(Vec<String>),
+    Call(Call),
+}
+
 /// The expression of a lambda of scalar arithmetic, from its bytecode: `lambda x: x / 255`, or
 /// with a second parameter bound to the number `bound` (Keras calls `f(inputs, **arguments)`:
 /// `lambda inputs, scale: inputs[0] + inputs[1] * scale` with `arguments={"scale": 0.17}`),
 /// where `x[k]` is the k-th input. `None` for anything else.
 pub fn arithmetic_lambda(code: &Code, bound: Option<f64>) -> Option<Expr> {
+    match read_lambda(code, bound.map(Bound::Float))? {
+        Returned::Expr(e) => Some(e),
+        Returned::Call(_) => None,
+    }
+}
+
+/// The call a lambda returns (`lambda x, repnum: K.repeat_elements(x, repnum, axis=3)` with
+/// `repnum` bound); `None` for anything else.
+pub fn call_lambda(code: &Code, bound: Option<Bound>) -> Option<Call> {
+    match read_lambda(code, bound)? {
+        Returned::Call(c) => Some(c),
+        Returned::Expr(_) => None,
+    }
+}
+
+/// What a lambda of one parameter (or two, the second bound) returns, followed on a stack.
+fn read_lambda(code: &Code, bound: Option<Bound>) -> Option<Returned> {
     match (code.argcount, bound) {
         (1, None) | (2, Some(_)) => {}
         _ => return None,
     }
     let ops = code.bytecode.chunks_exact(2);
-    // A normalisation lambda is a handful of instructions; a long one (an expression tree deep
+    // A lambda unetc reads is a handful of instructions; a long one (an expression tree deep
     // enough to exhaust the stack when walked) is not read.
     if !ops.remainder().is_empty() || ops.len() > MAX_INSTRUCTIONS {
         return None;
     }
     let table = opcodes(&code.bytecode);
     let constant = |i: u8| match code.consts.get(i as usize)? {
-        Const::Int(v) => Some(Expr::Int(*v)),
-        Const::Float(v) if v.is_finite() => Some(Expr::Float(*v)),
+        Const::Int(v) => Some(Sym::Value(Expr::Int(*v))),
+        Const::Float(v) if v.is_finite() => Some(Sym::Value(Expr::Float(*v))),
+        Const::Str(s) => Some(Sym::Str(s.clone())),
+        Const::Tuple(items) => items
+            .iter()
+            .map(|c| match c {
+                Const::Str(s) => Some(s.clone()),
+                Const::None | Const::Int(_) | Const::Float(_) | Const::Tuple(_) | Const::Other => {
+                    None
+                }
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(Sym::KwNames),
         Const::Float(_) | Const::None | Const::Other => None,
     };
+    let name = |i: u8, shift: u8| code.names.get(usize::from(i >> shift)).cloned();
+    let param = |i: u8| match (i, bound) {
+        (0, _) => Some(Expr::X),
+        (1, Some(Bound::Int(v))) => Some(Expr::Int(v)),
+        (1, Some(Bound::Float(v))) => Some(Expr::Float(v)),
+        _ => None,
+    };
+    let value = |s: Sym| match s {
+        Sym::Value(e) => Some(e),
+        Sym::Str(_) | Sym::Path(..) | Sym::KwNames(_) | Sym::Call(_) => None,
+    };
     let n = ops.len();
-    let mut stack: Vec<Expr> = Vec::new();
+    let mut stack: Vec<Sym> = Vec::new();
+    let mut kw_names: Vec<String> = Vec::new();
     for (k, op) in ops.enumerate() {
         let (opcode, arg) = (op[0], op[1]);
         let binary = match &table.binary {
@@ -290,32 +493,87 @@ pub fn arithmetic_lambda(code: &Code, bound: Option<f64>) -> Option<Expr> {
             .map(|&(_, f)| f),
         };
         if let Some(f) = binary {
-            let b = stack.pop()?;
-            let a = stack.pop()?;
-            stack.push(Expr::Bin(f, Box::new(a), Box::new(b)));
-        } else if table.resume.is_some()
-            && (opcode == 0 || (k == 0 && table.resume == Some(opcode)))
-        {
-            // RESUME first, CACHE entries after some instructions: no effect.
-        } else if opcode == table.load_fast && arg == 0 {
-            stack.push(Expr::X);
-        } else if opcode == table.load_fast && arg == 1 {
-            stack.push(Expr::Float(bound?));
+            let b = value(stack.pop()?)?;
+            let a = value(stack.pop()?)?;
+            stack.push(Sym::Value(Expr::Bin(f, Box::new(a), Box::new(b))));
+        } else if (table.skips_caches && opcode == 0) || table.no_effect.contains(&opcode) {
+            // CACHE entries, RESUME, PUSH_NULL, ...: nothing read changes.
+        } else if opcode == table.load_fast {
+            stack.push(Sym::Value(param(arg)?));
+        } else if Some(opcode) == table.load_fast_pair {
+            stack.push(Sym::Value(param(arg >> 4)?));
+            stack.push(Sym::Value(param(arg & 15)?));
         } else if opcode == table.load_const {
             stack.push(constant(arg)?);
-        } else if opcode == table.binary_subscr {
-            // `x[k]`: the k-th input, k a whole-number constant.
-            let (Expr::Int(index), Expr::X) = (stack.pop()?, stack.pop()?) else {
+        } else if opcode == table.load_global {
+            stack.push(Sym::Path(
+                Root::Global(name(arg, table.global_shift)?),
+                Vec::new(),
+            ));
+        } else if opcode == table.load_deref {
+            stack.push(Sym::Path(Root::Closure, Vec::new()));
+        } else if opcode == table.load_attr || Some(opcode) == table.load_method {
+            let shift = if opcode == table.load_attr {
+                table.attr_shift
+            } else {
+                0
+            };
+            let Sym::Path(root, mut attributes) = stack.pop()? else {
                 return None;
             };
-            stack.push(Expr::Item(usize::try_from(index).ok()?));
+            attributes.push(name(arg, shift)?);
+            stack.push(Sym::Path(root, attributes));
+        } else if Some(opcode) == table.kw_names {
+            let Sym::KwNames(names) = constant(arg)? else {
+                return None;
+            };
+            kw_names = names;
+        } else if table.call.contains(&opcode) || Some(opcode) == table.call_kw {
+            if Some(opcode) == table.call_kw {
+                let Sym::KwNames(names) = stack.pop()? else {
+                    return None;
+                };
+                kw_names = names;
+            }
+            let count = usize::from(arg);
+            if kw_names.len() > count || stack.len() < count + 1 {
+                return None;
+            }
+            let mut args = Vec::with_capacity(count);
+            for s in stack.drain(stack.len() - count..) {
+                args.push(match s {
+                    Sym::Value(e) => Arg::Value(e),
+                    Sym::Str(t) => Arg::Str(t),
+                    Sym::Path(..) | Sym::KwNames(_) | Sym::Call(_) => return None,
+                });
+            }
+            let names = std::mem::take(&mut kw_names);
+            let positional = count - names.len();
+            let keywords = names.into_iter().zip(args.split_off(positional)).collect();
+            let Sym::Path(root, attributes) = stack.pop()? else {
+                return None;
+            };
+            stack.push(Sym::Call(Call {
+                root,
+                attributes,
+                args,
+                keywords,
+            }));
+        } else if opcode == table.binary_subscr {
+            // `x[k]`: the k-th input, k a whole-number constant.
+            let (Sym::Value(Expr::Int(index)), Sym::Value(Expr::X)) = (stack.pop()?, stack.pop()?)
+            else {
+                return None;
+            };
+            stack.push(Sym::Value(Expr::Item(usize::try_from(index).ok()?)));
         } else if opcode == table.unary_negative {
-            let e = stack.pop()?;
-            stack.push(Expr::Neg(Box::new(e)));
+            let e = value(stack.pop()?)?;
+            stack.push(Sym::Value(Expr::Neg(Box::new(e))));
         } else if opcode == table.return_value {
             // The one value left is the result, and nothing follows.
             return match (stack.pop(), stack.is_empty(), k + 1 == n) {
-                (Some(e), true, true) => Some(e),
+                (Some(Sym::Value(e)), true, true) => Some(Returned::Expr(e)),
+                (Some(Sym::Call(c)), true, true) => Some(Returned::Call(c)),
                 _ => None,
             };
         } else {
@@ -425,6 +683,7 @@ mod tests {
             argcount: 1,
             bytecode: long,
             consts: vec![Const::None, Const::Int(2)],
+            names: Vec::new(),
         };
         assert!(arithmetic_lambda(&code, None).is_none());
         // Every single-byte change of a valid dump: read or refused, never a panic.

@@ -155,6 +155,34 @@ impl Graph {
         &self.nodes[id.index()]
     }
 
+    /// Makes the layer `name` (of the model itself, not of a nested model) the only output.
+    pub fn select_output(&mut self, name: &str) -> Result<(), crate::diag::Diagnostic> {
+        let found = self
+            .ids()
+            .find(|&id| self.node(id).scope.is_none() && self.node(id).name == name);
+        match found {
+            Some(id) => {
+                self.outputs = vec![id];
+                Ok(())
+            }
+            None => {
+                let outputs: Vec<&str> = self
+                    .outputs
+                    .iter()
+                    .map(|&id| self.node(id).name.as_str())
+                    .collect();
+                Err(crate::diag::Diagnostic::error(
+                    "E-output-layer",
+                    format!("--output-layer `{name}`: the model has no layer of that name"),
+                )
+                .help(format!(
+                    "name a layer of the model (`unetc check` lists them); its outputs are {}",
+                    outputs.join(", ")
+                )))
+            }
+        }
+    }
+
     pub fn ids(&self) -> impl Iterator<Item = NodeId> {
         (0..self.nodes.len() as u32).map(NodeId)
     }

@@ -38,10 +38,17 @@ pub struct ClosedForm {
     pub output: Option<(f64, f64)>,
 }
 
-/// Compiles `text` (the spec at `path`) at an input shape; `None` if it has errors.
-pub(crate) fn compile_at(path: &Path, text: &str, shape: &[usize]) -> Option<Compiled> {
+/// Compiles `text` (the spec at `path`) at an input shape, with `output_layer` its only
+/// output if given (`run --output-layer`); `None` if it has errors.
+pub(crate) fn compile_at(
+    path: &Path,
+    text: &str,
+    shape: &[usize],
+    output_layer: Option<&str>,
+) -> Option<Compiled> {
     let options = Options {
         input_shape: Some(shape.iter().map(|&d| d as i64).collect()),
+        output_layer: output_layer.map(str::to_string),
     };
     let c = compile_source(path, text.to_string(), &options, &mut Session::new());
     (!c.has_errors()).then_some(c)
@@ -112,7 +119,7 @@ impl<'a> Prober<'a> {
     /// `[H, W, C]` for an image model, `[D, H, W, C]` for a volume model.
     pub fn probe(&mut self, shape: &[usize]) -> Option<Option<Vec<usize>>> {
         let Some(fixed) = &mut self.fixed else {
-            let c = compile_at(self.path, self.text, shape)?;
+            let c = compile_at(self.path, self.text, shape, None)?;
             return accepted(&c).then(|| output_dims(&c, shape.len()));
         };
         let order = fixed.order.as_ref()?;
@@ -348,7 +355,7 @@ pub fn sizes_text(
         }
         axis_text(&mut out, &sizes, near);
     }
-    if let Some(c) = compile_at(path, text, &base) {
+    if let Some(c) = compile_at(path, text, &base, None) {
         let crops: Vec<String> = c
             .info
             .keras_order
@@ -665,10 +672,11 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                             }
                         }
                     },
-                    // Lambdas: a channel slice and arithmetic are per pixel; expand_dims
-                    // reshapes a pooled vector.
+                    // Lambdas: a channel slice or repetition and arithmetic are per pixel;
+                    // expand_dims reshapes a pooled vector.
                     Op::Lambda(op) => match &op.body {
                         LambdaBody::SliceTensor { .. }
+                        | LambdaBody::RepeatElements { .. }
                         | LambdaBody::Arithmetic(_)
                         | LambdaBody::ScaledAdd { .. } => (a, b),
                         LambdaBody::ExpandDims { .. } => return Err(non_local()),
@@ -766,6 +774,8 @@ pub struct TileRequest {
     pub spec_tile_first: bool,
     /// The largest tile side to choose from the budget (`tiles --max`).
     pub max_side: usize,
+    /// The layer whose output is tiled (`run --output-layer`); `None`: the model's output.
+    pub output_layer: Option<String>,
 }
 
 impl TileRequest {
@@ -781,6 +791,7 @@ impl TileRequest {
             weights: BlendWeights::Gaussian,
             spec_tile_first: false,
             max_side: usize::MAX,
+            output_layer: None,
         }
     }
 }
@@ -1012,7 +1023,7 @@ fn largest_fitting(
         if th < smallest.min(limit.0) || tw < smallest.min(limit.1) {
             return Err(too_small());
         }
-        let c = compile_at(path, text, &[th, tw, channels])
+        let c = compile_at(path, text, &[th, tw, channels], req.output_layer.as_deref())
             .ok_or_else(|| format!("the net does not compile at {tw}x{th} (W x H)"))?;
         let arena = arena_of(&c, req.batch).unwrap_or(u64::MAX);
         if arena.saturating_add(weights) <= req.budget {
@@ -1067,7 +1078,13 @@ fn plan_same(
 ) -> Result<TilePlan, String> {
     let padded = (up_to_accepted(cf, h), up_to_accepted(cf, w));
     let pad_before = ((padded.0 - h) / 2, (padded.1 - w) / 2);
-    let whole = compile_at(path, text, &[padded.0, padded.1, base[2]]).ok_or_else(|| {
+    let whole = compile_at(
+        path,
+        text,
+        &[padded.0, padded.1, base[2]],
+        req.output_layer.as_deref(),
+    )
+    .ok_or_else(|| {
         format!(
             "the net does not compile at the padded size {}x{} (W x H)",
             padded.1, padded.0
@@ -1138,7 +1155,7 @@ fn plan_same(
     let (tile, compiled, arena) = match req.tile {
         Some(t) => {
             let (th, tw) = asked_tile(cf, t, padded)?;
-            let c = compile_at(path, text, &[th, tw, base[2]])
+            let c = compile_at(path, text, &[th, tw, base[2]], req.output_layer.as_deref())
                 .ok_or_else(|| format!("the net does not compile at {tw}x{th} (W x H)"))?;
             let arena = arena_of(&c, req.batch).unwrap_or(u64::MAX);
             ((th, tw), c, arena)
@@ -1234,8 +1251,13 @@ fn plan_valid(
             .saturating_add(req.weights_on.resident_bytes(c))
             <= req.budget
     };
-    let whole = compile_at(path, text, &[needed.0, needed.1, base[2]])
-        .ok_or_else(|| "the net does not compile at the image's size".to_string())?;
+    let whole = compile_at(
+        path,
+        text,
+        &[needed.0, needed.1, base[2]],
+        req.output_layer.as_deref(),
+    )
+    .ok_or_else(|| "the net does not compile at the image's size".to_string())?;
     // A layer that sees the whole image (aligned corners, edge padding) gives each overlap tile
     // a result of its own: only one tile over the whole mirror-padded image is exact.
     let non_local = reach(&whole, 0).and(reach(&whole, 1)).err();
@@ -1244,8 +1266,13 @@ fn plan_valid(
         (None, Some(_)) => needed,
         (None, None) => {
             let spec_tile = (spec_tile.0.min(needed.0), spec_tile.1.min(needed.1));
-            let spec_fits = compile_at(path, text, &[spec_tile.0, spec_tile.1, base[2]])
-                .is_some_and(|c| fits(&c));
+            let spec_fits = compile_at(
+                path,
+                text,
+                &[spec_tile.0, spec_tile.1, base[2]],
+                req.output_layer.as_deref(),
+            )
+            .is_some_and(|c| fits(&c));
             if req.spec_tile_first && spec_fits {
                 spec_tile
             } else {
@@ -1269,8 +1296,13 @@ fn plan_valid(
             ));
         }
     }
-    let c = compile_at(path, text, &[tile.0, tile.1, base[2]])
-        .ok_or_else(|| format!("the net does not compile at {}x{} (W x H)", tile.1, tile.0))?;
+    let c = compile_at(
+        path,
+        text,
+        &[tile.0, tile.1, base[2]],
+        req.output_layer.as_deref(),
+    )
+    .ok_or_else(|| format!("the net does not compile at {}x{} (W x H)", tile.1, tile.0))?;
     let out = (tile.0 - 2 * margin, tile.1 - 2 * margin);
     let spans = |n: usize, t: usize, o: usize| {
         overlap_spans(n, t, o, cf.period).ok_or_else(|| {

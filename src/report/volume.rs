@@ -269,10 +269,21 @@ fn per_axis<T>(mut f: impl FnMut(usize) -> Result<T, String>) -> Result<[T; 3], 
     Ok([f(0)?, f(1)?, f(2)?])
 }
 
-fn compile_tile(path: &Path, text: &str, t: [usize; 3], c: usize) -> Result<Compiled, String> {
-    compile_at(path, text, &[t[0], t[1], t[2], c])
-        .filter(accepted)
-        .ok_or_else(|| format!("the net does not compile at {} (D x H x W)", dhw(t)))
+fn compile_tile(
+    path: &Path,
+    text: &str,
+    t: [usize; 3],
+    c: usize,
+    req: &TileRequest,
+) -> Result<Compiled, String> {
+    compile_at(
+        path,
+        text,
+        &[t[0], t[1], t[2], c],
+        req.output_layer.as_deref(),
+    )
+    .filter(accepted)
+    .ok_or_else(|| format!("the net does not compile at {} (D x H x W)", dhw(t)))
 }
 
 /// `--tile` checked against each axis's accepted sizes, each side clipped to `limit`.
@@ -368,7 +379,7 @@ fn largest_fitting(
         if (0..3).any(|a| t[a] < smallest[a].min(limit[a])) {
             return Err(too_small());
         }
-        let c = compile_tile(path, text, t, channels)?;
+        let c = compile_tile(path, text, t, channels, req)?;
         let arena = arena_of(&c, req.batch).unwrap_or(u64::MAX);
         if arena.saturating_add(weights) <= req.budget {
             return Ok((t, c, arena));
@@ -392,7 +403,7 @@ fn plan_same(
 ) -> Result<VolumePlan, String> {
     let padded: [usize; 3] = std::array::from_fn(|a| up_to_accepted(&forms[a], volume[a]));
     let pad_before: [usize; 3] = std::array::from_fn(|a| (padded[a] - volume[a]) / 2);
-    let whole = compile_tile(path, text, padded, base[3])?;
+    let whole = compile_tile(path, text, padded, base[3], req)?;
     let weight_bytes = req.weights_on.resident_bytes(&whole);
     let whole_arena = arena_of(&whole, req.batch).unwrap_or(u64::MAX);
     let reaches: Result<Vec<_>, NonLocal> = (0..3).map(|a| reach(&whole, a)).collect();
@@ -453,7 +464,7 @@ fn plan_same(
     let (tile, compiled, arena) = match req.tile_3d {
         Some(t) => {
             let t = asked_tile(forms, t, padded)?;
-            let c = compile_tile(path, text, t, base[3])?;
+            let c = compile_tile(path, text, t, base[3], req)?;
             let arena = arena_of(&c, req.batch).unwrap_or(u64::MAX);
             (t, c, arena)
         }
@@ -515,7 +526,7 @@ fn plan_valid(
             .saturating_add(req.weights_on.resident_bytes(c))
             <= req.budget
     };
-    let whole = compile_tile(path, text, needed, base[3])?;
+    let whole = compile_tile(path, text, needed, base[3], req)?;
     // A layer that sees the whole volume (aligned corners, edge padding) gives each overlap tile
     // a result of its own: only one tile over the whole mirror-padded volume is exact.
     let non_local = (0..3).find_map(|a| reach(&whole, a).err());
@@ -524,7 +535,8 @@ fn plan_valid(
         (None, Some(_)) => needed,
         (None, None) => {
             let spec_tile: [usize; 3] = std::array::from_fn(|a| base[a].min(needed[a]));
-            let spec_fits = compile_tile(path, text, spec_tile, base[3]).is_ok_and(|c| fits(&c));
+            let spec_fits =
+                compile_tile(path, text, spec_tile, base[3], req).is_ok_and(|c| fits(&c));
             if req.spec_tile_first && spec_fits {
                 spec_tile
             } else {
@@ -549,7 +561,7 @@ fn plan_valid(
             ));
         }
     }
-    let c = compile_tile(path, text, tile, base[3])?;
+    let c = compile_tile(path, text, tile, base[3], req)?;
     let out: [usize; 3] = std::array::from_fn(|a| tile[a] - 2 * margin[a]);
     let spans = per_axis(|a| {
         overlap_spans(needed[a], tile[a], out[a], forms[a].period).ok_or_else(|| {

@@ -190,7 +190,9 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
             TfCompute::Concat(_) | TfCompute::Reshape | TfCompute::Resize(_) => nothing,
         },
         Op::Lambda(o) => match &o.body {
-            LambdaBody::SliceTensor { .. } | LambdaBody::ExpandDims { .. } => nothing,
+            LambdaBody::SliceTensor { .. }
+            | LambdaBody::ExpandDims { .. }
+            | LambdaBody::RepeatElements { .. } => nothing,
             LambdaBody::Arithmetic(_) => reads(true, false),
             LambdaBody::ScaledAdd { .. } => nothing,
         },
@@ -649,6 +651,12 @@ pub fn forward(
                 out
             }
             LambdaBody::ExpandDims { .. } => first().to_vec(),
+            LambdaBody::RepeatElements { repeats, .. } => {
+                let c = x.and_then(|t| t.shape.last().copied()).unwrap_or(1);
+                let mut out = vec![0.0f32; out_len];
+                crate::exec::cpu::kernels::repeat_channels(first(), c, *repeats as usize, &mut out);
+                out
+            }
             LambdaBody::Arithmetic(a) => first().iter().map(|&v| a.apply(v)).collect(),
             LambdaBody::ScaledAdd {
                 first: i,
@@ -1276,6 +1284,13 @@ pub fn backward(
                 input_grads(dx)
             }
             LambdaBody::ExpandDims { .. } => input_grads(output_grad(grad)),
+            // Each input channel sums the gradients of its repeats.
+            LambdaBody::RepeatElements { repeats, .. } => {
+                let dy = output_grad(grad);
+                let repeats = (*repeats as usize).max(1);
+                let dx = dy.chunks(repeats).map(|group| group.iter().sum()).collect();
+                input_grads(dx)
+            }
             LambdaBody::Arithmetic(a) => input_grads(
                 output_grad(grad)
                     .iter()

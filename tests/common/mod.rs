@@ -131,18 +131,20 @@ pub fn golden_io(stem: &str) -> (unetc::exec::Tensor, unetc::exec::Tensor) {
 
 /// The `input` and `output` tensors of a recorded `.io.safetensors` file.
 pub fn io_tensors(path: &Path) -> (unetc::exec::Tensor, unetc::exec::Tensor) {
+    (io_tensor(path, "input"), io_tensor(path, "output"))
+}
+
+/// One f32 tensor of a recorded `.io.safetensors` file, by name.
+pub fn io_tensor(path: &Path, name: &str) -> unetc::exec::Tensor {
     let bytes = std::fs::read(path).expect("fixture");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors fixture");
-    let get = |name: &str| {
-        let view = st.tensor(name).expect(name);
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        unetc::exec::Tensor::from_vec(view.shape(), data).expect("consistent fixture")
-    };
-    (get("input"), get("output"))
+    let view = st.tensor(name).expect(name);
+    let data: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    unetc::exec::Tensor::from_vec(view.shape(), data).expect("consistent fixture")
 }
 
 /// A recorded model's inputs and output: `input`, or for a model of several inputs
@@ -150,15 +152,7 @@ pub fn io_tensors(path: &Path) -> (unetc::exec::Tensor, unetc::exec::Tensor) {
 pub fn io_inputs(path: &Path) -> (Vec<unetc::exec::Tensor>, unetc::exec::Tensor) {
     let bytes = std::fs::read(path).expect("fixture");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors fixture");
-    let get = |name: &str| {
-        let view = st.tensor(name).expect(name);
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        unetc::exec::Tensor::from_vec(view.shape(), data).expect("consistent fixture")
-    };
+    let get = |name: &str| io_tensor(path, name);
     let inputs = if st.names().contains(&"input") {
         vec![get("input")]
     } else {
@@ -208,6 +202,7 @@ pub fn compile_small(rel: &Path) -> unetc::Compiled {
         rel,
         &unetc::Options {
             input_shape: small_input(stem),
+            output_layer: None,
         },
         &mut unetc::expand::Session::new(),
     )

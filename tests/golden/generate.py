@@ -957,6 +957,33 @@ def edge_lambda():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+# Keras backend as Keras code imports it (`from keras import backend as K` at the top of a
+# module): edge_repeat_elements's lambdas read this global when they run.
+K = None
+
+
+def edge_repeat_elements():
+    """Keras backend's repeat_elements in Lambda layers, as attention U-Nets repeat their
+    one-channel gate over a skip's channels: `Lambda(lambda x, repnum: K.repeat_elements(x,
+    repnum, axis=3), arguments={"repnum": 4})` of a sigmoid 1x1 conv (the attention map, then
+    Multiply with a 4-channel signed map), and `lambda x: K.repeat_elements(x, 3, axis=-1)` of a
+    3-channel signed map (each channel three times in a row). 6x5 maps, flattened and
+    concatenated."""
+    global K
+    tf = _tf()
+    K = tf.keras.backend
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(4, 1)(inp)
+    gate = L.Conv2D(1, 1, activation="sigmoid")(inp)
+    repeated = L.Lambda(lambda t, repnum: K.repeat_elements(t, repnum, axis=3),
+                        arguments={"repnum": 4})(gate)
+    attended = L.Multiply()([repeated, x])
+    tripled = L.Lambda(lambda t: K.repeat_elements(t, 3, axis=-1))(L.Conv2D(3, 1)(inp))
+    flat = [L.Flatten()(t) for t in (attended, tripled)]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_custom_scale():
     """tf.keras's InceptionResNetV2 residual layer, CustomScaleLayer (`inputs[0] + inputs[1] *
     scale`; the real class from tf_keras.src.applications.inception_resnet_v2), with the scales
@@ -1121,7 +1148,7 @@ SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_s
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
          edge_fixed_dropout, edge_rescaling, edge_normalization,
          edge_tfreshape, edge_gelu, edge_snake, edge_lambda,
-         edge_custom_scale]
+         edge_custom_scale, edge_repeat_elements]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

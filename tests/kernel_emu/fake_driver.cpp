@@ -388,6 +388,7 @@ const Kernel kernels[] = {
     BOTH(permute),
     BOTH(add),
     BOTH(scaled_add),
+    BOTH(repeat_channels),
     BOTH(batch_norm),
     BOTH(standardize),
     BOTH(activation),

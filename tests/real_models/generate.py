@@ -169,7 +169,75 @@ def more_models():
         ("sm_unet_inceptionresnetv2", lambda: sm.Unet(
             "inceptionresnetv2", input_shape=(96, 96, 3), classes=1, encoder_weights=None,
             decoder_filters=(32, 16, 8, 8, 4)), False),
+        # The attention U-Net of the many GitHub repositories after Oktay et al. 2018: its gate
+        # repeats the one-channel attention map over the skip's channels with
+        # `Lambda(lambda x, repnum: K.repeat_elements(x, repnum, axis=3), arguments=...)`.
+        ("github_attention_unet_repeat", github_attention_unet, True),
     ]
+
+
+# Keras backend as the attention U-Net repositories import it (`from keras import backend as
+# K` at the top of the module): their Lambda's function reads this global when it runs.
+K = None
+
+
+def github_attention_unet(shape=(64, 64, 3), filters=(8, 16, 32, 64)):
+    """An attention U-Net written the way the popular Keras repositories write it: conv-BN-ReLU
+    blocks, a gating signal (1x1 conv, BN, ReLU) from the coarser level, and an additive
+    attention gate (strided theta on the skip, phi on the gate, transposed-conv up-sampling,
+    ReLU, a one-channel sigmoid psi, UpSampling2D, repeat_elements over the skip's channels,
+    multiply, 1x1 conv, BN)."""
+    global K
+    import tensorflow as tf
+    from tensorflow.keras import backend
+    from tensorflow.keras import layers as L
+
+    K = backend
+
+    def conv_block(x, f):
+        for _ in range(2):
+            x = L.Conv2D(f, (3, 3), padding="same")(x)
+            x = L.BatchNormalization()(x)
+            x = L.Activation("relu")(x)
+        return x
+
+    def gating_signal(x, f):
+        x = L.Conv2D(f, (1, 1), padding="same")(x)
+        x = L.BatchNormalization()(x)
+        return L.Activation("relu")(x)
+
+    def expend_as(tensor, rep):
+        return L.Lambda(lambda x, repnum: K.repeat_elements(x, repnum, axis=3),
+                        arguments={"repnum": rep})(tensor)
+
+    def attention_block(x, gating, inter):
+        shape_x, shape_g = K.int_shape(x), K.int_shape(gating)
+        theta_x = L.Conv2D(inter, (2, 2), strides=(2, 2), padding="same")(x)
+        shape_theta = K.int_shape(theta_x)
+        phi_g = L.Conv2D(inter, (1, 1), padding="same")(gating)
+        up_g = L.Conv2DTranspose(inter, (3, 3), padding="same", strides=(
+            shape_theta[1] // shape_g[1], shape_theta[2] // shape_g[2]))(phi_g)
+        act = L.Activation("relu")(L.add([up_g, theta_x]))
+        psi = L.Activation("sigmoid")(L.Conv2D(1, (1, 1), padding="same")(act))
+        shape_psi = K.int_shape(psi)
+        up_psi = L.UpSampling2D(size=(shape_x[1] // shape_psi[1], shape_x[2] // shape_psi[2]))(psi)
+        y = L.multiply([expend_as(up_psi, shape_x[3]), x])
+        return L.BatchNormalization()(L.Conv2D(shape_x[3], (1, 1), padding="same")(y))
+
+    inputs = L.Input(shape)
+    skips, x = [], inputs
+    for f in filters[:-1]:
+        x = conv_block(x, f)
+        skips.append(x)
+        x = L.MaxPooling2D((2, 2))(x)
+    x = conv_block(x, filters[-1])
+    for f, skip in zip(reversed(filters[:-1]), reversed(skips)):
+        gating = gating_signal(x, f)
+        att = attention_block(skip, gating, f)
+        up = L.UpSampling2D((2, 2))(x)
+        x = conv_block(L.concatenate([up, att], axis=3), f)
+    outputs = L.Activation("sigmoid")(L.Conv2D(1, (1, 1))(x))
+    return tf.keras.Model(inputs, outputs, name="attention_unet")
 
 
 def kaggle_dsb2018_unet():
@@ -345,7 +413,6 @@ FORMULA_INPUT_SCALE = {"sm_pspnet_inceptionv3": 1000, "kuc_unet_2d_efficientnetb
 SKIPPED = {
     "kuc_resunet_a": "its ASPP pool branch resizes with two Lambda layers (tf.image.resize in Python bytecode, which unetc cannot run; `unetc import` refuses them); the TFOpLambda tf.expand_dims before them unetc runs",
     "kuc transunet_2d, swin_unet_2d": "custom layer classes of keras-unet-collection (patch_extract, ...): their call() is Python code; `unetc import` names the layer and refuses the model (its GELU and Snake classes unetc knows)",
-    "sm seresnet*, resnext*": "the classification_models encoders slice and reshape with Lambda layers (Python bytecode); `unetc import` refuses them",
 }
 
 
@@ -414,12 +481,19 @@ def main() -> int:
                 save_unetc_weights(model, HERE / f"{name}.weights.safetensors")
                 x = np.random.default_rng(7).random((2, *shape), dtype=np.float32)
             y = model.predict(x, verbose=0)
-            if isinstance(y, list):  # deep supervision: the first output is compared
+            others = {}
+            if isinstance(y, list):  # deep supervision: the first output is `output`
                 entry["outputs"] = len(y)
+                # The others as `output_<layer name>`, for `run --output-layer NAME`.
+                names = [t.node.layer.name for t in model.outputs]
+                if len(set(names)) == len(names):
+                    entry["output_layers"] = names
+                    others = {f"output_{n}": np.asarray(v, dtype=np.float32)
+                              for n, v in zip(names[1:], y[1:])}
                 y = y[0]
             y = np.asarray(y, dtype=np.float32)
             entry["output_spread"] = float(np.abs(y[0] - y[1]).max())
-            save_file({"input": x, "output": y}, str(HERE / f"{name}.io.safetensors"))
+            save_file({"input": x, "output": y, **others}, str(HERE / f"{name}.io.safetensors"))
         manifest[name] = entry
         print(name, entry["params"], entry["layers"], flush=True)
     import keras_unet

@@ -831,6 +831,21 @@ pub fn slice_channels(x: &[f32], c: usize, channels: std::ops::Range<usize>, out
         .for_each(|(o, pixel)| o.copy_from_slice(&pixel[channels.clone()]));
 }
 
+/// `K.repeat_elements` on the channels: each of a pixel's `c` channels `repeats` times in a row.
+pub fn repeat_channels(x: &[f32], c: usize, repeats: usize, out: &mut [f32]) {
+    if c == 0 || repeats == 0 {
+        return;
+    }
+    out.par_chunks_mut(c * repeats)
+        .zip(x.par_chunks(c))
+        .with_min_len(1024)
+        .for_each(|(o, pixel)| {
+            for (group, &v) in o.chunks_mut(repeats).zip(pixel) {
+                group.fill(v);
+            }
+        });
+}
+
 pub fn zero_pad(
     op: &ZeroPadding2D,
     x: &[f32],

@@ -916,6 +916,10 @@ impl<'g> CpuModel<'g> {
                     kernels::slice_channels(ins[0], c, *start as usize..*stop as usize, out)
                 }
                 LambdaBody::ExpandDims { .. } => out.copy_from_slice(ins[0]),
+                LambdaBody::RepeatElements { repeats, .. } => {
+                    let c = in_shapes[0].last().copied().unwrap_or(1);
+                    kernels::repeat_channels(ins[0], c, *repeats as usize, out)
+                }
                 LambdaBody::Arithmetic(a) => {
                     for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
                         *o = a.apply(x);

@@ -53,6 +53,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "permute",
     "add",
     "scaled_add",
+    "repeat_channels",
     "batch_norm",
     "standardize",
     "activation",
@@ -1859,6 +1860,32 @@ impl<'g> CudaModel<'g> {
         Ok(())
     }
 
+    /// Each channel of `x` `repeats` times in a row (`repeat_channels`, kernels/layers.cu).
+    fn repeat_channels<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        x: View,
+        y: View,
+        repeats: i64,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let (repeats, nb) = (repeats as i32, batch as i32);
+        // SAFETY: matches repeat_channels_<T>(void*, View, View, int, int); the views lie
+        // inside the arena as planned, and y has x's channels times `repeats`.
+        unsafe {
+            self.stream
+                .launch_builder(self.function::<T>("repeat_channels"))
+                .arg(arena)
+                .arg(&x)
+                .arg(&y)
+                .arg(&repeats)
+                .arg(&nb)
+                .launch(grid(y.elements(batch)))
+                .map_err(driver)?;
+        }
+        Ok(())
+    }
+
     /// `y = f(x, c)` elementwise (`scalar_op`, kernels/layers.cu); `x` may be `y` itself.
     fn scalar_op<T: Element>(
         &self,
@@ -2390,6 +2417,9 @@ impl<'g> CudaModel<'g> {
                     self.shift_window(arena, x, y, (0, 0), PadMode::Zeros, batch)?
                 }
                 LambdaBody::ExpandDims { .. } => self.flat_copy(arena, id, batch)?,
+                LambdaBody::RepeatElements { repeats, .. } => {
+                    self.repeat_channels::<T>(arena, x_view(0)?, y, *repeats, batch)?
+                }
                 LambdaBody::ScaledAdd {
                     first,
                     second,

@@ -2,8 +2,9 @@
 //! what it can read exactly: the functions of published packages that U-Net encoders are built
 //! with, known by their module and name ([`LambdaFunction`]), and lambdas of scalar arithmetic
 //! on the tensor (`lambda x: x / 255`, `lambda x: x * 2 - 1`), which Kaggle-style U-Nets put
-//! first. Import reads either from the layer's config and bytecode (src/interop/keras.rs,
-//! src/interop/pycode.rs); any other Lambda is refused there by name.
+//! first, and Keras backend's `repeat_elements` over the channels, with which attention U-Nets
+//! repeat their one-channel gate. Import reads these from the layer's config and bytecode
+//! (src/interop/keras.rs, src/interop/pycode.rs); any other Lambda is refused there by name.
 
 use super::keywords::LambdaFunction;
 use super::tf_op::{ScalarFn, ScalarOp};
@@ -33,6 +34,13 @@ pub enum LambdaBody {
         scale: f64,
         /// The expression as Python writes it (`x[0] + x[1] * 0.17`).
         text: String,
+    },
+    /// `K.repeat_elements(x, repeats, axis=3)`: input channel c becomes output channels
+    /// `c * repeats .. (c + 1) * repeats` (attention U-Nets repeat a one-channel gate so).
+    RepeatElements {
+        repeats: i64,
+        /// The channel axis as written: 3, or -1.
+        axis: i64,
     },
 }
 
@@ -82,10 +90,96 @@ impl LambdaBody {
         }
     }
 
-    /// Parses a spec's expression (`"x / 255"`, `"x[0] + x[1] * 0.17"`).
+    /// Parses a spec's expression (`"x / 255"`, `"x[0] + x[1] * 0.17"`,
+    /// `"K.repeat_elements(x, 8, axis=3)"`).
     pub fn parse(text: &str) -> Result<LambdaBody, String> {
+        if text.contains("repeat_elements") {
+            return parse_repeat_elements(text);
+        }
         LambdaBody::from_expr(&parse_expr(text)?)
     }
+
+    /// Python's text of a call body (`K.repeat_elements(x, 8, axis=3)`); `None` for others.
+    fn call_text(&self) -> Option<String> {
+        match self {
+            LambdaBody::RepeatElements { repeats, axis } => {
+                Some(format!("K.repeat_elements(x, {repeats}, axis={axis})"))
+            }
+            LambdaBody::SliceTensor { .. }
+            | LambdaBody::ExpandDims { .. }
+            | LambdaBody::Arithmetic(_)
+            | LambdaBody::ScaledAdd { .. } => None,
+        }
+    }
+}
+
+/// `K.repeat_elements(x, rep, axis)` as Python may write it: the function under any module
+/// name (`K.`, `backend.`, `tf.keras.backend.`), `rep` and `axis` by position or keyword.
+fn parse_repeat_elements(text: &str) -> Result<LambdaBody, String> {
+    let usage = "write `K.repeat_elements(x, 8, axis=3)`: the tensor `x`, a whole number of \
+                 repeats, and the channel axis 3 (or -1)";
+    let t = text.trim();
+    let open = t.find('(').ok_or(usage)?;
+    let function = t[..open].trim();
+    let module = function.strip_suffix("repeat_elements").ok_or(usage)?;
+    let module_ok = module.is_empty()
+        || module.strip_suffix('.').is_some_and(|m| {
+            m.split('.').all(|part| {
+                !part.is_empty()
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !part.starts_with(|c: char| c.is_ascii_digit())
+            })
+        });
+    let inner = t[open + 1..].strip_suffix(')').ok_or(usage)?;
+    if !module_ok || inner.contains(['(', ')']) {
+        return Err(usage.into());
+    }
+    let mut positional = Vec::new();
+    let (mut rep, mut axis) = (None, None);
+    for part in inner.split(',').map(str::trim) {
+        match part.split_once('=') {
+            Some((key, v)) => {
+                let slot = match key.trim() {
+                    "rep" => &mut rep,
+                    "axis" => &mut axis,
+                    other => return Err(format!("`{other}` is not an argument: {usage}")),
+                };
+                if slot.replace(v.trim()).is_some() {
+                    return Err(format!("`{}` given twice: {usage}", key.trim()));
+                }
+            }
+            None if rep.is_some() || axis.is_some() => {
+                return Err(format!("a positional argument after a keyword: {usage}"))
+            }
+            None => positional.push(part),
+        }
+    }
+    let mut positional = positional.into_iter();
+    if positional.next() != Some("x") {
+        return Err(format!("the first argument is the tensor `x`: {usage}"));
+    }
+    for (slot, value) in [&mut rep, &mut axis].into_iter().zip(positional.by_ref()) {
+        if slot.replace(value).is_some() {
+            return Err(format!("an argument given twice: {usage}"));
+        }
+    }
+    if positional.next().is_some() {
+        return Err(format!("more than three arguments: {usage}"));
+    }
+    let number = |v: Option<&str>, what: &str| match v {
+        None => Err(format!("{what} is missing: {usage}")),
+        Some(v) => v
+            .parse::<i64>()
+            .map_err(|_| format!("{what} `{v}` is not a whole number: {usage}")),
+    };
+    let repeats = number(rep, "`rep`")?;
+    let axis = number(axis, "`axis`")?;
+    if !(1..=MAX_DIM).contains(&repeats) {
+        return Err(format!(
+            "`rep` {repeats} is not a number of repeats (1 to {MAX_DIM})"
+        ));
+    }
+    Ok(LambdaBody::RepeatElements { repeats, axis })
 }
 
 /// A Python expression in `x` with `x` once and numbers: a chain of [`ScalarOp`]s.
@@ -167,6 +261,15 @@ pub enum Expr {
 }
 
 impl Expr {
+    /// The whole number a constant expression is (`3`, `-1`); `None` otherwise.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Expr::Int(i) => Some(*i),
+            Expr::Neg(e) => e.as_int()?.checked_neg(),
+            Expr::X | Expr::Item(_) | Expr::Float(_) | Expr::Bin(..) => None,
+        }
+    }
+
     fn x_count(&self) -> usize {
         match self {
             Expr::X => 1,
@@ -418,7 +521,9 @@ impl Lambda {
                 json!({ "start": start, "stop": stop, "axis": axis })
             }
             LambdaBody::ExpandDims { channels_axis } => json!({ "channels_axis": channels_axis }),
-            LambdaBody::Arithmetic(_) | LambdaBody::ScaledAdd { .. } => Json::Null,
+            LambdaBody::Arithmetic(_)
+            | LambdaBody::ScaledAdd { .. }
+            | LambdaBody::RepeatElements { .. } => Json::Null,
         }
     }
 
@@ -431,6 +536,9 @@ impl Lambda {
             | LambdaBody::ScaledAdd { text, .. } => {
                 format!("lambda x: {text}")
             }
+            LambdaBody::RepeatElements { .. } => {
+                format!("lambda x: {}", self.body.call_text().unwrap_or_default())
+            }
         }
     }
 
@@ -442,6 +550,9 @@ impl Lambda {
             LambdaBody::Arithmetic(Arithmetic { text, .. })
             | LambdaBody::ScaledAdd { text, .. } => {
                 format!("{text:?}")
+            }
+            LambdaBody::RepeatElements { .. } => {
+                format!("{:?}", self.body.call_text().unwrap_or_default())
             }
         }
     }
@@ -474,8 +585,8 @@ impl LayerKind for Lambda {
                 r.reject(
                     "function",
                     &format!(
-                        "not a function unetc knows ({}) nor arithmetic in `x` (`\"x / 255\"`): \
-                         {why}",
+                        "not a function unetc knows ({}), arithmetic in `x` (`\"x / 255\"`) \
+                         nor `\"K.repeat_elements(x, 8, axis=3)\"`: {why}",
                         <LambdaFunction as super::Keyword>::NAMES.join(", ")
                     ),
                 );
@@ -609,6 +720,31 @@ impl LayerKind for Lambda {
                     "wrong number of inputs",
                 )),
             },
+            LambdaBody::RepeatElements { repeats, axis } => {
+                one_input()?;
+                let [h, w, c] = image(inputs, "repeat_elements")?;
+                if !matches!(axis, 3 | -1) {
+                    return Err(ShapeError::new(
+                        "E-arg-value",
+                        format!(
+                            "repeat_elements on axis {axis}: unetc repeats the channels (axis 3 \
+                             or -1) only"
+                        ),
+                        "channels only",
+                    ));
+                }
+                match c.checked_mul(*repeats).filter(|&n| n <= MAX_DIM) {
+                    Some(channels) => Ok(vec![h, w, channels]),
+                    None => Err(ShapeError::new(
+                        "E-arg-value",
+                        format!(
+                            "repeat_elements makes {c} x {repeats} channels, more than unetc's \
+                             limit of {MAX_DIM}"
+                        ),
+                        "too many channels",
+                    )),
+                }
+            }
         }
     }
 
@@ -617,7 +753,9 @@ impl LayerKind for Lambda {
         match &self.body {
             LambdaBody::SliceTensor { .. } => known(LambdaFunction::SliceTensor),
             LambdaBody::ExpandDims { .. } => known(LambdaFunction::ExpandDims),
-            LambdaBody::Arithmetic(_) | LambdaBody::ScaledAdd { .. } => {
+            LambdaBody::Arithmetic(_)
+            | LambdaBody::ScaledAdd { .. }
+            | LambdaBody::RepeatElements { .. } => {
                 json!({ "function": self.python_function() })
             }
         }
@@ -648,6 +786,30 @@ mod tests {
             assert_eq!(a.apply(x), want, "{text}");
         }
         // Derivative of 1 / (x + 1) at 1: -1 / 4.
+        for (text, repeats, axis) in [
+            ("K.repeat_elements(x, 8, axis=3)", 8, 3),
+            ("keras.backend.repeat_elements(x, 2, -1)", 2, -1),
+            ("repeat_elements(x, rep=4, axis=3)", 4, 3),
+        ] {
+            assert_eq!(
+                LambdaBody::parse(text).unwrap(),
+                LambdaBody::RepeatElements { repeats, axis },
+                "{text}"
+            );
+        }
+        for bad in [
+            "K.repeat_elements(x, 0, axis=3)",
+            "K.repeat_elements(x, 2)",
+            "K.repeat_elements(y, 2, 3)",
+            "K.repeat_elements(x, 2, 3, 4)",
+            "K.repeat_elements(x, axis=3, 2)",
+            "K.repeat_elements(x, 2.5, axis=3)",
+            "K.repeat_elements(x, 2, axis=3, rep=2)",
+            "f(K).repeat_elements(x, 2, axis=3)",
+            "K.repeat_elements(x, 99999999999999999999, axis=3)",
+        ] {
+            assert!(LambdaBody::parse(bad).is_err(), "{bad}");
+        }
         let a = Arithmetic::parse("1 / (x + 1)").unwrap();
         assert_eq!(a.derivative(1.0), -0.25);
         for bad in ["x * x", "2", "y + 1", "x ** 2", "x +", "(x", "abs(x)"] {

@@ -124,6 +124,14 @@ __device__ void scaled_add(T* arena, View a, View b, View y, float scale, int N)
 }
 INSTANTIATE(scaled_add, (void* arena, View a, View b, View y, float scale, int N), (, a, b, y, scale, N))
 
+// K.repeat_elements on the channels: output channel c is input channel c / R.
+template <typename T>
+__device__ void repeat_channels(T* arena, View x, View y, int R, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    store_elem(arena + view_at(y, n, oy, ox, c), load_elem(arena + view_at(x, n, oy, ox, c / R)));
+}
+INSTANTIATE(repeat_channels, (void* arena, View x, View y, int R, int N), (, x, y, R, N))
+
 // Keras BatchNormalization at inference: gamma * (x - mean) / sqrt(var + eps) + beta.
 template <typename T>
 __device__ void batch_norm(T* arena, View x, View y, const float* gamma, const float* beta,

@@ -93,6 +93,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
             "tests/golden/edge_repeat_elements.unet",
             "edge_repeat_elements",
         ),
+        ("tests/golden/edge_lambda_resize.unet", "edge_lambda_resize"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -115,7 +116,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 28);
+    assert_eq!(checked, 29);
 }
 
 #[test]
@@ -325,6 +326,12 @@ fn import_says_what_an_unread_lambda_likely_does() {
             ),
             (
                 "image.resize(x, (8, 8), method='bilinear')",
+                "Its function is `image.resize(x, (8, 8), method='bilinear')`: bilinear without \
+                 align_corners is TensorFlow 2's half-pixel resize or TensorFlow 1's \
+                 corner-anchored one",
+            ),
+            (
+                "image.resize(x * 2, (8, 8))",
                 "Its function resizes: `up_sampling2d(size: (2, 2), interpolation: bilinear)`",
             ),
         ] {
@@ -348,11 +355,13 @@ fn import_says_what_an_unread_lambda_likely_does() {
 }
 
 #[test]
-fn repeat_elements_lambdas_import_from_every_python() {
-    // `K.repeat_elements` lambdas as CPython marshals them (tests/fixtures/lambda_bytecode),
-    // with `K` a global, a closure variable holding Keras backend (its config as tf.keras
-    // writes it), or through `tf.keras.backend`, the repeats bound by `arguments` or not.
-    let backend = r#"[{"module": "builtins", "class_name": "module", "config": "tensorflow.keras.backend", "registered_name": "module"}]"#;
+fn call_lambdas_import_from_every_python() {
+    // Lambdas returning one call as CPython marshals them (tests/fixtures/lambda_bytecode):
+    // `K.repeat_elements` with `K` a global, a closure variable holding Keras backend, or
+    // through `tf.keras.backend`, the repeats bound by `arguments` or not; TensorFlow 1's
+    // `image.resize` sized by a tuple or by a closure list's slice. Each imports as the spec
+    // lambda generate.py names (`spec`), with the closure's values as tf.keras writes them, or
+    // is refused.
     let mut imported = 0;
     for version in ["3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13"] {
         let fixture: serde_json::Value = serde_json::from_str(
@@ -364,47 +373,25 @@ fn repeat_elements_lambdas_import_from_every_python() {
         .unwrap();
         for case in fixture["calls"].as_array().unwrap() {
             let source = case["source"].as_str().unwrap();
-            let closure = if case["closure"] == true {
-                backend
-            } else {
-                "null"
-            };
+            let closure = case.get("closure").unwrap_or(&serde_json::Value::Null);
             let arguments = match case.get("bound") {
                 Some(n) => format!(r#"{{"repnum": {n}}}"#),
                 None => "{}".into(),
             };
             let json = format!(
                 r#"{{"class_name": "Functional", "config": {{"name": "m", "layers": [
-                {{"class_name": "InputLayer", "config": {{"batch_input_shape": [null, 8, 8, 2], "name": "input_1"}}, "inbound_nodes": []}},
+                {{"class_name": "InputLayer", "config": {{"batch_input_shape": [null, 4, 4, 2], "name": "input_1"}}, "inbound_nodes": []}},
                 {{"class_name": "Lambda", "config": {{"name": "gate", "function": ["{}", null, {closure}], "function_type": "lambda", "module": "__main__", "arguments": {arguments}}}, "inbound_nodes": [[["input_1", 0, 0, {{}}]]]}}],
                 "input_layers": [["input_1", 0, 0]], "output_layers": [["gate", 0, 0]]}}}}"#,
                 case["code"].as_str().unwrap()
             );
             let got = unetc::interop::keras::import_json(&json);
-            let want = &case["want"];
-            let is_repeat = want["attributes"]
-                .as_array()
-                .is_some_and(|a| a.last() == Some(&serde_json::json!("repeat_elements")));
-            if !is_repeat {
+            let Some(want) = case["spec"].as_str() else {
                 assert!(got.is_err(), "{version} `{source}` imported:\n{got:?}");
                 continue;
-            }
-            let spec = got.unwrap_or_else(|e| panic!("{version} `{source}`: {e}"));
-            let args = want["args"].as_array().unwrap();
-            let keywords = want["keywords"].as_array().unwrap();
-            let value = |k: &str, at: usize| {
-                keywords
-                    .iter()
-                    .find(|kv| kv[0] == k)
-                    .map(|kv| kv[1].clone())
-                    .or_else(|| args.get(at).cloned())
-                    .unwrap()
             };
-            let line = format!(
-                r#"lambda("K.repeat_elements(x, {}, axis={})", name: "gate")"#,
-                value("rep", 1),
-                value("axis", 2)
-            );
+            let spec = got.unwrap_or_else(|e| panic!("{version} `{source}`: {e}"));
+            let line = format!(r#"lambda({want:?}, name: "gate")"#);
             assert!(
                 spec.contains(&line),
                 "{version} `{source}`: {line} not in\n{spec}"
@@ -412,7 +399,7 @@ fn repeat_elements_lambdas_import_from_every_python() {
             imported += 1;
         }
     }
-    assert_eq!(imported, 8 * 5);
+    assert_eq!(imported, 8 * 9);
 }
 
 #[test]

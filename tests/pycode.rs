@@ -87,10 +87,16 @@ fn arithmetic_lambdas_read_alike_from_every_python() {
                 Arg::Value(e) if *e == unetc::ir::ops::Expr::X => serde_json::json!("x"),
                 Arg::Value(e) => serde_json::json!(e.as_int()),
                 Arg::Str(s) => serde_json::json!({ "str": s }),
+                Arg::Bool(b) => serde_json::json!(b),
+                Arg::Ints(v) => serde_json::json!(v),
+                Arg::Closure { index, slice } => serde_json::json!({
+                    "closure": index,
+                    "slice": slice.map(|(a, b)| serde_json::json!([a, b])),
+                }),
             };
             let root = match &got.root {
                 Root::Global(name) => serde_json::json!(name),
-                Root::Closure => serde_json::Value::Null,
+                Root::Closure(k) => serde_json::json!({ "closure": k }),
             };
             let read = serde_json::json!({
                 "root": root,

@@ -74,6 +74,7 @@ const SPECS: &[(&str, &str)] = &[
     // conv2d_1's output for its own backward (a ReLU there puts a kink within the differences'
     // step: the bias check fails with or without rebuilding).
     ("rebuilt copies", "x = conv2d(3, 3, padding: same, activation: relu)\n  y = x -> up_sampling2d(2) -> conv2d(3, 2, strides: 2, padding: same, activation: softmax)\n  [x, y] -> concatenate() -> conv2d(2, 3)"),
+    ("resize lambdas", "x = conv2d(2, 1)\n  small = x -> max_pooling2d(2)\n  [small -> lambda(\"image.resize(x, (6, 6), method='bilinear', align_corners=True)\"), x -> average_pooling2d((6, 6)) -> lambda(\"image.resize(x, (6, 6), method='bilinear', align_corners=True)\"), small -> lambda(\"image.resize(x, (6, 6), method='nearest')\")] -> concatenate() -> conv2d(2, 3, padding: same)"),
 ];
 
 struct Case {

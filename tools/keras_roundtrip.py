@@ -70,6 +70,7 @@ SPECS = [
     # tf.keras's InceptionResNetV2 residual layer.
     "tests/golden/edge_custom_scale.unet",
     "tests/golden/edge_repeat_elements.unet",
+    "tests/golden/edge_lambda_resize.unet",
 ]
 
 

@@ -99,12 +99,19 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
             "from tf_keras.src.applications.inception_resnet_v2 import CustomScaleLayer"
         );
     }
-    // Keras backend, for lambdas that call its repeat_elements.
-    let calls_backend = graph.nodes.iter().any(
-        |n| matches!(&n.op, Op::Lambda(op) if matches!(op.body, LambdaBody::RepeatElements { .. })),
-    );
-    if calls_backend {
+    // Keras backend and TensorFlow 1's image module, for lambdas that call them.
+    let lambda_calls = |f: fn(&LambdaBody) -> bool| {
+        let mut lambdas = graph.nodes.iter().filter_map(|n| match &n.op {
+            Op::Lambda(op) => Some(&op.body),
+            _ => None,
+        });
+        lambdas.any(f)
+    };
+    if lambda_calls(|b| matches!(b, LambdaBody::RepeatElements { .. })) {
         let _ = writeln!(out, "from tensorflow.keras import backend as K");
+    }
+    if lambda_calls(|b| matches!(b, LambdaBody::Resize { .. })) {
+        let _ = writeln!(out, "from tensorflow.compat.v1 import image");
     }
     // The functions of Lambda layers, from the package that defines them (`pip install
     // image-classifiers`): its to_json() names the module that `unetc import` reads them by.
@@ -793,7 +800,7 @@ fn known_lambda(config: &Json) -> Option<Vec<String>> {
     };
     let code = pycode::read_code(&code)?;
     if let Some(call) = pycode::call_lambda(&code, bound) {
-        let body = crate::ir::ops::LambdaBody::parse(&backend_call(&call, closure)?).ok()?;
+        let body = crate::ir::ops::LambdaBody::parse(&readable_call(&call, closure)?).ok()?;
         return Some(vec![crate::ir::ops::Lambda { body }.spec_function()]);
     }
     // A lambda of scalar arithmetic.
@@ -810,49 +817,90 @@ fn known_lambda(config: &Json) -> Option<Vec<String>> {
     Some(vec![lambda.spec_function()])
 }
 
-/// The Python text of a lambda's call of Keras backend's `repeat_elements`, its arguments the
-/// tensor and whole numbers (`K.repeat_elements(x, 8, axis=3)`), for [`LambdaBody::parse`]
-/// to check. The function is named through a module alias (`K.repeat_elements`), a path
-/// ending in `backend` (`tf.keras.backend.repeat_elements`), its own name (imported from the
-/// backend), or a closure variable holding a module named `...backend` (a builder that
-/// imports the backend inside itself). `None` for any other call.
-///
-/// [`LambdaBody::parse`]: crate::ir::ops::LambdaBody::parse
-fn backend_call(call: &pycode::Call, closure: &Json) -> Option<String> {
-    let mut path: Vec<&str> = call.attributes.iter().map(String::as_str).collect();
+/// The Python text of a lambda's call that unetc reads (src/ir/ops/lambda.rs checks it):
+/// Keras backend's `repeat_elements` (`K.repeat_elements(x, 8, axis=3)`) or TensorFlow's
+/// `image.resize` (`image.resize(x, (16, 16), method='bilinear', align_corners=True)`), with
+/// the closure's values in place of the enclosing function's variables (keras-unet-collection
+/// sizes its resize by `shape_before[1:3]`). The function is named through a module alias
+/// (`K.repeat_elements`), a path ending in `backend` or `image` (`tf.keras.backend.`,
+/// `tf.compat.v1.image.`), its own name, or a closure variable holding such a module (a
+/// builder that imports it inside itself). `None` for any other call.
+fn readable_call(call: &pycode::Call, closure: &Json) -> Option<String> {
+    let closure_value = |k: usize| closure.as_array()?.get(k);
+    let mut path: Vec<String> = Vec::new();
     match &call.root {
-        pycode::Root::Global(name) => path.insert(0, name),
-        pycode::Root::Closure => {
-            // The closure's one value, a module: `{"class_name": "module", "config": name}`.
-            let [module] = closure.as_array()?.as_slice() else {
-                return None;
-            };
-            let name = module.get("config").and_then(Json::as_str)?;
-            let is_module = module.get("class_name").and_then(Json::as_str) == Some("module");
-            if !is_module || !name.ends_with("backend") {
+        pycode::Root::Global(name) => path.push(name.clone()),
+        pycode::Root::Closure(k) => {
+            // A module in the closure: `{"class_name": "module", "config": "tensorflow.keras.backend"}`.
+            let module = closure_value(*k)?;
+            if module.get("class_name").and_then(Json::as_str) != Some("module") {
                 return None;
             }
-            path.insert(0, name);
+            let name = module.get("config").and_then(Json::as_str)?;
+            path.extend(name.split('.').map(str::to_string));
         }
     }
-    let (&function, module) = path.split_last()?;
-    let module_ok = match module {
-        [] | [_] => true,
-        [.., last] => *last == "backend",
+    path.extend(call.attributes.iter().cloned());
+    let (function, module) = path.split_last()?;
+    let (prefix, home) = match function.as_str() {
+        "repeat_elements" => ("K", "backend"),
+        "resize" => ("image", "image"),
+        _ => return None,
     };
-    if function != "repeat_elements" || !module_ok {
+    // `K.f` (an alias) or `f` alone; a longer path must end in the function's module.
+    let module_ok = match module {
+        [] => true,
+        [only] => function != "resize" || only == home,
+        [.., last] => last == home,
+    };
+    if !module_ok {
         return None;
     }
-    let text = |a: &pycode::Arg| match a {
-        pycode::Arg::Value(crate::ir::ops::Expr::X) => Some("x".to_string()),
-        pycode::Arg::Value(e) => e.as_int().map(|i| i.to_string()),
-        pycode::Arg::Str(_) => None,
+    let text = |a: &pycode::Arg| -> Option<String> {
+        Some(match a {
+            pycode::Arg::Value(crate::ir::ops::Expr::X) => "x".to_string(),
+            pycode::Arg::Value(e) => e.as_int()?.to_string(),
+            pycode::Arg::Str(s) if s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                format!("'{s}'")
+            }
+            pycode::Arg::Str(_) => return None,
+            pycode::Arg::Bool(b) => if *b { "True" } else { "False" }.to_string(),
+            pycode::Arg::Ints(v) => ints_tuple(v),
+            // A list of whole numbers in the closure, or a slice of it (Python's rules).
+            pycode::Arg::Closure { index, slice } => {
+                let items = closure_value(*index)?.as_array()?;
+                let n = items.len() as i64;
+                let at = |v: Option<i64>, open: i64| match v {
+                    None => open,
+                    Some(i) if i < 0 => (n + i).max(0),
+                    Some(i) => i.min(n),
+                };
+                let (start, stop) = match slice {
+                    Some((a, b)) => (at(*a, 0), at(*b, n)),
+                    None => (0, n),
+                };
+                let taken = items.get(start as usize..stop.max(start) as usize)?;
+                let v = taken.iter().map(Json::as_i64).collect::<Option<Vec<_>>>()?;
+                ints_tuple(&v)
+            }
+        })
     };
     let mut parts = call.args.iter().map(text).collect::<Option<Vec<_>>>()?;
     for (key, value) in &call.keywords {
         parts.push(format!("{key}={}", text(value)?));
     }
-    Some(format!("K.repeat_elements({})", parts.join(", ")))
+    Some(format!("{prefix}.{function}({})", parts.join(", ")))
+}
+
+/// Python's tuple of whole numbers: `(16, 16)`, `(4,)`.
+fn ints_tuple(v: &[i64]) -> String {
+    match v {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            v.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+        ),
+    }
 }
 
 /// A Lambda's marshalled function from its base64 text.
@@ -862,20 +910,34 @@ fn lambda_code(b64: &Json) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
-/// What a Lambda unetc cannot read most likely computes, told by the names its bytecode holds,
-/// and the layers that compute it.
-fn lambda_hint(config: &Json) -> Option<&'static str> {
-    let code = lambda_code(config.get("function")?.as_array()?.first()?)?;
+/// What a Lambda unetc cannot read most likely computes, told by the call it reads in its
+/// bytecode (and why that form is not run) or the names the bytecode holds, and the layers
+/// that compute it.
+fn lambda_hint(config: &Json) -> Option<String> {
+    let [code, _, closure] = config.get("function")?.as_array()?.as_slice() else {
+        return None;
+    };
+    let code = lambda_code(code)?;
+    let call = pycode::read_code(&code)
+        .and_then(|c| pycode::call_lambda(&c, None))
+        .and_then(|call| readable_call(&call, closure));
+    if let Some(text) = call {
+        if let Err(why) = crate::ir::ops::LambdaBody::parse(&text) {
+            return Some(format!("Its function is `{text}`: {why}"));
+        }
+    }
     if pycode::holds_name(&code, "repeat_elements") {
         Some(
             "Its function calls repeat_elements, as attention U-Nets do to repeat a one-channel \
              gate over the channels: `multiply` broadcasts such a gate by itself \
-             (`[x, gate] -> multiply()`)",
+             (`[x, gate] -> multiply()`)"
+                .into(),
         )
     } else if pycode::holds_name(&code, "resize") || pycode::holds_name(&code, "resize_images") {
         Some(
             "Its function resizes: `up_sampling2d(size: (2, 2), interpolation: bilinear)` (or \
-             `tf_op(\"image.resize\", size: (h, w), method: bilinear)`) does for whole factors",
+             `tf_op(\"image.resize\", size: (h, w), method: bilinear)`) does for whole factors"
+                .into(),
         )
     } else {
         None
@@ -913,6 +975,12 @@ fn unknown_layer(
             .map(|f| format!("{}.{f}", f.module()))
             .collect();
         known.push("lambdas of scalar arithmetic such as `lambda x: x / 255`".into());
+        known.push("`K.repeat_elements(x, n, axis=3)`".into());
+        known.push(
+            "TensorFlow 1's `image.resize` by whole factors (bilinear with align_corners=True, \
+             or nearest)"
+                .into(),
+        );
         let tf_functions: Vec<&str> = TfFunction::ALL.iter().map(|f| f.keras_name()).collect();
         format!(
             "a Lambda runs a Python function stored as bytecode, which unetc cannot read or run \
@@ -1443,7 +1511,14 @@ impl Importer {
                     .filter_map(layer_name)
                     .collect();
                 let hint = (class == Lambda::CLASS).then(|| lambda_hint(lc)).flatten();
-                return Err(unknown_layer(&at, lname, class, module, &others, hint));
+                return Err(unknown_layer(
+                    &at,
+                    lname,
+                    class,
+                    module,
+                    &others,
+                    hint.as_deref(),
+                ));
             };
             if lc
                 .get("data_format")

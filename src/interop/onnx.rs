@@ -1088,6 +1088,12 @@ impl Exporter<'_> {
                 LambdaBody::ExpandDims { .. } => {
                     self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, None)
                 }
+                LambdaBody::Resize { .. } => {
+                    need_image("image.resize")?;
+                    if let Some(up) = op.body.as_up_sampling(&in_shapes[0]) {
+                        self.up_sampling(name, x(), out, &up);
+                    }
+                }
                 // Output channel k is input channel k / repeats: a Gather on axis 1.
                 LambdaBody::RepeatElements { repeats, .. } => {
                     need_image("repeat_elements")?;

@@ -24,6 +24,7 @@ pub struct Code {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Const {
     None,
+    Bool(bool),
     Int(i64),
     Float(f64),
     Str(String),
@@ -90,7 +91,9 @@ impl Reader<'_> {
         });
         let value = match byte & !FLAG_REF {
             b'N' => Const::None,
-            b'T' | b'F' | b'.' | b'S' => Const::Other,
+            b'T' => Const::Bool(true),
+            b'F' => Const::Bool(false),
+            b'.' | b'S' => Const::Other,
             b'i' => Const::Int(i64::from(self.u32()? as i32)),
             b'g' => {
                 let s = self.bytes(8)?;
@@ -197,9 +200,12 @@ impl Reader<'_> {
             .into_iter()
             .map(|n| match n {
                 Const::Str(s) => s,
-                Const::None | Const::Int(_) | Const::Float(_) | Const::Tuple(_) | Const::Other => {
-                    String::new()
-                }
+                Const::None
+                | Const::Bool(_)
+                | Const::Int(_)
+                | Const::Float(_)
+                | Const::Tuple(_)
+                | Const::Other => String::new(),
             })
             .collect();
         Some(Code {
@@ -241,6 +247,8 @@ struct Opcodes {
     load_global: u8,
     global_shift: u8,
     load_deref: u8,
+    /// From 3.11 LOAD_DEREF counts the parameters before the closure's variables.
+    deref_after_params: bool,
     /// LOAD_ATTR; from 3.12 its name is `arg >> 1` (the low bit asks for a method).
     load_attr: u8,
     attr_shift: u8,
@@ -253,6 +261,9 @@ struct Opcodes {
     kw_names: Option<u8>,
     unary_negative: u8,
     binary_subscr: u8,
+    build_slice: u8,
+    /// 3.12+'s BINARY_SLICE: `container[start:stop]` in one instruction.
+    binary_slice: Option<u8>,
     return_value: u8,
     binary: Binary,
 }
@@ -291,6 +302,7 @@ fn opcodes(bytecode: &[u8]) -> Opcodes {
             load_global: 116,
             global_shift: 1,
             load_deref: 137,
+            deref_after_params: true,
             load_attr: 106,
             attr_shift: if has_precall { 0 } else { 1 },
             load_method: has_precall.then_some(160),
@@ -299,6 +311,8 @@ fn opcodes(bytecode: &[u8]) -> Opcodes {
             kw_names: Some(172),
             unary_negative: 11,
             binary_subscr: 25,
+            build_slice: 133,
+            binary_slice: (!has_precall).then_some(26),
             return_value: 83,
             binary: Binary::Op(122),
         },
@@ -311,6 +325,7 @@ fn opcodes(bytecode: &[u8]) -> Opcodes {
             load_global: 91,
             global_shift: 1,
             load_deref: 84,
+            deref_after_params: true,
             load_attr: 82,
             attr_shift: 1,
             load_method: None,
@@ -319,6 +334,8 @@ fn opcodes(bytecode: &[u8]) -> Opcodes {
             kw_names: None,
             unary_negative: 42,
             binary_subscr: 5,
+            build_slice: 50,
+            binary_slice: Some(4),
             return_value: 36,
             binary: Binary::Op(45),
         },
@@ -331,6 +348,7 @@ fn opcodes(bytecode: &[u8]) -> Opcodes {
             load_global: 116,
             global_shift: 0,
             load_deref: 136,
+            deref_after_params: false,
             load_attr: 106,
             attr_shift: 0,
             load_method: Some(160),
@@ -340,6 +358,8 @@ fn opcodes(bytecode: &[u8]) -> Opcodes {
             kw_names: None,
             unary_negative: 11,
             binary_subscr: 25,
+            build_slice: 133,
+            binary_slice: None,
             return_value: 83,
             binary: Binary::Separate {
                 add: 23,
@@ -364,8 +384,8 @@ pub enum Bound {
 pub enum Root {
     /// A global of the defining module (`K` of `from keras import backend as K`).
     Global(String),
-    /// A variable of the enclosing function (the layer config's closure holds its value).
-    Closure,
+    /// Variable k of the enclosing function (the layer config's closure holds its value, k-th).
+    Closure(usize),
 }
 
 /// An argument of a call a lambda returns.
@@ -374,6 +394,15 @@ pub enum Arg {
     /// The tensor (`x`), a number, or arithmetic of them.
     Value(Expr),
     Str(String),
+    Bool(bool),
+    /// A constant tuple of whole numbers (`(64, 64)`).
+    Ints(Vec<i64>),
+    /// Variable k of the enclosing function, or a slice of it (`shape[1:3]`: start and stop,
+    /// `None` for an open end), whose value the layer config's closure holds.
+    Closure {
+        index: usize,
+        slice: Option<(Option<i64>, Option<i64>)>,
+    },
 }
 
 /// A lambda that returns one call: `K.repeat_elements(x, 2, axis=3)` is the global `K`, the
@@ -397,9 +426,15 @@ pub enum Returned {
 enum Sym {
     Value(Expr),
     Str(String),
+    Bool(bool),
+    Ints(Vec<i64>),
+    Nothing,
     /// A function or module: a root and the attributes taken from it.
     Path(Root, Vec<String>),
     KwNames(Vec<String>),
+    /// `start:stop` (BUILD_SLICE), and a closure variable sliced by one.
+    Slice(Option<i64>, Option<i64>),
+    ClosureSlice(usize, Option<i64>, Option<i64>),
     Call(Call),
 }
 
@@ -440,17 +475,41 @@ fn read_lambda(code: &Code, bound: Option<Bound>) -> Option<Returned> {
         Const::Int(v) => Some(Sym::Value(Expr::Int(*v))),
         Const::Float(v) if v.is_finite() => Some(Sym::Value(Expr::Float(*v))),
         Const::Str(s) => Some(Sym::Str(s.clone())),
-        Const::Tuple(items) => items
-            .iter()
-            .map(|c| match c {
-                Const::Str(s) => Some(s.clone()),
-                Const::None | Const::Int(_) | Const::Float(_) | Const::Tuple(_) | Const::Other => {
-                    None
-                }
-            })
-            .collect::<Option<Vec<_>>>()
-            .map(Sym::KwNames),
-        Const::Float(_) | Const::None | Const::Other => None,
+        Const::Bool(b) => Some(Sym::Bool(*b)),
+        Const::None => Some(Sym::Nothing),
+        // Keyword names (CALL_FUNCTION_KW, KW_NAMES), or a tuple of whole numbers.
+        Const::Tuple(items) => {
+            let names: Option<Vec<String>> = items
+                .iter()
+                .map(|c| match c {
+                    Const::Str(s) => Some(s.clone()),
+                    Const::None
+                    | Const::Bool(_)
+                    | Const::Int(_)
+                    | Const::Float(_)
+                    | Const::Tuple(_)
+                    | Const::Other => None,
+                })
+                .collect();
+            let ints: Option<Vec<i64>> = items
+                .iter()
+                .map(|c| match c {
+                    Const::Int(v) => Some(*v),
+                    Const::None
+                    | Const::Bool(_)
+                    | Const::Str(_)
+                    | Const::Float(_)
+                    | Const::Tuple(_)
+                    | Const::Other => None,
+                })
+                .collect();
+            match (names, ints) {
+                (Some(names), _) if !names.is_empty() => Some(Sym::KwNames(names)),
+                (_, Some(ints)) => Some(Sym::Ints(ints)),
+                _ => None,
+            }
+        }
+        Const::Float(_) | Const::Other => None,
     };
     let name = |i: u8, shift: u8| code.names.get(usize::from(i >> shift)).cloned();
     let param = |i: u8| match (i, bound) {
@@ -461,7 +520,25 @@ fn read_lambda(code: &Code, bound: Option<Bound>) -> Option<Returned> {
     };
     let value = |s: Sym| match s {
         Sym::Value(e) => Some(e),
-        Sym::Str(_) | Sym::Path(..) | Sym::KwNames(_) | Sym::Call(_) => None,
+        Sym::Str(_)
+        | Sym::Bool(_)
+        | Sym::Ints(_)
+        | Sym::Nothing
+        | Sym::Path(..)
+        | Sym::KwNames(_)
+        | Sym::Slice(..)
+        | Sym::ClosureSlice(..)
+        | Sym::Call(_) => None,
+    };
+    // A slice's end: a whole number, or None for an open end.
+    let bound_of = |s: Sym| match s {
+        Sym::Value(Expr::Int(v)) => Some(Some(v)),
+        Sym::Nothing => Some(None),
+        _ => None,
+    };
+    let closure_var = |s: Sym| match s {
+        Sym::Path(Root::Closure(k), attributes) if attributes.is_empty() => Some(k),
+        _ => None,
     };
     let n = ops.len();
     let mut stack: Vec<Sym> = Vec::new();
@@ -511,7 +588,24 @@ fn read_lambda(code: &Code, bound: Option<Bound>) -> Option<Returned> {
                 Vec::new(),
             ));
         } else if opcode == table.load_deref {
-            stack.push(Sym::Path(Root::Closure, Vec::new()));
+            let index = if table.deref_after_params {
+                usize::from(arg).checked_sub(code.argcount as usize)?
+            } else {
+                usize::from(arg)
+            };
+            stack.push(Sym::Path(Root::Closure(index), Vec::new()));
+        } else if opcode == table.build_slice {
+            if arg != 2 {
+                return None;
+            }
+            let stop = bound_of(stack.pop()?)?;
+            let start = bound_of(stack.pop()?)?;
+            stack.push(Sym::Slice(start, stop));
+        } else if Some(opcode) == table.binary_slice {
+            let stop = bound_of(stack.pop()?)?;
+            let start = bound_of(stack.pop()?)?;
+            let k = closure_var(stack.pop()?)?;
+            stack.push(Sym::ClosureSlice(k, start, stop));
         } else if opcode == table.load_attr || Some(opcode) == table.load_method {
             let shift = if opcode == table.load_attr {
                 table.attr_shift
@@ -544,7 +638,20 @@ fn read_lambda(code: &Code, bound: Option<Bound>) -> Option<Returned> {
                 args.push(match s {
                     Sym::Value(e) => Arg::Value(e),
                     Sym::Str(t) => Arg::Str(t),
-                    Sym::Path(..) | Sym::KwNames(_) | Sym::Call(_) => return None,
+                    Sym::Bool(b) => Arg::Bool(b),
+                    Sym::Ints(v) => Arg::Ints(v),
+                    Sym::Path(Root::Closure(index), attributes) if attributes.is_empty() => {
+                        Arg::Closure { index, slice: None }
+                    }
+                    Sym::ClosureSlice(index, start, stop) => Arg::Closure {
+                        index,
+                        slice: Some((start, stop)),
+                    },
+                    Sym::Nothing
+                    | Sym::Path(..)
+                    | Sym::KwNames(_)
+                    | Sym::Slice(..)
+                    | Sym::Call(_) => return None,
                 });
             }
             let names = std::mem::take(&mut kw_names);
@@ -560,12 +667,17 @@ fn read_lambda(code: &Code, bound: Option<Bound>) -> Option<Returned> {
                 keywords,
             }));
         } else if opcode == table.binary_subscr {
-            // `x[k]`: the k-th input, k a whole-number constant.
-            let (Sym::Value(Expr::Int(index)), Sym::Value(Expr::X)) = (stack.pop()?, stack.pop()?)
-            else {
-                return None;
-            };
-            stack.push(Sym::Value(Expr::Item(usize::try_from(index).ok()?)));
+            // `x[k]`: the k-th input, k a whole-number constant; or a closure variable sliced.
+            match (stack.pop()?, stack.pop()?) {
+                (Sym::Value(Expr::Int(index)), Sym::Value(Expr::X)) => {
+                    stack.push(Sym::Value(Expr::Item(usize::try_from(index).ok()?)));
+                }
+                (Sym::Slice(start, stop), container) => {
+                    let k = closure_var(container)?;
+                    stack.push(Sym::ClosureSlice(k, start, stop));
+                }
+                _ => return None,
+            }
         } else if opcode == table.unary_negative {
             let e = value(stack.pop()?)?;
             stack.push(Sym::Value(Expr::Neg(Box::new(e))));

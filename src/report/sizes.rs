@@ -673,13 +673,16 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                         }
                     },
                     // Lambdas: a channel slice or repetition and arithmetic are per pixel;
-                    // expand_dims reshapes a pooled vector.
+                    // expand_dims reshapes a pooled vector; a resize to a fixed size
+                    // depends on the whole input's size.
                     Op::Lambda(op) => match &op.body {
                         LambdaBody::SliceTensor { .. }
                         | LambdaBody::RepeatElements { .. }
                         | LambdaBody::Arithmetic(_)
                         | LambdaBody::ScaledAdd { .. } => (a, b),
-                        LambdaBody::ExpandDims { .. } => return Err(non_local()),
+                        LambdaBody::ExpandDims { .. } | LambdaBody::Resize { .. } => {
+                            return Err(non_local())
+                        }
                     },
                     Op::Multiply(_)
                     | Op::Subtract(_)

@@ -11,8 +11,8 @@ use crate::exec::cpu::winograd;
 use crate::exec::Tensor;
 use crate::ir::ops::{
     ActivationFn, CustomScaleLayer, Interpolation, LambdaBody, MergeFn, NormLayout, Normalization,
-    Op, PadMode, ReduceFn, Snake, TfCompute, UpSampling3D, VolumeInterpolation, WindowGeometry,
-    GELU,
+    Op, PadMode, ReduceFn, Snake, TfCompute, UpSampling2D, UpSampling3D, VolumeInterpolation,
+    WindowGeometry, GELU,
 };
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
@@ -192,7 +192,8 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
         Op::Lambda(o) => match &o.body {
             LambdaBody::SliceTensor { .. }
             | LambdaBody::ExpandDims { .. }
-            | LambdaBody::RepeatElements { .. } => nothing,
+            | LambdaBody::RepeatElements { .. }
+            | LambdaBody::Resize { .. } => nothing,
             LambdaBody::Arithmetic(_) => reads(true, false),
             LambdaBody::ScaledAdd { .. } => nothing,
         },
@@ -539,12 +540,7 @@ pub fn forward(
         Op::AveragePooling2D(o) => {
             pool_output(x, out_shape, |a, n, m| o.geometry(a, n, m), Pool::Average)?
         }
-        Op::UpSampling2D(o) => resize_output(
-            x,
-            [1, o.size[0], o.size[1]],
-            image_resample(o.interpolation, o.align_corners),
-            out_shape,
-        )?,
+        Op::UpSampling2D(o) => up_sampling_output(x, o, out_shape)?,
         Op::Cropping2D(o) => window_output(
             x,
             [0, o.cropping[0], o.cropping[2]],
@@ -576,12 +572,7 @@ pub fn forward(
                 let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
                 let x_shape = shape(&inputs[0].shape[1..]);
                 let up = o.as_up_sampling(&x_shape, &shape(&out_shape[1..]));
-                resize_output(
-                    x,
-                    [1, up.size[0], up.size[1]],
-                    image_resample(up.interpolation, up.align_corners),
-                    out_shape,
-                )?
+                up_sampling_output(x, &up, out_shape)?
             }
         },
         Op::Activation(o) => activations::apply(o.activation, first(), channels(out_shape)),
@@ -656,6 +647,14 @@ pub fn forward(
                 let mut out = vec![0.0f32; out_len];
                 crate::exec::cpu::kernels::repeat_channels(first(), c, *repeats as usize, &mut out);
                 out
+            }
+            LambdaBody::Resize { .. } => {
+                let x_shape: Vec<i64> = inputs[0].shape[1..].iter().map(|&d| d as i64).collect();
+                let up = o
+                    .body
+                    .as_up_sampling(&x_shape)
+                    .ok_or(Unsupported("a resize lambda without its geometry".into()))?;
+                up_sampling_output(x, &up, out_shape)?
             }
             LambdaBody::Arithmetic(a) => first().iter().map(|&v| a.apply(v)).collect(),
             LambdaBody::ScaledAdd {
@@ -1064,13 +1063,9 @@ pub fn backward(
             Pool::Average,
             &output_grad(grad),
         )?),
-        Op::UpSampling2D(o) => input_grads(resize_grads(
-            &x_shape,
-            [1, o.size[0], o.size[1]],
-            image_resample(o.interpolation, o.align_corners),
-            output,
-            &output_grad(grad),
-        )?),
+        Op::UpSampling2D(o) => {
+            input_grads(up_sampling_grads(&x_shape, o, output, &output_grad(grad))?)
+        }
         Op::Cropping2D(o) => input_grads(window_grads(
             &x_shape,
             [0, o.cropping[0], o.cropping[2]],
@@ -1137,10 +1132,9 @@ pub fn backward(
             TfCompute::Resize(_) => {
                 let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
                 let up = o.as_up_sampling(&shape(&x_shape[1..]), &shape(&output.shape[1..]));
-                input_grads(resize_grads(
+                input_grads(up_sampling_grads(
                     &x_shape,
-                    [1, up.size[0], up.size[1]],
-                    image_resample(up.interpolation, up.align_corners),
+                    &up,
                     output,
                     &output_grad(grad),
                 )?)
@@ -1284,6 +1278,19 @@ pub fn backward(
                 input_grads(dx)
             }
             LambdaBody::ExpandDims { .. } => input_grads(output_grad(grad)),
+            LambdaBody::Resize { .. } => {
+                let shape: Vec<i64> = x_shape[1..].iter().map(|&d| d as i64).collect();
+                let up = o
+                    .body
+                    .as_up_sampling(&shape)
+                    .ok_or(Unsupported("a resize lambda without its geometry".into()))?;
+                input_grads(up_sampling_grads(
+                    &x_shape,
+                    &up,
+                    output,
+                    &output_grad(grad),
+                )?)
+            }
             // Each input channel sums the gradients of its repeats.
             LambdaBody::RepeatElements { repeats, .. } => {
                 let dy = output_grad(grad);
@@ -2029,6 +2036,27 @@ fn resize_output(
 }
 
 /// The input gradient of [`resize_output`].
+/// An image up-sampling's output: UpSampling2D, and the resizes that equal one.
+fn up_sampling_output(
+    x: Option<&Tensor>,
+    up: &UpSampling2D,
+    out_shape: &[usize],
+) -> Result<Vec<f32>, Unsupported> {
+    let resample = image_resample(up.interpolation, up.align_corners);
+    resize_output(x, [1, up.size[0], up.size[1]], resample, out_shape)
+}
+
+/// The input gradient of [`up_sampling_output`].
+fn up_sampling_grads(
+    x_shape: &[usize],
+    up: &UpSampling2D,
+    output: &Tensor,
+    dy: &[f32],
+) -> Result<Vec<f32>, Unsupported> {
+    let resample = image_resample(up.interpolation, up.align_corners);
+    resize_grads(x_shape, [1, up.size[0], up.size[1]], resample, output, dy)
+}
+
 fn resize_grads(
     x_shape: &[usize],
     size: [i64; 3],

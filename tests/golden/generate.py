@@ -984,6 +984,35 @@ def edge_repeat_elements():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+# TensorFlow 1's image module as keras-unet-collection imports it (`from tensorflow.compat.v1
+# import image`): edge_lambda_resize's lambdas read this global when they run.
+image = None
+
+
+def edge_lambda_resize():
+    """TensorFlow 1's resize in Lambda layers, as keras-unet-collection's ResUNet-a calls it
+    (`Lambda(lambda X: image.resize(X, shape_before[1:3], method='bilinear',
+    align_corners=True))`, `image` being tf.compat.v1.image): bilinear with aligned corners from
+    a 3x2 map to 9x8 (factors 3 and 4), from a pooled 1x1 map to the 6x4 of a shape list taken
+    before the pooling (a closure, as there), and nearest from 3x2 to 6x4. Flattened and
+    concatenated."""
+    global image
+    tf = _tf()
+    image = tf.compat.v1.image
+    L = tf.keras.layers
+    inp = L.Input((6, 4, 3))
+    x = L.Conv2D(2, 1)(inp)
+    small = L.MaxPooling2D(2)(x)
+    shape_before = tf.keras.backend.int_shape(x)
+    a = L.Flatten()(L.Lambda(lambda t: image.resize(t, (9, 8), method="bilinear",
+                                                    align_corners=True))(small))
+    pooled = L.AveragePooling2D((6, 4))(x)
+    b = L.Flatten()(L.Lambda(lambda t: image.resize(t, shape_before[1:3], method="bilinear",
+                                                    align_corners=True))(pooled))
+    c = L.Flatten()(L.Lambda(lambda t: image.resize(t, (6, 4), method="nearest"))(small))
+    return tf.keras.Model(inp, L.Concatenate()([a, b, c]))
+
+
 def edge_custom_scale():
     """tf.keras's InceptionResNetV2 residual layer, CustomScaleLayer (`inputs[0] + inputs[1] *
     scale`; the real class from tf_keras.src.applications.inception_resnet_v2), with the scales
@@ -1148,7 +1177,7 @@ SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_s
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
          edge_fixed_dropout, edge_rescaling, edge_normalization,
          edge_tfreshape, edge_gelu, edge_snake, edge_lambda,
-         edge_custom_scale, edge_repeat_elements]
+         edge_custom_scale, edge_repeat_elements, edge_lambda_resize]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

@@ -173,6 +173,12 @@ def more_models():
         # repeats the one-channel attention map over the skip's channels with
         # `Lambda(lambda x, repnum: K.repeat_elements(x, repnum, axis=3), arguments=...)`.
         ("github_attention_unet_repeat", github_attention_unet, True),
+        # keras-unet-collection's ResUNet-a: its ASPP blocks resize their pooled branch with
+        # `Lambda(lambda X: image.resize(X, shape_before[1:3], method='bilinear',
+        # align_corners=True))`, tf.compat.v1's resize sized by a closure's shape list.
+        ("kuc_resunet_a_2d", lambda: kuc.resunet_a_2d(
+            (64, 64, 3), [8, 16, 32], dilation_num=[1, 3, 15, 31], n_labels=2,
+            aspp_num_down=16, aspp_num_up=8), True),
     ]
 
 
@@ -411,7 +417,6 @@ def leaf_layers(model):
 FORMULA_INPUT_SCALE = {"sm_pspnet_inceptionv3": 1000, "kuc_unet_2d_efficientnetb0": 100000}
 
 SKIPPED = {
-    "kuc_resunet_a": "its ASPP pool branch resizes with two Lambda layers (tf.image.resize in Python bytecode, which unetc cannot run; `unetc import` refuses them); the TFOpLambda tf.expand_dims before them unetc runs",
     "kuc transunet_2d, swin_unet_2d": "custom layer classes of keras-unet-collection (patch_extract, ...): their call() is Python code; `unetc import` names the layer and refuses the model (its GELU and Snake classes unetc knows)",
 }
 

@@ -920,6 +920,12 @@ impl<'g> CpuModel<'g> {
                     let c = in_shapes[0].last().copied().unwrap_or(1);
                     kernels::repeat_channels(ins[0], c, *repeats as usize, out)
                 }
+                LambdaBody::Resize { .. } => {
+                    let shape: Vec<i64> = in_shapes[0].iter().map(|&d| d as i64).collect();
+                    if let Some(up) = op.body.as_up_sampling(&shape) {
+                        kernels::upsample(&up, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
+                    }
+                }
                 LambdaBody::Arithmetic(a) => {
                     for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
                         *o = a.apply(x);

@@ -2420,6 +2420,12 @@ impl<'g> CudaModel<'g> {
                 LambdaBody::RepeatElements { repeats, .. } => {
                     self.repeat_channels::<T>(arena, x_view(0)?, y, *repeats, batch)?
                 }
+                LambdaBody::Resize { .. } => {
+                    let input = self.shape_i64(node.inputs[0]);
+                    if let Some(up) = op.body.as_up_sampling(&input) {
+                        self.upsample::<T>(arena, x_view(0)?, y, &up, batch)?
+                    }
+                }
                 LambdaBody::ScaledAdd {
                     first,
                     second,

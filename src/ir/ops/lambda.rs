@@ -6,7 +6,7 @@
 //! repeat their one-channel gate. Import reads these from the layer's config and bytecode
 //! (src/interop/keras.rs, src/interop/pycode.rs); any other Lambda is refused there by name.
 
-use super::keywords::LambdaFunction;
+use super::keywords::{Interpolation, LambdaFunction};
 use super::tf_op::{ScalarFn, ScalarOp};
 use super::{image, LayerKind, Shape, ShapeError};
 use crate::ir::value::{ArgReader, Value, MAX_DIM};
@@ -41,6 +41,14 @@ pub enum LambdaBody {
         repeats: i64,
         /// The channel axis as written: 3, or -1.
         axis: i64,
+    },
+    /// `image.resize(x, (h, w), ...)` of TensorFlow 1 (`tf.compat.v1.image.resize`) to a fixed
+    /// size, a whole multiple of the input's: bilinear with aligned corners, or nearest
+    /// (keras-unet-collection's ResUNet-a resizes its pooled ASPP branch so).
+    Resize {
+        size: [i64; 2],
+        method: Interpolation,
+        align_corners: bool,
     },
 }
 
@@ -93,10 +101,43 @@ impl LambdaBody {
     /// Parses a spec's expression (`"x / 255"`, `"x[0] + x[1] * 0.17"`,
     /// `"K.repeat_elements(x, 8, axis=3)"`).
     pub fn parse(text: &str) -> Result<LambdaBody, String> {
-        if text.contains("repeat_elements") {
-            return parse_repeat_elements(text);
+        if text.contains('(') && !text.trim_start().starts_with(['(', '-']) {
+            if let Ok(call) = parse_call(text) {
+                match call.function {
+                    "repeat_elements" => return parse_repeat_elements(&call),
+                    "resize" if call.module.last() == Some(&"image") => return parse_resize(&call),
+                    _ => {}
+                }
+            }
         }
         LambdaBody::from_expr(&parse_expr(text)?)
+    }
+
+    /// The UpSampling2D a resize equals on an input of `[h, w, c]` (whole factors: `infer`
+    /// checked them); `None` for the other bodies.
+    pub fn as_up_sampling(&self, input: &[i64]) -> Option<super::UpSampling2D> {
+        match self {
+            LambdaBody::Resize {
+                size,
+                method,
+                align_corners,
+            } => {
+                let factor = |k: usize| match input.get(k) {
+                    Some(&n) if n > 0 => (size[k] / n).max(1),
+                    _ => 1,
+                };
+                Some(super::UpSampling2D {
+                    size: [factor(0), factor(1)],
+                    interpolation: *method,
+                    align_corners: *align_corners,
+                })
+            }
+            LambdaBody::SliceTensor { .. }
+            | LambdaBody::ExpandDims { .. }
+            | LambdaBody::Arithmetic(_)
+            | LambdaBody::ScaledAdd { .. }
+            | LambdaBody::RepeatElements { .. } => None,
+        }
     }
 
     /// Python's text of a call body (`K.repeat_elements(x, 8, axis=3)`); `None` for others.
@@ -105,6 +146,19 @@ impl LambdaBody {
             LambdaBody::RepeatElements { repeats, axis } => {
                 Some(format!("K.repeat_elements(x, {repeats}, axis={axis})"))
             }
+            LambdaBody::Resize {
+                size: [h, w],
+                method,
+                align_corners,
+            } => Some(match (method, align_corners) {
+                (Interpolation::Bilinear, _) => format!(
+                    "image.resize(x, ({h}, {w}), method='bilinear', align_corners={})",
+                    if *align_corners { "True" } else { "False" }
+                ),
+                (Interpolation::Nearest, _) => {
+                    format!("image.resize(x, ({h}, {w}), method='nearest')")
+                }
+            }),
             LambdaBody::SliceTensor { .. }
             | LambdaBody::ExpandDims { .. }
             | LambdaBody::Arithmetic(_)
@@ -113,73 +167,212 @@ impl LambdaBody {
     }
 }
 
+/// A value in a lambda's call as the spec writes it (Python's syntax).
+#[derive(Debug, Clone, PartialEq)]
+enum PyValue {
+    /// The lambda's tensor, `x`.
+    X,
+    Int(i64),
+    /// `(16, 16)`.
+    Ints(Vec<i64>),
+    Str(String),
+    Bool(bool),
+}
+
+/// `module.function(args, key=value)` as a lambda body writes it: the module's dotted names,
+/// the function's name, and its arguments.
+struct PyCall<'a> {
+    module: Vec<&'a str>,
+    function: &'a str,
+    args: Vec<PyValue>,
+    keywords: Vec<(&'a str, PyValue)>,
+}
+
+impl PyCall<'_> {
+    /// Binds the arguments to `params` (the function's parameters after the tensor, in order),
+    /// Python's way: positional first, then keywords, each once. The tensor `x` comes first.
+    fn bind(&self, params: &[&str]) -> Result<Vec<Option<PyValue>>, String> {
+        let mut args = self.args.iter();
+        if args.next() != Some(&PyValue::X) {
+            return Err("the first argument is the tensor `x`".into());
+        }
+        let mut bound: Vec<Option<PyValue>> = vec![None; params.len()];
+        for (k, a) in args.enumerate() {
+            let slot = bound
+                .get_mut(k)
+                .ok_or(format!("more than {} arguments", params.len() + 1))?;
+            *slot = Some(a.clone());
+        }
+        for (key, value) in &self.keywords {
+            let k = params
+                .iter()
+                .position(|p| p == key)
+                .ok_or(format!("`{key}` is not an argument unetc reads"))?;
+            if bound[k].replace(value.clone()).is_some() {
+                return Err(format!("`{key}` given twice"));
+            }
+        }
+        Ok(bound)
+    }
+}
+
+/// Parses `module.function(x, 8, axis=3)`: names, whole numbers, tuples of them, quoted
+/// strings, True/False and `x`; nothing nested deeper than one tuple.
+fn parse_call(text: &str) -> Result<PyCall<'_>, String> {
+    let t = text.trim();
+    let open = t.find('(').ok_or("a call `function(x, ...)`")?;
+    let inner = t[open + 1..]
+        .strip_suffix(')')
+        .ok_or("a call ending in `)`")?;
+    let mut path: Vec<&str> = t[..open].trim().split('.').collect();
+    let identifier = |p: &str| {
+        !p.is_empty()
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !p.starts_with(|c: char| c.is_ascii_digit())
+    };
+    if !path.iter().all(|p| identifier(p)) {
+        return Err(format!("`{}` is not a function's name", &t[..open]));
+    }
+    let function = path.pop().unwrap_or_default();
+    // Split at the commas outside a tuple's parentheses.
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (k, c) in inner.char_indices() {
+        match c {
+            '(' if depth == 0 => depth = 1,
+            '(' => return Err("tuples inside tuples".into()),
+            ')' if depth == 1 => depth = 0,
+            ')' => return Err("a `)` without its `(`".into()),
+            ',' if depth == 0 => {
+                parts.push(&inner[start..k]);
+                start = k + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err("a `(` without its `)`".into());
+    }
+    parts.push(&inner[start..]);
+    let value = |v: &str| -> Result<PyValue, String> {
+        let v = v.trim();
+        let quoted = |q: char| v.len() >= 2 && v.starts_with(q) && v.ends_with(q);
+        Ok(match v {
+            "x" => PyValue::X,
+            "True" => PyValue::Bool(true),
+            "False" => PyValue::Bool(false),
+            _ if quoted('\'') || quoted('"') => PyValue::Str(v[1..v.len() - 1].to_string()),
+            _ if v.starts_with('(') => {
+                let items = v[1..v.len() - 1].split(',').map(str::trim);
+                let items: Vec<&str> = items.filter(|i| !i.is_empty()).collect();
+                PyValue::Ints(
+                    items
+                        .iter()
+                        .map(|i| {
+                            i.parse::<i64>()
+                                .map_err(|_| format!("`{i}` is not a whole number"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            _ => PyValue::Int(
+                v.parse::<i64>()
+                    .map_err(|_| format!("`{v}` is not a value unetc reads"))?,
+            ),
+        })
+    };
+    let (mut args, mut keywords) = (Vec::new(), Vec::new());
+    for part in parts {
+        match part.split_once('=') {
+            Some((key, v)) if identifier(key.trim()) => keywords.push((key.trim(), value(v)?)),
+            Some(_) => return Err(format!("`{}` is not an argument", part.trim())),
+            None if !keywords.is_empty() => {
+                return Err("a positional argument after a keyword".into())
+            }
+            None => args.push(value(part)?),
+        }
+    }
+    Ok(PyCall {
+        module: path,
+        function,
+        args,
+        keywords,
+    })
+}
+
 /// `K.repeat_elements(x, rep, axis)` as Python may write it: the function under any module
 /// name (`K.`, `backend.`, `tf.keras.backend.`), `rep` and `axis` by position or keyword.
-fn parse_repeat_elements(text: &str) -> Result<LambdaBody, String> {
+fn parse_repeat_elements(call: &PyCall) -> Result<LambdaBody, String> {
     let usage = "write `K.repeat_elements(x, 8, axis=3)`: the tensor `x`, a whole number of \
                  repeats, and the channel axis 3 (or -1)";
-    let t = text.trim();
-    let open = t.find('(').ok_or(usage)?;
-    let function = t[..open].trim();
-    let module = function.strip_suffix("repeat_elements").ok_or(usage)?;
-    let module_ok = module.is_empty()
-        || module.strip_suffix('.').is_some_and(|m| {
-            m.split('.').all(|part| {
-                !part.is_empty()
-                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    && !part.starts_with(|c: char| c.is_ascii_digit())
-            })
-        });
-    let inner = t[open + 1..].strip_suffix(')').ok_or(usage)?;
-    if !module_ok || inner.contains(['(', ')']) {
-        return Err(usage.into());
-    }
-    let mut positional = Vec::new();
-    let (mut rep, mut axis) = (None, None);
-    for part in inner.split(',').map(str::trim) {
-        match part.split_once('=') {
-            Some((key, v)) => {
-                let slot = match key.trim() {
-                    "rep" => &mut rep,
-                    "axis" => &mut axis,
-                    other => return Err(format!("`{other}` is not an argument: {usage}")),
-                };
-                if slot.replace(v.trim()).is_some() {
-                    return Err(format!("`{}` given twice: {usage}", key.trim()));
-                }
-            }
-            None if rep.is_some() || axis.is_some() => {
-                return Err(format!("a positional argument after a keyword: {usage}"))
-            }
-            None => positional.push(part),
-        }
-    }
-    let mut positional = positional.into_iter();
-    if positional.next() != Some("x") {
-        return Err(format!("the first argument is the tensor `x`: {usage}"));
-    }
-    for (slot, value) in [&mut rep, &mut axis].into_iter().zip(positional.by_ref()) {
-        if slot.replace(value).is_some() {
-            return Err(format!("an argument given twice: {usage}"));
-        }
-    }
-    if positional.next().is_some() {
-        return Err(format!("more than three arguments: {usage}"));
-    }
-    let number = |v: Option<&str>, what: &str| match v {
+    let bound = call
+        .bind(&["rep", "axis"])
+        .map_err(|e| format!("{e}: {usage}"))?;
+    let number = |v: &Option<PyValue>, what: &str| match v {
         None => Err(format!("{what} is missing: {usage}")),
-        Some(v) => v
-            .parse::<i64>()
-            .map_err(|_| format!("{what} `{v}` is not a whole number: {usage}")),
+        Some(PyValue::Int(i)) => Ok(*i),
+        Some(_) => Err(format!("{what} is not a whole number: {usage}")),
     };
-    let repeats = number(rep, "`rep`")?;
-    let axis = number(axis, "`axis`")?;
+    let repeats = number(&bound[0], "`rep`")?;
+    let axis = number(&bound[1], "`axis`")?;
     if !(1..=MAX_DIM).contains(&repeats) {
         return Err(format!(
             "`rep` {repeats} is not a number of repeats (1 to {MAX_DIM})"
         ));
     }
     Ok(LambdaBody::RepeatElements { repeats, axis })
+}
+
+/// `image.resize(x, (h, w), method='bilinear', align_corners=True)`: TensorFlow 1's resize
+/// (`tf.compat.v1.image.resize`, what keras-unet-collection's ResUNet-a calls) in the forms
+/// unetc computes exactly by whole factors: bilinear with aligned corners, and nearest.
+fn parse_resize(call: &PyCall) -> Result<LambdaBody, String> {
+    let usage = "write `image.resize(x, (16, 16), method='bilinear', align_corners=True)` or \
+                 `image.resize(x, (16, 16), method='nearest')`";
+    let bound = call
+        .bind(&["size", "method", "align_corners"])
+        .map_err(|e| format!("{e}: {usage}"))?;
+    let size = match &bound[0] {
+        Some(PyValue::Ints(v)) => match v[..] {
+            [h, w] if (1..=MAX_DIM).contains(&h) && (1..=MAX_DIM).contains(&w) => [h, w],
+            _ => return Err(format!("the size is (height, width), each 1 to {MAX_DIM}")),
+        },
+        Some(_) => return Err(format!("the size is a tuple (height, width): {usage}")),
+        None => return Err(format!("the size is missing: {usage}")),
+    };
+    let method = match &bound[1] {
+        Some(PyValue::Str(m)) if m == "bilinear" => Interpolation::Bilinear,
+        Some(PyValue::Str(m)) if m == "nearest" || m == "nearest_neighbor" => {
+            Interpolation::Nearest
+        }
+        None => Interpolation::Bilinear,
+        Some(_) => return Err(format!("the method is 'bilinear' or 'nearest': {usage}")),
+    };
+    let align_corners = match &bound[2] {
+        Some(PyValue::Bool(b)) => Some(*b),
+        None => None,
+        Some(_) => return Err(format!("align_corners is True or False: {usage}")),
+    };
+    match (method, align_corners) {
+        (Interpolation::Bilinear, Some(true)) => Ok(LambdaBody::Resize {
+            size,
+            method,
+            align_corners: true,
+        }),
+        (Interpolation::Nearest, None | Some(false)) => Ok(LambdaBody::Resize {
+            size,
+            method,
+            align_corners: false,
+        }),
+        (Interpolation::Bilinear, None) => Err(format!(
+            "bilinear without align_corners is TensorFlow 2's half-pixel resize or TensorFlow \
+             1's corner-anchored one, which unetc cannot tell apart: {usage}, or \
+             `tf_op(\"image.resize\", size: (16, 16))` for TensorFlow 2's"
+        )),
+        (Interpolation::Bilinear, Some(false)) | (Interpolation::Nearest, Some(true)) => Err(
+            format!("TensorFlow 1's resize in that form is not one unetc runs: {usage}"),
+        ),
+    }
 }
 
 /// A Python expression in `x` with `x` once and numbers: a chain of [`ScalarOp`]s.
@@ -523,7 +716,8 @@ impl Lambda {
             LambdaBody::ExpandDims { channels_axis } => json!({ "channels_axis": channels_axis }),
             LambdaBody::Arithmetic(_)
             | LambdaBody::ScaledAdd { .. }
-            | LambdaBody::RepeatElements { .. } => Json::Null,
+            | LambdaBody::RepeatElements { .. }
+            | LambdaBody::Resize { .. } => Json::Null,
         }
     }
 
@@ -536,7 +730,7 @@ impl Lambda {
             | LambdaBody::ScaledAdd { text, .. } => {
                 format!("lambda x: {text}")
             }
-            LambdaBody::RepeatElements { .. } => {
+            LambdaBody::RepeatElements { .. } | LambdaBody::Resize { .. } => {
                 format!("lambda x: {}", self.body.call_text().unwrap_or_default())
             }
         }
@@ -551,7 +745,7 @@ impl Lambda {
             | LambdaBody::ScaledAdd { text, .. } => {
                 format!("{text:?}")
             }
-            LambdaBody::RepeatElements { .. } => {
+            LambdaBody::RepeatElements { .. } | LambdaBody::Resize { .. } => {
                 format!("{:?}", self.body.call_text().unwrap_or_default())
             }
         }
@@ -745,6 +939,21 @@ impl LayerKind for Lambda {
                     )),
                 }
             }
+            LambdaBody::Resize { size: [oh, ow], .. } => {
+                one_input()?;
+                let [h, w, c] = image(inputs, "image.resize")?;
+                if oh % h != 0 || ow % w != 0 {
+                    return Err(ShapeError::new(
+                        "E-arg-value",
+                        format!(
+                            "image.resize to {oh}x{ow} from {h}x{w}: unetc resizes to whole \
+                             multiples of the input's height and width only"
+                        ),
+                        "not a whole multiple",
+                    ));
+                }
+                Ok(vec![*oh, *ow, c])
+            }
         }
     }
 
@@ -755,7 +964,8 @@ impl LayerKind for Lambda {
             LambdaBody::ExpandDims { .. } => known(LambdaFunction::ExpandDims),
             LambdaBody::Arithmetic(_)
             | LambdaBody::ScaledAdd { .. }
-            | LambdaBody::RepeatElements { .. } => {
+            | LambdaBody::RepeatElements { .. }
+            | LambdaBody::Resize { .. } => {
                 json!({ "function": self.python_function() })
             }
         }
@@ -797,7 +1007,37 @@ mod tests {
                 "{text}"
             );
         }
+        for (text, size, method, aligned) in [
+            (
+                "image.resize(x, (16, 16), method='bilinear', align_corners=True)",
+                [16, 16],
+                Interpolation::Bilinear,
+                true,
+            ),
+            (
+                "tf.compat.v1.image.resize(x, (8, 4), 'nearest')",
+                [8, 4],
+                Interpolation::Nearest,
+                false,
+            ),
+        ] {
+            assert_eq!(
+                LambdaBody::parse(text).unwrap(),
+                LambdaBody::Resize {
+                    size,
+                    method,
+                    align_corners: aligned
+                },
+                "{text}"
+            );
+        }
         for bad in [
+            "image.resize(x, (16, 16))",
+            "image.resize(x, (16, 16), method='bilinear', align_corners=False)",
+            "image.resize(x, (16, 16), method='bicubic', align_corners=True)",
+            "image.resize(x, 16, method='nearest')",
+            "image.resize(x, (0, 16), method='nearest')",
+            "image.resize(x, ((1, 2), 3), method='nearest')",
             "K.repeat_elements(x, 0, axis=3)",
             "K.repeat_elements(x, 2)",
             "K.repeat_elements(y, 2, 3)",

@@ -333,7 +333,8 @@ impl TFOpLambda {
             return Err(ShapeError::new(
                 "E-arg-value",
                 format!(
-                    "{name} to {oh}x{ow} from {h}x{w}: unetc resizes to whole multiples of the                      input's height and width only (an up-sampling by whole factors)"
+                    "{name} to {oh}x{ow} from {h}x{w}: unetc resizes to whole multiples of the \
+                     input's height and width only (an up-sampling by whole factors)"
                 ),
                 "not a whole multiple",
             )

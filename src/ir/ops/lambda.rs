@@ -263,7 +263,9 @@ fn parse_call(text: &str) -> Result<PyCall<'_>, String> {
             "False" => PyValue::Bool(false),
             _ if quoted('\'') || quoted('"') => PyValue::Str(v[1..v.len() - 1].to_string()),
             _ if v.starts_with('(') => {
-                let items = v[1..v.len() - 1].split(',').map(str::trim);
+                let inside = v.strip_prefix('(').and_then(|i| i.strip_suffix(')'));
+                let inside = inside.ok_or(format!("`{v}` is not a tuple"))?;
+                let items = inside.split(',').map(str::trim);
                 let items: Vec<&str> = items.filter(|i| !i.is_empty()).collect();
                 PyValue::Ints(
                     items
@@ -1038,6 +1040,10 @@ mod tests {
             "image.resize(x, 16, method='nearest')",
             "image.resize(x, (0, 16), method='nearest')",
             "image.resize(x, ((1, 2), 3), method='nearest')",
+            "image.resize(x, (1)\u{e9}, method='nearest')",
+            "image.resize(x, (\u{e9}), method='nearest')",
+            "image.resize(x, '\u{e9}, method='nearest')",
+            "\u{e9}.resize(x, (1, 1))",
             "K.repeat_elements(x, 0, axis=3)",
             "K.repeat_elements(x, 2)",
             "K.repeat_elements(y, 2, 3)",
@@ -1049,6 +1055,24 @@ mod tests {
             "K.repeat_elements(x, 99999999999999999999, axis=3)",
         ] {
             assert!(LambdaBody::parse(bad).is_err(), "{bad}");
+        }
+        // Text from the spec is untrusted: strings of the pieces a call is made of (and a
+        // two-byte character) are parsed or refused, never a panic.
+        let pieces = ["(", ")", "1", "é", ", ", "'", "=", "x", "True"];
+        let mut state = 0x2545_f491_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..50_000 {
+            let len = (next() % 9) as usize;
+            let text: String = (0..len)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            let _ = LambdaBody::parse(&format!("image.resize(x, {text})"));
+            let _ = LambdaBody::parse(&text);
         }
         let a = Arithmetic::parse("1 / (x + 1)").unwrap();
         assert_eq!(a.derivative(1.0), -0.25);

@@ -753,7 +753,8 @@ fn tensor_ref(v: &Json) -> Option<&str> {
 
 /// The spec arguments of a Lambda layer whose function unetc reads (src/ir/ops/lambda.rs): a
 /// known package function, a lambda of scalar arithmetic in its one argument, or a lambda
-/// returning Keras backend's `repeat_elements` of it. A Lambda stores its function as
+/// returning Keras backend's `repeat_elements` or TensorFlow 1's `image.resize` of it (the
+/// closure's values read in, see [`readable_call`]). A Lambda stores its function as
 /// marshalled Python bytecode, with the defining module beside it; a known function is the
 /// one of that name in that module (the bytecode holds the name), with no defaults or closure
 /// and the function's own arguments, whole numbers; the lambdas are read from their bytecode

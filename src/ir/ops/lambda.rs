@@ -2,9 +2,11 @@
 //! what it can read exactly: the functions of published packages that U-Net encoders are built
 //! with, known by their module and name ([`LambdaFunction`]), and lambdas of scalar arithmetic
 //! on the tensor (`lambda x: x / 255`, `lambda x: x * 2 - 1`), which Kaggle-style U-Nets put
-//! first, and Keras backend's `repeat_elements` over the channels, with which attention U-Nets
-//! repeat their one-channel gate. Import reads these from the layer's config and bytecode
-//! (src/interop/keras.rs, src/interop/pycode.rs); any other Lambda is refused there by name.
+//! first, Keras backend's `repeat_elements` over the channels, with which attention U-Nets
+//! repeat their one-channel gate, and TensorFlow 1's `image.resize` by whole factors, with
+//! which keras-unet-collection's ResUNet-a resizes its pooled ASPP branch. Import reads these
+//! from the layer's config and bytecode (src/interop/keras.rs, src/interop/pycode.rs); any
+//! other Lambda is refused there by name.
 
 use super::keywords::{Interpolation, LambdaFunction};
 use super::tf_op::{ScalarFn, ScalarOp};

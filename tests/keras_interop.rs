@@ -94,6 +94,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
             "edge_repeat_elements",
         ),
         ("tests/golden/edge_lambda_resize.unet", "edge_lambda_resize"),
+        ("tests/golden/edge_tfindex.unet", "edge_tfindex"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -116,7 +117,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 29);
+    assert_eq!(checked, 30);
 }
 
 #[test]

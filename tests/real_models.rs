@@ -160,3 +160,38 @@ fn every_output_of_a_deep_supervision_model_matches_keras() {
     }
     assert!(heads >= 4, "only {heads} further outputs checked");
 }
+
+#[test]
+fn a_model_tensorflow_runs_at_batch_one_only_is_refused_at_batch_two() {
+    // UNet 3+'s classification-guided module multiplies each (None, H, W, 1) head by a
+    // (None, 1) gate as a TensorFlow function: NumPy broadcasting lines the gate's batch axis
+    // up with the width, so tf.keras runs it at batch 1 only (generate.py stores its output at
+    // batch 1). unetc runs it at batch 1 (the test above) and refuses a batch of 2, naming the
+    // layer, instead of computing what tf.keras does not.
+    let dir = root().join("tests/real_models");
+    let stem = "github_unet3plus_cgm";
+    let json = std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap();
+    let spec = unetc::interop::keras::import_json(&json).unwrap();
+    let c = unetc::compile_source(
+        Path::new(&format!("{stem}.unet")),
+        spec,
+        &unetc::Options::default(),
+        &mut unetc::expand::Session::new(),
+    );
+    let weights_file = dir.join(format!("{stem}.weights.safetensors"));
+    let weights = load_weights(&weights_file, &expected_weights(&c)).expect("weights fit");
+    let (inputs, _) = io_inputs(&dir.join(format!("{stem}.io.safetensors")));
+    let one = &inputs[0];
+    let mut two = one.clone();
+    two.shape[0] = 2;
+    two.data.extend_from_slice(&one.data);
+    let model = CpuModel::new(&c.graph, &c.info, &weights).expect("bind");
+    assert!(model.run(one).is_ok());
+    let err = model.run(&two).expect_err("batch 2 refused").to_string();
+    assert!(
+        err.contains("a batch of 2")
+            && err.contains("`tf.math.multiply`")
+            && err.contains("batch 1"),
+        "{err}"
+    );
+}

@@ -75,6 +75,7 @@ const SPECS: &[(&str, &str)] = &[
     // step: the bias check fails with or without rebuilding).
     ("rebuilt copies", "x = conv2d(3, 3, padding: same, activation: relu)\n  y = x -> up_sampling2d(2) -> conv2d(3, 2, strides: 2, padding: same, activation: softmax)\n  [x, y] -> concatenate() -> conv2d(2, 3)"),
     ("resize lambdas", "x = conv2d(2, 1)\n  small = x -> max_pooling2d(2)\n  [small -> lambda(\"image.resize(x, (6, 6), method='bilinear', align_corners=True)\"), x -> average_pooling2d((6, 6)) -> lambda(\"image.resize(x, (6, 6), method='bilinear', align_corners=True)\"), small -> lambda(\"image.resize(x, (6, 6), method='nearest')\")] -> concatenate() -> conv2d(2, 3, padding: same)"),
+    ("tf subscripts, argmax and cast", "x = conv2d(4, 1)\n  cls = x -> global_max_pooling2d() -> tf_op(\"math.argmax\", axis: -1) -> tf_op(\"__operators__.getitem\", index: \"[..., None]\") -> tf_op(cast, dtype: \"float32\") -> tf_op(\"__operators__.getitem\", index: \"[:, None, None, :]\")\n  [[x, cls] -> tf_op(\"math.multiply\"), x -> tf_op(\"__operators__.getitem\", index: \"[..., 1:3]\"), x -> tf_op(\"__operators__.getitem\", index: \"[:, :, :, 2]\") -> tf_op(\"__operators__.getitem\", index: \"[..., None]\")] -> concatenate() -> conv2d(2, 3, padding: same)"),
 ];
 
 struct Case {

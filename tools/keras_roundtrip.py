@@ -71,6 +71,8 @@ SPECS = [
     "tests/golden/edge_custom_scale.unet",
     "tests/golden/edge_repeat_elements.unet",
     "tests/golden/edge_lambda_resize.unet",
+    # tf.argmax, tf.cast and `x[...]` subscripts (SlicingOpLambda).
+    "tests/golden/edge_tfindex.unet",
 ]
 
 

@@ -80,6 +80,7 @@ WEIGHTLESS = {
     "Permute",
     # TensorFlow functions applied to tensors (`x + y`, tf.concat); unetc checks the function.
     "TFOpLambda",
+    "SlicingOpLambda",
     # A Python function (no weights): `unetc import` checks that it can read it.
     "Lambda",
     # tf.keras's InceptionResNetV2 residual (a + b * scale).

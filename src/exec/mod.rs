@@ -57,9 +57,51 @@ pub fn batch_of_inputs(graph: &Graph, info: &Inferred, inputs: &[Tensor]) -> Res
             ));
         }
     }
-    Ok(inputs
+    let batch = inputs
         .first()
-        .map_or(0, |t| t.shape.first().copied().unwrap_or(0)))
+        .map_or(0, |t| t.shape.first().copied().unwrap_or(0));
+    match batch_one_only(graph, info) {
+        Some(why) if batch > 1 => Err(format!("a batch of {batch}: {why}")),
+        Some(_) | None => Ok(batch),
+    }
+}
+
+/// Why the model runs at batch 1 only, if it does: a TensorFlow function (`x * g`) of tensors
+/// of different ranks broadcasts them as NumPy does, from the last axis, so the batch axis of
+/// the shorter one lines up with another axis of the longer one (tf.keras fails at batch 2, or
+/// computes something else where that axis has the batch's size). Keras's merge layers line the
+/// batch axes up instead; unetc computes that, which equals TensorFlow's only at batch 1.
+pub fn batch_one_only(graph: &Graph, info: &Inferred) -> Option<String> {
+    use crate::ir::ops::TfCompute;
+    graph.nodes.iter().find_map(|node| {
+        let Op::TFOpLambda(op) = &node.op else {
+            return None;
+        };
+        let ranks: Vec<usize> = node
+            .inputs
+            .iter()
+            .map(|p| info.layers[p.index()].shape.as_ref().map_or(0, Vec::len))
+            .collect();
+        let mixed = ranks.iter().any(|&r| r != ranks[0]);
+        match op.computes() {
+            TfCompute::Merge(_) if mixed => Some(format!(
+                "`{}` applies tf.{} to tensors of different ranks, which TensorFlow broadcasts \
+                 from the last axis, not lining up the batch axes (tf.keras computes it at batch \
+                 1 only); run one image at a time (batch 1), or give the operands the same rank \
+                 (`x[:, None, None, :]`)",
+                node.name,
+                op.function.keras_name()
+            )),
+            TfCompute::Merge(_)
+            | TfCompute::Concat(_)
+            | TfCompute::Activation(_)
+            | TfCompute::Scalar(_)
+            | TfCompute::ReduceChannels(_)
+            | TfCompute::Reshape
+            | TfCompute::Resize(_)
+            | TfCompute::Slice => None,
+        }
+    })
 }
 
 /// Where weights come from (a safetensors file, or anything that maps names to tensors).

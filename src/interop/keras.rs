@@ -5,7 +5,7 @@
 use super::pycode;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    CustomScaleLayer, FixedDropout, Lambda, LambdaBody, LambdaFunction, LayerKind, Snake,
+    CustomScaleLayer, FixedDropout, Lambda, LambdaBody, LambdaFunction, LayerKind, ReduceFn, Snake,
     TFOpLambda, TfCompute, TfFunction, GELU,
 };
 use crate::ir::{Graph, Op};
@@ -66,7 +66,7 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
         // Keras's layer for TensorFlow functions, with the name the spec gives it.
         let _ = writeln!(
             out,
-            "from tf_keras.src.layers.core.tf_op_layer import TFOpLambda"
+            "from tf_keras.src.layers.core.tf_op_layer import SlicingOpLambda, TFOpLambda"
         );
     }
     if graph
@@ -535,14 +535,32 @@ impl PythonExporter<'_> {
             let call = match op.computes() {
                 TfCompute::Merge(_) => format!("{}, y={}", inputs[0], inputs[1..].join(", ")),
                 TfCompute::Concat(axis) => format!("[{}], axis={axis}", inputs.join(", ")),
+                TfCompute::Activation(_) if op.function == TfFunction::Cast => {
+                    format!(
+                        "{}, dtype={:?}",
+                        inputs[0],
+                        op.dtype.as_deref().unwrap_or("float32")
+                    )
+                }
                 TfCompute::Activation(_) => inputs[0].clone(),
                 // The number as Keras records it: the function's `x` or its `y`.
                 TfCompute::Scalar(s) if s.constant_first => {
                     format!("{:?}, y={}", s.constant, inputs[0])
                 }
                 TfCompute::Scalar(s) => format!("{}, y={:?}", inputs[0], s.constant),
+                TfCompute::ReduceChannels(ReduceFn::Argmax) => {
+                    format!("{}, axis={}", inputs[0], op.axis)
+                }
                 TfCompute::ReduceChannels(_) => {
                     format!("{}, axis={}, keepdims=True", inputs[0], op.axis)
+                }
+                // SlicingOpLambda takes Python's slice objects as `x[...]` records them.
+                TfCompute::Slice => {
+                    let spec = op
+                        .index
+                        .as_ref()
+                        .map_or("(Ellipsis,)".into(), |i| i.python_spec());
+                    format!("{}, slice_spec={spec}", inputs[0])
                 }
                 TfCompute::Reshape if op.function == TfFunction::Reshape => {
                     let dims: Vec<String> = op.shape.iter().map(i64::to_string).collect();
@@ -560,7 +578,8 @@ impl PythonExporter<'_> {
             };
             let _ = writeln!(
                 out,
-                "    {target} = TFOpLambda(tf.{}, name={:?})({call})",
+                "    {target} = {}(tf.{}, name={:?})({call})",
+                op.class_of_call(),
                 op.function.keras_name(),
                 node.name
             );
@@ -1025,6 +1044,11 @@ fn unknown_layer(
     ))
 }
 
+/// Keras's classes of TensorFlow functions: TFOpLambda, and SlicingOpLambda for `x[...]`.
+fn is_tf_op_class(class: &str) -> bool {
+    class == TFOpLambda::CLASS || TFOpLambda::KERAS_ALIASES.contains(&class)
+}
+
 /// The call arguments of a TFOpLambda: its input layers and the spec arguments (`axis`).
 /// Keras records the first argument as the node (a tensor, or a list of tensors for
 /// `tf.concat`) and the others as keyword arguments (`y`, `axis`, `name`).
@@ -1083,6 +1107,21 @@ fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<Stri
                     args.push(format!("axis: {}", a[0]))
                 }
                 ("keepdims", Json::Bool(b)) => args.push(format!("keepdims: {b}")),
+                // tf.cast's target type (the shape rule says which run).
+                ("dtype", Json::String(d)) => {
+                    args.push(format!("dtype: {}", crate::emit::dsl::string_literal(d)))
+                }
+                // tf.argmax's index type: unetc holds the indices as float32 either way.
+                ("output_type", Json::String(t)) if t == "int64" || t == "int32" => {}
+                // `x[...]`: SlicingOpLambda's record of the subscript.
+                ("slice_spec", spec) => {
+                    let index = crate::ir::ops::Subscript::from_keras(spec)
+                        .map_err(|why| err(format!("takes the subscript {spec}: {why}")))?;
+                    args.push(format!(
+                        "index: {}",
+                        crate::emit::dsl::string_literal(&index.text())
+                    ))
+                }
                 // tf.reshape's shape and tf.image.resize's size: lists of whole numbers.
                 ("shape" | "size", Json::Array(a)) if a.iter().all(Json::is_i64) => {
                     let dims: Vec<String> = a.iter().map(Json::to_string).collect();
@@ -1443,7 +1482,7 @@ impl Importer {
                     .get("inbound_nodes")
                     .and_then(Json::as_array)
                     .ok_or_else(|| err(format!("{at}: no inbound_nodes")))?;
-                let is_shareable = class != TFOpLambda::CLASS;
+                let is_shareable = !is_tf_op_class(class);
                 if nodes.is_empty() || (nodes.len() > 1 && !is_shareable) {
                     return Err(err(format!(
                         "{at}: layer `{lname}` is applied {} times; unetc shares layers, but \
@@ -1567,7 +1606,7 @@ impl Importer {
             }
             let source = if sequential {
                 String::new()
-            } else if class == TFOpLambda::CLASS {
+            } else if is_tf_op_class(class) {
                 let function = lc
                     .get("function")
                     .and_then(Json::as_str)
@@ -1630,7 +1669,7 @@ fn call_order(layers: &[Json], at_base: &str) -> Result<Vec<(usize, usize)>, Imp
         let class = class_of(layer).unwrap_or_default();
         let nodes = layer.get("inbound_nodes").and_then(Json::as_array);
         let n = match nodes {
-            Some(n) if class != "InputLayer" && class != TFOpLambda::CLASS => n.len().max(1),
+            Some(n) if class != "InputLayer" && !is_tf_op_class(class) => n.len().max(1),
             _ => 1,
         };
         calls.push(n);
@@ -1657,7 +1696,7 @@ fn call_order(layers: &[Json], at_base: &str) -> Result<Vec<(usize, usize)>, Imp
             // A TFOpLambda's node holds its tensors in other places (tf_op_call reads them;
             // its errors are reported where the layer is written).
             let tensors: Vec<Json> = match (class, node) {
-                (c, Some(n)) if c == TFOpLambda::CLASS => {
+                (c, Some(n)) if is_tf_op_class(c) => {
                     tf_op_call("", "", n).map(|(t, _)| t).unwrap_or_default()
                 }
                 (_, Some(Json::Array(items))) => items.clone(),

@@ -1302,11 +1302,45 @@ impl Exporter<'_> {
                     };
                     self.node(name, op_type, inputs, out, vec![]);
                 }
+                // ArgMax gives int64 indices: cast to float, then the channel axis dropped
+                // (an image's NCHW result goes back to Keras's order).
+                TfCompute::ReduceChannels(ReduceFn::Argmax) => {
+                    let (indices, floats) = (format!("{name}/indices"), format!("{name}/float"));
+                    let axis = if channels_first(in_shapes[0].len()) {
+                        1
+                    } else {
+                        -1
+                    };
+                    self.node(
+                        indices.clone(),
+                        "ArgMax",
+                        vec![x()],
+                        indices.clone(),
+                        vec![
+                            ("axis", Attr::Int(axis)),
+                            ("keepdims", Attr::Int(1)),
+                            ("select_last_index", Attr::Int(0)),
+                        ],
+                    );
+                    self.node(
+                        floats.clone(),
+                        "Cast",
+                        vec![indices],
+                        floats.clone(),
+                        vec![("to", Attr::Int(1))],
+                    );
+                    let mut kept = in_shapes[0].clone();
+                    if let Some(c) = kept.last_mut() {
+                        *c = 1;
+                    }
+                    self.in_keras_order(name, floats, out, &kept, &out_shape, None)
+                }
                 TfCompute::ReduceChannels(f) => {
                     let axis = if image { 1 } else { -1 };
                     let op_type = match f {
                         ReduceFn::Mean => "ReduceMean",
                         ReduceFn::Max => "ReduceMax",
+                        ReduceFn::Argmax => "ArgMax",
                     };
                     self.node(
                         name,
@@ -1318,6 +1352,45 @@ impl Exporter<'_> {
                 }
                 TfCompute::Reshape => {
                     self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, None)
+                }
+                // The channels read (axis 1 of an NCHW image, the last axis otherwise), then
+                // reshaped in Keras's order when the subscript adds or drops axes.
+                TfCompute::Slice => {
+                    let item: Vec<usize> = in_shapes[0].iter().map(|&d| d as usize).collect();
+                    let window = op.channel_window(&item);
+                    let axis = if channels_first(item.len()) { 1 } else { -1 };
+                    let mut sliced_shape = in_shapes[0].clone();
+                    if let Some(c) = sliced_shape.last_mut() {
+                        *c = window.len() as i64;
+                    }
+                    let same = sliced_shape == out_shape;
+                    // Every channel (and a tensor of no axes but the batch): nothing to slice.
+                    let whole = window.len() == item.last().copied().unwrap_or(1);
+                    let sliced = if whole {
+                        x()
+                    } else {
+                        let sliced = if same {
+                            out.clone()
+                        } else {
+                            format!("{name}/sliced")
+                        };
+                        let mut at = |what: &str, v: usize| {
+                            self.init_i64(format!("{name}/{what}"), vec![v as i64])
+                        };
+                        let (starts, ends) = (at("starts", window.start), at("ends", window.end));
+                        let axes = self.init_i64(format!("{name}/axes"), vec![axis]);
+                        let node = if same { name.clone() } else { sliced.clone() };
+                        let inputs = vec![x(), starts, ends, axes];
+                        self.node(node, "Slice", inputs, sliced.clone(), vec![]);
+                        sliced
+                    };
+                    match (whole, same) {
+                        (true, true) => self.node(name, "Identity", vec![sliced], out, vec![]),
+                        (false, true) => {}
+                        (_, false) => {
+                            self.in_keras_order(name, sliced, out, &sliced_shape, &out_shape, None)
+                        }
+                    }
                 }
                 TfCompute::Resize(_) => {
                     need_image("tf.image.resize")?;

@@ -5,7 +5,7 @@
 //! ONNX model the weights it brings are the ones the spec needs. A failure is a bug in unetc (or
 //! a form the spec cannot express): the caller writes nothing.
 
-use crate::diag::render_plain;
+use crate::diag::{render_plain, Severity};
 use crate::expand::Session;
 use crate::io::Weights;
 use crate::report::summary::SummaryStyle;
@@ -102,6 +102,15 @@ pub fn checked_spec(
         )
     };
     let c = compiled("imported.unet", dsl);
+    // A subscript unetc reads but does not run for these shapes (of the height, say) is a
+    // limit of unetc, not a bug of the importer.
+    let errors = || c.diags.iter().filter(|d| d.severity == Severity::Error);
+    if c.has_errors() && errors().all(|d| d.code == "E-subscript") {
+        return Err(format!(
+            "unetc reads this model but does not run all of it:\n{}; nothing was written",
+            render_plain(&c.sources, &c.diags).trim_end()
+        ));
+    }
     if c.has_errors() {
         return Err(bug(format!(
             "does not compile:\n{}",

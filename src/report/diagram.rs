@@ -249,7 +249,8 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
             TfCompute::Activation(_)
             | TfCompute::Scalar(_)
             | TfCompute::ReduceChannels(_)
-            | TfCompute::Reshape => Edge::Other,
+            | TfCompute::Reshape
+            | TfCompute::Slice => Edge::Other,
         },
         // One-input layers in this group fold into the box before them and get no arrow.
         Op::Input(_)

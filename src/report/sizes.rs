@@ -522,6 +522,7 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
             .and_then(|s| s.get(axis).or(s.first()))
             .map_or(1, |&d| d.max(1))
     };
+    let rank = |id: crate::ir::NodeId| c.info.layers[id.index()].shape.as_ref().map(Vec::len);
     let out_n = size(out);
     let (mut field, mut radius) = (1usize, 0usize);
     for p in (out_n / 2..out_n).take(256) {
@@ -648,10 +649,13 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     Op::Softmax(_) => (a, b),
                     // Merges broadcast an input of size 1 over every position (TensorFlow's
                     // functions too; their one-input ones are per pixel anyway).
-                    // TensorFlow functions: a reshape mixes positions as Reshape does; a resize
-                    // reads as the UpSampling2D it equals; the others as the merges below.
+                    // TensorFlow functions: a reshape mixes positions as Reshape does (so does a
+                    // subscript that adds or drops axes: positions change axis); a resize reads
+                    // as the UpSampling2D it equals; the others as the merges below.
                     Op::TFOpLambda(op) => match op.computes() {
                         TfCompute::Reshape => return Err(non_local()),
+                        TfCompute::Slice if rank(id) != rank(input) => return Err(non_local()),
+                        TfCompute::Slice => (a, b),
                         TfCompute::Resize(method) => {
                             let (i, o) = (size(input).max(1), (out as i64).max(1));
                             let s = (o / i).max(1);

@@ -94,6 +94,7 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
             | TfCompute::Scalar(_)
             | TfCompute::ReduceChannels(_)
             | TfCompute::Reshape
+            | TfCompute::Slice
             | TfCompute::Resize(_) => None,
         },
         Op::Input(_)
@@ -187,7 +188,9 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
             TfCompute::Activation(a) => activation(a),
             TfCompute::Merge(f) => merge(f),
             TfCompute::Scalar(_) | TfCompute::ReduceChannels(_) => reads(true, false),
-            TfCompute::Concat(_) | TfCompute::Reshape | TfCompute::Resize(_) => nothing,
+            TfCompute::Concat(_) | TfCompute::Reshape | TfCompute::Slice | TfCompute::Resize(_) => {
+                nothing
+            }
         },
         Op::Lambda(o) => match &o.body {
             LambdaBody::SliceTensor { .. }
@@ -568,6 +571,14 @@ pub fn forward(
                 first().chunks(c).map(|p| f.apply(p)).collect()
             }
             TfCompute::Reshape => first().to_vec(),
+            TfCompute::Slice => {
+                let item = &inputs[0].shape[1..];
+                let c = item.last().copied().unwrap_or(1);
+                let mut out = vec![0.0f32; out_len];
+                let window = o.channel_window(item);
+                crate::exec::cpu::kernels::slice_channels(first(), c, window, &mut out);
+                out
+            }
             TfCompute::Resize(_) => {
                 let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
                 let x_shape = shape(&inputs[0].shape[1..]);
@@ -1114,6 +1125,8 @@ pub fn backward(
                 for ((pixel, d), &g) in first().chunks(c).zip(dx.chunks_mut(c)).zip(dy.iter()) {
                     match f {
                         ReduceFn::Mean => d.iter_mut().for_each(|v| *v = g / c as f32),
+                        // TensorFlow registers no gradient for argmax: none flows back.
+                        ReduceFn::Argmax => {}
                         // TensorFlow's reduce_max gradient: shared equally among tied maxima.
                         ReduceFn::Max => {
                             let m = f.apply(pixel);
@@ -1129,6 +1142,18 @@ pub fn backward(
                 input_grads(dx)
             }
             TfCompute::Reshape => input_grads(output_grad(grad)),
+            // The gradient goes back to the channels read; the others get none.
+            TfCompute::Slice => {
+                let dy = output_grad(grad);
+                let item = &x_shape[1..];
+                let c = item.last().copied().unwrap_or(1).max(1);
+                let window = o.channel_window(item);
+                let mut dx = vec![0.0f32; x_shape.iter().product()];
+                for (pixel, g) in dx.chunks_mut(c).zip(dy.chunks(window.len().max(1))) {
+                    pixel[window.clone()].copy_from_slice(g);
+                }
+                input_grads(dx)
+            }
             TfCompute::Resize(_) => {
                 let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
                 let up = o.as_up_sampling(&shape(&x_shape[1..]), &shape(&output.shape[1..]));

@@ -205,6 +205,11 @@ impl<'c> Trainer<'c> {
         training: bool,
     ) -> Result<(HashMap<NodeId, Tensor>, HashMap<NodeId, Saved>), TrainError> {
         let batch = x.shape[0];
+        if let Some(why) = crate::exec::batch_one_only(&self.c.graph, &self.c.info) {
+            if batch > 1 {
+                return Err(TrainError::Setup(format!("a batch of {batch}: {why}")));
+            }
+        }
         let mut outputs: HashMap<NodeId, Tensor> = HashMap::new();
         let mut saved: HashMap<NodeId, Saved> = HashMap::new();
         self.activity_penalty = 0.0;

@@ -782,6 +782,44 @@ def edge_tfreduce():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_tfindex():
+    """TensorFlow's argmax, cast and subscripts, on signed 6x5 maps (linear 1x1 convs of the
+    input): UNet 3+'s classification-guided module (Huang et al. 2020, as the popular Keras
+    tutorials write it: GlobalMaxPooling2D of a 2-channel 1x1 conv (of -x here), sigmoid, `tf.argmax(cls,
+    axis=-1)`, `cls[..., tf.newaxis]`, `tf.cast(cls, tf.float32)`, the result scaling the
+    decoder's map), here `cls[:, None, None, :]` so that it broadcasts at batch 2 as well; the
+    per-pixel argmax of a 4-channel map (a label map); channel subscripts `x[..., 1:3]`,
+    `x[:, :, :, 2]`, `x[..., -1:]`, `x[..., :2][:, :, :, 1][..., None]` (a channel picked, then
+    a new axis) and `x[0:, :, :, -2]`. Each result is cast where it is integer, flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(4, 1)(inp)
+    # Of -x: class 1 wins for these weights, so the gate passes the map (0 would zero it).
+    cls = L.Conv2D(2, 1)(L.Rescaling(-1.0)(x))
+    cls = L.GlobalMaxPooling2D()(cls)
+    cls = L.Activation("sigmoid")(cls)
+    cls = tf.argmax(cls, axis=-1)
+    cls = cls[..., tf.newaxis]
+    # Keras's float type: float32, as the tutorials' tf.float32 (float64 when measuring noise).
+    floatx = tf.keras.backend.floatx()
+    cls = tf.cast(cls, dtype=floatx)
+    gated = x * cls[:, None, None, :]
+    labels = tf.cast(tf.argmax(x, axis=-1), floatx)
+    branches = [
+        gated,
+        cls,
+        labels,
+        x[..., 1:3],
+        x[:, :, :, 2],
+        x[..., -1:],
+        x[..., :2][:, :, :, 1][..., None],
+        x[0:, :, :, -2],
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_fixed_dropout():
     """segmentation_models' EfficientNet encoders drop with the efficientnet package's
     FixedDropout (a Dropout whose noise_shape may leave the batch None; the identity at
@@ -1177,7 +1215,7 @@ SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_s
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
          edge_fixed_dropout, edge_rescaling, edge_normalization,
          edge_tfreshape, edge_gelu, edge_snake, edge_lambda,
-         edge_custom_scale, edge_repeat_elements, edge_lambda_resize]
+         edge_custom_scale, edge_repeat_elements, edge_lambda_resize, edge_tfindex]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

@@ -179,6 +179,10 @@ def more_models():
         ("kuc_resunet_a_2d", lambda: kuc.resunet_a_2d(
             (64, 64, 3), [8, 16, 32], dilation_num=[1, 3, 15, 31], n_labels=2,
             aspp_num_down=16, aspp_num_up=8), True),
+        # UNet 3+ with deep supervision and the classification-guided module as the popular
+        # Keras tutorial repositories write it: `tf.argmax`, `cls[..., tf.newaxis]`, `tf.cast`
+        # and `y * cls` (TFOpLambda and SlicingOpLambda layers); Keras runs it at batch 1 only.
+        ("github_unet3plus_cgm", github_unet3plus_cgm, True),
     ]
 
 
@@ -244,6 +248,74 @@ def github_attention_unet(shape=(64, 64, 3), filters=(8, 16, 32, 64)):
         x = conv_block(L.concatenate([up, att], axis=3), f)
     outputs = L.Activation("sigmoid")(L.Conv2D(1, (1, 1))(x))
     return tf.keras.Model(inputs, outputs, name="attention_unet")
+
+
+def github_unet3plus_cgm(shape=(32, 32, 3), filters=(8, 16, 32, 64)):
+    """UNet 3+ (Huang et al. 2020) with deep supervision and the classification-guided module,
+    written the way the popular Keras tutorial repositories write it: conv-BN-ReLU blocks,
+    full-scale skips (max-pooled finer levels, bilinearly up-sampled coarser ones, one 3x3 conv
+    each, concatenated), a classifier on the deepest level (Dropout, 1x1 conv to 2 channels,
+    GlobalMaxPooling2D, sigmoid) turned into a 0/1 gate by `tf.argmax(cls, axis=-1)`,
+    `cls[..., tf.newaxis]` and `tf.cast(cls, dtype=tf.float32)`, and each side output
+    multiplied by it (`y * cls`: a (None, 1) tensor times a (None, H, W, 1) one, which
+    TensorFlow broadcasts from the last axis, so Keras runs the model at batch 1 only). The
+    classifier's bias is set so that class 1 wins and the gate passes the maps."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.keras import layers as L
+
+    def conv_block(x, f, n=2):
+        for _ in range(n):
+            x = L.Conv2D(f, 3, padding="same")(x)
+            x = L.BatchNormalization()(x)
+            x = L.Activation("relu")(x)
+        return x
+
+    def resample(x, factor):
+        if factor > 1:
+            return L.MaxPooling2D(factor)(x)
+        if factor < 1:
+            return L.UpSampling2D(int(round(1 / factor)), interpolation="bilinear")(x)
+        return x
+
+    inputs = L.Input(shape)
+    e1 = conv_block(inputs, filters[0])
+    e2 = conv_block(L.MaxPooling2D(2)(e1), filters[1])
+    e3 = conv_block(L.MaxPooling2D(2)(e2), filters[2])
+    e4 = conv_block(L.MaxPooling2D(2)(e3), filters[3])
+
+    cls = L.Dropout(0.5)(e4)
+    cls = L.Conv2D(2, 1, padding="same", name="cls_conv")(cls)
+    cls = L.GlobalMaxPooling2D()(cls)
+    cls = L.Activation("sigmoid")(cls)
+    cls = tf.argmax(cls, axis=-1)
+    cls = cls[..., tf.newaxis]
+    cls = tf.cast(cls, dtype=tf.float32)
+
+    # Each decoder level (scale 1/2^k of the input) from every encoder level and the coarser
+    # decoder levels.
+    f = filters[0]
+    levels = {1: e1, 2: e2, 3: e3, 4: e4}
+    for k in (3, 2, 1):
+        parts = [conv_block(resample(levels[j], 2 ** (k - j) if j < k else 0.5 ** (j - k)), f, 1)
+                 for j in (1, 2, 3, 4)]
+        levels[k] = conv_block(L.Concatenate()(parts), 4 * f, 1)
+
+    outputs = []
+    for k in (1, 2, 3, 4):
+        y = L.Conv2D(1, 3, padding="same")(levels[k])
+        y = resample(y, 0.5 ** (k - 1))
+        y = y * cls
+        outputs.append(L.Activation("sigmoid")(y))
+    model = tf.keras.Model(inputs, outputs + [cls], name="unet3plus_cgm")
+    kernel, _ = model.get_layer("cls_conv").get_weights()
+    model.get_layer("cls_conv").set_weights([kernel, np.array([0.0, 3.0], dtype=np.float32)])
+    return model
+
+
+# Models whose Keras output exists at batch 1 only (a TensorFlow function broadcasting a
+# (None, 1) tensor from the last axis).
+BATCH_ONE = {"github_unet3plus_cgm"}
 
 
 def kaggle_dsb2018_unet():
@@ -484,7 +556,8 @@ def main() -> int:
                 x = FORMULA_INPUT_SCALE.get(name, 100) * seeded_input(name, shape, 2)
             else:
                 save_unetc_weights(model, HERE / f"{name}.weights.safetensors")
-                x = np.random.default_rng(7).random((2, *shape), dtype=np.float32)
+                batch = 1 if name in BATCH_ONE else 2
+                x = np.random.default_rng(7).random((batch, *shape), dtype=np.float32)
             y = model.predict(x, verbose=0)
             others = {}
             if isinstance(y, list):  # deep supervision: the first output is `output`
@@ -497,7 +570,8 @@ def main() -> int:
                               for n, v in zip(names[1:], y[1:])}
                 y = y[0]
             y = np.asarray(y, dtype=np.float32)
-            entry["output_spread"] = float(np.abs(y[0] - y[1]).max())
+            if len(y) > 1:
+                entry["output_spread"] = float(np.abs(y[0] - y[1]).max())
             save_file({"input": x, "output": y, **others}, str(HERE / f"{name}.io.safetensors"))
         manifest[name] = entry
         print(name, entry["params"], entry["layers"], flush=True)

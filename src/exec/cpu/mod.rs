@@ -837,6 +837,10 @@ impl<'g> CpuModel<'g> {
                     }
                 }
                 TfCompute::Reshape => out.copy_from_slice(ins[0]),
+                TfCompute::Slice => {
+                    let c = in_shapes[0].last().copied().unwrap_or(1);
+                    kernels::slice_channels(ins[0], c, op.channel_window(&in_shapes[0]), out)
+                }
                 TfCompute::Resize(_) => {
                     let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
                     let up = op.as_up_sampling(&shape(&in_shapes[0]), &shape(out_shape));

@@ -591,6 +591,29 @@ impl View {
     }
 }
 
+/// A dense output `y` seen in the grid of `x` with `c` channels per pixel (for a layer whose
+/// output drops or adds axes but keeps the values' order); an output placed in another tensor's
+/// window is not run.
+fn in_grid_of(layer: &str, x: View, y: View, c: i32) -> Result<View, CudaError> {
+    let dense = y.pixel_stride == y.c && y.row_stride == y.w as i64 * y.c as i64;
+    let count = |v: &View| v.h as i64 * v.w as i64 * v.c as i64;
+    if !dense || count(&y) != x.h as i64 * x.w as i64 * c as i64 {
+        return Err(CudaError::Model(format!(
+            "`{layer}`: its output is not a dense tensor of the input's pixels; run it with \
+             --device cpu"
+        )));
+    }
+    Ok(View {
+        offset: y.offset,
+        item_stride: y.item_stride,
+        row_stride: x.w as i64 * c as i64,
+        pixel_stride: c,
+        h: x.h,
+        w: x.w,
+        c,
+    })
+}
+
 /// The tensor-core convolution's parameters (`ConvParams` in kernels/igemm.cu).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -2462,8 +2485,14 @@ impl<'g> CudaModel<'g> {
                     let code: i32 = match f {
                         ReduceFn::Mean => 0,
                         ReduceFn::Max => 1,
+                        ReduceFn::Argmax => 2,
                     };
                     let x = x_view(0)?;
+                    // Argmax drops the channel axis: its output read in the input's grid.
+                    let y = match f {
+                        ReduceFn::Argmax => in_grid_of(&node.name, x, y, 1)?,
+                        ReduceFn::Mean | ReduceFn::Max => y,
+                    };
                     // SAFETY: matches reduce_channels_<T>(void*, View, View, int, int).
                     unsafe {
                         stream
@@ -2478,6 +2507,20 @@ impl<'g> CudaModel<'g> {
                     }
                 }
                 TfCompute::Reshape => self.flat_copy(arena, id, batch)?,
+                // The input's window of channels, copied (in the input's grid when the
+                // subscript adds or drops axes).
+                TfCompute::Slice => {
+                    let window = op.channel_window(&in_shapes[0]);
+                    let mut x = x_view(0)?;
+                    x.offset += window.start as i64;
+                    x.c = window.len() as i32;
+                    let y = if in_shapes[0].len() == out_shape.len() {
+                        y
+                    } else {
+                        in_grid_of(&node.name, x, y, x.c)?
+                    };
+                    self.shift_window(arena, x, y, (0, 0), PadMode::Zeros, batch)?
+                }
                 TfCompute::Resize(_) => {
                     let up =
                         op.as_up_sampling(&self.shape_i64(node.inputs[0]), &self.shape_i64(id));

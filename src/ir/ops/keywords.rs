@@ -171,6 +171,14 @@ keyword_enum! {
         Reshape = "reshape",
         /// `tf.image.resize(x, size, method)` to a whole multiple of the input's size.
         ImageResize = "image.resize",
+        /// `tf.argmax(x, axis=-1)`: the index of each pixel's largest channel (the first of
+        /// equals), the channel axis dropped; an integer tensor, held as float32 values.
+        MathArgmax = "math.argmax",
+        /// `tf.cast(x, dtype=tf.float32)`: float32 only (unetc's values are float32).
+        Cast = "cast",
+        /// `x[...]` (Keras's SlicingOpLambda): channels sliced or picked, axes of size 1
+        /// added or dropped.
+        OperatorsGetitem = "__operators__.getitem",
     }
 }
 

@@ -43,7 +43,9 @@ pub use norm::{
 pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D};
 pub use reshape::{Permute, Reshape};
 pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
-pub use tf_op::{ReduceFn, ScalarFn, ScalarOp, TFOpLambda, TfCompute, TfConstant};
+pub use tf_op::{
+    IndexItem, ReduceFn, ScalarFn, ScalarOp, Subscript, TFOpLambda, TfCompute, TfConstant,
+};
 pub use volume::{
     AveragePooling3D, Conv3D, Conv3DArgs, Conv3DTranspose, Cropping3D, GlobalAveragePooling3D,
     MaxPooling3D, UpSampling3D, ZeroPadding3D,
@@ -157,6 +159,10 @@ pub trait LayerKind {
     fn value_bytes(&self, _weight: &str) -> u64 {
         4
     }
+    /// Keras's class of this layer (TFOpLambda's `x[...]` is a SlicingOpLambda).
+    fn keras_class(&self) -> &'static str {
+        Self::CLASS
+    }
     /// How many inputs the layer takes: `(min, max)`.
     fn arity() -> (usize, usize) {
         (1, 1)
@@ -237,7 +243,7 @@ macro_rules! ops {
             }
 
             pub fn class_name(&self) -> &'static str {
-                match self { $(Op::$variant(_) => $variant::CLASS),* }
+                match self { $(Op::$variant(op) => op.keras_class()),* }
             }
 
             /// The base of Keras's auto-names: `conv2d`, `max_pooling2d`, `re_lu`, ...

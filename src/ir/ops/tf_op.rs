@@ -7,7 +7,7 @@ use super::keywords::TfFunction;
 use super::merge::{broadcast_shapes, Concatenate, MergeFn};
 use super::reshape::Reshape;
 use super::{ActivationFn, Interpolation, LayerKind, Shape, ShapeError};
-use crate::ir::value::{ArgReader, MAX_DIM};
+use crate::ir::value::{ArgReader, Value, MAX_DIM};
 use serde_json::{json, Value as Json};
 
 /// What a TensorFlow function computes, as the Keras layer that computes the same.
@@ -29,6 +29,9 @@ pub enum TfCompute {
     /// `tf.image.resize` to a whole multiple of the input's height and width: Keras's
     /// UpSampling2D by that factor (tf.image.resize with half-pixel centres, no antialias).
     Resize(Interpolation),
+    /// `x[...]`: a window of each pixel's channels ([`TFOpLambda::channel_window`]), in the
+    /// output's shape.
+    Slice,
 }
 
 /// A reduction over the channels.
@@ -36,6 +39,8 @@ pub enum TfCompute {
 pub enum ReduceFn {
     Mean,
     Max,
+    /// The index of the largest channel (the first of equal ones, as TensorFlow's), as a float.
+    Argmax,
 }
 
 impl ReduceFn {
@@ -45,7 +50,291 @@ impl ReduceFn {
         match self {
             ReduceFn::Mean => channels.iter().sum::<f32>() / channels.len() as f32,
             ReduceFn::Max => channels.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            ReduceFn::Argmax => argmax(channels) as f32,
         }
+    }
+}
+
+/// The index of the first largest value (0 for an empty slice).
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (k, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = k;
+        }
+    }
+    best
+}
+
+/// One item of a Python subscript (`x[..., 0:2]`, `x[:, :, :, 1]`, `x[..., tf.newaxis]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexItem {
+    /// `...`: every axis the other items do not name.
+    Ellipsis,
+    /// `None` (`tf.newaxis`): a new axis of size 1.
+    NewAxis,
+    /// `start:stop`, either left out (`:` is the whole axis); Python's rules for negatives.
+    Range(Option<i64>, Option<i64>),
+    /// One position; the axis is dropped.
+    At(i64),
+}
+
+/// A subscript as Python writes it; unetc runs those that keep the batch and the spatial axes
+/// whole and slice or pick the channels (the last axis), adding or dropping axes of size 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscript(pub Vec<IndexItem>);
+
+/// Bounds on a subscript's text and items (a spec is untrusted).
+const MAX_SUBSCRIPT_TEXT: usize = 256;
+const MAX_SUBSCRIPT_ITEMS: usize = 8;
+
+impl Subscript {
+    /// Reads `[..., 0:2]` (the brackets optional); items `...`, `None`, `tf.newaxis`,
+    /// `np.newaxis`, `:`, `a:`, `:b`, `a:b` and integers. Steps are refused.
+    pub fn parse(text: &str) -> Result<Subscript, String> {
+        if text.len() > MAX_SUBSCRIPT_TEXT {
+            return Err(format!("longer than {MAX_SUBSCRIPT_TEXT} characters"));
+        }
+        let t = text.trim();
+        let t = match (t.strip_prefix('['), t.ends_with(']')) {
+            (Some(inner), true) => &inner[..inner.len() - 1],
+            (None, false) => t,
+            _ => return Err("unbalanced brackets".into()),
+        };
+        let int = |s: &str| -> Result<i64, String> {
+            s.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|v| v.unsigned_abs() <= MAX_DIM as u64)
+                .ok_or_else(|| format!("`{}` is not a whole number (within ±{MAX_DIM})", s.trim()))
+        };
+        let bound = |s: &str| -> Result<Option<i64>, String> {
+            match s.trim() {
+                "" | "None" => Ok(None),
+                s => int(s).map(Some),
+            }
+        };
+        let mut items = Vec::new();
+        for part in t.split(',') {
+            if items.len() == MAX_SUBSCRIPT_ITEMS {
+                return Err(format!("more than {MAX_SUBSCRIPT_ITEMS} items"));
+            }
+            let part = part.trim();
+            let item = match part {
+                "..." | "Ellipsis" => IndexItem::Ellipsis,
+                "None" | "tf.newaxis" | "np.newaxis" | "newaxis" => IndexItem::NewAxis,
+                "" => return Err("an empty item (two commas, or none at all)".into()),
+                p if p.contains(':') => {
+                    let bounds: Vec<&str> = p.split(':').collect();
+                    match bounds[..] {
+                        [a, b] => IndexItem::Range(bound(a)?, bound(b)?),
+                        [a, b, step] if matches!(step.trim(), "" | "None" | "1") => {
+                            IndexItem::Range(bound(a)?, bound(b)?)
+                        }
+                        _ => return Err(format!("`{p}`: unetc slices with step 1 only")),
+                    }
+                }
+                p => IndexItem::At(int(p)?),
+            };
+            items.push(item);
+        }
+        if items.iter().filter(|i| **i == IndexItem::Ellipsis).count() > 1 {
+            return Err("more than one `...`".into());
+        }
+        Ok(Subscript(items))
+    }
+
+    /// The subscript as Python writes it, brackets included (`[..., 0:2]`).
+    pub fn text(&self) -> String {
+        let bound = |b: Option<i64>| b.map(|v| v.to_string()).unwrap_or_default();
+        let items: Vec<String> = self
+            .0
+            .iter()
+            .map(|item| match item {
+                IndexItem::Ellipsis => "...".to_string(),
+                IndexItem::NewAxis => "None".to_string(),
+                IndexItem::Range(a, b) => format!("{}:{}", bound(*a), bound(*b)),
+                IndexItem::At(k) => k.to_string(),
+            })
+            .collect();
+        format!("[{}]", items.join(", "))
+    }
+
+    /// What the subscript does to a tensor of `shape` (the batch axis not included): the
+    /// output's shape and the window of channels read, or why unetc does not run it.
+    pub fn apply(&self, shape: &[i64]) -> Result<(Shape, std::ops::Range<i64>), String> {
+        let rank = shape.len() + 1;
+        let consumes = |i: &IndexItem| matches!(i, IndexItem::Range(..) | IndexItem::At(_));
+        let named = self.0.iter().filter(|i| consumes(i)).count();
+        if named > rank {
+            return Err(format!(
+                "{named} indices for a tensor of {rank} axes (the batch's included)"
+            ));
+        }
+        let mut items: Vec<IndexItem> = Vec::new();
+        for &item in &self.0 {
+            if item == IndexItem::Ellipsis {
+                items.extend(std::iter::repeat_n(
+                    IndexItem::Range(None, None),
+                    rank - named,
+                ));
+            } else {
+                items.push(item);
+            }
+        }
+        if !self.0.contains(&IndexItem::Ellipsis) {
+            items.extend(std::iter::repeat_n(
+                IndexItem::Range(None, None),
+                rank - named,
+            ));
+        }
+        let channels = shape.last().copied().unwrap_or(1);
+        let mut window = 0..channels;
+        let mut out = Vec::new();
+        let mut axis = 0usize;
+        for item in items {
+            let (n, last) = match axis {
+                0 => (0, false),
+                // Past the last axis only for new axes (indices were counted above).
+                a => (shape.get(a - 1).copied().unwrap_or(1), a == shape.len()),
+            };
+            match item {
+                IndexItem::Ellipsis => {}
+                IndexItem::NewAxis if axis == 0 => {
+                    return Err("a new axis before the batch axis moves the batch".into())
+                }
+                IndexItem::NewAxis => out.push(1),
+                // `:` or `0:` keeps the whole batch.
+                IndexItem::Range(None | Some(0), None) if axis == 0 => axis += 1,
+                IndexItem::Range(..) | IndexItem::At(_) if axis == 0 => {
+                    return Err("the batch axis must stay whole (`:` or `...` first)".into())
+                }
+                IndexItem::Range(a, b) => {
+                    // Python's slice bounds: negatives count from the end, then clamped.
+                    let clamp = |v: Option<i64>, default: i64| match v {
+                        None => default,
+                        Some(v) if v < 0 => (v + n).max(0),
+                        Some(v) => v.min(n),
+                    };
+                    let (start, stop) = (clamp(a, 0), clamp(b, n));
+                    if last && start < stop {
+                        window = start..stop;
+                    } else if last {
+                        return Err(format!(
+                            "`{}:{}` of {n} channels is empty",
+                            a.map(|v| v.to_string()).unwrap_or_default(),
+                            b.map(|v| v.to_string()).unwrap_or_default()
+                        ));
+                    } else if (start, stop) != (0, n) {
+                        return Err(format!(
+                            "axis {axis} (of {n}) is sliced; unetc slices the channels (the last \
+                             axis) only (cropping2d crops height and width)"
+                        ));
+                    }
+                    out.push(stop.max(start) - start);
+                    axis += 1;
+                }
+                IndexItem::At(k) => {
+                    let at = if k < 0 { k + n } else { k };
+                    if !(0..n).contains(&at) {
+                        return Err(format!(
+                            "index {k} is out of range for axis {axis} of size {n}"
+                        ));
+                    }
+                    if last {
+                        window = at..at + 1;
+                    } else if n != 1 {
+                        return Err(format!(
+                            "index {k} picks one position of axis {axis} (of {n}); unetc picks \
+                             channels (the last axis) or drops axes of size 1 only"
+                        ));
+                    }
+                    axis += 1;
+                }
+            }
+        }
+        if out.len() > 3 {
+            return Err(format!(
+                "the result would have {} axes besides the batch; unetc's tensors have at most 3",
+                out.len()
+            ));
+        }
+        Ok((out, window))
+    }
+
+    /// Keras's record of the subscript (`slice_spec` in a SlicingOpLambda's call): a list of
+    /// `{"class_name": "__ellipsis__"}`, `null`, integers and `{"start", "stop", "step"}`
+    /// (older: under `config` of a `__slice__`), or one of them alone.
+    pub fn from_keras(spec: &Json) -> Result<Subscript, String> {
+        let one = |v: &Json| -> Result<IndexItem, String> {
+            let bound = |b: Option<&Json>| match b {
+                None | Some(Json::Null) => Ok(None),
+                Some(Json::Number(n)) => n
+                    .as_i64()
+                    .filter(|v| v.unsigned_abs() <= MAX_DIM as u64)
+                    .map(Some)
+                    .ok_or_else(|| format!("the bound {n} is not a whole number unetc takes")),
+                Some(other) => Err(format!("the bound {other} is not a number")),
+            };
+            match v {
+                Json::Null => Ok(IndexItem::NewAxis),
+                Json::Number(_) => bound(Some(v)).map(|b| IndexItem::At(b.unwrap_or(0))),
+                Json::Object(o) => match o.get("class_name").and_then(Json::as_str) {
+                    Some("__ellipsis__") => Ok(IndexItem::Ellipsis),
+                    // tf_keras 2.x writes a slice as its three fields; older versions put them
+                    // under `config` of a `__slice__`.
+                    class @ (Some("__slice__") | None) => {
+                        let c = if class.is_some() {
+                            o.get("config")
+                        } else {
+                            Some(v)
+                        };
+                        let get = |k: &str| c.and_then(|c| c.get(k));
+                        match bound(get("step"))? {
+                            None | Some(1) => {}
+                            Some(step) => {
+                                return Err(format!("a step of {step}: unetc slices with step 1"))
+                            }
+                        }
+                        Ok(IndexItem::Range(bound(get("start"))?, bound(get("stop"))?))
+                    }
+                    _ => Err(format!("the item {v} is no slice, index, None or ...")),
+                },
+                other => Err(format!("the item {other} is no slice, index, None or ...")),
+            }
+        };
+        let items = match spec {
+            Json::Array(items) if items.len() <= MAX_SUBSCRIPT_ITEMS => {
+                items.iter().map(one).collect::<Result<Vec<_>, _>>()?
+            }
+            Json::Array(_) => return Err(format!("more than {MAX_SUBSCRIPT_ITEMS} items")),
+            item => vec![one(item)?],
+        };
+        if items.iter().filter(|i| **i == IndexItem::Ellipsis).count() > 1 {
+            return Err("more than one `...`".into());
+        }
+        Ok(Subscript(items))
+    }
+
+    /// The subscript as SlicingOpLambda's `slice_spec` argument, slices as the dicts Keras
+    /// serializes (`[Ellipsis, {"start": 0, "stop": 2, "step": None}]`).
+    pub fn python_spec(&self) -> String {
+        let bound = |b: Option<i64>| b.map(|v| v.to_string()).unwrap_or_else(|| "None".into());
+        let items: Vec<String> = self
+            .0
+            .iter()
+            .map(|item| match item {
+                IndexItem::Ellipsis => "Ellipsis".to_string(),
+                IndexItem::NewAxis => "None".to_string(),
+                IndexItem::Range(a, b) => format!(
+                    "{{\"start\": {}, \"stop\": {}, \"step\": None}}",
+                    bound(*a),
+                    bound(*b)
+                ),
+                IndexItem::At(k) => k.to_string(),
+            })
+            .collect();
+        format!("[{}]", items.join(", "))
     }
 }
 
@@ -125,6 +414,9 @@ impl TfFunction {
             TfFunction::CompatV1Squeeze => "tf.compat.v1.squeeze",
             TfFunction::Reshape => "tf.reshape",
             TfFunction::ImageResize => "tf.image.resize",
+            TfFunction::MathArgmax => "tf.math.argmax",
+            TfFunction::Cast => "tf.cast",
+            TfFunction::OperatorsGetitem => "tf.__operators__.getitem",
         }
     }
 }
@@ -146,6 +438,10 @@ pub struct TFOpLambda {
     pub size: Option<[i64; 2]>,
     /// tf.image.resize's `method`.
     pub method: Interpolation,
+    /// tf.cast's `dtype` (float32 runs; others are refused by the shape rule).
+    pub dtype: Option<String>,
+    /// `x[...]`'s subscript.
+    pub index: Option<Subscript>,
 }
 
 impl TFOpLambda {
@@ -178,7 +474,10 @@ impl TFOpLambda {
                 | TfFunction::ExpandDims
                 | TfFunction::CompatV1Squeeze
                 | TfFunction::Reshape
-                | TfFunction::ImageResize => {}
+                | TfFunction::ImageResize
+                | TfFunction::MathArgmax
+                | TfFunction::Cast
+                | TfFunction::OperatorsGetitem => {}
             }
         }
         match self.function {
@@ -197,6 +496,46 @@ impl TFOpLambda {
                 TfCompute::Reshape
             }
             TfFunction::ImageResize => TfCompute::Resize(self.method),
+            TfFunction::MathArgmax => TfCompute::ReduceChannels(ReduceFn::Argmax),
+            // float32 to float32 (an argmax's indices are held as float32 already).
+            TfFunction::Cast => TfCompute::Activation(ActivationFn::Linear),
+            TfFunction::OperatorsGetitem => TfCompute::Slice,
+        }
+    }
+
+    /// Keras's class: `x[...]` makes a SlicingOpLambda, the other functions a TFOpLambda.
+    pub fn class_of_call(&self) -> &'static str {
+        match self.function {
+            TfFunction::OperatorsGetitem => "SlicingOpLambda",
+            TfFunction::OperatorsAdd
+            | TfFunction::MathAdd
+            | TfFunction::MathMultiply
+            | TfFunction::MathSubtract
+            | TfFunction::MathTruediv
+            | TfFunction::MathMaximum
+            | TfFunction::MathReduceMean
+            | TfFunction::MathReduceMax
+            | TfFunction::MathMinimum
+            | TfFunction::Concat
+            | TfFunction::NnRelu
+            | TfFunction::MathSigmoid
+            | TfFunction::ExpandDims
+            | TfFunction::CompatV1Squeeze
+            | TfFunction::Reshape
+            | TfFunction::ImageResize
+            | TfFunction::MathArgmax
+            | TfFunction::Cast => Self::CLASS,
+        }
+    }
+
+    /// The channels `x[...]` reads from each pixel of an input of `shape` (the batch axis not
+    /// included); the whole pixel for the other functions and where the shape rule refused.
+    pub fn channel_window(&self, shape: &[usize]) -> std::ops::Range<usize> {
+        let c = shape.last().copied().unwrap_or(1);
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        match self.index.as_ref().map(|index| index.apply(&dims)) {
+            Some(Ok((_, window))) => window.start as usize..window.end as usize,
+            Some(Err(_)) | None => 0..c,
         }
     }
 }
@@ -273,7 +612,10 @@ impl TFOpLambda {
             | TfFunction::Concat
             | TfFunction::NnRelu
             | TfFunction::MathSigmoid
-            | TfFunction::ImageResize => {
+            | TfFunction::ImageResize
+            | TfFunction::MathArgmax
+            | TfFunction::Cast
+            | TfFunction::OperatorsGetitem => {
                 return Err(ShapeError::new(
                     "E-arg-value",
                     format!("{name} does not reshape"),
@@ -364,8 +706,10 @@ impl LayerKind for TFOpLambda {
     const CLASS: &'static str = "TFOpLambda";
     const POSITIONAL: &'static [&'static str] = &["function", "axis"];
     const KNOWN: &'static [&'static str] = &[
-        "function", "axis", "x", "y", "keepdims", "shape", "size", "method",
+        "function", "axis", "x", "y", "keepdims", "shape", "size", "method", "dtype", "index",
     ];
+    /// What `x[...]` records.
+    const KERAS_ALIASES: &'static [&'static str] = &["SlicingOpLambda"];
     /// `import` reads the function and the call's arguments itself (they are not in the config).
     const IMPORTED_CONFIG: &'static [&'static str] = &["function"];
 
@@ -380,6 +724,38 @@ impl LayerKind for TFOpLambda {
         let shape = r.int_list("shape", -1, MAX_DIM);
         let size = r.pair("size", 1, MAX_DIM);
         let method = r.keyword("method", Interpolation::Bilinear, None);
+        let dtype = match r.peek("dtype") {
+            Some(Value::Str(d)) => {
+                let d = d.clone();
+                let _ = r.take_arg("dtype");
+                Some(d)
+            }
+            Some(_) => {
+                r.reject("dtype", "must be a string: `dtype: \"float32\"`");
+                None
+            }
+            None => None,
+        };
+        let index = match r.peek("index") {
+            Some(Value::Str(text)) => match Subscript::parse(text) {
+                Ok(index) => {
+                    let _ = r.take_arg("index");
+                    Some(index)
+                }
+                Err(why) => {
+                    r.reject(
+                        "index",
+                        &format!("not a subscript unetc reads (`\"[..., 0:2]\"`): {why}"),
+                    );
+                    None
+                }
+            },
+            Some(_) => {
+                r.reject("index", "must be a string: `index: \"[..., 0:2]\"`");
+                None
+            }
+            None => None,
+        };
         let lim = f64::MAX;
         let constant = match (r.has("x"), r.has("y")) {
             (true, true) => {
@@ -410,6 +786,8 @@ impl LayerKind for TFOpLambda {
             shape,
             size,
             method,
+            dtype,
+            index,
         }
     }
 
@@ -429,6 +807,8 @@ impl LayerKind for TFOpLambda {
         let misplaced = [
             ("shape", !self.shape.is_empty(), TfFunction::Reshape),
             ("size", self.size.is_some(), TfFunction::ImageResize),
+            ("dtype", self.dtype.is_some(), TfFunction::Cast),
+            ("index", self.index.is_some(), TfFunction::OperatorsGetitem),
         ];
         for (arg, given, owner) in misplaced {
             if given && self.function != owner {
@@ -468,6 +848,34 @@ impl LayerKind for TFOpLambda {
             (None, TfCompute::Merge(_)) => {
                 takes(2)?;
                 broadcast_shapes(inputs, name)
+            }
+            (None, TfCompute::ReduceChannels(ReduceFn::Argmax)) => {
+                takes(1)?;
+                let shape = &inputs[0];
+                let last = shape.len() as i64;
+                if !self.axis_given || (self.axis != -1 && self.axis != last) {
+                    return Err(ShapeError::new(
+                        "E-arg-value",
+                        format!(
+                            "{name} runs over the channel axis only: `axis: -1` (or {last}), \
+                             not {}",
+                            if self.axis_given {
+                                self.axis.to_string()
+                            } else {
+                                "the batch axis (TensorFlow's default, no `axis`)".into()
+                            }
+                        ),
+                        "over the channels only",
+                    ));
+                }
+                if self.keepdims.is_some() {
+                    return Err(ShapeError::new(
+                        "E-arg-value",
+                        format!("{name} takes no `keepdims` (it drops the channel axis)"),
+                        "keepdims given",
+                    ));
+                }
+                Ok(shape[..shape.len().saturating_sub(1)].to_vec())
             }
             (None, TfCompute::ReduceChannels(_)) => {
                 takes(1)?;
@@ -513,7 +921,46 @@ impl LayerKind for TFOpLambda {
             (None, TfCompute::Concat(axis)) => Concatenate { axis }.infer(inputs),
             (None, TfCompute::Activation(_)) => {
                 takes(1)?;
+                match (self.function, self.dtype.as_deref()) {
+                    (TfFunction::Cast, Some("float32")) => {}
+                    (TfFunction::Cast, dtype) => {
+                        return Err(ShapeError::new(
+                            "E-arg-value",
+                            format!(
+                                "{name} runs to `dtype: \"float32\"` only (unetc computes in \
+                                 float32), not {}",
+                                dtype.map_or("no dtype".to_string(), |d| format!("{d:?}"))
+                            ),
+                            "float32 only",
+                        ))
+                    }
+                    _ => {}
+                }
                 Ok(inputs[0].clone())
+            }
+            (None, TfCompute::Slice) => {
+                takes(1)?;
+                let Some(index) = &self.index else {
+                    return Err(ShapeError::new(
+                        "E-arg-missing",
+                        format!("{name} needs `index`: `tf_op(\"__operators__.getitem\", index: \"[..., 0:2]\")`"),
+                        "no index",
+                    ));
+                };
+                index
+                    .apply(&inputs[0])
+                    .map(|(shape, _)| shape)
+                    .map_err(|why| {
+                        ShapeError::new(
+                            "E-subscript",
+                            format!(
+                                "{name}: `x{}` of {{0}} {}: {why}",
+                                index.text(),
+                                crate::text::shape_text(&inputs[0])
+                            ),
+                            "not run by unetc",
+                        )
+                    })
             }
             (None, TfCompute::Reshape) => {
                 takes(1)?;
@@ -529,12 +976,18 @@ impl LayerKind for TFOpLambda {
     fn config(&self) -> Json {
         match self.computes() {
             TfCompute::Concat(axis) => json!({ "function": self.function, "axis": axis }),
+            TfCompute::ReduceChannels(ReduceFn::Argmax) => {
+                json!({ "function": self.function, "axis": self.axis })
+            }
             TfCompute::ReduceChannels(_) => json!({
                 "function": self.function, "axis": self.axis, "keepdims": self.keepdims
             }),
             TfCompute::Scalar(s) => {
                 let place = if s.constant_first { "x" } else { "y" };
                 json!({ "function": self.function, place: s.constant })
+            }
+            TfCompute::Activation(_) if self.function == TfFunction::Cast => {
+                json!({ "function": self.function, "dtype": self.dtype })
             }
             TfCompute::Merge(_) | TfCompute::Activation(_) => json!({ "function": self.function }),
             TfCompute::Reshape if self.function == TfFunction::Reshape => {
@@ -544,6 +997,9 @@ impl LayerKind for TFOpLambda {
             TfCompute::Resize(method) => json!({
                 "function": self.function, "size": self.size.map(|s| s.to_vec()), "method": method
             }),
+            TfCompute::Slice => json!({
+                "function": self.function, "index": self.index.as_ref().map(Subscript::text)
+            }),
         }
     }
 
@@ -551,7 +1007,110 @@ impl LayerKind for TFOpLambda {
         Some(self.function.layer_name_base())
     }
 
+    fn keras_class(&self) -> &'static str {
+        self.class_of_call()
+    }
+
     fn arity() -> (usize, usize) {
         (1, usize::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(index: &str, shape: &[i64]) -> Result<(Shape, std::ops::Range<i64>), String> {
+        Subscript::parse(index)?.apply(shape)
+    }
+
+    #[test]
+    fn subscripts_as_python_reads_them() {
+        // (subscript, input shape without the batch, output shape, channels read)
+        type Case<'a> = (&'a str, &'a [i64], &'a [i64], std::ops::Range<i64>);
+        let cases: &[Case] = &[
+            ("[..., 1:3]", &[6, 5, 4], &[6, 5, 2], 1..3),
+            ("[:, :, :, 2]", &[6, 5, 4], &[6, 5], 2..3),
+            ("[..., -1:]", &[6, 5, 4], &[6, 5, 1], 3..4),
+            ("[..., -2]", &[6, 5, 4], &[6, 5], 2..3),
+            ("[..., :10]", &[6, 5, 4], &[6, 5, 4], 0..4),
+            ("[..., None]", &[6, 5], &[6, 5, 1], 0..5),
+            ("[..., tf.newaxis]", &[], &[1], 0..1),
+            ("[:, None, None, :]", &[3], &[1, 1, 3], 0..3),
+            ("[0:, :, :, -2]", &[6, 5, 4], &[6, 5], 2..3),
+            ("[:, 0]", &[1, 7], &[7], 0..7),
+            ("[:]", &[6, 5, 4], &[6, 5, 4], 0..4),
+            ("[..., 1:3:1]", &[6, 5, 4], &[6, 5, 2], 1..3),
+        ];
+        for (index, shape, out, window) in cases {
+            assert_eq!(
+                apply(index, shape),
+                Ok((out.to_vec(), window.clone())),
+                "{index} of {shape:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn subscripts_unetc_does_not_run_are_refused() {
+        for (index, shape) in [
+            ("[1:, ...]", &[6, 5, 4][..]),
+            ("[0]", &[6, 5, 4]),
+            ("[None, ...]", &[6, 5, 4]),
+            ("[:, 1:3]", &[6, 5, 4]),
+            ("[:, 2]", &[6, 5, 4]),
+            ("[..., 4]", &[6, 5, 4]),
+            ("[..., -5]", &[6, 5, 4]),
+            ("[..., 3:1]", &[6, 5, 4]),
+            ("[:, :, :, :, :]", &[6, 5, 4]),
+            ("[..., None, None]", &[6, 5]),
+        ] {
+            assert!(apply(index, shape).is_err(), "{index} of {shape:?}");
+        }
+        for bad in [
+            "[..., ...]",
+            "[..., ::2]",
+            "[1.5]",
+            "[a]",
+            "[,]",
+            "[..., 0:2",
+            "[99999999999999999999]",
+            "[0, 0, 0, 0, 0, 0, 0, 0, 0]",
+        ] {
+            assert!(Subscript::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Subscript::parse(&"0,".repeat(200)).is_err());
+    }
+
+    #[test]
+    fn keras_records_read_as_the_same_subscript() {
+        let spec = serde_json::json!([
+            {"class_name": "__ellipsis__"},
+            {"start": -1, "stop": null, "step": null},
+        ]);
+        let index = Subscript::from_keras(&spec).unwrap();
+        assert_eq!(index.text(), "[..., -1:]");
+        assert_eq!(Subscript::parse(&index.text()).unwrap(), index);
+        let old = serde_json::json!([
+            {"class_name": "__slice__", "config": {"start": null, "stop": null, "step": null}},
+            null,
+            2,
+        ]);
+        assert_eq!(Subscript::from_keras(&old).unwrap().text(), "[:, None, 2]");
+        for bad in [
+            serde_json::json!([{"start": 0, "stop": 4, "step": 2}]),
+            serde_json::json!(["x"]),
+            serde_json::json!([1.5]),
+            serde_json::json!([{"class_name": "__ellipsis__"}, {"class_name": "__ellipsis__"}]),
+        ] {
+            assert!(Subscript::from_keras(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_values() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax(&[-1.0]), 0);
+        assert_eq!(argmax(&[]), 0);
     }
 }

@@ -176,17 +176,25 @@ __device__ void scalar_op(T* arena, View x, View y, int op, float k, int first, 
 INSTANTIATE(scalar_op, (void* arena, View x, View y, int op, float k, int first, int N),
             (, x, y, op, k, first, N))
 
-// tf.reduce_mean / tf.reduce_max over the channels with keepdims: y has one channel. op 0 is
-// the mean (summed in channel order, then divided by the count), 1 the maximum.
+// tf.reduce_mean / tf.reduce_max over the channels with keepdims, tf.argmax over them: y has
+// one channel. op 0 is the mean (summed in channel order, then divided by the count), 1 the
+// maximum, 2 the index of the first largest channel (as a float).
 template <typename T>
 __device__ void reduce_channels(T* arena, View x, View y, int op, int N) {
     FOR_EACH_IN_VIEW(y, N)
     float acc = op == 0 ? 0.0f : NEG_INF;
+    float best = load_elem(arena + view_at(x, n, oy, ox, 0));
+    int best_at = 0;
     for (int k = 0; k < x.c; ++k) {
         float v = load_elem(arena + view_at(x, n, oy, ox, k));
         acc = op == 0 ? acc + v : fmaxf(acc, v);
+        if (v > best) {
+            best = v;
+            best_at = k;
+        }
     }
-    store_elem(arena + view_at(y, n, oy, ox, c), op == 0 ? acc / (float)x.c : acc);
+    float r = op == 0 ? acc / (float)x.c : op == 1 ? acc : (float)best_at;
+    store_elem(arena + view_at(y, n, oy, ox, c), r);
 }
 INSTANTIATE(reduce_channels, (void* arena, View x, View y, int op, int N), (, x, y, op, N))
 

@@ -95,6 +95,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ),
         ("tests/golden/edge_lambda_resize.unet", "edge_lambda_resize"),
         ("tests/golden/edge_tfindex.unet", "edge_tfindex"),
+        ("tests/golden/edge_tfactivations.unet", "edge_tfactivations"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -117,7 +118,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 30);
+    assert_eq!(checked, 31);
 }
 
 #[test]

@@ -73,6 +73,8 @@ SPECS = [
     "tests/golden/edge_lambda_resize.unet",
     # tf.argmax, tf.cast and `x[...]` subscripts (SlicingOpLambda).
     "tests/golden/edge_tfindex.unet",
+    # tf.nn activations and reductions over height and width.
+    "tests/golden/edge_tfactivations.unet",
 ]
 
 

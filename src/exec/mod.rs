@@ -97,6 +97,7 @@ pub fn batch_one_only(graph: &Graph, info: &Inferred) -> Option<String> {
             | TfCompute::Activation(_)
             | TfCompute::Scalar(_)
             | TfCompute::ReduceChannels(_)
+            | TfCompute::ReduceImage(_)
             | TfCompute::Reshape
             | TfCompute::Resize(_)
             | TfCompute::Slice => None,

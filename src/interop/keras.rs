@@ -542,6 +542,9 @@ impl PythonExporter<'_> {
                         op.dtype.as_deref().unwrap_or("float32")
                     )
                 }
+                TfCompute::Activation(_) if op.axis_given => {
+                    format!("{}, axis={}", inputs[0], op.axis)
+                }
                 TfCompute::Activation(_) => inputs[0].clone(),
                 // The number as Keras records it: the function's `x` or its `y`.
                 TfCompute::Scalar(s) if s.constant_first => {
@@ -554,6 +557,16 @@ impl PythonExporter<'_> {
                 TfCompute::ReduceChannels(_) => {
                     format!("{}, axis={}, keepdims=True", inputs[0], op.axis)
                 }
+                TfCompute::ReduceImage(_) => format!(
+                    "{}, axis={:?}, keepdims={}",
+                    inputs[0],
+                    op.axes,
+                    if op.keepdims == Some(true) {
+                        "True"
+                    } else {
+                        "False"
+                    }
+                ),
                 // SlicingOpLambda takes Python's slice objects as `x[...]` records them.
                 TfCompute::Slice => {
                     let spec = op
@@ -1105,6 +1118,11 @@ fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<Stri
                 // `axis=[-1]`: one axis in a list, as the same one axis.
                 ("axis", Json::Array(a)) if a.len() == 1 && a[0].is_i64() => {
                     args.push(format!("axis: {}", a[0]))
+                }
+                // `axis=[1, 2]`: height and width (the shape rule checks which).
+                ("axis", Json::Array(a)) if a.len() <= 4 && a.iter().all(Json::is_i64) => {
+                    let axes: Vec<String> = a.iter().map(Json::to_string).collect();
+                    args.push(format!("axis: ({})", axes.join(", ")))
                 }
                 ("keepdims", Json::Bool(b)) => args.push(format!("keepdims: {b}")),
                 // tf.cast's target type (the shape rule says which run).

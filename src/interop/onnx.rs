@@ -21,9 +21,9 @@
 use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, Interpolation, LambdaBody, Maximum, MergeFn, Minimum, Multiply,
-    NormLayout, Normalization, PadMode, ReduceFn, ScalarFn, Subtract, TfCompute, UpSampling2D,
-    VolumeInterpolation, WindowGeometry,
+    ActivationFn, Average, ImageReduceFn, Interpolation, LambdaBody, Maximum, MergeFn, Minimum,
+    Multiply, NormLayout, Normalization, PadMode, ReduceFn, ScalarFn, Subtract, TfCompute,
+    UpSampling2D, VolumeInterpolation, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
@@ -1352,6 +1352,24 @@ impl Exporter<'_> {
                 }
                 TfCompute::Reshape => {
                     self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, None)
+                }
+                TfCompute::ReduceImage(f) => {
+                    need_image("a reduction over height and width")?;
+                    let op_type = match f {
+                        ImageReduceFn::Mean => "ReduceMean",
+                        ImageReduceFn::Max => "ReduceMax",
+                    };
+                    let keepdims = i64::from(op.keepdims == Some(true));
+                    self.node(
+                        name,
+                        op_type,
+                        vec![x()],
+                        out,
+                        vec![
+                            ("axes", Attr::Ints(vec![2, 3])),
+                            ("keepdims", Attr::Int(keepdims)),
+                        ],
+                    );
                 }
                 // The channels read (axis 1 of an NCHW image, the last axis otherwise), then
                 // reshaped in Keras's order when the subscript adds or drops axes.

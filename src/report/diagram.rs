@@ -249,6 +249,7 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
             TfCompute::Activation(_)
             | TfCompute::Scalar(_)
             | TfCompute::ReduceChannels(_)
+            | TfCompute::ReduceImage(_)
             | TfCompute::Reshape
             | TfCompute::Slice => Edge::Other,
         },

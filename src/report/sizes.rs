@@ -653,7 +653,10 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     // subscript that adds or drops axes: positions change axis); a resize reads
                     // as the UpSampling2D it equals; the others as the merges below.
                     Op::TFOpLambda(op) => match op.computes() {
-                        TfCompute::Reshape => return Err(non_local()),
+                        // A reduction over height and width is a global pooling.
+                        TfCompute::Reshape | TfCompute::ReduceImage(_) => {
+                            return Err(non_local())
+                        }
                         TfCompute::Slice if rank(id) != rank(input) => return Err(non_local()),
                         TfCompute::Slice => (a, b),
                         TfCompute::Resize(method) => {

@@ -93,6 +93,7 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
             | TfCompute::Concat(_)
             | TfCompute::Scalar(_)
             | TfCompute::ReduceChannels(_)
+            | TfCompute::ReduceImage(_)
             | TfCompute::Reshape
             | TfCompute::Slice
             | TfCompute::Resize(_) => None,
@@ -188,6 +189,7 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
             TfCompute::Activation(a) => activation(a),
             TfCompute::Merge(f) => merge(f),
             TfCompute::Scalar(_) | TfCompute::ReduceChannels(_) => reads(true, false),
+            TfCompute::ReduceImage(f) => backward_reads(&o.as_global_pooling(f)),
             TfCompute::Concat(_) | TfCompute::Reshape | TfCompute::Slice | TfCompute::Resize(_) => {
                 nothing
             }
@@ -571,6 +573,10 @@ pub fn forward(
                 first().chunks(c).map(|p| f.apply(p)).collect()
             }
             TfCompute::Reshape => first().to_vec(),
+            // As the global pooling it equals.
+            TfCompute::ReduceImage(f) => {
+                return forward(&o.as_global_pooling(f), inputs, out_shape, params, mode)
+            }
             TfCompute::Slice => {
                 let item = &inputs[0].shape[1..];
                 let c = item.last().copied().unwrap_or(1);
@@ -1142,6 +1148,17 @@ pub fn backward(
                 input_grads(dx)
             }
             TfCompute::Reshape => input_grads(output_grad(grad)),
+            TfCompute::ReduceImage(f) => {
+                return backward(
+                    &o.as_global_pooling(f),
+                    inputs,
+                    output,
+                    saved,
+                    params,
+                    grad,
+                    mode,
+                )
+            }
             // The gradient goes back to the channels read; the others get none.
             TfCompute::Slice => {
                 let dy = output_grad(grad);

@@ -820,6 +820,42 @@ def edge_tfindex():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_tfactivations():
+    """TensorFlow's activation functions and reductions over height and width as Keras code
+    calls them on tensors (TFOpLambda layers), on signed 6x5 maps (linear 1x1 convs of the input,
+    one scaled up so that the saturating functions saturate): tf.tanh, tf.nn.softmax (and with
+    `axis=-1`), tf.nn.leaky_relu (slope 0.2), tf.nn.relu6, tf.nn.elu, tf.nn.selu, tf.nn.swish
+    (recorded as nn.silu), tf.nn.gelu (exact), tf.nn.softplus (recorded as math.softplus),
+    tf.nn.softsign, tf.exp; a squeeze-excitation block written with TensorFlow functions
+    (`tf.reduce_mean(x, axis=[1, 2], keepdims=True)`, two 1x1 convs, `x * s`), and
+    `tf.reduce_max(x, axis=(1, 2))`. Flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(4, 1)(inp)
+    big = L.Rescaling(4.0)(L.Conv2D(4, 1)(inp))
+    squeeze = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    excite = L.Conv2D(4, 1, activation="sigmoid")(L.Conv2D(2, 1, activation="relu")(squeeze))
+    branches = [
+        tf.tanh(big),
+        tf.nn.softmax(big),
+        tf.nn.softmax(x, axis=-1),
+        tf.nn.leaky_relu(x),
+        tf.nn.relu6(big),
+        tf.nn.elu(x),
+        tf.nn.selu(x),
+        tf.nn.swish(x),
+        tf.nn.gelu(x),
+        tf.nn.softplus(x),
+        tf.nn.softsign(big),
+        tf.exp(x),
+        x * excite,
+        tf.reduce_max(x, axis=(1, 2)),
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_fixed_dropout():
     """segmentation_models' EfficientNet encoders drop with the efficientnet package's
     FixedDropout (a Dropout whose noise_shape may leave the batch None; the identity at
@@ -1215,7 +1251,8 @@ SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_s
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
          edge_fixed_dropout, edge_rescaling, edge_normalization,
          edge_tfreshape, edge_gelu, edge_snake, edge_lambda,
-         edge_custom_scale, edge_repeat_elements, edge_lambda_resize, edge_tfindex]
+         edge_custom_scale, edge_repeat_elements, edge_lambda_resize, edge_tfindex,
+         edge_tfactivations]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ use crate::ir::ops::{
     Activation, Average, Concatenate, Maximum, Minimum, Multiply, Normalization, Snake, Subtract,
     TfCompute, GELU,
 };
-use crate::ir::ops::{CustomScaleLayer, LambdaBody};
+use crate::ir::ops::{CustomScaleLayer, ImageReduceFn, LambdaBody};
 use crate::ir::{Graph, NodeId, Op};
 use std::fmt;
 use volume::dhwc;
@@ -837,6 +837,12 @@ impl<'g> CpuModel<'g> {
                     }
                 }
                 TfCompute::Reshape => out.copy_from_slice(ins[0]),
+                TfCompute::ReduceImage(ImageReduceFn::Mean) => {
+                    kernels::global_average_pool(ins[0], hwc(&in_shapes[0]), out, batch)
+                }
+                TfCompute::ReduceImage(ImageReduceFn::Max) => {
+                    kernels::global_max_pool(ins[0], hwc(&in_shapes[0]), out, batch)
+                }
                 TfCompute::Slice => {
                     let c = in_shapes[0].last().copied().unwrap_or(1);
                     kernels::slice_channels(ins[0], c, op.channel_window(&in_shapes[0]), out)

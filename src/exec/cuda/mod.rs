@@ -16,9 +16,9 @@ use super::tensor::Tensor;
 use super::{Precision, WeightSource};
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, Interpolation, LambdaBody, Maximum, MergeFn, Minimum, Multiply, PadMode,
-    ReduceFn, ScalarFn, ScalarOp, Subtract, TfCompute, UpSampling2D, VolumeInterpolation,
-    WindowGeometry,
+    ActivationFn, Average, ImageReduceFn, Interpolation, LambdaBody, Maximum, MergeFn, Minimum,
+    Multiply, PadMode, ReduceFn, ScalarFn, ScalarOp, Subtract, TfCompute, UpSampling2D,
+    VolumeInterpolation, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use cudarc::driver::{
@@ -1827,6 +1827,32 @@ impl<'g> CudaModel<'g> {
         Ok(())
     }
 
+    /// GlobalAveragePooling2D / GlobalMaxPooling2D (`kernel`) of `x` into `id`'s dense output.
+    fn global_pool<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        id: NodeId,
+        x: View,
+        kernel: &str,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let y_off = self.plan.base(&self.dense_window(id)?, batch) as i64;
+        let nb = batch as i32;
+        // SAFETY: matches global_*_pool_<T>(void*, View, i64, int); the output's dense
+        // window holds batch x channels values.
+        unsafe {
+            self.stream
+                .launch_builder(self.function::<T>(kernel))
+                .arg(&mut *arena)
+                .arg(&x)
+                .arg(&y_off)
+                .arg(&nb)
+                .launch(grid(batch * x.c.max(0) as usize))
+                .map_err(driver)?;
+        }
+        Ok(())
+    }
+
     fn shift_window<T: Element>(
         &self,
         arena: &mut CudaSlice<T>,
@@ -2477,9 +2503,7 @@ impl<'g> CudaModel<'g> {
                     self.merge::<T>(arena, function, x_views()?, y, batch)?
                 }
                 TfCompute::Concat(axis) => self.concat::<T>(arena, id, axis, batch)?,
-                TfCompute::Activation(act) => {
-                    self.elementwise(arena, x_view(0)?, y, activation_code(act), batch)?
-                }
+                TfCompute::Activation(act) => self.activation(arena, x_view(0)?, y, act, batch)?,
                 TfCompute::Scalar(op) => self.scalar_op::<T>(arena, &op, x_view(0)?, y, batch)?,
                 TfCompute::ReduceChannels(f) => {
                     let code: i32 = match f {
@@ -2507,6 +2531,13 @@ impl<'g> CudaModel<'g> {
                     }
                 }
                 TfCompute::Reshape => self.flat_copy(arena, id, batch)?,
+                TfCompute::ReduceImage(f) => {
+                    let kernel = match f {
+                        ImageReduceFn::Mean => "global_average_pool",
+                        ImageReduceFn::Max => "global_max_pool",
+                    };
+                    self.global_pool(arena, id, x_view(0)?, kernel, batch)?
+                }
                 // The input's window of channels, copied (in the input's grid when the
                 // subscript adds or drops axes).
                 TfCompute::Slice => {
@@ -2712,18 +2743,7 @@ impl<'g> CudaModel<'g> {
                         .map_err(driver)?
                 };
             }
-            Op::Activation(op) => {
-                let softmax = op.activation == ActivationFn::Softmax;
-                let act = if softmax {
-                    0
-                } else {
-                    activation_code(op.activation)
-                };
-                self.elementwise(arena, x_view(0)?, y, act, batch)?;
-                if softmax {
-                    self.softmax_over_channels(arena, y, batch)?;
-                }
-            }
+            Op::Activation(op) => self.activation(arena, x_view(0)?, y, op.activation, batch)?,
             Op::ReLU(op) => {
                 let has_max = i32::from(op.max_value.is_some());
                 let (mx, slope, t) = (
@@ -2769,32 +2789,10 @@ impl<'g> CudaModel<'g> {
                 self.softmax_in_place(arena, yo, outer, len, inner)?;
             }
             Op::GlobalMaxPooling2D(_) => {
-                let x = x_view(0)?;
-                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
-                unsafe {
-                    stream
-                        .launch_builder(self.function::<T>("global_max_pool"))
-                        .arg(&mut *arena)
-                        .arg(&x)
-                        .arg(&y_off)
-                        .arg(&nb)
-                        .launch(grid(batch * x.c.max(0) as usize))
-                        .map_err(driver)?;
-                }
+                self.global_pool(arena, id, x_view(0)?, "global_max_pool", batch)?
             }
             Op::GlobalAveragePooling2D(_) => {
-                let x = x_view(0)?;
-                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
-                unsafe {
-                    stream
-                        .launch_builder(self.function::<T>("global_average_pool"))
-                        .arg(&mut *arena)
-                        .arg(&x)
-                        .arg(&y_off)
-                        .arg(&nb)
-                        .launch(grid(batch * x.c.max(0) as usize))
-                        .map_err(driver)?;
-                }
+                self.global_pool(arena, id, x_view(0)?, "global_average_pool", batch)?
             }
         }
         Ok(())
@@ -3060,6 +3058,25 @@ impl<'g> CudaModel<'g> {
                 .map_err(driver)?;
         }
         Ok(())
+    }
+
+    /// `activation` of every value of `x` into `y`; softmax over each pixel's channels.
+    fn activation<T: Element>(
+        &self,
+        arena: &mut CudaSlice<T>,
+        x: View,
+        y: View,
+        activation: ActivationFn,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        match activation {
+            // A copy, then the softmax in place.
+            ActivationFn::Softmax => {
+                self.elementwise(arena, x, y, activation_code(ActivationFn::Linear), batch)?;
+                self.softmax_over_channels(arena, y, batch)
+            }
+            other => self.elementwise(arena, x, y, activation_code(other), batch),
+        }
     }
 
     /// Softmax over the channels of every pixel of a dense window, in place.

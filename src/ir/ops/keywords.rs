@@ -179,6 +179,23 @@ keyword_enum! {
         /// `x[...]` (Keras's SlicingOpLambda): channels sliced or picked, axes of size 1
         /// added or dropped.
         OperatorsGetitem = "__operators__.getitem",
+        /// `tf.tanh` / `tf.nn.tanh`.
+        MathTanh = "math.tanh",
+        /// `tf.nn.softmax(x)` over the last axis (the channels).
+        NnSoftmax = "nn.softmax",
+        /// `tf.nn.leaky_relu(x)`: TensorFlow's default slope 0.2.
+        NnLeakyRelu = "nn.leaky_relu",
+        NnRelu6 = "nn.relu6",
+        NnElu = "nn.elu",
+        NnSelu = "nn.selu",
+        /// `tf.nn.silu` and `tf.nn.swish` (which records this name).
+        NnSilu = "nn.silu",
+        /// `tf.nn.gelu(x)`: the exact (erf) form, TensorFlow's default.
+        NnGelu = "nn.gelu",
+        /// `tf.math.softplus` and `tf.nn.softplus`.
+        MathSoftplus = "math.softplus",
+        NnSoftsign = "nn.softsign",
+        MathExp = "math.exp",
     }
 }
 

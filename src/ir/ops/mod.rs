@@ -44,7 +44,8 @@ pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, Max
 pub use reshape::{Permute, Reshape};
 pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
 pub use tf_op::{
-    IndexItem, ReduceFn, ScalarFn, ScalarOp, Subscript, TFOpLambda, TfCompute, TfConstant,
+    ImageReduceFn, IndexItem, ReduceFn, ScalarFn, ScalarOp, Subscript, TFOpLambda, TfCompute,
+    TfConstant,
 };
 pub use volume::{
     AveragePooling3D, Conv3D, Conv3DArgs, Conv3DTranspose, Cropping3D, GlobalAveragePooling3D,

@@ -23,6 +23,9 @@ pub enum TfCompute {
     Scalar(ScalarOp),
     /// `tf.reduce_mean(x, axis=-1, keepdims=True)` / `reduce_max`: one value per pixel.
     ReduceChannels(ReduceFn),
+    /// `tf.reduce_mean(x, axis=[1, 2])` / `reduce_max`: one value per channel, as Keras's
+    /// GlobalAveragePooling2D / GlobalMaxPooling2D compute it (`keepdims` as given).
+    ReduceImage(ImageReduceFn),
     /// The same values in another shape (`tf.expand_dims`, `tf.squeeze`, `tf.reshape`), as
     /// Keras's Reshape.
     Reshape,
@@ -32,6 +35,13 @@ pub enum TfCompute {
     /// `x[...]`: a window of each pixel's channels ([`TFOpLambda::channel_window`]), in the
     /// output's shape.
     Slice,
+}
+
+/// A reduction over height and width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageReduceFn {
+    Mean,
+    Max,
 }
 
 /// A reduction over the channels.
@@ -417,6 +427,17 @@ impl TfFunction {
             TfFunction::MathArgmax => "tf.math.argmax",
             TfFunction::Cast => "tf.cast",
             TfFunction::OperatorsGetitem => "tf.__operators__.getitem",
+            TfFunction::MathTanh => "tf.math.tanh",
+            TfFunction::NnSoftmax => "tf.nn.softmax",
+            TfFunction::NnLeakyRelu => "tf.nn.leaky_relu",
+            TfFunction::NnRelu6 => "tf.nn.relu6",
+            TfFunction::NnElu => "tf.nn.elu",
+            TfFunction::NnSelu => "tf.nn.selu",
+            TfFunction::NnSilu => "tf.nn.silu",
+            TfFunction::NnGelu => "tf.nn.gelu",
+            TfFunction::MathSoftplus => "tf.math.softplus",
+            TfFunction::NnSoftsign => "tf.nn.softsign",
+            TfFunction::MathExp => "tf.math.exp",
         }
     }
 }
@@ -430,6 +451,8 @@ pub struct TFOpLambda {
     pub constant: Option<TfConstant>,
     /// Whether the spec (or Keras's call) gave `axis` (the reductions need it).
     pub axis_given: bool,
+    /// `axis` given as a list of several (`axis=[1, 2]`: the reductions over height and width).
+    pub axes: Vec<i64>,
     /// The reductions' `keepdims`.
     pub keepdims: Option<bool>,
     /// tf.reshape's `shape`, the batch's `-1` first (empty when not given).
@@ -477,7 +500,18 @@ impl TFOpLambda {
                 | TfFunction::ImageResize
                 | TfFunction::MathArgmax
                 | TfFunction::Cast
-                | TfFunction::OperatorsGetitem => {}
+                | TfFunction::OperatorsGetitem
+                | TfFunction::MathTanh
+                | TfFunction::NnSoftmax
+                | TfFunction::NnLeakyRelu
+                | TfFunction::NnRelu6
+                | TfFunction::NnElu
+                | TfFunction::NnSelu
+                | TfFunction::NnSilu
+                | TfFunction::NnGelu
+                | TfFunction::MathSoftplus
+                | TfFunction::NnSoftsign
+                | TfFunction::MathExp => {}
             }
         }
         match self.function {
@@ -488,6 +522,12 @@ impl TFOpLambda {
             TfFunction::MathMaximum => TfCompute::Merge(MergeFn::Maximum),
             TfFunction::MathMinimum => TfCompute::Merge(MergeFn::Minimum),
             TfFunction::Concat => TfCompute::Concat(self.axis),
+            TfFunction::MathReduceMean if self.axes.len() > 1 => {
+                TfCompute::ReduceImage(ImageReduceFn::Mean)
+            }
+            TfFunction::MathReduceMax if self.axes.len() > 1 => {
+                TfCompute::ReduceImage(ImageReduceFn::Max)
+            }
             TfFunction::MathReduceMean => TfCompute::ReduceChannels(ReduceFn::Mean),
             TfFunction::MathReduceMax => TfCompute::ReduceChannels(ReduceFn::Max),
             TfFunction::NnRelu => TfCompute::Activation(ActivationFn::Relu),
@@ -500,6 +540,30 @@ impl TFOpLambda {
             // float32 to float32 (an argmax's indices are held as float32 already).
             TfFunction::Cast => TfCompute::Activation(ActivationFn::Linear),
             TfFunction::OperatorsGetitem => TfCompute::Slice,
+            TfFunction::MathTanh => TfCompute::Activation(ActivationFn::Tanh),
+            TfFunction::NnSoftmax => TfCompute::Activation(ActivationFn::Softmax),
+            TfFunction::NnLeakyRelu => TfCompute::Activation(ActivationFn::LeakyRelu),
+            TfFunction::NnRelu6 => TfCompute::Activation(ActivationFn::Relu6),
+            TfFunction::NnElu => TfCompute::Activation(ActivationFn::Elu),
+            TfFunction::NnSelu => TfCompute::Activation(ActivationFn::Selu),
+            TfFunction::NnSilu => TfCompute::Activation(ActivationFn::Silu),
+            TfFunction::NnGelu => TfCompute::Activation(ActivationFn::Gelu),
+            TfFunction::MathSoftplus => TfCompute::Activation(ActivationFn::Softplus),
+            TfFunction::NnSoftsign => TfCompute::Activation(ActivationFn::Softsign),
+            TfFunction::MathExp => TfCompute::Activation(ActivationFn::Exponential),
+        }
+    }
+
+    /// The Keras layer `tf.reduce_mean(x, axis=[1, 2])` / `reduce_max` computes the same as.
+    pub fn as_global_pooling(&self, f: ImageReduceFn) -> super::Op {
+        let keepdims = self.keepdims.unwrap_or(false);
+        match f {
+            ImageReduceFn::Mean => {
+                super::Op::GlobalAveragePooling2D(super::GlobalAveragePooling2D { keepdims })
+            }
+            ImageReduceFn::Max => {
+                super::Op::GlobalMaxPooling2D(super::GlobalMaxPooling2D { keepdims })
+            }
         }
     }
 
@@ -524,7 +588,18 @@ impl TFOpLambda {
             | TfFunction::Reshape
             | TfFunction::ImageResize
             | TfFunction::MathArgmax
-            | TfFunction::Cast => Self::CLASS,
+            | TfFunction::Cast
+            | TfFunction::MathTanh
+            | TfFunction::NnSoftmax
+            | TfFunction::NnLeakyRelu
+            | TfFunction::NnRelu6
+            | TfFunction::NnElu
+            | TfFunction::NnSelu
+            | TfFunction::NnSilu
+            | TfFunction::NnGelu
+            | TfFunction::MathSoftplus
+            | TfFunction::NnSoftsign
+            | TfFunction::MathExp => Self::CLASS,
         }
     }
 
@@ -615,7 +690,18 @@ impl TFOpLambda {
             | TfFunction::ImageResize
             | TfFunction::MathArgmax
             | TfFunction::Cast
-            | TfFunction::OperatorsGetitem => {
+            | TfFunction::OperatorsGetitem
+            | TfFunction::MathTanh
+            | TfFunction::NnSoftmax
+            | TfFunction::NnLeakyRelu
+            | TfFunction::NnRelu6
+            | TfFunction::NnElu
+            | TfFunction::NnSelu
+            | TfFunction::NnSilu
+            | TfFunction::NnGelu
+            | TfFunction::MathSoftplus
+            | TfFunction::NnSoftsign
+            | TfFunction::MathExp => {
                 return Err(ShapeError::new(
                     "E-arg-value",
                     format!("{name} does not reshape"),
@@ -719,7 +805,14 @@ impl LayerKind for TFOpLambda {
         }
         let function = r.keyword("function", TfFunction::OperatorsAdd, None);
         let axis_given = r.has("axis");
-        let axis = r.int_or("axis", -5, 4, -1);
+        // One axis, or several as a list (`axis: (1, 2)`); a list of one is that axis.
+        let (axis, axes) = match r.peek("axis") {
+            Some(Value::List(_)) => match r.int_list("axis", -5, 4)[..] {
+                [one] => (one, Vec::new()),
+                ref several => (-1, several.to_vec()),
+            },
+            _ => (r.int_or("axis", -5, 4, -1), Vec::new()),
+        };
         let keepdims = r.has("keepdims").then(|| r.bool_or("keepdims", false));
         let shape = r.int_list("shape", -1, MAX_DIM);
         let size = r.pair("size", 1, MAX_DIM);
@@ -782,6 +875,7 @@ impl LayerKind for TFOpLambda {
             axis,
             constant,
             axis_given,
+            axes,
             keepdims,
             shape,
             size,
@@ -819,6 +913,30 @@ impl LayerKind for TFOpLambda {
                 ));
             }
         }
+        if !self.axes.is_empty() && !matches!(self.computes(), TfCompute::ReduceImage(_)) {
+            return Err(ShapeError::new(
+                "E-arg-value",
+                format!(
+                    "{name} takes one `axis` here, not the list {:?} (a list of axes is for \
+                     math.reduce_mean and math.reduce_max over height and width: `axis: (1, 2)`)",
+                    self.axes
+                ),
+                "one axis",
+            ));
+        }
+        if self.function == TfFunction::NnSoftmax && self.axis_given {
+            let last = inputs.first().map_or(0, Vec::len) as i64;
+            if self.axis != -1 && self.axis != last {
+                return Err(ShapeError::new(
+                    "E-arg-value",
+                    format!(
+                        "{name} runs over the channel axis only: `axis: -1` (or {last}), not {}",
+                        self.axis
+                    ),
+                    "over the channels only",
+                ));
+            }
+        }
         match (self.constant, self.computes()) {
             (Some(_), TfCompute::Scalar(_)) if inputs.len() != 1 => Err(ShapeError::new(
                 "E-arity",
@@ -848,6 +966,32 @@ impl LayerKind for TFOpLambda {
             (None, TfCompute::Merge(_)) => {
                 takes(2)?;
                 broadcast_shapes(inputs, name)
+            }
+            (None, TfCompute::ReduceImage(_)) => {
+                takes(1)?;
+                let [_, _, c] = super::image(inputs, name)?;
+                let mut axes: Vec<i64> = self
+                    .axes
+                    .iter()
+                    .map(|&a| if a < 0 { a + 4 } else { a })
+                    .collect();
+                axes.sort_unstable();
+                if axes != [1, 2] {
+                    return Err(ShapeError::new(
+                        "E-arg-value",
+                        format!(
+                            "{name} over the axes {:?}: unetc reduces over the channels \
+                             (`axis: -1`) or over height and width (`axis: (1, 2)`) only",
+                            self.axes
+                        ),
+                        "height and width only",
+                    ));
+                }
+                Ok(if self.keepdims == Some(true) {
+                    vec![1, 1, c]
+                } else {
+                    vec![c]
+                })
             }
             (None, TfCompute::ReduceChannels(ReduceFn::Argmax)) => {
                 takes(1)?;
@@ -989,6 +1133,12 @@ impl LayerKind for TFOpLambda {
             TfCompute::Activation(_) if self.function == TfFunction::Cast => {
                 json!({ "function": self.function, "dtype": self.dtype })
             }
+            TfCompute::Activation(_) if self.axis_given => {
+                json!({ "function": self.function, "axis": self.axis })
+            }
+            TfCompute::ReduceImage(_) => json!({
+                "function": self.function, "axis": self.axes, "keepdims": self.keepdims.unwrap_or(false)
+            }),
             TfCompute::Merge(_) | TfCompute::Activation(_) => json!({ "function": self.function }),
             TfCompute::Reshape if self.function == TfFunction::Reshape => {
                 json!({ "function": self.function, "shape": self.shape })

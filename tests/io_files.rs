@@ -1098,3 +1098,53 @@ fn constant_initializers_seeds_and_unknown_names() {
     assert!(message(&e).contains("more than the"));
     assert_no_huge_allocation();
 }
+
+#[test]
+fn tiff_stacks_of_full_size_pages_are_refused_pyramids_are_not() {
+    // A TIFF of several full-size pages (a z-stack, a time series, channels as pages) would be
+    // read as its first page alone: refused, by both readers (the image reader and the
+    // streaming one). Reduced-resolution pages (NewSubfileType 1) and pages of other sizes (a
+    // pyramid's levels, a slide's label) are not. Files from the `tiff` crate's encoder.
+    use tiff::encoder::{colortype::Gray8, TiffEncoder};
+    use tiff::tags::Tag;
+    use unetc::io::stream::TiffSource;
+    let d = dir();
+    let page = vec![7u8; 12 * 10];
+    let small = vec![9u8; 6 * 5];
+    let write = |name: &str, pages: &[(u32, u32, &[u8], u32)]| {
+        let path = d.path().join(name);
+        let mut tiff = TiffEncoder::new(std::fs::File::create(&path).unwrap()).unwrap();
+        for &(w, h, data, subfile) in pages {
+            let mut image = tiff.new_image::<Gray8>(w, h).unwrap();
+            if subfile != 0 {
+                image
+                    .encoder()
+                    .write_tag(Tag::NewSubfileType, subfile)
+                    .unwrap();
+            }
+            image.write_data(data).unwrap();
+        }
+        path
+    };
+    let stack = write(
+        "stack.tif",
+        &[(10, 12, &page, 0), (10, 12, &page, 0), (10, 12, &page, 0)],
+    );
+    let e = message(&read_image(&stack).unwrap_err());
+    assert!(e.contains("has 3 full-size pages of 10x12"), "{e}");
+    let e = message(&TiffSource::open(&stack, 1 << 26).err().expect("refused"));
+    assert!(e.contains("has 3 full-size pages"), "{e}");
+    for ok in [
+        write("one.tif", &[(10, 12, &page, 0)]),
+        write("pyramid.tif", &[(10, 12, &page, 0), (5, 6, &small, 1)]),
+        write("label.tif", &[(10, 12, &page, 0), (5, 6, &small, 0)]),
+        write("thumbnail.tif", &[(10, 12, &page, 0), (10, 12, &page, 1)]),
+    ] {
+        let t = read_image(&ok).unwrap_or_else(|e| panic!("{}: {}", ok.display(), message(&e)));
+        assert_eq!(t.shape, vec![1, 12, 10, 1]);
+        assert!(t.data.iter().all(|&v| v == 7.0 / 255.0));
+        if let Err(e) = TiffSource::open(&ok, 1 << 26) {
+            panic!("{}: {}", ok.display(), message(&e));
+        }
+    }
+}

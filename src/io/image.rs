@@ -134,7 +134,8 @@ fn decode(path: &Path) -> Result<Decoded, IoError> {
         .with_guessed_format()
         .map_err(|e| IoError::os(path, "cannot read", e))?;
     match reader.format() {
-        Some(ImageFormat::Png | ImageFormat::Tiff) => {}
+        Some(ImageFormat::Png) => {}
+        Some(ImageFormat::Tiff) => super::stream::refuse_page_stacks(path)?,
         Some(other) => {
             return Err(IoError::invalid(
                 path,

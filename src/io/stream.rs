@@ -422,6 +422,53 @@ pub struct TiffSource {
     cache_cap: usize,
 }
 
+/// Refuses a TIFF whose further pages are full-size images (a z-stack, a time series, channels
+/// stored as pages), which unetc would otherwise read as their first page alone. Pages of
+/// reduced resolution (NewSubfileType bit 0: a pyramid's levels, a thumbnail) and of other sizes
+/// (a slide's label) are left alone; a file the tiff crate cannot walk is left to the reader.
+pub fn refuse_page_stacks(path: &Path) -> Result<(), IoError> {
+    use tiff::decoder::Decoder;
+    use tiff::tags::Tag;
+    let Ok(file) = File::open(path) else {
+        return Ok(());
+    };
+    let Ok(mut decoder) = Decoder::new(BufReader::new(file)) else {
+        return Ok(());
+    };
+    let Ok(first) = decoder.dimensions() else {
+        return Ok(());
+    };
+    // Bounded: a file may chain any number of pages.
+    let (mut full, mut walked) = (1usize, 0usize);
+    while decoder.more_images() && walked < 10_000 {
+        walked += 1;
+        if decoder.next_image().is_err() {
+            continue;
+        }
+        let reduced = decoder
+            .find_tag_unsigned::<u32>(Tag::NewSubfileType)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t & 1 == 1);
+        if !reduced && decoder.dimensions().ok() == Some(first) {
+            full += 1;
+        }
+    }
+    if full > 1 {
+        return Err(IoError::invalid(
+            path,
+            format!(
+                "has {full} full-size pages of {}x{} (W x H): a z-stack, a time series or \
+                 channels stored as pages; unetc reads one image per TIFF and would take the \
+                 first page alone: save each page as a TIFF of its own, or the stack as a .npy \
+                 (N, H, W, C)",
+                first.0, first.1
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl TiffSource {
     /// Opens a TIFF for streaming: its first image, checked to be a layout this reader handles
     /// and no chunk of which decodes to more than `cache_cap` bytes of f32. The error says why
@@ -435,6 +482,7 @@ impl TiffSource {
             IoError::invalid(path, format!("is not a TIFF unetc can read: {e}"))
         };
         let mut decoder = Decoder::new(BufReader::new(file)).map_err(bad)?;
+        refuse_page_stacks(path)?;
         let (w, h) = decoder.dimensions().map_err(bad)?;
         let (w, h) = (w as usize, h as usize);
         let pixels = w as u64 * h as u64;

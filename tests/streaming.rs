@@ -926,3 +926,72 @@ fn labels_are_the_argmax_or_threshold_of_the_probabilities() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_ome_tiff_output_carries_its_ome_xml() {
+    // `-o x.ome.tif` writes the same tiled BigTIFF as `.tif`, with an OME-XML ImageDescription
+    // (schema 2016-06) that names the size, the sample type and the channels; read back by the
+    // `tiff` crate, the pixels equal the `.npy` output. A plain `.tif` has no description.
+    let dir = temp_dir("ome_tiff");
+    let (spec, weights) = model(&dir, "one_rgb", ONE_RGB);
+    let (h, w) = (300usize, 270usize);
+    let input = dir.join("in.npy");
+    write_npy(
+        &input,
+        "<f4",
+        &[1, h, w, 3],
+        (0..h * w * 3).map(|i| pattern(i / (w * 3), (i / 3) % w + i % 3)),
+    );
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            s(&spec),
+            "--weights",
+            s(&weights),
+            "--input",
+            s(&input),
+            "-o",
+            s(out),
+        ];
+        args.extend_from_slice(extra);
+        let (code, _, err) = unetc(&args);
+        assert_eq!(code, 0, "{err}");
+    };
+    let (npy, ome, plain, labels) = (
+        dir.join("out.npy"),
+        dir.join("out.ome.tif"),
+        dir.join("out.tif"),
+        dir.join("labels.OME.TIFF"),
+    );
+    run(&npy, &[]);
+    run(&ome, &[]);
+    run(&plain, &[]);
+    run(&labels, &["--labels"]);
+    let description = |path: &Path| {
+        let mut d = tiff::decoder::Decoder::new(std::fs::File::open(path).unwrap()).unwrap();
+        d.get_tag_ascii_string(tiff::tags::Tag::ImageDescription)
+            .ok()
+    };
+    let xml = description(&ome).expect("an ImageDescription");
+    for part in [
+        "<OME xmlns=\"http://www.openmicroscopy.org/Schemas/OME/2016-06\"",
+        "Name=\"out.ome.tif\"",
+        "DimensionOrder=\"XYCZT\" Type=\"float\" SizeX=\"270\" SizeY=\"300\" SizeC=\"2\"",
+        "<Channel ID=\"Channel:0:0\" SamplesPerPixel=\"2\"/>",
+        "<TiffData IFD=\"0\" PlaneCount=\"1\"/>",
+    ] {
+        assert!(xml.contains(part), "{part} not in {xml}");
+    }
+    let xml = description(&labels).expect("an ImageDescription");
+    assert!(
+        xml.contains("Type=\"uint8\" SizeX=\"270\" SizeY=\"300\" SizeC=\"1\""),
+        "{xml}"
+    );
+    assert_eq!(description(&plain), None);
+    let want = read_npy(&npy).unwrap();
+    for tif in [&ome, &plain] {
+        let (tw, th, got) = read_tiff_f32(tif);
+        assert_eq!((tw as usize, th as usize), (w, h));
+        assert_eq!(max_diff(&got, &want.data), 0.0, "{}", tif.display());
+    }
+}

@@ -1009,6 +1009,54 @@ pub struct TiffSink {
     samples: Samples,
     data_start: u64,
     scratch: Vec<u8>,
+    /// The OME-XML ImageDescription of an `.ome.tif` output (NUL-terminated).
+    ome: Option<Vec<u8>>,
+}
+
+/// Whether `path` names an OME-TIFF (`.ome.tif`, `.ome.tiff`).
+fn is_ome_tiff(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    name.ends_with(".ome.tif") || name.ends_with(".ome.tiff")
+}
+
+/// OME-XML (schema 2016-06) for one image of `h` x `w` pixels of `stored` interleaved samples:
+/// one plane, one channel of `stored` samples (Bio-Formats's reading of chunky samples), in the
+/// file's first IFD.
+fn ome_xml(name: &str, h: usize, w: usize, stored: usize, samples: Samples) -> String {
+    let escaped: String = name
+        .chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_string(),
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&apos;".to_string(),
+            c if c.is_control() => "_".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let kind = match samples {
+        Samples::Float32 => "float",
+        Samples::Label { .. } => "uint8",
+    };
+    let schema = "http://www.openmicroscopy.org/Schemas/OME/2016-06";
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+         <OME xmlns=\"{schema}\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
+         xsi:schemaLocation=\"{schema} {schema}/ome.xsd\" Creator=\"unetc {}\">\
+         <Image ID=\"Image:0\" Name=\"{escaped}\">\
+         <Pixels ID=\"Pixels:0\" DimensionOrder=\"XYCZT\" Type=\"{kind}\" SizeX=\"{w}\" \
+         SizeY=\"{h}\" SizeC=\"{stored}\" SizeZ=\"1\" SizeT=\"1\" Interleaved=\"true\" \
+         BigEndian=\"false\">\
+         <Channel ID=\"Channel:0:0\" SamplesPerPixel=\"{stored}\"/>\
+         <TiffData IFD=\"0\" PlaneCount=\"1\"/>\
+         </Pixels></Image></OME>",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// BigTIFF field types.
@@ -1049,11 +1097,20 @@ impl TiffSink {
         let t = TIFF_TILE as u64;
         let tiles = (w as u64).div_ceil(t) * (h as u64).div_ceil(t);
         let tile_bytes = t * t * (stored * samples.bytes()) as u64;
-        // Header 16, IFD: count 8 + 20 per entry + next 8; arrays after it.
-        let entries: u64 = if stored > 1 { 13 } else { 12 };
+        let ome = is_ome_tiff(path).then(|| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("image");
+            let mut xml = ome_xml(name, h, w, stored, samples).into_bytes();
+            xml.push(0);
+            xml
+        });
+        // Header 16, IFD: count 8 + 20 per entry + next 8; arrays after it (the OME-XML last).
+        let entries: u64 = 12 + u64::from(stored > 1) + u64::from(ome.is_some());
         let shorts = |count: u64| if count * 2 > 8 { count * 2 } else { 0 };
         let longs8 = |count: u64| if count * 8 > 8 { count * 8 } else { 0 };
-        let arrays = 2 * shorts(stored as u64) + shorts(stored as u64 - 1) + 2 * longs8(tiles);
+        let arrays = 2 * shorts(stored as u64)
+            + shorts(stored as u64 - 1)
+            + 2 * longs8(tiles)
+            + ome.as_ref().map_or(0, |x| x.len() as u64);
         let data_start = (16 + 8 + 20 * entries + 8 + arrays).next_multiple_of(4096);
         let total = tiles
             .checked_mul(tile_bytes)
@@ -1071,6 +1128,7 @@ impl TiffSink {
             samples,
             data_start,
             scratch: Vec::new(),
+            ome,
         };
         sink.write_header(entries, tiles, tile_bytes)?;
         Ok(sink)
@@ -1131,14 +1189,23 @@ impl TiffSink {
         entry(&mut head, 258, SHORT, &per(bits));
         entry(&mut head, 259, SHORT, &[1]); // no compression
         entry(&mut head, 262, SHORT, &[1]); // min-is-black
+                                            // ImageDescription (ASCII, 2): after every other array.
+        let shorts = |count: u64| if count * 2 > 8 { count * 2 } else { 0 };
+        let after_shorts = 16 + 8 + 20 * entries + 8 + 2 * shorts(k) + shorts(k - 1);
+        let description_at = after_shorts + if tiles > 1 { 16 * tiles } else { 0 };
+        if let Some(xml) = &self.ome {
+            head.extend_from_slice(&270u16.to_le_bytes());
+            head.extend_from_slice(&2u16.to_le_bytes());
+            head.extend_from_slice(&(xml.len() as u64).to_le_bytes());
+            head.extend_from_slice(&description_at.to_le_bytes());
+        }
         entry(&mut head, 277, SHORT, &[k]);
         entry(&mut head, 284, SHORT, &[1]); // chunky
         entry(&mut head, 322, LONG, &[t]);
         entry(&mut head, 323, LONG, &[t]);
         // Tile offsets and byte counts are written below, a block at a time.
         // After the IFD and the three SHORT arrays (bits, extra samples, sample format).
-        let shorts = |count: u64| if count * 2 > 8 { count * 2 } else { 0 };
-        let offsets_at = 16 + 8 + 20 * entries + 8 + 2 * shorts(k) + shorts(k - 1);
+        let offsets_at = after_shorts;
         let (offsets_at, counts_at) = if tiles > 1 {
             (offsets_at, offsets_at + tiles * 8)
         } else {
@@ -1160,6 +1227,9 @@ impl TiffSink {
         self.write_at(&head, 0)?;
         for (at, bytes) in &arrays {
             self.write_at(bytes, *at)?;
+        }
+        if let Some(xml) = &self.ome {
+            self.write_at(xml, description_at)?;
         }
         if tiles > 1 {
             let mut block = Vec::with_capacity(8 << 13);

@@ -1371,19 +1371,34 @@ impl Exporter<'_> {
                         ],
                     );
                 }
-                // The channels read (axis 1 of an NCHW image, the last axis otherwise), then
-                // reshaped in Keras's order when the subscript adds or drops axes.
+                // The rows, columns (axes 2, 3 of an NCHW image) and channels (axis 1 of an
+                // image, the last axis otherwise) read, then reshaped in Keras's order when the
+                // subscript adds or drops axes.
                 TfCompute::Slice => {
                     let item: Vec<usize> = in_shapes[0].iter().map(|&d| d as usize).collect();
-                    let window = op.channel_window(&item);
-                    let axis = if channels_first(item.len()) { 1 } else { -1 };
+                    let [rows, cols, channels] = op.slice_window(&item);
+                    let image = channels_first(item.len());
                     let mut sliced_shape = in_shapes[0].clone();
-                    if let Some(c) = sliced_shape.last_mut() {
-                        *c = window.len() as i64;
+                    if image {
+                        sliced_shape =
+                            vec![rows.len() as i64, cols.len() as i64, channels.len() as i64];
+                    } else if let Some(c) = sliced_shape.last_mut() {
+                        *c = channels.len() as i64;
+                    }
+                    // (axis, start, end) of every axis not read whole.
+                    let mut cut: Vec<(i64, usize, usize)> = Vec::new();
+                    let axes: Vec<(i64, &std::ops::Range<usize>, usize)> = match item[..] {
+                        [h, w, c] if image => vec![(2, &rows, h), (3, &cols, w), (1, &channels, c)],
+                        _ => vec![(-1, &channels, item.last().copied().unwrap_or(1))],
+                    };
+                    for (axis, range, n) in axes {
+                        if (range.start, range.end) != (0, n) {
+                            cut.push((axis, range.start, range.end));
+                        }
                     }
                     let same = sliced_shape == out_shape;
-                    // Every channel (and a tensor of no axes but the batch): nothing to slice.
-                    let whole = window.len() == item.last().copied().unwrap_or(1);
+                    // Every value (and a tensor of no axes but the batch): nothing to slice.
+                    let whole = cut.is_empty();
                     let sliced = if whole {
                         x()
                     } else {
@@ -1392,11 +1407,11 @@ impl Exporter<'_> {
                         } else {
                             format!("{name}/sliced")
                         };
-                        let mut at = |what: &str, v: usize| {
-                            self.init_i64(format!("{name}/{what}"), vec![v as i64])
-                        };
-                        let (starts, ends) = (at("starts", window.start), at("ends", window.end));
-                        let axes = self.init_i64(format!("{name}/axes"), vec![axis]);
+                        let mut list =
+                            |what: &str, v: Vec<i64>| self.init_i64(format!("{name}/{what}"), v);
+                        let starts = list("starts", cut.iter().map(|c| c.1 as i64).collect());
+                        let ends = list("ends", cut.iter().map(|c| c.2 as i64).collect());
+                        let axes = list("axes", cut.iter().map(|c| c.0).collect());
                         let node = if same { name.clone() } else { sliced.clone() };
                         let inputs = vec![x(), starts, ends, axes];
                         self.node(node, "Slice", inputs, sliced.clone(), vec![]);

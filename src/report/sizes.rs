@@ -658,7 +658,18 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                             return Err(non_local())
                         }
                         TfCompute::Slice if rank(id) != rank(input) => return Err(non_local()),
-                        TfCompute::Slice => (a, b),
+                        // A crop of the height or width shifts positions by its start.
+                        TfCompute::Slice => {
+                            let item: Vec<usize> = c.info.layers[input.index()]
+                                .shape
+                                .iter()
+                                .flatten()
+                                .map(|&d| d.max(0) as usize)
+                                .collect();
+                            let [rows, cols, _] = op.slice_window(&item);
+                            let start = if axis == 0 { rows.start } else { cols.start } as i64;
+                            (a + start, b + start)
+                        }
                         TfCompute::Resize(method) => {
                             let (i, o) = (size(input).max(1), (out as i64).max(1));
                             let s = (o / i).max(1);

@@ -579,10 +579,10 @@ pub fn forward(
             }
             TfCompute::Slice => {
                 let item = &inputs[0].shape[1..];
-                let c = item.last().copied().unwrap_or(1);
                 let mut out = vec![0.0f32; out_len];
-                let window = o.channel_window(item);
-                crate::exec::cpu::kernels::slice_channels(first(), c, window, &mut out);
+                let window = o.slice_window(item);
+                let dims = crate::exec::plan::hwc(item);
+                crate::exec::cpu::kernels::slice_window(first(), dims, window, &mut out);
                 out
             }
             TfCompute::Resize(_) => {
@@ -1159,15 +1159,25 @@ pub fn backward(
                     mode,
                 )
             }
-            // The gradient goes back to the channels read; the others get none.
+            // The gradient goes back to the values read; the others get none.
             TfCompute::Slice => {
                 let dy = output_grad(grad);
                 let item = &x_shape[1..];
-                let c = item.last().copied().unwrap_or(1).max(1);
-                let window = o.channel_window(item);
+                let [h, w, c] = crate::exec::plan::hwc(item);
+                let [rows, cols, channels] = o.slice_window(item);
                 let mut dx = vec![0.0f32; x_shape.iter().product()];
-                for (pixel, g) in dx.chunks_mut(c).zip(dy.chunks(window.len().max(1))) {
-                    pixel[window.clone()].copy_from_slice(g);
+                let per_out = (rows.len() * cols.len() * channels.len()).max(1);
+                for (d, g) in dx.chunks_mut((h * w * c).max(1)).zip(dy.chunks(per_out)) {
+                    let mut at = 0;
+                    for y in rows.clone() {
+                        for x in cols.clone() {
+                            let from = (y * w + x) * c;
+                            let k = channels.len();
+                            d[from + channels.start..from + channels.end]
+                                .copy_from_slice(&g[at..at + k]);
+                            at += k;
+                        }
+                    }
                 }
                 input_grads(dx)
             }

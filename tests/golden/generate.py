@@ -790,7 +790,8 @@ def edge_tfindex():
     decoder's map), here `cls[:, None, None, :]` so that it broadcasts at batch 2 as well; the
     per-pixel argmax of a 4-channel map (a label map); channel subscripts `x[..., 1:3]`,
     `x[:, :, :, 2]`, `x[..., -1:]`, `x[..., :2][:, :, :, 1][..., None]` (a channel picked, then
-    a new axis) and `x[0:, :, :, -2]`. Each result is cast where it is integer, flattened and concatenated."""
+    a new axis), `x[0:, :, :, -2]`, and crops `x[:, 1:-1, 1:4, 1:3]`, `x[:, 2:, :-1, 0]`. Each
+    result is cast where it is integer, flattened and concatenated."""
     tf = _tf()
     L = tf.keras.layers
     inp = L.Input((6, 5, 3))
@@ -815,6 +816,8 @@ def edge_tfindex():
         x[..., -1:],
         x[..., :2][:, :, :, 1][..., None],
         x[0:, :, :, -2],
+        x[:, 1:-1, 1:4, 1:3],
+        x[:, 2:, :-1, 0],
     ]
     flat = [L.Flatten()(b) for b in branches]
     return tf.keras.Model(inp, L.Concatenate()(flat))

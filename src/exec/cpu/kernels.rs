@@ -831,6 +831,31 @@ pub fn slice_channels(x: &[f32], c: usize, channels: std::ops::Range<usize>, out
         .for_each(|(o, pixel)| o.copy_from_slice(&pixel[channels.clone()]));
 }
 
+/// `x[:, rows, cols, channels]` of each item of `x` (`[h, w, c]` per item), in order.
+pub fn slice_window(
+    x: &[f32],
+    [h, w, c]: [usize; 3],
+    [rows, cols, channels]: [std::ops::Range<usize>; 3],
+    out: &mut [f32],
+) {
+    let per_item = h * w * c;
+    let per_out = rows.len() * cols.len() * channels.len();
+    if per_item == 0 || per_out == 0 {
+        return;
+    }
+    for (item, o) in x.chunks(per_item).zip(out.chunks_mut(per_out)) {
+        let mut at = 0;
+        for y in rows.clone() {
+            for px in cols.clone() {
+                let from = (y * w + px) * c;
+                let k = channels.len();
+                o[at..at + k].copy_from_slice(&item[from + channels.start..from + channels.end]);
+                at += k;
+            }
+        }
+    }
+}
+
 /// `K.repeat_elements` on the channels: each of a pixel's `c` channels `repeats` times in a row.
 pub fn repeat_channels(x: &[f32], c: usize, repeats: usize, out: &mut [f32]) {
     if c == 0 || repeats == 0 {

@@ -845,7 +845,16 @@ impl<'g> CpuModel<'g> {
                 }
                 TfCompute::Slice => {
                     let c = in_shapes[0].last().copied().unwrap_or(1);
-                    kernels::slice_channels(ins[0], c, op.channel_window(&in_shapes[0]), out)
+                    // The window is in plan::hwc's view of the input (not `hwc` above, which
+                    // keeps a rank-2 tensor's axes as height and width).
+                    let dims = super::plan::hwc(&in_shapes[0]);
+                    match op.slice_window(&in_shapes[0]) {
+                        // Every pixel: the parallel channel copy.
+                        [rows, cols, channels] if rows.len() * cols.len() == dims[0] * dims[1] => {
+                            kernels::slice_channels(ins[0], c, channels, out)
+                        }
+                        window => kernels::slice_window(ins[0], dims, window, out),
+                    }
                 }
                 TfCompute::Resize(_) => {
                     let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();

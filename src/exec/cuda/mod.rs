@@ -2541,10 +2541,14 @@ impl<'g> CudaModel<'g> {
                 // The input's window of channels, copied (in the input's grid when the
                 // subscript adds or drops axes).
                 TfCompute::Slice => {
-                    let window = op.channel_window(&in_shapes[0]);
+                    let [rows, cols, channels] = op.slice_window(&in_shapes[0]);
                     let mut x = x_view(0)?;
-                    x.offset += window.start as i64;
-                    x.c = window.len() as i32;
+                    x.offset += rows.start as i64 * x.row_stride
+                        + cols.start as i64 * x.pixel_stride as i64
+                        + channels.start as i64;
+                    x.h = rows.len() as i32;
+                    x.w = cols.len() as i32;
+                    x.c = channels.len() as i32;
                     let y = if in_shapes[0].len() == out_shape.len() {
                         y
                     } else {

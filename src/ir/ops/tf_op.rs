@@ -89,6 +89,14 @@ pub enum IndexItem {
     At(i64),
 }
 
+/// The part of an image (or of a tensor's channels) a subscript reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceWindow {
+    pub rows: std::ops::Range<i64>,
+    pub cols: std::ops::Range<i64>,
+    pub channels: std::ops::Range<i64>,
+}
+
 /// A subscript as Python writes it; unetc runs those that keep the batch and the spatial axes
 /// whole and slice or pick the channels (the last axis), adding or dropping axes of size 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,8 +179,8 @@ impl Subscript {
     }
 
     /// What the subscript does to a tensor of `shape` (the batch axis not included): the
-    /// output's shape and the window of channels read, or why unetc does not run it.
-    pub fn apply(&self, shape: &[i64]) -> Result<(Shape, std::ops::Range<i64>), String> {
+    /// output's shape and the window read, or why unetc does not run it.
+    pub fn apply(&self, shape: &[i64]) -> Result<(Shape, SliceWindow), String> {
         let rank = shape.len() + 1;
         let consumes = |i: &IndexItem| matches!(i, IndexItem::Range(..) | IndexItem::At(_));
         let named = self.0.iter().filter(|i| consumes(i)).count();
@@ -199,7 +207,13 @@ impl Subscript {
             ));
         }
         let channels = shape.last().copied().unwrap_or(1);
-        let mut window = 0..channels;
+        // An image's height and width may be sliced (a crop); other axes are kept whole.
+        let image = shape.len() == 3;
+        let mut window = SliceWindow {
+            rows: 0..if image { shape[0] } else { 1 },
+            cols: 0..if image { shape[1] } else { 1 },
+            channels: 0..channels,
+        };
         let mut out = Vec::new();
         let mut axis = 0usize;
         for item in items {
@@ -227,18 +241,23 @@ impl Subscript {
                         Some(v) => v.min(n),
                     };
                     let (start, stop) = (clamp(a, 0), clamp(b, n));
-                    if last && start < stop {
-                        window = start..stop;
-                    } else if last {
+                    let whole = (start, stop) == (0, n);
+                    if start >= stop {
                         return Err(format!(
-                            "`{}:{}` of {n} channels is empty",
+                            "`{}:{}` of axis {axis} (of {n}) is empty",
                             a.map(|v| v.to_string()).unwrap_or_default(),
                             b.map(|v| v.to_string()).unwrap_or_default()
                         ));
-                    } else if (start, stop) != (0, n) {
+                    } else if last {
+                        window.channels = start..stop;
+                    } else if image && axis == 1 {
+                        window.rows = start..stop;
+                    } else if image && axis == 2 {
+                        window.cols = start..stop;
+                    } else if !whole {
                         return Err(format!(
-                            "axis {axis} (of {n}) is sliced; unetc slices the channels (the last \
-                             axis) only (cropping2d crops height and width)"
+                            "axis {axis} (of {n}) is sliced; unetc slices an image's height, width \
+                             and channels only"
                         ));
                     }
                     out.push(stop.max(start) - start);
@@ -252,7 +271,7 @@ impl Subscript {
                         ));
                     }
                     if last {
-                        window = at..at + 1;
+                        window.channels = at..at + 1;
                     } else if n != 1 {
                         return Err(format!(
                             "index {k} picks one position of axis {axis} (of {n}); unetc picks \
@@ -603,14 +622,18 @@ impl TFOpLambda {
         }
     }
 
-    /// The channels `x[...]` reads from each pixel of an input of `shape` (the batch axis not
-    /// included); the whole pixel for the other functions and where the shape rule refused.
-    pub fn channel_window(&self, shape: &[usize]) -> std::ops::Range<usize> {
-        let c = shape.last().copied().unwrap_or(1);
+    /// The rows, columns and channels `x[...]` reads from an input of `shape` (the batch axis
+    /// not included), in the `[h, w, c]` view of the executors ([`crate::exec::plan::hwc`]:
+    /// only an image's rows and columns are ever cut); the whole input for the other functions
+    /// and where the shape rule refused.
+    pub fn slice_window(&self, shape: &[usize]) -> [std::ops::Range<usize>; 3] {
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let [h, w, c] = crate::exec::plan::hwc(shape);
+        let u = |r: std::ops::Range<i64>| r.start as usize..r.end as usize;
         match self.index.as_ref().map(|index| index.apply(&dims)) {
-            Some(Ok((_, window))) => window.start as usize..window.end as usize,
-            Some(Err(_)) | None => 0..c,
+            Some(Ok((_, win))) if shape.len() == 3 => [u(win.rows), u(win.cols), u(win.channels)],
+            Some(Ok((_, win))) => [0..h, 0..w, u(win.channels)],
+            Some(Err(_)) | None => [0..h, 0..w, 0..c],
         }
     }
 }
@@ -1171,7 +1194,9 @@ mod tests {
     use super::*;
 
     fn apply(index: &str, shape: &[i64]) -> Result<(Shape, std::ops::Range<i64>), String> {
-        Subscript::parse(index)?.apply(shape)
+        Subscript::parse(index)?
+            .apply(shape)
+            .map(|(shape, window)| (shape, window.channels))
     }
 
     #[test]
@@ -1202,12 +1227,52 @@ mod tests {
     }
 
     #[test]
+    fn subscripts_crop_an_image() {
+        let window = |index: &str, shape: &[i64]| Subscript::parse(index).unwrap().apply(shape);
+        assert_eq!(
+            window("[:, 1:-1, 1:4, 1:3]", &[6, 5, 4]),
+            Ok((
+                vec![4, 3, 2],
+                SliceWindow {
+                    rows: 1..5,
+                    cols: 1..4,
+                    channels: 1..3
+                }
+            ))
+        );
+        assert_eq!(
+            window("[:, 2:, :-1, 0]", &[6, 5, 4]),
+            Ok((
+                vec![4, 4],
+                SliceWindow {
+                    rows: 2..6,
+                    cols: 0..4,
+                    channels: 0..1
+                }
+            ))
+        );
+        // Not an image: rows and columns stay 0..1.
+        assert_eq!(
+            window("[..., 1:]", &[7]),
+            Ok((
+                vec![6],
+                SliceWindow {
+                    rows: 0..1,
+                    cols: 0..1,
+                    channels: 1..7
+                }
+            ))
+        );
+    }
+
+    #[test]
     fn subscripts_unetc_does_not_run_are_refused() {
         for (index, shape) in [
             ("[1:, ...]", &[6, 5, 4][..]),
             ("[0]", &[6, 5, 4]),
             ("[None, ...]", &[6, 5, 4]),
-            ("[:, 1:3]", &[6, 5, 4]),
+            ("[:, 1:3]", &[5, 4]),
+            ("[:, 1:1]", &[6, 5, 4]),
             ("[:, 2]", &[6, 5, 4]),
             ("[..., 4]", &[6, 5, 4]),
             ("[..., -5]", &[6, 5, 4]),

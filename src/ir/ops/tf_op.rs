@@ -960,6 +960,26 @@ impl LayerKind for TFOpLambda {
                 ));
             }
         }
+        // Keras's axes count the batch axis: the channels are -1 or the rank minus 1.
+        // `no_axis` says what TensorFlow does without one.
+        let channel_axis = |shape: &Shape, no_axis: &str| {
+            let last = shape.len() as i64;
+            if self.axis_given && (self.axis == -1 || self.axis == last) {
+                return Ok(());
+            }
+            Err(ShapeError::new(
+                "E-arg-value",
+                format!(
+                    "{name} runs over the channel axis only: `axis: -1` (or {last}), not {}",
+                    if self.axis_given {
+                        self.axis.to_string()
+                    } else {
+                        no_axis.to_string()
+                    }
+                ),
+                "over the channels only",
+            ))
+        };
         match (self.constant, self.computes()) {
             (Some(_), TfCompute::Scalar(_)) if inputs.len() != 1 => Err(ShapeError::new(
                 "E-arity",
@@ -1019,22 +1039,7 @@ impl LayerKind for TFOpLambda {
             (None, TfCompute::ReduceChannels(ReduceFn::Argmax)) => {
                 takes(1)?;
                 let shape = &inputs[0];
-                let last = shape.len() as i64;
-                if !self.axis_given || (self.axis != -1 && self.axis != last) {
-                    return Err(ShapeError::new(
-                        "E-arg-value",
-                        format!(
-                            "{name} runs over the channel axis only: `axis: -1` (or {last}), \
-                             not {}",
-                            if self.axis_given {
-                                self.axis.to_string()
-                            } else {
-                                "the batch axis (TensorFlow's default, no `axis`)".into()
-                            }
-                        ),
-                        "over the channels only",
-                    ));
-                }
+                channel_axis(shape, "the batch axis (TensorFlow's default, no `axis`)")?;
                 if self.keepdims.is_some() {
                     return Err(ShapeError::new(
                         "E-arg-value",
@@ -1047,23 +1052,7 @@ impl LayerKind for TFOpLambda {
             (None, TfCompute::ReduceChannels(_)) => {
                 takes(1)?;
                 let shape = &inputs[0];
-                // Keras's axes count the batch axis: the channels are -1 or the rank minus 1.
-                let last = shape.len() as i64;
-                if !self.axis_given || (self.axis != -1 && self.axis != last) {
-                    return Err(ShapeError::new(
-                        "E-arg-value",
-                        format!(
-                            "{name} runs over the channel axis only: `axis: -1` (or {last}), \
-                             not {}",
-                            if self.axis_given {
-                                self.axis.to_string()
-                            } else {
-                                "every axis (no `axis`)".into()
-                            }
-                        ),
-                        "reduces the channels only",
-                    ));
-                }
+                channel_axis(shape, "every axis (no `axis`)")?;
                 if self.keepdims != Some(true) {
                     return Err(ShapeError::new(
                         "E-arg-value",

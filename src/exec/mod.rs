@@ -60,9 +60,10 @@ pub fn batch_of_inputs(graph: &Graph, info: &Inferred, inputs: &[Tensor]) -> Res
     let batch = inputs
         .first()
         .map_or(0, |t| t.shape.first().copied().unwrap_or(0));
-    match batch_one_only(graph, info) {
-        Some(why) if batch > 1 => Err(format!("a batch of {batch}: {why}")),
-        Some(_) | None => Ok(batch),
+    // The graph is scanned only where it matters (batch 1 is the common case).
+    match (batch > 1).then(|| batch_one_only(graph, info)).flatten() {
+        Some(why) => Err(format!("a batch of {batch}: {why}")),
+        None => Ok(batch),
     }
 }
 

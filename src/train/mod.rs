@@ -205,8 +205,8 @@ impl<'c> Trainer<'c> {
         training: bool,
     ) -> Result<(HashMap<NodeId, Tensor>, HashMap<NodeId, Saved>), TrainError> {
         let batch = x.shape[0];
-        if let Some(why) = crate::exec::batch_one_only(&self.c.graph, &self.c.info) {
-            if batch > 1 {
+        if batch > 1 {
+            if let Some(why) = crate::exec::batch_one_only(&self.c.graph, &self.c.info) {
                 return Err(TrainError::Setup(format!("a batch of {batch}: {why}")));
             }
         }

@@ -1363,3 +1363,37 @@ fn volume_interpolation_and_padding_mode_misuse() {
         assert!(out.contains("┌─ v.unet:3:"), "{body}:\n{out}");
     }
 }
+
+#[test]
+fn errors_of_the_attention_kinds() {
+    let out = check(
+        "attention.unet",
+        "model {
+  input 7x6x4
+  t = reshape((42, 4))
+  short = input_1 -> reshape((21, 8))
+  a = [t, short] -> multi_head_attention(num_heads: 2, key_dim: 4)
+  b = [t, t, short] -> multi_head_attention(num_heads: 2, key_dim: 4)
+  c = [t, t] -> multi_head_attention(num_heads: 2, key_dim: 4, attention_axes: (2))
+  d = [input_1, t] -> multi_head_attention(num_heads: 2, key_dim: 4)
+  e = input_1 -> patch_extract((2, 2))
+  f = t -> patch_extract((2, 2))
+  g = t -> patch_embedding(40, 8)
+  output a, b, c, d, e, f, g
+}
+",
+    );
+    for want in [
+        // Different token counts are fine for a query and its value: a is not an error.
+        "MultiHeadAttention's value `reshape` and key `reshape_1` must have the same tokens (every axis but the last), not [42, 4] and [21, 8]",
+        "unetc attends over every axis between the batch and the features ([1]), not [2]",
+        "MultiHeadAttention's query `input_1`, value `reshape` and key must have the same rank",
+        "patch_extract takes an image `reshape` (height, width, channels)",
+        "patch_embedding adds 40 position embeddings to `reshape`'s 42 patches; they must be as many",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // 2x2 patches of 7x6 give 3x3 (the last row is in none): e is not an error, nor is a.
+    assert!(!out.contains("`patch_extract`:"), "{out}");
+    assert!(!out.contains("`multi_head_attention`:"), "{out}");
+}

@@ -96,6 +96,8 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_lambda_resize.unet", "edge_lambda_resize"),
         ("tests/golden/edge_tfindex.unet", "edge_tfindex"),
         ("tests/golden/edge_tfactivations.unet", "edge_tfactivations"),
+        ("tests/golden/edge_attention.unet", "edge_attention"),
+        ("tests/golden/edge_patches.unet", "edge_patches"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -118,7 +120,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 31);
+    assert_eq!(checked, 33);
 }
 
 #[test]
@@ -667,5 +669,60 @@ fn import_writes_nothing_when_its_spec_does_not_compile() {
             "{stderr}"
         );
         assert!(!out.exists());
+    }
+}
+
+/// MultiHeadAttention reads its `value` and `key` from the call's keyword arguments; a mask, a
+/// causal mask, returned scores or a regularizer unetc does not apply are refused by name.
+#[test]
+fn import_refuses_what_attention_does_not_run() {
+    let text =
+        std::fs::read_to_string(root().join("tests/keras_json/edge_attention.json")).unwrap();
+    let base: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(unetc::interop::keras::import_json(&text).is_ok());
+    let attention = |json: &mut serde_json::Value| -> usize {
+        json["config"]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|l| l["class_name"] == "MultiHeadAttention")
+            .unwrap()
+    };
+    type Change = fn(&mut serde_json::Value);
+    let cases: [(&str, Change, &str); 4] = [
+        (
+            "mask",
+            |l| l["inbound_nodes"][0][0][3]["attention_mask"] = serde_json::json!(["conv2d", 0, 0]),
+            "is given an attention_mask; unetc attends over every token",
+        ),
+        (
+            "causal",
+            |l| l["inbound_nodes"][0][0][3]["use_causal_mask"] = serde_json::json!(true),
+            "uses a causal mask",
+        ),
+        (
+            "scores",
+            |l| l["inbound_nodes"][0][0][3]["return_attention_scores"] = serde_json::json!(true),
+            "returns its attention scores as a second output",
+        ),
+        (
+            "regularizer",
+            |l| {
+                l["config"]["kernel_regularizer"] =
+                    serde_json::json!({"class_name": "L2", "config": {"l2": 0.01}})
+            },
+            "has a kernel_regularizer, which `unetc train` does not apply to this kind",
+        ),
+    ];
+    for (what, change, want) in cases {
+        let mut json = base.clone();
+        let k = attention(&mut json);
+        change(&mut json["config"]["layers"][k]);
+        let err = unetc::interop::keras::import_json(&json.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{what}: {err}");
+        assert!(err.contains("multi_head_attention"), "{what}: {err}");
+        assert!(err.ends_with("nothing was imported"), "{what}: {err}");
     }
 }

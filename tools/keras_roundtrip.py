@@ -75,6 +75,10 @@ SPECS = [
     "tests/golden/edge_tfindex.unet",
     # tf.nn activations and reductions over height and width.
     "tests/golden/edge_tfactivations.unet",
+    # MultiHeadAttention (self, cross with a key, over an image's pixels).
+    "tests/golden/edge_attention.unet",
+    # keras-unet-collection's patch_extract and patch_embedding (needs keras-unet-collection).
+    "tests/golden/edge_patches.unet",
 ]
 
 

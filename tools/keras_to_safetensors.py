@@ -91,6 +91,8 @@ WEIGHTLESS = {
     "Cropping3D",
     "ZeroPadding3D",
     "GlobalAveragePooling3D",
+    # keras-unet-collection's ViT patches (its module is checked by `unetc import`).
+    "patch_extract",
 }
 WITH_WEIGHTS = {
     "Conv2D": ("kernel", "bias"),
@@ -107,7 +109,23 @@ WITH_WEIGHTS = {
     "Normalization": ("mean", "variance", "count"),
     # keras-unet-collection's Snake (its module is checked): one scalar weight.
     "Snake": ("beta_factor",),
+    "MultiHeadAttention": (
+        "query/kernel", "query/bias", "key/kernel", "key/bias", "value/kernel", "value/bias",
+        "attention_output/kernel", "attention_output/bias",
+    ),
+    # keras-unet-collection's patch_embedding: its Dense `proj` and Embedding `pos_embed`, whose
+    # variables Keras names after auto-named inner layers (dense_3/kernel), so taken in order.
+    "patch_embedding": ("proj/kernel", "proj/bias", "pos_embed/embeddings"),
 }
+
+
+def _short_names(layer, cls: str) -> list:
+    """The variables' names in unetc: the last part of Keras's name (`kernel`), the last two
+    for MultiHeadAttention (`query/kernel`), the roles in order for patch_embedding."""
+    if cls == "patch_embedding":
+        return list(WITH_WEIGHTS[cls])[: len(layer.weights)]
+    keep = 2 if cls == "MultiHeadAttention" else 1
+    return ["/".join(v.name.split(":")[0].split("/")[-keep:]) for v in layer.weights]
 
 # Activation names unetc accepts (src/ir/ops/activation.rs).
 ACTIVATIONS = {
@@ -152,8 +170,10 @@ def _check_config(layer, cls: str) -> None:
             raise UnsupportedModel(f"{where} normalizes axis {axis!r}; unetc only normalizes the "
                                    f"channel axis (-1 or {rank - 1})")
     if cls == "LayerNormalization":
-        axes = sorted(a % 4 for a in (cfg["axis"] if isinstance(cfg["axis"], list) else [cfg["axis"]]))
-        if axes != list(range(4 - len(axes), 4)):
+        rank = len(layer.input_shape)
+        given = cfg["axis"] if isinstance(cfg["axis"], (list, tuple)) else [cfg["axis"]]
+        axes = sorted(a % rank for a in given)
+        if axes != list(range(rank - len(axes), rank)):
             raise UnsupportedModel(f"{where} normalizes axes {cfg['axis']!r}; unetc normalizes a "
                                    "trailing run of axes (-1, [2, 3], [1, 2, 3])")
     if cls in ("GELU", "Snake") and type(layer).__module__ != "keras_unet_collection.activations":
@@ -201,8 +221,7 @@ def unetc_tensors(model) -> dict:
                                    f"does not know (it knows: {known})")
         _check_config(layer, cls)
         expected = WITH_WEIGHTS.get(cls, ())
-        for v in layer.weights:
-            short = v.name.split("/")[-1].split(":")[0]
+        for v, short in zip(layer.weights, _short_names(layer, cls)):
             if short not in expected:
                 raise UnsupportedModel(f"layer `{layer.name}` ({cls}) has a variable `{v.name}` "
                                        f"that unetc does not expect (expected: "

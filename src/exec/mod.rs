@@ -183,6 +183,9 @@ pub fn bind_weights(
                 let len = affine_len.unwrap_or(channels);
                 let fallback = match slot {
                     "bias" | "beta" => Some((0.0, len)),
+                    "query/bias" | "key/bias" | "value/bias" | "attention_output/bias" => {
+                        attention_bias_len(graph, info, id, slot).map(|n| (0.0, n))
+                    }
                     "gamma" => Some((1.0, len)),
                     _ => None,
                 };
@@ -203,6 +206,25 @@ pub fn bind_weights(
     }
 }
 
+/// The length of a MultiHeadAttention bias (for a layer with `use_bias: false`).
+fn attention_bias_len(graph: &Graph, info: &Inferred, id: NodeId, slot: &str) -> Option<usize> {
+    let Op::MultiHeadAttention(op) = &graph.node(id).op else {
+        return None;
+    };
+    let shapes: Vec<Vec<i64>> = graph
+        .node(id)
+        .inputs
+        .iter()
+        .map(|&i| info.layers[i.index()].shape.clone().unwrap_or_default())
+        .collect();
+    let d = op.dims(&shapes);
+    Some(match slot {
+        "value/bias" => d.hv(),
+        "attention_output/bias" => d.eo,
+        _ => d.hk(),
+    })
+}
+
 /// The weight slots [`bind_weights`] gives each kind, in order (Keras's variable names).
 pub fn weight_slots(op: &Op) -> &'static [&'static str] {
     match op {
@@ -214,6 +236,18 @@ pub fn weight_slots(op: &Op) -> &'static [&'static str] {
         Op::BatchNormalization(_) => &["gamma", "beta", "moving_mean", "moving_variance"],
         Op::PReLU(_) => &["alpha"],
         Op::Snake(_) => &["beta_factor"],
+        // Always all eight: zeros where `use_bias` is off.
+        Op::MultiHeadAttention(_) => &[
+            "query/kernel",
+            "query/bias",
+            "key/kernel",
+            "key/bias",
+            "value/kernel",
+            "value/bias",
+            "attention_output/kernel",
+            "attention_output/bias",
+        ],
+        Op::PatchEmbedding(_) => &["proj/kernel", "proj/bias", "pos_embed/embeddings"],
         // Keras's `count` is not needed to normalise.
         Op::Normalization(_) => &["mean", "variance"],
         // Always `[gamma, beta]`: ones and zeros where `scale` / `center` are off.
@@ -254,6 +288,7 @@ pub fn weight_slots(op: &Op) -> &'static [&'static str] {
         | Op::Reshape(_)
         | Op::Lambda(_)
         | Op::Permute(_)
+        | Op::PatchExtract(_)
         | Op::MaxPooling3D(_)
         | Op::AveragePooling3D(_)
         | Op::UpSampling3D(_)

@@ -5,8 +5,9 @@
 use super::pycode;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    CustomScaleLayer, FixedDropout, Lambda, LambdaBody, LambdaFunction, LayerKind, ReduceFn, Snake,
-    TFOpLambda, TfCompute, TfFunction, GELU,
+    CustomScaleLayer, FixedDropout, Lambda, LambdaBody, LambdaFunction, LayerKind,
+    MultiHeadAttention, PatchEmbedding, PatchExtract, ReduceFn, Snake, TFOpLambda, TfCompute,
+    TfFunction, GELU,
 };
 use crate::ir::{Graph, Op};
 use serde_json::Value as Json;
@@ -83,9 +84,14 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
     }
     // keras-unet-collection's own classes (`pip install keras-unet-collection`): their
     // to_json() names the module that `unetc import` reads them by.
-    for class in [GELU::CLASS, Snake::CLASS] {
+    for (module, class) in [
+        ("activations", GELU::CLASS),
+        ("activations", Snake::CLASS),
+        ("transformer_layers", PatchExtract::CLASS),
+        ("transformer_layers", PatchEmbedding::CLASS),
+    ] {
         if graph.nodes.iter().any(|n| n.op.class_name() == class) {
-            let _ = writeln!(out, "from keras_unet_collection.activations import {class}");
+            let _ = writeln!(out, "from keras_unet_collection.{module} import {class}");
         }
     }
     // tf.keras's InceptionResNetV2 residual layer, from the module that defines it.
@@ -167,7 +173,7 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
     // Weights that `unetc train` (or tools/keras_to_safetensors.py) wrote load by name.
     let _ = writeln!(
         out,
-        "def load_unetc_weights(model, path):\n    \"\"\"Sets every variable of `model` from a unetc weights file (safetensors, tensors\n    named `<layer>/<variable>`, as `unetc train` writes them).\"\"\"\n    from safetensors.numpy import load_file\n\n    tensors = load_file(path)\n\n    def leaves(m):\n        for layer in m.layers:\n            if isinstance(layer, tf.keras.Model):\n                yield from leaves(layer)\n            else:\n                yield layer\n\n    for layer in leaves(model):\n        for v in layer.weights:\n            v.assign(tensors[layer.name + \"/\" + v.name.split(\"/\")[-1].split(\":\")[0]])\n\n"
+        "def load_unetc_weights(model, path):\n    \"\"\"Sets every variable of `model` from a unetc weights file (safetensors, tensors\n    named `<layer>/<variable>`, as `unetc train` writes them).\"\"\"\n    from safetensors.numpy import load_file\n\n    tensors = load_file(path)\n\n    def leaves(m):\n        for layer in m.layers:\n            if isinstance(layer, tf.keras.Model):\n                yield from leaves(layer)\n            else:\n                yield layer\n\n    def variable_names(layer):\n        # MultiHeadAttention's variables are query/kernel, ...; keras-unet-collection's\n        # patch_embedding names its two inner layers by role.\n        if type(layer).__name__ == \"patch_embedding\":\n            return [\"proj/kernel\", \"proj/bias\", \"pos_embed/embeddings\"]\n        keep = 2 if type(layer).__name__ == \"MultiHeadAttention\" else 1\n        return [\"/\".join(v.name.split(\":\")[0].split(\"/\")[-keep:]) for v in layer.weights]\n\n    for layer in leaves(model):\n        for v, name in zip(layer.weights, variable_names(layer)):\n            v.assign(tensors[layer.name + \"/\" + name])\n\n"
     );
     let _ = writeln!(
         out,
@@ -494,6 +500,8 @@ impl PythonExporter<'_> {
             FixedDropout::CLASS,
             GELU::CLASS,
             Snake::CLASS,
+            PatchExtract::CLASS,
+            PatchEmbedding::CLASS,
             CustomScaleLayer::CLASS,
         ]
         .contains(&node.op.class_name())
@@ -598,7 +606,11 @@ impl PythonExporter<'_> {
             );
             return;
         }
-        let call = one_or_list(inputs);
+        // MultiHeadAttention is called as `(query, value, key)`, not on a list.
+        let call = match node.op {
+            Op::MultiHeadAttention(_) => inputs.join(", "),
+            _ => one_or_list(inputs),
+        };
         // A shared layer: one layer object, called once per call.
         let owner = graph.layer_owner(id);
         let layer_var = format!("layer_{}", var_of(&graph.node(owner).name));
@@ -1055,6 +1067,53 @@ fn unknown_layer(
         "{at}: layer `{lname}` is a {class}, which unetc does not know{more}: {why}; nothing \
          was imported"
     ))
+}
+
+/// The tensors a layer's call takes, in the spec's input order: the node's list, and for
+/// MultiHeadAttention the `value` and `key` that Keras records among the call's keyword
+/// arguments (`[["q", 0, 0, {"value": ["v", 0, 0]}]]`).
+fn call_tensors(class: &str, items: &[Json]) -> Result<Vec<Json>, String> {
+    let mut tensors = items.to_vec();
+    if class != MultiHeadAttention::CLASS {
+        return Ok(tensors);
+    }
+    let Some(Json::Object(kwargs)) = items.first().and_then(|t| t.get(3)) else {
+        return Ok(tensors);
+    };
+    for (key, v) in kwargs {
+        match (key.as_str(), v) {
+            ("value" | "key", t) if tensor_ref(t).is_some() => {}
+            ("value" | "key", t) => return Err(format!("takes {t} as its `{key}`, not a tensor")),
+            ("attention_mask", Json::Null)
+            | ("use_causal_mask", Json::Bool(false))
+            | ("return_attention_scores", Json::Bool(false))
+            | ("training", _) => {}
+            ("attention_mask", _) => {
+                return Err("is given an attention_mask; unetc attends over every token".into())
+            }
+            ("use_causal_mask", _) => {
+                return Err("uses a causal mask; unetc attends over every token".into())
+            }
+            ("return_attention_scores", _) => {
+                return Err(
+                    "returns its attention scores as a second output, which unetc does not compute"
+                        .into(),
+                )
+            }
+            (other, _) => {
+                return Err(format!(
+                    "is called with `{other}`, which unetc does not read"
+                ))
+            }
+        }
+    }
+    // `key` defaults to `value`.
+    for name in ["value", "key"] {
+        if let Some(t) = kwargs.get(name) {
+            tensors.push(t.clone());
+        }
+    }
+    Ok(tensors)
 }
 
 /// Keras's classes of TensorFlow functions: TFOpLambda, and SlicingOpLambda for `x[...]`.
@@ -1614,6 +1673,19 @@ impl Importer {
                     }
                 }
             }
+            // A regularizer of a kind whose weights unetc does not regularize (MultiHeadAttention's
+            // kernel_regularizer covers four kernels): refused rather than dropped.
+            let unread = lc.as_object().into_iter().flatten().find(|(key, v)| {
+                key.ends_with("_regularizer")
+                    && !v.is_null()
+                    && !crate::ir::regularizer::arguments(Op::regularized(kind)).any(|a| a == *key)
+            });
+            if let Some((key, _)) = unread {
+                return Err(err(format!(
+                    "{at}: layer `{lname}` ({class}) has a {key}, which `unetc train` does not \
+                     apply to this kind; remove it in Keras first; nothing was imported"
+                )));
+            }
             // `trainable` where it is not the kind's default (keras-unet-collection's Snake
             // defaults to false).
             let default = Op::kind_trainable_by_default(kind);
@@ -1648,7 +1720,10 @@ impl Importer {
                 let tensors = nodes[0]
                     .as_array()
                     .ok_or_else(|| err(format!("{at}: inbound node is not a list")))?;
-                source_of(self, tensors)?
+                let tensors = call_tensors(class, tensors).map_err(|why| {
+                    err(format!("{at}: layer `{lname}` {why}; nothing was imported"))
+                })?;
+                source_of(self, &tensors)?
             };
             args.push(format!("name: {}", crate::emit::dsl::string_literal(lname)));
             // Constraints act in training only, and unetc train applies none: say so where the
@@ -1717,7 +1792,9 @@ fn call_order(layers: &[Json], at_base: &str) -> Result<Vec<(usize, usize)>, Imp
                 (c, Some(n)) if is_tf_op_class(c) => {
                     tf_op_call("", "", n).map(|(t, _)| t).unwrap_or_default()
                 }
-                (_, Some(Json::Array(items))) => items.clone(),
+                (c, Some(Json::Array(items))) => {
+                    call_tensors(c, items).unwrap_or_else(|_| items.clone())
+                }
                 _ => Vec::new(),
             };
             for t in &tensors {

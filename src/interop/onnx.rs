@@ -21,9 +21,9 @@
 use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, ImageReduceFn, Interpolation, LambdaBody, Maximum, MergeFn, Minimum,
-    Multiply, NormLayout, Normalization, PadMode, ReduceFn, ScalarFn, Subtract, TfCompute,
-    UpSampling2D, VolumeInterpolation, WindowGeometry,
+    ActivationFn, AttentionDims, Average, ImageReduceFn, Interpolation, LambdaBody, Maximum,
+    MergeFn, Minimum, Multiply, NormLayout, Normalization, PadMode, ReduceFn, ScalarFn, Subtract,
+    TfCompute, UpSampling2D, VolumeInterpolation, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
@@ -671,6 +671,231 @@ impl Exporter<'_> {
         }
     }
 
+    /// A weight stored with other dims of the same row-major values (`[E, heads, dim]` as
+    /// `[E, heads * dim]`).
+    fn weight_as(&mut self, id: NodeId, var: &str, dims: Vec<i64>) -> Option<String> {
+        let name = self.graph.weight_name(id, var);
+        let data = self.weight(id, var)?;
+        Some(self.init_f32(name, dims, data))
+    }
+
+    /// `x W + b` on the last axis (no Add where the layer has no bias).
+    fn linear(
+        &mut self,
+        id: NodeId,
+        at: &str,
+        x: String,
+        [kernel, bias]: [&str; 2],
+        [n_in, units]: [usize; 2],
+    ) -> String {
+        let w = self
+            .weight_as(id, kernel, vec![n_in as i64, units as i64])
+            .unwrap_or_default();
+        let product = format!("{at}/matmul");
+        self.node(
+            product.clone(),
+            "MatMul",
+            vec![x, w],
+            product.clone(),
+            vec![],
+        );
+        match self.weight_as(id, bias, vec![units as i64]) {
+            Some(b) => {
+                let sum = format!("{at}/add");
+                self.node(sum.clone(), "Add", vec![product, b], sum.clone(), vec![]);
+                sum
+            }
+            None => product,
+        }
+    }
+
+    /// MultiHeadAttention: the projections, `softmax(q k^T)` per head (q scaled as Keras
+    /// scales it) and the output projection. Image inputs become token lists
+    /// `(N, H * W, C)` first, and the result an image again.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &mut self,
+        id: NodeId,
+        name: &str,
+        d: &AttentionDims,
+        inputs: &[String],
+        in_shapes: &[Vec<i64>],
+        out_shape: &[i64],
+        out: String,
+    ) {
+        let rank = in_shapes[0].len();
+        let tokens = |this: &mut Self, k: usize, x: &String| -> String {
+            if !channels_first(rank) {
+                return x.clone();
+            }
+            let mut perm = vec![0];
+            perm.extend(2..=rank as i64);
+            perm.push(1);
+            let (last, flat) = (format!("{name}/in{k}/nhwc"), format!("{name}/in{k}/tokens"));
+            this.node(
+                last.clone(),
+                "Transpose",
+                vec![x.clone()],
+                last.clone(),
+                vec![("perm", Attr::Ints(perm))],
+            );
+            let t = *in_shapes[k].last().unwrap_or(&1);
+            let shape = this.init_i64(format!("{name}/in{k}/shape"), vec![0, -1, t]);
+            this.node(
+                flat.clone(),
+                "Reshape",
+                vec![last, shape],
+                flat.clone(),
+                vec![],
+            );
+            flat
+        };
+        let query = tokens(self, 0, &inputs[0]);
+        let value = tokens(self, 1, &inputs[1]);
+        let key = match inputs.get(2) {
+            Some(k) => tokens(self, 2, k),
+            None => value.clone(),
+        };
+        let (heads, kd, vd) = (d.heads as i64, d.key_dim as i64, d.value_dim as i64);
+        let q = self.linear(
+            id,
+            &format!("{name}/query"),
+            query,
+            ["query/kernel", "query/bias"],
+            [d.eq, d.hk()],
+        );
+        let scale = self.scalar(
+            format!("{name}/scale"),
+            crate::exec::cpu::attention::query_scale(d.key_dim),
+        );
+        let q_scaled = format!("{name}/query/scaled");
+        self.node(
+            q_scaled.clone(),
+            "Mul",
+            vec![q, scale],
+            q_scaled.clone(),
+            vec![],
+        );
+        let k = self.linear(
+            id,
+            &format!("{name}/key"),
+            key,
+            ["key/kernel", "key/bias"],
+            [d.ek, d.hk()],
+        );
+        let v = self.linear(
+            id,
+            &format!("{name}/value"),
+            value,
+            ["value/kernel", "value/bias"],
+            [d.ev, d.hv()],
+        );
+        // (N, T, heads, dim), then heads before tokens.
+        let split = |this: &mut Self, x: String, what: &str, dim: i64, perm: Vec<i64>| {
+            let shape = this.init_i64(
+                format!("{name}/{what}/heads_shape"),
+                vec![0, -1, heads, dim],
+            );
+            let (four, moved) = (
+                format!("{name}/{what}/heads"),
+                format!("{name}/{what}/by_head"),
+            );
+            this.node(
+                four.clone(),
+                "Reshape",
+                vec![x, shape],
+                four.clone(),
+                vec![],
+            );
+            this.node(
+                moved.clone(),
+                "Transpose",
+                vec![four],
+                moved.clone(),
+                vec![("perm", Attr::Ints(perm))],
+            );
+            moved
+        };
+        let q4 = split(self, q_scaled, "query", kd, vec![0, 2, 1, 3]);
+        let k4 = split(self, k, "key", kd, vec![0, 2, 3, 1]);
+        let v4 = split(self, v, "value", vd, vec![0, 2, 1, 3]);
+        let (scores, weights, attended) = (
+            format!("{name}/scores"),
+            format!("{name}/softmax"),
+            format!("{name}/attended"),
+        );
+        self.node(
+            scores.clone(),
+            "MatMul",
+            vec![q4, k4],
+            scores.clone(),
+            vec![],
+        );
+        self.node(
+            weights.clone(),
+            "Softmax",
+            vec![scores],
+            weights.clone(),
+            vec![("axis", Attr::Int(-1))],
+        );
+        self.node(
+            attended.clone(),
+            "MatMul",
+            vec![weights, v4],
+            attended.clone(),
+            vec![],
+        );
+        let (back, merged) = (
+            format!("{name}/attended/by_token"),
+            format!("{name}/attended/merged"),
+        );
+        self.node(
+            back.clone(),
+            "Transpose",
+            vec![attended],
+            back.clone(),
+            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
+        let shape = self.init_i64(format!("{name}/attended/shape"), vec![0, -1, d.hv() as i64]);
+        self.node(
+            merged.clone(),
+            "Reshape",
+            vec![back, shape],
+            merged.clone(),
+            vec![],
+        );
+        let y = self.linear(
+            id,
+            &format!("{name}/output"),
+            merged,
+            ["attention_output/kernel", "attention_output/bias"],
+            [d.hv(), d.eo],
+        );
+        if channels_first(rank) {
+            let dims: Vec<i64> = std::iter::once(0)
+                .chain(out_shape.iter().copied())
+                .collect();
+            let shape = self.init_i64(format!("{name}/out/shape"), dims);
+            let image = format!("{name}/out/nhwc");
+            self.node(
+                image.clone(),
+                "Reshape",
+                vec![y, shape],
+                image.clone(),
+                vec![],
+            );
+            self.node(
+                name.to_string(),
+                "Transpose",
+                vec![image],
+                out,
+                vec![("perm", Attr::Ints(to_channels_first(rank)))],
+            );
+        } else {
+            self.node(name.to_string(), "Identity", vec![y], out, vec![]);
+        }
+    }
+
     /// A weight stored unchanged (Keras's layout is ONNX's: 1-D vectors, Dense kernels).
     fn weight_as_is(&mut self, id: NodeId, var: &str) -> String {
         let name = self.graph.weight_name(id, var);
@@ -1150,6 +1375,73 @@ impl Exporter<'_> {
             },
             Op::Permute(op) => {
                 self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, Some(&op.dims))
+            }
+            Op::MultiHeadAttention(op) => {
+                let d = op.dims(&in_shapes);
+                self.attention(id, &name, &d, &xs, &in_shapes, &out_shape, out)
+            }
+            Op::PatchExtract(op) => {
+                let [h, w, c] = need_image("patch_extract")?;
+                let (p, rows) = (op.side(), (out_shape[0] as f64).sqrt().round() as i64);
+                // Whole patches only: the first rows * p rows and columns.
+                let mut input = x();
+                if rows * p != h || rows * p != w {
+                    let (starts, ends, axes) = (
+                        self.init_i64(format!("{name}/starts"), vec![0, 0]),
+                        self.init_i64(format!("{name}/ends"), vec![rows * p, rows * p]),
+                        self.init_i64(format!("{name}/axes"), vec![2, 3]),
+                    );
+                    let cropped = format!("{name}/whole_patches");
+                    self.node(
+                        cropped.clone(),
+                        "Slice",
+                        vec![input, starts, ends, axes],
+                        cropped.clone(),
+                        vec![],
+                    );
+                    input = cropped;
+                }
+                // (N, C, i, a, j, b) -> (N, i, j, a, b, C) -> (N, i * rows + j, (a * p + b) * C + c).
+                let split = self.init_i64(format!("{name}/split"), vec![0, c, rows, p, rows, p]);
+                let (six, moved) = (format!("{name}/six"), format!("{name}/moved"));
+                self.node(
+                    six.clone(),
+                    "Reshape",
+                    vec![input, split],
+                    six.clone(),
+                    vec![],
+                );
+                self.node(
+                    moved.clone(),
+                    "Transpose",
+                    vec![six],
+                    moved.clone(),
+                    vec![("perm", Attr::Ints(vec![0, 2, 4, 3, 5, 1]))],
+                );
+                let tokens =
+                    self.init_i64(format!("{name}/shape"), vec![0, rows * rows, p * p * c]);
+                self.node(name, "Reshape", vec![moved, tokens], out, vec![]);
+            }
+            Op::PatchEmbedding(_) => {
+                let kernel = self.weight_as_is(id, "proj/kernel");
+                let bias = self.weight_as_is(id, "proj/bias");
+                let positions = self.weight_as_is(id, "pos_embed/embeddings");
+                let (product, projected) = (format!("{name}/matmul"), format!("{name}/proj"));
+                self.node(
+                    product.clone(),
+                    "MatMul",
+                    vec![x(), kernel],
+                    product.clone(),
+                    vec![],
+                );
+                self.node(
+                    projected.clone(),
+                    "Add",
+                    vec![product, bias],
+                    projected.clone(),
+                    vec![],
+                );
+                self.node(name, "Add", vec![projected, positions], out, vec![]);
             }
             Op::Dense(op) => {
                 let n_in = *in_shapes[0].last().unwrap_or(&1);
@@ -1846,6 +2138,44 @@ impl Exporter<'_> {
         let (h, w, c) = match *shape {
             [h, w, c] => (h, w, c),
             [c] => (1, 1, c),
+            // Tokens (N, T, E), channels last: normalised as the image (N, E, T, 1).
+            [t, e] => {
+                let (nct, image) = (format!("{name}/nct"), format!("{name}/as_image"));
+                self.node(
+                    nct.clone(),
+                    "Transpose",
+                    vec![x],
+                    nct.clone(),
+                    vec![("perm", Attr::Ints(vec![0, 2, 1]))],
+                );
+                let to_image = self.init_i64(format!("{name}/image_shape"), vec![0, e, t, 1]);
+                self.node(
+                    image.clone(),
+                    "Reshape",
+                    vec![nct, to_image],
+                    image.clone(),
+                    vec![],
+                );
+                let normalized = format!("{name}/normalized_image");
+                self.normalization(id, name, image, normalized.clone(), &[t, 1, e], layout)?;
+                let back = format!("{name}/nct_out");
+                let to_tokens = self.init_i64(format!("{name}/nct_shape"), vec![0, e, t]);
+                self.node(
+                    back.clone(),
+                    "Reshape",
+                    vec![normalized, to_tokens],
+                    back.clone(),
+                    vec![],
+                );
+                self.node(
+                    format!("{name}/tokens"),
+                    "Transpose",
+                    vec![back],
+                    out,
+                    vec![("perm", Attr::Ints(vec![0, 2, 1]))],
+                );
+                return Ok(());
+            }
             _ => {
                 return Err(format!(
                     "`{name}`: ONNX export normalises images or vectors only, not {shape:?}"

@@ -90,6 +90,12 @@ fn rule(op: &Op) -> Rule {
         Op::BatchNormalization(_) => Rule::BatchNorm,
         Op::GroupNormalization(_) | Op::LayerNormalization(_) => Rule::Affine,
         Op::PReLU(_) => Rule::PRelu,
+        Op::MultiHeadAttention(_) => Rule::Unsupported(
+            "torch.nn.MultiheadAttention packs the query, key and value projections into one in_proj_weight of another layout; give the attention's weights in unetc's naming (<layer>/query/kernel, ...)",
+        ),
+        Op::PatchEmbedding(_) => Rule::Unsupported(
+            "keras-unet-collection's patch_embedding has no torch.nn module to take its weights from",
+        ),
         Op::Snake(_) => Rule::Unsupported(
             "keras-unet-collection's Snake has no torch.nn module to take its weight from",
         ),
@@ -137,7 +143,8 @@ fn rule(op: &Op) -> Rule {
         | Op::GlobalAveragePooling3D(_)
         | Op::FixedDropout(_)
         | Op::GELU(_)
-        | Op::Rescaling(_) => Rule::NoWeights,
+        | Op::Rescaling(_)
+        | Op::PatchExtract(_) => Rule::NoWeights,
     }
 }
 

@@ -118,6 +118,9 @@ fn folds(op: &Op) -> bool {
         | Op::Lambda(_)
         | Op::Permute(_)
         | Op::Dense(_)
+        | Op::MultiHeadAttention(_)
+        | Op::PatchExtract(_)
+        | Op::PatchEmbedding(_)
         | Op::GlobalAveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_) => false,
     }
@@ -186,6 +189,9 @@ fn level_step(op: &Op) -> i64 {
         | Op::Lambda(_)
         | Op::Permute(_)
         | Op::Dense(_)
+        | Op::MultiHeadAttention(_)
+        | Op::PatchExtract(_)
+        | Op::PatchEmbedding(_)
         | Op::GlobalAveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
         | Op::Multiply(_)
@@ -227,7 +233,9 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         Op::AveragePooling3D(_) => Edge::AveragePool,
         Op::GlobalAveragePooling3D(_) => Edge::GlobalAveragePool,
         Op::Conv3DTranspose(_) | Op::UpSampling3D(_) => Edge::Up,
-        Op::Dense(_) => Edge::Dense,
+        Op::Dense(_) | Op::PatchEmbedding(_) => Edge::Dense,
+        // Every token attends to every other: a merge of the whole input.
+        Op::MultiHeadAttention(_) => Edge::Merge,
         Op::MaxPooling2D(_) => Edge::MaxPool,
         Op::GlobalMaxPooling2D(_) => Edge::GlobalMaxPool,
         Op::AveragePooling2D(_) => Edge::AveragePool,
@@ -259,6 +267,7 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         | Op::Reshape(_)
         | Op::Lambda(_)
         | Op::Permute(_)
+        | Op::PatchExtract(_)
         | Op::Cropping2D(_)
         | Op::ZeroPadding2D(_)
         | Op::Cropping3D(_)

@@ -627,6 +627,11 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     Op::Flatten(_)
                     | Op::Reshape(_)
                     | Op::Permute(_)
+                    // Tokens of patches, attending to each other (position embeddings differ
+                    // per patch index).
+                    | Op::PatchExtract(_)
+                    | Op::PatchEmbedding(_)
+                    | Op::MultiHeadAttention(_)
                     | Op::GlobalAveragePooling2D(_)
                     | Op::GlobalMaxPooling2D(_)
                     | Op::GlobalAveragePooling3D(_)

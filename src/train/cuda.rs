@@ -125,6 +125,9 @@ pub fn gpu_kind(op: &Op) -> Result<Kind<'_>, String> {
         Op::Dense(o) => Ok(Kind::Dense(o)),
         Op::DepthwiseConv2D(_)
         | Op::SeparableConv2D(_)
+        | Op::MultiHeadAttention(_)
+        | Op::PatchExtract(_)
+        | Op::PatchEmbedding(_)
         | Op::Flatten(_)
         | Op::GlobalAveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)

@@ -5,6 +5,7 @@
 use super::activations;
 use super::math::{add_column_sums, gemm, PatchMap};
 use super::profile;
+use crate::exec::cpu::attention;
 use crate::exec::cpu::isa::Isa;
 use crate::exec::cpu::kernels::Strided;
 use crate::exec::cpu::winograd;
@@ -99,6 +100,9 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
             | TfCompute::Resize(_) => None,
         },
         Op::Input(_)
+        | Op::MultiHeadAttention(_)
+        | Op::PatchExtract(_)
+        | Op::PatchEmbedding(_)
         | Op::MaxPooling2D(_)
         | Op::UpSampling2D(_)
         | Op::Cropping2D(_)
@@ -210,6 +214,10 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
         Op::Maximum(_) => merge(MergeFn::Maximum),
         Op::Minimum(_) => merge(MergeFn::Minimum),
         Op::GlobalMaxPooling2D(_) => reads(true, true),
+        // The projections' gradients need the inputs; the attention is recomputed from them.
+        Op::MultiHeadAttention(_) | Op::PatchEmbedding(_) => reads(true, false),
+        // Only the input's shape.
+        Op::PatchExtract(_) => reads(true, false),
         Op::MaxPooling2D(_)
         | Op::MaxPooling3D(_)
         | Op::BatchNormalization(_)
@@ -264,6 +272,9 @@ pub fn recomputable(op: &Op) -> bool {
         | Op::Conv3D(_)
         | Op::Conv3DTranspose(_)
         | Op::Dense(_)
+        | Op::MultiHeadAttention(_)
+        | Op::PatchExtract(_)
+        | Op::PatchEmbedding(_)
         | Op::DepthwiseConv2D(_)
         | Op::SeparableConv2D(_)
         | Op::Dropout(_)
@@ -320,6 +331,7 @@ pub fn saved_elements(op: &Op, in_shape: &[usize], out_shape: &[usize]) -> usize
     };
     let mask = |rate: f64| if rate > 0.0 { out } else { 0 };
     match op {
+        Op::MultiHeadAttention(_) | Op::PatchExtract(_) | Op::PatchEmbedding(_) => 0,
         Op::Conv2D(o) => pre(o.args.activation),
         Op::Conv2DTranspose(o) => pre(o.args.activation),
         Op::Conv3D(o) => pre(o.args.activation),
@@ -540,6 +552,60 @@ pub fn forward(
             );
             add_bias(&mut z, &params[1]);
             finish_activation(o.activation, z, out_shape, &mut saved)
+        }
+        Op::MultiHeadAttention(o) => {
+            if mode.training && o.dropout > 0.0 {
+                return Err(Unsupported(
+                    "MultiHeadAttention's dropout (on the attention weights) does not train yet; \
+                     give dropout: 0"
+                        .into(),
+                ));
+            }
+            let d = o.dims(&item_shapes(inputs));
+            let batch = out_shape.first().copied().unwrap_or(0);
+            let key = inputs.get(2).unwrap_or(&inputs[1]);
+            let mut y = vec![0.0f32; out_len];
+            attention::multi_head_attention(
+                &d,
+                &inputs[0].data,
+                &inputs[1].data,
+                &key.data,
+                params,
+                &mut y,
+                batch,
+            );
+            y
+        }
+        Op::PatchExtract(o) => {
+            let [n, h, w, c] = hwc(&x.map(|t| t.shape.clone()).unwrap_or_default())?;
+            let mut y = vec![0.0f32; out_len];
+            let rows = (out_shape[1] as f64).sqrt().round() as usize;
+            attention::patch_extract(
+                first(),
+                [h, w, c],
+                o.side().max(1) as usize,
+                rows,
+                &mut y,
+                n,
+            );
+            y
+        }
+        Op::PatchEmbedding(_) => {
+            let mut y = vec![0.0f32; out_len];
+            let (batch, tokens, units) = (out_shape[0], out_shape[1], out_shape[2]);
+            let n_in = x.and_then(|t| t.shape.last().copied()).unwrap_or(0);
+            attention::patch_embedding(
+                first(),
+                tokens,
+                n_in,
+                &params[0],
+                &params[1],
+                &params[2],
+                units,
+                &mut y,
+                batch,
+            );
+            y
         }
         Op::MaxPooling2D(o) => pool_output(x, out_shape, |a, n, m| o.geometry(a, n, m), Pool::Max)?,
         Op::AveragePooling2D(o) => {
@@ -1064,6 +1130,99 @@ pub fn backward(
             LayerGrads {
                 inputs: vec![dx],
                 params: vec![Some(dk), Some(db)],
+            }
+        }
+        Op::MultiHeadAttention(o) => {
+            let d = o.dims(&item_shapes(inputs));
+            let dy = output_grad(grad);
+            let key = inputs.get(2).unwrap_or(&inputs[1]);
+            let mut grads = attention::AttentionGrads {
+                query: Vec::new(),
+                value: Vec::new(),
+                key: Vec::new(),
+                weights: params.iter().map(|p| vec![0.0f32; p.len()]).collect(),
+            };
+            let (mut dq, mut dv, mut dk) = (Vec::new(), Vec::new(), Vec::new());
+            let (q_len, v_len, k_len) = (d.tq * d.eq, d.tv * d.ev, d.tv * d.ek);
+            for n in 0..output.shape.first().copied().unwrap_or(0) {
+                attention::attend_backward(
+                    &d,
+                    &inputs[0].data[n * q_len..(n + 1) * q_len],
+                    &inputs[1].data[n * v_len..(n + 1) * v_len],
+                    &key.data[n * k_len..(n + 1) * k_len],
+                    params,
+                    &dy[n * d.tq * d.eo..(n + 1) * d.tq * d.eo],
+                    &mut grads,
+                );
+                dq.extend_from_slice(&grads.query);
+                dv.extend_from_slice(&grads.value);
+                dk.extend_from_slice(&grads.key);
+            }
+            let mut input_grads = vec![dq];
+            if inputs.len() > 2 {
+                input_grads.extend([dv, dk]);
+            } else {
+                // The value is the key too.
+                dv.iter_mut().zip(&dk).for_each(|(a, b)| *a += b);
+                input_grads.push(dv);
+            }
+            LayerGrads {
+                inputs: input_grads,
+                params: grads.weights.into_iter().map(Some).collect(),
+            }
+        }
+        Op::PatchExtract(o) => {
+            let [n, h, w, c] = hwc(&x_shape)?;
+            let rows = (output.shape[1] as f64).sqrt().round() as usize;
+            input_grads(attention::patch_extract_backward(
+                &output_grad(grad),
+                [h, w, c],
+                o.side().max(1) as usize,
+                rows,
+                n,
+            ))
+        }
+        Op::PatchEmbedding(_) => {
+            let dy = output_grad(grad);
+            let (tokens, units) = (output.shape[1], output.shape[2]);
+            let n_in = x_shape.last().copied().unwrap_or(0);
+            let rows = first().len() / n_in.max(1);
+            let mut dx = vec![0.0f32; rows * n_in];
+            gemm(
+                (rows, n_in, units),
+                &dy,
+                (units, 1),
+                &params[0],
+                (1, units),
+                &mut dx,
+                (n_in, 1),
+                false,
+            );
+            let mut dk = vec![0.0f32; n_in * units];
+            gemm(
+                (n_in, units, rows),
+                first(),
+                (1, n_in),
+                &dy,
+                (units, 1),
+                &mut dk,
+                (units, 1),
+                false,
+            );
+            let mut db = vec![0.0f32; units];
+            add_column_sums(&dy, units, &mut db);
+            // Each position's embedding: the sum over the batch of its token's gradient.
+            let mut dpos = vec![0.0f32; tokens * units];
+            for (r, row) in dy.chunks_exact(units.max(1)).enumerate() {
+                let at = (r % tokens.max(1)) * units;
+                dpos[at..at + units]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(a, b)| *a += b);
+            }
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dk), Some(db), Some(dpos)],
             }
         }
         Op::MaxPooling2D(o) => input_grads(pool_grads(
@@ -2007,6 +2166,14 @@ fn transpose_backward(
 }
 
 /// A layer that has only an input gradient.
+/// The inputs' shapes per item (without the batch), as the ops' shape rules take them.
+fn item_shapes(inputs: &[&Tensor]) -> Vec<Vec<i64>> {
+    inputs
+        .iter()
+        .map(|t| t.shape.iter().skip(1).map(|&d| d as i64).collect())
+        .collect()
+}
+
 fn input_grads(dx: Vec<f32>) -> LayerGrads {
     input_grads_of(vec![dx])
 }

@@ -270,7 +270,7 @@ pub fn formula(name: &str, shape: &[usize], class: &str) -> unetc::exec::Tensor 
                 "kernel" | "depthwise_kernel" | "pointwise_kernel" => {
                     d * (2.0 / (fan_in as f64).sqrt())
                 }
-                "bias" | "beta" => d * 0.2,
+                "bias" | "beta" | "embeddings" => d * 0.2,
                 "gamma" => 1.0 + 0.5 * d,
                 "moving_mean" | "mean" => 0.2 * d,
                 "count" => 0.0,

@@ -5,7 +5,7 @@ Run from anywhere (it writes next to itself)::
 
     pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 safetensors numpy
     pip install --no-deps efficientnet==1.0.0   # edge_fixed_dropout: its FixedDropout class
-    pip install keras-unet-collection==0.1.13      # edge_gelu, edge_snake: its GELU, Snake
+    pip install keras-unet-collection==0.1.13      # edge_gelu, edge_snake, edge_patches: its classes
     pip install --no-deps image-classifiers==1.0.0  # edge_lambda: classification_models' functions
     python tests/golden/generate.py            # all models
     python tests/golden/generate.py edge_conv  # only some
@@ -141,7 +141,7 @@ def formula_values(name: str, shape, layer_class: str) -> np.ndarray:
     var = name.rsplit("/", 1)[1]
     if var in KERNELS:
         v = d * (2.0 / math.sqrt(fan_in(layer_class, var, shape)))
-    elif var in ("bias", "beta"):
+    elif var in ("bias", "beta", "embeddings"):
         v = d * 0.2
     elif var == "gamma":
         v = 1.0 + 0.5 * d
@@ -185,7 +185,7 @@ def formula_scalar(name: str, shape, layer_class: str, i: int) -> float:
             for s in shape[:-1]:
                 fi *= s
         v = d * (2.0 / math.sqrt(fi))
-    elif var in ("bias", "beta"):
+    elif var in ("bias", "beta", "embeddings"):
         v = d * 0.2
     elif var == "gamma":
         v = 1.0 + 0.5 * d
@@ -206,16 +206,16 @@ def formula_scalar(name: str, shape, layer_class: str, i: int) -> float:
 
 def set_formula_weights(model) -> None:
     """Give every variable of ``model`` its formula value (names as unetc writes them)."""
-    from keras_to_safetensors import _leaf_layers
+    from keras_to_safetensors import _leaf_layers, _short_names
 
     for layer in _leaf_layers(model, []):
         if not layer.weights:
             continue
         values = []
-        for v in layer.weights:
-            short = v.name.split("/")[-1].split(":")[0]
+        cls = type(layer).__name__
+        for v, short in zip(layer.weights, _short_names(layer, cls)):
             name = f"{layer.name}/{short}"
-            values.append(formula_values(name, v.shape, type(layer).__name__))
+            values.append(formula_values(name, v.shape, cls))
         layer.set_weights(values)
 
 
@@ -969,6 +969,48 @@ def edge_snake():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_attention():
+    """tf.keras's MultiHeadAttention (Vaswani et al. 2017) as vision transformers and attention
+    U-Nets call it, on tokens from a linear 1x1 conv of the input reshaped to (16, 8),
+    layer-normalised and scaled by 3 so that the softmax is far from uniform: self-attention
+    `mha(t, t)` (2 heads, key_dim 4) with a residual Add; cross-attention with a separate key
+    `mha(q, v, k)` (3 heads, key_dim 2, value_dim 5, output_shape 6, no biases); attention over
+    an image's pixels `mha(x, x)` on (4, 4, 8) (1 head, key_dim 4). Flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((4, 4, 3))
+    x = L.Conv2D(8, 1)(inp)
+    t = L.Reshape((16, 8))(x)
+    big = L.Rescaling(3.0)(L.LayerNormalization()(t))
+    a = L.MultiHeadAttention(num_heads=2, key_dim=4)(big, big)
+    a = L.Add()([a, t])
+    b = L.MultiHeadAttention(num_heads=3, key_dim=2, value_dim=5, output_shape=6,
+                             use_bias=False)(a, big, t)
+    c = L.MultiHeadAttention(num_heads=1, key_dim=4)(x, x)
+    flat = [L.Flatten()(v) for v in (a, b, c)]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
+def edge_patches():
+    """keras-unet-collection's vision-transformer patches (needs the keras-unet-collection
+    package): patch_extract((2, 2)) of a 6x6x4 map (3x3 patches of 16 values) and of a 7x7x4
+    map (the last row and column are in no patch), patch_extract((1, 1)) (TransUNet's: one token
+    per pixel), each followed by patch_embedding (a Dense projection plus a learned position
+    embedding per patch). Flattened and concatenated."""
+    tf = _tf()
+    from keras_unet_collection.transformer_layers import patch_embedding, patch_extract
+
+    L = tf.keras.layers
+    inp = L.Input((7, 7, 3))
+    x7 = L.Conv2D(4, 1)(inp)
+    x6 = L.Cropping2D(((0, 1), (1, 0)))(x7)
+    a = patch_embedding(9, 8)(patch_extract((2, 2))(x6))
+    b = patch_embedding(9, 5)(patch_extract((2, 2))(x7))
+    c = patch_embedding(36, 6)(patch_extract((1, 1))(x6))
+    flat = [L.Flatten()(v) for v in (a, b, c)]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_reshape():
     """Reshape and Permute on signed 6x5 maps (linear 1x1 convs of the input): a
     squeeze-excitation block (GlobalAveragePooling2D -> Reshape((1, 1, 8)) -> Dense(2, relu) ->
@@ -1255,7 +1297,7 @@ SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_s
          edge_fixed_dropout, edge_rescaling, edge_normalization,
          edge_tfreshape, edge_gelu, edge_snake, edge_lambda,
          edge_custom_scale, edge_repeat_elements, edge_lambda_resize, edge_tfindex,
-         edge_tfactivations]
+         edge_tfactivations, edge_attention, edge_patches]
 FULL = [original_full, unet3d_small, unet3d_valid]
 
 # ---------------------------------------------------------------------------------------------
@@ -1392,7 +1434,7 @@ def check_weights(model, path) -> None:
         stored = load_file(str(path))
         assert set(stored) == set(tensors), (sorted(stored), sorted(tensors))
     for name, t in tensors.items():
-        cls = classes[name.rsplit("/", 1)[0]]
+        cls = classes[name.split("/", 1)[0]]
         want = formula_values(name, t.shape, cls)
         assert t.dtype == np.float32 and np.array_equal(t.view(np.uint32), want.view(np.uint32)), name
         if stored is not None:

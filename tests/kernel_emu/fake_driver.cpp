@@ -25,6 +25,7 @@
 #include "../../src/exec/cuda/kernels/elem.cuh"
 #include "../../src/exec/cuda/kernels/conv.cu"
 #include "../../src/exec/cuda/kernels/layers.cu"
+#include "../../src/exec/cuda/kernels/attention.cu"
 #include "../../src/exec/cuda/kernels/volume.cu"
 #include "../../src/exec/cuda/kernels/igemm.cu"
 #include "../../src/exec/cuda/kernels/train.cu"
@@ -411,6 +412,11 @@ const Kernel kernels[] = {
     BOTH(pool3d),
     BOTH(resample3d),
     BOTH(upsample3d_linear),
+    BOTH(attention_project),
+    DIRECT(attention_heads),
+    BOTH(attention_output),
+    BOTH(patch_extract),
+    BOTH(patch_embedding),
     BLOCKWISE(conv_igemm_bf16, 256, 0),
     BLOCKWISE(conv_igemm_bf16_small, 256, 0),
     BLOCKWISE(conv_igemm_tf32, 256, 0),

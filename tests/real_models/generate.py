@@ -138,6 +138,13 @@ def more_models():
             (32, 32, 3), f3, n_labels=2, activation="Snake", batch_norm=True), True),
         # tf.image.resize, tf.concat, tf.nn.relu, tf.squeeze / tf.expand_dims / tf.reshape.
         ("github_tf_functions_unet", tf_functions_unet, True),
+        # TransUNet (Chen et al. 2021) as keras-unet-collection builds it: a vision transformer
+        # at the bottleneck (its patch_extract and patch_embedding classes, LayerNormalization,
+        # MultiHeadAttention, Dense + GELU MLPs, residual adds) between a conv encoder and
+        # decoder; 8x8 tokens of 16 features, two blocks of two heads.
+        ("kuc_transunet_2d", lambda: kuc.transunet_2d(
+            (32, 32, 3), f3, n_labels=2, embed_dim=16, num_mlp=32, num_heads=2,
+            num_transformer=2), True),
         # segmentation_models (SM_FRAMEWORK=tf.keras, encoder_weights=None).
         ("sm_unet_efficientnetb0", lambda: sm.Unet(
             "efficientnetb0", input_shape=(64, 64, 3), classes=2, activation="softmax",
@@ -489,7 +496,7 @@ def leaf_layers(model):
 FORMULA_INPUT_SCALE = {"sm_pspnet_inceptionv3": 1000, "kuc_unet_2d_efficientnetb0": 100000}
 
 SKIPPED = {
-    "kuc transunet_2d, swin_unet_2d": "custom layer classes of keras-unet-collection (patch_extract, ...): their call() is Python code; `unetc import` names the layer and refuses the model (its GELU and Snake classes unetc knows)",
+    "kuc swin_unet_2d": "custom layer classes of keras-unet-collection (patch_merging, SwinTransformerBlock, ...): their call() is Python code; `unetc import` names the layer and refuses the model (its GELU, Snake, patch_extract and patch_embedding classes unetc knows)",
 }
 
 

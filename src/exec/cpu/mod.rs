@@ -1,6 +1,7 @@
 //! The CPU executor: the reference every faster backend is tested against. f32, NHWC,
 //! im2col + GEMM convolutions on all cores, buffers reused as the plan says.
 
+pub mod attention;
 pub mod gemm;
 pub mod isa;
 pub mod kernels;
@@ -86,6 +87,15 @@ enum Prepared {
     Dense {
         kernel: Vec<f32>,
         bias: Option<Vec<f32>>,
+    },
+    /// MultiHeadAttention: `[Wq, bq, Wk, bk, Wv, bv, Wo, bo]` (zero biases where it has none).
+    Attention {
+        weights: Vec<Vec<f32>>,
+    },
+    PatchEmbedding {
+        kernel: Vec<f32>,
+        bias: Vec<f32>,
+        positions: Vec<f32>,
     },
     PRelu {
         alpha: Vec<f32>,
@@ -269,6 +279,12 @@ impl<'g> CpuModel<'g> {
                     bias: Some(w.pop().unwrap_or_default()),
                     kernel: w.pop().unwrap_or_default(),
                 },
+                Op::MultiHeadAttention(_) => Prepared::Attention { weights: w },
+                Op::PatchEmbedding(_) => Prepared::PatchEmbedding {
+                    positions: w.pop().unwrap_or_default(),
+                    bias: w.pop().unwrap_or_default(),
+                    kernel: w.pop().unwrap_or_default(),
+                },
                 Op::PReLU(_) => Prepared::PRelu {
                     alpha: w.pop().unwrap_or_default(),
                 },
@@ -286,6 +302,7 @@ impl<'g> CpuModel<'g> {
                 },
                 // Layers without weights (bind_weights binds none for them).
                 Op::Input(_)
+                | Op::PatchExtract(_)
                 | Op::MaxPooling2D(_)
                 | Op::UpSampling2D(_)
                 | Op::Cropping2D(_)
@@ -374,6 +391,12 @@ impl<'g> CpuModel<'g> {
                 } => depthwise.len() + pointwise.len() + bias.as_ref().map_or(0, Vec::len),
                 Prepared::PRelu { alpha } => alpha.len(),
                 Prepared::Snake { .. } => 1,
+                Prepared::Attention { weights } => weights.iter().map(Vec::len).sum(),
+                Prepared::PatchEmbedding {
+                    kernel,
+                    bias,
+                    positions,
+                } => kernel.len() + bias.len() + positions.len(),
                 Prepared::Affine { gamma, beta } => gamma.len() + beta.len(),
             })
             .sum();
@@ -657,6 +680,8 @@ impl<'g> CpuModel<'g> {
             | Prepared::ConvTranspose { .. }
             | Prepared::Norm { .. }
             | Prepared::Dense { .. }
+            | Prepared::Attention { .. }
+            | Prepared::PatchEmbedding { .. }
             | Prepared::PRelu { .. }
             | Prepared::Snake { .. }
             | Prepared::Affine { .. }
@@ -798,6 +823,34 @@ impl<'g> CpuModel<'g> {
                     rows,
                 )
             }
+            (Op::MultiHeadAttention(op), Prepared::Attention { weights }) => {
+                let d = op.dims(&item_shapes(in_shapes));
+                let key = ins.get(2).unwrap_or(&ins[1]);
+                attention::multi_head_attention(&d, ins[0], ins[1], key, weights, out, batch)
+            }
+            (Op::PatchExtract(op), _) => {
+                let side = op.side().max(1) as usize;
+                let rows = (out_shape[0] as f64).sqrt().round() as usize;
+                attention::patch_extract(ins[0], hwc3(&in_shapes[0]), side, rows, out, batch)
+            }
+            (
+                Op::PatchEmbedding(_),
+                Prepared::PatchEmbedding {
+                    kernel,
+                    bias,
+                    positions,
+                },
+            ) => attention::patch_embedding(
+                ins[0],
+                in_shapes[0][0],
+                in_shapes[0][1],
+                kernel,
+                bias,
+                positions,
+                out_shape[1],
+                out,
+                batch,
+            ),
             (Op::MaxPooling2D(op), _) => {
                 kernels::max_pool(op, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
             }
@@ -1013,6 +1066,8 @@ impl<'g> CpuModel<'g> {
                 | Op::BatchNormalization(_)
                 | Op::Normalization(_)
                 | Op::Dense(_)
+                | Op::MultiHeadAttention(_)
+                | Op::PatchEmbedding(_)
                 | Op::PReLU(_)
                 | Op::Snake(_)
                 | Op::GroupNormalization(_)
@@ -1028,6 +1083,14 @@ impl<'g> CpuModel<'g> {
 }
 
 /// `[h, w, c]` of a 3-D shape per item (missing trailing axes count as 1).
+/// The shapes per item as the ops' shape rules take them.
+fn item_shapes(shapes: &[Vec<usize>]) -> Vec<Vec<i64>> {
+    shapes
+        .iter()
+        .map(|s| s.iter().map(|&d| d as i64).collect())
+        .collect()
+}
+
 fn hwc3(s: &[usize]) -> [usize; 3] {
     [
         s.first().copied().unwrap_or(1),

@@ -35,6 +35,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("elem.cuh", include_str!("kernels/elem.cuh")),
     ("conv.cu", include_str!("kernels/conv.cu")),
     ("layers.cu", include_str!("kernels/layers.cu")),
+    ("attention.cu", include_str!("kernels/attention.cu")),
     ("volume.cu", include_str!("kernels/volume.cu")),
     ("igemm.cu", include_str!("kernels/igemm.cu")),
     ("first_layer.cu", include_str!("kernels/first_layer.cu")),
@@ -78,7 +79,14 @@ pub const LAYER_KERNELS: &[&str] = &[
     "pool3d",
     "resample3d",
     "upsample3d_linear",
+    "attention_project",
+    "attention_output",
+    "patch_extract",
+    "patch_embedding",
 ];
+
+/// Inference kernels without an arena type (f32 scratch only).
+pub const SCRATCH_KERNELS: &[&str] = &["attention_heads"];
 
 /// The training kernels (kernels/train.cu, f32 only), loaded by `unetc train --device cuda`
 /// (src/train/cuda.rs), not by inference.
@@ -183,6 +191,7 @@ pub fn kernel_names() -> Vec<String> {
     LAYER_KERNELS
         .iter()
         .flat_map(|k| [format!("{k}_f32"), format!("{k}_bf16")])
+        .chain(SCRATCH_KERNELS.iter().map(|k| k.to_string()))
         .chain(igemm_kernel_names())
         .collect()
 }
@@ -1047,6 +1056,9 @@ impl<'g> CudaModel<'g> {
             | Op::Lambda(_)
             | Op::Permute(_)
             | Op::Dense(_)
+            | Op::MultiHeadAttention(_)
+            | Op::PatchExtract(_)
+            | Op::PatchEmbedding(_)
             | Op::GlobalAveragePooling2D(_)
             | Op::Multiply(_)
             | Op::Subtract(_)
@@ -1229,9 +1241,15 @@ impl<'g> CudaModel<'g> {
         }
     }
 
-    /// Floats of split-K workspace a batch needs (the largest split layer's).
+    /// Floats of workspace a batch needs: the largest split-K layer's partial sums, or the
+    /// largest attention's scratch.
     fn workspace_floats(&self, batch: usize) -> usize {
         let mut most = 0;
+        for &id in &self.info.schedule {
+            if let Some(d) = self.attention_dims(id) {
+                most = most.max(batch * d.scratch_floats());
+            }
+        }
         for (id, tc) in &self.tensor_core {
             if tc.mode != 0 || self.heads.contains_key(id) {
                 continue;
@@ -1714,6 +1732,111 @@ impl<'g> CudaModel<'g> {
     }
 
     /// The window of a value the plan keeps dense (inputs of Dense/Flatten/Softmax, outputs).
+    /// A MultiHeadAttention layer's sizes; `None` for other layers.
+    fn attention_dims(&self, id: NodeId) -> Option<crate::ir::ops::AttentionDims> {
+        let node = self.graph.node(id);
+        let Op::MultiHeadAttention(op) = &node.op else {
+            return None;
+        };
+        let shapes: Vec<Vec<i64>> = node
+            .inputs
+            .iter()
+            .map(|&i| {
+                self.info.layers[i.index()]
+                    .shape
+                    .clone()
+                    .unwrap_or_default()
+            })
+            .collect();
+        Some(op.dims(&shapes))
+    }
+
+    /// MultiHeadAttention: the three projections into f32 scratch (the arena's workspace), the
+    /// heads, and the output projection back into the arena.
+    fn attention<T: Element>(
+        &self,
+        id: NodeId,
+        arena: &mut CudaSlice<T>,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        let node = self.graph.node(id);
+        let d = self.attention_dims(id).ok_or_else(|| {
+            CudaError::Model(format!("internal: `{}` is not attention", node.name))
+        })?;
+        let w = self.weights_of(id)?;
+        let plan = &self.plan;
+        let offset = |input: usize| -> Result<i64, CudaError> {
+            let source = node.inputs.get(input).copied().unwrap_or(node.inputs[1]);
+            Ok(plan.base(&self.dense_window(source)?, batch) as i64)
+        };
+        let (q_off, v_off, k_off) = (offset(0)?, offset(1)?, offset(2)?);
+        let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
+        let stream = &self.stream;
+        let (ptr, _sync) = cudarc::driver::DevicePtrMut::device_ptr_mut(arena, stream);
+        let start = ptr + (self.workspace_start(batch) * std::mem::size_of::<T>()) as u64;
+        let (hk, hv) = (d.hk(), d.hv());
+        let floats = |n: usize| (n * 4) as u64;
+        let q = start;
+        let k = q + floats(batch * d.tq * hk);
+        let v = k + floats(batch * d.tv * hk);
+        let o = v + floats(batch * d.tv * hv);
+        let i = |v: usize| v as i32;
+        let scale = crate::exec::cpu::attention::query_scale(d.key_dim);
+        let project = self.function::<T>("attention_project");
+        for (x_off, scratch, rows, n_in, units, wk, scale) in [
+            (q_off, q, batch * d.tq, d.eq, hk, 0, scale),
+            (k_off, k, batch * d.tv, d.ek, hk, 2, 1.0f32),
+            (v_off, v, batch * d.tv, d.ev, hv, 4, 1.0f32),
+        ] {
+            let (r, ni, u) = (i(rows), i(n_in), i(units));
+            // SAFETY: matches attention_project_<T>(void*, i64, const float*, const float*,
+            // float*, int, int, int, float); the input is dense in the arena; the scratch lies
+            // in the workspace `alloc` sized with `workspace_floats` (scratch_floats per item).
+            unsafe {
+                stream
+                    .launch_builder(project)
+                    .arg(&ptr)
+                    .arg(&x_off)
+                    .arg(&w.tensors[wk])
+                    .arg(&w.tensors[wk + 1])
+                    .arg(&scratch)
+                    .arg(&r)
+                    .arg(&ni)
+                    .arg(&u)
+                    .arg(&scale)
+                    .launch(grid(rows * units))
+                    .map_err(driver)?;
+            }
+        }
+        let dims = [batch, d.tq, d.tv, d.heads, d.key_dim, d.value_dim].map(i);
+        let mut b = stream.launch_builder(&self.functions["attention_heads"]);
+        b.arg(&q).arg(&k).arg(&v).arg(&o);
+        for v in &dims {
+            b.arg(v);
+        }
+        // SAFETY: matches attention_heads(const float* x3, float*, int x6); q, k, v and o are
+        // the scratch regions above, of the sizes those offsets give.
+        unsafe { b.launch(grid(batch * d.tq * hv)).map_err(driver)? };
+        let (r, ni, u) = (i(batch * d.tq), i(hv), i(d.eo));
+        // SAFETY: matches attention_output_<T>(void*, i64, const float*, const float*, const
+        // float*, int, int, int); writes the layer's dense window.
+        unsafe {
+            stream
+                .launch_builder(self.function::<T>("attention_output"))
+                .arg(&ptr)
+                .arg(&y_off)
+                .arg(&o)
+                .arg(&w.tensors[6])
+                .arg(&w.tensors[7])
+                .arg(&r)
+                .arg(&ni)
+                .arg(&u)
+                .launch(grid(batch * d.tq * d.eo))
+                .map_err(driver)?;
+        }
+        Ok(())
+    }
+
     fn dense_window(&self, id: NodeId) -> Result<Window, CudaError> {
         match self.plan.window(id) {
             Some(w) if w.is_dense() => Ok(w),
@@ -2397,6 +2520,42 @@ impl<'g> CudaModel<'g> {
                 if a.activation == ActivationFn::Softmax {
                     self.softmax_over_channels(arena, y, batch)?;
                 }
+            }
+            Op::MultiHeadAttention(_) => self.attention::<T>(id, arena, batch)?,
+            Op::PatchExtract(op) => {
+                let [h, wd, c] = hwc(&in_shapes[0]);
+                let rows = (out_shape[0] as f64).sqrt().round() as usize;
+                let x_off = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
+                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
+                let ints = [h, wd, c, op.side().max(1) as usize, rows, batch].map(i);
+                let mut b = stream.launch_builder(self.function::<T>("patch_extract"));
+                b.arg(&mut *arena).arg(&x_off).arg(&y_off);
+                for v in &ints {
+                    b.arg(v);
+                }
+                // SAFETY: matches patch_extract_<T>(void*, i64, i64, int x6); both dense.
+                unsafe { b.launch(grid(n_out)).map_err(driver)? };
+            }
+            Op::PatchEmbedding(_) => {
+                let (tokens, n_in) = (in_shapes[0][0], in_shapes[0][1]);
+                let units = out_shape[1];
+                let w = self.weights_of(id)?;
+                let x_off = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
+                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
+                let ints = [batch * tokens, tokens, n_in, units].map(i);
+                let mut b = stream.launch_builder(self.function::<T>("patch_embedding"));
+                b.arg(&mut *arena)
+                    .arg(&x_off)
+                    .arg(&y_off)
+                    .arg(&w.tensors[0])
+                    .arg(&w.tensors[1])
+                    .arg(&w.tensors[2]);
+                for v in &ints {
+                    b.arg(v);
+                }
+                // SAFETY: matches patch_embedding_<T>(void*, i64, i64, const float* x3, int x4);
+                // the weights were uploaded as [n_in, units], [units], [tokens, units].
+                unsafe { b.launch(grid(n_out)).map_err(driver)? };
             }
             Op::Dense(op) => {
                 let n_in = in_shapes[0].last().copied().unwrap_or(1);

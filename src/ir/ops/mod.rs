@@ -6,6 +6,7 @@
 //! every variant, so the compiler lists them; Keras import goes by class name.
 
 mod activation;
+mod attention;
 mod conv;
 mod dense;
 mod input;
@@ -23,6 +24,7 @@ pub use activation::{
     Activation, Dropout, FixedDropout, GaussianDropout, GaussianNoise, LeakyReLU, PReLU, ReLU,
     Rescaling, Snake, Softmax, SpatialDropout2D, ELU, GELU,
 };
+pub use attention::{AttentionDims, MultiHeadAttention, PatchEmbedding, PatchExtract};
 pub use conv::{
     Conv2D, Conv2DTranspose, Depthwise, DepthwiseConv2D, SeparableConv2D, TransposeGeometry,
     WindowGeometry,
@@ -361,6 +363,9 @@ ops! {
     Normalization: "normalization",
     GELU: "gelu",
     Snake: "snake",
+    MultiHeadAttention: "multi_head_attention",
+    PatchExtract: "patch_extract",
+    PatchEmbedding: "patch_embedding",
 }
 
 impl Op {
@@ -387,6 +392,9 @@ impl Op {
             | Op::Dropout(_)
             | Op::Flatten(_)
             | Op::Dense(_)
+            | Op::MultiHeadAttention(_)
+            | Op::PatchExtract(_)
+            | Op::PatchEmbedding(_)
             | Op::GlobalAveragePooling2D(_)
             | Op::Multiply(_)
             | Op::Subtract(_)

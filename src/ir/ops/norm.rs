@@ -457,8 +457,14 @@ impl LayerKind for LayerNormalization {
 
     fn config(&self) -> Json {
         // Keras keeps the axis as a list of positive axes once built (for image inputs).
+        self.built_config(&[vec![0; 3]])
+    }
+
+    fn built_config(&self, inputs: &[Shape]) -> Json {
+        // Positive axes of the input it was built on (tokens `(T, E)`: `[2]`).
+        let rank = inputs.first().map_or(3, Vec::len);
         json!({
-            "axis": self.positive_axes(3),
+            "axis": self.positive_axes(rank),
             "epsilon": self.epsilon,
             "center": self.center,
             "scale": self.scale,

@@ -1283,6 +1283,13 @@ pub fn backward(
                     .collect()],
                 params: vec![],
             },
+            // TensorFlow registers no gradient for argmax: its input gets none (not zeros), so
+            // the layers only before it get no update, as Keras skips variables without a
+            // gradient (AdamW's decay included).
+            TfCompute::ReduceChannels(ReduceFn::Argmax) => LayerGrads {
+                inputs: vec![],
+                params: vec![],
+            },
             TfCompute::ReduceChannels(f) => {
                 let c = x_shape.last().copied().unwrap_or(1).max(1);
                 let dy = output_grad(grad);
@@ -1290,7 +1297,7 @@ pub fn backward(
                 for ((pixel, d), &g) in first().chunks(c).zip(dx.chunks_mut(c)).zip(dy.iter()) {
                     match f {
                         ReduceFn::Mean => d.iter_mut().for_each(|v| *v = g / c as f32),
-                        // TensorFlow registers no gradient for argmax: none flows back.
+                        // Handled above: no gradient at all.
                         ReduceFn::Argmax => {}
                         // TensorFlow's reduce_max gradient: shared equally among tied maxima.
                         ReduceFn::Max => {

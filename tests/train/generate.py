@@ -5,6 +5,7 @@
 weight after the last step (BatchNormalization's moving statistics included).
 
     pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 safetensors numpy
+    pip install keras-unet-collection==0.1.13   # attention_adam_cce: its patch classes
     python tests/train/generate.py [NAME ...]
 
 Files per case ``<c>``: ``<c>.json`` (``model.to_json()``; the test imports it with
@@ -192,6 +193,41 @@ def shared(k):
     return k.Model(x0, L.Conv2D(1, 1, activation="sigmoid")(x))
 
 
+def argmax_gate(k):
+    """UNet 3+'s classification-guided module: a classification branch whose argmax gates the
+    segmentation (tf.argmax, `[..., tf.newaxis]`, tf.cast, `y * gate`). TensorFlow has no
+    gradient for argmax, so the branch's weights get none and Keras leaves them as they are
+    (AdamW's decay included)."""
+    import tensorflow as tf
+
+    L = k.layers
+    x0 = L.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, padding="same", activation="relu")(x0)
+    cls = L.GlobalMaxPooling2D()(L.Conv2D(2, 1)(x))
+    cls = tf.cast(tf.argmax(cls, axis=-1)[..., tf.newaxis], tf.float32)
+    gate = cls[:, tf.newaxis, tf.newaxis, :] + 0.5
+    return k.Model(x0, L.Conv2D(2, 1)(x) * gate)
+
+
+def attention(k):
+    """A TransUNet-style bottleneck (keras-unet-collection's patch_extract and patch_embedding,
+    LayerNormalization, MultiHeadAttention with a residual, a Dense MLP) between convolutions."""
+    import tensorflow as tf
+    from keras_unet_collection.transformer_layers import patch_embedding, patch_extract
+
+    L = k.layers
+    x0 = L.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, padding="same", activation="relu")(x0)
+    t = patch_embedding(16, 6)(patch_extract((2, 2))(x))
+    a = L.LayerNormalization()(t)
+    a = L.MultiHeadAttention(num_heads=2, key_dim=3)(a, a)
+    t = L.Add()([a, t])
+    t = L.Dense(8, activation="gelu")(L.LayerNormalization()(t))
+    x = tf.reshape(t, (-1, 4, 4, 8))
+    x = L.UpSampling2D()(x)
+    return k.Model(x0, L.Conv2D(2, 1, activation="softmax")(x))
+
+
 def dice_loss(y, p):
     import tensorflow as tf
 
@@ -261,6 +297,12 @@ def cases():
          ["--optimizer", "sgd", "--learning-rate", "0.1"],
          "binary_crossentropy", ["--loss", "binary_crossentropy"], "binary", 2, 3),
         ("regularized_adam_cce", regularized, lambda: opt.Adam(1e-2),
+         ["--optimizer", "adam", "--learning-rate", "0.01"],
+         "categorical_crossentropy", ["--loss", "categorical_crossentropy"], "onehot", 2, 3),
+        ("argmax_gate_adamw_mse", argmax_gate, lambda: opt.AdamW(1e-2, weight_decay=0.1),
+         ["--optimizer", "adamw", "--learning-rate", "0.01", "--weight-decay", "0.1"],
+         "mse", ["--loss", "mse"], "real", 2, 3),
+        ("attention_adam_cce", attention, lambda: opt.Adam(1e-2),
          ["--optimizer", "adam", "--learning-rate", "0.01"],
          "categorical_crossentropy", ["--loss", "categorical_crossentropy"], "onehot", 2, 3),
     ]

@@ -21,6 +21,7 @@ const LIBRARY: &[&str] = &[
     "mobilenetv2_unet",
     "unet3d",
     "vnet",
+    "transunet",
 ];
 
 fn library_dir() -> PathBuf {

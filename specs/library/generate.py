@@ -171,6 +171,13 @@ def variants():
             (n, n, 1), [16, 32, 64, 128, 256], n_labels=2, res_num_ini=1, res_num_max=3,
             activation="PReLU", output_activation="Softmax", batch_norm=True, pool=False,
             unpool=False), 128, 16),
+        # The transformer's tokens are the bottleneck's pixels: one input size only, so the
+        # numeric check runs at it.
+        "transunet": (lambda n: kuc.transunet_2d(
+            (n, n, 3), [64, 128, 256, 512], n_labels=2, stack_num_down=2, stack_num_up=2,
+            embed_dim=256, num_mlp=512, num_heads=4, num_transformer=4, activation="ReLU",
+            mlp_activation="GELU", output_activation="Softmax", batch_norm=True, pool=True,
+            unpool="bilinear"), 128, 128),
     }
 
 

@@ -86,7 +86,11 @@ pub const LAYER_KERNELS: &[&str] = &[
 ];
 
 /// Inference kernels without an arena type (f32 scratch only).
-pub const SCRATCH_KERNELS: &[&str] = &["attention_heads"];
+pub const SCRATCH_KERNELS: &[&str] = &[
+    "attention_scores",
+    "attention_softmax",
+    "attention_weighted",
+];
 
 /// The training kernels (kernels/train.cu, f32 only), loaded by `unetc train --device cuda`
 /// (src/train/cuda.rs), not by inference.
@@ -1780,6 +1784,7 @@ impl<'g> CudaModel<'g> {
         let k = q + floats(batch * d.tq * hk);
         let v = k + floats(batch * d.tv * hk);
         let o = v + floats(batch * d.tv * hv);
+        let p = o + floats(batch * d.tq * hv);
         let i = |v: usize| v as i32;
         let scale = crate::exec::cpu::attention::query_scale(d.key_dim);
         let project = self.function::<T>("attention_project");
@@ -1808,14 +1813,28 @@ impl<'g> CudaModel<'g> {
                     .map_err(driver)?;
             }
         }
-        let dims = [batch, d.tq, d.tv, d.heads, d.key_dim, d.value_dim].map(i);
-        let mut b = stream.launch_builder(&self.functions["attention_heads"]);
-        b.arg(&q).arg(&k).arg(&v).arg(&o);
+        let weights = batch * d.heads * d.tq * d.tv;
+        let dims = [batch, d.tq, d.tv, d.heads, d.key_dim].map(i);
+        let mut b = stream.launch_builder(&self.functions["attention_scores"]);
+        b.arg(&q).arg(&k).arg(&p);
         for v in &dims {
             b.arg(v);
         }
-        // SAFETY: matches attention_heads(const float* x3, float*, int x6); q, k, v and o are
+        // SAFETY: matches attention_scores(const float* x2, float*, int x5); q, k and p are
         // the scratch regions above, of the sizes those offsets give.
+        unsafe { b.launch(grid(weights)).map_err(driver)? };
+        let (rows, len) = ((batch * d.heads * d.tq) as i64, i(d.tv));
+        let mut b = stream.launch_builder(&self.functions["attention_softmax"]);
+        b.arg(&p).arg(&rows).arg(&len);
+        // SAFETY: matches attention_softmax(float*, i64, int); p holds rows * len weights.
+        unsafe { b.launch(grid(rows as usize)).map_err(driver)? };
+        let dims = [batch, d.tq, d.tv, d.heads, d.value_dim].map(i);
+        let mut b = stream.launch_builder(&self.functions["attention_weighted"]);
+        b.arg(&p).arg(&v).arg(&o);
+        for v in &dims {
+            b.arg(v);
+        }
+        // SAFETY: matches attention_weighted(const float* x2, float*, int x5).
         unsafe { b.launch(grid(batch * d.tq * hv)).map_err(driver)? };
         let (r, ni, u) = (i(batch * d.tq), i(hv), i(d.eo));
         // SAFETY: matches attention_output_<T>(void*, i64, const float*, const float*, const

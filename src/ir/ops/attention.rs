@@ -36,9 +36,14 @@ impl AttentionDims {
         self.heads * self.value_dim
     }
 
-    /// f32 values of the projected queries, keys, values and the attended values, per item.
+    /// f32 values of the projected queries, keys and values, the attended values and the
+    /// attention weights, per item.
     pub fn scratch_floats(&self) -> usize {
-        self.tq * self.hk() + self.tv * self.hk() + self.tv * self.hv() + self.tq * self.hv()
+        self.tq * self.hk()
+            + self.tv * self.hk()
+            + self.tv * self.hv()
+            + self.tq * self.hv()
+            + self.heads * self.tq * self.tv
     }
 }
 
@@ -191,12 +196,13 @@ impl LayerKind for MultiHeadAttention {
         let scores = (d.tq as u64)
             .saturating_mul(d.tv as u64)
             .saturating_mul(d.heads as u64);
-        if scores > 1 << 32 || d.hk() as u64 > 1 << 24 || d.hv() as u64 > 1 << 24 {
+        // The weights of every head are held at once (1 GiB of f32 at the limit).
+        if scores > 1 << 28 || d.hk() as u64 > 1 << 24 || d.hv() as u64 > 1 << 24 {
             return Err(ShapeError::new(
                 "E-limit",
                 format!(
                     "MultiHeadAttention of {} query tokens on {} tokens with {} heads is larger \
-                     than unetc computes (2^32 attention weights per item)",
+                     than unetc computes (2^28 attention weights per item)",
                     d.tq, d.tv, d.heads
                 ),
                 "too large",

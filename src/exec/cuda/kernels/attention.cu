@@ -1,6 +1,6 @@
 // MultiHeadAttention, keras-unet-collection's patch_extract and patch_embedding. Attention
 // works in f32 scratch (the arena's workspace, after its last buffer): the projected queries,
-// keys and values and the heads' attended values, one item after another.
+// keys and values, the attention weights and the heads' attended values.
 
 // A projection out of the arena into f32 scratch:
 //   out[r, u] = (bias[u] + sum_i x[r, i] * w[i, u]) * scale   (x dense at x_off).
@@ -19,31 +19,54 @@ INSTANTIATE(attention_project, (void* arena, i64 x_off, const float* w, const fl
                                 float* out, int rows, int n_in, int units, float scale),
             (, x_off, w, bias, out, rows, n_in, units, scale))
 
-// The attended values o[n, t, h, j] = sum_u softmax_u(q[n, t, h, :] . k[n, u, h, :]) v[n, u, h, j]
-// (q already scaled), one thread per output value; the softmax runs online (a running max and
-// sum), so no row of weights is stored.
-extern "C" __global__ void attention_heads(const float* q, const float* k, const float* v,
-                                           float* o, int items, int tq, int tv, int heads,
-                                           int key_dim, int value_dim) {
-    i64 hk = (i64)heads * key_dim, hv = (i64)heads * value_dim;
+// Attention weights before the softmax, s[n, h, t, u] = q[n, t, h, :] . k[n, u, h, :] (q already
+// scaled), one thread per weight: each score is computed once.
+extern "C" __global__ void attention_scores(const float* q, const float* k, float* s, int items,
+                                            int tq, int tv, int heads, int key_dim) {
+    i64 hk = (i64)heads * key_dim;
+    FOR_EACH_INDEX((i64)items * heads * tq * tv)
+    int u = (int)(idx % tv);
+    i64 nht = idx / tv; // (n * heads + h) * tq + t
+    int t = (int)(nht % tq);
+    i64 nh = nht / tq;
+    int h = (int)(nh % heads);
+    i64 n = nh / heads;
+    const float* qp = q + (n * tq + t) * hk + (i64)h * key_dim;
+    const float* kp = k + (n * tv + u) * hk + (i64)h * key_dim;
+    float acc = 0.0f;
+    for (int d = 0; d < key_dim; ++d) acc += qp[d] * kp[d];
+    s[idx] = acc;
+}
+
+// Softmax of each row of `len` weights, in place, as Keras's: exp(x - max) over its sum.
+extern "C" __global__ void attention_softmax(float* s, i64 rows, int len) {
+    FOR_EACH_INDEX(rows)
+    float* row = s + idx * len;
+    float m = NEG_INF;
+    for (int u = 0; u < len; ++u) m = fmaxf(m, row[u]);
+    float sum = 0.0f;
+    for (int u = 0; u < len; ++u) {
+        row[u] = expf(row[u] - m);
+        sum += row[u];
+    }
+    for (int u = 0; u < len; ++u) row[u] /= sum;
+}
+
+// The attended values o[n, t, h, j] = sum_u p[n, h, t, u] v[n, u, h, j], one thread per value.
+extern "C" __global__ void attention_weighted(const float* p, const float* v, float* o, int items,
+                                              int tq, int tv, int heads, int value_dim) {
+    i64 hv = (i64)heads * value_dim;
     FOR_EACH_INDEX((i64)items * tq * hv)
     int j = (int)(idx % value_dim);
     int h = (int)((idx / value_dim) % heads);
     i64 nt = idx / hv; // n * tq + t
     i64 n = nt / tq;
-    const float* qp = q + nt * hk + (i64)h * key_dim;
-    float running_max = NEG_INF, sum = 0.0f, acc = 0.0f;
-    for (int u = 0; u < tv; ++u) {
-        const float* kp = k + (n * tv + u) * hk + (i64)h * key_dim;
-        float s = 0.0f;
-        for (int d = 0; d < key_dim; ++d) s += qp[d] * kp[d];
-        float m = fmaxf(running_max, s);
-        float rescale = expf(running_max - m), e = expf(s - m);
-        sum = sum * rescale + e;
-        acc = acc * rescale + e * v[(n * tv + u) * hv + (i64)h * value_dim + j];
-        running_max = m;
-    }
-    o[idx] = acc / sum;
+    int t = (int)(nt % tq);
+    const float* pp = p + ((n * heads + h) * tq + t) * tv;
+    const float* vp = v + n * tv * hv + (i64)h * value_dim + j;
+    float acc = 0.0f;
+    for (int u = 0; u < tv; ++u) acc += pp[u] * vp[(i64)u * hv];
+    o[idx] = acc;
 }
 
 // The output projection from f32 scratch into the arena:

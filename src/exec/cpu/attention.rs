@@ -65,6 +65,8 @@ pub fn attend(
     let v = project(value, d.tv, d.ev, &w[4], &w[5], hv);
     let mut p = vec![0.0; d.heads * d.tq * d.tv];
     let mut o = vec![0.0; d.tq * hv];
+    // On all cores when a head's products are large enough (as `matmul` decides).
+    let parallel = |m: usize, n: usize, k: usize| (m as u64) * (n as u64) * (k as u64) >= 1 << 18;
     for h in 0..d.heads {
         let scores = &mut p[h * d.tq * d.tv..(h + 1) * d.tq * d.tv];
         // scores[t, u] = sum_j q[t, h, j] k[u, h, j]
@@ -74,7 +76,7 @@ pub fn attend(
             (&k[h * d.key_dim..], 1, hk),
             (scores, d.tv, 1),
             false,
-            false,
+            parallel(d.tq, d.tv, d.key_dim),
         );
         softmax_rows(scores, d.tv);
         // o[t, h, j] = sum_u scores[t, u] v[u, h, j]
@@ -84,7 +86,7 @@ pub fn attend(
             (&v[h * d.value_dim..], hv, 1),
             (&mut o[h * d.value_dim..], hv, 1),
             false,
-            false,
+            parallel(d.tq, d.value_dim, d.tv),
         );
     }
     AttentionItem { q, k, v, p, o }

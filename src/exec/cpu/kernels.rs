@@ -496,6 +496,23 @@ pub(super) fn bias_activation_serial(
 }
 
 /// Applies a Keras activation; `softmax` works over the last axis (`channels` values).
+/// `out[i] = f(x[i])`, on all cores for large tensors (a transformer's GELU over its MLP).
+pub fn map_values(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    const CHUNK: usize = 1 << 14;
+    let apply = |(o, x): (&mut [f32], &[f32])| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = f(x);
+        }
+    };
+    if out.len() < 2 * CHUNK {
+        apply((out, x));
+    } else {
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(apply);
+    }
+}
+
 pub fn activate(y: &mut [f32], channels: usize, activation: ActivationFn) {
     bias_activation(y, channels, None, activation);
 }

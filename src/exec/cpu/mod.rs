@@ -933,15 +933,9 @@ impl<'g> CpuModel<'g> {
             }
             (Op::LeakyReLU(op), _) => kernels::leaky_relu(op.alpha as f32, ins[0], out),
             (Op::ELU(op), _) => kernels::elu(op.alpha as f32, ins[0], out),
-            (Op::GELU(_), _) => {
-                for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
-                    *o = GELU::apply(x);
-                }
-            }
+            (Op::GELU(_), _) => kernels::map_values(ins[0], out, GELU::apply),
             (Op::Snake(_), Prepared::Snake { beta }) => {
-                for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
-                    *o = Snake::apply(x, *beta);
-                }
+                kernels::map_values(ins[0], out, |x| Snake::apply(x, *beta))
             }
             (Op::Rescaling(op), _) => {
                 for (o, &x) in out.iter_mut().zip(ins[0].iter()) {

@@ -99,6 +99,28 @@ fn same_padding_halo_is_the_reach_rounded_to_the_stride() {
     assert!(plan.overlap() >= 2 * plan.halo);
 }
 
+/// A net that takes one size (TransUNet: its position embeddings count the bottleneck's
+/// pixels) is not tiled, and the refusal says why and what to do.
+#[test]
+fn a_net_of_one_input_size_is_not_tiled() {
+    use unetc::report::sizes::{plan_image, TileRequest};
+    let path = root().join("specs/library/transunet.unet");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let err = plan_image(
+        &path,
+        &text,
+        [128, 128, 3],
+        (512, 512),
+        &TileRequest::new(1 << 30),
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("the net takes one input height only, 128 (at width 128;"),
+        "{err}"
+    );
+    assert!(err.contains("resize the image to 128x128"), "{err}");
+}
+
 /// The fast probe (shape rules over the graph expanded once) agrees with compiling the spec
 /// anew at each size, for every spec, square and not, small and around the seed sizes.
 #[test]

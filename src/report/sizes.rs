@@ -974,6 +974,14 @@ pub fn plan_image(
         ));
     }
     let sizes = probe_axis(path, text, base, 0, 1024.max(base[0]));
+    if let [only] = sizes.accepted[..] {
+        return Err(format!(
+            "the net takes one input height only, {0} (at width {1}; a layer fixes it, such as \
+             a transformer's position embeddings over the bottleneck's pixels), so unetc cannot \
+             tile it: resize the image to {0}x{1}, or change the net",
+            only.input, base[1]
+        ));
+    }
     let Some(cf) = closed_form(&sizes) else {
         return Err(
             "the accepted input sizes follow no simple rule up to 1024 (see `unetc sizes`), so \

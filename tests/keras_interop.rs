@@ -531,7 +531,16 @@ fn import_reads_numbers_either_side_and_refuses_other_constants() {
     let err = unetc::interop::keras::import_json(&second)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("takes the constant [1.0,2.0] as `y`"), "{err}");
+    assert!(
+        err.contains("takes a constant tensor of shape [2] as `y`; unetc runs a number or a layer's output there"),
+        "{err}"
+    );
+    // A constant string is quoted as it is.
+    let third = text.replacen("\"y\": 4.0", "\"y\": \"b\"", 1);
+    let err = unetc::interop::keras::import_json(&third)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("takes the constant \"b\" as `y`"), "{err}");
 }
 
 /// `unetc import` compiles what it is about to write (both forms) and refuses on a mismatch.

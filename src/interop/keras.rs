@@ -1121,6 +1121,25 @@ fn is_tf_op_class(class: &str) -> bool {
     class == TFOpLambda::CLASS || TFOpLambda::KERAS_ALIASES.contains(&class)
 }
 
+/// A constant of a call as a person reads it: a number, or a tensor's shape (not its values,
+/// which can be thousands).
+fn constant_text(v: &Json) -> String {
+    let mut shape = Vec::new();
+    let mut at = v;
+    while let Json::Array(items) = at {
+        shape.push(items.len());
+        match items.first() {
+            Some(first) => at = first,
+            None => break,
+        }
+    }
+    if shape.is_empty() {
+        format!("the constant {v}")
+    } else {
+        format!("a constant tensor of shape {shape:?}")
+    }
+}
+
 /// The call arguments of a TFOpLambda: its input layers and the spec arguments (`axis`).
 /// Keras records the first argument as the node (a tensor, or a list of tensors for
 /// `tf.concat`) and the others as keyword arguments (`y`, `axis`, `name`).
@@ -1169,8 +1188,11 @@ fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<Stri
                 ("y", Json::Number(n)) => args.push(format!("y: {n}")),
                 ("y", v) => inputs.push(tensor_ref(v).map(|_| v.clone()).ok_or_else(|| {
                     err(format!(
-                        "takes the constant {v} as `y`; unetc runs a number or a tensor there \
-                         (make the constant a layer's output)"
+                        "takes {} as `y`; unetc runs a number or a layer's output there (a \
+                         tensor computed outside the model, such as position embeddings of \
+                         `tf.range`, is a constant of the model Keras stores in its JSON: make it \
+                         a layer's weight, e.g. keras-unet-collection's patch_embedding)",
+                        constant_text(v)
                     ))
                 })?),
                 ("axis", Json::Number(n)) => args.push(format!("axis: {n}")),

@@ -679,6 +679,18 @@ impl Exporter<'_> {
         Some(self.init_f32(name, dims, data))
     }
 
+    /// A node whose output value is named as the node (`at`); returns that name.
+    fn value(
+        &mut self,
+        at: String,
+        op_type: &'static str,
+        inputs: Vec<String>,
+        attrs: Vec<(&'static str, Attr)>,
+    ) -> String {
+        self.node(at.clone(), op_type, inputs, at.clone(), attrs);
+        at
+    }
+
     /// `x W + b` on the last axis (no Add where the layer has no bias).
     fn linear(
         &mut self,
@@ -691,20 +703,9 @@ impl Exporter<'_> {
         let w = self
             .weight_as(id, kernel, vec![n_in as i64, units as i64])
             .unwrap_or_default();
-        let product = format!("{at}/matmul");
-        self.node(
-            product.clone(),
-            "MatMul",
-            vec![x, w],
-            product.clone(),
-            vec![],
-        );
+        let product = self.value(format!("{at}/matmul"), "MatMul", vec![x, w], vec![]);
         match self.weight_as(id, bias, vec![units as i64]) {
-            Some(b) => {
-                let sum = format!("{at}/add");
-                self.node(sum.clone(), "Add", vec![product, b], sum.clone(), vec![]);
-                sum
-            }
+            Some(b) => self.value(format!("{at}/add"), "Add", vec![product, b], vec![]),
             None => product,
         }
     }
@@ -724,31 +725,28 @@ impl Exporter<'_> {
         out: String,
     ) {
         let rank = in_shapes[0].len();
+        let perm = |p: Vec<i64>| vec![("perm", Attr::Ints(p))];
         let tokens = |this: &mut Self, k: usize, x: &String| -> String {
             if !channels_first(rank) {
                 return x.clone();
             }
-            let mut perm = vec![0];
-            perm.extend(2..=rank as i64);
-            perm.push(1);
-            let (last, flat) = (format!("{name}/in{k}/nhwc"), format!("{name}/in{k}/tokens"));
-            this.node(
-                last.clone(),
+            let mut last = vec![0];
+            last.extend(2..=rank as i64);
+            last.push(1);
+            let nhwc = this.value(
+                format!("{name}/in{k}/nhwc"),
                 "Transpose",
                 vec![x.clone()],
-                last.clone(),
-                vec![("perm", Attr::Ints(perm))],
+                perm(last),
             );
-            let t = *in_shapes[k].last().unwrap_or(&1);
-            let shape = this.init_i64(format!("{name}/in{k}/shape"), vec![0, -1, t]);
-            this.node(
-                flat.clone(),
+            let features = *in_shapes[k].last().unwrap_or(&1);
+            let shape = this.init_i64(format!("{name}/in{k}/shape"), vec![0, -1, features]);
+            this.value(
+                format!("{name}/in{k}/tokens"),
                 "Reshape",
-                vec![last, shape],
-                flat.clone(),
+                vec![nhwc, shape],
                 vec![],
-            );
-            flat
+            )
         };
         let query = tokens(self, 0, &inputs[0]);
         let value = tokens(self, 1, &inputs[1]);
@@ -768,12 +766,10 @@ impl Exporter<'_> {
             format!("{name}/scale"),
             crate::exec::cpu::attention::query_scale(d.key_dim),
         );
-        let q_scaled = format!("{name}/query/scaled");
-        self.node(
-            q_scaled.clone(),
+        let q = self.value(
+            format!("{name}/query/scaled"),
             "Mul",
             vec![q, scale],
-            q_scaled.clone(),
             vec![],
         );
         let k = self.linear(
@@ -791,77 +787,51 @@ impl Exporter<'_> {
             [d.ev, d.hv()],
         );
         // (N, T, heads, dim), then heads before tokens.
-        let split = |this: &mut Self, x: String, what: &str, dim: i64, perm: Vec<i64>| {
+        let split = |this: &mut Self, x: String, what: &str, dim: i64, order: Vec<i64>| {
             let shape = this.init_i64(
                 format!("{name}/{what}/heads_shape"),
                 vec![0, -1, heads, dim],
             );
-            let (four, moved) = (
+            let four = this.value(
                 format!("{name}/{what}/heads"),
-                format!("{name}/{what}/by_head"),
-            );
-            this.node(
-                four.clone(),
                 "Reshape",
                 vec![x, shape],
-                four.clone(),
                 vec![],
             );
-            this.node(
-                moved.clone(),
+            this.value(
+                format!("{name}/{what}/by_head"),
                 "Transpose",
                 vec![four],
-                moved.clone(),
-                vec![("perm", Attr::Ints(perm))],
-            );
-            moved
+                perm(order),
+            )
         };
-        let q4 = split(self, q_scaled, "query", kd, vec![0, 2, 1, 3]);
-        let k4 = split(self, k, "key", kd, vec![0, 2, 3, 1]);
-        let v4 = split(self, v, "value", vd, vec![0, 2, 1, 3]);
-        let (scores, weights, attended) = (
-            format!("{name}/scores"),
+        let q = split(self, q, "query", kd, vec![0, 2, 1, 3]);
+        let k = split(self, k, "key", kd, vec![0, 2, 3, 1]);
+        let v = split(self, v, "value", vd, vec![0, 2, 1, 3]);
+        let scores = self.value(format!("{name}/scores"), "MatMul", vec![q, k], vec![]);
+        let weights = self.value(
             format!("{name}/softmax"),
-            format!("{name}/attended"),
-        );
-        self.node(
-            scores.clone(),
-            "MatMul",
-            vec![q4, k4],
-            scores.clone(),
-            vec![],
-        );
-        self.node(
-            weights.clone(),
             "Softmax",
             vec![scores],
-            weights.clone(),
             vec![("axis", Attr::Int(-1))],
         );
-        self.node(
-            attended.clone(),
+        let attended = self.value(
+            format!("{name}/attended"),
             "MatMul",
-            vec![weights, v4],
-            attended.clone(),
+            vec![weights, v],
             vec![],
         );
-        let (back, merged) = (
+        let back = self.value(
             format!("{name}/attended/by_token"),
-            format!("{name}/attended/merged"),
-        );
-        self.node(
-            back.clone(),
             "Transpose",
             vec![attended],
-            back.clone(),
-            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+            perm(vec![0, 2, 1, 3]),
         );
         let shape = self.init_i64(format!("{name}/attended/shape"), vec![0, -1, d.hv() as i64]);
-        self.node(
-            merged.clone(),
+        let merged = self.value(
+            format!("{name}/attended/merged"),
             "Reshape",
             vec![back, shape],
-            merged.clone(),
             vec![],
         );
         let y = self.linear(
@@ -876,12 +846,10 @@ impl Exporter<'_> {
                 .chain(out_shape.iter().copied())
                 .collect();
             let shape = self.init_i64(format!("{name}/out/shape"), dims);
-            let image = format!("{name}/out/nhwc");
-            self.node(
-                image.clone(),
+            let image = self.value(
+                format!("{name}/out/nhwc"),
                 "Reshape",
                 vec![y, shape],
-                image.clone(),
                 vec![],
             );
             self.node(
@@ -889,7 +857,7 @@ impl Exporter<'_> {
                 "Transpose",
                 vec![image],
                 out,
-                vec![("perm", Attr::Ints(to_channels_first(rank)))],
+                perm(to_channels_first(rank)),
             );
         } else {
             self.node(name.to_string(), "Identity", vec![y], out, vec![]);
@@ -2140,31 +2108,22 @@ impl Exporter<'_> {
             [c] => (1, 1, c),
             // Tokens (N, T, E), channels last: normalised as the image (N, E, T, 1).
             [t, e] => {
-                let (nct, image) = (format!("{name}/nct"), format!("{name}/as_image"));
-                self.node(
-                    nct.clone(),
-                    "Transpose",
-                    vec![x],
-                    nct.clone(),
-                    vec![("perm", Attr::Ints(vec![0, 2, 1]))],
-                );
+                let swap = || vec![("perm", Attr::Ints(vec![0, 2, 1]))];
+                let nct = self.value(format!("{name}/nct"), "Transpose", vec![x], swap());
                 let to_image = self.init_i64(format!("{name}/image_shape"), vec![0, e, t, 1]);
-                self.node(
-                    image.clone(),
+                let image = self.value(
+                    format!("{name}/as_image"),
                     "Reshape",
                     vec![nct, to_image],
-                    image.clone(),
                     vec![],
                 );
                 let normalized = format!("{name}/normalized_image");
                 self.normalization(id, name, image, normalized.clone(), &[t, 1, e], layout)?;
-                let back = format!("{name}/nct_out");
                 let to_tokens = self.init_i64(format!("{name}/nct_shape"), vec![0, e, t]);
-                self.node(
-                    back.clone(),
+                let back = self.value(
+                    format!("{name}/nct_out"),
                     "Reshape",
                     vec![normalized, to_tokens],
-                    back.clone(),
                     vec![],
                 );
                 self.node(
@@ -2172,7 +2131,7 @@ impl Exporter<'_> {
                     "Transpose",
                     vec![back],
                     out,
-                    vec![("perm", Attr::Ints(vec![0, 2, 1]))],
+                    swap(),
                 );
                 return Ok(());
             }

@@ -1100,33 +1100,8 @@ pub fn backward(
         },
         Op::Dense(o) => {
             let dz = pre_grad(o.activation, grad, saved.pre.as_deref());
-            let units = o.units as usize;
             let n_in = x_shape.last().copied().unwrap_or(0);
-            let rows = first().len() / n_in.max(1);
-            let mut dx = vec![0.0f32; rows * n_in];
-            gemm(
-                (rows, n_in, units),
-                &dz,
-                (units, 1),
-                &params[0],
-                (1, units),
-                &mut dx,
-                (n_in, 1),
-                false,
-            );
-            let mut dk = vec![0.0f32; n_in * units];
-            gemm(
-                (n_in, units, rows),
-                first(),
-                (1, n_in),
-                &dz,
-                (units, 1),
-                &mut dk,
-                (units, 1),
-                false,
-            );
-            let mut db = vec![0.0f32; units];
-            add_column_sums(&dz, units, &mut db);
+            let (dx, dk, db) = dense_backward(first(), n_in, &params[0], &dz, o.units as usize);
             LayerGrads {
                 inputs: vec![dx],
                 params: vec![Some(dk), Some(db)],
@@ -1186,31 +1161,7 @@ pub fn backward(
             let dy = output_grad(grad);
             let (tokens, units) = (output.shape[1], output.shape[2]);
             let n_in = x_shape.last().copied().unwrap_or(0);
-            let rows = first().len() / n_in.max(1);
-            let mut dx = vec![0.0f32; rows * n_in];
-            gemm(
-                (rows, n_in, units),
-                &dy,
-                (units, 1),
-                &params[0],
-                (1, units),
-                &mut dx,
-                (n_in, 1),
-                false,
-            );
-            let mut dk = vec![0.0f32; n_in * units];
-            gemm(
-                (n_in, units, rows),
-                first(),
-                (1, n_in),
-                &dy,
-                (units, 1),
-                &mut dk,
-                (units, 1),
-                false,
-            );
-            let mut db = vec![0.0f32; units];
-            add_column_sums(&dy, units, &mut db);
+            let (dx, dk, db) = dense_backward(first(), n_in, &params[0], &dy, units);
             // Each position's embedding: the sum over the batch of its token's gradient.
             let mut dpos = vec![0.0f32; tokens * units];
             for (r, row) in dy.chunks_exact(units.max(1)).enumerate() {
@@ -2173,6 +2124,43 @@ fn transpose_backward(
 }
 
 /// A layer that has only an input gradient.
+/// A Dense's gradients on rows of `n_in` features: `(dx, dkernel, dbias)` from `dz` (the
+/// gradient at its output before any activation).
+fn dense_backward(
+    x: &[f32],
+    n_in: usize,
+    kernel: &[f32],
+    dz: &[f32],
+    units: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let rows = x.len() / n_in.max(1);
+    let mut dx = vec![0.0f32; rows * n_in];
+    gemm(
+        (rows, n_in, units),
+        dz,
+        (units, 1),
+        kernel,
+        (1, units),
+        &mut dx,
+        (n_in, 1),
+        false,
+    );
+    let mut dk = vec![0.0f32; n_in * units];
+    gemm(
+        (n_in, units, rows),
+        x,
+        (1, n_in),
+        dz,
+        (units, 1),
+        &mut dk,
+        (units, 1),
+        false,
+    );
+    let mut db = vec![0.0f32; units];
+    add_column_sums(dz, units, &mut db);
+    (dx, dk, db)
+}
+
 /// The inputs' shapes per item (without the batch), as the ops' shape rules take them.
 fn item_shapes(inputs: &[&Tensor]) -> Vec<Vec<i64>> {
     inputs

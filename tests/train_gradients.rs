@@ -79,6 +79,7 @@ const SPECS: &[(&str, &str)] = &[
     ("tf activations and image reductions", "x = conv2d(4, 1)\n  s = x -> tf_op(\"math.reduce_mean\", axis: (1, 2), keepdims: true) -> conv2d(4, 1, activation: sigmoid)\n  [[x, s] -> tf_op(\"math.multiply\") -> tf_op(\"nn.silu\"), x -> tf_op(\"nn.softmax\"), x -> tf_op(\"math.tanh\"), x -> tf_op(\"math.reduce_max\", axis: (1, 2), keepdims: true) -> up_sampling2d((6, 6))] -> concatenate() -> conv2d(2, 3, padding: same)"),
     ("tf subscript crops", "x = conv2d(4, 3, padding: same)\n  [x -> tf_op(\"__operators__.getitem\", index: \"[:, 1:-1, 2:, 1:4]\"), x -> tf_op(\"__operators__.getitem\", index: \"[:, 2:, :-2, 0]\") -> tf_op(\"__operators__.getitem\", index: \"[..., None]\")] -> concatenate() -> conv2d(2, 3)"),
     ("attention and patches", "x = conv2d(4, 1)\n  t = x -> patch_extract((2, 2)) -> patch_embedding(9, 6)\n  a = [t, t] -> multi_head_attention(num_heads: 2, key_dim: 3)\n  k = t -> dense(5)\n  b = [a, t, k] -> multi_head_attention(num_heads: 1, key_dim: 2, value_dim: 3, output_shape: 4, use_bias: false)\n  c = [x, x] -> multi_head_attention(num_heads: 1, key_dim: 2)\n  [a -> flatten(), b -> flatten(), c -> flatten()] -> concatenate()"),
+    ("attention dropout", "t = conv2d(4, 1) -> reshape((36, 4))\n  q = t -> dense(3)\n  [q, t] -> multi_head_attention(num_heads: 2, key_dim: 3, dropout: 0.3)"),
 ];
 
 struct Case {

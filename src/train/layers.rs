@@ -320,7 +320,8 @@ pub fn recomputable(op: &Op) -> bool {
 /// How many values a layer's forward pass in training keeps for its backward pass besides
 /// its output (what [`forward`] puts in [`Saved`]), for an input of `in_shape` and an output
 /// of `out_shape`, batch first.
-pub fn saved_elements(op: &Op, in_shape: &[usize], out_shape: &[usize]) -> usize {
+pub fn saved_elements(op: &Op, in_shapes: &[Vec<usize>], out_shape: &[usize]) -> usize {
+    let in_shape: &[usize] = in_shapes.first().map_or(&[], Vec::as_slice);
     let out: usize = out_shape.iter().product();
     let pre = |a: ActivationFn| {
         if a != ActivationFn::Linear && activations::keeps_pre_activation(a) {
@@ -331,6 +332,15 @@ pub fn saved_elements(op: &Op, in_shape: &[usize], out_shape: &[usize]) -> usize
     };
     let mask = |rate: f64| if rate > 0.0 { out } else { 0 };
     match op {
+        // The dropout mask of the attention weights, `[batch, heads, tq, tv]`.
+        Op::MultiHeadAttention(o) if o.dropout > 0.0 => {
+            let items: Vec<Vec<i64>> = in_shapes
+                .iter()
+                .map(|s| s.iter().skip(1).map(|&d| d as i64).collect())
+                .collect();
+            let d = o.dims(&items);
+            out_shape.first().copied().unwrap_or(0) * d.heads * d.tq * d.tv
+        }
         Op::MultiHeadAttention(_) | Op::PatchExtract(_) | Op::PatchEmbedding(_) => 0,
         Op::Conv2D(o) => pre(o.args.activation),
         Op::Conv2DTranspose(o) => pre(o.args.activation),
@@ -554,16 +564,15 @@ pub fn forward(
             finish_activation(o.activation, z, out_shape, &mut saved)
         }
         Op::MultiHeadAttention(o) => {
-            if mode.training && o.dropout > 0.0 {
-                return Err(Unsupported(
-                    "MultiHeadAttention's dropout (on the attention weights) does not train yet; \
-                     give dropout: 0"
-                        .into(),
-                ));
-            }
             let d = o.dims(&item_shapes(inputs));
             let batch = out_shape.first().copied().unwrap_or(0);
             let key = inputs.get(2).unwrap_or(&inputs[1]);
+            // Keras drops attention weights (after the softmax) in training; the mask is kept
+            // for the backward pass.
+            if mode.training && o.dropout > 0.0 {
+                let len = batch * d.heads * d.tq * d.tv;
+                saved.aux.push(dropout_mask(len, o.dropout, None, mode.rng));
+            }
             let mut y = vec![0.0f32; out_len];
             attention::multi_head_attention(
                 &d,
@@ -571,6 +580,7 @@ pub fn forward(
                 &inputs[1].data,
                 &key.data,
                 params,
+                saved.aux.first().map(Vec::as_slice),
                 &mut y,
                 batch,
             );
@@ -1119,6 +1129,8 @@ pub fn backward(
             };
             let (mut dq, mut dv, mut dk) = (Vec::new(), Vec::new(), Vec::new());
             let (q_len, v_len, k_len) = (d.tq * d.eq, d.tv * d.ev, d.tv * d.ek);
+            let weights = d.heads * d.tq * d.tv;
+            let mask = saved.aux.first();
             for n in 0..output.shape.first().copied().unwrap_or(0) {
                 attention::attend_backward(
                     &d,
@@ -1126,6 +1138,7 @@ pub fn backward(
                     &inputs[1].data[n * v_len..(n + 1) * v_len],
                     &key.data[n * k_len..(n + 1) * k_len],
                     params,
+                    mask.map(|m| &m[n * weights..(n + 1) * weights]),
                     &dy[n * d.tq * d.eo..(n + 1) * d.tq * d.eo],
                     &mut grads,
                 );

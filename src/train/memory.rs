@@ -195,9 +195,9 @@ impl MemoryPlan {
         for &id in &c.info.schedule {
             let node = c.graph.node(id);
             let out_shape = shape(id);
-            let in_shape = node.inputs.first().map(|&i| shape(i)).unwrap_or_default();
+            let in_shapes: Vec<Vec<usize>> = node.inputs.iter().map(|&i| shape(i)).collect();
             out[id.index()] = out_shape.iter().product();
-            saved[id.index()] = layers::saved_elements(&node.op, &in_shape, &out_shape);
+            saved[id.index()] = layers::saved_elements(&node.op, &in_shapes, &out_shape);
         }
         let (forward_peak, kept, end_of_forward) = simulate_forward(c, &live, &out, &saved);
         let backward_peak = simulate_backward(c, &live, output, &out, end_of_forward);

@@ -49,13 +49,16 @@ pub struct AttentionItem {
 }
 
 /// `w`: `[Wq, bq, Wk, bk, Wv, bv, Wo, bo]` in Keras's layouts (the kernels `[E, heads, dim]` are
-/// `[E, heads * dim]` row-major); `query`, `value`, `key` are one item each.
+/// `[E, heads * dim]` row-major); `query`, `value`, `key` are one item each. `drop`: training's
+/// dropout of the attention weights (0 or `1 / (1 - rate)` per weight, `[heads, tq, tv]`),
+/// applied after the softmax as Keras applies it; `p` keeps the weights before it.
 pub fn attend(
     d: &AttentionDims,
     query: &[f32],
     value: &[f32],
     key: &[f32],
     w: &[Vec<f32>],
+    drop: Option<&[f32]>,
 ) -> AttentionItem {
     let (hk, hv) = (d.hk(), d.hv());
     let mut q = project(query, d.tq, d.eq, &w[0], &w[1], hk);
@@ -79,10 +82,19 @@ pub fn attend(
             parallel(d.tq, d.tv, d.key_dim),
         );
         softmax_rows(scores, d.tv);
-        // o[t, h, j] = sum_u scores[t, u] v[u, h, j]
+        let dropped: Vec<f32>;
+        let weights: &[f32] = match drop {
+            Some(mask) => {
+                let mask = &mask[h * d.tq * d.tv..(h + 1) * d.tq * d.tv];
+                dropped = scores.iter().zip(mask).map(|(p, m)| p * m).collect();
+                &dropped
+            }
+            None => scores,
+        };
+        // o[t, h, j] = sum_u weights[t, u] v[u, h, j]
         strided_product(
             (d.tq, d.value_dim, d.tv),
-            (scores, d.tv, 1),
+            (weights, d.tv, 1),
             (&v[h * d.value_dim..], hv, 1),
             (&mut o[h * d.value_dim..], hv, 1),
             false,
@@ -92,17 +104,21 @@ pub fn attend(
     AttentionItem { q, k, v, p, o }
 }
 
-/// MultiHeadAttention over a batch: `out` is `[batch, tq, eo]`.
+/// MultiHeadAttention over a batch: `out` is `[batch, tq, eo]`; `drop` is training's dropout
+/// mask of every item's attention weights (`[batch, heads, tq, tv]`).
+#[allow(clippy::too_many_arguments)]
 pub fn multi_head_attention(
     d: &AttentionDims,
     query: &[f32],
     value: &[f32],
     key: &[f32],
     w: &[Vec<f32>],
+    drop: Option<&[f32]>,
     out: &mut [f32],
     batch: usize,
 ) {
     let (q_len, v_len, k_len, y_len) = (d.tq * d.eq, d.tv * d.ev, d.tv * d.ek, d.tq * d.eo);
+    let weights = d.heads * d.tq * d.tv;
     for n in 0..batch {
         let item = attend(
             d,
@@ -110,6 +126,7 @@ pub fn multi_head_attention(
             &value[n * v_len..(n + 1) * v_len],
             &key[n * k_len..(n + 1) * k_len],
             w,
+            drop.map(|m| &m[n * weights..(n + 1) * weights]),
         );
         let y = project(&item.o, d.tq, d.hv(), &w[6], &w[7], d.eo);
         out[n * y_len..(n + 1) * y_len].copy_from_slice(&y);
@@ -152,7 +169,8 @@ fn add_column_sums(acc: &mut [f32], g: &[f32], cols: usize) {
     }
 }
 
-/// Backward of one item: `dy` is `[tq, eo]`; weight gradients are added to `grads.weights`.
+/// Backward of one item: `dy` is `[tq, eo]`; weight gradients are added to `grads.weights`;
+/// `drop` is the forward pass's dropout mask of this item's attention weights.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_backward(
     d: &AttentionDims,
@@ -160,11 +178,12 @@ pub fn attend_backward(
     value: &[f32],
     key: &[f32],
     w: &[Vec<f32>],
+    drop: Option<&[f32]>,
     dy: &[f32],
     grads: &mut AttentionGrads,
 ) {
     let (hk, hv) = (d.hk(), d.hv());
-    let item = attend(d, query, value, key, w);
+    let item = attend(d, query, value, key, w, drop);
     // Output projection.
     add_at_b(&mut grads.weights[6], &item.o, dy, d.tq, hv, d.eo);
     add_column_sums(&mut grads.weights[7], dy, d.eo);
@@ -176,6 +195,12 @@ pub fn attend_backward(
     );
     for h in 0..d.heads {
         let p = &item.p[h * d.tq * d.tv..(h + 1) * d.tq * d.tv];
+        let mask = drop.map(|m| &m[h * d.tq * d.tv..(h + 1) * d.tq * d.tv]);
+        // The weights the values were attended with (after dropout).
+        let used: Vec<f32> = match mask {
+            Some(m) => p.iter().zip(m).map(|(p, m)| p * m).collect(),
+            None => p.to_vec(),
+        };
         // dp[t, u] = sum_j do[t, h, j] v[u, h, j]
         let mut dp = vec![0.0; d.tq * d.tv];
         strided_product(
@@ -186,16 +211,20 @@ pub fn attend_backward(
             false,
             false,
         );
-        // dv[u, h, j] = sum_t p[t, u] do[t, h, j]
+        // dv[u, h, j] = sum_t used[t, u] do[t, h, j]
         strided_product(
             (d.tv, d.value_dim, d.tq),
-            (p, 1, d.tv),
+            (&used, 1, d.tv),
             (&d_o[h * d.value_dim..], hv, 1),
             (&mut dv[h * d.value_dim..], hv, 1),
             false,
             false,
         );
-        // Softmax backward: ds = p (dp - sum_u dp p).
+        // Through the dropout to the softmax's output, then the softmax backward:
+        // ds = p (dp - sum_u dp p).
+        if let Some(m) = mask {
+            dp.iter_mut().zip(m).for_each(|(g, m)| *g *= m);
+        }
         for (dp_row, p_row) in dp.chunks_exact_mut(d.tv).zip(p.chunks_exact(d.tv)) {
             let dot: f32 = dp_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
             for (g, &pv) in dp_row.iter_mut().zip(p_row) {

@@ -826,7 +826,7 @@ impl<'g> CpuModel<'g> {
             (Op::MultiHeadAttention(op), Prepared::Attention { weights }) => {
                 let d = op.dims(&item_shapes(in_shapes));
                 let key = ins.get(2).unwrap_or(&ins[1]);
-                attention::multi_head_attention(&d, ins[0], ins[1], key, weights, out, batch)
+                attention::multi_head_attention(&d, ins[0], ins[1], key, weights, None, out, batch)
             }
             (Op::PatchExtract(op), _) => {
                 let side = op.side().max(1) as usize;

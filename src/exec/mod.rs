@@ -9,6 +9,7 @@ pub mod tiling;
 pub use tensor::Tensor;
 
 use crate::infer::Inferred;
+use crate::ir::ops::AttentionDims;
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashMap;
 
@@ -206,18 +207,23 @@ pub fn bind_weights(
     }
 }
 
-/// The length of a MultiHeadAttention bias (for a layer with `use_bias: false`).
-fn attention_bias_len(graph: &Graph, info: &Inferred, id: NodeId, slot: &str) -> Option<usize> {
-    let Op::MultiHeadAttention(op) = &graph.node(id).op else {
+/// A MultiHeadAttention layer's sizes from its inputs' inferred shapes; `None` for other layers.
+pub fn attention_dims(graph: &Graph, info: &Inferred, id: NodeId) -> Option<AttentionDims> {
+    let node = graph.node(id);
+    let Op::MultiHeadAttention(op) = &node.op else {
         return None;
     };
-    let shapes: Vec<Vec<i64>> = graph
-        .node(id)
+    let shapes: Vec<Vec<i64>> = node
         .inputs
         .iter()
         .map(|&i| info.layers[i.index()].shape.clone().unwrap_or_default())
         .collect();
-    let d = op.dims(&shapes);
+    Some(op.dims(&shapes))
+}
+
+/// The length of a MultiHeadAttention bias (for a layer with `use_bias: false`).
+fn attention_bias_len(graph: &Graph, info: &Inferred, id: NodeId, slot: &str) -> Option<usize> {
+    let d = attention_dims(graph, info, id)?;
     Some(match slot {
         "value/bias" => d.hv(),
         "attention_output/bias" => d.eo,

@@ -1738,21 +1738,7 @@ impl<'g> CudaModel<'g> {
     /// The window of a value the plan keeps dense (inputs of Dense/Flatten/Softmax, outputs).
     /// A MultiHeadAttention layer's sizes; `None` for other layers.
     fn attention_dims(&self, id: NodeId) -> Option<crate::ir::ops::AttentionDims> {
-        let node = self.graph.node(id);
-        let Op::MultiHeadAttention(op) = &node.op else {
-            return None;
-        };
-        let shapes: Vec<Vec<i64>> = node
-            .inputs
-            .iter()
-            .map(|&i| {
-                self.info.layers[i.index()]
-                    .shape
-                    .clone()
-                    .unwrap_or_default()
-            })
-            .collect();
-        Some(op.dims(&shapes))
+        super::attention_dims(self.graph, self.info, id)
     }
 
     /// MultiHeadAttention: the three projections into f32 scratch (the arena's workspace), the

@@ -116,14 +116,31 @@ WITH_WEIGHTS = {
     # keras-unet-collection's patch_embedding: its Dense `proj` and Embedding `pos_embed`, whose
     # variables Keras names after auto-named inner layers (dense_3/kernel), so taken in order.
     "patch_embedding": ("proj/kernel", "proj/bias", "pos_embed/embeddings"),
+    # keras-unet-collection's Swin-UNET classes prefix their inner layers' and variables' names
+    # with a name argument (`name0_norm1/gamma`); unetc's names are what follows it. The mask
+    # (float64) and the index (int64) are constants of the arguments, kept as float32.
+    "SwinTransformerBlock": ("norm1/gamma", "norm1/beta", "attn_pos", "attn_qkv/kernel",
+                             "attn_qkv/bias", "attn_proj/kernel", "attn_proj/bias",
+                             "norm2/gamma", "norm2/beta", "mlp_0/kernel", "mlp_0/bias",
+                             "mlp_1/kernel", "mlp_1/bias", "attn_mask", "attn_pos_ind"),
+    "patch_merging": ("linear_trans/kernel",),
+    "patch_expanding": ("linear_trans1/kernel",),
 }
 
 
 def _short_names(layer, cls: str) -> list:
     """The variables' names in unetc: the last part of Keras's name (`kernel`), the last two
-    for MultiHeadAttention (`query/kernel`), the roles in order for patch_embedding."""
+    for MultiHeadAttention (`query/kernel`), the roles in order for patch_embedding, what
+    follows the name prefix for the Swin-UNET classes."""
     if cls == "patch_embedding":
         return list(WITH_WEIGHTS[cls])[: len(layer.weights)]
+    if cls in ("SwinTransformerBlock", "patch_merging", "patch_expanding"):
+        names = []
+        for v in layer.weights:
+            full = v.name.split(":")[0]
+            match = [s for s in WITH_WEIGHTS[cls] if full.endswith("_" + s)]
+            names.append(match[0] if len(match) == 1 else full)
+        return names
     keep = 2 if cls == "MultiHeadAttention" else 1
     return ["/".join(v.name.split(":")[0].split("/")[-keep:]) for v in layer.weights]
 

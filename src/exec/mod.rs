@@ -169,7 +169,24 @@ pub fn bind_weights(
                         problems.push(format!("`{name}`: {}", found.describe(&t.shape)));
                         None
                     }
-                    None => Some(t.data.clone()),
+                    None => match node.op.constant_weight(var) {
+                        // A constant the layer computes must be what its arguments give (the
+                        // kernels index with it).
+                        Some(expected) if expected != t.data => {
+                            let at = expected.iter().zip(&t.data).position(|(a, b)| a != b);
+                            problems.push(format!(
+                                "`{name}` is not what {} computes from the layer's arguments \
+                                 (first difference at value {}: {} where {} is expected); the \
+                                 weights were written for another configuration",
+                                node.op.class_name(),
+                                at.unwrap_or(0),
+                                at.map_or(f32::NAN, |i| t.data[i]),
+                                at.map_or(f32::NAN, |i| expected[i]),
+                            ));
+                            None
+                        }
+                        Some(_) | None => Some(t.data.clone()),
+                    },
                 },
             }
         };
@@ -188,6 +205,8 @@ pub fn bind_weights(
                         attention_bias_len(graph, info, id, slot).map(|n| (0.0, n))
                     }
                     "gamma" => Some((1.0, len)),
+                    "attn_qkv/bias" => Some((0.0, 3 * channels)),
+                    "attn_mask" => Some((0.0, 0)),
                     _ => None,
                 };
                 fetch(slot, fallback)
@@ -254,6 +273,27 @@ pub fn weight_slots(op: &Op) -> &'static [&'static str] {
             "attention_output/bias",
         ],
         Op::PatchEmbedding(_) => &["proj/kernel", "proj/bias", "pos_embed/embeddings"],
+        // Always all fifteen: a zero qkv bias where `qkv_bias` is off, an empty mask without a
+        // shift; the mask and the index are checked against what the arguments give.
+        Op::SwinTransformerBlock(_) => &[
+            "norm1/gamma",
+            "norm1/beta",
+            "attn_pos",
+            "attn_qkv/kernel",
+            "attn_qkv/bias",
+            "attn_proj/kernel",
+            "attn_proj/bias",
+            "norm2/gamma",
+            "norm2/beta",
+            "mlp_0/kernel",
+            "mlp_0/bias",
+            "mlp_1/kernel",
+            "mlp_1/bias",
+            "attn_mask",
+            "attn_pos_ind",
+        ],
+        Op::PatchMerging(_) => &["linear_trans/kernel"],
+        Op::PatchExpanding(_) => &["linear_trans1/kernel"],
         // Keras's `count` is not needed to normalise.
         Op::Normalization(_) => &["mean", "variance"],
         // Always `[gamma, beta]`: ones and zeros where `scale` / `center` are off.

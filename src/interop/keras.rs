@@ -773,11 +773,13 @@ impl References {
     }
 }
 
+/// A Functional model's connections name the layer by its outer `name`; its config's `name`
+/// is the same but where a class uses `name` for something else (keras-unet-collection's
+/// SwinTransformerBlock: a prefix of its variables' names).
 fn layer_name(layer: &Json) -> Option<&str> {
     layer
-        .get("config")
-        .and_then(|c| c.get("name"))
-        .or_else(|| layer.get("name"))
+        .get("name")
+        .or_else(|| layer.get("config").and_then(|c| c.get("name")))
         .and_then(Json::as_str)
 }
 

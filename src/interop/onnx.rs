@@ -1390,6 +1390,9 @@ impl Exporter<'_> {
                     self.init_i64(format!("{name}/shape"), vec![0, rows * rows, p * p * c]);
                 self.node(name, "Reshape", vec![moved, tokens], out, vec![]);
             }
+            Op::SwinTransformerBlock(_) | Op::PatchMerging(_) | Op::PatchExpanding(_) => {
+                return Err("TODO swin onnx".into());
+            }
             Op::PatchEmbedding(_) => {
                 let kernel = self.weight_as_is(id, "proj/kernel");
                 let bias = self.weight_as_is(id, "proj/bias");

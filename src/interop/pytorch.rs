@@ -96,6 +96,11 @@ fn rule(op: &Op) -> Rule {
         Op::PatchEmbedding(_) => Rule::Unsupported(
             "keras-unet-collection's patch_embedding has no torch.nn module to take its weights from",
         ),
+        Op::SwinTransformerBlock(_) | Op::PatchMerging(_) | Op::PatchExpanding(_) => {
+            Rule::Unsupported(
+                "keras-unet-collection's Swin-UNET layers have no torch.nn module to take their weights from (the PyTorch Swin-UNet's blocks differ: its patch merging normalises first)",
+            )
+        }
         Op::Snake(_) => Rule::Unsupported(
             "keras-unet-collection's Snake has no torch.nn module to take its weight from",
         ),

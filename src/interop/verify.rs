@@ -29,10 +29,10 @@ pub fn keras_layers(json: &str) -> Vec<(String, String)> {
         .flatten()
         .filter_map(|l| {
             let class = l.get("class_name").and_then(Json::as_str)?;
+            // The outer name, as the importer's (the config's differs for some classes).
             let name = l
-                .get("config")
-                .and_then(|c| c.get("name"))
-                .or_else(|| l.get("name"))
+                .get("name")
+                .or_else(|| l.get("config").and_then(|c| c.get("name")))
                 .and_then(Json::as_str)?;
             // A Sequential model's input layer is no row of its summary.
             if sequential && class == "InputLayer" {

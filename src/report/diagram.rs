@@ -121,6 +121,9 @@ fn folds(op: &Op) -> bool {
         | Op::MultiHeadAttention(_)
         | Op::PatchExtract(_)
         | Op::PatchEmbedding(_)
+        | Op::SwinTransformerBlock(_)
+        | Op::PatchMerging(_)
+        | Op::PatchExpanding(_)
         | Op::GlobalAveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_) => false,
     }
@@ -192,6 +195,9 @@ fn level_step(op: &Op) -> i64 {
         | Op::MultiHeadAttention(_)
         | Op::PatchExtract(_)
         | Op::PatchEmbedding(_)
+        | Op::SwinTransformerBlock(_)
+        | Op::PatchMerging(_)
+        | Op::PatchExpanding(_)
         | Op::GlobalAveragePooling2D(_)
         | Op::GlobalMaxPooling2D(_)
         | Op::Multiply(_)
@@ -233,9 +239,10 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         Op::AveragePooling3D(_) => Edge::AveragePool,
         Op::GlobalAveragePooling3D(_) => Edge::GlobalAveragePool,
         Op::Conv3DTranspose(_) | Op::UpSampling3D(_) => Edge::Up,
-        Op::Dense(_) | Op::PatchEmbedding(_) => Edge::Dense,
+        Op::Dense(_) | Op::PatchEmbedding(_) | Op::PatchMerging(_) => Edge::Dense,
+        Op::PatchExpanding(_) => Edge::Up,
         // Every token attends to every other: a merge of the whole input.
-        Op::MultiHeadAttention(_) => Edge::Merge,
+        Op::MultiHeadAttention(_) | Op::SwinTransformerBlock(_) => Edge::Merge,
         Op::MaxPooling2D(_) => Edge::MaxPool,
         Op::GlobalMaxPooling2D(_) => Edge::GlobalMaxPool,
         Op::AveragePooling2D(_) => Edge::AveragePool,

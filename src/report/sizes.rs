@@ -631,6 +631,9 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     // per patch index).
                     | Op::PatchExtract(_)
                     | Op::PatchEmbedding(_)
+                    | Op::SwinTransformerBlock(_)
+                    | Op::PatchMerging(_)
+                    | Op::PatchExpanding(_)
                     | Op::MultiHeadAttention(_)
                     | Op::GlobalAveragePooling2D(_)
                     | Op::GlobalMaxPooling2D(_)

@@ -5,7 +5,7 @@
 use super::activations;
 use super::math::{add_column_sums, gemm, PatchMap};
 use super::profile;
-use crate::exec::cpu::attention;
+use crate::exec::cpu::{attention, swin};
 use crate::exec::cpu::isa::Isa;
 use crate::exec::cpu::kernels::Strided;
 use crate::exec::cpu::winograd;
@@ -103,6 +103,9 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         | Op::MultiHeadAttention(_)
         | Op::PatchExtract(_)
         | Op::PatchEmbedding(_)
+        | Op::SwinTransformerBlock(_)
+        | Op::PatchMerging(_)
+        | Op::PatchExpanding(_)
         | Op::MaxPooling2D(_)
         | Op::UpSampling2D(_)
         | Op::Cropping2D(_)
@@ -216,6 +219,10 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
         Op::GlobalMaxPooling2D(_) => reads(true, true),
         // The projections' gradients need the inputs; the attention is recomputed from them.
         Op::MultiHeadAttention(_) | Op::PatchEmbedding(_) => reads(true, false),
+        // The block is recomputed from its input; the linear layers' gradients need theirs.
+        Op::SwinTransformerBlock(_) | Op::PatchMerging(_) | Op::PatchExpanding(_) => {
+            reads(true, false)
+        }
         // Only the input's shape.
         Op::PatchExtract(_) => reads(true, false),
         Op::MaxPooling2D(_)
@@ -275,6 +282,9 @@ pub fn recomputable(op: &Op) -> bool {
         | Op::MultiHeadAttention(_)
         | Op::PatchExtract(_)
         | Op::PatchEmbedding(_)
+        | Op::SwinTransformerBlock(_)
+        | Op::PatchMerging(_)
+        | Op::PatchExpanding(_)
         | Op::DepthwiseConv2D(_)
         | Op::SeparableConv2D(_)
         | Op::Dropout(_)
@@ -341,7 +351,12 @@ pub fn saved_elements(op: &Op, in_shapes: &[Vec<usize>], out_shape: &[usize]) ->
             let d = o.dims(&items);
             out_shape.first().copied().unwrap_or(0) * d.heads * d.tq * d.tv
         }
-        Op::MultiHeadAttention(_) | Op::PatchExtract(_) | Op::PatchEmbedding(_) => 0,
+        Op::MultiHeadAttention(_)
+        | Op::PatchExtract(_)
+        | Op::PatchEmbedding(_)
+        | Op::SwinTransformerBlock(_)
+        | Op::PatchMerging(_)
+        | Op::PatchExpanding(_) => 0,
         Op::Conv2D(o) => pre(o.args.activation),
         Op::Conv2DTranspose(o) => pre(o.args.activation),
         Op::Conv3D(o) => pre(o.args.activation),
@@ -597,6 +612,43 @@ pub fn forward(
                 rows,
                 &mut y,
                 n,
+            );
+            y
+        }
+        Op::SwinTransformerBlock(o) => {
+            let drops = [o.mlp_drop, o.attn_drop, o.proj_drop, o.drop_path_prob];
+            if mode.training && drops.iter().any(|&r| r > 0.0) {
+                return Err(Unsupported(
+                    "SwinTransformerBlock trains without its dropouts here: set mlp_drop, \
+                     attn_drop, proj_drop and drop_path_prob to 0 (keras-unet-collection's \
+                     swin_unet_2d does)"
+                        .into(),
+                ));
+            }
+            let mut y = vec![0.0f32; out_len];
+            swin::swin_block(o, first(), params, &mut y, out_shape[0]);
+            y
+        }
+        Op::PatchMerging(o) => {
+            let mut y = vec![0.0f32; out_len];
+            let c = x.and_then(|t| t.shape.last().copied()).unwrap_or(0);
+            let units = out_shape.last().copied().unwrap_or(0);
+            let grid = o.num_patch.map(|v| v as usize);
+            swin::patch_merging(first(), grid, c, &params[0], &mut y, units, out_shape[0]);
+            y
+        }
+        Op::PatchExpanding(o) => {
+            let mut y = vec![0.0f32; out_len];
+            let c = x.and_then(|t| t.shape.last().copied()).unwrap_or(0);
+            swin::patch_expanding(
+                first(),
+                o.num_patch.map(|v| v as usize),
+                c,
+                &params[0],
+                o.upsample_rate as usize,
+                o.out_channels() as usize,
+                &mut y,
+                out_shape[0],
             );
             y
         }
@@ -1126,6 +1178,7 @@ pub fn backward(
                 value: Vec::new(),
                 key: Vec::new(),
                 weights: params.iter().map(|p| vec![0.0f32; p.len()]).collect(),
+                score_bias: Vec::new(),
             };
             let (mut dq, mut dv, mut dk) = (Vec::new(), Vec::new(), Vec::new());
             let (q_len, v_len, k_len) = (d.tq * d.eq, d.tv * d.ev, d.tv * d.ek);
@@ -1138,6 +1191,7 @@ pub fn backward(
                     &inputs[1].data[n * v_len..(n + 1) * v_len],
                     &key.data[n * k_len..(n + 1) * k_len],
                     params,
+                    attention::ScoreTerms::keras(&d),
                     mask.map(|m| &m[n * weights..(n + 1) * weights]),
                     &dy[n * d.tq * d.eo..(n + 1) * d.tq * d.eo],
                     &mut grads,
@@ -1169,6 +1223,52 @@ pub fn backward(
                 rows,
                 n,
             ))
+        }
+        Op::SwinTransformerBlock(o) => {
+            let grads = swin::swin_block_backward(
+                o,
+                first(),
+                params,
+                &output_grad(grad),
+                output.shape[0],
+            );
+            LayerGrads {
+                inputs: vec![grads.input],
+                params: grads.weights,
+            }
+        }
+        Op::PatchMerging(o) => {
+            let c = x_shape.last().copied().unwrap_or(0);
+            let grid = o.num_patch.map(|v| v as usize);
+            let merged = swin::merge_neighbours(first(), grid, c, output.shape[0]);
+            let units = output.shape.last().copied().unwrap_or(0);
+            let (dmerged, dk, _) =
+                dense_backward(&merged, 4 * c, &params[0], &output_grad(grad), units);
+            LayerGrads {
+                inputs: vec![swin::merge_neighbours_backward(
+                    &dmerged,
+                    grid,
+                    c,
+                    output.shape[0],
+                )],
+                params: vec![Some(dk)],
+            }
+        }
+        Op::PatchExpanding(o) => {
+            let (dx, dk) = swin::patch_expanding_backward(
+                first(),
+                o.num_patch.map(|v| v as usize),
+                x_shape.last().copied().unwrap_or(0),
+                &params[0],
+                o.upsample_rate as usize,
+                o.out_channels() as usize,
+                &output_grad(grad),
+                output.shape[0],
+            );
+            LayerGrads {
+                inputs: vec![dx],
+                params: vec![Some(dk)],
+            }
         }
         Op::PatchEmbedding(_) => {
             let dy = output_grad(grad);
@@ -2139,7 +2239,7 @@ fn transpose_backward(
 /// A layer that has only an input gradient.
 /// A Dense's gradients on rows of `n_in` features: `(dx, dkernel, dbias)` from `dz` (the
 /// gradient at its output before any activation).
-fn dense_backward(
+pub(crate) fn dense_backward(
     x: &[f32],
     n_in: usize,
     kernel: &[f32],
@@ -2932,7 +3032,7 @@ fn norm_layout(op: &Op, shape: &[usize]) -> Result<NormLayout, Unsupported> {
 }
 
 /// Group/layer normalization forward; the statistics (mean, 1/std per group) for backward.
-fn normalize_forward(
+pub(crate) fn normalize_forward(
     layout: NormLayout,
     gamma: &[f32],
     beta: &[f32],
@@ -2958,7 +3058,7 @@ fn normalize_forward(
     (y, stats)
 }
 
-fn normalize_backward(
+pub(crate) fn normalize_backward(
     layout: NormLayout,
     gamma: &[f32],
     x: &[f32],

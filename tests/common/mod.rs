@@ -271,7 +271,7 @@ pub fn formula(name: &str, shape: &[usize], class: &str) -> unetc::exec::Tensor 
                 "kernel" | "depthwise_kernel" | "pointwise_kernel" => {
                     d * (2.0 / (fan_in as f64).sqrt())
                 }
-                "bias" | "beta" | "embeddings" => d * 0.2,
+                "bias" | "beta" | "embeddings" | "attn_pos" => d * 0.2,
                 "gamma" => 1.0 + 0.5 * d,
                 "moving_mean" | "mean" => 0.2 * d,
                 "count" => 0.0,
@@ -301,7 +301,12 @@ pub fn formula_weights(c: &Compiled) -> std::collections::HashMap<String, unetc:
             } else {
                 "other"
             };
-            weights.insert(name.clone(), formula(&name, &shape, class));
+            // Swin's mask and position index are constants of the layer's arguments.
+            let tensor = match node.op.constant_weight(w.name) {
+                Some(values) => unetc::exec::Tensor::from_vec(&shape, values).unwrap(),
+                None => formula(&name, &shape, class),
+            };
+            weights.insert(name.clone(), tensor);
         }
     }
     weights

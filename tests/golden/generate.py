@@ -141,7 +141,7 @@ def formula_values(name: str, shape, layer_class: str) -> np.ndarray:
     var = name.rsplit("/", 1)[1]
     if var in KERNELS:
         v = d * (2.0 / math.sqrt(fan_in(layer_class, var, shape)))
-    elif var in ("bias", "beta", "embeddings"):
+    elif var in ("bias", "beta", "embeddings", "attn_pos"):
         v = d * 0.2
     elif var == "gamma":
         v = 1.0 + 0.5 * d
@@ -185,7 +185,7 @@ def formula_scalar(name: str, shape, layer_class: str, i: int) -> float:
             for s in shape[:-1]:
                 fi *= s
         v = d * (2.0 / math.sqrt(fi))
-    elif var in ("bias", "beta", "embeddings"):
+    elif var in ("bias", "beta", "embeddings", "attn_pos"):
         v = d * 0.2
     elif var == "gamma":
         v = 1.0 + 0.5 * d
@@ -215,6 +215,10 @@ def set_formula_weights(model) -> None:
         cls = type(layer).__name__
         for v, short in zip(layer.weights, _short_names(layer, cls)):
             name = f"{layer.name}/{short}"
+            # Swin's mask and position index are constants of the layer's arguments.
+            if short in ("attn_mask", "attn_pos_ind"):
+                values.append(v.numpy())
+                continue
             values.append(formula_values(name, v.shape, cls))
         layer.set_weights(values)
 

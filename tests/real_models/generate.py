@@ -145,6 +145,14 @@ def more_models():
         ("kuc_transunet_2d", lambda: kuc.transunet_2d(
             (32, 32, 3), f3, n_labels=2, embed_dim=16, num_mlp=32, num_heads=2,
             num_transformer=2), True),
+        # Swin-UNET (Cao et al. 2021) as keras-unet-collection builds it: its patch_extract,
+        # patch_embedding, SwinTransformerBlock (window attention with a relative position
+        # bias; every second block's windows shifted and masked), patch_merging and
+        # patch_expanding classes; 16x16 tokens of 8 features, windows of 4 then 2.
+        ("kuc_swin_unet_2d", lambda: kuc.swin_unet_2d(
+            (32, 32, 3), filter_num_begin=8, n_labels=2, depth=2, stack_num_down=2,
+            stack_num_up=2, patch_size=(2, 2), num_heads=[2, 2], window_size=[4, 2],
+            num_mlp=16), True),
         # segmentation_models (SM_FRAMEWORK=tf.keras, encoder_weights=None).
         ("sm_unet_efficientnetb0", lambda: sm.Unet(
             "efficientnetb0", input_shape=(64, 64, 3), classes=2, activation="softmax",
@@ -495,9 +503,7 @@ def leaf_layers(model):
 # EfficientNetB0 U-Net's (1.2e-6 at 100, 2.5e-3 at 100000).
 FORMULA_INPUT_SCALE = {"sm_pspnet_inceptionv3": 1000, "kuc_unet_2d_efficientnetb0": 100000}
 
-SKIPPED = {
-    "kuc swin_unet_2d": "custom layer classes of keras-unet-collection (patch_merging, SwinTransformerBlock, ...): their call() is Python code; `unetc import` names the layer and refuses the model (its GELU, Snake, patch_extract and patch_embedding classes unetc knows)",
-}
+SKIPPED = {}
 
 
 def main() -> int:
@@ -532,6 +538,12 @@ def main() -> int:
                 rng = np.random.default_rng(len(layer.name))
                 layer.set_weights([gamma, beta, rng.normal(0, 0.2, mean.shape).astype("float32"),
                                    rng.uniform(0.5, 1.5, var.shape).astype("float32")])
+            # Swin's relative position bias table starts at zeros: give it values.
+            if type(layer).__name__ == "SwinTransformerBlock":
+                rng = np.random.default_rng(len(layer.name))
+                for v in layer.weights:
+                    if v.name.split(":")[0].endswith("_attn_pos"):
+                        v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
             # PReLU starts as ReLU (alpha 0): give it slopes of its own.
             if isinstance(layer, tf.keras.layers.PReLU):
                 (alpha,) = layer.get_weights()

@@ -10,7 +10,7 @@ pub fn query_scale(key_dim: usize) -> f32 {
 }
 
 /// `y[r, u] = bias[u] + sum_i x[r, i] w[i, u]` for `rows` rows.
-fn project(x: &[f32], rows: usize, n_in: usize, w: &[f32], bias: &[f32], units: usize) -> Vec<f32> {
+pub(crate) fn project(x: &[f32], rows: usize, n_in: usize, w: &[f32], bias: &[f32], units: usize) -> Vec<f32> {
     let mut y = vec![0.0; rows * units];
     matmul(rows, units, n_in, x, w, &mut y, false);
     for row in y.chunks_exact_mut(units.max(1)) {
@@ -37,6 +37,25 @@ fn softmax_rows(s: &mut [f32], cols: usize) {
     }
 }
 
+/// How the scores are formed: `q k^T` with `q` scaled by `scale` after its projection, plus
+/// `bias` (`[heads, tq, tv]`) before the softmax. MultiHeadAttention: [`ScoreTerms::keras`];
+/// Swin's window attention adds its relative position bias and shifted-window mask.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreTerms<'a> {
+    pub scale: f32,
+    pub bias: Option<&'a [f32]>,
+}
+
+impl ScoreTerms<'_> {
+    /// MultiHeadAttention's: `1 / sqrt(key_dim)`, no bias.
+    pub fn keras(d: &AttentionDims) -> Self {
+        ScoreTerms {
+            scale: query_scale(d.key_dim),
+            bias: None,
+        }
+    }
+}
+
 /// One item's projected queries (scaled), keys and values, and the attention weights of each
 /// head (`[heads, tq, tv]`): what the output and the backward pass are computed from.
 pub struct AttentionItem {
@@ -58,12 +77,12 @@ pub fn attend(
     value: &[f32],
     key: &[f32],
     w: &[Vec<f32>],
+    terms: ScoreTerms,
     drop: Option<&[f32]>,
 ) -> AttentionItem {
     let (hk, hv) = (d.hk(), d.hv());
     let mut q = project(query, d.tq, d.eq, &w[0], &w[1], hk);
-    let scale = query_scale(d.key_dim);
-    q.iter_mut().for_each(|x| *x *= scale);
+    q.iter_mut().for_each(|x| *x *= terms.scale);
     let k = project(key, d.tv, d.ek, &w[2], &w[3], hk);
     let v = project(value, d.tv, d.ev, &w[4], &w[5], hv);
     let mut p = vec![0.0; d.heads * d.tq * d.tv];
@@ -81,6 +100,10 @@ pub fn attend(
             false,
             parallel(d.tq, d.tv, d.key_dim),
         );
+        if let Some(bias) = terms.bias {
+            let bias = &bias[h * d.tq * d.tv..(h + 1) * d.tq * d.tv];
+            scores.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
+        }
         softmax_rows(scores, d.tv);
         let dropped: Vec<f32>;
         let weights: &[f32] = match drop {
@@ -126,6 +149,7 @@ pub fn multi_head_attention(
             &value[n * v_len..(n + 1) * v_len],
             &key[n * k_len..(n + 1) * k_len],
             w,
+            ScoreTerms::keras(d),
             drop.map(|m| &m[n * weights..(n + 1) * weights]),
         );
         let y = project(&item.o, d.tq, d.hv(), &w[6], &w[7], d.eo);
@@ -140,6 +164,8 @@ pub struct AttentionGrads {
     pub key: Vec<f32>,
     /// `[dWq, dbq, dWk, dbk, dWv, dbv, dWo, dbo]`.
     pub weights: Vec<Vec<f32>>,
+    /// The gradient of the scores' bias (`[heads, tq, tv]`), added to where the terms have one.
+    pub score_bias: Vec<f32>,
 }
 
 /// `a^T b` for `a: [rows, m]`, `b: [rows, n]`, added to `acc: [m, n]`.
@@ -178,12 +204,13 @@ pub fn attend_backward(
     value: &[f32],
     key: &[f32],
     w: &[Vec<f32>],
+    terms: ScoreTerms,
     drop: Option<&[f32]>,
     dy: &[f32],
     grads: &mut AttentionGrads,
 ) {
     let (hk, hv) = (d.hk(), d.hv());
-    let item = attend(d, query, value, key, w, drop);
+    let item = attend(d, query, value, key, w, terms, drop);
     // Output projection.
     add_at_b(&mut grads.weights[6], &item.o, dy, d.tq, hv, d.eo);
     add_column_sums(&mut grads.weights[7], dy, d.eo);
@@ -231,6 +258,10 @@ pub fn attend_backward(
                 *g = pv * (*g - dot);
             }
         }
+        if terms.bias.is_some() {
+            let acc = &mut grads.score_bias[h * d.tq * d.tv..(h + 1) * d.tq * d.tv];
+            acc.iter_mut().zip(&dp).for_each(|(a, g)| *a += g);
+        }
         // dq[t, h, :] = ds k_h; dk[u, h, :] = ds^T q_h (q already scaled).
         strided_product(
             (d.tq, d.key_dim, d.tv),
@@ -250,8 +281,7 @@ pub fn attend_backward(
         );
     }
     // The query was scaled after its projection.
-    let scale = query_scale(d.key_dim);
-    dq.iter_mut().for_each(|g| *g *= scale);
+    dq.iter_mut().for_each(|g| *g *= terms.scale);
     add_at_b(&mut grads.weights[0], query, &dq, d.tq, d.eq, hk);
     add_column_sums(&mut grads.weights[1], &dq, hk);
     add_at_b(&mut grads.weights[2], key, &dk, d.tv, d.ek, hk);

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod gemm;
 pub mod isa;
 pub mod kernels;
+pub mod swin;
 pub mod volume;
 pub mod winograd;
 
@@ -96,6 +97,10 @@ enum Prepared {
         kernel: Vec<f32>,
         bias: Vec<f32>,
         positions: Vec<f32>,
+    },
+    /// Swin-UNET's layers: their weights as bound ([`swin::slot`] for a block).
+    Weights {
+        weights: Vec<Vec<f32>>,
     },
     PRelu {
         alpha: Vec<f32>,
@@ -280,6 +285,9 @@ impl<'g> CpuModel<'g> {
                     kernel: w.pop().unwrap_or_default(),
                 },
                 Op::MultiHeadAttention(_) => Prepared::Attention { weights: w },
+                Op::SwinTransformerBlock(_) | Op::PatchMerging(_) | Op::PatchExpanding(_) => {
+                    Prepared::Weights { weights: w }
+                }
                 Op::PatchEmbedding(_) => Prepared::PatchEmbedding {
                     positions: w.pop().unwrap_or_default(),
                     bias: w.pop().unwrap_or_default(),
@@ -391,7 +399,9 @@ impl<'g> CpuModel<'g> {
                 } => depthwise.len() + pointwise.len() + bias.as_ref().map_or(0, Vec::len),
                 Prepared::PRelu { alpha } => alpha.len(),
                 Prepared::Snake { .. } => 1,
-                Prepared::Attention { weights } => weights.iter().map(Vec::len).sum(),
+                Prepared::Attention { weights } | Prepared::Weights { weights } => {
+                    weights.iter().map(Vec::len).sum()
+                }
                 Prepared::PatchEmbedding {
                     kernel,
                     bias,
@@ -681,6 +691,7 @@ impl<'g> CpuModel<'g> {
             | Prepared::Norm { .. }
             | Prepared::Dense { .. }
             | Prepared::Attention { .. }
+            | Prepared::Weights { .. }
             | Prepared::PatchEmbedding { .. }
             | Prepared::PRelu { .. }
             | Prepared::Snake { .. }
@@ -848,6 +859,28 @@ impl<'g> CpuModel<'g> {
                 bias,
                 positions,
                 out_shape[1],
+                out,
+                batch,
+            ),
+            (Op::SwinTransformerBlock(op), Prepared::Weights { weights }) => {
+                swin::swin_block(op, ins[0], weights, out, batch)
+            }
+            (Op::PatchMerging(op), Prepared::Weights { weights }) => swin::patch_merging(
+                ins[0],
+                op.num_patch.map(|v| v as usize),
+                in_shapes[0][1],
+                &weights[0],
+                out,
+                channels,
+                batch,
+            ),
+            (Op::PatchExpanding(op), Prepared::Weights { weights }) => swin::patch_expanding(
+                ins[0],
+                op.num_patch.map(|v| v as usize),
+                in_shapes[0][1],
+                &weights[0],
+                op.upsample_rate as usize,
+                op.out_channels() as usize,
                 out,
                 batch,
             ),
@@ -1062,6 +1095,9 @@ impl<'g> CpuModel<'g> {
                 | Op::Dense(_)
                 | Op::MultiHeadAttention(_)
                 | Op::PatchEmbedding(_)
+                | Op::SwinTransformerBlock(_)
+                | Op::PatchMerging(_)
+                | Op::PatchExpanding(_)
                 | Op::PReLU(_)
                 | Op::Snake(_)
                 | Op::GroupNormalization(_)

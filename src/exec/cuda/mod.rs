@@ -1063,6 +1063,9 @@ impl<'g> CudaModel<'g> {
             | Op::MultiHeadAttention(_)
             | Op::PatchExtract(_)
             | Op::PatchEmbedding(_)
+            | Op::SwinTransformerBlock(_)
+            | Op::PatchMerging(_)
+            | Op::PatchExpanding(_)
             | Op::GlobalAveragePooling2D(_)
             | Op::Multiply(_)
             | Op::Subtract(_)
@@ -2540,6 +2543,9 @@ impl<'g> CudaModel<'g> {
                 }
                 // SAFETY: matches patch_extract_<T>(void*, i64, i64, int x6); both dense.
                 unsafe { b.launch(grid(n_out)).map_err(driver)? };
+            }
+            Op::SwinTransformerBlock(_) | Op::PatchMerging(_) | Op::PatchExpanding(_) => {
+                return Err(CudaError::Model("TODO swin".into()))
             }
             Op::PatchEmbedding(_) => {
                 let (tokens, n_in) = (in_shapes[0][0], in_shapes[0][1]);

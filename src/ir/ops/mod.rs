@@ -17,6 +17,7 @@ mod norm;
 mod pool;
 mod reshape;
 mod resize;
+mod swin;
 mod tf_op;
 mod volume;
 
@@ -45,6 +46,10 @@ pub use norm::{
 pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D};
 pub use reshape::{Permute, Reshape};
 pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
+pub use swin::{
+    PatchExpanding, PatchMerging, SwinGeometry, SwinTransformerBlock, SWIN_MASK_VALUE,
+    SWIN_NORM_EPSILON,
+};
 pub use tf_op::{
     ImageReduceFn, IndexItem, ReduceFn, ScalarFn, ScalarOp, Subscript, TFOpLambda, TfCompute,
     TfConstant,
@@ -155,6 +160,11 @@ pub trait LayerKind {
     /// Why tf.keras cannot express this layer's arguments (unetc's extensions beyond Keras,
     /// such as PyTorch's `align_corners`); `None` for a layer Keras builds as it is.
     fn beyond_keras(&self) -> Option<&'static str> {
+        None
+    }
+    /// The values of a non-trainable weight that the layer computes from its arguments
+    /// (Swin's attention mask and position index); `None` for a weight learned or initialised.
+    fn constant_weight(&self, _weight: &str) -> Option<Vec<f32>> {
         None
     }
     /// Bytes of one value of the weight `weight` (Keras keeps every weight in float32 but
@@ -283,6 +293,10 @@ macro_rules! ops {
                 match self { $(Op::$variant(op) => op.built_config(inputs)),* }
             }
 
+            pub fn constant_weight(&self, weight: &str) -> Option<Vec<f32>> {
+                match self { $(Op::$variant(op) => op.constant_weight(weight)),* }
+            }
+
             pub fn value_bytes(&self, weight: &str) -> u64 {
                 match self { $(Op::$variant(op) => op.value_bytes(weight)),* }
             }
@@ -366,6 +380,9 @@ ops! {
     MultiHeadAttention: "multi_head_attention",
     PatchExtract: "patch_extract",
     PatchEmbedding: "patch_embedding",
+    SwinTransformerBlock: "swin_transformer_block",
+    PatchMerging: "patch_merging",
+    PatchExpanding: "patch_expanding",
 }
 
 impl Op {
@@ -395,6 +412,9 @@ impl Op {
             | Op::MultiHeadAttention(_)
             | Op::PatchExtract(_)
             | Op::PatchEmbedding(_)
+            | Op::SwinTransformerBlock(_)
+            | Op::PatchMerging(_)
+            | Op::PatchExpanding(_)
             | Op::GlobalAveragePooling2D(_)
             | Op::Multiply(_)
             | Op::Subtract(_)

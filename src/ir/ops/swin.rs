@@ -85,9 +85,7 @@ pub struct SwinTransformerBlock {
     pub dim: i64,
     pub num_patch: [i64; 2],
     pub num_heads: i64,
-    /// After the class's adjustment: at most the smaller side of `num_patch`.
     pub window_size: i64,
-    /// After the class's adjustment: 0 where the window had to shrink.
     pub shift_size: i64,
     pub num_mlp: i64,
     pub qkv_bias: bool,
@@ -215,15 +213,9 @@ impl LayerKind for SwinTransformerBlock {
         }
         let num_patch = r.pair_or("num_patch", 1, MAX_DIM, [1, 1]);
         let num_heads = r.size("num_heads", example).unwrap_or(1).min(MAX_DIM);
-        let mut window_size = r.int_or("window_size", 1, 4096, 7);
-        // The class asserts `shift_size < window_size` before it adjusts either.
-        let mut shift_size = r.int_or("shift_size", 0, window_size - 1, 0);
-        // As the class: a grid smaller than the window is one window, unshifted.
-        let smallest = num_patch[0].min(num_patch[1]);
-        if smallest < window_size {
-            shift_size = 0;
-            window_size = smallest;
-        }
+        let window_size = r.int_or("window_size", 1, 4096, 7);
+        // The class asserts `shift_size < window_size`.
+        let shift_size = r.int_or("shift_size", 0, window_size - 1, 0);
         let qk_scale = match r.peek("qk_scale") {
             None | Some(Value::None) => {
                 r.take_arg("qk_scale");
@@ -277,6 +269,18 @@ impl LayerKind for SwinTransformerBlock {
             ));
         }
         let ws = self.window_size;
+        if ws > h.min(w) {
+            return Err(ShapeError::new(
+                "E-shape",
+                format!(
+                    "{class}'s window_size {ws} is larger than its {h}x{w} patch grid; the class \
+                     then shrinks the block's window but not its attention's position table, \
+                     and Keras fails; use a window of at most {}",
+                    h.min(w)
+                ),
+                "window larger than the grid",
+            ));
+        }
         if h % ws != 0 || w % ws != 0 {
             return Err(ShapeError::new(
                 "E-shape",

@@ -23,7 +23,7 @@ use crate::infer::Inferred;
 use crate::ir::ops::{
     ActivationFn, AttentionDims, Average, ImageReduceFn, Interpolation, LambdaBody, Maximum,
     MergeFn, Minimum, Multiply, NormLayout, Normalization, PadMode, ReduceFn, ScalarFn, Subtract,
-    TfCompute, UpSampling2D, VolumeInterpolation, WindowGeometry,
+    SwinTransformerBlock, TfCompute, UpSampling2D, VolumeInterpolation, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
@@ -527,6 +527,16 @@ impl Exporter<'_> {
         name
     }
 
+    /// A rank-0 int64 (Gather by it drops the axis).
+    fn init_i64_scalar(&mut self, name: String, value: i64) -> String {
+        self.initializers.push(Initializer {
+            name: name.clone(),
+            dims: vec![],
+            data: Data::I64(vec![value]),
+        });
+        name
+    }
+
     fn init_i64(&mut self, name: String, data: Vec<i64>) -> String {
         self.initializers.push(Initializer {
             name: name.clone(),
@@ -862,6 +872,208 @@ impl Exporter<'_> {
         } else {
             self.node(name.to_string(), "Identity", vec![y], out, vec![]);
         }
+    }
+
+    /// keras-unet-collection's SwinTransformerBlock on tokens `[N, L, C]`: the windows are
+    /// gathered by one index (cyclic shift and partition), the heads taken from the fused qkv
+    /// projection, the relative position bias gathered from its table by the position index and
+    /// the mask added per window, and the outputs go back to their patches by the inverse index.
+    fn swin_block(
+        &mut self,
+        id: NodeId,
+        name: &str,
+        op: &SwinTransformerBlock,
+        x: String,
+        out: String,
+    ) {
+        let g = op.geometry();
+        let (l, c, n, windows) = (g.h * g.w, g.channels, g.window_tokens(), g.windows());
+        let (heads, hd) = (g.heads as i64, g.head_dim() as i64);
+        let v = |step: &str| format!("{name}/{step}");
+        let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+        // Two-pass moments over the features, as TF computes them.
+        let norm = |this: &mut Self, at: &str, x: String, [gamma, beta]: [&str; 2]| -> String {
+            let at = format!("{name}/{at}");
+            let reduce = || vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))];
+            let mean = this.value(
+                format!("{at}/mean"),
+                "ReduceMean",
+                vec![x.clone()],
+                reduce(),
+            );
+            let d = this.value(format!("{at}/centred"), "Sub", vec![x, mean], vec![]);
+            let sq = this.value(
+                format!("{at}/square"),
+                "Mul",
+                vec![d.clone(), d.clone()],
+                vec![],
+            );
+            let var = this.value(format!("{at}/variance"), "ReduceMean", vec![sq], reduce());
+            let eps = this.scalar(format!("{at}/epsilon"), op.norm_epsilon());
+            let shifted = this.value(format!("{at}/var_eps"), "Add", vec![var, eps], vec![]);
+            let std = this.value(format!("{at}/std"), "Sqrt", vec![shifted], vec![]);
+            let xhat = this.value(format!("{at}/xhat"), "Div", vec![d, std], vec![]);
+            let gamma = this.weight_as_is(id, gamma);
+            let scaled = this.value(format!("{at}/scaled"), "Mul", vec![xhat, gamma], vec![]);
+            let beta = this.weight_as_is(id, beta);
+            this.value(format!("{at}/out"), "Add", vec![scaled, beta], vec![])
+        };
+        let normed = norm(self, "norm1", x.clone(), ["norm1/gamma", "norm1/beta"]);
+        let order: Vec<usize> = (0..windows)
+            .flat_map(|win| (0..n).map(move |t| g.source(win, t)))
+            .collect();
+        let mut inverse = vec![0; l];
+        for (k, &p) in order.iter().enumerate() {
+            inverse[p] = k;
+        }
+        let order = self.init_i64(v("window_order"), i64s(&order));
+        let gathered = self.value(
+            v("windows"),
+            "Gather",
+            vec![normed, order],
+            vec![("axis", Attr::Int(1))],
+        );
+        let shape = self.init_i64(v("windows_shape"), vec![-1, n as i64, c as i64]);
+        let windows_x = self.value(v("windows/rows"), "Reshape", vec![gathered, shape], vec![]);
+        // q, k, v: the fused projection viewed as [rows, N, 3, heads, head_dim], moved to
+        // [3, rows, heads, N, head_dim] and taken apart.
+        let qkv = self.linear(
+            id,
+            &v("qkv"),
+            windows_x,
+            ["attn_qkv/kernel", "attn_qkv/bias"],
+            [c, 3 * c],
+        );
+        let shape = self.init_i64(v("qkv/heads_shape"), vec![0, n as i64, 3, heads, hd]);
+        let five = self.value(v("qkv/heads"), "Reshape", vec![qkv, shape], vec![]);
+        let split = self.value(
+            v("qkv/by_head"),
+            "Transpose",
+            vec![five],
+            vec![("perm", Attr::Ints(vec![2, 0, 3, 1, 4]))],
+        );
+        let mut parts = Vec::new();
+        for (s, what) in ["query", "key", "value"].iter().enumerate() {
+            let at = self.init_i64_scalar(v(&format!("{what}/index")), s as i64);
+            parts.push(self.value(
+                v(what),
+                "Gather",
+                vec![split.clone(), at],
+                vec![("axis", Attr::Int(0))],
+            ));
+        }
+        let scale = self.scalar(v("scale"), op.query_scale());
+        let q = self.value(
+            v("query/scaled"),
+            "Mul",
+            vec![parts[0].clone(), scale],
+            vec![],
+        );
+        let k = self.value(
+            v("key/transposed"),
+            "Transpose",
+            vec![parts[1].clone()],
+            vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))],
+        );
+        let scores = self.value(v("scores"), "MatMul", vec![q, k], vec![]);
+        // The bias table's rows by the position index: [N * N, heads] -> [heads, N, N].
+        let (nw, nn) = (windows as i64, n as i64);
+        let table = self.weight_as_is(id, "attn_pos");
+        let index: Vec<i64> = self
+            .weight(id, "attn_pos_ind")
+            .unwrap_or_default()
+            .iter()
+            .map(|&i| i as i64)
+            .collect();
+        let index = self.init_i64(self.graph.weight_name(id, "attn_pos_ind"), index);
+        let rows = self.value(v("position/rows"), "Gather", vec![table, index], vec![]);
+        let by_head = self.value(
+            v("position/by_head"),
+            "Transpose",
+            vec![rows],
+            vec![("perm", Attr::Ints(vec![1, 0]))],
+        );
+        let shape = self.init_i64(v("position/shape"), vec![heads, nn, nn]);
+        let position = self.value(v("position"), "Reshape", vec![by_head, shape], vec![]);
+        let mut biased = self.value(
+            v("scores/positioned"),
+            "Add",
+            vec![scores, position],
+            vec![],
+        );
+        if op.geometry().shift > 0 {
+            // The mask of each window, over all heads.
+            let mask = self.weight(id, "attn_mask").unwrap_or_default();
+            let mask = self.init_f32(
+                self.graph.weight_name(id, "attn_mask"),
+                vec![nw, 1, nn, nn],
+                mask,
+            );
+            let shape = self.init_i64(v("scores/by_window_shape"), vec![-1, nw, heads, nn, nn]);
+            let by_window = self.value(
+                v("scores/by_window"),
+                "Reshape",
+                vec![biased, shape],
+                vec![],
+            );
+            let masked = self.value(v("scores/masked"), "Add", vec![by_window, mask], vec![]);
+            let shape = self.init_i64(v("scores/shape"), vec![-1, heads, nn, nn]);
+            biased = self.value(v("scores/flat"), "Reshape", vec![masked, shape], vec![]);
+        }
+        let p = self.value(
+            v("softmax"),
+            "Softmax",
+            vec![biased],
+            vec![("axis", Attr::Int(-1))],
+        );
+        let attended = self.value(v("attended"), "MatMul", vec![p, parts[2].clone()], vec![]);
+        let back = self.value(
+            v("attended/by_token"),
+            "Transpose",
+            vec![attended],
+            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
+        let shape = self.init_i64(v("attended/shape"), vec![-1, l as i64, c as i64]);
+        let merged = self.value(v("attended/merged"), "Reshape", vec![back, shape], vec![]);
+        let y = self.linear(
+            id,
+            &v("proj"),
+            merged,
+            ["attn_proj/kernel", "attn_proj/bias"],
+            [c, c],
+        );
+        let inverse = self.init_i64(v("patch_order"), i64s(&inverse));
+        let y = self.value(
+            v("unwindowed"),
+            "Gather",
+            vec![y, inverse],
+            vec![("axis", Attr::Int(1))],
+        );
+        let x1 = self.value(v("residual1"), "Add", vec![x, y], vec![]);
+        let normed = norm(self, "norm2", x1.clone(), ["norm2/gamma", "norm2/beta"]);
+        let hidden = self.linear(
+            id,
+            &v("mlp_0"),
+            normed,
+            ["mlp_0/kernel", "mlp_0/bias"],
+            [c, g.mlp],
+        );
+        let activated = v("mlp_0/gelu");
+        self.activation(
+            &activated,
+            ActivationFn::Gelu,
+            hidden,
+            activated.clone(),
+            -1,
+        );
+        let y = self.linear(
+            id,
+            &v("mlp_1"),
+            activated,
+            ["mlp_1/kernel", "mlp_1/bias"],
+            [g.mlp, c],
+        );
+        self.node(name, "Add", vec![x1, y], out, vec![]);
     }
 
     /// A weight stored unchanged (Keras's layout is ONNX's: 1-D vectors, Dense kernels).
@@ -1390,8 +1602,74 @@ impl Exporter<'_> {
                     self.init_i64(format!("{name}/shape"), vec![0, rows * rows, p * p * c]);
                 self.node(name, "Reshape", vec![moved, tokens], out, vec![]);
             }
-            Op::SwinTransformerBlock(_) | Op::PatchMerging(_) | Op::PatchExpanding(_) => {
-                return Err("TODO swin onnx".into());
+            Op::SwinTransformerBlock(op) => self.swin_block(id, &name, op, x(), out),
+            Op::PatchMerging(op) => {
+                let ([h, w], c) = (op.num_patch, in_shapes[0][1]);
+                // The 2x2 neighbours of each merged token next to each other, in the class's
+                // order, then viewed as one token of 4 C features.
+                let mut order = Vec::with_capacity((h * w) as usize);
+                for i in 0..h / 2 {
+                    for j in 0..w / 2 {
+                        for (di, dj) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                            order.push((2 * i + di) * w + 2 * j + dj);
+                        }
+                    }
+                }
+                let order = self.init_i64(format!("{name}/neighbours"), order);
+                let gathered = self.value(
+                    format!("{name}/gather"),
+                    "Gather",
+                    vec![x(), order],
+                    vec![("axis", Attr::Int(1))],
+                );
+                let shape =
+                    self.init_i64(format!("{name}/merged_shape"), vec![0, h * w / 4, 4 * c]);
+                let merged = self.value(
+                    format!("{name}/merged"),
+                    "Reshape",
+                    vec![gathered, shape],
+                    vec![],
+                );
+                let kernel = self.weight_as_is(id, "linear_trans/kernel");
+                self.node(name, "MatMul", vec![merged, kernel], out, vec![]);
+            }
+            Op::PatchExpanding(op) => {
+                let ([h, w], c) = (op.num_patch, in_shapes[0][1]);
+                let (r, oc) = (op.upsample_rate, op.out_channels());
+                let kernel = self
+                    .weight_as(id, "linear_trans1/kernel", vec![c, r * op.embed_dim])
+                    .unwrap_or_default();
+                let conv = self.value(format!("{name}/conv"), "MatMul", vec![x(), kernel], vec![]);
+                // depth_to_space: depth (i * r + j) * oc + ch to position (y * r + i, x * r + j).
+                let six = self.init_i64(format!("{name}/blocks_shape"), vec![-1, h, w, r, r, oc]);
+                let blocks =
+                    self.value(format!("{name}/blocks"), "Reshape", vec![conv, six], vec![]);
+                let moved = self.value(
+                    format!("{name}/moved"),
+                    "Transpose",
+                    vec![blocks],
+                    vec![("perm", Attr::Ints(vec![0, 1, 3, 2, 4, 5]))],
+                );
+                if op.return_vector {
+                    let shape = self.init_i64(format!("{name}/shape"), vec![-1, h * w * r * r, oc]);
+                    self.node(name, "Reshape", vec![moved, shape], out, vec![]);
+                } else {
+                    // An image: NCHW in the graph's body.
+                    let shape = self.init_i64(format!("{name}/shape"), vec![-1, h * r, w * r, oc]);
+                    let image = self.value(
+                        format!("{name}/nhwc"),
+                        "Reshape",
+                        vec![moved, shape],
+                        vec![],
+                    );
+                    self.node(
+                        name,
+                        "Transpose",
+                        vec![image],
+                        out,
+                        vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))],
+                    );
+                }
             }
             Op::PatchEmbedding(_) => {
                 let kernel = self.weight_as_is(id, "proj/kernel");

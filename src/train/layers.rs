@@ -5,10 +5,10 @@
 use super::activations;
 use super::math::{add_column_sums, gemm, PatchMap};
 use super::profile;
-use crate::exec::cpu::{attention, swin};
 use crate::exec::cpu::isa::Isa;
 use crate::exec::cpu::kernels::Strided;
 use crate::exec::cpu::winograd;
+use crate::exec::cpu::{attention, swin};
 use crate::exec::Tensor;
 use crate::ir::ops::{
     ActivationFn, CustomScaleLayer, Interpolation, LambdaBody, MergeFn, NormLayout, Normalization,
@@ -1225,13 +1225,8 @@ pub fn backward(
             ))
         }
         Op::SwinTransformerBlock(o) => {
-            let grads = swin::swin_block_backward(
-                o,
-                first(),
-                params,
-                &output_grad(grad),
-                output.shape[0],
-            );
+            let grads =
+                swin::swin_block_backward(o, first(), params, &output_grad(grad), output.shape[0]);
             LayerGrads {
                 inputs: vec![grads.input],
                 params: grads.weights,

@@ -10,7 +10,14 @@ pub fn query_scale(key_dim: usize) -> f32 {
 }
 
 /// `y[r, u] = bias[u] + sum_i x[r, i] w[i, u]` for `rows` rows.
-pub(crate) fn project(x: &[f32], rows: usize, n_in: usize, w: &[f32], bias: &[f32], units: usize) -> Vec<f32> {
+pub(crate) fn project(
+    x: &[f32],
+    rows: usize,
+    n_in: usize,
+    w: &[f32],
+    bias: &[f32],
+    units: usize,
+) -> Vec<f32> {
     let mut y = vec![0.0; rows * units];
     matmul(rows, units, n_in, x, w, &mut y, false);
     for row in y.chunks_exact_mut(units.max(1)) {

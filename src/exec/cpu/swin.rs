@@ -329,7 +329,8 @@ pub fn swin_block_backward(
     let (l, c, n) = (g.h * g.w, g.channels, g.window_tokens());
     let layout = token_norm(c);
     // Forward.
-    let (normed1, stats1) = normalize_forward(layout, &w[slot::NORM1_GAMMA], &w[slot::NORM1_BETA], x);
+    let (normed1, stats1) =
+        normalize_forward(layout, &w[slot::NORM1_GAMMA], &w[slot::NORM1_BETA], x);
     let attended = window_attention(op, &normed1, w, batch);
     let x1: Vec<f32> = x.iter().zip(&attended).map(|(a, b)| a + b).collect();
     let (normed2, stats2) =
@@ -353,9 +354,12 @@ pub fn swin_block_backward(
     let dz1: Vec<f32> = dhidden
         .iter()
         .zip(&z1)
-        .map(|(d, &z)| d * crate::train::activations::derivative(ActivationFn::Gelu, z).unwrap_or(1.0))
+        .map(|(d, &z)| {
+            d * crate::train::activations::derivative(ActivationFn::Gelu, z).unwrap_or(1.0)
+        })
         .collect();
-    let (dnormed2, dfc1, dfc1_bias) = dense_backward(&normed2, c, &w[slot::FC1_KERNEL], &dz1, g.mlp);
+    let (dnormed2, dfc1, dfc1_bias) =
+        dense_backward(&normed2, c, &w[slot::FC1_KERNEL], &dz1, g.mlp);
     let (dx1_norm, dgamma2, dbeta2) =
         normalize_backward(layout, &w[slot::NORM2_GAMMA], &x1, &stats2, &dnormed2);
     let dx1: Vec<f32> = dy.iter().zip(&dx1_norm).map(|(a, b)| a + b).collect();

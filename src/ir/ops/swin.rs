@@ -116,6 +116,11 @@ impl SwinTransformerBlock {
         }
     }
 
+    /// The epsilon of the block's two LayerNormalizations.
+    pub fn norm_epsilon(&self) -> f32 {
+        SWIN_NORM_EPSILON
+    }
+
     /// The query scale as the class computes it (`qk_scale or head_dim ** -0.5`, cast to f32
     /// when it multiplies the queries).
     pub fn query_scale(&self) -> f32 {
@@ -339,7 +344,11 @@ impl LayerKind for SwinTransformerBlock {
             spec("norm2/beta", vec![c], "zeros"),
             spec("mlp_0/kernel", vec![c, self.num_mlp], "glorot_uniform"),
             spec("mlp_0/bias", vec![self.num_mlp], "zeros"),
-            spec("mlp_1/kernel", vec![self.num_mlp, self.dim], "glorot_uniform"),
+            spec(
+                "mlp_1/kernel",
+                vec![self.num_mlp, self.dim],
+                "glorot_uniform",
+            ),
             spec("mlp_1/bias", vec![self.dim], "zeros"),
         ]);
         let constant = |name: &'static str, shape: Vec<i64>| WeightSpec {

@@ -206,7 +206,8 @@ pub fn bind_weights(
                     }
                     "gamma" => Some((1.0, len)),
                     "attn_qkv/bias" => Some((0.0, 3 * channels)),
-                    "attn_mask" => Some((0.0, 0)),
+                    // Not read without a shift; one value, as a device buffer cannot be empty.
+                    "attn_mask" => Some((0.0, 1)),
                     _ => None,
                 };
                 fetch(slot, fallback)
@@ -273,8 +274,9 @@ pub fn weight_slots(op: &Op) -> &'static [&'static str] {
             "attention_output/bias",
         ],
         Op::PatchEmbedding(_) => &["proj/kernel", "proj/bias", "pos_embed/embeddings"],
-        // Always all fifteen: a zero qkv bias where `qkv_bias` is off, an empty mask without a
-        // shift; the mask and the index are checked against what the arguments give.
+        // Always all fifteen: a zero qkv bias where `qkv_bias` is off, a mask of one unused
+        // value without a shift; the mask and the index are checked against what the arguments
+        // give.
         Op::SwinTransformerBlock(_) => &[
             "norm1/gamma",
             "norm1/beta",

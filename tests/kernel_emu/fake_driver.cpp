@@ -26,6 +26,7 @@
 #include "../../src/exec/cuda/kernels/conv.cu"
 #include "../../src/exec/cuda/kernels/layers.cu"
 #include "../../src/exec/cuda/kernels/attention.cu"
+#include "../../src/exec/cuda/kernels/swin.cu"
 #include "../../src/exec/cuda/kernels/volume.cu"
 #include "../../src/exec/cuda/kernels/igemm.cu"
 #include "../../src/exec/cuda/kernels/train.cu"
@@ -419,6 +420,15 @@ const Kernel kernels[] = {
     BOTH(attention_output),
     BOTH(patch_extract),
     BOTH(patch_embedding),
+    BOTH(swin_load),
+    DIRECT(swin_norm),
+    DIRECT(swin_gather),
+    DIRECT(swin_dense),
+    DIRECT(swin_scores_bias),
+    DIRECT(swin_scatter_add),
+    BOTH(swin_output),
+    BOTH(patch_merging),
+    BOTH(patch_expanding),
     BLOCKWISE(conv_igemm_bf16, 256, 0),
     BLOCKWISE(conv_igemm_bf16_small, 256, 0),
     BLOCKWISE(conv_igemm_tf32, 256, 0),

@@ -90,7 +90,7 @@ pub fn position_bias(g: &SwinGeometry, table: &[f32], index: &[f32]) -> Vec<f32>
 /// The scores' bias of window `win`: the position bias plus the window's mask (if shifted).
 pub fn window_bias(g: &SwinGeometry, position: &[f32], mask: &[f32], win: usize) -> Vec<f32> {
     let n2 = g.window_tokens() * g.window_tokens();
-    if mask.is_empty() {
+    if g.shift == 0 {
         return position.to_vec();
     }
     let m = &mask[win * n2..(win + 1) * n2];

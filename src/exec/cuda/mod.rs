@@ -36,6 +36,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("conv.cu", include_str!("kernels/conv.cu")),
     ("layers.cu", include_str!("kernels/layers.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
+    ("swin.cu", include_str!("kernels/swin.cu")),
     ("volume.cu", include_str!("kernels/volume.cu")),
     ("igemm.cu", include_str!("kernels/igemm.cu")),
     ("first_layer.cu", include_str!("kernels/first_layer.cu")),
@@ -83,6 +84,10 @@ pub const LAYER_KERNELS: &[&str] = &[
     "attention_output",
     "patch_extract",
     "patch_embedding",
+    "swin_load",
+    "swin_output",
+    "patch_merging",
+    "patch_expanding",
 ];
 
 /// Inference kernels without an arena type (f32 scratch only).
@@ -90,6 +95,11 @@ pub const SCRATCH_KERNELS: &[&str] = &[
     "attention_scores",
     "attention_softmax",
     "attention_weighted",
+    "swin_norm",
+    "swin_gather",
+    "swin_dense",
+    "swin_scores_bias",
+    "swin_scatter_add",
 ];
 
 /// The training kernels (kernels/train.cu, f32 only), loaded by `unetc train --device cuda`
@@ -1256,6 +1266,9 @@ impl<'g> CudaModel<'g> {
             if let Some(d) = self.attention_dims(id) {
                 most = most.max(batch * d.scratch_floats());
             }
+            if let Op::SwinTransformerBlock(op) = &self.graph.node(id).op {
+                most = most.max(batch * op.geometry().scratch_floats());
+            }
         }
         for (id, tc) in &self.tensor_core {
             if tc.mode != 0 || self.heads.contains_key(id) {
@@ -1840,6 +1853,196 @@ impl<'g> CudaModel<'g> {
                 .arg(&ni)
                 .arg(&u)
                 .launch(grid(batch * d.tq * d.eo))
+                .map_err(driver)?;
+        }
+        Ok(())
+    }
+
+    /// SwinTransformerBlock in f32 scratch (the arena's workspace, laid out as
+    /// [`SwinGeometry::scratch_floats`] counts it): the input, norm1, the windows, q, k and v,
+    /// the heads on attention.cu's kernels plus the bias, the projection, the first residual,
+    /// norm2 and the MLP; its second layer and the second residual write the arena.
+    fn swin_block<T: Element>(
+        &self,
+        id: NodeId,
+        op: &crate::ir::ops::SwinTransformerBlock,
+        arena: &mut CudaSlice<T>,
+        batch: usize,
+    ) -> Result<(), CudaError> {
+        use crate::exec::cpu::swin::slot;
+        let node = self.graph.node(id);
+        let g = op.geometry();
+        let w = self.weights_of(id)?;
+        let plan = &self.plan;
+        let x_off = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
+        let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
+        let stream = &self.stream;
+        let (ptr, _sync) = cudarc::driver::DevicePtrMut::device_ptr_mut(arena, stream);
+        let start = ptr + (self.workspace_start(batch) * std::mem::size_of::<T>()) as u64;
+        let (l, c, n, windows) = (g.h * g.w, g.channels, g.window_tokens(), g.windows());
+        let rows = batch * l;
+        let rc = (rows * c * 4) as u64;
+        let [x0, normed, gathered, q, k, v, attended, projected, x1] =
+            std::array::from_fn(|k| start + k as u64 * rc);
+        let scores = start + 9 * rc;
+        let hidden = scores + (batch * windows * g.heads * n * n * 4) as u64;
+        let i = |v: usize| v as i32;
+        let (rows64, total) = (rows as i64, (rows * c) as i64);
+        // SAFETY (every launch below): the arguments match the kernel's C signature in
+        // kernels/swin.cu or attention.cu; the scratch regions above lie in the workspace
+        // `workspace_floats` sized with `scratch_floats`; x and y are dense in the arena.
+        unsafe {
+            stream
+                .launch_builder(self.function::<T>("swin_load"))
+                .arg(&ptr)
+                .arg(&x_off)
+                .arg(&x0)
+                .arg(&total)
+                .launch(grid(rows * c))
+                .map_err(driver)?;
+        }
+        let eps = op.norm_epsilon();
+        let norm = |from: u64, to: u64, gamma: usize, beta: usize| -> Result<(), CudaError> {
+            unsafe {
+                stream
+                    .launch_builder(&self.functions["swin_norm"])
+                    .arg(&from)
+                    .arg(&to)
+                    .arg(&w.tensors[gamma])
+                    .arg(&w.tensors[beta])
+                    .arg(&rows64)
+                    .arg(&i(c))
+                    .arg(&eps)
+                    .launch(grid(rows))
+                    .map_err(driver)
+            }
+            .map(|_| ())
+        };
+        norm(x0, normed, slot::NORM1_GAMMA, slot::NORM1_BETA)?;
+        let shape = [batch, g.h, g.w, g.ws, g.shift, c].map(i);
+        let mut b = stream.launch_builder(&self.functions["swin_gather"]);
+        b.arg(&normed).arg(&gathered);
+        for v in &shape {
+            b.arg(v);
+        }
+        unsafe { b.launch(grid(rows * c)).map_err(driver)? };
+        let dense = |x: u64,
+                     kernel: usize,
+                     bias: usize,
+                     out: u64,
+                     (n_in, units, stride, col0): (usize, usize, usize, usize),
+                     scale: f32,
+                     act: i32|
+         -> Result<(), CudaError> {
+            unsafe {
+                stream
+                    .launch_builder(&self.functions["swin_dense"])
+                    .arg(&x)
+                    .arg(&w.tensors[kernel])
+                    .arg(&w.tensors[bias])
+                    .arg(&out)
+                    .arg(&rows64)
+                    .arg(&i(n_in))
+                    .arg(&i(units))
+                    .arg(&i(stride))
+                    .arg(&i(col0))
+                    .arg(&scale)
+                    .arg(&act)
+                    .launch(grid(rows * units))
+                    .map_err(driver)
+            }
+            .map(|_| ())
+        };
+        let linear = activation_code(ActivationFn::Linear);
+        for (out, col0, scale) in [(q, 0, op.query_scale()), (k, c, 1.0), (v, 2 * c, 1.0)] {
+            let geometry = (c, c, 3 * c, col0);
+            dense(
+                gathered,
+                slot::QKV_KERNEL,
+                slot::QKV_BIAS,
+                out,
+                geometry,
+                scale,
+                linear,
+            )?;
+        }
+        let items = batch * windows;
+        let dims = [items, n, n, g.heads, g.head_dim()].map(i);
+        let mut b = stream.launch_builder(&self.functions["attention_scores"]);
+        b.arg(&q).arg(&k).arg(&scores);
+        for v in &dims {
+            b.arg(v);
+        }
+        unsafe { b.launch(grid(items * g.heads * n * n)).map_err(driver)? };
+        let masked = i32::from(g.shift > 0);
+        let mask = if g.shift > 0 {
+            slot::MASK
+        } else {
+            slot::BIAS_TABLE
+        };
+        let (bias_dims, items64) = ([windows, g.heads, n].map(i), items as i64);
+        let mut b = stream.launch_builder(&self.functions["swin_scores_bias"]);
+        b.arg(&scores)
+            .arg(&w.tensors[slot::BIAS_TABLE])
+            .arg(&w.tensors[slot::INDEX])
+            .arg(&w.tensors[mask])
+            .arg(&items64);
+        for v in &bias_dims {
+            b.arg(v);
+        }
+        b.arg(&masked);
+        unsafe { b.launch(grid(items * g.heads * n * n)).map_err(driver)? };
+        let (softmax_rows, len) = ((items * g.heads * n) as i64, i(n));
+        let mut b = stream.launch_builder(&self.functions["attention_softmax"]);
+        b.arg(&scores).arg(&softmax_rows).arg(&len);
+        unsafe { b.launch(grid(softmax_rows as usize)).map_err(driver)? };
+        let mut b = stream.launch_builder(&self.functions["attention_weighted"]);
+        b.arg(&scores).arg(&v).arg(&attended);
+        for v in &dims {
+            b.arg(v);
+        }
+        unsafe { b.launch(grid(rows * c)).map_err(driver)? };
+        let geometry = (c, c, c, 0);
+        dense(
+            attended,
+            slot::PROJ_KERNEL,
+            slot::PROJ_BIAS,
+            projected,
+            geometry,
+            1.0,
+            linear,
+        )?;
+        let mut b = stream.launch_builder(&self.functions["swin_scatter_add"]);
+        b.arg(&x0).arg(&projected).arg(&x1);
+        for v in &shape {
+            b.arg(v);
+        }
+        unsafe { b.launch(grid(rows * c)).map_err(driver)? };
+        norm(x1, normed, slot::NORM2_GAMMA, slot::NORM2_BETA)?;
+        let geometry = (c, g.mlp, g.mlp, 0);
+        let gelu = activation_code(ActivationFn::Gelu);
+        dense(
+            normed,
+            slot::FC1_KERNEL,
+            slot::FC1_BIAS,
+            hidden,
+            geometry,
+            1.0,
+            gelu,
+        )?;
+        unsafe {
+            stream
+                .launch_builder(self.function::<T>("swin_output"))
+                .arg(&ptr)
+                .arg(&y_off)
+                .arg(&hidden)
+                .arg(&w.tensors[slot::FC2_KERNEL])
+                .arg(&w.tensors[slot::FC2_BIAS])
+                .arg(&x1)
+                .arg(&rows64)
+                .arg(&i(g.mlp))
+                .arg(&i(c))
+                .launch(grid(rows * c))
                 .map_err(driver)?;
         }
         Ok(())
@@ -2544,8 +2747,45 @@ impl<'g> CudaModel<'g> {
                 // SAFETY: matches patch_extract_<T>(void*, i64, i64, int x6); both dense.
                 unsafe { b.launch(grid(n_out)).map_err(driver)? };
             }
-            Op::SwinTransformerBlock(_) | Op::PatchMerging(_) | Op::PatchExpanding(_) => {
-                return Err(CudaError::Model("TODO swin".into()))
+            Op::SwinTransformerBlock(op) => self.swin_block::<T>(id, op, arena, batch)?,
+            Op::PatchMerging(op) => {
+                let [h, wd] = op.num_patch.map(|v| v as usize);
+                let (c, units) = (in_shapes[0][1], out_shape[1]);
+                let w = self.weights_of(id)?;
+                let x_off = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
+                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
+                let ints = [h, wd, c, units, batch].map(i);
+                let mut b = stream.launch_builder(self.function::<T>("patch_merging"));
+                b.arg(&mut *arena)
+                    .arg(&x_off)
+                    .arg(&y_off)
+                    .arg(&w.tensors[0]);
+                for v in &ints {
+                    b.arg(v);
+                }
+                // SAFETY: matches patch_merging_<T>(void*, i64, i64, const float*, int x5); both
+                // dense; the kernel was uploaded as [4 C, units].
+                unsafe { b.launch(grid(n_out)).map_err(driver)? };
+            }
+            Op::PatchExpanding(op) => {
+                let [h, wd] = op.num_patch.map(|v| v as usize);
+                let c = in_shapes[0][1];
+                let (r, oc) = (op.upsample_rate as usize, op.out_channels() as usize);
+                let w = self.weights_of(id)?;
+                let x_off = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
+                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
+                let ints = [h, wd, c, r, oc, batch].map(i);
+                let mut b = stream.launch_builder(self.function::<T>("patch_expanding"));
+                b.arg(&mut *arena)
+                    .arg(&x_off)
+                    .arg(&y_off)
+                    .arg(&w.tensors[0]);
+                for v in &ints {
+                    b.arg(v);
+                }
+                // SAFETY: matches patch_expanding_<T>(void*, i64, i64, const float*, int x6);
+                // both dense; the kernel was uploaded as [1, 1, C, r * r * oc].
+                unsafe { b.launch(grid(n_out)).map_err(driver)? };
             }
             Op::PatchEmbedding(_) => {
                 let (tokens, n_in) = (in_shapes[0][0], in_shapes[0][1]);

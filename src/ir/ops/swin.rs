@@ -60,6 +60,14 @@ impl SwinGeometry {
         (self.h / self.ws.max(1)) * (self.w / self.ws.max(1))
     }
 
+    /// f32 scratch of the CUDA block per item: nine `[L, C]` buffers (input, normalised,
+    /// windows, q, k, v, attended, projected, first residual), the attention weights and the
+    /// MLP's hidden layer.
+    pub fn scratch_floats(&self) -> usize {
+        let (l, n) = (self.h * self.w, self.window_tokens());
+        9 * l * self.channels + self.windows() * self.heads * n * n + l * self.mlp
+    }
+
     pub fn head_dim(&self) -> usize {
         self.channels / self.heads.max(1)
     }

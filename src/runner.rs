@@ -194,7 +194,16 @@ pub fn init_weights(c: &Compiled, seed: u64) -> Result<Weights, RunError> {
         }
         for w in &c.info.layers[id.index()].weights {
             let shape: Vec<usize> = w.shape.iter().map(|&d| d as usize).collect();
-            let t = init_tensor(&w.initializer, &shape, &mut rng)?;
+            // Constants of the layer's arguments (Swin's mask and position index).
+            let t = match node.op.constant_weight(w.name) {
+                Some(values) => Tensor::from_vec(&shape, values).ok_or_else(|| {
+                    RunError::Usage(format!(
+                        "internal: `{}/{}` has the wrong size",
+                        node.name, w.name
+                    ))
+                })?,
+                None => init_tensor(&w.initializer, &shape, &mut rng)?,
+            };
             weights.insert(format!("{}/{}", node.name, w.name), t);
         }
     }

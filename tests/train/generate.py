@@ -5,7 +5,7 @@
 weight after the last step (BatchNormalization's moving statistics included).
 
     pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 safetensors numpy
-    pip install keras-unet-collection==0.1.13   # attention_adam_cce: its patch classes
+    pip install keras-unet-collection==0.1.13   # attention_adam_cce, swin_adam_cce: its classes
     python tests/train/generate.py [NAME ...]
 
 Files per case ``<c>``: ``<c>.json`` (``model.to_json()``; the test imports it with
@@ -228,6 +228,16 @@ def attention(k):
     return k.Model(x0, L.Conv2D(2, 1, activation="softmax")(x))
 
 
+def swin(k):
+    """keras-unet-collection's Swin-UNET (SwinTransformerBlock with shifted windows,
+    patch_merging, patch_expanding), small: 8x8 tokens of 8 features, windows of 4 then 2."""
+    from keras_unet_collection.models import swin_unet_2d
+
+    return swin_unet_2d((16, 16, 3), filter_num_begin=8, n_labels=2, depth=2, stack_num_down=2,
+                        stack_num_up=2, patch_size=(2, 2), num_heads=[2, 2], window_size=[4, 2],
+                        num_mlp=12)
+
+
 def dice_loss(y, p):
     import tensorflow as tf
 
@@ -303,6 +313,9 @@ def cases():
          ["--optimizer", "adamw", "--learning-rate", "0.01", "--weight-decay", "0.1"],
          "mse", ["--loss", "mse"], "real", 2, 3),
         ("attention_adam_cce", attention, lambda: opt.Adam(1e-2),
+         ["--optimizer", "adam", "--learning-rate", "0.01"],
+         "categorical_crossentropy", ["--loss", "categorical_crossentropy"], "onehot", 2, 3),
+        ("swin_adam_cce", swin, lambda: opt.Adam(1e-2),
          ["--optimizer", "adam", "--learning-rate", "0.01"],
          "categorical_crossentropy", ["--loss", "categorical_crossentropy"], "onehot", 2, 3),
     ]

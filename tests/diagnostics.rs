@@ -1397,3 +1397,44 @@ fn errors_of_the_attention_kinds() {
     assert!(!out.contains("`patch_extract`:"), "{out}");
     assert!(!out.contains("`multi_head_attention`:"), "{out}");
 }
+
+#[test]
+fn errors_of_the_swin_kinds() {
+    let out = check(
+        "swin.unet",
+        "model {
+  input 8x8x4
+  t = reshape((64, 4))
+  a = t -> swin_transformer_block(dim: 4, num_patch: (8, 4), num_heads: 2, window_size: 2)
+  b = t -> swin_transformer_block(dim: 6, num_patch: (8, 8), num_heads: 2, window_size: 2)
+  c = t -> swin_transformer_block(dim: 4, num_patch: (8, 8), num_heads: 3, window_size: 2)
+  d = t -> swin_transformer_block(dim: 4, num_patch: (8, 8), num_heads: 2, window_size: 3)
+  e = t -> swin_transformer_block(dim: 4, num_patch: (8, 8), num_heads: 2, window_size: 16)
+  f = t -> swin_transformer_block(dim: 4, num_patch: (8, 8), num_heads: 2, window_size: 4, shift_size: 4)
+  g = t -> patch_merging((4, 16), embed_dim: 4)
+  h = t -> patch_merging((1, 64), embed_dim: 4)
+  i = t -> patch_expanding(num_patch: (8, 8), embed_dim: 6, upsample_rate: 4)
+  j = t -> patch_expanding(num_patch: (8, 8), embed_dim: 8, upsample_rate: 2)
+  output a, b, c, d, e, f, g, h, i, j
+}
+",
+    );
+    for want in [
+        "SwinTransformerBlock reshapes `reshape`'s 64 patches as its num_patch grid 8x4 = 32; they must be as many",
+        "SwinTransformerBlock of dim 6 adds its attention and MLP back to `reshape`'s 4 features; dim must be the input's features",
+        "SwinTransformerBlock splits 4 features into 3 heads; they must divide evenly",
+        "SwinTransformerBlock cuts its 8x8 patch grid into 3x3 windows; both sides must be multiples of window_size",
+        "SwinTransformerBlock's window_size 16 is larger than its 8x8 patch grid",
+        "`swin_transformer_block` argument `shift_size`: 4 is out of range 0..=3",
+        "patch_merging halves its 1x64 patch grid; both sides must be even",
+        "patch_expanding's depth_to_space(4) spreads 24 features over 4x4 positions; embed_dim 6 must be a multiple of upsample_rate",
+        "patch_expanding with return_vector reshapes its 4 features per position as `reshape`'s 4 // 2 = 2",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // 4x16 = 64 patches: g is not an error.
+    assert!(
+        !out.contains("`patch_merging`:\n  ┌─ swin.unet:11"),
+        "{out}"
+    );
+}

@@ -166,3 +166,31 @@ fn cpu_weight_estimate_covers_what_the_model_holds() {
         }
     }
 }
+
+/// Swin's mask and position index are constants of the layer's arguments; a weights file whose
+/// values differ (written for another window or grid, or corrupted: the kernels index the bias
+/// table with it) is refused by name before anything runs, on every backend.
+#[test]
+fn a_swin_constant_that_differs_from_the_arguments_is_refused() {
+    let c = compile(Path::new("tests/golden/edge_swin.unet"));
+    let path = root().join("tests/golden/edge_swin.weights.safetensors");
+    for (name, at, value) in [
+        ("swin_transformer_block_1/attn_pos_ind", 5, 1000.0),
+        ("swin_transformer_block_1/attn_mask", 3, -7.0),
+    ] {
+        let mut weights = load_weights(&path, &expected_weights(&c)).unwrap();
+        let mut t = weights.get(name).unwrap().clone();
+        t.data[at] = value;
+        weights.insert(name.to_string(), t);
+        let err = match CpuModel::new(&c.graph, &c.info, &weights) {
+            Ok(_) => panic!("{name}: a wrong constant was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(&format!(
+                "`{name}` is not what SwinTransformerBlock computes from the layer's arguments"
+            )) && err.contains(&format!("{value}")),
+            "{err}"
+        );
+    }
+}

@@ -98,6 +98,8 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_tfactivations.unet", "edge_tfactivations"),
         ("tests/golden/edge_attention.unet", "edge_attention"),
         ("tests/golden/edge_patches.unet", "edge_patches"),
+        ("tests/golden/edge_swin.unet", "edge_swin"),
+        ("specs/library/swin_unet.unet", "swin_unet"),
     ] {
         let text = std::fs::read_to_string(dir.join(format!("{json}.json"))).unwrap();
         let imported =
@@ -120,7 +122,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 33);
+    assert_eq!(checked, 35);
 }
 
 #[test]

@@ -22,6 +22,7 @@ const LIBRARY: &[&str] = &[
     "unet3d",
     "vnet",
     "transunet",
+    "swin_unet",
 ];
 
 fn library_dir() -> PathBuf {

@@ -79,6 +79,9 @@ SPECS = [
     "tests/golden/edge_attention.unet",
     # keras-unet-collection's patch_extract and patch_embedding (needs keras-unet-collection).
     "tests/golden/edge_patches.unet",
+    # keras-unet-collection's Swin-UNET classes (needs keras-unet-collection).
+    "tests/golden/edge_swin.unet",
+    "specs/library/swin_unet.unet",
 ]
 
 

@@ -178,6 +178,12 @@ def variants():
             embed_dim=256, num_mlp=512, num_heads=4, num_transformer=4, activation="ReLU",
             mlp_activation="GELU", output_activation="Softmax", batch_norm=True, pool=True,
             unpool="bilinear"), 128, 128),
+        # The blocks' patch grids are arguments: one input size only, as TransUNet.
+        "swin_unet": (lambda n: kuc.swin_unet_2d(
+            (n, n, 3), filter_num_begin=64, n_labels=9, depth=4, stack_num_down=2,
+            stack_num_up=2, patch_size=(4, 4), num_heads=[4, 8, 8, 8], window_size=[4, 2, 2, 2],
+            num_mlp=512, output_activation="Softmax", shift_window=True, name="swin_unet"),
+         128, 128),
     }
 
 

@@ -5,9 +5,8 @@
 use super::pycode;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    CustomScaleLayer, FixedDropout, Lambda, LambdaBody, LambdaFunction, LayerKind,
-    MultiHeadAttention, PatchEmbedding, PatchExtract, ReduceFn, Snake, TFOpLambda, TfCompute,
-    TfFunction, GELU,
+    FixedDropout, Lambda, LambdaBody, LambdaFunction, LayerKind, MultiHeadAttention, ReduceFn,
+    TFOpLambda, TfCompute, TfFunction,
 };
 use crate::ir::{Graph, Op};
 use serde_json::Value as Json;
@@ -82,27 +81,26 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
             "\n\nclass FixedDropout(layers.Dropout):\n    def _get_noise_shape(self, inputs):\n        if self.noise_shape is None:\n            return None\n        dynamic = tf.shape(inputs)\n        return tuple(dynamic[i] if d is None else d for i, d in enumerate(self.noise_shape))"
         );
     }
-    // keras-unet-collection's own classes (`pip install keras-unet-collection`): their
-    // to_json() names the module that `unetc import` reads them by.
-    for (module, class) in [
-        ("activations", GELU::CLASS),
-        ("activations", Snake::CLASS),
-        ("transformer_layers", PatchExtract::CLASS),
-        ("transformer_layers", PatchEmbedding::CLASS),
-    ] {
-        if graph.nodes.iter().any(|n| n.op.class_name() == class) {
-            let _ = writeln!(out, "from keras_unet_collection.{module} import {class}");
+    // Classes from outside tf.keras.layers (keras-unet-collection's, `pip install
+    // keras-unet-collection`; tf.keras's InceptionResNetV2 residual layer), each from the
+    // module its to_json() names, which `unetc import` reads them by.
+    let mut imported: Vec<(&str, &str)> = Vec::new();
+    for node in &graph.nodes {
+        if let Some(&module) = Op::keras_modules(node.op.base_name()).first() {
+            if !imported.contains(&(module, node.op.class_name())) {
+                imported.push((module, node.op.class_name()));
+            }
         }
     }
-    // tf.keras's InceptionResNetV2 residual layer, from the module that defines it.
-    if graph
-        .nodes
-        .iter()
-        .any(|n| n.op.class_name() == CustomScaleLayer::CLASS)
-    {
+    for (module, class) in &imported {
+        let _ = writeln!(out, "from {module} import {class}");
+    }
+    // keras-unet-collection's Swin-UNET classes take `name` as a prefix of their variables'
+    // names and leave the layer to Keras's auto-names: the spec's name is set on the layer.
+    if graph.nodes.iter().any(|n| takes_name_as_prefix(&n.op)) {
         let _ = writeln!(
             out,
-            "from tf_keras.src.applications.inception_resnet_v2 import CustomScaleLayer"
+            "\n\ndef named(layer, name):\n    layer._name = name\n    return layer"
         );
     }
     // Keras backend and TensorFlow 1's image module, for lambdas that call them.
@@ -173,7 +171,7 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
     // Weights that `unetc train` (or tools/keras_to_safetensors.py) wrote load by name.
     let _ = writeln!(
         out,
-        "def load_unetc_weights(model, path):\n    \"\"\"Sets every variable of `model` from a unetc weights file (safetensors, tensors\n    named `<layer>/<variable>`, as `unetc train` writes them).\"\"\"\n    from safetensors.numpy import load_file\n\n    tensors = load_file(path)\n\n    def leaves(m):\n        for layer in m.layers:\n            if isinstance(layer, tf.keras.Model):\n                yield from leaves(layer)\n            else:\n                yield layer\n\n    def variable_names(layer):\n        # MultiHeadAttention's variables are query/kernel, ...; keras-unet-collection's\n        # patch_embedding names its two inner layers by role.\n        if type(layer).__name__ == \"patch_embedding\":\n            return [\"proj/kernel\", \"proj/bias\", \"pos_embed/embeddings\"]\n        keep = 2 if type(layer).__name__ == \"MultiHeadAttention\" else 1\n        return [\"/\".join(v.name.split(\":\")[0].split(\"/\")[-keep:]) for v in layer.weights]\n\n    for layer in leaves(model):\n        for v, name in zip(layer.weights, variable_names(layer)):\n            v.assign(tensors[layer.name + \"/\" + name])\n\n"
+        "SWIN_VARIABLES = {{\n    \"SwinTransformerBlock\": [\"norm1/gamma\", \"norm1/beta\", \"attn_pos_ind\", \"attn_pos\",\n                             \"attn_qkv/kernel\", \"attn_qkv/bias\", \"attn_proj/kernel\",\n                             \"attn_proj/bias\", \"norm2/gamma\", \"norm2/beta\", \"mlp_0/kernel\",\n                             \"mlp_0/bias\", \"mlp_1/kernel\", \"mlp_1/bias\", \"attn_mask\"],\n    \"patch_merging\": [\"linear_trans/kernel\"],\n    \"patch_expanding\": [\"linear_trans1/kernel\"],\n}}\n\n\ndef load_unetc_weights(model, path):\n    \"\"\"Sets every variable of `model` from a unetc weights file (safetensors, tensors\n    named `<layer>/<variable>`, as `unetc train` writes them).\"\"\"\n    from safetensors.numpy import load_file\n\n    tensors = load_file(path)\n\n    def leaves(m):\n        for layer in m.layers:\n            if isinstance(layer, tf.keras.Model):\n                yield from leaves(layer)\n            else:\n                yield layer\n\n    def variable_names(layer):\n        # MultiHeadAttention's variables are query/kernel, ...; keras-unet-collection's\n        # patch_embedding names its two inner layers by role, its Swin-UNET classes prefix\n        # theirs with a name argument (`name0_norm1/gamma`): unetc's name is what follows.\n        if type(layer).__name__ == \"patch_embedding\":\n            return [\"proj/kernel\", \"proj/bias\", \"pos_embed/embeddings\"]\n        if type(layer).__name__ in SWIN_VARIABLES:\n            return [next(s for s in SWIN_VARIABLES[type(layer).__name__]\n                         if v.name.split(\":\")[0].endswith(\"_\" + s)) for v in layer.weights]\n        keep = 2 if type(layer).__name__ == \"MultiHeadAttention\" else 1\n        return [\"/\".join(v.name.split(\":\")[0].split(\"/\")[-keep:]) for v in layer.weights]\n\n    for layer in leaves(model):\n        for v, name in zip(layer.weights, variable_names(layer)):\n            v.assign(tensors[layer.name + \"/\" + name])\n\n"
     );
     let _ = writeln!(
         out,
@@ -495,22 +493,16 @@ impl PythonExporter<'_> {
             let flag = if node.trainable { "True" } else { "False" };
             args.push(format!("trainable={flag}"));
         }
-        // Classes from outside Keras are defined in the generated code itself.
-        let module = if [
-            FixedDropout::CLASS,
-            GELU::CLASS,
-            Snake::CLASS,
-            PatchExtract::CLASS,
-            PatchEmbedding::CLASS,
-            CustomScaleLayer::CLASS,
-        ]
-        .contains(&node.op.class_name())
-        {
-            ""
+        // Classes from outside Keras are imported or defined in the generated code itself.
+        let outside = node.op.class_name() == FixedDropout::CLASS
+            || !Op::keras_modules(node.op.base_name()).is_empty();
+        let module = if outside { "" } else { "layers." };
+        let call = format!("{module}{}({})", node.op.class_name(), args.join(", "));
+        if takes_name_as_prefix(&node.op) {
+            format!("named({call}, {:?})", node.name)
         } else {
-            "layers."
-        };
-        format!("{module}{}({})", node.op.class_name(), args.join(", "))
+            call
+        }
     }
 
     fn layer_call(
@@ -776,6 +768,15 @@ impl References {
 /// A Functional model's connections name the layer by its outer `name`; its config's `name`
 /// is the same but where a class uses `name` for something else (keras-unet-collection's
 /// SwinTransformerBlock: a prefix of its variables' names).
+/// keras-unet-collection's Swin-UNET classes, whose `name` argument is a prefix of their inner
+/// layers' names, not the layer's name.
+fn takes_name_as_prefix(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::SwinTransformerBlock(_) | Op::PatchMerging(_) | Op::PatchExpanding(_)
+    )
+}
+
 fn layer_name(layer: &Json) -> Option<&str> {
     layer
         .get("name")

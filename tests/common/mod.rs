@@ -188,6 +188,7 @@ pub fn small_input(stem: &str) -> Option<Vec<i64>> {
         ("unet3d", Some(vec![16, 16, 16, 4])),
         ("vnet", Some(vec![16, 16, 1])),
         ("transunet", Some(vec![128, 128, 3])),
+        ("swin_unet", Some(vec![128, 128, 3])),
     ];
     small
         .iter()

@@ -10,14 +10,7 @@ pub fn query_scale(key_dim: usize) -> f32 {
 }
 
 /// `y[r, u] = bias[u] + sum_i x[r, i] w[i, u]` for `rows` rows.
-pub(crate) fn project(
-    x: &[f32],
-    rows: usize,
-    n_in: usize,
-    w: &[f32],
-    bias: &[f32],
-    units: usize,
-) -> Vec<f32> {
+fn project(x: &[f32], rows: usize, n_in: usize, w: &[f32], bias: &[f32], units: usize) -> Vec<f32> {
     let mut y = vec![0.0; rows * units];
     matmul(rows, units, n_in, x, w, &mut y, false);
     for row in y.chunks_exact_mut(units.max(1)) {
@@ -30,7 +23,7 @@ pub(crate) fn project(
 
 /// Softmax of each row of `s` (`cols` values per row), in place, as Keras's: `exp(x - max)`
 /// over its sum.
-fn softmax_rows(s: &mut [f32], cols: usize) {
+pub(crate) fn softmax_rows(s: &mut [f32], cols: usize) {
     for row in s.chunks_exact_mut(cols.max(1)) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;

@@ -1109,6 +1109,28 @@ pub fn normalize(layout: NormLayout, gamma: &[f32], beta: &[f32], x: &[f32], out
     } = layout;
     let chunk = span * groups * group_size;
     let count = (span * group_size) as f32;
+    if span == 1 && groups == 1 {
+        // One group of contiguous values per chunk (LayerNormalization over tokens' features):
+        // the same sums in the same order, without the general indexing.
+        let rows = (1usize << 14).div_ceil(chunk.max(1));
+        out.par_chunks_mut(chunk.max(1) * rows)
+            .zip(x.par_chunks(chunk.max(1) * rows))
+            .for_each(|(o, xs)| {
+                for (o, xs) in o
+                    .chunks_exact_mut(chunk.max(1))
+                    .zip(xs.chunks_exact(chunk.max(1)))
+                {
+                    let mean = xs.iter().sum::<f32>() / count;
+                    let var = xs.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / count;
+                    let inv = 1.0 / (var + epsilon).sqrt();
+                    for (((o, &v), &g), &b) in o.iter_mut().zip(xs).zip(gamma).zip(beta) {
+                        let scale = inv * g;
+                        *o = v * scale + (b - mean * scale);
+                    }
+                }
+            });
+        return;
+    }
     // Offset of value (position, group, j) in a chunk, and of its gamma/beta.
     let at = |p: usize, g: usize, j: usize| (p * groups + g) * group_size + j;
     let affine_at = |p: usize, g: usize, j: usize| {

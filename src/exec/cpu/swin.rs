@@ -1,7 +1,7 @@
 //! keras-unet-collection's Swin-UNET layers on the CPU: SwinTransformerBlock, patch_merging and
 //! patch_expanding (the trainer's forward and backward passes call these too).
 
-use super::attention::{attend, project, ScoreTerms};
+use super::attention::{softmax_rows, ScoreTerms};
 use super::gemm::matmul;
 use super::kernels;
 use crate::ir::ops::{
@@ -111,8 +111,10 @@ pub fn gather_window(g: &SwinGeometry, tokens: &[f32], win: usize) -> Vec<f32> {
     out
 }
 
-/// The attention branch of a block for every item: `[batch, L, C]`, each window's projected
-/// output at the patches its tokens came from.
+/// The attention branch of a block for every item: `[batch, L, C]` in patch order. q, k and v
+/// of every token come from one product with the fused kernel (`q` scaled after its bias, as
+/// the class does); each window's heads then attend on all cores (`q k^T`, plus the position
+/// bias, plus the mask, softmax, times `v`), and one product projects every token.
 pub fn window_attention(
     op: &SwinTransformerBlock,
     normed: &[f32],
@@ -120,33 +122,76 @@ pub fn window_attention(
     batch: usize,
 ) -> Vec<f32> {
     let g = op.geometry();
-    let (l, c) = (g.h * g.w, g.channels);
-    let d = window_dims(&g);
-    let weights = attention_weights(w, c);
-    let position = position_bias(&g, &w[slot::BIAS_TABLE], &w[slot::INDEX]);
+    let (l, c, n, hd) = (g.h * g.w, g.channels, g.window_tokens(), g.head_dim());
+    let rows = batch * l;
+    let width = 3 * c;
+    let mut qkv = vec![0.0; rows * width];
+    matmul(
+        rows,
+        width,
+        c,
+        normed,
+        &w[slot::QKV_KERNEL],
+        &mut qkv,
+        false,
+    );
     let scale = op.query_scale();
+    for row in qkv.chunks_exact_mut(width.max(1)) {
+        row.iter_mut()
+            .zip(&w[slot::QKV_BIAS])
+            .for_each(|(v, b)| *v += b);
+        row[..c].iter_mut().for_each(|v| *v *= scale);
+    }
+    let position = position_bias(&g, &w[slot::BIAS_TABLE], &w[slot::INDEX]);
+    let mask = &w[slot::MASK];
     let windows = g.windows();
-    let outputs: Vec<Vec<f32>> = (0..batch * windows)
+    let attended: Vec<Vec<f32>> = (0..batch * windows)
         .into_par_iter()
         .map(|k| {
-            let (n, win) = (k / windows, k % windows);
-            let x = gather_window(&g, &normed[n * l * c..(n + 1) * l * c], win);
-            let bias = window_bias(&g, &position, &w[slot::MASK], win);
-            let terms = ScoreTerms {
-                scale,
-                bias: Some(&bias),
-            };
-            let item = attend(&d, &x, &x, &x, &weights, terms, None);
-            project(&item.o, d.tq, d.hv(), &weights[6], &weights[7], c)
+            let (item, win) = (k / windows, k % windows);
+            let at: Vec<usize> = (0..n)
+                .map(|t| (item * l + g.source(win, t)) * width)
+                .collect();
+            let mut out = vec![0.0f32; n * c];
+            let mut scores = vec![0.0f32; n];
+            for h in 0..g.heads {
+                let bias = &position[h * n * n..(h + 1) * n * n];
+                for i in 0..n {
+                    let q = &qkv[at[i] + h * hd..at[i] + (h + 1) * hd];
+                    for (j, s) in scores.iter_mut().enumerate() {
+                        let key = &qkv[at[j] + c + h * hd..at[j] + c + (h + 1) * hd];
+                        let dot: f32 = q.iter().zip(key).map(|(a, b)| a * b).sum();
+                        *s = dot + bias[i * n + j];
+                        if g.shift > 0 {
+                            *s += mask[(win * n + i) * n + j];
+                        }
+                    }
+                    softmax_rows(&mut scores, n);
+                    let o = &mut out[i * c + h * hd..i * c + (h + 1) * hd];
+                    for (j, &p) in scores.iter().enumerate() {
+                        let v = &qkv[at[j] + 2 * c + h * hd..at[j] + 2 * c + (h + 1) * hd];
+                        o.iter_mut().zip(v).for_each(|(o, v)| *o += p * v);
+                    }
+                }
+            }
+            out
         })
         .collect();
-    let mut y = vec![0.0; batch * l * c];
-    for (k, out) in outputs.iter().enumerate() {
-        let (n, win) = (k / windows, k % windows);
-        for t in 0..g.window_tokens() {
-            let p = n * l + g.source(win, t);
-            y[p * c..(p + 1) * c].copy_from_slice(&out[t * c..(t + 1) * c]);
+    // The heads' values back at their patches, then the projection of every token.
+    let mut merged = vec![0.0; rows * c];
+    for (k, out) in attended.iter().enumerate() {
+        let (item, win) = (k / windows, k % windows);
+        for t in 0..n {
+            let p = item * l + g.source(win, t);
+            merged[p * c..(p + 1) * c].copy_from_slice(&out[t * c..(t + 1) * c]);
         }
+    }
+    let mut y = vec![0.0; rows * c];
+    matmul(rows, c, c, &merged, &w[slot::PROJ_KERNEL], &mut y, false);
+    for row in y.chunks_exact_mut(c.max(1)) {
+        row.iter_mut()
+            .zip(&w[slot::PROJ_BIAS])
+            .for_each(|(v, b)| *v += b);
     }
     y
 }

@@ -119,6 +119,22 @@ fn a_net_of_one_input_size_is_not_tiled() {
         "{err}"
     );
     assert!(err.contains("resize the image to 128x128"), "{err}");
+    // Swin-UNET cuts 4x4 patches into a fixed 32x32 grid: 128 to 131 rows all give it.
+    let path = root().join("specs/library/swin_unet.unet");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let err = plan_image(
+        &path,
+        &text,
+        [128, 128, 3],
+        (300, 300),
+        &TileRequest::new(1 << 30),
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("the net takes input heights 128 to 131 only (at width 128), all giving the same output"),
+        "{err}"
+    );
+    assert!(err.contains("resize the image to 128x128"), "{err}");
 }
 
 /// The fast probe (shape rules over the graph expanded once) agrees with compiling the spec

@@ -976,7 +976,8 @@ pub fn plan_image(
             t[0], t[1], t[2]
         ));
     }
-    let sizes = probe_axis(path, text, base, 0, 1024.max(base[0]));
+    let limit = 1024.max(base[0]);
+    let sizes = probe_axis(path, text, base, 0, limit);
     if let [only] = sizes.accepted[..] {
         return Err(format!(
             "the net takes one input height only, {0} (at width {1}; a layer fixes it, such as \
@@ -984,6 +985,20 @@ pub fn plan_image(
              tile it: resize the image to {0}x{1}, or change the net",
             only.input, base[1]
         ));
+    }
+    // A few sizes that all give one output (patches cut from the first rows of a larger image
+    // into a fixed grid: Swin-UNET's 4x4 patches of 128 to 131 rows).
+    if let (Some(first), Some(last)) = (sizes.accepted.first(), sizes.accepted.last()) {
+        let one_output = sizes.accepted.iter().all(|s| s.output == first.output);
+        if one_output && last.input < limit {
+            return Err(format!(
+                "the net takes input heights {} to {} only (at width {}), all giving the same \
+                 output (a layer fixes the grid, such as a transformer's patch grid or position \
+                 embeddings), so unetc cannot tile it: resize the image to {}x{}, or change the \
+                 net",
+                first.input, last.input, base[1], first.input, base[1]
+            ));
+        }
     }
     let Some(cf) = closed_form(&sizes) else {
         return Err(

@@ -186,11 +186,15 @@ fn a_swin_constant_that_differs_from_the_arguments_is_refused() {
             Ok(_) => panic!("{name}: a wrong constant was accepted"),
             Err(e) => e.to_string(),
         };
+        let want = format!(
+            "`{name}` is not what SwinTransformerBlock computes from the layer's arguments"
+        );
         assert!(
-            err.contains(&format!(
-                "`{name}` is not what SwinTransformerBlock computes from the layer's arguments"
-            )) && err.contains(&format!("{value}")),
+            err.contains(&want) && err.contains(&format!("{value}")),
             "{err}"
         );
+        // The ONNX export reads the weights itself: it refuses them too.
+        let err = unetc::interop::onnx::export_onnx(&c.graph, &c.info, &weights).unwrap_err();
+        assert!(err.contains(&want), "{err}");
     }
 }

@@ -169,23 +169,12 @@ pub fn bind_weights(
                         problems.push(format!("`{name}`: {}", found.describe(&t.shape)));
                         None
                     }
-                    None => match node.op.constant_weight(var) {
-                        // A constant the layer computes must be what its arguments give (the
-                        // kernels index with it).
-                        Some(expected) if expected != t.data => {
-                            let at = expected.iter().zip(&t.data).position(|(a, b)| a != b);
-                            problems.push(format!(
-                                "`{name}` is not what {} computes from the layer's arguments \
-                                 (first difference at value {}: {} where {} is expected); the \
-                                 weights were written for another configuration",
-                                node.op.class_name(),
-                                at.unwrap_or(0),
-                                at.map_or(f32::NAN, |i| t.data[i]),
-                                at.map_or(f32::NAN, |i| expected[i]),
-                            ));
+                    None => match constant_mismatch(&node.op, var, &name, &t.data) {
+                        Some(problem) => {
+                            problems.push(problem);
                             None
                         }
-                        Some(_) | None => Some(t.data.clone()),
+                        None => Some(t.data.clone()),
                     },
                 },
             }
@@ -225,6 +214,21 @@ pub fn bind_weights(
     } else {
         Err(problems)
     }
+}
+
+/// Why the values of weight `var` (named `name`) are not the constant the layer computes from
+/// its arguments (Swin's mask and position index; the kernels index with the latter); `None`
+/// when they are, or when the weight is no such constant.
+pub fn constant_mismatch(op: &Op, var: &str, name: &str, data: &[f32]) -> Option<String> {
+    let expected = op.constant_weight(var)?;
+    let at = expected.iter().zip(data).position(|(a, b)| a != b)?;
+    Some(format!(
+        "`{name}` is not what {} computes from the layer's arguments (first difference at value \
+         {at}: {} where {} is expected); the weights were written for another configuration",
+        op.class_name(),
+        data[at],
+        expected[at],
+    ))
 }
 
 /// A MultiHeadAttention layer's sizes from its inputs' inferred shapes; `None` for other layers.

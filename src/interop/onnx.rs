@@ -677,7 +677,16 @@ impl Exporter<'_> {
                 ));
                 None
             }
-            Some(t) => Some(t.data.clone()),
+            Some(t) => {
+                let node = self.graph.node(id);
+                match crate::exec::constant_mismatch(&node.op, var, &name, &t.data) {
+                    Some(problem) => {
+                        self.problems.push(problem);
+                        None
+                    }
+                    None => Some(t.data.clone()),
+                }
+            }
         }
     }
 

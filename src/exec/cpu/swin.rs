@@ -29,7 +29,7 @@ pub mod slot {
 }
 
 /// The class's LayerNormalization over each token's `channels` features.
-pub fn token_norm(channels: usize) -> NormLayout {
+fn token_norm(channels: usize) -> NormLayout {
     NormLayout {
         outer: 1,
         span: 1,
@@ -41,7 +41,7 @@ pub fn token_norm(channels: usize) -> NormLayout {
 }
 
 /// One window's self-attention as MultiHeadAttention's sizes (`head_dim` per head).
-pub fn window_dims(g: &SwinGeometry) -> AttentionDims {
+fn window_dims(g: &SwinGeometry) -> AttentionDims {
     let n = g.window_tokens();
     AttentionDims {
         tq: n,
@@ -58,7 +58,7 @@ pub fn window_dims(g: &SwinGeometry) -> AttentionDims {
 
 /// The fused `qkv` Dense split into MultiHeadAttention's eight weights: its columns
 /// `[s * C + h * head_dim + j]` are query (s = 0), key, value of head h; then `proj`.
-pub fn attention_weights(w: &[Vec<f32>], c: usize) -> Vec<Vec<f32>> {
+fn attention_weights(w: &[Vec<f32>], c: usize) -> Vec<Vec<f32>> {
     let (kernel, bias) = (&w[slot::QKV_KERNEL], &w[slot::QKV_BIAS]);
     let mut out = Vec::with_capacity(8);
     for s in 0..3 {
@@ -76,7 +76,7 @@ pub fn attention_weights(w: &[Vec<f32>], c: usize) -> Vec<Vec<f32>> {
 
 /// The relative position bias of every head, `[heads, N, N]`:
 /// `table[index[i, j], h]` (the index was checked against the arguments when bound).
-pub fn position_bias(g: &SwinGeometry, table: &[f32], index: &[f32]) -> Vec<f32> {
+fn position_bias(g: &SwinGeometry, table: &[f32], index: &[f32]) -> Vec<f32> {
     let n2 = g.window_tokens() * g.window_tokens();
     let mut bias = vec![0.0; g.heads * n2];
     for h in 0..g.heads {
@@ -88,7 +88,7 @@ pub fn position_bias(g: &SwinGeometry, table: &[f32], index: &[f32]) -> Vec<f32>
 }
 
 /// The scores' bias of window `win`: the position bias plus the window's mask (if shifted).
-pub fn window_bias(g: &SwinGeometry, position: &[f32], mask: &[f32], win: usize) -> Vec<f32> {
+fn window_bias(g: &SwinGeometry, position: &[f32], mask: &[f32], win: usize) -> Vec<f32> {
     let n2 = g.window_tokens() * g.window_tokens();
     if g.shift == 0 {
         return position.to_vec();
@@ -101,7 +101,7 @@ pub fn window_bias(g: &SwinGeometry, position: &[f32], mask: &[f32], win: usize)
 }
 
 /// Window `win`'s rows of `tokens` (one item, `[L, C]`): `[N, C]`.
-pub fn gather_window(g: &SwinGeometry, tokens: &[f32], win: usize) -> Vec<f32> {
+fn gather_window(g: &SwinGeometry, tokens: &[f32], win: usize) -> Vec<f32> {
     let c = g.channels;
     let mut out = Vec::with_capacity(g.window_tokens() * c);
     for t in 0..g.window_tokens() {
@@ -115,7 +115,7 @@ pub fn gather_window(g: &SwinGeometry, tokens: &[f32], win: usize) -> Vec<f32> {
 /// of every token come from one product with the fused kernel (`q` scaled after its bias, as
 /// the class does); each window's heads then attend on all cores (`q k^T`, plus the position
 /// bias, plus the mask, softmax, times `v`), and one product projects every token.
-pub fn window_attention(
+fn window_attention(
     op: &SwinTransformerBlock,
     normed: &[f32],
     w: &[Vec<f32>],
@@ -306,7 +306,7 @@ pub fn patch_merging(
 
 /// depth_to_space of a `[h, w, r * r * oc]` grid (TF's order: depth `(i * r + j) * oc + ch`
 /// goes to position `(y * r + i, x * r + j)`), or its inverse (`inverse`: space to depth).
-pub fn depth_to_space(
+fn depth_to_space(
     x: &[f32],
     [h, w]: [usize; 2],
     r: usize,

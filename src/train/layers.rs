@@ -640,16 +640,7 @@ pub fn forward(
         Op::PatchExpanding(o) => {
             let mut y = vec![0.0f32; out_len];
             let c = x.and_then(|t| t.shape.last().copied()).unwrap_or(0);
-            swin::patch_expanding(
-                first(),
-                o.num_patch.map(|v| v as usize),
-                c,
-                &params[0],
-                o.upsample_rate as usize,
-                o.out_channels() as usize,
-                &mut y,
-                out_shape[0],
-            );
+            swin::patch_expanding(o, first(), c, &params[0], &mut y, out_shape[0]);
             y
         }
         Op::PatchEmbedding(_) => {
@@ -1251,12 +1242,10 @@ pub fn backward(
         }
         Op::PatchExpanding(o) => {
             let (dx, dk) = swin::patch_expanding_backward(
+                o,
                 first(),
-                o.num_patch.map(|v| v as usize),
                 x_shape.last().copied().unwrap_or(0),
                 &params[0],
-                o.upsample_rate as usize,
-                o.out_channels() as usize,
                 &output_grad(grad),
                 output.shape[0],
             );

@@ -874,16 +874,9 @@ impl<'g> CpuModel<'g> {
                 channels,
                 batch,
             ),
-            (Op::PatchExpanding(op), Prepared::Weights { weights }) => swin::patch_expanding(
-                ins[0],
-                op.num_patch.map(|v| v as usize),
-                in_shapes[0][1],
-                &weights[0],
-                op.upsample_rate as usize,
-                op.out_channels() as usize,
-                out,
-                batch,
-            ),
+            (Op::PatchExpanding(op), Prepared::Weights { weights }) => {
+                swin::patch_expanding(op, ins[0], in_shapes[0][1], &weights[0], out, batch)
+            }
             (Op::MaxPooling2D(op), _) => {
                 kernels::max_pool(op, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
             }

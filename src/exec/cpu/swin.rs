@@ -5,7 +5,8 @@ use super::attention::{softmax_rows, ScoreTerms};
 use super::gemm::matmul;
 use super::kernels;
 use crate::ir::ops::{
-    ActivationFn, AttentionDims, NormLayout, SwinGeometry, SwinTransformerBlock, SWIN_NORM_EPSILON,
+    ActivationFn, AttentionDims, NormLayout, PatchExpanding, SwinGeometry, SwinTransformerBlock,
+    SWIN_NORM_EPSILON,
 };
 use rayon::prelude::*;
 
@@ -196,6 +197,28 @@ fn window_attention(
     y
 }
 
+/// The MLP's first layer on normalised tokens: `activation(normed fc1 + bias)`, `[rows, mlp]`.
+fn mlp_hidden(
+    g: &SwinGeometry,
+    w: &[Vec<f32>],
+    normed: &[f32],
+    activation: ActivationFn,
+) -> Vec<f32> {
+    let rows = normed.len() / g.channels.max(1);
+    let mut hidden = vec![0.0; rows * g.mlp];
+    kernels::dense(
+        normed,
+        g.channels,
+        &w[slot::FC1_KERNEL],
+        Some(&w[slot::FC1_BIAS]),
+        activation,
+        &mut hidden,
+        g.mlp,
+        rows,
+    );
+    hidden
+}
+
 /// SwinTransformerBlock over a batch: `x1 = x + attn(norm1(x))`, `out = x1 + mlp(norm2(x1))`.
 pub fn swin_block(
     op: &SwinTransformerBlock,
@@ -226,17 +249,7 @@ pub fn swin_block(
         out,
         &mut normed,
     );
-    let mut hidden = vec![0.0; rows * g.mlp];
-    kernels::dense(
-        &normed,
-        c,
-        &w[slot::FC1_KERNEL],
-        Some(&w[slot::FC1_BIAS]),
-        ActivationFn::Gelu,
-        &mut hidden,
-        g.mlp,
-        rows,
-    );
+    let hidden = mlp_hidden(&g, w, &normed, ActivationFn::Gelu);
     // out += hidden fc2 + bias
     matmul(rows, c, g.mlp, &hidden, &w[slot::FC2_KERNEL], out, true);
     for row in out.chunks_exact_mut(c.max(1)) {
@@ -334,19 +347,26 @@ fn depth_to_space(
     out
 }
 
+/// patch_expanding's grid, rate and features per output position.
+fn expanding_sizes(op: &PatchExpanding) -> ([usize; 2], usize, usize) {
+    (
+        op.num_patch.map(|v| v.max(0) as usize),
+        op.upsample_rate.max(1) as usize,
+        op.out_channels().max(0) as usize,
+    )
+}
+
 /// patch_expanding: the bias-free 1x1 convolution to `r * embed_dim` features, then
 /// depth_to_space (tokens and image share one layout).
-#[allow(clippy::too_many_arguments)]
 pub fn patch_expanding(
+    op: &PatchExpanding,
     x: &[f32],
-    grid: [usize; 2],
     c: usize,
     kernel: &[f32],
-    r: usize,
-    oc: usize,
     out: &mut [f32],
     batch: usize,
 ) {
+    let (grid, r, oc) = expanding_sizes(op);
     let rows = x.len() / c.max(1);
     let mut conv = vec![0.0; rows * r * r * oc];
     matmul(rows, r * r * oc, c, x, kernel, &mut conv, false);
@@ -380,18 +400,7 @@ pub fn swin_block_backward(
     let x1: Vec<f32> = x.iter().zip(&attended).map(|(a, b)| a + b).collect();
     let (normed2, stats2) =
         normalize_forward(layout, &w[slot::NORM2_GAMMA], &w[slot::NORM2_BETA], &x1);
-    let rows = x.len() / c.max(1);
-    let mut z1 = vec![0.0; rows * g.mlp];
-    kernels::dense(
-        &normed2,
-        c,
-        &w[slot::FC1_KERNEL],
-        Some(&w[slot::FC1_BIAS]),
-        ActivationFn::Linear,
-        &mut z1,
-        g.mlp,
-        rows,
-    );
+    let z1 = mlp_hidden(&g, w, &normed2, ActivationFn::Linear);
     let gelu = kernels::elementwise(ActivationFn::Gelu).unwrap_or(|v| v);
     let hidden: Vec<f32> = z1.iter().map(|&v| gelu(v)).collect();
     // The MLP branch.
@@ -487,17 +496,15 @@ pub fn swin_block_backward(
 }
 
 /// The backward of [`patch_expanding`]: `(dx, dkernel)`.
-#[allow(clippy::too_many_arguments)]
 pub fn patch_expanding_backward(
+    op: &PatchExpanding,
     x: &[f32],
-    grid: [usize; 2],
     c: usize,
     kernel: &[f32],
-    r: usize,
-    oc: usize,
     dy: &[f32],
     batch: usize,
 ) -> (Vec<f32>, Vec<f32>) {
+    let (grid, r, oc) = expanding_sizes(op);
     use crate::train::layers::dense_backward;
     let dconv = depth_to_space(dy, grid, r, oc, batch, true);
     let (dx, dk, _) = dense_backward(x, c, kernel, &dconv, r * r * oc);

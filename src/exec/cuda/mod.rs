@@ -1858,6 +1858,43 @@ impl<'g> CudaModel<'g> {
         Ok(())
     }
 
+    /// One thread per output value of a kernel that reads its one input and writes its output
+    /// dense in the arena: `kernel_<T>(void* arena, i64 x_off, i64 y_off, const float*
+    /// weights[0..weights], int ints...)` (the patch and Swin-UNET layers).
+    fn dense_io<T: Element>(
+        &self,
+        kernel: &str,
+        id: NodeId,
+        arena: &mut CudaSlice<T>,
+        batch: usize,
+        weights: usize,
+        ints: &[usize],
+    ) -> Result<(), CudaError> {
+        let node = self.graph.node(id);
+        let x_off = self.plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
+        let y_window = self.dense_window(id)?;
+        let y_off = self.plan.base(&y_window, batch) as i64;
+        let n_out = View::of(&self.plan, &y_window, batch).elements(batch);
+        let ints: Vec<i32> = ints.iter().map(|&v| v as i32).collect();
+        let tensors = match weights {
+            0 => &[][..],
+            n => &self.weights_of(id)?.tensors[..n],
+        };
+        let mut b = self.stream.launch_builder(self.function::<T>(kernel));
+        b.arg(&mut *arena).arg(&x_off).arg(&y_off);
+        for t in tensors {
+            b.arg(t);
+        }
+        for v in &ints {
+            b.arg(v);
+        }
+        // SAFETY: the caller names a kernel of this signature (its comment gives it); both
+        // values are dense windows the plan keeps inside the arena; the weights were uploaded
+        // with the shapes the kernel indexes.
+        unsafe { b.launch(grid(n_out)).map_err(driver)? };
+        Ok(())
+    }
+
     /// SwinTransformerBlock in f32 scratch (the arena's workspace, laid out as
     /// [`SwinGeometry::scratch_floats`] counts it): the input, norm1, the windows, q, k and v,
     /// the heads on attention.cu's kernels plus the bias, the projection, the first residual,
@@ -2736,77 +2773,32 @@ impl<'g> CudaModel<'g> {
             Op::PatchExtract(op) => {
                 let [h, wd, c] = hwc(&in_shapes[0]);
                 let rows = (out_shape[0] as f64).sqrt().round() as usize;
-                let x_off = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
-                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
-                let ints = [h, wd, c, op.side().max(1) as usize, rows, batch].map(i);
-                let mut b = stream.launch_builder(self.function::<T>("patch_extract"));
-                b.arg(&mut *arena).arg(&x_off).arg(&y_off);
-                for v in &ints {
-                    b.arg(v);
-                }
-                // SAFETY: matches patch_extract_<T>(void*, i64, i64, int x6); both dense.
-                unsafe { b.launch(grid(n_out)).map_err(driver)? };
+                let ints = [h, wd, c, op.side().max(1) as usize, rows, batch];
+                // Matches patch_extract_<T>(void*, i64, i64, int x6).
+                self.dense_io::<T>("patch_extract", id, arena, batch, 0, &ints)?;
             }
             Op::SwinTransformerBlock(op) => self.swin_block::<T>(id, op, arena, batch)?,
             Op::PatchMerging(op) => {
                 let [h, wd] = op.num_patch.map(|v| v as usize);
-                let (c, units) = (in_shapes[0][1], out_shape[1]);
-                let w = self.weights_of(id)?;
-                let x_off = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
-                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
-                let ints = [h, wd, c, units, batch].map(i);
-                let mut b = stream.launch_builder(self.function::<T>("patch_merging"));
-                b.arg(&mut *arena)
-                    .arg(&x_off)
-                    .arg(&y_off)
-                    .arg(&w.tensors[0]);
-                for v in &ints {
-                    b.arg(v);
-                }
-                // SAFETY: matches patch_merging_<T>(void*, i64, i64, const float*, int x5); both
-                // dense; the kernel was uploaded as [4 C, units].
-                unsafe { b.launch(grid(n_out)).map_err(driver)? };
+                let ints = [h, wd, in_shapes[0][1], out_shape[1], batch];
+                // Matches patch_merging_<T>(void*, i64, i64, const float*, int x5); the
+                // kernel was uploaded as [4 C, units].
+                self.dense_io::<T>("patch_merging", id, arena, batch, 1, &ints)?;
             }
             Op::PatchExpanding(op) => {
                 let [h, wd] = op.num_patch.map(|v| v as usize);
-                let c = in_shapes[0][1];
                 let (r, oc) = (op.upsample_rate as usize, op.out_channels() as usize);
-                let w = self.weights_of(id)?;
-                let x_off = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
-                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
-                let ints = [h, wd, c, r, oc, batch].map(i);
-                let mut b = stream.launch_builder(self.function::<T>("patch_expanding"));
-                b.arg(&mut *arena)
-                    .arg(&x_off)
-                    .arg(&y_off)
-                    .arg(&w.tensors[0]);
-                for v in &ints {
-                    b.arg(v);
-                }
-                // SAFETY: matches patch_expanding_<T>(void*, i64, i64, const float*, int x6);
-                // both dense; the kernel was uploaded as [1, 1, C, r * r * oc].
-                unsafe { b.launch(grid(n_out)).map_err(driver)? };
+                let ints = [h, wd, in_shapes[0][1], r, oc, batch];
+                // Matches patch_expanding_<T>(void*, i64, i64, const float*, int x6); the
+                // kernel was uploaded as [1, 1, C, r * r * oc].
+                self.dense_io::<T>("patch_expanding", id, arena, batch, 1, &ints)?;
             }
             Op::PatchEmbedding(_) => {
                 let (tokens, n_in) = (in_shapes[0][0], in_shapes[0][1]);
-                let units = out_shape[1];
-                let w = self.weights_of(id)?;
-                let x_off = plan.base(&self.dense_window(node.inputs[0])?, batch) as i64;
-                let y_off = plan.base(&self.dense_window(id)?, batch) as i64;
-                let ints = [batch * tokens, tokens, n_in, units].map(i);
-                let mut b = stream.launch_builder(self.function::<T>("patch_embedding"));
-                b.arg(&mut *arena)
-                    .arg(&x_off)
-                    .arg(&y_off)
-                    .arg(&w.tensors[0])
-                    .arg(&w.tensors[1])
-                    .arg(&w.tensors[2]);
-                for v in &ints {
-                    b.arg(v);
-                }
-                // SAFETY: matches patch_embedding_<T>(void*, i64, i64, const float* x3, int x4);
-                // the weights were uploaded as [n_in, units], [units], [tokens, units].
-                unsafe { b.launch(grid(n_out)).map_err(driver)? };
+                let ints = [batch * tokens, tokens, n_in, out_shape[1]];
+                // Matches patch_embedding_<T>(void*, i64, i64, const float* x3, int x4); the
+                // weights were uploaded as [n_in, units], [units], [tokens, units].
+                self.dense_io::<T>("patch_embedding", id, arena, batch, 3, &ints)?;
             }
             Op::Dense(op) => {
                 let n_in = in_shapes[0].last().copied().unwrap_or(1);

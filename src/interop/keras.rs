@@ -97,7 +97,7 @@ pub fn export_python(graph: &Graph, info: &Inferred) -> String {
     }
     // keras-unet-collection's Swin-UNET classes take `name` as a prefix of their variables'
     // names and leave the layer to Keras's auto-names: the spec's name is set on the layer.
-    if graph.nodes.iter().any(|n| takes_name_as_prefix(&n.op)) {
+    if graph.nodes.iter().any(|n| n.op.name_is_prefix()) {
         let _ = writeln!(
             out,
             "\n\ndef named(layer, name):\n    layer._name = name\n    return layer"
@@ -498,7 +498,7 @@ impl PythonExporter<'_> {
             || !Op::keras_modules(node.op.base_name()).is_empty();
         let module = if outside { "" } else { "layers." };
         let call = format!("{module}{}({})", node.op.class_name(), args.join(", "));
-        if takes_name_as_prefix(&node.op) {
+        if node.op.name_is_prefix() {
             format!("named({call}, {:?})", node.name)
         } else {
             call
@@ -768,15 +768,6 @@ impl References {
 /// A Functional model's connections name the layer by its outer `name`; its config's `name`
 /// is the same but where a class uses `name` for something else (keras-unet-collection's
 /// SwinTransformerBlock: a prefix of its variables' names).
-/// keras-unet-collection's Swin-UNET classes, whose `name` argument is a prefix of their inner
-/// layers' names, not the layer's name.
-fn takes_name_as_prefix(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::SwinTransformerBlock(_) | Op::PatchMerging(_) | Op::PatchExpanding(_)
-    )
-}
-
 fn layer_name(layer: &Json) -> Option<&str> {
     layer
         .get("name")

@@ -180,6 +180,10 @@ pub trait LayerKind {
     fn arity() -> (usize, usize) {
         (1, 1)
     }
+    /// Whether the Keras class takes its `name` argument as a prefix of its inner layers'
+    /// names and leaves the layer to Keras's auto-names (keras-unet-collection's Swin-UNET
+    /// classes): exported code sets the spec's name on the layer itself.
+    const NAME_IS_PREFIX: bool = false;
     /// Whether a layer is trainable when the spec does not say (keras-unet-collection's Snake
     /// is not, as its class defaults to `trainable=False`).
     fn trainable_by_default() -> bool {
@@ -299,6 +303,10 @@ macro_rules! ops {
 
             pub fn value_bytes(&self, weight: &str) -> u64 {
                 match self { $(Op::$variant(op) => op.value_bytes(weight)),* }
+            }
+
+            pub fn name_is_prefix(&self) -> bool {
+                match self { $(Op::$variant(_) => $variant::NAME_IS_PREFIX),* }
             }
 
             pub fn trainable_by_default(&self) -> bool {

@@ -216,6 +216,7 @@ impl LayerKind for SwinTransformerBlock {
     const KNOWN: &'static [&'static str] = Self::POSITIONAL;
     const IMPORTED_CONFIG: &'static [&'static str] = Self::POSITIONAL;
     const KERAS_MODULES: &'static [&'static str] = KUC_TRANSFORMER;
+    const NAME_IS_PREFIX: bool = true;
 
     fn parse(r: &mut ArgReader) -> Self {
         let example =
@@ -436,6 +437,7 @@ impl LayerKind for PatchMerging {
     const KNOWN: &'static [&'static str] = &["num_patch", "embed_dim"];
     const IMPORTED_CONFIG: &'static [&'static str] = &["num_patch", "embed_dim"];
     const KERAS_MODULES: &'static [&'static str] = KUC_TRANSFORMER;
+    const NAME_IS_PREFIX: bool = true;
 
     fn parse(r: &mut ArgReader) -> Self {
         let example = "patch_merging(num_patch: (16, 16), embed_dim: 32)";
@@ -513,6 +515,7 @@ impl LayerKind for PatchExpanding {
     const KNOWN: &'static [&'static str] = Self::POSITIONAL;
     const IMPORTED_CONFIG: &'static [&'static str] = Self::POSITIONAL;
     const KERAS_MODULES: &'static [&'static str] = KUC_TRANSFORMER;
+    const NAME_IS_PREFIX: bool = true;
 
     fn parse(r: &mut ArgReader) -> Self {
         let example = "patch_expanding(num_patch: (8, 8), embed_dim: 64, upsample_rate: 2)";

@@ -74,6 +74,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_depthwise.unet", "edge_depthwise"),
         ("tests/golden/edge_tfops.unet", "edge_tfops"),
         ("tests/golden/edge_tfconst.unet", "edge_tfconst"),
+        ("tests/golden/edge_tftensor.unet", "edge_tftensor"),
         ("tests/golden/edge_tfreduce.unet", "edge_tfreduce"),
         ("tests/golden/edge_3d.unet", "edge_3d"),
         ("tests/golden/unet3d_small.unet", "unet3d_small"),
@@ -122,7 +123,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 35);
+    assert_eq!(checked, 36);
 }
 
 #[test]
@@ -503,7 +504,7 @@ fn import_tells_custom_classes_from_keras_layers_it_lacks() {
 }
 
 #[test]
-fn import_reads_numbers_either_side_and_refuses_other_constants() {
+fn import_reads_numbers_and_tensors_either_side_and_refuses_other_constants() {
     let text = std::fs::read_to_string(root().join("tests/keras_json/edge_tfconst.json")).unwrap();
     let spec = unetc::interop::keras::import_json(&text).unwrap();
     // `1 - gate`: Keras records the number first as `_CONSTANT_VALUE`.
@@ -525,16 +526,23 @@ fn import_reads_numbers_either_side_and_refuses_other_constants() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("takes the constant \"a\" first; unetc runs numbers only"),
+        err.contains("takes the constant \"a\" first; unetc runs numbers and tensors of numbers"),
         "{err}"
     );
+    // A tensor of numbers is the spec's constant tensor; a ragged one is refused.
     let second = text.replacen("\"y\": 4.0", "\"y\": [1.0, 2.0]", 1);
     assert_ne!(second, text);
-    let err = unetc::interop::keras::import_json(&second)
+    let spec = unetc::interop::keras::import_json(&second).unwrap();
+    assert!(
+        spec.contains("tf_op(function: \"math.truediv\", y: [1.0, 2.0], "),
+        "{spec}"
+    );
+    let ragged = text.replacen("\"y\": 4.0", "\"y\": [[1.0], [2.0, 3.0]]", 1);
+    let err = unetc::interop::keras::import_json(&ragged)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("takes a constant tensor of shape [2] as `y`; unetc runs a number or a layer's output there"),
+        err.contains("takes a constant tensor of shape [2, 1] as `y`, which unetc does not read: a list of 2 where the others have 1: the lists must be rectangular"),
         "{err}"
     );
     // A constant string is quoted as it is.

@@ -42,6 +42,8 @@ SPECS = [
     "tests/golden/edge_tfops.unet",
     # TFOpLambda arithmetic with a number on either side (x + 1.0, 1 - g, x / 4.0, ...).
     "tests/golden/edge_tfconst.unet",
+    # ... and with a constant tensor (UNETR's position embeddings computed outside the model).
+    "tests/golden/edge_tftensor.unet",
     # tf.reduce_mean / tf.reduce_max over the channels (CBAM's spatial attention).
     "tests/golden/edge_tfreduce.unet",
     # The 3-D kinds (issue 12 part 3) and a BraTS-style 3-D U-Net.

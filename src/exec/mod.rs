@@ -9,7 +9,7 @@ pub mod tiling;
 pub use tensor::Tensor;
 
 use crate::infer::Inferred;
-use crate::ir::ops::AttentionDims;
+use crate::ir::ops::{AttentionDims, TFOpLambda};
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashMap;
 
@@ -94,7 +94,9 @@ pub fn batch_one_only(graph: &Graph, info: &Inferred) -> Option<String> {
                 node.name,
                 op.function.keras_name()
             )),
+            // A constant has no batch axis to misalign: TensorFlow lines it up as unetc does.
             TfCompute::Merge(_)
+            | TfCompute::TensorMerge(_)
             | TfCompute::Concat(_)
             | TfCompute::Activation(_)
             | TfCompute::Scalar(_)
@@ -135,6 +137,16 @@ pub fn bind_weights(
     let mut bound = HashMap::new();
     for &id in nodes {
         let node = graph.node(id);
+        // A TensorFlow function's constant tensor is the spec's, not the weights file's: bound
+        // as the layer's one tensor, so that a device gets it as it gets weights.
+        if let Op::TFOpLambda(TFOpLambda {
+            operand: Some(constant),
+            ..
+        }) = &node.op
+        {
+            bound.insert(id, vec![constant.values.to_vec()]);
+            continue;
+        }
         let specs = &info.layers[id.index()].weights;
         let channels = info.layers[id.index()]
             .shape

@@ -551,6 +551,16 @@ impl PythonExporter<'_> {
                     format!("{:?}, y={}", s.constant, inputs[0])
                 }
                 TfCompute::Scalar(s) => format!("{}, y={:?}", inputs[0], s.constant),
+                // The constant tensor as Keras records it: a float32 tensor of the values.
+                TfCompute::TensorMerge(m) => {
+                    let values = op.operand.as_ref().map_or("[]".into(), |t| t.nested_text());
+                    let constant = format!("tf.constant({values}, dtype=tf.float32)");
+                    if m.constant_first {
+                        format!("{constant}, y={}", inputs[0])
+                    } else {
+                        format!("{}, y={constant}", inputs[0])
+                    }
+                }
                 TfCompute::ReduceChannels(ReduceFn::Argmax) => {
                     format!("{}, axis={}", inputs[0], op.axis)
                 }
@@ -1134,6 +1144,29 @@ fn constant_text(v: &Json) -> String {
     }
 }
 
+/// A constant tensor of a TFOpLambda's call (nested lists of numbers) as the spec writes it,
+/// checked as the spec's reader checks it.
+fn constant_tensor(v: &Json) -> Result<String, String> {
+    use crate::ir::value::Value;
+    fn value(v: &Json, depth: usize) -> Result<Value, String> {
+        match v {
+            Json::Number(n) => n
+                .as_f64()
+                .map(Value::Float)
+                .ok_or_else(|| format!("{n} is not a number unetc reads")),
+            Json::Array(items) if depth < 8 => items
+                .iter()
+                .map(|item| value(item, depth + 1))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::List),
+            Json::Array(_) => Err("lists nested too deep".into()),
+            other => Err(format!("{other} where a number belongs")),
+        }
+    }
+    let operand = crate::ir::ops::TensorOperand::from_value(&value(v, 0)?, false)?;
+    Ok(operand.nested_text())
+}
+
 /// The call arguments of a TFOpLambda: its input layers and the spec arguments (`axis`).
 /// Keras records the first argument as the node (a tensor, or a list of tensors for
 /// `tf.concat`) and the others as keyword arguments (`y`, `axis`, `name`).
@@ -1150,9 +1183,16 @@ fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<Stri
         Some(Json::String(s)) if s == "_CONSTANT_VALUE" => {
             match node.get(2) {
                 Some(Json::Number(n)) => args.push(format!("x: {n}")),
+                Some(v @ Json::Array(_)) => args.push(format!(
+                    "x: {}",
+                    constant_tensor(v).map_err(|why| err(format!(
+                        "takes {} first, which unetc does not read: {why}",
+                        constant_text(v)
+                    )))?
+                )),
                 other => {
                     return Err(err(format!(
-                        "takes the constant {} first; unetc runs numbers only",
+                        "takes the constant {} first; unetc runs numbers and tensors of numbers",
                         other.unwrap_or(&Json::Null)
                     )))
                 }
@@ -1180,15 +1220,23 @@ fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<Stri
             match (key.as_str(), value) {
                 ("name", Json::Null) => {}
                 ("y", Json::Number(n)) => args.push(format!("y: {n}")),
-                ("y", v) => inputs.push(tensor_ref(v).map(|_| v.clone()).ok_or_else(|| {
-                    err(format!(
-                        "takes {} as `y`; unetc runs a number or a layer's output there (a \
-                         tensor computed outside the model, such as position embeddings of \
-                         `tf.range`, is a constant of the model Keras stores in its JSON: make it \
-                         a layer's weight, e.g. keras-unet-collection's patch_embedding)",
+                ("y", v) if tensor_ref(v).is_some() => inputs.push(v.clone()),
+                // A tensor computed outside the model (UNETR's position embeddings of
+                // `tf.range`): Keras keeps its values in the JSON, and so does the spec.
+                ("y", v @ Json::Array(_)) => args.push(format!(
+                    "y: {}",
+                    constant_tensor(v).map_err(|why| err(format!(
+                        "takes {} as `y`, which unetc does not read: {why}",
                         constant_text(v)
-                    ))
-                })?),
+                    )))?
+                )),
+                ("y", v) => {
+                    return Err(err(format!(
+                        "takes {} as `y`; unetc runs a number, a tensor of numbers or a layer's \
+                         output there",
+                        constant_text(v)
+                    )))
+                }
                 ("axis", Json::Number(n)) => args.push(format!("axis: {n}")),
                 // `axis=[-1]`: one axis in a list, as the same one axis.
                 ("axis", Json::Array(a)) if a.len() == 1 && a[0].is_i64() => {

@@ -23,7 +23,8 @@ use crate::infer::Inferred;
 use crate::ir::ops::{
     ActivationFn, AttentionDims, Average, ImageReduceFn, Interpolation, LambdaBody, Maximum,
     MergeFn, Minimum, Multiply, NormLayout, Normalization, PadMode, ReduceFn, ScalarFn, Subtract,
-    SwinTransformerBlock, TfCompute, UpSampling2D, VolumeInterpolation, WindowGeometry,
+    SwinTransformerBlock, TensorOperand, TfCompute, UpSampling2D, VolumeInterpolation,
+    WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
@@ -650,6 +651,34 @@ impl Exporter<'_> {
             vec![],
         );
         self.node(name, "Add", vec![a, scaled], out, vec![]);
+    }
+
+    /// A TFOpLambda's constant tensor as an initializer of the body's layout: the batch axis
+    /// and leading 1s up to a tensor of `rank` axes besides the batch, channels first for
+    /// images and volumes.
+    fn constant_operand(&mut self, name: &str, constant: &TensorOperand, rank: usize) -> String {
+        let item = constant.item_shape(rank);
+        let mut dims: Vec<usize> = vec![1; rank + 1 - item.len().min(rank)];
+        dims.extend(item.iter().map(|&d| d.max(1) as usize));
+        let values = &constant.values[..];
+        let (dims, data) = if channels_first(rank) {
+            // [1, p..., c] to [1, c, p...]: each channel's positions together.
+            let c = dims[rank];
+            let positions = values.len() / c.max(1);
+            let mut chw = vec![0.0f32; values.len()];
+            for p in 0..positions {
+                for k in 0..c {
+                    chw[k * positions + p] = values[p * c + k];
+                }
+            }
+            let mut moved = vec![1, c];
+            moved.extend(&dims[1..rank]);
+            (moved, chw)
+        } else {
+            (dims, values.to_vec())
+        };
+        let dims = dims.iter().map(|&d| d as i64).collect();
+        self.init_f32(format!("{name}/constant"), dims, data)
     }
 
     fn scalar(&mut self, name: String, v: f32) -> String {
@@ -1828,6 +1857,33 @@ impl Exporter<'_> {
             Op::TFOpLambda(op) => match op.computes() {
                 TfCompute::Merge(function) => {
                     self.merge(&name, function, xs, out, &in_shapes, &out_shape)?
+                }
+                TfCompute::TensorMerge(m) => {
+                    let Some(constant) = &op.operand else {
+                        return Err(format!("`{name}`: internal: no constant tensor"));
+                    };
+                    if in_shapes[0].len() != out_shape.len() {
+                        return Err(format!(
+                            "`{name}`: the constant {:?} adds axes to the tensor; ONNX export \
+                             handles a constant that broadcasts into the tensor's shape only",
+                            constant.shape
+                        ));
+                    }
+                    let c = self.constant_operand(&name, constant, in_shapes[0].len());
+                    let inputs = if m.constant_first {
+                        vec![c, x()]
+                    } else {
+                        vec![x(), c]
+                    };
+                    let op_type = match m.function {
+                        MergeFn::Add | MergeFn::Average => "Add",
+                        MergeFn::Multiply => "Mul",
+                        MergeFn::Subtract => "Sub",
+                        MergeFn::Maximum => "Max",
+                        MergeFn::Minimum => "Min",
+                        MergeFn::Divide => "Div",
+                    };
+                    self.node(name, op_type, inputs, out, vec![]);
                 }
                 TfCompute::Concat(axis) => {
                     let axis = onnx_axis(axis, out_shape.len(), image);

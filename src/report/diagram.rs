@@ -67,7 +67,7 @@ fn folds(op: &Op) -> bool {
         // An elementwise function folds as an activation layer does; merges get their own box.
         Op::TFOpLambda(op) => matches!(
             op.computes(),
-            TfCompute::Activation(_) | TfCompute::Scalar(_)
+            TfCompute::Activation(_) | TfCompute::Scalar(_) | TfCompute::TensorMerge(_)
         ),
         Op::BatchNormalization(_)
         | Op::Activation(_)
@@ -259,6 +259,8 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         Op::TFOpLambda(op) => match op.computes() {
             TfCompute::Merge(MergeFn::Multiply) => Edge::Gate,
             TfCompute::Merge(_) => Edge::Merge,
+            // One tensor and a constant: no second arrow to draw.
+            TfCompute::TensorMerge(_) => Edge::Other,
             TfCompute::Concat(_) => Edge::Concat,
             TfCompute::Resize(_) => Edge::Up,
             TfCompute::Activation(_)

@@ -686,7 +686,22 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                                 Interpolation::Bilinear => linear(s),
                             }
                         }
+                        // A constant that differs by position (a position embedding): a
+                        // tile would need the constant's values at its own place.
+                        TfCompute::TensorMerge(_)
+                            if op.operand.as_ref().is_some_and(|t| {
+                                let item = t.item_shape(rank(input).unwrap_or(0));
+                                item[..item.len().saturating_sub(1)].iter().any(|&d| d != 1)
+                            }) =>
+                        {
+                            return Err(NonLocal {
+                                layer: node.name.clone(),
+                                class: node.op.class_name(),
+                                why: "adds a constant whose values differ by position",
+                            })
+                        }
                         TfCompute::Merge(_)
+                        | TfCompute::TensorMerge(_)
                         | TfCompute::Concat(_)
                         | TfCompute::Activation(_)
                         | TfCompute::Scalar(_)

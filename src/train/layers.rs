@@ -91,6 +91,7 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         Op::TFOpLambda(o) => match o.computes() {
             TfCompute::Activation(a) => Some((a, PreActivation::Input)),
             TfCompute::Merge(_)
+            | TfCompute::TensorMerge(_)
             | TfCompute::Concat(_)
             | TfCompute::Scalar(_)
             | TfCompute::ReduceChannels(_)
@@ -195,6 +196,7 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
         Op::TFOpLambda(o) => match o.computes() {
             TfCompute::Activation(a) => activation(a),
             TfCompute::Merge(f) => merge(f),
+            TfCompute::TensorMerge(m) => merge(m.function),
             TfCompute::Scalar(_) | TfCompute::ReduceChannels(_) => reads(true, false),
             TfCompute::ReduceImage(f) => backward_reads(&o.as_global_pooling(f)),
             TfCompute::Concat(_) | TfCompute::Reshape | TfCompute::Slice | TfCompute::Resize(_) => {
@@ -684,6 +686,11 @@ pub fn forward(
         Op::Minimum(_) => merge_forward(inputs, out_shape, MergeFn::Minimum),
         Op::TFOpLambda(o) => match o.computes() {
             TfCompute::Merge(f) => merge_forward(inputs, out_shape, f),
+            TfCompute::TensorMerge(m) => {
+                let (x, c) = constant_merge_operands(o, inputs, out_shape)?;
+                let operands = if m.constant_first { [&c, &x] } else { [&x, &c] };
+                merge_forward(&operands, out_shape, m.function)
+            }
             TfCompute::Concat(axis) => concat_forward(inputs, out_shape, axis),
             TfCompute::Activation(a) => activations::apply(a, first(), channels(out_shape)),
             TfCompute::Scalar(op) => first().iter().map(|&x| op.apply(x)).collect(),
@@ -1318,6 +1325,20 @@ pub fn backward(
         Op::Minimum(_) => merge_grads(inputs, output, MergeFn::Minimum, grad),
         Op::TFOpLambda(o) => match o.computes() {
             TfCompute::Merge(f) => merge_grads(inputs, output, f, grad),
+            // The constant gets no gradient; the tensor's, summed where it was broadcast.
+            TfCompute::TensorMerge(m) => {
+                let (x, c) = constant_merge_operands(o, inputs, &output.shape)?;
+                let (operands, at) = if m.constant_first {
+                    ([&c, &x], 1)
+                } else {
+                    ([&x, &c], 0)
+                };
+                let mut grads = merge_grads(&operands, output, m.function, grad);
+                LayerGrads {
+                    inputs: vec![grads.inputs.swap_remove(at)],
+                    params: vec![],
+                }
+            }
             TfCompute::Concat(axis) => LayerGrads {
                 inputs: concat_backward(inputs, &output.shape, axis, &output_grad(grad)),
                 params: vec![],
@@ -2757,6 +2778,45 @@ fn broadcast_index(input: &[usize], out: &[usize]) -> Vec<usize> {
             idx
         })
         .collect()
+}
+
+/// A TFOpLambda's tensor and its constant as tensors of the output's rank (batch first; the
+/// constant's batch axis of 1 broadcasts), for the merges' broadcasting.
+fn constant_merge_operands(
+    o: &crate::ir::ops::TFOpLambda,
+    inputs: &[&Tensor],
+    out_shape: &[usize],
+) -> Result<(Tensor, Tensor), Unsupported> {
+    let (Some(x), Some(constant)) = (inputs.first(), &o.operand) else {
+        return Err(Unsupported(
+            "internal: a tensor merge without its operands".into(),
+        ));
+    };
+    let pad = |item: Vec<usize>| {
+        let mut shape = vec![1; out_shape.len().saturating_sub(item.len() + 1)];
+        shape.extend(item);
+        shape
+    };
+    let x_item = x.shape[1..].to_vec();
+    let mut x_shape = vec![x.shape[0]];
+    x_shape.extend(pad(x_item));
+    let c_item: Vec<usize> = constant
+        .item_shape(x.shape.len() - 1)
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
+    let mut c_shape = vec![1];
+    c_shape.extend(pad(c_item));
+    Ok((
+        Tensor {
+            shape: x_shape,
+            data: x.data.clone(),
+        },
+        Tensor {
+            shape: c_shape,
+            data: constant.values.to_vec(),
+        },
+    ))
 }
 
 fn merge_forward(inputs: &[&Tensor], out_shape: &[usize], f: MergeFn) -> Vec<f32> {

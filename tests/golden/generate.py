@@ -761,6 +761,48 @@ def edge_tfconst():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+# A constant of 30 tokens x 8 features for edge_tftensor: (k % 7 - 3) / 4, k = 0..239 (exact in
+# float32 and short in the spec).
+TOKEN_POSITIONS = [[((8 * t + f) % 7 - 3) / 4 for f in range(8)] for t in range(30)]
+
+
+def edge_tftensor():
+    """TFOpLambda arithmetic with a constant tensor (computed outside the model; Keras keeps its
+    values in the model's JSON, as UNETR's `Embedding(...)(tf.range(n))` position embeddings), on
+    signed 6x5 maps (linear 1x1 convs of the input) and a sigmoid gate: `x + c` with c per
+    channel (tf.__operators__.add), `c - x` (tf.math.subtract, the constant first:
+    `_CONSTANT_VALUE`), `x * c` with c per column (5, 1), `x / c` (tf.math.truediv),
+    `c / gate` (the constant first; the gate's shape), `gate + c` with a batch axis in c
+    (1, 6, 1, 1), tf.maximum(x, c), tf.minimum(c, x), `gate * c` (the one-channel gate
+    broadcast to c's 8 channels), and tokens (Reshape to 30x8) plus a (30, 8) table. Flattened
+    and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(8, 1)(inp)
+    gate = L.Conv2D(1, 1, activation="sigmoid")(x)
+    per_channel = tf.constant([0.5, -1.0, 1.5, -2.0, 2.5, -3.0, 0.25, 4.0])
+    per_column = tf.constant([[0.1], [0.2], [-0.3], [0.4], [-0.5]])
+    per_row = tf.constant([[[[1.0]], [[-1.0]], [[2.0]], [[-2.0]], [[0.5]], [[3.0]]]])
+    divisors = tf.constant([1.0, 2.0, 4.0, 0.5, -2.0, 8.0, 0.25, -1.0])
+    tokens = L.Reshape((30, 8))(x)
+    positions = tf.constant(TOKEN_POSITIONS)
+    branches = [
+        x + per_channel,
+        per_channel - x,
+        x * per_column,
+        x / divisors,
+        per_column / gate,
+        gate + per_row,
+        tf.maximum(x, per_channel),
+        tf.minimum(per_column, x),
+        gate * per_channel,
+        tokens + positions,
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_tfreduce():
     """CBAM's spatial attention (Woo et al. 2018) from TensorFlow functions, on signed 6x5 maps
     (a linear 1x1 conv of the input): `tf.reduce_mean(x, axis=-1, keepdims=True)` and
@@ -1336,7 +1378,7 @@ def original_full_at(size: int):
 
 SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_small,
          vgg_small_unet, resnet_small, edge_conv, edge_transpose, edge_resize, edge_activations,
-         edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tfreduce, edge_reshape, edge_3d,
+         edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tftensor, edge_tfreduce, edge_reshape, edge_3d,
          edge_fixed_dropout, edge_rescaling, edge_normalization,
          edge_tfreshape, edge_gelu, edge_snake, edge_lambda,
          edge_custom_scale, edge_repeat_elements, edge_lambda_resize, edge_tfindex,

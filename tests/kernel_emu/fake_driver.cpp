@@ -402,6 +402,7 @@ const Kernel kernels[] = {
     BOTH(global_max_pool),
     BOTH(average_pool),
     BOTH(merge),
+    BOTH(merge_constant),
     BOTH(elu_layer),
     BOTH(prelu),
     BOTH(snake),

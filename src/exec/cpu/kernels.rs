@@ -10,7 +10,7 @@ use super::isa::Isa;
 use crate::ir::ops::{
     Activation, ActivationFn, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
     Conv2DTranspose, Cropping2D, Interpolation, MaxPooling2D, MergeFn, NormLayout, ReLU, Softmax,
-    UpSampling2D, WindowGeometry, ZeroPadding2D,
+    TensorMergeOp, TensorOperand, UpSampling2D, WindowGeometry, ZeroPadding2D,
 };
 use rayon::prelude::*;
 
@@ -1026,6 +1026,38 @@ pub fn merge(
                 o.iter_mut().for_each(|v| *v /= count);
             }
         });
+}
+
+/// `f(x, c)` (or `f(c, x)`) of a tensor and a constant tensor, item by item: the constant has
+/// no batch axis, so each item of `x` meets the same values.
+pub fn merge_with_constant(
+    m: TensorMergeOp,
+    x: &[f32],
+    x_shape: &[usize],
+    constant: &TensorOperand,
+    out: &mut [f32],
+    out_shape: &[usize],
+    batch: usize,
+) {
+    let item: Vec<usize> = constant
+        .item_shape(x_shape.len())
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
+    let (x_len, out_len) = (
+        x_shape.iter().product::<usize>(),
+        out_shape.iter().product(),
+    );
+    for n in 0..batch {
+        let x = &x[n * x_len..][..x_len];
+        let (inputs, shapes) = if m.constant_first {
+            ([&constant.values[..], x], [item.clone(), x_shape.to_vec()])
+        } else {
+            ([x, &constant.values[..]], [x_shape.to_vec(), item.clone()])
+        };
+        let o = &mut out[n * out_len..][..out_len];
+        merge(m.function, &inputs, &shapes, o, out_shape, 1);
+    }
 }
 
 /// LeakyReLU: `x` if `x >= 0`, else `alpha * x`.

@@ -898,6 +898,19 @@ impl<'g> CpuModel<'g> {
                 TfCompute::Merge(function) => {
                     kernels::merge(function, ins, in_shapes, out, out_shape, batch)
                 }
+                TfCompute::TensorMerge(m) => {
+                    if let Some(constant) = &op.operand {
+                        kernels::merge_with_constant(
+                            m,
+                            ins[0],
+                            &in_shapes[0],
+                            constant,
+                            out,
+                            out_shape,
+                            batch,
+                        )
+                    }
+                }
                 TfCompute::Concat(axis) => {
                     kernels::concatenate(&Concatenate { axis }, ins, in_shapes, out, batch)
                 }

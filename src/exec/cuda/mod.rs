@@ -67,6 +67,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "global_max_pool",
     "average_pool",
     "merge",
+    "merge_constant",
     "elu_layer",
     "prelu",
     "snake",
@@ -539,6 +540,31 @@ fn merge_code(function: MergeFn) -> i32 {
         MergeFn::Minimum => 4,
         MergeFn::Divide => 5,
     }
+}
+
+/// The view of a constant operand of `item` shape (its batch axis dropped) against an output of
+/// `out` shape: leading axes of size 1 added up to the output's rank, no batch stride. `None`
+/// where a volume's view (depth and height folded into rows) cannot broadcast it.
+fn constant_view(item: &[i64], out: &[usize]) -> Option<View> {
+    let missing = out.len().checked_sub(item.len())?;
+    let mut dims: Vec<usize> = vec![1; missing];
+    dims.extend(item.iter().map(|&d| d.max(1) as usize));
+    if let ([d, h, ..], [od, oh, ..]) = (&dims[..], out) {
+        let folds = (d == od && h == oh) || (*d == 1 && *h == 1);
+        if dims.len() == 4 && !folds {
+            return None;
+        }
+    }
+    let [h, w, c] = crate::exec::plan::hwc(&dims);
+    Some(View {
+        offset: 0,
+        item_stride: 0,
+        row_stride: (w * c) as i64,
+        pixel_stride: c as i32,
+        h: h as i32,
+        w: w as i32,
+        c: c as i32,
+    })
 }
 
 /// keras-unet-collection's GELU layer in the kernels' `activate` (ACT_GELU_TANH).
@@ -2903,6 +2929,43 @@ impl<'g> CudaModel<'g> {
             Op::TFOpLambda(op) => match op.computes() {
                 TfCompute::Merge(function) => {
                     self.merge::<T>(arena, function, x_views()?, y, batch)?
+                }
+                TfCompute::TensorMerge(m) => {
+                    let x = x_views()?[0];
+                    let item = op
+                        .operand
+                        .as_ref()
+                        .map_or(&[][..], |t| t.item_shape(in_shapes[0].len()));
+                    let kv = constant_view(item, &out_shape).ok_or_else(|| {
+                        CudaError::Model(format!(
+                            "`{}`: broadcasting a constant over a volume's depth or height \
+                             alone is not run on the GPU yet; run it with --device cpu",
+                            node.name
+                        ))
+                    })?;
+                    let k = &self.weights_of(id)?.tensors[0];
+                    let (code, first, nb) = (
+                        merge_code(m.function),
+                        i32::from(m.constant_first),
+                        batch as i32,
+                    );
+                    // SAFETY: matches merge_constant_<T>(void*, View, const float*, View, View,
+                    // int, int, int); `kv` indexes `k` (the constant's values) only, as
+                    // constant_view builds it from the constant's own shape.
+                    unsafe {
+                        stream
+                            .launch_builder(self.function::<T>("merge_constant"))
+                            .arg(&mut *arena)
+                            .arg(&x)
+                            .arg(k)
+                            .arg(&kv)
+                            .arg(&y)
+                            .arg(&code)
+                            .arg(&first)
+                            .arg(&nb)
+                            .launch(grid(n_out))
+                            .map_err(driver)?;
+                    }
                 }
                 TfCompute::Concat(axis) => self.concat::<T>(arena, id, axis, batch)?,
                 TfCompute::Activation(act) => self.activation(arena, x_view(0)?, y, act, batch)?,

@@ -9,6 +9,7 @@ use super::reshape::Reshape;
 use super::{ActivationFn, Interpolation, LayerKind, Shape, ShapeError};
 use crate::ir::value::{ArgReader, Value, MAX_DIM};
 use serde_json::{json, Value as Json};
+use std::sync::Arc;
 
 /// What a TensorFlow function computes, as the Keras layer that computes the same.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,6 +36,127 @@ pub enum TfCompute {
     /// `x[...]`: a window of each pixel's channels ([`TFOpLambda::channel_window`]), in the
     /// output's shape.
     Slice,
+    /// One tensor and a constant tensor ([`TFOpLambda::operand`]), broadcast as NumPy does.
+    TensorMerge(TensorMergeOp),
+}
+
+/// `f(x, c)` of a tensor and a constant tensor, or `f(c, x)` when the constant comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TensorMergeOp {
+    pub function: MergeFn,
+    pub constant_first: bool,
+}
+
+/// Bounds on a constant tensor operand (a spec is untrusted): values and axes.
+pub const MAX_OPERAND_VALUES: usize = 1 << 24;
+const MAX_OPERAND_RANK: usize = 5;
+
+/// A constant tensor operand (`x + pos` where `pos` was computed outside the model, such as
+/// UNETR's position embeddings of `tf.range`): Keras keeps its values in the model's JSON, so
+/// the spec holds them too, as a nested list (`y: [[0.1, 0.2], [0.3, 0.4]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorOperand {
+    /// As written (a leading 1 may be the batch axis; [`Self::item_shape`] says).
+    pub shape: Vec<i64>,
+    /// Row-major, float32 as TensorFlow converts them.
+    pub values: Arc<[f32]>,
+    /// The constant is the function's `x` (`pos - g`); otherwise its `y` (`g - pos`).
+    pub first: bool,
+}
+
+impl TensorOperand {
+    /// Reads a nested list of numbers: rectangular, finite in float32, within the bounds.
+    pub fn from_value(value: &Value, first: bool) -> Result<TensorOperand, String> {
+        let mut shape = Vec::new();
+        let mut at = value;
+        while let Value::List(items) = at {
+            if shape.len() == MAX_OPERAND_RANK {
+                return Err(format!("more than {MAX_OPERAND_RANK} nested lists"));
+            }
+            shape.push(items.len() as i64);
+            match items.first() {
+                Some(first) => at = first,
+                None => return Err("an empty list".into()),
+            }
+        }
+        let count = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+            .filter(|&n| n <= MAX_OPERAND_VALUES)
+            .ok_or_else(|| format!("more than {MAX_OPERAND_VALUES} values"))?;
+        let mut values = Vec::with_capacity(count);
+        fn walk(v: &Value, shape: &[i64], out: &mut Vec<f32>) -> Result<(), String> {
+            match (v, shape.split_first()) {
+                (Value::List(items), Some((&n, rest))) if items.len() as i64 == n => {
+                    items.iter().try_for_each(|item| walk(item, rest, out))
+                }
+                (Value::List(items), Some((&n, _))) => Err(format!(
+                    "a list of {} where the others have {n}: the lists must be rectangular",
+                    items.len()
+                )),
+                (Value::Int(i), None) => push(*i as f64, out),
+                (Value::Float(x), None) => push(*x, out),
+                (other, None) => Err(format!("{} where a number belongs", other.type_name())),
+                (other, Some(_)) => Err(format!(
+                    "{} where a list belongs: the lists must be rectangular",
+                    other.type_name()
+                )),
+            }
+        }
+        fn push(x: f64, out: &mut Vec<f32>) -> Result<(), String> {
+            let v = x as f32;
+            if !v.is_finite() {
+                return Err(format!(
+                    "the value {x} at position {} is not a finite float32 number",
+                    out.len()
+                ));
+            }
+            out.push(v);
+            Ok(())
+        }
+        walk(value, &shape, &mut values)?;
+        Ok(TensorOperand {
+            shape,
+            values: values.into(),
+            first,
+        })
+    }
+
+    /// The constant's shape against a tensor of `x_rank` axes besides the batch: TensorFlow
+    /// lines the axes up from the last, so one axis more than the tensor's is the batch's (of
+    /// size 1, checked by the shape rule) and is dropped.
+    pub fn item_shape(&self, x_rank: usize) -> &[i64] {
+        if self.shape.len() == x_rank + 1 {
+            &self.shape[1..]
+        } else {
+            &self.shape
+        }
+    }
+
+    /// The values as a nested list, as Python and the spec write them.
+    pub fn nested_text(&self) -> String {
+        fn level(values: &[f32], shape: &[i64], out: &mut String) {
+            match shape.split_first() {
+                // Rust's shortest float32 text (`0.1`, `1e-5`) reads back as the same float32
+                // in the DSL and in Python.
+                None => out.push_str(&format!("{:?}", values[0])),
+                Some((&n, rest)) => {
+                    let step = values.len() / n.max(1) as usize;
+                    out.push('[');
+                    for (k, chunk) in values.chunks(step.max(1)).enumerate() {
+                        if k > 0 {
+                            out.push_str(", ");
+                        }
+                        level(chunk, rest, out);
+                    }
+                    out.push(']');
+                }
+            }
+        }
+        let mut out = String::new();
+        level(&self.values, &self.shape, &mut out);
+        out
+    }
 }
 
 /// A reduction over height and width.
@@ -468,6 +590,8 @@ pub struct TFOpLambda {
     pub axis: i64,
     /// The constant operand of `+`, `-`, `*`, `/` (`y: 0.5`, or `x: 1.0` to put it first).
     pub constant: Option<TfConstant>,
+    /// A constant tensor operand of `+`, `-`, `*`, `/`, maximum and minimum (`y: [[...]]`).
+    pub operand: Option<TensorOperand>,
     /// Whether the spec (or Keras's call) gave `axis` (the reductions need it).
     pub axis_given: bool,
     /// `axis` given as a list of several (`axis=[1, 2]`: the reductions over height and width).
@@ -499,6 +623,46 @@ impl TFOpLambda {
                 constant_first: c.first,
             })
         };
+        if let Some(operand) = &self.operand {
+            let merge = |function| {
+                TfCompute::TensorMerge(TensorMergeOp {
+                    function,
+                    constant_first: operand.first,
+                })
+            };
+            match self.function {
+                TfFunction::OperatorsAdd | TfFunction::MathAdd => return merge(MergeFn::Add),
+                TfFunction::MathMultiply => return merge(MergeFn::Multiply),
+                TfFunction::MathSubtract => return merge(MergeFn::Subtract),
+                TfFunction::MathTruediv => return merge(MergeFn::Divide),
+                TfFunction::MathMaximum => return merge(MergeFn::Maximum),
+                TfFunction::MathMinimum => return merge(MergeFn::Minimum),
+                // Refused by infer (no constant operand); computed as without it.
+                TfFunction::MathReduceMean
+                | TfFunction::MathReduceMax
+                | TfFunction::Concat
+                | TfFunction::NnRelu
+                | TfFunction::MathSigmoid
+                | TfFunction::ExpandDims
+                | TfFunction::CompatV1Squeeze
+                | TfFunction::Reshape
+                | TfFunction::ImageResize
+                | TfFunction::MathArgmax
+                | TfFunction::Cast
+                | TfFunction::OperatorsGetitem
+                | TfFunction::MathTanh
+                | TfFunction::NnSoftmax
+                | TfFunction::NnLeakyRelu
+                | TfFunction::NnRelu6
+                | TfFunction::NnElu
+                | TfFunction::NnSelu
+                | TfFunction::NnSilu
+                | TfFunction::NnGelu
+                | TfFunction::MathSoftplus
+                | TfFunction::NnSoftsign
+                | TfFunction::MathExp => {}
+            }
+        }
         if self.constant.is_some() {
             match self.function {
                 TfFunction::OperatorsAdd | TfFunction::MathAdd => return scalar(ScalarFn::Add),
@@ -639,6 +803,52 @@ impl TFOpLambda {
 }
 
 impl TFOpLambda {
+    /// The shape of `f(x, c)` for a tensor of `shape` and the constant tensor `operand`:
+    /// TensorFlow's broadcasting, lining the axes up from the last, with the batch axis kept.
+    fn with_operand(&self, shape: &Shape, operand: &TensorOperand) -> Result<Shape, ShapeError> {
+        let name = self.function.layer_name_base();
+        let text = crate::text::shape_text;
+        if operand.shape.len() > shape.len() + 1
+            || (operand.shape.len() == shape.len() + 1 && operand.shape[0] != 1)
+        {
+            return Err(ShapeError::new(
+                "E-merge-shape",
+                format!(
+                    "{name}: the constant of shape {:?} has more axes than {{0}} {} (its batch \
+                     axis included) or a batch axis other than 1; TensorFlow would broadcast the \
+                     batch to it",
+                    operand.shape,
+                    text(shape)
+                ),
+                "constant does not broadcast",
+            ));
+        }
+        let item = operand.item_shape(shape.len()).to_vec();
+        let out = broadcast_shapes(&[shape.clone(), item], name).map_err(|_| {
+            ShapeError::new(
+                "E-merge-shape",
+                format!(
+                    "{name}: the constant of shape {:?} does not broadcast with {{0}} {} (from \
+                     the last axis, each axis equal or 1 in one of them)",
+                    operand.shape,
+                    text(shape)
+                ),
+                "constant does not broadcast",
+            )
+        })?;
+        if out.len() > 4 {
+            return Err(ShapeError::new(
+                "E-rank",
+                format!(
+                    "{name} would give {} axes besides the batch; unetc's tensors have 1 to 4",
+                    out.len()
+                ),
+                "unsupported rank",
+            ));
+        }
+        Ok(out)
+    }
+
     /// The shape after tf.expand_dims, tf.squeeze or tf.reshape of a tensor of `shape`. Axes
     /// count the batch as Keras's do; the batch axis itself stays.
     fn reshaped(&self, shape: &Shape) -> Result<Shape, ShapeError> {
@@ -873,6 +1083,30 @@ impl LayerKind for TFOpLambda {
             None => None,
         };
         let lim = f64::MAX;
+        // A nested list is a constant tensor; a number, a Python number.
+        let mut operand = None;
+        for (place, first) in [("x", true), ("y", false)] {
+            if let Some(value @ Value::List(_)) = r.peek(place) {
+                match TensorOperand::from_value(value, first) {
+                    Ok(t) if operand.is_none() => {
+                        let _ = r.take_arg(place);
+                        operand = Some(t);
+                    }
+                    Ok(_) => r.reject(place, "takes one constant, `x:` or `y:`, not both"),
+                    Err(why) => r.reject(
+                        place,
+                        &format!(
+                            "not a constant tensor unetc reads (a nested list of numbers): {why}"
+                        ),
+                    ),
+                }
+            }
+        }
+        if operand.is_some() {
+            for place in ["x", "y"] {
+                r.reject(place, "takes one constant, `x:` or `y:`, not both");
+            }
+        }
         let constant = match (r.has("x"), r.has("y")) {
             (true, true) => {
                 let _ = r.float_or("x", -lim, lim, 0.0);
@@ -897,6 +1131,7 @@ impl LayerKind for TFOpLambda {
             function,
             axis,
             constant,
+            operand,
             axis_given,
             axes,
             keepdims,
@@ -980,7 +1215,37 @@ impl LayerKind for TFOpLambda {
                 "over the channels only",
             ))
         };
+        if let Some(operand) = &self.operand {
+            return match self.computes() {
+                TfCompute::TensorMerge(_) => {
+                    takes(1)?;
+                    self.with_operand(&inputs[0], operand)
+                }
+                TfCompute::Merge(_)
+                | TfCompute::Concat(_)
+                | TfCompute::Activation(_)
+                | TfCompute::Scalar(_)
+                | TfCompute::ReduceChannels(_)
+                | TfCompute::ReduceImage(_)
+                | TfCompute::Reshape
+                | TfCompute::Resize(_)
+                | TfCompute::Slice => Err(ShapeError::new(
+                    "E-arg-value",
+                    format!(
+                        "{name} takes no constant tensor (`x:`/`y:` lists are for \
+                         __operators__.add, math.add, math.subtract, math.multiply, \
+                         math.truediv, math.maximum and math.minimum)"
+                    ),
+                    "constant operand given",
+                )),
+            };
+        }
         match (self.constant, self.computes()) {
+            (_, TfCompute::TensorMerge(_)) => Err(ShapeError::new(
+                "E-arg-missing",
+                format!("{name}: internal: a tensor merge without its constant"),
+                "no constant operand",
+            )),
             (Some(_), TfCompute::Scalar(_)) if inputs.len() != 1 => Err(ShapeError::new(
                 "E-arity",
                 format!(
@@ -1162,6 +1427,12 @@ impl LayerKind for TFOpLambda {
             TfCompute::Slice => json!({
                 "function": self.function, "index": self.index.as_ref().map(Subscript::text)
             }),
+            // The values are the spec's; the report gives their shape.
+            TfCompute::TensorMerge(m) => {
+                let place = if m.constant_first { "x" } else { "y" };
+                let shape = self.operand.as_ref().map(|t| t.shape.clone());
+                json!({ "function": self.function, place: { "shape": shape } })
+            }
         }
     }
 

@@ -295,6 +295,17 @@ __device__ __forceinline__ i64 broadcast_at(const View& v, int n, int y, int x, 
     return view_at(v, n, v.h == 1 ? 0 : y, v.w == 1 ? 0 : x, v.c == 1 ? 0 : c);
 }
 
+__device__ __forceinline__ float merge_apply(int op, float u, float v) {
+    switch (op) {
+    case MERGE_MULTIPLY: return u * v;
+    case MERGE_SUBTRACT: return u - v;
+    case MERGE_MAXIMUM: return fmaxf(u, v);
+    case MERGE_MINIMUM: return fminf(u, v);
+    case MERGE_DIVIDE: return u / v;
+    default: return u + v;
+    }
+}
+
 // y = op(a, b) / divisor, with broadcasting. Merges of more inputs run this repeatedly,
 // accumulating into y (Average divides by the count at its last step).
 template <typename T>
@@ -302,19 +313,24 @@ __device__ void merge(T* arena, View a, View b, View y, int op, float divisor, i
     FOR_EACH_IN_VIEW(y, N)
     float u = load_elem(arena + broadcast_at(a, n, oy, ox, c));
     float v = load_elem(arena + broadcast_at(b, n, oy, ox, c));
-    float r;
-    switch (op) {
-    case MERGE_MULTIPLY: r = u * v; break;
-    case MERGE_SUBTRACT: r = u - v; break;
-    case MERGE_MAXIMUM: r = fmaxf(u, v); break;
-    case MERGE_MINIMUM: r = fminf(u, v); break;
-    case MERGE_DIVIDE: r = u / v; break;
-    default: r = u + v; break;
-    }
-    store_elem(arena + view_at(y, n, oy, ox, c), r / divisor);
+    store_elem(arena + view_at(y, n, oy, ox, c), merge_apply(op, u, v) / divisor);
 }
 INSTANTIATE(merge, (void* arena, View a, View b, View y, int op, float divisor, int N),
             (, a, b, y, op, divisor, N))
+
+// y = op(x, k), or op(k, x) when `first`: a TFOpLambda's constant tensor `k`, outside the
+// arena, read through its own view (no batch stride: every item meets the same values).
+template <typename T>
+__device__ void merge_constant(T* arena, View x, const float* k, View kv, View y, int op,
+                               int first, int N) {
+    FOR_EACH_IN_VIEW(y, N)
+    float u = load_elem(arena + broadcast_at(x, n, oy, ox, c));
+    float v = k[broadcast_at(kv, n, oy, ox, c)];
+    store_elem(arena + view_at(y, n, oy, ox, c), first ? merge_apply(op, v, u) : merge_apply(op, u, v));
+}
+INSTANTIATE(merge_constant,
+            (void* arena, View x, const float* k, View kv, View y, int op, int first, int N),
+            (, x, k, kv, y, op, first, N))
 
 // Keras ELU layer: x if x > 0, else alpha * (exp(x) - 1).
 template <typename T>

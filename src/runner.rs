@@ -679,7 +679,9 @@ fn run_one(
         TileMode::Exact => false,
     };
     let streamed_kind = context.kind.samples().is_some();
-    if streamed_kind && !context.model_is_volume && !blend {
+    // Only an image model's input is streamed tile by tile (tokens and vectors run whole).
+    let image_model = model_input_shape(context.base).len() == 3;
+    if streamed_kind && image_model && !blend {
         if let Some(mut source) = open_streamed(&job.input, opts.alpha, context, tiling, report)? {
             let [n, h, w, _] = source.shape();
             let model_in = model_input_shape(context.base);
@@ -777,6 +779,54 @@ fn run_one(
         events(RunEvent::Tiles { done, total })
     })?;
     write_result(job, &input, &result, header, context.kind, opts, report)
+}
+
+/// The output of a model whose input is not an image (tokens `[T, F]`, a vector `[F]`, such as
+/// UNETR's patches): the array is a batch of such items, run whole (nothing to tile).
+fn predict_arrays(
+    p: &Predict<'_>,
+    input: &Tensor,
+    model_in: &[usize],
+    report: &mut RunReport,
+) -> Result<Tensor, RunError> {
+    // `read_npy` takes a rank-3 array for one HWC image: its leading 1 goes again.
+    let mut shape = input.shape.clone();
+    while shape.len() > model_in.len() + 1 && shape[0] == 1 {
+        shape.remove(0);
+    }
+    let stored = shape.clone();
+    if shape.len() == model_in.len() {
+        shape.insert(0, 1);
+    }
+    if shape.len() != model_in.len() + 1 || shape[1..] != *model_in || shape[0] == 0 {
+        return Err(RunError::Usage(format!(
+            "the input has shape {stored:?}; this model takes arrays of shape (N, {}) (its \
+             input is not an image)",
+            model_in
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if p.tiling.tile.is_some() || p.tiling.tile_3d.is_some() {
+        return Err(RunError::Usage(
+            "--tile: this model's input is not an image, so it is run whole".into(),
+        ));
+    }
+    let items = Tensor {
+        shape,
+        data: input.data.clone(),
+    };
+    forward(
+        p.base,
+        p.bound,
+        p.weights,
+        &items,
+        p.batch,
+        (p.device, p.precision, p.tiling.budget),
+        report,
+    )
 }
 
 /// Writes the output of a run held in memory: NIfTI (with `header`'s affine), or as `kind` says.
@@ -1665,6 +1715,9 @@ fn predict(
     let model_out = model_output_shape(base)?;
     if model_in.len() == 4 {
         return predict_volume(p, input, &model_in, report, progress);
+    }
+    if model_in.len() < 3 {
+        return predict_arrays(p, input, &model_in, report);
     }
     if input.shape.len() != 4 || model_in.len() != 3 {
         return Err(RunError::Usage(format!(

@@ -87,6 +87,74 @@ fn run_matches_keras_through_the_command_line() {
     assert!(err < 1e-5, "max abs error {err}");
 }
 
+/// A model whose input is not an image (UNETR's patches: tokens x features) runs `(N, T, F)`
+/// arrays whole: tf.keras's output of the imported real model, from .npy to .npy; one `(T, F)`
+/// array runs as a batch of one; another item shape is refused, naming the one the model takes.
+#[test]
+fn run_takes_token_arrays() {
+    let dir = temp_dir("tokens");
+    let spec = dir.join("unetr.unet");
+    let (code, _, stderr) = unetc(&[
+        "import",
+        "tests/real_models/github_unetr_2d.json",
+        "-o",
+        s(&spec),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (input, want) =
+        io_tensors(&root().join("tests/real_models/github_unetr_2d.io.safetensors"));
+    assert_eq!(input.shape, [2, 16, 48]);
+    let weights = "tests/real_models/github_unetr_2d.weights.safetensors";
+    let run = |x: &Tensor, name: &str| {
+        let (xp, yp) = (
+            dir.join(format!("{name}.x.npy")),
+            dir.join(format!("{name}.y.npy")),
+        );
+        write_npy(&xp, x, false).unwrap();
+        let (code, _, stderr) = unetc(&[
+            "run",
+            s(&spec),
+            "--weights",
+            weights,
+            "--input",
+            s(&xp),
+            "--output",
+            s(&yp),
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+        ]);
+        (code, stderr, read_npy(&yp).ok())
+    };
+    let max_err = |got: &Tensor, want: &[f32]| {
+        got.data
+            .iter()
+            .zip(want)
+            .fold(0.0f32, |m, (g, w)| m.max((g - w).abs()))
+    };
+    let (code, stderr, got) = run(&input, "batch");
+    assert_eq!(code, 0, "{stderr}");
+    let got = got.unwrap();
+    assert_eq!(got.shape, want.shape);
+    assert!(max_err(&got, &want.data) < 1e-5);
+    let item = input.data.len() / 2;
+    let one = Tensor::from_vec(&[16, 48], input.data[item..].to_vec()).unwrap();
+    let (code, stderr, got) = run(&one, "one");
+    assert_eq!(code, 0, "{stderr}");
+    let got = got.unwrap();
+    assert_eq!(got.shape, [1, 16, 16, 1]);
+    assert!(max_err(&got, &want.data[want.data.len() / 2..]) < 1e-5);
+    let wrong = Tensor::from_vec(&[2, 16, 47], vec![0.5; 2 * 16 * 47]).unwrap();
+    let (code, stderr, got) = run(&wrong, "wrong");
+    assert_ne!(code, 0);
+    assert!(got.is_none());
+    assert!(
+        stderr.contains("the input has shape [2, 16, 47]; this model takes arrays of shape (N, 16, 48) (its input is not an image)"),
+        "{stderr}"
+    );
+}
+
 /// A volume model runs NDHWC arrays through the CLI: tf.keras's output of the 3-D golden
 /// fixture from .npy to .npy (batch of 2, in passes of 1); one `(D, H, W, C)` volume without the
 /// batch axis runs as a batch of one; a volume of another size is refused (this model's output

@@ -198,6 +198,10 @@ def more_models():
         # Keras tutorial repositories write it: `tf.argmax`, `cls[..., tf.newaxis]`, `tf.cast`
         # and `y * cls` (TFOpLambda and SlicingOpLambda layers); Keras runs it at batch 1 only.
         ("github_unet3plus_cgm", github_unet3plus_cgm, True),
+        # UNETR as the tutorial repositories write it: position embeddings computed outside
+        # the model (`Embedding(n, d)(tf.range(n))`), a constant tensor in the JSON; the input
+        # is the image's patches (tokens, not an image).
+        ("github_unetr_2d", github_unetr_2d, True),
     ]
 
 
@@ -326,6 +330,53 @@ def github_unet3plus_cgm(shape=(32, 32, 3), filters=(8, 16, 32, 64)):
     kernel, _ = model.get_layer("cls_conv").get_weights()
     model.get_layer("cls_conv").set_weights([kernel, np.array([0.0, 3.0], dtype=np.float32)])
     return model
+
+
+def github_unetr_2d(image=16, patch=4, channels=3, width=16, heads=2, mlp=32, depth=4):
+    """UNETR (Hatamizadeh et al. 2022) the way the Keras tutorial repositories write it: the
+    input is the image cut into patches, (tokens, patch * patch * channels); a Dense patch
+    embedding plus position embeddings made outside the model, `Embedding(n, width)` applied
+    to `tf.range(n)` (an eager tensor: Keras keeps its values in the model's JSON as the `y`
+    of a tf.__operators__.add, and trains no embedding); pre-norm transformer blocks
+    (LayerNormalization, MultiHeadAttention, Add, a Dense GELU MLP with Dropout, Add); the
+    second and last blocks reshaped to the grid of patches and up-sampled by Conv2DTranspose
+    with conv-BN-ReLU blocks; the patches reshaped to an image as the finest skip; a 1x1
+    sigmoid head. Small: 16x16x3 in 4x4 patches, 4 blocks of width 16."""
+    import tensorflow as tf
+    from tensorflow.keras import layers as L
+
+    grid = image // patch
+    tokens = grid * grid
+
+    def conv(x, f):
+        x = L.Conv2D(f, 3, padding="same")(x)
+        x = L.BatchNormalization()(x)
+        return L.ReLU()(x)
+
+    inputs = L.Input((tokens, patch * patch * channels))
+    positions = L.Embedding(tokens, width)(tf.range(tokens))
+    x = L.Dense(width)(inputs) + positions
+    blocks = []
+    for _ in range(depth):
+        h = L.LayerNormalization()(x)
+        h = L.MultiHeadAttention(heads, width // heads)(h, h)
+        x = L.Add()([x, h])
+        h = L.LayerNormalization()(x)
+        h = L.Dense(mlp, activation="gelu")(h)
+        h = L.Dropout(0.1)(h)
+        h = L.Dense(width)(h)
+        x = L.Add()([x, h])
+        blocks.append(x)
+
+    x = L.Reshape((grid, grid, width))(blocks[-1])
+    x = L.Conv2DTranspose(16, 2, strides=2)(x)
+    skip = L.Conv2DTranspose(16, 2, strides=2)(L.Reshape((grid, grid, width))(blocks[1]))
+    x = conv(L.Concatenate()([x, conv(skip, 16)]), 16)
+    x = L.Conv2DTranspose(8, 2, strides=2)(x)
+    skip = conv(L.Reshape((image, image, channels))(inputs), 8)
+    x = conv(L.Concatenate()([x, skip]), 8)
+    outputs = L.Conv2D(1, 1, activation="sigmoid")(x)
+    return tf.keras.Model(inputs, outputs, name="UNETR_2D")
 
 
 # Models whose Keras output exists at batch 1 only (a TensorFlow function broadcasting a

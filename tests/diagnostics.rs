@@ -1438,3 +1438,46 @@ fn errors_of_the_swin_kinds() {
         "{out}"
     );
 }
+
+/// A TensorFlow function's constant tensor (`y: [[...]]`): read as a rectangular nested list of
+/// finite float32 numbers, broadcast from the last axis as TensorFlow does, and refused with the
+/// reason where it is not.
+#[test]
+fn errors_of_constant_tensor_operands() {
+    let out = check(
+        "constants.unet",
+        "model {
+  input 4x3x2
+  x = conv2d(2, 1)
+  a = x -> tf_op(\"__operators__.add\", y: [[1.0], [2.0, 3.0]])
+  b = x -> tf_op(\"__operators__.add\", y: [1e39, 1.0])
+  c = x -> tf_op(\"__operators__.add\", y: [[[[[[1.0]]]]]])
+  d = x -> tf_op(\"__operators__.add\", y: [1.0, 2.0, 3.0])
+  e = x -> tf_op(\"__operators__.add\", y: [[[[1.0, 2.0]]], [[[1.0, 2.0]]]])
+  f = x -> tf_op(\"math.multiply\", x: [1.0, 2.0], y: 2.0)
+  g = x -> tf_op(\"nn.relu\", y: [1.0, 2.0])
+  h = x -> tf_op(\"__operators__.add\", y: [])
+  i = x -> tf_op(\"__operators__.add\", y: [\"a\", \"b\"])
+  j = x -> tf_op(\"math.subtract\", x: [[[[[1.0]]]]])
+  k = x -> tf_op(\"math.subtract\", y: [[[0.5, 1.5]]])
+  output a, b, c, d, e, f, g, h, i, j, k
+}
+",
+    );
+    for want in [
+        "`tf_op` argument `y`: not a constant tensor unetc reads (a nested list of numbers): a list of 2 where the others have 1: the lists must be rectangular",
+        "the value 1e39 at position 0 is not a finite float32 number",
+        "more than 5 nested lists",
+        "the constant of shape [3] does not broadcast with `conv2d` (None, 4, 3, 2)",
+        "the constant of shape [2, 1, 1, 2] lines up with `conv2d` (None, 4, 3, 2) from the last axis, so its first axis of 2 meets the batch axis",
+        "`tf_op` argument `y`: takes one constant, `x:` or `y:`, not both",
+        "tf.nn.relu takes no constant tensor",
+        "an empty list",
+        "a string where a number belongs",
+        "the constant of shape [1, 1, 1, 1, 1] has more axes than `conv2d` (None, 4, 3, 2), its batch axis included",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // k broadcasts: no error at its line.
+    assert!(!out.contains("constants.unet:14"), "{out}");
+}

@@ -107,7 +107,7 @@ impl TensorOperand {
             let v = x as f32;
             if !v.is_finite() {
                 return Err(format!(
-                    "the value {x} at position {} is not a finite float32 number",
+                    "the value {x:?} at position {} is not a finite float32 number",
                     out.len()
                 ));
             }
@@ -808,19 +808,31 @@ impl TFOpLambda {
     fn with_operand(&self, shape: &Shape, operand: &TensorOperand) -> Result<Shape, ShapeError> {
         let name = self.function.layer_name_base();
         let text = crate::text::shape_text;
-        if operand.shape.len() > shape.len() + 1
-            || (operand.shape.len() == shape.len() + 1 && operand.shape[0] != 1)
-        {
+        if operand.shape.len() > shape.len() + 1 {
             return Err(ShapeError::new(
                 "E-merge-shape",
                 format!(
-                    "{name}: the constant of shape {:?} has more axes than {{0}} {} (its batch \
-                     axis included) or a batch axis other than 1; TensorFlow would broadcast the \
-                     batch to it",
+                    "the constant of shape {:?} has more axes than {{0}} {}, its batch axis \
+                     included",
                     operand.shape,
                     text(shape)
                 ),
-                "constant does not broadcast",
+                "constant has too many axes",
+            ));
+        }
+        if operand.shape.len() == shape.len() + 1 && operand.shape[0] != 1 {
+            return Err(ShapeError::new(
+                "E-merge-shape",
+                format!(
+                    "the constant of shape {:?} lines up with {{0}} {} from the last axis, so its \
+                     first axis of {} meets the batch axis; TensorFlow would make every batch \
+                     {} items: give the constant a first axis of 1, or none",
+                    operand.shape,
+                    text(shape),
+                    operand.shape[0],
+                    operand.shape[0]
+                ),
+                "constant has a batch axis",
             ));
         }
         let item = operand.item_shape(shape.len()).to_vec();
@@ -828,8 +840,8 @@ impl TFOpLambda {
             ShapeError::new(
                 "E-merge-shape",
                 format!(
-                    "{name}: the constant of shape {:?} does not broadcast with {{0}} {} (from \
-                     the last axis, each axis equal or 1 in one of them)",
+                    "the constant of shape {:?} does not broadcast with {{0}} {} (from the last \
+                     axis, each axis equal or 1 in one of them)",
                     operand.shape,
                     text(shape)
                 ),

@@ -238,6 +238,27 @@ def swin(k):
                         num_mlp=12)
 
 
+def unetr_tokens(k):
+    """A UNETR-style encoder as the tutorial repositories write it: the image's patches as
+    tokens, a Dense patch embedding plus position embeddings made outside the model
+    (`Embedding(16, 8)(tf.range(16))`: a constant tensor, which Keras does not train),
+    LayerNormalization, MultiHeadAttention with a residual; the tokens reshaped to a 4x4 grid,
+    scaled per channel and shifted by constant tensors (`x * c`, `c - x`), a 3x3 conv head."""
+    import tensorflow as tf
+
+    L = k.layers
+    x0 = L.Input((16, 12))
+    positions = L.Embedding(16, 8)(tf.range(16))
+    t = L.Dense(8)(x0) + positions
+    a = L.LayerNormalization()(t)
+    a = L.MultiHeadAttention(num_heads=2, key_dim=4)(a, a)
+    t = L.Add()([a, t])
+    x = L.Reshape((4, 4, 8))(t)
+    x = x * tf.constant([0.5, 1.0, 1.5, 2.0, -0.5, -1.0, 0.25, 3.0])
+    x = tf.constant([[[0.1]], [[0.2]], [[-0.3]], [[0.4]]]) - x
+    return k.Model(x0, L.Conv2D(2, 3, padding="same")(x))
+
+
 def dice_loss(y, p):
     import tensorflow as tf
 
@@ -318,6 +339,12 @@ def cases():
         ("swin_adam_cce", swin, lambda: opt.Adam(1e-2),
          ["--optimizer", "adam", "--learning-rate", "0.01"],
          "categorical_crossentropy", ["--loss", "categorical_crossentropy"], "onehot", 2, 3),
+        # SGD: the attention's key bias has a gradient of exactly zero (softmax ignores a shift
+        # shared by every key), so both sides compute rounding noise there, which Adam would
+        # scale up to steps of the learning rate's size.
+        ("unetr_tokens_sgd_mse", unetr_tokens, lambda: opt.SGD(0.05, momentum=0.9),
+         ["--optimizer", "sgd", "--learning-rate", "0.05", "--momentum", "0.9"],
+         "mse", ["--loss", "mse"], "real", 2, 3),
     ]
 
 

@@ -150,6 +150,78 @@ fn state_dicts_convert_and_match_pytorch() {
     }
 }
 
+/// torch.nn.MultiheadAttention's state_dict (tests/pytorch_attention/generate.py, real PyTorch):
+/// a packed in_proj_weight with biases and separate q/k/v_proj_weight of other widths without
+/// biases, converted for the hand-written spec of the same net; unetc's output matches
+/// PyTorch's. A spec whose attention does not match the module is refused, saying why.
+#[test]
+fn multihead_attention_state_dicts_convert_and_match_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let here = root().join("tests/pytorch_attention");
+    let (spec, sd) = (
+        here.join("attention.unet"),
+        here.join("attention.state_dict.safetensors"),
+    );
+    let conv = dir.path().join("attention.safetensors");
+    let convert = |spec: &Path| {
+        unetc(&[
+            "convert-weights".as_ref(),
+            spec.as_os_str(),
+            sd.as_os_str(),
+            "--from".as_ref(),
+            "pytorch".as_ref(),
+            "-o".as_ref(),
+            conv.as_os_str(),
+            "--force".as_ref(),
+        ])
+    };
+    let out = convert(&spec);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c = unetc::runner::compile_checked(&spec, None).unwrap();
+    let weights = unetc::io::load_weights(&conv, &expected_weights(&c)).unwrap();
+    let read = |name: &str| {
+        let bytes = std::fs::read(here.join("attention.io.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let v = st.tensor(name).unwrap();
+        let data = v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        channels_last(&Tensor::from_vec(v.shape(), data).unwrap())
+    };
+    let got = CpuModel::new(&c.graph, &c.info, &weights)
+        .unwrap()
+        .run(&read("input"))
+        .unwrap()
+        .remove(0);
+    let e = rel_err(&got, &read("torch_output"));
+    println!("attention: state_dict converted by unetc vs PyTorch {e:.2e}");
+    assert!(e <= 1e-5, "{e:.3e}");
+    // The cross-attention with biases, which the module does not have; with heads too narrow
+    // for the module's embed_dim of 8: both refused, saying why.
+    for (from, to, why) in [
+        (
+            "num_heads: 4, key_dim: 2, use_bias: false",
+            "num_heads: 4, key_dim: 2",
+            "it has no `in_proj_bias`",
+        ),
+        (
+            "num_heads: 4, key_dim: 2, use_bias: false",
+            "num_heads: 2, key_dim: 2, use_bias: false",
+            "`cross`: torch.nn.MultiheadAttention has value heads as wide as key heads and gives embed_dim = num_heads x key_dim = 4 features; this layer has value_dim 2, key_dim 2 and output width 8",
+        ),
+    ] {
+        let text = std::fs::read_to_string(&spec).unwrap();
+        assert!(text.contains(from));
+        let bad = dir.path().join("bad.unet");
+        std::fs::write(&bad, text.replace(from, to)).unwrap();
+        let out = convert(&bad);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(why), "{to}: {}", stderr(&out));
+    }
+}
+
 /// The test can fail: two 4->4 convolutions swapped in the map (the shapes allow it) give a
 /// clearly different output.
 #[test]

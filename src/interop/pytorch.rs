@@ -74,6 +74,10 @@ enum Rule {
     Affine,
     /// PReLU: `weight [C]` or `[1]` -> `alpha`.
     PRelu,
+    /// torch.nn.MultiheadAttention: `in_proj_weight [3E, E]` (or `q/k/v_proj_weight [E, in]`),
+    /// `in_proj_bias [3E]`, `out_proj.weight [E, E]`, `out_proj.bias` -> Keras's
+    /// `query/kernel [in, H, D]`, ... `attention_output/kernel [H, D, E]` ([`attention`]).
+    Attention,
     /// No single PyTorch module holds this kind's weights.
     Unsupported(&'static str),
     /// The kind has no weights.
@@ -90,9 +94,7 @@ fn rule(op: &Op) -> Rule {
         Op::BatchNormalization(_) => Rule::BatchNorm,
         Op::GroupNormalization(_) | Op::LayerNormalization(_) => Rule::Affine,
         Op::PReLU(_) => Rule::PRelu,
-        Op::MultiHeadAttention(_) => Rule::Unsupported(
-            "torch.nn.MultiheadAttention packs the query, key and value projections into one in_proj_weight of another layout; give the attention's weights in unetc's naming (<layer>/query/kernel, ...)",
-        ),
+        Op::MultiHeadAttention(_) => Rule::Attention,
         Op::PatchEmbedding(_) => Rule::Unsupported(
             "keras-unet-collection's patch_embedding has no torch.nn module to take its weights from",
         ),
@@ -252,6 +254,7 @@ fn torch_shape(rule: Rule, want: &[usize]) -> Vec<usize> {
         | Rule::Linear
         | Rule::BatchNorm
         | Rule::Affine
+        | Rule::Attention
         | Rule::Unsupported(_)
         | Rule::NoWeights => want.to_vec(),
     }
@@ -314,6 +317,7 @@ fn to_keras(rule: Rule, want: &[usize], t: &Tensor) -> Tensor {
         | Rule::Linear
         | Rule::BatchNorm
         | Rule::Affine
+        | Rule::Attention
         | Rule::Unsupported(_)
         | Rule::NoWeights => t.clone(),
     }
@@ -324,6 +328,9 @@ fn to_keras(rule: Rule, want: &[usize], t: &Tensor) -> Tensor {
 fn fit(target: &Target, m: &Module) -> Result<(), String> {
     if let Rule::Unsupported(why) = target.rule {
         return Err(why.to_string());
+    }
+    if target.rule == Rule::Attention {
+        return attention::layout(target, m).map(|_| ());
     }
     let mut needed = BTreeSet::new();
     for (var, want) in &target.vars {
@@ -353,6 +360,9 @@ fn fit(target: &Target, m: &Module) -> Result<(), String> {
 
 /// The module's tensors as the target's weights, or why they do not fit.
 fn convert(target: &Target, m: &Module) -> Result<Vec<(String, Tensor)>, String> {
+    if target.rule == Rule::Attention {
+        return attention::convert(target, m);
+    }
     fit(target, m)?;
     let mut out = Vec::new();
     for (var, want) in &target.vars {
@@ -364,6 +374,175 @@ fn convert(target: &Target, m: &Module) -> Result<Vec<(String, Tensor)>, String>
         }
     }
     Ok(out)
+}
+
+/// torch.nn.MultiheadAttention as Keras's MultiHeadAttention. PyTorch projects to
+/// `embed_dim = E` split into `num_heads` heads of `E / num_heads`, scales the query by
+/// `1 / sqrt(E / num_heads)` and projects back to `E`, as Keras does with `key_dim =
+/// value_dim = E / num_heads` and the query's width as output: so each projection `W [E, in]`
+/// is Keras's kernel `[in, H, D]` transposed (`kernel[i, h, d] = W[h D + d, i]`) and
+/// `out_proj.weight [E, E]` is `attention_output/kernel [H, D, E]` transposed.
+mod attention {
+    use super::{Module, Target};
+    use crate::exec::Tensor;
+
+    /// The sizes of one attention layer, checked against a module's tensors.
+    pub(super) struct Layout {
+        /// Query, key and value projections in one `in_proj_weight`.
+        packed: bool,
+        /// `embed_dim`.
+        e: usize,
+        /// Keras's query, key and value input widths.
+        inputs: [usize; 3],
+        bias: bool,
+    }
+
+    const ROLES: [&str; 3] = ["query", "key", "value"];
+
+    fn shape<'a>(target: &'a Target, var: &str) -> Option<&'a [usize]> {
+        target
+            .vars
+            .iter()
+            .find(|(v, _)| v == var)
+            .map(|(_, s)| s.as_slice())
+    }
+
+    pub(super) fn layout(target: &Target, m: &Module) -> Result<Layout, String> {
+        let kernel = |role: &str| shape(target, &format!("{role}/kernel"));
+        let (Some(&[eq, h, d]), Some(&[ek, _, _]), Some(&[ev, _, dv]), Some(&[_, _, eo])) = (
+            kernel("query"),
+            kernel("key"),
+            kernel("value"),
+            shape(target, "attention_output/kernel"),
+        ) else {
+            return Err("internal: a MultiHeadAttention without its kernels".into());
+        };
+        let e = h * d;
+        if dv != d || eo != e {
+            return Err(format!(
+                "torch.nn.MultiheadAttention has value heads as wide as key heads and gives \
+                 embed_dim = num_heads x key_dim = {e} features; this layer has value_dim {dv}, \
+                 key_dim {d} and output width {eo}"
+            ));
+        }
+        let bias = shape(target, "query/bias").is_some();
+        let packed = m.params.contains_key("in_proj_weight");
+        let mut want: Vec<(String, Vec<usize>)> = Vec::new();
+        if packed {
+            want.push(("in_proj_weight".into(), vec![3 * e, eq]));
+        } else {
+            for (role, width) in ["q", "k", "v"].into_iter().zip([eq, ek, ev]) {
+                want.push((format!("{role}_proj_weight"), vec![e, width]));
+            }
+        }
+        want.push(("out_proj.weight".into(), vec![e, e]));
+        if bias {
+            want.push(("in_proj_bias".into(), vec![3 * e]));
+            want.push(("out_proj.bias".into(), vec![e]));
+        }
+        for (name, dims) in &want {
+            match m.params.get(name) {
+                None => {
+                    return Err(format!(
+                        "it has no `{name}` (it has {}); the layer needs it{}",
+                        m.describe(),
+                        if name.ends_with("bias") {
+                            " (use_bias: true)"
+                        } else {
+                            ""
+                        }
+                    ))
+                }
+                Some(t) if t.shape != *dims => {
+                    return Err(format!(
+                        "its `{name}` is {:?}, the layer needs {dims:?} (query {eq}, key {ek}, \
+                         value {ev} wide; {h} heads of {d})",
+                        t.shape
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = m.params.keys().find(|k| !want.iter().any(|(n, _)| n == *k)) {
+            return Err(format!(
+                "it has `{extra}` {:?}, which the layer has no place for{}",
+                m.params[extra].shape,
+                if extra.contains("bias") {
+                    " (use_bias: false)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if packed && (ek != eq || ev != eq) {
+            return Err(format!(
+                "its packed in_proj_weight takes keys and values as wide as the query ({eq}); \
+                 this layer's are {ek} and {ev}"
+            ));
+        }
+        Ok(Layout {
+            packed,
+            e,
+            inputs: [eq, ek, ev],
+            bias,
+        })
+    }
+
+    /// `w [e, width]` (rows `row0..row0 + e` of a packed weight) as `[width, e]`, Keras's
+    /// kernel with its heads' axes `[H, D]` flattened.
+    fn transposed(w: &Tensor, row0: usize, e: usize, width: usize) -> Vec<f32> {
+        let mut out = vec![0f32; e * width];
+        for r in 0..e {
+            for i in 0..width {
+                out[i * e + r] = w.data[(row0 + r) * width + i];
+            }
+        }
+        out
+    }
+
+    pub(super) fn convert(target: &Target, m: &Module) -> Result<Vec<(String, Tensor)>, String> {
+        let l = layout(target, m)?;
+        let e = l.e;
+        let mut out = Vec::new();
+        let mut put = |var: &str, data: Vec<f32>| {
+            if let Some(dims) = shape(target, var) {
+                out.push((
+                    format!("{}/{var}", target.layer),
+                    Tensor {
+                        shape: dims.to_vec(),
+                        data,
+                    },
+                ));
+            }
+        };
+        for (k, role) in ROLES.into_iter().enumerate() {
+            let width = l.inputs[k];
+            let data = if l.packed {
+                transposed(&m.params["in_proj_weight"], k * e, e, width)
+            } else {
+                let name = format!("{}_proj_weight", &role[..1]);
+                transposed(&m.params[&name], 0, e, width)
+            };
+            put(&format!("{role}/kernel"), data);
+            if l.bias {
+                put(
+                    &format!("{role}/bias"),
+                    m.params["in_proj_bias"].data[k * e..(k + 1) * e].to_vec(),
+                );
+            }
+        }
+        put(
+            "attention_output/kernel",
+            transposed(&m.params["out_proj.weight"], 0, e, e),
+        );
+        if l.bias {
+            put(
+                "attention_output/bias",
+                m.params["out_proj.bias"].data.clone(),
+            );
+        }
+        Ok(out)
+    }
 }
 
 /// Numeric-aware order of module paths: `enc.2` before `enc.10`.
@@ -434,6 +613,23 @@ fn read_modules(bytes: &[u8]) -> Result<Vec<Module>, ConvertError> {
                 data,
             },
         );
+    }
+    // torch.nn.MultiheadAttention keeps its output projection as a submodule (`attn.out_proj`):
+    // one module with the attention's own tensors, as the layer is one.
+    let attentions: Vec<String> = by_prefix
+        .iter()
+        .filter(|(_, params)| {
+            params.contains_key("in_proj_weight") || params.contains_key("q_proj_weight")
+        })
+        .map(|(prefix, _)| prefix.clone())
+        .collect();
+    for prefix in attentions {
+        if let Some(out) = by_prefix.remove(&format!("{prefix}.out_proj")) {
+            let params = by_prefix.entry(prefix).or_default();
+            for (name, t) in out {
+                params.insert(format!("out_proj.{name}"), t);
+            }
+        }
     }
     let mut modules: Vec<Module> = by_prefix
         .into_iter()
@@ -562,6 +758,7 @@ pub fn convert_state_dict(
             | Rule::BatchNorm
             | Rule::Affine
             | Rule::PRelu
+            | Rule::Attention
             | Rule::NoWeights => "",
         };
         return fail(format!("layer {}: {why}", t.describe()));
@@ -813,10 +1010,25 @@ fn infer(targets: &[Target], modules: &[Module]) -> Result<Converted, ConvertErr
                 .map(|m| modules[m].prefix.as_str())
                 .collect();
             if free.is_empty() {
+                // An attention's module is told by its tensors' names: say why each free one
+                // does not fit.
+                let near: Vec<String> = (0..modules.len())
+                    .filter(|&m| {
+                        of_module[m].is_none()
+                            && targets[t].rule == Rule::Attention
+                            && modules[m].params.keys().any(|k| k.ends_with("proj_weight"))
+                    })
+                    .filter_map(|m| {
+                        fit(&targets[t], &modules[m])
+                            .err()
+                            .map(|why| format!("; `{}`: {why}", modules[m].prefix))
+                    })
+                    .collect();
                 format!(
-                    "by shape, no module fits layer {} (it needs PyTorch {})",
+                    "by shape, no module fits layer {} (it needs PyTorch {}){}",
                     targets[t].describe(),
-                    torch_needs(&targets[t])
+                    torch_needs(&targets[t]),
+                    near.concat()
                 )
             } else {
                 format!(
@@ -849,6 +1061,11 @@ fn infer(targets: &[Target], modules: &[Module]) -> Result<Converted, ConvertErr
 
 /// The PyTorch names and shapes a layer's weights take.
 fn torch_needs(t: &Target) -> String {
+    if t.rule == Rule::Attention {
+        return "in_proj_weight (or q/k/v_proj_weight), out_proj.weight and their biases of a \
+                torch.nn.MultiheadAttention"
+            .into();
+    }
     let parts: Vec<String> = t
         .vars
         .iter()

@@ -344,3 +344,24 @@ def test_multi_output_models_say_which_output_predict_returns(cli, tmp_path):
     np.testing.assert_array_equal(final.predict_large(big), want)
     with pytest.raises(unetc.SpecError, match="--output-layer `nope`: the model has no layer"):
         unetc.Model(spec, w, output_layer="nope")
+
+
+def test_predict_takes_token_arrays(cli, tmp_path):
+    """A model whose input is tokens, not an image (UNETR's patches, tests/real_models'
+    github_unetr_2d from real tf.keras): predict takes (N, T, F) or one (T, F) item and gives
+    Keras's output; another item shape is a ValueError naming the model's."""
+    from safetensors.numpy import load_file
+
+    real = ROOT / "tests" / "real_models"
+    spec = tmp_path / "unetr.unet"
+    cli("import", real / "github_unetr_2d.json", "-o", spec)
+    io = load_file(str(real / "github_unetr_2d.io.safetensors"))
+    model = unetc.Model(spec, real / "github_unetr_2d.weights.safetensors")
+    got = model.predict(io["input"], batch_size=2)
+    assert got.shape == io["output"].shape
+    assert np.abs(got - io["output"]).max() < 1e-5
+    one = model.predict(io["input"][1])
+    assert one.shape == io["output"].shape[1:]
+    assert np.abs(one - io["output"][1]).max() < 1e-5
+    with pytest.raises(ValueError, match=r"\(N, 16, 48\)"):
+        model.predict(np.zeros((2, 16, 47), dtype=np.float32))

@@ -2797,11 +2797,11 @@ fn constant_merge_operands(
         shape.extend(item);
         shape
     };
-    let x_item = x.shape[1..].to_vec();
-    let mut x_shape = vec![x.shape[0]];
+    let x_item = x.shape.get(1..).unwrap_or_default().to_vec();
+    let mut x_shape = vec![x.shape.first().copied().unwrap_or(1)];
     x_shape.extend(pad(x_item));
     let c_item: Vec<usize> = constant
-        .item_shape(x.shape.len() - 1)
+        .item_shape(x.shape.len().saturating_sub(1))
         .iter()
         .map(|&d| d as usize)
         .collect();

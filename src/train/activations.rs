@@ -54,7 +54,8 @@ pub fn derivative(activation: ActivationFn, x: f32) -> Option<f32> {
             s + x * s * (1.0 - s)
         }
         ActivationFn::Gelu => {
-            let cdf = 0.5 * (1.0 + libm::erff(x / std::f32::consts::SQRT_2));
+            let cdf =
+                0.5 * (1.0 + crate::exec::cpu::kernels::erf(x * std::f32::consts::FRAC_1_SQRT_2));
             let pdf = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
             cdf + x * pdf
         }

@@ -46,7 +46,12 @@ fn channels_last(t: &Tensor) -> Tensor {
 }
 
 fn io(stem: &str, name: &str) -> Tensor {
-    let bytes = std::fs::read(fixture(&format!("{stem}.io.safetensors"))).unwrap();
+    io_at(&fixture(&format!("{stem}.io.safetensors")), name)
+}
+
+/// One f32 tensor of a recorded io file.
+fn io_at(path: &Path, name: &str) -> Tensor {
+    let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let v = st.tensor(name).unwrap();
     let data = v
@@ -179,17 +184,7 @@ fn multihead_attention_state_dicts_convert_and_match_pytorch() {
     assert!(out.status.success(), "{}", stderr(&out));
     let c = unetc::runner::compile_checked(&spec, None).unwrap();
     let weights = unetc::io::load_weights(&conv, &expected_weights(&c)).unwrap();
-    let read = |name: &str| {
-        let bytes = std::fs::read(here.join("attention.io.safetensors")).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let v = st.tensor(name).unwrap();
-        let data = v
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        channels_last(&Tensor::from_vec(v.shape(), data).unwrap())
-    };
+    let read = |name: &str| channels_last(&io_at(&here.join("attention.io.safetensors"), name));
     let got = CpuModel::new(&c.graph, &c.info, &weights)
         .unwrap()
         .run(&read("input"))

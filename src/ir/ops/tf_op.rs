@@ -546,6 +546,41 @@ pub struct TfConstant {
 }
 
 impl TfFunction {
+    /// The elementwise function of two operands this function computes, if it is one.
+    pub fn merge_fn(self) -> Option<MergeFn> {
+        match self {
+            TfFunction::OperatorsAdd | TfFunction::MathAdd => Some(MergeFn::Add),
+            TfFunction::MathMultiply => Some(MergeFn::Multiply),
+            TfFunction::MathSubtract => Some(MergeFn::Subtract),
+            TfFunction::MathTruediv => Some(MergeFn::Divide),
+            TfFunction::MathMaximum => Some(MergeFn::Maximum),
+            TfFunction::MathMinimum => Some(MergeFn::Minimum),
+            TfFunction::MathReduceMean
+            | TfFunction::MathReduceMax
+            | TfFunction::Concat
+            | TfFunction::NnRelu
+            | TfFunction::MathSigmoid
+            | TfFunction::ExpandDims
+            | TfFunction::CompatV1Squeeze
+            | TfFunction::Reshape
+            | TfFunction::ImageResize
+            | TfFunction::MathArgmax
+            | TfFunction::Cast
+            | TfFunction::OperatorsGetitem
+            | TfFunction::MathTanh
+            | TfFunction::NnSoftmax
+            | TfFunction::NnLeakyRelu
+            | TfFunction::NnRelu6
+            | TfFunction::NnElu
+            | TfFunction::NnSelu
+            | TfFunction::NnSilu
+            | TfFunction::NnGelu
+            | TfFunction::MathSoftplus
+            | TfFunction::NnSoftsign
+            | TfFunction::MathExp => None,
+        }
+    }
+
     /// The base of Keras's names for the layer: `tf.` and the function.
     pub fn layer_name_base(self) -> &'static str {
         match self {
@@ -623,78 +658,21 @@ impl TFOpLambda {
                 constant_first: c.first,
             })
         };
-        if let Some(operand) = &self.operand {
-            let merge = |function| {
-                TfCompute::TensorMerge(TensorMergeOp {
-                    function,
-                    constant_first: operand.first,
-                })
-            };
-            match self.function {
-                TfFunction::OperatorsAdd | TfFunction::MathAdd => return merge(MergeFn::Add),
-                TfFunction::MathMultiply => return merge(MergeFn::Multiply),
-                TfFunction::MathSubtract => return merge(MergeFn::Subtract),
-                TfFunction::MathTruediv => return merge(MergeFn::Divide),
-                TfFunction::MathMaximum => return merge(MergeFn::Maximum),
-                TfFunction::MathMinimum => return merge(MergeFn::Minimum),
-                // Refused by infer (no constant operand); computed as without it.
-                TfFunction::MathReduceMean
-                | TfFunction::MathReduceMax
-                | TfFunction::Concat
-                | TfFunction::NnRelu
-                | TfFunction::MathSigmoid
-                | TfFunction::ExpandDims
-                | TfFunction::CompatV1Squeeze
-                | TfFunction::Reshape
-                | TfFunction::ImageResize
-                | TfFunction::MathArgmax
-                | TfFunction::Cast
-                | TfFunction::OperatorsGetitem
-                | TfFunction::MathTanh
-                | TfFunction::NnSoftmax
-                | TfFunction::NnLeakyRelu
-                | TfFunction::NnRelu6
-                | TfFunction::NnElu
-                | TfFunction::NnSelu
-                | TfFunction::NnSilu
-                | TfFunction::NnGelu
-                | TfFunction::MathSoftplus
-                | TfFunction::NnSoftsign
-                | TfFunction::MathExp => {}
-            }
+        // A constant tensor or number as one operand of an elementwise function of two.
+        if let (Some(operand), Some(function)) = (&self.operand, self.function.merge_fn()) {
+            return TfCompute::TensorMerge(TensorMergeOp {
+                function,
+                constant_first: operand.first,
+            });
         }
-        if self.constant.is_some() {
-            match self.function {
-                TfFunction::OperatorsAdd | TfFunction::MathAdd => return scalar(ScalarFn::Add),
-                TfFunction::MathMultiply => return scalar(ScalarFn::Multiply),
-                TfFunction::MathSubtract => return scalar(ScalarFn::Subtract),
-                TfFunction::MathTruediv => return scalar(ScalarFn::Divide),
-                // Refused by infer (no constant operand); computed as without it.
-                TfFunction::MathMaximum
-                | TfFunction::MathMinimum
-                | TfFunction::MathReduceMean
-                | TfFunction::MathReduceMax
-                | TfFunction::Concat
-                | TfFunction::NnRelu
-                | TfFunction::MathSigmoid
-                | TfFunction::ExpandDims
-                | TfFunction::CompatV1Squeeze
-                | TfFunction::Reshape
-                | TfFunction::ImageResize
-                | TfFunction::MathArgmax
-                | TfFunction::Cast
-                | TfFunction::OperatorsGetitem
-                | TfFunction::MathTanh
-                | TfFunction::NnSoftmax
-                | TfFunction::NnLeakyRelu
-                | TfFunction::NnRelu6
-                | TfFunction::NnElu
-                | TfFunction::NnSelu
-                | TfFunction::NnSilu
-                | TfFunction::NnGelu
-                | TfFunction::MathSoftplus
-                | TfFunction::NnSoftsign
-                | TfFunction::MathExp => {}
+        if let (Some(_), Some(function)) = (self.constant, self.function.merge_fn()) {
+            match function {
+                MergeFn::Add | MergeFn::Average => return scalar(ScalarFn::Add),
+                MergeFn::Multiply => return scalar(ScalarFn::Multiply),
+                MergeFn::Subtract => return scalar(ScalarFn::Subtract),
+                MergeFn::Divide => return scalar(ScalarFn::Divide),
+                // Refused by infer (no number operand); computed as without it.
+                MergeFn::Maximum | MergeFn::Minimum => {}
             }
         }
         match self.function {

@@ -687,8 +687,9 @@ pub fn forward(
         Op::TFOpLambda(o) => match o.computes() {
             TfCompute::Merge(f) => merge_forward(inputs, out_shape, f),
             TfCompute::TensorMerge(m) => {
-                let (x, c) = constant_merge_operands(o, inputs, out_shape)?;
-                let operands = if m.constant_first { [&c, &x] } else { [&x, &c] };
+                let (padded, c) = constant_merge_operands(o, inputs, out_shape)?;
+                let x = padded.as_ref().unwrap_or(inputs[0]);
+                let operands = if m.constant_first { [&c, x] } else { [x, &c] };
                 merge_forward(&operands, out_shape, m.function)
             }
             TfCompute::Concat(axis) => concat_forward(inputs, out_shape, axis),
@@ -1327,11 +1328,12 @@ pub fn backward(
             TfCompute::Merge(f) => merge_grads(inputs, output, f, grad),
             // The constant gets no gradient; the tensor's, summed where it was broadcast.
             TfCompute::TensorMerge(m) => {
-                let (x, c) = constant_merge_operands(o, inputs, &output.shape)?;
+                let (padded, c) = constant_merge_operands(o, inputs, &output.shape)?;
+                let x = padded.as_ref().unwrap_or(inputs[0]);
                 let (operands, at) = if m.constant_first {
-                    ([&c, &x], 1)
+                    ([&c, x], 1)
                 } else {
-                    ([&x, &c], 0)
+                    ([x, &c], 0)
                 };
                 let mut grads = merge_grads(&operands, output, m.function, grad);
                 LayerGrads {
@@ -2780,13 +2782,14 @@ fn broadcast_index(input: &[usize], out: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// A TFOpLambda's tensor and its constant as tensors of the output's rank (batch first; the
-/// constant's batch axis of 1 broadcasts), for the merges' broadcasting.
+/// A TFOpLambda's constant as a tensor of the output's rank (batch first; its batch axis of 1
+/// broadcasts), for the merges' broadcasting; and the tensor operand with leading axes of 1
+/// added where its rank is below the output's (`None`: the tensor as it is, not copied).
 fn constant_merge_operands(
     o: &crate::ir::ops::TFOpLambda,
     inputs: &[&Tensor],
     out_shape: &[usize],
-) -> Result<(Tensor, Tensor), Unsupported> {
+) -> Result<(Option<Tensor>, Tensor), Unsupported> {
     let (Some(x), Some(constant)) = (inputs.first(), &o.operand) else {
         return Err(Unsupported(
             "internal: a tensor merge without its operands".into(),
@@ -2797,9 +2800,14 @@ fn constant_merge_operands(
         shape.extend(item);
         shape
     };
-    let x_item = x.shape.get(1..).unwrap_or_default().to_vec();
-    let mut x_shape = vec![x.shape.first().copied().unwrap_or(1)];
-    x_shape.extend(pad(x_item));
+    let padded = (x.shape.len() < out_shape.len()).then(|| {
+        let mut shape = vec![x.shape.first().copied().unwrap_or(1)];
+        shape.extend(pad(x.shape.get(1..).unwrap_or_default().to_vec()));
+        Tensor {
+            shape,
+            data: x.data.clone(),
+        }
+    });
     let c_item: Vec<usize> = constant
         .item_shape(x.shape.len().saturating_sub(1))
         .iter()
@@ -2808,10 +2816,7 @@ fn constant_merge_operands(
     let mut c_shape = vec![1];
     c_shape.extend(pad(c_item));
     Ok((
-        Tensor {
-            shape: x_shape,
-            data: x.data.clone(),
-        },
+        padded,
         Tensor {
             shape: c_shape,
             data: constant.values.to_vec(),

@@ -1084,12 +1084,17 @@ pub fn merge_with_constant(
         x_shape.iter().product::<usize>(),
         out_shape.iter().product(),
     );
+    let shapes = if m.constant_first {
+        [item, x_shape.to_vec()]
+    } else {
+        [x_shape.to_vec(), item]
+    };
     for n in 0..batch {
         let x = &x[n * x_len..][..x_len];
-        let (inputs, shapes) = if m.constant_first {
-            ([&constant.values[..], x], [item.clone(), x_shape.to_vec()])
+        let inputs = if m.constant_first {
+            [&constant.values[..], x]
         } else {
-            ([x, &constant.values[..]], [x_shape.to_vec(), item.clone()])
+            [x, &constant.values[..]]
         };
         let o = &mut out[n * out_len..][..out_len];
         merge(m.function, &inputs, &shapes, o, out_shape, 1);

@@ -1093,8 +1093,8 @@ fn tf_op_constants_and_reductions_are_refused_where_tensorflow_differs() {
             "takes one constant: `y: c` (the tensor first, `g - c`) or `x: c`",
         ),
         (
-            "x -> tf_op(\"math.maximum\", y: 0.0)",
-            "tf.math.maximum takes no constant operand",
+            "x -> tf_op(\"nn.relu\", y: 0.0)",
+            "tf.nn.relu takes no constant operand",
         ),
         (
             "[x, x] -> tf_op(\"math.add\", y: 1.0)",

@@ -1580,6 +1580,8 @@ impl Exporter<'_> {
                             ScalarFn::Subtract => "Sub",
                             ScalarFn::Multiply => "Mul",
                             ScalarFn::Divide => "Div",
+                            ScalarFn::Maximum => "Max",
+                            ScalarFn::Minimum => "Min",
                         };
                         let (node_name, to) = if k + 1 == n {
                             (name.clone(), out.clone())
@@ -1905,6 +1907,8 @@ impl Exporter<'_> {
                         ScalarFn::Subtract => "Sub",
                         ScalarFn::Multiply => "Mul",
                         ScalarFn::Divide => "Div",
+                        ScalarFn::Maximum => "Max",
+                        ScalarFn::Minimum => "Min",
                     };
                     self.node(name, op_type, inputs, out, vec![]);
                 }

@@ -739,7 +739,10 @@ def edge_tfconst():
     (tf.math.subtract, the number first: Keras records it as `_CONSTANT_VALUE`), `x - 3.0`,
     `x * 0.5` and `-1.5 * x` (tf.math.multiply, either side), `x / 4.0` and `2.0 / gate`
     (tf.math.truediv, either side), `x / gate` (truediv of two tensors, the one-channel gate
-    broadcast) and a CBAM-like `x * (1 - gate) + 0.25` chain. Flattened and concatenated."""
+    broadcast), a CBAM-like `x * (1 - gate) + 0.25` chain, and `tf.maximum(x, 0.25)` and
+    `tf.minimum(-0.5, x)` (tf.math.maximum / minimum with a number, either side). Flattened and
+    concatenated. No float64 noise figure: built in float64, tf.minimum converts its leading
+    -0.5 to float32 and refuses the float64 tensor."""
     tf = _tf()
     L = tf.keras.layers
     inp = L.Input((6, 5, 3))
@@ -756,6 +759,8 @@ def edge_tfconst():
         2.0 / gate,
         x / gate,
         x * (1 - gate) + 0.25,
+        tf.maximum(x, 0.25),
+        tf.minimum(-0.5, x),
     ]
     flat = [L.Flatten()(b) for b in branches]
     return tf.keras.Model(inp, L.Concatenate()(flat))

@@ -2346,6 +2346,8 @@ impl<'g> CudaModel<'g> {
             ScalarFn::Subtract => 1,
             ScalarFn::Multiply => 2,
             ScalarFn::Divide => 3,
+            ScalarFn::Maximum => 4,
+            ScalarFn::Minimum => 5,
         };
         let (k, first, nb) = (op.c(), i32::from(op.constant_first), batch as i32);
         // SAFETY: matches scalar_op_<T>(void*, View, View, int, float, int, int); both views

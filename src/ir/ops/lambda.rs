@@ -499,6 +499,8 @@ impl Expr {
                     ScalarFn::Subtract => a - b,
                     ScalarFn::Multiply => a * b,
                     ScalarFn::Divide => a / b,
+                    ScalarFn::Maximum => a.max(b),
+                    ScalarFn::Minimum => a.min(b),
                 }
             }
         }
@@ -548,11 +550,15 @@ impl Expr {
                 }
             }
             Expr::Bin(f, a, b) => {
+                let call = |name: &str| format!("tf.math.{name}({}, {})", a.text(0), b.text(0));
                 let (sym, own) = match f {
                     ScalarFn::Add => ("+", 1),
                     ScalarFn::Subtract => ("-", 1),
                     ScalarFn::Multiply => ("*", 2),
                     ScalarFn::Divide => ("/", 2),
+                    // A call binds as an atom: no parentheses around it.
+                    ScalarFn::Maximum => return call("maximum"),
+                    ScalarFn::Minimum => return call("minimum"),
                 };
                 // Left-associative: the right operand needs parentheses at equal precedence.
                 let t = format!("{} {sym} {}", a.text(own), b.text(own + 1));

@@ -20,7 +20,8 @@ pub enum TfCompute {
     Concat(i64),
     /// One tensor, elementwise.
     Activation(ActivationFn),
-    /// One tensor and a Python number (`x + 1.0`, `1 - g`, `x * 0.5`, `x / 2.0`).
+    /// One tensor and a Python number (`x + 1.0`, `1 - g`, `x * 0.5`, `x / 2.0`,
+    /// `tf.maximum(x, 0.0)`).
     Scalar(ScalarOp),
     /// `tf.reduce_mean(x, axis=-1, keepdims=True)` / `reduce_max`: one value per pixel.
     ReduceChannels(ReduceFn),
@@ -496,6 +497,10 @@ pub enum ScalarFn {
     Subtract,
     Multiply,
     Divide,
+    /// `tf.math.maximum`.
+    Maximum,
+    /// `tf.math.minimum`.
+    Minimum,
 }
 
 /// `f(x, c)`, or `f(c, x)` when the constant comes first (`1 - g`).
@@ -520,10 +525,13 @@ impl ScalarOp {
             ScalarFn::Subtract => a - b,
             ScalarFn::Multiply => a * b,
             ScalarFn::Divide => a / b,
+            ScalarFn::Maximum => a.max(b),
+            ScalarFn::Minimum => a.min(b),
         }
     }
 
-    /// The derivative of the output by the tensor operand at `x`.
+    /// The derivative of the output by the tensor operand at `x`. At a tie TensorFlow's
+    /// maximum and minimum send the gradient to their first operand.
     pub fn derivative(&self, x: f32) -> f32 {
         let c = self.c();
         match (self.function, self.constant_first) {
@@ -533,6 +541,10 @@ impl ScalarOp {
             (ScalarFn::Multiply, _) => c,
             (ScalarFn::Divide, false) => 1.0 / c,
             (ScalarFn::Divide, true) => -c / (x * x),
+            (ScalarFn::Maximum, false) => f32::from(u8::from(x >= c)),
+            (ScalarFn::Maximum, true) => f32::from(u8::from(x > c)),
+            (ScalarFn::Minimum, false) => f32::from(u8::from(x <= c)),
+            (ScalarFn::Minimum, true) => f32::from(u8::from(x < c)),
         }
     }
 }
@@ -671,8 +683,8 @@ impl TFOpLambda {
                 MergeFn::Multiply => return scalar(ScalarFn::Multiply),
                 MergeFn::Subtract => return scalar(ScalarFn::Subtract),
                 MergeFn::Divide => return scalar(ScalarFn::Divide),
-                // Refused by infer (no number operand); computed as without it.
-                MergeFn::Maximum | MergeFn::Minimum => {}
+                MergeFn::Maximum => return scalar(ScalarFn::Maximum),
+                MergeFn::Minimum => return scalar(ScalarFn::Minimum),
             }
         }
         match self.function {
@@ -1257,7 +1269,8 @@ impl LayerKind for TFOpLambda {
                 "E-arg-value",
                 format!(
                     "{name} takes no constant operand (`x:`/`y:` are for __operators__.add, \
-                     math.add, math.subtract, math.multiply and math.truediv)"
+                     math.add, math.subtract, math.multiply, math.truediv, math.maximum and \
+                     math.minimum)"
                 ),
                 "constant operand given",
             )),

@@ -162,15 +162,16 @@ __device__ void activation(T* arena, View x, View y, int act, int N) {
 }
 INSTANTIATE(activation, (void* arena, View x, View y, int act, int N), (, x, y, act, N))
 
-// TFOpLambda arithmetic with a constant: op 0 add, 1 subtract, 2 multiply, 3 divide; the
-// constant is the first operand when first != 0 (`1 - g`), else the second (`g - 1`).
+// TFOpLambda arithmetic with a constant: op 0 add, 1 subtract, 2 multiply, 3 divide, 4 maximum,
+// 5 minimum; the constant is the first operand when first != 0 (`1 - g`), else the second.
 template <typename T>
 __device__ void scalar_op(T* arena, View x, View y, int op, float k, int first, int N) {
     FOR_EACH_IN_VIEW(y, N)
     float v = load_elem(arena + view_at(x, n, oy, ox, c));
     float a = first ? k : v;
     float b = first ? v : k;
-    float r = op == 0 ? a + b : op == 1 ? a - b : op == 2 ? a * b : a / b;
+    float r = op == 0 ? a + b : op == 1 ? a - b : op == 2 ? a * b : op == 3 ? a / b
+            : op == 4 ? fmaxf(a, b) : fminf(a, b);
     store_elem(arena + view_at(y, n, oy, ox, c), r);
 }
 INSTANTIATE(scalar_op, (void* arena, View x, View y, int op, float k, int first, int N),

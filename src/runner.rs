@@ -1527,12 +1527,18 @@ fn image_channels(
          image without alpha"
             .to_string()
     } else {
-        let wanted = match model_channels {
-            1 => "gray".to_string(),
-            2 => "gray+alpha".to_string(),
-            3 => "RGB".to_string(),
-            4 => "RGBA".to_string(),
-            n => format!("a {n}-channel .npy array (images have at most 4 channels)"),
+        let wanted = match (layout, model_channels) {
+            (ChannelLayout::Multichannel(_), n) => {
+                format!("{n} channels (an OME-TIFF of {n} channel pages, or a .npy)")
+            }
+            (_, 1) => "gray".to_string(),
+            (_, 2) => "gray+alpha".to_string(),
+            (_, 3) => "RGB".to_string(),
+            (_, 4) => "RGBA".to_string(),
+            (_, n) => format!(
+                "a {n}-channel .npy array or OME-TIFF (PNG and other TIFF images have at most 4 \
+                 channels)"
+            ),
         };
         format!("unetc does not convert images silently: convert it to {wanted} first")
     };

@@ -391,6 +391,118 @@ fn tiled_tiff_fixtures_from_tifffile() {
 }
 
 #[test]
+fn channels_in_planes_or_pages_read_as_interleaved_ones() {
+    // tifffile's planar RGB (strips; tiles crossing the edges, zlib), an OME-TIFF with two
+    // uint16 channels as pages and an ImageJ hyperstack of three channel pages
+    // (tests/fixtures/stream/generate.py): each runs as its interleaved values from a .npy do.
+    let dir = temp_dir("bands");
+    let fixtures = root().join("tests/fixtures/stream");
+    let (h, w) = (100, 90);
+    let rgb = |y: usize, x: usize| [(y * 3 + x) % 256, (x * 7) % 256, (y * 5) % 256];
+    let fluo = |y: usize, x: usize| [(y * 251 + x * 13) % 65536, (x * 509 + y * 7) % 65536];
+    let (rgb_spec, rgb_weights) = model(&dir, "rgb", ONE_RGB);
+    let two = ONE_RGB.replace("32x32x3", "32x32x2");
+    let (two_spec, two_weights) = model(&dir, "two", &two);
+    let reference = |name: &str, spec: &Path, weights: &Path, values: Vec<f64>, c: usize| {
+        let input = dir.join(format!("{name}.f8.npy"));
+        write_npy(&input, "<f8", &[h, w, c], values.into_iter());
+        let out = dir.join(format!("{name}.ref.npy"));
+        let (code, _, err) = unetc(&[
+            "run",
+            s(spec),
+            "--weights",
+            s(weights),
+            "--input",
+            s(&input),
+            "--output",
+            s(&out),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        read_npy(&out).unwrap().data
+    };
+    let rgb_values = (0..h * w)
+        .flat_map(|i| rgb(i / w, i % w).map(|v| (f32::from(v as u8) / 255.0) as f64))
+        .collect();
+    let fluo_values = (0..h * w)
+        .flat_map(|i| fluo(i / w, i % w).map(|v| (f32::from(v as u16) / 65535.0) as f64))
+        .collect();
+    let rgb_ref = reference("rgb", &rgb_spec, &rgb_weights, rgb_values, 3);
+    let fluo_ref = reference("fluo", &two_spec, &two_weights, fluo_values, 2);
+    for (file, spec, weights, want, layout) in [
+        (
+            "planar_rgb_u8.tif",
+            &rgb_spec,
+            &rgb_weights,
+            &rgb_ref,
+            "3 channel(s)",
+        ),
+        (
+            "planar_tiled_rgb_u8.tif",
+            &rgb_spec,
+            &rgb_weights,
+            &rgb_ref,
+            "3 channel(s)",
+        ),
+        (
+            "ome_channels_u16.ome.tif",
+            &two_spec,
+            &two_weights,
+            &fluo_ref,
+            "2 channel(s)",
+        ),
+        (
+            "imagej_channels_u8.tif",
+            &rgb_spec,
+            &rgb_weights,
+            &rgb_ref,
+            "3 channel(s)",
+        ),
+    ] {
+        let out = dir.join(format!("{file}.npy"));
+        let (code, _, err) = unetc(&[
+            "run",
+            s(spec),
+            "--weights",
+            s(weights),
+            "--input",
+            s(&fixtures.join(file)),
+            "--output",
+            s(&out),
+            "--tile",
+            "40",
+            "--verbose",
+        ]);
+        assert_eq!(code, 0, "{file}: {err}");
+        assert!(
+            err.contains(&format!("{layout}, read from the TIFF a chunk at a time")),
+            "{file}: {err}"
+        );
+        let d = max_diff(&read_npy(&out).unwrap().data, want);
+        assert!(d <= 1e-6, "{file}: differs from the interleaved run by {d}");
+    }
+    // The OME-TIFF's two channels on the RGB model: named for what they are.
+    let (code, _, err) = unetc(&[
+        "run",
+        s(&rgb_spec),
+        "--weights",
+        s(&rgb_weights),
+        "--input",
+        s(&fixtures.join("ome_channels_u16.ome.tif")),
+        "--output",
+        s(&dir.join("wrong.npy")),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("is a multichannel image: 2 channel(s) but the model takes 3"),
+        "{err}"
+    );
+    assert!(
+        err.contains("3 channels (an OME-TIFF of 3 channel pages, or a .npy)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn refusals_are_clear_and_leave_no_file() {
     let dir = temp_dir("refuse");
     let (spec, weights) = model(&dir, "tiny", TINY);
@@ -460,11 +572,23 @@ fn refusals_are_clear_and_leave_no_file() {
     let (code, _, err) = run(&short, &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("truncated"), "{err}");
-    // Planar TIFF: the streaming reader says why; 64-bit float TIFF: also refused.
+    // An RGB TIFF on a one-channel model, and a z-stack said so by OME-XML: the reader says
+    // why; 64-bit float TIFF: also refused.
     let planar = root().join("tests/fixtures/stream/planar_rgb_u8.tif");
     let (code, _, err) = run(&planar, &[]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("channel") || err.contains("planar"), "{err}");
+    assert!(
+        err.contains("is an RGB image: 3 channel(s) but the model takes 1"),
+        "{err}"
+    );
+    let zstack = root().join("tests/fixtures/stream/ome_zstack_u8.ome.tif");
+    let (code, _, err) = run(&zstack, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("has 3 full-size pages of 90x100 (W x H), and its OME-XML says 1 channel(s) x 3 z/time plane(s)"),
+        "{err}"
+    );
+    assert!(!out.exists());
     let f64_tif = dir.join("f64.tif");
     {
         use tiff::encoder::{colortype, TiffEncoder};

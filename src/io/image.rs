@@ -22,6 +22,9 @@ pub enum ChannelLayout {
     GrayAlpha,
     Rgb,
     Rgba,
+    /// Channels of a microscope image (an OME-TIFF's or ImageJ's channels stored as pages):
+    /// none of them alpha.
+    Multichannel(usize),
 }
 
 impl ChannelLayout {
@@ -31,6 +34,7 @@ impl ChannelLayout {
             ChannelLayout::GrayAlpha => 2,
             ChannelLayout::Rgb => 3,
             ChannelLayout::Rgba => 4,
+            ChannelLayout::Multichannel(n) => n,
         }
     }
 
@@ -38,7 +42,7 @@ impl ChannelLayout {
     pub fn has_alpha(self) -> bool {
         match self {
             ChannelLayout::GrayAlpha | ChannelLayout::Rgba => true,
-            ChannelLayout::Gray | ChannelLayout::Rgb => false,
+            ChannelLayout::Gray | ChannelLayout::Rgb | ChannelLayout::Multichannel(_) => false,
         }
     }
 
@@ -47,6 +51,7 @@ impl ChannelLayout {
         match self {
             ChannelLayout::Gray | ChannelLayout::GrayAlpha => ChannelLayout::Gray,
             ChannelLayout::Rgb | ChannelLayout::Rgba => ChannelLayout::Rgb,
+            ChannelLayout::Multichannel(n) => ChannelLayout::Multichannel(n),
         }
     }
 
@@ -57,6 +62,7 @@ impl ChannelLayout {
             ChannelLayout::GrayAlpha => "a gray+alpha",
             ChannelLayout::Rgb => "an RGB",
             ChannelLayout::Rgba => "an RGBA",
+            ChannelLayout::Multichannel(_) => "a multichannel",
         }
     }
 
@@ -67,6 +73,7 @@ impl ChannelLayout {
             ChannelLayout::GrayAlpha => "gray+alpha",
             ChannelLayout::Rgb => "RGB",
             ChannelLayout::Rgba => "RGBA",
+            ChannelLayout::Multichannel(_) => "multichannel",
         }
     }
 }

@@ -8,9 +8,11 @@
 //! - [`NpySource`]: a `<f4` NHWC/HWC (or NDHWC/DHWC volume) `.npy` array through a read-only
 //!   memory map;
 //! - [`super::nifti::NiftiSource`]: a NIfTI-1 volume through a memory map;
-//! - [`TiffSource`]: a TIFF or BigTIFF (strips or tiles, chunky, 8/16-bit unsigned or 32-bit
-//!   float samples, gray, gray+alpha, RGB or RGBA, any compression the `tiff` crate decodes),
-//!   decoded one chunk at a time by the `tiff` crate, a few chunks cached;
+//! - [`TiffSource`]: a TIFF or BigTIFF (strips or tiles; channels interleaved, in planes
+//!   (planar configuration 2), or as pages where OME-XML or ImageJ's description says they are
+//!   channels; 8/16-bit unsigned or 32-bit float samples, gray, gray+alpha, RGB or RGBA, any
+//!   compression the `tiff` crate decodes), decoded one chunk at a time by the `tiff` crate, a
+//!   few chunks cached;
 //! - [`TensorSource`]: a tensor already in memory.
 //!
 //! [`TensorSink`] collects an output in memory.
@@ -412,36 +414,49 @@ pub struct TiffSource {
     given: usize,
     layout: ChannelLayout,
     sample: Sample,
-    /// Chunk size (a strip is the image's width wide) and chunks per row of chunks.
+    bands: Bands,
+    /// The page the decoder is at (for channels stored as pages).
+    page: usize,
+    /// Chunk size (a strip is the image's width wide), chunks per row of chunks, and chunks of
+    /// one band (all the channels when interleaved, one channel otherwise).
     chunk: (usize, usize),
     across: usize,
     chunks: usize,
-    /// Decoded chunks as f32, oldest first, at most `cache_cap` bytes.
+    /// Decoded chunks as f32 (key `band * chunks + k`), oldest first, at most `cache_cap`
+    /// bytes.
     cache: std::collections::VecDeque<(usize, Vec<f32>)>,
     cache_bytes: usize,
     cache_cap: usize,
 }
 
-/// Refuses a TIFF whose further pages are full-size images (a z-stack, a time series, channels
-/// stored as pages), which unetc would otherwise read as their first page alone. Pages of
-/// reduced resolution (NewSubfileType bit 0: a pyramid's levels, a thumbnail) and of other sizes
-/// (a slide's label) are left alone; a file the tiff crate cannot walk is left to the reader.
-pub fn refuse_page_stacks(path: &Path) -> Result<(), IoError> {
+/// The full-size pages of a TIFF (pages of reduced resolution, NewSubfileType bit 0, and pages
+/// of other sizes, such as a pyramid's levels, a thumbnail or a slide's label, are not), and
+/// what its description says they are.
+struct FullPages {
+    /// Indices of the full-size pages, the first page's included.
+    pages: Vec<usize>,
+    /// The first page's width and height.
+    size: (u32, u32),
+    /// The number of channels stored as pages, where OME-XML or ImageJ's description says the
+    /// full-size pages are exactly the channels of one image.
+    channels: Option<usize>,
+    /// What the description says the pages are otherwise (for the refusal).
+    declared: Option<String>,
+}
+
+/// Walks a TIFF's pages (at most 10,000); `None` for a file the tiff crate cannot walk (left to
+/// the reader, which says why).
+fn full_pages(path: &Path) -> Option<FullPages> {
     use tiff::decoder::Decoder;
     use tiff::tags::Tag;
-    let Ok(file) = File::open(path) else {
-        return Ok(());
-    };
-    let Ok(mut decoder) = Decoder::new(BufReader::new(file)) else {
-        return Ok(());
-    };
-    let Ok(first) = decoder.dimensions() else {
-        return Ok(());
-    };
-    // Bounded: a file may chain any number of pages.
-    let (mut full, mut walked) = (1usize, 0usize);
-    while decoder.more_images() && walked < 10_000 {
-        walked += 1;
+    let file = File::open(path).ok()?;
+    let mut decoder = Decoder::new(BufReader::new(file)).ok()?;
+    let size = decoder.dimensions().ok()?;
+    let description = decoder.get_tag_ascii_string(Tag::ImageDescription).ok();
+    let mut pages = vec![0];
+    let mut index = 0usize;
+    while decoder.more_images() && index < 10_000 {
+        index += 1;
         if decoder.next_image().is_err() {
             continue;
         }
@@ -450,51 +465,182 @@ pub fn refuse_page_stacks(path: &Path) -> Result<(), IoError> {
             .ok()
             .flatten()
             .is_some_and(|t| t & 1 == 1);
-        if !reduced && decoder.dimensions().ok() == Some(first) {
-            full += 1;
+        if !reduced && decoder.dimensions().ok() == Some(size) {
+            pages.push(index);
         }
     }
-    if full > 1 {
-        return Err(IoError::invalid(
-            path,
-            format!(
-                "has {full} full-size pages of {}x{} (W x H): a z-stack, a time series or \
-                 channels stored as pages; unetc reads one image per TIFF and would take the \
-                 first page alone: save each page as a TIFF of its own, or the stack as a .npy \
-                 (N, H, W, C)",
-                first.0, first.1
-            ),
-        ));
-    }
-    Ok(())
+    let (channels, declared) = match description.as_deref().map(page_axes) {
+        Some(Some(axes)) if axes.channels == pages.len() && axes.planes == 1 => {
+            (Some(axes.channels), None)
+        }
+        Some(Some(axes)) => (
+            None,
+            Some(format!(
+                "its {} says {} channel(s) x {} z/time plane(s)",
+                axes.source, axes.channels, axes.planes
+            )),
+        ),
+        Some(None) | None => (None, None),
+    };
+    Some(FullPages {
+        pages,
+        size,
+        channels,
+        declared,
+    })
 }
 
-impl TiffSource {
-    /// Opens a TIFF for streaming: its first image, checked to be a layout this reader handles
-    /// and no chunk of which decodes to more than `cache_cap` bytes of f32. The error says why
-    /// not otherwise.
-    pub fn open(path: &Path, cache_cap: usize) -> Result<TiffSource, IoError> {
-        use tiff::decoder::{ChunkType, Decoder};
+/// What a TIFF's description says its pages are: OME-XML's first `Pixels` (`SizeC`, and
+/// `SizeZ` x `SizeT` planes, one `Image` only, one sample per channel) or ImageJ's
+/// `channels=`/`slices=`/`frames=`.
+struct PageAxes {
+    source: &'static str,
+    channels: usize,
+    planes: usize,
+}
+
+fn page_axes(description: &str) -> Option<PageAxes> {
+    let number = |v: Option<&str>| -> Option<usize> { v?.trim().parse().ok() };
+    if description.contains("<OME") {
+        if description.matches("<Image ").count() != 1 {
+            return None;
+        }
+        let pixels = &description[description.find("<Pixels ")?..];
+        let pixels = &pixels[..pixels.find('>')?];
+        let size = |name: &str| number(xml_attribute(pixels, name)).filter(|&n| n >= 1);
+        let per_channel = description
+            .match_indices("<Channel ")
+            .filter_map(|(at, _)| {
+                let tag = &description[at..];
+                number(xml_attribute(&tag[..tag.find('>')?], "SamplesPerPixel"))
+            })
+            .all(|n| n == 1);
+        if !per_channel {
+            return None;
+        }
+        return Some(PageAxes {
+            source: "OME-XML",
+            channels: size("SizeC")?,
+            planes: size("SizeZ")?.checked_mul(size("SizeT")?)?,
+        });
+    }
+    if description.starts_with("ImageJ=") {
+        let value = |key: &str| {
+            description.lines().find_map(|line| {
+                let (k, v) = line.split_once('=')?;
+                (k.trim() == key).then_some(v)
+            })
+        };
+        let or_one = |key: &str| match value(key) {
+            Some(v) => number(Some(v)),
+            None => Some(1),
+        };
+        return Some(PageAxes {
+            source: "ImageJ description",
+            channels: or_one("channels")?,
+            planes: or_one("slices")?.checked_mul(or_one("frames")?)?,
+        });
+    }
+    None
+}
+
+/// The value of `name="..."` (or `'...'`) in an XML tag's text.
+fn xml_attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let mut rest = tag;
+    loop {
+        let at = rest.find(name)?;
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + name.len()..].trim_start();
+        rest = &rest[at + name.len()..];
+        if !before.is_some_and(char::is_whitespace) {
+            continue;
+        }
+        let Some(value) = after.strip_prefix('=') else {
+            continue;
+        };
+        let value = value.trim_start();
+        let quote = value.chars().next()?;
+        if quote != '"' && quote != '\'' {
+            return None;
+        }
+        let value = &value[1..];
+        return value.find(quote).map(|end| &value[..end]);
+    }
+}
+
+/// Refuses a TIFF whose further pages are full-size images (a z-stack, a time series, channels
+/// stored as pages), which the whole-image reader would read as its first page alone.
+pub fn refuse_page_stacks(path: &Path) -> Result<(), IoError> {
+    match full_pages(path) {
+        Some(found) if found.pages.len() > 1 => Err(page_stack_error(path, &found, false)),
+        Some(_) | None => Ok(()),
+    }
+}
+
+fn page_stack_error(path: &Path, found: &FullPages, streaming: bool) -> IoError {
+    let (w, h) = found.size;
+    let full = found.pages.len();
+    let why = match (&found.channels, &found.declared, streaming) {
+        (Some(c), _, false) => format!(
+            "stores its {c} channels as pages; `unetc run` streams such a file, but this reader \
+             takes one page per TIFF: save the image as an interleaved TIFF or a .npy (H, W, C)"
+        ),
+        (_, Some(declared), _) => format!(
+            "has {full} full-size pages of {w}x{h} (W x H), and {declared}; unetc reads one \
+             image per TIFF, and pages as channels only where they are all the channels of one \
+             image: save each image as a TIFF of its own, or as a .npy (N, H, W, C)"
+        ),
+        (_, None, _) => format!(
+            "has {full} full-size pages of {w}x{h} (W x H): a z-stack, a time series or \
+             channels stored as pages; unetc reads one image per TIFF and would take the first \
+             page alone. Channels as pages are read where the file says so (OME-TIFF's SizeC, \
+             ImageJ's channels=); otherwise save each page as a TIFF of its own, or the stack as \
+             a .npy (N, H, W, C)"
+        ),
+    };
+    IoError::invalid(path, why)
+}
+
+/// Where a TIFF keeps its channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bands {
+    /// Interleaved in each chunk (planar configuration 1).
+    Interleaved,
+    /// Each channel in its own plane of the page (planar configuration 2): chunk
+    /// `channel * chunks + k` is the channel's chunk `k`.
+    Planes,
+    /// Each channel a page of its own (indices of the pages, in channel order).
+    Pages(Vec<usize>),
+}
+
+/// How one TIFF page stores its pixels: what [`TiffSource`] needs to read its chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PageFormat {
+    layout: ChannelLayout,
+    sample: Sample,
+    /// Planar configuration 2: each channel in planes of its own.
+    planar: bool,
+    /// Chunk size (a strip is the image's width wide), chunks per row of chunks, and chunks
+    /// per channel plane (all of them when interleaved).
+    chunk: (usize, usize),
+    across: usize,
+    chunks: usize,
+}
+
+impl PageFormat {
+    /// The decoder's current page, of `w x h` pixels: refused unless a layout this reader
+    /// handles.
+    fn read(
+        decoder: &mut tiff::decoder::Decoder<BufReader<File>>,
+        path: &Path,
+        (w, h): (usize, usize),
+    ) -> Result<PageFormat, IoError> {
+        use tiff::decoder::ChunkType;
         use tiff::tags::Tag;
         use tiff::ColorType;
-        let file = File::open(path).map_err(|e| IoError::os(path, "cannot open", e))?;
         let bad = |e: tiff::TiffError| {
             IoError::invalid(path, format!("is not a TIFF unetc can read: {e}"))
         };
-        let mut decoder = Decoder::new(BufReader::new(file)).map_err(bad)?;
-        refuse_page_stacks(path)?;
-        let (w, h) = decoder.dimensions().map_err(bad)?;
-        let (w, h) = (w as usize, h as usize);
-        let pixels = w as u64 * h as u64;
-        if pixels == 0 || pixels > MAX_STREAM_PIXELS {
-            return Err(IoError::invalid(
-                path,
-                format!(
-                    "is {w}x{h} (W x H) = {pixels} pixels; unetc streams images of 1 to \
-                     {MAX_STREAM_PIXELS} pixels"
-                ),
-            ));
-        }
         let color = decoder.colortype().map_err(bad)?;
         let (layout, bits) = match color {
             ColorType::Gray(b) => (ChannelLayout::Gray, b),
@@ -549,14 +695,9 @@ impl TiffSource {
         }
         let planar = decoder
             .find_tag_unsigned::<u16>(Tag::PlanarConfiguration)
-            .map_err(bad)?;
-        if planar == Some(2) {
-            return Err(IoError::invalid(
-                path,
-                "stores each channel in its own plane (planar configuration 2); unetc streams \
-                 chunky (interleaved) TIFFs: save it contiguous",
-            ));
-        }
+            .map_err(bad)?
+            == Some(2)
+            && layout.channels() > 1;
         let (cw, ch) = decoder.chunk_dimensions();
         let (cw, ch) = (cw as usize, ch as usize);
         let (across, count) = match decoder.get_chunk_type() {
@@ -567,17 +708,100 @@ impl TiffSource {
             ),
         };
         let down = h.div_ceil(ch.max(1));
-        if cw == 0 || ch == 0 || count != across.saturating_mul(down) {
+        let planes = if planar { layout.channels() } else { 1 };
+        let chunks = across.saturating_mul(down);
+        if cw == 0 || ch == 0 || count != chunks.saturating_mul(planes) {
             return Err(IoError::invalid(
                 path,
                 format!(
                     "declares chunks of {cw}x{ch} (W x H) but {count} of them for an image of \
-                     {w}x{h}; the file is damaged"
+                     {w}x{h}{}; the file is damaged",
+                    if planar {
+                        format!(" in {planes} planes")
+                    } else {
+                        String::new()
+                    }
                 ),
             ));
         }
+        Ok(PageFormat {
+            layout,
+            sample,
+            planar,
+            chunk: (cw, ch),
+            across,
+            chunks,
+        })
+    }
+}
+
+impl TiffSource {
+    /// Opens a TIFF for streaming: its first image (or its channel pages), checked to be a
+    /// layout this reader handles and no chunk of which decodes to more than `cache_cap` bytes
+    /// of f32. The error says why not otherwise.
+    pub fn open(path: &Path, cache_cap: usize) -> Result<TiffSource, IoError> {
+        use tiff::decoder::Decoder;
+        let file = File::open(path).map_err(|e| IoError::os(path, "cannot open", e))?;
+        let bad = |e: tiff::TiffError| {
+            IoError::invalid(path, format!("is not a TIFF unetc can read: {e}"))
+        };
+        let mut decoder = Decoder::new(BufReader::new(file)).map_err(bad)?;
+        let channel_pages = match full_pages(path) {
+            Some(found) if found.pages.len() > 1 => match found.channels {
+                Some(_) => Some(found.pages),
+                None => return Err(page_stack_error(path, &found, true)),
+            },
+            Some(_) | None => None,
+        };
+        let (w, h) = decoder.dimensions().map_err(bad)?;
+        let (w, h) = (w as usize, h as usize);
+        let pixels = w as u64 * h as u64;
+        if pixels == 0 || pixels > MAX_STREAM_PIXELS {
+            return Err(IoError::invalid(
+                path,
+                format!(
+                    "is {w}x{h} (W x H) = {pixels} pixels; unetc streams images of 1 to \
+                     {MAX_STREAM_PIXELS} pixels"
+                ),
+            ));
+        }
+        let first = PageFormat::read(&mut decoder, path, (w, h))?;
+        let (layout, bands) = match channel_pages {
+            None if first.planar => (first.layout, Bands::Planes),
+            None => (first.layout, Bands::Interleaved),
+            Some(pages) => {
+                // Every channel page one gray channel, stored as the first page is.
+                for (channel, &page) in pages.iter().enumerate() {
+                    decoder.seek_to_image(page).map_err(bad)?;
+                    let format = PageFormat::read(&mut decoder, path, (w, h))?;
+                    if format.layout != ChannelLayout::Gray || format != first {
+                        return Err(IoError::invalid(
+                            path,
+                            format!(
+                                "stores its channels as pages, but page {page} (channel \
+                                 {channel}) is {} {:?} in chunks of {}x{}, not one gray channel \
+                                 stored as page 0 is; save it as an interleaved TIFF or a .npy",
+                                format.layout.with_article(),
+                                format.sample,
+                                format.chunk.0,
+                                format.chunk.1
+                            ),
+                        ));
+                    }
+                }
+                (
+                    ChannelLayout::Multichannel(pages.len()),
+                    Bands::Pages(pages),
+                )
+            }
+        };
         let stored = layout.channels();
-        let chunk_bytes = (cw as u64) * (ch as u64) * stored as u64 * 4;
+        let per_chunk = match bands {
+            Bands::Interleaved => stored,
+            Bands::Planes | Bands::Pages(_) => 1,
+        };
+        let (cw, ch) = first.chunk;
+        let chunk_bytes = (cw as u64) * (ch as u64) * per_chunk as u64 * 4;
         if chunk_bytes > cache_cap as u64 {
             return Err(IoError::invalid(
                 path,
@@ -591,6 +815,10 @@ impl TiffSource {
                 ),
             ));
         }
+        let page = match &bands {
+            Bands::Pages(pages) => pages.last().copied().unwrap_or(0),
+            Bands::Interleaved | Bands::Planes => 0,
+        };
         Ok(TiffSource {
             path: path.to_path_buf(),
             decoder,
@@ -599,10 +827,12 @@ impl TiffSource {
             stored,
             given: stored,
             layout,
-            sample,
+            sample: first.sample,
+            bands,
+            page,
             chunk: (cw, ch),
-            across,
-            chunks: count,
+            across: first.across,
+            chunks: first.chunks,
             cache: Default::default(),
             cache_bytes: 0,
             cache_cap,
@@ -619,22 +849,43 @@ impl TiffSource {
         self.given = self.stored.saturating_sub(1).max(1);
     }
 
-    /// Chunk `index` decoded to f32 (scaled to [0, 1] for integer samples).
-    fn chunk(&mut self, index: usize) -> Result<usize, IoError> {
-        if let Some(at) = self.cache.iter().position(|(i, _)| *i == index) {
+    /// Chunk `index` of channel band `band` (0 when interleaved) decoded to f32 (scaled to
+    /// [0, 1] for integer samples): its place in the cache.
+    fn chunk(&mut self, band: usize, index: usize) -> Result<usize, IoError> {
+        let key = band * self.chunks + index;
+        if let Some(at) = self.cache.iter().position(|(i, _)| *i == key) {
             return Ok(at);
         }
         let bad = |e: tiff::TiffError| {
             IoError::invalid(&self.path, format!("cannot decode chunk {index}: {e}"))
         };
-        if index >= self.chunks {
+        let bands = match &self.bands {
+            Bands::Interleaved => 1,
+            Bands::Planes => self.stored,
+            Bands::Pages(pages) => pages.len(),
+        };
+        if index >= self.chunks || band >= bands {
             return Err(IoError::invalid(
                 &self.path,
-                format!("internal error: chunk {index} of {}", self.chunks),
+                format!(
+                    "internal error: chunk {index} of {} in band {band} of {bands}",
+                    self.chunks
+                ),
             ));
         }
+        let stored_index = match &self.bands {
+            Bands::Interleaved => index,
+            Bands::Planes => key,
+            Bands::Pages(pages) => {
+                if self.page != pages[band] {
+                    self.decoder.seek_to_image(pages[band]).map_err(bad)?;
+                    self.page = pages[band];
+                }
+                index
+            }
+        };
         use tiff::decoder::DecodingResult;
-        let data: Vec<f32> = match self.decoder.read_chunk(index as u32).map_err(bad)? {
+        let data: Vec<f32> = match self.decoder.read_chunk(stored_index as u32).map_err(bad)? {
             DecodingResult::U8(v) if self.sample == Sample::U8 => {
                 v.iter().map(|&b| f32::from(b) / 255.0).collect()
             }
@@ -662,7 +913,7 @@ impl TiffSource {
             }
         }
         self.cache_bytes += bytes;
-        self.cache.push_back((index, data));
+        self.cache.push_back((key, data));
         Ok(self.cache.len() - 1)
     }
 }
@@ -703,46 +954,63 @@ impl RegionSource for TiffSource {
         let (cw, ch) = self.chunk;
         let (stored, given) = (self.stored, self.given);
         let region_w = cols.len();
-        for cy in rows.start / ch..=(rows.end - 1) / ch {
-            let (cx0, cx1) = if self.across == 1 {
-                (0, 0)
-            } else {
-                (cols.start / cw, (cols.end - 1) / cw)
-            };
-            for cx in cx0..=cx1 {
-                let index = cy * self.across + cx;
-                // The chunk's own extent in the image (edge chunks hold only the image's part).
-                let (x0, y0) = (cx * cw, cy * ch);
-                let data_w = if self.across == 1 {
-                    self.w
+        // Each band holds `per_chunk` channels from channel `band * per_chunk` on; a dropped
+        // alpha channel's band is not read.
+        let (bands, per_chunk) = match &self.bands {
+            Bands::Interleaved => (1, stored),
+            Bands::Planes => (given, 1),
+            Bands::Pages(pages) => (pages.len().min(given), 1),
+        };
+        for band in 0..bands {
+            let channels = (band * per_chunk)..(band * per_chunk + per_chunk).min(given);
+            for cy in rows.start / ch..=(rows.end - 1) / ch {
+                let (cx0, cx1) = if self.across == 1 {
+                    (0, 0)
                 } else {
-                    cw.min(self.w - x0)
+                    (cols.start / cw, (cols.end - 1) / cw)
                 };
-                let data_h = ch.min(self.h - y0);
-                let at = self.chunk(index)?;
-                let data = &self.cache[at].1;
-                if data.len() != data_w * data_h * stored {
-                    return Err(IoError::invalid(
-                        &self.path,
-                        format!(
-                            "chunk {index} holds {} samples, not {data_w}x{data_h}x{stored}; the \
-                             file is damaged",
-                            data.len()
-                        ),
-                    ));
-                }
-                let ys = rows.start.max(y0)..rows.end.min(y0 + data_h);
-                let xs = cols.start.max(x0)..cols.end.min(x0 + data_w);
-                for y in ys {
-                    for x in xs.clone() {
-                        let src = ((y - y0) * data_w + (x - x0)) * stored;
-                        let dst = ((y - rows.start) * region_w + (x - cols.start)) * given;
-                        for k in 0..given {
-                            let v = data[src + k];
-                            if !v.is_finite() {
-                                return Err(non_finite(&self.path, v, &[0, y, x, k], "N, H, W, C"));
+                for cx in cx0..=cx1 {
+                    let index = cy * self.across + cx;
+                    // The chunk's own extent in the image (edge chunks hold only the image's
+                    // part; a tile of a later plane may come with its padding rows).
+                    let (x0, y0) = (cx * cw, cy * ch);
+                    let data_w = if self.across == 1 {
+                        self.w
+                    } else {
+                        cw.min(self.w - x0)
+                    };
+                    let data_h = ch.min(self.h - y0);
+                    let at = self.chunk(band, index)?;
+                    let data = &self.cache[at].1;
+                    let row = data_w * per_chunk;
+                    if data.len() % row != 0 || data.len() / row < data_h {
+                        return Err(IoError::invalid(
+                            &self.path,
+                            format!(
+                                "chunk {index} holds {} samples, not {data_w}x{data_h}x{per_chunk}; \
+                                 the file is damaged",
+                                data.len()
+                            ),
+                        ));
+                    }
+                    let ys = rows.start.max(y0)..rows.end.min(y0 + data_h);
+                    let xs = cols.start.max(x0)..cols.end.min(x0 + data_w);
+                    for y in ys {
+                        for x in xs.clone() {
+                            let src = ((y - y0) * data_w + (x - x0)) * per_chunk;
+                            let dst = ((y - rows.start) * region_w + (x - cols.start)) * given;
+                            for (k, channel) in channels.clone().enumerate() {
+                                let v = data[src + k];
+                                if !v.is_finite() {
+                                    return Err(non_finite(
+                                        &self.path,
+                                        v,
+                                        &[0, y, x, channel],
+                                        "N, H, W, C",
+                                    ));
+                                }
+                                out[dst + channel] = v;
                             }
-                            out[dst + k] = v;
                         }
                     }
                 }
@@ -1289,5 +1557,45 @@ impl RegionSink for TiffSink {
             path, force, temp, ..
         } = *self;
         commit(temp, &path, force)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{page_axes, xml_attribute};
+
+    #[test]
+    fn xml_attributes_are_found_by_their_whole_name() {
+        let tag = r#"<Pixels ID="Pixels:0" PhysicalSizeX="0.5" SizeX = '90' SizeC="2""#;
+        assert_eq!(xml_attribute(tag, "SizeX"), Some("90"));
+        assert_eq!(xml_attribute(tag, "SizeC"), Some("2"));
+        assert_eq!(xml_attribute(tag, "Size"), None);
+        assert_eq!(xml_attribute(r#"<Pixels SizeC=2"#, "SizeC"), None);
+    }
+
+    #[test]
+    fn descriptions_say_which_pages_are_channels() {
+        let ome = |image: &str, channel: &str| {
+            format!(
+                r#"<?xml version="1.0"?><OME>{image}<Pixels ID="Pixels:0" SizeC="3" SizeZ="1" SizeT="2" SizeX="9" SizeY="8">{channel}</Pixels></Image></OME>"#
+            )
+        };
+        let one = r#"<Image ID="Image:0">"#;
+        let axes = page_axes(&ome(
+            one,
+            r#"<Channel ID="Channel:0:0" SamplesPerPixel="1"/>"#,
+        ));
+        let axes = axes.expect("read");
+        assert_eq!((axes.channels, axes.planes), (3, 2));
+        // Two images (series), or RGB channels: not read as channel pages.
+        let two = format!("{one}</Image>{one}");
+        assert!(page_axes(&ome(&two, "")).is_none());
+        assert!(page_axes(&ome(one, r#"<Channel SamplesPerPixel="3"/>"#)).is_none());
+        let imagej = page_axes("ImageJ=1.11a\nimages=4\nchannels=2\nslices=2\n").expect("read");
+        assert_eq!((imagej.channels, imagej.planes), (2, 2));
+        let plain = page_axes("ImageJ=1.11a\nimages=3\n").expect("read");
+        assert_eq!((plain.channels, plain.planes), (1, 1));
+        assert!(page_axes("ImageJ=1.11a\nchannels=x\n").is_none());
+        assert!(page_axes(r#"{"shape": [3, 40, 48]}"#).is_none());
     }
 }

@@ -33,7 +33,7 @@ pub fn derivative(activation: ActivationFn, x: f32) -> Option<f32> {
         }
         ActivationFn::Softmax => return None,
         ActivationFn::Tanh => {
-            let t = x.tanh();
+            let t = crate::exec::cpu::kernels::tanh(x);
             1.0 - t * t
         }
         ActivationFn::Elu => {
@@ -72,7 +72,7 @@ pub fn derivative(activation: ActivationFn, x: f32) -> Option<f32> {
         ActivationFn::Relu6 => step(x > 0.0 && x < 6.0),
         ActivationFn::Mish => {
             let sp = softplus(x);
-            let t = sp.tanh();
+            let t = crate::exec::cpu::kernels::tanh(sp);
             t + x * (1.0 - t * t) * sigmoid(x)
         }
         ActivationFn::LeakyRelu => {

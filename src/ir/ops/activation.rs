@@ -1,6 +1,7 @@
 //! Activation, ReLU, Softmax and the Dropout kinds: shape-preserving, no weights.
 
 use super::{ActivationFn, LayerKind, Shape, ShapeError, WeightSpec};
+use crate::exec::cpu::kernels::tanh;
 use crate::ir::value::ArgReader;
 use serde_json::{json, Value as Json};
 
@@ -277,11 +278,11 @@ impl GELU {
     const A: f32 = 0.044715;
 
     pub fn apply(x: f32) -> f32 {
-        0.5 * x * (1.0 + (Self::C * (x + Self::A * x.powi(3))).tanh())
+        0.5 * x * (1.0 + tanh(Self::C * (x + Self::A * x.powi(3))))
     }
 
     pub fn derivative(x: f32) -> f32 {
-        let t = (Self::C * (x + Self::A * x.powi(3))).tanh();
+        let t = tanh(Self::C * (x + Self::A * x.powi(3)));
         0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * Self::C * (1.0 + 3.0 * Self::A * x * x)
     }
 }

@@ -2,7 +2,9 @@
 //! backward passes call these too).
 
 use super::gemm::{matmul, strided_product};
+use super::kernels::exp;
 use crate::ir::ops::AttentionDims;
+use rayon::prelude::*;
 
 /// Keras scales the projected queries by `1 / sqrt(key_dim)` (a Python float, cast to f32).
 pub fn query_scale(key_dim: usize) -> f32 {
@@ -21,19 +23,38 @@ fn project(x: &[f32], rows: usize, n_in: usize, w: &[f32], bias: &[f32], units: 
     y
 }
 
-/// Softmax of each row of `s` (`cols` values per row), in place, as Keras's: `exp(x - max)`
-/// over its sum.
-pub(crate) fn softmax_rows(s: &mut [f32], cols: usize) {
-    for row in s.chunks_exact_mut(cols.max(1)) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
+/// `values` folded by `f` in 8 interleaved lanes, then the lanes in order: independent chains
+/// that vectorize (exact for max; for a sum, another rounding order than one chain's, which
+/// TensorFlow's reductions do not follow either).
+fn lanes(values: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    let mut chunks = values.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = f(*a, v);
         }
+    }
+    let tail = chunks.remainder().iter().fold(init, |a, &v| f(a, v));
+    acc.iter().fold(tail, |a, &v| f(a, v))
+}
+
+/// Softmax of each row of `s` (`cols` values per row), in place, as Keras's: `exp(x - max)`
+/// over its sum. Rows on all cores when there are many values.
+pub(crate) fn softmax_rows(s: &mut [f32], cols: usize) {
+    let row_softmax = |row: &mut [f32]| {
+        let max = lanes(row, f32::NEG_INFINITY, f32::max);
+        for v in row.iter_mut() {
+            *v = exp(*v - max);
+        }
+        let sum = lanes(row, 0.0, |a, b| a + b);
         for v in row.iter_mut() {
             *v /= sum;
         }
+    };
+    if s.len() >= 1 << 15 {
+        s.par_chunks_exact_mut(cols.max(1)).for_each(row_softmax);
+    } else {
+        s.chunks_exact_mut(cols.max(1)).for_each(row_softmax);
     }
 }
 

@@ -521,7 +521,7 @@ pub fn activate(y: &mut [f32], channels: usize, activation: ActivationFn) {
 /// erf in float32 without branches or calls, so that loops over it vectorize: `x P(x²) / Q(x²)`
 /// on [-3.92, 3.92] (beyond, erf is 1 in float32 but for 5e-8), P and Q of degree 5 fitted to
 /// erf by weighted least squares toward the minimax error, P(0) = 2/√π (1.6e-8 in exact
-/// arithmetic; as float32 computes it, 3.7e-7 absolute and 2.2e-7 relative near 0).
+/// arithmetic; as float32 computes it, 4.2e-7 absolute, near ±3.6, and 2.2e-7 relative near 0).
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
     const P: [f32; 6] = [
@@ -545,6 +545,51 @@ pub fn erf(x: f32) -> f32 {
     let p = ((((P[5] * t + P[4]) * t + P[3]) * t + P[2]) * t + P[1]) * t + P[0];
     let q = ((((Q[5] * t + Q[4]) * t + Q[3]) * t + Q[2]) * t + Q[1]) * t + Q[0];
     x * p / q
+}
+
+/// e^x in float32 without branches or calls, so that loops over it vectorize: x = n ln 2 + r
+/// with |r| <= ln 2 / 2 (n ln 2 exact by Cody and Waite's split of ln 2), e^r by its Taylor
+/// polynomial of degree 7 (truncation 5.2e-9 relative), times 2^n built from exponent bits in two
+/// halves so that subnormal results are right too; inf from 88.73, 0 below -103.98, as e^x
+/// rounds in float32.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    // ln 2 = LN2_HI + LN2_LO; LN2_HI has 9 significant bits, so n LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and taking away 1.5 * 2^23 rounds to the nearest integer (round() is a call on
+    // the baseline x86-64).
+    const SHIFTER: f32 = 12_582_912.0;
+    let x = x.clamp(-104.0, 88.8);
+    let shifted = x * std::f32::consts::LOG2_E + SHIFTER;
+    let n = shifted - SHIFTER;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = ((((((r * (1.0 / 5040.0) + 1.0 / 720.0) * r + 1.0 / 120.0) * r + 1.0 / 24.0) * r
+        + 1.0 / 6.0)
+        * r
+        + 0.5)
+        * r
+        + 1.0)
+        * r
+        + 1.0;
+    // n is in [-150, 128], the low bits of `shifted` (integer arithmetic, no conversion):
+    // each half's biased exponent is in [52, 191].
+    let n = shifted.to_bits() as i32 - SHIFTER.to_bits() as i32;
+    let half = n >> 1;
+    let two_to = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
+    p * two_to(half) * two_to(n - half)
+}
+
+/// `1 / (1 + e^-x)`, from `e^-|x|` so that nothing overflows.
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    let e = exp(-x.abs());
+    let r = 1.0 / (1.0 + e);
+    if x >= 0.0 {
+        r
+    } else {
+        e * r
+    }
 }
 
 /// tanh in float32 without branches or calls, so that loops over it vectorize: `x P(x²) / Q(x²)`
@@ -579,9 +624,6 @@ pub fn gelu(x: f32) -> f32 {
 
 /// The activation as a function of one value; `None` for softmax, which needs the whole pixel.
 pub fn elementwise(activation: ActivationFn) -> Option<fn(f32) -> f32> {
-    fn sigmoid(x: f32) -> f32 {
-        1.0 / (1.0 + (-x).exp())
-    }
     fn softplus(x: f32) -> f32 {
         // log(1 + e^x) without overflow.
         if x > 20.0 {
@@ -606,7 +648,7 @@ pub fn elementwise(activation: ActivationFn) -> Option<fn(f32) -> f32> {
         ActivationFn::Softsign => |x| x / (1.0 + x.abs()),
         ActivationFn::Swish | ActivationFn::Silu => |x| x * sigmoid(x),
         ActivationFn::Gelu => gelu,
-        ActivationFn::Exponential => f32::exp,
+        ActivationFn::Exponential => exp,
         ActivationFn::HardSigmoid => |x| (0.2 * x + 0.5).clamp(0.0, 1.0),
         ActivationFn::Relu6 => |x| x.clamp(0.0, 6.0),
         ActivationFn::Mish => |x| x * tanh(softplus(x)),
@@ -616,11 +658,11 @@ pub fn elementwise(activation: ActivationFn) -> Option<fn(f32) -> f32> {
 
 fn softmax_in_place(v: &mut [f32]) {
     let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
     for x in v.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
+        *x = exp(*x - max);
     }
+    // Summed in order after the exponentials (which then vectorize), as before.
+    let sum: f32 = v.iter().sum();
     for x in v.iter_mut() {
         *x /= sum;
     }
@@ -1304,6 +1346,92 @@ pub fn align_corners_source(o: usize, scale: usize, n: usize) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `step`-th float32 in `range` (by bit pattern, both signs).
+    fn sweep(range: std::ops::RangeInclusive<f32>, step: u32) -> impl Iterator<Item = f32> {
+        (0..=0x7f80_0000u32)
+            .step_by(step as usize)
+            .flat_map(|b| [f32::from_bits(b), -f32::from_bits(b)])
+            .filter(move |x| range.contains(x))
+    }
+
+    /// The largest error in units of the float32 spacing at the true value.
+    fn max_ulp(f: fn(f32) -> f32, exact: fn(f64) -> f64, xs: impl Iterator<Item = f32>) -> f64 {
+        xs.map(|x| {
+            let want = exact(x as f64);
+            let spacing = (want.abs() as f32).max(f32::MIN_POSITIVE);
+            let ulp = (f32::from_bits(spacing.to_bits() + 1) - spacing) as f64;
+            (f(x) as f64 - want).abs() / ulp
+        })
+        .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_and_saturates_as_float32_does() {
+        let ulp = max_ulp(exp, f64::exp, sweep(-103.0..=88.7, 97));
+        assert!(ulp <= 2.0, "exp: {ulp} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-104.0), 0.0);
+        assert_eq!(exp(-1000.0), 0.0);
+        assert_eq!(exp(89.0), f32::INFINITY);
+        assert!(exp(-100.0) > 0.0 && (exp(-100.0) as f64 / (-100f64).exp() - 1.0).abs() < 0.1);
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn sigmoid_tanh_and_erf_are_within_their_stated_errors() {
+        let sig = max_ulp(
+            sigmoid,
+            |x| 1.0 / (1.0 + (-x).exp()),
+            sweep(-80.0..=80.0, 97),
+        );
+        assert!(sig <= 3.0, "sigmoid: {sig} ulp");
+        assert_eq!(sigmoid(200.0), 1.0);
+        assert_eq!(sigmoid(-200.0), 0.0);
+        let xs = || sweep(-12.0..=12.0, 97);
+        let abs = |f: fn(f32) -> f32, exact: fn(f64) -> f64| {
+            xs().map(|x| (f(x) as f64 - exact(x as f64)).abs())
+                .fold(0.0, f64::max)
+        };
+        let rel = |f: fn(f32) -> f32, exact: fn(f64) -> f64| {
+            xs().filter(|&x| x != 0.0)
+                .map(|x| (f(x) as f64 / exact(x as f64) - 1.0).abs())
+                .fold(0.0, f64::max)
+        };
+        // tanh: 3.2e-7 (tools/fits/tanh_fit.py), never beyond ±1.
+        let (ta, tr) = (abs(tanh, f64::tanh), rel(tanh, f64::tanh));
+        assert!(
+            ta <= 3.3e-7 && tr <= 3.3e-7,
+            "tanh: {ta} absolute, {tr} relative"
+        );
+        assert!(xs().all(|x| tanh(x).abs() <= 1.0));
+        // erf: 4.2e-7 absolute (its doc comment).
+        let erf64 = |x: f64| libm_erf(x);
+        assert!(abs(erf, erf64) <= 4.2e-7, "erf: {}", abs(erf, erf64));
+    }
+
+    /// erf in float64 by its Maclaurin series (|x| < 3) and the continued fraction of erfc
+    /// (beyond): a reference independent of the float32 fit.
+    fn libm_erf(x: f64) -> f64 {
+        let a = x.abs();
+        let v = if a < 3.0 {
+            let (mut term, mut sum, mut k) = (a, a, 0.0);
+            while term.abs() > 1e-17 * sum.abs() {
+                k += 1.0;
+                term *= -a * a / k;
+                sum += term / (2.0 * k + 1.0);
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            // erfc(a) = e^{-a^2} / sqrt(pi) * 1 / (a + 1/2 / (a + 1 / (a + 3/2 / (a + ...))))
+            let mut f = a;
+            for k in (1..60).rev() {
+                f = a + (k as f64 / 2.0) / f;
+            }
+            1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / f
+        };
+        v.copysign(x)
+    }
 
     #[test]
     fn small_k_product_is_the_same_sum_on_every_isa() {

@@ -841,8 +841,9 @@ def edge_tfindex():
     decoder's map), here `cls[:, None, None, :]` so that it broadcasts at batch 2 as well; the
     per-pixel argmax of a 4-channel map (a label map); channel subscripts `x[..., 1:3]`,
     `x[:, :, :, 2]`, `x[..., -1:]`, `x[..., :2][:, :, :, 1][..., None]` (a channel picked, then
-    a new axis), `x[0:, :, :, -2]`, and crops `x[:, 1:-1, 1:4, 1:3]`, `x[:, 2:, :-1, 0]`. Each
-    result is cast where it is integer, flattened and concatenated."""
+    a new axis), `x[0:, :, :, -2]`, crops `x[:, 1:-1, 1:4, 1:3]`, `x[:, 2:, :-1, 0]`, and a row,
+    a column and a pixel picked: `x[:, 0]`, `x[:, :, -1]`, `x[:, 2, 3]`, `x[:, 1:4, 2, 1:3]`.
+    Each result is cast where it is integer, flattened and concatenated."""
     tf = _tf()
     L = tf.keras.layers
     inp = L.Input((6, 5, 3))
@@ -869,6 +870,10 @@ def edge_tfindex():
         x[0:, :, :, -2],
         x[:, 1:-1, 1:4, 1:3],
         x[:, 2:, :-1, 0],
+        x[:, 0],
+        x[:, :, -1],
+        x[:, 2, 3],
+        x[:, 1:4, 2, 1:3],
     ]
     flat = [L.Flatten()(b) for b in branches]
     return tf.keras.Model(inp, L.Concatenate()(flat))

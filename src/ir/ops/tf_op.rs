@@ -220,8 +220,9 @@ pub struct SliceWindow {
     pub channels: std::ops::Range<i64>,
 }
 
-/// A subscript as Python writes it; unetc runs those that keep the batch and the spatial axes
-/// whole and slice or pick the channels (the last axis), adding or dropping axes of size 1.
+/// A subscript as Python writes it; unetc runs those that keep the batch whole, slice or pick an
+/// image's rows, columns and channels (the last axis of other tensors), and add or drop axes of
+/// size 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscript(pub Vec<IndexItem>);
 
@@ -393,12 +394,17 @@ impl Subscript {
                             "index {k} is out of range for axis {axis} of size {n}"
                         ));
                     }
+                    // The axis is dropped: the window's values in order are the output's.
                     if last {
                         window.channels = at..at + 1;
+                    } else if image && axis == 1 {
+                        window.rows = at..at + 1;
+                    } else if image && axis == 2 {
+                        window.cols = at..at + 1;
                     } else if n != 1 {
                         return Err(format!(
                             "index {k} picks one position of axis {axis} (of {n}); unetc picks \
-                             channels (the last axis) or drops axes of size 1 only"
+                             an image's row, column or channel, or drops axes of size 1"
                         ));
                     }
                     axis += 1;
@@ -1490,6 +1496,19 @@ mod tests {
     }
 
     #[test]
+    fn subscripts_pick_an_image_row_column_or_pixel() {
+        let window = |index: &str| {
+            let (shape, w) = Subscript::parse(index).unwrap().apply(&[6, 5, 4]).unwrap();
+            (shape, w.rows, w.cols, w.channels)
+        };
+        assert_eq!(window("[:, 0]"), (vec![5, 4], 0..1, 0..5, 0..4));
+        assert_eq!(window("[:, :, -1]"), (vec![6, 4], 0..6, 4..5, 0..4));
+        assert_eq!(window("[:, 2, 3]"), (vec![4], 2..3, 3..4, 0..4));
+        assert_eq!(window("[:, 1:4, 2, 1:3]"), (vec![3, 2], 1..4, 2..3, 1..3));
+        assert_eq!(window("[:, -1, ..., 0]"), (vec![5], 5..6, 0..5, 0..1));
+    }
+
+    #[test]
     fn subscripts_crop_an_image() {
         let window = |index: &str, shape: &[i64]| Subscript::parse(index).unwrap().apply(shape);
         assert_eq!(
@@ -1536,7 +1555,9 @@ mod tests {
             ("[None, ...]", &[6, 5, 4]),
             ("[:, 1:3]", &[5, 4]),
             ("[:, 1:1]", &[6, 5, 4]),
-            ("[:, 2]", &[6, 5, 4]),
+            ("[:, 6]", &[6, 5, 4]),
+            ("[:, :, -6]", &[6, 5, 4]),
+            ("[:, 2]", &[6, 5]),
             ("[..., 4]", &[6, 5, 4]),
             ("[..., -5]", &[6, 5, 4]),
             ("[..., 3:1]", &[6, 5, 4]),

@@ -67,6 +67,28 @@ const ONE_RGB: &str = r#"model "one_rgb" {
 }
 "#;
 
+/// `unetc run SPEC --weights W --input IN --output OUT EXTRA...`.
+fn run_model(
+    spec: &Path,
+    weights: &Path,
+    input: &Path,
+    output: &Path,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let mut args = vec![
+        "run",
+        s(spec),
+        "--weights",
+        s(weights),
+        "--input",
+        s(input),
+        "--output",
+        s(output),
+    ];
+    args.extend_from_slice(extra);
+    unetc(&args)
+}
+
 /// Writes a spec and seeded weights for it; returns (spec, weights).
 fn model(dir: &Path, name: &str, text: &str) -> (PathBuf, PathBuf) {
     let spec = dir.join(format!("{name}.unet"));
@@ -407,16 +429,7 @@ fn channels_in_planes_or_pages_read_as_interleaved_ones() {
         let input = dir.join(format!("{name}.f8.npy"));
         write_npy(&input, "<f8", &[h, w, c], values.into_iter());
         let out = dir.join(format!("{name}.ref.npy"));
-        let (code, _, err) = unetc(&[
-            "run",
-            s(spec),
-            "--weights",
-            s(weights),
-            "--input",
-            s(&input),
-            "--output",
-            s(&out),
-        ]);
+        let (code, _, err) = run_model(spec, weights, &input, &out, &[]);
         assert_eq!(code, 0, "{err}");
         read_npy(&out).unwrap().data
     };
@@ -459,19 +472,13 @@ fn channels_in_planes_or_pages_read_as_interleaved_ones() {
         ),
     ] {
         let out = dir.join(format!("{file}.npy"));
-        let (code, _, err) = unetc(&[
-            "run",
-            s(spec),
-            "--weights",
-            s(weights),
-            "--input",
-            s(&fixtures.join(file)),
-            "--output",
-            s(&out),
-            "--tile",
-            "40",
-            "--verbose",
-        ]);
+        let (code, _, err) = run_model(
+            spec,
+            weights,
+            &fixtures.join(file),
+            &out,
+            &["--tile", "40", "--verbose"],
+        );
         assert_eq!(code, 0, "{file}: {err}");
         assert!(
             err.contains(&format!("{layout}, read from the TIFF a chunk at a time")),
@@ -481,16 +488,13 @@ fn channels_in_planes_or_pages_read_as_interleaved_ones() {
         assert!(d <= 1e-6, "{file}: differs from the interleaved run by {d}");
     }
     // The OME-TIFF's two channels on the RGB model: named for what they are.
-    let (code, _, err) = unetc(&[
-        "run",
-        s(&rgb_spec),
-        "--weights",
-        s(&rgb_weights),
-        "--input",
-        s(&fixtures.join("ome_channels_u16.ome.tif")),
-        "--output",
-        s(&dir.join("wrong.npy")),
-    ]);
+    let (code, _, err) = run_model(
+        &rgb_spec,
+        &rgb_weights,
+        &fixtures.join("ome_channels_u16.ome.tif"),
+        &dir.join("wrong.npy"),
+        &[],
+    );
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("is a multichannel image: 2 channel(s) but the model takes 3"),
@@ -942,21 +946,9 @@ fn labels_are_the_argmax_or_threshold_of_the_probabilities() {
     let f8 = dir.join("a_f8.npy");
     write_npy(&f8, "<f8", &[h, w, 1], values());
     let run = |spec: &Path, weights: &Path, input: &Path, out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            s(spec),
-            "--weights",
-            s(weights),
-            "--input",
-            s(input),
-            "--output",
-            s(out),
-            "--memory",
-            "1MiB",
-            "--verbose",
-        ];
+        let mut args = vec!["--memory", "1MiB", "--verbose"];
         args.extend(extra);
-        let (code, _, err) = unetc(&args);
+        let (code, _, err) = run_model(spec, weights, input, out, &args);
         assert_eq!(code, 0, "{err}");
         err
     };

@@ -1,12 +1,9 @@
 //! Activation functions in training: the value and its derivative, as TensorFlow differentiates
 //! them (ReLU's gradient is 0 at 0, as TF's ReluGrad takes `x > 0`).
 
+use crate::exec::cpu::kernels::{sigmoid, tanh};
 use crate::ir::ops::ActivationFn;
 use rayon::prelude::*;
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
 
 fn softplus(x: f32) -> f32 {
     value(ActivationFn::Softplus, x).unwrap_or(x)
@@ -33,7 +30,7 @@ pub fn derivative(activation: ActivationFn, x: f32) -> Option<f32> {
         }
         ActivationFn::Softmax => return None,
         ActivationFn::Tanh => {
-            let t = crate::exec::cpu::kernels::tanh(x);
+            let t = tanh(x);
             1.0 - t * t
         }
         ActivationFn::Elu => {
@@ -72,7 +69,7 @@ pub fn derivative(activation: ActivationFn, x: f32) -> Option<f32> {
         ActivationFn::Relu6 => step(x > 0.0 && x < 6.0),
         ActivationFn::Mish => {
             let sp = softplus(x);
-            let t = crate::exec::cpu::kernels::tanh(sp);
+            let t = tanh(sp);
             t + x * (1.0 - t * t) * sigmoid(x)
         }
         ActivationFn::LeakyRelu => {

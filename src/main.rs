@@ -128,7 +128,8 @@ enum Command {
         #[arg(long, value_name = "K", default_value_t = 0)]
         part_id: u32,
         /// Write this layer's output instead of the model's first output (another output of a
-        /// deep-supervision model, or a layer's features); later layers are not run.
+        /// deep-supervision model, or a layer's features; inside a nested model by its path,
+        /// `encoder/conv2d`, `encoder/conv2d[1]` in its second call); later layers are not run.
         #[arg(long, value_name = "NAME")]
         output_layer: Option<String>,
     },

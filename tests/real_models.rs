@@ -195,3 +195,76 @@ fn a_model_tensorflow_runs_at_batch_one_only_is_refused_at_batch_two() {
         "{err}"
     );
 }
+
+#[test]
+fn a_layer_inside_a_nested_model_is_an_output_by_its_path() {
+    // generate.py stores, for the models that nest others, Keras's value of some inner layers
+    // (`tap_<nested>/<layer>`, `[k]` for the nested model's call k), computed by a Keras model
+    // from the nested model's inputs to that layer. `--output-layer nested/layer` selects the
+    // same layer: checked through the executor, and through `unetc run` for one-input models.
+    let dir = root().join("tests/real_models");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let tmp = fresh_temp_dir("real_models_nested_taps");
+    let mut taps = 0;
+    for (stem, entry) in manifest["models"].as_object().unwrap() {
+        let Some(paths) = entry.get("nested_taps").and_then(|n| n.as_array()) else {
+            continue;
+        };
+        let json = std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap();
+        let spec = unetc::interop::keras::import_json(&json).unwrap();
+        let spec_path = tmp.join(format!("{stem}.unet"));
+        std::fs::write(&spec_path, &spec).unwrap();
+        let weights_file = dir.join(format!("{stem}.weights.safetensors"));
+        let io_file = dir.join(format!("{stem}.io.safetensors"));
+        let (inputs, _) = io_inputs(&io_file);
+        // The weights file is the whole model's (as `run` reads it).
+        let whole = compile(&spec_path);
+        let weights = load_weights(&weights_file, &expected_weights(&whole)).expect("weights");
+        for path in paths.iter().map(|p| p.as_str().unwrap()) {
+            let want = io_tensor(&io_file, &format!("tap_{path}"));
+            let options = unetc::Options {
+                output_layer: Some(path.to_string()),
+                ..Default::default()
+            };
+            let c = unetc::compile_source(
+                &spec_path,
+                spec.clone(),
+                &options,
+                &mut unetc::expand::Session::new(),
+            );
+            assert!(!c.has_errors(), "{stem} {path}: {:?}", c.diags);
+            let got = CpuModel::new(&c.graph, &c.info, &weights)
+                .expect("bind")
+                .run_inputs(&inputs)
+                .expect("run")
+                .remove(0);
+            let err = rel_err(&got, &want);
+            assert!(err <= 1e-5, "{stem} `{path}`: {err:.3e}");
+            if inputs.len() == 1 {
+                let input_npy = tmp.join(format!("{stem}.x.npy"));
+                unetc::io::write_npy(&input_npy, &inputs[0], true).unwrap();
+                let out = tmp.join(format!("{stem}.{taps}.npy"));
+                let (code, stdout, stderr) = unetc_cli(&[
+                    "run",
+                    path_str(&spec_path),
+                    "--weights",
+                    path_str(&weights_file),
+                    "--input",
+                    path_str(&input_npy),
+                    "-o",
+                    path_str(&out),
+                    "--device",
+                    "cpu",
+                    "--output-layer",
+                    path,
+                ]);
+                assert_eq!(code, 0, "{stem} --output-layer {path}: {stdout}{stderr}");
+                let err = rel_err(&unetc::io::read_npy(&out).unwrap(), &want);
+                assert!(err <= 1e-5, "{stem} run --output-layer {path}: {err:.3e}");
+            }
+            taps += 1;
+        }
+    }
+    assert!(taps >= 5, "only {taps} nested layers checked");
+}

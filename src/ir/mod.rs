@@ -155,31 +155,88 @@ impl Graph {
         &self.nodes[id.index()]
     }
 
-    /// Makes the layer `name` (of the model itself, not of a nested model) the only output.
+    /// Makes the layer `name` the only output: a layer of the model itself, or one inside a
+    /// nested model named by its path (`model/block_6_expand_relu`; in a nested model's second
+    /// call `model/block_6_expand_relu[1]`, the names `check --format json` lists).
     pub fn select_output(&mut self, name: &str) -> Result<(), crate::diag::Diagnostic> {
-        let found = self
+        let top = self
             .ids()
             .find(|&id| self.node(id).scope.is_none() && self.node(id).name == name);
+        let found = match top {
+            Some(id) => Ok(id),
+            None if name.contains('/') => self.nested_layer(name),
+            None => Err(String::new()),
+        };
         match found {
-            Some(id) => {
+            Ok(id) => {
                 self.outputs = vec![id];
                 Ok(())
             }
-            None => {
+            Err(why) => {
                 let outputs: Vec<&str> = self
                     .outputs
                     .iter()
                     .map(|&id| self.node(id).name.as_str())
                     .collect();
-                Err(crate::diag::Diagnostic::error(
-                    "E-output-layer",
-                    format!("--output-layer `{name}`: the model has no layer of that name"),
+                let message = if why.is_empty() {
+                    format!("--output-layer `{name}`: the model has no layer of that name")
+                } else {
+                    format!("--output-layer `{name}`: {why}")
+                };
+                Err(
+                    crate::diag::Diagnostic::error("E-output-layer", message).help(format!(
+                        "name a layer of the model (`unetc check` lists them), or one inside a \
+                     nested model by its path (`{}/LAYER`; `unetc check --format json` lists \
+                     them with `nested_in`); the outputs are {}",
+                        self.scopes.first().map_or("model", |s| s.name.as_str()),
+                        outputs.join(", ")
+                    )),
                 )
-                .help(format!(
-                    "name a layer of the model (`unetc check` lists them); its outputs are {}",
-                    outputs.join(", ")
-                )))
             }
+        }
+    }
+
+    /// The layer at `path` (`outer/inner/layer`): nested models' names from the outermost,
+    /// then the layer's.
+    fn nested_layer(&self, path: &str) -> Result<NodeId, String> {
+        let segments: Vec<&str> = path.split('/').collect();
+        let (layer, models) = segments
+            .split_last()
+            .expect("split yields one item at least");
+        let scope_path = |mut scope: Option<ScopeId>| {
+            let mut names = Vec::new();
+            while let Some(s) = scope {
+                names.push(self.scopes[s.index()].name.as_str());
+                scope = self.scopes[s.index()].parent;
+            }
+            names.reverse();
+            names
+        };
+        let matches: Vec<NodeId> = self
+            .ids()
+            .filter(|&id| {
+                let node = self.node(id);
+                node.name == *layer && node.scope.is_some() && scope_path(node.scope) == models
+            })
+            .collect();
+        match matches[..] {
+            [id] => Ok(id),
+            [] => {
+                let known =
+                    (0..self.scopes.len() as u32).any(|s| scope_path(Some(ScopeId(s))) == models);
+                if known {
+                    Err(format!(
+                        "the nested model `{}` has no layer `{layer}`",
+                        models.join("/")
+                    ))
+                } else {
+                    Err(format!(
+                        "the model has no nested model `{}`",
+                        models.join("/")
+                    ))
+                }
+            }
+            _ => Err(format!("{} layers have that path", matches.len())),
         }
     }
 

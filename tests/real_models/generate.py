@@ -556,6 +556,35 @@ FORMULA_INPUT_SCALE = {"sm_pspnet_inceptionv3": 1000, "kuc_unet_2d_efficientnetb
 
 SKIPPED = {}
 
+# Layers inside nested models whose outputs are stored as `tap_<path>`, for
+# `run --output-layer MODEL/LAYER` (`LAYER[k]`: in the nested model's call k).
+NESTED_TAPS = {
+    "tf_tutorial_unet": ["model/block_6_expand_relu", "sequential_1/re_lu_1"],
+    "siamese_unet": ["encoder/activation_1", "encoder/activation_1[1]"],
+    "siamese_sequential": ["stem/re_lu[1]"],
+}
+
+
+def nested_tap(model, path, xs):
+    """Keras's value of the layer at `path` (`nested/layer` or `nested/layer[k]`): the inputs
+    of the nested model's call k, computed by the outer model's layers, through a model from
+    the nested model's inputs to that layer's output."""
+    import numpy as np
+    import tensorflow as tf
+
+    scope, layer = path.split("/")
+    call = 0
+    if layer.endswith("]"):
+        layer, k = layer[:-1].split("[")
+        call = int(k)
+    nested = model.get_layer(scope)
+    # The nested model's calls in the outer model (a Functional model's node 0 is its own).
+    calls = [n for i, n in enumerate(nested._inbound_nodes)
+             if f"{nested.name}_ib-{i}" in model._network_nodes]
+    feed = tf.keras.Model(model.inputs, calls[call].input_tensors)
+    inner = tf.keras.Model(nested.inputs, nested.get_layer(layer).output)
+    return np.asarray(inner(feed(xs)), dtype=np.float32)
+
 
 def main() -> int:
     import numpy as np
@@ -615,7 +644,8 @@ def main() -> int:
                   for t in model.inputs]
             y = np.asarray(model.predict(xs, verbose=0), dtype=np.float32)
             entry["output_spread"] = float(np.abs(y[0] - y[1]).max())
-            save_file({**{f"input_{k}": x for k, x in enumerate(xs)}, "output": y},
+            taps = {f"tap_{p}": nested_tap(model, p, xs) for p in NESTED_TAPS.get(name, [])}
+            save_file({**{f"input_{k}": x for k, x in enumerate(xs)}, "output": y, **taps},
                       str(HERE / f"{name}.io.safetensors"))
         elif store:
             shape = tuple(int(d) for d in model.input_shape[1:])
@@ -642,7 +672,10 @@ def main() -> int:
             y = np.asarray(y, dtype=np.float32)
             if len(y) > 1:
                 entry["output_spread"] = float(np.abs(y[0] - y[1]).max())
+            others.update({f"tap_{p}": nested_tap(model, p, x) for p in NESTED_TAPS.get(name, [])})
             save_file({"input": x, "output": y, **others}, str(HERE / f"{name}.io.safetensors"))
+        if name in NESTED_TAPS:
+            entry["nested_taps"] = NESTED_TAPS[name]
         manifest[name] = entry
         print(name, entry["params"], entry["layers"], flush=True)
     import keras_unet

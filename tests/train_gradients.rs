@@ -84,6 +84,7 @@ const SPECS: &[(&str, &str)] = &[
     ("tf ops with constant tensors", "x = conv2d(4, 1)\n  g = x -> conv2d(1, 1, activation: sigmoid)\n  [x -> tf_op(\"__operators__.add\", y: [0.5, -1.0, 1.5, 2.0]), x -> tf_op(\"math.subtract\", x: [[0.1], [0.2], [0.3], [0.4], [0.5], [0.6]]), x -> tf_op(\"math.multiply\", y: [1.0, -2.0, 0.5, 3.0]), x -> tf_op(\"math.truediv\", y: [2.0, 4.0, -1.0, 0.5]), g -> tf_op(\"math.truediv\", x: [1.0, 2.0, 3.0, 4.0]), x -> tf_op(\"math.maximum\", y: [0.1, -0.2, 0.3, 0.0]), x -> tf_op(\"math.minimum\", x: [[[0.1, -0.2, 0.3, 0.0]]])] -> concatenate()"),
     ("tf maximum and minimum with numbers", "x = conv2d(4, 1)\n  [x -> tf_op(\"math.maximum\", y: 0.1), x -> tf_op(\"math.minimum\", x: -0.2), x -> tf_op(\"math.maximum\", x: 0.0) -> tf_op(\"math.minimum\", y: 0.3)] -> concatenate()"),
     ("picked rows, columns and pixels", "x = conv2d(4, 1)\n  [x -> tf_op(\"__operators__.getitem\", index: \"[:, 0]\") -> flatten(), x -> tf_op(\"__operators__.getitem\", index: \"[:, :, -1]\") -> flatten(), x -> tf_op(\"__operators__.getitem\", index: \"[:, 1:3, 2, 1:3]\") -> flatten()] -> concatenate()"),
+    ("stepped and reversed subscripts, bias_add", "x = conv2d(4, 1)\n  [x -> tf_op(\"__operators__.getitem\", index: \"[:, ::2, 1::2]\") -> flatten(), x -> tf_op(\"__operators__.getitem\", index: \"[:, ::-1, :, ::-2]\") -> flatten(), x -> tf_op(\"__operators__.getitem\", index: \"[..., ::-1]\") -> tf_op(\"nn.bias_add\", y: [0.5, -1.0, 1.5, 2.0]) -> flatten()] -> concatenate()"),
 ];
 
 struct Case {

@@ -75,6 +75,8 @@ SPECS = [
     "tests/golden/edge_lambda_resize.unet",
     # tf.argmax, tf.cast and `x[...]` subscripts (SlicingOpLambda).
     "tests/golden/edge_tfindex.unet",
+    # Stepped and reversed subscripts, tf.nn.bias_add (preprocess_input of VGG16 and DenseNet).
+    "tests/golden/edge_tfstep.unet",
     # tf.nn activations and reductions over height and width.
     "tests/golden/edge_tfactivations.unet",
     # MultiHeadAttention (self, cross with a key, over an image's pixels).

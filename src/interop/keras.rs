@@ -555,7 +555,9 @@ impl PythonExporter<'_> {
                 TfCompute::TensorMerge(m) => {
                     let values = op.operand.as_ref().map_or("[]".into(), |t| t.nested_text());
                     let constant = format!("tf.constant({values}, dtype=tf.float32)");
-                    if m.constant_first {
+                    if op.function == TfFunction::NnBiasAdd {
+                        format!("{}, bias={constant}", inputs[0])
+                    } else if m.constant_first {
                         format!("{constant}, y={}", inputs[0])
                     } else {
                         format!("{}, y={constant}", inputs[0])
@@ -1235,6 +1237,22 @@ fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<Stri
                         "takes {} as `y`; unetc runs a number, a tensor of numbers or a layer's \
                          output there",
                         constant_text(v)
+                    )))
+                }
+                // tf.nn.bias_add's bias (one value per channel): its constant, as `y`.
+                ("bias", v @ Json::Array(_)) => args.push(format!(
+                    "y: {}",
+                    constant_tensor(v).map_err(|why| err(format!(
+                        "takes {} as `bias`, which unetc does not read: {why}",
+                        constant_text(v)
+                    )))?
+                )),
+                ("data_format", Json::Null) => {}
+                ("data_format", Json::String(f)) if f == "NHWC" || f == "N...C" => {}
+                ("data_format", v) => {
+                    return Err(err(format!(
+                        "is called with `data_format={v}`; unetc's tensors are channels-last \
+                         (NHWC)"
                     )))
                 }
                 ("axis", Json::Number(n)) => args.push(format!("axis: {n}")),

@@ -21,9 +21,9 @@
 use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, AttentionDims, Average, ImageReduceFn, Interpolation, LambdaBody, Maximum,
-    MergeFn, Minimum, Multiply, NormLayout, Normalization, PadMode, ReduceFn, ScalarFn, Subtract,
-    SwinTransformerBlock, TensorOperand, TfCompute, UpSampling2D, VolumeInterpolation,
+    ActivationFn, AttentionDims, Average, AxisRead, ImageReduceFn, Interpolation, LambdaBody,
+    Maximum, MergeFn, Minimum, Multiply, NormLayout, Normalization, PadMode, ReduceFn, ScalarFn,
+    Subtract, SwinTransformerBlock, TensorOperand, TfCompute, UpSampling2D, VolumeInterpolation,
     WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
@@ -1990,20 +1990,24 @@ impl Exporter<'_> {
                     let image = channels_first(item.len());
                     let mut sliced_shape = in_shapes[0].clone();
                     if image {
-                        sliced_shape =
-                            vec![rows.len() as i64, cols.len() as i64, channels.len() as i64];
+                        sliced_shape = vec![rows.len as i64, cols.len as i64, channels.len as i64];
                     } else if let Some(c) = sliced_shape.last_mut() {
-                        *c = channels.len() as i64;
+                        *c = channels.len as i64;
                     }
-                    // (axis, start, end) of every axis not read whole.
-                    let mut cut: Vec<(i64, usize, usize)> = Vec::new();
-                    let axes: Vec<(i64, &std::ops::Range<usize>, usize)> = match item[..] {
+                    // (axis, start, end, step) of every axis not read whole, in ONNX's terms;
+                    // the end of a backward read through position 0 is before every position
+                    // (-n - 1 counts from the end to -1).
+                    let mut cut: Vec<[i64; 4]> = Vec::new();
+                    let axes: Vec<(i64, &AxisRead, usize)> = match item[..] {
                         [h, w, c] if image => vec![(2, &rows, h), (3, &cols, w), (1, &channels, c)],
                         _ => vec![(-1, &channels, item.last().copied().unwrap_or(1))],
                     };
-                    for (axis, range, n) in axes {
-                        if (range.start, range.end) != (0, n) {
-                            cut.push((axis, range.start, range.end));
+                    for (axis, read, n) in axes {
+                        if !read.is_whole(n) {
+                            let start = read.start as i64;
+                            let end = start + read.len as i64 * read.step as i64;
+                            let end = if end < 0 { -(n as i64) - 1 } else { end };
+                            cut.push([axis, start, end, read.step as i64]);
                         }
                     }
                     let same = sliced_shape == out_shape;
@@ -2017,13 +2021,18 @@ impl Exporter<'_> {
                         } else {
                             format!("{name}/sliced")
                         };
-                        let mut list =
-                            |what: &str, v: Vec<i64>| self.init_i64(format!("{name}/{what}"), v);
-                        let starts = list("starts", cut.iter().map(|c| c.1 as i64).collect());
-                        let ends = list("ends", cut.iter().map(|c| c.2 as i64).collect());
-                        let axes = list("axes", cut.iter().map(|c| c.0).collect());
+                        let mut list = |what: &str, k: usize| {
+                            self.init_i64(
+                                format!("{name}/{what}"),
+                                cut.iter().map(|c| c[k]).collect(),
+                            )
+                        };
+                        let starts = list("starts", 1);
+                        let ends = list("ends", 2);
+                        let axes = list("axes", 0);
+                        let steps = list("steps", 3);
                         let node = if same { name.clone() } else { sliced.clone() };
-                        let inputs = vec![x(), starts, ends, axes];
+                        let inputs = vec![x(), starts, ends, axes, steps];
                         self.node(node, "Slice", inputs, sliced.clone(), vec![]);
                         sliced
                     };

@@ -675,7 +675,15 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                                 .map(|&d| d.max(0) as usize)
                                 .collect();
                             let [rows, cols, _] = op.slice_window(&item);
-                            let start = if axis == 0 { rows.start } else { cols.start } as i64;
+                            let read = if axis == 0 { rows } else { cols };
+                            if read.step != 1 {
+                                return Err(NonLocal {
+                                    layer: node.name.clone(),
+                                    class: node.op.class_name(),
+                                    why: "reads every k-th row or column, or reverses them",
+                                });
+                            }
+                            let start = read.start as i64;
                             (a + start, b + start)
                         }
                         TfCompute::Resize(method) => {

@@ -1403,16 +1403,15 @@ pub fn backward(
                 let [h, w, c] = crate::exec::plan::hwc(item);
                 let [rows, cols, channels] = o.slice_window(item);
                 let mut dx = vec![0.0f32; x_shape.iter().product()];
-                let per_out = (rows.len() * cols.len() * channels.len()).max(1);
+                let per_out = (rows.len * cols.len * channels.len).max(1);
                 for (d, g) in dx.chunks_mut((h * w * c).max(1)).zip(dy.chunks(per_out)) {
-                    let mut at = 0;
-                    for y in rows.clone() {
-                        for x in cols.clone() {
-                            let from = (y * w + x) * c;
-                            let k = channels.len();
-                            d[from + channels.start..from + channels.end]
-                                .copy_from_slice(&g[at..at + k]);
-                            at += k;
+                    let mut g = g.iter();
+                    for y in rows.positions() {
+                        for x in cols.positions() {
+                            let pixel = &mut d[(y * w + x) * c..][..c];
+                            for (ch, &v) in channels.positions().zip(g.by_ref()) {
+                                pixel[ch] = v;
+                            }
                         }
                     }
                 }

@@ -879,6 +879,37 @@ def edge_tfindex():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_tfstep():
+    """Stepped and reversed subscripts and tf.nn.bias_add, on 6x6 maps: Keras applications'
+    `preprocess_input` of VGG16 ("caffe": RGB to BGR as `x[..., ::-1]`, then tf.nn.bias_add of
+    the ImageNet means) and of DenseNet ("torch": / 255, tf.nn.bias_add, / std) on the input
+    scaled to [0, 255], each feeding a 1x1 conv; a space-to-depth of the signed map `x` written
+    with steps (`x[:, ::2, ::2]`, `x[:, 1::2, ::2]`, `x[:, ::2, 1::2]`, `x[:, 1::2, 1::2]`
+    concatenated, as YOLOv5's Focus layer and lightweight U-Nets write it), rows reversed
+    `x[:, ::-1]`, columns `x[:, :, -2::-2]`, channels `x[..., 1::2]` and `x[..., ::-3]`, and
+    `x[:, 4:0:-3, ::3, 2]`. Flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 6, 3))
+    pixels = inp * 255.0
+    caffe = L.Conv2D(4, 1)(tf.keras.applications.vgg16.preprocess_input(pixels))
+    torch = L.Conv2D(4, 1)(tf.keras.applications.densenet.preprocess_input(pixels))
+    x = L.Conv2D(4, 1)(inp)
+    focus = L.Concatenate()([x[:, ::2, ::2], x[:, 1::2, ::2], x[:, ::2, 1::2], x[:, 1::2, 1::2]])
+    branches = [
+        caffe,
+        torch,
+        focus,
+        x[:, ::-1],
+        x[:, :, -2::-2],
+        x[..., 1::2],
+        x[..., ::-3],
+        x[:, 4:0:-3, ::3, 2],
+    ]
+    flat = [L.Flatten()(b) for b in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_tfactivations():
     """TensorFlow's activation functions and reductions over height and width as Keras code
     calls them on tensors (TFOpLambda layers), on signed 6x5 maps (linear 1x1 convs of the input,
@@ -1391,7 +1422,7 @@ SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_s
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tftensor, edge_tfreduce, edge_reshape, edge_3d,
          edge_fixed_dropout, edge_rescaling, edge_normalization,
          edge_tfreshape, edge_gelu, edge_snake, edge_lambda,
-         edge_custom_scale, edge_repeat_elements, edge_lambda_resize, edge_tfindex,
+         edge_custom_scale, edge_repeat_elements, edge_lambda_resize, edge_tfindex, edge_tfstep,
          edge_tfactivations, edge_attention, edge_patches, edge_swin]
 FULL = [original_full, unet3d_small, unet3d_valid]
 

@@ -8,7 +8,7 @@
 use super::gemm::{matmul, matmul_serial};
 use super::isa::Isa;
 use crate::ir::ops::{
-    Activation, ActivationFn, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
+    Activation, ActivationFn, AveragePooling2D, AxisRead, BatchNormalization, Concatenate, Conv2D,
     Conv2DTranspose, Cropping2D, Interpolation, MaxPooling2D, MergeFn, NormLayout, ReLU, Softmax,
     TensorMergeOp, TensorOperand, UpSampling2D, WindowGeometry, ZeroPadding2D,
 };
@@ -950,26 +950,33 @@ pub fn slice_channels(x: &[f32], c: usize, channels: std::ops::Range<usize>, out
         .for_each(|(o, pixel)| o.copy_from_slice(&pixel[channels.clone()]));
 }
 
-/// `x[:, rows, cols, channels]` of each item of `x` (`[h, w, c]` per item), in order.
+/// `x[:, rows, cols, channels]` of each item of `x` (`[h, w, c]` per item), in order; each axis
+/// read at its positions (`::2` every other one, `::-1` backwards).
 pub fn slice_window(
     x: &[f32],
     [h, w, c]: [usize; 3],
-    [rows, cols, channels]: [std::ops::Range<usize>; 3],
+    [rows, cols, channels]: [AxisRead; 3],
     out: &mut [f32],
 ) {
     let per_item = h * w * c;
-    let per_out = rows.len() * cols.len() * channels.len();
+    let k = channels.len;
+    let per_out = rows.len * cols.len * k;
     if per_item == 0 || per_out == 0 {
         return;
     }
     for (item, o) in x.chunks(per_item).zip(out.chunks_mut(per_out)) {
-        let mut at = 0;
-        for y in rows.clone() {
-            for px in cols.clone() {
-                let from = (y * w + px) * c;
-                let k = channels.len();
-                o[at..at + k].copy_from_slice(&item[from + channels.start..from + channels.end]);
-                at += k;
+        let mut pixels = o.chunks_mut(k);
+        for y in rows.positions() {
+            for (px, to) in cols.positions().zip(pixels.by_ref()) {
+                let pixel = &item[(y * w + px) * c..][..c];
+                match channels.range() {
+                    Some(range) => to.copy_from_slice(&pixel[range]),
+                    None => {
+                        for (v, ch) in to.iter_mut().zip(channels.positions()) {
+                            *v = pixel[ch];
+                        }
+                    }
+                }
             }
         }
     }

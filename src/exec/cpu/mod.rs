@@ -940,12 +940,15 @@ impl<'g> CpuModel<'g> {
                     // The window is in plan::hwc's view of the input (not `hwc` above, which
                     // keeps a rank-2 tensor's axes as height and width).
                     let dims = super::plan::hwc(&in_shapes[0]);
-                    match op.slice_window(&in_shapes[0]) {
-                        // Every pixel: the parallel channel copy.
-                        [rows, cols, channels] if rows.len() * cols.len() == dims[0] * dims[1] => {
+                    let window = op.slice_window(&in_shapes[0]);
+                    match window.map(|axis| axis.range()) {
+                        // Every pixel, consecutive channels: the parallel channel copy.
+                        [Some(rows), Some(cols), Some(channels)]
+                            if rows.len() * cols.len() == dims[0] * dims[1] =>
+                        {
                             kernels::slice_channels(ins[0], c, channels, out)
                         }
-                        window => kernels::slice_window(ins[0], dims, window, out),
+                        _ => kernels::slice_window(ins[0], dims, window, out),
                     }
                 }
                 TfCompute::Resize(_) => {

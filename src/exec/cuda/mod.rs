@@ -3005,23 +3005,42 @@ impl<'g> CudaModel<'g> {
                     };
                     self.global_pool(arena, id, x_view(0)?, kernel, batch)?
                 }
-                // The input's window of channels, copied (in the input's grid when the
-                // subscript adds or drops axes).
+                // The input's window, copied (in the input's grid when the subscript adds or
+                // drops axes). Steps of rows and columns scale the view's strides (backwards
+                // when negative); a channel step is copied one channel at a time.
                 TfCompute::Slice => {
                     let [rows, cols, channels] = op.slice_window(&in_shapes[0]);
                     let mut x = x_view(0)?;
                     x.offset += rows.start as i64 * x.row_stride
                         + cols.start as i64 * x.pixel_stride as i64
                         + channels.start as i64;
-                    x.h = rows.len() as i32;
-                    x.w = cols.len() as i32;
-                    x.c = channels.len() as i32;
+                    x.row_stride *= rows.step as i64;
+                    x.pixel_stride *= cols.step as i32;
+                    x.h = rows.len as i32;
+                    x.w = cols.len as i32;
+                    x.c = channels.len as i32;
                     let y = if in_shapes[0].len() == out_shape.len() {
                         y
                     } else {
                         in_grid_of(&node.name, x, y, x.c)?
                     };
-                    self.shift_window(arena, x, y, (0, 0), PadMode::Zeros, batch)?
+                    if channels.range().is_some() {
+                        self.shift_window(arena, x, y, (0, 0), PadMode::Zeros, batch)?
+                    } else {
+                        for k in 0..channels.len {
+                            let from = View {
+                                offset: x.offset + k as i64 * channels.step as i64,
+                                c: 1,
+                                ..x
+                            };
+                            let to = View {
+                                offset: y.offset + k as i64,
+                                c: 1,
+                                ..y
+                            };
+                            self.shift_window(arena, from, to, (0, 0), PadMode::Zeros, batch)?
+                        }
+                    }
                 }
                 TfCompute::Resize(_) => {
                     let up =

@@ -196,6 +196,9 @@ keyword_enum! {
         MathSoftplus = "math.softplus",
         NnSoftsign = "nn.softsign",
         MathExp = "math.exp",
+        /// `tf.nn.bias_add(x, bias)`: a constant of one value per channel added (what
+        /// `preprocess_input` of VGG16 and ResNet50 records, after reversing the channels).
+        NnBiasAdd = "nn.bias_add",
     }
 }
 

@@ -51,8 +51,8 @@ pub use swin::{
     SWIN_NORM_EPSILON,
 };
 pub use tf_op::{
-    ImageReduceFn, IndexItem, ReduceFn, ScalarFn, ScalarOp, Subscript, TFOpLambda, TensorMergeOp,
-    TensorOperand, TfCompute, TfConstant,
+    AxisRead, ImageReduceFn, IndexItem, ReduceFn, ScalarFn, ScalarOp, Subscript, TFOpLambda,
+    TensorMergeOp, TensorOperand, TfCompute, TfConstant,
 };
 pub use volume::{
     AveragePooling3D, Conv3D, Conv3DArgs, Conv3DTranspose, Cropping3D, GlobalAveragePooling3D,

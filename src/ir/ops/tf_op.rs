@@ -206,18 +206,63 @@ pub enum IndexItem {
     Ellipsis,
     /// `None` (`tf.newaxis`): a new axis of size 1.
     NewAxis,
-    /// `start:stop`, either left out (`:` is the whole axis); Python's rules for negatives.
-    Range(Option<i64>, Option<i64>),
+    /// `start:stop:step`, the bounds optional (`:` is the whole axis, `::-1` reverses it), the
+    /// step not 0; Python's rules for negatives and defaults.
+    Range(Option<i64>, Option<i64>, i64),
     /// One position; the axis is dropped.
     At(i64),
+}
+
+/// The positions of one axis a subscript reads: `len` of them from `start`, `step` apart
+/// (backwards when `step` is negative: `::-1` reverses the axis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AxisRead {
+    pub start: usize,
+    pub step: isize,
+    pub len: usize,
+}
+
+impl AxisRead {
+    /// Every position of an axis of `n`, in order.
+    pub fn whole(n: usize) -> AxisRead {
+        Self::span(0..n)
+    }
+
+    /// Consecutive positions, forwards.
+    pub fn span(r: std::ops::Range<usize>) -> AxisRead {
+        AxisRead {
+            start: r.start,
+            step: 1,
+            len: r.len(),
+        }
+    }
+
+    /// The `k`-th position read.
+    pub fn at(&self, k: usize) -> usize {
+        (self.start as isize + k as isize * self.step) as usize
+    }
+
+    pub fn positions(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len).map(|k| self.at(k))
+    }
+
+    /// The positions as a range when they are consecutive and forwards.
+    pub fn range(&self) -> Option<std::ops::Range<usize>> {
+        (self.step == 1 || self.len <= 1).then_some(self.start..self.start + self.len)
+    }
+
+    /// Every position of an axis of `n`, in order.
+    pub fn is_whole(&self, n: usize) -> bool {
+        self.range() == Some(0..n)
+    }
 }
 
 /// The part of an image (or of a tensor's channels) a subscript reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SliceWindow {
-    pub rows: std::ops::Range<i64>,
-    pub cols: std::ops::Range<i64>,
-    pub channels: std::ops::Range<i64>,
+    pub rows: AxisRead,
+    pub cols: AxisRead,
+    pub channels: AxisRead,
 }
 
 /// A subscript as Python writes it; unetc runs those that keep the batch whole, slice or pick an
@@ -232,7 +277,7 @@ const MAX_SUBSCRIPT_ITEMS: usize = 8;
 
 impl Subscript {
     /// Reads `[..., 0:2]` (the brackets optional); items `...`, `None`, `tf.newaxis`,
-    /// `np.newaxis`, `:`, `a:`, `:b`, `a:b` and integers. Steps are refused.
+    /// `np.newaxis`, `:`, `a:`, `:b`, `a:b`, `a:b:step` (`::2`, `::-1`) and integers.
     pub fn parse(text: &str) -> Result<Subscript, String> {
         if text.len() > MAX_SUBSCRIPT_TEXT {
             return Err(format!("longer than {MAX_SUBSCRIPT_TEXT} characters"));
@@ -269,11 +314,12 @@ impl Subscript {
                 p if p.contains(':') => {
                     let bounds: Vec<&str> = p.split(':').collect();
                     match bounds[..] {
-                        [a, b] => IndexItem::Range(bound(a)?, bound(b)?),
-                        [a, b, step] if matches!(step.trim(), "" | "None" | "1") => {
-                            IndexItem::Range(bound(a)?, bound(b)?)
-                        }
-                        _ => return Err(format!("`{p}`: unetc slices with step 1 only")),
+                        [a, b] => IndexItem::Range(bound(a)?, bound(b)?, 1),
+                        [a, b, step] => match bound(step)? {
+                            Some(0) => return Err(format!("`{p}`: a step of 0")),
+                            step => IndexItem::Range(bound(a)?, bound(b)?, step.unwrap_or(1)),
+                        },
+                        _ => return Err(format!("`{p}`: more than two colons")),
                     }
                 }
                 p => IndexItem::At(int(p)?),
@@ -295,7 +341,8 @@ impl Subscript {
             .map(|item| match item {
                 IndexItem::Ellipsis => "...".to_string(),
                 IndexItem::NewAxis => "None".to_string(),
-                IndexItem::Range(a, b) => format!("{}:{}", bound(*a), bound(*b)),
+                IndexItem::Range(a, b, 1) => format!("{}:{}", bound(*a), bound(*b)),
+                IndexItem::Range(a, b, step) => format!("{}:{}:{step}", bound(*a), bound(*b)),
                 IndexItem::At(k) => k.to_string(),
             })
             .collect();
@@ -317,7 +364,7 @@ impl Subscript {
         for &item in &self.0 {
             if item == IndexItem::Ellipsis {
                 items.extend(std::iter::repeat_n(
-                    IndexItem::Range(None, None),
+                    IndexItem::Range(None, None, 1),
                     rank - named,
                 ));
             } else {
@@ -326,17 +373,18 @@ impl Subscript {
         }
         if !self.0.contains(&IndexItem::Ellipsis) {
             items.extend(std::iter::repeat_n(
-                IndexItem::Range(None, None),
+                IndexItem::Range(None, None, 1),
                 rank - named,
             ));
         }
         let channels = shape.last().copied().unwrap_or(1);
         // An image's height and width may be sliced (a crop); other axes are kept whole.
         let image = shape.len() == 3;
+        let whole = |n: i64| AxisRead::whole(n as usize);
         let mut window = SliceWindow {
-            rows: 0..if image { shape[0] } else { 1 },
-            cols: 0..if image { shape[1] } else { 1 },
-            channels: 0..channels,
+            rows: whole(if image { shape[0] } else { 1 }),
+            cols: whole(if image { shape[1] } else { 1 }),
+            channels: whole(channels),
         };
         let mut out = Vec::new();
         let mut axis = 0usize;
@@ -353,38 +401,30 @@ impl Subscript {
                 }
                 IndexItem::NewAxis => out.push(1),
                 // `:` or `0:` keeps the whole batch.
-                IndexItem::Range(None | Some(0), None) if axis == 0 => axis += 1,
+                IndexItem::Range(None | Some(0), None, 1) if axis == 0 => axis += 1,
                 IndexItem::Range(..) | IndexItem::At(_) if axis == 0 => {
                     return Err("the batch axis must stay whole (`:` or `...` first)".into())
                 }
-                IndexItem::Range(a, b) => {
-                    // Python's slice bounds: negatives count from the end, then clamped.
-                    let clamp = |v: Option<i64>, default: i64| match v {
-                        None => default,
-                        Some(v) if v < 0 => (v + n).max(0),
-                        Some(v) => v.min(n),
-                    };
-                    let (start, stop) = (clamp(a, 0), clamp(b, n));
-                    let whole = (start, stop) == (0, n);
-                    if start >= stop {
+                IndexItem::Range(a, b, step) => {
+                    let read = python_slice(a, b, step, n);
+                    if read.len == 0 {
                         return Err(format!(
-                            "`{}:{}` of axis {axis} (of {n}) is empty",
-                            a.map(|v| v.to_string()).unwrap_or_default(),
-                            b.map(|v| v.to_string()).unwrap_or_default()
+                            "`{}` of axis {axis} (of {n}) is empty",
+                            Subscript(vec![item]).text().trim_matches(['[', ']'])
                         ));
                     } else if last {
-                        window.channels = start..stop;
+                        window.channels = read;
                     } else if image && axis == 1 {
-                        window.rows = start..stop;
+                        window.rows = read;
                     } else if image && axis == 2 {
-                        window.cols = start..stop;
-                    } else if !whole {
+                        window.cols = read;
+                    } else if !read.is_whole(n as usize) {
                         return Err(format!(
                             "axis {axis} (of {n}) is sliced; unetc slices an image's height, width \
                              and channels only"
                         ));
                     }
-                    out.push(stop.max(start) - start);
+                    out.push(read.len as i64);
                     axis += 1;
                 }
                 IndexItem::At(k) => {
@@ -395,12 +435,13 @@ impl Subscript {
                         ));
                     }
                     // The axis is dropped: the window's values in order are the output's.
+                    let one = AxisRead::span(at as usize..at as usize + 1);
                     if last {
-                        window.channels = at..at + 1;
+                        window.channels = one;
                     } else if image && axis == 1 {
-                        window.rows = at..at + 1;
+                        window.rows = one;
                     } else if image && axis == 2 {
-                        window.cols = at..at + 1;
+                        window.cols = one;
                     } else if n != 1 {
                         return Err(format!(
                             "index {k} picks one position of axis {axis} (of {n}); unetc picks \
@@ -448,13 +489,15 @@ impl Subscript {
                             Some(v)
                         };
                         let get = |k: &str| c.and_then(|c| c.get(k));
-                        match bound(get("step"))? {
-                            None | Some(1) => {}
-                            Some(step) => {
-                                return Err(format!("a step of {step}: unetc slices with step 1"))
-                            }
-                        }
-                        Ok(IndexItem::Range(bound(get("start"))?, bound(get("stop"))?))
+                        let step = match bound(get("step"))? {
+                            Some(0) => return Err("a step of 0".into()),
+                            step => step.unwrap_or(1),
+                        };
+                        Ok(IndexItem::Range(
+                            bound(get("start"))?,
+                            bound(get("stop"))?,
+                            step,
+                        ))
                     }
                     _ => Err(format!("the item {v} is no slice, index, None or ...")),
                 },
@@ -484,15 +527,46 @@ impl Subscript {
             .map(|item| match item {
                 IndexItem::Ellipsis => "Ellipsis".to_string(),
                 IndexItem::NewAxis => "None".to_string(),
-                IndexItem::Range(a, b) => format!(
-                    "{{\"start\": {}, \"stop\": {}, \"step\": None}}",
+                IndexItem::Range(a, b, step) => format!(
+                    "{{\"start\": {}, \"stop\": {}, \"step\": {}}}",
                     bound(*a),
-                    bound(*b)
+                    bound(*b),
+                    if *step == 1 {
+                        "None".to_string()
+                    } else {
+                        step.to_string()
+                    }
                 ),
                 IndexItem::At(k) => k.to_string(),
             })
             .collect();
         format!("[{}]", items.join(", "))
+    }
+}
+
+/// The positions `start:stop:step` reads from an axis of `n`, as Python's `slice.indices`
+/// (and TensorFlow's strided slice) finds them: negative bounds count from the end, bounds
+/// are clamped, and a negative step starts from the end by default.
+fn python_slice(start: Option<i64>, stop: Option<i64>, step: i64, n: i64) -> AxisRead {
+    let (lower, upper) = if step < 0 { (-1, n - 1) } else { (0, n) };
+    let clamp = |v: Option<i64>, default: i64| match v {
+        None => default,
+        Some(v) if v < 0 => (v + n).max(lower),
+        Some(v) => v.min(upper),
+    };
+    let (first, end) = if step < 0 {
+        (clamp(start, upper), clamp(stop, lower))
+    } else {
+        (clamp(start, lower), clamp(stop, upper))
+    };
+    let len = match (end - first).signum() == step.signum() {
+        true => ((end - first).abs() - 1) / step.abs() + 1,
+        false => 0,
+    };
+    AxisRead {
+        start: first.max(0) as usize,
+        step: step as isize,
+        len: len as usize,
     }
 }
 
@@ -567,7 +641,9 @@ impl TfFunction {
     /// The elementwise function of two operands this function computes, if it is one.
     pub fn merge_fn(self) -> Option<MergeFn> {
         match self {
-            TfFunction::OperatorsAdd | TfFunction::MathAdd => Some(MergeFn::Add),
+            TfFunction::OperatorsAdd | TfFunction::MathAdd | TfFunction::NnBiasAdd => {
+                Some(MergeFn::Add)
+            }
             TfFunction::MathMultiply => Some(MergeFn::Multiply),
             TfFunction::MathSubtract => Some(MergeFn::Subtract),
             TfFunction::MathTruediv => Some(MergeFn::Divide),
@@ -632,6 +708,7 @@ impl TfFunction {
             TfFunction::MathSoftplus => "tf.math.softplus",
             TfFunction::NnSoftsign => "tf.nn.softsign",
             TfFunction::MathExp => "tf.math.exp",
+            TfFunction::NnBiasAdd => "tf.nn.bias_add",
         }
     }
 }
@@ -694,7 +771,10 @@ impl TFOpLambda {
             }
         }
         match self.function {
-            TfFunction::OperatorsAdd | TfFunction::MathAdd => TfCompute::Merge(MergeFn::Add),
+            // bias_add without its constant is refused by the shape rule.
+            TfFunction::OperatorsAdd | TfFunction::MathAdd | TfFunction::NnBiasAdd => {
+                TfCompute::Merge(MergeFn::Add)
+            }
             TfFunction::MathMultiply => TfCompute::Merge(MergeFn::Multiply),
             TfFunction::MathSubtract => TfCompute::Merge(MergeFn::Subtract),
             TfFunction::MathTruediv => TfCompute::Merge(MergeFn::Divide),
@@ -778,7 +858,8 @@ impl TFOpLambda {
             | TfFunction::NnGelu
             | TfFunction::MathSoftplus
             | TfFunction::NnSoftsign
-            | TfFunction::MathExp => Self::CLASS,
+            | TfFunction::MathExp
+            | TfFunction::NnBiasAdd => Self::CLASS,
         }
     }
 
@@ -786,14 +867,13 @@ impl TFOpLambda {
     /// not included), in the `[h, w, c]` view of the executors ([`crate::exec::plan::hwc`]:
     /// only an image's rows and columns are ever cut); the whole input for the other functions
     /// and where the shape rule refused.
-    pub fn slice_window(&self, shape: &[usize]) -> [std::ops::Range<usize>; 3] {
+    pub fn slice_window(&self, shape: &[usize]) -> [AxisRead; 3] {
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        let [h, w, c] = crate::exec::plan::hwc(shape);
-        let u = |r: std::ops::Range<i64>| r.start as usize..r.end as usize;
+        let [h, w, c] = crate::exec::plan::hwc(shape).map(AxisRead::whole);
         match self.index.as_ref().map(|index| index.apply(&dims)) {
-            Some(Ok((_, win))) if shape.len() == 3 => [u(win.rows), u(win.cols), u(win.channels)],
-            Some(Ok((_, win))) => [0..h, 0..w, u(win.channels)],
-            Some(Err(_)) | None => [0..h, 0..w, 0..c],
+            Some(Ok((_, win))) if shape.len() == 3 => [win.rows, win.cols, win.channels],
+            Some(Ok((_, win))) => [h, w, win.channels],
+            Some(Err(_)) | None => [h, w, c],
         }
     }
 }
@@ -942,7 +1022,8 @@ impl TFOpLambda {
             | TfFunction::NnGelu
             | TfFunction::MathSoftplus
             | TfFunction::NnSoftsign
-            | TfFunction::MathExp => {
+            | TfFunction::MathExp
+            | TfFunction::NnBiasAdd => {
                 return Err(ShapeError::new(
                     "E-arg-value",
                     format!("{name} does not reshape"),
@@ -1223,6 +1304,35 @@ impl LayerKind for TFOpLambda {
                 "over the channels only",
             ))
         };
+        if self.function == TfFunction::NnBiasAdd {
+            let channels = inputs.first().and_then(|s| s.last().copied());
+            let bias = self.operand.as_ref().filter(|t| !t.first);
+            match (bias, channels) {
+                (Some(t), Some(c)) if t.shape == [c] => {}
+                (Some(t), _) => {
+                    return Err(ShapeError::new(
+                        "E-merge-shape",
+                        format!(
+                            "{name}: the bias has shape {:?}; it must have one value per channel \
+                             of {{0}} ({})",
+                            t.shape,
+                            channels.map_or("?".into(), |c| c.to_string())
+                        ),
+                        "one value per channel",
+                    ))
+                }
+                (None, _) => {
+                    return Err(ShapeError::new(
+                        "E-arg-missing",
+                        format!(
+                            "{name} needs its bias as `y:`, one value per channel: \
+                             `tf_op(\"nn.bias_add\", y: [-103.939, -116.779, -123.68])`"
+                        ),
+                        "no bias",
+                    ))
+                }
+            }
+        }
         if let Some(operand) = &self.operand {
             return match self.computes() {
                 TfCompute::TensorMerge(_) => {
@@ -1462,34 +1572,38 @@ impl LayerKind for TFOpLambda {
 mod tests {
     use super::*;
 
-    fn apply(index: &str, shape: &[i64]) -> Result<(Shape, std::ops::Range<i64>), String> {
+    fn apply(index: &str, shape: &[i64]) -> Result<(Shape, AxisRead), String> {
         Subscript::parse(index)?
             .apply(shape)
             .map(|(shape, window)| (shape, window.channels))
     }
 
+    fn s(r: std::ops::Range<usize>) -> AxisRead {
+        AxisRead::span(r)
+    }
+
     #[test]
     fn subscripts_as_python_reads_them() {
         // (subscript, input shape without the batch, output shape, channels read)
-        type Case<'a> = (&'a str, &'a [i64], &'a [i64], std::ops::Range<i64>);
+        type Case<'a> = (&'a str, &'a [i64], &'a [i64], AxisRead);
         let cases: &[Case] = &[
-            ("[..., 1:3]", &[6, 5, 4], &[6, 5, 2], 1..3),
-            ("[:, :, :, 2]", &[6, 5, 4], &[6, 5], 2..3),
-            ("[..., -1:]", &[6, 5, 4], &[6, 5, 1], 3..4),
-            ("[..., -2]", &[6, 5, 4], &[6, 5], 2..3),
-            ("[..., :10]", &[6, 5, 4], &[6, 5, 4], 0..4),
-            ("[..., None]", &[6, 5], &[6, 5, 1], 0..5),
-            ("[..., tf.newaxis]", &[], &[1], 0..1),
-            ("[:, None, None, :]", &[3], &[1, 1, 3], 0..3),
-            ("[0:, :, :, -2]", &[6, 5, 4], &[6, 5], 2..3),
-            ("[:, 0]", &[1, 7], &[7], 0..7),
-            ("[:]", &[6, 5, 4], &[6, 5, 4], 0..4),
-            ("[..., 1:3:1]", &[6, 5, 4], &[6, 5, 2], 1..3),
+            ("[..., 1:3]", &[6, 5, 4], &[6, 5, 2], s(1..3)),
+            ("[:, :, :, 2]", &[6, 5, 4], &[6, 5], s(2..3)),
+            ("[..., -1:]", &[6, 5, 4], &[6, 5, 1], s(3..4)),
+            ("[..., -2]", &[6, 5, 4], &[6, 5], s(2..3)),
+            ("[..., :10]", &[6, 5, 4], &[6, 5, 4], s(0..4)),
+            ("[..., None]", &[6, 5], &[6, 5, 1], s(0..5)),
+            ("[..., tf.newaxis]", &[], &[1], s(0..1)),
+            ("[:, None, None, :]", &[3], &[1, 1, 3], s(0..3)),
+            ("[0:, :, :, -2]", &[6, 5, 4], &[6, 5], s(2..3)),
+            ("[:, 0]", &[1, 7], &[7], s(0..7)),
+            ("[:]", &[6, 5, 4], &[6, 5, 4], s(0..4)),
+            ("[..., 1:3:1]", &[6, 5, 4], &[6, 5, 2], s(1..3)),
         ];
         for (index, shape, out, window) in cases {
             assert_eq!(
                 apply(index, shape),
-                Ok((out.to_vec(), window.clone())),
+                Ok((out.to_vec(), *window)),
                 "{index} of {shape:?}"
             );
         }
@@ -1501,11 +1615,53 @@ mod tests {
             let (shape, w) = Subscript::parse(index).unwrap().apply(&[6, 5, 4]).unwrap();
             (shape, w.rows, w.cols, w.channels)
         };
-        assert_eq!(window("[:, 0]"), (vec![5, 4], 0..1, 0..5, 0..4));
-        assert_eq!(window("[:, :, -1]"), (vec![6, 4], 0..6, 4..5, 0..4));
-        assert_eq!(window("[:, 2, 3]"), (vec![4], 2..3, 3..4, 0..4));
-        assert_eq!(window("[:, 1:4, 2, 1:3]"), (vec![3, 2], 1..4, 2..3, 1..3));
-        assert_eq!(window("[:, -1, ..., 0]"), (vec![5], 5..6, 0..5, 0..1));
+        assert_eq!(window("[:, 0]"), (vec![5, 4], s(0..1), s(0..5), s(0..4)));
+        assert_eq!(
+            window("[:, :, -1]"),
+            (vec![6, 4], s(0..6), s(4..5), s(0..4))
+        );
+        assert_eq!(window("[:, 2, 3]"), (vec![4], s(2..3), s(3..4), s(0..4)));
+        assert_eq!(
+            window("[:, 1:4, 2, 1:3]"),
+            (vec![3, 2], s(1..4), s(2..3), s(1..3))
+        );
+        assert_eq!(
+            window("[:, -1, ..., 0]"),
+            (vec![5], s(5..6), s(0..5), s(0..1))
+        );
+    }
+
+    #[test]
+    fn stepped_subscripts_read_as_python_slices_do() {
+        // (subscript of an axis of 7, the positions Python's list(range(7))[...] gives)
+        let cases: &[(&str, &[usize])] = &[
+            ("::2", &[0, 2, 4, 6]),
+            ("1::3", &[1, 4]),
+            ("::-1", &[6, 5, 4, 3, 2, 1, 0]),
+            ("5:1:-2", &[5, 3]),
+            ("-2::-3", &[5, 2]),
+            (":-8:-1", &[6, 5, 4, 3, 2, 1, 0]),
+            ("10:4:-1", &[6, 5]),
+            ("-100:3:2", &[0, 2]),
+            ("2:2:-1", &[]),
+            ("::100", &[0]),
+        ];
+        for (item, want) in cases {
+            let Ok(Subscript(items)) = Subscript::parse(item) else {
+                panic!("{item}")
+            };
+            let IndexItem::Range(a, b, step) = items[0] else {
+                panic!("{item}")
+            };
+            let read = python_slice(a, b, step, 7);
+            assert_eq!(read.positions().collect::<Vec<_>>(), *want, "{item}");
+        }
+        let window = |index: &str| Subscript::parse(index).unwrap().apply(&[6, 5, 4]).unwrap();
+        let (shape, w) = window("[..., ::-1]");
+        assert_eq!(shape, vec![6, 5, 4]);
+        assert_eq!(w.channels.positions().collect::<Vec<_>>(), [3, 2, 1, 0]);
+        let (shape, w) = window("[:, ::2, 1::2]");
+        assert_eq!((shape, w.rows.len, w.cols.len), (vec![3, 2, 4], 3, 2));
     }
 
     #[test]
@@ -1516,9 +1672,9 @@ mod tests {
             Ok((
                 vec![4, 3, 2],
                 SliceWindow {
-                    rows: 1..5,
-                    cols: 1..4,
-                    channels: 1..3
+                    rows: s(1..5),
+                    cols: s(1..4),
+                    channels: s(1..3)
                 }
             ))
         );
@@ -1527,9 +1683,9 @@ mod tests {
             Ok((
                 vec![4, 4],
                 SliceWindow {
-                    rows: 2..6,
-                    cols: 0..4,
-                    channels: 0..1
+                    rows: s(2..6),
+                    cols: s(0..4),
+                    channels: s(0..1)
                 }
             ))
         );
@@ -1539,9 +1695,9 @@ mod tests {
             Ok((
                 vec![6],
                 SliceWindow {
-                    rows: 0..1,
-                    cols: 0..1,
-                    channels: 1..7
+                    rows: s(0..1),
+                    cols: s(0..1),
+                    channels: s(1..7)
                 }
             ))
         );
@@ -1568,7 +1724,8 @@ mod tests {
         }
         for bad in [
             "[..., ...]",
-            "[..., ::2]",
+            "[..., ::0]",
+            "[..., 1:2:3:4]",
             "[1.5]",
             "[a]",
             "[,]",
@@ -1596,8 +1753,19 @@ mod tests {
             2,
         ]);
         assert_eq!(Subscript::from_keras(&old).unwrap().text(), "[:, None, 2]");
+        let stepped = serde_json::json!([
+            {"class_name": "__ellipsis__"},
+            {"start": null, "stop": null, "step": -1},
+        ]);
+        let index = Subscript::from_keras(&stepped).unwrap();
+        assert_eq!(index.text(), "[..., ::-1]");
+        assert_eq!(Subscript::parse(&index.text()).unwrap(), index);
+        assert_eq!(
+            index.python_spec(),
+            r#"[Ellipsis, {"start": None, "stop": None, "step": -1}]"#
+        );
         for bad in [
-            serde_json::json!([{"start": 0, "stop": 4, "step": 2}]),
+            serde_json::json!([{"start": 0, "stop": 4, "step": 0}]),
             serde_json::json!(["x"]),
             serde_json::json!([1.5]),
             serde_json::json!([{"class_name": "__ellipsis__"}, {"class_name": "__ellipsis__"}]),

@@ -305,6 +305,76 @@ def rescaled_unet(shape=(32, 32, 3), f=8):
     return tf.keras.Model(inputs, layers.Conv2D(1, 1, activation="sigmoid")(x))
 
 
+def keras_io_deeplabv3plus(image_size=512, num_classes=20):
+    """keras.io's "Multiclass semantic segmentation using DeepLabV3+": ResNet50 built on
+    ``keras.applications.resnet50.preprocess_input(model_input)`` (channels reversed,
+    tf.nn.bias_add), dilated spatial pyramid pooling with ``tf.nn.relu``, bilinear up-sampling,
+    the decoder on conv2_block3's features. Written as the example writes it."""
+    import tensorflow as tf
+    from tensorflow import keras
+    from tensorflow.keras import layers
+
+    def convolution_block(block_input, num_filters=256, kernel_size=3, dilation_rate=1,
+                          use_bias=False):
+        x = layers.Conv2D(num_filters, kernel_size=kernel_size, dilation_rate=dilation_rate,
+                          padding="same", use_bias=use_bias,
+                          kernel_initializer=keras.initializers.HeNormal())(block_input)
+        x = layers.BatchNormalization()(x)
+        return tf.nn.relu(x)
+
+    def dilated_spatial_pyramid_pooling(dspp_input):
+        dims = dspp_input.shape
+        x = layers.AveragePooling2D(pool_size=(dims[-3], dims[-2]))(dspp_input)
+        x = convolution_block(x, kernel_size=1, use_bias=True)
+        out_pool = layers.UpSampling2D(size=(dims[-3] // x.shape[1], dims[-2] // x.shape[2]),
+                                       interpolation="bilinear")(x)
+        out_1 = convolution_block(dspp_input, kernel_size=1, dilation_rate=1)
+        out_6 = convolution_block(dspp_input, kernel_size=3, dilation_rate=6)
+        out_12 = convolution_block(dspp_input, kernel_size=3, dilation_rate=12)
+        out_18 = convolution_block(dspp_input, kernel_size=3, dilation_rate=18)
+        x = layers.Concatenate(axis=-1)([out_pool, out_1, out_6, out_12, out_18])
+        return convolution_block(x, kernel_size=1)
+
+    model_input = keras.Input(shape=(image_size, image_size, 3))
+    preprocessed = keras.applications.resnet50.preprocess_input(model_input)
+    resnet50 = keras.applications.ResNet50(weights=None, include_top=False,
+                                           input_tensor=preprocessed)
+    x = resnet50.get_layer("conv4_block6_2_relu").output
+    x = dilated_spatial_pyramid_pooling(x)
+    input_a = layers.UpSampling2D(
+        size=(image_size // 4 // x.shape[1], image_size // 4 // x.shape[2]),
+        interpolation="bilinear")(x)
+    input_b = resnet50.get_layer("conv2_block3_2_relu").output
+    input_b = convolution_block(input_b, num_filters=48, kernel_size=1)
+    x = layers.Concatenate(axis=-1)([input_a, input_b])
+    x = convolution_block(x)
+    x = convolution_block(x)
+    x = layers.UpSampling2D(size=(image_size // x.shape[1], image_size // x.shape[2]),
+                            interpolation="bilinear")(x)
+    model_output = layers.Conv2D(num_classes, kernel_size=(1, 1), padding="same")(x)
+    return keras.Model(inputs=model_input, outputs=model_output)
+
+
+def preprocessed_vgg16_unet(size=64, widths=(64, 32, 16)):
+    """A U-Net on a nested VGG16 encoder (a Functional model of its four skip taps) called on
+    ``keras.applications.vgg16.preprocess_input(inputs)``, as transfer-learning tutorials
+    write it: raw 0-255 pixels in, the ImageNet preprocessing inside the model."""
+    import tensorflow as tf
+    from tensorflow import keras
+    from tensorflow.keras import layers
+
+    inputs = keras.Input((size, size, 3))
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3))
+    taps = ["block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3"]
+    encoder = keras.Model(base.input, [base.get_layer(t).output for t in taps], name="encoder")
+    s1, s2, s3, x = encoder(keras.applications.vgg16.preprocess_input(inputs))
+    for skip, f in zip([s3, s2, s1], widths):
+        x = layers.Conv2DTranspose(f, 2, strides=2)(x)
+        x = layers.Concatenate()([x, skip])
+        x = layers.Conv2D(f, 3, padding="same", activation="relu")(x)
+    return tf.keras.Model(inputs, layers.Conv2D(1, 1, activation="sigmoid")(x))
+
+
 def other_models():
     return [
         ("tf_pix2pix_generator", lambda: pix2pix_generator()),
@@ -314,6 +384,9 @@ def other_models():
         ("github_lambda_attention_unet", lambda_attention_unet),
         ("github_tf_functions_unet", tf_functions_unet),
         ("rescaled_unet", rescaled_unet),
+        ("kerasio_deeplabv3plus", lambda: keras_io_deeplabv3plus()),
+        ("kerasio_deeplabv3plus_small", lambda: keras_io_deeplabv3plus(64, 5)),
+        ("preprocessed_vgg16_unet", preprocessed_vgg16_unet),
     ]
 
 

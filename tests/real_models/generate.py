@@ -83,7 +83,9 @@ def more_models():
     import segmentation_models as sm
     from keras_unet_collection import models as kuc
     from keras_unet.models import custom_unet
-    from real_models_survey import keras_io_oxford_pets, pix2pix_generator, tf_functions_unet
+    from real_models_survey import (keras_io_deeplabv3plus, keras_io_oxford_pets,
+                                    pix2pix_generator, preprocessed_vgg16_unet,
+                                    tf_functions_unet)
 
     f3 = [4, 8, 16]
     return [
@@ -94,6 +96,12 @@ def more_models():
         # SeparableConv2D, strided 1x1 residual projections, UpSampling2D residuals.
         ("kerasio_oxford_pets_small", lambda: keras_io_oxford_pets((64, 64), 3, (8, 16, 32)),
          True),
+        # keras.io's DeepLabV3+: ResNet50 on preprocess_input (channels reversed by `[..., ::-1]`,
+        # tf.nn.bias_add), dilated pyramid pooling, tf.nn.relu; 64x64, 5 classes (11.9 M
+        # parameters: formula weights).
+        ("kerasio_deeplabv3plus_small", lambda: keras_io_deeplabv3plus(64, 5), "formula"),
+        # A nested VGG16 encoder called on vgg16.preprocess_input(inputs) (8.0 M parameters).
+        ("preprocessed_vgg16_unet", preprocessed_vgg16_unet, "formula"),
         ("ku_custom_unet_simple", lambda: custom_unet(
             (32, 32, 3), filters=4, num_layers=3, upsample_mode="simple",
             dropout_type="standard", use_dropout_on_upsampling=True), True),

@@ -1481,3 +1481,55 @@ fn errors_of_constant_tensor_operands() {
     // k broadcasts: no error at its line.
     assert!(!out.contains("constants.unet:14"), "{out}");
 }
+
+/// tf.pad, tf.nn.bias_add and stepped subscripts that unetc does not run: one error each, at
+/// the layer, saying what runs instead.
+#[test]
+fn tf_pad_bias_add_and_steps_misused() {
+    refused_at_line_4(
+        "tfpad.unet",
+        3,
+        &[
+            (
+                r#"x -> tf_op("compat.v1.pad", paddings: ((0, 0), (1, 1), (1, 1), (0, 0)), mode: "SYMMETRIC")"#,
+                "mode SYMMETRIC (the edge pixel repeated in the mirror) is not run by unetc",
+            ),
+            (
+                r#"x -> tf_op("compat.v1.pad", paddings: ((0, 0), (1, 1), (1, 1), (0, 1)))"#,
+                "the batch and channel pairs must be (0, 0)",
+            ),
+            (
+                r#"x -> tf_op("compat.v1.pad", paddings: ((0, 0), (1, 1)))"#,
+                "needs a (before, after) pair for each of the batch, height, width and channels",
+            ),
+            (
+                r#"x -> tf_op("compat.v1.pad", paddings: ((0, 0), (4, 0), (1, 1), (0, 0)), mode: "REFLECT")"#,
+                "reflect padding by (top, bottom, left, right) [4, 0, 1, 1] needs an input larger",
+            ),
+            (
+                r#"x -> tf_op("compat.v1.pad", paddings: ((0, 0), (-1, 0)))"#,
+                "must be one (before, after) pair of sizes",
+            ),
+            (
+                r#"x -> tf_op("compat.v1.pad", paddings: ((0, 0), (1, 1), (1, 1), (0, 0)), mode: "wrap")"#,
+                r#"must be "CONSTANT", "REFLECT" or "SYMMETRIC""#,
+            ),
+            (
+                r#"x -> tf_op("nn.bias_add", y: [1.0, 2.0])"#,
+                "the bias has shape [2]; it must have one value per channel of `conv2d` (3)",
+            ),
+            (
+                r#"x -> tf_op("nn.bias_add")"#,
+                "needs its bias as `y:`, one value per channel",
+            ),
+            (
+                r#"x -> tf_op("__operators__.getitem", index: "[..., ::0]")"#,
+                "a step of 0",
+            ),
+            (
+                r#"x -> tf_op("__operators__.getitem", index: "[:, 3:1:1]")"#,
+                "`3:1` of axis 1 (of 4) is empty",
+            ),
+        ],
+    );
+}

@@ -77,6 +77,8 @@ SPECS = [
     "tests/golden/edge_tfindex.unet",
     # Stepped and reversed subscripts, tf.nn.bias_add (preprocess_input of VGG16 and DenseNet).
     "tests/golden/edge_tfstep.unet",
+    # tf.pad (REFLECT and CONSTANT) of an image's height and width.
+    "tests/golden/edge_tfpad.unet",
     # tf.nn activations and reductions over height and width.
     "tests/golden/edge_tfactivations.unet",
     # MultiHeadAttention (self, cross with a key, over an image's pixels).

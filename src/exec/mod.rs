@@ -104,7 +104,8 @@ pub fn batch_one_only(graph: &Graph, info: &Inferred) -> Option<String> {
             | TfCompute::ReduceImage(_)
             | TfCompute::Reshape
             | TfCompute::Resize(_)
-            | TfCompute::Slice => None,
+            | TfCompute::Slice
+            | TfCompute::Pad => None,
         }
     })
 }

@@ -592,6 +592,19 @@ impl PythonExporter<'_> {
                     format!("{}, shape=[{}]", inputs[0], dims.join(", "))
                 }
                 TfCompute::Reshape => format!("{}, axis={}", inputs[0], op.axis),
+                TfCompute::Pad => {
+                    let pairs: Vec<String> = op
+                        .paddings
+                        .iter()
+                        .map(|[a, b]| format!("[{a}, {b}]"))
+                        .collect();
+                    format!(
+                        "{}, paddings=[{}], mode={:?}",
+                        inputs[0],
+                        pairs.join(", "),
+                        op.pad_mode.keras_name()
+                    )
+                }
                 TfCompute::Resize(method) => {
                     let [h, w] = op.size.unwrap_or([0, 0]);
                     format!(
@@ -1289,6 +1302,31 @@ fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<Stri
                 ("method", Json::String(m)) => {
                     args.push(format!("method: {}", crate::emit::dsl::string_literal(m)))
                 }
+                // tf.pad's paddings (a pair per axis), its mode and its constant (0 only).
+                ("paddings", Json::Array(a))
+                    if a.len() <= 5
+                        && a.iter().all(|p| {
+                            p.as_array()
+                                .is_some_and(|p| p.len() == 2 && p.iter().all(Json::is_i64))
+                        }) =>
+                {
+                    let pairs: Vec<String> = a
+                        .iter()
+                        .filter_map(Json::as_array)
+                        .map(|p| format!("({}, {})", p[0], p[1]))
+                        .collect();
+                    args.push(format!("paddings: ({})", pairs.join(", ")))
+                }
+                ("mode", Json::String(m)) if m.eq_ignore_ascii_case("SYMMETRIC") => {
+                    return Err(err(format!(
+                        "pads with mode {m} (the edge pixel repeated in the mirror), which unetc \
+                         does not run (REFLECT and CONSTANT run)"
+                    )))
+                }
+                ("mode", Json::String(m)) => {
+                    args.push(format!("mode: {}", crate::emit::dsl::string_literal(m)))
+                }
+                ("constant_values", v) if v.as_f64() == Some(0.0) => {}
                 // TensorFlow's defaults of tf.image.resize, which unetc computes.
                 ("antialias" | "preserve_aspect_ratio", Json::Bool(false)) => {}
                 // The name of the TensorFlow op inside the layer (not the layer's name).

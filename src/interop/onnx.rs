@@ -24,7 +24,7 @@ use crate::ir::ops::{
     ActivationFn, AttentionDims, Average, AxisRead, ImageReduceFn, Interpolation, LambdaBody,
     Maximum, MergeFn, Minimum, Multiply, NormLayout, Normalization, PadMode, ReduceFn, ScalarFn,
     Subtract, SwinTransformerBlock, TensorOperand, TfCompute, UpSampling2D, VolumeInterpolation,
-    WindowGeometry,
+    WindowGeometry, ZeroPadding2D,
 };
 use crate::ir::{Graph, NodeId, Op};
 use std::collections::HashSet;
@@ -545,6 +545,19 @@ impl Exporter<'_> {
             data: Data::I64(data),
         });
         name
+    }
+
+    /// ZeroPadding2D (and tf.pad) of an NCHW image's height and width.
+    fn pad_image(&mut self, name: String, x: String, out: String, op: &ZeroPadding2D) {
+        let [t, b, l, r] = op.padding;
+        let pads = self.init_i64(format!("{name}/pads"), vec![0, 0, t, l, 0, 0, b, r]);
+        self.node(
+            name,
+            "Pad",
+            vec![x, pads],
+            out,
+            vec![("mode", Attr::Str(onnx_pad_mode(op.mode)))],
+        );
     }
 
     /// An NCHW Resize by UpSampling2D's whole factors.
@@ -1405,15 +1418,7 @@ impl Exporter<'_> {
             }
             Op::ZeroPadding2D(op) => {
                 need_image("ZeroPadding2D")?;
-                let [t, b, l, r] = op.padding;
-                let pads = self.init_i64(format!("{name}/pads"), vec![0, 0, t, l, 0, 0, b, r]);
-                self.node(
-                    name,
-                    "Pad",
-                    vec![x(), pads],
-                    out,
-                    vec![("mode", Attr::Str(onnx_pad_mode(op.mode)))],
-                );
+                self.pad_image(name, x(), out, op);
             }
             Op::Concatenate(op) => {
                 let axis = onnx_axis(op.axis, out_shape.len(), image);
@@ -2048,6 +2053,11 @@ impl Exporter<'_> {
                     need_image("tf.image.resize")?;
                     let up = op.as_up_sampling(&in_shapes[0], &out_shape);
                     self.up_sampling(name, x(), out, &up);
+                }
+                TfCompute::Pad => {
+                    need_image("tf.pad")?;
+                    let pad = op.as_padding();
+                    self.pad_image(name, x(), out, &pad);
                 }
             },
             Op::LeakyReLU(op) => self.node(

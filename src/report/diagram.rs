@@ -268,7 +268,8 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
             | TfCompute::ReduceChannels(_)
             | TfCompute::ReduceImage(_)
             | TfCompute::Reshape
-            | TfCompute::Slice => Edge::Other,
+            | TfCompute::Slice
+            | TfCompute::Pad => Edge::Other,
         },
         // One-input layers in this group fold into the box before them and get no arrow.
         Op::Input(_)

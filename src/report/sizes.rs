@@ -506,7 +506,8 @@ const ALIGNED_CORNERS: &str =
 /// (from the output back) whose outputs depend on the whole input along the axis.
 pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
     use crate::ir::ops::{
-        Interpolation, LambdaBody, PadMode, TfCompute, VolumeInterpolation, WindowGeometry,
+        Interpolation, LambdaBody, PadMode, TfCompute, TfPadMode, VolumeInterpolation,
+        WindowGeometry,
     };
     use crate::ir::Op;
     let Some(&out) = c.graph.outputs.first() else {
@@ -666,6 +667,17 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                             return Err(non_local())
                         }
                         TfCompute::Slice if rank(id) != rank(input) => return Err(non_local()),
+                        // tf.pad: the ZeroPadding2D it equals.
+                        TfCompute::Pad if op.pad_mode != TfPadMode::Constant => {
+                            return Err(NonLocal {
+                                why: "mirrors the image's edge pixels, which a tile's edges are not",
+                                ..non_local()
+                            })
+                        }
+                        TfCompute::Pad => {
+                            let pad = op.as_padding().padding[2 * axis.min(1)];
+                            (a - pad, b - pad)
+                        }
                         // A crop of the height or width shifts positions by its start.
                         TfCompute::Slice => {
                             let item: Vec<usize> = c.info.layers[input.index()]

@@ -98,7 +98,8 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
             | TfCompute::ReduceImage(_)
             | TfCompute::Reshape
             | TfCompute::Slice
-            | TfCompute::Resize(_) => None,
+            | TfCompute::Resize(_)
+            | TfCompute::Pad => None,
         },
         Op::Input(_)
         | Op::MultiHeadAttention(_)
@@ -199,9 +200,11 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
             TfCompute::TensorMerge(m) => merge(m.function),
             TfCompute::Scalar(_) | TfCompute::ReduceChannels(_) => reads(true, false),
             TfCompute::ReduceImage(f) => backward_reads(&o.as_global_pooling(f)),
-            TfCompute::Concat(_) | TfCompute::Reshape | TfCompute::Slice | TfCompute::Resize(_) => {
-                nothing
-            }
+            TfCompute::Concat(_)
+            | TfCompute::Reshape
+            | TfCompute::Slice
+            | TfCompute::Resize(_)
+            | TfCompute::Pad => nothing,
         },
         Op::Lambda(o) => match &o.body {
             LambdaBody::SliceTensor { .. }
@@ -703,6 +706,10 @@ pub fn forward(
             // As the global pooling it equals.
             TfCompute::ReduceImage(f) => {
                 return forward(&o.as_global_pooling(f), inputs, out_shape, params, mode)
+            }
+            TfCompute::Pad => {
+                let pad = Op::ZeroPadding2D(o.as_padding());
+                return forward(&pad, inputs, out_shape, params, mode);
             }
             TfCompute::Slice => {
                 let item = &inputs[0].shape[1..];
@@ -1395,6 +1402,10 @@ pub fn backward(
                     grad,
                     mode,
                 )
+            }
+            TfCompute::Pad => {
+                let pad = Op::ZeroPadding2D(o.as_padding());
+                return backward(&pad, inputs, output, saved, params, grad, mode);
             }
             // The gradient goes back to the values read; the others get none.
             TfCompute::Slice => {

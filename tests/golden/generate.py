@@ -910,6 +910,24 @@ def edge_tfstep():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_tfpad():
+    """tf.pad of an image's height and width (Keras records tf.compat.v1.pad), as U-Nets for
+    image restoration pad before valid convolutions: REFLECT by one pixel around, lower-case
+    "reflect" by (2, 0) rows and (1, 3) columns, CONSTANT (TensorFlow's default mode, zeros)
+    by (0, 1) and (2, 2); each followed by a valid 3x3 conv on signed 6x5 maps. Flattened and
+    concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    x = L.Conv2D(4, 1)(inp)
+    a = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+    b = tf.pad(x, [[0, 0], [2, 0], [1, 3], [0, 0]], mode="reflect")
+    c = tf.pad(x, [[0, 0], [0, 1], [2, 2], [0, 0]])
+    branches = [L.Conv2D(2, 3)(a), L.Conv2D(2, 3)(b), L.Conv2D(2, 3)(c)]
+    flat = [L.Flatten()(t) for t in branches]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_tfactivations():
     """TensorFlow's activation functions and reductions over height and width as Keras code
     calls them on tensors (TFOpLambda layers), on signed 6x5 maps (linear 1x1 convs of the input,
@@ -1422,7 +1440,7 @@ SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_s
          edge_merges, edge_norms, edge_depthwise, edge_tfops, edge_tfconst, edge_tftensor, edge_tfreduce, edge_reshape, edge_3d,
          edge_fixed_dropout, edge_rescaling, edge_normalization,
          edge_tfreshape, edge_gelu, edge_snake, edge_lambda,
-         edge_custom_scale, edge_repeat_elements, edge_lambda_resize, edge_tfindex, edge_tfstep,
+         edge_custom_scale, edge_repeat_elements, edge_lambda_resize, edge_tfindex, edge_tfstep, edge_tfpad,
          edge_tfactivations, edge_attention, edge_patches, edge_swin]
 FULL = [original_full, unet3d_small, unet3d_valid]
 

@@ -956,6 +956,13 @@ impl<'g> CpuModel<'g> {
                     let up = op.as_up_sampling(&shape(&in_shapes[0]), &shape(out_shape));
                     kernels::upsample(&up, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
                 }
+                TfCompute::Pad => kernels::zero_pad(
+                    &op.as_padding(),
+                    ins[0],
+                    hwc(&in_shapes[0]),
+                    out,
+                    hwc(out_shape),
+                ),
             },
             (Op::Multiply(_), _) => {
                 kernels::merge(Multiply::FUNCTION, ins, in_shapes, out, out_shape, batch)

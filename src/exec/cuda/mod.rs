@@ -3047,6 +3047,11 @@ impl<'g> CudaModel<'g> {
                         op.as_up_sampling(&self.shape_i64(node.inputs[0]), &self.shape_i64(id));
                     self.upsample::<T>(arena, x_view(0)?, y, &up, batch)?
                 }
+                TfCompute::Pad => {
+                    let pad = op.as_padding();
+                    let (t, l) = (-(pad.padding[0] as i32), -(pad.padding[2] as i32));
+                    self.shift_window(arena, x_view(0)?, y, (t, l), pad.mode, batch)?
+                }
             },
             Op::Add(_) => {
                 for k in 1..node.inputs.len() {

@@ -199,6 +199,20 @@ keyword_enum! {
         /// `tf.nn.bias_add(x, bias)`: a constant of one value per channel added (what
         /// `preprocess_input` of VGG16 and ResNet50 records, after reversing the channels).
         NnBiasAdd = "nn.bias_add",
+        /// `tf.pad(x, paddings, mode)` (Keras records tf.compat.v1.pad) of an image's height
+        /// and width: ZeroPadding2D with TensorFlow's CONSTANT (zeros) or REFLECT mode.
+        CompatV1Pad = "compat.v1.pad",
+    }
+}
+
+keyword_enum! {
+    /// tf.pad's `mode`, as TensorFlow spells it (it also takes lower case, read as the same).
+    TfPadMode {
+        Constant = "CONSTANT",
+        /// Mirrored without repeating the edge: ZeroPadding2D's `reflect`.
+        Reflect = "REFLECT",
+        /// Mirrored with the edge repeated (refused by the shape rule: no backend has it).
+        Symmetric = "SYMMETRIC",
     }
 }
 

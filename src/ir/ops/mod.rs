@@ -33,7 +33,7 @@ pub use conv::{
 pub use dense::{Dense, Flatten};
 pub use input::Input;
 pub use keywords::{
-    ActivationFn, Interpolation, Keyword, LambdaFunction, PadMode, Padding, TfFunction,
+    ActivationFn, Interpolation, Keyword, LambdaFunction, PadMode, Padding, TfFunction, TfPadMode,
     VolumeInterpolation,
 };
 pub use lambda::{Arithmetic, Expr, Lambda, LambdaBody};

@@ -6,7 +6,7 @@
 use super::keywords::TfFunction;
 use super::merge::{broadcast_shapes, Concatenate, MergeFn};
 use super::reshape::Reshape;
-use super::{ActivationFn, Interpolation, LayerKind, Shape, ShapeError};
+use super::{ActivationFn, Interpolation, LayerKind, PadMode, Shape, ShapeError, TfPadMode};
 use crate::ir::value::{ArgReader, Value, MAX_DIM};
 use serde_json::{json, Value as Json};
 use std::sync::Arc;
@@ -39,6 +39,8 @@ pub enum TfCompute {
     Slice,
     /// One tensor and a constant tensor ([`TFOpLambda::operand`]), broadcast as NumPy does.
     TensorMerge(TensorMergeOp),
+    /// `tf.pad` of an image's height and width: ZeroPadding2D ([`TFOpLambda::as_padding`]).
+    Pad,
 }
 
 /// `f(x, c)` of a tensor and a constant tensor, or `f(c, x)` when the constant comes first.
@@ -671,7 +673,8 @@ impl TfFunction {
             | TfFunction::NnGelu
             | TfFunction::MathSoftplus
             | TfFunction::NnSoftsign
-            | TfFunction::MathExp => None,
+            | TfFunction::MathExp
+            | TfFunction::CompatV1Pad => None,
         }
     }
 
@@ -709,6 +712,7 @@ impl TfFunction {
             TfFunction::NnSoftsign => "tf.nn.softsign",
             TfFunction::MathExp => "tf.math.exp",
             TfFunction::NnBiasAdd => "tf.nn.bias_add",
+            TfFunction::CompatV1Pad => "tf.compat.v1.pad",
         }
     }
 }
@@ -738,6 +742,10 @@ pub struct TFOpLambda {
     pub dtype: Option<String>,
     /// `x[...]`'s subscript.
     pub index: Option<Subscript>,
+    /// tf.pad's `paddings`: (before, after) per axis, the batch's first.
+    pub paddings: Vec<[i64; 2]>,
+    /// tf.pad's `mode`.
+    pub pad_mode: TfPadMode,
 }
 
 impl TFOpLambda {
@@ -810,6 +818,21 @@ impl TFOpLambda {
             TfFunction::MathSoftplus => TfCompute::Activation(ActivationFn::Softplus),
             TfFunction::NnSoftsign => TfCompute::Activation(ActivationFn::Softsign),
             TfFunction::MathExp => TfCompute::Activation(ActivationFn::Exponential),
+            TfFunction::CompatV1Pad => TfCompute::Pad,
+        }
+    }
+
+    /// tf.pad as the ZeroPadding2D it equals (the shape rule checks that it is one: the batch
+    /// and the channels not padded, CONSTANT or REFLECT).
+    pub fn as_padding(&self) -> super::ZeroPadding2D {
+        let pad = |axis: usize| self.paddings.get(axis).copied().unwrap_or([0, 0]);
+        let ([t, b], [l, r]) = (pad(1), pad(2));
+        super::ZeroPadding2D {
+            padding: [t, b, l, r],
+            mode: match self.pad_mode {
+                TfPadMode::Reflect => PadMode::Reflect,
+                TfPadMode::Constant | TfPadMode::Symmetric => PadMode::Zeros,
+            },
         }
     }
 
@@ -859,7 +882,8 @@ impl TFOpLambda {
             | TfFunction::MathSoftplus
             | TfFunction::NnSoftsign
             | TfFunction::MathExp
-            | TfFunction::NnBiasAdd => Self::CLASS,
+            | TfFunction::NnBiasAdd
+            | TfFunction::CompatV1Pad => Self::CLASS,
         }
     }
 
@@ -1023,7 +1047,8 @@ impl TFOpLambda {
             | TfFunction::MathSoftplus
             | TfFunction::NnSoftsign
             | TfFunction::MathExp
-            | TfFunction::NnBiasAdd => {
+            | TfFunction::NnBiasAdd
+            | TfFunction::CompatV1Pad => {
                 return Err(ShapeError::new(
                     "E-arg-value",
                     format!("{name} does not reshape"),
@@ -1065,6 +1090,47 @@ impl TFOpLambda {
             ));
         }
         Ok(out)
+    }
+
+    /// The shape after tf.pad: an image's height and width padded, as ZeroPadding2D pads them.
+    fn padded(&self, shape: &Shape) -> Result<Shape, ShapeError> {
+        let name = self.function.layer_name_base();
+        if self.paddings.len() != 4 {
+            return Err(ShapeError::new(
+                "E-arg-value",
+                format!(
+                    "{name} pads images: `paddings` needs a (before, after) pair for each of the \
+                     batch, height, width and channels, not {} pairs",
+                    self.paddings.len()
+                ),
+                "four pairs",
+            )
+            .help("`paddings: ((0, 0), (1, 1), (1, 1), (0, 0))`"));
+        }
+        if self.paddings[0] != [0, 0] || self.paddings[3] != [0, 0] {
+            return Err(ShapeError::new(
+                "E-arg-value",
+                format!(
+                    "{name} pads an image's height and width; the batch and channel pairs must \
+                     be (0, 0), not {:?} and {:?}",
+                    self.paddings[0], self.paddings[3]
+                ),
+                "height and width only",
+            ));
+        }
+        if self.pad_mode == TfPadMode::Symmetric {
+            return Err(ShapeError::new(
+                "E-arg-value",
+                format!(
+                    "{name} with mode SYMMETRIC (the edge pixel repeated in the mirror) is not \
+                     run by unetc"
+                ),
+                "SYMMETRIC",
+            )
+            .help("use mode: \"REFLECT\" (the mirror without the edge) or \"CONSTANT\""));
+        }
+        super::image(std::slice::from_ref(shape), name)?;
+        self.as_padding().infer(std::slice::from_ref(shape))
     }
 
     /// The shape after tf.image.resize: `size` must be a whole multiple of the input's height
@@ -1115,6 +1181,7 @@ impl LayerKind for TFOpLambda {
     const POSITIONAL: &'static [&'static str] = &["function", "axis"];
     const KNOWN: &'static [&'static str] = &[
         "function", "axis", "x", "y", "keepdims", "shape", "size", "method", "dtype", "index",
+        "paddings", "mode",
     ];
     /// What `x[...]` records.
     const KERAS_ALIASES: &'static [&'static str] = &["SlicingOpLambda"];
@@ -1170,6 +1237,63 @@ impl LayerKind for TFOpLambda {
                 None
             }
             None => None,
+        };
+        let paddings = match r.peek("paddings") {
+            Some(value) => {
+                let pair = |v: &Value| match v {
+                    Value::List(p) => match p[..] {
+                        [Value::Int(a), Value::Int(b)]
+                            if (0..=MAX_DIM).contains(&a) && (0..=MAX_DIM).contains(&b) =>
+                        {
+                            Some([a, b])
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let pairs = match value {
+                    Value::List(items) if items.len() <= 5 => {
+                        items.iter().map(pair).collect::<Option<Vec<_>>>()
+                    }
+                    _ => None,
+                };
+                match pairs {
+                    Some(pairs) => {
+                        let _ = r.take_arg("paddings");
+                        pairs
+                    }
+                    None => {
+                        r.reject(
+                            "paddings",
+                            &format!(
+                                "must be one (before, after) pair of sizes in 0..={MAX_DIM} per \
+                                 axis, the batch's first: `paddings: ((0, 0), (1, 1), (1, 1), \
+                                 (0, 0))`"
+                            ),
+                        );
+                        Vec::new()
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        // TensorFlow reads the mode in any case.
+        let pad_mode = match r.peek("mode") {
+            Some(Value::Str(m)) => match TfPadMode::from_keras_name(&m.to_uppercase()) {
+                Some(mode) => {
+                    let _ = r.take_arg("mode");
+                    mode
+                }
+                None => {
+                    r.reject("mode", "must be \"CONSTANT\", \"REFLECT\" or \"SYMMETRIC\"");
+                    TfPadMode::Constant
+                }
+            },
+            Some(_) => {
+                r.reject("mode", "must be a string: `mode: \"REFLECT\"`");
+                TfPadMode::Constant
+            }
+            None => TfPadMode::Constant,
         };
         let lim = f64::MAX;
         // A nested list is a constant tensor; a number, a Python number.
@@ -1229,6 +1353,8 @@ impl LayerKind for TFOpLambda {
             method,
             dtype,
             index,
+            paddings,
+            pad_mode,
         }
     }
 
@@ -1250,6 +1376,11 @@ impl LayerKind for TFOpLambda {
             ("size", self.size.is_some(), TfFunction::ImageResize),
             ("dtype", self.dtype.is_some(), TfFunction::Cast),
             ("index", self.index.is_some(), TfFunction::OperatorsGetitem),
+            (
+                "paddings",
+                !self.paddings.is_empty(),
+                TfFunction::CompatV1Pad,
+            ),
         ];
         for (arg, given, owner) in misplaced {
             if given && self.function != owner {
@@ -1347,7 +1478,8 @@ impl LayerKind for TFOpLambda {
                 | TfCompute::ReduceImage(_)
                 | TfCompute::Reshape
                 | TfCompute::Resize(_)
-                | TfCompute::Slice => Err(ShapeError::new(
+                | TfCompute::Slice
+                | TfCompute::Pad => Err(ShapeError::new(
                     "E-arg-value",
                     format!(
                         "{name} takes no constant tensor (`x:`/`y:` lists are for \
@@ -1510,6 +1642,10 @@ impl LayerKind for TFOpLambda {
                 takes(1)?;
                 self.resized(&inputs[0])
             }
+            (None, TfCompute::Pad) => {
+                takes(1)?;
+                self.padded(&inputs[0])
+            }
         }
     }
 
@@ -1545,6 +1681,9 @@ impl LayerKind for TFOpLambda {
             }),
             TfCompute::Slice => json!({
                 "function": self.function, "index": self.index.as_ref().map(Subscript::text)
+            }),
+            TfCompute::Pad => json!({
+                "function": self.function, "paddings": self.paddings, "mode": self.pad_mode
             }),
             // The values are the spec's; the report gives their shape.
             TfCompute::TensorMerge(m) => {

@@ -1491,8 +1491,8 @@ fn tf_pad_bias_add_and_steps_misused() {
         3,
         &[
             (
-                r#"x -> tf_op("compat.v1.pad", paddings: ((0, 0), (1, 1), (1, 1), (0, 0)), mode: "SYMMETRIC")"#,
-                "mode SYMMETRIC (the edge pixel repeated in the mirror) is not run by unetc",
+                r#"x -> tf_op("compat.v1.pad", paddings: ((0, 0), (5, 1), (1, 1), (0, 0)), mode: "SYMMETRIC")"#,
+                "symmetric padding by (top, bottom, left, right) [5, 1, 1, 1] needs an input at least as large as the padding",
             ),
             (
                 r#"x -> tf_op("compat.v1.pad", paddings: ((0, 0), (1, 1), (1, 1), (0, 1)))"#,

@@ -85,7 +85,7 @@ const SPECS: &[(&str, &str)] = &[
     ("tf maximum and minimum with numbers", "x = conv2d(4, 1)\n  [x -> tf_op(\"math.maximum\", y: 0.1), x -> tf_op(\"math.minimum\", x: -0.2), x -> tf_op(\"math.maximum\", x: 0.0) -> tf_op(\"math.minimum\", y: 0.3)] -> concatenate()"),
     ("picked rows, columns and pixels", "x = conv2d(4, 1)\n  [x -> tf_op(\"__operators__.getitem\", index: \"[:, 0]\") -> flatten(), x -> tf_op(\"__operators__.getitem\", index: \"[:, :, -1]\") -> flatten(), x -> tf_op(\"__operators__.getitem\", index: \"[:, 1:3, 2, 1:3]\") -> flatten()] -> concatenate()"),
     ("stepped and reversed subscripts, bias_add", "x = conv2d(4, 1)\n  [x -> tf_op(\"__operators__.getitem\", index: \"[:, ::2, 1::2]\") -> flatten(), x -> tf_op(\"__operators__.getitem\", index: \"[:, ::-1, :, ::-2]\") -> flatten(), x -> tf_op(\"__operators__.getitem\", index: \"[..., ::-1]\") -> tf_op(\"nn.bias_add\", y: [0.5, -1.0, 1.5, 2.0]) -> flatten()] -> concatenate()"),
-    ("tf.pad, reflect and constant", "x = conv2d(4, 1)\n  [x -> tf_op(\"compat.v1.pad\", paddings: ((0, 0), (2, 1), (1, 2), (0, 0)), mode: \"REFLECT\") -> conv2d(2, 3) -> flatten(), x -> tf_op(\"compat.v1.pad\", paddings: ((0, 0), (1, 0), (0, 1), (0, 0))) -> flatten()] -> concatenate()"),
+    ("tf.pad, reflect and constant", "x = conv2d(4, 1)\n  [x -> tf_op(\"compat.v1.pad\", paddings: ((0, 0), (2, 1), (1, 2), (0, 0)), mode: \"REFLECT\") -> conv2d(2, 3) -> flatten(), x -> tf_op(\"compat.v1.pad\", paddings: ((0, 0), (1, 0), (0, 1), (0, 0))) -> flatten(), x -> tf_op(\"compat.v1.pad\", paddings: ((0, 0), (2, 0), (1, 2), (0, 0)), mode: \"SYMMETRIC\") -> conv2d(1, 3) -> flatten()] -> concatenate()"),
 ];
 
 struct Case {

@@ -1317,12 +1317,6 @@ fn tf_op_call(at: &str, lname: &str, node: &Json) -> Result<(Vec<Json>, Vec<Stri
                         .collect();
                     args.push(format!("paddings: ({})", pairs.join(", ")))
                 }
-                ("mode", Json::String(m)) if m.eq_ignore_ascii_case("SYMMETRIC") => {
-                    return Err(err(format!(
-                        "pads with mode {m} (the edge pixel repeated in the mirror), which unetc \
-                         does not run (REFLECT and CONSTANT run)"
-                    )))
-                }
                 ("mode", Json::String(m)) => {
                     args.push(format!("mode: {}", crate::emit::dsl::string_literal(m)))
                 }

@@ -547,17 +547,81 @@ impl Exporter<'_> {
         name
     }
 
-    /// ZeroPadding2D (and tf.pad) of an NCHW image's height and width.
-    fn pad_image(&mut self, name: String, x: String, out: String, op: &ZeroPadding2D) {
+    /// ZeroPadding2D (and tf.pad) of an NCHW image of `[h, w]`: ONNX's Pad, or for the
+    /// symmetric mirror (which Pad lacks) each axis as the concatenation of its first `before`
+    /// rows reversed, the rows, and its last `after` rows reversed (negative-step Slices).
+    fn pad_image(
+        &mut self,
+        name: String,
+        x: String,
+        out: String,
+        op: &ZeroPadding2D,
+        [h, w]: [i64; 2],
+    ) {
         let [t, b, l, r] = op.padding;
+        let mode = match op.mode {
+            PadMode::Zeros => "constant",
+            PadMode::Reflect => "reflect",
+            PadMode::Replicate => "edge",
+            PadMode::Symmetric => {
+                // The last node carries the layer's name.
+                let rows = format!("{name}/rows");
+                let h_part = format!("{name}/h");
+                self.mirror_axis(&h_part, h_part.clone(), x, rows.clone(), (2, h), [t, b]);
+                self.mirror_axis(&format!("{name}/w"), name, rows, out, (3, w), [l, r]);
+                return;
+            }
+        };
         let pads = self.init_i64(format!("{name}/pads"), vec![0, 0, t, l, 0, 0, b, r]);
         self.node(
             name,
             "Pad",
             vec![x, pads],
             out,
-            vec![("mode", Attr::Str(onnx_pad_mode(op.mode)))],
+            vec![("mode", Attr::Str(mode))],
         );
+    }
+
+    /// `x` padded along `axis` (of `n`) by its own first `before` and last `after` positions,
+    /// each reversed: the symmetric mirror; `node` names the Concat, `name` prefixes the rest.
+    fn mirror_axis(
+        &mut self,
+        name: &str,
+        node: String,
+        x: String,
+        out: String,
+        (axis, n): (i64, i64),
+        pad: [i64; 2],
+    ) {
+        let mut parts = Vec::new();
+        let [before, after] = pad;
+        // A backward Slice from `start` to before `end` (`-n - 1`: through position 0).
+        let slice = |this: &mut Self, what: &str, start: i64, end: i64| {
+            let starts = this.init_i64(format!("{name}/{what}/starts"), vec![start]);
+            let ends = this.init_i64(format!("{name}/{what}/ends"), vec![end]);
+            let axes = this.init_i64(format!("{name}/{what}/axes"), vec![axis]);
+            let steps = this.init_i64(format!("{name}/{what}/steps"), vec![-1]);
+            let part = format!("{name}/{what}");
+            this.node(
+                part.clone(),
+                "Slice",
+                vec![x.clone(), starts, ends, axes, steps],
+                part.clone(),
+                vec![],
+            );
+            part
+        };
+        if before > 0 {
+            let part = slice(self, "before", before - 1, -n - 1);
+            parts.push(part);
+        }
+        parts.push(x.clone());
+        if after > 0 {
+            let end = n - 1 - after;
+            let part = slice(self, "after", n - 1, if end < 0 { -n - 1 } else { end });
+            parts.push(part);
+        }
+        self.node(node, "Concat", parts, out, vec![("axis", Attr::Int(axis))]);
     }
 
     /// An NCHW Resize by UpSampling2D's whole factors.
@@ -1417,8 +1481,8 @@ impl Exporter<'_> {
                 self.node(name, "Slice", vec![x(), starts, ends, axes], out, vec![]);
             }
             Op::ZeroPadding2D(op) => {
-                need_image("ZeroPadding2D")?;
-                self.pad_image(name, x(), out, op);
+                let [h, w, _] = need_image("ZeroPadding2D")?;
+                self.pad_image(name, x(), out, op, [h, w]);
             }
             Op::Concatenate(op) => {
                 let axis = onnx_axis(op.axis, out_shape.len(), image);
@@ -2055,9 +2119,9 @@ impl Exporter<'_> {
                     self.up_sampling(name, x(), out, &up);
                 }
                 TfCompute::Pad => {
-                    need_image("tf.pad")?;
+                    let [h, w, _] = need_image("tf.pad")?;
                     let pad = op.as_padding();
-                    self.pad_image(name, x(), out, &pad);
+                    self.pad_image(name, x(), out, &pad, [h, w]);
                 }
             },
             Op::LeakyReLU(op) => self.node(
@@ -2365,7 +2429,7 @@ impl Exporter<'_> {
                     format!("{name}/pads"),
                     vec![0, 0, p[0], p[2], p[4], 0, 0, p[1], p[3], p[5]],
                 );
-                let mode = onnx_pad_mode(op.mode);
+                let mode = onnx_pad_mode(op.mode, &name)?;
                 self.node(
                     name,
                     "Pad",
@@ -2960,11 +3024,16 @@ fn count_top_level(model: &[u8]) -> (usize, usize) {
 }
 
 /// ONNX Pad's `mode` for a padding's mode.
-fn onnx_pad_mode(mode: PadMode) -> &'static str {
+/// ONNX Pad's mode; ONNX has no symmetric mirror.
+fn onnx_pad_mode(mode: PadMode, name: &str) -> Result<&'static str, String> {
     match mode {
-        PadMode::Zeros => "constant",
-        PadMode::Reflect => "reflect",
-        PadMode::Replicate => "edge",
+        PadMode::Zeros => Ok("constant"),
+        PadMode::Reflect => Ok("reflect"),
+        PadMode::Replicate => Ok("edge"),
+        PadMode::Symmetric => Err(format!(
+            "`{name}` pads symmetrically (the edge repeated in the mirror), which ONNX's Pad \
+             cannot express (its modes: constant, reflect, edge)"
+        )),
     }
 }
 

@@ -914,8 +914,9 @@ def edge_tfpad():
     """tf.pad of an image's height and width (Keras records tf.compat.v1.pad), as U-Nets for
     image restoration pad before valid convolutions: REFLECT by one pixel around, lower-case
     "reflect" by (2, 0) rows and (1, 3) columns, CONSTANT (TensorFlow's default mode, zeros)
-    by (0, 1) and (2, 2); each followed by a valid 3x3 conv on signed 6x5 maps. Flattened and
-    concatenated."""
+    by (0, 1) and (2, 2), SYMMETRIC (the edge repeated in the mirror) by (3, 6) rows, the
+    height itself, and (1, 0) columns; each followed by a valid 3x3 conv on signed 6x5 maps.
+    Flattened and concatenated."""
     tf = _tf()
     L = tf.keras.layers
     inp = L.Input((6, 5, 3))
@@ -923,7 +924,8 @@ def edge_tfpad():
     a = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
     b = tf.pad(x, [[0, 0], [2, 0], [1, 3], [0, 0]], mode="reflect")
     c = tf.pad(x, [[0, 0], [0, 1], [2, 2], [0, 0]])
-    branches = [L.Conv2D(2, 3)(a), L.Conv2D(2, 3)(b), L.Conv2D(2, 3)(c)]
+    d = tf.pad(x, [[0, 0], [3, 6], [1, 0], [0, 0]], mode="SYMMETRIC")
+    branches = [L.Conv2D(2, 3)(a), L.Conv2D(2, 3)(b), L.Conv2D(2, 3)(c), L.Conv2D(2, 3)(d)]
     flat = [L.Flatten()(t) for t in branches]
     return tf.keras.Model(inp, L.Concatenate()(flat))
 

@@ -527,6 +527,7 @@ fn pad_mode_code(mode: PadMode) -> i32 {
         PadMode::Zeros => 0,
         PadMode::Reflect => 1,
         PadMode::Replicate => 2,
+        PadMode::Symmetric => 3,
     }
 }
 

@@ -93,13 +93,15 @@ keyword_enum! {
         Zeros = "constant",
         Reflect = "reflect",
         Replicate = "replicate",
+        /// Mirrored with the edge repeated (TensorFlow's and NumPy's `symmetric`).
+        Symmetric = "symmetric",
     }
 }
 
 impl PadMode {
     /// The input index an output index `i` (relative to the input's start, so negative in the
     /// leading padding) reads along an axis of `n` pixels; `None` where it reads a zero.
-    /// Reflect needs `n > padding` (checked by the shape rule).
+    /// Reflect needs `n > padding`, symmetric `n >= padding` (checked by the shape rules).
     pub fn source(self, i: i64, n: usize) -> Option<usize> {
         let n = n as i64;
         if (0..n).contains(&i) {
@@ -112,6 +114,19 @@ impl PadMode {
                 (0..n).contains(&j).then_some(j as usize)
             }
             PadMode::Replicate => Some(i.clamp(0, n - 1) as usize),
+            PadMode::Symmetric => {
+                let j = if i < 0 { -i - 1 } else { 2 * n - 1 - i };
+                (0..n).contains(&j).then_some(j as usize)
+            }
+        }
+    }
+
+    /// The most a side may be padded along an axis of `n` (the mirror modes read inside).
+    pub fn max_padding(self, n: i64) -> i64 {
+        match self {
+            PadMode::Zeros | PadMode::Replicate => i64::MAX,
+            PadMode::Reflect => n - 1,
+            PadMode::Symmetric => n,
         }
     }
 }
@@ -211,7 +226,7 @@ keyword_enum! {
         Constant = "CONSTANT",
         /// Mirrored without repeating the edge: ZeroPadding2D's `reflect`.
         Reflect = "REFLECT",
-        /// Mirrored with the edge repeated (refused by the shape rule: no backend has it).
+        /// Mirrored with the edge repeated: ZeroPadding2D's `symmetric`.
         Symmetric = "SYMMETRIC",
     }
 }

@@ -150,14 +150,19 @@ impl LayerKind for ZeroPadding2D {
     fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
         let [h, w, c] = image(inputs, Self::CLASS)?;
         let [t, b, l, r] = self.padding;
-        if self.mode == PadMode::Reflect && (t.max(b) >= h || l.max(r) >= w) {
+        let most = |n: i64| self.mode.max_padding(n);
+        if t.max(b) > most(h) || l.max(r) > most(w) {
+            let than = match self.mode {
+                PadMode::Symmetric => "at least as large as",
+                PadMode::Zeros | PadMode::Reflect | PadMode::Replicate => "larger than",
+            };
             return Err(ShapeError::new(
                 "E-shape",
                 format!(
-                    "reflect padding by (top, bottom, left, right) {:?} needs an input larger than the padding on each side, but {{0}} is {h}x{w}",
-                    self.padding
+                    "{} padding by (top, bottom, left, right) {:?} needs an input {than} the padding on each side, but {{0}} is {h}x{w}",
+                    self.mode, self.padding
                 ),
-                "too small to reflect",
+                "too small to mirror",
             )
             .help("pad less, or use `mode: \"replicate\"`"));
         }
@@ -176,8 +181,8 @@ impl LayerKind for ZeroPadding2D {
     fn beyond_keras(&self) -> Option<&'static str> {
         match self.mode {
             PadMode::Zeros => None,
-            PadMode::Reflect | PadMode::Replicate => Some(
-                "reflect or replicate padding (PyTorch's padding_mode); Keras's ZeroPadding2D pads with zeros only",
+            PadMode::Reflect | PadMode::Replicate | PadMode::Symmetric => Some(
+                "reflect, replicate or symmetric padding (PyTorch's padding_mode, tf.pad's mode); Keras's ZeroPadding2D pads with zeros only",
             ),
         }
     }

@@ -823,15 +823,16 @@ impl TFOpLambda {
     }
 
     /// tf.pad as the ZeroPadding2D it equals (the shape rule checks that it is one: the batch
-    /// and the channels not padded, CONSTANT or REFLECT).
+    /// and the channels not padded).
     pub fn as_padding(&self) -> super::ZeroPadding2D {
         let pad = |axis: usize| self.paddings.get(axis).copied().unwrap_or([0, 0]);
         let ([t, b], [l, r]) = (pad(1), pad(2));
         super::ZeroPadding2D {
             padding: [t, b, l, r],
             mode: match self.pad_mode {
+                TfPadMode::Constant => PadMode::Zeros,
                 TfPadMode::Reflect => PadMode::Reflect,
-                TfPadMode::Constant | TfPadMode::Symmetric => PadMode::Zeros,
+                TfPadMode::Symmetric => PadMode::Symmetric,
             },
         }
     }
@@ -1117,17 +1118,6 @@ impl TFOpLambda {
                 ),
                 "height and width only",
             ));
-        }
-        if self.pad_mode == TfPadMode::Symmetric {
-            return Err(ShapeError::new(
-                "E-arg-value",
-                format!(
-                    "{name} with mode SYMMETRIC (the edge pixel repeated in the mirror) is not \
-                     run by unetc"
-                ),
-                "SYMMETRIC",
-            )
-            .help("use mode: \"REFLECT\" (the mirror without the edge) or \"CONSTANT\""));
         }
         super::image(std::slice::from_ref(shape), name)?;
         self.as_padding().infer(std::slice::from_ref(shape))

@@ -684,15 +684,20 @@ impl LayerKind for ZeroPadding3D {
         let too_small = [d, h, w]
             .iter()
             .enumerate()
-            .any(|(axis, &n)| p[2 * axis].max(p[2 * axis + 1]) >= n);
-        if self.mode == PadMode::Reflect && too_small {
+            .any(|(axis, &n)| p[2 * axis].max(p[2 * axis + 1]) > self.mode.max_padding(n));
+        if too_small {
+            let than = match self.mode {
+                PadMode::Symmetric => "at least as large as",
+                PadMode::Zeros | PadMode::Reflect | PadMode::Replicate => "larger than",
+            };
             return Err(ShapeError::new(
                 "E-shape",
                 format!(
-                    "reflect padding by (front, back, top, bottom, left, right) {p:?} needs an input larger than the padding on each side, but {{0}} is {}",
+                    "{} padding by (front, back, top, bottom, left, right) {p:?} needs an input {than} the padding on each side, but {{0}} is {}",
+                    self.mode,
                     dims_text([d, h, w])
                 ),
-                "too small to reflect",
+                "too small to mirror",
             )
             .help("pad less, or use `mode: \"replicate\"`"));
         }
@@ -711,8 +716,8 @@ impl LayerKind for ZeroPadding3D {
     fn beyond_keras(&self) -> Option<&'static str> {
         match self.mode {
             PadMode::Zeros => None,
-            PadMode::Reflect | PadMode::Replicate => Some(
-                "reflect or replicate padding (PyTorch's padding_mode); Keras's ZeroPadding3D pads with zeros only",
+            PadMode::Reflect | PadMode::Replicate | PadMode::Symmetric => Some(
+                "reflect, replicate or symmetric padding (PyTorch's padding_mode, tf.pad's mode); Keras's ZeroPadding3D pads with zeros only",
             ),
         }
     }

@@ -60,6 +60,7 @@ __device__ int pad_source(int i, int n, int mode) {
     if (i >= 0 && i < n) return i;
     if (mode == 1) return i < 0 ? -i : 2 * (n - 1) - i;
     if (mode == 2) return i < 0 ? 0 : n - 1;
+    if (mode == 3) return i < 0 ? -i - 1 : 2 * n - 1 - i;
     return i;
 }
 

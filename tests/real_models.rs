@@ -81,14 +81,27 @@ fn real_package_unets_import_print_and_run_as_keras() {
     assert!(ran >= 27, "only {ran} models ran");
 }
 
+/// generate.py's manifest of the recorded models.
+fn manifest(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+/// The spec `unetc import` makes of a recorded model's Keras JSON, and where it is written.
+fn imported_spec(dir: &Path, tmp: &Path, stem: &str) -> (String, std::path::PathBuf) {
+    let json = std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap();
+    let spec = unetc::interop::keras::import_json(&json).unwrap();
+    let spec_path = tmp.join(format!("{stem}.unet"));
+    std::fs::write(&spec_path, &spec).unwrap();
+    (spec, spec_path)
+}
+
 #[test]
 fn every_output_of_a_deep_supervision_model_matches_keras() {
     // generate.py stores each further output of a multi-output model as
     // `output_<layer name>` and lists the output layers in the manifest: every head of the
     // executor matches Keras's, and `unetc run --output-layer NAME` writes that head.
     let dir = root().join("tests/real_models");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest = manifest(&dir);
     let tmp = fresh_temp_dir("real_models_output_layer");
     let mut heads = 0;
     for (stem, entry) in manifest["models"].as_object().unwrap() {
@@ -96,10 +109,7 @@ fn every_output_of_a_deep_supervision_model_matches_keras() {
             continue;
         };
         let names: Vec<&str> = names.iter().map(|n| n.as_str().unwrap()).collect();
-        let json = std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap();
-        let spec = unetc::interop::keras::import_json(&json).unwrap();
-        let spec_path = tmp.join(format!("{stem}.unet"));
-        std::fs::write(&spec_path, &spec).unwrap();
+        let (_, spec_path) = imported_spec(&dir, &tmp, stem);
         let c = compile(&spec_path);
         let weights_file = dir.join(format!("{stem}.weights.safetensors"));
         let weights = load_weights(&weights_file, &expected_weights(&c)).expect("weights fit");
@@ -203,18 +213,14 @@ fn a_layer_inside_a_nested_model_is_an_output_by_its_path() {
     // from the nested model's inputs to that layer. `--output-layer nested/layer` selects the
     // same layer: checked through the executor, and through `unetc run` for one-input models.
     let dir = root().join("tests/real_models");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest = manifest(&dir);
     let tmp = fresh_temp_dir("real_models_nested_taps");
     let mut taps = 0;
     for (stem, entry) in manifest["models"].as_object().unwrap() {
         let Some(paths) = entry.get("nested_taps").and_then(|n| n.as_array()) else {
             continue;
         };
-        let json = std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap();
-        let spec = unetc::interop::keras::import_json(&json).unwrap();
-        let spec_path = tmp.join(format!("{stem}.unet"));
-        std::fs::write(&spec_path, &spec).unwrap();
+        let (spec, spec_path) = imported_spec(&dir, &tmp, stem);
         let weights_file = dir.join(format!("{stem}.weights.safetensors"));
         let io_file = dir.join(format!("{stem}.io.safetensors"));
         let (inputs, _) = io_inputs(&io_file);

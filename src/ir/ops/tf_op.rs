@@ -34,7 +34,7 @@ pub enum TfCompute {
     /// `tf.image.resize` to a whole multiple of the input's height and width: Keras's
     /// UpSampling2D by that factor (tf.image.resize with half-pixel centres, no antialias).
     Resize(Interpolation),
-    /// `x[...]`: a window of each pixel's channels ([`TFOpLambda::channel_window`]), in the
+    /// `x[...]`: a window of rows, columns and channels ([`TFOpLambda::slice_window`]), in the
     /// output's shape.
     Slice,
     /// One tensor and a constant tensor ([`TFOpLambda::operand`]), broadcast as NumPy does.

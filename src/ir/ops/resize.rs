@@ -181,8 +181,11 @@ impl LayerKind for ZeroPadding2D {
     fn beyond_keras(&self) -> Option<&'static str> {
         match self.mode {
             PadMode::Zeros => None,
-            PadMode::Reflect | PadMode::Replicate | PadMode::Symmetric => Some(
-                "reflect, replicate or symmetric padding (PyTorch's padding_mode, tf.pad's mode); Keras's ZeroPadding2D pads with zeros only",
+            PadMode::Reflect | PadMode::Replicate => Some(
+                "reflect or replicate padding (PyTorch's padding_mode); Keras's ZeroPadding2D pads with zeros only",
+            ),
+            PadMode::Symmetric => Some(
+                "symmetric padding (tf.pad's SYMMETRIC); Keras's ZeroPadding2D pads with zeros only",
             ),
         }
     }

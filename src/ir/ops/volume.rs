@@ -716,8 +716,11 @@ impl LayerKind for ZeroPadding3D {
     fn beyond_keras(&self) -> Option<&'static str> {
         match self.mode {
             PadMode::Zeros => None,
-            PadMode::Reflect | PadMode::Replicate | PadMode::Symmetric => Some(
-                "reflect, replicate or symmetric padding (PyTorch's padding_mode, tf.pad's mode); Keras's ZeroPadding3D pads with zeros only",
+            PadMode::Reflect | PadMode::Replicate => Some(
+                "reflect or replicate padding (PyTorch's padding_mode); Keras's ZeroPadding3D pads with zeros only",
+            ),
+            PadMode::Symmetric => Some(
+                "symmetric padding (tf.pad's SYMMETRIC); Keras's ZeroPadding3D pads with zeros only",
             ),
         }
     }

@@ -1279,9 +1279,10 @@ fn tf_op_reshapes_and_resize_are_refused_where_they_cannot_run() {
             "x -> tf_op(reshape, shape: (-1, 5, 4))",
             "has 32 values, which do not make target_shape (5, 4)",
         ),
+        // Any size runs (6x8 from 4x4 too); Keras's Resizing's crop to the aspect ratio does not.
         (
-            "x -> tf_op(\"image.resize\", size: (6, 8))",
-            "tf.image.resize to 6x8 from 4x4: unetc resizes to whole multiples",
+            "x -> resizing(6, 8, crop_to_aspect_ratio: true)",
+            "Resizing with crop_to_aspect_ratio is not run by unetc yet",
         ),
         (
             "x -> tf_op(\"image.resize\")",

@@ -312,6 +312,13 @@ const BILINEAR: &str = "model {
 }
 ";
 
+// Resizing by ratios (up one axis and down the other; nearest to an odd size) and back.
+const RESIZING: &str = "model {
+  input 6x5x2
+  conv2d(3, 3, padding: same, activation: tanh) -> resizing(4, 8) -> conv2d(3, 3, padding: same) -> resizing(7, 11, interpolation: nearest) -> conv2d(3, 3, padding: same) -> resizing(6, 5) -> conv2d(2, 1, activation: sigmoid)
+}
+";
+
 const SHARED: &str = "model {
   input 6x6x4
   x = conv2d(4, 3, padding: same, activation: relu, name: \"c\")
@@ -441,6 +448,15 @@ fn cases() -> Vec<Case> {
         Case {
             what: "bilinear up-sampling (half-pixel, (2, 3); aligned corners), SGD, bce",
             spec: BILINEAR,
+            optimizer: "sgd",
+            args: OptimizerArgs::default(),
+            learning_rate: 0.5,
+            loss: Loss::BinaryCrossentropy,
+            from_logits: false,
+        },
+        Case {
+            what: "Resizing by ratios (bilinear up and down, nearest), SGD, bce",
+            spec: RESIZING,
             optimizer: "sgd",
             args: OptimizerArgs::default(),
             learning_rate: 0.5,

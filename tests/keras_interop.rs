@@ -98,6 +98,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         ("tests/golden/edge_tfindex.unet", "edge_tfindex"),
         ("tests/golden/edge_tfstep.unet", "edge_tfstep"),
         ("tests/golden/edge_tfpad.unet", "edge_tfpad"),
+        ("tests/golden/edge_resizing.unet", "edge_resizing"),
         ("tests/golden/edge_tfactivations.unet", "edge_tfactivations"),
         ("tests/golden/edge_attention.unet", "edge_attention"),
         ("tests/golden/edge_patches.unet", "edge_patches"),
@@ -125,7 +126,7 @@ fn import_of_keras_json_gives_the_spec_graph() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 38);
+    assert_eq!(checked, 39);
 }
 
 #[test]

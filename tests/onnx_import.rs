@@ -73,6 +73,7 @@ fn pytorch_unets_import_and_match_onnxruntime() {
         "plain_transpose",
         "plain_transpose_dynamo",
         "plain_align_corners",
+        "plain_resize_ratio",
         "plain_kinds",
         "plain_kinds3d",
         "plain_reflect_pad",
@@ -123,6 +124,10 @@ fn pytorch_unets_import_and_match_onnxruntime() {
                 "group_normalization(groups: 3",
             ],
             "plain_align_corners" => &["interpolation: \"bilinear\", align_corners: true"],
+            "plain_resize_ratio" => &[
+                "resizing(height: 9, width: 13, interpolation: \"bilinear\"",
+                "resizing(height: 18, width: 15, interpolation: \"bilinear\"",
+            ],
             "nnunet_plain" => &[
                 "conv2d_transpose(",
                 "group_normalization(groups: 4",

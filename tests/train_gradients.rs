@@ -86,6 +86,7 @@ const SPECS: &[(&str, &str)] = &[
     ("picked rows, columns and pixels", "x = conv2d(4, 1)\n  [x -> tf_op(\"__operators__.getitem\", index: \"[:, 0]\") -> flatten(), x -> tf_op(\"__operators__.getitem\", index: \"[:, :, -1]\") -> flatten(), x -> tf_op(\"__operators__.getitem\", index: \"[:, 1:3, 2, 1:3]\") -> flatten()] -> concatenate()"),
     ("stepped and reversed subscripts, bias_add", "x = conv2d(4, 1)\n  [x -> tf_op(\"__operators__.getitem\", index: \"[:, ::2, 1::2]\") -> flatten(), x -> tf_op(\"__operators__.getitem\", index: \"[:, ::-1, :, ::-2]\") -> flatten(), x -> tf_op(\"__operators__.getitem\", index: \"[..., ::-1]\") -> tf_op(\"nn.bias_add\", y: [0.5, -1.0, 1.5, 2.0]) -> flatten()] -> concatenate()"),
     ("tf.pad, reflect and constant", "x = conv2d(4, 1)\n  [x -> tf_op(\"compat.v1.pad\", paddings: ((0, 0), (2, 1), (1, 2), (0, 0)), mode: \"REFLECT\") -> conv2d(2, 3) -> flatten(), x -> tf_op(\"compat.v1.pad\", paddings: ((0, 0), (1, 0), (0, 1), (0, 0))) -> flatten(), x -> tf_op(\"compat.v1.pad\", paddings: ((0, 0), (2, 0), (1, 2), (0, 0)), mode: \"SYMMETRIC\") -> conv2d(1, 3) -> flatten()] -> concatenate()"),
+    ("resizing and tf.image.resize by ratios", "x = conv2d(3, 1)\n  [x -> resizing(9, 4) -> conv2d(2, 3) -> flatten(), x -> resizing(4, 10, interpolation: nearest) -> flatten(), x -> tf_op(\"image.resize\", size: (5, 7)) -> flatten(), x -> tf_op(\"image.resize\", size: (11, 3), method: nearest) -> flatten()] -> concatenate()"),
 ];
 
 struct Case {

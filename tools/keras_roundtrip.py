@@ -79,6 +79,8 @@ SPECS = [
     "tests/golden/edge_tfstep.unet",
     # tf.pad (REFLECT and CONSTANT) of an image's height and width.
     "tests/golden/edge_tfpad.unet",
+    # Keras's Resizing and tf.image.resize to sizes that are not whole multiples.
+    "tests/golden/edge_resizing.unet",
     # tf.nn activations and reductions over height and width.
     "tests/golden/edge_tfactivations.unet",
     # MultiHeadAttention (self, cross with a key, over an image's pixels).

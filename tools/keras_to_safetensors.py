@@ -49,6 +49,7 @@ WEIGHTLESS = {
     "InputLayer",
     "MaxPooling2D",
     "UpSampling2D",
+    "Resizing",
     "Cropping2D",
     "ZeroPadding2D",
     "Concatenate",
@@ -205,7 +206,11 @@ def _check_config(layer, cls: str) -> None:
         if cfg.get("mean") is not None or cfg.get("invert"):
             raise UnsupportedModel(f"{where} has constant mean/variance or invert=True; unetc "
                                    "reads the statistics from the weights and does not invert")
-    if cls == "UpSampling2D" and cfg.get("interpolation", "nearest") not in ("nearest", "bilinear"):
+    if cls == "Resizing" and cfg.get("crop_to_aspect_ratio"):
+        raise UnsupportedModel(f"{where} crops to the aspect ratio; unetc resizes without "
+                               "cropping (put a Cropping2D before it)")
+    if cls in ("UpSampling2D", "Resizing") and cfg.get("interpolation", "nearest") not in (
+            "nearest", "bilinear"):
         raise UnsupportedModel(f"{where} uses interpolation={cfg['interpolation']!r}; unetc has "
                                "'nearest' and 'bilinear'")
 

@@ -323,6 +323,7 @@ pub fn weight_slots(op: &Op) -> &'static [&'static str] {
         Op::Input(_)
         | Op::MaxPooling2D(_)
         | Op::UpSampling2D(_)
+        | Op::Resizing(_)
         | Op::Cropping2D(_)
         | Op::ZeroPadding2D(_)
         | Op::Concatenate(_)

@@ -21,9 +21,9 @@
 use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, AttentionDims, Average, AxisRead, ImageReduceFn, Interpolation, LambdaBody,
-    Maximum, MergeFn, Minimum, Multiply, NormLayout, Normalization, PadMode, ReduceFn, ScalarFn,
-    Subtract, SwinTransformerBlock, TensorOperand, TfCompute, UpSampling2D, VolumeInterpolation,
+    ActivationFn, AttentionDims, Average, AxisRead, ImageReduceFn, ImageResize, Interpolation,
+    LambdaBody, Maximum, MergeFn, Minimum, Multiply, NormLayout, Normalization, PadMode, ReduceFn,
+    ScalarFn, Subtract, SwinTransformerBlock, TensorOperand, TfCompute, VolumeInterpolation,
     WindowGeometry, ZeroPadding2D,
 };
 use crate::ir::{Graph, NodeId, Op};
@@ -624,31 +624,72 @@ impl Exporter<'_> {
         self.node(node, "Concat", parts, out, vec![("axis", Attr::Int(axis))]);
     }
 
-    /// An NCHW Resize by UpSampling2D's whole factors.
-    fn up_sampling(&mut self, name: String, x: String, out: String, op: &UpSampling2D) {
-        let scales = self.init_f32(
-            format!("{name}/scales"),
-            vec![4],
-            vec![1.0, 1.0, op.size[0] as f32, op.size[1] as f32],
-        );
-        let attrs = if op.interpolation == Interpolation::Bilinear {
-            let transform = if op.align_corners {
-                "align_corners"
-            } else {
-                "half_pixel"
-            };
-            vec![
-                ("mode", Attr::Str("linear")),
-                ("coordinate_transformation_mode", Attr::Str(transform)),
-            ]
-        } else {
-            vec![
-                ("mode", Attr::Str("nearest")),
-                ("coordinate_transformation_mode", Attr::Str("asymmetric")),
-                ("nearest_mode", Attr::Str("floor")),
-            ]
+    /// An NCHW Resize from `[h, w]` to `[oh, ow]`: by whole factors as `scales` (what
+    /// UpSampling2D writes), to any other size as `sizes` (batch and channels from the input's
+    /// shape), sampling as TensorFlow's resize.
+    fn resize_image(
+        &mut self,
+        name: String,
+        x: String,
+        out: String,
+        op: ImageResize,
+        [h, w]: [i64; 2],
+        [oh, ow]: [i64; 2],
+    ) {
+        let whole = h > 0 && w > 0 && oh % h == 0 && ow % w == 0;
+        let (mode, transform) = match (op.interpolation, op.align_corners) {
+            (Interpolation::Bilinear, true) => ("linear", "align_corners"),
+            (Interpolation::Bilinear, false) => ("linear", "half_pixel"),
+            // floor(o / s) by a whole factor s.
+            (Interpolation::Nearest, _) if whole => ("nearest", "asymmetric"),
+            // floor((o + 0.5) * n / out): TensorFlow's half-pixel nearest.
+            (Interpolation::Nearest, _) => ("nearest", "tf_half_pixel_for_nn"),
         };
-        self.node(name, "Resize", vec![x, String::new(), scales], out, attrs);
+        let mut attrs = vec![
+            ("mode", Attr::Str(mode)),
+            ("coordinate_transformation_mode", Attr::Str(transform)),
+        ];
+        if mode == "nearest" {
+            attrs.push(("nearest_mode", Attr::Str("floor")));
+        }
+        let inputs = if whole {
+            let scales = self.init_f32(
+                format!("{name}/scales"),
+                vec![4],
+                vec![1.0, 1.0, (oh / h) as f32, (ow / w) as f32],
+            );
+            vec![x, String::new(), scales]
+        } else {
+            let shape = format!("{name}/shape");
+            self.node(
+                shape.clone(),
+                "Shape",
+                vec![x.clone()],
+                shape.clone(),
+                vec![],
+            );
+            let starts = self.init_i64(format!("{name}/nc/starts"), vec![0]);
+            let ends = self.init_i64(format!("{name}/nc/ends"), vec![2]);
+            let nc = format!("{name}/nc");
+            self.node(
+                nc.clone(),
+                "Slice",
+                vec![shape, starts, ends],
+                nc.clone(),
+                vec![],
+            );
+            let hw = self.init_i64(format!("{name}/hw"), vec![oh, ow]);
+            let sizes = format!("{name}/sizes");
+            self.node(
+                sizes.clone(),
+                "Concat",
+                vec![nc, hw],
+                sizes.clone(),
+                vec![("axis", Attr::Int(0))],
+            );
+            vec![x, String::new(), String::new(), sizes]
+        };
+        self.node(name, "Resize", inputs, out, attrs);
     }
 
     /// Reshape (or, with `permute`'s Keras dims, Transpose) in Keras's NHWC order: an image
@@ -1469,8 +1510,14 @@ impl Exporter<'_> {
                 );
             }
             Op::UpSampling2D(op) => {
-                need_image("UpSampling2D")?;
-                self.up_sampling(name, x(), out, op);
+                let [h, w, _] = need_image("UpSampling2D")?;
+                let (oh, ow) = (out_shape[0], out_shape[1]);
+                self.resize_image(name, x(), out, op.resize(), [h, w], [oh, ow]);
+            }
+            Op::Resizing(op) => {
+                let [h, w, _] = need_image("Resizing")?;
+                let (oh, ow) = (out_shape[0], out_shape[1]);
+                self.resize_image(name, x(), out, op.resize(), [h, w], [oh, ow]);
             }
             Op::Cropping2D(op) => {
                 let [h, w, _] = need_image("Cropping2D")?;
@@ -1600,11 +1647,18 @@ impl Exporter<'_> {
                 LambdaBody::ExpandDims { .. } => {
                     self.in_keras_order(name, x(), out, &in_shapes[0], &out_shape, None)
                 }
-                LambdaBody::Resize { .. } => {
-                    need_image("image.resize")?;
-                    if let Some(up) = op.body.as_up_sampling(&in_shapes[0]) {
-                        self.up_sampling(name, x(), out, &up);
-                    }
+                LambdaBody::Resize {
+                    method,
+                    align_corners,
+                    ..
+                } => {
+                    let [h, w, _] = need_image("image.resize")?;
+                    let resize = ImageResize {
+                        interpolation: *method,
+                        align_corners: *align_corners,
+                    };
+                    let (oh, ow) = (out_shape[0], out_shape[1]);
+                    self.resize_image(name, x(), out, resize, [h, w], [oh, ow]);
                 }
                 // Output channel k is input channel k / repeats: a Gather on axis 1.
                 LambdaBody::RepeatElements { repeats, .. } => {
@@ -2113,10 +2167,10 @@ impl Exporter<'_> {
                         }
                     }
                 }
-                TfCompute::Resize(_) => {
-                    need_image("tf.image.resize")?;
-                    let up = op.as_up_sampling(&in_shapes[0], &out_shape);
-                    self.up_sampling(name, x(), out, &up);
+                TfCompute::Resize(method) => {
+                    let [h, w, _] = need_image("tf.image.resize")?;
+                    let (oh, ow) = (out_shape[0], out_shape[1]);
+                    self.resize_image(name, x(), out, ImageResize::tf(method), [h, w], [oh, ow]);
                 }
                 TfCompute::Pad => {
                     let [h, w, _] = need_image("tf.pad")?;

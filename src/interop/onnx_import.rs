@@ -1340,6 +1340,8 @@ impl Importer<'_> {
         let ctm = self.text("coordinate_transformation_mode", "half_pixel");
         // Scales from `scales` (input 2, or 1 for Upsample) or `sizes` (input 3).
         let scales_in = if upsample { 1 } else { 2 };
+        // The output's spatial sizes where `sizes` gives them.
+        let mut given_sizes: Option<Vec<i64>> = None;
         let mut scales: Option<Vec<f32>> = match self.opt_input(scales_in)? {
             Some(Val::Const(c)) if c.len() > 0 => Some(c.floats()),
             Some(Val::Const(_)) | None => None,
@@ -1361,6 +1363,7 @@ impl Importer<'_> {
                         .map(|(&s, &d)| s as f32 / d as f32)
                         .collect(),
                 );
+                given_sizes = Some(sizes[2..].to_vec());
             }
         }
         let Some(scales) = scales else {
@@ -1369,13 +1372,13 @@ impl Importer<'_> {
         if scales.len() != x.shape.len() || scales[0] != 1.0 || scales[1] != 1.0 {
             return err(format!("scales {scales:?} resize the batch or channels"));
         }
-        let mut size = Vec::new();
-        for &f in &scales[2..] {
-            if f < 1.0 || f.fract() != 0.0 || f > 1024.0 {
-                return err(format!("scale {f} is not a whole up-sampling factor; UpSampling layers repeat by whole factors"));
-            }
-            size.push(f as i64);
+        let whole = scales[2..]
+            .iter()
+            .all(|&f| (1.0..=1024.0).contains(&f) && f.fract() == 0.0);
+        if !whole {
+            return self.resize_by_ratio(&x, &scales[2..], given_sizes, &mode, &ctm);
         }
+        let size: Vec<i64> = scales[2..].iter().map(|&f| f as i64).collect();
         let mut align_corners = false;
         let interpolation = match mode.as_str() {
             // Nearest with a whole factor repeats each pixel for every transform but one
@@ -1454,6 +1457,71 @@ impl Importer<'_> {
         for i in 0..n {
             shape[2 + i] *= size[i] as usize;
         }
+        self.out_act(name, shape, x.nonneg)
+    }
+
+    /// A Resize to a size that is not a whole multiple of the input: Keras's Resizing, where
+    /// it samples as TensorFlow does (bilinear at half-pixel centres, 2-D, to exactly
+    /// `input x scale` or to given sizes, so that the scale is input / output).
+    fn resize_by_ratio(
+        &mut self,
+        x: &Act,
+        scales: &[f32],
+        given_sizes: Option<Vec<i64>>,
+        mode: &str,
+        ctm: &str,
+    ) -> R<()> {
+        let why = |what: String| {
+            err(format!(
+                "{what}; unetc resizes by other than whole factors only as Keras's Resizing \
+                 does: 2-D, bilinear, half-pixel centres"
+            ))
+        };
+        if x.shape.len() != 4 {
+            return why(format!(
+                "scales {scales:?} resize a {}-D tensor",
+                x.shape.len() - 2
+            ));
+        }
+        if !matches!(mode, "linear" | "bilinear") {
+            return why(format!("{mode} resizing by scales {scales:?}"));
+        }
+        let sizes = match given_sizes {
+            Some(sizes) => sizes,
+            None => {
+                let mut sizes = Vec::new();
+                for (&f, &n) in scales.iter().zip(&x.shape[2..]) {
+                    let out = f * n as f32;
+                    if out.fract() != 0.0 {
+                        return why(format!(
+                            "scale {f} of {n} pixels gives {out}, not a whole number of pixels \
+                             (ONNX samples by the scale, TensorFlow by the sizes' ratio)"
+                        ));
+                    }
+                    sizes.push(out as i64);
+                }
+                sizes
+            }
+        };
+        let (oh, ow) = (sizes[0], sizes[1]);
+        let max = crate::ir::value::MAX_DIM;
+        if !(1..=max).contains(&oh) || !(1..=max).contains(&ow) {
+            return why(format!("output size {oh}x{ow} is out of range"));
+        }
+        match ctm {
+            "half_pixel" => {}
+            // PyTorch's half-pixel samples an output of one pixel at the input's first.
+            "pytorch_half_pixel" if oh > 1 && ow > 1 => {}
+            other => return why(format!("coordinate transformation `{other}`")),
+        }
+        let name = self.layer_name();
+        self.emit(
+            &[&x.var],
+            "resizing",
+            &format!("height: {oh}, width: {ow}, interpolation: \"bilinear\""),
+            &name,
+        );
+        let shape = vec![x.shape[0], x.shape[1], oh as usize, ow as usize];
         self.out_act(name, shape, x.nonneg)
     }
 

@@ -115,6 +115,7 @@ fn rule(op: &Op) -> Rule {
         Op::Input(_)
         | Op::MaxPooling2D(_)
         | Op::UpSampling2D(_)
+        | Op::Resizing(_)
         | Op::Cropping2D(_)
         | Op::ZeroPadding2D(_)
         | Op::Concatenate(_)

@@ -105,6 +105,7 @@ fn folds(op: &Op) -> bool {
         | Op::MaxPooling2D(_)
         | Op::AveragePooling2D(_)
         | Op::UpSampling2D(_)
+        | Op::Resizing(_)
         | Op::Concatenate(_)
         | Op::Add(_)
         | Op::Multiply(_)
@@ -174,7 +175,9 @@ fn level_step(op: &Op) -> i64 {
         Op::Conv3D(c) => i64::from(c.args.strides[1] > 1),
         Op::Conv3DTranspose(c) => -i64::from(c.args.strides[1] > 1),
         Op::UpSampling3D(u) => -i64::from(u.size[1] > 1),
+        // To a fixed size (preprocessing): no level of the U.
         Op::Input(_)
+        | Op::Resizing(_)
         | Op::Cropping3D(_)
         | Op::ZeroPadding3D(_)
         | Op::GlobalAveragePooling3D(_)
@@ -248,6 +251,7 @@ fn edge_kind(op: &Op, cropped: bool, skip: bool) -> Edge {
         Op::AveragePooling2D(_) => Edge::AveragePool,
         Op::GlobalAveragePooling2D(_) => Edge::GlobalAveragePool,
         Op::Conv2DTranspose(_) | Op::UpSampling2D(_) => Edge::Up,
+        Op::Resizing(_) => Edge::Other,
         Op::Add(_) => Edge::Merge,
         Op::Multiply(_) => Edge::Gate,
         Op::Subtract(_)

@@ -174,6 +174,7 @@ pub fn plan_report(c: &Compiled, plan: &Plan, element_bytes: u64) -> PlanReport 
                     | Op::Conv2DTranspose(_)
                     | Op::MaxPooling2D(_)
                     | Op::UpSampling2D(_)
+                    | Op::Resizing(_)
                     | Op::ZeroPadding2D(_)
                     | Op::Add(_)
                     | Op::Flatten(_)

@@ -497,6 +497,8 @@ fn height_of(c: &Compiled, id: Option<crate::ir::NodeId>) -> usize {
 /// Why up-sampling with aligned corners is not tiled: its sampling depends on the whole size.
 const ALIGNED_CORNERS: &str =
     "samples with aligned corners, whose scale (n-1)/(N-1) depends on the whole size";
+const RESIZES_BY_RATIO: &str =
+    "resizes to a fixed size, by a ratio that the whole image's size sets (a tile's differs)";
 
 /// How far one output pixel's inputs reach along `axis` (0 = height, 1 = width; for a volume
 /// 0 = depth), computed exactly by mapping output intervals back through every layer at the
@@ -583,6 +585,13 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                     Op::Conv2DTranspose(op) => {
                         let g = op.geometry(axis, nu, out);
                         transposed(g.kernel, g.stride, g.crop_before)
+                    }
+                    // To a fixed size: the scale follows the whole input's size.
+                    Op::Resizing(_) => {
+                        return Err(NonLocal {
+                            why: RESIZES_BY_RATIO,
+                            ..non_local()
+                        })
                     }
                     Op::UpSampling2D(op) => match (op.interpolation, op.align_corners) {
                         (Interpolation::Nearest, _) => {
@@ -697,6 +706,12 @@ pub fn reach(c: &Compiled, axis: usize) -> Result<Reach, NonLocal> {
                             }
                             let start = read.start as i64;
                             (a + start, b + start)
+                        }
+                        TfCompute::Resize(_) if (out as i64) % size(input).max(1) != 0 => {
+                            return Err(NonLocal {
+                                why: RESIZES_BY_RATIO,
+                                ..non_local()
+                            })
                         }
                         TfCompute::Resize(method) => {
                             let (i, o) = (size(input).max(1), (out as i64).max(1));

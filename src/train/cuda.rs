@@ -16,12 +16,14 @@ use super::optimizer::Optimizer;
 use super::{
     item_shape, named_weights, trainable_slots, BatchTargets, StateLookup, TrainConfig, TrainError,
 };
-use crate::exec::cuda::{self, activation_code, driver, grid, CudaError, OpenDevice, View};
+use crate::exec::cuda::{
+    self, activation_code, driver, grid, resize_mode, CudaError, OpenDevice, View,
+};
 use crate::exec::{bind_weights, weight_slots, Tensor};
 use crate::io::Weights;
 use crate::ir::ops::{
     ActivationFn, AveragePooling2D, BatchNormalization, Conv2D, Conv2DTranspose, Cropping2D, Dense,
-    Interpolation, MaxPooling2D, PadMode, UpSampling2D, ZeroPadding2D,
+    ImageResize, MaxPooling2D, PadMode, ZeroPadding2D,
 };
 use crate::ir::{NodeId, Op};
 use crate::Compiled;
@@ -43,7 +45,7 @@ pub enum Kind<'a> {
     AveragePool(&'a AveragePooling2D),
     /// ZeroPadding2D with zeros (not reflect/replicate).
     Pad(&'a ZeroPadding2D),
-    UpSample(&'a UpSampling2D),
+    Resize(ImageResize),
     Crop(&'a Cropping2D),
     /// Over the channels.
     Concat,
@@ -68,7 +70,7 @@ impl Kind<'_> {
             | Kind::MaxPool(_)
             | Kind::AveragePool(_)
             | Kind::Pad(_)
-            | Kind::UpSample(_)
+            | Kind::Resize(_)
             | Kind::Crop(_)
             | Kind::Concat
             | Kind::Dropout { .. }
@@ -117,7 +119,8 @@ pub fn gpu_kind(op: &Op) -> Result<Kind<'_>, String> {
             no("a ReLU with max_value, negative_slope or threshold has no GPU backward yet")
         }
         Op::ReLU(_) => Ok(Kind::Activation(ActivationFn::Relu)),
-        Op::UpSampling2D(o) => Ok(Kind::UpSample(o)),
+        Op::UpSampling2D(o) => Ok(Kind::Resize(o.resize())),
+        Op::Resizing(o) => Ok(Kind::Resize(o.resize())),
         Op::Concatenate(o) if o.axis != -1 && o.axis != 3 => {
             no("Concatenate trains on the GPU over the channels only")
         }
@@ -661,11 +664,10 @@ impl<'c> CudaTrainer<'c> {
                         &mut self.arena, &xs.view(xs.out), &y, &-(o.padding[0] as i32),
                         &-(o.padding[2] as i32), &0i32, &n)?;
                 }
-                Kind::UpSample(o) => {
+                Kind::Resize(o) => {
                     let xs = xs()?;
-                    launch!(self.dev, "upsample_f32", total;
-                        &mut self.arena, &xs.view(xs.out), &y, &(o.size[0] as i32),
-                        &(o.size[1] as i32), &resize_mode(o), &n)?;
+                    launch!(self.dev, "resize_f32", total;
+                        &mut self.arena, &xs.view(xs.out), &y, &resize_mode(o), &n)?;
                 }
                 Kind::Crop(o) => {
                     let xs = xs()?;
@@ -1048,16 +1050,15 @@ impl<'c> CudaTrainer<'c> {
                             &mut self.arena, &dy, &xs.view(xs.grad), &t, &l, &n)?;
                     }
                 }
-                Kind::UpSample(o) => {
+                Kind::Resize(o) => {
                     let xs = xs()?;
-                    let (sy, sx) = (o.size[0] as i32, o.size[1] as i32);
                     let total = batch * xs.item();
                     if first_wants {
                         match resize_mode(o) {
-                            0 => launch!(self.dev, "train_upsample_dx_f32", total;
-                                &mut self.arena, &dy, &xs.view(xs.grad), &sy, &sx, &n)?,
-                            mode => launch!(self.dev, "train_upsample_bilinear_dx_f32", total;
-                                &mut self.arena, &dy, &xs.view(xs.grad), &sy, &sx, &mode, &n)?,
+                            0 => launch!(self.dev, "train_resize_nearest_dx_f32", total;
+                                &mut self.arena, &dy, &xs.view(xs.grad), &n)?,
+                            mode => launch!(self.dev, "train_resize_bilinear_dx_f32", total;
+                                &mut self.arena, &dy, &xs.view(xs.grad), &mode, &n)?,
                         }
                     }
                 }
@@ -1270,17 +1271,9 @@ const FORWARD_KERNELS: &[&str] = &[
     "activation_f32",
     "softmax_f32",
     "max_pool_f32",
-    "upsample_f32",
+    "resize_f32",
     "shift_window_f32",
 ];
-
-/// The upsample kernel's mode: 0 nearest, 1 bilinear (half-pixel), 2 aligned corners.
-fn resize_mode(o: &UpSampling2D) -> i32 {
-    match o.interpolation {
-        Interpolation::Nearest => 0,
-        Interpolation::Bilinear => 1 + i32::from(o.align_corners),
-    }
-}
 
 /// Dense on pixels as a convolution: 1x1, stride 1, no padding.
 const DENSE_GEOMETRY: [i32; 8] = [1, 1, 1, 1, 1, 1, 0, 0];

@@ -6,13 +6,13 @@ use super::activations;
 use super::math::{add_column_sums, gemm, PatchMap};
 use super::profile;
 use crate::exec::cpu::isa::Isa;
-use crate::exec::cpu::kernels::Strided;
+use crate::exec::cpu::kernels::{ResizeAxis, Strided};
 use crate::exec::cpu::winograd;
 use crate::exec::cpu::{attention, swin};
 use crate::exec::Tensor;
 use crate::ir::ops::{
-    ActivationFn, CustomScaleLayer, Interpolation, LambdaBody, MergeFn, NormLayout, Normalization,
-    Op, PadMode, ReduceFn, Snake, TfCompute, UpSampling2D, UpSampling3D, VolumeInterpolation,
+    ActivationFn, CustomScaleLayer, ImageResize, Interpolation, LambdaBody, MergeFn, NormLayout,
+    Normalization, Op, PadMode, ReduceFn, Snake, TfCompute, UpSampling3D, VolumeInterpolation,
     WindowGeometry, GELU,
 };
 use rand_distr::{Distribution, StandardNormal, Uniform};
@@ -110,6 +110,7 @@ pub fn output_activation(op: &Op) -> Option<(ActivationFn, PreActivation)> {
         | Op::PatchExpanding(_)
         | Op::MaxPooling2D(_)
         | Op::UpSampling2D(_)
+        | Op::Resizing(_)
         | Op::Cropping2D(_)
         | Op::ZeroPadding2D(_)
         | Op::Concatenate(_)
@@ -247,6 +248,7 @@ pub fn backward_reads(op: &Op) -> BackwardReads {
         | Op::GlobalAveragePooling2D(_)
         | Op::GlobalAveragePooling3D(_)
         | Op::UpSampling2D(_)
+        | Op::Resizing(_)
         | Op::UpSampling3D(_)
         | Op::Cropping2D(_)
         | Op::Cropping3D(_)
@@ -273,6 +275,7 @@ pub fn recomputable(op: &Op) -> bool {
     match op {
         Op::Concatenate(_)
         | Op::UpSampling2D(_)
+        | Op::Resizing(_)
         | Op::UpSampling3D(_)
         | Op::Cropping2D(_)
         | Op::Cropping3D(_)
@@ -414,6 +417,7 @@ pub fn saved_elements(op: &Op, in_shapes: &[Vec<usize>], out_shape: &[usize]) ->
         | Op::GlobalAveragePooling2D(_)
         | Op::GlobalAveragePooling3D(_)
         | Op::UpSampling2D(_)
+        | Op::Resizing(_)
         | Op::UpSampling3D(_)
         | Op::Cropping2D(_)
         | Op::Cropping3D(_)
@@ -551,7 +555,7 @@ pub fn forward(
         Op::AveragePooling3D(o) => {
             pool_output(x, out_shape, |a, n, m| o.geometry(a, n, m), Pool::Average)?
         }
-        Op::UpSampling3D(o) => resize_output(x, o.size, volume_resample(o), out_shape)?,
+        Op::UpSampling3D(o) => resize_output(x, volume_resample(o), out_shape)?,
         Op::Cropping3D(o) => {
             let c = o.cropping;
             window_output(x, [c[0], c[2], c[4]], PadMode::Zeros, out_shape)?
@@ -669,7 +673,8 @@ pub fn forward(
         Op::AveragePooling2D(o) => {
             pool_output(x, out_shape, |a, n, m| o.geometry(a, n, m), Pool::Average)?
         }
-        Op::UpSampling2D(o) => up_sampling_output(x, o, out_shape)?,
+        Op::UpSampling2D(o) => resize_output(x, image_resample(o.resize()), out_shape)?,
+        Op::Resizing(o) => resize_output(x, image_resample(o.resize()), out_shape)?,
         Op::Cropping2D(o) => window_output(
             x,
             [0, o.cropping[0], o.cropping[2]],
@@ -719,11 +724,8 @@ pub fn forward(
                 crate::exec::cpu::kernels::slice_window(first(), dims, window, &mut out);
                 out
             }
-            TfCompute::Resize(_) => {
-                let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
-                let x_shape = shape(&inputs[0].shape[1..]);
-                let up = o.as_up_sampling(&x_shape, &shape(&out_shape[1..]));
-                up_sampling_output(x, &up, out_shape)?
+            TfCompute::Resize(method) => {
+                resize_output(x, image_resample(ImageResize::tf(method)), out_shape)?
             }
         },
         Op::Activation(o) => activations::apply(o.activation, first(), channels(out_shape)),
@@ -799,13 +801,16 @@ pub fn forward(
                 crate::exec::cpu::kernels::repeat_channels(first(), c, *repeats as usize, &mut out);
                 out
             }
-            LambdaBody::Resize { .. } => {
-                let x_shape: Vec<i64> = inputs[0].shape[1..].iter().map(|&d| d as i64).collect();
-                let up = o
-                    .body
-                    .as_up_sampling(&x_shape)
-                    .ok_or(Unsupported("a resize lambda without its geometry".into()))?;
-                up_sampling_output(x, &up, out_shape)?
+            LambdaBody::Resize {
+                method,
+                align_corners,
+                ..
+            } => {
+                let resize = ImageResize {
+                    interpolation: *method,
+                    align_corners: *align_corners,
+                };
+                resize_output(x, image_resample(resize), out_shape)?
             }
             LambdaBody::Arithmetic(a) => first().iter().map(|&v| a.apply(v)).collect(),
             LambdaBody::ScaledAdd {
@@ -1134,7 +1139,6 @@ pub fn backward(
         )?),
         Op::UpSampling3D(o) => input_grads(resize_grads(
             &x_shape,
-            o.size,
             volume_resample(o),
             output,
             &output_grad(grad),
@@ -1302,9 +1306,18 @@ pub fn backward(
             Pool::Average,
             &output_grad(grad),
         )?),
-        Op::UpSampling2D(o) => {
-            input_grads(up_sampling_grads(&x_shape, o, output, &output_grad(grad))?)
-        }
+        Op::UpSampling2D(o) => input_grads(resize_grads(
+            &x_shape,
+            image_resample(o.resize()),
+            output,
+            &output_grad(grad),
+        )?),
+        Op::Resizing(o) => input_grads(resize_grads(
+            &x_shape,
+            image_resample(o.resize()),
+            output,
+            &output_grad(grad),
+        )?),
         Op::Cropping2D(o) => input_grads(window_grads(
             &x_shape,
             [0, o.cropping[0], o.cropping[2]],
@@ -1428,16 +1441,12 @@ pub fn backward(
                 }
                 input_grads(dx)
             }
-            TfCompute::Resize(_) => {
-                let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
-                let up = o.as_up_sampling(&shape(&x_shape[1..]), &shape(&output.shape[1..]));
-                input_grads(up_sampling_grads(
-                    &x_shape,
-                    &up,
-                    output,
-                    &output_grad(grad),
-                )?)
-            }
+            TfCompute::Resize(method) => input_grads(resize_grads(
+                &x_shape,
+                image_resample(ImageResize::tf(method)),
+                output,
+                &output_grad(grad),
+            )?),
         },
         Op::Activation(o) => input_grads(pre_grad(o.activation, grad, Some(first()))),
         Op::Softmax(o) => {
@@ -1577,15 +1586,18 @@ pub fn backward(
                 input_grads(dx)
             }
             LambdaBody::ExpandDims { .. } => input_grads(output_grad(grad)),
-            LambdaBody::Resize { .. } => {
-                let shape: Vec<i64> = x_shape[1..].iter().map(|&d| d as i64).collect();
-                let up = o
-                    .body
-                    .as_up_sampling(&shape)
-                    .ok_or(Unsupported("a resize lambda without its geometry".into()))?;
-                input_grads(up_sampling_grads(
+            LambdaBody::Resize {
+                method,
+                align_corners,
+                ..
+            } => {
+                let resize = ImageResize {
+                    interpolation: *method,
+                    align_corners: *align_corners,
+                };
+                input_grads(resize_grads(
                     &x_shape,
-                    &up,
+                    image_resample(resize),
                     output,
                     &output_grad(grad),
                 )?)
@@ -2360,58 +2372,30 @@ fn pool_grads(
     ))
 }
 
-/// Up-sampling of `x` by `size` per spatial axis.
+/// A resize of `x` to `out_shape` per spatial axis (up-sampling, Resizing, tf.image.resize).
 fn resize_output(
     x: Option<&Tensor>,
-    size: [i64; 3],
-    interpolation: Resample,
+    resample: Resample,
     out_shape: &[usize],
 ) -> Result<Vec<f32>, Unsupported> {
     let (data, shape) = x.map_or((&[][..], &[][..]), |t| (&t.data[..], &t.shape[..]));
     let mut y = vec![0.0f32; out_shape.iter().product()];
-    for_each_resize_tap(
-        size,
-        interpolation,
-        spatial(shape)?,
-        out_shape,
-        |src, dst, wt| y[dst] += wt * data[src],
-    )?;
+    for_each_resize_tap(resample, spatial(shape)?, out_shape, |src, dst, wt| {
+        y[dst] += wt * data[src]
+    })?;
     Ok(y)
 }
 
 /// The input gradient of [`resize_output`].
-/// An image up-sampling's output: UpSampling2D, and the resizes that equal one.
-fn up_sampling_output(
-    x: Option<&Tensor>,
-    up: &UpSampling2D,
-    out_shape: &[usize],
-) -> Result<Vec<f32>, Unsupported> {
-    let resample = image_resample(up.interpolation, up.align_corners);
-    resize_output(x, [1, up.size[0], up.size[1]], resample, out_shape)
-}
-
-/// The input gradient of [`up_sampling_output`].
-fn up_sampling_grads(
-    x_shape: &[usize],
-    up: &UpSampling2D,
-    output: &Tensor,
-    dy: &[f32],
-) -> Result<Vec<f32>, Unsupported> {
-    let resample = image_resample(up.interpolation, up.align_corners);
-    resize_grads(x_shape, [1, up.size[0], up.size[1]], resample, output, dy)
-}
-
 fn resize_grads(
     x_shape: &[usize],
-    size: [i64; 3],
-    interpolation: Resample,
+    resample: Resample,
     output: &Tensor,
     dy: &[f32],
 ) -> Result<Vec<f32>, Unsupported> {
     let mut dx = vec![0.0f32; x_shape.iter().product()];
     for_each_resize_tap(
-        size,
-        interpolation,
+        resample,
         spatial(x_shape)?,
         &output.shape,
         |src, dst, wt| dx[src] += wt * dy[dst],
@@ -2594,14 +2578,14 @@ struct Resample {
     align_corners: bool,
 }
 
-fn image_resample(interpolation: Interpolation, align_corners: bool) -> Resample {
-    let linear = match interpolation {
+fn image_resample(resize: ImageResize) -> Resample {
+    let linear = match resize.interpolation {
         Interpolation::Nearest => false,
         Interpolation::Bilinear => true,
     };
     Resample {
         linear: [false, linear, linear],
-        align_corners,
+        align_corners: resize.align_corners,
     }
 }
 
@@ -2616,32 +2600,24 @@ fn volume_resample(op: &UpSampling3D) -> Resample {
     }
 }
 
-/// Each (input index, output index, weight) of an up-sampling by `size` per spatial axis
-/// `[depth, height, width]`: nearest copies, linear axes as TF's resize with half-pixel
-/// centres, or with aligned corners where `resample` says so.
+/// Each (input index, output index, weight) of a resize from the input's to the output's size
+/// per spatial axis `[depth, height, width]`: nearest copies, linear axes as TF's resize with
+/// half-pixel centres, or with aligned corners where `resample` says so (`ResizeAxis`).
 fn for_each_resize_tap(
-    size: [i64; 3],
     resample: Resample,
     (n, [d, h, w], c): (usize, [usize; 3], usize),
     out_shape: &[usize],
     mut tap: impl FnMut(usize, usize, f32),
 ) -> Result<(), Unsupported> {
     let (_, [od, oh, ow], _) = spatial(out_shape)?;
-    let scale = size.map(|s| s.max(1) as usize);
+    let axes = [(d, od), (h, oh), (w, ow)]
+        .map(|(len, out)| ResizeAxis::new(len, out, resample.align_corners));
     // Per output coordinate along axis `a`: (low, high, fraction towards high).
-    let axis = |o: usize, a: usize, len: usize| {
+    let axis = |o: usize, a: usize| {
         if resample.linear[a] {
-            let src = if resample.align_corners {
-                crate::exec::cpu::kernels::align_corners_source(o, scale[a], len)
-            } else {
-                (o as f32 + 0.5) / scale[a] as f32 - 0.5
-            };
-            let floor = src.floor();
-            let lo = (floor.max(0.0) as usize).min(len - 1);
-            let hi = (src.ceil().max(0.0) as usize).min(len - 1);
-            (lo, hi, src - floor)
+            axes[a].linear(o)
         } else {
-            let i = (o / scale[a]).min(len - 1);
+            let i = axes[a].nearest(o);
             (i, i, 0.0f32)
         }
     };
@@ -2650,11 +2626,11 @@ fn for_each_resize_tap(
     }
     for item in 0..n {
         for oz in 0..od {
-            let (z0, z1, dz) = axis(oz, 0, d);
+            let (z0, z1, dz) = axis(oz, 0);
             for oy in 0..oh {
-                let (y0, y1, dy) = axis(oy, 1, h);
+                let (y0, y1, dy) = axis(oy, 1);
                 for ox in 0..ow {
-                    let (x0, x1, dx) = axis(ox, 2, w);
+                    let (x0, x1, dx) = axis(ox, 2);
                     let out = (((item * od + oz) * oh + oy) * ow + ox) * c;
                     for k in 0..8 {
                         let (zz, wz) = if k & 4 == 0 { (z0, 1.0 - dz) } else { (z1, dz) };

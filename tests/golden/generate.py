@@ -930,6 +930,32 @@ def edge_tfpad():
     return tf.keras.Model(inp, L.Concatenate()(flat))
 
 
+def edge_resizing():
+    """Keras's Resizing (tf.image.resize: half-pixel centres, no antialias) to sizes that are
+    not whole multiples of its input, as models that resize their input to the net's size do:
+    first on the raw input (9x7 bilinear, up by 1.5 and 1.4), then on signed 6x5 maps: bilinear
+    down to 4x3 and to 2x9 (down one axis, up the other), nearest up to 11x8 and down to 4x3,
+    and tf.image.resize to 7x13 (bilinear) and 13x4 (nearest). Each followed by a 3x3 conv
+    (valid) so that the resize's gradient and placement matter; flattened and concatenated."""
+    tf = _tf()
+    L = tf.keras.layers
+    inp = L.Input((6, 5, 3))
+    first = L.Resizing(9, 7)(inp)
+    x = L.Conv2D(4, 1)(inp)
+    branches = [
+        first,
+        L.Resizing(4, 3)(x),
+        L.Resizing(2, 9, interpolation="bilinear")(x),
+        L.Resizing(11, 8, interpolation="nearest")(x),
+        L.Resizing(4, 3, interpolation="nearest")(x),
+        tf.image.resize(x, (7, 13)),
+        tf.image.resize(x, (13, 4), method="nearest"),
+    ]
+    convs = [L.Conv2D(2, (2, 3) if b.shape[1] == 2 else 3)(b) for b in branches]
+    flat = [L.Flatten()(t) for t in convs]
+    return tf.keras.Model(inp, L.Concatenate()(flat))
+
+
 def edge_tfactivations():
     """TensorFlow's activation functions and reductions over height and width as Keras code
     calls them on tensors (TFOpLambda layers), on signed 6x5 maps (linear 1x1 convs of the input,
@@ -1443,6 +1469,7 @@ SMALL = [original_small, second_post_small, bn_same_small, zhixuhao_small, vgg_s
          edge_fixed_dropout, edge_rescaling, edge_normalization,
          edge_tfreshape, edge_gelu, edge_snake, edge_lambda,
          edge_custom_scale, edge_repeat_elements, edge_lambda_resize, edge_tfindex, edge_tfstep, edge_tfpad,
+         edge_resizing,
          edge_tfactivations, edge_attention, edge_patches, edge_swin]
 FULL = [original_full, unet3d_small, unet3d_valid]
 

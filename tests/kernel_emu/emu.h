@@ -52,6 +52,15 @@ inline float __uint_as_float(unsigned u) {
     return f;
 }
 inline float __int_as_float(int i) { return __uint_as_float((unsigned)i); }
+// Round-to-nearest arithmetic that the compiler may not contract into an FMA (as on the GPU).
+inline float __fmul_rn(float a, float b) {
+    volatile float r = a * b;
+    return r;
+}
+inline float __fsub_rn(float a, float b) {
+    volatile float r = a - b;
+    return r;
+}
 inline unsigned __float_as_uint(float f) {
     unsigned u;
     memcpy(&u, &f, 4);

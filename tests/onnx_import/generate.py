@@ -93,6 +93,7 @@ def models():
     yield "plain_bilinear", lambda: PlainUNet("bilinear"), (1, 3, 64, 64)
     yield "plain_transpose", lambda: PlainUNet("transpose"), (1, 3, 64, 64)
     yield "plain_align_corners", lambda: AlignCorners(), (1, 3, 16, 16)
+    yield "plain_resize_ratio", lambda: ResizeRatio(), (1, 3, 12, 10)
     yield "plain_reflect_pad", lambda: ReflectPad(), (1, 3, 16, 16)
     yield "plain_kinds", lambda: Kinds(), (1, 3, 15, 17)
     yield "plain_kinds3d", lambda: Kinds3D(), (1, 2, 8, 8, 8)
@@ -161,6 +162,25 @@ class AlignCorners(nn.Module):
 
     def forward(self, x):
         return F.interpolate(self.conv(x), scale_factor=2, mode="bilinear", align_corners=True)
+
+
+class ResizeRatio(nn.Module):
+    """Bilinear resizing (align_corners=False) by other than whole factors, as nets that bring a
+    feature map to a skip's odd size or the input to a fixed size do: to a size (9x13, down one
+    axis and up the other, exported as Resize with `sizes`) and by scale_factor 1.5 (18x15,
+    exported with `scales`). unetc maps both to Keras's Resizing."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Conv2d(8, 2, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        a = F.interpolate(y, size=(9, 13), mode="bilinear", align_corners=False)
+        b = F.interpolate(y, scale_factor=1.5, mode="bilinear", align_corners=False)
+        b = F.interpolate(b, size=(9, 13), mode="bilinear", align_corners=False)
+        return self.head(torch.cat([a, b], dim=1))
 
 
 KEEP_BN = {"plain_bilinear", "plain_transpose", "plain_sequential", "smp_unet", "smp_unet_small",

@@ -9,8 +9,8 @@ use super::gemm::{matmul, matmul_serial};
 use super::isa::Isa;
 use crate::ir::ops::{
     Activation, ActivationFn, AveragePooling2D, AxisRead, BatchNormalization, Concatenate, Conv2D,
-    Conv2DTranspose, Cropping2D, Interpolation, MaxPooling2D, MergeFn, NormLayout, ReLU, Softmax,
-    TensorMergeOp, TensorOperand, UpSampling2D, WindowGeometry, ZeroPadding2D,
+    Conv2DTranspose, Cropping2D, ImageResize, Interpolation, MaxPooling2D, MergeFn, NormLayout,
+    ReLU, Softmax, TensorMergeOp, TensorOperand, WindowGeometry, ZeroPadding2D,
 };
 use rayon::prelude::*;
 
@@ -869,57 +869,88 @@ impl PoolWindow {
     }
 }
 
-pub fn upsample(
-    op: &UpSampling2D,
+/// An image resized from `[h, w]` to `[oh, ow]` (UpSampling2D, Resizing, tf.image.resize).
+pub fn resize(
+    op: ImageResize,
     x: &[f32],
     [h, w, c]: [usize; 3],
     out: &mut [f32],
     [oh, ow, _]: [usize; 3],
 ) {
-    let (sh, sw) = (op.size[0] as usize, op.size[1] as usize);
-    let bilinear = op.interpolation == Interpolation::Bilinear;
+    if h == 0 || w == 0 || oh == 0 || ow == 0 {
+        return;
+    }
+    let rows = ResizeAxis::new(h, oh, op.align_corners);
+    let cols = ResizeAxis::new(w, ow, op.align_corners);
     out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
         let (n, oy) = (row / oh, row % oh);
         let xin = &x[n * h * w * c..(n + 1) * h * w * c];
-        if !bilinear {
-            let iy = oy / sh;
-            for ox in 0..ow {
-                let src = (iy * w + ox / sw) * c;
-                o[ox * c..(ox + 1) * c].copy_from_slice(&xin[src..src + c]);
+        match op.interpolation {
+            Interpolation::Nearest => {
+                let iy = rows.nearest(oy);
+                for ox in 0..ow {
+                    let src = (iy * w + cols.nearest(ox)) * c;
+                    o[ox * c..(ox + 1) * c].copy_from_slice(&xin[src..src + c]);
+                }
             }
-            return;
-        }
-        // TF's resize_bilinear with half-pixel centres, or PyTorch's align_corners=True.
-        let (y_lo, y_hi, dy) = lerp_coords(oy, sh, h, op.align_corners);
-        for ox in 0..ow {
-            let (x_lo, x_hi, dx) = lerp_coords(ox, sw, w, op.align_corners);
-            for ch in 0..c {
-                let at = |yy: usize, xx: usize| xin[(yy * w + xx) * c + ch];
-                let top = at(y_lo, x_lo) + (at(y_lo, x_hi) - at(y_lo, x_lo)) * dx;
-                let bottom = at(y_hi, x_lo) + (at(y_hi, x_hi) - at(y_hi, x_lo)) * dx;
-                o[ox * c + ch] = top + (bottom - top) * dy;
+            Interpolation::Bilinear => {
+                let (y_lo, y_hi, dy) = rows.linear(oy);
+                for ox in 0..ow {
+                    let (x_lo, x_hi, dx) = cols.linear(ox);
+                    for ch in 0..c {
+                        let at = |yy: usize, xx: usize| xin[(yy * w + xx) * c + ch];
+                        let top = at(y_lo, x_lo) + (at(y_lo, x_hi) - at(y_lo, x_lo)) * dx;
+                        let bottom = at(y_hi, x_lo) + (at(y_hi, x_hi) - at(y_hi, x_lo)) * dx;
+                        o[ox * c + ch] = top + (bottom - top) * dy;
+                    }
+                }
             }
         }
     });
 }
 
-/// The two input positions around output `out_index`'s source coordinate along an axis of
-/// `n` (clamped to the axis) and the fraction towards the second.
-pub(crate) fn lerp_coords(
-    out_index: usize,
-    scale: usize,
+/// How one axis of a resize from `n` to `out` positions reads its input, as TensorFlow's
+/// resize kernels compute it: the scale `n / out` in f32 (`(n - 1) / (out - 1)` with aligned
+/// corners, as PyTorch's), then per output position `o` the nearest input
+/// `floor((o + 0.5) * scale)` (half-pixel centres) or the two inputs around
+/// `(o + 0.5) * scale - 0.5` (`o * scale` with aligned corners) and the fraction between.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResizeAxis {
     n: usize,
+    scale: f32,
     align_corners: bool,
-) -> (usize, usize, f32) {
-    let src = if align_corners {
-        align_corners_source(out_index, scale, n)
-    } else {
-        (out_index as f32 + 0.5) / scale as f32 - 0.5
-    };
-    let floor = src.floor();
-    let lo = floor.max(0.0) as usize;
-    let hi = (src.ceil().max(0.0) as usize).min(n - 1);
-    (lo.min(n - 1), hi, src - floor)
+}
+
+impl ResizeAxis {
+    pub(crate) fn new(n: usize, out: usize, align_corners: bool) -> ResizeAxis {
+        let scale = match (align_corners, out) {
+            (true, 2..) => (n.max(1) - 1) as f32 / (out - 1) as f32,
+            (true, _) => 0.0,
+            (false, _) => n as f32 / out.max(1) as f32,
+        };
+        ResizeAxis {
+            n: n.max(1),
+            scale,
+            align_corners,
+        }
+    }
+
+    pub(crate) fn nearest(&self, o: usize) -> usize {
+        (((o as f32 + 0.5) * self.scale).floor() as usize).min(self.n - 1)
+    }
+
+    /// `(low, high, fraction towards high)`, both clamped to the axis.
+    pub(crate) fn linear(&self, o: usize) -> (usize, usize, f32) {
+        let src = if self.align_corners {
+            o as f32 * self.scale
+        } else {
+            (o as f32 + 0.5) * self.scale - 0.5
+        };
+        let floor = src.floor();
+        let lo = (floor.max(0.0) as usize).min(self.n - 1);
+        let hi = (src.ceil().max(0.0) as usize).min(self.n - 1);
+        (lo, hi, src - floor)
+    }
 }
 
 pub fn crop(
@@ -1336,17 +1367,6 @@ pub fn permute(x: &[f32], in_shape: &[usize], source: &[usize], out: &mut [f32],
                 }
             }
         }
-    }
-}
-
-/// The source coordinate of output pixel `o` with aligned corners: o * (n - 1) / (n * scale - 1)
-/// (0 where the output has one pixel), as PyTorch and ONNX's `align_corners` compute it.
-pub fn align_corners_source(o: usize, scale: usize, n: usize) -> f32 {
-    let out = n * scale;
-    if out <= 1 {
-        0.0
-    } else {
-        o as f32 * (n - 1) as f32 / (out - 1) as f32
     }
 }
 

@@ -16,7 +16,7 @@ use crate::ir::ops::{
     Activation, Average, Concatenate, Maximum, Minimum, Multiply, Normalization, Snake, Subtract,
     TfCompute, GELU,
 };
-use crate::ir::ops::{CustomScaleLayer, ImageReduceFn, LambdaBody};
+use crate::ir::ops::{CustomScaleLayer, ImageReduceFn, ImageResize, LambdaBody};
 use crate::ir::{Graph, NodeId, Op};
 use std::fmt;
 use volume::dhwc;
@@ -313,6 +313,7 @@ impl<'g> CpuModel<'g> {
                 | Op::PatchExtract(_)
                 | Op::MaxPooling2D(_)
                 | Op::UpSampling2D(_)
+                | Op::Resizing(_)
                 | Op::Cropping2D(_)
                 | Op::ZeroPadding2D(_)
                 | Op::Concatenate(_)
@@ -884,7 +885,10 @@ impl<'g> CpuModel<'g> {
                 kernels::average_pool(op, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
             }
             (Op::UpSampling2D(op), _) => {
-                kernels::upsample(op, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
+                kernels::resize(op.resize(), ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
+            }
+            (Op::Resizing(op), _) => {
+                kernels::resize(op.resize(), ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
             }
             (Op::Cropping2D(op), _) => {
                 kernels::crop(op, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
@@ -951,11 +955,16 @@ impl<'g> CpuModel<'g> {
                         _ => kernels::slice_window(ins[0], dims, window, out),
                     }
                 }
-                TfCompute::Resize(_) => {
-                    let shape = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
-                    let up = op.as_up_sampling(&shape(&in_shapes[0]), &shape(out_shape));
-                    kernels::upsample(&up, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
-                }
+                TfCompute::Resize(method) => kernels::resize(
+                    ImageResize {
+                        interpolation: method,
+                        align_corners: false,
+                    },
+                    ins[0],
+                    hwc(&in_shapes[0]),
+                    out,
+                    hwc(out_shape),
+                ),
                 TfCompute::Pad => kernels::zero_pad(
                     &op.as_padding(),
                     ins[0],
@@ -1035,12 +1044,20 @@ impl<'g> CpuModel<'g> {
                     let c = in_shapes[0].last().copied().unwrap_or(1);
                     kernels::repeat_channels(ins[0], c, *repeats as usize, out)
                 }
-                LambdaBody::Resize { .. } => {
-                    let shape: Vec<i64> = in_shapes[0].iter().map(|&d| d as i64).collect();
-                    if let Some(up) = op.body.as_up_sampling(&shape) {
-                        kernels::upsample(&up, ins[0], hwc(&in_shapes[0]), out, hwc(out_shape))
-                    }
-                }
+                LambdaBody::Resize {
+                    method,
+                    align_corners,
+                    ..
+                } => kernels::resize(
+                    ImageResize {
+                        interpolation: *method,
+                        align_corners: *align_corners,
+                    },
+                    ins[0],
+                    hwc(&in_shapes[0]),
+                    out,
+                    hwc(out_shape),
+                ),
                 LambdaBody::Arithmetic(a) => {
                     for (o, &x) in out.iter_mut().zip(ins[0].iter()) {
                         *o = a.apply(x);

@@ -2,7 +2,7 @@
 //! output depth slice, one im2col product; the rest are direct loops over the voxels.
 
 use super::gemm::{matmul, matmul_serial};
-use super::kernels::{bias_activation, lerp_coords};
+use super::kernels::{bias_activation, ResizeAxis};
 use crate::ir::ops::{
     AveragePooling3D, Conv3D, Conv3DTranspose, Cropping3D, MaxPooling3D, UpSampling3D,
     VolumeInterpolation, WindowGeometry, ZeroPadding3D,
@@ -297,6 +297,8 @@ pub fn upsample3d(
                 return;
             }
             let item_in = d * h * w * c;
+            let axes =
+                [(d, od), (h, oh), (w, ow)].map(|(n, o)| ResizeAxis::new(n, o, op.align_corners));
             out.par_chunks_mut(c.max(1))
                 .enumerate()
                 .for_each(|(voxel, dst)| {
@@ -305,9 +307,9 @@ pub fn upsample3d(
                     let z = voxel / (ow * oh) % od;
                     let n = voxel / (ow * oh * od);
                     let xin = &x[n * item_in..(n + 1) * item_in];
-                    let (z0, z1, dz) = lerp_coords(z, size[0], d, op.align_corners);
-                    let (y0, y1, dy) = lerp_coords(y, size[1], h, op.align_corners);
-                    let (x0, x1, dx) = lerp_coords(xo, size[2], w, op.align_corners);
+                    let (z0, z1, dz) = axes[0].linear(z);
+                    let (y0, y1, dy) = axes[1].linear(y);
+                    let (x0, x1, dx) = axes[2].linear(xo);
                     let at = |iz: usize, iy: usize, ix: usize| ((iz * h + iy) * w + ix) * c;
                     let corners = [
                         at(z0, y0, x0),

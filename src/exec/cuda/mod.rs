@@ -16,8 +16,8 @@ use super::tensor::Tensor;
 use super::{Precision, WeightSource};
 use crate::infer::Inferred;
 use crate::ir::ops::{
-    ActivationFn, Average, ImageReduceFn, Interpolation, LambdaBody, Maximum, MergeFn, Minimum,
-    Multiply, PadMode, ReduceFn, ScalarFn, ScalarOp, Subtract, TfCompute, UpSampling2D,
+    ActivationFn, Average, ImageReduceFn, ImageResize, Interpolation, LambdaBody, Maximum, MergeFn,
+    Minimum, Multiply, PadMode, ReduceFn, ScalarFn, ScalarOp, Subtract, TfCompute,
     VolumeInterpolation, WindowGeometry,
 };
 use crate::ir::{Graph, NodeId, Op};
@@ -49,7 +49,7 @@ pub const LAYER_KERNELS: &[&str] = &[
     "conv2d_transpose",
     "dense",
     "max_pool",
-    "upsample",
+    "resize",
     "shift_window",
     "concat_part",
     "permute",
@@ -117,8 +117,8 @@ pub const TRAIN_KERNELS: &[&str] = &[
     "train_conv2d_transpose_dw_f32",
     "train_max_pool_dx_f32",
     "train_average_pool_dx_f32",
-    "train_upsample_dx_f32",
-    "train_upsample_bilinear_dx_f32",
+    "train_resize_nearest_dx_f32",
+    "train_resize_bilinear_dx_f32",
     "train_bn_moments_f32",
     "train_bn_moving",
     "train_bn_forward_f32",
@@ -590,6 +590,15 @@ pub fn activation_code(activation: ActivationFn) -> i32 {
         ActivationFn::Relu6 => 13,
         ActivationFn::Mish => 14,
         ActivationFn::LeakyRelu => 15,
+    }
+}
+
+/// The resize kernels' mode (kernels/common.cuh): 0 nearest, 1 bilinear at half-pixel
+/// centres, 2 bilinear with aligned corners.
+pub fn resize_mode(op: ImageResize) -> i32 {
+    match op.interpolation {
+        Interpolation::Nearest => 0,
+        Interpolation::Bilinear => 1 + i32::from(op.align_corners),
     }
 }
 
@@ -1083,6 +1092,7 @@ impl<'g> CudaModel<'g> {
             Op::Input(_)
             | Op::MaxPooling2D(_)
             | Op::UpSampling2D(_)
+            | Op::Resizing(_)
             | Op::Cropping2D(_)
             | Op::ZeroPadding2D(_)
             | Op::Concatenate(_)
@@ -2191,36 +2201,23 @@ impl<'g> CudaModel<'g> {
         )
     }
 
-    fn shape_i64(&self, id: NodeId) -> Vec<i64> {
-        self.shape(id).iter().map(|&d| d as i64).collect()
-    }
-
-    /// UpSampling2D by whole factors (and tf.image.resize to whole multiples).
-    fn upsample<T: Element>(
+    /// An image resize (UpSampling2D, Resizing, tf.image.resize) from `x`'s size to `y`'s.
+    fn resize<T: Element>(
         &self,
         arena: &mut CudaSlice<T>,
         x: View,
         y: View,
-        op: &UpSampling2D,
+        op: ImageResize,
         batch: usize,
     ) -> Result<(), CudaError> {
-        let ints = [
-            op.size[0] as i32,
-            op.size[1] as i32,
-            // 0 nearest, 1 bilinear (half-pixel), 2 bilinear with aligned corners
-            match op.interpolation {
-                Interpolation::Nearest => 0,
-                Interpolation::Bilinear => 1 + i32::from(op.align_corners),
-            },
-            batch as i32,
-        ];
-        let mut b = self.stream.launch_builder(self.function::<T>("upsample"));
+        let ints = [resize_mode(op), batch as i32];
+        let mut b = self.stream.launch_builder(self.function::<T>("resize"));
         b.arg(arena).arg(&x).arg(&y);
         for v in &ints {
             b.arg(v);
         }
-        // SAFETY: matches upsample_<T>(void*, View, View, int, int, int, int); both windows
-        // lie inside the arena as planned.
+        // SAFETY: matches resize_<T>(void*, View, View, int, int); both windows lie inside the
+        // arena as planned.
         unsafe { b.launch(grid(y.elements(batch))).map_err(driver)? };
         Ok(())
     }
@@ -2869,7 +2866,8 @@ impl<'g> CudaModel<'g> {
                 let window = [op.geometry(0, h, oh), op.geometry(1, wd, ow)];
                 self.pool::<T>(arena, "average_pool", x_view(0)?, y, window, batch)?;
             }
-            Op::UpSampling2D(op) => self.upsample::<T>(arena, x_view(0)?, y, op, batch)?,
+            Op::UpSampling2D(op) => self.resize::<T>(arena, x_view(0)?, y, op.resize(), batch)?,
+            Op::Resizing(op) => self.resize::<T>(arena, x_view(0)?, y, op.resize(), batch)?,
             Op::Cropping2D(op) => {
                 let (t, l) = (op.cropping[0] as i32, op.cropping[2] as i32);
                 self.shift_window(arena, x_view(0)?, y, (t, l), PadMode::Zeros, batch)?;
@@ -2900,11 +2898,16 @@ impl<'g> CudaModel<'g> {
                 LambdaBody::RepeatElements { repeats, .. } => {
                     self.repeat_channels::<T>(arena, x_view(0)?, y, *repeats, batch)?
                 }
-                LambdaBody::Resize { .. } => {
-                    let input = self.shape_i64(node.inputs[0]);
-                    if let Some(up) = op.body.as_up_sampling(&input) {
-                        self.upsample::<T>(arena, x_view(0)?, y, &up, batch)?
-                    }
+                LambdaBody::Resize {
+                    method,
+                    align_corners,
+                    ..
+                } => {
+                    let resize = ImageResize {
+                        interpolation: *method,
+                        align_corners: *align_corners,
+                    };
+                    self.resize::<T>(arena, x_view(0)?, y, resize, batch)?
                 }
                 LambdaBody::ScaledAdd {
                     first,
@@ -3043,10 +3046,8 @@ impl<'g> CudaModel<'g> {
                         }
                     }
                 }
-                TfCompute::Resize(_) => {
-                    let up =
-                        op.as_up_sampling(&self.shape_i64(node.inputs[0]), &self.shape_i64(id));
-                    self.upsample::<T>(arena, x_view(0)?, y, &up, batch)?
+                TfCompute::Resize(method) => {
+                    self.resize::<T>(arena, x_view(0)?, y, ImageResize::tf(method), batch)?
                 }
                 TfCompute::Pad => {
                     let pad = op.as_padding();

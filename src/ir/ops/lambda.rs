@@ -115,25 +115,18 @@ impl LambdaBody {
         LambdaBody::from_expr(&parse_expr(text)?)
     }
 
-    /// The UpSampling2D a resize equals on an input of `[h, w, c]` (whole factors: `infer`
-    /// checked them); `None` for the other bodies.
-    pub fn as_up_sampling(&self, input: &[i64]) -> Option<super::UpSampling2D> {
+    /// The image resize a resize body runs (to the size its shape rule gave the output);
+    /// `None` for the other bodies.
+    pub fn image_resize(&self) -> Option<super::ImageResize> {
         match self {
             LambdaBody::Resize {
-                size,
                 method,
                 align_corners,
-            } => {
-                let factor = |k: usize| match input.get(k) {
-                    Some(&n) if n > 0 => (size[k] / n).max(1),
-                    _ => 1,
-                };
-                Some(super::UpSampling2D {
-                    size: [factor(0), factor(1)],
-                    interpolation: *method,
-                    align_corners: *align_corners,
-                })
-            }
+                ..
+            } => Some(super::ImageResize {
+                interpolation: *method,
+                align_corners: *align_corners,
+            }),
             LambdaBody::SliceTensor { .. }
             | LambdaBody::ExpandDims { .. }
             | LambdaBody::Arithmetic(_)

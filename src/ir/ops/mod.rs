@@ -45,7 +45,7 @@ pub use norm::{
 };
 pub use pool::{AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D};
 pub use reshape::{Permute, Reshape};
-pub use resize::{Cropping2D, UpSampling2D, ZeroPadding2D};
+pub use resize::{Cropping2D, ImageResize, Resizing, UpSampling2D, ZeroPadding2D};
 pub use swin::{
     PatchExpanding, PatchMerging, SwinGeometry, SwinTransformerBlock, SWIN_MASK_VALUE,
     SWIN_NORM_EPSILON,
@@ -338,6 +338,7 @@ ops! {
     Conv2DTranspose: "conv2d_transpose",
     MaxPooling2D: "max_pooling2d" | "max_pool2d",
     UpSampling2D: "up_sampling2d" | "upsampling2d",
+    Resizing: "resizing",
     Cropping2D: "cropping2d",
     ZeroPadding2D: "zero_padding2d",
     Concatenate: "concatenate",
@@ -406,6 +407,7 @@ impl Op {
             | Op::Conv2DTranspose(_)
             | Op::MaxPooling2D(_)
             | Op::UpSampling2D(_)
+            | Op::Resizing(_)
             | Op::Cropping2D(_)
             | Op::ZeroPadding2D(_)
             | Op::Concatenate(_)

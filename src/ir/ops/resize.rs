@@ -1,4 +1,4 @@
-//! UpSampling2D, Cropping2D and ZeroPadding2D.
+//! UpSampling2D, Resizing, Cropping2D and ZeroPadding2D.
 
 use super::{image, pair_json, Interpolation, LayerKind, PadMode, Shape, ShapeError};
 use crate::ir::value::{ArgReader, MAX_DIM};
@@ -69,6 +69,96 @@ impl LayerKind for UpSampling2D {
         self.align_corners.then_some(
             "bilinear up-sampling with align_corners (PyTorch's); Keras's UpSampling2D samples at half-pixel centres only",
         )
+    }
+}
+
+impl UpSampling2D {
+    /// The resize every backend runs (output size from the output's shape).
+    pub fn resize(&self) -> ImageResize {
+        ImageResize {
+            interpolation: self.interpolation,
+            align_corners: self.align_corners,
+        }
+    }
+}
+
+/// An image resize as every backend runs it, for UpSampling2D, Resizing, tf.image.resize and
+/// `image.resize` Lambdas alike: from the input's height and width to the output's, as
+/// TensorFlow's resize kernels sample (see `exec::cpu::kernels::ResizeAxis`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageResize {
+    pub interpolation: Interpolation,
+    /// PyTorch's `align_corners=True` (bilinear only): corner pixels map onto each other.
+    pub align_corners: bool,
+}
+
+impl ImageResize {
+    /// tf.image.resize's `method` (half-pixel centres).
+    pub fn tf(interpolation: Interpolation) -> ImageResize {
+        ImageResize {
+            interpolation,
+            align_corners: false,
+        }
+    }
+}
+
+/// Keras's Resizing (a preprocessing layer): the image resized to `height x width` with
+/// tf.image.resize (half-pixel centres, no antialias), whatever the input's size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resizing {
+    pub height: i64,
+    pub width: i64,
+    pub interpolation: Interpolation,
+    /// Keras's centre crop to the target's aspect ratio first; refused by the shape rule.
+    pub crop_to_aspect_ratio: bool,
+}
+
+impl LayerKind for Resizing {
+    const CLASS: &'static str = "Resizing";
+    const POSITIONAL: &'static [&'static str] = &["height", "width", "interpolation"];
+    const KNOWN: &'static [&'static str] =
+        &["height", "width", "interpolation", "crop_to_aspect_ratio"];
+    const IMPORTED_CONFIG: &'static [&'static str] =
+        &["height", "width", "interpolation", "crop_to_aspect_ratio"];
+
+    fn parse(r: &mut ArgReader) -> Self {
+        Resizing {
+            height: r.size("height", "resizing(256, 256)").unwrap_or(1),
+            width: r.size("width", "resizing(256, 256)").unwrap_or(1),
+            interpolation: r.keyword("interpolation", Interpolation::Bilinear, None),
+            crop_to_aspect_ratio: r.bool_or("crop_to_aspect_ratio", false),
+        }
+    }
+
+    fn infer(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        let [_, _, c] = image(inputs, Self::CLASS)?;
+        if self.crop_to_aspect_ratio {
+            return Err(ShapeError::new(
+                "E-arg-value",
+                "Resizing with crop_to_aspect_ratio is not run by unetc yet",
+                "crop_to_aspect_ratio",
+            )
+            .help(
+                "crop the input to the target's aspect ratio with cropping2d first (Keras crops the \
+                 centre), then resize with `crop_to_aspect_ratio: false`",
+            ));
+        }
+        Ok(vec![self.height, self.width, c])
+    }
+
+    fn config(&self) -> Json {
+        json!({
+            "height": self.height,
+            "width": self.width,
+            "interpolation": self.interpolation,
+            "crop_to_aspect_ratio": self.crop_to_aspect_ratio,
+        })
+    }
+}
+
+impl Resizing {
+    pub fn resize(&self) -> ImageResize {
+        ImageResize::tf(self.interpolation)
     }
 }
 

@@ -31,8 +31,8 @@ pub enum TfCompute {
     /// The same values in another shape (`tf.expand_dims`, `tf.squeeze`, `tf.reshape`), as
     /// Keras's Reshape.
     Reshape,
-    /// `tf.image.resize` to a whole multiple of the input's height and width: Keras's
-    /// UpSampling2D by that factor (tf.image.resize with half-pixel centres, no antialias).
+    /// `tf.image.resize` to `size` (half-pixel centres, no antialias), as Keras's Resizing
+    /// (and, to a whole multiple of the input, its UpSampling2D).
     Resize(Interpolation),
     /// `x[...]`: a window of rows, columns and channels ([`TFOpLambda::slice_window`]), in the
     /// output's shape.
@@ -1123,11 +1123,10 @@ impl TFOpLambda {
         self.as_padding().infer(std::slice::from_ref(shape))
     }
 
-    /// The shape after tf.image.resize: `size` must be a whole multiple of the input's height
-    /// and width (an up-sampling, what U-Nets do).
+    /// The shape after tf.image.resize: `size` with the input's channels.
     fn resized(&self, shape: &Shape) -> Result<Shape, ShapeError> {
         let name = self.function.layer_name_base();
-        let [h, w, c] = super::image(std::slice::from_ref(shape), name)?;
+        let [_, _, c] = super::image(std::slice::from_ref(shape), name)?;
         let Some([oh, ow]) = self.size else {
             return Err(ShapeError::new(
                 "E-arg-missing",
@@ -1135,34 +1134,7 @@ impl TFOpLambda {
                 "no size",
             ));
         };
-        if oh % h != 0 || ow % w != 0 {
-            return Err(ShapeError::new(
-                "E-arg-value",
-                format!(
-                    "{name} to {oh}x{ow} from {h}x{w}: unetc resizes to whole multiples of the \
-                     input's height and width only (an up-sampling by whole factors)"
-                ),
-                "not a whole multiple",
-            )
-            .help("use up_sampling2d(size: (fy, fx), interpolation: bilinear) for whole factors"));
-        }
         Ok(vec![oh, ow, c])
-    }
-
-    /// tf.image.resize as the UpSampling2D it equals, from its input and output shapes.
-    pub fn as_up_sampling(&self, input: &[i64], output: &[i64]) -> super::UpSampling2D {
-        let factor = |a: usize| {
-            let (i, o) = (input.get(a).copied(), output.get(a).copied());
-            match (i, o) {
-                (Some(i), Some(o)) if i > 0 => o / i,
-                _ => 1,
-            }
-        };
-        super::UpSampling2D {
-            size: [factor(0), factor(1)],
-            interpolation: self.method,
-            align_corners: false,
-        }
     }
 }
 

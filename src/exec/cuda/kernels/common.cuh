@@ -71,3 +71,20 @@ struct View {
 __device__ __forceinline__ i64 view_at(const View& v, int n, int y, int x, int c) {
     return v.offset + (i64)n * v.item_stride + (i64)y * v.row_stride + (i64)x * v.pixel_stride + c;
 }
+
+// One axis of an image resize from n to out positions, as TensorFlow's resize kernels (and
+// ResizeAxis in src/exec/cpu/kernels.rs) compute it: the scale n / out in f32 ((n - 1) /
+// (out - 1) with aligned corners, mode 2); the source coordinate of output o, (o + 0.5) *
+// scale - 0.5 at half-pixel centres, o * scale with aligned corners; the nearest input
+// floor((o + 0.5) * scale) within the axis.
+__device__ __forceinline__ float resize_scale(int n, int out, int mode) {
+    if (mode == 2) return out > 1 ? (float)(n - 1) / (float)(out - 1) : 0.0f;
+    return (float)n / (float)(out > 1 ? out : 1);
+}
+__device__ __forceinline__ float resize_source(int o, float scale, int mode) {
+    return mode == 2 ? (float)o * scale : __fsub_rn(__fmul_rn((float)o + 0.5f, scale), 0.5f);
+}
+__device__ __forceinline__ int resize_nearest(int o, float scale, int n) {
+    int i = (int)floorf(__fmul_rn((float)o + 0.5f, scale));
+    return i < n - 1 ? i : n - 1;
+}

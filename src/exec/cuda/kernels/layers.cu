@@ -23,23 +23,22 @@ INSTANTIATE(max_pool, (void* arena, View x, View y, int KH, int KW, int SH, int 
                        int N),
             (, x, y, KH, KW, SH, SW, PT, PL, N))
 
-// UpSampling2D: nearest repeats pixels (bilinear 0); bilinear 1 follows TF's half-pixel
-// centres, 2 PyTorch's align_corners=True (source = out * (n-1)/(N-1)).
+// An image resize (UpSampling2D, Resizing, tf.image.resize) from x's size to y's, as
+// TensorFlow's resize kernels sample (resize_scale/resize_source/resize_nearest in
+// common.cu): mode 0 nearest at half-pixel centres, 1 bilinear at half-pixel centres, 2
+// bilinear with aligned corners (PyTorch's align_corners=True).
 template <typename T>
-__device__ void upsample(T* arena, View x, View y, int SY, int SX, int bilinear, int N) {
+__device__ void resize(T* arena, View x, View y, int mode, int N) {
     FOR_EACH_IN_VIEW(y, N)
     T* out = arena + view_at(y, n, oy, ox, c);
-    if (!bilinear) {
-        store_elem(out, load_elem(arena + view_at(x, n, oy / SY, ox / SX, c)));
+    int H = x.h, W = x.w;
+    float scale_y = resize_scale(H, y.h, mode), scale_x = resize_scale(W, y.w, mode);
+    if (mode == 0) {
+        int iy = resize_nearest(oy, scale_y, H), ix = resize_nearest(ox, scale_x, W);
+        store_elem(out, load_elem(arena + view_at(x, n, iy, ix, c)));
         return;
     }
-    int H = x.h, W = x.w;
-    float sy = ((float)oy + 0.5f) / SY - 0.5f, sx = ((float)ox + 0.5f) / SX - 0.5f;
-    if (bilinear == 2) {
-        int OH = H * SY, OW = W * SX;
-        sy = OH > 1 ? (float)oy * (float)(H - 1) / (float)(OH - 1) : 0.0f;
-        sx = OW > 1 ? (float)ox * (float)(W - 1) / (float)(OW - 1) : 0.0f;
-    }
+    float sy = resize_source(oy, scale_y, mode), sx = resize_source(ox, scale_x, mode);
     float fy = floorf(sy), fx = floorf(sx);
     int y0 = min(max((int)fy, 0), H - 1), x0 = min(max((int)fx, 0), W - 1);
     int y1 = min(max((int)ceilf(sy), 0), H - 1), x1 = min(max((int)ceilf(sx), 0), W - 1);
@@ -51,8 +50,7 @@ __device__ void upsample(T* arena, View x, View y, int SY, int SX, int bilinear,
     float top = tl + (tr - tl) * dx, bottom = bl + (br - bl) * dx;
     store_elem(out, top + (bottom - top) * dy);
 }
-INSTANTIATE(upsample, (void* arena, View x, View y, int SY, int SX, int bilinear, int N),
-            (, x, y, SY, SX, bilinear, N))
+INSTANTIATE(resize, (void* arena, View x, View y, int mode, int N), (, x, y, mode, N))
 
 // One axis of a padding outside x: mode 1 reflects without repeating the edge (needs n > pad),
 // mode 2 repeats the edge; mode 0 leaves it outside (a zero).

@@ -232,41 +232,63 @@ extern "C" __global__ void train_average_pool_dx_f32(float* a, View dy, View dx,
     a[view_at(dx, n, oy, ox, c)] += acc;
 }
 
-// UpSampling2D (nearest): dx[n, i, j, c] += the sum of its SY x SX copies' gradients.
-extern "C" __global__ void train_upsample_dx_f32(float* a, View dy, View dx, int SY, int SX,
-                                                 int N) {
+// The output positions [lo, hi) along an axis of a resize that may read input position i
+// (its exact bounds widened by two; to the axis's end at its edges, whose clamped sources
+// read them; the whole axis where the scale is 0).
+__device__ void resize_readers(int i, int n, int out, float scale, int mode, int* lo, int* hi) {
+    if (scale <= 0.0f) {
+        *lo = 0;
+        *hi = out;
+        return;
+    }
+    float a = mode == 2 ? (float)(i - 1) / scale : ((float)i - 0.5f) / scale - 0.5f;
+    float b = mode == 2 ? (float)(i + 1) / scale : ((float)i + 1.5f) / scale - 0.5f;
+    *lo = i == 0 ? 0 : max(0, (int)floorf(a) - 2);
+    *hi = i == n - 1 ? out : min(out, (int)ceilf(b) + 2);
+}
+
+// A nearest resize's input gradient: each input pixel sums the gradients of the outputs that
+// copy it.
+extern "C" __global__ void train_resize_nearest_dx_f32(float* a, View dy, View dx, int N) {
     FOR_EACH_IN_VIEW(dx, N)
+    float scale_y = resize_scale(dx.h, dy.h, 0), scale_x = resize_scale(dx.w, dy.w, 0);
+    int y_lo, y_hi, x_lo, x_hi;
+    resize_readers(oy, dx.h, dy.h, scale_y, 0, &y_lo, &y_hi);
+    resize_readers(ox, dx.w, dy.w, scale_x, 0, &x_lo, &x_hi);
     float acc = 0.0f;
-    for (int p = 0; p < SY; ++p)
-        for (int q = 0; q < SX; ++q) acc += a[view_at(dy, n, oy * SY + p, ox * SX + q, c)];
+    for (int py = y_lo; py < y_hi; ++py) {
+        if (resize_nearest(py, scale_y, dx.h) != oy) continue;
+        for (int px = x_lo; px < x_hi; ++px)
+            if (resize_nearest(px, scale_x, dx.w) == ox) acc += a[view_at(dy, n, py, px, c)];
+    }
     a[view_at(dx, n, oy, ox, c)] += acc;
 }
 
-// The weight of input row (or column) `i` in bilinear output `o` (scale S, input length len,
-// output length out): mode 1 half-pixel centres, 2 aligned corners, as the upsample kernel.
-__device__ float bilinear_weight(int o, int i, int S, int len, int out, int mode) {
-    float src = mode == 2 ? (out > 1 ? (float)o * (float)(len - 1) / (float)(out - 1) : 0.0f)
-                          : ((float)o + 0.5f) / S - 0.5f;
+// The weight of input row (or column) `i` in bilinear output `o` (an axis of `len` inputs),
+// mode 1 half-pixel centres, 2 aligned corners, as the resize kernel samples.
+__device__ float bilinear_weight(int o, int i, float scale, int len, int mode) {
+    float src = resize_source(o, scale, mode);
     float f = floorf(src);
     int lo = min(max((int)f, 0), len - 1), hi = min(max((int)ceilf(src), 0), len - 1);
     float d = src - f;
     return (lo == i ? 1.0f - d : 0.0f) + (hi == i ? d : 0.0f);
 }
 
-// Bilinear UpSampling2D's input gradient: each input pixel gathers the outputs whose corners
-// it is (the weights factor into rows and columns); outputs farther than 3 input pixels away
-// never read it.
-extern "C" __global__ void train_upsample_bilinear_dx_f32(float* a, View dy, View dx, int SY,
-                                                          int SX, int mode, int N) {
+// A bilinear resize's input gradient: each input pixel gathers the outputs whose corners it
+// is (the weights factor into rows and columns).
+extern "C" __global__ void train_resize_bilinear_dx_f32(float* a, View dy, View dx, int mode,
+                                                        int N) {
     FOR_EACH_IN_VIEW(dx, N)
-    int y_lo = max(0, (oy - 3) * SY - 2), y_hi = min(dy.h, (oy + 4) * SY + 2);
-    int x_lo = max(0, (ox - 3) * SX - 2), x_hi = min(dy.w, (ox + 4) * SX + 2);
+    float scale_y = resize_scale(dx.h, dy.h, mode), scale_x = resize_scale(dx.w, dy.w, mode);
+    int y_lo, y_hi, x_lo, x_hi;
+    resize_readers(oy, dx.h, dy.h, scale_y, mode, &y_lo, &y_hi);
+    resize_readers(ox, dx.w, dy.w, scale_x, mode, &x_lo, &x_hi);
     float acc = 0.0f;
     for (int py = y_lo; py < y_hi; ++py) {
-        float wy = bilinear_weight(py, oy, SY, dx.h, dy.h, mode);
+        float wy = bilinear_weight(py, oy, scale_y, dx.h, mode);
         if (wy == 0.0f) continue;
         for (int px = x_lo; px < x_hi; ++px) {
-            float wx = bilinear_weight(px, ox, SX, dx.w, dy.w, mode);
+            float wx = bilinear_weight(px, ox, scale_x, dx.w, mode);
             if (wx != 0.0f) acc += a[view_at(dy, n, py, px, c)] * (wy * wx);
         }
     }

@@ -507,6 +507,90 @@ fn channels_in_planes_or_pages_read_as_interleaved_ones() {
 }
 
 #[test]
+fn the_whole_image_reader_takes_them_too() {
+    // `run` on a directory and `train` on folders read each image whole
+    // (io::read_image_with_layout), where the image crate reads neither channels in planes or
+    // pages nor float samples: those TIFFs come through the streaming reader, with the values
+    // the chunked run reads (the stored integers / full scale; floats as stored).
+    let fixtures = root().join("tests/fixtures/stream");
+    let (h, w) = (100, 90);
+    let rgb = |y: usize, x: usize| [(y * 3 + x) % 256, (x * 7) % 256, (y * 5) % 256];
+    let fluo = |y: usize, x: usize| [(y * 251 + x * 13) % 65536, (x * 509 + y * 7) % 65536];
+    for (file, c, full) in [
+        ("planar_rgb_u8.tif", 3, 255.0f32),
+        ("planar_tiled_rgb_u8.tif", 3, 255.0),
+        ("ome_channels_u16.ome.tif", 2, 65535.0),
+        ("imagej_channels_u8.tif", 3, 255.0),
+    ] {
+        let (t, layout) = unetc::io::read_image_with_layout(&fixtures.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(t.shape, vec![1, h, w, c], "{file}");
+        assert_eq!(layout.channels(), c, "{file}");
+        for (i, pixel) in t.data.chunks(c).enumerate() {
+            let (y, x) = (i / w, i % w);
+            let stored: Vec<usize> = if c == 2 {
+                fluo(y, x).to_vec()
+            } else {
+                rgb(y, x).to_vec()
+            };
+            for (k, (&got, &v)) in pixel.iter().zip(&stored).enumerate() {
+                assert_eq!(got, v as f32 / full, "{file}: ({y}, {x}) channel {k}");
+            }
+        }
+    }
+    // A float32 TIFF: values as stored; as a mask it is refused.
+    let dir = temp_dir("whole_reader");
+    let float_tif = dir.join("f32.tif");
+    let values: Vec<f32> = (0..6 * 5).map(|i| i as f32 * 0.25 - 3.0).collect();
+    {
+        use tiff::encoder::{colortype, TiffEncoder};
+        let f = std::fs::File::create(&float_tif).unwrap();
+        TiffEncoder::new(f)
+            .unwrap()
+            .write_image::<colortype::Gray32Float>(5, 6, &values)
+            .unwrap();
+    }
+    let (t, _) = unetc::io::read_image_with_layout(&float_tif).unwrap();
+    assert_eq!((t.shape, t.data), (vec![1, 6, 5, 1], values));
+    let err = unetc::io::read_mask(&float_tif).unwrap_err().to_string();
+    assert!(
+        err.contains("stores floating-point samples; a mask is one gray channel"),
+        "{err}"
+    );
+    // The OME z-stack stays refused (one page would be read alone).
+    let err = unetc::io::read_image(&fixtures.join("ome_zstack_u8.ome.tif"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1 channel(s) x 3 z/time plane(s)"), "{err}");
+    // A directory of them runs, each file as the single-file run computes it.
+    let inputs = dir.join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    for file in ["planar_rgb_u8.tif", "imagej_channels_u8.tif"] {
+        std::fs::copy(fixtures.join(file), inputs.join(file)).unwrap();
+    }
+    let (spec, weights) = model(&dir, "rgb", ONE_RGB);
+    // A directory whose name ends in .npy gets one .npy per input.
+    let outs = dir.join("out.npy");
+    let (code, _, err) = run_model(&spec, &weights, &inputs, &outs, &[]);
+    assert_eq!(code, 0, "{err}");
+    let single = dir.join("single.npy");
+    let (code, _, err) = run_model(
+        &spec,
+        &weights,
+        &fixtures.join("planar_rgb_u8.tif"),
+        &single,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let from_dir = read_npy(&outs.join("planar_rgb_u8.npy")).unwrap().data;
+    let d = max_diff(&from_dir, &read_npy(&single).unwrap().data);
+    assert!(
+        d <= 1e-6,
+        "directory run differs from the single-file run by {d}"
+    );
+}
+
+#[test]
 fn refusals_are_clear_and_leave_no_file() {
     let dir = temp_dir("refuse");
     let (spec, weights) = model(&dir, "tiny", TINY);

@@ -87,11 +87,13 @@ pub fn read_image(path: &Path) -> Result<Tensor, IoError> {
 /// [`read_image`], also saying what the channels are.
 pub fn read_image_with_layout(path: &Path) -> Result<(Tensor, ChannelLayout), IoError> {
     let decoded = decode(path)?;
-    let data: Vec<f32> = decoded
-        .samples
-        .iter()
-        .map(|&v| f32::from(v) / decoded.full_scale)
-        .collect();
+    let data: Vec<f32> = match decoded.stored {
+        Stored::Integers {
+            samples,
+            full_scale,
+        } => samples.iter().map(|&v| f32::from(v) / full_scale).collect(),
+        Stored::Floats(values) => values,
+    };
     Ok((
         Tensor {
             shape: vec![1, decoded.h, decoded.w, decoded.layout.channels()],
@@ -106,31 +108,105 @@ pub fn read_image_with_layout(path: &Path) -> Result<(Tensor, ChannelLayout), Io
 pub fn read_mask(path: &Path) -> Result<(usize, usize, Vec<u16>), IoError> {
     let d = decode(path)?;
     let c = d.layout.channels();
+    let samples =
+        match d.stored {
+            Stored::Integers { samples, .. } => samples,
+            Stored::Floats(_) => return Err(IoError::invalid(
+                path,
+                "stores floating-point samples; a mask is one gray channel of class indices (or \
+                 0/255): save it as 8- or 16-bit gray",
+            )),
+        };
     match d.layout {
-        ChannelLayout::Gray => Ok((d.h, d.w, d.samples)),
-        ChannelLayout::Rgb if d.samples.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]) => {
-            Ok((d.h, d.w, d.samples.iter().step_by(3).copied().collect()))
+        ChannelLayout::Gray => Ok((d.h, d.w, samples)),
+        ChannelLayout::Rgb if samples.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]) => {
+            Ok((d.h, d.w, samples.iter().step_by(3).copied().collect()))
         }
         other => Err(IoError::invalid(
             path,
             format!(
-                "is a {} image with {c} channel(s); a mask is one gray channel of class indices                  (or 0/255): save it as 8- or 16-bit gray",
+                "is a {} image with {c} channel(s); a mask is one gray channel of class indices \
+                 (or 0/255): save it as 8- or 16-bit gray",
                 other.name()
             ),
         )),
     }
 }
 
-/// An image's samples as stored, and the value of full intensity (255 or 65535).
+/// An image's samples as stored.
 struct Decoded {
     h: usize,
     w: usize,
     layout: ChannelLayout,
-    samples: Vec<u16>,
-    full_scale: f32,
+    stored: Stored,
+}
+
+enum Stored {
+    /// Integer samples and the value of full intensity (255 or 65535).
+    Integers { samples: Vec<u16>, full_scale: f32 },
+    /// Float samples (TIFFs of 32-bit floats), as stored.
+    Floats(Vec<f32>),
 }
 
 fn decode(path: &Path) -> Result<Decoded, IoError> {
+    let whole = decode_whole(path);
+    match whole {
+        // A TIFF layout the image crate does not read (channels in planes, float samples):
+        // read it a chunk at a time instead; its own error stands if that fails too.
+        Err(error) if is_tiff(path) => decode_tiff_chunks(path).map_err(|_| error),
+        whole => whole,
+    }
+}
+
+fn is_tiff(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && matches!(&magic, b"II*\0" | b"MM\0*" | b"II+\0" | b"MM\0+")
+}
+
+/// A TIFF read through the streaming reader ([`TiffSource`]), whole: channels stored as
+/// pages (OME-TIFF, ImageJ) or as planes, float samples.
+fn decode_tiff_chunks(path: &Path) -> Result<Decoded, IoError> {
+    use super::stream::{RegionSource, TiffSource};
+    // Chunks of at most the largest image's 16 bytes a pixel (RGBA f32); each is decoded once.
+    let cap = usize::try_from(MAX_PIXELS * 16).unwrap_or(usize::MAX);
+    let mut source = TiffSource::open(path, cap)?;
+    let [_, h, w, c] = source.shape();
+    let pixels = (h as u64) * (w as u64);
+    if pixels > MAX_PIXELS {
+        return Err(IoError::invalid(
+            path,
+            format!(
+                "is {w}x{h} (W x H) = {pixels} pixels, more than the limit of {MAX_PIXELS}; split \
+                 it into tiles"
+            ),
+        ));
+    }
+    let mut values = vec![0.0f32; h * w * c];
+    source.read_region(0, 0..h, 0..w, &mut values)?;
+    let stored = match source.full_scale() {
+        // The reader divided by the full scale; the product rounds back to the stored integer.
+        Some(full_scale) => Stored::Integers {
+            samples: values
+                .iter()
+                .map(|&v| (v * full_scale).round() as u16)
+                .collect(),
+            full_scale,
+        },
+        None => Stored::Floats(values),
+    };
+    Ok(Decoded {
+        h,
+        w,
+        layout: source.layout(),
+        stored,
+    })
+}
+
+/// A PNG or TIFF decoded by the image crate.
+fn decode_whole(path: &Path) -> Result<Decoded, IoError> {
     if path.is_dir() {
         return Err(IoError::invalid(path, "is a directory, not an image"));
     }
@@ -142,7 +218,11 @@ fn decode(path: &Path) -> Result<Decoded, IoError> {
         .map_err(|e| IoError::os(path, "cannot read", e))?;
     match reader.format() {
         Some(ImageFormat::Png) => {}
-        Some(ImageFormat::Tiff) => super::stream::refuse_page_stacks(path)?,
+        Some(ImageFormat::Tiff) => {
+            if super::stream::channel_pages(path)? {
+                return decode_tiff_chunks(path);
+            }
+        }
         Some(other) => {
             return Err(IoError::invalid(
                 path,
@@ -232,8 +312,10 @@ fn decode(path: &Path) -> Result<Decoded, IoError> {
         h: h as usize,
         w: w as usize,
         layout,
-        samples,
-        full_scale: if sample == 1 { 255.0 } else { 65535.0 },
+        stored: Stored::Integers {
+            samples,
+            full_scale: if sample == 1 { 255.0 } else { 65535.0 },
+        },
     })
 }
 

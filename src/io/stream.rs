@@ -568,29 +568,30 @@ fn xml_attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
     }
 }
 
-/// Refuses a TIFF whose further pages are full-size images (a z-stack, a time series, channels
-/// stored as pages), which the whole-image reader would read as its first page alone.
-pub fn refuse_page_stacks(path: &Path) -> Result<(), IoError> {
+/// Whether a TIFF stores its channels as pages, as OME-XML or ImageJ's description says
+/// (then only [`TiffSource`] reads it whole); an error for a TIFF whose further full-size pages
+/// are anything else (a z-stack, a time series), which a reader of one page would read as its
+/// first page alone.
+pub fn channel_pages(path: &Path) -> Result<bool, IoError> {
     match full_pages(path) {
-        Some(found) if found.pages.len() > 1 => Err(page_stack_error(path, &found, false)),
-        Some(_) | None => Ok(()),
+        Some(found) if found.pages.len() > 1 => match found.channels {
+            Some(_) => Ok(true),
+            None => Err(page_stack_error(path, &found)),
+        },
+        Some(_) | None => Ok(false),
     }
 }
 
-fn page_stack_error(path: &Path, found: &FullPages, streaming: bool) -> IoError {
+fn page_stack_error(path: &Path, found: &FullPages) -> IoError {
     let (w, h) = found.size;
     let full = found.pages.len();
-    let why = match (&found.channels, &found.declared, streaming) {
-        (Some(c), _, false) => format!(
-            "stores its {c} channels as pages; `unetc run` streams such a file, but this reader \
-             takes one page per TIFF: save the image as an interleaved TIFF or a .npy (H, W, C)"
-        ),
-        (_, Some(declared), _) => format!(
+    let why = match &found.declared {
+        Some(declared) => format!(
             "has {full} full-size pages of {w}x{h} (W x H), and {declared}; unetc reads one \
              image per TIFF, and pages as channels only where they are all the channels of one \
              image: save each image as a TIFF of its own, or as a .npy (N, H, W, C)"
         ),
-        (_, None, _) => format!(
+        None => format!(
             "has {full} full-size pages of {w}x{h} (W x H): a z-stack, a time series or \
              channels stored as pages; unetc reads one image per TIFF and would take the first \
              page alone. Channels as pages are read where the file says so (OME-TIFF's SizeC, \
@@ -749,7 +750,7 @@ impl TiffSource {
         let channel_pages = match full_pages(path) {
             Some(found) if found.pages.len() > 1 => match found.channels {
                 Some(_) => Some(found.pages),
-                None => return Err(page_stack_error(path, &found, true)),
+                None => return Err(page_stack_error(path, &found)),
             },
             Some(_) | None => None,
         };
@@ -842,6 +843,16 @@ impl TiffSource {
     /// What the stored channels are.
     pub fn layout(&self) -> ChannelLayout {
         self.layout
+    }
+
+    /// The full intensity of integer samples (255, 65535), which [`RegionSource::read_region`]
+    /// divides by; `None` for float samples (given as stored).
+    pub fn full_scale(&self) -> Option<f32> {
+        match self.sample {
+            Sample::U8 => Some(255.0),
+            Sample::U16 => Some(65535.0),
+            Sample::F32 => None,
+        }
     }
 
     /// Gives every channel but the last (alpha).

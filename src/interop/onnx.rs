@@ -1653,10 +1653,7 @@ impl Exporter<'_> {
                     ..
                 } => {
                     let [h, w, _] = need_image("image.resize")?;
-                    let resize = ImageResize {
-                        interpolation: *method,
-                        align_corners: *align_corners,
-                    };
+                    let resize = ImageResize::new(*method, *align_corners);
                     let (oh, ow) = (out_shape[0], out_shape[1]);
                     self.resize_image(name, x(), out, resize, [h, w], [oh, ow]);
                 }

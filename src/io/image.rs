@@ -174,16 +174,7 @@ fn decode_tiff_chunks(path: &Path) -> Result<Decoded, IoError> {
     let cap = usize::try_from(MAX_PIXELS * 16).unwrap_or(usize::MAX);
     let mut source = TiffSource::open(path, cap)?;
     let [_, h, w, c] = source.shape();
-    let pixels = (h as u64) * (w as u64);
-    if pixels > MAX_PIXELS {
-        return Err(IoError::invalid(
-            path,
-            format!(
-                "is {w}x{h} (W x H) = {pixels} pixels, more than the limit of {MAX_PIXELS}; split \
-                 it into tiles"
-            ),
-        ));
-    }
+    within_pixel_limit(path, w as u64, h as u64)?;
     let mut values = vec![0.0f32; h * w * c];
     source.read_region(0, 0..h, 0..w, &mut values)?;
     let stored = match source.full_scale() {
@@ -203,6 +194,21 @@ fn decode_tiff_chunks(path: &Path) -> Result<Decoded, IoError> {
         layout: source.layout(),
         stored,
     })
+}
+
+/// Refuses an image of more than [`MAX_PIXELS`] pixels, before anything is decoded.
+fn within_pixel_limit(path: &Path, w: u64, h: u64) -> Result<(), IoError> {
+    let pixels = w * h;
+    if pixels > MAX_PIXELS {
+        return Err(IoError::invalid(
+            path,
+            format!(
+                "is {w}x{h} (W x H) = {pixels} pixels, more than the limit of {MAX_PIXELS}; split \
+                 it into tiles"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A PNG or TIFF decoded by the image crate.
@@ -248,16 +254,8 @@ fn decode_whole(path: &Path) -> Result<Decoded, IoError> {
     let decoder = reader.into_decoder().map_err(|e| decode_error(path, e))?;
 
     let (w, h) = decoder.dimensions();
+    within_pixel_limit(path, u64::from(w), u64::from(h))?;
     let pixels = u64::from(w) * u64::from(h);
-    if pixels > MAX_PIXELS {
-        return Err(IoError::invalid(
-            path,
-            format!(
-                "is {w}x{h} (W x H) = {pixels} pixels, more than the limit of {MAX_PIXELS}; split \
-                 it into tiles"
-            ),
-        ));
-    }
     if pixels == 0 {
         return Err(IoError::invalid(
             path,

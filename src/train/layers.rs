@@ -806,10 +806,7 @@ pub fn forward(
                 align_corners,
                 ..
             } => {
-                let resize = ImageResize {
-                    interpolation: *method,
-                    align_corners: *align_corners,
-                };
+                let resize = ImageResize::new(*method, *align_corners);
                 resize_output(x, image_resample(resize), out_shape)?
             }
             LambdaBody::Arithmetic(a) => first().iter().map(|&v| a.apply(v)).collect(),
@@ -1591,10 +1588,7 @@ pub fn backward(
                 align_corners,
                 ..
             } => {
-                let resize = ImageResize {
-                    interpolation: *method,
-                    align_corners: *align_corners,
-                };
+                let resize = ImageResize::new(*method, *align_corners);
                 input_grads(resize_grads(
                     &x_shape,
                     image_resample(resize),

@@ -1049,10 +1049,7 @@ impl<'g> CpuModel<'g> {
                     align_corners,
                     ..
                 } => kernels::resize(
-                    ImageResize {
-                        interpolation: *method,
-                        align_corners: *align_corners,
-                    },
+                    ImageResize::new(*method, *align_corners),
                     ins[0],
                     hwc(&in_shapes[0]),
                     out,

@@ -2903,10 +2903,7 @@ impl<'g> CudaModel<'g> {
                     align_corners,
                     ..
                 } => {
-                    let resize = ImageResize {
-                        interpolation: *method,
-                        align_corners: *align_corners,
-                    };
+                    let resize = ImageResize::new(*method, *align_corners);
                     self.resize::<T>(arena, x_view(0)?, y, resize, batch)?
                 }
                 LambdaBody::ScaledAdd {

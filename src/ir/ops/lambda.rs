@@ -115,26 +115,6 @@ impl LambdaBody {
         LambdaBody::from_expr(&parse_expr(text)?)
     }
 
-    /// The image resize a resize body runs (to the size its shape rule gave the output);
-    /// `None` for the other bodies.
-    pub fn image_resize(&self) -> Option<super::ImageResize> {
-        match self {
-            LambdaBody::Resize {
-                method,
-                align_corners,
-                ..
-            } => Some(super::ImageResize {
-                interpolation: *method,
-                align_corners: *align_corners,
-            }),
-            LambdaBody::SliceTensor { .. }
-            | LambdaBody::ExpandDims { .. }
-            | LambdaBody::Arithmetic(_)
-            | LambdaBody::ScaledAdd { .. }
-            | LambdaBody::RepeatElements { .. } => None,
-        }
-    }
-
     /// Python's text of a call body (`K.repeat_elements(x, 8, axis=3)`); `None` for others.
     fn call_text(&self) -> Option<String> {
         match self {

@@ -75,10 +75,7 @@ impl LayerKind for UpSampling2D {
 impl UpSampling2D {
     /// The resize every backend runs (output size from the output's shape).
     pub fn resize(&self) -> ImageResize {
-        ImageResize {
-            interpolation: self.interpolation,
-            align_corners: self.align_corners,
-        }
+        ImageResize::new(self.interpolation, self.align_corners)
     }
 }
 
@@ -93,12 +90,16 @@ pub struct ImageResize {
 }
 
 impl ImageResize {
-    /// tf.image.resize's `method` (half-pixel centres).
-    pub fn tf(interpolation: Interpolation) -> ImageResize {
+    pub fn new(interpolation: Interpolation, align_corners: bool) -> ImageResize {
         ImageResize {
             interpolation,
-            align_corners: false,
+            align_corners,
         }
+    }
+
+    /// tf.image.resize's `method` (half-pixel centres).
+    pub fn tf(interpolation: Interpolation) -> ImageResize {
+        ImageResize::new(interpolation, false)
     }
 }
 

@@ -102,10 +102,12 @@ pub fn checked_spec(
         )
     };
     let c = compiled("imported.unet", dsl);
-    // A subscript unetc reads but does not run for these shapes (of the height, say) is a
-    // limit of unetc, not a bug of the importer.
+    // What the model's own arguments ask and unetc does not run (a subscript of the height,
+    // bicubic resizing, Normalization's constant mean, a tensor of more axes) is a limit of
+    // unetc, not a bug of the importer, which wrote them as Keras gave them.
     let errors = || c.diags.iter().filter(|d| d.severity == Severity::Error);
-    if c.has_errors() && errors().all(|d| d.code == "E-subscript") {
+    let limit = |code: &str| matches!(code, "E-subscript" | "E-arg-value" | "E-rank");
+    if c.has_errors() && errors().all(|d| limit(d.code)) {
         return Err(format!(
             "unetc reads this model but does not run all of it:\n{}; nothing was written",
             render_plain(&c.sources, &c.diags).trim_end()

@@ -733,7 +733,8 @@ fn onnxruntime_matches_the_cpu_executor_on_every_golden_model() {
 /// Paths the golden models do not take: a rank-2 input (no transposes), Dense as MatMul on a
 /// rank-3 tensor, BatchNormalization and Softmax off the image layout (channels last), the ReLU
 /// layer with a threshold and no maximum, an activation after Dense, and two outputs (one an
-/// image, one a vector).
+/// image, one a vector), and resizes by ratios where ONNX's half-pixel nearest would pick
+/// other rows than TensorFlow's (2 rows to 41: one of them; exported as Gathers instead).
 #[test]
 fn onnxruntime_matches_the_cpu_executor_off_the_image_layout() {
     if !onnxruntime_available() {
@@ -761,6 +762,16 @@ fn onnxruntime_matches_the_cpu_executor_off_the_image_layout() {
   img = x -> conv2d_transpose(4, 3, strides: 2, padding: same, activation: selu)
   vec = x -> global_average_pooling2d() -> batch_normalization(scale: false) -> dense(3, activation: softmax)
   output img, vec
+}
+",
+        ),
+        (
+            "resize_ratios",
+            "model {
+  input 2x3x2
+  a = resizing(41, 47, interpolation: nearest) -> flatten()
+  b = input_1 -> resizing(9, 5) -> resizing(4, 11, interpolation: nearest) -> flatten()
+  [a, b] -> concatenate()
 }
 ",
         ),

@@ -18,6 +18,7 @@
 //! The protobuf encoding is written here (a varint/length-delimited writer for the few messages an
 //! ONNX model needs; field numbers from onnx.proto), so nothing is needed at build time.
 
+use crate::exec::cpu::kernels::ResizeAxis;
 use crate::exec::cpu::WeightSource;
 use crate::infer::Inferred;
 use crate::ir::ops::{
@@ -625,8 +626,9 @@ impl Exporter<'_> {
     }
 
     /// An NCHW Resize from `[h, w]` to `[oh, ow]`: by whole factors as `scales` (what
-    /// UpSampling2D writes), to any other size as `sizes` (batch and channels from the input's
-    /// shape), sampling as TensorFlow's resize.
+    /// UpSampling2D writes), bilinear to any other size as `sizes` (batch and channels from the
+    /// input's shape), sampling as TensorFlow's resize; nearest by other ratios as two Gathers
+    /// of the rows and columns TensorFlow picks.
     fn resize_image(
         &mut self,
         name: String,
@@ -637,13 +639,40 @@ impl Exporter<'_> {
         [oh, ow]: [i64; 2],
     ) {
         let whole = h > 0 && w > 0 && oh % h == 0 && ow % w == 0;
+        if op.interpolation == Interpolation::Nearest && !whole {
+            // Nearest by a ratio picks TensorFlow's rows and columns: Resize's
+            // tf_half_pixel_for_nn divides by out/in where TensorFlow multiplies by in/out, and
+            // picks a neighbour where the two round apart (one row in 41 from 2, say).
+            let picks = |n: i64, out: i64| {
+                let axis = ResizeAxis::new(n.max(1) as usize, out.max(1) as usize, false);
+                (0..out.max(1) as usize)
+                    .map(|o| axis.nearest(o) as i64)
+                    .collect::<Vec<_>>()
+            };
+            let rows = self.init_i64(format!("{name}/rows"), picks(h, oh));
+            let cols = self.init_i64(format!("{name}/cols"), picks(w, ow));
+            let picked = format!("{name}/rows_picked");
+            self.node(
+                picked.clone(),
+                "Gather",
+                vec![x, rows],
+                picked.clone(),
+                vec![("axis", Attr::Int(2))],
+            );
+            self.node(
+                name,
+                "Gather",
+                vec![picked, cols],
+                out,
+                vec![("axis", Attr::Int(3))],
+            );
+            return;
+        }
         let (mode, transform) = match (op.interpolation, op.align_corners) {
             (Interpolation::Bilinear, true) => ("linear", "align_corners"),
             (Interpolation::Bilinear, false) => ("linear", "half_pixel"),
-            // floor(o / s) by a whole factor s.
-            (Interpolation::Nearest, _) if whole => ("nearest", "asymmetric"),
-            // floor((o + 0.5) * n / out): TensorFlow's half-pixel nearest.
-            (Interpolation::Nearest, _) => ("nearest", "tf_half_pixel_for_nn"),
+            // floor(o / s) by a whole factor s (other ratios gather above).
+            (Interpolation::Nearest, _) => ("nearest", "asymmetric"),
         };
         let mut attrs = vec![
             ("mode", Attr::Str(mode)),

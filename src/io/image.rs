@@ -13,6 +13,8 @@ use super::atomic::write_atomic;
 use super::{IoError, MAX_PIXELS};
 use crate::exec::Tensor;
 use image::{ColorType, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
+use std::fs::File;
+use std::io::BufReader;
 use std::path::Path;
 
 /// What an image's channels are, in file order.
@@ -149,21 +151,37 @@ enum Stored {
 }
 
 fn decode(path: &Path) -> Result<Decoded, IoError> {
-    let whole = decode_whole(path);
-    match whole {
-        // A TIFF layout the image crate does not read (channels in planes, float samples):
-        // read it a chunk at a time instead; its own error stands if that fails too.
-        Err(error) if is_tiff(path) => decode_tiff_chunks(path).map_err(|_| error),
-        whole => whole,
+    if path.is_dir() {
+        return Err(IoError::invalid(path, "is a directory, not an image"));
     }
-}
-
-fn is_tiff(path: &Path) -> bool {
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok()
-        && matches!(&magic, b"II*\0" | b"MM\0*" | b"II+\0" | b"MM\0+")
+    let mut reader = ImageReader::open(path).map_err(|e| IoError::os(path, "cannot open", e))?;
+    // The content decides, not the name.
+    reader.clear_format();
+    let reader = reader
+        .with_guessed_format()
+        .map_err(|e| IoError::os(path, "cannot read", e))?;
+    match reader.format() {
+        Some(ImageFormat::Png) => decode_whole(path, reader),
+        // Channel pages: the image crate would read the first page alone.
+        Some(ImageFormat::Tiff) if super::stream::channel_pages(path)? => decode_tiff_chunks(path),
+        // A TIFF layout the image crate does not read (channels in planes, float samples):
+        // read it a chunk at a time instead; the image crate's error stands if that fails too.
+        Some(ImageFormat::Tiff) => {
+            decode_whole(path, reader).or_else(|error| decode_tiff_chunks(path).map_err(|_| error))
+        }
+        Some(other) => Err(IoError::invalid(
+            path,
+            format!(
+                "is a {} image; unetc reads PNG and TIFF images (and .npy arrays): convert it",
+                other.to_mime_type()
+            ),
+        )),
+        None => Err(IoError::invalid(
+            path,
+            "is not a PNG or TIFF image (its first bytes are neither); unetc reads PNG, TIFF \
+             and .npy",
+        )),
+    }
 }
 
 /// A TIFF read through the streaming reader ([`TiffSource`]), whole: channels stored as
@@ -211,41 +229,8 @@ fn within_pixel_limit(path: &Path, w: u64, h: u64) -> Result<(), IoError> {
     Ok(())
 }
 
-/// A PNG or TIFF decoded by the image crate.
-fn decode_whole(path: &Path) -> Result<Decoded, IoError> {
-    if path.is_dir() {
-        return Err(IoError::invalid(path, "is a directory, not an image"));
-    }
-    let mut reader = ImageReader::open(path).map_err(|e| IoError::os(path, "cannot open", e))?;
-    // The content decides, not the name.
-    reader.clear_format();
-    let reader = reader
-        .with_guessed_format()
-        .map_err(|e| IoError::os(path, "cannot read", e))?;
-    match reader.format() {
-        Some(ImageFormat::Png) => {}
-        Some(ImageFormat::Tiff) => {
-            if super::stream::channel_pages(path)? {
-                return decode_tiff_chunks(path);
-            }
-        }
-        Some(other) => {
-            return Err(IoError::invalid(
-                path,
-                format!(
-                    "is a {} image; unetc reads PNG and TIFF images (and .npy arrays): convert it",
-                    other.to_mime_type()
-                ),
-            ))
-        }
-        None => {
-            return Err(IoError::invalid(
-                path,
-                "is not a PNG or TIFF image (its first bytes are neither); unetc reads PNG, TIFF \
-                 and .npy",
-            ))
-        }
-    }
+/// A PNG or TIFF decoded by the image crate (`reader`: its format guessed from the content).
+fn decode_whole(path: &Path, reader: ImageReader<BufReader<File>>) -> Result<Decoded, IoError> {
     let mut reader = reader;
     let mut limits = Limits::default();
     // The largest image allowed, as 16-bit RGBA, plus room for the decoder's own buffers.
